@@ -1,0 +1,132 @@
+"""The plugin contract. Plugins are plain objects built from their options; they keep no durable
+state of their own (durable state lives in events), and they never see the database.
+
+Errors: a plugin raises `RowError` for a problem with one row (it goes to `on_error`); any other
+exception is wrapped by the engine's error boundary into a `PluginError` naming the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+Row = dict[str, Any]
+
+
+class RowError(Exception):
+    """A problem with one row: recorded as the row's error and routed to `on_error`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PluginConfigError(Exception):
+    """Options that a plugin cannot work with; `path` is the key path inside `options`."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+class PluginError(Exception):
+    """A plugin failed in a way that is not about one row (I/O, a bug). Fails the run."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"{node}: {message}")
+        self.node = node
+
+
+@dataclass(frozen=True, slots=True)
+class SourceItem:
+    """One record read from a source. `index` is 0-based over all records (valid or not);
+    exactly one of `row` (validated and coerced) or `error` (why it was quarantined) is set.
+    `raw` is what a quarantine sink receives (see SETTINGS.md, Schemas)."""
+
+    index: int
+    row: Row | None
+    raw: Row
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What an aggregation returns for one batch. `rejected` holds (input index, reason) for
+    input rows left out of the output and recorded as quarantined (batch_replicate)."""
+
+    rows: list[Row]
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Source(Protocol):
+    kind: ClassVar[str]  # "source"
+
+    def fingerprint(self) -> str:
+        """sha256 hex of the input, so a resume can tell that the input changed."""
+        ...
+
+    def read(self, start: int = 0) -> Iterator[SourceItem]:
+        """Yield records in order, beginning with the record whose index is `start`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Transform(Protocol):
+    kind: ClassVar[str]  # "transform"
+
+    def process(self, row: Row) -> Row | list[Row]:
+        """Return the new row, or a list of rows (an expansion). Raise RowError for a bad row."""
+        ...
+
+
+@runtime_checkable
+class Aggregation(Protocol):
+    kind: ClassVar[str]  # "aggregation"
+
+    def flush(self, rows: list[Row]) -> BatchResult:
+        """Process one batch. Raise RowError for a batch error (fails every token in it)."""
+        ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    kind: ClassVar[str]  # "sink"
+
+    def open(self, run_id: str, position: int | None) -> None:
+        """Prepare for writing. `position` is None for a fresh run; on resume it is the durable
+        position returned by the last recorded `flush`, and the sink drops anything after it."""
+        ...
+
+    def write(self, token_id: str, row: Row) -> None:
+        """Buffer one row. Token ids are stable across resume (a database sink skips ids it has
+        already committed)."""
+        ...
+
+    def flush(self) -> int:
+        """Make every buffered row durable (fsync / commit) and return the durable position."""
+        ...
+
+    def close(self) -> None:
+        """Finish the output (e.g. a JSON array's closing bracket). Called once, after the last
+        flush of a completed run; never on interruption."""
+        ...
+
+    def location(self) -> str:
+        """Where the output is, for the audit trail (a path or a redacted URL)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """A registry entry: how to build the plugin and what options it takes (for
+    `elspeth plugins list`)."""
+
+    name: str
+    kind: str
+    factory: Any  # Callable[[Mapping[str, Any]], plugin]; raises PluginConfigError
+    options: Mapping[str, str]  # option name -> short description with its default

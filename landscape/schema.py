@@ -1,0 +1,218 @@
+"""The store's tables: SQLAlchemy Core only. Alembic's migrations create exactly these.
+
+`events` and `payloads` are the source of truth. Every other table is a projection of the
+events and can be dropped and rebuilt from them (`elspeth projections rebuild`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# --- source of truth -------------------------------------------------------------------------
+
+events = Table(
+    "events",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    # Physical order across runs; an identity column may have gaps, seq never does.
+    Column("global_position", BigInteger, Identity(), nullable=False),
+    Column("tx_id", BigInteger, nullable=False),
+    Column("machine", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("schema_version", SmallInteger, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    # The exact bytes that were hashed; never re-encoded.
+    Column("payload", LargeBinary, nullable=False),
+    Column("payload_hash", LargeBinary, nullable=False),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("run_id", "seq", name="events_pkey"),
+)
+Index("events_global_position", events.c.global_position)
+
+payloads = Table(
+    "payloads",
+    metadata,
+    Column("hash", LargeBinary, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# --- projections -----------------------------------------------------------------------------
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("settings_path", Text, nullable=False),
+    Column("settings_hash", Text, nullable=False),
+    Column("source_fingerprint", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("resumes", Integer, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("node", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("plugin", Text, nullable=False),
+    Column("config_hash", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "node"),
+)
+
+rows = Table(
+    "rows",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("row_index", BigInteger, nullable=False),
+    Column("token_id", Text, nullable=False),
+    Column("data_hash", Text, nullable=False),
+    Column("quarantined", Text),
+    PrimaryKeyConstraint("run_id", "row_index"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("token_id", Text, nullable=False),
+    Column("row_index", BigInteger, nullable=False),
+    Column("branch", Text),
+    Column("data_hash", Text, nullable=False),
+    Column("created_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "token_id"),
+)
+
+token_parents = Table(
+    "token_parents",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("token_id", Text, nullable=False),
+    Column("parent_id", Text, nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    PrimaryKeyConstraint("run_id", "token_id", "ordinal"),
+)
+
+node_states = Table(
+    "node_states",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("token_id", Text, nullable=False),
+    Column("node", Text, nullable=False),
+    Column("input_hash", Text, nullable=False),
+    Column("output_hash", Text, nullable=False),
+    Column("route", Text),
+    Column("duration_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "seq"),
+)
+Index("node_states_token", node_states.c.run_id, node_states.c.token_id)
+
+token_outcomes = Table(
+    "token_outcomes",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("token_id", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("node", Text),
+    Column("sink", Text),
+    Column("reason", Text),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "token_id"),
+)
+
+coalesces = Table(
+    "coalesces",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("coalesce_id", Text, nullable=False),
+    Column("coalesce", Text, nullable=False),
+    Column("row_index", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("arrived", Text, nullable=False),
+    Column("missing", Text, nullable=False),
+    Column("reason", Text),
+    PrimaryKeyConstraint("run_id", "coalesce_id"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("aggregation", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("trigger", Text),
+    Column("size", Integer, nullable=False),
+    Column("reason", Text),
+    PrimaryKeyConstraint("run_id", "batch_id"),
+)
+
+batch_members = Table(
+    "batch_members",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("token_id", Text, nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    PrimaryKeyConstraint("run_id", "batch_id", "ordinal"),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sink", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("location", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "seq"),
+)
+
+run_metrics = Table(
+    "run_metrics",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("value", Float, nullable=False),
+    PrimaryKeyConstraint("run_id", "metric"),
+)
+
+PROJECTION_TABLES = (
+    runs,
+    nodes,
+    rows,
+    tokens,
+    token_parents,
+    node_states,
+    token_outcomes,
+    coalesces,
+    batches,
+    batch_members,
+    artifacts,
+    run_metrics,
+)
