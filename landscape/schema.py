@@ -20,6 +20,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -33,7 +34,8 @@ events = Table(
     Column("seq", BigInteger, nullable=False),
     # Physical order across runs; an identity column may have gaps, seq never does.
     Column("global_position", BigInteger, Identity(), nullable=False),
-    Column("tx_id", BigInteger, nullable=False),
+    # The writing transaction, for cross-run readers that must not skip a late commit.
+    Column("tx_id", BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")),
     Column("machine", Text, nullable=False),
     Column("entity_id", Text, nullable=False),
     Column("event_type", Text, nullable=False),
@@ -89,7 +91,6 @@ rows = Table(
     Column("row_index", BigInteger, nullable=False),
     Column("token_id", Text, nullable=False),
     Column("data_hash", Text, nullable=False),
-    Column("quarantined", Text),
     PrimaryKeyConstraint("run_id", "row_index"),
 )
 
@@ -177,8 +178,8 @@ batch_members = Table(
     Column("run_id", Text, nullable=False),
     Column("batch_id", Text, nullable=False),
     Column("token_id", Text, nullable=False),
-    Column("ordinal", Integer, nullable=False),
-    PrimaryKeyConstraint("run_id", "batch_id", "ordinal"),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "batch_id", "token_id"),
 )
 
 artifacts = Table(

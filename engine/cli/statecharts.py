@@ -1,0 +1,39 @@
+"""`elspeth statecharts`: write (or check) the Mermaid diagrams of the four machines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from statecharts.mermaid import render_all
+
+
+@click.command("statecharts")
+@click.option("--check", is_flag=True, help="Exit 1 if the committed diagrams differ.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("docs/statecharts"),
+    show_default=True,
+)
+def statecharts_cmd(check: bool, out: Path) -> None:
+    """Write Mermaid diagrams of the Run, Token, Coalesce and Batch machines."""
+    stale = []
+    for name, text in render_all().items():
+        path = out / name
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if check:
+            stale.append(str(path))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            click.echo(f"wrote {path}")
+    if stale:
+        raise click.ClickException(
+            "statechart diagrams are out of date: " + ", ".join(stale) + " (run `elspeth statecharts`)"
+        )
+    if check:
+        click.echo(f"statecharts in {out} are up to date")

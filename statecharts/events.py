@@ -1,0 +1,290 @@
+"""Every event ELSPETH records. One frozen, tagged msgspec Struct per event type, one union.
+
+Each event is emitted by exactly one transition of one machine (see `machines.py`). Evolution
+rule: a new field gets a default; an existing field never changes type or meaning. Anything
+else is a new `SCHEMA_VERSION` with an upcaster in `upcast.py`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class EventBase(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+
+# --- Run ---------------------------------------------------------------------------------------
+
+
+class NodeDecl(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    kind: str
+    plugin: str
+    config_hash: str
+
+
+class RunCreated(EventBase, frozen=True):
+    settings_path: str
+    settings_hash: str
+    settings: dict[str, object]  # redacted: secrets appear only as HMAC fingerprints
+    source_fingerprint: str
+    nodes: list[NodeDecl]
+    elspeth_version: str
+
+
+class RunStarted(EventBase, frozen=True):
+    pass
+
+
+class RunResumed(EventBase, frozen=True):
+    source_fingerprint: str
+    forced: bool = False  # resumed despite a changed input (`--force`)
+
+
+class SinkFlushed(EventBase, frozen=True):
+    sink: str
+    position: int  # durable position (file byte offset, or rows committed)
+    rows: int  # rows made durable by this flush
+    location: str
+
+
+class SourceExhausted(EventBase, frozen=True):
+    records: int  # records read from the source in total (valid and quarantined)
+
+
+class RunCompleted(EventBase, frozen=True):
+    pass
+
+
+class RunFailed(EventBase, frozen=True):
+    reason: str
+
+
+class RunInterrupted(EventBase, frozen=True):
+    reason: str  # "SIGINT", "SIGTERM", or "writer lost" when a resume finds a dead writer
+
+
+# --- Token -------------------------------------------------------------------------------------
+
+
+class TokenCreated(EventBase, frozen=True):
+    row_index: int  # the source record this token descends from
+    data_hash: str
+    at: str  # the connection the token enters
+    parents: list[str] = []
+    branch: str | None = None
+    fork_id: str | None = None  # the forked token this branch descends from (coalesce key)
+
+
+class StepCompleted(EventBase, frozen=True):
+    node: str
+    input_hash: str
+    output_hash: str
+    duration_us: int
+    next: str  # the connection the token goes to next
+    route: str | None = None  # a gate's route label
+
+
+class TokenHeld(EventBase, frozen=True):
+    coalesce_id: str
+    branch: str
+
+
+class TokenBuffered(EventBase, frozen=True):
+    batch_id: str
+
+
+class SinkAssigned(EventBase, frozen=True):
+    sink: str
+    outcome: str  # the terminal outcome once the sink is durable: completed|routed|diverted|quarantined
+    node: str | None = None
+    reason: str | None = None
+
+
+class TokenCompleted(EventBase, frozen=True):
+    sink: str
+
+
+class TokenRouted(EventBase, frozen=True):
+    sink: str
+
+
+class TokenDiverted(EventBase, frozen=True):
+    node: str
+    reason: str
+    sink: str | None = None  # None: on_error was `discard`
+
+
+class TokenQuarantined(EventBase, frozen=True):
+    reason: str
+    sink: str | None = None
+
+
+class TokenForked(EventBase, frozen=True):
+    node: str
+    children: list[str]
+
+
+class TokenExpanded(EventBase, frozen=True):
+    node: str
+    children: list[str]
+
+
+class TokenCoalesced(EventBase, frozen=True):
+    coalesce_id: str
+    into: str
+
+
+class TokenConsumed(EventBase, frozen=True):
+    batch_id: str
+
+
+class TokenFailed(EventBase, frozen=True):
+    reason: str
+    node: str | None = None
+    detail: str | None = None
+
+
+# --- Coalesce ----------------------------------------------------------------------------------
+
+
+class CoalesceOpened(EventBase, frozen=True):
+    coalesce: str
+    row_index: int
+    policy: str
+    branches: list[str]
+    deadline: float | None = None  # clock seconds
+
+
+class BranchArrived(EventBase, frozen=True):
+    branch: str
+    token_id: str
+
+
+class BranchLost(EventBase, frozen=True):
+    branch: str
+    token_id: str
+    reason: str
+
+
+class CoalesceMerged(EventBase, frozen=True):
+    arrived: list[str]
+    missing: list[str]
+    into: str
+    trigger: str  # "arrivals", "timeout", "end_of_source"
+    collisions: list[str] = []
+
+
+class CoalesceFailed(EventBase, frozen=True):
+    reason: str  # timeout | quorum_not_met | incomplete_branches | branch_lost | select_missing
+    arrived: list[str]
+    missing: list[str]
+
+
+# --- Batch -------------------------------------------------------------------------------------
+
+
+class BatchOpened(EventBase, frozen=True):
+    aggregation: str
+    opened_at: float  # clock seconds, for `batch_age_seconds`
+    deadline: float | None = None
+
+
+class BatchFlushing(EventBase, frozen=True):
+    trigger: str  # count | timeout | condition | end_of_source
+    size: int
+
+
+class BatchCompleted(EventBase, frozen=True):
+    outputs: int
+
+
+class BatchFailed(EventBase, frozen=True):
+    reason: str
+
+
+Event = (
+    RunCreated
+    | RunStarted
+    | RunResumed
+    | SinkFlushed
+    | SourceExhausted
+    | RunCompleted
+    | RunFailed
+    | RunInterrupted
+    | TokenCreated
+    | StepCompleted
+    | TokenHeld
+    | TokenBuffered
+    | SinkAssigned
+    | TokenCompleted
+    | TokenRouted
+    | TokenDiverted
+    | TokenQuarantined
+    | TokenForked
+    | TokenExpanded
+    | TokenCoalesced
+    | TokenConsumed
+    | TokenFailed
+    | CoalesceOpened
+    | BranchArrived
+    | BranchLost
+    | CoalesceMerged
+    | CoalesceFailed
+    | BatchOpened
+    | BatchFlushing
+    | BatchCompleted
+    | BatchFailed
+)
+
+EVENT_TYPES: dict[str, type[EventBase]] = {
+    cls.__name__: cls
+    for cls in (
+        RunCreated,
+        RunStarted,
+        RunResumed,
+        SinkFlushed,
+        SourceExhausted,
+        RunCompleted,
+        RunFailed,
+        RunInterrupted,
+        TokenCreated,
+        StepCompleted,
+        TokenHeld,
+        TokenBuffered,
+        SinkAssigned,
+        TokenCompleted,
+        TokenRouted,
+        TokenDiverted,
+        TokenQuarantined,
+        TokenForked,
+        TokenExpanded,
+        TokenCoalesced,
+        TokenConsumed,
+        TokenFailed,
+        CoalesceOpened,
+        BranchArrived,
+        BranchLost,
+        CoalesceMerged,
+        CoalesceFailed,
+        BatchOpened,
+        BatchFlushing,
+        BatchCompleted,
+        BatchFailed,
+    )
+}
+
+# One canonical encoder: the bytes it produces are the bytes that are stored and hashed.
+_encoder = msgspec.json.Encoder(order="deterministic")
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: EventBase) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    return _decoder.decode(data)
