@@ -33,6 +33,7 @@ class RunCreated(EventBase, frozen=True):
     source_fingerprint: str
     nodes: list[NodeDecl]
     elspeth_version: str
+    working_dir: str  # relative paths in the settings resolve against it, on resume too
 
 
 class RunStarted(EventBase, frozen=True):
@@ -287,4 +288,5 @@ def encode_event(event: EventBase) -> bytes:
 
 
 def decode_event(data: bytes) -> Event:
-    return _decoder.decode(data)
+    event: Event = _decoder.decode(data)
+    return event

@@ -68,8 +68,10 @@ class Source(Protocol):
         """sha256 hex of the input, so a resume can tell that the input changed."""
         ...
 
-    def read(self, start: int = 0) -> Iterator[SourceItem]:
-        """Yield records in order, beginning with the record whose index is `start`."""
+    def read(self, start: int = 0) -> Iterator[SourceItem | None]:
+        """Yield records in order, beginning with the record whose index is `start`. A live
+        source yields None when it has nothing yet; the engine then waits for the next deadline
+        (coalesce and batch timeouts fire while the source is idle)."""
         ...
 
     def close(self) -> None: ...

@@ -1,0 +1,172 @@
+"""`elspeth run` and `elspeth resume`: the operator's commands."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine.cli.common import database_from_ctx
+from engine.cli.errors import ElspethCliError, SettingsCliError
+from engine.dag import DagError
+from engine.errors import EngineError, RunFailedError
+from engine.orchestrator import Outcome, Pipeline, build_pipeline, resume_run, start_run
+from engine.plugins.protocol import PluginError
+from engine.settings import SettingsError, load_settings
+from landscape.db import Database
+from landscape.fold import RunFold
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    """Settings → DAG → plugins; every problem with the file becomes one exit-2 error."""
+    try:
+        loaded = load_settings(path)
+        for warning in loaded.warnings:
+            click.echo(f"elspeth: warning: {warning}", err=True)
+        return build_pipeline(loaded)
+    except SettingsError as e:
+        raise SettingsCliError(str(e)) from e
+    except DagError as e:
+        raise SettingsCliError("\n".join(f"{path}: {m}" for m in e.errors)) from e
+    except PluginError as e:
+        raise ElspethCliError(str(e)) from e
+
+
+def _commit_every(pipeline: Pipeline, override: int | None) -> int:
+    if override is not None:
+        return override
+    return pipeline.loaded.settings.checkpoint.commit_every_rows()
+
+
+class Progress:
+    """A live bar on a terminal; a plain line every few seconds otherwise (logs, CI)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last_line = 0.0
+        self.tty = sys.stderr.isatty()
+        self._bar: Any = None
+        if self.tty:
+            from rich.progress import Progress as RichProgress
+            from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._bar = RichProgress(
+                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
+            )
+            self._task = self._bar.add_task("starting", total=None)
+            self._bar.start()
+
+    def __call__(self, fold: RunFold) -> None:
+        rows = fold.source_records
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        text = f"{rows} rows read, {fold.accounted()} tokens done, {rows / elapsed:.0f} rows/s"
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+        elif elapsed - self.last_line >= 5.0:
+            self.last_line = elapsed
+            click.echo(f"elspeth: {text}", err=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _metrics(db: Database, run_id: str) -> dict[str, float]:
+    conn = db.connect()
+    try:
+        rows = conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,)).fetchall()
+        conn.commit()
+    finally:
+        conn.close()
+    return {m: v for m, v in rows}
+
+
+def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
+    m = _metrics(db, outcome.run_id)
+    rows_in = int(m.get("rows_in", 0))
+    rate = rows_in / seconds if seconds > 0 else 0.0
+    click.echo(f"run {outcome.run_id} {outcome.status} in {seconds:.2f} s")
+    click.echo(f"  rows in: {rows_in} ({rate:,.0f} rows/s)")
+    outcomes = {k.split(".", 1)[1]: int(v) for k, v in sorted(m.items()) if k.startswith("outcome.")}
+    if outcomes:
+        click.echo("  outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
+    sinks = {k.split(".")[1]: int(v) for k, v in sorted(m.items()) if k.startswith("sink.")}
+    if sinks:
+        click.echo("  sinks: " + ", ".join(f"{k} {v}" for k, v in sinks.items()))
+    click.echo(f"  audit trail: {db.describe()} — `elspeth explain {outcome.run_id} --row 0`")
+
+
+def _report(db: Database, go: Callable[[], Outcome]) -> None:
+    started = time.monotonic()
+    try:
+        outcome = go()
+    except RunFailedError as e:
+        raise ElspethCliError(f"{e} — fix the cause, then `elspeth resume {e.run_id}`") from e
+    except EngineError as e:
+        raise ElspethCliError(str(e)) from e
+    print_summary(db, outcome, time.monotonic() - started)
+    if outcome.status == "interrupted":
+        click.echo(f"run {outcome.run_id} interrupted; continue it with `elspeth resume {outcome.run_id}`", err=True)
+        sys.exit(130)
+
+
+@click.command("run")
+@click.option("-s", "--settings", "settings_path", required=True, type=click.Path(path_type=Path))
+@click.option("--execute", is_flag=True, help="Accepted for compatibility: running is the default.")
+@click.option("--dry-run", is_flag=True, help="Validate the settings and build the DAG, run nothing.")
+@click.option("--commit-every", type=click.IntRange(min=1), help="Rows per durability point.")
+@click.pass_context
+def run_cmd(
+    ctx: click.Context, settings_path: Path, execute: bool, dry_run: bool, commit_every: int | None
+) -> None:
+    """Run a pipeline, recording every step of every row."""
+    pipeline = load_pipeline(settings_path)
+    if dry_run:
+        n = len(pipeline.decls)
+        click.echo(f"dry run: {settings_path} is valid: {n} nodes; order: {', '.join(pipeline.dag.node_order)}")
+        return
+    progress = Progress()
+    try:
+        with database_from_ctx(ctx) as db:
+            _report(
+                db,
+                lambda: start_run(
+                    db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress
+                ),
+            )
+    finally:
+        progress.close()
+        pipeline.close()
+
+
+@click.command("resume")
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Resume even though the input or settings changed (recorded).")
+@click.option("-s", "--settings", "settings_path", type=click.Path(path_type=Path), help="Settings file to use.")
+@click.option("--commit-every", type=click.IntRange(min=1), help="Rows per durability point.")
+@click.pass_context
+def resume_cmd(
+    ctx: click.Context, run_id: str, force: bool, settings_path: Path | None, commit_every: int | None
+) -> None:
+    """Continue an interrupted, failed or crashed run from its event log."""
+    progress = Progress()
+    try:
+        with database_from_ctx(ctx) as db:
+            _report(
+                db,
+                lambda: resume_run(
+                    db,
+                    run_id,
+                    load_pipeline,
+                    force=force,
+                    commit_every=commit_every or 1000,
+                    progress=progress,
+                    settings_path=settings_path,
+                ),
+            )
+    finally:
+        progress.close()

@@ -1,0 +1,397 @@
+"""Running a pipeline: a fresh run and a resumed run are the same code.
+
+`execute` folds the run's stored events (none for a new run) into a `RunFold`, puts every
+non-terminal token back where the log says it is, continues the source after its cursor, and
+carries on. Durability points commit the buffered events once sinks are durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import msgspec
+
+from engine.clock import Clock, SystemClock
+from engine.dag import Dag, build_dag
+from engine.errors import ResumeRefused, RunFailedError
+from engine.plugins.protocol import PluginError, Sink, Source
+from engine.plugins.registry import build_plugin
+from engine.processor import Nodes, Processor, Work
+from engine.settings import LoadedSettings
+from landscape import faults
+from landscape.canonical import decode_row
+from landscape.db import Database
+from landscape.fold import RunFold
+from landscape.payloads import load_payloads
+from landscape.projections import Projector
+from landscape.store import RunWriter, read_events, writer_alive
+from statecharts import events as ev
+from statecharts.compiled import EVENT_MACHINE
+
+DEFAULT_COMMIT_EVERY = 1000
+COMMIT_SECONDS = 1.0
+
+
+@dataclass
+class Pipeline:
+    """A pipeline's settings with its plugins built."""
+
+    loaded: LoadedSettings
+    dag: Dag
+    source: Source
+    nodes: Nodes
+    decls: list[ev.NodeDecl]
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def build_pipeline(loaded: LoadedSettings) -> Pipeline:
+    """Build the DAG and every plugin. Raises SettingsError naming the key path of a bad option."""
+    from engine.plugins.protocol import PluginConfigError
+    from engine.settings import SettingsError
+
+    s = loaded.settings
+    dag = build_dag(s)
+    errors: list[str] = []
+    built: dict[str, Any] = {}
+
+    def make(kind: str, plugin: str, options: dict[str, Any], where: str) -> Any:
+        try:
+            return build_plugin(kind, plugin, options)
+        except PluginConfigError as e:
+            path = f"{where}.options.{e.path}" if e.path else f"{where}.plugin"
+            errors.append(f"{loaded.path}: {path}: {e.message}")
+            return None
+
+    source = make("source", s.source.plugin, s.source.options, "source")
+    for i, t in enumerate(s.transforms):
+        built[t.name] = make("transform", t.plugin, t.options, f"transforms[{i}]")
+    for i, a in enumerate(s.aggregations):
+        built[a.name] = make("aggregation", a.plugin, a.options, f"aggregations[{i}]")
+    sinks: dict[str, Sink] = {}
+    for name, sk in s.sinks.items():
+        sinks[name] = make("sink", sk.plugin, sk.options, f"sinks.{name}")
+    if errors:
+        raise SettingsError(errors)
+    on_vf = str(s.source.options.get("on_validation_failure", "discard"))
+    nodes = Nodes(
+        dag=dag,
+        transforms={t.name: (t, built[t.name]) for t in s.transforms},
+        gates={g.name: (g, loaded.gate_conditions[g.name]) for g in s.gates},
+        coalesces={c.name: c for c in s.coalesce},
+        aggregations={
+            a.name: (a, built[a.name], loaded.trigger_conditions.get(a.name)) for a in s.aggregations
+        },
+        sinks=sinks,
+        on_validation_failure=on_vf,
+        coalesce_of_branch={b: c for c, bs in dag.coalesce_branches.items() for b in bs},
+    )
+    decls = [
+        ev.NodeDecl(name=name, kind=kind, plugin=plugin, config_hash=_hash(cfg))
+        for name, kind, plugin, cfg in _node_table(loaded)
+    ]
+    return Pipeline(loaded, dag, source, nodes, decls)
+
+
+def _node_table(loaded: LoadedSettings) -> Iterator[tuple[str, str, str, Any]]:
+    s = loaded.settings
+    yield "source", "source", s.source.plugin, s.source
+    for t in s.transforms:
+        yield t.name, "transform", t.plugin, t
+    for g in s.gates:
+        yield g.name, "gate", "gate", g
+    for c in s.coalesce:
+        yield c.name, "coalesce", "coalesce", c
+    for a in s.aggregations:
+        yield a.name, "aggregation", a.plugin, a
+    for name, sk in s.sinks.items():
+        yield name, "sink", sk.plugin, sk
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(msgspec.json.encode(obj, order="deterministic")).hexdigest()[:16]
+
+
+def new_run_id(clock: Clock) -> str:
+    stamp = datetime.fromtimestamp(clock.now(), UTC).strftime("%Y%m%dT%H%M%S")
+    return f"run-{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Stop:
+    """Signals ask the loop to stop at the next record boundary (a durability point)."""
+
+    requested: str | None = None
+    handlers: dict[int, Any] = field(default_factory=dict)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.requested = signal.Signals(signum).name
+
+    @contextmanager
+    def installed(self) -> Iterator[Stop]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.handlers[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (tests): no signals, nothing to restore
+                pass
+        try:
+            yield self
+        finally:
+            for sig, old in self.handlers.items():
+                signal.signal(sig, old)
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str
+    fold: RunFold
+
+
+ProgressFn = Callable[[RunFold], None]
+
+
+class Execution:
+    """One process's work on one run: fresh (empty fold) or resumed (folded from the log)."""
+
+    def __init__(
+        self,
+        db: Database,
+        pipeline: Pipeline,
+        run_id: str,
+        fold: RunFold,
+        *,
+        clock: Clock | None = None,
+        commit_every: int = DEFAULT_COMMIT_EVERY,
+        progress: ProgressFn | None = None,
+        stop: Stop | None = None,
+    ) -> None:
+        self.db = db
+        self.p = pipeline
+        self.run_id = run_id
+        self.fold = fold
+        self.clock = clock or SystemClock()
+        self.commit_every = max(1, commit_every)
+        self.progress = progress
+        self.stop = stop or Stop()
+        self.writer = RunWriter(db.connect(), run_id, Projector(run_id))
+        self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock.now)
+
+    def _emit(self, entity_id: str, event: ev.EventBase) -> None:
+        # The fold checks the transition is legal before the event is recorded.
+        self.fold.apply(self.writer.next_seq, entity_id, event)
+        self.writer.append(EVENT_MACHINE[type(event).__name__], entity_id, event)
+
+    def durability_point(self) -> None:
+        self.proc.flush_sinks(after_flush=lambda: faults.reached("sink_flush"))
+        self.writer.commit()
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def start(self, *, resumed: bool, forced: bool, fingerprint: str) -> None:
+        emit = self._emit
+        if not resumed:
+            loaded = self.p.loaded
+            emit(
+                self.run_id,
+                ev.RunCreated(
+                    settings_path=str(loaded.path),
+                    settings_hash=loaded.text_hash,
+                    settings=loaded.redacted,
+                    source_fingerprint=fingerprint,
+                    nodes=self.p.decls,
+                    elspeth_version=_version(),
+                    working_dir=os.getcwd(),
+                ),
+            )
+            emit(self.run_id, ev.RunStarted())
+        else:
+            if self.fold.status in ("running", "draining"):
+                # Its writer is gone (we hold the lock): record that before resuming.
+                emit(self.run_id, ev.RunInterrupted(reason="writer lost"))
+            emit(self.run_id, ev.RunResumed(source_fingerprint=fingerprint, forced=forced))
+        for name, sink in self.p.nodes.sinks.items():
+            sink.open(self.run_id, self.fold.sink_positions.get(name))
+            if name not in self.fold.sink_positions:
+                # The baseline: what was in the file before this run wrote anything.
+                emit(
+                    self.run_id,
+                    ev.SinkFlushed(sink=name, position=sink.flush(), rows=0, location=sink.location()),
+                )
+        self._reenter()
+        self.writer.commit()
+
+    def _reenter(self) -> None:
+        """Put every non-terminal token of the fold back where the log says it is."""
+        live = self.fold.tokens
+        if not live:
+            return
+        rows = load_payloads(self.db, {t.data_hash for t in live.values()})
+        for token_id, t in live.items():
+            w = Work(token_id, decode_row(rows[t.data_hash]), t.data_hash, t.at, t.row_index, t.branch, t.fork_id)
+            self.proc.resume_token(w, t.state, t.place, t.outcome, t.node, t.reason)
+        for cid, c in self.fold.coalesces.items():
+            if c.deadline is not None:
+                self.proc.schedule(c.deadline, "coalesce", cid)
+        for bid, b in self.fold.batches.items():
+            if b.deadline is not None:
+                self.proc.schedule(b.deadline, "batch", bid)
+        self.proc.drain()
+
+    def run(self) -> str:
+        """Carry the run on until the source is exhausted and everything is resolved, or a stop
+        is requested. Returns the run's status."""
+        proc, fold, clock = self.proc, self.fold, self.clock
+        try:
+            if not fold.source_exhausted:
+                since_commit = 0
+                last_commit = clock.now()
+                source = self.p.source.read(fold.source_records)
+                for item in source:
+                    if item is None:
+                        due = proc.next_deadline()
+                        clock.sleep_until(due if due is not None else clock.now() + 0.2)
+                        proc.fire_due()
+                    else:
+                        proc.fire_due()
+                        proc.process_record(item)
+                        since_commit += 1
+                    if self.stop.requested:
+                        break
+                    if since_commit >= self.commit_every or clock.now() - last_commit >= COMMIT_SECONDS:
+                        self.durability_point()
+                        since_commit, last_commit = 0, clock.now()
+                        if self.progress:
+                            self.progress(fold)
+                else:
+                    self._emit(self.run_id, ev.SourceExhausted(records=fold.source_records))
+            if self.stop.requested:
+                self.durability_point()
+                self._emit(self.run_id, ev.RunInterrupted(reason=self.stop.requested))
+                self.writer.commit()
+                return "interrupted"
+            proc.fire_due()
+            proc.end_of_source()
+            self.durability_point()
+            for sink in self.p.nodes.sinks.values():
+                sink.close()
+            self._emit(self.run_id, ev.RunCompleted())
+            self.writer.commit()
+            return "completed"
+        except PluginError as e:
+            self._fail(str(e))
+            raise RunFailedError(self.run_id, str(e)) from e
+
+    def _fail(self, reason: str) -> None:
+        try:
+            self.durability_point()
+        except Exception:  # the sink that failed may fail again; record the failure regardless
+            pass
+        self._emit(self.run_id, ev.RunFailed(reason=reason))
+        self.writer.commit()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("elspeth")
+    except Exception:
+        return "0+unknown"
+
+
+def fold_run(db: Database, run_id: str, *, strict: bool = False, upto_seq: int | None = None) -> RunFold:
+    fold = RunFold(run_id, ended=set() if strict else None)
+    conn = db.connect()
+    try:
+        fold.apply_all(read_events(conn, run_id, upto_seq=upto_seq))
+    finally:
+        conn.close()
+    return fold
+
+
+def start_run(
+    db: Database,
+    pipeline: Pipeline,
+    *,
+    clock: Clock | None = None,
+    commit_every: int = DEFAULT_COMMIT_EVERY,
+    progress: ProgressFn | None = None,
+    run_id: str | None = None,
+) -> Outcome:
+    clock = clock or SystemClock()
+    run_id = run_id or new_run_id(clock)
+    fold = RunFold(run_id)
+    with Stop().installed() as stop:
+        ex = Execution(db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop)
+        try:
+            ex.start(resumed=False, forced=False, fingerprint=pipeline.source.fingerprint())
+            status = ex.run()
+        finally:
+            ex.close()
+    return Outcome(run_id, status, fold)
+
+
+def resume_run(
+    db: Database,
+    run_id: str,
+    load: Callable[[Path], Pipeline],
+    *,
+    force: bool = False,
+    clock: Clock | None = None,
+    commit_every: int = DEFAULT_COMMIT_EVERY,
+    progress: ProgressFn | None = None,
+    settings_path: Path | None = None,
+) -> Outcome:
+    conn = db.connect()
+    try:
+        exists = conn.execute("SELECT 1 FROM events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone()
+        conn.commit()
+        if not exists:
+            raise ResumeRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
+        if writer_alive(conn, run_id):
+            raise ResumeRefused(f"run {run_id} is still being written by another process; not resuming it")
+    finally:
+        conn.close()
+    fold = fold_run(db, run_id)
+    if fold.status == "completed":
+        raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
+    if fold.working_dir and os.path.isdir(fold.working_dir):
+        # Relative paths in the settings (inputs, outputs) resolve as they did for the run.
+        os.chdir(fold.working_dir)
+    pipeline = load(settings_path or Path(fold.settings_path))
+    if pipeline.loaded.text_hash != fold.settings_hash and not force:
+        raise ResumeRefused(
+            f"the settings of run {run_id} changed since it started ({fold.settings_path}); "
+            "resume with --force to continue with the new settings"
+        )
+    fingerprint = pipeline.source.fingerprint()
+    changed = fingerprint != fold.source_fingerprint
+    if changed and not force:
+        raise ResumeRefused(
+            f"the input of run {run_id} changed since it started (source fingerprint differs); "
+            "resume with --force to continue anyway (that is recorded)"
+        )
+    clock = clock or SystemClock()
+    with Stop().installed() as stop:
+        ex = Execution(db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop)
+        try:
+            ex.start(resumed=True, forced=force and changed, fingerprint=fingerprint)
+            status = ex.run()
+        finally:
+            ex.close()
+    return Outcome(run_id, status, fold)

@@ -1,0 +1,31 @@
+"""The per-run hash chain. One function decides how a link is made; writer and verifier share it."""
+
+from __future__ import annotations
+
+import hashlib
+
+GENESIS = bytes(32)
+
+
+def header(
+    run_id: str,
+    seq: int,
+    machine: str,
+    entity_id: str,
+    event_type: str,
+    schema_version: int,
+    recorded_at_us: int,
+) -> bytes:
+    # Unit separators cannot occur in our identifiers, so fields cannot run into each other.
+    return "\x1f".join(
+        (run_id, str(seq), machine, entity_id, event_type, str(schema_version), str(recorded_at_us))
+    ).encode()
+
+
+def link(prev_hash: bytes, header_bytes: bytes, payload_hash: bytes) -> bytes:
+    """hash = sha256(prev_hash ‖ len(header) ‖ header ‖ payload_hash)."""
+    h = hashlib.sha256(prev_hash)
+    h.update(len(header_bytes).to_bytes(4, "big"))
+    h.update(header_bytes)
+    h.update(payload_hash)
+    return h.digest()

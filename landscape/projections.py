@@ -1,0 +1,317 @@
+"""Projection tables, maintained from the events in the same transaction that stores them.
+
+A `Projector` is fed every event as it is appended and turns each into rows for the analyst
+tables; `apply` writes what a durability point gathered (COPY for the insert-only tables, one
+upsert per changed run / coalesce / batch / metric). `rebuild` runs the very same projector over
+the stored log, so a rebuilt table equals the incrementally maintained one, row for row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from statecharts import events as ev
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Insert-only tables and their columns, in the order the projector produces them.
+_COPY_TABLES: dict[str, tuple[str, ...]] = {
+    "nodes": ("run_id", "node", "kind", "plugin", "config_hash"),
+    "rows": ("run_id", "row_index", "token_id", "data_hash"),
+    "tokens": ("run_id", "token_id", "row_index", "branch", "data_hash", "created_seq"),
+    "token_parents": ("run_id", "token_id", "parent_id", "ordinal"),
+    "node_states": (
+        "run_id",
+        "seq",
+        "token_id",
+        "node",
+        "input_hash",
+        "output_hash",
+        "route",
+        "duration_us",
+    ),
+    "token_outcomes": ("run_id", "token_id", "outcome", "node", "sink", "reason", "seq"),
+    "batch_members": ("run_id", "batch_id", "token_id", "seq"),
+    "artifacts": ("run_id", "seq", "sink", "position", "rows", "location"),
+}
+
+_RUN_STATUS: dict[type[ev.EventBase], str] = {
+    ev.RunStarted: "running",
+    ev.RunResumed: "running",
+    ev.SourceExhausted: "draining",
+    ev.RunCompleted: "completed",
+    ev.RunFailed: "failed",
+    ev.RunInterrupted: "interrupted",
+}
+
+_OUTCOME: dict[type[ev.EventBase], str] = {
+    ev.TokenCompleted: "completed",
+    ev.TokenRouted: "routed",
+    ev.TokenDiverted: "diverted",
+    ev.TokenQuarantined: "quarantined",
+    ev.TokenForked: "forked",
+    ev.TokenExpanded: "expanded",
+    ev.TokenCoalesced: "coalesced",
+    ev.TokenConsumed: "consumed_in_batch",
+    ev.TokenFailed: "failed",
+}
+
+
+def _at(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+class Projector:
+    """Gathers one durability point's projection rows for one run."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._rows: dict[str, list[tuple[Any, ...]]] = {t: [] for t in _COPY_TABLES}
+        self._metrics: Counter[str] = Counter()
+        self._run_insert: tuple[Any, ...] | None = None
+        self._run_update: dict[str, Any] = {}
+        self._coalesces: dict[str, dict[str, Any]] = {}
+        self._batches: dict[str, dict[str, Any]] = {}
+        self._last_seq = -1
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def feed(self, seq: int, entity_id: str, event: ev.EventBase, at_us: int) -> None:
+        self._last_seq = seq
+        kind = type(event)
+        handler = _FEED.get(kind)
+        if handler is not None:
+            handler(self, seq, entity_id, event, at_us)
+        outcome = _OUTCOME.get(kind)
+        if outcome is not None:
+            self._outcome(seq, entity_id, outcome, event)
+        status = _RUN_STATUS.get(kind)
+        if status is not None:
+            self._run_update["status"] = status
+            if status in ("completed", "failed", "interrupted"):
+                self._run_update["ended_at"] = _at(at_us)
+            elif kind is ev.RunResumed:
+                self._run_update["resumes"] = self._run_update.get("resumes", 0) + 1
+                self._run_update["ended_at"] = None
+
+    def _run_created(self, seq: int, run_id: str, e: ev.RunCreated, at_us: int) -> None:
+        self._run_insert = (
+            run_id,
+            "created",
+            e.settings_path,
+            e.settings_hash,
+            e.source_fingerprint,
+            _at(at_us),
+            None,
+            0,
+            seq,
+        )
+        for n in e.nodes:
+            self._rows["nodes"].append((run_id, n.name, n.kind, n.plugin, n.config_hash))
+
+    def _token_created(self, seq: int, token_id: str, e: ev.TokenCreated, at_us: int) -> None:
+        r = self.run_id
+        self._rows["tokens"].append((r, token_id, e.row_index, e.branch, e.data_hash, seq))
+        for i, parent in enumerate(e.parents):
+            self._rows["token_parents"].append((r, token_id, parent, i))
+        if not e.parents:
+            self._rows["rows"].append((r, e.row_index, token_id, e.data_hash))
+            self._metrics["rows_in"] += 1
+
+    def _step(self, seq: int, token_id: str, e: ev.StepCompleted, at_us: int) -> None:
+        self._rows["node_states"].append(
+            (self.run_id, seq, token_id, e.node, e.input_hash, e.output_hash, e.route, e.duration_us)
+        )
+        self._metrics[f"node.{e.node}.processed"] += 1
+
+    def _outcome(self, seq: int, token_id: str, outcome: str, e: Any) -> None:
+        node = getattr(e, "node", None)
+        sink = getattr(e, "sink", None)
+        reason = getattr(e, "reason", None)
+        self._rows["token_outcomes"].append((self.run_id, token_id, outcome, node, sink, reason, seq))
+        self._metrics[f"outcome.{outcome}"] += 1
+        if sink is not None:
+            self._metrics[f"sink.{sink}.rows"] += 1
+        if node is not None:
+            self._metrics[f"node.{node}.{outcome}"] += 1
+
+    def _buffered(self, seq: int, token_id: str, e: ev.TokenBuffered, at_us: int) -> None:
+        self._rows["batch_members"].append((self.run_id, e.batch_id, token_id, seq))
+        self._batch(e.batch_id)["size"] = None  # recomputed from batch_members on flush
+
+    def _sink_flushed(self, seq: int, _id: str, e: ev.SinkFlushed, at_us: int) -> None:
+        self._rows["artifacts"].append((self.run_id, seq, e.sink, e.position, e.rows, e.location))
+
+    def _coalesce(self, coalesce_id: str) -> dict[str, Any]:
+        return self._coalesces.setdefault(coalesce_id, {})
+
+    def _coalesce_opened(self, seq: int, cid: str, e: ev.CoalesceOpened, at_us: int) -> None:
+        self._coalesce(cid).update(
+            coalesce=e.coalesce,
+            row_index=e.row_index,
+            policy=e.policy,
+            status="waiting",
+            arrived="",
+            missing=",".join(e.branches),
+            reason=None,
+        )
+
+    def _coalesce_merged(self, seq: int, cid: str, e: ev.CoalesceMerged, at_us: int) -> None:
+        self._coalesce(cid).update(
+            status="merged", arrived=",".join(e.arrived), missing=",".join(e.missing), reason=None
+        )
+        self._metrics["coalesce.merged"] += 1
+
+    def _coalesce_failed(self, seq: int, cid: str, e: ev.CoalesceFailed, at_us: int) -> None:
+        self._coalesce(cid).update(
+            status="failed", arrived=",".join(e.arrived), missing=",".join(e.missing), reason=e.reason
+        )
+        self._metrics["coalesce.failed"] += 1
+
+    def _batch(self, batch_id: str) -> dict[str, Any]:
+        return self._batches.setdefault(batch_id, {})
+
+    def _batch_opened(self, seq: int, bid: str, e: ev.BatchOpened, at_us: int) -> None:
+        self._batch(bid).update(aggregation=e.aggregation, status="collecting", trigger=None, reason=None)
+
+    def _batch_flushing(self, seq: int, bid: str, e: ev.BatchFlushing, at_us: int) -> None:
+        self._batch(bid).update(status="flushing", trigger=e.trigger, size=e.size)
+
+    def _batch_completed(self, seq: int, bid: str, e: ev.BatchCompleted, at_us: int) -> None:
+        self._batch(bid)["status"] = "completed"
+        self._metrics["batch.completed"] += 1
+
+    def _batch_failed(self, seq: int, bid: str, e: ev.BatchFailed, at_us: int) -> None:
+        self._batch(bid).update(status="failed", reason=e.reason)
+        self._metrics["batch.failed"] += 1
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def apply(self, cur: psycopg.Cursor[Any]) -> None:
+        r = self.run_id
+        if self._run_insert is not None:
+            cur.execute(
+                "INSERT INTO runs (run_id, status, settings_path, settings_hash, source_fingerprint, "
+                "started_at, ended_at, resumes, last_seq) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                self._run_insert,
+            )
+        for table, columns in _COPY_TABLES.items():
+            rows = self._rows[table]
+            if rows:
+                with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+                    for row in rows:
+                        cp.write_row(row)
+                rows.clear()
+        for cid, c in self._coalesces.items():
+            if "coalesce" in c:
+                cur.execute(
+                    "INSERT INTO coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, "
+                    "arrived, missing, reason) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                    (r, cid, c["coalesce"], c["row_index"], c["status"], c["policy"], c["arrived"],
+                     c["missing"], c["reason"]),
+                )  # fmt: skip
+            else:
+                cur.execute(
+                    "UPDATE coalesces SET status=%s, arrived=%s, missing=%s, reason=%s "
+                    "WHERE run_id=%s AND coalesce_id=%s",
+                    (c["status"], c["arrived"], c["missing"], c["reason"], r, cid),
+                )
+        for bid, b in self._batches.items():
+            if "aggregation" in b:
+                cur.execute(
+                    "INSERT INTO batches (run_id, batch_id, aggregation, status, trigger, size, reason) "
+                    "VALUES (%s,%s,%s,%s,%s,0,%s)",
+                    (r, bid, b["aggregation"], b["status"], b.get("trigger"), b.get("reason")),
+                )
+            if "status" in b and "aggregation" not in b:
+                cur.execute(
+                    "UPDATE batches SET status=%s, trigger=COALESCE(%s, trigger), "
+                    "reason=COALESCE(%s, reason) WHERE run_id=%s AND batch_id=%s",
+                    (b["status"], b.get("trigger"), b.get("reason"), r, bid),
+                )
+            cur.execute(
+                "UPDATE batches SET size = (SELECT count(*) FROM batch_members m "
+                "WHERE m.run_id=%s AND m.batch_id=%s) WHERE run_id=%s AND batch_id=%s",
+                (r, bid, r, bid),
+            )
+        if self._metrics:
+            cur.executemany(
+                "INSERT INTO run_metrics (run_id, metric, value) VALUES (%s,%s,%s) "
+                "ON CONFLICT (run_id, metric) DO UPDATE SET value = run_metrics.value + EXCLUDED.value",
+                [(r, k, float(v)) for k, v in sorted(self._metrics.items())],
+            )
+        u = self._run_update
+        sets = ["last_seq = %s"]
+        params: list[Any] = [self._last_seq]
+        for col in ("status", "ended_at"):
+            if col in u:
+                sets.append(f"{col} = %s")
+                params.append(u[col])
+        if "resumes" in u:
+            sets.append("resumes = resumes + %s")
+            params.append(u["resumes"])
+        if self._last_seq >= 0:
+            cur.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = %s", [*params, r])
+        self._metrics.clear()
+        self._run_insert = None
+        self._run_update = {}
+        self._coalesces.clear()
+        self._batches.clear()
+
+
+_Feed = Callable[[Projector, int, str, Any, int], None]
+_FEED: dict[type[ev.EventBase], _Feed] = {
+    ev.RunCreated: Projector._run_created,
+    ev.TokenCreated: Projector._token_created,
+    ev.StepCompleted: Projector._step,
+    ev.TokenBuffered: Projector._buffered,
+    ev.SinkFlushed: Projector._sink_flushed,
+    ev.CoalesceOpened: Projector._coalesce_opened,
+    ev.CoalesceMerged: Projector._coalesce_merged,
+    ev.CoalesceFailed: Projector._coalesce_failed,
+    ev.BatchOpened: Projector._batch_opened,
+    ev.BatchFlushing: Projector._batch_flushing,
+    ev.BatchCompleted: Projector._batch_completed,
+    ev.BatchFailed: Projector._batch_failed,
+}
+
+PROJECTION_TABLE_NAMES = (
+    "runs",
+    "nodes",
+    "rows",
+    "tokens",
+    "token_parents",
+    "node_states",
+    "token_outcomes",
+    "coalesces",
+    "batches",
+    "batch_members",
+    "artifacts",
+    "run_metrics",
+)
+
+
+def rebuild(conn: psycopg.Connection[Any], run_id: str, chunk: int = 10_000) -> int:
+    """Drop a run's projection rows and rebuild them from its events. Returns events folded."""
+    from landscape.store import read_events
+
+    with conn.cursor() as cur:
+        for table in PROJECTION_TABLE_NAMES:
+            cur.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
+    projector = Projector(run_id)
+    n = 0
+    for e in read_events(conn, run_id):
+        projector.feed(e.seq, e.entity_id, e.event, e.recorded_at_us)
+        n += 1
+        if n % chunk == 0:
+            with conn.cursor() as cur:
+                projector.apply(cur)
+    with conn.cursor() as cur:
+        projector.apply(cur)
+    conn.commit()
+    return n
