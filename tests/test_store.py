@@ -1,0 +1,151 @@
+"""The event store against a real PostgreSQL: append, read, the chain, one writer per run."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from landscape.canonical import hash_row
+from landscape.db import Database
+from landscape.errors import ChainBroken, ConcurrentWriter
+from landscape.store import RunWriter, read_events, verify_chain
+from statecharts import events as ev
+from statecharts.upcast import UnknownSchemaVersion
+
+
+def _write_run(db: Database, run_id: str, tokens: int = 5, commit_every: int = 3) -> RunWriter:
+    w = RunWriter(db.connect(), run_id)
+    w.append("run", run_id, ev.RunStarted())
+    for i in range(tokens):
+        h, data = hash_row({"id": i, "name": f"row {i}"})
+        w.put_payload(h, data)
+        w.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="in"))
+        if i % commit_every == 0:
+            w.commit()
+    w.commit()
+    return w
+
+
+def _superuser_update(db: Database, sql: str, params: tuple[Any, ...]) -> None:
+    """What a superuser could still do: bypass the append-only triggers and edit history."""
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")  # triggers off for this session
+        conn.execute(sql, params)
+        conn.commit()
+
+
+def test_events_read_back_as_the_same_structs_in_seq_order(db: Database) -> None:
+    w = _write_run(db, "run-a")
+    w.close()
+    with db.connect() as conn:
+        stored = list(read_events(conn, "run-a"))
+    assert [e.seq for e in stored] == list(range(6))
+    assert stored[0].event == ev.RunStarted()
+    created = stored[1].event
+    assert isinstance(created, ev.TokenCreated) and created.row_index == 0 and created.at == "in"
+
+
+def test_a_clean_chain_verifies(db: Database) -> None:
+    _write_run(db, "run-ok").close()
+    with db.connect() as conn:
+        result = verify_chain(conn, "run-ok")
+    assert result.events == 6
+
+
+@pytest.mark.parametrize(
+    ("sql", "bad_seq"),
+    [
+        ("UPDATE events SET payload = convert_to(replace(convert_from(payload, 'UTF8'), 'in', 'ix'), 'UTF8') "
+         "WHERE run_id = %s AND seq = 3", 3),
+        ("UPDATE events SET entity_id = 'r9' WHERE run_id = %s AND seq = 2", 2),
+        ("UPDATE events SET recorded_at = recorded_at + interval '1 second' WHERE run_id = %s AND seq = 4", 4),
+        ("UPDATE events SET hash = '\\x00'::bytea || substring(hash from 2) WHERE run_id = %s AND seq = 1", 1),
+        ("DELETE FROM events WHERE run_id = %s AND seq = 2", 2),
+    ],
+)  # fmt: skip
+def test_a_changed_byte_in_an_event_is_found_at_its_seq(db: Database, sql: str, bad_seq: int) -> None:
+    run_id = f"run-tamper-{bad_seq}-{abs(hash(sql)) % 1000}"
+    _write_run(db, run_id).close()
+    _superuser_update(db, sql.replace("%s", "%s"), (run_id,))
+    with db.connect() as conn, pytest.raises(ChainBroken) as err:
+        verify_chain(conn, run_id)
+    assert err.value.seq == bad_seq
+    assert f"seq {bad_seq}" in str(err.value)
+
+
+def test_a_changed_byte_in_a_row_payload_is_found_at_the_first_event_using_it(db: Database) -> None:
+    _write_run(db, "run-payload").close()
+    h, data = hash_row({"id": 2, "name": "row 2"})
+    _superuser_update(
+        db, "UPDATE payloads SET data = %s WHERE hash = %s", (data.replace(b"row", b"raw"), bytes.fromhex(h))
+    )
+    with db.connect() as conn, pytest.raises(ChainBroken) as err:
+        verify_chain(conn, "run-payload")
+    assert err.value.seq == 3  # RunStarted is seq 0; token r2 is created at seq 3
+
+
+def test_a_second_writer_on_the_same_run_is_refused_naming_the_run(db: Database) -> None:
+    first = RunWriter(db.connect(), "run-busy")
+    try:
+        with pytest.raises(ConcurrentWriter, match="run-busy"):
+            RunWriter(db.connect(), "run-busy")
+    finally:
+        first.close()
+    RunWriter(db.connect(), "run-busy").close()  # free again once the first writer is gone
+
+
+def test_seq_is_gap_free_under_concurrent_appends_to_different_runs(db: Database) -> None:
+    runs = [f"run-conc-{i}" for i in range(4)]
+    errors: list[BaseException] = []
+
+    def work(run_id: str) -> None:
+        try:
+            _write_run(db, run_id, tokens=300, commit_every=7).close()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with db.connect() as conn:
+        for run_id in runs:
+            seqs = [r[0] for r in conn.execute("SELECT seq FROM events WHERE run_id = %s ORDER BY seq", (run_id,))]
+            assert seqs == list(range(301))
+            assert verify_chain(conn, run_id).events == 301
+
+
+def test_a_reopened_writer_continues_the_chain(db: Database) -> None:
+    _write_run(db, "run-cont", tokens=2).close()
+    w = RunWriter(db.connect(), "run-cont")
+    assert w.next_seq == 3
+    w.append("run", "run-cont", ev.RunStarted())
+    w.commit()
+    w.close()
+    with db.connect() as conn:
+        assert verify_chain(conn, "run-cont").events == 4
+
+
+def test_an_event_from_a_newer_schema_version_is_refused_clearly(db: Database) -> None:
+    _write_run(db, "run-future", tokens=1).close()
+    _superuser_update(db, "UPDATE events SET schema_version = 9 WHERE run_id = %s AND seq = 1", ("run-future",))
+    with db.connect() as conn:
+        stored = list(read_events(conn, "run-future"))
+    with pytest.raises(UnknownSchemaVersion, match="schema_version 9"):
+        _ = stored[1].event
+
+
+def test_append_only_is_enforced_by_the_database(db: Database) -> None:
+    _write_run(db, "run-ro", tokens=1).close()
+    for sql in (
+        "UPDATE events SET entity_id = 'x' WHERE run_id = 'run-ro'",
+        "DELETE FROM events WHERE run_id = 'run-ro'",
+        "TRUNCATE events",
+    ):
+        with db.connect() as conn, pytest.raises(psycopg.Error, match="append-only"):
+            conn.execute(sql)
