@@ -8,7 +8,9 @@ Set ELSPETH_FAULT to `POINT:N` to call `os._exit(FAULT_EXIT_CODE)` the N-th time
 - `commit`        inside the N-th commit: events sent, transaction not yet committed
 - `committed`     right after the N-th commit
 
-Unset (the default), every check is one dictionary lookup returning at once.
+Unset (the default), every check is one string comparison returning at once. In-process
+property tests use `configure(..., raise_instead=True)`: the fault then raises `SimulatedCrash`
+(a BaseException, so nothing in the engine catches it) instead of ending the process.
 """
 
 from __future__ import annotations
@@ -21,20 +23,29 @@ _spec = os.environ.get("ELSPETH_FAULT", "")
 _point, _, _n = _spec.partition(":")
 _target = int(_n) if _n.isdigit() else 0
 _count = 0
+_raise = False
+
+
+class SimulatedCrash(BaseException):
+    """The process 'died' here (tests only)."""
 
 
 def reached(point: str) -> None:
-    global _count
+    global _count, _target
     if point != _point or not _target:
         return
     _count += 1
     if _count >= _target:
+        if _raise:
+            _target = 0  # a crash happens once; the resumed run must not crash again
+            raise SimulatedCrash(f"{point}:{_count}")
         os._exit(FAULT_EXIT_CODE)
 
 
-def configure(spec: str) -> None:
-    """Set the fault from code (tests running the engine in-process use a subprocess instead)."""
-    global _point, _target, _count
+def configure(spec: str, *, raise_instead: bool = False) -> None:
+    """Set (or with "" clear) the fault from code."""
+    global _point, _target, _count, _raise
     _point, _, n = spec.partition(":")
     _target = int(n) if n.isdigit() else 0
     _count = 0
+    _raise = raise_instead

@@ -1,0 +1,293 @@
+"""The processor end to end against the real store: gates, forks and coalesces, aggregations,
+quarantine, row errors, deadlines with an idle source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.clock import FakeClock
+from landscape.db import Database
+from tests.engine_harness import assert_invariants, item, run, write_csv
+
+SCHEMA = "schema: {mode: fixed, fields: ['id: int', 'v: int', 'note: str']}"
+
+
+def _input(tmp_path: Path, rows: list[list[object]]) -> None:
+    write_csv(tmp_path / "in.csv", ["id", "v", "note"], rows)
+
+
+def _fork_pipeline(policy: str, merge: str, extra: str = "") -> str:
+    return f"""
+source:
+  plugin: csv
+  on_success: raw
+  options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}
+gates:
+- name: split
+  input: raw
+  condition: 'True'
+  routes: {{'true': fork}}
+  fork_to: [a, b]
+transforms:
+- name: ta
+  plugin: field_mapper
+  input: a
+  on_success: a_done
+  on_error: discard
+  options: {{mapping: {{v: va}}}}
+- name: tb
+  plugin: keyword_filter
+  input: b
+  on_success: b_done
+  on_error: discard
+  options: {{fields: [note], blocked_patterns: ['bad']}}
+coalesce:
+- name: join
+  branches: {{a: a_done, b: b_done}}
+  policy: {policy}
+  merge: {merge}
+  on_success: out
+  {extra}
+sinks:
+  out:
+    plugin: json
+    options: {{path: out/out.jsonl, format: jsonl}}
+"""
+
+
+ROWS = [[1, 10, "ok"], [2, 20, "bad"], [3, 30, "fine"]]
+
+
+@pytest.mark.parametrize(
+    ("merge", "first_row"),
+    [
+        ("union", {"id": 1, "va": 10, "note": "ok", "v": 10}),
+        ("nested", {"a": {"id": 1, "va": 10, "note": "ok"}, "b": {"id": 1, "v": 10, "note": "ok"}}),
+        ("select", {"id": 1, "v": 10, "note": "ok"}),
+    ],
+)
+def test_require_all_merges_complete_rows_and_fails_a_row_that_lost_a_branch(
+    db: Database, tmp_path: Path, merge: str, first_row: dict[str, object]
+) -> None:
+    _input(tmp_path, ROWS)
+    extra = "select_branch: b" if merge == "select" else ""
+    r = run(db, tmp_path, _fork_pipeline("require_all", merge, extra))
+    rows = r.rows("out/out.jsonl")
+    assert [row for row in rows][0] == first_row
+    assert len(rows) == 2  # row 2 lost branch b (diverted by the keyword filter)
+    assert_invariants(r.fold)
+    out = r.outcomes()
+    assert out["forked"] == 3 and out["coalesced"] == 4 and out["diverted"] == 1
+    assert out["failed"] == 1  # the arrived branch a of row 2: branch_lost
+    assert out["completed"] == 2
+
+
+def test_best_effort_merges_what_arrived_when_a_branch_is_lost(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, ROWS)
+    r = run(db, tmp_path, _fork_pipeline("best_effort", "nested", "timeout_seconds: 60"))
+    rows = r.rows("out/out.jsonl")
+    assert len(rows) == 3
+    assert rows[1] == {"a": {"id": 2, "va": 20, "note": "bad"}}
+    assert_invariants(r.fold)
+
+
+def test_quorum_of_one_merges_on_the_first_arrival_and_fails_late_arrivals(
+    db: Database, tmp_path: Path
+) -> None:
+    _input(tmp_path, ROWS)
+    r = run(db, tmp_path, _fork_pipeline("quorum", "union", "quorum_count: 1"))
+    assert len(r.rows("out/out.jsonl")) == 3
+    assert_invariants(r.fold)
+    # branch b of rows 1 and 3 arrives after the quorum merged: recorded as late, not lost.
+    assert r.outcomes()["failed"] == 2
+
+
+def test_first_takes_the_first_branch_in_fork_order(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, ROWS)
+    r = run(db, tmp_path, _fork_pipeline("first", "union"))
+    rows = r.rows("out/out.jsonl")
+    assert rows[0] == {"id": 1, "va": 10, "note": "ok"}  # branch a arrives first
+    assert_invariants(r.fold)
+
+
+def test_quorum_fails_when_it_becomes_unreachable(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, ROWS)
+    r = run(db, tmp_path, _fork_pipeline("quorum", "union", "quorum_count: 2"))
+    assert len(r.rows("out/out.jsonl")) == 2
+    assert_invariants(r.fold)
+
+
+def test_a_coalesce_deadline_fires_while_the_source_is_idle(db: Database, tmp_path: Path) -> None:
+    """The prior system only checked timeouts when a row arrived. Here the source yields row 1,
+    then has nothing for a while: the clock moves past the deadline and the coalesce resolves
+    before row 2 exists."""
+    settings = _fork_pipeline("best_effort", "nested", "timeout_seconds: 5").replace(
+        "on_success: a_done", "on_success: to_agg"
+    )
+    # branch a is parked in an aggregation with a long count trigger so it never arrives first
+    settings = settings.replace(
+        "coalesce:",
+        """aggregations:
+- name: park
+  plugin: batch_replicate
+  input: to_agg
+  on_success: a_done
+  on_error: discard
+  trigger: {count: 100}
+  output_mode: passthrough
+coalesce:""",
+    )
+    clock = FakeClock()
+    items = [item(0, id=1, v=10, note="ok"), None, item(1, id=2, v=20, note="ok")]
+    r = run(db, tmp_path, settings, clock=clock, source_items=items)
+    assert_invariants(r.fold)
+    merged = r.rows("out/out.jsonl")
+    # row 1 merged on timeout with branch b only (its branch a arrived late at the end)
+    assert merged[0] == {"b": {"id": 1, "v": 10, "note": "ok"}}
+    assert clock.now() >= 1_700_000_005.0
+
+
+def _agg_pipeline(trigger: str, mode: str = "transform", plugin: str = "batch_stats", options: str = "") -> str:
+    opts = options or "{value_field: v, compute_mean: true}"
+    return f"""
+source:
+  plugin: csv
+  on_success: raw
+  options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}
+aggregations:
+- name: agg
+  plugin: {plugin}
+  input: raw
+  on_success: out
+  on_error: discard
+  trigger: {trigger}
+  output_mode: {mode}
+  options: {opts}
+sinks:
+  out:
+    plugin: csv
+    options: {{path: out/out.csv}}
+"""
+
+
+def test_count_trigger_and_end_of_source_flush_through_the_same_path(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, [[i, i * 10, "x"] for i in range(1, 8)])
+    r = run(db, tmp_path, _agg_pipeline("{count: 3}"))
+    rows = r.rows("out/out.csv")
+    assert [row["batch_size"] for row in rows] == ["3", "3", "1"]
+    assert [row["sum"] for row in rows] == ["60", "150", "70"]
+    assert_invariants(r.fold)
+    assert r.outcomes()["consumed_in_batch"] == 7
+
+
+def test_condition_trigger(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, [[i, i, "x"] for i in range(1, 6)])
+    r = run(db, tmp_path, _agg_pipeline("{condition: \"row['batch_count'] >= 2\"}"))
+    assert [row["batch_size"] for row in r.rows("out/out.csv")] == ["2", "2", "1"]
+    assert_invariants(r.fold)
+
+
+def test_timeout_trigger_fires_with_an_idle_source(db: Database, tmp_path: Path) -> None:
+    clock = FakeClock()
+    items = [item(0, id=1, v=1, note="x"), item(1, id=2, v=2, note="x"), None, item(2, id=3, v=3, note="x")]
+    r = run(db, tmp_path, _agg_pipeline("{timeout_seconds: 10, count: 100}"), clock=clock, source_items=items)
+    assert [row["batch_size"] for row in r.rows("out/out.csv")] == ["2", "1"]
+    assert_invariants(r.fold)
+
+
+def test_passthrough_mode_keeps_the_tokens(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, [[i, 1, "x"] for i in range(1, 5)])
+    r = run(
+        db,
+        tmp_path,
+        _agg_pipeline("{count: 2}", mode="passthrough", plugin="batch_replicate", options="{default_copies: 1}"),
+    )
+    assert len(r.rows("out/out.csv")) == 4
+    assert r.outcomes() == {"completed": 4}
+    assert_invariants(r.fold)
+
+
+def test_a_batch_error_fails_every_token_in_it(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, [[1, 1, "a"], [2, 2, "b"], [3, 3, "a"]])
+    r = run(db, tmp_path, _agg_pipeline("{count: 2}", options="{value_field: v, group_by: note}"))
+    assert_invariants(r.fold)
+    assert r.outcomes()["failed"] == 2  # the first batch mixes 'a' and 'b'
+    assert len(r.rows("out/out.csv")) == 1
+
+
+GATE = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {{path: in.csv, {schema}, on_validation_failure: bad}}
+gates:
+- name: g
+  input: raw
+  condition: "{condition}"
+  routes: {{'true': yes, 'false': no}}
+  {on_error}
+sinks:
+  yes: {{plugin: csv, options: {{path: out/yes.csv}}}}
+  no: {{plugin: csv, options: {{path: out/no.csv}}}}
+  bad: {{plugin: json, options: {{path: out/bad.jsonl, format: jsonl}}}}
+"""
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["100 / row['v'] > 1", "row['missing'] > 1", "row['note'] + 1 > 1"],
+    ids=["division-by-zero", "missing-field", "type-error"],
+)
+def test_gate_row_errors_go_to_on_error_and_the_run_goes_on(db: Database, tmp_path: Path, condition: str) -> None:
+    _input(tmp_path, [[1, 0, "x"], [2, 5, "y"]])
+    schema = "schema: {mode: flexible, fields: ['id: int', 'v: int']}"
+    r = run(db, tmp_path, GATE.format(schema=schema, condition=condition, on_error="on_error: bad"))
+    assert_invariants(r.fold)
+    bad = r.rows("out/bad.jsonl")
+    assert bad and bad[0]["id"] == 1
+    assert r.outcomes().get("diverted", 0) >= 1
+
+
+def test_gate_row_error_without_on_error_fails_the_token_not_the_run(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, [[1, 0, "x"], [2, 5, "y"]])
+    schema = "schema: {mode: flexible, fields: ['id: int', 'v: int']}"
+    r = run(db, tmp_path, GATE.format(schema=schema, condition="100 / row['v'] > 1", on_error=""))
+    assert_invariants(r.fold)
+    assert r.outcomes() == {"failed": 1, "routed": 1}
+
+
+def test_rows_that_do_not_fit_the_schema_are_quarantined_with_their_reason(db: Database, tmp_path: Path) -> None:
+    _input(tmp_path, [[1, "ten", "x"], [2, 5, "y"]])
+    r = run(db, tmp_path, GATE.format(schema=SCHEMA, condition="row['v'] > 1", on_error=""))
+    assert_invariants(r.fold)
+    assert r.rows("out/bad.jsonl") == [{"id": "1", "v": "ten", "note": "x"}]
+    assert r.outcomes() == {"quarantined": 1, "routed": 1}
+
+
+def test_json_explode_expands_in_output_order(db: Database, tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text('{"o": 1, "items": [1, 2, 3]}\n{"o": 2, "items": []}\n')
+    settings = """
+source:
+  plugin: json
+  on_success: raw
+  options: {path: in.jsonl, format: jsonl, schema: {mode: observed}}
+transforms:
+- name: explode
+  plugin: json_explode
+  input: raw
+  on_success: out
+  on_error: discard
+  options: {array_field: items}
+sinks:
+  out: {plugin: json, options: {path: out/out.json}}
+"""
+    r = run(db, tmp_path, settings)
+    assert r.rows("out/out.json") == [
+        {"o": 1, "item": 1, "item_index": 0},
+        {"o": 1, "item": 2, "item_index": 1},
+        {"o": 1, "item": 3, "item_index": 2},
+    ]
+    assert r.outcomes() == {"expanded": 1, "completed": 3, "diverted": 1}
+    assert_invariants(r.fold)
