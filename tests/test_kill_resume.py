@@ -1,0 +1,197 @@
+"""End to end: `elspeth run` in a real process, killed (SIGKILL) or stopped (SIGTERM, SIGINT) at
+random moments, then `elspeth resume`; the sinks must equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from landscape.db import Database
+from tests.engine_harness import write_csv
+
+ROWS = 3000
+
+PIPELINES = {
+    "linear": """
+transforms:
+- name: screen
+  plugin: keyword_filter
+  input: raw
+  on_success: screened
+  on_error: flagged
+  options: {fields: [note], blocked_patterns: ['bad']}
+- name: trim
+  plugin: truncate
+  input: screened
+  on_success: out
+  on_error: discard
+  options: {fields: {note: 2}}
+""",
+    "fork_coalesce": """
+gates:
+- name: split
+  input: raw
+  condition: 'True'
+  routes: {'true': fork}
+  fork_to: [a, b]
+transforms:
+- name: ta
+  plugin: field_mapper
+  input: a
+  on_success: a_done
+  on_error: discard
+  options: {mapping: {v: va}}
+- name: tb
+  plugin: keyword_filter
+  input: b
+  on_success: b_done
+  on_error: flagged
+  options: {fields: [note], blocked_patterns: ['bad']}
+coalesce:
+- name: join
+  branches: {a: a_done, b: b_done}
+  policy: best_effort
+  timeout_seconds: 3600
+  merge: nested
+  on_success: out
+""",
+    "aggregation": """
+aggregations:
+- name: stats
+  plugin: batch_stats
+  input: raw
+  on_success: out
+  on_error: flagged
+  trigger: {count: 7}
+  options: {value_field: v}
+""",
+}
+
+HEAD = """
+source:
+  plugin: csv
+  on_success: raw
+  options:
+    path: in.csv
+    schema: {mode: fixed, fields: ['id: int', 'v: int', 'note: str']}
+    on_validation_failure: discard
+"""
+TAIL = """
+sinks:
+  out: {plugin: json, options: {path: out/out.jsonl, format: jsonl}}
+  flagged: {plugin: csv, options: {path: out/flagged.csv}}
+checkpoint: {frequency: 50}
+"""
+
+
+def _setup(path: Path, kind: str) -> None:
+    path.mkdir(parents=True)
+    (path / "out").mkdir()
+    notes = ["ok", "bad", "fine"]
+    write_csv(path / "in.csv", ["id", "v", "note"], [[i, i % 11, notes[i % 3]] for i in range(ROWS)])
+    (path / "settings.yaml").write_text(HEAD + PIPELINES[kind] + TAIL, encoding="utf-8")
+
+
+def _elspeth(db: Database, cwd: Path, *args: str, **kw: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "ELSPETH_DATABASE_URL": db.conninfo}
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, **kw,  # type: ignore[call-overload]
+    )  # fmt: skip
+
+
+def _events(db: Database) -> int:
+    with db.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _latest_run(db: Database, since: int) -> tuple[str, str]:
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT run_id FROM events WHERE global_position > %s ORDER BY global_position LIMIT 1", (since,)
+        ).fetchone()
+        assert row is not None, "the killed run committed nothing"
+        status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (row[0],)).fetchone()
+    return row[0], status[0] if status else "?"
+
+
+def _max_position(db: Database) -> int:
+    with db.connect() as conn:
+        row = conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _outputs(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((path / "out").iterdir())}
+
+
+def _wait_for_events(db: Database, proc: subprocess.Popen[str], at_least: int) -> bool:
+    """Poll the store until the run has committed `at_least` more events (the process's own pace
+    decides when; no fixed delays). False if the process ended first."""
+    start = _events(db)
+    while proc.poll() is None:
+        if _events(db) - start >= at_least:
+            return True
+        try:
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            pass
+    return False
+
+
+@pytest.mark.parametrize("kind", sorted(PIPELINES))
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"])
+def test_stopped_or_killed_runs_resume_to_the_same_outputs(db: Database, tmp_path: Path, kind: str, how: int) -> None:
+    reference = tmp_path / "reference"
+    _setup(reference, kind)
+    done = _elspeth(db, reference, "run", "-s", "settings.yaml")
+    out, err = done.communicate(timeout=600)
+    assert done.returncode == 0, out + err
+
+    work = tmp_path / "work"
+    _setup(work, kind)
+    rnd = random.Random(f"{kind}-{how}")
+    since = _max_position(db)
+    proc = _elspeth(db, work, "run", "-s", "settings.yaml")
+    if _wait_for_events(db, proc, rnd.randint(200, 6000)):
+        proc.send_signal(how)
+    out, err = proc.communicate(timeout=600)
+    run_id, status = _latest_run(db, since)
+    if proc.returncode != 0:
+        expected_status = "interrupted" if how != signal.SIGKILL else "running"
+        assert status in (expected_status, "draining"), (status, out, err)
+        if how != signal.SIGKILL:
+            assert proc.returncode == 130 and "elspeth resume" in err
+        resumed = _elspeth(db, work, "resume", run_id)
+        out, err = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, out + err
+        assert "completed" in out
+    assert _outputs(work) == _outputs(reference)
+
+    again = _elspeth(db, work, "resume", run_id)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 1 and "already completed" in err and "Traceback" not in err
+
+
+def test_runs_json_lists_runs_newest_first(db: Database, tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    _setup(work, "linear")
+    for _ in range(2):
+        p = _elspeth(db, work, "run", "-s", "settings.yaml")
+        p.communicate(timeout=600)
+        assert p.returncode == 0
+    p = _elspeth(db, work, "runs", "--json")
+    out, err = p.communicate(timeout=60)
+    runs = json.loads(out)
+    assert runs[0]["status"] == "completed" and "run_id" in runs[0]
+    started = [r["started_at"] for r in runs]
+    assert started == sorted(started, reverse=True)
