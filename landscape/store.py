@@ -96,6 +96,7 @@ class RunWriter:
         got = conn.execute(f"SELECT pg_try_advisory_lock({_lock_key_sql()})", (run_id,)).fetchone()
         conn.commit()
         if not got or not got[0]:
+            conn.close()
             raise ConcurrentWriter(
                 f"run {run_id} is being written by another process (its writer still holds the run's lock)"
             )

@@ -20,7 +20,7 @@ def _write_run(db: Database, run_id: str, tokens: int = 5, commit_every: int = 3
     w = RunWriter(db.connect(), run_id)
     w.append("run", run_id, ev.RunStarted())
     for i in range(tokens):
-        h, data = hash_row({"id": i, "name": f"row {i}"})
+        h, data = hash_row({"id": i, "name": f"row {i}", "run": run_id})
         w.put_payload(h, data)
         w.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="in"))
         if i % commit_every == 0:
@@ -78,7 +78,7 @@ def test_a_changed_byte_in_an_event_is_found_at_its_seq(db: Database, sql: str, 
 
 def test_a_changed_byte_in_a_row_payload_is_found_at_the_first_event_using_it(db: Database) -> None:
     _write_run(db, "run-payload").close()
-    h, data = hash_row({"id": 2, "name": "row 2"})
+    h, data = hash_row({"id": 2, "name": "row 2", "run": "run-payload"})
     _superuser_update(
         db, "UPDATE payloads SET data = %s WHERE hash = %s", (data.replace(b"row", b"raw"), bytes.fromhex(h))
     )

@@ -1,0 +1,178 @@
+"""Where the audit store is, and connections to it. Driver errors become ours here, once."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+from landscape.embedded import embedded_server
+from landscape.errors import DatabaseUnavailable, SchemaOutdated, SchemaTooNew
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def resolve_url(explicit: str | None) -> str | None:
+    """`--database` wins, then ELSPETH_DATABASE_URL; None means the embedded server."""
+    url = explicit or os.environ.get("ELSPETH_DATABASE_URL") or None
+    return None if url is None else normalise_url(url)
+
+
+def normalise_url(url: str) -> str:
+    """A libpq URL psycopg accepts, or DatabaseUnavailable naming what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise DatabaseUnavailable(f"malformed database URL {redact(url)!r}: {e}") from e
+    if parts.scheme not in _SCHEMES:
+        raise DatabaseUnavailable(
+            f"malformed database URL {redact(url)!r}: expected postgresql://user@host/dbname"
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError as e:
+        raise DatabaseUnavailable(f"malformed database URL {redact(url)!r}: {e}") from e
+    return "postgresql" + url[len(parts.scheme) :]
+
+
+def redact(url: str) -> str:
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+@dataclass
+class Database:
+    conninfo: str
+    location: str  # for people: where the audit trail is
+    _engine: Any = field(default=None, repr=False)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return "postgresql+psycopg" + self.conninfo[len("postgresql") :]
+
+    def connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.conninfo, autocommit=autocommit, connect_timeout=10)
+        except psycopg.Error as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatabaseUnavailable(f"cannot connect to {redact(self.location)}: {first}") from e
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            from sqlalchemy import create_engine
+
+            self._engine = create_engine(self.sqlalchemy_url, poolclass=_null_pool())
+        return self._engine
+
+    def describe(self) -> str:
+        return redact(self.location)
+
+
+def _null_pool() -> Any:
+    from sqlalchemy.pool import NullPool
+
+    return NullPool
+
+
+@contextmanager
+def open_database(
+    url: str | None = None, *, upgrade: bool = True, home: str | os.PathLike[str] | None = None
+) -> Iterator[Database]:
+    """The configured database, or the embedded server (started now, stopped on exit), with the
+    schema migrated to head (`upgrade=True`) or checked to be current."""
+    with ExitStack() as stack:
+        resolved = resolve_url(url)
+        if resolved is None:
+            server = stack.enter_context(embedded_server(home))
+            db = Database(server.uri("elspeth"), f"embedded PostgreSQL in {server.pgdata}")
+        else:
+            db = Database(resolved, resolved)
+            db.connect().close()  # fail now, with one clear line, if it is unreachable
+        if upgrade:
+            migrate(db)
+        else:
+            check_schema(db)
+        yield db
+
+
+def _alembic_config(db: Database) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["conninfo"] = db.conninfo
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config(Database("postgresql://", ""))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(db: Database) -> str | None:
+    with db.connect() as conn:
+        exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return None
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return None if row is None else str(row[0])
+
+
+def check_schema(db: Database) -> None:
+    head, current = head_revision(), current_revision(db)
+    if current == head:
+        return
+    from alembic.script import ScriptDirectory
+
+    known = {s.revision for s in ScriptDirectory.from_config(_alembic_config(db)).walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaTooNew(
+            f"the database schema is at revision {current}, written by a newer ELSPETH: upgrade ELSPETH"
+        )
+    raise SchemaOutdated(
+        f"the database schema is at revision {current or 'none'}, this ELSPETH needs {head}: "
+        "run `elspeth db upgrade`"
+    )
+
+
+def migrate(db: Database) -> str:
+    """Upgrade the schema to head (a no-op when it is current). Returns the head revision."""
+    head = head_revision()
+    if current_revision(db) == head:
+        return head
+    check_not_newer(db)
+    from alembic import command
+
+    with db.connect() as conn:
+        # Two processes upgrading at once would race on CREATE TABLE: serialise on a lock.
+        conn.execute("SELECT pg_advisory_lock(7419001)")
+        try:
+            if current_revision(db) != head:
+                command.upgrade(_alembic_config(db), "head")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(7419001)")
+    return head
+
+
+def check_not_newer(db: Database) -> None:
+    current = current_revision(db)
+    if current is None:
+        return
+    from alembic.script import ScriptDirectory
+
+    known = {s.revision for s in ScriptDirectory.from_config(_alembic_config(db)).walk_revisions()}
+    if current not in known:
+        raise SchemaTooNew(
+            f"the database schema is at revision {current}, written by a newer ELSPETH: upgrade ELSPETH"
+        )

@@ -1,0 +1,36 @@
+"""The audit store's errors. Each message is one line saying what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class LandscapeError(Exception):
+    """Base of the store's errors."""
+
+
+class DatabaseUnavailable(LandscapeError):
+    """The database cannot be started or reached."""
+
+
+class SchemaOutdated(LandscapeError):
+    """The database schema is older than this ELSPETH."""
+
+
+class SchemaTooNew(LandscapeError):
+    """The database schema was written by a newer ELSPETH."""
+
+
+class ConcurrentWriter(LandscapeError):
+    """Another process is writing the run."""
+
+
+class CorruptLog(LandscapeError):
+    """The stored events cannot be what ELSPETH wrote."""
+
+
+class ChainBroken(CorruptLog):
+    """The hash chain does not verify; `seq` is the first bad event."""
+
+    def __init__(self, run_id: str, seq: int, why: str) -> None:
+        super().__init__(f"run {run_id}: hash chain broken at seq {seq}: {why}")
+        self.run_id = run_id
+        self.seq = seq

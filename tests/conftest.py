@@ -1,0 +1,50 @@
+"""One real PostgreSQL per test session (the embedded one, unless ELSPETH_TEST_DATABASE_URL is
+set), and a fresh, migrated database per test module."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from landscape.db import Database, migrate
+from landscape.embedded import embedded_server
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """URL of a maintenance database on the test server (`.../postgres`)."""
+    external = os.environ.get("ELSPETH_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with ExitStack() as stack:
+        home = stack.enter_context(tempfile.TemporaryDirectory(prefix="elspeth-test-"))
+        server = stack.enter_context(embedded_server(os.path.join(home, ".elspeth")))
+        yield server.uri("postgres")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="module")
+def db(server_url: str, request: pytest.FixtureRequest) -> Iterator[Database]:
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    name = f"t_{module}_{secrets.token_hex(3)}"[:60]
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    database = Database(_with_database(server_url, name), f"test database {name}")
+    migrate(database)
+    try:
+        yield database
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
