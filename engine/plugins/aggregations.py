@@ -1,0 +1,79 @@
+"""Aggregations: a batch of rows in, rows out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from engine.plugins.options import Options
+from engine.plugins.protocol import BatchResult, PluginConfigError, Row, RowError
+from engine.plugins.schema import parse_schema
+
+
+class BatchStats:
+    kind: ClassVar[str] = "aggregation"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        o = Options(options, "value_field", "group_by", "compute_mean")
+        self.value_field = o.str_("value_field", required=True)
+        self.group_by = o.str_("group_by", "") or None
+        self.compute_mean = o.bool_("compute_mean", True)
+        parse_schema(o.raw("schema"))
+
+    def flush(self, rows: list[Row]) -> BatchResult:
+        total: int | float = 0
+        count = 0
+        skipped: list[int] = []
+        for i, row in enumerate(rows):
+            value = row.get(self.value_field)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                skipped.append(i)
+                continue
+            total += value
+            count += 1
+        out: Row = {"count": count, "sum": total, "batch_size": len(rows)}
+        if self.compute_mean:
+            out["mean"] = total / count if count else None
+        if self.group_by is not None:
+            values = {repr(r.get(self.group_by)) for r in rows}
+            if len(values) > 1:
+                raise RowError(f"the batch mixes values of '{self.group_by}': {', '.join(sorted(values))}")
+            out[self.group_by] = rows[0].get(self.group_by) if rows else None
+        if skipped:
+            out["skipped_non_finite"] = len(skipped)
+            out["skipped_non_finite_indices"] = skipped
+        return BatchResult([out])
+
+
+class BatchReplicate:
+    kind: ClassVar[str] = "aggregation"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        o = Options(options, "copies_field", "default_copies", "max_copies", "include_copy_index")
+        self.copies_field = o.str_("copies_field", "copies")
+        self.default_copies = o.int_("default_copies", 1)
+        self.max_copies = o.int_("max_copies", 10_000)
+        self.include_copy_index = o.bool_("include_copy_index", True)
+        if not 1 <= self.default_copies <= self.max_copies:
+            raise PluginConfigError("default_copies", f"must be between 1 and max_copies ({self.max_copies})")
+        parse_schema(o.raw("schema"))
+
+    def flush(self, rows: list[Row]) -> BatchResult:
+        out: list[Row] = []
+        rejected: list[tuple[int, str]] = []
+        for i, row in enumerate(rows):
+            copies = row.get(self.copies_field, self.default_copies)
+            if copies is None:
+                copies = self.default_copies
+            if isinstance(copies, bool) or not isinstance(copies, int) or not 1 <= copies <= self.max_copies:
+                rejected.append((i, f"'{self.copies_field}' must be an int from 1 to {self.max_copies}, found {copies!r}"))
+                continue
+            for c in range(copies):
+                new = dict(row)
+                if self.include_copy_index:
+                    new["copy_index"] = c
+                out.append(new)
+        return BatchResult(out, rejected)

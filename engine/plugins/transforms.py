@@ -1,0 +1,144 @@
+"""Row transforms. Each returns a new row (never mutates its input) or a list of rows."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from engine.plugins.options import Options
+from engine.plugins.protocol import PluginConfigError, Row, RowError
+from engine.plugins.schema import parse_schema
+
+
+class Passthrough:
+    kind: ClassVar[str] = "transform"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        o = Options(options, "required_input_fields")
+        self.required = o.list_("required_input_fields") or []
+        parse_schema(o.raw("schema"))
+
+    def process(self, row: Row) -> Row:
+        missing = [f for f in self.required if f not in row]
+        if missing:
+            raise RowError(f"required field(s) missing: {', '.join(missing)}")
+        return dict(row)
+
+
+class FieldMapper:
+    kind: ClassVar[str] = "transform"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        o = Options(options, "mapping", "select_only", "strict")
+        mapping = o.dict_("mapping", required=True) or {}
+        for old, new in mapping.items():
+            if not isinstance(new, str):
+                raise PluginConfigError(f"mapping.{old}", f"expected a field name, found {new!r}")
+        self.mapping: dict[str, str] = {str(k): v for k, v in mapping.items()}
+        self.select_only = o.bool_("select_only", False)
+        self.strict = o.bool_("strict", False)
+        parse_schema(o.raw("schema"))
+
+    def process(self, row: Row) -> Row:
+        if self.strict:
+            missing = [f for f in self.mapping if f not in row]
+            if missing:
+                raise RowError(f"field(s) to map are missing: {', '.join(missing)}")
+        if self.select_only:
+            return {new: row[old] for old, new in self.mapping.items() if old in row}
+        out: Row = {}
+        for key, value in row.items():
+            out[self.mapping.get(key, key)] = value
+        return out
+
+
+class Truncate:
+    kind: ClassVar[str] = "transform"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        o = Options(options, "fields", "suffix", "strict")
+        fields = o.dict_("fields", required=True) or {}
+        for name, limit in fields.items():
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise PluginConfigError(f"fields.{name}", f"expected a positive maximum length, found {limit!r}")
+        self.fields: dict[str, int] = dict(fields)
+        self.suffix = o.str_("suffix", "")
+        self.strict = o.bool_("strict", False)
+        for name, limit in self.fields.items():
+            if len(self.suffix) >= limit:
+                raise PluginConfigError(f"fields.{name}", f"maximum length {limit} leaves no room for the suffix")
+        parse_schema(o.raw("schema"))
+
+    def process(self, row: Row) -> Row:
+        out = dict(row)
+        for name, limit in self.fields.items():
+            if name not in row:
+                if self.strict:
+                    raise RowError(f"field '{name}' is missing")
+                continue
+            value = row[name]
+            if isinstance(value, str) and len(value) > limit:
+                out[name] = value[: limit - len(self.suffix)] + self.suffix
+        return out
+
+
+class KeywordFilter:
+    kind: ClassVar[str] = "transform"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        o = Options(options, "fields", "blocked_patterns")
+        fields = o.raw("fields")
+        if fields == "all":
+            self.fields: list[str] | None = None
+        elif isinstance(fields, list) and all(isinstance(f, str) for f in fields):
+            self.fields = fields
+        else:
+            raise PluginConfigError("fields", f"expected a list of field names or 'all', found {fields!r}")
+        patterns = o.list_("blocked_patterns", required=True) or []
+        self.patterns: list[re.Pattern[str]] = []
+        for i, p in enumerate(patterns):
+            try:
+                self.patterns.append(re.compile(str(p)))
+            except re.error as e:
+                raise PluginConfigError(f"blocked_patterns[{i}]", f"invalid regular expression {p!r}: {e}") from e
+
+    def process(self, row: Row) -> Row:
+        names = list(row) if self.fields is None else self.fields
+        for name in names:
+            value = row.get(name)
+            if not isinstance(value, str):
+                continue
+            for pattern in self.patterns:
+                if pattern.search(value):
+                    raise RowError(f"field '{name}' matches blocked pattern {pattern.pattern!r}")
+        return dict(row)
+
+
+class JsonExplode:
+    kind: ClassVar[str] = "transform"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        o = Options(options, "array_field", "output_field", "include_index")
+        self.array_field = o.str_("array_field", required=True)
+        self.output_field = o.str_("output_field", "item")
+        self.include_index = o.bool_("include_index", True)
+        parse_schema(o.raw("schema"))
+
+    def process(self, row: Row) -> list[Row]:
+        if self.array_field not in row:
+            raise RowError(f"field '{self.array_field}' is missing")
+        items = row[self.array_field]
+        if not isinstance(items, list):
+            raise RowError(f"field '{self.array_field}' is not an array")
+        if not items:
+            raise RowError(f"field '{self.array_field}' is an empty array")
+        base = {k: v for k, v in row.items() if k != self.array_field}
+        out = []
+        for i, item in enumerate(items):
+            new = dict(base)
+            new[self.output_field] = item
+            if self.include_index:
+                new["item_index"] = i
+            out.append(new)
+        return out
