@@ -274,13 +274,14 @@ class Execution:
                         since_commit, last_commit = 0, clock.now()
                         if self.progress:
                             self.progress(fold)
-                else:
-                    self._emit(self.run_id, ev.SourceExhausted(records=fold.source_records))
             if self.stop.requested:
                 self.durability_point()
                 self._emit(self.run_id, ev.RunInterrupted(reason=self.stop.requested))
                 self.writer.commit()
                 return "interrupted"
+            if fold.status == "running":
+                # Also after a resume of a run that had drained: resuming made it `running` again.
+                self._emit(self.run_id, ev.SourceExhausted(records=fold.source_records))
             proc.fire_due()
             proc.end_of_source()
             self.durability_point()
@@ -302,6 +303,8 @@ class Execution:
         self.writer.commit()
 
     def close(self) -> None:
+        for sink in self.p.nodes.sinks.values():
+            sink.release()
         self.writer.close()
 
 

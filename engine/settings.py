@@ -263,9 +263,15 @@ def _msgspec_error(e: msgspec.ValidationError, prefix: str, where: str) -> str:
     message = str(e)
     at = ""
     m = re.search(r" - at `\$(.*)`$", message)
-    if m:
+    key = re.search(r" - at `key` in `\$(.*)`$", message)
+    if key:
+        at = key.group(1)
+        message = message[: key.start()] + " for a key"
+    elif m:
         at = m.group(1)
         message = message[: m.start()]
+    if "got `bool`" in message:
+        message += " (YAML reads yes/no/on/off/true/false as booleans: quote them)"
     path = prefix + at
     message = message.replace("Object contains unknown field", "unknown key")
     message = re.sub(r"`([^`]*)`", r"'\1'", message)

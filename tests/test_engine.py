@@ -226,11 +226,11 @@ gates:
 - name: g
   input: raw
   condition: "{condition}"
-  routes: {{'true': yes, 'false': no}}
+  routes: {{'true': hi, 'false': lo}}
   {on_error}
 sinks:
-  yes: {{plugin: csv, options: {{path: out/yes.csv}}}}
-  no: {{plugin: csv, options: {{path: out/no.csv}}}}
+  hi: {{plugin: csv, options: {{path: out/hi.csv}}}}
+  lo: {{plugin: csv, options: {{path: out/lo.csv}}}}
   bad: {{plugin: json, options: {{path: out/bad.jsonl, format: jsonl}}}}
 """
 

@@ -122,6 +122,11 @@ class Sink(Protocol):
         """Where the output is, for the audit trail (a path or a redacted URL)."""
         ...
 
+    def release(self) -> None:
+        """Let go of files and connections without finishing the output (a run that stopped
+        early and will be resumed). Safe to call at any time, more than once."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class PluginSpec:

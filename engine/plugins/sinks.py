@@ -72,6 +72,11 @@ class _FileSink:
     def location(self) -> str:
         return str(self.path)
 
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
     def _close_file(self, tail: bytes = b"") -> None:
         if self._f is not None:
             self._durable(tail)
@@ -274,8 +279,12 @@ class DatabaseSink:
         return self._committed
 
     def close(self) -> None:
+        self.release()
+
+    def release(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+            self._engine = None
 
 
 def _sql_type(value: Any) -> Any:
