@@ -67,7 +67,9 @@ def main() -> None:
         conn.close()
     store_rate = args.events / store_s
     copy_rate = len(encoded) / copy_s
-    print(f"events={args.events} commit_every={args.commit_every} store_seconds={store_s:.2f} copy_seconds={copy_s:.2f}")
+    print(
+        f"events={args.events} commit_every={args.commit_every} store_seconds={store_s:.2f} copy_seconds={copy_s:.2f}"
+    )
     print(f"store_events_per_s={store_rate:.0f} copy_events_per_s={copy_rate:.0f} ratio={store_rate / copy_rate:.2f}")
 
 

@@ -132,9 +132,7 @@ def build_dag(s: Settings) -> Dag:
     for c in s.coalesce:
         for branch in c.branch_inputs():
             if branch not in all_fork_branches:
-                errors.append(
-                    f"coalesce '{c.name}': branch '{branch}' is not produced by any fork (fork_to of a gate)"
-                )
+                errors.append(f"coalesce '{c.name}': branch '{branch}' is not produced by any fork (fork_to of a gate)")
 
     order = _topological(nodes, edges, errors)
     reachable = _reachable(s.source.on_success, consumers, edges)

@@ -102,7 +102,7 @@ def compile_expression(source: str) -> Expression:
     return Expression(source, _compile(tree.body))
 
 
-def _compile(node: ast.AST) -> Fn:  # noqa: C901 - one branch per allowed construct
+def _compile(node: ast.AST) -> Fn:
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, bytes | complex) or value is Ellipsis:
@@ -195,9 +195,7 @@ def _compile_call(node: ast.Call) -> Fn:
     if isinstance(func, ast.Name):
         fn = _FUNCTIONS.get(func.id)
         if fn is None:
-            raise ExpressionSyntaxError(
-                f"calls to {func.id!r} are not allowed (only {', '.join(_FUNCTIONS)})"
-            )
+            raise ExpressionSyntaxError(f"calls to {func.id!r} are not allowed (only {', '.join(_FUNCTIONS)})")
         if len(args) != 1:
             raise ExpressionSyntaxError(f"{func.id}() takes exactly one argument here")
         arg = args[0]

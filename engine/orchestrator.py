@@ -12,7 +12,7 @@ import os
 import secrets
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,9 +90,7 @@ def build_pipeline(loaded: LoadedSettings) -> Pipeline:
         transforms={t.name: (t, built[t.name]) for t in s.transforms},
         gates={g.name: (g, loaded.gate_conditions[g.name]) for g in s.gates},
         coalesces={c.name: c for c in s.coalesce},
-        aggregations={
-            a.name: (a, built[a.name], loaded.trigger_conditions.get(a.name)) for a in s.aggregations
-        },
+        aggregations={a.name: (a, built[a.name], loaded.trigger_conditions.get(a.name)) for a in s.aggregations},
         sinks=sinks,
         on_validation_failure=on_vf,
         coalesce_of_branch={b: c for c, bs in dag.coalesce_branches.items() for b in bs},
@@ -141,15 +139,14 @@ class Stop:
     @contextmanager
     def installed(self) -> Iterator[Stop]:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            # Outside the main thread there are no signals to handle (and nothing to restore).
+            with suppress(ValueError):
                 self.handlers[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (tests): no signals, nothing to restore
-                pass
         try:
             yield self
         finally:
-            for sig, old in self.handlers.items():
-                signal.signal(sig, old)
+            for signum, old in self.handlers.items():
+                signal.signal(signum, old)
 
 
 @dataclass
@@ -295,10 +292,10 @@ class Execution:
             raise RunFailedError(self.run_id, str(e)) from e
 
     def _fail(self, reason: str) -> None:
-        try:
+        # The sink that failed may fail again: record the run's failure regardless. What was
+        # not made durable is redone by a resume (its tokens are still pending in the log).
+        with suppress(Exception):
             self.durability_point()
-        except Exception:  # the sink that failed may fail again; record the failure regardless
-            pass
         self._emit(self.run_id, ev.RunFailed(reason=reason))
         self.writer.commit()
 

@@ -33,9 +33,7 @@ def normalise_url(url: str) -> str:
     except ValueError as e:
         raise DatabaseUnavailable(f"malformed database URL {redact(url)!r}: {e}") from e
     if parts.scheme not in _SCHEMES:
-        raise DatabaseUnavailable(
-            f"malformed database URL {redact(url)!r}: expected postgresql://user@host/dbname"
-        )
+        raise DatabaseUnavailable(f"malformed database URL {redact(url)!r}: expected postgresql://user@host/dbname")
     try:
         parts.port  # noqa: B018 - urlsplit validates the port lazily
     except ValueError as e:
@@ -137,12 +135,9 @@ def check_schema(db: Database) -> None:
 
     known = {s.revision for s in ScriptDirectory.from_config(_alembic_config(db)).walk_revisions()}
     if current is not None and current not in known:
-        raise SchemaTooNew(
-            f"the database schema is at revision {current}, written by a newer ELSPETH: upgrade ELSPETH"
-        )
+        raise SchemaTooNew(f"the database schema is at revision {current}, written by a newer ELSPETH: upgrade ELSPETH")
     raise SchemaOutdated(
-        f"the database schema is at revision {current or 'none'}, this ELSPETH needs {head}: "
-        "run `elspeth db upgrade`"
+        f"the database schema is at revision {current or 'none'}, this ELSPETH needs {head}: run `elspeth db upgrade`"
     )
 
 
@@ -173,6 +168,4 @@ def check_not_newer(db: Database) -> None:
 
     known = {s.revision for s in ScriptDirectory.from_config(_alembic_config(db)).walk_revisions()}
     if current not in known:
-        raise SchemaTooNew(
-            f"the database schema is at revision {current}, written by a newer ELSPETH: upgrade ELSPETH"
-        )
+        raise SchemaTooNew(f"the database schema is at revision {current}, written by a newer ELSPETH: upgrade ELSPETH")

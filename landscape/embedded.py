@@ -125,7 +125,12 @@ def _runnable_bin_dir(uid: int | None) -> Path:
             for name in dirs + files:
                 p = os.path.join(root, name)
                 if not os.path.islink(p):
-                    os.chmod(p, os.stat(p).st_mode | stat.S_IROTH | (stat.S_IXOTH if name in dirs or os.access(p, os.X_OK) else 0))
+                    os.chmod(
+                        p,
+                        os.stat(p).st_mode
+                        | stat.S_IROTH
+                        | (stat.S_IXOTH if name in dirs or os.access(p, os.X_OK) else 0),
+                    )
         os.chmod(tmp, 0o755)
         os.rename(tmp, target)
         target.parent.chmod(0o755)
@@ -137,7 +142,9 @@ def _bundled_version(bin_dir: Path) -> str:
     return out.strip().split()[-1] if out.strip() else str(BUNDLED_MAJOR)
 
 
-def _run(bin_dir: Path, exe: str, args: list[str], uid: int | None, gid: int | None) -> subprocess.CompletedProcess[str]:
+def _run(
+    bin_dir: Path, exe: str, args: list[str], uid: int | None, gid: int | None
+) -> subprocess.CompletedProcess[str]:
     kwargs: dict[str, object] = {}
     if uid is not None:
         kwargs.update(user=uid, group=gid, extra_groups=[])
@@ -234,7 +241,13 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
                     raise DatabaseUnavailable(f"cannot initialise the embedded PostgreSQL in {pgdata}: {why}")
             if not _running(bin_dir, pgdata, uid, gid):
                 opts = f"-h '' -k {sockets} -c fsync=on -c max_connections=100"
-                proc = _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "-w", "-t", "30", "-l", str(log), "-o", opts, "start"], uid, gid)
+                proc = _run(
+                    bin_dir,
+                    "pg_ctl",
+                    ["-D", str(pgdata), "-w", "-t", "30", "-l", str(log), "-o", opts, "start"],
+                    uid,
+                    gid,
+                )
                 if proc.returncode != 0:
                     raise DatabaseUnavailable(f"the embedded PostgreSQL did not start: {_log_tail(log)} (log: {log})")
                 started = True

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_COLUMNS = (
-    "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, "
-    "payload, payload_hash, prev_hash, hash"
+    "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
 )
 
 
@@ -160,8 +159,7 @@ class RunWriter:
             with conn.cursor() as cur:
                 if self._payloads:
                     cur.execute(
-                        "CREATE TEMP TABLE IF NOT EXISTS payload_stage (hash bytea, data bytea) "
-                        "ON COMMIT DELETE ROWS"
+                        "CREATE TEMP TABLE IF NOT EXISTS payload_stage (hash bytea, data bytea) ON COMMIT DELETE ROWS"
                     )
                     with cur.copy("COPY payload_stage (hash, data) FROM STDIN") as cp:
                         for hx, data in self._payloads.items():
@@ -180,9 +178,7 @@ class RunWriter:
             conn.commit()
         except psycopg.errors.UniqueViolation as e:
             conn.rollback()
-            raise ConcurrentWriter(
-                f"run {self.run_id} is being written by another process (seq already taken)"
-            ) from e
+            raise ConcurrentWriter(f"run {self.run_id} is being written by another process (seq already taken)") from e
         except psycopg.Error as e:
             conn.rollback()
             raise CorruptLog(f"could not commit events of run {self.run_id}: {e}") from e

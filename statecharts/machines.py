@@ -120,9 +120,7 @@ TOKEN = MachineDef(
         _t("complete", _T.PENDING_SINK, _T.COMPLETED, ev.TokenCompleted),
         _t("route", _T.PENDING_SINK, _T.ROUTED, ev.TokenRouted),
         _t("divert", f"{_LIVE}|{_T.PENDING_SINK}", _T.DIVERTED, ev.TokenDiverted),
-        _t(
-            "quarantine", f"{_T.CREATED}|{_T.BUFFERED}|{_T.PENDING_SINK}", _T.QUARANTINED, ev.TokenQuarantined
-        ),
+        _t("quarantine", f"{_T.CREATED}|{_T.BUFFERED}|{_T.PENDING_SINK}", _T.QUARANTINED, ev.TokenQuarantined),
         _t("fork", _LIVE, _T.FORKED, ev.TokenForked),
         _t("expand", _LIVE, _T.EXPANDED, ev.TokenExpanded),
         _t("coalesce", _T.HELD, _T.COALESCED, ev.TokenCoalesced),

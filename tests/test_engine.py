@@ -75,7 +75,7 @@ def test_require_all_merges_complete_rows_and_fails_a_row_that_lost_a_branch(
     extra = "select_branch: b" if merge == "select" else ""
     r = run(db, tmp_path, _fork_pipeline("require_all", merge, extra))
     rows = r.rows("out/out.jsonl")
-    assert [row for row in rows][0] == first_row
+    assert rows[0] == first_row
     assert len(rows) == 2  # row 2 lost branch b (diverted by the keyword filter)
     assert_invariants(r.fold)
     out = r.outcomes()
@@ -93,9 +93,7 @@ def test_best_effort_merges_what_arrived_when_a_branch_is_lost(db: Database, tmp
     assert_invariants(r.fold)
 
 
-def test_quorum_of_one_merges_on_the_first_arrival_and_fails_late_arrivals(
-    db: Database, tmp_path: Path
-) -> None:
+def test_quorum_of_one_merges_on_the_first_arrival_and_fails_late_arrivals(db: Database, tmp_path: Path) -> None:
     _input(tmp_path, ROWS)
     r = run(db, tmp_path, _fork_pipeline("quorum", "union", "quorum_count: 1"))
     assert len(r.rows("out/out.jsonl")) == 3

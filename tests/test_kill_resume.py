@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -141,10 +142,8 @@ def _wait_for_events(db: Database, proc: subprocess.Popen[str], at_least: int) -
     while proc.poll() is None:
         if _events(db) - start >= at_least:
             return True
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.02)
-        except subprocess.TimeoutExpired:
-            pass
     return False
 
 
@@ -190,7 +189,7 @@ def test_runs_json_lists_runs_newest_first(db: Database, tmp_path: Path) -> None
         p.communicate(timeout=600)
         assert p.returncode == 0
     p = _elspeth(db, work, "runs", "--json")
-    out, err = p.communicate(timeout=60)
+    out, _err = p.communicate(timeout=60)
     runs = json.loads(out)
     assert runs[0]["status"] == "completed" and "run_id" in runs[0]
     started = [r["started_at"] for r in runs]

@@ -61,7 +61,7 @@ def test_each_event_type_belongs_to_exactly_one_transition_of_one_machine() -> N
 
 def test_terminal_states_have_no_way_out() -> None:
     for name, compiled in COMPILED.items():
-        for (state, _trigger) in compiled.by_trigger:
+        for state, _trigger in compiled.by_trigger:
             assert state not in compiled.terminal, (name, state)
 
 

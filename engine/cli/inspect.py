@@ -50,8 +50,7 @@ def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) 
     click.echo("outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(fold.outcomes.items())) or "none"))
     click.echo("per node: " + (", ".join(f"{k} {v}" for k, v in sorted(per_node.items())) or "none"))
     click.echo(
-        f"in flight: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, "
-        f"{len(fold.batches)} open batches"
+        f"in flight: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, {len(fold.batches)} open batches"
     )
     if check:
         problems = _compare(fold, metrics)

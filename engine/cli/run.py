@@ -120,9 +120,7 @@ def _report(db: Database, go: Callable[[], Outcome]) -> None:
 @click.option("--dry-run", is_flag=True, help="Validate the settings and build the DAG, run nothing.")
 @click.option("--commit-every", type=click.IntRange(min=1), help="Rows per durability point.")
 @click.pass_context
-def run_cmd(
-    ctx: click.Context, settings_path: Path, execute: bool, dry_run: bool, commit_every: int | None
-) -> None:
+def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: bool, commit_every: int | None) -> None:
     """Run a pipeline, recording every step of every row."""
     pipeline = load_pipeline(settings_path)
     if dry_run:
@@ -134,9 +132,7 @@ def run_cmd(
         with database_from_ctx(ctx) as db:
             _report(
                 db,
-                lambda: start_run(
-                    db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress
-                ),
+                lambda: start_run(db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress),
             )
     finally:
         progress.close()

@@ -69,7 +69,9 @@ class BatchReplicate:
             if copies is None:
                 copies = self.default_copies
             if isinstance(copies, bool) or not isinstance(copies, int) or not 1 <= copies <= self.max_copies:
-                rejected.append((i, f"'{self.copies_field}' must be an int from 1 to {self.max_copies}, found {copies!r}"))
+                rejected.append(
+                    (i, f"'{self.copies_field}' must be an int from 1 to {self.max_copies}, found {copies!r}")
+                )
                 continue
             for c in range(copies):
                 new = dict(row)

@@ -141,7 +141,9 @@ def parse_schema(raw: Any) -> Schema:
         optional = type_.endswith("?")
         type_ = type_.rstrip("?").strip()
         if type_ not in _TYPES:
-            raise PluginConfigError(f"schema.fields[{i}]", f"type {type_!r} is not allowed; allowed: {', '.join(_TYPES)}")
+            raise PluginConfigError(
+                f"schema.fields[{i}]", f"type {type_!r} is not allowed; allowed: {', '.join(_TYPES)}"
+            )
         fields.append(Field(name, type_, optional))
     if mode in ("fixed", "flexible") and not fields:
         raise PluginConfigError("schema.fields", f"required for mode {mode}")

@@ -41,6 +41,7 @@ class _FileSink:
         if not self.path.parent.is_dir():
             raise PluginError(self.sink_name, f"the folder of the sink path {self.path} does not exist")
         try:
+            f: BinaryIO
             if position is not None:
                 f = self.path.open("r+b") if self.path.exists() else self.path.open("w+b")
                 # A resume: drop whatever a crash left after the last durable flush.
@@ -217,9 +218,9 @@ class DatabaseSink:
                     Table(self.table_name, MetaData()).drop(conn, checkfirst=True)
                     conn.execute(tracking.delete().where(tracking.c.sink_table == self.table_name))
                 self._committed = conn.execute(
-                    select(func.count()).select_from(tracking).where(
-                        tracking.c.run_id == run_id, tracking.c.sink_table == self.table_name
-                    )
+                    select(func.count())
+                    .select_from(tracking)
+                    .where(tracking.c.run_id == run_id, tracking.c.sink_table == self.table_name)
                 ).scalar_one()
         except Exception as e:
             raise self._fail("cannot connect", e) from e
@@ -236,6 +237,7 @@ class DatabaseSink:
         if inspect(conn).has_table(self.table_name):
             self._table = Table(self.table_name, meta, autoload_with=conn)
             return self._table
+        columns: list[Any]
         types = {"int": Integer, "float": Float, "bool": Boolean, "str": Text, "any": Text}
         if self.schema.field_names is not None:
             columns = [Column(f.name, types[f.type]) for f in self.schema.fields]

@@ -151,7 +151,7 @@ def _decoded_lines(f: io.BufferedReader, encoding: str) -> _Lines:
     return _Lines(f, encoding)
 
 
-class _counting:  # noqa: N801 - an adapter, used like a function
+class _counting:
     """Feed csv.reader from `_Lines`, restarting after a decode error on one line."""
 
     def __init__(self, lines: _Lines) -> None:
