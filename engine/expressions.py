@@ -99,6 +99,13 @@ def compile_expression(source: str) -> Expression:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as e:
         raise ExpressionSyntaxError(f"not a valid expression: {e.msg} (column {e.offset})") from None
+    # Name the most dangerous thing first: `__import__('os').system(...)` is refused for
+    # `__import__`, not for the attribute call wrapped around it.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in _FUNCTIONS:
+            raise ExpressionSyntaxError(f"calls to {node.func.id!r} are not allowed (only {', '.join(_FUNCTIONS)})")
+        if isinstance(node, ast.Name) and node.id.startswith("__"):
+            raise ExpressionSyntaxError(f"the name {node.id!r} is not allowed")
     return Expression(source, _compile(tree.body))
 
 
