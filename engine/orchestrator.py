@@ -353,7 +353,7 @@ def resume_run(
     *,
     force: bool = False,
     clock: Clock | None = None,
-    commit_every: int = DEFAULT_COMMIT_EVERY,
+    commit_every: int | None = None,
     progress: ProgressFn | None = None,
     settings_path: Path | None = None,
 ) -> Outcome:
@@ -388,7 +388,16 @@ def resume_run(
         )
     clock = clock or SystemClock()
     with Stop().installed() as stop:
-        ex = Execution(db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop)
+        ex = Execution(
+            db,
+            pipeline,
+            run_id,
+            fold,
+            clock=clock,
+            commit_every=commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows(),
+            progress=progress,
+            stop=stop,
+        )
         try:
             ex.start(resumed=True, forced=force and changed, fingerprint=fingerprint)
             status = ex.run()

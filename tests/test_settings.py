@@ -101,7 +101,7 @@ def test_a_missing_environment_variable_is_named(tmp_path: Path) -> None:
         ("[x for x in row]", "comprehensions"),
         ("row['a'][1:2]", "slices"),
         ("(y := 1)", ":="),
-        ("f\"{row}\"", "f-strings"),
+        ('f"{row}"', "f-strings"),
         ("row['a'] is 1", "None"),
     ],
 )

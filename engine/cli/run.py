@@ -18,6 +18,7 @@ from engine.orchestrator import Outcome, Pipeline, build_pipeline, resume_run, s
 from engine.plugins.protocol import PluginError
 from engine.settings import SettingsError, load_settings
 from landscape.db import Database
+from landscape.errors import LandscapeError
 from landscape.fold import RunFold
 
 
@@ -106,7 +107,7 @@ def _report(db: Database, go: Callable[[], Outcome]) -> None:
         outcome = go()
     except RunFailedError as e:
         raise ElspethCliError(f"{e} — fix the cause, then `elspeth resume {e.run_id}`") from e
-    except EngineError as e:
+    except (EngineError, PluginError, LandscapeError) as e:
         raise ElspethCliError(str(e)) from e
     print_summary(db, outcome, time.monotonic() - started)
     if outcome.status == "interrupted":
@@ -159,7 +160,7 @@ def resume_cmd(
                     run_id,
                     load_pipeline,
                     force=force,
-                    commit_every=commit_every or 1000,
+                    commit_every=commit_every,
                     progress=progress,
                     settings_path=settings_path,
                 ),

@@ -100,7 +100,7 @@ class CsvSource:
                 if index >= start:
                     reason = e.reason if isinstance(e, UnicodeDecodeError) else str(e)
                     yield SourceItem(index, None, {"__raw_line__": lines.last, "__line_number__": line_no,
-                                                   "__row_number__": index + 1}, f"unreadable line: {reason}")  # fmt: skip
+                                                   "__row_number__": index + 1}, f"unreadable line (not {self.encoding}): {reason}")  # fmt: skip
                 index += 1
                 continue
             line_no += lines.count - before

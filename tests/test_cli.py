@@ -1,0 +1,183 @@
+"""The `elspeth` command as users run it: real processes, real PostgreSQL, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from landscape.db import Database, check_schema
+from landscape.errors import SchemaOutdated
+from tests.engine_harness import write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def elspeth(
+    *args: str, cwd: Path, db: Database | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    if db is not None:
+        full_env["ELSPETH_DATABASE_URL"] = db.conninfo
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+PIPELINE = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'v: int']}, on_validation_failure: bad}
+gates:
+- name: big
+  input: raw
+  condition: row['v'] > 5
+  routes: {'true': high, 'false': low}
+sinks:
+  high: {plugin: csv, options: {path: out/high.csv}}
+  low: {plugin: csv, options: {path: out/low.csv}}
+  bad: {plugin: json, options: {path: out/bad.jsonl}}
+"""
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    write_csv(tmp_path / "in.csv", ["id", "v"], [[1, 3], [2, 9], [3, "x"]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(PIPELINE)
+    return tmp_path
+
+
+def test_db_upgrade_in_an_empty_folder_starts_the_embedded_server_and_stops_it(tmp_path: Path) -> None:
+    proc = elspeth("db", "upgrade", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "schema at revision" in proc.stdout
+    pgdata = tmp_path / ".elspeth" / "pgdata"
+    assert (pgdata / "PG_VERSION").exists()
+    assert not (pgdata / "postmaster.pid").exists()  # stopped on exit
+    again = elspeth("runs", "--json", cwd=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout) == []
+    assert not (pgdata / "postmaster.pid").exists()
+
+
+def test_a_data_folder_from_a_newer_postgresql_is_a_clear_error(tmp_path: Path) -> None:
+    pgdata = tmp_path / ".elspeth" / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("99\n")
+    err = one_line_error(elspeth("db", "upgrade", cwd=tmp_path), 1)
+    assert "PostgreSQL 99" in err and "--database" in err
+
+
+@pytest.mark.parametrize("url", ["mysql://x@y/z", "postgresql://user@host:notaport/db"])
+def test_a_malformed_database_url_is_one_line(tmp_path: Path, url: str) -> None:
+    err = one_line_error(elspeth("--database", url, "runs", cwd=tmp_path), 1)
+    assert "malformed database URL" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    err = one_line_error(elspeth("--database", "postgresql://nobody@127.0.0.1:1/x", "runs", cwd=tmp_path), 1)
+    assert "cannot connect" in err
+
+
+def test_an_outdated_schema_says_to_run_db_upgrade(server_url: str) -> None:
+    import psycopg
+
+    from tests.conftest import _with_database
+
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute('DROP DATABASE IF EXISTS "t_unmigrated"')
+        admin.execute('CREATE DATABASE "t_unmigrated"')
+    with pytest.raises(SchemaOutdated, match="run `elspeth db upgrade`"):
+        check_schema(Database(_with_database(server_url, "t_unmigrated"), "unmigrated"))
+
+
+def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:
+    proc = elspeth("run", "-s", "settings.yaml", "--execute", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert "completed" in proc.stdout and "rows in: 3" in proc.stdout
+    assert "quarantined 1" in proc.stdout
+    assert (work / "out" / "high.csv").read_text().splitlines() == ["id,v", "2,9"]
+    assert json.loads((work / "out" / "bad.jsonl").read_text()) == {"id": "3", "v": "x"}
+    run_id = proc.stdout.split()[1]
+
+    explain = elspeth("explain", run_id, "--row", "1", cwd=work, db=db)
+    assert explain.returncode == 0, explain.stderr
+    assert "big → true" in explain.stdout and "routed" in explain.stdout
+    replay = elspeth("replay", run_id, "--check", cwd=work, db=db)
+    assert replay.returncode == 0, replay.stderr
+    assert "chain verified" in replay.stdout and "projections agree" in replay.stdout
+    rebuilt = elspeth("projections", "rebuild", run_id, cwd=work, db=db)
+    assert rebuilt.returncode == 0 and "rebuilt" in rebuilt.stdout
+
+
+def test_dry_run_validates_without_running(db: Database, work: Path) -> None:
+    proc = elspeth("run", "-s", "settings.yaml", "--dry-run", cwd=work, db=db)
+    assert proc.returncode == 0 and "dry run" in proc.stdout
+    assert not (work / "out" / "high.csv").exists()
+
+
+def test_validate(work: Path) -> None:
+    ok = elspeth("validate", "-s", "settings.yaml", cwd=work)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK:")
+    (work / "bad.yaml").write_text(PIPELINE.replace("condition: row['v'] > 5", "condition: row.__class__"))
+    err = one_line_error(elspeth("validate", "-s", "bad.yaml", cwd=work), 2)
+    assert "gates[0].condition (gate 'big')" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "says"),
+    [
+        (lambda t: t.replace("in.csv", "missing.csv"), 1, "missing.csv"),
+        (lambda t: t.replace("out/high.csv", "nowhere/high.csv"), 1, "does not exist"),
+        (
+            lambda t: t.replace(
+                "plugin: csv, options: {path: out/low.csv}",
+                "plugin: database, options: {url: 'postgresql://nobody@127.0.0.1:1/x', table: t}",
+            ),
+            1,
+            "cannot connect",
+        ),
+        (lambda t: t + "bogus: 1\n", 2, "bogus: unknown key"),
+        (lambda t: t.replace("routes:", "routs:"), 2, "gates[0]"),
+        (lambda t: t.replace("fields: ['id: int'", "fields: ['id: integer'"), 2, "source.options.schema.fields[0]"),
+    ],
+    ids=["missing-input", "sink-folder", "db-sink", "unknown-key", "typo", "bad-type"],
+)
+def test_user_mistakes_are_one_clear_error(db: Database, work: Path, change: object, code: int, says: str) -> None:
+    (work / "settings.yaml").write_text(change(PIPELINE))  # type: ignore[operator]
+    err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), code)
+    assert says in err, err
+
+
+def test_plugins_list(work: Path) -> None:
+    proc = elspeth("plugins", "list", cwd=work)
+    assert proc.returncode == 0
+    for name in ("csv", "json_explode", "batch_stats", "database", "keyword_filter"):
+        assert name in proc.stdout
+
+
+def test_statecharts_check_fails_when_a_diagram_is_stale(tmp_path: Path) -> None:
+    out = tmp_path / "charts"
+    assert elspeth("statecharts", "--out", str(out), cwd=ROOT).returncode == 0
+    assert len(list(out.glob("*.mmd"))) == 4
+    (out / "token.mmd").write_text("stale")
+    proc = elspeth("statecharts", "--check", "--out", str(out), cwd=ROOT)
+    assert proc.returncode == 1 and "token.mmd" in proc.stderr
+
+
+def test_usage_errors_exit_2(work: Path) -> None:
+    proc = elspeth("run", cwd=work)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
