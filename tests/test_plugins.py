@@ -76,7 +76,7 @@ def test_read_continues_after_a_cursor(tmp_path: Path) -> None:
 
 def test_missing_input_file_is_a_clear_error(tmp_path: Path) -> None:
     source = build_plugin("source", "csv", {"path": str(tmp_path / "nope.csv")})
-    with pytest.raises(PluginError, match="nope.csv"):
+    with pytest.raises(PluginError, match=r"nope\.csv"):
         source.fingerprint()
 
 

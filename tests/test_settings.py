@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -188,10 +189,8 @@ def test_evaluation_never_raises_anything_but_expression_error(row: dict[str, ob
         "int(row.get('a', 0)) % 3 == 0",
         "-row['v'] * 2 in [1, 2, 3]",
     ):
-        try:
+        with contextlib.suppress(ExpressionError):  # the only exception allowed out
             compile_expression(source).evaluate(row)
-        except ExpressionError:
-            pass
 
 
 def test_syntax_errors_are_reported_as_such() -> None:
