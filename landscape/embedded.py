@@ -222,7 +222,7 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
                 _open_search_path(root)
                 os.chown(root, uid, gid)
                 os.chown(sockets, uid, gid)
-                if pgdata.exists():
+                if pgdata.exists() and pgdata.stat().st_uid != uid:
                     _chown_tree(pgdata, uid, gid)
                 if log.exists():
                     os.chown(log, uid, gid)
