@@ -76,18 +76,22 @@ class Progress:
             self._bar.stop()
 
 
-def _metrics(db: Database, run_id: str) -> dict[str, float]:
+def _metrics(db: Database, run_id: str) -> tuple[dict[str, float], dict[str, str]]:
+    """The run's metrics and each sink's location, both from the projections."""
     conn = db.connect()
     try:
         rows = conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,)).fetchall()
+        places = conn.execute(
+            "SELECT DISTINCT sink, location FROM artifacts WHERE run_id = %s ORDER BY sink", (run_id,)
+        ).fetchall()
         conn.commit()
     finally:
         conn.close()
-    return {m: v for m, v in rows}
+    return {m: v for m, v in rows}, {s: loc for s, loc in places}
 
 
 def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
-    m = _metrics(db, outcome.run_id)
+    m, places = _metrics(db, outcome.run_id)
     rows_in = int(m.get("rows_in", 0))
     rate = rows_in / seconds if seconds > 0 else 0.0
     click.echo(f"run {outcome.run_id} {outcome.status} in {seconds:.2f} s")
@@ -96,8 +100,8 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     if outcomes:
         click.echo("  outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
     sinks = {k.split(".")[1]: int(v) for k, v in sorted(m.items()) if k.startswith("sink.")}
-    if sinks:
-        click.echo("  sinks: " + ", ".join(f"{k} {v}" for k, v in sinks.items()))
+    for sink, location in places.items():
+        click.echo(f"  sink {sink}: {sinks.get(sink, 0)} rows → {location}")
     click.echo(f"  audit trail: {db.describe()} — `elspeth explain {outcome.run_id} --row 0`")
 
 
