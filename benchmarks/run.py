@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.orchestrator import build_pipeline, start_run
+from engine.orchestrator import COMMIT_SECONDS, Outcome, build_pipeline, start_run
 from engine.settings import load_settings
 from landscape.db import open_database
 
@@ -82,16 +82,38 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--commit-every", type=int, default=None, help="rows per durability point")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="first run 20,000 rows at several durability-point sizes: events/s against the most "
+        "work a crash can cost (rows redone after a resume)",
+    )
     args = ap.parse_args()
+    if args.sweep:
+        for every in (10, 100, 1000, 10_000):
+            _, seconds, events, _ = measure(20_000, every)
+            # A durability point also comes at least every COMMIT_SECONDS, whatever the row count.
+            bound = min(every, round(20_000 / seconds * COMMIT_SECONDS))
+            print(f"commit_every={every} events_per_s={events / seconds:.0f} max_rows_redone_after_crash={bound}")
+    outcome, seconds, n_events, commit_every = measure(args.rows, args.commit_every)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"run {outcome.run_id} {outcome.status}; commit_every={commit_every}")
+    print(
+        f"rows={args.rows} seconds={seconds:.2f} rows_per_s={args.rows / seconds:.0f} "
+        f"events_per_s={n_events / seconds:.0f} peak_rss_mb={peak_mb:.0f}"
+    )
+
+
+def measure(rows: int, commit_every: int | None) -> tuple[Outcome, float, int, int]:
     home = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="elspeth-bench-") as work:
         os.environ.setdefault("ELSPETH_HOME", os.path.join(home, ".elspeth"))
         os.chdir(work)
         Path("out").mkdir()
-        generate(Path("input.csv"), args.rows)
+        generate(Path("input.csv"), rows)
         Path("settings.yaml").write_text(SETTINGS, encoding="utf-8")
         pipeline = build_pipeline(load_settings(Path("settings.yaml")))
-        commit_every = args.commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows()
+        commit_every = commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows()
         with open_database(os.environ.get("ELSPETH_DATABASE_URL")) as db:
             started = time.perf_counter()
             outcome = start_run(db, pipeline, commit_every=commit_every)
@@ -101,13 +123,7 @@ def main() -> None:
             conn.close()
         pipeline.close()
         os.chdir(home)
-    n_events = events[0] if events else 0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"run {outcome.run_id} {outcome.status}; commit_every={commit_every}")
-    print(
-        f"rows={args.rows} seconds={seconds:.2f} rows_per_s={args.rows / seconds:.0f} "
-        f"events_per_s={n_events / seconds:.0f} peak_rss_mb={peak_mb:.0f}"
-    )
+    return outcome, seconds, events[0] if events else 0, commit_every
 
 
 if __name__ == "__main__":
