@@ -33,7 +33,6 @@ from landscape.canonical import decode_row
 from landscape.db import Database
 from landscape.fold import RunFold
 from landscape.payloads import load_payloads
-from landscape.projections import Projector
 from landscape.store import RunWriter, read_events, writer_alive
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -182,7 +181,7 @@ class Execution:
         self.commit_every = max(1, commit_every)
         self.progress = progress
         self.stop = stop or Stop()
-        self.writer = RunWriter(db.connect(), run_id, Projector(run_id))
+        self.writer = RunWriter(db.connect(), run_id, project=True, pipelined=True)
         self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock.now)
 
     def _emit(self, entity_id: str, event: ev.EventBase) -> None:
@@ -190,9 +189,9 @@ class Execution:
         self.fold.apply(self.writer.next_seq, entity_id, event)
         self.writer.append(EVENT_MACHINE[type(event).__name__], entity_id, event)
 
-    def durability_point(self) -> None:
+    def durability_point(self, *, wait: bool = False) -> None:
         self.proc.flush_sinks(after_flush=lambda: faults.reached("sink_flush"))
-        self.writer.commit()
+        self.writer.commit(wait=wait)
 
     # -- the run ---------------------------------------------------------------------------------
 

@@ -24,8 +24,6 @@ def header(
 
 def link(prev_hash: bytes, header_bytes: bytes, payload_hash: bytes) -> bytes:
     """hash = sha256(prev_hash ‖ len(header) ‖ header ‖ payload_hash)."""
-    h = hashlib.sha256(prev_hash)
-    h.update(len(header_bytes).to_bytes(4, "big"))
-    h.update(header_bytes)
-    h.update(payload_hash)
-    return h.digest()
+    return hashlib.sha256(
+        b"".join((prev_hash, len(header_bytes).to_bytes(4, "big"), header_bytes, payload_hash))
+    ).digest()

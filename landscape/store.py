@@ -11,20 +11,20 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
 from landscape import faults
 from landscape.chain import GENESIS, header, link
-from landscape.errors import ChainBroken, ConcurrentWriter, CorruptLog
+from landscape.errors import ChainBroken, ConcurrentWriter, CorruptLog, DatabaseUnavailable
+from landscape.projections import Projector
 from statecharts.events import EventBase, encode_event
 from statecharts.upcast import upcast
-
-if TYPE_CHECKING:
-    from landscape.projections import Projector
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_COLUMNS = (
@@ -38,11 +38,23 @@ def _lock_key_sql() -> str:
 
 
 def _us_to_datetime(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+    # Exact: a double holds any microsecond timestamp of this era to well under half a
+    # microsecond, and fromtimestamp rounds to the nearest one (checked by a test).
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
 def _datetime_to_us(dt: datetime) -> int:
     return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One durability point's worth of work for the database."""
+
+    events: list[tuple[Any, ...]]
+    payloads: dict[str, bytes]
+    projector: Projector | None
+    last_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +93,20 @@ class RunWriter:
         self,
         conn: psycopg.Connection[Any],
         run_id: str,
-        projector: Projector | None = None,
+        *,
+        project: bool = False,
+        pipelined: bool = False,
         now_us: Any = None,
     ) -> None:
         self.run_id = run_id
         self._conn = conn
-        self._projector = projector
+        self._project = project
+        self._projector = Projector(run_id) if project else None
+        # Pipelined: a commit is sent by one background thread while the engine goes on with
+        # the next batch (psycopg waits on the network without the GIL). At most one commit is
+        # in flight, so memory stays bounded and commits stay in order.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elspeth-commit") if pipelined else None
+        self._in_flight: Future[None] | None = None
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         conn.execute(
             "SELECT set_config('application_name', %s, false)",
@@ -150,45 +170,74 @@ class RunWriter:
     def put_payload(self, hash_hex: str, data: bytes) -> None:
         self._payloads[hash_hex] = data
 
-    def commit(self) -> None:
-        """Send everything buffered in one transaction and commit it (a durability point)."""
-        if not self._events and not self._payloads:
-            return
+    def commit(self, *, wait: bool = True) -> None:
+        """Send everything buffered in one transaction and commit it (a durability point).
+
+        With a pipelined writer and `wait=False` the commit is handed to the sender thread and
+        this returns at once; an error surfaces at the next commit. `wait=True` returns only
+        when everything appended so far is committed."""
+        if self._events or self._payloads:
+            batch = _Batch(self._events, self._payloads, self._projector, self.next_seq - 1)
+            self._events, self._payloads = [], {}
+            self._projector = Projector(self.run_id) if self._project else None
+            if self._sender is None:
+                self._send(batch)
+            else:
+                self._wait()
+                self._in_flight = self._sender.submit(self._send, batch)
+        if wait:
+            self._wait()
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            future.result()
+
+    def _send(self, batch: _Batch) -> None:
         conn = self._conn
         try:
             with conn.cursor() as cur:
-                if self._payloads:
+                if batch.payloads:
                     cur.execute(
                         "CREATE TEMP TABLE IF NOT EXISTS payload_stage (hash bytea, data bytea) ON COMMIT DELETE ROWS"
                     )
                     with cur.copy("COPY payload_stage (hash, data) FROM STDIN") as cp:
-                        for hx, data in self._payloads.items():
+                        for hx, data in batch.payloads.items():
                             cp.write_row((bytes.fromhex(hx), data))
+                    # The staging rows are distinct already (a dict keyed by hash): no sort needed.
                     cur.execute(
-                        "INSERT INTO payloads (hash, data) SELECT DISTINCT ON (hash) hash, data "
-                        "FROM payload_stage ON CONFLICT (hash) DO NOTHING"
+                        "INSERT INTO payloads (hash, data) SELECT hash, data FROM payload_stage "
+                        "ON CONFLICT (hash) DO NOTHING"
                     )
-                if self._events:
+                if batch.events:
                     with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN") as cp:
-                        for r in self._events:
+                        for r in batch.events:
                             cp.write_row(r)
-                if self._projector is not None:
-                    self._projector.apply(cur)
+                if batch.projector is not None:
+                    batch.projector.apply(cur)
                 faults.reached("commit")
             conn.commit()
         except psycopg.errors.UniqueViolation as e:
             conn.rollback()
             raise ConcurrentWriter(f"run {self.run_id} is being written by another process (seq already taken)") from e
+        except psycopg.OperationalError as e:
+            raise DatabaseUnavailable(
+                f"lost the database while committing run {self.run_id}; "
+                f"`elspeth resume {self.run_id}` continues it: {str(e).strip().splitlines()[0]}"
+            ) from e
         except psycopg.Error as e:
             conn.rollback()
             raise CorruptLog(f"could not commit events of run {self.run_id}: {e}") from e
         faults.reached("committed")
-        self.committed_seq = self.next_seq - 1
-        self._events.clear()
-        self._payloads.clear()
+        self.committed_seq = batch.last_seq
 
     def close(self) -> None:
-        """Release the run's lock. Uncommitted appends are dropped, as a crash would drop them."""
+        """Release the run's lock. Uncommitted appends are dropped, as a crash would drop them;
+        a commit already handed to the sender thread is finished first."""
+        if self._sender is not None:
+            with suppress(BaseException):  # its error, if any, was already reported or is moot
+                self._wait()
+            self._sender.shutdown(wait=True)
         try:
             self._conn.rollback()
             self._conn.execute(f"SELECT pg_advisory_unlock({_lock_key_sql()})", (self.run_id,))

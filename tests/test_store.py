@@ -149,3 +149,15 @@ def test_append_only_is_enforced_by_the_database(db: Database) -> None:
     ):
         with db.connect() as conn, pytest.raises(psycopg.Error, match="append-only"):
             conn.execute(sql)
+
+
+def test_recorded_at_round_trips_to_the_exact_microsecond() -> None:
+    """The chain hashes integer microseconds; the stored timestamptz must give them back."""
+    import random
+
+    from landscape.store import _datetime_to_us, _us_to_datetime
+
+    rnd = random.Random(5)
+    for _ in range(20_000):
+        us = rnd.randint(1_500_000_000_000_000, 4_000_000_000_000_000)
+        assert _datetime_to_us(_us_to_datetime(us)) == us
