@@ -190,6 +190,7 @@ class Execution:
         self.writer.append(EVENT_MACHINE[type(event).__name__], entity_id, event)
 
     def durability_point(self, *, wait: bool = False) -> None:
+        self.fold.prune_resolved()  # between rows: only held and buffered tokens are live
         self.proc.flush_sinks(after_flush=lambda: faults.reached("sink_flush"))
         self.writer.commit(wait=wait)
 

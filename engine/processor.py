@@ -297,7 +297,7 @@ class Processor:
                 cid,
                 ev.CoalesceOpened(
                     coalesce=name, row_index=row_index, policy=cfg.policy, branches=branches,
-                    deadline=deadline,
+                    deadline=deadline, fork_id=fork_id,
                 ),
             )  # fmt: skip
             if deadline is not None:

@@ -46,6 +46,7 @@ class CoalesceInfo:
     policy: str
     branches: list[str]
     deadline: float | None
+    fork_id: str
     arrived: dict[str, str] = field(default_factory=dict)  # branch -> token id, in arrival order
     lost: list[str] = field(default_factory=list)
 
@@ -76,6 +77,7 @@ class RunFold:
     outcomes: Counter[str] = field(default_factory=Counter)  # terminal outcome -> tokens
     coalesces: dict[str, CoalesceInfo] = field(default_factory=dict)  # waiting only
     resolved_coalesces: dict[str, str] = field(default_factory=dict)  # id -> merged | failed
+    resolved_forks: dict[str, str] = field(default_factory=dict)  # id -> fork id, for pruning
     batches: dict[str, BatchInfo] = field(default_factory=dict)  # not yet completed/failed
     open_batch: dict[str, str] = field(default_factory=dict)  # aggregation -> collecting batch
     batches_opened: Counter[str] = field(default_factory=Counter)  # aggregation -> count
@@ -191,7 +193,7 @@ class RunFold:
             raise InvalidTransition("coalesce", "exists", "CoalesceOpened")
         state = COALESCE.apply(INITIAL, "CoalesceOpened")
         self.coalesces[coalesce_id] = CoalesceInfo(
-            state, e.coalesce, e.row_index, e.policy, list(e.branches), e.deadline
+            state, e.coalesce, e.row_index, e.policy, list(e.branches), e.deadline, e.fork_id
         )
 
     def _branch_arrived(self, coalesce_id: str, e: ev.BranchArrived) -> None:
@@ -206,6 +208,17 @@ class RunFold:
         # Remembered so that a branch arriving after the resolution is failed as late, not
         # taken for the start of a new coalesce.
         self.resolved_coalesces[coalesce_id] = c.state
+        self.resolved_forks[coalesce_id] = c.fork_id
+
+    def prune_resolved(self) -> None:
+        """Forget resolved coalesces that no live token can still reach. A branch token
+        descends from its fork while it lives, so once no live token carries a fork's id,
+        no late arrival for it is possible; keeping them would grow with the input."""
+        live = {t.fork_id for t in self.tokens.values() if t.fork_id is not None}
+        for cid, fork_id in list(self.resolved_forks.items()):
+            if fork_id not in live:
+                del self.resolved_forks[cid]
+                del self.resolved_coalesces[cid]
 
     # -- batch -------------------------------------------------------------------------------
 

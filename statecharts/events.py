@@ -158,6 +158,7 @@ class CoalesceOpened(EventBase, frozen=True):
     policy: str
     branches: list[str]
     deadline: float | None = None  # clock seconds
+    fork_id: str = ""  # the forked token whose branches this coalesce joins
 
 
 class BranchArrived(EventBase, frozen=True):

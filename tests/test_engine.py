@@ -3,6 +3,7 @@ quarantine, row errors, deadlines with an idle source."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,55 @@ sinks:
     ]
     assert r.outcomes() == {"expanded": 1, "completed": 3, "diverted": 1}
     assert_invariants(r.fold)
+
+
+@pytest.mark.parametrize("merge", ["union", "nested", "select"])
+@pytest.mark.parametrize(
+    ("policy", "extra", "merged"),
+    [
+        ("require_all", "", 2),  # row 2 lost branch b: failed, branch_lost
+        ("first", "", 3),
+        ("quorum", "quorum_count: 1", 3),
+        ("best_effort", "timeout_seconds: 60", 3),
+    ],
+)
+def test_every_policy_with_every_merge_resolves_every_row(
+    db: Database, tmp_path: Path, policy: str, extra: str, merge: str, merged: int
+) -> None:
+    _input(tmp_path, ROWS)
+    select = "select_branch: a" if merge == "select" else ""
+    r = run(db, tmp_path, _fork_pipeline(policy, merge, f"{extra}\n  {select}"))
+    rows = r.rows("out/out.jsonl")
+    assert len(rows) == merged
+    assert_invariants(r.fold)
+    if merge == "nested":
+        assert set(rows[0]) <= {"a", "b"}
+    elif merge == "select":
+        assert rows[0] == {"id": 1, "va": 10, "note": "ok"}  # branch a's row
+    with db.connect() as conn:
+        resolutions = conn.execute(
+            "SELECT status, reason, missing FROM coalesces WHERE run_id = %s ORDER BY row_index", (r.outcome.run_id,)
+        ).fetchall()
+    assert len(resolutions) == 3  # one per forked row, each with a recorded resolution
+    if policy == "require_all":
+        assert resolutions[1] == ("failed", "branch_lost", "b")
+
+
+def test_state_kept_between_rows_does_not_grow_with_the_input(db: Database, tmp_path: Path) -> None:
+    """ARCHITECTURE §8.7: only waiting tokens and open coalesces/batches are kept in memory."""
+    from engine.orchestrator import build_pipeline, start_run
+    from engine.settings import load_settings
+
+    _input(tmp_path, [[i, i, "ok" if i % 3 else "bad"] for i in range(600)])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "s.yaml").write_text(_fork_pipeline("first", "union"))
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        outcome = start_run(db, build_pipeline(load_settings(tmp_path / "s.yaml")), commit_every=50)
+    finally:
+        os.chdir(old)
+    live = outcome.fold
+    assert live.tokens == {} and live.coalesces == {} and live.batches == {}
+    assert live.resolved_coalesces == {}  # pruned at durability points: nothing kept for 600 rows
+    assert live.ended is None  # a live run keeps no set of ended tokens
