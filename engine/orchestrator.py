@@ -93,6 +93,7 @@ def build_pipeline(loaded: LoadedSettings) -> Pipeline:
         sinks=sinks,
         on_validation_failure=on_vf,
         coalesce_of_branch={b: c for c, bs in dag.coalesce_branches.items() for b in bs},
+        write_failure={name: sk.on_write_failure for name, sk in s.sinks.items()},
     )
     decls = [
         ev.NodeDecl(name=name, kind=kind, plugin=plugin, config_hash=_hash(cfg))

@@ -50,6 +50,7 @@ class PendingWrite:
     outcome: str
     node: str | None
     reason: str | None
+    row: Row  # kept until the write is durable, for `on_write_failure`
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Nodes:
     sinks: dict[str, Sink]
     on_validation_failure: str
     coalesce_of_branch: dict[str, str] = field(default_factory=dict)
+    write_failure: dict[str, str | None] = field(default_factory=dict)  # sink -> on_write_failure
 
 
 Emit = Callable[[str, ev.EventBase], None]
@@ -126,7 +128,7 @@ class Processor:
         elif state == "pending_sink" and place is not None and outcome is not None:
             # The sink was rolled back to its durable position: write the row again.
             self.n.sinks[place].write(w.token_id, w.row)
-            self.pending.setdefault(place, []).append(PendingWrite(w.token_id, outcome, node, reason))
+            self.pending.setdefault(place, []).append(PendingWrite(w.token_id, outcome, node, reason, w.row))
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -255,7 +257,7 @@ class Processor:
     def _to_sink(self, w: Work, sink: str, outcome: str, node: str | None, reason: str | None) -> None:
         self.emit(w.token_id, ev.SinkAssigned(sink=sink, outcome=outcome, node=node, reason=reason))
         self.n.sinks[sink].write(w.token_id, w.row)
-        self.pending.setdefault(sink, []).append(PendingWrite(w.token_id, outcome, node, reason))
+        self.pending.setdefault(sink, []).append(PendingWrite(w.token_id, outcome, node, reason, w.row))
         self._lost(w, f"went to sink {sink}")
 
     # -- durability ------------------------------------------------------------------------------
@@ -264,23 +266,44 @@ class Processor:
         """Make every pending sink write durable, then record it and its tokens' outcomes.
 
         The order is the guarantee: a token is recorded `completed` only after its row is on
-        disk (or committed), so the log never claims a write that a crash could undo.
+        disk (or committed), so the log never claims a write that a crash could undo. A sink
+        whose flush fails hands its rows to its `on_write_failure` (another sink, flushed in
+        the same round, or `discard`: the tokens fail); without one, the run fails.
         """
-        for sink_name in sorted(self.pending):
-            writes = self.pending[sink_name]
-            if not writes:
+        failed: set[str] = set()
+        while names := [n for n in sorted(self.pending) if self.pending[n]]:
+            for sink_name in names:
+                writes, self.pending[sink_name] = self.pending[sink_name], []
+                sink = self.n.sinks[sink_name]
+                try:
+                    position = sink.flush()
+                except PluginError as e:
+                    failed.add(sink_name)
+                    self._write_failed(sink_name, writes, e, failed)
+                    continue
+                if after_flush is not None:
+                    after_flush()
+                flushed = ev.SinkFlushed(sink=sink_name, position=position, rows=len(writes), location=sink.location())
+                self.emit(self.fold.run_id, flushed)
+                for p in writes:
+                    self.emit(p.token_id, _written(p, sink_name))
+
+    def _write_failed(self, sink_name: str, writes: list[PendingWrite], error: PluginError, failed: set[str]) -> None:
+        fallback = self.n.write_failure.get(sink_name)
+        if fallback is None or fallback in failed:
+            raise error
+        # Drop whatever the failed flush left behind: back to the last durable position.
+        sink = self.n.sinks[sink_name]
+        sink.release()
+        sink.open(self.fold.run_id, self.fold.sink_positions.get(sink_name))
+        reason = f"write to {sink_name} failed: {error}"
+        for p in writes:
+            if fallback == "discard":
+                self.emit(p.token_id, ev.TokenFailed(reason="sink_write_failed", node=sink_name, detail=str(error)))
                 continue
-            sink = self.n.sinks[sink_name]
-            position = sink.flush()
-            if after_flush is not None:
-                after_flush()
-            self.emit(
-                self.fold.run_id,
-                ev.SinkFlushed(sink=sink_name, position=position, rows=len(writes), location=sink.location()),
-            )
-            for p in writes:
-                self.emit(p.token_id, _written(p, sink_name))
-            writes.clear()
+            self.emit(p.token_id, ev.SinkAssigned(sink=fallback, outcome="diverted", node=sink_name, reason=reason))
+            self.n.sinks[fallback].write(p.token_id, p.row)
+            self.pending.setdefault(fallback, []).append(PendingWrite(p.token_id, "diverted", sink_name, reason, p.row))
 
     # -- coalesce --------------------------------------------------------------------------------
 

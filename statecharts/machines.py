@@ -116,7 +116,8 @@ TOKEN = MachineDef(
         _t("step", f"{_LIVE}|{_T.BUFFERED}", _T.IN_FLIGHT, ev.StepCompleted),
         _t("hold", _LIVE, _T.HELD, ev.TokenHeld),
         _t("buffer", _LIVE, _T.BUFFERED, ev.TokenBuffered),
-        _t("assign_sink", _LIVE, _T.PENDING_SINK, ev.SinkAssigned),
+        # From pending_sink too: a failed write sends the row on to `on_write_failure`.
+        _t("assign_sink", f"{_LIVE}|{_T.PENDING_SINK}", _T.PENDING_SINK, ev.SinkAssigned),
         _t("complete", _T.PENDING_SINK, _T.COMPLETED, ev.TokenCompleted),
         _t("route", _T.PENDING_SINK, _T.ROUTED, ev.TokenRouted),
         _t("divert", f"{_LIVE}|{_T.PENDING_SINK}", _T.DIVERTED, ev.TokenDiverted),

@@ -342,3 +342,78 @@ def test_state_kept_between_rows_does_not_grow_with_the_input(db: Database, tmp_
     assert live.tokens == {} and live.coalesces == {} and live.batches == {}
     assert live.resolved_coalesces == {}  # pruned at durability points: nothing kept for 600 rows
     assert live.ended is None  # a live run keeps no set of ended tokens
+
+
+class _BrokenSink:
+    """A sink whose storage is gone: every flush fails."""
+
+    kind = "sink"
+
+    def open(self, run_id: str, position: int | None) -> None:
+        pass
+
+    def __init__(self) -> None:
+        self.buffered = 0
+
+    def write(self, token_id: str, row: dict[str, object]) -> None:
+        self.buffered += 1
+
+    def flush(self) -> int:
+        from engine.plugins.protocol import PluginError
+
+        if self.buffered:
+            raise PluginError("sink", "disk full")
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.buffered = 0
+
+    def location(self) -> str:
+        return "nowhere"
+
+
+WRITE_FAILURE = """
+source:
+  plugin: csv
+  on_success: out
+  options: {{path: in.csv, {schema}}}
+sinks:
+  out: {{plugin: csv, options: {{path: out/out.csv}}{failure}}}
+  backup: {{plugin: csv, options: {{path: out/backup.csv}}}}
+"""
+
+
+@pytest.mark.parametrize("failure", ["backup", "discard", None])
+def test_a_failed_sink_write_goes_to_on_write_failure(db: Database, tmp_path: Path, failure: str | None) -> None:
+    from engine.errors import RunFailedError
+    from engine.orchestrator import build_pipeline, start_run
+    from engine.settings import load_settings
+
+    _input(tmp_path, [[1, 1, "a"], [2, 2, "b"]])
+    (tmp_path / "out").mkdir()
+    text = WRITE_FAILURE.format(schema=SCHEMA, failure=f", on_write_failure: {failure}" if failure else "")
+    (tmp_path / "s.yaml").write_text(text)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pipeline = build_pipeline(load_settings(tmp_path / "s.yaml"))
+        pipeline.nodes.sinks["out"] = _BrokenSink()  # type: ignore[assignment]
+        if failure is None:
+            with pytest.raises(RunFailedError, match="disk full"):
+                start_run(db, pipeline, run_id=f"run-wf-none-{os.urandom(2).hex()}")
+            return
+        outcome = start_run(db, pipeline)
+    finally:
+        os.chdir(old)
+    from engine.orchestrator import fold_run
+
+    fold = fold_run(db, outcome.run_id, strict=True)
+    assert_invariants(fold)
+    if failure == "backup":
+        assert (tmp_path / "out" / "backup.csv").read_text().splitlines() == ["id,v,note", "1,1,a", "2,2,b"]
+        assert dict(fold.outcomes) == {"diverted": 2}
+    else:
+        assert dict(fold.outcomes) == {"failed": 2}
