@@ -165,7 +165,7 @@ def test_stopped_or_killed_runs_resume_to_the_same_outputs(db: Database, tmp_pat
         proc.send_signal(how)
     out, err = proc.communicate(timeout=600)
     run_id, status = _latest_run(db, since)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and status != "completed":  # (a signal can land after the last commit)
         expected_status = "interrupted" if how != signal.SIGKILL else "running"
         assert status in (expected_status, "draining"), (status, out, err)
         if how != signal.SIGKILL:
