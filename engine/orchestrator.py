@@ -24,10 +24,10 @@ import msgspec
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, build_dag
 from engine.errors import ResumeRefused, RunFailedError
-from engine.plugins.protocol import PluginError, Sink, Source
+from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source
 from engine.plugins.registry import build_plugin
 from engine.processor import Nodes, Processor, Work
-from engine.settings import LoadedSettings
+from engine.settings import LoadedSettings, SettingsError
 from landscape import faults
 from landscape.canonical import decode_row
 from landscape.db import Database
@@ -57,9 +57,6 @@ class Pipeline:
 
 def build_pipeline(loaded: LoadedSettings) -> Pipeline:
     """Build the DAG and every plugin. Raises SettingsError naming the key path of a bad option."""
-    from engine.plugins.protocol import PluginConfigError
-    from engine.settings import SettingsError
-
     s = loaded.settings
     dag = build_dag(s)
     errors: list[str] = []

@@ -142,7 +142,7 @@ class Projector:
 
     def _buffered(self, seq: int, token_id: str, e: ev.TokenBuffered, at_us: int) -> None:
         self._rows["batch_members"].append((self.run_id, e.batch_id, token_id, seq))
-        self._batch(e.batch_id)["size"] = None  # recomputed from batch_members on flush
+        self._batch(e.batch_id)  # touched: its size is recounted from batch_members in apply
 
     def _sink_flushed(self, seq: int, _id: str, e: ev.SinkFlushed, at_us: int) -> None:
         self._rows["artifacts"].append((self.run_id, seq, e.sink, e.position, e.rows, e.location))
@@ -180,7 +180,7 @@ class Projector:
         self._batch(bid).update(aggregation=e.aggregation, status="collecting", trigger=None, reason=None)
 
     def _batch_flushing(self, seq: int, bid: str, e: ev.BatchFlushing, at_us: int) -> None:
-        self._batch(bid).update(status="flushing", trigger=e.trigger, size=e.size)
+        self._batch(bid).update(status="flushing", trigger=e.trigger)
 
     def _batch_completed(self, seq: int, bid: str, e: ev.BatchCompleted, at_us: int) -> None:
         self._batch(bid)["status"] = "completed"

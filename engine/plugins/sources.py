@@ -27,6 +27,13 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+def _open_input(path: Path) -> io.BufferedReader:
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise PluginError("source", f"cannot open input file {path}: {e.strerror}") from e
+
+
 def _item(index: int, row: Row, raw: Row, schema: Schema) -> SourceItem:
     try:
         return SourceItem(index, schema.coerce(row), raw)
@@ -55,11 +62,7 @@ class CsvSource:
         return _fingerprint(self.path)
 
     def read(self, start: int = 0) -> Iterator[SourceItem | None]:
-        try:
-            f = self.path.open("rb")
-        except OSError as e:
-            raise PluginError("source", f"cannot open input file {self.path}: {e.strerror}") from e
-        with f:
+        with _open_input(self.path) as f:
             yield from self._records(f, start)
 
     def _records(self, f: io.BufferedReader, start: int) -> Iterator[SourceItem]:
@@ -69,7 +72,7 @@ class CsvSource:
                 return
             line_no += 1
         lines = _decoded_lines(f, self.encoding)
-        reader = csv.reader(_counting(lines), delimiter=self.delimiter)
+        reader = csv.reader(_Restarting(lines), delimiter=self.delimiter)
         if self.columns is not None:
             header = list(self.columns)
         else:
@@ -151,7 +154,7 @@ def _decoded_lines(f: io.BufferedReader, encoding: str) -> _Lines:
     return _Lines(f, encoding)
 
 
-class _counting:
+class _Restarting:
     """Feed csv.reader from `_Lines`, restarting after a decode error on one line."""
 
     def __init__(self, lines: _Lines) -> None:
@@ -188,11 +191,7 @@ class JsonSource:
         return _fingerprint(self.path)
 
     def read(self, start: int = 0) -> Iterator[SourceItem | None]:
-        try:
-            f = self.path.open("rb")
-        except OSError as e:
-            raise PluginError("source", f"cannot open input file {self.path}: {e.strerror}") from e
-        with f:
+        with _open_input(self.path) as f:
             if self.format == "jsonl":
                 yield from self._lines(f, start)
             else:
