@@ -7,7 +7,6 @@ carries on. Durability points commit the buffered events once sinks are durable.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import signal
@@ -27,7 +26,7 @@ from engine.errors import ResumeRefused, RunFailedError
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source
 from engine.plugins.registry import build_plugin
 from engine.processor import Nodes, Processor, Work
-from engine.settings import LoadedSettings, SettingsError
+from engine.settings import LoadedSettings, SettingsError, fingerprint
 from landscape import faults
 from landscape.canonical import decode_row
 from landscape.db import Database
@@ -115,7 +114,8 @@ def _node_table(loaded: LoadedSettings) -> Iterator[tuple[str, str, str, Any]]:
 
 
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(msgspec.json.encode(obj, order="deterministic")).hexdigest()[:16]
+    # Keyed (HMAC): a node's options may hold secrets, and a plain hash of them could be guessed.
+    return fingerprint(msgspec.json.encode(obj, order="deterministic").decode())
 
 
 def new_run_id(clock: Clock) -> str:

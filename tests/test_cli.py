@@ -181,3 +181,13 @@ def test_statecharts_check_fails_when_a_diagram_is_stale(tmp_path: Path) -> None
 def test_usage_errors_exit_2(work: Path) -> None:
     proc = elspeth("run", cwd=work)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_a_postgresql_landscape_url_in_the_settings_is_the_audit_store(db: Database, work: Path) -> None:
+    (work / "settings.yaml").write_text(PIPELINE + f"landscape: {{url: '{db.conninfo}'}}\n")
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work)  # no --database, no environment
+    assert proc.returncode == 0, proc.stderr
+    assert not (work / ".elspeth").exists()  # the embedded server was not needed
+    run_id = proc.stdout.split()[1]
+    with db.connect() as conn:
+        assert conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone() == ("completed",)

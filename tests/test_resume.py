@@ -312,7 +312,7 @@ def test_resume_refuses_while_the_writer_lives(db: Database) -> None:
 def test_durability_points_bound_the_work_a_crash_can_cost(db: Database, commit_every: int) -> None:
     """`checkpoint.frequency` trades commits (events/s) against work redone after a crash: a
     crash anywhere loses at most two durability points of progress (the commit in flight and
-    the batch being built), i.e. 2 × `commit_every` source rows."""
+    the batch being built), i.e. twice `commit_every` source rows."""
     with _workdir("linear", 30) as path:
         run_id = f"run-dp-{commit_every}-{os.urandom(3).hex()}"
         faults.configure("append:150", raise_instead=True)

@@ -13,11 +13,15 @@ from landscape.errors import LandscapeError
 
 
 @contextmanager
-def database_from_ctx(ctx: click.Context, *, upgrade: bool = True) -> Iterator[Database]:
-    """The database of `--database` / ELSPETH_DATABASE_URL, or the embedded one in `--home`."""
+def database_from_ctx(
+    ctx: click.Context, *, upgrade: bool = True, settings_url: str | None = None
+) -> Iterator[Database]:
+    """The database of `--database` / ELSPETH_DATABASE_URL (these always win), else a
+    PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`."""
     obj = ctx.find_root().obj or {}
+    url = obj.get("database") or settings_url
     try:
-        with open_database(obj.get("database"), upgrade=upgrade, home=obj.get("home")) as db:
+        with open_database(url, upgrade=upgrade, home=obj.get("home")) as db:
             yield db
     except LandscapeError as e:
         raise ElspethCliError(str(e)) from e

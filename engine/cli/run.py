@@ -133,8 +133,10 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
         click.echo(f"dry run: {settings_path} is valid: {n} nodes; order: {', '.join(pipeline.dag.node_order)}")
         return
     progress = Progress()
+    url = pipeline.loaded.settings.landscape.url
+    settings_url = url if url and url.startswith(("postgresql", "postgres:")) else None
     try:
-        with database_from_ctx(ctx) as db:
+        with database_from_ctx(ctx, settings_url=settings_url) as db:
             _report(
                 db,
                 lambda: start_run(db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress),
