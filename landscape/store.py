@@ -198,16 +198,12 @@ class RunWriter:
         try:
             with conn.cursor() as cur:
                 if batch.payloads:
+                    # One statement, the hashes and bodies as two binary arrays: no staging
+                    # table, and the batch's payloads are distinct already (a dict by hash).
                     cur.execute(
-                        "CREATE TEMP TABLE IF NOT EXISTS payload_stage (hash bytea, data bytea) ON COMMIT DELETE ROWS"
-                    )
-                    with cur.copy("COPY payload_stage (hash, data) FROM STDIN") as cp:
-                        for hx, data in batch.payloads.items():
-                            cp.write_row((bytes.fromhex(hx), data))
-                    # The staging rows are distinct already (a dict keyed by hash): no sort needed.
-                    cur.execute(
-                        "INSERT INTO payloads (hash, data) SELECT hash, data FROM payload_stage "
-                        "ON CONFLICT (hash) DO NOTHING"
+                        "INSERT INTO payloads (hash, data) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+                        "ON CONFLICT (hash) DO NOTHING",
+                        ([bytes.fromhex(h) for h in batch.payloads], list(batch.payloads.values())),
                     )
                 if batch.events:
                     with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN") as cp:
