@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from engine.clock import Clock, SystemClock
-from engine.dag import Dag, build_dag
+from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source
 from engine.plugins.registry import build_plugin
@@ -57,8 +57,11 @@ class Pipeline:
 def build_pipeline(loaded: LoadedSettings) -> Pipeline:
     """Build the DAG and every plugin. Raises SettingsError naming the key path of a bad option."""
     s = loaded.settings
-    dag = build_dag(s)
     errors: list[str] = []
+    try:
+        dag = build_dag(s)
+    except DagError as e:  # reported together with any bad plugin options below
+        errors.extend(f"{loaded.path}: {m}" for m in e.errors)
     built: dict[str, Any] = {}
 
     def make(kind: str, plugin: str, options: dict[str, Any], where: str) -> Any:

@@ -274,6 +274,11 @@ def _msgspec_error(e: msgspec.ValidationError, prefix: str, where: str) -> str:
         message += " (YAML reads yes/no/on/off/true/false as booleans: quote them)"
     path = prefix + at
     message = message.replace("Object contains unknown field", "unknown key")
+    for name, words in (("array", "a list"), ("object", "a mapping"), ("str", "a string"), ("int", "an integer"),
+                        ("float", "a number"), ("bool", "true or false"), ("null", "nothing")):  # fmt: skip
+        message = (
+            re.sub(rf"(?<![\w'])`?{name}`?(?![\w'])", words, message) if message.startswith("Expected") else message
+        )
     message = re.sub(r"`([^`]*)`", r"'\1'", message)
     allowed = ""
     if "unknown key" in message or "missing required field" in message.lower():

@@ -246,3 +246,19 @@ def test_a_coalesce_whose_branches_no_fork_produces(tmp_path: Path) -> None:
     )
     message = _dag_errors(tmp_path, text)
     assert "branch 'b' is not produced by any fork" in message
+
+
+def test_dag_and_plugin_option_errors_are_reported_together(tmp_path: Path) -> None:
+    from engine.orchestrator import build_pipeline
+
+    text = (
+        BASE.replace("plugin: passthrough", "plugin: truncate")
+        .replace("on_error: discard", "on_error: discard\n  options: {fields: {a: 'x'}}\n  on_success: nowhere")
+        .replace("  on_success: out\n  on_error", "  on_error")
+    )
+    loaded = load_settings(_write(tmp_path, text), {})
+    with pytest.raises(SettingsError) as err:
+        build_pipeline(loaded)
+    lines = str(err.value).splitlines()
+    assert any("goes nowhere" in line for line in lines)
+    assert any("transforms[0].options.fields.a" in line for line in lines)
