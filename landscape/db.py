@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,7 +49,6 @@ def redact(url: str) -> str:
 class Database:
     conninfo: str
     location: str  # for people: where the audit trail is
-    _engine: Any = field(default=None, repr=False)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -62,21 +61,8 @@ class Database:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DatabaseUnavailable(f"cannot connect to {redact(self.location)}: {first}") from e
 
-    def engine(self) -> Any:
-        if self._engine is None:
-            from sqlalchemy import create_engine
-
-            self._engine = create_engine(self.sqlalchemy_url, poolclass=_null_pool())
-        return self._engine
-
     def describe(self) -> str:
         return redact(self.location)
-
-
-def _null_pool() -> Any:
-    from sqlalchemy.pool import NullPool
-
-    return NullPool
 
 
 @contextmanager

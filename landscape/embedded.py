@@ -42,7 +42,6 @@ class EmbeddedServer:
     home: Path
     pgdata: Path
     socket_dir: Path
-    started_here: bool
 
     def uri(self, database: str) -> str:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}"
@@ -226,7 +225,6 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
     # the one that can take it exclusively on the way out is the last, and stops the server.
     users = (root / "users.lock").open("a+")
     start_lock = (root / "start.lock").open("a+")
-    started = False
     try:
         fcntl.flock(start_lock, fcntl.LOCK_EX)
         try:
@@ -263,10 +261,9 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
                 )
                 if proc.returncode != 0:
                     raise DatabaseUnavailable(f"the embedded PostgreSQL did not start: {_log_tail(log)} (log: {log})")
-                started = True
         finally:
             fcntl.flock(start_lock, fcntl.LOCK_UN)
-        server = EmbeddedServer(root, pgdata, sockets, started)
+        server = EmbeddedServer(root, pgdata, sockets)
         _ensure_database(server, "elspeth")
         yield server
     finally:

@@ -248,10 +248,6 @@ class RunFold:
 
     # -- questions the engine and the CLI ask ------------------------------------------------
 
-    @property
-    def live_tokens(self) -> int:
-        return len(self.tokens)
-
     def accounted(self) -> int:
         return sum(self.outcomes.values())
 

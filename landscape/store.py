@@ -54,7 +54,6 @@ class _Batch:
     events: list[tuple[Any, ...]]
     payloads: dict[str, bytes]
     projector: Projector | None
-    last_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +126,6 @@ class RunWriter:
         self.head: bytes = GENESIS if row is None else bytes(row[1])
         self._events: list[tuple[Any, ...]] = []
         self._payloads: dict[str, bytes] = {}
-        self.committed_seq = self.next_seq - 1
 
     @property
     def pending(self) -> int:
@@ -177,7 +175,7 @@ class RunWriter:
         this returns at once; an error surfaces at the next commit. `wait=True` returns only
         when everything appended so far is committed."""
         if self._events or self._payloads:
-            batch = _Batch(self._events, self._payloads, self._projector, self.next_seq - 1)
+            batch = _Batch(self._events, self._payloads, self._projector)
             self._events, self._payloads = [], {}
             self._projector = Projector(self.run_id) if self._project else None
             if self._sender is None:
@@ -225,7 +223,6 @@ class RunWriter:
             conn.rollback()
             raise CorruptLog(f"could not commit events of run {self.run_id}: {e}") from e
         faults.reached("committed")
-        self.committed_seq = batch.last_seq
 
     def close(self) -> None:
         """Release the run's lock. Uncommitted appends are dropped, as a crash would drop them;
