@@ -93,6 +93,7 @@ def build_pipeline(loaded: LoadedSettings) -> Pipeline:
         on_validation_failure=on_vf,
         coalesce_of_branch={b: c for c, bs in dag.coalesce_branches.items() for b in bs},
         write_failure={name: sk.on_write_failure for name, sk in s.sinks.items()},
+        retry=s.retry,
     )
     decls = [
         ev.NodeDecl(name=name, kind=kind, plugin=plugin, config_hash=_hash(cfg))
@@ -183,7 +184,7 @@ class Execution:
         self.progress = progress
         self.stop = stop or Stop()
         self.writer = RunWriter(db.connect(), run_id, project=True, pipelined=True)
-        self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock.now)
+        self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock)
 
     def _emit(self, entity_id: str, event: ev.EventBase) -> None:
         # The fold checks the transition is legal before the event is recorded.

@@ -9,11 +9,12 @@ of the payload store, rebuilt from it on resume.
 from __future__ import annotations
 
 import heapq
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from engine.clock import Clock
 from engine.dag import Dag
 from engine.expressions import Expression, ExpressionError
 from engine.plugins.protocol import (
@@ -25,7 +26,7 @@ from engine.plugins.protocol import (
     SourceItem,
     Transform,
 )
-from engine.settings import AggregationSettings, CoalesceSettings, GateSettings, TransformSettings
+from engine.settings import AggregationSettings, CoalesceSettings, GateSettings, RetrySettings, TransformSettings
 from landscape.canonical import hash_row
 from landscape.fold import RunFold
 from statecharts import events as ev
@@ -64,6 +65,7 @@ class Nodes:
     aggregations: dict[str, tuple[AggregationSettings, Aggregation, Expression | None]]
     sinks: dict[str, Sink]
     on_validation_failure: str
+    retry: RetrySettings = field(default_factory=RetrySettings)
     coalesce_of_branch: dict[str, str] = field(default_factory=dict)
     write_failure: dict[str, str | None] = field(default_factory=dict)  # sink -> on_write_failure
 
@@ -73,12 +75,15 @@ PutPayload = Callable[[str, bytes], None]
 
 
 class Processor:
-    def __init__(self, nodes: Nodes, fold: RunFold, emit: Emit, put_payload: PutPayload, now: Any) -> None:
+    def __init__(self, nodes: Nodes, fold: RunFold, emit: Emit, put_payload: PutPayload, clock: Clock) -> None:
         self.n = nodes
         self.fold = fold
         self.emit = emit
         self.put_payload = put_payload
-        self.now: Callable[[], float] = now
+        self.clock = clock
+        self.now: Callable[[], float] = clock.now
+        # Jitter for retry backoff; seeded by the run so that a run's waits are reproducible.
+        self._jitter = random.Random(fold.run_id)
         self.stack: list[Work] = []
         # Rows of tokens waiting at a coalesce or in a batch, by token id.
         self.waiting: dict[str, Work] = {}
@@ -276,7 +281,7 @@ class Processor:
                 writes, self.pending[sink_name] = self.pending[sink_name], []
                 sink = self.n.sinks[sink_name]
                 try:
-                    position = sink.flush()
+                    position = self._flush_with_retry(sink_name, sink, writes)
                 except PluginError as e:
                     failed.add(sink_name)
                     self._write_failed(sink_name, writes, e, failed)
@@ -287,6 +292,38 @@ class Processor:
                 self.emit(self.fold.run_id, flushed)
                 for p in writes:
                     self.emit(p.token_id, _written(p, sink_name))
+
+    def _flush_with_retry(self, sink_name: str, sink: Sink, writes: list[PendingWrite]) -> int:
+        """`sink.flush()`, retried with exponential backoff and jitter; every failed attempt is
+        an event. A circuit breaker, derived from those events, stops trying a sink that has
+        failed `failure_threshold` times in a row until `reset_seconds` have passed."""
+        r = self.n.retry
+        attempt = 0
+        while True:
+            failures = self.fold.sink_failures.get(sink_name, 0)
+            if r.failure_threshold is not None and failures >= r.failure_threshold:
+                reopens = self.fold.sink_failed_at.get(sink_name, 0.0) + (r.reset_seconds or 0.0)
+                if self.now() < reopens:
+                    raise PluginError("sink", f"{sink_name}: circuit open after {failures} failed writes")
+            attempt += 1
+            try:
+                return sink.flush()
+            except PluginError as e:
+                now = self.now()
+                retry_at = None
+                if attempt < r.max_attempts:
+                    delay = min(r.max_delay_seconds, r.initial_delay_seconds * r.exponential_base ** (attempt - 1))
+                    retry_at = now + delay * self._jitter.uniform(0.5, 1.0)
+                failed = ev.SinkWriteFailed(sink=sink_name, attempt=attempt, error=str(e), at=now, retry_at=retry_at)
+                self.emit(self.fold.run_id, failed)
+                if retry_at is None:
+                    raise
+                self.clock.sleep_until(retry_at)
+                # Drop what the failed attempt may have left, then write the same rows again.
+                sink.release()
+                sink.open(self.fold.run_id, self.fold.sink_positions.get(sink_name))
+                for p in writes:
+                    sink.write(p.token_id, p.row)
 
     def _write_failed(self, sink_name: str, writes: list[PendingWrite], error: PluginError, failed: set[str]) -> None:
         fallback = self.n.write_failure.get(sink_name)

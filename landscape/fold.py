@@ -82,6 +82,9 @@ class RunFold:
     open_batch: dict[str, str] = field(default_factory=dict)  # aggregation -> collecting batch
     batches_opened: Counter[str] = field(default_factory=Counter)  # aggregation -> count
     sink_positions: dict[str, int] = field(default_factory=dict)
+    # Consecutive failed attempts per sink and when the last one was: the circuit breaker.
+    sink_failures: dict[str, int] = field(default_factory=dict)
+    sink_failed_at: dict[str, float] = field(default_factory=dict)
     source_records: int = 0  # source records turned into tokens: the source cursor
     source_exhausted: bool = False
     # Ended token ids, kept only when checking a stored log (replay) so that an event for a
@@ -129,6 +132,12 @@ class RunFold:
     def _sink_flushed(self, _id: str, e: ev.SinkFlushed) -> None:
         self._run(e)
         self.sink_positions[e.sink] = e.position
+        self.sink_failures.pop(e.sink, None)
+
+    def _sink_write_failed(self, _id: str, e: ev.SinkWriteFailed) -> None:
+        self._run(e)
+        self.sink_failures[e.sink] = self.sink_failures.get(e.sink, 0) + 1
+        self.sink_failed_at[e.sink] = e.at
 
     def _source_exhausted(self, _id: str, e: ev.SourceExhausted) -> None:
         self._run(e)
@@ -258,6 +267,7 @@ _HANDLERS: dict[type[ev.EventBase], _Handler] = {
     ev.RunStarted: RunFold._run_plain,
     ev.RunResumed: RunFold._run_resumed,
     ev.SinkFlushed: RunFold._sink_flushed,
+    ev.SinkWriteFailed: RunFold._sink_write_failed,
     ev.SourceExhausted: RunFold._source_exhausted,
     ev.RunCompleted: RunFold._run_plain,
     ev.RunFailed: RunFold._run_plain,

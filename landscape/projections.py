@@ -147,6 +147,9 @@ class Projector:
     def _sink_flushed(self, seq: int, _id: str, e: ev.SinkFlushed, at_us: int) -> None:
         self._rows["artifacts"].append((self.run_id, seq, e.sink, e.position, e.rows, e.location))
 
+    def _sink_write_failed(self, seq: int, _id: str, e: ev.SinkWriteFailed, at_us: int) -> None:
+        self._metrics[f"sink.{e.sink}.write_failures"] += 1
+
     def _coalesce(self, coalesce_id: str) -> dict[str, Any]:
         return self._coalesces.setdefault(coalesce_id, {})
 
@@ -271,6 +274,7 @@ _FEED: dict[type[ev.EventBase], _Feed] = {
     ev.StepCompleted: Projector._step,
     ev.TokenBuffered: Projector._buffered,
     ev.SinkFlushed: Projector._sink_flushed,
+    ev.SinkWriteFailed: Projector._sink_write_failed,
     ev.CoalesceOpened: Projector._coalesce_opened,
     ev.CoalesceMerged: Projector._coalesce_merged,
     ev.CoalesceFailed: Projector._coalesce_failed,

@@ -52,6 +52,16 @@ class SinkFlushed(EventBase, frozen=True):
     location: str
 
 
+class SinkWriteFailed(EventBase, frozen=True):
+    """One failed attempt to make a sink's rows durable."""
+
+    sink: str
+    attempt: int  # 1-based, within this durability point
+    error: str
+    at: float  # clock seconds (the circuit breaker is derived from these)
+    retry_at: float | None = None  # when the next attempt is due; None: no more attempts
+
+
 class SourceExhausted(EventBase, frozen=True):
     records: int  # records read from the source in total (valid and quarantined)
 
@@ -213,6 +223,7 @@ Event = (
     | RunStarted
     | RunResumed
     | SinkFlushed
+    | SinkWriteFailed
     | SourceExhausted
     | RunCompleted
     | RunFailed
@@ -249,6 +260,7 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
         RunStarted,
         RunResumed,
         SinkFlushed,
+        SinkWriteFailed,
         SourceExhausted,
         RunCompleted,
         RunFailed,

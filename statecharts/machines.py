@@ -84,6 +84,7 @@ RUN = MachineDef(
         _t("create", INITIAL, _R.CREATED, ev.RunCreated),
         _t("start", _R.CREATED, _R.RUNNING, ev.RunStarted),
         _t("flush_sink", f"{_R.RUNNING}|{_R.DRAINING}", None, ev.SinkFlushed),
+        _t("sink_write_failed", f"{_R.RUNNING}|{_R.DRAINING}", None, ev.SinkWriteFailed),
         _t("exhaust", _R.RUNNING, _R.DRAINING, ev.SourceExhausted),
         _t("complete", _R.DRAINING, _R.COMPLETED, ev.RunCompleted),
         _t("fail", f"{_R.RUNNING}|{_R.DRAINING}", _R.FAILED, ev.RunFailed),

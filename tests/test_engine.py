@@ -403,9 +403,9 @@ def test_a_failed_sink_write_goes_to_on_write_failure(db: Database, tmp_path: Pa
         pipeline.nodes.sinks["out"] = _BrokenSink()  # type: ignore[assignment]
         if failure is None:
             with pytest.raises(RunFailedError, match="disk full"):
-                start_run(db, pipeline, run_id=f"run-wf-none-{os.urandom(2).hex()}")
+                start_run(db, pipeline, run_id=f"run-wf-none-{os.urandom(2).hex()}", clock=FakeClock())
             return
-        outcome = start_run(db, pipeline)
+        outcome = start_run(db, pipeline, clock=FakeClock())
     finally:
         os.chdir(old)
     from engine.orchestrator import fold_run
@@ -417,3 +417,71 @@ def test_a_failed_sink_write_goes_to_on_write_failure(db: Database, tmp_path: Pa
         assert dict(fold.outcomes) == {"diverted": 2}
     else:
         assert dict(fold.outcomes) == {"failed": 2}
+
+
+class _FlakySink(_BrokenSink):
+    """Fails its first `failures` flushes that carry rows, then works (rows kept in memory)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.rows: list[dict[str, object]] = []
+        self.pending: list[dict[str, object]] = []
+
+    def write(self, token_id: str, row: dict[str, object]) -> None:
+        self.pending.append(row)
+
+    def flush(self) -> int:
+        from engine.plugins.protocol import PluginError
+
+        if self.pending and self.failures > 0:
+            self.failures -= 1
+            raise PluginError("sink", "connection reset")
+        self.rows.extend(self.pending)
+        self.pending = []
+        return len(self.rows)
+
+    def release(self) -> None:
+        self.pending = []
+
+
+def _run_with_sink(db: Database, tmp_path: Path, sink: object, retry: str, clock: FakeClock) -> object:
+    from engine.orchestrator import build_pipeline, fold_run, start_run
+    from engine.settings import load_settings
+
+    _input(tmp_path, [[1, 1, "a"], [2, 2, "b"]])
+    (tmp_path / "out").mkdir(exist_ok=True)
+    text = WRITE_FAILURE.format(schema=SCHEMA, failure=", on_write_failure: backup") + retry
+    (tmp_path / "s.yaml").write_text(text)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pipeline = build_pipeline(load_settings(tmp_path / "s.yaml"))
+        pipeline.nodes.sinks["out"] = sink  # type: ignore[assignment]
+        outcome = start_run(db, pipeline, clock=clock, commit_every=1)
+    finally:
+        os.chdir(old)
+    return fold_run(db, outcome.run_id, strict=True)
+
+
+def test_a_failing_sink_write_is_retried_with_backoff_and_every_attempt_recorded(db: Database, tmp_path: Path) -> None:
+    clock = FakeClock()
+    sink = _FlakySink(failures=2)
+    retry = "retry: {max_attempts: 3, initial_delay_seconds: 2, exponential_base: 3}\n"
+    fold = _run_with_sink(db, tmp_path, sink, retry, clock)
+    assert_invariants(fold)  # type: ignore[arg-type]
+    assert sink.rows == [{"id": 1, "v": 1, "note": "a"}, {"id": 2, "v": 2, "note": "b"}]
+    assert dict(fold.outcomes) == {"completed": 2}  # type: ignore[attr-defined]
+    # the two failed attempts waited 2 s and 6 s, each with jitter in [50 %, 100 %]
+    assert 1_700_000_000 + 1 + 3 <= clock.now() <= 1_700_000_000 + 2 + 6
+
+
+def test_the_circuit_breaker_stops_trying_a_sink_that_keeps_failing(db: Database, tmp_path: Path) -> None:
+    clock = FakeClock()
+    sink = _FlakySink(failures=1000)
+    retry = "retry: {max_attempts: 2, initial_delay_seconds: 1, failure_threshold: 2, reset_seconds: 600}\n"
+    fold = _run_with_sink(db, tmp_path, sink, retry, clock)
+    assert_invariants(fold)  # type: ignore[arg-type]
+    # row 1: two attempts fail, it goes to backup; row 2: the circuit is open, straight to backup
+    assert sink.failures == 1000 - 2
+    assert (tmp_path / "out" / "backup.csv").read_text().splitlines() == ["id,v,note", "1,1,a", "2,2,b"]

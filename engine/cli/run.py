@@ -99,7 +99,7 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     outcomes = {k.split(".", 1)[1]: int(v) for k, v in sorted(m.items()) if k.startswith("outcome.")}
     if outcomes:
         click.echo("  outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
-    sinks = {k.split(".")[1]: int(v) for k, v in sorted(m.items()) if k.startswith("sink.")}
+    sinks = {k.split(".")[1]: int(v) for k, v in sorted(m.items()) if k.startswith("sink.") and k.endswith(".rows")}
     for sink, location in places.items():
         click.echo(f"  sink {sink}: {sinks.get(sink, 0)} rows → {location}")
     click.echo(f"  audit trail: {db.describe()} — `elspeth explain {outcome.run_id} --row 0`")
