@@ -1,7 +1,13 @@
-"""The pipeline's graph: nodes wired by connection names, validated before anything runs."""
+"""The pipeline's graph: nodes wired by connection names, validated before anything runs.
+
+Every node reads one connection (`input`; a coalesce reads one per branch) and writes to one
+(`on_success`) or, for a gate, to its routes and fork branches. A connection named like a sink
+delivers to that sink. `build_dag` reports every wiring problem at once, each with its key path.
+"""
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,6 +17,8 @@ Kind = Literal["transform", "gate", "aggregation", "coalesce", "sink"]
 
 
 class DagError(Exception):
+    """Everything wrong with the wiring, one problem per line."""
+
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
@@ -28,9 +36,9 @@ class Target:
 @dataclass(frozen=True)
 class NodeInfo:
     name: str
-    kind: str
-    plugin: str
-    settings: Any
+    kind: str  # transform, gate, aggregation or coalesce
+    plugin: str  # the plugin name; 'gate' / 'coalesce' for those
+    settings: Any  # its TransformSettings, GateSettings, ...
 
 
 @dataclass
@@ -44,54 +52,74 @@ class Dag:
     _coalesce_outputs: dict[str, str] = field(default_factory=dict)
 
     def target(self, connection: str) -> Target:
+        """Who reads `connection` (a sink's name resolves to that sink)."""
         return self._consumers[connection]
 
     def coalesce_output(self, name: str) -> str:
+        """The connection a coalesce writes its merged row to: its on_success, or its own name."""
         return self._coalesce_outputs[name]
 
 
+@dataclass
+class _Producer:
+    node: str  # node name, or "source"
+    where: str  # key path, e.g. "transforms[0].on_success"
+    upstream: str | None  # the connection this producer reads (to trace coalesce branches back)
+    fork_of: str | None = None  # set when the connection is a fork branch of that gate
+
+
+@dataclass
+class _Wiring:
+    sinks: set[str]
+    errors: list[str] = field(default_factory=list)
+    consumers: dict[str, Target] = field(default_factory=dict)
+    consumed_at: dict[str, str] = field(default_factory=dict)  # connection -> key path reading it
+    producers: dict[str, list[_Producer]] = field(default_factory=dict)
+
+    def consume(self, connection: str, target: Target, where: str) -> None:
+        if connection in self.sinks:
+            self.errors.append(f"{where}: '{connection}' is a sink; allowed: a connection (nodes cannot read sinks)")
+        elif connection in self.consumers:
+            other = self.consumers[connection]
+            self.errors.append(
+                f"{where}: connection '{connection}' is already read by {other.kind} '{other.name}'; "
+                "allowed: one reader per connection (fan out through a gate)"
+            )
+        else:
+            self.consumers[connection] = target
+            self.consumed_at[connection] = where
+
+    def produce(self, connection: str, producer: _Producer) -> None:
+        if connection in self.sinks:
+            return  # a sink may be fed by any number of nodes
+        makers = self.producers.setdefault(connection, [])
+        if not any(m.node == producer.node for m in makers):  # a gate may route two labels to one place
+            makers.append(producer)
+
+
 def build_dag(s: Settings) -> Dag:
-    errors: list[str] = []
-    sinks = set(s.sinks)
-    consumers: dict[str, Target] = {name: Target("sink", name) for name in sinks}
-    # connection -> [(producer node, where it is said)]
-    producers: dict[str, list[str]] = {}
-    edges: dict[str, set[str]] = {}  # node -> nodes it feeds (sinks excluded)
+    """Wire and check the pipeline; raise DagError listing every problem."""
+    w = _Wiring(sinks=set(s.sinks))
     nodes: dict[str, NodeInfo] = {}
-
-    def consume(connection: str, target: Target, where: str) -> None:
-        if connection in sinks:
-            errors.append(f"{where}: '{connection}' is a sink; a node cannot read from a sink")
-            return
-        if connection in consumers:
-            other = consumers[connection]
-            errors.append(f"{where}: connection '{connection}' is already read by {other.kind} '{other.name}'")
-            return
-        consumers[connection] = target
-
-    def produce(connection: str, producer: str) -> None:
-        if connection in sinks:
-            return  # a sink may have any number of producers
-        producers.setdefault(connection, []).append(producer)
-
-    produce(s.source.on_success, "source")
+    w.produce(s.source.on_success, _Producer("source", "source.on_success", None))
     for i, t in enumerate(s.transforms):
         nodes[t.name] = NodeInfo(t.name, "transform", t.plugin, t)
-        consume(t.input, Target("transform", t.name), f"transforms[{i}].input")
-        produce(t.on_success or t.name, t.name)
+        w.consume(t.input, Target("transform", t.name), f"transforms[{i}].input")
+        w.produce(t.on_success or t.name, _Producer(t.name, f"transforms[{i}].on_success", t.input))
     for i, g in enumerate(s.gates):
         nodes[g.name] = NodeInfo(g.name, "gate", "gate", g)
-        consume(g.input, Target("gate", g.name), f"gates[{i}].input")
+        w.consume(g.input, Target("gate", g.name), f"gates[{i}].input")
         for label, dest in g.routes.items():
             if dest == "fork":
                 continue
             if dest == "continue":
-                errors.append(f"gates[{i}].routes.{label}: 'continue' is not supported; name a connection")
+                w.errors.append(
+                    f"gates[{i}].routes.{label}: 'continue' is not supported; allowed: a sink, a connection or fork"
+                )
                 continue
-            if dest not in producers or g.name not in producers[dest]:
-                produce(dest, g.name)
-        for branch in g.fork_to or []:
-            produce(branch, g.name)
+            w.produce(dest, _Producer(g.name, f"gates[{i}].routes.{label}", g.input))
+        for j, branch in enumerate(g.fork_to or []):
+            w.produce(branch, _Producer(g.name, f"gates[{i}].fork_to[{j}]", g.input, fork_of=g.name))
     coalesce_branches: dict[str, list[str]] = {}
     coalesce_outputs: dict[str, str] = {}
     for i, c in enumerate(s.coalesce):
@@ -99,85 +127,153 @@ def build_dag(s: Settings) -> Dag:
         inputs = c.branch_inputs()
         coalesce_branches[c.name] = list(inputs)
         for branch, connection in inputs.items():
-            consume(connection, Target("coalesce", c.name, branch), f"coalesce[{i}].branches.{branch}")
-        out = c.on_success or c.name
-        coalesce_outputs[c.name] = out
-        produce(out, c.name)
+            where = f"coalesce[{i}].branches" + (f".{branch}" if isinstance(c.branches, dict) else f"[{branch}]")
+            w.consume(connection, Target("coalesce", c.name, branch), where)
+        coalesce_outputs[c.name] = c.on_success or c.name
+        w.produce(coalesce_outputs[c.name], _Producer(c.name, f"coalesce[{i}].on_success", None))
     for i, a in enumerate(s.aggregations):
         nodes[a.name] = NodeInfo(a.name, "aggregation", a.plugin, a)
-        consume(a.input, Target("aggregation", a.name), f"aggregations[{i}].input")
-        produce(a.on_success, a.name)
+        w.consume(a.input, Target("aggregation", a.name), f"aggregations[{i}].input")
+        w.produce(a.on_success, _Producer(a.name, f"aggregations[{i}].on_success", a.input))
 
-    for connection, makers in producers.items():
-        if len(makers) > 1:
-            errors.append(
-                f"connection '{connection}' has {len(makers)} producers ({', '.join(makers)}); "
-                "each connection has exactly one (fan out through a gate)"
-            )
-        if connection not in consumers:
-            errors.append(
-                f"connection '{connection}' (from {makers[0]}) goes nowhere: no node reads it and no sink has that name"
-            )
-        else:
-            target = consumers[connection]
-            for maker in makers:
-                if target.kind != "sink":
-                    edges.setdefault(maker, set()).add(target.name)
-    for connection, target in consumers.items():
-        if target.kind != "sink" and connection not in producers:
-            errors.append(f"{target.kind} '{target.name}' reads connection '{connection}', which nothing produces")
-
-    fork_branches = {g.name: list(g.fork_to or []) for g in s.gates if g.fork_to}
-    all_fork_branches = {b for bs in fork_branches.values() for b in bs}
-    for c in s.coalesce:
-        for branch in c.branch_inputs():
-            if branch not in all_fork_branches:
-                errors.append(f"coalesce '{c.name}': branch '{branch}' is not produced by any fork (fork_to of a gate)")
-
-    order = _topological(nodes, edges, errors)
-    reachable = _reachable(s.source.on_success, consumers, edges)
-    for name in nodes:
+    edges = _check_connections(w)
+    fork_branches = {g.name: list(g.fork_to) for g in s.gates if g.fork_to}
+    _check_coalesce_branches(s, w)
+    order = _topological(nodes, edges, w.errors)
+    reachable = _reachable(s.source.on_success, w.consumers, edges)
+    for name, info in nodes.items():
         if name not in reachable:
-            errors.append(f"{nodes[name].kind} '{name}' is unreachable from the source")
-    if errors:
-        raise DagError(errors)
+            w.errors.append(
+                f"{info.kind} '{name}': unreachable from the source; allowed: nodes the source's rows reach"
+            )
+    if w.errors:
+        raise DagError(w.errors)
     return Dag(
         source_output=s.source.on_success,
         node_order=order,
         nodes=nodes,
         fork_branches=fork_branches,
         coalesce_branches=coalesce_branches,
-        _consumers=consumers,
+        _consumers={**{name: Target("sink", name) for name in s.sinks}, **w.consumers},
         _coalesce_outputs=coalesce_outputs,
     )
 
 
+def _check_connections(w: _Wiring) -> dict[str, set[str]]:
+    """One producer and one consumer per connection; returns node -> the nodes it feeds."""
+    edges: dict[str, set[str]] = {}
+    sinks = ", ".join(sorted(w.sinks)) or "(no sinks)"
+    for connection, makers in w.producers.items():
+        if len(makers) > 1:
+            w.errors.append(
+                f"connection '{connection}' has {len(makers)} producers ({', '.join(m.where for m in makers)}); "
+                "allowed: exactly one (fan out through a gate)"
+            )
+        target = w.consumers.get(connection)
+        if target is None:
+            w.errors.append(
+                f"{makers[0].where}: connection '{connection}' goes nowhere (no node reads it and no sink has that "
+                f"name); allowed: a sink ({sinks}) or a connection a node reads"
+            )
+            continue
+        for m in makers:
+            edges.setdefault(m.node, set()).add(target.name)
+    for connection in w.consumers:
+        if connection not in w.producers:
+            w.errors.append(
+                f"{w.consumed_at[connection]}: connection '{connection}' is produced by nothing; allowed: the "
+                "source's on_success or a connection a node writes"
+            )
+    return edges
+
+
+def _check_coalesce_branches(s: Settings, w: _Wiring) -> None:
+    """Each coalesce branch is a fork branch, and its input comes from that branch."""
+    forked = {b: g.name for g in s.gates for b in g.fork_to or []}
+    claimed: dict[str, str] = {}
+    for i, c in enumerate(s.coalesce):
+        for branch, connection in c.branch_inputs().items():
+            where = f"coalesce[{i}].branches" + (f".{branch}" if isinstance(c.branches, dict) else f"[{branch}]")
+            if branch not in forked:
+                allowed = ", ".join(sorted(forked)) or "none: no gate forks"
+                w.errors.append(f"{where}: '{branch}' is not a branch any gate forks to (fork_to); allowed: {allowed}")
+                continue
+            if branch in claimed and claimed[branch] != c.name:
+                w.errors.append(f"{where}: branch '{branch}' is already merged by coalesce '{claimed[branch]}'")
+            claimed.setdefault(branch, c.name)
+            origin = _trace_fork_branch(connection, w)
+            if origin != branch:
+                found = f"from fork branch '{origin}'" if origin else "not from a fork branch"
+                w.errors.append(
+                    f"{where}: connection '{connection}' comes {found}; allowed: a connection downstream of "
+                    f"gate '{forked[branch]}' fork branch '{branch}'"
+                )
+
+
+def _trace_fork_branch(connection: str, w: _Wiring) -> str | None:
+    """The fork branch a connection's tokens belong to, following producers upstream."""
+    seen: set[str] = set()
+    current: str | None = connection
+    while current is not None and current not in seen:
+        seen.add(current)
+        makers = w.producers.get(current)
+        if not makers:
+            return None
+        maker = makers[0]
+        if maker.fork_of is not None:
+            return current
+        current = maker.upstream
+    return None
+
+
 def _topological(nodes: dict[str, NodeInfo], edges: dict[str, set[str]], errors: list[str]) -> list[str]:
+    """Kahn's algorithm; ties go to the node declared first, so the order is stable."""
+    position = {name: i for i, name in enumerate(nodes)}
     indegree = dict.fromkeys(nodes, 0)
     for origin, dests in edges.items():
-        if origin not in nodes:
-            continue  # the source
-        for d in dests:
-            if d in indegree:
+        if origin in nodes:  # edges from the source do not count
+            for d in dests:
                 indegree[d] += 1
-    ready = [n for n in nodes if indegree[n] == 0]
+    ready = [(position[n], n) for n in nodes if indegree[n] == 0]
+    heapq.heapify(ready)
     order: list[str] = []
     while ready:
-        n = ready.pop(0)
+        _, n = heapq.heappop(ready)
         order.append(n)
-        for d in sorted(edges.get(n, ())):
+        for d in edges.get(n, ()):
             indegree[d] -= 1
             if indegree[d] == 0:
-                ready.append(d)
+                heapq.heappush(ready, (position[d], d))
     if len(order) != len(nodes):
-        cyclic = sorted(n for n in nodes if n not in order)
-        errors.append(f"the pipeline has a cycle through: {', '.join(cyclic)}")
+        left = {n for n in nodes if n not in order}
+        cycle = _a_cycle(left, edges)
+        first = cycle.index(min(cycle, key=position.__getitem__))  # start at the node declared first
+        cycle = cycle[first:] + cycle[:first]
+        errors.append(f"the pipeline has a cycle: {' -> '.join([*cycle, cycle[0]])}; allowed: no cycles")
     return order
+
+
+def _a_cycle(left: set[str], edges: dict[str, set[str]]) -> list[str]:
+    """One cycle among the nodes Kahn's algorithm could not order: each has a predecessor among
+    them, so walking predecessors must come back to a node already seen."""
+    preds: dict[str, list[str]] = {n: [] for n in left}
+    for origin, dests in edges.items():
+        for d in dests:
+            if origin in left and d in left:
+                preds[d].append(origin)
+    walk: list[str] = []
+    node = min(left)
+    while node not in walk:
+        walk.append(node)
+        node = min(preds[node])
+    cycle = walk[walk.index(node) :]
+    cycle.reverse()
+    return cycle
 
 
 def _reachable(start: str, consumers: dict[str, Target], edges: dict[str, set[str]]) -> set[str]:
     first = consumers.get(start)
-    if first is None or first.kind == "sink":
+    if first is None:
         return set()
     seen = {first.name}
     stack = [first.name]

@@ -23,13 +23,31 @@ class ExpressionError(Exception):
     """Evaluating the expression on a row failed: a row error, never a crash."""
 
 
+_MAX_REPEAT = 1_000_000
+
+
+def _multiply(a: Any, b: Any) -> Any:
+    # `'x' * row['n']` must not be able to exhaust memory: repetition is capped.
+    for seq, n in ((a, b), (b, a)):
+        if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > _MAX_REPEAT:
+            raise ExpressionError(f"repetition result too large (over {_MAX_REPEAT} items)")
+    return a * b
+
+
+def _modulo(a: Any, b: Any) -> Any:
+    # `%` is arithmetic here; printf-style formatting (`'%999999999d' % 1`) could build huge strings.
+    if isinstance(a, str | bytes):
+        raise ExpressionError("'%' is for numbers; string formatting is not supported")
+    return a % b
+
+
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
+    ast.Mult: _multiply,
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
+    ast.Mod: _modulo,
 }
 _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
@@ -95,10 +113,20 @@ class Expression:
 
 
 def compile_expression(source: str) -> Expression:
+    """Check `source` against the language and compile it; raise ExpressionSyntaxError naming what is refused."""
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as e:
         raise ExpressionSyntaxError(f"not a valid expression: {e.msg} (column {e.offset})") from None
+    except (ValueError, RecursionError, MemoryError) as e:  # NUL bytes; absurd nesting
+        raise ExpressionSyntaxError(f"not a valid expression: {e}") from None
+    try:
+        return _check_and_compile(source, tree)
+    except (RecursionError, MemoryError):
+        raise ExpressionSyntaxError("the expression is nested too deeply") from None
+
+
+def _check_and_compile(source: str, tree: ast.Expression) -> Expression:
     # Name the most dangerous thing first: `__import__('os').system(...)` is refused for
     # `__import__`, not for the attribute call wrapped around it.
     for node in ast.walk(tree):
@@ -106,6 +134,9 @@ def compile_expression(source: str) -> Expression:
             raise ExpressionSyntaxError(f"calls to {node.func.id!r} are not allowed (only {', '.join(_FUNCTIONS)})")
         if isinstance(node, ast.Name) and node.id.startswith("__"):
             raise ExpressionSyntaxError(f"the name {node.id!r} is not allowed")
+    for node in ast.walk(tree):  # then the constructs that are refused whatever they contain
+        if type(node) in _DESCRIBE and not isinstance(node, ast.Attribute):
+            raise ExpressionSyntaxError(_DESCRIBE[type(node)])
     return Expression(source, _compile(tree.body))
 
 
@@ -198,7 +229,7 @@ def _compile_call(node: ast.Call) -> Fn:
             key = args[0]
             default = args[1] if len(args) == 2 else (lambda row: None)
             return lambda row: row.get(key(row), default(row))
-        raise ExpressionSyntaxError(f"calling .{func.attr}() is not allowed (only row.get(...))")
+        raise ExpressionSyntaxError(f"attribute access is not allowed: .{func.attr}() (only row.get(...))")
     if isinstance(func, ast.Name):
         fn = _FUNCTIONS.get(func.id)
         if fn is None:
@@ -214,11 +245,11 @@ def _compile_compare(node: ast.Compare) -> Fn:
     left = _compile(node.left)
     ops: list[Callable[[Any, Any], Any]] = []
     rights: list[Fn] = []
+    previous = node.left
     for op, comparator in zip(node.ops, node.comparators, strict=True):
-        if isinstance(op, ast.Is | ast.IsNot) and not (
-            isinstance(comparator, ast.Constant) and comparator.value is None
-        ):
+        if isinstance(op, ast.Is | ast.IsNot) and not (_is_none(previous) or _is_none(comparator)):
             raise ExpressionSyntaxError("'is' and 'is not' are only allowed with None")
+        previous = comparator
         ops.append(_CMPOPS[type(op)])
         rights.append(_compile(comparator))
 
@@ -232,3 +263,7 @@ def _compile_compare(node: ast.Compare) -> Fn:
         return True
 
     return compare
+
+
+def _is_none(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None

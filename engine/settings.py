@@ -10,6 +10,8 @@ import hashlib
 import hmac
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,31 +167,39 @@ class LoadedSettings:
     trigger_conditions: dict[str, Expression] = field(default_factory=dict)
 
 
-_SECTIONS: dict[str, Any] = {
-    "source": SourceSettings,
-    "sinks": dict[str, SinkSettings],
-    "transforms": TransformSettings,
-    "gates": GateSettings,
-    "coalesce": CoalesceSettings,
-    "aggregations": AggregationSettings,
-    "retry": RetrySettings,
-    "checkpoint": CheckpointSettings,
-    "landscape": LandscapeSettings,
-    "payload_store": PayloadStoreSettings,
-}
-_LISTS = {"transforms", "gates", "coalesce", "aggregations"}
-_REQUIRED = ("source", "sinks")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,38}$")
 _RESERVED = {"continue", "fork", "on_success"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_?key|apikey|credential|private_?key)", re.I)
-_URL_PASSWORD = re.compile(r"(//[^:/@\s]+:)([^@\s]+)(@)")
-# Fingerprints let two runs be compared without storing the secret. Set ELSPETH_FINGERPRINT_KEY in
-# production; the development key below only keeps fingerprints stable on one machine.
+# What a missing required key may hold, where the type alone says too little.
+_HINTS = {
+    "on_error": "a sink name or discard",
+    "input": "a connection name",
+    "on_success": "a connection or sink name",
+    "plugin": "a plugin name, see `elspeth plugins`",
+    "name": "a node name of 1 to 38 of A-Z a-z 0-9 _ -",
+    "condition": "an expression over row",
+    "routes": "a mapping of label -> sink, connection or fork",
+    "branches": "a list of branch names, or a mapping of branch -> input connection",
+}
+_MAX_NODES = 1_000_000  # YAML aliases can make a small file huge ("billion laughs")
+_FREQUENCIES = ("every_row", "every_n", "aggregation_only")
+# A key is secret when one of its words says so; `key` and `token` only as the last word
+# (`api_key`, `auth_token`, but not `key_field` or `token_limit`), and `data_key` (the json
+# source's option naming a field) is not a secret.
+_SECRET_WORDS = {"password", "passwd", "pwd", "secret", "secrets", "credential", "credentials", "apikey"}
+_SECRET_LAST_WORDS = {"key", "token"}
+_NOT_SECRET = {"data_key", "sort_key", "group_key", "partition_key", "primary_key"}
+# The password of `scheme://user:password@host`: up to the last `@` before the path.
+_URL_PASSWORD = re.compile(r"(//[^:/@\s]*:)([^/\s?#]*)(@)")
+_QUERY_SECRET = re.compile(r"([?&][\w.-]*(?:password|passwd|pwd|secret|token|api_?key|access_key)=)([^&#\s]+)", re.I)
+# Fingerprints let two runs' settings be compared without storing a secret. Production sets
+# ELSPETH_FINGERPRINT_KEY; without it this published development key is used, so fingerprints
+# then only hide secrets from casual reading, not from someone who can guess them.
 _DEV_KEY = b"elspeth-development-fingerprint-key"
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
+    """Read, expand, decode and check one settings file; raise SettingsError listing every problem."""
     env = os.environ if environ is None else environ
     where = str(path)
     try:
@@ -199,47 +209,101 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError([f"{where}: cannot read the settings file: {e}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        loader = _Loader(text)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise SettingsError([f"{where}: malformed YAML at {at}: {e.problem}"]) from None
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown position"
+        problem = e.problem or e.context or "cannot be parsed"
+        raise SettingsError([f"{where}: malformed YAML at {at}: {problem}; allowed: well-formed YAML"]) from None
     except yaml.YAMLError as e:
         raise SettingsError([f"{where}: malformed YAML: {e}"]) from None
     if not isinstance(raw, dict):
-        raise SettingsError([f"{where}: expected a mapping of settings at the top level, found {_kind(raw)}"])
+        raise SettingsError(
+            [f"{where}: (top): found {_kind(raw)}; allowed: a mapping of {', '.join(_field_names(Settings))}"]
+        )
     errors: list[str] = []
-    data = _expand(raw, env, "", errors, where)
-    settings = _decode(data, errors, where)
-    if settings is None or errors:
-        raise SettingsError(errors or [f"{where}: invalid settings"])
+    if _size(raw) > _MAX_NODES:
+        raise SettingsError([f"{where}: (top): more than {_MAX_NODES} values once YAML aliases are expanded"])
+    data = _expand(raw, env, "", errors)
+    settings = _decode_struct(Settings, data, "", errors)
+    if not isinstance(settings, Settings) or errors:
+        raise SettingsError([f"{where}: {e}" for e in errors] or [f"{where}: invalid settings"])
+    try:
+        canonical = msgspec.json.encode(data, order="deterministic")
+    except (TypeError, msgspec.EncodeError) as e:  # e.g. option keys of mixed types
+        raise SettingsError([f"{where}: the settings cannot be recorded: {e}"]) from None
     loaded = LoadedSettings(
         settings=settings,
         path=path,
-        text_hash=hashlib.sha256(msgspec.json.encode(data, order="deterministic")).hexdigest(),
-        redacted=_redact(data, env),
+        text_hash=hashlib.sha256(canonical).hexdigest(),
+        redacted=_redact(msgspec.json.decode(canonical), env),
     )
-    _check(loaded, errors, where)
+    _check(loaded, errors)
     if errors:
-        raise SettingsError(errors)
+        raise SettingsError([f"{where}: {e}" for e in errors])
     url = settings.landscape.url
     if url and url.startswith("sqlite"):
-        shown = _URL_PASSWORD.sub(r"\1***\3", url)
         loaded.warnings.append(
-            f"{where}: landscape.url {shown} is a SQLite URL, which is not an audit "
-            "store here; using PostgreSQL (the embedded one, or --database / ELSPETH_DATABASE_URL)"
+            f"{where}: landscape.url {_redact_url(url, env)} is not an audit store here (SQLite); using "
+            "PostgreSQL (the embedded one, or --database / ELSPETH_DATABASE_URL)"
         )
+    loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
     return loaded
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, noting keys that appear twice in one mapping. The prior system kept the
+    last silently, so its users' files may have them: a warning, not an error."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                mark = key_node.start_mark
+                self.duplicates.append(
+                    f"line {mark.line + 1}, column {mark.column + 1}: key {key!r} appears twice in one mapping; "
+                    "the last one is used"
+                )
+            if isinstance(key, str | int | float | bool):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _size(value: Any) -> int:
+    """How many values `value` holds with aliases expanded, counting no further than past the cap."""
+    stack, count = [value], 0
+    while stack and count <= _MAX_NODES:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)  # fmt: skip
+    words = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number"}  # fmt: skip
+    kind = words.get(type(value), type(value).__name__)
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):
+        kind += f" ({value!r})"
+    return kind
 
 
-def _expand(value: Any, env: Mapping[str, str], path: str, errors: list[str], where: str) -> Any:
+def _expand(value: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    """`${VAR}` and `${VAR:-default}` in every string value (keys are left alone)."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -248,203 +312,286 @@ def _expand(value: Any, env: Mapping[str, str], path: str, errors: list[str], wh
                 return env[name]
             if default is not None:
                 return default
-            errors.append(f"{where}: {path or '(top)'}: environment variable {name} is not set and has no default")
+            errors.append(
+                f"{path or '(top)'}: environment variable {name} is not set; "
+                f"allowed: set it, or give a default as ${{{name}:-default}}"
+            )
             return ""
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), errors, where) for k, v in value.items()}
+        return {k: _expand(v, env, _join(path, k), errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, env, f"{path}[{i}]", errors, where) for i, v in enumerate(value)]
+        return [_expand(v, env, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     return value
 
 
-def _msgspec_error(e: msgspec.ValidationError, prefix: str, where: str) -> str:
-    message = str(e)
-    at = ""
-    m = re.search(r" - at `\$(.*)`$", message)
-    key = re.search(r" - at `key` in `\$(.*)`$", message)
-    if key:
-        at = key.group(1)
-        message = message[: key.start()] + " for a key"
-    elif m:
-        at = m.group(1)
-        message = message[: m.start()]
-    if "got `bool`" in message:
-        message += " (YAML reads yes/no/on/off/true/false as booleans: quote them)"
-    path = prefix + at
-    message = message.replace("Object contains unknown field", "unknown key")
-    for name, words in (("array", "a list"), ("object", "a mapping"), ("str", "a string"), ("int", "an integer"),
-                        ("float", "a number"), ("bool", "true or false"), ("null", "nothing")):  # fmt: skip
-        message = (
-            re.sub(rf"(?<![\w'])`?{name}`?(?![\w'])", words, message) if message.startswith("Expected") else message
-        )
-    message = re.sub(r"`([^`]*)`", r"'\1'", message)
-    allowed = ""
-    if "unknown key" in message or "missing required field" in message.lower():
-        allowed = _allowed_keys(path)
-    return f"{where}: {path}: {message}{allowed}"
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
-def _allowed_keys(path: str) -> str:
-    section = re.split(r"[.\[]", path)[0]
-    target = _SECTIONS.get(section)
-    if section == "sinks":
-        target = SinkSettings
-    if target is None or not isinstance(target, type) or not issubclass(target, msgspec.Struct):
-        return ""
-    depth = path.count(".") - (1 if section == "sinks" else 0)
-    if depth > 0 and not path.endswith(("trigger", "export")):
-        return ""
-    if path.endswith("trigger"):
-        target = TriggerSettings
-    elif path.endswith("export"):
-        target = ExportSettings
-    return "; allowed: " + ", ".join(target.__struct_fields__)
+# -- decoding: field by field, so that every problem in a file is reported at once -----------
 
 
-def _decode(data: dict[str, Any], errors: list[str], where: str) -> Settings | None:
-    decoded: dict[str, Any] = {}
-    for key in data:
-        if key not in _SECTIONS:
-            errors.append(f"{where}: {key}: unknown key; allowed: {', '.join(_SECTIONS)}")
-    for key in _REQUIRED:
-        if key not in data:
-            errors.append(f"{where}: {key}: required")
-    for key, kind in _SECTIONS.items():
-        if key not in data:
-            continue
-        value = data[key]
-        if key in _LISTS:
-            if value is None:
-                decoded[key] = []
-                continue
-            if not isinstance(value, list):
-                errors.append(f"{where}: {key}: expected a list, found {_kind(value)}")
-                continue
-            items = []
-            for i, item in enumerate(value):
-                try:
-                    items.append(msgspec.convert(item, kind))
-                except msgspec.ValidationError as e:
-                    errors.append(_msgspec_error(e, f"{key}[{i}]", where))
-            decoded[key] = items
-            continue
-        try:
-            decoded[key] = msgspec.convert(value, kind)
-        except msgspec.ValidationError as e:
-            errors.append(_msgspec_error(e, key, where))
-    if errors:
+def _field_names(cls: type[msgspec.Struct]) -> list[str]:
+    return [f.name for f in msgspec.structs.fields(cls)]
+
+
+def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: list[str]) -> Any:
+    """`value` decoded as `cls`, or None after appending each problem (with its key path) to errors."""
+    fields = msgspec.structs.fields(cls)
+    names = [f.name for f in fields]
+    if not isinstance(value, dict):
+        errors.append(f"{path or '(top)'}: found {_kind(value)}; allowed: a mapping of {', '.join(names)}")
         return None
-    return Settings(**decoded)
+    before = len(errors)
+    for key in value:
+        if key not in names:
+            errors.append(f"{_join(path, key)}: unknown key; allowed: {', '.join(names)}")
+    decoded: dict[str, Any] = {}
+    for f in fields:
+        if f.name not in value:
+            if f.required:
+                allowed = _HINTS.get(f.name) or _describe(f.type)
+                errors.append(f"{_join(path, f.name)}: missing; it is required (allowed: {allowed})")
+            continue
+        item = value[f.name]
+        if item is None and cls is Settings and not f.required:
+            continue  # an empty top-level section (`transforms:` with nothing under it)
+        decoded[f.name] = _convert(item, f.type, _join(path, f.name), errors)
+    if len(errors) > before:
+        return None
+    return cls(**decoded)
 
 
-def _check(loaded: LoadedSettings, errors: list[str], where: str) -> None:
+def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return _decode_struct(tp, value, path, errors)
+    if origin is Literal:
+        if value in args and isinstance(value, str):
+            return value
+        errors.append(f"{path}: found {_kind(value)}; allowed: {', '.join(map(str, args))}")
+        return None
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        if value is None and len(members) < len(args):
+            return None
+        for member in members:  # a container picks the member of its shape, to name the inner key
+            shape = typing.get_origin(member) or member
+            if shape in (dict, list) and isinstance(value, shape):
+                return _convert(value, member, path, errors)
+    elif origin is dict and isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                hint = " (YAML reads yes/no/on/off/true/false as booleans: quote them)" if isinstance(k, bool) else ""
+                errors.append(f"{path}: the key {k!r} is {_kind(k)}; allowed: a string{hint}")
+                continue
+            out[k] = _convert(v, args[1], _join(path, k), errors)
+        return out
+    elif origin is list and isinstance(value, list):
+        return [_convert(v, args[0], f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    try:
+        # strict=False: a string such as an expanded "${N:-5}" may stand for a number or a boolean.
+        return msgspec.convert(value, tp, strict=False)
+    except msgspec.ValidationError:
+        hint = " (YAML reads yes/no/on/off/true/false as booleans: quote them)" if isinstance(value, bool) else ""
+        errors.append(f"{path}: found {_kind(value)}; allowed: {_describe(tp)}{hint}")
+        return None
+
+
+def _describe(tp: Any) -> str:
+    """A type in plain words, for "what is allowed"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list, each {_describe(args[0])}"
+    if origin is dict:
+        return "a mapping" if args[1] is Any else f"a mapping of name -> {_describe(args[1])}"
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return f"a mapping of {', '.join(_field_names(tp))}"
+    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "nothing"}
+    return words.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+# -- checks across keys (SETTINGS.md) ---------------------------------------------------------
+
+
+def _check(loaded: LoadedSettings, errors: list[str]) -> None:
     s = loaded.settings
     seen: dict[str, str] = {}
-    nodes: list[tuple[str, str]] = (
+    nodes = (
         [(f"transforms[{i}]", t.name) for i, t in enumerate(s.transforms)]
         + [(f"gates[{i}]", g.name) for i, g in enumerate(s.gates)]
         + [(f"coalesce[{i}]", c.name) for i, c in enumerate(s.coalesce)]
         + [(f"aggregations[{i}]", a.name) for i, a in enumerate(s.aggregations)]
     )
     for path, name in nodes:
-        _check_name(name, f"{path}.name", errors, where)
+        _check_name(name, f"{path}.name", errors)
         if name in seen:
-            errors.append(f"{where}: {path}.name: '{name}' is already the name of {seen[name]}; names are unique")
+            errors.append(f"{path}.name: '{name}' is already the name of {seen[name]}; allowed: a unique name")
         seen.setdefault(name, path)
     for name in s.sinks:
-        _check_name(name, f"sinks.{name}", errors, where)
+        _check_name(name, f"sinks.{name}", errors)
         if name != name.lower():
-            errors.append(f"{where}: sinks.{name}: sink names are lowercase")
+            errors.append(f"sinks.{name}: '{name}' has capitals; allowed: a lowercase sink name")
+        if name == "discard":
+            errors.append("sinks.discard: 'discard' is reserved (it means: record, do not write)")
         if name in seen:
-            errors.append(f"{where}: sinks.{name}: '{name}' is already the name of {seen[name]}; names are unique")
-    sinks = set(s.sinks)
+            errors.append(f"sinks.{name}: '{name}' is already the name of {seen[name]}; allowed: a unique name")
+    sinks = sorted(s.sinks)
 
-    def check_error_target(path: str, target: str | None) -> None:
-        if target is not None and target != "discard" and target not in sinks:
-            errors.append(f"{where}: {path}: '{target}' is not a sink; allowed: discard, {', '.join(sorted(sinks))}")
+    def error_target(path: str, target: object, *, other_than: str | None = None) -> None:
+        choices = [n for n in sinks if n != other_than]
+        if target is not None and target != "discard" and target not in choices:
+            errors.append(f"{path}: '{target}' is not a sink; allowed: discard, {', '.join(choices) or '(no sinks)'}")
 
+    error_target("source.options.on_validation_failure", s.source.options.get("on_validation_failure"))
     for i, t in enumerate(s.transforms):
-        check_error_target(f"transforms[{i}].on_error", t.on_error)
-    for i, a in enumerate(s.aggregations):
-        check_error_target(f"aggregations[{i}].on_error", a.on_error)
-        tr = a.trigger
-        if tr.count is None and tr.timeout_seconds is None and tr.condition is None:
-            errors.append(
-                f"{where}: aggregations[{i}].trigger: at least one trigger is needed; allowed: count, "
-                "timeout_seconds, condition"
-            )
-        if tr.count is not None and tr.count < 1:
-            errors.append(f"{where}: aggregations[{i}].trigger.count: {tr.count} is not allowed; allowed: 1 or more")
-        if tr.condition is not None:
-            try:
-                loaded.trigger_conditions[a.name] = compile_expression(tr.condition)
-            except ExpressionSyntaxError as e:
-                errors.append(f"{where}: aggregations[{i}].trigger.condition (aggregation '{a.name}'): {e}")
+        error_target(f"transforms[{i}].on_error", t.on_error)
     for name, sink in s.sinks.items():
-        check_error_target(f"sinks.{name}.on_write_failure", sink.on_write_failure)
-    vf = s.source.options.get("on_validation_failure")
-    if vf is not None:
-        check_error_target("source.options.on_validation_failure", str(vf))
+        error_target(f"sinks.{name}.on_write_failure", sink.on_write_failure, other_than=name)
     for i, g in enumerate(s.gates):
-        check_error_target(f"gates[{i}].on_error", g.on_error)
-        try:
-            loaded.gate_conditions[g.name] = compile_expression(g.condition)
-        except ExpressionSyntaxError as e:
-            errors.append(f"{where}: gates[{i}].condition (gate '{g.name}'): {e}")
-        forks = "fork" in g.routes.values()
-        if forks and not g.fork_to:
-            errors.append(f"{where}: gates[{i}].fork_to: required when a route is 'fork'")
-        if g.fork_to and not forks:
-            errors.append(f"{where}: gates[{i}].fork_to: only allowed when a route is 'fork'")
+        _check_gate(loaded, i, g, errors)
+        error_target(f"gates[{i}].on_error", g.on_error)
     for i, c in enumerate(s.coalesce):
-        branches = c.branch_inputs()
-        if len(branches) < 2:
-            errors.append(f"{where}: coalesce[{i}].branches: at least 2 branches are needed, found {len(branches)}")
-        if c.policy == "best_effort" and c.timeout_seconds is None:
-            errors.append(f"{where}: coalesce[{i}].timeout_seconds: required for policy best_effort")
-        if c.policy == "quorum":
-            if c.quorum_count is None:
-                errors.append(f"{where}: coalesce[{i}].quorum_count: required for policy quorum")
-            elif not 1 <= c.quorum_count <= len(branches):
-                errors.append(
-                    f"{where}: coalesce[{i}].quorum_count: {c.quorum_count} is not allowed; "
-                    f"allowed: 1 to {len(branches)} (the number of branches)"
-                )
-        if c.merge == "select":
-            if c.select_branch is None:
-                errors.append(f"{where}: coalesce[{i}].select_branch: required for merge select")
-            elif c.select_branch not in branches:
-                errors.append(
-                    f"{where}: coalesce[{i}].select_branch: '{c.select_branch}' is not a branch; "
-                    f"allowed: {', '.join(branches)}"
-                )
-        if c.timeout_seconds is not None and c.timeout_seconds <= 0:
-            errors.append(f"{where}: coalesce[{i}].timeout_seconds: must be more than 0")
+        _check_coalesce(i, c, errors)
+    for i, a in enumerate(s.aggregations):
+        error_target(f"aggregations[{i}].on_error", a.on_error)
+        _check_aggregation(loaded, i, a, errors)
+    _check_sections(s, errors)
 
 
-def _check_name(name: str, path: str, errors: list[str], where: str) -> None:
+def _check_name(name: str, path: str, errors: list[str]) -> None:
     if not _NAME.match(name):
-        errors.append(f"{where}: {path}: '{name}' is not allowed; allowed: 1-38 of A-Z a-z 0-9 _ -")
+        errors.append(f"{path}: '{name}' is not a valid name; allowed: 1 to 38 of A-Z a-z 0-9 _ -")
     elif name in _RESERVED or name.startswith("__"):
-        errors.append(f"{where}: {path}: '{name}' is reserved")
+        errors.append(f"{path}: '{name}' is reserved; allowed: any other name (not continue, fork, on_success, __*)")
+
+
+def _check_gate(loaded: LoadedSettings, i: int, g: GateSettings, errors: list[str]) -> None:
+    try:
+        loaded.gate_conditions[g.name] = compile_expression(g.condition)
+    except ExpressionSyntaxError as e:
+        errors.append(f"gates[{i}].condition (gate '{g.name}'): {e}")
+    if not g.routes:
+        errors.append(f"gates[{i}].routes: found an empty mapping; allowed: label -> sink, connection or fork")
+    forks = "fork" in g.routes.values()
+    if forks and not g.fork_to:
+        errors.append(f"gates[{i}].fork_to: missing; it is required when a route is 'fork' (a list of branches)")
+    if g.fork_to and not forks:
+        errors.append(f"gates[{i}].fork_to: found a list; allowed only when a route is 'fork'")
+    if g.fork_to and len(set(g.fork_to)) != len(g.fork_to):
+        errors.append(f"gates[{i}].fork_to: a branch is named twice; allowed: distinct branch names")
+
+
+def _check_coalesce(i: int, c: CoalesceSettings, errors: list[str]) -> None:
+    branches = c.branch_inputs()
+    path = f"coalesce[{i}]"
+    if len(branches) < 2:
+        errors.append(f"{path}.branches: found {len(branches)} branch(es); allowed: at least 2")
+    if len(set(branches.values())) != len(branches):
+        errors.append(f"{path}.branches: two branches read the same connection; allowed: one connection per branch")
+    if c.policy == "best_effort" and c.timeout_seconds is None:
+        errors.append(f"{path}.timeout_seconds: missing; it is required for policy best_effort")
+    if c.timeout_seconds is not None and c.timeout_seconds <= 0:
+        errors.append(f"{path}.timeout_seconds: found {c.timeout_seconds}; allowed: more than 0")
+    if c.policy == "quorum":
+        if c.quorum_count is None:
+            errors.append(f"{path}.quorum_count: missing; it is required for policy quorum")
+        elif not 1 <= c.quorum_count <= len(branches):
+            errors.append(
+                f"{path}.quorum_count: found {c.quorum_count}; allowed: 1 to {len(branches)} (the number of branches)"
+            )
+    if c.merge == "select":
+        if c.select_branch is None:
+            errors.append(f"{path}.select_branch: missing; it is required for merge select")
+        elif c.select_branch not in branches:
+            errors.append(f"{path}.select_branch: found '{c.select_branch}'; allowed: {', '.join(branches)}")
+
+
+def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, errors: list[str]) -> None:
+    tr, path = a.trigger, f"aggregations[{i}].trigger"
+    if tr.count is None and tr.timeout_seconds is None and tr.condition is None:
+        errors.append(f"{path}: found no trigger; allowed: at least one of count, timeout_seconds, condition")
+    if tr.count is not None and tr.count < 1:
+        errors.append(f"{path}.count: found {tr.count}; allowed: 1 or more")
+    if tr.timeout_seconds is not None and tr.timeout_seconds <= 0:
+        errors.append(f"{path}.timeout_seconds: found {tr.timeout_seconds}; allowed: more than 0")
+    if tr.condition is not None:
+        try:
+            loaded.trigger_conditions[a.name] = compile_expression(tr.condition)
+        except ExpressionSyntaxError as e:
+            errors.append(f"{path}.condition (aggregation '{a.name}'): {e}")
+    if a.expected_output_count is not None and a.expected_output_count < 0:
+        errors.append(f"aggregations[{i}].expected_output_count: found {a.expected_output_count}; allowed: 0 or more")
+
+
+def _check_sections(s: Settings, errors: list[str]) -> None:
+    r = s.retry
+    for key, value, low in (
+        ("max_attempts", r.max_attempts, 1),
+        ("initial_delay_seconds", r.initial_delay_seconds, 0),
+        ("max_delay_seconds", r.max_delay_seconds, 0),
+        ("exponential_base", r.exponential_base, 1),
+        ("failure_threshold", r.failure_threshold, 1),
+        ("reset_seconds", r.reset_seconds, 0),
+    ):
+        if value is not None and value < low:
+            errors.append(f"retry.{key}: found {value}; allowed: {low} or more")
+    c = s.checkpoint
+    if isinstance(c.frequency, int) and c.frequency < 1:
+        errors.append(f"checkpoint.frequency: found {c.frequency}; allowed: 1 or more rows")
+    if isinstance(c.frequency, str) and c.frequency not in _FREQUENCIES:
+        errors.append(
+            f"checkpoint.frequency: found '{c.frequency}'; allowed: a number of rows, {', '.join(_FREQUENCIES)}"
+        )
+    if c.frequency == "every_n" and c.checkpoint_interval is None:
+        errors.append("checkpoint.checkpoint_interval: missing; it is required when frequency is every_n")
+    if c.checkpoint_interval is not None and c.checkpoint_interval < 1:
+        errors.append(f"checkpoint.checkpoint_interval: found {c.checkpoint_interval}; allowed: 1 or more")
+    if s.payload_store.retention_days is not None and s.payload_store.retention_days < 1:
+        errors.append(f"payload_store.retention_days: found {s.payload_store.retention_days}; allowed: 1 or more")
+
+
+# -- secrets ----------------------------------------------------------------------------------
 
 
 def fingerprint(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """`hmac-sha256:<hex>` of a secret, keyed by ELSPETH_FINGERPRINT_KEY (or the development key)."""
     env = os.environ if environ is None else environ
     key = env.get("ELSPETH_FINGERPRINT_KEY", "").encode() or _DEV_KEY
     return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
-def _redact(value: Any, env: Mapping[str, str], key: str = "") -> Any:
+def is_secret_key(name: str) -> bool:
+    """Whether a settings key's value is a secret (recorded only as a fingerprint)."""
+    lowered = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()  # apiKey -> api_key
+    if lowered in _NOT_SECRET:
+        return False
+    words = [w for w in re.split(r"[^a-z0-9]+", lowered) if w]
+    return bool(words) and (bool(_SECRET_WORDS.intersection(words)) or words[-1] in _SECRET_LAST_WORDS)
+
+
+def _redact_url(value: str, env: Mapping[str, str]) -> str:
+    value = _URL_PASSWORD.sub(lambda m: m.group(1) + fingerprint(m.group(2), env) + m.group(3), value)
+    return _QUERY_SECRET.sub(lambda m: m.group(1) + fingerprint(m.group(2), env), value)
+
+
+def _redact(value: Any, env: Mapping[str, str], secret: bool = False) -> Any:
     """The settings as they may be recorded: secret values replaced by their fingerprints."""
     if isinstance(value, dict):
-        return {k: _redact(v, env, str(k)) for k, v in value.items()}
+        return {k: _redact(v, env, secret or is_secret_key(str(k))) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact(v, env, key) for v in value]
+        return [_redact(v, env, secret) for v in value]
+    if secret and value is not None:
+        return fingerprint(value if isinstance(value, str) else msgspec.json.encode(value).decode(), env)
     if isinstance(value, str):
-        if _SECRET_KEY.search(key):
-            return fingerprint(value, env)
-        return _URL_PASSWORD.sub(lambda m: m.group(1) + fingerprint(m.group(2), env) + m.group(3), value)
+        return _redact_url(value, env)
     return value

@@ -8,12 +8,18 @@ import click
 
 
 @click.command("validate")
-@click.option("-s", "--settings", "settings_path", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-s", "--settings", "settings_path", required=True, type=click.Path(path_type=Path), help="The settings file."
+)
 def validate_cmd(settings_path: Path) -> None:
     """Check a settings file without running it; exit 2 listing every problem."""
+    # The same path as `run` up to the first row: settings, DAG and plugins are built, so what
+    # validate accepts, run accepts. Errors become SettingsCliError (exit 2), one line each.
     from engine.cli.run import load_pipeline
 
     pipeline = load_pipeline(settings_path)
-    sinks = len(pipeline.nodes.sinks)
-    click.echo(f"OK: {settings_path}: {len(pipeline.decls) - sinks - 1} nodes, {sinks} sinks")
-    pipeline.close()
+    try:
+        nodes, sinks = len(pipeline.dag.nodes), len(pipeline.loaded.settings.sinks)
+        click.echo(f"OK: {settings_path}: {nodes} nodes, {sinks} sinks")
+    finally:
+        pipeline.close()

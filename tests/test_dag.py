@@ -1,0 +1,187 @@
+"""The DAG: connections wire nodes; every wiring mistake is reported, all at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.dag import DagError, Target, build_dag
+from engine.settings import Settings, SettingsError, load_settings
+
+CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "examples"
+
+SOURCE = "source: {plugin: csv, on_success: raw, options: {path: in.csv}}\n"
+SINKS = "sinks:\n  out: {plugin: csv}\n  bad: {plugin: csv}\n"
+
+
+def _settings(tmp_path: Path, text: str) -> Settings:
+    path = tmp_path / "settings.yaml"
+    path.write_text(SOURCE + text + SINKS, encoding="utf-8")
+    return load_settings(path, {}).settings
+
+
+def _dag_errors(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(DagError) as err:
+        build_dag(_settings(tmp_path, text))
+    assert str(err.value) == "\n".join(err.value.errors)
+    return err.value.errors
+
+
+def _t(name: str, src: str, dst: str) -> str:
+    return f"- {{name: {name}, plugin: passthrough, input: {src}, on_success: {dst}, on_error: bad}}\n"
+
+
+def test_fork_coalesce_is_compiled_for_the_processor() -> None:
+    loaded = load_settings(CONFORMANCE / "fork_coalesce" / "settings_per_branch.yaml", {})
+    dag = build_dag(loaded.settings)
+    assert dag.source_output == "raw"
+    assert dag.target("raw") == Target("gate", "fork_gate")
+    assert dag.target("path_a") == Target("transform", "truncate_branch_a")
+    assert dag.target("truncated_a") == Target("coalesce", "merge_results", "path_a")
+    assert dag.target("mapped_b") == Target("coalesce", "merge_results", "path_b")
+    assert dag.target("output") == Target("sink", "output")
+    assert dag.fork_branches == {"fork_gate": ["path_a", "path_b"]}
+    assert dag.coalesce_branches == {"merge_results": ["path_a", "path_b"]}
+    assert dag.coalesce_output("merge_results") == "merge_results"
+    assert dag.target("merge_results") == Target("gate", "route_output")
+    order = dag.node_order
+    assert order.index("fork_gate") < order.index("truncate_branch_a") < order.index("merge_results")
+    assert order.index("merge_results") < order.index("route_output")
+    assert dag.nodes["map_branch_b"].kind == "transform" and dag.nodes["map_branch_b"].plugin == "field_mapper"
+    assert dag.nodes["merge_results"].plugin == "coalesce"
+
+
+def test_two_routes_of_one_gate_may_reach_the_same_place(tmp_path: Path) -> None:
+    text = "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': mid, 'false': mid}}\n"
+    dag = build_dag(_settings(tmp_path, text + "transforms:\n" + _t("t", "mid", "out")))
+    assert dag.node_order == ["g", "t"]
+
+
+def test_node_order_is_topological_then_declared(tmp_path: Path) -> None:
+    text = "transforms:\n" + _t("c", "m2", "out") + _t("b", "m1", "m2") + _t("a", "raw", "m1")
+    assert build_dag(_settings(tmp_path, text)).node_order == ["a", "b", "c"]
+
+
+def test_dangling_output(tmp_path: Path) -> None:
+    assert _dag_errors(tmp_path, "transforms:\n" + _t("t1", "raw", "nowhere")) == [
+        "transforms[0].on_success: connection 'nowhere' goes nowhere (no node reads it and no sink has that name); "
+        "allowed: a sink (bad, out) or a connection a node reads"
+    ]
+
+
+def test_a_gate_route_that_points_nowhere(tmp_path: Path) -> None:
+    text = "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': out, 'false': lost}}\n"
+    (line,) = _dag_errors(tmp_path, text)
+    assert line.startswith("gates[0].routes.false: connection 'lost' goes nowhere")
+
+
+def test_an_input_nothing_produces(tmp_path: Path) -> None:
+    errors = _dag_errors(tmp_path, "transforms:\n" + _t("t1", "raw", "out") + _t("t2", "missing", "out"))
+    assert (
+        "transforms[1].input: connection 'missing' is produced by nothing; allowed: the source's on_success or a "
+        "connection a node writes"
+    ) in errors
+    assert "transform 't2': unreachable from the source; allowed: nodes the source's rows reach" in errors
+
+
+def test_two_producers_on_one_connection(tmp_path: Path) -> None:
+    text = (
+        "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': a, 'false': b}}\n"
+        "transforms:\n" + _t("ta", "a", "mid") + _t("tb", "b", "mid") + _t("tm", "mid", "out")
+    )
+    assert _dag_errors(tmp_path, text) == [
+        "connection 'mid' has 2 producers (transforms[0].on_success, transforms[1].on_success); allowed: exactly "
+        "one (fan out through a gate)"
+    ]
+
+
+def test_two_consumers_of_one_connection(tmp_path: Path) -> None:
+    errors = _dag_errors(tmp_path, "transforms:\n" + _t("t1", "raw", "out") + _t("t2", "raw", "out"))
+    assert errors[0] == (
+        "transforms[1].input: connection 'raw' is already read by transform 't1'; allowed: one reader per "
+        "connection (fan out through a gate)"
+    )
+
+
+def test_reading_a_sink(tmp_path: Path) -> None:
+    errors = _dag_errors(tmp_path, "transforms:\n" + _t("t1", "raw", "out") + _t("t2", "out", "bad"))
+    assert "transforms[1].input: 'out' is a sink; allowed: a connection (nodes cannot read sinks)" in errors
+
+
+def test_cycles(tmp_path: Path) -> None:
+    text = (
+        "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': loop, 'false': out}}\n"
+        "- {name: h, input: back, condition: 'True', routes: {'true': again, 'false': out}}\n"
+        "transforms:\n" + _t("t1", "loop", "mid") + _t("t2", "mid", "back") + _t("t3", "again", "mid")
+    )
+    errors = _dag_errors(tmp_path, text)
+    assert any(e.startswith("connection 'mid' has 2 producers") for e in errors)
+    (cycle,) = [e for e in errors if "cycle" in e]
+    assert cycle == "the pipeline has a cycle: t2 -> h -> t3 -> t2; allowed: no cycles"
+
+
+def test_a_cycle_not_reachable_from_the_source(tmp_path: Path) -> None:
+    text = "transforms:\n" + _t("t0", "raw", "out") + _t("t1", "x", "y") + _t("t2", "y", "x")
+    errors = _dag_errors(tmp_path, text)
+    assert "the pipeline has a cycle: t1 -> t2 -> t1; allowed: no cycles" in errors
+    assert "transform 't1': unreachable from the source; allowed: nodes the source's rows reach" in errors
+
+
+def test_a_coalesce_whose_branches_no_fork_produces(tmp_path: Path) -> None:
+    text = (
+        "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': b, 'false': c}}\n"
+        "coalesce:\n- {name: j, branches: [b, c], on_success: out}\n"
+    )
+    assert _dag_errors(tmp_path, text) == [
+        "coalesce[0].branches[b]: 'b' is not a branch any gate forks to (fork_to); allowed: none: no gate forks",
+        "coalesce[0].branches[c]: 'c' is not a branch any gate forks to (fork_to); allowed: none: no gate forks",
+    ]
+
+
+def test_a_coalesce_branch_must_come_from_its_fork_branch(tmp_path: Path) -> None:
+    text = (
+        "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': fork, 'false': out}, fork_to: [a, b]}\n"
+        "transforms:\n"
+        + _t("ta", "a", "a_done")
+        + _t("tb", "b", "b_done")
+        + ("coalesce:\n- {name: j, branches: {a: b_done, b: a_done}, on_success: out}\n")
+    )
+    assert _dag_errors(tmp_path, text) == [
+        "coalesce[0].branches.a: connection 'b_done' comes from fork branch 'b'; allowed: a connection downstream "
+        "of gate 'g' fork branch 'a'",
+        "coalesce[0].branches.b: connection 'a_done' comes from fork branch 'a'; allowed: a connection downstream "
+        "of gate 'g' fork branch 'b'",
+    ]
+
+
+def test_a_coalesce_without_on_success_writes_to_its_own_name(tmp_path: Path) -> None:
+    text = (
+        "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': fork, 'false': out}, fork_to: [a, b]}\n"
+        "coalesce:\n- {name: j, branches: [a, b]}\n"
+        "transforms:\n" + _t("after", "j", "out")
+    )
+    dag = build_dag(_settings(tmp_path, text))
+    assert dag.coalesce_output("j") == "j"
+    assert dag.target("j") == Target("transform", "after")
+    assert dag.target("a") == Target("coalesce", "j", "a")
+
+
+def test_continue_is_not_a_route(tmp_path: Path) -> None:
+    text = "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': continue, 'false': out}}\n"
+    assert _dag_errors(tmp_path, text) == [
+        "gates[0].routes.true: 'continue' is not supported; allowed: a sink, a connection or fork"
+    ]
+
+
+def test_unknown_error_sinks_are_settings_errors(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text(SOURCE + "transforms:\n" + _t("t", "raw", "out").replace("bad", "nope") + SINKS)
+    with pytest.raises(SettingsError, match=r"transforms\[0\]\.on_error: 'nope' is not a sink; allowed: discard, "):
+        load_settings(path, {})
+
+
+def test_every_problem_is_reported_together(tmp_path: Path) -> None:
+    text = "transforms:\n" + _t("t1", "raw", "nowhere") + _t("t2", "missing", "out") + _t("t3", "raw", "out")
+    errors = _dag_errors(tmp_path, text)
+    assert len(errors) >= 4
