@@ -57,6 +57,8 @@ class BatchReplicate:
         self.default_copies = o.int_("default_copies", 1)
         self.max_copies = o.int_("max_copies", 10_000)
         self.include_copy_index = o.bool_("include_copy_index", True)
+        if self.max_copies < 1:
+            raise PluginConfigError("max_copies", f"must be 1 or more, found {self.max_copies}")
         if not 1 <= self.default_copies <= self.max_copies:
             raise PluginConfigError("default_copies", f"must be between 1 and max_copies ({self.max_copies})")
         parse_schema(o.raw("schema"))

@@ -5,79 +5,129 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
+from importlib.metadata import entry_points
 from typing import Any
 
 from engine.plugins import aggregations, sinks, sources, transforms
 from engine.plugins.protocol import PluginConfigError, PluginSpec
 
-_SCHEMA = "schema: {mode: fixed|flexible|observed, fields: ['name: type', ...]} (default observed)"
+KINDS = ("source", "transform", "aggregation", "sink")
+ENTRY_POINT_GROUP = "elspeth.plugins"
+
+_SCHEMA = "{mode: fixed|flexible|observed, fields: ['name: type', 'name: type?']} (default: observed)"
+_ON_VF = "a sink name, or discard (default: discard)"
+
+_CSV_SOURCE = {
+    "path": "input file (required)",
+    "delimiter": "one character (default: ',')",
+    "encoding": "default: utf-8",
+    "skip_rows": "lines to skip before the header (default: 0)",
+    "columns": "field names, for a file without a header line",
+    "field_mapping": "{normalised header: new name}",
+    "schema": _SCHEMA,
+    "on_validation_failure": _ON_VF,
+}
+_JSON_SOURCE = {
+    "path": "input file (required)",
+    "format": "json | jsonl (default: jsonl for a .jsonl file, else json)",
+    "data_key": "top-level key holding the array (format json only)",
+    "encoding": "default: utf-8",
+    "schema": _SCHEMA,
+    "on_validation_failure": _ON_VF,
+}
+_JSON_SINK = {
+    "path": "output file (required; its folder must exist)",
+    "format": "json | jsonl (default: jsonl for a .jsonl file, else json)",
+    "indent": "spaces per level, format json only (default: none)",
+    "encoding": "default: utf-8",
+    "mode": "write | append (default: write)",
+    "schema": _SCHEMA,
+}
 
 BUILTIN: tuple[PluginSpec, ...] = (
-    PluginSpec("csv", "source", sources.CsvSource, {
-        "path": "input file (required)", "delimiter": "',' ", "encoding": "utf-8", "skip_rows": "0",
-        "columns": "header names when the file has none", "field_mapping": "{header: new name}",
-        "schema": _SCHEMA, "on_validation_failure": "a sink name or discard (default discard)"}),
-    PluginSpec("json", "source", sources.JsonSource, {
-        "path": "input file (required)", "format": "json | jsonl (default by extension)",
-        "data_key": "key holding the array (json)", "encoding": "utf-8", "schema": _SCHEMA,
-        "on_validation_failure": "a sink name or discard (default discard)"}),
-    PluginSpec("jsonl", "source", lambda o: sources.JsonSource(o, default_format="jsonl"), {
-        "(as json)": "format defaults to jsonl"}),
+    PluginSpec("csv", "source", sources.CsvSource, _CSV_SOURCE),
+    PluginSpec("json", "source", sources.JsonSource, _JSON_SOURCE),
+    PluginSpec("jsonl", "source", lambda o: sources.JsonSource(o, default_format="jsonl"),
+               {**_JSON_SOURCE, "format": "json | jsonl (default: jsonl)"}),
     PluginSpec("passthrough", "transform", transforms.Passthrough, {
-        "required_input_fields": "fields that must be present (row error otherwise)"}),
+        "required_input_fields": "fields that must be present (a row error otherwise)", "schema": _SCHEMA}),
     PluginSpec("field_mapper", "transform", transforms.FieldMapper, {
-        "mapping": "{old: new} (required)", "select_only": "false", "strict": "false"}),
+        "mapping": "{old: new} (required)", "select_only": "keep only the mapped fields (default: false)",
+        "strict": "a missing field to map is a row error (default: false)", "schema": _SCHEMA}),
     PluginSpec("truncate", "transform", transforms.Truncate, {
-        "fields": "{name: max length} (required)", "suffix": "''", "strict": "false"}),
+        "fields": "{name: maximum length} (required)", "suffix": "appended to a cut value (default: '')",
+        "strict": "a missing field is a row error (default: false)", "schema": _SCHEMA}),
     PluginSpec("keyword_filter", "transform", transforms.KeywordFilter, {
-        "fields": "list of fields, or all", "blocked_patterns": "regular expressions (required)"}),
+        "fields": "list of fields, or all (required)",
+        "blocked_patterns": "regular expressions; a match is a row error (required)", "schema": _SCHEMA}),
     PluginSpec("json_explode", "transform", transforms.JsonExplode, {
-        "array_field": "(required)", "output_field": "item", "include_index": "true"}),
+        "array_field": "field holding the array (required)", "output_field": "default: item",
+        "include_index": "add item_index (default: true)", "schema": _SCHEMA}),
     PluginSpec("batch_stats", "aggregation", aggregations.BatchStats, {
-        "value_field": "(required)", "group_by": "field whose value the batch shares", "compute_mean": "true"}),
+        "value_field": "numeric field to sum (required)", "group_by": "field whose value the batch shares",
+        "compute_mean": "default: true", "schema": _SCHEMA}),
     PluginSpec("batch_replicate", "aggregation", aggregations.BatchReplicate, {
-        "copies_field": "copies", "default_copies": "1", "max_copies": "10000", "include_copy_index": "true"}),
+        "copies_field": "default: copies", "default_copies": "when the field is missing (default: 1)",
+        "max_copies": "default: 10000", "include_copy_index": "add copy_index (default: true)", "schema": _SCHEMA}),
     PluginSpec("csv", "sink", sinks.CsvSink, {
-        "path": "(required)", "headers": "true", "delimiter": "','", "encoding": "utf-8",
-        "mode": "write | append", "schema": _SCHEMA}),
-    PluginSpec("json", "sink", sinks.JsonSink, {
-        "path": "(required)", "format": "json | jsonl (default by extension)", "indent": "none",
-        "encoding": "utf-8", "mode": "write | append", "schema": _SCHEMA}),
-    PluginSpec("jsonl", "sink", lambda o: sinks.JsonSink(o, default_format="jsonl"), {
-        "(as json)": "format defaults to jsonl"}),
+        "path": "output file (required; its folder must exist)", "headers": "write a header line (default: true)",
+        "delimiter": "one character (default: ',')", "encoding": "default: utf-8",
+        "mode": "write | append (default: write)", "schema": _SCHEMA}),
+    PluginSpec("json", "sink", sinks.JsonSink, _JSON_SINK),
+    PluginSpec("jsonl", "sink", lambda o: sinks.JsonSink(o, default_format="jsonl"),
+               {**_JSON_SINK, "format": "json | jsonl (default: jsonl)"}),
     PluginSpec("database", "sink", sinks.DatabaseSink, {
-        "url": "SQLAlchemy URL (required): sqlite:///file.db or postgresql://...", "table": "(required)",
-        "if_exists": "append | replace", "schema": _SCHEMA}),
+        "url": "SQLAlchemy URL (required): sqlite:///file.db or postgresql://user@host/db",
+        "table": "table name (required)", "if_exists": "append | replace (default: append)", "schema": _SCHEMA}),
 )  # fmt: skip
 
 
 @cache
-def _registry() -> dict[tuple[str, str], PluginSpec]:
+def _registry() -> tuple[dict[tuple[str, str], PluginSpec], tuple[str, ...]]:
+    """Every plugin by (kind, name), and why any entry point could not be used. A broken
+    third-party package must not stop pipelines that do not use it, so its problem is reported
+    only when a plugin cannot be found."""
     found = {(s.kind, s.name): s for s in BUILTIN}
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="elspeth.plugins"):
-        spec = ep.load()
-        if isinstance(spec, PluginSpec):
+    problems: list[str] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            spec = ep.load()
+        except Exception as e:  # any import failure of someone else's package
+            problems.append(f"entry point {ep.name!r} ({ep.value}) failed to load: {e}")
+            continue
+        if not isinstance(spec, PluginSpec) or spec.kind not in KINDS:
+            problems.append(f"entry point {ep.name!r} ({ep.value}) is not a PluginSpec of a known kind")
+        elif (spec.kind, spec.name) in found and found[(spec.kind, spec.name)] in BUILTIN:
+            problems.append(f"entry point {ep.name!r} cannot replace the built-in {spec.kind} {spec.name!r}")
+        else:
             found[(spec.kind, spec.name)] = spec
-    return found
+    return found, tuple(problems)
 
 
 def all_plugins() -> list[PluginSpec]:
-    return list(_registry().values())
+    """Every plugin, built-in first, for `elspeth plugins list`."""
+    return list(_registry()[0].values())
 
 
 def get_plugin(kind: str, name: str) -> PluginSpec:
-    spec = _registry().get((kind, name))
+    """The registry entry; PluginConfigError (path '') naming the known plugins of that kind."""
+    if kind not in KINDS:
+        raise PluginConfigError("", f"unknown plugin kind {kind!r}; known: {', '.join(KINDS)}")
+    found, problems = _registry()
+    spec = found.get((kind, name))
     if spec is None:
-        known = sorted(n for k, n in _registry() if k == kind)
-        raise PluginConfigError("", f"unknown {kind} plugin {name!r}; known: {', '.join(known)}")
+        known = sorted(n for k, n in found if k == kind)
+        message = f"unknown {kind} plugin {name!r}; known: {', '.join(known)}"
+        if problems:
+            message += " (" + "; ".join(problems) + ")"
+        raise PluginConfigError("", message)
     return spec
 
 
 def build_plugin(kind: str, name: str, options: Mapping[str, Any] | None) -> Any:
-    """The plugin, built from its options; PluginConfigError names the bad option."""
+    """The plugin built from its options. PluginConfigError's path is the bad option's key path
+    inside `options` (e.g. 'fields', 'schema.fields[1]'); unknown options list the allowed ones."""
     spec = get_plugin(kind, name)
     if options is not None and not isinstance(options, Mapping):
         raise PluginConfigError("", f"options must be a mapping, found {options!r}")
-    return spec.factory(options or {})
+    return spec.factory(dict(options or {}))

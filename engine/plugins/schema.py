@@ -1,164 +1,207 @@
-"""`options.schema`: which fields a row has and of what types; coercion at the source."""
+"""`options.schema`: which fields a row has and of what types; coercion at the source; CSV
+header normalisation."""
 
 from __future__ import annotations
 
 import keyword
+import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.plugins.protocol import PluginConfigError
 
-_TYPES = ("str", "int", "float", "bool", "any")
-_TRUE = {"true", "1", "yes", "y", "t"}
-_FALSE = {"false", "0", "no", "n", "f"}
+MODES = ("fixed", "flexible", "observed")
+TYPES = ("str", "int", "float", "bool", "any")
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+# Plain decimal integers only: int() alone would also take '1_000', and '12.0' is not an int.
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 class SchemaViolation(Exception):
+    """A row that does not fit the schema; `reason` is recorded with the quarantined row."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Field:
     name: str
-    type: str
+    type: str  # one of TYPES
     optional: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Schema:
-    mode: str  # fixed | flexible | observed
-    fields: tuple[Field, ...]
+    mode: str  # one of MODES
+    fields: tuple[Field, ...] = ()
 
     @property
     def field_names(self) -> list[str] | None:
+        """The declared fields in order, or None when the schema does not name any (observed)."""
         if self.mode == "observed" or not self.fields:
             return None
         return [f.name for f in self.fields]
 
     def coerce(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """The row with declared fields converted to their types, or SchemaViolation."""
+        """A new row with the declared fields converted to their types, in the row's own field
+        order (absent optional fields last, as None). Raises SchemaViolation."""
         if self.mode == "observed":
             return dict(row)
-        out: dict[str, Any] = {}
-        declared = set()
+        declared = {f.name for f in self.fields}
+        if self.mode == "fixed":
+            extra = [k for k in row if k not in declared]
+            if extra:
+                names = ", ".join(repr(k) for k in extra)
+                raise SchemaViolation(f"unexpected field(s) {names} (schema mode fixed)")
+        converted: dict[str, Any] = {}
         for f in self.fields:
-            declared.add(f.name)
-            if f.name not in row:
-                if f.optional:
-                    out[f.name] = None
-                    continue
+            if f.name in row:
+                converted[f.name] = _convert(f, row[f.name])
+            elif f.optional:
+                converted[f.name] = None
+            else:
                 raise SchemaViolation(f"required field '{f.name}' is missing")
-            out[f.name] = _convert(f, row[f.name])
-        extra = [k for k in row if k not in declared]
-        if extra:
-            if self.mode == "fixed":
-                raise SchemaViolation(f"unexpected field(s) {', '.join(repr(k) for k in extra)} (schema mode fixed)")
-            for k in extra:
-                out[k] = row[k]
-        # Keep the row's own field order (outputs depend on it), declared fields first if absent.
-        ordered = {k: out[k] for k in row if k in out}
-        for k, v in out.items():
-            ordered.setdefault(k, v)
-        return ordered
+        out = {k: converted[k] if k in declared else v for k, v in row.items()}
+        for k, v in converted.items():
+            out.setdefault(k, v)
+        return out
+
+
+OBSERVED = Schema("observed")
 
 
 def _convert(f: Field, value: Any) -> Any:
-    if value is None or (isinstance(value, str) and value == "" and f.type != "str"):
+    if value is None or value == "":
         if f.optional:
             return None
-        raise SchemaViolation(f"field '{f.name}' is empty but required ({f.type})")
-    t = f.type
-    if t == "any":
+        raise SchemaViolation(f"field '{f.name}' is required ({f.type}) but empty")
+    converter = _CONVERTERS[f.type]
+    result = converter(value)
+    if result is _BAD:
+        shown = repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+        raise SchemaViolation(f"field '{f.name}': {shown} is not {'an' if f.type in ('int', 'any') else 'a'} {f.type}")
+    return result
+
+
+_BAD = object()
+
+
+def _to_str(value: Any) -> Any:
+    return value if isinstance(value, str) else _BAD
+
+
+def _to_int(value: Any) -> Any:
+    if isinstance(value, bool):
+        return _BAD  # bool is an int subclass in Python, not in a schema
+    if isinstance(value, int):
         return value
-    if t == "str":
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bool | int | float):
-            return str(value)
-        raise SchemaViolation(f"field '{f.name}': expected str, got {type(value).__name__}")
-    if t == "int":
-        if isinstance(value, bool):
-            raise SchemaViolation(f"field '{f.name}': expected int, got bool")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise SchemaViolation(f"field '{f.name}': {value!r} is not an int") from None
-        raise SchemaViolation(f"field '{f.name}': expected int, got {type(value).__name__}")
-    if t == "float":
-        if isinstance(value, bool):
-            raise SchemaViolation(f"field '{f.name}': expected float, got bool")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise SchemaViolation(f"field '{f.name}': {value!r} is not a float") from None
-        raise SchemaViolation(f"field '{f.name}': expected float, got {type(value).__name__}")
-    # bool
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else _BAD
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value.strip())
+    return _BAD
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, bool):
+        return _BAD
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value.strip())
+    return _BAD
+
+
+def _to_bool(value: Any) -> Any:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise SchemaViolation(f"field '{f.name}': {value!r} is not a bool")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return _BAD
 
 
-OBSERVED = Schema("observed", ())
+def _to_any(value: Any) -> Any:
+    return value
+
+
+_CONVERTERS = {"str": _to_str, "int": _to_int, "float": _to_float, "bool": _to_bool, "any": _to_any}
 
 
 def parse_schema(raw: Any) -> Schema:
-    """`options.schema` -> Schema; PluginConfigError with a path under `schema` otherwise."""
+    """`options.schema` -> Schema (observed when absent). PluginConfigError paths start at
+    `schema`."""
     if raw is None:
         return OBSERVED
     if not isinstance(raw, Mapping):
-        raise PluginConfigError("schema", "expected a mapping with mode and fields")
+        raise PluginConfigError("schema", f"expected a mapping with mode and fields, found {raw!r}")
     unknown = [k for k in raw if k not in ("mode", "fields")]
     if unknown:
         raise PluginConfigError(f"schema.{unknown[0]}", "unknown key; allowed: mode, fields")
     mode = raw.get("mode", "observed")
-    if mode not in ("fixed", "flexible", "observed"):
-        raise PluginConfigError("schema.mode", f"{mode!r} is not allowed; allowed: fixed, flexible, observed")
-    fields_raw = raw.get("fields") or []
+    if mode not in MODES:
+        raise PluginConfigError("schema.mode", f"{mode!r} is not allowed; allowed: {', '.join(MODES)}")
+    fields_raw = raw.get("fields")
+    if fields_raw is None:
+        fields_raw = []
     if not isinstance(fields_raw, list):
-        raise PluginConfigError("schema.fields", "expected a list of 'name: type'")
-    fields = []
+        raise PluginConfigError("schema.fields", f"expected a list of 'name: type', found {fields_raw!r}")
+    fields: list[Field] = []
+    seen: set[str] = set()
     for i, spec in enumerate(fields_raw):
+        where = f"schema.fields[{i}]"
         if not isinstance(spec, str) or ":" not in spec:
-            raise PluginConfigError(f"schema.fields[{i}]", f"{spec!r} is not 'name: type'")
+            raise PluginConfigError(where, f"{spec!r} is not 'name: type'")
         name, _, type_ = (p.strip() for p in spec.partition(":"))
         optional = type_.endswith("?")
-        type_ = type_.rstrip("?").strip()
-        if type_ not in _TYPES:
-            raise PluginConfigError(
-                f"schema.fields[{i}]", f"type {type_!r} is not allowed; allowed: {', '.join(_TYPES)}"
-            )
+        type_ = type_.removesuffix("?").strip()
+        if not name:
+            raise PluginConfigError(where, f"{spec!r} has no field name")
+        if type_ not in TYPES:
+            raise PluginConfigError(where, f"type {type_!r} is not allowed; allowed: {', '.join(TYPES)}")
+        if name in seen:
+            raise PluginConfigError(where, f"field {name!r} is declared twice")
+        seen.add(name)
         fields.append(Field(name, type_, optional))
-    if mode in ("fixed", "flexible") and not fields:
+    if mode != "observed" and not fields:
         raise PluginConfigError("schema.fields", f"required for mode {mode}")
     return Schema(mode, tuple(fields))
 
 
 def normalise_header(raw: str) -> str:
-    """A CSV header as an identifier: `Amount ($)` -> `amount`, `Notes / Comments` -> `notes_comments`."""
+    """One CSV header as an identifier: `Amount ($)` -> `amount`, `Notes / Comments` ->
+    `notes_comments`. PluginConfigError when nothing is left."""
     text = unicodedata.normalize("NFC", raw).strip().lower()
-    text = re.sub(r"[^\w]+", "_", text)
+    text = re.sub(r"\W+", "_", text)
     text = re.sub(r"_+", "_", text).strip("_")
     if not text:
-        raise ValueError(f"the header {raw!r} normalises to nothing")
+        raise PluginConfigError("", f"the header {raw!r} normalises to an empty name")
     if text[0].isdigit():
         text = "_" + text
     if keyword.iskeyword(text):
-        text = text + "_"
+        text += "_"
     return text
+
+
+def normalise_headers(raw: Sequence[str]) -> list[str]:
+    """A CSV header row normalised; PluginConfigError for an empty result or two headers that
+    normalise to the same name."""
+    names = [normalise_header(h) for h in raw]
+    first: dict[str, str] = {}
+    for original, name in zip(raw, names, strict=True):
+        if name in first:
+            raise PluginConfigError("", f"the headers {first[name]!r} and {original!r} both normalise to {name!r}")
+        first[name] = original
+    return names

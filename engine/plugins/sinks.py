@@ -1,8 +1,10 @@
-"""Sinks: `csv`, `json` (`jsonl`), `database`. Written in chunks; `flush` makes a chunk durable
-(fsync / commit) and returns the position a resume rolls back to."""
+"""Sinks: `csv`, `json` (`jsonl`), `database`. `write` buffers; `flush` makes the buffer durable
+(fsync / commit) and returns the position a resume rolls back to: a byte offset for files, the
+number of committed rows for a database."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -14,167 +16,230 @@ from typing import Any, BinaryIO, ClassVar
 
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row
-from engine.plugins.schema import parse_schema
+from engine.plugins.schema import Schema, parse_schema
+
+_NODE = "sink"
 
 
 def _cell(value: Any) -> Any:
+    """A value as a CSV cell or a text column: structures become JSON text, scalars stay."""
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return value
 
 
+def _mode(o: Options) -> str:
+    mode = o.str_("mode", "write")
+    if mode not in ("write", "append"):
+        raise PluginConfigError("mode", f"{mode!r} is not allowed; allowed: write, append")
+    return mode
+
+
+def _encoding(o: Options) -> str:
+    name = o.str_("encoding", "utf-8")
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise PluginConfigError("encoding", f"unknown encoding {name!r}") from None
+
+
 class _FileSink:
-    """What the file sinks share: opening for a fresh run or a resume, fsync on flush."""
+    """What the file sinks share: opening for a fresh run or a resume, encoding, fsync on flush.
 
-    sink_name = "sink"
+    The position is the file's size after a flush. A resume truncates the file to it, so
+    whatever a crash left after the last recorded flush is dropped before writing again."""
 
-    def __init__(self, path: str, mode: str, encoding: str) -> None:
+    kind: ClassVar[str] = "sink"
+
+    def __init__(self, path: str, mode: str, encoding: str, schema: Schema) -> None:
         self.path = Path(path)
-        if mode not in ("write", "append"):
-            raise PluginConfigError("mode", f"{mode!r} is not allowed; allowed: write, append")
         self.mode = mode
         self.encoding = encoding
+        self.schema = schema
         self._f: BinaryIO | None = None
-        self._buffer: list[tuple[str, Row]] = []
+        self._buffer: list[Row] = []
+        self._encoder = codecs.getincrementalencoder(encoding)()
 
     def _open_file(self, position: int | None) -> int:
+        """Open for writing and return the offset writing continues at."""
+        self.release()
+        self._buffer = []
         if not self.path.parent.is_dir():
-            raise PluginError(self.sink_name, f"the folder of the sink path {self.path} does not exist")
+            raise PluginError(_NODE, f"cannot write {self.path}: the folder {self.path.parent} does not exist")
         try:
             f: BinaryIO
             if position is not None:
                 f = self.path.open("r+b") if self.path.exists() else self.path.open("w+b")
-                # A resume: drop whatever a crash left after the last durable flush.
                 f.truncate(position)
                 f.seek(position)
             elif self.mode == "append":
-                f = self.path.open("ab")
+                f = self.path.open("r+b") if self.path.exists() else self.path.open("w+b")
+                f.seek(0, os.SEEK_END)
             else:
-                f = self.path.open("wb")
+                f = self.path.open("w+b")
         except OSError as e:
-            raise PluginError(self.sink_name, f"cannot open {self.path}: {e.strerror}") from e
+            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
         self._f = f
-        return f.tell()
+        self._encoder = codecs.getincrementalencoder(self.encoding)()
+        start = f.tell()
+        if start > 0:
+            self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
+        return start
+
+    def _encode(self, text: str) -> bytes:
+        return self._encoder.encode(text) if text else b""
 
     def _durable(self, data: bytes) -> int:
-        assert self._f is not None, "sink used before open"
+        if self._f is None:
+            raise PluginError(_NODE, f"{self.path}: written before open (or after release)")
         try:
             if data:
                 self._f.write(data)
             self._f.flush()
             os.fsync(self._f.fileno())
+            return self._f.tell()
         except OSError as e:
-            raise PluginError(self.sink_name, f"cannot write {self.path}: {e.strerror}") from e
-        return self._f.tell()
+            raise PluginError(_NODE, f"cannot write {self.path}: {e.strerror}") from e
 
     def write(self, token_id: str, row: Row) -> None:
-        self._buffer.append((token_id, row))
+        self._buffer.append(row)
 
     def location(self) -> str:
         return str(self.path)
 
     def release(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            f, self._f = self._f, None
+            f.close()
 
-    def _close_file(self, tail: bytes = b"") -> None:
+    def _finish(self, tail: str = "") -> None:
         if self._f is not None:
-            self._durable(tail)
-            self._f.close()
-            self._f = None
+            self._durable(self._encode(tail))
+            self.release()
 
 
 class CsvSink(_FileSink):
-    kind: ClassVar[str] = "sink"
+    """Header: the schema's fields when it names them, else the first row's keys. A missing field
+    is an empty cell; fields outside the header are not written."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "path", "headers", "delimiter", "encoding", "mode")
-        super().__init__(o.str_("path", required=True), o.str_("mode", "write"), o.str_("encoding", "utf-8"))
+        super().__init__(o.str_("path", required=True), _mode(o), _encoding(o), parse_schema(o.raw("schema")))
         self.write_header = o.bool_("headers", True)
         self.delimiter = o.str_("delimiter", ",")
-        self.schema = parse_schema(o.raw("schema"))
+        if len(self.delimiter) != 1:
+            raise PluginConfigError("delimiter", f"must be one character, found {self.delimiter!r}")
         self.fields: list[str] | None = self.schema.field_names
+        self._needs_header = True
 
     def open(self, run_id: str, position: int | None) -> None:
         start = self._open_file(position)
+        self.fields = self.schema.field_names
         self._needs_header = start == 0
-        if start > 0 and self.fields is None:
-            self.fields = self._header_on_disk()
+        if start > 0 and self.fields is None and self.write_header:
+            self.fields = self._header_on_disk(start)
 
-    def _header_on_disk(self) -> list[str] | None:
-        with self.path.open(encoding=self.encoding, newline="") as f:
-            first = next(csv.reader(f, delimiter=self.delimiter), None)
-        return first
+    def _header_on_disk(self, size: int) -> list[str] | None:
+        """The header of a file being continued, so later rows keep its column order."""
+        with self.path.open("rb") as f:
+            head = f.read(min(size, 1 << 20))
+        text = head.decode(self.encoding, errors="replace").lstrip("\ufeff")
+        return next(csv.reader(io.StringIO(text), delimiter=self.delimiter), None)
 
     def flush(self) -> int:
         rows, self._buffer = self._buffer, []
         out = io.StringIO()
         if rows:
             if self.fields is None:
-                self.fields = list(rows[0][1])
-            w = csv.DictWriter(out, fieldnames=self.fields, delimiter=self.delimiter, extrasaction="ignore",
-                               lineterminator="\r\n")  # fmt: skip
+                self.fields = list(rows[0])
+            writer = csv.DictWriter(out, fieldnames=self.fields, delimiter=self.delimiter, extrasaction="ignore")
             if self._needs_header and self.write_header:
-                w.writeheader()
+                writer.writeheader()
             self._needs_header = False
-            for _token, row in rows:
-                w.writerow({k: _cell(v) for k, v in row.items()})
-        return self._durable(out.getvalue().encode(self.encoding))
+            for row in rows:
+                writer.writerow({k: _cell(v) for k, v in row.items()})
+        return self._durable(self._encode(out.getvalue()))
 
     def close(self) -> None:
+        tail = ""
         if self._needs_header and self.write_header and self.fields is not None:
-            self._durable((self.delimiter.join(self.fields) + "\r\n").encode(self.encoding))
-        self._close_file()
+            out = io.StringIO()
+            csv.writer(out, delimiter=self.delimiter).writerow(self.fields)
+            tail = out.getvalue()  # no rows at all: the header alone, when the schema names it
+        self._finish(tail)
 
 
 class JsonSink(_FileSink):
-    kind: ClassVar[str] = "sink"
+    """`jsonl`: one object per line. `json`: an array written as it goes — '[' at open, rows
+    separated by ',\\n' — whose closing ']' only `close` writes (never part of a position)."""
 
     def __init__(self, options: Mapping[str, Any], default_format: str | None = None) -> None:
         o = Options(options, "path", "format", "indent", "encoding", "mode")
-        super().__init__(o.str_("path", required=True), o.str_("mode", "write"), o.str_("encoding", "utf-8"))
-        fmt = o.str_("format", default_format or ("jsonl" if self.path.suffix == ".jsonl" else "json"))
+        super().__init__(o.str_("path", required=True), _mode(o), _encoding(o), parse_schema(o.raw("schema")))
+        fmt = o.str_("format", default_format or ("jsonl" if self.path.suffix.lower() == ".jsonl" else "json"))
         if fmt not in ("json", "jsonl"):
             raise PluginConfigError("format", f"{fmt!r} is not allowed; allowed: json, jsonl")
         self.format = fmt
         indent = o.raw("indent")
-        if indent is not None and (not isinstance(indent, int) or isinstance(indent, bool)):
-            raise PluginConfigError("indent", f"expected an integer, found {indent!r}")
+        if indent is not None and (not isinstance(indent, int) or isinstance(indent, bool) or indent < 0):
+            raise PluginConfigError("indent", f"expected a number of spaces, found {indent!r}")
+        if indent is not None and fmt == "jsonl":
+            raise PluginConfigError("indent", "only for format json (a JSON-lines row is one line)")
         self.indent: int | None = indent
-        parse_schema(o.raw("schema"))
+        self._rows_written = False
 
     def open(self, run_id: str, position: int | None) -> None:
-        if self.format == "json":
-            # A JSON array cannot be appended to in place: `append` rewrites it like `write`.
-            self.mode = "write"
+        if self.format == "json" and position is None and self.mode == "append":
+            position = self._reopen_array()
         start = self._open_file(position)
-        self._rows_on_disk = start > 2
-        if self.format == "json" and start == 0:
-            self._durable(b"[\n")
+        if self.format == "json":
+            if start == 0:
+                self._durable(self._encode("["))
+                self._rows_written = False
+            else:
+                self._rows_written = self._array_has_rows(start)
+
+    def _reopen_array(self) -> int | None:
+        """Append to an existing array: continue where its closing ']' was."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        text = self.path.read_bytes().decode(self.encoding, errors="replace")
+        body = text.rstrip()
+        if not body.endswith("]"):
+            raise PluginError(_NODE, f"cannot append to {self.path}: it does not end with a JSON array's ']'")
+        return len(body[:-1].rstrip().encode(self.encoding))
+
+    def _array_has_rows(self, size: int) -> bool:
+        with self.path.open("rb") as f:
+            head = f.read(min(size, 4096)).decode(self.encoding, errors="replace").lstrip("\ufeff").lstrip()
+        return head.startswith("[") and bool(head[1:].strip())
 
     def flush(self) -> int:
         rows, self._buffer = self._buffer, []
         parts: list[str] = []
-        for _token, row in rows:
+        for row in rows:
+            text = json.dumps(row, ensure_ascii=False, indent=self.indent, default=str)
             if self.format == "jsonl":
-                parts.append(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                parts.append(text + "\n")
             else:
-                text = json.dumps(row, ensure_ascii=False, default=str, indent=self.indent)
-                parts.append((",\n" if self._rows_on_disk else "") + text)
-                self._rows_on_disk = True
-        return self._durable("".join(parts).encode(self.encoding))
+                parts.append(("," if self._rows_written else "") + "\n" + text)
+                self._rows_written = True
+        return self._durable(self._encode("".join(parts)))
 
     def close(self) -> None:
-        self._close_file(b"\n]\n" if self.format == "json" else b"")
+        if self.format == "json":
+            self._finish("\n]\n" if self._rows_written else "]\n")
+        else:
+            self._finish()
 
 
-_TRACKING = "elspeth_sink_tokens"
+_TOKENS = "elspeth_sink_tokens"
+_IN_CHUNK = 500  # token ids per IN (...) query: well under every backend's parameter limit
 
 
 class DatabaseSink:
     """Rows go to `table`; in the same transaction each token id goes to `elspeth_sink_tokens` in
-    the target database, so a resumed run skips rows it already committed (never writes twice)."""
+    the target database, so a resumed run skips rows it committed already (never writes twice)."""
 
     kind: ClassVar[str] = "sink"
 
@@ -185,45 +250,56 @@ class DatabaseSink:
         self.if_exists = o.str_("if_exists", "append")
         if self.if_exists not in ("append", "replace"):
             raise PluginConfigError("if_exists", f"{self.if_exists!r} is not allowed; allowed: append, replace")
+        if self.table_name == _TOKENS:
+            raise PluginConfigError("table", f"{_TOKENS!r} is the sink's own bookkeeping table")
         self.schema = parse_schema(o.raw("schema"))
+        self._shown = _redacted(self.url)
         self._buffer: list[tuple[str, Row]] = []
         self._engine: Any = None
         self._table: Any = None
+        self._tokens: Any = None
         self._committed = 0
+        self.run_id = ""
 
     def location(self) -> str:
-        shown = re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", self.url)
-        return f"{shown}#{self.table_name}"
+        return f"{self._shown}#{self.table_name}"
 
     def _fail(self, what: str, e: Exception) -> PluginError:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return PluginError("sink", f"database sink {self.location()}: {what}: {first}")
+        lines = str(e).strip().splitlines()
+        first = lines[0] if lines else type(e).__name__
+        return PluginError(_NODE, f"database sink {self.location()}: {what}: {first.replace(self.url, self._shown)}")
 
     def open(self, run_id: str, position: int | None) -> None:
-        from sqlalchemy import Column, MetaData, Table, Text, create_engine, func, select
+        from sqlalchemy import Column, MetaData, Table, Text, func, select
 
+        self.release()
         self.run_id = run_id
+        self._buffer = []
+        self._table = None
+        what = "cannot connect"
         try:
-            self._engine = create_engine(self.url)
+            self._engine = _engine(self.url)
             with self._engine.begin() as conn:
+                what = "cannot prepare its tables"
                 meta = MetaData()
-                tracking = Table(
-                    _TRACKING, meta,
-                    Column("run_id", Text, primary_key=True), Column("sink_table", Text, primary_key=True),
+                self._tokens = tokens = Table(
+                    _TOKENS, meta,
+                    Column("run_id", Text, primary_key=True),
+                    Column("sink_table", Text, primary_key=True),
                     Column("token_id", Text, primary_key=True),
                 )  # fmt: skip
                 meta.create_all(conn)
-                self._tracking = tracking
+                mine = (tokens.c.run_id == run_id) & (tokens.c.sink_table == self.table_name)
                 if position is None and self.if_exists == "replace":
+                    # A fresh run replaces the table; a resume keeps what the run wrote so far.
                     Table(self.table_name, MetaData()).drop(conn, checkfirst=True)
-                    conn.execute(tracking.delete().where(tracking.c.sink_table == self.table_name))
-                self._committed = conn.execute(
-                    select(func.count())
-                    .select_from(tracking)
-                    .where(tracking.c.run_id == run_id, tracking.c.sink_table == self.table_name)
-                ).scalar_one()
+                    conn.execute(tokens.delete().where(tokens.c.sink_table == self.table_name))
+                self._committed = conn.execute(select(func.count()).select_from(tokens).where(mine)).scalar_one()
+                if self.schema.field_names is not None:
+                    self._ensure_table(conn, {})
         except Exception as e:
-            raise self._fail("cannot connect", e) from e
+            self.release()
+            raise self._fail(what, e) from e
 
     def write(self, token_id: str, row: Row) -> None:
         self._buffer.append((token_id, row))
@@ -237,8 +313,8 @@ class DatabaseSink:
         if inspect(conn).has_table(self.table_name):
             self._table = Table(self.table_name, meta, autoload_with=conn)
             return self._table
-        columns: list[Any]
         types = {"int": Integer, "float": Float, "bool": Boolean, "str": Text, "any": Text}
+        columns: list[Column[Any]]
         if self.schema.field_names is not None:
             columns = [Column(f.name, types[f.type]) for f in self.schema.fields]
         else:
@@ -251,33 +327,37 @@ class DatabaseSink:
         rows, self._buffer = self._buffer, []
         if not rows:
             return self._committed
+        if self._engine is None:
+            raise PluginError(_NODE, f"database sink {self.location()}: written before open (or after release)")
         from sqlalchemy import select
 
+        t = self._tokens
         try:
             with self._engine.begin() as conn:
                 table = self._ensure_table(conn, rows[0][1])
-                t = self._tracking
-                ids = [token for token, _ in rows]
-                done = set(
-                    conn.execute(
-                        select(t.c.token_id).where(
-                            t.c.run_id == self.run_id, t.c.sink_table == self.table_name, t.c.token_id.in_(ids)
-                        )
-                    ).scalars()
-                )
-                fresh = [(token, row) for token, row in rows if token not in done]
+                done: set[str] = set()
+                ids = list(dict.fromkeys(token for token, _ in rows))
+                for i in range(0, len(ids), _IN_CHUNK):
+                    query = select(t.c.token_id).where(
+                        t.c.run_id == self.run_id,
+                        t.c.sink_table == self.table_name,
+                        t.c.token_id.in_(ids[i : i + _IN_CHUNK]),
+                    )
+                    done.update(conn.execute(query).scalars())
+                fresh: dict[str, Row] = {}
+                for token, row in rows:
+                    if token not in done:
+                        fresh.setdefault(token, row)
                 if fresh:
                     names = [c.name for c in table.columns]
-                    conn.execute(table.insert(), [{k: _cell(row.get(k)) for k in names} for _, row in fresh])
+                    conn.execute(table.insert(), [{k: _cell(row.get(k)) for k in names} for row in fresh.values()])
                     conn.execute(
                         t.insert(),
-                        [{"run_id": self.run_id, "sink_table": self.table_name, "token_id": tok} for tok, _ in fresh],
+                        [{"run_id": self.run_id, "sink_table": self.table_name, "token_id": tok} for tok in fresh],
                     )
-                self._committed += len(fresh)
-        except PluginError:
-            raise
         except Exception as e:
             raise self._fail("cannot write", e) from e
+        self._committed += len(fresh)
         return self._committed
 
     def close(self) -> None:
@@ -285,8 +365,33 @@ class DatabaseSink:
 
     def release(self) -> None:
         if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+            engine, self._engine = self._engine, None
+            engine.dispose()
+
+
+def _engine(url: str) -> Any:
+    """A SQLAlchemy engine. A plain `postgresql://` URL means psycopg2 to SQLAlchemy; ELSPETH
+    ships psycopg 3, so use that when psycopg2 is not installed."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed)
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _sql_type(value: Any) -> Any:

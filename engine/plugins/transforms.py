@@ -16,7 +16,11 @@ class Passthrough:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "required_input_fields")
-        self.required = o.list_("required_input_fields") or []
+        required = o.list_("required_input_fields") or []
+        for i, name in enumerate(required):
+            if not isinstance(name, str):
+                raise PluginConfigError(f"required_input_fields[{i}]", f"expected a field name, found {name!r}")
+        self.required: list[str] = required
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -32,8 +36,10 @@ class FieldMapper:
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "mapping", "select_only", "strict")
         mapping = o.dict_("mapping", required=True) or {}
+        if not mapping:
+            raise PluginConfigError("mapping", "required: at least one {old: new} pair")
         for old, new in mapping.items():
-            if not isinstance(new, str):
+            if not isinstance(new, str) or not new:
                 raise PluginConfigError(f"mapping.{old}", f"expected a field name, found {new!r}")
         self.mapping: dict[str, str] = {str(k): v for k, v in mapping.items()}
         self.select_only = o.bool_("select_only", False)
@@ -47,9 +53,14 @@ class FieldMapper:
                 raise RowError(f"field(s) to map are missing: {', '.join(missing)}")
         if self.select_only:
             return {new: row[old] for old, new in self.mapping.items() if old in row}
+        # A renamed field takes the place of the old one; it wins over a field already named so.
+        targets = {new for old, new in self.mapping.items() if old in row}
         out: Row = {}
         for key, value in row.items():
-            out[self.mapping.get(key, key)] = value
+            if key in self.mapping:
+                out[self.mapping[key]] = value
+            elif key not in targets:
+                out[key] = value
         return out
 
 
@@ -66,8 +77,8 @@ class Truncate:
         self.suffix = o.str_("suffix", "")
         self.strict = o.bool_("strict", False)
         for name, limit in self.fields.items():
-            if len(self.suffix) >= limit:
-                raise PluginConfigError(f"fields.{name}", f"maximum length {limit} leaves no room for the suffix")
+            if len(self.suffix) > limit:
+                raise PluginConfigError(f"fields.{name}", f"maximum length {limit} is shorter than the suffix")
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -92,7 +103,7 @@ class KeywordFilter:
         if fields == "all":
             self.fields: list[str] | None = None
         elif isinstance(fields, list) and all(isinstance(f, str) for f in fields):
-            self.fields = fields
+            self.fields = list(fields)
         else:
             raise PluginConfigError("fields", f"expected a list of field names or 'all', found {fields!r}")
         patterns = o.list_("blocked_patterns", required=True) or []
@@ -102,6 +113,9 @@ class KeywordFilter:
                 self.patterns.append(re.compile(str(p)))
             except re.error as e:
                 raise PluginConfigError(f"blocked_patterns[{i}]", f"invalid regular expression {p!r}: {e}") from e
+        if not self.patterns:
+            raise PluginConfigError("blocked_patterns", "required: at least one regular expression")
+        parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
         names = list(row) if self.fields is None else self.fields
@@ -111,7 +125,7 @@ class KeywordFilter:
                 continue
             for pattern in self.patterns:
                 if pattern.search(value):
-                    raise RowError(f"field '{name}' matches blocked pattern {pattern.pattern!r}")
+                    raise RowError(f"field '{name}' matches blocked pattern /{pattern.pattern}/")
         return dict(row)
 
 

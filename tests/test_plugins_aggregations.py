@@ -1,0 +1,118 @@
+"""Aggregations: batch_stats and batch_replicate on their documented cases and the corpus."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.plugins.protocol import PluginConfigError, RowError
+from engine.plugins.registry import build_plugin
+
+CORPUS = Path("/work/shared/conformance")
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="conformance corpus not present")
+
+
+def stats(rows: list[dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
+    result = build_plugin("aggregation", "batch_stats", {"value_field": "v", **options}).flush(rows)
+    assert result.rejected == []
+    rows_out: list[dict[str, Any]] = result.rows
+    return rows_out
+
+
+def test_batch_stats_columns_and_int_sum() -> None:
+    out = stats([{"v": 1, "g": "a"}, {"v": 2, "g": "a"}, {"v": None, "g": "a"}], group_by="g")
+    assert out == [{"count": 2, "sum": 3, "batch_size": 3, "mean": 1.5, "g": "a"}]
+    assert list(out[0]) == ["count", "sum", "batch_size", "mean", "g"]
+    assert isinstance(out[0]["sum"], int)
+
+
+def test_batch_stats_floats_without_mean() -> None:
+    assert stats([{"v": 1}, {"v": 0.5}], compute_mean=False) == [{"count": 2, "sum": 1.5, "batch_size": 2}]
+
+
+def test_batch_stats_skips_and_reports_non_finite_values() -> None:
+    out = stats([{"v": 1}, {"v": math.nan}, {"v": math.inf}, {"v": 3}, {"v": "7"}, {"v": True}])
+    assert out == [{"count": 2, "sum": 4, "batch_size": 6, "mean": 2.0,
+                    "skipped_non_finite": 2, "skipped_non_finite_indices": [1, 2]}]  # fmt: skip
+
+
+def test_batch_stats_without_numeric_values_has_no_mean() -> None:
+    assert stats([{"v": "x"}]) == [{"count": 0, "sum": 0, "batch_size": 1, "mean": None}]
+
+
+def test_a_batch_mixing_group_values_is_a_batch_error() -> None:
+    with pytest.raises(RowError, match="mixes values of 'g'"):
+        stats([{"v": 1, "g": "a"}, {"v": 2, "g": "b"}], group_by="g")
+
+
+def test_batch_replicate() -> None:
+    a = build_plugin("aggregation", "batch_replicate", {"max_copies": 3})
+    result = a.flush([{"id": 1, "copies": 2}, {"id": 2, "copies": 9}, {"id": 3}, {"id": 4, "copies": "2"},
+                      {"id": 5, "copies": 0}, {"id": 6, "copies": None}])  # fmt: skip
+    assert result.rows == [
+        {"id": 1, "copies": 2, "copy_index": 0},
+        {"id": 1, "copies": 2, "copy_index": 1},
+        {"id": 3, "copy_index": 0},
+        {"id": 6, "copies": None, "copy_index": 0},
+    ]
+    assert [i for i, _ in result.rejected] == [1, 3, 4]
+    assert "from 1 to 3" in result.rejected[0][1]
+
+
+def test_batch_replicate_options() -> None:
+    a = build_plugin("aggregation", "batch_replicate",
+                     {"copies_field": "n", "default_copies": 2, "include_copy_index": False})  # fmt: skip
+    assert a.flush([{"id": 1}, {"id": 2, "n": 1}]).rows == [{"id": 1}, {"id": 1}, {"id": 2, "n": 1}]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "path"),
+    [
+        ("batch_stats", {}, "value_field"),
+        ("batch_stats", {"value_field": "v", "compute_mean": "yes"}, "compute_mean"),
+        ("batch_replicate", {"max_copies": 0}, "max_copies"),
+        ("batch_replicate", {"default_copies": 5, "max_copies": 2}, "default_copies"),
+        ("batch_replicate", {"copies": 2}, "copies"),
+    ],
+)
+def test_bad_aggregation_options(name: str, options: dict[str, Any], path: str) -> None:
+    with pytest.raises(PluginConfigError) as err:
+        build_plugin("aggregation", name, options)
+    assert err.value.path == path
+
+
+def _example(name: str, source_fields: list[str]) -> list[dict[str, Any]]:
+    source = build_plugin("source", "csv", {"path": str(CORPUS / "examples" / name / "input.csv"),
+                                            "schema": {"mode": "fixed", "fields": source_fields}})  # fmt: skip
+    return [i.row for i in source.read() if i is not None and i.row is not None]
+
+
+def _expected(path: str) -> list[dict[str, str]]:
+    with (CORPUS / "expected/examples" / path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _as_cells(rows: list[dict[str, Any]], header: list[str]) -> list[dict[str, str]]:
+    return [{k: "" if r.get(k) is None else str(r[k]) for k in header} for r in rows]
+
+
+@needs_corpus
+def test_batch_aggregation_example_in_batches_of_five() -> None:
+    rows = _example("batch_aggregation", ["id: int", "date: str", "category: str", "amount: int", "region: str"])
+    agg = build_plugin("aggregation", "batch_stats", {"value_field": "amount", "group_by": "category"})
+    out = [r for i in range(0, len(rows), 5) for r in agg.flush(rows[i : i + 5]).rows]
+    expected = _expected("batch_aggregation/output/batch_summaries.csv")
+    assert _as_cells(out, list(expected[0])) == expected
+
+
+@needs_corpus
+def test_deaggregation_example_in_batches_of_three() -> None:
+    rows = _example("deaggregation", ["id: int", "name: str", "copies: int", "category: str"])
+    agg = build_plugin("aggregation", "batch_replicate", {"copies_field": "copies", "default_copies": 1})
+    out = [r for i in range(0, len(rows), 3) for r in agg.flush(rows[i : i + 3]).rows]
+    expected = _expected("deaggregation/output/replicated.csv")
+    assert _as_cells(out, list(expected[0])) == expected

@@ -1,0 +1,326 @@
+"""Sinks: output formats, positions and resume truncation, bad paths, and the database sink's
+idempotence (on SQLite and on the test PostgreSQL)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from engine.plugins.protocol import PluginConfigError, PluginError
+from engine.plugins.registry import build_plugin
+
+CORPUS = Path("/work/shared/conformance")
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="conformance corpus not present")
+
+
+def sink(kind: str, **options: Any) -> Any:
+    return build_plugin("sink", kind, options)
+
+
+def written(s: Any, rows: list[dict[str, Any]], run_id: str = "run", position: int | None = None) -> int:
+    """Open, write every row, flush and close; the position after the flush."""
+    s.open(run_id, position)
+    for i, row in enumerate(rows):
+        s.write(f"t{i}", row)
+    pos = s.flush()
+    s.close()
+    return int(pos)
+
+
+# -- csv -------------------------------------------------------------------------------------
+
+
+def test_csv_sink_header_from_the_first_row_and_cell_values(tmp_path: Path) -> None:
+    path = tmp_path / "o.csv"
+    rows: list[dict[str, Any]] = [
+        {"a": 5, "b": 2500.0, "c": None, "d": True, "e": {"k": [1, "é"]}},
+        {"a": 6, "z": "dropped"},
+    ]
+    written(sink("csv", path=str(path)), rows)
+    assert path.read_bytes().decode() == 'a,b,c,d,e\r\n5,2500.0,,True,"{""k"": [1, ""é""]}"\r\n6,,,,\r\n'
+
+
+def test_csv_sink_header_from_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "o.csv"
+    written(sink("csv", path=str(path), schema={"mode": "fixed", "fields": ["b: str", "a: int"]}), [{"a": 1, "c": 3}])
+    assert path.read_bytes().decode() == "b,a\r\n,1\r\n"
+    empty = tmp_path / "empty.csv"
+    written(sink("csv", path=str(empty), schema={"mode": "fixed", "fields": ["b: str", "a: int"]}), [])
+    assert empty.read_bytes().decode() == "b,a\r\n"  # no rows: the header alone
+
+
+def test_csv_sink_options(tmp_path: Path) -> None:
+    path = tmp_path / "o.csv"
+    written(sink("csv", path=str(path), headers=False, delimiter=";", encoding="latin-1"), [{"a": "é", "b": 1}])
+    assert path.read_bytes() == "é;1\r\n".encode("latin-1")
+
+
+def test_csv_sink_write_and_append_modes(tmp_path: Path) -> None:
+    path = tmp_path / "o.csv"
+    path.write_text("old\r\n")
+    written(sink("csv", path=str(path)), [{"a": 1}])
+    assert path.read_bytes().decode() == "a\r\n1\r\n"
+    written(sink("csv", path=str(path), mode="append"), [{"a": 2}])
+    assert path.read_bytes().decode() == "a\r\n1\r\n2\r\n"  # no second header
+
+
+# -- json ------------------------------------------------------------------------------------
+
+
+def test_json_array_sink(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    rows: list[dict[str, Any]] = [{"b": 1, "a": "é"}, {"x": [1, 2]}]
+    written(sink("json", path=str(path)), rows)
+    assert json.loads(path.read_bytes().decode()) == rows
+    assert path.read_bytes().decode().index('"b"') < path.read_bytes().decode().index('"a"')
+    empty = tmp_path / "empty.json"
+    written(sink("json", path=str(empty)), [])
+    assert json.loads(empty.read_bytes().decode()) == []
+    indented = tmp_path / "ind.json"
+    written(sink("json", path=str(indented), indent=2), rows)
+    assert json.loads(indented.read_bytes().decode()) == rows and '\n  "b": 1' in indented.read_bytes().decode()
+
+
+def test_json_array_position_never_includes_the_closing_bracket(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    s = sink("json", path=str(path))
+    s.open("run", None)
+    assert s.flush() == 1  # '['
+    s.write("t1", {"a": 1})
+    pos = s.flush()
+    assert path.read_bytes()[:pos] == b'[\n{"a": 1}'
+    s.close()
+    assert path.read_bytes() == b'[\n{"a": 1}\n]\n'
+
+
+def test_jsonl_sink_by_extension_format_or_plugin_name(tmp_path: Path) -> None:
+    rows = [{"a": 1}, {"a": 2}]
+    for s, path in (
+        (sink("json", path=str(tmp_path / "a.jsonl")), tmp_path / "a.jsonl"),
+        (sink("json", path=str(tmp_path / "b.json"), format="jsonl"), tmp_path / "b.json"),
+        (sink("jsonl", path=str(tmp_path / "c.out")), tmp_path / "c.out"),
+    ):
+        written(s, rows)
+        assert path.read_bytes().decode() == '{"a": 1}\n{"a": 2}\n'
+
+
+def test_json_append_mode_continues_an_existing_array(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    written(sink("json", path=str(path)), [{"a": 1}])
+    written(sink("json", path=str(path), mode="append"), [{"a": 2}])
+    assert json.loads(path.read_bytes().decode()) == [{"a": 1}, {"a": 2}]
+    empty = tmp_path / "e.json"
+    empty.write_text("[]\n")
+    written(sink("json", path=str(empty), mode="append"), [{"a": 3}])
+    assert json.loads(empty.read_bytes().decode()) == [{"a": 3}]
+    lines = tmp_path / "o.jsonl"
+    lines.write_text('{"a": 0}\n')
+    written(sink("json", path=str(lines), mode="append"), [{"a": 1}])
+    assert lines.read_bytes().decode() == '{"a": 0}\n{"a": 1}\n'
+    not_array = tmp_path / "n.json"
+    not_array.write_text('{"a": 1}')
+    with pytest.raises(PluginError, match=r"cannot append to .*n\.json"):
+        sink("json", path=str(not_array), mode="append").open("run", None)
+
+
+# -- file sinks: positions and resume ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.json"), ("json", "o.jsonl")])
+def test_a_resume_truncates_to_the_durable_position_and_continues(tmp_path: Path, kind: str, name: str) -> None:
+    path = tmp_path / name
+    first = sink(kind, path=str(path))
+    first.open("run", None)
+    first.write("t1", {"a": 1, "b": "x"})
+    durable = first.flush()
+    part = path.read_bytes()
+    assert len(part) == durable
+    first.write("t2", {"a": 2, "b": "y"})
+    first.flush()  # on disk, but the crash comes before the run records this position
+    first.write("t3", {"a": 3, "b": "z"})  # buffered only
+    first.release()
+
+    again = sink(kind, path=str(path))
+    again.open("run", durable)
+    assert path.read_bytes() == part
+    again.write("t2", {"a": 2, "b": "y"})
+    again.flush()
+    again.close()
+    rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    if kind == "csv":
+        with path.open(newline="") as f:
+            assert list(csv.DictReader(f)) == [{k: str(v) for k, v in r.items()} for r in rows]
+    elif name.endswith(".jsonl"):
+        assert [json.loads(line) for line in path.read_bytes().decode().splitlines()] == rows
+    else:
+        assert json.loads(path.read_bytes().decode()) == rows
+
+
+@pytest.mark.parametrize("name", ["o.csv", "o.json"])
+def test_a_resume_at_position_zero_starts_a_fresh_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("left over")
+    kind = "csv" if name.endswith(".csv") else "json"
+    written(sink(kind, path=str(path)), [{"a": 1}], position=0)
+    assert path.read_bytes().decode().startswith("a\r\n1" if kind == "csv" else "[")
+    assert "left over" not in path.read_bytes().decode()
+
+
+def test_a_csv_resume_keeps_the_header_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "o.csv"
+    pos = written(sink("csv", path=str(path)), [{"b": 1, "a": 2}])
+    written(sink("csv", path=str(path)), [{"a": 4, "b": 3}], position=pos)
+    assert path.read_bytes().decode() == "b,a\r\n1,2\r\n3,4\r\n"
+
+
+@pytest.mark.parametrize("kind", ["csv", "json", "jsonl"])
+def test_a_sink_path_in_a_missing_folder_is_a_clear_error(tmp_path: Path, kind: str) -> None:
+    s = sink(kind, path=str(tmp_path / "missing" / "out.x"))
+    with pytest.raises(PluginError, match=r"missing/out\.x.*folder .*missing does not exist"):
+        s.open("run", None)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
+    s = sink("csv", path=str(tmp_path / "o.csv"))
+    s.release()
+    s.open("run", None)
+    s.release()
+    s.release()
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "path"),
+    [
+        ("csv", {}, "path"),
+        ("csv", {"path": "o.csv", "mode": "overwrite"}, "mode"),
+        ("csv", {"path": "o.csv", "headers": "yes"}, "headers"),
+        ("csv", {"path": "o.csv", "delimiter": ""}, "delimiter"),
+        ("json", {"path": "o.json", "format": "yaml"}, "format"),
+        ("json", {"path": "o.json", "indent": "2"}, "indent"),
+        ("json", {"path": "o.json", "encoding": "nope"}, "encoding"),
+        ("database", {"table": "t"}, "url"),
+        ("database", {"url": "sqlite://", "table": "t", "if_exists": "fail"}, "if_exists"),
+        ("database", {"url": "sqlite://", "table": "t", "schema": {"mode": "fixed", "fields": []}}, "schema.fields"),
+    ],
+)
+def test_bad_sink_options(kind: str, options: dict[str, Any], path: str) -> None:
+    with pytest.raises(PluginConfigError) as err:
+        build_plugin("sink", kind, options)
+    assert err.value.path == path
+
+
+# -- database --------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'out.db'}"
+        return
+    server_url: str = request.getfixturevalue("server_url")
+    name = f"t_sink_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _select(url: str, query: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(query))]
+    finally:
+        engine.dispose()
+
+
+_SCHEMA = {"mode": "fixed", "fields": ["id: int", "name: str", "score: float", "ok: bool", "extra: any?"]}
+
+
+def test_database_sink_never_writes_a_token_twice(db_url: str) -> None:
+    options = {"url": db_url, "table": "deals", "if_exists": "replace", "schema": _SCHEMA}
+    first = build_plugin("sink", "database", options)
+    first.open("run-1", None)
+    first.write("t1", {"id": 1, "name": "a", "score": 1.5, "ok": True})
+    assert first.flush() == 1
+    first.release()  # interrupted
+
+    again = build_plugin("sink", "database", options)
+    again.open("run-1", 1)  # a resume keeps the table and re-delivers t1
+    again.write("t1", {"id": 1, "name": "a", "score": 1.5, "ok": True})
+    again.write("t2", {"id": 2, "name": "b", "score": 2.0, "ok": False, "extra": {"k": 1}})
+    again.write("t2", {"id": 2, "name": "b", "score": 2.0, "ok": False, "extra": {"k": 1}})
+    assert again.flush() == 2
+    assert again.flush() == 2
+    again.close()
+    assert _select(db_url, "SELECT id, name, score, ok, extra FROM deals ORDER BY id") == [
+        (1, "a", 1.5, True, None),
+        (2, "b", 2.0, False, '{"k": 1}'),
+    ]
+    # a fresh run with replace starts over
+    written(build_plugin("sink", "database", options), [{"id": 9, "name": "z", "score": 0.0, "ok": True}], "run-2")
+    assert _select(db_url, "SELECT id FROM deals") == [(9,)]
+
+
+def test_database_sink_table_has_exactly_the_data_columns(db_url: str) -> None:
+    written(sink("database", url=db_url, table="plain"), [{"id": 1, "amount": 2.5, "label": "x", "flag": False}])
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            columns = inspect(conn).get_columns("plain")
+    finally:
+        engine.dispose()
+    assert [c["name"] for c in columns] == ["id", "amount", "label", "flag"]
+    assert _select(db_url, "SELECT * FROM plain") == [(1, 2.5, "x", False)]
+
+
+def test_database_sink_appends_across_runs(db_url: str) -> None:
+    written(sink("database", url=db_url, table="t"), [{"id": 1}], "run-1")
+    written(sink("database", url=db_url, table="t"), [{"id": 2}], "run-2")
+    assert _select(db_url, "SELECT id FROM t ORDER BY id") == [(1,), (2,)]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///{tmp}/missing/x.db", "postgresql://nobody:hunter2@127.0.0.1:1/x"],
+)
+def test_a_database_sink_that_cannot_connect_is_a_clear_error(tmp_path: Path, url: str) -> None:
+    s = sink("database", url=url.format(tmp=tmp_path), table="t")
+    with pytest.raises(PluginError, match="cannot connect") as err:
+        s.open("run", None)
+    message = str(err.value)
+    assert "\n" not in message and "hunter2" not in message
+
+
+def test_database_location_redacts_the_password() -> None:
+    s = sink("database", url="postgresql://me:secret@db.example/x", table="t")
+    assert s.location() == "postgresql://me:***@db.example/x#t"
+
+
+@needs_corpus
+def test_database_sink_example_rows(tmp_path: Path) -> None:
+    source = build_plugin("source", "csv", {"path": str(CORPUS / "examples/database_sink/input.csv"),
+                                            "schema": _DEALS})  # fmt: skip
+    high = [i.row for i in source.read() if i is not None and i.row is not None and i.row["amount"] >= 5000]
+    url = f"sqlite:///{tmp_path / 'deals.db'}"
+    written(sink("database", url=url, table="high_value_deals", if_exists="replace", schema=_DEALS), high)
+    expected_path = CORPUS / "expected/examples/database_sink/output/deals.db.high_value_deals.jsonl"
+    expected = [json.loads(line) for line in expected_path.read_bytes().decode().splitlines() if line.strip()]
+    names = ["id", "customer", "amount", "category", "region"]
+    assert [dict(zip(names, r, strict=True)) for r in _select(url, "SELECT * FROM high_value_deals")] == expected
+
+
+_DEALS = {"mode": "fixed", "fields": ["id: int", "customer: str", "amount: int", "category: str", "region: str"]}

@@ -1,0 +1,365 @@
+"""Sources, schemas and header normalisation: each documented behaviour and each bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.plugins.protocol import PluginConfigError, PluginError, SourceItem
+from engine.plugins.registry import build_plugin
+from engine.plugins.schema import Schema, SchemaViolation, normalise_header, normalise_headers, parse_schema
+
+CORPUS = Path("/work/shared/conformance")
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="conformance corpus not present")
+
+
+def items(kind: str, options: dict[str, Any], start: int = 0) -> list[SourceItem]:
+    source = build_plugin("source", kind, options)
+    return [i for i in source.read(start) if i is not None]
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def fixed(*fields: str) -> dict[str, Any]:
+    return {"mode": "fixed", "fields": list(fields)}
+
+
+# -- schema ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_", "value", "expected"),
+    [
+        ("int", "12", 12),
+        ("int", " -3 ", -3),
+        ("int", 7, 7),
+        ("int", 7.0, 7),
+        ("float", "150.50", 150.5),
+        ("float", "1e3", 1000.0),
+        ("float", 2, 2.0),
+        ("bool", "TRUE", True),
+        ("bool", "no", False),
+        ("bool", "1", True),
+        ("bool", 0, False),
+        ("str", "x", "x"),
+        ("any", [1, 2], [1, 2]),
+    ],
+)
+def test_schema_coerces_values(type_: str, value: Any, expected: Any) -> None:
+    out = parse_schema(fixed(f"v: {type_}")).coerce({"v": value})
+    assert out == {"v": expected}
+    assert type(out["v"]) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("type_", "value"),
+    [
+        ("int", "12.0"),
+        ("int", "1_000"),
+        ("int", "twelve"),
+        ("int", True),
+        ("int", 1.5),
+        ("float", "1,5"),
+        ("float", False),
+        ("bool", "maybe"),
+        ("bool", 2),
+        ("str", 5),
+        ("int", ""),
+        ("str", ""),
+        ("any", None),
+    ],
+)
+def test_schema_rejects_values_that_do_not_fit(type_: str, value: Any) -> None:
+    with pytest.raises(SchemaViolation, match="'v'"):
+        parse_schema(fixed(f"v: {type_}")).coerce({"v": value})
+
+
+def test_optional_fields_may_be_empty_or_absent() -> None:
+    schema = parse_schema({"mode": "flexible", "fields": ["a: int?", "b: str?"]})
+    assert schema.coerce({"b": "", "x": 1}) == {"b": None, "x": 1, "a": None}
+
+
+def test_modes_fixed_flexible_observed() -> None:
+    row = {"a": "1", "extra": "e"}
+    with pytest.raises(SchemaViolation, match=r"unexpected field.*'extra'"):
+        parse_schema(fixed("a: int")).coerce(row)
+    assert parse_schema({"mode": "flexible", "fields": ["a: int"]}).coerce(row) == {"a": 1, "extra": "e"}
+    assert parse_schema({"mode": "observed"}).coerce(row) == row
+    with pytest.raises(SchemaViolation, match="required field 'b' is missing"):
+        parse_schema({"mode": "flexible", "fields": ["a: int", "b: str"]}).coerce(row)
+
+
+def test_field_names() -> None:
+    assert parse_schema(fixed("b: str", "a: int?")).field_names == ["b", "a"]
+    assert parse_schema({"mode": "observed"}).field_names is None
+    assert parse_schema(None) == Schema("observed")
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ("fixed", "schema"),
+        ({"mode": "strict"}, "schema.mode"),
+        ({"mode": "fixed"}, "schema.fields"),
+        ({"mode": "fixed", "fields": ["a int"]}, "schema.fields[0]"),
+        ({"mode": "fixed", "fields": ["a: integer"]}, "schema.fields[0]"),
+        ({"mode": "fixed", "fields": ["a: int", "a: str"]}, "schema.fields[1]"),
+        ({"mode": "fixed", "fields": ["a: int"], "strict": True}, "schema.strict"),
+    ],
+)
+def test_bad_schemas_name_their_key_path(raw: Any, path: str) -> None:
+    with pytest.raises(PluginConfigError) as err:
+        parse_schema(raw)
+    assert err.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("Amount ($)", "amount"),
+        ("Notes / Comments", "notes_comments"),
+        ("  Customer ID!!", "customer_id"),
+        ("Status [Active/Inactive]", "status_active_inactive"),
+        ("2nd Address", "_2nd_address"),
+        ("class", "class_"),
+        ("Cafe\u0301", "caf\u00e9"),  # NFC: e + combining acute is é
+        ("a__b--c", "a_b_c"),
+    ],
+)
+def test_header_normalisation(raw: str, normalised: str) -> None:
+    assert normalise_header(raw) == normalised
+
+
+def test_headers_that_normalise_to_nothing_or_collide_are_config_errors() -> None:
+    with pytest.raises(PluginConfigError, match="empty"):
+        normalise_headers(["id", "$$$"])
+    with pytest.raises(PluginConfigError, match="'Amount' and 'amount ' both normalise to 'amount'"):
+        normalise_headers(["Amount", "amount "])
+
+
+# -- csv source ------------------------------------------------------------------------------
+
+
+def test_csv_source_reads_coerces_and_indexes(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "ID,Amount ($)\n1,2.5\n2,3\n")
+    got = items("csv", {"path": str(path), "schema": fixed("id: int", "amount: float")})
+    assert [(i.index, i.row, i.error) for i in got] == [(0, {"id": 1, "amount": 2.5}, None),
+                                                        (1, {"id": 2, "amount": 3.0}, None)]  # fmt: skip
+    assert got[0].raw == {"id": "1", "amount": "2.5"}
+
+
+def test_csv_source_options(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "junk line\n1;x\n2;y\n")
+    options = {"path": str(path), "delimiter": ";", "skip_rows": 1, "columns": ["id", "name"],
+               "field_mapping": {"name": "label"}}  # fmt: skip
+    assert [i.row for i in items("csv", options)] == [{"id": "1", "label": "x"}, {"id": "2", "label": "y"}]
+
+
+def test_csv_field_mapping_applies_to_normalised_headers(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "Customer ID,Total\nC1,5\n")
+    got = items("csv", {"path": str(path), "field_mapping": {"customer_id": "customer"}})
+    assert got[0].row == {"customer": "C1", "total": "5"}
+
+
+def test_csv_source_quarantines_rows_that_do_not_fit_the_schema(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "id,amount\n1,10\nx,20\n3,\n")
+    got = items("csv", {"path": str(path), "schema": fixed("id: int", "amount: int"),
+                        "on_validation_failure": "bad"})  # fmt: skip
+    assert [i.row for i in got] == [{"id": 1, "amount": 10}, None, None]
+    assert got[1].raw == {"id": "x", "amount": "20"}  # as read: strings, normalised names
+    assert "'id'" in (got[1].error or "") and "'amount'" in (got[2].error or "")
+
+
+def test_csv_ragged_rows_are_quarantined_with_their_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "a,b\n1,2\n3\n4,5,6\n7,8\n")
+    got = items("csv", {"path": str(path)})
+    assert [i.index for i in got] == [0, 1, 2, 3]
+    assert got[1].raw == {"__raw_line__": "3", "__line_number__": 3, "__row_number__": 2}
+    assert got[2].raw == {"__raw_line__": "4,5,6", "__line_number__": 4, "__row_number__": 3}
+    assert got[2].error == "expected 2 fields, found 3"
+    assert got[3].row == {"a": "7", "b": "8"}
+
+
+def test_csv_undecodable_bytes_quarantine_only_their_row(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", b"name,city\nann,Paris\nbob,M\xfcnchen\ncid,Rome\n")
+    got = items("csv", {"path": str(path)})
+    assert [i.row for i in got] == [{"name": "ann", "city": "Paris"}, None, {"name": "cid", "city": "Rome"}]
+    assert "not valid utf-8" in (got[1].error or "")
+    assert got[1].raw["__line_number__"] == 3 and got[1].raw["__raw_line__"].startswith("bob,M")
+
+
+def test_csv_other_encoding_and_bom(tmp_path: Path) -> None:
+    latin = write(tmp_path / "latin.csv", "name\nM\u00fcnchen\n".encode("latin-1"))
+    assert items("csv", {"path": str(latin), "encoding": "latin-1"})[0].row == {"name": "M\u00fcnchen"}
+    bom = write(tmp_path / "bom.csv", b"\xef\xbb\xbfName\nx\n")
+    assert items("csv", {"path": str(bom)})[0].row == {"name": "x"}
+    utf16 = write(tmp_path / "u16.csv", "a,b\n1,\u00e9\n".encode("utf-16"))
+    assert items("csv", {"path": str(utf16), "encoding": "utf-16"})[0].row == {"a": "1", "b": "\u00e9"}
+
+
+def test_csv_quoted_newlines_and_blank_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", 'a,b\n1,"two\nlines"\n\n3,4\n5\n')
+    got = items("csv", {"path": str(path)})
+    assert [i.row for i in got[:2]] == [{"a": "1", "b": "two\nlines"}, {"a": "3", "b": "4"}]
+    assert got[2].raw["__line_number__"] == 6 and got[2].raw["__row_number__"] == 3
+
+
+def test_csv_read_resumes_at_a_record(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "a\n1\n2\n3\n")
+    assert [(i.index, i.raw) for i in items("csv", {"path": str(path)}, start=2)] == [(2, {"a": "3"})]
+
+
+def test_csv_header_problems_are_errors_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "dup.csv", "Amount,amount\n1,2\n")
+    with pytest.raises(PluginError, match=r"dup\.csv.*both normalise"):
+        items("csv", {"path": str(path)})
+
+
+def test_a_missing_input_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    for kind in ("csv", "json", "jsonl"):
+        source = build_plugin("source", kind, {"path": str(tmp_path / "nope.data")})
+        with pytest.raises(PluginError, match=r"nope\.data"):
+            next(iter(source.read()))
+        with pytest.raises(PluginError, match=r"nope\.data"):
+            source.fingerprint()
+
+
+def test_fingerprint_is_the_sha256_of_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", "a\n1\n")
+    assert build_plugin("source", "csv", {"path": str(path)}).fingerprint() == hashlib.sha256(b"a\n1\n").hexdigest()
+
+
+def test_on_validation_failure_is_an_attribute() -> None:
+    assert build_plugin("source", "csv", {"path": "x.csv"}).on_validation_failure == "discard"
+    assert build_plugin("source", "json", {"path": "x", "on_validation_failure": "q"}).on_validation_failure == "q"
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "path"),
+    [
+        ("csv", {}, "path"),
+        ("csv", {"path": "x", "delimiter": ";;"}, "delimiter"),
+        ("csv", {"path": "x", "skip_rows": -1}, "skip_rows"),
+        ("csv", {"path": "x", "encoding": "klingon"}, "encoding"),
+        ("csv", {"path": "x", "colums": ["a"]}, "colums"),
+        ("csv", {"path": "x", "columns": ["a", "a"]}, "columns"),
+        ("json", {"path": "x", "format": "xml"}, "format"),
+        ("json", {"path": "x.jsonl", "data_key": "rows"}, "data_key"),
+        ("json", {"path": "x", "schema": {"mode": "fixed"}}, "schema.fields"),
+    ],
+)
+def test_bad_source_options(kind: str, options: dict[str, Any], path: str) -> None:
+    with pytest.raises(PluginConfigError) as err:
+        build_plugin("source", kind, options)
+    assert err.value.path == path
+
+
+def test_unknown_options_list_the_allowed_ones() -> None:
+    with pytest.raises(PluginConfigError, match="allowed: path, delimiter"):
+        build_plugin("source", "csv", {"path": "x", "colums": ["a"]})
+
+
+def test_csv_source_streams_in_flat_memory(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        for i in range(60_000):
+            w.writerow([i, "x" * 40])
+    source = build_plugin("source", "csv", {"path": str(path), "schema": fixed("id: int", "text: str")})
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in source.read())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 60_000
+    assert peak < 1_000_000  # the file is ~3 MB
+
+
+# -- json / jsonl source ---------------------------------------------------------------------
+
+
+def test_json_array_and_data_key(tmp_path: Path) -> None:
+    plain = write(tmp_path / "a.json", json.dumps([{"a": 1}, {"a": 2}]))
+    assert [i.row for i in items("json", {"path": str(plain)})] == [{"a": 1}, {"a": 2}]
+    keyed = write(tmp_path / "k.json", json.dumps({"meta": 1, "rows": [{"a": 3}]}))
+    assert [i.row for i in items("json", {"path": str(keyed), "data_key": "rows"})] == [{"a": 3}]
+    assert [i.index for i in items("json", {"path": str(plain)}, start=1)] == [1]
+
+
+def test_a_json_document_that_is_not_an_array_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "obj.json", json.dumps({"rows": []}))
+    with pytest.raises(PluginError, match=r"obj\.json.*expected a JSON array.*data_key"):
+        items("json", {"path": str(path)})
+    with pytest.raises(PluginError, match=r"obj\.json has no top-level key 'items'"):
+        items("json", {"path": str(path), "data_key": "items"})
+    broken = write(tmp_path / "broken.json", "[{")
+    with pytest.raises(PluginError, match=r"broken\.json is not valid JSON"):
+        items("json", {"path": str(broken)})
+
+
+def test_json_array_elements_that_are_not_objects_are_quarantined(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.json", json.dumps([{"a": 1}, 5]))
+    got = items("json", {"path": str(path)})
+    assert got[1].row is None and got[1].raw == {"__raw_line__": "5", "__line_number__": 2}
+
+
+def test_jsonl_by_extension_and_malformed_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.jsonl", '{"a": 1}\n{"a": \n\n[1]\n{"a": "x"}\n')
+    got = items("json", {"path": str(path), "schema": fixed("a: int")})
+    assert [i.index for i in got] == [0, 1, 2, 3]
+    assert got[0].row == {"a": 1}
+    assert got[1].raw == {"__raw_line__": '{"a":', "__line_number__": 2}
+    assert "invalid JSON" in (got[1].error or "")
+    assert got[2].raw == {"__raw_line__": "[1]", "__line_number__": 4} and "object" in (got[2].error or "")
+    assert got[3].raw == {"a": "x"} and "'a'" in (got[3].error or "")
+    assert [i.index for i in items("jsonl", {"path": str(path)}, start=3)] == [3]
+
+
+def test_jsonl_undecodable_line_is_quarantined(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.data", b'{"a": 1}\n{"a": "\xff"}\n{"a": 3}\n')
+    got = items("jsonl", {"path": str(path)})
+    assert [i.row for i in got] == [{"a": 1}, None, {"a": 3}]
+    assert got[1].raw["__line_number__"] == 2 and "utf-8" in (got[1].error or "")
+
+
+# -- conformance inputs ----------------------------------------------------------------------
+
+
+@needs_corpus
+def test_schema_contracts_demo_headers_and_values() -> None:
+    example = CORPUS / "examples/schema_contracts_demo"
+    import yaml
+
+    options = yaml.safe_load((example / "settings.yaml").read_text())["source"]["options"]
+    options["path"] = str(example / "input.csv")
+    rows = [i.row for i in items("csv", options)]
+    expected = []
+    for name in ("processed.csv", "high_value.csv"):
+        with (CORPUS / "expected/examples/schema_contracts_demo/output" / name).open(newline="") as f:
+            expected += list(csv.DictReader(f))
+    assert all(r is not None for r in rows)
+    as_written = sorted(({k: str(v) for k, v in r.items()} for r in rows if r), key=lambda r: r["customer_id"])
+    assert as_written == sorted(expected, key=lambda r: r["customer_id"])
+
+
+@needs_corpus
+def test_every_conformance_input_reads_without_quarantine() -> None:
+    import yaml
+
+    for settings in sorted((CORPUS / "examples").glob("*/settings*.yaml")):
+        source = yaml.safe_load(settings.read_text())["source"]
+        options = dict(source["options"])
+        options["path"] = str(CORPUS / options["path"])
+        got = items(source["plugin"], options)
+        assert got and all(i.error is None for i in got), settings
