@@ -191,3 +191,17 @@ def test_a_postgresql_landscape_url_in_the_settings_is_the_audit_store(db: Datab
     run_id = proc.stdout.split()[1]
     with db.connect() as conn:
         assert conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone() == ("completed",)
+
+
+def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database, work: Path) -> None:
+    (work / "settings.yaml").write_text(PIPELINE + f"landscape: {{url: '{db.conninfo}'}}\n")
+    crashed = elspeth("run", "-s", "settings.yaml", cwd=work, env={"ELSPETH_FAULT": "sink_flush:1"})
+    assert crashed.returncode == 86, crashed.stderr
+    with db.connect() as conn:
+        (run_id,) = conn.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+    proc = elspeth("resume", run_id, "-s", "settings.yaml", cwd=work)  # no --database, no environment
+    assert proc.returncode == 0, proc.stderr
+    assert not (work / ".elspeth").exists()
+    with db.connect() as conn:
+        assert conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone() == ("completed",)
+    assert (work / "out/high.csv").read_text().splitlines() == ["id,v", "2,9"]

@@ -37,6 +37,19 @@ def load_pipeline(path: Path) -> Pipeline:
         raise ElspethCliError(str(e)) from e
 
 
+def _postgres_url(url: str | None) -> str | None:
+    """`landscape.url` when it names PostgreSQL. The prior system's SQLite URLs are accepted in
+    settings files, but the audit trail always lives in PostgreSQL (the embedded one then)."""
+    return url if url and url.startswith(("postgresql", "postgres:")) else None
+
+
+def _settings_file_url(path: Path) -> str | None:
+    try:
+        return _postgres_url(load_settings(path).settings.landscape.url)
+    except SettingsError as e:
+        raise SettingsCliError(str(e)) from e
+
+
 def _commit_every(pipeline: Pipeline, override: int | None) -> int:
     if override is not None:
         return override
@@ -133,10 +146,8 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
         click.echo(f"dry run: {settings_path} is valid: {n} nodes; order: {', '.join(pipeline.dag.node_order)}")
         return
     progress = Progress()
-    url = pipeline.loaded.settings.landscape.url
-    settings_url = url if url and url.startswith(("postgresql", "postgres:")) else None
     try:
-        with database_from_ctx(ctx, settings_url=settings_url) as db:
+        with database_from_ctx(ctx, settings_url=_postgres_url(pipeline.loaded.settings.landscape.url)) as db:
             _report(
                 db,
                 lambda: start_run(db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress),
@@ -155,10 +166,12 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
 def resume_cmd(
     ctx: click.Context, run_id: str, force: bool, settings_path: Path | None, commit_every: int | None
 ) -> None:
-    """Continue an interrupted, failed or crashed run from its event log."""
+    """Continue an interrupted, failed or crashed run from its event log. With -s, the run's
+    settings come from that file and its `landscape.url` says where the audit trail is."""
+    settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     progress = Progress()
     try:
-        with database_from_ctx(ctx) as db:
+        with database_from_ctx(ctx, settings_url=settings_url) as db:
             _report(
                 db,
                 lambda: resume_run(
