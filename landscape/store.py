@@ -242,14 +242,17 @@ class RunWriter:
 
 
 def writer_alive(conn: psycopg.Connection[Any], run_id: str) -> bool:
-    """True while some process holds the run's writer lock."""
-    row = conn.execute(f"SELECT pg_try_advisory_lock({_lock_key_sql()})", (run_id,)).fetchone()
-    if row and row[0]:
-        conn.execute(f"SELECT pg_advisory_unlock({_lock_key_sql()})", (run_id,))
-        conn.commit()
-        return False
+    """True while some process holds the run's writer lock. Read from pg_locks rather than by
+    trying the lock, so asking never gets in the way of a writer (or a resume) taking it. A
+    64-bit advisory key is shown there as classid (high half) and objid (low half)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND ((classid::bigint << 32) | objid::bigint) = {_lock_key_sql()})",
+        (run_id,),
+    ).fetchone()
     conn.commit()
-    return True
+    return bool(row and row[0])
 
 
 def read_events(

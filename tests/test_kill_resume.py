@@ -192,5 +192,36 @@ def test_runs_json_lists_runs_newest_first(db: Database, tmp_path: Path) -> None
     out, _err = p.communicate(timeout=60)
     runs = json.loads(out)
     assert runs[0]["status"] == "completed" and "run_id" in runs[0]
+    assert runs[0]["writer_alive"] is None  # an ended run has no writer to ask about
     started = [r["started_at"] for r in runs]
     assert started == sorted(started, reverse=True)
+
+
+def test_a_run_that_loses_its_database_connection_is_resumable(db: Database, tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    _setup(reference, "fork_coalesce")
+    done = _elspeth(db, reference, "run", "-s", "settings.yaml")
+    out, err = done.communicate(timeout=600)
+    assert done.returncode == 0, out + err
+
+    work = tmp_path / "work"
+    _setup(work, "fork_coalesce")
+    since = _max_position(db)
+    proc = _elspeth(db, work, "run", "-s", "settings.yaml")
+    assert _wait_for_events(db, proc, 500), "the run ended before it could be cut off"
+    with db.connect() as conn:  # the writer is whoever holds a run's advisory lock
+        cut = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        ).fetchone()
+    out, err = proc.communicate(timeout=600)
+    run_id, _status = _latest_run(db, since)
+    if cut == (1,) and proc.returncode != 0:  # (it may have finished between the poll and the cut)
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        assert f"elspeth resume {run_id}" in err.splitlines()[-1]
+        listed = _elspeth(db, work, "runs", "--json")
+        runs = {r["run_id"]: r for r in json.loads(listed.communicate(timeout=60)[0])}
+        assert (runs[run_id]["status"], runs[run_id]["writer_alive"]) == ("running", False)
+        resumed = _elspeth(db, work, "resume", run_id)
+        out, err = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, out + err
+    assert _outputs(work) == _outputs(reference)

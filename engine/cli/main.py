@@ -10,6 +10,10 @@ import click
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.db import migrate
+from landscape.store import writer_alive
+
+# Run states in which a writer is (or should be) at work.
+_OPEN = ("running", "draining")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,7 +43,8 @@ def db_upgrade(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="An array of objects, newest first.")
 @click.pass_context
 def runs_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List runs, newest first."""
+    """List runs, newest first. A run still `running` whose writer is gone crashed (or lost its
+    database): it says so, with the command that continues it."""
     with database_from_ctx(ctx) as db, db.connect() as conn:
         rows = conn.execute(
             "SELECT r.run_id, r.status, r.started_at, r.ended_at, r.resumes, "
@@ -47,6 +52,8 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> None:
             "LEFT JOIN run_metrics m ON m.run_id = r.run_id AND m.metric = 'rows_in' "
             "ORDER BY r.started_at DESC, r.run_id DESC"
         ).fetchall()
+        # Only runs the log leaves open can have a writer; ended ones report None.
+        alive = {r[0]: writer_alive(conn, r[0]) for r in rows if r[1] in _OPEN}
     if as_json:
         out = [
             {
@@ -57,6 +64,7 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> None:
                 "resumes": r[4],
                 "rows": r[5],
                 "settings": r[6],
+                "writer_alive": alive.get(r[0]),
             }
             for r in rows
         ]
@@ -67,7 +75,8 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"{'run id':<32} {'status':<12} {'started':<20} {'rows':>10}")
     for r in rows:
-        click.echo(f"{r[0]:<32} {r[1]:<12} {r[2].strftime('%Y-%m-%d %H:%M:%S'):<20} {r[5]:>10}")
+        note = f"  writer gone: elspeth resume {r[0]}" if alive.get(r[0]) is False else ""
+        click.echo(f"{r[0]:<32} {r[1]:<12} {r[2].strftime('%Y-%m-%d %H:%M:%S'):<20} {r[5]:>10}{note}")
 
 
 def _register() -> None:
