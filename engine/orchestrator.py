@@ -220,15 +220,18 @@ class Execution:
                 # Its writer is gone (we hold the lock): record that before resuming.
                 emit(self.run_id, ev.RunInterrupted(reason="writer lost"))
             emit(self.run_id, ev.RunResumed(source_fingerprint=fingerprint, forced=forced))
-        for name, sink in self.p.nodes.sinks.items():
-            sink.open(self.run_id, self.fold.sink_positions.get(name))
-            if name not in self.fold.sink_positions:
-                # The baseline: what was in the file before this run wrote anything.
-                emit(
-                    self.run_id,
-                    ev.SinkFlushed(sink=name, position=sink.flush(), rows=0, location=sink.location()),
-                )
-        self._reenter()
+        try:
+            for name, sink in self.p.nodes.sinks.items():
+                self.proc.reopen_sink(name)
+                if name not in self.fold.sink_positions:
+                    # The baseline: what was in the file before this run wrote anything.
+                    position = self.proc.flush_sink(name)
+                    emit(self.run_id, ev.SinkFlushed(sink=name, position=position, rows=0, location=sink.location()))
+            self._reenter()
+        except PluginError as e:
+            # Recorded like any failure: the run exists, says why it stopped, and is resumable.
+            self._fail(str(e))
+            raise RunFailedError(self.run_id, str(e)) from e
         self.writer.commit()
 
     def _reenter(self) -> None:
@@ -284,8 +287,11 @@ class Execution:
             proc.fire_due()
             proc.end_of_source()
             self.durability_point()
-            for sink in self.p.nodes.sinks.values():
-                sink.close()
+            for name, sink in self.p.nodes.sinks.items():
+                try:
+                    sink.close()
+                except PluginError as e:
+                    raise e.at_sink(name) from e
             self._emit(self.run_id, ev.RunCompleted())
             self.writer.commit()
             return "completed"

@@ -304,11 +304,12 @@ class Processor:
             if r.failure_threshold is not None and failures >= r.failure_threshold:
                 reopens = self.fold.sink_failed_at.get(sink_name, 0.0) + (r.reset_seconds or 0.0)
                 if self.now() < reopens:
-                    raise PluginError("sink", f"{sink_name}: circuit open after {failures} failed writes")
+                    raise PluginError(f"sink '{sink_name}'", f"circuit open after {failures} failed writes")
             attempt += 1
             try:
                 return sink.flush()
-            except PluginError as e:
+            except PluginError as raised:
+                e = raised.at_sink(sink_name)
                 now = self.now()
                 retry_at = None
                 if attempt < r.max_attempts:
@@ -317,22 +318,34 @@ class Processor:
                 failed = ev.SinkWriteFailed(sink=sink_name, attempt=attempt, error=str(e), at=now, retry_at=retry_at)
                 self.emit(self.fold.run_id, failed)
                 if retry_at is None:
-                    raise
+                    raise e from raised
                 self.clock.sleep_until(retry_at)
                 # Drop what the failed attempt may have left, then write the same rows again.
-                sink.release()
-                sink.open(self.fold.run_id, self.fold.sink_positions.get(sink_name))
+                self.reopen_sink(sink_name)
                 for p in writes:
                     sink.write(p.token_id, p.row)
+
+    def flush_sink(self, sink_name: str) -> int:
+        try:
+            return self.n.sinks[sink_name].flush()
+        except PluginError as e:
+            raise e.at_sink(sink_name) from e
+
+    def reopen_sink(self, sink_name: str) -> None:
+        """Open a sink at its last durable position (from the log), dropping anything after it."""
+        sink = self.n.sinks[sink_name]
+        sink.release()
+        try:
+            sink.open(self.fold.run_id, self.fold.sink_positions.get(sink_name))
+        except PluginError as e:
+            raise e.at_sink(sink_name) from e
 
     def _write_failed(self, sink_name: str, writes: list[PendingWrite], error: PluginError, failed: set[str]) -> None:
         fallback = self.n.write_failure.get(sink_name)
         if fallback is None or fallback in failed:
             raise error
         # Drop whatever the failed flush left behind: back to the last durable position.
-        sink = self.n.sinks[sink_name]
-        sink.release()
-        sink.open(self.fold.run_id, self.fold.sink_positions.get(sink_name))
+        self.reopen_sink(sink_name)
         reason = f"write to {sink_name} failed: {error}"
         for p in writes:
             if fallback == "discard":

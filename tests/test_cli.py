@@ -141,7 +141,8 @@ def test_validate(work: Path) -> None:
     ("change", "code", "says"),
     [
         (lambda t: t.replace("in.csv", "missing.csv"), 1, "missing.csv"),
-        (lambda t: t.replace("out/high.csv", "nowhere/high.csv"), 1, "does not exist"),
+        (lambda t: t.replace("out/high.csv", "nowhere/high.csv"), 1, "sink 'high': cannot write nowhere/high.csv"),
+        (lambda t: t.replace("path: out/bad.jsonl", "path: /dev/full, format: json"), 1, "No space left on device"),
         (
             lambda t: t.replace(
                 "plugin: csv, options: {path: out/low.csv}",
@@ -154,7 +155,7 @@ def test_validate(work: Path) -> None:
         (lambda t: t.replace("routes:", "routs:"), 2, "gates[0]"),
         (lambda t: t.replace("fields: ['id: int'", "fields: ['id: integer'"), 2, "source.options.schema.fields[0]"),
     ],
-    ids=["missing-input", "sink-folder", "db-sink", "unknown-key", "typo", "bad-type"],
+    ids=["missing-input", "sink-folder", "disk-full", "db-sink", "unknown-key", "typo", "bad-type"],
 )
 def test_user_mistakes_are_one_clear_error(db: Database, work: Path, change: object, code: int, says: str) -> None:
     (work / "settings.yaml").write_text(change(PIPELINE))  # type: ignore[operator]
@@ -205,3 +206,15 @@ def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database,
     with db.connect() as conn:
         assert conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone() == ("completed",)
     assert (work / "out/high.csv").read_text().splitlines() == ["id,v", "2,9"]
+
+
+def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(db: Database, work: Path) -> None:
+    (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "later/high.csv"))
+    err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), 1)
+    run_id = err.split("elspeth resume ")[-1].strip().strip("`")
+    listed = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)
+    assert {r["run_id"]: r["status"] for r in listed}[run_id] == "failed"
+    (work / "later").mkdir()
+    proc = elspeth("resume", run_id, cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "later/high.csv").read_text().splitlines() == ["id,v", "2,9"]

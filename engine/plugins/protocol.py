@@ -37,6 +37,12 @@ class PluginError(Exception):
     def __init__(self, node: str, message: str) -> None:
         super().__init__(f"{node}: {message}")
         self.node = node
+        self.message = message
+
+    def at_sink(self, name: str) -> PluginError:
+        """The error naming the sink it happened at: a sink plugin does not know its name, so it
+        reports node 'sink' and the engine, which does, fills it in."""
+        return PluginError(f"sink '{name}'", self.message) if self.node == "sink" else self
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -110,7 +111,10 @@ class _FileSink:
     def release(self) -> None:
         if self._f is not None:
             f, self._f = self._f, None
-            f.close()
+            # Closing retries any write still buffered; after a failed write (disk full) that
+            # fails again. Nothing unflushed counts: a resume truncates to the last position.
+            with suppress(OSError):
+                f.close()
 
     def _finish(self, tail: str = "") -> None:
         if self._f is not None:
