@@ -246,6 +246,11 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     if errors:
         raise SettingsError([f"{where}: {e}" for e in errors])
     url = settings.landscape.url
+    if url and not url.startswith(("sqlite", "postgresql", "postgres:")):
+        raise SettingsError(
+            [f"{where}: landscape.url: found {_redact_url(url, env)!r}; allowed: a postgresql:// URL (or the prior "
+             "system's sqlite:// URL, which is ignored with a warning)"]
+        )  # fmt: skip
     if url and url.startswith("sqlite"):
         loaded.warnings.append(
             f"{where}: landscape.url {_redact_url(url, env)} is not an audit store here (SQLite); using "
@@ -253,6 +258,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         )
     loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
     return loaded
+
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 class _Loader(yaml.SafeLoader):
@@ -266,6 +274,8 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue  # `<<: *defaults` brings defaults that the mapping's own keys override
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str | int | float | bool) and key in seen:
                 mark = key_node.start_mark
@@ -275,6 +285,7 @@ class _Loader(yaml.SafeLoader):
                 )
             if isinstance(key, str | int | float | bool):
                 seen.add(key)
+        self.flatten_mapping(node)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -377,6 +388,8 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         members = [a for a in args if a is not type(None)]
         if value is None and len(members) < len(args):
             return None
+        if isinstance(value, str) and int in members and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)  # an expanded "${N:-5}" where a number or a word may stand
         for member in members:  # a container picks the member of its shape, to name the inner key
             shape = typing.get_origin(member) or member
             if shape in (dict, list) and isinstance(value, shape):

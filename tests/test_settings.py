@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine.dag import build_dag
+from engine.plugins.protocol import PluginConfigError
+from engine.plugins.registry import build_plugin
 from engine.settings import CoalesceSettings, SettingsError, fingerprint, is_secret_key, load_settings
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "examples"
@@ -152,8 +154,15 @@ def test_environment_variables_expand_with_defaults(tmp_path: Path) -> None:
 
 
 def test_an_expanded_number_is_a_number(tmp_path: Path) -> None:
-    loaded = load_settings(_write(tmp_path, BASE + "retry: {max_attempts: '${TRIES:-5}'}\n"), {})
+    text = BASE.replace("options: {path: in.csv}", "options: {path: in.csv, skip_rows: '${SKIP:-2}'}")
+    text += "retry: {max_attempts: '${TRIES:-5}'}\ncheckpoint: {frequency: '${FREQ:-7}'}\n"
+    loaded = load_settings(_write(tmp_path, text), {})
     assert loaded.settings.retry.max_attempts == 5
+    assert loaded.settings.checkpoint.commit_every_rows() == 7
+    source = build_plugin("source", "csv", loaded.settings.source.options)
+    assert source.skip_rows == 2
+    with pytest.raises(PluginConfigError, match="skip_rows: expected an integer, found 'two'"):
+        build_plugin("source", "csv", {**loaded.settings.source.options, "skip_rows": "two"})
 
 
 def test_a_missing_environment_variable_is_named_with_its_key(tmp_path: Path) -> None:
@@ -347,3 +356,28 @@ def test_aliases_cannot_blow_up(tmp_path: Path) -> None:
         levels.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]")
     (line,) = _errors(tmp_path, "\n".join(levels) + "\n")
     assert line == "(top): more than 1000000 values once YAML aliases are expanded"
+
+
+def test_yaml_merge_keys_work_as_in_any_yaml_file(tmp_path: Path) -> None:
+    sinks = """sinks:
+  spare: &csv {plugin: csv, options: {path: spare.csv}}
+  out:
+    <<: *csv
+    options: {path: out.csv}
+"""
+    text = BASE.replace("sinks:\n  out: {plugin: csv, options: {path: out.csv}}\n", sinks)
+    loaded = load_settings(_write(tmp_path, text), {})
+    assert loaded.settings.sinks["out"].plugin == "csv"
+    assert loaded.settings.sinks["out"].options == {"path": "out.csv"}  # the mapping's own key wins
+    assert not loaded.warnings  # a merged key is not a duplicate
+
+
+@pytest.mark.parametrize("url", ["mysql://a@b/c", "notaurl"])
+def test_a_landscape_url_that_is_not_postgresql_is_refused(tmp_path: Path, url: str) -> None:
+    lines = _errors(tmp_path, BASE + f"landscape: {{url: '{url}'}}\n")
+    assert len(lines) == 1 and "landscape.url: found" in lines[0] and "allowed: a postgresql:// URL" in lines[0]
+
+
+def test_the_prior_systems_sqlite_landscape_url_is_a_warning(tmp_path: Path) -> None:
+    loaded = load_settings(_write(tmp_path, BASE + "landscape: {url: 'sqlite:///audit.db'}\n"), {})
+    assert len(loaded.warnings) == 1 and "is not an audit store here (SQLite)" in loaded.warnings[0]

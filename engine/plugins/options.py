@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
+
+import msgspec
 
 from engine.plugins.protocol import PluginConfigError
 
@@ -27,6 +30,11 @@ class Options:
                 raise PluginConfigError(key, f"required ({what})")
             return default
         value = self.options[key]
+        if isinstance(value, str) and str not in kinds and kinds[0] in (int, float, bool):
+            # As for the settings' own keys: text such as an expanded "${SKIP:-0}" may stand for
+            # a number or a boolean.
+            with suppress(msgspec.ValidationError):
+                value = msgspec.convert(value.strip(), kinds[0], strict=False)
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
             raise PluginConfigError(key, f"expected {what}, found {value!r}")
         return value

@@ -184,8 +184,8 @@ class JsonSink(_FileSink):
         if fmt not in ("json", "jsonl"):
             raise PluginConfigError("format", f"{fmt!r} is not allowed; allowed: json, jsonl")
         self.format = fmt
-        indent = o.raw("indent")
-        if indent is not None and (not isinstance(indent, int) or isinstance(indent, bool) or indent < 0):
+        indent = None if o.raw("indent") is None else o.int_("indent")
+        if indent is not None and indent < 0:
             raise PluginConfigError("indent", f"expected a number of spaces, found {indent!r}")
         if indent is not None and fmt == "jsonl":
             raise PluginConfigError("indent", "only for format json (a JSON-lines row is one line)")
@@ -241,6 +241,19 @@ _TOKENS = "elspeth_sink_tokens"
 _IN_CHUNK = 500  # token ids per IN (...) query: well under every backend's parameter limit
 
 
+def _check_url(url: str) -> None:
+    """Refuse at load a URL that SQLAlchemy cannot parse; whether it connects is known at open."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise PluginConfigError(
+            "url", f"{_redacted(url)!r} is not a database URL; allowed: sqlite:///file.db or postgresql://user@host/db"
+        ) from None
+
+
 class DatabaseSink:
     """Rows go to `table`; in the same transaction each token id goes to `elspeth_sink_tokens` in
     the target database, so a resumed run skips rows it committed already (never writes twice)."""
@@ -250,6 +263,7 @@ class DatabaseSink:
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "url", "table", "if_exists")
         self.url = o.str_("url", required=True)
+        _check_url(self.url)
         self.table_name = o.str_("table", required=True)
         self.if_exists = o.str_("if_exists", "append")
         if self.if_exists not in ("append", "replace"):
