@@ -26,10 +26,28 @@ class ExpressionError(Exception):
 _MAX_REPEAT = 1_000_000
 
 
+def _weight(value: Any, limit: int) -> int:
+    """How many items `value` holds counting nested ones (what `str()` of it would spell out),
+    counting no further than past `limit`."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, list | tuple | set | dict):
+        return 1
+    total = len(value)
+    for item in value.values() if isinstance(value, dict) else value:
+        if total > limit:
+            break
+        if isinstance(item, str | list | tuple | set | dict):
+            total += _weight(item, limit - total)
+    return total
+
+
 def _multiply(a: Any, b: Any) -> Any:
-    # `'x' * row['n']` must not be able to exhaust memory: repetition is capped.
+    # `'x' * row['n']` must not be able to exhaust memory: repetition is capped, counting nested
+    # items, so `[[0] * 1000000] * 1000000` (cheap itself, but not to print) is refused too.
     for seq, n in ((a, b), (b, a)):
-        if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > _MAX_REPEAT:
+        repeats = isinstance(seq, str | list | tuple) and isinstance(n, int) and not isinstance(n, bool) and n > 0
+        if repeats and _weight(seq, _MAX_REPEAT) * n > _MAX_REPEAT:
             raise ExpressionError(f"repetition result too large (over {_MAX_REPEAT} items)")
     return a * b
 
@@ -88,13 +106,16 @@ _DESCRIBE: dict[type[ast.AST], str] = {
 
 
 class Expression:
-    """A compiled expression. `evaluate(row)` returns its value or raises ExpressionError."""
+    """A compiled expression. `evaluate(row)` returns its value or raises ExpressionError.
+    `fields` are the row keys it names (`row['k']`, `row.get('k')`); None when a key is
+    computed, so which fields it reads cannot be known before it runs."""
 
-    __slots__ = ("_fn", "source")
+    __slots__ = ("_fn", "fields", "source")
 
-    def __init__(self, source: str, fn: Fn) -> None:
+    def __init__(self, source: str, fn: Fn, fields: frozenset[str] | None) -> None:
         self.source = source
         self._fn = fn
+        self.fields = fields
 
     def evaluate(self, row: Mapping[str, Any]) -> Any:
         try:
@@ -137,7 +158,27 @@ def _check_and_compile(source: str, tree: ast.Expression) -> Expression:
     for node in ast.walk(tree):  # then the constructs that are refused whatever they contain
         if type(node) in _DESCRIBE and not isinstance(node, ast.Attribute):
             raise ExpressionSyntaxError(_DESCRIBE[type(node)])
-    return Expression(source, _compile(tree.body))
+    return Expression(source, _compile(tree.body), _fields(tree))
+
+
+def _fields(tree: ast.Expression) -> frozenset[str] | None:
+    names: set[str] = set()
+    # `row` is either indexed (`row['k']`), asked (`row.get('k')`), or used whole (`'k' in row`).
+    indexed = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+    asked = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    for node in ast.walk(tree):
+        key: ast.AST | None = None
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "row":
+            key = node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            key = node.args[0]  # row.get(key, ...): the only method call the language allows
+        elif isinstance(node, ast.Name) and node.id == "row" and id(node) not in indexed | asked:
+            return None
+        if key is not None:
+            if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                return None
+            names.add(key.value)
+    return frozenset(names)
 
 
 def _compile(node: ast.AST) -> Fn:

@@ -529,6 +529,9 @@ def _check_coalesce(i: int, c: CoalesceSettings, errors: list[str]) -> None:
             errors.append(f"{path}.select_branch: found '{c.select_branch}'; allowed: {', '.join(branches)}")
 
 
+_TRIGGER_FIELDS = frozenset({"batch_count", "batch_age_seconds"})
+
+
 def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, errors: list[str]) -> None:
     tr, path = a.trigger, f"aggregations[{i}].trigger"
     if tr.count is None and tr.timeout_seconds is None and tr.condition is None:
@@ -539,9 +542,21 @@ def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, e
         errors.append(f"{path}.timeout_seconds: found {tr.timeout_seconds}; allowed: more than 0")
     if tr.condition is not None:
         try:
-            loaded.trigger_conditions[a.name] = compile_expression(tr.condition)
+            condition = compile_expression(tr.condition)
         except ExpressionSyntaxError as e:
             errors.append(f"{path}.condition (aggregation '{a.name}'): {e}")
+        else:
+            # It sees the batch, not a row: anything else it names could never be there.
+            if condition.fields is None:
+                found = "the whole row or a computed key"
+            else:
+                found = ", ".join(f"row[{f!r}]" for f in sorted(condition.fields - _TRIGGER_FIELDS))
+            if found:
+                errors.append(
+                    f"{path}.condition (aggregation '{a.name}'): found {found}; "
+                    "allowed: row['batch_count'], row['batch_age_seconds']"
+                )
+            loaded.trigger_conditions[a.name] = condition
     if a.expected_output_count is not None and a.expected_output_count < 0:
         errors.append(f"aggregations[{i}].expected_output_count: found {a.expected_output_count}; allowed: 0 or more")
 

@@ -98,6 +98,8 @@ def test_refused_constructs_say_what_is_not_allowed(source: str, says: str) -> N
         ("row['l'][5]", {"l": [1]}, "IndexError"),
         ("{row['l']: 1}", {"l": [1]}, "TypeError"),
         ("row['s'] * row['n']", {"s": "ab", "n": 10**9}, "too large"),
+        ("len(str([[0] * 1000000] * 1000000)) > 0", {}, "too large"),  # nested: cheap to build, not to print
+        ("[row['l'] * 1000] * 1000", {"l": [[1, 2]]}, "too large"),
         ("'%s' % row['s']", {"s": "x"}, "string formatting"),
         ("int(row['f'])", {"f": float("inf")}, "OverflowError"),
     ],
@@ -152,3 +154,18 @@ def test_evaluation_never_raises_anything_but_expression_error(row: dict[str, An
     for source in VALID:
         with contextlib.suppress(ExpressionError):  # the only exception allowed out
             compile_expression(source).evaluate(row)
+
+
+@pytest.mark.parametrize(
+    ("source", "fields"),
+    [
+        ("row['a'] > row.get('b', 1)", {"a", "b"}),
+        ("True", set()),
+        ("row[row['k']] == 1", None),  # a computed key
+        ("'a' in row", None),  # the whole row
+        ("len(row) > 2", None),
+    ],
+)
+def test_the_fields_an_expression_names_are_known_before_it_runs(source: str, fields: set[str] | None) -> None:
+    found = compile_expression(source).fields
+    assert found == (None if fields is None else frozenset(fields))

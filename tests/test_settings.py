@@ -202,6 +202,10 @@ def test_trigger_conditions_are_compiled_at_load(tmp_path: Path) -> None:
     text = BASE.replace("on_success: out\n", "on_success: q\n") + agg
     (line,) = _errors(tmp_path, text.replace("CONDITION", "\"row['batch_count'].bit_length() > 2\""))
     assert line.startswith("aggregations[0].trigger.condition (aggregation 'agg'): attribute access")
+    (line,) = _errors(tmp_path, text.replace("CONDITION", "\"row['batch_cout'] > 2 or row.get('v') == 1\""))
+    assert line.endswith("found row['batch_cout'], row['v']; allowed: row['batch_count'], row['batch_age_seconds']")
+    (line,) = _errors(tmp_path, text.replace("CONDITION", '"len(row) > 2"'))
+    assert "found the whole row or a computed key" in line
     loaded = load_settings(_write(tmp_path, text.replace("CONDITION", "\"row['batch_count'] >= 3\"")), {})
     assert loaded.trigger_conditions["agg"].evaluate({"batch_count": 3, "batch_age_seconds": 0.5}) is True
 
