@@ -35,7 +35,7 @@ _COPY_TABLES: dict[str, tuple[str, ...]] = {
         "route",
         "duration_us",
     ),
-    "token_outcomes": ("run_id", "token_id", "outcome", "node", "sink", "reason", "seq"),
+    "token_outcomes": ("run_id", "token_id", "outcome", "node", "sink", "reason", "detail", "seq"),
     "batch_members": ("run_id", "batch_id", "token_id", "seq"),
     "artifacts": ("run_id", "seq", "sink", "position", "rows", "location"),
 }
@@ -133,7 +133,8 @@ class Projector:
         node = getattr(e, "node", None)
         sink = getattr(e, "sink", None)
         reason = getattr(e, "reason", None)
-        self._rows["token_outcomes"].append((self.run_id, token_id, outcome, node, sink, reason, seq))
+        detail = getattr(e, "detail", None)
+        self._rows["token_outcomes"].append((self.run_id, token_id, outcome, node, sink, reason, detail, seq))
         self._metrics[f"outcome.{outcome}"] += 1
         if sink is not None:
             self._metrics[f"sink.{sink}.rows"] += 1

@@ -139,7 +139,8 @@ token_outcomes = Table(
     Column("outcome", Text, nullable=False),
     Column("node", Text),
     Column("sink", Text),
-    Column("reason", Text),
+    Column("reason", Text),  # a category: row_error, batch_failed, late_arrival, ...
+    Column("detail", Text),  # what exactly went wrong, in words (migration 0002)
     Column("seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "token_id"),
 )

@@ -214,6 +214,13 @@ def test_a_batch_error_fails_every_token_in_it(db: Database, tmp_path: Path) -> 
     assert_invariants(r.fold)
     assert r.outcomes()["failed"] == 2  # the first batch mixes 'a' and 'b'
     assert len(r.rows("out/out.csv")) == 1
+    with db.connect() as conn:  # the category and the words both reach the analysts' table
+        failed = conn.execute(
+            "SELECT reason, detail FROM token_outcomes WHERE run_id = %s AND outcome = 'failed'", (r.outcome.run_id,)
+        ).fetchall()
+    assert len(failed) == 2 and all(
+        reason == "batch_failed" and "mixes values of 'note'" in detail for reason, detail in failed
+    )
 
 
 GATE = """

@@ -89,7 +89,7 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
                     raise ElspethCliError(f"run {run_id} has no token {token_id}")
                 row_index = found[0]
             tokens = conn.execute(
-                "SELECT t.token_id, t.branch, t.data_hash, o.outcome, o.node, o.sink, o.reason "
+                "SELECT t.token_id, t.branch, t.data_hash, o.outcome, o.node, o.sink, o.reason, o.detail "
                 "FROM tokens t LEFT JOIN token_outcomes o USING (run_id, token_id) "
                 "WHERE t.run_id = %s AND t.row_index = %s ORDER BY t.created_seq",
                 (run_id, row_index),
@@ -110,7 +110,7 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
     for s in steps:
         by_token.setdefault(s[0], []).append(s)
     click.echo(f"run {run_id}, row {row_index}")
-    for tid, branch, h, outcome, node, sink, reason in tokens:
+    for tid, branch, h, outcome, node, sink, reason, detail in tokens:
         if token_id is not None and tid != token_id:
             continue
         click.echo(f"token {tid}{f' (branch {branch})' if branch else ''}")
@@ -120,7 +120,7 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
             click.echo(f"  {step_node}{label} ({dur} µs): {_fmt(data[out])}")
         where = f" at {node}" if node else ""
         into = f" into {sink}" if sink else ""
-        why = f": {reason}" if reason else ""
+        why = "".join(f": {text}" for text in (reason, detail) if text)
         click.echo(f"  outcome: {outcome or 'not yet ended'}{where}{into}{why}")
 
 
