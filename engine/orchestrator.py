@@ -57,7 +57,39 @@ class Pipeline:
 def build_pipeline(loaded: LoadedSettings) -> Pipeline:
     """Build the DAG and every plugin. Raises SettingsError naming the key path of a bad option."""
     s = loaded.settings
+    errors, dag, source, built, sinks = _build(loaded)
+    if errors or dag is None:
+        raise SettingsError(errors)
+    on_vf = str(s.source.options.get("on_validation_failure", "discard"))
+    nodes = Nodes(
+        dag=dag,
+        transforms={t.name: (t, built[t.name]) for t in s.transforms},
+        gates={g.name: (g, loaded.gate_conditions[g.name]) for g in s.gates},
+        coalesces={c.name: c for c in s.coalesce},
+        aggregations={a.name: (a, built[a.name], loaded.trigger_conditions.get(a.name)) for a in s.aggregations},
+        sinks=sinks,
+        on_validation_failure=on_vf,
+        coalesce_of_branch={b: c for c, bs in dag.coalesce_branches.items() for b in bs},
+        write_failure={name: sk.on_write_failure for name, sk in s.sinks.items()},
+        retry=s.retry,
+    )
+    decls = [
+        ev.NodeDecl(name=name, kind=kind, plugin=plugin, config_hash=_hash(cfg))
+        for name, kind, plugin, cfg in _node_table(loaded)
+    ]
+    return Pipeline(loaded, dag, source, nodes, decls)
+
+
+def pipeline_problems(loaded: LoadedSettings) -> list[str]:
+    """What is wrong with the DAG and the plugin options (one line each), without running."""
+    return _build(loaded)[0]
+
+
+def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str, Any], dict[str, Sink]]:
+    """The DAG and the plugins, and every problem found building them (DAG and options together)."""
+    s = loaded.settings
     errors: list[str] = []
+    dag: Dag | None = None
     try:
         dag = build_dag(s)
     except DagError as e:  # reported together with any bad plugin options below
@@ -80,26 +112,7 @@ def build_pipeline(loaded: LoadedSettings) -> Pipeline:
     sinks: dict[str, Sink] = {}
     for name, sk in s.sinks.items():
         sinks[name] = make("sink", sk.plugin, sk.options, f"sinks.{name}")
-    if errors:
-        raise SettingsError(errors)
-    on_vf = str(s.source.options.get("on_validation_failure", "discard"))
-    nodes = Nodes(
-        dag=dag,
-        transforms={t.name: (t, built[t.name]) for t in s.transforms},
-        gates={g.name: (g, loaded.gate_conditions[g.name]) for g in s.gates},
-        coalesces={c.name: c for c in s.coalesce},
-        aggregations={a.name: (a, built[a.name], loaded.trigger_conditions.get(a.name)) for a in s.aggregations},
-        sinks=sinks,
-        on_validation_failure=on_vf,
-        coalesce_of_branch={b: c for c, bs in dag.coalesce_branches.items() for b in bs},
-        write_failure={name: sk.on_write_failure for name, sk in s.sinks.items()},
-        retry=s.retry,
-    )
-    decls = [
-        ev.NodeDecl(name=name, kind=kind, plugin=plugin, config_hash=_hash(cfg))
-        for name, kind, plugin, cfg in _node_table(loaded)
-    ]
-    return Pipeline(loaded, dag, source, nodes, decls)
+    return errors, dag, source, built, sinks
 
 
 def _node_table(loaded: LoadedSettings) -> Iterator[tuple[str, str, str, Any]]:

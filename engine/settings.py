@@ -26,9 +26,12 @@ from engine.expressions import Expression, ExpressionSyntaxError, compile_expres
 class SettingsError(Exception):
     """Everything wrong with one settings file, one problem per line."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], loaded: LoadedSettings | None = None) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+        # The settings as decoded, when only checks across keys failed: the DAG and the plugin
+        # options can then still be checked, so that one pass reports every problem.
+        self.loaded = loaded
 
 
 class _S(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -230,12 +233,13 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         raise SettingsError([f"{where}: (top): more than {_MAX_NODES} values once YAML aliases are expanded"])
     data = _expand(raw, env, "", errors)
     settings = _decode_struct(Settings, data, "", errors)
-    if not isinstance(settings, Settings) or errors:
+    if not isinstance(settings, Settings):
         raise SettingsError([f"{where}: {e}" for e in errors] or [f"{where}: invalid settings"])
     try:
         canonical = msgspec.json.encode(data, order="deterministic")
     except (TypeError, msgspec.EncodeError) as e:  # e.g. option keys of mixed types
-        raise SettingsError([f"{where}: the settings cannot be recorded: {e}"]) from None
+        errors.append(f"(top): the settings cannot be recorded: {e}")
+        raise SettingsError([f"{where}: {e}" for e in errors]) from None
     loaded = LoadedSettings(
         settings=settings,
         path=path,
@@ -243,14 +247,14 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         redacted=_redact(msgspec.json.decode(canonical), env),
     )
     _check(loaded, errors)
-    if errors:
-        raise SettingsError([f"{where}: {e}" for e in errors])
     url = settings.landscape.url
     if url and not url.startswith(("sqlite", "postgresql", "postgres:")):
-        raise SettingsError(
-            [f"{where}: landscape.url: found {_redact_url(url, env)!r}; allowed: a postgresql:// URL (or the prior "
-             "system's sqlite:// URL, which is ignored with a warning)"]
-        )  # fmt: skip
+        errors.append(
+            f"landscape.url: found {_redact_url(url, env)!r}; allowed: a postgresql:// URL (or the prior system's "
+            "sqlite:// URL, which is ignored with a warning)"
+        )
+    if errors:
+        raise SettingsError([f"{where}: {e}" for e in errors], loaded)
     if url and url.startswith("sqlite"):
         loaded.warnings.append(
             f"{where}: landscape.url {_redact_url(url, env)} is not an audit store here (SQLite); using "
@@ -348,6 +352,11 @@ def _field_names(cls: type[msgspec.Struct]) -> list[str]:
     return [f.name for f in msgspec.structs.fields(cls)]
 
 
+class _Unknown(str):
+    """An unknown key's error. It is reported, but the struct is still built from its known keys,
+    so that the checks across keys (expressions, names, the DAG) report in the same pass."""
+
+
 def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: list[str]) -> Any:
     """`value` decoded as `cls`, or None after appending each problem (with its key path) to errors."""
     fields = msgspec.structs.fields(cls)
@@ -358,7 +367,7 @@ def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: lis
     before = len(errors)
     for key in value:
         if key not in names:
-            errors.append(f"{_join(path, key)}: unknown key; allowed: {', '.join(names)}")
+            errors.append(_Unknown(f"{_join(path, key)}: unknown key; allowed: {', '.join(names)}"))
     decoded: dict[str, Any] = {}
     for f in fields:
         if f.name not in value:
@@ -370,7 +379,7 @@ def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: lis
         if item is None and cls is Settings and not f.required:
             continue  # an empty top-level section (`transforms:` with nothing under it)
         decoded[f.name] = _convert(item, f.type, _join(path, f.name), errors)
-    if len(errors) > before:
+    if any(not isinstance(e, _Unknown) for e in errors[before:]):
         return None
     return cls(**decoded)
 

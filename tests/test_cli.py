@@ -218,3 +218,14 @@ def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(
     proc = elspeth("resume", run_id, cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
     assert (work / "later/high.csv").read_text().splitlines() == ["id,v", "2,9"]
+
+
+def test_validate_reports_structure_expression_and_option_problems_in_one_pass(work: Path) -> None:
+    text = PIPELINE.replace("  on_success: raw\n", "  on_success: raw\n  bogus_top: 1\n", 1)
+    text = text.replace("condition: row['v'] > 5", "condition: __import__('os')")
+    text = text.replace("options: {path: out/low.csv}", "options: {path: out/low.csv, colour: red, size: 2}")
+    (work / "bad.yaml").write_text(text)
+    err = one_line_error(elspeth("validate", "-s", "bad.yaml", cwd=work), 2)
+    assert "source.bogus_top: unknown key" in err
+    assert "gates[0].condition (gate 'big'): calls to '__import__' are not allowed" in err
+    assert "sinks.low.options.colour: unknown option (so are size)" in err

@@ -14,7 +14,7 @@ from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError
 from engine.dag import DagError
 from engine.errors import EngineError, RunFailedError
-from engine.orchestrator import Outcome, Pipeline, build_pipeline, resume_run, start_run
+from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
 from engine.plugins.protocol import PluginError
 from engine.settings import SettingsError, load_settings
 from landscape.db import Database
@@ -30,7 +30,10 @@ def load_pipeline(path: Path) -> Pipeline:
             click.echo(f"elspeth: warning: {warning}", err=True)
         return build_pipeline(loaded)
     except SettingsError as e:
-        raise SettingsCliError(str(e)) from e
+        errors = list(e.errors)
+        if e.loaded is not None:  # the settings decoded: their DAG and plugin options can be checked too
+            errors += [m for m in pipeline_problems(e.loaded) if m not in errors]
+        raise SettingsCliError("\n".join(errors)) from e
     except DagError as e:
         raise SettingsCliError("\n".join(f"{path}: {m}" for m in e.errors)) from e
     except PluginError as e:

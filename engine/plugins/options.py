@@ -17,9 +17,10 @@ class Options:
     def __init__(self, options: Mapping[str, Any] | None, *allowed: str) -> None:
         self.options = dict(options or {})
         names = tuple(dict.fromkeys((*allowed, *_COMMON)))
-        for key in self.options:
-            if key not in names:
-                raise PluginConfigError(str(key), f"unknown option; allowed: {', '.join(names)}")
+        unknown = [str(key) for key in self.options if key not in names]
+        if unknown:
+            others = f" (so are {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+            raise PluginConfigError(unknown[0], f"unknown option{others}; allowed: {', '.join(names)}")
 
     def raw(self, key: str) -> Any:
         return self.options.get(key)
