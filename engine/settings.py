@@ -260,6 +260,10 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
             f"{where}: landscape.url {_redact_url(url, env)} is not an audit store here (SQLite); using "
             "PostgreSQL (the embedded one, or --database / ELSPETH_DATABASE_URL)"
         )
+    if settings.landscape.export.enabled:
+        loaded.warnings.append(
+            f"{where}: landscape.export is recorded with the run but not acted on: this version has no export"
+        )
     loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
     return loaded
 
@@ -571,6 +575,8 @@ def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, e
 
 
 def _check_sections(s: Settings, errors: list[str]) -> None:
+    if not s.sinks:
+        errors.append("sinks: found no sinks; allowed: a mapping of at least one sink name -> {plugin, options}")
     r = s.retry
     for key, value, low in (
         ("max_attempts", r.max_attempts, 1),

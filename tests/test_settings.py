@@ -385,3 +385,13 @@ def test_a_landscape_url_that_is_not_postgresql_is_refused(tmp_path: Path, url: 
 def test_the_prior_systems_sqlite_landscape_url_is_a_warning(tmp_path: Path) -> None:
     loaded = load_settings(_write(tmp_path, BASE + "landscape: {url: 'sqlite:///audit.db'}\n"), {})
     assert len(loaded.warnings) == 1 and "is not an audit store here (SQLite)" in loaded.warnings[0]
+
+
+def test_a_pipeline_without_sinks_is_refused(tmp_path: Path) -> None:
+    lines = _errors(tmp_path, BASE.replace("  out: {plugin: csv, options: {path: out.csv}}", "  {}"))
+    assert "sinks: found no sinks; allowed: a mapping of at least one sink name -> {plugin, options}" in lines
+
+
+def test_export_settings_are_accepted_with_a_word_that_nothing_exports_yet(tmp_path: Path) -> None:
+    loaded = load_settings(_write(tmp_path, BASE + "landscape: {export: {enabled: true, format: jsonl}}\n"), {})
+    assert len(loaded.warnings) == 1 and "not acted on" in loaded.warnings[0]

@@ -40,6 +40,14 @@ def load_pipeline(path: Path) -> Pipeline:
         raise ElspethCliError(str(e)) from e
 
 
+def describe(pipeline: Pipeline) -> str:
+    """What a valid pipeline consists of, in one line (validate and --dry-run)."""
+    order = pipeline.dag.node_order
+    steps = f"{len(order)} step{'s' if len(order) != 1 else ''}" + (f" ({', '.join(order)})" if order else "")
+    sinks = sorted(pipeline.loaded.settings.sinks)
+    return f"source {pipeline.loaded.settings.source.plugin}, {steps}, sinks {', '.join(sinks)}"
+
+
 def _postgres_url(url: str | None) -> str | None:
     """`landscape.url` when it names PostgreSQL. The prior system's SQLite URLs are accepted in
     settings files, but the audit trail always lives in PostgreSQL (the embedded one then)."""
@@ -118,7 +126,8 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     sinks = {k.split(".")[1]: int(v) for k, v in sorted(m.items()) if k.startswith("sink.") and k.endswith(".rows")}
     for sink, location in places.items():
         click.echo(f"  sink {sink}: {sinks.get(sink, 0)} rows → {location}")
-    click.echo(f"  audit trail: {db.describe()} — `elspeth explain {outcome.run_id} --row 0`")
+    explain = f" — `elspeth explain {outcome.run_id} --row 0`" if rows_in else ""
+    click.echo(f"  audit trail: {db.describe()}{explain}")
 
 
 def _report(db: Database, go: Callable[[], Outcome]) -> None:
@@ -145,8 +154,7 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
     """Run a pipeline, recording every step of every row."""
     pipeline = load_pipeline(settings_path)
     if dry_run:
-        n = len(pipeline.decls)
-        click.echo(f"dry run: {settings_path} is valid: {n} nodes; order: {', '.join(pipeline.dag.node_order)}")
+        click.echo(f"dry run: {settings_path} is valid: {describe(pipeline)}; nothing was run")
         return
     progress = Progress()
     try:

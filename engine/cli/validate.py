@@ -15,11 +15,10 @@ def validate_cmd(settings_path: Path) -> None:
     """Check a settings file without running it; exit 2 listing every problem."""
     # The same path as `run` up to the first row: settings, DAG and plugins are built, so what
     # validate accepts, run accepts. Errors become SettingsCliError (exit 2), one line each.
-    from engine.cli.run import load_pipeline
+    from engine.cli.run import describe, load_pipeline
 
     pipeline = load_pipeline(settings_path)
     try:
-        nodes, sinks = len(pipeline.dag.nodes), len(pipeline.loaded.settings.sinks)
-        click.echo(f"OK: {settings_path}: {nodes} nodes, {sinks} sinks")
+        click.echo(f"OK: {settings_path}: {describe(pipeline)}")
     finally:
         pipeline.close()

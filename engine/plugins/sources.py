@@ -102,9 +102,9 @@ class _Lines:
                 self.text.append(text)
                 yield text
         except UnicodeDecodeError as e:
-            raise PluginError(
-                _NODE, f"{self.path}: not valid {self.encoding} after line {self.count}: {e.reason}"
-            ) from e
+            # The wrapper decodes blocks ahead of the lines it hands out: say roughly where.
+            where = f"after line {self.count}" if self.count else "within its first lines"
+            raise PluginError(_NODE, f"{self.path}: not valid {self.encoding} {where}: {e.reason}") from e
         finally:
             reader.detach()
 
@@ -283,7 +283,12 @@ class JsonSource:
                 raise PluginError(_NODE, f"{self.path} has no top-level key {self.data_key!r} (data_key)")
             data = data[self.data_key]
         if not isinstance(data, list):
-            hint = "set data_key to the key holding the array" if isinstance(data, dict) else "use format: jsonl"
+            if self.data_key is not None:
+                hint = f"data_key {self.data_key!r} must name the array"
+            elif isinstance(data, dict):
+                hint = "set data_key to the key holding the array"
+            else:
+                hint = "use format: jsonl"
             raise PluginError(
                 _NODE, f"{self.path}: expected a JSON array of objects, found {_json_type(data)} ({hint})"
             )
