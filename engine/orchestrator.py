@@ -197,6 +197,15 @@ class Execution:
         self.progress = progress
         self.stop = stop or Stop()
         self.writer = RunWriter(db.connect(), run_id, project=True, pipelined=True)
+        if self.writer.next_seq != fold.last_seq + 1:
+            # Another process wrote to the run between our reading its log and taking its lock
+            # (two resumes at once): what we folded is stale, and acting on it would be wrong.
+            self.writer.close()
+            raise ResumeRefused(
+                f"run {run_id} was continued by another process while this one read its log "
+                f"(log now at seq {self.writer.next_seq - 1}, read up to {fold.last_seq}); nothing was done — "
+                "see `elspeth runs`, then resume again if needed"
+            )
         self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock)
 
     def _emit(self, entity_id: str, event: ev.EventBase) -> None:
@@ -386,6 +395,13 @@ def resume_run(
             raise ResumeRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
         if writer_alive(conn, run_id):
             raise ResumeRefused(f"run {run_id} is still being written by another process; not resuming it")
+        # The projection is committed with the events it derives from: a quick answer for the
+        # common mistake, before folding a log of perhaps millions of events. The fold decides
+        # for every other case.
+        status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        conn.commit()
+        if status is not None and status[0] == "completed":
+            raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
     finally:
         conn.close()
     fold = fold_run(db, run_id)

@@ -1,0 +1,72 @@
+"""Two resumes of one run at once: the one that reads the log first and locks it second must
+notice that the log moved on, and do nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine.orchestrator as orchestrator
+from engine.errors import ResumeRefused
+from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
+from engine.settings import load_settings
+from landscape import faults
+from landscape.db import Database
+from tests.engine_harness import assert_invariants, write_csv
+
+SETTINGS = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'note: str']}, on_validation_failure: discard}
+transforms:
+- name: screen
+  plugin: keyword_filter
+  input: raw
+  on_success: out
+  on_error: discard
+  options: {fields: [note], blocked_patterns: ['bad']}
+sinks:
+  out: {plugin: csv, options: {path: out/out.csv}}
+"""
+
+
+def _load(path: Path) -> Pipeline:
+    return build_pipeline(load_settings(path))
+
+
+def test_a_resume_that_lost_the_race_changes_nothing(db: Database, tmp_path: Path, monkeypatch: Any) -> None:
+    write_csv(tmp_path / "in.csv", ["id", "note"], [[i, "ok"] for i in range(40)])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(SETTINGS)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run_id = f"run-race-{os.urandom(3).hex()}"
+        faults.configure("committed:3", raise_instead=True)
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(tmp_path / "settings.yaml"), commit_every=5, run_id=run_id)
+        faults.configure("")
+
+        real_fold = orchestrator.fold_run
+
+        def fold_then_lose_the_race(*args: Any, **kwargs: Any) -> Any:
+            stale = real_fold(*args, **kwargs)
+            monkeypatch.setattr(orchestrator, "fold_run", real_fold)
+            assert resume_run(db, run_id, _load).status == "completed"  # the other resume, start to end
+            return stale
+
+        monkeypatch.setattr(orchestrator, "fold_run", fold_then_lose_the_race)
+        done = fold_run(db, run_id)  # what the log holds before the late resume runs
+        with pytest.raises(ResumeRefused, match="continued by another process"):
+            resume_run(db, run_id, _load)
+        after = fold_run(db, run_id, strict=True)
+        assert after.last_seq > done.last_seq  # the winner's events are there...
+        assert_invariants(after)  # ...and nothing after them: the run is still completed
+        lines = (tmp_path / "out/out.csv").read_text().splitlines()
+        assert len(lines) == 41 and len(set(lines)) == 41  # header + every row once: no truncation
+    finally:
+        os.chdir(old)
