@@ -238,13 +238,18 @@ class Execution:
             )
             emit(self.run_id, ev.RunStarted())
         else:
+            try:  # a sink that cannot continue where the log says refuses the resume, unrecorded
+                self._open_sinks()
+            except PluginError as e:
+                raise ResumeRefused(f"run {self.run_id} cannot be resumed: {e}") from e
             if self.fold.status in ("running", "draining"):
                 # Its writer is gone (we hold the lock): record that before resuming.
                 emit(self.run_id, ev.RunInterrupted(reason="writer lost"))
             emit(self.run_id, ev.RunResumed(source_fingerprint=fingerprint, forced=forced))
         try:
+            if not resumed:
+                self._open_sinks()
             for name, sink in self.p.nodes.sinks.items():
-                self.proc.reopen_sink(name)
                 if name not in self.fold.sink_positions:
                     # The baseline: what was in the file before this run wrote anything.
                     position = self.proc.flush_sink(name)
@@ -255,6 +260,10 @@ class Execution:
             self._fail(str(e))
             raise RunFailedError(self.run_id, str(e)) from e
         self.writer.commit()
+
+    def _open_sinks(self) -> None:
+        for name in self.p.nodes.sinks:
+            self.proc.reopen_sink(name)
 
     def _reenter(self) -> None:
         """Put every non-terminal token of the fold back where the log says it is."""

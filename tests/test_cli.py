@@ -229,3 +229,19 @@ def test_validate_reports_structure_expression_and_option_problems_in_one_pass(w
     assert "source.bogus_top: unknown key" in err
     assert "gates[0].condition (gate 'big'): calls to '__import__' are not allowed" in err
     assert "sinks.low.options.colour: unknown option (so are size)" in err
+
+
+def test_resume_refuses_a_sink_file_cut_short_since_the_crash(db: Database, work: Path) -> None:
+    rows = [[i, 9] for i in range(40)]
+    write_csv(work / "in.csv", ["id", "v"], rows)
+    crashed = elspeth(
+        "run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": "committed:8"}
+    )
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+    (work / "out/high.csv").write_text("id,v\r\n")  # someone cut the file the run was writing
+    err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 1)
+    assert "cannot continue out/high.csv: it holds 6 bytes but the run had made" in err
+    assert (work / "out/high.csv").read_bytes() == b"id,v\r\n"  # not padded with NUL bytes
+    listed = {r["run_id"]: r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)}
+    assert listed[run_id]["status"] == "running" and listed[run_id]["resumes"] == 0  # nothing recorded

@@ -70,6 +70,14 @@ class _FileSink:
         try:
             f: BinaryIO
             if position is not None:
+                size = self.path.stat().st_size if self.path.exists() else 0
+                if size < position:
+                    # Truncating would pad with NUL bytes: the file is not the one the run wrote.
+                    raise PluginError(
+                        _NODE,
+                        f"cannot continue {self.path}: it holds {size} bytes but the run had made {position} "
+                        "durable, so it was cut or replaced since; restore it, or start a new run",
+                    )
                 f = self.path.open("r+b") if self.path.exists() else self.path.open("w+b")
                 f.truncate(position)
                 f.seek(position)
