@@ -245,7 +245,17 @@ class Execution:
             if self.fold.status in ("running", "draining"):
                 # Its writer is gone (we hold the lock): record that before resuming.
                 emit(self.run_id, ev.RunInterrupted(reason="writer lost"))
-            emit(self.run_id, ev.RunResumed(source_fingerprint=fingerprint, forced=forced))
+            new_settings = self.p.loaded.text_hash != self.fold.settings_hash
+            emit(
+                self.run_id,
+                ev.RunResumed(
+                    source_fingerprint=fingerprint,
+                    forced=forced,
+                    settings_hash=self.p.loaded.text_hash if new_settings else None,
+                    settings=self.p.loaded.redacted if new_settings else None,
+                    nodes=self.p.decls if new_settings else None,
+                ),
+            )
         try:
             if not resumed:
                 self._open_sinks()
@@ -420,7 +430,8 @@ def resume_run(
         # Relative paths in the settings (inputs, outputs) resolve as they did for the run.
         os.chdir(fold.working_dir)
     pipeline = load(settings_path or Path(fold.settings_path))
-    if pipeline.loaded.text_hash != fold.settings_hash and not force:
+    settings_changed = pipeline.loaded.text_hash != fold.settings_hash
+    if settings_changed and not force:
         raise ResumeRefused(
             f"the settings of run {run_id} changed since it started ({fold.settings_path}); "
             "resume with --force to continue with the new settings"
@@ -445,7 +456,7 @@ def resume_run(
             stop=stop,
         )
         try:
-            ex.start(resumed=True, forced=force and changed, fingerprint=fingerprint)
+            ex.start(resumed=True, forced=force and (changed or settings_changed), fingerprint=fingerprint)
             status = ex.run()
         finally:
             ex.close()

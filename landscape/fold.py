@@ -125,6 +125,8 @@ class RunFold:
         self._run(e)
         self.resumes += 1
         self.source_fingerprint = e.source_fingerprint
+        if e.settings_hash is not None:  # resumed under changed settings: later resumes compare to these
+            self.settings_hash = e.settings_hash
 
     def _run_plain(self, _id: str, e: ev.EventBase) -> None:
         self._run(e)

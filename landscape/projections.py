@@ -75,6 +75,7 @@ class Projector:
         self._metrics: Counter[str] = Counter()
         self._run_insert: tuple[Any, ...] | None = None
         self._run_update: dict[str, Any] = {}
+        self._nodes_changed: list[tuple[str, str, str, str, str]] = []
         self._coalesces: dict[str, dict[str, Any]] = {}
         self._batches: dict[str, dict[str, Any]] = {}
         self._last_seq = -1
@@ -113,6 +114,13 @@ class Projector:
         )
         for n in e.nodes:
             self._rows["nodes"].append((run_id, n.name, n.kind, n.plugin, n.config_hash))
+
+    def _run_resumed(self, seq: int, run_id: str, e: ev.RunResumed, at_us: int) -> None:
+        self._run_update["source_fingerprint"] = e.source_fingerprint
+        if e.settings_hash is not None:  # continued under changed settings (--force)
+            self._run_update["settings_hash"] = e.settings_hash
+        for n in e.nodes or ():
+            self._nodes_changed.append((run_id, n.name, n.kind, n.plugin, n.config_hash))
 
     def _token_created(self, seq: int, token_id: str, e: ev.TokenCreated, at_us: int) -> None:
         r = self.run_id
@@ -252,7 +260,7 @@ class Projector:
         u = self._run_update
         sets = ["last_seq = %s"]
         params: list[Any] = [self._last_seq]
-        for col in ("status", "ended_at"):
+        for col in ("status", "ended_at", "source_fingerprint", "settings_hash"):
             if col in u:
                 sets.append(f"{col} = %s")
                 params.append(u[col])
@@ -261,6 +269,14 @@ class Projector:
             params.append(u["resumes"])
         if self._last_seq >= 0:
             cur.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = %s", [*params, r])
+        if self._nodes_changed:
+            cur.executemany(
+                "INSERT INTO nodes (run_id, node, kind, plugin, config_hash) VALUES (%s,%s,%s,%s,%s) "
+                "ON CONFLICT (run_id, node) DO UPDATE SET kind = EXCLUDED.kind, plugin = EXCLUDED.plugin, "
+                "config_hash = EXCLUDED.config_hash",
+                self._nodes_changed,
+            )
+            self._nodes_changed = []
         self._metrics.clear()
         self._run_insert = None
         self._run_update = {}
@@ -271,6 +287,7 @@ class Projector:
 _Feed = Callable[[Projector, int, str, Any, int], None]
 _FEED: dict[type[ev.EventBase], _Feed] = {
     ev.RunCreated: Projector._run_created,
+    ev.RunResumed: Projector._run_resumed,
     ev.TokenCreated: Projector._token_created,
     ev.StepCompleted: Projector._step,
     ev.TokenBuffered: Projector._buffered,

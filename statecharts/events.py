@@ -42,7 +42,11 @@ class RunStarted(EventBase, frozen=True):
 
 class RunResumed(EventBase, frozen=True):
     source_fingerprint: str
-    forced: bool = False  # resumed despite a changed input (`--force`)
+    forced: bool = False  # resumed despite a changed input or changed settings (`--force`)
+    # Set only when the settings changed (with --force): what the run continues under from here.
+    settings_hash: str | None = None
+    settings: dict[str, object] | None = None  # redacted, as in RunCreated
+    nodes: list[NodeDecl] | None = None
 
 
 class SinkFlushed(EventBase, frozen=True):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.clock import Clock
+from engine.clock import Clock, FakeClock
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, fold_run, start_run
 from engine.plugins.protocol import SourceItem
 from engine.settings import load_settings
+from landscape import faults
 from landscape.db import Database
 from landscape.fold import RunFold
 
@@ -110,3 +114,68 @@ def assert_invariants(fold: RunFold) -> None:
     assert fold.coalesces == {}, f"open coalesces: {sorted(fold.coalesces)[:5]}"
     assert fold.batches == {}, f"open batches: {sorted(fold.batches)[:5]}"
     assert fold.ended is not None and len(fold.ended) == fold.accounted()
+
+
+class SourceClock(FakeClock):
+    """Virtual time that is a function of the source position: record `i` is read at
+    `time_of(i)` (`step` seconds apart, plus `gap` from record `gap_at` on: the source was idle
+    that long before it). A crashed run and its resume therefore see the same time at the same
+    record, and deadlines fire at the same point of the input as in an uninterrupted run."""
+
+    def __init__(self, step: float = 0.125, *, gap_at: int | None = None, gap: float = 0.0) -> None:
+        super().__init__()
+        self.origin = self.t
+        self.step = step
+        self.gap_at = gap_at
+        self.gap = gap
+
+    def time_of(self, index: int) -> float:
+        late = self.gap if self.gap_at is not None and index >= self.gap_at else 0.0
+        return self.origin + self.step * max(index, 0) + late
+
+    def resume_at(self, fold: RunFold) -> None:
+        """Set the time to when the run's last committed record was read (nothing is read
+        again before the source continues, so this is where an uninterrupted run stood)."""
+        self.t = self.time_of(fold.source_records - 1)
+
+
+class ClockedSource:
+    """A source whose records move a `SourceClock` to their time as they are read."""
+
+    kind = "source"
+
+    def __init__(self, inner: Any, clock: SourceClock) -> None:
+        self.inner = inner
+        self.clock = clock
+
+    def fingerprint(self) -> str:
+        return str(self.inner.fingerprint())
+
+    def read(self, start: int = 0) -> Iterator[SourceItem | None]:
+        for it in self.inner.read(start):
+            if it is not None:
+                self.clock.t = max(self.clock.t, self.clock.time_of(it.index))
+            yield it
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@contextmanager
+def counting_fault_points() -> Iterator[Counter[str]]:
+    """Count how often each fault point (landscape/faults.py) is reached while the block runs,
+    by wrapping `faults.reached` (which still does its own work)."""
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()  # `commit` and `committed` are reached on the writer's sender thread
+    original = faults.reached
+
+    def reached(point: str) -> None:
+        with lock:
+            counts[point] += 1
+        original(point)
+
+    faults.reached = reached  # type: ignore[assignment]
+    try:
+        yield counts
+    finally:
+        faults.reached = original  # type: ignore[assignment]

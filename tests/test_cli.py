@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -211,7 +212,9 @@ def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database,
 def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(db: Database, work: Path) -> None:
     (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "later/high.csv"))
     err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), 1)
-    run_id = err.split("elspeth resume ")[-1].strip().strip("`")
+    found = re.search(r"`elspeth resume ([\w-]+)`", err)
+    assert found, err
+    run_id = found.group(1)
     listed = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)
     assert {r["run_id"]: r["status"] for r in listed}[run_id] == "failed"
     (work / "later").mkdir()
@@ -245,3 +248,24 @@ def test_resume_refuses_a_sink_file_cut_short_since_the_crash(db: Database, work
     assert (work / "out/high.csv").read_bytes() == b"id,v\r\n"  # not padded with NUL bytes
     listed = {r["run_id"]: r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)}
     assert listed[run_id]["status"] == "running" and listed[run_id]["resumes"] == 0  # nothing recorded
+
+
+def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(db: Database, work: Path) -> None:
+    from landscape.store import read_events
+    from statecharts import events as ev
+
+    write_csv(work / "in.csv", ["id", "v"], [[i, i % 10] for i in range(40)])
+    crashed = elspeth(
+        "run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": "committed:8"}
+    )
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+    (work / "settings.yaml").write_text(PIPELINE.replace("row['v'] > 5", "row['v'] > 4"))
+    assert "resume with --force" in one_line_error(elspeth("resume", run_id, cwd=work, db=db), 1)
+    proc = elspeth("resume", run_id, "--force", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    with db.connect() as conn:
+        resumed = [e.event for e in read_events(conn, run_id) if isinstance(e.event, ev.RunResumed)]
+        (hash_now,) = conn.execute("SELECT settings_hash FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert len(resumed) == 1 and resumed[0].forced and resumed[0].settings_hash == hash_now
+    assert resumed[0].settings is not None and resumed[0].nodes

@@ -1,51 +1,227 @@
-"""The compiled tables and the `transitions` machines are the same machines."""
+"""The compiled tables and the `transitions` machines are the same machines.
+
+The reference's behaviour is read off fresh `transitions` models: `_reference_edges` fires every
+known trigger from every state. From it come the legal moves the property test mostly draws (so
+long walks reach deep and terminal states), and the exact edge sets the compiled tables must have.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections import deque
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from statecharts import events as ev
 from statecharts.compiled import COMPILED, EVENT_MACHINE, InvalidTransition
 from statecharts.machines import INITIAL, MACHINES, TokenState
 from statecharts.mermaid import render_all
 from statecharts.reference import ReferenceModel
 
 ROOT = Path(__file__).resolve().parent.parent
+MACHINE_NAMES = sorted(MACHINES)
+
+# Every trigger of every machine (another machine's trigger must be rejected too) and one nobody has.
+ALL_TRIGGERS: tuple[str, ...] = tuple(sorted({t.trigger for m in MACHINES.values() for t in m.transitions} | {"bogus"}))
+# Every event type the store can hold, and one that does not exist.
+ALL_EVENTS: tuple[str, ...] = (*sorted(ev.EVENT_TYPES), "NoSuchEvent")
+
+Edge = tuple[str, str, str]  # (state, trigger, next state)
 
 
-def _triggers(name: str) -> list[str]:
-    return sorted({t.trigger for t in MACHINES[name].transitions} | {"bogus"})
+def _states(name: str) -> tuple[str, ...]:
+    return (INITIAL, *MACHINES[name].states)
 
 
-@pytest.mark.parametrize("name", sorted(MACHINES))
-def test_compiled_table_accepts_and_rejects_exactly_what_transitions_does(name: str) -> None:
-    @settings(max_examples=300, deadline=None)
-    @given(st.lists(st.sampled_from(_triggers(name)), max_size=12))
-    def check(sequence: list[str]) -> None:
+def _reference_fire(name: str, state: str, trigger: str) -> str | None:
+    """The state a fresh `transitions` model in `state` moves to on `trigger`; None if it refuses."""
+    try:
+        return ReferenceModel(MACHINES[name], initial=state).fire(trigger)
+    except InvalidTransition:
+        return None
+
+
+@cache
+def _reference_edges(name: str) -> dict[tuple[str, str], str]:
+    """(state, trigger) -> next state, for everything the reference machine accepts."""
+    edges: dict[tuple[str, str], str] = {}
+    for state in _states(name):
+        for trigger in ALL_TRIGGERS:
+            after = _reference_fire(name, state, trigger)
+            if after is not None:
+                edges[(state, trigger)] = after
+    return edges
+
+
+@cache
+def _legal(name: str) -> dict[str, tuple[str, ...]]:
+    """The triggers the reference machine accepts in each state (empty for terminal states)."""
+    edges = _reference_edges(name)
+    return {s: tuple(sorted(t for (src, t) in edges if src == s)) for s in _states(name)}
+
+
+def _trigger_of_event(name: str) -> dict[str, str]:
+    """Event type name -> the trigger whose transition emits it, per the machine definition."""
+    return {t.event.__name__: t.trigger for t in MACHINES[name].transitions}
+
+
+def _event_of_trigger(name: str) -> dict[str, str]:
+    return {t.trigger: t.event.__name__ for t in MACHINES[name].transitions}
+
+
+def _bfs(edges: Mapping[tuple[str, str], str]) -> tuple[dict[str, tuple[str, ...]], set[Edge]]:
+    """Shortest trigger path from INITIAL to each reachable state, and every edge leaving one."""
+    paths: dict[str, tuple[str, ...]] = {INITIAL: ()}
+    reached: set[Edge] = set()
+    queue = deque([INITIAL])
+    while queue:
+        state = queue.popleft()
+        for (src, trigger), after in sorted(edges.items()):
+            if src != state:
+                continue
+            reached.add((src, trigger, after))
+            if after not in paths:
+                paths[after] = (*paths[state], trigger)
+                queue.append(after)
+    return paths, reached
+
+
+def _compiled_edges(name: str) -> dict[tuple[str, str], str]:
+    return {key: after for key, (after, _event) in COMPILED[name].by_trigger.items()}
+
+
+def _compiled_fire(name: str, state: str, trigger: str) -> tuple[str, str] | None:
+    """(next state, event type name) from the compiled by_trigger table; None if it refuses."""
+    try:
+        return COMPILED[name].fire(state, trigger)
+    except InvalidTransition:
+        return None
+
+
+def _compiled_apply(name: str, state: str, event_name: str) -> str | None:
+    """Next state from the compiled by_event table (what the fold uses); None if it refuses."""
+    try:
+        return COMPILED[name].apply(state, event_name)
+    except InvalidTransition:
+        return None
+
+
+# -- reachability and exact edge sets (deterministic) -------------------------------------------
+
+
+@pytest.mark.parametrize("name", MACHINE_NAMES)
+def test_every_state_is_reachable_in_the_reference_machine(name: str) -> None:
+    paths, _ = _bfs(_reference_edges(name))
+    assert set(paths) == set(_states(name))
+    # Replaying each shortest path on one live model lands where the BFS says it does.
+    for state, path in paths.items():
         ref = ReferenceModel(MACHINES[name])
+        for trigger in path:
+            ref.fire(trigger)
+        assert ref.state == state, (name, path)
+
+
+@pytest.mark.parametrize("name", MACHINE_NAMES)
+def test_terminal_states_are_exactly_the_reference_states_with_no_way_out(name: str) -> None:
+    dead_ends = {s for s, triggers in _legal(name).items() if not triggers}
+    assert dead_ends == MACHINES[name].terminal == COMPILED[name].terminal
+
+
+@pytest.mark.parametrize("name", MACHINE_NAMES)
+def test_compiled_by_trigger_has_exactly_the_reference_edges(name: str) -> None:
+    ref_paths, ref_reached = _bfs(_reference_edges(name))
+    got_paths, got_reached = _bfs(_compiled_edges(name))
+    assert got_paths.keys() == ref_paths.keys()
+    assert got_reached == ref_reached
+    # Also the entries no walk from INITIAL reaches (there should be none): the whole table.
+    assert _compiled_edges(name) == _reference_edges(name)
+    # Each edge emits the event its transition names.
+    emits = _event_of_trigger(name)
+    for (_state, trigger), (_after, event_name) in COMPILED[name].by_trigger.items():
+        assert event_name == emits[trigger], (name, trigger)
+
+
+@pytest.mark.parametrize("name", MACHINE_NAMES)
+def test_compiled_by_event_agrees_with_firing_the_emitting_trigger_in_the_reference(name: str) -> None:
+    trigger_of = _trigger_of_event(name)
+    accepted: dict[tuple[str, str], str] = {}
+    for state in _states(name):
+        for event_name in ALL_EVENTS:
+            trigger = trigger_of.get(event_name)  # None: another machine's event, or no event at all
+            expected = None if trigger is None else _reference_fire(name, state, trigger)
+            got = _compiled_apply(name, state, event_name)
+            assert got == expected, (name, state, event_name, trigger)
+            if got is not None:
+                accepted[(state, event_name)] = got
+    assert accepted == COMPILED[name].by_event  # and the table holds nothing else
+
+
+# -- random walks (hypothesis) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MACHINE_NAMES)
+def test_compiled_tables_follow_the_reference_step_by_step(name: str) -> None:
+    machine = MACHINES[name]
+    legal = _legal(name)
+    paths, _ = _bfs(_reference_edges(name))
+    goals = sorted(_reference_edges(name))
+    emits = _event_of_trigger(name)
+    own_triggers = (*sorted(emits), "bogus")
+    visited: set[str] = set()
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        # Aim at one edge first (the shortest path to its source, then its trigger), so that every
+        # edge and every state, terminal ones included, starts many walks. Then wander: mostly by a
+        # trigger legal where the walk is, otherwise by any trigger (mostly this machine's own, the
+        # likely mistakes), so that refusals, in terminal states too, are tested as well.
+        source, goal_trigger = data.draw(st.sampled_from(goals), label="goal")
+        aim = (*paths[source], goal_trigger)
+        wander = data.draw(st.integers(min_value=0, max_value=12), label="wander")
+        ref = ReferenceModel(machine)
         state = INITIAL
-        compiled = COMPILED[name]
-        for trigger in sequence:
+        visited.add(state)
+        for step in range(len(aim) + wander):
+            if step < len(aim):
+                trigger = aim[step]
+            elif legal[state] and data.draw(st.integers(min_value=0, max_value=4)) > 0:
+                trigger = data.draw(st.sampled_from(legal[state]))
+            else:
+                trigger = data.draw(st.sampled_from(own_triggers) | st.sampled_from(ALL_TRIGGERS))
+            where = (name, state, trigger)
             try:
                 expected: str | None = ref.fire(trigger)
             except InvalidTransition:
                 expected = None
-            try:
-                state_after, _event = compiled.fire(state, trigger)
-                got: str | None = state_after
-            except InvalidTransition:
-                got = None
-            assert got == expected, (name, sequence, trigger)
-            if got is None:
-                return
-            state = got
+            fired = _compiled_fire(name, state, trigger)
+            assert (None if fired is None else fired[0]) == expected, where
+            if fired is None:
+                assert ref.state == state, where  # a refused trigger leaves the reference in place
+                if trigger in emits:  # and the fold must refuse that transition's event here too
+                    assert _compiled_apply(name, state, emits[trigger]) is None, where
+                continue
+            after, event_name = fired
+            assert event_name == emits[trigger], where
+            assert _compiled_apply(name, state, event_name) == after, where
+            state = after
+            assert ref.state == state, where
+            visited.add(state)
+        event(f"ended in {state}")
 
     check()
+    # The walks did reach every state, terminal ones included.
+    assert machine.terminal <= visited
+    assert visited == set(_states(name))
+
+
+# -- the rest ----------------------------------------------------------------------------------
 
 
 def test_each_event_type_belongs_to_exactly_one_transition_of_one_machine() -> None:

@@ -135,7 +135,9 @@ def _report(db: Database, go: Callable[[], Outcome]) -> None:
     try:
         outcome = go()
     except RunFailedError as e:
-        raise ElspethCliError(f"{e} — fix the cause, then `elspeth resume {e.run_id}`") from e
+        raise ElspethCliError(
+            f"{e} — fix the cause, then `elspeth resume {e.run_id}` (with --force if that meant changing the settings)"
+        ) from e
     except (EngineError, PluginError, LandscapeError) as e:
         raise ElspethCliError(str(e)) from e
     print_summary(db, outcome, time.monotonic() - started)
