@@ -225,3 +225,21 @@ def test_a_run_that_loses_its_database_connection_is_resumable(db: Database, tmp
         out, err = resumed.communicate(timeout=600)
         assert resumed.returncode == 0, out + err
     assert _outputs(work) == _outputs(reference)
+
+
+def test_replay_check_agrees_while_the_run_is_still_being_written(db: Database, tmp_path: Path) -> None:
+    work = tmp_path / "live"
+    _setup(work, "fork_coalesce")
+    proc = _elspeth(db, work, "run", "-s", "settings.yaml")
+    try:
+        assert _wait_for_events(db, proc, 300)
+        run_id, _status = _latest_run(db, _max_position(db) - 1)
+        replay = _elspeth(db, work, "replay", run_id, "--check")
+        out, err = replay.communicate(timeout=300)
+        assert replay.returncode == 0, out + err
+        assert "projections agree with the fold" in out
+    finally:
+        proc.communicate(timeout=600)
+    usage = _elspeth(db, work, "replay", run_id, "--check", "--as-of", "5")
+    _out, err = usage.communicate(timeout=60)
+    assert usage.returncode == 2 and "omit --as-of" in err

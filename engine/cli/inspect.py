@@ -25,27 +25,36 @@ from statecharts import events as ev
 @click.pass_context
 def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) -> None:
     """Rebuild a run from its events, checking the chain and every transition."""
+    if check and as_of is not None:
+        raise click.UsageError("--check compares the projections, which hold a run's latest state: omit --as-of")
     with database_from_ctx(ctx) as db:
         conn = db.connect()
         try:
+            # The projections and the seq they reflect, read in one statement: they are committed
+            # together, so a live run's later events cannot make them look wrong.
+            rows = conn.execute(
+                "SELECT r.last_seq, m.metric, m.value FROM runs r "
+                "LEFT JOIN run_metrics m ON m.run_id = r.run_id WHERE r.run_id = %s",
+                (run_id,),
+            ).fetchall()
+            conn.commit()
+            metrics = {metric: value for _seq, metric, value in rows if metric is not None}
+            upto = as_of if as_of is not None else (rows[0][0] if rows and check else None)
             verified = verify_chain(conn, run_id)
             fold = RunFold(run_id, ended=set())
             per_node: Counter[str] = Counter()
-            for e in read_events(conn, run_id, upto_seq=as_of):
+            for e in read_events(conn, run_id, upto_seq=upto):
                 event = e.event
                 fold.apply(e.seq, e.entity_id, event)
                 if isinstance(event, ev.StepCompleted | ev.TokenForked | ev.TokenExpanded):
                     per_node[event.node] += 1
-            metrics = dict(
-                conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,)).fetchall()
-            )
             conn.commit()
         except LandscapeError as e:
             raise ElspethCliError(str(e)) from e
         finally:
             conn.close()
     click.echo(f"run {run_id}: chain verified ({verified.events} events, head {verified.head.hex()[:16]})")
-    click.echo(f"state{'' if as_of is None else f' as of seq {as_of}'}: {fold.status} (seq {fold.last_seq})")
+    click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")
     click.echo(f"source records: {fold.source_records}{' (exhausted)' if fold.source_exhausted else ''}")
     click.echo("outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(fold.outcomes.items())) or "none"))
     click.echo("per node: " + (", ".join(f"{k} {v}" for k, v in sorted(per_node.items())) or "none"))
