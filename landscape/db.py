@@ -41,8 +41,14 @@ def normalise_url(url: str) -> str:
     return "postgresql" + url[len(parts.scheme) :]
 
 
+_USERINFO_PASSWORD = re.compile(r"(//[^:/@]+:)[^@]*@")
+# `?password=...` in a URL, or `password=...` in a libpq keyword string (quoted or not).
+_PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A database URL or conninfo fit to print: every password replaced by ***."""
+    return _PASSWORD_PARAM.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
 
 
 @dataclass

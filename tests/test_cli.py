@@ -269,3 +269,16 @@ def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(
         (hash_now,) = conn.execute("SELECT settings_hash FROM runs WHERE run_id = %s", (run_id,)).fetchone()
     assert len(resumed) == 1 and resumed[0].forced and resumed[0].settings_hash == hash_now
     assert resumed[0].settings is not None and resumed[0].nodes
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:hunter2@127.0.0.1:1/db",
+        "postgresql://u@127.0.0.1:1/db?password=hunter2",
+        "host=h password=hunter2",
+    ],
+)
+def test_a_database_password_is_never_printed(tmp_path: Path, url: str) -> None:
+    err = one_line_error(elspeth("--database", url, "runs", cwd=tmp_path), 1)
+    assert "hunter2" not in err and "***" in err

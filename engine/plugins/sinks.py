@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import os
-import re
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, BinaryIO, ClassVar
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row
 from engine.plugins.schema import Schema, parse_schema
+from landscape.db import redact
 
 _NODE = "sink"
 
@@ -415,9 +415,9 @@ def _redacted(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return redact(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+        return redact(url)
 
 
 def _sql_type(value: Any) -> Any:
