@@ -177,22 +177,43 @@ def _log_tail(log: Path) -> str:
 
 
 def _check_data_dir(pgdata: Path) -> None:
+    """Refuse, before anything is written, a data folder this process must not use."""
     version_file = pgdata / "PG_VERSION"
     if version_file.exists():
-        found = version_file.read_text().strip()
-        if not found.isdigit() or int(found) > BUNDLED_MAJOR:
+        found = version_file.read_text(errors="replace").strip()
+        major = found.split(".")[0]  # '9.6' before PostgreSQL 10, '18' since
+        if not major.isdigit():
+            raise DatabaseUnavailable(
+                f"the data folder {pgdata} has an unreadable PG_VERSION ({found!r}): it is not a data folder "
+                "ELSPETH can use; move it away, or use --database URL"
+            )
+        if int(major) > BUNDLED_MAJOR:
             raise DatabaseUnavailable(
                 f"the data folder {pgdata} was made by PostgreSQL {found}, newer than the bundled "
                 f"PostgreSQL {BUNDLED_MAJOR}: use the ELSPETH that made it, or --database URL"
             )
-        if int(found) < BUNDLED_MAJOR:
+        if int(major) < BUNDLED_MAJOR:
             raise DatabaseUnavailable(
                 f"the data folder {pgdata} was made by PostgreSQL {found}; the bundled server is "
                 f"{BUNDLED_MAJOR}: upgrade it with pg_upgrade, or use --database URL"
             )
-    if pgdata.exists() and not _as_root() and pgdata.stat().st_uid != os.geteuid():
+    if not pgdata.exists():
+        return
+    owner = pgdata.stat().st_uid
+    if _as_root():
+        # Root may hand its own folder to the server's user, never take someone else's.
+        import pwd
+
+        try:
+            ours: int | None = pwd.getpwnam(SYSTEM_USER).pw_uid
+        except KeyError:
+            ours = None
+        allowed = {0, ours}
+    else:
+        allowed = {os.geteuid()}
+    if owner not in allowed:
         raise DatabaseUnavailable(
-            f"the data folder {pgdata} belongs to another user (uid {pgdata.stat().st_uid}); "
+            f"the data folder {pgdata} belongs to another user (uid {owner}); "
             "run as that user, set ELSPETH_HOME to a folder of yours, or use --database URL"
         )
 
@@ -210,12 +231,12 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
     root = elspeth_home(home)
     pgdata = root / "pgdata"
     sockets = _socket_dir(root)
+    _check_data_dir(pgdata)
     try:
         root.mkdir(parents=True, exist_ok=True)
         sockets.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatabaseUnavailable(f"cannot create {root}: {e.strerror}; set ELSPETH_HOME or use --database URL") from e
-    _check_data_dir(pgdata)
     uid = gid = None
     if _as_root():
         uid, gid = _system_user()

@@ -74,12 +74,32 @@ def test_db_upgrade_in_an_empty_folder_starts_the_embedded_server_and_stops_it(t
     assert not (pgdata / "postmaster.pid").exists()
 
 
-def test_a_data_folder_from_a_newer_postgresql_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "says"),
+    [
+        ("99", "PostgreSQL 99, newer than"),
+        ("9.6", "PostgreSQL 9.6; the bundled server is"),
+        ("abc", "unreadable PG_VERSION"),
+    ],
+)
+def test_a_data_folder_this_server_cannot_use_is_a_clear_error(tmp_path: Path, version: str, says: str) -> None:
     pgdata = tmp_path / ".elspeth" / "pgdata"
     pgdata.mkdir(parents=True)
-    (pgdata / "PG_VERSION").write_text("99\n")
+    (pgdata / "PG_VERSION").write_text(version + "\n")
     err = one_line_error(elspeth("db", "upgrade", cwd=tmp_path), 1)
-    assert "PostgreSQL 99" in err and "--database" in err
+    assert says in err and "--database" in err
+    assert sorted(p.name for p in (tmp_path / ".elspeth").iterdir()) == ["pgdata"]  # nothing written
+
+
+def test_a_data_folder_of_another_user_is_refused_not_taken(tmp_path: Path) -> None:
+    pgdata = tmp_path / ".elspeth" / "pgdata"
+    pgdata.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("making a folder another user's needs root")
+    os.chown(pgdata, 65534, 65534)  # nobody
+    err = one_line_error(elspeth("db", "upgrade", cwd=tmp_path), 1)
+    assert "belongs to another user (uid 65534)" in err
+    assert pgdata.stat().st_uid == 65534
 
 
 @pytest.mark.parametrize("url", ["mysql://x@y/z", "postgresql://user@host:notaport/db"])
