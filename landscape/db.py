@@ -73,10 +73,13 @@ class Database:
 
 @contextmanager
 def open_database(
-    url: str | None = None, *, upgrade: bool = True, home: str | os.PathLike[str] | None = None
+    url: str | None = None, *, upgrade: bool = False, home: str | os.PathLike[str] | None = None
 ) -> Iterator[Database]:
-    """The configured database, or the embedded server (started now, stopped on exit), with the
-    schema migrated to head (`upgrade=True`) or checked to be current."""
+    """The configured database, or the embedded server (started now, stopped on exit).
+
+    An empty database gets the schema on first use. An older schema is upgraded only when asked
+    (`upgrade=True`, i.e. `elspeth db upgrade`): changing an audit store's schema is a decision,
+    not a side effect of listing its runs. Otherwise SchemaOutdated says what to run."""
     with ExitStack() as stack:
         resolved = resolve_url(url)
         if resolved is None:
@@ -85,7 +88,7 @@ def open_database(
         else:
             db = Database(resolved, resolved)
             db.connect().close()  # fail now, with one clear line, if it is unreachable
-        if upgrade:
+        if upgrade or current_revision(db) is None:
             migrate(db)
         else:
             check_schema(db)

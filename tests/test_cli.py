@@ -113,16 +113,27 @@ def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert "cannot connect" in err
 
 
-def test_an_outdated_schema_says_to_run_db_upgrade(server_url: str) -> None:
+def test_an_outdated_schema_says_to_run_db_upgrade_and_nothing_upgrades_it_silently(
+    server_url: str, tmp_path: Path
+) -> None:
     import psycopg
+    from alembic import command
 
+    from landscape.db import _alembic_config, head_revision
     from tests.conftest import _with_database
 
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute('DROP DATABASE IF EXISTS "t_unmigrated"')
-        admin.execute('CREATE DATABASE "t_unmigrated"')
-    with pytest.raises(SchemaOutdated, match="run `elspeth db upgrade`"):
-        check_schema(Database(_with_database(server_url, "t_unmigrated"), "unmigrated"))
+        admin.execute('DROP DATABASE IF EXISTS "t_outdated"')
+        admin.execute('CREATE DATABASE "t_outdated"')
+    old = Database(_with_database(server_url, "t_outdated"), "outdated")
+    command.upgrade(_alembic_config(old), "0001")  # as an earlier ELSPETH left it
+    err = one_line_error(elspeth("runs", cwd=tmp_path, db=old), 1)
+    assert "schema is at revision 0001" in err and "run `elspeth db upgrade`" in err
+    with pytest.raises(SchemaOutdated):
+        check_schema(old)  # listing runs did not upgrade it
+    assert elspeth("db", "upgrade", cwd=tmp_path, db=old).returncode == 0
+    check_schema(old)
+    assert head_revision() != "0001"
 
 
 def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:

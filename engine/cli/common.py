@@ -14,7 +14,7 @@ from landscape.errors import LandscapeError
 
 @contextmanager
 def database_from_ctx(
-    ctx: click.Context, *, upgrade: bool = True, settings_url: str | None = None
+    ctx: click.Context, *, upgrade: bool = False, settings_url: str | None = None
 ) -> Iterator[Database]:
     """The database of `--database` / ELSPETH_DATABASE_URL (these always win), else a
     PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`."""
