@@ -168,6 +168,7 @@ class Outcome:
     run_id: str
     status: str
     fold: RunFold
+    records_before: int = 0  # source records the run had read before this process took it up
 
 
 ProgressFn = Callable[[RunFold], None]
@@ -424,6 +425,7 @@ def resume_run(
     finally:
         conn.close()
     fold = fold_run(db, run_id)
+    records_before = fold.source_records
     if fold.status == "completed":
         raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
     if fold.working_dir and os.path.isdir(fold.working_dir):
@@ -460,4 +462,4 @@ def resume_run(
             status = ex.run()
         finally:
             ex.close()
-    return Outcome(run_id, status, fold)
+    return Outcome(run_id, status, fold, records_before)

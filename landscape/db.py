@@ -65,7 +65,10 @@ class Database:
             return psycopg.connect(self.conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DatabaseUnavailable(f"cannot connect to {redact(self.location)}: {first}") from e
+            raise DatabaseUnavailable(
+                f"cannot connect to {redact(self.location)}: {first} — check the server is up and the URL "
+                "(--database / ELSPETH_DATABASE_URL / landscape.url), or omit them for the embedded one"
+            ) from e
 
     def describe(self) -> str:
         return redact(self.location)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,30 @@ def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(
 def test_a_database_password_is_never_printed(tmp_path: Path, url: str) -> None:
     err = one_line_error(elspeth("--database", url, "runs", cwd=tmp_path), 1)
     assert "hunter2" not in err and "***" in err
+
+
+def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Path) -> None:
+    import psycopg
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", "db", "serve"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # audit store: ...
+        found = re.search(r"psql '([^']+)'", proc.stdout.readline())
+        assert found, "no connection line"
+        with psycopg.connect(found.group(1)) as conn:
+            assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert not (tmp_path / ".elspeth" / "pgdata" / "postmaster.pid").exists()  # stopped with it
+
+
+def test_explain_names_an_unknown_run_as_such(db: Database, work: Path) -> None:
+    err = one_line_error(elspeth("explain", "run-nope", "--row", "1", cwd=work, db=db), 1)
+    assert "no run run-nope" in err

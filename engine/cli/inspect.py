@@ -112,7 +112,12 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
         finally:
             conn.close()
         if not tokens:
-            raise ElspethCliError(f"run {run_id} has no row {row_index}")
+            known = _run_exists(db, run_id)
+            raise ElspethCliError(
+                f"run {run_id} has no row {row_index}"
+                if known
+                else f"no run {run_id} in {db.describe()} (see `elspeth runs`)"
+            )
         hashes = {t[2] for t in tokens} | {s[3] for s in steps}
         data = {h: decode_row(b) for h, b in load_payloads(db, hashes).items()}
     by_token: dict[str, list[Any]] = {}
@@ -131,6 +136,11 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
         into = f" into {sink}" if sink else ""
         why = "".join(f": {text}" for text in (reason, detail) if text)
         click.echo(f"  outcome: {outcome or 'not yet ended'}{where}{into}{why}")
+
+
+def _run_exists(db: Any, run_id: str) -> bool:
+    with db.connect() as conn:
+        return conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone() is not None
 
 
 def _fmt(row: Any) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 
 import click
 
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError
-from landscape.db import migrate
+from landscape.db import migrate, redact
 from landscape.store import writer_alive
 
 # Run states in which a writer is (or should be) at work.
@@ -28,7 +30,7 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
 
 @cli.group("db")
 def db_group() -> None:
-    """The audit store's schema."""
+    """The audit store: its schema, and access for SQL."""
 
 
 @db_group.command("upgrade")
@@ -37,6 +39,22 @@ def db_upgrade(ctx: click.Context) -> None:
     """Create or upgrade the audit store's schema."""
     with database_from_ctx(ctx, upgrade=True) as db:
         click.echo(f"schema at revision {migrate(db)} in {db.describe()}")
+
+
+@db_group.command("serve")
+@click.pass_context
+def db_serve(ctx: click.Context) -> None:
+    """Keep the audit store reachable for SQL tools until Ctrl-C, and print how to connect.
+
+    The embedded server otherwise stops when the last `elspeth` command ends."""
+    with database_from_ctx(ctx) as db:
+        click.echo(f"audit store: {db.describe()}")
+        click.echo(f"connect with: psql '{redact(db.conninfo)}'   (tables: docs/sql-cookbook.md)")
+        click.echo("serving until Ctrl-C", err=True)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()  # on exit the embedded server stops, unless another elspeth uses it
 
 
 @cli.command("runs")

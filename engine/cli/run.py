@@ -117,9 +117,13 @@ def _metrics(db: Database, run_id: str) -> tuple[dict[str, float], dict[str, str
 def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     m, places = _metrics(db, outcome.run_id)
     rows_in = int(m.get("rows_in", 0))
-    rate = rows_in / seconds if seconds > 0 else 0.0
+    now = rows_in - outcome.records_before  # a resumed run's rate is of what this process read
+    rate = now / seconds if seconds > 0 else 0.0
     click.echo(f"run {outcome.run_id} {outcome.status} in {seconds:.2f} s")
-    click.echo(f"  rows in: {rows_in} ({rate:,.0f} rows/s)")
+    if outcome.records_before:
+        click.echo(f"  rows in: {rows_in} ({now} since the resume, {rate:,.0f} rows/s)")
+    else:
+        click.echo(f"  rows in: {rows_in} ({rate:,.0f} rows/s)")
     outcomes = {k.split(".", 1)[1]: int(v) for k, v in sorted(m.items()) if k.startswith("outcome.")}
     if outcomes:
         click.echo("  outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
