@@ -1,28 +1,39 @@
 """Resume is replay: a crash at any point, then resume, gives what an uninterrupted run gives
-(ARCHITECTURE §8, invariant 5), and the projections equal the fold."""
+(ARCHITECTURE §8, invariant 5), and the projections equal the fold.
+
+Time is injected: every run here reads its source through a `ClockedSource`, which moves a
+`SourceClock` to a time fixed by the record's position. A crashed run and its resume therefore
+see the same time at the same record as an uninterrupted run, and coalesce and batch deadlines
+fire at the same point of the input (no sleeps)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from engine.clock import FakeClock
 from engine.errors import ResumeRefused
-from engine.orchestrator import build_pipeline, fold_run, resume_run, start_run
+from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
 from engine.settings import load_settings
 from landscape import faults
 from landscape.db import Database
-from landscape.projections import rebuild
-from tests.engine_harness import assert_invariants, write_csv
+from landscape.fold import RunFold
+from landscape.projections import PROJECTION_TABLE_NAMES, rebuild
+from landscape.store import StoredEvent, read_events
+from statecharts import events as ev
+from tests.engine_harness import ClockedSource, SourceClock, assert_invariants, counting_fault_points, write_csv
 
 SOURCE = """
 source:
@@ -82,9 +93,47 @@ coalesce:
 """
 
 
-def _agg(trigger: str, mode: str = "transform") -> str:
+def _fork_held(policy: str, extra: str = "") -> str:
+    """A fork whose branch b waits in a passthrough aggregation until 4 rows are there, so that
+    coalesces stay open across rows and their timeout (0.3 s: three records) fires first."""
+    return f"""
+gates:
+- name: split
+  input: raw
+  condition: 'True'
+  routes: {{'true': fork}}
+  fork_to: [a, b]
+transforms:
+- name: ta
+  plugin: truncate
+  input: a
+  on_success: a_done
+  on_error: discard
+  options: {{fields: {{note: 2}}}}
+aggregations:
+- name: hold
+  plugin: batch_replicate
+  input: b
+  on_success: b_done
+  on_error: alt
+  trigger: {{count: 4}}
+  output_mode: passthrough
+  options: {{copies_field: copies, include_copy_index: false}}
+coalesce:
+- name: join
+  branches: {{a: a_done, b: b_done}}
+  policy: {policy}
+  merge: union
+  on_success: out
+  timeout_seconds: 0.3
+  {extra}
+"""
+
+
+def _agg(trigger: str, mode: str = "transform", options: str | None = None) -> str:
     plugin = "batch_stats" if mode == "transform" else "batch_replicate"
-    options = "{value_field: v}" if mode == "transform" else "{copies_field: v, max_copies: 100}"
+    if options is None:
+        options = "{value_field: v}" if mode == "transform" else "{copies_field: v, max_copies: 100}"
     return f"""
 aggregations:
 - name: agg
@@ -129,6 +178,14 @@ gates:
     "agg_condition": _agg("{condition: \"row['batch_count'] >= 4\"}"),
     "agg_end_of_source": _agg("{count: 1000}"),
     "agg_passthrough": _agg("{count: 2}", mode="passthrough"),
+    # deadlines that fire while the source is read (SourceClock: a record every 0.125 s)
+    "fork_timeout_best_effort": _fork_held("best_effort"),
+    "fork_timeout_require_all": _fork_held("require_all"),
+    "fork_timeout_quorum": _fork_held("quorum", "quorum_count: 2"),
+    "agg_timeout": _agg("{count: 1000, timeout_seconds: 0.6}"),
+    "agg_timeout_passthrough": _agg(
+        "{count: 1000, timeout_seconds: 0.3}", mode="passthrough", options="{copies_field: copies}"
+    ),
     "explode": """
 transforms:
 - name: explode
@@ -164,83 +221,123 @@ def _workdir(kind: str, rows: int) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _load(path: Path):  # type: ignore[no-untyped-def]
+def _load(path: Path) -> Pipeline:
     return build_pipeline(load_settings(path))
+
+
+def _clocked(clock: SourceClock) -> Callable[[Path], Pipeline]:
+    """A loader (for `resume_run`) whose pipeline reads its source on `clock`."""
+
+    def load(path: Path) -> Pipeline:
+        pipeline = _load(path)
+        pipeline.source = ClockedSource(pipeline.source, clock)  # type: ignore[assignment]
+        return pipeline
+
+    return load
 
 
 def _outputs(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((path / "out").iterdir())}
 
 
-def _metrics(db: Database, run_id: str) -> dict[str, float]:
+def _metrics(db: Database, run_id: str) -> dict[str, int]:
     with db.connect() as conn:
-        return dict(conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,)).fetchall())
+        rows = conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,)).fetchall()
+    assert all(float(v).is_integer() for _, v in rows), rows
+    return {str(k): int(v) for k, v in rows}
 
 
-_reference: dict[tuple[str, int, int], tuple[dict[str, bytes], dict[str, int]]] = {}
+def _events(db: Database, run_id: str) -> list[StoredEvent]:
+    with db.connect() as conn:
+        return list(read_events(conn, run_id))
 
 
-def _uninterrupted(db: Database, kind: str, rows: int, commit_every: int) -> tuple[dict[str, bytes], dict[str, int]]:
-    key = (kind, rows, commit_every)
-    if key not in _reference:
-        with _workdir(kind, rows) as path:
-            outcome = start_run(db, _load(path / "settings.yaml"), commit_every=commit_every, clock=FakeClock())
-            fold = fold_run(db, outcome.run_id, strict=True)
-            assert_invariants(fold)
-            _reference[key] = (_outputs(path), {str(k): v for k, v in fold.outcomes.items()})
-    return _reference[key]
+# -- counted once: the projections against an independent fold of the events and the sinks ------
+
+_TERMINAL = {
+    "TokenCompleted": "completed",
+    "TokenRouted": "routed",
+    "TokenDiverted": "diverted",
+    "TokenQuarantined": "quarantined",
+    "TokenForked": "forked",
+    "TokenExpanded": "expanded",
+    "TokenCoalesced": "coalesced",
+    "TokenConsumed": "consumed_in_batch",
+    "TokenFailed": "failed",
+}
+_COUNTED = {
+    "CoalesceMerged": "coalesce.merged",
+    "CoalesceFailed": "coalesce.failed",
+    "BatchCompleted": "batch.completed",
+    "BatchFailed": "batch.failed",
+}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    kind=st.sampled_from(sorted(PIPELINES)),
-    point=st.sampled_from(["append", "sink_flush", "commit", "committed"]),
-    nth=st.integers(min_value=1, max_value=80),
-    commit_every=st.integers(min_value=1, max_value=6),
-    rows=st.integers(min_value=3, max_value=14),
-)
-def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
-    db: Database, kind: str, point: str, nth: int, commit_every: int, rows: int
-) -> None:
-    expected_outputs, expected_outcomes = _uninterrupted(db, kind, rows, commit_every)
-    with _workdir(kind, rows) as path:
-        pipeline = _load(path / "settings.yaml")
-        run_id = f"run-crash-{kind}-{point}-{nth}-{commit_every}-{rows}-{os.urandom(3).hex()}"
-        faults.configure(f"{point}:{nth}", raise_instead=True)
-        try:
-            start_run(db, pipeline, commit_every=commit_every, clock=FakeClock(), run_id=run_id)
-            crashed = False
-        except faults.SimulatedCrash:
-            crashed = True
-        finally:
-            faults.configure("")
-        if crashed:
-            committed = fold_run(db, run_id)
-            if committed.status == "initial":
-                return  # died before the run's first commit: nothing to resume, nothing written
-            if committed.status != "completed":  # (died after the last commit: nothing left to do)
-                resume_run(db, run_id, _load, commit_every=commit_every, clock=FakeClock())
-        os.chdir(path)
-        fold = fold_run(db, run_id, strict=True)
-        assert_invariants(fold)
-        assert {str(k): v for k, v in fold.outcomes.items()} == expected_outcomes
-        assert _outputs(path) == expected_outputs
-        # metrics are a projection: the resumed run's equal the fold's, with no double count
-        metrics = _metrics(db, run_id)
-        assert {k.removeprefix("outcome."): int(v) for k, v in metrics.items() if k.startswith("outcome.")} == (
-            expected_outcomes
-        )
-        assert metrics["rows_in"] == fold.source_records == rows + 1
-        # projections rebuilt from the events equal the incrementally maintained ones
-        before = _projection_snapshot(db, run_id)
-        with db.connect() as conn:
-            rebuild(conn, run_id)
-        assert _projection_snapshot(db, run_id) == before
+def _fold_events(events: list[StoredEvent]) -> tuple[Counter[str], dict[str, tuple[str, str | None]]]:
+    """What the metrics must be, counted here from the log itself (not by the projector), and
+    each token's one terminal outcome (and the sink it went to)."""
+    metrics: Counter[str] = Counter()
+    ended: dict[str, tuple[str, str | None]] = {}
+    for stored in events:
+        e = stored.event
+        name = type(e).__name__
+        if isinstance(e, ev.TokenCreated) and not e.parents:
+            metrics["rows_in"] += 1
+        elif isinstance(e, ev.StepCompleted):
+            metrics[f"node.{e.node}.processed"] += 1
+        elif isinstance(e, ev.SinkWriteFailed):
+            metrics[f"sink.{e.sink}.write_failures"] += 1
+        elif name in _COUNTED:
+            metrics[_COUNTED[name]] += 1
+        outcome = _TERMINAL.get(name)
+        if outcome is None:
+            continue
+        assert stored.entity_id not in ended, f"token {stored.entity_id} ended twice (seq {stored.seq})"
+        sink, node = getattr(e, "sink", None), getattr(e, "node", None)
+        ended[stored.entity_id] = (outcome, sink)
+        metrics[f"outcome.{outcome}"] += 1
+        if sink is not None:
+            metrics[f"sink.{sink}.rows"] += 1
+        if node is not None:
+            metrics[f"node.{node}.{outcome}"] += 1
+    return metrics, ended
+
+
+def _sink_rows(path: Path) -> Counter[str]:
+    """Rows actually in each sink's file."""
+    out = path / "out"
+    counts: Counter[str] = Counter()
+    if (out / "out.csv").exists():
+        with (out / "out.csv").open(newline="", encoding="utf-8") as f:
+            counts["out"] = sum(1 for _ in csv.DictReader(f))
+    if (out / "alt.json").exists() and (text := (out / "alt.json").read_text(encoding="utf-8")).strip():
+        counts["alt"] = len(json.loads(text))
+    if (out / "q.jsonl").exists():
+        counts["quarantine"] = sum(1 for line in (out / "q.jsonl").read_text(encoding="utf-8").splitlines() if line)
+    return +counts
+
+
+def _assert_counted_once(db: Database, run_id: str, path: Path) -> dict[str, int]:
+    """The run's metrics and token outcomes (projection tables) equal a fold of its events, and
+    the sinks hold exactly the rows the log says went to them. Returns the metrics."""
+    expected, ended = _fold_events(_events(db, run_id))
+    metrics = _metrics(db, run_id)
+    assert metrics == dict(expected)
+    with db.connect() as conn:
+        stored = conn.execute(
+            "SELECT token_id, outcome, sink FROM token_outcomes WHERE run_id = %s", (run_id,)
+        ).fetchall()
+    assert {t: (o, s) for t, o, s in stored} == ended
+    assert len(stored) == len(ended)
+    written = +Counter(sink for _, sink in ended.values() if sink is not None)
+    assert _sink_rows(path) == written
+    assert {k.removeprefix("sink.").removesuffix(".rows"): v for k, v in metrics.items() if k.endswith(".rows")} == (
+        dict(written)
+    )
+    return metrics
 
 
 def _projection_snapshot(db: Database, run_id: str) -> dict[str, list[tuple[object, ...]]]:
-    from landscape.projections import PROJECTION_TABLE_NAMES
-
     snap = {}
     with db.connect() as conn:
         for table in PROJECTION_TABLE_NAMES:
@@ -249,23 +346,252 @@ def _projection_snapshot(db: Database, run_id: str) -> dict[str, list[tuple[obje
     return snap
 
 
-def test_a_coalesce_timeout_in_a_resumed_run_is_counted_once(db: Database) -> None:
-    """The prior system's resume under-counted rows when coalesce timeouts fired after resume."""
-    with _workdir("fork_best_effort", 8) as path:
-        run_id = f"run-timeout-{os.urandom(3).hex()}"
-        faults.configure("committed:3", raise_instead=True)
-        clock = FakeClock()
+def _assert_projections_rebuild_the_same(db: Database, run_id: str) -> None:
+    """Projections rebuilt from the events equal the incrementally maintained ones."""
+    before = _projection_snapshot(db, run_id)
+    with db.connect() as conn:
+        rebuild(conn, run_id)
+    assert _projection_snapshot(db, run_id) == before
+
+
+# -- uninterrupted references --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    outputs: dict[str, bytes]
+    outcomes: dict[str, int]
+    metrics: dict[str, int]
+    triggers: dict[str, str | None]  # coalesce / batch id -> what resolved it
+    reached: Counter[str]  # how often each fault point was reached: a crash at 1..that many happens
+    # (appends, sink flushes) done before each record was read, by record index
+    before_record: dict[int, tuple[int, int]]
+
+
+_reference: dict[tuple[str, int, int, int | None], Reference] = {}
+
+
+def _uninterrupted(db: Database, kind: str, rows: int, commit_every: int, gap_at: int | None = None) -> Reference:
+    key = (kind, rows, commit_every, gap_at)
+    if key not in _reference:
+        with _workdir(kind, rows) as path:
+            clock = SourceClock(gap_at=gap_at, gap=GAP)
+            pipeline = _clocked(clock)(path / "settings.yaml")
+            before: dict[int, tuple[int, int]] = {}
+            with counting_fault_points() as reached:
+                inner = pipeline.source.read
+
+                def read(start: int = 0) -> Iterator[object]:
+                    for item in inner(start):
+                        if item is not None:
+                            before[item.index] = (reached["append"], reached["sink_flush"])
+                        yield item
+
+                pipeline.source.read = read  # type: ignore[method-assign,assignment]
+                outcome = start_run(db, pipeline, commit_every=commit_every, clock=clock)
+            fold = fold_run(db, outcome.run_id, strict=True)
+            assert_invariants(fold)
+            metrics = _assert_counted_once(db, outcome.run_id, path)
+            outcomes = {str(k): v for k, v in fold.outcomes.items()}
+            triggers = {s.entity_id: _trigger(s) for s in _events(db, outcome.run_id) if _trigger(s)}
+            _reference[key] = Reference(_outputs(path), outcomes, metrics, triggers, Counter(reached), before)
+    return _reference[key]
+
+
+GAP = 100.0  # an idle source: longer than every deadline in these pipelines
+
+
+def _crash(db: Database, path: Path, spec: str, commit_every: int, clock: SourceClock, run_id: str) -> RunFold:
+    """Run until the fault `spec` "kills" it; return the fold of what was committed."""
+    faults.configure(spec, raise_instead=True)
+    try:
         with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(path / "settings.yaml"), commit_every=2, clock=clock, run_id=run_id)
+            start_run(
+                db, _clocked(clock)(path / "settings.yaml"), commit_every=commit_every, clock=clock, run_id=run_id
+            )
+    finally:
         faults.configure("")
-        clock.advance(7200)  # past every open coalesce's deadline
-        outcome = resume_run(db, run_id, _load, commit_every=2, clock=clock)
-        assert outcome.status == "completed"
+    return fold_run(db, run_id)
+
+
+def _resume(db: Database, run_id: str, committed: RunFold, commit_every: int, clock: SourceClock) -> None:
+    """Resume in a new 'process': a new clock at the time of the last committed record."""
+    clock.resume_at(committed)
+    outcome = resume_run(db, run_id, _clocked(clock), commit_every=commit_every, clock=clock)
+    assert outcome.status == "completed"
+
+
+# -- crash anywhere ------------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.data(),
+    kind=st.sampled_from(sorted(PIPELINES)),
+    point=st.sampled_from(["append", "sink_flush", "commit", "committed"]),
+    commit_every=st.integers(min_value=1, max_value=6),
+    rows=st.integers(min_value=3, max_value=14),
+)
+def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
+    db: Database, data: st.DataObject, kind: str, point: str, commit_every: int, rows: int
+) -> None:
+    ref = _uninterrupted(db, kind, rows, commit_every)
+    assert ref.reached[point] > 0  # (every pipeline writes: the quarantined row at least)
+    # the crash run is the reference run up to the crash: any nth it reached is a crash
+    # (uniform over the points reached: hypothesis's integers favour the first few, which are
+    # all before the run's first commit)
+    nth = data.draw(st.randoms(use_true_random=False), label="rng").randint(1, ref.reached[point])
+    note(f"crash at {point}:{nth} of {ref.reached[point]}")
+    with _workdir(kind, rows) as path:
+        run_id = f"run-crash-{kind}-{point}-{nth}-{commit_every}-{rows}-{os.urandom(3).hex()}"
+        committed = _crash(db, path, f"{point}:{nth}", commit_every, SourceClock(), run_id)
+        event(f"crashed at {point}, committed run {committed.status}")
+        if committed.status == "initial":
+            # died before the run's first commit: nothing to resume
+            with pytest.raises(ResumeRefused, match="no run"):
+                resume_run(db, run_id, _load)
+            return
+        if committed.status != "completed":  # (died after the last commit: nothing left to do)
+            _resume(db, run_id, committed, commit_every, SourceClock())
+        os.chdir(path)
         fold = fold_run(db, run_id, strict=True)
         assert_invariants(fold)
-        metrics = _metrics(db, run_id)
-        assert metrics["rows_in"] == 9
+        assert {str(k): v for k, v in fold.outcomes.items()} == ref.outcomes
+        assert _outputs(path) == ref.outputs
+        # every coalesce and batch resolved as in the uninterrupted run (a timeout too)
+        events = _events(db, run_id)
+        assert {s.entity_id: _trigger(s) for s in events if _trigger(s)} == ref.triggers
+        if any(s.seq > committed.last_seq and _trigger(s) == "timeout" for s in events):
+            event("a timeout fired in the resumed run")
+        # metrics are a projection: equal to the fold of the events, to the sinks' contents,
+        # and to the uninterrupted run's (nothing counted twice, nothing lost)
+        assert _assert_counted_once(db, run_id, path) == ref.metrics
+        assert ref.metrics["rows_in"] == fold.source_records == rows + 1
+        _assert_projections_rebuild_the_same(db, run_id)
+
+
+def _trigger(stored: StoredEvent) -> str | None:
+    """How a coalesce or batch resolved: "timeout", "arrivals", "count", "end_of_source", …"""
+    e = stored.event
+    if isinstance(e, ev.CoalesceMerged | ev.BatchFlushing):
+        return e.trigger
+    if isinstance(e, ev.CoalesceFailed):
+        return e.reason
+    return None
+
+
+def test_the_generated_pipelines_fire_timeouts(db: Database) -> None:
+    """The crash-anywhere property covers deadlines that fire while the source is read."""
+    triggers: dict[str, Counter[str]] = {}
+    for kind in ("fork_timeout_best_effort", "fork_timeout_require_all", "agg_timeout", "agg_timeout_passthrough"):
+        with _workdir(kind, 12) as path:
+            outcome = start_run(db, _clocked(clock := SourceClock())(path / "settings.yaml"), clock=clock)
+        triggers[kind] = Counter(_trigger(s) for s in _events(db, outcome.run_id) if _trigger(s))
+    assert all(t["timeout"] >= 2 for t in triggers.values()), triggers
+
+
+# -- a deadline that passes while the run is down ------------------------------------------------
+
+
+def _timeout_after_resume(db: Database, kind: str, crash_at: str) -> None:
+    """The run dies with a coalesce (or batch) open; the source is then idle past its deadline
+    (`gap_at`), so the timeout fires in the resumed run. The resumed run equals an uninterrupted
+    run with the same idle gap, and its metrics count every token once."""
+    rows, gap_at, commit_every = 12, 6, 1
+    ref = _uninterrupted(db, kind, rows, commit_every, gap_at=gap_at)
+    appends, flushes = ref.before_record[gap_at]
+    spec = {
+        # the first event of record `gap_at`: the timeout firing (lost with the process)
+        "append": f"append:{appends + 1}",
+        # the last sink flush before it: durable, but the events saying so are not committed
+        "sink_flush": f"sink_flush:{flushes}",
+        # right after the commit of record gap_at - 1 (a commit by `start`, then one per record)
+        "committed": f"committed:{gap_at + 1}",
+        # inside the commit of record gap_at, which holds the timeouts
+        "commit": f"commit:{gap_at + 2}",
+    }[crash_at]
+    with _workdir(kind, rows) as path:
+        run_id = f"run-timeout-{kind}-{crash_at}-{os.urandom(3).hex()}"
+        committed = _crash(db, path, spec, commit_every, SourceClock(gap_at=gap_at, gap=GAP), run_id)
+        assert committed.status == "running"
+        assert committed.source_records <= gap_at  # the idle gap is still ahead of the resumed run
+        open_at_crash = set(committed.coalesces) | {b for b, info in committed.batches.items() if info.deadline}
+        _resume(db, run_id, committed, commit_every, SourceClock(gap_at=gap_at, gap=GAP))
+        os.chdir(path)
+        fold = fold_run(db, run_id, strict=True)
+        assert_invariants(fold)
+        assert fold.resumes == 1
+        # what was open at the crash was resolved in the resumed run, some of it by its timeout
+        events = _events(db, run_id)
+        after = {s.entity_id: _trigger(s) for s in events if s.seq > committed.last_seq and _trigger(s)}
+        assert open_at_crash <= set(after)
+        assert {k for k in open_at_crash if after[k] == "timeout"}, f"no timeout fired after the resume ({spec})"
+        # each coalesce and batch resolved as in the uninterrupted run
+        assert {s.entity_id: _trigger(s) for s in events if _trigger(s)} == ref.triggers
+        # ... and everything equals the uninterrupted run: outcomes, sinks, metrics counted once
+        assert {str(k): v for k, v in fold.outcomes.items()} == ref.outcomes
+        assert _outputs(path) == ref.outputs
+        metrics = _assert_counted_once(db, run_id, path)
+        assert metrics == ref.metrics
+        assert metrics["rows_in"] == rows + 1
         assert sum(v for k, v in metrics.items() if k.startswith("outcome.")) == fold.accounted()
+        _assert_projections_rebuild_the_same(db, run_id)
+
+
+@pytest.mark.parametrize("crash_at", ["append", "sink_flush", "commit", "committed"])
+@pytest.mark.parametrize("kind", ["fork_timeout_best_effort", "fork_timeout_require_all"])
+def test_a_coalesce_timeout_in_a_resumed_run_is_counted_once(db: Database, kind: str, crash_at: str) -> None:
+    """The prior system's resume under-counted rows when coalesce timeouts fired after resume."""
+    _timeout_after_resume(db, kind, crash_at)
+
+
+@pytest.mark.parametrize("crash_at", ["append", "sink_flush", "commit", "committed"])
+@pytest.mark.parametrize("kind", ["agg_timeout", "agg_timeout_passthrough"])
+def test_an_aggregation_timeout_in_a_resumed_run_is_counted_once(db: Database, kind: str, crash_at: str) -> None:
+    _timeout_after_resume(db, kind, crash_at)
+
+
+def test_a_deadline_passed_while_down_fires_when_the_source_is_done(db: Database) -> None:
+    """Died after the last record was read, with a coalesce open; resumed long after its
+    deadline (the clock advanced while the run was down): the timeout fires in the resumed run,
+    before end of source, once, and the metrics are the fold of the events and the sinks."""
+    kind, rows, commit_every = "fork_timeout_best_effort", 9, 1
+    ref = _uninterrupted(db, kind, rows, commit_every)
+    # commits: one by `start`, one per record, one at end of source, and the last (completed)
+    assert ref.reached["commit"] == (rows + 1) + 3
+    with _workdir(kind, rows) as path:
+        run_id = f"run-late-{os.urandom(3).hex()}"
+        committed = _crash(db, path, f"commit:{rows + 3}", commit_every, SourceClock(), run_id)
+        assert committed.status == "running"
+        assert committed.source_records == rows + 1 and not committed.source_exhausted
+        open_at_crash = set(committed.coalesces)
+        assert open_at_crash
+        clock = SourceClock()
+        clock.resume_at(committed)
+        clock.advance(GAP)  # the run stayed down past every deadline
+        assert all(c.deadline is not None and c.deadline < clock.now() for c in committed.coalesces.values())
+        outcome = resume_run(db, run_id, _clocked(clock), commit_every=commit_every, clock=clock)
+        assert outcome.status == "completed"
+        os.chdir(path)
+        fold = fold_run(db, run_id, strict=True)
+        assert_invariants(fold)
+        resolved = {s.entity_id: _trigger(s) for s in _events(db, run_id) if s.seq > committed.last_seq and _trigger(s)}
+        assert {k: resolved.get(k) for k in open_at_crash} == dict.fromkeys(open_at_crash, "timeout")
+        metrics = _assert_counted_once(db, run_id, path)
+        assert metrics["rows_in"] == fold.source_records == rows + 1
+        assert sum(v for k, v in metrics.items() if k.startswith("outcome.")) == fold.accounted()
+        # against a run that was never down (join:r8 then waited for its branch b, which the
+        # end of source releases): r8's timeout merged branch a alone, and branch b, arriving
+        # after it, failed. That one token, counted once, is the whole difference.
+        assert open_at_crash == {"join:r8"}
+        assert Counter(metrics) - Counter(ref.metrics) == Counter({"outcome.failed": 1, "node.join.failed": 1})
+        assert Counter(ref.metrics) - Counter(metrics) == Counter({"outcome.coalesced": 1})
+        with db.connect() as conn:
+            late = conn.execute(
+                "SELECT outcome, reason FROM token_outcomes WHERE run_id = %s AND token_id = 'r8.b'", (run_id,)
+            ).fetchall()
+        assert late == [("failed", "late_arrival")]
+        _assert_projections_rebuild_the_same(db, run_id)
 
 
 def test_resume_refuses_a_completed_run_and_changes_nothing(db: Database) -> None:
