@@ -161,7 +161,7 @@ def test_an_expanded_number_is_a_number(tmp_path: Path) -> None:
     assert loaded.settings.checkpoint.commit_every_rows() == 7
     source = build_plugin("source", "csv", loaded.settings.source.options)
     assert source.skip_rows == 2
-    with pytest.raises(PluginConfigError, match="skip_rows: expected an integer, found 'two'"):
+    with pytest.raises(PluginConfigError, match="skip_rows: found 'two'; allowed: an integer"):
         build_plugin("source", "csv", {**loaded.settings.source.options, "skip_rows": "two"})
 
 

@@ -37,7 +37,7 @@ class Options:
             with suppress(msgspec.ValidationError):
                 value = msgspec.convert(value.strip(), kinds[0], strict=False)
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
-            raise PluginConfigError(key, f"expected {what}, found {value!r}")
+            raise PluginConfigError(key, f"found {value!r}; allowed: {what}")
         return value
 
     def str_(self, key: str, default: str = "", *, required: bool = False) -> str:
