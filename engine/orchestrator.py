@@ -23,7 +23,7 @@ import msgspec
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError
-from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source
+from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, at_node
 from engine.plugins.registry import build_plugin
 from engine.processor import Nodes, Processor, Work
 from engine.settings import LoadedSettings, SettingsError, fingerprint
@@ -301,7 +301,7 @@ class Execution:
             if not fold.source_exhausted:
                 since_commit = 0
                 last_commit = clock.now()
-                source = self.p.source.read(fold.source_records)
+                source = _guarded_source(self.p.source.read(fold.source_records))
                 for item in source:
                     if item is None:
                         due = proc.next_deadline()
@@ -332,8 +332,8 @@ class Execution:
             for name, sink in self.p.nodes.sinks.items():
                 try:
                     sink.close()
-                except PluginError as e:
-                    raise e.at_sink(name) from e
+                except Exception as e:
+                    raise at_node(f"sink '{name}'", e) from e
             self._emit(self.run_id, ev.RunCompleted())
             self.writer.commit()
             return "completed"
@@ -353,6 +353,21 @@ class Execution:
         for sink in self.p.nodes.sinks.values():
             sink.release()
         self.writer.close()
+
+
+def _guarded_source(items: Iterator[SourceItem | None]) -> Iterator[SourceItem | None]:
+    """The source's records; anything it raises fails the run on record (see `at_node`)."""
+    try:
+        yield from items
+    except Exception as e:
+        raise at_node("source", e) from e
+
+
+def _fingerprint(pipeline: Pipeline) -> str:
+    try:
+        return pipeline.source.fingerprint()
+    except Exception as e:
+        raise at_node("source", e) from e
 
 
 def _version() -> str:
@@ -389,7 +404,7 @@ def start_run(
     with Stop().installed() as stop:
         ex = Execution(db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop)
         try:
-            ex.start(resumed=False, forced=False, fingerprint=pipeline.source.fingerprint())
+            ex.start(resumed=False, forced=False, fingerprint=_fingerprint(pipeline))
             status = ex.run()
         finally:
             ex.close()
@@ -438,7 +453,7 @@ def resume_run(
             f"the settings of run {run_id} changed since it started ({fold.settings_path}); "
             "resume with --force to continue with the new settings"
         )
-    fingerprint = pipeline.source.fingerprint()
+    fingerprint = _fingerprint(pipeline)
     changed = fingerprint != fold.source_fingerprint
     if changed and not force:
         raise ResumeRefused(

@@ -25,6 +25,7 @@ from engine.plugins.protocol import (
     Sink,
     SourceItem,
     Transform,
+    at_node,
 )
 from engine.settings import AggregationSettings, CoalesceSettings, GateSettings, RetrySettings, TransformSettings
 from landscape.canonical import hash_row
@@ -308,8 +309,8 @@ class Processor:
             attempt += 1
             try:
                 return sink.flush()
-            except PluginError as raised:
-                e = raised.at_sink(sink_name)
+            except Exception as raised:
+                e = at_node(f"sink '{sink_name}'", raised)
                 now = self.now()
                 retry_at = None
                 if attempt < r.max_attempts:
@@ -328,8 +329,8 @@ class Processor:
     def flush_sink(self, sink_name: str) -> int:
         try:
             return self.n.sinks[sink_name].flush()
-        except PluginError as e:
-            raise e.at_sink(sink_name) from e
+        except Exception as e:
+            raise at_node(f"sink '{sink_name}'", e) from e
 
     def reopen_sink(self, sink_name: str) -> None:
         """Open a sink at its last durable position (from the log), dropping anything after it."""
@@ -337,8 +338,8 @@ class Processor:
         sink.release()
         try:
             sink.open(self.fold.run_id, self.fold.sink_positions.get(sink_name))
-        except PluginError as e:
-            raise e.at_sink(sink_name) from e
+        except Exception as e:
+            raise at_node(f"sink '{sink_name}'", e) from e
 
     def _write_failed(self, sink_name: str, writes: list[PendingWrite], error: PluginError, failed: set[str]) -> None:
         fallback = self.n.write_failure.get(sink_name)
@@ -346,7 +347,7 @@ class Processor:
             raise error
         # Drop whatever the failed flush left behind: back to the last durable position.
         self.reopen_sink(sink_name)
-        reason = f"write to {sink_name} failed: {error}"
+        reason = f"write failed: {error}"
         for p in writes:
             if fallback == "discard":
                 self.emit(p.token_id, ev.TokenFailed(reason="sink_write_failed", node=sink_name, detail=str(error)))

@@ -341,3 +341,21 @@ def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Pa
 def test_explain_names_an_unknown_run_as_such(db: Database, work: Path) -> None:
     err = one_line_error(elspeth("explain", "run-nope", "--row", "1", cwd=work, db=db), 1)
     assert "no run run-nope" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda t: t.replace("options: {path: out/high.csv}", "options: {path: out/high.csv, encoding: ascii}"),
+         "sink 'high': UnicodeEncodeError"),
+        (lambda t: t.replace("path: out/bad.jsonl", "path: out, format: json, mode: append"), "sink 'bad': "),
+    ],
+    ids=["unencodable-row", "append-to-a-folder"],
+)  # fmt: skip
+def test_anything_a_sink_raises_fails_the_run_on_record(db: Database, work: Path, change: object, says: str) -> None:
+    (work / "in.csv").write_text("id,v\r\nböb,9\r\n2,x\r\n", encoding="utf-8")
+    (work / "settings.yaml").write_text(change(PIPELINE).replace("'id: int'", "'id: str'"))  # type: ignore[operator]
+    err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), 1)
+    assert says in err, err
+    listed = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)
+    assert listed[0]["status"] == "failed"

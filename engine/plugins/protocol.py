@@ -39,10 +39,13 @@ class PluginError(Exception):
         self.node = node
         self.message = message
 
-    def at_sink(self, name: str) -> PluginError:
-        """The error naming the sink it happened at: a sink plugin does not know its name, so it
-        reports node 'sink' and the engine, which does, fills it in."""
-        return PluginError(f"sink '{name}'", self.message) if self.node == "sink" else self
+
+def at_node(node: str, error: Exception) -> PluginError:
+    """The error boundary: whatever a plugin raised, as a PluginError naming its node (`source`,
+    or `sink 'name'`), so that it fails the run on record instead of ending in a traceback."""
+    if isinstance(error, PluginError):
+        return PluginError(node, error.message) if error.node in ("sink", "source") else error
+    return PluginError(node, f"{type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True, slots=True)
