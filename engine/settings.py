@@ -21,6 +21,7 @@ import msgspec
 import yaml
 
 from engine.expressions import Expression, ExpressionSyntaxError, compile_expression
+from landscape.db import is_postgresql_url
 
 
 class SettingsError(Exception):
@@ -248,7 +249,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     )
     _check(loaded, errors)
     url = settings.landscape.url
-    if url and not url.startswith(("sqlite", "postgresql", "postgres:")):
+    if url and not url.startswith("sqlite") and not is_postgresql_url(url):
         errors.append(
             f"landscape.url: found {_redact_url(url, env)!r}; allowed: a postgresql:// URL (or the prior system's "
             "sqlite:// URL, which is ignored with a warning)"

@@ -17,7 +17,6 @@ from landscape.embedded import embedded_server
 from landscape.errors import DatabaseUnavailable, SchemaOutdated, SchemaTooNew
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
 def resolve_url(explicit: str | None) -> str | None:
@@ -26,13 +25,20 @@ def resolve_url(explicit: str | None) -> str | None:
     return None if url is None else normalise_url(url)
 
 
+def is_postgresql_url(url: str) -> bool:
+    """postgresql://, postgres://, or a SQLAlchemy form such as postgresql+psycopg2:// (the
+    driver part is dropped: ELSPETH always talks to PostgreSQL through psycopg 3)."""
+    scheme = url.partition("://")[0].lower()
+    return scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+")
+
+
 def normalise_url(url: str) -> str:
     """A libpq URL psycopg accepts, or DatabaseUnavailable naming what is wrong with it."""
     try:
         parts = urlsplit(url)
     except ValueError as e:
         raise DatabaseUnavailable(f"malformed database URL {redact(url)!r}: {e}") from e
-    if parts.scheme not in _SCHEMES:
+    if not is_postgresql_url(url):
         raise DatabaseUnavailable(f"malformed database URL {redact(url)!r}: expected postgresql://user@host/dbname")
     try:
         parts.port  # noqa: B018 - urlsplit validates the port lazily
@@ -41,9 +47,9 @@ def normalise_url(url: str) -> str:
     return "postgresql" + url[len(parts.scheme) :]
 
 
-_USERINFO_PASSWORD = re.compile(r"(//[^:/@]+:)[^@]*@")
-# `?password=...` in a URL, or `password=...` in a libpq keyword string (quoted or not).
-_PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
+_USERINFO_PASSWORD = re.compile(r"(//[^:/@]*:)[^@]*@")
+# `?password=...` (and sslpassword=...) in a URL, or in a libpq keyword string, quoted or not.
+_PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
@@ -80,9 +86,10 @@ def open_database(
 ) -> Iterator[Database]:
     """The configured database, or the embedded server (started now, stopped on exit).
 
-    An empty database gets the schema on first use. An older schema is upgraded only when asked
-    (`upgrade=True`, i.e. `elspeth db upgrade`): changing an audit store's schema is a decision,
-    not a side effect of listing its runs. Otherwise SchemaOutdated says what to run."""
+    An empty database gets the schema on first use. Anything else (an older schema, or a database
+    holding other tables) is changed only when asked (`upgrade=True`, i.e. `elspeth db upgrade`):
+    changing a database is a decision, not a side effect of listing runs. Otherwise
+    SchemaOutdated says what to run."""
     with ExitStack() as stack:
         resolved = resolve_url(url)
         if resolved is None:
@@ -91,11 +98,19 @@ def open_database(
         else:
             db = Database(resolved, resolved)
             db.connect().close()  # fail now, with one clear line, if it is unreachable
-        if upgrade or current_revision(db) is None:
+        if upgrade or (current_revision(db) is None and not _has_tables(db)):
             migrate(db)
         else:
             check_schema(db)
         yield db
+
+
+def _has_tables(db: Database) -> bool:
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema'))"
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def _alembic_config(db: Database) -> Any:
@@ -134,6 +149,11 @@ def check_schema(db: Database) -> None:
     known = {s.revision for s in ScriptDirectory.from_config(_alembic_config(db)).walk_revisions()}
     if current is not None and current not in known:
         raise SchemaTooNew(f"the database schema is at revision {current}, written by a newer ELSPETH: upgrade ELSPETH")
+    if current is None and _has_tables(db):
+        raise SchemaOutdated(
+            f"{redact(db.location)} holds other tables and no ELSPETH schema: point at an empty database, "
+            "or run `elspeth db upgrade` to add ELSPETH's tables to this one"
+        )
     raise SchemaOutdated(
         f"the database schema is at revision {current or 'none'}, this ELSPETH needs {head}: run `elspeth db upgrade`"
     )
@@ -152,7 +172,13 @@ def migrate(db: Database) -> str:
         conn.execute("SELECT pg_advisory_lock(7419001)")
         try:
             if current_revision(db) != head:
-                command.upgrade(_alembic_config(db), "head")
+                try:
+                    command.upgrade(_alembic_config(db), "head")
+                except Exception as e:  # e.g. a table of the same name already there
+                    lines = str(e).strip().splitlines()
+                    raise DatabaseUnavailable(
+                        f"cannot create the ELSPETH schema in {redact(db.location)}: {lines[0] if lines else e!r}"
+                    ) from e
         finally:
             conn.execute("SELECT pg_advisory_unlock(7419001)")
     return head

@@ -231,7 +231,13 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
     root = elspeth_home(home)
     pgdata = root / "pgdata"
     sockets = _socket_dir(root)
-    _check_data_dir(pgdata)
+    try:
+        _check_data_dir(pgdata)
+    except OSError as e:  # an unreadable parent folder, a PG_VERSION that is a folder, ...
+        raise DatabaseUnavailable(
+            f"cannot read the data folder {pgdata}: {e.strerror or e}; set ELSPETH_HOME to a folder of yours, "
+            "or use --database URL"
+        ) from e
     try:
         root.mkdir(parents=True, exist_ok=True)
         sockets.mkdir(parents=True, exist_ok=True)

@@ -81,12 +81,16 @@ def test_db_upgrade_in_an_empty_folder_starts_the_embedded_server_and_stops_it(t
         ("99", "PostgreSQL 99, newer than"),
         ("9.6", "PostgreSQL 9.6; the bundled server is"),
         ("abc", "unreadable PG_VERSION"),
+        (None, "cannot read the data folder"),  # PG_VERSION is a folder
     ],
 )
-def test_a_data_folder_this_server_cannot_use_is_a_clear_error(tmp_path: Path, version: str, says: str) -> None:
+def test_a_data_folder_this_server_cannot_use_is_a_clear_error(tmp_path: Path, version: str | None, says: str) -> None:
     pgdata = tmp_path / ".elspeth" / "pgdata"
     pgdata.mkdir(parents=True)
-    (pgdata / "PG_VERSION").write_text(version + "\n")
+    if version is None:
+        (pgdata / "PG_VERSION").mkdir()
+    else:
+        (pgdata / "PG_VERSION").write_text(version + "\n")
     err = one_line_error(elspeth("db", "upgrade", cwd=tmp_path), 1)
     assert says in err and "--database" in err
     assert sorted(p.name for p in (tmp_path / ".elspeth").iterdir()) == ["pgdata"]  # nothing written
@@ -307,7 +311,9 @@ def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(
     "url",
     [
         "postgresql://u:hunter2@127.0.0.1:1/db",
+        "postgresql://:hunter2@127.0.0.1:1/db",
         "postgresql://u@127.0.0.1:1/db?password=hunter2",
+        "postgresql://u@127.0.0.1:1/db?sslpassword=hunter2",
         "host=h password=hunter2",
     ],
 )
@@ -359,3 +365,24 @@ def test_anything_a_sink_raises_fails_the_run_on_record(db: Database, work: Path
     assert says in err, err
     listed = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)
     assert listed[0]["status"] == "failed"
+
+
+def test_a_database_holding_other_tables_is_not_given_a_schema_silently(server_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from tests.conftest import _with_database
+
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute('DROP DATABASE IF EXISTS "t_app"')
+        admin.execute('CREATE DATABASE "t_app"')
+    app = Database(_with_database(server_url, "t_app"), "app")
+    with app.connect() as conn:
+        conn.execute("CREATE TABLE events (id int)")  # someone else's table, named like ours
+        conn.commit()
+    err = one_line_error(elspeth("runs", cwd=tmp_path, db=app), 1)
+    assert "holds other tables and no ELSPETH schema" in err
+    err = one_line_error(elspeth("db", "upgrade", cwd=tmp_path, db=app), 1)
+    assert "cannot create the ELSPETH schema" in err
+    with app.connect() as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert tables == {"events"}  # nothing added

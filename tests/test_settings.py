@@ -395,3 +395,8 @@ def test_a_pipeline_without_sinks_is_refused(tmp_path: Path) -> None:
 def test_export_settings_are_accepted_with_a_word_that_nothing_exports_yet(tmp_path: Path) -> None:
     loaded = load_settings(_write(tmp_path, BASE + "landscape: {export: {enabled: true, format: jsonl}}\n"), {})
     assert len(loaded.warnings) == 1 and "not acted on" in loaded.warnings[0]
+
+
+def test_a_sqlalchemy_style_postgresql_landscape_url_is_accepted(tmp_path: Path) -> None:
+    loaded = load_settings(_write(tmp_path, BASE + "landscape: {url: 'postgresql+psycopg2://u@h/db'}\n"), {})
+    assert loaded.settings.landscape.url == "postgresql+psycopg2://u@h/db" and not loaded.warnings

@@ -17,7 +17,7 @@ from engine.errors import EngineError, RunFailedError
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
 from engine.plugins.protocol import PluginError
 from engine.settings import SettingsError, load_settings
-from landscape.db import Database
+from landscape.db import Database, is_postgresql_url
 from landscape.errors import LandscapeError
 from landscape.fold import RunFold
 
@@ -51,7 +51,7 @@ def describe(pipeline: Pipeline) -> str:
 def _postgres_url(url: str | None) -> str | None:
     """`landscape.url` when it names PostgreSQL. The prior system's SQLite URLs are accepted in
     settings files, but the audit trail always lives in PostgreSQL (the embedded one then)."""
-    return url if url and url.startswith(("postgresql", "postgres:")) else None
+    return url if url and is_postgresql_url(url) else None
 
 
 def _settings_file_url(path: Path) -> str | None:
