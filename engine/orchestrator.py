@@ -221,7 +221,9 @@ class Execution:
 
     # -- the run ---------------------------------------------------------------------------------
 
-    def start(self, *, resumed: bool, forced: bool, fingerprint: str) -> None:
+    def start(self, *, resumed: bool, forced: bool, fingerprint: str, new_settings: bool = False) -> None:
+        """Record the start (or resumption) and open the sinks. `new_settings`: a resume that
+        continues under other settings than the log's (the caller checked --force)."""
         emit = self._emit
         if not resumed:
             loaded = self.p.loaded
@@ -246,13 +248,14 @@ class Execution:
             if self.fold.status in ("running", "draining"):
                 # Its writer is gone (we hold the lock): record that before resuming.
                 emit(self.run_id, ev.RunInterrupted(reason="writer lost"))
-            new_settings = self.p.loaded.text_hash != self.fold.settings_hash
+            loaded = self.p.loaded
             emit(
                 self.run_id,
                 ev.RunResumed(
                     source_fingerprint=fingerprint,
                     forced=forced,
-                    settings_hash=self.p.loaded.text_hash if new_settings else None,
+                    settings_path=str(loaded.path) if new_settings else None,
+                    settings_hash=loaded.text_hash if new_settings else None,
                     settings=self.p.loaded.redacted if new_settings else None,
                     nodes=self.p.decls if new_settings else None,
                 ),
@@ -447,34 +450,43 @@ def resume_run(
         # Relative paths in the settings (inputs, outputs) resolve as they did for the run.
         os.chdir(fold.working_dir)
     pipeline = load(settings_path or Path(fold.settings_path))
-    settings_changed = pipeline.loaded.text_hash != fold.settings_hash
-    if settings_changed and not force:
-        raise ResumeRefused(
-            f"the settings of run {run_id} changed since it started ({fold.settings_path}); "
-            "resume with --force to continue with the new settings"
-        )
-    fingerprint = _fingerprint(pipeline)
-    changed = fingerprint != fold.source_fingerprint
-    if changed and not force:
-        raise ResumeRefused(
-            f"the input of run {run_id} changed since it started (source fingerprint differs); "
-            "resume with --force to continue anyway (that is recorded)"
-        )
-    clock = clock or SystemClock()
-    with Stop().installed() as stop:
-        ex = Execution(
-            db,
-            pipeline,
-            run_id,
-            fold,
-            clock=clock,
-            commit_every=commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows(),
-            progress=progress,
-            stop=stop,
-        )
-        try:
-            ex.start(resumed=True, forced=force and (changed or settings_changed), fingerprint=fingerprint)
-            status = ex.run()
-        finally:
-            ex.close()
+    try:
+        changed_settings = pipeline.loaded.text_hash != fold.settings_hash
+        if changed_settings and not force:
+            raise ResumeRefused(
+                f"the settings of run {run_id} changed since it started ({pipeline.loaded.path}); "
+                "resume with --force to continue with the new settings"
+            )
+        # Another file (same text, or changed with --force) is recorded, so later resumes use it.
+        other_file = settings_path is not None and settings_path.resolve() != Path(fold.settings_path).resolve()
+        fingerprint = _fingerprint(pipeline)
+        changed = fingerprint != fold.source_fingerprint
+        if changed and not force:
+            raise ResumeRefused(
+                f"the input of run {run_id} changed since it started (source fingerprint differs); "
+                "resume with --force to continue anyway (that is recorded)"
+            )
+        with Stop().installed() as stop:
+            ex = Execution(
+                db,
+                pipeline,
+                run_id,
+                fold,
+                clock=clock or SystemClock(),
+                commit_every=commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows(),
+                progress=progress,
+                stop=stop,
+            )
+            try:
+                ex.start(
+                    resumed=True,
+                    forced=force and changed,
+                    fingerprint=fingerprint,
+                    new_settings=changed_settings or other_file,
+                )
+                status = ex.run()
+            finally:
+                ex.close()
+    finally:
+        pipeline.close()
     return Outcome(run_id, status, fold, records_before)

@@ -125,8 +125,10 @@ class RunFold:
         self._run(e)
         self.resumes += 1
         self.source_fingerprint = e.source_fingerprint
-        if e.settings_hash is not None:  # resumed under changed settings: later resumes compare to these
+        if e.settings_hash is not None:  # resumed under other settings: later resumes use these
             self.settings_hash = e.settings_hash
+        if e.settings_path is not None:
+            self.settings_path = e.settings_path
 
     def _run_plain(self, _id: str, e: ev.EventBase) -> None:
         self._run(e)

@@ -117,8 +117,10 @@ class Projector:
 
     def _run_resumed(self, seq: int, run_id: str, e: ev.RunResumed, at_us: int) -> None:
         self._run_update["source_fingerprint"] = e.source_fingerprint
-        if e.settings_hash is not None:  # continued under changed settings (--force)
+        if e.settings_hash is not None:  # continued under other settings (--force)
             self._run_update["settings_hash"] = e.settings_hash
+        if e.settings_path is not None:
+            self._run_update["settings_path"] = e.settings_path
         for n in e.nodes or ():
             self._nodes_changed.append((run_id, n.name, n.kind, n.plugin, n.config_hash))
 
@@ -260,7 +262,7 @@ class Projector:
         u = self._run_update
         sets = ["last_seq = %s"]
         params: list[Any] = [self._last_seq]
-        for col in ("status", "ended_at", "source_fingerprint", "settings_hash"):
+        for col in ("status", "ended_at", "source_fingerprint", "settings_hash", "settings_path"):
             if col in u:
                 sets.append(f"{col} = %s")
                 params.append(u[col])

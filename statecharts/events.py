@@ -42,8 +42,10 @@ class RunStarted(EventBase, frozen=True):
 
 class RunResumed(EventBase, frozen=True):
     source_fingerprint: str
-    forced: bool = False  # resumed despite a changed input or changed settings (`--force`)
-    # Set only when the settings changed (with --force): what the run continues under from here.
+    forced: bool = False  # resumed despite a changed input (`--force`)
+    # Set only when the run continues under other settings (changed, or another file: both need
+    # --force), so that later resumes load and compare against these.
+    settings_path: str | None = None
     settings_hash: str | None = None
     settings: dict[str, object] | None = None  # redacted, as in RunCreated
     nodes: list[NodeDecl] | None = None

@@ -303,7 +303,8 @@ def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(
     with db.connect() as conn:
         resumed = [e.event for e in read_events(conn, run_id) if isinstance(e.event, ev.RunResumed)]
         (hash_now,) = conn.execute("SELECT settings_hash FROM runs WHERE run_id = %s", (run_id,)).fetchone()
-    assert len(resumed) == 1 and resumed[0].forced and resumed[0].settings_hash == hash_now
+    # the override is on record as the new settings themselves (forced is for a changed input)
+    assert len(resumed) == 1 and not resumed[0].forced and resumed[0].settings_hash == hash_now
     assert resumed[0].settings is not None and resumed[0].nodes
 
 
@@ -386,3 +387,20 @@ def test_a_database_holding_other_tables_is_not_given_a_schema_silently(server_u
     with app.connect() as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables == {"events"}  # nothing added
+
+
+def test_a_resume_from_another_settings_file_is_remembered_by_the_next_resume(db: Database, work: Path) -> None:
+    write_csv(work / "in.csv", ["id", "v"], [[i, i % 10] for i in range(60)])
+    crash = {"ELSPETH_FAULT": "committed:8"}
+    assert elspeth("run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, db=db, env=crash).returncode == 86
+    run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+    (work / "moved").mkdir()
+    (work / "settings.yaml").rename(work / "moved" / "s2.yaml")  # the same text, in another file
+    again = elspeth("resume", run_id, "-s", "moved/s2.yaml", "--commit-every", "1", cwd=work, db=db, env=crash)
+    assert again.returncode == 86, again.stderr  # crashed again, after recording the new file
+    proc = elspeth("resume", run_id, cwd=work / "moved", db=db)  # no -s: the log says which file
+    assert proc.returncode == 0, proc.stderr
+    with db.connect() as conn:
+        (path,) = conn.execute("SELECT settings_path FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert path == str((work / "moved" / "s2.yaml").resolve())
+    assert len((work / "out/high.csv").read_text().splitlines()) == 1 + 24  # header + every v > 5 once

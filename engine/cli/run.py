@@ -134,20 +134,31 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     click.echo(f"  audit trail: {db.describe()}{explain}")
 
 
-def _report(db: Database, go: Callable[[], Outcome]) -> None:
+def _report(db: Database, go: Callable[[], Outcome], resume_args: str = "") -> None:
+    """Run `go` and print its summary. `resume_args` go into the resume command suggested when
+    the run stops: `-s FILE` when that file's landscape.url chose the database."""
     started = time.monotonic()
     try:
         outcome = go()
     except RunFailedError as e:
         raise ElspethCliError(
-            f"{e} — fix the cause, then `elspeth resume {e.run_id}` (with --force if that meant changing the settings)"
+            f"{e} — fix the cause, then `elspeth resume {e.run_id}{resume_args}` "
+            "(with --force if that meant changing the settings)"
         ) from e
     except (EngineError, PluginError, LandscapeError) as e:
         raise ElspethCliError(str(e)) from e
     print_summary(db, outcome, time.monotonic() - started)
     if outcome.status == "interrupted":
-        click.echo(f"run {outcome.run_id} interrupted; continue it with `elspeth resume {outcome.run_id}`", err=True)
+        hint = f"elspeth resume {outcome.run_id}{resume_args}"
+        click.echo(f"run {outcome.run_id} interrupted; continue it with `{hint}`", err=True)
         sys.exit(130)
+
+
+def _settings_args(ctx: click.Context, settings_url: str | None, settings_path: Path) -> str:
+    """What a later `elspeth resume` needs to find this run: the settings file, when its
+    landscape.url (and not --database or the environment) chose the audit store."""
+    chosen_by_settings = settings_url is not None and not (ctx.find_root().obj or {}).get("database")
+    return f" -s {settings_path.resolve()}" if chosen_by_settings else ""
 
 
 @click.command("run")
@@ -163,11 +174,13 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
         click.echo(f"dry run: {settings_path} is valid: {describe(pipeline)}; nothing was run")
         return
     progress = Progress()
+    settings_url = _postgres_url(pipeline.loaded.settings.landscape.url)
     try:
-        with database_from_ctx(ctx, settings_url=_postgres_url(pipeline.loaded.settings.landscape.url)) as db:
+        with database_from_ctx(ctx, settings_url=settings_url) as db:
             _report(
                 db,
                 lambda: start_run(db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress),
+                _settings_args(ctx, settings_url, settings_path),
             )
     finally:
         progress.close()
@@ -185,6 +198,8 @@ def resume_cmd(
 ) -> None:
     """Continue an interrupted, failed or crashed run from its event log. With -s, the run's
     settings come from that file and its `landscape.url` says where the audit trail is."""
+    if settings_path is not None:  # resume changes folder to the run's: read the file the user means
+        settings_path = settings_path.resolve()
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     progress = Progress()
     try:
@@ -200,6 +215,7 @@ def resume_cmd(
                     progress=progress,
                     settings_path=settings_path,
                 ),
+                _settings_args(ctx, settings_url, settings_path) if settings_path is not None else "",
             )
     finally:
         progress.close()
