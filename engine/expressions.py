@@ -34,7 +34,8 @@ def _weight(value: Any, limit: int) -> int:
     if not isinstance(value, list | tuple | set | dict):
         return 1
     total = len(value)
-    for item in value.values() if isinstance(value, dict) else value:
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    for item in items:
         if total > limit:
             break
         if isinstance(item, str | list | tuple | set | dict):

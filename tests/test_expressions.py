@@ -100,6 +100,7 @@ def test_refused_constructs_say_what_is_not_allowed(source: str, says: str) -> N
         ("row['s'] * row['n']", {"s": "ab", "n": 10**9}, "too large"),
         ("len(str([[0] * 1000000] * 1000000)) > 0", {}, "too large"),  # nested: cheap to build, not to print
         ("[row['l'] * 1000] * 1000", {"l": [[1, 2]]}, "too large"),
+        ("[{row['s']: 1}] * 1000", {"s": "x" * 999_999}, "too large"),  # dict keys count too
         ("'%s' % row['s']", {"s": "x"}, "string formatting"),
         ("int(row['f'])", {"f": float("inf")}, "OverflowError"),
     ],

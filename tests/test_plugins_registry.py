@@ -77,3 +77,13 @@ def test_third_party_plugins_come_from_entry_points(third_party: None) -> None:
         registry.get_plugin("transform", "nope")
     message = str(err.value)
     assert "upper" in message and "no module acme" in message and "'junk'" in message and "built-in" in message
+
+
+def test_an_integer_option_given_as_text_must_be_plain_digits() -> None:
+    from engine.plugins.protocol import PluginConfigError
+    from engine.plugins.registry import build_plugin
+
+    assert build_plugin("source", "csv", {"path": "x.csv", "skip_rows": " 2 "}).skip_rows == 2
+    for text in ("1e3", "5.0", "two"):
+        with pytest.raises(PluginConfigError, match="skip_rows: found"):
+            build_plugin("source", "csv", {"path": "x.csv", "skip_rows": text})

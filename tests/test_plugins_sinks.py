@@ -208,6 +208,8 @@ def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
         ("json", {"path": "o.json", "format": "yaml"}, "format"),
         ("json", {"path": "o.json", "indent": "two"}, "indent"),
         ("json", {"path": "o.json", "encoding": "nope"}, "encoding"),
+        ("json", {"path": "o.json", "encoding": "rot13"}, "encoding"),
+        ("csv", {"path": "o.csv", "encoding": "base64"}, "encoding"),
         ("database", {"table": "t"}, "url"),
         ("database", {"url": "notaurl", "table": "t"}, "url"),
         ("database", {"url": "sqlite://", "table": "t", "if_exists": "fail"}, "if_exists"),
@@ -325,3 +327,11 @@ def test_database_sink_example_rows(tmp_path: Path) -> None:
 
 
 _DEALS = {"mode": "fixed", "fields": ["id: int", "customer: str", "amount: int", "category: str", "region: str"]}
+
+
+def test_json_append_refuses_a_file_it_cannot_read_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    path.write_bytes(b'[\n{"a": "\xff"}\n]\n')
+    with pytest.raises(PluginError, match="not valid utf-8"):
+        sink("json", path=str(path), mode="append").open("run", None)
+    assert path.read_bytes() == b'[\n{"a": "\xff"}\n]\n'

@@ -70,6 +70,9 @@ def test_schema_coerces_values(type_: str, value: Any, expected: Any) -> None:
         ("int", 1.5),
         ("float", "1,5"),
         ("float", False),
+        ("float", "nan"),  # no JSON form: the recorded row and the written row would differ
+        ("float", "Infinity"),
+        ("float", "1e400"),
         ("bool", "maybe"),
         ("bool", 2),
         ("str", 5),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
@@ -33,12 +35,26 @@ class Options:
         value = self.options[key]
         if isinstance(value, str) and str not in kinds and kinds[0] in (int, float, bool):
             # As for the settings' own keys: text such as an expanded "${SKIP:-0}" may stand for
-            # a number or a boolean.
-            with suppress(msgspec.ValidationError):
-                value = msgspec.convert(value.strip(), kinds[0], strict=False)
+            # a number or a boolean (an integer only as plain digits, not '1e3' or '5.0').
+            text = value.strip()
+            if kinds[0] is not int or re.fullmatch(r"[+-]?\d+", text):
+                with suppress(msgspec.ValidationError):
+                    value = msgspec.convert(text, kinds[0], strict=False)
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
             raise PluginConfigError(key, f"found {value!r}; allowed: {what}")
         return value
+
+    def encoding(self) -> str:
+        """`encoding`: the canonical name of a text codec (default utf-8). Byte-to-byte codecs
+        such as hex or base64 are refused: they cannot read or write text."""
+        name = self.str_("encoding", "utf-8")
+        try:
+            info = codecs.lookup(name)
+        except LookupError:
+            raise PluginConfigError("encoding", f"found {name!r}; allowed: a text encoding such as utf-8") from None
+        if not info._is_text_encoding:  # the stdlib's own flag for exactly this distinction
+            raise PluginConfigError("encoding", f"found {name!r}, not a text encoding; allowed: e.g. utf-8, latin-1")
+        return info.name
 
     def str_(self, key: str, default: str = "", *, required: bool = False) -> str:
         value = self._get(key, (str,), "a string", default, required)

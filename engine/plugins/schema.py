@@ -112,11 +112,15 @@ def _to_int(value: Any) -> Any:
 def _to_float(value: Any) -> Any:
     if isinstance(value, bool):
         return _BAD
+    # Only finite numbers: NaN and Infinity have no JSON form, so the row recorded in the audit
+    # trail (null) and the row a sink writes would differ, and so would a run and its resume.
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value.strip())
-    return _BAD
+        number = float(value)
+    elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        number = float(value.strip())
+    else:
+        return _BAD
+    return number if math.isfinite(number) else _BAD
 
 
 def _to_bool(value: Any) -> Any:

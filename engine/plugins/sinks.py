@@ -36,14 +36,6 @@ def _mode(o: Options) -> str:
     return mode
 
 
-def _encoding(o: Options) -> str:
-    name = o.str_("encoding", "utf-8")
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        raise PluginConfigError("encoding", f"unknown encoding {name!r}") from None
-
-
 class _FileSink:
     """What the file sinks share: opening for a fresh run or a resume, encoding, fsync on flush.
 
@@ -136,7 +128,7 @@ class CsvSink(_FileSink):
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "path", "headers", "delimiter", "encoding", "mode")
-        super().__init__(o.str_("path", required=True), _mode(o), _encoding(o), parse_schema(o.raw("schema")))
+        super().__init__(o.str_("path", required=True), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
         self.write_header = o.bool_("headers", True)
         self.delimiter = o.str_("delimiter", ",")
         if len(self.delimiter) != 1:
@@ -187,7 +179,7 @@ class JsonSink(_FileSink):
 
     def __init__(self, options: Mapping[str, Any], default_format: str | None = None) -> None:
         o = Options(options, "path", "format", "indent", "encoding", "mode")
-        super().__init__(o.str_("path", required=True), _mode(o), _encoding(o), parse_schema(o.raw("schema")))
+        super().__init__(o.str_("path", required=True), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
         fmt = o.str_("format", default_format or ("jsonl" if self.path.suffix.lower() == ".jsonl" else "json"))
         if fmt not in ("json", "jsonl"):
             raise PluginConfigError("format", f"{fmt!r} is not allowed; allowed: json, jsonl")
@@ -215,7 +207,12 @@ class JsonSink(_FileSink):
         """Append to an existing array: continue where its closing ']' was."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
-        text = self.path.read_bytes().decode(self.encoding, errors="replace")
+        try:  # strictly: the offset is counted back in bytes, which replacement would shift
+            text = self.path.read_bytes().decode(self.encoding)
+        except UnicodeDecodeError as e:
+            raise PluginError(
+                _NODE, f"cannot append to {self.path}: it is not valid {self.encoding} ({e.reason})"
+            ) from e
         body = text.rstrip()
         if not body.endswith("]"):
             raise PluginError(_NODE, f"cannot append to {self.path}: it does not end with a JSON array's ']'")

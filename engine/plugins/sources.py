@@ -39,14 +39,6 @@ def _open_input(path: Path) -> IO[bytes]:
         raise PluginError(_NODE, f"cannot open input file {path}: {e.strerror}") from e
 
 
-def _encoding(o: Options) -> str:
-    name = o.str_("encoding", "utf-8")
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        raise PluginConfigError("encoding", f"unknown encoding {name!r}") from None
-
-
 def _validated(index: int, row: Row, raw: Row, schema: Schema) -> SourceItem:
     try:
         return SourceItem(index, schema.coerce(row), raw)
@@ -119,7 +111,7 @@ class CsvSource:
         self.delimiter = o.str_("delimiter", ",")
         if len(self.delimiter) != 1:
             raise PluginConfigError("delimiter", f"must be one character, found {self.delimiter!r}")
-        self.encoding = _encoding(o)
+        self.encoding = o.encoding()
         self.skip_rows = o.int_("skip_rows", 0)
         if self.skip_rows < 0:
             raise PluginConfigError("skip_rows", f"must be 0 or more, found {self.skip_rows}")
@@ -228,7 +220,7 @@ class JsonSource:
         self.data_key = o.str_("data_key", "") or None
         if self.data_key is not None and fmt == "jsonl":
             raise PluginConfigError("data_key", "only for format json (a JSON-lines file has no enclosing object)")
-        self.encoding = _encoding(o)
+        self.encoding = o.encoding()
         self.schema = parse_schema(o.raw("schema"))
         self.on_validation_failure = o.str_("on_validation_failure", "discard")
 
