@@ -255,7 +255,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
             "sqlite:// URL, which is ignored with a warning)"
         )
     if errors:
-        raise SettingsError([f"{where}: {e}" for e in errors], loaded)
+        local = all(isinstance(e, _Local) for e in errors)
+        raise SettingsError([f"{where}: {e}" for e in errors], loaded if local else None)
     if url and url.startswith("sqlite"):
         loaded.warnings.append(
             f"{where}: landscape.url {_redact_url(url, env)} is not an audit store here (SQLite); using "
@@ -357,9 +358,11 @@ def _field_names(cls: type[msgspec.Struct]) -> list[str]:
     return [f.name for f in msgspec.structs.fields(cls)]
 
 
-class _Unknown(str):
-    """An unknown key's error. It is reported, but the struct is still built from its known keys,
-    so that the checks across keys (expressions, names, the DAG) report in the same pass."""
+class _Local(str):
+    """An error that leaves the rest of the file checkable: an unknown key (the struct is still
+    built from its known keys) or a bad expression. When every error is local, the DAG and the
+    plugin options are checked too and reported in the same pass; other errors (a missing
+    variable, a name used twice) would only make those checks report their consequences."""
 
 
 def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: list[str]) -> Any:
@@ -372,7 +375,7 @@ def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: lis
     before = len(errors)
     for key in value:
         if key not in names:
-            errors.append(_Unknown(f"{_join(path, key)}: unknown key; allowed: {', '.join(names)}"))
+            errors.append(_Local(f"{_join(path, key)}: unknown key; allowed: {', '.join(names)}"))
     decoded: dict[str, Any] = {}
     for f in fields:
         if f.name not in value:
@@ -384,7 +387,7 @@ def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: lis
         if item is None and cls is Settings and not f.required:
             continue  # an empty top-level section (`transforms:` with nothing under it)
         decoded[f.name] = _convert(item, f.type, _join(path, f.name), errors)
-    if any(not isinstance(e, _Unknown) for e in errors[before:]):
+    if any(not isinstance(e, _Local) for e in errors[before:]):
         return None
     return cls(**decoded)
 
@@ -506,7 +509,7 @@ def _check_gate(loaded: LoadedSettings, i: int, g: GateSettings, errors: list[st
     try:
         loaded.gate_conditions[g.name] = compile_expression(g.condition)
     except ExpressionSyntaxError as e:
-        errors.append(f"gates[{i}].condition (gate '{g.name}'): {e}")
+        errors.append(_Local(f"gates[{i}].condition (gate '{g.name}'): {e}"))
     if not g.routes:
         errors.append(f"gates[{i}].routes: found an empty mapping; allowed: label -> sink, connection or fork")
     forks = "fork" in g.routes.values()
@@ -558,7 +561,7 @@ def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, e
         try:
             condition = compile_expression(tr.condition)
         except ExpressionSyntaxError as e:
-            errors.append(f"{path}.condition (aggregation '{a.name}'): {e}")
+            errors.append(_Local(f"{path}.condition (aggregation '{a.name}'): {e}"))
         else:
             # It sees the batch, not a row: anything else it names could never be there.
             if condition.fields is None:
@@ -567,8 +570,10 @@ def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, e
                 found = ", ".join(f"row[{f!r}]" for f in sorted(condition.fields - _TRIGGER_FIELDS))
             if found:
                 errors.append(
-                    f"{path}.condition (aggregation '{a.name}'): found {found}; "
-                    "allowed: row['batch_count'], row['batch_age_seconds']"
+                    _Local(
+                        f"{path}.condition (aggregation '{a.name}'): found {found}; "
+                        "allowed: row['batch_count'], row['batch_age_seconds']"
+                    )
                 )
             loaded.trigger_conditions[a.name] = condition
     if a.expected_output_count is not None and a.expected_output_count < 0:

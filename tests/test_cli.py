@@ -404,3 +404,11 @@ def test_a_resume_from_another_settings_file_is_remembered_by_the_next_resume(db
         (path,) = conn.execute("SELECT settings_path FROM runs WHERE run_id = %s", (run_id,)).fetchone()
     assert path == str((work / "moved" / "s2.yaml").resolve())
     assert len((work / "out/high.csv").read_text().splitlines()) == 1 + 24  # header + every v > 5 once
+
+
+def test_a_missing_variable_is_reported_once_not_with_its_consequences(work: Path) -> None:
+    text = PIPELINE.replace("options: {path: in.csv,", "options: {path: in.csv, skip_rows: '${SKIP}',")
+    (work / "bad.yaml").write_text(text)
+    err = one_line_error(elspeth("validate", "-s", "bad.yaml", cwd=work), 2)
+    assert "environment variable SKIP is not set" in err
+    assert "skip_rows: found ''" not in err and len(err.strip().splitlines()) == 1
