@@ -10,6 +10,7 @@ import click
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.canonical import decode_row
+from landscape.db import Database
 from landscape.errors import LandscapeError
 from landscape.fold import RunFold
 from landscape.payloads import load_payloads
@@ -138,7 +139,7 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
         click.echo(f"  outcome: {outcome or 'not yet ended'}{where}{into}{why}")
 
 
-def _run_exists(db: Any, run_id: str) -> bool:
+def _run_exists(db: Database, run_id: str) -> bool:
     with db.connect() as conn:
         return conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone() is not None
 
