@@ -278,6 +278,22 @@ def test_database_sink_never_writes_a_token_twice(db_url: str) -> None:
     assert _select(db_url, "SELECT id FROM deals") == [(9,)]
 
 
+def test_database_sink_refuses_to_continue_when_durable_rows_were_deleted(db_url: str) -> None:
+    options = {"url": db_url, "table": "cut", "schema": _SCHEMA}
+    first = build_plugin("sink", "database", options)
+    first.open("run-cut", None)
+    for i in (1, 2):
+        first.write(f"t{i}", {"id": i, "name": "a", "score": 1.0, "ok": True})
+    assert first.flush() == 2
+    first.release()  # the run crashed here
+    engine = create_engine(db_url)
+    with engine.begin() as conn:  # someone cleaned up
+        conn.execute(text("DELETE FROM elspeth_sink_tokens WHERE token_id = 't2'"))
+    engine.dispose()
+    with pytest.raises(PluginError, match="records 1 rows of this run but the run had made 2 durable"):
+        build_plugin("sink", "database", options).open("run-cut", 2)
+
+
 def test_database_sink_table_has_exactly_the_data_columns(db_url: str) -> None:
     written(sink("database", url=db_url, table="plain"), [{"id": 1, "amount": 2.5, "label": "x", "flag": False}])
     engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))

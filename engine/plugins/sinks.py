@@ -323,6 +323,15 @@ class DatabaseSink:
         except Exception as e:
             self.release()
             raise self._fail(what, e) from e
+        if position is not None and self._committed < position:
+            # As for files: rows the log says are durable are gone, so this is not the table
+            # the run wrote; carrying on would leave a hole nobody would see.
+            self.release()
+            raise PluginError(
+                _NODE,
+                f"cannot continue {self.location()}: it records {self._committed} rows of this run but the run "
+                f"had made {position} durable, so they were deleted since; restore them, or start a new run",
+            )
 
     def write(self, token_id: str, row: Row) -> None:
         self._buffer.append((token_id, row))
