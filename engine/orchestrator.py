@@ -223,7 +223,8 @@ class Execution:
 
     def start(self, *, resumed: bool, forced: bool, fingerprint: str, new_settings: bool = False) -> None:
         """Record the start (or resumption) and open the sinks. `new_settings`: a resume that
-        continues under other settings than the log's (the caller checked --force)."""
+        continues under other settings than the log's (changed text, allowed by --force, or the
+        same text from another file), recorded with RunResumed."""
         emit = self._emit
         if not resumed:
             loaded = self.p.loaded

@@ -47,7 +47,7 @@ def normalise_url(url: str) -> str:
     return "postgresql" + url[len(parts.scheme) :]
 
 
-_USERINFO_PASSWORD = re.compile(r"(//[^:/@]*:)[^@]*@")
+_USERINFO_PASSWORD = re.compile(r"(//[^:/@]*:)[^/?#]*@")  # up to the last '@' before the host
 # `?password=...` (and sslpassword=...) in a URL, or in a libpq keyword string, quoted or not.
 _PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
 

@@ -199,6 +199,8 @@ def _check_data_dir(pgdata: Path) -> None:
             )
     if not pgdata.exists():
         return
+    if not pgdata.is_dir():
+        raise DatabaseUnavailable(f"{pgdata} is not a folder; move it away, set ELSPETH_HOME, or use --database URL")
     owner = pgdata.stat().st_uid
     if _as_root():
         # Root may hand its own folder to the server's user, never take someone else's.

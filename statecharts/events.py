@@ -43,8 +43,8 @@ class RunStarted(EventBase, frozen=True):
 class RunResumed(EventBase, frozen=True):
     source_fingerprint: str
     forced: bool = False  # resumed despite a changed input (`--force`)
-    # Set only when the run continues under other settings (changed, or another file: both need
-    # --force), so that later resumes load and compare against these.
+    # Set only when the run continues under other settings: changed text (which needs --force) or
+    # another file with the same text (which does not). Later resumes load and compare these.
     settings_path: str | None = None
     settings_hash: str | None = None
     settings: dict[str, object] | None = None  # redacted, as in RunCreated

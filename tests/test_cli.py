@@ -313,6 +313,7 @@ def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(
     [
         "postgresql://u:hunter2@127.0.0.1:1/db",
         "postgresql://:hunter2@127.0.0.1:1/db",
+        "postgresql://u:hunter2@x@127.0.0.1:1/db",  # an '@' inside the password
         "postgresql://u@127.0.0.1:1/db?password=hunter2",
         "postgresql://u@127.0.0.1:1/db?sslpassword=hunter2",
         "host=h password=hunter2",
@@ -412,3 +413,20 @@ def test_a_missing_variable_is_reported_once_not_with_its_consequences(work: Pat
     err = one_line_error(elspeth("validate", "-s", "bad.yaml", cwd=work), 2)
     assert "environment variable SKIP is not set" in err
     assert "skip_rows: found ''" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_resume_hint_carries_the_home_that_found_the_run(work: Path) -> None:
+    (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "later/high.csv"))
+    home = work / "elsewhere"
+    err = one_line_error(elspeth("--home", "elsewhere", "run", "-s", "settings.yaml", cwd=work), 1)
+    found = re.search(r"`(elspeth --home (\S+) resume ([\w-]+))`", err)
+    assert found and found.group(2) == str(home.resolve()), err
+    (work / "later").mkdir()
+    proc = elspeth(*found.group(1).split()[1:], cwd=work)  # the hint, as the user would paste it
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_data_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".elspeth").mkdir()
+    (tmp_path / ".elspeth" / "pgdata").write_text("")
+    assert "is not a folder" in one_line_error(elspeth("runs", cwd=tmp_path), 1)

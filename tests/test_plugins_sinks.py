@@ -290,8 +290,14 @@ def test_database_sink_refuses_to_continue_when_durable_rows_were_deleted(db_url
     with engine.begin() as conn:  # someone cleaned up
         conn.execute(text("DELETE FROM elspeth_sink_tokens WHERE token_id = 't2'"))
     engine.dispose()
-    with pytest.raises(PluginError, match="records 1 rows of this run but the run had made 2 durable"):
+    with pytest.raises(PluginError, match="holds 1 of the 2 rows the run had made durable"):
         build_plugin("sink", "database", options).open("run-cut", 2)
+    engine = create_engine(db_url)
+    with engine.begin() as conn:  # or dropped the table itself
+        conn.execute(text("DROP TABLE cut"))
+    engine.dispose()
+    with pytest.raises(PluginError, match="holds 0 of the 1 rows"):
+        build_plugin("sink", "database", options).open("run-cut", 1)
 
 
 def test_database_sink_table_has_exactly_the_data_columns(db_url: str) -> None:

@@ -73,6 +73,7 @@ def test_schema_coerces_values(type_: str, value: Any, expected: Any) -> None:
         ("float", "nan"),  # no JSON form: the recorded row and the written row would differ
         ("float", "Infinity"),
         ("float", "1e400"),
+        ("float", 10**400),  # too large for a float at all
         ("bool", "maybe"),
         ("bool", 2),
         ("str", 5),
@@ -366,3 +367,11 @@ def test_every_conformance_input_reads_without_quarantine() -> None:
         options["path"] = str(CORPUS / options["path"])
         got = items(source["plugin"], options)
         assert got and all(i.error is None for i in got), settings
+
+
+def test_nan_and_infinity_in_json_lines_are_quarantined_not_passed_on(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": 1, "x": 1.5}\n{"id": 2, "x": NaN}\n{"id": 3, "x": -Infinity}\n')
+    items = list(build_plugin("source", "jsonl", {"path": str(path)}).read())
+    assert [i.row for i in items] == [{"id": 1, "x": 1.5}, None, None]
+    assert all(i.error and "is not a JSON value" in i.error for i in items[1:])

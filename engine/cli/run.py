@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError
@@ -17,7 +19,7 @@ from engine.errors import EngineError, RunFailedError
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
 from engine.plugins.protocol import PluginError
 from engine.settings import SettingsError, load_settings
-from landscape.db import Database, is_postgresql_url
+from landscape.db import Database, is_postgresql_url, redact
 from landscape.errors import LandscapeError
 from landscape.fold import RunFold
 
@@ -134,31 +136,37 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     click.echo(f"  audit trail: {db.describe()}{explain}")
 
 
-def _report(db: Database, go: Callable[[], Outcome], resume_args: str = "") -> None:
-    """Run `go` and print its summary. `resume_args` go into the resume command suggested when
-    the run stops: `-s FILE` when that file's landscape.url chose the database."""
+def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str]) -> None:
+    """Run `go` and print its summary; `resume(run_id)` is the command to suggest when it stops."""
     started = time.monotonic()
     try:
         outcome = go()
     except RunFailedError as e:
         raise ElspethCliError(
-            f"{e} — fix the cause, then `elspeth resume {e.run_id}{resume_args}` "
-            "(with --force if that meant changing the settings)"
+            f"{e} — fix the cause, then `{resume(e.run_id)}` (with --force if that meant changing the settings)"
         ) from e
     except (EngineError, PluginError, LandscapeError) as e:
         raise ElspethCliError(str(e)) from e
     print_summary(db, outcome, time.monotonic() - started)
     if outcome.status == "interrupted":
-        hint = f"elspeth resume {outcome.run_id}{resume_args}"
-        click.echo(f"run {outcome.run_id} interrupted; continue it with `{hint}`", err=True)
+        click.echo(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`", err=True)
         sys.exit(130)
 
 
-def _settings_args(ctx: click.Context, settings_url: str | None, settings_path: Path) -> str:
-    """What a later `elspeth resume` needs to find this run: the settings file, when its
-    landscape.url (and not --database or the environment) chose the audit store."""
-    chosen_by_settings = settings_url is not None and not (ctx.find_root().obj or {}).get("database")
-    return f" -s {settings_path.resolve()}" if chosen_by_settings else ""
+def _resume_command(ctx: click.Context, settings_url: str | None, settings_path: Path | None) -> Callable[[str], str]:
+    """The `elspeth resume` that finds this run again: with the --home or --database given as
+    flags (the environment carries over by itself; a password shows as ***), and with -s FILE
+    when that file's landscape.url chose the audit store."""
+    root = ctx.find_root()
+    obj = root.obj or {}
+    flags = ""
+    for name in ("home", "database"):
+        if obj.get(name) and root.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            value = str(Path(obj[name]).resolve()) if name == "home" else redact(obj[name])
+            flags += f" --{name} {shlex.quote(value)}"
+    by_settings = settings_url is not None and not obj.get("database") and settings_path is not None
+    settings = f" -s {shlex.quote(str(settings_path.resolve()))}" if by_settings and settings_path else ""
+    return lambda run_id: f"elspeth{flags} resume {run_id}{settings}"
 
 
 @click.command("run")
@@ -180,7 +188,7 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
             _report(
                 db,
                 lambda: start_run(db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress),
-                _settings_args(ctx, settings_url, settings_path),
+                _resume_command(ctx, settings_url, settings_path),
             )
     finally:
         progress.close()
@@ -215,7 +223,7 @@ def resume_cmd(
                     progress=progress,
                     settings_path=settings_path,
                 ),
-                _settings_args(ctx, settings_url, settings_path) if settings_path is not None else "",
+                _resume_command(ctx, settings_url, settings_path),
             )
     finally:
         progress.close()

@@ -114,11 +114,14 @@ def _to_float(value: Any) -> Any:
         return _BAD
     # Only finite numbers: NaN and Infinity have no JSON form, so the row recorded in the audit
     # trail (null) and the row a sink writes would differ, and so would a run and its resume.
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        number = float(value.strip())
-    else:
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            number = float(value.strip())
+        else:
+            return _BAD
+    except OverflowError:  # an integer of hundreds of digits
         return _BAD
     return number if math.isfinite(number) else _BAD
 

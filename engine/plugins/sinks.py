@@ -293,7 +293,7 @@ class DatabaseSink:
         return PluginError(_NODE, f"database sink {self.location()}: {what}: {first.replace(self.url, self._shown)}")
 
     def open(self, run_id: str, position: int | None) -> None:
-        from sqlalchemy import Column, MetaData, Table, Text, func, select
+        from sqlalchemy import Column, MetaData, Table, Text, func, inspect, select, table
 
         self.release()
         self.run_id = run_id
@@ -318,19 +318,24 @@ class DatabaseSink:
                     Table(self.table_name, MetaData()).drop(conn, checkfirst=True)
                     conn.execute(tokens.delete().where(tokens.c.sink_table == self.table_name))
                 self._committed = conn.execute(select(func.count()).select_from(tokens).where(mine)).scalar_one()
+                in_table = 0
+                if position and inspect(conn).has_table(self.table_name):
+                    in_table = conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one()
                 if self.schema.field_names is not None:
                     self._ensure_table(conn, {})
         except Exception as e:
             self.release()
             raise self._fail(what, e) from e
-        if position is not None and self._committed < position:
-            # As for files: rows the log says are durable are gone, so this is not the table
-            # the run wrote; carrying on would leave a hole nobody would see.
+        if position and min(self._committed, in_table) < position:
+            # As for files: rows the log says are durable are gone (the table dropped or emptied,
+            # or their bookkeeping deleted), so this is not what the run wrote; carrying on would
+            # leave a hole nobody would see. Rows of other runs in the same table are not told
+            # apart: a partial delete among them can go unnoticed.
             self.release()
             raise PluginError(
                 _NODE,
-                f"cannot continue {self.location()}: it records {self._committed} rows of this run but the run "
-                f"had made {position} durable, so they were deleted since; restore them, or start a new run",
+                f"cannot continue {self.location()}: it holds {min(self._committed, in_table)} of the {position} "
+                "rows the run had made durable, so rows were deleted since; restore them, or start a new run",
             )
 
     def write(self, token_id: str, row: Row) -> None:

@@ -254,7 +254,7 @@ class JsonSource:
 
     def _record(self, index: int, text: str, raw: Row) -> SourceItem:
         try:
-            value = json.loads(text)
+            value = _strict_json(text)
         except json.JSONDecodeError as e:
             return SourceItem(index, None, raw, f"invalid JSON at column {e.colno}: {e.msg}")
         if not isinstance(value, dict):
@@ -264,7 +264,7 @@ class JsonSource:
     def _array(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
         # A JSON document has to be parsed whole; only JSON lines stream.
         try:
-            data = json.loads(f.read().decode(self.encoding).removeprefix("\ufeff"))
+            data = _strict_json(f.read().decode(self.encoding).removeprefix("\ufeff"))
         except UnicodeDecodeError as e:
             raise PluginError(_NODE, f"{self.path} is not valid {self.encoding}: {e.reason} at byte {e.start}") from e
         except json.JSONDecodeError as e:
@@ -294,6 +294,16 @@ class JsonSource:
 
     def close(self) -> None:
         pass
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as the standard has it: NaN and Infinity (which Python's json accepts) have no JSON
+    form, so the row recorded in the audit trail and the row a sink writes would differ."""
+
+    def refuse(name: str) -> Any:
+        raise json.JSONDecodeError(f"{name} is not a JSON value", text, text.find(name))
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def _json_type(value: Any) -> str:
