@@ -21,6 +21,7 @@ import msgspec
 import yaml
 
 from engine.expressions import Expression, ExpressionSyntaxError, compile_expression
+from engine.plugins.schema import is_int_text
 from landscape.db import is_postgresql_url
 
 
@@ -30,8 +31,8 @@ class SettingsError(Exception):
     def __init__(self, errors: list[str], loaded: LoadedSettings | None = None) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-        # The settings as decoded, when only checks across keys failed: the DAG and the plugin
-        # options can then still be checked, so that one pass reports every problem.
+        # The settings as decoded, when every error is local (see _Local): the DAG and the plugin
+        # options can then still be checked, so that one pass reports them all.
         self.loaded = loaded
 
 
@@ -240,7 +241,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         canonical = msgspec.json.encode(data, order="deterministic")
     except (TypeError, msgspec.EncodeError) as e:  # e.g. option keys of mixed types
         errors.append(f"(top): the settings cannot be recorded: {e}")
-        raise SettingsError([f"{where}: {e}" for e in errors]) from None
+        raise SettingsError([f"{where}: {m}" for m in errors]) from None
     loaded = LoadedSettings(
         settings=settings,
         path=path,
@@ -405,7 +406,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         members = [a for a in args if a is not type(None)]
         if value is None and len(members) < len(args):
             return None
-        if isinstance(value, str) and int in members and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        if isinstance(value, str) and int in members and is_int_text(value):
             return int(value)  # an expanded "${N:-5}" where a number or a word may stand
         for member in members:  # a container picks the member of its shape, to name the inner key
             shape = typing.get_origin(member) or member

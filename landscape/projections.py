@@ -117,7 +117,7 @@ class Projector:
 
     def _run_resumed(self, seq: int, run_id: str, e: ev.RunResumed, at_us: int) -> None:
         self._run_update["source_fingerprint"] = e.source_fingerprint
-        if e.settings_hash is not None:  # continued under other settings (--force)
+        if e.settings_hash is not None:  # continued under other settings (see RunResumed)
             self._run_update["settings_hash"] = e.settings_hash
         if e.settings_path is not None:
             self._run_update["settings_path"] = e.settings_path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import re
 from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import msgspec
 
 from engine.plugins.protocol import PluginConfigError
+from engine.plugins.schema import is_int_text
 
 _COMMON = ("schema",)  # every plugin accepts a schema
 
@@ -37,7 +37,7 @@ class Options:
             # As for the settings' own keys: text such as an expanded "${SKIP:-0}" may stand for
             # a number or a boolean (an integer only as plain digits, not '1e3' or '5.0').
             text = value.strip()
-            if kinds[0] is not int or re.fullmatch(r"[+-]?\d+", text):
+            if kinds[0] is not int or is_int_text(text):
                 with suppress(msgspec.ValidationError):
                     value = msgspec.convert(text, kinds[0], strict=False)
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):

@@ -19,6 +19,14 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 # Plain decimal integers only: int() alone would also take '1_000', and '12.0' is not an int.
 _INT = re.compile(r"[+-]?\d+")
+
+
+def is_int_text(text: str) -> bool:
+    """Whether text (surrounding spaces aside) is a plain decimal integer: the one rule for
+    schema fields, plugin options and settings values given as text (e.g. an expanded ${N})."""
+    return _INT.fullmatch(text.strip()) is not None
+
+
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
@@ -104,7 +112,7 @@ def _to_int(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else _BAD
-    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+    if isinstance(value, str) and is_int_text(value):
         return int(value.strip())
     return _BAD
 
