@@ -20,13 +20,13 @@ from typing import Any
 
 from landscape.canonical import hash_row
 from landscape.db import Database, open_database
-from landscape.store import _EVENT_COLUMNS, RunWriter
+from landscape.postgres import _EVENT_COLUMNS, PostgresRecorder
 from statecharts import events as ev
 
 
 def store_path(db: Database, events: int, commit_every: int) -> tuple[float, list[tuple[Any, ...]]]:
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    writer = RunWriter(db.connect(), run_id, pipelined=True)  # as the engine uses it
+    writer = PostgresRecorder(db).open_writer(run_id, pipelined=True)  # as the engine uses it
     sent: list[tuple[Any, ...]] = []  # the exact rows the store sent, for the baseline
     started = time.perf_counter()
     n = i = 0

@@ -11,12 +11,13 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engine.errors import EngineError
 from engine.settings import Settings
 
 Kind = Literal["transform", "gate", "aggregation", "coalesce", "sink"]
 
 
-class DagError(Exception):
+class DagError(EngineError):
     """Everything wrong with the wiring, one problem per line."""
 
     def __init__(self, errors: list[str]) -> None:

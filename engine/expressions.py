@@ -12,14 +12,16 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from engine.errors import EngineError
+
 Fn = Callable[[Mapping[str, Any]], Any]
 
 
-class ExpressionSyntaxError(Exception):
+class ExpressionSyntaxError(EngineError):
     """The expression uses something the language does not allow (raised at settings load)."""
 
 
-class ExpressionError(Exception):
+class ExpressionError(EngineError):
     """Evaluating the expression on a row failed: a row error, never a crash."""
 
 

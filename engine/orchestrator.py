@@ -30,11 +30,16 @@ from engine.settings import LoadedSettings, SettingsError, fingerprint
 from landscape import faults
 from landscape.canonical import decode_row
 from landscape.db import Database
+from landscape.errors import CorruptLog
 from landscape.fold import RunFold
 from landscape.payloads import load_payloads
-from landscape.store import RunWriter, read_events, writer_alive
+from landscape.postgres import PostgresRecorder
+from landscape.projections import Projector
+from landscape.queries import run_summary
+from landscape.verify import verify_events
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
+from statecharts.machines import RUN_OPEN, RunState
 
 DEFAULT_COMMIT_EVERY = 1000
 COMMIT_SECONDS = 1.0
@@ -197,7 +202,8 @@ class Execution:
         self.commit_every = max(1, commit_every)
         self.progress = progress
         self.stop = stop or Stop()
-        self.writer = RunWriter(db.connect(), run_id, project=True, pipelined=True)
+        self.recorder = PostgresRecorder(db)
+        self.writer = self.recorder.open_writer(run_id, hooks=[Projector(run_id)], pipelined=True)
         if self.writer.next_seq != fold.last_seq + 1:
             # Another process wrote to the run between our reading its log and taking its lock
             # (two resumes at once): what we folded is stale, and acting on it would be wrong.
@@ -246,7 +252,7 @@ class Execution:
                 self._open_sinks()
             except PluginError as e:
                 raise ResumeRefused(f"run {self.run_id} cannot be resumed: {e}") from e
-            if self.fold.status in ("running", "draining"):
+            if self.fold.status in RUN_OPEN:
                 # Its writer is gone (we hold the lock): record that before resuming.
                 emit(self.run_id, ev.RunInterrupted(reason="writer lost"))
             loaded = self.p.loaded
@@ -272,7 +278,7 @@ class Execution:
             self._reenter()
         except PluginError as e:
             # Recorded like any failure: the run exists, says why it stopped, and is resumable.
-            self._fail(str(e))
+            self._fail(str(e), e)
             raise RunFailedError(self.run_id, str(e)) from e
         self.writer.commit()
 
@@ -285,7 +291,7 @@ class Execution:
         live = self.fold.tokens
         if not live:
             return
-        rows = load_payloads(self.db, {t.data_hash for t in live.values()})
+        rows = load_payloads(self.recorder, {t.data_hash for t in live.values()})
         for token_id, t in live.items():
             w = Work(token_id, decode_row(rows[t.data_hash]), t.data_hash, t.at, t.row_index, t.branch, t.fork_id)
             self.proc.resume_token(w, t.state, t.place, t.outcome, t.node, t.reason)
@@ -326,8 +332,8 @@ class Execution:
                 self.durability_point()
                 self._emit(self.run_id, ev.RunInterrupted(reason=self.stop.requested))
                 self.writer.commit()
-                return "interrupted"
-            if fold.status == "running":
+                return RunState.INTERRUPTED
+            if fold.status == RunState.RUNNING:
                 # Also after a resume of a run that had drained: resuming made it `running` again.
                 self._emit(self.run_id, ev.SourceExhausted(records=fold.source_records))
             proc.fire_due()
@@ -340,16 +346,21 @@ class Execution:
                     raise at_node(f"sink '{name}'", e) from e
             self._emit(self.run_id, ev.RunCompleted())
             self.writer.commit()
-            return "completed"
+            return RunState.COMPLETED
         except PluginError as e:
-            self._fail(str(e))
+            self._fail(str(e), e)
             raise RunFailedError(self.run_id, str(e)) from e
 
-    def _fail(self, reason: str) -> None:
-        # The sink that failed may fail again: record the run's failure regardless. What was
-        # not made durable is redone by a resume (its tokens are still pending in the log).
-        with suppress(Exception):
+    def _fail(self, reason: str, cause: BaseException) -> None:
+        """Record the run's failure. The sink that failed may fail again while flushing: that
+        second error is noted on `cause` (and in the recorded reason), never dropped; the run's
+        failure is recorded regardless. What was not made durable is redone by a resume (its
+        tokens are still pending in the log)."""
+        try:
             self.durability_point()
+        except Exception as again:
+            cause.add_note(f"and flushing before recording the failure failed too: {again}")
+            reason = f"{reason} (and the flush before recording it failed: {again})"
         self._emit(self.run_id, ev.RunFailed(reason=reason))
         self.writer.commit()
 
@@ -384,13 +395,15 @@ def _version() -> str:
 
 
 def fold_run(db: Database, run_id: str, *, strict: bool = False, upto_seq: int | None = None) -> RunFold:
-    fold = RunFold(run_id, ended=set() if strict else None)
-    conn = db.connect()
-    try:
-        fold.apply_all(read_events(conn, run_id, upto_seq=upto_seq))
-    finally:
-        conn.close()
-    return fold
+    """The run's state from its log, verified on the way (chain, seq continuity, legal
+    transitions): a tampered log is refused, not continued. `strict` keeps the ended tokens
+    (replay, tests); a run that goes on drops them so memory stays flat."""
+    verified = verify_events(run_id, PostgresRecorder(db).read_events(run_id, upto_seq=upto_seq))
+    if verified.bad is not None:  # no events at all is an empty fold: a run that never committed
+        verified.raise_if_bad()
+    if not strict:
+        verified.fold.ended = None
+    return verified.fold
 
 
 def start_run(
@@ -426,26 +439,25 @@ def resume_run(
     progress: ProgressFn | None = None,
     settings_path: Path | None = None,
 ) -> Outcome:
-    conn = db.connect()
+    recorder = PostgresRecorder(db)
+    if not recorder.run_exists(run_id):
+        raise ResumeRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
+    if recorder.writer_alive(run_id):
+        raise ResumeRefused(f"run {run_id} is still being written by another process; not resuming it")
+    # The projection is committed with the events it derives from: a quick answer for the
+    # common mistake, before folding a log of perhaps millions of events. The fold decides
+    # for every other case.
+    summary = run_summary(db, run_id)
+    if summary is not None and summary.status == RunState.COMPLETED:
+        raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
     try:
-        exists = conn.execute("SELECT 1 FROM events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone()
-        conn.commit()
-        if not exists:
-            raise ResumeRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
-        if writer_alive(conn, run_id):
-            raise ResumeRefused(f"run {run_id} is still being written by another process; not resuming it")
-        # The projection is committed with the events it derives from: a quick answer for the
-        # common mistake, before folding a log of perhaps millions of events. The fold decides
-        # for every other case.
-        status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone()
-        conn.commit()
-        if status is not None and status[0] == "completed":
-            raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
-    finally:
-        conn.close()
-    fold = fold_run(db, run_id)
+        fold = fold_run(db, run_id)
+    except CorruptLog as e:
+        raise ResumeRefused(
+            f"run {run_id} cannot be resumed: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
+        ) from e
     records_before = fold.source_records
-    if fold.status == "completed":
+    if fold.status == RunState.COMPLETED:
         raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
     if fold.working_dir and os.path.isdir(fold.working_dir):
         # Relative paths in the settings (inputs, outputs) resolve as they did for the run.

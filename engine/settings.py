@@ -20,12 +20,13 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from engine.errors import EngineError
 from engine.expressions import Expression, ExpressionSyntaxError, compile_expression
 from engine.plugins.schema import is_int_text
 from landscape.db import is_postgresql_url
 
 
-class SettingsError(Exception):
+class SettingsError(EngineError):
     """Everything wrong with one settings file, one problem per line."""
 
     def __init__(self, errors: list[str], loaded: LoadedSettings | None = None) -> None:

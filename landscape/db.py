@@ -14,7 +14,18 @@ from urllib.parse import urlsplit
 import psycopg
 
 from landscape.embedded import embedded_server
-from landscape.errors import DatabaseUnavailable, SchemaOutdated, SchemaTooNew
+from landscape.errors import (
+    ConcurrentWriter,
+    DatabaseUnavailable,
+    LandscapeError,
+    PermissionDenied,
+    SchemaOutdated,
+    SchemaTooNew,
+    StoreError,
+)
+
+# A connection to the audit store, for the landscape's own modules (they never import the driver).
+Connection = psycopg.Connection[Any]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -57,6 +68,38 @@ def redact(url: str) -> str:
     return _PASSWORD_PARAM.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> LandscapeError:
+    """The one place where a driver error becomes one of the landscape's errors."""
+    if isinstance(e, psycopg.errors.UniqueViolation) and run_id is not None:
+        return ConcurrentWriter(f"run {run_id} is being written by another process (seq already taken)")
+    if isinstance(e, psycopg.OperationalError):
+        resume = f"; `elspeth resume {run_id}` continues it" if run_id is not None else ""
+        return DatabaseUnavailable(f"lost the database while {what}{resume}: {_first_line(e)}")
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return PermissionDenied(f"{what}: {_first_line(e)}")
+    return StoreError(f"{what}: {_first_line(e)}")
+
+
+@contextmanager
+def driver_errors(what: str, *, conn: Connection | None = None, run_id: str | None = None) -> Iterator[None]:
+    """Run a block against the database; a driver error leaves it as a LandscapeError (`from`
+    the original, so nothing is lost). `conn`: rolled back first, if still usable."""
+    try:
+        yield
+    except psycopg.Error as e:
+        if conn is not None and not conn.closed and not isinstance(e, psycopg.OperationalError):
+            try:
+                conn.rollback()
+            except psycopg.Error as again:
+                e.add_note(f"and the rollback failed: {_first_line(again)}")
+        raise translate(e, what, run_id) from e
+
+
 @dataclass
 class Database:
     conninfo: str
@@ -66,11 +109,11 @@ class Database:
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg" + self.conninfo[len("postgresql") :]
 
-    def connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+    def connect(self, autocommit: bool = False) -> Connection:
         try:
             return psycopg.connect(self.conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = _first_line(e)
             raise DatabaseUnavailable(
                 f"cannot connect to {redact(self.location)}: {first} — check the server is up and the URL "
                 "(--database / ELSPETH_DATABASE_URL / landscape.url), or omit them for the embedded one"

@@ -19,8 +19,20 @@ class SchemaTooNew(LandscapeError):
     """The database schema was written by a newer ELSPETH."""
 
 
+class UnknownRun(LandscapeError):
+    """No run of that id in this audit store."""
+
+
 class ConcurrentWriter(LandscapeError):
     """Another process is writing the run."""
+
+
+class StoreError(LandscapeError):
+    """The database refused or failed a statement (other than by being unreachable)."""
+
+
+class PermissionDenied(StoreError):
+    """The role ELSPETH connected as may not do this (see `elspeth db roles`)."""
 
 
 class CorruptLog(LandscapeError):

@@ -15,13 +15,14 @@ from typing import Any
 from landscape.errors import CorruptLog
 from statecharts import events as ev
 from statecharts.compiled import BATCH, COALESCE, RUN, TOKEN, InvalidTransition
-from statecharts.machines import INITIAL
+from statecharts.machines import INITIAL, BatchState
 
 
 class IllegalEvent(CorruptLog):
     def __init__(self, run_id: str, seq: int, message: str) -> None:
         super().__init__(f"run {run_id}: event seq {seq} is not a legal transition: {message}")
         self.seq = seq
+        self.detail = message
 
 
 @dataclass(slots=True)
@@ -175,7 +176,7 @@ class RunFold:
 
     def _buffered(self, token_id: str, e: ev.TokenBuffered) -> None:
         batch = self.batches.get(e.batch_id)
-        if batch is None or batch.state != "collecting":
+        if batch is None or batch.state != BatchState.COLLECTING:
             raise InvalidTransition("batch", "not collecting", "TokenBuffered")
         self._token(token_id, e).place = e.batch_id
         batch.members.append(token_id)

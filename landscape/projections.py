@@ -1,9 +1,12 @@
 """Projection tables, maintained from the events in the same transaction that stores them.
 
-A `Projector` is fed every event as it is appended and turns each into rows for the analyst
-tables; `apply` writes what a durability point gathered (COPY for the insert-only tables, one
-upsert per changed run / coalesce / batch / metric). `rebuild` runs the very same projector over
-the stored log, so a rebuilt table equals the incrementally maintained one, row for row.
+A `Projector` is a writer hook (`landscape.recorder.TransactionHook`): it is fed every event as
+it is appended and turns each into rows for the analyst tables, gathered in a `ProjectionBatch`;
+at each commit the writer takes the batch and `apply` writes it in that commit's transaction
+(COPY for the insert-only tables, one upsert per changed run / coalesce / batch / metric).
+`rebuild` runs the very same projector over the stored log, so a rebuilt table equals the
+incrementally maintained one, row for row. Which event ends a run or a token, and in which state,
+is read off the statechart definitions (`RUN_STATUS_AFTER`, `TOKEN_OUTCOME_OF`).
 """
 
 from __future__ import annotations
@@ -13,9 +16,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
-
+from landscape.db import Database, driver_errors
+from landscape.errors import UnknownRun
+from landscape.postgres import PostgresRecorder
 from statecharts import events as ev
+from statecharts.machines import (
+    RUN_ENDED,
+    RUN_STATUS_AFTER,
+    TOKEN_OUTCOME_OF,
+    BatchState,
+    CoalesceState,
+    RunState,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -40,34 +52,28 @@ _COPY_TABLES: dict[str, tuple[str, ...]] = {
     "artifacts": ("run_id", "seq", "sink", "position", "rows", "location"),
 }
 
-_RUN_STATUS: dict[type[ev.EventBase], str] = {
-    ev.RunStarted: "running",
-    ev.RunResumed: "running",
-    ev.SourceExhausted: "draining",
-    ev.RunCompleted: "completed",
-    ev.RunFailed: "failed",
-    ev.RunInterrupted: "interrupted",
-}
-
-_OUTCOME: dict[type[ev.EventBase], str] = {
-    ev.TokenCompleted: "completed",
-    ev.TokenRouted: "routed",
-    ev.TokenDiverted: "diverted",
-    ev.TokenQuarantined: "quarantined",
-    ev.TokenForked: "forked",
-    ev.TokenExpanded: "expanded",
-    ev.TokenCoalesced: "coalesced",
-    ev.TokenConsumed: "consumed_in_batch",
-    ev.TokenFailed: "failed",
-}
-
 
 def _at(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
 class Projector:
-    """Gathers one durability point's projection rows for one run."""
+    """The projections' writer hook for one run: feeds a batch, hands it over at each commit."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._batch = ProjectionBatch(run_id)
+
+    def feed(self, seq: int, entity_id: str, event: ev.EventBase, at_us: int) -> None:
+        self._batch.feed(seq, entity_id, event, at_us)
+
+    def take(self) -> ProjectionBatch:
+        batch, self._batch = self._batch, ProjectionBatch(self.run_id)
+        return batch
+
+
+class ProjectionBatch:
+    """One durability point's projection rows for one run."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
@@ -88,13 +94,13 @@ class Projector:
         handler = _FEED.get(kind)
         if handler is not None:
             handler(self, seq, entity_id, event, at_us)
-        outcome = _OUTCOME.get(kind)
+        outcome = TOKEN_OUTCOME_OF.get(kind)
         if outcome is not None:
             self._outcome(seq, entity_id, outcome, event)
-        status = _RUN_STATUS.get(kind)
-        if status is not None:
-            self._run_update["status"] = status
-            if status in ("completed", "failed", "interrupted"):
+        status = RUN_STATUS_AFTER.get(kind)
+        if status is not None and status != RunState.CREATED:  # `created` is the inserted row's
+            self._run_update["status"] = str(status)
+            if status in RUN_ENDED:
                 self._run_update["ended_at"] = _at(at_us)
             elif kind is ev.RunResumed:
                 self._run_update["resumes"] = self._run_update.get("resumes", 0) + 1
@@ -103,7 +109,7 @@ class Projector:
     def _run_created(self, seq: int, run_id: str, e: ev.RunCreated, at_us: int) -> None:
         self._run_insert = (
             run_id,
-            "created",
+            str(RunState.CREATED),
             e.settings_path,
             e.settings_hash,
             e.source_fingerprint,
@@ -144,7 +150,7 @@ class Projector:
         sink = getattr(e, "sink", None)
         reason = getattr(e, "reason", None)
         detail = getattr(e, "detail", None)
-        self._rows["token_outcomes"].append((self.run_id, token_id, outcome, node, sink, reason, detail, seq))
+        self._rows["token_outcomes"].append((self.run_id, token_id, str(outcome), node, sink, reason, detail, seq))
         self._metrics[f"outcome.{outcome}"] += 1
         if sink is not None:
             self._metrics[f"sink.{sink}.rows"] += 1
@@ -169,7 +175,7 @@ class Projector:
             coalesce=e.coalesce,
             row_index=e.row_index,
             policy=e.policy,
-            status="waiting",
+            status=str(CoalesceState.WAITING),
             arrived="",
             missing=",".join(e.branches),
             reason=None,
@@ -177,13 +183,13 @@ class Projector:
 
     def _coalesce_merged(self, seq: int, cid: str, e: ev.CoalesceMerged, at_us: int) -> None:
         self._coalesce(cid).update(
-            status="merged", arrived=",".join(e.arrived), missing=",".join(e.missing), reason=None
+            status=str(CoalesceState.MERGED), arrived=",".join(e.arrived), missing=",".join(e.missing), reason=None
         )
         self._metrics["coalesce.merged"] += 1
 
     def _coalesce_failed(self, seq: int, cid: str, e: ev.CoalesceFailed, at_us: int) -> None:
         self._coalesce(cid).update(
-            status="failed", arrived=",".join(e.arrived), missing=",".join(e.missing), reason=e.reason
+            status=str(CoalesceState.FAILED), arrived=",".join(e.arrived), missing=",".join(e.missing), reason=e.reason
         )
         self._metrics["coalesce.failed"] += 1
 
@@ -191,22 +197,23 @@ class Projector:
         return self._batches.setdefault(batch_id, {})
 
     def _batch_opened(self, seq: int, bid: str, e: ev.BatchOpened, at_us: int) -> None:
-        self._batch(bid).update(aggregation=e.aggregation, status="collecting", trigger=None, reason=None)
+        self._batch(bid).update(aggregation=e.aggregation, status=str(BatchState.COLLECTING), trigger=None, reason=None)
 
     def _batch_flushing(self, seq: int, bid: str, e: ev.BatchFlushing, at_us: int) -> None:
-        self._batch(bid).update(status="flushing", trigger=e.trigger)
+        self._batch(bid).update(status=str(BatchState.FLUSHING), trigger=e.trigger)
 
     def _batch_completed(self, seq: int, bid: str, e: ev.BatchCompleted, at_us: int) -> None:
-        self._batch(bid)["status"] = "completed"
+        self._batch(bid)["status"] = str(BatchState.COMPLETED)
         self._metrics["batch.completed"] += 1
 
     def _batch_failed(self, seq: int, bid: str, e: ev.BatchFailed, at_us: int) -> None:
-        self._batch(bid).update(status="failed", reason=e.reason)
+        self._batch(bid).update(status=str(BatchState.FAILED), reason=e.reason)
         self._metrics["batch.failed"] += 1
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply(self, cur: psycopg.Cursor[Any]) -> None:
+    def apply(self, cur: Any) -> None:
+        """Write the gathered rows with `cur`, a cursor in the commit's transaction."""
         r = self.run_id
         if self._run_insert is not None:
             cur.execute(
@@ -286,22 +293,22 @@ class Projector:
         self._batches.clear()
 
 
-_Feed = Callable[[Projector, int, str, Any, int], None]
+_Feed = Callable[[ProjectionBatch, int, str, Any, int], None]
 _FEED: dict[type[ev.EventBase], _Feed] = {
-    ev.RunCreated: Projector._run_created,
-    ev.RunResumed: Projector._run_resumed,
-    ev.TokenCreated: Projector._token_created,
-    ev.StepCompleted: Projector._step,
-    ev.TokenBuffered: Projector._buffered,
-    ev.SinkFlushed: Projector._sink_flushed,
-    ev.SinkWriteFailed: Projector._sink_write_failed,
-    ev.CoalesceOpened: Projector._coalesce_opened,
-    ev.CoalesceMerged: Projector._coalesce_merged,
-    ev.CoalesceFailed: Projector._coalesce_failed,
-    ev.BatchOpened: Projector._batch_opened,
-    ev.BatchFlushing: Projector._batch_flushing,
-    ev.BatchCompleted: Projector._batch_completed,
-    ev.BatchFailed: Projector._batch_failed,
+    ev.RunCreated: ProjectionBatch._run_created,
+    ev.RunResumed: ProjectionBatch._run_resumed,
+    ev.TokenCreated: ProjectionBatch._token_created,
+    ev.StepCompleted: ProjectionBatch._step,
+    ev.TokenBuffered: ProjectionBatch._buffered,
+    ev.SinkFlushed: ProjectionBatch._sink_flushed,
+    ev.SinkWriteFailed: ProjectionBatch._sink_write_failed,
+    ev.CoalesceOpened: ProjectionBatch._coalesce_opened,
+    ev.CoalesceMerged: ProjectionBatch._coalesce_merged,
+    ev.CoalesceFailed: ProjectionBatch._coalesce_failed,
+    ev.BatchOpened: ProjectionBatch._batch_opened,
+    ev.BatchFlushing: ProjectionBatch._batch_flushing,
+    ev.BatchCompleted: ProjectionBatch._batch_completed,
+    ev.BatchFailed: ProjectionBatch._batch_failed,
 }
 
 PROJECTION_TABLE_NAMES = (
@@ -320,22 +327,23 @@ PROJECTION_TABLE_NAMES = (
 )
 
 
-def rebuild(conn: psycopg.Connection[Any], run_id: str, chunk: int = 10_000) -> int:
-    """Drop a run's projection rows and rebuild them from its events. Returns events folded."""
-    from landscape.store import read_events
-
-    with conn.cursor() as cur:
-        for table in PROJECTION_TABLE_NAMES:
-            cur.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
+def rebuild(db: Database, run_id: str, chunk: int = 10_000) -> int:
+    """Drop a run's projection rows and rebuild them from its events, in one transaction.
+    Returns the number of events folded; UnknownRun when the run has no events."""
+    recorder = PostgresRecorder(db)
+    if not recorder.run_exists(run_id):
+        raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
     projector = Projector(run_id)
     n = 0
-    for e in read_events(conn, run_id):
-        projector.feed(e.seq, e.entity_id, e.event, e.recorded_at_us)
-        n += 1
-        if n % chunk == 0:
-            with conn.cursor() as cur:
-                projector.apply(cur)
-    with conn.cursor() as cur:
-        projector.apply(cur)
-    conn.commit()
+    with driver_errors(f"rebuilding the projections of run {run_id}"), db.connect() as conn:
+        with conn.cursor() as cur:
+            for table in PROJECTION_TABLE_NAMES:
+                cur.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
+            for e in recorder.read_events(run_id):
+                projector.feed(e.seq, e.entity_id, e.event, e.recorded_at_us)
+                n += 1
+                if n % chunk == 0:
+                    projector.take().apply(cur)
+            projector.take().apply(cur)
+        conn.commit()
     return n

@@ -9,17 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from statecharts.errors import InvalidTransition as InvalidTransition
 from statecharts.machines import MACHINES, MachineDef
-
-
-class InvalidTransition(Exception):
-    """A trigger (or a recorded event) that the machine does not allow from its state."""
-
-    def __init__(self, machine: str, state: str, what: str) -> None:
-        super().__init__(f"{machine}: '{what}' is not allowed in state '{state}'")
-        self.machine = machine
-        self.state = state
-        self.what = what
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,3 +176,14 @@ BATCH = MachineDef(
 )
 
 MACHINES: dict[str, MachineDef] = {m.name: m for m in (RUN, TOKEN, COALESCE, BATCH)}
+
+# Derived views for readers of the log (projections, queries): what a recorded event says about
+# its entity's state, read off the definitions above rather than restated by hand.
+RUN_STATUS_AFTER: dict[type[ev.EventBase], RunState] = {
+    t.event: RunState(t.dest) for t in RUN.transitions if t.dest is not None
+}
+TOKEN_OUTCOME_OF: dict[type[ev.EventBase], TokenState] = {
+    t.event: TokenState(t.dest) for t in TOKEN.transitions if t.dest is not None and t.dest in TOKEN.terminal
+}
+RUN_ENDED: frozenset[RunState] = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.INTERRUPTED})
+RUN_OPEN: frozenset[RunState] = frozenset({RunState.RUNNING, RunState.DRAINING})

@@ -10,16 +10,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from statecharts.errors import UnknownSchemaVersion as UnknownSchemaVersion
 from statecharts.events import EVENT_TYPES, EventBase, decode_event
-
-
-class UnknownSchemaVersion(Exception):
-    def __init__(self, event_type: str, version: int) -> None:
-        super().__init__(
-            f"event {event_type} has schema_version {version}, which this ELSPETH cannot read "
-            "(it was written by a newer version: upgrade ELSPETH)"
-        )
-
 
 # (event type, old version) -> function from the old body (plain data) to the next version's
 Upcaster = Callable[[dict[str, object]], dict[str, object]]

@@ -287,7 +287,7 @@ def test_resume_refuses_a_sink_file_cut_short_since_the_crash(db: Database, work
 
 
 def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(db: Database, work: Path) -> None:
-    from landscape.store import read_events
+    from landscape.postgres import PostgresRecorder
     from statecharts import events as ev
 
     write_csv(work / "in.csv", ["id", "v"], [[i, i % 10] for i in range(40)])
@@ -301,7 +301,7 @@ def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(
     proc = elspeth("resume", run_id, "--force", cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
     with db.connect() as conn:
-        resumed = [e.event for e in read_events(conn, run_id) if isinstance(e.event, ev.RunResumed)]
+        resumed = [e.event for e in PostgresRecorder(db).read_events(run_id) if isinstance(e.event, ev.RunResumed)]
         (hash_now,) = conn.execute("SELECT settings_hash FROM runs WHERE run_id = %s", (run_id,)).fetchone()
     # the override is on record as the new settings themselves (forced is for a changed input)
     assert len(resumed) == 1 and not resumed[0].forced and resumed[0].settings_hash == hash_now

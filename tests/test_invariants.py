@@ -20,7 +20,8 @@ from engine.orchestrator import build_pipeline, fold_run, start_run
 from engine.settings import load_settings
 from landscape.db import Database
 from landscape.errors import ChainBroken
-from landscape.store import verify_chain
+from landscape.postgres import PostgresRecorder
+from landscape.verify import verify_run
 from tests.engine_harness import assert_invariants, write_csv
 from tests.test_resume import PIPELINES, SINKS, SOURCE
 
@@ -71,7 +72,7 @@ def test_any_changed_byte_of_any_event_is_found_at_its_seq(db: Database, data: s
         conn.execute("UPDATE events SET payload = %s WHERE run_id = %s AND seq = %s", (bytes(body), run_id, seq))
         conn.commit()
         try:
-            verify_chain(conn, run_id)
+            verify_run(PostgresRecorder(db), run_id)
         except ChainBroken as e:
             assert e.seq == seq
         else:

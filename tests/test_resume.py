@@ -30,8 +30,9 @@ from engine.settings import load_settings
 from landscape import faults
 from landscape.db import Database
 from landscape.fold import RunFold
+from landscape.postgres import PostgresRecorder
 from landscape.projections import PROJECTION_TABLE_NAMES, rebuild
-from landscape.store import StoredEvent, read_events
+from landscape.records import StoredEvent
 from statecharts import events as ev
 from tests.engine_harness import ClockedSource, SourceClock, assert_invariants, counting_fault_points, write_csv
 
@@ -248,8 +249,7 @@ def _metrics(db: Database, run_id: str) -> dict[str, int]:
 
 
 def _events(db: Database, run_id: str) -> list[StoredEvent]:
-    with db.connect() as conn:
-        return list(read_events(conn, run_id))
+    return list(PostgresRecorder(db).read_events(run_id))
 
 
 # -- counted once: the projections against an independent fold of the events and the sinks ------
@@ -349,8 +349,7 @@ def _projection_snapshot(db: Database, run_id: str) -> dict[str, list[tuple[obje
 def _assert_projections_rebuild_the_same(db: Database, run_id: str) -> None:
     """Projections rebuilt from the events equal the incrementally maintained ones."""
     before = _projection_snapshot(db, run_id)
-    with db.connect() as conn:
-        rebuild(conn, run_id)
+    rebuild(db, run_id)
     assert _projection_snapshot(db, run_id) == before
 
 
@@ -622,11 +621,11 @@ def test_resume_refuses_a_changed_input_unless_forced(db: Database) -> None:
 
 
 def test_resume_refuses_while_the_writer_lives(db: Database) -> None:
-    from landscape.store import RunWriter
+    from landscape.postgres import PostgresRecorder
 
     with _workdir("linear", 3) as path:
         outcome = start_run(db, _load(path / "settings.yaml"))
-        writer = RunWriter(db.connect(), outcome.run_id)  # someone is writing this run
+        writer = PostgresRecorder(db).open_writer(outcome.run_id)  # someone is writing this run
         try:
             with pytest.raises(ResumeRefused, match="still being written"):
                 resume_run(db, outcome.run_id, _load)

@@ -11,14 +11,23 @@ import pytest
 from landscape.canonical import hash_row
 from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter
-from landscape.store import RunWriter, read_events, verify_chain
+from landscape.postgres import PgRunWriter as RunWriter
+from landscape.postgres import PostgresRecorder
+from landscape.verify import verify_run
 from statecharts import events as ev
 from statecharts.upcast import UnknownSchemaVersion
 
 
+def _created(run_id: str) -> ev.RunCreated:
+    return ev.RunCreated(
+        settings_path="s.yaml", settings_hash="h", settings={}, source_fingerprint="f", nodes=[],
+        elspeth_version="test", working_dir=".",
+    )  # fmt: skip
+
+
 def _write_run(db: Database, run_id: str, tokens: int = 5, commit_every: int = 3) -> RunWriter:
-    w = RunWriter(db.connect(), run_id)
-    w.append("run", run_id, ev.RunStarted())
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created(run_id))
     for i in range(tokens):
         h, data = hash_row({"id": i, "name": f"row {i}", "run": run_id})
         w.put_payload(h, data)
@@ -40,18 +49,16 @@ def _superuser_update(db: Database, sql: str, params: tuple[Any, ...]) -> None:
 def test_events_read_back_as_the_same_structs_in_seq_order(db: Database) -> None:
     w = _write_run(db, "run-a")
     w.close()
-    with db.connect() as conn:
-        stored = list(read_events(conn, "run-a"))
+    stored = list(PostgresRecorder(db).read_events("run-a"))
     assert [e.seq for e in stored] == list(range(6))
-    assert stored[0].event == ev.RunStarted()
+    assert stored[0].event == _created("run-a")
     created = stored[1].event
     assert isinstance(created, ev.TokenCreated) and created.row_index == 0 and created.at == "in"
 
 
 def test_a_clean_chain_verifies(db: Database) -> None:
     _write_run(db, "run-ok").close()
-    with db.connect() as conn:
-        result = verify_chain(conn, "run-ok")
+    result = verify_run(PostgresRecorder(db), "run-ok")
     assert result.events == 6
 
 
@@ -70,8 +77,8 @@ def test_a_changed_byte_in_an_event_is_found_at_its_seq(db: Database, sql: str, 
     run_id = f"run-tamper-{bad_seq}-{abs(hash(sql)) % 1000}"
     _write_run(db, run_id).close()
     _superuser_update(db, sql.replace("%s", "%s"), (run_id,))
-    with db.connect() as conn, pytest.raises(ChainBroken) as err:
-        verify_chain(conn, run_id)
+    with pytest.raises(ChainBroken) as err:
+        verify_run(PostgresRecorder(db), run_id)
     assert err.value.seq == bad_seq
     assert f"seq {bad_seq}" in str(err.value)
 
@@ -82,19 +89,19 @@ def test_a_changed_byte_in_a_row_payload_is_found_at_the_first_event_using_it(db
     _superuser_update(
         db, "UPDATE payloads SET data = %s WHERE hash = %s", (data.replace(b"row", b"raw"), bytes.fromhex(h))
     )
-    with db.connect() as conn, pytest.raises(ChainBroken) as err:
-        verify_chain(conn, "run-payload")
+    with pytest.raises(ChainBroken) as err:
+        verify_run(PostgresRecorder(db), "run-payload")
     assert err.value.seq == 3  # RunStarted is seq 0; token r2 is created at seq 3
 
 
 def test_a_second_writer_on_the_same_run_is_refused_naming_the_run(db: Database) -> None:
-    first = RunWriter(db.connect(), "run-busy")
+    first = PostgresRecorder(db).open_writer("run-busy")
     try:
         with pytest.raises(ConcurrentWriter, match="run-busy"):
-            RunWriter(db.connect(), "run-busy")
+            PostgresRecorder(db).open_writer("run-busy")
     finally:
         first.close()
-    RunWriter(db.connect(), "run-busy").close()  # free again once the first writer is gone
+    PostgresRecorder(db).open_writer("run-busy").close()  # free again once the first writer is gone
 
 
 def test_seq_is_gap_free_under_concurrent_appends_to_different_runs(db: Database) -> None:
@@ -117,25 +124,23 @@ def test_seq_is_gap_free_under_concurrent_appends_to_different_runs(db: Database
         for run_id in runs:
             seqs = [r[0] for r in conn.execute("SELECT seq FROM events WHERE run_id = %s ORDER BY seq", (run_id,))]
             assert seqs == list(range(301))
-            assert verify_chain(conn, run_id).events == 301
+            assert verify_run(PostgresRecorder(db), run_id).events == 301
 
 
 def test_a_reopened_writer_continues_the_chain(db: Database) -> None:
     _write_run(db, "run-cont", tokens=2).close()
-    w = RunWriter(db.connect(), "run-cont")
+    w = PostgresRecorder(db).open_writer("run-cont")
     assert w.next_seq == 3
     w.append("run", "run-cont", ev.RunStarted())
     w.commit()
     w.close()
-    with db.connect() as conn:
-        assert verify_chain(conn, "run-cont").events == 4
+    assert verify_run(PostgresRecorder(db), "run-cont").events == 4
 
 
 def test_an_event_from_a_newer_schema_version_is_refused_clearly(db: Database) -> None:
     _write_run(db, "run-future", tokens=1).close()
     _superuser_update(db, "UPDATE events SET schema_version = 9 WHERE run_id = %s AND seq = 1", ("run-future",))
-    with db.connect() as conn:
-        stored = list(read_events(conn, "run-future"))
+    stored = list(PostgresRecorder(db).read_events("run-future"))
     with pytest.raises(UnknownSchemaVersion, match="schema_version 9"):
         _ = stored[1].event
 
@@ -155,7 +160,8 @@ def test_recorded_at_round_trips_to_the_exact_microsecond() -> None:
     """The chain hashes integer microseconds; the stored timestamptz must give them back."""
     import random
 
-    from landscape.store import _datetime_to_us, _us_to_datetime
+    from landscape.records import datetime_to_us as _datetime_to_us
+    from landscape.records import us_to_datetime as _us_to_datetime
 
     rnd = random.Random(5)
     for _ in range(20_000):

@@ -7,9 +7,7 @@ from contextlib import contextmanager
 
 import click
 
-from engine.cli.errors import ElspethCliError
 from landscape.db import Database, open_database
-from landscape.errors import LandscapeError
 
 
 @contextmanager
@@ -20,8 +18,5 @@ def database_from_ctx(
     PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`."""
     obj = ctx.find_root().obj or {}
     url = obj.get("database") or settings_url
-    try:
-        with open_database(url, upgrade=upgrade, home=obj.get("home")) as db:
-            yield db
-    except LandscapeError as e:
-        raise ElspethCliError(str(e)) from e
+    with open_database(url, upgrade=upgrade, home=obj.get("home")) as db:
+        yield db

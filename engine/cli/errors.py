@@ -1,10 +1,24 @@
-"""CLI errors: one line on stderr, and the exit status as a class attribute."""
+"""CLI errors: one line on stderr, and the exit status as a class attribute.
+
+`ElspethGroup` is the one place where the packages' own errors become these: a command lets
+`EngineError`, `LandscapeError` and `StatechartError` propagate, and the root group turns each
+into one line and an exit code (2 for what the user must fix in the settings, 1 otherwise). The
+original stays chained as `__cause__`, so nothing is swallowed.
+"""
 
 from __future__ import annotations
 
 from typing import IO, Any
 
 import click
+
+from engine.dag import DagError
+from engine.errors import EngineError
+from engine.expressions import ExpressionSyntaxError
+from engine.plugins.protocol import PluginConfigError
+from engine.settings import SettingsError
+from landscape.errors import LandscapeError
+from statecharts.errors import StatechartError
 
 
 class ElspethCliError(click.ClickException):
@@ -20,3 +34,23 @@ class SettingsCliError(ElspethCliError):
     """The user's settings are wrong: exit 2, like any usage error."""
 
     exit_code = 2
+
+
+_SETTINGS_ERRORS = (SettingsError, DagError, PluginConfigError, ExpressionSyntaxError)
+OUR_ERRORS = (EngineError, LandscapeError, StatechartError)
+
+
+def cli_error(e: EngineError | LandscapeError | StatechartError) -> ElspethCliError:
+    if isinstance(e, _SETTINGS_ERRORS):
+        return SettingsCliError(str(e))
+    return ElspethCliError(str(e))
+
+
+class ElspethGroup(click.Group):
+    """The root command group: our errors become one line and an exit code here, once."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OUR_ERRORS as e:
+            raise cli_error(e) from e

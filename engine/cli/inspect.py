@@ -10,12 +10,14 @@ import click
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.canonical import decode_row
-from landscape.db import Database
-from landscape.errors import LandscapeError
+from landscape.errors import UnknownRun
 from landscape.fold import RunFold
 from landscape.payloads import load_payloads
+from landscape.postgres import PostgresRecorder
 from landscape.projections import rebuild
-from landscape.store import read_events, verify_chain
+from landscape.queries import lineage, metrics_at
+from landscape.records import StoredEvent
+from landscape.verify import verify_run
 from statecharts import events as ev
 
 
@@ -25,35 +27,26 @@ from statecharts import events as ev
 @click.option("--check", is_flag=True, help="Compare the projection tables with the fold.")
 @click.pass_context
 def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) -> None:
-    """Rebuild a run from its events, checking the chain and every transition."""
+    """Rebuild a run from its events in one pass, verifying the chain, every transition and
+    every row payload the events reference."""
     if check and as_of is not None:
         raise click.UsageError("--check compares the projections, which hold a run's latest state: omit --as-of")
     with database_from_ctx(ctx) as db:
-        conn = db.connect()
-        try:
-            # The projections and the seq they reflect, read in one statement: they are committed
-            # together, so a live run's later events cannot make them look wrong.
-            rows = conn.execute(
-                "SELECT r.last_seq, m.metric, m.value FROM runs r "
-                "LEFT JOIN run_metrics m ON m.run_id = r.run_id WHERE r.run_id = %s",
-                (run_id,),
-            ).fetchall()
-            conn.commit()
-            metrics = {metric: value for _seq, metric, value in rows if metric is not None}
-            upto = as_of if as_of is not None else (rows[0][0] if rows and check else None)
-            verified = verify_chain(conn, run_id)
-            fold = RunFold(run_id, ended=set())
-            per_node: Counter[str] = Counter()
-            for e in read_events(conn, run_id, upto_seq=upto):
-                event = e.event
-                fold.apply(e.seq, e.entity_id, event)
-                if isinstance(event, ev.StepCompleted | ev.TokenForked | ev.TokenExpanded):
-                    per_node[event.node] += 1
-            conn.commit()
-        except LandscapeError as e:
-            raise ElspethCliError(str(e)) from e
-        finally:
-            conn.close()
+        recorder = PostgresRecorder(db)
+        if not recorder.run_exists(run_id):
+            raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+        # The projections and the seq they reflect, read together: a live run's later events
+        # cannot make them look wrong, as the log is read only up to that seq.
+        projected = metrics_at(db, run_id) if check else None
+        upto = as_of if as_of is not None else (projected.last_seq if projected is not None else None)
+        per_node: Counter[str] = Counter()
+
+        def count(_stored: StoredEvent, event: ev.EventBase) -> None:
+            if isinstance(event, ev.StepCompleted | ev.TokenForked | ev.TokenExpanded):
+                per_node[event.node] += 1
+
+        verified = verify_run(recorder, run_id, upto_seq=upto, observe=count)
+    fold = verified.fold
     click.echo(f"run {run_id}: chain verified ({verified.events} events, head {verified.head.hex()[:16]})")
     click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")
     click.echo(f"source records: {fold.source_records}{' (exhausted)' if fold.source_exhausted else ''}")
@@ -63,7 +56,7 @@ def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) 
         f"in flight: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, {len(fold.batches)} open batches"
     )
     if check:
-        problems = _compare(fold, metrics)
+        problems = _compare(fold, projected.metrics if projected is not None else {})
         if problems:
             raise ElspethCliError("projections differ from the fold: " + "; ".join(problems))
         click.echo("projections agree with the fold")
@@ -89,59 +82,22 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
     if (row_index is None) == (token_id is None):
         raise click.UsageError("give exactly one of --row N or --token ID")
     with database_from_ctx(ctx) as db:
-        conn = db.connect()
-        try:
-            if token_id is not None:
-                found = conn.execute(
-                    "SELECT row_index FROM tokens WHERE run_id = %s AND token_id = %s", (run_id, token_id)
-                ).fetchone()
-                if found is None:
-                    raise ElspethCliError(f"run {run_id} has no token {token_id}")
-                row_index = found[0]
-            tokens = conn.execute(
-                "SELECT t.token_id, t.branch, t.data_hash, o.outcome, o.node, o.sink, o.reason, o.detail "
-                "FROM tokens t LEFT JOIN token_outcomes o USING (run_id, token_id) "
-                "WHERE t.run_id = %s AND t.row_index = %s ORDER BY t.created_seq",
-                (run_id, row_index),
-            ).fetchall()
-            steps = conn.execute(
-                "SELECT token_id, node, route, output_hash, duration_us FROM node_states "
-                "WHERE run_id = %s AND token_id = ANY(%s) ORDER BY seq",
-                (run_id, [t[0] for t in tokens]),
-            ).fetchall()
-            conn.commit()
-        finally:
-            conn.close()
-        if not tokens:
-            known = _run_exists(db, run_id)
-            raise ElspethCliError(
-                f"run {run_id} has no row {row_index}"
-                if known
-                else f"no run {run_id} in {db.describe()} (see `elspeth runs`)"
-            )
-        hashes = {t[2] for t in tokens} | {s[3] for s in steps}
-        data = {h: decode_row(b) for h, b in load_payloads(db, hashes).items()}
-    by_token: dict[str, list[Any]] = {}
-    for s in steps:
-        by_token.setdefault(s[0], []).append(s)
-    click.echo(f"run {run_id}, row {row_index}")
-    for tid, branch, h, outcome, node, sink, reason, detail in tokens:
-        if token_id is not None and tid != token_id:
+        found = lineage(db, run_id, row_index=row_index, token_id=token_id)
+        hashes = {t.data_hash for t in found.tokens} | {s.output_hash for t in found.tokens for s in t.steps}
+        data = {h: decode_row(b) for h, b in load_payloads(PostgresRecorder(db), hashes).items()}
+    click.echo(f"run {run_id}, row {found.row_index}")
+    for t in found.tokens:
+        if token_id is not None and t.token_id != token_id:
             continue
-        click.echo(f"token {tid}{f' (branch {branch})' if branch else ''}")
-        click.echo(f"  created: {_fmt(data[h])}")
-        for _t, step_node, route, out, dur in by_token.get(tid, []):
-            label = f" → {route}" if route else ""
-            click.echo(f"  {step_node}{label} ({dur} µs): {_fmt(data[out])}")
-        where = f" at {node}" if node else ""
-        into = f" into {sink}" if sink else ""
-        why = "".join(f": {text}" for text in (reason, detail) if text)
-        click.echo(f"  outcome: {outcome or 'not yet ended'}{where}{into}{why}")
-
-
-def _run_exists(db: Database, run_id: str) -> bool:
-    with db.connect() as conn:
-        return conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone() is not None
+        click.echo(f"token {t.token_id}{f' (branch {t.branch})' if t.branch else ''}")
+        click.echo(f"  created: {_fmt(data[t.data_hash])}")
+        for step in t.steps:
+            label = f" → {step.route}" if step.route else ""
+            click.echo(f"  {step.node}{label} ({step.duration_us} µs): {_fmt(data[step.output_hash])}")
+        where = f" at {t.node}" if t.node else ""
+        into = f" into {t.sink}" if t.sink else ""
+        why = "".join(f": {text}" for text in (t.reason, t.detail) if text)
+        click.echo(f"  outcome: {t.outcome or 'not yet ended'}{where}{into}{why}")
 
 
 def _fmt(row: Any) -> str:
@@ -160,14 +116,6 @@ def projections_group() -> None:
 def rebuild_cmd(ctx: click.Context, run_ids: tuple[str, ...]) -> None:
     """Drop and rebuild the projection rows of the given runs (all runs when none given)."""
     with database_from_ctx(ctx) as db:
-        conn = db.connect()
-        try:
-            ids = list(run_ids) or [
-                r[0] for r in conn.execute("SELECT DISTINCT run_id FROM events ORDER BY run_id").fetchall()
-            ]
-            conn.commit()
-            for run_id in ids:
-                n = rebuild(conn, run_id)
-                click.echo(f"rebuilt {run_id} from {n} events")
-        finally:
-            conn.close()
+        for run_id in list(run_ids) or PostgresRecorder(db).run_ids():
+            n = rebuild(db, run_id)
+            click.echo(f"rebuilt {run_id} from {n} events")

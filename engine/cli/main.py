@@ -10,15 +10,14 @@ import threading
 import click
 
 from engine.cli.common import database_from_ctx
-from engine.cli.errors import ElspethCliError
+from engine.cli.errors import ElspethGroup
 from landscape.db import migrate, redact
-from landscape.store import writer_alive
+from landscape.postgres import PostgresRecorder
+from landscape.queries import list_runs
+from statecharts.machines import RUN_OPEN
 
-# Run states in which a writer is (or should be) at work.
-_OPEN = ("running", "draining")
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ElspethGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database", envvar="ELSPETH_DATABASE_URL", help="PostgreSQL URL of the audit store.")
 @click.option("--home", envvar="ELSPETH_HOME", help="Folder of the embedded database [./.elspeth].")
 @click.version_option(package_name="elspeth")
@@ -63,38 +62,35 @@ def db_serve(ctx: click.Context) -> None:
 def runs_cmd(ctx: click.Context, as_json: bool) -> None:
     """List runs, newest first. A run still `running` whose writer is gone crashed (or lost its
     database): it says so, with the command that continues it."""
-    with database_from_ctx(ctx) as db, db.connect() as conn:
-        rows = conn.execute(
-            "SELECT r.run_id, r.status, r.started_at, r.ended_at, r.resumes, "
-            "coalesce(m.value, 0)::bigint, r.settings_path FROM runs r "
-            "LEFT JOIN run_metrics m ON m.run_id = r.run_id AND m.metric = 'rows_in' "
-            "ORDER BY r.started_at DESC, r.run_id DESC"
-        ).fetchall()
+    with database_from_ctx(ctx) as db:
+        runs = list_runs(db)
+        recorder = PostgresRecorder(db)
         # Only runs the log leaves open can have a writer; ended ones report None.
-        alive = {r[0]: writer_alive(conn, r[0]) for r in rows if r[1] in _OPEN}
+        alive = {r.run_id: recorder.writer_alive(r.run_id) for r in runs if r.status in RUN_OPEN}
     if as_json:
         out = [
             {
-                "run_id": r[0],
-                "status": r[1],
-                "started_at": r[2].isoformat(),
-                "ended_at": r[3].isoformat() if r[3] else None,
-                "resumes": r[4],
-                "rows": r[5],
-                "settings": r[6],
-                "writer_alive": alive.get(r[0]),
+                "run_id": r.run_id,
+                "status": r.status,
+                "started_at": r.started_at.isoformat(),
+                "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+                "resumes": r.resumes,
+                "rows": r.rows_in,
+                "settings": r.settings_path,
+                "writer_alive": alive.get(r.run_id),
             }
-            for r in rows
+            for r in runs
         ]
         click.echo(json.dumps(out, indent=2))
         return
-    if not rows:
+    if not runs:
         click.echo("no runs yet")
         return
     click.echo(f"{'run id':<32} {'status':<12} {'started':<20} {'rows':>10}")
-    for r in rows:
-        note = f"  writer gone: elspeth resume {r[0]}" if alive.get(r[0]) is False else ""
-        click.echo(f"{r[0]:<32} {r[1]:<12} {r[2].strftime('%Y-%m-%d %H:%M:%S'):<20} {r[5]:>10}{note}")
+    for r in runs:
+        note = f"  writer gone: elspeth resume {r.run_id}" if alive.get(r.run_id) is False else ""
+        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{r.run_id:<32} {r.status:<12} {started:<20} {r.rows_in:>10}{note}")
 
 
 def _register() -> None:
@@ -123,9 +119,6 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except ElspethCliError as e:  # pragma: no cover - a ClickException, handled above
-        e.show()
         sys.exit(e.exit_code)
 
 

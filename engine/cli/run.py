@@ -15,13 +15,14 @@ from click.core import ParameterSource
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError
 from engine.dag import DagError
-from engine.errors import EngineError, RunFailedError
+from engine.errors import RunFailedError
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
 from engine.plugins.protocol import PluginError
 from engine.settings import SettingsError, load_settings
 from landscape.db import Database, is_postgresql_url, redact
-from landscape.errors import LandscapeError
 from landscape.fold import RunFold
+from landscape.queries import run_detail
+from statecharts.machines import RunState
 
 
 def load_pipeline(path: Path) -> Pipeline:
@@ -102,22 +103,10 @@ class Progress:
             self._bar.stop()
 
 
-def _metrics(db: Database, run_id: str) -> tuple[dict[str, float], dict[str, str]]:
-    """The run's metrics and each sink's location, both from the projections."""
-    conn = db.connect()
-    try:
-        rows = conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,)).fetchall()
-        places = conn.execute(
-            "SELECT DISTINCT sink, location FROM artifacts WHERE run_id = %s ORDER BY sink", (run_id,)
-        ).fetchall()
-        conn.commit()
-    finally:
-        conn.close()
-    return {m: v for m, v in rows}, {s: loc for s, loc in places}
-
-
 def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
-    m, places = _metrics(db, outcome.run_id)
+    detail = run_detail(db, outcome.run_id)
+    m = detail.metrics
+    places = {a.sink: a.location for a in detail.artifacts}
     rows_in = int(m.get("rows_in", 0))
     now = rows_in - outcome.records_before  # a resumed run's rate is of what this process read
     rate = now / seconds if seconds > 0 else 0.0
@@ -145,10 +134,8 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
         raise ElspethCliError(
             f"{e} — fix the cause, then `{resume(e.run_id)}` (with --force if that meant changing the settings)"
         ) from e
-    except (EngineError, PluginError, LandscapeError) as e:
-        raise ElspethCliError(str(e)) from e
     print_summary(db, outcome, time.monotonic() - started)
-    if outcome.status == "interrupted":
+    if outcome.status == RunState.INTERRUPTED:
         click.echo(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`", err=True)
         sys.exit(130)
 

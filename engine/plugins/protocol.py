@@ -11,10 +11,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from engine.errors import EngineError
+
 Row = dict[str, Any]
 
 
-class RowError(Exception):
+class RowError(EngineError):
     """A problem with one row: recorded as the row's error and routed to `on_error`."""
 
     def __init__(self, reason: str) -> None:
@@ -22,7 +24,7 @@ class RowError(Exception):
         self.reason = reason
 
 
-class PluginConfigError(Exception):
+class PluginConfigError(EngineError):
     """Options that a plugin cannot work with; `path` is the key path inside `options`."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -31,7 +33,7 @@ class PluginConfigError(Exception):
         self.message = message
 
 
-class PluginError(Exception):
+class PluginError(EngineError):
     """A plugin failed in a way that is not about one row (I/O, a bug). Fails the run."""
 
     def __init__(self, node: str, message: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import EngineError
 from engine.plugins.protocol import PluginConfigError
 
 MODES = ("fixed", "flexible", "observed")
@@ -30,7 +31,7 @@ def is_int_text(text: str) -> bool:
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
-class SchemaViolation(Exception):
+class SchemaViolation(EngineError):
     """A row that does not fit the schema; `reason` is recorded with the quarantined row."""
 
     def __init__(self, reason: str) -> None:

@@ -1,0 +1,109 @@
+"""Aggregation batches: tokens buffered until a trigger fires (count, condition, timeout, end of
+source), then flushed through the aggregation plugin — an instance of the Batch statechart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.expressions import ExpressionError
+from engine.plugins.protocol import PluginError, RowError
+from engine.work import Context, Work
+from statecharts import events as ev
+
+Schedule = Callable[[float, str, str], None]
+
+
+class Batcher:
+    def __init__(self, ctx: Context, schedule: Schedule) -> None:
+        self.ctx = ctx
+        self.schedule = schedule
+
+    def buffer(self, w: Work, name: str) -> None:
+        ctx = self.ctx
+        cfg, _plugin, condition = ctx.nodes.aggregations[name]
+        batch_id = ctx.fold.open_batch.get(name)
+        if batch_id is None:
+            batch_id = f"{name}#{ctx.fold.batches_opened[name] + 1}"
+            now = ctx.now()
+            timeout = cfg.trigger.timeout_seconds
+            deadline = None if timeout is None else now + timeout
+            ctx.emit(batch_id, ev.BatchOpened(aggregation=name, opened_at=now, deadline=deadline))
+            if deadline is not None:
+                self.schedule(deadline, "batch", batch_id)
+        ctx.emit(w.token_id, ev.TokenBuffered(batch_id=batch_id))
+        ctx.waiting[w.token_id] = w
+        batch = ctx.fold.batches[batch_id]
+        count = cfg.trigger.count
+        if count is not None and len(batch.members) >= count:
+            self.flush(batch_id, "count")
+        elif condition is not None:
+            facts = {"batch_count": len(batch.members), "batch_age_seconds": ctx.now() - batch.opened_at}
+            try:
+                fired = bool(condition.evaluate(facts))
+            except ExpressionError:
+                fired = False  # a condition that cannot be evaluated has not fired
+            if fired:
+                self.flush(batch_id, "condition")
+
+    def flush(self, batch_id: str, trigger: str) -> None:
+        ctx = self.ctx
+        batch = ctx.fold.batches[batch_id]
+        name = batch.aggregation
+        cfg, plugin, _ = ctx.nodes.aggregations[name]
+        members = [ctx.waiting[t] for t in batch.members]
+        ctx.emit(batch_id, ev.BatchFlushing(trigger=trigger, size=len(members)))
+        try:
+            result = plugin.flush([m.row for m in members])
+        except RowError as e:
+            return self._fail(batch_id, members, e.reason)
+        except Exception as e:
+            raise PluginError(name, f"{type(e).__name__}: {e}") from e
+        if cfg.expected_output_count is not None and len(result.rows) != cfg.expected_output_count:
+            reason = f"expected {cfg.expected_output_count} output rows, got {len(result.rows)}"
+            return self._fail(batch_id, members, reason)
+        if cfg.output_mode == "passthrough":
+            if len(result.rows) != len(members):
+                reason = f"passthrough needs one output per input: {len(members)} in, {len(result.rows)} out"
+                return self._fail(batch_id, members, reason)
+            works = []
+            for m, out in zip(members, result.rows, strict=True):
+                h = ctx.store(out)
+                ctx.emit(
+                    m.token_id,
+                    ev.StepCompleted(node=name, input_hash=m.hash, output_hash=h, duration_us=0, next=cfg.on_success),
+                )
+                del ctx.waiting[m.token_id]
+                works.append(Work(m.token_id, out, h, cfg.on_success, m.row_index, m.branch, m.fork_id))
+            ctx.emit(batch_id, ev.BatchCompleted(outputs=len(works)))
+            ctx.stack.extend(reversed(works))
+            return None
+        rejected = dict(result.rejected)
+        parents = []
+        for i, m in enumerate(members):
+            if i in rejected:
+                ctx.emit(m.token_id, ev.TokenQuarantined(reason=rejected[i]))
+            else:
+                ctx.emit(m.token_id, ev.TokenConsumed(batch_id=batch_id))
+                parents.append(m.token_id)
+            del ctx.waiting[m.token_id]
+        row_index = members[-1].row_index if members else 0
+        works = []
+        for i, out in enumerate(result.rows):
+            h = ctx.store(out)
+            child = f"{batch_id}.{i}"
+            ctx.emit(
+                child,
+                ev.TokenCreated(row_index=row_index, data_hash=h, at=cfg.on_success, parents=parents or [batch_id]),
+            )
+            works.append(Work(child, out, h, cfg.on_success, row_index))
+        ctx.emit(batch_id, ev.BatchCompleted(outputs=len(works)))
+        ctx.stack.extend(reversed(works))
+        return None
+
+    def _fail(self, batch_id: str, members: list[Work], reason: str) -> None:
+        ctx = self.ctx
+        name = ctx.fold.batches[batch_id].aggregation
+        ctx.emit(batch_id, ev.BatchFailed(reason=reason))
+        for m in members:
+            ctx.emit(m.token_id, ev.TokenFailed(reason="batch_failed", node=name, detail=reason))
+            del ctx.waiting[m.token_id]

@@ -1,0 +1,130 @@
+"""Sink writes: rows go to their sink at once and are made durable at each durability point,
+with retries, a circuit breaker, and `on_write_failure` — all of it recorded as events."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from engine.clock import Clock
+from engine.plugins.protocol import PluginError, Row, Sink, at_node
+from engine.work import Context, PendingWrite
+from statecharts import events as ev
+from statecharts.machines import TokenState
+
+
+class SinkWriter:
+    def __init__(self, ctx: Context, clock: Clock) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.sinks = ctx.nodes.sinks
+        # Jitter for retry backoff; seeded by the run so that a run's waits are reproducible.
+        self._jitter = random.Random(ctx.fold.run_id)
+        self.pending: dict[str, list[PendingWrite]] = {}
+
+    def write(self, token_id: str, row: Row, sink: str, outcome: str, node: str | None, reason: str | None) -> None:
+        """Write a row that its token's SinkAssigned event already sent to `sink`."""
+        self.sinks[sink].write(token_id, row)
+        self.pending.setdefault(sink, []).append(PendingWrite(token_id, outcome, node, reason, row))
+
+    def flush_all(self, after_flush: Callable[[], None] | None = None) -> None:
+        """Make every pending sink write durable, then record it and its tokens' outcomes.
+
+        The order is the guarantee: a token is recorded `completed` only after its row is on
+        disk (or committed), so the log never claims a write that a crash could undo. A sink
+        whose flush fails hands its rows to its `on_write_failure` (another sink, flushed in
+        the same round, or `discard`: the tokens fail); without one, the run fails.
+        """
+        emit, run_id = self.ctx.emit, self.ctx.fold.run_id
+        failed: set[str] = set()
+        while names := [n for n in sorted(self.pending) if self.pending[n]]:
+            for sink_name in names:
+                writes, self.pending[sink_name] = self.pending[sink_name], []
+                sink = self.sinks[sink_name]
+                try:
+                    position = self._flush_with_retry(sink_name, sink, writes)
+                except PluginError as e:
+                    failed.add(sink_name)
+                    self._write_failed(sink_name, writes, e, failed)
+                    continue
+                if after_flush is not None:
+                    after_flush()
+                emit(
+                    run_id,
+                    ev.SinkFlushed(sink=sink_name, position=position, rows=len(writes), location=sink.location()),
+                )
+                for p in writes:
+                    emit(p.token_id, _written(p, sink_name))
+
+    def _flush_with_retry(self, sink_name: str, sink: Sink, writes: list[PendingWrite]) -> int:
+        """`sink.flush()`, retried with exponential backoff and jitter; every failed attempt is
+        an event. A circuit breaker, derived from those events, stops trying a sink that has
+        failed `failure_threshold` times in a row until `reset_seconds` have passed."""
+        r, fold = self.ctx.nodes.retry, self.ctx.fold
+        attempt = 0
+        while True:
+            failures = fold.sink_failures.get(sink_name, 0)
+            if r.failure_threshold is not None and failures >= r.failure_threshold:
+                reopens = fold.sink_failed_at.get(sink_name, 0.0) + (r.reset_seconds or 0.0)
+                if self.ctx.now() < reopens:
+                    raise PluginError(f"sink '{sink_name}'", f"circuit open after {failures} failed writes")
+            attempt += 1
+            try:
+                return sink.flush()
+            except Exception as raised:
+                e = at_node(f"sink '{sink_name}'", raised)
+                now = self.ctx.now()
+                retry_at = None
+                if attempt < r.max_attempts:
+                    delay = min(r.max_delay_seconds, r.initial_delay_seconds * r.exponential_base ** (attempt - 1))
+                    retry_at = now + delay * self._jitter.uniform(0.5, 1.0)
+                failed = ev.SinkWriteFailed(sink=sink_name, attempt=attempt, error=str(e), at=now, retry_at=retry_at)
+                self.ctx.emit(fold.run_id, failed)
+                if retry_at is None:
+                    raise e from raised
+                self.clock.sleep_until(retry_at)
+                # Drop what the failed attempt may have left, then write the same rows again.
+                self.reopen(sink_name)
+                for p in writes:
+                    sink.write(p.token_id, p.row)
+
+    def flush(self, sink_name: str) -> int:
+        try:
+            return self.sinks[sink_name].flush()
+        except Exception as e:
+            raise at_node(f"sink '{sink_name}'", e) from e
+
+    def reopen(self, sink_name: str) -> None:
+        """Open a sink at its last durable position (from the log), dropping anything after it."""
+        sink = self.sinks[sink_name]
+        sink.release()
+        try:
+            sink.open(self.ctx.fold.run_id, self.ctx.fold.sink_positions.get(sink_name))
+        except Exception as e:
+            raise at_node(f"sink '{sink_name}'", e) from e
+
+    def _write_failed(self, sink_name: str, writes: list[PendingWrite], error: PluginError, failed: set[str]) -> None:
+        fallback = self.ctx.nodes.write_failure.get(sink_name)
+        if fallback is None or fallback in failed:
+            raise error
+        # Drop whatever the failed flush left behind: back to the last durable position.
+        self.reopen(sink_name)
+        reason = f"write failed: {error}"
+        for p in writes:
+            if fallback == "discard":
+                self.ctx.emit(p.token_id, ev.TokenFailed(reason="sink_write_failed", node=sink_name, detail=str(error)))
+                continue
+            diverted = str(TokenState.DIVERTED)
+            self.ctx.emit(p.token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink_name, reason=reason))
+            self.write(p.token_id, p.row, fallback, diverted, sink_name, reason)
+
+
+def _written(p: PendingWrite, sink: str) -> ev.EventBase:
+    """The event that ends a token once its row is durable in `sink`."""
+    if p.outcome == TokenState.COMPLETED:
+        return ev.TokenCompleted(sink=sink)
+    if p.outcome == TokenState.ROUTED:
+        return ev.TokenRouted(sink=sink)
+    if p.outcome == TokenState.QUARANTINED:
+        return ev.TokenQuarantined(reason=p.reason or "invalid row", sink=sink)
+    return ev.TokenDiverted(node=p.node or "", reason=p.reason or "", sink=sink)

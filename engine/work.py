@@ -1,0 +1,77 @@
+"""What the processor's parts share: a token at work, a pending sink write, the resolved
+pipeline, and the context (the fold, the event sink, the run's in-memory rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.dag import Dag
+from engine.expressions import Expression
+from engine.plugins.protocol import Aggregation, Row, Sink, Transform
+from engine.settings import AggregationSettings, CoalesceSettings, GateSettings, RetrySettings, TransformSettings
+from landscape.canonical import hash_row
+from landscape.fold import RunFold
+from statecharts import events as ev
+
+Emit = Callable[[str, ev.EventBase], None]
+PutPayload = Callable[[str, bytes], None]
+
+
+@dataclass(slots=True)
+class Work:
+    """A token and its current row."""
+
+    token_id: str
+    row: Row
+    hash: str
+    at: str
+    row_index: int
+    branch: str | None = None
+    fork_id: str | None = None
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    token_id: str
+    outcome: str
+    node: str | None
+    reason: str | None
+    row: Row  # kept until the write is durable, for `on_write_failure`
+
+
+@dataclass
+class Nodes:
+    """Everything the processor needs to know about the pipeline, resolved once."""
+
+    dag: Dag
+    transforms: dict[str, tuple[TransformSettings, Transform]]
+    gates: dict[str, tuple[GateSettings, Expression]]
+    coalesces: dict[str, CoalesceSettings]
+    aggregations: dict[str, tuple[AggregationSettings, Aggregation, Expression | None]]
+    sinks: dict[str, Sink]
+    on_validation_failure: str
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    coalesce_of_branch: dict[str, str] = field(default_factory=dict)
+    write_failure: dict[str, str | None] = field(default_factory=dict)  # sink -> on_write_failure
+
+
+@dataclass
+class Context:
+    """The state the processor's parts share for one run. Only `stack` and `waiting` are the
+    processor's own, and they are a cache of the payload store (rebuilt from it on resume)."""
+
+    nodes: Nodes
+    fold: RunFold
+    emit: Emit
+    put_payload: PutPayload
+    now: Callable[[], float]
+    stack: list[Work] = field(default_factory=list)  # tokens to advance, the last one first
+    # Rows of tokens waiting at a coalesce or in a batch, by token id.
+    waiting: dict[str, Work] = field(default_factory=dict)
+
+    def store(self, row: Row) -> str:
+        """Put a row in the payload store; returns its hash."""
+        h, data = hash_row(row)
+        self.put_payload(h, data)
+        return h

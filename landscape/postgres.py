@@ -1,0 +1,278 @@
+"""The recorder on PostgreSQL: appending a run's events (one writer per run), reading them back.
+
+Appends are buffered in memory, hash-chained as they arrive, and sent with `COPY` in one
+transaction per durability point, together with the payloads they reference and whatever the
+writer's hooks (the projections) gathered. A crash loses only the uncommitted tail, which the
+engine can redo. Driver errors become the landscape's own through `db.driver_errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from landscape import faults
+from landscape.chain import GENESIS, header, link
+from landscape.db import Database, driver_errors
+from landscape.errors import ConcurrentWriter, LandscapeError
+from landscape.recorder import Pending, TransactionHook
+from landscape.records import GlobalEvent, StoredEvent, datetime_to_us, us_to_datetime
+from statecharts.events import EventBase, encode_event
+
+_EVENT_COLUMNS = (
+    "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
+)
+# A 64-bit advisory lock key derived from the run id; collisions between run ids are negligible.
+_LOCK_KEY = "hashtextextended(%s, 0)"
+
+
+def _stored(r: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        r[0], r[1], r[2], r[3], r[4], r[5], datetime_to_us(r[6]), bytes(r[7]), bytes(r[8]), bytes(r[9]), bytes(r[10])
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One durability point's worth of work for the database."""
+
+    events: list[tuple[Any, ...]]
+    payloads: dict[str, bytes]
+    pending: list[Pending]
+
+
+class PgRunWriter:
+    """The single writer of one run's events.
+
+    The hash chain and the gap-free `seq` need exactly one writer per run, so the writer holds a
+    session-level advisory lock keyed by the run id for as long as it lives. A second writer is
+    refused at once, and because PostgreSQL drops the lock with the connection, a later `resume`
+    can tell a dead writer (lock free) from a live one (lock held) without trusting pid files.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: str,
+        *,
+        hooks: Sequence[TransactionHook] = (),
+        pipelined: bool = False,
+        now_us: Callable[[], int] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self._conn = conn
+        self._hooks = tuple(hooks)
+        # Pipelined: a commit is sent by one background thread while the engine goes on with
+        # the next batch (psycopg waits on the network without the GIL). At most one commit is
+        # in flight, so memory stays bounded and commits stay in order.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elspeth-commit") if pipelined else None
+        self._in_flight: Future[None] | None = None
+        self._now_us = now_us or (lambda: time.time_ns() // 1000)
+        try:
+            with driver_errors(f"opening the writer of run {run_id}"):
+                conn.execute(
+                    "SELECT set_config('application_name', %s, false)", (f"elspeth writer pid={os.getpid()}"[:63],)
+                )
+                got = conn.execute(f"SELECT pg_try_advisory_lock({_LOCK_KEY})", (run_id,)).fetchone()
+                conn.commit()
+                if not got or not got[0]:
+                    raise ConcurrentWriter(
+                        f"run {run_id} is being written by another process (its writer still holds the run's lock)"
+                    )
+                row = conn.execute(
+                    "SELECT seq, hash FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1", (run_id,)
+                ).fetchone()
+                conn.commit()
+        except LandscapeError:
+            conn.close()
+            raise
+        self.next_seq: int = 0 if row is None else row[0] + 1
+        self.head: bytes = GENESIS if row is None else bytes(row[1])
+        self._events: list[tuple[Any, ...]] = []
+        self._payloads: dict[str, bytes] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._events)
+
+    def append(self, machine: str, entity_id: str, event: EventBase) -> int:
+        payload = encode_event(event)
+        payload_hash = hashlib.sha256(payload).digest()
+        seq = self.next_seq
+        event_type = type(event).__name__
+        version = event.SCHEMA_VERSION
+        at_us = self._now_us()
+        h = link(self.head, header(self.run_id, seq, machine, entity_id, event_type, version, at_us), payload_hash)
+        self._events.append(
+            (self.run_id, seq, machine, entity_id, event_type, version, us_to_datetime(at_us), payload,
+             payload_hash, self.head, h)
+        )  # fmt: skip
+        self.head = h
+        self.next_seq = seq + 1
+        for hook in self._hooks:
+            hook.feed(seq, entity_id, event, at_us)
+        faults.reached("append")
+        return seq
+
+    def put_payload(self, hash_hex: str, data: bytes) -> None:
+        self._payloads[hash_hex] = data
+
+    def commit(self, *, wait: bool = True) -> None:
+        """Send everything buffered in one transaction and commit it (a durability point).
+
+        With a pipelined writer and `wait=False` the commit is handed to the sender thread and
+        this returns at once; an error surfaces at the next commit. `wait=True` returns only
+        when everything appended so far is committed."""
+        if self._events or self._payloads:
+            batch = _Batch(self._events, self._payloads, [hook.take() for hook in self._hooks])
+            self._events, self._payloads = [], {}
+            if self._sender is None:
+                self._send(batch)
+            else:
+                self._wait()
+                self._in_flight = self._sender.submit(self._send, batch)
+        if wait:
+            self._wait()
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            future.result()
+
+    def _send(self, batch: _Batch) -> None:
+        conn = self._conn
+        with driver_errors(f"committing events of run {self.run_id}", conn=conn, run_id=self.run_id):
+            with conn.cursor() as cur:
+                if batch.payloads:
+                    # One statement, the hashes and bodies as two binary arrays: no staging
+                    # table, and the batch's payloads are distinct already (a dict by hash).
+                    cur.execute(
+                        "INSERT INTO payloads (hash, data) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+                        "ON CONFLICT (hash) DO NOTHING",
+                        ([bytes.fromhex(h) for h in batch.payloads], list(batch.payloads.values())),
+                    )
+                if batch.events:
+                    with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN") as cp:
+                        for r in batch.events:
+                            cp.write_row(r)
+                for pending in batch.pending:
+                    pending.apply(cur)
+                faults.reached("commit")
+            conn.commit()
+        faults.reached("committed")
+
+    def close(self) -> None:
+        """Release the run's lock. Uncommitted appends are dropped, as a crash would drop them.
+        A commit already handed to the sender thread is finished first; if it failed, that error
+        is raised here once the lock and the connection are released (never swallowed)."""
+        pending_error: BaseException | None = None
+        if self._sender is not None:
+            try:
+                self._wait()
+            except BaseException as e:  # reported below, after cleaning up
+                pending_error = e
+            self._sender.shutdown(wait=True)
+        try:
+            self._conn.rollback()
+            self._conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY})", (self.run_id,))
+            self._conn.commit()
+        except psycopg.Error:
+            pass  # the connection is gone, and the lock with it: nothing is left to release
+        finally:
+            self._conn.close()
+        if pending_error is not None:
+            raise pending_error
+
+
+class PostgresRecorder:
+    """The `Recorder` on one PostgreSQL database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def open_writer(
+        self,
+        run_id: str,
+        *,
+        hooks: Sequence[TransactionHook] = (),
+        pipelined: bool = False,
+        now_us: Callable[[], int] | None = None,
+    ) -> PgRunWriter:
+        return PgRunWriter(self.db.connect(), run_id, hooks=hooks, pipelined=pipelined, now_us=now_us)
+
+    def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]:
+        """A run's events in seq order, streamed with a server-side cursor in large pages."""
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = %s AND seq > %s"
+            + (" AND seq <= %s" if upto_seq is not None else "")
+            + " ORDER BY seq"
+        )
+        params: tuple[Any, ...] = (run_id, after_seq) if upto_seq is None else (run_id, after_seq, upto_seq)
+        with (
+            driver_errors(f"reading events of run {run_id}"),
+            self.db.connect() as conn,
+            conn.transaction(),
+            conn.cursor(name=f"events_{os.getpid()}") as cur,
+        ):
+            cur.itersize = 5000
+            cur.execute(sql, params)
+            for r in cur:
+                yield _stored(r)
+
+    def read_since(self, position: tuple[int, int] = (0, 0), limit: int = 10_000) -> list[GlobalEvent]:
+        """Events of all runs after `position`, oldest transaction first, at most `limit`.
+
+        Identity values are handed out before commit, so ordering by global_position alone would
+        skip a transaction that took its positions early but committed late. Instead, only
+        transactions older than every one still in progress (tx_id below the snapshot's xmin)
+        are read, in (tx_id, global_position) order: that set can no longer grow, so a reader
+        that continues from the last pair it saw never misses a late commit."""
+        tx, pos = position
+        with driver_errors("reading events across runs"), self.db.connect() as conn:
+            rows = conn.execute(
+                f"SELECT tx_id, global_position, {_EVENT_COLUMNS} FROM events "
+                "WHERE (tx_id, global_position) > (%s, %s) "
+                "AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
+                "ORDER BY tx_id, global_position LIMIT %s",
+                (tx, pos, limit),
+            ).fetchall()
+        return [GlobalEvent((r[0], r[1]), _stored(r[2:])) for r in rows]
+
+    def payloads(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """hash hex -> stored bytes, for those of `hashes` the payload store holds."""
+        wanted = sorted(set(hashes))
+        found: dict[str, bytes] = {}
+        with driver_errors("reading row payloads"), self.db.connect() as conn:
+            for i in range(0, len(wanted), 10_000):
+                chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
+                for h, data in conn.execute("SELECT hash, data FROM payloads WHERE hash = ANY(%s)", (chunk,)):
+                    found[bytes(h).hex()] = bytes(data)
+        return found
+
+    def writer_alive(self, run_id: str) -> bool:
+        """True while some process holds the run's writer lock. Read from pg_locks rather than by
+        trying the lock, so asking never gets in the way of a writer (or a resume) taking it. A
+        64-bit advisory key is shown there as classid (high half) and objid (low half)."""
+        with driver_errors(f"checking the writer of run {run_id}"), self.db.connect() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                f" AND ((classid::bigint << 32) | objid::bigint) = {_LOCK_KEY})",
+                (run_id,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def run_exists(self, run_id: str) -> bool:
+        with driver_errors(f"looking up run {run_id}"), self.db.connect() as conn:
+            return conn.execute("SELECT 1 FROM events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone() is not None
+
+    def run_ids(self) -> list[str]:
+        with driver_errors("listing runs"), self.db.connect() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT run_id FROM events ORDER BY run_id").fetchall()]

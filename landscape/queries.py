@@ -1,0 +1,285 @@
+"""Questions people ask of the audit store, as functions returning msgspec Structs.
+
+The CLI (and later a web explorer) reads through these; none of them writes. They read the
+projection tables, which commit with the events they derive from; `replay --check` is what proves
+those tables still agree with the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from landscape.db import Connection, Database, driver_errors
+from landscape.errors import UnknownRun
+from statecharts.machines import TOKEN_OUTCOME_OF
+
+
+class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    resumes: int
+    rows_in: int
+    settings_path: str
+
+
+class NodeSummary(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    kind: str
+    plugin: str
+    config_hash: str
+    processed: int  # steps completed at this node
+    outcomes: dict[str, int]  # terminal outcome recorded at this node -> tokens
+    total_us: int  # time spent in this node's steps
+
+
+class Artifact(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    sink: str
+    position: int
+    rows: int
+    location: str
+
+
+class RunDetail(msgspec.Struct, frozen=True, kw_only=True):
+    run: RunSummary
+    settings_hash: str
+    source_fingerprint: str
+    last_seq: int
+    nodes: list[NodeSummary]
+    outcomes: dict[str, int]  # terminal outcome -> tokens
+    sink_rows: dict[str, int]  # sink -> rows made durable there
+    metrics: dict[str, float]
+    artifacts: list[Artifact]
+    seconds: float | None  # wall time from start to end (None while running)
+
+
+class Step(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    node: str
+    route: str | None
+    input_hash: str
+    output_hash: str
+    duration_us: int
+
+
+class TokenLineage(msgspec.Struct, frozen=True, kw_only=True):
+    token_id: str
+    row_index: int
+    branch: str | None
+    data_hash: str
+    created_seq: int
+    parents: list[str]
+    steps: list[Step]
+    outcome: str | None  # None: not yet ended
+    node: str | None
+    sink: str | None
+    reason: str | None
+    detail: str | None
+    outcome_seq: int | None
+
+
+class Lineage(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    row_index: int
+    tokens: list[TokenLineage]  # in creation order
+
+
+class MetricsAt(msgspec.Struct, frozen=True, kw_only=True):
+    last_seq: int  # the seq the projections reflect
+    metrics: dict[str, float]
+
+
+_OUTCOMES = frozenset(str(s) for s in TOKEN_OUTCOME_OF.values())
+_RUN_COLUMNS = "r.run_id, r.status, r.started_at, r.ended_at, r.resumes, coalesce(m.value, 0)::bigint, r.settings_path"
+_RUN_FROM = "runs r LEFT JOIN run_metrics m ON m.run_id = r.run_id AND m.metric = 'rows_in'"
+
+
+def _summary(r: Sequence[Any]) -> RunSummary:
+    return RunSummary(
+        run_id=r[0], status=r[1], started_at=r[2], ended_at=r[3], resumes=r[4], rows_in=r[5], settings_path=r[6]
+    )
+
+
+def list_runs(
+    db: Database,
+    *,
+    status: Sequence[str] = (),
+    since: datetime | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[RunSummary]:
+    """Runs, newest first; `status` and `since` (started at or after) filter, `limit`/`offset` page."""
+    where: list[str] = ["true"]
+    params: list[Any] = []
+    if status:
+        where.append("r.status = ANY(%s)")
+        params.append(list(status))
+    if since is not None:
+        where.append("r.started_at >= %s")
+        params.append(since)
+    sql = (
+        f"SELECT {_RUN_COLUMNS} FROM {_RUN_FROM} WHERE {' AND '.join(where)} "
+        "ORDER BY r.started_at DESC, r.run_id DESC LIMIT %s OFFSET %s"
+    )
+    with driver_errors("listing runs"), db.connect() as conn:
+        return [_summary(r) for r in conn.execute(sql, [*params, limit, offset]).fetchall()]
+
+
+def run_summary(db: Database, run_id: str) -> RunSummary | None:
+    with driver_errors(f"reading run {run_id}"), db.connect() as conn:
+        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM {_RUN_FROM} WHERE r.run_id = %s", (run_id,)).fetchone()
+    return None if row is None else _summary(row)
+
+
+def metrics_at(db: Database, run_id: str) -> MetricsAt | None:
+    """The run's metrics and the seq they reflect, read in one statement: they are committed
+    together, so a live run's later events cannot make them look inconsistent."""
+    with driver_errors(f"reading the metrics of run {run_id}"), db.connect() as conn:
+        rows = conn.execute(
+            "SELECT r.last_seq, m.metric, m.value FROM runs r "
+            "LEFT JOIN run_metrics m ON m.run_id = r.run_id WHERE r.run_id = %s",
+            (run_id,),
+        ).fetchall()
+    if not rows:
+        return None
+    return MetricsAt(last_seq=rows[0][0], metrics={m: v for _s, m, v in rows if m is not None})
+
+
+def run_detail(db: Database, run_id: str) -> RunDetail:
+    """Everything `elspeth show` prints about one run. UnknownRun when there is none."""
+    with driver_errors(f"reading run {run_id}"), db.connect() as conn:
+        row = conn.execute(
+            f"SELECT {_RUN_COLUMNS}, r.settings_hash, r.source_fingerprint, r.last_seq FROM {_RUN_FROM} "
+            "WHERE r.run_id = %s",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+        metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
+        timings = {
+            n: int(us)
+            for n, us in conn.execute(
+                "SELECT node, sum(duration_us) FROM node_states WHERE run_id = %s GROUP BY node", (run_id,)
+            )
+        }
+        nodes = conn.execute(
+            "SELECT node, kind, plugin, config_hash FROM nodes WHERE run_id = %s ORDER BY node", (run_id,)
+        ).fetchall()
+        artifacts = [
+            Artifact(seq=a[0], sink=a[1], position=a[2], rows=a[3], location=a[4])
+            for a in conn.execute(
+                "SELECT seq, sink, position, rows, location FROM artifacts WHERE run_id = %s ORDER BY seq", (run_id,)
+            )
+        ]
+    summary = _summary(row)
+    outcomes = _prefixed(metrics, "outcome.")
+    node_list = []
+    for name, kind, plugin, config_hash in nodes:
+        per = _prefixed(metrics, f"node.{name}.")
+        node_list.append(
+            NodeSummary(
+                node=name,
+                kind=kind,
+                plugin=plugin,
+                config_hash=config_hash,
+                processed=per.get("processed", 0),
+                outcomes={k: v for k, v in per.items() if k in _OUTCOMES},
+                total_us=timings.get(name, 0),
+            )
+        )
+    sink_rows = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in metrics.items() if _is_sink_rows(k)}
+    seconds = (summary.ended_at - summary.started_at).total_seconds() if summary.ended_at else None
+    return RunDetail(
+        run=summary,
+        settings_hash=row[7],
+        source_fingerprint=row[8],
+        last_seq=row[9],
+        nodes=node_list,
+        outcomes=outcomes,
+        sink_rows=sink_rows,
+        metrics=metrics,
+        artifacts=artifacts,
+        seconds=seconds,
+    )
+
+
+def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, int]:
+    return {k[len(prefix) :]: int(v) for k, v in sorted(metrics.items()) if k.startswith(prefix)}
+
+
+def _is_sink_rows(metric: str) -> bool:
+    return metric.startswith("sink.") and metric.endswith(".rows")
+
+
+def lineage(db: Database, run_id: str, *, row_index: int | None = None, token_id: str | None = None) -> Lineage:
+    """Every token of one source row (found by its index or by one of its tokens), with its steps
+    and outcome. UnknownRun when the run or the row is not there."""
+    with driver_errors(f"reading the lineage of run {run_id}"), db.connect() as conn:
+        if token_id is not None:
+            found = conn.execute(
+                "SELECT row_index FROM tokens WHERE run_id = %s AND token_id = %s", (run_id, token_id)
+            ).fetchone()
+            if found is None:
+                raise UnknownRun(_missing(conn, run_id, db, f"token {token_id}"))
+            row_index = found[0]
+        tokens = conn.execute(
+            "SELECT t.token_id, t.row_index, t.branch, t.data_hash, t.created_seq, "
+            "o.outcome, o.node, o.sink, o.reason, o.detail, o.seq "
+            "FROM tokens t LEFT JOIN token_outcomes o USING (run_id, token_id) "
+            "WHERE t.run_id = %s AND t.row_index = %s ORDER BY t.created_seq",
+            (run_id, row_index),
+        ).fetchall()
+        if not tokens:
+            raise UnknownRun(_missing(conn, run_id, db, f"row {row_index}"))
+        ids = [t[0] for t in tokens]
+        steps: dict[str, list[Step]] = {}
+        for s in conn.execute(
+            "SELECT token_id, seq, node, route, input_hash, output_hash, duration_us FROM node_states "
+            "WHERE run_id = %s AND token_id = ANY(%s) ORDER BY seq",
+            (run_id, ids),
+        ):
+            steps.setdefault(s[0], []).append(
+                Step(seq=s[1], node=s[2], route=s[3], input_hash=s[4], output_hash=s[5], duration_us=s[6])
+            )
+        parents: dict[str, list[str]] = {}
+        for tid, parent in conn.execute(
+            "SELECT token_id, parent_id FROM token_parents WHERE run_id = %s AND token_id = ANY(%s) "
+            "ORDER BY token_id, ordinal",
+            (run_id, ids),
+        ):
+            parents.setdefault(tid, []).append(parent)
+    assert row_index is not None
+    return Lineage(
+        run_id=run_id,
+        row_index=row_index,
+        tokens=[
+            TokenLineage(
+                token_id=t[0],
+                row_index=t[1],
+                branch=t[2],
+                data_hash=t[3],
+                created_seq=t[4],
+                parents=parents.get(t[0], []),
+                steps=steps.get(t[0], []),
+                outcome=t[5],
+                node=t[6],
+                sink=t[7],
+                reason=t[8],
+                detail=t[9],
+                outcome_seq=t[10],
+            )
+            for t in tokens
+        ],
+    )
+
+
+def _missing(conn: Connection, run_id: str, db: Database, what: str) -> str:
+    if conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone() is None:
+        return f"no run {run_id} in {db.describe()} (see `elspeth runs`)"
+    return f"run {run_id} has no {what}"

@@ -1,0 +1,68 @@
+"""The one door to the audit store: what the engine, the CLI and the tools may ask of it.
+
+`Recorder` is the interface; `landscape.postgres.PostgresRecorder` is its implementation (and,
+with `landscape/db.py`, the only module that talks to the driver). Reading for people (lists,
+details, lineage) is in `landscape.queries`; verifying is in `landscape.verify`, which needs no
+database at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from landscape.records import GlobalEvent, StoredEvent
+from statecharts.events import EventBase
+
+
+class TransactionHook(Protocol):
+    """Work that must commit in the same transaction as the events it derives from (the
+    projections). The writer feeds it every event it appends; at each commit it takes what was
+    gathered and applies it inside that commit's transaction."""
+
+    def feed(self, seq: int, entity_id: str, event: EventBase, at_us: int) -> None: ...
+
+    def take(self) -> Pending: ...
+
+
+class Pending(Protocol):
+    """What a hook gathered for one commit; `apply` runs inside that commit's transaction."""
+
+    def apply(self, cur: Any) -> None: ...
+
+
+class RunWriter(Protocol):
+    """The single writer of one run's events (see `PostgresRecorder.open_writer`)."""
+
+    run_id: str
+    next_seq: int
+    head: bytes
+
+    @property
+    def pending(self) -> int: ...
+
+    def append(self, machine: str, entity_id: str, event: EventBase) -> int: ...
+
+    def put_payload(self, hash_hex: str, data: bytes) -> None: ...
+
+    def commit(self, *, wait: bool = True) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Recorder(Protocol):
+    def open_writer(
+        self, run_id: str, *, hooks: Sequence[TransactionHook] = (), pipelined: bool = False
+    ) -> RunWriter: ...
+
+    def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]: ...
+
+    def read_since(self, position: tuple[int, int], limit: int = 10_000) -> list[GlobalEvent]: ...
+
+    def payloads(self, hashes: Iterable[str]) -> dict[str, bytes]: ...
+
+    def writer_alive(self, run_id: str) -> bool: ...
+
+    def run_exists(self, run_id: str) -> bool: ...
+
+    def run_ids(self) -> list[str]: ...

@@ -1,0 +1,54 @@
+"""What the store holds, as plain values: no driver, no I/O, so the offline verifier can use them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from statecharts.events import EventBase
+from statecharts.upcast import upcast
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def us_to_datetime(us: int) -> datetime:
+    """Exact for every microsecond timestamp (integer arithmetic, no float in between)."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def datetime_to_us(dt: datetime) -> int:
+    return (dt - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event exactly as stored: the body's bytes are those that were hashed."""
+
+    run_id: str
+    seq: int
+    machine: str
+    entity_id: str
+    event_type: str
+    schema_version: int
+    recorded_at_us: int
+    payload: bytes
+    payload_hash: bytes
+    prev_hash: bytes
+    hash: bytes
+
+    @property
+    def event(self) -> EventBase:
+        return upcast(self.event_type, self.schema_version, self.payload)
+
+    @property
+    def recorded_at(self) -> datetime:
+        return us_to_datetime(self.recorded_at_us)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalEvent:
+    """An event read across runs. `position` is (writing transaction, global_position): pass the
+    last one read to `Recorder.read_since` to continue after it."""
+
+    position: tuple[int, int]
+    event: StoredEvent

@@ -1,0 +1,152 @@
+"""The verifier: a pure function of stored events (and the payloads supplied), no database.
+
+It checks, in one pass: seq continuity from 0, each body against its payload hash, each link of
+the hash chain, that every event decodes and names its machine, and that every event is a legal
+transition from the state the fold is in. It stops at the first bad event and names it. `replay`
+reads the log once through it (the fold it returns is the replayed state); `elspeth verify` of an
+exported file runs it unchanged, with no driver installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from landscape.chain import GENESIS, header, link
+from landscape.errors import ChainBroken, CorruptLog
+from landscape.fold import IllegalEvent, RunFold
+from landscape.recorder import Recorder
+from landscape.records import StoredEvent
+from statecharts import events as ev
+from statecharts.compiled import EVENT_MACHINE
+from statecharts.errors import StatechartError
+
+Observer = Callable[[StoredEvent, ev.EventBase], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """The first bad record: its seq and why."""
+
+    seq: int
+    why: str
+
+
+@dataclass(slots=True)
+class Verification:
+    run_id: str
+    fold: RunFold
+    events: int = 0
+    head: bytes = GENESIS
+    # Row payload hash -> the first seq that references it (for the payload check).
+    referenced: dict[str, int] = field(default_factory=dict)
+    bad: Finding | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.bad is None
+
+    def raise_if_bad(self) -> Verification:
+        if self.bad is not None:
+            raise ChainBroken(self.run_id, self.bad.seq, self.bad.why)
+        if self.events == 0:
+            raise CorruptLog(f"run {self.run_id} has no events")
+        return self
+
+
+def verify_events(run_id: str, events: Iterable[StoredEvent], *, observe: Observer | None = None) -> Verification:
+    """Verify a run's stored events in seq order, folding them as it goes (strict fold: an event
+    for a token that already ended is caught). Never raises for a bad log: the result says."""
+    result = Verification(run_id, RunFold(run_id, ended=set()))
+    fold, referenced = result.fold, result.referenced
+    prev, expected = GENESIS, 0
+    for e in events:
+        why = _check_record(run_id, e, expected, prev)
+        if why is not None:
+            result.bad = Finding(expected if e.seq > expected else e.seq, why)
+            break
+        try:
+            event = e.event
+        except (StatechartError, msgspec.DecodeError, msgspec.ValidationError) as err:
+            result.bad = Finding(e.seq, f"the event body cannot be read: {err}")
+            break
+        try:
+            fold.apply(e.seq, e.entity_id, event)
+        except IllegalEvent as err:
+            result.bad = Finding(e.seq, f"not a legal transition: {err.detail}")
+            break
+        for h in row_hashes(event):
+            referenced.setdefault(h, e.seq)
+        if observe is not None:
+            observe(e, event)
+        prev = e.hash
+        expected += 1
+    result.events, result.head = expected, prev
+    return result
+
+
+def _check_record(run_id: str, e: StoredEvent, expected: int, prev: bytes) -> str | None:
+    if e.run_id != run_id:
+        return f"an event of run {e.run_id} is in this run's log"
+    if e.seq != expected:
+        return f"seq {expected} is missing" if e.seq > expected else f"seq {e.seq} appears again or out of order"
+    if hashlib.sha256(e.payload).digest() != e.payload_hash:
+        return "the event body does not match its payload hash"
+    if e.prev_hash != prev:
+        return "prev_hash does not match the previous event's hash"
+    hdr = header(run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, e.recorded_at_us)
+    if link(prev, hdr, e.payload_hash) != e.hash:
+        return "the event header or hash was altered"
+    if EVENT_MACHINE.get(e.event_type) != e.machine:
+        return f"event type {e.event_type!r} does not belong to machine {e.machine!r}"
+    return None
+
+
+def row_hashes(event: ev.EventBase) -> tuple[str, ...]:
+    """The row payloads an event references (only token creation and steps carry row data)."""
+    if isinstance(event, ev.TokenCreated):
+        return (event.data_hash,)
+    if isinstance(event, ev.StepCompleted):
+        return (event.input_hash, event.output_hash)
+    return ()
+
+
+def payload_matches(hash_hex: str, data: bytes) -> bool:
+    return hashlib.sha256(data).hexdigest() == hash_hex
+
+
+def verify_payloads(
+    referenced: Mapping[str, int], supplied: Mapping[str, bytes], *, explained: Mapping[str, str] | None = None
+) -> Finding | None:
+    """Every referenced row payload is supplied and matches its hash, or a recorded erasure
+    explains its absence (`explained`: hash -> why). The finding names the lowest seq."""
+    bad: Finding | None = None
+    for h, seq in referenced.items():
+        data = supplied.get(h)
+        if data is None:
+            if explained is not None and h in explained:
+                continue
+            why = f"row payload {h} it references is missing"
+        elif not payload_matches(h, data):
+            why = f"row payload {h} it references was altered"
+        else:
+            continue
+        if bad is None or seq < bad.seq:
+            bad = Finding(seq, why)
+    return bad
+
+
+def verify_run(
+    recorder: Recorder, run_id: str, *, upto_seq: int | None = None, observe: Observer | None = None
+) -> Verification:
+    """Read a run's log once through `verify_events`, then check the row payloads it references.
+    Raises ChainBroken naming the first bad seq (CorruptLog when the run has no events)."""
+    verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), observe=observe).raise_if_bad()
+    bad = verify_payloads(verified.referenced, recorder.payloads(verified.referenced))
+    if bad is not None:
+        verified.bad = bad
+        verified.raise_if_bad()
+    return verified
