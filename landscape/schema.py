@@ -49,6 +49,7 @@ events = Table(
     PrimaryKeyConstraint("run_id", "seq", name="events_pkey"),
 )
 Index("events_global_position", events.c.global_position)
+Index("events_tx_order", events.c.tx_id, events.c.global_position)  # cross-run readers (0003)
 
 payloads = Table(
     "payloads",

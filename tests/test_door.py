@@ -1,0 +1,265 @@
+"""The one door to the audit store (issue 9): no SQL or driver outside the landscape, imports
+that point one way, a verifier that needs no database, and cross-run reading that never skips a
+late commit."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from landscape.chain import GENESIS, header, link
+from landscape.db import Database
+from landscape.postgres import PostgresRecorder
+from landscape.records import StoredEvent
+from landscape.verify import verify_events, verify_payloads
+from statecharts import events as ev
+from statecharts.compiled import EVENT_MACHINE
+from statecharts.events import encode_event
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("statecharts", "landscape", "engine")
+# The database sink writes users' own databases: the one place outside the landscape with SQL.
+SQL_ALLOWED = {"engine/plugins/sinks.py"}
+DRIVER_ALLOWED = {"landscape/db.py", "landscape/postgres.py", *SQL_ALLOWED}
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|TRUNCATE|CREATE|DROP|ALTER|COPY)\s+\S", re.ASCII)
+
+
+def _sources(*packages: str) -> Iterator[tuple[str, ast.Module]]:
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            yield rel, ast.parse(path.read_text(), rel)
+
+
+def _imports(tree: ast.Module) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_no_sql_text_and_no_execute_in_the_engine() -> None:
+    found = []
+    for rel, tree in _sources("engine"):
+        if rel in SQL_ALLOWED:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQL.search(node.value):
+                found.append(f"{rel}:{node.lineno}: SQL text {node.value[:40]!r}")
+            if isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany", "cursor", "copy"):
+                found.append(f"{rel}:{node.lineno}: .{node.attr}(")
+    assert found == []
+
+
+def test_only_the_postgresql_implementation_imports_the_driver() -> None:
+    found = [
+        f"{rel}: imports {name}"
+        for rel, tree in _sources(*PACKAGES)
+        if rel not in DRIVER_ALLOWED
+        for name in _imports(tree)
+        if name.split(".")[0] in ("psycopg", "psycopg2", "asyncpg")
+    ]
+    assert found == []
+
+
+def test_the_checks_above_can_fail() -> None:
+    """The scanners see what they look for (so an empty list above means something)."""
+    tree = ast.parse("import psycopg\nconn.execute('SELECT 1 FROM events')\n")
+    assert list(_imports(tree)) == ["psycopg"]
+    assert any(isinstance(n, ast.Constant) and _SQL.search(str(n.value)) for n in ast.walk(tree))
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for rel, tree in _sources(*PACKAGES):
+        module = rel[:-3].replace("/", ".").removesuffix(".__init__")
+        graph[module] = {name for name in _imports(tree) if name.split(".")[0] in PACKAGES}
+    return graph
+
+
+def test_imports_point_engine_to_landscape_to_statecharts_only() -> None:
+    rank = {"statecharts": 0, "landscape": 1, "engine": 2}
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        for target in targets
+        if rank[target.split(".")[0]] > rank[module.split(".")[0]]
+    ]
+    assert wrong == []
+
+
+def test_no_import_cycle_inside_the_landscape() -> None:
+    graph = {
+        m: {t for t in ts if t.startswith("landscape.")} for m, ts in _graph().items() if m.startswith("landscape")
+    }
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path, module, target]))
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_the_verifier_imports_where_no_driver_is_installed(tmp_path: Path) -> None:
+    """An environment with every installed package except psycopg (links to the rest)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    bare = tmp_path / "site"
+    bare.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(("psycopg", "_psycopg", "__editable__", "elspeth")):
+            (bare / entry.name).symlink_to(entry)
+    code = (
+        "import sys; sys.path[:] = [p for p in sys.path if 'site-packages' not in p]; "
+        f"sys.path[:0] = [{str(ROOT)!r}, {str(bare)!r}]\n"
+        "try:\n    import psycopg\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('psycopg importable')\n"
+        "import landscape.verify, landscape.records, landscape.fold\n"
+        "assert not any(m.startswith('psycopg') for m in sys.modules), 'the verifier pulled in the driver'\n"
+        "print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+# -- the pure verifier ---------------------------------------------------------------------------
+
+
+def _log(run_id: str = "run-v", rows: int = 3) -> tuple[list[StoredEvent], dict[str, bytes]]:
+    """A small legal run, hash-chained as the writer does it, and its row payloads."""
+    payloads: dict[str, bytes] = {}
+    events: list[tuple[str, ev.EventBase]] = [
+        (run_id, ev.RunCreated(settings_path="s", settings_hash="h", settings={}, source_fingerprint="f",
+                               nodes=[], elspeth_version="t", working_dir=".")),
+        (run_id, ev.RunStarted()),
+    ]  # fmt: skip
+    for i in range(rows):
+        data = f'{{"id":{i}}}'.encode()
+        h = hashlib.sha256(data).hexdigest()
+        payloads[h] = data
+        events += [
+            (f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="out")),
+            (f"r{i}", ev.SinkAssigned(sink="out", outcome="completed")),
+        ]
+    events += [(run_id, ev.SinkFlushed(sink="out", position=rows, rows=rows, location="x"))]
+    events += [(f"r{i}", ev.TokenCompleted(sink="out")) for i in range(rows)]
+    events += [(run_id, ev.SourceExhausted(records=rows)), (run_id, ev.RunCompleted())]
+    stored, prev = [], GENESIS
+    for seq, (entity, event) in enumerate(events):
+        stored.append(_stored(run_id, seq, entity, event, prev))
+        prev = stored[-1].hash
+    return stored, payloads
+
+
+def _stored(run_id: str, seq: int, entity: str, event: ev.EventBase, prev: bytes, at_us: int = 1000) -> StoredEvent:
+    body = encode_event(event)
+    kind = type(event).__name__
+    machine = EVENT_MACHINE[kind]
+    ph = hashlib.sha256(body).digest()
+    h = link(prev, header(run_id, seq, machine, entity, kind, 1, at_us + seq), ph)
+    return StoredEvent(run_id, seq, machine, entity, kind, 1, at_us + seq, body, ph, prev, h)
+
+
+def _rechain(events: list[StoredEvent]) -> list[StoredEvent]:
+    """What a forger who recomputes every hash produces (seqs renumbered from 0)."""
+    out, prev = [], GENESIS
+    for seq, e in enumerate(events):
+        out.append(_stored(e.run_id, seq, e.entity_id, e.event, prev))
+        prev = out[-1].hash
+    return out
+
+
+def test_a_clean_log_verifies_and_folds() -> None:
+    log, payloads = _log()
+    result = verify_events("run-v", log)
+    assert result.ok and result.events == len(log) and result.head == log[-1].hash
+    assert result.fold.status == "completed" and result.fold.outcomes["completed"] == 3
+    assert verify_payloads(result.referenced, payloads) is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "seq", "why"),
+    [
+        (lambda log: log[:3] + log[4:], 3, "seq 3 is missing"),
+        (lambda log: [*log[:4], log[3], *log[4:]], 3, "appears again"),
+        (lambda log: [log[0], log[2], log[1], *log[3:]], 1, "missing"),
+        (
+            lambda log: [log[0], log[1], replace(log[2], payload=b'{"type":"TokenCreated"}'), *log[3:]],
+            2,
+            "payload hash",
+        ),
+        (lambda log: _rechain([*log[:2], *log[3:]]), 2, "not a legal transition"),  # re-signed, a token dropped
+        (lambda log: _rechain([*log[:-2], log[-1]]), len(_log()[0]) - 2, "not a legal transition"),
+        (lambda log: [*log[:5], replace(log[5], run_id="run-x"), *log[6:]], 5, "run-x"),
+    ],
+)
+def test_the_first_bad_record_is_named(mutate: object, seq: int, why: str) -> None:
+    log, _ = _log()
+    result = verify_events("run-v", mutate(log))  # type: ignore[operator]
+    assert not result.ok and result.bad is not None
+    assert (result.bad.seq, why in result.bad.why) == (seq, True), result.bad
+
+
+def test_a_missing_or_altered_payload_is_named_unless_an_erasure_explains_it() -> None:
+    log, payloads = _log()
+    referenced = verify_events("run-v", log).referenced
+    first = next(iter(payloads))
+    missing = {h: d for h, d in payloads.items() if h != first}
+    assert verify_payloads(referenced, missing) is not None
+    assert "missing" in verify_payloads(referenced, missing).why  # type: ignore[union-attr]
+    assert verify_payloads(referenced, missing, explained={first: "erased"}) is None
+    altered = {**payloads, first: b'{"id":99}'}
+    assert "altered" in verify_payloads(referenced, altered).why  # type: ignore[union-attr]
+
+
+# -- reading across runs -------------------------------------------------------------------------
+
+
+def _insert(conn: object, run_id: str, seqs: range) -> None:
+    for seq in seqs:
+        conn.execute(  # type: ignore[attr-defined]
+            "INSERT INTO events (run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, "
+            "payload, payload_hash, prev_hash, hash) VALUES (%s, %s, 'run', %s, 'RunStarted', 1, now(), "
+            "'\\x7b7d', '\\x00', '\\x00', '\\x00')",
+            (run_id, seq, run_id),
+        )
+
+
+def test_read_since_never_skips_a_transaction_that_took_its_positions_early_and_committed_late(db: Database) -> None:
+    recorder = PostgresRecorder(db)
+    start = max((g.position for g in recorder.read_since((0, 0), limit=1_000_000)), default=(0, 0))
+    with db.connect() as early_xid, db.connect() as late_xid:
+        # `early_xid` gets the older transaction id but writes (takes identity positions) last.
+        early_xid.execute("SELECT pg_current_xact_id()")
+        late_xid.execute("SELECT pg_current_xact_id()")
+        _insert(late_xid, "run-late", range(3))  # positions first, commits last
+        _insert(early_xid, "run-early", range(3))
+        early_xid.commit()
+        # Only run-early is final (older than every open transaction). A reader going by
+        # position alone would now stand past run-late's positions and skip them for good.
+        first = recorder.read_since(start)
+        assert [(g.event.run_id, g.event.seq) for g in first] == [("run-early", s) for s in range(3)]
+        late_xid.commit()
+    later = recorder.read_since(first[-1].position)
+    assert [(g.event.run_id, g.event.seq) for g in later] == [("run-late", s) for s in range(3)]
+    paged, position = [], start
+    while page := recorder.read_since(position, limit=2):
+        paged += page
+        position = page[-1].position
+    assert [g.event.run_id for g in paged] == ["run-early"] * 3 + ["run-late"] * 3
