@@ -40,9 +40,9 @@ class CorruptLog(LandscapeError):
 
 
 class ChainBroken(CorruptLog):
-    """The hash chain does not verify; `seq` is the first bad event."""
+    """The log does not verify (chain, seq, transitions, payloads); `seq` is the first bad event."""
 
     def __init__(self, run_id: str, seq: int, why: str) -> None:
-        super().__init__(f"run {run_id}: hash chain broken at seq {seq}: {why}")
+        super().__init__(f"run {run_id}: the log does not verify at seq {seq}: {why}")
         self.run_id = run_id
         self.seq = seq

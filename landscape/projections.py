@@ -16,9 +16,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from landscape.db import Database, driver_errors
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
+from landscape.schema import PROJECTION_TABLES
 from statecharts import events as ev
 from statecharts.machines import (
     RUN_ENDED,
@@ -311,20 +314,7 @@ _FEED: dict[type[ev.EventBase], _Feed] = {
     ev.BatchFailed: ProjectionBatch._batch_failed,
 }
 
-PROJECTION_TABLE_NAMES = (
-    "runs",
-    "nodes",
-    "rows",
-    "tokens",
-    "token_parents",
-    "node_states",
-    "token_outcomes",
-    "coalesces",
-    "batches",
-    "batch_members",
-    "artifacts",
-    "run_metrics",
-)
+PROJECTION_TABLE_NAMES = tuple(t.name for t in PROJECTION_TABLES)
 
 
 def rebuild(db: Database, run_id: str, chunk: int = 10_000) -> int:
@@ -347,3 +337,82 @@ def rebuild(db: Database, run_id: str, chunk: int = 10_000) -> int:
             projector.take().apply(cur)
         conn.commit()
     return n
+
+
+class Difference(msgspec.Struct, frozen=True, kw_only=True):
+    """One projection row that is not what the events say: `column` is None when the whole row
+    is missing from the table (`stored` None) or is there without the events implying it
+    (`rebuilt` None)."""
+
+    table: str
+    key: dict[str, Any]
+    column: str | None
+    stored: Any
+    rebuilt: Any
+
+    def describe(self) -> str:
+        key = ", ".join(f"{k}={v!r}" for k, v in self.key.items() if k != "run_id")
+        if self.column is None:
+            what = "missing from the table" if self.stored is None else "in the table, not in the events"
+            return f"{self.table} ({key}): row {what}"
+        return f"{self.table} ({key}): {self.column} is {self.stored!r}, the events say {self.rebuilt!r}"
+
+
+def compare(db: Database, run_id: str, limit: int = 20) -> tuple[int, list[Difference]]:
+    """Every row of every projection table of a run, compared with a rebuild from its events.
+
+    The rebuild runs the same projector into temporary tables of the same shape (a session's
+    temporary tables come first on the search path, so the projector's SQL writes them
+    unchanged), up to the seq the stored projections say they reflect, read in the same
+    snapshot as those rows. Returns that seq and at most `limit` differences per table."""
+    recorder = PostgresRecorder(db)
+    found: list[Difference] = []
+    with driver_errors(f"comparing the projections of run {run_id}"), db.connect() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        row = conn.execute("SELECT last_seq FROM public.runs WHERE run_id = %s", (run_id,)).fetchone()
+        upto = -1 if row is None else int(row[0])
+        with conn.cursor() as cur:
+            for table in PROJECTION_TABLE_NAMES:
+                cur.execute(
+                    f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING DEFAULTS INCLUDING INDEXES) ON COMMIT DROP"
+                )
+            projector = Projector(run_id)
+            for n, e in enumerate(recorder.read_events(run_id, upto_seq=upto), 1):
+                projector.feed(e.seq, e.entity_id, e.event, e.recorded_at_us)
+                if n % 10_000 == 0:
+                    projector.take().apply(cur)
+            projector.take().apply(cur)
+            for t in PROJECTION_TABLES:
+                found += _differences(
+                    cur, t.name, [c.name for c in t.primary_key], [c.name for c in t.c], run_id, limit
+                )
+        conn.rollback()
+    return upto, found
+
+
+def _differences(cur: Any, table: str, key: list[str], columns: list[str], run_id: str, limit: int) -> list[Difference]:
+    on = " AND ".join(f"s.{k} = r.{k}" for k in key)
+    values = [c for c in columns if c not in key]
+    differs = " OR ".join(f"s.{c} IS DISTINCT FROM r.{c}" for c in values) or "false"
+    select = ", ".join([*(f"coalesce(s.{k}, r.{k})" for k in key), "s.run_id IS NULL", "r.run_id IS NULL"]
+                       + [f"s.{c}" for c in values] + [f"r.{c}" for c in values])  # fmt: skip
+    rows = cur.execute(
+        f"SELECT {select} FROM (SELECT * FROM public.{table} WHERE run_id = %s) s "
+        f"FULL JOIN pg_temp.{table} r ON {on} WHERE s.run_id IS NULL OR r.run_id IS NULL OR {differs} "
+        f"ORDER BY {', '.join(str(i + 1) for i in range(len(key)))} LIMIT %s",
+        (run_id, limit),
+    ).fetchall()
+    out = []
+    for r in rows:
+        k = dict(zip(key, r[: len(key)], strict=True))
+        not_stored, not_rebuilt = r[len(key)], r[len(key) + 1]
+        stored = r[len(key) + 2 : len(key) + 2 + len(values)]
+        rebuilt = r[len(key) + 2 + len(values) :]
+        if not_stored or not_rebuilt:
+            out.append(Difference(table=table, key=k, column=None, stored=None if not_stored else "row",
+                                  rebuilt=None if not_rebuilt else "row"))  # fmt: skip
+            continue
+        for c, a, b in zip(values, stored, rebuilt, strict=True):
+            if a != b:
+                out.append(Difference(table=table, key=k, column=c, stored=a, rebuilt=b))
+    return out

@@ -129,9 +129,9 @@ def verify_payloads(
         if data is None:
             if explained is not None and h in explained:
                 continue
-            why = f"row payload {h} it references is missing"
+            why = f"row payload {h} it references is missing from the payloads"
         elif not payload_matches(h, data):
-            why = f"row payload {h} it references was altered"
+            why = f"row payload {h} it references was altered in the payloads"
         else:
             continue
         if bad is None or seq < bad.seq:

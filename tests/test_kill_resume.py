@@ -237,7 +237,7 @@ def test_replay_check_agrees_while_the_run_is_still_being_written(db: Database, 
         replay = _elspeth(db, work, "replay", run_id, "--check")
         out, err = replay.communicate(timeout=300)
         assert replay.returncode == 0, out + err
-        assert "projections agree with the fold" in out
+        assert "projections agree with the events" in out
     finally:
         proc.communicate(timeout=600)
     usage = _elspeth(db, work, "replay", run_id, "--check", "--as-of", "5")

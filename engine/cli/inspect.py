@@ -11,10 +11,9 @@ from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.canonical import decode_row
 from landscape.errors import UnknownRun
-from landscape.fold import RunFold
 from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder
-from landscape.projections import rebuild
+from landscape.projections import compare, rebuild
 from landscape.queries import lineage, metrics_at
 from landscape.records import StoredEvent
 from landscape.verify import verify_run
@@ -46,6 +45,7 @@ def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) 
                 per_node[event.node] += 1
 
         verified = verify_run(recorder, run_id, upto_seq=upto, observe=count)
+        checked = compare(db, run_id) if check else None
     fold = verified.fold
     click.echo(f"run {run_id}: chain verified ({verified.events} events, head {verified.head.hex()[:16]})")
     click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")
@@ -55,21 +55,13 @@ def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) 
     click.echo(
         f"in flight: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, {len(fold.batches)} open batches"
     )
-    if check:
-        problems = _compare(fold, projected.metrics if projected is not None else {})
-        if problems:
-            raise ElspethCliError("projections differ from the fold: " + "; ".join(problems))
-        click.echo("projections agree with the fold")
-
-
-def _compare(fold: RunFold, metrics: dict[str, float]) -> list[str]:
-    problems = []
-    if int(metrics.get("rows_in", 0)) != fold.source_records:
-        problems.append(f"rows_in {metrics.get('rows_in', 0):.0f} != {fold.source_records}")
-    for outcome, n in fold.outcomes.items():
-        if int(metrics.get(f"outcome.{outcome}", 0)) != n:
-            problems.append(f"outcome.{outcome} {metrics.get(f'outcome.{outcome}', 0):.0f} != {n}")
-    return problems
+    if checked is not None:
+        seq, differences = checked
+        if differences:
+            shown = "; ".join(d.describe() for d in differences[:10])
+            more = f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""
+            raise ElspethCliError(f"run {run_id}: projections differ from the events: {shown}{more}")
+        click.echo(f"projections agree with the events (every row of every table, up to seq {seq})")
 
 
 @click.command("explain")

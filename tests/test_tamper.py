@@ -1,0 +1,69 @@
+"""What someone with write access to the database could change, and `replay --check` catching it.
+
+Each case is one line: which example to run, the SQL a tamperer runs afterwards (`%(run)s` is
+the run id), and what the check must name. Projection tables have no triggers (they are
+rebuildable), so these need no privileges beyond a plain UPDATE.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from landscape.db import Database
+from tests.test_cli import ROOT, elspeth, one_line_error
+
+FORK, AGG = "fork_coalesce", "aggregation"
+ONE = "ctid = (SELECT ctid FROM {t} WHERE run_id = %(run)s ORDER BY ctid LIMIT 1)"
+CASES = [
+    # (example, table, statement, words the error must contain)
+    (FORK, "runs", "UPDATE runs SET status = 'failed' WHERE run_id = %(run)s", "runs"),
+    (FORK, "nodes", "UPDATE nodes SET plugin = 'passthrough' WHERE run_id = %(run)s AND node = 'screen'", "nodes"),
+    (FORK, "rows", "UPDATE rows SET data_hash = md5('x') WHERE run_id = %(run)s AND row_index = 2", "row_index=2"),
+    (FORK, "tokens", f"UPDATE tokens SET branch = 'screening' WHERE {ONE.format(t='tokens')}", "tokens"),
+    (FORK, "token_parents", f"UPDATE token_parents SET parent_id = parent_id || 'x' WHERE {ONE.format(t='token_parents')}",
+     "parent_id"),
+    (FORK, "node_states", f"UPDATE node_states SET output_hash = md5('y') WHERE {ONE.format(t='node_states')}",
+     "output_hash"),
+    (FORK, "token_outcomes", "UPDATE token_outcomes SET outcome = 'completed', reason = NULL "
+     "WHERE run_id = %(run)s AND outcome = 'diverted'", "outcome"),
+    (FORK, "token_outcomes", f"DELETE FROM token_outcomes WHERE {ONE.format(t='token_outcomes')}",
+     "missing from the table"),
+    (FORK, "coalesces", "UPDATE coalesces SET status = 'merged', reason = NULL "
+     "WHERE run_id = %(run)s AND status = 'failed'", "coalesces"),
+    (FORK, "artifacts", f"UPDATE artifacts SET rows = rows + 1 WHERE {ONE.format(t='artifacts')}", "artifacts"),
+    (FORK, "run_metrics", "UPDATE run_metrics SET value = value + 1 WHERE run_id = %(run)s AND metric = 'rows_in'",
+     "rows_in"),
+    (FORK, "run_metrics", "INSERT INTO run_metrics VALUES (%(run)s, 'outcome.completed2', 1)",
+     "not in the events"),
+    (AGG, "batches", f"UPDATE batches SET size = size + 1 WHERE {ONE.format(t='batches')}", "size"),
+    (AGG, "batch_members", f"DELETE FROM batch_members WHERE {ONE.format(t='batch_members')}", "batch_members"),
+    (FORK, "payloads", "DELETE FROM payloads WHERE hash = (SELECT decode(data_hash, 'hex') FROM rows "
+     "WHERE run_id = %(run)s AND row_index = 1)", "missing"),
+]  # fmt: skip
+
+
+def _run(db: Database, tmp_path: Path, example: str) -> tuple[Path, str]:
+    shutil.copytree(ROOT / "examples" / example, tmp_path / "examples" / example)
+    shutil.rmtree(tmp_path / "examples" / example / "output", ignore_errors=True)
+    (tmp_path / "examples" / example / "output").mkdir()
+    proc = elspeth("run", "-s", f"examples/{example}/settings.yaml", cwd=tmp_path, db=db)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1]
+    clean = elspeth("replay", run_id, "--check", cwd=tmp_path, db=db)
+    assert clean.returncode == 0 and "projections agree" in clean.stdout, clean.stdout + clean.stderr
+    return tmp_path, run_id
+
+
+@pytest.mark.parametrize(("example", "table", "sql", "named"), CASES, ids=[f"{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_replay_check_names_what_was_changed(db: Database, tmp_path: Path, example: str, table: str, sql: str,
+                                             named: str) -> None:  # fmt: skip
+    work, run_id = _run(db, tmp_path, example)
+    with db.connect() as conn:
+        changed = conn.execute(sql, {"run": run_id}).rowcount
+        conn.commit()
+    assert changed >= 1, "the tampering changed nothing: fix the case"
+    err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
+    assert table in err and named in err, err
