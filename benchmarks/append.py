@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from landscape.canonical import hash_row
+from landscape.canonical import commit_row
 from landscape.db import Database, open_database
 from landscape.postgres import _EVENT_COLUMNS, PostgresRecorder
 from statecharts import events as ev
@@ -31,8 +31,8 @@ def store_path(db: Database, events: int, commit_every: int) -> tuple[float, lis
     started = time.perf_counter()
     n = i = 0
     while n < events:
-        h, data = hash_row({"id": i, "name": f"customer {i}", "amount": i * 7 % 10_000, "region": "north"})
-        writer.put_payload(h, data)
+        h, payload = commit_row({"id": i, "name": f"customer {i}", "amount": i * 7 % 10_000, "region": "north"})
+        writer.put_payload(h, payload)
         writer.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="validated"))
         n += 1
         if n < events:

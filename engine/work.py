@@ -10,12 +10,13 @@ from engine.dag import Dag
 from engine.expressions import Expression
 from engine.plugins.protocol import Aggregation, Row, Sink, Transform
 from engine.settings import AggregationSettings, CoalesceSettings, GateSettings, RetrySettings, TransformSettings
-from landscape.canonical import hash_row
+from landscape.canonical import commit_row
 from landscape.fold import RunFold
+from landscape.records import Payload
 from statecharts import events as ev
 
 Emit = Callable[[str, ev.EventBase], None]
-PutPayload = Callable[[str, bytes], None]
+PutPayload = Callable[[str, Payload], None]
 
 
 @dataclass(slots=True)
@@ -72,6 +73,6 @@ class Context:
 
     def store(self, row: Row) -> str:
         """Put a row in the payload store; returns its hash."""
-        h, data = hash_row(row)
-        self.put_payload(h, data)
+        h, payload = commit_row(row)
+        self.put_payload(h, payload)
         return h

@@ -6,14 +6,19 @@ from collections.abc import Iterable
 
 from landscape.errors import CorruptLog
 from landscape.recorder import Recorder
+from landscape.verify import payload_matches
 
 
 def load_payloads(recorder: Recorder, hashes: Iterable[str]) -> dict[str, bytes]:
-    """hash hex -> stored bytes for every hash given. A missing payload is an error: resume and
-    explain cannot continue without the data (it may have been purged by retention)."""
+    """hash hex -> stored bytes for every hash given, each checked against its commitment. A
+    missing or altered payload is an error: resume cannot continue without the data (it may have
+    been erased: see `elspeth purge`)."""
     wanted = set(hashes)
     found = recorder.payloads(wanted)
     missing = sorted(wanted - found.keys())
     if missing:
         raise CorruptLog(f"{len(missing)} row payload(s) are missing from the payload store, e.g. {missing[0]}")
-    return found
+    altered = sorted(h for h, p in found.items() if not payload_matches(h, p))
+    if altered:
+        raise CorruptLog(f"{len(altered)} row payload(s) do not match their commitment, e.g. {altered[0]}")
+    return {h: p.data for h, p in found.items()}

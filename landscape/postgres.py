@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -23,7 +24,7 @@ from landscape.chain import GENESIS, header, link
 from landscape.db import Database, driver_errors
 from landscape.errors import ConcurrentWriter, LandscapeError
 from landscape.recorder import Pending, TransactionHook
-from landscape.records import GlobalEvent, StoredEvent, datetime_to_us, us_to_datetime
+from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, datetime_to_us, us_to_datetime
 from statecharts.events import EventBase, encode_event
 
 _EVENT_COLUMNS = (
@@ -44,7 +45,8 @@ class _Batch:
     """One durability point's worth of work for the database."""
 
     events: list[tuple[Any, ...]]
-    payloads: dict[str, bytes]
+    payloads: dict[str, Payload]
+    recorded_at: datetime  # when the payloads were written (retention counts from it)
     pending: list[Pending]
 
 
@@ -96,7 +98,7 @@ class PgRunWriter:
         self.next_seq: int = 0 if row is None else row[0] + 1
         self.head: bytes = GENESIS if row is None else bytes(row[1])
         self._events: list[tuple[Any, ...]] = []
-        self._payloads: dict[str, bytes] = {}
+        self._payloads: dict[str, Payload] = {}
 
     @property
     def pending(self) -> int:
@@ -121,8 +123,8 @@ class PgRunWriter:
         faults.reached("append")
         return seq
 
-    def put_payload(self, hash_hex: str, data: bytes) -> None:
-        self._payloads[hash_hex] = data
+    def put_payload(self, hash_hex: str, payload: Payload) -> None:
+        self._payloads[hash_hex] = payload
 
     def commit(self, *, wait: bool = True) -> None:
         """Send everything buffered in one transaction and commit it (a durability point).
@@ -131,7 +133,8 @@ class PgRunWriter:
         this returns at once; an error surfaces at the next commit. `wait=True` returns only
         when everything appended so far is committed."""
         if self._events or self._payloads:
-            batch = _Batch(self._events, self._payloads, [hook.take() for hook in self._hooks])
+            at = us_to_datetime(self._now_us())
+            batch = _Batch(self._events, self._payloads, at, [hook.take() for hook in self._hooks])
             self._events, self._payloads = [], {}
             if self._sender is None:
                 self._send(batch)
@@ -151,12 +154,18 @@ class PgRunWriter:
         with driver_errors(f"committing events of run {self.run_id}", conn=conn, run_id=self.run_id):
             with conn.cursor() as cur:
                 if batch.payloads:
-                    # One statement, the hashes and bodies as two binary arrays: no staging
-                    # table, and the batch's payloads are distinct already (a dict by hash).
+                    # One statement, the columns as binary arrays: no staging table, and the
+                    # batch's payloads are distinct already (a dict by commitment).
                     cur.execute(
-                        "INSERT INTO payloads (hash, data) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+                        "INSERT INTO payloads (hash, salt, data, recorded_at) "
+                        "SELECT h, s, d, %b FROM unnest(%b::bytea[], %b::bytea[], %b::bytea[]) AS u(h, s, d) "
                         "ON CONFLICT (hash) DO NOTHING",
-                        ([bytes.fromhex(h) for h in batch.payloads], list(batch.payloads.values())),
+                        (
+                            batch.recorded_at,
+                            [bytes.fromhex(h) for h in batch.payloads],
+                            [p.salt for p in batch.payloads.values()],
+                            [p.data for p in batch.payloads.values()],
+                        ),
                     )
                 if batch.events:
                     with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN") as cp:
@@ -245,16 +254,35 @@ class PostgresRecorder:
             ).fetchall()
         return [GlobalEvent((r[0], r[1]), _stored(r[2:])) for r in rows]
 
-    def payloads(self, hashes: Iterable[str]) -> dict[str, bytes]:
-        """hash hex -> stored bytes, for those of `hashes` the payload store holds."""
+    def payloads(self, hashes: Iterable[str]) -> dict[str, Payload]:
+        """hash hex -> (salt, data) as stored, for those of `hashes` the payload store holds."""
         wanted = sorted(set(hashes))
-        found: dict[str, bytes] = {}
+        found: dict[str, Payload] = {}
         with driver_errors("reading row payloads"), self.db.connect() as conn:
             for i in range(0, len(wanted), 10_000):
                 chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
-                for h, data in conn.execute("SELECT hash, data FROM payloads WHERE hash = ANY(%s)", (chunk,)):
-                    found[bytes(h).hex()] = bytes(data)
+                for h, salt, data in conn.execute(
+                    "SELECT hash, salt, data FROM payloads WHERE hash = ANY(%s)", (chunk,)
+                ):
+                    found[bytes(h).hex()] = Payload(bytes(salt), bytes(data))
         return found
+
+    def erasures(self, hashes: Iterable[str]) -> dict[str, Erasure]:
+        """The erasure record of each of `hashes` that was erased (the first, if several)."""
+        wanted = sorted(set(hashes))
+        out: dict[str, Erasure] = {}
+        with driver_errors("reading erasure records"), self.db.connect() as conn:
+            for i in range(0, len(wanted), 10_000):
+                chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
+                for r in conn.execute(
+                    "SELECT hash, run_id, row_index, kind, reason, erased_at, erased_by FROM erasures "
+                    "WHERE hash = ANY(%s) ORDER BY id",
+                    (chunk,),
+                ):
+                    h = bytes(r[0]).hex()
+                    out.setdefault(h, Erasure(hash=h, run_id=r[1], row_index=r[2], kind=r[3], reason=r[4],
+                                              erased_at=r[5], erased_by=r[6]))  # fmt: skip
+        return out
 
     def writer_alive(self, run_id: str) -> bool:
         """True while some process holds the run's writer lock. Read from pg_locks rather than by

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+import msgspec
 
 from statecharts.events import EventBase
 from statecharts.upcast import upcast
@@ -52,3 +55,25 @@ class GlobalEvent:
 
     position: tuple[int, int]
     event: StoredEvent
+
+
+class Payload(NamedTuple):
+    """A row's bytes as stored, with the salt of its commitment (see `landscape.canonical`)."""
+
+    salt: bytes
+    data: bytes
+
+
+class Erasure(msgspec.Struct, frozen=True, kw_only=True):
+    """The record of one erased payload (see `landscape.erasure`)."""
+
+    hash: str
+    run_id: str | None
+    row_index: int | None
+    kind: str  # retention | request
+    reason: str
+    erased_at: datetime
+    erased_by: str
+
+    def describe(self) -> str:
+        return f"erased on {self.erased_at:%Y-%m-%d} ({self.reason})"

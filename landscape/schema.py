@@ -54,9 +54,28 @@ Index("events_tx_order", events.c.tx_id, events.c.global_position)  # cross-run 
 payloads = Table(
     "payloads",
     metadata,
-    Column("hash", LargeBinary, primary_key=True),
+    Column("hash", LargeBinary, primary_key=True),  # sha256(salt ‖ data): the commitment events hold
     Column("data", LargeBinary, nullable=False),
+    Column("salt", LargeBinary, nullable=False, server_default=text("'\\x'::bytea")),  # (0004)
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),  # (0004)
 )
+Index("payloads_recorded_at", payloads.c.recorded_at)
+
+# Append-only: one row per erased payload (retention or a data subject's request), kept forever.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("hash", LargeBinary, nullable=False),
+    Column("run_id", Text),  # the run whose row was erased by request; None for retention
+    Column("row_index", BigInteger),
+    Column("kind", Text, nullable=False),  # retention | request
+    Column("reason", Text, nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
+    Column("erased_by", Text, nullable=False, server_default=text("CURRENT_USER")),
+)
+Index("erasures_hash", erasures.c.hash)
+Index("erasures_run", erasures.c.run_id)
 
 # --- projections -----------------------------------------------------------------------------
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from landscape.canonical import commitment
 from landscape.chain import GENESIS, header, link
 from landscape.errors import ChainBroken, CorruptLog
 from landscape.fold import IllegalEvent, RunFold
 from landscape.recorder import Recorder
-from landscape.records import StoredEvent
+from landscape.records import Erasure, Payload, StoredEvent
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.errors import StatechartError
@@ -43,6 +44,8 @@ class Verification:
     head: bytes = GENESIS
     # Row payload hash -> the first seq that references it (for the payload check).
     referenced: dict[str, int] = field(default_factory=dict)
+    # Referenced payloads that a recorded erasure explains (filled by `verify_run`).
+    erased: dict[str, Erasure] = field(default_factory=dict)
     bad: Finding | None = None
 
     @property
@@ -114,12 +117,12 @@ def row_hashes(event: ev.EventBase) -> tuple[str, ...]:
     return ()
 
 
-def payload_matches(hash_hex: str, data: bytes) -> bool:
-    return hashlib.sha256(data).hexdigest() == hash_hex
+def payload_matches(hash_hex: str, payload: Payload) -> bool:
+    return commitment(payload.salt, payload.data) == hash_hex
 
 
 def verify_payloads(
-    referenced: Mapping[str, int], supplied: Mapping[str, bytes], *, explained: Mapping[str, str] | None = None
+    referenced: Mapping[str, int], supplied: Mapping[str, Payload], *, explained: Mapping[str, str] | None = None
 ) -> Finding | None:
     """Every referenced row payload is supplied and matches its hash, or a recorded erasure
     explains its absence (`explained`: hash -> why). The finding names the lowest seq."""
@@ -145,7 +148,11 @@ def verify_run(
     """Read a run's log once through `verify_events`, then check the row payloads it references.
     Raises ChainBroken naming the first bad seq (CorruptLog when the run has no events)."""
     verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), observe=observe).raise_if_bad()
-    bad = verify_payloads(verified.referenced, recorder.payloads(verified.referenced))
+    present = recorder.payloads(verified.referenced)
+    absent = [h for h in verified.referenced if h not in present]
+    verified.erased = recorder.erasures(absent) if absent else {}
+    explained = {h: e.describe() for h, e in verified.erased.items()}
+    bad = verify_payloads(verified.referenced, present, explained=explained)
     if bad is not None:
         verified.bad = bad
         verified.raise_if_bad()

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from landscape.canonical import commitment
 from landscape.chain import GENESIS, header, link
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
-from landscape.records import StoredEvent
+from landscape.records import Payload, StoredEvent
 from landscape.verify import verify_events, verify_payloads
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -141,9 +142,9 @@ def test_the_verifier_imports_where_no_driver_is_installed(tmp_path: Path) -> No
 # -- the pure verifier ---------------------------------------------------------------------------
 
 
-def _log(run_id: str = "run-v", rows: int = 3) -> tuple[list[StoredEvent], dict[str, bytes]]:
+def _log(run_id: str = "run-v", rows: int = 3) -> tuple[list[StoredEvent], dict[str, Payload]]:
     """A small legal run, hash-chained as the writer does it, and its row payloads."""
-    payloads: dict[str, bytes] = {}
+    payloads: dict[str, Payload] = {}
     events: list[tuple[str, ev.EventBase]] = [
         (run_id, ev.RunCreated(settings_path="s", settings_hash="h", settings={}, source_fingerprint="f",
                                nodes=[], elspeth_version="t", working_dir=".")),
@@ -151,8 +152,9 @@ def _log(run_id: str = "run-v", rows: int = 3) -> tuple[list[StoredEvent], dict[
     ]  # fmt: skip
     for i in range(rows):
         data = f'{{"id":{i}}}'.encode()
-        h = hashlib.sha256(data).hexdigest()
-        payloads[h] = data
+        salt = bytes([i]) * 16
+        h = commitment(salt, data)
+        payloads[h] = Payload(salt, data)
         events += [
             (f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="out")),
             (f"r{i}", ev.SinkAssigned(sink="out", outcome="completed")),
@@ -224,7 +226,7 @@ def test_a_missing_or_altered_payload_is_named_unless_an_erasure_explains_it() -
     assert verify_payloads(referenced, missing) is not None
     assert "missing" in verify_payloads(referenced, missing).why  # type: ignore[union-attr]
     assert verify_payloads(referenced, missing, explained={first: "erased"}) is None
-    altered = {**payloads, first: b'{"id":99}'}
+    altered = {**payloads, first: payloads[first]._replace(data=b'{"id":99}')}
     assert "altered" in verify_payloads(referenced, altered).why  # type: ignore[union-attr]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from landscape.canonical import hash_row
+from landscape.canonical import commit_row
 from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter
 from landscape.postgres import PgRunWriter as RunWriter
@@ -29,8 +29,8 @@ def _write_run(db: Database, run_id: str, tokens: int = 5, commit_every: int = 3
     w = PostgresRecorder(db).open_writer(run_id)
     w.append("run", run_id, _created(run_id))
     for i in range(tokens):
-        h, data = hash_row({"id": i, "name": f"row {i}", "run": run_id})
-        w.put_payload(h, data)
+        h, payload = commit_row({"id": i, "name": f"row {i}", "run": run_id})
+        w.put_payload(h, payload)
         w.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="in"))
         if i % commit_every == 0:
             w.commit()
@@ -85,9 +85,13 @@ def test_a_changed_byte_in_an_event_is_found_at_its_seq(db: Database, sql: str, 
 
 def test_a_changed_byte_in_a_row_payload_is_found_at_the_first_event_using_it(db: Database) -> None:
     _write_run(db, "run-payload").close()
-    h, data = hash_row({"id": 2, "name": "row 2", "run": "run-payload"})
+    token = next(e.event for e in PostgresRecorder(db).read_events("run-payload") if e.entity_id == "r2")
+    assert isinstance(token, ev.TokenCreated)
     _superuser_update(
-        db, "UPDATE payloads SET data = %s WHERE hash = %s", (data.replace(b"row", b"raw"), bytes.fromhex(h))
+        db,
+        "UPDATE payloads SET data = convert_to(replace(convert_from(data, 'UTF8'), 'row', 'raw'), 'UTF8') "
+        "WHERE hash = %s",
+        (bytes.fromhex(token.data_hash),),
     )
     with pytest.raises(ChainBroken) as err:
         verify_run(PostgresRecorder(db), "run-payload")

@@ -97,12 +97,13 @@ def _register() -> None:
     # Each command lives in its own module; registering one is one line here.
     from engine.cli.inspect import explain_cmd, projections_group, replay_cmd
     from engine.cli.plugins import plugins_group
+    from engine.cli.purge import purge_cmd
     from engine.cli.run import resume_cmd, run_cmd
     from engine.cli.statecharts import statecharts_cmd
     from engine.cli.validate import validate_cmd
 
     for command in (run_cmd, resume_cmd, validate_cmd, replay_cmd, explain_cmd, projections_group,
-                    plugins_group, statecharts_cmd):  # fmt: skip
+                    plugins_group, statecharts_cmd, purge_cmd):  # fmt: skip
         cli.add_command(command)
 
 

@@ -1,0 +1,101 @@
+"""Erasing row data without breaking a proof: retention and a data subject's request.
+
+What goes is a payload's data and its salt (the row `payloads(hash, salt, data)`); what stays is
+the commitment the events hold, so the chain, the Merkle tree and every proof still verify, while
+a guessed value can no longer be confirmed (see `landscape.canonical`). Each erased payload gets
+an append-only `erasures` record — when, which run and row, why, by which database role — written
+in the same transaction as the delete; the database refuses to delete a payload without one.
+
+A row's payloads are found from the events, not the projections: every token descending from the
+row's source token (fork branches, expansions, merges and batch outputs that contain it, through
+`TokenCreated.parents`) and every payload their creation and steps reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from landscape.db import Database, driver_errors
+from landscape.errors import LandscapeError, UnknownRun
+from landscape.postgres import PostgresRecorder
+from landscape.verify import row_hashes
+from statecharts import events as ev
+
+
+class ErasureRefused(LandscapeError):
+    """An erasure that must not happen as asked (unknown row, a run still being written, ...)."""
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """What an erasure would remove: payload hash -> (run, row) it belongs to."""
+
+    kind: str
+    payloads: dict[str, tuple[str | None, int | None]]
+    tokens: list[str]  # the tokens whose data goes (requests only)
+    already_erased: int
+
+
+def plan_rows(db: Database, run_id: str, rows: Sequence[int]) -> Plan:
+    """Every payload of the given source rows of a run, across all tokens that contain them."""
+    recorder = PostgresRecorder(db)
+    if not recorder.run_exists(run_id):
+        raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+    if recorder.writer_alive(run_id):
+        raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
+    wanted = set(rows)
+    owner: dict[str, int] = {}  # token id -> source row it contains (the first, for a batch of many)
+    found: dict[str, tuple[str | None, int | None]] = {}
+    for stored in recorder.read_events(run_id):
+        event = stored.event
+        if isinstance(event, ev.TokenCreated):
+            if not event.parents:
+                if event.row_index in wanted:
+                    owner[stored.entity_id] = event.row_index
+            else:
+                row = next((owner[p] for p in event.parents if p in owner), None)
+                if row is not None:
+                    owner[stored.entity_id] = row
+        if stored.entity_id in owner:
+            for h in row_hashes(event):
+                found.setdefault(h, (run_id, owner[stored.entity_id]))
+    missing = sorted(wanted - set(owner.values()))
+    if missing:
+        raise ErasureRefused(f"run {run_id} has no row {', '.join(map(str, missing))}; nothing was erased")
+    return _plan(db, "request", found, sorted(owner))
+
+
+def plan_retention(db: Database, cutoff: datetime) -> Plan:
+    """Every payload written before `cutoff` that is still there."""
+    with driver_errors("planning retention"), db.connect() as conn:
+        rows = conn.execute("SELECT hash FROM payloads WHERE recorded_at < %s", (cutoff,)).fetchall()
+    return _plan(db, "retention", {bytes(r[0]).hex(): (None, None) for r in rows}, [])
+
+
+def _plan(db: Database, kind: str, found: dict[str, tuple[str | None, int | None]], tokens: list[str]) -> Plan:
+    present = PostgresRecorder(db).payloads(found)
+    return Plan(
+        kind=kind,
+        payloads={h: where for h, where in found.items() if h in present},
+        tokens=tokens,
+        already_erased=len(found) - len(present),
+    )
+
+
+def erase(db: Database, plan: Plan, reason: str, now: datetime) -> int:
+    """Record and delete, in one transaction. Returns the number of payloads erased."""
+    if not reason.strip():
+        raise ErasureRefused("an erasure needs a reason (--reason TEXT): it is recorded for good")
+    hashes = sorted(plan.payloads)
+    with driver_errors("erasing row data"), db.connect() as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) VALUES (%s,%s,%s,%s,%s,%s)",
+                [(bytes.fromhex(h), *plan.payloads[h], plan.kind, reason, now) for h in hashes],
+            )
+            cur.execute("DELETE FROM payloads WHERE hash = ANY(%s)", ([bytes.fromhex(h) for h in hashes],))
+            erased = cur.rowcount
+        conn.commit()
+    return erased

@@ -1,0 +1,146 @@
+"""Erasure keeps every proof (issue 10): salted commitments, `elspeth purge` by request and by
+retention, the erasure records, and a missing payload no erasure explains staying an error."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.cli.purge import parse_duration
+from landscape.canonical import commit_row, encode_row
+from landscape.db import Database
+from landscape.erasure import erase, plan_retention
+from landscape.postgres import PostgresRecorder
+from statecharts import events as ev
+from tests.test_cli import ROOT, elspeth, one_line_error
+
+SECRET = "Quentin Zebulon-Marsh"  # a customer name written into the example's row 3
+
+
+def _all_text(db: Database) -> list[tuple[str, bytes]]:
+    """Every value of every table of the store, as bytes (text encoded, bytea as is)."""
+    out = []
+    with db.connect() as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                for value in row:
+                    if isinstance(value, bytes | memoryview):
+                        out.append((table, bytes(value)))
+                    elif value is not None:
+                        out.append((table, str(value).encode()))
+    return out
+
+
+@pytest.fixture
+def fork_run(db: Database, tmp_path: Path) -> tuple[Path, str]:
+    """The fork/coalesce example with SECRET as the customer of row 3 (its fourth data line)."""
+    shutil.copytree(ROOT / "examples" / "fork_coalesce", tmp_path / "examples" / "fork_coalesce")
+    data = tmp_path / "examples" / "fork_coalesce" / "input.csv"
+    lines = data.read_text().splitlines()
+    fields = lines[4].split(",")
+    fields[1] = SECRET
+    lines[4] = ",".join(fields)
+    data.write_text("\n".join(lines) + "\n")
+    proc = elspeth("run", "-s", "examples/fork_coalesce/settings.yaml", cwd=tmp_path, db=db)
+    assert proc.returncode == 0, proc.stderr
+    return tmp_path, proc.stdout.split()[1]
+
+
+def test_erasing_a_row_removes_its_value_everywhere_and_every_check_still_passes(
+    db: Database, fork_run: tuple[Path, str]
+) -> None:
+    work, run_id = fork_run
+    assert any(SECRET.encode() in v for _t, v in _all_text(db)), "the value must be in the store before"
+    dry = elspeth("purge", run_id, "--row", "3", "--dry-run", cwd=work, db=db)
+    assert dry.returncode == 0 and "would erase" in dry.stdout, dry.stderr
+    assert any(SECRET.encode() in v for _t, v in _all_text(db)), "a dry run erases nothing"
+    proc = elspeth("purge", run_id, "--row", "3", "--reason", "GDPR art. 17 request #42", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert [t for t, v in _all_text(db) if SECRET.encode() in v] == []
+    replay = elspeth("replay", run_id, "--check", cwd=work, db=db)
+    assert replay.returncode == 0 and "projections agree" in replay.stdout, replay.stdout + replay.stderr
+    with db.connect() as conn:
+        kept = {bytes(r[0]) for r in conn.execute("SELECT hash FROM erasures WHERE run_id = %s", (run_id,))}
+        assert kept and conn.execute("SELECT DISTINCT kind, reason FROM erasures WHERE run_id = %s", (run_id,)
+                                     ).fetchall() == [("request", "GDPR art. 17 request #42")]  # fmt: skip
+    # The kept commitments are not any salt-free hash of the erased value or of a row holding it.
+    for guess in (SECRET.encode(), encode_row(SECRET), encode_row({"customer_name": SECRET})):
+        assert hashlib.sha256(guess).digest() not in kept
+
+
+def test_a_payload_is_deleted_only_with_an_erasure_record(db: Database, fork_run: tuple[Path, str]) -> None:
+    _work, run_id = fork_run
+    with db.connect() as conn, pytest.raises(psycopg.Error, match="erasure record"):
+        conn.execute("DELETE FROM payloads WHERE hash IN (SELECT decode(data_hash, 'hex') FROM rows "
+                     "WHERE run_id = %s)", (run_id,))  # fmt: skip
+    with db.connect() as conn:
+        for sql in ("UPDATE erasures SET reason = 'x'", "DELETE FROM erasures", "TRUNCATE erasures"):
+            with pytest.raises(psycopg.Error, match="append-only"):
+                conn.execute(sql)
+            conn.rollback()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["purge", "run-nosuch", "--row", "1", "--reason", "x"], 1, "no run run-nosuch"),
+        (["purge", "{run}", "--row", "999", "--reason", "x"], 1, "has no row 999"),
+        (["purge", "--older-than", "ninety days", "--reason", "x"], 2, "not a duration"),
+        (["purge", "--older-than", "90d", "{run}", "--reason", "x"], 2, "either"),
+        (["purge", "{run}", "--row", "1"], 2, "--reason"),
+        (["purge", "{run}"], 2, "--row"),
+    ],
+)
+def test_bad_purges_are_one_line_and_erase_nothing(
+    db: Database, fork_run: tuple[Path, str], args: list[str], code: int, words: str
+) -> None:
+    work, run_id = fork_run
+    before = len(_all_text(db))
+    err = one_line_error(elspeth(*[a.format(run=run_id) for a in args], cwd=work, db=db), code)
+    assert words in err, err
+    assert len(_all_text(db)) == before
+
+
+def test_durations() -> None:
+    assert parse_duration("90d") == timedelta(days=90)
+    assert parse_duration("1d12h") == timedelta(days=1, hours=12)
+    assert parse_duration("2w") == timedelta(weeks=2)
+    for bad in ("", "d", "90", "9x", "-1d", "1.5d"):
+        with pytest.raises(Exception, match="not a duration"):
+            parse_duration(bad)
+
+
+DAY_US = 86_400_000_000
+BASE_US = 1_900_000_000_000_000  # 2030-03-17
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(days=st.lists(st.integers(0, 60), min_size=1, max_size=12), cut=st.integers(0, 61))
+def test_retention_removes_exactly_the_payloads_older_than_the_cutoff(db: Database, days: list[int], cut: int) -> None:
+    with db.connect() as conn:  # start each example from an empty payload store (superuser clean-up)
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM payloads")
+        conn.commit()
+    recorder = PostgresRecorder(db)
+    written: dict[str, int] = {}
+    for i, day in enumerate(days):
+        at = BASE_US + day * DAY_US
+        writer = recorder.open_writer(f"run-ret-{i}-{day}", now_us=lambda at=at: at)
+        h, payload = commit_row({"i": i, "day": day})
+        writer.put_payload(h, payload)
+        writer.append("token", "r0", ev.TokenCreated(row_index=0, data_hash=h, at="x"))
+        writer.commit()
+        writer.close()
+        written[h] = day
+    cutoff = datetime.fromtimestamp((BASE_US + cut * DAY_US) / 1e6, UTC)
+    erase(db, plan_retention(db, cutoff), "retention policy 60d", cutoff)
+    left = recorder.payloads(written)
+    assert set(left) == {h for h, day in written.items() if day >= cut}
