@@ -430,3 +430,8 @@ def test_a_data_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / ".elspeth").mkdir()
     (tmp_path / ".elspeth" / "pgdata").write_text("")
     assert "is not a folder" in one_line_error(elspeth("runs", cwd=tmp_path), 1)
+
+
+def test_rebuilding_the_projections_of_an_unknown_run_is_an_error(db: Database, work: Path) -> None:
+    err = one_line_error(elspeth("projections", "rebuild", "run-nosuch", cwd=work, db=db), 1)
+    assert "no run run-nosuch" in err

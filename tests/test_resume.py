@@ -653,3 +653,23 @@ def test_durability_points_bound_the_work_a_crash_can_cost(db: Database, commit_
     assert read_when_crashed - committed.source_records <= 2 * commit_every
     # and fewer rows per durability point means more commits for the same work
     assert commits[0] >= committed.source_records // commit_every
+
+
+def test_resume_refuses_a_crashed_run_whose_log_was_tampered_with(db: Database) -> None:
+    """Appending to a broken chain would bury the break under new events: resume verifies first."""
+    with _workdir("linear", 6) as path:
+        run_id = f"run-tampered-{os.urandom(3).hex()}"
+        faults.configure("committed:3", raise_instead=True)
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(path / "settings.yaml"), commit_every=1, run_id=run_id)
+        faults.configure("")
+        last = fold_run(db, run_id).last_seq
+        with db.connect() as conn:
+            conn.execute("SET session_replication_role = replica")  # what only a superuser can do
+            conn.execute("UPDATE events SET entity_id = entity_id || 'x' WHERE run_id = %s AND seq = 4", (run_id,))
+            conn.commit()
+        with pytest.raises(ResumeRefused, match="does not verify at seq 4"):
+            resume_run(db, run_id, _load)
+        from landscape.postgres import PostgresRecorder
+
+        assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last
