@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from typing import Any
 
 import msgspec
@@ -41,8 +42,34 @@ def commitment(salt: bytes, data: bytes) -> str:
     return hashlib.sha256(salt + data).hexdigest()
 
 
+class _Salts:
+    """Fresh random salts, drawn from the OS in blocks: one `getrandom` call per 4096 salts
+    instead of one per row (a call per row was 2 s of a 20,000-row run). Every salt is used once."""
+
+    def __init__(self, per_block: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._size = SALT_BYTES * per_block
+        self._block = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        with self._lock:
+            if self._at >= len(self._block):
+                self._block, self._at = os.urandom(self._size), 0
+            salt = self._block[self._at : self._at + SALT_BYTES]
+            self._at += SALT_BYTES
+            return salt
+
+    def forget(self) -> None:
+        self._block, self._at = b"", 0
+
+
+_salts = _Salts()
+os.register_at_fork(after_in_child=_salts.forget)  # a forked child must not reuse the parent's salts
+
+
 def commit_row(row: Any) -> tuple[str, Payload]:
     """(commitment, payload) of one row, with a fresh random salt."""
     data = _encoder.encode(row)
-    salt = os.urandom(SALT_BYTES)
+    salt = _salts.next()
     return commitment(salt, data), Payload(salt, data)
