@@ -15,6 +15,7 @@ from landscape.errors import LandscapeError
 from landscape.fold import RunFold
 from landscape.payloads import load_payloads
 from landscape.projections import rebuild
+from landscape.roles import Role
 from landscape.store import read_events, verify_chain
 from statecharts import events as ev
 
@@ -28,7 +29,7 @@ def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) 
     """Rebuild a run from its events, checking the chain and every transition."""
     if check and as_of is not None:
         raise click.UsageError("--check compares the projections, which hold a run's latest state: omit --as-of")
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         conn = db.connect()
         try:
             # The projections and the seq they reflect, read in one statement: they are committed
@@ -88,7 +89,7 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
     """The lineage of one row: its data at every step, and where it ended."""
     if (row_index is None) == (token_id is None):
         raise click.UsageError("give exactly one of --row N or --token ID")
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         conn = db.connect()
         try:
             if token_id is not None:
