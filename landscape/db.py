@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from landscape import roles
 from landscape.embedded import embedded_server
@@ -89,9 +89,9 @@ class Database:
 
     def connect(self, autocommit: bool = False, *, role: Role | None = None) -> psycopg.Connection[Any]:
         """A new connection, acting as `role` (default: this Database's role)."""
-        params = self._role_params(self.role if role is None else role)
+        conninfo = make_conninfo(self.conninfo, **self._role_params(self.role if role is None else role))
         try:
-            return psycopg.connect(self.conninfo, autocommit=autocommit, connect_timeout=10, **params)
+            return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DatabaseUnavailable(

@@ -336,7 +336,12 @@ def _postmaster_status(pgdata: Path) -> str:
 
 
 def _stop(
-    bin_dir: Path, pgdata: Path, uid: int | None, gid: int | None, log: Path, modes: tuple[str, ...] = ("fast", "immediate")
+    bin_dir: Path,
+    pgdata: Path,
+    uid: int | None,
+    gid: int | None,
+    log: Path,
+    modes: tuple[str, ...] = ("fast", "immediate"),
 ) -> str | None:
     """Stop the server, trying each mode in turn: fast (clients cut off, a clean shutdown
     checkpoint), then immediate (no checkpoint: the next start recovers from the WAL, as after a

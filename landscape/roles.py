@@ -138,9 +138,7 @@ def _make_safe(conn: psycopg.Connection[Any], role: str, login: bool) -> None:
         changes.append("LOGIN")
     # Only what differs is altered: most upgrades change nothing, and two at once do not
     # collide on the same catalog row. A non-superuser may not even name SUPERUSER.
-    statements = [
-        sql.SQL("ALTER ROLE {} {}").format(sql.Identifier(role), sql.SQL(change)) for change in changes
-    ]
+    statements = [sql.SQL("ALTER ROLE {} {}").format(sql.Identifier(role), sql.SQL(change)) for change in changes]
     for member_of in FORBIDDEN_MEMBERSHIPS:
         direct = conn.execute(
             "SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member "
@@ -199,10 +197,22 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
             schema = conn.execute("SELECT current_schema(), current_database()").fetchone()
             assert schema is not None
             for role in ELSPETH_ROLES:
-                if not conn.execute("SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (role,)).fetchone()[0]:  # type: ignore[index]
-                    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(schema[1]), sql.Identifier(role)))
-                if not conn.execute("SELECT has_schema_privilege(%s, current_schema(), 'USAGE')", (role,)).fetchone()[0]:  # type: ignore[index]
-                    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema[0]), sql.Identifier(role)))
+                if not conn.execute(
+                    "SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (role,)
+                ).fetchone()[0]:  # type: ignore[index]
+                    conn.execute(
+                        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                            sql.Identifier(schema[1]), sql.Identifier(role)
+                        )
+                    )
+                if not conn.execute("SELECT has_schema_privilege(%s, current_schema(), 'USAGE')", (role,)).fetchone()[
+                    0
+                ]:  # type: ignore[index]
+                    conn.execute(
+                        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                            sql.Identifier(schema[0]), sql.Identifier(role)
+                        )
+                    )
             for table in _tables(conn):
                 _grant_table(conn, table, TABLES[table])
     except psycopg.errors.InsufficientPrivilege as e:
@@ -230,7 +240,9 @@ def _grant_table(conn: psycopg.Connection[Any], table: str, kind: Kind) -> None:
                 )
             )
         else:
-            conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(map(sql.SQL, privileges)), target, who))
+            conn.execute(
+                sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(map(sql.SQL, privileges)), target, who)
+            )
 
 
 def _refuse_ownership(conn: psycopg.Connection[Any]) -> None:
@@ -331,9 +343,7 @@ def set_password(conn: psycopg.Connection[Any], role: str, password: str) -> Non
         raise RolesUnavailable(f"the role {role} does not exist yet: run `elspeth db upgrade` first")
     verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
     try:
-        conn.execute(
-            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier))
-        )
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
         conn.commit()
     except psycopg.Error as e:
         conn.rollback()

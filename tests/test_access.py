@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -102,9 +103,7 @@ def test_the_writer_is_no_superuser_and_owns_nothing(db: Database) -> None:
             "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls FROM pg_roles "
             "WHERE rolname = 'elspeth_writer'"
         ).fetchone()
-        owned = conn.execute(
-            "SELECT count(*) FROM pg_class WHERE relowner = 'elspeth_writer'::regrole"
-        ).fetchone()
+        owned = conn.execute("SELECT count(*) FROM pg_class WHERE relowner = 'elspeth_writer'::regrole").fetchone()
     assert attrs == (False, False, False, False, False)
     assert owned == (0,)
 
@@ -166,7 +165,7 @@ def test_an_upgrade_is_idempotent_and_two_at_once_both_succeed(db: Database) -> 
     def upgrade() -> None:
         try:
             migrate(db)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=upgrade) for _ in range(2)]
@@ -188,9 +187,9 @@ def test_an_upgrade_puts_back_what_the_writer_must_not_hold(db: Database) -> Non
     migrate(db)
     with db.connect() as conn:
         assert grants_current(conn)
-        assert conn.execute("SELECT pg_has_role('elspeth_writer', 'pg_execute_server_program', 'MEMBER')").fetchone() == (
-            False,
-        )
+        assert conn.execute(
+            "SELECT pg_has_role('elspeth_writer', 'pg_execute_server_program', 'MEMBER')"
+        ).fetchone() == (False,)
     assert "permission denied" in _refused(db, Role.WRITER, "TRUNCATE events")
 
 
@@ -256,3 +255,41 @@ def test_the_embedded_server_trusts_nobody_and_maps_only_its_user(server_url: st
     assert mapped == {pwd.getpwuid(os.geteuid()).pw_name}
     assert socket_mode == ("0700",) and tcp == ("",)
     assert os.stat(_socket_dir(server_url)).st_mode & 0o777 == 0o700
+
+
+def _cli(*args: str, database: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    env["ELSPETH_DATABASE_URL"] = database
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", *args],
+        cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_db_roles_shows_each_role_and_what_it_may_do(db: Database) -> None:
+    proc = _cli("db", "roles", database=db.conninfo)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for role in ELSPETH_ROLES:
+        assert any(line.split()[:1] == [role] for line in lines), proc.stdout
+    writer = proc.stdout.split("elspeth_writer", 1)[1].split("elspeth_analyst", 1)[0]
+    assert "SELECT INSERT" in writer and "events" in writer and "TRUNCATE" not in writer
+    analyst = proc.stdout.split("elspeth_analyst", 1)[1].split("elspeth_auditor", 1)[0]
+    assert "SELECT (not payload)" in analyst and re.search(r"none\s+payloads", analyst)
+
+
+@pytest.mark.skipif(EXTERNAL, reason="sets a password on the shared test server's role")
+def test_db_roles_sets_a_password_from_stdin_never_from_argv(db: Database) -> None:
+    secret = "s3cret/with?url#chars@"
+    proc = _cli("db", "roles", "--set-password", "elspeth_auditor", database=db.conninfo, stdin=secret + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    with db.connect() as conn:
+        stored = conn.execute(
+            "SELECT rolpassword, rolcanlogin FROM pg_authid WHERE rolname = 'elspeth_auditor'"
+        ).fetchone()
+        conn.execute("ALTER ROLE elspeth_auditor PASSWORD NULL")  # back as the other tests found it
+        conn.commit()
+    assert stored is not None and stored[0].startswith("SCRAM-SHA-256$") and stored[1]
+    unknown = _cli("db", "roles", "--set-password", "postgres", database=db.conninfo, stdin="x\n")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
