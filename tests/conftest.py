@@ -41,7 +41,10 @@ def db(server_url: str, request: pytest.FixtureRequest) -> Iterator[Database]:
     name = f"t_{module}_{secrets.token_hex(3)}"[:60]
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    database = Database(_with_database(server_url, name), f"test database {name}")
+    # Migrating also makes the ELSPETH roles (once per server) and grants them this database's
+    # tables; on the embedded server they log in through its peer map, as the engine's do.
+    embedded = not os.environ.get("ELSPETH_TEST_DATABASE_URL")
+    database = Database(_with_database(server_url, name), f"test database {name}", embedded=embedded)
     migrate(database)
     try:
         yield database

@@ -8,15 +8,17 @@ from contextlib import contextmanager
 import click
 
 from landscape.db import Database, open_database
+from landscape.roles import Role
 
 
 @contextmanager
 def database_from_ctx(
-    ctx: click.Context, *, upgrade: bool = False, settings_url: str | None = None
+    ctx: click.Context, *, upgrade: bool = False, settings_url: str | None = None, role: Role = Role.WRITER
 ) -> Iterator[Database]:
     """The database of `--database` / ELSPETH_DATABASE_URL (these always win), else a
-    PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`."""
+    PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`;
+    its connections act as `role` (the writer unless the command only reads)."""
     obj = ctx.find_root().obj or {}
     url = obj.get("database") or settings_url
-    with open_database(url, upgrade=upgrade, home=obj.get("home")) as db:
+    with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role) as db:
         yield db

@@ -16,6 +16,7 @@ from landscape.postgres import PostgresRecorder
 from landscape.projections import compare, rebuild
 from landscape.queries import lineage, metrics_at
 from landscape.records import StoredEvent
+from landscape.roles import Role
 from landscape.verify import verify_run
 from statecharts import events as ev
 
@@ -30,7 +31,7 @@ def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) 
     every row payload the events reference."""
     if check and as_of is not None:
         raise click.UsageError("--check compares the projections, which hold a run's latest state: omit --as-of")
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
         if not recorder.run_exists(run_id):
             raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
@@ -73,7 +74,7 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
     """The lineage of one row: its data at every step, and where it ended."""
     if (row_index is None) == (token_id is None):
         raise click.UsageError("give exactly one of --row N or --token ID")
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         found = lineage(db, run_id, row_index=row_index, token_id=token_id)
         hashes = {t.data_hash for t in found.tokens} | {s.output_hash for t in found.tokens for s in t.steps}
         data = {h: decode_row(b) for h, b in load_payloads(PostgresRecorder(db), hashes).items()}

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 
 import click
 
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethGroup
-from landscape.db import migrate, redact
 from landscape.postgres import PostgresRecorder
 from landscape.queries import list_runs
+from landscape.roles import Role
 from statecharts.machines import RUN_OPEN
 
 
@@ -27,42 +25,13 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     ctx.obj = {"database": database, "home": home}
 
 
-@cli.group("db")
-def db_group() -> None:
-    """The audit store: its schema, and access for SQL."""
-
-
-@db_group.command("upgrade")
-@click.pass_context
-def db_upgrade(ctx: click.Context) -> None:
-    """Create or upgrade the audit store's schema."""
-    with database_from_ctx(ctx, upgrade=True) as db:
-        click.echo(f"schema at revision {migrate(db)} in {db.describe()}")
-
-
-@db_group.command("serve")
-@click.pass_context
-def db_serve(ctx: click.Context) -> None:
-    """Keep the audit store reachable for SQL tools until Ctrl-C, and print how to connect.
-
-    The embedded server otherwise stops when the last `elspeth` command ends."""
-    with database_from_ctx(ctx) as db:
-        click.echo(f"audit store: {db.describe()}")
-        click.echo(f"connect with: psql '{redact(db.conninfo)}'   (tables: docs/sql-cookbook.md)")
-        click.echo("serving until Ctrl-C", err=True)
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-        stop.wait()  # on exit the embedded server stops, unless another elspeth uses it
-
-
 @cli.command("runs")
 @click.option("--json", "as_json", is_flag=True, help="An array of objects, newest first.")
 @click.pass_context
 def runs_cmd(ctx: click.Context, as_json: bool) -> None:
     """List runs, newest first. A run still `running` whose writer is gone crashed (or lost its
     database): it says so, with the command that continues it."""
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         runs = list_runs(db)
         recorder = PostgresRecorder(db)
         # Only runs the log leaves open can have a writer; ended ones report None.
@@ -95,6 +64,7 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> None:
 
 def _register() -> None:
     # Each command lives in its own module; registering one is one line here.
+    from engine.cli.db import db_group
     from engine.cli.inspect import explain_cmd, projections_group, replay_cmd
     from engine.cli.plugins import plugins_group
     from engine.cli.purge import purge_cmd
@@ -103,7 +73,7 @@ def _register() -> None:
     from engine.cli.validate import validate_cmd
 
     for command in (run_cmd, resume_cmd, validate_cmd, replay_cmd, explain_cmd, projections_group,
-                    plugins_group, statecharts_cmd, purge_cmd):  # fmt: skip
+                    plugins_group, statecharts_cmd, purge_cmd, db_group):  # fmt: skip
         cli.add_command(command)
 
 

@@ -1,0 +1,101 @@
+"""`elspeth db`: the audit store's schema, its roles, and access for SQL tools."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import click
+
+from engine.cli.common import database_from_ctx
+from engine.cli.errors import ElspethCliError
+from landscape.db import migrate, redact
+from landscape.errors import LandscapeError
+from landscape.roles import ELSPETH_ROLES, Role, describe, set_password
+
+
+@click.group("db")
+def db_group() -> None:
+    """The audit store: its schema, its roles, and access for SQL."""
+
+
+@db_group.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or upgrade the audit store's schema, and create or update the ELSPETH roles
+    (elspeth_writer, elspeth_analyst, elspeth_auditor) and their grants. Run it as the owner of
+    the tables; on an external server that account needs CREATEROLE."""
+    with database_from_ctx(ctx, upgrade=True, role=Role.OWNER) as db:
+        revision = migrate(db)
+        click.echo(f"schema at revision {revision} in {db.describe()}")
+        click.echo(f"roles: {', '.join(ELSPETH_ROLES)} (see `elspeth db roles`)")
+
+
+@db_group.command("roles")
+@click.option(
+    "--set-password",
+    "set_password_of",
+    type=click.Choice(ELSPETH_ROLES),
+    help="Let this role log in with a password, read from a prompt (or from stdin when it is not a terminal).",
+)
+@click.pass_context
+def db_roles(ctx: click.Context, set_password_of: str | None) -> None:
+    """Show the ELSPETH roles and what each may do here; on an external server, set a password."""
+    with database_from_ctx(ctx, role=Role.OWNER) as db:
+        if set_password_of is not None:
+            if db.embedded:
+                raise ElspethCliError(
+                    "the embedded server admits only the OS user running ELSPETH, without passwords (its peer map); "
+                    "passwords are for an external server (--database URL)"
+                )
+            password = _read_password(set_password_of)
+            with db.connect() as conn:
+                try:
+                    set_password(conn, set_password_of, password)
+                except LandscapeError as e:
+                    raise ElspethCliError(str(e)) from e
+            click.echo(f"{set_password_of} may now log in with that password")
+            return
+        with db.connect() as conn:
+            infos = describe(conn)
+    click.echo(f"roles in {db.describe()}:")
+    for info in infos:
+        if not info.exists:
+            click.echo(f"  {info.name:<16} missing: run `elspeth db upgrade`")
+            continue
+        login = "can log in" if info.can_login else "cannot log in"
+        click.echo(f"  {info.name:<16} {login}")
+        for privileges, tables in info.privileges:
+            click.echo(f"      {privileges:<30} {', '.join(tables)}")
+
+
+def _read_password(role: str) -> str:
+    # Never from argv: a command line is visible to every user of the machine (ps) and kept in
+    # shell histories.
+    if sys.stdin.isatty():
+        password: str = click.prompt(f"password for {role}", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ElspethCliError("empty password: nothing changed")
+    return password
+
+
+@db_group.command("serve")
+@click.pass_context
+def db_serve(ctx: click.Context) -> None:
+    """Keep the audit store reachable for SQL tools until Ctrl-C, and print how to connect.
+
+    The embedded server otherwise stops when the last `elspeth` command ends."""
+    with database_from_ctx(ctx, role=Role.OWNER) as db:
+        click.echo(f"audit store: {db.describe()}")
+        click.echo(f"connect with: psql '{redact(db.conninfo)}'   (tables: docs/sql-cookbook.md)")
+        if db.embedded:
+            as_analyst = db.conninfo.replace("postgresql://postgres@", f"postgresql://{Role.ANALYST.value}@", 1)
+            click.echo(f"as an analyst: psql '{as_analyst}'")
+        click.echo("serving until Ctrl-C", err=True)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()  # on exit the embedded server stops, unless another elspeth uses it

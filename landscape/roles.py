@@ -1,0 +1,361 @@
+"""The roles ELSPETH's users act as, and what each may do to the audit store.
+
+- **writer** (`elspeth_writer`): what `run` and `resume` connect as. Appends to the log tables
+  and maintains the projections; cannot change or remove a logged row, owns no table (so cannot
+  ALTER, DROP or disable a trigger), is no superuser and holds none of the server's file or
+  program roles.
+- **analyst** (`elspeth_analyst`): reads the projections, not the row data (`payloads`, the
+  `payload` column of `events`) unless an owner grants it; `db upgrade` leaves such extra grants
+  to analysts alone.
+- **auditor** (`elspeth_auditor`): reads everything, writes nothing.
+
+Roles belong to the whole server, grants to one database: `ensure_roles` makes the roles once per
+server, `apply_grants` gives them their privileges on this database's tables, both idempotent and
+run by `migrate` (i.e. `elspeth db upgrade`) as the schema's owner. Grants follow `TABLES`, a list
+by table name rather than an alembic revision, so a table added later gets its grants from the
+same rule on the next upgrade, and a revision never freezes an outdated policy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from landscape.errors import LandscapeError
+from landscape.schema import PROJECTION_TABLES
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"  # not a PostgreSQL role: whoever the URL names (the embedded superuser)
+    WRITER = "elspeth_writer"
+    ANALYST = "elspeth_analyst"
+    AUDITOR = "elspeth_auditor"
+
+
+ELSPETH_ROLES: tuple[str, ...] = (Role.WRITER.value, Role.ANALYST.value, Role.AUDITOR.value)
+
+
+class RolesUnavailable(LandscapeError):
+    """The roles cannot be created or made safe by the account running `db upgrade`."""
+
+
+class Kind(enum.Enum):
+    LOG = "append-only log"  # the source of truth: written once, never changed
+    ROW_DATA = "row data"  # the rows themselves
+    PROJECTION = "projection"
+    SCHEMA = "schema version"
+
+
+TABLES: dict[str, Kind] = {
+    "events": Kind.LOG,
+    "checkpoints": Kind.LOG,  # signed checkpoints, once a revision creates the table
+    "payloads": Kind.ROW_DATA,
+    "alembic_version": Kind.SCHEMA,
+    **{t.name: Kind.PROJECTION for t in PROJECTION_TABLES},
+}
+
+# Columns of a LOG table that hold row data: analysts read the others only.
+ROW_DATA_COLUMNS: dict[str, tuple[str, ...]] = {"events": ("payload",)}
+
+_ALL = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+# (kind, role) -> the table privileges it gets; anything absent gets nothing.
+PRIVILEGES: dict[tuple[Kind, str], tuple[str, ...]] = {
+    (Kind.LOG, Role.WRITER): ("SELECT", "INSERT"),
+    (Kind.ROW_DATA, Role.WRITER): ("SELECT", "INSERT"),
+    (Kind.PROJECTION, Role.WRITER): ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    (Kind.SCHEMA, Role.WRITER): ("SELECT",),
+    (Kind.LOG, Role.ANALYST): ("SELECT",),  # minus ROW_DATA_COLUMNS
+    (Kind.PROJECTION, Role.ANALYST): ("SELECT",),
+    (Kind.SCHEMA, Role.ANALYST): ("SELECT",),
+    **{(kind, Role.AUDITOR.value): ("SELECT",) for kind in Kind},
+}
+
+# Attributes none of the roles may hold: each lets a role bypass grants, or make roles that do.
+_ATTRIBUTES = ("rolsuper", "rolcreaterole", "rolcreatedb", "rolreplication", "rolbypassrls")
+_ATTRIBUTE_OFF = {
+    "rolsuper": "NOSUPERUSER",
+    "rolcreaterole": "NOCREATEROLE",
+    "rolcreatedb": "NOCREATEDB",
+    "rolreplication": "NOREPLICATION",
+    "rolbypassrls": "NOBYPASSRLS",
+}
+# Built-in roles that reach past table grants: server-side programs and files, or every table.
+FORBIDDEN_MEMBERSHIPS = (
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_write_all_data",
+)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def ensure_roles(conn: psycopg.Connection[Any], *, login: bool) -> None:
+    """Create the three roles if missing, and make sure none holds a dangerous attribute or
+    membership. `login`: may log in (the embedded server, through its peer map); elsewhere they
+    are created NOLOGIN and `set_password` lets one log in. Commits.
+
+    Safe when two `db upgrade` run at once, also on two databases of one server (where no
+    advisory lock is shared): a role the other made first is taken as found, then checked."""
+    for role in ELSPETH_ROLES:
+        if _attributes(conn, role) is None:
+            try:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} {}").format(sql.Identifier(role), sql.SQL("LOGIN" if login else "NOLOGIN"))
+                )
+                conn.commit()
+            except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                conn.rollback()  # created by a concurrent upgrade a moment ago
+            except psycopg.errors.InsufficientPrivilege as e:
+                conn.rollback()
+                raise RolesUnavailable(
+                    f"cannot create the role {role}: {_first_line(e)} — run `elspeth db upgrade` as a role with "
+                    "CREATEROLE (or a superuser), or have an administrator run it once"
+                ) from e
+        _make_safe(conn, role, login)
+
+
+def _attributes(conn: psycopg.Connection[Any], role: str) -> dict[str, bool] | None:
+    row = conn.execute(
+        f"SELECT {', '.join(_ATTRIBUTES)}, rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)
+    ).fetchone()
+    conn.commit()
+    return None if row is None else dict(zip((*_ATTRIBUTES, "rolcanlogin"), row, strict=True))
+
+
+def _make_safe(conn: psycopg.Connection[Any], role: str, login: bool) -> None:
+    found = _attributes(conn, role)
+    assert found is not None
+    changes = [_ATTRIBUTE_OFF[a] for a in _ATTRIBUTES if found[a]]
+    if login and not found["rolcanlogin"]:
+        changes.append("LOGIN")
+    # Only what differs is altered: most upgrades change nothing, and two at once do not
+    # collide on the same catalog row. A non-superuser may not even name SUPERUSER.
+    statements = [sql.SQL("ALTER ROLE {} {}").format(sql.Identifier(role), sql.SQL(change)) for change in changes]
+    for member_of in FORBIDDEN_MEMBERSHIPS:
+        direct = conn.execute(
+            "SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member "
+            "WHERE g.rolname = %s AND r.rolname = %s",
+            (member_of, role),
+        ).fetchone()
+        if direct:
+            statements.append(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(member_of), sql.Identifier(role)))
+    try:
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+    except psycopg.Error as e:
+        conn.rollback()
+        raise RolesUnavailable(
+            f"the role {role} holds privileges ELSPETH must take away ({', '.join(changes) or 'a built-in role'}) "
+            f"and this account cannot: {_first_line(e)} — have a superuser run `elspeth db upgrade`"
+        ) from e
+    indirect = conn.execute(
+        "SELECT g FROM unnest(%s::text[]) g WHERE pg_has_role(%s, g, 'USAGE')", (list(FORBIDDEN_MEMBERSHIPS), role)
+    ).fetchall()
+    conn.commit()
+    if indirect:
+        raise RolesUnavailable(
+            f"the role {role} inherits {', '.join(r[0] for r in indirect)} through another role it is a member "
+            f"of: revoke that membership (\\du {role} in psql shows it), then run `elspeth db upgrade` again"
+        )
+
+
+def _tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """The audit tables that exist in the schema ELSPETH's tables live in."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+        "AND c.relkind IN ('r', 'p', 'v', 'm') AND c.relname = ANY(%s) ORDER BY 1",
+        (list(TABLES),),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+        "ORDER BY attnum",
+        (table,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def apply_grants(conn: psycopg.Connection[Any]) -> None:
+    """Give the roles exactly their privileges on this database's audit tables, in one
+    transaction (no moment with too much or too little). The writer and the auditor are reset
+    to the rule each time; an analyst keeps what an owner granted beyond it. Commits."""
+    try:
+        with conn.transaction():
+            _refuse_ownership(conn)
+            schema = conn.execute("SELECT current_schema(), current_database()").fetchone()
+            assert schema is not None
+            for role in ELSPETH_ROLES:
+                if not conn.execute(
+                    "SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (role,)
+                ).fetchone()[0]:  # type: ignore[index]
+                    conn.execute(
+                        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                            sql.Identifier(schema[1]), sql.Identifier(role)
+                        )
+                    )
+                if not conn.execute("SELECT has_schema_privilege(%s, current_schema(), 'USAGE')", (role,)).fetchone()[
+                    0
+                ]:  # type: ignore[index]
+                    conn.execute(
+                        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                            sql.Identifier(schema[0]), sql.Identifier(role)
+                        )
+                    )
+            for table in _tables(conn):
+                _grant_table(conn, table, TABLES[table])
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise RolesUnavailable(
+            f"cannot grant the ELSPETH roles their privileges: {_first_line(e)} — run `elspeth db upgrade` as the "
+            "owner of the audit tables"
+        ) from e
+
+
+def _grant_table(conn: psycopg.Connection[Any], table: str, kind: Kind) -> None:
+    target = sql.Identifier(table)
+    for role in ELSPETH_ROLES:
+        who = sql.Identifier(role)
+        if role != Role.ANALYST:
+            conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(target, who))
+        privileges = PRIVILEGES.get((kind, role), ())
+        if not privileges:
+            continue
+        withheld = ROW_DATA_COLUMNS.get(table, ()) if role == Role.ANALYST else ()
+        if withheld:
+            columns = [c for c in _columns(conn, table) if c not in withheld]
+            conn.execute(
+                sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, columns)), target, who
+                )
+            )
+        else:
+            conn.execute(
+                sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(map(sql.SQL, privileges)), target, who)
+            )
+
+
+def _refuse_ownership(conn: psycopg.Connection[Any]) -> None:
+    """A role that owns an audit table, or is a member of its owner, may ALTER it, DROP it or
+    disable its triggers whatever the grants say."""
+    rows = conn.execute(
+        "SELECT r.rolname, c.relname FROM pg_class c CROSS JOIN unnest(%s::text[]) r(rolname) "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%s) "
+        "AND pg_has_role(r.rolname, c.relowner, 'MEMBER') ORDER BY 1, 2",
+        (list(ELSPETH_ROLES), list(TABLES)),
+    ).fetchall()
+    if rows:
+        role, table = rows[0]
+        raise RolesUnavailable(
+            f"the role {role} owns the table {table} (or is a member of its owner): it could alter or drop it; "
+            "make another role the owner (ALTER TABLE ... OWNER TO), or revoke that membership"
+        )
+
+
+def roles_exist(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (list(ELSPETH_ROLES),)).fetchone()
+    conn.commit()
+    return bool(row and row[0] == len(ELSPETH_ROLES))
+
+
+def grants_current(conn: psycopg.Connection[Any]) -> bool:
+    """True when the roles exist and hold what `apply_grants` gives them (a cheap check, so the
+    embedded server can bring an older data folder up to the rule on start)."""
+    if not roles_exist(conn):
+        return False
+    expected: list[tuple[str, str, str, bool]] = []
+    for table in _tables(conn):
+        kind = TABLES[table]
+        for role in ELSPETH_ROLES:
+            granted = PRIVILEGES.get((kind, role), ())
+            for privilege in _ALL:
+                want = privilege in granted
+                if role == Role.ANALYST and not want:
+                    continue  # extra grants to analysts are the owner's decision
+                if role == Role.ANALYST and table in ROW_DATA_COLUMNS:
+                    continue  # column grants: checked by apply_grants' own rule
+                expected.append((role, table, privilege, want))
+    conn.commit()
+    if not expected:
+        return True
+    row = conn.execute(
+        "SELECT bool_and(has_table_privilege(r, t::regclass, p) = w) "
+        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bool[]) AS x(r, t, p, w)",
+        tuple(map(list, zip(*expected, strict=True))),
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    name: str
+    exists: bool
+    can_login: bool
+    privileges: list[tuple[str, list[str]]]  # (privileges, tables holding exactly those), in order
+
+
+def describe(conn: psycopg.Connection[Any]) -> list[RoleInfo]:
+    """What each role may do in this database, as PostgreSQL itself reports it."""
+    tables = _tables(conn)
+    out = []
+    for role in ELSPETH_ROLES:
+        found = _attributes(conn, role)
+        if found is None:
+            out.append(RoleInfo(role, False, False, []))
+            continue
+        groups: dict[str, list[str]] = {}
+        for table in tables:
+            held = [p for p in _ALL if _has(conn, role, table, p)]
+            if not held and table in ROW_DATA_COLUMNS:
+                row = conn.execute(
+                    "SELECT has_any_column_privilege(%s, %s::regclass, 'SELECT')", (role, table)
+                ).fetchone()
+                if row and row[0]:
+                    held = ["SELECT (not " + ", ".join(ROW_DATA_COLUMNS[table]) + ")"]
+            groups.setdefault(" ".join(held) or "none", []).append(table)
+        conn.commit()
+        out.append(RoleInfo(role, True, found["rolcanlogin"], list(groups.items())))
+    return out
+
+
+def _has(conn: psycopg.Connection[Any], role: str, table: str, privilege: str) -> bool:
+    row = conn.execute("SELECT has_table_privilege(%s, %s::regclass, %s)", (role, table, privilege)).fetchone()
+    return bool(row and row[0])
+
+
+def set_password(conn: psycopg.Connection[Any], role: str, password: str) -> None:
+    """Let `role` log in with `password`. Only its SCRAM verifier, computed here, is sent: the
+    password itself never reaches the server (nor its statement log). Commits."""
+    if role not in ELSPETH_ROLES:
+        raise RolesUnavailable(f"unknown role {role!r}: one of {', '.join(ELSPETH_ROLES)}")
+    if _attributes(conn, role) is None:
+        raise RolesUnavailable(f"the role {role} does not exist yet: run `elspeth db upgrade` first")
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+    try:
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
+        conn.commit()
+    except psycopg.Error as e:
+        conn.rollback()
+        raise RolesUnavailable(f"cannot set the password of {role}: {_first_line(e)}") from e
+
+
+def may_become(conn: psycopg.Connection[Any], role: str) -> bool:
+    """Whether the connected user may `SET ROLE` to `role` (False when the role is missing)."""
+    option = "SET" if conn.info.server_version >= 160000 else "MEMBER"
+    row = conn.execute(
+        "SELECT coalesce(bool_or(pg_has_role(current_user, oid, %s)), false) FROM pg_roles WHERE rolname = %s",
+        (option, role),
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])

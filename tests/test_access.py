@@ -1,0 +1,295 @@
+"""Least privilege: who may connect to the embedded server, and what each ELSPETH role may do."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+import pytest
+
+from landscape.db import Database, migrate
+from landscape.roles import ELSPETH_ROLES, TABLES, Role, grants_current
+from landscape.schema import metadata
+from tests.engine_harness import run, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTERNAL = bool(os.environ.get("ELSPETH_TEST_DATABASE_URL"))
+
+PIPELINE = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'v: int']}, on_validation_failure: bad}
+gates:
+- name: big
+  input: raw
+  condition: row['v'] > 5
+  routes: {'true': high, 'false': low}
+sinks:
+  high: {plugin: csv, options: {path: out/high.csv}}
+  low: {plugin: csv, options: {path: out/low.csv}}
+  bad: {plugin: json, options: {path: out/bad.jsonl}}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_id(db: Database, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One run, written as the engine writes it: connected as the writer."""
+    work = tmp_path_factory.mktemp("access")
+    write_csv(work / "in.csv", ["id", "v"], [[1, 3], [2, 9], [3, "x"]])
+    result = run(db.as_role(Role.WRITER), work, PIPELINE)
+    assert result.outcome.status == "completed"
+    return result.outcome.run_id
+
+
+def test_the_engine_writes_a_run_as_the_writer(db: Database, run_id: str) -> None:
+    with db.connect(role=Role.WRITER) as conn:
+        who = conn.execute("SELECT current_user, session_user").fetchone()
+    assert who == ("elspeth_writer", "elspeth_writer" if db.embedded else who[1])
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE run_id = %s", (run_id,)).fetchone()[0] > 0  # type: ignore[index]
+
+
+def _refused(db: Database, role: Role, statement: str) -> str:
+    with db.connect(role=role) as conn:
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(statement)
+        return str(err.value)
+
+
+@pytest.mark.parametrize("table", ["events", "payloads"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE {t} SET hash = hash",
+        "DELETE FROM {t}",
+        "TRUNCATE {t}",
+        "ALTER TABLE {t} DISABLE TRIGGER ALL",
+        "ALTER TABLE {t} ADD COLUMN x int",
+        "DROP TABLE {t}",
+    ],
+)
+def test_the_writer_cannot_change_or_remove_what_the_log_holds(
+    db: Database, run_id: str, table: str, statement: str
+) -> None:
+    why = _refused(db, Role.WRITER, statement.format(t=table))
+    assert "permission denied" in why or "must be owner" in why
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 1) TO PROGRAM 'id'",
+        "COPY (SELECT 1) TO '/tmp/elspeth-writer-was-here'",
+        "SELECT pg_read_file('/etc/passwd')",
+        "CREATE ROLE intruder SUPERUSER",
+        "SET ROLE postgres",
+    ],
+)
+def test_the_writer_runs_nothing_on_the_server(db: Database, statement: str) -> None:
+    assert "permission denied" in _refused(db, Role.WRITER, statement)
+
+
+def test_the_writer_is_no_superuser_and_owns_nothing(db: Database) -> None:
+    with db.connect() as conn:
+        attrs = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls FROM pg_roles "
+            "WHERE rolname = 'elspeth_writer'"
+        ).fetchone()
+        owned = conn.execute("SELECT count(*) FROM pg_class WHERE relowner = 'elspeth_writer'::regrole").fetchone()
+    assert attrs == (False, False, False, False, False)
+    assert owned == (0,)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SELECT * FROM payloads", "SELECT payload FROM events", "SELECT * FROM events", "INSERT INTO runs DEFAULT VALUES"],
+)
+def test_the_analyst_reads_no_row_data_and_writes_nothing(db: Database, run_id: str, statement: str) -> None:
+    assert "permission denied" in _refused(db, Role.ANALYST, statement)
+
+
+def test_the_auditor_reads_every_table_and_writes_none(db: Database, run_id: str) -> None:
+    with db.connect() as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+    assert set(tables) <= set(TABLES)  # every table has a rule
+    for table in tables:
+        with db.connect(role=Role.AUDITOR) as conn:
+            conn.execute(f"SELECT * FROM {table} LIMIT 1")
+        for statement in (f"INSERT INTO {table} DEFAULT VALUES", f"DELETE FROM {table}", f"TRUNCATE {table}"):
+            assert "permission denied" in _refused(db, Role.AUDITOR, statement), statement
+
+
+def test_every_table_of_the_schema_has_a_grant_rule() -> None:
+    # A new table must be classified in landscape/roles.py, or no role could use it.
+    assert set(metadata.tables) <= set(TABLES)
+
+
+def _cookbook() -> dict[str, list[str]]:
+    """The SQL blocks of docs/sql-cookbook.md, by section heading."""
+    text = (ROOT / "docs" / "sql-cookbook.md").read_text(encoding="utf-8")
+    sections: dict[str, list[str]] = {}
+    for part in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        heading, _, body = part.partition("\n")
+        sections[heading.strip()] = re.findall(r"```sql\n(.*?)```", body, flags=re.DOTALL)
+    return sections
+
+
+def _bind(query: str, run_id: str) -> str:
+    return query.replace(":run", f"'{run_id}'").replace(":n", "0")
+
+
+def test_the_cookbook_queries_work_for_the_role_their_section_names(db: Database, run_id: str) -> None:
+    sections = _cookbook()
+    analyst, auditor = sections["Questions analysts ask"], sections["Row data (auditors)"]
+    assert len(analyst) >= 5 and len(auditor) >= 3
+    for query in analyst:
+        with db.connect(role=Role.ANALYST) as conn:
+            conn.execute(_bind(query, run_id)).fetchall()
+    for query in auditor:
+        with db.connect(role=Role.AUDITOR) as conn:
+            assert conn.execute(_bind(query, run_id)).fetchall()
+        assert "permission denied" in _refused(db, Role.ANALYST, _bind(query, run_id))
+
+
+def test_an_upgrade_is_idempotent_and_two_at_once_both_succeed(db: Database) -> None:
+    errors: list[BaseException] = []
+
+    def upgrade() -> None:
+        try:
+            migrate(db)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=upgrade) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.connect() as conn:
+        assert grants_current(conn)
+
+
+def test_an_upgrade_puts_back_what_the_writer_must_not_hold(db: Database) -> None:
+    with db.connect() as conn:
+        conn.execute("GRANT UPDATE, TRUNCATE ON events TO elspeth_writer")
+        conn.execute("GRANT pg_execute_server_program TO elspeth_writer")
+        conn.commit()
+        assert not grants_current(conn)
+    migrate(db)
+    with db.connect() as conn:
+        assert grants_current(conn)
+        assert conn.execute(
+            "SELECT pg_has_role('elspeth_writer', 'pg_execute_server_program', 'MEMBER')"
+        ).fetchone() == (False,)
+    assert "permission denied" in _refused(db, Role.WRITER, "TRUNCATE events")
+
+
+@pytest.mark.skipif(EXTERNAL, reason="the SET ROLE path is exercised against the embedded superuser")
+def test_on_an_external_server_a_member_connects_and_then_acts_as_the_role(db: Database) -> None:
+    external = Database(db.conninfo, "as if external")  # the superuser may become any role
+    with external.connect(role=Role.WRITER) as conn:
+        assert conn.execute("SELECT current_user, session_user").fetchone() == ("elspeth_writer", "postgres")
+        with pytest.raises(psycopg.Error):
+            conn.execute("TRUNCATE events")
+        conn.rollback()  # a rollback does not give the user back (the role is the session's)
+        assert conn.execute("SELECT current_user").fetchone() == ("elspeth_writer",)
+
+
+def _socket_dir(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["host"][0]
+
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(args), user="nobody", group="nogroup", extra_groups=[], capture_output=True, text=True, timeout=60,
+        cwd="/", stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5"},
+    )  # fmt: skip
+
+
+def _psql_for_nobody() -> str | None:
+    """A psql that `nobody` can run: the bundled one, or the system's."""
+    from landscape.embedded import _bin_dir
+
+    for candidate in (str(_bin_dir() / "psql"), shutil.which("psql")):
+        if candidate:
+            try:
+                if _as_nobody(candidate, "--version").returncode == 0:
+                    return candidate
+            except OSError:
+                continue
+    return None
+
+
+@pytest.mark.skipif(EXTERNAL, reason="about the embedded server")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another OS user (nobody)")
+def test_another_os_user_cannot_connect_to_the_embedded_server(server_url: str) -> None:
+    psql = _psql_for_nobody()
+    if psql is None:
+        pytest.skip("no psql that the user nobody can run")
+    sockets = _socket_dir(server_url)
+    for user in ("postgres", *ELSPETH_ROLES, "nobody"):
+        proc = _as_nobody(psql, "-X", "-w", "-h", sockets, "-U", user, "-d", "postgres", "-c", "SELECT 1")
+        assert proc.returncode != 0, f"nobody connected as {user}"
+        assert "Permission denied" in proc.stderr or "authentication failed" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(EXTERNAL, reason="about the embedded server")
+def test_the_embedded_server_trusts_nobody_and_maps_only_its_user(server_url: str) -> None:
+    import pwd
+
+    with psycopg.connect(server_url) as conn:
+        rules = conn.execute("SELECT type, auth_method, options FROM pg_hba_file_rules").fetchall()
+        mapped = {r[0] for r in conn.execute("SELECT sys_name FROM pg_ident_file_mappings")}
+        socket_mode = conn.execute("SHOW unix_socket_permissions").fetchone()
+        tcp = conn.execute("SHOW listen_addresses").fetchone()
+    assert rules == [("local", "peer", ["map=elspeth"])]
+    assert mapped == {pwd.getpwuid(os.geteuid()).pw_name}
+    assert socket_mode == ("0700",) and tcp == ("",)
+    assert os.stat(_socket_dir(server_url)).st_mode & 0o777 == 0o700
+
+
+def _cli(*args: str, database: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    env["ELSPETH_DATABASE_URL"] = database
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", *args],
+        cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_db_roles_shows_each_role_and_what_it_may_do(db: Database) -> None:
+    proc = _cli("db", "roles", database=db.conninfo)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for role in ELSPETH_ROLES:
+        assert any(line.split()[:1] == [role] for line in lines), proc.stdout
+    writer = proc.stdout.split("elspeth_writer", 1)[1].split("elspeth_analyst", 1)[0]
+    assert "SELECT INSERT" in writer and "events" in writer and "TRUNCATE" not in writer
+    analyst = proc.stdout.split("elspeth_analyst", 1)[1].split("elspeth_auditor", 1)[0]
+    assert "SELECT (not payload)" in analyst and re.search(r"none\s+payloads", analyst)
+
+
+@pytest.mark.skipif(EXTERNAL, reason="sets a password on the shared test server's role")
+def test_db_roles_sets_a_password_from_stdin_never_from_argv(db: Database) -> None:
+    secret = "s3cret/with?url#chars@"
+    proc = _cli("db", "roles", "--set-password", "elspeth_auditor", database=db.conninfo, stdin=secret + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    with db.connect() as conn:
+        stored = conn.execute(
+            "SELECT rolpassword, rolcanlogin FROM pg_authid WHERE rolname = 'elspeth_auditor'"
+        ).fetchone()
+        conn.execute("ALTER ROLE elspeth_auditor PASSWORD NULL")  # back as the other tests found it
+        conn.commit()
+    assert stored is not None and stored[0].startswith("SCRAM-SHA-256$") and stored[1]
+    unknown = _cli("db", "roles", "--set-password", "postgres", database=db.conninfo, stdin="x\n")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
