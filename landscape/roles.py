@@ -53,6 +53,7 @@ class Kind(enum.Enum):
 TABLES: dict[str, Kind] = {
     "events": Kind.LOG,
     "checkpoints": Kind.LOG,  # signed checkpoints, once a revision creates the table
+    "erasures": Kind.LOG,  # written by `elspeth purge`, which runs as the owner (it deletes payloads)
     "payloads": Kind.ROW_DATA,
     "alembic_version": Kind.SCHEMA,
     **{t.name: Kind.PROJECTION for t in PROJECTION_TABLES},

@@ -9,6 +9,7 @@ import click
 
 from engine.cli.common import database_from_ctx
 from landscape.erasure import Plan, erase, plan_retention, plan_rows
+from landscape.roles import Role
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d{1,9})\s*([smhdw])")
@@ -47,7 +48,8 @@ def purge_cmd(
     if not dry_run and not (reason or "").strip():
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
     now = datetime.now(UTC)
-    with database_from_ctx(ctx) as db:
+    # As the owner: only it may delete payloads (the writer may not, by design).
+    with database_from_ctx(ctx, role=Role.OWNER) as db:
         plan = plan_retention(db, now - age) if age is not None else plan_rows(db, run_id or "", rows)
         click.echo(_describe(plan, dry_run))
         if dry_run or not plan.payloads:
