@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,3 +368,30 @@ def test_a_signal_stops_the_run_wherever_it_is_and_resume_completes_it(
     assert again.returncode == 0 and "Traceback" not in stderr, stdout + stderr
     rows = [json.loads(line) for line in (tmp_path / "out" / "out.jsonl").read_text().splitlines()]
     assert rows == [{"id": 1}, {"id": 2}, {"id": 3}]  # none lost, none written twice
+
+
+def test_a_source_path_swapped_for_a_fifo_after_validate_is_refused_at_run_without_blocking(tmp_path: Path) -> None:
+    from engine.plugins.protocol import PluginError
+    from engine.plugins.sources import JsonSource
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"a": 1}\n')
+    source = JsonSource({"path": str(path)})  # validated: a regular file then
+    path.unlink()
+    os.mkfifo(path)
+    outcome: list[BaseException | str] = []
+
+    def read() -> None:
+        try:
+            list(source.read())
+            outcome.append("read")
+        except BaseException as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(TIMEOUT)
+    if reader.is_alive():  # blocked opening the FIFO: let it go before failing
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("opening the source blocked on a FIFO")
+    assert isinstance(outcome[0], PluginError) and "is a FIFO (named pipe)" in str(outcome[0]), outcome
