@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from landscape.db import Database
-from landscape.store import read_events
+from landscape.postgres import PostgresRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60  # seconds: far above what any case takes; reaching it means the engine hung
@@ -152,11 +152,7 @@ def lay_out(workdir: Path, pipeline: tuple[str, dict[str, bytes]]) -> None:
 
 
 def recorded_reasons(db: Database, run_id: str) -> list[str]:
-    conn = db.connect()
-    try:
-        events = [e.event for e in read_events(conn, run_id)]
-    finally:
-        conn.close()
+    events = [e.event for e in PostgresRecorder(db).read_events(run_id)]
     return [str(getattr(e, k)) for e in events for k in ("reason", "detail") if getattr(e, k, None)]
 
 
