@@ -2,7 +2,14 @@
 
 The text is parsed with `ast`, every node is checked against an allow-list, and the tree is
 compiled into nested closures. Nothing is ever passed to eval/exec/compile. Evaluation errors
-(a missing field, division by zero, a type error) become `ExpressionError`: a row error.
+(a missing field, division by zero, a type error, a value over the bounds below) become
+`ExpressionError`: a row error.
+
+The language has no loops, so what one evaluation can cost is bounded by bounding its values:
+every value it builds holds at most `MAX_ITEMS` items (nested ones counted: what `str()` of it
+would spell out), every integer at most `MAX_DIGITS` digits, and all the values one evaluation
+builds or compares together at most `MAX_WORK` items. A row over a bound is refused before the
+value is built wherever the size can be known in advance (repetition, `+`, `str()`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,14 @@ from typing import Any
 
 from engine.errors import EngineError
 
-Fn = Callable[[Mapping[str, Any]], Any]
+MAX_SOURCE = 10_000  # characters of expression text
+MAX_DEPTH = 200  # levels of nesting in the expression
+MAX_ITEMS = 1_000_000  # items in one value
+MAX_DIGITS = 4_300  # digits of one integer: Python's own limit for printing one
+MAX_WORK = 10_000_000  # items built or compared by one evaluation
+_INT_LIMIT = 10**MAX_DIGITS
+# Any int of fewer bits is below 10**MAX_DIGITS, so the exact comparison is rarely needed.
+_SAFE_BITS = _INT_LIMIT.bit_length() - 1
 
 
 class ExpressionSyntaxError(EngineError):
@@ -25,34 +39,85 @@ class ExpressionError(EngineError):
     """Evaluating the expression on a row failed: a row error, never a crash."""
 
 
-_MAX_REPEAT = 1_000_000
+class _Eval:
+    """One evaluation: the row and the work done on it so far."""
+
+    __slots__ = ("row", "work")
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self.row = row
+        self.work = 0
+
+
+Fn = Callable[[_Eval], Any]
+
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+_SIZED = (str, *_CONTAINERS)
+_SCALARS = {int, float, bool, type(None)}
 
 
 def _weight(value: Any, limit: int) -> int:
     """How many items `value` holds counting nested ones (what `str()` of it would spell out),
-    counting no further than past `limit`."""
-    if isinstance(value, str):
-        return len(value)
-    if not isinstance(value, list | tuple | set | dict):
+    counting no further than past `limit`. Iterative: a row may hold deeply nested data."""
+    if not isinstance(value, _SIZED):
         return 1
-    total = len(value)
-    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-    for item in items:
-        if total > limit:
-            break
-        if isinstance(item, str | list | tuple | set | dict):
-            total += _weight(item, limit - total)
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        total += len(item)
+        if not isinstance(item, str):
+            inner = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            # Most collections hold only scalars: seeing that at C speed keeps this cheap.
+            if not set(map(type, inner)) <= _SCALARS:
+                stack.extend(x for x in inner if isinstance(x, _SIZED))
     return total
 
 
+def _too_big_int(value: Any) -> bool:
+    return (
+        isinstance(value, int)
+        and value.bit_length() > _SAFE_BITS
+        and not isinstance(value, bool)
+        and abs(value) >= _INT_LIMIT
+    )
+
+
+def _charge(ctx: _Eval, value: Any) -> Any:
+    """Count a value the evaluation built against the bounds; return it."""
+    if _too_big_int(value):
+        raise ExpressionError(f"an integer of more than {MAX_DIGITS:,} digits")
+    if isinstance(value, _SIZED):
+        size = _weight(value, MAX_ITEMS)
+        if size > MAX_ITEMS:
+            raise ExpressionError(f"a value too large (over {MAX_ITEMS:,} items)")
+        _spend(ctx, size)
+    return value
+
+
+def _spend(ctx: _Eval, items: int) -> None:
+    ctx.work += items
+    if ctx.work > MAX_WORK:
+        raise ExpressionError(f"more than {MAX_WORK:,} items built or compared for one row")
+
+
 def _multiply(a: Any, b: Any) -> Any:
-    # `'x' * row['n']` must not be able to exhaust memory: repetition is capped, counting nested
-    # items, so `[[0] * 1000000] * 1000000` (cheap itself, but not to print) is refused too.
+    # Repetition is checked before it runs: `'x' * row['n']` must not be able to exhaust memory,
+    # and nested items count, so `[[0] * 1000000] * 1000000` (cheap itself, but not to print)
+    # is refused too.
     for seq, n in ((a, b), (b, a)):
         repeats = isinstance(seq, str | list | tuple) and isinstance(n, int) and not isinstance(n, bool) and n > 0
-        if repeats and _weight(seq, _MAX_REPEAT) * n > _MAX_REPEAT:
-            raise ExpressionError(f"repetition result too large (over {_MAX_REPEAT} items)")
+        if repeats and _weight(seq, MAX_ITEMS) * n > MAX_ITEMS:
+            raise ExpressionError(f"repetition result too large (over {MAX_ITEMS:,} items)")
     return a * b
+
+
+def _add(a: Any, b: Any) -> Any:
+    # Concatenation is checked before it runs, like repetition.
+    sequences = isinstance(a, str | list | tuple) and isinstance(b, str | list | tuple)
+    if sequences and _weight(a, MAX_ITEMS) + _weight(b, MAX_ITEMS) > MAX_ITEMS:
+        raise ExpressionError(f"concatenation result too large (over {MAX_ITEMS:,} items)")
+    return a + b
 
 
 def _modulo(a: Any, b: Any) -> Any:
@@ -62,8 +127,15 @@ def _modulo(a: Any, b: Any) -> Any:
     return a % b
 
 
+def _to_str(value: Any) -> str:
+    # What str() spells out is about as long as the value's weight: refuse a huge one first.
+    if isinstance(value, _CONTAINERS) and _weight(value, MAX_ITEMS) > MAX_ITEMS:
+        raise ExpressionError(f"str() of a value too large (over {MAX_ITEMS:,} items)")
+    return str(value)
+
+
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
+    ast.Add: _add,
     ast.Sub: operator.sub,
     ast.Mult: _multiply,
     ast.Div: operator.truediv,
@@ -84,7 +156,7 @@ _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
 }
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "len": len,
-    "str": str,
+    "str": _to_str,
     "int": int,
     "float": float,
     "bool": bool,
@@ -108,6 +180,20 @@ _DESCRIBE: dict[type[ast.AST], str] = {
 }
 
 
+def shown(value: Any, limit: int = 200) -> str:
+    """`repr(value)` for a reason text: cut to `limit` characters, and never failing (an
+    integer too long to print, a value nested too deeply to spell out)."""
+    if _too_big_int(value) or (isinstance(value, int) and value.bit_length() > 4 * limit):
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    if isinstance(value, _CONTAINERS) and _weight(value, 10 * limit) > 10 * limit:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__} that cannot be shown"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 class Expression:
     """A compiled expression. `evaluate(row)` returns its value or raises ExpressionError.
     `fields` are the row keys it names (`row['k']`, `row.get('k')`); None when a key is
@@ -122,32 +208,59 @@ class Expression:
 
     def evaluate(self, row: Mapping[str, Any]) -> Any:
         try:
-            return self._fn(row)
+            value = self._fn(_Eval(row))
         except ExpressionError:
             raise
         except KeyError as e:
-            raise ExpressionError(f"field {e.args[0]!r} not found") from None
+            raise ExpressionError(f"field {shown(e.args[0])} not found") from None
         except ZeroDivisionError:
             raise ExpressionError("division by zero") from None
+        except MemoryError:
+            raise ExpressionError("out of memory") from None
         except Exception as e:  # TypeError, ValueError, OverflowError, RecursionError, ...
-            raise ExpressionError(f"{type(e).__name__}: {e}") from None
+            raise ExpressionError(f"{type(e).__name__}: {_cut(str(e))}") from None
+        if _too_big_int(value):  # e.g. read from the row as it is: no caller could print it
+            raise ExpressionError(f"the result is an integer of more than {MAX_DIGITS:,} digits")
+        return value
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
 
 
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 def compile_expression(source: str) -> Expression:
     """Check `source` against the language and compile it; raise ExpressionSyntaxError naming what is refused."""
+    text = source.strip()
+    if len(text) > MAX_SOURCE:
+        raise ExpressionSyntaxError(f"the expression is {len(text):,} characters long; allowed: at most {MAX_SOURCE:,}")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
         raise ExpressionSyntaxError(f"not a valid expression: {e.msg} (column {e.offset})") from None
-    except (ValueError, RecursionError, MemoryError) as e:  # NUL bytes; absurd nesting
+    except ValueError as e:  # NUL bytes
         raise ExpressionSyntaxError(f"not a valid expression: {e}") from None
-    try:
-        return _check_and_compile(source, tree)
-    except (RecursionError, MemoryError):
-        raise ExpressionSyntaxError("the expression is nested too deeply") from None
+    except (RecursionError, MemoryError):  # the parser's own limits, hit before ours
+        raise ExpressionSyntaxError(
+            f"not a valid expression: nested too deeply for the parser; allowed: at most {MAX_DEPTH} levels"
+        ) from None
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        raise ExpressionSyntaxError(f"the expression is nested {depth} levels deep; allowed: at most {MAX_DEPTH}")
+    return _check_and_compile(source, tree)
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deeply the tree nests, walked without recursion (the tree may be absurdly deep)."""
+    deepest = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((child, d + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _check_and_compile(source: str, tree: ast.Expression) -> Expression:
@@ -189,19 +302,19 @@ def _compile(node: ast.AST) -> Fn:
         value = node.value
         if isinstance(value, bytes | complex) or value is Ellipsis:
             raise ExpressionSyntaxError(f"the literal {value!r} is not allowed")
-        return lambda row: value
+        return lambda c: value
     if isinstance(node, ast.Name):
         if node.id == "row":
-            return lambda row: row
+            return lambda c: c.row
         if node.id in _CONSTANT_NAMES:
             constant = _CONSTANT_NAMES[node.id]
-            return lambda row: constant
+            return lambda c: constant
         raise ExpressionSyntaxError(f"the name {node.id!r} is not allowed (only row, True, False, None)")
     if isinstance(node, ast.Subscript):
         if isinstance(node.slice, ast.Slice):
             raise ExpressionSyntaxError(_DESCRIBE[ast.Slice])
         target, key = _compile(node.value), _compile(node.slice)
-        return lambda row: target(row)[key(row)]
+        return lambda c: target(c)[key(c)]
     if isinstance(node, ast.Call):
         return _compile_call(node)
     if isinstance(node, ast.BinOp):
@@ -209,34 +322,34 @@ def _compile(node: ast.AST) -> Fn:
         if op is None:
             raise ExpressionSyntaxError(f"the operator {type(node.op).__name__} is not allowed")
         left, right = _compile(node.left), _compile(node.right)
-        return lambda row: op(left(row), right(row))
+        return lambda c: _charge(c, op(left(c), right(c)))
     if isinstance(node, ast.UnaryOp):
         operand = _compile(node.operand)
         if isinstance(node.op, ast.Not):
-            return lambda row: not operand(row)
+            return lambda c: not operand(c)
         if isinstance(node.op, ast.USub):
-            return lambda row: -operand(row)
+            return lambda c: _charge(c, -operand(c))
         if isinstance(node.op, ast.UAdd):
-            return lambda row: +operand(row)
+            return lambda c: _charge(c, +operand(c))
         raise ExpressionSyntaxError(f"the operator {type(node.op).__name__} is not allowed")
     if isinstance(node, ast.BoolOp):
         parts = [_compile(v) for v in node.values]
         if isinstance(node.op, ast.And):
 
-            def all_of(row: Mapping[str, Any]) -> Any:
+            def all_of(c: _Eval) -> Any:
                 value: Any = True
                 for part in parts:
-                    value = part(row)
+                    value = part(c)
                     if not value:
                         return value
                 return value
 
             return all_of
 
-        def any_of(row: Mapping[str, Any]) -> Any:
+        def any_of(c: _Eval) -> Any:
             value: Any = False
             for part in parts:
-                value = part(row)
+                value = part(c)
                 if value:
                     return value
             return value
@@ -246,17 +359,17 @@ def _compile(node: ast.AST) -> Fn:
         return _compile_compare(node)
     if isinstance(node, ast.IfExp):
         test, body, orelse = _compile(node.test), _compile(node.body), _compile(node.orelse)
-        return lambda row: body(row) if test(row) else orelse(row)
+        return lambda c: body(c) if test(c) else orelse(c)
     if isinstance(node, ast.List | ast.Tuple | ast.Set):
         items = [_compile(e) for e in node.elts]
         make: Callable[[Any], Any] = {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)]
-        return lambda row: make(item(row) for item in items)
+        return lambda c: _charge(c, make(item(c) for item in items))
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise ExpressionSyntaxError("dict unpacking (**) is not allowed")
         keys = [_compile(k) for k in node.keys if k is not None]
         values = [_compile(v) for v in node.values]
-        return lambda row: {k(row): v(row) for k, v in zip(keys, values, strict=True)}
+        return lambda c: _charge(c, {k(c): v(c) for k, v in zip(keys, values, strict=True)})
     reason = _DESCRIBE.get(type(node), f"{type(node).__name__} is not allowed")
     raise ExpressionSyntaxError(reason)
 
@@ -271,8 +384,8 @@ def _compile_call(node: ast.Call) -> Fn:
             if not 1 <= len(args) <= 2:
                 raise ExpressionSyntaxError("row.get takes a key and an optional default")
             key = args[0]
-            default = args[1] if len(args) == 2 else (lambda row: None)
-            return lambda row: row.get(key(row), default(row))
+            default = args[1] if len(args) == 2 else (lambda c: None)
+            return lambda c: c.row.get(key(c), default(c))
         raise ExpressionSyntaxError(f"attribute access is not allowed: .{func.attr}() (only row.get(...))")
     if isinstance(func, ast.Name):
         fn = _FUNCTIONS.get(func.id)
@@ -281,7 +394,7 @@ def _compile_call(node: ast.Call) -> Fn:
         if len(args) != 1:
             raise ExpressionSyntaxError(f"{func.id}() takes exactly one argument here")
         arg = args[0]
-        return lambda row: fn(arg(row))
+        return lambda c: _charge(c, fn(arg(c)))
     raise ExpressionSyntaxError("calls are not allowed except row.get(...) and len str int float bool abs")
 
 
@@ -297,10 +410,13 @@ def _compile_compare(node: ast.Compare) -> Fn:
         ops.append(_CMPOPS[type(op)])
         rights.append(_compile(comparator))
 
-    def compare(row: Mapping[str, Any]) -> Any:
-        a = left(row)
+    def compare(c: _Eval) -> Any:
+        a = left(c)
         for op, right in zip(ops, rights, strict=True):
-            b = right(row)
+            b = right(c)
+            if isinstance(a, _CONTAINERS) or isinstance(b, _CONTAINERS):
+                # Comparing collections walks them item by item (`x in big_list`, `a == b`).
+                _spend(c, _weight(a, MAX_WORK) + _weight(b, MAX_WORK))
             if not op(a, b):
                 return False
             a = b

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import msgspec
@@ -27,6 +24,7 @@ from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source
 from engine.plugins.registry import build_plugin
 from engine.processor import Nodes, Processor, Work
 from engine.settings import LoadedSettings, SettingsError, fingerprint
+from engine.stopping import Stop
 from landscape import faults
 from landscape.canonical import decode_row
 from landscape.db import Database
@@ -143,29 +141,6 @@ def _hash(obj: Any) -> str:
 def new_run_id(clock: Clock) -> str:
     stamp = datetime.fromtimestamp(clock.now(), UTC).strftime("%Y%m%dT%H%M%S")
     return f"run-{stamp}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class Stop:
-    """Signals ask the loop to stop at the next record boundary (a durability point)."""
-
-    requested: str | None = None
-    handlers: dict[int, Any] = field(default_factory=dict)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.requested = signal.Signals(signum).name
-
-    @contextmanager
-    def installed(self) -> Iterator[Stop]:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # Outside the main thread there are no signals to handle (and nothing to restore).
-            with suppress(ValueError):
-                self.handlers[sig] = signal.signal(sig, self._handle)
-        try:
-            yield self
-        finally:
-            for signum, old in self.handlers.items():
-                signal.signal(signum, old)
 
 
 @dataclass
@@ -418,11 +393,12 @@ def start_run(
     clock = clock or SystemClock()
     run_id = run_id or new_run_id(clock)
     fold = RunFold(run_id)
-    with Stop().installed() as stop:
+    with Stop(run_id).installed() as stop:
         ex = Execution(db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop)
         try:
             ex.start(resumed=False, forced=False, fingerprint=_fingerprint(pipeline))
             status = ex.run()
+            stop.settled()
         finally:
             ex.close()
     return Outcome(run_id, status, fold)
@@ -479,7 +455,7 @@ def resume_run(
                 f"the input of run {run_id} changed since it started (source fingerprint differs); "
                 "resume with --force to continue anyway (that is recorded)"
             )
-        with Stop().installed() as stop:
+        with Stop(run_id).installed() as stop:
             ex = Execution(
                 db,
                 pipeline,
@@ -498,6 +474,7 @@ def resume_run(
                     new_settings=changed_settings or other_file,
                 )
                 status = ex.run()
+                stop.settled()
             finally:
                 ex.close()
     finally:

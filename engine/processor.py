@@ -16,7 +16,7 @@ from collections.abc import Callable
 from engine.batching import Batcher
 from engine.clock import Clock
 from engine.coalescing import Coalescer
-from engine.expressions import ExpressionError
+from engine.expressions import ExpressionError, shown
 from engine.plugins.protocol import PluginError, Row, RowError, SourceItem
 from engine.scheduler import Deadlines
 from engine.sinkwriter import SinkWriter
@@ -154,11 +154,11 @@ class Processor:
         elif isinstance(value, str):
             label = value
         else:
-            self._row_error(w, name, f"condition gave {value!r}, not a bool or a route label", cfg.on_error)
+            self._row_error(w, name, f"condition gave {shown(value)}, not a bool or a route label", cfg.on_error)
             return False
         dest = cfg.routes.get(label)
         if dest is None:
-            self._row_error(w, name, f"no route for label {label!r}", cfg.on_error)
+            self._row_error(w, name, f"no route for label {shown(label)}", cfg.on_error)
             return False
         if dest == "fork":
             self._fork(w, name, cfg.fork_to or [])

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -187,6 +188,8 @@ _HINTS = {
     "routes": "a mapping of label -> sink, connection or fork",
     "branches": "a list of branch names, or a mapping of branch -> input connection",
 }
+_MAX_SETTINGS_BYTES = 10 * 1024 * 1024
+_MAX_LABEL = 64  # characters of a route label
 _MAX_NODES = 1_000_000  # YAML aliases can make a small file huge ("billion laughs")
 _FREQUENCIES = ("every_row", "every_n", "aggregation_only")
 # A key is secret when one of its words says so; `key` and `token` only as the last word
@@ -209,7 +212,18 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     env = os.environ if environ is None else environ
     where = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()  # stat, not open: opening a FIFO would wait for a writer
+        if not stat.S_ISREG(info.st_mode):
+            raise SettingsError([f"{where}: not a regular file; allowed: a settings file (YAML)"])
+        if info.st_size > _MAX_SETTINGS_BYTES:
+            raise SettingsError(
+                [f"{where}: {info.st_size:,} bytes; allowed: a settings file of at most {_MAX_SETTINGS_BYTES:,} bytes"]
+            )
+        with path.open("rb") as f:  # read no more than allowed, whatever the size said
+            data = f.read(_MAX_SETTINGS_BYTES + 1)
+        if len(data) > _MAX_SETTINGS_BYTES:
+            raise SettingsError([f"{where}: more than {_MAX_SETTINGS_BYTES:,} bytes; allowed: a smaller settings file"])
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise SettingsError([f"{where}: the settings file does not exist"]) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -514,6 +528,14 @@ def _check_gate(loaded: LoadedSettings, i: int, g: GateSettings, errors: list[st
         errors.append(_Local(f"gates[{i}].condition (gate '{g.name}'): {e}"))
     if not g.routes:
         errors.append(f"gates[{i}].routes: found an empty mapping; allowed: label -> sink, connection or fork")
+    for label in g.routes:
+        # A label is recorded in the event of every row it routes: keep it short and printable.
+        if not 1 <= len(label) <= _MAX_LABEL or not label.isprintable():
+            shown = label if len(label) <= 40 else f"{label[:40]}… ({len(label):,} characters)"
+            errors.append(
+                f"gates[{i}].routes: the label {shown!r} is not allowed; allowed: 1 to {_MAX_LABEL} printable "
+                "characters (no control characters or line breaks)"
+            )
     forks = "fork" in g.routes.values()
     if forks and not g.fork_to:
         errors.append(f"gates[{i}].fork_to: missing; it is required when a route is 'fork' (a list of branches)")

@@ -75,7 +75,10 @@ def test_expressions_evaluate(source: str, row: dict[str, Any], value: Any) -> N
         ("b'x'", "the literal b'x' is not allowed"),
         ("row['a'] >", "not a valid expression"),
         ("import os", "not a valid expression"),
-        ("1 + " * 5000 + "1", "not a valid expression"),
+        ("1 + " * 5000 + "1", "20,001 characters long; allowed: at most 10,000"),
+        ("-" * 5000 + "1", "nested too deeply for the parser"),  # RecursionError inside ast.parse
+        ("-" * 250 + "1", "nested 252 levels deep; allowed: at most 200"),
+        ("(" * 300 + "1" + ")" * 300, "too many nested parentheses"),
     ],
 )
 def test_refused_constructs_say_what_is_not_allowed(source: str, says: str) -> None:
@@ -170,3 +173,20 @@ def test_evaluation_never_raises_anything_but_expression_error(row: dict[str, An
 def test_the_fields_an_expression_names_are_known_before_it_runs(source: str, fields: set[str] | None) -> None:
     found = compile_expression(source).fields
     assert found == (None if fields is None else frozenset(fields))
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (10**5000, "an integer of about 5,000 digits"),  # repr() itself would raise
+        ("x" * 1_000_000, "… (1,000,002 characters)"),
+        (list(range(10**6)), "a list of 1,000,000 items"),
+        ("ok", "'ok'"),
+    ],
+    ids=["huge int", "long string", "long list", "short"],
+)
+def test_a_value_in_a_reason_is_shown_short_and_never_fails(value: Any, says: str) -> None:
+    from engine.expressions import shown
+
+    text = shown(value)
+    assert says in text and len(text) < 300

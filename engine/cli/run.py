@@ -19,6 +19,7 @@ from engine.errors import RunFailedError
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
 from engine.plugins.protocol import PluginError
 from engine.settings import SettingsError, load_settings
+from engine.stopping import StoppedAtOnce
 from landscape.db import Database, is_postgresql_url, redact
 from landscape.fold import RunFold
 from landscape.queries import run_detail
@@ -134,6 +135,9 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
         raise ElspethCliError(
             f"{e} — fix the cause, then `{resume(e.run_id)}` (with --force if that meant changing the settings)"
         ) from e
+    except StoppedAtOnce as e:  # a signal, as for `interrupted` below: exit 130
+        click.echo(f"elspeth: {e}", err=True)
+        sys.exit(130)
     print_summary(db, outcome, time.monotonic() - started)
     if outcome.status == RunState.INTERRUPTED:
         click.echo(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`", err=True)

@@ -95,6 +95,8 @@ def _convert(f: Field, value: Any) -> Any:
     result = converter(value)
     if result is _BAD:
         shown = repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+        if len(shown) > 100:  # the reason is recorded with the row: the row itself has the value
+            shown = f"{shown[:100]}… ({len(shown):,} characters)"
         raise SchemaViolation(f"field '{f.name}': {shown} is not {'an' if f.type in ('int', 'any') else 'a'} {f.type}")
     return result
 
@@ -114,7 +116,10 @@ def _to_int(value: Any) -> Any:
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else _BAD
     if isinstance(value, str) and is_int_text(value):
-        return int(value.strip())
+        try:
+            return int(value.strip())
+        except ValueError:  # more digits than Python converts (4,300): not an int a row can hold
+            return _BAD
     return _BAD
 
 

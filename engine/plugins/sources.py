@@ -5,11 +5,14 @@ raise PluginError naming the file before any record is yielded."""
 
 from __future__ import annotations
 
+import base64
 import codecs
 import csv
 import hashlib
 import io
 import json
+import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -24,7 +27,7 @@ _NODE = "source"
 def _fingerprint(path: Path) -> str:
     h = hashlib.sha256()
     try:
-        with path.open("rb") as f:
+        with _open_input(path) as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     except OSError as e:
@@ -32,11 +35,44 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def _open_input(path: Path) -> IO[bytes]:
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}  # fmt: skip
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file of this mode is, when it is not a regular file. A source reads a file that
+    ends: `/dev/zero` never does, and a FIFO may block for good."""
+    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def check_input_path(path: Path) -> None:
+    """At load (validate): refuse a path that exists and is not a regular file. `stat` opens
+    nothing, so a FIFO cannot block here. A path that does not exist yet is left to the run."""
     try:
-        return path.open("rb")
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    kind = _not_regular(mode)
+    if kind is not None:
+        raise PluginConfigError("path", f"{path} is {kind}; allowed: a regular file")
+
+
+def _open_input(path: Path) -> IO[bytes]:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. What was opened
+    # is checked (fstat), not the name, so a file swapped in after validate is caught too.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise PluginError(_NODE, f"cannot open input file {path}: {e.strerror}") from e
+    try:
+        kind = _not_regular(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise PluginError(_NODE, f"{path} is {kind}; allowed: a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _validated(index: int, row: Row, raw: Row, schema: Schema) -> SourceItem:
@@ -62,10 +98,17 @@ class _Lines:
         self.count = 0  # physical lines consumed so far
         self.bad: str | None = None  # why a line of the current record did not decode
         self.text: list[str] = []  # the current record's lines, as decoded
+        self.raw: list[bytes] = []  # and as read, for a line that did not decode
 
     def start_record(self) -> None:
         self.bad = None
         self.text = []
+        self.raw = []
+
+    def raw_bytes(self) -> str:
+        """The current record's bytes exactly as read (base64): a line that did not decode is
+        shown with replacement characters, and these are the evidence of what it held."""
+        return base64.b64encode(b"".join(self.raw)).decode("ascii")
 
     def __iter__(self) -> Iterator[str]:
         if "\n".encode(self.encoding) != b"\n":
@@ -84,6 +127,7 @@ class _Lines:
                 if self.bad is None:
                     self.bad = f"line {self.count} is not valid {self.encoding}: {e.reason} at byte {e.start}"
             self.text.append(text)
+            self.raw.append(raw)
             yield text
 
     def _stream(self) -> Iterator[str]:
@@ -108,6 +152,7 @@ class CsvSource:
         o = Options(options, "path", "delimiter", "encoding", "skip_rows", "columns", "field_mapping",
                     "schema", "on_validation_failure")  # fmt: skip
         self.path = Path(o.str_("path", required=True))
+        check_input_path(self.path)
         self.delimiter = o.str_("delimiter", ",")
         if len(self.delimiter) != 1:
             raise PluginConfigError("delimiter", f"must be one character, found {self.delimiter!r}")
@@ -189,7 +234,10 @@ class CsvSource:
 
     def _unparsed(self, lines: _Lines, first_line: int, index: int) -> Row:
         text = "".join(lines.text).rstrip("\r\n")
-        return {"__raw_line__": text, "__line_number__": first_line, "__row_number__": index + 1}
+        raw: Row = {"__raw_line__": text, "__line_number__": first_line, "__row_number__": index + 1}
+        if lines.bad is not None:
+            raw["__raw_bytes__"] = lines.raw_bytes()
+        return raw
 
     def close(self) -> None:
         pass
@@ -213,6 +261,7 @@ class JsonSource:
     def __init__(self, options: Mapping[str, Any], default_format: str | None = None) -> None:
         o = Options(options, "path", "format", "data_key", "encoding", "schema", "on_validation_failure")
         self.path = Path(o.str_("path", required=True))
+        check_input_path(self.path)
         fmt = o.str_("format", default_format or ("jsonl" if self.path.suffix.lower() == ".jsonl" else "json"))
         if fmt not in ("json", "jsonl"):
             raise PluginConfigError("format", f"{fmt!r} is not allowed; allowed: json, jsonl")
@@ -240,6 +289,7 @@ class JsonSource:
         lines.start_record()
         for text in lines:
             line_no, bad = lines.count, lines.bad
+            raw_bytes = lines.raw_bytes() if bad is not None else ""
             lines.start_record()
             text = text.strip()
             if not text:
@@ -247,6 +297,7 @@ class JsonSource:
             if index >= start:
                 raw: Row = {"__raw_line__": text, "__line_number__": line_no}
                 if bad is not None:
+                    raw["__raw_bytes__"] = raw_bytes
                     yield SourceItem(index, None, raw, bad)
                 else:
                     yield self._record(index, text, raw)
@@ -257,14 +308,20 @@ class JsonSource:
             value = _strict_json(text)
         except json.JSONDecodeError as e:
             return SourceItem(index, None, raw, f"invalid JSON at column {e.colno}: {e.msg}")
+        except _Undecodable as e:
+            return SourceItem(index, None, raw, e.reason)
         if not isinstance(value, dict):
             return SourceItem(index, None, raw, f"expected a JSON object, found {_json_type(value)}")
         return _validated(index, value, value, self.schema)
 
     def _array(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
         # A JSON document has to be parsed whole; only JSON lines stream.
+        long_ints: list[_LongInt] = []
         try:
-            data = _strict_json(f.read().decode(self.encoding).removeprefix("\ufeff"))
+            data = _strict_json(f.read().decode(self.encoding).removeprefix("\ufeff"), long_ints)
+        except _Undecodable as e:  # a document is decoded whole: it has no other records to go on with
+            raise PluginError(_NODE, f"{self.path} cannot be decoded: {e.reason}; for one record per line, "
+                                     "where such a record is quarantined alone, use format: jsonl") from e  # fmt: skip
         except UnicodeDecodeError as e:
             raise PluginError(_NODE, f"{self.path} is not valid {self.encoding}: {e.reason} at byte {e.start}") from e
         except json.JSONDecodeError as e:
@@ -286,7 +343,11 @@ class JsonSource:
             )
         for index in range(start, len(data)):
             value = data[index]
-            if isinstance(value, dict):
+            too_long = _long_int_in(value) if long_ints else None
+            if too_long is not None:
+                raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
+                yield SourceItem(index, None, raw, too_long)
+            elif isinstance(value, dict):
                 yield _validated(index, value, value, self.schema)
             else:
                 raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
@@ -296,14 +357,60 @@ class JsonSource:
         pass
 
 
-def _strict_json(text: str) -> Any:
+class _Undecodable(Exception):
+    """Valid JSON that cannot become a row here (too deep, a number too long)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_MAX_INT_DIGITS = 4300  # Python's own limit for converting between text and int
+
+
+class _LongInt(str):
+    """The digits of an integer too long to hold, kept in a document decoded whole so that
+    only the record holding it is quarantined (as its text: the evidence stays exact)."""
+
+    def reason(self) -> str:
+        digits = len(self.lstrip("-"))
+        return f"an integer of {digits:,} digits; allowed: at most {_MAX_INT_DIGITS:,}"
+
+
+def _long_int_in(value: Any) -> str | None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _LongInt):
+            return item.reason()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
     """JSON as the standard has it: NaN and Infinity (which Python's json accepts) have no JSON
-    form, so the row recorded in the audit trail and the row a sink writes would differ."""
+    form, so the row recorded in the audit trail and the row a sink writes would differ. Valid
+    JSON that Python cannot hold as a row raises _Undecodable with the reason; with `long_ints`
+    given, an integer too long is kept as a _LongInt (and listed there) instead."""
 
     def refuse(name: str) -> Any:
         raise json.JSONDecodeError(f"{name} is not a JSON value", text, text.find(name))
 
-    return json.loads(text, parse_constant=refuse)
+    def integer(digits: str) -> int | _LongInt:
+        if len(digits.lstrip("-")) <= _MAX_INT_DIGITS:
+            return int(digits)
+        if long_ints is None:
+            raise _Undecodable(_LongInt(digits).reason())
+        long_ints.append(_LongInt(digits))
+        return long_ints[-1]
+
+    try:
+        return json.loads(text, parse_constant=refuse, parse_int=integer)
+    except RecursionError:
+        raise _Undecodable("nested too deeply to decode") from None
 
 
 def _json_type(value: Any) -> str:

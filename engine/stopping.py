@@ -1,0 +1,95 @@
+"""SIGINT and SIGTERM: stop at the next record boundary, or at once if that takes too long.
+
+The first signal asks the run loop to stop at the next record boundary, where it makes the
+sinks durable, records `RunInterrupted` and commits. Every step of a row is bounded
+(expressions, RE2 patterns), so that normally takes far less than a second. But a plugin can
+still block (a sink waiting on a network, a source waiting on a read): if the run has not
+stopped `GRACE_SECONDS` after the signal, or a second signal comes, `StopNow` is raised
+wherever the main thread is. That abandons the events not yet committed, exactly as a crash
+would: the log ends at its last durability point, which is consistent, and `elspeth resume`
+continues from there (ARCHITECTURE §6). Plugin error boundaries catch `Exception`, so
+`StopNow` (a BaseException) passes through them to `Stop.installed`, which turns it into
+`StoppedAtOnce`.
+
+Python runs signal handlers between bytecodes and interrupts blocking system calls for them;
+only a long call inside C code that never returns to Python could delay the stop further.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from engine.errors import EngineError
+
+GRACE_SECONDS = 1.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopNow(BaseException):
+    """Raised by the signal handler to leave whatever the main thread is doing."""
+
+
+class StoppedAtOnce(EngineError):
+    """The run was stopped without reaching a record boundary; its log ends at the last commit."""
+
+    def __init__(self, run_id: str, signame: str) -> None:
+        super().__init__(
+            f"run {run_id} stopped at once on {signame} (it did not reach a record boundary within "
+            f"{GRACE_SECONDS:g} s); its log ends at its last durability point — continue it with "
+            f"`elspeth resume {run_id}`"
+        )
+        self.run_id = run_id
+        self.signame = signame
+
+
+@dataclass
+class Stop:
+    """Signals ask the loop to stop at the next record boundary (a durability point)."""
+
+    run_id: str = ""
+    requested: str | None = None
+    aborting: bool = False
+    handlers: dict[int, Any] = field(default_factory=dict)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.aborting:
+            return  # already leaving: let the cleanup run
+        if signum == signal.SIGALRM or self.requested is not None:
+            self._abort()
+        self.requested = signal.Signals(signum).name
+        with suppress(AttributeError):  # no interval timers on this platform: a second signal stops
+            signal.setitimer(signal.ITIMER_REAL, GRACE_SECONDS)
+
+    def settled(self) -> None:
+        """The run has stopped (or ended) on its own: no abort from here on."""
+        self.aborting = True
+        with suppress(AttributeError, ValueError):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _abort(self) -> None:
+        self.aborting = True
+        with suppress(AttributeError):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        raise StopNow
+
+    @contextmanager
+    def installed(self) -> Iterator[Stop]:
+        for sig in (*_SIGNALS, signal.SIGALRM):
+            # Outside the main thread there are no signals to handle (and nothing to restore).
+            with suppress(ValueError, AttributeError):
+                self.handlers[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        except StopNow:
+            raise StoppedAtOnce(self.run_id, self.requested or "a signal") from None
+        finally:
+            with suppress(ValueError, AttributeError):
+                if self.handlers:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            for signum, old in self.handlers.items():
+                signal.signal(signum, old)
