@@ -26,6 +26,9 @@ Leaves = LeafSource | Sequence[bytes]
 # large the tree is; a store-backed source then answers one range query per chunk.
 _READ_CHUNK = 1 << 16
 
+# Proof generation builds subtrees larger than this from their halves, remembering each root.
+_MEMO_MIN = 1024
+
 _sha256 = hashlib.sha256
 
 
@@ -124,6 +127,18 @@ class MerkleAccumulator:
     def copy(self) -> MerkleAccumulator:
         return MerkleAccumulator.restore(self._size, self._frontier)
 
+    def to_bytes(self) -> bytes:
+        """The state in 8 + 32·popcount(size) bytes: size (big-endian), then the frontier."""
+        return self._size.to_bytes(8, "big") + b"".join(self._frontier)
+
+    @classmethod
+    def from_bytes(cls, state: bytes) -> MerkleAccumulator:
+        """The accumulator `to_bytes` described; ProofError if `state` cannot be one."""
+        if len(state) < 8 or (len(state) - 8) % HASH_SIZE:
+            raise ProofError(f"an accumulator state is 8 + 32·k bytes, not {len(state)}")
+        size = int.from_bytes(state[:8], "big")
+        return cls.restore(size, [state[i : i + HASH_SIZE] for i in range(8, len(state), HASH_SIZE)])
+
 
 # --- proof generation (RFC 9162 §2.1.3.1 PATH and §2.1.4.1 PROOF/SUBPROOF) ---------------------
 
@@ -133,6 +148,31 @@ def _as_source(leaves: Leaves) -> LeafSource:
         return leaves
     seq = leaves
     return lambda start, end: seq[start:end]
+
+
+class _Subtrees:
+    """Roots of the tree's subtrees, each computed once. A large subtree's root is made from its
+    two halves' (remembered), so the proofs of many leaves of one tree read each leaf about once
+    in all; ranges of at most `_MEMO_MIN` leaves are hashed straight from the source (a proof
+    needs the siblings of its own leaf's small subtrees afresh: under 2·_MEMO_MIN leaves)."""
+
+    __slots__ = ("_memo", "_source")
+
+    def __init__(self, leaves: Leaves) -> None:
+        self._source = _as_source(leaves)
+        self._memo: dict[tuple[int, int], bytes] = {}
+
+    def root(self, start: int, end: int) -> bytes:
+        key = (start, end)
+        got = self._memo.get(key)
+        if got is None:
+            if end - start <= _MEMO_MIN:
+                got = _range_root(self._source, start, end)
+            else:
+                k = _split(end - start)
+                got = node_hash(self.root(start, start + k), self.root(start + k, end))
+            self._memo[key] = got
+        return got
 
 
 def _range_root(source: LeafSource, start: int, end: int) -> bytes:
@@ -158,9 +198,18 @@ def _split(n: int) -> int:
 
 def inclusion_proof(index: int, size: int, leaves: Leaves) -> list[bytes]:
     """The audit path of leaf `index` in the tree of the first `size` leaves, leaf side first."""
+    return _inclusion_proof(index, size, _Subtrees(leaves))
+
+
+def inclusion_proofs(indices: Iterable[int], size: int, leaves: Leaves) -> dict[int, list[bytes]]:
+    """`inclusion_proof` of each index, sharing the subtree roots they have in common."""
+    subtrees = _Subtrees(leaves)
+    return {i: _inclusion_proof(i, size, subtrees) for i in indices}
+
+
+def _inclusion_proof(index: int, size: int, subtrees: _Subtrees) -> list[bytes]:
     if not 0 <= index < size:
         raise ProofError(f"leaf {index} is not in a tree of {size} leaves")
-    source = _as_source(leaves)
     path: list[bytes] = []
     # Walk down from the root; the sibling of each subtree we enter is one proof element.
     # Collected root-first, returned leaf-first as RFC 9162 orders them.
@@ -168,10 +217,10 @@ def inclusion_proof(index: int, size: int, leaves: Leaves) -> list[bytes]:
     while end - start > 1:
         k = _split(end - start)
         if m < k:
-            path.append(_range_root(source, start + k, end))
+            path.append(subtrees.root(start + k, end))
             end = start + k
         else:
-            path.append(_range_root(source, start, start + k))
+            path.append(subtrees.root(start, start + k))
             start, m = start + k, m - k
     path.reverse()
     return path
@@ -182,7 +231,7 @@ def consistency_proof(size1: int, size2: int, leaves: Leaves) -> list[bytes]:
     (0 < size1 <= size2; empty when they are equal)."""
     if not 0 < size1 <= size2:
         raise ProofError(f"no consistency proof from a tree of {size1} leaves to one of {size2}")
-    source = _as_source(leaves)
+    subtrees = _Subtrees(leaves)
     proof: list[bytes] = []
     # SUBPROOF(m, D[start:end], whole): `whole` is true while the old tree's root is itself a
     # node of this subtree path (then the verifier knows it and it is not sent).
@@ -190,13 +239,13 @@ def consistency_proof(size1: int, size2: int, leaves: Leaves) -> list[bytes]:
     while m != end - start:
         k = _split(end - start)
         if m <= k:
-            proof.append(_range_root(source, start + k, end))
+            proof.append(subtrees.root(start + k, end))
             end = start + k
         else:
-            proof.append(_range_root(source, start, start + k))
+            proof.append(subtrees.root(start, start + k))
             start, m, whole = start + k, m - k, False
     if not whole:
-        proof.append(_range_root(source, start, end))
+        proof.append(subtrees.root(start, end))
     proof.reverse()
     return proof
 

@@ -19,6 +19,7 @@ from landscape.merkle import (
     ProofError,
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
     leaf_hash,
     node_hash,
     root,
@@ -145,6 +146,49 @@ def test_a_consistency_proof_for_every_pair_of_sizes_verifies() -> None:
         for n1 in range(1, n2 + 1):
             proof = consistency_proof(n1, n2, LEAVES)
             verify_consistency(n1, n2, proof, ROOTS[n1], ROOTS[n2])
+
+
+def test_proofs_from_remembered_subtrees_equal_those_hashed_straight(monkeypatch: pytest.MonkeyPatch) -> None:
+    import landscape.merkle as merkle
+
+    monkeypatch.setattr(merkle, "_MEMO_MIN", 2)  # every subtree above two leaves from its halves
+    for n in range(1, 70):
+        for i in range(n):
+            verify_inclusion(i, n, LEAVES[i], inclusion_proof(i, n, LEAVES), ROOTS[n])
+        for m in range(1, n + 1):
+            verify_consistency(m, n, consistency_proof(m, n, LEAVES), ROOTS[m], ROOTS[n])
+
+
+def test_many_proofs_of_a_large_tree_read_each_leaf_about_once() -> None:
+    n = 5000
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+    tree_root = root(leaves)
+    read = 0
+
+    def source(start: int, end: int) -> list[bytes]:
+        nonlocal read
+        read += end - start
+        return leaves[start:end]
+
+    wanted = [0, 1, 1023, 1024, 2047, 2500, 4095, 4096, 4999]
+    proofs = inclusion_proofs(wanted, n, source)
+    assert read <= n + 9 * 1024  # each proof reads at most its own small subtrees afresh
+    for i in wanted:
+        assert proofs[i] == inclusion_proof(i, n, leaves)
+        verify_inclusion(i, n, leaves[i], proofs[i], tree_root)
+    verify_consistency(3001, n, consistency_proof(3001, n, leaves), root(leaves[:3001]), tree_root)
+
+
+def test_the_accumulator_state_round_trips_through_bytes() -> None:
+    acc = MerkleAccumulator.from_leaves(LEAVES[:77])
+    state = acc.to_bytes()
+    assert len(state) == 8 + 32 * (77).bit_count()
+    again = MerkleAccumulator.from_bytes(state)
+    assert again.size == 77 and again.root() == ROOTS[77]
+    with pytest.raises(ProofError, match="8 \\+ 32·k bytes, not 39"):
+        MerkleAccumulator.from_bytes(state[:39])
+    with pytest.raises(ProofError, match="4 frontier hashes, not 3"):
+        MerkleAccumulator.from_bytes(state[:-32])
 
 
 def _mutations(proof: list[bytes]) -> list[list[bytes]]:
