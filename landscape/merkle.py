@@ -22,11 +22,9 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 LeafSource = Callable[[int, int], Sequence[bytes]]
 Leaves = LeafSource | Sequence[bytes]
 
-# A proof reads each subtree's leaves in chunks of this many, so memory stays bounded however
-# large the tree is; a store-backed source then answers one range query per chunk.
-_READ_CHUNK = 1 << 16
-
-# Proof generation builds subtrees larger than this from their halves, remembering each root.
+# Proof generation builds subtrees larger than this from their halves, remembering each root,
+# and reads smaller ones from the source in one call: memory stays bounded however large the
+# tree is, and a store-backed source answers range queries of at most this many leaves.
 _MEMO_MIN = 1024
 
 _sha256 = hashlib.sha256
@@ -177,18 +175,10 @@ class _Subtrees:
 
 def _range_root(source: LeafSource, start: int, end: int) -> bytes:
     """MTH of leaves start..end-1 (itself a tree of end - start leaves)."""
-    acc = MerkleAccumulator()
-    for chunk_start in range(start, end, _READ_CHUNK):
-        chunk_end = min(end, chunk_start + _READ_CHUNK)
-        got = source(chunk_start, chunk_end)
-        if len(got) != chunk_end - chunk_start:
-            raise ProofError(
-                f"the leaf source gave {len(got)} leaves for {chunk_start}..{chunk_end - 1}, "
-                f"not {chunk_end - chunk_start}"
-            )
-        for h in got:
-            acc.append(h)
-    return acc.root()
+    got = source(start, end)
+    if len(got) != end - start:
+        raise ProofError(f"the leaf source gave {len(got)} leaves for {start}..{end - 1}, not {end - start}")
+    return MerkleAccumulator.from_leaves(got).root()
 
 
 def _split(n: int) -> int:
