@@ -14,7 +14,6 @@ import re
 import socket
 from pathlib import Path
 
-from landscape.embedded import elspeth_home
 from landscape.errors import LandscapeError
 from landscape.note import NoteError, Signer, Verifier
 
@@ -133,10 +132,12 @@ def default_key_name() -> str:
     return f"{host}/elspeth"
 
 
-def default_signer(home: str | os.PathLike[str] | None = None) -> Signer:
+def default_signer(home: str | os.PathLike[str]) -> Signer:
     """The ELSPETH home's own key, `<home>/keys/default.key`, created on first use (the folder
-    mode 700, the key 600) and the same for every later run in that home."""
-    folder = elspeth_home(home) / "keys"
+    mode 700, the key 600) and the same for every later run in that home. `home` is the resolved
+    home folder (`landscape.embedded.elspeth_home(...)`); not resolved here, because that module
+    brings the database driver and `elspeth verify` loads keys from this one without it."""
+    folder = Path(home) / "keys"
     key_path = folder / f"{DEFAULT_KEY}{KEY_SUFFIX}"
     if not key_path.exists():
         try:
