@@ -1,18 +1,22 @@
 """Append throughput of the real store path against a bare COPY of the same rows.
 
-    python benchmarks/append.py [--events N] [--commit-every N] [--rounds N]
+    python benchmarks/append.py [--events N] [--commit-every N] [--rounds N] [--merkle-only]
 
 Uses the embedded PostgreSQL (or ELSPETH_DATABASE_URL). The store path encodes each event with
 msgspec, hashes it into the chain, stores a row payload for every TokenCreated, and commits with
 COPY once per durability point; the baseline COPYs the already-encoded event rows it produced.
 Both alternate for a few rounds and the best of each is reported (the server's checkpoints and
 autovacuum make single runs noisy on a 2-core machine).
+It also measures the run's Merkle tree alone (no database): the leaf hash and accumulator
+append of every event, plus one root per durability point, as a writer checkpointing there would.
+Line: merkle_events_per_s=N merkle_us_per_event=U merkle_root_us=R (`--merkle-only`: just that).
 Last line: store_events_per_s=N copy_events_per_s=M ratio=R
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 import uuid
@@ -20,6 +24,7 @@ from typing import Any
 
 from landscape.canonical import commit_row
 from landscape.db import Database, open_database
+from landscape.merkle import MerkleAccumulator, leaf_hash
 from landscape.postgres import _EVENT_COLUMNS, PostgresRecorder
 from statecharts import events as ev
 
@@ -65,12 +70,39 @@ def bare_copy(db: Database, rows: list[tuple[Any, ...]], commit_every: int) -> f
     return seconds
 
 
+def merkle_cost(events: int, commit_every: int) -> tuple[float, float]:
+    """(seconds for all events, seconds per root): leaf = the event's 32-byte chain hash."""
+    chain = [hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(events)]  # stand-ins
+    acc = MerkleAccumulator()
+    roots = 0
+    started = time.perf_counter()
+    for n, event_hash in enumerate(chain, start=1):
+        acc.append(leaf_hash(event_hash))
+        if n % commit_every == 0:
+            acc.root()
+            roots += 1
+    acc.root()
+    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(1000):
+        acc.root()
+    return seconds, (time.perf_counter() - started) / 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--commit-every", type=int, default=5_000, help="events per commit")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--merkle-only", action="store_true", help="measure the Merkle tree alone, no database")
     args = ap.parse_args()
+    merkle_seconds, root_seconds = min(merkle_cost(args.events, args.commit_every) for _ in range(args.rounds))
+    print(
+        f"merkle_events_per_s={args.events / merkle_seconds:.0f} "
+        f"merkle_us_per_event={merkle_seconds / args.events * 1e6:.2f} merkle_root_us={root_seconds * 1e6:.1f}"
+    )
+    if args.merkle_only:
+        return
     store_times, copy_times = [], []
     with open_database(os.environ.get("ELSPETH_DATABASE_URL")) as db:
         for _ in range(args.rounds):

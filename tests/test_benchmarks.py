@@ -32,3 +32,14 @@ def test_the_durability_sweep_measures_what_a_crash_costs_within_the_bound(db: D
         every, lost, bound = (int(g) for g in m.groups())
         assert 0 < lost <= bound == 2 * every  # a crash costs something, never more than two points
     assert re.fullmatch(r"rows=300 seconds=\S+ rows_per_s=\d+ events_per_s=\d+ peak_rss_mb=\d+", lines[-1]), lines
+
+
+def test_the_append_benchmark_measures_the_merkle_tree_without_a_database(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "append.py"), "--merkle-only", "--events", "3000", "--rounds", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    line = r"merkle_events_per_s=\d+ merkle_us_per_event=[0-9.]+ merkle_root_us=[0-9.]+"
+    assert re.fullmatch(line, proc.stdout.strip()), proc.stdout

@@ -135,6 +135,7 @@ def test_the_verifier_imports_where_no_driver_is_installed(tmp_path: Path) -> No
         f"sys.path[:0] = [{str(ROOT)!r}, {str(bare)!r}]\n"
         "try:\n    import psycopg\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('psycopg importable')\n"
         "import landscape.verify, landscape.records, landscape.fold\n"
+        "import landscape.merkle, landscape.note, landscape.checkpoint, landscape.keys\n"
         "assert not any(m.startswith('psycopg') for m in sys.modules), 'the verifier pulled in the driver'\n"
         "print('ok')"
     )

@@ -66,6 +66,7 @@ def _register() -> None:
     # Each command lives in its own module; registering one is one line here.
     from engine.cli.db import db_group
     from engine.cli.inspect import explain_cmd, projections_group, replay_cmd
+    from engine.cli.keys import keys_group
     from engine.cli.plugins import plugins_group
     from engine.cli.purge import purge_cmd
     from engine.cli.run import resume_cmd, run_cmd
@@ -73,7 +74,7 @@ def _register() -> None:
     from engine.cli.validate import validate_cmd
 
     for command in (run_cmd, resume_cmd, validate_cmd, replay_cmd, explain_cmd, projections_group,
-                    plugins_group, statecharts_cmd, purge_cmd, db_group):  # fmt: skip
+                    plugins_group, statecharts_cmd, purge_cmd, db_group, keys_group):  # fmt: skip
         cli.add_command(command)
 
 

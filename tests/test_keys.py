@@ -1,0 +1,133 @@
+"""Key files and `elspeth keys generate`: never overwritten, private by mode, one-line errors."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from landscape.checkpoint import Checkpoint, open_checkpoint
+from landscape.keys import KeyFileError, default_signer, generate_key_files, load_signer, load_verifier
+from landscape.merkle import EMPTY_ROOT
+from tests.test_cli import elspeth, one_line_error
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_generated_files_load_sign_and_verify(tmp_path: Path) -> None:
+    signer = generate_key_files("ops", tmp_path)
+    assert _mode(tmp_path / "ops.key") == 0o600
+    assert (tmp_path / "ops.pub").read_text() == signer.verifier.text() + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ops.key", "ops.pub"]  # no temporary left
+    loaded = load_signer(tmp_path / "ops.key")
+    note = Checkpoint("elspeth/s/r", 0, EMPTY_ROOT).sign(loaded)
+    assert open_checkpoint(note, load_verifier(tmp_path / "ops.pub")).size == 0
+
+
+def test_an_existing_key_is_never_overwritten(tmp_path: Path) -> None:
+    generate_key_files("ops", tmp_path)
+    before = (tmp_path / "ops.key").read_bytes()
+    with pytest.raises(KeyFileError, match=r"ops\.key already exists; a key is never overwritten"):
+        generate_key_files("ops", tmp_path)
+    assert (tmp_path / "ops.key").read_bytes() == before
+    (tmp_path / "b.pub").write_text("someone else's\n")  # half a pair in the way: nothing written
+    with pytest.raises(KeyFileError, match=r"b\.pub already exists"):
+        generate_key_files("b", tmp_path)
+    assert not (tmp_path / "b.key").exists()
+
+
+def test_the_write_is_exclusive_even_when_a_key_appears_after_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process creating the .pub between our existence check and our write: O_EXCL/link
+    # refuse, and the .key we already wrote is taken back.
+    import landscape.keys as keys
+
+    real = keys._write_new
+
+    def racing(path: Path, text: str, mode: int) -> None:
+        if path.suffix == ".pub":
+            path.write_text("theirs\n")
+        real(path, text, mode)
+
+    monkeypatch.setattr(keys, "_write_new", racing)
+    with pytest.raises(KeyFileError, match=r"ops\.pub already exists"):
+        generate_key_files("ops", tmp_path)
+    assert (tmp_path / "ops.pub").read_text() == "theirs\n"
+    assert not (tmp_path / "ops.key").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "no such file"),
+        (b"", "should hold one line, it holds 0"),
+        (b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----\n", "is a PEM file"),
+        (b"\xff\xfe", "not a text key file"),
+        (b"PRIVATE+KEY+ops+00000000+AQ==\n", "an Ed25519 key is 32 bytes"),
+        (b"ops+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW\n", "is this the .pub file"),
+        (b"PRIVATE+KEY+ops+00000000+" + b"Ag" + b"A" * 42 + b"\n", "type 0x02, not Ed25519"),
+    ],
+)
+def test_a_bad_signing_key_file_is_one_clear_error(tmp_path: Path, content: bytes | None, says: str) -> None:
+    path = tmp_path / "k.key"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(KeyFileError, match=says) as e:
+        load_signer(path)
+    assert "\n" not in str(e.value) and "k.key" in str(e.value)
+
+
+def test_unreadable_key_paths_are_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="is a folder"):
+        load_signer(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KeyFileError, match="cannot read it: Not a directory"):
+        load_verifier(tmp_path / "file" / "k.pub")
+    generate_key_files("ops", tmp_path)
+    with pytest.raises(KeyFileError, match="private signing key, not a verifier"):
+        load_verifier(tmp_path / "ops.key")
+
+
+def test_the_default_key_is_made_once_per_home_and_private(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = default_signer(home)
+    assert _mode(home / "keys") == 0o700 and _mode(home / "keys" / "default.key") == 0o600
+    assert first.name.endswith("/elspeth")
+    assert default_signer(home).verifier == first.verifier
+    assert load_verifier(home / "keys" / "default.pub") == first.verifier
+    assert default_signer(tmp_path / "other").verifier != first.verifier
+
+
+def test_two_processes_making_the_default_key_at_once_share_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import landscape.keys as keys
+
+    real = keys.generate_key_files
+    made: list[str] = []
+
+    def other_process_won(name: str, directory: Path, *, key_name: str | None = None) -> object:
+        made.append(real(name, directory, key_name="winner/elspeth").verifier.label)
+        return real(name, directory, key_name=key_name)  # our own attempt, now refused
+
+    monkeypatch.setattr(keys, "generate_key_files", other_process_won)
+    assert default_signer(tmp_path).verifier.label == made[0]
+
+
+def test_keys_generate_cli(tmp_path: Path) -> None:
+    proc = elspeth("keys", "generate", "ops", "--dir", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    pub = (tmp_path / "ops.pub").read_text().strip()
+    assert pub in proc.stdout and _mode(tmp_path / "ops.key") == 0o600
+    again = elspeth("keys", "generate", "ops", "--dir", str(tmp_path), cwd=tmp_path)
+    assert "already exists; a key is never overwritten" in one_line_error(again, 1)
+    assert (tmp_path / "ops.pub").read_text().strip() == pub
+    missing = elspeth("keys", "generate", "x", "--dir", str(tmp_path / "nope"), cwd=tmp_path)
+    assert "is not an existing folder" in one_line_error(missing, 1)
+    assert "use 1-64 letters" in one_line_error(elspeth("keys", "generate", "../x", cwd=tmp_path), 2)
+    assert "Missing argument" in one_line_error(elspeth("keys", "generate", cwd=tmp_path), 2)
+    assert not (tmp_path / "x.key").exists()
