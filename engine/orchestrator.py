@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from engine import signing
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError
@@ -27,14 +28,17 @@ from engine.settings import LoadedSettings, SettingsError, fingerprint
 from engine.stopping import Stop
 from landscape import faults
 from landscape.canonical import decode_row
+from landscape.checkpoint import run_origin
 from landscape.db import Database
 from landscape.errors import CorruptLog
 from landscape.fold import RunFold
+from landscape.notary import Notary, Witnessed, read_witness, witness_path
+from landscape.note import Verifier
 from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder
 from landscape.projections import Projector
 from landscape.queries import run_summary
-from landscape.verify import verify_events
+from landscape.verify import verify_checkpoints, verify_events
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_OPEN, RunState
@@ -168,6 +172,7 @@ class Execution:
         commit_every: int = DEFAULT_COMMIT_EVERY,
         progress: ProgressFn | None = None,
         stop: Stop | None = None,
+        home: str | None = None,
     ) -> None:
         self.db = db
         self.p = pipeline
@@ -178,7 +183,9 @@ class Execution:
         self.progress = progress
         self.stop = stop or Stop()
         self.recorder = PostgresRecorder(db)
-        self.writer = self.recorder.open_writer(run_id, hooks=[Projector(run_id)], pipelined=True)
+        self.writer = self.recorder.open_writer(
+            run_id, hooks=[Projector(run_id)], pipelined=True, notary=_notary(self.recorder, pipeline, home)
+        )
         if self.writer.next_seq != fold.last_seq + 1:
             # Another process wrote to the run between our reading its log and taking its lock
             # (two resumes at once): what we folded is stale, and acting on it would be wrong.
@@ -369,11 +376,31 @@ def _version() -> str:
         return "0+unknown"
 
 
-def fold_run(db: Database, run_id: str, *, strict: bool = False, upto_seq: int | None = None) -> RunFold:
+def _notary(recorder: PostgresRecorder, pipeline: Pipeline, home: str | None) -> Notary:
+    ls = pipeline.loaded.settings.landscape
+    base = pipeline.loaded.path.parent
+    return signing.notary(recorder, home, key=ls.signing_key, witness=ls.witness_dir, base=base)
+
+
+def fold_run(
+    db: Database,
+    run_id: str,
+    *,
+    strict: bool = False,
+    upto_seq: int | None = None,
+    checkpoints: Sequence[Witnessed] = (),
+    verifier: Verifier | None = None,
+) -> RunFold:
     """The run's state from its log, verified on the way (chain, seq continuity, legal
-    transitions): a tampered log is refused, not continued. `strict` keeps the ended tokens
-    (replay, tests); a run that goes on drops them so memory stays flat."""
-    verified = verify_events(run_id, PostgresRecorder(db).read_events(run_id, upto_seq=upto_seq))
+    transitions, and the signed `checkpoints` given: a log cut short is caught): a tampered log
+    is refused, not continued. `strict` keeps the ended tokens (replay, tests); a run that goes
+    on drops them so memory stays flat."""
+    recorder = PostgresRecorder(db)
+    sizes = [cp.size for cp in checkpoints]
+    verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), roots_at=sizes)
+    if verified.bad is None and checkpoints:
+        origin = run_origin(recorder.store_id(), run_id)
+        verified.bad = verify_checkpoints(verified, checkpoints, verifier, origin)
     if verified.bad is not None:  # no events at all is an empty fold: a run that never committed
         verified.raise_if_bad()
     if not strict:
@@ -389,12 +416,15 @@ def start_run(
     commit_every: int = DEFAULT_COMMIT_EVERY,
     progress: ProgressFn | None = None,
     run_id: str | None = None,
+    home: str | None = None,
 ) -> Outcome:
     clock = clock or SystemClock()
     run_id = run_id or new_run_id(clock)
     fold = RunFold(run_id)
     with Stop(run_id).installed() as stop:
-        ex = Execution(db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop)
+        ex = Execution(
+            db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop, home=home
+        )
         try:
             ex.start(resumed=False, forced=False, fingerprint=_fingerprint(pipeline))
             status = ex.run()
@@ -414,6 +444,7 @@ def resume_run(
     commit_every: int | None = None,
     progress: ProgressFn | None = None,
     settings_path: Path | None = None,
+    home: str | None = None,
 ) -> Outcome:
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
@@ -426,8 +457,14 @@ def resume_run(
     summary = run_summary(db, run_id)
     if summary is not None and summary.status == RunState.COMPLETED:
         raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
+    # Every checkpoint this run signed, from the store and from its witness file: a log cut short
+    # after a checkpoint must not be resumed (it would write its rows to the sinks again).
+    checkpoints = [
+        *recorder.checkpoints(run_id),
+        *read_witness(witness_path(signing.witness_dir(home), run_id), run_id),
+    ]
     try:
-        fold = fold_run(db, run_id)
+        fold = fold_run(db, run_id, checkpoints=checkpoints, verifier=signing.verifier(home))
     except CorruptLog as e:
         raise ResumeRefused(
             f"run {run_id} cannot be resumed: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
@@ -465,6 +502,7 @@ def resume_run(
                 commit_every=commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows(),
                 progress=progress,
                 stop=stop,
+                home=home,
             )
             try:
                 ex.start(

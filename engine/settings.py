@@ -144,6 +144,10 @@ class ExportSettings(_S, frozen=True):
 class LandscapeSettings(_S, frozen=True):
     url: str | None = None
     export: ExportSettings = ExportSettings()
+    # The key that signs the run's checkpoints (a `.key` from `elspeth keys generate`), and the
+    # folder of the witness files; relative to the settings file. See engine/signing.py.
+    signing_key: str | None = None
+    witness_dir: str | None = None
 
 
 class PayloadStoreSettings(_S, frozen=True):

@@ -22,7 +22,9 @@ import psycopg
 from landscape import faults
 from landscape.chain import GENESIS, header, link
 from landscape.db import Database, driver_errors
-from landscape.errors import ConcurrentWriter, LandscapeError
+from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
+from landscape.merkle import MerkleAccumulator, leaf_hash
+from landscape.notary import Notary, Witnessed
 from landscape.recorder import Pending, TransactionHook
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, datetime_to_us, us_to_datetime
 from statecharts.events import EventBase, encode_event
@@ -48,6 +50,7 @@ class _Batch:
     payloads: dict[str, Payload]
     recorded_at: datetime  # when the payloads were written (retention counts from it)
     pending: list[Pending]
+    checkpoint: tuple[int, bytes, str] | None  # (tree size, root, signed note) after these events
 
 
 class PgRunWriter:
@@ -67,10 +70,12 @@ class PgRunWriter:
         hooks: Sequence[TransactionHook] = (),
         pipelined: bool = False,
         now_us: Callable[[], int] | None = None,
+        notary: Notary | None = None,
     ) -> None:
         self.run_id = run_id
         self._conn = conn
         self._hooks = tuple(hooks)
+        self._notary = notary
         # Pipelined: a commit is sent by one background thread while the engine goes on with
         # the next batch (psycopg waits on the network without the GIL). At most one commit is
         # in flight, so memory stays bounded and commits stay in order.
@@ -88,15 +93,18 @@ class PgRunWriter:
                     raise ConcurrentWriter(
                         f"run {run_id} is being written by another process (its writer still holds the run's lock)"
                     )
-                row = conn.execute(
-                    "SELECT seq, hash FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1", (run_id,)
-                ).fetchone()
+                # The run's Merkle tree so far, from the hash column (the leaves): a resumed
+                # writer goes on signing checkpoints of the same tree.
+                hashes = [bytes(r[0]) for r in conn.execute(
+                    "SELECT hash FROM events WHERE run_id = %s ORDER BY seq", (run_id,)
+                )]  # fmt: skip
                 conn.commit()
         except LandscapeError:
             conn.close()
             raise
-        self.next_seq: int = 0 if row is None else row[0] + 1
-        self.head: bytes = GENESIS if row is None else bytes(row[1])
+        self._tree = MerkleAccumulator.from_leaves(leaf_hash(h) for h in hashes)
+        self.next_seq: int = len(hashes)
+        self.head: bytes = hashes[-1] if hashes else GENESIS
         self._events: list[tuple[Any, ...]] = []
         self._payloads: dict[str, Payload] = {}
 
@@ -118,6 +126,7 @@ class PgRunWriter:
         )  # fmt: skip
         self.head = h
         self.next_seq = seq + 1
+        self._tree.append(leaf_hash(h))
         for hook in self._hooks:
             hook.feed(seq, entity_id, event, at_us)
         faults.reached("append")
@@ -134,7 +143,11 @@ class PgRunWriter:
         when everything appended so far is committed."""
         if self._events or self._payloads:
             at = us_to_datetime(self._now_us())
-            batch = _Batch(self._events, self._payloads, at, [hook.take() for hook in self._hooks])
+            checkpoint = None
+            if self._notary is not None and self._events:
+                size, root = self._tree.size, self._tree.root()
+                checkpoint = (size, root, self._notary.sign(self.run_id, size, root))
+            batch = _Batch(self._events, self._payloads, at, [hook.take() for hook in self._hooks], checkpoint)
             self._events, self._payloads = [], {}
             if self._sender is None:
                 self._send(batch)
@@ -173,8 +186,19 @@ class PgRunWriter:
                             cp.write_row(r)
                 for pending in batch.pending:
                     pending.apply(cur)
+                if batch.checkpoint is not None and self._notary is not None:
+                    size, root, note = batch.checkpoint
+                    cur.execute(
+                        "INSERT INTO checkpoints (run_id, tree_size, root, note, verifier, recorded_at) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)",
+                        (self.run_id, size, root, note, self._notary.verifier.text(), batch.recorded_at),
+                    )
                 faults.reached("commit")
             conn.commit()
+        if batch.checkpoint is not None and self._notary is not None:
+            # Only once durable: a witnessed checkpoint must never cover events a crash undid.
+            size, _root, note = batch.checkpoint
+            self._notary.witness(self.run_id, size, note, batch.recorded_at)
         faults.reached("committed")
 
     def close(self) -> None:
@@ -213,8 +237,9 @@ class PostgresRecorder:
         hooks: Sequence[TransactionHook] = (),
         pipelined: bool = False,
         now_us: Callable[[], int] | None = None,
+        notary: Notary | None = None,
     ) -> PgRunWriter:
-        return PgRunWriter(self.db.connect(), run_id, hooks=hooks, pipelined=pipelined, now_us=now_us)
+        return PgRunWriter(self.db.connect(), run_id, hooks=hooks, pipelined=pipelined, now_us=now_us, notary=notary)
 
     def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]:
         """A run's events in seq order, streamed with a server-side cursor in large pages."""
@@ -283,6 +308,23 @@ class PostgresRecorder:
                     out.setdefault(h, Erasure(hash=h, run_id=r[1], row_index=r[2], kind=r[3], reason=r[4],
                                               erased_at=r[5], erased_by=r[6]))  # fmt: skip
         return out
+
+    def store_id(self) -> str:
+        """This store's id (migration 0005), which every checkpoint's origin names."""
+        with driver_errors("reading the store's id"), self.db.connect() as conn:
+            row = conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
+        if row is None:
+            raise StoreError("the store has no store_id (store_meta): run `elspeth db upgrade`")
+        return str(row[0])
+
+    def checkpoints(self, run_id: str) -> list[Witnessed]:
+        """The run's signed checkpoints as the store holds them, smallest tree first."""
+        with driver_errors(f"reading the checkpoints of run {run_id}"), self.db.connect() as conn:
+            rows = conn.execute(
+                "SELECT tree_size, root, note, recorded_at FROM checkpoints WHERE run_id = %s ORDER BY tree_size",
+                (run_id,),
+            ).fetchall()
+        return [Witnessed(r[0], bytes(r[1]), r[2], r[3].isoformat(), "store") for r in rows]
 
     def writer_alive(self, run_id: str) -> bool:
         """True while some process holds the run's writer lock. Read from pg_locks rather than by

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+from landscape.notary import Witnessed
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent
 from statecharts.events import EventBase
 
@@ -62,6 +63,10 @@ class Recorder(Protocol):
     def payloads(self, hashes: Iterable[str]) -> dict[str, Payload]: ...
 
     def erasures(self, hashes: Iterable[str]) -> dict[str, Erasure]: ...
+
+    def checkpoints(self, run_id: str) -> list[Witnessed]: ...
+
+    def store_id(self) -> str: ...
 
     def writer_alive(self, run_id: str) -> bool: ...
 

@@ -56,6 +56,7 @@ TABLES: dict[str, Kind] = {
     "erasures": Kind.LOG,  # written by `elspeth purge`, which runs as the owner (it deletes payloads)
     "payloads": Kind.ROW_DATA,
     "alembic_version": Kind.SCHEMA,
+    "store_meta": Kind.SCHEMA,
     **{t.name: Kind.PROJECTION for t in PROJECTION_TABLES},
 }
 

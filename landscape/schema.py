@@ -77,6 +77,27 @@ erasures = Table(
 Index("erasures_hash", erasures.c.hash)
 Index("erasures_run", erasures.c.run_id)
 
+# Facts about this store; `store_id` names it in every checkpoint's origin (0005).
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Append-only: one signed checkpoint (C2SP signed note) per durability point of a run (0005).
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("tree_size", BigInteger, nullable=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("verifier", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("run_id", "tree_size"),
+)
+
 # --- projections -----------------------------------------------------------------------------
 
 runs = Table(

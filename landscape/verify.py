@@ -10,15 +10,19 @@ exported file runs it unchanged, with no driver installed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
 from landscape.canonical import commitment
 from landscape.chain import GENESIS, header, link
+from landscape.checkpoint import open_checkpoint, run_origin
 from landscape.errors import ChainBroken, CorruptLog
 from landscape.fold import IllegalEvent, RunFold
+from landscape.merkle import EMPTY_ROOT, MerkleAccumulator, leaf_hash
+from landscape.notary import Witnessed
+from landscape.note import NoteError, Verifier
 from landscape.recorder import Recorder
 from landscape.records import Erasure, Payload, StoredEvent
 from statecharts import events as ev
@@ -46,6 +50,9 @@ class Verification:
     referenced: dict[str, int] = field(default_factory=dict)
     # Referenced payloads that a recorded erasure explains (filled by `verify_run`).
     erased: dict[str, Erasure] = field(default_factory=dict)
+    # The Merkle root of the first n events, for each n asked for (`roots_at`), and of them all.
+    roots: dict[int, bytes] = field(default_factory=dict)
+    root: bytes = EMPTY_ROOT
     bad: Finding | None = None
 
     @property
@@ -60,11 +67,16 @@ class Verification:
         return self
 
 
-def verify_events(run_id: str, events: Iterable[StoredEvent], *, observe: Observer | None = None) -> Verification:
+def verify_events(
+    run_id: str, events: Iterable[StoredEvent], *, observe: Observer | None = None, roots_at: Collection[int] = ()
+) -> Verification:
     """Verify a run's stored events in seq order, folding them as it goes (strict fold: an event
-    for a token that already ended is caught). Never raises for a bad log: the result says."""
+    for a token that already ended is caught), and build their Merkle tree (leaf: each event's
+    chain hash), keeping the root at each size in `roots_at`. Never raises for a bad log: the
+    result says."""
     result = Verification(run_id, RunFold(run_id, ended=set()))
-    fold, referenced = result.fold, result.referenced
+    fold, referenced, roots, wanted = result.fold, result.referenced, result.roots, set(roots_at)
+    tree = MerkleAccumulator()
     prev, expected = GENESIS, 0
     for e in events:
         why = _check_record(run_id, e, expected, prev)
@@ -87,8 +99,34 @@ def verify_events(run_id: str, events: Iterable[StoredEvent], *, observe: Observ
             observe(e, event)
         prev = e.hash
         expected += 1
-    result.events, result.head = expected, prev
+        tree.append(leaf_hash(e.hash))
+        if expected in wanted:
+            roots[expected] = tree.root()
+    result.events, result.head, result.root = expected, prev, tree.root()
     return result
+
+
+def verify_checkpoints(
+    verified: Verification, checkpoints: Iterable[Witnessed], verifier: Verifier | None, origin: str
+) -> Finding | None:
+    """Each signed checkpoint (from the store or a witness file) against the log as verified:
+    its signature and origin (when a verifier key is given), that the log is at least as long
+    (a shorter log is a named truncation), and that the first `size` events hash to its root.
+    `verified` must have been built with `roots_at` holding every checkpoint's size."""
+    for cp in sorted(checkpoints, key=lambda c: c.size):
+        where = f"checkpoint of {cp.size} events signed at {cp.recorded_at} ({cp.where})"
+        if verifier is not None:
+            try:
+                open_checkpoint(cp.note, verifier, origin=origin)
+            except NoteError as e:
+                return Finding(min(cp.size, verified.events), f"the {where} does not verify: {e}")
+        if cp.size > verified.events:
+            first, last = verified.events, cp.size - 1
+            missing = f"event {first}" if first == last else f"events {first} to {last}"
+            return Finding(verified.events, f"{missing} missing; {where}")
+        if cp.size > 0 and verified.roots.get(cp.size) != cp.root:
+            return Finding(cp.size - 1, f"the first {cp.size} events do not hash to the root of the {where}")
+    return None
 
 
 def _check_record(run_id: str, e: StoredEvent, expected: int, prev: bytes) -> str | None:
@@ -143,11 +181,23 @@ def verify_payloads(
 
 
 def verify_run(
-    recorder: Recorder, run_id: str, *, upto_seq: int | None = None, observe: Observer | None = None
+    recorder: Recorder,
+    run_id: str,
+    *,
+    upto_seq: int | None = None,
+    observe: Observer | None = None,
+    checkpoints: Sequence[Witnessed] = (),
+    verifier: Verifier | None = None,
 ) -> Verification:
-    """Read a run's log once through `verify_events`, then check the row payloads it references.
-    Raises ChainBroken naming the first bad seq (CorruptLog when the run has no events)."""
-    verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), observe=observe).raise_if_bad()
+    """Read a run's log once through `verify_events`, check the signed `checkpoints` against it
+    (see `verify_checkpoints`), then the row payloads it references. Raises ChainBroken naming
+    the first bad seq (CorruptLog when the run has no events)."""
+    events = recorder.read_events(run_id, upto_seq=upto_seq)
+    sizes = [cp.size for cp in checkpoints]
+    verified = verify_events(run_id, events, observe=observe, roots_at=sizes).raise_if_bad()
+    if checkpoints:
+        verified.bad = verify_checkpoints(verified, checkpoints, verifier, run_origin(recorder.store_id(), run_id))
+        verified.raise_if_bad()
     present = recorder.payloads(verified.referenced)
     absent = [h for h in verified.referenced if h not in present]
     verified.erased = recorder.erasures(absent) if absent else {}

@@ -17,6 +17,22 @@ from landscape.db import Database, migrate
 from landscape.embedded import embedded_server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def elspeth_home() -> Iterator[str]:
+    """Runs started in-process sign their checkpoints with the home's key and write witness
+    files there: a home of the session's own, never the repository's `./.elspeth`."""
+    with tempfile.TemporaryDirectory(prefix="elspeth-home-") as home:
+        old = os.environ.get("ELSPETH_HOME")
+        os.environ["ELSPETH_HOME"] = home
+        try:
+            yield home
+        finally:
+            if old is None:
+                os.environ.pop("ELSPETH_HOME", None)
+            else:
+                os.environ["ELSPETH_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """URL of a maintenance database on the test server (`.../postgres`)."""

@@ -71,3 +71,49 @@ def test_replay_check_names_what_was_changed(db: Database, tmp_path: Path, examp
     assert changed >= 1, "the tampering changed nothing: fix the case"
     err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
     assert table in err and named in err, err
+
+
+def _cut_tail(db: Database, run_id: str, keep: int, *, checkpoints_too: bool) -> None:
+    """What a superuser could do: delete every event after the first `keep` (and the store's
+    checkpoints that cover them), with the triggers off, then rebuild the projections to match."""
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM events WHERE run_id = %s AND seq >= %s", (run_id, keep))
+        if checkpoints_too:
+            conn.execute("DELETE FROM checkpoints WHERE run_id = %s AND tree_size > %s", (run_id, keep))
+        conn.commit()
+
+
+@pytest.mark.parametrize("checkpoints_too", [False, True], ids=["tail", "tail-and-store-checkpoints"])
+def test_a_deleted_tail_is_a_named_truncation_and_is_not_resumed(
+    db: Database, tmp_path: Path, checkpoints_too: bool
+) -> None:
+    work, run_id = _run(db, tmp_path, FORK)
+    _cut_tail(db, run_id, 201, checkpoints_too=checkpoints_too)
+    rebuilt = elspeth("projections", "rebuild", run_id, cwd=work, db=db)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
+    where = "witness" if checkpoints_too else "store"
+    assert "events 201 to " in err and "missing" in err and where in err, err
+    err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 1)
+    assert "events 201 to " in err, err
+
+
+def test_a_run_whose_checkpoints_are_all_gone_fails_the_check(db: Database, tmp_path: Path) -> None:
+    work, run_id = _run(db, tmp_path, FORK)
+    _cut_tail(db, run_id, 201, checkpoints_too=True)
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM checkpoints WHERE run_id = %s", (run_id,))
+        conn.commit()
+    for f in (work / ".elspeth" / "witness").iterdir():
+        f.unlink()
+    err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
+    assert "no signed checkpoint" in err, err
+
+
+def test_a_checkpoint_signed_with_another_key_is_refused(db: Database, tmp_path: Path) -> None:
+    work, run_id = _run(db, tmp_path, FORK)
+    assert elspeth("keys", "generate", "other", "--dir", str(work), cwd=work).returncode == 0
+    err = one_line_error(elspeth("replay", run_id, "--public-key", str(work / "other.pub"), cwd=work, db=db), 1)
+    assert "does not verify" in err, err

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import click
 
 from landscape.db import Database, open_database
+from landscape.embedded import elspeth_home
 from landscape.roles import Role
 
 
@@ -22,3 +23,9 @@ def database_from_ctx(
     url = obj.get("database") or settings_url
     with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role) as db:
         yield db
+
+
+def home_from_ctx(ctx: click.Context) -> str:
+    """The ELSPETH home (`--home`, ELSPETH_HOME, else ./.elspeth) as an absolute path, resolved
+    now: resume changes into the run's folder, and the home must not move with it."""
+    return str(elspeth_home((ctx.find_root().obj or {}).get("home")))

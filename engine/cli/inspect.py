@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
 
-from engine.cli.common import database_from_ctx
+from engine import signing
+from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.canonical import decode_row
 from landscape.errors import UnknownRun
+from landscape.notary import read_witness, witness_path
 from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder
 from landscape.projections import compare, rebuild
@@ -24,17 +27,28 @@ from statecharts import events as ev
 @click.command("replay")
 @click.argument("run_id")
 @click.option("--as-of", "as_of", type=int, help="Show the state after this seq.")
-@click.option("--check", is_flag=True, help="Compare the projection tables with the fold.")
+@click.option("--check", is_flag=True, help="Also compare every projection row with a rebuild from the events.")
+@click.option("--public-key", type=click.Path(), help="Check checkpoint signatures with this .pub [this home's key].")
+@click.option("--witness", type=click.Path(), help="The run's witness file [<home>/witness/RUN_ID.checkpoints].")
 @click.pass_context
-def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) -> None:
+def replay_cmd(
+    ctx: click.Context, run_id: str, as_of: int | None, check: bool, public_key: str | None, witness: str | None
+) -> None:
     """Rebuild a run from its events in one pass, verifying the chain, every transition and
     every row payload the events reference."""
     if check and as_of is not None:
         raise click.UsageError("--check compares the projections, which hold a run's latest state: omit --as-of")
+    home = home_from_ctx(ctx)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
         if not recorder.run_exists(run_id):
             raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+        # Checkpoints first, then the projections: on a live run both only grow, so neither can
+        # claim more than the events read after them hold.
+        witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
+        stored, witnessed = recorder.checkpoints(run_id), read_witness(witness_file, run_id)
+        checkpoints = [*stored, *witnessed] if as_of is None else []
+        key = signing.verifier(home, public_key)
         # The projections and the seq they reflect, read together: a live run's later events
         # cannot make them look wrong, as the log is read only up to that seq.
         projected = metrics_at(db, run_id) if check else None
@@ -45,10 +59,26 @@ def replay_cmd(ctx: click.Context, run_id: str, as_of: int | None, check: bool) 
             if isinstance(event, ev.StepCompleted | ev.TokenForked | ev.TokenExpanded):
                 per_node[event.node] += 1
 
-        verified = verify_run(recorder, run_id, upto_seq=upto, observe=count)
+        verified = verify_run(recorder, run_id, upto_seq=upto, observe=count, checkpoints=checkpoints, verifier=key)
         checked = compare(db, run_id) if check else None
     fold = verified.fold
     click.echo(f"run {run_id}: chain verified ({verified.events} events, head {verified.head.hex()[:16]})")
+    if checkpoints:
+        newest = max(cp.size for cp in checkpoints)
+        signed = f"signatures checked with {key.label}" if key else "signatures NOT checked (no key: give --public-key)"
+        click.echo(
+            f"checkpoints: {len(stored)} in the store, {len(witnessed)} in {witness_file}, the newest covers "
+            f"{newest} events; Merkle roots match; {signed}"
+        )
+        if not witnessed:
+            click.echo(f"elspeth: warning: no witness file at {witness_file}: checked the store's copy only", err=True)
+    elif as_of is None:
+        raise ElspethCliError(
+            f"run {run_id} has no signed checkpoint, in the store or in {witness_file}: "
+            "a cut-off tail could not be told apart from the end of the log"
+        )
+    if verified.erased:
+        click.echo(f"erased: {len(verified.erased)} row payload(s) (see `elspeth explain`; docs/erasure.md)")
     click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")
     click.echo(f"source records: {fold.source_records}{' (exhausted)' if fold.source_exhausted else ''}")
     click.echo("outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(fold.outcomes.items())) or "none"))

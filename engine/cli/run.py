@@ -12,7 +12,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from engine.cli.common import database_from_ctx
+from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError
 from engine.dag import DagError
 from engine.errors import RunFailedError
@@ -172,13 +172,16 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
     if dry_run:
         click.echo(f"dry run: {settings_path} is valid: {describe(pipeline)}; nothing was run")
         return
+    home = home_from_ctx(ctx)
     progress = Progress()
     settings_url = _postgres_url(pipeline.loaded.settings.landscape.url)
     try:
         with database_from_ctx(ctx, settings_url=settings_url) as db:
             _report(
                 db,
-                lambda: start_run(db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress),
+                lambda: start_run(
+                    db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress, home=home
+                ),
                 _resume_command(ctx, settings_url, settings_path),
             )
     finally:
@@ -200,6 +203,7 @@ def resume_cmd(
     if settings_path is not None:  # resume changes folder to the run's: read the file the user means
         settings_path = settings_path.resolve()
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
+    home = home_from_ctx(ctx)
     progress = Progress()
     try:
         with database_from_ctx(ctx, settings_url=settings_url) as db:
@@ -213,6 +217,7 @@ def resume_cmd(
                     commit_every=commit_every,
                     progress=progress,
                     settings_path=settings_path,
+                    home=home,
                 ),
                 _resume_command(ctx, settings_url, settings_path),
             )

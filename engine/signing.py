@@ -1,0 +1,60 @@
+"""Which key signs a run's checkpoints, and where its witness file goes.
+
+The key: `ELSPETH_SIGNING_KEY` (a `.key` file from `elspeth keys generate`), else the settings'
+`landscape.signing_key`, else the ELSPETH home's own key (`<home>/keys/default.key`, made on
+first use). The witness folder: `ELSPETH_WITNESS_DIR`, else `landscape.witness_dir`, else
+`<home>/witness`. Relative paths in settings resolve against the settings file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from landscape.embedded import elspeth_home
+from landscape.keys import default_signer, load_signer, load_verifier
+from landscape.notary import Notary
+from landscape.note import Signer, Verifier
+from landscape.recorder import Recorder
+
+
+def _from_settings(value: str | None, base: Path | None) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
+def signer(home: str | os.PathLike[str] | None, key: str | None = None, base: Path | None = None) -> Signer:
+    explicit = os.environ.get("ELSPETH_SIGNING_KEY") or _from_settings(key, base)
+    return load_signer(explicit) if explicit else default_signer(elspeth_home(home))
+
+
+def verifier(home: str | os.PathLike[str] | None, public_key: str | None = None) -> Verifier | None:
+    """The key to check a run's checkpoints with: the one given, else that of the key this home
+    signs with (when there is one). None: no key to check signatures with."""
+    if public_key:
+        return load_verifier(public_key)
+    explicit = os.environ.get("ELSPETH_SIGNING_KEY")
+    if explicit:
+        return load_signer(explicit).verifier
+    default = elspeth_home(home) / "keys" / "default.key"
+    return load_signer(default).verifier if default.exists() else None
+
+
+def witness_dir(home: str | os.PathLike[str] | None, setting: str | None = None, base: Path | None = None) -> Path:
+    explicit = os.environ.get("ELSPETH_WITNESS_DIR")
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    return _from_settings(setting, base) or elspeth_home(home) / "witness"
+
+
+def notary(
+    recorder: Recorder,
+    home: str | os.PathLike[str] | None,
+    *,
+    key: str | None = None,
+    witness: str | None = None,
+    base: Path | None = None,
+) -> Notary:
+    return Notary(signer(home, key, base), recorder.store_id(), witness_dir(home, witness, base).absolute())

@@ -1,0 +1,98 @@
+"""Signing a run's checkpoints, and the witness file that keeps a copy outside the database.
+
+At every durability point the writer asks the notary to sign a checkpoint of the run's Merkle
+tree (origin `elspeth/<store id>/<run id>`, tree size, root). The signed note is stored in the
+`checkpoints` table in the same transaction as the events it covers and, once that commit is
+durable, appended to the run's witness file — a copy a database superuser cannot reach. A log
+shorter than any signed checkpoint is then a detected truncation, and an auditor holding an older
+checkpoint can demand proof that the log only grew since (see docs/verification.md).
+
+Witness files are JSON lines, one checkpoint each: `{"run_id", "size", "recorded_at", "note"}`,
+in `<witness dir>/<run id>.checkpoints` (fsynced after each line). No driver here: `elspeth
+verify` reads witness files too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from landscape.checkpoint import Checkpoint, parse_checkpoint, run_origin
+from landscape.errors import LandscapeError
+from landscape.note import NoteError, Signer, Verifier, parse_note
+
+
+class WitnessError(LandscapeError):
+    """A witness file that cannot be written or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessed:
+    """One signed checkpoint, from the store or a witness file."""
+
+    size: int
+    root: bytes
+    note: str
+    recorded_at: str  # ISO 8601
+    where: str  # "store" or the witness file's path
+
+
+@dataclass(frozen=True)
+class Notary:
+    signer: Signer
+    store_id: str
+    witness_dir: Path
+
+    @property
+    def verifier(self) -> Verifier:
+        return self.signer.verifier
+
+    def sign(self, run_id: str, size: int, root: bytes) -> str:
+        return Checkpoint(run_origin(self.store_id, run_id), size, root).sign(self.signer)
+
+    def witness(self, run_id: str, size: int, note: str, recorded_at: datetime) -> None:
+        """Append a committed checkpoint to the run's witness file, durably."""
+        path = witness_path(self.witness_dir, run_id)
+        line = json.dumps({"run_id": run_id, "size": size, "recorded_at": recorded_at.isoformat(), "note": note})
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise WitnessError(f"cannot write the witness file {path}: {e.strerror}") from e
+
+
+def witness_path(witness_dir: Path, run_id: str) -> Path:
+    return witness_dir / f"{run_id}.checkpoints"
+
+
+def read_witness(path: Path, run_id: str) -> list[Witnessed]:
+    """The checkpoints a witness file holds for `run_id` (a missing file holds none). A line that
+    is not a checkpoint record is an error naming the line: a witness file is evidence."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise WitnessError(f"cannot read the witness file {path}: {e.strerror}") from e
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            record = json.loads(line)
+            if record["run_id"] != run_id:
+                continue
+            note, size, at = record["note"], record["size"], record["recorded_at"]
+            if not (isinstance(note, str) and isinstance(size, int) and isinstance(at, str)):
+                raise TypeError("wrong field types")
+            root = parse_checkpoint(parse_note(note).text).root
+        except (ValueError, KeyError, TypeError, NoteError) as e:
+            raise WitnessError(f"{path}, line {number}: not a checkpoint record ({e})") from e
+        out.append(Witnessed(size, root, note, at, str(path)))
+    return out
