@@ -113,13 +113,16 @@ class KeywordFilter:
             self.patterns.append(_compile_pattern(str(p), f"blocked_patterns[{i}]"))
         if not self.patterns:
             raise PluginConfigError("blocked_patterns", "required: at least one regular expression")
+        # One pass per value for all patterns (each group keeps its own flags, e.g. `(?i)`); the
+        # patterns one by one only when something matched, to name which.
+        self.any = _compile_pattern("|".join(f"(?:{p.pattern})" for p in self.patterns), "blocked_patterns")
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
         names = list(row) if self.fields is None else self.fields
         for name in names:
             value = row.get(name)
-            if not isinstance(value, str):
+            if not isinstance(value, str) or not self.any.search(value):
                 continue
             for pattern in self.patterns:
                 if pattern.search(value):
