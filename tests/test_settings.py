@@ -11,7 +11,7 @@ from engine.plugins.protocol import PluginConfigError
 from engine.plugins.registry import build_plugin
 from engine.settings import CoalesceSettings, SettingsError, fingerprint, is_secret_key, load_settings
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "examples"
+CONFORMANCE = Path(__file__).resolve().parent / "corpus" / "examples"  # the prior system's (see its README)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SETTINGS_FILES = sorted(CONFORMANCE.glob("*/settings*.yaml")) + sorted(EXAMPLES.glob("*/settings*.yaml"))
 
