@@ -23,6 +23,7 @@ from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, at_node
 from engine.plugins.registry import build_plugin
+from engine.plugins.schema import Schema, type_locked
 from engine.processor import Nodes, Processor, Work
 from engine.settings import LoadedSettings, SettingsError, fingerprint
 from engine.stopping import Stop
@@ -293,7 +294,11 @@ class Execution:
             if not fold.source_exhausted:
                 since_commit = 0
                 last_commit = clock.now()
-                source = _guarded_source(self.p.source.read(fold.source_records))
+                items = self.p.source.read(fold.source_records)
+                schema = getattr(self.p.source, "schema", None)  # a third-party source may have none
+                if isinstance(schema, Schema):  # the types fixed by the first valid row, from the log
+                    items = type_locked(items, schema, lambda: fold.fixed_types)
+                source = _guarded_source(items)
                 for item in source:
                     if item is None:
                         due = proc.next_deadline()

@@ -60,7 +60,7 @@ class Processor:
             return
         h = self.ctx.store(item.row)
         at = self.n.dag.source_output
-        self.emit(token_id, ev.TokenCreated(row_index=item.index, data_hash=h, at=at))
+        self.emit(token_id, ev.TokenCreated(row_index=item.index, data_hash=h, at=at, fixed_types=item.fixed_types))
         self.stack.append(Work(token_id, item.row, h, at, item.index))
         self.drain()
 

@@ -88,6 +88,8 @@ class RunFold:
     sink_failed_at: dict[str, float] = field(default_factory=dict)
     source_records: int = 0  # source records turned into tokens: the source cursor
     source_exhausted: bool = False
+    # The types the first valid source row fixed for undeclared fields (None: not fixed yet).
+    fixed_types: dict[str, str] | None = None
     # Ended token ids, kept only when checking a stored log (replay) so that an event for a
     # token that already ended is caught; a live run does not need them and must stay bounded.
     ended: set[str] | None = None
@@ -164,6 +166,10 @@ class RunFold:
         self.tokens[token_id] = TokenInfo(state, e.row_index, e.data_hash, e.at, e.branch, e.fork_id)
         if not e.parents:
             self.source_records += 1
+        if e.fixed_types is not None:
+            if self.fixed_types is not None:
+                raise InvalidTransition("run", "source types fixed", "TokenCreated with fixed_types")
+            self.fixed_types = dict(e.fixed_types)
 
     def _step(self, token_id: str, e: ev.StepCompleted) -> None:
         t = self._token(token_id, e)

@@ -94,6 +94,12 @@ class TokenCreated(EventBase, frozen=True):
     parents: list[str] = []
     branch: str | None = None
     fork_id: str | None = None  # the forked token this branch descends from (coalesce key)
+    # Set on the first valid source row of a flexible or observed source: (field, the type its
+    # value fixed: str, int, float, bool, null; object and array accept anything). Later rows are
+    # checked against it, on resume too: the log, not the source plugin, holds the lock. Pairs,
+    # not an object: the canonical encoder sorts an object's keys, and pairs keep the row's field
+    # order; and field names, users' data, never read as keys of the event.
+    fixed_types: list[tuple[str, str]] | None = None
 
 
 class StepCompleted(EventBase, frozen=True):

@@ -54,12 +54,14 @@ def at_node(node: str, error: Exception) -> PluginError:
 class SourceItem:
     """One record read from a source. `index` is 0-based over all records (valid or not);
     exactly one of `row` (validated and coerced) or `error` (why it was quarantined) is set.
-    `raw` is what a quarantine sink receives (see SETTINGS.md, Schemas)."""
+    `raw` is what a quarantine sink receives (see SETTINGS.md, Schemas). `fixed_types` is set by
+    the engine on the row that fixes the types of undeclared fields (see `schema.type_locked`)."""
 
     index: int
     row: Row | None
     raw: Row
     error: str | None = None
+    fixed_types: list[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,12 @@ import keyword
 import math
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.errors import EngineError
-from engine.plugins.protocol import PluginConfigError
+from engine.plugins.protocol import PluginConfigError, SourceItem
 
 MODES = ("fixed", "flexible", "observed")
 TYPES = ("str", "int", "float", "bool", "any")
@@ -82,8 +82,81 @@ class Schema:
             out.setdefault(k, v)
         return out
 
+    def _exempt_from_lock(self) -> frozenset[str]:
+        """The fields the type lock never checks: the declared ones, whose types are the schema's
+        (in observed mode the lock covers every field, declared or not)."""
+        return frozenset() if self.mode == "observed" else frozenset(f.name for f in self.fields)
+
+    def fix_types(self, row: Mapping[str, Any]) -> dict[str, str] | None:
+        """The types the first valid row fixes: for every field it carries that the schema does
+        not declare, the type of its value. None in fixed mode (no field is undeclared)."""
+        if self.mode == "fixed":
+            return None
+        declared = self._exempt_from_lock()
+        return {k: value_type(v) for k, v in row.items() if k not in declared}
+
+    def type_violations(self, fixed: Mapping[str, str], row: Mapping[str, Any]) -> str | None:
+        """Why a valid row breaks the types `fixed` by the first valid row, or None. Null and
+        absence are always allowed, as is any field the first valid row did not carry."""
+        declared = self._exempt_from_lock()
+        problems = []
+        for name, value in row.items():
+            want = fixed.get(name)
+            if name in declared or value is None or want is None or want in _ACCEPT_ANYTHING:
+                continue
+            found = value_type(value)
+            if found != want:
+                problems.append(f"field '{name}' is {found}, but the first valid row fixed it as {want}")
+        return "; ".join(problems) or None
+
 
 OBSERVED = Schema("observed")
+# An object or array value fixes no type: any value is accepted afterwards.
+_ACCEPT_ANYTHING = frozenset({"object", "array"})
+
+
+def value_type(value: Any) -> str:
+    """The name of a value's type for the type lock: `1` is int and `1.0` is float, `True` is bool
+    (not an int), None is null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__  # a third-party source's own value types: compared by name
+
+
+def type_locked(
+    items: Iterator[SourceItem | None], schema: Schema, fixed: Callable[[], Mapping[str, str] | None]
+) -> Iterator[SourceItem | None]:
+    """A source's records with the type lock of flexible and observed schemas applied.
+
+    `fixed` reads the types fixed so far from the run's fold, i.e. from the log: the first valid
+    row comes out with `fixed_types` set, the engine records them with its TokenCreated, and the
+    fold holds them from then on, also for a resumed run whose source starts after that row. A
+    row breaking them is quarantined with its declared fields coerced (as it passed the schema).
+    """
+    for item in items:
+        # (A fixed schema fixes nothing, see fix_types: skip the lookups for it.)
+        if item is None or item.row is None or schema.mode == "fixed":
+            yield item
+            continue
+        locked = fixed()
+        if locked is None:
+            types = schema.fix_types(item.row)
+            yield replace(item, fixed_types=None if types is None else list(types.items()))
+            continue
+        reason = schema.type_violations(locked, item.row)
+        yield item if reason is None else SourceItem(item.index, None, item.row, reason)
 
 
 def _convert(f: Field, value: Any) -> Any:
