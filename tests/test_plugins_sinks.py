@@ -54,7 +54,7 @@ def test_csv_sink_header_from_the_schema(tmp_path: Path) -> None:
     assert path.read_bytes().decode() == "b,a\r\n,1\r\n"
     empty = tmp_path / "empty.csv"
     written(sink("csv", path=str(empty), schema={"mode": "fixed", "fields": ["b: str", "a: int"]}), [])
-    assert empty.read_bytes().decode() == "b,a\r\n"  # no rows: the header alone
+    assert not empty.exists()  # no rows: no file, not even the header (as the prior system)
 
 
 def test_csv_sink_options(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_json_array_sink(tmp_path: Path) -> None:
     assert path.read_bytes().decode().index('"b"') < path.read_bytes().decode().index('"a"')
     empty = tmp_path / "empty.json"
     written(sink("json", path=str(empty)), [])
-    assert json.loads(empty.read_bytes().decode()) == []
+    assert not empty.exists()  # no rows: no file
     indented = tmp_path / "ind.json"
     written(sink("json", path=str(indented), indent=2), rows)
     assert json.loads(indented.read_bytes().decode()) == rows and '\n  "b": 1' in indented.read_bytes().decode()
@@ -93,7 +93,7 @@ def test_json_array_position_never_includes_the_closing_bracket(tmp_path: Path) 
     path = tmp_path / "o.json"
     s = sink("json", path=str(path))
     s.open("run", None)
-    assert s.flush() == 1  # '['
+    assert s.flush() == 0 and not path.exists()  # no row yet: no file, and no '[' either
     s.write("t1", {"a": 1})
     pos = s.flush()
     assert path.read_bytes()[:pos] == b'[\n{"a": 1}'
@@ -179,6 +179,55 @@ def test_a_csv_resume_keeps_the_header_on_disk(tmp_path: Path) -> None:
     pos = written(sink("csv", path=str(path)), [{"b": 1, "a": 2}])
     written(sink("csv", path=str(path)), [{"a": 4, "b": 3}], position=pos)
     assert path.read_bytes().decode() == "b,a\r\n1,2\r\n3,4\r\n"
+
+
+# -- no rows, no file (the prior system's behaviour; SETTINGS.md, Schemas) ---------------------
+
+WRITE_MODE = [("csv", {}), ("csv", {"schema": {"mode": "fixed", "fields": ["a: int"]}}), ("json", {}), ("jsonl", {})]
+
+
+@pytest.mark.parametrize(("kind", "options"), [*WRITE_MODE, ("csv", {"mode": "append"}), ("json", {"mode": "append"})])
+def test_a_sink_that_receives_no_rows_writes_no_file(tmp_path: Path, kind: str, options: dict[str, Any]) -> None:
+    path = tmp_path / "o.out"
+    s = sink(kind, path=str(path), **options)
+    s.open("run", None)
+    assert s.flush() == 0  # the baseline position a run records: nothing, and no file for it
+    s.close()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("kind", "options"), [*WRITE_MODE, ("jsonl", {"mode": "append"})])
+def test_a_file_already_there_is_left_as_it_is_when_no_rows_come(
+    tmp_path: Path, kind: str, options: dict[str, Any]
+) -> None:
+    path = tmp_path / "o.out"
+    path.write_bytes(b"from an earlier run\n")
+    written(sink(kind, path=str(path), **options), [])
+    assert path.read_bytes() == b"from an earlier run\n"
+    array = tmp_path / "a.json"
+    array.write_bytes(b'[{"a": 1}]')  # appending no rows to an array leaves even its bracket alone
+    written(sink("json", path=str(array), mode="append"), [])
+    assert array.read_bytes() == b'[{"a": 1}]'
+
+
+@pytest.mark.parametrize(("kind", "options"), WRITE_MODE)
+def test_a_resume_of_a_sink_that_never_got_a_row_writes_no_file(
+    tmp_path: Path, kind: str, options: dict[str, Any]
+) -> None:
+    path = tmp_path / "o.out"
+    written(sink(kind, path=str(path), **options), [], position=0)
+    assert not path.exists()
+
+
+def test_a_resumed_json_array_is_closed_though_no_more_rows_come(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    first = sink("json", path=str(path))
+    first.open("run", None)
+    first.write("t1", {"a": 1})
+    durable = first.flush()
+    first.release()  # the crash: no closing ']'
+    written(sink("json", path=str(path)), [], position=durable)
+    assert json.loads(path.read_bytes().decode()) == [{"a": 1}]
 
 
 @pytest.mark.parametrize("kind", ["csv", "json", "jsonl"])

@@ -31,20 +31,53 @@ def test_passthrough() -> None:
         run("passthrough", {"required_input_fields": ["a", "b"]}, row)
 
 
-def test_field_mapper_renames_in_place() -> None:
-    assert list(run("field_mapper", {"mapping": {"b": "beta"}}, {"a": 1, "b": 2, "c": 3})) == ["a", "beta", "c"]
-    # a renamed field wins over one that already had the new name
-    assert run("field_mapper", {"mapping": {"a": "b"}}, {"a": 1, "b": 2}) == {"b": 1}
-    # a missing field to map is ignored unless strict
+# field_mapper: field order is part of the output (SETTINGS.md, Schemas)
+
+
+def test_field_mapper_appends_a_renamed_field_at_the_end() -> None:
+    out = run("field_mapper", {"mapping": {"b": "beta"}}, {"a": 1, "b": 2, "c": 3})
+    assert list(out.items()) == [("a", 1), ("c", 3), ("beta", 2)]
+    # several renames: appended one after another, in the order of `mapping`
+    out = run("field_mapper", {"mapping": {"c": "x", "a": "y"}}, {"a": 1, "b": 2, "c": 3})
+    assert list(out.items()) == [("b", 2), ("x", 3), ("y", 1)]
+
+
+def test_field_mapper_renaming_onto_an_existing_field_overwrites_it_in_place() -> None:
+    out = run("field_mapper", {"mapping": {"a": "b"}}, {"b": 2, "x": 0, "a": 1})
+    assert list(out.items()) == [("b", 1), ("x", 0)]
+
+
+def test_field_mapper_missing_fields_are_ignored_unless_strict() -> None:
     assert run("field_mapper", {"mapping": {"x": "y"}}, {"a": 1}) == {"a": 1}
     with pytest.raises(RowError, match="missing: x"):
         run("field_mapper", {"mapping": {"x": "y"}, "strict": True}, {"a": 1})
 
 
 def test_field_mapper_select_only_keeps_mapping_order() -> None:
-    out = run("field_mapper", {"mapping": {"product": "product_name", "id": "item_id"}, "select_only": True},
-              {"id": 1, "product": "P", "price": 3})  # fmt: skip
+    options = {"mapping": {"product": "product_name", "id": "item_id", "gone": "g"}, "select_only": True}
+    out = run("field_mapper", options, {"id": 1, "product": "P", "price": 3})
     assert list(out.items()) == [("product_name", "P"), ("item_id", 1)]
+
+
+def test_field_mapper_copies_a_dotted_source_and_appends_its_target() -> None:
+    row = {"id": 1, "customer": {"name": "Ann", "address": {"city": "Oslo"}}, "z": 0}
+    out = run("field_mapper", {"mapping": {"customer.address.city": "city", "customer.name": "name"}}, row)
+    assert list(out.items()) == [*row.items(), ("city", "Oslo"), ("name", "Ann")]  # the source stays
+    # onto an existing field: in place
+    out = run("field_mapper", {"mapping": {"customer.name": "id"}}, row)
+    assert list(out) == ["id", "customer", "z"] and out["id"] == "Ann"
+    # with select_only, in the order of mapping
+    out = run("field_mapper", {"mapping": {"z": "zz", "customer.name": "name"}, "select_only": True}, row)
+    assert list(out.items()) == [("zz", 0), ("name", "Ann")]
+    # a path that is not there is a missing field
+    assert run("field_mapper", {"mapping": {"customer.phone": "p", "id.x": "q"}}, row) == row
+    with pytest.raises(RowError, match=r"missing: customer\.phone"):
+        run("field_mapper", {"mapping": {"customer.phone": "p"}, "strict": True}, row)
+
+
+def test_field_mapper_a_field_whose_name_has_a_dot_is_a_field() -> None:
+    out = run("field_mapper", {"mapping": {"a.b": "ab"}}, {"a.b": 1, "c": 2})
+    assert list(out.items()) == [("c", 2), ("ab", 1)]
 
 
 def test_truncate_cuts_to_the_maximum_including_the_suffix() -> None:

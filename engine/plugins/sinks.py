@@ -40,7 +40,11 @@ class _FileSink:
     """What the file sinks share: opening for a fresh run or a resume, encoding, fsync on flush.
 
     The position is the file's size after a flush. A resume truncates the file to it, so
-    whatever a crash left after the last recorded flush is dropped before writing again."""
+    whatever a crash left after the last recorded flush is dropped before writing again.
+
+    The file is opened when the first bytes are written, not at `open`: a sink that receives no
+    rows writes no file (the prior system's behaviour; SETTINGS.md, Schemas). Until then `flush`
+    returns the position writing would start at, and a file already there is left untouched."""
 
     kind: ClassVar[str] = "sink"
 
@@ -50,55 +54,79 @@ class _FileSink:
         self.encoding = encoding
         self.schema = schema
         self._f: BinaryIO | None = None
+        self._start: int | None = None  # where writing starts; None: not open (or released)
+        self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
         self._encoder = codecs.getincrementalencoder(encoding)()
 
-    def _open_file(self, position: int | None) -> int:
-        """Open for writing and return the offset writing continues at."""
+    def _open_file(self, position: int | None, append_at: int | None = None) -> int:
+        """Check that writing can start, and return the offset it starts at: `position` on a
+        resume, in append mode `append_at` or else the end of the file, else 0. The file is
+        opened by `_durable` (at once on a resume, to drop what a crash left after `position`)."""
         self.release()
         self._buffer = []
+        self._head = b""
         if not self.path.parent.is_dir():
             raise PluginError(_NODE, f"cannot write {self.path}: the folder {self.path.parent} does not exist")
         try:
-            f: BinaryIO
-            if position is not None:
-                size = self.path.stat().st_size if self.path.exists() else 0
-                if size < position:
-                    # Truncating would pad with NUL bytes: the file is not the one the run wrote.
-                    raise PluginError(
-                        _NODE,
-                        f"cannot continue {self.path}: it holds {size} bytes but the run had made {position} "
-                        "durable, so it was cut or replaced since; restore it, or start a new run",
-                    )
-                f = self.path.open("r+b") if self.path.exists() else self.path.open("w+b")
-                f.truncate(position)
-                f.seek(position)
-            elif self.mode == "append":
-                f = self.path.open("r+b") if self.path.exists() else self.path.open("w+b")
-                f.seek(0, os.SEEK_END)
-            else:
-                f = self.path.open("w+b")
+            size = self.path.stat().st_size if self.path.exists() else 0
         except OSError as e:
             raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
-        self._f = f
+        if position is not None and size < position:
+            # Truncating would pad with NUL bytes: the file is not the one the run wrote.
+            raise PluginError(
+                _NODE,
+                f"cannot continue {self.path}: it holds {size} bytes but the run had made {position} "
+                "durable, so it was cut or replaced since; restore it, or start a new run",
+            )
+        if position is not None:
+            start = position
+        elif self.mode == "append":
+            start = size if append_at is None else append_at
+        else:
+            start = 0
+        self._start = start
         self._encoder = codecs.getincrementalencoder(self.encoding)()
-        start = f.tell()
         if start > 0:
             self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
+        if position:
+            self._file()  # a resume drops at once what a crash left after the durable position
         return start
 
     def _encode(self, text: str) -> bytes:
         return self._encoder.encode(text) if text else b""
 
-    def _durable(self, data: bytes) -> int:
-        if self._f is None:
+    def _file(self) -> BinaryIO:
+        """The file, opened at the start offset on first use (truncating anything after it)."""
+        if self._f is not None:
+            return self._f
+        if self._start is None:
             raise PluginError(_NODE, f"{self.path}: written before open (or after release)")
         try:
+            if self._start == 0:
+                f = self.path.open("w+b")  # (not truncate(): a device such as /dev/full refuses it)
+            else:
+                f = self.path.open("r+b")
+                f.truncate(self._start)
+                f.seek(self._start)
+            f.write(self._head)
+        except OSError as e:
+            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
+        self._f, self._head = f, b""
+        return f
+
+    def _durable(self, data: bytes) -> int:
+        if self._f is None and not data:
+            if self._start is None:
+                raise PluginError(_NODE, f"{self.path}: written before open (or after release)")
+            return self._start  # nothing written yet: no file is created
+        f = self._file()
+        try:
             if data:
-                self._f.write(data)
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            return self._f.tell()
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            return f.tell()
         except OSError as e:
             raise PluginError(_NODE, f"cannot write {self.path}: {e.strerror}") from e
 
@@ -109,6 +137,7 @@ class _FileSink:
         return str(self.path)
 
     def release(self) -> None:
+        self._start = None
         if self._f is not None:
             f, self._f = self._f, None
             # Closing retries any write still buffered; after a failed write (disk full) that
@@ -117,9 +146,9 @@ class _FileSink:
                 f.close()
 
     def _finish(self, tail: str = "") -> None:
-        if self._f is not None:
+        if self._f is not None:  # else no row came: no file is created, none is changed
             self._durable(self._encode(tail))
-            self.release()
+        self.release()
 
 
 class CsvSink(_FileSink):
@@ -165,12 +194,7 @@ class CsvSink(_FileSink):
         return self._durable(self._encode(out.getvalue()))
 
     def close(self) -> None:
-        tail = ""
-        if self._needs_header and self.write_header and self.fields is not None:
-            out = io.StringIO()
-            csv.writer(out, delimiter=self.delimiter).writerow(self.fields)
-            tail = out.getvalue()  # no rows at all: the header alone, when the schema names it
-        self._finish(tail)
+        self._finish()  # no rows at all: no file, not even a header (the prior system's behaviour)
 
 
 class JsonSink(_FileSink):
@@ -193,12 +217,13 @@ class JsonSink(_FileSink):
         self._rows_written = False
 
     def open(self, run_id: str, position: int | None) -> None:
+        append_at = None
         if self.format == "json" and position is None and self.mode == "append":
-            position = self._reopen_array()
-        start = self._open_file(position)
+            append_at = self._reopen_array()
+        start = self._open_file(position, append_at)
         if self.format == "json":
             if start == 0:
-                self._durable(self._encode("["))
+                self._head = self._encode("[")  # written with the first row: no rows, no file
                 self._rows_written = False
             else:
                 self._rows_written = self._array_has_rows(start)

@@ -48,21 +48,40 @@ class FieldMapper:
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
+        # Field order is part of the output (SETTINGS.md, Schemas): the prior system's files have
+        # their columns where this puts them, and readers go by position.
         if self.strict:
-            missing = [f for f in self.mapping if f not in row]
+            missing = [f for f in self.mapping if _lookup(row, f) is _MISSING]
             if missing:
                 raise RowError(f"field(s) to map are missing: {', '.join(missing)}")
-        if self.select_only:
-            return {new: row[old] for old, new in self.mapping.items() if old in row}
-        # A renamed field takes the place of the old one; it wins over a field already named so.
-        targets = {new for old, new in self.mapping.items() if old in row}
-        out: Row = {}
-        for key, value in row.items():
-            if key in self.mapping:
-                out[self.mapping[key]] = value
-            elif key not in targets:
-                out[key] = value
+        if self.select_only:  # the mapped fields alone, in the order of `mapping`
+            picked = ((new, _lookup(row, old)) for old, new in self.mapping.items())
+            return {new: value for new, value in picked if value is not _MISSING}
+        # One pair after another: the old field leaves its place and the value is set under the
+        # new name, at the end of the row, or in place when a field is already named so. A dotted
+        # (nested) source is copied, its structure left as it is.
+        out = dict(row)
+        for old, new in self.mapping.items():
+            value = out.pop(old, _MISSING) if old in out or "." not in old else _lookup(out, old)
+            if value is not _MISSING:
+                out[new] = value
         return out
+
+
+_MISSING = object()
+
+
+def _lookup(row: Row, source: str) -> Any:
+    """The value a field_mapper source names: a field, or with dots a path into nested objects
+    (`customer.address.city`); _MISSING when it is not there."""
+    if source in row or "." not in source:
+        return row.get(source, _MISSING)
+    value: Any = row
+    for part in source.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
 
 
 class Truncate:
