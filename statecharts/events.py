@@ -12,7 +12,11 @@ from typing import ClassVar
 import msgspec
 
 
-class EventBase(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+class EventBase(msgspec.Struct, frozen=True, tag=True, kw_only=True, omit_defaults=True):
+    """A field at its default is left out of the stored bytes (smaller events; a field added
+    later with a default leaves older events' bytes as they were). Stored bytes are never
+    re-encoded, so this changes nothing for events already recorded."""
+
     SCHEMA_VERSION: ClassVar[int] = 1
 
 
