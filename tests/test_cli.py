@@ -225,7 +225,9 @@ def test_a_postgresql_landscape_url_in_the_settings_is_the_audit_store(db: Datab
     (work / "settings.yaml").write_text(PIPELINE + f"landscape: {{url: '{db.conninfo}'}}\n")
     proc = elspeth("run", "-s", "settings.yaml", cwd=work)  # no --database, no environment
     assert proc.returncode == 0, proc.stderr
-    assert not (work / ".elspeth").exists()  # the embedded server was not needed
+    assert not (
+        work / ".elspeth" / "pgdata"
+    ).exists()  # the embedded server was not needed (the home holds only its key)
     run_id = proc.stdout.split()[1]
     with db.connect() as conn:
         assert conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone() == ("completed",)
@@ -239,7 +241,7 @@ def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database,
         (run_id,) = conn.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
     proc = elspeth("resume", run_id, "-s", "settings.yaml", cwd=work)  # no --database, no environment
     assert proc.returncode == 0, proc.stderr
-    assert not (work / ".elspeth").exists()
+    assert not (work / ".elspeth" / "pgdata").exists()
     with db.connect() as conn:
         assert conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone() == ("completed",)
     assert (work / "out/high.csv").read_text().splitlines() == ["id,v", "2,9"]
