@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from engine import signing
+from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError
@@ -120,6 +121,7 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
     sinks: dict[str, Sink] = {}
     for name, sk in s.sinks.items():
         sinks[name] = make("sink", sk.plugin, sk.options, f"sinks.{name}")
+    errors.extend(output_problems(loaded, source, sinks))  # no sink may destroy input, output or the audit trail
     return errors, dag, source, built, sinks
 
 

@@ -11,6 +11,7 @@ import hmac
 import os
 import re
 import stat
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -25,6 +26,11 @@ from engine.errors import EngineError
 from engine.expressions import Expression, ExpressionSyntaxError, compile_expression
 from engine.plugins.schema import is_int_text
 from landscape.db import is_postgresql_url
+from landscape.embedded import elspeth_home
+from landscape.fingerprint import ENV as KEY_ENV
+from landscape.fingerprint import FingerprintKeyError
+from landscape.fingerprint import fingerprint_key as home_key
+from landscape.urls import is_secret_name, redact
 
 
 class SettingsError(EngineError):
@@ -196,19 +202,6 @@ _MAX_SETTINGS_BYTES = 10 * 1024 * 1024
 _MAX_LABEL = 64  # characters of a route label
 _MAX_NODES = 1_000_000  # YAML aliases can make a small file huge ("billion laughs")
 _FREQUENCIES = ("every_row", "every_n", "aggregation_only")
-# A key is secret when one of its words says so; `key` and `token` only as the last word
-# (`api_key`, `auth_token`, but not `key_field` or `token_limit`), and `data_key` (the json
-# source's option naming a field) is not a secret.
-_SECRET_WORDS = {"password", "passwd", "pwd", "secret", "secrets", "credential", "credentials", "apikey"}
-_SECRET_LAST_WORDS = {"key", "token"}
-_NOT_SECRET = {"data_key", "sort_key", "group_key", "partition_key", "primary_key"}
-# The password of `scheme://user:password@host`: up to the last `@` before the path.
-_URL_PASSWORD = re.compile(r"(//[^:/@\s]*:)([^/\s?#]*)(@)")
-_QUERY_SECRET = re.compile(r"([?&][\w.-]*(?:password|passwd|pwd|secret|token|api_?key|access_key)=)([^&#\s]+)", re.I)
-# Fingerprints let two runs' settings be compared without storing a secret. Production sets
-# ELSPETH_FINGERPRINT_KEY; without it this published development key is used, so fingerprints
-# then only hide secrets from casual reading, not from someone who can guess them.
-_DEV_KEY = b"elspeth-development-fingerprint-key"
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
@@ -261,25 +254,25 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     except (TypeError, msgspec.EncodeError) as e:  # e.g. option keys of mixed types
         errors.append(f"(top): the settings cannot be recorded: {e}")
         raise SettingsError([f"{where}: {m}" for m in errors]) from None
-    loaded = LoadedSettings(
-        settings=settings,
-        path=path,
-        text_hash=hashlib.sha256(canonical).hexdigest(),
-        redacted=_redact(msgspec.json.decode(canonical), env),
-    )
+    loaded = LoadedSettings(settings=settings, path=path, text_hash=hashlib.sha256(canonical).hexdigest(), redacted={})
     _check(loaded, errors)
     url = settings.landscape.url
     if url and not url.startswith("sqlite") and not is_postgresql_url(url):
         errors.append(
-            f"landscape.url: found {_redact_url(url, env)!r}; allowed: a postgresql:// URL (or the prior system's "
+            f"landscape.url: found {redact(url)!r}; allowed: a postgresql:// URL (or the prior system's "
             "sqlite:// URL, which is ignored with a warning)"
         )
     if errors:
         local = all(isinstance(e, _Local) for e in errors)
         raise SettingsError([f"{where}: {e}" for e in errors], loaded if local else None)
+    try:  # only for settings that may run: a file with errors makes no key in the home
+        loaded.redacted = _redact(msgspec.json.decode(canonical), env)
+        fingerprint_key(env)  # a home whose key file cannot be used is one line here, not a traceback later
+    except FingerprintKeyError as e:
+        raise SettingsError([f"{where}: {e}"]) from None
     if url and url.startswith("sqlite"):
         loaded.warnings.append(
-            f"{where}: landscape.url {_redact_url(url, env)} is not an audit store here (SQLite); using "
+            f"{where}: landscape.url {redact(url)} is not an audit store here (SQLite); using "
             "PostgreSQL (the embedded one, or --database / ELSPETH_DATABASE_URL)"
         )
     if settings.landscape.export.enabled:
@@ -640,25 +633,43 @@ def _check_sections(s: Settings, errors: list[str]) -> None:
 # -- secrets ----------------------------------------------------------------------------------
 
 
+_KEYS: dict[tuple[str, Path], bytes] = {}  # one read of each home's key file per process
+
+
+def fingerprint_key(environ: Mapping[str, str] | None = None) -> bytes:
+    """ELSPETH_FINGERPRINT_KEY, else the key of the ELSPETH home (`$ELSPETH_HOME`, else
+    `./.elspeth`; an external --database keeps its key there too), made on first use — which is
+    said once on stderr, since that file must be kept for old fingerprints to stay checkable."""
+    # `environ` (the variables a settings file was expanded with) over the process's own.
+    env = os.environ if environ is None else {**os.environ, **environ}
+    home = elspeth_home(env.get("ELSPETH_HOME") or ".elspeth")
+    cache = (env.get(KEY_ENV, ""), home)
+    if cache not in _KEYS:
+        key, created = home_key(home, env)
+        if created is not None:
+            print(
+                f"elspeth: created the fingerprint key {created} (secrets in settings are recorded only as "
+                "HMAC fingerprints under it); back it up with the audit store: without it, old fingerprints "
+                "cannot be checked again (see docs/settings.md, Secrets)",
+                file=sys.stderr,
+            )
+        _KEYS[cache] = key
+    return _KEYS[cache]
+
+
 def fingerprint(value: str, environ: Mapping[str, str] | None = None) -> str:
-    """`hmac-sha256:<hex>` of a secret, keyed by ELSPETH_FINGERPRINT_KEY (or the development key)."""
-    env = os.environ if environ is None else environ
-    key = env.get("ELSPETH_FINGERPRINT_KEY", "").encode() or _DEV_KEY
-    return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    """`hmac-sha256:<hex>` of a secret, keyed by `fingerprint_key`."""
+    return "hmac-sha256:" + hmac.new(fingerprint_key(environ), value.encode(), hashlib.sha256).hexdigest()
 
 
 def is_secret_key(name: str) -> bool:
     """Whether a settings key's value is a secret (recorded only as a fingerprint)."""
-    lowered = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()  # apiKey -> api_key
-    if lowered in _NOT_SECRET:
-        return False
-    words = [w for w in re.split(r"[^a-z0-9]+", lowered) if w]
-    return bool(words) and (bool(_SECRET_WORDS.intersection(words)) or words[-1] in _SECRET_LAST_WORDS)
+    return is_secret_name(name)
 
 
 def _redact_url(value: str, env: Mapping[str, str]) -> str:
-    value = _URL_PASSWORD.sub(lambda m: m.group(1) + fingerprint(m.group(2), env) + m.group(3), value)
-    return _QUERY_SECRET.sub(lambda m: m.group(1) + fingerprint(m.group(2), env), value)
+    """Passwords inside a connection string (URL or libpq keywords), as fingerprints."""
+    return redact(value, lambda secret: fingerprint(secret, env))
 
 
 def _redact(value: Any, env: Mapping[str, str], secret: bool = False) -> Any:

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 
 from engine.clock import Clock
-from engine.plugins.protocol import PluginError, Row, Sink, at_node
+from engine.plugins.protocol import PluginError, Row, RowError, Sink, at_node
 from engine.work import Context, PendingWrite
 from statecharts import events as ev
 from statecharts.machines import TokenState
@@ -22,9 +22,27 @@ class SinkWriter:
         self._jitter = random.Random(ctx.fold.run_id)
         self.pending: dict[str, list[PendingWrite]] = {}
 
-    def write(self, token_id: str, row: Row, sink: str, outcome: str, node: str | None, reason: str | None) -> None:
-        """Write a row that its token's SinkAssigned event already sent to `sink`."""
-        self.sinks[sink].write(token_id, row)
+    def write(
+        self, token_id: str, row: Row, sink: str, outcome: str, node: str | None, reason: str | None,
+        tried: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
+        """Write a row that its token's SinkAssigned event already sent to `sink`. A row the sink
+        cannot write whole (a field it has no column for: RowError) is a row error: it follows
+        the sink's `on_write_failure`, and without one (or in a loop of them) the token fails
+        with the reason, naming the field, recorded — never written without the field."""
+        try:
+            self.sinks[sink].write(token_id, row)
+        except RowError as e:
+            tried = (*tried, sink)
+            why = f"sink '{sink}' cannot write the row: {e.reason}"
+            fallback = self.ctx.nodes.write_failure.get(sink)
+            if fallback is None or fallback == "discard" or fallback in tried:
+                self.ctx.emit(token_id, ev.TokenFailed(reason="sink_row_refused", node=sink, detail=why))
+                return
+            diverted = str(TokenState.DIVERTED)
+            self.ctx.emit(token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink, reason=why))
+            self.write(token_id, row, fallback, diverted, sink, why, tried)
+            return
         self.pending.setdefault(sink, []).append(PendingWrite(token_id, outcome, node, reason, row))
 
     def flush_all(self, after_flush: Callable[[], None] | None = None) -> None:
@@ -116,7 +134,7 @@ class SinkWriter:
                 continue
             diverted = str(TokenState.DIVERTED)
             self.ctx.emit(p.token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink_name, reason=reason))
-            self.write(p.token_id, p.row, fallback, diverted, sink_name, reason)
+            self.write(p.token_id, p.row, fallback, diverted, sink_name, reason, (sink_name,))
 
 
 def _written(p: PendingWrite, sink: str) -> ev.EventBase:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,8 @@ from landscape.errors import (
     StoreError,
 )
 from landscape.roles import Role
+from landscape.urls import redact as redact_secrets
+from landscape.urls import scrub
 
 # A connection to the audit store, for the landscape's own modules (they never import the driver).
 Connection = psycopg.Connection[Any]
@@ -61,14 +62,9 @@ def normalise_url(url: str) -> str:
     return "postgresql" + url[len(parts.scheme) :]
 
 
-_USERINFO_PASSWORD = re.compile(r"(//[^:/@]*:)[^/?#]*@")  # up to the last '@' before the host
-# `?password=...` (and sslpassword=...) in a URL, or in a libpq keyword string, quoted or not.
-_PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
-
-
 def redact(url: str) -> str:
     """A database URL or conninfo fit to print: every password replaced by ***."""
-    return _PASSWORD_PARAM.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
+    return redact_secrets(url)
 
 
 def _first_line(e: BaseException) -> str:
@@ -136,7 +132,7 @@ class Database:
         try:
             return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
-            first = _first_line(e)
+            first = scrub(_first_line(e), self.conninfo)
             raise DatabaseUnavailable(
                 f"cannot connect to {redact(self.location)}: {first} — check the server is up and the URL "
                 "(--database / ELSPETH_DATABASE_URL / landscape.url), or omit them for the embedded one"

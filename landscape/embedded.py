@@ -482,3 +482,10 @@ def _ensure_database(server: EmbeddedServer, name: str) -> None:
         pass  # made by another ELSPETH, against a server it started without our lock (older versions)
     except psycopg.Error as e:
         raise DatabaseUnavailable(f"the embedded PostgreSQL is not answering: {str(e).strip().splitlines()[0]}") from e
+
+
+def embedded_uri(home: str | os.PathLike[str] | None = None, database: str = "elspeth") -> str:
+    """The URL the embedded server of `home` answers on, running or not (to tell whether a
+    connection string names the audit store)."""
+    root = elspeth_home(home)
+    return EmbeddedServer(root, root / "pgdata", _socket_dir(root)).uri(database)

@@ -67,3 +67,11 @@ def db(server_url: str, request: pytest.FixtureRequest) -> Iterator[Database]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fingerprint_key() -> Iterator[None]:
+    """In-process tests fingerprint with a fixed key rather than making key files wherever they
+    run; tests of the key file pass their own environment."""
+    os.environ.setdefault("ELSPETH_FINGERPRINT_KEY", "test-fingerprint-key")
+    yield

@@ -29,7 +29,7 @@ from statecharts.events import encode_event
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("statecharts", "landscape", "engine")
 # The database sink writes users' own databases: the one place outside the landscape with SQL.
-SQL_ALLOWED = {"engine/plugins/sinks.py"}
+SQL_ALLOWED = {"engine/plugins/database_sink.py"}
 # The PostgreSQL implementation: connections and error translation (db), the recorder (postgres),
 # the server's roles and grants (roles) and the embedded server itself (embedded).
 DRIVER_ALLOWED = {"landscape/db.py", "landscape/postgres.py", "landscape/roles.py", "landscape/embedded.py",

@@ -198,7 +198,9 @@ def test_csv_sink_uses_the_schema_fields_as_header(tmp_path: Path) -> None:
         "sink", "csv", {"path": str(tmp_path / "o.csv"), "schema": {"mode": "fixed", "fields": ["b: str", "a: int"]}}
     )
     sink.open("run", None)
-    sink.write("t", {"a": 1, "c": 3})
+    with pytest.raises(RowError, match="'c' not among the columns"):  # never written without c
+        sink.write("t", {"a": 1, "c": 3})
+    sink.write("t", {"a": 1})
     sink.flush()
     sink.close()
     assert (tmp_path / "o.csv").read_bytes().decode() == "b,a\r\n,1\r\n"

@@ -42,7 +42,7 @@ def test_csv_sink_header_from_the_first_row_and_cell_values(tmp_path: Path) -> N
     path = tmp_path / "o.csv"
     rows: list[dict[str, Any]] = [
         {"a": 5, "b": 2500.0, "c": None, "d": True, "e": {"k": [1, "é"]}},
-        {"a": 6, "z": "dropped"},
+        {"a": 6},
     ]
     written(sink("csv", path=str(path)), rows)
     assert path.read_bytes().decode() == 'a,b,c,d,e\r\n5,2500.0,,True,"{""k"": [1, ""é""]}"\r\n6,,,,\r\n'
@@ -50,7 +50,7 @@ def test_csv_sink_header_from_the_first_row_and_cell_values(tmp_path: Path) -> N
 
 def test_csv_sink_header_from_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "o.csv"
-    written(sink("csv", path=str(path), schema={"mode": "fixed", "fields": ["b: str", "a: int"]}), [{"a": 1, "c": 3}])
+    written(sink("csv", path=str(path), schema={"mode": "fixed", "fields": ["b: str", "a: int"]}), [{"a": 1}])
     assert path.read_bytes().decode() == "b,a\r\n,1\r\n"
     empty = tmp_path / "empty.csv"
     written(sink("csv", path=str(empty), schema={"mode": "fixed", "fields": ["b: str", "a: int"]}), [])
@@ -321,8 +321,12 @@ def test_database_sink_never_writes_a_token_twice(db_url: str) -> None:
         (1, "a", 1.5, True, None),
         (2, "b", 2.0, False, '{"k": 1}'),
     ]
-    # a fresh run with replace starts over
-    written(build_plugin("sink", "database", options), [{"id": 9, "name": "z", "score": 0.0, "ok": True}], "run-2")
+    # a fresh run replaces rows of other runs only when the settings say so
+    with pytest.raises(PluginError, match=r"holds 2 row\(s\) of run\(s\) run-1; allowed: replace_rows_of_other_runs"):
+        build_plugin("sink", "database", options).open("run-2", None)
+    assert _select(db_url, "SELECT count(*) FROM deals") == [(2,)]
+    confirmed = {**options, "replace_rows_of_other_runs": True}
+    written(build_plugin("sink", "database", confirmed), [{"id": 9, "name": "z", "score": 0.0, "ok": True}], "run-2")
     assert _select(db_url, "SELECT id FROM deals") == [(9,)]
 
 

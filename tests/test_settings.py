@@ -309,7 +309,8 @@ def test_secrets_are_recorded_only_as_fingerprints(tmp_path: Path) -> None:
     )
     assert options["data_key"] == "items"  # not a secret: it names a field
     assert loaded.settings.sinks["out"].options["api_key"] == "abc123"  # the plugin still gets it
-    assert fingerprint("abc123", env) != fingerprint("abc123", {})  # keyed
+    other_home = {"ELSPETH_HOME": str(tmp_path / "home")}  # no key given: the home's own key
+    assert fingerprint("abc123", env) != fingerprint("abc123", other_home)  # keyed
 
 
 def test_the_sqlite_warning_does_not_show_a_password(tmp_path: Path) -> None:

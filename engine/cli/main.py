@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethGroup
+from landscape.embedded import elspeth_home
 from landscape.postgres import PostgresRecorder
 from landscape.queries import list_runs
 from landscape.roles import Role
@@ -23,6 +25,11 @@ from statecharts.machines import RUN_OPEN
 def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     """ELSPETH: data pipelines whose every decision is recorded in a hash-chained event log."""
     ctx.obj = {"database": database, "home": home}
+    # One home for the whole command, as an absolute path: the fingerprint key lives there even
+    # with an external --database, and `resume` changes folder before it loads the settings.
+    os.environ["ELSPETH_HOME"] = str(elspeth_home(home))
+    if database:  # so that the load-time checks compare sinks with the store this command uses
+        os.environ["ELSPETH_DATABASE_URL"] = database
 
 
 @cli.command("runs")

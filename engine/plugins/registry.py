@@ -8,7 +8,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from engine.plugins import aggregations, sinks, sources, transforms
+from engine.plugins import aggregations, database_sink, sinks, sources, transforms
 from engine.plugins.protocol import PluginConfigError, PluginSpec
 
 KINDS = ("source", "transform", "aggregation", "sink")
@@ -76,9 +76,11 @@ BUILTIN: tuple[PluginSpec, ...] = (
     PluginSpec("json", "sink", sinks.JsonSink, _JSON_SINK),
     PluginSpec("jsonl", "sink", lambda o: sinks.JsonSink(o, default_format="jsonl"),
                {**_JSON_SINK, "format": "json | jsonl (default: jsonl)"}),
-    PluginSpec("database", "sink", sinks.DatabaseSink, {
+    PluginSpec("database", "sink", database_sink.DatabaseSink, {
         "url": "SQLAlchemy URL (required): sqlite:///file.db or postgresql://user@host/db",
-        "table": "table name (required)", "if_exists": "append | replace (default: append)", "schema": _SCHEMA}),
+        "table": "table name (required)", "if_exists": "append | replace (default: append)",
+        "replace_rows_of_other_runs": "with replace: drop a table holding rows of other runs (default: false)",
+        "schema": _SCHEMA}),
 )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
-"""Sinks: `csv`, `json` (`jsonl`), `database`. `write` buffers; `flush` makes the buffer durable
-(fsync / commit) and returns the position a resume rolls back to: a byte offset for files, the
-number of committed rows for a database."""
+"""File sinks: `csv`, `json` (`jsonl`); the `database` sink is in `database_sink.py`. `write`
+buffers (or refuses a row it cannot write whole: RowError); `flush` makes the buffer durable
+(fsync) and returns the position a resume rolls back to: the file's size."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from engine.plugins.options import Options
-from engine.plugins.protocol import PluginConfigError, PluginError, Row
+from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError
 from engine.plugins.schema import Schema, parse_schema
-from landscape.db import redact
 
 _NODE = "sink"
 
@@ -153,7 +152,9 @@ class _FileSink:
 
 class CsvSink(_FileSink):
     """Header: the schema's fields when it names them, else the first row's keys. A missing field
-    is an empty cell; fields outside the header are not written."""
+    is an empty cell. A row with a field outside the header is refused (RowError, routed by
+    `on_write_failure`): a CSV file cannot grow a column, and dropping the value unrecorded
+    would leave the audit trail claiming a row that the file does not hold."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "path", "headers", "delimiter", "encoding", "mode")
@@ -163,14 +164,32 @@ class CsvSink(_FileSink):
         if len(self.delimiter) != 1:
             raise PluginConfigError("delimiter", f"must be one character, found {self.delimiter!r}")
         self.fields: list[str] | None = self.schema.field_names
+        self._known: frozenset[str] | None = None  # self.fields as a set, for the per-row check
         self._needs_header = True
 
     def open(self, run_id: str, position: int | None) -> None:
         start = self._open_file(position)
-        self.fields = self.schema.field_names
         self._needs_header = start == 0
-        if start > 0 and self.fields is None and self.write_header:
+        if start == 0 or self.schema.field_names is not None:
+            self.fields = self.schema.field_names
+        elif self.write_header:
             self.fields = self._header_on_disk(start)
+        # else: a headerless file being continued keeps the columns this process fixed (if any)
+        self._known = None
+
+    def write(self, token_id: str, row: Row) -> None:
+        if self._known is None:
+            if self.fields is None:
+                self.fields = list(row)
+            self._known = frozenset(self.fields)
+        extra = [k for k in row if k not in self._known]
+        if extra:
+            names = ", ".join(repr(k) for k in extra)
+            raise RowError(
+                f"field(s) {names} not among the columns of {self.path} ({', '.join(self.fields or []) or 'none'}); "
+                "a CSV file's columns are fixed by its first row or options.schema"
+            )
+        self._buffer.append(row)
 
     def _header_on_disk(self, size: int) -> list[str] | None:
         """The header of a file being continued, so later rows keep its column order."""
@@ -185,7 +204,8 @@ class CsvSink(_FileSink):
         if rows:
             if self.fields is None:
                 self.fields = list(rows[0])
-            writer = csv.DictWriter(out, fieldnames=self.fields, delimiter=self.delimiter, extrasaction="ignore")
+            # extrasaction="raise": `write` refused such rows already; never drop a field here.
+            writer = csv.DictWriter(out, fieldnames=self.fields, delimiter=self.delimiter, extrasaction="raise")
             if self._needs_header and self.write_header:
                 writer.writeheader()
             self._needs_header = False
@@ -265,204 +285,3 @@ class JsonSink(_FileSink):
             self._finish("\n]\n" if self._rows_written else "]\n")
         else:
             self._finish()
-
-
-_TOKENS = "elspeth_sink_tokens"
-_IN_CHUNK = 500  # token ids per IN (...) query: well under every backend's parameter limit
-
-
-def _check_url(url: str) -> None:
-    """Refuse at load a URL that SQLAlchemy cannot parse; whether it connects is known at open."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(url)
-    except ArgumentError:
-        raise PluginConfigError(
-            "url", f"{_redacted(url)!r} is not a database URL; allowed: sqlite:///file.db or postgresql://user@host/db"
-        ) from None
-
-
-class DatabaseSink:
-    """Rows go to `table`; in the same transaction each token id goes to `elspeth_sink_tokens` in
-    the target database, so a resumed run skips rows it committed already (never writes twice)."""
-
-    kind: ClassVar[str] = "sink"
-
-    def __init__(self, options: Mapping[str, Any]) -> None:
-        o = Options(options, "url", "table", "if_exists")
-        self.url = o.str_("url", required=True)
-        _check_url(self.url)
-        self.table_name = o.str_("table", required=True)
-        self.if_exists = o.str_("if_exists", "append")
-        if self.if_exists not in ("append", "replace"):
-            raise PluginConfigError("if_exists", f"{self.if_exists!r} is not allowed; allowed: append, replace")
-        if self.table_name == _TOKENS:
-            raise PluginConfigError("table", f"{_TOKENS!r} is the sink's own bookkeeping table")
-        self.schema = parse_schema(o.raw("schema"))
-        self._shown = _redacted(self.url)
-        self._buffer: list[tuple[str, Row]] = []
-        self._engine: Any = None
-        self._table: Any = None
-        self._tokens: Any = None
-        self._committed = 0
-        self.run_id = ""
-
-    def location(self) -> str:
-        return f"{self._shown}#{self.table_name}"
-
-    def _fail(self, what: str, e: Exception) -> PluginError:
-        lines = str(e).strip().splitlines()
-        first = lines[0] if lines else type(e).__name__
-        return PluginError(_NODE, f"database sink {self.location()}: {what}: {first.replace(self.url, self._shown)}")
-
-    def open(self, run_id: str, position: int | None) -> None:
-        from sqlalchemy import Column, MetaData, Table, Text, func, inspect, select, table
-
-        self.release()
-        self.run_id = run_id
-        self._buffer = []
-        self._table = None
-        what = "cannot connect"
-        try:
-            self._engine = _engine(self.url)
-            with self._engine.begin() as conn:
-                what = "cannot prepare its tables"
-                meta = MetaData()
-                self._tokens = tokens = Table(
-                    _TOKENS, meta,
-                    Column("run_id", Text, primary_key=True),
-                    Column("sink_table", Text, primary_key=True),
-                    Column("token_id", Text, primary_key=True),
-                )  # fmt: skip
-                meta.create_all(conn)
-                mine = (tokens.c.run_id == run_id) & (tokens.c.sink_table == self.table_name)
-                if position is None and self.if_exists == "replace":
-                    # A fresh run replaces the table; a resume keeps what the run wrote so far.
-                    Table(self.table_name, MetaData()).drop(conn, checkfirst=True)
-                    conn.execute(tokens.delete().where(tokens.c.sink_table == self.table_name))
-                self._committed = conn.execute(select(func.count()).select_from(tokens).where(mine)).scalar_one()
-                in_table = 0
-                if position and inspect(conn).has_table(self.table_name):
-                    in_table = conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one()
-                if self.schema.field_names is not None:
-                    self._ensure_table(conn, {})
-        except Exception as e:
-            self.release()
-            raise self._fail(what, e) from e
-        if position and min(self._committed, in_table) < position:
-            # As for files: rows the log says are durable are gone (the table dropped or emptied,
-            # or their bookkeeping deleted), so this is not what the run wrote; carrying on would
-            # leave a hole nobody would see. Rows of other runs in the same table are not told
-            # apart: a partial delete among them can go unnoticed.
-            self.release()
-            raise PluginError(
-                _NODE,
-                f"cannot continue {self.location()}: it holds {min(self._committed, in_table)} of the {position} "
-                "rows the run had made durable, so rows were deleted since; restore them, or start a new run",
-            )
-
-    def write(self, token_id: str, row: Row) -> None:
-        self._buffer.append((token_id, row))
-
-    def _ensure_table(self, conn: Any, first: Row) -> Any:
-        from sqlalchemy import Boolean, Column, Float, Integer, MetaData, Table, Text, inspect
-
-        if self._table is not None:
-            return self._table
-        meta = MetaData()
-        if inspect(conn).has_table(self.table_name):
-            self._table = Table(self.table_name, meta, autoload_with=conn)
-            return self._table
-        types = {"int": Integer, "float": Float, "bool": Boolean, "str": Text, "any": Text}
-        columns: list[Column[Any]]
-        if self.schema.field_names is not None:
-            columns = [Column(f.name, types[f.type]) for f in self.schema.fields]
-        else:
-            columns = [Column(k, _sql_type(v)) for k, v in first.items()]
-        self._table = Table(self.table_name, meta, *columns)
-        meta.create_all(conn)
-        return self._table
-
-    def flush(self) -> int:
-        rows, self._buffer = self._buffer, []
-        if not rows:
-            return self._committed
-        if self._engine is None:
-            raise PluginError(_NODE, f"database sink {self.location()}: written before open (or after release)")
-        from sqlalchemy import select
-
-        t = self._tokens
-        try:
-            with self._engine.begin() as conn:
-                table = self._ensure_table(conn, rows[0][1])
-                done: set[str] = set()
-                ids = list(dict.fromkeys(token for token, _ in rows))
-                for i in range(0, len(ids), _IN_CHUNK):
-                    query = select(t.c.token_id).where(
-                        t.c.run_id == self.run_id,
-                        t.c.sink_table == self.table_name,
-                        t.c.token_id.in_(ids[i : i + _IN_CHUNK]),
-                    )
-                    done.update(conn.execute(query).scalars())
-                fresh: dict[str, Row] = {}
-                for token, row in rows:
-                    if token not in done:
-                        fresh.setdefault(token, row)
-                if fresh:
-                    names = [c.name for c in table.columns]
-                    conn.execute(table.insert(), [{k: _cell(row.get(k)) for k in names} for row in fresh.values()])
-                    conn.execute(
-                        t.insert(),
-                        [{"run_id": self.run_id, "sink_table": self.table_name, "token_id": tok} for tok in fresh],
-                    )
-        except Exception as e:
-            raise self._fail("cannot write", e) from e
-        self._committed += len(fresh)
-        return self._committed
-
-    def close(self) -> None:
-        self.release()
-
-    def release(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            engine.dispose()
-
-
-def _engine(url: str) -> Any:
-    """A SQLAlchemy engine. A plain `postgresql://` URL means psycopg2 to SQLAlchemy; ELSPETH
-    ships psycopg 3, so use that when psycopg2 is not installed."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed)
-
-
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return redact(make_url(url).render_as_string(hide_password=True))
-    except ArgumentError:
-        return redact(url)
-
-
-def _sql_type(value: Any) -> Any:
-    from sqlalchemy import Boolean, Float, Integer, Text
-
-    if isinstance(value, bool):
-        return Boolean
-    if isinstance(value, int):
-        return Integer
-    if isinstance(value, float):
-        return Float
-    return Text

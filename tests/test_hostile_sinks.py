@@ -1,0 +1,362 @@
+"""Hostile and careless sink settings, as tables: add a case with one line.
+
+- REFUSED: settings whose sinks would destroy the input, another sink's output or the audit
+  trail; refused when the settings are loaded (validate and run alike), naming the key.
+- ROWS: rows whose fields a sink could lose; every field is written, or the row has a recorded
+  failure (or diversion) naming the field.
+- PASSWORDS: passwords made of URL-special characters, raw and percent-encoded; no piece of
+  any of them reaches any table of the audit store, nor a printed location.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from engine.orchestrator import pipeline_problems
+from engine.settings import load_settings
+from landscape.db import Database, redact
+from landscape.embedded import embedded_uri
+from tests.engine_harness import run
+from tests.sink_audit import assert_nothing_lost, audit, sink_rows
+
+# -- refused at load ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refused:
+    """`sinks` (YAML, with {tmp} {home} {store} {embedded} {socket} filled in) and the text the
+    one error line must hold (None: accepted). `setup(tmp)` prepares files or links first;
+    `store` is the ELSPETH_DATABASE_URL of the command ({store}: the test database)."""
+
+    sinks: str
+    expect: str | None
+    setup: Callable[[Path], object] | None = None
+    store: str | None = "{store}"
+    landscape: str | None = None
+
+
+def _link(name: str, to: str) -> Callable[[Path], object]:
+    return lambda tmp: (tmp / name).symlink_to(tmp / to)
+
+
+def _hardlink(name: str, to: str) -> Callable[[Path], object]:
+    return lambda tmp: os.link(tmp / to, tmp / name)
+
+
+# fmt: off
+REFUSED: dict[str, Refused] = {
+    "sink is the source": Refused("a: {plugin: csv, options: {path: in.csv}}", "sinks.a.options.path: 'in.csv' is also the source's input"),
+    "sink is the source, spelled otherwise": Refused("a: {plugin: csv, options: {path: './sub/../in.csv'}}", "is also the source's input", lambda t: (t / "sub").mkdir()),
+    "sink is the source through a symlink": Refused("a: {plugin: csv, options: {path: link.csv}}", "is also the source's input", _link("link.csv", "in.csv")),
+    "sink is the source through a hard link": Refused("a: {plugin: json, options: {path: hard.csv}}", "is also the source's input", _hardlink("hard.csv", "in.csv")),
+    "sink folder links to the source's": Refused("a: {plugin: csv, options: {path: alias/in.csv}}", "is also the source's input", lambda t: (t / "alias").symlink_to(t)),
+    "two sinks on one file": Refused("a: {plugin: csv, options: {path: out.csv}}\n  b: {plugin: json, options: {path: out.csv}}", "sinks.b.options.path: 'out.csv' is also the output of sink 'a'"),
+    "two sinks on one new file via a linked folder": Refused("a: {plugin: csv, options: {path: o/x.csv}}\n  b: {plugin: csv, options: {path: p/x.csv}}", "is also the output of sink 'a'", lambda t: ((t / "o").mkdir(), (t / "p").symlink_to(t / "o"))),
+    "a csv sink on a sqlite sink's file": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: csv, options: {path: o.db}}", "is also the output of sink 'a'"),
+    "two tables of one sqlite file": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: database, options: {url: 'sqlite:///o.db', table: u}}", None),
+    "sink inside the ELSPETH home": Refused("a: {plugin: csv, options: {path: '{home}/out.csv'}}", "is inside the ELSPETH home"),
+    "sink is the ELSPETH home's key file": Refused("a: {plugin: json, options: {path: '{home}/fingerprint.key'}}", "is inside the ELSPETH home"),
+    "sqlite sink inside the home": Refused("a: {plugin: database, options: {url: 'sqlite:///{home}/x.db', table: t}}", "sinks.a.options.url: '{home}/x.db' is inside the ELSPETH home"),
+    "sqlite sink on the source file": Refused("a: {plugin: database, options: {url: 'sqlite:///in.csv', table: t}}", "sinks.a.options.url: 'in.csv' is also the source's input"),
+    "table events": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: events}}", "sinks.a.options.table: 'events' is the name of a table of the audit store"),
+    "table Payloads": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: Payloads}}", "'Payloads' is the name of a table of the audit store"),
+    "table public.runs": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: public.runs}}", "'public.runs' is the name of a table"),
+    "table alembic_version": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: alembic_version}}", "'alembic_version' is the name of a table"),
+    "the store's database": Refused("a: {plugin: database, options: {url: '{store}', table: mine}}", "sinks.a.options.url: postgresql://postgres@/"),
+    "the store through a SQLAlchemy driver": Refused("a: {plugin: database, options: {url: '{store_sa}', table: mine}}", "is the audit store's database"),
+    "the store with a password": Refused("a: {plugin: database, options: {url: '{store_pw}', table: mine}}", "postgresql://postgres:***@/"),
+    "the store's socket through a link": Refused("a: {plugin: database, options: {url: '{store_linked}', table: mine}}", "is the audit store's database", lambda t: (t / "sock").symlink_to(_SOCKET[0])),
+    "another database of the store's server": Refused("a: {plugin: database, options: {url: '{other_db}', table: mine}}", None),
+    "the embedded store of the home": Refused("a: {plugin: database, options: {url: '{embedded}', table: mine}}", "is the audit store's database", store=None),
+    "localhost and 127.0.0.1": Refused("a: {plugin: database, options: {url: 'postgresql://x:y@127.0.0.1:5999/audit', table: t}}", "is the audit store's database", store="postgresql://app@localhost:5999/audit"),
+    "::1 and localhost": Refused("a: {plugin: database, options: {url: 'postgresql+psycopg://x@[::1]:5999/audit', table: t}}", "is the audit store's database", store="postgresql://app@localhost:5999/audit"),
+    "another port": Refused("a: {plugin: database, options: {url: 'postgresql://x@127.0.0.1:5998/audit', table: t}}", None, store="postgresql://app@localhost:5999/audit"),
+    "host names differ only in case": Refused("a: {plugin: database, options: {url: 'postgresql://b:pw@DB.example./audit', table: t}}", "is the audit store's database", store=None, landscape="postgresql://a@db.example/audit"),
+    "two sinks on one table": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: database, options: {url: 'sqlite:///./o.db', table: t}}", "sinks.b.options.table: 't' in that database is also written by sink 'a'"),
+    "replace confirmed without replace": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t, replace_rows_of_other_runs: true}}", "only with if_exists: replace"),
+    "a plain sink": Refused("a: {plugin: csv, options: {path: out.csv}}", None),
+}
+# fmt: on
+
+_SOCKET: list[Path] = []  # the test server's socket folder, for the link case
+
+
+def _settings(sinks: str, landscape: str | None) -> str:
+    extra = f"landscape: {{url: '{landscape}'}}\n" if landscape else ""
+    return f"source:\n  plugin: csv\n  on_success: a\n  options: {{path: in.csv, schema: {{mode: observed}}}}\nsinks:\n  {sinks}\n{extra}"
+
+
+@pytest.mark.parametrize("case", REFUSED.values(), ids=REFUSED.keys())
+def test_refused_at_load(case: Refused, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = urlsplit(db.conninfo)
+    _SOCKET[:] = [Path(dict(p.split("=", 1) for p in parts.query.split("&"))["host"])]
+    home = tmp_path / "home"
+    fill = {
+        "tmp": str(tmp_path), "home": str(home), "store": db.conninfo, "embedded": embedded_uri(home),
+        "store_sa": db.conninfo.replace("postgresql://", "postgresql+psycopg://", 1),
+        "store_pw": db.conninfo.replace("postgres@", "postgres:hunter2@", 1),
+        "store_linked": urlunsplit(parts._replace(query=f"host={tmp_path / 'sock'}")),
+        "other_db": urlunsplit(parts._replace(path="/postgres")),
+    }  # fmt: skip
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    if case.setup is not None:
+        case.setup(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ELSPETH_HOME", str(home))
+    if case.store is None:
+        monkeypatch.delenv("ELSPETH_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("ELSPETH_DATABASE_URL", case.store.format(**fill))
+    path = tmp_path / "settings.yaml"
+    sinks = case.sinks.replace("{", "{{").replace("}", "}}")
+    sinks = re.sub(r"\{\{(\w+)\}\}", r"{\1}", sinks).format(**fill)
+    path.write_text(_settings(sinks, case.landscape))
+    problems = pipeline_problems(load_settings(path))
+    if case.expect is None:
+        assert problems == []
+    else:
+        expect = case.expect.format(**fill)
+        assert len(problems) == 1 and expect in problems[0], problems
+        assert "hunter2" not in problems[0]
+
+
+# -- rows whose fields differ ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A sink (YAML, `{url}` a database of its own) fed `rows`; `spill` adds a json sink `spill`
+    as its on_write_failure. Every field is in the sink, or the row's recorded reason names it."""
+
+    sink: str
+    rows: list[dict[str, Any]]
+    failed: set[int] = field(default_factory=set)  # rows expected to fail (or go to spill)
+    spill: bool = False
+    source_schema: str = "{mode: observed}"  # `n: any` lets a value of another type reach the sink
+
+
+MIXED = [{"a": 1}, {"a": 2, "b": "x"}, {"b": "y"}]
+CSV = "{plugin: csv, options: {path: out/o.csv}}"
+DB = "{plugin: database, options: {url: '{url}', table: t}}"
+ANY = "{mode: fixed, fields: ['n: any']}"
+# fmt: off
+ROWS: dict[str, Rows] = {
+    "csv: a field after the header": Rows(CSV, MIXED, {1, 2}),
+    "csv: to a spill sink": Rows(CSV, MIXED, {1, 2}, spill=True),
+    "csv: schema names them all": Rows("{plugin: csv, options: {path: out/o.csv, schema: {mode: fixed, fields: ['a: int?', 'b: str?']}}}", MIXED),
+    "csv: flexible schema, extra field": Rows("{plugin: csv, options: {path: out/o.csv, schema: {mode: flexible, fields: ['a: int?']}}}", MIXED, {1, 2}),
+    "csv: no header line": Rows("{plugin: csv, options: {path: out/o.csv, headers: false}}", MIXED, {1, 2}),
+    "db: a field after the first row": Rows(DB, MIXED, {1, 2}),
+    "db: to a spill sink": Rows(DB, MIXED, {1, 2}, spill=True),
+    "db: a text where the column is int": Rows(DB, [{"n": 1}, {"n": "x"}], {1}, source_schema=ANY),
+    "db: an integer past 64 bits": Rows(DB, [{"n": 1}, {"n": 2**70}], {1}, source_schema=ANY),
+    "db: a bool where the column is int": Rows(DB, [{"n": 1}, {"n": True}], {1}, source_schema=ANY),
+    "db: schema names them all": Rows("{plugin: database, options: {url: '{url}', table: t, schema: {mode: fixed, fields: ['a: int?', 'b: str?']}}}", MIXED),
+    "json keeps everything": Rows("{plugin: json, options: {path: out/o.jsonl}}", MIXED),
+}
+# fmt: on
+
+
+@pytest.fixture
+def sink_db(server_url: str) -> Iterator[str]:
+    """A database of its own on the test server, for database sinks (never the audit store)."""
+    name = f"t_hostile_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_rows(
+    db: Database, tmp_path: Path, sink: str, rows: list[dict[str, Any]], spill: bool, schema: str = "{mode: observed}"
+) -> tuple[Any, dict[str, Any]]:
+    """Run source (jsonl, observed) -> sink `out`; returns the audit and each sink's rows."""
+    import json
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    on_failure = "on_write_failure: spill, " if spill else ""
+    body = sink.strip()[1:-1]
+    settings = (
+        f"source: {{plugin: json, on_success: out, options: {{path: in.jsonl, format: jsonl, schema: {schema}}}}}\n"
+        f"sinks:\n  out: {{{on_failure}{body}}}\n"
+        + ("  spill: {plugin: json, options: {path: out/spill.jsonl}}\n" if spill else "")
+    )
+    result = run(db, tmp_path, settings)
+    a = audit(db, result.outcome.run_id)
+    outputs: dict[str, Any] = {}
+    for name, options in (("out", body), ("spill", "path: out/spill.jsonl" if spill else None)):
+        if options is None or not a.written.get(name):
+            continue
+        if "database" in options:
+            url = re.search(r"url: '([^']+)'", options)
+            assert url is not None
+            outputs[name] = sink_rows("database", url.group(1), "t")
+        else:
+            path = re.search(r"path: ([^,}]+)", options)
+            assert path is not None
+            target = tmp_path / path.group(1).strip()
+            outputs[name] = sink_rows(target.suffix.lstrip("."), str(target))
+    if "headers: false" in body and "out" in outputs:  # headerless: the columns are the first row's
+        outputs["out"] = sink_rows_headerless(tmp_path / "out/o.csv", rows)
+    return a, outputs
+
+
+def sink_rows_headerless(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import csv
+
+    with path.open(newline="") as f:
+        return [dict(zip(list(rows[0]), r, strict=True)) for r in csv.reader(f)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("case", ROWS.values(), ids=ROWS.keys())
+def test_no_field_lost(case: Rows, backend: str, db: Database, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if "{url}" not in case.sink and backend == "postgresql":
+        pytest.skip("a file sink: one backend is enough")
+    url = f"sqlite:///{tmp_path / 'o.db'}" if backend == "sqlite" else request.getfixturevalue("sink_db")
+    (tmp_path / "out").mkdir(exist_ok=True)
+    a, outputs = run_rows(db, tmp_path, case.sink.replace("{url}", url), case.rows, case.spill, case.source_schema)
+    assert_nothing_lost(a, case.rows, outputs)
+    refused = set(a.diverted if case.spill else a.failed)
+    assert refused == case.failed, (a.failed, a.diverted)
+    if case.spill:
+        assert sorted(a.written["spill"]) == sorted(case.failed)
+
+
+# -- passwords ------------------------------------------------------------------------------------
+
+# Each piece between special characters is unique, so that a password cut in two by a parser
+# is still found if either half leaks.
+_SPECIALS = "/?#@:% &=+;,$!*'()[]~\\\"|<>^`{}"
+EVERY = "".join(f"Qz{i}X{c}" for i, c in enumerate(_SPECIALS)) + "QzEnd"
+PASSWORDS: dict[str, str] = {
+    "every special character": EVERY,
+    **{f"one {c!r}": f"Qa{i}X{c}Qb{i}Y" for i, c in enumerate("/?#@:% ")},
+    "ends with @": "QcTail@",
+    "percent that decodes": "Qd%41Qe",
+}
+
+
+def _pieces(password: str) -> list[str]:
+    return [p for p in re.split(r"[^A-Za-z0-9]+", password) if len(p) >= 3]
+
+
+def _leaks(text: str, password: str) -> list[str]:
+    return [p for p in _pieces(password) if p in text]
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["raw", "percent-encoded"])
+@pytest.mark.parametrize("password", PASSWORDS.values(), ids=PASSWORDS.keys())
+def test_redact_hides_every_piece(password: str, encoded: bool) -> None:
+    pw = quote(password, safe="") if encoded else password
+    forms = [
+        f"postgresql://app:{pw}@db.example:5432/audit",
+        f"postgresql+psycopg://app:{pw}@/audit?host=/run/pg",
+        f"postgresql://app@db/audit?sslmode=require&password={quote(password, safe='')}&x=1",
+        f"sqlite:///x.db?sslpassword={quote(password, safe='')}",
+    ]
+    escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+    forms += [f"host=db password='{escaped}' dbname=audit", f"host=db sslpassword = '{escaped}'"]
+    for form in forms:
+        shown = redact(form)
+        assert _leaks(shown, password) == [], (form, shown)
+        assert "***" in shown
+
+
+def test_redact_keeps_what_is_not_secret() -> None:
+    assert redact("postgresql://app:pw@db.example:5432/audit?sslmode=require") == (
+        "postgresql://app:***@db.example:5432/audit?sslmode=require"
+    )
+    assert redact("host=db port=5432 password=x dbname=a") == "host=db port=5432 password=*** dbname=a"
+    assert redact("row['password'] == 'x'") == "row['password'] == 'x'"  # not a connection string
+    assert redact("out/password=1.csv") == "out/password=1.csv"
+
+
+def _all_text(db: Database) -> str:
+    """Every value of every table in the store, as text (bytes decoded)."""
+    chunks: list[str] = []
+    with db.connect() as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for t in tables:
+            for row in conn.execute(f'SELECT * FROM "{t}"'):
+                for v in row:
+                    chunks.append(bytes(v).decode("utf-8", "replace") if isinstance(v, bytes | memoryview) else str(v))
+    return "\n".join(chunks)
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["written", "connection-fails"])
+@pytest.mark.parametrize("encoded", [False, True], ids=["raw", "percent-encoded"])
+@pytest.mark.parametrize("password", [EVERY, "Qa0X/Qb0Y", "Qa3X@Qb3Y"], ids=["every", "slash", "at"])
+def test_no_password_reaches_the_store(
+    password: str, encoded: bool, reachable: bool, db: Database, sink_db: str, tmp_path: Path
+) -> None:
+    pw = quote(password, safe="") if encoded else password
+    parts = urlsplit(sink_db)
+    target = f"postgresql://postgres:{pw}@/{parts.path.lstrip('/')}?{parts.query}" if reachable else (
+        f"postgresql://postgres:{pw}@127.0.0.1:1/nowhere"
+    )  # fmt: skip
+    (tmp_path / "in.csv").write_text("id\n1\n2\n")
+    yaml_url = target.replace("'", "''")
+    settings = (
+        "source: {plugin: csv, on_success: out, options: {path: in.csv, schema: {mode: observed}}}\n"
+        f"sinks:\n  out: {{plugin: database, options: {{url: '{yaml_url}', table: t}}}}\n"
+    )
+    try:
+        run(db, tmp_path, settings)
+    except Exception as e:  # a sink that cannot connect fails the run: its message is checked too
+        assert _leaks(str(e), password) == []
+    assert _leaks(_all_text(db), password) == []
+
+
+# -- through the command line ---------------------------------------------------------------------
+
+
+def test_validate_and_run_refuse_with_one_line_and_leave_the_input(db: Database, tmp_path: Path) -> None:
+    from tests.test_cli import elspeth, one_line_error
+
+    (tmp_path / "in.csv").write_text("id\n1\n2\n")
+    (tmp_path / "s.yaml").write_text(_settings("a: {plugin: csv, options: {path: ./in.csv}}", None))
+    for command in ("validate", "run"):
+        err = one_line_error(
+            elspeth(command, "-s", "s.yaml", cwd=tmp_path, db=db, env={"ELSPETH_FINGERPRINT_KEY": "k"}), 2
+        )
+        assert len(err.strip().splitlines()) == 1 and "sinks.a.options.path: 'in.csv' is also the source's input" in err
+    assert (tmp_path / "in.csv").read_text() == "id\n1\n2\n"
+
+
+def test_the_database_flag_is_the_store_the_checks_compare_with(db: Database, tmp_path: Path) -> None:
+    from tests.test_cli import elspeth, one_line_error
+
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    sink = db.conninfo.replace("postgresql://", "postgresql+psycopg://", 1)
+    (tmp_path / "s.yaml").write_text(
+        _settings(f"a: {{plugin: database, options: {{url: '{sink}', table: mine}}}}", None)
+    )
+    err = one_line_error(elspeth("--database", db.conninfo, "validate", "-s", "s.yaml", cwd=tmp_path), 2)
+    assert "sinks.a.options.url" in err and "is the audit store's database" in err
+
+
+def test_replacing_a_table_of_other_runs_needs_the_settings_to_say_so(db: Database, tmp_path: Path) -> None:
+    from tests.test_cli import elspeth, one_line_error
+
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    sink = "a: {plugin: database, options: {url: 'sqlite:///o.db', table: t, if_exists: replace%s}}"
+    (tmp_path / "s.yaml").write_text(_settings(sink % "", None))
+    assert elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db).returncode == 0  # a new table: nothing to lose
+    err = one_line_error(elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db), 1)
+    assert "holds 1 row(s) of run(s) run-" in err and "replace_rows_of_other_runs: true" in err
+    (tmp_path / "s.yaml").write_text(_settings(sink % ", replace_rows_of_other_runs: true", None))
+    assert elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db).returncode == 0
