@@ -37,6 +37,10 @@ def audit(db: Database, run_id: str) -> Audit:
                 out.written[e.sink].append(rows[stored.entity_id])
             if isinstance(e, ev.TokenDiverted):
                 out.diverted[rows[stored.entity_id]] = e.reason
+            elif isinstance(e, ev.TokenQuarantined) and e.sink is None:
+                # Quarantined and discarded (e.g. the type lock of observed sources): the
+                # record of why is the row's account.
+                out.failed[rows[stored.entity_id]] = e.reason
         elif isinstance(e, ev.TokenFailed):
             out.failed[rows[stored.entity_id]] = f"{e.reason}: {e.detail}"
     return out
