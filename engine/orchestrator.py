@@ -26,7 +26,8 @@ from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source
 from engine.plugins.registry import build_plugin
 from engine.plugins.schema import Schema, type_locked
 from engine.processor import Nodes, Processor, Work
-from engine.settings import LoadedSettings, SettingsError, fingerprint
+from engine.secrets import fingerprint
+from engine.settings import LoadedSettings, SettingsError
 from engine.stopping import Stop
 from landscape import faults
 from landscape.canonical import decode_row

@@ -7,11 +7,9 @@ what is allowed; all errors in a file are reported together.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import re
 import stat
-import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -25,12 +23,11 @@ import yaml
 from engine.errors import EngineError
 from engine.expressions import Expression, ExpressionSyntaxError, compile_expression
 from engine.plugins.schema import is_int_text
+from engine.secrets import fingerprint_key, redact_settings
+from engine.settings_yaml import MAX_NODES, YamlLoader, expand_vars, join_path, value_kind, yaml_size
 from landscape.db import is_postgresql_url
-from landscape.embedded import elspeth_home
-from landscape.fingerprint import ENV as KEY_ENV
 from landscape.fingerprint import FingerprintKeyError
-from landscape.fingerprint import fingerprint_key as home_key
-from landscape.urls import is_secret_name, redact
+from landscape.urls import redact
 
 
 class SettingsError(EngineError):
@@ -186,7 +183,6 @@ class LoadedSettings:
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,38}$")
 _RESERVED = {"continue", "fork", "on_success"}
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # What a missing required key may hold, where the type alone says too little.
 _HINTS = {
     "on_error": "a sink name or discard",
@@ -200,7 +196,6 @@ _HINTS = {
 }
 _MAX_SETTINGS_BYTES = 10 * 1024 * 1024
 _MAX_LABEL = 64  # characters of a route label
-_MAX_NODES = 1_000_000  # YAML aliases can make a small file huge ("billion laughs")
 _FREQUENCIES = ("every_row", "every_n", "aggregation_only")
 
 
@@ -226,7 +221,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError([f"{where}: cannot read the settings file: {e}"]) from None
     try:
-        loader = _Loader(text)
+        loader = YamlLoader(text)
         try:
             raw = loader.get_single_data()
         finally:
@@ -240,12 +235,12 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         raise SettingsError([f"{where}: malformed YAML: {e}"]) from None
     if not isinstance(raw, dict):
         raise SettingsError(
-            [f"{where}: (top): found {_kind(raw)}; allowed: a mapping of {', '.join(_field_names(Settings))}"]
+            [f"{where}: (top): found {value_kind(raw)}; allowed: a mapping of {', '.join(_field_names(Settings))}"]
         )
     errors: list[str] = []
-    if _size(raw) > _MAX_NODES:
-        raise SettingsError([f"{where}: (top): more than {_MAX_NODES} values once YAML aliases are expanded"])
-    data = _expand(raw, env, "", errors)
+    if yaml_size(raw) > MAX_NODES:
+        raise SettingsError([f"{where}: (top): more than {MAX_NODES} values once YAML aliases are expanded"])
+    data = expand_vars(raw, env, "", errors)
     settings = _decode_struct(Settings, data, "", errors)
     if not isinstance(settings, Settings):
         raise SettingsError([f"{where}: {e}" for e in errors] or [f"{where}: invalid settings"])
@@ -266,7 +261,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         local = all(isinstance(e, _Local) for e in errors)
         raise SettingsError([f"{where}: {e}" for e in errors], loaded if local else None)
     try:  # only for settings that may run: a file with errors makes no key in the home
-        loaded.redacted = _redact(msgspec.json.decode(canonical), env)
+        loaded.redacted = redact_settings(msgspec.json.decode(canonical), env)
         fingerprint_key(env)  # a home whose key file cannot be used is one line here, not a traceback later
     except FingerprintKeyError as e:
         raise SettingsError([f"{where}: {e}"]) from None
@@ -281,87 +276,6 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         )
     loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
     return loaded
-
-
-_MERGE = "tag:yaml.org,2002:merge"
-
-
-class _Loader(yaml.SafeLoader):
-    """The safe loader, noting keys that appear twice in one mapping. The prior system kept the
-    last silently, so its users' files may have them: a warning, not an error."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[str] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE:
-                continue  # `<<: *defaults` brings defaults that the mapping's own keys override
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
-                mark = key_node.start_mark
-                self.duplicates.append(
-                    f"line {mark.line + 1}, column {mark.column + 1}: key {key!r} appears twice in one mapping; "
-                    "the last one is used"
-                )
-            if isinstance(key, str | int | float | bool):
-                seen.add(key)
-        self.flatten_mapping(node)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _size(value: Any) -> int:
-    """How many values `value` holds with aliases expanded, counting no further than past the cap."""
-    stack, count = [value], 0
-    while stack and count <= _MAX_NODES:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    words = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-             float: "a number"}  # fmt: skip
-    kind = words.get(type(value), type(value).__name__)
-    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):
-        kind += f" ({value!r})"
-    return kind
-
-
-def _expand(value: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
-    """`${VAR}` and `${VAR:-default}` in every string value (keys are left alone)."""
-    if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            errors.append(
-                f"{path or '(top)'}: environment variable {name} is not set; "
-                f"allowed: set it, or give a default as ${{{name}:-default}}"
-            )
-            return ""
-
-        return _VAR.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _expand(v, env, _join(path, k), errors) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, env, f"{path}[{i}]", errors) for i, v in enumerate(value)]
-    return value
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
 
 
 # -- decoding: field by field, so that every problem in a file is reported at once -----------
@@ -383,23 +297,23 @@ def _decode_struct(cls: type[msgspec.Struct], value: Any, path: str, errors: lis
     fields = msgspec.structs.fields(cls)
     names = [f.name for f in fields]
     if not isinstance(value, dict):
-        errors.append(f"{path or '(top)'}: found {_kind(value)}; allowed: a mapping of {', '.join(names)}")
+        errors.append(f"{path or '(top)'}: found {value_kind(value)}; allowed: a mapping of {', '.join(names)}")
         return None
     before = len(errors)
     for key in value:
         if key not in names:
-            errors.append(_Local(f"{_join(path, key)}: unknown key; allowed: {', '.join(names)}"))
+            errors.append(_Local(f"{join_path(path, key)}: unknown key; allowed: {', '.join(names)}"))
     decoded: dict[str, Any] = {}
     for f in fields:
         if f.name not in value:
             if f.required:
                 allowed = _HINTS.get(f.name) or _describe(f.type)
-                errors.append(f"{_join(path, f.name)}: missing; it is required (allowed: {allowed})")
+                errors.append(f"{join_path(path, f.name)}: missing; it is required (allowed: {allowed})")
             continue
         item = value[f.name]
         if item is None and cls is Settings and not f.required:
             continue  # an empty top-level section (`transforms:` with nothing under it)
-        decoded[f.name] = _convert(item, f.type, _join(path, f.name), errors)
+        decoded[f.name] = _convert(item, f.type, join_path(path, f.name), errors)
     if any(not isinstance(e, _Local) for e in errors[before:]):
         return None
     return cls(**decoded)
@@ -412,7 +326,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     if origin is Literal:
         if value in args and isinstance(value, str):
             return value
-        errors.append(f"{path}: found {_kind(value)}; allowed: {', '.join(map(str, args))}")
+        errors.append(f"{path}: found {value_kind(value)}; allowed: {', '.join(map(str, args))}")
         return None
     if origin in (typing.Union, types.UnionType):
         members = [a for a in args if a is not type(None)]
@@ -429,9 +343,9 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 hint = " (YAML reads yes/no/on/off/true/false as booleans: quote them)" if isinstance(k, bool) else ""
-                errors.append(f"{path}: the key {k!r} is {_kind(k)}; allowed: a string{hint}")
+                errors.append(f"{path}: the key {k!r} is {value_kind(k)}; allowed: a string{hint}")
                 continue
-            out[k] = _convert(v, args[1], _join(path, k), errors)
+            out[k] = _convert(v, args[1], join_path(path, k), errors)
         return out
     elif origin is list and isinstance(value, list):
         return [_convert(v, args[0], f"{path}[{i}]", errors) for i, v in enumerate(value)]
@@ -442,7 +356,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         return msgspec.convert(value, tp, strict=False)
     except msgspec.ValidationError:
         hint = " (YAML reads yes/no/on/off/true/false as booleans: quote them)" if isinstance(value, bool) else ""
-        errors.append(f"{path}: found {_kind(value)}; allowed: {_describe(tp)}{hint}")
+        errors.append(f"{path}: found {value_kind(value)}; allowed: {_describe(tp)}{hint}")
         return None
 
 
@@ -628,58 +542,3 @@ def _check_sections(s: Settings, errors: list[str]) -> None:
         errors.append(f"checkpoint.checkpoint_interval: found {c.checkpoint_interval}; allowed: 1 or more")
     if s.payload_store.retention_days is not None and s.payload_store.retention_days < 1:
         errors.append(f"payload_store.retention_days: found {s.payload_store.retention_days}; allowed: 1 or more")
-
-
-# -- secrets ----------------------------------------------------------------------------------
-
-
-_KEYS: dict[tuple[str, Path], bytes] = {}  # one read of each home's key file per process
-
-
-def fingerprint_key(environ: Mapping[str, str] | None = None) -> bytes:
-    """ELSPETH_FINGERPRINT_KEY, else the key of the ELSPETH home (`$ELSPETH_HOME`, else
-    `./.elspeth`; an external --database keeps its key there too), made on first use — which is
-    said once on stderr, since that file must be kept for old fingerprints to stay checkable."""
-    # `environ` (the variables a settings file was expanded with) over the process's own.
-    env = os.environ if environ is None else {**os.environ, **environ}
-    home = elspeth_home(env.get("ELSPETH_HOME") or ".elspeth")
-    cache = (env.get(KEY_ENV, ""), home)
-    if cache not in _KEYS:
-        key, created = home_key(home, env)
-        if created is not None:
-            print(
-                f"elspeth: created the fingerprint key {created} (secrets in settings are recorded only as "
-                "HMAC fingerprints under it); back it up with the audit store: without it, old fingerprints "
-                "cannot be checked again (see docs/settings.md, Secrets)",
-                file=sys.stderr,
-            )
-        _KEYS[cache] = key
-    return _KEYS[cache]
-
-
-def fingerprint(value: str, environ: Mapping[str, str] | None = None) -> str:
-    """`hmac-sha256:<hex>` of a secret, keyed by `fingerprint_key`."""
-    return "hmac-sha256:" + hmac.new(fingerprint_key(environ), value.encode(), hashlib.sha256).hexdigest()
-
-
-def is_secret_key(name: str) -> bool:
-    """Whether a settings key's value is a secret (recorded only as a fingerprint)."""
-    return is_secret_name(name)
-
-
-def _redact_url(value: str, env: Mapping[str, str]) -> str:
-    """Passwords inside a connection string (URL or libpq keywords), as fingerprints."""
-    return redact(value, lambda secret: fingerprint(secret, env))
-
-
-def _redact(value: Any, env: Mapping[str, str], secret: bool = False) -> Any:
-    """The settings as they may be recorded: secret values replaced by their fingerprints."""
-    if isinstance(value, dict):
-        return {k: _redact(v, env, secret or is_secret_key(str(k))) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v, env, secret) for v in value]
-    if secret and value is not None:
-        return fingerprint(value if isinstance(value, str) else msgspec.json.encode(value).decode(), env)
-    if isinstance(value, str):
-        return _redact_url(value, env)
-    return value

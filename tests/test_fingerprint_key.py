@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from engine import settings as settings_module
-from engine.settings import fingerprint
+from engine import secrets as secrets_module
+from engine.secrets import fingerprint
 from landscape.fingerprint import KEY_FILE, FingerprintKeyError, fingerprint_key
 from tests.test_cli import elspeth, one_line_error
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings_module._KEYS.clear()  # each test is a new process as far as the key goes
+    secrets_module._KEYS.clear()  # each test is a new process as far as the key goes
     monkeypatch.delenv("ELSPETH_FINGERPRINT_KEY", raising=False)  # the suite's fixed key (conftest)
 
 
@@ -35,7 +35,7 @@ def test_first_use_makes_a_private_random_key_and_says_so_once(
     assert first == "hmac-sha256:" + hmac.new(key, b"hunter2", hashlib.sha256).hexdigest()
     said = capsys.readouterr().err
     assert said.count("created the fingerprint key") == 1 and str(key_file) in said
-    settings_module._KEYS.clear()  # the next command
+    secrets_module._KEYS.clear()  # the next command
     assert fingerprint("hunter2", env) == first
     assert capsys.readouterr().err == ""  # once: not again for a key that exists
     other = fingerprint("hunter2", {"ELSPETH_HOME": str(tmp_path / "other")})

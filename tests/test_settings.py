@@ -9,7 +9,8 @@ import pytest
 from engine.dag import build_dag
 from engine.plugins.protocol import PluginConfigError
 from engine.plugins.registry import build_plugin
-from engine.settings import CoalesceSettings, SettingsError, fingerprint, is_secret_key, load_settings
+from engine.secrets import fingerprint, is_secret_key
+from engine.settings import CoalesceSettings, SettingsError, load_settings
 
 CONFORMANCE = Path(__file__).resolve().parent / "corpus" / "examples"  # the prior system's (see its README)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -1,0 +1,92 @@
+"""Reading a settings file's YAML: duplicate keys noted, merge keys honoured, aliases bounded,
+and `${VAR}` / `${VAR:-default}` expanded in every string value."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_NODES = 1_000_000  # YAML aliases can make a small file huge ("billion laughs")
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class YamlLoader(yaml.SafeLoader):
+    """The safe loader, noting keys that appear twice in one mapping. The prior system kept the
+    last silently, so its users' files may have them: a warning, not an error."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue  # `<<: *defaults` brings defaults that the mapping's own keys override
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                mark = key_node.start_mark
+                self.duplicates.append(
+                    f"line {mark.line + 1}, column {mark.column + 1}: key {key!r} appears twice in one mapping; "
+                    "the last one is used"
+                )
+            if isinstance(key, str | int | float | bool):
+                seen.add(key)
+        self.flatten_mapping(node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_size(value: Any) -> int:
+    """How many values `value` holds with aliases expanded, counting no further than past the cap."""
+    stack, count = [value], 0
+    while stack and count <= MAX_NODES:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def value_kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    words = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number"}  # fmt: skip
+    kind = words.get(type(value), type(value).__name__)
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):
+        kind += f" ({value!r})"
+    return kind
+
+
+def expand_vars(value: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    """`${VAR}` and `${VAR:-default}` in every string value (keys are left alone)."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(
+                f"{path or '(top)'}: environment variable {name} is not set; "
+                f"allowed: set it, or give a default as ${{{name}:-default}}"
+            )
+            return ""
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_vars(v, env, join_path(path, k), errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_vars(v, env, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    return value
+
+
+def join_path(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
