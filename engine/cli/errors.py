@@ -8,15 +8,12 @@ original stays chained as `__cause__`, so nothing is swallowed.
 
 from __future__ import annotations
 
+import sys
 from typing import IO, Any
 
 import click
 
-from engine.dag import DagError
 from engine.errors import EngineError
-from engine.expressions import ExpressionSyntaxError
-from engine.plugins.protocol import PluginConfigError
-from engine.settings import SettingsError
 from landscape.errors import LandscapeError
 from statecharts.errors import StatechartError
 
@@ -36,12 +33,28 @@ class SettingsCliError(ElspethCliError):
     exit_code = 2
 
 
-_SETTINGS_ERRORS = (SettingsError, DagError, PluginConfigError, ExpressionSyntaxError)
+# Named, not imported: the settings modules bring the database driver, and `elspeth verify` must
+# run where it is not installed. An error of a class whose module was never imported cannot have
+# been raised, so looking the classes up among the loaded modules loses nothing.
+_SETTINGS_ERRORS = (
+    ("engine.settings", "SettingsError"),
+    ("engine.dag", "DagError"),
+    ("engine.plugins.protocol", "PluginConfigError"),
+    ("engine.expressions", "ExpressionSyntaxError"),
+)
 OUR_ERRORS = (EngineError, LandscapeError, StatechartError)
 
 
+def _is_settings_error(e: BaseException) -> bool:
+    for module, name in _SETTINGS_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(e, getattr(loaded, name)):
+            return True
+    return False
+
+
 def cli_error(e: EngineError | LandscapeError | StatechartError) -> ElspethCliError:
-    if isinstance(e, _SETTINGS_ERRORS):
+    if _is_settings_error(e):
         return SettingsCliError(str(e))
     return ElspethCliError(str(e))
 

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
 
 import click
 
-from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethGroup
-from landscape.embedded import elspeth_home
-from landscape.postgres import PostgresRecorder
-from landscape.queries import list_runs
-from landscape.roles import Role
-from statecharts.machines import RUN_OPEN
+
+# Commands that run offline, with no database: their modules must not bring the driver (a test
+# runs `elspeth verify` where psycopg is not installed), so they are imported on their own.
+_OFFLINE = {"verify": ("engine.cli.verify", "verify_cmd")}
 
 
-@click.group(cls=ElspethGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(ElspethGroup):
+    """Imports command modules when a command is looked up, not when `elspeth` starts: most of
+    them bring the database driver, which an offline command must not need."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _OFFLINE:
+            module, name = _OFFLINE[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), name)
+            return command
+        _register()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register()
+        return sorted({*super().list_commands(ctx), *_OFFLINE})
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database", envvar="ELSPETH_DATABASE_URL", help="PostgreSQL URL of the audit store.")
 @click.option("--home", envvar="ELSPETH_HOME", help="Folder of the embedded database [./.elspeth].")
 @click.version_option(package_name="elspeth")
@@ -25,6 +41,10 @@ from statecharts.machines import RUN_OPEN
 def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     """ELSPETH: data pipelines whose every decision is recorded in a hash-chained event log."""
     ctx.obj = {"database": database, "home": home}
+    if ctx.invoked_subcommand in _OFFLINE:
+        return  # no home and no database: nothing to pin (and no driver to find them with)
+    from landscape.embedded import elspeth_home  # imported here: see _Cli
+
     # One home for the whole command, as an absolute path: the fingerprint key lives there even
     # with an external --database, and `resume` changes folder before it loads the settings.
     os.environ["ELSPETH_HOME"] = str(elspeth_home(home))
@@ -38,6 +58,12 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
 def runs_cmd(ctx: click.Context, as_json: bool) -> None:
     """List runs, newest first. A run still `running` whose writer is gone crashed (or lost its
     database): it says so, with the command that continues it."""
+    from engine.cli.common import database_from_ctx  # imported here, not at the top: see _Cli
+    from landscape.postgres import PostgresRecorder
+    from landscape.queries import list_runs
+    from landscape.roles import Role
+    from statecharts.machines import RUN_OPEN
+
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         runs = list_runs(db)
         recorder = PostgresRecorder(db)
@@ -69,8 +95,17 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{r.run_id:<32} {r.status:<12} {started:<20} {r.rows_in:>10}{note}")
 
 
+_registered = False
+
+
 def _register() -> None:
-    # Each command lives in its own module; registering one is one line here.
+    # Each command lives in its own module; registering one is one line here. Called on the
+    # first lookup of a command (see _Cli), once.
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from engine.cli.audit import checkpoint_cmd, export_cmd, prove_cmd
     from engine.cli.db import db_group
     from engine.cli.inspect import explain_cmd, projections_group, replay_cmd
     from engine.cli.keys import keys_group
@@ -81,11 +116,9 @@ def _register() -> None:
     from engine.cli.validate import validate_cmd
 
     for command in (run_cmd, resume_cmd, validate_cmd, replay_cmd, explain_cmd, projections_group,
-                    plugins_group, statecharts_cmd, purge_cmd, db_group, keys_group):  # fmt: skip
+                    plugins_group, statecharts_cmd, purge_cmd, db_group, keys_group,
+                    export_cmd, prove_cmd, checkpoint_cmd):  # fmt: skip
         cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

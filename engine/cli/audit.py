@@ -1,0 +1,170 @@
+"""What an operator hands an auditor: `elspeth export`, `elspeth prove` and `elspeth checkpoint`.
+(The auditor's side, `elspeth verify`, is `engine.cli.verify`, which needs no database.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import click
+
+from engine import signing
+from engine.cli.common import database_from_ctx, home_from_ctx
+from engine.cli.errors import ElspethCliError
+from landscape.checkpoint import run_origin
+from landscape.errors import UnknownRun
+from landscape.export import build_proof, encode_bundle, signed_checkpoints, write_export
+from landscape.notary import Witnessed, read_witness, witness_path
+from landscape.note import Verifier
+from landscape.postgres import PostgresRecorder
+from landscape.roles import Role
+
+_key_option = click.option("--public-key", "public_key", type=click.Path(),
+                           help="The .pub of the run's signing key [the key this home signs with].")  # fmt: skip
+_witness_option = click.option("--witness", type=click.Path(),
+                               help="The run's witness file [<home>/witness/RUN_ID.checkpoints].")  # fmt: skip
+
+
+@contextlib.contextmanager
+def new_file(path: Path) -> Iterator[IO[bytes]]:
+    """Write `path`, which must not exist, all or nothing: into a temporary file beside it, linked
+    into place only once everything was written (link() refuses to replace a file that appeared
+    meanwhile). On any error the temporary file goes and `path` is never created."""
+    if path.exists() or path.is_symlink():
+        raise ElspethCliError(f"{path} already exists; choose another name (an export is never overwritten)")
+    if not path.parent.is_dir():
+        raise ElspethCliError(f"{path.parent} is not an existing folder")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:
+        raise ElspethCliError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise ElspethCliError(f"{path} already exists; choose another name") from None
+        except OSError as e:
+            raise ElspethCliError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _key(home: str, public_key: str | None) -> Verifier:
+    key = signing.verifier(home, public_key)
+    if key is None:
+        raise ElspethCliError("no key to name as the run's signer: give its public key with --public-key KEY.pub")
+    return key
+
+
+def _checkpoints(
+    recorder: PostgresRecorder, run_id: str, home: str, witness: str | None, key: Verifier
+) -> list[Witnessed]:
+    if not recorder.run_exists(run_id):
+        raise UnknownRun(f"no run {run_id} in {recorder.db.describe()} (see `elspeth runs`)")
+    witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
+    witnessed = read_witness(witness_file, run_id)
+    if not witnessed:
+        click.echo(f"elspeth: warning: no witness file at {witness_file}: the store's checkpoints only", err=True)
+    return signed_checkpoints(recorder.checkpoints(run_id), witnessed, key)
+
+
+@click.command("export")
+@click.argument("run_id")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
+)
+@click.option("--no-payloads", is_flag=True, help="Leave row data out: the events keep only its commitments.")
+@_key_option
+@_witness_option
+@click.pass_context
+def export_cmd(
+    ctx: click.Context, run_id: str, output: Path, no_payloads: bool, public_key: str | None, witness: str | None
+) -> None:
+    """Write one self-contained file an auditor verifies offline (`elspeth verify`): the run's
+    events as stored, their row payloads, every signed checkpoint, the erasure records and the
+    signing key's public text. docs/verification.md describes the format."""
+    home = home_from_ctx(ctx)
+    key = _key(home, public_key)
+    with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
+        recorder = PostgresRecorder(db)
+        checkpoints = _checkpoints(recorder, run_id, home, witness, key)
+        origin = run_origin(recorder.store_id(), run_id)
+        written = write_export(
+            recorder, run_id, out, origin=origin, key=key, checkpoints=checkpoints, payloads=not no_payloads
+        )
+    what = "commitments only" if no_payloads else f"{written.payloads} row payload(s)"
+    click.echo(
+        f"exported run {run_id} to {output}: {written.events} events, {what}, {written.erased} erasure record(s), "
+        f"{written.checkpoints} signed checkpoint(s) (key {key.label})"
+    )
+
+
+@click.command("prove")
+@click.argument("run_id")
+@click.option("--seq", type=click.IntRange(min=0), help="Prove this one event.")
+@click.option("--row", "row_index", type=click.IntRange(min=0),
+              help="Prove every event of this source row's tokens (0-based, as `explain --row`).")  # fmt: skip
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
+)
+@click.option("--no-payloads", is_flag=True, help="Leave the row data (and its salts) out.")
+@_key_option
+@_witness_option
+@click.pass_context
+def prove_cmd(
+    ctx: click.Context, run_id: str, seq: int | None, row_index: int | None, output: Path, no_payloads: bool,
+    public_key: str | None, witness: str | None,
+) -> None:  # fmt: skip
+    """Write an inclusion proof bundle: the event (or the row's events) in full, each with its
+    audit path to the newest signed checkpoint, and the row data they reference. An auditor
+    checks it with `elspeth verify` without the rest of the run."""
+    if (seq is None) == (row_index is None):
+        raise click.UsageError("give exactly one of --seq N or --row N")
+    home = home_from_ctx(ctx)
+    key = _key(home, public_key)
+    with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
+        recorder = PostgresRecorder(db)
+        newest = _checkpoints(recorder, run_id, home, witness, key)[-1]
+        origin = run_origin(recorder.store_id(), run_id)
+        bundle = build_proof(
+            recorder, run_id, newest, origin=origin, key=key, seq=seq, row=row_index, payloads=not no_payloads
+        )
+        out.write(encode_bundle(bundle))
+    click.echo(
+        f"wrote {output}: {len(bundle.events)} event(s) of run {run_id} proved in its signed tree of {newest.size} "
+        f"events" + ("" if no_payloads else f", with {len(bundle.payloads)} row payload(s)")
+    )
+
+
+@click.command("checkpoint")
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the note to this file [standard output].")  # fmt: skip
+@_key_option
+@_witness_option
+@click.pass_context
+def checkpoint_cmd(
+    ctx: click.Context, run_id: str, output: Path | None, public_key: str | None, witness: str | None
+) -> None:
+    """The run's newest signed checkpoint, exactly as signed. An auditor who keeps it can later
+    prove that an export extends it: `elspeth verify FILE --checkpoint IT`."""
+    home = home_from_ctx(ctx)
+    key = _key(home, public_key)
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
+        newest = _checkpoints(PostgresRecorder(db), run_id, home, witness, key)[-1]
+    if output is None:
+        sys.stdout.write(newest.note)
+        return
+    with new_file(output) as out:
+        out.write(newest.note.encode())
+    click.echo(f"wrote {output}: checkpoint of {newest.size} events of run {run_id}, signed by {key.label}")

@@ -1,0 +1,63 @@
+"""`elspeth verify FILE --public-key KEY.pub`: check an export or a proof bundle offline.
+
+No database, no settings and no driver: this module and everything it imports must load where
+psycopg is not installed (tests/test_audit.py runs it so), and `engine.cli.main` imports it on
+its own for that reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from landscape.audit import read_kept_checkpoint, sniff, verify_export, verify_proof
+from landscape.keys import load_verifier
+
+
+@click.command("verify")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The .pub of the key that signed the run's checkpoints (obtained from the operator, not the file).",
+)
+@click.option(
+    "--checkpoint",
+    "kept",
+    type=click.Path(path_type=Path),
+    help="A checkpoint you kept from earlier (`elspeth checkpoint`): also prove the export extends it.",
+)
+@click.option("--run", "run_id", help="Refuse the file unless it is of this run.")
+def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None) -> None:  # fmt: skip
+    """Verify an export (`elspeth export`) or a proof bundle (`elspeth prove`) offline: the
+    signatures, the hash chain, the Merkle tree against every signed checkpoint, the transitions
+    and the row payloads. Exit 1 naming the first bad line or event."""
+    key = load_verifier(public_key)
+    if sniff(file) == "proof":
+        if kept is not None:
+            raise click.UsageError("--checkpoint goes with an export, not with a proof bundle")
+        proof = verify_proof(file, key, run_id=run_id)
+        click.echo(
+            f"{file}: proof of run {proof.run_id}, {proof.subject}: {proof.events} event(s) in the tree of "
+            f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
+        )
+        click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased))
+        return
+    old = read_kept_checkpoint(kept, key) if kept is not None else None
+    report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id)
+    click.echo(
+        f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
+        f"{report.root.hex()[:16]} matches all {report.checkpoints} checkpoint(s) signed by {report.key}"
+    )
+    click.echo(_payloads(report.payloads_included, report.payloads, report.erased))
+    if report.extends is not None:
+        click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
+
+
+def _payloads(included: bool, matched: int, erased: int) -> str:
+    if not included:
+        return f"row payloads: NOT CHECKED (exported without payloads: commitments only); {erased} recorded as erased"
+    return f"row payloads: {matched} match their commitments; {erased} erased (with a record)"

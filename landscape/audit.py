@@ -1,0 +1,466 @@
+"""Offline verification of an export file or a proof bundle: what `elspeth verify` runs. A pure
+function of the file, a public key and (optionally) a checkpoint the auditor kept; no database,
+no settings, no driver. docs/verification.md says what each check proves.
+
+Every failure is an AuditFailure naming the file, the line (or event) and what is wrong; the
+first one found ends the check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from landscape.chain import header as chain_header
+from landscape.chain import link
+from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
+from landscape.errors import LandscapeError
+from landscape.export import (
+    FORMAT,
+    BadLine,
+    CheckpointRecord,
+    End,
+    ErasedRecord,
+    EventRecord,
+    ExportError,
+    Header,
+    PayloadRecord,
+    ProofBundle,
+    Record,
+    decode_bundle,
+    read_records,
+)
+from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
+from landscape.note import NoteError, Verifier
+from landscape.records import Payload, StoredEvent
+from landscape.verify import payload_matches, row_hashes, verify_events
+from statecharts import events as ev
+from statecharts.compiled import EVENT_MACHINE
+from statecharts.errors import StatechartError
+
+# A proof bundle is read whole; one larger than this is not one ELSPETH made for a row.
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+
+
+class AuditFailure(LandscapeError):
+    """The file does not verify, or cannot be read; the message names where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    run_id: str
+    key: str
+    events: int
+    root: bytes
+    checkpoints: int
+    payloads_included: bool
+    payloads: int
+    erased: int
+    extends: int | None  # the size of the kept checkpoint the export was proved to extend
+
+
+@dataclass(frozen=True, slots=True)
+class ProofReport:
+    run_id: str
+    key: str
+    subject: str
+    events: int
+    size: int
+    root: bytes
+    payloads_included: bool
+    payloads: int
+    erased: int
+
+
+def sniff(path: Path) -> str:
+    """`export` or `proof`: which kind of file this is (by its first bytes)."""
+    try:
+        with path.open("rb") as f:
+            start = f.read(64)
+    except OSError as e:
+        raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
+    # An export's first line is a whole record; a bundle is one indented JSON document.
+    return "proof" if start.startswith(b"{\n") else "export"
+
+
+def read_kept_checkpoint(path: Path, key: Verifier) -> Checkpoint:
+    """A checkpoint note the auditor kept (`elspeth checkpoint`), signed by `key`."""
+    try:
+        note = path.read_bytes()
+    except OSError as e:
+        raise AuditFailure(f"checkpoint {path}: cannot read it: {e.strerror}") from None
+    try:
+        return open_checkpoint(note, key)
+    except NoteError as e:
+        raise AuditFailure(f"checkpoint {path}: {e}") from None
+
+
+# -- the export ------------------------------------------------------------------------------------
+
+
+def verify_export(
+    path: Path, key: Verifier, *, kept: Checkpoint | None = None, kept_name: str = "", run_id: str | None = None
+) -> ExportReport:
+    try:
+        with path.open("rb") as f:
+            return _ExportCheck(path, key, kept, kept_name, run_id).run(read_records(f))
+    except BadLine as e:
+        raise AuditFailure(f"{path}, {e}") from None
+    except OSError as e:
+        raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
+
+
+class _ExportCheck:
+    """One pass over an export's records. Memory: the checkpoints, the set of row payloads
+    referenced so far (the payload check needs it) and, with a kept checkpoint, 32 bytes per
+    event (the leaves its consistency proof is computed from)."""
+
+    def __init__(self, path: Path, key: Verifier, kept: Checkpoint | None, kept_name: str, run_id: str | None) -> None:
+        self.path, self.key, self.kept, self.kept_name, self.run_id = path, key, kept, kept_name, run_id
+        self.header: Header | None = None
+        self.checkpoints: list[tuple[int, int, bytes]] = []  # (line, size, root)
+        self.seen: set[bytes] = set()
+        # Row payloads the last event referenced first, whose records must follow it.
+        self.expected: deque[tuple[str, int]] = deque()  # (hash, seq)
+        self.event_line = 0
+        self.event_seq = -1
+        self.lines_of: dict[int, int] = {}  # seq -> line, for the few seqs a message may name
+        self.leaves = bytearray()
+        self.counts = {"events": 0, "payloads": 0, "erased": 0}
+        self.end: tuple[int, End] | None = None
+
+    def fail(self, line: int, why: str) -> AuditFailure:
+        return AuditFailure(f"{self.path}, line {line}: {why}")
+
+    def run(self, records: Iterator[tuple[int, Record]]) -> ExportReport:
+        number, first = next(records, (1, None))
+        if not isinstance(first, Header):
+            raise self.fail(number, "this is not an ELSPETH export (no header)")
+        header = self._check_header(first)
+        pending: tuple[int, Record] | None = None
+        for number, record in records:
+            if not isinstance(record, CheckpointRecord):
+                pending = (number, record)
+                break
+            self._check_checkpoint(number, record)
+        if not self.checkpoints:
+            raise self.fail(pending[0] if pending else 2, "the export holds no signed checkpoint")
+        sizes = [size for _line, size, _root in self.checkpoints]
+        final_line, final, final_root = self.checkpoints[-1]
+        self.lines_of = {final: 0}
+        verified = verify_events(header.run_id, self._events(pending, records), observe=self._observe, roots_at=sizes)
+        if verified.bad is not None:
+            raise self.fail(self.event_line, f"event seq {verified.bad.seq}: {verified.bad.why}")
+        if verified.events == 0:
+            raise self.fail(self.end[0] if self.end else 2, "the export holds no event")
+        for line, size, root in self.checkpoints:
+            if size > verified.events:
+                first_missing = verified.events
+                missing = (
+                    f"event {first_missing}" if size - 1 == first_missing else f"events {first_missing} to {size - 1}"
+                )
+                raise self.fail(line, f"{missing} missing: this checkpoint was signed over {size} events")
+            if verified.roots.get(size) != root:
+                raise self.fail(line, f"the first {size} events do not hash to the root of this checkpoint of {size}")
+        if verified.events > final:
+            raise self.fail(
+                self.lines_of.get(final, 0),
+                f"events {final} to {verified.events - 1} are not covered by any signed checkpoint "
+                f"(the newest, line {final_line}, covers {final})",
+            )
+        extends = self._check_kept(final, final_root) if self.kept is not None else None
+        return ExportReport(
+            run_id=header.run_id, key=self.key.label, events=verified.events, root=final_root,
+            checkpoints=len(self.checkpoints), payloads_included=header.payloads,
+            payloads=self.counts["payloads"], erased=self.counts["erased"], extends=extends,
+        )  # fmt: skip
+
+    def _check_header(self, header: Header) -> Header:
+        if header.key != self.key.text():
+            try:
+                named = Verifier.parse(header.key).label
+            except NoteError:
+                named = "a malformed key"
+            raise self.fail(
+                1, f"the export says its checkpoints are signed by {named}, not by the key given ({self.key.label})"
+            )
+        try:
+            _store, origin_run = parse_run_origin(header.origin)
+        except CheckpointError as e:
+            raise self.fail(1, str(e)) from None
+        if origin_run != header.run_id:
+            raise self.fail(1, f"the header's run {header.run_id} is not the run its origin names ({origin_run})")
+        if self.run_id is not None and header.run_id != self.run_id:
+            raise self.fail(1, f"this is an export of run {header.run_id}, not of run {self.run_id}")
+        self.header = header
+        return header
+
+    def _check_checkpoint(self, number: int, record: CheckpointRecord) -> None:
+        assert self.header is not None
+        try:
+            cp = open_checkpoint(record.note, self.key)
+        except NoteError as e:
+            raise self.fail(number, f"checkpoint: {e}") from None
+        if cp.origin != self.header.origin:
+            # The note is signed, so it is the header (or another run's checkpoint) that is wrong.
+            where = 1 if not self.checkpoints else number
+            raise self.fail(where, f"the header names the log {self.header.origin}, the signed checkpoint on line "
+                                   f"{number} the log {cp.origin}")  # fmt: skip
+        if cp.size != record.size:
+            raise self.fail(number, f"the record says {record.size} events, its signed note {cp.size}")
+        if self.checkpoints and cp.size <= self.checkpoints[-1][1]:
+            raise self.fail(number, f"a checkpoint of {cp.size} events after one of {self.checkpoints[-1][1]}: "
+                                    "each appears once, smallest first")  # fmt: skip
+        self.checkpoints.append((number, cp.size, cp.root))
+
+    def _events(
+        self, pending: tuple[int, Record] | None, records: Iterator[tuple[int, Record]]
+    ) -> Iterator[StoredEvent]:
+        """The event records as stored events, checking the records between them on the way."""
+        assert self.header is not None
+        stream = records if pending is None else _prepend(pending, records)
+        for number, record in stream:
+            if isinstance(record, EventRecord):
+                self._expect_nothing_more(number)
+                self.event_line, self.event_seq = number, record.seq
+                self.counts["events"] += 1
+                if record.seq in self.lines_of:
+                    self.lines_of[record.seq] = number
+                yield record.stored()
+            elif isinstance(record, PayloadRecord):
+                self._check_payload(number, record)
+            elif isinstance(record, ErasedRecord):
+                self._check_erased(number, record)
+            elif isinstance(record, End):
+                self._expect_nothing_more(number)
+                self._check_end(number, record)
+                self.end = (number, record)
+                for after, _record in stream:
+                    raise self.fail(after, "a line after the end record")
+                return
+            elif isinstance(record, CheckpointRecord):
+                raise self.fail(
+                    number, "a checkpoint record among the events (checkpoints come right after the header)"
+                )
+            else:
+                raise self.fail(number, "a second header")
+        raise AuditFailure(f"{self.path}: the file ends without its end record: it was cut short")
+
+    def _observe(self, stored: StoredEvent, event: ev.EventBase) -> None:
+        for h in row_hashes(event):
+            digest = bytes.fromhex(h)
+            if digest not in self.seen:
+                self.seen.add(digest)
+                self.expected.append((h, stored.seq))
+        if self.kept is not None:
+            self.leaves += leaf_hash(stored.hash)
+
+    def _expect_nothing_more(self, number: int) -> None:
+        """Every row payload the last event referenced first has had its record."""
+        assert self.header is not None
+        if self.header.payloads and self.expected:
+            h, seq = self.expected[0]
+            raise self.fail(number, f"row payload {h}, first referenced by event seq {seq} (line {self.event_line}), "
+                                    "has no payload or erasure record before this line")  # fmt: skip
+        self.expected.clear()
+
+    def _check_payload(self, number: int, record: PayloadRecord) -> None:
+        assert self.header is not None
+        if not self.header.payloads:
+            raise self.fail(number, "a payload record in an export made without payloads")
+        self._take(number, record.hash, "payload")
+        if not payload_matches(record.hash, Payload(record.salt, record.data)):
+            raise self.fail(number, f"row payload {record.hash} does not match its commitment (salt or data changed)")
+        self.counts["payloads"] += 1
+
+    def _check_erased(self, number: int, record: ErasedRecord) -> None:
+        if not record.digest_matches():
+            raise self.fail(number, f"the erasure record of {record.hash} was changed (its digest does not match)")
+        self._take(number, record.hash, "erasure")
+        self.counts["erased"] += 1
+
+    def _take(self, number: int, h: str, what: str) -> None:
+        """`h` must be the next payload the last event referenced first (without payloads, any
+        later one of them: only erased ones have records then)."""
+        assert self.header is not None
+        while self.expected:
+            want, _seq = self.expected.popleft()
+            if want == h:
+                return
+            if self.header.payloads:
+                break
+        where = f"event seq {self.event_seq} (line {self.event_line})" if self.event_line else "the header"
+        raise self.fail(number, f"a {what} record of {h}, which is not the next row payload {where} references first")
+
+    def _check_end(self, number: int, end: End) -> None:
+        found = {**self.counts, "checkpoints": len(self.checkpoints)}
+        for name, value in found.items():
+            said = getattr(end, name)
+            if said != value:
+                raise self.fail(number, f"the end record counts {said} {name}, the file holds {value}")
+
+    def _check_kept(self, final: int, final_root: bytes) -> int:
+        """The export extends the checkpoint the auditor kept: a consistency proof from its size
+        to the final one, computed from the export's own leaves."""
+        kept = self.kept
+        assert kept is not None and self.header is not None
+        where = f"the checkpoint you kept ({self.kept_name}, {kept.size} events)"
+        if kept.origin != self.header.origin:
+            raise AuditFailure(f"{self.path}: {where} is of {kept.origin}, this export of {self.header.origin}")
+        if kept.size > final:
+            raise AuditFailure(
+                f"{self.path}: the export holds {final} events, fewer than {where}: events {final} to "
+                f"{kept.size - 1} are gone"
+            )
+        leaves = self.leaves
+
+        def source(start: int, end: int) -> list[bytes]:
+            return [bytes(leaves[i * 32 : i * 32 + 32]) for i in range(start, end)]
+
+        try:
+            proof = consistency_proof(kept.size, final, source) if 0 < kept.size < final else []
+            verify_consistency(kept.size, final, proof, kept.root, final_root)
+        except ProofError as e:
+            raise AuditFailure(
+                f"{self.path}: the export does not extend {where}: its history was rewritten ({e})"
+            ) from None
+        return kept.size
+
+
+def _prepend(first: tuple[int, Record], rest: Iterator[tuple[int, Record]]) -> Iterator[tuple[int, Record]]:
+    yield first
+    yield from rest
+
+
+# -- the proof bundle -------------------------------------------------------------------------------
+
+
+def verify_proof(path: Path, key: Verifier, *, run_id: str | None = None) -> ProofReport:
+    """Check a proof bundle (`elspeth prove`): its checkpoint's signature, each event's chain hash
+    recomputed from its fields and its inclusion in the signed tree, that the events are what the
+    bundle says (one seq, or one row's lineage), and each row payload against its commitment."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as e:
+        raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise AuditFailure(f"{path}: larger than any proof bundle ({MAX_BUNDLE_BYTES} bytes)")
+    try:
+        bundle = decode_bundle(data)
+    except ExportError as e:
+        raise AuditFailure(f"{path}: {e}") from None
+    return _ProofCheck(path, key, bundle, run_id).run()
+
+
+class _ProofCheck:
+    def __init__(self, path: Path, key: Verifier, bundle: ProofBundle, run_id: str | None) -> None:
+        self.path, self.key, self.bundle, self.run_id = path, key, bundle, run_id
+
+    def fail(self, why: str) -> AuditFailure:
+        return AuditFailure(f"{self.path}: {why}")
+
+    def run(self) -> ProofReport:
+        b = self.bundle
+        if b.key != self.key.text():
+            raise self.fail(f"the bundle says it is signed by another key than the one given ({self.key.label})")
+        if self.run_id is not None and b.run_id != self.run_id:
+            raise self.fail(f"this is a proof of run {b.run_id}, not of run {self.run_id}")
+        try:
+            if parse_run_origin(b.origin)[1] != b.run_id:
+                raise self.fail(f"the bundle's run {b.run_id} is not the run its origin names ({b.origin})")
+            cp = open_checkpoint(b.checkpoint, self.key, origin=b.origin)
+        except NoteError as e:
+            raise self.fail(f"checkpoint: {e}") from None
+        if (b.seq is None) == (b.row is None):
+            raise self.fail("the bundle must name one subject: a seq or a row")
+        if not b.events:
+            raise self.fail("the bundle holds no event")
+        events: list[tuple[StoredEvent, ev.EventBase]] = []
+        for i, proven in enumerate(b.events):
+            stored = proven.event.stored()
+            if i and stored.seq <= events[-1][0].seq:
+                raise self.fail(
+                    f"event seq {stored.seq} comes after seq {events[-1][0].seq}: events are in seq order, once"
+                )
+            events.append((stored, self._check_event(stored, proven.proof, cp)))
+        subject = self._check_subject(events)
+        payloads, erased = self._check_payloads(events)
+        return ProofReport(
+            run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
+            payloads_included=b.payloads_included, payloads=payloads, erased=erased,
+        )  # fmt: skip
+
+    def _check_event(self, e: StoredEvent, proof: list[str], cp: Checkpoint) -> ev.EventBase:
+        where = f"event seq {e.seq}"
+        if e.run_id != self.bundle.run_id:
+            raise self.fail(f"{where} is an event of run {e.run_id}")
+        if hashlib.sha256(e.payload).digest() != e.payload_hash:
+            raise self.fail(f"{where}: the event body does not match its payload hash")
+        hdr = chain_header(e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, e.recorded_at_us)
+        if link(e.prev_hash, hdr, e.payload_hash) != e.hash:
+            raise self.fail(f"{where}: its fields do not hash to its chain hash (the header or hash was altered)")
+        if EVENT_MACHINE.get(e.event_type) != e.machine:
+            raise self.fail(f"{where}: event type {e.event_type!r} does not belong to machine {e.machine!r}")
+        try:
+            event = e.event
+        except (StatechartError, msgspec.DecodeError, msgspec.ValidationError) as err:
+            raise self.fail(f"{where}: the event body cannot be read: {err}") from None
+        if e.seq >= cp.size:
+            raise self.fail(f"{where} is not in the signed tree of {cp.size} events")
+        try:
+            verify_inclusion(e.seq, cp.size, leaf_hash(e.hash), [bytes.fromhex(p) for p in proof], cp.root)
+        except ProofError as err:
+            raise self.fail(f"{where}: {err}") from None
+        return event
+
+    def _check_subject(self, events: list[tuple[StoredEvent, ev.EventBase]]) -> str:
+        b = self.bundle
+        if b.seq is not None:
+            if len(events) != 1 or events[0][0].seq != b.seq:
+                raise self.fail(f"a proof of event seq {b.seq} must hold that one event")
+            return f"event seq {b.seq}"
+        # A row's lineage: every event is of a token created for the row or descending from one
+        # created earlier in the bundle. (That none is left out, no proof of inclusion can show.)
+        tokens: set[str] = set()
+        for stored, event in events:
+            if isinstance(event, ev.TokenCreated) and (
+                (not event.parents and event.row_index == b.row) or any(p in tokens for p in event.parents)
+            ):
+                tokens.add(stored.entity_id)
+            if stored.machine != "token" or stored.entity_id not in tokens:
+                raise self.fail(f"event seq {stored.seq} is not of a token of row {b.row}'s lineage")
+        return f"row {b.row} ({len(tokens)} token(s))"
+
+    def _check_payloads(self, events: list[tuple[StoredEvent, ev.EventBase]]) -> tuple[int, int]:
+        b = self.bundle
+        referenced = {h: stored.seq for stored, event in reversed(events) for h in row_hashes(event)}
+        supplied = {p.hash: p for p in b.payloads}
+        erased = {r.hash: r for r in b.erased}
+        for h in [*supplied, *erased]:
+            if h not in referenced:
+                raise self.fail(f"row payload {h} is in the bundle but no event of it references it")
+        if len(supplied) != len(b.payloads) or len(erased) != len(b.erased):
+            raise self.fail("a row payload appears twice in the bundle")
+        for r in b.erased:
+            if not r.digest_matches():
+                raise self.fail(f"the erasure record of {r.hash} was changed (its digest does not match)")
+        if not b.payloads_included:
+            if b.payloads:
+                raise self.fail("payloads in a bundle made without payloads")
+            return 0, len(erased)
+        for h, seq in sorted(referenced.items(), key=lambda item: item[1]):
+            p = supplied.get(h)
+            if p is None and h not in erased:
+                raise self.fail(f"row payload {h}, referenced by event seq {seq}, is missing (and not erased)")
+            if p is not None and not payload_matches(h, Payload(p.salt, p.data)):
+                raise self.fail(f"row payload {h}, referenced by event seq {seq}, does not match its commitment")
+        return len(supplied), len(erased)
+
+
+__all__ = ["FORMAT", "AuditFailure", "ExportReport", "ProofReport", "sniff", "verify_export", "verify_proof"]

@@ -1,0 +1,417 @@
+"""The export file of a run, and the proof bundle of one event or row: their records, how they
+are written from the store, and how they are read back. Driver-free: `elspeth verify` reads them
+where no database (and no driver) is installed. The checks are in `landscape.audit`; the exact
+format is documented in docs/verification.md ("The export file").
+
+An export is JSON lines, one record a line, each written exactly one way (msgspec's encoding of
+the record's struct, fields in a fixed order, binary fields in base64, hashes in lowercase hex), so
+a reader can tell any changed byte by re-encoding what it read:
+
+    header       {"type":"elspeth-export","format":1,"run_id",...}        line 1
+    checkpoint   every signed checkpoint, smallest tree first               lines 2...
+    event        the run's events in seq order; after each event, a
+    payload      record for each row payload it is the first to reference
+    erased         (or the erasure record of one that was erased)
+    end          the count of each kind of record                           last line
+
+The signed claims come first, so a verifier streaming the events knows every size it must
+compute a root at; payloads come right after the event that first names them, so each is checked
+where it stands and a missing one is named by its line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Annotated
+
+import msgspec
+
+from landscape.errors import LandscapeError
+from landscape.merkle import inclusion_proofs, leaf_hash
+from landscape.notary import Witnessed
+from landscape.note import NoteError, Verifier, parse_note
+from landscape.recorder import Recorder
+from landscape.records import Erasure, StoredEvent
+from landscape.verify import row_hashes
+from statecharts import events as ev
+from statecharts.errors import StatechartError
+
+#: The format this ELSPETH writes and the newest it reads.
+FORMAT = 1
+EXPORT_TYPE = "elspeth-export"
+PROOF_TYPE = "elspeth-proof"
+
+Hex32 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ExportError(LandscapeError):
+    """An export or proof that cannot be made, or a file that is not one; the message says why."""
+
+
+class BadLine(LandscapeError):
+    """A line of an export that is not a well-formed record."""
+
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(f"line {line}: {why}")
+        self.line = line
+        self.why = why
+
+
+class _Record(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class Header(_Record, tag=EXPORT_TYPE, frozen=True):
+    format: int
+    run_id: str
+    origin: str  # elspeth/<store id>/<run id>, as every checkpoint's note names it
+    key: str  # the verifier key text of the key that signed the checkpoints
+    payloads: bool  # false: exported with --no-payloads (commitments only)
+
+
+class CheckpointRecord(_Record, tag="checkpoint", frozen=True):
+    size: Count
+    note: str  # the signed note, exactly as stored
+
+
+class EventRecord(_Record, tag="event", frozen=True):
+    run_id: str
+    seq: Count
+    machine: str
+    entity_id: str
+    event_type: str
+    schema_version: int
+    recorded_at_us: int
+    payload: bytes  # the event body's exact bytes
+    payload_hash: Hex32
+    prev_hash: Hex32
+    hash: Hex32
+
+    @classmethod
+    def of(cls, e: StoredEvent) -> EventRecord:
+        return cls(
+            run_id=e.run_id, seq=e.seq, machine=e.machine, entity_id=e.entity_id, event_type=e.event_type,
+            schema_version=e.schema_version, recorded_at_us=e.recorded_at_us, payload=e.payload,
+            payload_hash=e.payload_hash.hex(), prev_hash=e.prev_hash.hex(), hash=e.hash.hex(),
+        )  # fmt: skip
+
+    def stored(self) -> StoredEvent:
+        return StoredEvent(
+            self.run_id, self.seq, self.machine, self.entity_id, self.event_type, self.schema_version,
+            self.recorded_at_us, self.payload, bytes.fromhex(self.payload_hash), bytes.fromhex(self.prev_hash),
+            bytes.fromhex(self.hash),
+        )  # fmt: skip
+
+
+class PayloadRecord(_Record, tag="payload", frozen=True):
+    hash: Hex32  # the commitment sha256(salt ‖ data) the events hold
+    salt: bytes
+    data: bytes
+
+
+class ErasedRecord(_Record, tag="erased", frozen=True):
+    """The store's record of an erased payload. Nothing signs it (it is the operator's word, see
+    docs/erasure.md), so it carries a digest of its own fields: a changed byte is still caught
+    and named on its line, as on every other line."""
+
+    hash: Hex32
+    run_id: str | None
+    row_index: int | None
+    kind: str
+    reason: str
+    erased_at: str  # ISO 8601
+    erased_by: str
+    digest: Hex32
+
+    @classmethod
+    def of(cls, e: Erasure) -> ErasedRecord:
+        fields = (e.hash, e.run_id, e.row_index, e.kind, e.reason, e.erased_at.isoformat(), e.erased_by)
+        return cls(*fields, digest=_digest(fields))
+
+    def digest_matches(self) -> bool:
+        fields = (self.hash, self.run_id, self.row_index, self.kind, self.reason, self.erased_at, self.erased_by)
+        return _digest(fields) == self.digest
+
+    def describe(self) -> str:
+        return f"erased on {self.erased_at[:10]} ({self.kind}: {self.reason})"
+
+
+class End(_Record, tag="end", frozen=True):
+    events: Count
+    payloads: Count
+    erased: Count
+    checkpoints: Count
+
+
+Record = Header | CheckpointRecord | EventRecord | PayloadRecord | ErasedRecord | End
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Record)
+
+
+def _digest(fields: tuple[object, ...]) -> str:
+    return hashlib.sha256(_encoder.encode(fields)).hexdigest()
+
+
+def encode(record: Record) -> bytes:
+    """The one spelling of a record, without its newline."""
+    return _encoder.encode(record)
+
+
+def check_format(value: object, what: str) -> None:
+    """Refuse a format this ELSPETH cannot read (ExportError naming it)."""
+    if type(value) is not int or value < 1:
+        raise ExportError(f"{what} has format {value!r}, which is no ELSPETH format")
+    if value > FORMAT:
+        raise ExportError(f"{what} is format {value}, newer than this ELSPETH reads ({FORMAT}): upgrade ELSPETH")
+
+
+def read_records(lines: Iterable[bytes]) -> Iterator[tuple[int, Record]]:
+    """(line number, record) of each line of an export, checking that each line is a complete
+    record written the one way ELSPETH writes it; BadLine otherwise. Line 1 must be the header
+    of a format this ELSPETH reads (checked before the rest of it, which a newer format may
+    change)."""
+    for number, raw in enumerate(lines, 1):
+        if not raw.endswith(b"\n"):
+            raise BadLine(number, "the line does not end with a newline: the file was cut short")
+        line = raw[:-1]
+        if number == 1:
+            _check_header_format(line)
+        try:
+            record = _decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise BadLine(number, f"not a record of an ELSPETH export ({e})") from None
+        if encode(record) != line:
+            raise BadLine(number, f"the {_kind(record)} record is not written as ELSPETH writes it (a changed byte?)")
+        yield number, record
+
+
+def _check_header_format(line: bytes) -> None:
+    try:
+        peek = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        peek = None
+    if not isinstance(peek, dict) or peek.get("type") != EXPORT_TYPE:
+        raise BadLine(1, "this is not an ELSPETH export (its first line is not an elspeth-export header)")
+    try:
+        check_format(peek.get("format"), "this export")
+    except ExportError as e:
+        raise BadLine(1, str(e)) from None
+
+
+def _kind(record: Record) -> str:
+    return "header" if isinstance(record, Header) else str(record.__struct_config__.tag)
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    events: int
+    payloads: int
+    erased: int
+    checkpoints: int
+    size: int  # the newest checkpoint's tree size (the export holds exactly that many events)
+
+
+def signed_checkpoints(stored: Iterable[Witnessed], witnessed: Iterable[Witnessed], key: Verifier) -> list[Witnessed]:
+    """The checkpoints of a run from the store and its witness file, each once (the same note
+    in both is one), smallest tree first. ExportError if there is none, or if one is signed by
+    another key than `key` (naming both): an export names the one key that checks it."""
+    unique: dict[str, Witnessed] = {}
+    for cp in (*stored, *witnessed):
+        unique.setdefault(cp.note, cp)
+    if not unique:
+        raise ExportError("the run has no signed checkpoint (in the store or its witness file) to export against")
+    for cp in unique.values():
+        try:
+            labels = [s.label for s in parse_note(cp.note).signatures]
+        except NoteError as e:
+            raise ExportError(f"the checkpoint of {cp.size} events ({cp.where}) is not a signed note: {e}") from None
+        if key.label not in labels:
+            raise ExportError(
+                f"the checkpoint of {cp.size} events ({cp.where}) is signed by {', '.join(labels)}, not by "
+                f"{key.label}: give the run's public key with --public-key"
+            )
+    return sorted(unique.values(), key=lambda cp: (cp.size, cp.note))
+
+
+def write_export(
+    recorder: Recorder,
+    run_id: str,
+    out: IO[bytes],
+    *,
+    origin: str,
+    key: Verifier,
+    checkpoints: list[Witnessed],
+    payloads: bool = True,
+    chunk: int = 2000,
+) -> Written:
+    """Write the export of a run's events up to its newest checkpoint (later events are not
+    signed yet) to `out`. Streams: memory holds one chunk of events and the set of payload
+    hashes already written."""
+    size = checkpoints[-1].size
+    out.write(encode(Header(format=FORMAT, run_id=run_id, origin=origin, key=key.text(), payloads=payloads)) + b"\n")
+    for cp in checkpoints:
+        out.write(encode(CheckpointRecord(size=cp.size, note=cp.note)) + b"\n")
+    counts = [0, 0, 0]  # events, payloads, erased
+    seen: set[str] = set()
+    batch: list[StoredEvent] = []
+    for e in recorder.read_events(run_id, upto_seq=size - 1):
+        batch.append(e)
+        if len(batch) >= chunk:
+            _write_chunk(recorder, batch, seen, out, payloads, counts)
+            batch = []
+    _write_chunk(recorder, batch, seen, out, payloads, counts)
+    events, n_payloads, erased = counts
+    out.write(encode(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints))) + b"\n")
+    return Written(events, n_payloads, erased, len(checkpoints), size)
+
+
+def first_references(events: Iterable[StoredEvent], seen: set[str]) -> Iterator[tuple[StoredEvent, list[str]]]:
+    """Each event with the row payloads it is the first to reference (in the order it names
+    them), adding them to `seen`. An event whose body cannot be read references none here: the
+    verifier names it."""
+    for e in events:
+        try:
+            hashes = row_hashes(e.event)
+        except (StatechartError, msgspec.DecodeError, msgspec.ValidationError):
+            hashes = ()
+        new = []
+        for h in hashes:
+            if h not in seen:
+                seen.add(h)
+                new.append(h)
+        yield e, new
+
+
+def _write_chunk(
+    recorder: Recorder, batch: list[StoredEvent], seen: set[str], out: IO[bytes], payloads: bool, counts: list[int]
+) -> None:
+    firsts = list(first_references(batch, seen))
+    wanted = [h for _e, new in firsts for h in new]
+    present = recorder.payloads(wanted) if payloads and wanted else {}
+    absent = [h for h in wanted if h not in present]
+    erasures = recorder.erasures(absent) if absent else {}
+    for e, new in firsts:
+        out.write(encode(EventRecord.of(e)) + b"\n")
+        counts[0] += 1
+        for h in new:
+            if h in present:
+                p = present[h]
+                out.write(encode(PayloadRecord(hash=h, salt=p.salt, data=p.data)) + b"\n")
+                counts[1] += 1
+            elif h in erasures:
+                out.write(encode(ErasedRecord.of(erasures[h])) + b"\n")
+                counts[2] += 1
+            # else: missing with no erasure record. Written as it is; the verifier names it.
+
+
+# -- the proof bundle -----------------------------------------------------------------------------
+
+
+class ProvenEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    event: EventRecord
+    proof: list[Hex32]  # the audit path of leaf `event.seq`, leaf side first
+
+
+class ProofBundle(_Record, tag=PROOF_TYPE, frozen=True):
+    format: int
+    run_id: str
+    origin: str
+    key: str
+    seq: int | None  # the subject: one event (--seq) ...
+    row: int | None  # ... or one source row's lineage (--row)
+    checkpoint: str  # the signed note the proofs lead to
+    events: list[ProvenEvent]
+    payloads_included: bool
+    payloads: list[PayloadRecord]
+    erased: list[ErasedRecord]
+
+
+_bundle_decoder = msgspec.json.Decoder(ProofBundle)
+
+
+def encode_bundle(bundle: ProofBundle) -> bytes:
+    return msgspec.json.format(_encoder.encode(bundle), indent=1) + b"\n"
+
+
+def decode_bundle(data: bytes) -> ProofBundle:
+    """The bundle in `data`; ExportError saying why not (a newer format is named as such)."""
+    try:
+        peek = msgspec.json.decode(data)
+    except msgspec.DecodeError as e:
+        raise ExportError(f"not an ELSPETH proof bundle (not JSON: {e})") from None
+    if not isinstance(peek, dict) or peek.get("type") != PROOF_TYPE:
+        raise ExportError("not an ELSPETH export or proof bundle")
+    check_format(peek.get("format"), "this proof bundle")
+    try:
+        return _bundle_decoder.decode(data)
+    except msgspec.ValidationError as e:
+        raise ExportError(f"not a well-formed proof bundle ({e})") from None
+
+
+def lineage(events: Iterable[StoredEvent], row: int) -> Iterator[StoredEvent]:
+    """The events of one source row's tokens: those created for it (no parents, its row index)
+    and every token descending from them (fork branches, expansions, merges, batch outputs that
+    contain it) — the tokens `elspeth purge --row` erases."""
+    tokens: set[str] = set()
+    for e in events:
+        if e.machine != "token":
+            continue
+        created = e.event if e.event_type == "TokenCreated" else None
+        if isinstance(created, ev.TokenCreated):
+            parents = created.parents
+            if (not parents and created.row_index == row) or any(p in tokens for p in parents):
+                tokens.add(e.entity_id)
+        if e.entity_id in tokens:
+            yield e
+
+
+def build_proof(
+    recorder: Recorder,
+    run_id: str,
+    newest: Witnessed,
+    *,
+    origin: str,
+    key: Verifier,
+    seq: int | None = None,
+    row: int | None = None,
+    payloads: bool = True,
+) -> ProofBundle:
+    """The proof bundle of event `seq`, or of every event of source row `row`'s lineage, in the
+    tree the checkpoint `newest` signs. Reads the log once (every leaf is needed for the paths:
+    32 bytes an event). ExportError if the run has no such event or row in that tree."""
+    leaves: list[bytes] = []
+
+    def tap(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+        for e in events:
+            leaves.append(leaf_hash(e.hash))
+            yield e
+
+    events = tap(recorder.read_events(run_id, upto_seq=newest.size - 1))
+    chosen = list(lineage(events, row) if row is not None else (e for e in events if e.seq == seq))
+    if len(leaves) < newest.size:
+        raise ExportError(
+            f"run {run_id} has {len(leaves)} events, fewer than its newest checkpoint signs ({newest.size}): "
+            "see `elspeth replay --check`"
+        )
+    if not chosen:
+        subject = f"row {row}" if row is not None else f"event seq {seq}"
+        raise ExportError(f"run {run_id} has no {subject} in its signed tree of {newest.size} events")
+    proofs = inclusion_proofs([e.seq for e in chosen], newest.size, leaves)
+    hashes = list(dict.fromkeys(h for e in chosen for h in row_hashes(e.event)))
+    present = recorder.payloads(hashes) if payloads else {}
+    absent = [h for h in hashes if h not in present]
+    erasures = recorder.erasures(absent) if absent else {}
+    return ProofBundle(
+        format=FORMAT, run_id=run_id, origin=origin, key=key.text(), seq=seq, row=row, checkpoint=newest.note,
+        events=[ProvenEvent(EventRecord.of(e), [p.hex() for p in proofs[e.seq]]) for e in chosen],
+        payloads_included=payloads,
+        payloads=[PayloadRecord(hash=h, salt=present[h].salt, data=present[h].data) for h in hashes if h in present],
+        erased=[ErasedRecord.of(erasures[h]) for h in hashes if h in erasures],
+    )  # fmt: skip

@@ -1,0 +1,380 @@
+"""Issue 12 items 4-5: `elspeth export`, `elspeth verify` (offline), `elspeth prove` and
+`elspeth checkpoint`, as an auditor runs them against real runs of the examples."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from landscape.audit import AuditFailure, verify_export, verify_proof
+from landscape.chain import header, link
+from landscape.checkpoint import Checkpoint
+from landscape.db import Database
+from landscape.export import CheckpointRecord, EventRecord, Record, build_proof, encode, encode_bundle, read_records
+from landscape.keys import load_signer, load_verifier
+from landscape.merkle import leaf_hash, root
+from landscape.notary import Witnessed
+from landscape.postgres import PostgresRecorder
+from tests.engine_harness import write_csv
+from tests.test_cli import PIPELINE, ROOT, elspeth, one_line_error
+from tests.test_tamper import AGG, FORK, _run
+
+
+@dataclass(frozen=True)
+class Exported:
+    work: Path
+    run_id: str
+    file: Path
+    pub: Path
+
+    @property
+    def lines(self) -> list[bytes]:
+        return self.file.read_bytes().splitlines(keepends=True)
+
+
+def _export(work: Path, db: Database, run_id: str, *extra: str, name: str = "run.export") -> Path:
+    out = work / name
+    proc = elspeth("export", run_id, "-o", str(out), *extra, cwd=work, db=db)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def _verify(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return elspeth("verify", *args, cwd=work)
+
+
+@pytest.fixture(scope="module")
+def fork(db: Database, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A fork/coalesce run with row 1 erased, exported: every kind of record is in the file."""
+    work, run_id = _run(db, tmp_path_factory.mktemp("fork"), FORK)
+    purged = elspeth("purge", run_id, "--row", "1", "--reason", "x", cwd=work, db=db)
+    assert purged.returncode == 0, purged.stderr
+    return Exported(work, run_id, _export(work, db, run_id), work / ".elspeth" / "keys" / "default.pub")
+
+
+@pytest.mark.parametrize("example", [FORK, AGG])
+def test_export_then_verify_passes(db: Database, tmp_path: Path, example: str) -> None:
+    work, run_id = _run(db, tmp_path, example)
+    out = _export(work, db, run_id)
+    proc = _verify(work, str(out), "--public-key", str(work / ".elspeth/keys/default.pub"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"run {run_id}" in proc.stdout and "match their commitments; 0 erased" in proc.stdout
+
+
+def test_an_erased_row_exports_and_verifies_with_its_erasure_records(db: Database, fork: Exported) -> None:
+    kinds = [line.split(b'"')[3] for line in fork.lines]
+    assert kinds.count(b"erased") >= 2 and kinds.count(b"payload") > 0
+    proc = _verify(fork.work, str(fork.file), "--public-key", str(fork.pub))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{kinds.count(b'erased')} erased (with a record)" in proc.stdout
+    bare = _export(fork.work, db, fork.run_id, "--no-payloads", name="bare.export")
+    proc = _verify(fork.work, str(bare), "--public-key", str(fork.pub))
+    assert proc.returncode == 0 and "NOT CHECKED" in proc.stdout, proc.stdout + proc.stderr
+    assert b'"type":"payload"' not in bare.read_bytes()
+
+
+# -- tampering with the file ----------------------------------------------------------------------
+
+
+def _sample(lines: list[bytes], per_kind: int = 3) -> list[int]:
+    """Indexes of up to `per_kind` lines of each record kind (first, middle, last), in order."""
+    by_kind: dict[bytes, list[int]] = {}
+    for i, line in enumerate(lines):
+        by_kind.setdefault(line.split(b'"')[3], []).append(i)
+    picked = set()
+    for found in by_kind.values():
+        picked.update({found[0], found[len(found) // 2], found[-1]} if per_kind >= 3 else {found[0]})
+    return sorted(picked)
+
+
+def _refused(fork: Exported, tmp_path: Path, lines: list[bytes]) -> str:
+    """The one failure verify reports for the file made of `lines` (never another exception)."""
+    path = tmp_path / "tampered.export"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(AuditFailure) as caught:
+        verify_export(path, load_verifier(fork.pub))
+    return str(caught.value)
+
+
+def test_flipping_any_single_byte_is_named_by_its_line(fork: Exported, tmp_path: Path) -> None:
+    lines = fork.lines
+    tried = 0
+    for i in _sample(lines):
+        line = lines[i]
+        for k in sorted({*range(0, len(line), max(1, len(line) // 9)), len(line) - 2, len(line) - 1}):
+            for mask in (0x01, 0x20):
+                changed = bytearray(line)
+                changed[k] ^= mask
+                err = _refused(fork, tmp_path, [*lines[:i], bytes(changed), *lines[i + 1 :]])
+                assert f"line {i + 1}:" in err, f"byte {k} of line {i + 1} ^ {mask:#x}: {err}"
+                tried += 1
+    assert tried > 200
+
+
+EDITS: dict[str, Callable[[list[bytes], int], list[bytes]]] = {
+    "delete": lambda ls, i: [*ls[:i], *ls[i + 1 :]],
+    "duplicate": lambda ls, i: [*ls[: i + 1], ls[i], *ls[i + 1 :]],
+    "reorder": lambda ls, i: [*ls[:i], ls[i + 1], ls[i], *ls[i + 2 :]] if i + 1 < len(ls) else [ls[i], *ls[:i]],
+    "insert": lambda ls, i: [*ls[:i], ls[(i * 7 + 3) % len(ls)], *ls[i:]],
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_deleting_duplicating_reordering_or_inserting_a_record_is_named(
+    fork: Exported, tmp_path: Path, edit: str
+) -> None:
+    lines = fork.lines
+    for i in _sample(lines):
+        changed = EDITS[edit](lines, i)
+        if changed == lines:
+            continue  # a swap of two equal lines changes nothing
+        err = _refused(fork, tmp_path, changed)
+        assert "line " in err or "cut short" in err, f"{edit} line {i + 1}: {err}"
+
+
+def test_the_command_says_what_and_where_in_one_line(fork: Exported, tmp_path: Path) -> None:
+    lines = fork.lines
+    event = next(i for i, line in enumerate(lines) if b'"type":"event"' in line and b'"seq":5,' in line)
+    flipped = bytearray(lines[event])
+    flipped[flipped.index(b'"recorded_at_us":') + 20] ^= 0x01
+    cases = {
+        "flip": ([*lines[:event], bytes(flipped), *lines[event + 1 :]], f"line {event + 1}: event seq 5"),
+        "delete": ([*lines[:event], *lines[event + 1 :]], "seq 5 is missing"),
+        "truncate": ([*lines[: len(lines) // 2], lines[len(lines) // 2][:10]], "cut short"),
+    }
+    for name, (changed, says) in cases.items():
+        path = tmp_path / f"{name}.export"
+        path.write_bytes(b"".join(changed))
+        err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub)), 1)
+        assert err.count("\n") == 1 and says in err, f"{name}: {err}"
+
+
+def test_a_wrong_public_key_is_refused(fork: Exported) -> None:
+    other = fork.work / "keys"
+    other.mkdir(exist_ok=True)
+    assert elspeth("keys", "generate", "other", "--dir", str(other), cwd=fork.work).returncode == 0
+    err = one_line_error(_verify(fork.work, str(fork.file), "--public-key", str(other / "other.pub")), 1)
+    assert "line 1:" in err and "not by the key given (other+" in err, err
+
+
+# -- a rewritten history ----------------------------------------------------------------------------
+
+
+def _rewrite(fork: Exported, path: Path, at_seq: int) -> None:
+    """What an operator holding the signing key could do: change event `at_seq`, recompute every
+    later hash and every checkpoint's root, and sign them all again."""
+    records = _records(fork.file)
+    signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
+    events = [r for r in records if isinstance(r, EventRecord)]
+    prev, leaves, rewritten = bytes.fromhex(events[at_seq].prev_hash), [], {}
+    for e in events:
+        if e.seq >= at_seq:
+            at = e.recorded_at_us + (1 if e.seq == at_seq else 0)
+            hdr = header(e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, at)
+            h = link(prev, hdr, bytes.fromhex(e.payload_hash))
+            rewritten[e.seq] = EventRecord(
+                **{**_fields(e), "recorded_at_us": at, "prev_hash": prev.hex(), "hash": h.hex()}
+            )
+            prev = h
+        leaves.append(leaf_hash(bytes.fromhex(rewritten[e.seq].hash if e.seq in rewritten else e.hash)))
+    origin = records[0].origin  # type: ignore[union-attr]
+    out = []
+    for r in records:
+        if isinstance(r, EventRecord) and r.seq in rewritten:
+            r = rewritten[r.seq]
+        elif isinstance(r, CheckpointRecord):
+            r = CheckpointRecord(size=r.size, note=Checkpoint(origin, r.size, root(leaves[: r.size])).sign(signer))
+        out.append(encode(r) + b"\n")
+    path.write_bytes(b"".join(out))
+
+
+def _records(path: Path) -> list[Record]:
+    with path.open("rb") as f:
+        return [r for _n, r in read_records(f)]
+
+
+def _fields(r: EventRecord) -> dict[str, object]:
+    return {f: getattr(r, f) for f in r.__struct_fields__}
+
+
+def test_a_consistent_rewrite_passes_verify_but_not_against_a_kept_checkpoint(
+    db: Database, fork: Exported, tmp_path: Path
+) -> None:
+    kept = tmp_path / "kept.note"
+    proc = elspeth("checkpoint", fork.run_id, "-o", str(kept), cwd=fork.work, db=db)
+    assert proc.returncode == 0 and kept.read_text().startswith("elspeth/"), proc.stderr
+    proc = _verify(fork.work, str(fork.file), "--public-key", str(fork.pub), "--checkpoint", str(kept))
+    assert proc.returncode == 0 and "consistency proof verified" in proc.stdout, proc.stderr
+    # An earlier, smaller checkpoint the auditor kept (the run's second one).
+    notes = [r.note for r in _records(fork.file) if isinstance(r, CheckpointRecord)]
+    earlier = tmp_path / "earlier.note"
+    earlier.write_text(notes[-2])
+    forged = tmp_path / "forged.export"
+    _rewrite(fork, forged, at_seq=10)
+    proc = _verify(fork.work, str(forged), "--public-key", str(fork.pub))
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a valid log, validly signed
+    for note in (kept, earlier):
+        err = one_line_error(
+            _verify(fork.work, str(forged), "--public-key", str(fork.pub), "--checkpoint", str(note)), 1
+        )
+        assert "does not extend the checkpoint you kept" in err and "rewritten" in err, err
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_one_line(db: Database, fork: Exported, tmp_path: Path) -> None:
+    pub, key = str(fork.pub), fork.work / ".elspeth" / "keys" / "default.key"
+    (tmp_path / "pem.pub").write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    newer = tmp_path / "newer.export"
+    newer.write_bytes(fork.file.read_bytes().replace(b'"format":1,', b'"format":2,', 1))
+    cut = tmp_path / "cut.export"
+    cut.write_bytes(fork.file.read_bytes()[: fork.file.stat().st_size // 3])
+    cases = [
+        ((str(fork.file), "--public-key", str(tmp_path / "none.pub")), "no such file"),
+        ((str(fork.file), "--public-key", str(tmp_path)), "is a folder"),
+        ((str(fork.file), "--public-key", str(key)), "private signing key"),
+        ((str(fork.file), "--public-key", str(tmp_path / "pem.pub")), "PEM"),
+        ((str(newer), "--public-key", pub), "format 2, newer than this ELSPETH reads (1)"),
+        ((str(cut), "--public-key", pub), "cut short"),
+        ((str(tmp_path / "none.export"), "--public-key", pub), "cannot read"),
+        ((str(fork.file), "--public-key", pub, "--run", "run-other"), "not of run run-other"),
+        ((str(fork.file), "--public-key", pub, "--checkpoint", str(fork.pub)), "checkpoint"),
+    ]
+    for args, says in cases:
+        err = one_line_error(_verify(fork.work, *args), 1)
+        assert says in err and err.count("\n") == 1, f"{args}: {err}"
+    assert _verify(fork.work, str(fork.file)).returncode == 2  # no --public-key: usage
+
+
+def test_a_failed_export_writes_nothing(db: Database, fork: Exported, tmp_path: Path) -> None:
+    other = tmp_path / "k"
+    other.mkdir()
+    assert elspeth("keys", "generate", "o", "--dir", str(other), cwd=fork.work).returncode == 0
+    out = tmp_path / "x.export"
+    for args, says in [
+        (("run-none",), "no run run-none"),
+        ((fork.run_id, "--public-key", str(other / "o.pub")), "not by o+"),
+        ((fork.run_id, "--public-key", str(tmp_path / "none.pub")), "no such file"),
+    ]:
+        err = one_line_error(elspeth("export", *args, "-o", str(out), cwd=fork.work, db=db), 1)
+        assert says in err, err
+        assert not out.exists() and not list(tmp_path.glob(".x.export*"))
+    err = one_line_error(elspeth("export", fork.run_id, "-o", str(fork.file), cwd=fork.work, db=db), 1)
+    assert "already exists" in err
+    assert elspeth("prove", fork.run_id, "-o", str(out), cwd=fork.work, db=db).returncode == 2
+
+
+# -- proofs --------------------------------------------------------------------------------------------
+
+
+def test_inclusion_proofs_pass_for_every_event_of_a_small_run(db: Database, tmp_path: Path) -> None:
+    write_csv(tmp_path / "in.csv", ["id", "v"], [[1, 3], [2, 9], [3, "x"]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(PIPELINE)
+    proc = elspeth("run", "-s", "settings.yaml", cwd=tmp_path, db=db)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1]
+    recorder = PostgresRecorder(db)
+    newest: Witnessed = max(recorder.checkpoints(run_id), key=lambda c: c.size)
+    key = load_verifier(tmp_path / ".elspeth" / "keys" / "default.pub")
+    origin = Checkpoint.__name__ and newest.note.split("\n", 1)[0]
+    path = tmp_path / "p.json"
+    for seq in range(newest.size):
+        path.write_bytes(encode_bundle(build_proof(recorder, run_id, newest, origin=origin, key=key, seq=seq)))
+        assert verify_proof(path, key, run_id=run_id).subject == f"event seq {seq}"
+    bundle = build_proof(recorder, run_id, newest, origin=origin, key=key, row=1)
+    path.write_bytes(encode_bundle(bundle))
+    assert verify_proof(path, key).payloads == len(bundle.payloads) > 0
+
+
+def test_prove_a_row_and_verify_it_offline(db: Database, fork: Exported, tmp_path: Path) -> None:
+    pub = str(fork.pub)
+    for row, erased in ((0, False), (1, True)):
+        out = tmp_path / f"row{row}.json"
+        proc = elspeth("prove", fork.run_id, "--row", str(row), "-o", str(out), cwd=fork.work, db=db)
+        assert proc.returncode == 0, proc.stderr
+        ok = _verify(fork.work, str(out), "--public-key", pub, "--run", fork.run_id)
+        assert ok.returncode == 0 and f"row {row}" in ok.stdout, ok.stdout + ok.stderr
+        assert ("0 erased" not in ok.stdout) == erased, ok.stdout
+    text = (tmp_path / "row0.json").read_text()
+    tampered = {
+        "payload": (text.replace('"data": "ey', '"data": "eY', 1), "does not match its commitment"),
+        "event": (text.replace('"recorded_at_us": 1', '"recorded_at_us": 2', 1), "do not hash to its chain hash"),
+        "wrong run": (text, "not of run run-other"),
+    }
+    for name, (changed, says) in tampered.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(changed)
+        extra = ("--run", "run-other") if name == "wrong run" else ()
+        err = one_line_error(_verify(fork.work, str(path), "--public-key", pub, *extra), 1)
+        assert says in err, f"{name}: {err}"
+    err = one_line_error(elspeth("prove", fork.run_id, "--seq", "99999", "-o", str(tmp_path / "n.json"),
+                                 cwd=fork.work, db=db), 1)  # fmt: skip
+    assert "no event seq 99999" in err and not (tmp_path / "n.json").exists()
+
+
+def test_a_proof_hung_from_another_runs_checkpoint_is_refused(db: Database, fork: Exported, tmp_path: Path) -> None:
+    """A second run signed with the same key: its checkpoint does not name the first run."""
+    write_csv(tmp_path / "in.csv", ["id", "v"], [[1, 3]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(PIPELINE)
+    env = {"ELSPETH_SIGNING_KEY": str(fork.work / ".elspeth" / "keys" / "default.key")}
+    proc = elspeth("run", "-s", "settings.yaml", cwd=tmp_path, db=db, env=env)
+    assert proc.returncode == 0, proc.stderr
+    other_run = proc.stdout.split()[1]
+    other = tmp_path / "other.note"
+    assert elspeth("checkpoint", other_run, "-o", str(other), cwd=tmp_path, db=db, env=env).returncode == 0
+    mine = tmp_path / "mine.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(mine), cwd=fork.work, db=db).returncode == 0
+    import json
+
+    bundle = json.loads(mine.read_text())
+    bundle["checkpoint"] = other.read_text()
+    mine.write_text(json.dumps(bundle, indent=1))
+    err = one_line_error(_verify(fork.work, str(mine), "--public-key", str(fork.pub)), 1)
+    assert "checkpoint" in err and other_run in err and fork.run_id in err, err
+    err = one_line_error(
+        _verify(fork.work, str(fork.file), "--public-key", str(fork.pub), "--checkpoint", str(other)), 1
+    )
+    assert "is of elspeth/" in err, err
+
+
+# -- offline, with no driver ------------------------------------------------------------------------------
+
+
+def test_verify_runs_where_no_driver_is_installed(fork: Exported, tmp_path: Path) -> None:
+    """`elspeth verify` through the real entry point, in an environment with every installed
+    package except psycopg: a good export passes, a tampered one is named, and psycopg is never
+    imported."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    bare = tmp_path / "site"
+    bare.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(("psycopg", "_psycopg", "__editable__", "elspeth")):
+            (bare / entry.name).symlink_to(entry)
+    lines = fork.lines
+    bad = tmp_path / "bad.export"
+    bad.write_bytes(b"".join([*lines[:5], *lines[6:]]))
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        code = (
+            "import sys, os, atexit\n"
+            "sys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n"
+            f"sys.path[:0] = [{str(ROOT)!r}, {str(bare)!r}]\n"
+            "atexit.register(lambda: any(m.startswith('psycopg') for m in sys.modules) and os._exit(7))\n"
+            f"sys.argv = ['elspeth', 'verify', {str(path)!r}, '--public-key', {str(fork.pub)!r}]\n"
+            "from engine.cli.main import main\nmain()\n"
+        )
+        return subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120)
+
+    good = run(fork.file)
+    assert good.returncode == 0 and "chain and transitions verified" in good.stdout, good.stdout + good.stderr
+    err = one_line_error(run(bad), 1)
+    assert "line 6:" in err, err
