@@ -16,7 +16,18 @@ from landscape.audit import AuditFailure, verify_export, verify_proof
 from landscape.chain import header, link
 from landscape.checkpoint import Checkpoint
 from landscape.db import Database
-from landscape.export import CheckpointRecord, EventRecord, Record, build_proof, encode, encode_bundle, read_records
+from landscape.export import (
+    CheckpointRecord,
+    End,
+    ErasedRecord,
+    EventRecord,
+    PayloadRecord,
+    Record,
+    build_proof,
+    encode,
+    encode_bundle,
+    read_records,
+)
 from landscape.keys import load_signer, load_verifier
 from landscape.merkle import leaf_hash, root
 from landscape.notary import Witnessed
@@ -117,6 +128,17 @@ def test_flipping_any_single_byte_is_named_by_its_line(fork: Exported, tmp_path:
     assert tried > 200
 
 
+def test_a_record_spelled_another_way_is_refused(fork: Exported, tmp_path: Path) -> None:
+    """Same values, other bytes (white space, an escaped letter): one file per content, so a
+    digest of an export means one thing."""
+    lines = fork.lines
+    end = len(lines) - 1
+    for respelled in (lines[end].replace(b'"events":', b'"events": '), lines[end].replace(b'"end"', b'"\\u0065nd"')):
+        assert respelled != lines[end]
+        err = _refused(fork, tmp_path, [*lines[:end], respelled])
+        assert f"line {end + 1}: the end record is not written as ELSPETH writes it" in err, err
+
+
 EDITS: dict[str, Callable[[list[bytes], int], list[bytes]]] = {
     "delete": lambda ls, i: [*ls[:i], *ls[i + 1 :]],
     "duplicate": lambda ls, i: [*ls[: i + 1], ls[i], *ls[i + 1 :]],
@@ -141,11 +163,13 @@ def test_deleting_duplicating_reordering_or_inserting_a_record_is_named(
 def test_the_command_says_what_and_where_in_one_line(fork: Exported, tmp_path: Path) -> None:
     lines = fork.lines
     event = next(i for i, line in enumerate(lines) if b'"type":"event"' in line and b'"seq":5,' in line)
+    payload = next(i for i, line in enumerate(lines) if b'"type":"payload"' in line)
     flipped = bytearray(lines[event])
     flipped[flipped.index(b'"recorded_at_us":') + 20] ^= 0x01
     cases = {
         "flip": ([*lines[:event], bytes(flipped), *lines[event + 1 :]], f"line {event + 1}: event seq 5"),
         "delete": ([*lines[:event], *lines[event + 1 :]], "seq 5 is missing"),
+        "delete a payload": ([*lines[:payload], *lines[payload + 1 :]], f"line {payload + 1}: row payload "),
         "truncate": ([*lines[: len(lines) // 2], lines[len(lines) // 2][:10]], "cut short"),
     }
     for name, (changed, says) in cases.items():
@@ -166,9 +190,11 @@ def test_a_wrong_public_key_is_refused(fork: Exported) -> None:
 # -- a rewritten history ----------------------------------------------------------------------------
 
 
-def _rewrite(fork: Exported, path: Path, at_seq: int) -> None:
+def _rewrite(fork: Exported, path: Path, at_seq: int, *, resign: bool = True) -> None:
     """What an operator holding the signing key could do: change event `at_seq`, recompute every
-    later hash and every checkpoint's root, and sign them all again."""
+    later hash and every checkpoint's root, and sign them all again (`resign`; without it, what
+    anyone with write access to the database could do: the chain recomputed, the checkpoints
+    left as they were signed)."""
     records = _records(fork.file)
     signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
     events = [r for r in records if isinstance(r, EventRecord)]
@@ -188,7 +214,7 @@ def _rewrite(fork: Exported, path: Path, at_seq: int) -> None:
     for r in records:
         if isinstance(r, EventRecord) and r.seq in rewritten:
             r = rewritten[r.seq]
-        elif isinstance(r, CheckpointRecord):
+        elif isinstance(r, CheckpointRecord) and resign:
             r = CheckpointRecord(size=r.size, note=Checkpoint(origin, r.size, root(leaves[: r.size])).sign(signer))
         out.append(encode(r) + b"\n")
     path.write_bytes(b"".join(out))
@@ -201,6 +227,31 @@ def _records(path: Path) -> list[Record]:
 
 def _fields(r: EventRecord) -> dict[str, object]:
     return {f: getattr(r, f) for f in r.__struct_fields__}
+
+
+def test_a_recomputed_chain_without_the_key_fails_the_signed_roots(fork: Exported, tmp_path: Path) -> None:
+    forged = tmp_path / "forged.export"
+    _rewrite(fork, forged, at_seq=10, resign=False)
+    err = one_line_error(_verify(fork.work, str(forged), "--public-key", str(fork.pub)), 1)
+    assert "line 3:" in err and "do not hash to the root of this checkpoint of 682" in err, err
+
+
+def test_a_log_cut_short_consistently_is_a_named_truncation(fork: Exported, tmp_path: Path) -> None:
+    """Events after seq 600 gone with their payload records, the end record counting what is
+    left (as an export of a store whose tail a superuser deleted would be): the signed size names
+    what is missing."""
+    kept: list[Record] = []
+    for r in _records(fork.file):
+        if isinstance(r, EventRecord) and r.seq >= 600:
+            break
+        kept.append(r)
+    counts = {kind: sum(isinstance(r, t) for r in kept) for kind, t in
+              (("events", EventRecord), ("payloads", PayloadRecord), ("erased", ErasedRecord),
+               ("checkpoints", CheckpointRecord))}  # fmt: skip
+    path = tmp_path / "cut.export"
+    path.write_bytes(b"".join(encode(r) + b"\n" for r in [*kept, End(**counts)]))
+    err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub)), 1)
+    assert "events 600 to " in err and "missing" in err, err
 
 
 def test_a_consistent_rewrite_passes_verify_but_not_against_a_kept_checkpoint(
@@ -308,6 +359,7 @@ def test_prove_a_row_and_verify_it_offline(db: Database, fork: Exported, tmp_pat
         "payload": (text.replace('"data": "ey', '"data": "eY', 1), "does not match its commitment"),
         "event": (text.replace('"recorded_at_us": 1', '"recorded_at_us": 2', 1), "do not hash to its chain hash"),
         "wrong run": (text, "not of run run-other"),
+        "path": (_flip_first_proof_hash(text), "does not lead to the root"),
     }
     for name, (changed, says) in tampered.items():
         path = tmp_path / f"{name}.json"
@@ -318,6 +370,12 @@ def test_prove_a_row_and_verify_it_offline(db: Database, fork: Exported, tmp_pat
     err = one_line_error(elspeth("prove", fork.run_id, "--seq", "99999", "-o", str(tmp_path / "n.json"),
                                  cwd=fork.work, db=db), 1)  # fmt: skip
     assert "no event seq 99999" in err and not (tmp_path / "n.json").exists()
+
+
+def _flip_first_proof_hash(text: str) -> str:
+    at = text.index('"proof": [') + len('"proof": [')
+    at = text.index('"', at) + 1
+    return text[:at] + ("0" if text[at] != "0" else "1") + text[at + 1 :]
 
 
 def test_a_proof_hung_from_another_runs_checkpoint_is_refused(db: Database, fork: Exported, tmp_path: Path) -> None:
