@@ -6,9 +6,10 @@ a guessed value can no longer be confirmed (see `landscape.canonical`). Each era
 an append-only `erasures` record — when, which run and row, why, by which database role — written
 in the same transaction as the delete; the database refuses to delete a payload without one.
 
-A row's payloads are found from the events, not the projections: every token descending from the
-row's source token (fork branches, expansions, merges and batch outputs that contain it, through
-`TokenCreated.parents`) and every payload their creation and steps reference.
+A row's payloads are found from the events, not the projections (`landscape.export.lineage`):
+every token descending from the row's source token (fork branches, expansions, merges and batch
+outputs that contain it, through `TokenCreated.parents`) and every payload their creation and
+steps reference.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import msgspec
 
 from landscape.db import Database, driver_errors
 from landscape.errors import LandscapeError, UnknownRun
+from landscape.export import lineage
 from landscape.postgres import PostgresRecorder
 from landscape.verify import row_hashes
-from statecharts import events as ev
 
 
 class ErasureRefused(LandscapeError):
@@ -46,25 +47,16 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int]) -> Plan:
     if recorder.writer_alive(run_id):
         raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
     wanted = set(rows)
-    owner: dict[str, int] = {}  # token id -> source row it contains (the first, for a batch of many)
     found: dict[str, tuple[str | None, int | None]] = {}
-    for stored in recorder.read_events(run_id):
-        event = stored.event
-        if isinstance(event, ev.TokenCreated):
-            if not event.parents:
-                if event.row_index in wanted:
-                    owner[stored.entity_id] = event.row_index
-            else:
-                row = next((owner[p] for p in event.parents if p in owner), None)
-                if row is not None:
-                    owner[stored.entity_id] = row
-        if stored.entity_id in owner:
-            for h in row_hashes(event):
-                found.setdefault(h, (run_id, owner[stored.entity_id]))
-    missing = sorted(wanted - set(owner.values()))
+    tokens: dict[str, int] = {}
+    for row, stored in lineage(recorder.read_events(run_id), wanted):
+        tokens[stored.entity_id] = row
+        for h in row_hashes(stored.event):
+            found.setdefault(h, (run_id, row))
+    missing = sorted(wanted - set(tokens.values()))
     if missing:
         raise ErasureRefused(f"run {run_id} has no row {', '.join(map(str, missing))}; nothing was erased")
-    return _plan(db, "request", found, sorted(owner))
+    return _plan(db, "request", found, sorted(tokens))
 
 
 def plan_retention(db: Database, cutoff: datetime) -> Plan:

@@ -22,7 +22,7 @@ where it stands and a missing one is named by its line.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Annotated
 
@@ -355,21 +355,26 @@ def decode_bundle(data: bytes) -> ProofBundle:
         raise ExportError(f"not a well-formed proof bundle ({e})") from None
 
 
-def lineage(events: Iterable[StoredEvent], row: int) -> Iterator[StoredEvent]:
-    """The events of one source row's tokens: those created for it (no parents, its row index)
-    and every token descending from them (fork branches, expansions, merges, batch outputs that
-    contain it) — the tokens `elspeth purge --row` erases."""
-    tokens: set[str] = set()
+def lineage(events: Iterable[StoredEvent], rows: Collection[int]) -> Iterator[tuple[int, StoredEvent]]:
+    """(source row, event) for the events of the given source rows' tokens: those created for a
+    row (no parents, its row index) and every token descending from them (fork branches,
+    expansions, merges, batch outputs that contain it) — what `prove --row` proves and
+    `purge --row` erases. A token descending from several of the rows counts for the first."""
+    owner: dict[str, int] = {}  # token id -> the source row it contains
     for e in events:
         if e.machine != "token":
             continue
         created = e.event if e.event_type == "TokenCreated" else None
         if isinstance(created, ev.TokenCreated):
             parents = created.parents
-            if (not parents and created.row_index == row) or any(p in tokens for p in parents):
-                tokens.add(e.entity_id)
-        if e.entity_id in tokens:
-            yield e
+            if not parents and created.row_index in rows:
+                owner[e.entity_id] = created.row_index
+            else:
+                row = next((owner[p] for p in parents if p in owner), None)
+                if row is not None:
+                    owner[e.entity_id] = row
+        if e.entity_id in owner:
+            yield owner[e.entity_id], e
 
 
 def build_proof(
@@ -394,7 +399,7 @@ def build_proof(
             yield e
 
     events = tap(recorder.read_events(run_id, upto_seq=newest.size - 1))
-    chosen = list(lineage(events, row) if row is not None else (e for e in events if e.seq == seq))
+    chosen = [e for _r, e in lineage(events, {row})] if row is not None else [e for e in events if e.seq == seq]
     if len(leaves) < newest.size:
         raise ExportError(
             f"run {run_id} has {len(leaves)} events, fewer than its newest checkpoint signs ({newest.size}): "
