@@ -15,7 +15,9 @@ import msgspec
 
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import UnknownRun
+from statecharts import events as ev
 from statecharts.machines import TOKEN_OUTCOME_OF
+from statecharts.upcast import upcast
 
 
 class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -283,3 +285,75 @@ def _missing(conn: Connection, run_id: str, db: Database, what: str) -> str:
     if conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone() is None:
         return f"no run {run_id} in {db.describe()} (see `elspeth runs`)"
     return f"run {run_id} has no {what}"
+
+
+class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's source rows, as an operator counts them (tokens are counted in RunDetail)."""
+
+    rows_in: int  # source records read (valid and quarantined)
+    written: dict[str, int]  # sink -> rows made durable there
+    quarantined: int  # source rows with a quarantined token
+    failed: int  # source rows at least one of whose tokens failed
+    diverted: int  # source rows at least one of whose tokens a row error sent to on_error
+
+
+def row_counts(db: Database, run_id: str) -> RowCounts:
+    """How many source rows ended how. A row whose fork branches failed twice counts once."""
+    with driver_errors(f"counting the rows of run {run_id}"), db.connect() as conn:
+        by_outcome = {
+            outcome: int(n)
+            for outcome, n in conn.execute(
+                "SELECT o.outcome, count(DISTINCT t.row_index) FROM token_outcomes o "
+                "JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id "
+                "WHERE o.run_id = %s AND o.outcome IN ('quarantined', 'failed', 'diverted') GROUP BY o.outcome",
+                (run_id,),
+            )
+        }
+        metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
+    written = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in sorted(metrics.items()) if _is_sink_rows(k)}
+    return RowCounts(
+        rows_in=int(metrics.get("rows_in", 0)),
+        written=written,
+        quarantined=by_outcome.get("quarantined", 0),
+        failed=by_outcome.get("failed", 0),
+        diverted=by_outcome.get("diverted", 0),
+    )
+
+
+class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a run's own life: created, started, resumed, interrupted, failed, completed."""
+
+    seq: int
+    time: datetime
+    event: str  # the event type, e.g. RunResumed
+    detail: str | None  # a failure's or interruption's reason, a forced resume, another settings file
+    working_dir: str | None = None  # RunCreated only: where relative paths resolve
+
+
+_LIFECYCLE = ("RunCreated", "RunStarted", "RunResumed", "RunInterrupted", "RunFailed", "RunCompleted")
+
+
+def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
+    """The run's lifecycle events in seq order, read from the log (not from a projection)."""
+    out: list[LifecycleEvent] = []
+    with driver_errors(f"reading the lifecycle of run {run_id}"), db.connect() as conn:
+        rows = conn.execute(
+            "SELECT seq, recorded_at, event_type, schema_version, payload FROM events "
+            "WHERE run_id = %s AND machine = 'run' AND event_type = ANY(%s) ORDER BY seq",
+            (run_id, list(_LIFECYCLE)),
+        ).fetchall()
+    for seq, at, event_type, version, payload in rows:
+        e = upcast(event_type, version, bytes(payload))
+        detail: str | None = None
+        working_dir: str | None = None
+        if isinstance(e, ev.RunFailed | ev.RunInterrupted):
+            detail = e.reason
+        elif isinstance(e, ev.RunResumed):
+            notes = ["input changed, --force"] if e.forced else []
+            if e.settings_path is not None:
+                notes.append(f"settings {e.settings_path}")
+            detail = "; ".join(notes) or None
+        elif isinstance(e, ev.RunCreated):
+            working_dir = e.working_dir
+        out.append(LifecycleEvent(seq=seq, time=at, event=event_type, detail=detail, working_dir=working_dir))
+    return out

@@ -150,9 +150,9 @@ def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:
     assert json.loads((work / "out" / "bad.jsonl").read_text()) == {"id": "3", "v": "x"}
     run_id = proc.stdout.split()[1]
 
-    explain = elspeth("explain", run_id, "--row", "1", cwd=work, db=db)
+    explain = elspeth("explain", run_id, "--row", "2", cwd=work, db=db)  # rows count from 1
     assert explain.returncode == 0, explain.stderr
-    assert "big → true" in explain.stdout and "routed" in explain.stdout
+    assert "gate big: row['v'] > 5 → true" in explain.stdout and "routed" in explain.stdout
     replay = elspeth("replay", run_id, "--check", cwd=work, db=db)
     assert replay.returncode == 0, replay.stderr
     assert "chain verified" in replay.stdout and "projections agree" in replay.stdout
@@ -178,7 +178,11 @@ def test_validate(work: Path) -> None:
     ("change", "code", "says"),
     [
         (lambda t: t.replace("in.csv", "missing.csv"), 1, "missing.csv"),
-        (lambda t: t.replace("out/high.csv", "nowhere/high.csv"), 1, "sink 'high': cannot write nowhere/high.csv"),
+        (
+            lambda t: t.replace("out/high.csv", "nowhere/high.csv"),
+            1,
+            "sinks.high.options.path: the folder nowhere of nowhere/high.csv does not exist",
+        ),
         (lambda t: t.replace("path: out/bad.jsonl", "path: /dev/full, format: json"), 1, "No space left on device"),
         (
             lambda t: t.replace(
@@ -233,7 +237,11 @@ def test_a_postgresql_landscape_url_in_the_settings_is_the_audit_store(db: Datab
 
 def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database, work: Path) -> None:
     (work / "settings.yaml").write_text(PIPELINE + f"landscape: {{url: '{db.conninfo}'}}\n")
-    crashed = elspeth("run", "-s", "settings.yaml", cwd=work, env={"ELSPETH_FAULT": "sink_flush:1"})
+    # --commit-every 1: a durability point after every row, so where `sink_flush:1` lands does not
+    # depend on how fast the machine is (the 1-second commit would otherwise decide it)
+    crashed = elspeth(
+        "run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, env={"ELSPETH_FAULT": "sink_flush:1"}
+    )
     assert crashed.returncode == 86, crashed.stderr
     with db.connect() as conn:
         (run_id,) = conn.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
@@ -247,13 +255,14 @@ def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database,
 
 def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(db: Database, work: Path) -> None:
     (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "later/high.csv"))
+    (work / "later" / "high.csv").mkdir(parents=True)  # its folder is there (validate passes); it cannot open
     err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), 1)
     found = re.search(r"`elspeth resume ([\w-]+)`", err)
     assert found, err
     run_id = found.group(1)
     listed = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)
     assert {r["run_id"]: r["status"] for r in listed}[run_id] == "failed"
-    (work / "later").mkdir()
+    (work / "later" / "high.csv").rmdir()
     proc = elspeth("resume", run_id, cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
     assert (work / "later/high.csv").read_text().splitlines() == ["id,v", "2,9"]
@@ -417,11 +426,12 @@ def test_a_missing_variable_is_reported_once_not_with_its_consequences(work: Pat
 
 def test_the_resume_hint_carries_the_home_that_found_the_run(work: Path) -> None:
     (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "later/high.csv"))
+    (work / "later" / "high.csv").mkdir(parents=True)  # the sink cannot open it: the run fails on record
     home = work / "elsewhere"
     err = one_line_error(elspeth("--home", "elsewhere", "run", "-s", "settings.yaml", cwd=work), 1)
     found = re.search(r"`(elspeth --home (\S+) resume ([\w-]+))`", err)
     assert found and found.group(2) == str(home.resolve()), err
-    (work / "later").mkdir()
+    (work / "later" / "high.csv").rmdir()
     proc = elspeth(*found.group(1).split()[1:], cwd=work)  # the hint, as the user would paste it
     assert proc.returncode == 0, proc.stderr
 

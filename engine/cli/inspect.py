@@ -1,7 +1,8 @@
-"""Investigators' commands: `replay`, `explain`, `projections rebuild`."""
+"""Investigators' commands: `replay`, `projections rebuild` (`explain` is in explain.py)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,11 @@ import click
 from engine import signing
 from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
-from landscape.canonical import decode_row
 from landscape.errors import UnknownRun
 from landscape.notary import read_witness, witness_path
-from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder
 from landscape.projections import compare, rebuild
-from landscape.queries import lineage, metrics_at
+from landscape.queries import metrics_at
 from landscape.records import StoredEvent
 from landscape.roles import Role
 from landscape.verify import verify_run
@@ -30,9 +29,16 @@ from statecharts import events as ev
 @click.option("--check", is_flag=True, help="Also compare every projection row with a rebuild from the events.")
 @click.option("--public-key", type=click.Path(), help="Check checkpoint signatures with this .pub [this home's key].")
 @click.option("--witness", type=click.Path(), help="The run's witness file [<home>/witness/RUN_ID.checkpoints].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
 @click.pass_context
 def replay_cmd(
-    ctx: click.Context, run_id: str, as_of: int | None, check: bool, public_key: str | None, witness: str | None
+    ctx: click.Context,
+    run_id: str,
+    as_of: int | None,
+    check: bool,
+    public_key: str | None,
+    witness: str | None,
+    as_json: bool,
 ) -> None:
     """Rebuild a run from its events in one pass, verifying the chain, every transition and
     every row payload the events reference."""
@@ -53,23 +59,13 @@ def replay_cmd(
         # cannot make them look wrong, as the log is read only up to that seq.
         projected = metrics_at(db, run_id) if check else None
         upto = as_of if as_of is not None else (projected.last_seq if projected is not None else None)
-        per_node: Counter[str] = Counter()
-
-        def count(_stored: StoredEvent, event: ev.EventBase) -> None:
-            if isinstance(event, ev.StepCompleted | ev.TokenForked | ev.TokenExpanded):
-                per_node[event.node] += 1
-
-        verified = verify_run(recorder, run_id, upto_seq=upto, observe=count, checkpoints=checkpoints, verifier=key)
+        per_node = NodeCounts()
+        verified = verify_run(recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=key)
         checked = compare(db, run_id) if check else None
     fold = verified.fold
-    click.echo(f"run {run_id}: chain verified ({verified.events} events, head {verified.head.hex()[:16]})")
     if checkpoints:
         newest = max(cp.size for cp in checkpoints)
         signed = f"signatures checked with {key.label}" if key else "signatures NOT checked (no key: give --public-key)"
-        click.echo(
-            f"checkpoints: {len(stored)} in the store, {len(witnessed)} in {witness_file}, the newest covers "
-            f"{newest} events; Merkle roots match; {signed}"
-        )
         if not witnessed:
             click.echo(f"elspeth: warning: no witness file at {witness_file}: checked the store's copy only", err=True)
     elif as_of is None:
@@ -77,55 +73,91 @@ def replay_cmd(
             f"run {run_id} has no signed checkpoint, in the store or in {witness_file}: "
             "a cut-off tail could not be told apart from the end of the log"
         )
-    if verified.erased:
-        click.echo(f"erased: {len(verified.erased)} row payload(s) (see `elspeth explain`; docs/erasure.md)")
-    click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")
-    click.echo(f"source records: {fold.source_records}{' (exhausted)' if fold.source_exhausted else ''}")
-    click.echo("outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(fold.outcomes.items())) or "none"))
-    click.echo("per node: " + (", ".join(f"{k} {v}" for k, v in sorted(per_node.items())) or "none"))
-    click.echo(
-        f"in flight: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, {len(fold.batches)} open batches"
-    )
+    differences = checked[1] if checked is not None else []
+    if as_json:
+        out: dict[str, Any] = {
+            "run_id": run_id,
+            "events": verified.events,
+            "head": verified.head.hex(),
+            "as_of": upto,
+            "status": str(fold.status),
+            "last_seq": fold.last_seq,
+            "source_records": fold.source_records,
+            "source_exhausted": fold.source_exhausted,
+            "outcomes": dict(sorted(fold.outcomes.items())),
+            "per_node": per_node.as_dict(),
+            "in_flight": {"tokens": len(fold.tokens), "coalesces": len(fold.coalesces), "batches": len(fold.batches)},
+            "checkpoints": {
+                "store": len(stored),
+                "witness": len(witnessed),
+                "newest_size": max((cp.size for cp in checkpoints), default=None),
+                "signatures_checked": bool(checkpoints) and key is not None,
+            },
+            "erased": len(verified.erased),
+            "check": None
+            if checked is None
+            else {"upto_seq": checked[0], "agree": not differences, "differences": [d.describe() for d in differences]},
+        }
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(f"run {run_id}: chain verified ({verified.events} events, head {verified.head.hex()[:16]})")
+        if checkpoints:
+            click.echo(
+                f"checkpoints: {len(stored)} in the store, {len(witnessed)} in {witness_file}, the newest covers "
+                f"{newest} events; Merkle roots match; {signed}"
+            )
+        if verified.erased:
+            click.echo(f"erased: {len(verified.erased)} row payload(s) (see `elspeth explain`; docs/erasure.md)")
+        click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")
+        click.echo(f"source records: {fold.source_records}{' (exhausted)' if fold.source_exhausted else ''}")
+        click.echo("outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(fold.outcomes.items())) or "none"))
+        click.echo("per node (tokens that reached it, and what it did with them):")
+        for node, counts in per_node.as_dict().items():
+            click.echo(f"  {node}: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+        click.echo(
+            f"in flight: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, {len(fold.batches)} open batches"
+        )
     if checked is not None:
-        seq, differences = checked
         if differences:
             shown = "; ".join(d.describe() for d in differences[:10])
             more = f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""
             raise ElspethCliError(f"run {run_id}: projections differ from the events: {shown}{more}")
-        click.echo(f"projections agree with the events (every row of every table, up to seq {seq})")
+        if not as_json:
+            click.echo(f"projections agree with the events (every row of every table, up to seq {checked[0]})")
 
 
-@click.command("explain")
-@click.argument("run_id")
-@click.option("--row", "row_index", type=int, help="Source record (0-based).")
-@click.option("--token", "token_id", help="One token.")
-@click.pass_context
-def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id: str | None) -> None:
-    """The lineage of one row: its data at every step, and where it ended."""
-    if (row_index is None) == (token_id is None):
-        raise click.UsageError("give exactly one of --row N or --token ID")
-    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
-        found = lineage(db, run_id, row_index=row_index, token_id=token_id)
-        hashes = {t.data_hash for t in found.tokens} | {s.output_hash for t in found.tokens for s in t.steps}
-        data = {h: decode_row(b) for h, b in load_payloads(PostgresRecorder(db), hashes).items()}
-    click.echo(f"run {run_id}, row {found.row_index}")
-    for t in found.tokens:
-        if token_id is not None and t.token_id != token_id:
-            continue
-        click.echo(f"token {t.token_id}{f' (branch {t.branch})' if t.branch else ''}")
-        click.echo(f"  created: {_fmt(data[t.data_hash])}")
-        for step in t.steps:
-            label = f" → {step.route}" if step.route else ""
-            click.echo(f"  {step.node}{label} ({step.duration_us} µs): {_fmt(data[step.output_hash])}")
-        where = f" at {t.node}" if t.node else ""
-        into = f" into {t.sink}" if t.sink else ""
-        why = "".join(f": {text}" for text in (t.reason, t.detail) if text)
-        click.echo(f"  outcome: {t.outcome or 'not yet ended'}{where}{into}{why}")
+class NodeCounts:
+    """Per node, what happened to the tokens that reached it, counted from the events: passed
+    (a step), a gate's route label, forked, expanded, diverted (a row error sent to on_error),
+    failed, merged (a coalesce), consumed (an aggregation). Every token a node decided about is
+    in one of these, so a gate's count includes the rows it routed and those it diverted."""
 
+    def __init__(self) -> None:
+        self.counts: dict[str, Counter[str]] = {}
 
-def _fmt(row: Any) -> str:
-    text = repr(row)
-    return text if len(text) <= 200 else text[:197] + "..."
+    def _add(self, node: str, what: str) -> None:
+        self.counts.setdefault(node, Counter())[what] += 1
+
+    def __call__(self, _stored: StoredEvent, event: ev.EventBase) -> None:
+        if isinstance(event, ev.StepCompleted):
+            self._add(event.node, "passed" if event.route is None else f"route {event.route}")
+        elif isinstance(event, ev.TokenForked):
+            self._add(event.node, "forked")
+        elif isinstance(event, ev.TokenExpanded):
+            self._add(event.node, "expanded")
+        elif isinstance(event, ev.SinkAssigned) and event.outcome == "diverted" and event.node is not None:
+            self._add(event.node, "diverted")  # to an on_error sink (its TokenDiverted follows)
+        elif isinstance(event, ev.TokenDiverted) and event.sink is None:
+            self._add(event.node, "diverted")  # on_error: discard
+        elif isinstance(event, ev.TokenFailed) and event.node is not None:
+            self._add(event.node, "failed")
+        elif isinstance(event, ev.TokenCoalesced):
+            self._add(event.coalesce_id.split(":", 1)[0], "merged")
+        elif isinstance(event, ev.TokenConsumed):
+            self._add(event.batch_id.split("#", 1)[0], "consumed")
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {node: dict(sorted(c.items())) for node, c in sorted(self.counts.items())}
 
 
 @click.group("projections")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 
@@ -52,49 +51,6 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
         os.environ["ELSPETH_DATABASE_URL"] = database
 
 
-@cli.command("runs")
-@click.option("--json", "as_json", is_flag=True, help="An array of objects, newest first.")
-@click.pass_context
-def runs_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List runs, newest first. A run still `running` whose writer is gone crashed (or lost its
-    database): it says so, with the command that continues it."""
-    from engine.cli.common import database_from_ctx  # imported here, not at the top: see _Cli
-    from landscape.postgres import PostgresRecorder
-    from landscape.queries import list_runs
-    from landscape.roles import Role
-    from statecharts.machines import RUN_OPEN
-
-    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
-        runs = list_runs(db)
-        recorder = PostgresRecorder(db)
-        # Only runs the log leaves open can have a writer; ended ones report None.
-        alive = {r.run_id: recorder.writer_alive(r.run_id) for r in runs if r.status in RUN_OPEN}
-    if as_json:
-        out = [
-            {
-                "run_id": r.run_id,
-                "status": r.status,
-                "started_at": r.started_at.isoformat(),
-                "ended_at": r.ended_at.isoformat() if r.ended_at else None,
-                "resumes": r.resumes,
-                "rows": r.rows_in,
-                "settings": r.settings_path,
-                "writer_alive": alive.get(r.run_id),
-            }
-            for r in runs
-        ]
-        click.echo(json.dumps(out, indent=2))
-        return
-    if not runs:
-        click.echo("no runs yet")
-        return
-    click.echo(f"{'run id':<32} {'status':<12} {'started':<20} {'rows':>10}")
-    for r in runs:
-        note = f"  writer gone: elspeth resume {r.run_id}" if alive.get(r.run_id) is False else ""
-        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{r.run_id:<32} {r.status:<12} {started:<20} {r.rows_in:>10}{note}")
-
-
 _registered = False
 
 
@@ -107,18 +63,22 @@ def _register() -> None:
     _registered = True
     from engine.cli.audit import checkpoint_cmd, export_cmd, prove_cmd
     from engine.cli.db import db_group
-    from engine.cli.inspect import explain_cmd, projections_group, replay_cmd
+    from engine.cli.dbstop import db_stop
+    from engine.cli.explain import explain_cmd
+    from engine.cli.inspect import projections_group, replay_cmd
     from engine.cli.keys import keys_group
     from engine.cli.plugins import plugins_group
     from engine.cli.purge import purge_cmd
     from engine.cli.run import resume_cmd, run_cmd
+    from engine.cli.show import runs_cmd, show_cmd
     from engine.cli.statecharts import statecharts_cmd
     from engine.cli.validate import validate_cmd
 
-    for command in (run_cmd, resume_cmd, validate_cmd, replay_cmd, explain_cmd, projections_group,
-                    plugins_group, statecharts_cmd, purge_cmd, db_group, keys_group,
+    for command in (run_cmd, resume_cmd, validate_cmd, runs_cmd, show_cmd, replay_cmd, explain_cmd,
+                    projections_group, plugins_group, statecharts_cmd, purge_cmd, db_group, keys_group,
                     export_cmd, prove_cmd, checkpoint_cmd):  # fmt: skip
         cli.add_command(command)
+    db_group.add_command(db_stop)
 
 
 def main() -> None:

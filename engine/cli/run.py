@@ -14,6 +14,8 @@ from click.core import ParameterSource
 
 from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError
+from engine.cli.preflight import check_paths
+from engine.cli.show import sink_files
 from engine.dag import DagError
 from engine.errors import RunFailedError
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
@@ -22,7 +24,7 @@ from engine.settings import SettingsError, load_settings
 from engine.stopping import StoppedAtOnce
 from landscape.db import Database, is_postgresql_url, redact
 from landscape.fold import RunFold
-from landscape.queries import run_detail
+from landscape.queries import row_counts, run_detail
 from statecharts.machines import RunState
 
 
@@ -105,24 +107,25 @@ class Progress:
 
 
 def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
+    """Rows as an operator counts them (source records in, rows written per sink, rows
+    quarantined, failed, diverted), then tokens (a fork, a merge or a batch makes more tokens
+    than rows), then each sink's file with the hash that ties it to this run."""
     detail = run_detail(db, outcome.run_id)
-    m = detail.metrics
-    places = {a.sink: a.location for a in detail.artifacts}
-    rows_in = int(m.get("rows_in", 0))
-    now = rows_in - outcome.records_before  # a resumed run's rate is of what this process read
+    rows = row_counts(db, outcome.run_id)
+    now = rows.rows_in - outcome.records_before  # a resumed run's rate is of what this process read
     rate = now / seconds if seconds > 0 else 0.0
     click.echo(f"run {outcome.run_id} {outcome.status} in {seconds:.2f} s")
-    if outcome.records_before:
-        click.echo(f"  rows in: {rows_in} ({now} since the resume, {rate:,.0f} rows/s)")
-    else:
-        click.echo(f"  rows in: {rows_in} ({rate:,.0f} rows/s)")
-    outcomes = {k.split(".", 1)[1]: int(v) for k, v in sorted(m.items()) if k.startswith("outcome.")}
-    if outcomes:
-        click.echo("  outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
-    sinks = {k.split(".")[1]: int(v) for k, v in sorted(m.items()) if k.startswith("sink.") and k.endswith(".rows")}
-    for sink, location in places.items():
-        click.echo(f"  sink {sink}: {sinks.get(sink, 0)} rows → {location}")
-    explain = f" — `elspeth explain {outcome.run_id} --row 0`" if rows_in else ""
+    since = f"{now} since the resume, " if outcome.records_before else ""
+    click.echo(f"  rows in: {rows.rows_in} ({since}{rate:,.0f} rows/s)")
+    written = ", ".join(f"{sink} {n}" for sink, n in rows.written.items()) or "none"
+    click.echo(f"  rows written: {written}")
+    click.echo(f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}")
+    if detail.outcomes:
+        click.echo("  tokens: " + ", ".join(f"{k} {v}" for k, v in detail.outcomes.items()))
+    # This process works in the run's folder (resume changes to it), where relative paths resolve.
+    for f in sink_files(detail.artifacts, None):
+        click.echo(f"  sink {f.sink}: {f.rows} rows → {f.location}: {f.describe()}")
+    explain = f" — `elspeth show {outcome.run_id}`, `elspeth explain {outcome.run_id} --row 1`" if rows.rows_in else ""
     click.echo(f"  audit trail: {db.describe()}{explain}")
 
 
@@ -169,6 +172,11 @@ def _resume_command(ctx: click.Context, settings_url: str | None, settings_path:
 def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: bool, commit_every: int | None) -> None:
     """Run a pipeline, recording every step of every row."""
     pipeline = load_pipeline(settings_path)
+    try:
+        check_paths(pipeline)  # before any store is opened or created: a missing input leaves nothing
+    except ElspethCliError:
+        pipeline.close()
+        raise
     if dry_run:
         click.echo(f"dry run: {settings_path} is valid: {describe(pipeline)}; nothing was run")
         return

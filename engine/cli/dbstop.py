@@ -1,0 +1,39 @@
+"""`elspeth db stop`: stop an embedded server that a killed process left running.
+
+The embedded server is stopped by the last ELSPETH process using it. A process killed with
+SIGKILL cannot do that, and when it was the last one the server stays up until some later
+command ends. This is that later command, doing nothing else: it takes part in the usual
+start/stop protocol (`landscape.embedded.embedded_server`), so it stops the server only when no
+other ELSPETH process is using it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from engine.cli.errors import ElspethCliError
+from landscape.embedded import elspeth_home, embedded_server
+
+
+@click.command("stop")
+@click.pass_context
+def db_stop(ctx: click.Context) -> None:
+    """Stop the embedded server of --home if no ELSPETH process is using it (one left running
+    by a killed process, say). Nothing to do with --database."""
+    obj = ctx.find_root().obj or {}
+    if obj.get("database"):
+        raise ElspethCliError(
+            "db stop is for the embedded server; a server given by --database is not ELSPETH's to stop"
+        )
+    pidfile = elspeth_home(obj.get("home")) / "pgdata" / "postmaster.pid"
+    if not pidfile.exists():
+        click.echo(f"the embedded server of {pidfile.parent.parent} is not running")
+        return
+    with embedded_server(obj.get("home")):
+        pass  # on the way out, the last user stops the server
+    if pidfile.exists():
+        raise ElspethCliError(
+            f"the embedded server of {pidfile.parent.parent} is in use by another elspeth process "
+            "(a run, or `db serve`); it stops when the last of them ends"
+        )
+    click.echo(f"stopped the embedded server of {pidfile.parent.parent}")

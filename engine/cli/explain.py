@@ -1,0 +1,220 @@
+"""`elspeth explain`: one row's lineage, step by step, read from the verified log.
+
+Built on the events, not on the projection tables (`landscape.lineage`): a plain UPDATE of a
+projection cannot make explain lie, and row data is shown only after it matched its hash.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import msgspec
+
+from engine.cli.common import database_from_ctx
+from engine.cli.errors import ElspethCliError
+from engine.expressions import Expression, ExpressionError, ExpressionSyntaxError, compile_expression
+from landscape import lineage as lin
+from landscape.postgres import PostgresRecorder
+
+_WIDTH = 200  # data longer than this is cut in the text output (never in --json)
+
+
+@click.command("explain")
+@click.argument("run_id")
+@click.option(
+    "--row",
+    "row_number",
+    type=click.IntRange(min=1),
+    help="Source record N, counted from 1 over the records read (header and blank lines excluded): "
+    "the same number as a quarantine record's __row_number__.",
+)
+@click.option("--token", "token_id", help="Explain the row this token belongs to.")
+@click.option(
+    "--where", "where", help="Rows whose source data satisfies this expression, e.g. \"row['id'] == 'A-17'\"."
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many rows (--where)."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
+@click.pass_context
+def explain_cmd(
+    ctx: click.Context,
+    run_id: str,
+    row_number: int | None,
+    token_id: str | None,
+    where: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """What happened to one row: every step with its seq and time, the fields each step changed,
+    the gates' decisions, forks, merges and batches, and the sink position where it landed (or
+    why it did not). Read from the event log after verifying it; row data is shown only once it
+    matches the hash the log recorded."""
+    if sum(x is not None for x in (row_number, token_id, where)) != 1:
+        raise click.UsageError("give exactly one of --row N, --token ID or --where EXPR")
+    condition = _compile(where) if where is not None else None
+    with database_from_ctx(ctx) as db:
+        recorder = PostgresRecorder(db)
+        upto: int | None = None
+        note = ""
+        if row_number is not None:
+            indexes = [row_number - 1]
+        elif token_id is not None:
+            indexes = [lin.find_token_row(recorder, run_id, token_id)]
+        else:
+            assert condition is not None
+            indexes, upto, note = _matching(recorder, run_id, condition, limit)
+        explained = lin.explain_rows(recorder, run_id, indexes, upto_seq=upto)
+    if not explained.rows:
+        what = f"row {row_number}" if row_number is not None else f"row matching {where!r}"
+        raise ElspethCliError(f"run {run_id} has no {what}{note}")
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(explained), indent=2).decode())
+    else:
+        _print(explained)
+    if note:
+        click.echo(f"elspeth: {note.strip(' ;()')}", err=True)
+
+
+def _compile(where: str) -> Expression:
+    try:
+        return compile_expression(where)
+    except ExpressionSyntaxError as e:
+        raise click.BadParameter(str(e), param_hint="--where") from e
+
+
+def _matching(recorder: PostgresRecorder, run_id: str, condition: Expression, limit: int) -> tuple[list[int], int, str]:
+    """Rows whose first data (as the source gave it) satisfies `condition`; a row whose data is
+    missing or altered is not evaluated, and said so. Returns the rows, the seq the log was read
+    to, and a note."""
+    roots, upto = lin.source_rows(recorder, run_id)
+    matched: list[int] = []
+    total = unchecked = 0
+    for i in range(0, len(roots), 5000):
+        chunk = roots[i : i + 5000]
+        data = lin.checked_payloads(recorder, {h for _, h in chunk})
+        for index, h in chunk:
+            d = data[h]
+            if d.status != "ok":
+                unchecked += 1
+                continue
+            try:
+                hit = isinstance(d.value, dict) and condition.evaluate(d.value) is True
+            except ExpressionError:
+                hit = False  # as a gate would: an expression that cannot be evaluated is no match
+            if hit:
+                total += 1
+                if len(matched) < limit:
+                    matched.append(index)
+    notes = []
+    if total > len(matched):
+        notes.append(f"{total} rows match; showing the first {len(matched)} (--limit)")
+    if unchecked:
+        notes.append(f"{unchecked} rows not searched: their data is missing or altered in the payload store")
+    return matched, upto, (" (" + "; ".join(notes) + ")") if notes else ""
+
+
+# -- text output ----------------------------------------------------------------------------------
+
+
+def _print(x: lin.Explained) -> None:
+    click.echo(f"run {x.run_id}: log verified ({x.events_verified} events, head {x.head[:16]}); times in UTC")
+    for row in x.rows:
+        click.echo(f"row {row.row} (row_index {row.row_index})")
+        for t in row.tokens:
+            branch = f", branch {t.branch}" if t.branch else ""
+            click.echo(f"  token {t.token_id}{branch}")
+            for entry in t.entries:
+                if isinstance(entry, lin.Ended) and entry.outcome in ("forked", "expanded"):
+                    continue  # the fork or expansion line above says it
+                click.echo(f"    seq {entry.seq:<6} {entry.time:%Y-%m-%d %H:%M:%S.%f}  {_describe(entry)}")
+            if t.outcome is None:
+                click.echo(f"    not ended yet: {t.state}")
+        for c in row.coalesces:
+            why = f", {c.reason}" if c.reason else ""
+            trigger = f" ({c.trigger})" if c.trigger else ""
+            click.echo(
+                f"  coalesce {c.id}: {c.outcome} at seq {c.seq}{trigger}{why}: arrived {', '.join(c.arrived) or 'none'}; "
+                f"missing {', '.join(c.missing) or 'none'}"
+            )
+        for b in row.batches:
+            why = f": {b.reason}" if b.reason else ""
+            click.echo(f"  batch {b.id}: {b.outcome} at seq {b.seq} (trigger {b.trigger}, {b.size} rows){why}")
+
+
+def _describe(e: lin.Entry) -> str:
+    if isinstance(e, lin.Created):
+        origin = {"source": "from the source", "fork": "as a fork branch", "expand": "by an expansion",
+                  "merge": "by a merge", "batch": "by an aggregation"}.get(e.via, e.via)  # fmt: skip
+        parents = f" of {', '.join(e.parents)}" if e.parents else ""
+        return f"created {origin}{parents}, at '{e.at}': {_data(e.data)}"
+    if isinstance(e, lin.Step):
+        return f"{e.node} ({e.duration_us} µs) → '{e.next}': {_changes(e.changes)}"
+    if isinstance(e, lin.Gate):
+        return f"gate {e.node}: {e.condition or '?'} → {e.route}, to '{e.next}'"
+    if isinstance(e, lin.Forked):
+        return f"gate {e.node}: {e.condition or '?'} → fork into {', '.join(e.children)}"
+    if isinstance(e, lin.Expanded):
+        return f"{e.node} expanded it into {', '.join(e.children)}"
+    if isinstance(e, lin.Held):
+        return f"held at coalesce {e.coalesce_id} as branch {e.branch}"
+    if isinstance(e, lin.Buffered):
+        return f"joined batch {e.batch_id}"
+    if isinstance(e, lin.Assigned):
+        why = f" ({e.reason})" if e.reason else ""
+        return f"written to sink {e.sink}, to be {e.outcome} once durable{why}"
+    return _ended(e)
+
+
+def _ended(e: lin.Ended) -> str:
+    at = f" at {e.node}" if e.node else ""
+    why = "".join(f": {text}" for text in (e.reason, e.detail) if text)
+    if e.landed is not None:
+        d = e.landed
+        return (
+            f"{e.outcome}{at}{why} — landed in sink {d.sink} ({d.location}) between positions {d.from_position} "
+            f"and {d.to_position}, made durable by the flush at seq {d.flush_seq}"
+        )
+    if e.outcome in ("forked", "expanded"):
+        return f"{e.outcome}: continues as {', '.join(e.into)}"
+    if e.outcome == "coalesced":
+        return f"coalesced in {e.detail}: continues as {', '.join(e.into)}"
+    if e.outcome == "consumed_in_batch":
+        return f"consumed by batch {e.detail}: its outputs are {', '.join(e.into) or 'none'}"
+    if e.sink is None and e.outcome in ("diverted", "quarantined"):
+        return f"{e.outcome}{at}{why} — discarded, written to no sink"
+    return f"{e.outcome}{at}{why} — not written to any sink"
+
+
+def _data(d: lin.Data) -> str:
+    if d.status == "missing":
+        return f"DATA MISSING from the payload store (hash {d.hash[:16]}…): not shown"
+    if d.status == "altered":
+        return f"DATA ALTERED in the payload store (it does not match hash {d.hash[:16]}…): not shown"
+    return _cut(_text(d.value))
+
+
+def _changes(changes: list[lin.Change] | None) -> str:
+    if changes is None:
+        return "data missing or altered in the payload store: changes not shown"
+    if not changes:
+        return "no field changed"
+    parts = []
+    for c in changes:
+        if c.change == "added":
+            parts.append(f"+{c.field} = {_text(c.new)}")
+        elif c.change == "removed":
+            parts.append(f"-{c.field} (was {_text(c.old)})")
+        else:
+            parts.append(f"{c.field}: {_text(c.old)} → {_text(c.new)}")
+    return _cut("; ".join(parts))
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _WIDTH else text[: _WIDTH - 1] + "…"

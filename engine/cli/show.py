@@ -1,0 +1,303 @@
+"""`elspeth runs` and `elspeth show RUN`: what runs there are, and everything about one of them.
+
+A sink file is tied to the run that wrote it by the sha256 of its bytes up to the durable position
+the run's log records (see `file_digest`): the log records the position, not the bytes, so the
+hash printed is of the file as it is now; keep it (the run summary prints it too) to notice later
+that the file changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine.cli.common import database_from_ctx
+from landscape.db import Database
+from landscape.postgres import PostgresRecorder
+from landscape.queries import Artifact, list_runs, row_counts, run_detail, run_lifecycle
+from statecharts.machines import RUN_OPEN, RunState
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A date/time (ISO 8601; without a zone, local time) or a duration back from now (`2h`,
+    `3d`, `1w2d`). Raises click.BadParameter naming what is allowed."""
+    now = now or datetime.now(UTC)
+    compact = text.strip().lower()
+    if compact and _DURATION.sub("", compact).strip() == "":
+        delta = timedelta()
+        for n, unit in _DURATION.findall(compact):
+            delta += timedelta(**{_UNIT[unit]: int(n)})
+        return now - delta
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a date/time (2024-05-01, 2024-05-01T14:30) nor a duration (30m, 2h, 3d, 1w)",
+            param_hint="--since",
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+@dataclass(frozen=True, slots=True)
+class SinkFile:
+    """One sink's output as the run left it: the last durable position its log records, and the
+    file's bytes up to there as they are now."""
+
+    sink: str
+    location: str
+    position: int
+    rows: int
+    flushes: int
+    last_flush_seq: int
+    state: str  # ok | grown | short | missing | not_a_file
+    sha256: str | None  # of the first `position` bytes (ok and grown only)
+    size: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sink": self.sink,
+            "location": self.location,
+            "position": self.position,
+            "rows": self.rows,
+            "flushes": self.flushes,
+            "last_flush_seq": self.last_flush_seq,
+            "file": self.state,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+    def describe(self) -> str:
+        if self.state == "not_a_file":
+            return "not a file: nothing to hash"
+        if self.state == "missing":
+            return "the file is gone"
+        if self.state == "short":
+            return (
+                f"the file holds {self.size} bytes, fewer than the {self.position} the run made durable: "
+                "it was cut or replaced since"
+            )
+        digest = f"sha256 {self.sha256} of its first {self.position} bytes"
+        if self.state == "grown":
+            return f"{digest} (the file has {self.size} bytes: written to since, or by an unfinished run)"
+        return digest
+
+
+def sink_files(artifacts: list[Artifact], working_dir: str | None) -> list[SinkFile]:
+    """Per sink, its last durable position (from the artifacts, one per SinkFlushed) and the
+    digest of its file up to there. Relative locations resolve against the run's folder."""
+    by_sink: dict[str, list[Artifact]] = {}
+    for a in artifacts:
+        by_sink.setdefault(a.sink, []).append(a)
+    out = []
+    for sink, flushes in sorted(by_sink.items()):
+        last = max(flushes, key=lambda a: a.seq)
+        path = Path(last.location)
+        if not path.is_absolute() and working_dir:
+            path = Path(working_dir) / path
+        state, digest, size = file_digest(path, last.position)
+        out.append(SinkFile(sink=sink, location=last.location, position=last.position,
+                            rows=sum(a.rows for a in flushes), flushes=len(flushes), last_flush_seq=last.seq,
+                            state=state, sha256=digest, size=size))  # fmt: skip
+    return out
+
+
+def file_digest(path: Path, position: int) -> tuple[str, str | None, int | None]:
+    """(state, sha256 of the first `position` bytes, size). A location that is not a regular
+    file (a database table, `db#table`) is `not_a_file`; only regular files are opened."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return ("missing" if "#" not in path.name else "not_a_file"), None, None
+    except OSError:
+        return "not_a_file", None, None
+    if not stat.S_ISREG(st.st_mode):
+        return "not_a_file", None, None
+    if st.st_size < position:
+        return "short", None, st.st_size
+    h = hashlib.sha256()
+    left = position
+    with path.open("rb") as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                return "short", None, st.st_size
+            h.update(chunk)
+            left -= len(chunk)
+    return ("ok" if st.st_size == position else "grown"), h.hexdigest(), st.st_size
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+@click.command("runs")
+@click.argument("run_id", required=False)
+@click.option("--status", "statuses", multiple=True, type=click.Choice([str(s) for s in RunState]),
+              help="Only runs in this state (repeatable).")  # fmt: skip
+@click.option("--since", help="Only runs started since a date/time (2024-05-01T14:30) or for a duration (2h, 3d).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="An array of objects, newest first (shape: docs/cli.md).")
+@click.pass_context
+def runs_cmd(
+    ctx: click.Context, run_id: str | None, statuses: tuple[str, ...], since: str | None, limit: int | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """List runs, newest first (`runs RUN_ID` is `show RUN_ID`). A run still `running` whose
+    writer is gone crashed (or lost its database): it says so, with the command that continues it."""
+    if run_id is not None:
+        if statuses or since or limit:
+            raise click.UsageError("--status, --since and --limit list runs: omit them with a RUN_ID")
+        show_run(ctx, run_id, as_json)
+        return
+    after = parse_since(since) if since else None
+    with database_from_ctx(ctx) as db:
+        runs = list_runs(db, status=statuses, since=after, limit=limit)
+        recorder = PostgresRecorder(db)
+        # Only runs the log leaves open can have a writer; ended ones report None.
+        alive = {r.run_id: recorder.writer_alive(r.run_id) for r in runs if r.status in RUN_OPEN}
+    if as_json:
+        out = [
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "started_at": r.started_at.isoformat(),
+                "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+                "resumes": r.resumes,
+                "rows": r.rows_in,
+                "settings": r.settings_path,
+                "writer_alive": alive.get(r.run_id),
+            }
+            for r in runs
+        ]
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not runs:
+        click.echo("no runs" + (" match" if statuses or since else " yet"))
+        return
+    click.echo(f"{'run id':<32} {'status':<12} {'started':<20} {'duration':>10} {'rows':>10}")
+    for r in runs:
+        note = f"  writer gone: elspeth resume {r.run_id}" if alive.get(r.run_id) is False else ""
+        started = r.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        took = _duration((r.ended_at - r.started_at).total_seconds()) if r.ended_at else "-"
+        click.echo(f"{r.run_id:<32} {r.status:<12} {started:<20} {took:>10} {r.rows_in:>10}{note}")
+
+
+# -- show -----------------------------------------------------------------------------------------
+
+
+@click.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
+@click.pass_context
+def show_cmd(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """Everything about one run: settings, nodes with timings and outcomes, rows and tokens,
+    sink files with their content hashes, resumes and durations."""
+    show_run(ctx, run_id, as_json)
+
+
+def show_run(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    with database_from_ctx(ctx) as db:
+        out = run_report(db, run_id)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        _print(out)
+
+
+def run_report(db: Database, run_id: str) -> dict[str, Any]:
+    """The `show --json` object (docs/cli.md)."""
+    detail = run_detail(db, run_id)  # UnknownRun when there is none
+    counts = row_counts(db, run_id)
+    lifecycle = run_lifecycle(db, run_id)
+    alive = PostgresRecorder(db).writer_alive(run_id) if detail.run.status in RUN_OPEN else None
+    working_dir = next((e.working_dir for e in lifecycle if e.working_dir), None)
+    r = detail.run
+    return {
+        "run_id": r.run_id,
+        "status": r.status,
+        "started_at": r.started_at.isoformat(),
+        "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+        "seconds": detail.seconds,
+        "resumes": r.resumes,
+        "writer_alive": alive,
+        "settings": {"path": r.settings_path, "hash": detail.settings_hash},
+        "working_dir": working_dir,
+        "source_fingerprint": detail.source_fingerprint,
+        "last_seq": detail.last_seq,
+        "rows": {
+            "in": counts.rows_in,
+            "written": counts.written,
+            "quarantined": counts.quarantined,
+            "failed": counts.failed,
+            "diverted": counts.diverted,
+        },
+        "tokens": detail.outcomes,
+        "nodes": [
+            {
+                "node": n.node,
+                "kind": n.kind,
+                "plugin": n.plugin,
+                "config_hash": n.config_hash,
+                "processed": n.processed,
+                "outcomes": n.outcomes,
+                "total_us": n.total_us,
+                "mean_us": n.total_us // n.processed if n.processed else None,
+            }
+            for n in detail.nodes
+        ],
+        "artifacts": [f.as_dict() for f in sink_files(detail.artifacts, working_dir)],
+        "lifecycle": [
+            {"seq": e.seq, "time": e.time.isoformat(), "event": e.event, "detail": e.detail} for e in lifecycle
+        ],
+    }
+
+
+def _print(o: dict[str, Any]) -> None:
+    took = f" in {_duration(o['seconds'])}" if o["seconds"] is not None else ""
+    alive = {True: " (its writer is at work)", False: " (its writer is gone: `elspeth resume`)"}.get(
+        o["writer_alive"], ""
+    )
+    click.echo(f"run {o['run_id']}: {o['status']}{took}{alive}")
+    click.echo(f"  started {o['started_at']}, ended {o['ended_at'] or '-'}, resumed {o['resumes']} times")
+    click.echo(f"  settings {o['settings']['path']} (sha256 {o['settings']['hash']})")
+    if o["working_dir"]:
+        click.echo(f"  working folder {o['working_dir']}")
+    rows = o["rows"]
+    written = ", ".join(f"{k} {v}" for k, v in rows["written"].items()) or "none"
+    click.echo(f"  rows: {rows['in']} in; written: {written}; quarantined {rows['quarantined']}, "
+               f"failed {rows['failed']}, diverted {rows['diverted']}")  # fmt: skip
+    click.echo("  tokens: " + (", ".join(f"{k} {v}" for k, v in o["tokens"].items()) or "none"))
+    click.echo("  nodes:")
+    for n in o["nodes"]:
+        outcomes = "".join(f", {k} {v}" for k, v in n["outcomes"].items())
+        timing = f" ({n['total_us']} µs in all, {n['mean_us']} µs each)" if n["processed"] else ""
+        wrote = f", {o['rows']['written'].get(n['node'], 0)} rows written" if n["kind"] == "sink" else ""
+        click.echo(
+            f"    {n['node']:<20} {n['kind']:<12} {n['plugin']:<16} {n['processed']} steps{timing}{wrote}{outcomes}"
+        )
+    click.echo("  sink files:")
+    for a in o["artifacts"]:
+        f = SinkFile(**{k if k != "file" else "state": v for k, v in a.items()})
+        click.echo(f"    {a['sink']}: {a['rows']} rows → {a['location']} (durable to {a['position']}): {f.describe()}")
+    click.echo("  lifecycle:")
+    for e in o["lifecycle"]:
+        detail = f": {e['detail']}" if e["detail"] else ""
+        click.echo(f"    seq {e['seq']:<8} {e['time']}  {e['event']}{detail}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"

@@ -1,0 +1,505 @@
+"""A row's lineage read from the events themselves, for `elspeth explain`.
+
+The projection tables can be changed with a plain UPDATE; the log cannot be changed without the
+verifier noticing. So this reads the run's log once through `verify_events` (chain, seq, legal
+transitions) and keeps the events of the selected rows' tokens: every token whose TokenCreated
+carries the row's index (fork branches, expansions and merges do), and every token created from
+one of them (an aggregation's outputs, which carry the index of the batch's last row). The row
+data the kept events reference is fetched and checked against its hash before it is shown: a
+payload that is missing or altered is reported as such, never shown as if it were true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from landscape.canonical import decode_row
+from landscape.errors import UnknownRun
+from landscape.recorder import Recorder
+from landscape.records import StoredEvent, us_to_datetime
+from landscape.verify import Observer, Verification, payload_matches, verify_events
+from statecharts import events as ev
+
+# -- what explain shows (the shape of `explain --json`, see docs/cli.md) --------------------------
+
+
+class Data(msgspec.Struct, frozen=True, kw_only=True):
+    """Row data referenced by an event, as checked against its hash: `status` is `ok` (then
+    `value` is the data), `missing` (not in the payload store) or `altered` (its bytes do not
+    hash to what the log says); `value` is None unless the status is `ok`."""
+
+    hash: str
+    status: str
+    value: Any = None
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    field: str
+    change: str  # added | removed | changed
+    old: Any = None
+    new: Any = None
+
+
+class Landed(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a row was made durable: the SinkFlushed event (`flush_seq`) that covered it, the
+    sink's durable position before and after that flush (bytes for a file, rows for a table)."""
+
+    sink: str
+    location: str
+    flush_seq: int
+    from_position: int
+    to_position: int
+
+
+class Created(msgspec.Struct, frozen=True, kw_only=True, tag="created", tag_field="kind"):
+    seq: int
+    time: datetime
+    at: str  # the connection the token entered
+    via: str  # source | fork | expand | merge | batch
+    parents: list[str]
+    branch: str | None
+    data: Data
+
+
+class Step(msgspec.Struct, frozen=True, kw_only=True, tag="step", tag_field="kind"):
+    seq: int
+    time: datetime
+    node: str
+    duration_us: int
+    next: str
+    input_hash: str
+    output_hash: str
+    changes: list[Change] | None  # None: the data of either side could not be checked
+
+
+class Gate(msgspec.Struct, frozen=True, kw_only=True, tag="gate", tag_field="kind"):
+    seq: int
+    time: datetime
+    node: str
+    condition: str | None  # the gate's expression as the run's settings give it
+    route: str  # the value the condition gave: "true", "false" or a route label
+    next: str
+
+
+class Forked(msgspec.Struct, frozen=True, kw_only=True, tag="forked", tag_field="kind"):
+    seq: int
+    time: datetime
+    node: str
+    condition: str | None
+    children: list[str]
+
+
+class Expanded(msgspec.Struct, frozen=True, kw_only=True, tag="expanded", tag_field="kind"):
+    seq: int
+    time: datetime
+    node: str
+    children: list[str]
+
+
+class Held(msgspec.Struct, frozen=True, kw_only=True, tag="held", tag_field="kind"):
+    seq: int
+    time: datetime
+    coalesce_id: str
+    branch: str
+
+
+class Buffered(msgspec.Struct, frozen=True, kw_only=True, tag="buffered", tag_field="kind"):
+    seq: int
+    time: datetime
+    batch_id: str
+
+
+class Assigned(msgspec.Struct, frozen=True, kw_only=True, tag="assigned", tag_field="kind"):
+    seq: int
+    time: datetime
+    sink: str
+    outcome: str  # what the token becomes once the sink is durable
+    node: str | None
+    reason: str | None
+
+
+class Ended(msgspec.Struct, frozen=True, kw_only=True, tag="ended", tag_field="kind"):
+    """The token's terminal outcome. `landed` is set when its row was made durable in a sink;
+    otherwise `reason`/`detail` say why not, and `into` names the tokens it continued as (a fork's
+    branches, a merge's token, a batch's outputs)."""
+
+    seq: int
+    time: datetime
+    outcome: str
+    node: str | None = None
+    sink: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    into: list[str] = []
+    landed: Landed | None = None
+
+
+class Resolution(msgspec.Struct, frozen=True, kw_only=True):
+    """How a coalesce or a batch the row's tokens waited in was resolved."""
+
+    id: str
+    seq: int
+    time: datetime
+    outcome: str  # merged | failed (coalesce); completed | failed (batch)
+    trigger: str | None  # arrivals | timeout | end_of_source | count | condition
+    arrived: list[str] = []  # coalesce: branches that arrived
+    missing: list[str] = []  # coalesce: branches that did not
+    reason: str | None = None
+    size: int | None = None  # batch: rows flushed
+
+
+Entry = Created | Step | Gate | Forked | Expanded | Held | Buffered | Assigned | Ended
+
+
+class TokenHistory(msgspec.Struct, frozen=True, kw_only=True):
+    token_id: str
+    row_index: int
+    branch: str | None
+    parents: list[str]
+    entries: list[Entry]
+    outcome: str | None  # None: not ended yet
+    state: str  # where the token is: its outcome, or pending/held/buffered/in_flight
+
+
+class RowLineage(msgspec.Struct, frozen=True, kw_only=True):
+    row: int  # 1-based, as a quarantine record's __row_number__
+    row_index: int  # 0-based, as stored in the events and the projection tables
+    tokens: list[TokenHistory]
+    coalesces: list[Resolution]
+    batches: list[Resolution]
+
+
+class Explained(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    events_verified: int  # the log was verified up to here (chain, seq, transitions)
+    head: str  # hash of the last verified event
+    rows: list[RowLineage]
+
+
+# -- building it ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Token:
+    token_id: str
+    row_index: int
+    branch: str | None
+    parents: list[str]
+    events: list[tuple[StoredEvent, ev.EventBase]] = field(default_factory=list)
+    landed: Landed | None = None
+
+
+@dataclass(slots=True)
+class _Collector:
+    """The observer given to the verifier: keeps the selected rows' events as they pass."""
+
+    select_row: Callable[[int], bool]
+    select_token: str | None = None
+    tokens: dict[str, _Token] = field(default_factory=dict)
+    coalesces: dict[str, list[tuple[StoredEvent, ev.EventBase]]] = field(default_factory=dict)
+    batches: dict[str, list[tuple[StoredEvent, ev.EventBase]]] = field(default_factory=dict)
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # gate name -> its settings
+    flushes: dict[str, tuple[int, int, int, str]] = field(default_factory=dict)  # sink -> seq, from, to, location
+    found_row: int | None = None  # the row of `select_token`, once seen
+
+    def __call__(self, stored: StoredEvent, event: ev.EventBase) -> None:
+        if isinstance(event, ev.RunCreated | ev.RunResumed):
+            settings = event.settings
+            if settings is not None:
+                self.gates = _gates(settings)
+            return
+        if isinstance(event, ev.SinkFlushed):
+            before = self.flushes.get(event.sink)
+            start = before[2] if before is not None else 0
+            self.flushes[event.sink] = (stored.seq, start, event.position, event.location)
+            return
+        entity = stored.entity_id
+        if isinstance(event, ev.TokenCreated):
+            if entity == self.select_token:
+                self.found_row = event.row_index
+            related = any(p in self.tokens or p in self.batches for p in event.parents)
+            if not (related or self.select_row(event.row_index)):
+                return
+            self.tokens[entity] = _Token(entity, event.row_index, event.branch, list(event.parents))
+        token = self.tokens.get(entity)
+        if token is not None:
+            token.events.append((stored, event))
+            if isinstance(event, ev.TokenHeld):
+                self.coalesces.setdefault(event.coalesce_id, [])
+            elif isinstance(event, ev.TokenBuffered):
+                self.batches.setdefault(event.batch_id, [])
+            elif isinstance(event, _TERMINAL) and event.sink is not None:
+                # The sink's last flush is the one that made this row durable: a flush is
+                # recorded first, then the outcomes of the rows it covered.
+                flush = self.flushes.get(event.sink)
+                if flush is not None:
+                    token.landed = Landed(sink=event.sink, location=flush[3], flush_seq=flush[0],
+                                          from_position=flush[1], to_position=flush[2])  # fmt: skip
+            return
+        if entity in self.coalesces:
+            self.coalesces[entity].append((stored, event))
+        elif entity in self.batches:
+            self.batches[entity].append((stored, event))
+
+
+# The outcomes that can end in a sink.
+_TERMINAL = (ev.TokenCompleted, ev.TokenRouted, ev.TokenDiverted, ev.TokenQuarantined)
+
+
+def _gates(settings: dict[str, object]) -> dict[str, dict[str, Any]]:
+    gates = settings.get("gates")
+    if not isinstance(gates, list):
+        return {}
+    return {str(g["name"]): g for g in gates if isinstance(g, dict) and "name" in g}
+
+
+def find_token_row(recorder: Recorder, run_id: str, token_id: str) -> int:
+    """The row index a token belongs to, read from the verified log. UnknownRun if none."""
+    collector = _Collector(select_row=lambda _i: False, select_token=token_id)
+    _verified(recorder, run_id, collector, None)
+    if collector.found_row is None:
+        raise UnknownRun(f"run {run_id} has no token {token_id}")
+    return collector.found_row
+
+
+def source_rows(recorder: Recorder, run_id: str) -> tuple[list[tuple[int, str]], int]:
+    """Every source row's (row index, hash of its first data), from the verified log, and the
+    last seq read (pass it to `explain_rows` so both read the same log)."""
+    roots: list[tuple[int, str]] = []
+
+    def observe(_stored: StoredEvent, event: ev.EventBase) -> None:
+        if isinstance(event, ev.TokenCreated) and not event.parents:
+            roots.append((event.row_index, event.data_hash))
+
+    verified = _verified(recorder, run_id, observe, None)
+    return roots, verified.events - 1
+
+
+def checked_payloads(recorder: Recorder, hashes: Iterable[str]) -> dict[str, Data]:
+    """Each hash's data, fetched and checked against the hash (missing and altered said so)."""
+    wanted = set(hashes)
+    found = recorder.payloads(wanted)
+    out: dict[str, Data] = {}
+    for h in wanted:
+        raw = found.get(h)
+        if raw is None:
+            out[h] = Data(hash=h, status="missing")
+        elif not payload_matches(h, raw):
+            out[h] = Data(hash=h, status="altered")
+        else:
+            out[h] = Data(hash=h, status="ok", value=decode_row(raw))
+    return out
+
+
+def explain_rows(recorder: Recorder, run_id: str, row_indexes: Iterable[int], upto_seq: int | None = None) -> Explained:
+    """The lineage of the given rows (0-based indexes), built from the verified log."""
+    wanted = set(row_indexes)
+    collector = _Collector(select_row=wanted.__contains__)
+    verified = _verified(recorder, run_id, collector, upto_seq)
+    hashes: set[str] = set()
+    for t in collector.tokens.values():
+        for _s, e in t.events:
+            if isinstance(e, ev.TokenCreated):
+                hashes.add(e.data_hash)
+            elif isinstance(e, ev.StepCompleted):
+                hashes.update((e.input_hash, e.output_hash))
+    data = checked_payloads(recorder, hashes)
+    rows = []
+    for index in sorted(wanted):
+        mine = [t for t in collector.tokens.values() if t.row_index == index or _descends(t, collector, index)]
+        if not mine:
+            continue
+        rows.append(
+            RowLineage(
+                row=index + 1,
+                row_index=index,
+                tokens=[_history(t, collector, data) for t in mine],
+                coalesces=_resolutions(collector.coalesces, mine, ev.TokenHeld),
+                batches=_resolutions(collector.batches, mine, ev.TokenBuffered),
+            )
+        )
+    return Explained(run_id=run_id, events_verified=verified.events, head=verified.head.hex(), rows=rows)
+
+
+def _verified(recorder: Recorder, run_id: str, observe: Observer, upto_seq: int | None) -> Verification:
+    if not recorder.run_exists(run_id):
+        raise UnknownRun(f"no run {run_id} in this audit store (see `elspeth runs`)")
+    return verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), observe=observe).raise_if_bad()
+
+
+def _descends(t: _Token, c: _Collector, index: int) -> bool:
+    """A token of another row's index kept because it was made from this row's tokens."""
+    seen: set[str] = set()
+    stack = list(t.parents)
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        parent = c.tokens.get(p)
+        if parent is not None:
+            if parent.row_index == index:
+                return True
+            stack.extend(parent.parents)
+        elif p in c.batches:  # a batch whose members were all rejected is the outputs' parent
+            stack.extend(_members(c.tokens.values(), p))
+    return False
+
+
+def _members(tokens: Iterable[_Token], batch_id: str) -> Iterator[str]:
+    for t in tokens:
+        if any(isinstance(e, ev.TokenBuffered) and e.batch_id == batch_id for _s, e in t.events):
+            yield t.token_id
+
+
+def _at(stored: StoredEvent) -> datetime:
+    return us_to_datetime(stored.recorded_at_us)
+
+
+def _history(t: _Token, c: _Collector, data: dict[str, Data]) -> TokenHistory:
+    entries: list[Entry] = []
+    outcome: str | None = None
+    state = "created"
+    for s, e in t.events:
+        at = _at(s)
+        if isinstance(e, ev.TokenCreated):
+            via = "source" if not e.parents else _via(e, c)
+            entries.append(Created(seq=s.seq, time=at, at=e.at, via=via, parents=list(e.parents), branch=e.branch,
+                                   data=data[e.data_hash]))  # fmt: skip
+            state = "in_flight"
+        elif isinstance(e, ev.StepCompleted):
+            if e.route is not None:
+                condition = c.gates.get(e.node, {}).get("condition")
+                entries.append(Gate(seq=s.seq, time=at, node=e.node, condition=None if condition is None
+                                    else str(condition), route=e.route, next=e.next))  # fmt: skip
+            else:
+                entries.append(Step(seq=s.seq, time=at, node=e.node, duration_us=e.duration_us, next=e.next,
+                                    input_hash=e.input_hash, output_hash=e.output_hash,
+                                    changes=_changes(data[e.input_hash], data[e.output_hash])))  # fmt: skip
+            state = "in_flight"
+        elif isinstance(e, ev.TokenForked):
+            gate = c.gates.get(e.node, {})
+            condition = gate.get("condition")
+            entries.append(Forked(seq=s.seq, time=at, node=e.node, children=list(e.children),
+                                  condition=None if condition is None else str(condition)))  # fmt: skip
+            entries.append(Ended(seq=s.seq, time=at, outcome="forked", node=e.node, into=list(e.children)))
+            outcome = "forked"
+        elif isinstance(e, ev.TokenExpanded):
+            entries.append(Expanded(seq=s.seq, time=at, node=e.node, children=list(e.children)))
+            entries.append(Ended(seq=s.seq, time=at, outcome="expanded", node=e.node, into=list(e.children)))
+            outcome = "expanded"
+        elif isinstance(e, ev.TokenHeld):
+            entries.append(Held(seq=s.seq, time=at, coalesce_id=e.coalesce_id, branch=e.branch))
+            state = "held"
+        elif isinstance(e, ev.TokenBuffered):
+            entries.append(Buffered(seq=s.seq, time=at, batch_id=e.batch_id))
+            state = "buffered"
+        elif isinstance(e, ev.SinkAssigned):
+            entries.append(Assigned(seq=s.seq, time=at, sink=e.sink, outcome=e.outcome, node=e.node, reason=e.reason))
+            state = "pending_sink"
+        else:
+            end = _ended(s, e, t, c)
+            entries.append(end)
+            outcome = end.outcome
+    return TokenHistory(token_id=t.token_id, row_index=t.row_index, branch=t.branch, parents=t.parents,
+                        entries=entries, outcome=outcome, state=outcome or state)  # fmt: skip
+
+
+def _via(e: ev.TokenCreated, c: _Collector) -> str:
+    """How a child token came to be, from how its parents ended."""
+    for p in e.parents:
+        parent = c.tokens.get(p)
+        last = parent.events[-1][1] if parent is not None and parent.events else None
+        if isinstance(last, ev.TokenForked):
+            return "fork"
+        if isinstance(last, ev.TokenExpanded):
+            return "expand"
+        if isinstance(last, ev.TokenCoalesced):
+            return "merge"
+    # Only an aggregation makes a token from parents that are not this row's (or from its batch).
+    return "batch"
+
+
+def _ended(s: StoredEvent, e: ev.EventBase, t: _Token, c: _Collector) -> Ended:
+    at = _at(s)
+    outcome = _OUTCOME[type(e)]
+    if isinstance(e, ev.TokenCoalesced):
+        return Ended(seq=s.seq, time=at, outcome=outcome, into=[e.into], detail=e.coalesce_id)
+    if isinstance(e, ev.TokenConsumed):
+        outputs = [x.token_id for x in c.tokens.values() if e.batch_id in x.parents or t.token_id in x.parents]
+        return Ended(seq=s.seq, time=at, outcome=outcome, into=outputs, detail=e.batch_id)
+    if isinstance(e, ev.TokenFailed):
+        return Ended(seq=s.seq, time=at, outcome=outcome, node=e.node, reason=e.reason, detail=e.detail)
+    sink = getattr(e, "sink", None)
+    return Ended(
+        seq=s.seq,
+        time=at,
+        outcome=outcome,
+        node=getattr(e, "node", None),
+        sink=sink,
+        reason=getattr(e, "reason", None),
+        landed=t.landed if sink is not None else None,
+    )
+
+
+_OUTCOME: dict[type[ev.EventBase], str] = {
+    ev.TokenCompleted: "completed",
+    ev.TokenRouted: "routed",
+    ev.TokenDiverted: "diverted",
+    ev.TokenQuarantined: "quarantined",
+    ev.TokenCoalesced: "coalesced",
+    ev.TokenConsumed: "consumed_in_batch",
+    ev.TokenFailed: "failed",
+}
+
+
+def _changes(before: Data, after: Data) -> list[Change] | None:
+    if before.status != "ok" or after.status != "ok":
+        return None
+    old, new = before.value, after.value
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else [Change(field="", change="changed", old=old, new=new)]
+    out = [Change(field=k, change="removed", old=v) for k, v in old.items() if k not in new]
+    for k, v in new.items():
+        if k not in old:
+            out.append(Change(field=k, change="added", new=v))
+        elif old[k] != v or type(old[k]) is not type(v):
+            out.append(Change(field=k, change="changed", old=old[k], new=v))
+    return out
+
+
+def _resolutions(
+    entities: dict[str, list[tuple[StoredEvent, ev.EventBase]]], mine: list[_Token], joined: type[ev.EventBase]
+) -> list[Resolution]:
+    ids: list[str] = []
+    for t in mine:
+        for _s, e in t.events:
+            if isinstance(e, ev.TokenHeld) and joined is ev.TokenHeld and e.coalesce_id not in ids:
+                ids.append(e.coalesce_id)
+            elif isinstance(e, ev.TokenBuffered) and joined is ev.TokenBuffered and e.batch_id not in ids:
+                ids.append(e.batch_id)
+    out = []
+    for entity in ids:
+        trigger: str | None = None
+        size: int | None = None
+        for s, e in entities.get(entity, []):
+            at = _at(s)
+            if isinstance(e, ev.CoalesceMerged):
+                out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="merged", trigger=e.trigger,
+                                      arrived=list(e.arrived), missing=list(e.missing)))  # fmt: skip
+            elif isinstance(e, ev.CoalesceFailed):
+                out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="failed", trigger=None,
+                                      arrived=list(e.arrived), missing=list(e.missing), reason=e.reason))  # fmt: skip
+            elif isinstance(e, ev.BatchFlushing):
+                trigger, size = e.trigger, e.size
+            elif isinstance(e, ev.BatchCompleted):
+                out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="completed", trigger=trigger, size=size))
+            elif isinstance(e, ev.BatchFailed):
+                out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="failed", trigger=trigger, size=size,
+                                      reason=e.reason))  # fmt: skip
+    return out

@@ -1,0 +1,310 @@
+"""The investigator's commands as users run them: explain (on the verified events), runs, show,
+replay --json, the run summary, the checks before any store exists, and db stop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from landscape.db import Database
+from landscape.queries import lineage
+from tests.engine_harness import write_csv
+from tests.test_cli import PIPELINE, ROOT, elspeth, one_line_error
+
+FORK = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'v: int', 'note: str']}, on_validation_failure: bad}
+gates:
+- name: split
+  input: raw
+  condition: 'True'
+  routes: {'true': fork}
+  fork_to: [a, b]
+- name: check
+  input: b
+  condition: "row['note'] != 'boom' or row['v'] / 0"
+  routes: {'true': b_done, 'false': b_done}
+  on_error: bad
+transforms:
+- name: rename
+  plugin: field_mapper
+  input: a
+  on_success: a_done
+  on_error: discard
+  options: {mapping: {v: value}}
+coalesce:
+- name: join
+  branches: {a: a_done, b: b_done}
+  policy: require_all
+  merge: nested
+  on_success: out
+sinks:
+  out: {plugin: json, options: {path: out/out.jsonl, format: jsonl}}
+  bad: {plugin: json, options: {path: out/bad.jsonl, format: jsonl}}
+"""
+
+
+def _run(db: Database, work: Path, *extra: str) -> str:
+    proc = elspeth("run", "-s", "settings.yaml", *extra, cwd=work, db=db)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.split()[1]
+
+
+def _json(proc: subprocess.CompletedProcess[str]) -> Any:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def fork(tmp_path: Path) -> Path:
+    # row 3 has one field too many: quarantined with its __row_number__; row 2 makes `check` fail
+    (tmp_path / "in.csv").write_text("id,v,note\r\n1,3,ok\r\n2,9,boom\r\n3,4,x,extra\r\n4,5,fine\r\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(FORK)
+    return tmp_path
+
+
+def test_explain_json_is_built_from_the_events_with_a_stable_shape(db: Database, fork: Path) -> None:
+    run_id = _run(db, fork)
+    out = _json(elspeth("explain", run_id, "--row", "1", "--json", cwd=fork, db=db))
+    assert set(out) == {"run_id", "events_verified", "head", "rows"}
+    (row,) = out["rows"]
+    assert set(row) == {"row", "row_index", "tokens", "coalesces", "batches"}
+    assert (row["row"], row["row_index"]) == (1, 0)
+    tokens = {t["token_id"]: t for t in row["tokens"]}
+    assert set(tokens) == {"r0", "r0.a", "r0.b", "r0+join"}
+    assert set(tokens["r0"]) == {"token_id", "row_index", "branch", "parents", "entries", "outcome", "state"}
+    kinds = [e["kind"] for e in tokens["r0.a"]["entries"]]
+    assert kinds == ["created", "step", "held", "ended"]
+    created, step = tokens["r0.a"]["entries"][:2]
+    assert created["data"] == {
+        "hash": created["data"]["hash"],
+        "status": "ok",
+        "value": {"id": 1, "v": 3, "note": "ok"},
+    }
+    assert created["via"] == "fork" and created["parents"] == ["r0"]
+    # the field_mapper's step: what changed, from the step's input and output payloads
+    assert step["node"] == "rename" and step["input_hash"] != step["output_hash"]
+    assert step["changes"] == [
+        {"field": "v", "change": "removed", "old": 3, "new": None},
+        {"field": "value", "change": "added", "old": None, "new": 3},
+    ]
+    gate = tokens["r0.b"]["entries"][1]
+    assert gate == {"kind": "gate", "seq": gate["seq"], "time": gate["time"], "node": "check",
+                    "condition": "row['note'] != 'boom' or row['v'] / 0", "route": "true", "next": "b_done"}  # fmt: skip
+    # the merge: its parents are the branches (the events' TokenCreated.parents)
+    merged = tokens["r0+join"]["entries"][0]
+    assert merged["via"] == "merge" and merged["parents"] == ["r0.a", "r0.b"]
+    assert row["coalesces"][0]["outcome"] == "merged" and row["coalesces"][0]["arrived"] == ["a", "b"]
+    # where it landed: the flush that made it durable, and the bytes it covered hold the row
+    end = tokens["r0+join"]["entries"][-1]
+    assert end["outcome"] == "completed" and end["sink"] == "out"
+    landed = end["landed"]
+    data = (fork / "out/out.jsonl").read_bytes()[landed["from_position"] : landed["to_position"]]
+    assert {"a": {"id": 1, "value": 3, "note": "ok"}, "b": {"id": 1, "v": 3, "note": "ok"}} in [
+        json.loads(line) for line in data.splitlines()
+    ]
+
+
+def test_the_projection_lineage_reads_token_parents(db: Database, fork: Path) -> None:
+    run_id = _run(db, fork)
+    found = {t.token_id: t.parents for t in lineage(db, run_id, row_index=0).tokens}
+    assert found == {"r0": [], "r0.a": ["r0"], "r0.b": ["r0"], "r0+join": ["r0.a", "r0.b"]}
+
+
+def test_row_numbers_are_the_quarantine_records_row_numbers(db: Database, fork: Path) -> None:
+    run_id = _run(db, fork)
+    (record,) = [json.loads(x) for x in (fork / "out/bad.jsonl").read_text().splitlines() if "__row_number__" in x]
+    n = record["__row_number__"]
+    out = _json(elspeth("explain", run_id, "--row", str(n), "--json", cwd=fork, db=db))
+    (token,) = out["rows"][0]["tokens"]
+    assert token["entries"][0]["data"]["value"] == record and token["outcome"] == "quarantined"
+    text = elspeth("explain", run_id, "--row", str(n), cwd=fork, db=db).stdout
+    assert f"row {n} (row_index {n - 1})" in text and "quarantined" in text
+    assert elspeth("explain", run_id, "--row", "0", cwd=fork, db=db).returncode == 2  # counted from 1
+
+
+def test_explain_by_token_and_by_where(db: Database, fork: Path) -> None:
+    run_id = _run(db, fork)
+    by_token = _json(elspeth("explain", run_id, "--token", "r3.b", "--json", cwd=fork, db=db))
+    assert [r["row"] for r in by_token["rows"]] == [4]
+    where = _json(elspeth("explain", run_id, "--where", "row['note'] == 'boom'", "--json", cwd=fork, db=db))
+    assert [r["row"] for r in where["rows"]] == [2]
+    text = elspeth("explain", run_id, "--where", "row['note'] == 'boom'", cwd=fork, db=db).stdout
+    # the gate's row error, sent to on_error: diverted, with where it landed
+    assert "diverted at check: condition failed: division by zero — landed in sink bad" in text
+    err = one_line_error(elspeth("explain", run_id, "--where", "row['id'] == 99", cwd=fork, db=db), 1)
+    assert "has no row matching" in err
+    err = one_line_error(elspeth("explain", run_id, "--where", "__import__('os')", cwd=fork, db=db), 2)
+    assert "--where" in err
+    assert "no token" in one_line_error(elspeth("explain", run_id, "--token", "nope", cwd=fork, db=db), 1)
+
+
+def _as_superuser(db: Database, sql: str, params: tuple[Any, ...]) -> None:
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")  # past the payloads trigger
+        conn.execute(sql, params)
+        conn.commit()
+
+
+def test_explain_says_plainly_when_data_is_altered_or_missing(db: Database, fork: Path) -> None:
+    run_id = _run(db, fork)
+    out = _json(elspeth("explain", run_id, "--row", "4", "--json", cwd=fork, db=db))
+    h = out["rows"][0]["tokens"][0]["entries"][0]["data"]["hash"]
+    forged = b'{"id":4,"v":5,"note":"FORGED"}'
+    _as_superuser(db, "UPDATE payloads SET data = %s WHERE hash = %s", (forged, bytes.fromhex(h)))
+    text = elspeth("explain", run_id, "--row", "4", cwd=fork, db=db)
+    assert text.returncode == 0 and "DATA ALTERED" in text.stdout and "FORGED" not in text.stdout
+    data = _json(elspeth("explain", run_id, "--row", "4", "--json", cwd=fork, db=db))["rows"][0]["tokens"][0]
+    assert data["entries"][0]["data"] == {"hash": h, "status": "altered", "value": None}
+    with db.connect() as conn:
+        conn.execute("DELETE FROM payloads WHERE hash = %s", (bytes.fromhex(h),))
+        conn.commit()
+    text = elspeth("explain", run_id, "--row", "4", cwd=fork, db=db)
+    assert "DATA MISSING" in text.stdout
+
+
+def test_a_forged_projection_does_not_change_explain(db: Database, fork: Path) -> None:
+    run_id = _run(db, fork)
+    before = elspeth("explain", run_id, "--row", "2", "--json", cwd=fork, db=db).stdout
+    with db.connect() as conn:
+        conn.execute("UPDATE token_outcomes SET outcome = 'completed', reason = NULL WHERE run_id = %s", (run_id,))
+        conn.execute("UPDATE node_states SET output_hash = input_hash WHERE run_id = %s", (run_id,))
+        conn.execute("DELETE FROM token_parents WHERE run_id = %s", (run_id,))
+        conn.commit()
+    assert elspeth("explain", run_id, "--row", "2", "--json", cwd=fork, db=db).stdout == before
+
+
+def test_runs_filters_and_show_ties_each_sink_file_to_the_run(db: Database, work_pipeline: Path) -> None:
+    work = work_pipeline
+    first = _run(db, work)
+    second = _run(db, work)
+    listed = _json(elspeth("runs", "--json", "--limit", "1", cwd=work, db=db))
+    assert [r["run_id"] for r in listed] == [second]
+    assert set(listed[0]) == {"run_id", "status", "started_at", "ended_at", "resumes", "rows", "settings",
+                              "writer_alive"}  # fmt: skip
+    recent = {r["run_id"] for r in _json(elspeth("runs", "--json", "--since", "1h", cwd=work, db=db))}
+    assert {first, second} <= recent
+    assert _json(elspeth("runs", "--json", "--since", "2999-01-01", cwd=work, db=db)) == []
+    assert _json(elspeth("runs", "--json", "--status", "failed", cwd=work, db=db)) == []
+    assert "--since" in one_line_error(elspeth("runs", "--since", "yesterday", cwd=work, db=db), 2)
+
+    shown = _json(elspeth("show", second, "--json", cwd=work, db=db))
+    assert _json(elspeth("runs", second, "--json", cwd=work, db=db)) == shown
+    assert set(shown) == {"run_id", "status", "started_at", "ended_at", "seconds", "resumes", "writer_alive",
+                          "settings", "working_dir", "source_fingerprint", "last_seq", "rows", "tokens", "nodes",
+                          "artifacts", "lifecycle"}  # fmt: skip
+    assert shown["rows"] == {"in": 3, "written": {"bad": 1, "high": 1, "low": 1}, "quarantined": 1, "failed": 0,
+                             "diverted": 0}  # fmt: skip
+    assert shown["settings"]["path"] == "settings.yaml" and len(shown["settings"]["hash"]) == 64
+    nodes = {n["node"]: n for n in shown["nodes"]}
+    assert nodes["big"]["processed"] == 2 and set(nodes["big"]) == {"node", "kind", "plugin", "config_hash",
+                                                                     "processed", "outcomes", "total_us", "mean_us"}  # fmt: skip
+    assert [e["event"] for e in shown["lifecycle"]] == ["RunCreated", "RunStarted", "RunCompleted"]
+    files = {a["sink"]: a for a in shown["artifacts"]}
+    high = files["high"]
+    content = (work / "out/high.csv").read_bytes()
+    assert high["file"] == "ok" and high["position"] == len(content) and high["rows"] == 1
+    assert high["sha256"] == hashlib.sha256(content).hexdigest()
+    # the file written to since: the hash is still of what the run wrote; cut short: no hash
+    with (work / "out/high.csv").open("ab") as f:
+        f.write(b"9,99\r\n")
+    grown = {a["sink"]: a for a in _json(elspeth("show", second, "--json", cwd=work, db=db))["artifacts"]}["high"]
+    assert grown["file"] == "grown" and grown["sha256"] == high["sha256"]
+    (work / "out/high.csv").write_bytes(content[:3])
+    text = elspeth("show", second, cwd=work, db=db).stdout
+    assert "fewer than the" in text and "cut or replaced" in text
+    assert "no run run-nope" in one_line_error(elspeth("show", "run-nope", cwd=work, db=db), 1)
+
+
+@pytest.fixture
+def work_pipeline(tmp_path: Path) -> Path:
+    write_csv(tmp_path / "in.csv", ["id", "v"], [[1, 3], [2, 9], [3, "x"]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(PIPELINE)
+    return tmp_path
+
+
+def test_replay_json_counts_what_a_gate_diverted(db: Database, fork: Path) -> None:
+    run_id = _run(db, fork)
+    out = _json(elspeth("replay", run_id, "--check", "--json", cwd=fork, db=db))
+    assert set(out) == {"run_id", "events", "head", "as_of", "status", "last_seq", "source_records",
+                        "source_exhausted", "outcomes", "per_node", "in_flight", "check"}  # fmt: skip
+    assert out["per_node"]["check"] == {"diverted": 1, "route true": 2}
+    assert out["per_node"]["split"] == {"forked": 3} and out["per_node"]["join"] == {"failed": 1, "merged": 4}
+    assert out["check"] == {"upto_seq": out["last_seq"], "agree": True, "differences": []}
+    text = elspeth("replay", run_id, cwd=fork, db=db).stdout
+    assert "check: 3 (diverted 1, route true 2)" in text
+
+
+def test_the_run_summary_counts_rows_and_tokens_apart(db: Database, fork: Path) -> None:
+    proc = elspeth("run", "-s", "settings.yaml", cwd=fork, db=db)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "  rows in: 4 (" in proc.stdout
+    assert "  rows written: bad 2, out 2" in lines
+    assert "  rows quarantined: 1, failed: 1, diverted: 1" in lines
+    assert "  tokens: coalesced 4, completed 2, diverted 1, failed 1, forked 3, quarantined 1" in lines
+    digest = hashlib.sha256((fork / "out/out.jsonl").read_bytes()).hexdigest()
+    assert f"sha256 {digest}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda w: (w / "in.csv").unlink(), "source.options.path: the input in.csv does not exist"),
+        (lambda w: ((w / "in.csv").unlink(), (w / "in.csv").mkdir()), "the input in.csv is not a regular file"),
+        (lambda w: shutil.rmtree(w / "out"), "sinks.bad.options.path: the folder out of out/bad.jsonl does not exist"),
+    ],
+    ids=["missing", "a-folder", "no-output-folder"],
+)
+def test_validate_and_run_check_inputs_and_output_folders_before_any_store(
+    work_pipeline: Path, change: Any, says: str
+) -> None:
+    work = work_pipeline
+    change(work)
+    for command in (("validate", "-s", "settings.yaml"), ("run", "-s", "settings.yaml")):
+        err = one_line_error(elspeth(*command, cwd=work), 1)
+        assert says in err, err
+        assert not (work / ".elspeth").exists()  # no store was created (the embedded default)
+
+
+def test_db_stop_stops_a_server_left_by_a_killed_process_and_not_one_in_use(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    pid = tmp_path / ".elspeth" / "pgdata" / "postmaster.pid"
+    assert "not running" in elspeth("db", "stop", cwd=tmp_path).stdout
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", "db", "serve"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert serve.stdout is not None
+        assert re.match("audit store", serve.stdout.readline())  # up and serving
+        err = one_line_error(elspeth("db", "stop", cwd=tmp_path), 1)
+        assert "in use by another elspeth process" in err and pid.exists()
+    finally:
+        serve.send_signal(signal.SIGKILL)  # killed: it cannot stop the server on its way out
+        serve.communicate(timeout=60)
+    assert pid.exists()  # left running
+    proc = elspeth("db", "stop", cwd=tmp_path)
+    assert proc.returncode == 0 and "stopped" in proc.stdout, proc.stderr
+    assert not pid.exists()
+
+
+def test_docs_describe_every_read_command() -> None:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for heading in ("## `elspeth runs`", "## `elspeth show", "## `elspeth explain", "## `elspeth replay",
+                    "## `elspeth db stop`"):  # fmt: skip
+        assert heading in text
