@@ -161,16 +161,28 @@ class ClockedSource:
         self.inner.close()
 
 
+class FaultCounts(Counter[str]):
+    """How often each fault point was reached; `before_first_commit`: how many of those came
+    before the run's first commit was durable (a crash there leaves no run to resume)."""
+
+    before_first_commit: Counter[str]
+
+
 @contextmanager
-def counting_fault_points() -> Iterator[Counter[str]]:
+def counting_fault_points() -> Iterator[FaultCounts]:
     """Count how often each fault point (landscape/faults.py) is reached while the block runs,
     by wrapping `faults.reached` (which still does its own work)."""
-    counts: Counter[str] = Counter()
+    counts = FaultCounts()
+    counts.before_first_commit = Counter()
+    first: list[bool] = []
     lock = threading.Lock()  # `commit` and `committed` are reached on the writer's sender thread
     original = faults.reached
 
     def reached(point: str) -> None:
         with lock:
+            if point == "committed" and not first:
+                first.append(True)
+                counts.before_first_commit = Counter(counts)  # this `committed` is already after it
             counts[point] += 1
         original(point)
 

@@ -4,13 +4,17 @@ quarantine, row errors, deadlines with an idle source."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.clock import FakeClock
+from engine.orchestrator import start_run
+from engine.plugins.protocol import SourceItem
 from landscape.db import Database
-from tests.engine_harness import assert_invariants, item, run, write_csv
+from tests.engine_harness import ScriptedSource, assert_invariants, item, load_pipeline, run, write_csv
 
 SCHEMA = "schema: {mode: fixed, fields: ['id: int', 'v: int', 'note: str']}"
 
@@ -145,6 +149,75 @@ coalesce:""",
     merged = r.rows("out/out.jsonl")
     # row 1 merged on timeout with branch b only (its branch a arrived late at the end)
     assert merged[0] == {"b": {"id": 1, "v": 10, "note": "ok"}}
+    assert clock.now() >= 1_700_000_005.0
+
+
+class _RecordingSink:
+    """A sink that notes which tokens were written to it, and when (as the source saw it)."""
+
+    kind = "sink"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.written: list[str] = []
+
+    def write(self, token_id: str, row: dict[str, object]) -> None:
+        self.written.append(token_id)
+        self.inner.write(token_id, row)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _IdleSource(ScriptedSource):
+    """Row 0, then nothing for a while (None: idle), then row 1. What the sink had received by
+    the time the engine came back for row 1 is noted: that is what happened while idle."""
+
+    def __init__(self, sink: _RecordingSink) -> None:
+        super().__init__([])
+        self.sink = sink
+        self.written_while_idle: list[str] | None = None
+
+    def read(self, start: int = 0) -> Iterator[SourceItem | None]:
+        yield item(0, id=1, v=10, note="ok")
+        yield None
+        self.written_while_idle = list(self.sink.written)
+        yield item(1, id=2, v=20, note="ok")
+
+
+def test_the_deadline_fires_during_the_idleness_not_when_the_next_row_arrives(db: Database, tmp_path: Path) -> None:
+    """The test above cannot tell "fired while idle" from "fired when row 2 arrived" (the engine
+    also fires what is due before each row). Here the source itself looks, before it yields row 2,
+    at what the sink received: the merge the timeout made must already be there."""
+    settings = _fork_pipeline("best_effort", "nested", "timeout_seconds: 5").replace(
+        "on_success: a_done", "on_success: to_agg"
+    )
+    settings = settings.replace(
+        "coalesce:",
+        """aggregations:
+- name: park
+  plugin: batch_replicate
+  input: to_agg
+  on_success: a_done
+  on_error: discard
+  trigger: {count: 100}
+  output_mode: passthrough
+coalesce:""",
+    )
+    _input(tmp_path, [])
+    clock = FakeClock()
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pipeline = load_pipeline(tmp_path, settings)
+        sink = _RecordingSink(pipeline.nodes.sinks["out"])
+        pipeline.nodes.sinks["out"] = sink  # type: ignore[assignment]
+        source = _IdleSource(sink)
+        pipeline.source = source  # type: ignore[assignment]
+        start_run(db, pipeline, clock=clock)
+    finally:
+        os.chdir(old)
+    assert source.written_while_idle == ["r0+join"]  # merged on its timeout, before row 2 existed
     assert clock.now() >= 1_700_000_005.0
 
 

@@ -243,3 +243,47 @@ def test_replay_check_agrees_while_the_run_is_still_being_written(db: Database, 
     usage = _elspeth(db, work, "replay", run_id, "--check", "--as-of", "5")
     _out, err = usage.communicate(timeout=60)
     assert usage.returncode == 2 and "omit --as-of" in err
+
+
+def test_a_killed_run_on_the_embedded_default_resumes_to_the_same_outputs(tmp_path: Path) -> None:
+    """No --database anywhere: the embedded server of ELSPETH_HOME. The killed process cannot
+    stop the server on its way out; `db stop` does, and `resume` starts it again."""
+    # (The other kill tests use the test server's URL: this is the default a user runs.)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    env["ELSPETH_HOME"] = str(tmp_path / "home")
+
+    def elspeth(cwd: Path, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.cli.main", *args],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def finish(proc: subprocess.Popen[str]) -> str:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out + err
+        return out
+
+    reference, work = tmp_path / "reference", tmp_path / "work"
+    for path in (reference, work):
+        _setup(path, "fork_coalesce")
+    finish(elspeth(reference, "run", "-s", "settings.yaml"))
+    proc = elspeth(work, "run", "-s", "settings.yaml")
+    out_file = work / "out" / "out.jsonl"
+    # killed once its first rows are durable (a sink flush comes with the commit that records it)
+    while proc.poll() is None and not (out_file.exists() and out_file.stat().st_size > 0):
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    pid = tmp_path / "home" / "pgdata" / "postmaster.pid"
+    killed = proc.returncode == -signal.SIGKILL
+    if killed:
+        assert pid.exists()  # the killed process left its server running...
+        assert "stopped" in finish(elspeth(work, "db", "stop"))  # ...until db stop
+        assert not pid.exists()
+    run = json.loads(finish(elspeth(work, "runs", "--json")))[0]  # newest first: the killed run
+    if killed and run["status"] != "completed":  # (the kill can land after the last commit)
+        assert run["status"] == "running" and run["writer_alive"] is False
+        finish(elspeth(work, "resume", run["run_id"]))
+    assert _outputs(work) == _outputs(reference)
+    assert not pid.exists()  # the last command stopped the server

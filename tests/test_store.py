@@ -160,6 +160,17 @@ def test_append_only_is_enforced_by_the_database(db: Database) -> None:
             conn.execute(sql)
 
 
+def test_a_payload_cannot_be_rewritten_only_purged(db: Database) -> None:
+    """Row data may be purged by retention (the chain covers its hash), never changed in place:
+    a plain UPDATE of a payload is refused by the database."""
+    _write_run(db, "run-pl", tokens=1).close()
+    h, _data = hash_row({"id": 0, "name": "row 0", "run": "run-pl"})
+    with db.connect() as conn, pytest.raises(psycopg.Error, match="append-only: UPDATE on payloads"):
+        conn.execute("UPDATE payloads SET data = %s WHERE hash = %s", (b'{"id":1}', bytes.fromhex(h)))
+    with db.connect() as conn:
+        assert conn.execute("DELETE FROM payloads WHERE hash = %s", (bytes.fromhex(h),)).rowcount == 1
+
+
 def test_recorded_at_round_trips_to_the_exact_microsecond() -> None:
     """The chain hashes integer microseconds; the stored timestamptz must give them back."""
     import random
