@@ -55,7 +55,9 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int]) -> Plan:
             found.setdefault(h, (run_id, row))
     missing = sorted(wanted - set(tokens.values()))
     if missing:
-        raise ErasureRefused(f"run {run_id} has no row {', '.join(map(str, missing))}; nothing was erased")
+        # Said in the CLI's numbering: rows counted from 1 (row_index + 1, as __row_number__).
+        shown = ", ".join(str(m + 1) for m in missing)
+        raise ErasureRefused(f"run {run_id} has no row {shown}; nothing was erased")
     return _plan(db, "request", found, sorted(tokens))
 
 

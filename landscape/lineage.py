@@ -29,13 +29,15 @@ from statecharts import events as ev
 
 
 class Data(msgspec.Struct, frozen=True, kw_only=True):
-    """Row data referenced by an event, as checked against its hash: `status` is `ok` (then
-    `value` is the data), `missing` (not in the payload store) or `altered` (its bytes do not
-    hash to what the log says); `value` is None unless the status is `ok`."""
+    """Row data referenced by an event, as checked against its commitment: `status` is `ok` (then
+    `value` is the data), `erased` (removed by `elspeth purge`; `why` quotes the erasure record),
+    `missing` (not in the payload store, and no erasure explains it) or `altered` (its bytes do
+    not match what the log committed to); `value` is None unless the status is `ok`."""
 
     hash: str
     status: str
     value: Any = None
+    why: str | None = None
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -281,18 +283,22 @@ def source_rows(recorder: Recorder, run_id: str) -> tuple[list[tuple[int, str]],
 
 
 def checked_payloads(recorder: Recorder, hashes: Iterable[str]) -> dict[str, Data]:
-    """Each hash's data, fetched and checked against the hash (missing and altered said so)."""
+    """Each hash's data, fetched and checked against its commitment: missing (and whether an
+    erasure record explains it) and altered are said so, and their data is not given."""
     wanted = set(hashes)
     found = recorder.payloads(wanted)
+    absent = [h for h in wanted if h not in found]
+    erased = recorder.erasures(absent) if absent else {}
     out: dict[str, Data] = {}
     for h in wanted:
-        raw = found.get(h)
-        if raw is None:
-            out[h] = Data(hash=h, status="missing")
-        elif not payload_matches(h, raw):
+        payload = found.get(h)
+        if payload is None:
+            e = erased.get(h)
+            out[h] = Data(hash=h, status="missing") if e is None else Data(hash=h, status="erased", why=e.describe())
+        elif not payload_matches(h, payload):
             out[h] = Data(hash=h, status="altered")
         else:
-            out[h] = Data(hash=h, status="ok", value=decode_row(raw))
+            out[h] = Data(hash=h, status="ok", value=decode_row(payload.data))
     return out
 
 

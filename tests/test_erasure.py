@@ -41,7 +41,7 @@ def _all_text(db: Database) -> list[tuple[str, bytes]]:
 
 @pytest.fixture
 def fork_run(db: Database, tmp_path: Path) -> tuple[Path, str]:
-    """The fork/coalesce example with SECRET as the customer of row 3 (its fourth data line)."""
+    """The fork/coalesce example with SECRET as the customer of row 4 (its fourth data line)."""
     shutil.copytree(ROOT / "examples" / "fork_coalesce", tmp_path / "examples" / "fork_coalesce")
     data = tmp_path / "examples" / "fork_coalesce" / "input.csv"
     lines = data.read_text().splitlines()
@@ -59,10 +59,10 @@ def test_erasing_a_row_removes_its_value_everywhere_and_every_check_still_passes
 ) -> None:
     work, run_id = fork_run
     assert any(SECRET.encode() in v for _t, v in _all_text(db)), "the value must be in the store before"
-    dry = elspeth("purge", run_id, "--row", "3", "--dry-run", cwd=work, db=db)
+    dry = elspeth("purge", run_id, "--row", "4", "--dry-run", cwd=work, db=db)
     assert dry.returncode == 0 and "would erase" in dry.stdout, dry.stderr
     assert any(SECRET.encode() in v for _t, v in _all_text(db)), "a dry run erases nothing"
-    proc = elspeth("purge", run_id, "--row", "3", "--reason", "GDPR art. 17 request #42", cwd=work, db=db)
+    proc = elspeth("purge", run_id, "--row", "4", "--reason", "GDPR art. 17 request #42", cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
     assert [t for t, v in _all_text(db) if SECRET.encode() in v] == []
     replay = elspeth("replay", run_id, "--check", cwd=work, db=db)

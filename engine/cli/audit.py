@@ -113,7 +113,8 @@ def export_cmd(
 @click.argument("run_id")
 @click.option("--seq", type=click.IntRange(min=0), help="Prove this one event.")
 @click.option("--row", "row_index", type=click.IntRange(min=0),
-              help="Prove every event of this source row's tokens (0-based, as `explain --row`).")  # fmt: skip
+              help="Prove every event of this source row's tokens, by its 0-based row_index "
+                   "(`explain --row` and `purge --row` count from 1: row_index + 1).")  # fmt: skip
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
 )

@@ -9,6 +9,9 @@ other ELSPETH process is using it.
 
 from __future__ import annotations
 
+import fcntl
+from pathlib import Path
+
 import click
 
 from engine.cli.errors import ElspethCliError
@@ -32,8 +35,27 @@ def db_stop(ctx: click.Context) -> None:
     with embedded_server(obj.get("home")):
         pass  # on the way out, the last user stops the server
     if pidfile.exists():
+        home = pidfile.parent.parent
         raise ElspethCliError(
-            f"the embedded server of {pidfile.parent.parent} is in use by another elspeth process "
-            "(a run, or `db serve`); it stops when the last of them ends"
+            f"the embedded server of {home} is still running: "
+            + (
+                "another elspeth process (a run, or `db serve`) is using it; it stops when the last of them ends"
+                if _in_use(home)
+                else f"it did not stop (see {home / 'postgresql.log'})"
+            )
         )
     click.echo(f"stopped the embedded server of {pidfile.parent.parent}")
+
+
+def _in_use(home: Path) -> bool:
+    """Whether an ELSPETH process holds the home's users lock (each one holds it shared while it
+    runs; see `embedded_server`)."""
+    try:
+        with (home / "users.lock").open("a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False

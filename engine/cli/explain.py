@@ -1,6 +1,6 @@
 """`elspeth explain`: one row's lineage, step by step, read from the verified log.
 
-Built on the events, not on the projection tables (`landscape.lineage`): a plain UPDATE of a
+Built on the events, not on the projection tables (`landscape.lineage`): a plain change of a
 projection cannot make explain lie, and row data is shown only after it matched its hash.
 """
 
@@ -17,6 +17,7 @@ from engine.cli.errors import ElspethCliError
 from engine.expressions import Expression, ExpressionError, ExpressionSyntaxError, compile_expression
 from landscape import lineage as lin
 from landscape.postgres import PostgresRecorder
+from landscape.roles import Role
 
 _WIDTH = 200  # data longer than this is cut in the text output (never in --json)
 
@@ -55,7 +56,7 @@ def explain_cmd(
     if sum(x is not None for x in (row_number, token_id, where)) != 1:
         raise click.UsageError("give exactly one of --row N, --token ID or --where EXPR")
     condition = _compile(where) if where is not None else None
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
         upto: int | None = None
         note = ""
@@ -189,6 +190,8 @@ def _ended(e: lin.Ended) -> str:
 
 
 def _data(d: lin.Data) -> str:
+    if d.status == "erased":
+        return f"data erased: {d.why}"
     if d.status == "missing":
         return f"DATA MISSING from the payload store (hash {d.hash[:16]}…): not shown"
     if d.status == "altered":

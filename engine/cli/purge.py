@@ -26,7 +26,8 @@ def parse_duration(text: str) -> timedelta:
 
 @click.command("purge")
 @click.argument("run_id", required=False)
-@click.option("--row", "rows", type=click.IntRange(min=0), multiple=True, help="A source row of RUN_ID (repeatable).")
+@click.option("--row", "rows", type=click.IntRange(min=1), multiple=True,
+              help="A source row of RUN_ID, counted from 1 as `explain --row` and __row_number__ (repeatable).")  # fmt: skip
 @click.option("--older-than", "older_than", help="Retention: erase every payload written longer ago (e.g. 90d).")
 @click.option("--reason", default=None, help="Why (recorded with every erased payload). Required.")
 @click.option("--dry-run", is_flag=True, help="Show what would be erased; erase nothing.")
@@ -50,7 +51,7 @@ def purge_cmd(
     now = datetime.now(UTC)
     # As the owner: only it may delete payloads (the writer may not, by design).
     with database_from_ctx(ctx, role=Role.OWNER) as db:
-        plan = plan_retention(db, now - age) if age is not None else plan_rows(db, run_id or "", rows)
+        plan = plan_retention(db, now - age) if age is not None else plan_rows(db, run_id or "", [r - 1 for r in rows])
         click.echo(_describe(plan, dry_run))
         if dry_run or not plan.payloads:
             return

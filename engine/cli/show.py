@@ -23,6 +23,7 @@ from engine.cli.common import database_from_ctx
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from landscape.queries import Artifact, list_runs, row_counts, run_detail, run_lifecycle
+from landscape.roles import Role
 from statecharts.machines import RUN_OPEN, RunState
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
@@ -160,7 +161,7 @@ def runs_cmd(
         show_run(ctx, run_id, as_json)
         return
     after = parse_since(since) if since else None
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         runs = list_runs(db, status=statuses, since=after, limit=limit)
         recorder = PostgresRecorder(db)
         # Only runs the log leaves open can have a writer; ended ones report None.
@@ -206,7 +207,7 @@ def show_cmd(ctx: click.Context, run_id: str, as_json: bool) -> None:
 
 
 def show_run(ctx: click.Context, run_id: str, as_json: bool) -> None:
-    with database_from_ctx(ctx) as db:
+    with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         out = run_report(db, run_id)
     if as_json:
         click.echo(json.dumps(out, indent=2))
