@@ -64,7 +64,9 @@ def _verify(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def fork(db: Database, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     """A fork/coalesce run with row 1 erased, exported: every kind of record is in the file."""
     work, run_id = _run(db, tmp_path_factory.mktemp("fork"), FORK)
-    purged = elspeth("purge", run_id, "--row", "1", "--reason", "x", cwd=work, db=db)
+    purged = elspeth(
+        "purge", run_id, "--row", "2", "--reason", "x", cwd=work, db=db
+    )  # row_index 1 (purge counts from 1)
     assert purged.returncode == 0, purged.stderr
     return Exported(work, run_id, _export(work, db, run_id), work / ".elspeth" / "keys" / "default.pub")
 
