@@ -434,8 +434,10 @@ class _ProofCheck:
             ):
                 tokens.add(stored.entity_id)
             if stored.machine != "token" or stored.entity_id not in tokens:
-                raise self.fail(f"event seq {stored.seq} is not of a token of row {b.row}'s lineage")
-        return f"row {b.row} ({len(tokens)} token(s))"
+                raise self.fail(f"event seq {stored.seq} is not of a token of row {b.row + 1}'s lineage")
+        # Rows are counted from 1 for people (as explain, purge and prove take them); the bundle
+        # holds the log's 0-based row_index.
+        return f"row {b.row + 1} ({len(tokens)} token(s))"
 
     def _check_payloads(self, events: list[tuple[StoredEvent, ev.EventBase]]) -> tuple[int, int]:
         b = self.bundle

@@ -349,14 +349,14 @@ def test_inclusion_proofs_pass_for_every_event_of_a_small_run(db: Database, tmp_
 
 def test_prove_a_row_and_verify_it_offline(db: Database, fork: Exported, tmp_path: Path) -> None:
     pub = str(fork.pub)
-    for row, erased in ((0, False), (1, True)):
+    for row, erased in ((1, False), (2, True)):  # counted from 1; row 2 was erased
         out = tmp_path / f"row{row}.json"
         proc = elspeth("prove", fork.run_id, "--row", str(row), "-o", str(out), cwd=fork.work, db=db)
         assert proc.returncode == 0, proc.stderr
         ok = _verify(fork.work, str(out), "--public-key", pub, "--run", fork.run_id)
         assert ok.returncode == 0 and f"row {row}" in ok.stdout, ok.stdout + ok.stderr
         assert ("0 erased" not in ok.stdout) == erased, ok.stdout
-    text = (tmp_path / "row0.json").read_text()
+    text = (tmp_path / "row1.json").read_text()
     tampered = {
         "payload": (text.replace('"data": "ey', '"data": "eY', 1), "does not match its commitment"),
         "event": (text.replace('"recorded_at_us": 1', '"recorded_at_us": 2', 1), "do not hash to its chain hash"),

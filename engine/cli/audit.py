@@ -112,9 +112,9 @@ def export_cmd(
 @click.command("prove")
 @click.argument("run_id")
 @click.option("--seq", type=click.IntRange(min=0), help="Prove this one event.")
-@click.option("--row", "row_index", type=click.IntRange(min=0),
-              help="Prove every event of this source row's tokens, by its 0-based row_index "
-                   "(`explain --row` and `purge --row` count from 1: row_index + 1).")  # fmt: skip
+@click.option("--row", "row_number", type=click.IntRange(min=1),
+              help="Prove every event of this source row's tokens; rows count from 1, as in "
+                   "`explain --row`, `purge --row` and the quarantine records' __row_number__.")  # fmt: skip
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
 )
@@ -123,14 +123,15 @@ def export_cmd(
 @_witness_option
 @click.pass_context
 def prove_cmd(
-    ctx: click.Context, run_id: str, seq: int | None, row_index: int | None, output: Path, no_payloads: bool,
+    ctx: click.Context, run_id: str, seq: int | None, row_number: int | None, output: Path, no_payloads: bool,
     public_key: str | None, witness: str | None,
 ) -> None:  # fmt: skip
     """Write an inclusion proof bundle: the event (or the row's events) in full, each with its
     audit path to the newest signed checkpoint, and the row data they reference. An auditor
     checks it with `elspeth verify` without the rest of the run."""
-    if (seq is None) == (row_index is None):
+    if (seq is None) == (row_number is None):
         raise click.UsageError("give exactly one of --seq N or --row N")
+    row_index = None if row_number is None else row_number - 1  # the log's 0-based row_index
     home = home_from_ctx(ctx)
     key = _key(home, public_key)
     with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
