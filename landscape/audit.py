@@ -427,17 +427,19 @@ class _ProofCheck:
             return f"event seq {b.seq}"
         # A row's lineage: every event is of a token created for the row or descending from one
         # created earlier in the bundle. (That none is left out, no proof of inclusion can show.)
-        tokens: set[str] = set()
+        if b.row is None:
+            raise self.fail("a proof bundle names either a seq or a row")
+        # Rows are counted from 1 for people (as explain, purge and prove take them); the bundle
+        # holds the log's 0-based row_index.
+        row, tokens = b.row, set[str]()
         for stored, event in events:
             if isinstance(event, ev.TokenCreated) and (
-                (not event.parents and event.row_index == b.row) or any(p in tokens for p in event.parents)
+                (not event.parents and event.row_index == row) or any(p in tokens for p in event.parents)
             ):
                 tokens.add(stored.entity_id)
             if stored.machine != "token" or stored.entity_id not in tokens:
-                raise self.fail(f"event seq {stored.seq} is not of a token of row {b.row + 1}'s lineage")
-        # Rows are counted from 1 for people (as explain, purge and prove take them); the bundle
-        # holds the log's 0-based row_index.
-        return f"row {b.row + 1} ({len(tokens)} token(s))"
+                raise self.fail(f"event seq {stored.seq} is not of a token of row {row + 1}'s lineage")
+        return f"row {row + 1} ({len(tokens)} token(s))"
 
     def _check_payloads(self, events: list[tuple[StoredEvent, ev.EventBase]]) -> tuple[int, int]:
         b = self.bundle
