@@ -65,7 +65,10 @@ def test_the_log_is_append_only_on_the_partitioned_table_and_on_each_partition(d
 
 
 LINEAR = (
-    (ROOT / "examples" / "linear" / "settings.yaml").read_text(encoding="utf-8").replace("examples/linear/", "").replace("output/", "out/")
+    (ROOT / "examples" / "linear" / "settings.yaml")
+    .read_text(encoding="utf-8")
+    .replace("examples/linear/", "")
+    .replace("output/", "out/")
 )
 
 
@@ -107,7 +110,9 @@ def test_an_existing_store_is_upgraded_with_its_runs_intact(store_at_0004: Datab
     migrate(db)
 
     with db.connect() as conn:
-        kinds = dict(conn.execute("SELECT relname, relkind FROM pg_class WHERE relname = ANY(%s)", (RUN_KEYED,)).fetchall())
+        kinds = dict(
+            conn.execute("SELECT relname, relkind FROM pg_class WHERE relname = ANY(%s)", (RUN_KEYED,)).fetchall()
+        )
         after = {
             t: conn.execute(f"SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x").fetchone()
             for t in RUN_KEYED

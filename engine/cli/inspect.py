@@ -8,20 +8,13 @@ from typing import Any
 
 import click
 
-from engine import signing
 from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
-from landscape.canonical import decode_row
 from landscape.errors import UnknownRun
-from landscape.notary import read_witness, witness_path
-from landscape.payloads import load_payloads
-from landscape.postgres import PostgresRecorder
-from landscape.projections import compare, rebuild
-from landscape.queries import lineage, metrics_at
-from landscape.records import StoredEvent
-from landscape.roles import Role
-from landscape.verify import verify_run
-from statecharts import events as ev
+from landscape.role_names import Role
+
+# The store's modules (and the driver, and the signing library) are imported in the commands
+# that use them, so that `elspeth --help` starts fast.
 
 
 @click.command("replay")
@@ -38,6 +31,15 @@ def replay_cmd(
     every row payload the events reference."""
     if check and as_of is not None:
         raise click.UsageError("--check compares the projections, which hold a run's latest state: omit --as-of")
+    from engine import signing
+    from landscape.notary import read_witness, witness_path
+    from landscape.postgres import PostgresRecorder
+    from landscape.projections import compare
+    from landscape.queries import metrics_at
+    from landscape.records import StoredEvent
+    from landscape.verify import verify_run
+    from statecharts import events as ev
+
     home = home_from_ctx(ctx)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
@@ -104,6 +106,11 @@ def explain_cmd(ctx: click.Context, run_id: str, row_index: int | None, token_id
     """The lineage of one row: its data at every step, and where it ended."""
     if (row_index is None) == (token_id is None):
         raise click.UsageError("give exactly one of --row N or --token ID")
+    from landscape.canonical import decode_row
+    from landscape.payloads import load_payloads
+    from landscape.postgres import PostgresRecorder
+    from landscape.queries import lineage
+
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         found = lineage(db, run_id, row_index=row_index, token_id=token_id)
         hashes = {t.data_hash for t in found.tokens} | {s.output_hash for t in found.tokens for s in t.steps}
@@ -138,6 +145,9 @@ def projections_group() -> None:
 @click.pass_context
 def rebuild_cmd(ctx: click.Context, run_ids: tuple[str, ...]) -> None:
     """Drop and rebuild the projection rows of the given runs (all runs when none given)."""
+    from landscape.postgres import PostgresRecorder
+    from landscape.projections import rebuild
+
     with database_from_ctx(ctx) as db:
         for run_id in list(run_ids) or PostgresRecorder(db).run_ids():
             n = rebuild(db, run_id)

@@ -7,27 +7,30 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
 from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError
-from engine.dag import DagError
 from engine.errors import RunFailedError
-from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
-from engine.plugins.protocol import PluginError
-from engine.settings import SettingsError, load_settings
-from engine.stopping import StoppedAtOnce
-from landscape.db import Database, is_postgresql_url, redact
-from landscape.fold import RunFold
-from landscape.queries import run_detail
-from statecharts.machines import RunState
+
+# The engine and the store (and with them the driver, SQLAlchemy, the plugins) are imported in the
+# functions that use them: `elspeth --help` imports this module and must start fast.
+if TYPE_CHECKING:
+    from engine.orchestrator import Outcome, Pipeline
+    from landscape.db import Database
+    from landscape.fold import RunFold
 
 
 def load_pipeline(path: Path) -> Pipeline:
     """Settings → DAG → plugins; every problem with the file becomes one exit-2 error."""
+    from engine.dag import DagError
+    from engine.orchestrator import build_pipeline, pipeline_problems
+    from engine.plugins.protocol import PluginError
+    from engine.settings import SettingsError, load_settings
+
     try:
         loaded = load_settings(path)
         for warning in loaded.warnings:
@@ -55,10 +58,14 @@ def describe(pipeline: Pipeline) -> str:
 def _postgres_url(url: str | None) -> str | None:
     """`landscape.url` when it names PostgreSQL. The prior system's SQLite URLs are accepted in
     settings files, but the audit trail always lives in PostgreSQL (the embedded one then)."""
+    from landscape.db import is_postgresql_url
+
     return url if url and is_postgresql_url(url) else None
 
 
 def _settings_file_url(path: Path) -> str | None:
+    from engine.settings import SettingsError, load_settings
+
     try:
         return _postgres_url(load_settings(path).settings.landscape.url)
     except SettingsError as e:
@@ -83,9 +90,13 @@ class Progress:
             from rich.progress import Progress as RichProgress
             from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
+            # Its text changes once per durability point and the clock by the second: redrawn
+            # twice a second, not rich's default ten (which cost ~3 % of a run, measured with
+            # benchmarks/run.py --progress).
             self._bar = RichProgress(
-                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
-            )
+                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
+                refresh_per_second=2,
+            )  # fmt: skip
             self._task = self._bar.add_task("starting", total=None)
             self._bar.start()
 
@@ -105,6 +116,8 @@ class Progress:
 
 
 def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
+    from landscape.queries import run_detail
+
     detail = run_detail(db, outcome.run_id)
     m = detail.metrics
     places = {a.sink: a.location for a in detail.artifacts}
@@ -128,6 +141,9 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
 
 def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str]) -> None:
     """Run `go` and print its summary; `resume(run_id)` is the command to suggest when it stops."""
+    from engine.stopping import StoppedAtOnce
+    from statecharts.machines import RunState
+
     started = time.monotonic()
     try:
         outcome = go()
@@ -148,6 +164,8 @@ def _resume_command(ctx: click.Context, settings_url: str | None, settings_path:
     """The `elspeth resume` that finds this run again: with the --home or --database given as
     flags (the environment carries over by itself; a password shows as ***), and with -s FILE
     when that file's landscape.url chose the audit store."""
+    from landscape.db import redact
+
     root = ctx.find_root()
     obj = root.obj or {}
     flags = ""
@@ -168,6 +186,8 @@ def _resume_command(ctx: click.Context, settings_url: str | None, settings_path:
 @click.pass_context
 def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: bool, commit_every: int | None) -> None:
     """Run a pipeline, recording every step of every row."""
+    from engine.orchestrator import start_run
+
     pipeline = load_pipeline(settings_path)
     if dry_run:
         click.echo(f"dry run: {settings_path} is valid: {describe(pipeline)}; nothing was run")
@@ -200,6 +220,8 @@ def resume_cmd(
 ) -> None:
     """Continue an interrupted, failed or crashed run from its event log. With -s, the run's
     settings come from that file and its `landscape.url` says where the audit trail is."""
+    from engine.orchestrator import resume_run
+
     if settings_path is not None:  # resume changes folder to the run's: read the file the user means
         settings_path = settings_path.resolve()
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None

@@ -99,7 +99,7 @@ def _rebuild(conn: Any, table: str, *, partitioned: bool) -> None:
     for column, kind in identity:
         always = "ALWAYS" if kind == "a" else "BY DEFAULT"
         op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} ADD GENERATED {always} AS IDENTITY")
-    for name, definition, constraint, constraint_def in indexes:
+    for _, definition, constraint, constraint_def in indexes:
         if constraint is not None:
             op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {constraint} {constraint_def}")
         else:
