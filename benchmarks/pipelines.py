@@ -68,3 +68,27 @@ def elspeth_command() -> list[str]:
 
     found = Path(sys.executable).with_name("elspeth")
     return [str(found)] if found.exists() else [sys.executable, "-m", "engine.cli.main"]
+
+
+def run_elspeth(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """Run `elspeth ARGS` as a user would; (wall seconds, that process's peak RSS in MB, stdout).
+    The peak is the child's own (wait4), not the largest of all children so far."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([*elspeth_command(), *args], cwd=cwd, env=env, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        sys.exit(f"elspeth {' '.join(args)} failed ({proc.returncode}): {stderr.strip() or stdout.strip()}")
+    return seconds, usage.ru_maxrss / 1024, stdout

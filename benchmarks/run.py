@@ -23,7 +23,6 @@ import csv
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pipelines import PIPELINES, baseline, elspeth_command, prepare
+from benchmarks.pipelines import PIPELINES, baseline, prepare, run_elspeth
 from benchmarks.progress_cost import progress_cost
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, fold_run, start_run
 from engine.settings import load_settings
@@ -149,14 +148,8 @@ def whole_process(name: str, rows: int) -> str:
         baseline_s = time.perf_counter() - started
         env = {**os.environ}
         env.setdefault("ELSPETH_HOME", os.path.join(os.getcwd(), ".elspeth"))
-        command = [*elspeth_command(), "run", "-s", str(settings)]
-        started = time.perf_counter()
-        proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if proc.returncode != 0:
-            sys.exit(f"run.py: elspeth run failed: {proc.stderr.strip()}")
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        run_id = proc.stdout.split()[1]  # "run RUN_ID completed in S s"
+        seconds, peak_mb, stdout = run_elspeth(["run", "-s", str(settings)], work, env)
+        run_id = stdout.split()[1]  # "run RUN_ID completed in S s"
         with open_database(os.environ.get("ELSPETH_DATABASE_URL"), home=env["ELSPETH_HOME"]) as db:
             events = count_events(db, run_id)
     return (
