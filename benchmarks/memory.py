@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pipelines import prepare, run_elspeth  # noqa: E402
+from benchmarks.pipelines import prepare, run_elspeth
 
 
 def peak_rss(rows: int) -> float:

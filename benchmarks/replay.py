@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pipelines import prepare, run_elspeth  # noqa: E402
-from benchmarks.run import count_events  # noqa: E402
-from landscape.db import open_database  # noqa: E402
-from landscape.fold import RunFold  # noqa: E402
-from landscape.postgres import PostgresRecorder  # noqa: E402
+from benchmarks.pipelines import prepare, run_elspeth
+from benchmarks.run import count_events
+from landscape.db import open_database
+from landscape.fold import RunFold
+from landscape.postgres import PostgresRecorder
 
 EVENTS_PER_ROW = 4.7  # the linear example's, measured
 

@@ -62,13 +62,9 @@ def test_four_writers_at_once_leave_verifiable_runs_and_a_reader_misses_nothing(
         (work / "out").mkdir(parents=True)
         write_csv(work / "in.csv", ["id", "v"], [[n, (n * (i + 3)) % 11] for n in range(ROWS)])
         (work / "settings.yaml").write_text(PIPELINE, encoding="utf-8")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "engine.cli.main", "run", "-s", "settings.yaml", "--commit-every", "10"],
-                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        )
+        command = [sys.executable, "-m", "engine.cli.main", "run", "-s", "settings.yaml", "--commit-every", "10"]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "stdin": subprocess.DEVNULL}
+        procs.append(subprocess.Popen(command, cwd=work, env=env, text=True, **pipes))  # type: ignore[call-overload]
     recorder = PostgresRecorder(db.as_role(Role.AUDITOR))
     seen: list[GlobalEvent] = []
     done = threading.Event()
