@@ -64,7 +64,7 @@ def test_four_writers_at_once_leave_verifiable_runs_and_a_reader_misses_nothing(
         (work / "settings.yaml").write_text(PIPELINE, encoding="utf-8")
         command = [sys.executable, "-m", "engine.cli.main", "run", "-s", "settings.yaml", "--commit-every", "10"]
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "stdin": subprocess.DEVNULL}
-        procs.append(subprocess.Popen(command, cwd=work, env=env, text=True, **pipes))  # type: ignore[call-overload]
+        procs.append(subprocess.Popen(command, cwd=work, env=env, text=True, **pipes))
     recorder = PostgresRecorder(db.as_role(Role.AUDITOR))
     seen: list[GlobalEvent] = []
     done = threading.Event()
