@@ -86,3 +86,8 @@ def test_replay_resume_memory_and_startup_print_their_line(db: Database, tmp_pat
     assert re.fullmatch(rf"rss_small_mb=\d+ rss_large_mb=\d+ rss_growth={NUM}", out.strip()), out
     out = _bench(db, tmp_path, "startup.py", "--repeat", "1")
     assert re.fullmatch(rf"run_10_rows_s={NUM} help_s={NUM}", out.strip()), out
+
+
+def test_writers_compares_several_writers_with_one(db: Database, tmp_path: Path) -> None:
+    out = _bench(db, tmp_path, "writers.py", "--writers", "2", "--rows", "40")
+    assert re.fullmatch(r"writers=2 one_events_per_s=\d+ all_events_per_s=\d+ scaling=[0-9.]+", out.strip()), out

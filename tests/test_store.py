@@ -195,3 +195,15 @@ def test_the_migrations_build_exactly_the_tables_of_schema_py(db: Database) -> N
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_the_head_revision_read_from_the_files_is_alembics() -> None:
+    # Read without alembic so that every command starts fast; it must be the head alembic sees.
+    from alembic.script import ScriptDirectory
+
+    from landscape.db import Database, _alembic_config, head_revision
+
+    assert (
+        head_revision()
+        == ScriptDirectory.from_config(_alembic_config(Database("postgresql://", ""))).get_current_head()
+    )
