@@ -101,6 +101,7 @@ checkpoints = Table(
     Column("verifier", Text, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("run_id", "tree_size"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 # --- projections -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from landscape.verify import verify_run
 from tests.engine_harness import run
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_KEYED = [t.name for t in (schema.events, *schema.PROJECTION_TABLES)]
+RUN_KEYED = [t.name for t in (schema.events, schema.checkpoints, *schema.PROJECTION_TABLES)]
 
 
 def test_every_run_keyed_table_is_partitioned_as_schema_py_says(db: Database) -> None:
@@ -73,8 +73,8 @@ LINEAR = (
 
 
 @pytest.fixture
-def store_at_0004(server_url: str) -> Iterator[Database]:
-    """A fresh database whose schema stops at revision 0004 (before partitioning)."""
+def store_before_partitioning(server_url: str) -> Iterator[Database]:
+    """A fresh database whose schema stops at revision 0005 (before partitioning)."""
     from alembic import command
 
     name = f"t_part_{secrets.token_hex(3)}"
@@ -83,15 +83,15 @@ def store_at_0004(server_url: str) -> Iterator[Database]:
     url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
     database = Database(url, f"test database {name}")
     try:
-        command.upgrade(_alembic_config(database), "0004")
+        command.upgrade(_alembic_config(database), "0005")
         yield database
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_an_existing_store_is_upgraded_with_its_runs_intact(store_at_0004: Database, tmp_path: Path) -> None:
-    db = store_at_0004
+def test_an_existing_store_is_upgraded_with_its_runs_intact(store_before_partitioning: Database, tmp_path: Path) -> None:
+    db = store_before_partitioning
     runs = []
     for i in range(3):
         work = tmp_path / f"w{i}"

@@ -1,7 +1,7 @@
 """The events table and the tables keyed by run, hash-partitioned on run_id.
 
 Revision ID: 0006
-Revises: 0004 (written against 0004; renumbered onto the checkpoints revision when merged)
+Revises: 0005
 
 Why: one run's rows stay together (a partition holds whole runs), indexes stay per partition, and
 a partition can be detached, archived and dropped without a table-wide DELETE (which the events'
@@ -30,16 +30,16 @@ from alembic import op
 from sqlalchemy import text
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
 MODULUS = 16
 
-# Tables keyed by run: the log and every projection. (`checkpoints`, once a revision makes it,
-# belongs here too.)
+# Tables keyed by run: the log, the signed checkpoints and every projection.
 TABLES = (
     "events",
+    "checkpoints",
     "runs",
     "nodes",
     "rows",
