@@ -90,7 +90,9 @@ def store_before_partitioning(server_url: str) -> Iterator[Database]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_an_existing_store_is_upgraded_with_its_runs_intact(store_before_partitioning: Database, tmp_path: Path) -> None:
+def test_an_existing_store_is_upgraded_with_its_runs_intact(
+    store_before_partitioning: Database, tmp_path: Path
+) -> None:
     db = store_before_partitioning
     runs = []
     for i in range(3):
