@@ -91,11 +91,11 @@ class Progress:
             from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
             # Its text changes once per durability point and the clock by the second: redrawn
-            # twice a second, not rich's default ten (which cost ~3 % of a run, measured with
-            # benchmarks/run.py --progress).
+            # once a second, not rich's default ten times (which cost ~3 % of a run, twice a
+            # second still ~1 %; measured with benchmarks/run.py PIPELINE ROWS --progress).
             self._bar = RichProgress(
                 SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
-                refresh_per_second=2,
+                refresh_per_second=1,
             )  # fmt: skip
             self._task = self._bar.add_task("starting", total=None)
             self._bar.start()
