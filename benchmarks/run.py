@@ -1,9 +1,19 @@
-"""Throughput of a linear pipeline with the full audit trail, on the embedded PostgreSQL.
+"""Throughput with the full audit trail, on the embedded PostgreSQL (or ELSPETH_DATABASE_URL).
 
+    python benchmarks/run.py PIPELINE ROWS [--progress]
     python benchmarks/run.py [--rows N] [--commit-every N] [--sweep [--sweep-rows N]]
 
-csv source → keyword_filter → field_mapper → truncate → gate → two sinks, on generated rows.
-Last line: rows=N seconds=S rows_per_s=R events_per_s=E peak_rss_mb=M
+With PIPELINE (linear, fork_coalesce or aggregation: the examples, on ROWS generated rows), the
+whole `elspeth run` process is timed, as a user runs it, against the same-process baseline (a
+plain csv read-and-write of the same input). baseline_ratio = the run's seconds ÷ the baseline's.
+Line: pipeline=P rows=N seconds=S rows_per_s=R events_per_s=E peak_rss_mb=M baseline_s=B baseline_ratio=X
+--progress first runs the pipeline in this process with the progress display off, as periodic
+lines, and as the live bar on a terminal (a pseudo-terminal here), and prints what the display
+cost: the time spent in its calls and refreshes as a share of the run, and the wall-time difference.
+Line: progress_calls=N lines_pct=P tty_pct=P tty_wall_pct=W
+
+Without PIPELINE: csv source → keyword_filter → field_mapper → truncate → gate → two sinks,
+in this process. Last line: rows=N seconds=S rows_per_s=R events_per_s=E peak_rss_mb=M
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import csv
 import os
 import random
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.pipelines import PIPELINES, baseline, prepare, run_elspeth
+from benchmarks.progress_cost import progress_cost
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, fold_run, start_run
 from engine.settings import load_settings
 from landscape import faults
@@ -84,6 +99,9 @@ def generate(path: Path, rows: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("pipeline", nargs="?", choices=PIPELINES)
+    ap.add_argument("n_rows", nargs="?", type=int, metavar="ROWS")
+    ap.add_argument("--progress", action="store_true", help="also measure what the progress display costs")
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--commit-every", type=int, default=None, help="rows per durability point")
     ap.add_argument(
@@ -94,6 +112,12 @@ def main() -> None:
     )
     ap.add_argument("--sweep-rows", type=int, default=20_000, help="rows per sweep run")
     args = ap.parse_args()
+    if args.pipeline:
+        rows = args.n_rows if args.n_rows is not None else args.rows
+        if args.progress:
+            print(progress_cost(args.pipeline, rows))
+        print(whole_process(args.pipeline, rows))
+        return
     if args.sweep:
         for every in (10, 100, 1000, 10_000):
             _, seconds, events, _ = measure(args.sweep_rows, every)
@@ -112,6 +136,35 @@ def main() -> None:
         f"rows={args.rows} seconds={seconds:.2f} rows_per_s={args.rows / seconds:.0f} "
         f"events_per_s={n_events / seconds:.0f} peak_rss_mb={peak_mb:.0f}"
     )
+
+
+def whole_process(name: str, rows: int) -> str:
+    """Time `elspeth run` of example `name` on `rows` rows, and the baseline on the same input."""
+    with tempfile.TemporaryDirectory(prefix="elspeth-bench-") as tmp:
+        work = Path(tmp)
+        settings = prepare(name, rows, work)
+        started = time.perf_counter()
+        baseline(work / "input.csv", work / "baseline.csv")
+        baseline_s = time.perf_counter() - started
+        env = {**os.environ}
+        env.setdefault("ELSPETH_HOME", os.path.join(os.getcwd(), ".elspeth"))
+        seconds, peak_mb, stdout = run_elspeth(["run", "-s", str(settings)], work, env)
+        run_id = stdout.split()[1]  # "run RUN_ID completed in S s"
+        with open_database(os.environ.get("ELSPETH_DATABASE_URL"), home=env["ELSPETH_HOME"]) as db:
+            events = count_events(db, run_id)
+    return (
+        f"pipeline={name} rows={rows} seconds={seconds:.2f} rows_per_s={rows / seconds:.0f} "
+        f"events_per_s={events / seconds:.0f} peak_rss_mb={peak_mb:.0f} baseline_s={baseline_s:.3f} "
+        f"baseline_ratio={seconds / baseline_s:.1f}"
+    )
+
+
+def count_events(db: Database, run_id: str) -> int:
+    from landscape.roles import Role
+
+    with db.connect(role=Role.OWNER) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE run_id = %s", (run_id,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 @contextmanager

@@ -25,7 +25,6 @@ from engine.expressions import Expression, ExpressionSyntaxError, compile_expres
 from engine.plugins.schema import is_int_text
 from engine.secrets import fingerprint_key, redact_settings
 from engine.settings_yaml import MAX_NODES, YamlLoader, expand_vars, join_path, value_kind, yaml_size
-from landscape.db import is_postgresql_url
 from landscape.fingerprint import FingerprintKeyError
 from landscape.urls import redact
 
@@ -252,6 +251,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     loaded = LoadedSettings(settings=settings, path=path, text_hash=hashlib.sha256(canonical).hexdigest(), redacted={})
     _check(loaded, errors)
     url = settings.landscape.url
+    from landscape.db import is_postgresql_url  # here: it brings the database driver
+
     if url and not url.startswith("sqlite") and not is_postgresql_url(url):
         errors.append(
             f"landscape.url: found {redact(url)!r}; allowed: a postgresql:// URL (or the prior system's "

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from landscape.errors import DatabaseUnavailable
-from landscape.roles import ELSPETH_ROLES
+from landscape.role_names import ELSPETH_ROLES  # not roles: that brings the driver
 
 BUNDLED_MAJOR = 18
 SYSTEM_USER = "elspeth"

@@ -26,17 +26,9 @@ import psycopg
 from psycopg import sql
 
 from landscape.errors import LandscapeError
+from landscape.role_names import ELSPETH_ROLES as ELSPETH_ROLES  # re-exported: the names live
+from landscape.role_names import Role as Role  # in role_names, which the CLI loads without the driver
 from landscape.schema import PROJECTION_TABLES
-
-
-class Role(enum.StrEnum):
-    OWNER = "owner"  # not a PostgreSQL role: whoever the URL names (the embedded superuser)
-    WRITER = "elspeth_writer"
-    ANALYST = "elspeth_analyst"
-    AUDITOR = "elspeth_auditor"
-
-
-ELSPETH_ROLES: tuple[str, ...] = (Role.WRITER.value, Role.ANALYST.value, Role.AUDITOR.value)
 
 
 class RolesUnavailable(LandscapeError):

@@ -25,6 +25,10 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# The events and every table keyed by run are hash-partitioned on run_id (migration 0006): a run's
+# rows stay in one partition, and old partitions can be detached and archived (docs/scaling.md).
+PARTITION_BY = "HASH (run_id)"  # in 16 partitions: why, in migrations/versions/0006
+
 # --- source of truth -------------------------------------------------------------------------
 
 events = Table(
@@ -47,6 +51,7 @@ events = Table(
     Column("prev_hash", LargeBinary, nullable=False),
     Column("hash", LargeBinary, nullable=False),
     PrimaryKeyConstraint("run_id", "seq", name="events_pkey"),
+    postgresql_partition_by=PARTITION_BY,
 )
 Index("events_global_position", events.c.global_position)
 Index("events_tx_order", events.c.tx_id, events.c.global_position)  # cross-run readers (0003)
@@ -96,6 +101,7 @@ checkpoints = Table(
     Column("verifier", Text, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("run_id", "tree_size"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 # --- projections -----------------------------------------------------------------------------
@@ -112,6 +118,7 @@ runs = Table(
     Column("ended_at", DateTime(timezone=True)),
     Column("resumes", Integer, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 nodes = Table(
@@ -123,6 +130,7 @@ nodes = Table(
     Column("plugin", Text, nullable=False),
     Column("config_hash", Text, nullable=False),
     PrimaryKeyConstraint("run_id", "node"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 rows = Table(
@@ -133,6 +141,7 @@ rows = Table(
     Column("token_id", Text, nullable=False),
     Column("data_hash", Text, nullable=False),
     PrimaryKeyConstraint("run_id", "row_index"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 tokens = Table(
@@ -145,6 +154,7 @@ tokens = Table(
     Column("data_hash", Text, nullable=False),
     Column("created_seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "token_id"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 token_parents = Table(
@@ -155,6 +165,7 @@ token_parents = Table(
     Column("parent_id", Text, nullable=False),
     Column("ordinal", Integer, nullable=False),
     PrimaryKeyConstraint("run_id", "token_id", "ordinal"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 node_states = Table(
@@ -169,6 +180,7 @@ node_states = Table(
     Column("route", Text),
     Column("duration_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "seq"),
+    postgresql_partition_by=PARTITION_BY,
 )
 Index("node_states_token", node_states.c.run_id, node_states.c.token_id)
 
@@ -184,6 +196,7 @@ token_outcomes = Table(
     Column("detail", Text),  # what exactly went wrong, in words (migration 0002)
     Column("seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "token_id"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 coalesces = Table(
@@ -199,6 +212,7 @@ coalesces = Table(
     Column("missing", Text, nullable=False),
     Column("reason", Text),
     PrimaryKeyConstraint("run_id", "coalesce_id"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 batches = Table(
@@ -212,6 +226,7 @@ batches = Table(
     Column("size", Integer, nullable=False),
     Column("reason", Text),
     PrimaryKeyConstraint("run_id", "batch_id"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 batch_members = Table(
@@ -222,6 +237,7 @@ batch_members = Table(
     Column("token_id", Text, nullable=False),
     Column("seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "batch_id", "token_id"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 artifacts = Table(
@@ -234,6 +250,7 @@ artifacts = Table(
     Column("rows", BigInteger, nullable=False),
     Column("location", Text, nullable=False),
     PrimaryKeyConstraint("run_id", "seq"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 run_metrics = Table(
@@ -243,6 +260,7 @@ run_metrics = Table(
     Column("metric", Text, nullable=False),
     Column("value", Float, nullable=False),
     PrimaryKeyConstraint("run_id", "metric"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 PROJECTION_TABLES = (

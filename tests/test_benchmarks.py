@@ -43,3 +43,51 @@ def test_the_append_benchmark_measures_the_merkle_tree_without_a_database(tmp_pa
     assert proc.returncode == 0, proc.stderr
     line = r"merkle_events_per_s=\d+ merkle_us_per_event=[0-9.]+ merkle_root_us=[0-9.]+"
     assert re.fullmatch(line, proc.stdout.strip()), proc.stdout
+
+
+def _bench(db: Database, tmp_path: Path, script: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    env.update({"ELSPETH_DATABASE_URL": db.conninfo, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+NUM = r"[0-9.]+"
+
+
+def test_run_measures_each_example_against_the_baseline(db: Database, tmp_path: Path) -> None:
+    for pipeline in ("linear", "fork_coalesce", "aggregation"):
+        out = _bench(db, tmp_path, "run.py", pipeline, "60")
+        line = (
+            rf"pipeline={pipeline} rows=60 seconds={NUM} rows_per_s=\d+ events_per_s=\d+ peak_rss_mb=\d+ "
+            rf"baseline_s={NUM} baseline_ratio={NUM}"
+        )
+        assert re.fullmatch(line, out.strip()), out
+
+
+def test_run_measures_what_the_progress_display_costs(db: Database, tmp_path: Path) -> None:
+    lines = _bench(db, tmp_path, "run.py", "linear", "50", "--progress").splitlines()
+    assert re.fullmatch(rf"progress_calls=\d+ lines_pct={NUM} tty_pct={NUM} tty_wall_pct=-?{NUM}", lines[0]), lines
+    assert lines[1].startswith("pipeline=linear rows=50 "), lines
+
+
+def test_replay_resume_memory_and_startup_print_their_line(db: Database, tmp_path: Path) -> None:
+    out = _bench(db, tmp_path, "replay.py", "--events", "300")
+    assert re.fullmatch(
+        rf"events=\d+ check_s={NUM} check_events_per_s=\d+ fold_s={NUM} fold_events_per_s=\d+", out.strip()
+    )
+    out = _bench(db, tmp_path, "resume.py", "--rows", "400")
+    assert re.fullmatch(rf"rows=400 second_half_s={NUM} resume_s={NUM} resume_ratio={NUM}", out.strip()), out
+    out = _bench(db, tmp_path, "memory.py", "--small", "50", "--large", "200")
+    assert re.fullmatch(rf"rss_small_mb=\d+ rss_large_mb=\d+ rss_growth={NUM}", out.strip()), out
+    out = _bench(db, tmp_path, "startup.py", "--repeat", "1")
+    assert re.fullmatch(rf"run_10_rows_s={NUM} help_s={NUM}", out.strip()), out
+
+
+def test_writers_compares_several_writers_with_one(db: Database, tmp_path: Path) -> None:
+    out = _bench(db, tmp_path, "writers.py", "--writers", "2", "--rows", "40")
+    assert re.fullmatch(r"writers=2 one_events_per_s=\d+ all_events_per_s=\d+ scaling=[0-9.]+", out.strip()), out

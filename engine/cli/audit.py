@@ -8,20 +8,21 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
-from engine import signing
 from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
-from landscape.checkpoint import run_origin
 from landscape.errors import UnknownRun
-from landscape.export import build_proof, encode_bundle, signed_checkpoints, write_export
-from landscape.notary import Witnessed, read_witness, witness_path
-from landscape.note import Verifier
-from landscape.postgres import PostgresRecorder
-from landscape.roles import Role
+from landscape.role_names import Role
+
+# The store, the driver and the signing library are imported in the commands that use them, so
+# that `elspeth --help` (which lists this module's commands) starts fast.
+if TYPE_CHECKING:
+    from landscape.notary import Witnessed
+    from landscape.note import Verifier
+    from landscape.postgres import PostgresRecorder
 
 _key_option = click.option("--public-key", "public_key", type=click.Path(),
                            help="The .pub of the run's signing key [the key this home signs with].")  # fmt: skip
@@ -60,6 +61,8 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
 
 
 def _key(home: str, public_key: str | None) -> Verifier:
+    from engine import signing
+
     key = signing.verifier(home, public_key)
     if key is None:
         raise ElspethCliError("no key to name as the run's signer: give its public key with --public-key KEY.pub")
@@ -71,6 +74,10 @@ def _checkpoints(
 ) -> list[Witnessed]:
     if not recorder.run_exists(run_id):
         raise UnknownRun(f"no run {run_id} in {recorder.db.describe()} (see `elspeth runs`)")
+    from engine import signing
+    from landscape.export import signed_checkpoints
+    from landscape.notary import read_witness, witness_path
+
     witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
     witnessed = read_witness(witness_file, run_id)
     if not witnessed:
@@ -93,6 +100,10 @@ def export_cmd(
     """Write one self-contained file an auditor verifies offline (`elspeth verify`): the run's
     events as stored, their row payloads, every signed checkpoint, the erasure records and the
     signing key's public text. docs/verification.md describes the format."""
+    from landscape.checkpoint import run_origin
+    from landscape.export import write_export
+    from landscape.postgres import PostgresRecorder
+
     home = home_from_ctx(ctx)
     key = _key(home, public_key)
     with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
@@ -132,6 +143,10 @@ def prove_cmd(
     if (seq is None) == (row_number is None):
         raise click.UsageError("give exactly one of --seq N or --row N")
     row_index = None if row_number is None else row_number - 1  # the log's 0-based row_index
+    from landscape.checkpoint import run_origin
+    from landscape.export import build_proof, encode_bundle
+    from landscape.postgres import PostgresRecorder
+
     home = home_from_ctx(ctx)
     key = _key(home, public_key)
     with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
@@ -160,6 +175,8 @@ def checkpoint_cmd(
 ) -> None:
     """The run's newest signed checkpoint, exactly as signed. An auditor who keeps it can later
     prove that an export extends it: `elspeth verify FILE --checkpoint IT`."""
+    from landscape.postgres import PostgresRecorder
+
     home = home_from_ctx(ctx)
     key = _key(home, public_key)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:

@@ -4,28 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
-from landscape.db import Database, open_database
-from landscape.embedded import elspeth_home
-from landscape.roles import Role
+if TYPE_CHECKING:  # the driver is imported when a command opens the store, not for --help
+    from landscape.db import Database
+    from landscape.roles import Role
 
 
 @contextmanager
 def database_from_ctx(
-    ctx: click.Context, *, upgrade: bool = False, settings_url: str | None = None, role: Role = Role.WRITER
+    ctx: click.Context, *, upgrade: bool = False, settings_url: str | None = None, role: Role | None = None
 ) -> Iterator[Database]:
     """The database of `--database` / ELSPETH_DATABASE_URL (these always win), else a
     PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`;
     its connections act as `role` (the writer unless the command only reads)."""
+    from landscape.db import open_database
+    from landscape.roles import Role
+
     obj = ctx.find_root().obj or {}
     url = obj.get("database") or settings_url
-    with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role) as db:
+    with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role or Role.WRITER) as db:
         yield db
 
 
 def home_from_ctx(ctx: click.Context) -> str:
     """The ELSPETH home (`--home`, ELSPETH_HOME, else ./.elspeth) as an absolute path, resolved
     now: resume changes into the run's folder, and the home must not move with it."""
+    from landscape.embedded import elspeth_home
+
     return str(elspeth_home((ctx.find_root().obj or {}).get("home")))

@@ -10,9 +10,8 @@ import click
 
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError
-from landscape.db import migrate, redact
 from landscape.errors import LandscapeError
-from landscape.roles import ELSPETH_ROLES, Role, describe, set_password
+from landscape.role_names import ELSPETH_ROLES, Role
 
 
 @click.group("db")
@@ -26,6 +25,8 @@ def db_upgrade(ctx: click.Context) -> None:
     """Create or upgrade the audit store's schema, and create or update the ELSPETH roles
     (elspeth_writer, elspeth_analyst, elspeth_auditor) and their grants. Run it as the owner of
     the tables; on an external server that account needs CREATEROLE."""
+    from landscape.db import migrate  # here, as every heavy import of the CLI: --help stays fast
+
     with database_from_ctx(ctx, upgrade=True, role=Role.OWNER) as db:
         revision = migrate(db)
         click.echo(f"schema at revision {revision} in {db.describe()}")
@@ -42,6 +43,8 @@ def db_upgrade(ctx: click.Context) -> None:
 @click.pass_context
 def db_roles(ctx: click.Context, set_password_of: str | None) -> None:
     """Show the ELSPETH roles and what each may do here; on an external server, set a password."""
+    from landscape.roles import describe, set_password
+
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         if set_password_of is not None:
             if db.embedded:
@@ -88,6 +91,8 @@ def db_serve(ctx: click.Context) -> None:
     """Keep the audit store reachable for SQL tools until Ctrl-C, and print how to connect.
 
     The embedded server otherwise stops when the last `elspeth` command ends."""
+    from landscape.db import redact
+
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         click.echo(f"audit store: {db.describe()}")
         click.echo(f"connect with: psql '{redact(db.conninfo)}'   (tables: docs/sql-cookbook.md)")

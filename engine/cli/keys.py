@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from landscape.keys import KEY_SUFFIX, PUB_SUFFIX, KeyFileError, check_name, generate_key_files
-
 
 @click.group("keys")
 def keys_group() -> None:
@@ -15,6 +13,8 @@ def keys_group() -> None:
 
 
 def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from landscape.keys import KeyFileError, check_name  # here: the crypto library is slow to load
+
     try:
         check_name(value)
     except KeyFileError as e:
@@ -29,6 +29,8 @@ def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def keys_generate(name: str, directory: Path) -> None:
     """Write a new key: NAME.key (mode 600, the signing key) and NAME.pub (the public key an
     auditor gives to `elspeth verify --public-key`). An existing key is never overwritten."""
+    from landscape.keys import KEY_SUFFIX, PUB_SUFFIX, generate_key_files
+
     signer = generate_key_files(name, directory)  # a KeyFileError is one line and exit 1 at the root group
     click.echo(f"signing key: {directory / (name + KEY_SUFFIX)}  (secret; keep it where only the operator reads it)")
     click.echo(f"public key:  {directory / (name + PUB_SUFFIX)}  {signer.verifier.text()}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from engine.plugins.registry import all_plugins
-
 
 @click.group("plugins")
 def plugins_group() -> None:
@@ -15,6 +13,8 @@ def plugins_group() -> None:
 @plugins_group.command("list")
 def list_cmd() -> None:
     """List every plugin by kind, with its options and their defaults."""
+    from engine.plugins.registry import all_plugins  # here: --help stays fast
+
     for spec in sorted(all_plugins(), key=lambda s: (s.kind, s.name)):
         click.echo(f"{spec.kind:<12} {spec.name}")
         for option, text in spec.options.items():

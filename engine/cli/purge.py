@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 
 from engine.cli.common import database_from_ctx
-from landscape.erasure import Plan, erase, plan_retention, plan_rows
-from landscape.roles import Role
+from landscape.role_names import Role
+
+if TYPE_CHECKING:
+    from landscape.erasure import Plan
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d{1,9})\s*([smhdw])")
@@ -48,6 +51,8 @@ def purge_cmd(
     age = parse_duration(older_than) if older_than is not None else None
     if not dry_run and not (reason or "").strip():
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
+    from landscape.erasure import erase, plan_retention, plan_rows  # here: --help stays fast
+
     now = datetime.now(UTC)
     # As the owner: only it may delete payloads (the writer may not, by design).
     with database_from_ctx(ctx, role=Role.OWNER) as db:

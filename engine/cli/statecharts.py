@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from statecharts.mermaid import render_all
-
 
 @click.command("statecharts")
 @click.option("--check", is_flag=True, help="Exit 1 if the committed diagrams differ.")
@@ -19,6 +17,8 @@ from statecharts.mermaid import render_all
 )
 def statecharts_cmd(check: bool, out: Path) -> None:
     """Write Mermaid diagrams of the Run, Token, Coalesce and Batch machines."""
+    from statecharts.mermaid import render_all  # here: --help stays fast
+
     stale = []
     for name, text in render_all().items():
         path = out / name

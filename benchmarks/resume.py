@@ -1,0 +1,89 @@
+"""What a crash costs: a run killed near half way, then resumed, against the same run uninterrupted.
+
+    python benchmarks/resume.py [--rows 200000]
+
+Uninterrupted: the linear example on ROWS generated rows, in this process, with the time at
+every durability point noted, so the time it spent on the second half of the input is known.
+Interrupted: the same run crashed at the event where the first one stood at half way (the writer
+dies as a killed process's would, its uncommitted tail lost), then `resume_run`, timed whole:
+reading and verifying the log, rebuilding the state, skipping the input already done, the rest.
+Line: rows=N second_half_s=S resume_s=S resume_ratio=R (resume ÷ second half)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.pipelines import prepare
+from benchmarks.run import count_events
+from engine.orchestrator import Pipeline, build_pipeline, resume_run, start_run
+from engine.settings import load_settings
+from landscape import faults
+from landscape.db import open_database
+from landscape.fold import RunFold
+
+
+def load(path: Path) -> Pipeline:
+    return build_pipeline(load_settings(path))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=200_000)
+    args = ap.parse_args()
+    home = os.getcwd()
+    os.environ.setdefault("ELSPETH_HOME", os.path.join(home, ".elspeth"))
+    with (
+        tempfile.TemporaryDirectory(prefix="elspeth-resume-") as tmp,
+        open_database(os.environ.get("ELSPETH_DATABASE_URL")) as db,
+    ):
+        work = Path(tmp)
+        os.chdir(work)
+        try:
+            settings = prepare("linear", args.rows, work)
+            marks: list[tuple[float, int]] = []  # (seconds since start, rows read) per durability point
+
+            def note(fold: RunFold) -> None:
+                marks.append((time.perf_counter() - started, fold.source_records))
+
+            pipeline = load(settings)
+            # The example's durability points, or at least twenty of them on a small input, so
+            # that where half way stood is known.
+            every = min(pipeline.loaded.settings.checkpoint.commit_every_rows(), max(1, args.rows // 20))
+            started = time.perf_counter()
+            whole = start_run(db, pipeline, commit_every=every, progress=note)
+            total = time.perf_counter() - started
+            pipeline.close()
+            half_at, _ = next(m for m in marks if m[1] >= args.rows // 2)
+            events = count_events(db, whole.run_id)
+
+            pipeline = load(settings)
+            run_id = f"{whole.run_id}-crashed"
+            faults.configure(f"append:{events // 2}", raise_instead=True)
+            try:
+                start_run(db, pipeline, commit_every=every, run_id=run_id)
+            except faults.SimulatedCrash:
+                pass
+            finally:
+                faults.configure("")
+                pipeline.close()
+            started = time.perf_counter()
+            resume_run(db, run_id, load, commit_every=every)
+            resume_s = time.perf_counter() - started
+        finally:
+            os.chdir(home)
+    second_half = total - half_at
+    print(
+        f"rows={args.rows} second_half_s={second_half:.2f} resume_s={resume_s:.2f} resume_ratio={resume_s / second_half:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The run-keyed tables are hash-partitioned on run_id (migration 0006): a store made before it
+is upgraded with its runs intact, and the log stays append-only on every partition."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from landscape import schema
+from landscape.db import Database, _alembic_config, migrate
+from landscape.postgres import PostgresRecorder
+from landscape.projections import compare
+from landscape.verify import verify_run
+from tests.engine_harness import run
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_KEYED = [t.name for t in (schema.events, schema.checkpoints, *schema.PROJECTION_TABLES)]
+
+
+def test_every_run_keyed_table_is_partitioned_as_schema_py_says(db: Database) -> None:
+    with db.connect() as conn:
+        found = dict(
+            conn.execute(
+                "SELECT c.relname, pg_get_partkeydef(c.oid) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid"
+            ).fetchall()
+        )
+        counts = dict(
+            conn.execute(
+                "SELECT inhparent::regclass::text, count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE c.relkind = 'r' GROUP BY 1",
+            ).fetchall()
+        )
+    declared = {t.name: t.dialect_options["postgresql"]["partition_by"] for t in schema.metadata.tables.values()}
+    assert {name: key for name, key in declared.items() if key} == found
+    assert {t: "HASH (run_id)" for t in RUN_KEYED} == found
+    assert counts == {t: 16 for t in RUN_KEYED}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE events SET entity_id = 'x'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+        "UPDATE {partition} SET entity_id = 'x'",
+        "DELETE FROM {partition}",
+        "TRUNCATE {partition}",
+    ],
+)
+def test_the_log_is_append_only_on_the_partitioned_table_and_on_each_partition(db: Database, sql: str) -> None:
+    from tests.test_store import _write_run
+
+    _write_run(db, "run-part", tokens=2).close()
+    with db.connect() as conn:
+        row = conn.execute("SELECT tableoid::regclass::text FROM events WHERE run_id = 'run-part' LIMIT 1").fetchone()
+    assert row is not None and row[0].startswith("events_p")
+    with db.connect() as conn, pytest.raises(psycopg.Error, match="append-only"):
+        conn.execute(sql.format(partition=row[0]))
+
+
+LINEAR = (
+    (ROOT / "examples" / "linear" / "settings.yaml")
+    .read_text(encoding="utf-8")
+    .replace("examples/linear/", "")
+    .replace("output/", "out/")
+)
+
+
+@pytest.fixture
+def store_before_partitioning(server_url: str) -> Iterator[Database]:
+    """A fresh database whose schema stops at revision 0005 (before partitioning)."""
+    from alembic import command
+
+    name = f"t_part_{secrets.token_hex(3)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    database = Database(url, f"test database {name}")
+    try:
+        command.upgrade(_alembic_config(database), "0005")
+        yield database
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_an_existing_store_is_upgraded_with_its_runs_intact(
+    store_before_partitioning: Database, tmp_path: Path
+) -> None:
+    db = store_before_partitioning
+    runs = []
+    for i in range(3):
+        work = tmp_path / f"w{i}"
+        work.mkdir()
+        shutil.copy(ROOT / "examples" / "linear" / "input.csv", work / "input.csv")
+        runs.append(run(db, work, LINEAR).outcome.run_id)
+    with db.connect() as conn:
+        before = {
+            t: conn.execute(f"SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x").fetchone()
+            for t in RUN_KEYED
+        }
+        last_position = conn.execute("SELECT max(global_position) FROM events").fetchone()
+    recorder = PostgresRecorder(db)
+    seen_before = recorder.read_since((0, 0), limit=1_000_000)
+
+    migrate(db)
+
+    with db.connect() as conn:
+        kinds = dict(
+            conn.execute("SELECT relname, relkind FROM pg_class WHERE relname = ANY(%s)", (RUN_KEYED,)).fetchall()
+        )
+        after = {
+            t: conn.execute(f"SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x").fetchone()
+            for t in RUN_KEYED
+        }
+    assert kinds == {t: "p" for t in RUN_KEYED}
+    assert after == before  # every row moved, column for column (global_position and tx_id too)
+    for run_id in runs:
+        verify_run(recorder, run_id)
+        assert compare(db, run_id)[1] == []
+    assert recorder.read_since((0, 0), limit=1_000_000) == seen_before  # a reader's positions still hold
+    # New events continue the identity after the moved ones, and a reader picks them up.
+    work = tmp_path / "after"
+    work.mkdir()
+    shutil.copy(ROOT / "examples" / "linear" / "input.csv", work / "input.csv")
+    later = run(db, work, LINEAR).outcome.run_id
+    with db.connect() as conn:
+        first_new = conn.execute("SELECT min(global_position) FROM events WHERE run_id = %s", (later,)).fetchone()
+    assert last_position is not None and first_new is not None and first_new[0] > last_position[0]
+    last = seen_before[-1].position
+    assert {e.event.run_id for e in recorder.read_since(last, limit=1_000_000)} == {later}
