@@ -104,3 +104,12 @@ def db_serve(ctx: click.Context) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         stop.wait()  # on exit the embedded server stops, unless another elspeth uses it
+
+
+def _add_stop() -> None:
+    from engine.cli.dbstop import db_stop  # its own module: the embedded server's start/stop protocol
+
+    db_group.add_command(db_stop)
+
+
+_add_stop()

@@ -10,26 +10,48 @@ import click
 
 from engine.cli.errors import ElspethGroup
 
-# Commands that run offline, with no database: their modules must not bring the driver (a test
-# runs `elspeth verify` where psycopg is not installed), so they are imported on their own.
-_OFFLINE = {"verify": ("engine.cli.verify", "verify_cmd")}
+# Every command: its module, its object, and the line `elspeth --help` shows. A command's module
+# is imported only when that command runs, so `elspeth --help` starts fast and `elspeth verify`
+# (offline) never brings the database driver (a test runs it where psycopg is not installed).
+# Registering a command is one line here.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("engine.cli.run", "run_cmd", "Run a pipeline, recording every step of every row."),
+    "resume": ("engine.cli.run", "resume_cmd", "Continue an interrupted, failed or crashed run."),
+    "validate": ("engine.cli.validate", "validate_cmd", "Check a settings file (and its inputs) without running."),
+    "runs": ("engine.cli.show", "runs_cmd", "List runs, newest first (filters: --status, --since, --limit)."),
+    "show": ("engine.cli.show", "show_cmd", "One run: settings, nodes, outcomes, sink files, durations."),
+    "replay": ("engine.cli.inspect", "replay_cmd", "Verify a run's log in one pass; --check also the projections."),
+    "explain": ("engine.cli.explain", "explain_cmd", "One row's lineage, from the events, checked."),
+    "projections": ("engine.cli.inspect", "projections_group", "The analyst tables derived from the events."),
+    "purge": ("engine.cli.purge", "purge_cmd", "Erase row data (retention or a request), keeping every proof."),
+    "export": ("engine.cli.audit", "export_cmd", "Write a run's verifiable log to one file."),
+    "prove": ("engine.cli.audit", "prove_cmd", "Write an inclusion proof of one event or one row's events."),
+    "checkpoint": ("engine.cli.audit", "checkpoint_cmd", "Write a run's newest signed checkpoint (for an auditor)."),
+    "verify": ("engine.cli.verify", "verify_cmd", "Verify an export or a proof offline: no database needed."),
+    "keys": ("engine.cli.keys", "keys_group", "Signing keys for checkpoints."),
+    "db": ("engine.cli.db", "db_group", "The audit store: schema, roles, access for SQL, stop."),
+    "plugins": ("engine.cli.plugins", "plugins_group", "The plugins this ELSPETH has."),
+    "statecharts": ("engine.cli.statecharts", "statecharts_cmd", "Draw the state machines (docs/statecharts/)."),
+}
+OFFLINE = frozenset({"verify", "keys", "statecharts", "plugins"})  # need no home and no database
 
 
 class _Cli(ElspethGroup):
-    """Imports command modules when a command is looked up, not when `elspeth` starts: most of
-    them bring the database driver, which an offline command must not need."""
+    """Looks commands up in COMMANDS, importing only the module of the one that runs."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in _OFFLINE:
-            module, name = _OFFLINE[cmd_name]
-            command: click.Command = getattr(importlib.import_module(module), name)
-            return command
-        _register()
-        return super().get_command(ctx, cmd_name)
+        found = COMMANDS.get(cmd_name)
+        if found is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(found[0]), found[1])
+        return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        _register()
-        return sorted({*super().list_commands(ctx), *_OFFLINE})
+        return sorted(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in sorted(COMMANDS)])
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +62,7 @@ class _Cli(ElspethGroup):
 def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     """ELSPETH: data pipelines whose every decision is recorded in a hash-chained event log."""
     ctx.obj = {"database": database, "home": home}
-    if ctx.invoked_subcommand in _OFFLINE:
+    if ctx.invoked_subcommand in OFFLINE:
         return  # no home and no database: nothing to pin (and no driver to find them with)
     from landscape.embedded import elspeth_home  # imported here: see _Cli
 
@@ -49,36 +71,6 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     os.environ["ELSPETH_HOME"] = str(elspeth_home(home))
     if database:  # so that the load-time checks compare sinks with the store this command uses
         os.environ["ELSPETH_DATABASE_URL"] = database
-
-
-_registered = False
-
-
-def _register() -> None:
-    # Each command lives in its own module; registering one is one line here. Called on the
-    # first lookup of a command (see _Cli), once.
-    global _registered
-    if _registered:
-        return
-    _registered = True
-    from engine.cli.audit import checkpoint_cmd, export_cmd, prove_cmd
-    from engine.cli.db import db_group
-    from engine.cli.dbstop import db_stop
-    from engine.cli.explain import explain_cmd
-    from engine.cli.inspect import projections_group, replay_cmd
-    from engine.cli.keys import keys_group
-    from engine.cli.plugins import plugins_group
-    from engine.cli.purge import purge_cmd
-    from engine.cli.run import resume_cmd, run_cmd
-    from engine.cli.show import runs_cmd, show_cmd
-    from engine.cli.statecharts import statecharts_cmd
-    from engine.cli.validate import validate_cmd
-
-    for command in (run_cmd, resume_cmd, validate_cmd, runs_cmd, show_cmd, replay_cmd, explain_cmd,
-                    projections_group, plugins_group, statecharts_cmd, purge_cmd, db_group, keys_group,
-                    export_cmd, prove_cmd, checkpoint_cmd):  # fmt: skip
-        cli.add_command(command)
-    db_group.add_command(db_stop)
 
 
 def main() -> None:
