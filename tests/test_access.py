@@ -18,25 +18,10 @@ from landscape.db import Database, migrate
 from landscape.roles import ELSPETH_ROLES, TABLES, Role, grants_current
 from landscape.schema import metadata
 from tests.engine_harness import run, write_csv
+from tests.test_cli import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL = bool(os.environ.get("ELSPETH_TEST_DATABASE_URL"))
-
-PIPELINE = """
-source:
-  plugin: csv
-  on_success: raw
-  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'v: int']}, on_validation_failure: bad}
-gates:
-- name: big
-  input: raw
-  condition: row['v'] > 5
-  routes: {'true': high, 'false': low}
-sinks:
-  high: {plugin: csv, options: {path: out/high.csv}}
-  low: {plugin: csv, options: {path: out/low.csv}}
-  bad: {plugin: json, options: {path: out/bad.jsonl}}
-"""
 
 
 @pytest.fixture(scope="module")
