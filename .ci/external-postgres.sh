@@ -49,13 +49,17 @@ HBA
   # CREATEROLE for `migrate`, which makes the ELSPETH roles once per server. The tamper tests turn
   # the triggers off as a superuser would (session_replication_role); as the tables' owner this
   # role could do as much with ALTER TABLE ... DISABLE TRIGGER, so granting the parameter gives
-  # it no power it lacked. The ELSPETH roles are made here so that the owner can be a member of
+  # it no power it lacked. pg_signal_backend: the per-module `DROP DATABASE ... WITH (FORCE)` must
+  # also end an autovacuum worker busy in that database, whose process has no role a non-superuser
+  # could be a member of (seen: "must be a member of the role whose process is being terminated").
+  # The ELSPETH roles are made here so that the owner can be a member of
   # them (as an administrator of a managed server would set it up): its connections then act as
   # each role (SET ROLE), and the access tests test the roles, not the owner. `migrate` finds them,
   # checks them and grants them their tables.
   PGPASSWORD=$superpw "$PG_BIN/psql" -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
     -c "CREATE ROLE elspeth_ci LOGIN CREATEDB CREATEROLE NOSUPERUSER PASSWORD '$ownerpw'" \
     -c "GRANT SET ON PARAMETER session_replication_role TO elspeth_ci" \
+    -c "GRANT pg_signal_backend TO elspeth_ci" \
     -c "CREATE ROLE elspeth_writer NOLOGIN" -c "CREATE ROLE elspeth_analyst NOLOGIN" \
     -c "CREATE ROLE elspeth_auditor NOLOGIN" \
     -c "GRANT elspeth_writer, elspeth_analyst, elspeth_auditor TO elspeth_ci" >/dev/null
