@@ -75,8 +75,31 @@ def verify_events(
     chain hash), keeping the root at each size in `roots_at`. Never raises for a bad log: the
     result says."""
     result = Verification(run_id, RunFold(run_id, ended=set()))
-    fold, referenced, roots, wanted = result.fold, result.referenced, result.roots, set(roots_at)
+    wanted = set(roots_at)
     tree = MerkleAccumulator()
+    prev, expected = GENESIS, 0
+    try:
+        prev, expected = _verify_each(run_id, events, result, tree, observe, wanted)
+    finally:
+        # Stopping at a bad event leaves a streaming reader unfinished: close it now (a reader of
+        # the store holds a transaction, and so its locks, until closed), not when it is collected.
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+    result.events, result.head, result.root = expected, prev, tree.root()
+    return result
+
+
+def _verify_each(
+    run_id: str,
+    events: Iterable[StoredEvent],
+    result: Verification,
+    tree: MerkleAccumulator,
+    observe: Observer | None,
+    wanted: set[int],
+) -> tuple[bytes, int]:
+    """The loop of `verify_events`; returns the head and the count of the good events."""
+    fold, referenced, roots = result.fold, result.referenced, result.roots
     prev, expected = GENESIS, 0
     for e in events:
         why = _check_record(run_id, e, expected, prev)
@@ -102,8 +125,7 @@ def verify_events(
         tree.append(leaf_hash(e.hash))
         if expected in wanted:
             roots[expected] = tree.root()
-    result.events, result.head, result.root = expected, prev, tree.root()
-    return result
+    return prev, expected
 
 
 def verify_checkpoints(

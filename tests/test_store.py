@@ -85,7 +85,7 @@ def test_a_changed_byte_in_an_event_is_found_at_its_seq(db: Database, sql: str, 
 
 def test_a_changed_byte_in_a_row_payload_is_found_at_the_first_event_using_it(db: Database) -> None:
     _write_run(db, "run-payload").close()
-    token = next(e.event for e in PostgresRecorder(db).read_events("run-payload") if e.entity_id == "r2")
+    token = next(e.event for e in list(PostgresRecorder(db).read_events("run-payload")) if e.entity_id == "r2")
     assert isinstance(token, ev.TokenCreated)
     _superuser_update(
         db,
@@ -218,3 +218,16 @@ def test_the_head_revision_read_from_the_files_is_alembics() -> None:
         head_revision()
         == ScriptDirectory.from_config(_alembic_config(Database("postgresql://", ""))).get_current_head()
     )
+
+
+def test_a_verification_that_stops_early_leaves_no_reader_holding_locks(db: Database) -> None:
+    """A reader of the store holds a transaction (and its locks) until it is closed: stopping at
+    the first bad event must close it at once, not when the garbage collector gets to it."""
+    _write_run(db, "run-early-stop", tokens=40, commit_every=50).close()
+    _superuser_update(db, "UPDATE events SET entity_id = 'rx' WHERE run_id = %s AND seq = 2", ("run-early-stop",))
+    with pytest.raises(ChainBroken) as err:  # the traceback it keeps alive references the reader's frames
+        verify_run(PostgresRecorder(db), "run-early-stop")
+    assert err.value.seq == 2
+    with db.connect() as conn:
+        conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE NOWAIT")  # fails at once if a reader holds on
+        conn.rollback()
