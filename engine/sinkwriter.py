@@ -100,7 +100,9 @@ class SinkWriter:
                 self.ctx.emit(fold.run_id, failed)
                 if retry_at is None:
                     raise e from raised
-                self.clock.sleep_until(retry_at)
+                # The clock naps in short steps (so that a stop is seen): wait out the whole backoff.
+                while self.ctx.now() < retry_at:
+                    self.clock.sleep_until(retry_at)
                 # Drop what the failed attempt may have left, then write the same rows again.
                 self.reopen(sink_name)
                 for p in writes:

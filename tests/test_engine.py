@@ -565,3 +565,34 @@ def test_the_circuit_breaker_stops_trying_a_sink_that_keeps_failing(db: Database
     # row 1: two attempts fail, it goes to backup; row 2: the circuit is open, straight to backup
     assert sink.failures == 1000 - 2
     assert (tmp_path / "out" / "backup.csv").read_text().splitlines() == ["id,v,note", "1,1,a", "2,2,b"]
+
+
+class _ShortNapClock(FakeClock):
+    """Waits at most half a second per call, as the system clock does (so that a stop request
+    is seen while idle): whoever needs a later time must wait again."""
+
+    def sleep_until(self, when: float) -> None:
+        self.t = min(max(self.t, when), self.t + 0.5)
+
+
+class _TimedFlakySink(_FlakySink):
+    """Remembers when each flush that carried rows was tried."""
+
+    def __init__(self, failures: int, clock: FakeClock) -> None:
+        super().__init__(failures)
+        self.clock, self.tried = clock, []  # type: list[float]
+
+    def flush(self) -> int:
+        if self.pending:
+            self.tried.append(self.clock.now())
+        return super().flush()
+
+
+def test_a_retry_waits_its_whole_backoff_even_when_the_clock_naps_briefly(db: Database, tmp_path: Path) -> None:
+    clock = _ShortNapClock()
+    sink = _TimedFlakySink(failures=1, clock=clock)
+    retry = "retry: {max_attempts: 3, initial_delay_seconds: 4, exponential_base: 2}\n"
+    fold = _run_with_sink(db, tmp_path, sink, retry, clock)
+    assert dict(fold.outcomes) == {"completed": 2}  # type: ignore[attr-defined]
+    first, second = sink.tried[:2]
+    assert second - first >= 2.0  # 4 s with jitter in [50 %, 100 %], not one 0.5 s nap
