@@ -62,11 +62,13 @@ def test_any_changed_byte_of_any_event_is_found_at_its_seq(db: Database, data: s
     with db.connect() as conn:
         count = conn.execute("SELECT count(*) FROM events WHERE run_id = %s", (run_id,)).fetchone()
         assert count is not None
-        seq = data.draw(st.integers(0, count[0] - 1), label="seq")
+        # Drawn as numbers reduced modulo the sizes: a step's duration (real time) changes an event's
+        # length from run to run, and hypothesis needs the same draws for the same choices.
+        seq = data.draw(st.integers(0, 10**6), label="seq") % count[0]
         payload = conn.execute("SELECT payload FROM events WHERE run_id = %s AND seq = %s", (run_id, seq)).fetchone()
         assert payload is not None
         body = bytearray(payload[0])
-        pos = data.draw(st.integers(0, len(body) - 1), label="byte")
+        pos = data.draw(st.integers(0, 10**6), label="byte") % len(body)
         body[pos] ^= data.draw(st.integers(1, 255), label="xor")
         conn.execute("SET session_replication_role = replica")  # what a superuser could do
         conn.execute("UPDATE events SET payload = %s WHERE run_id = %s AND seq = %s", (bytes(body), run_id, seq))
