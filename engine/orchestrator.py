@@ -277,9 +277,10 @@ class Execution:
         live = self.fold.tokens
         if not live:
             return
-        rows = load_payloads(self.recorder, {t.data_hash for t in live.values()})
+        rows = load_payloads(self.recorder, self.run_id, {t.data_hash for t in live.values()})
         for token_id, t in live.items():
-            w = Work(token_id, decode_row(rows[t.data_hash]), t.data_hash, t.at, t.row_index, t.branch, t.fork_id)
+            data = rows[t.data_hash]
+            w = Work(token_id, decode_row(data), t.data_hash, t.at, t.row_index, t.branch, t.fork_id, data)
             self.proc.resume_token(w, t.state, t.place, t.outcome, t.node, t.reason)
         for cid, c in self.fold.coalesces.items():
             if c.deadline is not None:

@@ -21,6 +21,7 @@ from engine.plugins.protocol import PluginError, Row, RowError, SourceItem
 from engine.scheduler import Deadlines
 from engine.sinkwriter import SinkWriter
 from engine.work import Context, Emit, Nodes, PutPayload, Work
+from landscape.canonical import encode_row
 from landscape.fold import RunFold
 from statecharts import events as ev
 from statecharts.machines import BatchState, TokenState
@@ -58,10 +59,11 @@ class Processor:
                 w = Work(token_id, item.raw, raw_hash, dest, item.index)
                 self._to_sink(w, dest, TokenState.QUARANTINED, None, reason)
             return
-        h = self.ctx.store(item.row)
+        data = encode_row(item.row)
+        h = self.ctx.store_data(data)
         at = self.n.dag.source_output
         self.emit(token_id, ev.TokenCreated(row_index=item.index, data_hash=h, at=at, fixed_types=item.fixed_types))
-        self.stack.append(Work(token_id, item.row, h, at, item.index))
+        self.stack.append(Work(token_id, item.row, h, at, item.index, data=data))
         self.drain()
 
     def drain(self) -> None:
@@ -117,12 +119,14 @@ class Processor:
         if isinstance(out, list):
             self._expand(w, name, out, nxt)
             return False
-        h = self.ctx.store(out)
+        data = encode_row(out)
+        # Unchanged bytes (a filter that let the row through): the same commitment, one copy.
+        h = w.hash if data == w.data else self.ctx.store_data(data)
         self.emit(
             w.token_id,
             ev.StepCompleted(node=name, input_hash=w.hash, output_hash=h, duration_us=duration, next=nxt),
         )
-        w.row, w.hash, w.at = out, h, nxt
+        w.row, w.hash, w.at, w.data = out, h, nxt, data
         return True
 
     def _expand(self, w: Work, node: str, rows: list[Row], at: str) -> None:
@@ -190,7 +194,7 @@ class Processor:
                     branch=branch, fork_id=w.token_id,
                 ),
             )  # fmt: skip
-            works.append(Work(child, dict(w.row), w.hash, branch, w.row_index, branch, w.token_id))
+            works.append(Work(child, dict(w.row), w.hash, branch, w.row_index, branch, w.token_id, w.data))
         self.stack.extend(reversed(works))
 
     def _row_error(self, w: Work, node: str, reason: str, on_error: str | None) -> None:

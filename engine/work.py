@@ -10,7 +10,7 @@ from engine.dag import Dag
 from engine.expressions import Expression
 from engine.plugins.protocol import Aggregation, Row, Sink, Transform
 from engine.settings import AggregationSettings, CoalesceSettings, GateSettings, RetrySettings, TransformSettings
-from landscape.canonical import commit_row
+from landscape.canonical import commit_data, encode_row
 from landscape.fold import RunFold
 from landscape.records import Payload
 from statecharts import events as ev
@@ -30,6 +30,9 @@ class Work:
     row_index: int
     branch: str | None = None
     fork_id: str | None = None
+    # The row's canonical bytes when known (b"" otherwise): a step whose output has the same
+    # bytes records the input's commitment again instead of a second copy of the data.
+    data: bytes = b""
 
 
 @dataclass(slots=True)
@@ -73,6 +76,10 @@ class Context:
 
     def store(self, row: Row) -> str:
         """Put a row in the payload store; returns its hash."""
-        h, payload = commit_row(row)
+        return self.store_data(encode_row(row))
+
+    def store_data(self, data: bytes) -> str:
+        """Put a row's canonical bytes in the payload store; returns their commitment."""
+        h, payload = commit_data(data)
         self.put_payload(h, payload)
         return h

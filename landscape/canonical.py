@@ -70,6 +70,10 @@ os.register_at_fork(after_in_child=_salts.forget)  # a forked child must not reu
 
 def commit_row(row: Any) -> tuple[str, Payload]:
     """(commitment, payload) of one row, with a fresh random salt."""
-    data = _encoder.encode(row)
+    return commit_data(_encoder.encode(row))
+
+
+def commit_data(data: bytes) -> tuple[str, Payload]:
+    """(commitment, payload) of a row's canonical bytes (`encode_row`), with a fresh random salt."""
     salt = _salts.next()
     return commitment(salt, data), Payload(salt, data)

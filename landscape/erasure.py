@@ -58,23 +58,22 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int]) -> Plan:
         # Said in the CLI's numbering: rows counted from 1 (row_index + 1, as __row_number__).
         shown = ", ".join(str(m + 1) for m in missing)
         raise ErasureRefused(f"run {run_id} has no row {shown}; nothing was erased")
-    return _plan(db, "request", found, sorted(tokens))
+    present = recorder.payloads(run_id, found)
+    return Plan(
+        kind="request",
+        payloads={h: where for h, where in found.items() if h in present},
+        tokens=sorted(tokens),
+        already_erased=len(found) - len(present),
+    )
 
 
 def plan_retention(db: Database, cutoff: datetime) -> Plan:
-    """Every payload written before `cutoff` that is still there."""
+    """Every payload written before `cutoff` that is still there, with the run that wrote it
+    (None for payloads written before payloads were kept by run)."""
     with driver_errors("planning retention"), db.connect() as conn:
-        rows = conn.execute("SELECT hash FROM payloads WHERE recorded_at < %s", (cutoff,)).fetchall()
-    return _plan(db, "retention", {bytes(r[0]).hex(): (None, None) for r in rows}, [])
-
-
-def _plan(db: Database, kind: str, found: dict[str, tuple[str | None, int | None]], tokens: list[str]) -> Plan:
-    present = PostgresRecorder(db).payloads(found)
+        rows = conn.execute("SELECT hash, run_id FROM payloads WHERE recorded_at < %s", (cutoff,)).fetchall()
     return Plan(
-        kind=kind,
-        payloads={h: where for h, where in found.items() if h in present},
-        tokens=tokens,
-        already_erased=len(found) - len(present),
+        kind="retention", payloads={bytes(h).hex(): (run or None, None) for h, run in rows}, tokens=[], already_erased=0
     )
 
 
@@ -89,7 +88,12 @@ def erase(db: Database, plan: Plan, reason: str, now: datetime) -> int:
                 "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) VALUES (%s,%s,%s,%s,%s,%s)",
                 [(bytes.fromhex(h), *plan.payloads[h], plan.kind, reason, now) for h in hashes],
             )
-            cur.execute("DELETE FROM payloads WHERE hash = ANY(%s)", ([bytes.fromhex(h) for h in hashes],))
+            # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
+            cur.execute(
+                "DELETE FROM payloads AS p USING unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
+                "WHERE p.hash = u.hash AND p.run_id IN (u.run_id, '')",
+                ([plan.payloads[h][0] or "" for h in hashes], [bytes.fromhex(h) for h in hashes]),
+            )
             erased = cur.rowcount
         conn.commit()
     return erased

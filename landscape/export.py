@@ -294,7 +294,7 @@ def _write_chunk(
 ) -> None:
     firsts = list(first_references(batch, seen))
     wanted = [h for _e, new in firsts for h in new]
-    present = recorder.payloads(wanted) if payloads and wanted else {}
+    present = recorder.payloads(batch[0].run_id, wanted) if payloads and wanted else {}
     absent = [h for h in wanted if h not in present]
     erasures = recorder.erasures(absent) if absent else {}
     for e, new in firsts:
@@ -410,7 +410,7 @@ def build_proof(
         raise ExportError(f"run {run_id} has no {subject} in its signed tree of {newest.size} events")
     proofs = inclusion_proofs([e.seq for e in chosen], newest.size, leaves)
     hashes = list(dict.fromkeys(h for e in chosen for h in row_hashes(e.event)))
-    present = recorder.payloads(hashes) if payloads else {}
+    present = recorder.payloads(run_id, hashes) if payloads else {}
     absent = [h for h in hashes if h not in present]
     erasures = recorder.erasures(absent) if absent else {}
     return ProofBundle(

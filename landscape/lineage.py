@@ -282,11 +282,11 @@ def source_rows(recorder: Recorder, run_id: str) -> tuple[list[tuple[int, str]],
     return roots, verified.events - 1
 
 
-def checked_payloads(recorder: Recorder, hashes: Iterable[str]) -> dict[str, Data]:
+def checked_payloads(recorder: Recorder, run_id: str, hashes: Iterable[str]) -> dict[str, Data]:
     """Each hash's data, fetched and checked against its commitment: missing (and whether an
     erasure record explains it) and altered are said so, and their data is not given."""
     wanted = set(hashes)
-    found = recorder.payloads(wanted)
+    found = recorder.payloads(run_id, wanted)
     absent = [h for h in wanted if h not in found]
     erased = recorder.erasures(absent) if absent else {}
     out: dict[str, Data] = {}
@@ -314,7 +314,7 @@ def explain_rows(recorder: Recorder, run_id: str, row_indexes: Iterable[int], up
                 hashes.add(e.data_hash)
             elif isinstance(e, ev.StepCompleted):
                 hashes.update((e.input_hash, e.output_hash))
-    data = checked_payloads(recorder, hashes)
+    data = checked_payloads(recorder, run_id, hashes)
     rows = []
     for index in sorted(wanted):
         mine = [t for t in collector.tokens.values() if t.row_index == index or _descends(t, collector, index)]

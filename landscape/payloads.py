@@ -9,12 +9,12 @@ from landscape.recorder import Recorder
 from landscape.verify import payload_matches
 
 
-def load_payloads(recorder: Recorder, hashes: Iterable[str]) -> dict[str, bytes]:
+def load_payloads(recorder: Recorder, run_id: str, hashes: Iterable[str]) -> dict[str, bytes]:
     """hash hex -> stored bytes for every hash given, each checked against its commitment. A
     missing or altered payload is an error: resume cannot continue without the data (it may have
     been erased: see `elspeth purge`)."""
     wanted = set(hashes)
-    found = recorder.payloads(wanted)
+    found = recorder.payloads(run_id, wanted)
     missing = sorted(wanted - found.keys())
     if missing:
         raise CorruptLog(f"{len(missing)} row payload(s) are missing from the payload store, e.g. {missing[0]}")

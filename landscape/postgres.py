@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from landscape import faults
+from landscape import copybin, faults
 from landscape.chain import GENESIS, header, link
 from landscape.db import Database, driver_errors
 from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
@@ -32,6 +32,7 @@ from statecharts.events import EventBase, encode_event
 _EVENT_COLUMNS = (
     "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
 )
+_HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 # A 64-bit advisory lock key derived from the run id; collisions between run ids are negligible.
 _LOCK_KEY = "hashtextextended(%s, 0)"
 
@@ -46,11 +47,11 @@ def _stored(r: Sequence[Any]) -> StoredEvent:
 class _Batch:
     """One durability point's worth of work for the database."""
 
-    events: list[tuple[Any, ...]]
-    payloads: dict[str, Payload]
-    recorded_at: datetime  # when the payloads were written (retention counts from it)
+    events: bytes  # binary COPY data (`landscape.copybin`), empty if none
+    payloads: bytes  # likewise
     pending: list[Pending]
     checkpoint: tuple[int, bytes, str] | None  # (tree size, root, signed note) after these events
+    recorded_at: datetime
 
 
 class PgRunWriter:
@@ -105,8 +106,12 @@ class PgRunWriter:
         self._tree = MerkleAccumulator.from_leaves(leaf_hash(h) for h in hashes)
         self.next_seq: int = len(hashes)
         self.head: bytes = hashes[-1] if hashes else GENESIS
-        self._events: list[tuple[Any, ...]] = []
-        self._payloads: dict[str, Payload] = {}
+        self._events: list[bytes] = []  # binary COPY rows, built as they are appended
+        self._payloads: dict[str, bytes] = {}  # hash hex -> binary COPY row
+        # The fields that repeat, encoded once: the run id, and per machine and event type.
+        self._run_field = copybin.count(11) + copybin.text(run_id)
+        self._payload_prefix = copybin.count(5) + copybin.text(run_id)
+        self._fields: dict[str, tuple[bytes, bytes]] = {}
 
     @property
     def pending(self) -> int:
@@ -119,10 +124,17 @@ class PgRunWriter:
         event_type = type(event).__name__
         version = event.SCHEMA_VERSION
         at_us = self._now_us()
-        h = link(self.head, header(self.run_id, seq, machine, entity_id, event_type, version, at_us), payload_hash)
+        prev = self.head
+        h = link(prev, header(self.run_id, seq, machine, entity_id, event_type, version, at_us), payload_hash)
+        fields = self._fields
+        key = f"{machine}\x1f{event_type}\x1f{version}"
+        constant = fields.get(key)
+        if constant is None:
+            constant = fields[key] = copybin.text(machine), copybin.text(event_type) + copybin.int2(version)
         self._events.append(
-            (self.run_id, seq, machine, entity_id, event_type, version, us_to_datetime(at_us), payload,
-             payload_hash, self.head, h)
+            b"".join((self._run_field, copybin.int8(seq), constant[0], copybin.text(entity_id), constant[1],
+                      copybin.timestamptz(at_us), copybin.bytea(payload), _HASH_FIELD, payload_hash, _HASH_FIELD,
+                      prev, _HASH_FIELD, h))
         )  # fmt: skip
         self.head = h
         self.next_seq = seq + 1
@@ -133,7 +145,13 @@ class PgRunWriter:
         return seq
 
     def put_payload(self, hash_hex: str, payload: Payload) -> None:
-        self._payloads[hash_hex] = payload
+        """Store a row's bytes under their commitment, with this run's events at the next commit.
+        The same commitment twice (only a repeated salt could do that) is stored once."""
+        if hash_hex not in self._payloads:
+            self._payloads[hash_hex] = b"".join(
+                (self._payload_prefix, _HASH_FIELD, bytes.fromhex(hash_hex), copybin.bytea(payload.salt),
+                 copybin.bytea(payload.data), copybin.timestamptz(self._now_us()))
+            )  # fmt: skip
 
     def commit(self, *, wait: bool = True) -> None:
         """Send everything buffered in one transaction and commit it (a durability point).
@@ -142,12 +160,17 @@ class PgRunWriter:
         this returns at once; an error surfaces at the next commit. `wait=True` returns only
         when everything appended so far is committed."""
         if self._events or self._payloads:
-            at = us_to_datetime(self._now_us())
             checkpoint = None
             if self._notary is not None and self._events:
                 size, root = self._tree.size, self._tree.root()
                 checkpoint = (size, root, self._notary.sign(self.run_id, size, root))
-            batch = _Batch(self._events, self._payloads, at, [hook.take() for hook in self._hooks], checkpoint)
+            batch = _Batch(
+                copybin.block(self._events) if self._events else b"",
+                copybin.block(self._payloads.values()) if self._payloads else b"",
+                [hook.take() for hook in self._hooks],
+                checkpoint,
+                us_to_datetime(self._now_us()),
+            )
             self._events, self._payloads = [], {}
             if self._sender is None:
                 self._send(batch)
@@ -167,23 +190,14 @@ class PgRunWriter:
         with driver_errors(f"committing events of run {self.run_id}", conn=conn, run_id=self.run_id):
             with conn.cursor() as cur:
                 if batch.payloads:
-                    # One statement, the columns as binary arrays: no staging table, and the
-                    # batch's payloads are distinct already (a dict by commitment).
-                    cur.execute(
-                        "INSERT INTO payloads (hash, salt, data, recorded_at) "
-                        "SELECT h, s, d, %b FROM unnest(%b::bytea[], %b::bytea[], %b::bytea[]) AS u(h, s, d) "
-                        "ON CONFLICT (hash) DO NOTHING",
-                        (
-                            batch.recorded_at,
-                            [bytes.fromhex(h) for h in batch.payloads],
-                            [p.salt for p in batch.payloads.values()],
-                            [p.data for p in batch.payloads.values()],
-                        ),
-                    )
+                    # Commitments are salted at random, so a new payload never meets an old one.
+                    with cur.copy(
+                        "COPY payloads (run_id, hash, salt, data, recorded_at) FROM STDIN (FORMAT BINARY)"
+                    ) as cp:
+                        cp.write(batch.payloads)
                 if batch.events:
-                    with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN") as cp:
-                        for r in batch.events:
-                            cp.write_row(r)
+                    with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
+                        cp.write(batch.events)
                 for pending in batch.pending:
                     pending.apply(cur)
                 if batch.checkpoint is not None and self._notary is not None:
@@ -279,15 +293,16 @@ class PostgresRecorder:
             ).fetchall()
         return [GlobalEvent((r[0], r[1]), _stored(r[2:])) for r in rows]
 
-    def payloads(self, hashes: Iterable[str]) -> dict[str, Payload]:
-        """hash hex -> (salt, data) as stored, for those of `hashes` the payload store holds."""
+    def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]:
+        """hash hex -> (salt, data) as stored, for those of `hashes` the payload store holds for
+        run `run_id` (or holds from before payloads were kept by run, migration 0007)."""
         wanted = sorted(set(hashes))
         found: dict[str, Payload] = {}
         with driver_errors("reading row payloads"), self.db.connect() as conn:
             for i in range(0, len(wanted), 10_000):
                 chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
                 for h, salt, data in conn.execute(
-                    "SELECT hash, salt, data FROM payloads WHERE hash = ANY(%s)", (chunk,)
+                    "SELECT hash, salt, data FROM payloads WHERE run_id IN (%s, '') AND hash = ANY(%s)", (run_id, chunk)
                 ):
                     found[bytes(h).hex()] = Payload(bytes(salt), bytes(data))
         return found

@@ -53,18 +53,21 @@ events = Table(
     PrimaryKeyConstraint("run_id", "seq", name="events_pkey"),
     postgresql_partition_by=PARTITION_BY,
 )
-Index("events_global_position", events.c.global_position)
 Index("events_tx_order", events.c.tx_id, events.c.global_position)  # cross-run readers (0003)
 
 payloads = Table(
     "payloads",
     metadata,
-    Column("hash", LargeBinary, primary_key=True),  # sha256(salt ‖ data): the commitment events hold
+    # The run that wrote it ('' before 0007): the key leads with it, so a run's payloads are
+    # together in the index (migration 0007 says why).
+    Column("run_id", Text, nullable=False, server_default=text("''")),
+    Column("hash", LargeBinary, nullable=False),  # sha256(salt ‖ data): the commitment events hold
     Column("data", LargeBinary, nullable=False),
     Column("salt", LargeBinary, nullable=False, server_default=text("'\\x'::bytea")),  # (0004)
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),  # (0004)
+    PrimaryKeyConstraint("run_id", "hash", name="payloads_pkey"),
 )
-Index("payloads_recorded_at", payloads.c.recorded_at)
+Index("payloads_recorded_at", payloads.c.recorded_at, postgresql_using="brin")  # ranges only (0007)
 
 # Append-only: one row per erased payload (retention or a data subject's request), kept forever.
 erasures = Table(
@@ -72,7 +75,7 @@ erasures = Table(
     metadata,
     Column("id", BigInteger, Identity(always=True), primary_key=True),
     Column("hash", LargeBinary, nullable=False),
-    Column("run_id", Text),  # the run whose row was erased by request; None for retention
+    Column("run_id", Text),  # the run whose row was erased (retention: None before 0007)
     Column("row_index", BigInteger),
     Column("kind", Text, nullable=False),  # retention | request
     Column("reason", Text, nullable=False),

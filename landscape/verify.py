@@ -220,7 +220,7 @@ def verify_run(
     if checkpoints:
         verified.bad = verify_checkpoints(verified, checkpoints, verifier, run_origin(recorder.store_id(), run_id))
         verified.raise_if_bad()
-    present = recorder.payloads(verified.referenced)
+    present = recorder.payloads(run_id, verified.referenced)
     absent = [h for h in verified.referenced if h not in present]
     verified.erased = recorder.erasures(absent) if absent else {}
     explained = {h: e.describe() for h, e in verified.erased.items()}

@@ -13,7 +13,10 @@ import pytest
 from engine.clock import FakeClock
 from engine.orchestrator import start_run
 from engine.plugins.protocol import SourceItem
+from landscape.canonical import decode_row
 from landscape.db import Database
+from landscape.postgres import PostgresRecorder
+from statecharts import events as ev
 from tests.engine_harness import ScriptedSource, assert_invariants, item, load_pipeline, run, write_csv
 
 SCHEMA = "schema: {mode: fixed, fields: ['id: int', 'v: int', 'note: str']}"
@@ -596,3 +599,54 @@ def test_a_retry_waits_its_whole_backoff_even_when_the_clock_naps_briefly(db: Da
     assert dict(fold.outcomes) == {"completed": 2}  # type: ignore[attr-defined]
     first, second = sink.tried[:2]
     assert second - first >= 2.0  # 4 s with jitter in [50 %, 100 %], not one 0.5 s nap
+
+
+class _Truthy:
+    """Turns the number 1 into `true`: equal in Python (1 == True), other bytes in the output."""
+
+    kind = "transform"
+
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {k: (True if v == 1 and k == "v" else v) for k, v in row.items()}
+
+
+def test_a_step_that_keeps_the_bytes_names_the_same_payload_and_one_that_changes_them_a_new_one(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _input(tmp_path, [[1, 1, "fine"]])
+    settings = f"""
+source:
+  plugin: csv
+  on_success: raw
+  options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}
+transforms:
+- name: keep
+  plugin: keyword_filter
+  input: raw
+  on_success: kept
+  on_error: discard
+  options: {{fields: [note], blocked_patterns: ['secret']}}
+- name: truthy
+  plugin: keyword_filter
+  input: kept
+  on_success: out
+  on_error: discard
+  options: {{fields: [note], blocked_patterns: ['secret']}}
+sinks:
+  out: {{plugin: json, options: {{path: out/out.jsonl, format: jsonl}}}}
+"""
+    monkeypatch.chdir(tmp_path)
+    pipeline = load_pipeline(tmp_path, settings)
+    cfg, _ = pipeline.nodes.transforms["truthy"]
+    pipeline.nodes.transforms["truthy"] = (cfg, _Truthy())  # type: ignore[assignment]
+    outcome = start_run(db, pipeline)
+    pipeline.close()
+    steps = {}
+    for stored in PostgresRecorder(db).read_events(outcome.run_id):
+        event = stored.event
+        if isinstance(event, ev.StepCompleted):
+            steps[event.node] = event
+    assert steps["keep"].output_hash == steps["keep"].input_hash  # one copy of unchanged bytes
+    assert steps["truthy"].output_hash != steps["truthy"].input_hash  # 1 == True, but not the same bytes
+    data = PostgresRecorder(db).payloads(outcome.run_id, [steps["truthy"].output_hash])
+    assert decode_row(data[steps["truthy"].output_hash].data)["v"] is True

@@ -131,9 +131,10 @@ def test_retention_removes_exactly_the_payloads_older_than_the_cutoff(db: Databa
         conn.commit()
     recorder = PostgresRecorder(db)
     written: dict[str, int] = {}
+    runs = [f"run-ret-{i}-{day}" for i, day in enumerate(days)]
     for i, day in enumerate(days):
         at = BASE_US + day * DAY_US
-        writer = recorder.open_writer(f"run-ret-{i}-{day}", now_us=lambda at=at: at)
+        writer = recorder.open_writer(runs[i], now_us=lambda at=at: at)
         h, payload = commit_row({"i": i, "day": day})
         writer.put_payload(h, payload)
         writer.append("token", "r0", ev.TokenCreated(row_index=0, data_hash=h, at="x"))
@@ -142,5 +143,24 @@ def test_retention_removes_exactly_the_payloads_older_than_the_cutoff(db: Databa
         written[h] = day
     cutoff = datetime.fromtimestamp((BASE_US + cut * DAY_US) / 1e6, UTC)
     erase(db, plan_retention(db, cutoff), "retention policy 60d", cutoff)
-    left = recorder.payloads(written)
-    assert set(left) == {h for h, day in written.items() if day >= cut}
+    left = {h for run in runs for h in recorder.payloads(run, written)}
+    assert left == {h for h, day in written.items() if day >= cut}
+
+
+def test_payloads_from_before_they_were_kept_by_run_are_still_read_checked_and_erased(
+    db: Database, fork_run: tuple[Path, str]
+) -> None:
+    """A store upgraded past migration 0007 holds its older payloads under run ''."""
+    work, run_id = fork_run
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")  # past the no-update trigger
+        moved = conn.execute("UPDATE payloads SET run_id = '' WHERE run_id = %s", (run_id,)).rowcount
+        conn.commit()
+    assert moved > 0
+    replay = elspeth("replay", run_id, "--check", cwd=work, db=db)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    proc = elspeth("purge", run_id, "--row", "4", "--reason", "request #7", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert [t for t, v in _all_text(db) if SECRET.encode() in v] == []
+    replay = elspeth("replay", run_id, "--check", cwd=work, db=db)
+    assert replay.returncode == 0 and "projections agree" in replay.stdout, replay.stdout + replay.stderr

@@ -95,7 +95,7 @@ def _matching(recorder: PostgresRecorder, run_id: str, condition: Expression, li
     total = unchecked = 0
     for i in range(0, len(roots), 5000):
         chunk = roots[i : i + 5000]
-        data = lin.checked_payloads(recorder, {h for _, h in chunk})
+        data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk})
         for index, h in chunk:
             d = data[h]
             if d.status != "ok":
