@@ -231,43 +231,54 @@ class ProjectionBatch:
                     for row in rows:
                         cp.write_row(row)
                 rows.clear()
-        for cid, c in self._coalesces.items():
-            if "coalesce" in c:
-                cur.execute(
-                    "INSERT INTO coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, "
-                    "arrived, missing, reason) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                    (r, cid, c["coalesce"], c["row_index"], c["status"], c["policy"], c["arrived"],
-                     c["missing"], c["reason"]),
-                )  # fmt: skip
-            else:
-                cur.execute(
-                    "UPDATE coalesces SET status=%s, arrived=%s, missing=%s, reason=%s "
-                    "WHERE run_id=%s AND coalesce_id=%s",
-                    (c["status"], c["arrived"], c["missing"], c["reason"], r, cid),
-                )
-        for bid, b in self._batches.items():
-            if "aggregation" in b:
-                cur.execute(
-                    "INSERT INTO batches (run_id, batch_id, aggregation, status, trigger, size, reason) "
-                    "VALUES (%s,%s,%s,%s,%s,0,%s)",
-                    (r, bid, b["aggregation"], b["status"], b.get("trigger"), b.get("reason")),
-                )
-            if "status" in b and "aggregation" not in b:
-                cur.execute(
-                    "UPDATE batches SET status=%s, trigger=COALESCE(%s, trigger), "
-                    "reason=COALESCE(%s, reason) WHERE run_id=%s AND batch_id=%s",
-                    (b["status"], b.get("trigger"), b.get("reason"), r, bid),
-                )
+        # One statement per kind of change, whatever the number of coalesces, batches and
+        # metrics a durability point touched: a statement each was a round trip each.
+        opened = [(cid, c) for cid, c in self._coalesces.items() if "coalesce" in c]
+        if opened:
             cur.execute(
-                "UPDATE batches SET size = (SELECT count(*) FROM batch_members m "
-                "WHERE m.run_id=%s AND m.batch_id=%s) WHERE run_id=%s AND batch_id=%s",
-                (r, bid, r, bid),
+                "INSERT INTO coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, "
+                "reason) SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
+                "%s::text[], %s::text[], %s::text[])",
+                (r, *_columns(opened, "coalesce", "row_index", "status", "policy", "arrived", "missing", "reason")),
+            )
+        changed = [(cid, c) for cid, c in self._coalesces.items() if "coalesce" not in c]
+        if changed:
+            cur.execute(
+                "UPDATE coalesces AS c SET status = u.status, arrived = u.arrived, missing = u.missing, "
+                "reason = u.reason FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+                "AS u(id, status, arrived, missing, reason) WHERE c.run_id = %s AND c.coalesce_id = u.id",
+                (*_columns(changed, "status", "arrived", "missing", "reason"), r),
+            )
+        opened = [(bid, b) for bid, b in self._batches.items() if "aggregation" in b]
+        if opened:
+            cur.execute(
+                "INSERT INTO batches (run_id, batch_id, aggregation, status, trigger, size, reason) "
+                "SELECT %s, id, aggregation, status, trigger, 0, reason "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+                "AS u(id, aggregation, status, trigger, reason)",
+                (r, *_columns(opened, "aggregation", "status", "trigger", "reason")),
+            )
+        changed = [(bid, b) for bid, b in self._batches.items() if "status" in b and "aggregation" not in b]
+        if changed:
+            cur.execute(
+                "UPDATE batches AS b SET status = u.status, trigger = COALESCE(u.trigger, b.trigger), "
+                "reason = COALESCE(u.reason, b.reason) FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+                "AS u(id, status, trigger, reason) WHERE b.run_id = %s AND b.batch_id = u.id",
+                (*_columns(changed, "status", "trigger", "reason"), r),
+            )
+        if self._batches:
+            cur.execute(
+                "UPDATE batches AS b SET size = (SELECT count(*) FROM batch_members m "
+                "WHERE m.run_id = b.run_id AND m.batch_id = b.batch_id) "
+                "WHERE b.run_id = %s AND b.batch_id = ANY(%s::text[])",
+                (r, list(self._batches)),
             )
         if self._metrics:
-            cur.executemany(
-                "INSERT INTO run_metrics (run_id, metric, value) VALUES (%s,%s,%s) "
+            metrics = sorted(self._metrics.items())
+            cur.execute(
+                "INSERT INTO run_metrics (run_id, metric, value) SELECT %s, * FROM unnest(%s::text[], %s::float8[]) "
                 "ON CONFLICT (run_id, metric) DO UPDATE SET value = run_metrics.value + EXCLUDED.value",
-                [(r, k, float(v)) for k, v in sorted(self._metrics.items())],
+                (r, [k for k, _ in metrics], [float(v) for _, v in metrics]),
             )
         u = self._run_update
         sets = ["last_seq = %s"]
@@ -294,6 +305,11 @@ class ProjectionBatch:
         self._run_update = {}
         self._coalesces.clear()
         self._batches.clear()
+
+
+def _columns(items: list[tuple[str, dict[str, Any]]], *keys: str) -> list[list[Any]]:
+    """The ids, then each key's values (None where absent), as columns for `unnest`."""
+    return [[i for i, _ in items], *([d.get(k) for _, d in items] for k in keys)]
 
 
 _Feed = Callable[[ProjectionBatch, int, str, Any, int], None]

@@ -650,3 +650,27 @@ sinks:
     assert steps["truthy"].output_hash != steps["truthy"].input_hash  # 1 == True, but not the same bytes
     data = PostgresRecorder(db).payloads(outcome.run_id, [steps["truthy"].output_hash])
     assert decode_row(data[steps["truthy"].output_hash].data)["v"] is True
+
+
+@pytest.mark.parametrize("commit_every", [1, 2, 1000])
+def test_the_batch_and_metric_projections_say_what_the_run_did(db: Database, tmp_path: Path, commit_every: int) -> None:
+    """Written a durability point at a time (a batch opened in one and flushed in a later one),
+    the analyst tables hold each batch's final status, trigger and size, and the run's counts."""
+    _input(tmp_path, [[i, i * 10, "x"] for i in range(1, 8)])
+    r = run(db, tmp_path, _agg_pipeline("{count: 3}"), commit_every=commit_every)
+    with db.connect() as conn:
+        batches = conn.execute(
+            "SELECT aggregation, status, trigger, size FROM batches WHERE run_id = %s ORDER BY size DESC, batch_id",
+            (r.outcome.run_id,),
+        ).fetchall()
+        metrics = dict(
+            conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (r.outcome.run_id,)).fetchall()
+        )
+    assert batches == [
+        ("agg", "completed", "count", 3),
+        ("agg", "completed", "count", 3),
+        ("agg", "completed", "end_of_source", 1),
+    ]
+    assert metrics["rows_in"] == 7
+    assert metrics["batch.completed"] == 3
+    assert metrics["outcome.consumed_in_batch"] == 7
