@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,10 @@ _EVENT_COLUMNS = (
     "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
 )
 _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
+_int8 = struct.Struct(">iq").pack  # a length word and an int8 field
+_length = struct.Struct(">i").pack
+_sha256 = hashlib.sha256
+_leaf_hash = leaf_hash
 # A 64-bit advisory lock key derived from the run id; collisions between run ids are negligible.
 _LOCK_KEY = "hashtextextended(%s, 0)"
 
@@ -111,7 +116,7 @@ class PgRunWriter:
         # The fields that repeat, encoded once: the run id, and per machine and event type.
         self._run_field = copybin.count(11) + copybin.text(run_id)
         self._payload_prefix = copybin.count(5) + copybin.text(run_id)
-        self._fields: dict[str, tuple[bytes, bytes]] = {}
+        self._fields: dict[tuple[str, type[EventBase]], tuple[bytes, bytes]] = {}
 
     @property
     def pending(self) -> int:
@@ -119,26 +124,29 @@ class PgRunWriter:
 
     def append(self, machine: str, entity_id: str, event: EventBase) -> int:
         payload = encode_event(event)
-        payload_hash = hashlib.sha256(payload).digest()
+        payload_hash = _sha256(payload).digest()
         seq = self.next_seq
-        event_type = type(event).__name__
-        version = event.SCHEMA_VERSION
+        kind = type(event)
         at_us = self._now_us()
         prev = self.head
-        h = link(prev, header(self.run_id, seq, machine, entity_id, event_type, version, at_us), payload_hash)
-        fields = self._fields
-        key = f"{machine}\x1f{event_type}\x1f{version}"
-        constant = fields.get(key)
+        constant = self._fields.get((machine, kind))
         if constant is None:
-            constant = fields[key] = copybin.text(machine), copybin.text(event_type) + copybin.int2(version)
+            constant = self._fields[(machine, kind)] = (
+                copybin.text(machine),
+                copybin.text(kind.__name__) + copybin.int2(event.SCHEMA_VERSION),
+            )
+        h = link(prev, header(self.run_id, seq, machine, entity_id, kind.__name__, event.SCHEMA_VERSION, at_us),
+                 payload_hash)  # fmt: skip
+        entity = entity_id.encode()
+        # The row in binary COPY format (`landscape.copybin`), spelled out: this runs per event.
         self._events.append(
-            b"".join((self._run_field, copybin.int8(seq), constant[0], copybin.text(entity_id), constant[1],
-                      copybin.timestamptz(at_us), copybin.bytea(payload), _HASH_FIELD, payload_hash, _HASH_FIELD,
-                      prev, _HASH_FIELD, h))
+            b"".join((self._run_field, _int8(8, seq), constant[0], _length(len(entity)), entity, constant[1],
+                      _int8(8, at_us - copybin.PG_EPOCH_US), _length(len(payload)), payload, _HASH_FIELD,
+                      payload_hash, _HASH_FIELD, prev, _HASH_FIELD, h))
         )  # fmt: skip
         self.head = h
         self.next_seq = seq + 1
-        self._tree.append(leaf_hash(h))
+        self._tree.append(_leaf_hash(h))
         for hook in self._hooks:
             hook.feed(seq, entity_id, event, at_us)
         faults.reached("append")

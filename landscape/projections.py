@@ -30,6 +30,7 @@ from statecharts.machines import (
     BatchState,
     CoalesceState,
     RunState,
+    TokenState,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,13 +95,11 @@ class ProjectionBatch:
     def feed(self, seq: int, entity_id: str, event: ev.EventBase, at_us: int) -> None:
         self._last_seq = seq
         kind = type(event)
-        handler = _FEED.get(kind)
+        handler, outcome, status = _DISPATCH.get(kind) or _dispatch(kind)
         if handler is not None:
             handler(self, seq, entity_id, event, at_us)
-        outcome = TOKEN_OUTCOME_OF.get(kind)
         if outcome is not None:
             self._outcome(seq, entity_id, outcome, event)
-        status = RUN_STATUS_AFTER.get(kind)
         if status is not None and status != RunState.CREATED:  # `created` is the inserted row's
             self._run_update["status"] = str(status)
             if status in RUN_ENDED:
@@ -329,6 +328,16 @@ _FEED: dict[type[ev.EventBase], _Feed] = {
     ev.BatchCompleted: ProjectionBatch._batch_completed,
     ev.BatchFailed: ProjectionBatch._batch_failed,
 }
+
+# Per event type: its feed handler, the token outcome it records, the run status it leaves
+# (looked up once per type, not three times per event).
+_DISPATCH: dict[type[ev.EventBase], tuple[_Feed | None, TokenState | None, RunState | None]] = {}
+
+
+def _dispatch(kind: type[ev.EventBase]) -> tuple[_Feed | None, TokenState | None, RunState | None]:
+    found = _DISPATCH[kind] = (_FEED.get(kind), TOKEN_OUTCOME_OF.get(kind), RUN_STATUS_AFTER.get(kind))
+    return found
+
 
 PROJECTION_TABLE_NAMES = tuple(t.name for t in PROJECTION_TABLES)
 
