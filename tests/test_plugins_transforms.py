@@ -101,6 +101,19 @@ def test_keyword_filter() -> None:
         run("keyword_filter", {**options, "fields": "all"}, {"notes": "fine", "title": "secret"})
 
 
+def test_keyword_filter_names_the_first_listed_pattern_that_matches_with_its_own_flags() -> None:
+    options = {"fields": ["notes"], "blocked_patterns": ["(?i)plan", "secret", "^a"]}
+    with pytest.raises(RowError) as err:  # the 2nd and 3rd match; the 1st, case-sensitive here, not
+        run("keyword_filter", {**options, "blocked_patterns": ["PLAN", "secret", "^a"]}, {"notes": "a secret plan"})
+    assert err.value.reason.endswith("/secret/")
+    with pytest.raises(RowError) as err:
+        run("keyword_filter", options, {"notes": "a secret PLAN"})
+    assert err.value.reason.endswith("/(?i)plan/")
+    assert run("keyword_filter", options, {"notes": "ünïcode, no Secrets"}) == {"notes": "ünïcode, no Secrets"}
+    with pytest.raises(RowError, match="/secret/"):
+        run("keyword_filter", options, {"notes": "ünïcode secret"})
+
+
 def test_json_explode() -> None:
     row = {"id": 1, "items": [{"s": "a"}, {"s": "b"}], "z": 0}
     assert run("json_explode", {"array_field": "items"}, row) == [
