@@ -204,13 +204,16 @@ class CsvSink(_FileSink):
         if rows:
             if self.fields is None:
                 self.fields = list(rows[0])
-            # extrasaction="raise": `write` refused such rows already; never drop a field here.
-            writer = csv.DictWriter(out, fieldnames=self.fields, delimiter=self.delimiter, extrasaction="raise")
+            fields = self.fields
+            known = frozenset(fields)
+            writer = csv.writer(out, delimiter=self.delimiter)
             if self._needs_header and self.write_header:
-                writer.writeheader()
+                writer.writerow(fields)
             self._needs_header = False
             for row in rows:
-                writer.writerow({k: _cell(v) for k, v in row.items()})
+                if not known.issuperset(row):  # `write` refused such rows already: never drop a field
+                    raise PluginError(_NODE, f"{self.path}: a row has fields outside its columns {fields}")
+                writer.writerow([_cell(row.get(k, "")) for k in fields])
         return self._durable(self._encode(out.getvalue()))
 
     def close(self) -> None:
