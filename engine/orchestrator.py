@@ -35,13 +35,14 @@ from landscape.checkpoint import run_origin
 from landscape.db import Database
 from landscape.errors import CorruptLog
 from landscape.fold import RunFold
+from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed, read_witness, witness_path
 from landscape.note import Verifier
 from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder
 from landscape.projections import Projector
 from landscape.queries import run_summary
-from landscape.verify import verify_checkpoints, verify_events
+from landscape.verify import Verification, verify_checkpoints, verify_events
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_OPEN, RunState
@@ -177,6 +178,7 @@ class Execution:
         progress: ProgressFn | None = None,
         stop: Stop | None = None,
         home: str | None = None,
+        verified: tuple[MerkleAccumulator, bytes] | None = None,
     ) -> None:
         self.db = db
         self.p = pipeline
@@ -188,7 +190,11 @@ class Execution:
         self.stop = stop or Stop()
         self.recorder = PostgresRecorder(db)
         self.writer = self.recorder.open_writer(
-            run_id, hooks=[Projector(run_id)], pipelined=True, notary=_notary(self.recorder, pipeline, home)
+            run_id,
+            hooks=[Projector(run_id)],
+            pipelined=True,
+            notary=_notary(self.recorder, pipeline, home),
+            verified=verified,  # the resume's reading of the log: its tree is not rebuilt
         )
         if self.writer.next_seq != fold.last_seq + 1:
             # Another process wrote to the run between our reading its log and taking its lock
@@ -404,6 +410,21 @@ def fold_run(
     transitions, and the signed `checkpoints` given: a log cut short is caught): a tampered log
     is refused, not continued. `strict` keeps the ended tokens (replay, tests); a run that goes
     on drops them so memory stays flat."""
+    verified = _verified_log(db, run_id, upto_seq=upto_seq, checkpoints=checkpoints, verifier=verifier)
+    if not strict:
+        verified.fold.ended = None
+    return verified.fold
+
+
+def _verified_log(
+    db: Database,
+    run_id: str,
+    *,
+    upto_seq: int | None = None,
+    checkpoints: Sequence[Witnessed] = (),
+    verifier: Verifier | None = None,
+) -> Verification:
+    """`fold_run`'s reading of the log, with all it verified (the fold, the head, the tree)."""
     recorder = PostgresRecorder(db)
     sizes = [cp.size for cp in checkpoints]
     verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), roots_at=sizes)
@@ -412,9 +433,7 @@ def fold_run(
         verified.bad = verify_checkpoints(verified, checkpoints, verifier, origin)
     if verified.bad is not None:  # no events at all is an empty fold: a run that never committed
         verified.raise_if_bad()
-    if not strict:
-        verified.fold.ended = None
-    return verified.fold
+    return verified
 
 
 def start_run(
@@ -473,11 +492,13 @@ def resume_run(
         *read_witness(witness_path(signing.witness_dir(home), run_id), run_id),
     ]
     try:
-        fold = fold_run(db, run_id, checkpoints=checkpoints, verifier=signing.verifier(home))
+        verified = _verified_log(db, run_id, checkpoints=checkpoints, verifier=signing.verifier(home))
     except CorruptLog as e:
         raise ResumeRefused(
             f"run {run_id} cannot be resumed: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
         ) from e
+    fold = verified.fold
+    fold.ended = None  # the run goes on: memory stays flat (see `fold_run`)
     records_before = fold.source_records
     if fold.status == RunState.COMPLETED:
         raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
@@ -512,6 +533,7 @@ def resume_run(
                 progress=progress,
                 stop=stop,
                 home=home,
+                verified=(verified.tree, verified.head),
             )
             try:
                 ex.start(

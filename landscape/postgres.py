@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import starmap
 from typing import Any
 
 import psycopg
@@ -27,7 +28,7 @@ from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator, leaf_hash
 from landscape.notary import Notary, Witnessed
 from landscape.recorder import Pending, TransactionHook
-from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, datetime_to_us, us_to_datetime
+from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_datetime
 from statecharts.events import EventBase, encode_event
 
 _EVENT_COLUMNS = (
@@ -42,10 +43,14 @@ _leaf_hash = leaf_hash
 _LOCK_KEY = "hashtextextended(%s, 0)"
 
 
-def _stored(r: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(
-        r[0], r[1], r[2], r[3], r[4], r[5], datetime_to_us(r[6]), bytes(r[7]), bytes(r[8]), bytes(r[9]), bytes(r[10])
-    )
+# What a reader selects: `StoredEvent`'s fields in its order, so that a row (read in binary: bytea
+# arrives as bytes, integers as ints) is the Struct's positional arguments as it is. The time is
+# read as integer microseconds since the epoch, which the server computes exactly (extract gives
+# a numeric), instead of a datetime per event that Python then turns back into an integer.
+_READ_COLUMNS = _EVENT_COLUMNS.replace("recorded_at", "(extract(epoch FROM recorded_at) * 1000000)::int8")
+# Rows per page of a streamed read: large enough that round trips do not count, small enough
+# that a page stays in the CPU's cache while it is verified.
+_PAGE = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class PgRunWriter:
         pipelined: bool = False,
         now_us: Callable[[], int] | None = None,
         notary: Notary | None = None,
+        verified: tuple[MerkleAccumulator, bytes] | None = None,
     ) -> None:
         self.run_id = run_id
         self._conn = conn
@@ -99,18 +105,33 @@ class PgRunWriter:
                     raise ConcurrentWriter(
                         f"run {run_id} is being written by another process (its writer still holds the run's lock)"
                     )
-                # The run's Merkle tree so far, from the hash column (the leaves): a resumed
-                # writer goes on signing checkpoints of the same tree.
-                hashes = [bytes(r[0]) for r in conn.execute(
-                    "SELECT hash FROM events WHERE run_id = %s ORDER BY seq", (run_id,)
-                )]  # fmt: skip
+                # The run's Merkle tree so far: a resumed writer goes on signing checkpoints of
+                # the same tree. `verified` is the tree and head of the log as a reader has just
+                # verified it (a resume): taken as it is only if the log, now that the lock is
+                # held, still ends at that event; anything else (another writer came between)
+                # is rebuilt from the hash column (the leaves), and the caller sees the seq move.
+                tip = conn.execute(
+                    "SELECT seq, hash FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1", (run_id,)
+                ).fetchone()
+                tree: MerkleAccumulator | None = None
+                if verified is not None:
+                    tree, head = verified
+                    if (tree.size, head) != ((tip[0] + 1, bytes(tip[1])) if tip else (0, GENESIS)):
+                        tree = None
+                if tree is None:
+                    hashes = [bytes(r[0]) for r in conn.execute(
+                        "SELECT hash FROM events WHERE run_id = %s ORDER BY seq", (run_id,)
+                    )]  # fmt: skip
+                    tree = MerkleAccumulator()
+                    tree.extend_data(hashes)
+                    head = hashes[-1] if hashes else GENESIS
                 conn.commit()
         except LandscapeError:
             conn.close()
             raise
-        self._tree = MerkleAccumulator.from_leaves(leaf_hash(h) for h in hashes)
-        self.next_seq: int = len(hashes)
-        self.head: bytes = hashes[-1] if hashes else GENESIS
+        self._tree = tree.copy()
+        self.next_seq: int = tree.size
+        self.head: bytes = head
         self._events: list[bytes] = []  # binary COPY rows, built as they are appended
         self._payloads: dict[str, bytes] = {}  # hash hex -> binary COPY row
         # The fields that repeat, encoded once: the run id, and per machine and event type.
@@ -260,13 +281,18 @@ class PostgresRecorder:
         pipelined: bool = False,
         now_us: Callable[[], int] | None = None,
         notary: Notary | None = None,
+        verified: tuple[MerkleAccumulator, bytes] | None = None,
     ) -> PgRunWriter:
-        return PgRunWriter(self.db.connect(), run_id, hooks=hooks, pipelined=pipelined, now_us=now_us, notary=notary)
+        """The run's single writer; `verified`: the Merkle tree and head hash of the log as just
+        verified (see `PgRunWriter`), which spares reading every hash again."""
+        return PgRunWriter(
+            self.db.connect(), run_id, hooks=hooks, pipelined=pipelined, now_us=now_us, notary=notary, verified=verified
+        )
 
     def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]:
         """A run's events in seq order, streamed with a server-side cursor in large pages."""
         sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = %s AND seq > %s"
+            f"SELECT {_READ_COLUMNS} FROM events WHERE run_id = %s AND seq > %s"
             + (" AND seq <= %s" if upto_seq is not None else "")
             + " ORDER BY seq"
         )
@@ -275,12 +301,11 @@ class PostgresRecorder:
             driver_errors(f"reading events of run {run_id}"),
             self.db.connect() as conn,
             conn.transaction(),
-            conn.cursor(name=f"events_{os.getpid()}") as cur,
+            conn.cursor(name=f"events_{os.getpid()}", binary=True) as cur,
         ):
-            cur.itersize = 5000
             cur.execute(sql, params)
-            for r in cur:
-                yield _stored(r)
+            while rows := cur.fetchmany(_PAGE):
+                yield from starmap(StoredEvent, rows)
 
     def read_since(self, position: tuple[int, int] = (0, 0), limit: int = 10_000) -> list[GlobalEvent]:
         """Events of all runs after `position`, oldest transaction first, at most `limit`.
@@ -293,13 +318,14 @@ class PostgresRecorder:
         tx, pos = position
         with driver_errors("reading events across runs"), self.db.connect() as conn:
             rows = conn.execute(
-                f"SELECT tx_id, global_position, {_EVENT_COLUMNS} FROM events "
+                f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM events "
                 "WHERE (tx_id, global_position) > (%s, %s) "
                 "AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
                 "ORDER BY tx_id, global_position LIMIT %s",
                 (tx, pos, limit),
+                binary=True,
             ).fetchall()
-        return [GlobalEvent((r[0], r[1]), _stored(r[2:])) for r in rows]
+        return [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in rows]
 
     def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]:
         """hash hex -> (salt, data) as stored, for those of `hashes` the payload store holds for
@@ -308,11 +334,16 @@ class PostgresRecorder:
         found: dict[str, Payload] = {}
         with driver_errors("reading row payloads"), self.db.connect() as conn:
             for i in range(0, len(wanted), 10_000):
-                chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
-                for h, salt, data in conn.execute(
-                    "SELECT hash, salt, data FROM payloads WHERE run_id IN (%s, '') AND hash = ANY(%s)", (run_id, chunk)
-                ):
-                    found[bytes(h).hex()] = Payload(bytes(salt), bytes(data))
+                # Binary both ways: a text bytea array is escaped per element by the driver, and
+                # text results are hex the server writes and the driver parses back.
+                chunk = list(map(bytes.fromhex, wanted[i : i + 10_000]))
+                rows = conn.execute(
+                    "SELECT hash, salt, data FROM payloads WHERE run_id IN (%s, '') AND hash = ANY(%b)",
+                    (run_id, chunk),
+                    binary=True,
+                ).fetchall()
+                for h, salt, data in rows:
+                    found[h.hex()] = Payload(salt, data)
         return found
 
     def erasures(self, hashes: Iterable[str]) -> dict[str, Erasure]:

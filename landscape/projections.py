@@ -21,6 +21,7 @@ import msgspec
 from landscape.db import Database, driver_errors
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
+from landscape.records import StoredEvent
 from landscape.schema import PROJECTION_TABLES
 from statecharts import events as ev
 from statecharts.machines import (
@@ -384,35 +385,80 @@ class Difference(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def compare(db: Database, run_id: str, limit: int = 20) -> tuple[int, list[Difference]]:
-    """Every row of every projection table of a run, compared with a rebuild from its events.
+    """Every row of every projection table of a run, compared with a rebuild from its events
+    (read here; `replay --check` feeds a `Comparison` from its own one pass instead). Returns
+    the seq the stored projections reflect and at most `limit` differences per table."""
+    with Comparison(db, run_id, limit) as comparison:
+        for e in PostgresRecorder(db).read_events(run_id, upto_seq=comparison.upto):
+            comparison.feed(e, e.event)
+        return comparison.upto, comparison.differences()
+
+
+class Comparison:
+    """A run's projection tables against a rebuild from its events, fed event by event.
 
     The rebuild runs the same projector into temporary tables of the same shape (a session's
     temporary tables come first on the search path, so the projector's SQL writes them
-    unchanged), up to the seq the stored projections say they reflect, read in the same
-    snapshot as those rows. Returns that seq and at most `limit` differences per table."""
-    recorder = PostgresRecorder(db)
-    found: list[Difference] = []
-    with driver_errors(f"comparing the projections of run {run_id}"), db.connect() as conn:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = conn.execute("SELECT last_seq FROM public.runs WHERE run_id = %s", (run_id,)).fetchone()
-        upto = -1 if row is None else int(row[0])
-        with conn.cursor() as cur:
-            for table in PROJECTION_TABLE_NAMES:
-                cur.execute(
-                    f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING DEFAULTS INCLUDING INDEXES) ON COMMIT DROP"
-                )
-            projector = Projector(run_id)
-            for n, e in enumerate(recorder.read_events(run_id, upto_seq=upto), 1):
-                projector.feed(e.seq, e.entity_id, e.event, e.recorded_at_us)
-                if n % 10_000 == 0:
-                    projector.take().apply(cur)
-            projector.take().apply(cur)
+    unchanged), up to the seq the stored projections say they reflect (`upto`), read in the
+    same snapshot as those rows. Events after `upto` are ignored, so a reader may go on past
+    it. A reader that verifies the log can feed it as it goes (an `Observer` of
+    `landscape.verify`), and the log is read once for both."""
+
+    def __init__(self, db: Database, run_id: str, limit: int = 20, chunk: int = 10_000) -> None:
+        self.db, self.run_id, self.limit, self.chunk = db, run_id, limit, chunk
+        self.upto = -1
+        self._what = f"comparing the projections of run {run_id}"
+        self._projector = Projector(run_id)
+        self._fed = 0
+        self._conn: Any = None
+        self._cur: Any = None
+
+    def __enter__(self) -> Comparison:
+        conn = self.db.connect()
+        try:
+            with driver_errors(self._what):
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                row = conn.execute("SELECT last_seq FROM public.runs WHERE run_id = %s", (self.run_id,)).fetchone()
+                self.upto = -1 if row is None else int(row[0])
+                cur = conn.cursor()
+                for table in PROJECTION_TABLE_NAMES:
+                    cur.execute(
+                        f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING DEFAULTS INCLUDING INDEXES) "
+                        "ON COMMIT DROP"
+                    )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._cur = conn, cur
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Nothing is kept: the temporary tables go with the connection (and the transaction).
+        self._conn.close()
+
+    def feed(self, stored: StoredEvent, event: ev.EventBase) -> None:
+        """The next event of the log (in seq order, from 0, every one up to `upto`)."""
+        if stored.seq > self.upto:
+            return
+        if stored.seq != self._fed:
+            raise ValueError(f"comparing run {self.run_id}: fed seq {stored.seq}, expected {self._fed}")
+        self._projector.feed(stored.seq, stored.entity_id, event, stored.recorded_at_us)
+        self._fed += 1
+        if self._fed % self.chunk == 0:
+            with driver_errors(self._what):
+                self._projector.take().apply(self._cur)
+
+    def differences(self) -> list[Difference]:
+        """At most `limit` differences per table, once the log is fed (a log shorter than `upto`
+        is compared as it is: the rebuild then lacks rows, and `runs.last_seq` differs)."""
+        found: list[Difference] = []
+        with driver_errors(self._what):
+            self._projector.take().apply(self._cur)
             for t in PROJECTION_TABLES:
                 found += _differences(
-                    cur, t.name, [c.name for c in t.primary_key], [c.name for c in t.c], run_id, limit
+                    self._cur, t.name, [c.name for c in t.primary_key], [c.name for c in t.c], self.run_id, self.limit
                 )
-        conn.rollback()
-    return upto, found
+        return found
 
 
 def _differences(cur: Any, table: str, key: list[str], columns: list[str], run_id: str, limit: int) -> list[Difference]:

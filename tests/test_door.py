@@ -11,10 +11,10 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from landscape.canonical import commitment
 from landscape.chain import GENESIS, header, link

@@ -268,3 +268,18 @@ def test_accumulator_equals_recursive_root_and_survives_restore(data: list[bytes
         resumed.append(h)
     assert resumed.root() == mth(hashes) == root(hashes)
     assert resumed.size == len(hashes)
+
+
+def test_extending_with_leaf_data_builds_the_same_tree_as_appending_leaf_hashes() -> None:
+    # The RFC vectors' leaf data, in runs of every length from every starting size: the batched
+    # path a replay takes must give the roots the one-leaf path gives (and so the vectors').
+    data = RFC_LEAVES * 5
+    for start in range(len(data)):
+        for end in range(start, len(data) + 1):
+            acc = MerkleAccumulator.from_leaves(leaf_hash(d) for d in data[:start])
+            acc.extend_data(data[start:end])
+            assert acc.size == end
+            assert acc.root() == root([leaf_hash(d) for d in data[:end]])
+    acc = MerkleAccumulator()
+    acc.extend_data(RFC_LEAVES)
+    assert acc.root().hex() == "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"

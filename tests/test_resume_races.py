@@ -51,16 +51,18 @@ def test_a_resume_that_lost_the_race_changes_nothing(db: Database, tmp_path: Pat
             start_run(db, _load(tmp_path / "settings.yaml"), commit_every=5, run_id=run_id)
         faults.configure("")
 
-        real_fold = orchestrator.fold_run
+        done = fold_run(db, run_id)  # what the log holds before the late resume runs
+        # The resume's reading of the log (its fold, head and Merkle tree), made stale by another
+        # resume that runs to the end before this one takes the run's lock.
+        real_read = orchestrator._verified_log
 
-        def fold_then_lose_the_race(*args: Any, **kwargs: Any) -> Any:
-            stale = real_fold(*args, **kwargs)
-            monkeypatch.setattr(orchestrator, "fold_run", real_fold)
+        def read_then_lose_the_race(*args: Any, **kwargs: Any) -> Any:
+            stale = real_read(*args, **kwargs)
+            monkeypatch.setattr(orchestrator, "_verified_log", real_read)
             assert resume_run(db, run_id, _load).status == "completed"  # the other resume, start to end
             return stale
 
-        monkeypatch.setattr(orchestrator, "fold_run", fold_then_lose_the_race)
-        done = fold_run(db, run_id)  # what the log holds before the late resume runs
+        monkeypatch.setattr(orchestrator, "_verified_log", read_then_lose_the_race)
         with pytest.raises(ResumeRefused, match="continued by another process"):
             resume_run(db, run_id, _load)
         after = fold_run(db, run_id, strict=True)

@@ -141,6 +141,24 @@ def test_a_reopened_writer_continues_the_chain(db: Database) -> None:
     assert verify_run(PostgresRecorder(db), "run-cont").events == 4
 
 
+def test_a_writer_continues_the_tree_a_reader_verified_only_while_the_log_still_ends_there(db: Database) -> None:
+    _write_run(db, "run-tip", tokens=4).close()
+    recorder = PostgresRecorder(db)
+    verified = verify_run(recorder, "run-tip")
+    w = recorder.open_writer("run-tip", verified=(verified.tree, verified.head))
+    assert (w.next_seq, w.head) == (verified.events, verified.head)
+    w.append("run", "run-tip", ev.RunStarted())
+    w.commit()
+    w.close()
+    after = verify_run(recorder, "run-tip")
+    assert w._tree.root() == after.root  # the handed-over tree grew into the log's tree
+    # A reading the log has moved past since (another writer came between): not taken.
+    w = recorder.open_writer("run-tip", verified=(verified.tree, verified.head))
+    assert (w.next_seq, w.head) == (after.events, after.head)
+    assert w._tree.root() == after.root
+    w.close()
+
+
 def test_an_event_from_a_newer_schema_version_is_refused_clearly(db: Database) -> None:
     _write_run(db, "run-future", tokens=1).close()
     _superuser_update(db, "UPDATE events SET schema_version = 9 WHERE run_id = %s AND seq = 1", ("run-future",))

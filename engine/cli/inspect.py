@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,10 @@ from engine.cli.errors import ElspethCliError
 from landscape.errors import UnknownRun
 from landscape.notary import read_witness, witness_path
 from landscape.postgres import PostgresRecorder
-from landscape.projections import compare, rebuild
-from landscape.queries import metrics_at
+from landscape.projections import Comparison, rebuild
 from landscape.records import StoredEvent
 from landscape.roles import Role
-from landscape.verify import verify_run
+from landscape.verify import Observer, verify_run
 from statecharts import events as ev
 
 
@@ -55,13 +55,21 @@ def replay_cmd(
         stored, witnessed = recorder.checkpoints(run_id), read_witness(witness_file, run_id)
         checkpoints = [*stored, *witnessed] if as_of is None else []
         key = signing.verifier(home, public_key)
-        # The projections and the seq they reflect, read together: a live run's later events
-        # cannot make them look wrong, as the log is read only up to that seq.
-        projected = metrics_at(db, run_id) if check else None
-        upto = as_of if as_of is not None else (projected.last_seq if projected is not None else None)
         per_node = NodeCounts()
-        verified = verify_run(recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=key)
-        checked = compare(db, run_id) if check else None
+        with ExitStack() as stack:
+            # The projections and the seq they reflect, read together (one snapshot): a live
+            # run's later events cannot make them look wrong, as the log is read only up to that
+            # seq. The rebuild they are compared with is fed by the verifying read: one pass.
+            comparison = stack.enter_context(Comparison(db, run_id)) if check else None
+            observe: Observer = per_node
+            upto = as_of
+            if comparison is not None:
+                upto = comparison.upto if comparison.upto >= 0 else None
+                observe = _both(per_node, comparison.feed)
+            verified = verify_run(
+                recorder, run_id, upto_seq=upto, observe=observe, checkpoints=checkpoints, verifier=key
+            )
+            checked = (comparison.upto, comparison.differences()) if comparison is not None else None
     fold = verified.fold
     if checkpoints:
         newest = max(cp.size for cp in checkpoints)
@@ -126,6 +134,14 @@ def replay_cmd(
             click.echo(f"projections agree with the events (every row of every table, up to seq {checked[0]})")
 
 
+def _both(first: Observer, second: Observer) -> Observer:
+    def observe(stored: StoredEvent, event: ev.EventBase) -> None:
+        first(stored, event)
+        second(stored, event)
+
+    return observe
+
+
 class NodeCounts:
     """Per node, what happened to the tokens that reached it, counted from the events: passed
     (a step), a gate's route label, forked, expanded, diverted (a row error sent to on_error),
@@ -136,7 +152,10 @@ class NodeCounts:
         self.counts: dict[str, Counter[str]] = {}
 
     def _add(self, node: str, what: str) -> None:
-        self.counts.setdefault(node, Counter())[what] += 1
+        counts = self.counts.get(node)
+        if counts is None:  # not setdefault: that would build a Counter per event
+            counts = self.counts[node] = Counter()
+        counts[what] += 1
 
     def __call__(self, _stored: StoredEvent, event: ev.EventBase) -> None:
         if isinstance(event, ev.StepCompleted):
