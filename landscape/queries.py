@@ -297,18 +297,29 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
     diverted: int  # source rows at least one of whose tokens a row error sent to on_error
 
 
+ROWS_BY_OUTCOME = (
+    "SELECT o.outcome, count(DISTINCT t.row_index) FROM token_outcomes o "
+    "JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id "
+    "WHERE o.run_id = %s AND o.outcome IN ('quarantined', 'failed', 'diverted') GROUP BY o.outcome"
+)
+
+
+def without_nested_loops(conn: Any) -> None:
+    """For the rest of this transaction, join by hashing or merging, never row by row.
+
+    A run's partitions are often not analysed yet when it is asked about (the summary at the
+    end of `elspeth run`, before autovacuum has come by). The planner then guesses a handful of
+    rows per run and may pick a nested loop with a sequential scan inside: quadratic in the run's
+    tokens (a 200,000-row run's summary ran for over nine minutes). A hash or merge join is
+    linear whatever the guess."""
+    conn.execute("SET LOCAL enable_nestloop = off")
+
+
 def row_counts(db: Database, run_id: str) -> RowCounts:
     """How many source rows ended how. A row whose fork branches failed twice counts once."""
     with driver_errors(f"counting the rows of run {run_id}"), db.connect() as conn:
-        by_outcome = {
-            outcome: int(n)
-            for outcome, n in conn.execute(
-                "SELECT o.outcome, count(DISTINCT t.row_index) FROM token_outcomes o "
-                "JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id "
-                "WHERE o.run_id = %s AND o.outcome IN ('quarantined', 'failed', 'diverted') GROUP BY o.outcome",
-                (run_id,),
-            )
-        }
+        without_nested_loops(conn)
+        by_outcome = {outcome: int(n) for outcome, n in conn.execute(ROWS_BY_OUTCOME, (run_id,))}
         metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
     written = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in sorted(metrics.items()) if _is_sink_rows(k)}
     return RowCounts(
