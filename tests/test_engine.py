@@ -4,6 +4,7 @@ quarantine, row errors, deadlines with an idle source."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from engine.clock import FakeClock
-from engine.orchestrator import start_run
+from engine.orchestrator import GIL_SLICE_SECONDS, start_run
 from engine.plugins.protocol import SourceItem
 from landscape.canonical import decode_row
 from landscape.db import Database
@@ -674,3 +675,42 @@ def test_the_batch_and_metric_projections_say_what_the_run_did(db: Database, tmp
     assert metrics["rows_in"] == 7
     assert metrics["batch.completed"] == 3
     assert metrics["outcome.consumed_in_batch"] == 7
+
+
+class _SliceSpy:
+    kind = "transform"
+    seen: list[float] = []
+
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        _SliceSpy.seen.append(sys.getswitchinterval())
+        return row
+
+
+def test_a_run_takes_short_gil_slices_for_its_writer_and_gives_them_back(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _input(tmp_path, [[1, 1, "x"]])
+    settings = f"""
+source:
+  plugin: csv
+  on_success: raw
+  options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}
+transforms:
+- name: spy
+  plugin: keyword_filter
+  input: raw
+  on_success: out
+  on_error: discard
+  options: {{fields: [note], blocked_patterns: ['secret']}}
+sinks:
+  out: {{plugin: json, options: {{path: out/out.jsonl, format: jsonl}}}}
+"""
+    monkeypatch.chdir(tmp_path)
+    pipeline = load_pipeline(tmp_path, settings)
+    cfg, _ = pipeline.nodes.transforms["spy"]
+    pipeline.nodes.transforms["spy"] = (cfg, _SliceSpy())  # type: ignore[assignment]
+    before = sys.getswitchinterval()
+    start_run(db, pipeline)
+    pipeline.close()
+    assert _SliceSpy.seen == [pytest.approx(GIL_SLICE_SECONDS)] and before > 10 * GIL_SLICE_SECONDS
+    assert sys.getswitchinterval() == before
