@@ -26,11 +26,11 @@ from engine.plugins.sinks import _FileSink
 from engine.settings import LoadedSettings
 from landscape.db import is_postgresql_url, redact
 from landscape.embedded import elspeth_home, embedded_uri
-from landscape.schema import metadata
+from landscape.table_names import STORE_TABLE_NAMES
 from landscape.urls import DatabaseName, database_name
 
 # The store's tables, from its schema, and alembic's own bookkeeping table.
-STORE_TABLES = frozenset(metadata.tables) | {"alembic_version"}
+STORE_TABLES = STORE_TABLE_NAMES
 
 
 def output_problems(
@@ -46,7 +46,9 @@ def output_problems(
     source_path = getattr(source, "path", None)
     if isinstance(source_path, Path):
         files.append((_resolve(source_path), _inode(source_path), "the source's input (source.options.path)", False))
-    store = _store(loaded, env)
+    # Which database is the store only matters to a database sink (parsing its URL the way the
+    # sink will loads SQLAlchemy, a third of a second a run without one need not pay).
+    store = _store(loaded, env) if any(isinstance(s, DatabaseSink) for s in sinks.values()) else None
     tables: dict[tuple[object, str], str] = {}
     for name, sink in sinks.items():
         key = f"sinks.{name}.options"

@@ -22,7 +22,7 @@ from landscape.db import Database, driver_errors
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
-from landscape.schema import PROJECTION_TABLES
+from landscape.table_names import PROJECTION_TABLE_NAMES
 from statecharts import events as ev
 from statecharts.machines import (
     RUN_ENDED,
@@ -340,9 +340,6 @@ def _dispatch(kind: type[ev.EventBase]) -> tuple[_Feed | None, TokenState | None
     return found
 
 
-PROJECTION_TABLE_NAMES = tuple(t.name for t in PROJECTION_TABLES)
-
-
 def rebuild(db: Database, run_id: str, chunk: int = 10_000) -> int:
     """Drop a run's projection rows and rebuild them from its events, in one transaction.
     Returns the number of events folded; UnknownRun when the run has no events."""
@@ -451,6 +448,8 @@ class Comparison:
     def differences(self) -> list[Difference]:
         """At most `limit` differences per table, once the log is fed (a log shorter than `upto`
         is compared as it is: the rebuild then lacks rows, and `runs.last_seq` differs)."""
+        from landscape.schema import PROJECTION_TABLES  # (SQLAlchemy: only when comparing)
+
         found: list[Difference] = []
         with driver_errors(self._what):
             self._projector.take().apply(self._cur)

@@ -28,7 +28,7 @@ from psycopg import sql
 from landscape.errors import LandscapeError
 from landscape.role_names import ELSPETH_ROLES as ELSPETH_ROLES  # re-exported: the names live
 from landscape.role_names import Role as Role  # in role_names, which the CLI loads without the driver
-from landscape.schema import PROJECTION_TABLES
+from landscape.table_names import PROJECTION_TABLE_NAMES
 
 
 class RolesUnavailable(LandscapeError):
@@ -49,7 +49,7 @@ TABLES: dict[str, Kind] = {
     "payloads": Kind.ROW_DATA,
     "alembic_version": Kind.SCHEMA,
     "store_meta": Kind.SCHEMA,
-    **{t.name: Kind.PROJECTION for t in PROJECTION_TABLES},
+    **{name: Kind.PROJECTION for name in PROJECTION_TABLE_NAMES},
 }
 
 # Columns of a LOG table that hold row data: analysts read the others only.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -249,3 +250,25 @@ def test_a_verification_that_stops_early_leaves_no_reader_holding_locks(db: Data
     with db.connect() as conn:
         conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE NOWAIT")  # fails at once if a reader holds on
         conn.rollback()
+
+
+def test_the_table_names_the_cli_loads_without_sqlalchemy_are_schema_pys() -> None:
+    from landscape import schema, table_names
+
+    assert tuple(t.name for t in schema.PROJECTION_TABLES) == table_names.PROJECTION_TABLE_NAMES
+    assert frozenset(schema.metadata.tables) | {"alembic_version"} == table_names.STORE_TABLE_NAMES
+
+
+def test_a_run_does_not_import_sqlalchemy(db: Database, tmp_path: Path) -> None:
+    """SQLAlchemy is a third of a second of a short run's start; a run without a database sink
+    needs none of it (the store's tables are named in `landscape.table_names`)."""
+    from tests.test_cli import PIPELINE, elspeth
+
+    (tmp_path / "in.csv").write_text("id,v\n1,2\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(PIPELINE)
+    proc = elspeth("run", "-s", "settings.yaml", cwd=tmp_path, db=db, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode == 0, proc.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "psycopg" in imported  # the check sees the imports
+    assert [m for m in imported if m.startswith("sqlalchemy")] == []
