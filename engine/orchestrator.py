@@ -436,7 +436,7 @@ def _verified_log(
     """`fold_run`'s reading of the log, with all it verified (the fold, the head, the tree)."""
     recorder = PostgresRecorder(db)
     sizes = [cp.size for cp in checkpoints]
-    verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), roots_at=sizes)
+    verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), roots_at=sizes, references=False)
     if verified.bad is None and checkpoints:
         origin = run_origin(recorder.store_id(), run_id)
         verified.bad = verify_checkpoints(verified, checkpoints, verifier, origin)

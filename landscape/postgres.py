@@ -51,6 +51,8 @@ _READ_COLUMNS = _EVENT_COLUMNS.replace("recorded_at", "(extract(epoch FROM recor
 # Rows per page of a streamed read: large enough that round trips do not count, small enough
 # that a page stays in the CPU's cache while it is verified.
 _PAGE = 5000
+# Asked for more payloads than this, a reader scans the run's payloads instead of probing each.
+_SCAN_AT = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +335,18 @@ class PostgresRecorder:
         wanted = sorted(set(hashes))
         found: dict[str, Payload] = {}
         with driver_errors("reading row payloads"), self.db.connect() as conn:
+            if len(wanted) > _SCAN_AT:
+                # Most of a run's payloads (a replay's check): one pass along the run's range of
+                # the (run_id, hash) key beats a probe per hash; any left are looked up below.
+                asked = set(wanted)
+                with conn.transaction(), conn.cursor(name=f"payloads_{os.getpid()}", binary=True) as cur:
+                    cur.execute("SELECT hash, salt, data FROM payloads WHERE run_id = %s", (run_id,))
+                    while rows := cur.fetchmany(_PAGE):
+                        for h, salt, data in rows:
+                            key = h.hex()
+                            if key in asked:
+                                found[key] = Payload(salt, data)
+                wanted = [h for h in wanted if h not in found]
             for i in range(0, len(wanted), 10_000):
                 # Binary both ways: a text bytea array is escaped per element by the driver, and
                 # text results are hex the server writes and the driver parses back.

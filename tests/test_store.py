@@ -14,7 +14,7 @@ from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter
 from landscape.postgres import PgRunWriter as RunWriter
 from landscape.postgres import PostgresRecorder
-from landscape.verify import verify_run
+from landscape.verify import payload_matches, verify_run
 from statecharts import events as ev
 from statecharts.upcast import UnknownSchemaVersion
 
@@ -272,3 +272,25 @@ def test_a_run_does_not_import_sqlalchemy(db: Database, tmp_path: Path) -> None:
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert "psycopg" in imported  # the check sees the imports
     assert [m for m in imported if m.startswith("sqlalchemy")] == []
+
+
+@pytest.mark.parametrize("scan_at", [0, 1_000_000])  # a pass over the run's payloads, or a probe per hash
+def test_payloads_are_found_by_run_and_hash_whichever_way_they_are_read(
+    db: Database, scan_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from landscape import postgres
+
+    monkeypatch.setattr(postgres, "_SCAN_AT", scan_at)
+    run_id = f"run-scan-{scan_at}"
+    _write_run(db, run_id, tokens=6).close()
+    _write_run(db, f"{run_id}-other", tokens=2).close()
+    recorder = PostgresRecorder(db)
+    with db.connect() as conn:
+        mine = [bytes(r[0]).hex() for r in conn.execute("SELECT hash FROM payloads WHERE run_id = %s", (run_id,))]
+        other = [
+            bytes(r[0]).hex() for r in conn.execute("SELECT hash FROM payloads WHERE run_id = %s", (f"{run_id}-other",))
+        ]
+    _superuser_update(db, "UPDATE payloads SET run_id = '' WHERE hash = %s", (bytes.fromhex(mine[0]),))  # pre-0007
+    found = recorder.payloads(run_id, [*mine, *other, "00" * 32])
+    assert set(found) == set(mine)  # its own, the older one kept under '', not another run's
+    assert all(payload_matches(h, p) for h, p in found.items())
