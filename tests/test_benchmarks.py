@@ -45,6 +45,11 @@ def test_the_append_benchmark_measures_the_merkle_tree_without_a_database(tmp_pa
     assert re.fullmatch(line, proc.stdout.strip()), proc.stdout
 
 
+def test_the_append_benchmark_compares_the_store_with_a_bare_copy(db: Database, tmp_path: Path) -> None:
+    out = _bench(db, tmp_path, "append.py", "--events", "400", "--commit-every", "100", "--rounds", "1")
+    assert re.search(r"store_events_per_s=\d+ copy_events_per_s=\d+ ratio=[0-9.]+$", out.strip()), out
+
+
 def _bench(db: Database, tmp_path: Path, script: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
     env.update({"ELSPETH_DATABASE_URL": db.conninfo, "PYTHONPATH": str(ROOT)})
