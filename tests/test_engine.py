@@ -611,45 +611,54 @@ class _Truthy:
         return {k: (True if v == 1 and k == "v" else v) for k, v in row.items()}
 
 
-def test_a_step_that_keeps_the_bytes_names_the_same_payload_and_one_that_changes_them_a_new_one(
-    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _input(tmp_path, [[1, 1, "fine"]])
-    settings = f"""
+def _filters(names: list[str]) -> str:
+    """Settings: in.csv through keyword_filter steps `names` in a row to out/out.jsonl; the last
+    step's plugin is then replaced by `stand_in` (see `_run_with_stand_in`)."""
+    steps = "".join(
+        f"""- name: {name}
+  plugin: keyword_filter
+  input: {"raw" if i == 0 else names[i - 1]}
+  on_success: {"out" if i == len(names) - 1 else name}
+  on_error: discard
+  options: {{fields: [note], blocked_patterns: ['secret']}}
+"""
+        for i, name in enumerate(names)
+    )
+    return f"""
 source:
   plugin: csv
   on_success: raw
   options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}
 transforms:
-- name: keep
-  plugin: keyword_filter
-  input: raw
-  on_success: kept
-  on_error: discard
-  options: {{fields: [note], blocked_patterns: ['secret']}}
-- name: truthy
-  plugin: keyword_filter
-  input: kept
-  on_success: out
-  on_error: discard
-  options: {{fields: [note], blocked_patterns: ['secret']}}
-sinks:
+{steps}sinks:
   out: {{plugin: json, options: {{path: out/out.jsonl, format: jsonl}}}}
 """
-    monkeypatch.chdir(tmp_path)
-    pipeline = load_pipeline(tmp_path, settings)
-    cfg, _ = pipeline.nodes.transforms["truthy"]
-    pipeline.nodes.transforms["truthy"] = (cfg, _Truthy())  # type: ignore[assignment]
+
+
+def _run_with_stand_in(db: Database, tmp_path: Path, names: list[str], stand_in: object) -> str:
+    """Run `_filters(names)` with its last transform's plugin replaced by `stand_in`; the run id."""
+    pipeline = load_pipeline(tmp_path, _filters(names))
+    cfg, _ = pipeline.nodes.transforms[names[-1]]
+    pipeline.nodes.transforms[names[-1]] = (cfg, stand_in)  # type: ignore[assignment]
     outcome = start_run(db, pipeline)
     pipeline.close()
+    return outcome.run_id
+
+
+def test_a_step_that_keeps_the_bytes_names_the_same_payload_and_one_that_changes_them_a_new_one(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _input(tmp_path, [[1, 1, "fine"]])
+    monkeypatch.chdir(tmp_path)
+    run_id = _run_with_stand_in(db, tmp_path, ["keep", "truthy"], _Truthy())
     steps = {}
-    for stored in PostgresRecorder(db).read_events(outcome.run_id):
+    for stored in PostgresRecorder(db).read_events(run_id):
         event = stored.event
         if isinstance(event, ev.StepCompleted):
             steps[event.node] = event
     assert steps["keep"].output_hash == steps["keep"].input_hash  # one copy of unchanged bytes
     assert steps["truthy"].output_hash != steps["truthy"].input_hash  # 1 == True, but not the same bytes
-    data = PostgresRecorder(db).payloads(outcome.run_id, [steps["truthy"].output_hash])
+    data = PostgresRecorder(db).payloads(run_id, [steps["truthy"].output_hash])
     assert decode_row(data[steps["truthy"].output_hash].data)["v"] is True
 
 
@@ -690,27 +699,8 @@ def test_a_run_takes_short_gil_slices_for_its_writer_and_gives_them_back(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _input(tmp_path, [[1, 1, "x"]])
-    settings = f"""
-source:
-  plugin: csv
-  on_success: raw
-  options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}
-transforms:
-- name: spy
-  plugin: keyword_filter
-  input: raw
-  on_success: out
-  on_error: discard
-  options: {{fields: [note], blocked_patterns: ['secret']}}
-sinks:
-  out: {{plugin: json, options: {{path: out/out.jsonl, format: jsonl}}}}
-"""
     monkeypatch.chdir(tmp_path)
-    pipeline = load_pipeline(tmp_path, settings)
-    cfg, _ = pipeline.nodes.transforms["spy"]
-    pipeline.nodes.transforms["spy"] = (cfg, _SliceSpy())  # type: ignore[assignment]
     before = sys.getswitchinterval()
-    start_run(db, pipeline)
-    pipeline.close()
+    _run_with_stand_in(db, tmp_path, ["spy"], _SliceSpy())
     assert _SliceSpy.seen == [pytest.approx(GIL_SLICE_SECONDS)] and before > 10 * GIL_SLICE_SECONDS
     assert sys.getswitchinterval() == before
