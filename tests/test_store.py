@@ -294,3 +294,20 @@ def test_payloads_are_found_by_run_and_hash_whichever_way_they_are_read(
     found = recorder.payloads(run_id, [*mine, *other, "00" * 32])
     assert set(found) == set(mine)  # its own, the older one kept under '', not another run's
     assert all(payload_matches(h, p) for h, p in found.items())
+
+
+def test_a_reader_that_the_database_refuses_says_so_and_leaves_nothing_running(db: Database) -> None:
+    """The pages are fetched by a thread: its failure must reach the reader as the store's own
+    error, and no thread may be left behind."""
+    import threading
+
+    from landscape.errors import LandscapeError
+    from landscape.roles import Role
+
+    _write_run(db, "run-refused", tokens=3).close()
+    analyst = PostgresRecorder(db.as_role(Role.ANALYST))  # may not read event bodies
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(LandscapeError, match="reading events of run run-refused"):
+        list(analyst.read_events("run-refused"))
+    assert "elspeth-read" not in {t.name for t in threading.enumerate()} - before
+    assert [e.seq for e in PostgresRecorder(db).read_events("run-refused")] == [0, 1, 2, 3]
