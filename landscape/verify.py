@@ -99,6 +99,9 @@ def verify_events(
     return result
 
 
+_LEAF_BATCH = 4096
+
+
 def _verify_each(
     run_id: str,
     events: Iterable[StoredEvent],
@@ -112,8 +115,8 @@ def _verify_each(
 
     Each event costs a few microseconds, so the loop binds what it calls to locals, and the
     chain hashes of the good events go into the Merkle tree in batches: at each size a root is
-    wanted for, and once at the end (also after a bad event: the tree holds exactly the good
-    events)."""
+    wanted for, every `_LEAF_BATCH` events (memory stays bounded without checkpoints), and once at
+    the end (also after a bad event: the tree holds exactly the good events)."""
     apply, remember = result.fold.apply, result.referenced.setdefault
     roots = result.roots
     leaves: list[bytes] = []
@@ -143,10 +146,11 @@ def _verify_each(
             prev = e.hash
             leaves.append(prev)
             expected += 1
-            if expected in wanted:
+            if expected in wanted or len(leaves) >= _LEAF_BATCH:
                 tree.extend_data(leaves)
                 leaves.clear()
-                roots[expected] = tree.root()
+                if expected in wanted:
+                    roots[expected] = tree.root()
     finally:
         tree.extend_data(leaves)
     return prev, expected

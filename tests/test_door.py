@@ -191,6 +191,22 @@ def _rechain(events: list[StoredEvent]) -> list[StoredEvent]:
     return out
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3, 1000])
+def test_the_verified_tree_is_the_same_however_its_leaves_are_batched(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from landscape import verify
+    from landscape.merkle import leaf_hash, root
+
+    monkeypatch.setattr(verify, "_LEAF_BATCH", batch)
+    log, _ = _log()
+    sizes = [1, 4, len(log)]
+    result = verify_events("run-v", log, roots_at=sizes)
+    leaves = [leaf_hash(e.hash) for e in log]
+    assert result.root == root(leaves) and result.tree.size == len(log)
+    assert result.roots == {n: root(leaves[:n]) for n in sizes}
+
+
 def test_a_clean_log_verifies_and_folds() -> None:
     log, payloads = _log()
     result = verify_events("run-v", log)
