@@ -41,7 +41,6 @@ from landscape.notary import Notary, Witnessed, read_witness, witness_path
 from landscape.note import Verifier
 from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder
-from landscape.projections import Projector
 from landscape.queries import run_summary
 from landscape.verify import Verification, verify_checkpoints, verify_events
 from statecharts import events as ev
@@ -193,7 +192,6 @@ class Execution:
         self.recorder = PostgresRecorder(db)
         self.writer = self.recorder.open_writer(
             run_id,
-            hooks=[Projector(run_id)],
             pipelined=True,
             notary=_notary(self.recorder, pipeline, home),
             verified=verified,  # the resume's reading of the log: its tree is not rebuilt

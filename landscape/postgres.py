@@ -1,8 +1,9 @@
 """The recorder on PostgreSQL: appending a run's events (one writer per run), reading them back.
 
 Appends are buffered in memory, hash-chained as they arrive, and sent with `COPY` in one
-transaction per durability point, together with the payloads they reference and whatever the
-writer's hooks (the projections) gathered. A crash loses only the uncommitted tail, which the
+transaction per durability point, together with the payloads they reference; in the same
+transaction the server projects the new events into the analyst tables
+(`landscape.projection_sql`). A crash loses only the uncommitted tail, which the
 engine can redo. Driver errors become the landscape's own through `db.driver_errors`.
 """
 
@@ -15,7 +16,7 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,7 @@ from landscape.db import Database, driver_errors
 from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator, leaf_hash
 from landscape.notary import Notary, Witnessed
-from landscape.recorder import Pending, TransactionHook
+from landscape.projection_sql import project
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_datetime
 from statecharts.events import EventBase, encode_event
 
@@ -64,7 +65,7 @@ class _Batch:
 
     events: bytes  # binary COPY data (`landscape.copybin`), empty if none
     payloads: bytes  # likewise
-    pending: list[Pending]
+    projected: tuple[int, int] | None  # the seqs of these events (first, last), to project
     checkpoint: tuple[int, bytes, str] | None  # (tree size, root, signed note) after these events
     recorded_at: datetime
 
@@ -83,7 +84,6 @@ class PgRunWriter:
         conn: psycopg.Connection[Any],
         run_id: str,
         *,
-        hooks: Sequence[TransactionHook] = (),
         pipelined: bool = False,
         now_us: Callable[[], int] | None = None,
         notary: Notary | None = None,
@@ -91,7 +91,6 @@ class PgRunWriter:
     ) -> None:
         self.run_id = run_id
         self._conn = conn
-        self._hooks = tuple(hooks)
         self._notary = notary
         # Pipelined: a commit is sent by one background thread while the engine goes on with
         # the next batch (psycopg waits on the network without the GIL). At most one commit is
@@ -173,8 +172,6 @@ class PgRunWriter:
         self.head = h
         self.next_seq = seq + 1
         self._tree.append(_leaf_hash(h))
-        for hook in self._hooks:
-            hook.feed(seq, entity_id, event, at_us)
         faults.reached("append")
         return seq
 
@@ -201,7 +198,7 @@ class PgRunWriter:
             batch = _Batch(
                 copybin.block(self._events) if self._events else b"",
                 copybin.block(self._payloads.values()) if self._payloads else b"",
-                [hook.take() for hook in self._hooks],
+                (self.next_seq - len(self._events), self.next_seq - 1) if self._events else None,
                 checkpoint,
                 us_to_datetime(self._now_us()),
             )
@@ -232,8 +229,10 @@ class PgRunWriter:
                 if batch.events:
                     with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
                         cp.write(batch.events)
-                for pending in batch.pending:
-                    pending.apply(cur)
+                if batch.projected is not None:
+                    # The server derives the analyst tables from the events just copied (on its
+                    # own core), in this same transaction: they are never behind the log.
+                    project(cur, self.run_id, *batch.projected)
                 if batch.checkpoint is not None and self._notary is not None:
                     size, root, note = batch.checkpoint
                     cur.execute(
@@ -282,7 +281,6 @@ class PostgresRecorder:
         self,
         run_id: str,
         *,
-        hooks: Sequence[TransactionHook] = (),
         pipelined: bool = False,
         now_us: Callable[[], int] | None = None,
         notary: Notary | None = None,
@@ -291,7 +289,7 @@ class PostgresRecorder:
         """The run's single writer; `verified`: the Merkle tree and head hash of the log as just
         verified (see `PgRunWriter`), which spares reading every hash again."""
         return PgRunWriter(
-            self.db.connect(), run_id, hooks=hooks, pipelined=pipelined, now_us=now_us, notary=notary, verified=verified
+            self.db.connect(), run_id, pipelined=pipelined, now_us=now_us, notary=notary, verified=verified
         )
 
     def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]:

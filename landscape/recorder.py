@@ -8,28 +8,12 @@ database at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from landscape.notary import Witnessed
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent
 from statecharts.events import EventBase
-
-
-class TransactionHook(Protocol):
-    """Work that must commit in the same transaction as the events it derives from (the
-    projections). The writer feeds it every event it appends; at each commit it takes what was
-    gathered and applies it inside that commit's transaction."""
-
-    def feed(self, seq: int, entity_id: str, event: EventBase, at_us: int) -> None: ...
-
-    def take(self) -> Pending: ...
-
-
-class Pending(Protocol):
-    """What a hook gathered for one commit; `apply` runs inside that commit's transaction."""
-
-    def apply(self, cur: Any) -> None: ...
 
 
 class RunWriter(Protocol):
@@ -52,9 +36,7 @@ class RunWriter(Protocol):
 
 
 class Recorder(Protocol):
-    def open_writer(
-        self, run_id: str, *, hooks: Sequence[TransactionHook] = (), pipelined: bool = False
-    ) -> RunWriter: ...
+    def open_writer(self, run_id: str, *, pipelined: bool = False) -> RunWriter: ...
 
     def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]: ...
 

@@ -4,6 +4,7 @@ retention, the erasure records, and a missing payload no erasure explains stayin
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,7 +132,8 @@ def test_retention_removes_exactly_the_payloads_older_than_the_cutoff(db: Databa
         conn.commit()
     recorder = PostgresRecorder(db)
     written: dict[str, int] = {}
-    runs = [f"run-ret-{i}-{day}" for i, day in enumerate(days)]
+    example = secrets.token_hex(4)  # runs of their own per example: each writes a whole log
+    runs = [f"run-ret-{example}-{i}-{day}" for i, day in enumerate(days)]
     for i, day in enumerate(days):
         at = BASE_US + day * DAY_US
         writer = recorder.open_writer(runs[i], now_us=lambda at=at: at)

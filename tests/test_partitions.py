@@ -56,9 +56,12 @@ def test_every_run_keyed_table_is_partitioned_as_schema_py_says(db: Database) ->
 def test_the_log_is_append_only_on_the_partitioned_table_and_on_each_partition(db: Database, sql: str) -> None:
     from tests.test_store import _write_run
 
-    _write_run(db, "run-part", tokens=2).close()
+    run_id = f"run-part-{secrets.token_hex(3)}"  # a run of its own per case: each is a whole log
+    _write_run(db, run_id, tokens=2).close()
     with db.connect() as conn:
-        row = conn.execute("SELECT tableoid::regclass::text FROM events WHERE run_id = 'run-part' LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT tableoid::regclass::text FROM events WHERE run_id = %s LIMIT 1", (run_id,)
+        ).fetchone()
     assert row is not None and row[0].startswith("events_p")
     with db.connect() as conn, pytest.raises(psycopg.Error, match="append-only"):
         conn.execute(sql.format(partition=row[0]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,10 @@ from engine.cli.errors import ElspethCliError
 from landscape.errors import UnknownRun
 from landscape.notary import read_witness, witness_path
 from landscape.postgres import PostgresRecorder
-from landscape.projections import Comparison, rebuild
+from landscape.projections import Comparison, Difference, rebuild
 from landscape.records import StoredEvent
 from landscape.roles import Role
-from landscape.verify import Observer, verify_run
+from landscape.verify import verify_run
 from statecharts import events as ev
 
 
@@ -59,17 +60,19 @@ def replay_cmd(
         with ExitStack() as stack:
             # The projections and the seq they reflect, read together (one snapshot): a live
             # run's later events cannot make them look wrong, as the log is read only up to that
-            # seq. The rebuild they are compared with is fed by the verifying read: one pass.
+            # seq. The server rebuilds and compares them (on its own core) while this process
+            # verifies the log.
             comparison = stack.enter_context(Comparison(db, run_id)) if check else None
-            observe: Observer = per_node
             upto = as_of
+            compared: Future[list[Difference]] | None = None
             if comparison is not None:
                 upto = comparison.upto if comparison.upto >= 0 else None
-                observe = _both(per_node, comparison.feed)
+                pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="elspeth-compare"))
+                compared = pool.submit(comparison.differences)
             verified = verify_run(
-                recorder, run_id, upto_seq=upto, observe=observe, checkpoints=checkpoints, verifier=key
+                recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=key
             )
-            checked = (comparison.upto, comparison.differences()) if comparison is not None else None
+            checked = (comparison.upto, compared.result()) if comparison is not None and compared else None
     fold = verified.fold
     if checkpoints:
         newest = max(cp.size for cp in checkpoints)
@@ -132,14 +135,6 @@ def replay_cmd(
             raise ElspethCliError(f"run {run_id}: projections differ from the events: {shown}{more}")
         if not as_json:
             click.echo(f"projections agree with the events (every row of every table, up to seq {checked[0]})")
-
-
-def _both(first: Observer, second: Observer) -> Observer:
-    def observe(stored: StoredEvent, event: ev.EventBase) -> None:
-        first(stored, event)
-        second(stored, event)
-
-    return observe
 
 
 class NodeCounts:
