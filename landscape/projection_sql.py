@@ -1,4 +1,4 @@
-"""The projections as SQL: each analyst table computed by the server from a range of a run's events.
+"""The projections as SQL: every analyst table computed by the server from a range of a run's events.
 
 `project(cur, run_id, lo, hi)` brings every projection table up to date with the events `lo..hi`
 of a run, which must follow the events already projected. The writer runs it in each commit's
@@ -6,9 +6,11 @@ transaction, right after copying those events in, so the server does this work o
 while the engine goes on. `rebuild` runs it over a whole log, and `replay --check` runs it into
 temporary tables to compare: one definition of what the events mean for the tables.
 
-Each statement reads the range once, decodes the JSON bodies of the event types it needs, and
-writes its tables (a data-modifying `WITH` where one decoding feeds several). Metrics are counted
-where their events are decoded; a metric is added to once per statement, so never twice in one.
+It is one statement: the range is read once (`ev`), each event type's JSON body is decoded once
+into typed columns where a table needs it, and data-modifying `WITH` clauses write the tables.
+They all see the tables as they were before the statement, so each row is written by exactly one
+clause: a coalesce or a batch is inserted if it opened in the range (with the state the range
+left it in) and updated otherwise; likewise the run's row; every metric is added to in one upsert.
 Which event ends a run or a token, and in which state, comes from the statechart definitions
 (`RUN_STATUS_AFTER`, `TOKEN_OUTCOME_OF`), written into the SQL as literals when this is imported.
 
@@ -36,45 +38,15 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _names(*kinds: type[ev.EventBase]) -> str:
+def _names(kinds: list[type[ev.EventBase]]) -> str:
     return ", ".join(_literal(k.__name__) for k in kinds)
 
 
-def _case(column: str, mapping: dict[type[ev.EventBase], str]) -> str:
-    """`column` (an event type) mapped to a value; NULL for other types."""
-    arms = " ".join(f"WHEN {_literal(k.__name__)} THEN {_literal(v)}" for k, v in mapping.items())
-    return f"(CASE {column} {arms} END)"
-
-
-# The JSON body, with any escaped NUL (an even run of backslashes, then `\u0000`) turned into
-# U+FFFD first: the server refuses NUL in text, and so in any JSON value it decodes.
-_BODY = (
-    r"(CASE WHEN strpos(t, '\u0000') = 0 THEN t "
-    r"ELSE regexp_replace(t, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g') END)::jsonb"
-)
-
-
-def _events(*kinds: type[ev.EventBase]) -> str:
-    """The run's events `lo..hi` of these types, with their decoded body `p`."""
+def _case(mapping: dict[type[ev.EventBase], str]) -> str:
+    """An event's `type` mapped to a value; NULL for other types."""
     return (
-        f"(SELECT e.seq, e.entity_id AS id, e.event_type AS type, e.recorded_at AS at, {_BODY} AS p "
-        "FROM public.events e CROSS JOIN LATERAL convert_from(e.payload, 'UTF8') AS t "
-        "WHERE e.run_id = %(r)s AND e.seq BETWEEN %(lo)s AND %(hi)s "
-        f"AND e.event_type IN ({_names(*kinds)}))"
+        "CASE type " + " ".join(f"WHEN {_literal(k.__name__)} THEN {_literal(v)}" for k, v in mapping.items()) + " END"
     )
-
-
-def _count_into_metrics(select: str) -> str:
-    """An upsert adding `select`'s (metric, count) rows to the run's metrics."""
-    return (
-        f"INSERT INTO run_metrics (run_id, metric, value) SELECT %(r)s, metric, count(*) FROM ({select}) m(metric) "
-        "GROUP BY metric ON CONFLICT (run_id, metric) DO UPDATE SET value = run_metrics.value + EXCLUDED.value"
-    )
-
-
-def _joined(array: str) -> str:
-    """A JSON array of strings as one comma-separated string ('' when empty)."""
-    return f"array_to_string(ARRAY(SELECT jsonb_array_elements_text({array})), ',')"
 
 
 _OUTCOMES = {kind: str(state) for kind, state in TOKEN_OUTCOME_OF.items()}
@@ -92,145 +64,171 @@ _BATCH_STATUS: dict[type[ev.EventBase], str] = {
     ev.BatchFailed: str(BatchState.FAILED),
 }
 
-_RUN_INSERT = (
-    "INSERT INTO runs (run_id, status, settings_path, settings_hash, source_fingerprint, started_at, ended_at, "
-    f"resumes, last_seq) SELECT %(r)s, {_literal(str(RunState.CREATED))}, p->>'settings_path', p->>'settings_hash', "
-    f"p->>'source_fingerprint', at, NULL, 0, seq FROM {_events(ev.RunCreated)} e"
-)
+# `body(type, columns)`: the events of that type in the range, with their bodies decoded into
+# those columns (the JSON is parsed once, and only for the events that need it).
+_SQL = r"""
+WITH ev AS MATERIALIZED (
+  SELECT e.seq, e.entity_id AS id, e.event_type AS type, e.recorded_at AS at,
+         -- an escaped NUL (after an even run of backslashes) read as U+FFFD: see the docstring
+         CASE WHEN strpos(t, '\u0000') = 0 THEN t
+              ELSE regexp_replace(t, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g') END AS body
+  FROM public.events e CROSS JOIN LATERAL convert_from(e.payload, 'UTF8') AS t
+  WHERE e.run_id = %(r)s AND e.seq BETWEEN %(lo)s AND %(hi)s),
+created AS MATERIALIZED ({created}),
+status AS MATERIALIZED ({status}),
+ended AS (SELECT type, at FROM status WHERE type IN ({run_ends}) ORDER BY seq DESC LIMIT 1),
+run AS (SELECT
+    (SELECT {run_status} FROM status ORDER BY seq DESC LIMIT 1) AS status,
+    (SELECT type FROM ended) AS end_type, (SELECT at FROM ended) AS end_at,
+    (SELECT count(*) FROM status WHERE type = 'RunResumed') AS resumes,
+    (SELECT source_fingerprint FROM status WHERE type = 'RunResumed' ORDER BY seq DESC LIMIT 1) AS fingerprint,
+    (SELECT settings_hash FROM status WHERE settings_hash IS NOT NULL ORDER BY seq DESC LIMIT 1) AS settings_hash,
+    (SELECT settings_path FROM status WHERE settings_path IS NOT NULL ORDER BY seq DESC LIMIT 1) AS settings_path),
+run_inserted AS (
+  INSERT INTO runs (run_id, status, settings_path, settings_hash, source_fingerprint, started_at, ended_at,
+                    resumes, last_seq)
+  SELECT %(r)s, coalesce(run.status, {created_status}), coalesce(run.settings_path, c.settings_path),
+         coalesce(run.settings_hash, c.settings_hash), coalesce(run.fingerprint, c.source_fingerprint), c.at,
+         CASE WHEN run.end_type = 'RunResumed' THEN NULL ELSE run.end_at END, run.resumes, %(hi)s
+  FROM created c, run),
+-- the nodes a run declared, and those a resume under other settings declared again (the last wins)
+nodes_upserted AS (
+  INSERT INTO nodes (run_id, node, kind, plugin, config_hash)
+  SELECT DISTINCT ON (n->>'name') %(r)s, n->>'name', n->>'kind', n->>'plugin', n->>'config_hash'
+  FROM (SELECT seq, nodes FROM created UNION ALL SELECT seq, nodes FROM status) d
+  CROSS JOIN LATERAL json_array_elements(CASE WHEN json_typeof(d.nodes) = 'array' THEN d.nodes END) AS n
+  ORDER BY n->>'name', d.seq DESC
+  ON CONFLICT (run_id, node) DO UPDATE
+  SET kind = EXCLUDED.kind, plugin = EXCLUDED.plugin, config_hash = EXCLUDED.config_hash),
+-- a token without parents is a source row's token: a row, and one more row in
+new_tokens AS MATERIALIZED ({new_tokens}),
+rows_inserted AS (
+  INSERT INTO rows (run_id, row_index, token_id, data_hash)
+  SELECT %(r)s, row_index, id, data_hash FROM new_tokens WHERE root),
+tokens_inserted AS (
+  INSERT INTO tokens (run_id, token_id, row_index, branch, data_hash, created_seq)
+  SELECT %(r)s, id, row_index, branch, data_hash, seq FROM new_tokens),
+parents_inserted AS (
+  INSERT INTO token_parents (run_id, token_id, parent_id, ordinal)
+  SELECT %(r)s, t.id, x.parent, x.n - 1
+  FROM new_tokens t CROSS JOIN LATERAL json_array_elements_text(t.parents) WITH ORDINALITY AS x(parent, n)
+  WHERE NOT t.root),
+steps AS MATERIALIZED ({steps}),
+steps_inserted AS (
+  INSERT INTO node_states (run_id, seq, token_id, node, input_hash, output_hash, route, duration_us)
+  SELECT %(r)s, seq, id, node, input_hash, output_hash, route, duration_us FROM steps),
+-- a token's terminal event; the columns are its fields of those names (NULL where it has none)
+ends AS MATERIALIZED ({ends}),
+ends_inserted AS (
+  INSERT INTO token_outcomes (run_id, token_id, outcome, node, sink, reason, detail, seq)
+  SELECT %(r)s, id, outcome, node, sink, reason, detail, seq FROM ends),
+flushes_inserted AS (
+  INSERT INTO artifacts (run_id, seq, sink, position, rows, location)
+  SELECT %(r)s, seq, sink, position, rows, location FROM ({flushes}) f),
+buffered AS MATERIALIZED ({buffered}),
+members_inserted AS (
+  INSERT INTO batch_members (run_id, batch_id, token_id, seq) SELECT %(r)s, batch_id, id, seq FROM buffered),
+-- a coalesce's row holds the state its last event in the range left it in (arrivals show once it
+-- merged or failed)
+coalesce_events AS MATERIALIZED ({coalesce_events}),
+coalesce_last AS (
+  SELECT DISTINCT ON (id) id, {coalesce_status} AS status,
+         CASE WHEN type = 'CoalesceOpened' THEN '' ELSE array_to_string(ARRAY(
+           SELECT json_array_elements_text(arrived)), ',') END AS arrived,
+         array_to_string(ARRAY(SELECT json_array_elements_text(
+           CASE WHEN type = 'CoalesceOpened' THEN branches ELSE missing END)), ',') AS missing,
+         reason
+  FROM coalesce_events ORDER BY id, seq DESC),
+coalesces_inserted AS (
+  INSERT INTO coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, reason)
+  SELECT %(r)s, o.id, o.coalesce, o.row_index, l.status, o.policy, l.arrived, l.missing, l.reason
+  FROM coalesce_events o JOIN coalesce_last l USING (id) WHERE o.type = 'CoalesceOpened'),
+coalesces_updated AS (
+  UPDATE coalesces AS t SET status = l.status, arrived = l.arrived, missing = l.missing, reason = l.reason
+  FROM coalesce_last l
+  WHERE t.run_id = %(r)s AND t.coalesce_id = l.id
+    AND l.id NOT IN (SELECT id FROM coalesce_events WHERE type = 'CoalesceOpened')),
+-- likewise a batch; its size counts the tokens buffered into it so far
+batch_events AS MATERIALIZED ({batch_events}),
+batch_touched AS (
+  SELECT * FROM (
+    SELECT id, (array_agg({batch_status} ORDER BY seq DESC))[1] AS status,
+           (array_agg(trigger ORDER BY seq DESC) FILTER (WHERE type = 'BatchFlushing'))[1] AS trigger,
+           (array_agg(reason ORDER BY seq DESC) FILTER (WHERE type = 'BatchFailed'))[1] AS reason,
+           (array_agg(aggregation) FILTER (WHERE type = 'BatchOpened'))[1] AS aggregation
+    FROM batch_events GROUP BY id) life
+  FULL JOIN (SELECT batch_id AS id, count(*) AS n FROM buffered GROUP BY 1) members USING (id)),
+batches_inserted AS (
+  INSERT INTO batches (run_id, batch_id, aggregation, status, trigger, size, reason)
+  SELECT %(r)s, id, aggregation, status, trigger, coalesce(n, 0), reason FROM batch_touched
+  WHERE aggregation IS NOT NULL),
+batches_updated AS (
+  UPDATE batches AS t SET status = coalesce(u.status, t.status), trigger = coalesce(u.trigger, t.trigger),
+         reason = coalesce(u.reason, t.reason), size = t.size + coalesce(u.n, 0)
+  FROM batch_touched u WHERE t.run_id = %(r)s AND t.batch_id = u.id AND u.aggregation IS NULL),
+metrics_added AS (
+  INSERT INTO run_metrics (run_id, metric, value)
+  SELECT %(r)s, metric, count(*) FROM (
+    SELECT 'rows_in' FROM new_tokens WHERE root
+    UNION ALL SELECT 'node.' || node || '.processed' FROM steps
+    UNION ALL SELECT 'outcome.' || outcome FROM ends
+    UNION ALL SELECT 'sink.' || sink || '.rows' FROM ends WHERE sink IS NOT NULL
+    UNION ALL SELECT 'node.' || node || '.' || outcome FROM ends WHERE node IS NOT NULL
+    UNION ALL SELECT 'sink.' || sink || '.write_failures' FROM ({write_failures}) w
+    UNION ALL SELECT 'coalesce.merged' FROM ev WHERE type = 'CoalesceMerged'
+    UNION ALL SELECT 'coalesce.failed' FROM ev WHERE type = 'CoalesceFailed'
+    UNION ALL SELECT 'batch.completed' FROM ev WHERE type = 'BatchCompleted'
+    UNION ALL SELECT 'batch.failed' FROM ev WHERE type = 'BatchFailed') m(metric)
+  GROUP BY metric
+  ON CONFLICT (run_id, metric) DO UPDATE SET value = run_metrics.value + EXCLUDED.value)
+-- the run's row, when the range did not create it: the status its last status event left, when it
+-- ended (a resume clears that), how often it was resumed, the settings a resume continued under
+UPDATE runs SET last_seq = %(hi)s, status = coalesce(run.status, runs.status),
+       ended_at = CASE run.end_type WHEN 'RunResumed' THEN NULL ELSE coalesce(run.end_at, runs.ended_at) END,
+       resumes = runs.resumes + run.resumes,
+       source_fingerprint = coalesce(run.fingerprint, runs.source_fingerprint),
+       settings_hash = coalesce(run.settings_hash, runs.settings_hash),
+       settings_path = coalesce(run.settings_path, runs.settings_path)
+FROM run WHERE runs.run_id = %(r)s AND NOT EXISTS (SELECT 1 FROM created)
+"""
 
-# The nodes a run declared, and those a resume under other settings declared again (the last wins).
-_NODES = (
-    "INSERT INTO nodes (run_id, node, kind, plugin, config_hash) "
-    "SELECT DISTINCT ON (n->>'name') %(r)s, n->>'name', n->>'kind', n->>'plugin', n->>'config_hash' "
-    f"FROM {_events(ev.RunCreated, ev.RunResumed)} e CROSS JOIN LATERAL jsonb_array_elements("
-    "CASE WHEN jsonb_typeof(p->'nodes') = 'array' THEN p->'nodes' ELSE '[]' END) AS n "
-    "ORDER BY n->>'name', e.seq DESC "
-    "ON CONFLICT (run_id, node) DO UPDATE SET kind = EXCLUDED.kind, plugin = EXCLUDED.plugin, "
-    "config_hash = EXCLUDED.config_hash"
-)
 
-# A token without parents is a source row's token: a row, and one more row in.
-_TOKENS = (
-    "WITH c AS MATERIALIZED (SELECT seq, id, p, coalesce(jsonb_array_length(p->'parents'), 0) = 0 AS root "
-    f"FROM {_events(ev.TokenCreated)} e), "
-    "r AS (INSERT INTO rows (run_id, row_index, token_id, data_hash) "
-    "SELECT %(r)s, (p->>'row_index')::bigint, id, p->>'data_hash' FROM c WHERE root), "
-    "tp AS (INSERT INTO token_parents (run_id, token_id, parent_id, ordinal) "
-    "SELECT %(r)s, c.id, x.parent, x.n - 1 FROM c CROSS JOIN LATERAL "
-    "jsonb_array_elements_text(p->'parents') WITH ORDINALITY AS x(parent, n) WHERE NOT root), "
-    "m AS (" + _count_into_metrics("SELECT 'rows_in' FROM c WHERE root") + ") "
-    "INSERT INTO tokens (run_id, token_id, row_index, branch, data_hash, created_seq) "
-    "SELECT %(r)s, id, (p->>'row_index')::bigint, p->>'branch', p->>'data_hash', seq FROM c"
-)
-
-_STEPS = (
-    f"WITH s AS MATERIALIZED (SELECT seq, id, p->>'node' AS node, p FROM {_events(ev.StepCompleted)} e), "
-    "m AS (" + _count_into_metrics("SELECT 'node.' || node || '.processed' FROM s") + ") "
-    "INSERT INTO node_states (run_id, seq, token_id, node, input_hash, output_hash, route, duration_us) "
-    "SELECT %(r)s, seq, id, node, p->>'input_hash', p->>'output_hash', p->>'route', (p->>'duration_us')::bigint "
-    "FROM s"
-)
-
-# A token's terminal event: its outcome, and the outcome, sink and node counts. The columns are
-# the event's fields of those names (NULL where its type has none).
-_OUTCOMES_SQL = (
-    f"WITH o AS MATERIALIZED (SELECT seq, id, {_case('type', _OUTCOMES)} AS outcome, p->>'node' AS node, "
-    f"p->>'sink' AS sink, p->>'reason' AS reason, p->>'detail' AS detail FROM {_events(*_OUTCOMES)} e), "
-    "m AS ("
-    + _count_into_metrics(
-        "SELECT 'outcome.' || outcome FROM o UNION ALL SELECT 'sink.' || sink || '.rows' FROM o WHERE sink IS NOT NULL "
-        "UNION ALL SELECT 'node.' || node || '.' || outcome FROM o WHERE node IS NOT NULL"
+def _body(kinds: list[type[ev.EventBase]], columns: str, extra: str = "") -> str:
+    """The events of `kinds` in the range with their bodies decoded into `columns`."""
+    names = ", ".join(c.split()[0] for c in columns.split(", "))
+    return (
+        f"SELECT ev.seq, ev.id, ev.type, ev.at{extra}, {names} FROM ev "
+        f"CROSS JOIN LATERAL json_to_record(ev.body::json) AS p({columns}) WHERE ev.type IN ({_names(kinds)})"
     )
-    + ") INSERT INTO token_outcomes (run_id, token_id, outcome, node, sink, reason, detail, seq) "
-    "SELECT %(r)s, id, outcome, node, sink, reason, detail, seq FROM o"
-)
 
-_SINKS = (
-    "WITH f AS (INSERT INTO artifacts (run_id, seq, sink, position, rows, location) "
-    "SELECT %(r)s, seq, p->>'sink', (p->>'position')::bigint, (p->>'rows')::bigint, p->>'location' "
-    f"FROM {_events(ev.SinkFlushed)} e) "
-    + _count_into_metrics(f"SELECT 'sink.' || (p->>'sink') || '.write_failures' FROM {_events(ev.SinkWriteFailed)} e")
-)
 
-# A coalesce's row holds the state its last event in the range left it in: inserted if it opened in
-# the range, else updated. (Arrivals show in `arrived` once it merged or failed.)
-_COALESCES = (
-    "WITH c AS MATERIALIZED (SELECT seq, id, type, p FROM "
-    f"{_events(ev.CoalesceOpened, ev.CoalesceMerged, ev.CoalesceFailed)} e), "
-    "opened AS (SELECT id, p FROM c WHERE type = 'CoalesceOpened'), "
-    f"last AS (SELECT DISTINCT ON (id) id, {_case('type', _COALESCE_STATUS)} AS status, "
-    "CASE WHEN type = 'CoalesceOpened' THEN '' ELSE "
-    + _joined("p->'arrived'")
-    + " END AS arrived, "
-    + _joined("CASE WHEN type = 'CoalesceOpened' THEN p->'branches' ELSE p->'missing' END")
-    + " AS missing, "
-    "p->>'reason' AS reason FROM c ORDER BY id, seq DESC), "
-    "ins AS (INSERT INTO coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, reason) "
-    "SELECT %(r)s, o.id, o.p->>'coalesce', (o.p->>'row_index')::bigint, l.status, o.p->>'policy', l.arrived, "
-    "l.missing, l.reason FROM opened o JOIN last l USING (id)), "
-    "upd AS (UPDATE coalesces AS t SET status = l.status, arrived = l.arrived, missing = l.missing, reason = l.reason "
-    "FROM last l WHERE t.run_id = %(r)s AND t.coalesce_id = l.id AND l.id NOT IN (SELECT id FROM opened)) "
-    + _count_into_metrics(
-        "SELECT 'coalesce.' || CASE type WHEN 'CoalesceMerged' THEN 'merged' ELSE 'failed' END FROM c "
-        "WHERE type <> 'CoalesceOpened'"
-    )
+SQL = _SQL.format(
+    created=_body([ev.RunCreated], "settings_path text, settings_hash text, source_fingerprint text, nodes json"),
+    status=_body(list(_RUN_STATUS), "source_fingerprint text, settings_path text, settings_hash text, nodes json"),
+    run_ends=_names([*_RUN_ENDS, ev.RunResumed]),
+    run_status=_case(_RUN_STATUS),
+    created_status=_literal(str(RunState.CREATED)),
+    new_tokens=_body(
+        [ev.TokenCreated],
+        "row_index bigint, data_hash text, branch text, parents json",
+        ", coalesce(json_array_length(p.parents), 0) = 0 AS root",
+    ),
+    steps=_body([ev.StepCompleted], "node text, input_hash text, output_hash text, route text, duration_us bigint"),
+    ends=_body(list(_OUTCOMES), "node text, sink text, reason text, detail text", f", {_case(_OUTCOMES)} AS outcome"),
+    flushes=_body([ev.SinkFlushed], "sink text, position bigint, rows bigint, location text"),
+    buffered=_body([ev.TokenBuffered], "batch_id text"),
+    coalesce_events=_body(
+        list(_COALESCE_STATUS),
+        "coalesce text, row_index bigint, policy text, branches json, arrived json, missing json, reason text",
+    ),
+    coalesce_status=_case(_COALESCE_STATUS),
+    batch_events=_body(list(_BATCH_STATUS), "aggregation text, trigger text, reason text"),
+    batch_status=_case(_BATCH_STATUS),
+    write_failures=_body([ev.SinkWriteFailed], "sink text"),
 )
-
-# Likewise a batch; its size counts the tokens buffered into it so far.
-_BATCHES = (
-    "WITH b AS MATERIALIZED (SELECT seq, id, type, p FROM "
-    f"{_events(ev.BatchOpened, ev.BatchFlushing, ev.BatchCompleted, ev.BatchFailed)} e), "
-    f"buffered AS (SELECT p->>'batch_id' AS id, count(*) AS n FROM {_events(ev.TokenBuffered)} e GROUP BY 1), "
-    f"life AS (SELECT id, (array_agg({_case('type', _BATCH_STATUS)} ORDER BY seq DESC))[1] AS status, "
-    "(array_agg(p->>'trigger' ORDER BY seq DESC) FILTER (WHERE type = 'BatchFlushing'))[1] AS trigger, "
-    "(array_agg(p->>'reason' ORDER BY seq DESC) FILTER (WHERE type = 'BatchFailed'))[1] AS reason, "
-    "(array_agg(p->>'aggregation') FILTER (WHERE type = 'BatchOpened'))[1] AS aggregation FROM b GROUP BY id), "
-    "touched AS (SELECT * FROM life FULL JOIN buffered USING (id)), "
-    "ins AS (INSERT INTO batches (run_id, batch_id, aggregation, status, trigger, size, reason) "
-    "SELECT %(r)s, id, aggregation, status, trigger, coalesce(n, 0), reason FROM touched "
-    "WHERE aggregation IS NOT NULL), "
-    "upd AS (UPDATE batches AS t SET status = coalesce(u.status, t.status), trigger = coalesce(u.trigger, t.trigger), "
-    "reason = coalesce(u.reason, t.reason), size = t.size + coalesce(u.n, 0) FROM touched u "
-    "WHERE t.run_id = %(r)s AND t.batch_id = u.id AND u.aggregation IS NULL) "
-    + _count_into_metrics(
-        "SELECT 'batch.' || CASE type WHEN 'BatchCompleted' THEN 'completed' ELSE 'failed' END FROM b "
-        "WHERE type IN ('BatchCompleted', 'BatchFailed')"
-    )
-)
-
-_MEMBERS = (
-    "INSERT INTO batch_members (run_id, batch_id, token_id, seq) "
-    f"SELECT %(r)s, p->>'batch_id', id, seq FROM {_events(ev.TokenBuffered)} e"
-)
-
-# The run's row: the status its last status event left, when it ended (a resume clears that),
-# how often it was resumed, the settings a resume continued under, and the seq it reflects.
-_RUN_UPDATE = (
-    f"WITH s AS MATERIALIZED (SELECT seq, type, at, p FROM {_events(*_RUN_STATUS)} e), "
-    "ended AS (SELECT type, at FROM s WHERE type IN "
-    f"({_names(*_RUN_ENDS, ev.RunResumed)}) ORDER BY seq DESC LIMIT 1), "
-    "resumed AS (SELECT p FROM s WHERE type = 'RunResumed') "
-    "UPDATE runs SET last_seq = %(hi)s, "
-    f"status = coalesce((SELECT {_case('type', _RUN_STATUS)} FROM s ORDER BY seq DESC LIMIT 1), status), "
-    "ended_at = CASE (SELECT type FROM ended) WHEN 'RunResumed' THEN NULL "
-    "ELSE coalesce((SELECT at FROM ended), ended_at) END, "
-    "resumes = resumes + (SELECT count(*) FROM resumed), "
-    "source_fingerprint = coalesce((SELECT p->>'source_fingerprint' FROM s WHERE type = 'RunResumed' "
-    "ORDER BY seq DESC LIMIT 1), source_fingerprint), "
-    "settings_hash = coalesce((SELECT p->>'settings_hash' FROM s WHERE type = 'RunResumed' "
-    "AND p->>'settings_hash' IS NOT NULL ORDER BY seq DESC LIMIT 1), settings_hash), "
-    "settings_path = coalesce((SELECT p->>'settings_path' FROM s WHERE type = 'RunResumed' "
-    "AND p->>'settings_path' IS NOT NULL ORDER BY seq DESC LIMIT 1), settings_path) "
-    "WHERE run_id = %(r)s"
-)
-
-# In this order: the run's row exists before it is updated.
-STATEMENTS = (_RUN_INSERT, _NODES, _TOKENS, _STEPS, _OUTCOMES_SQL, _SINKS, _COALESCES, _BATCHES, _MEMBERS, _RUN_UPDATE)
 
 
 def project(cur: Any, run_id: str, lo: int, hi: int) -> None:
     """Bring the projection tables (as `cur`'s search path finds them) up to date with events
     `lo..hi` of the run, the ones right after those already projected."""
-    params = {"r": run_id, "lo": lo, "hi": hi}
-    for sql in STATEMENTS:
-        cur.execute(sql, params)
+    cur.execute(SQL, {"r": run_id, "lo": lo, "hi": hi})
