@@ -29,7 +29,7 @@ from landscape import copybin, faults
 from landscape.chain import GENESIS, header, link
 from landscape.db import Database, driver_errors
 from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
-from landscape.merkle import MerkleAccumulator, leaf_hash
+from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed
 from landscape.projection_sql import project
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_datetime
@@ -42,7 +42,6 @@ _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
 _length = struct.Struct(">i").pack
 _sha256 = hashlib.sha256
-_leaf_hash = leaf_hash
 # A 64-bit advisory lock key derived from the run id; collisions between run ids are negligible.
 _LOCK_KEY = "hashtextextended(%s, 0)"
 
@@ -134,6 +133,7 @@ class PgRunWriter:
             conn.close()
             raise
         self._tree = tree.copy()
+        self._leaves: list[bytes] = []  # chain hashes not yet in the tree (added at each commit)
         self.next_seq: int = tree.size
         self.head: bytes = head
         self._events: list[bytes] = []  # binary COPY rows, built as they are appended
@@ -171,7 +171,7 @@ class PgRunWriter:
         )  # fmt: skip
         self.head = h
         self.next_seq = seq + 1
-        self._tree.append(_leaf_hash(h))
+        self._leaves.append(h)
         faults.reached("append")
         return seq
 
@@ -192,6 +192,10 @@ class PgRunWriter:
         when everything appended so far is committed."""
         if self._events or self._payloads:
             checkpoint = None
+            # The Merkle tree takes the commit's leaves in one call (one loop, not two calls per
+            # event); only a checkpoint reads it, and checkpoints are signed at commits.
+            self._tree.extend_data(self._leaves)
+            self._leaves.clear()
             if self._notary is not None and self._events:
                 size, root = self._tree.size, self._tree.root()
                 checkpoint = (size, root, self._notary.sign(self.run_id, size, root))
