@@ -68,12 +68,8 @@ _BATCH_STATUS: dict[type[ev.EventBase], str] = {
 # those columns (the JSON is parsed once, and only for the events that need it).
 _SQL = r"""
 WITH ev AS MATERIALIZED (
-  SELECT e.seq, e.entity_id AS id, e.event_type AS type, e.recorded_at AS at,
-         -- an escaped NUL (after an even run of backslashes) read as U+FFFD: see the docstring
-         CASE WHEN strpos(t, '\u0000') = 0 THEN t
-              ELSE regexp_replace(t, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g') END AS body
-  FROM public.events e CROSS JOIN LATERAL convert_from(e.payload, 'UTF8') AS t
-  WHERE e.run_id = %(r)s AND e.seq BETWEEN %(lo)s AND %(hi)s),
+  SELECT seq, entity_id AS id, event_type AS type, recorded_at AS at, payload FROM public.events
+  WHERE run_id = %(r)s AND seq BETWEEN %(lo)s AND %(hi)s),
 created AS MATERIALIZED ({created}),
 status AS MATERIALIZED ({status}),
 ended AS (SELECT type, at FROM status WHERE type IN ({run_ends}) ORDER BY seq DESC LIMIT 1),
@@ -129,25 +125,26 @@ buffered AS MATERIALIZED ({buffered}),
 members_inserted AS (
   INSERT INTO batch_members (run_id, batch_id, token_id, seq) SELECT %(r)s, batch_id, id, seq FROM buffered),
 -- a coalesce's row holds the state its last event in the range left it in (arrivals show once it
--- merged or failed)
+-- merged or failed); one group per coalesce, as a join of these few rows would be planned blind
 coalesce_events AS MATERIALIZED ({coalesce_events}),
-coalesce_last AS (
-  SELECT DISTINCT ON (id) id, {coalesce_status} AS status,
-         CASE WHEN type = 'CoalesceOpened' THEN '' ELSE array_to_string(ARRAY(
-           SELECT json_array_elements_text(arrived)), ',') END AS arrived,
-         array_to_string(ARRAY(SELECT json_array_elements_text(
-           CASE WHEN type = 'CoalesceOpened' THEN branches ELSE missing END)), ',') AS missing,
-         reason
-  FROM coalesce_events ORDER BY id, seq DESC),
+coalesce_state AS (
+  SELECT id, bool_or(type = 'CoalesceOpened') AS opened,
+         min(coalesce) FILTER (WHERE type = 'CoalesceOpened') AS coalesce,
+         min(row_index) FILTER (WHERE type = 'CoalesceOpened') AS row_index,
+         min(policy) FILTER (WHERE type = 'CoalesceOpened') AS policy,
+         (array_agg({coalesce_status} ORDER BY seq DESC))[1] AS status,
+         array_to_string(ARRAY(SELECT json_array_elements_text((array_agg(
+           CASE WHEN type = 'CoalesceOpened' THEN NULL ELSE arrived END ORDER BY seq DESC))[1])), ',') AS arrived,
+         array_to_string(ARRAY(SELECT json_array_elements_text((array_agg(
+           CASE WHEN type = 'CoalesceOpened' THEN branches ELSE missing END ORDER BY seq DESC))[1])), ',') AS missing,
+         (array_agg(reason ORDER BY seq DESC))[1] AS reason
+  FROM coalesce_events GROUP BY id),
 coalesces_inserted AS (
   INSERT INTO coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, reason)
-  SELECT %(r)s, o.id, o.coalesce, o.row_index, l.status, o.policy, l.arrived, l.missing, l.reason
-  FROM coalesce_events o JOIN coalesce_last l USING (id) WHERE o.type = 'CoalesceOpened'),
+  SELECT %(r)s, id, coalesce, row_index, status, policy, arrived, missing, reason FROM coalesce_state WHERE opened),
 coalesces_updated AS (
-  UPDATE coalesces AS t SET status = l.status, arrived = l.arrived, missing = l.missing, reason = l.reason
-  FROM coalesce_last l
-  WHERE t.run_id = %(r)s AND t.coalesce_id = l.id
-    AND l.id NOT IN (SELECT id FROM coalesce_events WHERE type = 'CoalesceOpened')),
+  UPDATE coalesces AS t SET status = s.status, arrived = s.arrived, missing = s.missing, reason = s.reason
+  FROM coalesce_state s WHERE t.run_id = %(r)s AND t.coalesce_id = s.id AND NOT s.opened),
 -- likewise a batch; its size counts the tokens buffered into it so far
 batch_events AS MATERIALIZED ({batch_events}),
 batch_touched AS (
@@ -194,11 +191,15 @@ FROM run WHERE runs.run_id = %(r)s AND NOT EXISTS (SELECT 1 FROM created)
 
 
 def _body(kinds: list[type[ev.EventBase]], columns: str, extra: str = "") -> str:
-    """The events of `kinds` in the range with their bodies decoded into `columns`."""
+    """The events of `kinds` in the range with their bodies decoded into `columns`. An escaped
+    NUL (after an even run of backslashes) is read as U+FFFD: see the module's docstring."""
     names = ", ".join(c.split()[0] for c in columns.split(", "))
     return (
         f"SELECT ev.seq, ev.id, ev.type, ev.at{extra}, {names} FROM ev "
-        f"CROSS JOIN LATERAL json_to_record(ev.body::json) AS p({columns}) WHERE ev.type IN ({_names(kinds)})"
+        "CROSS JOIN LATERAL convert_from(ev.payload, 'UTF8') AS t CROSS JOIN LATERAL json_to_record(("
+        r"CASE WHEN strpos(t, '\u0000') = 0 THEN t "
+        r"ELSE regexp_replace(t, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g') END"
+        f")::json) AS p({columns}) WHERE ev.type IN ({_names(kinds)})"
     )
 
 
