@@ -57,3 +57,10 @@ def test_a_rebuild_waits_for_no_writer_it_refuses_while_one_holds_the_run(db: Da
     finally:
         w.close()
     assert rebuild(db, run_id) == 1
+
+
+def test_every_event_type_is_at_the_schema_version_the_projection_sql_reads() -> None:
+    """The SQL reads each event body as version 1 spells it. A type at a new SCHEMA_VERSION
+    (with its upcaster in statecharts/upcast.py) needs its new shape read in
+    landscape/projection_sql.py as well; then this test gets that type's new version."""
+    assert {name: cls.SCHEMA_VERSION for name, cls in ev.EVENT_TYPES.items() if cls.SCHEMA_VERSION != 1} == {}
