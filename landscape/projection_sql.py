@@ -66,8 +66,8 @@ _BATCH_STATUS: dict[type[ev.EventBase], str] = {
     ev.BatchFailed: str(BatchState.FAILED),
 }
 
-# `body(type, columns)`: the events of that type in the range, with their bodies decoded into
-# those columns (the JSON is parsed once, and only for the events that need it).
+# The statement. Each `{...}` that names events is `_body(kinds, columns)`: those events of the
+# range with their bodies decoded into typed columns (each body parsed once, and only where used).
 _SQL = r"""
 WITH ev AS MATERIALIZED (
   SELECT seq, entity_id AS id, event_type AS type, recorded_at AS at, payload FROM public.events
