@@ -99,9 +99,17 @@ class PgRunWriter:
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         try:
             with driver_errors(f"opening the writer of run {run_id}"):
-                conn.execute(
-                    "SELECT set_config('application_name', %s, false)", (f"elspeth writer pid={os.getpid()}"[:63],)
-                )
+                encoding, _ = conn.execute(
+                    "SELECT current_setting('server_encoding'), set_config('application_name', %s, false)",
+                    (f"elspeth writer pid={os.getpid()}"[:63],),
+                ).fetchone() or ("", "")
+                if encoding != "UTF8":
+                    # The projections decode the events' JSON in the server, which reads it in the
+                    # database's encoding: anything else fails on the first character it lacks.
+                    raise StoreError(
+                        f"the audit store's database has encoding {encoding}: ELSPETH needs UTF8 "
+                        "(create it with ENCODING 'UTF8', or point landscape.url at one that has it)"
+                    )
                 got = conn.execute(f"SELECT pg_try_advisory_lock({_LOCK_KEY})", (run_id,)).fetchone()
                 conn.commit()
                 if not got or not got[0]:
@@ -240,7 +248,7 @@ class PgRunWriter:
                 if batch.checkpoint is not None and self._notary is not None:
                     size, root, note = batch.checkpoint
                     cur.execute(
-                        "INSERT INTO checkpoints (run_id, tree_size, root, note, verifier, recorded_at) "
+                        "INSERT INTO public.checkpoints (run_id, tree_size, root, note, verifier, recorded_at) "
                         "VALUES (%s, %s, %s, %s, %s, %s)",
                         (self.run_id, size, root, note, self._notary.verifier.text(), batch.recorded_at),
                     )

@@ -83,15 +83,16 @@ run AS (SELECT
     (SELECT settings_hash FROM status WHERE settings_hash IS NOT NULL ORDER BY seq DESC LIMIT 1) AS settings_hash,
     (SELECT settings_path FROM status WHERE settings_path IS NOT NULL ORDER BY seq DESC LIMIT 1) AS settings_path),
 run_inserted AS (
-  INSERT INTO runs (run_id, status, settings_path, settings_hash, source_fingerprint, started_at, ended_at,
+  INSERT INTO {into}.runs (run_id, status, settings_path, settings_hash, source_fingerprint, started_at, ended_at,
                     resumes, last_seq)
   SELECT %(r)s, coalesce(run.status, {created_status}), coalesce(run.settings_path, c.settings_path),
          coalesce(run.settings_hash, c.settings_hash), coalesce(run.fingerprint, c.source_fingerprint), c.at,
-         CASE WHEN run.end_type = 'RunResumed' THEN NULL ELSE run.end_at END, run.resumes, %(hi)s
+         CASE WHEN run.end_type = 'RunResumed' THEN NULL ELSE run.end_at END, run.resumes,
+         (SELECT max(seq) FROM ev)
   FROM created c, run),
 -- the nodes a run declared, and those a resume under other settings declared again (the last wins)
 nodes_upserted AS (
-  INSERT INTO nodes (run_id, node, kind, plugin, config_hash)
+  INSERT INTO {into}.nodes (run_id, node, kind, plugin, config_hash)
   SELECT DISTINCT ON (n->>'name') %(r)s, n->>'name', n->>'kind', n->>'plugin', n->>'config_hash'
   FROM (SELECT seq, nodes FROM created UNION ALL SELECT seq, nodes FROM status) d
   CROSS JOIN LATERAL json_array_elements(CASE WHEN json_typeof(d.nodes) = 'array' THEN d.nodes END) AS n
@@ -101,31 +102,31 @@ nodes_upserted AS (
 -- a token without parents is a source row's token: a row, and one more row in
 new_tokens AS MATERIALIZED ({new_tokens}),
 rows_inserted AS (
-  INSERT INTO rows (run_id, row_index, token_id, data_hash)
+  INSERT INTO {into}.rows (run_id, row_index, token_id, data_hash)
   SELECT %(r)s, row_index, id, data_hash FROM new_tokens WHERE root),
 tokens_inserted AS (
-  INSERT INTO tokens (run_id, token_id, row_index, branch, data_hash, created_seq)
+  INSERT INTO {into}.tokens (run_id, token_id, row_index, branch, data_hash, created_seq)
   SELECT %(r)s, id, row_index, branch, data_hash, seq FROM new_tokens),
 parents_inserted AS (
-  INSERT INTO token_parents (run_id, token_id, parent_id, ordinal)
+  INSERT INTO {into}.token_parents (run_id, token_id, parent_id, ordinal)
   SELECT %(r)s, t.id, x.parent, x.n - 1
   FROM new_tokens t CROSS JOIN LATERAL json_array_elements_text(t.parents) WITH ORDINALITY AS x(parent, n)
   WHERE NOT t.root),
 steps AS MATERIALIZED ({steps}),
 steps_inserted AS (
-  INSERT INTO node_states (run_id, seq, token_id, node, input_hash, output_hash, route, duration_us)
+  INSERT INTO {into}.node_states (run_id, seq, token_id, node, input_hash, output_hash, route, duration_us)
   SELECT %(r)s, seq, id, node, input_hash, output_hash, route, duration_us FROM steps),
 -- a token's terminal event; the columns are its fields of those names (NULL where it has none)
 ends AS MATERIALIZED ({ends}),
 ends_inserted AS (
-  INSERT INTO token_outcomes (run_id, token_id, outcome, node, sink, reason, detail, seq)
+  INSERT INTO {into}.token_outcomes (run_id, token_id, outcome, node, sink, reason, detail, seq)
   SELECT %(r)s, id, outcome, node, sink, reason, detail, seq FROM ends),
 flushes_inserted AS (
-  INSERT INTO artifacts (run_id, seq, sink, position, rows, location)
+  INSERT INTO {into}.artifacts (run_id, seq, sink, position, rows, location)
   SELECT %(r)s, seq, sink, position, rows, location FROM ({flushes}) f),
 buffered AS MATERIALIZED ({buffered}),
 members_inserted AS (
-  INSERT INTO batch_members (run_id, batch_id, token_id, seq) SELECT %(r)s, batch_id, id, seq FROM buffered),
+  INSERT INTO {into}.batch_members (run_id, batch_id, token_id, seq) SELECT %(r)s, batch_id, id, seq FROM buffered),
 -- a coalesce's row holds the state its last event in the range left it in (arrivals show once it
 -- merged or failed); one group per coalesce, as a join of these few rows would be planned blind
 coalesce_events AS MATERIALIZED ({coalesce_events}),
@@ -142,10 +143,10 @@ coalesce_state AS (
          (array_agg(reason ORDER BY seq DESC))[1] AS reason
   FROM coalesce_events GROUP BY id),
 coalesces_inserted AS (
-  INSERT INTO coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, reason)
+  INSERT INTO {into}.coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, reason)
   SELECT %(r)s, id, coalesce, row_index, status, policy, arrived, missing, reason FROM coalesce_state WHERE opened),
 coalesces_updated AS (
-  UPDATE coalesces AS t SET status = s.status, arrived = s.arrived, missing = s.missing, reason = s.reason
+  UPDATE {into}.coalesces AS t SET status = s.status, arrived = s.arrived, missing = s.missing, reason = s.reason
   FROM coalesce_state s WHERE t.run_id = %(r)s AND t.coalesce_id = s.id AND NOT s.opened),
 -- likewise a batch; its size counts the tokens buffered into it so far
 batch_events AS MATERIALIZED ({batch_events}),
@@ -158,15 +159,15 @@ batch_touched AS (
     FROM batch_events GROUP BY id) life
   FULL JOIN (SELECT batch_id AS id, count(*) AS n FROM buffered GROUP BY 1) members USING (id)),
 batches_inserted AS (
-  INSERT INTO batches (run_id, batch_id, aggregation, status, trigger, size, reason)
+  INSERT INTO {into}.batches (run_id, batch_id, aggregation, status, trigger, size, reason)
   SELECT %(r)s, id, aggregation, status, trigger, coalesce(n, 0), reason FROM batch_touched
   WHERE aggregation IS NOT NULL),
 batches_updated AS (
-  UPDATE batches AS t SET status = coalesce(u.status, t.status), trigger = coalesce(u.trigger, t.trigger),
+  UPDATE {into}.batches AS t SET status = coalesce(u.status, t.status), trigger = coalesce(u.trigger, t.trigger),
          reason = coalesce(u.reason, t.reason), size = t.size + coalesce(u.n, 0)
   FROM batch_touched u WHERE t.run_id = %(r)s AND t.batch_id = u.id AND u.aggregation IS NULL),
 metrics_added AS (
-  INSERT INTO run_metrics (run_id, metric, value)
+  INSERT INTO {into}.run_metrics (run_id, metric, value)
   SELECT %(r)s, metric, count(*) FROM (
     SELECT 'rows_in' FROM new_tokens WHERE root
     UNION ALL SELECT 'node.' || node || '.processed' FROM steps
@@ -182,7 +183,7 @@ metrics_added AS (
   ON CONFLICT (run_id, metric) DO UPDATE SET value = run_metrics.value + EXCLUDED.value)
 -- the run's row, when the range did not create it: the status its last status event left, when it
 -- ended (a resume clears that), how often it was resumed, the settings a resume continued under
-UPDATE runs SET last_seq = %(hi)s, status = coalesce(run.status, runs.status),
+UPDATE {into}.runs SET last_seq = (SELECT max(seq) FROM ev), status = coalesce(run.status, runs.status),
        ended_at = CASE run.end_type WHEN 'RunResumed' THEN NULL ELSE coalesce(run.end_at, runs.ended_at) END,
        resumes = runs.resumes + run.resumes,
        source_fingerprint = coalesce(run.fingerprint, runs.source_fingerprint),
@@ -199,13 +200,14 @@ def _body(kinds: list[type[ev.EventBase]], columns: str, extra: str = "") -> str
     return (
         f"SELECT ev.seq, ev.id, ev.type, ev.at{extra}, {names} FROM ev "
         "CROSS JOIN LATERAL convert_from(ev.payload, 'UTF8') AS t CROSS JOIN LATERAL json_to_record(("
-        r"CASE WHEN strpos(t, '\u0000') = 0 THEN t "
-        r"ELSE regexp_replace(t, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g') END"
+        # E'' literals: their backslashes mean the same whatever standard_conforming_strings says.
+        r"CASE WHEN strpos(t, E'\\u0000') = 0 THEN t "
+        r"ELSE regexp_replace(t, E'(?<!\\\\)((?:\\\\\\\\)*)\\\\u0000', E'\\1\\\\ufffd', 'g') END"
         f")::json) AS p({columns}) WHERE ev.type IN ({_names(kinds)})"
     )
 
 
-SQL = _SQL.format(
+_PARTS = dict(
     created=_body([ev.RunCreated], "settings_path text, settings_hash text, source_fingerprint text, nodes json"),
     status=_body(list(_RUN_STATUS), "source_fingerprint text, settings_path text, settings_hash text, nodes json"),
     run_ends=_names([*_RUN_ENDS, ev.RunResumed]),
@@ -231,7 +233,17 @@ SQL = _SQL.format(
 )
 
 
-def project(cur: Any, run_id: str, lo: int, hi: int) -> None:
-    """Bring the projection tables (as `cur`'s search path finds them) up to date with events
-    `lo..hi` of the run, the ones right after those already projected."""
-    cur.execute(SQL, {"r": run_id, "lo": lo, "hi": hi})
+# The statement writing the tables of each schema: `public`, or `pg_temp` (a comparison's copies).
+SQL = {into: _SQL.format(into=into, **_PARTS) for into in ("public", "pg_temp")}
+
+
+def project(cur: Any, run_id: str, lo: int, hi: int, *, into: str = "public") -> None:
+    """Bring the projection tables in schema `into` up to date with events `lo..hi` of the run,
+    the ones right after those already projected.
+
+    Names are looked up in `pg_catalog` only, for the rest of the transaction: a function or an
+    operator that someone created in a schema on the search path could otherwise be a better
+    match than the built-in one (`convert_from(bytea, text)` beats the built-in `(bytea, name)`),
+    and would then write the tables and the comparison's copies alike."""
+    cur.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+    cur.execute(SQL[into], {"r": run_id, "lo": lo, "hi": hi})

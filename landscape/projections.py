@@ -7,6 +7,7 @@ tables, so a rebuilt table equals the incrementally maintained one row for row.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgspec
@@ -36,9 +37,18 @@ def rebuild(db: Database, run_id: str) -> int:
             (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (0,)
             for table in PROJECTION_TABLE_NAMES:
                 cur.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
-            project(cur, run_id, 0, last)
+            _project_all(cur, run_id, int(last), "public")
         conn.commit()
     return int(last) + 1
+
+
+# Events per statement of a rebuild: what the server holds at once stays bounded on a long log.
+REBUILD_CHUNK = 200_000
+
+
+def _project_all(cur: Any, run_id: str, last: int, into: str) -> None:
+    for lo in range(0, last + 1, REBUILD_CHUNK):
+        project(cur, run_id, lo, min(lo + REBUILD_CHUNK - 1, last), into=into)
 
 
 class Difference(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,9 +110,14 @@ class Comparison:
         # Nothing is kept: the temporary tables go with the connection (and the transaction).
         self._conn.close()
 
+    def cancel(self) -> None:
+        """Stop the server's work on `differences` (from another thread): it then raises."""
+        with contextlib.suppress(Exception):  # best effort: the connection may be gone already
+            self._conn.cancel_safe()
+
     def differences(self) -> list[Difference]:
         """At most `limit` differences per table (a log that ends before `upto` is compared as
-        it is: the rebuild then lacks rows, and `runs.last_seq` differs)."""
+        it is: the rebuild then lacks rows, and its `runs.last_seq` is the last event there is)."""
         from landscape.schema import PROJECTION_TABLES  # (SQLAlchemy: only when comparing)
 
         found: list[Difference] = []
@@ -113,7 +128,7 @@ class Comparison:
                     "ON COMMIT DROP"
                 )
             if self.upto >= 0:
-                project(cur, self.run_id, 0, self.upto)
+                _project_all(cur, self.run_id, self.upto, "pg_temp")
             for t in PROJECTION_TABLES:
                 found += _differences(
                     cur, t.name, [c.name for c in t.primary_key], [c.name for c in t.c], self.run_id, self.limit

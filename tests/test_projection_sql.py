@@ -3,13 +3,20 @@ it cannot decode as it stands turns into, and a rebuild that must not race the r
 
 from __future__ import annotations
 
+import os
+import secrets
+
+import psycopg
 import pytest
 
-from landscape.db import Database
-from landscape.errors import ConcurrentWriter
+from landscape.db import Database, migrate
+from landscape.errors import ChainBroken, ConcurrentWriter, StoreError
 from landscape.postgres import PostgresRecorder
 from landscape.projections import compare, rebuild
+from landscape.verify import verify_events, verify_run
 from statecharts import events as ev
+from statecharts.events import encode_event
+from tests.conftest import _with_database
 from tests.test_store import _created
 
 
@@ -64,3 +71,106 @@ def test_every_event_type_is_at_the_schema_version_the_projection_sql_reads() ->
     (with its upcaster in statecharts/upcast.py) needs its new shape read in
     landscape/projection_sql.py as well; then this test gets that type's new version."""
     assert {name: cls.SCHEMA_VERSION for name, cls in ev.EVENT_TYPES.items() if cls.SCHEMA_VERSION != 1} == {}
+
+
+def test_a_function_on_the_search_path_does_not_change_what_the_projections_say(db: Database) -> None:
+    """Someone who may create in a schema on the search path (an upgraded database whose
+    `public` still grants CREATE to everyone) defines a better match for a built-in the
+    projection SQL calls: `convert_from(bytea, text)` beats the built-in `(bytea, name)` for a
+    literal. The writer and the comparison would both run it, and agree on what it made up."""
+    with db.connect() as conn:
+        conn.execute(
+            "CREATE FUNCTION public.convert_from(bytea, text) RETURNS text LANGUAGE sql "
+            """AS $$ SELECT '{"reason": "forged", "row_index": 7, "data_hash": "forged"}' $$"""
+        )
+        conn.commit()
+    try:
+        run_id = "run-path"
+        w = PostgresRecorder(db).open_writer(run_id)
+        w.append("run", run_id, _created(run_id))
+        w.append("token", "r0", ev.TokenCreated(row_index=0, data_hash="h0", at="in"))
+        w.append("token", "r0", ev.TokenFailed(reason="real reason"))
+        w.commit()
+        w.close()
+        assert _outcomes(db, run_id) == {"r0": ("real reason", None)}
+        assert compare(db, run_id) == (2, [])
+    finally:
+        with db.connect() as conn:
+            conn.execute("DROP FUNCTION public.convert_from(bytea, text)")
+            conn.commit()
+
+
+def test_the_writer_refuses_a_database_that_is_not_utf8(server_url: str) -> None:
+    """The server decodes the events' JSON in the database's encoding."""
+    name = f"t_latin1_{secrets.token_hex(3)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        database = Database(_with_database(server_url, name), f"test database {name}",
+                            embedded=not os.environ.get("ELSPETH_TEST_DATABASE_URL"))  # fmt: skip
+        migrate(database)
+        with pytest.raises(StoreError, match="encoding LATIN1: ELSPETH needs UTF8"):
+            PostgresRecorder(database).open_writer("run-latin1")
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _forged(monkeypatch: pytest.MonkeyPatch, db: Database, run_id: str, body: bytes, event: ev.EventBase) -> None:
+    """A run whose third event is `event` in its columns and chain, with `body` as its bytes: what
+    a holder of the writer's role could append (no key is needed to extend a chain)."""
+    import landscape.postgres
+
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created(run_id))
+    w.append("token", "r0", ev.TokenCreated(row_index=0, data_hash="h0", at="in"))
+    monkeypatch.setattr(landscape.postgres, "encode_event", lambda _e: body)
+    w.append("token", "r0", event)
+    monkeypatch.undo()
+    w.commit()
+    w.close()
+
+
+def test_a_body_of_another_type_than_its_column_says_is_a_broken_log(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fold decodes a body by its own type tag; the projections read the event_type column.
+    Were the two allowed to differ, the projections would say the token completed, the log
+    that it failed, and a comparison (same SQL both sides) would agree."""
+    _forged(monkeypatch, db, "run-tag", encode_event(ev.TokenFailed(reason="x")), ev.TokenCompleted(sink="out"))
+    with pytest.raises(ChainBroken, match=r"seq 2.*the event body is a TokenFailed, its event_type column says"):
+        verify_run(PostgresRecorder(db), "run-tag")
+
+
+def test_a_body_with_a_key_its_event_does_not_have_is_a_broken_log(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding drops unknown keys; the projections read keys by name: a `sink` in a TokenFailed
+    would show in token_outcomes and in a sink's row count."""
+    failed = ev.TokenFailed(reason="x")
+    body = encode_event(failed)[:-1] + b',"sink":"out"}'
+    _forged(monkeypatch, db, "run-key", body, failed)
+    with pytest.raises(ChainBroken, match=r"seq 2.*a key that its event does not have"):
+        verify_run(PostgresRecorder(db), "run-key")
+
+
+def test_a_body_that_spells_out_fields_at_their_default_still_verifies(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As events were written before defaults were left out of the stored bytes: the same keys,
+    each once, so the projections read what the fold reads."""
+    failed = ev.TokenFailed(reason="x")
+    body = encode_event(failed)[:-1] + b',"node":null,"detail":null}'
+    _forged(monkeypatch, db, "run-old", body, failed)
+    verified = verify_events("run-old", PostgresRecorder(db).read_events("run-old"), references=False)
+    assert (verified.bad, verified.events) == (None, 3)
+    assert _outcomes(db, "run-old") == {"r0": ("x", None)}
+
+
+def test_a_body_with_a_key_twice_is_a_broken_log(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which of the two a decoder keeps is its own choice; the fold's and the server's may differ."""
+    failed = ev.TokenFailed(reason="x")
+    body = encode_event(failed)[:-1] + b',"reason":"y"}'
+    _forged(monkeypatch, db, "run-twice", body, failed)
+    with pytest.raises(ChainBroken, match=r"seq 2.*or a key twice"):
+        verify_run(PostgresRecorder(db), "run-twice")

@@ -69,9 +69,14 @@ def replay_cmd(
                 upto = comparison.upto if comparison.upto >= 0 else None
                 pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="elspeth-compare"))
                 compared = pool.submit(comparison.differences)
-            verified = verify_run(
-                recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=key
-            )
+            try:
+                verified = verify_run(
+                    recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=key
+                )
+            except BaseException:
+                if comparison is not None:  # a broken log or Ctrl-C: no need to wait for the server
+                    comparison.cancel()
+                raise
             checked = (comparison.upto, compared.result()) if comparison is not None and compared else None
     fold = verified.fold
     if checkpoints:
