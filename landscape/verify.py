@@ -213,11 +213,26 @@ def _check_body(e: StoredEvent, event: ev.EventBase) -> str | None:
     if e.schema_version != kind.SCHEMA_VERSION or encode_event(event) == e.payload:
         return None
     # Not byte for byte what the writer makes today: a body written before fields at their
-    # default were left out spells them out. Each key must be one of the event's, and only once.
-    keys = [k for k, _ in json.loads(e.payload, object_pairs_hook=list)]
-    if len(set(keys)) != len(keys) or not set(keys) <= {"type", *kind.__struct_fields__}:
+    # default were left out spells them out. Each key must be one of the event's, and no object,
+    # at any depth (a resume's `nodes`), may have a key twice: which one a decoder keeps is its own.
+    try:
+        keys = json.loads(e.payload, object_pairs_hook=_once).keys()
+    except _KeyTwice:
+        keys = None
+    if keys is None or not keys <= {"type", *kind.__struct_fields__}:
         return "the event body holds a key that its event does not have, or a key twice"
     return None
+
+
+class _KeyTwice(ValueError):
+    pass
+
+
+def _once(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _KeyTwice
+    return found
 
 
 def row_hashes(event: ev.EventBase) -> tuple[str, ...]:

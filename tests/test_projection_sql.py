@@ -174,3 +174,22 @@ def test_a_body_with_a_key_twice_is_a_broken_log(db: Database, monkeypatch: pyte
     _forged(monkeypatch, db, "run-twice", body, failed)
     with pytest.raises(ChainBroken, match=r"seq 2.*or a key twice"):
         verify_run(PostgresRecorder(db), "run-twice")
+
+
+def test_a_body_with_a_key_twice_deeper_down_is_a_broken_log(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume's `nodes` are objects too: the projections read a node's name by key."""
+    import landscape.postgres
+
+    run_id = "run-deep"
+    created = _created(run_id)
+    body = encode_event(created).replace(
+        b'"nodes":[]', b'"nodes":[{"name":"a","name":"b","kind":"k","plugin":"p","config_hash":"h"}]'
+    )
+    w = PostgresRecorder(db).open_writer(run_id)
+    monkeypatch.setattr(landscape.postgres, "encode_event", lambda _e: body)
+    w.append("run", run_id, created)
+    monkeypatch.undo()
+    w.commit()
+    w.close()
+    verified = verify_events(run_id, PostgresRecorder(db).read_events(run_id), references=False)
+    assert verified.bad is not None and verified.bad.seq == 0 and "a key twice" in verified.bad.why
