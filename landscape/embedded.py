@@ -405,10 +405,13 @@ def embedded_server(
             if not (pgdata / "PG_VERSION").exists():
                 if pgdata.exists() and any(pgdata.iterdir()):
                     raise DatabaseUnavailable(f"{pgdata} exists but is not a PostgreSQL data folder; move it away")
+                # Text compares by code point (PostgreSQL's builtin C.UTF-8): the same order on every
+                # machine whatever its locale, and a b-tree of run and token ids compares bytes
+                # instead of calling the C library's strcoll.
                 init = _run(
                     bin_dir,
                     "initdb",
-                    ["-D", str(pgdata), "--auth-local=peer", "--auth-host=reject", "--encoding=UTF8",
+                    ["-D", str(pgdata), "--auth-local=peer", "--auth-host=reject", "--encoding=UTF8", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
                      "--no-instructions", "-U", SUPERUSER],
                     uid,
                     gid,

@@ -6,8 +6,9 @@ transaction, right after copying those events in, so the server does this work o
 while the engine goes on. `rebuild` runs it over a whole log, and `replay --check` runs it into
 temporary tables to compare: one definition of what the events mean for the tables.
 
-It is one statement: the range is read once (`ev`), each event type's JSON body is decoded once
-into typed columns where a table needs it, and data-modifying `WITH` clauses write the tables.
+It is one statement: the range is read once (`ev`: the events of the types some table reads, each
+body turned into text once), each event type's JSON body is decoded once into typed columns where a
+table needs it, and data-modifying `WITH` clauses write the tables.
 They all see the tables as they were before the statement, so each row is written by exactly one
 clause: a coalesce or a batch is inserted if it opened in the range (with the state the range
 left it in) and updated otherwise; likewise the run's row; every metric is added to in one upsert.
@@ -70,8 +71,11 @@ _BATCH_STATUS: dict[type[ev.EventBase], str] = {
 # range with their bodies decoded into typed columns (each body parsed once, and only where used).
 _SQL = r"""
 WITH ev AS MATERIALIZED (
-  SELECT seq, entity_id AS id, event_type AS type, recorded_at AS at, payload FROM public.events
-  WHERE run_id = %(r)s AND seq BETWEEN %(lo)s AND %(hi)s),
+  SELECT seq, id, type, at, {sanitized} AS body FROM (
+    SELECT seq, entity_id AS id, event_type AS type, recorded_at AS at, convert_from(payload, 'UTF8') AS t
+    FROM public.events WHERE run_id = %(r)s AND seq BETWEEN %(lo)s AND %(hi)s AND event_type IN ({read})
+    OFFSET 0) AS range),
+last AS (SELECT max(seq) AS seq FROM public.events WHERE run_id = %(r)s AND seq BETWEEN %(lo)s AND %(hi)s),
 created AS MATERIALIZED ({created}),
 status AS MATERIALIZED ({status}),
 ended AS (SELECT type, at FROM status WHERE type IN ({run_ends}) ORDER BY seq DESC LIMIT 1),
@@ -88,7 +92,7 @@ run_inserted AS (
   SELECT %(r)s, coalesce(run.status, {created_status}), coalesce(run.settings_path, c.settings_path),
          coalesce(run.settings_hash, c.settings_hash), coalesce(run.fingerprint, c.source_fingerprint), c.at,
          CASE WHEN run.end_type = 'RunResumed' THEN NULL ELSE run.end_at END, run.resumes,
-         (SELECT max(seq) FROM ev)
+         (SELECT seq FROM last)
   FROM created c, run),
 -- the nodes a run declared, and those a resume under other settings declared again (the last wins)
 nodes_upserted AS (
@@ -183,7 +187,7 @@ metrics_added AS (
   ON CONFLICT (run_id, metric) DO UPDATE SET value = run_metrics.value + EXCLUDED.value)
 -- the run's row, when the range did not create it: the status its last status event left, when it
 -- ended (a resume clears that), how often it was resumed, the settings a resume continued under
-UPDATE {into}.runs SET last_seq = (SELECT max(seq) FROM ev), status = coalesce(run.status, runs.status),
+UPDATE {into}.runs SET last_seq = (SELECT seq FROM last), status = coalesce(run.status, runs.status),
        ended_at = CASE run.end_type WHEN 'RunResumed' THEN NULL ELSE coalesce(run.end_at, runs.ended_at) END,
        resumes = runs.resumes + run.resumes,
        source_fingerprint = coalesce(run.fingerprint, runs.source_fingerprint),
@@ -194,18 +198,24 @@ FROM run WHERE runs.run_id = %(r)s AND NOT EXISTS (SELECT 1 FROM created)
 
 
 def _body(kinds: list[type[ev.EventBase]], columns: str, extra: str = "") -> str:
-    """The events of `kinds` in the range with their bodies decoded into `columns`. An escaped
-    NUL (after an even run of backslashes) is read as U+FFFD: see the module's docstring."""
+    """The events of `kinds` in the range with their bodies decoded into `columns`."""
+    _READ.update(kinds)
     names = ", ".join(c.split()[0] for c in columns.split(", "))
     return (
         f"SELECT ev.seq, ev.id, ev.type, ev.at{extra}, {names} FROM ev "
-        "CROSS JOIN LATERAL convert_from(ev.payload, 'UTF8') AS t CROSS JOIN LATERAL json_to_record(("
-        # E'' literals: their backslashes mean the same whatever standard_conforming_strings says.
-        r"CASE WHEN strpos(t, E'\\u0000') = 0 THEN t "
-        r"ELSE regexp_replace(t, E'(?<!\\\\)((?:\\\\\\\\)*)\\\\u0000', E'\\1\\\\ufffd', 'g') END"
-        f")::json) AS p({columns}) WHERE ev.type IN ({_names(kinds)})"
+        f"CROSS JOIN LATERAL json_to_record(ev.body::json) AS p({columns}) WHERE ev.type IN ({_names(kinds)})"
     )
 
+
+# The event types the statement reads: `ev` holds only these (each `_body` adds its own).
+_READ: set[type[ev.EventBase]] = set()
+# A body as text, with an escaped NUL (after an even run of backslashes) read as U+FFFD: see the
+# module's docstring. E'' literals: their backslashes mean the same whatever
+# standard_conforming_strings says. Decoded once per event, in `ev`, not once per table.
+_SANITIZED = (
+    r"CASE WHEN strpos(t, E'\\u0000') = 0 THEN t "
+    r"ELSE regexp_replace(t, E'(?<!\\\\)((?:\\\\\\\\)*)\\\\u0000', E'\\1\\\\ufffd', 'g') END"
+)
 
 _PARTS = dict(
     created=_body([ev.RunCreated], "settings_path text, settings_hash text, source_fingerprint text, nodes json"),
@@ -231,7 +241,7 @@ _PARTS = dict(
     batch_status=_case(_BATCH_STATUS),
     write_failures=_body([ev.SinkWriteFailed], "sink text"),
 )
-
+_PARTS.update(sanitized=_SANITIZED, read=_names(sorted(_READ, key=lambda k: k.__name__)))
 
 # The statement writing the tables of each schema: `public`, or `pg_temp` (a comparison's copies).
 SQL = {into: _SQL.format(into=into, **_PARTS) for into in ("public", "pg_temp")}

@@ -104,7 +104,9 @@ def test_the_writer_refuses_a_database_that_is_not_utf8(server_url: str) -> None
     """The server decodes the events' JSON in the database's encoding."""
     name = f"t_latin1_{secrets.token_hex(3)}"
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+        admin.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LOCALE_PROVIDER libc LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
     try:
         database = Database(_with_database(server_url, name), f"test database {name}",
                             embedded=not os.environ.get("ELSPETH_TEST_DATABASE_URL"))  # fmt: skip
