@@ -31,7 +31,7 @@ from statecharts import events as ev
 
 def store_path(db: Database, events: int, commit_every: int) -> tuple[float, str, list[bytes]]:
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    writer = PostgresRecorder(db).open_writer(run_id, pipelined=True)  # as the engine uses it
+    writer = PostgresRecorder(db).open_writer(run_id, sending="process")  # as `elspeth run` uses it
     sent: list[bytes] = []  # the exact rows the store sent (binary COPY), for the baseline
     started = time.perf_counter()
     n = i = 0

@@ -40,7 +40,7 @@ from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed, read_witness, witness_path
 from landscape.note import Verifier
 from landscape.payloads import load_payloads
-from landscape.postgres import PostgresRecorder
+from landscape.postgres import PostgresRecorder, Sending
 from landscape.queries import run_summary
 from landscape.verify import Verification, verify_checkpoints, verify_events
 from statecharts import events as ev
@@ -180,6 +180,7 @@ class Execution:
         stop: Stop | None = None,
         home: str | None = None,
         verified: tuple[MerkleAccumulator, bytes] | None = None,
+        sending: Sending = "thread",
     ) -> None:
         self.db = db
         self.p = pipeline
@@ -192,7 +193,7 @@ class Execution:
         self.recorder = PostgresRecorder(db)
         self.writer = self.recorder.open_writer(
             run_id,
-            pipelined=True,
+            sending=sending,
             notary=_notary(self.recorder, pipeline, home),
             verified=verified,  # the resume's reading of the log: its tree is not rebuilt
         )
@@ -206,15 +207,16 @@ class Execution:
                 "see `elspeth runs`, then resume again if needed"
             )
         self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock)
-        # The writer's sender thread needs the GIL for a moment after each network wait: while
+        # A writer's sender thread needs the GIL for a moment after each network wait: while
         # it sends a COPY, after each few kilobytes the server reads. With Python's default 5 ms
         # slices it waited up to that long each time behind this thread's work, and this thread
         # then waited for its commit: measured, 30 % of a linear run's time. Shorter was faster
         # down to 2 µs (linear, 50,000 rows: 0.1 ms 6,800-7,000 rows/s, 10 µs 7,700-8,000,
         # 2 µs 8,400-8,900). Short slices only cost anything when both threads are runnable.
-        # Restored by close.
+        # A sender process (`elspeth run`) needs none of this. Restored by close.
         self._gil_slice = sys.getswitchinterval()
-        sys.setswitchinterval(GIL_SLICE_SECONDS)
+        if sending == "thread":
+            sys.setswitchinterval(GIL_SLICE_SECONDS)
 
     def _emit(self, entity_id: str, event: ev.EventBase) -> None:
         # The fold checks the transition is legal before the event is recorded.
@@ -455,14 +457,18 @@ def start_run(
     progress: ProgressFn | None = None,
     run_id: str | None = None,
     home: str | None = None,
+    sending: Sending = "thread",
 ) -> Outcome:
+    """Run a pipeline. `sending`: where the writer sends its commits from (`Sending`); the
+    command line sends them from a child process, in-process callers from a thread."""
     clock = clock or SystemClock()
     run_id = run_id or new_run_id(clock)
     fold = RunFold(run_id)
     with Stop(run_id).installed() as stop:
         ex = Execution(
-            db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop, home=home
-        )
+            db, pipeline, run_id, fold, clock=clock, commit_every=commit_every, progress=progress, stop=stop,
+            home=home, sending=sending,
+        )  # fmt: skip
         try:
             ex.start(resumed=False, forced=False, fingerprint=_fingerprint(pipeline))
             status = ex.run()
@@ -483,6 +489,7 @@ def resume_run(
     progress: ProgressFn | None = None,
     settings_path: Path | None = None,
     home: str | None = None,
+    sending: Sending = "thread",
 ) -> Outcome:
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
@@ -544,6 +551,7 @@ def resume_run(
                 stop=stop,
                 home=home,
                 verified=(verified.tree, verified.head),
+                sending=sending,
             )
             try:
                 ex.start(

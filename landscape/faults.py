@@ -49,3 +49,10 @@ def configure(spec: str, *, raise_instead: bool = False) -> None:
     _target = int(n) if n.isdigit() else 0
     _count = 0
     _raise = raise_instead
+
+
+def died_in_child(exit_code: int) -> None:
+    """A child process of this one (the writer's sender) ended with `exit_code`: if that was a
+    fault, end this process the same way, as the fault would have ended it on a thread."""
+    if exit_code == FAULT_EXIT_CODE:
+        os._exit(FAULT_EXIT_CODE)

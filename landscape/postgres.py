@@ -3,7 +3,7 @@
 Appends are buffered in memory, hash-chained as they arrive, and sent with `COPY` in one
 transaction per durability point, together with the payloads they reference; in the same
 transaction the server projects the new events into the analyst tables
-(`landscape.projection_sql`). A crash loses only the uncommitted tail, which the
+(`landscape.projection_sql`, `landscape.commits`). A crash loses only the uncommitted tail, which the
 engine can redo. Driver errors become the landscape's own through `db.driver_errors`.
 """
 
@@ -18,55 +18,41 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
 from itertools import starmap
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
-from landscape import copybin, faults
-from landscape.chain import GENESIS, header, link
+from landscape import commits, copybin, faults
+from landscape.chain import header, link
+from landscape.commits import EVENT_COLUMNS, LOCK_KEY, Batch
 from landscape.db import Database, driver_errors
-from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
+from landscape.errors import StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed
-from landscape.projection_sql import project
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_datetime
+from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, encode_event
 
-_EVENT_COLUMNS = (
-    "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
-)
 _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
 _length = struct.Struct(">i").pack
 _sha256 = hashlib.sha256
-# A 64-bit advisory lock key derived from the run id; collisions between run ids are negligible.
-_LOCK_KEY = "hashtextextended(%s, 0)"
+# How a writer's commits reach the database: on the engine's thread, on a thread of their own,
+# or from a child process (see `landscape.sender_process`).
+Sending = Literal["inline", "thread", "process"]
 
 
 # What a reader selects: `StoredEvent`'s fields in its order, so that a row (read in binary: bytea
 # arrives as bytes, integers as ints) is the Struct's positional arguments as it is. The time is
 # read as integer microseconds since the epoch, which the server computes exactly (extract gives
 # a numeric), instead of a datetime per event that Python then turns back into an integer.
-_READ_COLUMNS = _EVENT_COLUMNS.replace("recorded_at", "(extract(epoch FROM recorded_at) * 1000000)::int8")
+_READ_COLUMNS = EVENT_COLUMNS.replace("recorded_at", "(extract(epoch FROM recorded_at) * 1000000)::int8")
 # Rows per page of a streamed read: large enough that round trips do not count, small enough
 # that a page stays in the CPU's cache while it is verified.
 _PAGE = 5000
 # Asked for more payloads than this, a reader scans the run's payloads instead of probing each.
 _SCAN_AT = 20_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """One durability point's worth of work for the database."""
-
-    events: bytes  # binary COPY data (`landscape.copybin`), empty if none
-    payloads: bytes  # likewise
-    projected: tuple[int, int] | None  # the seqs of these events (first, last), to project
-    checkpoint: tuple[int, bytes, str] | None  # (tree size, root, signed note) after these events
-    recorded_at: datetime
 
 
 class PgRunWriter:
@@ -76,71 +62,40 @@ class PgRunWriter:
     session-level advisory lock keyed by the run id for as long as it lives. A second writer is
     refused at once, and because PostgreSQL drops the lock with the connection, a later `resume`
     can tell a dead writer (lock free) from a live one (lock held) without trusting pid files.
+
+    `sending` says where commits are sent from (`Sending`). On a thread or from a child process,
+    a commit is sent while the engine goes on with the next batch; at most one is in flight, so
+    memory stays bounded and commits stay in order. From a child, the child holds the lock.
     """
 
     def __init__(
         self,
-        conn: psycopg.Connection[Any],
+        connect: Callable[[], psycopg.Connection[Any]],
         run_id: str,
         *,
-        pipelined: bool = False,
+        sending: Sending = "inline",
         now_us: Callable[[], int] | None = None,
         notary: Notary | None = None,
         verified: tuple[MerkleAccumulator, bytes] | None = None,
     ) -> None:
         self.run_id = run_id
-        self._conn = conn
         self._notary = notary
-        # Pipelined: a commit is sent by one background thread while the engine goes on with
-        # the next batch (psycopg waits on the network without the GIL). At most one commit is
-        # in flight, so memory stays bounded and commits stay in order.
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elspeth-commit") if pipelined else None
-        self._in_flight: Future[None] | None = None
+        self._verifier = notary.verifier.text() if notary is not None else None
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
-        try:
-            with driver_errors(f"opening the writer of run {run_id}"):
-                encoding, _ = conn.execute(
-                    "SELECT current_setting('server_encoding'), set_config('application_name', %s, false)",
-                    (f"elspeth writer pid={os.getpid()}"[:63],),
-                ).fetchone() or ("", "")
-                if encoding != "UTF8":
-                    # The projections decode the events' JSON in the server, which reads it in the
-                    # database's encoding: anything else fails on the first character it lacks.
-                    raise StoreError(
-                        f"the audit store's database has encoding {encoding}: ELSPETH needs UTF8 "
-                        "(create it with ENCODING 'UTF8', or point landscape.url at one that has it)"
-                    )
-                got = conn.execute(f"SELECT pg_try_advisory_lock({_LOCK_KEY})", (run_id,)).fetchone()
-                conn.commit()
-                if not got or not got[0]:
-                    raise ConcurrentWriter(
-                        f"run {run_id} is being written by another process (its writer still holds the run's lock)"
-                    )
-                # The run's Merkle tree so far: a resumed writer goes on signing checkpoints of
-                # the same tree. `verified` is the tree and head of the log as a reader has just
-                # verified it (a resume): taken as it is only if the log, now that the lock is
-                # held, still ends at that event; anything else (another writer came between)
-                # is rebuilt from the hash column (the leaves), and the caller sees the seq move.
-                tip = conn.execute(
-                    "SELECT seq, hash FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1", (run_id,)
-                ).fetchone()
-                tree: MerkleAccumulator | None = None
-                if verified is not None:
-                    tree, head = verified
-                    if (tree.size, head) != ((tip[0] + 1, bytes(tip[1])) if tip else (0, GENESIS)):
-                        tree = None
-                if tree is None:
-                    hashes = [bytes(r[0]) for r in conn.execute(
-                        "SELECT hash FROM events WHERE run_id = %s ORDER BY seq", (run_id,)
-                    )]  # fmt: skip
-                    tree = MerkleAccumulator()
-                    tree.extend_data(hashes)
-                    head = hashes[-1] if hashes else GENESIS
-                conn.commit()
-        except LandscapeError:
-            conn.close()
-            raise
-        self._tree = tree.copy()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._process: SenderProcess | None = None
+        self._in_flight: Future[None] | None = None  # on the thread
+        self._handed: Batch | None = None  # to the process, not yet answered
+        if sending == "process":
+            self._process = SenderProcess(connect, run_id, verified, self._verifier)
+            tree, head = self._process.tree, self._process.head
+        else:
+            self._conn = connect()
+            tree, head = commits.open_log(self._conn, run_id, verified)
+            if sending == "thread":
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elspeth-commit")
+        self._tree = tree
         self._leaves: list[bytes] = []  # chain hashes not yet in the tree (added at each commit)
         self.next_seq: int = tree.size
         self.head: bytes = head
@@ -195,7 +150,7 @@ class PgRunWriter:
     def commit(self, *, wait: bool = True) -> None:
         """Send everything buffered in one transaction and commit it (a durability point).
 
-        With a pipelined writer and `wait=False` the commit is handed to the sender thread and
+        Sent from a thread or a child process, with `wait=False`, the commit is handed over and
         this returns at once; an error surfaces at the next commit. `wait=True` returns only
         when everything appended so far is committed."""
         if self._events or self._payloads:
@@ -207,7 +162,7 @@ class PgRunWriter:
             if self._notary is not None and self._events:
                 size, root = self._tree.size, self._tree.root()
                 checkpoint = (size, root, self._notary.sign(self.run_id, size, root))
-            batch = _Batch(
+            batch = Batch(
                 copybin.block(self._events) if self._events else b"",
                 copybin.block(self._payloads.values()) if self._payloads else b"",
                 (self.next_seq - len(self._events), self.next_seq - 1) if self._events else None,
@@ -215,11 +170,14 @@ class PgRunWriter:
                 us_to_datetime(self._now_us()),
             )
             self._events, self._payloads = [], {}
-            if self._sender is None:
-                self._send(batch)
+            self._wait()
+            if self._process is not None:
+                self._process.submit(batch)
+                self._handed = batch
+            elif self._thread is not None:
+                self._in_flight = self._thread.submit(self._send, batch)
             else:
-                self._wait()
-                self._in_flight = self._sender.submit(self._send, batch)
+                self._send(batch)
         if wait:
             self._wait()
 
@@ -227,58 +185,38 @@ class PgRunWriter:
         if self._in_flight is not None:
             future, self._in_flight = self._in_flight, None
             future.result()
+        if self._handed is not None and self._process is not None:
+            batch, self._handed = self._handed, None
+            self._process.wait()
+            self._witness(batch)
 
-    def _send(self, batch: _Batch) -> None:
-        conn = self._conn
-        with driver_errors(f"committing events of run {self.run_id}", conn=conn, run_id=self.run_id):
-            with conn.cursor() as cur:
-                if batch.payloads:
-                    # Commitments are salted at random, so a new payload never meets an old one.
-                    with cur.copy(
-                        "COPY payloads (run_id, hash, salt, data, recorded_at) FROM STDIN (FORMAT BINARY)"
-                    ) as cp:
-                        cp.write(batch.payloads)
-                if batch.events:
-                    with cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
-                        cp.write(batch.events)
-                if batch.projected is not None:
-                    # The server derives the analyst tables from the events just copied (on its
-                    # own core), in this same transaction: they are never behind the log.
-                    project(cur, self.run_id, *batch.projected)
-                if batch.checkpoint is not None and self._notary is not None:
-                    size, root, note = batch.checkpoint
-                    cur.execute(
-                        "INSERT INTO public.checkpoints (run_id, tree_size, root, note, verifier, recorded_at) "
-                        "VALUES (%s, %s, %s, %s, %s, %s)",
-                        (self.run_id, size, root, note, self._notary.verifier.text(), batch.recorded_at),
-                    )
-                faults.reached("commit")
-            conn.commit()
+    def _send(self, batch: Batch) -> None:
+        assert self._conn is not None
+        commits.send(self._conn, self.run_id, batch, self._verifier)
+        self._witness(batch)
+        faults.reached("committed")
+
+    def _witness(self, batch: Batch) -> None:
+        # Only once durable: a witnessed checkpoint must never cover events a crash undid.
         if batch.checkpoint is not None and self._notary is not None:
-            # Only once durable: a witnessed checkpoint must never cover events a crash undid.
             size, _root, note = batch.checkpoint
             self._notary.witness(self.run_id, size, note, batch.recorded_at)
-        faults.reached("committed")
 
     def close(self) -> None:
         """Release the run's lock. Uncommitted appends are dropped, as a crash would drop them.
-        A commit already handed to the sender thread is finished first; if it failed, that error
-        is raised here once the lock and the connection are released (never swallowed)."""
+        A commit already handed over is finished first; if it failed, that error is raised here
+        once the lock and the connection are released (never swallowed)."""
         pending_error: BaseException | None = None
-        if self._sender is not None:
-            try:
-                self._wait()
-            except BaseException as e:  # reported below, after cleaning up
-                pending_error = e
-            self._sender.shutdown(wait=True)
         try:
-            self._conn.rollback()
-            self._conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY})", (self.run_id,))
-            self._conn.commit()
-        except psycopg.Error:
-            pass  # the connection is gone, and the lock with it: nothing is left to release
-        finally:
-            self._conn.close()
+            self._wait()
+        except BaseException as e:  # reported below, after cleaning up
+            pending_error = e
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+        if self._process is not None:
+            self._process.close()
+        if self._conn is not None:
+            commits.release(self._conn, self.run_id)
         if pending_error is not None:
             raise pending_error
 
@@ -293,16 +231,14 @@ class PostgresRecorder:
         self,
         run_id: str,
         *,
-        pipelined: bool = False,
+        sending: Sending = "inline",
         now_us: Callable[[], int] | None = None,
         notary: Notary | None = None,
         verified: tuple[MerkleAccumulator, bytes] | None = None,
     ) -> PgRunWriter:
         """The run's single writer; `verified`: the Merkle tree and head hash of the log as just
         verified (see `PgRunWriter`), which spares reading every hash again."""
-        return PgRunWriter(
-            self.db.connect(), run_id, pipelined=pipelined, now_us=now_us, notary=notary, verified=verified
-        )
+        return PgRunWriter(self.db.connect, run_id, sending=sending, now_us=now_us, notary=notary, verified=verified)
 
     def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]:
         """A run's events in seq order, streamed with a server-side cursor in large pages."""
@@ -446,7 +382,7 @@ class PostgresRecorder:
             row = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                f" AND ((classid::bigint << 32) | objid::bigint) = {_LOCK_KEY})",
+                f" AND ((classid::bigint << 32) | objid::bigint) = {LOCK_KEY})",
                 (run_id,),
             ).fetchone()
         return bool(row and row[0])

@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("statecharts", "landscape", "engine")
 # The database sink writes users' own databases: the one place outside the landscape with SQL.
 SQL_ALLOWED = {"engine/plugins/database_sink.py"}
-# The PostgreSQL implementation: connections and error translation (db), the recorder (postgres),
+# The PostgreSQL implementation: connections and error translation (db), the recorder (postgres,
+# and its writer's transactions: commits, sent from a thread or a child process: sender_process),
 # the server's roles and grants (roles) and the embedded server itself (embedded).
-DRIVER_ALLOWED = {"landscape/db.py", "landscape/postgres.py", "landscape/roles.py", "landscape/embedded.py",
-                  *SQL_ALLOWED}  # fmt: skip
+DRIVER_ALLOWED = {"landscape/db.py", "landscape/postgres.py", "landscape/commits.py", "landscape/sender_process.py",
+                  "landscape/roles.py", "landscape/embedded.py", *SQL_ALLOWED}  # fmt: skip
 _SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|TRUNCATE|CREATE|DROP|ALTER|COPY)\s+\S", re.ASCII)
 
 

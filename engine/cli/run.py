@@ -197,7 +197,12 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
             _report(
                 db,
                 lambda: start_run(
-                    db, pipeline, commit_every=_commit_every(pipeline, commit_every), progress=progress, home=home
+                    db,
+                    pipeline,
+                    commit_every=_commit_every(pipeline, commit_every),
+                    progress=progress,
+                    home=home,
+                    sending="process",
                 ),
                 _resume_command(ctx, settings_url, settings_path),
             )
@@ -235,6 +240,7 @@ def resume_cmd(
                     progress=progress,
                     settings_path=settings_path,
                     home=home,
+                    sending="process",
                 ),
                 _resume_command(ctx, settings_url, settings_path),
             )

@@ -1,0 +1,148 @@
+"""A writer whose commits are sent by a child process (`landscape.sender_process`), as `elspeth
+run` and `elspeth resume` use it: the child holds the run's lock, a failure or a crash in it
+reaches the engine as one, and nothing it did not commit is on record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from landscape.canonical import commit_row
+from landscape.db import Database
+from landscape.errors import ConcurrentWriter, StoreError
+from landscape.postgres import PgRunWriter, PostgresRecorder
+from landscape.verify import verify_run
+from statecharts import events as ev
+from tests.engine_harness import write_csv
+from tests.test_cli import PIPELINE, elspeth
+
+
+def _created() -> ev.RunCreated:
+    return ev.RunCreated(
+        settings_path="s.yaml", settings_hash="h", settings={}, source_fingerprint="f", nodes=[],
+        elspeth_version="test", working_dir=".",
+    )  # fmt: skip
+
+
+def _tokens(w: PgRunWriter, first: int, n: int) -> None:
+    for i in range(first, first + n):
+        h, payload = commit_row({"id": i})
+        w.put_payload(h, payload)
+        w.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="in"))
+
+
+def _child(w: PgRunWriter) -> int:
+    assert w._process is not None and w._process._pid is not None
+    return w._process._pid
+
+
+def _lock_released(db: Database, run_id: str) -> bool:
+    """Whether the run's lock is free, waiting (boundedly) for the server to see a dead client go:
+    it notices at its next read of the socket, after whatever statement it was running."""
+    recorder = PostgresRecorder(db)
+    for _ in range(2000):
+        if not recorder.writer_alive(run_id):
+            return True
+        with db.connect() as conn:  # a round trip, to give the server time without sleeping
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+    return False
+
+
+def test_the_sender_process_holds_the_runs_lock_while_the_writer_is_open(db: Database) -> None:
+    run_id = f"run-sp-lock-{os.urandom(3).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending="process")
+    try:
+        assert w._conn is None  # the engine's process has no connection of its own to the run
+        w.append("run", run_id, _created())
+        w.commit()
+        with pytest.raises(ConcurrentWriter, match=run_id):
+            PostgresRecorder(db).open_writer(run_id)
+        assert PostgresRecorder(db).writer_alive(run_id)
+    finally:
+        w.close()
+    child = w._process
+    assert child is not None and child._pid is None  # reaped
+    again = PostgresRecorder(db).open_writer(run_id, sending="process")
+    assert again.next_seq == 1 and again.head == w.head  # it found the log where the first left it
+    again.close()
+
+
+def test_the_sender_process_ignores_interrupts_meant_for_the_engine(db: Database) -> None:
+    """Ctrl-C reaches every process of the terminal's group: stopping is the engine's to decide."""
+    run_id = f"run-sp-int-{os.urandom(3).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending="process")
+    try:
+        w.append("run", run_id, _created())
+        os.kill(_child(w), signal.SIGINT)
+        os.kill(_child(w), signal.SIGTERM)
+        _tokens(w, 0, 3)
+        w.commit()
+    finally:
+        w.close()
+    assert verify_run(PostgresRecorder(db), run_id).events == 4
+
+
+def test_a_sender_process_killed_from_outside_fails_the_commit_and_frees_the_run(db: Database) -> None:
+    run_id = f"run-sp-kill-{os.urandom(3).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending="process")
+    w.append("run", run_id, _created())
+    _tokens(w, 0, 2)
+    w.commit()
+    os.kill(_child(w), signal.SIGKILL)
+    _tokens(w, 2, 2)
+    with pytest.raises(StoreError, match="the writer's process ended unexpectedly"):
+        w.commit()
+    w.close()  # does not hang, does not raise again
+    assert _lock_released(db, run_id)
+    assert verify_run(PostgresRecorder(db), run_id).events == 3  # what was committed, nothing more
+    resumed = PostgresRecorder(db).open_writer(run_id, sending="process")
+    assert resumed.next_seq == 3
+    _tokens(resumed, 2, 2)
+    resumed.commit()
+    resumed.close()
+    assert verify_run(PostgresRecorder(db), run_id).events == 5
+
+
+def test_a_failed_statement_in_the_sender_process_is_the_engines_error(db: Database) -> None:
+    run_id = f"run-sp-fail-{os.urandom(3).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending="process")
+    w.append("run", run_id, _created())
+    w.commit()
+    w.next_seq = 0  # a bug that reuses a seq: the server refuses the duplicate key
+    w.append("run", run_id, _created())
+    with pytest.raises(ConcurrentWriter, match=f"run {run_id} .*seq already taken"):  # the class survives the pipe
+        w.commit()
+    w.close()
+    assert _lock_released(db, run_id)
+    assert verify_run(PostgresRecorder(db), run_id).events == 1
+
+
+@pytest.mark.parametrize("point", ["commit:4", "committed:4"])
+def test_a_fault_in_the_sender_process_ends_elspeth_run_and_the_run_resumes(
+    db: Database, tmp_path: Path, point: str
+) -> None:
+    """The fault points inside a commit are reached in the child; the whole run must end as if
+    the process had died there, and resume to what an uninterrupted run writes."""
+    outputs = {}
+    for name, fault in (("whole", None), ("crashed", point)):
+        work = tmp_path / name
+        (work / "out").mkdir(parents=True)
+        write_csv(work / "in.csv", ["id", "v"], [[i, i % 10] for i in range(30)])
+        (work / "settings.yaml").write_text(PIPELINE)
+        env = {"ELSPETH_FAULT": fault} if fault else None
+        proc = elspeth("run", "-s", "settings.yaml", "--commit-every", "2", cwd=work, db=db, env=env)
+        if fault:
+            assert proc.returncode == 86, proc.stderr
+            run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+            assert _lock_released(db, run_id)
+            resumed = elspeth("resume", run_id, cwd=work, db=db)
+            assert resumed.returncode == 0, resumed.stderr
+            assert verify_run(PostgresRecorder(db), run_id).events > 0
+        else:
+            assert proc.returncode == 0, proc.stderr
+        outputs[name] = {p.name: p.read_bytes() for p in sorted((work / "out").iterdir())}
+    assert outputs["crashed"] == outputs["whole"]
