@@ -23,9 +23,10 @@ import uuid
 
 from landscape import copybin
 from landscape.canonical import commit_row
+from landscape.commits import EVENT_COLUMNS
 from landscape.db import Database, open_database
 from landscape.merkle import MerkleAccumulator, leaf_hash
-from landscape.postgres import _EVENT_COLUMNS, PostgresRecorder
+from landscape.postgres import PostgresRecorder
 from statecharts import events as ev
 
 
@@ -65,7 +66,7 @@ def bare_copy(db: Database, run_id: str, rows: list[bytes], commit_every: int) -
     conn = db.connect()
     started = time.perf_counter()
     for k in range(0, len(encoded), commit_every):
-        with conn.cursor() as cur, cur.copy(f"COPY events ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
+        with conn.cursor() as cur, cur.copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
             cp.write(copybin.block(encoded[k : k + commit_every]))
         conn.commit()
     seconds = time.perf_counter() - started

@@ -2,7 +2,8 @@
 
     python benchmarks/resume.py [--rows 200000]
 
-Uninterrupted: the linear example on ROWS generated rows, in this process, with the time at
+Uninterrupted: the linear example on ROWS generated rows, in this process (commits sent from a
+child process, as `elspeth run` and `elspeth resume` send them), with the time at
 every durability point noted, so the time it spent on the second half of the input is known.
 Interrupted: the same run crashed at the event where the first one stood at half way (the writer
 dies as a killed process's would, its uncommitted tail lost), then `resume_run`, timed whole:
@@ -58,7 +59,7 @@ def main() -> None:
             # that where half way stood is known.
             every = min(pipeline.loaded.settings.checkpoint.commit_every_rows(), max(1, args.rows // 20))
             started = time.perf_counter()
-            whole = start_run(db, pipeline, commit_every=every, progress=note)
+            whole = start_run(db, pipeline, commit_every=every, progress=note, sending="process")
             total = time.perf_counter() - started
             pipeline.close()
             half_at, _ = next(m for m in marks if m[1] >= args.rows // 2)
@@ -68,14 +69,14 @@ def main() -> None:
             run_id = f"{whole.run_id}-crashed"
             faults.configure(f"append:{events // 2}", raise_instead=True)
             try:
-                start_run(db, pipeline, commit_every=every, run_id=run_id)
+                start_run(db, pipeline, commit_every=every, run_id=run_id, sending="process")
             except faults.SimulatedCrash:
                 pass
             finally:
                 faults.configure("")
                 pipeline.close()
             started = time.perf_counter()
-            resume_run(db, run_id, load, commit_every=every)
+            resume_run(db, run_id, load, commit_every=every, sending="process")
             resume_s = time.perf_counter() - started
         finally:
             os.chdir(home)

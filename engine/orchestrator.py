@@ -374,9 +374,11 @@ class Execution:
 
     def close(self) -> None:
         sys.setswitchinterval(self._gil_slice)
-        for sink in self.p.nodes.sinks.values():
-            sink.release()
-        self.writer.close()
+        try:
+            for sink in self.p.nodes.sinks.values():
+                sink.release()
+        finally:
+            self.writer.close()  # the run's lock and the sender go whatever a sink did
 
 
 def _guarded_source(items: Iterator[SourceItem | None]) -> Iterator[SourceItem | None]:

@@ -24,8 +24,14 @@ from landscape.projection_sql import project
 EVENT_COLUMNS = (
     "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
 )
-# A 64-bit advisory lock key derived from the run id; collisions between run ids are negligible.
-LOCK_KEY = "hashtextextended(%s, 0)"
+# 64-bit advisory lock keys derived from the run id (collisions between run ids are negligible).
+# The writer's: held by the process that runs the engine, for as long as it may write the run's
+# sinks or events. The sender's: held by the connection that commits the run's events. A writer
+# sending from its own process holds both on one connection; one sending from a child process
+# holds the first and its child the second. A run has a live writer while either is held.
+WRITER_LOCK = "hashtextextended(%s, 0)"
+SENDER_LOCK = "hashtextextended(%s, 1)"
+BOTH_LOCKS = (WRITER_LOCK, SENDER_LOCK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +45,39 @@ class Batch:
     recorded_at: datetime
 
 
+def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> None:
+    """Take the run's `keys` (advisory locks, for the session) or none of them: ConcurrentWriter
+    if another session holds one. The connection is closed if this fails."""
+    try:
+        with driver_errors(f"opening the writer of run {run_id}"):
+            conn.execute(
+                "SELECT set_config('application_name', %s, false)", (f"elspeth writer pid={os.getpid()}"[:63],)
+            )
+            taken: list[str] = []
+            for key in keys:
+                got = conn.execute(f"SELECT pg_try_advisory_lock({key})", (run_id,)).fetchone()
+                if not got or not got[0]:
+                    for held in taken:
+                        conn.execute(f"SELECT pg_advisory_unlock({held})", (run_id,))
+                    conn.commit()
+                    raise ConcurrentWriter(
+                        f"run {run_id} is being written by another process (its writer still holds the run's lock)"
+                    )
+                taken.append(key)
+            conn.commit()
+    except LandscapeError:
+        conn.close()
+        raise
+
+
 def open_log(
-    conn: psycopg.Connection[Any], run_id: str, verified: tuple[MerkleAccumulator, bytes] | None
+    conn: psycopg.Connection[Any],
+    run_id: str,
+    verified: tuple[MerkleAccumulator, bytes] | None,
+    keys: tuple[str, ...] = BOTH_LOCKS,
 ) -> tuple[MerkleAccumulator, bytes]:
-    """Take the run's writer lock on `conn` and return the run's Merkle tree and head hash.
+    """Take the run's lock `keys` on `conn` (see `lock`) and return the run's Merkle tree and head
+    hash: the connection that sends the run's events.
 
     `verified` is the tree and head of the log as a reader has just verified it (a resume):
     taken as it is only if the log, now that the lock is held, still ends at that event; anything
@@ -50,10 +85,8 @@ def open_log(
     caller sees the seq move. The connection is closed if this fails."""
     try:
         with driver_errors(f"opening the writer of run {run_id}"):
-            encoding, _ = conn.execute(
-                "SELECT current_setting('server_encoding'), set_config('application_name', %s, false)",
-                (f"elspeth writer pid={os.getpid()}"[:63],),
-            ).fetchone() or ("", "")
+            row = conn.execute("SELECT current_setting('server_encoding')").fetchone()
+            encoding = row[0] if row else ""
             if encoding != "UTF8":
                 # The projections decode the events' JSON in the server, which reads it in the
                 # database's encoding: anything else fails on the first character it lacks.
@@ -61,12 +94,9 @@ def open_log(
                     f"the audit store's database has encoding {encoding}: ELSPETH needs UTF8 "
                     "(create it with ENCODING 'UTF8', or point landscape.url at one that has it)"
                 )
-            got = conn.execute(f"SELECT pg_try_advisory_lock({LOCK_KEY})", (run_id,)).fetchone()
             conn.commit()
-            if not got or not got[0]:
-                raise ConcurrentWriter(
-                    f"run {run_id} is being written by another process (its writer still holds the run's lock)"
-                )
+        lock(conn, run_id, keys)
+        with driver_errors(f"opening the writer of run {run_id}"):
             tip = conn.execute(
                 "SELECT seq, hash FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1", (run_id,)
             ).fetchone()
@@ -117,11 +147,12 @@ def send(conn: psycopg.Connection[Any], run_id: str, batch: Batch, verifier: str
         conn.commit()
 
 
-def release(conn: psycopg.Connection[Any], run_id: str) -> None:
-    """Drop what was not committed, release the run's lock and close the connection."""
+def release(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...] = BOTH_LOCKS) -> None:
+    """Drop what was not committed, release the run's lock `keys` and close the connection."""
     try:
         conn.rollback()
-        conn.execute(f"SELECT pg_advisory_unlock({LOCK_KEY})", (run_id,))
+        for key in keys:
+            conn.execute(f"SELECT pg_advisory_unlock({key})", (run_id,))
         conn.commit()
     except psycopg.Error:
         pass  # the connection is gone, and the lock with it: nothing is left to release

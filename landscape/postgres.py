@@ -25,7 +25,7 @@ import psycopg
 
 from landscape import commits, copybin, faults
 from landscape.chain import header, link
-from landscape.commits import EVENT_COLUMNS, LOCK_KEY, Batch
+from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, WRITER_LOCK, Batch
 from landscape.db import Database, driver_errors
 from landscape.errors import StoreError
 from landscape.merkle import MerkleAccumulator
@@ -87,8 +87,19 @@ class PgRunWriter:
         self._process: SenderProcess | None = None
         self._in_flight: Future[None] | None = None  # on the thread
         self._handed: Batch | None = None  # to the process, not yet answered
+        self._failed: BaseException | None = None  # a commit that failed: nothing more is sent
+        if sending == "process" and threading.active_count() > 1:
+            # A fork copies every lock as it is that moment, held ones too, and the child could
+            # wait forever on one that another thread held: with other threads about, no fork.
+            sending = "thread"
         if sending == "process":
-            self._process = SenderProcess(connect, run_id, verified, self._verifier)
+            self._conn = connect()
+            commits.lock(self._conn, run_id, (commits.WRITER_LOCK,))
+            try:
+                self._process = SenderProcess(connect, run_id, verified, self._verifier)
+            except BaseException:
+                commits.release(self._conn, run_id, (commits.WRITER_LOCK,))
+                raise
             tree, head = self._process.tree, self._process.head
         else:
             self._conn = connect()
@@ -171,8 +182,18 @@ class PgRunWriter:
             )
             self._events, self._payloads = [], {}
             self._wait()
+            if self._failed is not None:
+                # The log ends where the failed commit began; this batch's seqs follow the failed
+                # one's: sending it would leave a gap in the chain, which no resume could verify.
+                raise StoreError(
+                    f"run {self.run_id}: nothing more can be committed after a failed commit ({self._failed})"
+                ) from self._failed
             if self._process is not None:
-                self._process.submit(batch)
+                try:
+                    self._process.submit(batch)
+                except BaseException as e:
+                    self._failed = e
+                    raise
                 self._handed = batch
             elif self._thread is not None:
                 self._in_flight = self._thread.submit(self._send, batch)
@@ -182,17 +203,28 @@ class PgRunWriter:
             self._wait()
 
     def _wait(self) -> None:
-        if self._in_flight is not None:
-            future, self._in_flight = self._in_flight, None
-            future.result()
-        if self._handed is not None and self._process is not None:
-            batch, self._handed = self._handed, None
-            self._process.wait()
-            self._witness(batch)
+        """Until the commit handed over is done; its error, if it failed (then and after)."""
+        try:
+            if self._in_flight is not None:
+                future, self._in_flight = self._in_flight, None
+                future.result()
+            if self._handed is not None and self._process is not None:
+                batch = self._handed
+                self._process.wait()
+                self._handed = None
+                self._witness(batch)
+        except BaseException as e:
+            self._handed = None
+            self._failed = self._failed or e
+            raise
 
     def _send(self, batch: Batch) -> None:
         assert self._conn is not None
-        commits.send(self._conn, self.run_id, batch, self._verifier)
+        try:
+            commits.send(self._conn, self.run_id, batch, self._verifier)
+        except BaseException as e:
+            self._failed = self._failed or e
+            raise
         self._witness(batch)
         faults.reached("committed")
 
@@ -213,10 +245,13 @@ class PgRunWriter:
             pending_error = e
         if self._thread is not None:
             self._thread.shutdown(wait=True)
+        # The sender first: the engine's process lets go of the run only once nothing can be
+        # committed for it any more.
         if self._process is not None:
             self._process.close()
         if self._conn is not None:
-            commits.release(self._conn, self.run_id)
+            commits.release(self._conn, self.run_id, (commits.WRITER_LOCK,) if self._process else commits.BOTH_LOCKS)
+            self._conn = None
         if pending_error is not None:
             raise pending_error
 
@@ -382,8 +417,8 @@ class PostgresRecorder:
             row = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                f" AND ((classid::bigint << 32) | objid::bigint) = {LOCK_KEY})",
-                (run_id,),
+                f" AND ((classid::bigint << 32) | objid::bigint) IN ({WRITER_LOCK}, {SENDER_LOCK}))",
+                (run_id, run_id),
             ).fetchone()
         return bool(row and row[0])
 

@@ -15,11 +15,15 @@ commits (`landscape.commits`), and answers. The writer hands over one batch at a
 for its answer before the next, as it did with a thread, so commits stay in order and memory
 stays bounded.
 
-The child holds the run's lock, so the lock lives exactly as long as the sending can: the child
-ends when the writer closes it, when the writer's end of the pipe closes (its process ended),
-and on Linux at once when the writer's process dies (`PR_SET_PDEATHSIG`). It ignores SIGINT and
-SIGTERM: stopping is the engine's to decide (it commits what it has, then closes the writer).
-A test's fault (`landscape.faults`) reached in the child ends the parent the same way.
+The engine's process holds the run's writer lock and the child its sender lock
+(`landscape.commits`): the run has a live writer while either lives, so neither a child that
+died alone nor one still finishing a commit after its parent died lets another writer in. The
+child ends when the writer closes it, when the writer's end of the pipe closes (its process
+ended), and on Linux at once when the writer's process dies (`PR_SET_PDEATHSIG`). It ignores
+SIGINT and SIGTERM (stopping is the engine's to decide), closes every descriptor it inherited
+but its pipes, and collects no garbage (see `_seal`). An exchange cut off half way (a stop at
+once) ends the child with SIGKILL: what it had not committed is lost, as in a crash. A test's
+fault (`landscape.faults`) reached in the child ends the parent the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import os
 import pickle
 import signal
@@ -40,6 +45,7 @@ from landscape import commits, faults
 from landscape.errors import LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
 
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}  # the engine's (engine/stopping.py)
 _PR_SET_PDEATHSIG = 1
 _F_SETPIPE_SZ = 1031  # Linux: a pipe of 1 MiB (the unprivileged maximum) takes a batch in fewer writes
 _PIPE_BYTES = 1 << 20
@@ -59,16 +65,28 @@ class SenderProcess:
         to_child, from_parent = _pipe()
         to_parent, from_child = _pipe()
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            to_child.close()
-            from_child.close()
-            _serve(connect, run_id, verified, verifier, from_parent, to_parent, parent)
+        # Signals wait until the fork is done: the child must never run the engine's handlers.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: leaves only through os._exit, whatever happens
+                try:
+                    _seal(mask, keep=(from_parent.fileno(), to_parent.fileno()))
+                    _serve(connect, run_id, verified, verifier, from_parent, to_parent, parent)
+                finally:
+                    os._exit(1)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         from_parent.close()
         to_parent.close()
         self._pid: int | None = pid
         self._to, self._from = to_child, from_child
-        state, head = self._answer(f"opening the writer of run {run_id}")
+        self._broken = False  # an exchange was cut off half way: the child is ended, not asked
+        try:
+            state, head = self._answer(f"opening the writer of run {run_id}")
+        except BaseException:
+            self._end(kill=True)
+            raise
         self.tree = MerkleAccumulator.from_bytes(state)
         self.head: bytes = head
 
@@ -78,36 +96,46 @@ class SenderProcess:
             self._to.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:
             self._answer(f"committing events of run {self.run_id}")  # the child is gone: say how
+        except BaseException:  # interrupted half way (a stop at once): the child has half a batch
+            self._broken = True
+            raise
 
     def wait(self) -> None:
         """Until the batch handed over is committed; its error, if it failed."""
         self._answer(f"committing events of run {self.run_id}")
 
     def close(self) -> None:
-        """Ask the child to release the run and end, and wait until it has."""
-        if self._pid is None:
-            return
-        try:
-            self._to.send_bytes(b"")
-            self._answer(f"closing the writer of run {self.run_id}")
-        except (OSError, LandscapeError):
-            pass  # it ended already; its end was reported, or is of no interest now
-        finally:
-            self._to.close()
-            self._from.close()
-            if self._pid is not None:
-                os.waitpid(self._pid, 0)
-                self._pid = None
+        """Ask the child to release the run and end, and wait until it has; after an exchange cut
+        off half way, end it at once (what it had not committed is lost, as in a crash)."""
+        if self._pid is not None and not self._broken:
+            with contextlib.suppress(OSError, LandscapeError):  # it ended already; reported below
+                self._to.send_bytes(b"")
+                self._answer(f"closing the writer of run {self.run_id}")
+        self._end(kill=self._broken)
+
+    def _end(self, *, kill: bool) -> None:
+        self._to.close()
+        self._from.close()
+        pid, self._pid = self._pid, None
+        if pid is not None:
+            if kill:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            faults.died_in_child(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 
     def _answer(self, what: str) -> Any:
         try:
             kind, value = pickle.loads(self._from.recv_bytes())
         except (EOFError, OSError):
             pid, self._pid = self._pid, None
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) if pid is not None else None
-            if code is not None:
-                faults.died_in_child(code)
+            if pid is None:
+                raise StoreError(f"{what}: the writer's process had already ended") from None
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            faults.died_in_child(code)
             raise StoreError(f"{what}: the writer's process ended unexpectedly (exit status {code})") from None
+        except BaseException:  # interrupted half way: the answer may still be in the pipe
+            self._broken = True
+            raise
         if kind == "error":
             raise value
         return value
@@ -133,12 +161,10 @@ def _serve(
     (its connections, its open files) must see no finalizer run here."""
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _die_with(parent)
         try:
             conn = connect()
-            tree, head = commits.open_log(conn, run_id, verified)
+            tree, head = commits.open_log(conn, run_id, verified, keys=(commits.SENDER_LOCK,))
         except BaseException as e:
             _say(outbox, "error", e)
             code = 0
@@ -147,10 +173,10 @@ def _serve(
         while True:
             try:
                 message = inbox.recv_bytes()
-            except EOFError:  # the writer's process ended: what it had not handed over is lost, as in a crash
-                break
+            except (EOFError, OSError):  # the writer's process ended (perhaps half way through a
+                break  # batch): what it had not handed over is lost, as in a crash
             if not message:
-                commits.release(conn, run_id)
+                commits.release(conn, run_id, keys=(commits.SENDER_LOCK,))
                 _say(outbox, "ok", None)
                 break
             try:
@@ -163,6 +189,22 @@ def _serve(
         code = 0
     finally:
         os._exit(code)
+
+
+def _seal(mask: set[int | signal.Signals], keep: tuple[int, ...]) -> None:
+    """Make the forked child its own: no garbage collection (a finalizer of an object that was
+    already garbage in the parent could close the parent's connection, or write to a descriptor
+    number this child has reused), interrupts ignored, and every descriptor closed but stdio and
+    its two pipe ends (the parent's sockets, files, locks and other writers' pipes)."""
+    gc.disable()
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def _say(outbox: Connection, kind: str, value: object) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from landscape.canonical import commit_row
+from landscape.commits import SENDER_LOCK
 from landscape.db import Database
 from landscape.errors import ConcurrentWriter, StoreError
 from landscape.postgres import PgRunWriter, PostgresRecorder
@@ -35,16 +36,30 @@ def _tokens(w: PgRunWriter, first: int, n: int) -> None:
         w.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="in"))
 
 
+def _children() -> set[int]:
+    """This process's children that are still there (zombies included)."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(pid))
+    return found
+
+
 def _child(w: PgRunWriter) -> int:
     assert w._process is not None and w._process._pid is not None
     return w._process._pid
 
 
-def _lock_released(db: Database, run_id: str) -> bool:
+def _lock_released(db: Database, run_id: str, tries: int = 2000) -> bool:
     """Whether the run's lock is free, waiting (boundedly) for the server to see a dead client go:
     it notices at its next read of the socket, after whatever statement it was running."""
     recorder = PostgresRecorder(db)
-    for _ in range(2000):
+    for _ in range(tries):
         if not recorder.writer_alive(run_id):
             return True
         with db.connect() as conn:  # a round trip, to give the server time without sleeping
@@ -56,11 +71,13 @@ def test_the_sender_process_holds_the_runs_lock_while_the_writer_is_open(db: Dat
     run_id = f"run-sp-lock-{os.urandom(3).hex()}"
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     try:
-        assert w._conn is None  # the engine's process has no connection of its own to the run
+        assert w._process is not None  # the commits are sent from a child
         w.append("run", run_id, _created())
         w.commit()
         with pytest.raises(ConcurrentWriter, match=run_id):
             PostgresRecorder(db).open_writer(run_id)
+        with pytest.raises(ConcurrentWriter, match=run_id):
+            PostgresRecorder(db).open_writer(run_id, sending="process")
         assert PostgresRecorder(db).writer_alive(run_id)
     finally:
         w.close()
@@ -69,6 +86,35 @@ def test_the_sender_process_holds_the_runs_lock_while_the_writer_is_open(db: Dat
     again = PostgresRecorder(db).open_writer(run_id, sending="process")
     assert again.next_seq == 1 and again.head == w.head  # it found the log where the first left it
     again.close()
+    again.close()  # twice is harmless
+
+
+def test_a_writer_refused_at_open_leaves_no_child_and_no_lock(db: Database) -> None:
+    run_id = f"run-sp-refused-{os.urandom(3).hex()}"
+    first = PostgresRecorder(db).open_writer(run_id)  # sending its own commits: holds both locks
+    try:
+        children = _children()
+        with pytest.raises(ConcurrentWriter, match=run_id):
+            PostgresRecorder(db).open_writer(run_id, sending="process")
+        assert _children() == children  # the refused writer's child was reaped (or never made)
+    finally:
+        first.close()
+    assert not PostgresRecorder(db).writer_alive(run_id)
+
+
+def test_a_sender_left_over_from_a_dead_engine_keeps_other_writers_out(db: Database) -> None:
+    """A child that outlived its writer (still finishing a commit) holds the sender lock: a
+    resume that took the writer lock alone would write beside it."""
+    run_id = f"run-sp-orphan-{os.urandom(3).hex()}"
+    with db.connect() as sender:  # what such a child's session holds
+        sender.execute(f"SELECT pg_advisory_lock({SENDER_LOCK})", (run_id,))
+        sender.commit()
+        assert PostgresRecorder(db).writer_alive(run_id)
+        for sending in ("inline", "process"):
+            with pytest.raises(ConcurrentWriter, match=run_id):
+                PostgresRecorder(db).open_writer(run_id, sending=sending)  # type: ignore[arg-type]
+    assert not PostgresRecorder(db).writer_alive(run_id)
+    PostgresRecorder(db).open_writer(run_id, sending="process").close()
 
 
 def test_the_sender_process_ignores_interrupts_meant_for_the_engine(db: Database) -> None:
@@ -86,16 +132,23 @@ def test_the_sender_process_ignores_interrupts_meant_for_the_engine(db: Database
     assert verify_run(PostgresRecorder(db), run_id).events == 4
 
 
-def test_a_sender_process_killed_from_outside_fails_the_commit_and_frees_the_run(db: Database) -> None:
+def test_a_sender_process_killed_from_outside_fails_the_commit_and_keeps_the_run_until_closed(
+    db: Database,
+) -> None:
     run_id = f"run-sp-kill-{os.urandom(3).hex()}"
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     w.append("run", run_id, _created())
     _tokens(w, 0, 2)
     w.commit()
     os.kill(_child(w), signal.SIGKILL)
+    # The engine may still be writing the run's sinks until it notices: the run is not free.
+    assert not _lock_released(db, run_id, tries=20)
     _tokens(w, 2, 2)
     with pytest.raises(StoreError, match="the writer's process ended unexpectedly"):
         w.commit()
+    _tokens(w, 4, 1)
+    with pytest.raises(StoreError, match="nothing more can be committed after a failed commit"):
+        w.commit()  # its seqs follow the lost batch's: sending it would leave a gap
     w.close()  # does not hang, does not raise again
     assert _lock_released(db, run_id)
     assert verify_run(PostgresRecorder(db), run_id).events == 3  # what was committed, nothing more
@@ -115,6 +168,9 @@ def test_a_failed_statement_in_the_sender_process_is_the_engines_error(db: Datab
     w.next_seq = 0  # a bug that reuses a seq: the server refuses the duplicate key
     w.append("run", run_id, _created())
     with pytest.raises(ConcurrentWriter, match=f"run {run_id} .*seq already taken"):  # the class survives the pipe
+        w.commit()
+    w.append("run", run_id, ev.RunFailed(reason="x"))
+    with pytest.raises(StoreError, match="nothing more can be committed after a failed commit"):
         w.commit()
     w.close()
     assert _lock_released(db, run_id)
