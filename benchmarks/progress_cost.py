@@ -1,8 +1,8 @@
 """What the progress display costs a run: `run.py PIPELINE ROWS --progress`.
 
-The pipeline runs in this process three times (best of `rounds` each): with no display, with the
+The pipeline runs in this process (its commits sent from a child, as `elspeth run` sends them) three times (best of `rounds` each): with no display, with the
 periodic lines (stderr not a terminal), and with the live bar (stderr and stdout on a
-pseudo-terminal, drained by a thread as a terminal would be). The time inside the display's
+pseudo-terminal, drained by another process as a terminal would be). The time inside the display's
 calls (which redraw the bar, at most once a second) is summed and given (as CPU time) as a share
 of the run's wall time; the wall-time difference of bar vs none is printed too
 (noisy on a shared machine: the summed share is the figure to trust).
@@ -11,6 +11,7 @@ of the run's wall time; the wall-time difference of bar vs none is printed too
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -54,27 +55,17 @@ def _terminal() -> Iterator[None]:
     master, slave = os.openpty()
     old_out, old_err = sys.stdout, sys.stderr
     tty = open(slave, "w", encoding="utf-8", closefd=True)  # noqa: SIM115 - closed below
-    stop = threading.Event()
-
-    def drain() -> None:
-        while not stop.is_set():
-            try:
-                if not os.read(master, 65536):
-                    return
-            except OSError:
-                return
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    # Drained by another process, as a terminal would be: a thread here would make the run send
+    # its commits from a thread too (the writer forks only when it is the process's one thread).
+    reader = subprocess.Popen(["cat"], stdin=master, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(master)
     sys.stdout = sys.stderr = tty
     try:
         yield
     finally:
         sys.stdout, sys.stderr = old_out, old_err
-        stop.set()
-        tty.close()
-        os.close(master)
-        reader.join(timeout=5)
+        tty.close()  # the reader sees the terminal hang up and ends
+        reader.wait(timeout=5)
 
 
 def _one(settings: Path, mode: str) -> tuple[float, float, int]:
@@ -90,7 +81,7 @@ def _one(settings: Path, mode: str) -> tuple[float, float, int]:
             started = time.perf_counter()
             try:
                 start_run(db, pipeline, commit_every=pipeline.loaded.settings.checkpoint.commit_every_rows(),
-                          progress=timed)  # fmt: skip
+                          progress=timed, sending="process")  # fmt: skip
             finally:
                 if progress is not None:
                     progress.close()
