@@ -94,7 +94,7 @@ class SenderProcess:
         """Hand a batch over; `wait` says how it went."""
         try:
             self._to.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        except OSError:
+        except BrokenPipeError:
             self._answer(f"committing events of run {self.run_id}")  # the child is gone: say how
         except BaseException:  # interrupted half way (a stop at once): the child has half a batch
             self._broken = True
@@ -107,11 +107,13 @@ class SenderProcess:
     def close(self) -> None:
         """Ask the child to release the run and end, and wait until it has; after an exchange cut
         off half way, end it at once (what it had not committed is lost, as in a crash)."""
-        if self._pid is not None and not self._broken:
-            with contextlib.suppress(OSError, LandscapeError):  # it ended already; reported below
-                self._to.send_bytes(b"")
-                self._answer(f"closing the writer of run {self.run_id}")
-        self._end(kill=self._broken)
+        try:
+            if self._pid is not None and not self._broken:
+                with contextlib.suppress(OSError, LandscapeError):  # it ended already; reported below
+                    self._to.send_bytes(b"")
+                    self._answer(f"closing the writer of run {self.run_id}")
+        finally:
+            self._end(kill=self._broken)
 
     def _end(self, *, kill: bool) -> None:
         self._to.close()
@@ -126,15 +128,15 @@ class SenderProcess:
     def _answer(self, what: str) -> Any:
         try:
             kind, value = pickle.loads(self._from.recv_bytes())
-        except (EOFError, OSError):
+        except EOFError:  # the child closed its end: it is ending (the only way it closes it)
             pid, self._pid = self._pid, None
             if pid is None:
                 raise StoreError(f"{what}: the writer's process had already ended") from None
             code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
             faults.died_in_child(code)
             raise StoreError(f"{what}: the writer's process ended unexpectedly (exit status {code})") from None
-        except BaseException:  # interrupted half way: the answer may still be in the pipe
-            self._broken = True
+        except BaseException:  # interrupted (a stop at once), or a pipe that failed: the answer
+            self._broken = True  # may still come, or never; the child is ended, not asked again
             raise
         if kind == "error":
             raise value

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 from pathlib import Path
 
 import pytest
 
+from engine.stopping import StopNow
 from landscape.canonical import commit_row
 from landscape.commits import SENDER_LOCK
 from landscape.db import Database
@@ -202,3 +204,44 @@ def test_a_fault_in_the_sender_process_ends_elspeth_run_and_the_run_resumes(
             assert proc.returncode == 0, proc.stderr
         outputs[name] = {p.name: p.read_bytes() for p in sorted((work / "out").iterdir())}
     assert outputs["crashed"] == outputs["whole"]
+
+
+def test_a_stop_in_the_middle_of_handing_over_a_batch_ends_the_child_at_once(db: Database) -> None:
+    """A stop at once (engine/stopping.py) can land while a batch is half written to the pipe:
+    the child holds half a message, and asking it to close would wait forever. It is ended, and
+    the batch is lost as in a crash."""
+    run_id = f"run-sp-stop-{os.urandom(3).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending="process")
+    w.append("run", run_id, _created())
+    w.commit()
+    process = w._process
+    assert process is not None
+    to_child = process._to
+
+    def half(data: bytes) -> None:  # the length and half the batch reach the child, then the stop
+        os.write(to_child.fileno(), struct.pack("!i", len(data)) + bytes(data[: len(data) // 2]))
+        raise StopNow
+
+    whole = to_child.send_bytes
+    to_child.send_bytes = half  # type: ignore[method-assign]
+    _tokens(w, 0, 50)
+
+    class Hung(BaseException):  # not an OSError: nothing on the way may take it for a closed pipe
+        pass
+
+    def hung(_signum: int, _frame: object) -> None:
+        raise Hung("closing the writer hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(StopNow):
+            w.commit()
+        to_child.send_bytes = whole  # type: ignore[method-assign]
+        w.close()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert process._pid is None  # ended and reaped
+    assert _lock_released(db, run_id)
+    assert verify_run(PostgresRecorder(db), run_id).events == 1
