@@ -58,14 +58,16 @@ _SCAN_AT = 20_000
 class PgRunWriter:
     """The single writer of one run's events.
 
-    The hash chain and the gap-free `seq` need exactly one writer per run, so the writer holds a
-    session-level advisory lock keyed by the run id for as long as it lives. A second writer is
-    refused at once, and because PostgreSQL drops the lock with the connection, a later `resume`
-    can tell a dead writer (lock free) from a live one (lock held) without trusting pid files.
+    The hash chain and the gap-free `seq` need exactly one writer per run, so the writer holds
+    session-level advisory locks keyed by the run id for as long as it lives (`landscape.commits`:
+    the writer's and the sender's). A second writer is refused at once, and because PostgreSQL
+    drops the locks with the connections, a later `resume` can tell a dead writer (locks free)
+    from a live one (a lock held) without trusting pid files.
 
     `sending` says where commits are sent from (`Sending`). On a thread or from a child process,
     a commit is sent while the engine goes on with the next batch; at most one is in flight, so
-    memory stays bounded and commits stay in order. From a child, the child holds the lock.
+    memory stays bounded and commits stay in order. Sending from a child, this process holds the
+    writer's lock and the child the sender's. After a failed commit nothing more is sent.
     """
 
     def __init__(

@@ -9,8 +9,8 @@ sending, one after the other; on a thread they overlapped, but the handovers cos
 (the sender's CPU time went from 0.4 s to 1.8 s, the engine waited 2.3 s for it). A child has
 its own interpreter: the engine's process only builds batches and writes them to a pipe.
 
-The child is forked when the writer opens. It connects on its own, takes the run's lock, and
-answers with where the log ends; then, for each batch it is handed, it copies, projects and
+The child is forked when the writer opens. It connects on its own, takes the run's sender lock,
+and answers with where the log ends; then, for each batch it is handed, it copies, projects and
 commits (`landscape.commits`), and answers. The writer hands over one batch at a time and waits
 for its answer before the next, as it did with a thread, so commits stay in order and memory
 stays bounded.
