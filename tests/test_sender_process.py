@@ -97,8 +97,8 @@ def test_a_writer_refused_at_open_leaves_no_child_and_no_lock(db: Database) -> N
     try:
         children = _children()
         with pytest.raises(ConcurrentWriter, match=run_id):
-            PostgresRecorder(db).open_writer(run_id, sending="process")
-        assert _children() == children  # the refused writer's child was reaped (or never made)
+            PostgresRecorder(db).open_writer(run_id, sending="process")  # refused the writer lock: no fork
+        assert _children() == children
     finally:
         first.close()
     assert not PostgresRecorder(db).writer_alive(run_id)
@@ -112,10 +112,13 @@ def test_a_sender_left_over_from_a_dead_engine_keeps_other_writers_out(db: Datab
         sender.execute(f"SELECT pg_advisory_lock({SENDER_LOCK})", (run_id,))
         sender.commit()
         assert PostgresRecorder(db).writer_alive(run_id)
+        children = _children()
         for sending in ("inline", "process"):
             with pytest.raises(ConcurrentWriter, match=run_id):
                 PostgresRecorder(db).open_writer(run_id, sending=sending)  # type: ignore[arg-type]
-    assert not PostgresRecorder(db).writer_alive(run_id)
+        assert _children() == children  # the child that was refused the sender lock was reaped
+        assert PostgresRecorder(db).writer_alive(run_id)  # the left-over sender lock, still held
+    assert not PostgresRecorder(db).writer_alive(run_id)  # and the refused writer kept nothing
     PostgresRecorder(db).open_writer(run_id, sending="process").close()
 
 
