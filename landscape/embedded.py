@@ -411,8 +411,8 @@ def embedded_server(
                 init = _run(
                     bin_dir,
                     "initdb",
-                    ["-D", str(pgdata), "--auth-local=peer", "--auth-host=reject", "--encoding=UTF8", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
-                     "--no-instructions", "-U", SUPERUSER],
+                    ["-D", str(pgdata), "--auth-local=peer", "--auth-host=reject", "--encoding=UTF8",
+                     "--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--no-instructions", "-U", SUPERUSER],
                     uid,
                     gid,
                 )  # fmt: skip

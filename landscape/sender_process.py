@@ -123,7 +123,7 @@ class SenderProcess:
             if kill:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            faults.died_in_child(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+            _reap(pid)
 
     def _answer(self, what: str) -> Any:
         try:
@@ -132,8 +132,7 @@ class SenderProcess:
             pid, self._pid = self._pid, None
             if pid is None:
                 raise StoreError(f"{what}: the writer's process had already ended") from None
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            faults.died_in_child(code)
+            code = _reap(pid)
             raise StoreError(f"{what}: the writer's process ended unexpectedly (exit status {code})") from None
         except BaseException:  # interrupted (a stop at once), or a pipe that failed: the answer
             self._broken = True  # may still come, or never; the child is ended, not asked again
@@ -141,6 +140,13 @@ class SenderProcess:
         if kind == "error":
             raise value
         return value
+
+
+def _reap(pid: int) -> int:
+    """Wait for the child to end; its exit code (a test's fault in it ends this process too)."""
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    faults.died_in_child(code)
+    return code
 
 
 def _pipe() -> tuple[Connection, Connection]:
