@@ -42,7 +42,8 @@ from landscape.note import Verifier
 from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder, Sending
 from landscape.queries import run_summary
-from landscape.verify import Verification, verify_checkpoints, verify_events
+from landscape.verify import Verification, verify_checkpoints
+from landscape.verify_store import verify_log
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_OPEN, RunState
@@ -441,7 +442,7 @@ def _verified_log(
     """`fold_run`'s reading of the log, with all it verified (the fold, the head, the tree)."""
     recorder = PostgresRecorder(db)
     sizes = [cp.size for cp in checkpoints]
-    verified = verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), roots_at=sizes, references=False)
+    verified, _ = verify_log(recorder, run_id, upto_seq=upto_seq, roots_at=sizes, references=False)
     if verified.bad is None and checkpoints:
         origin = run_origin(recorder.store_id(), run_id)
         verified.bad = verify_checkpoints(verified, checkpoints, verifier, origin)

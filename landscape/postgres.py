@@ -22,6 +22,7 @@ from itertools import starmap
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 
 from landscape import commits, copybin, faults
 from landscape.chain import header, link
@@ -258,6 +259,18 @@ class PgRunWriter:
             raise pending_error
 
 
+@contextlib.contextmanager
+def _transaction(conn: psycopg.Connection[Any], snapshot: str | None) -> Iterator[None]:
+    """A read-only transaction, in `snapshot` (an exported one: `shared_snapshot`) when given."""
+    conn.read_only = True
+    if snapshot is not None:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    with conn.transaction():
+        if snapshot is not None:  # the first statement: the transaction then sees what the exporter saw
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        yield
+
+
 class PostgresRecorder:
     """The `Recorder` on one PostgreSQL database."""
 
@@ -277,9 +290,12 @@ class PostgresRecorder:
         verified (see `PgRunWriter`), which spares reading every hash again."""
         return PgRunWriter(self.db.connect, run_id, sending=sending, now_us=now_us, notary=notary, verified=verified)
 
-    def read_events(self, run_id: str, after_seq: int = -1, upto_seq: int | None = None) -> Iterator[StoredEvent]:
-        """A run's events in seq order, streamed with a server-side cursor in large pages."""
-        sql = (
+    def read_events(
+        self, run_id: str, after_seq: int = -1, upto_seq: int | None = None, *, snapshot: str | None = None
+    ) -> Iterator[StoredEvent]:
+        """A run's events in seq order, streamed with a server-side cursor in large pages; in the
+        `snapshot` of `shared_snapshot` when given (another process may read in it too)."""
+        query = (
             f"SELECT {_READ_COLUMNS} FROM events WHERE run_id = %s AND seq > %s"
             + (" AND seq <= %s" if upto_seq is not None else "")
             + " ORDER BY seq"
@@ -295,10 +311,10 @@ class PostgresRecorder:
                 with (
                     driver_errors(f"reading events of run {run_id}"),
                     self.db.connect() as conn,
-                    conn.transaction(),
+                    _transaction(conn, snapshot),
                     conn.cursor(name=f"events_{os.getpid()}", binary=True) as cur,
                 ):
-                    cur.execute(sql, params)
+                    cur.execute(query, params)
                     while not stop.is_set():
                         rows = cur.fetchmany(_PAGE)
                         pages.put(rows)
@@ -325,6 +341,33 @@ class PostgresRecorder:
                 with contextlib.suppress(queue.Empty):
                     pages.get(timeout=0.05)
             fetcher.join()
+
+    @contextlib.contextmanager
+    def shared_snapshot(self, run_id: str) -> Iterator[tuple[str, int]]:
+        """A snapshot that other connections, of this process or another, can read in
+        (`read_events`, `scan_payloads`): they all see exactly the same rows, whatever is written
+        or changed meanwhile. Yields its id and the run's last seq in it (-1: no events); it can
+        be read in until the block ends."""
+        with driver_errors(f"reading run {run_id}"), self.db.connect() as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            snapshot, last = conn.execute(
+                "SELECT pg_export_snapshot(), (SELECT max(seq) FROM events WHERE run_id = %s)", (run_id,)
+            ).fetchone() or ("", None)
+            yield snapshot, -1 if last is None else int(last)
+
+    def scan_payloads(self, run_id: str, snapshot: str | None = None) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """Every payload kept for run `run_id`, as (hash, salt, data), in pages; in `snapshot`
+        (see `shared_snapshot`) when given."""
+        with (
+            driver_errors("reading row payloads"),
+            self.db.connect() as conn,
+            _transaction(conn, snapshot),
+            conn.cursor(name=f"payloads_{os.getpid()}", binary=True) as cur,
+        ):
+            cur.execute("SELECT hash, salt, data FROM payloads WHERE run_id = %s", (run_id,))
+            while rows := cur.fetchmany(_PAGE):
+                yield from rows
 
     def read_since(self, position: tuple[int, int] = (0, 0), limit: int = 10_000) -> list[GlobalEvent]:
         """Events of all runs after `position`, oldest transaction first, at most `limit`.

@@ -29,7 +29,6 @@ fault (`landscape.faults`) reached in the child ends the parent the same way.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import os
@@ -42,11 +41,11 @@ from typing import Any
 import psycopg
 
 from landscape import commits, faults
+from landscape.child import die_with
 from landscape.errors import LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}  # the engine's (engine/stopping.py)
-_PR_SET_PDEATHSIG = 1
 _F_SETPIPE_SZ = 1031  # Linux: a pipe of 1 MiB (the unprivileged maximum) takes a batch in fewer writes
 _PIPE_BYTES = 1 << 20
 
@@ -169,7 +168,7 @@ def _serve(
     (its connections, its open files) must see no finalizer run here."""
     code = 1
     try:
-        _die_with(parent)
+        die_with(parent)
         try:
             conn = connect()
             tree, head = commits.open_log(conn, run_id, verified, keys=(commits.SENDER_LOCK,))
@@ -223,11 +222,3 @@ def _say(outbox: Connection, kind: str, value: object) -> None:
         message = str(value) if isinstance(value, LandscapeError) else f"{type(value).__name__}: {value}"
         data = pickle.dumps((kind, StoreError(message)), protocol=pickle.HIGHEST_PROTOCOL)
     outbox.send_bytes(data)
-
-
-def _die_with(parent: int) -> None:
-    """Be killed when the parent dies (Linux); elsewhere the closed pipe ends the child."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the request above was in place
-        os._exit(0)

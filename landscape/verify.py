@@ -9,22 +9,23 @@ exported file runs it unchanged, with no driver installed.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
 
 from landscape.canonical import commitment
 from landscape.chain import GENESIS, header, link
-from landscape.checkpoint import open_checkpoint, run_origin
+from landscape.checkpoint import open_checkpoint
 from landscape.errors import ChainBroken, CorruptLog
 from landscape.fold import IllegalEvent, RunFold
 from landscape.merkle import EMPTY_ROOT, MerkleAccumulator
 from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier
-from landscape.recorder import Recorder
 from landscape.records import Erasure, Payload, StoredEvent
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -86,80 +87,175 @@ def verify_events(
     loads only its live tokens' rows, goes without: a million-row run references millions).
     Never raises for a bad log: the result says."""
     result = Verification(run_id, RunFold(run_id, ended=set()))
-    wanted = set(roots_at)
-    tree = MerkleAccumulator()
-    prev, expected = GENESIS, 0
-    try:
-        prev, expected = _verify_each(run_id, events, result, tree, observe, wanted, references)
-    finally:
-        # Stopping at a bad event leaves a streaming reader unfinished: close it now (a reader of
-        # the store holds a transaction, and so its locks, until closed), not when it is collected.
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
-    result.events, result.head, result.root, result.tree = expected, prev, tree.root(), tree
+    leaves = _Leaves(roots_at)
+    with _reading(events), gc_paused():
+        prev, expected = _verify_each(run_id, events, result, leaves, observe, references)
+        leaves.flush()
+    result.events, result.head, result.roots = expected, prev, leaves.roots
+    result.root, result.tree = leaves.tree.root(), leaves.tree
     return result
 
 
 _LEAF_BATCH = 4096
 
 
+@contextlib.contextmanager
+def _reading(events: Iterable[StoredEvent]) -> Iterator[None]:
+    """Stopping at a bad event leaves a streaming reader unfinished: close it at the end (a reader
+    of the store holds a transaction, and so its locks, until closed), not when it is collected."""
+    try:
+        yield
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: a verifier keeps hundreds of thousands of objects
+    alive (the fold's tokens, the payloads read), and each collection of the oldest generation
+    walks them all again; on a 1,000,000-event replay that was a tenth of the time. What is made
+    inside (events, rows, hashes) holds no reference cycles, so nothing waits for a collection."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class _Leaves:
+    """The Merkle tree of the good events, fed their chain hashes in batches (memory stays
+    bounded without checkpoints): at each size a root is wanted for, every `_LEAF_BATCH` events,
+    and at the end (`flush`, also after a bad event: the tree holds exactly the good events)."""
+
+    __slots__ = ("pending", "roots", "tree", "wanted")
+
+    def __init__(self, wanted: Collection[int]) -> None:
+        self.tree = MerkleAccumulator()
+        self.wanted = set(wanted)
+        self.roots: dict[int, bytes] = {}
+        self.pending: list[bytes] = []
+
+    def add(self, chain_hash: bytes, size: int) -> None:
+        """The chain hash of the event that makes the log `size` events long."""
+        self.pending.append(chain_hash)
+        if size in self.wanted:
+            self.flush()
+            self.roots[size] = self.tree.root()
+        elif len(self.pending) >= _LEAF_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.tree.extend_data(self.pending)
+        self.pending.clear()
+
+
 def _verify_each(
     run_id: str,
     events: Iterable[StoredEvent],
     result: Verification,
-    tree: MerkleAccumulator,
+    leaves: _Leaves,
     observe: Observer | None,
-    wanted: set[int],
     references: bool,
 ) -> tuple[bytes, int]:
-    """The loop of `verify_events`; returns the head and the count of the good events.
-
-    Each event costs a few microseconds, so the loop binds what it calls to locals, and the
-    chain hashes of the good events go into the Merkle tree in batches: at each size a root is
-    wanted for, every `_LEAF_BATCH` events (memory stays bounded without checkpoints), and once at
-    the end (also after a bad event: the tree holds exactly the good events)."""
-    apply, remember = result.fold.apply, result.referenced.setdefault
-    roots = result.roots
-    leaves: list[bytes] = []
+    """The loop of `verify_events`; returns the head and the count of the good events. Each
+    event costs a few microseconds, so what it calls is bound to locals."""
+    apply, remember, add = result.fold.apply, result.referenced.setdefault if references else None, leaves.add
     prev, expected = GENESIS, 0
-    try:
-        for e in events:
-            why = _check_record(run_id, e, expected, prev)
-            if why is not None:
-                result.bad = Finding(expected if e.seq > expected else e.seq, why)
-                break
-            seq = e.seq
-            try:
-                event = e.event
-            except (StatechartError, msgspec.DecodeError, msgspec.ValidationError) as err:
-                result.bad = Finding(seq, f"the event body cannot be read: {err}")
-                break
-            why = _check_body(e, event)
-            if why is not None:
-                result.bad = Finding(seq, why)
-                break
-            try:
-                apply(seq, e.entity_id, event)
-            except IllegalEvent as err:
-                result.bad = Finding(seq, f"not a legal transition: {err.detail}")
-                break
-            if references:
-                for h in row_hashes(event):
-                    remember(h, seq)
-            if observe is not None:
-                observe(e, event)
-            prev = e.hash
-            leaves.append(prev)
-            expected += 1
-            if expected in wanted or len(leaves) >= _LEAF_BATCH:
-                tree.extend_data(leaves)
-                leaves.clear()
-                if expected in wanted:
-                    roots[expected] = tree.root()
-    finally:
-        tree.extend_data(leaves)
+    for e in events:
+        why = _check_record(run_id, e, expected, prev)
+        if why is not None:
+            result.bad = Finding(expected if e.seq > expected else e.seq, why)
+            break
+        why = _check_event(e, apply, remember, observe)
+        if why is not None:
+            result.bad = Finding(e.seq, why)
+            break
+        prev = e.hash
+        expected += 1
+        add(prev, expected)
     return prev, expected
+
+
+# --- the same checks in two halves, for two processes (`landscape.verify_store`) ------------------
+# Every check of `verify_events` is either about the chain (`_check_record`, the Merkle tree) or
+# about the events' meaning (`_check_event`: the body, the fold). Two processes read the same
+# events (one snapshot) and run one half each; when both find nothing, `joined` makes the very
+# Verification `verify_events` would have returned. When either finds something, the caller runs
+# `verify_events` on the same events, which names the first bad one as it always does.
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCheck:
+    """The chain half of a verification: how many events were good, the head, the Merkle roots
+    asked for and the tree (`MerkleAccumulator.to_bytes`), and whether one was bad."""
+
+    events: int
+    head: bytes
+    roots: dict[int, bytes]
+    tree: bytes
+    bad: bool
+
+
+def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collection[int] = ()) -> ChainCheck:
+    """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree)."""
+    leaves = _Leaves(roots_at)
+    add = leaves.add
+    prev, expected, bad = GENESIS, 0, False
+    with _reading(events), gc_paused():
+        for e in events:
+            if _check_record(run_id, e, expected, prev) is not None:
+                bad = True
+                break
+            prev = e.hash
+            expected += 1
+            add(prev, expected)
+        leaves.flush()
+    return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), bad)
+
+
+def check_events(
+    run_id: str, events: Iterable[StoredEvent], *, observe: Observer | None = None, references: bool = True
+) -> Verification:
+    """`verify_events`' other checks alone (each body, each transition, in seq order from 0)."""
+    result = Verification(run_id, RunFold(run_id, ended=set()))
+    apply, remember = result.fold.apply, result.referenced.setdefault if references else None
+    expected = 0
+    with _reading(events), gc_paused():
+        for e in events:
+            why = _check_event(e, apply, remember, observe) if e.seq == expected else "out of order"
+            if why is not None:
+                result.bad = Finding(e.seq, why)
+                break
+            expected += 1
+    result.events = expected
+    return result
+
+
+def joined(checked: Verification, chain: ChainCheck) -> Verification | None:
+    """The two halves' results as one `Verification` when both read the same events and found
+    nothing; None otherwise (then `verify_events` says what is wrong)."""
+    if checked.bad is not None or chain.bad or checked.events != chain.events:
+        return None
+    checked.head, checked.roots = chain.head, chain.roots
+    checked.tree = MerkleAccumulator.from_bytes(chain.tree)
+    checked.root = checked.tree.root()
+    return checked
+
+
+def good_payloads(rows: Iterable[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Of these stored payloads (hash, salt, data), the hashes of those whose data and salt hash
+    to them, 32 bytes each, one after the other (cheap to hand to another process)."""
+    good = bytearray()
+    sha256 = hashlib.sha256
+    with gc_paused():
+        for h, salt, data in rows:
+            if sha256(salt + data).digest() == h:
+                good += h
+    return bytes(good)
 
 
 def verify_checkpoints(
@@ -199,6 +295,33 @@ def _check_record(run_id: str, e: StoredEvent, expected: int, prev: bytes) -> st
         return "the event header or hash was altered"
     if EVENT_MACHINE.get(e.event_type) != e.machine:
         return f"event type {e.event_type!r} does not belong to machine {e.machine!r}"
+    return None
+
+
+def _check_event(
+    e: StoredEvent,
+    apply: Callable[[int, str, ev.EventBase], object],
+    remember: Callable[[str, int], object] | None,
+    observe: Observer | None,
+) -> str | None:
+    """Decode the body, check it says what its columns say, fold it (`apply`), note the row
+    payloads it references (`remember`) and show it to `observe`; why not, if it is bad."""
+    try:
+        event = e.event
+    except (StatechartError, msgspec.DecodeError, msgspec.ValidationError) as err:
+        return f"the event body cannot be read: {err}"
+    why = _check_body(e, event)
+    if why is not None:
+        return why
+    try:
+        apply(e.seq, e.entity_id, event)
+    except IllegalEvent as err:
+        return f"not a legal transition: {err.detail}"
+    if remember is not None:
+        for h in row_hashes(event):
+            remember(h, e.seq)
+    if observe is not None:
+        observe(e, event)
     return None
 
 
@@ -267,32 +390,3 @@ def verify_payloads(
         if bad is None or seq < bad.seq:
             bad = Finding(seq, why)
     return bad
-
-
-def verify_run(
-    recorder: Recorder,
-    run_id: str,
-    *,
-    upto_seq: int | None = None,
-    observe: Observer | None = None,
-    checkpoints: Sequence[Witnessed] = (),
-    verifier: Verifier | None = None,
-) -> Verification:
-    """Read a run's log once through `verify_events`, check the signed `checkpoints` against it
-    (see `verify_checkpoints`), then the row payloads it references. Raises ChainBroken naming
-    the first bad seq (CorruptLog when the run has no events)."""
-    events = recorder.read_events(run_id, upto_seq=upto_seq)
-    sizes = [cp.size for cp in checkpoints]
-    verified = verify_events(run_id, events, observe=observe, roots_at=sizes).raise_if_bad()
-    if checkpoints:
-        verified.bad = verify_checkpoints(verified, checkpoints, verifier, run_origin(recorder.store_id(), run_id))
-        verified.raise_if_bad()
-    present = recorder.payloads(run_id, verified.referenced)
-    absent = [h for h in verified.referenced if h not in present]
-    verified.erased = recorder.erasures(absent) if absent else {}
-    explained = {h: e.describe() for h, e in verified.erased.items()}
-    bad = verify_payloads(verified.referenced, present, explained=explained)
-    if bad is not None:
-        verified.bad = bad
-        verified.raise_if_bad()
-    return verified

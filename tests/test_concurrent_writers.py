@@ -15,7 +15,7 @@ from landscape.postgres import PostgresRecorder
 from landscape.projections import compare
 from landscape.records import GlobalEvent
 from landscape.roles import Role
-from landscape.verify import verify_run
+from landscape.verify_store import verify_run
 from tests.engine_harness import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from engine.settings import load_settings
 from landscape.db import Database
 from landscape.errors import ChainBroken
 from landscape.postgres import PostgresRecorder
-from landscape.verify import verify_run
+from landscape.verify_store import verify_run
 from tests.engine_harness import assert_invariants, write_csv
 from tests.test_resume import PIPELINES, SINKS, SOURCE
 

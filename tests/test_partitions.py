@@ -16,7 +16,7 @@ from landscape import schema
 from landscape.db import Database, _alembic_config, migrate
 from landscape.postgres import PostgresRecorder
 from landscape.projections import compare
-from landscape.verify import verify_run
+from landscape.verify_store import verify_run
 from tests.engine_harness import run
 
 ROOT = Path(__file__).resolve().parents[1]

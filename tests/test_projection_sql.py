@@ -13,7 +13,8 @@ from landscape.db import Database, migrate
 from landscape.errors import ChainBroken, ConcurrentWriter, StoreError
 from landscape.postgres import PostgresRecorder
 from landscape.projections import compare, rebuild
-from landscape.verify import verify_events, verify_run
+from landscape.verify import verify_events
+from landscape.verify_store import verify_run
 from statecharts import events as ev
 from statecharts.events import encode_event
 from tests.conftest import _with_database

@@ -18,7 +18,7 @@ from landscape.commits import SENDER_LOCK
 from landscape.db import Database
 from landscape.errors import ConcurrentWriter, StoreError
 from landscape.postgres import PgRunWriter, PostgresRecorder
-from landscape.verify import verify_run
+from landscape.verify_store import verify_run
 from statecharts import events as ev
 from tests.engine_harness import write_csv
 from tests.test_cli import PIPELINE, elspeth

@@ -14,7 +14,8 @@ from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter
 from landscape.postgres import PgRunWriter as RunWriter
 from landscape.postgres import PostgresRecorder
-from landscape.verify import payload_matches, verify_run
+from landscape.verify import payload_matches
+from landscape.verify_store import verify_run
 from statecharts import events as ev
 from statecharts.upcast import UnknownSchemaVersion
 

@@ -19,7 +19,7 @@ from landscape import faults
 from landscape.db import Database
 from landscape.fold import IllegalEvent, RunFold
 from landscape.postgres import PostgresRecorder
-from landscape.verify import verify_run
+from landscape.verify_store import verify_run
 from statecharts import events as ev
 from tests.engine_harness import Result, run
 

@@ -1,0 +1,112 @@
+"""Verifying a stored run in two processes (`landscape.verify_store`): the same answer as one pass.
+
+Each test verifies the same log both ways: split into halves (`split_at=1`: every log is long
+enough) and in one pass (`split_at` beyond any log here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from landscape.canonical import commit_row
+from landscape.db import Database
+from landscape.errors import ChainBroken, StoreError
+from landscape.postgres import PostgresRecorder
+from landscape.records import StoredEvent
+from landscape.verify_store import _ChainProcess, verify_log, verify_run
+from statecharts import events as ev
+from tests.test_store import _superuser_update, _write_run
+
+SPLIT, ONE_PASS = 1, 10**9
+
+
+def test_two_processes_find_what_one_pass_finds_in_a_good_log(db: Database) -> None:
+    _write_run(db, "run-good", tokens=40, commit_every=7).close()
+    recorder = PostgresRecorder(db)
+    seen: list[int] = []
+    split, intact = verify_log(
+        recorder, "run-good", roots_at=[1, 2, 17, 41], payloads=True, split_at=SPLIT,
+        observe=lambda e, _event: seen.append(e.seq),
+    )  # fmt: skip
+    one, none = verify_log(recorder, "run-good", roots_at=[1, 2, 17, 41], payloads=True, split_at=ONE_PASS)
+    assert split.bad is None and one.bad is None and none == b""
+    assert (split.events, split.head, split.root, split.roots) == (one.events, one.head, one.root, one.roots)
+    assert split.tree.to_bytes() == one.tree.to_bytes() and sorted(split.roots) == [1, 2, 17, 41]
+    assert split.fold == one.fold and split.fold.outcomes == one.fold.outcomes
+    assert split.referenced == one.referenced and len(one.referenced) == 40
+    good = {intact[i : i + 32] for i in range(0, len(intact), 32)}
+    assert good == {bytes.fromhex(h) for h in one.referenced}
+    assert seen == list(range(41))  # the observer saw each event once, in order
+
+
+def _illegal(db: Database, run_id: str) -> None:
+    """A chain that verifies around an event the statechart forbids: a step after the end."""
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, ev.RunCreated(settings_path="s", settings_hash="h", settings={}, source_fingerprint="f",
+                                          nodes=[], elspeth_version="t", working_dir="."))  # fmt: skip
+    w.append("run", run_id, ev.RunStarted())
+    h, payload = commit_row({"id": 1})
+    w.put_payload(h, payload)
+    w.append("token", "t0", ev.TokenCreated(row_index=0, data_hash=h, at="in"))
+    w.append("token", "t0", ev.TokenCompleted(sink="out"))
+    w.append("token", "t0", ev.StepCompleted(node="n", input_hash=h, output_hash=h, duration_us=1, next="out"))
+    w.commit()
+    w.close()
+
+
+TAMPERED = [
+    # the chain half finds these
+    "UPDATE events SET payload = convert_to(replace(convert_from(payload, 'UTF8'), 'in', 'ix'), 'UTF8') "
+    "WHERE run_id = %(run)s AND seq = 3",
+    "UPDATE events SET entity_id = 'r9' WHERE run_id = %(run)s AND seq = 2",
+    "UPDATE events SET hash = '\\x00'::bytea || substring(hash from 2) WHERE run_id = %(run)s AND seq = 1",
+    "UPDATE events SET prev_hash = hash WHERE run_id = %(run)s AND seq = 4",
+    "DELETE FROM events WHERE run_id = %(run)s AND seq = 2",
+    "DELETE FROM events WHERE run_id = %(run)s AND seq = 0",
+    # the payloads: altered, gone
+    "UPDATE payloads SET data = convert_to(replace(convert_from(data, 'UTF8'), 'row', 'raw'), 'UTF8') "
+    "WHERE run_id = %(run)s AND data LIKE '%%row 3%%'",
+    "DELETE FROM payloads WHERE run_id = %(run)s AND data LIKE '%%row 1%%'",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sql", [*TAMPERED, "illegal"], ids=[*(f"tampered-{i}" for i in range(len(TAMPERED))), "illegal"]
+)
+def test_two_processes_name_the_first_bad_event_as_one_pass_does(db: Database, sql: str) -> None:
+    run_id = f"run-bad-{abs(hash(sql)) % 10**6}"
+    if sql == "illegal":  # the other half finds this one
+        _illegal(db, run_id)
+    else:
+        _write_run(db, run_id, tokens=8, commit_every=3).close()
+        _superuser_update(db, sql, {"run": run_id})  # type: ignore[arg-type]
+    found = []
+    for split_at in (SPLIT, ONE_PASS):
+        with pytest.raises(ChainBroken) as err:
+            verify_run(PostgresRecorder(db), run_id, split_at=split_at)
+        found.append((err.value.seq, str(err.value)))
+    assert found[0] == found[1]
+
+
+def test_readers_in_a_shared_snapshot_see_the_same_events_whatever_is_written_meanwhile(db: Database) -> None:
+    """What lets two processes check halves of one log: neither sees a later commit."""
+    w = _write_run(db, "run-snap", tokens=3)
+    recorder = PostgresRecorder(db)
+    with recorder.shared_snapshot("run-snap") as (snapshot, last):
+        h, payload = commit_row({"later": True})
+        w.put_payload(h, payload)
+        w.append("token", "r9", ev.TokenCreated(row_index=9, data_hash=h, at="in"))
+        w.commit()
+        in_snapshot: list[StoredEvent] = list(recorder.read_events("run-snap", snapshot=snapshot))
+        assert [e.seq for e in in_snapshot] == list(range(last + 1)) == list(range(4))
+        assert len(list(recorder.scan_payloads("run-snap", snapshot))) == 3
+        assert len(list(recorder.read_events("run-snap"))) == 5  # outside it, the new event
+    w.close()
+
+
+def test_a_second_process_that_fails_is_an_error_that_says_so(db: Database) -> None:
+    _write_run(db, "run-child", tokens=2).close()
+    recorder = PostgresRecorder(db)
+    chain = _ChainProcess(recorder, "run-child", "00000003-00000000-1", 2, (), False)  # no such snapshot
+    with chain, pytest.raises(StoreError, match=r"second process.*snapshot"):
+        chain.result()
