@@ -14,11 +14,14 @@ something, one pass over the same snapshot names the first bad event, as it alwa
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
 import os
-import signal
+import pickle
+import subprocess
+import sys
 from collections.abc import Collection, Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from landscape.checkpoint import run_origin
@@ -118,9 +121,12 @@ def verify_run(
 class _ChainProcess:
     """The child that runs the chain half (and hashes the payloads), and this process's side of it.
 
-    A new interpreter (spawned, not forked: the process may have threads, whose locks a fork
-    would copy as they are). It ends with this process (`die_with`), ignores Ctrl-C (this process
-    decides), and is killed when the block ends before it answered."""
+    A new interpreter running this module (`_main`), not a fork: the process may have threads,
+    whose locks a fork would copy as they are; nor multiprocessing's spawn, which imports the
+    caller's main script again in the child (a script without a `__main__` guard would run
+    twice). Its arguments go down its stdin, its one answer comes up a pipe of its own. It is in a
+    session of its own (Ctrl-C reaches this process, which decides), ends with this process
+    (`die_with`), and is killed when the block ends before it answered."""
 
     def __init__(
         self,
@@ -133,29 +139,42 @@ class _ChainProcess:
     ) -> None:
         self.run_id = run_id
         self.good = b""
-        context = multiprocessing.get_context("spawn")
-        self._answers, answer = context.Pipe(duplex=False)
-        args = (recorder, run_id, snapshot, upto, sorted(roots_at), payloads, answer, os.getpid())
-        self._process = context.Process(target=_chain_half, args=args, name="elspeth-verify", daemon=True)
-        self._process.start()
-        answer.close()
+        reader, writer = os.pipe()
+        # The child imports this very `landscape`, wherever it was imported from here.
+        path = [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "landscape.verify_store", str(writer)],
+                stdin=subprocess.PIPE,
+                pass_fds=(writer,),
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+                start_new_session=True,
+            )
+        finally:
+            os.close(writer)
+        self._answers = Connection(reader)
+        args = (recorder, run_id, snapshot, upto, sorted(roots_at), payloads, os.getpid())
+        stdin = self._process.stdin
+        assert stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it ended already: `result` says how
+            stdin.write(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+            stdin.close()
 
     def __enter__(self) -> _ChainProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._process.is_alive():
+        if self._process.poll() is None:
             self._process.kill()
-        self._process.join()
+        self._process.wait()
         self._answers.close()
 
     def result(self) -> ChainCheck:
         """The chain half's result (and `good`, the payloads found intact); waits for it."""
         try:
-            kind, value = self._answers.recv()
+            kind, value = pickle.loads(self._answers.recv_bytes())
         except EOFError:
-            self._process.join()
-            code = self._process.exitcode
+            code = self._process.wait()
             raise StoreError(f"verifying run {self.run_id}: the second process ended (exit status {code})") from None
         if kind == "error":
             raise StoreError(f"verifying run {self.run_id} (second process): {value}")
@@ -164,22 +183,19 @@ class _ChainProcess:
         return chain
 
 
-def _chain_half(
-    recorder: PostgresRecorder,
-    run_id: str,
-    snapshot: str,
-    upto: int,
-    roots_at: list[int],
-    payloads: bool,
-    answer: Connection,
-    parent: int,
-) -> None:
-    """The child's life: the chain half, the payloads, one answer."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _main() -> None:
+    """The child's life: its arguments, the chain half, the payloads, one answer."""
+    answer = Connection(int(sys.argv[1]))
+    recorder, run_id, snapshot, upto, roots_at, payloads, parent = pickle.load(sys.stdin.buffer)
     die_with(parent)
     try:
         chain = check_chain(run_id, recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot), roots_at=roots_at)
         good = good_payloads(recorder.scan_payloads(run_id, snapshot)) if payloads and not chain.bad else b""
-        answer.send(("ok", (chain, good)))
+        reply: tuple[str, object] = ("ok", (chain, good))
     except Exception as e:
-        answer.send(("error", str(e) or type(e).__name__))
+        reply = ("error", str(e) or type(e).__name__)
+    answer.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    _main()

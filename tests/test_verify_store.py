@@ -6,6 +6,10 @@ enough) and in one pass (`split_at` beyond any log here).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from landscape.canonical import commit_row
@@ -110,3 +114,18 @@ def test_a_second_process_that_fails_is_an_error_that_says_so(db: Database) -> N
     chain = _ChainProcess(recorder, "run-child", "00000003-00000000-1", 2, (), False)  # no such snapshot
     with chain, pytest.raises(StoreError, match=r"second process.*snapshot"):
         chain.result()
+
+
+def test_a_script_without_a_main_guard_can_verify_in_two_processes(db: Database, tmp_path: Path) -> None:
+    """The second process is not multiprocessing's spawn, which would run such a script again."""
+    _write_run(db, "run-script", tokens=3).close()
+    script = tmp_path / "check.py"
+    script.write_text(
+        "from landscape.db import Database\n"
+        "from landscape.postgres import PostgresRecorder\n"
+        "from landscape.verify_store import verify_run\n"
+        f"db = Database({db.conninfo!r}, 'test', embedded={db.embedded!r})\n"
+        "print('verified', verify_run(PostgresRecorder(db), 'run-script', split_at=1).events)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "verified 4\n"), proc.stderr
