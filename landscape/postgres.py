@@ -342,19 +342,30 @@ class PostgresRecorder:
                     pages.get(timeout=0.05)
             fetcher.join()
 
+    def last_seq(self, run_id: str) -> int:
+        """The run's last seq now (-1: no events)."""
+        with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
+            row = conn.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone()
+        return -1 if row is None or row[0] is None else int(row[0])
+
     @contextlib.contextmanager
-    def shared_snapshot(self, run_id: str) -> Iterator[tuple[str, int]]:
-        """A snapshot that other connections, of this process or another, can read in
-        (`read_events`, `scan_payloads`): they all see exactly the same rows, whatever is written
-        or changed meanwhile. Yields its id and the run's last seq in it (-1: no events); it can
-        be read in until the block ends."""
-        with driver_errors(f"reading run {run_id}"), self.db.connect() as conn:
+    def shared_snapshot(self) -> Iterator[str]:
+        """A snapshot of the whole database that other connections, of this process or another,
+        can read in (`read_events`, `scan_payloads`): they all see exactly the same rows, whatever
+        is written or changed meanwhile. Yields its id; it can be read in until the block ends.
+
+        The exporting transaction reads no table, so it holds no lock while it waits for its
+        readers: a lock it held would let a waiting `ALTER`, `VACUUM FULL` or upgrade queue every
+        later reader behind it, a wait the server cannot see as a deadlock. It is idle all the
+        while, so the server's idle-in-transaction timeout is lifted for this one session."""
+        with driver_errors("sharing a snapshot of the audit store"), self.db.connect(autocommit=True) as conn:
+            conn.execute("SET idle_in_transaction_session_timeout = 0")
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
-            snapshot, last = conn.execute(
-                "SELECT pg_export_snapshot(), (SELECT max(seq) FROM events WHERE run_id = %s)", (run_id,)
-            ).fetchone() or ("", None)
-            yield snapshot, -1 if last is None else int(last)
+            with conn.transaction():
+                row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                assert row is not None
+                yield str(row[0])
 
     def scan_payloads(self, run_id: str, snapshot: str | None = None) -> Iterator[tuple[bytes, bytes, bytes]]:
         """Every payload kept for run `run_id`, as (hash, salt, data), in pages; in `snapshot`

@@ -21,12 +21,10 @@ import subprocess
 import sys
 from collections.abc import Collection, Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from landscape.checkpoint import run_origin
 from landscape.child import die_with
-from landscape.errors import StoreError
 from landscape.notary import Witnessed
 from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
@@ -64,21 +62,46 @@ def verify_log(
     """`verify_events` over a run's stored events (up to `upto_seq`); never raises for a bad log.
     Also returns, when `payloads` and the log was long enough to be split, the hashes of the run's
     payloads found intact (`good_payloads`; else b""). `observe` sees each event of a good log
-    once; after a bad one, what it saw is not to be relied on."""
-    with recorder.shared_snapshot(run_id) as (snapshot, last):
-        upto = last if upto_seq is None else min(upto_seq, last)
+    once; after a bad one, what it saw is not to be relied on. Cyclic garbage collection is paused
+    meanwhile (`gc_paused`), also for `observe`."""
+    last = recorder.last_seq(run_id)
+    upto = last if upto_seq is None else min(upto_seq, last)
+    with gc_paused():
+        if upto + 1 < split_at:
+            events = recorder.read_events(run_id, upto_seq=upto)
+            return verify_events(run_id, events, observe=observe, roots_at=roots_at, references=references), b""
+        with recorder.shared_snapshot() as snapshot:
+            return _verify_split(recorder, run_id, snapshot, upto, observe, roots_at, references, payloads)
 
-        def events() -> Any:
-            return recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)
 
-        if upto + 1 >= split_at:
-            with _ChainProcess(recorder, run_id, snapshot, upto, roots_at, payloads) as chain:
-                checked = check_events(run_id, events(), observe=observe, references=references)
-                halves = joined(checked, chain.result()) if checked.bad is None else None
-            if halves is not None:
-                return halves, chain.good
-        # A short log, or something is wrong: one pass, which names the first bad event.
-        return verify_events(run_id, events(), observe=observe, roots_at=roots_at, references=references), b""
+def _verify_split(
+    recorder: PostgresRecorder,
+    run_id: str,
+    snapshot: str,
+    upto: int,
+    observe: Observer | None,
+    roots_at: Collection[int],
+    references: bool,
+    payloads: bool,
+) -> tuple[Verification, bytes]:
+    """`verify_log` of a long log: the halves in two processes, else one pass in the snapshot."""
+
+    def events() -> Any:
+        return recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)
+
+    with _ChainProcess(recorder, run_id, snapshot, upto, roots_at, payloads) as chain:
+        checked = check_events(run_id, events(), observe=observe, references=references)
+        answer = chain.result() if checked.bad is None else None
+    if answer is not None:
+        halves = joined(checked, answer)
+        if halves is not None:
+            return halves, chain.good
+    elif checked.bad is None:
+        # The second process could not do its half (it did not start, or failed): this process
+        # does it all, in the same snapshot. `observe` has seen every event once already.
+        observe = None
+    # Something is wrong, or the other half could not be had: one pass names the first bad event.
+    return verify_events(run_id, events(), observe=observe, roots_at=roots_at, references=references), b""
 
 
 def verify_run(
@@ -105,8 +128,9 @@ def verify_run(
             verified.raise_if_bad()
         referenced = verified.referenced
         if intact:  # only the others are read here (none, unless erased, altered or kept unsorted)
-            good = {intact[i : i + _HASH] for i in range(0, len(intact), _HASH)}
-            referenced = {h: seq for h, seq in referenced.items() if bytes.fromhex(h) not in good}
+            # By their names as the events spell them: a name in capitals is no payload's name.
+            good = {intact[i : i + _HASH].hex() for i in range(0, len(intact), _HASH)}
+            referenced = {h: seq for h, seq in referenced.items() if h not in good}
         present = recorder.payloads(run_id, referenced)
         absent = [h for h in referenced if h not in present]
         verified.erased = recorder.erasures(absent) if absent else {}
@@ -121,12 +145,19 @@ def verify_run(
 class _ChainProcess:
     """The child that runs the chain half (and hashes the payloads), and this process's side of it.
 
-    A new interpreter running this module (`_main`), not a fork: the process may have threads,
-    whose locks a fork would copy as they are; nor multiprocessing's spawn, which imports the
-    caller's main script again in the child (a script without a `__main__` guard would run
-    twice). Its arguments go down its stdin, its one answer comes up a pipe of its own. It is in a
-    session of its own (Ctrl-C reaches this process, which decides), ends with this process
-    (`die_with`), and is killed when the block ends before it answered."""
+    A new interpreter, not a fork: the process may have threads, whose locks a fork would copy as
+    they are; nor multiprocessing's spawn, which imports the caller's main script again in the
+    child (a script without a `__main__` guard would run twice). It starts isolated (`-I`: no
+    working directory, no PYTHON* variables, no user site on its path) and then takes this
+    process's module path as it is, so it runs the same code this process runs and nothing a
+    directory or a variable slipped in ahead of it. Its path and arguments go down its stdin, its
+    one answer comes up a pipe of its own. It is in a session of its own (Ctrl-C reaches this
+    process, which decides), ends with this process (`die_with`), and is killed when the block
+    ends before it answered. When it cannot start, or fails, `result` is None."""
+
+    _BOOT = (
+        "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); import landscape.verify_store as m; m._main()"
+    )
 
     def __init__(
         self,
@@ -137,47 +168,57 @@ class _ChainProcess:
         roots_at: Collection[int],
         payloads: bool,
     ) -> None:
-        self.run_id = run_id
         self.good = b""
+        self._process: subprocess.Popen[bytes] | None = None
+        args = (recorder, run_id, snapshot, upto, sorted(roots_at), payloads, os.getpid())
+        message = pickle.dumps(sys.path, protocol=pickle.HIGHEST_PROTOCOL) + pickle.dumps(
+            args, protocol=pickle.HIGHEST_PROTOCOL
+        )
         reader, writer = os.pipe()
-        # The child imports this very `landscape`, wherever it was imported from here.
-        path = [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+        self._answers = Connection(reader)
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "landscape.verify_store", str(writer)],
-                stdin=subprocess.PIPE,
-                pass_fds=(writer,),
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
-                start_new_session=True,
-            )
+            if sys.executable:  # (none in an embedding: `result` says None)
+                self._process = subprocess.Popen(
+                    [sys.executable, "-I", "-c", self._BOOT, str(writer)],
+                    stdin=subprocess.PIPE,
+                    pass_fds=(writer,),
+                    start_new_session=True,
+                )
+        except OSError:  # it cannot be started: `result` says None
+            pass
         finally:
             os.close(writer)
-        self._answers = Connection(reader)
-        args = (recorder, run_id, snapshot, upto, sorted(roots_at), payloads, os.getpid())
-        stdin = self._process.stdin
-        assert stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it ended already: `result` says how
-            stdin.write(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
-            stdin.close()
+        try:
+            if self._process is not None and self._process.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):  # it ended already: `result` says None
+                    self._process.stdin.write(message)
+                with contextlib.suppress(BrokenPipeError):
+                    self._process.stdin.close()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __enter__(self) -> _ChainProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
         self._answers.close()
 
-    def result(self) -> ChainCheck:
-        """The chain half's result (and `good`, the payloads found intact); waits for it."""
+    def result(self) -> ChainCheck | None:
+        """The chain half's result (and `good`, the payloads found intact), once the child sends
+        it; None when it could not start, failed, or ended without an answer."""
+        if self._process is None:
+            return None
         try:
             kind, value = pickle.loads(self._answers.recv_bytes())
-        except EOFError:
-            code = self._process.wait()
-            raise StoreError(f"verifying run {self.run_id}: the second process ended (exit status {code})") from None
-        if kind == "error":
-            raise StoreError(f"verifying run {self.run_id} (second process): {value}")
+        except (EOFError, OSError, pickle.UnpicklingError):
+            return None
+        if kind != "ok":
+            return None
         chain, self.good = value
         assert isinstance(chain, ChainCheck)
         return chain
@@ -189,13 +230,11 @@ def _main() -> None:
     recorder, run_id, snapshot, upto, roots_at, payloads, parent = pickle.load(sys.stdin.buffer)
     die_with(parent)
     try:
-        chain = check_chain(run_id, recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot), roots_at=roots_at)
-        good = good_payloads(recorder.scan_payloads(run_id, snapshot)) if payloads and not chain.bad else b""
+        with gc_paused():
+            events = recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)
+            chain = check_chain(run_id, events, roots_at=roots_at)
+            good = good_payloads(recorder.scan_payloads(run_id, snapshot)) if payloads and not chain.bad else b""
         reply: tuple[str, object] = ("ok", (chain, good))
-    except Exception as e:
-        reply = ("error", str(e) or type(e).__name__)
+    except Exception as e:  # the parent does this half itself
+        reply = ("error", str(e))
     answer.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-if __name__ == "__main__":
-    _main()

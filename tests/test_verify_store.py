@@ -14,12 +14,12 @@ import pytest
 
 from landscape.canonical import commit_row
 from landscape.db import Database
-from landscape.errors import ChainBroken, StoreError
+from landscape.errors import ChainBroken
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
 from landscape.verify_store import _ChainProcess, verify_log, verify_run
 from statecharts import events as ev
-from tests.test_store import _superuser_update, _write_run
+from tests.test_store import _created, _superuser_update, _write_run
 
 SPLIT, ONE_PASS = 1, 10**9
 
@@ -74,13 +74,25 @@ TAMPERED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "sql", [*TAMPERED, "illegal"], ids=[*(f"tampered-{i}" for i in range(len(TAMPERED))), "illegal"]
-)
+def _capitals(db: Database, run_id: str) -> None:
+    """A payload referenced by its name in capitals: no payload has that name."""
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created(run_id))
+    h, payload = commit_row({"id": 1})
+    w.put_payload(h, payload)
+    w.append("token", "r0", ev.TokenCreated(row_index=0, data_hash=h.upper(), at="in"))
+    w.commit()
+    w.close()
+
+
+CRAFTED = {"illegal": _illegal, "capitals": _capitals}
+
+
+@pytest.mark.parametrize("sql", [*TAMPERED, *CRAFTED], ids=[*(f"tampered-{i}" for i in range(len(TAMPERED))), *CRAFTED])
 def test_two_processes_name_the_first_bad_event_as_one_pass_does(db: Database, sql: str) -> None:
     run_id = f"run-bad-{abs(hash(sql)) % 10**6}"
-    if sql == "illegal":  # the other half finds this one
-        _illegal(db, run_id)
+    if sql in CRAFTED:  # the other half, or the payload check, finds these
+        CRAFTED[sql](db, run_id)
     else:
         _write_run(db, run_id, tokens=8, commit_every=3).close()
         _superuser_update(db, sql, {"run": run_id})  # type: ignore[arg-type]
@@ -96,24 +108,39 @@ def test_readers_in_a_shared_snapshot_see_the_same_events_whatever_is_written_me
     """What lets two processes check halves of one log: neither sees a later commit."""
     w = _write_run(db, "run-snap", tokens=3)
     recorder = PostgresRecorder(db)
-    with recorder.shared_snapshot("run-snap") as (snapshot, last):
+    with recorder.shared_snapshot() as snapshot:
         h, payload = commit_row({"later": True})
         w.put_payload(h, payload)
         w.append("token", "r9", ev.TokenCreated(row_index=9, data_hash=h, at="in"))
         w.commit()
         in_snapshot: list[StoredEvent] = list(recorder.read_events("run-snap", snapshot=snapshot))
-        assert [e.seq for e in in_snapshot] == list(range(last + 1)) == list(range(4))
+        assert [e.seq for e in in_snapshot] == list(range(4))
         assert len(list(recorder.scan_payloads("run-snap", snapshot))) == 3
         assert len(list(recorder.read_events("run-snap"))) == 5  # outside it, the new event
     w.close()
 
 
-def test_a_second_process_that_fails_is_an_error_that_says_so(db: Database) -> None:
-    _write_run(db, "run-child", tokens=2).close()
+def test_the_shared_snapshot_holds_no_lock_while_its_readers_work(db: Database) -> None:
+    """A lock held by the idle exporter would queue every later reader behind a waiting ALTER or
+    VACUUM FULL while the exporter waits for those readers: a wait the server cannot break."""
+    _write_run(db, "run-lock", tokens=2).close()
+    with PostgresRecorder(db).shared_snapshot(), db.connect() as other:
+        other.execute("LOCK TABLE events, payloads IN ACCESS EXCLUSIVE MODE NOWAIT")  # fails if held
+        other.rollback()
+
+
+def test_without_a_second_process_one_process_does_it_all(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_run(db, "run-alone", tokens=5).close()
     recorder = PostgresRecorder(db)
-    chain = _ChainProcess(recorder, "run-child", "00000003-00000000-1", 2, (), False)  # no such snapshot
-    with chain, pytest.raises(StoreError, match=r"second process.*snapshot"):
-        chain.result()
+    seen: list[int] = []
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    alone, intact = verify_log(recorder, "run-alone", observe=lambda e, _: seen.append(e.seq), split_at=SPLIT)
+    monkeypatch.undo()
+    one, _ = verify_log(recorder, "run-alone", split_at=ONE_PASS)
+    assert (alone.bad, alone.events, alone.head, alone.root, intact) == (None, one.events, one.head, one.root, b"")
+    assert seen == list(range(6))  # once each, though two passes ran
+    with _ChainProcess(recorder, "run-alone", "00000003-00000000-1", 5, (), False) as chain:  # no such snapshot
+        assert chain.result() is None
 
 
 def test_a_script_without_a_main_guard_can_verify_in_two_processes(db: Database, tmp_path: Path) -> None:
