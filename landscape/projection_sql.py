@@ -76,6 +76,10 @@ WITH ev AS MATERIALIZED (
     FROM public.events WHERE run_id = %(r)s AND seq BETWEEN %(lo)s AND %(hi)s AND event_type IN ({read})
     OFFSET 0) AS range),
 last AS (SELECT max(seq) AS seq FROM public.events WHERE run_id = %(r)s AND seq BETWEEN %(lo)s AND %(hi)s),
+-- the run's own events (a few per commit), and those of coalesces and batches, apart: the clauses
+-- that read them scan these, not all of `ev` each
+run_ev AS MATERIALIZED (SELECT * FROM ev WHERE type IN ({run_level})),
+group_ev AS MATERIALIZED (SELECT * FROM ev WHERE type IN ({group_level})),
 created AS MATERIALIZED ({created}),
 status AS MATERIALIZED ({status}),
 ended AS (SELECT type, at FROM status WHERE type IN ({run_ends}) ORDER BY seq DESC LIMIT 1),
@@ -179,10 +183,10 @@ metrics_added AS (
     UNION ALL SELECT 'sink.' || sink || '.rows' FROM ends WHERE sink IS NOT NULL
     UNION ALL SELECT 'node.' || node || '.' || outcome FROM ends WHERE node IS NOT NULL
     UNION ALL SELECT 'sink.' || sink || '.write_failures' FROM ({write_failures}) w
-    UNION ALL SELECT 'coalesce.merged' FROM ev WHERE type = 'CoalesceMerged'
-    UNION ALL SELECT 'coalesce.failed' FROM ev WHERE type = 'CoalesceFailed'
-    UNION ALL SELECT 'batch.completed' FROM ev WHERE type = 'BatchCompleted'
-    UNION ALL SELECT 'batch.failed' FROM ev WHERE type = 'BatchFailed') m(metric)
+    UNION ALL SELECT 'coalesce.merged' FROM coalesce_events WHERE type = 'CoalesceMerged'
+    UNION ALL SELECT 'coalesce.failed' FROM coalesce_events WHERE type = 'CoalesceFailed'
+    UNION ALL SELECT 'batch.completed' FROM batch_events WHERE type = 'BatchCompleted'
+    UNION ALL SELECT 'batch.failed' FROM batch_events WHERE type = 'BatchFailed') m(metric)
   GROUP BY metric
   ON CONFLICT (run_id, metric) DO UPDATE SET value = run_metrics.value + EXCLUDED.value)
 -- the run's row, when the range did not create it: the status its last status event left, when it
@@ -198,15 +202,21 @@ FROM run WHERE runs.run_id = %(r)s AND NOT EXISTS (SELECT 1 FROM created)
 
 
 def _body(kinds: list[type[ev.EventBase]], columns: str, extra: str = "") -> str:
-    """The events of `kinds` in the range with their bodies decoded into `columns`."""
+    """The events of `kinds` in the range with their bodies decoded into `columns`; read from
+    `run_ev` or `group_ev` when all are of those (each scan of `ev` passes over every event)."""
     _READ.update(kinds)
+    source = "run_ev" if set(kinds) <= _RUN_LEVEL else "group_ev" if set(kinds) <= _GROUP_LEVEL else "ev"
     names = ", ".join(c.split()[0] for c in columns.split(", "))
     return (
-        f"SELECT ev.seq, ev.id, ev.type, ev.at{extra}, {names} FROM ev "
+        f"SELECT ev.seq, ev.id, ev.type, ev.at{extra}, {names} FROM {source} AS ev "
         f"CROSS JOIN LATERAL json_to_record(ev.body::json) AS p({columns}) WHERE ev.type IN ({_names(kinds)})"
     )
 
 
+# The run's own events, not a token's: a few per commit (`run_ev`).
+_RUN_LEVEL: set[type[ev.EventBase]] = {ev.RunCreated, *_RUN_STATUS, ev.SinkFlushed, ev.SinkWriteFailed}
+# A coalesce's and a batch's events, and a token's buffering into a batch (`group_ev`).
+_GROUP_LEVEL: set[type[ev.EventBase]] = {*_COALESCE_STATUS, *_BATCH_STATUS, ev.TokenBuffered}
 # The event types the statement reads: `ev` holds only these (each `_body` adds its own).
 _READ: set[type[ev.EventBase]] = set()
 # A body as text, with an escaped NUL (after an even run of backslashes) read as U+FFFD: see the
@@ -241,7 +251,12 @@ _PARTS = dict(
     batch_status=_case(_BATCH_STATUS),
     write_failures=_body([ev.SinkWriteFailed], "sink text"),
 )
-_PARTS.update(sanitized=_SANITIZED, read=_names(sorted(_READ, key=lambda k: k.__name__)))
+_PARTS.update(
+    sanitized=_SANITIZED,
+    read=_names(sorted(_READ, key=lambda k: k.__name__)),
+    run_level=_names(sorted(_RUN_LEVEL, key=lambda k: k.__name__)),
+    group_level=_names(sorted(_GROUP_LEVEL, key=lambda k: k.__name__)),
+)
 
 # The statement writing the tables of each schema: `public`, or `pg_temp` (a comparison's copies).
 SQL = {into: _SQL.format(into=into, **_PARTS) for into in ("public", "pg_temp")}
