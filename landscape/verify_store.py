@@ -92,15 +92,12 @@ def _verify_split(
     with _ChainProcess(recorder, run_id, snapshot, upto, roots_at, payloads) as chain:
         checked = check_events(run_id, events(), observe=observe, references=references)
         answer = chain.result() if checked.bad is None else None
-    if answer is not None:
-        halves = joined(checked, answer)
-        if halves is not None:
-            return halves, chain.good
-    elif checked.bad is None:
-        # The second process could not do its half (it did not start, or failed): this process
-        # does it all, in the same snapshot. `observe` has seen every event once already.
-        observe = None
-    # Something is wrong, or the other half could not be had: one pass names the first bad event.
+    if answer is not None and (halves := joined(checked, answer)) is not None:
+        return halves, chain.good
+    if checked.bad is None:
+        observe = None  # it has seen every event once already
+    # Something is wrong, or the second process could not do its half (it did not start, or
+    # failed): one pass in the same snapshot names the first bad event, or finds none.
     return verify_events(run_id, events(), observe=observe, roots_at=roots_at, references=references), b""
 
 
@@ -127,7 +124,7 @@ def verify_run(
             verified.bad = verify_checkpoints(verified, checkpoints, verifier, run_origin(recorder.store_id(), run_id))
             verified.raise_if_bad()
         referenced = verified.referenced
-        if intact:  # only the others are read here (none, unless erased, altered or kept unsorted)
+        if intact:  # only the others are read here: erased, altered, or kept before payloads had a run
             # By their names as the events spell them: a name in capitals is no payload's name.
             good = {intact[i : i + _HASH].hex() for i in range(0, len(intact), _HASH)}
             referenced = {h: seq for h, seq in referenced.items() if h not in good}
