@@ -126,8 +126,9 @@ def verify_run(
         referenced = verified.referenced
         if intact:  # only the others are read here: erased, altered, or kept before payloads had a run
             # By their names as the events spell them: a name in capitals is no payload's name.
-            good = {intact[i : i + _HASH].hex() for i in range(0, len(intact), _HASH)}
-            referenced = {h: seq for h, seq in referenced.items() if h not in good}
+            hexed, width = intact.hex(), 2 * _HASH
+            good = {hexed[i : i + width] for i in range(0, len(hexed), width)}
+            referenced = {h: referenced[h] for h in referenced.keys() - good}
         present = recorder.payloads(run_id, referenced)
         absent = [h for h in referenced if h not in present]
         verified.erased = recorder.erasures(absent) if absent else {}
