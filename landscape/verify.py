@@ -3,8 +3,9 @@
 It checks, in one pass: seq continuity from 0, each body against its payload hash, each link of
 the hash chain, that every event decodes and names its machine, and that every event is a legal
 transition from the state the fold is in. It stops at the first bad event and names it. `replay`
-reads the log once through it (the fold it returns is the replayed state); `elspeth verify` of an
-exported file runs it unchanged, with no driver installed.
+and `resume` read the log through it (the fold it returns is the replayed state), a long log in two
+halves run by two processes (`check_chain`, `check_events`, `joined`; `landscape.verify_store`);
+`elspeth verify` of an exported file runs it unchanged, with no driver installed.
 """
 
 from __future__ import annotations
