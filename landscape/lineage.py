@@ -1,8 +1,9 @@
 """A row's lineage read from the events themselves, for `elspeth explain`.
 
 The projection tables can be changed with a plain UPDATE; the log cannot be changed without the
-verifier noticing. So this reads the run's log once through `verify_events` (chain, seq, legal
-transitions) and keeps the events of the selected rows' tokens: every token whose TokenCreated
+verifier noticing. So this reads the run's log once through `verify_run` (chain, seq, legal
+transitions, and the signed checkpoints given: a log cut short is refused, not shown as a row
+that never got further) and keeps the events of the selected rows' tokens: every token whose TokenCreated
 carries the row's index (fork branches, expansions and merges do), and every token created from
 one of them (an aggregation's outputs, which carry the index of the batch's last row). The row
 data the kept events reference is fetched and checked against its hash before it is shown: a
@@ -11,7 +12,7 @@ payload that is missing or altered is reported as such, never shown as if it wer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,9 +21,12 @@ import msgspec
 
 from landscape.canonical import decode_row
 from landscape.errors import UnknownRun
-from landscape.recorder import Recorder
+from landscape.notary import Witnessed
+from landscape.note import Verifier
+from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent, us_to_datetime
-from landscape.verify import Observer, Verification, payload_matches, verify_events
+from landscape.verify import Observer, Verification, payload_matches
+from landscape.verify_store import verify_run
 from statecharts import events as ev
 
 # -- what explain shows (the shape of `explain --json`, see docs/cli.md) --------------------------
@@ -260,16 +264,29 @@ def _gates(settings: dict[str, object]) -> dict[str, dict[str, Any]]:
     return {str(g["name"]): g for g in gates if isinstance(g, dict) and "name" in g}
 
 
-def find_token_row(recorder: Recorder, run_id: str, token_id: str) -> int:
+def find_token_row(
+    recorder: PostgresRecorder,
+    run_id: str,
+    token_id: str,
+    *,
+    checkpoints: Sequence[Witnessed] = (),
+    verifier: Verifier | None = None,
+) -> int:
     """The row index a token belongs to, read from the verified log. UnknownRun if none."""
     collector = _Collector(select_row=lambda _i: False, select_token=token_id)
-    _verified(recorder, run_id, collector, None)
+    _verified(recorder, run_id, collector, None, checkpoints, verifier)
     if collector.found_row is None:
         raise UnknownRun(f"run {run_id} has no token {token_id}")
     return collector.found_row
 
 
-def source_rows(recorder: Recorder, run_id: str) -> tuple[list[tuple[int, str]], int]:
+def source_rows(
+    recorder: PostgresRecorder,
+    run_id: str,
+    *,
+    checkpoints: Sequence[Witnessed] = (),
+    verifier: Verifier | None = None,
+) -> tuple[list[tuple[int, str]], int]:
     """Every source row's (row index, hash of its first data), from the verified log, and the
     last seq read (pass it to `explain_rows` so both read the same log)."""
     roots: list[tuple[int, str]] = []
@@ -278,11 +295,11 @@ def source_rows(recorder: Recorder, run_id: str) -> tuple[list[tuple[int, str]],
         if isinstance(event, ev.TokenCreated) and not event.parents:
             roots.append((event.row_index, event.data_hash))
 
-    verified = _verified(recorder, run_id, observe, None)
+    verified = _verified(recorder, run_id, observe, None, checkpoints, verifier)
     return roots, verified.events - 1
 
 
-def checked_payloads(recorder: Recorder, run_id: str, hashes: Iterable[str]) -> dict[str, Data]:
+def checked_payloads(recorder: PostgresRecorder, run_id: str, hashes: Iterable[str]) -> dict[str, Data]:
     """Each hash's data, fetched and checked against its commitment: missing (and whether an
     erasure record explains it) and altered are said so, and their data is not given."""
     wanted = set(hashes)
@@ -302,11 +319,20 @@ def checked_payloads(recorder: Recorder, run_id: str, hashes: Iterable[str]) -> 
     return out
 
 
-def explain_rows(recorder: Recorder, run_id: str, row_indexes: Iterable[int], upto_seq: int | None = None) -> Explained:
-    """The lineage of the given rows (0-based indexes), built from the verified log."""
+def explain_rows(
+    recorder: PostgresRecorder,
+    run_id: str,
+    row_indexes: Iterable[int],
+    upto_seq: int | None = None,
+    *,
+    checkpoints: Sequence[Witnessed] = (),
+    verifier: Verifier | None = None,
+) -> Explained:
+    """The lineage of the given rows (0-based indexes), built from the verified log (checked
+    against the signed `checkpoints`, their signatures with `verifier` when given)."""
     wanted = set(row_indexes)
     collector = _Collector(select_row=wanted.__contains__)
-    verified = _verified(recorder, run_id, collector, upto_seq)
+    verified = _verified(recorder, run_id, collector, upto_seq, checkpoints, verifier)
     hashes: set[str] = set()
     for t in collector.tokens.values():
         for _s, e in t.events:
@@ -332,10 +358,19 @@ def explain_rows(recorder: Recorder, run_id: str, row_indexes: Iterable[int], up
     return Explained(run_id=run_id, events_verified=verified.events, head=verified.head.hex(), rows=rows)
 
 
-def _verified(recorder: Recorder, run_id: str, observe: Observer, upto_seq: int | None) -> Verification:
+def _verified(
+    recorder: PostgresRecorder,
+    run_id: str,
+    observe: Observer,
+    upto_seq: int | None,
+    checkpoints: Sequence[Witnessed],
+    verifier: Verifier | None,
+) -> Verification:
     if not recorder.run_exists(run_id):
         raise UnknownRun(f"no run {run_id} in this audit store (see `elspeth runs`)")
-    return verify_events(run_id, recorder.read_events(run_id, upto_seq=upto_seq), observe=observe).raise_if_bad()
+    return verify_run(
+        recorder, run_id, upto_seq=upto_seq, observe=observe, checkpoints=checkpoints, verifier=verifier, payloads=False
+    )
 
 
 def _descends(t: _Token, c: _Collector, index: int) -> bool:

@@ -109,20 +109,25 @@ def verify_run(
     observe: Observer | None = None,
     checkpoints: Sequence[Witnessed] = (),
     verifier: Verifier | None = None,
+    payloads: bool = True,
     split_at: int = SPLIT_AT,
 ) -> Verification:
     """Verify a run's log (`verify_log`), check the signed `checkpoints` against it (see
-    `verify_checkpoints`), then the row payloads it references. Raises ChainBroken naming the
-    first bad seq (CorruptLog when the run has no events)."""
+    `verify_checkpoints`), then, with `payloads`, the row payloads it references (`explain`
+    checks only those of the rows it shows, and says which are bad). Raises ChainBroken naming
+    the first bad seq (CorruptLog when the run has no events)."""
     sizes = [cp.size for cp in checkpoints]
     with gc_paused():  # the payloads read are as many as the rows: see `gc_paused`
         verified, intact = verify_log(
-            recorder, run_id, upto_seq=upto_seq, observe=observe, roots_at=sizes, payloads=True, split_at=split_at
-        )
+            recorder, run_id, upto_seq=upto_seq, observe=observe, roots_at=sizes, references=payloads,
+            payloads=payloads, split_at=split_at,
+        )  # fmt: skip
         verified.raise_if_bad()
         if checkpoints:
             verified.bad = verify_checkpoints(verified, checkpoints, verifier, run_origin(recorder.store_id(), run_id))
             verified.raise_if_bad()
+        if not payloads:
+            return verified
         referenced = verified.referenced
         if intact:  # only the others are read here: erased, altered, or kept before payloads had a run
             # By their names as the events spell them: a name in capitals is no payload's name.

@@ -97,6 +97,19 @@ def test_a_deleted_tail_is_a_named_truncation_and_is_not_resumed(
     assert "events 201 to " in err and "missing" in err and where in err, err
     err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 1)
     assert "events 201 to " in err, err
+    # explain reads the same log: a row whose later events were cut is not shown as stopped there
+    err = one_line_error(elspeth("explain", run_id, "--row", "1", cwd=work, db=db), 1)
+    assert "events 201 to " in err and where in err, err
+    # as of a seq the log still holds, the checkpoints of that prefix are checked, and hold
+    smallest = _checkpoint_sizes(db, run_id)[0]
+    assert smallest <= 201, "no checkpoint inside the kept prefix: fix the case"
+    assert elspeth("replay", run_id, "--as-of", str(smallest - 1), cwd=work, db=db).returncode == 0
+
+
+def _checkpoint_sizes(db: Database, run_id: str) -> list[int]:
+    with db.connect() as conn:
+        rows = conn.execute("SELECT tree_size FROM checkpoints WHERE run_id = %s ORDER BY 1", (run_id,)).fetchall()
+    return [r[0] for r in rows]
 
 
 def test_a_run_whose_checkpoints_are_all_gone_fails_the_check(db: Database, tmp_path: Path) -> None:
@@ -108,12 +121,20 @@ def test_a_run_whose_checkpoints_are_all_gone_fails_the_check(db: Database, tmp_
         conn.commit()
     for f in (work / ".elspeth" / "witness").iterdir():
         f.unlink()
-    err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
-    assert "no signed checkpoint" in err, err
+    for command in (("replay", run_id, "--check"), ("explain", run_id, "--row", "1")):
+        err = one_line_error(elspeth(*command, cwd=work, db=db), 1)
+        assert "no signed checkpoint" in err, err
 
 
 def test_a_checkpoint_signed_with_another_key_is_refused(db: Database, tmp_path: Path) -> None:
     work, run_id = _run(db, tmp_path, FORK)
     assert elspeth("keys", "generate", "other", "--dir", str(work), cwd=work).returncode == 0
-    err = one_line_error(elspeth("replay", run_id, "--public-key", str(work / "other.pub"), cwd=work, db=db), 1)
-    assert "does not verify" in err, err
+    other = ("--public-key", str(work / "other.pub"))
+    smallest = _checkpoint_sizes(db, run_id)[0]
+    for command in (
+        ("replay", run_id),
+        ("explain", run_id, "--row", "1"),
+        ("replay", run_id, "--as-of", str(smallest - 1)),
+    ):
+        err = one_line_error(elspeth(*command, *other, cwd=work, db=db), 1)
+        assert "does not verify" in err, err

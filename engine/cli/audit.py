@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
+from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
 from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.errors import UnknownRun
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
     from landscape.notary import Witnessed
     from landscape.note import Verifier
     from landscape.postgres import PostgresRecorder
-
-_key_option = click.option("--public-key", "public_key", type=click.Path(),
-                           help="The .pub of the run's signing key [the key this home signs with].")  # fmt: skip
-_witness_option = click.option("--witness", type=click.Path(),
-                               help="The run's witness file [<home>/witness/RUN_ID.checkpoints].")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -74,15 +70,10 @@ def _checkpoints(
 ) -> list[Witnessed]:
     if not recorder.run_exists(run_id):
         raise UnknownRun(f"no run {run_id} in {recorder.db.describe()} (see `elspeth runs`)")
-    from engine import signing
     from landscape.export import signed_checkpoints
-    from landscape.notary import read_witness, witness_path
 
-    witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
-    witnessed = read_witness(witness_file, run_id)
-    if not witnessed:
-        click.echo(f"elspeth: warning: no witness file at {witness_file}: the store's checkpoints only", err=True)
-    return signed_checkpoints(recorder.checkpoints(run_id), witnessed, key)
+    found = read_checkpoints(recorder, run_id, home, witness=witness, key=key, required=False)
+    return signed_checkpoints(found.stored, found.witnessed, key)
 
 
 @click.command("export")
@@ -91,8 +82,8 @@ def _checkpoints(
     "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
 )
 @click.option("--no-payloads", is_flag=True, help="Leave row data out: the events keep only its commitments.")
-@_key_option
-@_witness_option
+@key_option
+@witness_option
 @click.pass_context
 def export_cmd(
     ctx: click.Context, run_id: str, output: Path, no_payloads: bool, public_key: str | None, witness: str | None
@@ -130,8 +121,8 @@ def export_cmd(
     "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
 )
 @click.option("--no-payloads", is_flag=True, help="Leave the row data (and its salts) out.")
-@_key_option
-@_witness_option
+@key_option
+@witness_option
 @click.pass_context
 def prove_cmd(
     ctx: click.Context, run_id: str, seq: int | None, row_number: int | None, output: Path, no_payloads: bool,
@@ -167,8 +158,8 @@ def prove_cmd(
 @click.argument("run_id")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the note to this file [standard output].")  # fmt: skip
-@_key_option
-@_witness_option
+@key_option
+@witness_option
 @click.pass_context
 def checkpoint_cmd(
     ctx: click.Context, run_id: str, output: Path | None, public_key: str | None, witness: str | None

@@ -12,10 +12,12 @@ from typing import Any
 import click
 import msgspec
 
-from engine.cli.common import database_from_ctx
+from engine.cli.checkpoints import Checkpoints, key_option, read_checkpoints, witness_option
+from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
 from engine.expressions import Expression, ExpressionError, ExpressionSyntaxError, compile_expression
 from landscape import lineage as lin
+from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
 from landscape.roles import Role
 
@@ -39,6 +41,8 @@ _WIDTH = 200  # data longer than this is cut in the text output (never in --json
     "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many rows (--where)."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
+@key_option
+@witness_option
 @click.pass_context
 def explain_cmd(
     ctx: click.Context,
@@ -48,33 +52,50 @@ def explain_cmd(
     where: str | None,
     limit: int,
     as_json: bool,
+    public_key: str | None,
+    witness: str | None,
 ) -> None:
     """What happened to one row: every step with its seq and time, the fields each step changed,
     the gates' decisions, forks, merges and batches, and the sink position where it landed (or
     why it did not). Read from the event log after verifying it; row data is shown only once it
-    matches the hash the log recorded."""
+    matches the hash the log recorded. The log is checked against the run's signed checkpoints
+    (the store's and the witness file's): a log cut short is refused, not shown as rows that got
+    no further."""
     if sum(x is not None for x in (row_number, token_id, where)) != 1:
         raise click.UsageError("give exactly one of --row N, --token ID or --where EXPR")
     condition = _compile(where) if where is not None else None
+    home = home_from_ctx(ctx)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
+        if not recorder.run_exists(run_id):
+            raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+        found = read_checkpoints(recorder, run_id, home, witness=witness, public_key=public_key, required=True)
         upto: int | None = None
         note = ""
         if row_number is not None:
             indexes = [row_number - 1]
         elif token_id is not None:
-            indexes = [lin.find_token_row(recorder, run_id, token_id)]
+            indexes = [lin.find_token_row(recorder, run_id, token_id, checkpoints=found.all, verifier=found.key)]
         else:
             assert condition is not None
-            indexes, upto, note = _matching(recorder, run_id, condition, limit)
-        explained = lin.explain_rows(recorder, run_id, indexes, upto_seq=upto)
+            indexes, upto, note = _matching(recorder, run_id, condition, limit, found)
+        explained = lin.explain_rows(
+            recorder, run_id, indexes, upto_seq=upto, checkpoints=found.all, verifier=found.key
+        )
     if not explained.rows:
         what = f"row {row_number}" if row_number is not None else f"row matching {where!r}"
         raise ElspethCliError(f"run {run_id} has no {what}{note}")
     if as_json:
-        click.echo(msgspec.json.format(msgspec.json.encode(explained), indent=2).decode())
+        out = {
+            "run_id": explained.run_id,
+            "events_verified": explained.events_verified,
+            "head": explained.head,
+            "checkpoints": found.as_json(found.all),
+            "rows": explained.rows,
+        }
+        click.echo(msgspec.json.format(msgspec.json.encode(out), indent=2).decode())
     else:
-        _print(explained)
+        _print(explained, found.summary(found.all))
     if note:
         click.echo(f"elspeth: {note.strip(' ;()')}", err=True)
 
@@ -86,11 +107,13 @@ def _compile(where: str) -> Expression:
         raise click.BadParameter(str(e), param_hint="--where") from e
 
 
-def _matching(recorder: PostgresRecorder, run_id: str, condition: Expression, limit: int) -> tuple[list[int], int, str]:
+def _matching(
+    recorder: PostgresRecorder, run_id: str, condition: Expression, limit: int, found: Checkpoints
+) -> tuple[list[int], int, str]:
     """Rows whose first data (as the source gave it) satisfies `condition`; a row whose data is
     missing or altered is not evaluated, and said so. Returns the rows, the seq the log was read
     to, and a note."""
-    roots, upto = lin.source_rows(recorder, run_id)
+    roots, upto = lin.source_rows(recorder, run_id, checkpoints=found.all, verifier=found.key)
     matched: list[int] = []
     total = unchecked = 0
     for i in range(0, len(roots), 5000):
@@ -120,8 +143,9 @@ def _matching(recorder: PostgresRecorder, run_id: str, condition: Expression, li
 # -- text output ----------------------------------------------------------------------------------
 
 
-def _print(x: lin.Explained) -> None:
+def _print(x: lin.Explained, checkpoints: str) -> None:
     click.echo(f"run {x.run_id}: log verified ({x.events_verified} events, head {x.head[:16]}); times in UTC")
+    click.echo(checkpoints)
     for row in x.rows:
         click.echo(f"row {row.row} (row_index {row.row_index})")
         for t in row.tokens:

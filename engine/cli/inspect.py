@@ -6,16 +6,14 @@ import json
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import click
 
-from engine import signing
+from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
 from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.errors import UnknownRun
-from landscape.notary import read_witness, witness_path
 from landscape.postgres import PostgresRecorder
 from landscape.projections import Comparison, Difference, rebuild
 from landscape.records import StoredEvent
@@ -28,8 +26,8 @@ from statecharts import events as ev
 @click.argument("run_id")
 @click.option("--as-of", "as_of", type=int, help="Show the state after this seq.")
 @click.option("--check", is_flag=True, help="Also compare every projection row with a rebuild from the events.")
-@click.option("--public-key", type=click.Path(), help="Check checkpoint signatures with this .pub [this home's key].")
-@click.option("--witness", type=click.Path(), help="The run's witness file [<home>/witness/RUN_ID.checkpoints].")
+@key_option
+@witness_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
 @click.pass_context
 def replay_cmd(
@@ -51,11 +49,9 @@ def replay_cmd(
         if not recorder.run_exists(run_id):
             raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
         # Checkpoints first, then the projections: on a live run both only grow, so neither can
-        # claim more than the events read after them hold.
-        witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
-        stored, witnessed = recorder.checkpoints(run_id), read_witness(witness_file, run_id)
-        checkpoints = [*stored, *witnessed] if as_of is None else []
-        key = signing.verifier(home, public_key)
+        # claim more than the events read after them hold. As of a seq: those of that prefix.
+        found = read_checkpoints(recorder, run_id, home, witness=witness, public_key=public_key, required=as_of is None)
+        checkpoints = found.covering(None if as_of is None else as_of + 1)
         per_node = NodeCounts()
         with ExitStack() as stack:
             # The projections and the seq they reflect, read together (one snapshot): a live
@@ -71,7 +67,7 @@ def replay_cmd(
                 compared = pool.submit(comparison.differences)
             try:
                 verified = verify_run(
-                    recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=key
+                    recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=found.key
                 )
             except BaseException:
                 if comparison is not None:  # a broken log or Ctrl-C: no need to wait for the server
@@ -79,16 +75,6 @@ def replay_cmd(
                 raise
             checked = (comparison.upto, compared.result()) if comparison is not None and compared else None
     fold = verified.fold
-    if checkpoints:
-        newest = max(cp.size for cp in checkpoints)
-        signed = f"signatures checked with {key.label}" if key else "signatures NOT checked (no key: give --public-key)"
-        if not witnessed:
-            click.echo(f"elspeth: warning: no witness file at {witness_file}: checked the store's copy only", err=True)
-    elif as_of is None:
-        raise ElspethCliError(
-            f"run {run_id} has no signed checkpoint, in the store or in {witness_file}: "
-            "a cut-off tail could not be told apart from the end of the log"
-        )
     differences = checked[1] if checked is not None else []
     if as_json:
         out: dict[str, Any] = {
@@ -103,12 +89,7 @@ def replay_cmd(
             "outcomes": dict(sorted(fold.outcomes.items())),
             "per_node": per_node.as_dict(),
             "in_flight": {"tokens": len(fold.tokens), "coalesces": len(fold.coalesces), "batches": len(fold.batches)},
-            "checkpoints": {
-                "store": len(stored),
-                "witness": len(witnessed),
-                "newest_size": max((cp.size for cp in checkpoints), default=None),
-                "signatures_checked": bool(checkpoints) and key is not None,
-            },
+            "checkpoints": found.as_json(checkpoints),
             "erased": len(verified.erased),
             "check": None
             if checked is None
@@ -118,10 +99,7 @@ def replay_cmd(
     else:
         click.echo(f"run {run_id}: chain verified ({verified.events} events, head {verified.head.hex()[:16]})")
         if checkpoints:
-            click.echo(
-                f"checkpoints: {len(stored)} in the store, {len(witnessed)} in {witness_file}, the newest covers "
-                f"{newest} events; Merkle roots match; {signed}"
-            )
+            click.echo(found.summary(checkpoints))
         if verified.erased:
             click.echo(f"erased: {len(verified.erased)} row payload(s) (see `elspeth explain`; docs/erasure.md)")
         click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")

@@ -1,0 +1,100 @@
+"""The signed checkpoints a reading command checks a run's log against (`replay`, `explain`, and
+the operator's `export`, `prove`, `checkpoint`): the store's copies, the witness file's, and the
+key their signatures are checked with. Without them a log cut short could not be told apart from
+a log that ended there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from engine.cli.errors import ElspethCliError
+
+# The store and the signing library are imported by the commands that use them, so that
+# `elspeth --help` (which imports the commands' modules) starts fast.
+if TYPE_CHECKING:
+    from landscape.notary import Witnessed
+    from landscape.note import Verifier
+    from landscape.postgres import PostgresRecorder
+
+key_option = click.option("--public-key", "public_key", type=click.Path(),
+                          help="The .pub of the run's signing key [the key this home signs with].")  # fmt: skip
+witness_option = click.option("--witness", type=click.Path(),
+                              help="The run's witness file [<home>/witness/RUN_ID.checkpoints].")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """A run's signed checkpoints as found: in the store, in its witness file, and the key to
+    check their signatures with (None: this home has none and none was given)."""
+
+    stored: list[Witnessed]
+    witnessed: list[Witnessed]
+    witness_file: Path
+    key: Verifier | None
+
+    @property
+    def all(self) -> list[Witnessed]:
+        return [*self.stored, *self.witnessed]
+
+    def covering(self, events: int | None) -> list[Witnessed]:
+        """Those of the first `events` events (all: None), for a reader that stops earlier."""
+        return [cp for cp in self.all if events is None or cp.size <= events]
+
+    def summary(self, checked: list[Witnessed]) -> str:
+        signed = (
+            f"signatures checked with {self.key.label}"
+            if self.key
+            else "signatures NOT checked (no key: give --public-key)"
+        )
+        newest = max((cp.size for cp in checked), default=0)
+        return (
+            f"checkpoints: {len(self.stored)} in the store, {len(self.witnessed)} in {self.witness_file}, the newest "
+            f"covers {newest} events; Merkle roots match; {signed}"
+        )
+
+    def as_json(self, checked: list[Witnessed]) -> dict[str, Any]:
+        return {
+            "store": len(self.stored),
+            "witness": len(self.witnessed),
+            "newest_size": max((cp.size for cp in checked), default=None),
+            "signatures_checked": bool(checked) and self.key is not None,
+        }
+
+
+def read_checkpoints(
+    recorder: PostgresRecorder,
+    run_id: str,
+    home: str,
+    *,
+    witness: str | None,
+    public_key: str | None = None,
+    key: Verifier | None = None,
+    required: bool,
+) -> Checkpoints:
+    """Read them before the log: on a live run both only grow, so none can claim more events than
+    a later read finds. With `required`, a run with none is refused (ElspethCliError); a missing
+    witness file is warned about (the store's copies are then all there is, and a superuser can
+    change both the store's checkpoints and its log). The key: `key`, else that of `public_key`,
+    else the one this home signs with."""
+    from engine import signing
+    from landscape.notary import read_witness, witness_path
+
+    witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
+    found = Checkpoints(
+        recorder.checkpoints(run_id),
+        read_witness(witness_file, run_id),
+        witness_file,
+        key or signing.verifier(home, public_key),
+    )
+    if required and not found.all:
+        raise ElspethCliError(
+            f"run {run_id} has no signed checkpoint, in the store or in {witness_file}: "
+            "a cut-off tail could not be told apart from the end of the log"
+        )
+    if found.stored and not found.witnessed:
+        click.echo(f"elspeth: warning: no witness file at {witness_file}: checked the store's copy only", err=True)
+    return found
