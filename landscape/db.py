@@ -75,7 +75,7 @@ def _first_line(e: BaseException) -> str:
 
 def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> LandscapeError:
     """The one place where a driver error becomes one of the landscape's errors."""
-    if isinstance(e, psycopg.errors.UniqueViolation) and run_id is not None:
+    if isinstance(e, psycopg.errors.UniqueViolation) and run_id is not None and _is_events(e.diag.table_name):
         return ConcurrentWriter(f"run {run_id} is being written by another process (seq already taken)")
     if isinstance(e, psycopg.OperationalError):
         resume = f"; `elspeth resume {run_id}` continues it" if run_id is not None else ""
@@ -83,6 +83,13 @@ def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> Landsca
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         return PermissionDenied(f"{what}: {_first_line(e)}")
     return StoreError(f"{what}: {_first_line(e)}")
+
+
+def _is_events(table: str | None) -> bool:
+    """The events table or one of its partitions (`events_p0`…): a seq taken there means another
+    writer. A key taken in any other table (a projection's row that someone wrote ahead of the
+    writer) is no such thing, and is reported as what it is."""
+    return table is not None and (table == "events" or (table.startswith("events_p") and table[8:].isdigit()))
 
 
 @contextmanager

@@ -67,6 +67,26 @@ def test_a_rebuild_waits_for_no_writer_it_refuses_while_one_holds_the_run(db: Da
     assert rebuild(db, run_id) == 1
 
 
+def test_a_projection_row_written_ahead_of_the_writer_is_reported_as_what_it_is(db: Database) -> None:
+    """Someone who may write a projection table puts a row where the writer's next commit will:
+    the commit fails (the run cannot go on with a table that contradicts it), and the error names
+    the table's key, not "another process" writing the run (only a seq taken means that)."""
+    run_id = f"run-ahead-{secrets.token_hex(3)}"
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created(run_id))
+    w.commit()
+    w.append("token", "r0", ev.TokenCreated(row_index=0, data_hash="h", at="in"))
+    with db.connect() as conn:
+        conn.execute("INSERT INTO rows (run_id, row_index, token_id, data_hash) VALUES (%s, 0, 'x', 'x')", (run_id,))
+        conn.commit()
+    try:
+        with pytest.raises(StoreError, match="rows_p[0-9]+_pkey") as raised:
+            w.commit()
+        assert not isinstance(raised.value, ConcurrentWriter)
+    finally:
+        w.close()
+
+
 def test_every_event_type_is_at_the_schema_version_the_projection_sql_reads() -> None:
     """The SQL reads each event body as version 1 spells it. A type at a new SCHEMA_VERSION
     (with its upcaster in statecharts/upcast.py) needs its new shape read in
