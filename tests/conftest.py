@@ -3,18 +3,24 @@ set), and a fresh, migrated database per test module."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from engine.cli.dbstop import in_use
 from landscape.db import Database, migrate
 from landscape.embedded import embedded_server
+from landscape.errors import LandscapeError
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,10 +46,26 @@ def server_url() -> Iterator[str]:
     if external:
         yield external
         return
+    _stop_servers_of_killed_sessions()
     with ExitStack() as stack:
         home = stack.enter_context(tempfile.TemporaryDirectory(prefix="elspeth-test-"))
         server = stack.enter_context(embedded_server(os.path.join(home, ".elspeth")))
         yield server.uri("postgres")
+
+
+def _stop_servers_of_killed_sessions() -> None:
+    """A test session that was killed (SIGKILL, a CI timeout) left its server running and its
+    folder behind; stop and remove those that no process uses any more (`elspeth db stop`'s
+    test). A folder younger than a minute is left alone: its session may not have started its
+    server yet, and so not yet hold the lock that says it is in use."""
+    for home in Path(tempfile.gettempdir()).glob("elspeth-test-*/.elspeth"):
+        with contextlib.suppress(OSError, LandscapeError):
+            if time.time() - home.parent.stat().st_mtime < 60 or in_use(home):
+                continue
+            if (home / "pgdata" / "postmaster.pid").exists():
+                with embedded_server(home, say=lambda _message: None):
+                    pass  # the last user on the way out stops the server
+            shutil.rmtree(home.parent)
 
 
 def _with_database(url: str, name: str) -> str:

@@ -40,14 +40,14 @@ def db_stop(ctx: click.Context) -> None:
             f"the embedded server of {home} is still running: "
             + (
                 "another elspeth process (a run, or `db serve`) is using it; it stops when the last of them ends"
-                if _in_use(home)
+                if in_use(home)
                 else f"it did not stop (see {home / 'postgresql.log'})"
             )
         )
     click.echo(f"stopped the embedded server of {pidfile.parent.parent}")
 
 
-def _in_use(home: Path) -> bool:
+def in_use(home: Path) -> bool:
     """Whether an ELSPETH process holds the home's users lock (each one holds it shared while it
     runs; see `embedded_server`)."""
     try:
