@@ -28,6 +28,7 @@ from typing import IO, Annotated
 
 import msgspec
 
+from landscape.checkpoint import parse_checkpoint
 from landscape.errors import LandscapeError
 from landscape.merkle import inclusion_proofs, leaf_hash
 from landscape.notary import Witnessed
@@ -229,9 +230,16 @@ def signed_checkpoints(stored: Iterable[Witnessed], witnessed: Iterable[Witnesse
         raise ExportError("the run has no signed checkpoint (in the store or its witness file) to export against")
     for cp in unique.values():
         try:
-            labels = [s.label for s in parse_note(cp.note).signatures]
+            note = parse_note(cp.note)
+            signed = parse_checkpoint(note.text)
         except NoteError as e:
             raise ExportError(f"the checkpoint of {cp.size} events ({cp.where}) is not a signed note: {e}") from None
+        if (cp.size, cp.root) != (signed.size, signed.root):  # what beside the note is not signed
+            raise ExportError(
+                f"the checkpoint of {cp.size} events ({cp.where}) says a size or root other than its signed note's "
+                f"({signed.size} events): the record was changed"
+            )
+        labels = [s.label for s in note.signatures]
         if key.label not in labels:
             raise ExportError(
                 f"the checkpoint of {cp.size} events ({cp.where}) is signed by {', '.join(labels)}, not by "

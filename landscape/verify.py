@@ -21,12 +21,12 @@ import msgspec
 
 from landscape.canonical import commitment
 from landscape.chain import GENESIS, header, link
-from landscape.checkpoint import open_checkpoint
+from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint
 from landscape.errors import ChainBroken, CorruptLog
 from landscape.fold import IllegalEvent, RunFold
 from landscape.merkle import EMPTY_ROOT, MerkleAccumulator
 from landscape.notary import Witnessed
-from landscape.note import NoteError, Verifier
+from landscape.note import NoteError, Verifier, parse_note
 from landscape.records import Erasure, Payload, StoredEvent
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -270,11 +270,19 @@ def verify_checkpoints(
     `verified` must have been built with `roots_at` holding every checkpoint's size."""
     for cp in sorted(checkpoints, key=lambda c: c.size):
         where = f"checkpoint of {cp.size} events signed at {cp.recorded_at} ({cp.where})"
-        if verifier is not None:
-            try:
-                open_checkpoint(cp.note, verifier, origin=origin)
-            except NoteError as e:
-                return Finding(min(cp.size, verified.events), f"the {where} does not verify: {e}")
+        try:
+            signed = _signed(cp.note, verifier, origin)
+        except NoteError as e:
+            return Finding(min(max(cp.size, 0), verified.events), f"the {where} does not verify: {e}")
+        # The size and root a record holds beside its note (a store's columns, a witness line's
+        # field) are not signed: they must be the note's, or a relabelled note would vouch for a
+        # log cut short.
+        if (cp.size, cp.root) != (signed.size, signed.root):
+            return Finding(
+                min(max(cp.size, 0), signed.size, verified.events),
+                f"the {where} says {cp.size} events and a root other than its signed note's, which says "
+                f"{signed.size} events",
+            )
         if cp.size > verified.events:
             first, last = verified.events, cp.size - 1
             missing = f"event {first}" if first == last else f"events {first} to {last}"
@@ -282,6 +290,16 @@ def verify_checkpoints(
         if cp.size > 0 and verified.roots.get(cp.size) != cp.root:
             return Finding(cp.size - 1, f"the first {cp.size} events do not hash to the root of the {where}")
     return None
+
+
+def _signed(note: str, verifier: Verifier | None, origin: str) -> Checkpoint:
+    """The checkpoint a note holds, of `origin`; its signature checked when there is a key."""
+    if verifier is not None:
+        return open_checkpoint(note, verifier, origin=origin)
+    checkpoint = parse_checkpoint(parse_note(note).text)
+    if checkpoint.origin != origin:
+        raise CheckpointError(f"checkpoint is of {checkpoint.origin!r}, not {origin!r}")
+    return checkpoint
 
 
 def _check_record(run_id: str, e: StoredEvent, expected: int, prev: bytes) -> str | None:

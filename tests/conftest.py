@@ -49,8 +49,12 @@ def server_url() -> Iterator[str]:
     _stop_servers_of_killed_sessions()
     with ExitStack() as stack:
         home = stack.enter_context(tempfile.TemporaryDirectory(prefix="elspeth-test-"))
+        Path(home, _SESSION_MARK).touch()
         server = stack.enter_context(embedded_server(os.path.join(home, ".elspeth")))
         yield server.uri("postgres")
+
+
+_SESSION_MARK = "elspeth-test-session"  # in the folder of each session's server, and only there
 
 
 def _stop_servers_of_killed_sessions() -> None:
@@ -58,9 +62,14 @@ def _stop_servers_of_killed_sessions() -> None:
     folder behind; stop and remove those that no process uses any more (`elspeth db stop`'s
     test). A folder younger than a minute is left alone: its session may not have started its
     server yet, and so not yet hold the lock that says it is in use."""
-    for home in Path(tempfile.gettempdir()).glob("elspeth-test-*/.elspeth"):
+    for marker in Path(tempfile.gettempdir()).glob(f"elspeth-test-*/{_SESSION_MARK}"):
+        home = marker.parent / ".elspeth"
         with contextlib.suppress(OSError, LandscapeError):
-            if time.time() - home.parent.stat().st_mtime < 60 or in_use(home):
+            # Only a folder a session of this user made: not a link, nothing in it a link, ours.
+            paths = (marker.parent, marker, home, home / "users.lock")
+            if any(p.is_symlink() or p.lstat().st_uid != os.getuid() for p in paths):
+                continue
+            if time.time() - marker.parent.stat().st_mtime < 60 or in_use(home):
                 continue
             if (home / "pgdata" / "postmaster.pid").exists():
                 with embedded_server(home, say=lambda _message: None):

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from landscape.db import Database
+from landscape.postgres import PostgresRecorder
+from landscape.verify import verify_events
 from tests.test_cli import ROOT, elspeth, one_line_error
 
 FORK, AGG = "fork_coalesce", "aggregation"
@@ -100,6 +102,9 @@ def test_a_deleted_tail_is_a_named_truncation_and_is_not_resumed(
     # explain reads the same log: a row whose later events were cut is not shown as stopped there
     err = one_line_error(elspeth("explain", run_id, "--row", "1", cwd=work, db=db), 1)
     assert "events 201 to " in err and where in err, err
+    # as of a seq past the cut, every checkpoint applies: the cut is named, whatever seq was asked
+    err = one_line_error(elspeth("replay", run_id, "--as-of", "300", cwd=work, db=db), 1)
+    assert "events 201 to " in err, err
     # as of a seq the log still holds, the checkpoints of that prefix are checked, and hold
     smallest = _checkpoint_sizes(db, run_id)[0]
     assert smallest <= 201, "no checkpoint inside the kept prefix: fix the case"
@@ -121,9 +126,36 @@ def test_a_run_whose_checkpoints_are_all_gone_fails_the_check(db: Database, tmp_
         conn.commit()
     for f in (work / ".elspeth" / "witness").iterdir():
         f.unlink()
-    for command in (("replay", run_id, "--check"), ("explain", run_id, "--row", "1")):
+    for command in (
+        ("replay", run_id, "--check"),
+        ("explain", run_id, "--row", "1"),
+        ("replay", run_id, "--as-of", "900"),
+    ):
         err = one_line_error(elspeth(*command, cwd=work, db=db), 1)
         assert "no signed checkpoint" in err, err
+
+
+def test_a_checkpoint_record_relabelled_to_a_cut_log_is_refused(db: Database, tmp_path: Path) -> None:
+    """The size and root beside a checkpoint's note are not signed. A superuser cuts the tail,
+    gives the store's newest checkpoint the cut log's size and root (its signed note unchanged),
+    removes the others that cover the cut, and the witness file."""
+    work, run_id = _run(db, tmp_path, FORK)
+    _cut_tail(db, run_id, 201, checkpoints_too=False)
+    root = verify_events(run_id, PostgresRecorder(db).read_events(run_id), roots_at=[201]).roots[201]
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        (newest,) = conn.execute("SELECT max(tree_size) FROM checkpoints WHERE run_id = %s", (run_id,)).fetchone()
+        conn.execute(
+            "DELETE FROM checkpoints WHERE run_id = %s AND tree_size >= 201 AND tree_size < %s", (run_id, newest)
+        )
+        conn.execute("UPDATE checkpoints SET tree_size = 201, root = %s WHERE run_id = %s AND tree_size = %s",
+                     (root, run_id, newest))  # fmt: skip
+        conn.commit()
+    for f in (work / ".elspeth" / "witness").iterdir():
+        f.unlink()
+    for command in (("replay", run_id), ("explain", run_id, "--row", "1"), ("export", run_id, "-o", "x.export")):
+        err = one_line_error(elspeth(*command, cwd=work, db=db), 1)
+        assert "signed note" in err and f"{newest} events" in err, err
 
 
 def test_a_checkpoint_signed_with_another_key_is_refused(db: Database, tmp_path: Path) -> None:
@@ -138,3 +170,15 @@ def test_a_checkpoint_signed_with_another_key_is_refused(db: Database, tmp_path:
     ):
         err = one_line_error(elspeth(*command, *other, cwd=work, db=db), 1)
         assert "does not verify" in err, err
+    # signed by another key than the one this home signs with (now): a hint, not "does not verify"
+    home_key = {"ELSPETH_SIGNING_KEY": str(work / "other.key")}
+    for command in (("replay", run_id), ("explain", run_id, "--row", "1")):
+        err = one_line_error(elspeth(*command, cwd=work, db=db, env=home_key), 1)
+        assert "not by this home's key other" in err and "--public-key" in err, err
+
+
+def test_a_witness_file_given_that_is_not_there_is_refused(db: Database, tmp_path: Path) -> None:
+    work, run_id = _run(db, tmp_path, FORK)
+    for command in (("replay", run_id), ("explain", run_id, "--row", "1")):
+        err = one_line_error(elspeth(*command, "--witness", str(work / "nowhere"), cwd=work, db=db), 1)
+        assert "nowhere: no such file" in err, err

@@ -72,7 +72,7 @@ def _checkpoints(
         raise UnknownRun(f"no run {run_id} in {recorder.db.describe()} (see `elspeth runs`)")
     from landscape.export import signed_checkpoints
 
-    found = read_checkpoints(recorder, run_id, home, witness=witness, key=key, required=False)
+    found = read_checkpoints(recorder, run_id, home, witness=witness, key=key)
     return signed_checkpoints(found.stored, found.witnessed, key)
 
 

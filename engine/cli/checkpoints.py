@@ -5,6 +5,7 @@ a log that ended there."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,9 +41,17 @@ class Checkpoints:
     def all(self) -> list[Witnessed]:
         return [*self.stored, *self.witnessed]
 
-    def covering(self, events: int | None) -> list[Witnessed]:
-        """Those of the first `events` events (all: None), for a reader that stops earlier."""
-        return [cp for cp in self.all if events is None or cp.size <= events]
+    def require(self, run_id: str) -> None:
+        """Refuse a run with none (ElspethCliError)."""
+        if not self.all:
+            raise ElspethCliError(
+                f"run {run_id} has no signed checkpoint, in the store or in {self.witness_file}: "
+                "a cut-off tail could not be told apart from the end of the log"
+            )
+
+    def covering(self, events: int) -> list[Witnessed]:
+        """Those of the first `events` events, for a reader that stops before the log's end."""
+        return [cp for cp in self.all if cp.size <= events]
 
     def summary(self, checked: list[Witnessed]) -> str:
         signed = (
@@ -73,16 +82,19 @@ def read_checkpoints(
     witness: str | None,
     public_key: str | None = None,
     key: Verifier | None = None,
-    required: bool,
 ) -> Checkpoints:
     """Read them before the log: on a live run both only grow, so none can claim more events than
-    a later read finds. With `required`, a run with none is refused (ElspethCliError); a missing
-    witness file is warned about (the store's copies are then all there is, and a superuser can
-    change both the store's checkpoints and its log). The key: `key`, else that of `public_key`,
-    else the one this home signs with."""
+    a later read finds. The key: `key`, else that of `public_key`, else the one this home signs
+    with; a checkpoint signed by another than this home's key is refused with a hint (a run signed
+    with a key from its settings, or before the home's key changed). A witness file given that is
+    not there is refused; a missing default one is warned about (the store's copies are then all
+    there is, and a superuser can change both them and the log)."""
     from engine import signing
     from landscape.notary import read_witness, witness_path
+    from landscape.note import NoteError, parse_note
 
+    if witness and not Path(witness).is_file():
+        raise ElspethCliError(f"--witness {witness}: no such file")
     witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
     found = Checkpoints(
         recorder.checkpoints(run_id),
@@ -90,11 +102,17 @@ def read_checkpoints(
         witness_file,
         key or signing.verifier(home, public_key),
     )
-    if required and not found.all:
-        raise ElspethCliError(
-            f"run {run_id} has no signed checkpoint, in the store or in {witness_file}: "
-            "a cut-off tail could not be told apart from the end of the log"
-        )
+    if found.key is not None and key is None and public_key is None:
+        for cp in found.all:
+            with contextlib.suppress(NoteError):  # verification names what is wrong with the note
+                signers = [s.label for s in parse_note(cp.note).signatures]
+                if found.key.label not in signers:
+                    raise ElspethCliError(
+                        f"run {run_id}: the checkpoint of {cp.size} events ({cp.where}) is signed by "
+                        f"{', '.join(signers)}, not by this home's key {found.key.label}: give the run's public key "
+                        "with --public-key KEY.pub (and its witness file with --witness, if it is elsewhere)"
+                    )
     if found.stored and not found.witnessed:
-        click.echo(f"elspeth: warning: no witness file at {witness_file}: checked the store's copy only", err=True)
+        what = "no witness file at" if not witness_file.exists() else "no checkpoint of this run in"
+        click.echo(f"elspeth: warning: {what} {witness_file}: the store's checkpoints only", err=True)
     return found

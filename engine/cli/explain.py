@@ -69,7 +69,8 @@ def explain_cmd(
         recorder = PostgresRecorder(db)
         if not recorder.run_exists(run_id):
             raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
-        found = read_checkpoints(recorder, run_id, home, witness=witness, public_key=public_key, required=True)
+        found = read_checkpoints(recorder, run_id, home, witness=witness, public_key=public_key)
+        found.require(run_id)
         upto: int | None = None
         note = ""
         if row_number is not None:
@@ -84,7 +85,7 @@ def explain_cmd(
         )
     if not explained.rows:
         what = f"row {row_number}" if row_number is not None else f"row matching {where!r}"
-        raise ElspethCliError(f"run {run_id} has no {what}{note}")
+        raise ElspethCliError(f"run {run_id} has no {what}" + (f" ({note})" if note else ""))
     if as_json:
         out = {
             "run_id": explained.run_id,
@@ -97,7 +98,7 @@ def explain_cmd(
     else:
         _print(explained, found.summary(found.all))
     if note:
-        click.echo(f"elspeth: {note.strip(' ;()')}", err=True)
+        click.echo(f"elspeth: {note}", err=True)
 
 
 def _compile(where: str) -> Expression:
@@ -137,7 +138,7 @@ def _matching(
         notes.append(f"{total} rows match; showing the first {len(matched)} (--limit)")
     if unchecked:
         notes.append(f"{unchecked} rows not searched: their data is missing or altered in the payload store")
-    return matched, upto, (" (" + "; ".join(notes) + ")") if notes else ""
+    return matched, upto, "; ".join(notes)
 
 
 # -- text output ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from statecharts import events as ev
 
 @click.command("replay")
 @click.argument("run_id")
-@click.option("--as-of", "as_of", type=int, help="Show the state after this seq.")
+@click.option("--as-of", "as_of", type=click.IntRange(min=0), help="Show the state after this seq.")
 @click.option("--check", is_flag=True, help="Also compare every projection row with a rebuild from the events.")
 @key_option
 @witness_option
@@ -49,9 +49,14 @@ def replay_cmd(
         if not recorder.run_exists(run_id):
             raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
         # Checkpoints first, then the projections: on a live run both only grow, so neither can
-        # claim more than the events read after them hold. As of a seq: those of that prefix.
-        found = read_checkpoints(recorder, run_id, home, witness=witness, public_key=public_key, required=as_of is None)
-        checkpoints = found.covering(None if as_of is None else as_of + 1)
+        # claim more than the events read after them hold. As of a seq before the log's end:
+        # those of that prefix. At or past its end, all of them: a log cut before that seq is
+        # shorter than some checkpoint, whatever seq was asked for.
+        found = read_checkpoints(recorder, run_id, home, witness=witness, public_key=public_key)
+        whole = as_of is None or as_of >= recorder.last_seq(run_id)
+        if whole:
+            found.require(run_id)
+        checkpoints = found.all if whole or as_of is None else found.covering(as_of + 1)
         per_node = NodeCounts()
         with ExitStack() as stack:
             # The projections and the seq they reflect, read together (one snapshot): a live
