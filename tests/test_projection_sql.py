@@ -80,7 +80,7 @@ def test_a_projection_row_written_ahead_of_the_writer_is_reported_as_what_it_is(
         conn.execute("INSERT INTO rows (run_id, row_index, token_id, data_hash) VALUES (%s, 0, 'x', 'x')", (run_id,))
         conn.commit()
     try:
-        with pytest.raises(StoreError, match="rows_p[0-9]+_pkey") as raised:
+        with pytest.raises(StoreError, match=r"rows_p[0-9]+_pkey") as raised:
             w.commit()
         assert not isinstance(raised.value, ConcurrentWriter)
     finally:
