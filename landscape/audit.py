@@ -38,10 +38,11 @@ from landscape.export import (
 from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
 from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
-from landscape.verify import payload_matches, row_hashes, verify_events
+from landscape.verify import events_span, payload_matches, row_hashes, verify_events
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.errors import StatechartError
+from statecharts.machines import RUN_ENDED, TOKEN_OUTCOME_OF
 
 # A proof bundle is read whole; one larger than this is not one ELSPETH made for a row.
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
@@ -62,6 +63,11 @@ class ExportReport:
     payloads: int
     erased: int
     extends: int | None  # the size of the kept checkpoint the export was proved to extend
+    # The run's state where the log ends. Not completed, failed or interrupted: the run was still
+    # going when exported, or the file was cut back to an earlier signed checkpoint (each
+    # checkpoint is in it, and the end of the file is not signed); only a kept checkpoint tells.
+    status: str
+    ended: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,9 @@ class ProofReport:
     payloads_included: bool
     payloads: int
     erased: int
+    # Tokens of the bundle without their end event in it: a bundle proves that the events it
+    # holds are in the signed log, not that it holds all of them (an export does).
+    unended: int
 
 
 def sniff(path: Path) -> str:
@@ -160,17 +169,14 @@ class _ExportCheck:
             raise self.fail(self.end[0] if self.end else 2, "the export holds no event")
         for line, size, root in self.checkpoints:
             if size > verified.events:
-                first_missing = verified.events
-                missing = (
-                    f"event {first_missing}" if size - 1 == first_missing else f"events {first_missing} to {size - 1}"
-                )
+                missing = events_span(verified.events, size - 1)
                 raise self.fail(line, f"{missing} missing: this checkpoint was signed over {size} events")
             if verified.roots.get(size) != root:
                 raise self.fail(line, f"the first {size} events do not hash to the root of this checkpoint of {size}")
         if verified.events > final:
             raise self.fail(
                 self.lines_of.get(final, 0),
-                f"events {final} to {verified.events - 1} are not covered by any signed checkpoint "
+                f"{events_span(final, verified.events - 1)} not covered by any signed checkpoint "
                 f"(the newest, line {final_line}, covers {final})",
             )
         extends = self._check_kept(final, final_root) if self.kept is not None else None
@@ -178,6 +184,7 @@ class _ExportCheck:
             run_id=header.run_id, key=self.key.label, events=verified.events, root=final_root,
             checkpoints=len(self.checkpoints), payloads_included=header.payloads,
             payloads=self.counts["payloads"], erased=self.counts["erased"], extends=extends,
+            status=str(verified.fold.status), ended=verified.fold.status in RUN_ENDED,
         )  # fmt: skip
 
     def _check_header(self, header: Header) -> Header:
@@ -314,8 +321,8 @@ class _ExportCheck:
             raise AuditFailure(f"{self.path}: {where} is of {kept.origin}, this export of {self.header.origin}")
         if kept.size > final:
             raise AuditFailure(
-                f"{self.path}: the export holds {final} events, fewer than {where}: events {final} to "
-                f"{kept.size - 1} are gone"
+                f"{self.path}: the export holds {final} events, fewer than {where}: "
+                f"{events_span(final, kept.size - 1)} gone"
             )
         leaves = self.leaves
 
@@ -391,9 +398,11 @@ class _ProofCheck:
             events.append((stored, self._check_event(stored, proven.proof, cp)))
         subject = self._check_subject(events)
         payloads, erased = self._check_payloads(events)
+        created = {s.entity_id for s, e in events if isinstance(e, ev.TokenCreated)}
+        ended = {s.entity_id for s, e in events if type(e) in TOKEN_OUTCOME_OF}
         return ProofReport(
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
-            payloads_included=b.payloads_included, payloads=payloads, erased=erased,
+            payloads_included=b.payloads_included, payloads=payloads, erased=erased, unended=len(created - ended),
         )  # fmt: skip
 
     def _check_event(self, e: StoredEvent, proof: list[str], cp: Checkpoint) -> ev.EventBase:

@@ -38,8 +38,25 @@ def decode_row(data: bytes) -> Any:
 
 def commitment(salt: bytes, data: bytes) -> str:
     """The hex name of a payload: sha256(salt ‖ data). The salt has a fixed length (or is empty,
-    for payloads written before salting), so salt and data cannot be re-split another way."""
+    for payloads written before salting), so salt and data cannot be re-split another way: a
+    reader checks that (`well_split`) before it trusts the data."""
     return hashlib.sha256(salt + data).hexdigest()
+
+
+def well_split(salt: bytes, data: bytes) -> bool:
+    """Whether stored bytes are split between salt and data as ELSPETH splits them. Moving bytes
+    across the split keeps the commitment, so without this the data of a matching payload could
+    be some of the salt, or lack some of its own: a salt must be `SALT_BYTES` long, or empty with
+    data that is a row (a salt moved into the data makes it start with 16 random bytes)."""
+    if len(salt) == SALT_BYTES:
+        return True
+    if salt:
+        return False
+    try:
+        decode_row(data)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
 
 
 class _Salts:

@@ -183,22 +183,42 @@ def read_records(lines: Iterable[bytes]) -> Iterator[tuple[int, Record]]:
             _check_header_format(line)
         try:
             record = _decoder.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise BadLine(number, f"not a record of an ELSPETH export ({e})") from None
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+            raise BadLine(number, f"not a record of an ELSPETH export ({_why(e)})") from None
         if encode(record) != line:
             raise BadLine(number, f"the {_kind(record)} record is not written as ELSPETH writes it (a changed byte?)")
         yield number, record
 
 
-def _check_header_format(line: bytes) -> None:
+class _Peek(msgspec.Struct):
+    """What is read of a file before knowing its format: its type and format, nothing else (the
+    rest is skipped, not built: a file of deeply nested or countless values costs no memory)."""
+
+    type: str | int | float | bool | None = None
+    format: str | int | float | bool | None = None
+
+
+_peek_decoder = msgspec.json.Decoder(_Peek)
+
+
+def _peek(data: bytes) -> _Peek | None:
+    """The type and format a JSON object names (when they are plain values); None otherwise."""
     try:
-        peek = msgspec.json.decode(line)
-    except msgspec.DecodeError:
-        peek = None
-    if not isinstance(peek, dict) or peek.get("type") != EXPORT_TYPE:
+        return _peek_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+
+
+def _why(e: Exception) -> str:
+    return "nested too deeply" if isinstance(e, RecursionError) else str(e)
+
+
+def _check_header_format(line: bytes) -> None:
+    peek = _peek(line)
+    if peek is None or peek.type != EXPORT_TYPE:
         raise BadLine(1, "this is not an ELSPETH export (its first line is not an elspeth-export header)")
     try:
-        check_format(peek.get("format"), "this export")
+        check_format(peek.format, "this export")
     except ExportError as e:
         raise BadLine(1, str(e)) from None
 
@@ -350,17 +370,14 @@ def encode_bundle(bundle: ProofBundle) -> bytes:
 
 def decode_bundle(data: bytes) -> ProofBundle:
     """The bundle in `data`; ExportError saying why not (a newer format is named as such)."""
-    try:
-        peek = msgspec.json.decode(data)
-    except msgspec.DecodeError as e:
-        raise ExportError(f"not an ELSPETH proof bundle (not JSON: {e})") from None
-    if not isinstance(peek, dict) or peek.get("type") != PROOF_TYPE:
+    peek = _peek(data)
+    if peek is None or peek.type != PROOF_TYPE:
         raise ExportError("not an ELSPETH export or proof bundle")
-    check_format(peek.get("format"), "this proof bundle")
+    check_format(peek.format, "this proof bundle")
     try:
         return _bundle_decoder.decode(data)
-    except msgspec.ValidationError as e:
-        raise ExportError(f"not a well-formed proof bundle ({e})") from None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+        raise ExportError(f"not a well-formed proof bundle ({_why(e)})") from None
 
 
 def lineage(events: Iterable[StoredEvent], rows: Collection[int]) -> Iterator[tuple[int, StoredEvent]]:

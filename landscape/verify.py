@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from landscape.canonical import commitment
+from landscape.canonical import commitment, well_split
 from landscape.chain import GENESIS, header, link
 from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint
 from landscape.errors import ChainBroken, CorruptLog
@@ -256,7 +256,7 @@ def good_payloads(rows: Iterable[tuple[bytes, bytes, bytes]]) -> bytes:
     good = bytearray()
     sha256 = hashlib.sha256
     for h, salt, data in rows:
-        if sha256(salt + data).digest() == h:
+        if sha256(salt + data).digest() == h and well_split(salt, data):
             good += h
     return bytes(good)
 
@@ -284,12 +284,15 @@ def verify_checkpoints(
                 f"{signed.size} events",
             )
         if cp.size > verified.events:
-            first, last = verified.events, cp.size - 1
-            missing = f"event {first}" if first == last else f"events {first} to {last}"
-            return Finding(verified.events, f"{missing} missing; {where}")
+            return Finding(verified.events, f"{events_span(verified.events, cp.size - 1)} missing; {where}")
         if cp.size > 0 and verified.roots.get(cp.size) != cp.root:
             return Finding(cp.size - 1, f"the first {cp.size} events do not hash to the root of the {where}")
     return None
+
+
+def events_span(first: int, last: int) -> str:
+    """ "event 7", or "events 7 to 9"."""
+    return f"event {first}" if first == last else f"events {first} to {last}"
 
 
 def _signed(note: str, verifier: Verifier | None, origin: str) -> Checkpoint:
@@ -331,6 +334,8 @@ def _check_event(
         event = e.event
     except (StatechartError, msgspec.DecodeError, msgspec.ValidationError) as err:
         return f"the event body cannot be read: {err}"
+    except RecursionError:
+        return "the event body cannot be read: it is nested too deeply"
     why = _check_body(e, event)
     if why is not None:
         return why
@@ -361,6 +366,8 @@ def _check_body(e: StoredEvent, event: ev.EventBase) -> str | None:
     # at any depth (a resume's `nodes`), may have a key twice: which one a decoder keeps is its own.
     try:
         keys = json.loads(e.payload, object_pairs_hook=_once).keys()
+    except RecursionError:
+        return "the event body is not written as ELSPETH writes it, and is nested too deeply to read its keys"
     except _KeyTwice:
         keys = None
     if keys is None or not keys <= {"type", *kind.__struct_fields__}:
@@ -389,7 +396,7 @@ def row_hashes(event: ev.EventBase) -> tuple[str, ...]:
 
 
 def payload_matches(hash_hex: str, payload: Payload) -> bool:
-    return commitment(payload.salt, payload.data) == hash_hex
+    return commitment(payload.salt, payload.data) == hash_hex and well_split(payload.salt, payload.data)
 
 
 def verify_payloads(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -438,3 +439,72 @@ def test_verify_runs_where_no_driver_is_installed(fork: Exported, tmp_path: Path
     assert good.returncode == 0 and "chain and transitions verified" in good.stdout, good.stdout + good.stderr
     err = one_line_error(run(bad), 1)
     assert "line 6:" in err, err
+
+
+# -- what an attacker's review found: files that misrepresent the run, or that crash the reader ----
+
+
+def test_a_payload_re_split_between_salt_and_data_is_refused(fork: Exported, tmp_path: Path) -> None:
+    """sha256(salt ‖ data) stays the same when bytes move across the split: a record whose salt
+    took some of the data, or whose data took the salt, shows other data than was committed to."""
+    records = _records(fork.file)
+    first = next(i for i, r in enumerate(records) if isinstance(r, PayloadRecord))
+    p = records[first]
+    assert isinstance(p, PayloadRecord) and len(p.salt) == 16
+    for salt, data in ((p.salt + p.data[:10], p.data[10:]), (b"", p.salt + p.data)):
+        changed = [*records[:first], PayloadRecord(hash=p.hash, salt=salt, data=data), *records[first + 1 :]]
+        err = _refused(fork, tmp_path, [encode(r) + b"\n" for r in changed])
+        assert "does not match its commitment" in err, err
+
+
+def test_a_file_nested_too_deeply_is_one_line(fork: Exported, tmp_path: Path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    cases = {
+        "export header": b'{"type":"elspeth-export","format":1,"x":' + deep + b"}\n",
+        "bundle": b'{\n"type":"elspeth-proof","format":1,"x":' + deep + b"}\n",
+        "second line": fork.lines[0] + b'{"type":"checkpoint","x":' + deep + b"}\n",
+    }
+    for name, text in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.json"
+        path.write_bytes(text)
+        err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub)), 1)
+        assert str(path) in err or "line" in err, f"{name}: {err}"
+
+
+def test_an_export_cut_back_to_an_earlier_checkpoint_is_warned_about(fork: Exported, tmp_path: Path) -> None:
+    """Every signed checkpoint is in an export and its end is not signed: cut back to an earlier
+    checkpoint (events, payloads and the later checkpoints dropped), the file verifies; what
+    shows it is that the log no longer ends the run (and a checkpoint kept from later)."""
+    whole = _verify(fork.work, str(fork.file), "--public-key", str(fork.pub))
+    assert whole.returncode == 0 and "where the log ends: completed" in whole.stdout, whole.stdout + whole.stderr
+    assert "warning" not in whole.stderr, whole.stderr
+    records = _records(fork.file)
+    sizes = sorted(r.size for r in records if isinstance(r, CheckpointRecord))
+    cut = sizes[-2]  # the checkpoint before the newest: the run's end event is after it
+    kept: list[Record] = []
+    for r in records:
+        if (isinstance(r, CheckpointRecord) and r.size > cut) or isinstance(r, End):
+            continue
+        if isinstance(r, EventRecord) and r.seq >= cut:
+            break
+        kept.append(r)
+    counts = {kind: sum(isinstance(r, t) for r in kept) for kind, t in
+              (("events", EventRecord), ("payloads", PayloadRecord), ("erased", ErasedRecord),
+               ("checkpoints", CheckpointRecord))}  # fmt: skip
+    path = tmp_path / "cut_back.export"
+    path.write_bytes(b"".join(encode(r) + b"\n" for r in [*kept, End(**counts)]))
+    proc = _verify(fork.work, str(path), "--public-key", str(fork.pub))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning: the log does not end the run" in proc.stderr and "--checkpoint" in proc.stderr, proc.stderr
+
+
+def test_a_bundle_says_when_its_tokens_lack_their_end(db: Database, fork: Exported, tmp_path: Path) -> None:
+    out = tmp_path / "row1.json"
+    assert elspeth("prove", fork.run_id, "--row", "1", "-o", str(out), cwd=fork.work, db=db).returncode == 0
+    whole = _verify(fork.work, str(out), "--public-key", str(fork.pub))
+    assert whole.returncode == 0 and "no end event" not in whole.stderr, whole.stdout + whole.stderr
+    bundle = json.loads(out.read_text())
+    bundle["events"] = bundle["events"][:-1]  # the last event of the row: a token's end
+    out.write_text(json.dumps(bundle, indent=1) + "\n")
+    proc = _verify(fork.work, str(out), "--public-key", str(fork.pub))
+    assert proc.returncode == 0 and "1 token(s) of the bundle have no end event" in proc.stderr, proc.stderr

@@ -6,6 +6,7 @@ enough) and in one pass (`split_at` beyond any log here).
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from landscape.canonical import commit_row
+from landscape.chain import GENESIS, header, link
 from landscape.db import Database
 from landscape.errors import ChainBroken
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
+from landscape.verify import verify_events
 from landscape.verify_store import _ChainProcess, verify_log, verify_run
 from statecharts import events as ev
 from tests.test_store import _created, _superuser_update, _write_run
@@ -156,3 +159,14 @@ def test_a_script_without_a_main_guard_can_verify_in_two_processes(db: Database,
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
     assert (proc.returncode, proc.stdout) == (0, "verified 4\n"), proc.stderr
+
+
+def test_an_event_body_nested_too_deeply_is_a_finding_not_a_crash() -> None:
+    """A body whose chain and payload hash are right (written by whoever holds the store, or
+    rechained in an export) but nested deeper than a decoder goes: named, not a RecursionError."""
+    payload = b'{"type":"RunStarted","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    payload_hash = hashlib.sha256(payload).digest()
+    head = link(GENESIS, header("r", 0, "run", "r", "RunStarted", 1, 0), payload_hash)
+    e = StoredEvent("r", 0, "run", "r", "RunStarted", 1, 0, payload, payload_hash, GENESIS, head)
+    found = verify_events("r", [e]).bad
+    assert found is not None and "nested too deeply" in found.why, found

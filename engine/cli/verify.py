@@ -45,6 +45,12 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
             f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
         )
         click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased))
+        if proof.unended:
+            click.echo(
+                f"elspeth: note: {proof.unended} token(s) of the bundle have no end event in it: a bundle proves that "
+                "the events it holds are in the signed log, not that none was left out (an export shows them all)",
+                err=True,
+            )
         return
     old = read_kept_checkpoint(kept, key) if kept is not None else None
     report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id)
@@ -53,8 +59,16 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
         f"{report.root.hex()[:16]} matches all {report.checkpoints} checkpoint(s) signed by {report.key}"
     )
     click.echo(_payloads(report.payloads_included, report.payloads, report.erased))
+    click.echo(f"the run, where the log ends: {report.status}")
     if report.extends is not None:
         click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
+    if not report.ended:
+        click.echo(
+            f"elspeth: warning: the log does not end the run (its state there: {report.status}): either the run was "
+            "still going when exported, or the file was cut back to an earlier signed checkpoint, which only a "
+            "checkpoint you kept from later can tell (--checkpoint)",
+            err=True,
+        )
 
 
 def _payloads(included: bool, matched: int, erased: int) -> str:
