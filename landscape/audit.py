@@ -38,7 +38,7 @@ from landscape.export import (
 from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
 from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
-from landscape.verify import events_span, payload_matches, row_hashes, verify_events
+from landscape.verify import check_body, events_span, payload_matches, row_hashes, verify_events
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.errors import StatechartError
@@ -93,8 +93,9 @@ def sniff(path: Path) -> str:
             start = f.read(64)
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
-    # An export's first line is a whole record; a bundle is one indented JSON document.
-    return "proof" if start.startswith(b"{\n") else "export"
+    # A bundle is one JSON document that names its type first (ELSPETH writes it indented; it may
+    # have been reformatted since); an export's first line is its header record.
+    return "proof" if b"".join(start.split()).startswith(b'{"type":"elspeth-proof"') else "export"
 
 
 def read_kept_checkpoint(path: Path, key: Verifier) -> Checkpoint:
@@ -288,6 +289,10 @@ class _ExportCheck:
     def _check_erased(self, number: int, record: ErasedRecord) -> None:
         if not record.digest_matches():
             raise self.fail(number, f"the erasure record of {record.hash} was changed (its digest does not match)")
+        assert self.header is not None
+        why = record.problem(self.header.run_id)
+        if why is not None:
+            raise self.fail(number, why)
         self._take(number, record.hash, "erasure")
         self.counts["erased"] += 1
 
@@ -420,6 +425,11 @@ class _ProofCheck:
             event = e.event
         except (StatechartError, msgspec.DecodeError, msgspec.ValidationError) as err:
             raise self.fail(f"{where}: the event body cannot be read: {err}") from None
+        except RecursionError:
+            raise self.fail(f"{where}: the event body cannot be read: it is nested too deeply") from None
+        why = check_body(e, event)  # as for an export's events: the body says what its columns say
+        if why is not None:
+            raise self.fail(f"{where}: {why}")
         if e.seq >= cp.size:
             raise self.fail(f"{where} is not in the signed tree of {cp.size} events")
         try:
@@ -463,6 +473,9 @@ class _ProofCheck:
         for r in b.erased:
             if not r.digest_matches():
                 raise self.fail(f"the erasure record of {r.hash} was changed (its digest does not match)")
+            why = r.problem(b.run_id)
+            if why is not None:
+                raise self.fail(why)
         if not b.payloads_included:
             if b.payloads:
                 raise self.fail("payloads in a bundle made without payloads")

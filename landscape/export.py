@@ -22,8 +22,10 @@ where it stands and a missing one is named by its line.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Annotated
 
 import msgspec
@@ -135,6 +137,19 @@ class ErasedRecord(_Record, tag="erased", frozen=True):
     def digest_matches(self) -> bool:
         fields = (self.hash, self.run_id, self.row_index, self.kind, self.reason, self.erased_at, self.erased_by)
         return _digest(fields) == self.digest
+
+    def problem(self, run_id: str) -> str | None:
+        """What makes this no erasure record of a payload of run `run_id`, if anything (its
+        digest aside): another run named, a negative row, a time that is none."""
+        if self.run_id is not None and self.run_id != run_id:
+            return f"the erasure record of {self.hash} names run {self.run_id}"
+        if self.row_index is not None and self.row_index < 0:
+            return f"the erasure record of {self.hash} names row_index {self.row_index}"
+        try:
+            datetime.fromisoformat(self.erased_at)
+        except ValueError:
+            return f"the erasure record of {self.hash} has erased_at {self.erased_at!r}, which is no time"
+        return None
 
     def describe(self) -> str:
         return f"erased on {self.erased_at[:10]} ({self.kind}: {self.reason})"
@@ -375,9 +390,22 @@ def decode_bundle(data: bytes) -> ProofBundle:
         raise ExportError("not an ELSPETH export or proof bundle")
     check_format(peek.format, "this proof bundle")
     try:
-        return _bundle_decoder.decode(data)
+        bundle = _bundle_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
         raise ExportError(f"not a well-formed proof bundle ({_why(e)})") from None
+    # A key given twice: the decoder keeps the last, a reader keeping the first would see other
+    # values than were checked here. (Unknown keys were refused above, so this reads no more than
+    # a bundle holds; a bundle may be reformatted to be read, so its spelling is not compared.)
+    json.loads(data, object_pairs_hook=_no_key_twice)
+    return bundle
+
+
+def _no_key_twice(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        twice = sorted({k for k, _ in pairs if sum(1 for j, _ in pairs if j == k) > 1})
+        raise ExportError(f"the proof bundle gives a key twice in one object: {', '.join(twice)}")
+    return found
 
 
 def lineage(events: Iterable[StoredEvent], rows: Collection[int]) -> Iterator[tuple[int, StoredEvent]]:

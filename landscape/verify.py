@@ -336,7 +336,7 @@ def _check_event(
         return f"the event body cannot be read: {err}"
     except RecursionError:
         return "the event body cannot be read: it is nested too deeply"
-    why = _check_body(e, event)
+    why = check_body(e, event)
     if why is not None:
         return why
     try:
@@ -351,7 +351,7 @@ def _check_event(
     return None
 
 
-def _check_body(e: StoredEvent, event: ev.EventBase) -> str | None:
+def check_body(e: StoredEvent, event: ev.EventBase) -> str | None:
     """The body says what its columns say, in the one encoding the writer produces. Its type
     tag picks the class it decodes to, and keys it does not know are dropped on decoding, but the
     projections read the `event_type` column and the body's keys by name: a body that differed

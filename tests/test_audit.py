@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
+import landscape.export as export_module
 from landscape.audit import AuditFailure, verify_export, verify_proof
 from landscape.chain import header, link
 from landscape.checkpoint import Checkpoint
@@ -508,3 +510,37 @@ def test_a_bundle_says_when_its_tokens_lack_their_end(db: Database, fork: Export
     out.write_text(json.dumps(bundle, indent=1) + "\n")
     proc = _verify(fork.work, str(out), "--public-key", str(fork.pub))
     assert proc.returncode == 0 and "1 token(s) of the bundle have no end event" in proc.stderr, proc.stderr
+
+
+def test_a_bundle_with_a_key_twice_is_refused(db: Database, fork: Exported, tmp_path: Path) -> None:
+    """The decoder keeps the last of a key given twice; a reader keeping the first would see a
+    forged value where verify checked the genuine one. A reformatted bundle still verifies."""
+    out = tmp_path / "seq3.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(out), cwd=fork.work, db=db).returncode == 0
+    bundle = json.loads(out.read_text())
+    out.write_text(json.dumps(bundle))  # on one line, the em dash of the note escaped: the same bundle
+    ok = _verify(fork.work, str(out), "--public-key", str(fork.pub))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    text = out.read_text()
+    forged = text.replace('"event": {', '"event": {"event_type": "TokenFailed", ', 1)
+    assert forged != text
+    out.write_text(forged)
+    err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
+    assert "gives a key twice" in err and "event_type" in err, err
+
+
+def test_an_erasure_record_of_another_run_or_no_time_is_refused(fork: Exported, tmp_path: Path) -> None:
+    """Nothing signs an erasure record; its digest only catches a changed byte. One made anew,
+    digest and all, must at least be one of this run's, of a row, at a time."""
+    records = _records(fork.file)
+    at = next(i for i, r in enumerate(records) if isinstance(r, ErasedRecord))
+    genuine = records[at]
+    assert isinstance(genuine, ErasedRecord)
+    for changes, says in (({"run_id": "run-other"}, "names run run-other"), ({"row_index": -5}, "row_index -5"),
+                          ({"erased_at": "not-a-date"}, "which is no time")):  # fmt: skip
+        e = msgspec.structs.replace(genuine, **changes)
+        fields = (e.hash, e.run_id, e.row_index, e.kind, e.reason, e.erased_at, e.erased_by)
+        forged = msgspec.structs.replace(e, digest=export_module._digest(fields))
+        assert forged.digest_matches()
+        err = _refused(fork, tmp_path, [encode(r) + b"\n" for r in [*records[:at], forged, *records[at + 1 :]]])
+        assert says in err, err
