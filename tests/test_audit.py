@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from landscape.export import (
     ErasedRecord,
     EventRecord,
     PayloadRecord,
+    ProofBundle,
+    ProvenEvent,
     Record,
     build_proof,
     encode,
@@ -544,3 +547,26 @@ def test_an_erasure_record_of_another_run_or_no_time_is_refused(fork: Exported, 
         assert forged.digest_matches()
         err = _refused(fork, tmp_path, [encode(r) + b"\n" for r in [*records[:at], forged, *records[at + 1 :]]])
         assert says in err, err
+
+
+def test_a_bundle_event_whose_body_says_more_than_its_event_is_refused(fork: Exported, tmp_path: Path) -> None:
+    """The key holder signs a tree whose event 0 carries a key its event does not have (which
+    the projections would read and the fold would drop): refused in a bundle as in an export."""
+    records = _records(fork.file)
+    first = next(r for r in records if isinstance(r, EventRecord) and r.seq == 0)
+    origin = records[0].origin  # type: ignore[union-attr]
+    body = first.payload[:-1] + b',"x":1}'
+    payload_hash = hashlib.sha256(body).digest()
+    h = link(bytes(32), header(first.run_id, 0, first.machine, first.entity_id, first.event_type,
+                                first.schema_version, first.recorded_at_us), payload_hash)  # fmt: skip
+    event = EventRecord(**{**_fields(first), "payload": body, "payload_hash": payload_hash.hex(), "hash": h.hex()})
+    signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
+    bundle = ProofBundle(
+        format=1, run_id=fork.run_id, origin=origin, key=signer.verifier.text(), seq=0, row=None,
+        checkpoint=Checkpoint(origin, 1, root([leaf_hash(h)])).sign(signer),
+        events=[ProvenEvent(event=event, proof=[])], payloads_included=True, payloads=[], erased=[],
+    )  # fmt: skip
+    path = tmp_path / "forged.json"
+    path.write_bytes(encode_bundle(bundle))
+    err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub)), 1)
+    assert "holds a key that its event does not have" in err, err
