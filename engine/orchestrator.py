@@ -29,6 +29,7 @@ from engine.plugins.schema import Schema, type_locked
 from engine.processor import Nodes, Processor, Work
 from engine.secrets import fingerprint
 from engine.settings import LoadedSettings, SettingsError
+from engine.sinkwriter import digest
 from engine.stopping import Stop
 from landscape import faults
 from landscape.canonical import decode_row
@@ -278,7 +279,8 @@ class Execution:
                 if name not in self.fold.sink_positions:
                     # The baseline: what was in the file before this run wrote anything.
                     position = self.proc.flush_sink(name)
-                    emit(self.run_id, ev.SinkFlushed(sink=name, position=position, rows=0, location=sink.location()))
+                    emit(self.run_id, ev.SinkFlushed(sink=name, position=position, rows=0, location=sink.location(),
+                                                     sha256=digest(sink)))  # fmt: skip
             self._reenter()
         except PluginError as e:
             # Recorded like any failure: the run exists, says why it stopped, and is resumable.

@@ -69,7 +69,13 @@ class SinkWriter:
                     after_flush()
                 emit(
                     run_id,
-                    ev.SinkFlushed(sink=sink_name, position=position, rows=len(writes), location=sink.location()),
+                    ev.SinkFlushed(
+                        sink=sink_name,
+                        position=position,
+                        rows=len(writes),
+                        location=sink.location(),
+                        sha256=digest(sink),
+                    ),
                 )
                 for p in writes:
                     emit(p.token_id, _written(p, sink_name))
@@ -118,6 +124,9 @@ class SinkWriter:
         """Open a sink at its last durable position (from the log), dropping anything after it."""
         sink = self.sinks[sink_name]
         sink.release()
+        expect = getattr(sink, "expect", None)  # a file sink checks its bytes against the log's digest
+        if expect is not None:
+            expect(self.ctx.fold.sink_digests.get(sink_name))
         try:
             sink.open(self.ctx.fold.run_id, self.ctx.fold.sink_positions.get(sink_name))
         except Exception as e:
@@ -137,6 +146,12 @@ class SinkWriter:
             diverted = str(TokenState.DIVERTED)
             self.ctx.emit(p.token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink_name, reason=reason))
             self.write(p.token_id, p.row, fallback, diverted, sink_name, reason, (sink_name,))
+
+
+def digest(sink: Sink) -> str | None:
+    """The sha256 of a file sink's bytes up to its position (None for a sink that has none)."""
+    of = getattr(sink, "digest", None)
+    return None if of is None else of()
 
 
 def _written(p: PendingWrite, sink: str) -> ev.EventBase:

@@ -83,6 +83,7 @@ class RunFold:
     open_batch: dict[str, str] = field(default_factory=dict)  # aggregation -> collecting batch
     batches_opened: Counter[str] = field(default_factory=Counter)  # aggregation -> count
     sink_positions: dict[str, int] = field(default_factory=dict)
+    sink_digests: dict[str, str | None] = field(default_factory=dict)  # SinkFlushed.sha256, the last
     # Consecutive failed attempts per sink and when the last one was: the circuit breaker.
     sink_failures: dict[str, int] = field(default_factory=dict)
     sink_failed_at: dict[str, float] = field(default_factory=dict)
@@ -139,6 +140,7 @@ class RunFold:
     def _sink_flushed(self, _id: str, e: ev.SinkFlushed) -> None:
         self._run(e)
         self.sink_positions[e.sink] = e.position
+        self.sink_digests[e.sink] = e.sha256
         self.sink_failures.pop(e.sink, None)
 
     def _sink_write_failed(self, _id: str, e: ev.SinkWriteFailed) -> None:

@@ -130,8 +130,8 @@ ends_inserted AS (
   INSERT INTO {into}.token_outcomes (run_id, token_id, outcome, node, sink, reason, detail, seq)
   SELECT %(r)s, id, outcome, node, sink, reason, detail, seq FROM ends),
 flushes_inserted AS (
-  INSERT INTO {into}.artifacts (run_id, seq, sink, position, rows, location)
-  SELECT %(r)s, seq, sink, position, rows, location FROM ({flushes}) f),
+  INSERT INTO {into}.artifacts (run_id, seq, sink, position, rows, location, sha256)
+  SELECT %(r)s, seq, sink, position, rows, location, sha256 FROM ({flushes}) f),
 buffered AS MATERIALIZED ({buffered}),
 members_inserted AS (
   INSERT INTO {into}.batch_members (run_id, batch_id, token_id, seq) SELECT %(r)s, batch_id, id, seq FROM buffered),
@@ -240,7 +240,7 @@ _PARTS = dict(
     ),
     steps=_body([ev.StepCompleted], "node text, input_hash text, output_hash text, route text, duration_us bigint"),
     ends=_body(list(_OUTCOMES), "node text, sink text, reason text, detail text", f", {_case(_OUTCOMES)} AS outcome"),
-    flushes=_body([ev.SinkFlushed], "sink text, position bigint, rows bigint, location text"),
+    flushes=_body([ev.SinkFlushed], "sink text, position bigint, rows bigint, location text, sha256 text"),
     buffered=_body([ev.TokenBuffered], "batch_id text"),
     coalesce_events=_body(
         list(_COALESCE_STATUS),

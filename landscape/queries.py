@@ -46,6 +46,7 @@ class Artifact(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     rows: int
     location: str
+    sha256: str | None = None  # of the file's bytes up to `position`, as the run recorded it
 
 
 class RunDetail(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,9 +175,10 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
             "SELECT node, kind, plugin, config_hash FROM nodes WHERE run_id = %s ORDER BY node", (run_id,)
         ).fetchall()
         artifacts = [
-            Artifact(seq=a[0], sink=a[1], position=a[2], rows=a[3], location=a[4])
+            Artifact(seq=a[0], sink=a[1], position=a[2], rows=a[3], location=a[4], sha256=a[5])
             for a in conn.execute(
-                "SELECT seq, sink, position, rows, location FROM artifacts WHERE run_id = %s ORDER BY seq", (run_id,)
+                "SELECT seq, sink, position, rows, location, sha256 FROM artifacts WHERE run_id = %s ORDER BY seq",
+                (run_id,),
             )
         ]
     summary = _summary(row)

@@ -252,6 +252,7 @@ artifacts = Table(
     Column("position", BigInteger, nullable=False),
     Column("rows", BigInteger, nullable=False),
     Column("location", Text, nullable=False),
+    Column("sha256", Text),  # of a file's bytes up to `position` (SinkFlushed.sha256); NULL: none recorded
     PrimaryKeyConstraint("run_id", "seq"),
     postgresql_partition_by=PARTITION_BY,
 )

@@ -60,6 +60,9 @@ class SinkFlushed(EventBase, frozen=True):
     position: int  # durable position (file byte offset, or rows committed)
     rows: int  # rows made durable by this flush
     location: str
+    # A file sink's bytes up to `position`, as hex sha256 (None: a table, or a run from before
+    # this was recorded). What ties the file to the run: a resume, and `show`, compare it.
+    sha256: str | None = None
 
 
 class SinkWriteFailed(EventBase, frozen=True):

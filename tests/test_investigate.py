@@ -223,6 +223,10 @@ def test_runs_filters_and_show_ties_each_sink_file_to_the_run(db: Database, work
         f.write(b"9,99\r\n")
     grown = {a["sink"]: a for a in _json(elspeth("show", second, "--json", cwd=work, db=db))["artifacts"]}["high"]
     assert grown["file"] == "grown" and grown["sha256"] == high["sha256"]
+    # as long, but other bytes (another run's file of the same size, an edit): the log's digest tells
+    (work / "out/high.csv").write_bytes(content[:-2] + b"9\n")
+    changed = {a["sink"]: a for a in _json(elspeth("show", second, "--json", cwd=work, db=db))["artifacts"]}["high"]
+    assert changed["file"] == "changed" and changed["sha256"] != high["sha256"], changed
     (work / "out/high.csv").write_bytes(content[:3])
     text = elspeth("show", second, cwd=work, db=db).stdout
     assert "fewer than the" in text and "cut or replaced" in text

@@ -4,6 +4,7 @@ idempotence (on SQLite and on the test PostgreSQL)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -408,3 +409,73 @@ def test_json_append_refuses_a_file_it_cannot_read_exactly(tmp_path: Path) -> No
     with pytest.raises(PluginError, match="not valid utf-8"):
         sink("json", path=str(path), mode="append").open("run", None)
     assert path.read_bytes() == b'[\n{"a": "\xff"}\n]\n'
+
+
+# -- what ties a file to the run that wrote it ------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.json"), ("json", "o.jsonl")])
+def test_a_resume_refuses_a_file_changed_since_before_cutting_anything(tmp_path: Path, kind: str, name: str) -> None:
+    """Another run's output of the same size or larger (or an edit) in the run's file: the first
+    `position` bytes no longer hash to the digest the log recorded, and the file is left whole."""
+    path = tmp_path / name
+    first = sink(kind, path=str(path))
+    first.open("run", None)
+    first.write("t1", {"a": 1, "b": "x"})
+    durable, recorded = first.flush(), first.digest()
+    assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()
+    first.release()
+    other = path.read_bytes().replace(b"x", b"y") + b"more rows of another run"
+    path.write_bytes(other)
+    again = sink(kind, path=str(path))
+    again.expect(recorded)
+    with pytest.raises(PluginError, match="not those the run made durable"):
+        again.open("run", durable)
+    assert path.read_bytes() == other
+    path.write_bytes(other.replace(b"y", b"x"))  # the run's bytes back, and more after: continued
+    again.open("run", durable)
+    assert again.digest() == recorded
+    again.release()
+
+
+def test_a_file_another_process_writes_is_not_cut(tmp_path: Path) -> None:
+    """Two runs writing one file at once: the second's flush fails (recorded, and its rows go to
+    on_write_failure) instead of cutting the first run's rows and writing over them."""
+    path = tmp_path / "shared.csv"
+    first = sink("csv", path=str(path))
+    first.open("a", None)
+    first.write("t1", {"a": 1})
+    first.flush()
+    mine = path.read_bytes()
+    second = sink("csv", path=str(path))
+    second.open("b", None)
+    second.write("t1", {"a": 2})
+    with pytest.raises(PluginError, match="being written by another process"):
+        second.flush()
+    assert path.read_bytes() == mine
+    first.close()
+    second.release()
+
+
+@pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.jsonl")])
+def test_appending_to_a_file_whose_last_line_has_no_newline_is_refused(tmp_path: Path, kind: str, name: str) -> None:
+    """The first row written would run into that line: both would be corrupt in the file while
+    the log says the row landed."""
+    path = tmp_path / name
+    path.write_bytes(b"a\r\n0" if kind == "csv" else b'{"a": 0}')
+    with pytest.raises(PluginError, match="does not end with a newline"):
+        sink(kind, path=str(path), mode="append").open("run", None)
+    path.write_bytes(path.read_bytes() + b"\n")
+    written(sink(kind, path=str(path), mode="append"), [{"a": 1}])
+
+
+def test_csv_append_with_a_schema_writes_in_the_order_of_the_header_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "o.csv"
+    path.write_bytes(b"amount,name,id\r\n5,zed,0\r\n")
+    schema = {"mode": "fixed", "fields": ["id: str", "name: str", "amount: str"]}
+    written(sink("csv", path=str(path), mode="append", schema=schema), [{"id": "1", "name": "al", "amount": "10"}])
+    with path.open(newline="") as f:
+        assert list(csv.DictReader(f))[-1] == {"amount": "10", "name": "al", "id": "1"}
+    other = {"mode": "fixed", "fields": ["id: str", "name: str"]}
+    with pytest.raises(PluginError, match="is not the schema's fields"):
+        sink("csv", path=str(path), mode="append", schema=other).open("run", None)

@@ -682,3 +682,26 @@ def test_resume_refuses_a_crashed_run_whose_log_was_tampered_with(db: Database) 
         from landscape.postgres import PostgresRecorder
 
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last
+
+
+def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Database) -> None:
+    """Another run's output of the same size, or an edit, where the crashed run's file was: the
+    first bytes no longer hash to the digest the log recorded with the position. Continuing
+    would cut that file back and write on (another run's rows gone, this run's not there)."""
+    with _workdir("linear", 12) as path:
+        run_id = f"run-replaced-{os.urandom(3).hex()}"
+        faults.configure("committed:6", raise_instead=True)
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(path / "settings.yaml"), commit_every=1, run_id=run_id)
+        faults.configure("")
+        durable = {n: p for n, p in fold_run(db, run_id).sink_positions.items() if p > 2}
+        assert durable, "no sink had made rows durable: crash later"
+        name, data = max(_outputs(path).items(), key=lambda item: len(item[1]))
+        target = next(p for p in path.rglob(name) if p.is_file())
+        changed = data[:1] + (b"Z" if data[1:2] != b"Z" else b"Y") + data[2:]
+        target.write_bytes(changed)
+        with pytest.raises(ResumeRefused, match="not those the run made durable"):
+            resume_run(db, run_id, _load)
+        assert target.read_bytes() == changed
+        target.write_bytes(data)
+        assert resume_run(db, run_id, _load).status == "completed"

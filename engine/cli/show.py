@@ -1,9 +1,9 @@
 """`elspeth runs` and `elspeth show RUN`: what runs there are, and everything about one of them.
 
 A sink file is tied to the run that wrote it by the sha256 of its bytes up to the durable position
-the run's log records (see `file_digest`): the log records the position, not the bytes, so the
-hash printed is of the file as it is now; keep it (the run summary prints it too) to notice later
-that the file changed.
+the run's log records (see `file_digest`). The log records that digest with each position (since
+migration 0008): a file whose first bytes hash otherwise now is `changed`. Flushes recorded before
+carry none; then the hash printed is of the file as it is now, to keep and compare later.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class SinkFile:
     rows: int
     flushes: int
     last_flush_seq: int
-    state: str  # ok | grown | short | missing | not_a_file
+    state: str  # ok | grown | changed | short | missing | not_a_file
     sha256: str | None  # of the first `position` bytes (ok and grown only)
     size: int | None
 
@@ -82,7 +82,13 @@ class SinkFile:
         if self.state == "not_a_file":
             return "not a file: nothing to hash"
         if self.state == "missing":
-            return "the file is gone"
+            # A sink that got no rows writes no file (nor does a file sink in append mode change one).
+            return "no rows came: no file was written" if self.position == 0 else "the file is gone"
+        if self.state == "changed":
+            return (
+                f"its first {self.position} bytes are not those the run made durable (their sha256 is {self.sha256}, "
+                "the log's another): changed or replaced since"
+            )
         if self.state == "short":
             return (
                 f"the file holds {self.size} bytes, fewer than the {self.position} the run made durable: "
@@ -107,6 +113,8 @@ def sink_files(artifacts: list[Artifact], working_dir: str | None) -> list[SinkF
         if not path.is_absolute() and working_dir:
             path = Path(working_dir) / path
         state, digest, size = file_digest(path, last.position)
+        if digest is not None and last.sha256 is not None and digest != last.sha256:
+            state = "changed"
         out.append(SinkFile(sink=sink, location=last.location, position=last.position,
                             rows=sum(a.rows for a in flushes), flushes=len(flushes), last_flush_seq=last.seq,
                             state=state, sha256=digest, size=size))  # fmt: skip

@@ -1,14 +1,18 @@
 """File sinks: `csv`, `json` (`jsonl`); the `database` sink is in `database_sink.py`. `write`
 buffers (or refuses a row it cannot write whole: RowError); `flush` makes the buffer durable
-(fsync) and returns the position a resume rolls back to: the file's size."""
+(fsync) and returns the position a resume rolls back to: the file's size. `digest` is the sha256
+of the file's bytes up to there, which the log records with the position."""
 
 from __future__ import annotations
 
 import codecs
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import os
+import stat
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -57,6 +61,9 @@ class _FileSink:
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
         self._encoder = codecs.getincrementalencoder(encoding)()
+        self._hash = hashlib.sha256()  # of the file's bytes from 0 to where writing has got
+        self.lines = True  # rows are lines: appending needs the file to end with a newline
+        self._expected: str | None = None  # what the first bytes must hash to on a resume (`expect`)
 
     def _open_file(self, position: int | None, append_at: int | None = None) -> int:
         """Check that writing can start, and return the offset it starts at: `position` on a
@@ -84,6 +91,22 @@ class _FileSink:
             start = size if append_at is None else append_at
         else:
             start = 0
+        self._hash = self._prefix_hash(start)
+        if position is not None and self._expected is not None and self._hash.hexdigest() != self._expected:
+            # Checked before anything is cut: the file is another now (another run wrote it, or
+            # someone edited it), and continuing would destroy that and lose this run's rows.
+            raise PluginError(
+                _NODE,
+                f"cannot continue {self.path}: its first {position} bytes are not those the run made durable "
+                "(their sha256 differs from the one its log records), so it was changed or replaced since; "
+                "restore it, or start a new run",
+            )
+        if position is None and start > 0 and self.lines and not self._ends_a_line():
+            raise PluginError(
+                _NODE,
+                f"cannot append to {self.path}: its last line does not end with a newline, so the first row "
+                "written would run into it; end it with one, or write to another file",
+            )
         self._start = start
         self._encoder = codecs.getincrementalencoder(self.encoding)()
         if start > 0:
@@ -91,6 +114,35 @@ class _FileSink:
         if position:
             self._file()  # a resume drops at once what a crash left after the durable position
         return start
+
+    def _prefix_hash(self, size: int) -> Any:
+        """sha256 of the file's first `size` bytes (what a resume or an append continues)."""
+        h = hashlib.sha256()
+        if size == 0:
+            return h
+        try:
+            with self.path.open("rb") as f:
+                left = size
+                while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                    h.update(chunk)
+                    left -= len(chunk)
+        except OSError as e:
+            raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror}") from e
+        return h
+
+    def _ends_a_line(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def expect(self, digest: str | None) -> None:
+        """What the file's first bytes must hash to when it is next opened at a position: the
+        sha256 the log recorded with that position (None: nothing recorded, nothing checked)."""
+        self._expected = digest
+
+    def digest(self) -> str | None:
+        """Hex sha256 of the file's bytes up to the position `flush` (or `open`) returned."""
+        return None if self._start is None else self._hash.hexdigest()
 
     def _encode(self, text: str) -> bytes:
         return self._encoder.encode(text) if text else b""
@@ -102,15 +154,31 @@ class _FileSink:
         if self._start is None:
             raise PluginError(_NODE, f"{self.path}: written before open (or after release)")
         try:
-            if self._start == 0:
-                f = self.path.open("w+b")  # (not truncate(): a device such as /dev/full refuses it)
-            else:
-                f = self.path.open("r+b")
-                f.truncate(self._start)
-                f.seek(self._start)
-            f.write(self._head)
+            f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
         except OSError as e:
             raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
+        try:
+            # Locked before anything is cut: another process writing this file (another run's
+            # sink) keeps it, and this run's flush fails rather than destroy that run's rows.
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.close()
+            busy = isinstance(e, BlockingIOError)
+            raise PluginError(
+                _NODE,
+                f"{self.path} is being written by another process (another run's sink?): not written"
+                if busy
+                else f"cannot lock {self.path}: {e.strerror}",
+            ) from e
+        try:
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a device such as /dev/full cannot be cut)
+                f.truncate(self._start)
+            f.seek(self._start)
+            f.write(self._head)
+        except OSError as e:
+            f.close()
+            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
+        self._hash.update(self._head)
         self._f, self._head = f, b""
         return f
 
@@ -123,6 +191,7 @@ class _FileSink:
         try:
             if data:
                 f.write(data)
+                self._hash.update(data)
             f.flush()
             os.fsync(f.fileno())
             return f.tell()
@@ -170,10 +239,18 @@ class CsvSink(_FileSink):
     def open(self, run_id: str, position: int | None) -> None:
         start = self._open_file(position)
         self._needs_header = start == 0
-        if start == 0 or self.schema.field_names is not None:
-            self.fields = self.schema.field_names
-        elif self.write_header:
-            self.fields = self._header_on_disk(start)
+        on_disk = self._header_on_disk(start) if start > 0 and self.write_header else None
+        if start == 0 or on_disk is None:
+            if start == 0 or self.schema.field_names is not None:
+                self.fields = self.schema.field_names
+        elif self.schema.field_names is None or set(on_disk) == set(self.schema.field_names):
+            self.fields = on_disk  # the file's order: a reader takes the columns by its header
+        else:
+            raise PluginError(
+                _NODE,
+                f"cannot append to {self.path}: its header ({', '.join(on_disk)}) is not the schema's fields "
+                f"({', '.join(self.schema.field_names)})",
+            )
         # else: a headerless file being continued keeps the columns this process fixed (if any)
         self._known = None
 
@@ -231,6 +308,7 @@ class JsonSink(_FileSink):
         if fmt not in ("json", "jsonl"):
             raise PluginConfigError("format", f"{fmt!r} is not allowed; allowed: json, jsonl")
         self.format = fmt
+        self.lines = fmt == "jsonl"
         indent = None if o.raw("indent") is None else o.int_("indent")
         if indent is not None and indent < 0:
             raise PluginConfigError("indent", f"expected a number of spaces, found {indent!r}")
