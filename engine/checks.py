@@ -43,6 +43,8 @@ def output_problems(
     home = _resolve(elspeth_home(env.get("ELSPETH_HOME") or ".elspeth"))
     # resolved path, inode, who writes or reads it, and whether it is a SQLite sink's database
     files: list[tuple[Path, tuple[int, int] | None, str, bool]] = []
+    # A sink writing over the settings file would destroy the pipeline's definition.
+    files.append((_resolve(where), _inode(where), "the settings file itself", False))
     source_path = getattr(source, "path", None)
     if isinstance(source_path, Path):
         files.append((_resolve(source_path), _inode(source_path), "the source's input (source.options.path)", False))

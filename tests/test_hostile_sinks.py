@@ -60,6 +60,7 @@ REFUSED: dict[str, Refused] = {
     "sink is the source through a symlink": Refused("a: {plugin: csv, options: {path: link.csv}}", "is also the source's input", _link("link.csv", "in.csv")),
     "sink is the source through a hard link": Refused("a: {plugin: json, options: {path: hard.csv}}", "is also the source's input", _hardlink("hard.csv", "in.csv")),
     "sink folder links to the source's": Refused("a: {plugin: csv, options: {path: alias/in.csv}}", "is also the source's input", lambda t: (t / "alias").symlink_to(t)),
+    "sink is the settings file": Refused("a: {plugin: json, options: {path: settings.yaml, format: jsonl}}", "sinks.a.options.path: 'settings.yaml' is also the settings file itself"),
     "two sinks on one file": Refused("a: {plugin: csv, options: {path: out.csv}}\n  b: {plugin: json, options: {path: out.csv}}", "sinks.b.options.path: 'out.csv' is also the output of sink 'a'"),
     "two sinks on one new file via a linked folder": Refused("a: {plugin: csv, options: {path: o/x.csv}}\n  b: {plugin: csv, options: {path: p/x.csv}}", "is also the output of sink 'a'", lambda t: ((t / "o").mkdir(), (t / "p").symlink_to(t / "o"))),
     "a csv sink on a sqlite sink's file": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: csv, options: {path: o.db}}", "is also the output of sink 'a'"),

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from engine.plugins.protocol import PluginConfigError, PluginError
+from engine.plugins.protocol import PluginConfigError, PluginError, RowError
 from engine.plugins.registry import build_plugin
 
 CORPUS = Path(__file__).resolve().parent / "corpus"  # the prior system's conformance corpus (see its README)
@@ -479,3 +479,18 @@ def test_csv_append_with_a_schema_writes_in_the_order_of_the_header_on_disk(tmp_
     other = {"mode": "fixed", "fields": ["id: str", "name: str"]}
     with pytest.raises(PluginError, match="is not the schema's fields"):
         sink("csv", path=str(path), mode="append", schema=other).open("run", None)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_json_sink_refuses_a_value_json_cannot_spell(tmp_path: Path, value: float) -> None:
+    """Python writes `Infinity` and `NaN`, which no JSON reader takes: the row is refused (its
+    token then goes to on_write_failure, recorded), never written as what JSON is not."""
+    path = tmp_path / "o.jsonl"
+    s = sink("json", path=str(path))
+    s.open("run", None)
+    with pytest.raises(RowError, match="cannot be written as JSON"):
+        s.write("t1", {"v": value})
+    s.write("t2", {"v": 1.5})
+    s.flush()
+    s.close()
+    assert path.read_text() == '{"v": 1.5}\n'

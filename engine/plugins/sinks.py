@@ -316,8 +316,10 @@ class JsonSink(_FileSink):
             raise PluginConfigError("indent", "only for format json (a JSON-lines row is one line)")
         self.indent: int | None = indent
         self._rows_written = False
+        self._texts: list[str] = []  # the rows written since the last flush, as JSON
 
     def open(self, run_id: str, position: int | None) -> None:
+        self._texts = []
         append_at = None
         if self.format == "json" and position is None and self.mode == "append":
             append_at = self._reopen_array()
@@ -349,11 +351,17 @@ class JsonSink(_FileSink):
             head = f.read(min(size, 4096)).decode(self.encoding, errors="replace").lstrip("\ufeff").lstrip()
         return head.startswith("[") and bool(head[1:].strip())
 
+    def write(self, token_id: str, row: Row) -> None:
+        try:
+            text = json.dumps(row, ensure_ascii=False, indent=self.indent, default=str, allow_nan=False)
+        except ValueError as e:  # NaN or an infinity: no JSON spells it (Python's `Infinity` is no JSON)
+            raise RowError(f"a value of the row cannot be written as JSON: {e}") from None
+        self._texts.append(text)
+
     def flush(self) -> int:
-        rows, self._buffer = self._buffer, []
+        texts, self._texts = self._texts, []
         parts: list[str] = []
-        for row in rows:
-            text = json.dumps(row, ensure_ascii=False, indent=self.indent, default=str)
+        for text in texts:
             if self.format == "jsonl":
                 parts.append(text + "\n")
             else:

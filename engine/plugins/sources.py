@@ -11,7 +11,9 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -407,10 +409,26 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
         long_ints.append(_LongInt(digits))
         return long_ints[-1]
 
+    def number(digits: str) -> float:
+        value = float(digits)
+        if not math.isfinite(value):  # 1e400: valid JSON, but an infinity as a float
+            raise _Undecodable(f"the number {digits[:40]} is too large for a float")
+        return value
+
     try:
-        return json.loads(text, parse_constant=refuse, parse_int=integer)
+        value = json.loads(text, parse_constant=refuse, parse_int=integer, parse_float=number)
     except RecursionError:
         raise _Undecodable("nested too deeply to decode") from None
+    if _SURROGATE_ESCAPE.search(text):
+        # `\ud800` alone is valid JSON but no Unicode text: it could be neither recorded nor written.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Undecodable("a string holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text") from None
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def _json_type(value: Any) -> str:
