@@ -494,3 +494,30 @@ def test_a_json_sink_refuses_a_value_json_cannot_spell(tmp_path: Path, value: fl
     s.flush()
     s.close()
     assert path.read_text() == '{"v": 1.5}\n'
+
+
+def test_database_sink_refuses_a_value_an_existing_column_would_change(db_url: str) -> None:
+    """A table made beforehand with narrower columns: the server would store a rounded float, a
+    rounded decimal, a padded or cut string, without an error, and the audit trail would hold
+    the value as given. Such a value is refused (RowError, routed by on_write_failure)."""
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE narrow (big real, price numeric(5, 2), flag char(1), name varchar(3), "
+                              "d double precision)"))  # fmt: skip
+    finally:
+        engine.dispose()
+    s = sink("database", url=db_url, table="narrow", if_exists="append")
+    s.open("run", None)
+    fits = {"big": 1.5, "price": 1.25, "flag": "y", "name": "abc", "d": 2.5}
+    narrowed = [("d", 2**53 + 1)]  # SQLite keeps strings whole, and its REAL is an 8-byte float
+    if not db_url.startswith("sqlite"):
+        narrowed += [("big", 123456789), ("price", 1.239), ("price", 12345), ("flag", "y "), ("name", "abcd")]
+    for field, value in narrowed:
+        with pytest.raises(RowError, match=f"field '{field}' holds"):
+            s.write("t0", {**fits, field: value})
+    s.write("t1", fits)
+    s.flush()
+    s.close()
+    assert [tuple(float(v) if k != "flag" and k != "name" else v for k, v in zip(fits, r, strict=True))
+            for r in _select(db_url, "SELECT big, price, flag, name, d FROM narrow")] == [tuple(fits.values())]  # fmt: skip

@@ -4,13 +4,18 @@ PostgreSQL). `flush` commits and returns the number of rows this run committed.
 Nothing is lost without a record: the table's columns are fixed by the schema, an existing
 table or the first row, and a row with a field that has no column, or a value its column
 cannot hold, is refused at `write` (RowError, routed by `on_write_failure`) with the field
-named — never inserted without it.
+named — never inserted without it. So is a value an existing column would store as another
+without an error (`_exactly_held`): a float a 4-byte `real` or an 8-byte float rounds, a number a
+`numeric(p, s)` rounds, a string a `char(n)` pads or a `varchar(n)` cuts. Columns of other types
+(dates, times, uuids, ...) take what the server makes of the value, unchecked.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
+from decimal import Decimal, localcontext
 from typing import Any, ClassVar
 
 from engine.plugins.options import Options
@@ -75,7 +80,7 @@ class DatabaseSink:
         self._engine: Any = None
         self._table: Any = None
         self._tokens: Any = None
-        self._columns: dict[str, tuple[str, int]] | None = None  # name -> (kind, integer bits)
+        self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `_column_kind`
         self._first: Row | None = None  # the row that fixed the columns of a table not made yet
         self._sqlite = self.url.lower().startswith("sqlite")
         self._committed = 0
@@ -189,7 +194,7 @@ class DatabaseSink:
     def write(self, token_id: str, row: Row) -> None:
         if self._columns is None:  # no table yet and no schema: this row fixes the columns
             self._first = row
-            self._columns = {k: (_value_kind(v), 64) for k, v in row.items()}
+            self._columns = {k: (_value_kind(v), 64, 0) for k, v in row.items()}
         problems = [p for k, v in row.items() if (p := self._unfit(k, v)) is not None]
         if problems:
             raise RowError(f"{'; '.join(problems)} (table {self.table_name} in {self._shown})")
@@ -202,14 +207,17 @@ class DatabaseSink:
             return f"field '{name}' has no column (columns: {', '.join(self._columns) or 'none'})"
         if value is None:
             return None
-        kind, bits = self._columns[name]
+        kind, bits, scale = self._columns[name]
         found = type(value).__name__
+        exact = _exactly_held(kind, bits, scale, value)
+        if exact is not None:
+            return f"field '{name}' holds {value!r}, which its column {exact}"
         if kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
                 return f"field '{name}' holds a {found}; its column takes integers"
             if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
                 return f"field '{name}' holds an integer outside the column's {bits}-bit range"
-        elif kind == "float":
+        elif kind in ("float", "real", "decimal"):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 return f"field '{name}' holds a {found}; its column takes numbers"
             if self._sqlite and isinstance(value, float) and math.isnan(value):
@@ -296,22 +304,62 @@ def _value_kind(value: Any) -> str:
     return "text"
 
 
-def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int]:
-    """What an existing column holds, as `_unfit` checks it: kind and integer width."""
+def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
+    """What an existing column holds, as `_unfit` checks it: kind, then a width (integer bits,
+    a float's bits, a decimal's precision, a string's length; 0: none) and a decimal's scale."""
+    from sqlalchemy import CHAR, REAL, BigInteger, Float, Numeric, SmallInteger, String
+
     try:
         python = sql_type.python_type
     except NotImplementedError:
-        return "other", 64
+        return "other", 0, 0
     if python is bool:
-        return "bool", 64
+        return "bool", 64, 0
     if python is int:
-        from sqlalchemy import BigInteger, SmallInteger
-
         if sqlite or isinstance(sql_type, BigInteger):
-            return "int", 64
-        return "int", 16 if isinstance(sql_type, SmallInteger) else 32
+            return "int", 64, 0
+        return "int", 16 if isinstance(sql_type, SmallInteger) else 32, 0
     if python is float or python.__name__ == "Decimal":
-        return "float", 64
+        if sqlite:  # SQLite's REAL is an 8-byte float, whatever the column was declared
+            return "float", 64, 0
+        if isinstance(sql_type, REAL) or (isinstance(sql_type, Float) and (sql_type.precision or 53) <= 24):
+            return "real", 32, 0
+        if isinstance(sql_type, Numeric) and not isinstance(sql_type, Float) and sql_type.scale is not None:
+            return "decimal", sql_type.precision or 0, sql_type.scale
+        return "float", 64, 0
     if python is str:
-        return "text", 64
-    return "other", 64
+        length = getattr(sql_type, "length", None) or 0
+        if not sqlite and isinstance(sql_type, CHAR):
+            return "char", length or 1, 0
+        return "text", length if isinstance(sql_type, String) and not sqlite else 0, 0
+    return "other", 0, 0
+
+
+def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
+    """Why a column of this kind would store another value than `value` without an error (a
+    float rounded, a decimal rounded, a string padded or cut), or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if kind in ("float", "real") and isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None  # NaN and the infinities are checked by kind (SQLite stores NaN as NULL)
+        try:
+            stored = float(value) if kind == "float" else struct.unpack("f", struct.pack("f", float(value)))[0]
+        except OverflowError:
+            stored = math.inf
+        if stored != value:
+            return f"would store as {stored!r} ({'a 4-byte' if kind == 'real' else 'an 8-byte'} float)"
+    elif kind == "decimal" and isinstance(value, int | float) and (isinstance(value, int) or math.isfinite(value)):
+        exact = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+        with localcontext() as ctx:
+            ctx.prec = max(len(exact.as_tuple().digits) + scale + 2, 28)
+            if exact.quantize(Decimal(1).scaleb(-scale)) != exact:
+                return f"would round to {scale} decimal place(s) (numeric({width}, {scale}))"
+        whole = len(str(abs(int(exact)))) if int(exact) != 0 else 0
+        if width and whole > width - scale:
+            return f"cannot hold (numeric({width}, {scale}))"
+    elif kind == "char" and isinstance(value, str) and (len(value) != width or value.endswith(" ")):
+        return f"would pad or cut to {width} character(s) (char({width}))"
+    elif kind == "text" and width and isinstance(value, str) and len(value) > width:
+        return f"would cut or refuse beyond {width} character(s)"
+    return None
