@@ -382,3 +382,14 @@ def test_nan_and_infinity_in_json_lines_are_quarantined_not_passed_on(tmp_path: 
     items = list(build_plugin("source", "jsonl", {"path": str(path)}).read())
     assert [i.row for i in items] == [{"id": 1, "x": 1.5}, None, None]
     assert all(i.error and "is not a JSON value" in i.error for i in items[1:])
+
+
+def test_csv_a_quote_never_closed_is_quarantined_not_the_rest_of_the_file(tmp_path: Path) -> None:
+    """Read leniently, an unclosed quote makes every later line part of one cell: rows 3 to 5
+    were never counted. That record is quarantined, holding the lines it swallowed; a quoted
+    cell over two lines that closes is a row."""
+    path = write(tmp_path / "in.csv", b'id,name,note\n1,a,"two\nlines"\n2,b,"oops\n3,c,y\n4,d,z\n')
+    got = items("csv", {"path": str(path)})
+    assert got[0].row == {"id": "1", "name": "a", "note": "two\nlines"}
+    assert got[1].row is None and "never closed" in (got[1].error or "")
+    assert "4,d,z" in got[1].raw["__raw_line__"] and got[1].raw["__line_number__"] == 4

@@ -101,6 +101,7 @@ class _Lines:
         self.bad: str | None = None  # why a line of the current record did not decode
         self.text: list[str] = []  # the current record's lines, as decoded
         self.raw: list[bytes] = []  # and as read, for a line that did not decode
+        self.ended = False  # every line has been handed out
 
     def start_record(self) -> None:
         self.bad = None
@@ -113,6 +114,10 @@ class _Lines:
         return base64.b64encode(b"".join(self.raw)).decode("ascii")
 
     def __iter__(self) -> Iterator[str]:
+        yield from self._lines()
+        self.ended = True
+
+    def _lines(self) -> Iterator[str]:
         if "\n".encode(self.encoding) != b"\n":
             yield from self._stream()
             return
@@ -204,7 +209,13 @@ class CsvSource:
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
             if index >= start:
-                if lines.bad is not None:
+                if lines.ended and len(lines.text) > 1 and "".join(lines.text).count('"') % 2:
+                    # A quote that never closes makes the rest of the file one field: the rows
+                    # after it would be inside this one, never counted, never quarantined.
+                    yield SourceItem(index, None, self._unparsed(lines, first_line, index),
+                                     f"a quote opened on line {first_line} is never closed: the record runs to the "
+                                     "end of the file")  # fmt: skip
+                elif lines.bad is not None:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), lines.bad)
                 elif len(values) != len(header):
                     raw = {"__raw_line__": self.delimiter.join(values), "__line_number__": first_line,
