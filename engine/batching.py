@@ -8,6 +8,7 @@ from collections.abc import Callable
 from engine.expressions import ExpressionError
 from engine.plugins.protocol import PluginError, RowError
 from engine.work import Context, Work
+from landscape.canonical import UnrecordableRow, encode_row
 from statecharts import events as ev
 
 Schedule = Callable[[float, str, str], None]
@@ -58,6 +59,10 @@ class Batcher:
             return self._fail(batch_id, members, e.reason)
         except Exception as e:
             raise PluginError(name, f"{type(e).__name__}: {e}") from e
+        try:  # the outputs as they will be recorded; one that cannot be fails the batch, recorded
+            encoded = [encode_row(out) for out in result.rows]
+        except UnrecordableRow as e:
+            return self._fail(batch_id, members, f"an output row cannot be recorded: {e}")
         if cfg.expected_output_count is not None and len(result.rows) != cfg.expected_output_count:
             reason = f"expected {cfg.expected_output_count} output rows, got {len(result.rows)}"
             return self._fail(batch_id, members, reason)
@@ -66,8 +71,8 @@ class Batcher:
                 reason = f"passthrough needs one output per input: {len(members)} in, {len(result.rows)} out"
                 return self._fail(batch_id, members, reason)
             works = []
-            for m, out in zip(members, result.rows, strict=True):
-                h = ctx.store(out)
+            for m, out, data in zip(members, result.rows, encoded, strict=True):
+                h = ctx.store_data(data)
                 ctx.emit(
                     m.token_id,
                     ev.StepCompleted(node=name, input_hash=m.hash, output_hash=h, duration_us=0, next=cfg.on_success),
@@ -88,8 +93,8 @@ class Batcher:
             del ctx.waiting[m.token_id]
         row_index = members[-1].row_index if members else 0
         works = []
-        for i, out in enumerate(result.rows):
-            h = ctx.store(out)
+        for i, (out, data) in enumerate(zip(result.rows, encoded, strict=True)):
+            h = ctx.store_data(data)
             child = f"{batch_id}.{i}"
             ctx.emit(
                 child,

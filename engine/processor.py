@@ -21,7 +21,7 @@ from engine.plugins.protocol import PluginError, Row, RowError, SourceItem
 from engine.scheduler import Deadlines
 from engine.sinkwriter import SinkWriter
 from engine.work import Context, Emit, Nodes, PutPayload, Work
-from landscape.canonical import encode_row
+from landscape.canonical import UnrecordableRow, encode_row
 from landscape.fold import RunFold
 from statecharts import events as ev
 from statecharts.machines import BatchState, TokenState
@@ -59,7 +59,11 @@ class Processor:
                 w = Work(token_id, item.raw, raw_hash, dest, item.index)
                 self._to_sink(w, dest, TokenState.QUARANTINED, None, reason)
             return
-        data = encode_row(item.row)
+        try:
+            data = encode_row(item.row)
+        except UnrecordableRow as e:  # a source that let it through: quarantined like any bad row
+            self.process_record(SourceItem(item.index, None, item.raw, f"the row cannot be recorded: {e}"))
+            return
         h = self.ctx.store_data(data)
         at = self.n.dag.source_output
         self.emit(token_id, ev.TokenCreated(row_index=item.index, data_hash=h, at=at, fixed_types=item.fixed_types))
@@ -116,10 +120,14 @@ class Processor:
             raise PluginError(name, f"{type(e).__name__}: {e}") from e
         duration = (time.perf_counter_ns() - started) // 1000
         nxt = cfg.on_success or name
-        if isinstance(out, list):
-            self._expand(w, name, out, nxt)
+        try:  # what the step made, as it will be recorded; a row that cannot be is its row error
+            if isinstance(out, list):
+                self._expand(w, name, [encode_row(r) for r in out], out, nxt)
+                return False
+            data = encode_row(out)
+        except UnrecordableRow as e:
+            self._row_error(w, name, f"its output cannot be recorded: {e}", cfg.on_error)
             return False
-        data = encode_row(out)
         # Unchanged bytes (a filter that let the row through): the same commitment, one copy.
         h = w.hash if data == w.data else self.ctx.store_data(data)
         self.emit(
@@ -129,12 +137,12 @@ class Processor:
         w.row, w.hash, w.at, w.data = out, h, nxt, data
         return True
 
-    def _expand(self, w: Work, node: str, rows: list[Row], at: str) -> None:
+    def _expand(self, w: Work, node: str, encoded: list[bytes], rows: list[Row], at: str) -> None:
         children = [f"{w.token_id}.{i}" for i in range(len(rows))]
         self.emit(w.token_id, ev.TokenExpanded(node=node, children=children))
         works = []
-        for child, row in zip(children, rows, strict=True):
-            h = self.ctx.store(row)
+        for child, row, data in zip(children, rows, encoded, strict=True):
+            h = self.ctx.store_data(data)
             self.emit(
                 child,
                 ev.TokenCreated(

@@ -14,6 +14,7 @@ empty salt: their commitment is the plain sha256 of the data.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from typing import Any
@@ -28,8 +29,32 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
 
+class UnrecordableRow(ValueError):
+    """A row whose canonical bytes would say something else than the row: recorded as it is, the
+    audit trail would hold another row than the one a sink writes."""
+
+
 def encode_row(row: Any) -> bytes:
-    return _encoder.encode(row)
+    """The row's canonical bytes; UnrecordableRow for a row JSON cannot hold as it is: a float
+    that is not finite (the encoder writes null for it) or a string with a lone surrogate."""
+    try:
+        data = _encoder.encode(row)
+    except UnicodeEncodeError:
+        raise UnrecordableRow("a string holds a lone surrogate (U+D800 to U+DFFF), which is no Unicode text") from None
+    # Only a row that reads null somewhere can hide one (a cheap search first: nulls are rare).
+    if b"null" in data and _not_finite(row):
+        raise UnrecordableRow("a float is not finite (an infinity or NaN), which JSON cannot hold: it would read null")
+    return data
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_not_finite(v) for v in value)
+    return False
 
 
 def decode_row(data: bytes) -> Any:
@@ -87,7 +112,7 @@ os.register_at_fork(after_in_child=_salts.forget)  # a forked child must not reu
 
 def commit_row(row: Any) -> tuple[str, Payload]:
     """(commitment, payload) of one row, with a fresh random salt."""
-    return commit_data(_encoder.encode(row))
+    return commit_data(encode_row(row))
 
 
 def commit_data(data: bytes) -> tuple[str, Payload]:

@@ -704,3 +704,35 @@ def test_a_run_takes_short_gil_slices_for_its_writer_and_gives_them_back(
     _run_with_stand_in(db, tmp_path, ["spy"], _SliceSpy())
     assert _SliceSpy.seen == [pytest.approx(GIL_SLICE_SECONDS)] and before > 10 * GIL_SLICE_SECONDS
     assert sys.getswitchinterval() == before
+
+
+def test_a_row_json_cannot_hold_is_never_recorded_as_another(db: Database, tmp_path: Path) -> None:
+    """The canonical encoder writes null for an infinity: recorded so, the audit trail would say
+    the row held null. A source row holding one is quarantined; an aggregation whose output
+    overflows to one fails its batch, with the reason; nothing reads null."""
+    write_csv(tmp_path / "in.csv", ["id", "v"], [])
+    settings = """
+source:
+  plugin: csv
+  on_success: src
+  options: {path: in.csv, schema: {mode: observed}, on_validation_failure: discard}
+aggregations:
+- name: stats
+  plugin: batch_stats
+  input: src
+  on_success: out
+  on_error: discard
+  trigger: {count: 2}
+  options: {value_field: v}
+sinks:
+  out: {plugin: json, options: {path: out.jsonl, format: jsonl}}
+"""
+    items = [item(0, id=0, v=float("inf")), item(1, id=1, v=1e308), item(2, id=2, v=1e308), item(3, id=3, v=1.5)]
+    result = run(db, tmp_path, settings, source_items=[*items, None])
+    events = [(s.entity_id, e) for s in PostgresRecorder(db).read_events(result.outcome.run_id) if (e := s.event)]
+    quarantined = [e.reason for t, e in events if isinstance(e, ev.TokenQuarantined)]
+    assert [t for t, e in events if isinstance(e, ev.TokenQuarantined)] == ["r0"]
+    assert "not finite" in quarantined[0]
+    failed = [e.reason for _t, e in events if isinstance(e, ev.BatchFailed)]
+    assert len(failed) == 1 and "cannot be recorded" in failed[0] and "not finite" in failed[0]
+    assert not (tmp_path / "out.jsonl").exists() or "Infinity" not in (tmp_path / "out.jsonl").read_text()

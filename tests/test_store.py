@@ -312,3 +312,12 @@ def test_a_reader_that_the_database_refuses_says_so_and_leaves_nothing_running(d
         list(analyst.read_events("run-refused"))
     assert "elspeth-read" not in {t.name for t in threading.enumerate()} - before
     assert [e.seq for e in PostgresRecorder(db).read_events("run-refused")] == [0, 1, 2, 3]
+
+
+def test_encode_row_refuses_what_json_would_record_as_another_row() -> None:
+    from landscape.canonical import UnrecordableRow, encode_row
+
+    assert encode_row({"a": None, "b": [1.5, None], "c": "x"}) == b'{"a":null,"b":[1.5,null],"c":"x"}'
+    for row in ({"a": float("nan")}, {"a": {"b": [1, float("-inf")]}}, {"a": "\ud800"}):
+        with pytest.raises(UnrecordableRow):
+            encode_row(row)
