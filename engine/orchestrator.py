@@ -253,6 +253,7 @@ class Execution:
             )
             emit(self.run_id, ev.RunStarted())
         else:
+            self._refuse_to_cut_later_rows()
             try:  # a sink that cannot continue where the log says refuses the resume, unrecorded
                 self._open_sinks()
             except PluginError as e:
@@ -287,6 +288,26 @@ class Execution:
             self._fail(str(e), e)
             raise RunFailedError(self.run_id, str(e)) from e
         self.writer.commit()
+
+    def _refuse_to_cut_later_rows(self) -> None:
+        """A resume cuts a file sink back to the run's durable position: what follows is taken
+        for what the crash left. Another run that wrote to the file since (an append-mode log
+        shared by runs) would lose the rows its log says it wrote."""
+        for name, sink in self.p.nodes.sinks.items():
+            path, position = getattr(sink, "path", None), self.fold.sink_positions.get(name)
+            if not isinstance(path, Path) or position is None:
+                continue
+            try:
+                longer = path.stat().st_size > position
+            except OSError:
+                continue  # the sink says what is wrong with it when it opens
+            other = self.recorder.flushed_since(self.run_id, sink.location()) if longer else None
+            if other is not None:
+                raise ResumeRefused(
+                    f"run {self.run_id} cannot be resumed: sink '{name}': {path} holds rows after this run's durable "
+                    f"position ({position} bytes) that run {other} wrote since; resuming would cut them off. Move "
+                    "the file aside (and put the other run's rows back after), or start a new run"
+                )
 
     def _open_sinks(self) -> None:
         for name in self.p.nodes.sinks:

@@ -342,6 +342,18 @@ class PostgresRecorder:
                     pages.get(timeout=0.05)
             fetcher.join()
 
+    def flushed_since(self, run_id: str, location: str) -> str | None:
+        """Another run that made rows durable in `location` (as its sink spells it) after this
+        run's last event, if any: its id. A resume that would cut a file back asks first."""
+        with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT a.run_id FROM artifacts a JOIN events e ON e.run_id = a.run_id AND e.seq = a.seq "
+                "WHERE a.location = %s AND a.run_id <> %s AND a.rows > 0 "
+                "AND e.global_position > (SELECT max(global_position) FROM events WHERE run_id = %s) LIMIT 1",
+                (location, run_id, run_id),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def last_seq(self, run_id: str) -> int:
         """The run's last seq now (-1: no events)."""
         with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:

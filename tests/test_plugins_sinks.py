@@ -521,3 +521,39 @@ def test_database_sink_refuses_a_value_an_existing_column_would_change(db_url: s
     s.close()
     assert [tuple(float(v) if k != "flag" and k != "name" else v for k, v in zip(fits, r, strict=True))
             for r in _select(db_url, "SELECT big, price, flag, name, d FROM narrow")] == [tuple(fits.values())]  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
+def test_appending_to_a_file_written_in_a_wide_encoding_is_not_refused(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "o.jsonl"
+    for i in range(2):
+        written(sink("json", path=str(path), mode="append", encoding=encoding), [{"a": i}])
+    assert [json.loads(line) for line in path.read_text(encoding=encoding).splitlines()] == [{"a": 0}, {"a": 1}]
+
+
+def test_database_sink_takes_what_an_exact_numeric_column_holds(db_url: str) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's columns of every numeric type take floats (a NUMERIC's value is bound as one)")
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE exact (n numeric, c char(2))"))
+    finally:
+        engine.dispose()
+    written(sink("database", url=db_url, table="exact", if_exists="append"), [{"n": 2**62 + 1, "c": "a "}])
+    assert [int(r[0]) for r in _select(db_url, "SELECT n FROM exact")] == [2**62 + 1]
+
+
+def test_a_file_changed_between_open_and_the_first_write_is_not_cut(tmp_path: Path) -> None:
+    """What was checked (through the path, at open) must be what the handle that cuts holds:
+    another file swapped in meanwhile, or other bytes, are refused before anything is cut."""
+    path = tmp_path / "o.csv"
+    path.write_bytes(b"a\r\n1\r\n")
+    s = sink("csv", path=str(path), mode="append")
+    s.open("run", None)
+    path.write_bytes(b"a\r\n2\r\n")  # the same size, other bytes
+    s.write("t1", {"a": 3})
+    with pytest.raises(PluginError, match="changed while it was being opened"):
+        s.flush()
+    assert path.read_bytes() == b"a\r\n2\r\n"
+    s.release()

@@ -393,3 +393,11 @@ def test_csv_a_quote_never_closed_is_quarantined_not_the_rest_of_the_file(tmp_pa
     assert got[0].row == {"id": "1", "name": "a", "note": "two\nlines"}
     assert got[1].row is None and "never closed" in (got[1].error or "")
     assert "4,d,z" in got[1].raw["__raw_line__"] and got[1].raw["__line_number__"] == 4
+
+
+def test_csv_an_unclosed_quote_after_a_literal_one_is_still_caught(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.csv", b'id,note,x\n1,a,b\n2,5" x,"unclosed\n3,b,c\n4,d,e\n')
+    got = items("csv", {"path": str(path)})
+    assert got[0].row == {"id": "1", "note": "a", "x": "b"}
+    assert got[1].row is None and "never closed" in (got[1].error or ""), got[1]
+    assert len(got) == 2

@@ -705,3 +705,22 @@ def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Databa
         assert target.read_bytes() == changed
         target.write_bytes(data)
         assert resume_run(db, run_id, _load).status == "completed"
+
+
+def test_resume_refuses_to_cut_rows_another_run_appended_since(db: Database) -> None:
+    """An append-mode file shared by runs: run A crashes, run B appends its rows after A's, and
+    a resume of A would cut the file back to A's durable position, taking B's rows with it."""
+    with _workdir("linear", 12) as path:
+        settings = path / "settings.yaml"
+        settings.write_text(settings.read_text().replace("{path: out/out.csv}", "{path: out/out.csv, mode: append}"))
+        run_id = f"run-shared-{os.urandom(3).hex()}"
+        faults.configure("committed:6", raise_instead=True)
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(settings), commit_every=1, run_id=run_id)
+        faults.configure("")
+        other = start_run(db, _load(settings))
+        assert other.status == "completed"
+        after_other = (path / "out" / "out.csv").read_bytes()
+        with pytest.raises(ResumeRefused, match=f"that run {other.run_id} wrote since"):
+            resume_run(db, run_id, _load, force=True)
+        assert (path / "out" / "out.csv").read_bytes() == after_other

@@ -217,7 +217,7 @@ class DatabaseSink:
                 return f"field '{name}' holds a {found}; its column takes integers"
             if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
                 return f"field '{name}' holds an integer outside the column's {bits}-bit range"
-        elif kind in ("float", "real", "decimal"):
+        elif kind in ("float", "real", "decimal", "number"):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 return f"field '{name}' holds a {found}; its column takes numbers"
             if self._sqlite and isinstance(value, float) and math.isnan(value):
@@ -320,11 +320,13 @@ def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
             return "int", 64, 0
         return "int", 16 if isinstance(sql_type, SmallInteger) else 32, 0
     if python is float or python.__name__ == "Decimal":
-        if sqlite:  # SQLite's REAL is an 8-byte float, whatever the column was declared
+        if sqlite:  # an 8-byte float whatever it was declared (SQLAlchemy binds a NUMERIC's value as one)
             return "float", 64, 0
         if isinstance(sql_type, REAL) or (isinstance(sql_type, Float) and (sql_type.precision or 53) <= 24):
             return "real", 32, 0
-        if isinstance(sql_type, Numeric) and not isinstance(sql_type, Float) and sql_type.scale is not None:
+        if isinstance(sql_type, Numeric) and not isinstance(sql_type, Float):
+            if sql_type.scale is None:
+                return "number", 0, 0  # numeric without a scale holds every number given exactly
             return "decimal", sql_type.precision or 0, sql_type.scale
         return "float", 64, 0
     if python is str:
@@ -358,7 +360,7 @@ def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
         whole = len(str(abs(int(exact)))) if int(exact) != 0 else 0
         if width and whole > width - scale:
             return f"cannot hold (numeric({width}, {scale}))"
-    elif kind == "char" and isinstance(value, str) and (len(value) != width or value.endswith(" ")):
+    elif kind == "char" and isinstance(value, str) and len(value) != width:
         return f"would pad or cut to {width} character(s) (char({width}))"
     elif kind == "text" and width and isinstance(value, str) and len(value) > width:
         return f"would cut or refuse beyond {width} character(s)"

@@ -32,6 +32,17 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _hash_of(f: BinaryIO, size: int) -> Any:
+    """sha256 of the first `size` bytes of an open file."""
+    h = hashlib.sha256()
+    f.seek(0)
+    left = size
+    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+        h.update(chunk)
+        left -= len(chunk)
+    return h
+
+
 def _mode(o: Options) -> str:
     mode = o.str_("mode", "write")
     if mode not in ("write", "append"):
@@ -117,23 +128,20 @@ class _FileSink:
 
     def _prefix_hash(self, size: int) -> Any:
         """sha256 of the file's first `size` bytes (what a resume or an append continues)."""
-        h = hashlib.sha256()
         if size == 0:
-            return h
+            return hashlib.sha256()
         try:
             with self.path.open("rb") as f:
-                left = size
-                while left > 0 and (chunk := f.read(min(left, 1 << 20))):
-                    h.update(chunk)
-                    left -= len(chunk)
+                return _hash_of(f, size)
         except OSError as e:
             raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror}") from e
-        return h
 
     def _ends_a_line(self) -> bool:
+        # A newline in the file's encoding, without the byte-order mark that starts a stream.
+        newline = "x\n".encode(self.encoding)[len("x".encode(self.encoding)) :]
         with self.path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
+            f.seek(-min(len(newline), self.path.stat().st_size), os.SEEK_END)
+            return f.read() == newline
 
     def expect(self, digest: str | None) -> None:
         """What the file's first bytes must hash to when it is next opened at a position: the
@@ -171,6 +179,11 @@ class _FileSink:
                 else f"cannot lock {self.path}: {e.strerror}",
             ) from e
         try:
+            # What was checked went through the path: the bytes kept must be those, read through
+            # the handle that is about to cut (a link swapped meanwhile points elsewhere).
+            if self._start > 0 and _hash_of(f, self._start).hexdigest() != self._hash.hexdigest():
+                f.close()
+                raise PluginError(_NODE, f"{self.path} changed while it was being opened; not written")
             if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a device such as /dev/full cannot be cut)
                 f.truncate(self._start)
             f.seek(self._start)

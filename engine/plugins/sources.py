@@ -209,7 +209,7 @@ class CsvSource:
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
             if index >= start:
-                if lines.ended and len(lines.text) > 1 and "".join(lines.text).count('"') % 2:
+                if lines.ended and len(lines.text) > 1 and _runs_off_the_end(lines.text, self.delimiter):
                     # A quote that never closes makes the rest of the file one field: the rows
                     # after it would be inside this one, never counted, never quarantined.
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index),
@@ -401,6 +401,17 @@ def _long_int_in(value: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend(item)
     return None
+
+
+def _runs_off_the_end(text: list[str], delimiter: str) -> bool:
+    """Whether these lines (a record that reached the end of the file) end inside a quoted field:
+    read strictly, the parser says so (counting quotes would not: a quote inside an unquoted field
+    is literal, and one more makes the count even)."""
+    try:
+        list(csv.reader(text, delimiter=delimiter, strict=True))
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
 
 
 def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
