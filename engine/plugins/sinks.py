@@ -253,16 +253,16 @@ class CsvSink(_FileSink):
         start = self._open_file(position)
         self._needs_header = start == 0
         on_disk = self._header_on_disk(start) if start > 0 and self.write_header else None
-        if start == 0 or on_disk is None:
-            if start == 0 or self.schema.field_names is not None:
-                self.fields = self.schema.field_names
-        elif self.schema.field_names is None or set(on_disk) == set(self.schema.field_names):
+        named = self.schema.field_names
+        if start == 0 or (on_disk is None and named is not None):
+            self.fields = named
+        elif on_disk is not None and (named is None or set(on_disk) == set(named)):
             self.fields = on_disk  # the file's order: a reader takes the columns by its header
-        else:
+        elif on_disk is not None and named is not None:
             raise PluginError(
                 _NODE,
                 f"cannot append to {self.path}: its header ({', '.join(on_disk)}) is not the schema's fields "
-                f"({', '.join(self.schema.field_names)})",
+                f"({', '.join(named)})",
             )
         # else: a headerless file being continued keeps the columns this process fixed (if any)
         self._known = None
