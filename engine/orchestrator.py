@@ -298,10 +298,14 @@ class Execution:
             if not isinstance(path, Path) or position is None:
                 continue
             try:
-                longer = path.stat().st_size > position
+                if path.stat().st_size <= position:
+                    continue
+                mine = path.resolve()
             except OSError:
                 continue  # the sink says what is wrong with it when it opens
-            other = self.recorder.flushed_since(self.run_id, sink.location()) if longer else None
+            # Locations as each run's settings spell them, resolved in the folder it ran in.
+            others = self.recorder.flushed_since(self.run_id, path.name)
+            other = next((r for r, loc, wd in others if _resolved(loc, wd) == mine), None)
             if other is not None:
                 raise ResumeRefused(
                     f"run {self.run_id} cannot be resumed: sink '{name}': {path} holds rows after this run's durable "
@@ -427,6 +431,13 @@ def _version() -> str:
         return version("elspeth")
     except Exception:
         return "0+unknown"
+
+
+def _resolved(location: str, working_dir: str) -> Path | None:
+    try:
+        return (Path(working_dir) / location).resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _notary(recorder: PostgresRecorder, pipeline: Pipeline, home: str | None) -> Notary:

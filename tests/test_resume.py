@@ -724,3 +724,22 @@ def test_resume_refuses_to_cut_rows_another_run_appended_since(db: Database) -> 
         with pytest.raises(ResumeRefused, match=f"that run {other.run_id} wrote since"):
             resume_run(db, run_id, _load, force=True)
         assert (path / "out" / "out.csv").read_bytes() == after_other
+
+
+def test_a_run_writing_the_same_relative_path_elsewhere_does_not_stop_a_resume(db: Database) -> None:
+    """Locations are compared as files, each resolved in the folder its run ran in: another
+    project's `out/out.csv` is another file, and what follows this run's position in its own
+    file is what its crash left, which the resume cuts."""
+    with _workdir("linear", 12) as path:
+        run_id = f"run-elsewhere-{os.urandom(3).hex()}"
+        faults.configure("committed:6", raise_instead=True)
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(path / "settings.yaml"), commit_every=1, run_id=run_id)
+        faults.configure("")
+        with (path / "out" / "out.csv").open("ab") as f:
+            f.write(b"left,by,the,crash\r\n")
+        with _workdir("linear", 3) as elsewhere:
+            assert start_run(db, _load(elsewhere / "settings.yaml")).status == "completed"
+        os.chdir(path)
+        assert resume_run(db, run_id, _load).status == "completed"
+        assert b"left,by,the,crash" not in (path / "out" / "out.csv").read_bytes()
