@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -403,7 +404,7 @@ def decode_bundle(data: bytes) -> ProofBundle:
 def _no_key_twice(pairs: list[tuple[str, object]]) -> dict[str, object]:
     found = dict(pairs)
     if len(found) != len(pairs):
-        twice = sorted({k for k, _ in pairs if sum(1 for j, _ in pairs if j == k) > 1})
+        twice = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
         raise ExportError(f"the proof bundle gives a key twice in one object: {', '.join(twice)}")
     return found
 

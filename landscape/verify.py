@@ -280,8 +280,8 @@ def verify_checkpoints(
         if (cp.size, cp.root) != (signed.size, signed.root):
             return Finding(
                 min(max(cp.size, 0), signed.size, verified.events),
-                f"the {where} says {cp.size} events and a root other than its signed note's, which says "
-                f"{signed.size} events",
+                f"the {where} holds a size or root other than its signed note's ({signed.size} events): "
+                "the record was changed",
             )
         if cp.size > verified.events:
             return Finding(verified.events, f"{events_span(verified.events, cp.size - 1)} missing; {where}")
