@@ -407,7 +407,8 @@ class _ProofCheck:
         ended = {s.entity_id for s, e in events if type(e) in TOKEN_OUTCOME_OF}
         return ProofReport(
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
-            payloads_included=b.payloads_included, payloads=payloads, erased=erased, unended=len(created - ended),
+            payloads_included=b.payloads_included, payloads=payloads, erased=erased,
+            unended=len(created - ended) if b.row is not None else 0,  # (one event's proof: nothing to end)
         )  # fmt: skip
 
     def _check_event(self, e: StoredEvent, proof: list[str], cp: Checkpoint) -> ev.EventBase:
