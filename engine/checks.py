@@ -135,7 +135,14 @@ def _sqlite_file(url: str) -> Path | None:
         database = make_url(url).database
     except (ArgumentError, ValueError):
         return None
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if database and database.startswith("file:"):  # a URI filename (`?uri=true`): its path part
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(database)
+        if "memory" in parse_qs(parts.query).get("mode", []):
+            return None
+        database = unquote(parts.path)
+    if not database or database == ":memory:":
         return None
     return Path(database)
 

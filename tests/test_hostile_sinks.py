@@ -63,6 +63,7 @@ REFUSED: dict[str, Refused] = {
     "sink is the settings file": Refused("a: {plugin: json, options: {path: settings.yaml, format: jsonl}}", "sinks.a.options.path: 'settings.yaml' is also the settings file itself"),
     "two sinks on one file": Refused("a: {plugin: csv, options: {path: out.csv}}\n  b: {plugin: json, options: {path: out.csv}}", "sinks.b.options.path: 'out.csv' is also the output of sink 'a'"),
     "two sinks on one new file via a linked folder": Refused("a: {plugin: csv, options: {path: o/x.csv}}\n  b: {plugin: csv, options: {path: p/x.csv}}", "is also the output of sink 'a'", lambda t: ((t / "o").mkdir(), (t / "p").symlink_to(t / "o"))),
+    "a csv sink on a sqlite URI filename's file": Refused("a: {plugin: database, options: {url: 'sqlite:///file:o.db?uri=true', table: t}}\n  b: {plugin: csv, options: {path: o.db}}", "is also the output of sink 'a'"),
     "a csv sink on a sqlite sink's file": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: csv, options: {path: o.db}}", "is also the output of sink 'a'"),
     "two tables of one sqlite file": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: database, options: {url: 'sqlite:///o.db', table: u}}", None),
     "sink inside the ELSPETH home": Refused("a: {plugin: csv, options: {path: '{home}/out.csv'}}", "is inside the ELSPETH home"),

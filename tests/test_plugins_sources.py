@@ -340,10 +340,12 @@ def test_jsonl_valid_json_that_no_row_can_hold_is_quarantined(tmp_path: Path) ->
     """A lone surrogate escape is valid JSON but no Unicode text (recording the row crashed the
     run, for good); 1e400 is valid JSON but an infinity as a float (recorded as null, written as
     `Infinity`). Each is its line's quarantine, with the reason; the run goes on."""
-    path = write(tmp_path / "in.jsonl", b'{"a": 1}\n{"s": "\\ud800"}\n{"v": 1e400}\n{"s": "\\ud83d\\ude00"}\n')
+    path = write(tmp_path / "in.jsonl",
+                 b'{"a": 1}\n{"s": "\\ud800"}\n{"v": 1e400}\n{"s": "\\ud83d\\ude00"}\n{"v": 1e-400}\n{"v": 0.0e5}\n')  # fmt: skip
     got = items("jsonl", {"path": str(path)})
-    assert [i.row for i in got] == [{"a": 1}, None, None, {"s": "\U0001f600"}]
+    assert [i.row for i in got] == [{"a": 1}, None, None, {"s": "\U0001f600"}, None, {"v": 0.0}]
     assert "lone surrogate" in (got[1].error or "") and "too large for a float" in (got[2].error or "")
+    assert "too small for a float" in (got[4].error or "")
 
 
 # -- conformance inputs ----------------------------------------------------------------------
