@@ -244,6 +244,15 @@ def test_a_recomputed_chain_without_the_key_fails_the_signed_roots(fork: Exporte
     assert "line 3:" in err and "do not hash to the root of this checkpoint of 682" in err, err
 
 
+def _written_with_end(path: Path, kept: list[Record]) -> Path:
+    """`kept` written as an export, with an end record counting them (as a tamperer would)."""
+    counts = {kind: sum(isinstance(r, t) for r in kept) for kind, t in
+              (("events", EventRecord), ("payloads", PayloadRecord), ("erased", ErasedRecord),
+               ("checkpoints", CheckpointRecord))}  # fmt: skip
+    path.write_bytes(b"".join(encode(r) + b"\n" for r in [*kept, End(**counts)]))
+    return path
+
+
 def test_a_log_cut_short_consistently_is_a_named_truncation(fork: Exported, tmp_path: Path) -> None:
     """Events after seq 600 gone with their payload records, the end record counting what is
     left (as an export of a store whose tail a superuser deleted would be): the signed size names
@@ -253,11 +262,7 @@ def test_a_log_cut_short_consistently_is_a_named_truncation(fork: Exported, tmp_
         if isinstance(r, EventRecord) and r.seq >= 600:
             break
         kept.append(r)
-    counts = {kind: sum(isinstance(r, t) for r in kept) for kind, t in
-              (("events", EventRecord), ("payloads", PayloadRecord), ("erased", ErasedRecord),
-               ("checkpoints", CheckpointRecord))}  # fmt: skip
-    path = tmp_path / "cut.export"
-    path.write_bytes(b"".join(encode(r) + b"\n" for r in [*kept, End(**counts)]))
+    path = _written_with_end(tmp_path / "cut.export", kept)
     err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub)), 1)
     assert "events 600 to " in err and "missing" in err, err
 
@@ -493,11 +498,7 @@ def test_an_export_cut_back_to_an_earlier_checkpoint_is_warned_about(fork: Expor
         if isinstance(r, EventRecord) and r.seq >= cut:
             break
         kept.append(r)
-    counts = {kind: sum(isinstance(r, t) for r in kept) for kind, t in
-              (("events", EventRecord), ("payloads", PayloadRecord), ("erased", ErasedRecord),
-               ("checkpoints", CheckpointRecord))}  # fmt: skip
-    path = tmp_path / "cut_back.export"
-    path.write_bytes(b"".join(encode(r) + b"\n" for r in [*kept, End(**counts)]))
+    path = _written_with_end(tmp_path / "cut_back.export", kept)
     proc = _verify(fork.work, str(path), "--public-key", str(fork.pub))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "warning: the log does not end the run" in proc.stderr and "--checkpoint" in proc.stderr, proc.stderr

@@ -602,6 +602,18 @@ def test_a_deadline_passed_while_down_fires_when_the_source_is_done(db: Database
         _assert_projections_rebuild_the_same(db, run_id)
 
 
+def _crashed(db: Database, settings: Path, name: str, at: str) -> str:
+    """A run of `settings` (a durability point per row) crashed at fault point `at`: its id."""
+    run_id = f"run-{name}-{os.urandom(3).hex()}"
+    faults.configure(at, raise_instead=True)
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(settings), commit_every=1, run_id=run_id)
+    finally:
+        faults.configure("")
+    return run_id
+
+
 def test_resume_refuses_a_completed_run_and_changes_nothing(db: Database) -> None:
     with _workdir("linear", 4) as path:
         outcome = start_run(db, _load(path / "settings.yaml"))
@@ -613,11 +625,7 @@ def test_resume_refuses_a_completed_run_and_changes_nothing(db: Database) -> Non
 
 def test_resume_refuses_a_changed_input_unless_forced(db: Database) -> None:
     with _workdir("linear", 6) as path:
-        run_id = f"run-changed-{os.urandom(3).hex()}"
-        faults.configure("committed:2", raise_instead=True)
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(path / "settings.yaml"), commit_every=1, run_id=run_id)
-        faults.configure("")
+        run_id = _crashed(db, path / "settings.yaml", "changed", "committed:2")
         with (path / "in.csv").open("a") as f:
             f.write("99,1,late,x\n")
         last = fold_run(db, run_id).last_seq
@@ -667,11 +675,7 @@ def test_durability_points_bound_the_work_a_crash_can_cost(db: Database, commit_
 def test_resume_refuses_a_crashed_run_whose_log_was_tampered_with(db: Database) -> None:
     """Appending to a broken chain would bury the break under new events: resume verifies first."""
     with _workdir("linear", 6) as path:
-        run_id = f"run-tampered-{os.urandom(3).hex()}"
-        faults.configure("committed:3", raise_instead=True)
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(path / "settings.yaml"), commit_every=1, run_id=run_id)
-        faults.configure("")
+        run_id = _crashed(db, path / "settings.yaml", "tampered", "committed:3")
         last = fold_run(db, run_id).last_seq
         with db.connect() as conn:
             conn.execute("SET session_replication_role = replica")  # what only a superuser can do
@@ -689,11 +693,7 @@ def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Databa
     first bytes no longer hash to the digest the log recorded with the position. Continuing
     would cut that file back and write on (another run's rows gone, this run's not there)."""
     with _workdir("linear", 12) as path:
-        run_id = f"run-replaced-{os.urandom(3).hex()}"
-        faults.configure("committed:6", raise_instead=True)
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(path / "settings.yaml"), commit_every=1, run_id=run_id)
-        faults.configure("")
+        run_id = _crashed(db, path / "settings.yaml", "replaced", "committed:6")
         durable = {n: p for n, p in fold_run(db, run_id).sink_positions.items() if p > 2}
         assert durable, "no sink had made rows durable: crash later"
         name, data = max(_outputs(path).items(), key=lambda item: len(item[1]))
@@ -713,11 +713,7 @@ def test_resume_refuses_to_cut_rows_another_run_appended_since(db: Database) -> 
     with _workdir("linear", 12) as path:
         settings = path / "settings.yaml"
         settings.write_text(settings.read_text().replace("{path: out/out.csv}", "{path: out/out.csv, mode: append}"))
-        run_id = f"run-shared-{os.urandom(3).hex()}"
-        faults.configure("committed:6", raise_instead=True)
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(settings), commit_every=1, run_id=run_id)
-        faults.configure("")
+        run_id = _crashed(db, settings, "shared", "committed:6")
         other = start_run(db, _load(settings))
         assert other.status == "completed"
         after_other = (path / "out" / "out.csv").read_bytes()
@@ -731,11 +727,7 @@ def test_a_run_writing_the_same_relative_path_elsewhere_does_not_stop_a_resume(d
     project's `out/out.csv` is another file, and what follows this run's position in its own
     file is what its crash left, which the resume cuts."""
     with _workdir("linear", 12) as path:
-        run_id = f"run-elsewhere-{os.urandom(3).hex()}"
-        faults.configure("committed:6", raise_instead=True)
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(path / "settings.yaml"), commit_every=1, run_id=run_id)
-        faults.configure("")
+        run_id = _crashed(db, path / "settings.yaml", "elsewhere", "committed:6")
         with (path / "out" / "out.csv").open("ab") as f:
             f.write(b"left,by,the,crash\r\n")
         with _workdir("linear", 3) as elsewhere:
