@@ -84,6 +84,7 @@ class ProofReport:
     # Tokens of the bundle without their end event in it: a bundle proves that the events it
     # holds are in the signed log, not that it holds all of them (an export does).
     unended: int
+    extends: int | None  # the size of the kept checkpoint the bundle was proved to extend
 
 
 def sniff(path: Path) -> str:
@@ -352,10 +353,13 @@ def _prepend(first: tuple[int, Record], rest: Iterator[tuple[int, Record]]) -> I
 # -- the proof bundle -------------------------------------------------------------------------------
 
 
-def verify_proof(path: Path, key: Verifier, *, run_id: str | None = None) -> ProofReport:
+def verify_proof(
+    path: Path, key: Verifier, *, kept: Checkpoint | None = None, kept_name: str = "", run_id: str | None = None
+) -> ProofReport:
     """Check a proof bundle (`elspeth prove`): its checkpoint's signature, each event's chain hash
     recomputed from its fields and its inclusion in the signed tree, that the events are what the
-    bundle says (one seq, or one row's lineage), and each row payload against its commitment."""
+    bundle says (one seq, or one row's lineage), each row payload against its commitment, and,
+    given the checkpoint the auditor `kept`, the bundle's consistency proof from it."""
     try:
         with path.open("rb") as f:
             data = f.read(MAX_BUNDLE_BYTES + 1)
@@ -367,12 +371,21 @@ def verify_proof(path: Path, key: Verifier, *, run_id: str | None = None) -> Pro
         bundle = decode_bundle(data)
     except ExportError as e:
         raise AuditFailure(f"{path}: {e}") from None
-    return _ProofCheck(path, key, bundle, run_id).run()
+    return _ProofCheck(path, key, bundle, run_id, kept, kept_name).run()
 
 
 class _ProofCheck:
-    def __init__(self, path: Path, key: Verifier, bundle: ProofBundle, run_id: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: Verifier,
+        bundle: ProofBundle,
+        run_id: str | None,
+        kept: Checkpoint | None,
+        kept_name: str,
+    ) -> None:
         self.path, self.key, self.bundle, self.run_id = path, key, bundle, run_id
+        self.kept, self.kept_name = kept, kept_name
 
     def fail(self, why: str) -> AuditFailure:
         return AuditFailure(f"{self.path}: {why}")
@@ -402,6 +415,7 @@ class _ProofCheck:
                 )
             events.append((stored, self._check_event(stored, proven.proof, cp)))
         subject = self._check_subject(events)
+        extends = self._check_extension(cp)
         payloads, erased = self._check_payloads(events)
         created = {s.entity_id for s, e in events if isinstance(e, ev.TokenCreated)}
         ended = {s.entity_id for s, e in events if type(e) in TOKEN_OUTCOME_OF}
@@ -409,6 +423,7 @@ class _ProofCheck:
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
             payloads_included=b.payloads_included, payloads=payloads, erased=erased,
             unended=len(created - ended) if b.row is not None else 0,  # (one event's proof: nothing to end)
+            extends=extends,
         )  # fmt: skip
 
     def _check_event(self, e: StoredEvent, proof: list[str], cp: Checkpoint) -> ev.EventBase:
@@ -438,6 +453,36 @@ class _ProofCheck:
         except ProofError as err:
             raise self.fail(f"{where}: {err}") from None
         return event
+
+    def _check_extension(self, cp: Checkpoint) -> int | None:
+        """The bundle's consistency proof from a checkpoint the auditor kept to the bundle's own:
+        the log its events are proved in extends the one the auditor saw (so an operator holding
+        the key cannot prove events of a rewritten history). Checked whenever the bundle has one;
+        required when the auditor gives a kept checkpoint."""
+        x, kept = self.bundle.extends, self.kept
+        where = f"the checkpoint you kept ({self.kept_name}, {kept.size} events)" if kept is not None else ""
+        if kept is not None:
+            if kept.origin != cp.origin:
+                raise self.fail(f"{where} is of {kept.origin}, this bundle of {cp.origin}")
+            if x is None:
+                raise self.fail(
+                    f"the bundle carries no consistency proof from {where}: ask for one made with "
+                    "`elspeth prove ... --checkpoint` and that checkpoint"
+                )
+            if x.size != kept.size or bytes.fromhex(x.root) != kept.root:
+                raise self.fail(
+                    f"the bundle's consistency proof starts from another tree ({x.size} events) than {where}"
+                )
+        if x is None:
+            return None
+        where = where or f"the tree of {x.size} events it names"
+        try:
+            verify_consistency(x.size, cp.size, [bytes.fromhex(p) for p in x.proof], bytes.fromhex(x.root), cp.root)
+        except ProofError as e:
+            raise self.fail(
+                f"the bundle's signed tree does not extend {where}: its history was rewritten ({e})"
+            ) from None
+        return x.size
 
     def _check_subject(self, events: list[tuple[StoredEvent, ev.EventBase]]) -> str:
         b = self.bundle

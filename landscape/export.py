@@ -31,9 +31,9 @@ from typing import IO, Annotated
 
 import msgspec
 
-from landscape.checkpoint import parse_checkpoint
+from landscape.checkpoint import Checkpoint, parse_checkpoint
 from landscape.errors import LandscapeError
-from landscape.merkle import inclusion_proofs, leaf_hash
+from landscape.merkle import ProofError, consistency_proof, inclusion_proofs, leaf_hash, verify_consistency
 from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
@@ -363,7 +363,17 @@ class ProvenEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     proof: list[Hex32]  # the audit path of leaf `event.seq`, leaf side first
 
 
-class ProofBundle(_Record, tag=PROOF_TYPE, frozen=True):
+class Extension(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The consistency proof from a checkpoint the auditor kept (its size and root) to the
+    bundle's: the log the bundle's events are proved in extends the one the auditor saw."""
+
+    size: Count
+    root: Hex32
+    proof: list[Hex32]
+
+
+# omit_defaults: a bundle made without a kept checkpoint reads as it did before `extends` existed.
+class ProofBundle(_Record, tag=PROOF_TYPE, frozen=True, omit_defaults=True):
     format: int
     run_id: str
     origin: str
@@ -375,6 +385,7 @@ class ProofBundle(_Record, tag=PROOF_TYPE, frozen=True):
     payloads_included: bool
     payloads: list[PayloadRecord]
     erased: list[ErasedRecord]
+    extends: Extension | None = None  # `prove --checkpoint`
 
 
 _bundle_decoder = msgspec.json.Decoder(ProofBundle)
@@ -441,10 +452,13 @@ def build_proof(
     seq: int | None = None,
     row: int | None = None,
     payloads: bool = True,
+    kept: Checkpoint | None = None,
 ) -> ProofBundle:
     """The proof bundle of event `seq`, or of every event of source row `row`'s lineage, in the
-    tree the checkpoint `newest` signs. Reads the log once (every leaf is needed for the paths:
-    32 bytes an event). ExportError if the run has no such event or row in that tree."""
+    tree the checkpoint `newest` signs, with a consistency proof from `kept` (a checkpoint the
+    auditor kept) when given. Reads the log once (every leaf is needed for the paths: 32 bytes an
+    event). ExportError if the run has no such event or row in that tree, or its log does not
+    extend `kept`."""
     leaves: list[bytes] = []
 
     def tap(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
@@ -463,6 +477,7 @@ def build_proof(
         subject = f"row {row}" if row is not None else f"event seq {seq}"
         raise ExportError(f"run {run_id} has no {subject} in its signed tree of {newest.size} events")
     proofs = inclusion_proofs([e.seq for e in chosen], newest.size, leaves)
+    extends = None if kept is None else _extension(kept, origin, newest, leaves)
     hashes = list(dict.fromkeys(h for e in chosen for h in row_hashes(e.event)))
     present = recorder.payloads(run_id, hashes) if payloads else {}
     absent = [h for h in hashes if h not in present]
@@ -473,4 +488,26 @@ def build_proof(
         payloads_included=payloads,
         payloads=[PayloadRecord(hash=h, salt=present[h].salt, data=present[h].data) for h in hashes if h in present],
         erased=[ErasedRecord.of(erasures[h]) for h in hashes if h in erasures],
+        extends=extends,
     )  # fmt: skip
+
+
+def _extension(kept: Checkpoint, origin: str, newest: Witnessed, leaves: list[bytes]) -> Extension:
+    """The consistency proof from `kept` to `newest`, checked here so that a log that does not
+    extend what the auditor saw is refused by the operator's command already."""
+    what = f"the checkpoint given ({kept.size} events)"
+    if kept.origin != origin:
+        raise ExportError(f"{what} is of {kept.origin}, not of {origin}")
+    if kept.size > newest.size:
+        raise ExportError(
+            f"{what} signs more events than the run's newest checkpoint ({newest.size}): "
+            "the log was cut back; see `elspeth replay --check`"
+        )
+    proof = consistency_proof(kept.size, newest.size, leaves) if 0 < kept.size < newest.size else []
+    try:
+        verify_consistency(kept.size, newest.size, proof, kept.root, newest.root)
+    except ProofError as e:
+        raise ExportError(
+            f"the run's log does not extend {what}: its history was rewritten ({e}); see `elspeth replay --check`"
+        ) from None
+    return Extension(size=kept.size, root=kept.root.hex(), proof=[p.hex() for p in proof])

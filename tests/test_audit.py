@@ -385,6 +385,92 @@ def test_prove_a_row_and_verify_it_offline(db: Database, fork: Exported, tmp_pat
     assert "no event seq 99999" in err and not (tmp_path / "n.json").exists()
 
 
+def test_a_bundle_proves_its_log_extends_a_kept_checkpoint(db: Database, fork: Exported, tmp_path: Path) -> None:
+    """`prove --checkpoint` adds the consistency proof from what the auditor kept; `verify
+    --checkpoint` requires it. Without it an operator holding the key could prove events of a
+    rewritten history: each bundle alone verifies."""
+    pub, records = str(fork.pub), _records(fork.file)
+    notes = [r.note for r in records if isinstance(r, CheckpointRecord)]
+    earlier, newest = tmp_path / "earlier.note", tmp_path / "newest.note"
+    earlier.write_text(notes[-2])
+    newest.write_text(notes[-1])
+    made = tmp_path / "made.json"
+    proc = elspeth("prove", fork.run_id, "--seq", "3", "--checkpoint", str(earlier), "-o", str(made),
+                   cwd=fork.work, db=db)  # fmt: skip
+    assert proc.returncode == 0 and "extends the checkpoint given" in proc.stdout, proc.stderr
+    ok = _verify(fork.work, str(made), "--public-key", pub, "--checkpoint", str(earlier))
+    assert ok.returncode == 0 and "consistency proof verified" in ok.stdout, ok.stdout + ok.stderr
+    plain = tmp_path / "plain.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(plain), cwd=fork.work, db=db).returncode == 0
+    for bundle, kept, says in [
+        (plain, earlier, "carries no consistency proof"),
+        (made, newest, "starts from another tree"),
+    ]:
+        err = one_line_error(_verify(fork.work, str(bundle), "--public-key", pub, "--checkpoint", str(kept)), 1)
+        assert says in err, err
+    # A consistency proof that was changed, and a history the operator rewrote and signed again.
+    data = json.loads(made.read_text())
+    data["extends"]["proof"][0] = "0" * 64
+    bent = tmp_path / "bent.json"
+    bent.write_text(json.dumps(data))
+    err = one_line_error(_verify(fork.work, str(bent), "--public-key", pub, "--checkpoint", str(earlier)), 1)
+    assert "does not extend the checkpoint you kept" in err, err
+    from landscape.audit import read_kept_checkpoint
+
+    forged = _forged_bundle(fork, tmp_path, kept=read_kept_checkpoint(earlier, load_verifier(fork.pub)))
+    bare = tmp_path / "forged-bare.json"
+    bare.write_text(json.dumps({k: v for k, v in json.loads(forged.read_text()).items() if k != "extends"}))
+    alone = _verify(fork.work, str(bare), "--public-key", pub)
+    assert alone.returncode == 0, alone.stdout + alone.stderr  # a valid proof, validly signed
+    for bundle, says in [(forged, "does not extend the checkpoint you kept"), (bare, "carries no consistency proof")]:
+        err = one_line_error(_verify(fork.work, str(bundle), "--public-key", pub, "--checkpoint", str(earlier)), 1)
+        assert says in err, err
+
+
+def _forged_bundle(fork: Exported, tmp_path: Path, kept: Checkpoint) -> Path:
+    """What an operator holding the key could hand over for event seq 3 after rewriting event 2:
+    a bundle proved in the rewritten log (signed again), its consistency proof made from that log."""
+    from landscape.merkle import consistency_proof, inclusion_proof
+
+    _rewrite(fork, tmp_path / "rewritten.export", at_seq=2)
+    records = _records(tmp_path / "rewritten.export")
+    events = [r for r in records if isinstance(r, EventRecord)]
+    checkpoints = [r for r in records if isinstance(r, CheckpointRecord)]
+    leaves = [leaf_hash(bytes.fromhex(e.hash)) for e in events]
+    size = checkpoints[-1].size
+    extension = {"size": kept.size, "root": kept.root.hex(),
+                 "proof": [p.hex() for p in consistency_proof(kept.size, size, leaves[:size])]}  # fmt: skip
+    bundle = ProofBundle(
+        format=1, run_id=fork.run_id, origin=kept.origin, key=load_verifier(fork.pub).text(), seq=3, row=None,
+        checkpoint=checkpoints[-1].note, events=[ProvenEvent(events[3], [p.hex() for p in inclusion_proof(3, size, leaves[:size])])],
+        payloads_included=False, payloads=[], erased=[],
+    )  # fmt: skip
+    path = tmp_path / "forged.json"
+    path.write_bytes(encode_bundle(bundle))
+    data = json.loads(path.read_text())
+    data["extends"] = extension
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_prove_refuses_a_kept_checkpoint_its_log_does_not_extend(db: Database, fork: Exported, tmp_path: Path) -> None:
+    signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
+    records = _records(fork.file)
+    origin = records[0].origin  # type: ignore[union-attr]
+    size = [r for r in records if isinstance(r, CheckpointRecord)][-1].size
+    for kept, says in [
+        (Checkpoint(origin, size - 5, bytes(32)), "does not extend the checkpoint given"),
+        (Checkpoint(origin, size + 5, bytes(32)), "signs more events than the run's newest checkpoint"),
+        (Checkpoint("elspeth/other/run-x", 3, bytes(32)), "is of elspeth/other/run-x"),
+    ]:
+        note = tmp_path / "kept.note"
+        note.write_text(kept.sign(signer))
+        out = tmp_path / "b.json"
+        err = one_line_error(elspeth("prove", fork.run_id, "--seq", "3", "--checkpoint", str(note), "-o", str(out),
+                                     cwd=fork.work, db=db), 1)  # fmt: skip
+        assert says in err and not out.exists(), err
+
+
 def _flip_first_proof_hash(text: str) -> str:
     at = text.index('"proof": [') + len('"proof": [')
     at = text.index('"', at) + 1

@@ -121,36 +121,45 @@ def export_cmd(
     "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
 )
 @click.option("--no-payloads", is_flag=True, help="Leave the row data (and its salts) out.")
+@click.option("--checkpoint", "kept", type=click.Path(path_type=Path, dir_okay=False),
+              help="A checkpoint of the run the auditor kept (`elspeth checkpoint`): add the consistency "
+                   "proof from it, which `elspeth verify --checkpoint` asks for.")  # fmt: skip
 @key_option
 @witness_option
 @click.pass_context
 def prove_cmd(
     ctx: click.Context, run_id: str, seq: int | None, row_number: int | None, output: Path, no_payloads: bool,
-    public_key: str | None, witness: str | None,
+    kept: Path | None, public_key: str | None, witness: str | None,
 ) -> None:  # fmt: skip
     """Write an inclusion proof bundle: the event (or the row's events) in full, each with its
     audit path to the newest signed checkpoint, and the row data they reference. An auditor
-    checks it with `elspeth verify` without the rest of the run."""
+    checks it with `elspeth verify` without the rest of the run; with `--checkpoint`, also that
+    the log it is proved in extends the one the auditor saw."""
     if (seq is None) == (row_number is None):
         raise click.UsageError("give exactly one of --seq N or --row N")
     row_index = None if row_number is None else row_number - 1  # the log's 0-based row_index
+    from landscape.audit import read_kept_checkpoint
     from landscape.checkpoint import run_origin
     from landscape.export import build_proof, encode_bundle
     from landscape.postgres import PostgresRecorder
 
     home = home_from_ctx(ctx)
     key = _key(home, public_key)
+    old = read_kept_checkpoint(kept, key) if kept is not None else None
     with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
         newest = _checkpoints(recorder, run_id, home, witness, key)[-1]
         origin = run_origin(recorder.store_id(), run_id)
         bundle = build_proof(
-            recorder, run_id, newest, origin=origin, key=key, seq=seq, row=row_index, payloads=not no_payloads
-        )
+            recorder, run_id, newest, origin=origin, key=key, seq=seq, row=row_index, payloads=not no_payloads,
+            kept=old,
+        )  # fmt: skip
         out.write(encode_bundle(bundle))
     click.echo(
         f"wrote {output}: {len(bundle.events)} event(s) of run {run_id} proved in its signed tree of {newest.size} "
-        f"events" + ("" if no_payloads else f", with {len(bundle.payloads)} row payload(s)")
+        f"events"
+        + ("" if no_payloads else f", with {len(bundle.payloads)} row payload(s)")
+        + ("" if old is None else f"; extends the checkpoint given ({old.size} events)")
     )
 
 

@@ -28,7 +28,8 @@ from landscape.keys import load_verifier
     "--checkpoint",
     "kept",
     type=click.Path(path_type=Path),
-    help="A checkpoint you kept from earlier (`elspeth checkpoint`): also prove the export extends it.",
+    help="A checkpoint you kept from earlier (`elspeth checkpoint`): also prove the file's log extends it "
+    "(a bundle must be made with `elspeth prove --checkpoint` and it).",
 )
 @click.option("--run", "run_id", help="Refuse the file unless it is of this run.")
 def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None) -> None:  # fmt: skip
@@ -36,15 +37,16 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     signatures, the hash chain, the Merkle tree against every signed checkpoint, the transitions
     and the row payloads. Exit 1 naming the first bad line or event."""
     key = load_verifier(public_key)
+    old = read_kept_checkpoint(kept, key) if kept is not None else None
     if sniff(file) == "proof":
-        if kept is not None:
-            raise click.UsageError("--checkpoint goes with an export, not with a proof bundle")
-        proof = verify_proof(file, key, run_id=run_id)
+        proof = verify_proof(file, key, kept=old, kept_name=str(kept), run_id=run_id)
         click.echo(
             f"{file}: proof of run {proof.run_id}, {proof.subject}: {proof.events} event(s) in the tree of "
             f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
         )
         click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased))
+        if kept is not None:
+            click.echo(f"extends the checkpoint you kept ({kept}, {proof.extends} events): consistency proof verified")
         if proof.unended:
             click.echo(
                 f"elspeth: note: {proof.unended} token(s) of the bundle have no end event in it: a bundle proves that "
@@ -52,7 +54,6 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                 err=True,
             )
         return
-    old = read_kept_checkpoint(kept, key) if kept is not None else None
     report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id)
     click.echo(
         f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
