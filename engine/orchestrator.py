@@ -561,7 +561,7 @@ def resume_run(
         os.chdir(fold.working_dir)
     pipeline = load(settings_path or Path(fold.settings_path))
     try:
-        changed_settings = pipeline.loaded.text_hash != fold.settings_hash
+        changed_settings = fold.settings_hash not in (pipeline.loaded.text_hash, pipeline.loaded.legacy_hash)
         if changed_settings and not force:
             raise ResumeRefused(
                 f"the settings of run {run_id} changed since it started ({pipeline.loaded.path}); "

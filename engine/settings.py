@@ -169,12 +169,22 @@ class Settings(_S, frozen=True):
     payload_store: PayloadStoreSettings = PayloadStoreSettings()
 
 
+def settings_hash(redacted: dict[str, Any]) -> str:
+    """The hash a run records of its settings: of the expanded settings as recorded, secrets as
+    their fingerprints. Of the redacted form, not of the text, because a plain hash over a secret
+    and the known text around it could be confirmed by guessing the secret."""
+    return hashlib.sha256(msgspec.json.encode(redacted, order="deterministic")).hexdigest()
+
+
 @dataclass
 class LoadedSettings:
     settings: Settings
     path: Path
-    text_hash: str
+    text_hash: str  # `settings_hash(redacted)`
     redacted: dict[str, Any]
+    # The hash earlier ELSPETH recorded (of the expanded settings, secrets in clear): compared on
+    # resume only, so that a run it recorded can still be resumed; never recorded again.
+    legacy_hash: str = ""
     warnings: list[str] = field(default_factory=list)
     gate_conditions: dict[str, Expression] = field(default_factory=dict)
     trigger_conditions: dict[str, Expression] = field(default_factory=dict)
@@ -248,7 +258,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     except (TypeError, msgspec.EncodeError) as e:  # e.g. option keys of mixed types
         errors.append(f"(top): the settings cannot be recorded: {e}")
         raise SettingsError([f"{where}: {m}" for m in errors]) from None
-    loaded = LoadedSettings(settings=settings, path=path, text_hash=hashlib.sha256(canonical).hexdigest(), redacted={})
+    loaded = LoadedSettings(settings=settings, path=path, text_hash="", redacted={})
     _check(loaded, errors)
     url = settings.landscape.url
     from landscape.db import is_postgresql_url  # here: it brings the database driver
@@ -263,6 +273,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         raise SettingsError([f"{where}: {e}" for e in errors], loaded if local else None)
     try:  # only for settings that may run: a file with errors makes no key in the home
         loaded.redacted = redact_settings(msgspec.json.decode(canonical), env)
+        loaded.text_hash = settings_hash(loaded.redacted)
+        loaded.legacy_hash = hashlib.sha256(canonical).hexdigest()
         fingerprint_key(env)  # a home whose key file cannot be used is one line here, not a traceback later
     except FingerprintKeyError as e:
         raise SettingsError([f"{where}: {e}"]) from None

@@ -637,6 +637,28 @@ def test_resume_refuses_a_changed_input_unless_forced(db: Database) -> None:
         assert fold_run(db, run_id).resumes == 1
 
 
+def test_a_run_recorded_with_the_earlier_settings_hash_resumes(db: Database) -> None:
+    """Earlier ELSPETH recorded a hash of the settings with their secrets in clear; such a run
+    still resumes without --force (the hash is compared, never recorded again)."""
+    with _workdir("linear", 6) as path:
+        settings = path / "settings.yaml"  # a password (in a URL this run does not use) makes the hashes differ
+        settings.write_text(settings.read_text() + "landscape: {url: 'postgresql://u:pw@localhost/x'}\n")
+        pipeline = _load(settings)
+        loaded = pipeline.loaded
+        loaded.text_hash = loaded.legacy_hash
+        run_id = f"run-legacy-{os.urandom(3).hex()}"
+        faults.configure("committed:2", raise_instead=True)
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                start_run(db, pipeline, commit_every=1, run_id=run_id)
+        finally:
+            faults.configure("")
+        assert (
+            fold_run(db, run_id).settings_hash == loaded.legacy_hash != _load(path / "settings.yaml").loaded.text_hash
+        )
+        assert resume_run(db, run_id, _load).status == "completed"
+
+
 def test_resume_refuses_while_the_writer_lives(db: Database) -> None:
     from landscape.postgres import PostgresRecorder
 

@@ -348,6 +348,27 @@ def test_the_hash_is_of_the_expanded_settings(tmp_path: Path) -> None:
     assert a != b and a == c
 
 
+def test_the_hash_cannot_confirm_a_guessed_secret(tmp_path: Path) -> None:
+    """The recorded hash is of the recorded (redacted) settings: with them in hand, putting a
+    guessed password back and hashing must not confirm it."""
+    import hashlib
+
+    import msgspec
+
+    text = BASE.replace(
+        "out: {plugin: csv, options: {path: out.csv}}", "out: {plugin: database, options: {url: '${URL}', table: t}}"
+    )
+    env = {"URL": "postgresql://app:sunshine@db/x", "ELSPETH_FINGERPRINT_KEY": "k1"}
+    loaded = load_settings(_write(tmp_path, text), env)
+    guessed = msgspec.json.decode(msgspec.json.encode(loaded.redacted))
+    assert guessed["sinks"]["out"]["options"]["url"] != env["URL"]
+    guessed["sinks"]["out"]["options"]["url"] = env["URL"]
+    assert hashlib.sha256(msgspec.json.encode(guessed, order="deterministic")).hexdigest() != loaded.text_hash
+    assert loaded.text_hash == hashlib.sha256(msgspec.json.encode(loaded.redacted, order="deterministic")).hexdigest()
+    other = load_settings(_write(tmp_path, text), {**env, "URL": "postgresql://app:rain@db/x"})
+    assert other.text_hash != loaded.text_hash  # a changed secret still changes the settings
+
+
 def test_a_key_given_twice_is_a_warning_with_its_line(tmp_path: Path) -> None:
     loaded = load_settings(_write(tmp_path, BASE + "  out: {plugin: json}\n"), {})
     assert loaded.settings.sinks["out"].plugin == "json"  # the last one, as the prior system did
