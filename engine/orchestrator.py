@@ -539,14 +539,56 @@ def resume_run(
     summary = run_summary(db, run_id)
     if summary is not None and summary.status == RunState.COMPLETED:
         raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
-    # Every checkpoint this run signed, from the store and from its witness file: a log cut short
-    # after a checkpoint must not be resumed (it would write its rows to the sinks again).
+    # The settings are loaded before the log is verified, for the key and the witness folder they
+    # name (the run's checkpoints were signed and witnessed with those). Which file, and where
+    # relative paths resolve, are read from the run's first event and its projection row here,
+    # and checked against the verified log below.
+    created = recorder.run_created(run_id)
+    if created is not None:
+        if not os.path.isdir(created.working_dir):
+            raise ResumeRefused(
+                f"run {run_id} ran in {created.working_dir}, which no longer exists: its settings' relative paths "
+                "cannot resolve as they did"
+            )
+        os.chdir(created.working_dir)
+    recorded = summary.settings_path if summary is not None else created.settings_path if created else None
+    if settings_path is None and recorded is None:
+        raise ResumeRefused(f"run {run_id} has no recorded settings file; see `elspeth replay {run_id} --check`")
+    pipeline = load(settings_path or Path(str(recorded)))
+    try:
+        return _resume(db, recorder, run_id, pipeline, created, force, clock, commit_every, progress, settings_path,
+                       home, sending)  # fmt: skip
+    finally:
+        pipeline.close()
+
+
+def _resume(
+    db: Database,
+    recorder: PostgresRecorder,
+    run_id: str,
+    pipeline: Pipeline,
+    created: ev.RunCreated | None,
+    force: bool,
+    clock: Clock | None,
+    commit_every: int | None,
+    progress: ProgressFn | None,
+    settings_path: Path | None,
+    home: str | None,
+    sending: Sending,
+) -> Outcome:
+    # Every checkpoint this run signed, from the store and from its witness file (where the run's
+    # first settings put it, and where these do), checked with the key these settings sign with:
+    # a log cut short after a checkpoint must not be resumed (it would write its rows again).
+    ls = pipeline.loaded.settings.landscape
+    base = pipeline.loaded.path.absolute().parent
+    folders = {signing.recorded_witness_dir(home, created), signing.witness_dir(home, ls.witness_dir, base).absolute()}
     checkpoints = [
         *recorder.checkpoints(run_id),
-        *read_witness(witness_path(signing.witness_dir(home), run_id), run_id),
+        *(cp for folder in sorted(folders) for cp in read_witness(witness_path(folder, run_id), run_id)),
     ]
     try:
-        verified = _verified_log(db, run_id, checkpoints=checkpoints, verifier=signing.verifier(home))
+        key = signing.verifier(home, key=ls.signing_key, base=base)
+        verified = _verified_log(db, run_id, checkpoints=checkpoints, verifier=key)
     except CorruptLog as e:
         raise ResumeRefused(
             f"run {run_id} cannot be resumed: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
@@ -556,51 +598,45 @@ def resume_run(
     records_before = fold.source_records
     if fold.status == RunState.COMPLETED:
         raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
-    if fold.working_dir and os.path.isdir(fold.working_dir):
-        # Relative paths in the settings (inputs, outputs) resolve as they did for the run.
-        os.chdir(fold.working_dir)
-    pipeline = load(settings_path or Path(fold.settings_path))
-    try:
-        changed_settings = fold.settings_hash not in (pipeline.loaded.text_hash, pipeline.loaded.legacy_hash)
-        if changed_settings and not force:
-            raise ResumeRefused(
-                f"the settings of run {run_id} changed since it started ({pipeline.loaded.path}); "
-                "resume with --force to continue with the new settings"
-            )
-        # Another file (same text, or changed with --force) is recorded, so later resumes use it.
-        other_file = settings_path is not None and settings_path.resolve() != Path(fold.settings_path).resolve()
-        fingerprint = _fingerprint(pipeline)
-        changed = fingerprint != fold.source_fingerprint
-        if changed and not force:
-            raise ResumeRefused(
-                f"the input of run {run_id} changed since it started (source fingerprint differs); "
-                "resume with --force to continue anyway (that is recorded)"
-            )
-        with Stop(run_id).installed() as stop:
-            ex = Execution(
-                db,
-                pipeline,
-                run_id,
-                fold,
-                clock=clock or SystemClock(),
-                commit_every=commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows(),
-                progress=progress,
-                stop=stop,
-                home=home,
-                verified=(verified.tree, verified.head),
-                sending=sending,
-            )
-            try:
-                ex.start(
-                    resumed=True,
-                    forced=force and changed,
-                    fingerprint=fingerprint,
-                    new_settings=changed_settings or other_file,
-                )
-                status = ex.run()
-                stop.settled()
-            finally:
-                ex.close()
-    finally:
-        pipeline.close()
+    if settings_path is None and pipeline.loaded.path != Path(fold.settings_path):
+        raise ResumeRefused(
+            f"run {run_id}: the settings file read ({pipeline.loaded.path}) is not the one its log names last "
+            f"({fold.settings_path}); see `elspeth replay {run_id} --check`, or resume with -s FILE"
+        )
+    changed_settings = fold.settings_hash not in (pipeline.loaded.text_hash, pipeline.loaded.legacy_hash)
+    if changed_settings and not force:
+        raise ResumeRefused(
+            f"the settings of run {run_id} changed since it started ({pipeline.loaded.path}); "
+            "resume with --force to continue with the new settings"
+        )
+    # Another file (same text, or changed with --force) is recorded, so later resumes use it.
+    other_file = settings_path is not None and settings_path.resolve() != Path(fold.settings_path).resolve()
+    fingerprint = _fingerprint(pipeline)
+    changed = fingerprint != fold.source_fingerprint
+    if changed and not force:
+        raise ResumeRefused(
+            f"the input of run {run_id} changed since it started (source fingerprint differs); "
+            "resume with --force to continue anyway (that is recorded)"
+        )
+    with Stop(run_id).installed() as stop:
+        ex = Execution(
+            db,
+            pipeline,
+            run_id,
+            fold,
+            clock=clock or SystemClock(),
+            commit_every=commit_every or pipeline.loaded.settings.checkpoint.commit_every_rows(),
+            progress=progress,
+            stop=stop,
+            home=home,
+            verified=(verified.tree, verified.head),
+            sending=sending,
+        )
+        try:
+            ex.start(resumed=True, forced=force and changed, fingerprint=fingerprint,
+                     new_settings=changed_settings or other_file)  # fmt: skip
+            status = ex.run()
+            stop.settled()
+        finally:
+            ex.close()
     return Outcome(run_id, status, fold, records_before)

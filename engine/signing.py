@@ -16,6 +16,7 @@ from landscape.keys import default_signer, load_signer, load_verifier
 from landscape.notary import Notary
 from landscape.note import Signer, Verifier
 from landscape.recorder import Recorder
+from statecharts.events import RunCreated
 
 
 def _from_settings(value: str | None, base: Path | None) -> Path | None:
@@ -30,12 +31,19 @@ def signer(home: str | os.PathLike[str] | None, key: str | None = None, base: Pa
     return load_signer(explicit) if explicit else default_signer(elspeth_home(home))
 
 
-def verifier(home: str | os.PathLike[str] | None, public_key: str | None = None) -> Verifier | None:
-    """The key to check a run's checkpoints with: the one given, else that of the key this home
-    signs with (when there is one). None: no key to check signatures with."""
+def verifier(
+    home: str | os.PathLike[str] | None,
+    public_key: str | None = None,
+    *,
+    key: str | None = None,
+    base: Path | None = None,
+) -> Verifier | None:
+    """The key to check a run's checkpoints with: the one given, else that of the key a run signs
+    with (`signer`, with the settings' `key`), when there is one; none is made here. None: no key
+    to check signatures with."""
     if public_key:
         return load_verifier(public_key)
-    explicit = os.environ.get("ELSPETH_SIGNING_KEY")
+    explicit = os.environ.get("ELSPETH_SIGNING_KEY") or _from_settings(key, base)
     if explicit:
         return load_signer(explicit).verifier
     default = elspeth_home(home) / "keys" / "default.key"
@@ -47,6 +55,20 @@ def witness_dir(home: str | os.PathLike[str] | None, setting: str | None = None,
     if explicit:
         return Path(explicit).expanduser().absolute()
     return _from_settings(setting, base) or elspeth_home(home) / "witness"
+
+
+def recorded_witness_dir(home: str | os.PathLike[str] | None, created: RunCreated | None) -> Path:
+    """The witness folder a run's writer used, from what its RunCreated recorded: the settings'
+    `landscape.witness_dir` (not a secret, so recorded in clear), resolved against the settings
+    file's folder as the writer did, else as `witness_dir` says."""
+    setting = None
+    base = None
+    if created is not None:
+        landscape = created.settings.get("landscape")
+        value = landscape.get("witness_dir") if isinstance(landscape, dict) else None
+        setting = value if isinstance(value, str) else None
+        base = Path(created.working_dir) / Path(created.settings_path).parent
+    return witness_dir(home, setting, base).absolute()
 
 
 def notary(

@@ -33,7 +33,7 @@ from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_datetime
 from landscape.sender_process import SenderProcess
-from statecharts.events import EventBase, encode_event
+from statecharts.events import EventBase, RunCreated, encode_event
 
 _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
@@ -358,6 +358,19 @@ class PostgresRecorder:
                 (pattern, run_id, run_id),
             ).fetchall()
         return [(str(r), str(loc), str(wd)) for r, loc, wd in rows]
+
+    def run_created(self, run_id: str) -> RunCreated | None:
+        """The run's first event, read as it is, before the log is verified: where it ran, with
+        what settings (None when seq 0 is not a readable RunCreated; verifying names why)."""
+        import msgspec
+
+        for e in self.read_events(run_id, upto_seq=0):
+            try:
+                event = e.event
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                return None
+            return event if isinstance(event, RunCreated) else None
+        return None
 
     def last_seq(self, run_id: str) -> int:
         """The run's last seq now (-1: no events)."""

@@ -710,6 +710,43 @@ def test_resume_refuses_a_crashed_run_whose_log_was_tampered_with(db: Database) 
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last
 
 
+def test_resume_checks_the_key_and_witness_the_settings_name(db: Database) -> None:
+    """Settings that name `landscape.signing_key` and `witness_dir`: resume checks the log with
+    that key (not the home's) and reads the witness file there. A superuser who cut the log's
+    tail and the store's checkpoints over it is caught by that witness file."""
+    from landscape.embedded import elspeth_home
+    from landscape.keys import default_signer, generate_key_files
+    from landscape.postgres import PostgresRecorder
+
+    with _workdir("linear", 12) as path:
+        default_signer(elspeth_home(None))  # the home has a key of its own, which did not sign this run
+        (path / "keys").mkdir()
+        generate_key_files("mine", path / "keys")
+        settings = path / "settings.yaml"
+        settings.write_text(settings.read_text() + "landscape: {signing_key: keys/mine.key, witness_dir: wit}\n")
+        run_id = _crashed(db, settings, "witnessed", "committed:8")
+        assert (path / "wit" / f"{run_id}.checkpoints").is_file()
+        last = fold_run(db, run_id).last_seq
+        with db.connect() as conn:
+            conn.execute("SET session_replication_role = replica")  # what only a superuser can do
+            conn.execute("DELETE FROM events WHERE run_id = %s AND seq > %s", (run_id, last - 6))
+            conn.execute("DELETE FROM checkpoints WHERE run_id = %s AND tree_size > %s", (run_id, last - 6))
+            conn.commit()
+        with pytest.raises(ResumeRefused, match="does not verify"):
+            resume_run(db, run_id, _load)
+        assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last - 6
+        # Untouched, the same run resumes: the key the settings name verifies its checkpoints.
+        again = _crashed(db, settings, "witnessed", "committed:8")
+        assert resume_run(db, again, _load).status == "completed"
+
+
+def test_resume_refuses_a_run_whose_folder_is_gone(db: Database) -> None:
+    with _workdir("linear", 6) as path:
+        run_id = _crashed(db, path / "settings.yaml", "gone", "committed:2")
+    with pytest.raises(ResumeRefused, match="which no longer exists"):
+        resume_run(db, run_id, _load)
+
+
 def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Database) -> None:
     """Another run's output of the same size, or an edit, where the crashed run's file was: the
     first bytes no longer hash to the digest the log recorded with the position. Continuing

@@ -48,10 +48,12 @@ CASES = [
 ]  # fmt: skip
 
 
-def _run(db: Database, tmp_path: Path, example: str) -> tuple[Path, str]:
+def _run(db: Database, tmp_path: Path, example: str, *, extra_settings: str = "") -> tuple[Path, str]:
     shutil.copytree(ROOT / "examples" / example, tmp_path / "examples" / example)
     shutil.rmtree(tmp_path / "examples" / example / "output", ignore_errors=True)
     (tmp_path / "examples" / example / "output").mkdir()
+    settings = tmp_path / "examples" / example / "settings.yaml"
+    settings.write_text(settings.read_text() + extra_settings)
     proc = elspeth("run", "-s", f"examples/{example}/settings.yaml", cwd=tmp_path, db=db)
     assert proc.returncode == 0, proc.stderr
     run_id = proc.stdout.split()[1]
@@ -86,16 +88,25 @@ def _cut_tail(db: Database, run_id: str, keep: int, *, checkpoints_too: bool) ->
         conn.commit()
 
 
-@pytest.mark.parametrize("checkpoints_too", [False, True], ids=["tail", "tail-and-store-checkpoints"])
+@pytest.mark.parametrize(
+    ("checkpoints_too", "witness_dir"),
+    [(False, None), (True, None), (True, "wit")],
+    ids=["tail", "tail-and-store-checkpoints", "witness-folder-of-the-settings"],
+)
 def test_a_deleted_tail_is_a_named_truncation_and_is_not_resumed(
-    db: Database, tmp_path: Path, checkpoints_too: bool
+    db: Database, tmp_path: Path, checkpoints_too: bool, witness_dir: str | None
 ) -> None:
-    work, run_id = _run(db, tmp_path, FORK)
+    """The witness file is read where the run's writer put it: also in a folder its settings
+    name (resolved against the settings file's folder, as the writer did)."""
+    extra = f"landscape: {{witness_dir: {witness_dir}}}\n" if witness_dir else ""
+    work, run_id = _run(db, tmp_path, FORK, extra_settings=extra)
+    if witness_dir:
+        assert (work / "examples" / FORK / witness_dir / f"{run_id}.checkpoints").is_file()
     _cut_tail(db, run_id, 201, checkpoints_too=checkpoints_too)
     rebuilt = elspeth("projections", "rebuild", run_id, cwd=work, db=db)
     assert rebuilt.returncode == 0, rebuilt.stderr
     err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
-    where = "witness" if checkpoints_too else "store"
+    where = "store" if not checkpoints_too else f"/{witness_dir}/" if witness_dir else "witness"
     assert "events 201 to " in err and "missing" in err and where in err, err
     err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 1)
     assert "events 201 to " in err, err

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 key_option = click.option("--public-key", "public_key", type=click.Path(),
                           help="The .pub of the run's signing key [the key this home signs with].")  # fmt: skip
 witness_option = click.option("--witness", type=click.Path(),
-                              help="The run's witness file [<home>/witness/RUN_ID.checkpoints].")  # fmt: skip
+                              help="The run's witness file [in the folder the run's settings named, "
+                                   "else <home>/witness/RUN_ID.checkpoints].")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,12 @@ def read_checkpoints(
 
     if witness and not Path(witness).is_file():
         raise ElspethCliError(f"--witness {witness}: no such file")
-    witness_file = Path(witness) if witness else witness_path(signing.witness_dir(home), run_id)
+    # By default the witness file where the run's writer put it: its settings may name the folder.
+    witness_file = (
+        Path(witness)
+        if witness
+        else witness_path(signing.recorded_witness_dir(home, recorder.run_created(run_id)), run_id)
+    )
     found = Checkpoints(
         recorder.checkpoints(run_id),
         read_witness(witness_file, run_id),
