@@ -292,25 +292,41 @@ class Execution:
     def _refuse_to_cut_later_rows(self) -> None:
         """A resume cuts a file sink back to the run's durable position: what follows is taken
         for what the crash left. Another run that wrote to the file since (an append-mode log
-        shared by runs) would lose the rows its log says it wrote."""
+        shared by runs) would lose the rows its log says it wrote. And a sink the log has no
+        position for starts its file anew: under another name (settings changed with --force)
+        than the sink that made rows durable in that file, those rows would go."""
+        others: list[tuple[str, str, str]] | None = None
         for name, sink in self.p.nodes.sinks.items():
             path, position = getattr(sink, "path", None), self.fold.sink_positions.get(name)
-            if not isinstance(path, Path) or position is None:
+            if not isinstance(path, Path):
+                continue
+            if position is None:
+                self._refuse_to_start_anew(name, path)
                 continue
             try:
                 if path.stat().st_size <= position:
                     continue
-                mine = path.resolve()
             except OSError:
                 continue  # the sink says what is wrong with it when it opens
             # Locations as each run's settings spell them, resolved in the folder it ran in.
-            others = self.recorder.flushed_since(self.run_id, path.name)
-            other = next((r for r, loc, wd in others if _resolved(loc, wd) == mine), None)
+            if others is None:
+                others = self.recorder.flushed_since(self.run_id)
+            other = next((r for r, loc, wd in others if _same_file(_resolved(loc, wd), path)), None)
             if other is not None:
                 raise ResumeRefused(
                     f"run {self.run_id} cannot be resumed: sink '{name}': {path} holds rows after this run's durable "
                     f"position ({position} bytes) that run {other} wrote since; resuming would cut them off. Move "
                     "the file aside (and put the other run's rows back after), or start a new run"
+                )
+
+    def _refuse_to_start_anew(self, name: str, path: Path) -> None:
+        for old, location in self.fold.sink_locations.items():
+            durable = self.fold.sink_positions.get(old, 0)
+            if durable > 0 and _same_file(_resolved(location, self.fold.working_dir or "."), path):
+                raise ResumeRefused(
+                    f"run {self.run_id} cannot be resumed: sink '{name}' writes {path}, the file in which this run "
+                    f"made {durable} bytes durable as sink '{old}'; a new sink starts its file anew, which would cut "
+                    f"those rows off. Keep the sink's name '{old}', or give '{name}' another file"
                 )
 
     def _open_sinks(self) -> None:
@@ -438,6 +454,15 @@ def _resolved(location: str, working_dir: str) -> Path | None:
         return (Path(working_dir) / location).resolve()
     except (OSError, RuntimeError):
         return None
+
+
+def _same_file(a: Path | None, b: Path) -> bool:
+    """Whether two paths name one file: by device and inode, so a symbolic or hard link and
+    another spelling of the path count too (False when either is not there)."""
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _notary(recorder: PostgresRecorder, pipeline: Pipeline, home: str | None) -> Notary:

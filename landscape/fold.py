@@ -84,6 +84,7 @@ class RunFold:
     batches_opened: Counter[str] = field(default_factory=Counter)  # aggregation -> count
     sink_positions: dict[str, int] = field(default_factory=dict)
     sink_digests: dict[str, str | None] = field(default_factory=dict)  # SinkFlushed.sha256, the last
+    sink_locations: dict[str, str] = field(default_factory=dict)  # SinkFlushed.location, the last
     # Consecutive failed attempts per sink and when the last one was: the circuit breaker.
     sink_failures: dict[str, int] = field(default_factory=dict)
     sink_failed_at: dict[str, float] = field(default_factory=dict)
@@ -141,6 +142,7 @@ class RunFold:
         self._run(e)
         self.sink_positions[e.sink] = e.position
         self.sink_digests[e.sink] = e.sha256
+        self.sink_locations[e.sink] = e.location
         self.sink_failures.pop(e.sink, None)
 
     def _sink_write_failed(self, _id: str, e: ev.SinkWriteFailed) -> None:

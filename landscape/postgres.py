@@ -342,20 +342,20 @@ class PostgresRecorder:
                     pages.get(timeout=0.05)
             fetcher.join()
 
-    def flushed_since(self, run_id: str, name: str) -> list[tuple[str, str, str]]:
-        """The sink locations other runs made rows durable in after this run's last event, whose
-        file name is `name`, each with its run and the folder its relative paths resolve in:
-        (run id, location, working folder). A resume that would cut a file back asks first."""
-        pattern = "%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    def flushed_since(self, run_id: str) -> list[tuple[str, str, str]]:
+        """The sink locations other runs made rows durable in after this run's last event, each
+        with its run and the folder its relative paths resolve in: (run id, location, working
+        folder), once each. A resume that would cut a file back asks first (by the file, not its
+        name: a link or another spelling of the path is the same file)."""
         with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT DISTINCT a.run_id, a.location, "
                 "coalesce(convert_from(c.payload, 'UTF8')::json ->> 'working_dir', '') "
                 "FROM artifacts a JOIN events e ON e.run_id = a.run_id AND e.seq = a.seq "
                 "LEFT JOIN events c ON c.run_id = a.run_id AND c.seq = 0 AND c.event_type = 'RunCreated' "
-                "WHERE a.location LIKE %s AND a.run_id <> %s AND a.rows > 0 "
+                "WHERE a.run_id <> %s AND a.rows > 0 "
                 "AND e.global_position > (SELECT max(global_position) FROM events WHERE run_id = %s)",
-                (pattern, run_id, run_id),
+                (run_id, run_id),
             ).fetchall()
         return [(str(r), str(loc), str(wd)) for r, loc, wd in rows]
 

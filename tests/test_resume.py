@@ -766,19 +766,46 @@ def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Databa
         assert resume_run(db, run_id, _load).status == "completed"
 
 
-def test_resume_refuses_to_cut_rows_another_run_appended_since(db: Database) -> None:
+@pytest.mark.parametrize("through", ["the same path", "a symbolic link", "a hard link"])
+def test_resume_refuses_to_cut_rows_another_run_appended_since(db: Database, through: str) -> None:
     """An append-mode file shared by runs: run A crashes, run B appends its rows after A's, and
-    a resume of A would cut the file back to A's durable position, taking B's rows with it."""
+    a resume of A would cut the file back to A's durable position, taking B's rows with it.
+    Whatever name B reached the file by."""
     with _workdir("linear", 12) as path:
         settings = path / "settings.yaml"
         settings.write_text(settings.read_text().replace("{path: out/out.csv}", "{path: out/out.csv, mode: append}"))
         run_id = _crashed(db, settings, "shared", "committed:6")
-        other = start_run(db, _load(settings))
+        name = "out.csv"
+        if through != "the same path":
+            name = "alias.csv"
+            if through == "a symbolic link":
+                (path / "out" / name).symlink_to(path / "out" / "out.csv")
+            else:
+                os.link(path / "out" / "out.csv", path / "out" / name)
+        b = path / "b.yaml"  # B shares only that one file with A
+        b.write_text(settings.read_text().replace("out/out.csv", f"out/{name}").replace("out/alt", "out/b-alt")
+                     .replace("out/q.", "out/b-q."))  # fmt: skip
+        other = start_run(db, _load(b))
         assert other.status == "completed"
         after_other = (path / "out" / "out.csv").read_bytes()
-        with pytest.raises(ResumeRefused, match=f"that run {other.run_id} wrote since"):
+        with pytest.raises(ResumeRefused, match=f"sink 'out': .* that run {other.run_id} wrote since"):
             resume_run(db, run_id, _load, force=True)
         assert (path / "out" / "out.csv").read_bytes() == after_other
+
+
+def test_resume_refuses_a_sink_renamed_onto_a_file_the_run_made_rows_durable_in(db: Database) -> None:
+    """Settings changed with --force: sink `out` renamed `out2`, same file. The log has no
+    position for `out2`, so it would start the file anew, and `out`'s durable rows would go."""
+    with _workdir("linear", 12) as path:
+        settings = path / "settings.yaml"
+        run_id = _crashed(db, settings, "renamed", "committed:6")
+        assert fold_run(db, run_id).sink_positions.get("out", 0) > 0, "no durable rows in out: crash later"
+        before = (path / "out" / "out.csv").read_bytes()
+        settings.write_text(settings.read_text().replace("  out: {plugin: csv", "  out2: {plugin: csv").replace(
+            "on_success: out\n", "on_success: out2\n"))  # fmt: skip
+        with pytest.raises(ResumeRefused, match="as sink 'out'"):
+            resume_run(db, run_id, _load, force=True)
+        assert (path / "out" / "out.csv").read_bytes() == before
 
 
 def test_a_run_writing_the_same_relative_path_elsewhere_does_not_stop_a_resume(db: Database) -> None:
