@@ -19,11 +19,34 @@ from landscape.projection_sql import project
 from landscape.table_names import PROJECTION_TABLE_NAMES
 
 
+def without_events(db: Database) -> list[str]:
+    """Runs the projection tables hold rows of, though the store has no event of them: rows
+    written without the log (the writer role maintains these tables, and could)."""
+    found: set[str] = set()
+    with driver_errors("reading the projection tables"), db.connect(autocommit=True) as conn:
+        for table in PROJECTION_TABLE_NAMES:
+            rows = conn.execute(
+                f"SELECT DISTINCT t.run_id FROM {table} t "
+                "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.run_id = t.run_id AND e.seq = 0)"
+            ).fetchall()
+            found.update(str(r[0]) for r in rows)
+    return sorted(found)
+
+
+def has_projection_rows(db: Database, run_id: str) -> bool:
+    with driver_errors(f"reading the projection tables of run {run_id}"), db.connect(autocommit=True) as conn:
+        return any(
+            conn.execute(f"SELECT 1 FROM {table} WHERE run_id = %s LIMIT 1", (run_id,)).fetchone()
+            for table in PROJECTION_TABLE_NAMES
+        )
+
+
 def rebuild(db: Database, run_id: str) -> int:
     """Drop a run's projection rows and rebuild them from its events, in one transaction.
-    Returns the number of events projected; UnknownRun when the run has no events."""
+    Returns the number of events projected: 0 for a run with no events whose projection rows
+    were removed (they came from no log); UnknownRun when it has neither."""
     recorder = PostgresRecorder(db)
-    if not recorder.run_exists(run_id):
+    if not recorder.run_exists(run_id) and not has_projection_rows(db, run_id):
         raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
     with driver_errors(f"rebuilding the projections of run {run_id}"), db.connect() as conn:
         with conn.cursor() as cur:
@@ -34,12 +57,13 @@ def rebuild(db: Database, run_id: str) -> int:
             ).fetchone() or (False,)
             if not free:
                 raise ConcurrentWriter(f"run {run_id} is being written by another process: rebuild it once that ends")
-            (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (0,)
+            (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (None,)
             for table in PROJECTION_TABLE_NAMES:
                 cur.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
-            _project_all(cur, run_id, int(last), "public")
+            if last is not None:
+                _project_all(cur, run_id, int(last), "public")
         conn.commit()
-    return int(last) + 1
+    return 0 if last is None else int(last) + 1
 
 
 # Events per statement of a rebuild: what the server holds at once stays bounded on a long log.

@@ -193,3 +193,24 @@ def test_a_witness_file_given_that_is_not_there_is_refused(db: Database, tmp_pat
     for command in (("replay", run_id), ("explain", run_id, "--row", "1")):
         err = one_line_error(elspeth(*command, "--witness", str(work / "nowhere"), cwd=work, db=db), 1)
         assert "nowhere: no such file" in err, err
+
+
+def test_a_run_in_the_projections_without_events_is_named_and_removed(db: Database, tmp_path: Path) -> None:
+    """The writer role maintains the projection tables, so it can write a run that never ran:
+    `replay --check` of it says so, and rebuilding the projections removes it."""
+    work, run_id = _run(db, tmp_path, FORK)
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO runs (run_id, status, settings_path, settings_hash, source_fingerprint, started_at, resumes, "
+            "last_seq) VALUES ('run-ghost', 'completed', 's.yaml', 'x', 'y', now(), 0, 9)"
+        )
+        conn.execute("INSERT INTO run_metrics VALUES ('run-ghost', 'rows_in', 1000)")
+        conn.commit()
+    err = one_line_error(elspeth("replay", "run-ghost", "--check", cwd=work, db=db), 1)
+    assert "has no events, yet the projection tables hold rows of it" in err, err
+    proc = elspeth("projections", "rebuild", cwd=work, db=db)
+    assert proc.returncode == 0 and "removed the projection rows of run-ghost" in proc.stdout, proc.stdout + proc.stderr
+    assert f"rebuilt {run_id}" in proc.stdout
+    err = one_line_error(elspeth("replay", "run-ghost", "--check", cwd=work, db=db), 1)
+    assert "no run run-ghost" in err, err
+    assert elspeth("replay", run_id, "--check", cwd=work, db=db).returncode == 0

@@ -15,7 +15,7 @@ from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
-from landscape.projections import Comparison, Difference, rebuild
+from landscape.projections import Comparison, Difference, has_projection_rows, rebuild, without_events
 from landscape.records import StoredEvent
 from landscape.roles import Role
 from landscape.verify_store import verify_run
@@ -47,6 +47,11 @@ def replay_cmd(
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
         if not recorder.run_exists(run_id):
+            if check and has_projection_rows(db, run_id):
+                raise ElspethCliError(
+                    f"run {run_id} has no events, yet the projection tables hold rows of it: they were written "
+                    "without the log; `elspeth projections rebuild` removes them"
+                )
             raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
         # Checkpoints first, then the projections: on a live run both only grow, so neither can
         # claim more than the events read after them hold. As of a seq before the log's end:
@@ -177,8 +182,12 @@ def projections_group() -> None:
 @click.argument("run_ids", nargs=-1)
 @click.pass_context
 def rebuild_cmd(ctx: click.Context, run_ids: tuple[str, ...]) -> None:
-    """Drop and rebuild the projection rows of the given runs (all runs when none given)."""
+    """Drop and rebuild the projection rows of the given runs (all runs when none given, and
+    the rows of runs that have no events are removed)."""
     with database_from_ctx(ctx) as db:
-        for run_id in list(run_ids) or PostgresRecorder(db).run_ids():
+        for run_id in list(run_ids) or [*PostgresRecorder(db).run_ids(), *without_events(db)]:
             n = rebuild(db, run_id)
-            click.echo(f"rebuilt {run_id} from {n} events")
+            if n:
+                click.echo(f"rebuilt {run_id} from {n} events")
+            else:
+                click.echo(f"removed the projection rows of {run_id}: it has no events")
