@@ -38,7 +38,7 @@ from landscape.db import Database
 from landscape.errors import CorruptLog
 from landscape.fold import RunFold
 from landscape.merkle import MerkleAccumulator
-from landscape.notary import Notary, Witnessed, read_witness, witness_path
+from landscape.notary import Notary, Witnessed, read_run_witness
 from landscape.note import Verifier
 from landscape.payloads import load_payloads
 from landscape.postgres import PostgresRecorder, Sending
@@ -609,7 +609,7 @@ def _resume(
     folders = {signing.recorded_witness_dir(home, created), signing.witness_dir(home, ls.witness_dir, base).absolute()}
     checkpoints = [
         *recorder.checkpoints(run_id),
-        *(cp for folder in sorted(folders) for cp in read_witness(witness_path(folder, run_id), run_id)),
+        *(cp for folder in sorted(folders) for cp in read_run_witness(folder, run_id)),
     ]
     try:
         key = signing.verifier(home, key=ls.signing_key, base=base)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from landscape.embedded import elspeth_home
-from landscape.keys import default_signer, load_signer, load_verifier
+from landscape.keys import default_signer, existing_default_signer, load_signer, load_verifier
 from landscape.notary import Notary
 from landscape.note import Signer, Verifier
 from landscape.recorder import Recorder
@@ -46,8 +46,8 @@ def verifier(
     explicit = os.environ.get("ELSPETH_SIGNING_KEY") or _from_settings(key, base)
     if explicit:
         return load_signer(explicit).verifier
-    default = elspeth_home(home) / "keys" / "default.key"
-    return load_signer(default).verifier if default.exists() else None
+    default = existing_default_signer(elspeth_home(home))
+    return default.verifier if default else None
 
 
 def witness_dir(home: str | os.PathLike[str] | None, setting: str | None = None, base: Path | None = None) -> Path:

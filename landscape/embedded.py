@@ -6,10 +6,17 @@ machine: the data folder is `$ELSPETH_HOME/pgdata` (default `./.elspeth/pgdata`)
 listens on a unix socket only, and it is stopped when the last ELSPETH process using it exits.
 
 PostgreSQL refuses to run as root. As root we run it as the system user `elspeth` (created with
-`useradd --system` if missing), give that user the ELSPETH home folder, and add only the search
-(`o+x`) bit to parent folders that lack it — never read access. If that user cannot reach the
-wheel's binaries (a virtualenv under a private home folder), they are copied once to
-`/var/lib/elspeth/postgresql-<version>`.
+`useradd --system` if missing) and give that user only what the server writes: `pgdata/`, the
+socket folder and the server log. The home itself stays root's, and `elspeth` may only pass
+through it (`o+x`, as for parent folders that lack it — never read access): a database superuser
+runs programs as `elspeth` (`COPY ... TO PROGRAM`), and must not be able to swap the home's
+`keys/`, `witness/` or lock files. A home an earlier ELSPETH gave to `elspeth` is taken back on
+the next start. If that user cannot reach the wheel's binaries (a virtualenv under a private home
+folder), they are copied once to `/var/lib/elspeth/postgresql-<version>`.
+
+The data folder is made by `initdb` in a fresh folder beside it, renamed to `pgdata` only once
+initdb succeeded: a first start killed half-way leaves no half-made `pgdata`, only a folder the
+next start removes (no server ever ran on it, so it holds nothing).
 
 Only the OS user running ELSPETH gets in: the socket folder is 0700 and so is the socket, and
 `pg_hba.conf` admits unix-socket connections through `peer` authentication and a `pg_ident.conf`
@@ -20,6 +27,7 @@ every start, so a data folder made with `trust` by an older ELSPETH is closed on
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -31,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from landscape.errors import DatabaseUnavailable
 from landscape.role_names import ELSPETH_ROLES  # not roles: that brings the driver
@@ -265,9 +274,12 @@ def _run(
 def _log_tail(log: Path, n: int = _LOG_LINES) -> str:
     """The server's own last words: its log's last `n` lines, joined with ' | '."""
     try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read().decode(errors="replace")
     except OSError:
         return "no server log"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-n:]) if lines else "the server log is empty"
 
 
@@ -275,11 +287,24 @@ def _say_stderr(message: str) -> None:
     print(f"elspeth: {message}", file=sys.stderr)
 
 
+def _read_small(path: Path) -> str:
+    """A short text file of the data folder, which as root belongs to the server's account: a
+    link there is not followed, nor a FIFO waited on. '' when it is missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    try:
+        return os.read(fd, 4096).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def _check_data_dir(pgdata: Path) -> None:
     """Refuse, before anything is written, a data folder this process must not use."""
     version_file = pgdata / "PG_VERSION"
     if version_file.exists():
-        found = version_file.read_text(errors="replace").strip()
+        found = _read_small(version_file).strip()
         major = found.split(".")[0]  # '9.6' before PostgreSQL 10, '18' since
         if not major.isdigit():
             raise DatabaseUnavailable(
@@ -329,7 +354,7 @@ def _postmaster_status(pgdata: Path) -> str:
     """The postmaster's own word on its state (line 8 of postmaster.pid): 'starting', 'ready',
     'stopping', or '' when it does not say."""
     try:
-        lines = (pgdata / "postmaster.pid").read_text(errors="replace").splitlines()
+        lines = _read_small(pgdata / "postmaster.pid").splitlines()
     except OSError:
         return ""
     return lines[7].strip() if len(lines) > 7 else ""
@@ -356,6 +381,183 @@ def _stop(
     return f"the embedded PostgreSQL in {pgdata} did not stop ({why}); its log ({log}) ends: {_log_tail(log)}"
 
 
+def open_lock(path: Path) -> IO[str]:
+    """A lock file of the home, opened (created: mode 600) without following a link, and refused
+    unless it is a regular file of the effective user: root must not create or lock a file
+    wherever a planted link points."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else f"cannot open it ({e.strerror})"
+        raise DatabaseUnavailable(
+            f"refusing the lock file {path}: {why}; remove it if nobody made it on purpose"
+        ) from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise DatabaseUnavailable(
+            f"refusing the lock file {path}: it is not a regular file of the user running ELSPETH "
+            f"(uid {info.st_uid}); remove it"
+        )
+    return os.fdopen(fd, "r+")
+
+
+# What the home holds that root opens, and an earlier ELSPETH's server account could replace.
+_HOME_FILES = ("users.lock", "start.lock", "postgresql.log")
+
+
+def _claim_home(root: Path, server_uid: int, say: Callable[[str], None]) -> None:
+    """As root: keep the home root's, writable by root alone, and passable (o+x, not readable)
+    for the server's account, which needs pgdata/, run/ and the log in it.
+
+    An earlier ELSPETH gave the whole home to the server's account, so anything in it may have
+    been replaced through SQL (`COPY ... TO PROGRAM` runs as that account). Taking the home back
+    makes that impossible from now on; the files root opens that it could have replaced with
+    links are removed (the locks hold nothing, the log is the server's own), and keys/ and
+    witness/ are checked by their readers (see `landscape.owner`): one not root's is refused."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == server_uid:
+            for name in ("pgdata", "run"):
+                try:
+                    entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(entry.st_mode):
+                    raise DatabaseUnavailable(
+                        f"{root / name} is a symbolic link in a home the server's account '{SYSTEM_USER}' owned "
+                        f"(made by an earlier ELSPETH): it may not be yours; move it away and run again"
+                    )
+            os.fchown(fd, os.geteuid(), os.getegid())
+            for name in _HOME_FILES:
+                try:
+                    entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(entry.st_mode) or entry.st_uid not in (os.geteuid(), server_uid):
+                    os.unlink(name, dir_fd=fd)
+            say(
+                f"the ELSPETH home {root} belonged to the server's account '{SYSTEM_USER}' (an earlier ELSPETH "
+                "made it so), which a database superuser can act as: it is root's again; if keys/ or witness/ "
+                "were tampered with before, this cannot tell: compare keys/default.pub with the copy your "
+                "auditors hold"
+            )
+            info = os.fstat(fd)
+        if info.st_uid == os.geteuid():
+            mode = stat.S_IMODE(info.st_mode)
+            if mode != (mode & ~0o022) | 0o001:
+                os.fchmod(fd, (mode & ~0o022) | 0o001)
+    finally:
+        os.close(fd)
+
+
+def _server_log(log: Path, uid: int, gid: int) -> None:
+    """As root: the server log, a regular file the server's account writes (pg_ctl appends to it
+    as that account, and cannot create files in root's home)."""
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else f"cannot open it ({e.strerror})"
+        raise DatabaseUnavailable(f"refusing the server log {log}: {why}; remove it") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DatabaseUnavailable(f"refusing the server log {log}: it is not a regular file; remove it")
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+_INITDB_PREFIX = "pgdata.new-"
+# PostgreSQL gives OIDs from here on to what is made after initdb (FirstNormalObjectId): a
+# database, or a table in one, numbered this or more was made by a user of the server.
+_FIRST_NORMAL_OID = 16384
+
+
+def _initialise(bin_dir: Path, root: Path, pgdata: Path, uid: int | None, gid: int | None) -> None:
+    """Make `pgdata` with initdb: in a fresh folder beside it, renamed into place once initdb
+    succeeded. A kill half-way leaves that folder, which no server ever ran on, never a `pgdata`
+    that every later start would take for a data folder."""
+    for leftover in root.glob(f"{_INITDB_PREFIX}*"):
+        # Under the start lock: no other ELSPETH is running initdb. A backend of a killed initdb
+        # may still be ending in it, so what cannot be removed now is left for a later start.
+        if leftover.is_symlink() or not leftover.is_dir():
+            leftover.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+    fresh = root / f"{_INITDB_PREFIX}{os.getpid()}"
+    _private_dir(fresh, uid, gid)
+    # Text compares by code point (PostgreSQL's builtin C.UTF-8): the same order on every
+    # machine whatever its locale, and a b-tree of run and token ids compares bytes
+    # instead of calling the C library's strcoll.
+    init = _run(
+        bin_dir,
+        "initdb",
+        ["-D", str(fresh), "--auth-local=peer", "--auth-host=reject", "--encoding=UTF8",
+         "--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--no-instructions", "-U", SUPERUSER],
+        uid,
+        gid,
+    )  # fmt: skip
+    if init.returncode != 0:
+        shutil.rmtree(fresh, ignore_errors=True)
+        why = (init.stderr.strip().splitlines() or ["initdb failed"])[-1]
+        raise DatabaseUnavailable(f"cannot initialise the embedded PostgreSQL in {pgdata}: {why}")
+    if pgdata.is_dir() and not pgdata.is_symlink():
+        pgdata.rmdir()  # an empty folder (checked by the caller): initdb used to accept one
+    os.rename(fresh, pgdata)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holds_databases(pgdata: Path) -> bool:
+    """Whether anything was made in the data folder after initdb: a database or a table (of a
+    user, by its number), or a tablespace. Without one, it holds no events."""
+    if (pgdata / "pg_tblspc").is_dir() and any((pgdata / "pg_tblspc").iterdir()):
+        return True
+    base = pgdata / "base"
+    if not base.is_dir():
+        return False
+    for database in base.iterdir():
+        if not database.name.isdigit() or int(database.name) >= _FIRST_NORMAL_OID:
+            return True
+        for relation in database.iterdir():
+            number = relation.name.split("_")[0].split(".")[0]
+            if number.isdigit() and int(number) >= _FIRST_NORMAL_OID:
+                return True
+    return False
+
+
+def _left_by_a_killed_initdb(pgdata: Path) -> bool:
+    """An earlier ELSPETH ran initdb in `pgdata` itself; killed half-way, it left a data folder
+    with the postmaster.pid of its single-user backend (a negative pid) that no start gets past.
+    True when that is what `pgdata` is: that backend is gone and nothing was made in it (so it
+    holds no events). A live single-user server is refused: it is still at work there."""
+    lines = _read_small(pgdata / "postmaster.pid").splitlines()
+    first = lines[0].strip() if lines else ""
+    if not (first.startswith("-") and first[1:].isdigit()):
+        return False
+    pid = int(first[1:])
+    if _alive(pid):
+        raise DatabaseUnavailable(
+            f"a single-user PostgreSQL (pid {pid}) is using {pgdata} (an initdb, or someone's repair): "
+            "run again once it has ended"
+        )
+    return not _holds_databases(pgdata)
+
+
 @contextmanager
 def embedded_server(
     home: str | os.PathLike[str] | None = None, *, say: Callable[[str], None] = _say_stderr
@@ -380,12 +582,17 @@ def embedded_server(
     uid = gid = None
     if _as_root():
         uid, gid = _system_user()
+        _claim_home(root, uid, say)  # before anything in it is opened
     bin_dir = _runnable_bin_dir(uid, gid)
     log = root / "postgresql.log"
     # Every ELSPETH process using this home holds a shared lock on `users.lock` while it runs;
     # the one that can take it exclusively on the way out is the last, and stops the server.
-    users = (root / "users.lock").open("a+")
-    start_lock = (root / "start.lock").open("a+")
+    users = open_lock(root / "users.lock")
+    try:
+        start_lock = open_lock(root / "start.lock")
+    except DatabaseUnavailable:
+        users.close()
+        raise
     try:
         # Everything a first use creates (the folders, initdb, the server, the database) is made
         # under this lock: two commands started together in a fresh folder would otherwise both
@@ -394,31 +601,21 @@ def embedded_server(
         try:
             fcntl.flock(users, fcntl.LOCK_SH)
             if uid is not None and gid is not None:
-                _open_search_path(root)
-                os.chown(root, uid, gid)
+                _open_search_path(pgdata)  # the home and its parents: o+x
                 if pgdata.exists() and pgdata.stat().st_uid != uid:
                     _chown_tree(pgdata, uid, gid)
-                if log.exists():
-                    # The home belongs to the server's account, which could have put a link here.
-                    os.chown(log, uid, gid, follow_symlinks=False)
+                _server_log(log, uid, gid)
             _private_dir(sockets, uid, gid)
+            if (pgdata / "PG_VERSION").exists() and _left_by_a_killed_initdb(pgdata):
+                shutil.rmtree(pgdata)
+                say(
+                    f"{pgdata} was left half-made by a first start killed during initdb (nothing was "
+                    "made in it yet): removed it and made it again"
+                )
             if not (pgdata / "PG_VERSION").exists():
-                if pgdata.exists() and any(pgdata.iterdir()):
+                if pgdata.exists() and (not pgdata.is_dir() or any(pgdata.iterdir())):
                     raise DatabaseUnavailable(f"{pgdata} exists but is not a PostgreSQL data folder; move it away")
-                # Text compares by code point (PostgreSQL's builtin C.UTF-8): the same order on every
-                # machine whatever its locale, and a b-tree of run and token ids compares bytes
-                # instead of calling the C library's strcoll.
-                init = _run(
-                    bin_dir,
-                    "initdb",
-                    ["-D", str(pgdata), "--auth-local=peer", "--auth-host=reject", "--encoding=UTF8",
-                     "--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--no-instructions", "-U", SUPERUSER],
-                    uid,
-                    gid,
-                )  # fmt: skip
-                if init.returncode != 0:
-                    why = (init.stderr.strip().splitlines() or ["initdb failed"])[-1]
-                    raise DatabaseUnavailable(f"cannot initialise the embedded PostgreSQL in {pgdata}: {why}")
+                _initialise(bin_dir, root, pgdata, uid, gid)
             changed = _write_config(pgdata, "pg_hba.conf", _HBA, uid, gid)
             changed |= _write_config(pgdata, "pg_ident.conf", _ident(_os_user()), uid, gid)
             running = _running(bin_dir, pgdata, uid, gid)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from landscape.errors import LandscapeError
+from landscape.owner import mistrust
 
 ENV = "ELSPETH_FINGERPRINT_KEY"
 KEY_FILE = "fingerprint.key"
@@ -92,12 +93,10 @@ def _read(dir_fd: int, path: Path) -> bytes:
             raise FingerprintKeyError(
                 f"the fingerprint key {path} is not a regular file; allowed: a regular file, mode 600"
             )
-        if info.st_uid != os.geteuid():
-            raise FingerprintKeyError(f"the fingerprint key {path} belongs to another user (uid {info.st_uid})")
-        if info.st_mode & 0o077:
+        why = mistrust(info, secret=True)
+        if why:
             raise FingerprintKeyError(
-                f"the fingerprint key {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}); "
-                f"allowed: mode 600 (chmod 600 {path})"
+                f"the fingerprint key {path}: {why}; allowed: a file of yours, mode 600 (chmod 600 {path})"
             )
         data = os.read(fd, 4096).strip()
     finally:

@@ -9,13 +9,16 @@ them, so losing it to a second `generate` would orphan every checkpoint it signe
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import socket
+import stat
 from pathlib import Path
 
 from landscape.errors import LandscapeError
 from landscape.note import NoteError, Signer, Verifier
+from landscape.owner import mistrust, mistrust_folder
 
 KEY_SUFFIX = ".key"
 PUB_SUFFIX = ".pub"
@@ -86,15 +89,26 @@ def _remove(paths: list[Path]) -> None:
             path.unlink()
 
 
-def _read_key_text(path: str | os.PathLike[str], what: str) -> str:
+def _read_key_text(path: str | os.PathLike[str], what: str, *, owned: bool = False) -> str:
+    """The one line of a key file. `owned`: the file must be the effective user's alone (see
+    `landscape.owner`), and a link there is refused rather than followed."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if owned else 0))
+        with os.fdopen(fd, "rb") as f:
+            if owned:
+                info = os.fstat(f.fileno())
+                why = mistrust(info, secret=True) if stat.S_ISREG(info.st_mode) else "it is not a regular file"
+                if why:
+                    raise KeyFileError(f"{what} {p}: {why}; allowed: a file of yours, mode 600")
+            raw = f.read()
     except FileNotFoundError:
         raise KeyFileError(f"{what} {p}: no such file") from None
     except IsADirectoryError:
         raise KeyFileError(f"{what} {p} is a folder, not a key file") from None
     except OSError as e:
+        if owned and e.errno == errno.ELOOP:
+            raise KeyFileError(f"{what} {p} is a symbolic link; allowed: a file of yours, mode 600") from None
         raise KeyFileError(f"{what} {p}: cannot read it: {e.strerror}") from None
     if raw.startswith(b"-----BEGIN"):
         raise KeyFileError(f"{what} {p} is a PEM file; ELSPETH reads the one-line keys `elspeth keys generate` writes")
@@ -108,9 +122,10 @@ def _read_key_text(path: str | os.PathLike[str], what: str) -> str:
     return lines[0].strip()
 
 
-def load_signer(path: str | os.PathLike[str]) -> Signer:
-    """The signing key in a `.key` file; KeyFileError naming the file and the problem."""
-    text = _read_key_text(path, "signing key")
+def load_signer(path: str | os.PathLike[str], *, owned: bool = False) -> Signer:
+    """The signing key in a `.key` file; KeyFileError naming the file and the problem. `owned`:
+    a key the home vouches for, which must be the effective user's alone."""
+    text = _read_key_text(path, "signing key", owned=owned)
     try:
         return Signer.parse(text)
     except NoteError as e:
@@ -139,11 +154,14 @@ def default_signer(home: str | os.PathLike[str]) -> Signer:
     brings the database driver and `elspeth verify` loads keys from this one without it."""
     folder = Path(home) / "keys"
     key_path = folder / f"{DEFAULT_KEY}{KEY_SUFFIX}"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeyFileError(f"cannot create {folder}: {e.strerror}") from None
+    # Before writing a key into it or reading one from it: a keys/ folder someone else made or
+    # can write may hold their key, and its default.pub is what the operator gives auditors.
+    _check_key_folder(folder)
     if not key_path.exists():
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise KeyFileError(f"cannot create {folder}: {e.strerror}") from None
         try:
             generate_key_files(DEFAULT_KEY, folder, key_name=default_key_name())
         except KeyFileError:
@@ -151,4 +169,23 @@ def default_signer(home: str | os.PathLike[str]) -> Signer:
             # way; what matters is whether a complete key is there now, which loading tells.
             if not key_path.exists():
                 raise
-    return load_signer(key_path)
+    return load_signer(key_path, owned=True)
+
+
+def existing_default_signer(home: str | os.PathLike[str]) -> Signer | None:
+    """The home's own key when it has one (checked as `default_signer` does), else None."""
+    folder = Path(home) / "keys"
+    key_path = folder / f"{DEFAULT_KEY}{KEY_SUFFIX}"
+    if not os.path.lexists(key_path):
+        return None
+    _check_key_folder(folder)
+    return load_signer(key_path, owned=True)
+
+
+def _check_key_folder(folder: Path) -> None:
+    why = mistrust_folder(folder)
+    if why:
+        raise KeyFileError(
+            f"the key folder {folder}: {why}; allowed: a folder of yours that nobody else can write, in a folder "
+            "nobody else can write (move it away if you did not make it: the key in it may not be yours)"
+        )

@@ -14,8 +14,10 @@ verify` reads witness files too.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from landscape.checkpoint import Checkpoint, parse_checkpoint, run_origin
 from landscape.errors import LandscapeError
 from landscape.note import NoteError, Signer, Verifier, parse_note
+from landscape.owner import mistrust, mistrust_folder
 
 
 class WitnessError(LandscapeError):
@@ -59,29 +62,54 @@ class Notary:
         line = json.dumps({"run_id": run_id, "size": size, "recorded_at": recorded_at.isoformat(), "note": note})
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, (line + "\n").encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
         except OSError as e:
             raise WitnessError(f"cannot write the witness file {path}: {e.strerror}") from e
+        _check_folder(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise WitnessError(f"cannot write the witness file {path}: {_why(path, e)}") from e
+        try:
+            _check_file(path, fd)
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        except OSError as e:
+            raise WitnessError(f"cannot write the witness file {path}: {e.strerror}") from e
+        finally:
+            os.close(fd)
 
 
 def witness_path(witness_dir: Path, run_id: str) -> Path:
     return witness_dir / f"{run_id}.checkpoints"
 
 
+def read_run_witness(witness_dir: Path, run_id: str) -> list[Witnessed]:
+    """The checkpoints of `run_id` in the witness folder its runs write to. The folder is checked
+    first: one that someone else made or can write could have had the file taken out (a missing
+    file holds no checkpoints) or replaced by one holding only older ones."""
+    if os.path.lexists(witness_dir):
+        _check_folder(witness_dir)
+    return read_witness(witness_path(witness_dir, run_id), run_id)
+
+
 def read_witness(path: Path, run_id: str) -> list[Witnessed]:
     """The checkpoints a witness file holds for `run_id` (a missing file holds none). A line that
-    is not a checkpoint record is an error naming the line: a witness file is evidence."""
+    is not a checkpoint record is an error naming the line: a witness file is evidence, and so is
+    one that is not the effective user's alone (see `landscape.owner`)."""
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return []
     except OSError as e:
-        raise WitnessError(f"cannot read the witness file {path}: {e.strerror}") from e
+        raise WitnessError(f"cannot read the witness file {path}: {_why(path, e)}") from e
+    try:
+        _check_file(path, fd)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            text = f.read().decode()
+    except (OSError, UnicodeDecodeError) as e:
+        raise WitnessError(f"cannot read the witness file {path}: {getattr(e, 'strerror', None) or e}") from e
+    finally:
+        os.close(fd)
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         try:
@@ -96,3 +124,23 @@ def read_witness(path: Path, run_id: str) -> list[Witnessed]:
             raise WitnessError(f"{path}, line {number}: not a checkpoint record ({e})") from e
         out.append(Witnessed(size, root, note, at, str(path)))
     return out
+
+
+def _why(path: Path, e: OSError) -> str:
+    return "it is a symbolic link" if e.errno == errno.ELOOP else str(e.strerror)
+
+
+def _check_folder(folder: Path) -> None:
+    why = mistrust_folder(folder)
+    if why:
+        raise WitnessError(
+            f"the witness folder {folder}: {why}; allowed: a folder of yours that nobody else can write, in a folder "
+            "nobody else can write (if you did not make it, the witness files in it may not be yours)"
+        )
+
+
+def _check_file(path: Path, fd: int) -> None:
+    info = os.fstat(fd)
+    why = mistrust(info) if stat.S_ISREG(info.st_mode) else "it is not a regular file"
+    if why:
+        raise WitnessError(f"the witness file {path}: {why}; allowed: a file of yours that nobody else can write")

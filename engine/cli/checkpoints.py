@@ -91,7 +91,7 @@ def read_checkpoints(
     not there is refused; a missing default one is warned about (the store's copies are then all
     there is, and a superuser can change both them and the log)."""
     from engine import signing
-    from landscape.notary import read_witness, witness_path
+    from landscape.notary import read_run_witness, read_witness, witness_path
     from landscape.note import NoteError, parse_note
 
     if witness and not Path(witness).is_file():
@@ -104,7 +104,8 @@ def read_checkpoints(
     )
     found = Checkpoints(
         recorder.checkpoints(run_id),
-        read_witness(witness_file, run_id),
+        # the default folder is checked too: one another account could swap may hide checkpoints
+        read_witness(witness_file, run_id) if witness else read_run_witness(witness_file.parent, run_id),
         witness_file,
         key or signing.verifier(home, public_key),
     )

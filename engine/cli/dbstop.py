@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from engine.cli.errors import ElspethCliError
-from landscape.embedded import elspeth_home, embedded_server
+from landscape.embedded import elspeth_home, embedded_server, open_lock
+from landscape.errors import DatabaseUnavailable
 
 
 @click.command("stop")
@@ -51,11 +52,11 @@ def in_use(home: Path) -> bool:
     """Whether an ELSPETH process holds the home's users lock (each one holds it shared while it
     runs; see `embedded_server`)."""
     try:
-        with (home / "users.lock").open("a+") as f:
+        with open_lock(home / "users.lock") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(f, fcntl.LOCK_UN)
     except BlockingIOError:
         return True
-    except OSError:
+    except (OSError, DatabaseUnavailable):
         return False
     return False
