@@ -145,3 +145,149 @@ def test_a_socket_folder_planted_in_tmp_is_refused_and_its_target_untouched(tmp_
             sockets.unlink()
         elif sockets.exists():
             sockets.rmdir()
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="as an ordinary user the server runs as you: no other account"
+)
+
+
+@needs_root
+def test_as_root_a_database_superuser_cannot_touch_the_home_outside_pgdata(tmp_path: Path) -> None:
+    # A database superuser runs programs as the server's account (COPY ... TO PROGRAM): that
+    # account must not be able to swap root's keys/ or witness/, nor plant a link at a lock.
+    from landscape.keys import default_signer
+
+    home = tmp_path / ".elspeth"
+    signer = default_signer(home)
+    (home / "witness").mkdir(mode=0o700)
+    with embedded_server(home) as server, psycopg.connect(server.uri("postgres"), autocommit=True) as conn:
+        uid, _gid = _server_account()
+        info = os.stat(home)
+        assert info.st_uid == 0 and not info.st_mode & 0o022 and info.st_mode & 0o001
+        assert [os.stat(home / name).st_uid for name in ("pgdata", "run", "postgresql.log")] == [uid] * 3
+        conn.execute(f"COPY (SELECT 1) TO PROGRAM 'touch {server.pgdata}/reached'")  # the programs do run
+        assert (server.pgdata / "reached").exists()
+        for program in (
+            f"mv {home}/keys {home}/keys.real",
+            f"mv {home}/witness {home}/witness.real",
+            f"rm -f {home}/start.lock",
+            f"ln -s /tmp {home}/users.lock.new",
+            f"mkdir {home}/planted",
+        ):
+            with pytest.raises(psycopg.errors.ExternalRoutineException):
+                conn.execute(f"COPY (SELECT 1) TO PROGRAM '{program}'")
+    assert sorted(p.name for p in home.iterdir()) == [
+        "keys", "pgdata", "postgresql.log", "run", "start.lock", "users.lock", "witness"
+    ]  # fmt: skip
+    assert default_signer(home).verifier == signer.verifier
+
+
+@needs_root
+def test_a_home_an_earlier_elspeth_gave_to_the_server_account_is_taken_back(tmp_path: Path) -> None:
+    home = tmp_path / ".elspeth"
+    with embedded_server(home):
+        pass
+    uid, gid = _server_account()
+    assert uid is not None and gid is not None
+    os.chown(home, uid, gid)  # what an earlier ELSPETH did
+    # ... after which the server's account could put a link where root opens a lock file
+    target = tmp_path / "made-by-root"
+    (home / "start.lock").unlink()
+    os.symlink(target, home / "start.lock")
+    os.lchown(home / "start.lock", uid, gid)
+    said: list[str] = []
+    with embedded_server(home, say=said.append):
+        pass
+    assert os.stat(home).st_uid == 0 and not os.stat(home).st_mode & 0o022
+    assert not target.exists() and not (home / "start.lock").is_symlink()
+    assert len(said) == 1 and "it is root's again" in said[0] and "keys/default.pub" in said[0]
+    with embedded_server(home, say=said.append):
+        pass
+    assert len(said) == 1  # said once: the home is root's now
+
+
+def test_a_link_at_a_lock_file_is_refused_not_followed(tmp_path: Path) -> None:
+    home = tmp_path / ".elspeth"
+    home.mkdir()
+    target = tmp_path / "somewhere"
+    os.symlink(target, home / "users.lock")
+    refused = r"refusing the lock file .*users\.lock: it is a symbolic link"
+    with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(home):
+        pass
+    assert not target.exists()
+
+
+def _dead_pid() -> int:
+    return 4194305  # above the largest pid_max Linux allows: no process has it
+
+
+def _half_made(pgdata: Path, pid: int) -> None:
+    """A data folder as an earlier ELSPETH's initdb, killed half-way, left it: PG_VERSION, some
+    catalog files, and the postmaster.pid of its single-user backend (a negative pid)."""
+    (pgdata / "base" / "1").mkdir(parents=True)
+    (pgdata / "base" / "1" / "1259").write_bytes(b"\0" * 8192)
+    (pgdata / "global").mkdir()
+    (pgdata / "PG_VERSION").write_text("18\n")
+    (pgdata / "postmaster.pid").write_text(f"-{pid}\n{pgdata}\n1700000000\n0\n\n\n\n")
+
+
+def test_initdb_works_beside_pgdata_which_appears_only_once_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kill during initdb (which cannot be timed in a test) then leaves no half-made pgdata.
+    home = tmp_path / ".elspeth"
+    real = embedded._run
+    seen: list[tuple[str, bool]] = []
+
+    def watching(bin_dir: Path, exe: str, args: list[str], uid: int | None, gid: int | None) -> object:
+        if exe == "initdb":
+            seen.append((args[args.index("-D") + 1], (home / "pgdata").exists()))
+        return real(bin_dir, exe, args, uid, gid)
+
+    monkeypatch.setattr(embedded, "_run", watching)
+    with embedded_server(home):
+        pass
+    [(data_dir, pgdata_existed)] = seen
+    assert data_dir != str(home / "pgdata") and Path(data_dir).parent == home and not pgdata_existed
+    assert (home / "pgdata" / "PG_VERSION").exists() and not Path(data_dir).exists()
+
+
+def test_a_folder_left_by_a_first_start_killed_during_initdb_is_removed(tmp_path: Path) -> None:
+    home = tmp_path / ".elspeth"
+    leftover = home / "pgdata.new-12345"
+    leftover.mkdir(parents=True)
+    (leftover / "PG_VERSION").write_text("18\n")
+    (leftover / "postmaster.pid").write_text(f"-{_dead_pid()}\n")
+    with embedded_server(home) as server, psycopg.connect(server.uri("elspeth")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not leftover.exists()
+    assert not list(home.glob("pgdata.new-*"))  # made beside pgdata, renamed into place
+
+
+def test_a_pgdata_half_made_by_an_earlier_initdb_is_made_again(tmp_path: Path) -> None:
+    home = tmp_path / ".elspeth"
+    _half_made(home / "pgdata", _dead_pid())
+    said: list[str] = []
+    with embedded_server(home, say=said.append) as server, psycopg.connect(server.uri("elspeth")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert len(said) == 1 and "half-made" in said[0]
+
+
+def test_a_half_made_looking_pgdata_holding_a_database_is_never_removed(tmp_path: Path) -> None:
+    pgdata = tmp_path / ".elspeth" / "pgdata"
+    _half_made(pgdata, _dead_pid())
+    (pgdata / "base" / "16384").mkdir()  # a database made after initdb: it may hold events
+    (pgdata / "base" / "16384" / "16390").write_bytes(b"\0" * 8192)
+    with pytest.raises(DatabaseUnavailable), embedded_server(pgdata.parent, say=lambda _message: None):
+        pass
+    assert (pgdata / "base" / "16384" / "16390").exists()
+
+
+def test_a_pgdata_with_a_live_single_user_server_is_refused_not_removed(tmp_path: Path) -> None:
+    pgdata = tmp_path / ".elspeth" / "pgdata"
+    _half_made(pgdata, os.getpid())  # alive
+    refused = r"a single-user PostgreSQL \(pid \d+\) is using .*run again"
+    with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(pgdata.parent):
+        pass
+    assert (pgdata / "PG_VERSION").exists()

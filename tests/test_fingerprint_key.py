@@ -71,6 +71,16 @@ def test_a_key_readable_by_others_is_refused(tmp_path: Path) -> None:
         fingerprint_key(tmp_path, {})
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_key_of_another_user_is_refused(tmp_path: Path) -> None:
+    # Running as root, an earlier ELSPETH gave the home to the server's account, which could
+    # have put its own key here: one it knows confirms guessed secrets against the store.
+    fingerprint_key(tmp_path, {})
+    os.chown(tmp_path / KEY_FILE, 999, 999)
+    with pytest.raises(FingerprintKeyError, match=r"belongs to another user \(uid 999\)"):
+        fingerprint_key(tmp_path, {})
+
+
 def test_a_key_that_lost_its_content_is_refused(tmp_path: Path) -> None:
     fingerprint_key(tmp_path, {})
     (tmp_path / KEY_FILE).write_text("")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from landscape.checkpoint import Checkpoint, open_checkpoint
-from landscape.keys import KeyFileError, default_signer, generate_key_files, load_signer, load_verifier
+from landscape.keys import (
+    KeyFileError,
+    default_signer,
+    existing_default_signer,
+    generate_key_files,
+    load_signer,
+    load_verifier,
+)
 from landscape.merkle import EMPTY_ROOT
 from tests.test_cli import elspeth, one_line_error
 
@@ -131,3 +140,66 @@ def test_keys_generate_cli(tmp_path: Path) -> None:
     assert "use 1-64 letters" in one_line_error(elspeth("keys", "generate", "../x", cwd=tmp_path), 2)
     assert "Missing argument" in one_line_error(elspeth("keys", "generate", cwd=tmp_path), 2)
     assert not (tmp_path / "x.key").exists()
+
+
+def _other_users(path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    os.chown(path, 65534, 65534, follow_symlinks=False)  # nobody's
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (lambda home: _other_users(home / "keys"), r"belongs to another user \(uid 65534\)"),
+        (lambda home: os.chmod(home / "keys", 0o777), r"writable by others \(mode 777\)"),
+        (lambda home: os.chmod(home, 0o777), r"the folder holding it, .* is writable by others"),
+        (lambda home: _other_users(home), r"the folder holding it, .* belongs to another user"),
+        (
+            lambda home: (os.rename(home / "keys", home / "keys.real"), os.symlink(home / "keys.real", home / "keys")),
+            "a symbolic link",
+        ),
+    ],
+    ids=["folder of another user", "folder writable by others", "home writable by others", "home of another user",
+         "folder is a link"],
+)  # fmt: skip
+def test_a_key_folder_someone_else_can_swap_is_refused(
+    tmp_path: Path, spoil: Callable[[Path], object], says: str
+) -> None:
+    # Running as root, the server's account (any database superuser) could once replace keys/:
+    # the next run would sign with their key, and keys/default.pub would be theirs.
+    home = tmp_path / "home"
+    default_signer(home)
+    spoil(home)
+    with pytest.raises(KeyFileError, match=rf"the key folder {home / 'keys'}:? (it )?(is )?{says}.*may not be yours"):
+        default_signer(home)
+    with pytest.raises(KeyFileError, match=says):
+        existing_default_signer(home)  # what export and checkpoint check the run's signatures with
+
+
+def test_a_planted_key_folder_gets_no_key_of_ours(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "keys").mkdir(parents=True, mode=0o777)
+    os.chmod(home / "keys", 0o777)
+    with pytest.raises(KeyFileError, match="writable by others"):
+        default_signer(home)
+    assert list((home / "keys").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (lambda key: _other_users(key), r"belongs to another user \(uid 65534\)"),
+        (lambda key: os.chmod(key, 0o644), r"readable by others \(mode 644\)"),
+        (lambda key: (os.rename(key, key.with_name("real.key")), os.symlink("real.key", key)), "a symbolic link"),
+    ],
+    ids=["another user's", "readable by others", "a link"],
+)
+def test_a_home_key_file_not_the_users_alone_is_refused(
+    tmp_path: Path, spoil: Callable[[Path], object], says: str
+) -> None:
+    home = tmp_path / "home"
+    default_signer(home)
+    spoil(home / "keys" / "default.key")
+    with pytest.raises(KeyFileError, match=rf"signing key {home / 'keys' / 'default.key'}:? (it )?(is )?{says}"):
+        default_signer(home)

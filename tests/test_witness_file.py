@@ -1,0 +1,100 @@
+"""The witness file is evidence kept outside the database: a witness folder or file that another
+account owns or may write (running as root: the server's account, i.e. any database superuser)
+could have been swapped for one holding only older checkpoints, hiding a log cut short. Such a
+folder or file is refused, for writing and for reading, never followed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from landscape.merkle import EMPTY_ROOT
+from landscape.notary import Notary, WitnessError, read_run_witness, read_witness, witness_path
+from landscape.note import Signer
+
+RUN = "run-1"
+
+
+def _notary(folder: Path) -> Notary:
+    return Notary(Signer.generate("ops"), "store", folder)
+
+
+def _witness(notary: Notary, size: int) -> None:
+    notary.witness(RUN, size, notary.sign(RUN, size, EMPTY_ROOT), datetime.now(UTC))
+
+
+def _other_users(path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    os.chown(path, 65534, 65534, follow_symlinks=False)  # nobody's
+
+
+def _swapped_for_a_link(folder: Path) -> None:
+    os.rename(folder, folder.with_name("witness.real"))
+    os.symlink(folder.with_name("witness.real"), folder)
+
+
+FOLDER_SPOILS = [
+    (_other_users, r"belongs to another user \(uid 65534\)"),
+    (lambda folder: os.chmod(folder, 0o777), r"writable by others \(mode 777\)"),
+    (lambda folder: os.chmod(folder.parent, 0o777), r"the folder holding it, .* is writable by others"),
+    (_swapped_for_a_link, "a symbolic link"),
+]
+FOLDER_IDS = ["another user's", "writable by others", "in a folder others can write", "a link"]
+
+
+def test_checkpoints_written_are_read_back(tmp_path: Path) -> None:
+    notary = _notary(tmp_path / "witness")
+    _witness(notary, 1)
+    _witness(notary, 3)
+    assert [w.size for w in read_run_witness(tmp_path / "witness", RUN)] == [1, 3]
+    assert read_run_witness(tmp_path / "none yet", RUN) == []
+
+
+@pytest.mark.parametrize(("spoil", "says"), FOLDER_SPOILS, ids=FOLDER_IDS)
+def test_a_witness_folder_someone_else_can_swap_is_refused(
+    tmp_path: Path, spoil: Callable[[Path], object], says: str
+) -> None:
+    folder = tmp_path / "witness"
+    notary = _notary(folder)
+    _witness(notary, 1)
+    spoil(folder)
+    with pytest.raises(WitnessError, match=rf"the witness folder {folder}: (it )?(is )?{says}"):
+        _witness(notary, 2)
+    with pytest.raises(WitnessError, match=rf"the witness folder {folder}: (it )?(is )?{says}"):
+        read_run_witness(folder, RUN)
+
+
+def test_an_emptied_witness_folder_of_someone_else_is_refused_not_read_as_no_checkpoints(tmp_path: Path) -> None:
+    # The swap that hides a cut tail: the run's file gone, in a folder the swapper made.
+    folder = tmp_path / "witness"
+    folder.mkdir(mode=0o777)
+    os.chmod(folder, 0o777)
+    with pytest.raises(WitnessError, match="writable by others"):
+        read_run_witness(folder, RUN)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (_other_users, r"belongs to another user \(uid 65534\)"),
+        (lambda path: os.chmod(path, 0o666), r"writable by others \(mode 666\)"),
+        (lambda path: (os.rename(path, path.with_name("real")), os.symlink("real", path)), "a symbolic link"),
+    ],
+    ids=["another user's", "writable by others", "a link"],
+)
+def test_a_witness_file_not_the_users_alone_is_refused(
+    tmp_path: Path, spoil: Callable[[Path], object], says: str
+) -> None:
+    notary = _notary(tmp_path / "witness")
+    _witness(notary, 1)
+    path = witness_path(tmp_path / "witness", RUN)
+    spoil(path)
+    with pytest.raises(WitnessError, match=rf"witness file {path}: (it )?(is )?{says}"):
+        read_witness(path, RUN)
+    with pytest.raises(WitnessError, match=rf"witness file {path}: (it )?(is )?{says}"):
+        _witness(notary, 2)
