@@ -96,7 +96,10 @@ def read_checkpoints(
 
     if witness and not Path(witness).is_file():
         raise ElspethCliError(f"--witness {witness}: no such file")
-    # By default the witness file where the run's writer put it: its settings may name the folder.
+    # By default the witness file where the run's writer put it: its settings may name the folder,
+    # as its first event records. That event is read before it is verified, but every checkpoint
+    # covers it: a superuser who changed it to point elsewhere breaks every root (or, deleting the
+    # store's checkpoints too, leaves none, which `require` refuses).
     witness_file = (
         Path(witness)
         if witness
