@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from engine.errors import RunFailedError
 from engine.plugins import registry
@@ -21,6 +22,7 @@ from engine.plugins.protocol import PluginSpec, Row
 from landscape.db import Database
 from landscape.erasure import erase, plan_rows
 from tests.engine_harness import run
+from tests.test_hostile_sinks import sink_db as sink_db  # the fixture: a database of its own for a sink
 
 ROWS: list[dict[str, Any]] = [
     {"id": 1, "kind": "ok"},  # the first valid row: it fixes no type (every field it has is declared)
@@ -39,12 +41,12 @@ ROWS: list[dict[str, Any]] = [
 ]
 
 
-
 def hostile(tag: int) -> tuple[list[dict[str, Any]], list[str]]:
     """ROWS with markers of their own (the store is shared by this module's tests): `ZQX` becomes
     `ZQXnn`, and the number its float column would round another above 2**53."""
     text = json.dumps(ROWS).replace("ZQX", f"ZQX{tag:02d}").replace("9007199254740993", str(2**53 + 2 * tag + 1))
     return json.loads(text), [f"ZQX{tag:02d}", str(2**53 + 2 * tag + 1)]
+
 
 PIPELINE = """
 source:
@@ -163,8 +165,8 @@ BY_MODE = {
 def test_the_reasons_say_what_is_wrong_without_the_values(db: Database, tmp_path: Path, mode: str, tag: int) -> None:
     rows, markers = hostile(tag)
     reasons = _reasons(db, run_hostile(db, tmp_path, mode, rows, markers[1]))
-    for text in EXPECTED + BY_MODE[mode]:
-        assert any(text in r for r in reasons), (text, reasons)
+    for says in EXPECTED + BY_MODE[mode]:
+        assert any(says in r for r in reasons), (says, reasons)
 
 
 def _reasons(db: Database, run_id: str) -> list[str]:
@@ -216,9 +218,7 @@ sinks:
 """
     with pytest.raises(RunFailedError) as failed:
         run(db, tmp_path, settings)
-    assert failed.value.reason == (
-        "parse: ValueError (its message is not recorded: it may quote row data), on row 2"
-    )
+    assert failed.value.reason == "parse: ValueError (its message is not recorded: it may quote row data), on row 2"
     purge(db, failed.value.run_id, [1])
     assert left_in_store(db, ["ZQX99"]) == []
 
@@ -237,3 +237,28 @@ def test_the_helpers_name_only_what_the_settings_name() -> None:
     assert recorded(FileNotFoundError(2, "No such file or directory", "/data/jane.doe.csv")) == (
         "FileNotFoundError: No such file or directory"
     )
+
+
+def test_a_database_refusing_a_value_is_recorded_without_it(db: Database, tmp_path: Path, sink_db: str) -> None:
+    """A column the sink does not check (a date) leaves the value to the server, whose message
+    quotes it (`invalid input syntax for type date: "..."`): the write failure is recorded by
+    the error's class and SQLSTATE, the rows go to on_write_failure, and nothing of the value."""
+    engine = create_engine(sink_db.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (id bigint, day date)"))
+    finally:
+        engine.dispose()
+    rows = [{"id": 1, "day": "ZQX98-not-a-date"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = f"""
+source: {{plugin: json, on_success: db, options: {{path: in.jsonl, format: jsonl}}}}
+retry: {{max_attempts: 1}}
+sinks:
+  db: {{plugin: database, on_write_failure: errs, options: {{url: '{sink_db}', table: t}}}}
+  errs: {{plugin: json, options: {{path: out/errs.jsonl}}}}
+"""
+    run_id = run(db, tmp_path, settings).outcome.run_id
+    assert any("cannot write: DataError (SQLSTATE 22007)" in r for r in _reasons(db, run_id)), _reasons(db, run_id)
+    purge(db, run_id, [0])
+    assert left_in_store(db, ["ZQX98"]) == []
