@@ -212,7 +212,7 @@ class Expression:
             raise ExpressionError("out of memory") from None
         except Exception as e:  # TypeError, ValueError, OverflowError, RecursionError, ...
             # A ValueError quotes the text it could not convert: only the class is recorded.
-            raise ExpressionError(recorded(e)) from None
+            raise ExpressionError(recorded(e, raised_by_python=True)) from None
         if _too_big_int(value):  # e.g. read from the row as it is: no caller could print it
             raise ExpressionError(f"the result is an integer of more than {MAX_DIGITS:,} digits")
         return value

@@ -233,7 +233,9 @@ def test_the_helpers_name_only_what_the_settings_name() -> None:
     assert recorded(ValueError("invalid literal for int() with base 10: '123-45-6789'")) == (
         "ValueError (its message is not recorded: it may quote row data)"
     )
-    assert recorded(TypeError("'<' not supported between instances of 'str' and 'int'")).startswith("TypeError: '<'")
+    python = TypeError("'<' not supported between instances of 'str' and 'int'")
+    assert recorded(python, raised_by_python=True).startswith("TypeError: '<'")
+    assert recorded(TypeError("not a date: 'jane'")) == "TypeError (its message is not recorded: it may quote row data)"
     assert recorded(FileNotFoundError(2, "No such file or directory", "/data/jane.doe.csv")) == (
         "FileNotFoundError: No such file or directory"
     )
