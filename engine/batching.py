@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from engine.expressions import ExpressionError
 from engine.plugins.protocol import PluginError, RowError
+from engine.plugins.reasons import recorded
 from engine.work import Context, Work
 from landscape.canonical import UnrecordableRow, encode_row
 from statecharts import events as ev
@@ -57,8 +58,8 @@ class Batcher:
             result = plugin.flush([m.row for m in members])
         except RowError as e:
             return self._fail(batch_id, members, e.reason)
-        except Exception as e:
-            raise PluginError(name, f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # recorded without a message that may quote the rows (reasons.recorded)
+            raise PluginError(name, f"{recorded(e)}, on batch {batch_id}") from e
         try:  # the outputs as they will be recorded; one that cannot be fails the batch, recorded
             encoded = [encode_row(out) for out in result.rows]
         except UnrecordableRow as e:

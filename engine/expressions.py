@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.errors import EngineError
+from engine.plugins.reasons import described, recorded
 
 MAX_SOURCE = 10_000  # characters of expression text
 MAX_DEPTH = 200  # levels of nesting in the expression
@@ -180,31 +181,20 @@ _DESCRIBE: dict[type[ast.AST], str] = {
 }
 
 
-def shown(value: Any, limit: int = 200) -> str:
-    """`repr(value)` for a reason text: cut to `limit` characters, and never failing (an
-    integer too long to print, a value nested too deeply to spell out)."""
-    if _too_big_int(value) or (isinstance(value, int) and value.bit_length() > 4 * limit):
-        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
-    if isinstance(value, _CONTAINERS) and _weight(value, 10 * limit) > 10 * limit:
-        return f"a {type(value).__name__} of {len(value):,} items"
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):
-        return f"a {type(value).__name__} that cannot be shown"
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
-
-
 class Expression:
     """A compiled expression. `evaluate(row)` returns its value or raises ExpressionError.
     `fields` are the row keys it names (`row['k']`, `row.get('k')`); None when a key is
-    computed, so which fields it reads cannot be known before it runs."""
+    computed, so which fields it reads cannot be known before it runs. `literals` are the
+    strings it spells out: settings text, which a reason may quote (a value computed from the
+    row is row data, which it may not: see engine/plugins/reasons.py)."""
 
-    __slots__ = ("_fn", "fields", "source")
+    __slots__ = ("_fn", "fields", "literals", "source")
 
-    def __init__(self, source: str, fn: Fn, fields: frozenset[str] | None) -> None:
+    def __init__(self, source: str, fn: Fn, fields: frozenset[str] | None, literals: frozenset[str]) -> None:
         self.source = source
         self._fn = fn
         self.fields = fields
+        self.literals = literals
 
     def evaluate(self, row: Mapping[str, Any]) -> Any:
         try:
@@ -212,23 +202,23 @@ class Expression:
         except ExpressionError:
             raise
         except KeyError as e:
-            raise ExpressionError(f"field {shown(e.args[0])} not found") from None
+            key = e.args[0] if e.args else None
+            if isinstance(key, str) and key in self.literals:
+                raise ExpressionError(f"field '{key}' not found") from None
+            raise ExpressionError(f"a key computed from the row is not found ({described(key)})") from None
         except ZeroDivisionError:
             raise ExpressionError("division by zero") from None
         except MemoryError:
             raise ExpressionError("out of memory") from None
         except Exception as e:  # TypeError, ValueError, OverflowError, RecursionError, ...
-            raise ExpressionError(f"{type(e).__name__}: {_cut(str(e))}") from None
+            # A ValueError quotes the text it could not convert: only the class is recorded.
+            raise ExpressionError(recorded(e, raised_by_python=True)) from None
         if _too_big_int(value):  # e.g. read from the row as it is: no caller could print it
             raise ExpressionError(f"the result is an integer of more than {MAX_DIGITS:,} digits")
         return value
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def compile_expression(source: str) -> Expression:
@@ -274,7 +264,8 @@ def _check_and_compile(source: str, tree: ast.Expression) -> Expression:
     for node in ast.walk(tree):  # then the constructs that are refused whatever they contain
         if type(node) in _DESCRIBE and not isinstance(node, ast.Attribute):
             raise ExpressionSyntaxError(_DESCRIBE[type(node)])
-    return Expression(source, _compile(tree.body), _fields(tree))
+    literals = frozenset(n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+    return Expression(source, _compile(tree.body), _fields(tree), literals)
 
 
 def _fields(tree: ast.Expression) -> frozenset[str] | None:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from engine.batching import Batcher
 from engine.clock import Clock
 from engine.coalescing import Coalescer
-from engine.expressions import ExpressionError, shown
+from engine.expressions import ExpressionError
 from engine.plugins.protocol import PluginError, Row, RowError, SourceItem
+from engine.plugins.reasons import described, recorded
 from engine.scheduler import Deadlines
 from engine.sinkwriter import SinkWriter
 from engine.work import Context, Emit, Nodes, PutPayload, Work
@@ -116,8 +117,8 @@ class Processor:
         except RowError as e:
             self._row_error(w, name, e.reason, cfg.on_error)
             return False
-        except Exception as e:
-            raise PluginError(name, f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # recorded without a message that may quote the row (reasons.recorded)
+            raise PluginError(name, f"{recorded(e)}, on row {w.row_index + 1}") from e
         duration = (time.perf_counter_ns() - started) // 1000
         nxt = cfg.on_success or name
         try:  # what the step made, as it will be recorded; a row that cannot be is its row error
@@ -166,11 +167,15 @@ class Processor:
         elif isinstance(value, str):
             label = value
         else:
-            self._row_error(w, name, f"condition gave {shown(value)}, not a bool or a route label", cfg.on_error)
+            why = f"condition gave {described(value)}, not a bool or a route label"
+            self._row_error(w, name, why, cfg.on_error)
             return False
         dest = cfg.routes.get(label)
         if dest is None:
-            self._row_error(w, name, f"no route for label {shown(label)}", cfg.on_error)
+            # A label the settings spell (a literal of the condition) is named; one computed from
+            # the row is row data: only its size is recorded (the row's payload has it).
+            shown = f"label '{label}'" if label in condition.literals else f"the label it gave ({described(label)})"
+            self._row_error(w, name, f"no route for {shown}; routes: {', '.join(cfg.routes)}", cfg.on_error)
             return False
         if dest == "fork":
             self._fork(w, name, cfg.fork_to or [])

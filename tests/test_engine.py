@@ -296,7 +296,8 @@ def test_a_batch_error_fails_every_token_in_it(db: Database, tmp_path: Path) -> 
             "SELECT reason, detail FROM token_outcomes WHERE run_id = %s AND outcome = 'failed'", (r.outcome.run_id,)
         ).fetchall()
     assert len(failed) == 2 and all(
-        reason == "batch_failed" and "mixes values of 'note'" in detail for reason, detail in failed
+        reason == "batch_failed" and detail == "the batch mixes 2 different values of 'note'"
+        for reason, detail in failed
     )
 
 

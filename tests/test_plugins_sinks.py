@@ -513,8 +513,8 @@ def test_database_sink_refuses_a_value_an_existing_column_would_change(db_url: s
     narrowed = [("d", 2**53 + 1)]  # SQLite keeps strings whole, and its REAL is an 8-byte float
     if not db_url.startswith("sqlite"):
         narrowed += [("big", 123456789), ("price", 1.239), ("price", 12345), ("flag", "y "), ("name", "abcd")]
-    for field, value in narrowed:
-        with pytest.raises(RowError, match=f"field '{field}' holds"):
+    for field, value in narrowed:  # by position: the sink's settings do not name the fields
+        with pytest.raises(RowError, match=f"field {list(fits).index(field) + 1} of the row holds"):
             s.write("t0", {**fits, field: value})
     s.write("t1", fits)
     s.flush()

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from engine.plugins.options import Options
 from engine.plugins.protocol import BatchResult, PluginConfigError, Row, RowError
+from engine.plugins.reasons import described
 from engine.plugins.schema import parse_schema
 
 
@@ -39,8 +40,8 @@ class BatchStats:
             out["mean"] = total / count if count else None
         if self.group_by is not None:
             values = {repr(r.get(self.group_by)) for r in rows}
-            if len(values) > 1:
-                raise RowError(f"the batch mixes values of '{self.group_by}': {', '.join(sorted(values))}")
+            if len(values) > 1:  # how many, not which: the values are row data (docs/erasure.md)
+                raise RowError(f"the batch mixes {len(values)} different values of '{self.group_by}'")
             out[self.group_by] = rows[0].get(self.group_by) if rows else None
         if skipped:
             out["skipped_non_finite"] = len(skipped)
@@ -71,9 +72,8 @@ class BatchReplicate:
             if copies is None:
                 copies = self.default_copies
             if isinstance(copies, bool) or not isinstance(copies, int) or not 1 <= copies <= self.max_copies:
-                rejected.append(
-                    (i, f"'{self.copies_field}' must be an int from 1 to {self.max_copies}, found {copies!r}")
-                )
+                found = "one outside that range" if type(copies) is int else described(copies)
+                rejected.append((i, f"'{self.copies_field}' must be an int from 1 to {self.max_copies}, found {found}"))
                 continue
             for c in range(copies):
                 new = dict(row)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError
+from engine.plugins.reasons import described, field_named, recorded
 from engine.plugins.schema import parse_schema
 from landscape.db import redact
 from landscape.urls import scrub
@@ -195,37 +196,43 @@ class DatabaseSink:
         if self._columns is None:  # no table yet and no schema: this row fixes the columns
             self._first = row
             self._columns = {k: (_value_kind(v), 64, 0) for k, v in row.items()}
-        problems = [p for k, v in row.items() if (p := self._unfit(k, v)) is not None]
+        problems = [p for k, v in row.items() if (p := self._unfit(row, k, v)) is not None]
         if problems:
             raise RowError(f"{'; '.join(problems)} (table {self.table_name} in {self._shown})")
         self._buffer.append((token_id, row))
 
-    def _unfit(self, name: str, value: Any) -> str | None:
-        """Why the table cannot hold this field's value as given, or None."""
+    def _unfit(self, row: Row, name: str, value: Any) -> str | None:
+        """Why the table cannot hold this field's value as given, or None. The reason is recorded
+        and outlives an erasure of the row (docs/erasure.md): it names a field only when the
+        sink's schema does (else gives its position) and describes a value, never shows it."""
         assert self._columns is not None
+        named = self.schema.field_names or []
+        field = field_named(row, name, named)
         if name not in self._columns:
-            return f"field '{name}' has no column (columns: {', '.join(self._columns) or 'none'})"
+            if set(self._columns) <= set(named):  # the columns are the schema's: settings text
+                return f"{field} has no column (columns: {', '.join(self._columns) or 'none'})"
+            return f"{field} has no column (the table has {len(self._columns)})"
         if value is None:
             return None
         kind, bits, scale = self._columns[name]
-        found = type(value).__name__
+        found = described(value)
         exact = _exactly_held(kind, bits, scale, value)
         if exact is not None:
-            return f"field '{name}' holds {value!r}, which its column {exact}"
+            return f"{field} holds {found}, which its column {exact}"
         if kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
-                return f"field '{name}' holds a {found}; its column takes integers"
+                return f"{field} holds {found}; its column takes integers"
             if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
-                return f"field '{name}' holds an integer outside the column's {bits}-bit range"
+                return f"{field} holds an integer outside the column's {bits}-bit range"
         elif kind in ("float", "real", "decimal", "number"):
             if not isinstance(value, int | float) or isinstance(value, bool):
-                return f"field '{name}' holds a {found}; its column takes numbers"
+                return f"{field} holds {found}; its column takes numbers"
             if self._sqlite and isinstance(value, float) and math.isnan(value):
-                return f"field '{name}' holds NaN, which SQLite would store as NULL"
+                return f"{field} holds NaN, which SQLite would store as NULL"
         elif kind == "bool" and not isinstance(value, bool):
-            return f"field '{name}' holds a {found}; its column takes true or false"
+            return f"{field} holds {found}; its column takes true or false"
         elif kind == "text" and not self._sqlite and isinstance(value, str) and "\x00" in value:
-            return f"field '{name}' holds a NUL character, which PostgreSQL text cannot store"
+            return f"{field} holds a NUL character, which PostgreSQL text cannot store"
         return None
 
     def flush(self) -> int:
@@ -265,7 +272,9 @@ class DatabaseSink:
         except Exception as e:
             if self._first is not None:  # the table was not made: the next open decides again
                 self._table = None
-            raise self._fail("cannot write", e) from e
+            raise PluginError(
+                _NODE, f"database sink {self.location()}: cannot write: {_write_failure(e, self.url)}"
+            ) from e
         self._committed += len(fresh)
         return self._committed
 
@@ -276,6 +285,22 @@ class DatabaseSink:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             engine.dispose()
+
+
+def _write_failure(e: Exception, url: str) -> str:
+    """Why a write failed, as it is recorded. A server's message about the rows may quote one of
+    their values (`invalid input syntax for type date: "..."`), and the record outlives an
+    erasure of that row (docs/erasure.md): only a connection's failure, which is about no row,
+    keeps its message; any other keeps its class and SQLSTATE (`elspeth explain` shows the rows)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(e, OperationalError | InterfaceError):
+        lines = str(e.orig).strip().splitlines()
+        return f"{type(e).__name__}: {scrub(lines[0], url)}" if lines else type(e).__name__
+    if isinstance(e, DBAPIError):
+        code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+        return f"{type(e).__name__}{f' (SQLSTATE {code})' if code else ''}"
+    return recorded(e)
 
 
 def _engine(url: str) -> Any:
@@ -350,7 +375,7 @@ def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
         except OverflowError:
             stored = math.inf
         if stored != value:
-            return f"would store as {stored!r} ({'a 4-byte' if kind == 'real' else 'an 8-byte'} float)"
+            return f"would round ({'a 4-byte' if kind == 'real' else 'an 8-byte'} float)"
     elif kind == "decimal" and isinstance(value, int | float) and (isinstance(value, int) or math.isfinite(value)):
         exact = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
         with localcontext() as ctx:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from engine.errors import EngineError
+from engine.plugins.reasons import recorded
 
 Row = dict[str, Any]
 
@@ -44,10 +45,12 @@ class PluginError(EngineError):
 
 def at_node(node: str, error: Exception) -> PluginError:
     """The error boundary: whatever a plugin raised, as a PluginError naming its node (`source`,
-    or `sink 'name'`), so that it fails the run on record instead of ending in a traceback."""
+    `sink 'name'`, a transform's name), so that it fails the run on record instead of ending in
+    a traceback. What is recorded of a foreign exception is `reasons.recorded`: its class name,
+    and its message only when that cannot quote the rows the plugin was handling."""
     if isinstance(error, PluginError):
         return PluginError(node, error.message) if error.node in ("sink", "source") else error
-    return PluginError(node, f"{type(error).__name__}: {error}")
+    return PluginError(node, recorded(error))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.plugins.protocol import PluginConfigError, SourceItem
+from engine.plugins.reasons import described, fields_named
 
 MODES = ("fixed", "flexible", "observed")
 TYPES = ("str", "int", "float", "bool", "any")
@@ -66,9 +67,11 @@ class Schema:
         declared = {f.name for f in self.fields}
         if self.mode == "fixed":
             extra = [k for k in row if k not in declared]
-            if extra:
-                names = ", ".join(repr(k) for k in extra)
-                raise SchemaViolation(f"unexpected field(s) {names} (schema mode fixed)")
+            if extra:  # their names are the input's, not the settings': row data, given by position
+                raise SchemaViolation(
+                    f"{len(extra)} field(s) the schema does not declare (schema mode fixed): "
+                    f"{fields_named(row, extra, declared)}"
+                )
         converted: dict[str, Any] = {}
         for f in self.fields:
             if f.name in row:
@@ -100,13 +103,13 @@ class Schema:
         absence are always allowed, as is any field the first valid row did not carry."""
         declared = self._exempt_from_lock()
         problems = []
-        for name, value in row.items():
+        for position, (name, value) in enumerate(row.items(), 1):
             want = fixed.get(name)
             if name in declared or value is None or want is None or want in _ACCEPT_ANYTHING:
                 continue
             found = value_type(value)
-            if found != want:
-                problems.append(f"field '{name}' is {found}, but the first valid row fixed it as {want}")
+            if found != want:  # an undeclared field: its name is the input's, so its position is given
+                problems.append(f"field {position} of the row is {found}, but the first valid row fixed it as {want}")
         return "; ".join(problems) or None
 
 
@@ -167,10 +170,10 @@ def _convert(f: Field, value: Any) -> Any:
     converter = _CONVERTERS[f.type]
     result = converter(value)
     if result is _BAD:
-        shown = repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
-        if len(shown) > 100:  # the reason is recorded with the row: the row itself has the value
-            shown = f"{shown[:100]}… ({len(shown):,} characters)"
-        raise SchemaViolation(f"field '{f.name}': {shown} is not {'an' if f.type in ('int', 'any') else 'a'} {f.type}")
+        # The reason outlives an erasure of the row (docs/erasure.md): the value is in the row's
+        # payload, the reason says only what kind of value it is.
+        article = "an" if f.type in ("int", "any") else "a"
+        raise SchemaViolation(f"field '{f.name}' is not {article} {f.type}: found {described(value)}")
     return result
 
 

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, ClassVar
 
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError
+from engine.plugins.reasons import fields_named
 from engine.plugins.schema import Schema, parse_schema
 
 _NODE = "sink"
@@ -274,9 +275,12 @@ class CsvSink(_FileSink):
             self._known = frozenset(self.fields)
         extra = [k for k in row if k not in self._known]
         if extra:
-            names = ", ".join(repr(k) for k in extra)
+            # Only names the settings spell are recorded: columns fixed by the first row or by the
+            # file's header are the input's, row data (docs/erasure.md); they are counted instead.
+            named = self.schema.field_names or []
+            columns = ", ".join(named) if named else f"{len(self.fields or [])} fixed by its first row or header"
             raise RowError(
-                f"field(s) {names} not among the columns of {self.path} ({', '.join(self.fields or []) or 'none'}); "
+                f"{fields_named(row, extra, named)}: not among the columns of {self.path} ({columns}); "
                 "a CSV file's columns are fixed by its first row or options.schema"
             )
         self._buffer.append(row)
@@ -367,8 +371,10 @@ class JsonSink(_FileSink):
     def write(self, token_id: str, row: Row) -> None:
         try:
             text = json.dumps(row, ensure_ascii=False, indent=self.indent, default=str, allow_nan=False)
-        except ValueError as e:  # NaN or an infinity: no JSON spells it (Python's `Infinity` is no JSON)
-            raise RowError(f"a value of the row cannot be written as JSON: {e}") from None
+        except ValueError:  # NaN or an infinity: no JSON spells it (Python's `Infinity` is no JSON)
+            raise RowError(
+                "a value of the row cannot be written as JSON: a float is not finite (NaN or infinite)"
+            ) from None
         self._texts.append(text)
 
     def flush(self) -> int:

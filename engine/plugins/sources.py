@@ -434,9 +434,10 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
     def number(digits: str) -> float:
         value = float(digits)
         if not math.isfinite(value):  # 1e400: valid JSON, but an infinity as a float
-            raise _Undecodable(f"the number {digits[:40]} is too large for a float")
+            raise _Undecodable(f"a number of {len(digits)} characters is too large for a float")
         if value == 0.0 and any(c in "123456789" for c in digits.lower().partition("e")[0]):
-            raise _Undecodable(f"the number {digits[:40]} is too small for a float (it would read 0)")  # 1e-400
+            # (e.g. 1e-400)
+            raise _Undecodable(f"a number of {len(digits)} characters is too small for a float (it would read 0)")
         return value
 
     try:

@@ -9,6 +9,7 @@ import re2
 
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, Row, RowError
+from engine.plugins.reasons import field_named
 from engine.plugins.schema import parse_schema
 
 
@@ -146,7 +147,9 @@ class KeywordFilter:
             value = row.get(name)
             if isinstance(value, str) and (matched := self.any.Match(value.encode())):
                 pattern = self.patterns[min(matched)]  # the first listed, as the settings name them
-                raise RowError(f"field '{name}' matches blocked pattern /{pattern.pattern}/")
+                # With `fields: all` the name is the input's (row data): its position is given.
+                field = field_named(row, name, self.fields or ())
+                raise RowError(f"{field} matches blocked pattern /{pattern.pattern}/")
         return dict(row)
 
 
