@@ -71,19 +71,20 @@ def fields_named(row: Mapping[str, Any], names: Iterable[str], named: Collection
     return ", ".join(shown)
 
 
-def recorded(error: BaseException) -> str:
+def recorded(error: BaseException, *, raised_by_python: bool = False) -> str:
     """An exception raised by code that handled rows, as it is recorded: ELSPETH's own errors
     with their text (a plugin's RowError or PluginError reason must hold no row data: the
-    plugin contract, docs/plugins.md), exceptions whose messages Python builds from types
-    alone with theirs, an OSError with its errno text (not its file name), and anything else
-    by its class name only: its message may quote the row (`invalid literal for int() with
-    base 10: '123-45-6789'`)."""
+    plugin contract, docs/plugins.md), an OSError with its errno text (not its file name),
+    and, `raised_by_python` (the gate language, which runs no plugin code), exceptions whose
+    messages Python builds from types alone with theirs; anything else by its class name only:
+    its message may quote the row (`invalid literal for int() with base 10: '123-45-6789'`),
+    and a plugin's own TypeError may say anything."""
     name = type(error).__name__
     if isinstance(error, EngineError):
         return f"{name}: {error}"
     if isinstance(error, OSError):
         return f"{name}: {error.strerror}" if error.strerror else name
-    if isinstance(error, _TYPE_ONLY_MESSAGES):
+    if raised_by_python and isinstance(error, _TYPE_ONLY_MESSAGES):
         text = str(error)
         return f"{name}: {text[:200]}" if text else name
     return f"{name} (its message is not recorded: it may quote row data)"
