@@ -305,7 +305,7 @@ def checked_payloads(recorder: PostgresRecorder, run_id: str, hashes: Iterable[s
     wanted = set(hashes)
     found = recorder.payloads(run_id, wanted)
     absent = [h for h in wanted if h not in found]
-    erased = recorder.erasures(absent) if absent else {}
+    erased = recorder.erasures(run_id, absent) if absent else {}
     out: dict[str, Data] = {}
     for h in wanted:
         payload = found.get(h)

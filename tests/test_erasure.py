@@ -144,7 +144,7 @@ def test_retention_removes_exactly_the_payloads_older_than_the_cutoff(db: Databa
         writer.close()
         written[h] = day
     cutoff = datetime.fromtimestamp((BASE_US + cut * DAY_US) / 1e6, UTC)
-    erase(db, plan_retention(db, cutoff), "retention policy 60d", cutoff)
+    erase(db, plan_retention(db, cutoff), "retention policy 60d")
     left = {h for run in runs for h in recorder.payloads(run, written)}
     assert left == {h for h, day in written.items() if day >= cut}
 
