@@ -81,8 +81,8 @@ def purge_cmd(
         click.echo(f"erased {erased} payload(s); the events and every proof are unchanged")
         if vacuum_payloads(db):
             click.echo(
-                "vacuumed the payloads table: the erased rows' space is free for reuse, but their bytes stay in the "
-                "database's files, WAL and backups until overwritten (docs/erasure.md)"
+                "vacuumed the payloads table: the erased rows' space is free for reuse; their bytes may stay in its "
+                "files until overwritten, and stay in the WAL and in backups (docs/erasure.md)"
             )
 
 
