@@ -300,8 +300,7 @@ def migrate(db: Database, *, roles_required: bool = True) -> str:
         # Two processes upgrading at once would race on CREATE TABLE and on grants of one table
         # ("tuple concurrently updated"): serialise on a lock. It is per database; roles, which
         # are per server, are made so that a concurrent creation elsewhere is harmless.
-        conn.execute("SELECT pg_advisory_lock(7419001)")
-        conn.commit()
+        _lock_schema(conn, db)
         try:
             if current_revision(db) != head:
                 try:
@@ -322,6 +321,35 @@ def migrate(db: Database, *, roles_required: bool = True) -> str:
             conn.execute("SELECT pg_advisory_unlock(7419001)")
             conn.commit()
     return head
+
+
+# How long `db upgrade` waits for another session's schema lock before it says whose it is.
+SCHEMA_LOCK_WAIT = "60s"
+
+
+def _lock_schema(conn: Connection, db: Database) -> None:
+    """Take the schema lock (see `migrate`), waiting at most SCHEMA_LOCK_WAIT: another upgrade
+    is done well within it, and a session that sits on the lock is named rather than waited on
+    for ever."""
+    try:
+        with conn.transaction():
+            # For this transaction only; the session lock it takes outlives it.
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (SCHEMA_LOCK_WAIT,))
+            conn.execute("SELECT pg_advisory_lock(7419001)")
+    except psycopg.errors.LockNotAvailable as e:
+        holder = conn.execute(
+            "SELECT l.pid, a.usename, a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = 0 AND l.objid = 7419001 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+        conn.rollback()
+        who = "another session" if holder is None else f"session pid {holder[0]} (role {holder[1]}, '{holder[2]}')"
+        raise StoreError(
+            f"{who} holds the schema lock of {redact(db.location)} (another `elspeth db upgrade`, or a stuck "
+            f"session); waited {SCHEMA_LOCK_WAIT}: let it finish or end it (SELECT pg_terminate_backend(pid)), "
+            "then upgrade again"
+        ) from e
+    conn.commit()
 
 
 def check_not_newer(db: Database) -> None:

@@ -10,6 +10,10 @@ A row's payloads are found from the events, not the projections (`landscape.expo
 every token descending from the row's source token (fork branches, expansions, merges and batch
 outputs that contain it, through `TokenCreated.parents`) and every payload their creation and
 steps reference.
+
+A run that has not completed can still be resumed, and a resume needs the data of its unfinished
+tokens: retention leaves such runs' data alone (and says so), and a request on one is refused
+unless forced, which its records then say.
 """
 
 from __future__ import annotations
@@ -23,11 +27,19 @@ from landscape.db import Database, driver_errors
 from landscape.errors import LandscapeError, UnknownRun
 from landscape.export import lineage
 from landscape.postgres import PostgresRecorder
+from landscape.queries import run_summary
 from landscape.verify import row_hashes
+from statecharts.machines import RunState
 
 
 class ErasureRefused(LandscapeError):
     """An erasure that must not happen as asked (unknown row, a run still being written, ...)."""
+
+
+# A run can be resumed until it completes (statecharts/machines.py: COMPLETED is the run's one
+# terminal state; a failed or interrupted run, or one whose writer died, is resumed). A resume
+# carries each unfinished token on from its stored data: erase that, and the run can never end.
+_ENDED = str(RunState.COMPLETED)
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,15 +49,35 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     payloads: dict[str, tuple[str | None, int | None]]
     tokens: list[str]  # the tokens whose data goes (requests only)
     already_erased: int
+    rows: list[int] = []  # the source rows asked for (requests only), as row_index
+    resumable: dict[str, str] = {}  # run -> status: runs that can still be resumed (see _ENDED)
+    forced: bool = False  # their data goes all the same (`--force`): said in each record's reason
+
+    def runs(self) -> dict[str, int]:
+        """How many payloads go of each run ('' for payloads kept before runs were recorded on them)."""
+        counts: dict[str, int] = {}
+        for run, _row in self.payloads.values():
+            counts[run or ""] = counts.get(run or "", 0) + 1
+        return counts
 
 
-def plan_rows(db: Database, run_id: str, rows: Sequence[int]) -> Plan:
-    """Every payload of the given source rows of a run, across all tokens that contain them."""
+def plan_rows(db: Database, run_id: str, rows: Sequence[int], *, force: bool = False) -> Plan:
+    """Every payload of the given source rows of a run, across all tokens that contain them. A
+    run that can still be resumed is refused unless `force`."""
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
         raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
     if recorder.writer_alive(run_id):
         raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
+    summary = run_summary(db, run_id)
+    status = summary.status if summary is not None else "unknown"
+    if status != _ENDED and not force:
+        raise ErasureRefused(
+            f"run {run_id} is {status} and can still be resumed: a resume carries its unfinished rows on from "
+            "their stored data, and would stop for good at any it finds erased. Resume it to the end first "
+            f"(`elspeth resume {run_id}`), or erase now with --force (said in the erasure record; the run can then "
+            "not be resumed past these rows)"
+        )
     wanted = set(rows)
     found: dict[str, tuple[str | None, int | None]] = {}
     tokens: dict[str, int] = {}
@@ -64,29 +96,52 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int]) -> Plan:
         payloads={h: where for h, where in found.items() if h in present},
         tokens=sorted(tokens),
         already_erased=len(found) - len(present),
+        rows=sorted(wanted),
+        resumable={run_id: status} if status != _ENDED else {},
+        forced=force and status != _ENDED,
     )
 
 
-def plan_retention(db: Database, cutoff: datetime) -> Plan:
+def plan_retention(db: Database, cutoff: datetime, *, force: bool = False) -> Plan:
     """Every payload written before `cutoff` that is still there, with the run that wrote it
-    (None for payloads written before payloads were kept by run)."""
+    (None for payloads written before payloads were kept by run). The payloads of runs that can
+    still be resumed stay, unless `force`; so do those kept before payloads had a run while any
+    run can be resumed (which run they serve is not recorded)."""
     with driver_errors("planning retention"), db.connect() as conn:
         rows = conn.execute("SELECT hash, run_id FROM payloads WHERE recorded_at < %s", (cutoff,)).fetchall()
+        open_runs = dict(conn.execute("SELECT run_id, status FROM runs WHERE status <> %s", (_ENDED,)).fetchall())
+    old_runs = {run for _h, run in rows}
+    resumable = {run: open_runs[run] for run in sorted(old_runs) if run in open_runs}
+    if "" in old_runs and open_runs:
+        resumable[""] = "kept before payloads had a run"
+    keep = set() if force else set(resumable)
     return Plan(
-        kind="retention", payloads={bytes(h).hex(): (run or None, None) for h, run in rows}, tokens=[], already_erased=0
+        kind="retention",
+        payloads={bytes(h).hex(): (run or None, None) for h, run in rows if run not in keep},
+        tokens=[],
+        already_erased=0,
+        resumable=resumable,
+        forced=force and bool(resumable),
     )
 
 
-def erase(db: Database, plan: Plan, reason: str, now: datetime) -> int:
-    """Record and delete, in one transaction. Returns the number of payloads erased."""
+def erase(db: Database, plan: Plan, reason: str) -> int:
+    """Record and delete, in one transaction. Returns the number of payloads erased. The records'
+    time and role are the database's (a trigger sets them: migration 0009)."""
     if not reason.strip():
         raise ErasureRefused("an erasure needs a reason (--reason TEXT): it is recorded for good")
     hashes = sorted(plan.payloads)
+
+    def why(run: str | None) -> str:
+        if plan.forced and (run or "") in plan.resumable:
+            return f"{reason} [--force: the run could still be resumed (status {plan.resumable[run or '']})]"
+        return reason
+
     with driver_errors("erasing row data"), db.connect() as conn:
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) VALUES (%s,%s,%s,%s,%s,%s)",
-                [(bytes.fromhex(h), *plan.payloads[h], plan.kind, reason, now) for h in hashes],
+                "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) VALUES (%s,%s,%s,%s,%s,now())",
+                [(bytes.fromhex(h), *plan.payloads[h], plan.kind, why(plan.payloads[h][0])) for h in hashes],
             )
             # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
             cur.execute(
@@ -97,3 +152,18 @@ def erase(db: Database, plan: Plan, reason: str, now: datetime) -> int:
             erased = cur.rowcount
         conn.commit()
     return erased
+
+
+def vacuum_payloads(db: Database) -> bool:
+    """VACUUM the payloads table, so that the space of erased rows is reused (and so overwritten)
+    sooner. Their bytes stay in the table's files until then, and in the WAL and backups (see
+    docs/erasure.md). VACUUM cannot run in a transaction, hence a connection of its own. False
+    when this role may not: PostgreSQL then skips the table with a warning, no error."""
+    with driver_errors("vacuuming the payloads table"), db.connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass('payloads')"
+        ).fetchone()
+        if not row or not row[0]:
+            return False
+        conn.execute("VACUUM payloads")
+    return True

@@ -340,7 +340,7 @@ def _write_chunk(
     wanted = [h for _e, new in firsts for h in new]
     present = recorder.payloads(batch[0].run_id, wanted) if payloads and wanted else {}
     absent = [h for h in wanted if h not in present]
-    erasures = recorder.erasures(absent) if absent else {}
+    erasures = recorder.erasures(batch[0].run_id, absent) if absent else {}
     for e, new in firsts:
         out.write(encode(EventRecord.of(e)) + b"\n")
         counts[0] += 1
@@ -481,7 +481,7 @@ def build_proof(
     hashes = list(dict.fromkeys(h for e in chosen for h in row_hashes(e.event)))
     present = recorder.payloads(run_id, hashes) if payloads else {}
     absent = [h for h in hashes if h not in present]
-    erasures = recorder.erasures(absent) if absent else {}
+    erasures = recorder.erasures(run_id, absent) if absent else {}
     return ProofBundle(
         format=FORMAT, run_id=run_id, origin=origin, key=key.text(), seq=seq, row=row, checkpoint=newest.note,
         events=[ProvenEvent(EventRecord.of(e), [p.hex() for p in proofs[e.seq]]) for e in chosen],

@@ -81,6 +81,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, tag="step", tag_field="kin
     input_hash: str
     output_hash: str
     changes: list[Change] | None  # None: the data of either side could not be checked
+    unchecked: Data | None = None  # then the side that could not: one missing or altered before one erased
 
 
 class Gate(msgspec.Struct, frozen=True, kw_only=True, tag="gate", tag_field="kind"):
@@ -305,7 +306,7 @@ def checked_payloads(recorder: PostgresRecorder, run_id: str, hashes: Iterable[s
     wanted = set(hashes)
     found = recorder.payloads(run_id, wanted)
     absent = [h for h in wanted if h not in found]
-    erased = recorder.erasures(absent) if absent else {}
+    erased = recorder.erasures(run_id, absent) if absent else {}
     out: dict[str, Data] = {}
     for h in wanted:
         payload = found.get(h)
@@ -419,9 +420,10 @@ def _history(t: _Token, c: _Collector, data: dict[str, Data]) -> TokenHistory:
                 entries.append(Gate(seq=s.seq, time=at, node=e.node, condition=None if condition is None
                                     else str(condition), route=e.route, next=e.next))  # fmt: skip
             else:
+                before, after = data[e.input_hash], data[e.output_hash]
                 entries.append(Step(seq=s.seq, time=at, node=e.node, duration_us=e.duration_us, next=e.next,
                                     input_hash=e.input_hash, output_hash=e.output_hash,
-                                    changes=_changes(data[e.input_hash], data[e.output_hash])))  # fmt: skip
+                                    changes=_changes(before, after), unchecked=_unchecked(before, after)))  # fmt: skip
             state = "in_flight"
         elif isinstance(e, ev.TokenForked):
             gate = c.gates.get(e.node, {})
@@ -497,6 +499,13 @@ _OUTCOME: dict[type[ev.EventBase], str] = {
     ev.TokenConsumed: "consumed_in_batch",
     ev.TokenFailed: "failed",
 }
+
+
+def _unchecked(before: Data, after: Data) -> Data | None:
+    """The side of a step whose data cannot be compared: an erasure explains itself, so a side
+    missing or altered (which nothing explains) is the one to show."""
+    sides = [d for d in (before, after) if d.status != "ok"]
+    return min(sides, key=lambda d: d.status == "erased", default=None)
 
 
 def _changes(before: Data, after: Data) -> list[Change] | None:

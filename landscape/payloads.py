@@ -17,6 +17,13 @@ def load_payloads(recorder: Recorder, run_id: str, hashes: Iterable[str]) -> dic
     found = recorder.payloads(run_id, wanted)
     missing = sorted(wanted - found.keys())
     if missing:
+        erased = recorder.erasures(run_id, missing)
+        if erased:  # `purge --force` on a run that could still be resumed: say so, not "missing"
+            first = erased[min(erased)]
+            raise CorruptLog(
+                f"run {run_id} cannot be carried on: the data of {len(erased)} of its unfinished token(s) was erased "
+                f"({first.describe()}, e.g. {first.hash}); see `elspeth explain {run_id}`"
+            )
         raise CorruptLog(f"{len(missing)} row payload(s) are missing from the payload store, e.g. {missing[0]}")
     altered = sorted(h for h, p in found.items() if not payload_matches(h, p))
     if altered:

@@ -32,6 +32,7 @@ from landscape.errors import StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed
 from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_datetime
+from landscape.role_names import Role
 from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, RunCreated, encode_event
 
@@ -461,8 +462,10 @@ class PostgresRecorder:
                     found[h.hex()] = Payload(salt, data)
         return found
 
-    def erasures(self, hashes: Iterable[str]) -> dict[str, Erasure]:
-        """The erasure record of each of `hashes` that was erased (the first, if several)."""
+    def erasures(self, run_id: str, hashes: Iterable[str]) -> dict[str, Erasure]:
+        """The erasure record of each of `hashes` erased from run `run_id` (the first, if
+        several). A record names its run; one without (retention of a payload kept before
+        payloads were kept by run, migration 0007) serves any run, after the run's own."""
         wanted = sorted(set(hashes))
         out: dict[str, Erasure] = {}
         with driver_errors("reading erasure records"), self.db.connect() as conn:
@@ -470,8 +473,8 @@ class PostgresRecorder:
                 chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
                 for r in conn.execute(
                     "SELECT hash, run_id, row_index, kind, reason, erased_at, erased_by FROM erasures "
-                    "WHERE hash = ANY(%s) ORDER BY id",
-                    (chunk,),
+                    "WHERE hash = ANY(%s) AND (run_id = %s OR run_id IS NULL) ORDER BY run_id IS NULL, id",
+                    (chunk, run_id),
                 ):
                     h = bytes(r[0]).hex()
                     out.setdefault(h, Erasure(hash=h, run_id=r[1], row_index=r[2], kind=r[3], reason=r[4],
@@ -496,15 +499,22 @@ class PostgresRecorder:
         return [Witnessed(r[0], bytes(r[1]), r[2], r[3].isoformat(), "store") for r in rows]
 
     def writer_alive(self, run_id: str) -> bool:
-        """True while some process holds the run's writer lock. Read from pg_locks rather than by
-        trying the lock, so asking never gets in the way of a writer (or a resume) taking it. A
-        64-bit advisory key is shown there as classid (high half) and objid (low half)."""
+        """True while a process that may write the run holds its writer lock. Read from pg_locks
+        rather than by trying the lock, so asking never gets in the way of a writer (or a resume)
+        taking it. A 64-bit advisory key is shown there as classid (high half) and objid (low
+        half). Any role may take an advisory lock unless `db upgrade` could revoke that
+        (landscape/roles.py): a holder counts only if its session's user is a member of the
+        writer role or of the tables' owner (a superuser is a member of every role)."""
         with driver_errors(f"checking the writer of run {run_id}"), self.db.connect() as conn:
             row = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                f" AND ((classid::bigint << 32) | objid::bigint) IN ({WRITER_LOCK}, {SENDER_LOCK}))",
-                (run_id, run_id),
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                f" AND ((l.classid::bigint << 32) | l.objid::bigint) IN ({WRITER_LOCK}, {SENDER_LOCK})"
+                " AND (pg_has_role(a.usesysid, to_regrole(%s), 'MEMBER')"
+                " OR pg_has_role(a.usesysid, (SELECT relowner FROM pg_class WHERE oid = to_regclass('events')),"
+                " 'MEMBER')))",
+                (run_id, run_id, Role.WRITER.value),
             ).fetchone()
         return bool(row and row[0])
 

@@ -9,6 +9,17 @@
   to analysts alone.
 - **auditor** (`elspeth_auditor`): reads everything, writes nothing.
 
+The owner (whoever owns the tables) runs `db upgrade` and `purge`: it alone deletes payloads and
+writes the erasure records that must go with each deletion.
+
+Advisory locks: a run's writer holds a session lock keyed by its run (`landscape.commits`) and
+`db upgrade` one for the schema. PostgreSQL lets every role take any advisory lock, so a
+read-only role could sit on a run's key and keep its `resume` (or an upgrade) out for as long as
+its session lives. Where the upgrading account may (it owns the lock functions: a superuser, as
+on the embedded server), `apply_grants` takes EXECUTE on the lock-taking functions from PUBLIC in
+this database and gives it to the writer and the tables' owner. Elsewhere that is left as it is,
+and readers of the locks trust only a holder that may write (`landscape.postgres.writer_alive`).
+
 Roles belong to the whole server, grants to one database: `ensure_roles` makes the roles once per
 server, `apply_grants` gives them their privileges on this database's tables, both idempotent and
 run by `migrate` (i.e. `elspeth db upgrade`) as the schema's owner. Grants follow `TABLES`, a list
@@ -37,6 +48,7 @@ class RolesUnavailable(LandscapeError):
 
 class Kind(enum.Enum):
     LOG = "append-only log"  # the source of truth: written once, never changed
+    ERASURES = "erasure records"  # append-only too, but written by the owner alone (`elspeth purge`)
     ROW_DATA = "row data"  # the rows themselves
     PROJECTION = "projection"
     SCHEMA = "schema version"
@@ -45,7 +57,10 @@ class Kind(enum.Enum):
 TABLES: dict[str, Kind] = {
     "events": Kind.LOG,
     "checkpoints": Kind.LOG,  # signed checkpoints, once a revision creates the table
-    "erasures": Kind.LOG,  # written by `elspeth purge`, which runs as the owner (it deletes payloads)
+    # Written by `elspeth purge` as the owner, in the transaction that deletes the payloads. A
+    # writer that could add records could explain away a payload it never stored, or put its
+    # own words on another run's erasure.
+    "erasures": Kind.ERASURES,
     "payloads": Kind.ROW_DATA,
     "alembic_version": Kind.SCHEMA,
     "store_meta": Kind.SCHEMA,
@@ -60,10 +75,12 @@ _ALL = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGG
 # (kind, role) -> the table privileges it gets; anything absent gets nothing.
 PRIVILEGES: dict[tuple[Kind, str], tuple[str, ...]] = {
     (Kind.LOG, Role.WRITER): ("SELECT", "INSERT"),
+    (Kind.ERASURES, Role.WRITER): ("SELECT",),  # resume and replay read why a payload is absent
     (Kind.ROW_DATA, Role.WRITER): ("SELECT", "INSERT"),
     (Kind.PROJECTION, Role.WRITER): ("SELECT", "INSERT", "UPDATE", "DELETE"),
     (Kind.SCHEMA, Role.WRITER): ("SELECT",),
     (Kind.LOG, Role.ANALYST): ("SELECT",),  # minus ROW_DATA_COLUMNS
+    (Kind.ERASURES, Role.ANALYST): ("SELECT",),
     (Kind.PROJECTION, Role.ANALYST): ("SELECT",),
     (Kind.SCHEMA, Role.ANALYST): ("SELECT",),
     **{(kind, Role.AUDITOR.value): ("SELECT",) for kind in Kind},
@@ -209,6 +226,7 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
                     )
             for table in _tables(conn):
                 _grant_table(conn, table, TABLES[table])
+            _grant_locks(conn)
     except psycopg.errors.InsufficientPrivilege as e:
         raise RolesUnavailable(
             f"cannot grant the ELSPETH roles their privileges: {_first_line(e)} — run `elspeth db upgrade` as the "
@@ -237,6 +255,48 @@ def _grant_table(conn: psycopg.Connection[Any], table: str, kind: Kind) -> None:
             conn.execute(
                 sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(map(sql.SQL, privileges)), target, who)
             )
+
+
+def _lock_functions(conn: psycopg.Connection[Any]) -> list[tuple[str, bool, bool, bool]]:
+    """The advisory-lock functions that take a lock (the unlocking ones release only the
+    caller's own locks): (signature, whether this account may revoke them, whether the writer
+    may execute them, whether the analyst or the auditor may). The roles must exist."""
+    rows = conn.execute(
+        "SELECT p.oid::regprocedure::text, pg_has_role(current_user, p.proowner, 'USAGE'), "
+        "has_function_privilege(%s, p.oid, 'EXECUTE'), "
+        "has_function_privilege(%s, p.oid, 'EXECUTE') OR has_function_privilege(%s, p.oid, 'EXECUTE') "
+        "FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace "
+        "AND p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$' ORDER BY 1",
+        (Role.WRITER.value, Role.ANALYST.value, Role.AUDITOR.value),
+    ).fetchall()
+    return [(str(r[0]), bool(r[1]), bool(r[2]), bool(r[3])) for r in rows]
+
+
+def _grant_locks(conn: psycopg.Connection[Any]) -> None:
+    """Only the writer and the tables' owner may take advisory locks here, when this account may
+    say so (see the module's docstring). A REVOKE by an account that may not is no error in
+    PostgreSQL, only a warning: hence the check of ownership first."""
+    row = conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass('events')").fetchone()
+    takers = {Role.WRITER.value, *([str(row[0])] if row else [])}
+    for function, may, _writer, _readers in _lock_functions(conn):
+        if not may:
+            continue
+        target = sql.SQL(function)  # a signature the catalog spelled, e.g. pg_advisory_lock(bigint)
+        conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC").format(target))
+        for role in (Role.ANALYST.value, Role.AUDITOR.value):
+            conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(target, sql.Identifier(role)))
+        for role in sorted(takers):
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(target, sql.Identifier(role)))
+
+
+def readers_may_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the analyst or the auditor may take advisory locks here: an upgrade by an account
+    that does not own the lock functions leaves them to PUBLIC. False when the roles are missing."""
+    if not roles_exist(conn):
+        return False
+    found = any(readers for _f, _may, _writer, readers in _lock_functions(conn))
+    conn.commit()
+    return found
 
 
 def _refuse_ownership(conn: psycopg.Connection[Any]) -> None:
@@ -279,7 +339,11 @@ def grants_current(conn: psycopg.Connection[Any]) -> bool:
                 if role == Role.ANALYST and table in ROW_DATA_COLUMNS:
                     continue  # column grants: checked by apply_grants' own rule
                 expected.append((role, table, privilege, want))
+    # The writer may take its run's lock; the readers may not, where this account could see to it.
+    locks = _lock_functions(conn)
     conn.commit()
+    if any(not writer or (may and readers) for _f, may, writer, readers in locks):
+        return False
     if not expected:
         return True
     row = conn.execute(

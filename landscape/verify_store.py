@@ -136,7 +136,7 @@ def verify_run(
             referenced = {h: referenced[h] for h in referenced.keys() - good}
         present = recorder.payloads(run_id, referenced)
         absent = [h for h in referenced if h not in present]
-        verified.erased = recorder.erasures(absent) if absent else {}
+        verified.erased = recorder.erasures(run_id, absent) if absent else {}
         explained = {h: e.describe() for h, e in verified.erased.items()}
         bad = verify_payloads(referenced, present, explained=explained)
     if bad is not None:

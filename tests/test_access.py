@@ -14,8 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 
+import landscape.db
 from landscape.db import Database, migrate
-from landscape.roles import ELSPETH_ROLES, TABLES, Role, grants_current
+from landscape.errors import StoreError
+from landscape.roles import ELSPETH_ROLES, TABLES, Role, grants_current, readers_may_lock
 from landscape.schema import metadata
 from tests.engine_harness import run, write_csv
 from tests.test_cli import PIPELINE
@@ -285,3 +287,93 @@ def test_db_roles_sets_a_password_from_stdin_never_from_argv(db: Database) -> No
     assert stored is not None and stored[0].startswith("SCRAM-SHA-256$") and stored[1]
     unknown = _cli("db", "roles", "--set-password", "postgres", database=db.conninfo, stdin="x\n")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+
+
+def _owns_lock_functions(db: Database) -> bool:
+    """Whether the test server's account may decide who takes advisory locks (it owns
+    PostgreSQL's functions: a superuser, as on the embedded server)."""
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT pg_has_role(current_user, proowner, 'USAGE') FROM pg_proc "
+            "WHERE oid = 'pg_advisory_lock(bigint)'::regprocedure"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.parametrize("role", [Role.ANALYST, Role.AUDITOR])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT pg_advisory_lock(hashtextextended('run-x', 0))",
+        "SELECT pg_try_advisory_lock(7419001)",
+        "SELECT pg_advisory_lock_shared(1, 2)",
+        "SELECT pg_try_advisory_xact_lock_shared(1)",
+    ],
+)
+def test_the_readers_take_no_advisory_lock(db: Database, role: Role, statement: str) -> None:
+    """A reader holding a run's lock would keep its resume (or `db upgrade`) out."""
+    if not _owns_lock_functions(db):
+        pytest.skip("only the owner of PostgreSQL's functions (a superuser) may take them from PUBLIC")
+    assert "permission denied" in _refused(db, role, statement)
+    with db.connect(role=Role.WRITER) as conn:
+        assert conn.execute("SELECT pg_try_advisory_lock(hashtextextended('run-x', 0))").fetchone() == (True,)
+
+
+def test_a_reader_holding_a_runs_lock_is_no_live_writer(db: Database, run_id: str) -> None:
+    """Where the lock functions stay open to PUBLIC (an upgrade by an account that does not own
+    them), `writer_alive` counts only a holder that may write the run."""
+    from landscape.postgres import PostgresRecorder
+
+    key = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
+    with db.connect() as conn:
+        conn.execute("GRANT EXECUTE ON FUNCTION pg_advisory_lock(bigint) TO PUBLIC")
+        conn.commit()
+        assert readers_may_lock(conn)
+        assert not grants_current(conn) or not _owns_lock_functions(db)
+    try:
+        with db.connect(role=Role.ANALYST) as analyst:
+            analyst.execute(key, (run_id,))
+            analyst.commit()
+            for role in (Role.ANALYST, Role.WRITER, Role.OWNER):
+                assert not PostgresRecorder(db.as_role(role)).writer_alive(run_id), role
+        with db.connect(role=Role.WRITER) as writer:
+            writer.execute(key, (run_id,))
+            writer.commit()
+            for role in (Role.ANALYST, Role.WRITER, Role.OWNER):
+                assert PostgresRecorder(db.as_role(role)).writer_alive(run_id), role
+    finally:
+        migrate(db)
+    with db.connect() as conn:
+        assert readers_may_lock(conn) is not _owns_lock_functions(db)
+
+
+def test_an_upgrade_names_who_holds_the_schema_lock_rather_than_wait_for_ever(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(landscape.db, "SCHEMA_LOCK_WAIT", "50ms")  # it is held throughout: no race
+    with db.connect(autocommit=True) as holder:
+        holder.execute("SELECT set_config('application_name', 'stuck session', false), pg_advisory_lock(7419001)")
+        pid = holder.info.backend_pid
+        with pytest.raises(StoreError, match=rf"session pid {pid} \(role \w+, 'stuck session'\) holds the schema lock"):
+            migrate(db)
+    migrate(db)  # once it is let go
+
+
+@pytest.mark.parametrize("role", [Role.WRITER, Role.ANALYST, Role.AUDITOR])
+def test_only_the_owner_writes_erasure_records(db: Database, run_id: str, role: Role) -> None:
+    statement = (
+        "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at, erased_by) "
+        f"VALUES ('\\x00', '{run_id}', 0, 'request', 'court order', now() - interval '30 days', 'postgres')"
+    )
+    assert "permission denied" in _refused(db, role, statement)
+
+
+def test_an_erasure_record_says_truly_who_wrote_it_and_when(db: Database) -> None:
+    with db.connect() as conn:
+        who, fresh = conn.execute(
+            "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at, erased_by) "
+            "VALUES ('\\x01', 'run-stamp', 0, 'request', 'test', now() - interval '30 days', 'someone else') "
+            "RETURNING erased_by = current_user, erased_at = now()"
+        ).fetchone()  # type: ignore[misc]
+        conn.rollback()
+    assert who and fresh

@@ -26,11 +26,21 @@ def db_upgrade(ctx: click.Context) -> None:
     (elspeth_writer, elspeth_analyst, elspeth_auditor) and their grants. Run it as the owner of
     the tables; on an external server that account needs CREATEROLE."""
     from landscape.db import migrate  # here, as every heavy import of the CLI: --help stays fast
+    from landscape.roles import readers_may_lock
 
     with database_from_ctx(ctx, upgrade=True, role=Role.OWNER) as db:
         revision = migrate(db)
         click.echo(f"schema at revision {revision} in {db.describe()}")
         click.echo(f"roles: {', '.join(ELSPETH_ROLES)} (see `elspeth db roles`)")
+        with db.connect() as conn:
+            open_locks = readers_may_lock(conn)
+    if open_locks:
+        click.echo(
+            "elspeth: the analyst and auditor roles may take advisory locks here (this account does not own "
+            "PostgreSQL's lock functions), so one could sit on a run's lock and keep its resume out: have a "
+            "superuser run `elspeth db upgrade` once",
+            err=True,
+        )
 
 
 @db_group.command("roles")

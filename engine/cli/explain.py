@@ -112,16 +112,20 @@ def _matching(
     recorder: PostgresRecorder, run_id: str, condition: Expression, limit: int, found: Checkpoints
 ) -> tuple[list[int], int, str]:
     """Rows whose first data (as the source gave it) satisfies `condition`; a row whose data is
-    missing or altered is not evaluated, and said so. Returns the rows, the seq the log was read
+    erased, missing or altered is not evaluated, and said so (an erasure in its record's words). Returns the rows, the seq the log was read
     to, and a note."""
     roots, upto = lin.source_rows(recorder, run_id, checkpoints=found.all, verifier=found.key)
     matched: list[int] = []
     total = unchecked = 0
+    erased: dict[str, int] = {}  # why (the erasure record's words) -> rows
     for i in range(0, len(roots), 5000):
         chunk = roots[i : i + 5000]
         data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk})
         for index, h in chunk:
             d = data[h]
+            if d.status == "erased":
+                erased[d.why or ""] = erased.get(d.why or "", 0) + 1
+                continue
             if d.status != "ok":
                 unchecked += 1
                 continue
@@ -136,6 +140,11 @@ def _matching(
     notes = []
     if total > len(matched):
         notes.append(f"{total} rows match; showing the first {len(matched)} (--limit)")
+    ranked = sorted(erased.items(), key=lambda item: -item[1])
+    for why, n in ranked[:3]:
+        notes.append(f"{n} rows not searched: their data was {why}")
+    if ranked[3:]:
+        notes.append(f"{sum(n for _why, n in ranked[3:])} more rows not searched: their data was erased")
     if unchecked:
         notes.append(f"{unchecked} rows not searched: their data is missing or altered in the payload store")
     return matched, upto, "; ".join(notes)
@@ -177,7 +186,7 @@ def _describe(e: lin.Entry) -> str:
         parents = f" of {', '.join(e.parents)}" if e.parents else ""
         return f"created {origin}{parents}, at '{e.at}': {_data(e.data)}"
     if isinstance(e, lin.Step):
-        return f"{e.node} ({e.duration_us} µs) → '{e.next}': {_changes(e.changes)}"
+        return f"{e.node} ({e.duration_us} µs) → '{e.next}': {_changes(e.changes, e.unchecked)}"
     if isinstance(e, lin.Gate):
         return f"gate {e.node}: {e.condition or '?'} → {e.route}, to '{e.next}'"
     if isinstance(e, lin.Forked):
@@ -224,8 +233,10 @@ def _data(d: lin.Data) -> str:
     return _cut(_text(d.value))
 
 
-def _changes(changes: list[lin.Change] | None) -> str:
+def _changes(changes: list[lin.Change] | None, unchecked: lin.Data | None) -> str:
     if changes is None:
+        if unchecked is not None and unchecked.status == "erased":
+            return f"data erased: {unchecked.why}; changes not shown"
         return "data missing or altered in the payload store: changes not shown"
     if not changes:
         return "no field changed"

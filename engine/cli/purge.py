@@ -24,7 +24,15 @@ def parse_duration(text: str) -> timedelta:
     parts = _DURATION.findall(spec)
     if not spec or "".join(f"{n}{u}" for n, u in parts) != spec.replace(" ", ""):
         raise click.BadParameter(f"{text!r} is not a duration: use e.g. 90d, 12h, 2w or 1d12h (units s m h d w)")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds > _LONGEST.total_seconds():
+        raise click.BadParameter(f"{text!r} is too long: at most {_LONGEST.days}d (about 1900 years)")
+    return timedelta(seconds=seconds)
+
+
+# Longer than this, a cutoff counted back from today would soon fall before year 1, the first date
+# there is (and timedelta has a limit of its own): no payload is that old anyway.
+_LONGEST = timedelta(days=700_000)
 
 
 @click.command("purge")
@@ -32,16 +40,21 @@ def parse_duration(text: str) -> timedelta:
 @click.option("--row", "rows", type=click.IntRange(min=1), multiple=True,
               help="A source row of RUN_ID, counted from 1 as `explain --row` and __row_number__ (repeatable).")  # fmt: skip
 @click.option("--older-than", "older_than", help="Retention: erase every payload written longer ago (e.g. 90d).")
-@click.option("--reason", default=None, help="Why (recorded with every erased payload). Required.")
+@click.option("--reason", default=None,
+              help="Why (recorded with every erased payload, for good, and readable by analysts): a ticket or "
+                   "policy, never the data subject's name.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Show what would be erased; erase nothing.")
+@click.option("--force", is_flag=True,
+              help="Erase the data of runs that can still be resumed too (they then cannot be resumed past it).")  # fmt: skip
 @click.pass_context
 def purge_cmd(
     ctx: click.Context, run_id: str | None, rows: tuple[int, ...], older_than: str | None, reason: str | None,
-    dry_run: bool,
+    dry_run: bool, force: bool,
 ) -> None:  # fmt: skip
     """Erase row data: `purge --older-than 90d` (retention) or `purge RUN_ID --row N [--row M]`
     (one data subject's rows, in every token that contains them). The events, the chain and every
-    proof stay valid; each erased payload is recorded (when, what, why, by which role)."""
+    proof stay valid; each erased payload is recorded (when, what, why, by which role). The data
+    of a run that can still be resumed (not completed) is left alone unless --force."""
     if (older_than is None) == (run_id is None):
         raise click.UsageError("give either --older-than DURATION, or RUN_ID with --row N")
     if run_id is not None and not rows:
@@ -51,23 +64,72 @@ def purge_cmd(
     age = parse_duration(older_than) if older_than is not None else None
     if not dry_run and not (reason or "").strip():
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
-    from landscape.erasure import erase, plan_retention, plan_rows  # here: --help stays fast
+    from landscape.erasure import erase, plan_retention, plan_rows, vacuum_payloads  # here: --help stays fast
 
     now = datetime.now(UTC)
-    # As the owner: only it may delete payloads (the writer may not, by design).
+    # As the owner: only it may delete payloads and write erasure records (the writer may not).
     with database_from_ctx(ctx, role=Role.OWNER) as db:
-        plan = plan_retention(db, now - age) if age is not None else plan_rows(db, run_id or "", [r - 1 for r in rows])
-        click.echo(_describe(plan, dry_run))
+        if age is not None:
+            plan = plan_retention(db, now - age, force=force)
+        else:
+            plan = plan_rows(db, run_id or "", [r - 1 for r in rows], force=force)
+        for line in _describe(plan, dry_run, run_id):
+            click.echo(line)
         if dry_run or not plan.payloads:
             return
-        erased = erase(db, plan, reason or "", now)
-    click.echo(f"erased {erased} payload(s); the events and every proof are unchanged")
+        erased = erase(db, plan, reason or "")
+        click.echo(f"erased {erased} payload(s); the events and every proof are unchanged")
+        if vacuum_payloads(db):
+            click.echo(
+                "vacuumed the payloads table: the erased rows' space is free for reuse; their bytes may stay in its "
+                "files until overwritten, and stay in the WAL and in backups (docs/erasure.md)"
+            )
 
 
-def _describe(plan: Plan, dry_run: bool) -> str:
+_LISTED = 20  # runs named one by one; the rest are counted
+
+
+def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
     verb = "would erase" if dry_run else "erasing"
-    what = f"{len(plan.payloads)} payload(s)"
+    lines = []
     if plan.kind == "request":
-        what += f" of {len(plan.tokens)} token(s)"
-    gone = f"; {plan.already_erased} already erased" if plan.already_erased else ""
-    return f"{verb} {what}{gone}"
+        rows = ", ".join(str(r + 1) for r in plan.rows)
+        forced = " (--force: it can still be resumed)" if plan.forced else ""
+        if plan.payloads:
+            lines.append(f"{verb} {len(plan.payloads)} payload(s) of {len(plan.tokens)} token(s){forced}: "
+                         f"run {run_id}, row(s) {rows}")  # fmt: skip
+            lines.append(f"  tokens: {', '.join(plan.tokens)}")
+        else:
+            lines.append(f"nothing to erase: the data of run {run_id}, row(s) {rows} is gone already")
+        if plan.already_erased:
+            lines.append(f"  {plan.already_erased} payload(s) of these rows were erased before")
+        return lines
+    by_run = sorted(plan.runs().items())
+    if plan.payloads:
+        lines.append(f"{verb} {len(plan.payloads)} payload(s) of {len(by_run)} run(s):")
+        for run, n in by_run[:_LISTED]:
+            lines.append(f"  {run or '(payloads kept before runs were recorded on them)'}: {n} payload(s)")
+        if len(by_run) > _LISTED:
+            lines.append(f"  and {len(by_run) - _LISTED} more run(s)")
+    else:
+        lines.append(
+            "nothing to erase: "
+            + (
+                "every payload that old is of a run that can still be resumed"
+                if plan.resumable
+                else "no payload is that old"
+            )
+        )
+    if plan.resumable and not plan.forced:
+        lines.append(
+            f"{'would leave' if dry_run else 'leaving'} the data of {len(plan.resumable)} run(s) that can still be "
+            "resumed (not completed; a resume needs it): finish them with `elspeth resume RUN_ID`, or erase it "
+            "too with --force"
+        )
+        for run, status in list(plan.resumable.items())[:_LISTED]:
+            lines.append(f"  {run or '(payloads kept before runs were recorded on them)'}: {status}")
+        if len(plan.resumable) > _LISTED:
+            lines.append(f"  and {len(plan.resumable) - _LISTED} more run(s)")
+    elif plan.forced:
+        lines.append(f"  --force: {len(plan.resumable)} of them can still be resumed, and then not past this data")
+    return lines
