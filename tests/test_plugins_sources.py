@@ -175,6 +175,46 @@ def test_csv_field_mapping_applies_to_normalised_headers(tmp_path: Path) -> None
     assert got[0].row == {"customer": "C1", "total": "5"}
 
 
+@pytest.mark.parametrize(
+    ("mapping", "says"),
+    [({"approved_by": "reviewed_by"}, "two columns the name 'reviewed_by'"), ({"amout": "amount"}, "'amout'")],
+)
+def test_csv_field_mapping_that_would_lose_a_column_is_an_error(
+    tmp_path: Path, mapping: dict[str, str], says: str
+) -> None:
+    """Renaming a header onto another one would keep only one of their values (from the
+    recorded row too); a mapping key that names no column is a typo that renames nothing."""
+    path = write(tmp_path / "a.csv", "id,amount,approved_by,reviewed_by\n1,5,alice,bob\n")
+    with pytest.raises(PluginError, match=says):
+        items("csv", {"path": str(path), "field_mapping": mapping})
+
+
+def test_csv_a_field_longer_than_csvs_limit_is_read_whole(tmp_path: Path) -> None:
+    """csv's default limit is 131,072 characters a field; failing there, its reader would go on
+    at the next line, inside the quoted field: text of one cell read as records."""
+    cell = "A" * 140_000 + "\n999,approved,injected by a comment"
+    path = write(tmp_path / "a.csv", f'id,status,comment\n1,ok,short\n2,ok,"{cell}"\n3,ok,last\n')
+    got = items("csv", {"path": str(path)})
+    assert [i.row["id"] for i in got if i.row is not None] == ["1", "2", "3"]
+    assert [i for i in got if i.row is None] == []
+    assert got[1].row is not None and got[1].row["comment"] == cell
+
+
+def test_csv_a_record_the_reader_fails_inside_stops_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a record that csv gave up on ends cannot be known: nothing after it is read (its
+    rest would be read as records). Provoked with a small field limit."""
+    import engine.plugins.sources as sources
+
+    monkeypatch.setattr(sources, "_no_field_size_limit", lambda: None)
+    old = csv.field_size_limit(1000)
+    try:
+        path = write(tmp_path / "a.csv", 'id,comment\n1,ok\n2,"' + "A" * 2000 + '\n9,injected"\n')
+        with pytest.raises(PluginError, match="the record starting on line 3 cannot be read as CSV"):
+            items("csv", {"path": str(path)})
+    finally:
+        csv.field_size_limit(old)
+
+
 def test_csv_source_quarantines_rows_that_do_not_fit_the_schema(tmp_path: Path) -> None:
     path = write(tmp_path / "in.csv", "id,amount\n1,10\nx,20\n3,\n")
     got = items("csv", {"path": str(path), "schema": fixed("id: int", "amount: int"),

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -189,6 +190,7 @@ class CsvSource:
         for _ in range(self.skip_rows):
             if next(it, None) is None:
                 return
+        _no_field_size_limit()
         reader = csv.reader(it, delimiter=self.delimiter)
         header = self._header(reader, lines)
         if header is None:
@@ -202,10 +204,12 @@ class CsvSource:
             except StopIteration:
                 return
             except csv.Error as e:
-                if index >= start:
-                    yield SourceItem(index, None, self._unparsed(lines, first_line, index), f"unreadable CSV: {e}")
-                index += 1
-                continue
+                # The reader gives up inside a record and would start the next one on the next
+                # line, which may still be inside a quoted field: text of one cell would become
+                # records. Where this record ends cannot be known, so nothing after it is read.
+                raise PluginError(
+                    _NODE, f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {e}"
+                ) from None
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
             if index >= start:
@@ -243,7 +247,19 @@ class CsvSource:
                 names = normalise_headers(first)
             except PluginConfigError as e:
                 raise PluginError(_NODE, f"{self.path}: {e.message}") from e
-        return [self.field_mapping.get(h, h) for h in names]
+        missing = [k for k in self.field_mapping if k not in names]
+        if missing:
+            raise PluginError(
+                _NODE, f"{self.path}: field_mapping renames '{missing[0]}', which is not a column of the header"
+            )
+        mapped = [self.field_mapping.get(h, h) for h in names]
+        twice = next((m for i, m in enumerate(mapped) if m in mapped[:i]), None)
+        if twice is not None:
+            # dict(zip(...)) would keep the last of the two: a column gone, from the recorded row too
+            raise PluginError(
+                _NODE, f"{self.path}: field_mapping gives two columns the name '{twice}'; allowed: names once each"
+            )
+        return mapped
 
     def _unparsed(self, lines: _Lines, first_line: int, index: int) -> Row:
         text = "".join(lines.text).rstrip("\r\n")
@@ -254,6 +270,15 @@ class CsvSource:
 
     def close(self) -> None:
         pass
+
+
+def _no_field_size_limit() -> None:
+    """csv's default limit (131,072 characters a field) fails a record part way, which cannot be
+    recovered from safely (see `_records`): a long field is read whole instead."""
+    try:
+        csv.field_size_limit(sys.maxsize)
+    except OverflowError:  # a C long narrower than Py_ssize_t
+        csv.field_size_limit(2**31 - 1)
 
 
 def _names(value: list[Any] | None, key: str) -> list[str] | None:
