@@ -141,6 +141,20 @@ def test_an_outdated_schema_says_to_run_db_upgrade_and_nothing_upgrades_it_silen
     assert head_revision() != "0001"
 
 
+def test_a_file_a_sink_with_no_rows_left_is_said_to_be_from_before_the_run(db: Database, work: Path) -> None:
+    """A sink that gets no rows writes no file and leaves one already there as it is (the prior
+    system's behaviour): the summary and `show` must not pass it off as this run's output."""
+    write_csv(work / "in.csv", ["id", "v"], [[1, 3], [2, 4]])  # nothing is high this time
+    (work / "out" / "high.csv").write_text("id,v\n7,70\n")  # an earlier run's approvals
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "sink high" in x)
+    assert "this run wrote no file, and the 10 bytes there are from before it" in line, proc.stdout
+    shown = elspeth("show", proc.stdout.split()[1], "--json", cwd=work, db=db)
+    sinks = {f["sink"]: f for f in json.loads(shown.stdout)["artifacts"]}
+    assert sinks["high"]["file"] == "left" and sinks["low"]["file"] == "ok", sinks
+
+
 def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:
     proc = elspeth("run", "-s", "settings.yaml", "--execute", cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr

@@ -49,6 +49,30 @@ def test_csv_sink_header_from_the_first_row_and_cell_values(tmp_path: Path) -> N
     assert path.read_bytes().decode() == 'a,b,c,d,e\r\n5,2500.0,,True,"{""k"": [1, ""é""]}"\r\n6,,,,\r\n'
 
 
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "json"])
+def test_a_row_the_encoding_cannot_write_is_refused_alone_at_write(tmp_path: Path, kind: str) -> None:
+    """Found at flush, it would fail every row of the flush (and every resume, again)."""
+    path = tmp_path / f"o.{kind}"
+    s = sink(kind, path=str(path), encoding="latin-1")
+    s.open("run", None)
+    s.write("t0", {"a": "café"})
+    with pytest.raises(RowError, match=r"holds a character that .* cannot write"):
+        s.write("t1", {"a": "snow \u2603"})
+    s.write("t2", {"a": "ok"})
+    s.flush()
+    s.close()
+    text = path.read_bytes().decode("latin-1")
+    assert "café" in text and "ok" in text and "snow" not in text
+    header = sink("csv", path=str(tmp_path / "h.csv"), encoding="latin-1")
+    header.open("run", None)
+    with pytest.raises(RowError, match=r"holds a character that .* cannot write"):  # the header it would fix
+        header.write("t0", {"\u2603": 1})
+    header.write("t1", {"a": 1})
+    header.flush()
+    header.close()
+    assert (tmp_path / "h.csv").read_text(encoding="latin-1").splitlines() == ["a", "1"]
+
+
 def test_csv_sink_header_from_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "o.csv"
     written(sink("csv", path=str(path), schema={"mode": "fixed", "fields": ["b: str", "a: int"]}), [{"a": 1}])

@@ -81,6 +81,8 @@ class SinkFile:
     def describe(self) -> str:
         if self.state == "not_a_file":
             return "not a file: nothing to hash"
+        if self.state == "left":
+            return f"no rows came: this run wrote no file, and the {self.size} bytes there are from before it"
         if self.state == "missing":
             # A sink that got no rows writes no file (nor does a file sink in append mode change one).
             return "no rows came: no file was written" if self.position == 0 else "the file is gone"
@@ -115,8 +117,11 @@ def sink_files(artifacts: list[Artifact], working_dir: str | None) -> list[SinkF
         state, digest, size = file_digest(path, last.position)
         if digest is not None and last.sha256 is not None and digest != last.sha256:
             state = "changed"
+        rows = sum(a.rows for a in flushes)
+        if rows == 0 and last.position == 0 and state == "grown":
+            state = "left"  # a file a sink that got no rows did not touch (as the prior system did)
         out.append(SinkFile(sink=sink, location=last.location, position=last.position,
-                            rows=sum(a.rows for a in flushes), flushes=len(flushes), last_flush_seq=last.seq,
+                            rows=rows, flushes=len(flushes), last_flush_seq=last.seq,
                             state=state, sha256=digest, size=size))  # fmt: skip
     return out
 

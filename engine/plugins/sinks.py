@@ -44,6 +44,17 @@ def _hash_of(f: BinaryIO, size: int) -> Any:
     return h
 
 
+_UNICODE = {"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"}
+
+
+def _encodes(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _mode(o: Options) -> str:
     mode = o.str_("mode", "write")
     if mode not in ("write", "append"):
@@ -76,6 +87,23 @@ class _FileSink:
         self._hash = hashlib.sha256()  # of the file's bytes from 0 to where writing has got
         self.lines = True  # rows are lines: appending needs the file to end with a newline
         self._expected: str | None = None  # what the first bytes must hash to on a resume (`expect`)
+        # Every character has bytes in a Unicode encoding (a recorded row holds no lone
+        # surrogate): only other encodings need each row checked as it is written.
+        self._may_not_encode = codecs.lookup(encoding).name not in _UNICODE
+
+    def _refuse_unencodable(self, row: Row, text: str) -> None:
+        """RowError for a row with a character this file's encoding has no bytes for, at `write`:
+        found at `flush`, it would fail every row of the flush with it (and each resume again)."""
+        if not self._may_not_encode:
+            return
+        try:
+            text.encode(self.encoding)
+        except UnicodeEncodeError:
+            bad = [k for k, v in row.items() if not _encodes(f"{k}{_cell(v)}", self.encoding)]
+            raise RowError(
+                f"{fields_named(row, bad, self.schema.field_names or []) or 'the row'}: holds a character that "
+                f"{self.encoding} cannot write"
+            ) from None
 
     def _open_file(self, position: int | None, append_at: int | None = None) -> int:
         """Check that writing can start, and return the offset it starts at: `position` on a
@@ -270,9 +298,11 @@ class CsvSink(_FileSink):
 
     def write(self, token_id: str, row: Row) -> None:
         if self._known is None:
-            if self.fields is None:
-                self.fields = list(row)
-            self._known = frozenset(self.fields)
+            fields = self.fields if self.fields is not None else list(row)
+            if self._needs_header and self.write_header:  # the header is written with this row
+                self._refuse_unencodable(row, self.delimiter.join(fields))
+            self.fields = fields
+            self._known = frozenset(fields)
         extra = [k for k in row if k not in self._known]
         if extra:
             # Only names the settings spell are recorded: columns fixed by the first row or by the
@@ -283,6 +313,10 @@ class CsvSink(_FileSink):
                 f"{fields_named(row, extra, named)}: not among the columns of {self.path} ({columns}); "
                 "a CSV file's columns are fixed by its first row or options.schema"
             )
+        if self._may_not_encode:
+            line = io.StringIO()
+            csv.writer(line, delimiter=self.delimiter).writerow([_cell(row.get(k, "")) for k in self.fields or row])
+            self._refuse_unencodable(row, line.getvalue())
         self._buffer.append(row)
 
     def _header_on_disk(self, size: int) -> list[str] | None:
@@ -375,6 +409,7 @@ class JsonSink(_FileSink):
             raise RowError(
                 "a value of the row cannot be written as JSON: a float is not finite (NaN or infinite)"
             ) from None
+        self._refuse_unencodable(row, text)
         self._texts.append(text)
 
     def flush(self) -> int:
