@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.expressions import ExpressionError
-from engine.plugins.protocol import PluginError, RowError
+from engine.plugins.protocol import BatchResult, PluginError, RowError
 from engine.plugins.reasons import recorded
 from engine.work import Context, Work
 from landscape.canonical import UnrecordableRow, encode_row
@@ -84,6 +84,9 @@ class Batcher:
             ctx.stack.extend(reversed(works))
             return None
         rejected = dict(result.rejected)
+        why = _bad_sources(result, len(members), rejected)
+        if why is not None:
+            return self._fail(batch_id, members, why)
         parents = []
         for i, m in enumerate(members):
             if i in rejected:
@@ -97,10 +100,11 @@ class Batcher:
         for i, (out, data) in enumerate(zip(result.rows, encoded, strict=True)):
             h = ctx.store_data(data)
             child = f"{batch_id}.{i}"
-            ctx.emit(
-                child,
-                ev.TokenCreated(row_index=row_index, data_hash=h, at=cfg.on_success, parents=parents or [batch_id]),
-            )
+            mine, index = parents or [batch_id], row_index
+            if result.sources is not None:  # made from some inputs only: those are its parents
+                mine = [members[k].token_id for k in result.sources[i]]
+                index = members[result.sources[i][0]].row_index
+            ctx.emit(child, ev.TokenCreated(row_index=index, data_hash=h, at=cfg.on_success, parents=mine))
             works.append(Work(child, out, h, cfg.on_success, row_index))
         ctx.emit(batch_id, ev.BatchCompleted(outputs=len(works)))
         ctx.stack.extend(reversed(works))
@@ -113,3 +117,15 @@ class Batcher:
         for m in members:
             ctx.emit(m.token_id, ev.TokenFailed(reason="batch_failed", node=name, detail=reason))
             del ctx.waiting[m.token_id]
+
+
+def _bad_sources(result: BatchResult, inputs: int, rejected: dict[int, str]) -> str | None:
+    """Why an aggregation's `sources` cannot be the outputs' parents (None: they can)."""
+    if result.sources is None:
+        return None
+    if len(result.sources) != len(result.rows):
+        return f"the aggregation gave sources for {len(result.sources)} outputs, not its {len(result.rows)}"
+    for i, made_from in enumerate(result.sources):
+        if not made_from or any(not 0 <= k < inputs or k in rejected for k in made_from):
+            return f"output {i + 1}: its sources must be inputs of the batch it did not reject, at least one"
+    return None

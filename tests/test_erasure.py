@@ -300,3 +300,33 @@ def test_a_dry_run_names_the_runs_and_rows_and_nothing_to_erase_says_so(
     assert again.returncode == 0 and again.stdout.startswith("nothing to erase"), again.stdout
     retention = elspeth("purge", "--older-than", "0s", "--dry-run", cwd=work, db=db)
     assert retention.returncode == 0 and f"  {run_id}: " in retention.stdout, retention.stdout
+
+
+def test_a_row_request_erases_only_the_batch_outputs_made_from_that_row(db: Database, tmp_path: Path) -> None:
+    """batch_replicate copies each row: a copy is made from its one input, so its token's parent
+    is that input's token, and erasing row 3 leaves rows 1 and 2's copies (of other people)."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in.csv").write_text("id,name,copies\n1,ALPHA1,1\n2,BRAVO2,2\n3,SUBJECT3,1\n")
+    (tmp_path / "s.yaml").write_text(
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', "
+        "'name: str', 'copies: int']}, on_validation_failure: discard}}\n"
+        "aggregations:\n- {name: rep, plugin: batch_replicate, input: raw, on_success: out, on_error: discard, "
+        "trigger: {count: 3}, options: {copies_field: copies}}\n"
+        "sinks: {out: {plugin: csv, options: {path: out/o.csv}}}\n"
+    )
+    proc = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1]
+    purged = elspeth("purge", run_id, "--row", "3", "--reason", "request of subject 3", cwd=tmp_path, db=db)
+    assert purged.returncode == 0, purged.stderr
+    text = [v for _t, v in _all_text(db)]
+    assert not any(b"SUBJECT3" in v for v in text)
+    assert any(b"ALPHA1" in v for v in text) and any(b"BRAVO2" in v for v in text)
+    with db.connect() as conn:
+        parents = conn.execute(
+            "SELECT t.token_id, array_agg(p.parent_id ORDER BY p.ordinal) FROM tokens t "
+            "JOIN token_parents p USING (run_id, token_id) WHERE t.run_id = %s GROUP BY 1 ORDER BY 1",
+            (run_id,),
+        ).fetchall()
+    assert [len(p) for _t, p in parents] == [1, 1, 1, 1], parents  # four copies, one parent each
+    assert elspeth("replay", run_id, "--check", cwd=tmp_path, db=db).returncode == 0

@@ -113,3 +113,26 @@ def test_deaggregation_example_in_batches_of_three() -> None:
     out = [r for i in range(0, len(rows), 3) for r in agg.flush(rows[i : i + 3]).rows]
     expected = _expected("deaggregation/output/replicated.csv")
     assert _as_cells(out, list(expected[0])) == expected
+
+
+def test_batch_replicate_names_each_copys_one_source() -> None:
+    rows = [{"copies": 2}, {"copies": 0}, {"copies": 1}]
+    result = build_plugin("aggregation", "batch_replicate", {}).flush(rows)
+    assert result.sources == [[0], [0], [2]] and [i for i, _ in result.rejected] == [1]
+
+
+def test_sources_that_cannot_be_the_outputs_parents_fail_the_batch() -> None:
+    from engine.batching import _bad_sources
+    from engine.plugins.protocol import BatchResult
+
+    rows: list[dict[str, Any]] = [{}, {}]
+    assert _bad_sources(BatchResult(rows), 3, {}) is None  # every input: as for a sum
+    assert _bad_sources(BatchResult(rows, sources=[[0], [1, 2]]), 3, {}) is None
+    for sources, rejected in [
+        ([[0]], {}),
+        ([[0], []], {}),
+        ([[0], [3]], {}),
+        ([[0], [-1]], {}),
+        ([[0], [1]], {1: "x"}),
+    ]:
+        assert _bad_sources(BatchResult(rows, sources=sources), 3, rejected) is not None, sources

@@ -67,6 +67,7 @@ class BatchReplicate:
     def flush(self, rows: list[Row]) -> BatchResult:
         out: list[Row] = []
         rejected: list[tuple[int, str]] = []
+        sources: list[list[int]] = []  # each copy is made from its one input row
         for i, row in enumerate(rows):
             copies = row.get(self.copies_field, self.default_copies)
             if copies is None:
@@ -80,4 +81,5 @@ class BatchReplicate:
                 if self.include_copy_index:
                     new["copy_index"] = c
                 out.append(new)
-        return BatchResult(out, rejected)
+                sources.append([i])
+        return BatchResult(out, rejected, sources)

@@ -70,10 +70,14 @@ class SourceItem:
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     """What an aggregation returns for one batch. `rejected` holds (input index, reason) for
-    input rows left out of the output and recorded as quarantined (batch_replicate)."""
+    input rows left out of the output and recorded as quarantined (batch_replicate). `sources`,
+    when given, holds for each output row the indexes of the input rows it was made from (a
+    copy: its one input; None: every input, as for a sum): its token's parents, so that
+    lineage, `explain --row` and an erasure of one row reach only the outputs holding it."""
 
     rows: list[Row]
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    sources: list[list[int]] | None = None
 
 
 @runtime_checkable
