@@ -375,7 +375,10 @@ class Execution:
                         since_commit += 1
                     if self.stop.requested:
                         break
-                    if since_commit >= self.commit_every or clock.now() - last_commit >= COMMIT_SECONDS:
+                    # A clock set back (the wall clock, stepped) counts as time up: else no
+                    # durability point would come by time until it caught up again.
+                    elapsed = clock.now() - last_commit
+                    if since_commit >= self.commit_every or not 0 <= elapsed < COMMIT_SECONDS:
                         self.durability_point()
                         since_commit, last_commit = 0, clock.now()
                         if self.progress:

@@ -737,3 +737,41 @@ sinks:
     failed = [e.reason for _t, e in events if isinstance(e, ev.BatchFailed)]
     assert len(failed) == 1 and "cannot be recorded" in failed[0] and "not finite" in failed[0]
     assert not (tmp_path / "out.jsonl").exists() or "Infinity" not in (tmp_path / "out.jsonl").read_text()
+
+
+class _TimedSource(ScriptedSource):
+    """Scripted records, each read at the time `times` gives it (the system clock set back once)."""
+
+    def __init__(self, items: list[SourceItem | None], clock: FakeClock, times: list[float]) -> None:
+        super().__init__(items)
+        self.clock, self.times = clock, times
+
+    def read(self, start: int = 0) -> Iterator[SourceItem | None]:
+        for it, t in zip(self.items, self.times, strict=True):
+            self.clock.t = t
+            yield it
+
+
+def test_a_clock_set_back_does_not_hold_up_the_durability_points(db: Database, tmp_path: Path) -> None:
+    """Durability points come every second of the clock (and every `commit_every` records): a
+    clock set back an hour must not mean an hour without one."""
+    settings = f"""
+source: {{plugin: csv, on_success: out, options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}}}
+sinks:
+  out: {{plugin: json, options: {{path: out/out.jsonl}}}}
+"""
+    clock = FakeClock()
+    t0 = clock.now()
+    times = [t0, t0 - 3600, *(t0 - 3600 + 0.1 * k for k in range(1, 29))]  # 30 records, 0.1 s apart
+    items: list[SourceItem | None] = [item(i, id=i, v=i, note="ok") for i in range(30)]
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pipeline = load_pipeline(tmp_path, settings)
+        pipeline.source = _TimedSource(items, clock, times)  # type: ignore[assignment]
+        outcome = start_run(db, pipeline, clock=clock, commit_every=1000)
+        pipeline.close()
+    finally:
+        os.chdir(old)
+    commits = len(PostgresRecorder(db).checkpoints(outcome.run_id))  # every commit signs one
+    assert commits >= 4, commits  # the first, when the clock went back, then each second, and the last
