@@ -7,6 +7,7 @@ what is allowed; all errors in a file are reported together.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import stat
@@ -24,7 +25,16 @@ from engine.errors import EngineError
 from engine.expressions import Expression, ExpressionSyntaxError, compile_expression
 from engine.plugins.schema import is_int_text
 from engine.secrets import fingerprint_key, redact_settings
-from engine.settings_yaml import MAX_NODES, YamlLoader, expand_vars, join_path, value_kind, yaml_size
+from engine.settings_yaml import (
+    MAX_DEPTH,
+    MAX_NODES,
+    YamlLoader,
+    expand_vars,
+    join_path,
+    value_kind,
+    yaml_depth,
+    yaml_size,
+)
 from landscape.fingerprint import FingerprintKeyError
 from landscape.urls import redact
 
@@ -235,6 +245,13 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
             raw = loader.get_single_data()
         finally:
             loader.dispose()
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a few hundred `[` deep exhaust the stack.
+        raise SettingsError(
+            [
+                f"{where}: the YAML is nested too deeply to read; allowed: at most {MAX_DEPTH} levels of mappings and lists"
+            ]
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown position"
@@ -249,6 +266,10 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     errors: list[str] = []
     if yaml_size(raw) > MAX_NODES:
         raise SettingsError([f"{where}: (top): more than {MAX_NODES} values once YAML aliases are expanded"])
+    if yaml_depth(raw) > MAX_DEPTH:
+        raise SettingsError(
+            [f"{where}: (top): nested too deeply; allowed: at most {MAX_DEPTH} levels of mappings and lists"]
+        )
     data = expand_vars(raw, env, "", errors)
     settings = _decode_struct(Settings, data, "", errors)
     if not isinstance(settings, Settings):
@@ -436,6 +457,37 @@ def _check(loaded: LoadedSettings, errors: list[str]) -> None:
         error_target(f"aggregations[{i}].on_error", a.on_error)
         _check_aggregation(loaded, i, a, errors)
     _check_sections(s, errors)
+    _check_no_nul(s, errors)
+
+
+# Options that name a file or a database: the operating system takes no NUL in a path (Python
+# raises ValueError on the first stat), so such a value could only end in a traceback later.
+_PATH_OPTIONS = ("path", "url")
+
+
+def _check_no_nul(s: Settings, errors: list[str]) -> None:
+    named: list[tuple[str, object]] = [
+        ("landscape.url", s.landscape.url),
+        ("landscape.signing_key", s.landscape.signing_key),
+        ("landscape.witness_dir", s.landscape.witness_dir),
+    ]
+    named += [(f"source.options.{k}", s.source.options.get(k)) for k in _PATH_OPTIONS]
+    for name, sink in s.sinks.items():
+        named += [(f"sinks.{name}.options.{k}", sink.options.get(k)) for k in _PATH_OPTIONS]
+    for path, value in named:
+        if isinstance(value, str) and "\x00" in value:
+            errors.append(f"{path}: found a NUL character (\\0); allowed: a path or URL without one")
+
+
+def _finite(value: float) -> bool:
+    # NaN is neither more nor less than any bound, so `< low` lets it through; and a NaN or
+    # infinite deadline would sit in the deadline heap for ever (a NaN at its top stops every
+    # other one firing). An int is finite (and may be too large to become a float).
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _positive(seconds: float) -> bool:
+    return _finite(seconds) and seconds > 0
 
 
 def _check_name(name: str, path: str, errors: list[str]) -> None:
@@ -478,8 +530,8 @@ def _check_coalesce(i: int, c: CoalesceSettings, errors: list[str]) -> None:
         errors.append(f"{path}.branches: two branches read the same connection; allowed: one connection per branch")
     if c.policy == "best_effort" and c.timeout_seconds is None:
         errors.append(f"{path}.timeout_seconds: missing; it is required for policy best_effort")
-    if c.timeout_seconds is not None and c.timeout_seconds <= 0:
-        errors.append(f"{path}.timeout_seconds: found {c.timeout_seconds}; allowed: more than 0")
+    if c.timeout_seconds is not None and not _positive(c.timeout_seconds):
+        errors.append(f"{path}.timeout_seconds: found {c.timeout_seconds}; allowed: a finite number more than 0")
     if c.policy == "quorum":
         if c.quorum_count is None:
             errors.append(f"{path}.quorum_count: missing; it is required for policy quorum")
@@ -503,8 +555,8 @@ def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, e
         errors.append(f"{path}: found no trigger; allowed: at least one of count, timeout_seconds, condition")
     if tr.count is not None and tr.count < 1:
         errors.append(f"{path}.count: found {tr.count}; allowed: 1 or more")
-    if tr.timeout_seconds is not None and tr.timeout_seconds <= 0:
-        errors.append(f"{path}.timeout_seconds: found {tr.timeout_seconds}; allowed: more than 0")
+    if tr.timeout_seconds is not None and not _positive(tr.timeout_seconds):
+        errors.append(f"{path}.timeout_seconds: found {tr.timeout_seconds}; allowed: a finite number more than 0")
     if tr.condition is not None:
         try:
             condition = compile_expression(tr.condition)
@@ -540,8 +592,9 @@ def _check_sections(s: Settings, errors: list[str]) -> None:
         ("failure_threshold", r.failure_threshold, 1),
         ("reset_seconds", r.reset_seconds, 0),
     ):
-        if value is not None and value < low:
-            errors.append(f"retry.{key}: found {value}; allowed: {low} or more")
+        if value is not None and not (_finite(value) and value >= low):
+            finite = "" if key in ("max_attempts", "failure_threshold") else "a finite number, "
+            errors.append(f"retry.{key}: found {value}; allowed: {finite}{low} or more")
     c = s.checkpoint
     if isinstance(c.frequency, int) and c.frequency < 1:
         errors.append(f"checkpoint.frequency: found {c.frequency}; allowed: 1 or more rows")

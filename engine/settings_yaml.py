@@ -11,6 +11,9 @@ import yaml
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_NODES = 1_000_000  # YAML aliases can make a small file huge ("billion laughs")
+# Settings nest a handful of levels (a plugin's options a few more); every step after the YAML
+# parser walks them recursively, so a deeper file would end in a RecursionError somewhere.
+MAX_DEPTH = 64
 _MERGE = "tag:yaml.org,2002:merge"
 
 
@@ -51,6 +54,19 @@ def yaml_size(value: Any) -> int:
         elif isinstance(item, list):
             stack.extend(item)
     return count
+
+
+def yaml_depth(value: Any) -> int:
+    """How deeply `value` nests mappings and lists, counting no further than past MAX_DEPTH."""
+    stack, deepest = [(value, 1)], 0
+    while stack and deepest <= MAX_DEPTH:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 def value_kind(value: Any) -> str:

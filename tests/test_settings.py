@@ -423,3 +423,69 @@ def test_export_settings_are_accepted_with_a_word_that_nothing_exports_yet(tmp_p
 def test_a_sqlalchemy_style_postgresql_landscape_url_is_accepted(tmp_path: Path) -> None:
     loaded = load_settings(_write(tmp_path, BASE + "landscape: {url: 'postgresql+psycopg2://u@h/db'}\n"), {})
     assert loaded.settings.landscape.url == "postgresql+psycopg2://u@h/db" and not loaded.warnings
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "0"])
+def test_timeouts_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    # NaN passes every `<= 0` test, and a NaN deadline at the top of the deadline heap would keep
+    # every other deadline from firing.
+    text = BASE + (
+        f"coalesce:\n- {{name: j, branches: [a, b], policy: best_effort, timeout_seconds: {value}}}\n"
+        "aggregations:\n- {name: agg, plugin: batch_stats, input: q, on_success: out, on_error: discard,\n"
+        f"   trigger: {{timeout_seconds: {value}}}}}\n"
+    )
+    lines = _errors(tmp_path, text)
+    assert any(
+        line.startswith("coalesce[0].timeout_seconds: found ") and "allowed: a finite number more than 0" in line
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("aggregations[0].trigger.timeout_seconds: found ")
+        and "allowed: a finite number more than 0" in line
+        for line in lines
+    ), lines
+
+
+@pytest.mark.parametrize("key", ["initial_delay_seconds", "max_delay_seconds", "exponential_base", "reset_seconds"])
+@pytest.mark.parametrize("value", [".nan", ".inf"])
+def test_retry_numbers_must_be_finite(tmp_path: Path, key: str, value: str) -> None:
+    lines = _errors(tmp_path, BASE + f"retry: {{{key}: {value}}}\n")
+    assert len(lines) == 1 and lines[0].startswith(f"retry.{key}: found ") and "allowed: a finite number" in lines[0]
+
+
+def test_a_huge_integer_retry_count_is_a_value_not_a_traceback(tmp_path: Path) -> None:
+    loaded = load_settings(_write(tmp_path, BASE + f"retry: {{max_attempts: {10**400}}}\n"), {})
+    assert loaded.settings.retry.max_attempts == 10**400
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("source.options.path", BASE.replace("{path: in.csv}", '{path: "in\\0.csv"}')),
+        ("sinks.out.options.path", BASE.replace("{path: out.csv}", '{path: "out\\0.csv"}')),
+        ("sinks.out.options.url", BASE.replace("{plugin: csv, options: {path: out.csv}}",
+                                               '{plugin: database, options: {url: "sqlite:///o\\0.db", table: t}}')),
+        ("landscape.signing_key", BASE + 'landscape: {signing_key: "k\\0.key"}\n'),
+        ("landscape.witness_dir", BASE + 'landscape: {witness_dir: "w\\0"}\n'),
+        ("landscape.url", BASE + 'landscape: {url: "postgresql://u@h/d\\0"}\n'),
+    ],
+)  # fmt: skip
+def test_a_nul_in_a_path_is_one_line(tmp_path: Path, where: str, text: str) -> None:
+    lines = _errors(tmp_path, text)
+    assert f"{where}: found a NUL character (\\0); allowed: a path or URL without one" in lines, lines
+
+
+@pytest.mark.parametrize("depth", [65, 200, 600, 5000])
+def test_yaml_nested_too_deeply_is_one_line(tmp_path: Path, depth: int) -> None:
+    # The parser itself recurses once per level (a RecursionError past a few hundred), and so
+    # does everything after it: refused with one line either way.
+    text = BASE.replace("{path: in.csv}", "{path: in.csv, x: " + "[" * depth + "]" * depth + "}")
+    (line,) = _errors(tmp_path, text)
+    assert "nested too deeply" in line and "allowed: at most 64 levels of mappings and lists" in line
+
+
+def test_yaml_nested_as_deep_as_allowed_loads(tmp_path: Path) -> None:
+    depth = 64 - 3  # the top mapping, source, options
+    load_settings(
+        _write(tmp_path, BASE.replace("{path: in.csv}", "{path: in.csv, x: " + "[" * depth + "]" * depth + "}")), {}
+    )
