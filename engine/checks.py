@@ -1,17 +1,24 @@
 """Load-time checks of where a pipeline writes, before anything is opened: a sink must not
 destroy the input, another sink's output, or the audit trail.
 
-- a file sink (or a SQLite database sink) must not write the source's input file, a file that
-  another sink writes, or anything inside the ELSPETH home (the audit store's folder);
+- a file sink (or a SQLite database sink) must not write the settings file, the source's input
+  file, a file that another sink writes, the signing key the run signs with (its `.key` and
+  `.pub`), or anything inside the ELSPETH home (the audit store's folder) or the witness folder;
 - two database sinks must not write one table;
 - a `database` sink must not write into the audit store — neither the database the command
   will record into (`--database` / ELSPETH_DATABASE_URL, else a PostgreSQL `landscape.url`,
   else the embedded server of the home) nor, wherever it points, a table named like one of
-  the store's tables.
+  the store's tables or their partitions.
+
+These are the early, friendly checks: a URL names a database only as far as can be told
+without connecting (a DNS alias, say, is not seen through), so the database sink also asks the
+database itself, when it opens, whether it holds an audit store (engine/plugins/database_sink.py).
 
 Paths are compared resolved: through symbolic links, a file not yet there through its
-resolved folder, and existing files also by device and inode (hard links). The checks know the
-built-in plugins; a third-party sink is not checked.
+resolved folder, and existing files also by device and inode (hard links). Each path is taken
+as the code that opens it takes it: a source's or sink's `path` as written (a `~` in it is a
+folder named `~`, as the plugins open it), the key and witness folder as engine/signing.py
+resolves them. The checks know the built-in plugins; a third-party sink is not checked.
 """
 
 from __future__ import annotations
@@ -26,11 +33,9 @@ from engine.plugins.sinks import _FileSink
 from engine.settings import LoadedSettings
 from landscape.db import is_postgresql_url, redact
 from landscape.embedded import elspeth_home, embedded_uri
-from landscape.table_names import STORE_TABLE_NAMES
+from landscape.keys import KEY_SUFFIX, PUB_SUFFIX
+from landscape.table_names import STORE_TABLE_NAMES, is_store_table_name
 from landscape.urls import DatabaseName, database_name
-
-# The store's tables, from its schema, and alembic's own bookkeeping table.
-STORE_TABLES = STORE_TABLE_NAMES
 
 
 def output_problems(
@@ -45,6 +50,15 @@ def output_problems(
     files: list[tuple[Path, tuple[int, int] | None, str, bool]] = []
     # A sink writing over the settings file would destroy the pipeline's definition.
     files.append((_resolve(where), _inode(where), "the settings file itself", False))
+    # Over the signing key, the run could no longer sign (nor anyone check) its checkpoints.
+    for key_file, who in _key_files(loaded, env):
+        files.append((_resolve(key_file), _inode(key_file), who, False))
+    # Folders nothing may be written into: the store's, and that of the witness files (a run's
+    # record of its checkpoints outside the store; overwriting one destroys that evidence).
+    folders = [(home, "the ELSPETH home", "where the audit store lives")]
+    witness = witness_folder(loaded, env)
+    if witness is not None:
+        folders.append((_resolve(witness[0]), f"the witness folder ({witness[1]})", "where the witness files live"))
     source_path = getattr(source, "path", None)
     if isinstance(source_path, Path):
         files.append((_resolve(source_path), _inode(source_path), "the source's input (source.options.path)", False))
@@ -65,11 +79,12 @@ def output_problems(
             continue
         resolved, inode = _resolve(path), _inode(path)
         note = f" (resolved: {resolved})" if str(resolved) != str(path) else ""
-        if resolved == home or home in resolved.parents:
-            problems.append(
-                f"{where}: {key_path}: '{path}' is inside the ELSPETH home {home}, where the audit store "
-                f"lives{note}; allowed: a path outside it"
-            )
+        for folder, what, why in folders:
+            if resolved == folder or folder in resolved.parents:
+                problems.append(
+                    f"{where}: {key_path}: '{path}' is inside {what} {folder}, {why}{note}; allowed: a path outside it"
+                )
+                break
         for other, other_inode, who, other_sqlite in files:
             if sqlite and other_sqlite:
                 continue  # two tables of one SQLite file are fine; one table twice is checked above
@@ -93,10 +108,11 @@ def _table_problems(
     key = f"sinks.{name}.options"
     problems: list[str] = []
     table = sink.table_name
-    if table.casefold() in STORE_TABLES or table.rsplit(".", 1)[-1].casefold() in STORE_TABLES:
+    if is_store_table_name(table) or is_store_table_name(table.rsplit(".", 1)[-1]):
         problems.append(
             f"{key}.table: '{table}' is the name of a table of the audit store; allowed: any other name "
-            f"(not {', '.join(sorted(STORE_TABLES))})"
+            f"(not {', '.join(sorted(STORE_TABLE_NAMES))}, nor one of these followed by _p and a number: "
+            "their partitions)"
         )
     target = database_name(sink.url, env) if is_postgresql_url(sink.url) else None
     if target is not None and store is not None and target.same_as(store):
@@ -114,6 +130,49 @@ def _table_problems(
         )
     tables.setdefault((database, table), name)
     return problems
+
+
+def signing_key(loaded: LoadedSettings, env: Mapping[str, str]) -> tuple[Path, str] | None:
+    """The signing key file the run signs with, chosen and resolved as engine/signing.py does,
+    and what named it; None: the home's own key (inside the home, which is checked as a whole)."""
+    named = env.get("ELSPETH_SIGNING_KEY")
+    if named:
+        return Path(named), "ELSPETH_SIGNING_KEY"
+    setting = loaded.settings.landscape.signing_key
+    if setting:
+        return _from_settings_folder(loaded, setting), "landscape.signing_key"
+    return None
+
+
+def witness_folder(loaded: LoadedSettings, env: Mapping[str, str]) -> tuple[Path, str] | None:
+    """The witness folder ELSPETH_WITNESS_DIR or the settings name, resolved as engine/signing.py
+    does, and what named it; None: the default, `<home>/witness`, inside the home."""
+    named = env.get("ELSPETH_WITNESS_DIR")
+    if named:
+        return Path(named).expanduser().absolute(), "ELSPETH_WITNESS_DIR"
+    setting = loaded.settings.landscape.witness_dir
+    if setting:
+        return _from_settings_folder(loaded, setting), "landscape.witness_dir"
+    return None
+
+
+def _key_files(loaded: LoadedSettings, env: Mapping[str, str]) -> list[tuple[Path, str]]:
+    """The signing key and the `.pub` that `elspeth keys generate` wrote beside it."""
+    named = signing_key(loaded, env)
+    if named is None:
+        return []
+    key, setting = named
+    files = [(key, f"the signing key ({setting})")]
+    if key.name.endswith(KEY_SUFFIX):
+        public = key.with_name(key.name[: -len(KEY_SUFFIX)] + PUB_SUFFIX)
+        files.append((public, f"the signing key's public key ({setting})"))
+    return files
+
+
+def _from_settings_folder(loaded: LoadedSettings, value: str) -> Path:
+    # As engine/signing.py's `_from_settings`: `~` expanded, relative to the settings file's folder.
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else loaded.path.parent / path
 
 
 def _store(loaded: LoadedSettings, env: Mapping[str, str]) -> DatabaseName | None:
@@ -148,13 +207,17 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 def _resolve(path: Path) -> Path:
-    # Symbolic links followed as far as the path exists; the rest is taken as written.
-    return Path(os.path.realpath(path.expanduser()))
+    # Symbolic links followed as far as the path exists; the rest is taken as written. No `~`
+    # expansion: a sink's path is opened as written, and the check must mean the same file.
+    try:
+        return Path(os.path.realpath(path))
+    except ValueError:  # a NUL in the path (refused with the settings; never a traceback here)
+        return Path(os.path.abspath(path))
 
 
 def _inode(path: Path) -> tuple[int, int] | None:
     try:
         info = path.stat()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path, which no file has
         return None
     return info.st_dev, info.st_ino

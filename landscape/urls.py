@@ -223,11 +223,20 @@ class DatabaseName:
 
 def database_name(url: str, environ: Mapping[str, str] | None = None) -> DatabaseName | None:
     """The PostgreSQL database a URL (libpq, or SQLAlchemy's `postgresql+driver://`) or libpq
-    keyword string names; None when it names no PostgreSQL database or cannot be read."""
+    keyword string names; None when it names no PostgreSQL database or cannot be read, or
+    names a libpq service (`service=`, or PGSERVICE) that no service file here defines."""
     env = os.environ if environ is None else environ
     params = _connection_params(url)
     if params is None:
         return None
+    service = params.get("service") or env.get("PGSERVICE")
+    if service:
+        defined = service_params(service, env)
+        if defined is None:
+            return None  # libpq may know a file this does not (its compiled-in folder): unknown
+        # As libpq does: what the connection string gives wins over the service's definition
+        # (an empty value, as `postgresql:///` gives for the database, gives nothing).
+        params = {**defined, **{k: v for k, v in params.items() if v}}
     hosts = (params.get("hostaddr") or params.get("host") or env.get("PGHOST") or "").split(",")
     ports = (params.get("port") or env.get("PGPORT") or "5432").split(",")
     if len(ports) == 1:
@@ -241,6 +250,46 @@ def database_name(url: str, environ: Mapping[str, str] | None = None) -> Databas
         endpoints.update(_endpoints(host.strip(), port))
     user = params.get("user") or env.get("PGUSER") or getpass.getuser()
     return DatabaseName(frozenset(endpoints), params.get("dbname") or env.get("PGDATABASE") or user)
+
+
+def service_params(service: str, environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The keywords a libpq service file gives `service`, from the files libpq reads in its
+    order (PGSERVICEFILE, else ~/.pg_service.conf; then PGSYSCONFDIR/pg_service.conf); None when
+    none of them defines it. Unreadable files count as not defining it."""
+    env = os.environ if environ is None else environ
+    files = [env.get("PGSERVICEFILE") or os.path.join(os.path.expanduser("~"), ".pg_service.conf")]
+    if env.get("PGSYSCONFDIR"):
+        files.append(os.path.join(env["PGSYSCONFDIR"], "pg_service.conf"))
+    for name in files:
+        try:
+            with open(name, encoding="utf-8", errors="replace") as f:
+                text = f.read(1_000_000)
+        except (OSError, ValueError):
+            continue
+        found = _service_section(text, service)
+        if found is not None:
+            return found
+    return None
+
+
+def _service_section(text: str, service: str) -> dict[str, str] | None:
+    """The `key=value` lines of the `[service]` section of a service file's text, or None."""
+    section: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if section is not None:
+                return section  # the first section of that name is the one libpq uses
+            if line.endswith("]") and line[1:-1] == service:
+                section = {}
+            continue
+        if section is not None:
+            key, eq, value = line.partition("=")
+            if eq:
+                section.setdefault(key.strip(), value.strip())
+    return section
 
 
 def _connection_params(url: str) -> dict[str, str] | None:

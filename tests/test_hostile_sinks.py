@@ -43,6 +43,9 @@ class Refused:
     setup: Callable[[Path], object] | None = None
     store: str | None = "{store}"
     landscape: str | None = None
+    keys: str | None = None  # more keys of `landscape:` (YAML, filled in too)
+    env: dict[str, str] = field(default_factory=dict)  # more environment (filled in too)
+    files: dict[str, str] = field(default_factory=dict)  # name -> text (filled in), written first
 
 
 def _link(name: str, to: str) -> Callable[[Path], object]:
@@ -52,6 +55,9 @@ def _link(name: str, to: str) -> Callable[[Path], object]:
 def _hardlink(name: str, to: str) -> Callable[[Path], object]:
     return lambda tmp: os.link(tmp / to, tmp / name)
 
+
+# A libpq service file naming the test's store (its socket folder, database and user).
+SERVICE = "# the test's store\n[other]\nhost=/nowhere\n[audit]\nhost={socket}\ndbname={dbname}\nuser=postgres\n"
 
 # fmt: off
 REFUSED: dict[str, Refused] = {
@@ -87,14 +93,38 @@ REFUSED: dict[str, Refused] = {
     "two sinks on one table": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: database, options: {url: 'sqlite:///./o.db', table: t}}", "sinks.b.options.table: 't' in that database is also written by sink 'a'"),
     "replace confirmed without replace": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t, replace_rows_of_other_runs: true}}", "only with if_exists: replace"),
     "a plain sink": Refused("a: {plugin: csv, options: {path: out.csv}}", None),
+    "sink is the signing key": Refused("a: {plugin: json, options: {path: keys/mine.key}}", "sinks.a.options.path: 'keys/mine.key' is also the signing key (landscape.signing_key)", keys="signing_key: keys/mine.key"),
+    "sink is the signing key's .pub": Refused("a: {plugin: json, options: {path: keys/mine.pub}}", "is also the signing key's public key (landscape.signing_key)", keys="signing_key: keys/mine.key"),
+    "the key is relative to the settings file": Refused("a: {plugin: json, options: {path: sub/k.key}}", "is also the signing key (landscape.signing_key)", lambda t: (t / "sub").mkdir(), keys="signing_key: k.key", files={"sub/settings.yaml": ""}),
+    "a sqlite sink on the signing key": Refused("a: {plugin: database, options: {url: 'sqlite:///keys/mine.key', table: t}}", "is also the signing key", keys="signing_key: keys/mine.key"),
+    "sink is ELSPETH_SIGNING_KEY": Refused("a: {plugin: json, options: {path: '{tmp}/other.key'}}", "is also the signing key (ELSPETH_SIGNING_KEY)", env={"ELSPETH_SIGNING_KEY": "{tmp}/other.key"}),
+    "sink inside the witness folder": Refused("a: {plugin: json, options: {path: wit/run-x.checkpoints}}", "sinks.a.options.path: 'wit/run-x.checkpoints' is inside the witness folder (landscape.witness_dir)", keys="witness_dir: wit"),
+    "sink is the witness folder": Refused("a: {plugin: json, options: {path: wit}}", "is inside the witness folder", keys="witness_dir: wit/"),
+    "sink inside the witness folder through a link": Refused("a: {plugin: json, options: {path: alias/x.checkpoints}}", "is inside the witness folder", lambda t: ((t / "wit").mkdir(), (t / "alias").symlink_to(t / "wit")), keys="witness_dir: wit"),
+    "sink inside ELSPETH_WITNESS_DIR": Refused("a: {plugin: json, options: {path: '{tmp}/w2/x'}}", "is inside the witness folder (ELSPETH_WITNESS_DIR)", env={"ELSPETH_WITNESS_DIR": "{tmp}/w2"}),
+    "sink beside the witness folder": Refused("a: {plugin: json, options: {path: witness.jsonl}}", None, keys="witness_dir: wit"),
+    "a path with ~ is the folder named ~": Refused("a: {plugin: csv, options: {path: '~/in.csv'}}", None, lambda t: (t / "~").mkdir(), env={"HOME": "{tmp}"}),
+    "a path with ~ is the source in the folder named ~": Refused("a: {plugin: csv, options: {path: '~/in.csv'}}", "is also the source's input", lambda t: (t / "~").symlink_to(t), env={"HOME": "/nonexistent"}),
+    "table events_p14": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: events_p14}}", "sinks.a.options.table: 'events_p14' is the name of a table of the audit store"),
+    "table Tokens_P03": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: Tokens_P03}}", "is the name of a table of the audit store"),
+    "table public.runs_p7": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: public.runs_p7}}", "is the name of a table of the audit store"),
+    "table payloads_before_0007": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: payloads_before_0007}}", "is the name of a table of the audit store"),
+    "table rows_clean": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: rows_clean}}", None),
+    "table events_p": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: events_p}}", None),
+    "the store through a libpq service": Refused("a: {plugin: database, options: {url: 'postgresql:///?service=audit', table: mine}}", "sinks.a.options.url: postgresql:///?service=audit is the audit store's database", env={"PGSERVICEFILE": "{tmp}/services.conf"}, files={"services.conf": SERVICE}),
+    "the store through PGSERVICE": Refused("a: {plugin: database, options: {url: 'postgresql+psycopg://', table: mine}}", "is the audit store's database", env={"PGSERVICEFILE": "{tmp}/services.conf", "PGSERVICE": "audit"}, files={"services.conf": SERVICE}),
+    "the store through a service in PGSYSCONFDIR": Refused("a: {plugin: database, options: {url: 'postgresql:///?service=audit', table: mine}}", "is the audit store's database", env={"PGSERVICEFILE": "{tmp}/none.conf", "PGSYSCONFDIR": "{tmp}"}, files={"pg_service.conf": SERVICE}),
+    "another database through the store's service": Refused("a: {plugin: database, options: {url: 'postgresql:///postgres?service=audit', table: mine}}", None, env={"PGSERVICEFILE": "{tmp}/services.conf"}, files={"services.conf": SERVICE}),
+    "a service no file here defines": Refused("a: {plugin: database, options: {url: 'postgresql:///?service=elsewhere', table: mine}}", None, env={"PGSERVICEFILE": "{tmp}/services.conf"}, files={"services.conf": SERVICE}),
 }
 # fmt: on
 
 _SOCKET: list[Path] = []  # the test server's socket folder, for the link case
 
 
-def _settings(sinks: str, landscape: str | None) -> str:
-    extra = f"landscape: {{url: '{landscape}'}}\n" if landscape else ""
+def _settings(sinks: str, landscape: str | None, keys: str | None = None) -> str:
+    entries = ([f"url: '{landscape}'"] if landscape else []) + ([keys] if keys else [])
+    extra = f"landscape: {{{', '.join(entries)}}}\n" if entries else ""
     return f"source:\n  plugin: csv\n  on_success: a\n  options: {{path: in.csv, schema: {{mode: observed}}}}\nsinks:\n  {sinks}\n{extra}"
 
 
@@ -109,20 +139,31 @@ def test_refused_at_load(case: Refused, db: Database, tmp_path: Path, monkeypatc
         "store_pw": db.conninfo.replace("postgres@", "postgres:hunter2@", 1),
         "store_linked": urlunsplit(parts._replace(query=f"host={tmp_path / 'sock'}")),
         "other_db": urlunsplit(parts._replace(path="/postgres")),
+        "socket": str(_SOCKET[0]), "dbname": parts.path.lstrip("/"),
     }  # fmt: skip
+
+    def filled(text: str) -> str:
+        text = text.replace("{", "{{").replace("}", "}}")
+        return re.sub(r"\{\{(\w+)\}\}", r"{\1}", text).format(**fill)
+
     (tmp_path / "in.csv").write_text("id\n1\n")
     if case.setup is not None:
         case.setup(tmp_path)
+    for name, text in case.files.items():
+        (tmp_path / name).write_text(filled(text))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ELSPETH_HOME", str(home))
+    for var in ("ELSPETH_SIGNING_KEY", "ELSPETH_WITNESS_DIR", "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in case.env.items():
+        monkeypatch.setenv(var, filled(value))
     if case.store is None:
         monkeypatch.delenv("ELSPETH_DATABASE_URL", raising=False)
     else:
         monkeypatch.setenv("ELSPETH_DATABASE_URL", case.store.format(**fill))
-    path = tmp_path / "settings.yaml"
-    sinks = case.sinks.replace("{", "{{").replace("}", "}}")
-    sinks = re.sub(r"\{\{(\w+)\}\}", r"{\1}", sinks).format(**fill)
-    path.write_text(_settings(sinks, case.landscape))
+    # A case may put the settings file in a subfolder (see `files`).
+    path = next((tmp_path / name for name in case.files if name.endswith("settings.yaml")), tmp_path / "settings.yaml")
+    path.write_text(_settings(filled(case.sinks), case.landscape, case.keys and filled(case.keys)))
     problems = pipeline_problems(load_settings(path))
     if case.expect is None:
         assert problems == []
@@ -362,3 +403,52 @@ def test_replacing_a_table_of_other_runs_needs_the_settings_to_say_so(db: Databa
     assert "holds 1 row(s) of run(s) run-" in err and "replace_rows_of_other_runs: true" in err
     (tmp_path / "s.yaml").write_text(_settings(sink % ", replace_rows_of_other_runs: true", None))
     assert elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db).returncode == 0
+
+
+# -- the database itself says it is an audit store ------------------------------------------------
+
+
+def test_a_database_sink_refuses_a_database_that_holds_an_audit_store(db: Database) -> None:
+    # The load-time check compares URLs, which a DNS alias or a host list can spell past; the
+    # sink asks the database at open, before it makes or drops anything. Here it is handed the
+    # store's URL and a partition's name directly, as if the load-time check had been fooled.
+    from engine.plugins.database_sink import DatabaseSink
+    from engine.plugins.protocol import PluginError
+
+    options = {"url": db.conninfo, "table": "events_p00", "if_exists": "replace", "replace_rows_of_other_runs": True}
+    sink = DatabaseSink(options)
+    with pytest.raises(PluginError) as err:
+        sink.open("run-x", None)
+    assert "that database holds an ELSPETH audit store (schema 'public')" in str(err.value)
+    assert "allowed: a database of its own" in str(err.value)
+    with psycopg.connect(db.conninfo) as conn:
+        tables = {r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p')")}
+    assert "events_p00" in tables and "elspeth_sink_tokens" not in tables
+
+
+@pytest.mark.parametrize(
+    ("tables", "refused"),
+    [
+        (["audit.store_meta (k text)"], True),  # a store in another schema of the database
+        (["events (a text)", "payloads (a text)"], True),  # a store from before store_meta (0005)
+        (["events (a text)"], False),  # an application's own events table
+    ],
+    ids=["store_meta in another schema", "events and payloads", "events alone"],
+)
+def test_what_marks_a_database_as_an_audit_store(sink_db: str, tables: list[str], refused: bool) -> None:
+    from engine.plugins.database_sink import DatabaseSink
+    from engine.plugins.protocol import PluginError
+
+    with psycopg.connect(sink_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA audit")
+        for table in tables:
+            conn.execute(f"CREATE TABLE {table}")
+    sink = DatabaseSink({"url": sink_db, "table": "mine"})
+    if refused:
+        with pytest.raises(PluginError, match="that database holds an ELSPETH audit store"):
+            sink.open("run-x", None)
+    else:
+        sink.open("run-x", None)
+        sink.write("t1", {"id": 1})
+        assert sink.flush() == 1
+        sink.close()

@@ -109,6 +109,17 @@ class DatabaseSink:
         try:
             self._engine = _engine(self.url)
             with self._engine.begin() as conn:
+                # Before any table is made or dropped. The load-time check compares URLs, which
+                # a DNS alias, a libpq service or a host list can spell otherwise; the database
+                # itself cannot be mistaken about what it holds.
+                what = "cannot tell whether it holds an ELSPETH audit store"
+                store = _audit_store_schema(conn)
+                if store is not None:
+                    raise _AuditStore(
+                        f"database sink {self.location()}: that database holds an ELSPETH audit store "
+                        f"(schema '{store}'); allowed: a database of its own (a sink never writes into the "
+                        "audit store)"
+                    )
                 what = "cannot prepare its tables"
                 meta = MetaData()
                 self._tokens = tokens = Table(
@@ -135,6 +146,9 @@ class DatabaseSink:
                     self._use_table(Table(self.table_name, MetaData(), autoload_with=conn))
                 elif refused is None and self.schema.field_names is not None:
                     self._create_table(conn)
+        except _AuditStore as e:
+            self.release()
+            raise PluginError(_NODE, str(e)) from None
         except Exception as e:
             self.release()
             raise self._fail(what, e) from e
@@ -301,6 +315,28 @@ def _write_failure(e: Exception, url: str) -> str:
         code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
         return f"{type(e).__name__}{f' (SQLSTATE {code})' if code else ''}"
     return recorded(e)
+
+
+class _AuditStore(Exception):
+    """The sink's database holds an audit store: refused before anything is written."""
+
+
+# What makes a schema an ELSPETH audit store: its `store_meta` (since migration 0005), or, in a
+# store from before it, `events` with `payloads` (an `events` table alone is a common name).
+_STORE_MARKS = (("store_meta",), ("events", "payloads"))
+
+
+def _audit_store_schema(conn: Any) -> str | None:
+    """The schema of the sink's database that holds an ELSPETH audit store, or None. Every
+    schema is asked, not only the sink's: a sink must not write into a store's database at all."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    for schema in inspector.get_schema_names():
+        for marks in _STORE_MARKS:
+            if all(inspector.has_table(name, schema=schema) for name in marks):
+                return str(schema)
+    return None
 
 
 def _engine(url: str) -> Any:
