@@ -1,4 +1,5 @@
-"""Before anything is created: the files a pipeline reads exist, and the folders it writes into.
+"""Before anything is created: the files a pipeline reads exist (its input, the signing key it
+names), and the places it writes can take files (the sinks' folders, the witness folder).
 
 `validate` and `run` call this once the settings are known to be right, before any audit store is
 opened or created, so a mistyped input path costs one line and leaves nothing behind (no store,
@@ -10,15 +11,22 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
+from engine.checks import signing_key, witness_folder
 from engine.cli.errors import ElspethCliError
 from engine.orchestrator import Pipeline
+from landscape.keys import KeyFileError, load_signer
 
 
-def path_problems(pipeline: Pipeline) -> list[str]:
-    """One line per input that is not a readable regular file and per output folder that is not
-    there. Plugins that read or write a `path` are checked (the built-in file plugins)."""
+def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per input that is not a readable regular file, per output folder that is not
+    there, per sink file that is a folder or a FIFO, and for a signing key that is not one or a
+    witness folder that cannot take files. Plugins that read or write a `path` are checked (the
+    built-in file plugins)."""
+    env = os.environ if environ is None else environ
     where = pipeline.loaded.path
     problems: list[str] = []
     source_path = getattr(pipeline.source, "path", None)
@@ -33,6 +41,28 @@ def path_problems(pipeline: Pipeline) -> list[str]:
             if not folder.is_dir():
                 what = "is not a folder" if folder.exists() else "does not exist"
                 problems.append(f"{where}: sinks.{name}.options.path: the folder {folder} of {path} {what}")
+            elif (kind := _not_writable_file(path)) is not None:
+                problems.append(
+                    f"{where}: sinks.{name}.options.path: {path} {kind}; allowed: a regular file, or a new one "
+                    "(or a device such as /dev/null)"
+                )
+    key = signing_key(pipeline.loaded, env)
+    if key is not None:
+        try:
+            load_signer(key[0])
+        except KeyFileError as e:
+            problems.append(
+                f"{where}: {key[1]}: {e}; allowed: a .key file made by `elspeth keys generate` "
+                "(or no signing_key: the ELSPETH home's own key)"
+            )
+    witness = witness_folder(pipeline.loaded, env)
+    if witness is not None:
+        why = _cannot_hold_files(witness[0])
+        if why:
+            problems.append(
+                f"{where}: {witness[1]}: the witness folder {witness[0]} {why}; allowed: a folder this user can "
+                "write, or one that can be made (or no witness_dir: <home>/witness)"
+            )
     return problems
 
 
@@ -48,10 +78,57 @@ def _unreadable(path: Path) -> str | None:
     except FileNotFoundError:
         return "does not exist"
     except OSError as e:
-        return f"cannot be read: {e.strerror}"
+        return f"cannot be read: {e.strerror or e}"
+    except ValueError:  # a NUL in the path (refused with the settings; never a traceback here)
+        return "cannot be a file's name (it holds a NUL character)"
     if not stat.S_ISREG(st.st_mode):
         # Only regular files: opening a FIFO or a device to test it could block or consume it.
         return "is not a regular file"
     if not os.access(path, os.R_OK):
         return "is not readable (permission denied)"
+    return None
+
+
+def _not_writable_file(path: Path) -> str | None:
+    """Why a sink cannot write `path` as its file: a folder, or a FIFO or socket (a sink hashes
+    and cuts what it wrote to resume it, which a pipe cannot be; opening one to test it could
+    block). A character device (/dev/null) is written without either and is allowed."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None  # not there yet (made at the first write), or refused elsewhere
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "is a socket"
+    return None
+
+
+def _cannot_hold_files(folder: Path) -> str | None:
+    """Why the run could not write its witness file into `folder` (made with its parents at the
+    first checkpoint), or None. A failure there comes after the run is recorded, so it is asked
+    here, before."""
+    try:
+        if folder.exists():
+            if not folder.is_dir():
+                return "is not a folder"
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return "cannot be written (permission denied)"
+            return None
+        parent = folder.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"cannot be made: {parent} is not a folder"
+        # Whether a folder can be made there is only known by making one: access() says yes to
+        # root everywhere, and some file systems (/proc) refuse whatever the permissions say.
+        # The probe is removed at once; the witness folder itself is made by the run.
+        probe = tempfile.mkdtemp(prefix=".elspeth-probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as e:
+        return f"cannot be made: {e.strerror or e}"
+    except ValueError:
+        return "cannot be a folder's name (it holds a NUL character)"
     return None

@@ -117,7 +117,7 @@ class _FileSink:
         try:
             size = self.path.stat().st_size if self.path.exists() else 0
         except OSError as e:
-            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
+            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror or e}") from e
         if position is not None and size < position:
             # Truncating would pad with NUL bytes: the file is not the one the run wrote.
             raise PluginError(
@@ -163,7 +163,7 @@ class _FileSink:
             with self.path.open("rb") as f:
                 return _hash_of(f, size)
         except OSError as e:
-            raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror}") from e
+            raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
 
     def _ends_a_line(self) -> bool:
         # A newline in the file's encoding, without the byte-order mark that starts a stream.
@@ -193,7 +193,7 @@ class _FileSink:
         try:
             f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
         except OSError as e:
-            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
+            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror or e}") from e
         try:
             # Locked before anything is cut: another process writing this file (another run's
             # sink) keeps it, and this run's flush fails rather than destroy that run's rows.
@@ -205,7 +205,7 @@ class _FileSink:
                 _NODE,
                 f"{self.path} is being written by another process (another run's sink?): not written"
                 if busy
-                else f"cannot lock {self.path}: {e.strerror}",
+                else f"cannot lock {self.path}: {e.strerror or e}",
             ) from e
         try:
             # What was checked went through the path: the bytes kept must be those, read through
@@ -219,7 +219,7 @@ class _FileSink:
             f.write(self._head)
         except OSError as e:
             f.close()
-            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror}") from e
+            raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror or e}") from e
         self._hash.update(self._head)
         self._f, self._head = f, b""
         return f
@@ -238,7 +238,7 @@ class _FileSink:
             os.fsync(f.fileno())
             return f.tell()
         except OSError as e:
-            raise PluginError(_NODE, f"cannot write {self.path}: {e.strerror}") from e
+            raise PluginError(_NODE, f"cannot write {self.path}: {e.strerror or e}") from e
 
     def write(self, token_id: str, row: Row) -> None:
         self._buffer.append(row)
