@@ -57,7 +57,7 @@ def _hardlink(name: str, to: str) -> Callable[[Path], object]:
 
 
 # A libpq service file naming the test's store (its socket folder, database and user).
-SERVICE = "# the test's store\n[other]\nhost=/nowhere\n[audit]\nhost={socket}\ndbname={dbname}\nuser=postgres\n"
+SERVICE = "# the test's store\n[other]\nhost=/nowhere\n[audit]\nhost={socket}\ndbname={dbname}\nuser=postgres\n[later]\nport=1\n"
 
 # fmt: off
 REFUSED: dict[str, Refused] = {
@@ -418,7 +418,10 @@ def test_a_database_sink_refuses_a_database_that_holds_an_audit_store(db: Databa
     options = {"url": db.conninfo, "table": "events_p00", "if_exists": "replace", "replace_rows_of_other_runs": True}
     sink = DatabaseSink(options)
     with pytest.raises(PluginError) as err:
-        sink.open("run-x", None)
+        try:
+            sink.open("run-x", None)
+        finally:
+            sink.close()
     assert "that database holds an ELSPETH audit store (schema 'public')" in str(err.value)
     assert "allowed: a database of its own" in str(err.value)
     with psycopg.connect(db.conninfo) as conn:
@@ -444,11 +447,13 @@ def test_what_marks_a_database_as_an_audit_store(sink_db: str, tables: list[str]
         for table in tables:
             conn.execute(f"CREATE TABLE {table}")
     sink = DatabaseSink({"url": sink_db, "table": "mine"})
-    if refused:
-        with pytest.raises(PluginError, match="that database holds an ELSPETH audit store"):
+    try:
+        if refused:
+            with pytest.raises(PluginError, match="that database holds an ELSPETH audit store"):
+                sink.open("run-x", None)
+        else:
             sink.open("run-x", None)
-    else:
-        sink.open("run-x", None)
-        sink.write("t1", {"id": 1})
-        assert sink.flush() == 1
+            sink.write("t1", {"id": 1})
+            assert sink.flush() == 1
+    finally:
         sink.close()

@@ -139,3 +139,9 @@ def test_a_nul_in_a_path_never_reaches_a_stat_as_a_traceback(tmp_path: Path) -> 
     loaded = load_settings(_settings(tmp_path), {})
     nul = SimpleNamespace(path=Path("in\0.jsonl"))
     assert output_problems(loaded, nul, {}, {}) == []
+
+
+def test_a_nul_in_an_input_path_is_a_reason_not_a_traceback() -> None:
+    from engine.cli.preflight import _unreadable
+
+    assert _unreadable(Path("in\0.jsonl")) == "cannot be a file's name (it holds a NUL character)"
