@@ -268,18 +268,20 @@ def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database,
 
 
 def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(db: Database, work: Path) -> None:
-    (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "later/high.csv"))
-    (work / "later" / "high.csv").mkdir(parents=True)  # its folder is there (validate passes); it cannot open
+    # Validate passes (the file is a regular file in a folder that is there); what is in it
+    # is only read when the sink opens, which refuses to append to a line without its newline.
+    (work / "settings.yaml").write_text(PIPELINE.replace("{path: out/high.csv}", "{path: out/high.csv, mode: append}"))
+    (work / "out" / "high.csv").write_text("id,v")
     err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), 1)
     found = re.search(r"`elspeth resume ([\w-]+)`", err)
     assert found, err
     run_id = found.group(1)
     listed = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)
     assert {r["run_id"]: r["status"] for r in listed}[run_id] == "failed"
-    (work / "later" / "high.csv").rmdir()
+    (work / "out" / "high.csv").write_text("id,v\n")
     proc = elspeth("resume", run_id, cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
-    assert (work / "later/high.csv").read_text().splitlines() == ["id,v", "2,9"]
+    assert (work / "out/high.csv").read_text().splitlines() == ["id,v", "2,9"]
 
 
 def test_validate_reports_structure_expression_and_option_problems_in_one_pass(work: Path) -> None:
@@ -379,9 +381,9 @@ def test_explain_names_an_unknown_run_as_such(db: Database, work: Path) -> None:
     [
         (lambda t: t.replace("options: {path: out/high.csv}", "options: {path: out/high.csv, encoding: ascii}"),
          "sink 'high': UnicodeEncodeError"),
-        (lambda t: t.replace("path: out/bad.jsonl", "path: out, format: json, mode: append"), "sink 'bad': "),
+        (lambda t: t.replace("path: out/bad.jsonl", "path: /dev/full, format: json, mode: append"), "sink 'bad': "),
     ],
-    ids=["unencodable-row", "append-to-a-folder"],
+    ids=["unencodable-row", "append-to-a-full-device"],
 )  # fmt: skip
 def test_anything_a_sink_raises_fails_the_run_on_record(db: Database, work: Path, change: object, says: str) -> None:
     (work / "in.csv").write_text("id,v\r\nböb,9\r\n2,x\r\n", encoding="utf-8")
@@ -439,13 +441,13 @@ def test_a_missing_variable_is_reported_once_not_with_its_consequences(work: Pat
 
 
 def test_the_resume_hint_carries_the_home_that_found_the_run(work: Path) -> None:
-    (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "later/high.csv"))
-    (work / "later" / "high.csv").mkdir(parents=True)  # the sink cannot open it: the run fails on record
+    (work / "settings.yaml").write_text(PIPELINE.replace("{path: out/high.csv}", "{path: out/high.csv, mode: append}"))
+    (work / "out" / "high.csv").write_text("id,v")  # no newline: the sink cannot open it, the run fails on record
     home = work / "elsewhere"
     err = one_line_error(elspeth("--home", "elsewhere", "run", "-s", "settings.yaml", cwd=work), 1)
     found = re.search(r"`(elspeth --home (\S+) resume ([\w-]+))`", err)
     assert found and found.group(2) == str(home.resolve()), err
-    (work / "later" / "high.csv").rmdir()
+    (work / "out" / "high.csv").write_text("id,v\n")
     proc = elspeth(*found.group(1).split()[1:], cwd=work)  # the hint, as the user would paste it
     assert proc.returncode == 0, proc.stderr
 
