@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,7 +119,7 @@ def run_hostile(db: Database, tmp_path: Path, mode: str, rows: list[dict[str, An
 
 
 def purge(db: Database, run_id: str, rows: list[int]) -> None:
-    erase(db, plan_rows(db, run_id, rows), "GDPR art. 17 request", datetime.now(UTC))
+    erase(db, plan_rows(db, run_id, rows), "GDPR art. 17 request")
 
 
 @pytest.mark.parametrize(("mode", "tag"), [("flexible", 1), ("fixed", 2)])
