@@ -572,13 +572,13 @@ def resume_run(
     # relative paths resolve, are read from the run's first event and its projection row here,
     # and checked against the verified log below.
     created = recorder.run_created(run_id)
-    if created is not None:
-        if not os.path.isdir(created.working_dir):
-            raise ResumeRefused(
-                f"run {run_id} ran in {created.working_dir}, which no longer exists: its settings' relative paths "
-                "cannot resolve as they did"
-            )
+    if created is not None and os.path.isdir(created.working_dir):
         os.chdir(created.working_dir)
+    elif created is not None and settings_path is None:
+        raise ResumeRefused(
+            f"run {run_id} ran in {created.working_dir}, which no longer exists: its settings' relative paths "
+            "cannot resolve as they did; give the settings with -s FILE to resume from here"
+        )
     recorded = summary.settings_path if summary is not None else created.settings_path if created else None
     if settings_path is None and recorded is None:
         raise ResumeRefused(f"run {run_id} has no recorded settings file; see `elspeth replay {run_id} --check`")
@@ -609,10 +609,10 @@ def _resume(
     # a log cut short after a checkpoint must not be resumed (it would write its rows again).
     ls = pipeline.loaded.settings.landscape
     base = pipeline.loaded.path.absolute().parent
-    folders = {signing.recorded_witness_dir(home, created), signing.witness_dir(home, ls.witness_dir, base).absolute()}
+    folders = signing.run_witness_folders(home, created, ls.witness_dir, base)
     checkpoints = [
         *recorder.checkpoints(run_id),
-        *(cp for folder in sorted(folders) for cp in read_run_witness(folder, run_id)),
+        *(cp for folder in folders for cp in read_run_witness(folder, run_id)),
     ]
     try:
         key = signing.verifier(home, key=ls.signing_key, base=base)

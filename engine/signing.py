@@ -57,18 +57,31 @@ def witness_dir(home: str | os.PathLike[str] | None, setting: str | None = None,
     return _from_settings(setting, base) or elspeth_home(home) / "witness"
 
 
-def recorded_witness_dir(home: str | os.PathLike[str] | None, created: RunCreated | None) -> Path:
-    """The witness folder a run's writer used, from what its RunCreated recorded: the settings'
-    `landscape.witness_dir` (not a secret, so recorded in clear), resolved against the settings
-    file's folder as the writer did, else as `witness_dir` says."""
-    setting = None
-    base = None
+def run_witness_folders(
+    home: str | os.PathLike[str] | None,
+    created: RunCreated | None,
+    setting: str | None = None,
+    base: Path | None = None,
+) -> list[Path]:
+    """Every folder a run's witness file may be in, to read them all: the `landscape.witness_dir`
+    its first settings named (not a secret, so recorded in clear in RunCreated; resolved against
+    the settings file's folder as the writer did), the one `setting` names (the settings a resume
+    continues under), and the one `witness_dir` gives now (ELSPETH_WITNESS_DIR, else the home's).
+    No environment variable can stand in for the folder the run's settings named. (A folder only
+    ELSPETH_WITNESS_DIR named when the run was written is not recorded: it must be set again.)"""
+    found: list[Path] = []
     if created is not None:
         landscape = created.settings.get("landscape")
         value = landscape.get("witness_dir") if isinstance(landscape, dict) else None
-        setting = value if isinstance(value, str) else None
-        base = Path(created.working_dir) / Path(created.settings_path).parent
-    return witness_dir(home, setting, base).absolute()
+        recorded = _from_settings(value if isinstance(value, str) else None,
+                                  Path(created.working_dir) / Path(created.settings_path).parent)  # fmt: skip
+        if recorded is not None:
+            found.append(recorded)
+    named = _from_settings(setting, base)
+    if named is not None:
+        found.append(named)
+    found.append(witness_dir(home))
+    return list(dict.fromkeys(p.absolute() for p in found))
 
 
 def notary(

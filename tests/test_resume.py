@@ -734,17 +734,32 @@ def test_resume_checks_the_key_and_witness_the_settings_name(db: Database) -> No
             conn.commit()
         with pytest.raises(ResumeRefused, match="does not verify"):
             resume_run(db, run_id, _load)
+        # An ELSPETH_WITNESS_DIR set now names another folder: the settings' one is read all the same.
+        os.environ["ELSPETH_WITNESS_DIR"] = str(path / "elsewhere")
+        try:
+            with pytest.raises(ResumeRefused, match="does not verify"):
+                resume_run(db, run_id, _load)
+        finally:
+            del os.environ["ELSPETH_WITNESS_DIR"]
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last - 6
         # Untouched, the same run resumes: the key the settings name verifies its checkpoints.
         again = _crashed(db, settings, "witnessed", "committed:8")
         assert resume_run(db, again, _load).status == "completed"
 
 
-def test_resume_refuses_a_run_whose_folder_is_gone(db: Database) -> None:
+def test_resume_refuses_a_run_whose_folder_is_gone_unless_given_its_settings(db: Database) -> None:
     with _workdir("linear", 6) as path:
         run_id = _crashed(db, path / "settings.yaml", "gone", "committed:2")
+        settings = (path / "settings.yaml").read_text()
+        outputs = {p.name: p.read_bytes() for p in (path / "out").iterdir()}
     with pytest.raises(ResumeRefused, match="which no longer exists"):
         resume_run(db, run_id, _load)
+    with _workdir("linear", 6) as elsewhere:  # the same input, settings and outputs, in another folder
+        (elsewhere / "settings.yaml").write_text(settings)
+        for name, data in outputs.items():
+            (elsewhere / "out" / name).write_bytes(data)
+        outcome = resume_run(db, run_id, _load, settings_path=elsewhere / "settings.yaml")
+        assert outcome.status == "completed"
 
 
 def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Database) -> None:

@@ -108,6 +108,10 @@ def test_a_deleted_tail_is_a_named_truncation_and_is_not_resumed(
     err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
     where = "store" if not checkpoints_too else f"/{witness_dir}/" if witness_dir else "witness"
     assert "events 201 to " in err and "missing" in err and where in err, err
+    if witness_dir:  # a witness folder named by the environment now does not hide the settings' one
+        env = {"ELSPETH_WITNESS_DIR": str(tmp_path / "elsewhere")}
+        err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db, env=env), 1)
+        assert "events 201 to " in err and where in err, err
     err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 1)
     assert "events 201 to " in err, err
     # explain reads the same log: a row whose later events were cut is not shown as stopped there

@@ -35,8 +35,12 @@ class Checkpoints:
 
     stored: list[Witnessed]
     witnessed: list[Witnessed]
-    witness_file: Path
+    witness_files: list[Path]  # where they were looked for
     key: Verifier | None
+
+    @property
+    def where(self) -> str:
+        return " or ".join(str(p) for p in self.witness_files)
 
     @property
     def all(self) -> list[Witnessed]:
@@ -46,7 +50,7 @@ class Checkpoints:
         """Refuse a run with none (ElspethCliError)."""
         if not self.all:
             raise ElspethCliError(
-                f"run {run_id} has no signed checkpoint, in the store or in {self.witness_file}: "
+                f"run {run_id} has no signed checkpoint, in the store or in {self.where}: "
                 "a cut-off tail could not be told apart from the end of the log"
             )
 
@@ -62,7 +66,7 @@ class Checkpoints:
         )
         newest = max((cp.size for cp in checked), default=0)
         return (
-            f"checkpoints: {len(self.stored)} in the store, {len(self.witnessed)} in {self.witness_file}, the newest "
+            f"checkpoints: {len(self.stored)} in the store, {len(self.witnessed)} in {self.where}, the newest "
             f"covers {newest} events; Merkle roots match; {signed}"
         )
 
@@ -100,18 +104,14 @@ def read_checkpoints(
     # as its first event records. That event is read before it is verified, but every checkpoint
     # covers it: a superuser who changed it to point elsewhere breaks every root (or, deleting the
     # store's checkpoints too, leaves none, which `require` refuses).
-    witness_file = (
-        Path(witness)
-        if witness
-        else witness_path(signing.recorded_witness_dir(home, recorder.run_created(run_id)), run_id)
-    )
-    found = Checkpoints(
-        recorder.checkpoints(run_id),
-        # the default folder is checked too: one another account could swap may hide checkpoints
-        read_witness(witness_file, run_id) if witness else read_run_witness(witness_file.parent, run_id),
-        witness_file,
-        key or signing.verifier(home, public_key),
-    )
+    if witness:
+        files, witnessed = [Path(witness)], read_witness(Path(witness), run_id)
+    else:
+        # each folder is checked too: one another account could swap may hide checkpoints
+        folders = signing.run_witness_folders(home, recorder.run_created(run_id))
+        files = [witness_path(folder, run_id) for folder in folders]
+        witnessed = [cp for folder in folders for cp in read_run_witness(folder, run_id)]
+    found = Checkpoints(recorder.checkpoints(run_id), witnessed, files, key or signing.verifier(home, public_key))
     if found.key is not None and key is None and public_key is None:
         for cp in found.all:
             with contextlib.suppress(NoteError):  # verification names what is wrong with the note
@@ -123,6 +123,6 @@ def read_checkpoints(
                         "with --public-key KEY.pub (and its witness file with --witness, if it is elsewhere)"
                     )
     if found.stored and not found.witnessed:
-        what = "no witness file at" if not witness_file.exists() else "no checkpoint of this run in"
-        click.echo(f"elspeth: warning: {what} {witness_file}: the store's checkpoints only", err=True)
+        what = "no witness file at" if not any(f.exists() for f in files) else "no checkpoint of this run in"
+        click.echo(f"elspeth: warning: {what} {found.where}: the store's checkpoints only", err=True)
     return found
