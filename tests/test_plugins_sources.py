@@ -215,6 +215,15 @@ def test_csv_a_record_the_reader_fails_inside_stops_the_source(tmp_path: Path, m
         csv.field_size_limit(old)
 
 
+def test_csv_a_bare_carriage_return_in_an_unquoted_cell_quarantines_its_record(tmp_path: Path) -> None:
+    """No quote in the record: the next line starts the next record, and the source reads on."""
+    path = write(tmp_path / "a.csv", "id,note\n1,ok\n2,bad\rnote\n3,fine\n")
+    got = items("csv", {"path": str(path)})
+    assert [i.row["id"] for i in got if i.row is not None] == ["1", "3"]
+    bad = [i for i in got if i.row is None]
+    assert len(bad) == 1 and bad[0].error is not None and "unreadable CSV" in bad[0].error
+
+
 def test_csv_source_quarantines_rows_that_do_not_fit_the_schema(tmp_path: Path) -> None:
     path = write(tmp_path / "in.csv", "id,amount\n1,10\nx,20\n3,\n")
     got = items("csv", {"path": str(path), "schema": fixed("id: int", "amount: int"),

@@ -204,12 +204,19 @@ class CsvSource:
             except StopIteration:
                 return
             except csv.Error as e:
-                # The reader gives up inside a record and would start the next one on the next
-                # line, which may still be inside a quoted field: text of one cell would become
-                # records. Where this record ends cannot be known, so nothing after it is read.
-                raise PluginError(
-                    _NODE, f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {e}"
-                ) from None
+                # The reader gives up and starts the next record on the next line. With no quote
+                # in what it read of this record, that line does start one: the record is
+                # quarantined and the rest read (e.g. a bare carriage return in a cell). With a
+                # quote, the next line may still be inside a quoted field, whose text would be
+                # read as records: where this record ends cannot be known, nothing more is read.
+                if '"' in "".join(lines.text):
+                    raise PluginError(
+                        _NODE, f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {e}"
+                    ) from None
+                if index >= start:
+                    yield SourceItem(index, None, self._unparsed(lines, first_line, index), f"unreadable CSV: {e}")
+                index += 1
+                continue
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
             if index >= start:
