@@ -332,6 +332,11 @@ def test_a_reader_holding_a_runs_lock_is_no_live_writer(db: Database, run_id: st
         assert not grants_current(conn) or not _owns_lock_functions(db)
     try:
         with db.connect(role=Role.ANALYST) as analyst:
+            (privileged,) = analyst.execute(
+                "SELECT pg_has_role(session_user, %s, 'MEMBER')", (Role.WRITER.value,)
+            ).fetchone() or (False,)
+            if privileged:  # pg_locks shows the session's login, not the role it acts as
+                pytest.skip("the analyst here is a login that may write, acting as the role: its lock is a writer's")
             analyst.execute(key, (run_id,))
             analyst.commit()
             for role in (Role.ANALYST, Role.WRITER, Role.OWNER):
