@@ -460,9 +460,10 @@ def _check(loaded: LoadedSettings, errors: list[str]) -> None:
     _check_no_nul(s, errors)
 
 
-# Options that name a file or a database: the operating system takes no NUL in a path (Python
-# raises ValueError on the first stat), so such a value could only end in a traceback later.
-_PATH_OPTIONS = ("path", "url")
+# Plugin options that end in a file's name, a database or a table's name: the operating system
+# takes no NUL in a path (Python raises ValueError on the first stat), and PostgreSQL none in an
+# identifier, so such a value could only fail later: at a sink's open, after the run began.
+_PATH_OPTIONS = ("path", "url", "table")
 
 
 def _check_no_nul(s: Settings, errors: list[str]) -> None:
@@ -476,7 +477,8 @@ def _check_no_nul(s: Settings, errors: list[str]) -> None:
         named += [(f"sinks.{name}.options.{k}", sink.options.get(k)) for k in _PATH_OPTIONS]
     for path, value in named:
         if isinstance(value, str) and "\x00" in value:
-            errors.append(f"{path}: found a NUL character (\\0); allowed: a path or URL without one")
+            what = "a table name" if path.endswith(".table") else "a path or URL"
+            errors.append(f"{path}: found a NUL character (\\0); allowed: {what} without one")
 
 
 def _finite(value: float) -> bool:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from landscape.embedded import elspeth_home
-from landscape.keys import default_signer, existing_default_signer, load_signer, load_verifier
+from landscape.keys import default_signer, existing_default_signer, load_named_signer, load_verifier
 from landscape.notary import Notary
 from landscape.note import Signer, Verifier
 from landscape.recorder import Recorder
@@ -28,7 +28,7 @@ def _from_settings(value: str | None, base: Path | None) -> Path | None:
 
 def signer(home: str | os.PathLike[str] | None, key: str | None = None, base: Path | None = None) -> Signer:
     explicit = os.environ.get("ELSPETH_SIGNING_KEY") or _from_settings(key, base)
-    return load_signer(explicit) if explicit else default_signer(elspeth_home(home))
+    return load_named_signer(explicit) if explicit else default_signer(elspeth_home(home))
 
 
 def verifier(
@@ -45,7 +45,7 @@ def verifier(
         return load_verifier(public_key)
     explicit = os.environ.get("ELSPETH_SIGNING_KEY") or _from_settings(key, base)
     if explicit:
-        return load_signer(explicit).verifier
+        return load_named_signer(explicit).verifier
     default = existing_default_signer(elspeth_home(home))
     return default.verifier if default else None
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO
 
 from landscape.errors import DatabaseUnavailable
+from landscape.owner import keep_home_private
 from landscape.role_names import ELSPETH_ROLES  # not roles: that brings the driver
 
 BUNDLED_MAJOR = 18
@@ -583,6 +584,8 @@ def embedded_server(
     if _as_root():
         uid, gid = _system_user()
         _claim_home(root, uid, say)  # before anything in it is opened
+    else:
+        keep_home_private(root)  # one made with mkdir under umask 002 would have keys/ refused
     bin_dir = _runnable_bin_dir(uid, gid)
     log = root / "postgresql.log"
     # Every ELSPETH process using this home holds a shared lock on `users.lock` while it runs;

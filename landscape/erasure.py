@@ -24,7 +24,7 @@ from datetime import datetime
 import msgspec
 
 from landscape.db import Database, driver_errors
-from landscape.errors import LandscapeError, UnknownRun
+from landscape.errors import LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import lineage
 from landscape.postgres import PostgresRecorder
 from landscape.queries import run_summary
@@ -89,7 +89,14 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int], *, force: bool = F
     if missing:
         # Said in the CLI's numbering: rows counted from 1 (row_index + 1, as __row_number__).
         shown = ", ".join(str(m + 1) for m in missing)
-        raise ErasureRefused(f"run {run_id} has no row {shown}; nothing was erased")
+        if status == _ENDED:
+            raise ErasureRefused(f"run {run_id} has no row {shown}; nothing was erased")
+        # A run that stopped early read its source only so far: the row may well exist, and a
+        # resume would read it (and its data would then be there to erase).
+        raise ErasureRefused(
+            f"run {run_id} has not read row {shown} (yet: it is {status}, and stopped before reaching it, unless its "
+            "source has fewer rows); nothing was erased"
+        )
     present = recorder.payloads(run_id, found)
     return Plan(
         kind="request",
@@ -137,20 +144,29 @@ def erase(db: Database, plan: Plan, reason: str) -> int:
             return f"{reason} [--force: the run could still be resumed (status {plan.resumable[run or '']})]"
         return reason
 
-    with driver_errors("erasing row data"), db.connect() as conn:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) VALUES (%s,%s,%s,%s,%s,now())",
-                [(bytes.fromhex(h), *plan.payloads[h], plan.kind, why(plan.payloads[h][0])) for h in hashes],
-            )
-            # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
-            cur.execute(
-                "DELETE FROM payloads AS p USING unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
-                "WHERE p.hash = u.hash AND p.run_id IN (u.run_id, '')",
-                ([plan.payloads[h][0] or "" for h in hashes], [bytes.fromhex(h) for h in hashes]),
-            )
-            erased = cur.rowcount
-        conn.commit()
+    try:
+        with driver_errors("erasing row data"), db.connect() as conn:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) "
+                    "VALUES (%s,%s,%s,%s,%s,now())",
+                    [(bytes.fromhex(h), *plan.payloads[h], plan.kind, why(plan.payloads[h][0])) for h in hashes],
+                )
+                # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
+                cur.execute(
+                    "DELETE FROM payloads AS p USING unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
+                    "WHERE p.hash = u.hash AND p.run_id IN (u.run_id, '')",
+                    ([plan.payloads[h][0] or "" for h in hashes], [bytes.fromhex(h) for h in hashes]),
+                )
+                erased = cur.rowcount
+            conn.commit()
+    except PermissionDenied as e:
+        # The writer may neither record erasures nor delete payloads (by design: see the roles):
+        # the connection, not the store, is what is wrong.
+        raise PermissionDenied(
+            f"{e}: purge runs as the owner of the tables (the user `elspeth db upgrade` ran as); connect as it "
+            "with --database URL (or ELSPETH_DATABASE_URL)"
+        ) from e
     return erased
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from landscape.errors import LandscapeError
 from landscape.note import NoteError, Signer, Verifier
-from landscape.owner import mistrust, mistrust_folder
+from landscape.owner import keep_home_private, mistrust, mistrust_folder, mistrust_named_key
 
 KEY_SUFFIX = ".key"
 PUB_SUFFIX = ".pub"
@@ -132,6 +132,22 @@ def load_signer(path: str | os.PathLike[str], *, owned: bool = False) -> Signer:
         raise KeyFileError(f"signing key {path}: {e}") from None
 
 
+def load_named_signer(path: str | os.PathLike[str]) -> Signer:
+    """The signing key the operator named (`ELSPETH_SIGNING_KEY`, `landscape.signing_key`),
+    refused when someone other than its owner could read or swap it (see
+    `landscape.owner.mistrust_named_key`); KeyFileError naming the file and the problem."""
+    why = mistrust_named_key(Path(path))
+    # A file that is no signing key at all (a .pub named by mistake: mode 644) is better told as
+    # that; only a regular file is read first (a FIFO would block).
+    signer = load_signer(path) if why is None or os.path.isfile(path) else None
+    if why or signer is None:
+        raise KeyFileError(
+            f"signing key {path}: {why}; allowed: a key file no one but its owner can write and no one outside "
+            "its owner and group can read (mode 600 or 640), in a folder no one else can write"
+        )
+    return signer
+
+
 def load_verifier(path: str | os.PathLike[str]) -> Verifier:
     """The public key in a `.pub` file; KeyFileError naming the file and the problem."""
     text = _read_key_text(path, "public key")
@@ -158,6 +174,7 @@ def default_signer(home: str | os.PathLike[str]) -> Signer:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise KeyFileError(f"cannot create {folder}: {e.strerror}") from None
+    keep_home_private(Path(home))  # made just now with the umask, or by the user with mkdir
     # Before writing a key into it or reading one from it: a keys/ folder someone else made or
     # can write may hold their key, and its default.pub is what the operator gives auditors.
     _check_key_folder(folder)
@@ -178,6 +195,7 @@ def existing_default_signer(home: str | os.PathLike[str]) -> Signer | None:
     key_path = folder / f"{DEFAULT_KEY}{KEY_SUFFIX}"
     if not os.path.lexists(key_path):
         return None
+    keep_home_private(Path(home))
     _check_key_folder(folder)
     return load_signer(key_path, owned=True)
 

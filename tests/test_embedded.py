@@ -147,6 +147,29 @@ def test_a_socket_folder_planted_in_tmp_is_refused_and_its_target_untouched(tmp_
             sockets.rmdir()
 
 
+def test_an_ordinary_users_home_its_group_can_write_is_made_theirs_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Made with mkdir under umask 002 (each user a group of their own): keys/ and witness/ in it
+    # would be refused for the folder holding them, after initdb ran. The home is ELSPETH's, so
+    # its group's and others' write bits go, as root's do. Only the start's first steps are run:
+    # this test may run as root, and an ordinary user's server cannot.
+    class Stop(Exception):
+        pass
+
+    def stop(*_: object) -> Path:
+        raise Stop
+
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o775)
+    monkeypatch.setattr(embedded, "_as_root", lambda: False)
+    monkeypatch.setattr(embedded, "_runnable_bin_dir", stop)
+    with pytest.raises(Stop), embedded_server(home):
+        pass
+    assert home.stat().st_mode & 0o777 == 0o755
+
+
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="as an ordinary user the server runs as you: no other account"
 )

@@ -238,6 +238,26 @@ def test_a_row_request_on_a_run_that_can_still_be_resumed_is_refused_unless_forc
     assert "was erased" in err and "ticket 9" in err and "missing" not in err, err
 
 
+def test_a_row_a_stopped_run_has_not_read_yet_is_said_so(db: Database, crashed_run: tuple[Path, str]) -> None:
+    # Not "has no row": the run stopped early, and its source may well have that row.
+    work, run_id = crashed_run
+    err = one_line_error(elspeth("purge", run_id, "--row", "2999", "--reason", "t", "--force", cwd=work, db=db), 1)
+    assert f"run {run_id} has not read row 2999 (yet: it is " in err and "has no row" not in err, err
+
+
+def test_purge_as_the_writer_says_it_runs_as_the_owner(db: Database, fork_run: tuple[Path, str]) -> None:
+    # The writer may not record erasures (by design); the line says whom purge must connect as.
+    from landscape.erasure import plan_rows
+    from landscape.errors import PermissionDenied
+    from landscape.role_names import Role
+
+    _work, run_id = fork_run
+    writer = db.as_role(Role.WRITER)
+    plan = plan_rows(writer, run_id, [3])
+    with pytest.raises(PermissionDenied, match=r"purge runs as the owner of the tables .* --database URL"):
+        erase(writer, plan, "ticket 1")
+
+
 def test_explain_replay_and_export_take_the_runs_own_erasure_record(db: Database, fork_run: tuple[Path, str]) -> None:
     """A record names its run: one of another run, for the same hash and written first, neither
     stands for this run's erasure nor explains a payload of this run that is gone."""

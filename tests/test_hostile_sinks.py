@@ -433,10 +433,11 @@ def test_a_database_sink_refuses_a_database_that_holds_an_audit_store(db: Databa
     ("tables", "refused"),
     [
         (["audit.store_meta (k text)"], True),  # a store in another schema of the database
-        (["events (a text)", "payloads (a text)"], True),  # a store from before store_meta (0005)
-        (["events (a text)"], False),  # an application's own events table
+        (["audit.events (a text)", "audit.payloads (a text)", "audit.alembic_version (v text)"], True),  # before 0005
+        (["events (a text)", "payloads (a text)"], False),  # an application's own tables of those names
+        (["events (a text)"], False),
     ],
-    ids=["store_meta in another schema", "events and payloads", "events alone"],
+    ids=["store_meta in another schema", "a store from before store_meta", "events and payloads alone", "events alone"],
 )
 def test_what_marks_a_database_as_an_audit_store(sink_db: str, tables: list[str], refused: bool) -> None:
     from engine.plugins.database_sink import DatabaseSink

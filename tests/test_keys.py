@@ -152,15 +152,15 @@ def _other_users(path: Path) -> None:
     ("spoil", "says"),
     [
         (lambda home: _other_users(home / "keys"), r"belongs to another user \(uid 65534\)"),
-        (lambda home: os.chmod(home / "keys", 0o777), r"writable by others \(mode 777\)"),
-        (lambda home: os.chmod(home, 0o777), r"the folder holding it, .* is writable by others"),
+        (lambda home: os.chmod(home / "keys", 0o777), r"writable by its group and by others \(mode 777; chmod go-w"),
+        (lambda home: os.chmod(home / "keys", 0o770), r"writable by its group \(mode 770; chmod g-w"),
         (lambda home: _other_users(home), r"the folder holding it, .* belongs to another user"),
         (
             lambda home: (os.rename(home / "keys", home / "keys.real"), os.symlink(home / "keys.real", home / "keys")),
             "a symbolic link",
         ),
     ],
-    ids=["folder of another user", "folder writable by others", "home writable by others", "home of another user",
+    ids=["folder of another user", "folder writable by others", "folder writable by its group", "home of another user",
          "folder is a link"],
 )  # fmt: skip
 def test_a_key_folder_someone_else_can_swap_is_refused(
@@ -177,11 +177,34 @@ def test_a_key_folder_someone_else_can_swap_is_refused(
         existing_default_signer(home)  # what export and checkpoint check the run's signatures with
 
 
+@pytest.mark.parametrize("mode", [0o775, 0o777])
+def test_a_home_others_can_write_is_made_the_users_alone(tmp_path: Path, mode: int) -> None:
+    # A home made with mkdir under umask 002 (where each user has a group of their own): its
+    # keys/ would be refused for the folder holding it; the home is ELSPETH's, so it is closed.
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chmod(home, mode)
+    first = default_signer(home)
+    assert _mode(home) == mode & ~0o022
+    os.chmod(home, mode)
+    again = existing_default_signer(home)
+    assert again is not None and again.verifier == first.verifier and _mode(home) == mode & ~0o022
+
+
+def test_a_home_made_under_umask_002_is_private_too(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        default_signer(tmp_path / "new" / "home")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "new" / "home") == 0o755
+
+
 def test_a_planted_key_folder_gets_no_key_of_ours(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / "keys").mkdir(parents=True, mode=0o777)
     os.chmod(home / "keys", 0o777)
-    with pytest.raises(KeyFileError, match="writable by others"):
+    with pytest.raises(KeyFileError, match="writable by its group and by others"):
         default_signer(home)
     assert list((home / "keys").iterdir()) == []
 
@@ -203,3 +226,62 @@ def test_a_home_key_file_not_the_users_alone_is_refused(
     spoil(home / "keys" / "default.key")
     with pytest.raises(KeyFileError, match=rf"signing key {home / 'keys' / 'default.key'}:? (it )?(is )?{says}"):
         default_signer(home)
+
+
+def _nobodys(path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    os.chown(path, 65534, 65534)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (lambda k: None, None),
+        (lambda k: os.chmod(k, 0o640), None),  # its group may read: a key kept for a group of signers
+        (lambda k: (_nobodys(k), _nobodys(k.parent)), None),  # kept by an account of its own
+        (lambda k: (os.rename(k, k.with_name("real.key")), os.symlink("real.key", k)), None),
+        (lambda k: os.chmod(k, 0o604), r"it is open to others \(mode 604\); chmod o= "),
+        (lambda k: os.chmod(k, 0o620), r"it is writable by its group \(mode 620; chmod g-w "),
+        (lambda k: os.chmod(k.parent, 0o757), r"the folder holding it, .*, is writable by others \(mode 757"),
+        (lambda k: os.chmod(k.parent, 0o1777), None),  # sticky: only a file's owner may rename it
+        (lambda k: _nobodys(k.parent), r"the folder holding it, .*, belongs to another user \(uid 65534\)"),
+        (lambda k: (_nobodys(k), os.chmod(k, 0o666)), r"it is open to others \(mode 666\)"),
+        (
+            lambda k: (os.rename(k, k.parent.parent / "real.key"), os.chmod(k.parent, 0o777),
+                       os.symlink(k.parent.parent / "real.key", k)),
+            r"it is a symbolic link and the folder holding it, .*, is writable by its group and by others",
+        ),
+        (
+            lambda k: (os.rename(k, k.parent.parent / "real.key"), os.symlink(k.parent.parent / "real.key", k),
+                       os.chmod(k.parent.parent / "real.key", 0o644)),
+            r"it \(.*/real\.key\) is open to others \(mode 644\)",
+        ),
+        (lambda k: (os.rename(k, k.with_name("real.key")), os.symlink("real.key", k), _other_users(k)),
+         r"it is a symbolic link belonging to another user \(uid 65534\)"),
+    ],
+    ids=["600", "640", "another account's", "a link", "others may read", "its group may write",
+         "folder others may write", "sticky folder", "folder of a third account", "another's 666",
+         "a link in a folder others may write", "a link to a key others may read", "another user's link"],
+)  # fmt: skip
+def test_a_named_key_is_refused_when_anyone_else_could_read_or_swap_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spoil: Callable[[Path], object], says: str | None
+) -> None:
+    # What the operator names (ELSPETH_SIGNING_KEY, landscape.signing_key) need not be theirs:
+    # it may be kept by an account of its own and reached through a link. A key anyone outside
+    # its owner's group could read, or anyone but its owner swap, is refused by run and by every
+    # command checking signatures with it.
+    from engine.signing import signer, verifier
+
+    (tmp_path / "keys").mkdir(mode=0o700)
+    made = generate_key_files("ops", tmp_path / "keys")
+    key = tmp_path / "keys" / "ops.key"
+    spoil(key)
+    monkeypatch.setenv("ELSPETH_SIGNING_KEY", str(key))
+    if says is None:
+        assert signer(tmp_path / "home").verifier == made.verifier
+        assert verifier(tmp_path / "home") == made.verifier
+        return
+    for load in (signer, verifier):
+        with pytest.raises(KeyFileError, match=rf"signing key {key}: {says}.*allowed: a key file no one but"):
+            load(tmp_path / "home")

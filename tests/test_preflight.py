@@ -60,6 +60,21 @@ CASES: dict[str, tuple[str, dict[str, str], Callable[[Path], object] | None, str
     "a witness folder under a file": ("witness_dir: in.jsonl/wit", {}, None, "the witness folder {tmp}/in.jsonl/wit cannot be made: {tmp}/in.jsonl is not a folder"),
     "a witness folder that cannot be made": ("witness_dir: /proc/elspeth-nope", {}, None, "the witness folder /proc/elspeth-nope cannot be made: No such file or directory"),
     "ELSPETH_WITNESS_DIR a file": ("", {"ELSPETH_WITNESS_DIR": "{tmp}/in.jsonl"}, None, "s.yaml: ELSPETH_WITNESS_DIR: the witness folder {tmp}/in.jsonl is not a folder"),
+    # What the run's first checkpoint would refuse, refused before the run is recorded.
+    "a witness folder in a folder its group can write": ("witness_dir: wit", {}, lambda t: t.chmod(0o775), "s.yaml: landscape.witness_dir: the witness folder {tmp}/wit: the folder holding it, {tmp}, is writable by its group (mode 775; chmod g-w {tmp} fixes that); allowed: a folder of yours"),
+    "a witness folder others can write": ("witness_dir: wit", {}, lambda t: ((t / "wit").mkdir(), (t / "wit").chmod(0o757)), "the witness folder {tmp}/wit: it is writable by others (mode 757; chmod o-w {tmp}/wit fixes that)"),
+    "a witness folder that is a link": ("witness_dir: wit", {}, lambda t: ((t / "real").mkdir(), (t / "wit").symlink_to("real")), "the witness folder {tmp}/wit: it is a symbolic link"),
+    # A key the operator names may be reached through a link, and its group may read it; nobody
+    # outside its group may, nobody but its owner may write it or the folder it is in.
+    "a key through a link": ("signing_key: link.key", {}, lambda t: (_keys(t), (t / "link.key").symlink_to("keys/mine.key")), None),
+    "a key its group can read": ("signing_key: keys/mine.key", {}, lambda t: (_keys(t), (t / "keys" / "mine.key").chmod(0o640)), None),
+    "a key others can read": ("signing_key: keys/mine.key", {}, lambda t: (_keys(t), (t / "keys" / "mine.key").chmod(0o644)), "landscape.signing_key: signing key {tmp}/keys/mine.key: it is open to others (mode 644); chmod o= {tmp}/keys/mine.key fixes that; allowed: a key file no one but its owner can write"),
+    "a key its group can write": ("signing_key: keys/mine.key", {}, lambda t: (_keys(t), (t / "keys" / "mine.key").chmod(0o660)), "signing key {tmp}/keys/mine.key: it is writable by its group (mode 660; chmod g-w"),
+    "a key in a folder others can write": ("signing_key: keys/mine.key", {}, lambda t: (_keys(t), (t / "keys").chmod(0o777)), "signing key {tmp}/keys/mine.key: the folder holding it, {tmp}/keys, is writable by its group and by others (mode 777; chmod go-w {tmp}/keys fixes that)"),
+    "a key in a sticky folder": ("signing_key: keys/mine.key", {}, lambda t: (_keys(t), (t / "keys").chmod(0o1777)), None),
+    "a link to a key in a folder others can write": ("", {"ELSPETH_SIGNING_KEY": "{tmp}/pub/link.key"}, lambda t: (_keys(t), (t / "pub").mkdir(), (t / "pub").chmod(0o777), (t / "pub" / "link.key").symlink_to(t / "keys" / "mine.key")), "ELSPETH_SIGNING_KEY: signing key {tmp}/pub/link.key: it is a symbolic link and the folder holding it, {tmp}/pub, is writable"),
+    "ELSPETH_SIGNING_KEY writable by others": ("", {"ELSPETH_SIGNING_KEY": "{tmp}/keys/mine.key"}, lambda t: (_keys(t), (t / "keys" / "mine.key").chmod(0o666)), "ELSPETH_SIGNING_KEY: signing key {tmp}/keys/mine.key: it is open to others (mode 666)"),
+    "a key that is a FIFO": ("signing_key: k.key", {}, lambda t: os.mkfifo(t / "k.key"), "signing key {tmp}/k.key: it is not a regular file"),
 }  # fmt: skip
 
 
@@ -119,6 +134,39 @@ def test_validate_and_run_refuse_before_any_store_or_run(tmp_path: Path) -> None
                 elspeth(command, "-s", "s.yaml", cwd=tmp_path, env={"ELSPETH_FINGERPRINT_KEY": "k"}), 1
             )
             assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
+
+
+def test_a_witness_folder_whose_parent_the_umask_would_open_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run makes the witness folder's missing parents with the umask; under umask 002 the one
+    # holding the witness folder would be writable by its group, and the first checkpoint refuse it.
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o002)
+    try:
+        problems = _problems(tmp_path, landscape="witness_dir: new/wit")
+    finally:
+        os.umask(old)
+    assert problems == [
+        f"{tmp_path}/s.yaml: landscape.witness_dir: the witness folder {tmp_path}/new/wit: the folder holding it, "
+        f"{tmp_path}/new, would be made writable by its group (umask 002); make it first: mkdir -p -m 755 "
+        f"{tmp_path}/new; allowed: a folder of yours that nobody else can write, in a folder nobody else can "
+        "write (or no witness_dir: <home>/witness)"
+    ], problems
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_witness_folder_the_checkpoint_would_refuse_stops_validate_and_run_before_any_run(
+    tmp_path: Path,
+) -> None:
+    # It used to pass validate; run recorded the run and died at its first checkpoint, leaving
+    # it `running` with its writer gone.
+    _settings(tmp_path, "witness_dir: wit")
+    tmp_path.chmod(0o775)
+    for command in ("validate", "run"):
+        err = one_line_error(elspeth(command, "-s", "s.yaml", cwd=tmp_path, env={"ELSPETH_FINGERPRINT_KEY": "k"}), 1)
+        assert f"the folder holding it, {tmp_path}, is writable by its group (mode 775" in err, err
     assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
 
 

@@ -465,6 +465,8 @@ def test_a_huge_integer_retry_count_is_a_value_not_a_traceback(tmp_path: Path) -
         ("sinks.out.options.path", BASE.replace("{path: out.csv}", '{path: "out\\0.csv"}')),
         ("sinks.out.options.url", BASE.replace("{plugin: csv, options: {path: out.csv}}",
                                                '{plugin: database, options: {url: "sqlite:///o\\0.db", table: t}}')),
+        ("sinks.out.options.table", BASE.replace("{plugin: csv, options: {path: out.csv}}",
+                                                 '{plugin: database, options: {url: "sqlite:///o.db", table: "t\\0"}}')),
         ("landscape.signing_key", BASE + 'landscape: {signing_key: "k\\0.key"}\n'),
         ("landscape.witness_dir", BASE + 'landscape: {witness_dir: "w\\0"}\n'),
         ("landscape.url", BASE + 'landscape: {url: "postgresql://u@h/d\\0"}\n'),
@@ -472,7 +474,8 @@ def test_a_huge_integer_retry_count_is_a_value_not_a_traceback(tmp_path: Path) -
 )  # fmt: skip
 def test_a_nul_in_a_path_is_one_line(tmp_path: Path, where: str, text: str) -> None:
     lines = _errors(tmp_path, text)
-    assert f"{where}: found a NUL character (\\0); allowed: a path or URL without one" in lines, lines
+    what = "a table name" if where.endswith(".table") else "a path or URL"
+    assert f"{where}: found a NUL character (\\0); allowed: {what} without one" in lines, lines
 
 
 @pytest.mark.parametrize("depth", [65, 200, 600, 5000])

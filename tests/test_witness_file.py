@@ -40,8 +40,11 @@ def _swapped_for_a_link(folder: Path) -> None:
 
 FOLDER_SPOILS = [
     (_other_users, r"belongs to another user \(uid 65534\)"),
-    (lambda folder: os.chmod(folder, 0o777), r"writable by others \(mode 777\)"),
-    (lambda folder: os.chmod(folder.parent, 0o777), r"the folder holding it, .* is writable by others"),
+    (lambda folder: os.chmod(folder, 0o777), r"writable by its group and by others \(mode 777; chmod go-w "),
+    (
+        lambda folder: os.chmod(folder.parent, 0o777),
+        r"the folder holding it, .* is writable by its group and by others \(mode 777; chmod go-w ",
+    ),
     (_swapped_for_a_link, "a symbolic link"),
 ]
 FOLDER_IDS = ["another user's", "writable by others", "in a folder others can write", "a link"]
@@ -74,7 +77,7 @@ def test_an_emptied_witness_folder_of_someone_else_is_refused_not_read_as_no_che
     folder = tmp_path / "witness"
     folder.mkdir(mode=0o777)
     os.chmod(folder, 0o777)
-    with pytest.raises(WitnessError, match="writable by others"):
+    with pytest.raises(WitnessError, match="writable by its group and by others"):
         read_run_witness(folder, RUN)
 
 
@@ -82,7 +85,7 @@ def test_an_emptied_witness_folder_of_someone_else_is_refused_not_read_as_no_che
     ("spoil", "says"),
     [
         (_other_users, r"belongs to another user \(uid 65534\)"),
-        (lambda path: os.chmod(path, 0o666), r"writable by others \(mode 666\)"),
+        (lambda path: os.chmod(path, 0o666), r"writable by its group and by others \(mode 666\)"),
         (lambda path: (os.rename(path, path.with_name("real")), os.symlink("real", path)), "a symbolic link"),
     ],
     ids=["another user's", "writable by others", "a link"],

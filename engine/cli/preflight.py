@@ -18,13 +18,15 @@ from pathlib import Path
 from engine.checks import signing_key, witness_folder
 from engine.cli.errors import ElspethCliError
 from engine.orchestrator import Pipeline
-from landscape.keys import KeyFileError, load_signer
+from landscape.keys import KeyFileError, load_named_signer
+from landscape.owner import mistrust_new_folder
 
 
 def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -> list[str]:
     """One line per input that is not a readable regular file, per output folder that is not
-    there, per sink file that is a folder or a FIFO, and for a signing key that is not one or a
-    witness folder that cannot take files. Plugins that read or write a `path` are checked (the
+    there, per sink file that is a folder or a FIFO, for a signing key that is not one or that
+    others could read or swap, and for a witness folder that cannot take files or that the run's
+    first checkpoint would refuse (another user's, or in a folder others can write). Plugins that read or write a `path` are checked (the
     built-in file plugins)."""
     env = os.environ if environ is None else environ
     where = pipeline.loaded.path
@@ -49,12 +51,12 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
     key = signing_key(pipeline.loaded, env)
     if key is not None:
         try:
-            load_signer(key[0])
+            load_named_signer(key[0])  # as the run loads it, with the same checks
         except KeyFileError as e:
-            problems.append(
-                f"{where}: {key[1]}: {e}; allowed: a .key file made by `elspeth keys generate` "
-                "(or no signing_key: the ELSPETH home's own key)"
-            )
+            says = str(e)
+            if "; allowed:" not in says:  # not said already: what it is not
+                says += "; allowed: a .key file made by `elspeth keys generate`"
+            problems.append(f"{where}: {key[1]}: {says} (or no signing_key: the ELSPETH home's own key)")
     witness = witness_folder(pipeline.loaded, env)
     if witness is not None:
         why = _cannot_hold_files(witness[0])
@@ -62,6 +64,13 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
             problems.append(
                 f"{where}: {witness[1]}: the witness folder {witness[0]} {why}; allowed: a folder this user can "
                 "write, or one that can be made (or no witness_dir: <home>/witness)"
+            )
+        elif why := mistrust_new_folder(witness[0].absolute()):
+            # What the run's first checkpoint would refuse (landscape.notary), asked before the
+            # run is recorded: refused there, it would leave a run that can only be resumed.
+            problems.append(
+                f"{where}: {witness[1]}: the witness folder {witness[0]}: {why}; allowed: a folder of yours that "
+                "nobody else can write, in a folder nobody else can write (or no witness_dir: <home>/witness)"
             )
     return problems
 

@@ -322,8 +322,11 @@ class _AuditStore(Exception):
 
 
 # What makes a schema an ELSPETH audit store: its `store_meta` (since migration 0005), or, in a
-# store from before it, `events` with `payloads` (an `events` table alone is a common name).
-_STORE_MARKS = (("store_meta",), ("events", "payloads"))
+# store from before it, `events` and `payloads` kept by Alembic (`alembic_version`). Tables named
+# `events` and `payloads` alone are common enough in an application's database to be its own. A
+# store from before 0005 is refused by every command until `elspeth db upgrade` anyway; this only
+# keeps a sink from writing into one that somebody has not upgraded yet.
+_STORE_MARKS = (("store_meta",), ("events", "payloads", "alembic_version"))
 
 
 def _audit_store_schema(conn: Any) -> str | None:
