@@ -326,6 +326,21 @@ def _select(url: str, query: str) -> list[tuple[Any, ...]]:
 _SCHEMA = {"mode": "fixed", "fields": ["id: int", "name: str", "score: float", "ok: bool", "extra: any?"]}
 
 
+def test_a_first_row_whose_columns_cannot_be_made_is_refused_alone(db_url: str) -> None:
+    """SQLite takes `id` and `ID` for one column, PostgreSQL cuts names at 63 bytes: found when
+    the table is made, at the flush, every row of it would fail."""
+    sqlite = db_url.startswith("sqlite")
+    bad = {"id": 1, "ID": 2} if sqlite else {"id": 1, "x" * 64: 2}
+    s = build_plugin("sink", "database", {"url": db_url, "table": "t", "if_exists": "replace"})
+    s.open("run-1", None)
+    with pytest.raises(RowError, match="but for case" if sqlite else "longer than PostgreSQL's 63 bytes"):
+        s.write("t0", bad)
+    s.write("t1", {"id": 3, "ID2": 4})
+    assert s.flush() == 1
+    s.close()
+    assert _select(db_url, "SELECT id FROM t") == [(3,)]
+
+
 def test_database_sink_never_writes_a_token_twice(db_url: str) -> None:
     options = {"url": db_url, "table": "deals", "if_exists": "replace", "schema": _SCHEMA}
     first = build_plugin("sink", "database", options)

@@ -208,12 +208,29 @@ class DatabaseSink:
 
     def write(self, token_id: str, row: Row) -> None:
         if self._columns is None:  # no table yet and no schema: this row fixes the columns
+            clash = self._unmakeable(row)
+            if clash is not None:  # found when the table is made, it would fail the whole flush
+                raise RowError(f"{clash}: no table can be made from this row ({self._shown})")
             self._first = row
             self._columns = {k: (_value_kind(v), 64, 0) for k, v in row.items()}
         problems = [p for k, v in row.items() if (p := self._unfit(row, k, v)) is not None]
         if problems:
             raise RowError(f"{'; '.join(problems)} (table {self.table_name} in {self._shown})")
         self._buffer.append((token_id, row))
+
+    def _unmakeable(self, row: Row) -> str | None:
+        """Why the columns this row would fix cannot be made, or None: SQLite compares column
+        names without case (`id` and `ID` are one), PostgreSQL cuts them at 63 bytes."""
+        named = self.schema.field_names or []
+        seen: set[str] = set()
+        for name in row:
+            if not self._sqlite and len(name.encode()) > 63:
+                return f"{field_named(row, name, named)} has a name longer than PostgreSQL's 63 bytes"
+            folded = "".join(c.lower() if c.isascii() else c for c in name) if self._sqlite else name
+            if folded in seen:
+                return f"{field_named(row, name, named)} has the name of another field but for case"
+            seen.add(folded)
+        return None
 
     def _unfit(self, row: Row, name: str, value: Any) -> str | None:
         """Why the table cannot hold this field's value as given, or None. The reason is recorded
