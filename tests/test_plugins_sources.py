@@ -399,6 +399,20 @@ def test_jsonl_valid_json_that_no_row_can_hold_is_quarantined(tmp_path: Path) ->
     assert "too small for a float" in (got[4].error or "")
 
 
+def test_an_object_giving_a_key_twice_is_quarantined_not_read_as_its_last_value(tmp_path: Path) -> None:
+    """`{"amount": 5, "amount": 5000000}`: Python's json keeps the last value, and the row the
+    audit trail records could not show that the input said otherwise."""
+    path = write(
+        tmp_path / "in.jsonl", '{"a": 1}\n{"amount": 5, "amount": 5000000}\n{"n": {"k": 1, "k": 2}}\n{"b": 2}\n'
+    )
+    got = items("jsonl", {"path": str(path)})
+    assert [i.row for i in got] == [{"a": 1}, None, None, {"b": 2}]
+    assert all("gives one of its keys twice" in (i.error or "") for i in got[1:3])
+    document = write(tmp_path / "in.json", '[{"a": 1}, {"a": 2, "a": 3}]')
+    with pytest.raises(PluginError, match="gives one of its keys twice"):
+        items("json", {"path": str(document)})
+
+
 # -- conformance inputs ----------------------------------------------------------------------
 
 

@@ -472,8 +472,14 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
             raise _Undecodable(f"a number of {len(digits)} characters is too small for a float (it would read 0)")
         return value
 
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) != len(items):  # the first value would be lost, unseen by the audit trail
+            raise _Undecodable("an object gives one of its keys twice: only one of the values could be kept")
+        return obj
+
     try:
-        value = json.loads(text, parse_constant=refuse, parse_int=integer, parse_float=number)
+        value = json.loads(text, parse_constant=refuse, parse_int=integer, parse_float=number, object_pairs_hook=pairs)
     except RecursionError:
         raise _Undecodable("nested too deeply to decode") from None
     if _SURROGATE_ESCAPE.search(text):
