@@ -106,3 +106,11 @@ def _fingerprint_key() -> Iterator[None]:
     run; tests of the key file pass their own environment."""
     os.environ.setdefault("ELSPETH_FINGERPRINT_KEY", "test-fingerprint-key")
     yield
+
+
+def give_to_nobody(path: Path) -> None:
+    """Make `path` (itself, not what a link at it points to) another user's: `nobody`'s, uid
+    65534. Only root can; the test is skipped otherwise."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    os.chown(path, 65534, 65534, follow_symlinks=False)

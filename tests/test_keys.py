@@ -19,6 +19,7 @@ from landscape.keys import (
     load_verifier,
 )
 from landscape.merkle import EMPTY_ROOT
+from tests.conftest import give_to_nobody
 from tests.test_cli import elspeth, one_line_error
 
 
@@ -142,19 +143,13 @@ def test_keys_generate_cli(tmp_path: Path) -> None:
     assert not (tmp_path / "x.key").exists()
 
 
-def _other_users(path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give a file to another user")
-    os.chown(path, 65534, 65534, follow_symlinks=False)  # nobody's
-
-
 @pytest.mark.parametrize(
     ("spoil", "says"),
     [
-        (lambda home: _other_users(home / "keys"), r"belongs to another user \(uid 65534\)"),
+        (lambda home: give_to_nobody(home / "keys"), r"belongs to another user \(uid 65534\)"),
         (lambda home: os.chmod(home / "keys", 0o777), r"writable by its group and by others \(mode 777; chmod go-w"),
         (lambda home: os.chmod(home / "keys", 0o770), r"writable by its group \(mode 770; chmod g-w"),
-        (lambda home: _other_users(home), r"the folder holding it, .* belongs to another user"),
+        (lambda home: give_to_nobody(home), r"the folder holding it, .* belongs to another user"),
         (
             lambda home: (os.rename(home / "keys", home / "keys.real"), os.symlink(home / "keys.real", home / "keys")),
             "a symbolic link",
@@ -212,7 +207,7 @@ def test_a_planted_key_folder_gets_no_key_of_ours(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spoil", "says"),
     [
-        (lambda key: _other_users(key), r"belongs to another user \(uid 65534\)"),
+        (lambda key: give_to_nobody(key), r"belongs to another user \(uid 65534\)"),
         (lambda key: os.chmod(key, 0o644), r"readable by others \(mode 644\)"),
         (lambda key: (os.rename(key, key.with_name("real.key")), os.symlink("real.key", key)), "a symbolic link"),
     ],
@@ -228,25 +223,19 @@ def test_a_home_key_file_not_the_users_alone_is_refused(
         default_signer(home)
 
 
-def _nobodys(path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give a file to another user")
-    os.chown(path, 65534, 65534)
-
-
 @pytest.mark.parametrize(
     ("spoil", "says"),
     [
         (lambda k: None, None),
         (lambda k: os.chmod(k, 0o640), None),  # its group may read: a key kept for a group of signers
-        (lambda k: (_nobodys(k), _nobodys(k.parent)), None),  # kept by an account of its own
+        (lambda k: (give_to_nobody(k), give_to_nobody(k.parent)), None),  # kept by an account of its own
         (lambda k: (os.rename(k, k.with_name("real.key")), os.symlink("real.key", k)), None),
         (lambda k: os.chmod(k, 0o604), r"it is open to others \(mode 604\); chmod o= "),
         (lambda k: os.chmod(k, 0o620), r"it is writable by its group \(mode 620; chmod g-w "),
         (lambda k: os.chmod(k.parent, 0o757), r"the folder holding it, .*, is writable by others \(mode 757"),
         (lambda k: os.chmod(k.parent, 0o1777), None),  # sticky: only a file's owner may rename it
-        (lambda k: _nobodys(k.parent), r"the folder holding it, .*, belongs to another user \(uid 65534\)"),
-        (lambda k: (_nobodys(k), os.chmod(k, 0o666)), r"it is open to others \(mode 666\)"),
+        (lambda k: give_to_nobody(k.parent), r"the folder holding it, .*, belongs to another user \(uid 65534\)"),
+        (lambda k: (give_to_nobody(k), os.chmod(k, 0o666)), r"it is open to others \(mode 666\)"),
         (
             lambda k: (os.rename(k, k.parent.parent / "real.key"), os.chmod(k.parent, 0o777),
                        os.symlink(k.parent.parent / "real.key", k)),
@@ -257,7 +246,7 @@ def _nobodys(path: Path) -> None:
                        os.chmod(k.parent.parent / "real.key", 0o644)),
             r"it \(.*/real\.key\) is open to others \(mode 644\)",
         ),
-        (lambda k: (os.rename(k, k.with_name("real.key")), os.symlink("real.key", k), _other_users(k)),
+        (lambda k: (os.rename(k, k.with_name("real.key")), os.symlink("real.key", k), give_to_nobody(k)),
          r"it is a symbolic link belonging to another user \(uid 65534\)"),
     ],
     ids=["600", "640", "another account's", "a link", "others may read", "its group may write",

@@ -15,6 +15,7 @@ import pytest
 from landscape.merkle import EMPTY_ROOT
 from landscape.notary import Notary, WitnessError, read_run_witness, read_witness, witness_path
 from landscape.note import Signer
+from tests.conftest import give_to_nobody
 
 RUN = "run-1"
 
@@ -27,19 +28,13 @@ def _witness(notary: Notary, size: int) -> None:
     notary.witness(RUN, size, notary.sign(RUN, size, EMPTY_ROOT), datetime.now(UTC))
 
 
-def _other_users(path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give a file to another user")
-    os.chown(path, 65534, 65534, follow_symlinks=False)  # nobody's
-
-
 def _swapped_for_a_link(folder: Path) -> None:
     os.rename(folder, folder.with_name("witness.real"))
     os.symlink(folder.with_name("witness.real"), folder)
 
 
 FOLDER_SPOILS = [
-    (_other_users, r"belongs to another user \(uid 65534\)"),
+    (give_to_nobody, r"belongs to another user \(uid 65534\)"),
     (lambda folder: os.chmod(folder, 0o777), r"writable by its group and by others \(mode 777; chmod go-w "),
     (
         lambda folder: os.chmod(folder.parent, 0o777),
@@ -84,7 +79,7 @@ def test_an_emptied_witness_folder_of_someone_else_is_refused_not_read_as_no_che
 @pytest.mark.parametrize(
     ("spoil", "says"),
     [
-        (_other_users, r"belongs to another user \(uid 65534\)"),
+        (give_to_nobody, r"belongs to another user \(uid 65534\)"),
         (lambda path: os.chmod(path, 0o666), r"writable by its group and by others \(mode 666\)"),
         (lambda path: (os.rename(path, path.with_name("real")), os.symlink("real", path)), "a symbolic link"),
     ],
