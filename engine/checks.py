@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine import signing
 from engine.plugins.database_sink import DatabaseSink
 from engine.plugins.sinks import _FileSink
 from engine.settings import LoadedSettings
@@ -133,27 +134,15 @@ def _table_problems(
 
 
 def signing_key(loaded: LoadedSettings, env: Mapping[str, str]) -> tuple[Path, str] | None:
-    """The signing key file the run signs with, chosen and resolved as engine/signing.py does,
-    and what named it; None: the home's own key (inside the home, which is checked as a whole)."""
-    named = env.get("ELSPETH_SIGNING_KEY")
-    if named:
-        return Path(named), "ELSPETH_SIGNING_KEY"
-    setting = loaded.settings.landscape.signing_key
-    if setting:
-        return _from_settings_folder(loaded, setting), "landscape.signing_key"
-    return None
+    """The signing key file the run signs with, and what named it (`engine.signing` chooses);
+    None: the home's own key (inside the home, which is checked as a whole)."""
+    return signing.named_key(loaded.settings.landscape.signing_key, loaded.path.parent, env)
 
 
 def witness_folder(loaded: LoadedSettings, env: Mapping[str, str]) -> tuple[Path, str] | None:
-    """The witness folder ELSPETH_WITNESS_DIR or the settings name, resolved as engine/signing.py
-    does, and what named it; None: the default, `<home>/witness`, inside the home."""
-    named = env.get("ELSPETH_WITNESS_DIR")
-    if named:
-        return Path(named).expanduser().absolute(), "ELSPETH_WITNESS_DIR"
-    setting = loaded.settings.landscape.witness_dir
-    if setting:
-        return _from_settings_folder(loaded, setting), "landscape.witness_dir"
-    return None
+    """The witness folder ELSPETH_WITNESS_DIR or the settings name, and what named it
+    (`engine.signing` chooses); None: the default, `<home>/witness`, inside the home."""
+    return signing.named_witness_dir(loaded.settings.landscape.witness_dir, loaded.path.parent, env)
 
 
 def _key_files(loaded: LoadedSettings, env: Mapping[str, str]) -> list[tuple[Path, str]]:
@@ -167,12 +156,6 @@ def _key_files(loaded: LoadedSettings, env: Mapping[str, str]) -> list[tuple[Pat
         public = key.with_name(key.name[: -len(KEY_SUFFIX)] + PUB_SUFFIX)
         files.append((public, f"the signing key's public key ({setting})"))
     return files
-
-
-def _from_settings_folder(loaded: LoadedSettings, value: str) -> Path:
-    # As engine/signing.py's `_from_settings`: `~` expanded, relative to the settings file's folder.
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else loaded.path.parent / path
 
 
 def _store(loaded: LoadedSettings, env: Mapping[str, str]) -> DatabaseName | None:

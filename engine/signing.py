@@ -9,6 +9,7 @@ first use). The witness folder: `ELSPETH_WITNESS_DIR`, else `landscape.witness_d
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from landscape.embedded import elspeth_home
@@ -26,9 +27,29 @@ def _from_settings(value: str | None, base: Path | None) -> Path | None:
     return path if path.is_absolute() or base is None else base / path
 
 
+def named_key(key: str | None, base: Path | None, env: Mapping[str, str] = os.environ) -> tuple[Path, str] | None:
+    """The key file a run signs with when one is named, and what named it; None: the home's own."""
+    explicit = env.get("ELSPETH_SIGNING_KEY")
+    if explicit:
+        return Path(explicit), "ELSPETH_SIGNING_KEY"
+    path = _from_settings(key, base)
+    return None if path is None else (path, "landscape.signing_key")
+
+
+def named_witness_dir(
+    setting: str | None, base: Path | None, env: Mapping[str, str] = os.environ
+) -> tuple[Path, str] | None:
+    """The witness folder when one is named, and what named it; None: `<home>/witness`."""
+    explicit = env.get("ELSPETH_WITNESS_DIR")
+    if explicit:
+        return Path(explicit).expanduser().absolute(), "ELSPETH_WITNESS_DIR"
+    path = _from_settings(setting, base)
+    return None if path is None else (path, "landscape.witness_dir")
+
+
 def signer(home: str | os.PathLike[str] | None, key: str | None = None, base: Path | None = None) -> Signer:
-    explicit = os.environ.get("ELSPETH_SIGNING_KEY") or _from_settings(key, base)
-    return load_named_signer(explicit) if explicit else default_signer(elspeth_home(home))
+    named = named_key(key, base)
+    return load_named_signer(named[0]) if named else default_signer(elspeth_home(home))
 
 
 def verifier(
@@ -43,18 +64,16 @@ def verifier(
     to check signatures with."""
     if public_key:
         return load_verifier(public_key)
-    explicit = os.environ.get("ELSPETH_SIGNING_KEY") or _from_settings(key, base)
-    if explicit:
-        return load_named_signer(explicit).verifier
+    named = named_key(key, base)
+    if named:
+        return load_named_signer(named[0]).verifier
     default = existing_default_signer(elspeth_home(home))
     return default.verifier if default else None
 
 
 def witness_dir(home: str | os.PathLike[str] | None, setting: str | None = None, base: Path | None = None) -> Path:
-    explicit = os.environ.get("ELSPETH_WITNESS_DIR")
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    return _from_settings(setting, base) or elspeth_home(home) / "witness"
+    named = named_witness_dir(setting, base)
+    return named[0] if named else elspeth_home(home) / "witness"
 
 
 def run_witness_folders(
