@@ -4,11 +4,13 @@ it cannot decode as it stands turns into, and a rebuild that must not race the r
 from __future__ import annotations
 
 import os
+import re
 import secrets
 
 import psycopg
 import pytest
 
+from landscape import projection_sql
 from landscape.db import Database, migrate
 from landscape.errors import ChainBroken, ConcurrentWriter, StoreError
 from landscape.postgres import PostgresRecorder
@@ -92,6 +94,20 @@ def test_every_event_type_is_at_the_schema_version_the_projection_sql_reads() ->
     (with its upcaster in statecharts/upcast.py) needs its new shape read in
     landscape/projection_sql.py as well; then this test gets that type's new version."""
     assert {name: cls.SCHEMA_VERSION for name, cls in ev.EVENT_TYPES.items() if cls.SCHEMA_VERSION != 1} == {}
+
+
+def test_the_tables_the_statement_changes_rows_of_are_the_ones_a_comparison_indexes() -> None:
+    """A comparison copies only these tables with their keys' indexes: an `ON CONFLICT` without
+    one fails, an `UPDATE` without one scans the whole copy for each of its rows."""
+    template = projection_sql._SQL
+    updated = set(re.findall(r"UPDATE \{into\}\.(\w+)", template))
+    upserted = {
+        m.group(1)
+        for m in re.finditer(r"INSERT INTO \{into\}\.(\w+)((?:(?!INSERT INTO).)*)", template, re.DOTALL)
+        if "ON CONFLICT" in m.group(2)
+    }
+    assert upserted and updated
+    assert updated | upserted == projection_sql.UPDATED_IN_PLACE
 
 
 def test_a_function_on_the_search_path_does_not_change_what_the_projections_say(db: Database) -> None:
