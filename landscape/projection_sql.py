@@ -137,11 +137,11 @@ members_inserted AS (
   INSERT INTO {into}.batch_members (run_id, batch_id, token_id, seq) SELECT %(r)s, batch_id, id, seq FROM buffered),
 -- a coalesce's row holds the state its last event in the range left it in (arrivals show once it
 -- merged or failed); one group per coalesce, as a join of these few rows would be planned blind.
--- The rows to update are looked up key by key: the run id is a value the planner cannot see
--- (`(SELECT %(r)s::text)`), so it does not take the run for the one row a partition's statistics
--- give a run they do not know (one whose statistics hold two earlier runs): planned for one row,
--- the server read all of the run's rows at every commit, 1,100 rows/s instead of 5,000. (The
--- keys as `= ANY (array)` were an index condition on PostgreSQL 18, a filter on 15.)
+-- The rows to update are looked up key by key: the run id is a value the planner cannot see (a
+-- scalar subquery), so it does not take the run for the one row a partition's statistics give a
+-- run they do not know (one whose statistics hold two earlier runs): planned for one row, the
+-- server read all of the run's rows at every commit, 1,100 rows/s instead of 5,000. (The keys as
+-- `= ANY (array)` were an index condition on PostgreSQL 18, a filter on 15.)
 coalesce_events AS MATERIALIZED ({coalesce_events}),
 coalesce_state AS (
   SELECT id, bool_or(type = 'CoalesceOpened') AS opened,
