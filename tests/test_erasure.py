@@ -195,7 +195,10 @@ def test_retention_removes_exactly_the_payloads_older_than_the_cutoff(db: Databa
         writer.close()
         written[h] = day
     cutoff = datetime.fromtimestamp((BASE_US + cut * DAY_US) / 1e6, UTC)
-    erase(db, plan_retention(db, cutoff), "retention policy 60d")
+    plan = plan_retention(db, cutoff)
+    # Counted per run, not listed: the server finds the payloads as it erases them.
+    assert not plan.payloads and plan.size == sum(day < cut for day in days)
+    assert erase(db, plan, "retention policy 60d") == plan.size
     left = {h for run in runs for h in recorder.payloads(run, written)}
     assert left == {h for h, day in written.items() if day >= cut}
 

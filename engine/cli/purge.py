@@ -75,7 +75,7 @@ def purge_cmd(
             plan = plan_rows(db, run_id or "", [r - 1 for r in rows], force=force)
         for line in _describe(plan, dry_run, run_id):
             click.echo(line)
-        if dry_run or not plan.payloads:
+        if dry_run or not plan.size:
             return
         erased = erase(db, plan, reason or "")
         click.echo(f"erased {erased} payload(s); the events and every proof are unchanged")
@@ -105,8 +105,8 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
             lines.append(f"  {plan.already_erased} payload(s) of these rows were erased before")
         return lines
     by_run = sorted(plan.runs().items())
-    if plan.payloads:
-        lines.append(f"{verb} {len(plan.payloads)} payload(s) of {len(by_run)} run(s):")
+    if plan.size:
+        lines.append(f"{verb} {plan.size} payload(s) of {len(by_run)} run(s):")
         for run, n in by_run[:_LISTED]:
             lines.append(f"  {run or '(payloads kept before runs were recorded on them)'}: {n} payload(s)")
         if len(by_run) > _LISTED:
