@@ -54,6 +54,8 @@ events = Table(
     postgresql_partition_by=PARTITION_BY,
 )
 Index("events_tx_order", events.c.tx_id, events.c.global_position)  # cross-run readers (0003)
+# A run's own events, a few among its tokens' (0011): `show` finds its lifecycle without the rest.
+Index("events_run_level", events.c.run_id, events.c.seq, postgresql_where=text("machine = 'run'"))
 
 payloads = Table(
     "payloads",
