@@ -55,6 +55,20 @@ _READ_COLUMNS = EVENT_COLUMNS.replace("recorded_at", "(extract(epoch FROM record
 _PAGE = 5000
 # Asked for more payloads than this, a reader scans the run's payloads instead of probing each.
 _SCAN_AT = 20_000
+# `flushed_since`: the transaction of a run's last event (by the run's key, newest first), then the
+# flushes of other runs in later transactions, read along events_tx_order. Each flush's row and
+# each run's working folder (its seq 0) are looked up by key, row by row (OFFSET 0 and a subquery
+# keep the planner from joining whole tables instead): the work is that of the flushes written
+# since, whatever the size of the store. Only SinkFlushed events have an artifacts row.
+_LAST_TX = "SELECT tx_id FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
+_FLUSHED_AFTER = (
+    "SELECT f.run_id, f.location, coalesce(("
+    "  SELECT convert_from(c.payload, 'UTF8')::json ->> 'working_dir' FROM events c "
+    "  WHERE c.run_id = f.run_id AND c.seq = 0 AND c.event_type = 'RunCreated'), '') "
+    "FROM (SELECT DISTINCT e.run_id, a.location FROM events e CROSS JOIN LATERAL ("
+    "    SELECT a.location FROM artifacts a WHERE a.run_id = e.run_id AND a.seq = e.seq AND a.rows > 0 OFFSET 0"
+    "  ) a WHERE e.tx_id > %(tx)s AND e.run_id <> %(run)s AND e.event_type = 'SinkFlushed') f"
+)
 
 
 class PgRunWriter:
@@ -347,17 +361,20 @@ class PostgresRecorder:
         """The sink locations other runs made rows durable in after this run's last event, each
         with its run and the folder its relative paths resolve in: (run id, location, working
         folder), once each. A resume that would cut a file back asks first (by the file, not its
-        name: a link or another spelling of the path is the same file)."""
+        name: a link or another spelling of the path is the same file).
+
+        "After" is the order cross-run readers read in (`read_since`): by writing transaction.
+        The store keeps no commit order, and global_position is not one: a transaction can take
+        its positions before this run's last one and commit after it. A flush into the file this
+        run's sink holds locked comes after the run let go of it, so in a later transaction."""
         with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT a.run_id, a.location, "
-                "coalesce(convert_from(c.payload, 'UTF8')::json ->> 'working_dir', '') "
-                "FROM artifacts a JOIN events e ON e.run_id = a.run_id AND e.seq = a.seq "
-                "LEFT JOIN events c ON c.run_id = a.run_id AND c.seq = 0 AND c.event_type = 'RunCreated' "
-                "WHERE a.run_id <> %s AND a.rows > 0 "
-                "AND e.global_position > (SELECT max(global_position) FROM events WHERE run_id = %s)",
-                (run_id, run_id),
-            ).fetchall()
+            last = conn.execute(_LAST_TX, (run_id,)).fetchone()
+            if last is None:
+                return []
+            # A statement of its own, so that the planner sees the transaction id as a value:
+            # it then reads only the events of later transactions, along events_tx_order (given
+            # as a subquery, it guesses a third of the store and scans all of it).
+            rows = conn.execute(_FLUSHED_AFTER, {"tx": last[0], "run": run_id}, prepare=False).fetchall()
         return [(str(r), str(loc), str(wd)) for r, loc, wd in rows]
 
     def run_created(self, run_id: str) -> RunCreated | None:
