@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import re
 import secrets
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
+import engine.plugins.sinks
 from engine.plugins.protocol import PluginConfigError, PluginError, RowError
 from engine.plugins.registry import build_plugin
 
@@ -154,6 +160,148 @@ def test_json_append_mode_continues_an_existing_array(tmp_path: Path) -> None:
     not_array.write_text('{"a": 1}')
     with pytest.raises(PluginError, match=r"cannot append to .*n\.json"):
         sink("json", path=str(not_array), mode="append").open("run", None)
+
+
+def _reopened_as_before(path: Path, encoding: str) -> int | str:
+    """What appending to an array did before it read the file in chunks (the whole file decoded
+    at once): the offset writing continues at, or the refusal."""
+    try:
+        text = path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as e:
+        return f"cannot append to {path}: it is not valid {encoding} ({e.reason})"
+    body = text.rstrip()
+    if not body.endswith("]"):
+        return f"cannot append to {path}: it does not end with a JSON array's ']'"
+    return len(body[:-1].rstrip().encode(encoding))
+
+
+def _reopened(path: Path, encoding: str) -> int | str | None:
+    s = sink("json", path=str(path), mode="append", encoding=encoding)
+    try:
+        offset: int | None = s._reopen_array()
+        return offset
+    except PluginError as e:
+        return str(e).split(": ", 1)[1]  # without the node's name
+
+
+# Blanks `str.rstrip` strips (ASCII ones, NEL, no-break space, ideographic space...), brackets,
+# characters of one to four UTF-8 bytes, and a Shift_JIS character whose second byte is ']'
+# (0x5D). ISO-2022-JP shifts out of ASCII for that one and the ideographic space.
+_TEXT = st.text(st.sampled_from(list(' \t\n\r\x0c\x1c\x85\xa0\u3000[]{},:"a1é€\U0001f600ゾ')), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _TEXT,
+    st.sampled_from(
+        ["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-32", "latin-1", "cp1252", "shift_jis", "gbk", "iso2022_jp"]
+    ),
+    st.integers(1, 9),
+    st.binary(max_size=3),
+)
+def test_json_append_finds_the_offset_it_found_reading_the_whole_file(
+    tmp_path_factory: pytest.TempPathFactory, text: str, encoding: str, chunk: int, junk: bytes
+) -> None:
+    """Read a few bytes at a time, so that every split of a character, of the blanks and of the
+    ']' across reads is met: the same offset, or the same refusal, as reading the file whole."""
+    try:
+        data = text.encode(encoding)
+    except UnicodeEncodeError:
+        data = text.encode("utf-8")  # then mostly not valid in `encoding`: refused the same way
+    path = tmp_path_factory.mktemp("reopen") / "o.json"
+    path.write_bytes(data + junk)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine.plugins.sinks, "_REOPEN_CHUNK", chunk)
+        got = _reopened(path, encoding)
+    if not data + junk:
+        assert got is None  # an empty file: `open` starts a new array
+    else:
+        assert got == _reopened_as_before(path, encoding)
+
+
+@pytest.mark.parametrize("text", ["[ゾゾ]", "[ゾ ゾゾ\n]", "[ゾ\n]\n", "[ゾ\u3000]", "[1, ゾ]ゾ", "[\u3000\n]"])
+@pytest.mark.parametrize("chunk", range(1, 10))
+def test_json_append_in_iso_2022_counts_the_escape_back_to_ascii(tmp_path: Path, text: str, chunk: int) -> None:
+    """ISO-2022-JP is in JIS mode after 'ゾ': the offset is after the escape back to ASCII, which
+    the whole file's prefix encoded at once ends with, since the rows written next start in
+    ASCII."""
+    path = tmp_path / "o.json"
+    path.write_bytes(text.encode("iso2022_jp"))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine.plugins.sinks, "_REOPEN_CHUNK", chunk)
+        assert _reopened(path, "iso2022_jp") == _reopened_as_before(path, "iso2022_jp")
+
+
+def test_json_append_to_a_path_it_cannot_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    path.mkdir()
+    with pytest.raises(PluginError, match=r"cannot read .*o\.json: Is a directory"):
+        sink("json", path=str(path), mode="append").open("run", None)
+
+
+_CHUNK = engine.plugins.sinks._REOPEN_CHUNK
+
+
+@pytest.mark.parametrize("ends", [-3, -2, -1, 0, 1, 2])
+def test_json_append_to_an_array_larger_than_a_read_with_its_end_across_two_reads(tmp_path: Path, ends: int) -> None:
+    """The file is over a read long and its last row's '}', the newline, the ']' and the blanks
+    after it straddle the end of the first read, at each of a few offsets."""
+    row = '{"a": 0, "note": "ééé"}'
+    tail = "\n]\n \t\n"
+    n = (_CHUNK - 100) // len(row.encode() + b",\n")
+    body = "[\n" + "".join([row + ",\n"] * n)
+    pad = _CHUNK + ends - len(body.encode()) - len('{"a": 1, "note": ""}')
+    last = '{"a": 1, "note": "' + "x" * pad + '"}'
+    path = tmp_path / "o.json"
+    path.write_bytes((body + last + tail).encode())
+    assert len((body + last).encode()) == _CHUNK + ends  # the '}' is the read's last byte at 0
+    written(sink("json", path=str(path), mode="append"), [{"a": 2}])
+    rows = json.loads(path.read_bytes())
+    assert len(rows) == n + 2 and rows[-2:] == [{"a": 1, "note": "x" * pad}, {"a": 2}]
+    assert path.read_bytes().endswith(b'"},\n{"a": 2}\n]\n')
+
+
+@pytest.mark.parametrize(
+    ("tail", "refusal"),
+    [
+        (b'{"a": "\xff"}\n]\n', "is not valid utf-8 (invalid start byte)"),
+        (b'{"a": 1}\n]\n\xc3', "is not valid utf-8 (unexpected end of data)"),
+        (b'{"a": 1}\n] x\n', "does not end with a JSON array's ']'"),
+        (b'{"a": 1}\n', "does not end with a JSON array's ']'"),
+    ],
+)
+def test_json_append_refuses_a_bad_file_larger_than_a_read_as_before(tmp_path: Path, tail: bytes, refusal: str) -> None:
+    """What makes the file unfit is in its second read (or at its very end): still found, with
+    the same words, and the file left as it was."""
+    path = tmp_path / "o.json"
+    data = b"[\n" + b'{"a": 0},\n' * (_CHUNK // 10 + 1) + tail
+    path.write_bytes(data)
+    assert data.index(tail) > _CHUNK
+    with pytest.raises(PluginError, match=re.escape(f"cannot append to {path}: it {refusal}")):
+        sink("json", path=str(path), mode="append").open("run", None)
+    assert path.read_bytes() == data
+
+
+def test_json_append_does_not_hold_the_file_in_memory(tmp_path: Path) -> None:
+    """A 10-row run appending to a large array held the whole file, decoded, several times over."""
+    path = tmp_path / "o.json"
+    with path.open("wb") as f:
+        f.write(b"[\n")
+        for _ in range(32):
+            f.write(b'{"a": 0},\n' * (1 << 17))  # 1.25 MiB
+        f.write(b'{"a": 0}\n]\n')
+    s = sink("json", path=str(path), mode="append")
+    tracemalloc.start()
+    try:
+        s.open("run", None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert path.stat().st_size > 40 << 20 and peak < 8 << 20
+    written(s, [{"a": 1}])
+    with path.open("rb") as f:
+        f.seek(-30, os.SEEK_END)
+        assert f.read().endswith(b'{"a": 0},\n{"a": 1}\n]\n')
 
 
 # -- file sinks: positions and resume ----------------------------------------------------------

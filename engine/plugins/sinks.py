@@ -44,6 +44,19 @@ def _hash_of(f: BinaryIO, size: int) -> Any:
     return h
 
 
+# How much of a JSON array being appended to is read at a time: memory does not grow with the file.
+_REOPEN_CHUNK = 1 << 20
+
+
+def _reset_length(encoder: codecs.IncrementalEncoder) -> int:
+    """Bytes `encoder` would still write to end its text in its initial state (ISO-2022's escape
+    back to ASCII; none in a stateless encoding), without ending it."""
+    state = encoder.getstate()
+    length = len(encoder.encode("", final=True))
+    encoder.setstate(state)
+    return length
+
+
 _UNICODE = {"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"}
 
 
@@ -383,19 +396,55 @@ class JsonSink(_FileSink):
                 self._rows_written = self._array_has_rows(start)
 
     def _reopen_array(self) -> int | None:
-        """Append to an existing array: continue where its closing ']' was."""
+        """Append to an existing array: continue where its closing ']' was.
+
+        The file must decode strictly (the offset is counted back in bytes, which replacement
+        would shift) and its last non-blank character must be ']'; writing continues just after
+        the non-blank character before it. The file is read once, forwards, a chunk at a time:
+        it may be far larger than memory. Not backwards from its end, though that would read
+        less: every byte has to be decoded anyway, and in Shift_JIS, GBK or Big5 the byte of ']'
+        can also be the second byte of another character, which only a reading from the start
+        tells apart. Bytes are counted by re-encoding the text as it goes, as `str.encode` of
+        everything before the offset would: a byte-order mark included, and in ISO-2022 the
+        escape back to ASCII (the rows written next start from ASCII)."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
-        try:  # strictly: the offset is counted back in bytes, which replacement would shift
-            text = self.path.read_bytes().decode(self.encoding)
+        decoder = codecs.getincrementaldecoder(self.encoding)()  # errors="strict"
+        encoder = codecs.getincrementalencoder(self.encoding)()
+        counted = 0  # bytes of the text decoded so far
+        # The last non-blank character so far, and the bytes up to its end and up to the end of
+        # the non-blank character before it (with none: the empty text's, a byte-order mark).
+        last = ""
+        last_end = before_last_end = len("".encode(self.encoding))
+        try:
+            with self.path.open("rb") as f:
+                while True:
+                    chunk = f.read(_REOPEN_CHUNK)
+                    text = decoder.decode(chunk, final=not chunk)
+                    blank_from = len(text.rstrip())
+                    if blank_from == 0:  # nothing but blanks (or nothing decoded yet)
+                        counted += len(encoder.encode(text))
+                    else:
+                        before = len(text[: blank_from - 1].rstrip())  # `str.rstrip`'s blanks, as before
+                        if before > 0:
+                            counted += len(encoder.encode(text[:before]))
+                            before_last_end = counted + _reset_length(encoder)
+                        else:
+                            before_last_end = last_end
+                        counted += len(encoder.encode(text[before:blank_from]))
+                        last_end, last = counted + _reset_length(encoder), text[blank_from - 1]
+                        counted += len(encoder.encode(text[blank_from:]))
+                    if not chunk:
+                        break
         except UnicodeDecodeError as e:
             raise PluginError(
                 _NODE, f"cannot append to {self.path}: it is not valid {self.encoding} ({e.reason})"
             ) from e
-        body = text.rstrip()
-        if not body.endswith("]"):
+        except OSError as e:
+            raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
+        if last != "]":
             raise PluginError(_NODE, f"cannot append to {self.path}: it does not end with a JSON array's ']'")
-        return len(body[:-1].rstrip().encode(self.encoding))
+        return before_last_end
 
     def _array_has_rows(self, size: int) -> bool:
         with self.path.open("rb") as f:
