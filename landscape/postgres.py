@@ -55,19 +55,22 @@ _READ_COLUMNS = EVENT_COLUMNS.replace("recorded_at", "(extract(epoch FROM record
 _PAGE = 5000
 # Asked for more payloads than this, a reader scans the run's payloads instead of probing each.
 _SCAN_AT = 20_000
-# `flushed_since`: the transaction of a run's last event (by the run's key, newest first), then the
-# flushes of other runs in later transactions, read along events_tx_order. Each flush's row and
-# each run's working folder (its seq 0) are looked up by key, row by row (OFFSET 0 and a subquery
-# keep the planner from joining whole tables instead): the work is that of the flushes written
-# since, whatever the size of the store. Only SinkFlushed events have an artifacts row.
-_LAST_TX = "SELECT tx_id FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
+# `flushed_since`: a run's last event (by the run's key, newest first), then every flush of the
+# other runs whose event came after it by either measure: a later writing transaction (`tx_id`),
+# or a later position (`global_position`). Either alone misses a case: a transaction that took
+# its positions before the run's last event can commit after it, and `tx_id` means nothing across
+# clusters (a store moved with pg_dump keeps its positions, not its transaction ids, so a run
+# written after the move can have lower ids than one written before). Driven by the flushes
+# (`artifacts`, one row per SinkFlushed), each event looked up by key: the work grows with the
+# store's flushes, not its events (OFFSET 0 keeps the planner from joining whole tables).
+_LAST_EVENT = "SELECT tx_id, global_position FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
 _FLUSHED_AFTER = (
     "SELECT f.run_id, f.location, coalesce(("
     "  SELECT convert_from(c.payload, 'UTF8')::json ->> 'working_dir' FROM events c "
     "  WHERE c.run_id = f.run_id AND c.seq = 0 AND c.event_type = 'RunCreated'), '') "
-    "FROM (SELECT DISTINCT e.run_id, a.location FROM events e CROSS JOIN LATERAL ("
-    "    SELECT a.location FROM artifacts a WHERE a.run_id = e.run_id AND a.seq = e.seq AND a.rows > 0 OFFSET 0"
-    "  ) a WHERE e.tx_id > %(tx)s AND e.run_id <> %(run)s AND e.event_type = 'SinkFlushed') f"
+    "FROM (SELECT DISTINCT a.run_id, a.location FROM artifacts a CROSS JOIN LATERAL ("
+    "    SELECT e.tx_id, e.global_position FROM events e WHERE e.run_id = a.run_id AND e.seq = a.seq OFFSET 0"
+    "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f"
 )
 
 
@@ -363,18 +366,16 @@ class PostgresRecorder:
         folder), once each. A resume that would cut a file back asks first (by the file, not its
         name: a link or another spelling of the path is the same file).
 
-        "After" is the order cross-run readers read in (`read_since`): by writing transaction.
-        The store keeps no commit order, and global_position is not one: a transaction can take
-        its positions before this run's last one and commit after it. A flush into the file this
-        run's sink holds locked comes after the run let go of it, so in a later transaction."""
+        "After" is by writing transaction or by position, whichever says so (see `_FLUSHED_AFTER`):
+        the store keeps no commit order, and a resume had better refuse once too often than cut
+        another run's durable rows."""
         with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
-            last = conn.execute(_LAST_TX, (run_id,)).fetchone()
+            last = conn.execute(_LAST_EVENT, (run_id,)).fetchone()
             if last is None:
                 return []
-            # A statement of its own, so that the planner sees the transaction id as a value:
-            # it then reads only the events of later transactions, along events_tx_order (given
-            # as a subquery, it guesses a third of the store and scans all of it).
-            rows = conn.execute(_FLUSHED_AFTER, {"tx": last[0], "run": run_id}, prepare=False).fetchall()
+            rows = conn.execute(
+                _FLUSHED_AFTER, {"tx": last[0], "pos": last[1], "run": run_id}, prepare=False
+            ).fetchall()
         return [(str(r), str(loc), str(wd)) for r, loc, wd in rows]
 
     def run_created(self, run_id: str) -> RunCreated | None:

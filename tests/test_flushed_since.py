@@ -13,16 +13,19 @@ from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 
 
-def _events(conn: psycopg.Connection[Any], run_id: str, seqs: range, working_dir: str = "/elsewhere") -> None:
+def _events(
+    conn: psycopg.Connection[Any], run_id: str, seqs: range, working_dir: str = "/elsewhere", tx_ahead: int = 0
+) -> None:
     """Events as a writer stores them, bodies aside: seq 0 a RunCreated naming its folder, the
-    rest sink flushes."""
+    rest sink flushes. `tx_ahead`: their transaction id that much above this transaction's."""
     conn.execute(
         "INSERT INTO events (run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, "
-        "payload, payload_hash, prev_hash, hash) "
+        "payload, payload_hash, prev_hash, hash, tx_id) "
         "SELECT %(run)s, s, 'run', %(run)s, CASE WHEN s = 0 THEN 'RunCreated' ELSE 'SinkFlushed' END, 1, now(), "
-        "convert_to(json_build_object('working_dir', %(wd)s::text)::text, 'UTF8'), '\\x00', '\\x00', '\\x00' "
+        "convert_to(json_build_object('working_dir', %(wd)s::text)::text, 'UTF8'), '\\x00', '\\x00', '\\x00', "
+        "pg_current_xact_id()::text::bigint + %(ahead)s "
         "FROM generate_series(%(lo)s::int, %(hi)s::int) s",
-        {"run": run_id, "wd": working_dir, "lo": seqs.start, "hi": seqs.stop - 1},
+        {"run": run_id, "wd": working_dir, "lo": seqs.start, "hi": seqs.stop - 1, "ahead": tx_ahead},
     )
 
 
@@ -70,10 +73,10 @@ def _rows_read(plan: dict[str, Any], tables: tuple[str, ...]) -> tuple[int, list
     return read, how
 
 
-def test_it_reads_the_events_written_since_not_the_store(db: Database) -> None:
+def test_it_reads_events_by_key_one_per_flush_never_the_store(db: Database) -> None:
     """A resume asks once its sink file is longer than its durable position: the usual state
-    after a crash. Many runs' flushes came before the crashed run's last event and two runs'
-    after: the query reads along the events of later transactions only, never the store."""
+    after a crash. The query goes through the store's flushes and looks each one's event up by
+    key: never a scan of the events (a store's events outnumber its flushes by far)."""
     with db.connect() as conn:
         _store(conn, runs=1000, flushes=40)
         conn.commit()
@@ -89,19 +92,30 @@ def test_it_reads_the_events_written_since_not_the_store(db: Database) -> None:
             ("after-1", "out/a.csv", "/elsewhere"),
             ("after-2", "out/out.csv", "/elsewhere"),
         ]
-        last = conn.execute(postgres._LAST_TX, ("crashed",)).fetchone()
+        last = conn.execute(postgres._LAST_EVENT, ("crashed",)).fetchone()
         assert last is not None
         row = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON, TIMING OFF) " + postgres._FLUSHED_AFTER,
-            {"tx": last[0], "run": "crashed"},
+            {"tx": last[0], "pos": last[1], "run": "crashed"},
             prepare=False,
         ).fetchone()
         assert row is not None
-    read, how = _rows_read(row[0][0]["Plan"], ("events", "artifacts"))
-    assert not [h for h in how if h.startswith("Seq Scan")], how
-    # The two later runs' 7 events, 5 flushes and 2 first events: not the 40,000 flushes and
-    # 41,000 events of the runs before.
-    assert read <= 30, (read, how)
+    read, how = _rows_read(row[0][0]["Plan"], ("events",))
+    assert not [h for h in how if h.startswith(("Seq Scan", "Parallel Seq Scan"))], how
+    # One event per flush (40,005) and the two later runs' first events: not a scan.
+    assert read <= 40_005 + 2, (read, how)
+
+
+def test_a_store_moved_to_another_cluster_still_finds_the_flushes_written_since(db: Database) -> None:
+    """pg_dump and restore keep positions (the identity goes on after them), not transaction ids:
+    events restored from the old cluster can carry higher ids than the new one hands out. A flush
+    written after the move comes after the crashed run's last event by position, and is found."""
+    with db.connect() as conn:
+        _events(conn, "moved", range(3), tx_ahead=1_000_000)  # ids of the old cluster, ahead of this one's
+        conn.commit()
+        _run(conn, "after-move", flushes=1)
+        conn.commit()
+    assert PostgresRecorder(db).flushed_since("moved") == [("after-move", "out/out.csv", "/elsewhere")]
 
 
 def test_a_flush_positioned_before_the_runs_last_event_but_committed_after_it_is_found(db: Database) -> None:
