@@ -644,6 +644,39 @@ def test_a_file_another_process_writes_is_not_cut(tmp_path: Path) -> None:
     second.release()
 
 
+@pytest.mark.parametrize(("kind", "name", "seed"), [("csv", "o.csv", b"a\n0\n"), ("json", "o.jsonl", b""),
+                                                   ("json", "o.json", b'[\n{"a": 0}\n]\n')])  # fmt: skip
+def test_a_file_another_run_appended_to_after_this_one_opened_it_is_not_cut(
+    tmp_path: Path, kind: str, name: str, seed: bytes
+) -> None:
+    """Two runs appending to one file: the other run opens, writes, flushes and lets go of it
+    while this one is open and has not written yet. This run's first flush fails, and the other
+    run's durable rows stay (cut back to where this run opened, they were lost)."""
+    path = tmp_path / name
+    if seed:
+        path.write_bytes(seed)
+    first = sink(kind, path=str(path), mode="append")
+    first.open("a", None)
+    second = sink(kind, path=str(path), mode="append")
+    second.open("b", None)
+    second.write("t1", {"a": 2})
+    second.flush()
+    second.close()
+    theirs = path.read_bytes()
+    first.write("t1", {"a": 1})
+    with pytest.raises(PluginError, match="written by another process"):
+        first.flush()
+    assert path.read_bytes() == theirs
+    first.release()
+
+
+def test_a_utf16_array_without_a_byte_order_mark_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    path.write_bytes('[\n{"a": 0}\n]\n'.encode("utf-16-le"))  # no BOM: the utf-16 codec will not read it
+    with pytest.raises(PluginError, match="is not valid utf-16"):
+        sink("json", path=str(path), mode="append", encoding="utf-16").open("run", None)
+
+
 @pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.jsonl")])
 def test_appending_to_a_file_whose_last_line_has_no_newline_is_refused(tmp_path: Path, kind: str, name: str) -> None:
     """The first row written would run into that line: both would be corrupt in the file while

@@ -94,6 +94,7 @@ class _FileSink:
         self.schema = schema
         self._f: BinaryIO | None = None
         self._start: int | None = None  # where writing starts; None: not open (or released)
+        self._size_at_open: int | None = None  # appending: the file's size when `open` chose the start
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
         self._encoder = codecs.getincrementalencoder(encoding)()
@@ -161,6 +162,10 @@ class _FileSink:
                 "written would run into it; end it with one, or write to another file",
             )
         self._start = start
+        # Appending: what the file held when the start was chosen. Another process (another run's
+        # sink, appending to the same file) may write and let go of it before this run's first
+        # flush takes the lock; cutting back to `start` would then destroy its durable rows.
+        self._size_at_open = size if position is None and self.mode == "append" else None
         self._encoder = codecs.getincrementalencoder(self.encoding)()
         if start > 0:
             self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
@@ -223,6 +228,13 @@ class _FileSink:
         try:
             # What was checked went through the path: the bytes kept must be those, read through
             # the handle that is about to cut (a link swapped meanwhile points elsewhere).
+            if self._size_at_open is not None and os.fstat(f.fileno()).st_size != self._size_at_open:
+                f.close()
+                raise PluginError(
+                    _NODE,
+                    f"{self.path} was written by another process (another run's sink?) after this run opened it "
+                    "to append: not written, so as not to cut what that process wrote",
+                )
             if self._start > 0 and _hash_of(f, self._start).hexdigest() != self._hash.hexdigest():
                 f.close()
                 raise PluginError(_NODE, f"{self.path} changed while it was being opened; not written")
@@ -436,10 +448,9 @@ class JsonSink(_FileSink):
                         counted += len(encoder.encode(text[blank_from:]))
                     if not chunk:
                         break
-        except UnicodeDecodeError as e:
-            raise PluginError(
-                _NODE, f"cannot append to {self.path}: it is not valid {self.encoding} ({e.reason})"
-            ) from e
+        except UnicodeError as e:  # a decoding error; read in parts, utf-16 without a byte-order mark raises its base
+            why = e.reason if isinstance(e, UnicodeDecodeError) else str(e)
+            raise PluginError(_NODE, f"cannot append to {self.path}: it is not valid {self.encoding} ({why})") from e
         except OSError as e:
             raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
         if last != "]":
