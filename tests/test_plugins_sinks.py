@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -670,10 +671,36 @@ def test_a_file_another_run_appended_to_after_this_one_opened_it_is_not_cut(
     first.release()
 
 
+@pytest.mark.parametrize(("kind", "name", "text"), [("json", "o.json", '[\n{"a": 0}\n]\n'),
+                                                   ("csv", "o.csv", "a\n0\n")])  # fmt: skip
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_appending_in_the_other_byte_order_is_refused(tmp_path: Path, kind: str, name: str, text: str,
+                                                      encoding: str) -> None:  # fmt: skip
+    """These write in this machine's order: after the other order's mark, every row would be
+    garbled while the log says it landed."""
+    other = "big" if sys.byteorder == "little" else "little"
+    path = tmp_path / name
+    path.write_bytes(("\ufeff" + text).encode(f"{encoding}-{other[0]}e"))
+    before = path.read_bytes()
+    with pytest.raises(PluginError, match="does not start with the byte-order mark"):
+        sink(kind, path=str(path), mode="append", encoding=encoding).open("run", None)
+    assert path.read_bytes() == before
+    path.write_bytes(("\ufeff" + text).encode(f"{encoding}-{sys.byteorder[0]}e"))  # this machine's: appended
+    written(sink(kind, path=str(path), mode="append", encoding=encoding), [{"a": 1}])
+    assert path.read_bytes().decode(encoding).replace("\r\n", "\n").count("1") == 1
+
+
+def test_a_utf8_sig_array_without_its_mark_is_appended_to_where_its_bracket_was(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    path.write_bytes(b'[\n{"a": 0}\n]\n')  # no mark: utf-8-sig reads it all the same
+    written(sink("json", path=str(path), mode="append", encoding="utf-8-sig"), [{"a": 1}])
+    assert [r["a"] for r in json.loads(path.read_bytes().decode("utf-8-sig"))] == [0, 1]
+
+
 def test_a_utf16_array_without_a_byte_order_mark_is_refused_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "o.json"
     path.write_bytes('[\n{"a": 0}\n]\n'.encode("utf-16-le"))  # no BOM: the utf-16 codec will not read it
-    with pytest.raises(PluginError, match="is not valid utf-16"):
+    with pytest.raises(PluginError, match="does not start with the byte-order mark utf-16 writes"):
         sink("json", path=str(path), mode="append", encoding="utf-16").open("run", None)
 
 

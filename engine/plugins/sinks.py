@@ -155,6 +155,8 @@ class _FileSink:
                 "(their sha256 differs from the one its log records), so it was changed or replaced since; "
                 "restore it, or start a new run",
             )
+        if position is None and start > 0:
+            self._check_byte_order()
         if position is None and start > 0 and self.lines and not self._ends_a_line():
             raise PluginError(
                 _NODE,
@@ -172,6 +174,31 @@ class _FileSink:
         if position:
             self._file()  # a resume drops at once what a crash left after the durable position
         return start
+
+    def _byte_order_mark(self) -> tuple[bytes, bool]:
+        """The mark this encoding starts a stream with (b"" for most), and whether the file starts
+        with it."""
+        mark = "".encode(self.encoding)
+        if not mark:
+            return mark, False
+        try:
+            with self.path.open("rb") as f:
+                return mark, f.read(len(mark)) == mark
+        except OSError as e:
+            raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
+
+    def _check_byte_order(self) -> None:
+        """utf-16 and utf-32 write in this machine's byte order: appended to a file in the other
+        order (its mark says which), the rows would be garbled while the log says they landed."""
+        if codecs.lookup(self.encoding).name not in ("utf-16", "utf-32"):
+            return
+        mark, marked = self._byte_order_mark()
+        if not marked:
+            raise PluginError(
+                _NODE,
+                f"cannot append to {self.path}: it does not start with the byte-order mark {self.encoding} writes "
+                f"here ({mark.hex()}); name its byte order in `encoding` (e.g. {self.encoding}-be)",
+            )
 
     def _prefix_hash(self, size: int) -> Any:
         """sha256 of the file's first `size` bytes (what a resume or an append continues)."""
@@ -421,13 +448,17 @@ class JsonSink(_FileSink):
         escape back to ASCII (the rows written next start from ASCII)."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
+        self._check_byte_order()
         decoder = codecs.getincrementaldecoder(self.encoding)()  # errors="strict"
         encoder = codecs.getincrementalencoder(self.encoding)()
+        mark, marked = self._byte_order_mark()
+        if mark and not marked:  # (utf-8-sig reads a file without one): none to count
+            encoder.encode("")
         counted = 0  # bytes of the text decoded so far
         # The last non-blank character so far, and the bytes up to its end and up to the end of
         # the non-blank character before it (with none: the empty text's, a byte-order mark).
         last = ""
-        last_end = before_last_end = len("".encode(self.encoding))
+        last_end = before_last_end = len(mark) if marked else 0
         try:
             with self.path.open("rb") as f:
                 while True:
