@@ -160,7 +160,9 @@ def erase(db: Database, plan: Plan, reason: str) -> int:
 
     try:
         if plan.kind == "retention":
-            return sum(_erase_run(db, run, plan.cutoff, why(run)) for run in plan.counts if plan.cutoff is not None)
+            cutoff = plan.cutoff
+            assert cutoff is not None  # (plan_retention sets it)
+            return sum(_erase_run(db, run, cutoff, why(run)) for run in plan.counts)
         return _erase_payloads(db, plan, why)
     except PermissionDenied as e:
         # The writer may neither record erasures nor delete payloads (by design: see the roles):
