@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.types.numeric import Int8BinaryLoader
 
 from landscape import commits, copybin, faults
 from landscape.chain import header, link
@@ -47,9 +48,16 @@ Sending = Literal["inline", "thread", "process"]
 
 # What a reader selects: `StoredEvent`'s fields in its order, so that a row (read in binary: bytea
 # arrives as bytes, integers as ints) is the Struct's positional arguments as it is. The time is
-# read as integer microseconds since the epoch, which the server computes exactly (extract gives
-# a numeric), instead of a datetime per event that Python then turns back into an integer.
-_READ_COLUMNS = EVENT_COLUMNS.replace("recorded_at", "(extract(epoch FROM recorded_at) * 1000000)::int8")
+# wanted as integer microseconds since the Unix epoch, and is read so without arithmetic per event
+# here or on the server: a timestamptz travels in binary as an int8 of microseconds since
+# 2000-01-01, so the time 30 years later (an interval of seconds only: one integer addition) is
+# read by the int8 loader (`_read_us`) as the microseconds since 1970. (A numeric computed by
+# `extract(epoch …)`, as before, was a fifth of the server's work in a read: 0.2 s per 1,000,000
+# events.) A time in timestamptz's last 30 years, which only an edited store holds, is read as
+# None, whose event then fails its hash, instead of failing the read; so is 'infinity'.
+_READ_COLUMNS = EVENT_COLUMNS.replace(
+    "recorded_at", "CASE WHEN recorded_at < '290000-01-01' THEN recorded_at + interval '946684800 seconds' END"
+)
 # Rows per page of a streamed read: large enough that round trips do not count, small enough
 # that a page stays in the CPU's cache while it is verified.
 _PAGE = 5000
@@ -277,6 +285,11 @@ class PgRunWriter:
             raise pending_error
 
 
+def _read_us(cur: psycopg.Cursor[Any]) -> None:
+    """A cursor reading `_READ_COLUMNS` in binary: timestamps arrive as their int8 microseconds."""
+    cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
+
+
 @contextlib.contextmanager
 def _transaction(conn: psycopg.Connection[Any], snapshot: str | None) -> Iterator[None]:
     """A read-only transaction, in `snapshot` (an exported one: `shared_snapshot`) when given."""
@@ -332,6 +345,7 @@ class PostgresRecorder:
                     _transaction(conn, snapshot),
                     conn.cursor(name=f"events_{os.getpid()}", binary=True) as cur,
                 ):
+                    _read_us(cur)
                     cur.execute(query, params)
                     while not stop.is_set():
                         rows = cur.fetchmany(_PAGE)
@@ -438,14 +452,14 @@ class PostgresRecorder:
         are read, in (tx_id, global_position) order: that set can no longer grow, so a reader
         that continues from the last pair it saw never misses a late commit."""
         tx, pos = position
-        with driver_errors("reading events across runs"), self.db.connect() as conn:
-            rows = conn.execute(
+        with driver_errors("reading events across runs"), self.db.connect() as conn, conn.cursor(binary=True) as cur:
+            _read_us(cur)
+            rows = cur.execute(
                 f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM events "
                 "WHERE (tx_id, global_position) > (%s, %s) "
                 "AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
                 "ORDER BY tx_id, global_position LIMIT %s",
                 (tx, pos, limit),
-                binary=True,
             ).fetchall()
         return [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in rows]
 

@@ -57,6 +57,7 @@ def rebuild(db: Database, run_id: str) -> int:
             ).fetchone() or (False,)
             if not free:
                 raise ConcurrentWriter(f"run {run_id} is being written by another process: rebuild it once that ends")
+            cur.execute(_WORK_MEM)
             (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (None,)
             for table in PROJECTION_TABLE_NAMES:
                 cur.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
@@ -68,6 +69,11 @@ def rebuild(db: Database, run_id: str) -> int:
 
 # Events per statement of a rebuild: what the server holds at once stays bounded on a long log.
 REBUILD_CHUNK = 200_000
+# Memory per sort, hash or stored CTE for a rebuild's statements and a comparison's joins: enough
+# for a chunk's events (about 35 MB as text) to stay in memory rather than be written to temporary
+# files and read back by each clause that scans them, and for the largest table's join to be one
+# batch. The default 4 MB made a comparison of 1,044,437 events 0.45 s slower (4.4 s -> 3.9 s).
+_WORK_MEM = "SET LOCAL work_mem = '64MB'"
 
 
 def _project_all(cur: Any, run_id: str, last: int, into: str) -> None:
@@ -122,6 +128,7 @@ class Comparison:
         try:
             with driver_errors(self._what):
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                conn.execute(_WORK_MEM)
                 row = conn.execute("SELECT last_seq FROM public.runs WHERE run_id = %s", (self.run_id,)).fetchone()
                 self.upto = -1 if row is None else int(row[0])
         except BaseException:

@@ -71,6 +71,10 @@ def test_a_clean_chain_verifies(db: Database) -> None:
          "WHERE run_id = %s AND seq = 3", 3),
         ("UPDATE events SET entity_id = 'r9' WHERE run_id = %s AND seq = 2", 2),
         ("UPDATE events SET recorded_at = recorded_at + interval '1 second' WHERE run_id = %s AND seq = 4", 4),
+        # times a reader cannot shift by 30 years: named at their seq, not a failed read
+        ("UPDATE events SET recorded_at = 'infinity' WHERE run_id = %s AND seq = 4", 4),
+        ("UPDATE events SET recorded_at = '-infinity' WHERE run_id = %s AND seq = 3", 3),
+        ("UPDATE events SET recorded_at = '294270-01-01' WHERE run_id = %s AND seq = 5", 5),
         ("UPDATE events SET hash = '\\x00'::bytea || substring(hash from 2) WHERE run_id = %s AND seq = 1", 1),
         ("DELETE FROM events WHERE run_id = %s AND seq = 2", 2),
     ],
