@@ -19,7 +19,7 @@ from landscape.db import Database
 from landscape.errors import ChainBroken
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
-from landscape.verify import verify_events
+from landscape.verify import unconfirmed, verify_events
 from landscape.verify_store import _ChainProcess, verify_log, verify_run
 from statecharts import events as ev
 from tests.test_store import _created, _superuser_update, _write_run
@@ -31,18 +31,18 @@ def test_two_processes_find_what_one_pass_finds_in_a_good_log(db: Database) -> N
     _write_run(db, "run-good", tokens=40, commit_every=7).close()
     recorder = PostgresRecorder(db)
     seen: list[int] = []
-    split, intact = verify_log(
+    split, left = verify_log(
         recorder, "run-good", roots_at=[1, 2, 17, 41], payloads=True, split_at=SPLIT,
         observe=lambda e, _event: seen.append(e.seq),
     )  # fmt: skip
-    one, none = verify_log(recorder, "run-good", roots_at=[1, 2, 17, 41], payloads=True, split_at=ONE_PASS)
-    assert split.bad is None and one.bad is None and none == b""
+    one, unchecked = verify_log(recorder, "run-good", roots_at=[1, 2, 17, 41], payloads=True, split_at=ONE_PASS)
+    assert split.bad is None and one.bad is None
     assert (split.events, split.head, split.root, split.roots) == (one.events, one.head, one.root, one.roots)
     assert split.tree.to_bytes() == one.tree.to_bytes() and sorted(split.roots) == [1, 2, 17, 41]
     assert split.fold == one.fold and split.fold.outcomes == one.fold.outcomes
     assert split.referenced == one.referenced and len(one.referenced) == 40
-    good = {intact[i : i + 32] for i in range(0, len(intact), 32)}
-    assert good == {bytes.fromhex(h) for h in one.referenced}
+    # the split found every payload intact; one pass leaves them all to `verify_run`
+    assert left == {} and unchecked == one.referenced
     assert seen == list(range(41))  # the observer saw each event once, in order
 
 
@@ -137,12 +137,15 @@ def test_without_a_second_process_one_process_does_it_all(db: Database, monkeypa
     recorder = PostgresRecorder(db)
     seen: list[int] = []
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
-    alone, intact = verify_log(recorder, "run-alone", observe=lambda e, _: seen.append(e.seq), split_at=SPLIT)
+    alone, left = verify_log(
+        recorder, "run-alone", observe=lambda e, _: seen.append(e.seq), payloads=True, split_at=SPLIT
+    )
     monkeypatch.undo()
     one, _ = verify_log(recorder, "run-alone", split_at=ONE_PASS)
-    assert (alone.bad, alone.events, alone.head, alone.root, intact) == (None, one.events, one.head, one.root, b"")
+    assert (alone.bad, alone.events, alone.head, alone.root) == (None, one.events, one.head, one.root)
+    assert left == one.referenced  # the one pass scanned no payload: `verify_run` looks them all up
     assert seen == list(range(6))  # once each, though two passes ran
-    with _ChainProcess(recorder, "run-alone", "00000003-00000000-1", 5, (), False) as chain:  # no such snapshot
+    with _ChainProcess(recorder, "run-alone", "00000003-00000000-1", 5, ()) as chain:  # no such snapshot
         assert chain.result() is None
 
 
@@ -170,3 +173,17 @@ def test_an_event_body_nested_too_deeply_is_a_finding_not_a_crash() -> None:
     e = StoredEvent("r", 0, "run", "r", "RunStarted", 1, 0, payload, payload_hash, GENESIS, head)
     found = verify_events("r", [e]).bad
     assert found is not None and "nested too deeply" in found.why, found
+
+
+def test_payloads_are_confirmed_only_when_intact_and_split_as_written() -> None:
+    rows = {i: commit_row({"id": i}) for i in range(5)}
+    stored = [(bytes.fromhex(h), p.salt, p.data) for h, p in rows.values()]
+    h1, p1 = rows[1]
+    h2, p2 = rows[2]
+    h3 = rows[3][0]
+    stored[1] = (bytes.fromhex(h1), p1.salt, p1.data.replace(b"1", b"7"))  # altered
+    stored[2] = (bytes.fromhex(h2), p2.salt[:-1], p2.salt[-1:] + p2.data)  # a salt byte moved into the data
+    del stored[3]  # gone
+    referenced = [rows[0][0], h1, h2, h3, rows[4][0].upper()]  # the last named in capitals
+    assert unconfirmed(referenced, stored) == {h1, h2, h3, rows[4][0].upper()}
+    assert unconfirmed([], stored) == set()
