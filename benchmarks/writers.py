@@ -3,7 +3,12 @@ its own run, against one writing alone.
 
     python benchmarks/writers.py [--writers 4] [--rows 20000]
 
-Line: writers=N one_events_per_s=E all_events_per_s=E scaling=S (all ÷ one)
+Line: writers=N one_events_per_s=E all_events_per_s=E scaling=S (all ÷ one) cores=C
+one_busy_cores=B ceiling=X of_ceiling=F (scaling ÷ ceiling)
+
+What one writer alone keeps busy (its engine, its sender, the server's backend) is measured from
+the machine's CPU counters (`/proc/stat`, Linux): the writers together cannot go faster than the
+cores ÷ that (`ceiling`), whatever the store does. On 2 cores one writer keeps about 1.6 busy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.pipelines import elspeth_command, prepare
 from benchmarks.run import count_events
 from landscape.db import open_database
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores) so far; None without /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def together(n: int, rows: int, env: dict[str, str]) -> tuple[float, list[str]]:
@@ -51,14 +67,24 @@ def main() -> None:
     env.setdefault("ELSPETH_HOME", os.path.join(os.getcwd(), ".elspeth"))
     # Keep the embedded server up for the whole measurement, so no run pays for its start.
     with open_database(os.environ.get("ELSPETH_DATABASE_URL"), home=env["ELSPETH_HOME"]) as db:
+        before = busy_seconds()
         one_s, one = together(1, args.rows, env)
+        after = busy_seconds()
         all_s, many = together(args.writers, args.rows, env)
         one_events = count_events(db, one[0])
         all_events = sum(count_events(db, r) for r in many)
     one_rate, all_rate = one_events / one_s, all_events / all_s
+    cores = os.cpu_count() or 1
+    busy = None if before is None or after is None else (after - before) / one_s
+    scaling = all_rate / one_rate
+    limits = (
+        "one_busy_cores=n/a ceiling=n/a of_ceiling=n/a"
+        if not busy
+        else f"one_busy_cores={busy:.2f} ceiling={cores / busy:.2f} of_ceiling={scaling * busy / cores:.2f}"
+    )
     print(
         f"writers={args.writers} one_events_per_s={one_rate:.0f} all_events_per_s={all_rate:.0f} "
-        f"scaling={all_rate / one_rate:.2f}"
+        f"scaling={scaling:.2f} cores={cores} {limits}"
     )
 
 

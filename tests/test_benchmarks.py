@@ -95,4 +95,8 @@ def test_replay_resume_memory_and_startup_print_their_line(db: Database, tmp_pat
 
 def test_writers_compares_several_writers_with_one(db: Database, tmp_path: Path) -> None:
     out = _bench(db, tmp_path, "writers.py", "--writers", "2", "--rows", "40")
-    assert re.fullmatch(r"writers=2 one_events_per_s=\d+ all_events_per_s=\d+ scaling=[0-9.]+", out.strip()), out
+    assert re.fullmatch(
+        r"writers=2 one_events_per_s=\d+ all_events_per_s=\d+ scaling=[0-9.]+ cores=\d+ "
+        r"one_busy_cores=[0-9.]+ ceiling=[0-9.]+ of_ceiling=[0-9.]+",
+        out.strip(),
+    ), out
