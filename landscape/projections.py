@@ -14,23 +14,23 @@ import msgspec
 
 from landscape.db import Database, driver_errors
 from landscape.errors import ConcurrentWriter, UnknownRun
-from landscape.postgres import PostgresRecorder
+from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.projection_sql import UPDATED_IN_PLACE, project
 from landscape.table_names import PROJECTION_TABLE_NAMES
 
 
 def without_events(db: Database) -> list[str]:
     """Runs the projection tables hold rows of, though the store has no event of them: rows
-    written without the log (the writer role maintains these tables, and could)."""
-    found: set[str] = set()
+    written without the log (the writer role maintains these tables, and could). Each table's
+    runs are found by key (`run_ids_in`), not by reading all of its rows."""
     with driver_errors("reading the projection tables"), db.connect(autocommit=True) as conn:
-        for table in PROJECTION_TABLE_NAMES:
-            rows = conn.execute(
-                f"SELECT DISTINCT t.run_id FROM {table} t "
-                "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.run_id = t.run_id AND e.seq = 0)"
-            ).fetchall()
-            found.update(str(r[0]) for r in rows)
-    return sorted(found)
+        held = sorted({run_id for table in PROJECTION_TABLE_NAMES for run_id in run_ids_in(conn, table)})
+        rows = conn.execute(
+            "SELECT r FROM unnest(%s::text[]) AS r "
+            "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.run_id = r AND e.seq = 0) ORDER BY r",
+            (held,),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def has_projection_rows(db: Database, run_id: str) -> bool:

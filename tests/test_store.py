@@ -9,15 +9,17 @@ from typing import Any
 import psycopg
 import pytest
 
+from landscape import postgres
 from landscape.canonical import commit_row
 from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter
 from landscape.postgres import PgRunWriter as RunWriter
-from landscape.postgres import PostgresRecorder
+from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.verify import payload_matches
 from landscape.verify_store import verify_run
 from statecharts import events as ev
 from statecharts.upcast import UnknownSchemaVersion
+from tests.test_flushed_since import _rows_read
 
 
 def _created(run_id: str) -> ev.RunCreated:
@@ -283,7 +285,6 @@ def test_a_run_does_not_import_sqlalchemy(db: Database, tmp_path: Path) -> None:
 def test_payloads_are_found_by_run_and_hash_whichever_way_they_are_read(
     db: Database, scan_at: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from landscape import postgres
 
     monkeypatch.setattr(postgres, "_SCAN_AT", scan_at)
     run_id = f"run-scan-{scan_at}"
@@ -325,3 +326,29 @@ def test_encode_row_refuses_what_json_would_record_as_another_row() -> None:
     for row in ({"a": float("nan")}, {"a": {"b": [1, float("-inf")]}}, {"a": "\ud800"}):
         with pytest.raises(UnrecordableRow):
             encode_row(row)
+
+
+def test_the_runs_a_table_holds_are_found_by_key_not_by_reading_all_its_rows(db: Database) -> None:
+    """`projections rebuild` of every run lists them; a store's events outnumber its runs by far."""
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO events (run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, "
+            "payload, payload_hash, prev_hash, hash) "
+            "SELECT 'run-ids-' || r, s, 'token', 't', 'StepCompleted', 1, now(), '\\x7b7d', '\\x00', '\\x00', '\\x00' "
+            "FROM generate_series(10, 39) r, generate_series(0, 299) s"
+        )
+        conn.execute("ANALYZE events")
+        conn.commit()
+        ids = run_ids_in(conn, "events")
+        everyone = [str(r[0]) for r in conn.execute("SELECT DISTINCT run_id FROM events ORDER BY run_id").fetchall()]
+        assert ids == everyone and [r for r in ids if r.startswith("run-ids-")] == [
+            f"run-ids-{r}" for r in range(10, 40)
+        ]
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON, TIMING OFF) " + postgres._RUN_IDS_IN.format(table="events")
+        ).fetchone()
+        assert row is not None
+    read, how = _rows_read(row[0][0]["Plan"], ("events",))
+    assert not [h for h in how if "Seq Scan" in h], how
+    # A probe reads at most one row of each of the 16 partitions' keys; all the rows are 9,000 and more.
+    assert read <= (len(ids) + 1) * 16, (read, how)
