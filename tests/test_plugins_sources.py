@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine.plugins import sources
 from engine.plugins.protocol import PluginConfigError, PluginError, SourceItem
 from engine.plugins.registry import build_plugin
 from engine.plugins.schema import Schema, SchemaViolation, normalise_header, normalise_headers, parse_schema
@@ -468,3 +469,26 @@ def test_csv_an_unclosed_quote_after_a_literal_one_is_still_caught(tmp_path: Pat
     assert got[0].row == {"id": "1", "note": "a", "x": "b"}
     assert got[1].row is None and "never closed" in (got[1].error or ""), got[1]
     assert len(got) == 2
+
+
+@pytest.mark.parametrize("chunk", [4, 7, 1 << 16])
+def test_csv_lines_ending_in_a_bare_carriage_return_are_read_as_lines(
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Classic Mac OS line ends: the same records as with LF, with their line numbers; a quoted
+    field holds its line break. Small chunks put line ends (and CRLF) across chunk boundaries."""
+    monkeypatch.setattr(sources, "_CHUNK", chunk)
+    text = 'id,note\n1,ok\n2,"two\nlines"\n3\n4,last\n'
+    expected = items("csv", {"path": str(write(tmp_path / "lf.csv", text))})
+    got = items("csv", {"path": str(write(tmp_path / "cr.csv", text.replace("\n", "\r")))})
+    assert [(i.index, i.error) for i in got] == [(i.index, i.error) for i in expected]
+    assert [i.row for i in got] == [{"id": "1", "note": "ok"}, {"id": "2", "note": "two\rlines"}, None,
+                                    {"id": "4", "note": "last"}]  # fmt: skip
+    assert got[2].raw == {"__raw_line__": "3", "__line_number__": 5, "__row_number__": 3}
+    crlf = items("csv", {"path": str(write(tmp_path / "crlf.csv", text.replace("\n", "\r\n")))})
+    assert [i.row for i in crlf] == [{"id": "1", "note": "ok"}, {"id": "2", "note": "two\r\nlines"}, None,
+                                     {"id": "4", "note": "last"}]  # fmt: skip
+    # a line longer than a chunk, a file not ending in a line break, a BOM
+    long = "x" * 50
+    bom = write(tmp_path / "bom.csv", b"\xef\xbb\xbfid,note\r1," + long.encode() + b"\r2,end")
+    assert [i.row for i in items("csv", {"path": str(bom)})] == [{"id": "1", "note": long}, {"id": "2", "note": "end"}]

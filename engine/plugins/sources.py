@@ -85,6 +85,45 @@ def _validated(index: int, row: Row, raw: Row, schema: Schema) -> SourceItem:
         return SourceItem(index, None, raw, e.reason)
 
 
+_CHUNK = 1 << 16
+
+
+def _ends_in_cr(f: IO[bytes]) -> bool:
+    """Whether the file's first line ends in a carriage return not followed by a line feed. Read
+    from where the file is, which it is left at."""
+    start = f.tell()
+    try:
+        while chunk := f.read(_CHUNK):
+            lf, cr = chunk.find(b"\n"), chunk.find(b"\r")
+            if cr < 0:
+                if lf >= 0:
+                    return False
+                continue
+            if 0 <= lf < cr:
+                return False
+            after = chunk[cr + 1 : cr + 2] or f.read(1)
+            return after != b"\n"
+        return False
+    finally:
+        f.seek(start)
+
+
+def _cr_lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The file's lines ending in a bare CR, each with its CR (as iterating a file gives LF lines).
+    A line longer than a chunk is joined once, when it ends."""
+    pending: list[bytes] = []
+    while chunk := f.read(_CHUNK):
+        *lines, tail = chunk.split(b"\r")
+        if lines:
+            lines[0] = b"".join([*pending, lines[0]])
+            pending = []
+            for line in lines:
+                yield line + b"\r"
+        pending.append(tail)
+    if last := b"".join(pending):
+        yield last
+
+
 class _Lines:
     """The physical lines of a file as text, counted, so records map back to line numbers.
 
@@ -92,7 +131,9 @@ class _Lines:
     replacement characters and its reason kept in `bad`, so only the record it belongs to is
     quarantined. Encodings in which a newline is not the byte 0x0A (UTF-16, UTF-32) cannot be
     split into lines before decoding; they are decoded as a stream, and an invalid byte there
-    fails the read."""
+    fails the read. Lines end as the file's first one does: in LF or CRLF, or in a bare CR
+    (`_ends_in_cr`: classic Mac OS wrote them so, and the prior system read them); the stream
+    takes any of the three."""
 
     def __init__(self, f: IO[bytes], encoding: str, path: Path) -> None:
         self.f = f
@@ -123,7 +164,7 @@ class _Lines:
             yield from self._stream()
             return
         first = True
-        for raw in self.f:
+        for raw in _cr_lines(self.f) if _ends_in_cr(self.f) else self.f:
             if first and self.encoding == "utf-8" and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             first = False
