@@ -120,6 +120,7 @@ def test_field_names() -> None:
         ({"mode": "fixed", "fields": ["a: integer"]}, "schema.fields[0]"),
         ({"mode": "fixed", "fields": ["a: int", "a: str"]}, "schema.fields[1]"),
         ({"mode": "fixed", "fields": ["a: int"], "strict": True}, "schema.strict"),
+        ({"fields": ["a: int"]}, "schema.mode"),  # observed, the default, would check none of them
     ],
 )
 def test_bad_schemas_name_their_key_path(raw: Any, path: str) -> None:

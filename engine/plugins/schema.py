@@ -247,6 +247,12 @@ def parse_schema(raw: Any) -> Schema:
     unknown = [k for k in raw if k not in ("mode", "fields")]
     if unknown:
         raise PluginConfigError(f"schema.{unknown[0]}", "unknown key; allowed: mode, fields")
+    if "mode" not in raw and raw.get("fields"):
+        # Observed, the default, checks none of them: fields written down to be checked would
+        # silently not be.
+        raise PluginConfigError(
+            "schema.mode", "required when fields are given; allowed: fixed (exactly these), flexible (at least these)"
+        )
     mode = raw.get("mode", "observed")
     if mode not in MODES:
         raise PluginConfigError("schema.mode", f"{mode!r} is not allowed; allowed: {', '.join(MODES)}")
