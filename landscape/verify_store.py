@@ -96,7 +96,7 @@ def _verify_split(
     with _ChainProcess(recorder, run_id, snapshot, upto, roots_at) as chain:
         checked = check_events(run_id, events(), observe=observe, references=references)
         left = checked.referenced
-        if payloads and checked.bad is None:
+        if payloads and left and checked.bad is None:
             left = {h: left[h] for h in unconfirmed(left, recorder.scan_payloads(run_id, snapshot))}
         answer = chain.result() if checked.bad is None else None
     if answer is not None and (halves := joined(checked, answer)) is not None:
