@@ -489,6 +489,10 @@ def test_csv_lines_ending_in_a_bare_carriage_return_are_read_as_lines(
     crlf = items("csv", {"path": str(write(tmp_path / "crlf.csv", text.replace("\n", "\r\n")))})
     assert [i.row for i in crlf] == [{"id": "1", "note": "ok"}, {"id": "2", "note": "two\r\nlines"}, None,
                                      {"id": "4", "note": "last"}]  # fmt: skip
+    # a CR in a quoted field of the first record is not how its lines end
+    quoted = write(tmp_path / "q.csv", '1,"x ""q"" \ry"\n2,"a\rc"\n3,z\n')
+    assert [i.row for i in items("csv", {"path": str(quoted), "columns": ["a", "b"]})] == [
+        {"a": "1", "b": 'x "q" \ry'}, {"a": "2", "b": "a\rc"}, {"a": "3", "b": "z"}]  # fmt: skip
     # a line longer than a chunk, a file not ending in a line break, a BOM
     long = "x" * 50
     bom = write(tmp_path / "bom.csv", b"\xef\xbb\xbfid,note\r1," + long.encode() + b"\r2,end")

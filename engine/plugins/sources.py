@@ -88,21 +88,28 @@ def _validated(index: int, row: Row, raw: Row, schema: Schema) -> SourceItem:
 _CHUNK = 1 << 16
 
 
+# What decides how lines end: a quote (a line break between two is inside a field), CR, LF.
+_QUOTE_OR_BREAK = re.compile(rb'["\r\n]')
+
+
 def _ends_in_cr(f: IO[bytes]) -> bool:
-    """Whether the file's first line ends in a carriage return not followed by a line feed. Read
-    from where the file is, which it is left at."""
+    """Whether the file's first record ends in a carriage return not followed by a line feed: the
+    first line break outside quotes (a doubled quote inside a field toggles twice). Read from
+    where the file is, which it is left at. By bytes, not characters: right in UTF-8, the
+    single-byte encodings and Shift_JIS, Big5 or GBK, whose other characters never use these
+    three bytes (a 7-bit ISO-2022 file may, and is then read by its LFs unless a bare CR ends a
+    line before one)."""
     start = f.tell()
+    quoted = False
     try:
         while chunk := f.read(_CHUNK):
-            lf, cr = chunk.find(b"\n"), chunk.find(b"\r")
-            if cr < 0:
-                if lf >= 0:
-                    return False
-                continue
-            if 0 <= lf < cr:
-                return False
-            after = chunk[cr + 1 : cr + 2] or f.read(1)
-            return after != b"\n"
+            for m in _QUOTE_OR_BREAK.finditer(chunk):
+                if m.group() == b'"':
+                    quoted = not quoted
+                elif not quoted:
+                    if m.group() == b"\n":
+                        return False
+                    return (chunk[m.end() : m.end() + 1] or f.read(1)) != b"\n"
         return False
     finally:
         f.seek(start)
