@@ -7,6 +7,7 @@ else is a new `SCHEMA_VERSION` with an upcaster in `upcast.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import msgspec
@@ -315,10 +316,7 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 _decoder = msgspec.json.Decoder(Event)
 
 
-def encode_event(event: EventBase) -> bytes:
-    return _encoder.encode(event)
-
-
-def decode_event(data: bytes) -> Event:
-    event: Event = _decoder.decode(data)
-    return event
+# The codec's own methods, not functions calling them: every event written or verified goes
+# through one of them, and a Python call more per event was a tenth of a verifier's fold.
+encode_event: Callable[[EventBase], bytes] = _encoder.encode
+decode_event: Callable[[bytes], Event] = _decoder.decode
