@@ -497,3 +497,20 @@ def test_csv_lines_ending_in_a_bare_carriage_return_are_read_as_lines(
     long = "x" * 50
     bom = write(tmp_path / "bom.csv", b"\xef\xbb\xbfid,note\r1," + long.encode() + b"\r2,end")
     assert [i.row for i in items("csv", {"path": str(bom)})] == [{"id": "1", "note": long}, {"id": "2", "note": "end"}]
+
+
+def test_a_file_with_any_lf_is_read_by_its_lfs_whatever_crs_it_holds(tmp_path: Path) -> None:
+    """Only a file without a single LF is split at its CRs: a stray CR in an LF file stays a
+    character of its line (its record alone is quarantined), and JSON lines, where a CR is
+    whitespace, are never split at one."""
+    stray = write(tmp_path / "stray.csv", b"1,pasted\rnote,x\n2,b,y\n3,c,z\n")
+    got = items("csv", {"path": str(stray), "columns": ["id", "note", "flag"]})
+    assert [i.row for i in got][1:] == [{"id": "2", "note": "b", "flag": "y"}, {"id": "3", "note": "c", "flag": "z"}]
+    assert got[0].row is None and "unreadable CSV" in (got[0].error or "")
+    preamble = write(tmp_path / "pre.csv", b"exported\r by tool\nid,note\n2,b\n3,c\n")
+    assert [i.row for i in items("csv", {"path": str(preamble), "skip_rows": 1})] == [
+        {"id": "2", "note": "b"}, {"id": "3", "note": "c"}]  # fmt: skip
+    lines = write(tmp_path / "in.jsonl", b'{"id": 1,\r "n": "x"}\n{"id": 2}\n{"id": 3}\n')
+    assert [i.row for i in items("json", {"path": str(lines)})] == [{"id": 1, "n": "x"}, {"id": 2}, {"id": 3}]
+    only_cr = write(tmp_path / "cr.jsonl", b'{"id": 1}\r{"id": 2}\r')
+    assert [i.row for i in items("json", {"path": str(only_cr)})] == [None]  # one line of JSON lines: not split

@@ -88,29 +88,18 @@ def _validated(index: int, row: Row, raw: Row, schema: Schema) -> SourceItem:
 _CHUNK = 1 << 16
 
 
-# What decides how lines end: a quote (a line break between two is inside a field), CR, LF.
-_QUOTE_OR_BREAK = re.compile(rb'["\r\n]')
-
-
-def _ends_in_cr(f: IO[bytes]) -> bool:
-    """Whether the file's first record ends in a carriage return not followed by a line feed: the
-    first line break outside quotes (a doubled quote inside a field toggles twice). Read from
-    where the file is, which it is left at. By bytes, not characters: right in UTF-8, the
-    single-byte encodings and Shift_JIS, Big5 or GBK, whose other characters never use these
-    three bytes (a 7-bit ISO-2022 file may, and is then read by its LFs unless a bare CR ends a
-    line before one)."""
+def _only_cr(f: IO[bytes]) -> bool:
+    """Whether the file ends its lines in bare carriage returns, as classic Mac OS wrote them: it
+    holds a CR and no LF at all. A file with an LF stops the search there (in its first chunk, as
+    a rule); one without is read through once. Read from where the file is, which it is left at."""
     start = f.tell()
-    quoted = False
+    cr = False
     try:
         while chunk := f.read(_CHUNK):
-            for m in _QUOTE_OR_BREAK.finditer(chunk):
-                if m.group() == b'"':
-                    quoted = not quoted
-                elif not quoted:
-                    if m.group() == b"\n":
-                        return False
-                    return (chunk[m.end() : m.end() + 1] or f.read(1)) != b"\n"
-        return False
+            if b"\n" in chunk:
+                return False
+            cr = cr or b"\r" in chunk
+        return cr
     finally:
         f.seek(start)
 
@@ -138,12 +127,14 @@ class _Lines:
     replacement characters and its reason kept in `bad`, so only the record it belongs to is
     quarantined. Encodings in which a newline is not the byte 0x0A (UTF-16, UTF-32) cannot be
     split into lines before decoding; they are decoded as a stream, and an invalid byte there
-    fails the read. Lines end as the file's first one does: in LF or CRLF, or in a bare CR
-    (`_ends_in_cr`: classic Mac OS wrote them so, and the prior system read them); the stream
-    takes any of the three."""
+    fails the read. With `cr_lines` (CSV), a file without a single LF is split at its CRs
+    (`_only_cr`: classic Mac OS ended lines so, and the prior system read such files); a file with
+    an LF anywhere is split at its LFs, and a CR in it is a character of its line, as before.
+    JSON lines are split at LFs only: in JSON a CR is whitespace."""
 
-    def __init__(self, f: IO[bytes], encoding: str, path: Path) -> None:
+    def __init__(self, f: IO[bytes], encoding: str, path: Path, *, cr_lines: bool = False) -> None:
         self.f = f
+        self.cr_lines = cr_lines
         self.encoding = encoding
         self.path = path
         self.count = 0  # physical lines consumed so far
@@ -171,7 +162,7 @@ class _Lines:
             yield from self._stream()
             return
         first = True
-        for raw in _cr_lines(self.f) if _ends_in_cr(self.f) else self.f:
+        for raw in _cr_lines(self.f) if self.cr_lines and _only_cr(self.f) else self.f:
             if first and self.encoding == "utf-8" and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             first = False
@@ -233,7 +224,7 @@ class CsvSource:
             yield from self._records(f, start)
 
     def _records(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
-        lines = _Lines(f, self.encoding, self.path)
+        lines = _Lines(f, self.encoding, self.path, cr_lines=True)
         it = iter(lines)
         for _ in range(self.skip_rows):
             if next(it, None) is None:
