@@ -54,9 +54,10 @@ Sending = Literal["inline", "thread", "process"]
 # read by the int8 loader (`_read_us`) as the microseconds since 1970. (A numeric computed by
 # `extract(epoch …)`, as before, was a fifth of the server's work in a read: 0.2 s per 1,000,000
 # events.) A time in timestamptz's last 30 years, which only an edited store holds, is read as
-# None, whose event then fails its hash, instead of failing the read; so is 'infinity'.
+# 'infinity' (the largest int8), whose event then fails its hash, instead of failing the read.
 _READ_COLUMNS = EVENT_COLUMNS.replace(
-    "recorded_at", "CASE WHEN recorded_at < '290000-01-01' THEN recorded_at + interval '946684800 seconds' END"
+    "recorded_at",
+    "CASE WHEN recorded_at < '290000-01-01' THEN recorded_at + interval '946684800 seconds' ELSE 'infinity' END",
 )
 # Rows per page of a streamed read: large enough that round trips do not count, small enough
 # that a page stays in the CPU's cache while it is verified.

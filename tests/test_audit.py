@@ -40,6 +40,7 @@ from landscape.notary import Witnessed
 from landscape.postgres import PostgresRecorder
 from tests.engine_harness import write_csv
 from tests.test_cli import PIPELINE, ROOT, elspeth, one_line_error
+from tests.test_store import _superuser_update
 from tests.test_tamper import AGG, FORK, _run
 
 
@@ -657,3 +658,16 @@ def test_a_bundle_event_whose_body_says_more_than_its_event_is_refused(fork: Exp
     path.write_bytes(encode_bundle(bundle))
     err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub)), 1)
     assert "holds a key that its event does not have" in err, err
+
+
+@pytest.mark.parametrize("when", ["infinity", "-infinity", "294270-01-01"])
+def test_an_event_time_no_writer_makes_is_named_at_its_seq_by_the_auditor(
+    db: Database, tmp_path: Path, when: str
+) -> None:
+    """A superuser edit the readers cannot shift into microseconds: exported as a time no clock
+    gives, whose event's hash then fails, not as a record the auditor's reader rejects."""
+    work, run_id = _run(db, tmp_path, FORK)
+    _superuser_update(db, f"UPDATE events SET recorded_at = '{when}' WHERE run_id = %s AND seq = 5", (run_id,))
+    out = _export(work, db, run_id)
+    proc = _verify(work, str(out), "--public-key", str(work / ".elspeth/keys/default.pub"))
+    assert proc.returncode == 1 and "event seq 5: the event header or hash was altered" in proc.stderr, proc.stderr
