@@ -248,10 +248,12 @@ def parse_schema(raw: Any) -> Schema:
     if unknown:
         raise PluginConfigError(f"schema.{unknown[0]}", "unknown key; allowed: mode, fields")
     if "mode" not in raw and raw.get("fields"):
-        # Observed, the default, checks none of them: fields written down to be checked would
-        # silently not be.
+        # Observed, the default, uses none of them (no check, no sink header or columns): fields
+        # written down to be used would silently not be.
         raise PluginConfigError(
-            "schema.mode", "required when fields are given; allowed: fixed (exactly these), flexible (at least these)"
+            "schema.mode",
+            "required when fields are given (observed, the default, does not use them); allowed: fixed (exactly "
+            "these fields), flexible (at least these), observed (whatever arrives: the fields are not used)",
         )
     mode = raw.get("mode", "observed")
     if mode not in MODES:
