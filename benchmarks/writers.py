@@ -7,8 +7,10 @@ Line: writers=N one_events_per_s=E all_events_per_s=E scaling=S (all ÷ one) cor
 one_busy_cores=B ceiling=X of_ceiling=F (scaling ÷ ceiling)
 
 What one writer alone keeps busy (its engine, its sender, the server's backend) is measured from
-the machine's CPU counters (`/proc/stat`, Linux): the writers together cannot go faster than the
-cores ÷ that (`ceiling`), whatever the store does. On 2 cores one writer keeps about 1.6 busy.
+the machine's CPU counters (`/proc/stat`, Linux; time a hypervisor gave to others is not counted):
+the writers together cannot go faster than the cores this process may use ÷ that (`ceiling`),
+whatever the store does. The machine is assumed otherwise idle: others' work would count as the
+writer's. On 2 cores one writer keeps about 1.6 busy.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def busy_seconds() -> float | None:
             fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal: the busy ones, steal aside (not ours)
+    busy = sum(fields[:3]) + sum(fields[5:7])
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def together(n: int, rows: int, env: dict[str, str]) -> tuple[float, list[str]]:
@@ -74,7 +77,7 @@ def main() -> None:
         one_events = count_events(db, one[0])
         all_events = sum(count_events(db, r) for r in many)
     one_rate, all_rate = one_events / one_s, all_events / all_s
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     busy = None if before is None or after is None else (after - before) / one_s
     scaling = all_rate / one_rate
     limits = (
