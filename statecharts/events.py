@@ -317,6 +317,6 @@ _decoder = msgspec.json.Decoder(Event)
 
 
 # The codec's own methods, not functions calling them: every event written or verified goes
-# through one of them, and a Python call more per event was a tenth of a verifier's fold.
+# through one of them, and each is then one Python call less per event.
 encode_event: Callable[[EventBase], bytes] = _encoder.encode
 decode_event: Callable[[bytes], Event] = _decoder.decode
