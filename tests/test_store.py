@@ -285,7 +285,6 @@ def test_a_run_does_not_import_sqlalchemy(db: Database, tmp_path: Path) -> None:
 def test_payloads_are_found_by_run_and_hash_whichever_way_they_are_read(
     db: Database, scan_at: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-
     monkeypatch.setattr(postgres, "_SCAN_AT", scan_at)
     run_id = f"run-scan-{scan_at}"
     _write_run(db, run_id, tokens=6).close()
