@@ -112,10 +112,9 @@ class Comparison:
 
     The rebuild is `landscape.projection_sql` run by the server into temporary tables of the
     same shape (a session's temporary tables come first on the search path, so the same SQL
-    writes them), over the events up to the seq the stored projections say they reflect
-    (`upto`), read in the same snapshot as those rows. A reader may go on past `upto` (a live
-    run). `differences` may run while the caller reads the log: it waits on the server, which
-    does the work on its own core."""
+    writes them), over the run's events up to the last one (`upto`), read in the same snapshot
+    as those rows. A reader may go on past `upto` (a live run). `differences` may run while the
+    caller reads the log: it waits on the server, which does the work on its own core."""
 
     def __init__(self, db: Database, run_id: str, limit: int = 20) -> None:
         self.db, self.run_id, self.limit = db, run_id, limit
@@ -129,8 +128,12 @@ class Comparison:
             with driver_errors(self._what):
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 conn.execute(_WORK_MEM)
-                row = conn.execute("SELECT last_seq FROM public.runs WHERE run_id = %s", (self.run_id,)).fetchone()
-                self.upto = -1 if row is None else int(row[0])
+                # The log's end, not the `runs` row's `last_seq`: that row is one of the rows being
+                # checked, and a run whose rows were all deleted would otherwise be compared as
+                # an empty log (nothing rebuilt, nothing stored: "agree"). Events and projection
+                # rows are committed together, so in one snapshot the two are the same seq.
+                row = conn.execute("SELECT max(seq) FROM public.events WHERE run_id = %s", (self.run_id,)).fetchone()
+                self.upto = -1 if row is None or row[0] is None else int(row[0])
         except BaseException:
             conn.close()
             raise
@@ -147,8 +150,8 @@ class Comparison:
             self._conn.cancel_safe()
 
     def differences(self) -> list[Difference]:
-        """At most `limit` differences per table (a log that ends before `upto` is compared as
-        it is: the rebuild then lacks rows, and its `runs.last_seq` is the last event there is)."""
+        """At most `limit` differences per table (a log with seqs missing is rebuilt as it is:
+        the verification that runs meanwhile names the gap)."""
         from landscape.schema import PROJECTION_TABLES  # (SQLAlchemy: only when comparing)
 
         found: list[Difference] = []

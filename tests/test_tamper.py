@@ -43,6 +43,11 @@ CASES = [
      "not in the events"),
     (AGG, "batches", f"UPDATE batches SET size = size + 1 WHERE {ONE.format(t='batches')}", "size"),
     (AGG, "batch_members", f"DELETE FROM batch_members WHERE {ONE.format(t='batch_members')}", "batch_members"),
+    # the run's row is compared like any other: its last_seq is not what the rebuild goes up to
+    (FORK, "runs", "UPDATE runs SET last_seq = last_seq - 50 WHERE run_id = %(run)s", "last_seq"),
+    (FORK, "runs", "WITH " + ", ".join(f"d{i} AS (DELETE FROM {t} WHERE run_id = %(run)s)" for i, t in enumerate(
+        ["run_metrics", "nodes", "rows", "tokens", "token_parents", "node_states", "token_outcomes", "coalesces",
+         "batches", "batch_members", "artifacts"])) + " DELETE FROM runs WHERE run_id = %(run)s", "missing from the table"),
     (FORK, "payloads", "replica: DELETE FROM payloads WHERE hash = (SELECT decode(data_hash, 'hex') FROM rows "
      "WHERE run_id = %(run)s AND row_index = 1)", "missing"),
 ]  # fmt: skip
