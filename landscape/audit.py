@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from landscape.canonical import is_name
 from landscape.chain import header as chain_header
 from landscape.chain import link
 from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
@@ -262,6 +263,10 @@ class _ExportCheck:
 
     def _observe(self, stored: StoredEvent, event: ev.EventBase) -> None:
         for h in row_hashes(event):
+            if not is_name(h):  # (found before the Merkle roots are compared, when it comes first)
+                shown = repr(h[:70]) + ("…" if len(h) > 70 else "")
+                raise self.fail(self.event_line, f"event seq {stored.seq} references row payload {shown}, which is "
+                                                 "no payload's name (64 lowercase hex digits)")  # fmt: skip
             digest = bytes.fromhex(h)
             if digest not in self.seen:
                 self.seen.add(digest)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import threading
 from typing import Any
 
@@ -66,6 +67,16 @@ def commitment(salt: bytes, data: bytes) -> str:
     for payloads written before salting), so salt and data cannot be re-split another way: a
     reader checks that (`well_split`) before it trusts the data."""
     return hashlib.sha256(salt + data).hexdigest()
+
+
+_NAME = re.compile("[0-9a-f]{64}")
+
+
+def is_name(h: str) -> bool:
+    """Whether `h` is spelled as payload names are (`commitment`: 64 lowercase hex digits). An
+    event can hold any text where a name belongs (the writer's bodies are not checked against
+    this on reading); no payload is named by anything else, and no such text is looked up."""
+    return _NAME.fullmatch(h) is not None
 
 
 def well_split(salt: bytes, data: bytes) -> bool:

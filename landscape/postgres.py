@@ -26,6 +26,7 @@ from psycopg import sql
 from psycopg.types.numeric import Int8BinaryLoader
 
 from landscape import commits, copybin, faults
+from landscape.canonical import is_name
 from landscape.chain import header, link
 from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, WRITER_LOCK, Batch
 from landscape.db import Database, driver_errors
@@ -483,8 +484,9 @@ class PostgresRecorder:
 
     def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]:
         """hash hex -> (salt, data) as stored, for those of `hashes` the payload store holds for
-        run `run_id` (or holds from before payloads were kept by run, migration 0007)."""
-        wanted = sorted(set(hashes))
+        run `run_id` (or holds from before payloads were kept by run, migration 0007). A name not
+        spelled as a payload's is (`is_name`) names none."""
+        wanted = sorted({h for h in hashes if is_name(h)})
         found: dict[str, Payload] = {}
         with driver_errors("reading row payloads"), self.db.connect() as conn:
             if len(wanted) > _SCAN_AT:
@@ -516,7 +518,7 @@ class PostgresRecorder:
         """The erasure record of each of `hashes` erased from run `run_id` (the first, if
         several). A record names its run; one without (retention of a payload kept before
         payloads were kept by run, migration 0007) serves any run, after the run's own."""
-        wanted = sorted(set(hashes))
+        wanted = sorted({h for h in hashes if is_name(h)})
         out: dict[str, Erasure] = {}
         with driver_errors("reading erasure records"), self.db.connect() as conn:
             for i in range(0, len(wanted), 10_000):

@@ -199,23 +199,28 @@ def test_a_wrong_public_key_is_refused(fork: Exported) -> None:
 # -- a rewritten history ----------------------------------------------------------------------------
 
 
-def _rewrite(fork: Exported, path: Path, at_seq: int, *, resign: bool = True) -> None:
-    """What an operator holding the signing key could do: change event `at_seq`, recompute every
-    later hash and every checkpoint's root, and sign them all again (`resign`; without it, what
-    anyone with write access to the database could do: the chain recomputed, the checkpoints
-    left as they were signed)."""
+def _rewrite(
+    fork: Exported, path: Path, at_seq: int, *, resign: bool = True, body: Callable[[bytes], bytes] | None = None
+) -> None:
+    """What an operator holding the signing key could do: change event `at_seq` (its time, or
+    its body with `body`), recompute every later hash and every checkpoint's root, and sign them
+    all again (`resign`; without it, what anyone with write access to the database could do: the
+    chain recomputed, the checkpoints left as they were signed)."""
     records = _records(fork.file)
     signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
     events = [r for r in records if isinstance(r, EventRecord)]
     prev, leaves, rewritten = bytes.fromhex(events[at_seq].prev_hash), [], {}
     for e in events:
         if e.seq >= at_seq:
-            at = e.recorded_at_us + (1 if e.seq == at_seq else 0)
+            changed = e.seq == at_seq
+            at = e.recorded_at_us + (1 if changed and body is None else 0)
+            payload = body(e.payload) if changed and body is not None else e.payload
+            payload_hash = hashlib.sha256(payload).digest()
             hdr = header(e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, at)
-            h = link(prev, hdr, bytes.fromhex(e.payload_hash))
-            rewritten[e.seq] = EventRecord(
-                **{**_fields(e), "recorded_at_us": at, "prev_hash": prev.hex(), "hash": h.hex()}
-            )
+            h = link(prev, hdr, payload_hash)
+            rewritten[e.seq] = EventRecord(**{**_fields(e), "recorded_at_us": at, "payload": payload,
+                                              "payload_hash": payload_hash.hex(), "prev_hash": prev.hex(),
+                                              "hash": h.hex()})  # fmt: skip
             prev = h
         leaves.append(leaf_hash(bytes.fromhex(rewritten[e.seq].hash if e.seq in rewritten else e.hash)))
     origin = records[0].origin  # type: ignore[union-attr]
@@ -243,6 +248,20 @@ def test_a_recomputed_chain_without_the_key_fails_the_signed_roots(fork: Exporte
     _rewrite(fork, forged, at_seq=10, resign=False)
     err = one_line_error(_verify(fork.work, str(forged), "--public-key", str(fork.pub)), 1)
     assert "line 3:" in err and "do not hash to the root of this checkpoint of 682" in err, err
+
+
+@pytest.mark.parametrize("resign", [False, True], ids=["chain-recomputed", "resigned-with-the-key"])
+@pytest.mark.parametrize("name", ["zz" * 32, "AB" * 32, "abc", "ab" * 32 + " "])
+def test_a_row_reference_that_is_no_payload_name_is_named(fork: Exported, tmp_path: Path, resign: bool,
+                                                          name: str) -> None:  # fmt: skip
+    """A body that references a row by text no payload is named by (not 64 lowercase hex digits):
+    one line naming the event, whether or not the roots were signed again, never a traceback."""
+    seq = next(r.seq for r in _records(fork.file) if isinstance(r, EventRecord) and r.event_type == "TokenCreated")
+    forged = tmp_path / "forged.export"
+    _rewrite(fork, forged, at_seq=seq, resign=resign,
+             body=lambda b: json.dumps({**json.loads(b), "data_hash": name}, separators=(",", ":")).encode())  # fmt: skip
+    err = one_line_error(_verify(fork.work, str(forged), "--public-key", str(fork.pub)), 1)
+    assert f"event seq {seq} references row payload {name!r}, which is no payload's name" in err, err
 
 
 def _written_with_end(path: Path, kept: list[Record]) -> Path:

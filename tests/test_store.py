@@ -296,9 +296,12 @@ def test_payloads_are_found_by_run_and_hash_whichever_way_they_are_read(
             bytes(r[0]).hex() for r in conn.execute("SELECT hash FROM payloads WHERE run_id = %s", (f"{run_id}-other",))
         ]
     _superuser_update(db, "UPDATE payloads SET run_id = '' WHERE hash = %s", (bytes.fromhex(mine[0]),))  # pre-0007
-    found = recorder.payloads(run_id, [*mine, *other, "00" * 32])
+    # Names no payload is named by (a forged body can hold any text): none found, none an error.
+    odd = ["zz" * 32, "abc", mine[1].upper(), mine[1] + " ", " " + mine[1], ""]
+    found = recorder.payloads(run_id, [*mine, *other, "00" * 32, *odd])
     assert set(found) == set(mine)  # its own, the older one kept under '', not another run's
     assert all(payload_matches(h, p) for h, p in found.items())
+    assert recorder.erasures(run_id, odd) == {}
 
 
 def test_a_reader_that_the_database_refuses_says_so_and_leaves_nothing_running(db: Database) -> None:
