@@ -47,6 +47,12 @@ FORMAT = 1
 EXPORT_TYPE = "elspeth-export"
 PROOF_TYPE = "elspeth-proof"
 
+#: The longest line of an export, in bytes, without its newline. A reader holds a line at a time,
+#: so this bounds its memory whatever file it is handed; the writer refuses a run with a longer
+#: record (a row of more than about 190 MB: its data as base64) rather than write a file that no
+#: verifier would read.
+MAX_LINE = 256 * 1024 * 1024
+
 Hex32 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -186,15 +192,19 @@ def check_format(value: object, what: str) -> None:
         raise ExportError(f"{what} is format {value}, newer than this ELSPETH reads ({FORMAT}): upgrade ELSPETH")
 
 
-def read_records(lines: Iterable[bytes]) -> Iterator[tuple[int, Record]]:
-    """(line number, record) of each line of an export, checking that each line is a complete
-    record written the one way ELSPETH writes it; BadLine otherwise. Line 1 must be the header
-    of a format this ELSPETH reads (checked before the rest of it, which a newer format may
-    change)."""
-    for number, raw in enumerate(lines, 1):
+def read_records(f: IO[bytes]) -> Iterator[tuple[int, Record]]:
+    """(line number, record) of each line of an export file, checking that each line is a
+    complete record written the one way ELSPETH writes it; BadLine otherwise. Line 1 must be the
+    header of a format this ELSPETH reads (checked before the rest of it, which a newer format may
+    change). No line longer than `MAX_LINE` is read whole."""
+    number = 0
+    while raw := f.readline(MAX_LINE + 1):  # (the longest line and its newline)
+        number += 1
         if not raw.endswith(b"\n"):
+            if len(raw) > MAX_LINE:
+                raise BadLine(number, f"longer than any record of an export ({MAX_LINE} bytes)")
             raise BadLine(number, "the line does not end with a newline: the file was cut short")
-        line = raw[:-1]
+        line = memoryview(raw)[:-1]  # (a view: a long line is not copied again)
         if number == 1:
             _check_header_format(line)
         try:
@@ -217,7 +227,7 @@ class _Peek(msgspec.Struct):
 _peek_decoder = msgspec.json.Decoder(_Peek)
 
 
-def _peek(data: bytes) -> _Peek | None:
+def _peek(data: bytes | memoryview) -> _Peek | None:
     """The type and format a JSON object names (when they are plain values); None otherwise."""
     try:
         return _peek_decoder.decode(data)
@@ -229,7 +239,7 @@ def _why(e: Exception) -> str:
     return "nested too deeply" if isinstance(e, RecursionError) else str(e)
 
 
-def _check_header_format(line: bytes) -> None:
+def _check_header_format(line: bytes | memoryview) -> None:
     peek = _peek(line)
     if peek is None or peek.type != EXPORT_TYPE:
         raise BadLine(1, "this is not an ELSPETH export (its first line is not an elspeth-export header)")
@@ -299,9 +309,9 @@ def write_export(
     signed yet) to `out`. Streams: memory holds one chunk of events and the set of payload
     hashes already written."""
     size = checkpoints[-1].size
-    out.write(encode(Header(format=FORMAT, run_id=run_id, origin=origin, key=key.text(), payloads=payloads)) + b"\n")
+    out.write(_line(Header(format=FORMAT, run_id=run_id, origin=origin, key=key.text(), payloads=payloads)))
     for cp in checkpoints:
-        out.write(encode(CheckpointRecord(size=cp.size, note=cp.note)) + b"\n")
+        out.write(_line(CheckpointRecord(size=cp.size, note=cp.note)))
     counts = [0, 0, 0]  # events, payloads, erased
     seen: set[str] = set()
     batch: list[StoredEvent] = []
@@ -312,8 +322,26 @@ def write_export(
             batch = []
     _write_chunk(recorder, batch, seen, out, payloads, counts)
     events, n_payloads, erased = counts
-    out.write(encode(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints))) + b"\n")
+    if events < size:
+        # The store holds fewer events than its newest checkpoint signs: a tail (or more) was
+        # deleted. The file would fail `verify`; say so here, where the store can be looked at.
+        raise ExportError(
+            f"the store holds {events} event(s) of run {run_id} up to seq {size - 1}, which its newest checkpoint "
+            f"signs: events are missing from the log; see `elspeth replay {run_id} --check`"
+        )
+    out.write(_line(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints))))
     return Written(events, n_payloads, erased, len(checkpoints), size)
+
+
+def _line(record: Record) -> bytes:
+    """A record's line; ExportError for one longer than any reader reads (`MAX_LINE`)."""
+    line = encode(record)
+    if len(line) > MAX_LINE:
+        what = f"event seq {record.seq}" if isinstance(record, EventRecord) else f"the {_kind(record)} record"
+        if isinstance(record, PayloadRecord):
+            what = f"row payload {record.hash}"
+        raise ExportError(f"{what} takes {len(line)} bytes in an export, more than a line may ({MAX_LINE})")
+    return line + b"\n"
 
 
 def first_references(events: Iterable[StoredEvent], seen: set[str]) -> Iterator[tuple[StoredEvent, list[str]]]:
@@ -342,15 +370,15 @@ def _write_chunk(
     absent = [h for h in wanted if h not in present]
     erasures = recorder.erasures(batch[0].run_id, absent) if absent else {}
     for e, new in firsts:
-        out.write(encode(EventRecord.of(e)) + b"\n")
+        out.write(_line(EventRecord.of(e)))
         counts[0] += 1
         for h in new:
             if h in present:
                 p = present[h]
-                out.write(encode(PayloadRecord(hash=h, salt=p.salt, data=p.data)) + b"\n")
+                out.write(_line(PayloadRecord(hash=h, salt=p.salt, data=p.data)))
                 counts[1] += 1
             elif h in erasures:
-                out.write(encode(ErasedRecord.of(erasures[h])) + b"\n")
+                out.write(_line(ErasedRecord.of(erasures[h])))
                 counts[2] += 1
             # else: missing with no erasure record. Written as it is; the verifier names it.
 

@@ -21,7 +21,6 @@ class UnknownSchemaVersion(StatechartError):
     """A stored event of a type or version this ELSPETH cannot read."""
 
     def __init__(self, event_type: str, version: int) -> None:
-        super().__init__(
-            f"event {event_type} has schema_version {version}, which this ELSPETH cannot read "
-            "(it was written by a newer version: upgrade ELSPETH)"
-        )
+        # Versions count from 1: below that, no ELSPETH wrote it, newer or not.
+        why = "it was written by a newer version: upgrade ELSPETH" if version >= 1 else "versions count from 1"
+        super().__init__(f"event {event_type} has schema_version {version}, which this ELSPETH cannot read ({why})")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -18,13 +19,14 @@ import pytest
 import landscape.export as export_module
 from landscape.audit import AuditFailure, verify_export, verify_proof
 from landscape.chain import header, link
-from landscape.checkpoint import Checkpoint
+from landscape.checkpoint import Checkpoint, run_origin
 from landscape.db import Database
 from landscape.export import (
     CheckpointRecord,
     End,
     ErasedRecord,
     EventRecord,
+    ExportError,
     PayloadRecord,
     ProofBundle,
     ProvenEvent,
@@ -33,6 +35,8 @@ from landscape.export import (
     encode,
     encode_bundle,
     read_records,
+    signed_checkpoints,
+    write_export,
 )
 from landscape.keys import load_signer, load_verifier
 from landscape.merkle import leaf_hash, root
@@ -135,6 +139,29 @@ def test_flipping_any_single_byte_is_named_by_its_line(fork: Exported, tmp_path:
                 assert f"line {i + 1}:" in err, f"byte {k} of line {i + 1} ^ {mask:#x}: {err}"
                 tried += 1
     assert tried > 200
+
+
+def test_no_line_longer_than_a_reader_reads_is_read_or_written(
+    db: Database, fork: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holds one line at a time, and reads none longer than `MAX_LINE` whole (a sparse
+    file of one endless line cost its size in memory); the writer refuses a run with a longer
+    record rather than write a file no verifier reads. At the bound, both sides agree."""
+    longest = max(len(line) - 1 for line in fork.lines)
+    monkeypatch.setattr(export_module, "MAX_LINE", longest)
+    assert verify_export(fork.file, load_verifier(fork.pub)).events > 0  # the longest line is read
+    lines, end = fork.lines, len(fork.lines) - 1
+    padded = lines[end][:-1] + b" " * (longest + 1 - len(lines[end][:-1]))
+    for last in (padded + b"\n", padded, padded + b" " * 1000):  # one byte more, with or without its newline
+        err = _refused(fork, tmp_path, [*lines[:end], last])
+        assert f"line {end + 1}: longer than any record of an export ({longest} bytes)" in err, err
+    recorder, key = PostgresRecorder(db), load_verifier(fork.pub)
+    checkpoints = signed_checkpoints(recorder.checkpoints(fork.run_id), [], key)
+    origin = run_origin(recorder.store_id(), fork.run_id)
+    write_export(recorder, fork.run_id, io.BytesIO(), origin=origin, key=key, checkpoints=checkpoints)
+    monkeypatch.setattr(export_module, "MAX_LINE", longest - 1)
+    with pytest.raises(ExportError, match=f"takes {longest} bytes in an export, more than a line may"):
+        write_export(recorder, fork.run_id, io.BytesIO(), origin=origin, key=key, checkpoints=checkpoints)
 
 
 def test_a_record_spelled_another_way_is_refused(fork: Exported, tmp_path: Path) -> None:

@@ -474,3 +474,24 @@ def test_a_data_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
 def test_rebuilding_the_projections_of_an_unknown_run_is_an_error(db: Database, work: Path) -> None:
     err = one_line_error(elspeth("projections", "rebuild", "run-nosuch", cwd=work, db=db), 1)
     assert "no run run-nosuch" in err
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback() -> None:
+    """A command that needs more memory than the machine has (a huge run replayed on a small
+    machine, a hostile export): one line naming it, exit 1."""
+    import click
+    from click.testing import CliRunner
+
+    from engine.cli.errors import ElspethGroup
+
+    @click.group(cls=ElspethGroup)
+    def root() -> None:
+        pass
+
+    @root.command()
+    def hungry() -> None:
+        raise MemoryError
+
+    result = CliRunner().invoke(root, ["hungry"])
+    assert result.exit_code == 1
+    assert "elspeth: error: out of memory" in result.output and "Traceback" not in result.output, result.output

@@ -18,7 +18,7 @@ from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.verify import payload_matches
 from landscape.verify_store import verify_run
 from statecharts import events as ev
-from statecharts.upcast import UnknownSchemaVersion
+from statecharts.upcast import UnknownSchemaVersion, upcast
 from tests.test_flushed_since import _rows_read
 
 
@@ -171,8 +171,12 @@ def test_an_event_from_a_newer_schema_version_is_refused_clearly(db: Database) -
     _write_run(db, "run-future", tokens=1).close()
     _superuser_update(db, "UPDATE events SET schema_version = 9 WHERE run_id = %s AND seq = 1", ("run-future",))
     stored = list(PostgresRecorder(db).read_events("run-future"))
-    with pytest.raises(UnknownSchemaVersion, match="schema_version 9"):
+    with pytest.raises(UnknownSchemaVersion, match=r"schema_version 9, .*newer version"):
         _ = stored[1].event
+    for version in (0, -5):  # no ELSPETH wrote these, newer or older
+        with pytest.raises(UnknownSchemaVersion, match=rf"schema_version {version}, .*versions count from 1") as e:
+            upcast(stored[1].event_type, version, stored[1].payload)
+        assert "newer" not in str(e.value)
 
 
 def test_append_only_is_enforced_by_the_database(db: Database) -> None:

@@ -122,6 +122,11 @@ def test_a_deleted_tail_is_a_named_truncation_and_is_not_resumed(
     # explain reads the same log: a row whose later events were cut is not shown as stopped there
     err = one_line_error(elspeth("explain", run_id, "--row", "1", cwd=work, db=db), 1)
     assert "events 201 to " in err and where in err, err
+    # an export of it is refused where it is made, and leaves no file (verify would refuse it)
+    out = work / "cut.export"
+    err = one_line_error(elspeth("export", run_id, "-o", str(out), cwd=work, db=db), 1)
+    assert "holds 201 event(s)" in err and "events are missing from the log" in err, err
+    assert not out.exists()
     # as of a seq past the cut, every checkpoint applies: the cut is named, whatever seq was asked
     err = one_line_error(elspeth("replay", run_id, "--as-of", "300", cwd=work, db=db), 1)
     assert "events 201 to " in err, err

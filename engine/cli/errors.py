@@ -67,3 +67,7 @@ class ElspethGroup(click.Group):
             return super().invoke(ctx)
         except OUR_ERRORS as e:
             raise cli_error(e) from e
+        except MemoryError as e:  # (what the command needed, not a mistake to show a traceback for)
+            raise ElspethCliError(
+                "out of memory: this machine cannot hold what the command needed (docs/scaling.md, memory)"
+            ) from e
