@@ -13,12 +13,18 @@ from landscape.canonical import UnrecordableRow, encode_row
 from statecharts import events as ev
 
 Schedule = Callable[[float, str, str], None]
+Lost = Callable[[Work, str], None]
 
 
 class Batcher:
-    def __init__(self, ctx: Context, schedule: Schedule) -> None:
+    """`lost` is told of every member that does not go on as itself (failed, quarantined or
+    consumed into new rows): one on a fork branch is then a lost branch, and its coalesce
+    decides at once rather than wait for the end of the source with its other branches held."""
+
+    def __init__(self, ctx: Context, schedule: Schedule, lost: Lost) -> None:
         self.ctx = ctx
         self.schedule = schedule
+        self.lost = lost
 
     def buffer(self, w: Work, name: str) -> None:
         ctx = self.ctx
@@ -91,8 +97,10 @@ class Batcher:
         for i, m in enumerate(members):
             if i in rejected:
                 ctx.emit(m.token_id, ev.TokenQuarantined(reason=rejected[i]))
+                self.lost(m, "quarantined")
             else:
                 ctx.emit(m.token_id, ev.TokenConsumed(batch_id=batch_id))
+                self.lost(m, f"consumed by batch {batch_id}")  # its outputs are no branch's
                 parents.append(m.token_id)
             del ctx.waiting[m.token_id]
         row_index = members[-1].row_index if members else 0
@@ -116,6 +124,7 @@ class Batcher:
         ctx.emit(batch_id, ev.BatchFailed(reason=reason))
         for m in members:
             ctx.emit(m.token_id, ev.TokenFailed(reason="batch_failed", node=name, detail=reason))
+            self.lost(m, "failed")
             del ctx.waiting[m.token_id]
 
 

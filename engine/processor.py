@@ -43,7 +43,7 @@ class Processor:
         self.deadlines = Deadlines(self._is_open)
         self.sinks = SinkWriter(self.ctx, clock)
         self.coalescer = Coalescer(self.ctx, self.deadlines.schedule)
-        self.batcher = Batcher(self.ctx, self.deadlines.schedule)
+        self.batcher = Batcher(self.ctx, self.deadlines.schedule, self.coalescer.lost)
 
     # -- entry points ----------------------------------------------------------------------------
 

@@ -775,3 +775,77 @@ sinks:
         os.chdir(old)
     commits = len(PostgresRecorder(db).checkpoints(outcome.run_id))  # every commit signs one
     assert commits >= 4, commits  # the first, when the clock went back, then each second, and the last
+
+
+def _batch_on_a_branch(aggregation: str) -> str:
+    """Every row forked to branches a and b; b goes through `aggregation` (input b, on_success
+    b_done) before the two meet again (require_all)."""
+    return f"""
+source:
+  plugin: csv
+  on_success: raw
+  options: {{path: in.csv, {SCHEMA}, on_validation_failure: discard}}
+gates:
+- name: split
+  input: raw
+  condition: 'True'
+  routes: {{'true': fork}}
+  fork_to: [a, b]
+transforms:
+- name: ta
+  plugin: passthrough
+  input: a
+  on_success: a_done
+  on_error: discard
+aggregations:
+{aggregation}
+coalesce:
+- name: join
+  branches: {{a: a_done, b: b_done}}
+  policy: require_all
+  merge: nested
+  on_success: out
+sinks:
+  out: {{plugin: json, options: {{path: out/out.jsonl, format: jsonl}}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "lost_as"),
+    [
+        # a batch error (passthrough with one output for two inputs): every member failed
+        (
+            "- {name: agg, plugin: batch_stats, input: b, on_success: b_done, on_error: discard, output_mode: "
+            "passthrough, trigger: {count: 2}, options: {value_field: v}}",
+            "failed",
+        ),
+        # a row the plugin rejects: quarantined
+        (
+            "- {name: agg, plugin: batch_replicate, input: b, on_success: b_done, on_error: discard, "
+            "trigger: {count: 2}, options: {copies_field: v, max_copies: 5}}",
+            "quarantined",
+        ),
+        # consumed into new rows, which are no branch's
+        (
+            "- {name: agg, plugin: batch_stats, input: b, on_success: b_done, on_error: discard, "
+            "trigger: {count: 2}, options: {value_field: v}}",
+            "consumed by batch agg#",
+        ),
+    ],
+    ids=["batch-failed", "quarantined", "consumed"],
+)
+def test_a_branch_that_ends_in_a_batch_is_lost_there(db: Database, tmp_path: Path, aggregation: str,
+                                                    lost_as: str) -> None:  # fmt: skip
+    """SETTINGS: a branch token that fails or is quarantined is lost, and require_all fails at
+    once. A batch's members were not: their coalesces waited for the end of the source (the other
+    branch's rows held meanwhile) and then failed as incomplete."""
+    _input(tmp_path, [[i, 10 * i, "x"] for i in range(1, 7)])  # v 10..60: above max_copies
+    r = run(db, tmp_path, _batch_on_a_branch(aggregation))
+    assert_invariants(r.fold)
+    events = list(PostgresRecorder(db).read_events(r.outcome.run_id))
+    exhausted = next(e.seq for e in events if e.event_type == "SourceExhausted")
+    lost = [e for e in events if e.event_type == "BranchLost"]
+    failed = [e for e in events if e.event_type == "CoalesceFailed"]
+    assert len(lost) == len(failed) == 6, [e.event_type for e in events]
+    assert all(e.event.reason.startswith(lost_as) for e in lost)  # type: ignore[attr-defined]
+    assert all(e.event.reason == "branch_lost" and e.seq < exhausted for e in failed)  # type: ignore[attr-defined]

@@ -36,10 +36,13 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     compact = text.strip().lower()
     if compact and _DURATION.sub("", compact).strip() == "":
-        delta = timedelta()
-        for n, unit in _DURATION.findall(compact):
-            delta += timedelta(**{_UNIT[unit]: int(n)})
-        return now - delta
+        try:
+            delta = timedelta()
+            for n, unit in _DURATION.findall(compact):
+                delta += timedelta(**{_UNIT[unit]: int(n)})
+            return now - delta
+        except OverflowError:  # further back than a date goes: every run is since then
+            return datetime.min.replace(tzinfo=UTC)
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
