@@ -337,9 +337,12 @@ def _line(record: Record) -> bytes:
     """A record's line; ExportError for one longer than any reader reads (`MAX_LINE`)."""
     line = encode(record)
     if len(line) > MAX_LINE:
-        what = f"event seq {record.seq}" if isinstance(record, EventRecord) else f"the {_kind(record)} record"
-        if isinstance(record, PayloadRecord):
+        if isinstance(record, EventRecord):
+            what = f"event seq {record.seq}"
+        elif isinstance(record, PayloadRecord):
             what = f"row payload {record.hash}"
+        else:
+            what = f"the {_kind(record)} record"
         raise ExportError(f"{what} takes {len(line)} bytes in an export, more than a line may ({MAX_LINE})")
     return line + b"\n"
 

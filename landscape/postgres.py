@@ -484,8 +484,8 @@ class PostgresRecorder:
 
     def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]:
         """hash hex -> (salt, data) as stored, for those of `hashes` the payload store holds for
-        run `run_id` (or holds from before payloads were kept by run, migration 0007). A name not
-        spelled as a payload's is (`is_name`) names none."""
+        run `run_id` (or holds from before payloads were kept by run, migration 0007). Text not
+        spelled as payload names are (`is_name`) names none."""
         wanted = sorted({h for h in hashes if is_name(h)})
         found: dict[str, Payload] = {}
         with driver_errors("reading row payloads"), self.db.connect() as conn:
