@@ -66,7 +66,7 @@ def output_problems(
     # Which database is the store only matters to a database sink (parsing its URL the way the
     # sink will loads SQLAlchemy, a third of a second a run without one need not pay).
     store = _store(loaded, env) if any(isinstance(s, DatabaseSink) for s in sinks.values()) else None
-    tables: dict[tuple[object, str], str] = {}
+    tables: dict[tuple[object, str], tuple[str, str]] = {}
     for name, sink in sinks.items():
         key = f"sinks.{name}.options"
         path: Path | None = None
@@ -104,7 +104,7 @@ def _table_problems(
     sink: DatabaseSink,
     store: DatabaseName | None,
     env: Mapping[str, str],
-    tables: dict[tuple[object, str], str],
+    tables: dict[tuple[object, str], tuple[str, str]],
 ) -> list[str]:
     key = f"sinks.{name}.options"
     problems: list[str] = []
@@ -124,12 +124,18 @@ def _table_problems(
     database: object = target if target is not None else _sqlite_file(sink.url) or sink.url
     if isinstance(database, Path):
         database = _resolve(database)
-    other = tables.get((database, table))
+    # SQLite takes a table's name without ASCII case (`t` and `T` are one table); PostgreSQL, which
+    # the sink gives every name quoted, takes it as written.
+    sqlite = sink.url.lower().startswith("sqlite")
+    same = "".join(c.lower() if c.isascii() else c for c in table) if sqlite else table
+    other = tables.get((database, same))
     if other is not None:
+        spelled = "" if other[1] == table else f" (as '{other[1]}': SQLite table names ignore case)"
         problems.append(
-            f"{key}.table: '{table}' in that database is also written by sink '{other}'; allowed: one sink per table"
+            f"{key}.table: '{table}' in that database is also written by sink '{other[0]}'{spelled}; allowed: one "
+            "sink per table"
         )
-    tables.setdefault((database, table), name)
+    tables.setdefault((database, same), (name, table))
     return problems
 
 
