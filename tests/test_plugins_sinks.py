@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, inspect, text
 import engine.plugins.sinks
 from engine.plugins.protocol import PluginConfigError, PluginError, RowError
 from engine.plugins.registry import build_plugin
+from landscape import faults
 
 CORPUS = Path(__file__).resolve().parent / "corpus"  # the prior system's conformance corpus (see its README)
 
@@ -468,6 +469,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _execute(url: str, statement: str) -> None:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
 def _select(url: str, query: str) -> list[tuple[Any, ...]]:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
@@ -495,7 +505,7 @@ def test_a_first_row_whose_columns_cannot_be_made_is_refused_alone(db_url: str) 
     assert _select(db_url, "SELECT id FROM t") == [(3,)]
 
 
-def test_database_sink_never_writes_a_token_twice(db_url: str) -> None:
+def test_database_sink_writes_a_token_once(db_url: str) -> None:
     options = {"url": db_url, "table": "deals", "if_exists": "replace", "schema": _SCHEMA}
     first = build_plugin("sink", "database", options)
     first.open("run-1", None)
@@ -504,12 +514,18 @@ def test_database_sink_never_writes_a_token_twice(db_url: str) -> None:
     first.release()  # interrupted
 
     again = build_plugin("sink", "database", options)
-    again.open("run-1", 1)  # a resume keeps the table and re-delivers t1
+    again.open("run-1", 1)  # a resume keeps the table and what the log says is durable
+    again.write("t2", {"id": 2, "name": "b", "score": 2.0, "ok": False, "extra": {"k": 1}})
+    assert again.flush() == 2
+    assert again.flush() == 2
+    # t1 is durable (the log says so): a second row for it would be in no trail
     again.write("t1", {"id": 1, "name": "a", "score": 1.5, "ok": True})
-    again.write("t2", {"id": 2, "name": "b", "score": 2.0, "ok": False, "extra": {"k": 1}})
-    again.write("t2", {"id": 2, "name": "b", "score": 2.0, "ok": False, "extra": {"k": 1}})
-    assert again.flush() == 2
-    assert again.flush() == 2
+    with pytest.raises(PluginError, match=r"token\(s\) t1 written twice by the run; allowed: one row per token"):
+        again.flush()
+    again.write("t3", {"id": 3, "name": "c", "score": 3.0, "ok": True})
+    again.write("t3", {"id": 3, "name": "c", "score": 3.0, "ok": True})
+    with pytest.raises(PluginError, match=r"token\(s\) t3 written twice"):
+        again.flush()
     again.close()
     assert _select(db_url, "SELECT id, name, score, ok, extra FROM deals ORDER BY id") == [
         (1, "a", 1.5, True, None),
@@ -522,6 +538,174 @@ def test_database_sink_never_writes_a_token_twice(db_url: str) -> None:
     confirmed = {**options, "replace_rows_of_other_runs": True}
     written(build_plugin("sink", "database", confirmed), [{"id": 9, "name": "z", "score": 0.0, "ok": True}], "run-2")
     assert _select(db_url, "SELECT id FROM deals") == [(9,)]
+
+
+def _flushes(s: Any, run_id: str, position: int | None, *batches: list[tuple[str, int]]) -> list[int]:
+    """Open at `position`, then one flush per batch of (token, id) rows; the positions."""
+    s.open(run_id, position)
+    positions = []
+    for batch in batches:
+        for token, i in batch:
+            s.write(token, {"id": i, "name": token, "score": float(i), "ok": True})
+        positions.append(s.flush())
+    return positions
+
+
+@pytest.mark.parametrize("durable", [0, 2])
+def test_a_resume_deletes_what_the_run_committed_after_its_durable_position(db_url: str, durable: int) -> None:
+    """The rows of flushes the log never recorded (the process died between a flush's commit and
+    the commit of its events) go, whatever a re-done token holds the second time; rows of other
+    runs in the table, even equal ones, stay."""
+    options = {"url": db_url, "table": "t", "schema": _SCHEMA}
+    other = build_plugin("sink", "database", options)
+    assert _flushes(other, "run-0", None, [("t3", 3)]) == [1]  # another run's row, equal to one re-done
+    other.close()
+    crashed = build_plugin("sink", "database", options)
+    batches = [[("t1", 1), ("t2", 2)], [("t3", 3)], [("t4", 4), ("t5", 5)]]
+    assert _flushes(crashed, "run-1", None, *batches) == [2, 3, 5]
+    crashed.release()  # died: the log holds the first flush (durable 2), or none (0)
+    resumed = build_plugin("sink", "database", options)
+    kept = [("t1", 1), ("t2", 2)][:durable]
+    assert _select(db_url, "SELECT count(*) FROM t") == [(6,)]
+    # the re-done tokens hold other rows this time (a batch closed by a timeout at another row)
+    redone = [(token, 10 + i) for token, i in [("t1", 1), ("t2", 2), ("t3", 3), ("t4", 4)][durable:]]
+    assert _flushes(resumed, "run-1", durable, redone) == [durable + len(redone)]
+    resumed.close()
+    assert sorted(_select(db_url, "SELECT name, id FROM t")) == sorted([("t3", 3), *kept, *redone])
+    assert sorted(_select(db_url, "SELECT run_id, token_id FROM elspeth_sink_tokens")) == sorted(
+        [("run-0", "t3"), *(("run-1", token) for token, _ in kept + redone)]
+    )
+
+
+def test_a_roll_back_that_cannot_find_a_row_refuses_the_resume_and_changes_nothing(db_url: str) -> None:
+    options = {"url": db_url, "table": "t", "schema": _SCHEMA}
+    s = build_plugin("sink", "database", options)
+    assert _flushes(s, "run-1", None, [("t1", 1)], [("t2", 2), ("t3", 3)]) == [1, 3]
+    s.release()
+    _execute(db_url, "DELETE FROM t WHERE id = 3")  # someone took a row away since the crash
+    with pytest.raises(
+        PluginError,
+        match=r"^sink: cannot continue .*#t: the rows of token\(s\) t2, t3, committed after the run's durable "
+        r"position 1 and not in its audit trail, cannot be deleted: their rows were changed or deleted since; "
+        r"delete them and their entries in elspeth_sink_tokens, or start a new run$",
+    ):
+        build_plugin("sink", "database", options).open("run-1", 1)
+    assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (2,)]
+    assert _select(db_url, "SELECT count(*) FROM elspeth_sink_tokens") == [(3,)]
+    # done as the line says, the resume continues
+    _execute(db_url, "DELETE FROM t WHERE id = 2")
+    _execute(db_url, "DELETE FROM elspeth_sink_tokens WHERE token_id IN ('t2', 't3')")
+    resumed = build_plugin("sink", "database", options)
+    assert _flushes(resumed, "run-1", 1, [("t2", 20)]) == [2]
+    resumed.close()
+    assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (20,)]
+
+
+def test_a_row_updated_since_is_not_taken_for_the_one_written_on_postgresql(db_url: str) -> None:
+    """Where a PostgreSQL row was written (its ctid) holds another version once it is updated;
+    the writing transaction's id tells them apart. (SQLite keeps the rowid: the row is deleted.)"""
+    options = {"url": db_url, "table": "t", "schema": _SCHEMA}
+    s = build_plugin("sink", "database", options)
+    assert _flushes(s, "run-1", None, [("t1", 1), ("t2", 2)]) == [2]
+    s.release()
+    _execute(db_url, "UPDATE t SET name = 'changed' WHERE id = 2")
+    if db_url.startswith("sqlite"):
+        rolled = build_plugin("sink", "database", options)
+        rolled.open("run-1", 0)
+        rolled.release()
+        assert _select(db_url, "SELECT count(*) FROM t") == [(0,)]
+        return
+    with pytest.raises(PluginError, match=r"token\(s\) t1, t2, .* their rows were changed or deleted since"):
+        build_plugin("sink", "database", options).open("run-1", 0)
+    assert _select(db_url, "SELECT count(*) FROM t") == [(2,)]
+
+
+def test_another_row_where_a_deleted_one_was_written_is_not_deleted_on_postgresql(db_url: str) -> None:
+    """A row deleted by hand, its space vacuumed and taken by a row of someone else's: that row
+    is at the recorded ctid, and only the writing transaction's id says it is not the run's."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no transaction ids; a rowid is only reused once its row is deleted")
+    options = {"url": db_url, "table": "t", "schema": _SCHEMA}
+    s = build_plugin("sink", "database", options)
+    assert _flushes(s, "run-1", None, [("t1", 1), ("t2", 2)]) == [2]
+    s.release()
+    (where,) = _select(db_url, "SELECT ctid::text FROM t WHERE id = 2")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM t WHERE id = 2")
+        conn.execute("VACUUM t")
+        conn.execute("INSERT INTO t (id, name) VALUES (99, 'not the run''s')")
+    assert _select(db_url, "SELECT ctid::text FROM t WHERE id = 99") == [where]
+    with pytest.raises(PluginError, match=r"token\(s\) t1, t2, .* their rows were changed or deleted since"):
+        build_plugin("sink", "database", options).open("run-1", 0)
+    assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (99,)]
+
+
+def test_a_table_that_gives_no_row_id_refuses_a_resume_with_rows_to_delete(db_url: str) -> None:
+    """A SQLite WITHOUT ROWID table, a PostgreSQL view: nothing says where a row went."""
+    if db_url.startswith("sqlite"):
+        _execute(db_url, "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT) WITHOUT ROWID")
+        target = "t"
+    else:
+        _execute(db_url, "CREATE TABLE t (id bigint, name text)")
+        _execute(db_url, "CREATE VIEW v AS SELECT id, name FROM t")
+        target = "v"
+    options = {"url": db_url, "table": target}
+    s = build_plugin("sink", "database", options)
+    s.open("run-1", None)
+    s.write("t1", {"id": 1, "name": "a"})
+    assert s.flush() == 1
+    s.write("t2", {"id": 2, "name": "b"})
+    assert s.flush() == 2
+    s.release()
+    continued = build_plugin("sink", "database", options)
+    continued.open("run-1", 2)  # nothing to delete: it continues
+    continued.release()
+    with pytest.raises(PluginError, match=r"token\(s\) t2, .*cannot be deleted: the table gives no row id"):
+        build_plugin("sink", "database", options).open("run-1", 1)
+    assert _select(db_url, "SELECT id FROM t ORDER BY id") == [(1,), (2,)]
+
+
+def test_a_crash_inside_the_roll_back_leaves_it_to_be_done_again(db_url: str) -> None:
+    """The roll back is one transaction: dying between deleting the rows and their bookkeeping
+    leaves both, and the next resume deletes both."""
+    options = {"url": db_url, "table": "t", "schema": _SCHEMA}
+    s = build_plugin("sink", "database", options)
+    assert _flushes(s, "run-1", None, [("t1", 1)], [("t2", 2)]) == [1, 2]
+    s.release()
+    faults.configure("sink_rollback:1", raise_instead=True)
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            build_plugin("sink", "database", options).open("run-1", 1)
+    finally:
+        faults.configure("")
+    assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (2,)]
+    assert _select(db_url, "SELECT count(*) FROM elspeth_sink_tokens") == [(2,)]
+    resumed = build_plugin("sink", "database", options)
+    assert _flushes(resumed, "run-1", 1, [("t2", 22)]) == [2]
+    resumed.close()
+    assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (22,)]
+
+
+def test_bookkeeping_of_an_older_elspeth_gets_its_columns_and_is_refused_only_when_it_cannot_tell(
+    db_url: str,
+) -> None:
+    """`elspeth_sink_tokens` from before positions were recorded: the columns are added; a run's
+    rows without a position are durable ones when there are no more than its position, and
+    otherwise which to delete cannot be told."""
+    _execute(db_url, "CREATE TABLE elspeth_sink_tokens (run_id TEXT, sink_table TEXT, token_id TEXT, "
+                     "PRIMARY KEY (run_id, sink_table, token_id))")  # fmt: skip
+    _execute(db_url, "CREATE TABLE t (id BIGINT, name TEXT, score FLOAT, ok BOOLEAN, extra TEXT)")
+    _execute(db_url, "INSERT INTO t (id, name) VALUES (1, 't1'), (2, 't2')")
+    _execute(db_url, "INSERT INTO elspeth_sink_tokens VALUES ('run-1', 't', 't1'), ('run-1', 't', 't2')")
+    options = {"url": db_url, "table": "t", "schema": _SCHEMA}
+    with pytest.raises(PluginError, match=r"it holds 2 rows of the run, 1 more than the 1 the run had made durable"):
+        build_plugin("sink", "database", options).open("run-1", 1)
+    resumed = build_plugin("sink", "database", options)
+    assert _flushes(resumed, "run-1", 2, [("t3", 3)]) == [3]
+    resumed.close()
+    assert sorted(_select(db_url, "SELECT token_id, sink_position FROM elspeth_sink_tokens")) == [
+        ("t1", None), ("t2", None), ("t3", 3),
+    ]  # fmt: skip
 
 
 def test_database_sink_refuses_to_continue_when_durable_rows_were_deleted(db_url: str) -> None:

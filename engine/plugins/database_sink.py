@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal, localcontext
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError
 from engine.plugins.reasons import described, field_named, recorded
 from engine.plugins.schema import parse_schema
+from landscape import faults
 from landscape.db import redact
 from landscape.urls import scrub
 
@@ -29,6 +31,14 @@ _NODE = "sink"
 _TOKENS = "elspeth_sink_tokens"
 _IN_CHUNK = 500  # token ids per IN (...) query: well under every backend's parameter limit
 _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", "any": "text"}
+# Columns of `elspeth_sink_tokens` that an older ELSPETH did not make (added when missing): the
+# sink's position after the flush that committed the token, where its row is (SQLite: its rowid;
+# PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id.
+_LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"))
+_NO_LOCATOR = (
+    "the table gives no row id to find them by (a view, a WITHOUT ROWID table, SQLite before 3.35, or rows an "
+    "older ELSPETH wrote)"
+)
 
 
 def _cell(value: Any) -> Any:
@@ -55,7 +65,8 @@ def _check_url(url: str) -> None:
 
 class DatabaseSink:
     """Rows go to `table`; in the same transaction each token id goes to `elspeth_sink_tokens` in
-    the target database, so a resumed run skips rows it committed already (never writes twice).
+    the target database, with the flush's position and where its row is, so that a resume deletes
+    what the run committed after its durable position (never writes a row twice).
 
     `if_exists: replace` drops the table when a run starts; a table that holds rows (of other
     runs, or written outside ELSPETH) is dropped only with `replace_rows_of_other_runs: true`."""
@@ -82,6 +93,7 @@ class DatabaseSink:
         self._table: Any = None
         self._tokens: Any = None
         self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `_column_kind`
+        self._locator: str | None = None  # how a row of the table is found again (`_row_locator`)
         self._first: Row | None = None  # the row that fixed the columns of a table not made yet
         self._sqlite = self.url.lower().startswith("sqlite")
         self._committed = 0
@@ -96,13 +108,14 @@ class DatabaseSink:
         return PluginError(_NODE, f"database sink {self.location()}: {what}: {first}")
 
     def open(self, run_id: str, position: int | None) -> None:
-        from sqlalchemy import Column, MetaData, Table, Text, func, inspect, select, table
+        from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, inspect, select, table
 
         self.release()
         self.run_id = run_id
         self._buffer = []
         self._table = None
         self._columns = None
+        self._locator = None
         self._first = None
         what = "cannot connect"
         refused: str | None = None
@@ -115,7 +128,7 @@ class DatabaseSink:
                 what = "cannot tell whether it holds an ELSPETH audit store"
                 store = _audit_store_schema(conn)
                 if store is not None:
-                    raise _AuditStore(
+                    raise _Refused(
                         f"database sink {self.location()}: that database holds an ELSPETH audit store "
                         f"(schema '{store}'); allowed: a database of its own (a sink never writes into the "
                         "audit store)"
@@ -127,8 +140,10 @@ class DatabaseSink:
                     Column("run_id", Text, primary_key=True),
                     Column("sink_table", Text, primary_key=True),
                     Column("token_id", Text, primary_key=True),
+                    *(Column(name, BigInteger if kind == "int" else Text) for name, kind in _LATER_COLUMNS),
                 )  # fmt: skip
                 meta.create_all(conn)
+                _add_later_columns(conn, self._sqlite)
                 mine = (tokens.c.run_id == run_id) & (tokens.c.sink_table == self.table_name)
                 exists = inspect(conn).has_table(self.table_name)
                 if position is None and self.if_exists == "replace" and exists:
@@ -138,34 +153,106 @@ class DatabaseSink:
                         Table(self.table_name, MetaData()).drop(conn)
                         conn.execute(tokens.delete().where(tokens.c.sink_table == self.table_name))
                         exists = False
+                if exists:
+                    self._use_table(conn, Table(self.table_name, MetaData(), autoload_with=conn))
+                if position is not None:
+                    what = f"cannot roll back to position {position}"
+                    self._roll_back(conn, position)
                 self._committed = conn.execute(select(func.count()).select_from(tokens).where(mine)).scalar_one()
                 in_table = 0
                 if position and exists:
                     in_table = conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one()
-                if exists:
-                    self._use_table(Table(self.table_name, MetaData(), autoload_with=conn))
-                elif refused is None and self.schema.field_names is not None:
+                if position is not None and self._committed > position:
+                    # Left after the roll back: rows without a position, which only an ELSPETH
+                    # from before positions were recorded wrote; which came after the durable
+                    # point cannot be told.
+                    raise _Refused(
+                        f"cannot continue {self.location()}: it holds {self._committed} rows of the run, "
+                        f"{self._committed - position} more than the {position} the run had made durable, and "
+                        f"{_TOKENS} does not say which (an older ELSPETH wrote them); delete the run's rows "
+                        "that its audit trail does not record, and their entries there, or start a new run"
+                    )
+                if position and min(self._committed, in_table) < position:
+                    # As for files: rows the log says are durable are gone (the table dropped or
+                    # emptied, or their bookkeeping deleted), so this is not what the run wrote;
+                    # carrying on would leave a hole nobody would see. Rows of other runs in the
+                    # same table are not told apart: a partial delete among them can go unnoticed.
+                    raise _Refused(
+                        f"cannot continue {self.location()}: it holds {min(self._committed, in_table)} of the "
+                        f"{position} rows the run had made durable, so rows were deleted since; restore them, "
+                        "or start a new run"
+                    )
+                if not exists and refused is None and self.schema.field_names is not None:
                     self._create_table(conn)
-        except _AuditStore as e:
+        except _Refused as e:
             self.release()
             raise PluginError(_NODE, str(e)) from None
         except Exception as e:
             self.release()
             raise self._fail(what, e) from e
+        except BaseException:  # (a crash a test simulates): the transaction rolls back, let go too
+            self.release()
+            raise
         if refused is not None:
             self.release()
             raise PluginError(_NODE, refused)
-        if position and min(self._committed, in_table) < position:
-            # As for files: rows the log says are durable are gone (the table dropped or emptied,
-            # or their bookkeeping deleted), so this is not what the run wrote; carrying on would
-            # leave a hole nobody would see. Rows of other runs in the same table are not told
-            # apart: a partial delete among them can go unnoticed.
-            self.release()
-            raise PluginError(
-                _NODE,
-                f"cannot continue {self.location()}: it holds {min(self._committed, in_table)} of the {position} "
-                "rows the run had made durable, so rows were deleted since; restore them, or start a new run",
-            )
+
+    def _roll_back(self, conn: Any, position: int) -> None:
+        """Delete what the run committed after `position`, its durable position in the log, as
+        a file sink is cut back to it: the rows a crash left between a flush's commit and the
+        commit of the events recording it. The run writes them again, maybe otherwise (a batch
+        closed by a timeout holds other rows the second time), and the table must hold what the
+        trail says. In the caller's transaction: a crash midway leaves everything as it was."""
+        from sqlalchemy import select
+
+        t = self._tokens
+        mine = (t.c.run_id == self.run_id) & (t.c.sink_table == self.table_name)
+        beyond = mine & (t.c.sink_position > position)
+        found = conn.execute(select(t.c.token_id, t.c.sink_position, t.c.row_locator, t.c.row_xid).where(beyond)).all()
+        if not found:
+            return
+        if self._table is not None:  # no table: its rows went with it
+            flushes: dict[tuple[int, int | None], list[tuple[str, str | None]]] = {}
+            for token, at, locator, xid in found:
+                flushes.setdefault((at, xid), []).append((token, locator))
+            for (_, xid), rows in sorted(flushes.items(), key=lambda f: f[0][0]):
+                tokens = sorted(token for token, _ in rows)
+                if self._locator is None or any(locator is None for _, locator in rows):
+                    raise _Refused(self._unrollable(position, tokens, _NO_LOCATOR))
+                deleted = self._delete_rows(conn, [locator for _, locator in rows if locator is not None], xid)
+                if deleted != len(rows):
+                    raise _Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
+        faults.reached("sink_rollback")
+        conn.execute(t.delete().where(beyond))
+
+    def _unrollable(self, position: int, tokens: list[str], why: str) -> str:
+        shown = ", ".join(tokens[:5]) + (f" and {len(tokens) - 5} more" if len(tokens) > 5 else "")
+        return (
+            f"cannot continue {self.location()}: the rows of token(s) {shown}, committed after the run's durable "
+            f"position {position} and not in its audit trail, cannot be deleted: {why}; delete them and their "
+            f"entries in {_TOKENS}, or start a new run"
+        )
+
+    def _delete_rows(self, conn: Any, locators: list[str], xid: int | None) -> int:
+        """Delete the rows one flush inserted, found where it recorded them; how many were."""
+        from sqlalchemy import literal_column, text
+
+        column = self._locator
+        assert column is not None
+        deleted = 0
+        for i in range(0, len(locators), _IN_CHUNK):
+            chunk = locators[i : i + _IN_CHUNK]
+            if self._sqlite:
+                where = literal_column(column).in_([int(x) for x in chunk])
+                deleted += conn.execute(self._table.delete().where(where)).rowcount
+            else:
+                # A row's ctid is where it was written; the id of the transaction that wrote it
+                # (xmin) makes sure it is still that row: one updated since, or a table rewritten
+                # (VACUUM FULL), has the row elsewhere or another there, and is not deleted.
+                at = text("ctid = ANY(CAST(:ctids AS tid[]))").bindparams(ctids=chunk)
+                by = text("CAST(xmin AS text) = :xid").bindparams(xid=str(xid))
+                deleted += conn.execute(self._table.delete().where(at, by)).rowcount
+        return deleted
 
     def _others_rows(self, conn: Any) -> str | None:
         """Why replacing the table now would destroy rows that are not this run's, or None."""
@@ -189,9 +276,10 @@ class DatabaseSink:
             "if_exists: append, or another table"
         )
 
-    def _use_table(self, t: Any) -> None:
+    def _use_table(self, conn: Any, t: Any) -> None:
         self._table = t
         self._columns = {c.name: _column_kind(c.type, self._sqlite) for c in t.columns}
+        self._locator = _row_locator(conn, t, self._sqlite)
 
     def _create_table(self, conn: Any) -> None:
         from sqlalchemy import BigInteger, Boolean, Column, Float, MetaData, Table, Text
@@ -203,8 +291,9 @@ class DatabaseSink:
             assert self._first is not None
             columns = [Column(k, types[_value_kind(v)]) for k, v in self._first.items()]
         meta = MetaData()
-        self._use_table(Table(self.table_name, meta, *columns))
+        made = Table(self.table_name, meta, *columns)
         meta.create_all(conn)
+        self._use_table(conn, made)
 
     def write(self, token_id: str, row: Row) -> None:
         if self._columns is None:  # no table yet and no schema: this row fixes the columns
@@ -272,41 +361,61 @@ class DatabaseSink:
             return self._committed
         if self._engine is None:
             raise PluginError(_NODE, f"database sink {self.location()}: written before open (or after release)")
-        from sqlalchemy import select
+        from sqlalchemy import literal_column, select, text
 
         t = self._tokens
+        position = self._committed + len(rows)
         try:
             with self._engine.begin() as conn:
                 if self._table is None:
                     self._create_table(conn)
                 table = self._table
-                done: set[str] = set()
-                ids = list(dict.fromkeys(token for token, _ in rows))
+                # A token is written once: the run's tokens committed after its durable position
+                # were deleted when the sink opened, so one recorded here is durable in the log
+                # too, and writing it again would put a second row in no trail.
+                ids = [token for token, _ in rows]
+                twice = {token for token, n in Counter(ids).items() if n > 1}
                 for i in range(0, len(ids), _IN_CHUNK):
                     query = select(t.c.token_id).where(
                         t.c.run_id == self.run_id,
                         t.c.sink_table == self.table_name,
                         t.c.token_id.in_(ids[i : i + _IN_CHUNK]),
                     )
-                    done.update(conn.execute(query).scalars())
-                fresh: dict[str, Row] = {}
-                for token, row in rows:
-                    if token not in done:
-                        fresh.setdefault(token, row)
-                if fresh:
-                    names = [c.name for c in table.columns]
-                    conn.execute(table.insert(), [{k: _cell(row.get(k)) for k in names} for row in fresh.values()])
-                    conn.execute(
-                        t.insert(),
-                        [{"run_id": self.run_id, "sink_table": self.table_name, "token_id": tok} for tok in fresh],
+                    twice.update(conn.execute(query).scalars())
+                if twice:
+                    raise _Refused(
+                        f"database sink {self.location()}: token(s) {', '.join(sorted(twice)[:5])} written twice "
+                        "by the run; allowed: one row per token"
                     )
+                names = [c.name for c in table.columns]
+                values = [{k: _cell(row.get(k)) for k in names} for _, row in rows]
+                xid = None
+                locators: list[str | None] = [None] * len(rows)
+                if self._locator is not None:
+                    if not self._sqlite:
+                        xid = conn.execute(text("SELECT txid_current() % 4294967296")).scalar_one()
+                    insert = table.insert().returning(literal_column(self._locator))
+                    # In no particular order: a flush is only ever deleted whole.
+                    locators = [str(found) for found in conn.execute(insert, values).scalars()]
+                else:
+                    conn.execute(table.insert(), values)
+                conn.execute(
+                    t.insert(),
+                    [
+                        {"run_id": self.run_id, "sink_table": self.table_name, "token_id": token,
+                         "sink_position": position, "row_locator": locator, "row_xid": xid}
+                        for token, locator in zip(ids, locators, strict=True)
+                    ],
+                )  # fmt: skip
+        except _Refused as e:
+            raise PluginError(_NODE, str(e)) from None
         except Exception as e:
             if self._first is not None:  # the table was not made: the next open decides again
                 self._table = None
             raise PluginError(
                 _NODE, f"database sink {self.location()}: cannot write: {_write_failure(e, self.url)}"
             ) from e
-        self._committed += len(fresh)
+        self._committed = position
         return self._committed
 
     def close(self) -> None:
@@ -334,8 +443,8 @@ def _write_failure(e: Exception, url: str) -> str:
     return recorded(e)
 
 
-class _AuditStore(Exception):
-    """The sink's database holds an audit store: refused before anything is written."""
+class _Refused(Exception):
+    """Refused before anything is changed (the transaction rolls back); the message is the line."""
 
 
 # What makes a schema an ELSPETH audit store: its `store_meta` (since migration 0005), or, in a
@@ -357,6 +466,51 @@ def _audit_store_schema(conn: Any) -> str | None:
             if all(inspector.has_table(name, schema=schema) for name in marks):
                 return str(schema)
     return None
+
+
+def _add_later_columns(conn: Any, sqlite: bool) -> None:
+    """Give an `elspeth_sink_tokens` made by an older ELSPETH the columns it lacks (NULL in its
+    rows: they were written without them)."""
+    from sqlalchemy import inspect
+
+    have = {c["name"] for c in inspect(conn).get_columns(_TOKENS)}
+    for name, kind in _LATER_COLUMNS:
+        if name in have:
+            continue
+        sql_type = "BIGINT" if kind == "int" else "TEXT"
+        # Two sinks opening at once may both find the column missing: PostgreSQL can be asked to
+        # skip it then; SQLite cannot, and tells by the second ALTER failing.
+        guard = "" if sqlite else "IF NOT EXISTS "
+        try:
+            conn.exec_driver_sql(f"ALTER TABLE {_TOKENS} ADD COLUMN {guard}{name} {sql_type}")
+        except Exception:
+            if not sqlite or name not in {c["name"] for c in inspect(conn).get_columns(_TOKENS)}:
+                raise
+
+
+def _row_locator(conn: Any, t: Any, sqlite: bool) -> str | None:
+    """The column that says where each inserted row is (`INSERT ... RETURNING` it), so that a
+    resume can delete the rows a crash left after the durable position; None when the table or
+    the driver has none: such rows can only be refused at a resume (`DatabaseSink._roll_back`).
+    SQLite: `rowid` (or its other names, when a column takes it), not in a WITHOUT ROWID table or
+    a view, and only from SQLite 3.35 on. PostgreSQL: `ctid`, in a table, not a view."""
+    import re
+
+    from sqlalchemy import text
+
+    if not conn.dialect.insert_executemany_returning:
+        return None
+    if sqlite:
+        found = conn.execute(
+            text("SELECT type, sql FROM sqlite_master WHERE name = :name COLLATE NOCASE"), {"name": t.name}
+        ).first()
+        if found is None or found[0] != "table" or re.search(r"without\s+rowid", found[1] or "", re.IGNORECASE):
+            return None
+        taken = {c.name.lower() for c in t.columns}
+        return next((name for name in ("rowid", "_rowid_", "oid") if name not in taken), None)
+    quoted = conn.dialect.identifier_preparer.quote(t.name)
+    kind = conn.execute(text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"), {"name": quoted}).scalar()
+    return "ctid" if kind in ("r", "p") else None
 
 
 def _engine(url: str) -> Any:
