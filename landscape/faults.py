@@ -7,6 +7,8 @@ Set ELSPETH_FAULT to `POINT:N` to call `os._exit(FAULT_EXIT_CODE)` the N-th time
 - `sink_flush`    after a sink's N-th flush is durable but before the events recording it commit
 - `commit`        inside the N-th commit: events sent, transaction not yet committed
 - `committed`     right after the N-th commit
+- `sink_rollback` inside a database sink's N-th roll back to its durable position: its rows
+                  deleted, their bookkeeping not yet, the transaction not committed
 
 Unset (the default), every check is one string comparison returning at once. In-process
 property tests use `configure(..., raise_instead=True)`: the fault then raises `SimulatedCrash`

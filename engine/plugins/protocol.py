@@ -125,8 +125,8 @@ class Sink(Protocol):
         ...
 
     def write(self, token_id: str, row: Row) -> None:
-        """Buffer one row. Token ids are stable across resume (a database sink skips ids it has
-        already committed)."""
+        """Buffer one row. Token ids are stable across resume (a database sink deletes the rows of
+        ids it committed after the durable position when it opens, and refuses an id twice)."""
         ...
 
     def flush(self) -> int:

@@ -1,0 +1,178 @@
+"""A database sink after a crash: the rows it committed after the run's durable position (the
+process died between a flush's commit and the commit of the events recording it) are deleted by
+the resume, as a file sink is cut back, so that the table holds what the audit trail says.
+
+The scenario needs no --force and nothing left to chance: a CSV sink whose file another process
+holds locked fails its flush and hands its rows to its `on_write_failure`, a database sink, which
+commits them; the process dies there. The lock gone, the resumed run writes the rows to the CSV
+file, and the trail says nothing went to the database sink: nor may its table."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+
+from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
+from engine.settings import load_settings
+from landscape import faults
+from landscape.db import Database
+from tests.engine_harness import assert_invariants, write_csv
+
+ROWS = 12
+SETTINGS = """
+source:
+  plugin: csv
+  on_success: out
+  options:
+    path: in.csv
+    schema: {{mode: fixed, fields: ['id: int', 'amount: int']}}
+sinks:
+  out:
+    plugin: csv
+    options: {{path: out/o.csv}}
+    on_write_failure: spill
+  spill: {{plugin: database, options: {{url: '{url}', table: spill}}}}
+checkpoint: {{frequency: 5}}
+retry: {{max_attempts: 1}}
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def spill_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'spill.db'}"
+        return
+    server_url: str = request.getfixturevalue("server_url")
+    name = f"t_spill_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _setup(path: Path, url: str) -> Path:
+    (path / "out").mkdir(parents=True)
+    write_csv(path / "in.csv", ["id", "amount"], [[i, i * 10] for i in range(1, ROWS + 1)])
+    (path / "out" / "o.csv").touch()
+    settings = path / "settings.yaml"
+    settings.write_text(SETTINGS.format(url=url), encoding="utf-8")
+    return settings
+
+
+def _load(path: Path) -> Pipeline:
+    return build_pipeline(load_settings(path))
+
+
+def _count(url: str, query: str) -> int:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(query)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _locked(path: Path) -> int:
+    """The file, locked as another process writing it would hold it: a sink's flush fails."""
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _assert_what_the_trail_says(db: Database, run_id: str, path: Path, url: str) -> None:
+    fold = fold_run(db, run_id, strict=True)
+    assert_invariants(fold)
+    assert {str(k): v for k, v in fold.outcomes.items()} == {"completed": ROWS}
+    with (path / "out" / "o.csv").open(newline="", encoding="utf-8") as f:
+        assert sorted(int(r["id"]) for r in csv.DictReader(f)) == list(range(1, ROWS + 1))
+    assert _count(url, "SELECT count(*) FROM spill") == 0
+    assert _count(url, f"SELECT count(*) FROM elspeth_sink_tokens WHERE run_id = '{run_id}'") == 0
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["resumed", "resume-crashed-in-the-roll-back"])
+def test_rows_a_crash_left_in_a_fallback_table_are_deleted_by_the_resume(
+    db: Database, tmp_path: Path, spill_url: str, again: bool
+) -> None:
+    settings = _setup(tmp_path, spill_url)
+    run_id = f"run-spill-{secrets.token_hex(3)}"
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        lock = _locked(tmp_path / "out" / "o.csv")
+        faults.configure("sink_flush:1", raise_instead=True)  # the spill sink's first flush
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                start_run(db, _load(settings), commit_every=5, run_id=run_id)
+        finally:
+            faults.configure("")
+            os.close(lock)
+        spilled = _count(spill_url, "SELECT count(*) FROM spill")
+        assert spilled > 0  # committed to the table, never recorded
+        assert fold_run(db, run_id).sink_positions.get("spill") == 0
+        if again:  # the resume dies between deleting the rows and their bookkeeping
+            faults.configure("sink_rollback:1", raise_instead=True)
+            try:
+                with pytest.raises(faults.SimulatedCrash):
+                    resume_run(db, run_id, _load)
+            finally:
+                faults.configure("")
+            assert _count(spill_url, "SELECT count(*) FROM spill") == spilled
+        assert resume_run(db, run_id, _load).status == "completed"
+        _assert_what_the_trail_says(db, run_id, tmp_path, spill_url)
+    finally:
+        os.chdir(old)
+
+
+def test_a_process_killed_inside_the_roll_back_resumes_to_what_the_trail_says(db: Database, tmp_path: Path) -> None:
+    """The same with real processes: each dies by `os._exit` (as SIGKILL would), the second in
+    the middle of the roll back's transaction, which SQLite then undoes from its journal."""
+    url = f"sqlite:///{tmp_path / 'spill.db'}"
+    _setup(tmp_path, url)
+    env = {**os.environ, "ELSPETH_DATABASE_URL": db.conninfo}
+
+    def elspeth(*args: str, fault: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli.main", *args],
+            cwd=tmp_path, env={**env, "ELSPETH_FAULT": fault}, capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+
+    with db.connect() as conn:
+        since = conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()
+    lock = _locked(tmp_path / "out" / "o.csv")
+    try:
+        died = elspeth("run", "-s", "settings.yaml", fault="sink_flush:1")
+    finally:
+        os.close(lock)
+    assert died.returncode == faults.FAULT_EXIT_CODE, died.stderr
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT run_id FROM events WHERE global_position > %s ORDER BY global_position LIMIT 1", since
+        ).fetchone()
+    assert row is not None
+    run_id = str(row[0])
+    spilled = _count(url, "SELECT count(*) FROM spill")
+    assert spilled > 0
+    died = elspeth("resume", run_id, fault="sink_rollback:1")
+    assert died.returncode == faults.FAULT_EXIT_CODE, died.stderr
+    assert _count(url, "SELECT count(*) FROM spill") == spilled
+    resumed = elspeth("resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_what_the_trail_says(db, run_id, tmp_path, url)
+    explained = elspeth("explain", run_id, "--row", "1")
+    assert explained.returncode == 0, explained.stderr
+    assert "landed in sink out" in explained.stdout and "landed in sink spill" not in explained.stdout
