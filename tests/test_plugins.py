@@ -207,22 +207,22 @@ def test_csv_sink_uses_the_schema_fields_as_header(tmp_path: Path) -> None:
     assert (tmp_path / "o.csv").read_bytes().decode() == "b,a\r\n,1\r\n"
 
 
-def test_database_sink_never_writes_a_token_twice(tmp_path: Path) -> None:
+def test_database_sink_resume_writes_again_what_the_log_never_recorded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'out.db'}"
     options = {"url": url, "table": "deals", "if_exists": "replace"}
     sink = build_plugin("sink", "database", options)
     sink.open("run-1", None)
     sink.write("t1", {"id": 1, "name": "a"})
     assert sink.flush() == 1
-    sink.release()
+    sink.release()  # died before the log recorded the flush: its durable position is 0
     again = build_plugin("sink", "database", options)
-    again.open("run-1", 1)  # a resume re-delivers t1 and delivers t2
-    again.write("t1", {"id": 1, "name": "a"})
+    again.open("run-1", 0)  # t1's row goes; the resume delivers t1 (holding another row now) and t2
+    again.write("t1", {"id": 1, "name": "a2"})
     again.write("t2", {"id": 2, "name": "b"})
     assert again.flush() == 2
     again.close()
     con = sqlite3.connect(tmp_path / "out.db")
-    assert con.execute("SELECT id, name FROM deals ORDER BY id").fetchall() == [(1, "a"), (2, "b")]
+    assert con.execute("SELECT id, name FROM deals ORDER BY id").fetchall() == [(1, "a2"), (2, "b")]
     con.close()
 
 
