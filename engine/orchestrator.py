@@ -7,8 +7,10 @@ carries on. Durability points commit the buffered events once sinks are durable.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from engine import signing
 from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
-from engine.errors import ResumeRefused, RunFailedError
+from engine.errors import ResumeRefused, RunFailedError, RunRefused
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, at_node
 from engine.plugins.registry import build_plugin
 from engine.plugins.schema import Schema, type_locked
@@ -41,7 +43,7 @@ from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed, read_run_witness
 from landscape.note import Verifier
 from landscape.payloads import load_payloads
-from landscape.postgres import PostgresRecorder, Sending
+from landscape.postgres import OpenPosition, PostgresRecorder, Sending
 from landscape.queries import run_summary
 from landscape.verify import Verification, verify_checkpoints
 from landscape.verify_store import verify_log
@@ -238,6 +240,7 @@ class Execution:
         same text from another file), recorded with RunResumed."""
         emit = self._emit
         if not resumed:
+            self._refuse_to_strand_open_runs()  # before anything is recorded: a refused run leaves no trace
             loaded = self.p.loaded
             emit(
                 self.run_id,
@@ -311,13 +314,64 @@ class Execution:
             # Locations as each run's settings spell them, resolved in the folder it ran in.
             if others is None:
                 others = self.recorder.flushed_since(self.run_id)
-            other = next((r for r, loc, wd in others if _same_file(_resolved(loc, wd), path)), None)
+            other = _run_in(others, path)
             if other is not None:
                 raise ResumeRefused(
                     f"run {self.run_id} cannot be resumed: sink '{name}': {path} holds rows after this run's durable "
                     f"position ({position} bytes) that run {other} wrote since; resuming would cut them off. Move "
                     "the file aside (and put the other run's rows back after), or start a new run"
                 )
+
+    def _refuse_to_strand_open_runs(self) -> None:
+        """A new run appends after what its sink file holds. A run of this store that is not
+        completed continues the file at its durable position when resumed; rows appended there
+        first would strand it (its resume refuses to cut them: `_refuse_to_cut_later_rows`), and
+        would follow whatever its crash left after that position, rows no log accounts for (some
+        of them the new run writes again). So the new run refuses, before recording anything.
+
+        Refused too when the file ends exactly at that run's position (no unrecorded bytes): the
+        rows appended would strand it all the same, and what is left of its input would never be
+        written; a run that is not to go on leaves its file to be moved aside (no command ends a
+        run for good). Not refused: a file that no longer starts with that run's bytes (moved
+        aside or replaced: its resume refuses it anyway), a run that another run appended after
+        already (stranded before, nothing changes), a missing file, a FIFO or a device (no rows
+        stay in them). A sink in mode `write` replaces the file: its own trail is exact, and the
+        earlier run's resume refuses the file by its size or digest, or by this run's flushes."""
+        positions: list[OpenPosition] | None = None
+        for name, sink in self.p.nodes.sinks.items():
+            path = getattr(sink, "path", None)
+            if getattr(sink, "mode", None) != "append" or not isinstance(path, Path):
+                continue
+            size = _regular_file_size(path)
+            if size is None:
+                continue
+            if positions is None:
+                positions = self.recorder.open_positions()
+            for held in positions:
+                if held.run_id == self.run_id or not _same_file(_resolved(held.location, held.working_dir), path):
+                    continue
+                if not _starts_with(path, size, held.position, held.sha256):
+                    continue
+                if size > held.position and _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
+                    continue
+                raise RunRefused(self._stranded(name, path, size, held))
+
+    def _stranded(self, name: str, path: Path, size: int, held: OpenPosition) -> str:
+        run = held.run_id
+        if self.recorder.writer_alive(run):
+            return (
+                f"sink '{name}': {path} is being written by run {run}, which is still running; appending to it now "
+                "would fail or strand that run. Wait for it to end (see `elspeth runs`); nothing was recorded"
+            )
+        state = "crashed" if held.status in RUN_OPEN else str(held.status)
+        left = size - held.position
+        unrecorded = f", then {left} bytes its crash left that no log accounts for" if left else ""
+        return (
+            f"sink '{name}': {path} holds what run {run} made durable ({held.position} bytes){unrecorded}; that run "
+            f"{state} and is not completed, and rows appended now would leave it unable to resume. Resume it first "
+            f"(`elspeth resume {run}`); if it is not to go on, move the file aside (its rows go with it) and run "
+            "again. Nothing was recorded"
+        )
 
     def _refuse_to_start_anew(self, name: str, path: Path) -> None:
         for old, location in self.fold.sink_locations.items():
@@ -457,6 +511,42 @@ def _resolved(location: str, working_dir: str) -> Path | None:
         return (Path(working_dir) / location).resolve()
     except (OSError, RuntimeError):
         return None
+
+
+def _run_in(flushes: list[tuple[str, str, str]], path: Path) -> str | None:
+    """The first run among `flushes` (as `PostgresRecorder.flushed_since` answers) that flushed to
+    the file at `path`."""
+    return next((r for r, loc, wd in flushes if _same_file(_resolved(loc, wd), path)), None)
+
+
+def _regular_file_size(path: Path) -> int | None:
+    """The size of the regular file at `path` (through links); None when there is none there,
+    or a FIFO or a device, which keep no rows."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _starts_with(path: Path, size: int, position: int, sha256: str | None) -> bool:
+    """Whether the file (`size` bytes) still starts with the `position` bytes a run made durable
+    in it: by the sha256 its log recorded with the position; recorded without one (before
+    migration 0008), when the file is that long. Unreadable: False (the sink says why)."""
+    if size < position:
+        return False
+    if sha256 is None:
+        return True
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            left = position
+            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                h.update(chunk)
+                left -= len(chunk)
+    except OSError:
+        return False
+    return h.hexdigest() == sha256
 
 
 def _same_file(a: Path | None, b: Path) -> bool:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import starmap
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -74,14 +74,37 @@ _SCAN_AT = 20_000
 # (`artifacts`, one row per SinkFlushed), each event looked up by key: the work grows with the
 # store's flushes, not its events (OFFSET 0 keeps the planner from joining whole tables).
 _LAST_EVENT = "SELECT tx_id, global_position FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
+# The folder run `{run}` ran in, where its relative sink locations resolve (its RunCreated's).
+_WORKING_DIR = (
+    "coalesce((SELECT convert_from(c.payload, 'UTF8')::json ->> 'working_dir' FROM events c "
+    "WHERE c.run_id = {run} AND c.seq = 0 AND c.event_type = 'RunCreated'), '')"
+)
 _FLUSHED_AFTER = (
-    "SELECT f.run_id, f.location, coalesce(("
-    "  SELECT convert_from(c.payload, 'UTF8')::json ->> 'working_dir' FROM events c "
-    "  WHERE c.run_id = f.run_id AND c.seq = 0 AND c.event_type = 'RunCreated'), '') "
+    f"SELECT f.run_id, f.location, {_WORKING_DIR.format(run='f.run_id')} "
     "FROM (SELECT DISTINCT a.run_id, a.location FROM artifacts a CROSS JOIN LATERAL ("
     "    SELECT e.tx_id, e.global_position FROM events e WHERE e.run_id = a.run_id AND e.seq = a.seq OFFSET 0"
     "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f"
 )
+# `open_positions`: the runs not completed (one row each in `runs`), and per sink of each its last
+# flush (a run's flushes, by its key), which is where a resume would continue the sink.
+_OPEN_POSITIONS = (
+    f"SELECT r.run_id, r.status, f.location, {_WORKING_DIR.format(run='r.run_id')}, f.position, f.sha256 "
+    "FROM runs r CROSS JOIN LATERAL ("
+    "  SELECT DISTINCT ON (a.sink) a.location, a.position, a.sha256 FROM artifacts a "
+    "  WHERE a.run_id = r.run_id ORDER BY a.sink, a.seq DESC"
+    ") f WHERE r.status <> 'completed'"
+)
+
+
+class OpenPosition(NamedTuple):
+    """Where a resume of a run that is not completed would continue one of its sinks."""
+
+    run_id: str
+    status: str  # as `runs` has it: a run `running` whose writer is gone crashed
+    location: str  # as the run's settings spell it
+    working_dir: str  # where `location` resolves ('' when the log does not say)
+    position: int  # durable bytes (rows of a table)
+    sha256: str | None  # of a file's first `position` bytes (None: not recorded)
 
 
 class PgRunWriter:
@@ -410,6 +433,14 @@ class PostgresRecorder:
                 _FLUSHED_AFTER, {"tx": last[0], "pos": last[1], "run": run_id}, prepare=False
             ).fetchall()
         return [(str(r), str(loc), str(wd)) for r, loc, wd in rows]
+
+    def open_positions(self) -> list[OpenPosition]:
+        """Each sink's durable position in every run of the store that is not completed (so can
+        still be resumed). A new run asks before appending to a file: rows it wrote there first
+        would make such a run's resume refuse (see `flushed_since`)."""
+        with driver_errors("reading the runs not completed"), self.db.connect(autocommit=True) as conn:
+            rows = conn.execute(_OPEN_POSITIONS, prepare=False).fetchall()
+        return [OpenPosition(str(r), str(st), str(loc), str(wd), int(pos), sha) for r, st, loc, wd, pos, sha in rows]
 
     def run_created(self, run_id: str) -> RunCreated | None:
         """The run's first event, read as it is, before the log is verified: where it ran, with

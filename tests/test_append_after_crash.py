@@ -1,0 +1,242 @@
+"""A new run appending to a file that a run not completed would continue.
+
+Run A (appending) crashes after a sink flush is durable but before its events are committed;
+the operator starts the pipeline again (run B) instead of resuming A. B would append after the
+rows A's crash left unrecorded (some of them B writes again), and A's resume would then refuse to
+cut B's rows: nothing would ever reconcile the file. So B refuses, before recording anything.
+(The resume's own refusal, for a file written so by an earlier version, is in test_resume.py.)"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from engine import orchestrator
+from engine.errors import ResumeRefused, RunRefused
+from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
+from engine.settings import load_settings
+from landscape import faults
+from landscape.db import Database
+from landscape.postgres import PostgresRecorder
+
+ROWS = 12
+SETTINGS = """
+source:
+  plugin: csv
+  on_success: raw
+  options:
+    path: in.csv
+    schema: {mode: fixed, fields: ['id: int', 'v: int']}
+gates:
+- name: route
+  input: raw
+  condition: "row['v'] < 0"
+  routes: {'true': zbad, 'false': out}
+sinks:
+  out: {plugin: csv, options: {path: out/log.csv, mode: append}}
+  zbad: {plugin: json, options: {path: /dev/full, format: jsonl, mode: append}}
+retry: {max_attempts: 1}
+"""
+
+
+def _write_input(path: Path, rows: int, bad_at: int | None = None) -> None:
+    with (path / "in.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "v"])
+        w.writerows([i, -1 if i == bad_at else i] for i in range(1, rows + 1))
+
+
+@contextmanager
+def _workdir(settings: str = SETTINGS) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="elspeth-append-"))
+    _write_input(path, ROWS)
+    (path / "out").mkdir()
+    (path / "settings.yaml").write_text(settings)
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _load(path: Path) -> Pipeline:
+    return build_pipeline(load_settings(path))
+
+
+def _crashed(db: Database, settings: Path, at: str) -> str:
+    """A run of `settings` (a durability point per row) crashed at fault point `at`: its id.
+    Its commits are sent inline: a crash just after one leaves the sinks where it recorded them."""
+    run_id = f"run-append-{os.urandom(3).hex()}"
+    faults.configure(at, raise_instead=True)
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(settings), commit_every=1, run_id=run_id, sending="inline")
+    finally:
+        faults.configure("")
+    return run_id
+
+
+def _refused(db: Database, settings: Path, match: str) -> str:
+    """Start a run of `settings`, see it refused with a message matching `match`; nothing of it
+    is recorded. The message."""
+    runs = PostgresRecorder(db).run_ids()
+    with pytest.raises(RunRefused, match=match) as refused:
+        start_run(db, _load(settings), commit_every=1)
+    assert PostgresRecorder(db).run_ids() == runs
+    return str(refused.value)
+
+
+def _ids(path: Path) -> list[str]:
+    return [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+
+
+def test_a_new_run_refuses_to_append_after_what_a_crashed_run_left(db: Database) -> None:
+    with _workdir() as path:
+        log = path / "out" / "log.csv"
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        durable = fold_run(db, crashed).sink_positions["out"]
+        before = log.read_bytes()
+        assert len(before) > durable, "the crash left no unrecorded rows: crash elsewhere"
+        message = _refused(db, path / "settings.yaml", f"run {crashed} made durable")
+        assert f"`elspeth resume {crashed}`" in message and "move the file aside" in message
+        assert f"then {len(before) - durable} bytes its crash left" in message and "crashed" in message
+        assert log.read_bytes() == before
+        # Doing as it says: the crashed run finishes the file, and a new run appends after it.
+        assert resume_run(db, crashed, _load).status == "completed"
+        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+        assert _ids(log) == [str(i) for i in range(1, ROWS + 1)] * 2
+
+
+@pytest.mark.parametrize("through", ["another spelling", "a symbolic link", "a hard link"])
+def test_the_same_file_by_another_name_is_refused_too(db: Database, through: str) -> None:
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        log = path / "out" / "log.csv"
+        name = "out/../out/log.csv"
+        if through == "a symbolic link":
+            name = "alias.csv"
+            (path / name).symlink_to(log)
+        elif through == "a hard link":
+            name = "alias.csv"
+            os.link(log, path / name)
+        b = path / "b.yaml"
+        b.write_text(SETTINGS.replace("path: out/log.csv", f"path: {name}"))
+        before = log.read_bytes()
+        _refused(db, b, f"run {crashed} made durable")
+        assert log.read_bytes() == before
+
+
+def test_refused_too_when_the_file_ends_where_the_crashed_run_made_it_durable(db: Database) -> None:
+    """No unrecorded rows (the crash came after a commit): the rows appended would still leave
+    the crashed run unable to resume, and the rest of its input would never be written."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "committed:6")
+        log = path / "out" / "log.csv"
+        assert log.stat().st_size == fold_run(db, crashed).sink_positions["out"] > 0
+        message = _refused(db, path / "settings.yaml", f"run {crashed} made durable")
+        assert "its crash left" not in message
+
+
+def test_a_failed_run_holding_rows_in_the_file_refuses_a_new_run_too(db: Database) -> None:
+    """A failed run can be resumed (there is no ending it for good): the same as a crashed one.
+    The message says how to go on without it."""
+    with _workdir() as path:
+        _write_input(path, ROWS, bad_at=5)  # row 5 goes to a full device: the run fails
+        runs = set(PostgresRecorder(db).run_ids())
+        with pytest.raises(orchestrator.RunFailedError):
+            start_run(db, _load(path / "settings.yaml"), commit_every=1)
+        (failed,) = set(PostgresRecorder(db).run_ids()) - runs
+        assert fold_run(db, failed).status == "failed" and _ids(path / "out" / "log.csv") == ["1", "2", "3", "4"]
+        message = _refused(db, path / "settings.yaml", f"run {failed} made durable")
+        assert "that run failed" in message and "if it is not to go on, move the file aside" in message
+
+
+def test_a_file_moved_aside_or_replaced_lets_a_new_run_start(db: Database) -> None:
+    """The crashed run's rows are no longer in the file at that path (the check is by the bytes
+    its log recorded, not by the name): a new run starts. Even when the new file is longer than
+    the crashed run's position."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        log = path / "out" / "log.csv"
+        os.replace(log, path / "out" / "crashed.csv")
+        log.write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(100, 200)))
+        assert log.stat().st_size > fold_run(db, crashed).sink_positions["out"]
+        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+        assert _ids(log) == [str(i) for i in range(100, 200)] + [str(i) for i in range(1, ROWS + 1)]
+
+
+def test_a_run_another_run_appended_after_already_does_not_stop_the_next(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written by a version without this check: run B appended after crashed run A. A can
+    never be resumed on that file (its resume refuses to cut B's rows), so a third run appending
+    changes nothing for it, and is not refused (the resume's refusal suggests a new run)."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        with monkeypatch.context() as m:  # as an earlier version did
+            m.setattr(orchestrator.Execution, "_refuse_to_strand_open_runs", lambda self: None)
+            assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+        with pytest.raises(ResumeRefused, match="wrote since"):
+            resume_run(db, crashed, _load)
+        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+
+
+def test_a_run_still_writing_the_file_is_named_as_such(db: Database) -> None:
+    """Its writer's lock is held (by this test, as a live process would): wait, not resume."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        writer = PostgresRecorder(db).open_writer(crashed)
+        try:
+            message = _refused(db, path / "settings.yaml", f"being written by run {crashed}, which is still running")
+        finally:
+            writer.close()
+        assert "Wait for it to end" in message and "elspeth resume" not in message
+
+
+def test_a_sink_that_replaces_its_file_is_not_refused_and_the_crashed_run_then_refuses(db: Database) -> None:
+    """Mode `write` starts the file anew: the new run's trail is exact (the file holds its rows
+    and nothing else), and the crashed run's resume refuses the file rather than cut it."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        b = path / "b.yaml"
+        b.write_text(SETTINGS.replace("path: out/log.csv, mode: append", "path: out/log.csv"))
+        assert start_run(db, _load(b)).status == "completed"
+        after = (path / "out" / "log.csv").read_bytes()
+        assert _ids(path / "out" / "log.csv") == [str(i) for i in range(1, ROWS + 1)]
+        with pytest.raises(ResumeRefused, match="cannot be resumed"):
+            resume_run(db, crashed, _load)
+        assert (path / "out" / "log.csv").read_bytes() == after
+
+
+def test_a_fifo_where_the_crashed_run_had_its_file_is_not_read(db: Database) -> None:
+    """A FIFO keeps no rows: nothing to strand, and opening it to read could wait forever for a
+    writer (this test holds one open, so that reading it would not hang but refuse)."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "committed:1")  # the start: position 0, no file yet
+        assert fold_run(db, crashed).sink_positions["out"] == 0
+        fifo = path / "out" / "log.csv"
+        os.mkfifo(fifo)
+        held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            _write_input(path, 0)  # no rows: the sink never opens the FIFO
+            assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+        finally:
+            os.close(held)
+
+
+def test_a_position_recorded_without_a_digest_is_taken_by_the_file_being_that_long(tmp_path: Path) -> None:
+    """Flushes recorded before the log held a digest (migration 0008): a file at least as long
+    may hold the run's bytes, and is taken to."""
+    f = tmp_path / "f.csv"
+    f.write_bytes(b"0123456789")
+    assert orchestrator._starts_with(f, 10, 10, None)
+    assert not orchestrator._starts_with(f, 10, 11, None)
