@@ -347,11 +347,16 @@ class Execution:
                 continue
             if positions is None:
                 positions = self.recorder.open_positions()
-            for held in positions:
-                if held.run_id == self.run_id or not _same_file(_resolved(held.location, held.working_dir), path):
-                    continue
-                if not _starts_with(path, size, held.position, held.sha256):
-                    continue
+            here = [
+                h for h in positions
+                if h.run_id != self.run_id and h.position <= size
+                and _same_file(_resolved(h.location, h.working_dir), path)
+            ]  # fmt: skip
+            digests = _digests_at(path, [h.position for h in here if h.sha256 is not None])
+            for held in here:
+                # Without a digest (recorded before migration 0008) a file that long may be the run's.
+                if held.sha256 is not None and digests.get(held.position) != held.sha256:
+                    continue  # the file no longer starts with that run's bytes: moved aside, replaced
                 if size > held.position and _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
                     continue
                 raise RunRefused(self._stranded(name, path, size, held))
@@ -529,24 +534,28 @@ def _regular_file_size(path: Path) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _starts_with(path: Path, size: int, position: int, sha256: str | None) -> bool:
-    """Whether the file (`size` bytes) still starts with the `position` bytes a run made durable
-    in it: by the sha256 its log recorded with the position; recorded without one (before
-    migration 0008), when the file is that long. Unreadable: False (the sink says why)."""
-    if size < position:
-        return False
-    if sha256 is None:
-        return True
+def _digests_at(path: Path, positions: list[int]) -> dict[int, str]:
+    """Hex sha256 of the file's first n bytes, for each n of `positions`, from one reading of it:
+    several runs that crashed appending to one file would each have it read whole otherwise.
+    Empty when it cannot be read (the sink says why when it opens the file)."""
     h = hashlib.sha256()
+    digests = {0: h.hexdigest()} if 0 in positions else {}
+    wanted = sorted({n for n in positions if n > 0})
+    if not wanted:
+        return digests  # nothing to read: the file is not even opened
+    done = 0
     try:
         with path.open("rb") as f:
-            left = position
-            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
-                h.update(chunk)
-                left -= len(chunk)
+            for n in wanted:
+                while done < n and (chunk := f.read(min(n - done, 1 << 20))):
+                    h.update(chunk)
+                    done += len(chunk)
+                if done < n:
+                    break  # the file is shorter now
+                digests[n] = h.hexdigest()
     except OSError:
-        return False
-    return h.hexdigest() == sha256
+        return {}
+    return digests
 
 
 def _same_file(a: Path | None, b: Path) -> bool:

@@ -25,6 +25,7 @@ from engine.settings import load_settings
 from landscape import faults
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
+from tests.test_cli import elspeth, one_line_error
 
 ROWS = 12
 SETTINGS = """
@@ -217,26 +218,37 @@ def test_a_sink_that_replaces_its_file_is_not_refused_and_the_crashed_run_then_r
         assert (path / "out" / "log.csv").read_bytes() == after
 
 
-def test_a_fifo_where_the_crashed_run_had_its_file_is_not_read(db: Database) -> None:
-    """A FIFO keeps no rows: nothing to strand, and opening it to read could wait forever for a
-    writer (this test holds one open, so that reading it would not hang but refuse)."""
+def test_a_fifo_where_the_crashed_run_had_its_file_is_no_file_to_strand(db: Database) -> None:
+    """A FIFO keeps no rows, and a resume never cuts it: a run appending to it is not refused."""
     with _workdir() as path:
         crashed = _crashed(db, path / "settings.yaml", "committed:1")  # the start: position 0, no file yet
         assert fold_run(db, crashed).sink_positions["out"] == 0
-        fifo = path / "out" / "log.csv"
-        os.mkfifo(fifo)
-        held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-        try:
-            _write_input(path, 0)  # no rows: the sink never opens the FIFO
-            assert start_run(db, _load(path / "settings.yaml")).status == "completed"
-        finally:
-            os.close(held)
+        os.mkfifo(path / "out" / "log.csv")
+        _write_input(path, 0)  # no rows: the sink never opens the FIFO
+        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
 
 
-def test_a_position_recorded_without_a_digest_is_taken_by_the_file_being_that_long(tmp_path: Path) -> None:
-    """Flushes recorded before the log held a digest (migration 0008): a file at least as long
-    may hold the run's bytes, and is taken to."""
-    f = tmp_path / "f.csv"
-    f.write_bytes(b"0123456789")
-    assert orchestrator._starts_with(f, 10, 10, None)
-    assert not orchestrator._starts_with(f, 10, 11, None)
+def test_a_position_recorded_without_a_digest_is_taken_by_the_file_being_that_long(db: Database) -> None:
+    """Flushes recorded before the log held a digest (migration 0008; here the projection made to
+    look so): a file at least as long as the position may hold the run's bytes, and is taken to."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        with db.connect() as conn:
+            conn.execute("UPDATE artifacts SET sha256 = NULL WHERE run_id = %s", (crashed,))
+        log = path / "out" / "log.csv"
+        log.write_bytes(b"x" * log.stat().st_size)
+        _refused(db, path / "settings.yaml", f"run {crashed} made durable")
+
+
+def test_the_command_line_says_it_in_one_line_and_records_no_run(db: Database, tmp_path: Path) -> None:
+    _write_input(tmp_path, ROWS)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(SETTINGS + "checkpoint: {frequency: 1}\n")
+    crash = elspeth("run", "-s", "settings.yaml", cwd=tmp_path, db=db, env={"ELSPETH_FAULT": "sink_flush:5"})
+    assert crash.returncode != 0
+    runs = PostgresRecorder(db).run_ids()
+    before = (tmp_path / "out" / "log.csv").read_bytes()
+    err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=tmp_path, db=db), 1)
+    assert len(err.strip().splitlines()) == 1 and "elspeth: error: sink 'out': " in err and "elspeth resume run-" in err
+    assert PostgresRecorder(db).run_ids() == runs
+    assert (tmp_path / "out" / "log.csv").read_bytes() == before

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
+from engine import orchestrator
 from engine.clock import FakeClock
 from engine.errors import ResumeRefused
 from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
@@ -782,10 +783,14 @@ def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Databa
 
 
 @pytest.mark.parametrize("through", ["the same path", "a symbolic link", "a hard link"])
-def test_resume_refuses_to_cut_rows_another_run_appended_since(db: Database, through: str) -> None:
+def test_resume_refuses_to_cut_rows_another_run_appended_since(
+    db: Database, through: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An append-mode file shared by runs: run A crashes, run B appends its rows after A's, and
     a resume of A would cut the file back to A's durable position, taking B's rows with it.
-    Whatever name B reached the file by."""
+    Whatever name B reached the file by. A new run now refuses to append there (see
+    tests/test_append_after_crash.py): B here runs as a version without that check did."""
+    monkeypatch.setattr(orchestrator.Execution, "_refuse_to_strand_open_runs", lambda self: None)
     with _workdir("linear", 12) as path:
         settings = path / "settings.yaml"
         settings.write_text(settings.read_text().replace("{path: out/out.csv}", "{path: out/out.csv, mode: append}"))
