@@ -228,16 +228,22 @@ def test_a_fifo_where_the_crashed_run_had_its_file_is_no_file_to_strand(db: Data
         assert start_run(db, _load(path / "settings.yaml")).status == "completed"
 
 
-def test_a_position_recorded_without_a_digest_is_taken_by_the_file_being_that_long(db: Database) -> None:
+@pytest.mark.parametrize("longer", [True, False], ids=["as long", "shorter"])
+def test_a_position_recorded_without_a_digest_is_taken_by_the_file_being_that_long(db: Database, longer: bool) -> None:
     """Flushes recorded before the log held a digest (migration 0008; here the projection made to
-    look so): a file at least as long as the position may hold the run's bytes, and is taken to."""
+    look so): a file at least as long as the position may hold the run's bytes, and is taken to;
+    a shorter one cannot."""
     with _workdir() as path:
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
         with db.connect() as conn:
             conn.execute("UPDATE artifacts SET sha256 = NULL WHERE run_id = %s", (crashed,))
         log = path / "out" / "log.csv"
-        log.write_bytes(b"x" * log.stat().st_size)
-        _refused(db, path / "settings.yaml", f"run {crashed} made durable")
+        if longer:
+            log.write_bytes(b"x" * (log.stat().st_size - 1) + b"\n")
+            _refused(db, path / "settings.yaml", f"run {crashed} made durable")
+        else:
+            log.write_text("id,v\n")
+            assert start_run(db, _load(path / "settings.yaml")).status == "completed"
 
 
 def test_the_command_line_says_it_in_one_line_and_records_no_run(db: Database, tmp_path: Path) -> None:
