@@ -11,6 +11,7 @@ from engine.plugins.reasons import recorded
 from engine.work import Context, Work
 from landscape.canonical import UnrecordableRow, encode_row
 from statecharts import events as ev
+from statecharts.machines import BatchState
 
 Schedule = Callable[[float, str, str], None]
 Lost = Callable[[Work, str], None]
@@ -59,7 +60,10 @@ class Batcher:
         name = batch.aggregation
         cfg, plugin, _ = ctx.nodes.aggregations[name]
         members = [ctx.waiting[t] for t in batch.members]
-        ctx.emit(batch_id, ev.BatchFlushing(trigger=trigger, size=len(members)))
+        if batch.state == BatchState.COLLECTING:
+            ctx.emit(batch_id, ev.BatchFlushing(trigger=trigger, size=len(members)))
+        # else a resumed run's batch whose flush its plugin's failure cut short: flushed again,
+        # the trigger already on record (its members are still buffered, their rows read back)
         try:
             result = plugin.flush([m.row for m in members])
         except RowError as e:

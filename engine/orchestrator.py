@@ -25,6 +25,7 @@ from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError, RunRefused
+from engine.places import places_gone
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, at_node
 from engine.plugins.registry import build_plugin
 from engine.plugins.schema import Schema, type_locked
@@ -49,7 +50,7 @@ from landscape.verify import Verification, verify_checkpoints
 from landscape.verify_store import verify_log
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
-from statecharts.machines import RUN_OPEN, RunState
+from statecharts.machines import RUN_OPEN, BatchState, RunState
 
 DEFAULT_COMMIT_EVERY = 1000
 COMMIT_SECONDS = 1.0
@@ -408,6 +409,12 @@ class Execution:
         for bid, b in self.fold.batches.items():
             if b.deadline is not None:
                 self.proc.schedule(b.deadline, "batch", bid)
+        # A batch whose plugin failed while flushing it failed the run with the batch still
+        # flushing: no trigger fires for it again, so it is flushed here, or its rows would
+        # stay buffered past the end of the source (ARCHITECTURE §8, 6). First, as in the run
+        # that failed: its outputs go on before the tokens that were still on the stack.
+        for bid in [bid for bid, b in self.fold.batches.items() if b.state == BatchState.FLUSHING]:
+            self.proc.resume_flush(bid)
         self.proc.drain()
 
     def run(self) -> str:
@@ -735,6 +742,15 @@ def _resume(
         raise ResumeRefused(
             f"the settings of run {run_id} changed since it started ({pipeline.loaded.path}); "
             "resume with --force to continue with the new settings"
+        )
+    # Checked whatever the settings: a token put back where these settings have no place would
+    # never end, yet the run would complete (ARCHITECTURE §8, 1). Before anything is written.
+    gone = places_gone(fold, pipeline.nodes)
+    if gone:
+        raise ResumeRefused(
+            f"run {run_id} cannot be resumed with {pipeline.loaded.path}: the run still has rows in what these "
+            f"settings no longer have: {'; '.join(gone)}. Allowed: settings that keep each of these under its "
+            "name (its options may change), as the run's own did; nothing was done"
         )
     # Another file (same text, or changed with --force) is recorded, so later resumes use it.
     other_file = settings_path is not None and settings_path.resolve() != Path(fold.settings_path).resolve()

@@ -86,6 +86,10 @@ class Processor:
             # The sink was rolled back to its durable position: write the row again.
             self.sinks.write(w.token_id, w.row, place, outcome, node, reason)
 
+    def resume_flush(self, batch_id: str) -> None:
+        """Flush again a batch the log left flushing: a run that failed in its plugin's flush."""
+        self.batcher.flush(batch_id, "resumed")
+
     # -- the step ----------------------------------------------------------------------------------
 
     def _advance(self, w: Work) -> None:

@@ -138,6 +138,17 @@ class RunFold:
     def _run_plain(self, _id: str, e: ev.EventBase) -> None:
         self._run(e)
 
+    def _run_completed(self, _id: str, e: ev.RunCompleted) -> None:
+        # ARCHITECTURE §8, 1 and 6: a run completes once every token has ended and every
+        # coalesce and batch is resolved. The Run machine cannot see its tokens, so the fold
+        # says it: a log that completes with rows still in flight lost them on the way, and
+        # `replay --check` and `verify` must not pass it.
+        after = RUN.apply(self.status, type(e).__name__)
+        still = self.unresolved()
+        if still:
+            raise InvalidTransition("run", f"{self.status}, with {still}", type(e).__name__)
+        self.status = after
+
     def _sink_flushed(self, _id: str, e: ev.SinkFlushed) -> None:
         self._run(e)
         self.sink_positions[e.sink] = e.position
@@ -275,6 +286,20 @@ class RunFold:
     def accounted(self) -> int:
         return sum(self.outcomes.values())
 
+    def unresolved(self) -> str:
+        """What keeps the run from completing, in words ("" when nothing): the tokens not ended
+        and the coalesces and batches not resolved, how many and the first one's id."""
+        parts = []
+        for ids, one, many in (
+            (self.tokens, "token not ended", "tokens not ended"),
+            (self.coalesces, "open coalesce", "open coalesces"),
+            (self.batches, "open batch", "open batches"),
+        ):
+            if ids:
+                first, more = next(iter(ids)), ", …" if len(ids) > 1 else ""
+                parts.append(f"{len(ids)} {one if len(ids) == 1 else many} ({first}{more})")
+        return ", ".join(parts)
+
 
 _Handler = Callable[[RunFold, str, Any], None]
 _HANDLERS: dict[type[ev.EventBase], _Handler] = {
@@ -284,7 +309,7 @@ _HANDLERS: dict[type[ev.EventBase], _Handler] = {
     ev.SinkFlushed: RunFold._sink_flushed,
     ev.SinkWriteFailed: RunFold._sink_write_failed,
     ev.SourceExhausted: RunFold._source_exhausted,
-    ev.RunCompleted: RunFold._run_plain,
+    ev.RunCompleted: RunFold._run_completed,
     ev.RunFailed: RunFold._run_plain,
     ev.RunInterrupted: RunFold._run_plain,
     ev.TokenCreated: RunFold._token_created,

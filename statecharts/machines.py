@@ -86,6 +86,7 @@ RUN = MachineDef(
         _t("flush_sink", f"{_R.RUNNING}|{_R.DRAINING}", None, ev.SinkFlushed),
         _t("sink_write_failed", f"{_R.RUNNING}|{_R.DRAINING}", None, ev.SinkWriteFailed),
         _t("exhaust", _R.RUNNING, _R.DRAINING, ev.SourceExhausted),
+        # Also refused by the fold while a token is live or a coalesce or batch open (fold.py).
         _t("complete", _R.DRAINING, _R.COMPLETED, ev.RunCompleted),
         _t("fail", f"{_R.RUNNING}|{_R.DRAINING}", _R.FAILED, ev.RunFailed),
         _t("interrupt", f"{_R.RUNNING}|{_R.DRAINING}", _R.INTERRUPTED, ev.RunInterrupted),

@@ -814,15 +814,18 @@ def test_resume_refuses_to_cut_rows_another_run_appended_since(
 
 
 def test_resume_refuses_a_sink_renamed_onto_a_file_the_run_made_rows_durable_in(db: Database) -> None:
-    """Settings changed with --force: sink `out` renamed `out2`, same file. The log has no
-    position for `out2`, so it would start the file anew, and `out`'s durable rows would go."""
+    """Settings changed with --force: a new sink `out2` writes `out`'s file (`out` kept, given
+    another). The log has no position for `out2`, so it would start the file anew, and `out`'s
+    durable rows would go. (Dropping `out` is refused sooner: tests/test_resume_force.py.)"""
     with _workdir("linear", 12) as path:
         settings = path / "settings.yaml"
         run_id = _crashed(db, settings, "renamed", "committed:6")
         assert fold_run(db, run_id).sink_positions.get("out", 0) > 0, "no durable rows in out: crash later"
         before = (path / "out" / "out.csv").read_bytes()
-        settings.write_text(settings.read_text().replace("  out: {plugin: csv", "  out2: {plugin: csv").replace(
-            "on_success: out\n", "on_success: out2\n"))  # fmt: skip
+        settings.write_text(settings.read_text().replace(
+            "  out: {plugin: csv, options: {path: out/out.csv}}",
+            "  out: {plugin: csv, options: {path: out/moved.csv}}\n  out2: {plugin: csv, options: {path: out/out.csv}}",
+        ).replace("on_success: out\n", "on_success: out2\n"))  # fmt: skip
         with pytest.raises(ResumeRefused, match="as sink 'out'"):
             resume_run(db, run_id, _load, force=True)
         assert (path / "out" / "out.csv").read_bytes() == before

@@ -1,0 +1,73 @@
+"""Where a run's log still has rows, checked against the pipeline a resume continues it under.
+
+A resume puts every live token back where the log says it is: on its way along a connection,
+held in a coalesce, buffered in an aggregation's batch, pending in a sink. Settings changed with
+`--force` may no longer have that place. Continued anyway, the token would wait there for ever
+(nothing flushes an aggregation the pipeline no longer has) or the resume would stop half-way
+(a sink it no longer has). And a sink that holds rows the run made durable must stay: only
+reopening it cuts off what the crash left after its position and closes it at the end.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from engine.dag import Dag
+from engine.work import Nodes
+from landscape.fold import RunFold
+from statecharts.machines import TokenState
+
+
+def places_gone(fold: RunFold, nodes: Nodes) -> list[str]:
+    """Every place the run still has rows in that `nodes` no longer has, one phrase each,
+    naming it and what it holds (empty: the run can continue there)."""
+    gone: list[str] = []
+    on_the_way: Counter[str] = Counter()
+    pending: Counter[str] = Counter()
+    for t in fold.tokens.values():
+        if t.state in (TokenState.CREATED, TokenState.IN_FLIGHT) and not _read(nodes.dag, t.at):
+            on_the_way[t.at] += 1
+        elif t.state == TokenState.PENDING_SINK and t.place is not None and t.place not in nodes.sinks:
+            pending[t.place] += 1
+    for connection, n in on_the_way.items():
+        gone.append(f"connection '{connection}' ({_rows(n)} on the way along it; nothing reads it now)")
+    # Held and buffered tokens are counted through the coalesce or batch that holds them: each
+    # of those is open until its tokens have ended, and its own name may be all that is gone.
+    held: Counter[str] = Counter()
+    for c in fold.coalesces.values():
+        if c.name not in nodes.coalesces:
+            held[c.name] += len(c.arrived)
+    for name, n in held.items():
+        gone.append(f"coalesce '{name}' (it holds {_rows(n)} waiting for their other branches)")
+    buffered: dict[str, list[str]] = {}
+    for batch_id, b in fold.batches.items():
+        if b.aggregation not in nodes.aggregations:
+            buffered.setdefault(b.aggregation, []).append(batch_id)
+    for name, batches in buffered.items():
+        n = sum(len(fold.batches[b].members) for b in batches)
+        gone.append(f"aggregation '{name}' (its open batch {', '.join(batches)} holds {_rows(n)})")
+    for sink in sorted(set(pending) | set(fold.sink_positions)):
+        if sink in nodes.sinks:
+            continue
+        what = []
+        if pending[sink]:
+            what.append(f"{_rows(pending[sink])} wait to be written to it")
+        if sink in fold.sink_positions:
+            where = fold.sink_locations.get(sink) or "its output"
+            what.append(f"{where} holds this run's output up to a durable position: only this sink cuts off what a "
+                        "crash left after it, and closes it at the end")  # fmt: skip
+        gone.append(f"sink '{sink}' ({'; '.join(what)})")
+    return gone
+
+
+def _read(dag: Dag, connection: str) -> bool:
+    """Whether a node or a sink of the pipeline reads `connection`."""
+    try:
+        dag.target(connection)
+    except KeyError:
+        return False
+    return True
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"

@@ -1,0 +1,306 @@
+"""A resume under settings changed with `--force` that no longer have a place the run still has
+rows in is refused, in one line, before anything is written; and a log that completes a run with
+rows still in it is no legal log (ARCHITECTURE §8, 1, 2 and 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.clock import FakeClock
+from engine.errors import ResumeRefused, RunFailedError
+from engine.orchestrator import fold_run, resume_run, start_run
+from engine.plugins.protocol import Row
+from landscape.db import Database
+from landscape.errors import ChainBroken
+from landscape.fold import IllegalEvent, RunFold
+from landscape.postgres import PostgresRecorder
+from landscape.records import StoredEvent
+from landscape.verify_store import verify_run
+from statecharts import events as ev
+from statecharts.compiled import EVENT_MACHINE
+from tests.engine_harness import assert_invariants
+from tests.test_cli import elspeth, one_line_error
+from tests.test_resume import PIPELINES, SINKS, SOURCE, _crashed, _fork_held, _load, _outputs, _workdir
+
+
+def _edit(settings: Path, *changes: tuple[str, str]) -> None:
+    text = settings.read_text()
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new)
+    settings.write_text(text)
+
+
+def _refused(db: Database, run_id: str, path: Path, match: str) -> str:
+    """Resume with --force is refused matching `match`; nothing recorded, no output touched."""
+    last, before = fold_run(db, run_id).last_seq, _outputs(path)
+    with pytest.raises(ResumeRefused, match=match) as refused:
+        resume_run(db, run_id, _load, force=True)
+    message = str(refused.value)
+    assert "\n" not in message and "nothing was done" in message, message
+    assert fold_run(db, run_id).last_seq == last
+    assert _outputs(path) == before
+    return message
+
+
+def _resumes_with_its_own_settings(db: Database, run_id: str, settings: Path, original: str) -> RunFold:
+    settings.write_text(original)
+    assert resume_run(db, run_id, _load).status == "completed"
+    fold = fold_run(db, run_id, strict=True)
+    assert_invariants(fold)
+    return fold
+
+
+def test_an_aggregation_renamed_while_its_batch_holds_rows_is_refused(db: Database) -> None:
+    """The review's case: an aggregation's open batch holds rows; settings renaming it would
+    leave them buffered for ever while the run completed."""
+    with _workdir("agg_end_of_source", 12) as path:
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "agg-renamed", "committed:6")
+        held = fold_run(db, run_id).batches["agg#1"].members
+        assert held, "no rows buffered yet: crash later"
+        _edit(settings, ("- name: agg\n", "- name: agg2\n"))
+        message = _refused(db, run_id, path, f"aggregation 'agg' \\(its open batch agg#1 holds {len(held)} rows\\)")
+        assert "keep each of these under its name" in message
+        _resumes_with_its_own_settings(db, run_id, settings, original)
+
+
+def test_a_coalesce_renamed_while_it_holds_branches_is_refused(db: Database) -> None:
+    with _workdir("fork_timeout_require_all", 12) as path:
+        settings = path / "settings.yaml"
+        # no timeout: the coalesces wait for branch b, which the `hold` aggregation keeps back
+        settings.write_text(SOURCE + _fork_held("require_all").replace("timeout_seconds: 0.3", "") + SINKS)
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "join-renamed", "committed:6")
+        held = sum(len(c.arrived) for c in fold_run(db, run_id).coalesces.values())
+        assert held, "no coalesce open yet: crash later"
+        _edit(settings, ("- name: join\n", "- name: join2\n"))
+        _refused(db, run_id, path, f"coalesce 'join' \\(it holds {held} rows? waiting for their other branches")
+        _resumes_with_its_own_settings(db, run_id, settings, original)
+
+
+class _Raises:
+    """A transform whose process raises: the run fails with the row on its way to it."""
+
+    def process(self, row: Row) -> Row:
+        raise RuntimeError("broken")
+
+
+def test_a_connection_no_node_reads_any_more_is_refused(db: Database) -> None:
+    with _workdir("linear", 6) as path:
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        pipeline = _load(settings)
+        cfg, _ = pipeline.nodes.transforms["screen"]
+        pipeline.nodes.transforms["screen"] = (cfg, _Raises())  # type: ignore[assignment]
+        with pytest.raises(RunFailedError, match="screen"):
+            start_run(db, pipeline, run_id=(run_id := f"run-conn-{os.urandom(3).hex()}"), clock=FakeClock())
+        assert {t.at for t in fold_run(db, run_id).tokens.values()} == {"raw"}
+        _edit(settings, ("on_success: raw\n", "on_success: fresh\n"), ("input: raw\n", "input: fresh\n"))
+        _refused(db, run_id, path, "connection 'raw' \\(1 row on the way along it; nothing reads it now\\)")
+        _resumes_with_its_own_settings(db, run_id, settings, original)
+
+
+class _FullDisk:
+    """A sink whose flush fails once it has rows: the run fails with them pending in it."""
+
+    def __init__(self) -> None:
+        self.buffered = 0
+
+    def open(self, run_id: str, position: int | None) -> None:
+        self.buffered = 0
+
+    def write(self, token_id: str, row: Row) -> None:
+        self.buffered += 1
+
+    def flush(self) -> int:
+        from engine.plugins.protocol import PluginError
+
+        if self.buffered:
+            raise PluginError("sink", "no space left on device")
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.buffered = 0
+
+    def location(self) -> str:
+        return "full/out.csv"
+
+
+def test_a_sink_removed_while_rows_wait_to_be_written_to_it_is_refused(db: Database) -> None:
+    """The review's traceback (KeyError: 'out'): the disk was full, the operator pointed the
+    pipeline at another sink and resumed with --force."""
+    with _workdir("gate", 6) as path:
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        pipeline = _load(settings)
+        pipeline.nodes.sinks["out"] = _FullDisk()  # type: ignore[assignment]
+        with pytest.raises(RunFailedError, match="no space left"):
+            start_run(db, pipeline, run_id=(run_id := f"run-full-{os.urandom(3).hex()}"), clock=FakeClock())
+        pending = [t for t in fold_run(db, run_id).tokens.values() if t.place == "out"]
+        assert pending, "no rows pending in out"
+        _edit(settings, ("'true': out", "'true': out2"), ("  out: {plugin: csv, options: {path: out/out.csv}}",
+                                                          "  out2: {plugin: csv, options: {path: out/out2.csv}}"))  # fmt: skip
+        _refused(db, run_id, path, f"sink 'out' \\({len(pending)} rows wait to be written to it;")
+        _resumes_with_its_own_settings(db, run_id, settings, original)
+
+
+def test_a_sink_removed_that_holds_durable_rows_is_refused(db: Database) -> None:
+    """A JSON array sink dropped from the settings: never reopened, its file would keep what the
+    crash wrote after the durable position and never get its closing ']'."""
+    with _workdir("gate", 40) as path:
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "alt-removed", "committed:30")
+        assert fold_run(db, run_id).sink_positions.get("alt", 0) > 0, "no durable rows in alt: crash later"
+        _edit(
+            settings, ("'false': alt", "'false': out"), ("  alt: {plugin: json, options: {path: out/alt.json}}\n", "")
+        )
+        _refused(db, run_id, path, "sink 'alt' \\(out/alt.json holds this run's output up to a durable position")
+        _resumes_with_its_own_settings(db, run_id, settings, original)
+        rows = json.loads((path / "out" / "alt.json").read_text())
+        assert len(rows) == sum(1 for i in range(40) if i % 5 + 1 < 3)
+
+
+def test_the_one_line_from_the_command(db: Database, tmp_path: Path) -> None:
+    """As the review ran it: `elspeth resume --force` names the aggregation, exit 1, no traceback."""
+    from tests.engine_harness import write_csv
+
+    write_csv(tmp_path / "in.csv", ["id", "v", "note", "items"], [[i, i, "ok", "x"] for i in range(30)])
+    (tmp_path / "out").mkdir()
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(SOURCE + PIPELINES["agg_end_of_source"] + SINKS)
+    crashed = elspeth("run", "-s", "settings.yaml", "--commit-every", "1", cwd=tmp_path, db=db,
+                      env={"ELSPETH_FAULT": "committed:8"})  # fmt: skip
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=tmp_path, db=db).stdout)[0]["run_id"]
+    _edit(settings, ("- name: agg\n", "- name: agg2\n"))
+    err = one_line_error(elspeth("resume", run_id, "--force", cwd=tmp_path, db=db), 1)
+    assert err.count("\n") == 1 and "aggregation 'agg' (its open batch agg#1 holds" in err, err
+
+
+# -- a batch whose plugin failed while flushing it -------------------------------------------------
+
+
+class _FlushFails:
+    def flush(self, rows: list[Row]) -> object:
+        raise RuntimeError("out of memory")
+
+
+def test_a_batch_left_flushing_by_a_failed_run_is_flushed_by_the_resume(db: Database) -> None:
+    """The plugin raised in its flush: the run failed with the batch `flushing` on record. No
+    trigger fires for it again; the resume flushes it, and the outputs are an uninterrupted
+    run's (without that, its rows stayed buffered and the run could not complete)."""
+    with _workdir("agg_count", 7) as clean:
+        assert start_run(db, _load(clean / "settings.yaml"), clock=FakeClock()).status == "completed"
+        expected = _outputs(clean)
+    with _workdir("agg_count", 7) as path:
+        pipeline = _load(path / "settings.yaml")
+        cfg, _, condition = pipeline.nodes.aggregations["agg"]
+        pipeline.nodes.aggregations["agg"] = (cfg, _FlushFails(), condition)  # type: ignore[assignment]
+        with pytest.raises(RunFailedError, match="agg"):
+            start_run(db, pipeline, run_id=(run_id := f"run-flushing-{os.urandom(3).hex()}"), clock=FakeClock())
+        assert [b.state for b in fold_run(db, run_id).batches.values()] == ["flushing"]
+        assert resume_run(db, run_id, _load).status == "completed"
+        assert_invariants(fold_run(db, run_id, strict=True))
+        assert _outputs(path) == expected
+
+
+# -- the fold: RunCompleted only once nothing is left ----------------------------------------------
+
+
+def _append(db: Database, run_id: str, events: list[ev.EventBase]) -> None:
+    """Events written straight to the store, past the fold: what a faulty engine could write."""
+    writer = PostgresRecorder(db).open_writer(run_id)
+    try:
+        for e in events:
+            writer.append(EVENT_MACHINE[type(e).__name__], run_id, e)
+        writer.commit(wait=True)
+    finally:
+        writer.close()
+
+
+def test_a_log_that_completes_with_rows_still_buffered_does_not_verify(db: Database) -> None:
+    """The log the review's resume wrote: `replay --check` passed it with 400 tokens in flight."""
+    with _workdir("agg_end_of_source", 12) as path:
+        run_id = _crashed(db, path / "settings.yaml", "completes-open", "committed:6")
+        fold = fold_run(db, run_id)
+        assert fold.batches and fold.status == "running"
+        completed_at = fold.last_seq + 4
+        _append(db, run_id, [ev.RunInterrupted(reason="writer lost"), ev.RunResumed(source_fingerprint="x"),
+                             ev.SourceExhausted(records=fold.source_records), ev.RunCompleted()])  # fmt: skip
+        with pytest.raises(ChainBroken, match=r"'RunCompleted' is not allowed .* open batch \(agg#1\)") as bad:
+            verify_run(PostgresRecorder(db), run_id)
+        assert bad.value.seq == completed_at
+        replay = elspeth("replay", run_id, "--check", cwd=path, db=db)
+        assert replay.returncode != 0 and "not a legal transition" in replay.stdout + replay.stderr, replay
+
+
+def test_the_fold_refuses_run_completed_while_anything_is_live() -> None:
+    created = ev.RunCreated(settings_path="s.yaml", settings_hash="h", settings={}, source_fingerprint="f",
+                            nodes=[], elspeth_version="0", working_dir="/")  # fmt: skip
+    start = [
+        (0, "run", created),
+        (1, "run", ev.RunStarted()),
+        (2, "r0", ev.TokenCreated(row_index=0, data_hash="d", at="out")),
+    ]
+    fold = RunFold("run")
+    for seq, entity, e in start:
+        fold.apply(seq, entity, e)
+    fold.apply(3, "run", ev.SourceExhausted(records=1))
+    with pytest.raises(IllegalEvent, match="1 token not ended \\(r0\\)"):
+        fold.apply(4, "run", ev.RunCompleted())
+    assert fold.status == "draining"  # unchanged by the refused event
+    fold.apply(4, "r0", ev.TokenQuarantined(reason="x"))
+    fold.apply(5, "run", ev.RunCompleted())
+    assert fold.status == "completed"
+
+
+# -- the property: at any point of any run's log, RunCompleted is legal only when nothing is live --
+
+_LOGS: dict[tuple[str, str], list[StoredEvent]] = {}
+
+
+def _completed_log(db: Database, kind: str) -> list[StoredEvent]:
+    key = (db.conninfo, kind)
+    if key not in _LOGS:
+        with _workdir(kind, 9) as path:
+            run_id = start_run(db, _load(path / "settings.yaml"), commit_every=2, clock=FakeClock()).run_id
+        _LOGS[key] = list(PostgresRecorder(db).read_events(run_id))
+    return _LOGS[key]
+
+
+def _folded(log: list[StoredEvent], cut: int) -> RunFold:
+    """The strict fold of the log's first `cut` events."""
+    return RunFold(log[0].run_id, ended=set()).apply_all(log[:cut])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(k for k in PIPELINES if k != "explode")), at=st.integers(0, 10**6))
+def test_run_completed_is_legal_exactly_when_every_token_has_ended(db: Database, kind: str, at: int) -> None:
+    """ARCHITECTURE §8, 1 and 6, as the fold enforces them: cut a completed run's log anywhere
+    after its source was exhausted and append RunCompleted. The fold accepts it exactly when no
+    token is live and no coalesce or batch is open there."""
+    log = _completed_log(db, kind)
+    exhausted = next(i for i, e in enumerate(log) if isinstance(e.event, ev.SourceExhausted))
+    cut = exhausted + 1 + at % (len(log) - exhausted - 1)  # before the log's own RunCompleted, at the latest
+    fold = _folded(log, cut)
+    live = bool(fold.tokens or fold.coalesces or fold.batches)
+    try:
+        fold.apply(log[cut - 1].seq + 1, fold.run_id, ev.RunCompleted())
+    except IllegalEvent as e:
+        assert live, f"refused with nothing live: {e}"
+        assert fold.status == "draining"
+    else:
+        assert not live and fold.status == "completed"
+        assert len(fold.ended or ()) == fold.accounted()  # each token ended exactly once
