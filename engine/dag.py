@@ -67,6 +67,9 @@ class _Producer:
     where: str  # key path, e.g. "transforms[0].on_success"
     upstream: str | None  # the connection this producer reads (to trace coalesce branches back)
     fork_of: str | None = None  # set when the connection is a fork branch of that gate
+    # An aggregation in `transform` mode: its rows are new tokens, made from a batch of rows
+    # that may come from many forks, so they belong to no branch and no coalesce takes them.
+    regroups: bool = False
 
 
 @dataclass
@@ -135,7 +138,8 @@ def build_dag(s: Settings) -> Dag:
     for i, a in enumerate(s.aggregations):
         nodes[a.name] = NodeInfo(a.name, "aggregation", a.plugin, a)
         w.consume(a.input, Target("aggregation", a.name), f"aggregations[{i}].input")
-        w.produce(a.on_success, _Producer(a.name, f"aggregations[{i}].on_success", a.input))
+        regroups = a.output_mode == "transform"
+        w.produce(a.on_success, _Producer(a.name, f"aggregations[{i}].on_success", a.input, regroups=regroups))
 
     edges = _check_connections(w)
     fork_branches = {g.name: list(g.fork_to) for g in s.gates if g.fork_to}
@@ -202,29 +206,38 @@ def _check_coalesce_branches(s: Settings, w: _Wiring) -> None:
             if branch in claimed and claimed[branch] != c.name:
                 w.errors.append(f"{where}: branch '{branch}' is already merged by coalesce '{claimed[branch]}'")
             claimed.setdefault(branch, c.name)
-            origin = _trace_fork_branch(connection, w)
+            origin, passed = _trace_fork_branch(connection, w)
             if origin != branch:
                 found = f"from fork branch '{origin}'" if origin else "not from a fork branch"
                 w.errors.append(
                     f"{where}: connection '{connection}' comes {found}; allowed: a connection downstream of "
                     f"gate '{forked[branch]}' fork branch '{branch}'"
                 )
+            elif regrouped := next((p.node for p in passed if p.regroups), None):
+                w.errors.append(
+                    f"{where}: aggregation '{regrouped}' on branch '{branch}' makes new rows (output_mode: transform), "
+                    "which belong to no branch: none would reach this coalesce; allowed: output_mode: passthrough "
+                    "there, or the aggregation after the coalesce"
+                )
 
 
-def _trace_fork_branch(connection: str, w: _Wiring) -> str | None:
-    """The fork branch a connection's tokens belong to, following producers upstream."""
+def _trace_fork_branch(connection: str, w: _Wiring) -> tuple[str | None, list[_Producer]]:
+    """The fork branch a connection's tokens belong to, following producers upstream, and the
+    producers on the way there."""
     seen: set[str] = set()
+    passed: list[_Producer] = []
     current: str | None = connection
     while current is not None and current not in seen:
         seen.add(current)
         makers = w.producers.get(current)
         if not makers:
-            return None
+            return None, passed
         maker = makers[0]
         if maker.fork_of is not None:
-            return current
+            return current, passed
+        passed.append(maker)
         current = maker.upstream
-    return None
+    return None, passed
 
 
 def _topological(nodes: dict[str, NodeInfo], edges: dict[str, set[str]], errors: list[str]) -> list[str]:

@@ -155,6 +155,28 @@ def test_a_coalesce_branch_must_come_from_its_fork_branch(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.parametrize("mode", ["transform", "passthrough"])
+def test_an_aggregation_that_makes_new_rows_cannot_feed_a_coalesce_branch(tmp_path: Path, mode: str) -> None:
+    """Its rows belong to no branch: every one would fail at the coalesce (`not_a_branch`)."""
+    text = (
+        "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': fork, 'false': out}, fork_to: [a, b]}\n"
+        "transforms:\n"
+        + _t("ta", "a", "a_done")
+        + _t("tb", "b_agg", "b_done")
+        + "aggregations:\n- {name: agg, plugin: batch_stats, input: b, on_success: b_agg, on_error: bad, "
+        + f"output_mode: {mode}, trigger: {{count: 2}}, options: {{value_field: v}}}}\n"
+        + "coalesce:\n- {name: j, branches: {a: a_done, b: b_done}, on_success: out}\n"
+    )
+    if mode == "passthrough":  # the same tokens go on, on their branch
+        build_dag(_settings(tmp_path, text))
+        return
+    assert _dag_errors(tmp_path, text) == [
+        "coalesce[0].branches.b: aggregation 'agg' on branch 'b' makes new rows (output_mode: transform), which "
+        "belong to no branch: none would reach this coalesce; allowed: output_mode: passthrough there, or the "
+        "aggregation after the coalesce"
+    ]
+
+
 def test_a_coalesce_without_on_success_writes_to_its_own_name(tmp_path: Path) -> None:
     text = (
         "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': fork, 'false': out}, fork_to: [a, b]}\n"

@@ -777,9 +777,9 @@ sinks:
     assert commits >= 4, commits  # the first, when the clock went back, then each second, and the last
 
 
-def _batch_on_a_branch(aggregation: str) -> str:
-    """Every row forked to branches a and b; b goes through `aggregation` (input b, on_success
-    b_done) before the two meet again (require_all)."""
+def _batch_on_a_branch(aggregation: str, other: str) -> str:
+    """Every row forked to branches a and b; on b a gate sends every row to `aggregation` (input
+    b_in), its other route going to `other`; branch b of the coalesce (require_all) reads b_done."""
     return f"""
 source:
   plugin: csv
@@ -791,6 +791,10 @@ gates:
   condition: 'True'
   routes: {{'true': fork}}
   fork_to: [a, b]
+- name: gb
+  input: b
+  condition: 'True'
+  routes: {{'true': b_in, 'false': {other}}}
 transforms:
 - name: ta
   plugin: passthrough
@@ -807,40 +811,44 @@ coalesce:
   on_success: out
 sinks:
   out: {{plugin: json, options: {{path: out/out.jsonl, format: jsonl}}}}
+  spare: {{plugin: json, options: {{path: out/spare.jsonl, format: jsonl}}}}
 """
 
 
 @pytest.mark.parametrize(
-    ("aggregation", "lost_as"),
+    ("aggregation", "other", "lost_as"),
     [
         # a batch error (passthrough with one output for two inputs): every member failed
         (
-            "- {name: agg, plugin: batch_stats, input: b, on_success: b_done, on_error: discard, output_mode: "
+            "- {name: agg, plugin: batch_stats, input: b_in, on_success: b_done, on_error: discard, output_mode: "
             "passthrough, trigger: {count: 2}, options: {value_field: v}}",
+            "spare",
             "failed",
         ),
-        # a row the plugin rejects: quarantined
+        # a row the plugin rejects: quarantined (new rows, which go to a sink: no coalesce takes them)
         (
-            "- {name: agg, plugin: batch_replicate, input: b, on_success: b_done, on_error: discard, "
+            "- {name: agg, plugin: batch_replicate, input: b_in, on_success: spare, on_error: discard, "
             "trigger: {count: 2}, options: {copies_field: v, max_copies: 5}}",
+            "b_done",
             "quarantined",
         ),
         # consumed into new rows, which are no branch's
         (
-            "- {name: agg, plugin: batch_stats, input: b, on_success: b_done, on_error: discard, "
+            "- {name: agg, plugin: batch_stats, input: b_in, on_success: spare, on_error: discard, "
             "trigger: {count: 2}, options: {value_field: v}}",
+            "b_done",
             "consumed by batch agg#",
         ),
     ],
     ids=["batch-failed", "quarantined", "consumed"],
 )
-def test_a_branch_that_ends_in_a_batch_is_lost_there(db: Database, tmp_path: Path, aggregation: str,
+def test_a_branch_that_ends_in_a_batch_is_lost_there(db: Database, tmp_path: Path, aggregation: str, other: str,
                                                     lost_as: str) -> None:  # fmt: skip
     """SETTINGS: a branch token that fails or is quarantined is lost, and require_all fails at
     once. A batch's members were not: their coalesces waited for the end of the source (the other
     branch's rows held meanwhile) and then failed as incomplete."""
     _input(tmp_path, [[i, 10 * i, "x"] for i in range(1, 7)])  # v 10..60: above max_copies
-    r = run(db, tmp_path, _batch_on_a_branch(aggregation))
+    r = run(db, tmp_path, _batch_on_a_branch(aggregation, other))
     assert_invariants(r.fold)
     events = list(PostgresRecorder(db).read_events(r.outcome.run_id))
     exhausted = next(e.seq for e in events if e.event_type == "SourceExhausted")
