@@ -159,7 +159,7 @@ def _written(p: PendingWrite, sink: str) -> ev.EventBase:
     if p.outcome == TokenState.COMPLETED:
         return ev.TokenCompleted(sink=sink)
     if p.outcome == TokenState.ROUTED:
-        return ev.TokenRouted(sink=sink)
+        return ev.TokenRouted(sink=sink, node=p.node)
     if p.outcome == TokenState.QUARANTINED:
         return ev.TokenQuarantined(reason=p.reason or "invalid row", sink=sink)
     return ev.TokenDiverted(node=p.node or "", reason=p.reason or "", sink=sink)

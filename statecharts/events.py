@@ -141,6 +141,7 @@ class TokenCompleted(EventBase, frozen=True):
 
 class TokenRouted(EventBase, frozen=True):
     sink: str
+    node: str | None = None  # the gate that routed it (None in events written before it was kept)
 
 
 class TokenDiverted(EventBase, frozen=True):

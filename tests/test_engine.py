@@ -342,6 +342,22 @@ def test_gate_row_error_without_on_error_fails_the_token_not_the_run(db: Databas
     assert r.outcomes() == {"failed": 1, "routed": 1}
 
 
+def test_a_routed_token_names_the_gate_that_routed_it(db: Database, tmp_path: Path) -> None:
+    """In its terminal event, so in `token_outcomes.node` and the gate's `routed` metric, as a
+    diverted or failed token names its node."""
+    _input(tmp_path, [[1, 0, "x"], [2, 5, "y"], [3, 9, "z"]])
+    r = run(db, tmp_path, GATE.format(schema=SCHEMA, condition="row['v'] > 1", on_error=""))
+    assert_invariants(r.fold)
+    routed = [e.event for e in PostgresRecorder(db).read_events(r.outcome.run_id) if e.event_type == "TokenRouted"]
+    assert sorted((e.sink, e.node) for e in routed) == [("hi", "g"), ("hi", "g"), ("lo", "g")]  # type: ignore[attr-defined]
+    with db.connect() as conn:
+        nodes = conn.execute("SELECT DISTINCT node FROM token_outcomes WHERE run_id = %s", (r.outcome.run_id,))
+        metric = conn.execute(
+            "SELECT value FROM run_metrics WHERE run_id = %s AND metric = 'node.g.routed'", (r.outcome.run_id,)
+        ).fetchone()
+        assert [n for (n,) in nodes] == ["g"] and metric == (3,)
+
+
 def test_rows_that_do_not_fit_the_schema_are_quarantined_with_their_reason(db: Database, tmp_path: Path) -> None:
     _input(tmp_path, [[1, "ten", "x"], [2, 5, "y"]])
     r = run(db, tmp_path, GATE.format(schema=SCHEMA, condition="row['v'] > 1", on_error=""))
