@@ -745,7 +745,7 @@ def _resume(
         )
     # Checked whatever the settings: a token put back where these settings have no place would
     # never end, yet the run would complete (ARCHITECTURE §8, 1). Before anything is written.
-    gone = places_gone(fold, pipeline.nodes)
+    gone = places_gone(fold, pipeline.nodes, pipeline.decls)
     if gone:
         raise ResumeRefused(
             f"run {run_id} cannot be resumed with {pipeline.loaded.path}: the run still has rows in what these "

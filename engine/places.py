@@ -11,16 +11,18 @@ reopening it cuts off what the crash left after its position and closes it at th
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from engine.dag import Dag
 from engine.work import Nodes
 from landscape.fold import RunFold
+from statecharts import events as ev
 from statecharts.machines import TokenState
 
 
-def places_gone(fold: RunFold, nodes: Nodes) -> list[str]:
-    """Every place the run still has rows in that `nodes` no longer has, one phrase each,
-    naming it and what it holds (empty: the run can continue there)."""
+def places_gone(fold: RunFold, nodes: Nodes, decls: list[ev.NodeDecl]) -> list[str]:
+    """Every place the run still has rows in that `nodes` (declared as `decls`) no longer has,
+    one phrase each, naming it and what it holds (empty: the run can continue there)."""
     gone: list[str] = []
     on_the_way: Counter[str] = Counter()
     pending: Counter[str] = Counter()
@@ -46,9 +48,19 @@ def places_gone(fold: RunFold, nodes: Nodes) -> list[str]:
     for name, batches in buffered.items():
         n = sum(len(fold.batches[b].members) for b in batches)
         gone.append(f"aggregation '{name}' (its open batch {', '.join(batches)} holds {_rows(n)})")
+    was = {d.name: d.plugin for d in fold.nodes if d.kind == "sink"}
+    now = {d.name: d.plugin for d in decls if d.kind == "sink"}
     for sink in sorted(set(pending) | set(fold.sink_positions)):
         if sink in nodes.sinks:
+            if sink in fold.sink_positions and was.get(sink, now[sink]) != now[sink]:
+                # A position means what its plugin says: bytes of a file, rows of a table. Another
+                # plugin would take it for its own (a file cut to a row count, say).
+                gone.append(f"sink '{sink}' as a {was[sink]} sink (it is {now[sink]} now; {fold.sink_locations.get(sink)} "
+                            f"holds this run's output up to its durable position {fold.sink_positions[sink]}, which "
+                            f"only a {was[sink]} sink reads)")  # fmt: skip
             continue
+        if not pending[sink] and _nothing_written(fold, sink):
+            continue  # (every sink has a position from the start: this one never received a row)
         what = []
         if pending[sink]:
             what.append(f"{_rows(pending[sink])} wait to be written to it")
@@ -58,6 +70,19 @@ def places_gone(fold: RunFold, nodes: Nodes) -> list[str]:
                         "crash left after it, and closes it at the end")  # fmt: skip
         gone.append(f"sink '{sink}' ({'; '.join(what)})")
     return gone
+
+
+def _nothing_written(fold: RunFold, sink: str) -> bool:
+    """Whether a file sink holds nothing of the run: at position 0, its file absent or empty (a
+    crash could have left bytes after position 0 that only the sink would cut off). A database
+    sink (no digest) is not looked into: its table may hold rows committed after the position."""
+    if fold.sink_positions.get(sink) != 0 or fold.sink_digests.get(sink) is None:
+        return False
+    path = Path(fold.working_dir or ".") / (fold.sink_locations.get(sink) or "")
+    try:
+        return not path.exists() or (path.is_file() and path.stat().st_size == 0)
+    except OSError:
+        return False
 
 
 def _read(dag: Dag, connection: str) -> bool:

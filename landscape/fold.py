@@ -71,7 +71,7 @@ class RunFold:
     settings: dict[str, Any] = field(default_factory=dict)
     source_fingerprint: str = ""
     working_dir: str = ""
-    nodes: list[ev.NodeDecl] = field(default_factory=list)
+    nodes: list[ev.NodeDecl] = field(default_factory=list)  # as last declared (RunCreated, RunResumed)
     resumes: int = 0
     last_seq: int = -1
     tokens: dict[str, TokenInfo] = field(default_factory=dict)  # non-terminal tokens only
@@ -134,6 +134,8 @@ class RunFold:
             self.settings_hash = e.settings_hash
         if e.settings_path is not None:
             self.settings_path = e.settings_path
+        if e.nodes is not None:  # declared again under other settings: each name's last declaration
+            self.nodes = list({n.name: n for n in [*self.nodes, *e.nodes]}.values())
 
     def _run_plain(self, _id: str, e: ev.EventBase) -> None:
         self._run(e)

@@ -304,3 +304,44 @@ def test_run_completed_is_legal_exactly_when_every_token_has_ended(db: Database,
     else:
         assert not live and fold.status == "completed"
         assert len(fold.ended or ()) == fold.accounted()  # each token ended exactly once
+
+
+def test_a_sink_that_holds_output_under_another_plugin_is_refused(db: Database) -> None:
+    """A position means what its plugin says (bytes of a file, rows of a table). The review's
+    case: a database sink's 12 rows, resumed as a csv sink on a user's file, cut it to 12 bytes."""
+    with _workdir("gate", 6) as path:
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "sink-replugged", "committed:4")
+        assert fold_run(db, run_id).sink_positions["out"] > 0, "nothing durable in out yet: crash later"
+        _edit(settings, ("out: {plugin: csv, options: {path: out/out.csv}}",
+                         "out: {plugin: json, options: {path: out/out.csv, format: jsonl}}"))  # fmt: skip
+        _refused(db, run_id, path, "sink 'out' as a csv sink \\(it is json now; out/out.csv holds this run's output")
+        _resumes_with_its_own_settings(db, run_id, settings, original)
+
+
+def test_a_sink_that_never_received_a_row_may_be_removed(db: Database) -> None:
+    """Every sink has a position from the start; one at 0 whose file was never written holds
+    nothing of the run: nothing to cut, nothing to close (found by a review)."""
+    with _workdir("gate", 6) as path:
+        (path / "in.csv").write_text("id,v,note,items\n" + "".join(f"{i},{i},ok,x\n" for i in range(6)))
+        settings = path / "settings.yaml"
+        run_id = _crashed(db, settings, "unused-sink", "committed:4")
+        assert fold_run(db, run_id).sink_positions["quarantine"] == 0
+        assert not (path / "out" / "q.jsonl").exists()
+        _edit(settings, ("on_validation_failure: quarantine", "on_validation_failure: discard"),
+              ("  quarantine: {plugin: json, options: {path: out/q.jsonl, format: jsonl}}\n", ""))  # fmt: skip
+        assert resume_run(db, run_id, _load, force=True).status == "completed"
+        assert_invariants(fold_run(db, run_id, strict=True))
+
+
+def test_a_sink_at_position_0_whose_file_holds_bytes_may_not_be_removed(db: Database) -> None:
+    """What a crash left after position 0 only the sink cuts off."""
+    with _workdir("gate", 6) as path:
+        (path / "in.csv").write_text("id,v,note,items\n" + "".join(f"{i},{i},ok,x\n" for i in range(6)))
+        settings = path / "settings.yaml"
+        run_id = _crashed(db, settings, "unused-sink-bytes", "committed:4")
+        (path / "out" / "q.jsonl").write_text('{"id": 1}\n')
+        _edit(settings, ("on_validation_failure: quarantine", "on_validation_failure: discard"),
+              ("  quarantine: {plugin: json, options: {path: out/q.jsonl, format: jsonl}}\n", ""))  # fmt: skip
+        _refused(db, run_id, path, "sink 'quarantine' \\(out/q.jsonl holds this run's output")

@@ -41,8 +41,8 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
             for n, unit in _DURATION.findall(compact):
                 delta += timedelta(**{_UNIT[unit]: int(n)})
             return now - delta
-        except OverflowError:  # further back than a date goes: every run is since then
-            return datetime.min.replace(tzinfo=UTC)
+        except (OverflowError, ValueError):  # further back than a date goes (or than an int's
+            return datetime.min.replace(tzinfo=UTC)  # digits may be): every run is since then
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
