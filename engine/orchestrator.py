@@ -257,6 +257,9 @@ class Execution:
             )
             emit(self.run_id, ev.RunStarted())
         else:
+            # A sink these settings add (a resume under other settings) starts appending as a new
+            # run's does: the same check, for those sinks only.
+            self._refuse_to_strand_open_runs(only=set(self.p.nodes.sinks) - set(self.fold.sink_positions))
             self._refuse_to_cut_later_rows()
             try:  # a sink that cannot continue where the log says refuses the resume, unrecorded
                 self._open_sinks()
@@ -323,7 +326,7 @@ class Execution:
                     "the file aside (and put the other run's rows back after), or start a new run"
                 )
 
-    def _refuse_to_strand_open_runs(self) -> None:
+    def _refuse_to_strand_open_runs(self, only: set[str] | None = None) -> None:
         """A new run appends after what its sink file holds. A run of this store that is not
         completed continues the file at its durable position when resumed; rows appended there
         first would strand it (its resume refuses to cut them: `_refuse_to_cut_later_rows`), and
@@ -337,9 +340,12 @@ class Execution:
         aside or replaced: its resume refuses it anyway), a run that another run appended after
         already (stranded before, nothing changes), a missing file, a FIFO or a device (no rows
         stay in them). A sink in mode `write` replaces the file: its own trail is exact, and the
-        earlier run's resume refuses the file by its size or digest, or by this run's flushes."""
+        earlier run's resume refuses the file by its size or digest, or by this run's flushes.
+        `only`: these sinks (a resume's new ones), not all."""
         positions: list[OpenPosition] | None = None
         for name, sink in self.p.nodes.sinks.items():
+            if only is not None and name not in only:
+                continue
             path = getattr(sink, "path", None)
             if getattr(sink, "mode", None) != "append" or not isinstance(path, Path):
                 continue

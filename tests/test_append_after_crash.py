@@ -117,6 +117,23 @@ def test_a_new_run_refuses_to_append_after_what_a_crashed_run_left(db: Database)
         assert _ids(log) == [str(i) for i in range(1, ROWS + 1)] * 2
 
 
+def test_a_resume_that_adds_an_append_sink_on_such_a_file_is_refused_too(db: Database) -> None:
+    """Settings changed with --force can add a sink: it starts appending as a new run's does."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        log = path / "out" / "log.csv"
+        before = log.read_bytes()
+        other = path / "other.yaml"
+        other.write_text(SETTINGS.replace("path: out/log.csv", "path: out/other.csv"))
+        resumed = _crashed(db, other, "sink_flush:3")
+        other.write_text(other.read_text().replace("  zbad:", "  extra: {plugin: csv, options: {path: out/log.csv, "
+                                                              "mode: append}}\n  zbad:"))  # fmt: skip
+        last = fold_run(db, resumed).last_seq
+        with pytest.raises(RunRefused, match=f"sink 'extra': .* holds what run {crashed} made durable"):
+            resume_run(db, resumed, _load, force=True)
+        assert log.read_bytes() == before and fold_run(db, resumed).last_seq == last
+
+
 @pytest.mark.parametrize("through", ["another spelling", "a symbolic link", "a hard link"])
 def test_the_same_file_by_another_name_is_refused_too(db: Database, through: str) -> None:
     with _workdir() as path:
