@@ -686,6 +686,143 @@ def test_a_crash_inside_the_roll_back_leaves_it_to_be_done_again(db_url: str) ->
     assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (22,)]
 
 
+def test_sqlite_takes_a_table_spelled_in_another_case_for_the_same_table(db_url: str) -> None:
+    """SQLite table names ignore ASCII case. A run replacing `T` drops `t`, so it must drop the
+    bookkeeping of `t` with it: left there, it would point at the rowids the new rows take, and
+    a resume of the run that wrote `t` would delete those rows. In PostgreSQL `T` is another
+    table, and the resume deletes its own row."""
+    sqlite = db_url.startswith("sqlite")
+    crashed = build_plugin("sink", "database", {"url": db_url, "table": "t", "schema": _SCHEMA})
+    assert _flushes(crashed, "run-1", None, [("t1", 1), ("t2", 2)], [("t3", 3)]) == [2, 3]
+    crashed.release()  # died: the log holds the first flush
+    upper = {"url": db_url, "table": "T", "schema": _SCHEMA, "if_exists": "replace"}
+    if sqlite:  # the rows replace would drop are run-1's, not written outside ELSPETH
+        with pytest.raises(PluginError, match=r"which holds 3 row\(s\) of run\(s\) run-1; allowed"):
+            build_plugin("sink", "database", upper).open("run-2", None)
+    replacing = build_plugin("sink", "database", {**upper, "replace_rows_of_other_runs": True})
+    assert _flushes(replacing, "run-2", None, [("u1", 101), ("u2", 102), ("u3", 103)]) == [3]
+    replacing.close()
+    resumed = build_plugin("sink", "database", {"url": db_url, "table": "t", "schema": _SCHEMA})
+    if sqlite:  # run-1's durable rows went with the table: nothing of run-2's is taken for them
+        with pytest.raises(PluginError, match="holds 0 of the 2 rows the run had made durable"):
+            resumed.open("run-1", 2)
+        assert sorted(_select(db_url, "SELECT id FROM t")) == [(101,), (102,), (103,)]
+        assert sorted(_select(db_url, "SELECT run_id, token_id FROM elspeth_sink_tokens")) == [
+            ("run-2", "u1"), ("run-2", "u2"), ("run-2", "u3"),
+        ]  # fmt: skip
+        return
+    assert _flushes(resumed, "run-1", 2, [("t3", 33)]) == [3]
+    resumed.close()
+    assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (2,), (33,)]
+    assert sorted(_select(db_url, 'SELECT id FROM "T"')) == [(101,), (102,), (103,)]
+
+
+def test_a_sqlite_run_resumed_with_its_table_spelled_otherwise_is_resumed_in_that_table(tmp_path: Path) -> None:
+    """The run's rows, its roll back and its tokens written once are those of the table, however
+    the settings spell its name."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    crashed = build_plugin("sink", "database", {"url": url, "table": "t", "schema": _SCHEMA})
+    assert _flushes(crashed, "run-1", None, [("t1", 1), ("t2", 2)], [("t3", 3)]) == [2, 3]
+    crashed.release()
+    resumed = build_plugin("sink", "database", {"url": url, "table": "T", "schema": _SCHEMA})
+    resumed.open("run-1", 2)  # t3's row, committed after the durable position, goes
+    resumed.write("t1", {"id": 1, "name": "t1", "score": 1.0, "ok": True})
+    with pytest.raises(PluginError, match=r"token\(s\) t1 written twice by the run"):
+        resumed.flush()
+    resumed.write("t3", {"id": 33, "name": "t3", "score": 3.0, "ok": True})
+    assert resumed.flush() == 3
+    resumed.close()
+    assert sorted(_select(url, "SELECT id FROM t")) == [(1,), (2,), (33,)]
+
+
+def test_the_bookkeeping_table_is_refused_as_the_table_as_its_database_spells_names() -> None:
+    with pytest.raises(PluginConfigError, match="the sink's own bookkeeping table") as err:
+        build_plugin("sink", "database", {"url": "sqlite:///x.db", "table": "ELSPETH_Sink_Tokens"})
+    assert err.value.path == "table"
+    # quoted, as the sink quotes it, another table in PostgreSQL
+    build_plugin("sink", "database", {"url": "postgresql://h/db", "table": "ELSPETH_Sink_Tokens"})
+
+
+def test_a_role_that_may_insert_but_not_select_writes_and_a_roll_back_says_why_it_cannot(db_url: str) -> None:
+    """`RETURNING ctid` reads the row, which takes SELECT on the table: a loader role granted
+    INSERT alone writes as it always could, its rows recorded without ids, and only a resume
+    that must delete some of them is refused, saying why."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no privileges")
+    role = f"loader_{secrets.token_hex(3)}"
+    _execute(db_url, f"CREATE ROLE {role}")
+    try:
+        _execute(db_url, "CREATE TABLE t (id bigint, name text, score float, ok boolean, extra text)")
+        _execute(db_url, f"GRANT INSERT ON t TO {role}")
+        _execute(db_url, f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+        loader = f"{db_url}{'&' if '?' in db_url else '?'}options=-c%20role%3D{role}"
+        options = {"url": loader, "table": "t", "schema": _SCHEMA}
+        s = build_plugin("sink", "database", options)
+        assert _flushes(s, "run-1", None, [("t1", 1)], [("t2", 2), ("t3", 3)]) == [1, 3]
+        s.release()
+        assert _select(db_url, "SELECT token_id, row_locator FROM elspeth_sink_tokens ORDER BY token_id") == [
+            ("t1", None), ("t2", None), ("t3", None),
+        ]  # fmt: skip
+        with pytest.raises(
+            PluginError,
+            match=r"token\(s\) t2, t3, .*cannot be deleted: the sink's role has no SELECT privilege on the table "
+            r"to find them by; delete them",
+        ):
+            build_plugin("sink", "database", options).open("run-1", 1)
+        # granted SELECT since, the table gives row ids now, but the flush recorded none
+        _execute(db_url, f"GRANT SELECT ON t TO {role}")
+        with pytest.raises(PluginError, match=r"token\(s\) t2, t3, .*cannot be deleted: their flush recorded no"):
+            build_plugin("sink", "database", options).open("run-1", 1)
+        assert _select(db_url, "SELECT count(*) FROM t") == [(3,)]
+    finally:
+        _execute(db_url, f"DROP OWNED BY {role}")
+        _execute(db_url, f"DROP ROLE {role}")
+
+
+def test_a_table_whose_trigger_skips_or_reroutes_rows_is_written_and_a_roll_back_says_why_it_cannot(
+    db_url: str,
+) -> None:
+    """A BEFORE INSERT trigger that puts a row elsewhere and skips it (SQLite: RAISE(IGNORE);
+    PostgreSQL: RETURN NULL, the inheritance partitioning of before version 10) makes
+    `RETURNING` give fewer rows than were inserted: the flush is written as ever, without row
+    ids, and a resume that must delete it is refused, saying why."""
+    if db_url.startswith("sqlite"):
+        _execute(db_url, "CREATE TABLE t (id INTEGER, name TEXT, score REAL, ok BOOLEAN, extra TEXT)")
+        _execute(db_url, "CREATE TABLE t_big (id INTEGER, name TEXT, score REAL, ok BOOLEAN, extra TEXT)")
+        _execute(
+            db_url,
+            "CREATE TRIGGER route BEFORE INSERT ON t WHEN NEW.id > 50 BEGIN "
+            "INSERT INTO t_big (id, name) VALUES (NEW.id, NEW.name); SELECT RAISE(IGNORE); END",
+        )
+        only_t = "SELECT id FROM t ORDER BY id"
+    else:
+        _execute(db_url, "CREATE TABLE t (id bigint, name text, score float, ok boolean, extra text)")
+        _execute(db_url, "CREATE TABLE t_big () INHERITS (t)")
+        _execute(
+            db_url,
+            "CREATE FUNCTION route() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.id > 50 THEN INSERT INTO t_big VALUES (NEW.*); RETURN NULL; END IF; RETURN NEW; END $$",
+        )
+        _execute(db_url, "CREATE TRIGGER route BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION route()")
+        only_t = "SELECT id FROM ONLY t ORDER BY id"
+    options = {"url": db_url, "table": "t", "schema": _SCHEMA}
+    s = build_plugin("sink", "database", options)
+    assert _flushes(s, "run-1", None, [("t1", 1)], [("t2", 2), ("t3", 60)], [("t4", 70)]) == [1, 3, 4]
+    s.release()
+    assert _select(db_url, only_t) == [(1,), (2,)]
+    assert _select(db_url, "SELECT id FROM t_big ORDER BY id") == [(60,), (70,)]
+    located = _select(db_url, "SELECT token_id, row_locator IS NOT NULL FROM elspeth_sink_tokens ORDER BY token_id")
+    assert located == [("t1", True), ("t2", False), ("t3", False), ("t4", False)]
+    with pytest.raises(
+        PluginError,
+        match=r"token\(s\) t2, t3, .*cannot be deleted: their flush recorded no row ids to find them by \(the insert "
+        r"returned fewer rows than it inserted",
+    ):
+        build_plugin("sink", "database", options).open("run-1", 1)
+    assert _select(db_url, only_t) == [(1,), (2,)]
+    assert _select(db_url, "SELECT count(*) FROM elspeth_sink_tokens") == [(4,)]
+
+
 def test_bookkeeping_of_an_older_elspeth_gets_its_columns_and_is_refused_only_when_it_cannot_tell(
     db_url: str,
 ) -> None:

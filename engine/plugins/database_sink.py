@@ -35,9 +35,12 @@ _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", 
 # sink's position after the flush that committed the token, where its row is (SQLite: its rowid;
 # PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id.
 _LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"))
-_NO_LOCATOR = (
-    "the table gives no row id to find them by (a view, a WITHOUT ROWID table, SQLite before 3.35, or rows an "
-    "older ELSPETH wrote)"
+_NO_LOCATOR = "the table gives no row id to find them by"
+# Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
+# row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
+_NONE_RECORDED = (
+    "their flush recorded no row ids to find them by (the insert returned fewer rows than it inserted, as a "
+    "trigger that skips or re-routes rows makes it, or the table gave none then)"
 )
 
 
@@ -84,7 +87,8 @@ class DatabaseSink:
         self.replace_others = o.bool_("replace_rows_of_other_runs", False)
         if self.replace_others and self.if_exists != "replace":
             raise PluginConfigError("replace_rows_of_other_runs", "only with if_exists: replace")
-        if self.table_name == _TOKENS:
+        self._sqlite = self.url.lower().startswith("sqlite")
+        if (_folded(self.table_name) if self._sqlite else self.table_name) == _TOKENS:
             raise PluginConfigError("table", f"{_TOKENS!r} is the sink's own bookkeeping table")
         self.schema = parse_schema(o.raw("schema"))
         self._shown = redact(self.url)
@@ -94,8 +98,8 @@ class DatabaseSink:
         self._tokens: Any = None
         self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `_column_kind`
         self._locator: str | None = None  # how a row of the table is found again (`_row_locator`)
+        self._no_locator = _NO_LOCATOR  # why the table gives none, when it does not
         self._first: Row | None = None  # the row that fixed the columns of a table not made yet
-        self._sqlite = self.url.lower().startswith("sqlite")
         self._committed = 0
         self.run_id = ""
 
@@ -144,14 +148,14 @@ class DatabaseSink:
                 )  # fmt: skip
                 meta.create_all(conn)
                 _add_later_columns(conn, self._sqlite)
-                mine = (tokens.c.run_id == run_id) & (tokens.c.sink_table == self.table_name)
+                mine = (tokens.c.run_id == run_id) & self._this_table()
                 exists = inspect(conn).has_table(self.table_name)
                 if position is None and self.if_exists == "replace" and exists:
                     # A fresh run replaces the table; a resume keeps what the run wrote so far.
                     refused = self._others_rows(conn)
                     if refused is None:
                         Table(self.table_name, MetaData()).drop(conn)
-                        conn.execute(tokens.delete().where(tokens.c.sink_table == self.table_name))
+                        conn.execute(tokens.delete().where(self._this_table()))
                         exists = False
                 if exists:
                     self._use_table(conn, Table(self.table_name, MetaData(), autoload_with=conn))
@@ -206,7 +210,7 @@ class DatabaseSink:
         from sqlalchemy import select
 
         t = self._tokens
-        mine = (t.c.run_id == self.run_id) & (t.c.sink_table == self.table_name)
+        mine = (t.c.run_id == self.run_id) & self._this_table()
         beyond = mine & (t.c.sink_position > position)
         found = conn.execute(select(t.c.token_id, t.c.sink_position, t.c.row_locator, t.c.row_xid).where(beyond)).all()
         if not found:
@@ -217,8 +221,10 @@ class DatabaseSink:
                 flushes.setdefault((at, xid), []).append((token, locator))
             for (_, xid), rows in sorted(flushes.items(), key=lambda f: f[0][0]):
                 tokens = sorted(token for token, _ in rows)
-                if self._locator is None or any(locator is None for _, locator in rows):
-                    raise _Refused(self._unrollable(position, tokens, _NO_LOCATOR))
+                if self._locator is None:
+                    raise _Refused(self._unrollable(position, tokens, self._no_locator))
+                if any(locator is None for _, locator in rows):
+                    raise _Refused(self._unrollable(position, tokens, _NONE_RECORDED))
                 deleted = self._delete_rows(conn, [locator for _, locator in rows if locator is not None], xid)
                 if deleted != len(rows):
                     raise _Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
@@ -265,7 +271,7 @@ class DatabaseSink:
             return None
         t = self._tokens
         runs = list(conn.execute(
-            select(t.c.run_id).where(t.c.sink_table == self.table_name).distinct().order_by(t.c.run_id).limit(4)
+            select(t.c.run_id).where(self._this_table()).distinct().order_by(t.c.run_id).limit(4)
         ).scalars())  # fmt: skip
         whose = (
             f"of run(s) {', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}" if runs else "written outside ELSPETH"
@@ -276,10 +282,20 @@ class DatabaseSink:
             "if_exists: append, or another table"
         )
 
+    def _this_table(self) -> Any:
+        """Bookkeeping rows of the sink's table. SQLite takes table names that differ only in
+        ASCII case for one table (`t` and `T`), so its rows are compared as SQLite compares names:
+        NOCASE folds ASCII only, as SQLite's names do (lower() would fold more where ICU is
+        loaded). Otherwise run `T` replacing the table would keep run `t`'s entries, whose
+        rowids the new rows take, and a resume of `t` would delete those. PostgreSQL names (quoted)
+        are compared exactly."""
+        column = self._tokens.c.sink_table
+        return column.collate("NOCASE") == self.table_name if self._sqlite else column == self.table_name
+
     def _use_table(self, conn: Any, t: Any) -> None:
         self._table = t
         self._columns = {c.name: _column_kind(c.type, self._sqlite) for c in t.columns}
-        self._locator = _row_locator(conn, t, self._sqlite)
+        self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
 
     def _create_table(self, conn: Any) -> None:
         from sqlalchemy import BigInteger, Boolean, Column, Float, MetaData, Table, Text
@@ -315,7 +331,7 @@ class DatabaseSink:
         for name in row:
             if not self._sqlite and len(name.encode()) > 63:
                 return f"{field_named(row, name, named)} has a name longer than PostgreSQL's 63 bytes"
-            folded = "".join(c.lower() if c.isascii() else c for c in name) if self._sqlite else name
+            folded = _folded(name) if self._sqlite else name
             if folded in seen:
                 return f"{field_named(row, name, named)} has the name of another field but for case"
             seen.add(folded)
@@ -378,7 +394,7 @@ class DatabaseSink:
                 for i in range(0, len(ids), _IN_CHUNK):
                     query = select(t.c.token_id).where(
                         t.c.run_id == self.run_id,
-                        t.c.sink_table == self.table_name,
+                        self._this_table(),
                         t.c.token_id.in_(ids[i : i + _IN_CHUNK]),
                     )
                     twice.update(conn.execute(query).scalars())
@@ -396,7 +412,13 @@ class DatabaseSink:
                         xid = conn.execute(text("SELECT txid_current() % 4294967296")).scalar_one()
                     insert = table.insert().returning(literal_column(self._locator))
                     # In no particular order: a flush is only ever deleted whole.
-                    locators = [str(found) for found in conn.execute(insert, values).scalars()]
+                    returned = [str(found) for found in conn.execute(insert, values).scalars()]
+                    # A trigger that skips a row (SQLite's RAISE(IGNORE)) or re-routes it (a
+                    # PostgreSQL BEFORE trigger inserting into a child table, returning NULL)
+                    # returns fewer rows than were inserted: which row is where cannot be told,
+                    # so none is recorded, and a resume refuses to roll this flush back.
+                    if len(returned) == len(rows):
+                        locators = list(returned)
                 else:
                     conn.execute(table.insert(), values)
                 conn.execute(
@@ -488,29 +510,48 @@ def _add_later_columns(conn: Any, sqlite: bool) -> None:
                 raise
 
 
-def _row_locator(conn: Any, t: Any, sqlite: bool) -> str | None:
+def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
     """The column that says where each inserted row is (`INSERT ... RETURNING` it), so that a
     resume can delete the rows a crash left after the durable position; None when the table or
-    the driver has none: such rows can only be refused at a resume (`DatabaseSink._roll_back`).
-    SQLite: `rowid` (or its other names, when a column takes it), not in a WITHOUT ROWID table or
-    a view, and only from SQLite 3.35 on. PostgreSQL: `ctid`, in a table, not a view."""
+    the driver has none, with why: such rows can only be refused at a resume
+    (`DatabaseSink._roll_back`). SQLite: `rowid` (or its other names, when a column takes it),
+    not in a WITHOUT ROWID table or a view, and only from SQLite 3.35 on. PostgreSQL: `ctid`, in
+    a table, not a view, and only with SELECT on it."""
     import re
 
     from sqlalchemy import text
 
     if not conn.dialect.insert_executemany_returning:
-        return None
+        return None, f"{_NO_LOCATOR} (the driver gives no INSERT ... RETURNING, as SQLite before 3.35)"
     if sqlite:
         found = conn.execute(
             text("SELECT type, sql FROM sqlite_master WHERE name = :name COLLATE NOCASE"), {"name": t.name}
         ).first()
-        if found is None or found[0] != "table" or re.search(r"without\s+rowid", found[1] or "", re.IGNORECASE):
-            return None
+        if found is None or found[0] != "table":
+            return None, f"{_NO_LOCATOR} (a view)" if found is not None else _NO_LOCATOR
+        if re.search(r"without\s+rowid", found[1] or "", re.IGNORECASE):
+            return None, f"{_NO_LOCATOR} (a WITHOUT ROWID table)"
         taken = {c.name.lower() for c in t.columns}
-        return next((name for name in ("rowid", "_rowid_", "oid") if name not in taken), None)
+        name = next((name for name in ("rowid", "_rowid_", "oid") if name not in taken), None)
+        return name, f"{_NO_LOCATOR} (its columns take the names rowid, _rowid_ and oid)"
     quoted = conn.dialect.identifier_preparer.quote(t.name)
-    kind = conn.execute(text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"), {"name": quoted}).scalar()
-    return "ctid" if kind in ("r", "p") else None
+    kind, readable = conn.execute(
+        text("SELECT relkind, has_table_privilege(oid, 'SELECT') FROM pg_class WHERE oid = to_regclass(:name)"),
+        {"name": quoted},
+    ).one_or_none() or (None, False)
+    if kind not in ("r", "p"):
+        return None, f"{_NO_LOCATOR} (a view or a foreign table)"
+    # RETURNING ctid reads the row, which takes SELECT: a loader role granted INSERT alone would
+    # fail every flush. Its rows are written without ids; only a resume that must delete some
+    # of them is refused.
+    if not readable:
+        return None, "the sink's role has no SELECT privilege on the table to find them by"
+    return "ctid", _NO_LOCATOR
+
+
+def _folded(name: str) -> str:
+    """A name as SQLite compares names of tables and columns: ASCII letters without case, others as they are."""
+    return "".join(c.lower() if c.isascii() else c for c in name)
 
 
 def _engine(url: str) -> Any:
