@@ -660,7 +660,10 @@ def test_a_table_that_gives_no_row_id_refuses_a_resume_with_rows_to_delete(db_ur
     continued = build_plugin("sink", "database", options)
     continued.open("run-1", 2)  # nothing to delete: it continues
     continued.release()
-    with pytest.raises(PluginError, match=r"token\(s\) t2, .*cannot be deleted: the table gives no row id"):
+    kind = "a WITHOUT ROWID table" if db_url.startswith("sqlite") else "a view or a foreign table"
+    with pytest.raises(
+        PluginError, match=rf"token\(s\) t2, .*cannot be deleted: the table gives no row id .*\({kind}\)"
+    ):
         build_plugin("sink", "database", options).open("run-1", 1)
     assert _select(db_url, "SELECT id FROM t ORDER BY id") == [(1,), (2,)]
 
