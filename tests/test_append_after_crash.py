@@ -201,7 +201,7 @@ def test_a_run_another_run_appended_after_already_does_not_stop_the_next(
     with _workdir() as path:
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
         with monkeypatch.context() as m:  # as an earlier version did
-            m.setattr(orchestrator.Execution, "_refuse_to_strand_open_runs", lambda self: None)
+            m.setattr(orchestrator.Execution, "_refuse_to_strand_open_runs", lambda self, only=None: None)
             assert start_run(db, _load(path / "settings.yaml")).status == "completed"
         with pytest.raises(ResumeRefused, match="wrote since"):
             resume_run(db, crashed, _load)

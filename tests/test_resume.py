@@ -790,7 +790,7 @@ def test_resume_refuses_to_cut_rows_another_run_appended_since(
     a resume of A would cut the file back to A's durable position, taking B's rows with it.
     Whatever name B reached the file by. A new run now refuses to append there (see
     tests/test_append_after_crash.py): B here runs as a version without that check did."""
-    monkeypatch.setattr(orchestrator.Execution, "_refuse_to_strand_open_runs", lambda self: None)
+    monkeypatch.setattr(orchestrator.Execution, "_refuse_to_strand_open_runs", lambda self, only=None: None)
     with _workdir("linear", 12) as path:
         settings = path / "settings.yaml"
         settings.write_text(settings.read_text().replace("{path: out/out.csv}", "{path: out/out.csv, mode: append}"))
