@@ -66,7 +66,7 @@ TAMPERED = [
     "UPDATE events SET payload = convert_to(replace(convert_from(payload, 'UTF8'), 'in', 'ix'), 'UTF8') "
     "WHERE run_id = %(run)s AND seq = 3",
     "UPDATE events SET entity_id = 'r9' WHERE run_id = %(run)s AND seq = 2",
-    "UPDATE events SET hash = '\\x00'::bytea || substring(hash from 2) WHERE run_id = %(run)s AND seq = 1",
+    "UPDATE events SET hash = set_byte(hash, 0, get_byte(hash, 0) # 1) WHERE run_id = %(run)s AND seq = 1",
     "UPDATE events SET prev_hash = hash WHERE run_id = %(run)s AND seq = 4",
     "DELETE FROM events WHERE run_id = %(run)s AND seq = 2",
     "DELETE FROM events WHERE run_id = %(run)s AND seq = 0",
