@@ -4,8 +4,9 @@ A resume puts every live token back where the log says it is: on its way along a
 held in a coalesce, buffered in an aggregation's batch, pending in a sink. Settings changed with
 `--force` may no longer have that place. Continued anyway, the token would wait there for ever
 (nothing flushes an aggregation the pipeline no longer has) or the resume would stop half-way
-(a sink it no longer has). And a sink that holds rows the run made durable must stay: only
-reopening it cuts off what the crash left after its position and closes it at the end.
+(a sink it no longer has). And a sink that holds rows the run made durable must stay, with its
+plugin: only reopening it cuts off what the crash left after its position and closes it at the
+end, and its position means what its plugin says (bytes of a file, rows of a table).
 """
 
 from __future__ import annotations
