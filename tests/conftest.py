@@ -121,3 +121,21 @@ def give_to_nobody(path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give a file to another user")
     os.chown(path, 65534, 65534, follow_symlinks=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database a database sink writes to: a SQLite file, or a database of its own on the
+    test server (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'out.db'}"
+        return
+    server_url: str = request.getfixturevalue("server_url")
+    name = f"t_sink_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,11 +15,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -46,22 +43,6 @@ sinks:
 checkpoint: {{frequency: 5}}
 retry: {{max_attempts: 1}}
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def spill_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'spill.db'}"
-        return
-    server_url: str = request.getfixturevalue("server_url")
-    name = f"t_spill_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _setup(path: Path, url: str) -> Path:
@@ -105,9 +86,9 @@ def _assert_what_the_trail_says(db: Database, run_id: str, path: Path, url: str)
 
 @pytest.mark.parametrize("again", [False, True], ids=["resumed", "resume-crashed-in-the-roll-back"])
 def test_rows_a_crash_left_in_a_fallback_table_are_deleted_by_the_resume(
-    db: Database, tmp_path: Path, spill_url: str, again: bool
+    db: Database, tmp_path: Path, db_url: str, again: bool
 ) -> None:
-    settings = _setup(tmp_path, spill_url)
+    settings = _setup(tmp_path, db_url)
     run_id = f"run-spill-{secrets.token_hex(3)}"
     old = os.getcwd()
     os.chdir(tmp_path)
@@ -120,7 +101,7 @@ def test_rows_a_crash_left_in_a_fallback_table_are_deleted_by_the_resume(
         finally:
             faults.configure("")
             os.close(lock)
-        spilled = _count(spill_url, "SELECT count(*) FROM spill")
+        spilled = _count(db_url, "SELECT count(*) FROM spill")
         assert spilled > 0  # committed to the table, never recorded
         assert fold_run(db, run_id).sink_positions.get("spill") == 0
         if again:  # the resume dies between deleting the rows and their bookkeeping
@@ -130,9 +111,9 @@ def test_rows_a_crash_left_in_a_fallback_table_are_deleted_by_the_resume(
                     resume_run(db, run_id, _load)
             finally:
                 faults.configure("")
-            assert _count(spill_url, "SELECT count(*) FROM spill") == spilled
+            assert _count(db_url, "SELECT count(*) FROM spill") == spilled
         assert resume_run(db, run_id, _load).status == "completed"
-        _assert_what_the_trail_says(db, run_id, tmp_path, spill_url)
+        _assert_what_the_trail_says(db, run_id, tmp_path, db_url)
     finally:
         os.chdir(old)
 
