@@ -311,10 +311,26 @@ class Execution:
                 self._refuse_to_start_anew(name, path)
                 continue
             try:
-                if path.stat().st_size <= position:
-                    continue
+                size = path.stat().st_size
             except OSError:
                 continue  # the sink says what is wrong with it when it opens
+            if size <= position:
+                continue
+            # An append-mode sink pointed at another file than the run wrote (settings changed
+            # with --force) while at position 0: the digest of no bytes proves nothing, and the
+            # file's own bytes would be cut to nothing, where a new run appends after them. (At a
+            # position above 0 the digest shows the file starts with the run's bytes: a copy,
+            # whose tail is the crash's. A sink in mode `write` starts its file anew anyway.)
+            wrote = self.fold.sink_locations.get(name, "")
+            recorded = _resolved(wrote, self.fold.working_dir)
+            moved = recorded != path.resolve() and not _same_file(recorded, path)
+            if moved and position == 0 and getattr(sink, "mode", None) == "append":
+                raise ResumeRefused(
+                    f"run {self.run_id} cannot be resumed: sink '{name}': {path} holds {size - position} bytes after "
+                    f"this run's durable position ({position} bytes), but the run wrote to {wrote}, not to this file: "
+                    "they are not what its crash left, and resuming would cut them off. Give the sink back its file, "
+                    "or move this one aside"
+                )
             # Locations as each run's settings spell them, resolved in the folder it ran in.
             if others is None:
                 others = self.recorder.flushed_since(self.run_id)

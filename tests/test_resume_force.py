@@ -345,3 +345,28 @@ def test_a_sink_at_position_0_whose_file_holds_bytes_may_not_be_removed(db: Data
         _edit(settings, ("on_validation_failure: quarantine", "on_validation_failure: discard"),
               ("  quarantine: {plugin: json, options: {path: out/q.jsonl, format: jsonl}}\n", ""))  # fmt: skip
         _refused(db, run_id, path, "sink 'quarantine' \\(out/q.jsonl holds this run's output")
+
+
+def test_a_kept_sink_pointed_at_another_file_that_holds_bytes_is_refused(db: Database) -> None:
+    """A resume cuts what follows the durable position, taken for what the crash left; in
+    another file than the run wrote (settings changed with --force) those are someone's own
+    bytes. The review's case: a sink at position 0 pointed, in append mode, at a user's file,
+    which the resume cut to nothing."""
+    with _workdir("gate", 6) as path:
+        rows = "".join(f"{i},{i},ok,x\n" for i in range(5)) + "5,notanint,bad,x\n"
+        (path / "in.csv").write_text("id,v,note,items\n" + rows)
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "moved-sink", "committed:3")
+        assert fold_run(db, run_id).sink_positions["quarantine"] == 0
+        precious = path / "out" / "precious.jsonl"
+        precious.write_text('{"id": 100}\n{"id": 101}\n')
+        _edit(settings, ("quarantine: {plugin: json, options: {path: out/q.jsonl, format: jsonl}}",
+                         "quarantine: {plugin: json, options: {path: out/precious.jsonl, format: jsonl, mode: append}}"))  # fmt: skip
+        last = fold_run(db, run_id).last_seq
+        with pytest.raises(ResumeRefused) as refused:
+            resume_run(db, run_id, _load, force=True)
+        says = "precious.jsonl holds 24 bytes after this run's durable position (0 bytes), but the run wrote to out/q.jsonl"
+        assert "sink 'quarantine': " in str(refused.value) and says in str(refused.value), refused.value
+        assert precious.read_text() == '{"id": 100}\n{"id": 101}\n' and fold_run(db, run_id).last_seq == last
+        _resumes_with_its_own_settings(db, run_id, settings, original)
