@@ -772,7 +772,7 @@ def _resume(
         raise ResumeRefused(
             f"run {run_id} cannot be resumed with {pipeline.loaded.path}: the run still has rows in what these "
             f"settings no longer have: {'; '.join(gone)}. Allowed: settings that keep each of these under its "
-            "name (its options may change), as the run's own did; nothing was done"
+            "name, a sink with its plugin (options may change), as the run's own did; nothing was done"
         )
     # Another file (same text, or changed with --force) is recorded, so later resumes use it.
     other_file = settings_path is not None and settings_path.resolve() != Path(fold.settings_path).resolve()
