@@ -123,15 +123,11 @@ def give_to_nobody(path: Path) -> None:
     os.chown(path, 65534, 65534, follow_symlinks=False)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database a database sink writes to: a SQLite file, or a database of its own on the
-    test server (dropped after)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'out.db'}"
-        return
-    server_url: str = request.getfixturevalue("server_url")
-    name = f"t_sink_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a database of its own on the test server, for database sinks (never the audit
+    store), dropped after."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -139,3 +135,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database a database sink writes to: a SQLite file, or a `scratch_database`."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'out.db'}"
+        return
+    with scratch_database(request.getfixturevalue("server_url"), "t_sink") as url:
+        yield url

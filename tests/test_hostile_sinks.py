@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from engine.orchestrator import pipeline_problems
 from engine.settings import load_settings
 from landscape.db import Database, redact
 from landscape.embedded import embedded_uri
+from tests.conftest import scratch_database
 from tests.engine_harness import run
 from tests.sink_audit import assert_nothing_lost, audit, sink_rows
 
@@ -214,15 +214,8 @@ ROWS: dict[str, Rows] = {
 
 @pytest.fixture
 def sink_db(server_url: str) -> Iterator[str]:
-    """A database of its own on the test server, for database sinks (never the audit store)."""
-    name = f"t_hostile_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(server_url, "t_hostile") as url:
+        yield url
 
 
 def run_rows(

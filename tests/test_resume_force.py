@@ -26,6 +26,7 @@ from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from tests.engine_harness import assert_invariants
 from tests.test_cli import elspeth, one_line_error
+from tests.test_engine import _BrokenSink
 from tests.test_resume import PIPELINES, SINKS, SOURCE, _crashed, _fork_held, _load, _outputs, _workdir
 
 
@@ -108,35 +109,6 @@ def test_a_connection_no_node_reads_any_more_is_refused(db: Database) -> None:
         _resumes_with_its_own_settings(db, run_id, settings, original)
 
 
-class _FullDisk:
-    """A sink whose flush fails once it has rows: the run fails with them pending in it."""
-
-    def __init__(self) -> None:
-        self.buffered = 0
-
-    def open(self, run_id: str, position: int | None) -> None:
-        self.buffered = 0
-
-    def write(self, token_id: str, row: Row) -> None:
-        self.buffered += 1
-
-    def flush(self) -> int:
-        from engine.plugins.protocol import PluginError
-
-        if self.buffered:
-            raise PluginError("sink", "no space left on device")
-        return 0
-
-    def close(self) -> None:
-        pass
-
-    def release(self) -> None:
-        self.buffered = 0
-
-    def location(self) -> str:
-        return "full/out.csv"
-
-
 def test_a_sink_removed_while_rows_wait_to_be_written_to_it_is_refused(db: Database) -> None:
     """The review's traceback (KeyError: 'out'): the disk was full, the operator pointed the
     pipeline at another sink and resumed with --force."""
@@ -144,8 +116,8 @@ def test_a_sink_removed_while_rows_wait_to_be_written_to_it_is_refused(db: Datab
         settings = path / "settings.yaml"
         original = settings.read_text()
         pipeline = _load(settings)
-        pipeline.nodes.sinks["out"] = _FullDisk()  # type: ignore[assignment]
-        with pytest.raises(RunFailedError, match="no space left"):
+        pipeline.nodes.sinks["out"] = _BrokenSink()  # type: ignore[assignment]
+        with pytest.raises(RunFailedError, match="disk full"):
             start_run(db, pipeline, run_id=(run_id := f"run-full-{os.urandom(3).hex()}"), clock=FakeClock())
         pending = [t for t in fold_run(db, run_id).tokens.values() if t.place == "out"]
         assert pending, "no rows pending in out"

@@ -10,14 +10,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from landscape.db import Database
+from tests.conftest import scratch_database
 from tests.engine_harness import run
 from tests.sink_audit import assert_nothing_lost, audit, sink_rows
 
@@ -41,14 +40,8 @@ schema_st = st.one_of(st.none(), st.lists(st.sampled_from(sorted(_VALUES)), min_
 
 @pytest.fixture(scope="module")
 def pg_sink(server_url: str) -> Iterator[str]:
-    name = f"t_props_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(server_url, "t_props") as url:
+        yield url
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
