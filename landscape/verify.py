@@ -50,7 +50,9 @@ class Verification:
     fold: RunFold
     events: int = 0
     head: bytes = GENESIS
-    # Row payload hash -> the first seq that references it (for the payload check).
+    # Row payload hash -> the first seq that references it (for the payload check). When the
+    # store was asked as the log was read (`check_events`' `confirm`), only those it did not
+    # confirm and those noted since it was last asked.
     referenced: dict[str, int] = field(default_factory=dict)
     # Referenced payloads that a recorded erasure explains (filled by `verify_run`).
     erased: dict[str, Erasure] = field(default_factory=dict)
@@ -220,12 +222,33 @@ def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collect
     return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), bad)
 
 
+# The row payload names a verification holds before it has the store confirm them (`check_events`'
+# `confirm`): each costs about 190 bytes (the name, its first seq, a dict slot), so about 200 MB.
+# A log referencing fewer (a run of up to about 450,000 rows of the linear example) never asks.
+CONFIRM_AT = 1 << 20
+
+
 def check_events(
-    run_id: str, events: Iterable[StoredEvent], *, observe: Observer | None = None, references: bool = True
+    run_id: str,
+    events: Iterable[StoredEvent],
+    *,
+    observe: Observer | None = None,
+    references: bool = True,
+    confirm: Callable[[Mapping[str, int]], Iterable[str]] | None = None,
+    confirm_at: int = CONFIRM_AT,
 ) -> Verification:
-    """`verify_events`' other checks alone (each body, each transition, in seq order from 0)."""
+    """`verify_events`' other checks alone (each body, each transition, in seq order from 0).
+
+    With `confirm` (which returns those of the names it is given that the store does not hold
+    intact), the payload names noted are handed to it each time there are `confirm_at` of them, so
+    that memory stays bounded however long the log: `Verification.referenced` then holds only
+    the names not confirmed, each with the first seq that references it."""
     result = Verification(run_id, RunFold(run_id, ended=set()))
-    apply, remember = result.fold.apply, result.referenced.setdefault if references else None
+    referenced = result.referenced
+    apply, remember = result.fold.apply, referenced.setdefault if references else None
+    if confirm is None:
+        confirm_at = 1 << 62
+    kept: dict[str, int] = {}  # names `confirm` did not confirm, with their first seq
     expected, head = 0, GENESIS
     with _reading(events):
         for e in events:
@@ -235,6 +258,13 @@ def check_events(
                 break
             expected += 1
             head = e.hash
+            if len(referenced) >= confirm_at:
+                assert confirm is not None
+                for name in confirm(referenced):
+                    kept.setdefault(name, referenced[name])  # (a name kept earlier has the lower seq)
+                referenced.clear()
+    for name, seq in kept.items():
+        referenced[name] = min(seq, referenced.get(name, seq))
     result.events, result.head = expected, head  # the head as stored: `joined` compares it
     return result
 

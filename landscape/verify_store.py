@@ -22,7 +22,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -32,6 +32,7 @@ from landscape.notary import Witnessed
 from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
 from landscape.verify import (
+    CONFIRM_AT,
     ChainCheck,
     Observer,
     Verification,
@@ -60,13 +61,16 @@ def verify_log(
     references: bool = True,
     payloads: bool = False,
     split_at: int = SPLIT_AT,
+    confirm_at: int = CONFIRM_AT,
 ) -> tuple[Verification, dict[str, int]]:
     """`verify_events` over a run's stored events (up to `upto_seq`); never raises for a bad log.
     Also returns the row payloads the events reference that are yet to be checked (hash -> first
     seq): all of `Verification.referenced`, but when `payloads` and the log was long enough to be
-    split, only those not found intact in the store (`unconfirmed`). `observe` sees each event of a
-    good log once; after a bad one, what it saw is not to be relied on. Cyclic garbage collection
-    is paused meanwhile (`gc_paused`), also for `observe`."""
+    split, only those not found intact in the store (`unconfirmed`). Those are looked up as the log
+    is read, each time `confirm_at` names are noted (`check_events`), so that memory stays bounded
+    on any log; when there were fewer, in one scan at the end. `observe` sees each event of a good log once; after a bad one, what it saw is
+    not to be relied on. Cyclic garbage collection is paused meanwhile (`gc_paused`), also for
+    `observe`."""
     last = recorder.last_seq(run_id)
     upto = last if upto_seq is None else min(upto_seq, last)
     with gc_paused():
@@ -75,7 +79,7 @@ def verify_log(
             one = verify_events(run_id, events, observe=observe, roots_at=roots_at, references=references)
             return one, one.referenced
         with recorder.shared_snapshot() as snapshot:
-            return _verify_split(recorder, run_id, snapshot, upto, observe, roots_at, references, payloads)
+            return _verify_split(recorder, run_id, snapshot, upto, observe, roots_at, references, payloads, confirm_at)
 
 
 def _verify_split(
@@ -87,17 +91,34 @@ def _verify_split(
     roots_at: Collection[int],
     references: bool,
     payloads: bool,
+    confirm_at: int,
 ) -> tuple[Verification, dict[str, int]]:
     """`verify_log` of a long log: the halves in two processes, else one pass in the snapshot."""
 
     def events() -> Any:
         return recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)
 
+    probed = False
+
+    def confirm(names: Mapping[str, int]) -> set[str]:
+        """Those of `names` the snapshot does not hold intact (see `unconfirmed`)."""
+        nonlocal probed
+        probed = True
+        return unconfirmed(names, recorder.probe_payloads(run_id, names, snapshot))
+
     with _ChainProcess(recorder, run_id, snapshot, upto, roots_at) as chain:
-        checked = check_events(run_id, events(), observe=observe, references=references)
+        checked = check_events(
+            run_id, events(), observe=observe, references=references, confirm=confirm if payloads else None,
+            confirm_at=confirm_at,
+        )  # fmt: skip
         left = checked.referenced
         if payloads and left and checked.bad is None:
-            left = {h: left[h] for h in unconfirmed(left, recorder.scan_payloads(run_id, snapshot))}
+            # Those noted since the last probe; all of them when there was none, and then one
+            # scan of the run's payloads reads them faster than probes would.
+            rows = (
+                recorder.probe_payloads(run_id, left, snapshot) if probed else recorder.scan_payloads(run_id, snapshot)
+            )
+            left = {h: left[h] for h in unconfirmed(left, rows)}
         answer = chain.result() if checked.bad is None else None
     if answer is not None and (halves := joined(checked, answer)) is not None:
         return halves, left
@@ -119,6 +140,7 @@ def verify_run(
     verifier: Verifier | None = None,
     payloads: bool = True,
     split_at: int = SPLIT_AT,
+    confirm_at: int = CONFIRM_AT,
 ) -> Verification:
     """Verify a run's log (`verify_log`), check the signed `checkpoints` against it (see
     `verify_checkpoints`), then, with `payloads`, the row payloads it references (`explain`
@@ -128,7 +150,7 @@ def verify_run(
     with gc_paused():  # the payloads read are as many as the rows: see `gc_paused`
         verified, left = verify_log(
             recorder, run_id, upto_seq=upto_seq, observe=observe, roots_at=sizes, references=payloads,
-            payloads=payloads, split_at=split_at,
+            payloads=payloads, split_at=split_at, confirm_at=confirm_at,
         )  # fmt: skip
         verified.raise_if_bad()
         if checkpoints:

@@ -10,6 +10,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,45 @@ def test_two_processes_find_what_one_pass_finds_in_a_good_log(db: Database) -> N
     # the split found every payload intact; one pass leaves them all to `verify_run`
     assert left == {} and unchecked == one.referenced
     assert seen == list(range(41))  # the observer saw each event once, in order
+
+
+def test_payloads_confirmed_as_the_log_is_read_hold_a_bounded_number_of_names(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_run(db, "run-bounded", tokens=40, commit_every=7).close()
+    recorder = PostgresRecorder(db)
+    asked: list[int] = []
+    probe = PostgresRecorder.probe_payloads
+
+    def counted(self: PostgresRecorder, run_id: str, hashes: Any, snapshot: str | None = None) -> Any:
+        asked.append(len(hashes))
+        return probe(self, run_id, hashes, snapshot)
+
+    monkeypatch.setattr(PostgresRecorder, "probe_payloads", counted)
+    split, left = verify_log(recorder, "run-bounded", roots_at=[41], payloads=True, split_at=SPLIT, confirm_at=6)
+    one, _ = verify_log(recorder, "run-bounded", roots_at=[41], payloads=True, split_at=ONE_PASS)
+    assert (split.bad, split.events, split.head, split.roots) == (None, one.events, one.head, one.roots)
+    assert split.fold == one.fold
+    # every 6 names, then those noted since (4): all 40 found intact, none kept
+    assert asked == [6] * 6 + [4] and left == {}
+
+
+def _referenced_twice(db: Database, run_id: str) -> None:
+    """Row 1's payload named again by a later step, after the payload was deleted: the finding
+    is the first event that names it, though the two names were looked up apart."""
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created(run_id))
+    names = []
+    for i in range(4):
+        h, payload = commit_row({"id": i})
+        names.append(h)
+        w.put_payload(h, payload)
+        w.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=h, at="in"))
+    w.append("token", "r3", ev.StepCompleted(node="n", input_hash=names[3], output_hash=names[1], duration_us=1,
+                                             next="out"))  # fmt: skip
+    w.commit()
+    w.close()
+    _superuser_update(db, "DELETE FROM payloads WHERE run_id = %s AND hash = %s", (run_id, bytes.fromhex(names[1])))
 
 
 def _illegal(db: Database, run_id: str) -> None:
@@ -88,7 +128,7 @@ def _capitals(db: Database, run_id: str) -> None:
     w.close()
 
 
-CRAFTED = {"illegal": _illegal, "capitals": _capitals}
+CRAFTED = {"illegal": _illegal, "capitals": _capitals, "referenced-twice": _referenced_twice}
 
 
 @pytest.mark.parametrize("sql", [*TAMPERED, *CRAFTED], ids=[*(f"tampered-{i}" for i in range(len(TAMPERED))), *CRAFTED])
@@ -100,11 +140,12 @@ def test_two_processes_name_the_first_bad_event_as_one_pass_does(db: Database, s
         _write_run(db, run_id, tokens=8, commit_every=3).close()
         _superuser_update(db, sql, {"run": run_id})  # type: ignore[arg-type]
     found = []
-    for split_at in (SPLIT, ONE_PASS):
+    # (split, payloads confirmed as the log is read: after each event that names one)
+    for split_at, confirm_at in ((SPLIT, ONE_PASS), (SPLIT, 1), (ONE_PASS, ONE_PASS)):
         with pytest.raises(ChainBroken) as err:
-            verify_run(PostgresRecorder(db), run_id, split_at=split_at)
+            verify_run(PostgresRecorder(db), run_id, split_at=split_at, confirm_at=confirm_at)
         found.append((err.value.seq, str(err.value)))
-    assert found[0] == found[1]
+    assert found[0] == found[1] == found[2]
 
 
 def test_readers_in_a_shared_snapshot_see_the_same_events_whatever_is_written_meanwhile(db: Database) -> None:
