@@ -5,7 +5,8 @@
 The run is the linear example on enough generated rows for `--events` events (about 4.7 per row),
 written in this process. Then, timed: the whole `elspeth replay RUN --check` process (chain,
 payloads, fold, projection comparison), and a plain fold of the log in this process (events decoded and folded, no hash checked).
-Line: events=N check_s=S check_events_per_s=E fold_s=S fold_events_per_s=E
+Line: events=N check_s=S check_events_per_s=E check_peak_rss_mb=M fold_s=S fold_events_per_s=E
+(`check_peak_rss_mb`: the replay process's own peak, not its chain child's)
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
         env.setdefault("ELSPETH_HOME", os.path.join(os.getcwd(), ".elspeth"))
         _, _, stdout = run_elspeth(["run", "-s", str(settings)], work, env)
         run_id = stdout.split()[1]
-        check_s, _, _ = run_elspeth(["replay", run_id, "--check"], work, env)
+        check_s, check_rss, _ = run_elspeth(["replay", run_id, "--check"], work, env)
         with open_database(os.environ.get("ELSPETH_DATABASE_URL"), home=env["ELSPETH_HOME"]) as db:
             events = count_events(db, run_id)
             started = time.perf_counter()
@@ -48,7 +49,7 @@ def main() -> None:
             fold_s = time.perf_counter() - started
     print(
         f"events={events} check_s={check_s:.2f} check_events_per_s={events / check_s:.0f} "
-        f"fold_s={fold_s:.2f} fold_events_per_s={events / fold_s:.0f}"
+        f"check_peak_rss_mb={check_rss:.0f} fold_s={fold_s:.2f} fold_events_per_s={events / fold_s:.0f}"
     )
 
 
