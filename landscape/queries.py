@@ -343,7 +343,9 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):
     working_dir: str | None = None  # RunCreated only: where relative paths resolve
 
 
-_LIFECYCLE = ("RunCreated", "RunStarted", "RunResumed", "RunInterrupted", "RunFailed", "RunCompleted")
+_LIFECYCLE = (
+    "RunCreated", "RunStarted", "RunResumed", "SinkWriteFailed", "RunInterrupted", "RunFailed", "RunCompleted",
+)  # fmt: skip
 
 
 def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
@@ -368,5 +370,8 @@ def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
             detail = "; ".join(notes) or None
         elif isinstance(e, ev.RunCreated):
             working_dir = e.working_dir
+        elif isinstance(e, ev.SinkWriteFailed):
+            then = "no more attempts" if e.retry_at is None else f"next attempt {e.retry_at - e.at:.1f} s later"
+            detail = f"attempt {e.attempt}: {e.error}; {then}"  # (the error names the sink)
         out.append(LifecycleEvent(seq=seq, time=at, event=event_type, detail=detail, working_dir=working_dir))
     return out

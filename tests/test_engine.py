@@ -575,6 +575,12 @@ def test_a_failing_sink_write_is_retried_with_backoff_and_every_attempt_recorded
     assert dict(fold.outcomes) == {"completed": 2}  # type: ignore[attr-defined]
     # the two failed attempts waited 2 s and 6 s, each with jitter in [50 %, 100 %]
     assert 1_700_000_000 + 1 + 3 <= clock.now() <= 1_700_000_000 + 2 + 6
+    # `show` lists each failed attempt in the run's lifecycle, with the error and what came next
+    from landscape.queries import run_lifecycle
+
+    failed = [e.detail or "" for e in run_lifecycle(db, fold.run_id) if e.event == "SinkWriteFailed"]  # type: ignore[attr-defined]
+    assert [d.split(";")[0] for d in failed] == [f"attempt {n}: sink 'out': connection reset" for n in (1, 2)]
+    assert all("next attempt" in d for d in failed), failed
 
 
 def test_the_circuit_breaker_stops_trying_a_sink_that_keeps_failing(db: Database, tmp_path: Path) -> None:
