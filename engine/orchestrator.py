@@ -41,11 +41,11 @@ from landscape.db import Database
 from landscape.errors import CorruptLog
 from landscape.fold import RunFold
 from landscape.merkle import MerkleAccumulator
-from landscape.notary import Notary, Witnessed, read_run_witness
+from landscape.notary import Notary, Witnessed, read_run_witness, witness_path
 from landscape.note import Verifier
 from landscape.payloads import load_payloads
 from landscape.postgres import OpenPosition, PostgresRecorder, Sending
-from landscape.queries import run_summary
+from landscape.queries import metrics_at, run_summary
 from landscape.verify import Verification, verify_checkpoints
 from landscape.verify_store import verify_log
 from statecharts import events as ev
@@ -742,6 +742,16 @@ def _resume(
         *recorder.checkpoints(run_id),
         *(cp for folder in folders for cp in read_run_witness(folder, run_id)),
     ]
+    if not checkpoints:
+        # Every commit signs one, in the same transaction: a log with none had them deleted, and
+        # a tail cut off with them could not be told apart from the log's end. Resumed, the run
+        # would sign over what is left, and every later check would pass (as `replay` refuses).
+        where = " or ".join(str(witness_path(folder, run_id)) for folder in folders)
+        raise ResumeRefused(
+            f"run {run_id} has no signed checkpoint, in the store or in {where}: a cut-off tail could not be told "
+            f"apart from the end of the log, so it is not resumed (if its witness folder was named by "
+            f"ELSPETH_WITNESS_DIR, set it again); see `elspeth replay {run_id}`"
+        )
     try:
         key = signing.verifier(home, key=ls.signing_key, base=base)
         verified = _verified_log(db, run_id, checkpoints=checkpoints, verifier=key)
@@ -749,6 +759,17 @@ def _resume(
         raise ResumeRefused(
             f"run {run_id} cannot be resumed: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
         ) from e
+    # The projections are written in the transactions that write the events: ending elsewhere
+    # than the verified log, they were changed without it, and the resume's first commit would
+    # fail on them (a key already there) after the sinks were cut back. A quick check, not
+    # `replay --check`'s every row.
+    at = metrics_at(db, run_id)
+    if at is None or at.last_seq != verified.events - 1:
+        raise ResumeRefused(
+            f"run {run_id}: its projection tables reflect its log up to seq {None if at is None else at.last_seq}, "
+            f"but the log ends at seq {verified.events - 1}: they were changed without the log; see "
+            f"`elspeth replay {run_id} --check` and `elspeth projections rebuild {run_id}`; nothing was done"
+        )
     fold = verified.fold
     fold.ended = None  # the run goes on: memory stays flat (see `fold_run`)
     records_before = fold.source_records

@@ -711,6 +711,48 @@ def test_resume_refuses_a_crashed_run_whose_log_was_tampered_with(db: Database) 
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last
 
 
+def test_resume_refuses_a_run_whose_checkpoints_are_all_gone(db: Database) -> None:
+    """A superuser who cut the tail and deleted every checkpoint, in the store and the witness
+    file: nothing is left to tell the cut from the log's end. Resumed, the run would sign over
+    what is left and every later check would pass; so resume refuses, as `replay` does."""
+    from landscape.embedded import elspeth_home
+    from landscape.notary import witness_path
+    from landscape.postgres import PostgresRecorder
+
+    with _workdir("linear", 12) as path:
+        run_id = _crashed(db, path / "settings.yaml", "unsigned", "committed:8")
+        witness = witness_path(elspeth_home(None) / "witness", run_id)
+        assert witness.is_file()
+        with db.connect() as conn:
+            conn.execute("SET session_replication_role = replica")  # what only a superuser can do
+            conn.execute("DELETE FROM events WHERE run_id = %s AND seq > 20", (run_id,))
+            conn.execute("DELETE FROM checkpoints WHERE run_id = %s", (run_id,))
+            conn.commit()
+        rebuild(db, run_id)  # projections to match the cut log
+        witness.unlink()
+        with pytest.raises(ResumeRefused, match="has no signed checkpoint, in the store or in"):
+            resume_run(db, run_id, _load)
+        assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == 20
+
+
+def test_resume_refuses_projections_that_end_elsewhere_than_the_log(db: Database) -> None:
+    """Projection rows are written in the transactions that write the events: a `runs` row that
+    ends elsewhere was changed without the log. Resumed, the first commit would fail on a key
+    already there, after the sinks were cut back: refused first, with what to run."""
+    with _workdir("linear", 6) as path:
+        run_id = _crashed(db, path / "settings.yaml", "stale", "committed:3")
+        last = fold_run(db, run_id).last_seq
+        outputs = _outputs(path)
+        with db.connect() as conn:
+            conn.execute("UPDATE runs SET last_seq = last_seq - 2 WHERE run_id = %s", (run_id,))
+            conn.commit()
+        with pytest.raises(ResumeRefused, match=f"up to seq {last - 2}, but the log ends at seq {last}.*rebuild"):
+            resume_run(db, run_id, _load)
+        assert _outputs(path) == outputs and fold_run(db, run_id).last_seq == last
+        rebuild(db, run_id)
+        assert resume_run(db, run_id, _load).status == "completed"
+
+
 def test_resume_checks_the_key_and_witness_the_settings_name(db: Database) -> None:
     """Settings that name `landscape.signing_key` and `witness_dir`: resume checks the log with
     that key (not the home's) and reads the witness file there. A superuser who cut the log's
