@@ -117,7 +117,7 @@ class Batcher:
                 mine = [members[k].token_id for k in result.sources[i]]
                 index = members[result.sources[i][0]].row_index
             ctx.emit(child, ev.TokenCreated(row_index=index, data_hash=h, at=cfg.on_success, parents=mine))
-            works.append(Work(child, out, h, cfg.on_success, row_index))
+            works.append(Work(child, out, h, cfg.on_success, index))
         ctx.emit(batch_id, ev.BatchCompleted(outputs=len(works)))
         ctx.stack.extend(reversed(works))
         return None

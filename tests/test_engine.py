@@ -879,3 +879,29 @@ def test_a_branch_that_ends_in_a_batch_is_lost_there(db: Database, tmp_path: Pat
     assert len(lost) == len(failed) == 6, [e.event_type for e in events]
     assert all(e.event.reason.startswith(lost_as) for e in lost)  # type: ignore[attr-defined]
     assert all(e.event.reason == "branch_lost" and e.seq < exhausted for e in failed)  # type: ignore[attr-defined]
+
+
+def test_tokens_made_from_an_aggregations_outputs_keep_the_row_their_output_came_from(
+    db: Database, tmp_path: Path
+) -> None:
+    """batch_replicate names each copy's one source row: a copy, and the tokens a gate forks it
+    into, belong to that row (`explain --row`, `tokens.row_index`), not to the batch's last."""
+    write_csv(tmp_path / "in.csv", ["id", "name", "copies"], [[1, "alice", 1], [2, "bob", 1], [3, "carol", 1]])
+    settings = (
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv, "
+        "schema: {mode: fixed, fields: ['id: int', 'name: str', 'copies: int']}}}\n"
+        "aggregations:\n- {name: rep, plugin: batch_replicate, input: raw, on_success: rep_out, on_error: discard, "
+        "trigger: {count: 3}}\n"
+        "gates:\n- {name: split, input: rep_out, condition: 'True', routes: {'true': fork}, fork_to: [a, b]}\n"
+        "sinks:\n  a: {plugin: jsonl, options: {path: out/a.jsonl}}\n  b: {plugin: jsonl, options: {path: out/b.jsonl}}\n"
+    )
+    result = run(db, tmp_path, settings)
+    created = {
+        e.entity_id: e.event.row_index  # type: ignore[attr-defined]
+        for e in PostgresRecorder(db).read_events(result.outcome.run_id)
+        if e.event_type == "TokenCreated"
+    }
+    copies = sorted(t for t in created if t.startswith("rep#") and t.count(".") == 1)
+    assert [created[c] for c in copies] == [0, 1, 2]
+    for c in copies:
+        assert created[f"{c}.a"] == created[f"{c}.b"] == created[c], created
