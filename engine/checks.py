@@ -1,7 +1,8 @@
 """Load-time checks of where a pipeline writes, before anything is opened: a sink must not
 destroy the input, another sink's output, or the audit trail.
 
-- a file sink (or a SQLite database sink) must not write the settings file, the source's input
+- a file sink (or a SQLite database sink) must not write through a symbolic link (a file sink
+  also refuses one when it opens its file), nor the settings file, the source's input
   file, a file that another sink writes, the signing key the run signs with (its `.key` and
   `.pub`), or anything inside the ELSPETH home (the audit store's folder) or the witness folder;
 - two database sinks must not write one table;
@@ -78,6 +79,13 @@ def output_problems(
             path, key_path = _sqlite_file(sink.url), f"{key}.url"
         if path is None:
             continue
+        if path.is_symlink():
+            problems.append(
+                f"{where}: {key_path}: '{path}' is a symbolic link (to {os.readlink(path)}); allowed: a file, or a "
+                "path where there is none yet (name the link's target: a link can be swapped for another by "
+                "whoever can write its folder, and the sink would write wherever that one points)"
+            )
+            continue  # (what it points to now is not what would be written)
         resolved, inode = _resolve(path), _inode(path)
         note = f" (resolved: {resolved})" if str(resolved) != str(path) else ""
         for folder, what, why in folders:

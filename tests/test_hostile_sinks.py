@@ -63,7 +63,10 @@ SERVICE = "# the test's store\n[other]\nhost=/nowhere\n[audit]\nhost={socket}\nd
 REFUSED: dict[str, Refused] = {
     "sink is the source": Refused("a: {plugin: csv, options: {path: in.csv}}", "sinks.a.options.path: 'in.csv' is also the source's input"),
     "sink is the source, spelled otherwise": Refused("a: {plugin: csv, options: {path: './sub/../in.csv'}}", "is also the source's input", lambda t: (t / "sub").mkdir()),
-    "sink is the source through a symlink": Refused("a: {plugin: csv, options: {path: link.csv}}", "is also the source's input", _link("link.csv", "in.csv")),
+    "sink is the source through a symlink": Refused("a: {plugin: csv, options: {path: link.csv}}", "sinks.a.options.path: 'link.csv' is a symbolic link (to", _link("link.csv", "in.csv")),
+    "sink is a link planted to another file": Refused("a: {plugin: json, options: {path: report.json}}", "'report.json' is a symbolic link (to {tmp}/victim.txt); allowed: a file", lambda t: ((t / "victim.txt").write_text("mine"), (t / "report.json").symlink_to(t / "victim.txt"))),
+    "sink is a dangling link": Refused("a: {plugin: csv, options: {path: new.csv}}", "'new.csv' is a symbolic link", _link("new.csv", "nowhere/x.csv")),
+    "sqlite sink through a link": Refused("a: {plugin: database, options: {url: 'sqlite:///db.sqlite', table: t}}", "is a symbolic link", _link("db.sqlite", "real.sqlite")),
     "sink is the source through a hard link": Refused("a: {plugin: json, options: {path: hard.csv}}", "is also the source's input", _hardlink("hard.csv", "in.csv")),
     "sink folder links to the source's": Refused("a: {plugin: csv, options: {path: alias/in.csv}}", "is also the source's input", lambda t: (t / "alias").symlink_to(t)),
     "sink is the settings file": Refused("a: {plugin: json, options: {path: settings.yaml, format: jsonl}}", "sinks.a.options.path: 'settings.yaml' is also the settings file itself"),

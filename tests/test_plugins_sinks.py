@@ -1115,3 +1115,20 @@ def test_a_file_changed_between_open_and_the_first_write_is_not_cut(tmp_path: Pa
         s.flush()
     assert path.read_bytes() == b"a\r\n2\r\n"
     s.release()
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "json"])
+def test_a_link_swapped_in_after_the_checks_is_not_written_through(tmp_path: Path, kind: str) -> None:
+    """The load-time checks refuse a sink path that is a symbolic link; one planted after them,
+    by whoever can write the folder, is refused when the sink opens its file: the file it points
+    to (another user's, say) is left as it was."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours\n")
+    path = tmp_path / f"o.{kind}"
+    s = sink(kind, path=str(path))
+    s.open("run", None)
+    path.symlink_to(victim)
+    s.write("t0", {"a": 1})
+    with pytest.raises(PluginError, match=f"{path} is a symbolic link: not written through"):
+        s.flush()
+    assert victim.read_text() == "not yours\n"

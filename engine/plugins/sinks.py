@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -236,8 +237,15 @@ class _FileSink:
         if self._start is None:
             raise PluginError(_NODE, f"{self.path}: written before open (or after release)")
         try:
-            f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
+            # Not through a link: whoever can write the file's folder could have swapped one in
+            # since the load-time checks (engine/checks.py), and the sink would write wherever it
+            # points, with this process's rights.
+            f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+b")
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise PluginError(
+                    _NODE, f"{self.path} is a symbolic link: not written through (name the file it points to)"
+                ) from e
             raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror or e}") from e
         try:
             # Locked before anything is cut: another process writing this file (another run's
