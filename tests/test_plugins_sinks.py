@@ -162,6 +162,41 @@ def test_json_append_mode_continues_an_existing_array(tmp_path: Path) -> None:
         sink("json", path=str(not_array), mode="append").open("run", None)
 
 
+@pytest.mark.parametrize("blanks", [0, 5000, 3 << 20])  # (3 << 20: more than a read of `_scan`)
+@pytest.mark.parametrize("rows", [[], [{"k": 1}]])
+def test_json_append_sees_the_rows_of_an_array_whatever_blanks_come_first(
+    tmp_path: Path, blanks: int, rows: list[dict[str, int]]
+) -> None:
+    """Whether the array holds rows (and the next one needs a comma) is read from the character
+    before its ']', not from the file's first few kilobytes: an array that opens with more
+    blanks than that was once taken for an empty one, and the rows appended made it invalid.
+    A resume, at a durable position, reads it the same way."""
+    path = tmp_path / "o.json"
+    path.write_text("[" + "\n" * blanks + ",\n".join(json.dumps(r) for r in rows) + "]\n")
+    first = sink("json", path=str(path), mode="append")
+    first.open("run", None)
+    first.write("t1", {"a": 1})
+    durable = first.flush()
+    first.release()
+    again = sink("json", path=str(path), mode="append")
+    again.open("run", durable)
+    again.write("t2", {"a": 2})
+    again.flush()
+    again.close()
+    assert json.loads(path.read_bytes()) == [*rows, {"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize("text", ["not json at all]", '{"a": [1, 2]}\n]', "\ufeff]"])
+def test_json_append_refuses_a_file_that_does_not_open_an_array(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "o.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(
+        PluginError, match=re.escape(f"cannot append to {path}: it does not start with a JSON array's '['")
+    ):
+        sink("json", path=str(path), mode="append").open("run", None)
+    assert path.read_text(encoding="utf-8") == text
+
+
 def _reopened_as_before(path: Path, encoding: str) -> int | str:
     """What appending to an array did before it read the file in chunks (the whole file decoded
     at once): the offset writing continues at, or the refusal. A text the codec decodes but cannot
@@ -175,14 +210,16 @@ def _reopened_as_before(path: Path, encoding: str) -> int | str:
     body = text.rstrip()
     if not body.endswith("]"):
         return f"cannot append to {path}: it does not end with a JSON array's ']'"
+    if not text.lstrip("\ufeff").lstrip().startswith("["):
+        return f"cannot append to {path}: it does not start with a JSON array's '['"
     return len(body[:-1].rstrip().encode(encoding))
 
 
 def _reopened(path: Path, encoding: str) -> int | str | None:
     s = sink("json", path=str(path), mode="append", encoding=encoding)
     try:
-        offset: int | None = s._reopen_array()
-        return offset
+        reopened = s._reopen_array()
+        return None if reopened is None else reopened[0]
     except PluginError as e:
         return str(e).split(": ", 1)[1]  # without the node's name
 

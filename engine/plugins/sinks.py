@@ -432,30 +432,53 @@ class JsonSink(_FileSink):
     def open(self, run_id: str, position: int | None) -> None:
         self._texts = []
         append_at = None
+        reopened = None
         if self.format == "json" and position is None and self.mode == "append":
-            append_at = self._reopen_array()
+            reopened = self._reopen_array()
+            append_at = None if reopened is None else reopened[0]
         start = self._open_file(position, append_at)
         if self.format == "json":
             if start == 0:
                 self._head = self._encode("[")  # written with the first row: no rows, no file
                 self._rows_written = False
             else:
-                self._rows_written = self._array_has_rows(start)
+                self._rows_written = reopened[1] if reopened is not None else self._array_has_rows(start)
 
-    def _reopen_array(self) -> int | None:
-        """Append to an existing array: continue where its closing ']' was.
+    def _reopen_array(self) -> tuple[int, bool] | None:
+        """Append to an existing array: continue where its closing ']' was. Returns that offset
+        and whether the array holds rows (the next one then needs its comma).
 
         The file must decode strictly (the offset is counted back in bytes, which replacement
-        would shift) and its last non-blank character must be ']'; writing continues just after
-        the non-blank character before it. The file is read once, forwards, a chunk at a time:
-        it may be far larger than memory. Not backwards from its end, though that would read
-        less: every byte has to be decoded anyway, and in Shift_JIS, GBK or Big5 the byte of ']'
-        can also be the second byte of another character, which only a reading from the start
-        tells apart. Bytes are counted by re-encoding the text as it goes, as `str.encode` of
-        everything before the offset would: a byte-order mark included, and in ISO-2022 the
-        escape back to ASCII (the rows written next start from ASCII)."""
+        would shift), its first non-blank character must be '[' and its last ']'; writing
+        continues just after the non-blank character before that ']' (the array holds rows
+        unless that is its '['). Only the ends are checked: the whole file is not parsed as JSON.
+        See `_scan` for how it is read."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
+        first, before_last, last, before_last_end = self._scan(None)
+        if last != "]":
+            raise PluginError(_NODE, f"cannot append to {self.path}: it does not end with a JSON array's ']'")
+        if first != "[":
+            raise PluginError(_NODE, f"cannot append to {self.path}: it does not start with a JSON array's '['")
+        return before_last_end, before_last != "["
+
+    def _array_has_rows(self, size: int) -> bool:
+        """Whether the array's first `size` bytes (a durable position: the array is open) hold a
+        row: their last non-blank character is not its '['. However many blanks come first."""
+        return self._scan(size)[2] != "["
+
+    def _scan(self, limit: int | None) -> tuple[str, str, str, int]:
+        """The file's first `limit` bytes (all when None) read as text: its first non-blank
+        character (after a byte-order mark), the non-blank one before its last, its last, and the
+        bytes up to the end of the one before its last (with none: the empty text's, a mark).
+
+        Read once, forwards, a chunk at a time: the file may be far larger than memory. Not
+        backwards from its end, though that would read less: every byte has to be decoded anyway,
+        and in Shift_JIS, GBK or Big5 the byte of ']' can also be the second byte of another
+        character, which only a reading from the start tells apart. Bytes are counted by
+        re-encoding the text as it goes, as `str.encode` of everything before the offset would:
+        a byte-order mark included, and in ISO-2022 the escape back to ASCII (the rows written
+        next start from ASCII)."""
         self._check_byte_order()
         decoder = codecs.getincrementaldecoder(self.encoding)()  # errors="strict"
         encoder = codecs.getincrementalencoder(self.encoding)()
@@ -463,15 +486,22 @@ class JsonSink(_FileSink):
         if mark and not marked:  # (utf-8-sig reads a file without one): none to count
             encoder.encode("")
         counted = 0  # bytes of the text decoded so far
-        # The last non-blank character so far, and the bytes up to its end and up to the end of
-        # the non-blank character before it (with none: the empty text's, a byte-order mark).
-        last = ""
+        first, decoded = "", False
+        # The last non-blank character so far and the one before it, and the bytes up to the end
+        # of each (with none: the empty text's, a byte-order mark).
+        last = before_last = ""
         last_end = before_last_end = len(mark) if marked else 0
+        left = limit
         try:
             with self.path.open("rb") as f:
                 while True:
-                    chunk = f.read(_REOPEN_CHUNK)
+                    chunk = f.read(_REOPEN_CHUNK if left is None else min(_REOPEN_CHUNK, left))
+                    if left is not None:
+                        left -= len(chunk)
                     text = decoder.decode(chunk, final=not chunk)
+                    if not first:
+                        head = (text if decoded else text.lstrip("\ufeff")).lstrip()
+                        first, decoded = head[:1], decoded or bool(text)
                     blank_from = len(text.rstrip())
                     if blank_from == 0:  # nothing but blanks (or nothing decoded yet)
                         counted += len(encoder.encode(text))
@@ -479,9 +509,9 @@ class JsonSink(_FileSink):
                         before = len(text[: blank_from - 1].rstrip())  # `str.rstrip`'s blanks, as before
                         if before > 0:
                             counted += len(encoder.encode(text[:before]))
-                            before_last_end = counted + _reset_length(encoder)
+                            before_last_end, before_last = counted + _reset_length(encoder), text[before - 1]
                         else:
-                            before_last_end = last_end
+                            before_last_end, before_last = last_end, last
                         counted += len(encoder.encode(text[before:blank_from]))
                         last_end, last = counted + _reset_length(encoder), text[blank_from - 1]
                         counted += len(encoder.encode(text[blank_from:]))
@@ -492,14 +522,7 @@ class JsonSink(_FileSink):
             raise PluginError(_NODE, f"cannot append to {self.path}: it is not valid {self.encoding} ({why})") from e
         except OSError as e:
             raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
-        if last != "]":
-            raise PluginError(_NODE, f"cannot append to {self.path}: it does not end with a JSON array's ']'")
-        return before_last_end
-
-    def _array_has_rows(self, size: int) -> bool:
-        with self.path.open("rb") as f:
-            head = f.read(min(size, 4096)).decode(self.encoding, errors="replace").lstrip("\ufeff").lstrip()
-        return head.startswith("[") and bool(head[1:].strip())
+        return first, before_last, last, before_last_end
 
     def write(self, token_id: str, row: Row) -> None:
         try:
