@@ -299,10 +299,15 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
     diverted: int  # source rows at least one of whose tokens a row error sent to on_error
 
 
+# A branch that reaches its coalesce after the coalesce was decided fails with reason
+# `late_arrival` (ARCHITECTURE: the coalesce machine). Under `first` or `quorum` that is how the
+# policy works, and the row was merged and written: it is not a failed row for that. (Under
+# `require_all` the row failed already, through the coalesce's failure.)
 ROWS_BY_OUTCOME = (
     "SELECT o.outcome, count(DISTINCT t.row_index) FROM token_outcomes o "
     "JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id "
-    "WHERE o.run_id = %s AND o.outcome IN ('quarantined', 'failed', 'diverted') GROUP BY o.outcome"
+    "WHERE o.run_id = %s AND o.outcome IN ('quarantined', 'failed', 'diverted') "
+    "AND (o.outcome <> 'failed' OR o.reason IS DISTINCT FROM 'late_arrival') GROUP BY o.outcome"
 )
 
 

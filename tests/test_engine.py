@@ -905,3 +905,24 @@ def test_tokens_made_from_an_aggregations_outputs_keep_the_row_their_output_came
     assert [created[c] for c in copies] == [0, 1, 2]
     for c in copies:
         assert created[f"{c}.a"] == created[f"{c}.b"] == created[c], created
+
+
+def test_a_branch_late_to_a_decided_coalesce_does_not_make_its_row_failed(db: Database, tmp_path: Path) -> None:
+    """Under `first` the second branch always arrives after the merge and fails `late_arrival`
+    (ARCHITECTURE: the coalesce machine): the policy at work, not a row lost. The rows were
+    merged and written, so the row counts (`show`, the run's summary) say none failed."""
+    from landscape.queries import row_counts
+
+    write_csv(tmp_path / "in.csv", ["id", "note"], [[1, "a"], [2, "b"], [3, "c"]])
+    settings = (
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv}}\n"
+        "gates:\n- {name: split, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, b]}\n"
+        "transforms:\n- {name: ta, plugin: passthrough, input: a, on_success: a2, on_error: discard}\n"
+        "- {name: tb, plugin: passthrough, input: b, on_success: b2, on_error: discard}\n"
+        "coalesce:\n- {name: join, branches: {a: a2, b: b2}, policy: first, merge: nested, on_success: out}\n"
+        "sinks:\n  out: {plugin: jsonl, options: {path: out/o.jsonl}}\n"
+    )
+    result = run(db, tmp_path, settings)
+    assert result.fold.outcomes["failed"] == 3  # the late branches, one a row
+    counts = row_counts(db, result.outcome.run_id)
+    assert (counts.rows_in, counts.written, counts.failed) == (3, {"out": 3}, 0)
