@@ -6,17 +6,20 @@ compiled into nested closures. Nothing is ever passed to eval/exec/compile. Eval
 `ExpressionError`: a row error.
 
 The language has no loops, so what one evaluation can cost is bounded by bounding its values:
-every value it builds holds at most `MAX_ITEMS` items (nested ones counted: what `str()` of it
-would spell out), every integer at most `MAX_DIGITS` digits, and all the values one evaluation
+every value it builds holds at most `MAX_ITEMS` items (nested ones counted, and an integer as
+many as its digits: what `str()` of it would spell out), every integer at most `MAX_DIGITS` digits, and all the values one evaluation
 builds or compares together at most `MAX_WORK` items. A row over a bound is refused before the
-value is built wherever the size can be known in advance (repetition, `+`, `str()`).
+value is built wherever the size can be known in advance (repetition, `+`, `str()`). Nothing
+else turns values into text: `%` on strings, methods such as `join` or `format`, and f-strings
+are refused.
 """
 
 from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from itertools import compress, repeat
 from typing import Any
 
 from engine.errors import EngineError
@@ -59,20 +62,46 @@ _SCALARS = {int, float, bool, type(None)}
 
 def _weight(value: Any, limit: int) -> int:
     """How many items `value` holds counting nested ones (what `str()` of it would spell out),
-    counting no further than past `limit`. Iterative: a row may hold deeply nested data."""
+    counting no further than past `limit`. An integer weighs its digits. Iterative: a row may
+    hold deeply nested data."""
+    if isinstance(value, int):
+        return 1 + _extra_digits(value.bit_length())
     if not isinstance(value, _SIZED):
         return 1
     total = 0
     stack = [value]
     while stack and total <= limit:
         item = stack.pop()
-        total += len(item)
-        if not isinstance(item, str):
-            inner = [*item.keys(), *item.values()] if isinstance(item, dict) else item
-            # Most collections hold only scalars: seeing that at C speed keeps this cheap.
-            if not set(map(type, inner)) <= _SCALARS:
-                stack.extend(x for x in inner if isinstance(x, _SIZED))
+        total += len(item)  # one for each element; an int's further digits are added below
+        if isinstance(item, str):
+            continue
+        inner = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+        types = set(map(type, inner))
+        # Most collections hold only scalars: seeing that at C speed keeps this cheap.
+        if types <= _SCALARS:
+            if int in types:
+                total += _extra_digits_of_ints(inner, types)
+            continue
+        for x in inner:
+            if isinstance(x, _SIZED):
+                stack.append(x)
+            elif isinstance(x, int):
+                total += _extra_digits(x.bit_length())
     return total
+
+
+def _extra_digits(bits: int) -> int:
+    """Digits beyond the first of an integer of `bits` bits, at most: its size is known from
+    `bit_length()` without printing it (30103/100000 is log10(2) rounded up)."""
+    return bits * 30103 // 100000
+
+
+def _extra_digits_of_ints(scalars: Collection[Any], types: set[type]) -> int:
+    """`_extra_digits` summed over the ints among `scalars` (whose `types` are known), mostly at
+    C speed: a list of a million small ints is common, and one of a thousand 4,000-digit ints
+    must weigh 4,000,000."""
+    ints = scalars if types <= {int, bool} else compress(scalars, map(operator.is_, map(type, scalars), repeat(int)))
+    return sum(map(_extra_digits, map(int.bit_length, ints)))
 
 
 def _too_big_int(value: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.expressions import ExpressionError, ExpressionSyntaxError, compile_expression
+from engine.expressions import MAX_ITEMS, ExpressionError, ExpressionSyntaxError, compile_expression
 
 
 @pytest.mark.parametrize(
@@ -111,6 +111,37 @@ def test_refused_constructs_say_what_is_not_allowed(source: str, says: str) -> N
 def test_evaluation_errors_are_row_errors(source: str, row: dict[str, Any], says: str) -> None:
     with pytest.raises(ExpressionError, match=says):
         compile_expression(source).evaluate(row)
+
+
+_BIG = int("9" * 4_299)  # a JSON source accepts up to 4,300 digits
+
+
+@pytest.mark.parametrize(
+    ("source", "row", "says"),
+    [
+        # Each int once spelled 4,299 characters but weighed 1: this built 4.3 million characters
+        # (and at 1,000,000 repeats, gigabytes). The refusal names the check made before building.
+        ("len(str([row['n']] * 1000))", {"n": _BIG}, "repetition result too large"),
+        ("str(row['l'])", {"l": [_BIG] * 300}, r"str\(\) of a value too large"),
+        ("[row['n'], None, 1.5] * 300", {"n": _BIG}, "repetition result too large"),  # mixed scalars
+        ("[row['n'], []] * 300", {"n": _BIG}, "repetition result too large"),  # beside a collection
+        ("str(row['d'])", {"d": dict.fromkeys(range(300), _BIG)}, r"str\(\) of a value too large"),
+        ("row['n'] in row['l']", {"n": 0, "l": [_BIG] * 2400}, "items built or compared"),
+    ],
+)
+def test_an_integer_weighs_its_digits_so_huge_text_is_refused_before_it_is_built(
+    source: str, row: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ExpressionError, match=says):
+        compile_expression(source).evaluate(row)
+
+
+@given(st.integers(min_value=-(10**4_300) + 1, max_value=10**4_300 - 1))
+def test_an_integer_is_weighed_from_its_bits_at_least_as_long_as_its_digits(n: int) -> None:
+    from engine.expressions import _weight
+
+    assert len(str(abs(n))) <= _weight(n, MAX_ITEMS) <= len(str(abs(n))) + 1
+    assert _weight([n, "x"], MAX_ITEMS) == _weight(n, MAX_ITEMS) + 2  # nested: the same weight
 
 
 def test_no_eval_exec_or_compile_of_user_text() -> None:
