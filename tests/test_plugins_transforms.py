@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from engine.plugins.protocol import PluginConfigError, RowError
 from engine.plugins.registry import build_plugin
@@ -149,6 +150,32 @@ def test_bad_transform_options(name: str, options: dict[str, Any], path: str) ->
     with pytest.raises(PluginConfigError) as err:
         build_plugin("transform", name, options)
     assert err.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("name", "options_yaml", "path", "found"),
+    [
+        # YAML reads 0123 as 83, no as False and an empty item as null: once compiled as /83/,
+        # /False/ and /None/ without a word; a list became a character class.
+        ("keyword_filter", "{fields: all, blocked_patterns: ['ok', 0123]}", "blocked_patterns[1]", "an integer (83)"),
+        ("keyword_filter", "{fields: all, blocked_patterns: [no]}", "blocked_patterns[0]", "a boolean (False)"),
+        ("keyword_filter", "{fields: all, blocked_patterns: ['ok', ~]}", "blocked_patterns[1]", "nothing"),
+        ("keyword_filter", "{fields: all, blocked_patterns: [[a]]}", "blocked_patterns[0]", "a list"),
+        ("keyword_filter", "{fields: [a, yes], blocked_patterns: [x]}", "fields[1]", "a boolean (True)"),
+        ("passthrough", "{required_input_fields: [a, 0123]}", "required_input_fields[1]", "an integer (83)"),
+        ("field_mapper", "{mapping: {no: b}}", "mapping", "a key that is a boolean (False)"),
+        ("field_mapper", "{mapping: {a: 0123}}", "mapping.a", "an integer (83)"),
+        ("truncate", "{fields: {0123: 5}}", "fields", "a key that is an integer (83)"),
+    ],
+)
+def test_names_and_patterns_are_text_never_what_yaml_made_of_unquoted_words(
+    name: str, options_yaml: str, path: str, found: str
+) -> None:
+    with pytest.raises(PluginConfigError) as err:
+        build_plugin("transform", name, yaml.safe_load(options_yaml))
+    assert err.value.path == path
+    assert err.value.message.startswith(f"found {found}; allowed: ")
+    assert "in quotes: YAML reads 0123 as a number, no/yes as booleans, an empty item as null" in err.value.message
 
 
 def test_unknown_plugin_names_the_known_ones() -> None:

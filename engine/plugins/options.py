@@ -11,8 +11,27 @@ import msgspec
 
 from engine.plugins.protocol import PluginConfigError
 from engine.plugins.schema import is_int_text
+from engine.settings_yaml import value_kind
 
 _COMMON = ("schema",)  # every plugin accepts a schema
+_QUOTE = "in quotes: YAML reads 0123 as a number, no/yes as booleans, an empty item as null"
+
+
+def text_item(value: Any, where: str, what: str) -> str:
+    """`value`, an item of a list (or a value of a mapping) that must be text such as a field
+    name or a pattern. Never str() of something else: YAML reads `0123` as 83 and `no` as False,
+    and /83/ or a field 'False' would be used without a word."""
+    if not isinstance(value, str):
+        raise PluginConfigError(where, f"found {value_kind(value)}; allowed: {what} {_QUOTE}")
+    return value
+
+
+def text_keys(mapping: Mapping[Any, Any], where: str, what: str) -> dict[str, Any]:
+    """`mapping`, whose keys must be text (field names): refused, as `text_item` says, otherwise."""
+    for key in mapping:
+        if not isinstance(key, str):
+            raise PluginConfigError(where, f"found a key that is {value_kind(key)}; allowed: {what} {_QUOTE}")
+    return dict(mapping)
 
 
 class Options:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from engine.plugins.options import Options
+from engine.plugins.options import Options, text_item, text_keys
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, SourceItem
 from engine.plugins.schema import Schema, SchemaViolation, normalise_headers, parse_schema
 
@@ -208,11 +208,11 @@ class CsvSource:
         if self.skip_rows < 0:
             raise PluginConfigError("skip_rows", f"must be 0 or more, found {self.skip_rows}")
         self.columns = _names(o.list_("columns"), "columns")
-        mapping = o.dict_("field_mapping") or {}
+        mapping = text_keys(o.dict_("field_mapping") or {}, "field_mapping", "a header name")
         for key, new in mapping.items():
-            if not isinstance(new, str) or not new:
-                raise PluginConfigError(f"field_mapping.{key}", f"expected a field name, found {new!r}")
-        self.field_mapping: dict[str, str] = {str(k): v for k, v in mapping.items()}
+            if not text_item(new, f"field_mapping.{key}", "a field name"):
+                raise PluginConfigError(f"field_mapping.{key}", "found an empty name; allowed: a field name")
+        self.field_mapping: dict[str, str] = mapping
         self.schema = parse_schema(o.raw("schema"))
         self.on_validation_failure = o.str_("on_validation_failure", "discard")
 
@@ -331,8 +331,8 @@ def _names(value: list[Any] | None, key: str) -> list[str] | None:
     if value is None:
         return None
     for i, name in enumerate(value):
-        if not isinstance(name, str) or not name:
-            raise PluginConfigError(f"{key}[{i}]", f"expected a field name, found {name!r}")
+        if not text_item(name, f"{key}[{i}]", "a field name"):
+            raise PluginConfigError(f"{key}[{i}]", "found an empty name; allowed: a field name")
     dupes = sorted({n for n in value if value.count(n) > 1})
     if dupes:
         raise PluginConfigError(key, f"names given more than once: {', '.join(dupes)}")

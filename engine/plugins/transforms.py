@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import re2
 
-from engine.plugins.options import Options
+from engine.plugins.options import Options, text_item, text_keys
 from engine.plugins.protocol import PluginConfigError, Row, RowError
 from engine.plugins.reasons import field_named
 from engine.plugins.schema import parse_schema
@@ -19,10 +19,9 @@ class Passthrough:
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "required_input_fields")
         required = o.list_("required_input_fields") or []
-        for i, name in enumerate(required):
-            if not isinstance(name, str):
-                raise PluginConfigError(f"required_input_fields[{i}]", f"expected a field name, found {name!r}")
-        self.required: list[str] = required
+        self.required = [
+            text_item(name, f"required_input_fields[{i}]", "a field name") for i, name in enumerate(required)
+        ]
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -37,13 +36,13 @@ class FieldMapper:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "mapping", "select_only", "strict")
-        mapping = o.dict_("mapping", required=True) or {}
+        mapping = text_keys(o.dict_("mapping", required=True) or {}, "mapping", "a field name")
         if not mapping:
             raise PluginConfigError("mapping", "required: at least one {old: new} pair")
         for old, new in mapping.items():
-            if not isinstance(new, str) or not new:
-                raise PluginConfigError(f"mapping.{old}", f"expected a field name, found {new!r}")
-        self.mapping: dict[str, str] = {str(k): v for k, v in mapping.items()}
+            if not text_item(new, f"mapping.{old}", "a field name"):
+                raise PluginConfigError(f"mapping.{old}", "found an empty name; allowed: a field name")
+        self.mapping: dict[str, str] = mapping
         self.select_only = o.bool_("select_only", False)
         self.strict = o.bool_("strict", False)
         parse_schema(o.raw("schema"))
@@ -90,7 +89,7 @@ class Truncate:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "fields", "suffix", "strict")
-        fields = o.dict_("fields", required=True) or {}
+        fields = text_keys(o.dict_("fields", required=True) or {}, "fields", "a field name")
         for name, limit in fields.items():
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise PluginConfigError(f"fields.{name}", f"expected a positive maximum length, found {limit!r}")
@@ -123,14 +122,15 @@ class KeywordFilter:
         fields = o.raw("fields")
         if fields == "all":
             self.fields: list[str] | None = None
-        elif isinstance(fields, list) and all(isinstance(f, str) for f in fields):
-            self.fields = list(fields)
+        elif isinstance(fields, list):
+            self.fields = [text_item(f, f"fields[{i}]", "a field name") for i, f in enumerate(fields)]
         else:
             raise PluginConfigError("fields", f"expected a list of field names or 'all', found {fields!r}")
         patterns = o.list_("blocked_patterns", required=True) or []
         self.patterns: list[Any] = []
         for i, p in enumerate(patterns):
-            self.patterns.append(_compile_pattern(str(p), f"blocked_patterns[{i}]"))
+            where = f"blocked_patterns[{i}]"
+            self.patterns.append(_compile_pattern(text_item(p, where, "a pattern"), where))
         if not self.patterns:
             raise PluginConfigError("blocked_patterns", "required: at least one regular expression")
         # One pass per value for all patterns, which also says which of them matched: an RE2 set
