@@ -280,6 +280,59 @@ def test_csv_header_problems_are_errors_naming_the_file(tmp_path: Path) -> None:
         items("csv", {"path": str(path)})
 
 
+@pytest.mark.parametrize(
+    ("text", "skip_rows", "line"),
+    [
+        ('id,"notes\n1,plain\n2,"said ""hi"""\n3,c\n4,d\n', 0, 1),  # closes on line 3: rows 1 and 2 in a name
+        ('id,"amount,region\n' + "1,2\n" * 1000, 0, 1),  # never closes: the whole file was the header
+        ('exported by tool\nsecond line\nid,"a\n1,2\n', 2, 3),  # the line number counts the skipped lines
+        ('"a"b,"c\n1,2\n3,4\n', 0, 1),  # a quote opened after a literal one
+        ('id,"a', 0, 1),  # the file's only line, with no line break
+    ],
+    ids=["closes-later", "never-closes", "after-skip-rows", "after-a-literal-quote", "no-line-break"],
+)
+def test_csv_a_header_that_leaves_a_quote_open_stops_the_source(
+    tmp_path: Path, text: str, skip_rows: int, line: int
+) -> None:
+    """Read as a record, the header took every line up to where its quote closed (or the whole
+    file) as part of a column name: those rows were never read, counted or quarantined, and the
+    run completed. The header is one line."""
+    path = write(tmp_path / "in.csv", text)
+    with pytest.raises(PluginError) as err:
+        items("csv", {"path": str(path), "skip_rows": skip_rows})
+    assert err.value.message == (
+        f"{path}: the header on line {line} opens a quote that does not close on that line; allowed: a header "
+        'on one line, each quoted name closed on it ("a,b" or "say ""hi""")'
+    )
+
+
+def test_csv_a_header_with_quoted_names_on_its_line_and_a_first_data_line_with_an_open_quote(tmp_path: Path) -> None:
+    """Quotes closed on the header's line are fine; with `columns` there is no header, and a
+    first line whose quote never closes is a data record, quarantined as any other."""
+    path = write(tmp_path / "in.csv", 'id,"a,b","say ""hi"""\n1,2,3\n')
+    assert [i.row for i in items("csv", {"path": str(path)})] == [{"id": "1", "a_b": "2", "say_hi": "3"}]
+    path = write(tmp_path / "data.csv", 'x,"y\n1,2\n3,4\n')
+    got = items("csv", {"path": str(path), "columns": ["a", "b"]})
+    assert len(got) == 1 and got[0].row is None and "never closed" in (got[0].error or ""), got
+    assert got[0].raw["__line_number__"] == 1
+
+
+def test_csv_a_wide_header_names_its_first_duplicate(tmp_path: Path) -> None:
+    """The name reported is the one whose second place comes first. 60,000 columns (0.5 MB):
+    looking for each name among those before it (quadratic) took 44 s here; a set is linear."""
+    names = [f"c{i}" for i in range(60_000)]
+    path = write(tmp_path / "wide.csv", ",".join(names) + "\n" + ",".join("1" * len(names)) + "\n")
+    # c50000 is given again at column 100 (its second place: 50,000); c7 at column 59,990
+    mapping = {"c100": "c50000", "c59990": "c7"}
+    with pytest.raises(PluginError) as err:
+        items("csv", {"path": str(path), "field_mapping": mapping})
+    assert err.value.message == f"{path}: field_mapping gives two columns the name 'c50000'; allowed: names once each"
+    mapping = {"c59990": "c7"}
+    with pytest.raises(PluginError, match="the name 'c7'"):
+        items("csv", {"path": str(path), "field_mapping": mapping})
+    assert len(items("csv", {"path": str(path), "field_mapping": {"c7": "seven"}})[0].raw) == 60_000
+
+
 def test_a_missing_input_file_is_an_error_naming_it(tmp_path: Path) -> None:
     for kind in ("csv", "json", "jsonl"):
         source = build_plugin("source", kind, {"path": str(tmp_path / "nope.data")})
