@@ -193,3 +193,52 @@ def test_a_nul_in_an_input_path_is_a_reason_not_a_traceback() -> None:
     from engine.cli.preflight import _unreadable
 
     assert _unreadable(Path("in\0.jsonl")) == "cannot be a file's name (it holds a NUL character)"
+
+
+def _csv_settings(tmp: Path, header: str, options: str = "") -> Path:
+    (tmp / "in.csv").write_text(header + "\n1,2\n")
+    path = tmp / "s.yaml"
+    path.write_text(
+        f"source: {{plugin: csv, on_success: out, options: {{path: in.csv{options}}}}}\n"
+        "sinks:\n  out: {plugin: json, options: {path: out.jsonl, format: jsonl}}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "options", "says"),
+    [
+        ("Amount,amount", "", "in.csv: the headers 'Amount' and 'amount' both normalise to 'amount'"),
+        ("id,$$$", "", "in.csv: the header '$$$' normalises to an empty name"),
+        ("id,name", ", field_mapping: {name: id}", "in.csv: field_mapping gives two columns the name 'id'; allowed: names once each"),
+        ('id,"notes', "", "in.csv: the header on line 1 opens a quote that does not close on that line;"),
+        ("junk\nid,x,id", ", skip_rows: 1", "in.csv: the headers 'id' and 'id' both normalise to 'id'"),
+        ("id,name", "", None),
+        ('id,"a,b"', "", None),
+    ],
+    ids=["twice", "empty", "mapped-twice", "open-quote", "after-skip-rows", "fine", "quoted-delimiter"],
+)  # fmt: skip
+def test_a_csv_header_the_run_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: str, options: str, says: str | None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    pipeline = build_pipeline(load_settings(_csv_settings(tmp_path, header, options), {}))
+    try:
+        problems = path_problems(pipeline, {})
+    finally:
+        pipeline.close()
+    if says is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(f"{tmp_path}/s.yaml: source.options.path: "), problems
+        assert says in problems[0], problems
+
+
+def test_a_csv_header_the_run_would_refuse_stops_validate_and_run_before_any_run(tmp_path: Path) -> None:
+    # It used to pass validate; the run was recorded, then failed at the header, asking to be resumed.
+    _csv_settings(tmp_path, "Amount,amount")
+    for command in ("validate", "run"):
+        err = one_line_error(elspeth(command, "-s", "s.yaml", cwd=tmp_path, env={"ELSPETH_FINGERPRINT_KEY": "k"}), 1)
+        assert "source.options.path: in.csv: the headers 'Amount' and 'amount' both normalise to 'amount'" in err, err
+        assert len(err.strip().splitlines()) == 1 and "resume" not in err, err
+    assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run

@@ -1,5 +1,6 @@
 """Before anything is created: the files a pipeline reads exist (its input, the signing key it
-names), and the places it writes can take files (the sinks' folders, the witness folder).
+names), a CSV input's header is one the run can use, and the places it writes can take files
+(the sinks' folders, the witness folder).
 
 `validate` and `run` call this once the settings are known to be right, before any audit store is
 opened or created, so a mistyped input path costs one line and leaves nothing behind (no store,
@@ -18,12 +19,15 @@ from pathlib import Path
 from engine.checks import signing_key, witness_folder
 from engine.cli.errors import ElspethCliError
 from engine.orchestrator import Pipeline
+from engine.plugins.protocol import PluginError
+from engine.plugins.sources import CsvSource
 from landscape.keys import KeyFileError, load_named_signer
 from landscape.owner import mistrust_new_folder
 
 
 def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -> list[str]:
-    """One line per input that is not a readable regular file, per output folder that is not
+    """One line per input that is not a readable regular file (or a CSV input whose header
+    the run would refuse), per output folder that is not
     there, per sink file that is a folder or a FIFO, for a signing key that is not one or that
     others could read or swap, and for a witness folder that cannot take files or that the run's
     first checkpoint would refuse (another user's, or in a folder others can write). Plugins that read or write a `path` are checked (the
@@ -36,6 +40,14 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
         why = _unreadable(source_path)
         if why:
             problems.append(f"{where}: source.options.path: the input {source_path} {why}")
+        elif isinstance(pipeline.source, CsvSource):
+            # A header the run cannot use (a name twice, one empty, a quote left open) would
+            # otherwise stop the run once it is recorded: a failed run that invites a resume.
+            # Only the header line is read (and the lines skip_rows skips), never the rows.
+            try:
+                pipeline.source.check_header()
+            except PluginError as e:
+                problems.append(f"{where}: source.options.path: {e.message}")
     for name, sink in sorted(pipeline.nodes.sinks.items()):
         path = getattr(sink, "path", None)
         if isinstance(path, Path):

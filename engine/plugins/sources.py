@@ -224,6 +224,14 @@ class CsvSource:
         with _open_input(self.path) as f:
             yield from self._records(f, start)
 
+    def check_header(self) -> None:
+        """Read the header as a run will, and no further (the lines `skip_rows` skips, then the
+        header line): PluginError when the run would refuse it. For the pre-run checks, so that
+        a header the run cannot use stops `validate` and `run` before a run is recorded."""
+        with _open_input(self.path) as f:
+            lines = _Lines(f, self.encoding, self.path, cr_lines=True)
+            self._read_header(iter(lines), lines)
+
     def _records(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
         lines = _Lines(f, self.encoding, self.path, cr_lines=True)
         it = iter(lines)
