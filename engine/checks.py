@@ -76,7 +76,7 @@ def output_problems(
             path, key_path = sink.path, f"{key}.path"
         elif isinstance(sink, DatabaseSink):
             problems.extend(f"{where}: {p}" for p in _table_problems(name, sink, store, env, tables))
-            path, key_path = _sqlite_file(sink.url), f"{key}.url"
+            path, key_path = sqlite_file(sink.url), f"{key}.url"
         if path is None:
             continue
         if path.is_symlink():
@@ -129,7 +129,7 @@ def _table_problems(
             f"{key}.url: {redact(sink.url)} is the audit store's database; allowed: another database "
             "(a sink never writes into the audit store)"
         )
-    database: object = target if target is not None else _sqlite_file(sink.url) or sink.url
+    database: object = target if target is not None else sqlite_file(sink.url) or sink.url
     if isinstance(database, Path):
         database = _resolve(database)
     # SQLite takes a table's name without ASCII case (`t` and `T` are one table); PostgreSQL, which
@@ -180,7 +180,7 @@ def _store(loaded: LoadedSettings, env: Mapping[str, str]) -> DatabaseName | Non
     return database_name(url, env)
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The file of a `sqlite:///file` URL (None for others and for an in-memory database)."""
     if not url.lower().startswith("sqlite"):
         return None

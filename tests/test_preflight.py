@@ -113,6 +113,35 @@ def test_a_sink_file_that_is_a_folder_or_a_pipe(
     assert problems == ([] if says is None else [problems[0]]) and (says is None or says in problems[0]), problems
 
 
+@pytest.mark.parametrize(
+    ("url", "setup", "says"),
+    [
+        ("sqlite:///afile/x.db", lambda t: (t / "afile").write_text(""), "sinks.out.options.url: the folder afile of afile/x.db is not a folder"),
+        ("sqlite:///nowhere/x.db", lambda t: None, "sinks.out.options.url: the folder nowhere of nowhere/x.db does not exist"),
+        ("sqlite:///d", lambda t: (t / "d").mkdir(), "sinks.out.options.url: d is a folder; allowed: a regular file"),
+        ("sqlite:///x.db", lambda t: None, None),
+    ],
+    ids=["under a file", "folder missing", "a folder", "new"],
+)  # fmt: skip
+def test_a_sqlite_sink_file_is_checked_as_a_sink_file_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, setup: Callable[[Path], object], says: str | None
+) -> None:
+    """A SQLite database sink's file that cannot be made would fail the run once recorded (a
+    failed run that invites a resume): refused before, like a file sink's."""
+    monkeypatch.chdir(tmp_path)
+    setup(tmp_path)
+    path = _settings(tmp_path)
+    path.write_text(path.read_text().replace(
+        "{plugin: json, options: {path: 'out.jsonl', format: jsonl}}", f"{{plugin: database, options: {{url: '{url}', table: t}}}}"
+    ))  # fmt: skip
+    pipeline = build_pipeline(load_settings(path, {}))
+    try:
+        problems = path_problems(pipeline, {})
+    finally:
+        pipeline.close()
+    assert problems == ([] if says is None else [problems[0]]) and (says is None or says in problems[0]), problems
+
+
 def test_a_device_is_a_sink_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert _problems(tmp_path, sink="/dev/null") == []

@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from engine.checks import signing_key, witness_folder
+from engine.checks import signing_key, sqlite_file, witness_folder
 from engine.cli.errors import ElspethCliError
 from engine.orchestrator import Pipeline
+from engine.plugins.database_sink import DatabaseSink
 from engine.plugins.protocol import PluginError
 from engine.plugins.sources import CsvSource
 from landscape.keys import KeyFileError, load_named_signer
@@ -49,16 +50,18 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
             except PluginError as e:
                 problems.append(f"{where}: source.options.path: {e.message}")
     for name, sink in sorted(pipeline.nodes.sinks.items()):
-        path = getattr(sink, "path", None)
+        path, setting = getattr(sink, "path", None), f"sinks.{name}.options.path"
+        if isinstance(sink, DatabaseSink):  # a SQLite file is made, or opened, like a sink's file
+            path, setting = sqlite_file(sink.url), f"sinks.{name}.options.url"
         if isinstance(path, Path):
             folder = path.parent
             if not folder.is_dir():
                 what = "is not a folder" if folder.exists() else "does not exist"
-                problems.append(f"{where}: sinks.{name}.options.path: the folder {folder} of {path} {what}")
+                problems.append(f"{where}: {setting}: the folder {folder} of {path} {what}")
             elif (kind := _not_writable_file(path)) is not None:
                 problems.append(
-                    f"{where}: sinks.{name}.options.path: {path} {kind}; allowed: a regular file, or a new one "
-                    "(or a device such as /dev/null)"
+                    f"{where}: {setting}: {path} {kind}; allowed: a regular file, or a new one (or a device such as "
+                    "/dev/null)"
                 )
     key = signing_key(pipeline.loaded, env)
     if key is not None:
