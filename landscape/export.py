@@ -205,6 +205,8 @@ def read_records(f: IO[bytes]) -> Iterator[tuple[int, Record]]:
                 raise BadLine(number, f"longer than any record of an export ({MAX_LINE} bytes)")
             raise BadLine(number, "the line does not end with a newline: the file was cut short")
         line = memoryview(raw)[:-1]  # (a view: a long line is not copied again)
+        if not raw.strip():  # (what the decoder would say of it is about JSON, not about the file)
+            raise BadLine(number, "a blank line: an export has none (the file was changed)")
         if number == 1:
             _check_header_format(line)
         try:

@@ -207,6 +207,8 @@ def test_the_command_says_what_and_where_in_one_line(fork: Exported, tmp_path: P
         "delete": ([*lines[:event], *lines[event + 1 :]], "seq 5 is missing"),
         "delete a payload": ([*lines[:payload], *lines[payload + 1 :]], f"line {payload + 1}: row payload "),
         "truncate": ([*lines[: len(lines) // 2], lines[len(lines) // 2][:10]], "cut short"),
+        "a blank line at the end": ([*lines, b"\n"], f"line {len(lines) + 1}: a blank line: an export has none"),
+        "a blank line": ([*lines[:event], b" \r\n", *lines[event:]], f"line {event + 1}: a blank line"),
     }
     for name, (changed, says) in cases.items():
         path = tmp_path / f"{name}.export"
