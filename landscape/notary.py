@@ -14,6 +14,7 @@ verify` reads witness files too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -71,12 +72,28 @@ class Notary:
             raise WitnessError(f"cannot write the witness file {path}: {_why(path, e)}") from e
         try:
             _check_file(path, fd)
-            os.write(fd, (line + "\n").encode())
+            _append_whole(fd, (line + "\n").encode())
             os.fsync(fd)
         except OSError as e:
             raise WitnessError(f"cannot write the witness file {path}: {e.strerror}") from e
         finally:
             os.close(fd)
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append `data` whole, or leave the file as it was: a full disk lets a write through in
+    part, and a line cut short would make the whole file unreadable as evidence (every reader
+    refuses a line that is not a checkpoint record), so the run could no longer be resumed,
+    replayed or exported. The checkpoint is in the store already: missing here, it is not lost."""
+    size = os.fstat(fd).st_size
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the line was written in part)")
+    except OSError:
+        with contextlib.suppress(OSError):  # (the error said is the write's)
+            os.ftruncate(fd, size)
+        raise
 
 
 def witness_path(witness_dir: Path, run_id: str) -> Path:
@@ -111,7 +128,12 @@ def read_witness(path: Path, run_id: str) -> list[Witnessed]:
     finally:
         os.close(fd)
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if number == len(lines) and not text.endswith("\n") and not _is_record(line):
+            # The last line cut short by a machine that went down during its write (the
+            # writer appends a line whole or not at all while it runs): not evidence of anything.
+            break
         try:
             record = json.loads(line)
             if record["run_id"] != run_id:
@@ -124,6 +146,13 @@ def read_witness(path: Path, run_id: str) -> list[Witnessed]:
             raise WitnessError(f"{path}, line {number}: not a checkpoint record ({e})") from e
         out.append(Witnessed(size, root, note, at, str(path)))
     return out
+
+
+def _is_record(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _why(path: Path, e: OSError) -> str:

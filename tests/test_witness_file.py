@@ -96,3 +96,41 @@ def test_a_witness_file_not_the_users_alone_is_refused(
         read_witness(path, RUN)
     with pytest.raises(WitnessError, match=rf"witness file {path}: (it )?(is )?{says}"):
         _witness(notary, 2)
+
+
+def test_a_full_disk_leaves_the_witness_file_as_it_was_not_cut_mid_line(tmp_path: Path) -> None:
+    """A full disk lets a write through in part; a line cut short made the whole file unreadable
+    as evidence, and the run could not be resumed, replayed or exported any more. A file-size
+    limit stands in for the full disk: the line is appended whole or not at all."""
+    import resource
+
+    notary = _notary(tmp_path / "witness")
+    _witness(notary, 1)
+    path = witness_path(tmp_path / "witness", RUN)
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 40, hard))  # room for part of a line
+    try:
+        with pytest.raises(WitnessError, match=r"cannot write the witness file .*written in part"):
+            _witness(notary, 2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert path.read_bytes() == before
+    _witness(notary, 3)  # the disk has room again
+    assert [w.size for w in read_witness(path, RUN)] == [1, 3]
+
+
+def test_a_last_line_cut_short_by_a_crash_is_not_read_and_any_other_bad_line_is_refused(tmp_path: Path) -> None:
+    notary = _notary(tmp_path / "witness")
+    _witness(notary, 1)
+    _witness(notary, 2)
+    path = witness_path(tmp_path / "witness", RUN)
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0][:30])  # the machine went down mid-write
+    assert [w.size for w in read_witness(path, RUN)] == [1, 2]
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0].rstrip(b"\n"))  # whole but its newline
+    assert [w.size for w in read_witness(path, RUN)] == [1, 2, 1]
+    lines = whole.splitlines(keepends=True)
+    path.write_bytes(lines[0][:30] + b"\n" + lines[1])  # cut short, and more after it: not a crash's
+    with pytest.raises(WitnessError, match=r"line 1: not a checkpoint record"):
+        read_witness(path, RUN)
