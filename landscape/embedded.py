@@ -346,9 +346,26 @@ def _check_data_dir(pgdata: Path) -> None:
 
 
 def _running(bin_dir: Path, pgdata: Path, uid: int | None, gid: int | None) -> bool:
-    if not (pgdata / "postmaster.pid").exists():
+    if not (pgdata / "postmaster.pid").exists() or _stale_pid(pgdata) is not None:
         return False
     return _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "status"], uid, gid).returncode == 0
+
+
+def _stale_pid(pgdata: Path) -> int | None:
+    """The process postmaster.pid names when it is certainly not this folder's server: a
+    postmaster works in its data folder (it changes into it as it starts, and never leaves), so
+    a live process of that number working elsewhere got the number after the server was killed
+    (a reboot, a container's restart). `pg_ctl status` only asks whether the number is alive,
+    and `pg_ctl stop` would signal that process: another home's server, say. None when it is
+    this folder's, when none lives, or when this process may not look (no /proc: a server of
+    this home runs as this user, or as the server account under root, so it may)."""
+    try:
+        pid = int(_read_small(pgdata / "postmaster.pid").splitlines()[0])
+        where = os.stat(f"/proc/{pid}/cwd")
+        here = os.stat(pgdata)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if (where.st_dev, where.st_ino) == (here.st_dev, here.st_ino) else pid
 
 
 def _postmaster_status(pgdata: Path) -> str:
@@ -621,6 +638,15 @@ def embedded_server(
                 _initialise(bin_dir, root, pgdata, uid, gid)
             changed = _write_config(pgdata, "pg_hba.conf", _HBA, uid, gid)
             changed |= _write_config(pgdata, "pg_ident.conf", _ident(_os_user()), uid, gid)
+            stale = _stale_pid(pgdata)
+            if stale is not None:
+                # Left by a server killed with the machine or its container: the server would
+                # refuse to start while its number lives (another user's process aside).
+                (pgdata / "postmaster.pid").unlink(missing_ok=True)
+                say(
+                    f"{pgdata / 'postmaster.pid'} named process {stale}, which is not this home's server (the number "
+                    "was given again after the server was killed): removed it and started the server"
+                )
             running = _running(bin_dir, pgdata, uid, gid)
             if running and _postmaster_status(pgdata) == "stopping":
                 # A server that began to shut down and never finished (a full disk, a panic)

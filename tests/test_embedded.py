@@ -314,3 +314,35 @@ def test_a_pgdata_with_a_live_single_user_server_is_refused_not_removed(tmp_path
     with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(pgdata.parent):
         pass
     assert (pgdata / "PG_VERSION").exists()
+
+
+def test_a_stale_postmaster_pid_naming_another_process_is_removed_and_that_process_left_alone(tmp_path: Path) -> None:
+    """A server killed with its machine leaves postmaster.pid; after a reboot its number may be
+    another process's (another home's server, say). `pg_ctl status` asks only whether the number
+    lives, and the way out would have `pg_ctl stop` signal it. The file is seen to be stale (the
+    process does not work in this data folder), removed, and the server started."""
+    home = tmp_path / ".elspeth"
+    with embedded_server(home) as server:
+        pgdata = server.pgdata
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    # The server is stopped; its file, as a killed server leaves it, names a live process instead.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], cwd=tmp_path)
+    try:
+        lines = [str(other.pid), *[line for line in _pid_file_of(pid, pgdata)[1:]]]
+        (pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
+        assert embedded._stale_pid(pgdata) == other.pid
+        said: list[str] = []
+        with embedded_server(home, say=said.append) as again, psycopg.connect(again.uri("elspeth")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert embedded._stale_pid(pgdata) is None  # the file is the new server's
+        assert len(said) == 1 and f"named process {other.pid}, which is not this home's server" in said[0]
+        assert other.poll() is None  # never signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _pid_file_of(pid: int, pgdata: Path) -> list[str]:
+    """A postmaster.pid as the server writes it (its number, folder, start time, port, socket
+    folder, listen address, shared memory key, status), for a server no longer running."""
+    return [str(pid), str(pgdata), "1700000000", "5432", "/nowhere", "", "0 0", "ready"]
