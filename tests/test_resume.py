@@ -824,7 +824,8 @@ def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Databa
         assert resume_run(db, run_id, _load).status == "completed"
 
 
-@pytest.mark.parametrize("through", ["the same path", "a symbolic link", "a hard link"])
+# (Not through a symbolic link: no sink writes through one, see tests/test_hostile_sinks.py.)
+@pytest.mark.parametrize("through", ["the same path", "a hard link"])
 def test_resume_refuses_to_cut_rows_another_run_appended_since(
     db: Database, through: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -838,12 +839,9 @@ def test_resume_refuses_to_cut_rows_another_run_appended_since(
         settings.write_text(settings.read_text().replace("{path: out/out.csv}", "{path: out/out.csv, mode: append}"))
         run_id = _crashed(db, settings, "shared", "committed:6")
         name = "out.csv"
-        if through != "the same path":
+        if through == "a hard link":
             name = "alias.csv"
-            if through == "a symbolic link":
-                (path / "out" / name).symlink_to(path / "out" / "out.csv")
-            else:
-                os.link(path / "out" / "out.csv", path / "out" / name)
+            os.link(path / "out" / "out.csv", path / "out" / name)
         b = path / "b.yaml"  # B shares only that one file with A
         b.write_text(settings.read_text().replace("out/out.csv", f"out/{name}").replace("out/alt", "out/b-alt")
                      .replace("out/q.", "out/b-q."))  # fmt: skip

@@ -85,7 +85,7 @@ class SinkFile:
         if self.state == "not_a_file":
             return "not a file: nothing to hash"
         if self.state == "left":
-            return f"no rows came: this run wrote no file, and the {self.size} bytes there are from before it"
+            return f"no rows came: this run wrote no file, and the {self.size} bytes there are not its own"
         if self.state == "missing":
             # A sink that got no rows writes no file (nor does a file sink in append mode change one).
             return "no rows came: no file was written" if self.position == 0 else "the file is gone"
