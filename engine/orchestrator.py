@@ -211,6 +211,20 @@ class Execution:
                 f"(log now at seq {self.writer.next_seq - 1}, read up to {fold.last_seq}); nothing was done — "
                 "see `elspeth runs`, then resume again if needed"
             )
+        if verified is not None:
+            # The projections are written in the transactions that write the events: now that no
+            # other process can write the run, ending elsewhere than the log read, they were
+            # changed without it, and the resume's first commit would fail on them (a key there
+            # already) after the sinks were cut back. A quick check, not `replay --check`'s.
+            at = metrics_at(db, run_id)
+            if at is None or at.last_seq != fold.last_seq:
+                self.writer.close()
+                raise ResumeRefused(
+                    f"run {run_id}: its projection tables reflect its log up to seq "
+                    f"{None if at is None else at.last_seq}, but the log ends at seq {fold.last_seq}: they were "
+                    f"changed without the log; see `elspeth replay {run_id} --check` and `elspeth projections "
+                    f"rebuild {run_id}`; nothing was done"
+                )
         self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock)
         # A writer's sender thread needs the GIL for a moment after each network wait: while
         # it sends a COPY, after each few kilobytes the server reads. With Python's default 5 ms
@@ -759,17 +773,6 @@ def _resume(
         raise ResumeRefused(
             f"run {run_id} cannot be resumed: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
         ) from e
-    # The projections are written in the transactions that write the events: ending elsewhere
-    # than the verified log, they were changed without it, and the resume's first commit would
-    # fail on them (a key already there) after the sinks were cut back. A quick check, not
-    # `replay --check`'s every row.
-    at = metrics_at(db, run_id)
-    if at is None or at.last_seq != verified.events - 1:
-        raise ResumeRefused(
-            f"run {run_id}: its projection tables reflect its log up to seq {None if at is None else at.last_seq}, "
-            f"but the log ends at seq {verified.events - 1}: they were changed without the log; see "
-            f"`elspeth replay {run_id} --check` and `elspeth projections rebuild {run_id}`; nothing was done"
-        )
     fold = verified.fold
     fold.ended = None  # the run goes on: memory stays flat (see `fold_run`)
     records_before = fold.source_records
