@@ -6,12 +6,12 @@ compiled into nested closures. Nothing is ever passed to eval/exec/compile. Eval
 `ExpressionError`: a row error.
 
 The language has no loops, so what one evaluation can cost is bounded by bounding its values:
-every value it builds holds at most `MAX_ITEMS` items (nested ones counted, and an integer as
-many as its digits: what `str()` of it would spell out), every integer at most `MAX_DIGITS` digits, and all the values one evaluation
-builds or compares together at most `MAX_WORK` items. A row over a bound is refused before the
-value is built wherever the size can be known in advance (repetition, `+`, `str()`). Nothing
-else turns values into text: `%` on strings, methods such as `join` or `format`, and f-strings
-are refused.
+every value it builds holds at most `MAX_ITEMS` items (nested ones counted), every integer at
+most `MAX_DIGITS` digits, and all the values one evaluation builds or compares together at most
+`MAX_WORK` items. A row over a bound is refused before the value is built wherever the size can
+be known in advance (repetition, `+`, `str()`). `str()` counts what it would spell out, an
+integer as many items as its digits; nothing else turns values into text (`%` on strings,
+methods such as `join` or `format`, and f-strings are refused).
 """
 
 from __future__ import annotations
@@ -60,12 +60,13 @@ _SIZED = (str, *_CONTAINERS)
 _SCALARS = {int, float, bool, type(None)}
 
 
-def _weight(value: Any, limit: int) -> int:
-    """How many items `value` holds counting nested ones (what `str()` of it would spell out),
-    counting no further than past `limit`. An integer weighs its digits. Iterative: a row may
-    hold deeply nested data."""
+def _weight(value: Any, limit: int, *, digits: bool = False) -> int:
+    """How many items `value` holds counting nested ones, counting no further than past `limit`.
+    With `digits`, what `str()` of it would spell out: an integer weighs its digits (built or
+    compared, a big integer costs about what a small one does; spelled out, up to 4,300 times
+    more). Iterative: a row may hold deeply nested data."""
     if isinstance(value, int):
-        return 1 + _extra_digits(value.bit_length())
+        return 1 + (_extra_digits(value.bit_length()) if digits else 0)
     if not isinstance(value, _SIZED):
         return 1
     total = 0
@@ -79,13 +80,13 @@ def _weight(value: Any, limit: int) -> int:
         types = set(map(type, inner))
         # Most collections hold only scalars: seeing that at C speed keeps this cheap.
         if types <= _SCALARS:
-            if int in types:
+            if digits and int in types:
                 total += _extra_digits_of_ints(inner, types)
             continue
         for x in inner:
             if isinstance(x, _SIZED):
                 stack.append(x)
-            elif isinstance(x, int):
+            elif digits and isinstance(x, int):
                 total += _extra_digits(x.bit_length())
     return total
 
@@ -159,7 +160,7 @@ def _modulo(a: Any, b: Any) -> Any:
 
 def _to_str(value: Any) -> str:
     # What str() spells out is about as long as the value's weight: refuse a huge one first.
-    if isinstance(value, _CONTAINERS) and _weight(value, MAX_ITEMS) > MAX_ITEMS:
+    if isinstance(value, _CONTAINERS) and _weight(value, MAX_ITEMS, digits=True) > MAX_ITEMS:
         raise ExpressionError(f"str() of a value too large (over {MAX_ITEMS:,} items)")
     return str(value)
 
