@@ -67,17 +67,36 @@ class Notary:
             raise WitnessError(f"cannot write the witness file {path}: {e.strerror}") from e
         _check_folder(path.parent)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise WitnessError(f"cannot write the witness file {path}: {_why(path, e)}") from e
         try:
             _check_file(path, fd)
-            _append_whole(fd, (line + "\n").encode())
+            _append_whole(fd, _end_torn_tail(fd) + (line + "\n").encode())
             os.fsync(fd)
         except OSError as e:
             raise WitnessError(f"cannot write the witness file {path}: {e.strerror}") from e
         finally:
             os.close(fd)
+
+
+def _end_torn_tail(fd: int) -> bytes:
+    """A last line cut short by a machine that went down mid-write is cut off the file (readers
+    skip it: it is no record, and appended to, it would be the middle of a line that is none).
+    One cut only of its newline is a record: returned is the newline that ends it. A file that
+    ends with a newline is left as it is, and so is a last line longer than any record."""
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, min(size, _TAIL), size - min(size, _TAIL))
+    if not tail or tail.endswith(b"\n"):
+        return b""
+    start = tail.rfind(b"\n") + 1
+    if (start == 0 and size > _TAIL) or _is_record(tail[start:].decode(errors="replace")):
+        return b"\n"
+    os.ftruncate(fd, size - (len(tail) - start))
+    return b""
+
+
+_TAIL = 1 << 16  # more than any record's line (a note with a few signatures: about a kilobyte)
 
 
 def _append_whole(fd: int, data: bytes) -> None:

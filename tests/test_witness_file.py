@@ -134,3 +134,19 @@ def test_a_last_line_cut_short_by_a_crash_is_not_read_and_any_other_bad_line_is_
     path.write_bytes(lines[0][:30] + b"\n" + lines[1])  # cut short, and more after it: not a crash's
     with pytest.raises(WitnessError, match=r"line 1: not a checkpoint record"):
         read_witness(path, RUN)
+
+
+@pytest.mark.parametrize("cut", [30, None], ids=["mid-line", "only its newline"])
+def test_the_next_checkpoint_after_a_torn_last_line_is_a_line_of_its_own(tmp_path: Path, cut: int | None) -> None:
+    """A resumed run appends after a last line a crash cut short: the fragment is cut off first
+    (appended to, it would be the middle of a line that is no record, and every reader would
+    refuse the file); a record cut only of its newline is ended and kept."""
+    notary = _notary(tmp_path / "witness")
+    _witness(notary, 1)
+    path = witness_path(tmp_path / "witness", RUN)
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.rstrip(b"\n")[:cut])  # the machine went down writing size 2
+    _witness(notary, 3)
+    expected = [1, 3] if cut == 30 else [1, 1, 3]
+    assert [w.size for w in read_witness(path, RUN)] == expected
+    assert path.read_bytes().endswith(b"\n") and path.read_bytes().count(b"\n") == len(expected)
