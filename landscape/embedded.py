@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -355,17 +356,28 @@ def _stale_pid(pgdata: Path) -> int | None:
     """The process postmaster.pid names when it is certainly not this folder's server: a
     postmaster works in its data folder (it changes into it as it starts, and never leaves), so
     a live process of that number working elsewhere got the number after the server was killed
-    (a reboot, a container's restart). `pg_ctl status` only asks whether the number is alive,
-    and `pg_ctl stop` would signal that process: another home's server, say. None when it is
-    this folder's, when none lives, or when this process may not look (no /proc: a server of
-    this home runs as this user, or as the server account under root, so it may)."""
+    (a reboot, a container's restart) — unless a server answers on the socket the file names:
+    then the number is one of another PID namespace (a container sharing the home), where it is
+    the server's. `pg_ctl status` only asks whether the number is alive, and `pg_ctl stop` would
+    signal that process: another home's server, say. None when it is this folder's, when none
+    lives, when a server answers, or when this process may not look (no /proc: a server of this
+    home runs as this user, or as the server account under root, so it may)."""
     try:
-        pid = int(_read_small(pgdata / "postmaster.pid").splitlines()[0])
+        lines = _read_small(pgdata / "postmaster.pid").splitlines()
+        pid, port, sockets = int(lines[0]), int(lines[3]), lines[4].strip()
         where = os.stat(f"/proc/{pid}/cwd")
         here = os.stat(pgdata)
     except (OSError, ValueError, IndexError):
         return None
-    return None if (where.st_dev, where.st_ino) == (here.st_dev, here.st_ino) else pid
+    address = os.path.join(sockets, f".s.PGSQL.{port}")
+    if (where.st_dev, where.st_ino) == (here.st_dev, here.st_ino) or not sockets or len(address.encode()) > 107:
+        return None  # (a longer address than a socket can have: no server made it, none can be asked)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(address)
+        except OSError:  # nothing listens there (a socket file a killed server left refuses)
+            return pid
+    return None
 
 
 def _postmaster_status(pgdata: Path) -> str:

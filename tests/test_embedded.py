@@ -322,11 +322,19 @@ def test_a_stale_postmaster_pid_naming_another_process_is_removed_and_that_proce
     lives, and the way out would have `pg_ctl stop` signal it. The file is seen to be stale (the
     process does not work in this data folder), removed, and the server started."""
     home = tmp_path / ".elspeth"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], cwd=tmp_path)
     with embedded_server(home) as server:
         pgdata = server.pgdata
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        real = (pgdata / "postmaster.pid").read_text()
+        pid = int(real.splitlines()[0])
+        # While a server answers on the socket the file names, a number that is another process's
+        # here is the server's in another PID namespace (a container sharing the home): not stale.
+        (pgdata / "postmaster.pid").write_text("\n".join([str(other.pid), *real.splitlines()[1:]]) + "\n")
+        try:
+            assert embedded._stale_pid(pgdata) is None
+        finally:
+            (pgdata / "postmaster.pid").write_text(real)
     # The server is stopped; its file, as a killed server leaves it, names a live process instead.
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], cwd=tmp_path)
     try:
         lines = [str(other.pid), *[line for line in _pid_file_of(pid, pgdata)[1:]]]
         (pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
