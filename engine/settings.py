@@ -218,6 +218,25 @@ _MAX_LABEL = 64  # characters of a route label
 _FREQUENCIES = ("every_row", "every_n", "aggregation_only")
 
 
+def _key_not_text(value: Any) -> tuple[str, Any] | None:
+    """The key path of the first mapping that has a key that is not text, and that key. Iterative:
+    the settings may be nested deeply."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            odd = next((k for k in item if not isinstance(k, str)), _NONE)
+            if odd is not _NONE:
+                return path, odd
+            stack.extend((f"{path}.{k}" if path else k, v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+_NONE = object()
+
+
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
     """Read, expand, decode and check one settings file; raise SettingsError listing every problem."""
     env = os.environ if environ is None else environ
@@ -277,7 +296,14 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     try:
         canonical = msgspec.json.encode(data, order="deterministic")
     except (TypeError, msgspec.EncodeError) as e:  # e.g. option keys of mixed types
-        errors.append(f"(top): the settings cannot be recorded: {e}")
+        found = _key_not_text(data)
+        if found is None:
+            errors.append(f"(top): the settings cannot be recorded: {e}")
+        else:
+            errors.append(
+                f"{found[0] or '(top)'}: found a key that is {value_kind(found[1])}; allowed: keys that are text (in "
+                "quotes: YAML reads 12 as a number, no/yes as booleans, an empty key as null)"
+            )
         raise SettingsError([f"{where}: {m}" for m in errors]) from None
     loaded = LoadedSettings(settings=settings, path=path, text_hash="", redacted={})
     _check(loaded, errors)

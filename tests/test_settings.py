@@ -116,6 +116,21 @@ def test_unquoted_yes_no_keys_get_a_hint(tmp_path: Path) -> None:
     assert line.startswith("gates[0].routes: the key True is a boolean") and "quote them" in line
 
 
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ("{mapping: {customer: c, 12: x}}", "transforms[0].options.mapping: found a key that is an integer (12)"),
+        ("{fields: {note: 12, false: 3}}", "transforms[0].options.fields: found a key that is a boolean (False)"),
+        ("{deep: [{a: 1}, {~: 2}]}", "transforms[0].options.deep[1]: found a key that is nothing"),
+    ],
+)
+def test_an_option_key_that_is_not_text_is_named_with_its_path(tmp_path: Path, options: str, says: str) -> None:
+    """Keys are recorded with the settings, as text: one YAML read as a number, a boolean or
+    null is named where it is, not left to the recorder's words about dicts."""
+    (line,) = _errors(tmp_path, BASE.replace("  on_error: discard\n", f"  on_error: discard\n  options: {options}\n"))
+    assert line.startswith(says) and "allowed: keys that are text (in quotes" in line, line
+
+
 def test_missing_required_keys(tmp_path: Path) -> None:
     lines = _errors(tmp_path, BASE.replace("  on_error: discard\n", "").replace("{plugin: csv, ", "{"))
     assert "sinks.out.plugin: missing; it is required (allowed: a plugin name, see `elspeth plugins`)" in lines
