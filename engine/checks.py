@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import signing
-from engine.plugins.database_sink import DatabaseSink
+from engine.plugins.database_sink import DatabaseSink, sqlite_file
 from engine.plugins.sinks import _FileSink
 from engine.settings import LoadedSettings
 from landscape.db import is_postgresql_url, redact
@@ -178,29 +178,6 @@ def _store(loaded: LoadedSettings, env: Mapping[str, str]) -> DatabaseName | Non
     if not url or not is_postgresql_url(url):  # none, or the prior system's SQLite: the embedded one
         url = embedded_uri(env.get("ELSPETH_HOME") or ".elspeth")
     return database_name(url, env)
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a `sqlite:///file` URL (None for others and for an in-memory database)."""
-    if not url.lower().startswith("sqlite"):
-        return None
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        database = make_url(url).database
-    except (ArgumentError, ValueError):
-        return None
-    if database and database.startswith("file:"):  # a URI filename (`?uri=true`): its path part
-        from urllib.parse import parse_qs, unquote, urlsplit
-
-        parts = urlsplit(database)
-        if "memory" in parse_qs(parts.query).get("mode", []):
-            return None
-        database = unquote(parts.path)
-    if not database or database == ":memory:":
-        return None
-    return Path(database)
 
 
 def _resolve(path: Path) -> Path:

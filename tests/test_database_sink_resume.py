@@ -157,3 +157,32 @@ def test_a_process_killed_inside_the_roll_back_resumes_to_what_the_trail_says(db
     explained = elspeth("explain", run_id, "--row", "1")
     assert explained.returncode == 0, explained.stderr
     assert "landed in sink out" in explained.stdout and "landed in sink spill" not in explained.stdout
+
+
+def test_a_link_swapped_in_for_a_sqlite_file_after_the_checks_is_not_written_through(tmp_path: Path) -> None:
+    """The load-time checks refuse a SQLite sink file that is a symbolic link; one planted after
+    them is refused by SQLite itself (opened by URI with `nofollow`): the file it points to is
+    left as it was. A file that is really there is opened as before."""
+    import sqlite3
+
+    from engine.plugins.database_sink import DatabaseSink
+    from engine.plugins.protocol import PluginError
+
+    victim = tmp_path / "elsewhere" / "victim.db"
+    victim.parent.mkdir()
+    sqlite3.connect(victim).close()
+    link = tmp_path / "out.db"
+    sink = DatabaseSink({"url": f"sqlite:///{link}", "table": "t"})
+    os.symlink(victim, link)
+    with pytest.raises(PluginError, match=r"is a symbolic link.*not written through"):
+        sink.open("run-1", None)
+    sink.release()
+    assert sqlite3.connect(victim).execute("SELECT name FROM sqlite_master").fetchall() == []
+    link.unlink()
+    for url in (f"sqlite:///{tmp_path / 'a b%.db'}", f"sqlite+pysqlite:///{tmp_path / 'c.db'}"):
+        ok = DatabaseSink({"url": url, "table": "t"})
+        ok.open("run-1", None)
+        ok.write("tok-1", {"a": 1})
+        ok.flush()
+        ok.close()
+    assert sqlite3.connect(tmp_path / "a b%.db").execute("SELECT a FROM t").fetchall() == [(1,)]

@@ -16,10 +16,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from engine.checks import signing_key, sqlite_file, witness_folder
+from engine.checks import signing_key, witness_folder
 from engine.cli.errors import ElspethCliError
 from engine.orchestrator import Pipeline
-from engine.plugins.database_sink import DatabaseSink
+from engine.plugins.database_sink import DatabaseSink, sqlite_file
 from engine.plugins.protocol import PluginError
 from engine.plugins.sources import CsvSource
 from landscape.keys import KeyFileError, load_named_signer

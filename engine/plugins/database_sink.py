@@ -13,10 +13,12 @@ without an error (`_exactly_held`): a float a 4-byte `real` or an 8-byte float r
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal, localcontext
+from pathlib import Path
 from typing import Any, ClassVar
 
 from engine.plugins.options import Options
@@ -123,9 +125,14 @@ class DatabaseSink:
         self._first = None
         what = "cannot connect"
         refused: str | None = None
+        path = sqlite_file(self.url) if self._sqlite else None
         try:
+            if path is not None and path.is_symlink():  # (see `_through_a_link`)
+                raise _Refused(f"database sink {self.location()}: {path} is a symbolic link: not written through")
             self._engine = _engine(self.url)
             with self._engine.begin() as conn:
+                if path is not None:
+                    _through_a_link(conn, path, self.location())
                 # Before any table is made or dropped. The load-time check compares URLs, which
                 # a DNS alias, a libpq service or a host list can spell otherwise; the database
                 # itself cannot be mistaken about what it holds.
@@ -552,6 +559,41 @@ def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
 def _folded(name: str) -> str:
     """A name as SQLite compares names of tables and columns: ASCII letters without case, others as they are."""
     return "".join(c.lower() if c.isascii() else c for c in name)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a `sqlite:///file` URL (None for others and for an in-memory database)."""
+    if not url.lower().startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except (ArgumentError, ValueError):
+        return None
+    if database and database.startswith("file:"):  # a URI filename (`?uri=true`): its path part
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(database)
+        if "memory" in parse_qs(parts.query).get("mode", []):
+            return None
+        database = unquote(parts.path)
+    if not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
+def _through_a_link(conn: Any, path: Path, where: str) -> None:
+    """Refuse a SQLite file opened through a symbolic link (swapped in after the load-time
+    checks, engine/checks.py, by whoever can write its folder): SQLite names the file it opened,
+    resolved, and before anything is written here it must be the one at `path` itself."""
+    from sqlalchemy import text
+
+    opened = next((row[2] for row in conn.execute(text("PRAGMA database_list")) if row[1] == "main"), "")
+    folder = os.path.realpath(path.parent)
+    if opened and os.path.normpath(opened) != os.path.join(folder, path.name):
+        raise _Refused(f"database sink {where}: {path} is a symbolic link (to {opened}): not written through")
 
 
 def _engine(url: str) -> Any:
