@@ -86,9 +86,9 @@ def _end_torn_tail(fd: int) -> bytes:
     One cut only of its newline is a record: returned is the newline that ends it. A file that
     ends with a newline is left as it is, and so is a last line longer than any record."""
     size = os.fstat(fd).st_size
-    tail = os.pread(fd, min(size, _TAIL), size - min(size, _TAIL))
-    if not tail or tail.endswith(b"\n"):
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":  # (every time but after a crash)
         return b""
+    tail = os.pread(fd, min(size, _TAIL), size - min(size, _TAIL))
     start = tail.rfind(b"\n") + 1
     if (start == 0 and size > _TAIL) or _is_record(tail[start:].decode(errors="replace")):
         return b"\n"

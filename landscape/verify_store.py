@@ -68,9 +68,9 @@ def verify_log(
     seq): all of `Verification.referenced`, but when `payloads` and the log was long enough to be
     split, only those not found intact in the store (`unconfirmed`). Those are looked up as the log
     is read, each time `confirm_at` names are noted (`check_events`), so that memory stays bounded
-    on any log; when there were fewer, in one scan at the end. `observe` sees each event of a good log once; after a bad one, what it saw is
-    not to be relied on. Cyclic garbage collection is paused meanwhile (`gc_paused`), also for
-    `observe`."""
+    on any log; when there were fewer, in one scan at the end. `observe` sees each event of a good
+    log once; after a bad one, what it saw is not to be relied on. Cyclic garbage collection is
+    paused meanwhile (`gc_paused`), also for `observe`."""
     last = recorder.last_seq(run_id)
     upto = last if upto_seq is None else min(upto_seq, last)
     with gc_paused():
