@@ -373,8 +373,11 @@ def _stale_pid(pgdata: Path) -> int | None:
     if (where.st_dev, where.st_ino) == (here.st_dev, here.st_ino) or not sockets or len(address.encode()) > 107:
         return None  # (a longer address than a socket can have: no server made it, none can be asked)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
         try:
             s.connect(address)
+        except TimeoutError:  # something listens, too busy to take one more: a server
+            return None
         except OSError:  # nothing listens there (a socket file a killed server left refuses)
             return pid
     return None
