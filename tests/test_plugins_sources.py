@@ -362,7 +362,6 @@ def test_on_validation_failure_is_an_attribute() -> None:
         ("csv", {"path": "x", "colums": ["a"]}, "colums"),
         ("csv", {"path": "x", "columns": ["a", "a"]}, "columns"),
         ("csv", {"path": "x", "columns": ["a", 83]}, "columns[1]"),  # YAML's 0123
-        ("csv", {"path": "x", "field_mapping": {False: "b"}}, "field_mapping"),  # YAML's no: once the key 'False'
         ("json", {"path": "x", "format": "xml"}, "format"),
         ("json", {"path": "x.jsonl", "data_key": "rows"}, "data_key"),
         ("json", {"path": "x", "schema": {"mode": "fixed"}}, "schema.fields"),

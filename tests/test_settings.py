@@ -122,6 +122,7 @@ def test_unquoted_yes_no_keys_get_a_hint(tmp_path: Path) -> None:
         ("{mapping: {customer: c, 12: x}}", "transforms[0].options.mapping: found a key that is an integer (12)"),
         ("{fields: {note: 12, false: 3}}", "transforms[0].options.fields: found a key that is a boolean (False)"),
         ("{deep: [{a: 1}, {~: 2}]}", "transforms[0].options.deep[1]: found a key that is nothing"),
+        ("{fields: {0123: 5}}", "transforms[0].options.fields: found a key that is an integer (83)"),
     ],
 )
 def test_an_option_key_that_is_not_text_is_named_with_its_path(tmp_path: Path, options: str, says: str) -> None:
@@ -129,6 +130,13 @@ def test_an_option_key_that_is_not_text_is_named_with_its_path(tmp_path: Path, o
     null is named where it is, not left to the recorder's words about dicts."""
     (line,) = _errors(tmp_path, BASE.replace("  on_error: discard\n", f"  on_error: discard\n  options: {options}\n"))
     assert line.startswith(says) and "allowed: keys that are text (in quotes" in line, line
+
+
+def test_a_source_option_key_that_is_not_text_is_named_too(tmp_path: Path) -> None:
+    """YAML's `no:` as a csv header name was once the key 'False'."""
+    text = BASE.replace("options: {path: in.csv}", "options: {path: in.csv, field_mapping: {no: b}}")
+    (line,) = _errors(tmp_path, text)
+    assert line.startswith("source.options.field_mapping: found a key that is a boolean (False)"), line
 
 
 def test_missing_required_keys(tmp_path: Path) -> None:

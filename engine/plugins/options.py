@@ -26,14 +26,6 @@ def text_item(value: Any, where: str, what: str) -> str:
     return value
 
 
-def text_keys(mapping: Mapping[Any, Any], where: str, what: str) -> dict[str, Any]:
-    """`mapping`, whose keys must be text (field names): refused, as `text_item` says, otherwise."""
-    for key in mapping:
-        if not isinstance(key, str):
-            raise PluginConfigError(where, f"found a key that is {value_kind(key)}; allowed: {what} {_QUOTE}")
-    return dict(mapping)
-
-
 class Options:
     def __init__(self, options: Mapping[str, Any] | None, *allowed: str) -> None:
         self.options = dict(options or {})

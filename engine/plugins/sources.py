@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from engine.plugins.options import Options, text_item, text_keys
+from engine.plugins.options import Options, text_item
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, SourceItem
 from engine.plugins.schema import Schema, SchemaViolation, normalise_headers, parse_schema
 
@@ -209,7 +209,7 @@ class CsvSource:
         if self.skip_rows < 0:
             raise PluginConfigError("skip_rows", f"must be 0 or more, found {self.skip_rows}")
         self.columns = _names(o.list_("columns"), "columns")
-        mapping = text_keys(o.dict_("field_mapping") or {}, "field_mapping", "a header name")
+        mapping = o.dict_("field_mapping") or {}  # (its keys are text: see `load_settings`)
         for key, new in mapping.items():
             if not text_item(new, f"field_mapping.{key}", "a field name"):
                 raise PluginConfigError(f"field_mapping.{key}", "found an empty name; allowed: a field name")

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import re2
 
-from engine.plugins.options import Options, text_item, text_keys
+from engine.plugins.options import Options, text_item
 from engine.plugins.protocol import PluginConfigError, Row, RowError
 from engine.plugins.reasons import field_named
 from engine.plugins.schema import parse_schema
@@ -36,7 +36,8 @@ class FieldMapper:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "mapping", "select_only", "strict")
-        mapping = text_keys(o.dict_("mapping", required=True) or {}, "mapping", "a field name")
+        # (Keys YAML read as numbers, booleans or null are refused with the settings: they are recorded as text.)
+        mapping = o.dict_("mapping", required=True) or {}
         if not mapping:
             raise PluginConfigError("mapping", "required: at least one {old: new} pair")
         for old, new in mapping.items():
@@ -89,7 +90,7 @@ class Truncate:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "fields", "suffix", "strict")
-        fields = text_keys(o.dict_("fields", required=True) or {}, "fields", "a field name")
+        fields = o.dict_("fields", required=True) or {}
         for name, limit in fields.items():
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise PluginConfigError(f"fields.{name}", f"expected a positive maximum length, found {limit!r}")
