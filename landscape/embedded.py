@@ -356,21 +356,22 @@ def _stale_pid(pgdata: Path) -> int | None:
     """The process postmaster.pid names when it is certainly not this folder's server: a
     postmaster works in its data folder (it changes into it as it starts, and never leaves), so
     a live process of that number working elsewhere got the number after the server was killed
-    (a reboot, a container's restart) — unless a server answers on the socket the file names:
-    then the number is one of another PID namespace (a container sharing the home), where it is
-    the server's. `pg_ctl status` only asks whether the number is alive, and `pg_ctl stop` would
+    (a reboot, a container's restart) — unless a server answers on the home's socket, at the
+    port the file names: then the number is one of another PID namespace (a container sharing
+    the home), where it is the server's. (The home's socket folder, not the one the file names:
+    the file is the server account's to write, and root is not to be sent to any socket it likes.) `pg_ctl status` only asks whether the number is alive, and `pg_ctl stop` would
     signal that process: another home's server, say. None when it is this folder's, when none
     lives, when a server answers, or when this process may not look (no /proc: a server of this
     home runs as this user, or as the server account under root, so it may)."""
     try:
         lines = _read_small(pgdata / "postmaster.pid").splitlines()
-        pid, port, sockets = int(lines[0]), int(lines[3]), lines[4].strip()
+        pid, port = int(lines[0]), int(lines[3])
         where = os.stat(f"/proc/{pid}/cwd")
         here = os.stat(pgdata)
     except (OSError, ValueError, IndexError):
         return None
-    address = os.path.join(sockets, f".s.PGSQL.{port}")
-    if (where.st_dev, where.st_ino) == (here.st_dev, here.st_ino) or not sockets or len(address.encode()) > 107:
+    address = str(_socket_dir(pgdata.parent) / f".s.PGSQL.{port}")
+    if (where.st_dev, where.st_ino) == (here.st_dev, here.st_ino) or len(address.encode()) > 107:
         return None  # (a longer address than a socket can have: no server made it, none can be asked)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
