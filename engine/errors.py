@@ -20,3 +20,15 @@ class RunFailedError(EngineError):
         super().__init__(f"run {run_id} failed: {reason}")
         self.run_id = run_id
         self.reason = reason
+
+
+class RunStopped(RunFailedError):
+    """The audit store or the witness file failed in the middle of a run: nothing could be
+    recorded of it, but the log ends at its last durability point, which a resume continues from."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        EngineError.__init__(
+            self, f"run {run_id} stopped: {reason}; its log ends at its last durability point, where a resume continues"
+        )
+        self.run_id = run_id
+        self.reason = reason

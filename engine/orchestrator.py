@@ -24,7 +24,7 @@ from engine import signing
 from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
-from engine.errors import ResumeRefused, RunFailedError, RunRefused
+from engine.errors import ResumeRefused, RunFailedError, RunRefused, RunStopped
 from engine.places import places_gone
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, at_node
 from engine.plugins.registry import build_plugin
@@ -38,7 +38,7 @@ from landscape import faults
 from landscape.canonical import decode_row
 from landscape.checkpoint import run_origin
 from landscape.db import Database
-from landscape.errors import CorruptLog
+from landscape.errors import CorruptLog, LandscapeError
 from landscape.fold import RunFold
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed, read_run_witness, witness_path
@@ -530,6 +530,15 @@ class Execution:
             self.writer.close()  # the run's lock and the sender go whatever a sink did
 
 
+def _carry_on(ex: Execution) -> str:
+    """`ex.run()`. When the store or the witness file fails in the middle (a lost connection, a
+    full disk, the sender killed), the run is there to be resumed: the error says which run."""
+    try:
+        return ex.run()
+    except LandscapeError as e:
+        raise RunStopped(ex.run_id, str(e)) from e
+
+
 def _guarded_source(items: Iterator[SourceItem | None]) -> Iterator[SourceItem | None]:
     """The source's records; anything it raises fails the run on record (see `at_node`)."""
     try:
@@ -678,7 +687,7 @@ def start_run(
         )  # fmt: skip
         try:
             ex.start(resumed=False, forced=False, fingerprint=_fingerprint(pipeline))
-            status = ex.run()
+            status = _carry_on(ex)
             stop.settled()
         finally:
             ex.close()
@@ -824,7 +833,7 @@ def _resume(
         try:
             ex.start(resumed=True, forced=force and changed, fingerprint=fingerprint,
                      new_settings=changed_settings or other_file)  # fmt: skip
-            status = ex.run()
+            status = _carry_on(ex)
             stop.settled()
         finally:
             ex.close()

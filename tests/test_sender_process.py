@@ -248,3 +248,45 @@ def test_a_stop_in_the_middle_of_handing_over_a_batch_ends_the_child_at_once(db:
     assert process._pid is None  # ended and reaped
     assert _lock_released(db, run_id)
     assert verify_run(PostgresRecorder(db), run_id).events == 1
+
+
+def test_a_witness_file_that_cannot_grow_stops_elspeth_run_with_the_resume_to_use(db: Database, tmp_path: Path) -> None:
+    """A full disk under the witness file in the middle of a run: the commit is in the store, its
+    checkpoint is not witnessed, and the run stops. The message names the run and how to go on
+    (it said only what failed), and the resume, with room again, writes what a whole run writes.
+    A file-size limit stands in for the full disk: the sinks' files stay far below it."""
+    import resource
+    import subprocess
+    import sys
+
+    outputs = {}
+    for name, limit in (("whole", None), ("stopped", 2500)):
+        work = tmp_path / name
+        (work / "out").mkdir(parents=True)
+        write_csv(work / "in.csv", ["id", "v"], [[i, i % 10] for i in range(30)])
+        (work / "settings.yaml").write_text(PIPELINE)
+        if limit is not None:
+            elspeth("db", "upgrade", cwd=work, db=db)  # (the key files are made before the limit)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+            env["ELSPETH_DATABASE_URL"] = db.conninfo
+
+            def small_files(limit: int = limit) -> None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+            proc = subprocess.run(
+                [sys.executable, "-m", "engine.cli.main", "run", "-s", "settings.yaml", "--commit-every", "2"],
+                cwd=work, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+                preexec_fn=small_files,
+            )  # fmt: skip
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert "Traceback" not in proc.stderr, proc.stderr
+            run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+            assert f"run {run_id} stopped: cannot write the witness file" in proc.stderr, proc.stderr
+            assert f"`elspeth resume {run_id}`" in proc.stderr, proc.stderr
+            resumed = elspeth("resume", run_id, cwd=work, db=db)
+            assert resumed.returncode == 0, resumed.stderr
+        else:
+            proc = elspeth("run", "-s", "settings.yaml", "--commit-every", "2", cwd=work, db=db)
+            assert proc.returncode == 0, proc.stderr
+        outputs[name] = {p.name: p.read_bytes() for p in sorted((work / "out").iterdir())}
+    assert outputs["stopped"] == outputs["whole"]
