@@ -335,6 +335,15 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
             f"{where}: landscape.export is recorded with the run but not acted on: this version has no export"
         )
     loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
+    for i, c in enumerate(settings.coalesce):
+        if c.policy == "first" and c.merge == "select":
+            # Valid, and the prior system's, but easily not what was meant: which branch arrives
+            # first is decided by the branches' paths (the fork's order, what holds or diverts a row).
+            loaded.warnings.append(
+                f"{where}: coalesce[{i}] ({c.name}): policy first merges on the first branch to arrive, and merge "
+                f"select keeps only {c.select_branch}'s row, so a row whose first arrival is another branch fails "
+                f"(select_missing); to wait for {c.select_branch}, use policy require_all, quorum or best_effort"
+            )
     return loaded
 
 

@@ -515,3 +515,17 @@ def test_yaml_nested_as_deep_as_allowed_loads(tmp_path: Path) -> None:
     load_settings(
         _write(tmp_path, BASE.replace("{path: in.csv}", "{path: in.csv, x: " + "[" * depth + "]" * depth + "}")), {}
     )
+
+
+@pytest.mark.parametrize("policy", ["first", "require_all"])
+def test_policy_first_with_merge_select_is_a_warning_that_says_what_it_does(tmp_path: Path, policy: str) -> None:
+    """Valid (the prior system's), but a row whose first branch to arrive is not the selected one
+    fails: a user meaning "wait for that branch" is told, before rows fail one by one."""
+    text = BASE + f"coalesce:\n- {{name: j, branches: [a, b], policy: {policy}, merge: select, select_branch: b}}\n"
+    warnings = load_settings(_write(tmp_path, text), {}).warnings
+    if policy == "require_all":
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert "coalesce[0] (j): policy first merges on the first branch to arrive" in warning
+    assert "fails (select_missing); to wait for b, use policy require_all, quorum or best_effort" in warning
