@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from landscape.errors import CorruptLog
+from landscape.token_ids import EndedIds
 from statecharts import events as ev
 from statecharts.compiled import BATCH, COALESCE, RUN, TOKEN, InvalidTransition
 from statecharts.machines import INITIAL, BatchState
@@ -92,9 +93,9 @@ class RunFold:
     source_exhausted: bool = False
     # The types the first valid source row fixed for undeclared fields (None: not fixed yet).
     fixed_types: dict[str, str] | None = None
-    # Ended token ids, kept only when checking a stored log (replay) so that an event for a
-    # token that already ended is caught; a live run does not need them and must stay bounded.
-    ended: set[str] | None = None
+    # Ended token ids, kept only when checking a stored log (replay) so that a token created
+    # again after it ended is caught (about a bit each: `EndedIds`); a live run does not need them.
+    ended: EndedIds | None = None
 
     # -- applying ----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from landscape.merkle import EMPTY_ROOT, MerkleAccumulator
 from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.records import Erasure, Payload, StoredEvent
+from landscape.token_ids import EndedIds
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.errors import StatechartError
@@ -89,7 +90,7 @@ def verify_events(
     payload the events reference (`Verification.referenced`, for a payload check; a resume, which
     loads only its live tokens' rows, goes without: a million-row run references millions).
     Never raises for a bad log: the result says."""
-    result = Verification(run_id, RunFold(run_id, ended=set()))
+    result = Verification(run_id, RunFold(run_id, ended=EndedIds()))
     leaves = _Leaves(roots_at)
     with _reading(events):
         prev, expected = _verify_each(run_id, events, result, leaves, observe, references)
@@ -243,7 +244,7 @@ def check_events(
     intact), the payload names noted are handed to it each time there are `confirm_at` of them, so
     that memory stays bounded however long the log: `Verification.referenced` then holds only
     the names not confirmed, each with the first seq that references it."""
-    result = Verification(run_id, RunFold(run_id, ended=set()))
+    result = Verification(run_id, RunFold(run_id, ended=EndedIds()))
     referenced = result.referenced
     apply, remember = result.fold.apply, referenced.setdefault if references else None
     if confirm is None:

@@ -21,6 +21,7 @@ from landscape.errors import ChainBroken
 from landscape.fold import IllegalEvent, RunFold
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
+from landscape.token_ids import EndedIds
 from landscape.verify_store import verify_run
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -254,7 +255,7 @@ def _completed_log(db: Database, kind: str) -> list[StoredEvent]:
 
 def _folded(log: list[StoredEvent], cut: int) -> RunFold:
     """The strict fold of the log's first `cut` events."""
-    return RunFold(log[0].run_id, ended=set()).apply_all(log[:cut])
+    return RunFold(log[0].run_id, ended=EndedIds()).apply_all(log[:cut])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
