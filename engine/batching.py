@@ -78,9 +78,9 @@ class Batcher:
             reason = f"expected {cfg.expected_output_count} output rows, got {len(result.rows)}"
             return self._fail(batch_id, members, reason)
         if cfg.output_mode == "passthrough":
-            if len(result.rows) != len(members):
-                reason = f"passthrough needs one output per input: {len(members)} in, {len(result.rows)} out"
-                return self._fail(batch_id, members, reason)
+            why = _not_passthrough(result, len(members))
+            if why is not None:
+                return self._fail(batch_id, members, why)
             works = []
             for m, out, data in zip(members, result.rows, encoded, strict=True):
                 h = ctx.store_data(data)
@@ -130,6 +130,21 @@ class Batcher:
             ctx.emit(m.token_id, ev.TokenFailed(reason="batch_failed", node=name, detail=reason))
             self.lost(m, "failed")
             del ctx.waiting[m.token_id]
+
+
+def _not_passthrough(result: BatchResult, inputs: int) -> str | None:
+    """Why a batch's result cannot continue as its inputs (None: it can). Each output goes on as
+    the token of the input at its position, so it must be that input's row and no other's: an
+    input the plugin rejected, or an output it says it made from other inputs, would carry
+    another row's data under this row's lineage (and its rejection would go unrecorded)."""
+    if len(result.rows) != inputs:
+        return f"passthrough needs one output per input: {inputs} in, {len(result.rows)} out"
+    if result.rejected:
+        k = min(k for k, _why in result.rejected)
+        return f"passthrough needs one output per input, and the aggregation rejected input {k + 1} of the batch"
+    if result.sources is not None and result.sources != [[i] for i in range(inputs)]:
+        return "passthrough needs each output made from the input at its place, and the aggregation says otherwise"
+    return None
 
 
 def _bad_sources(result: BatchResult, inputs: int, rejected: dict[int, str]) -> str | None:

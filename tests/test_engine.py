@@ -285,6 +285,26 @@ def test_passthrough_mode_keeps_the_tokens(db: Database, tmp_path: Path) -> None
     assert_invariants(r.fold)
 
 
+def test_passthrough_refuses_a_result_that_moves_rows_between_inputs(db: Database, tmp_path: Path) -> None:
+    """batch_replicate rejects row 2 (0 copies) and makes two copies of row 1: as many outputs as
+    inputs, but the second is row 1's data, which went on as row 2's token (recorded completed,
+    row 2 nowhere, its rejection unrecorded). The batch fails instead, saying why."""
+    _input(tmp_path, [[1, 2, "x"], [2, 0, "y"], [3, 1, "x"], [4, 1, "y"]])
+    r = run(
+        db,
+        tmp_path,
+        _agg_pipeline("{count: 2}", mode="passthrough", plugin="batch_replicate", options="{copies_field: v}"),
+    )
+    assert_invariants(r.fold)
+    assert r.outcomes() == {"failed": 2, "completed": 2}
+    assert [row["id"] for row in r.rows("out/out.csv")] == ["3", "4"]
+    with db.connect() as conn:
+        details = conn.execute(
+            "SELECT DISTINCT detail FROM token_outcomes WHERE run_id = %s AND outcome = 'failed'", (r.outcome.run_id,)
+        ).fetchall()
+    assert details == [("passthrough needs one output per input, and the aggregation rejected input 2 of the batch",)]
+
+
 def test_a_batch_error_fails_every_token_in_it(db: Database, tmp_path: Path) -> None:
     _input(tmp_path, [[1, 1, "a"], [2, 2, "b"], [3, 3, "a"]])
     r = run(db, tmp_path, _agg_pipeline("{count: 2}", options="{value_field: v, group_by: note}"))

@@ -136,3 +136,16 @@ def test_sources_that_cannot_be_the_outputs_parents_fail_the_batch() -> None:
         ([[0], [1]], {1: "x"}),
     ]:
         assert _bad_sources(BatchResult(rows, sources=sources), 3, rejected) is not None, sources
+
+
+def test_passthrough_takes_only_each_input_continuing_as_itself() -> None:
+    from engine.batching import _not_passthrough
+    from engine.plugins.protocol import BatchResult
+
+    rows: list[dict[str, Any]] = [{}, {}]
+    assert _not_passthrough(BatchResult(rows), 2) is None
+    assert _not_passthrough(BatchResult(rows, sources=[[0], [1]]), 2) is None
+    assert "2 in, 1 out" in str(_not_passthrough(BatchResult(rows[:1]), 2))
+    assert "rejected input 2" in str(_not_passthrough(BatchResult(rows, rejected=[(1, "no")]), 2))
+    for sources in ([[0], [0]], [[1], [0]], [[0], [0, 1]]):
+        assert "the input at its place" in str(_not_passthrough(BatchResult(rows, sources=sources), 2)), sources
