@@ -468,6 +468,10 @@ def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
         ("csv", {"path": "o.csv", "mode": "overwrite"}, "mode"),
         ("csv", {"path": "o.csv", "headers": "yes"}, "headers"),
         ("csv", {"path": "o.csv", "delimiter": ""}, "delimiter"),
+        # rows that read back as other rows: each cell a record, or the quote splitting them
+        ("csv", {"path": "o.csv", "delimiter": "\n"}, "delimiter"),
+        ("csv", {"path": "o.csv", "delimiter": "\r"}, "delimiter"),
+        ("csv", {"path": "o.csv", "delimiter": '"'}, "delimiter"),
         ("json", {"path": "o.json", "format": "yaml"}, "format"),
         ("json", {"path": "o.json", "indent": "two"}, "indent"),
         ("json", {"path": "o.json", "encoding": "nope"}, "encoding"),

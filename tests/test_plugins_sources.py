@@ -104,6 +104,28 @@ def test_modes_fixed_flexible_observed() -> None:
         parse_schema({"mode": "flexible", "fields": ["a: int", "b: str"]}).coerce(row)
 
 
+@pytest.mark.parametrize(
+    ("spec", "value", "expected"),
+    [
+        ("a: int", 2.0**53, 2**53),
+        ("a: int", -(2.0**53), -(2**53)),
+        ("a: int", 2.0**53 + 2, None),  # 12345678901234567890.0 read as ...7168: digits already lost
+        ("a: int", 12345678901234567890.0, None),
+        ("a: float", "1e-300", 1e-300),
+        ("a: float", "0.0e-400", 0.0),
+        ("a: float", "1e-400", None),  # it would read 0
+        ("a: float", " -2.5E-999 ", None),
+    ],
+)
+def test_coercions_that_would_change_the_value_are_violations(spec: str, value: Any, expected: Any) -> None:
+    schema = parse_schema(fixed(spec))
+    if expected is None:
+        with pytest.raises(SchemaViolation):
+            schema.coerce({"a": value})
+    else:
+        assert schema.coerce({"a": value}) == {"a": expected}
+
+
 def test_field_names() -> None:
     assert parse_schema(fixed("b: str", "a: int?")).field_names == ["b", "a"]
     assert parse_schema({"mode": "observed"}).field_names is None
@@ -121,6 +143,7 @@ def test_field_names() -> None:
         ({"mode": "fixed", "fields": ["a: int", "a: str"]}, "schema.fields[1]"),
         ({"mode": "fixed", "fields": ["a: int"], "strict": True}, "schema.strict"),
         ({"fields": ["a: int"]}, "schema.mode"),  # observed, the default, would check none of them
+        ({"mode": "observed", "fields": ["a: int"]}, "schema.fields"),  # nor when it is written down
     ],
 )
 def test_bad_schemas_name_their_key_path(raw: Any, path: str) -> None:
@@ -357,6 +380,7 @@ def test_on_validation_failure_is_an_attribute() -> None:
     [
         ("csv", {}, "path"),
         ("csv", {"path": "x", "delimiter": ";;"}, "delimiter"),
+        ("csv", {"path": "x", "delimiter": "\n"}, "delimiter"),  # 'a,b' would read as one column 'a_b'
         ("csv", {"path": "x", "skip_rows": -1}, "skip_rows"),
         ("csv", {"path": "x", "encoding": "klingon"}, "encoding"),
         ("csv", {"path": "x", "colums": ["a"]}, "colums"),

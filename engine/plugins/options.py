@@ -71,6 +71,17 @@ class Options:
         value = self._get(key, (str,), "a string", default, required)
         return str(value)
 
+    def delimiter(self) -> str:
+        """A CSV `delimiter`: one character, not the quote or a line break, which the csv module
+        takes but which then split a record in other places than the ones written (a file whose
+        rows read back as others)."""
+        value = self.str_("delimiter", ",")
+        if len(value) != 1 or value in '"\r\n':
+            raise PluginConfigError(
+                "delimiter", f"found {value!r}; allowed: one character other than a double quote or a line break"
+            )
+        return value
+
     def int_(self, key: str, default: int = 0, *, required: bool = False) -> int:
         value = self._get(key, (int,), "an integer", default, required)
         return int(value)

@@ -19,7 +19,7 @@ _ON_VF = "a sink name, or discard (default: discard)"
 
 _CSV_SOURCE = {
     "path": "input file (required)",
-    "delimiter": "one character (default: ',')",
+    "delimiter": "one character, not a quote or line break (default: ',')",
     "encoding": "default: utf-8",
     "skip_rows": "lines to skip before the header (default: 0)",
     "columns": "field names, for a file without a header line",
@@ -71,7 +71,7 @@ BUILTIN: tuple[PluginSpec, ...] = (
         "max_copies": "default: 10000", "include_copy_index": "add copy_index (default: true)", "schema": _SCHEMA}),
     PluginSpec("csv", "sink", sinks.CsvSink, {
         "path": "output file (required; its folder must exist)", "headers": "write a header line (default: true)",
-        "delimiter": "one character (default: ',')", "encoding": "default: utf-8",
+        "delimiter": "one character, not a quote or line break (default: ',')", "encoding": "default: utf-8",
         "mode": "write | append (default: write)", "schema": _SCHEMA}),
     PluginSpec("json", "sink", sinks.JsonSink, _JSON_SINK),
     PluginSpec("jsonl", "sink", lambda o: sinks.JsonSink(o, default_format="jsonl"),

@@ -184,13 +184,18 @@ def _to_str(value: Any) -> Any:
     return value if isinstance(value, str) else _BAD
 
 
+_EXACT = 2**53  # every integer up to this is a float exactly
+
+
 def _to_int(value: Any) -> Any:
     if isinstance(value, bool):
         return _BAD  # bool is an int subclass in Python, not in a schema
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else _BAD
+        # Past 2**53 a float has lost digits already (12345678901234567890.0 reads as
+        # ...7168): which int the row meant cannot be told, so it is not one.
+        return int(value) if math.isfinite(value) and value.is_integer() and abs(value) <= _EXACT else _BAD
     if isinstance(value, str) and is_int_text(value):
         try:
             return int(value.strip())
@@ -209,6 +214,8 @@ def _to_float(value: Any) -> Any:
             number = float(value)
         elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             number = float(value.strip())
+            if number == 0.0 and any(c in "123456789" for c in value.lower().partition("e")[0]):
+                return _BAD  # too small for a float (1e-400 would read 0), as the JSON source says
         else:
             return _BAD
     except OverflowError:  # an integer of hundreds of digits
@@ -282,6 +289,12 @@ def parse_schema(raw: Any) -> Schema:
         fields.append(Field(name, type_, optional))
     if mode != "observed" and not fields:
         raise PluginConfigError("schema.fields", f"required for mode {mode}")
+    if mode == "observed" and fields:  # (as when mode is left out: see above)
+        raise PluginConfigError(
+            "schema.fields",
+            "given with mode observed, which does not use them (no check, no sink header or columns); allowed: "
+            "mode fixed (exactly these fields) or flexible (at least these), or no fields",
+        )
     return Schema(mode, tuple(fields))
 
 

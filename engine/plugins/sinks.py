@@ -331,9 +331,7 @@ class CsvSink(_FileSink):
         o = Options(options, "path", "headers", "delimiter", "encoding", "mode")
         super().__init__(o.str_("path", required=True), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
         self.write_header = o.bool_("headers", True)
-        self.delimiter = o.str_("delimiter", ",")
-        if len(self.delimiter) != 1:
-            raise PluginConfigError("delimiter", f"must be one character, found {self.delimiter!r}")
+        self.delimiter = o.delimiter()
         self.fields: list[str] | None = self.schema.field_names
         self._known: frozenset[str] | None = None  # self.fields as a set, for the per-row check
         self._needs_header = True

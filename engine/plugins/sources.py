@@ -201,9 +201,7 @@ class CsvSource:
                     "schema", "on_validation_failure")  # fmt: skip
         self.path = Path(o.str_("path", required=True))
         check_input_path(self.path)
-        self.delimiter = o.str_("delimiter", ",")
-        if len(self.delimiter) != 1:
-            raise PluginConfigError("delimiter", f"must be one character, found {self.delimiter!r}")
+        self.delimiter = o.delimiter()
         self.encoding = o.encoding()
         self.skip_rows = o.int_("skip_rows", 0)
         if self.skip_rows < 0:
