@@ -242,10 +242,20 @@ def _csv_settings(tmp: Path, header: str, options: str = "") -> Path:
         ("id,name", ", field_mapping: {name: id}", "in.csv: field_mapping gives two columns the name 'id'; allowed: names once each"),
         ('id,"notes', "", "in.csv: the header on line 1 opens a quote that does not close on that line;"),
         ("junk\nid,x,id", ", skip_rows: 1", "in.csv: the headers 'id' and 'id' both normalise to 'id'"),
+        ("Customer ID,Amount", ", schema: {mode: fixed, fields: ['Customer ID: str', 'amount: int']}",
+         "in.csv: the schema requires 'Customer ID', which is no column of the header (its columns, as rows hold "
+         "them: customer_id, amount)"),
+        ("id,name", ", schema: {mode: flexible, fields: ['id: int', 'nom: str']}", "requires 'nom'"),
+        ("id,name", ", field_mapping: {name: nom}, schema: {mode: fixed, fields: ['id: int', 'name: str']}",
+         "requires 'name', which is no column of the header (its columns, as rows hold them: id, nom)"),
         ("id,name", "", None),
         ('id,"a,b"', "", None),
+        ("Customer ID", ", schema: {mode: flexible, fields: ['customer_id: str', 'x: int?']}", None),
+        ("id", ", columns: [id, extra], schema: {mode: fixed, fields: ['id: int', 'extra: str']}", None),
     ],
-    ids=["twice", "empty", "mapped-twice", "open-quote", "after-skip-rows", "fine", "quoted-delimiter"],
+    ids=["twice", "empty", "mapped-twice", "open-quote", "after-skip-rows", "schema-unnormalised",
+         "schema-misspelt", "schema-before-mapping", "fine", "quoted-delimiter", "schema-optional-absent",
+         "schema-columns"],
 )  # fmt: skip
 def test_a_csv_header_the_run_would_refuse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: str, options: str, says: str | None

@@ -121,12 +121,9 @@ def test_flexible_locks_only_the_undeclared_fields_and_the_quarantined_row_has_t
     assert type(items[2].raw["amount"]) is float
 
 
-@pytest.mark.parametrize("fields", [[], ["id: int"]])
-def test_observed_locks_every_field(tmp_path: Path, fields: list[str]) -> None:
-    # Observed fields are not checked by the schema (not even listed ones): the lock covers all.
-    items = read_locked(
-        jsonl(tmp_path, {"id": 1, "v": "a"}, {"id": "1", "v": "b"}), {"mode": "observed", "fields": fields}
-    )
+def test_observed_locks_every_field(tmp_path: Path) -> None:
+    # Observed fields are not checked by the schema (it lists none: see parse_schema): the lock covers all.
+    items = read_locked(jsonl(tmp_path, {"id": 1, "v": "a"}, {"id": "1", "v": "b"}), {"mode": "observed", "fields": []})
     assert passed(items) == [0]
     assert items[1].error is not None and "field 1 of the row" in items[1].error
 

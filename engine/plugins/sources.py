@@ -228,7 +228,17 @@ class CsvSource:
         a header the run cannot use stops `validate` and `run` before a run is recorded."""
         with _open_input(self.path) as f:
             lines = _Lines(f, self.encoding, self.path, cr_lines=True)
-            self._read_header(iter(lines), lines)
+            names = self._read_header(iter(lines), lines)
+        # A field the schema requires that no column is named would make every row a violation:
+        # all quarantined, by a run that "completed" (often a header's own spelling, 'Customer ID',
+        # where the rows hold the normalised customer_id).
+        known = set(names or ())
+        missing = [f.name for f in self.schema.fields if not f.optional and f.name not in known]
+        if names is not None and self.schema.mode != "observed" and missing:
+            raise PluginError(
+                _NODE, f"{self.path}: the schema requires '{missing[0]}', which is no column of the header (its columns, "
+                f"as rows hold them: {', '.join(names)}); allowed: those names, or the field optional ('name: type?')"
+            )  # fmt: skip
 
     def _records(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
         lines = _Lines(f, self.encoding, self.path, cr_lines=True)
