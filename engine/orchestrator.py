@@ -47,7 +47,7 @@ from landscape.payloads import load_payloads
 from landscape.postgres import OpenPosition, PostgresRecorder, Sending
 from landscape.queries import metrics_at, run_summary
 from landscape.verify import Verification, verify_checkpoints
-from landscape.verify_store import verify_log
+from landscape.verify_store import unsigned_end, verify_log
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_OPEN, BatchState, RunState
@@ -659,6 +659,8 @@ def _verified_log(
     if verified.bad is None and checkpoints:
         origin = run_origin(recorder.store_id(), run_id)
         verified.bad = verify_checkpoints(verified, checkpoints, verifier, origin)
+        if verified.bad is None and upto_seq is None:  # (a resume: it would continue after them)
+            verified.bad = unsigned_end(recorder, run_id, verified, checkpoints, verifier, origin)
     if verified.bad is not None:  # no events at all is an empty fold: a run that never committed
         verified.raise_if_bad()
     return verified

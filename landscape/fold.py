@@ -15,8 +15,8 @@ from typing import Any
 from landscape.errors import CorruptLog
 from landscape.token_ids import EndedIds
 from statecharts import events as ev
-from statecharts.compiled import BATCH, COALESCE, RUN, TOKEN, InvalidTransition
-from statecharts.machines import INITIAL, BatchState
+from statecharts.compiled import BATCH, COALESCE, EVENT_MACHINE, RUN, TOKEN, InvalidTransition
+from statecharts.machines import INITIAL, RUN_ENDED, BatchState
 
 
 class IllegalEvent(CorruptLog):
@@ -102,6 +102,12 @@ class RunFold:
     def apply(self, seq: int, entity_id: str, event: ev.EventBase) -> None:
         handler = _HANDLERS[type(event)]
         try:
+            if self.status in RUN_ENDED and type(event) not in _RUN_EVENTS:
+                # Rows move only while the run is not over: after it ended only the run's own
+                # events may follow, which its machine checks (a resume first).
+                # Appended to an ended run by someone who can write to the store, a row's event
+                # would otherwise be a legal transition of its own machine.
+                raise InvalidTransition("run", str(self.status), type(event).__name__)
             handler(self, entity_id, event)
         except InvalidTransition as e:
             raise IllegalEvent(self.run_id, seq, f"{entity_id}: {e}") from e
@@ -183,6 +189,12 @@ class RunFold:
         state = TOKEN.apply(INITIAL, "TokenCreated")
         self.tokens[token_id] = TokenInfo(state, e.row_index, e.data_hash, e.at, e.branch, e.fork_id)
         if not e.parents:
+            # A source row: the next one the source read (a resume starts its source at this
+            # count, so a row out of order would move it past a real one, or back over one).
+            if e.row_index != self.source_records:
+                raise InvalidTransition(
+                    "run", f"{self.source_records} source rows read", f"a TokenCreated of row_index {e.row_index}"
+                )
             self.source_records += 1
         if e.fixed_types is not None:
             if self.fixed_types is not None:
@@ -303,6 +315,8 @@ class RunFold:
                 parts.append(f"{len(ids)} {one if len(ids) == 1 else many} ({first}{more})")
         return ", ".join(parts)
 
+
+_RUN_EVENTS = frozenset(t for t in ev.EVENT_TYPES.values() if EVENT_MACHINE[t.__name__] == "run")
 
 _Handler = Callable[[RunFold, str, Any], None]
 _HANDLERS: dict[type[ev.EventBase], _Handler] = {

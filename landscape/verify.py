@@ -306,7 +306,7 @@ def verify_checkpoints(
     for cp in sorted(checkpoints, key=lambda c: c.size):
         where = f"checkpoint of {cp.size} events signed at {cp.recorded_at} ({cp.where})"
         try:
-            signed = _signed(cp.note, verifier, origin)
+            signed = signed_checkpoint(cp.note, verifier, origin)
         except NoteError as e:
             return Finding(min(max(cp.size, 0), verified.events), f"the {where} does not verify: {e}")
         # The size and root a record holds beside its note (a store's columns, a witness line's
@@ -330,7 +330,7 @@ def events_span(first: int, last: int) -> str:
     return f"event {first}" if first == last else f"events {first} to {last}"
 
 
-def _signed(note: str, verifier: Verifier | None, origin: str) -> Checkpoint:
+def signed_checkpoint(note: str, verifier: Verifier | None, origin: str) -> Checkpoint:
     """The checkpoint a note holds, of `origin`; its signature checked when there is a key."""
     if verifier is not None:
         return open_checkpoint(note, verifier, origin=origin)

@@ -29,17 +29,20 @@ from typing import Any
 from landscape.checkpoint import run_origin
 from landscape.child import die_with
 from landscape.notary import Witnessed
-from landscape.note import Verifier
+from landscape.note import NoteError, Verifier
 from landscape.postgres import PostgresRecorder
 from landscape.verify import (
     CONFIRM_AT,
     ChainCheck,
+    Finding,
     Observer,
     Verification,
     check_chain,
     check_events,
+    events_span,
     gc_paused,
     joined,
+    signed_checkpoint,
     unconfirmed,
     verify_checkpoints,
     verify_events,
@@ -141,9 +144,11 @@ def verify_run(
     payloads: bool = True,
     split_at: int = SPLIT_AT,
     confirm_at: int = CONFIRM_AT,
+    as_of_now: bool = True,
 ) -> Verification:
     """Verify a run's log (`verify_log`), check the signed `checkpoints` against it (see
-    `verify_checkpoints`), then, with `payloads`, the row payloads it references (`explain`
+    `verify_checkpoints`) and, unless the reader looks at the log as it was at an earlier seq
+    (`as_of_now` false), that the store's log ends where one of them does (`unsigned_end`), then, with `payloads`, the row payloads it references (`explain`
     checks only those of the rows it shows, and says which are bad). Raises ChainBroken naming
     the first bad seq (CorruptLog when the run has no events)."""
     sizes = [cp.size for cp in checkpoints]
@@ -154,7 +159,10 @@ def verify_run(
         )  # fmt: skip
         verified.raise_if_bad()
         if checkpoints:
-            verified.bad = verify_checkpoints(verified, checkpoints, verifier, run_origin(recorder.store_id(), run_id))
+            origin = run_origin(recorder.store_id(), run_id)
+            verified.bad = verify_checkpoints(verified, checkpoints, verifier, origin)
+            if verified.bad is None and as_of_now:
+                verified.bad = unsigned_end(recorder, run_id, verified, checkpoints, verifier, origin)
             verified.raise_if_bad()
         if not payloads:
             return verified
@@ -169,6 +177,48 @@ def verify_run(
         verified.bad = bad
         verified.raise_if_bad()
     return verified
+
+
+def unsigned_end(
+    recorder: PostgresRecorder,
+    run_id: str,
+    verified: Verification,
+    checkpoints: Sequence[Witnessed],
+    verifier: Verifier | None,
+    origin: str,
+) -> Finding | None:
+    """None when the run's log, as the store holds it now, ends where a signed checkpoint ends.
+
+    ELSPETH signs a checkpoint of the whole log in the very transaction of each commit, so no
+    committed event is ever past the newest one. Events that are were written by someone who can
+    write to the store but cannot sign: appended to a run that had ended, they would be a
+    resume's to continue (a forged row written, the source cursor moved past a real one) and
+    `explain`'s to show. The log's end is read after `verified` was, and the store's checkpoints
+    after that: a live run's later commits each bring their own, so a reader racing a writer
+    finds its checkpoint. `checkpoints` were checked against `verified` already; one read here
+    whose size is the end must be signed for this run (with `verifier`, when given) and, when
+    `verified` reached that end, hash to its root."""
+    end = recorder.last_seq(run_id) + 1
+    newest = max((cp.size for cp in checkpoints), default=0)
+    if end <= newest:
+        return None  # (a log shorter than a checkpoint was named by verify_checkpoints)
+    for cp in recorder.checkpoints(run_id):
+        if cp.size != end:
+            continue
+        try:
+            checkpoint = signed_checkpoint(cp.note, verifier, origin)
+        except NoteError:
+            continue
+        if (checkpoint.size, checkpoint.root) == (cp.size, cp.root) and (
+            end != verified.events or cp.root == verified.root
+        ):
+            return None
+    return Finding(
+        newest,
+        f"{events_span(newest, end - 1)} of the store's log {'is' if end - newest == 1 else 'are'} signed by no "
+        f"checkpoint (the newest signs {newest}): ELSPETH signs every commit, so they were written by someone who "
+        "could write to the store but not sign, or their checkpoint was deleted with the witness file's copy",
+    )
 
 
 class _ChainProcess:

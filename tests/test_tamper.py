@@ -8,6 +8,7 @@ the triggers off (a superuser's `session_replication_role = replica`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
+from landscape.roles import Role
 from landscape.verify import verify_events
 from tests.test_cli import ROOT, elspeth, one_line_error
 
@@ -229,3 +231,110 @@ def test_a_run_in_the_projections_without_events_is_named_and_removed(db: Databa
     err = one_line_error(elspeth("replay", "run-ghost", "--check", cwd=work, db=db), 1)
     assert "no run run-ghost" in err, err
     assert elspeth("replay", run_id, "--check", cwd=work, db=db).returncode == 0
+
+
+def _append_as_writer(db: Database, run_id: str, events: list[tuple[str, object]]) -> int:
+    """What the writer role can do without the signing key: append events to a run's log with a
+    correct chain (a payload for a forged row included). Returns the first seq appended."""
+    import hashlib
+    import os
+
+    from landscape.chain import header, link
+    from landscape.records import datetime_to_us, us_to_datetime
+    from statecharts.compiled import EVENT_MACHINE
+    from statecharts.events import encode_event
+
+    with db.as_role(Role.WRITER).connect() as conn:
+        seq, prev, at = conn.execute(
+            "SELECT seq, hash, recorded_at FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1", (run_id,)
+        ).fetchone()
+        first = seq + 1
+        for entity, event in events:
+            seq += 1
+            kind = type(event).__name__
+            body = encode_event(event)  # type: ignore[arg-type]
+            body_hash = hashlib.sha256(body).digest()
+            us = datetime_to_us(at) + seq
+            h = link(prev, header(run_id, seq, EVENT_MACHINE[kind], entity, kind, 1, us), body_hash)
+            conn.execute(
+                "INSERT INTO events (run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, "
+                "payload_hash, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s, %s, %s)",
+                (run_id, seq, EVENT_MACHINE[kind], entity, kind, us_to_datetime(us), body, body_hash, prev, h),
+            )
+            prev = h
+        salt, data = os.urandom(16), b'{"id":999999,"notes":"forged"}'
+        conn.execute(
+            "INSERT INTO payloads (run_id, hash, salt, data) VALUES (%s, %s, %s, %s)",
+            (run_id, hashlib.sha256(salt + data).digest(), salt, data),
+        )
+        conn.commit()
+    return first
+
+
+def _forged_row(db: Database, run_id: str) -> object:
+    """A source row's creation, as the next row the source would read (as a forger would make it:
+    a row out of order is refused by the fold whatever signs it)."""
+    from statecharts import events as ev
+
+    with db.connect() as conn:
+        (rows,) = conn.execute("SELECT count(*) FROM rows WHERE run_id = %s", (run_id,)).fetchone()
+    return ev.TokenCreated(row_index=rows, data_hash="ab" * 32, at="raw")
+
+
+def test_a_row_appended_to_a_completed_run_by_the_writer_is_refused_by_replay_and_explain(
+    db: Database, tmp_path: Path
+) -> None:
+    """After RunCompleted only nothing may follow: a forged row's TokenCreated was a legal
+    transition of its own machine, and `replay --check` passed (the projections rebuilt by the
+    writer), `explain --row 1000` showed it "created from the source"."""
+    work, run_id = _run(db, tmp_path, "linear")
+    seq = _append_as_writer(db, run_id, [("r999", _forged_row(db, run_id))])
+    assert elspeth("projections", "rebuild", run_id, cwd=work, db=db.as_role(Role.WRITER)).returncode == 0
+    for command in (["replay", run_id, "--check"], ["explain", run_id, "--row", "1000"]):
+        err = one_line_error(elspeth(*command, cwd=work, db=db), 1)
+        assert f"seq {seq}" in err and "not a legal transition" in err and "completed" in err, err
+
+
+def test_events_appended_past_the_last_signed_checkpoint_are_named_and_not_resumed(
+    db: Database, tmp_path: Path
+) -> None:
+    """A crashed run's log ends at a signed checkpoint (each commit signs one). The writer role
+    appends a forged row, legal as a transition: resume read it as the next source row (the
+    forged row written to the sink, a real one never read) and signed over it; `replay` and
+    `explain` showed it. Each now names the unsigned events."""
+    from statecharts import events as ev
+
+    out = tmp_path / "examples" / "linear" / "output"
+    shutil.copytree(ROOT / "examples" / "linear", out.parent)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    crashed = elspeth("run", "-s", "examples/linear/settings.yaml", "--commit-every", "5", cwd=tmp_path, db=db,
+                      env={"ELSPETH_FAULT": "committed:3"})  # fmt: skip
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=tmp_path, db=db).stdout)[0]["run_id"]
+    forged = _forged_row(db, run_id)
+    seq = _append_as_writer(db, run_id, [("r999", forged), ("r999", ev.TokenQuarantined(reason="x"))])
+    for command in (["replay", run_id, "--check"], ["explain", run_id, "--row", "1"], ["resume", run_id]):
+        err = one_line_error(elspeth(*command, cwd=tmp_path, db=db), 1)
+        assert f"events {seq} to {seq + 1} of the store's log are signed by no checkpoint" in err, (command, err)
+    assert b"forged" not in b"".join(p.read_bytes() for p in out.iterdir())
+
+
+@pytest.mark.parametrize("index", [1, 0, 7])
+def test_a_source_row_out_of_order_is_no_legal_transition(index: int) -> None:
+    """A resume starts its source at the count of source rows in the log: a row created out of
+    order (signed or not) would move that cursor past a real row, never read, or back over one."""
+    from landscape.fold import IllegalEvent, RunFold
+    from statecharts import events as ev
+
+    fold = RunFold("run")
+    fold.apply(0, "r0", ev.TokenCreated(row_index=0, data_hash="0" * 64, at="in"))
+    fold.apply(
+        1, "r0.a", ev.TokenCreated(row_index=0, data_hash="0" * 64, at="in", parents=["r0"])
+    )  # (not a source row)
+    if index == 1:
+        fold.apply(2, "r1", ev.TokenCreated(row_index=1, data_hash="0" * 64, at="in"))
+        assert fold.source_records == 2
+        return
+    with pytest.raises(IllegalEvent, match=f"row_index {index}"):
+        fold.apply(2, "r-other", ev.TokenCreated(row_index=index, data_hash="0" * 64, at="in"))

@@ -116,8 +116,8 @@ def test_a_verified_log_that_creates_a_token_again_after_it_ended_is_refused_at_
     created = ev.RunCreated(settings_path="s.yaml", settings_hash="h", settings={}, source_fingerprint="f", nodes=[],
                             elspeth_version="test", working_dir=".")  # fmt: skip
     entries: list[tuple[str, object]] = [("run", created), ("run", ev.RunStarted())]
-    for token in ("r0", "r1.a", "r0"):
-        entries += [(token, ev.TokenCreated(row_index=0, data_hash="0" * 64, at="in")),
+    for index, token in enumerate(("r0", "r1.a", "r0")):
+        entries += [(token, ev.TokenCreated(row_index=index, data_hash="0" * 64, at="in")),
                     (token, ev.TokenQuarantined(reason="x"))]  # fmt: skip
     verified = verify_events("run", _chained("run", entries))  # type: ignore[arg-type]
     assert verified.bad is not None and verified.bad.seq == 6, verified.bad

@@ -77,8 +77,9 @@ def replay_cmd(
                 compared = pool.submit(comparison.differences)
             try:
                 verified = verify_run(
-                    recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=found.key
-                )
+                    recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=found.key,
+                    as_of_now=whole,
+                )  # fmt: skip
             except BaseException:
                 if comparison is not None:  # a broken log or Ctrl-C: no need to wait for the server
                     comparison.cancel()
