@@ -349,7 +349,10 @@ def test_a_database_password_is_never_printed(tmp_path: Path, url: str) -> None:
     assert "hunter2" not in err and "***" in err
 
 
-def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Path, stop: signal.Signals) -> None:
+    """SIGTERM (systemd's, docker's) stops it as Ctrl-C does: it used to end the command with no
+    cleanup, leaving the server it had started running."""
     import psycopg
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
@@ -365,7 +368,7 @@ def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Pa
         with psycopg.connect(found.group(1)) as conn:
             assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert not (tmp_path / ".elspeth" / "pgdata" / "postmaster.pid").exists()  # stopped with it
@@ -495,3 +498,30 @@ def test_running_out_of_memory_is_one_line_not_a_traceback() -> None:
     result = CliRunner().invoke(root, ["hungry"])
     assert result.exit_code == 1
     assert "elspeth: error: out of memory" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_sigterm_outside_a_runs_loop_ends_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
+    """SIGTERM reached a command outside a run's loop (verifying a log, waiting on the database)
+    as the default action: killed with no word and no cleanup (an embedded server left running).
+    A server that accepts the connection and never answers holds the command still, in a known place."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli.main", "--database", f"postgresql://u@127.0.0.1:{port}/db", "runs"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            server.settimeout(60)
+            waiting, _ = server.accept()  # the command is in its connect, waiting for an answer
+            with waiting:
+                proc.send_signal(signal.SIGTERM)
+                _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == "elspeth: interrupted", err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 import click
@@ -73,7 +74,15 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
         os.environ["ELSPETH_DATABASE_URL"] = database
 
 
+def _terminated(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (what systemd, docker and Kubernetes send) ends a command as Ctrl-C does: cleanup
+    # runs (an embedded server this command started is stopped) and the exit status is 130. A
+    # run's loop installs its own handler, which stops at the next record boundary.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
