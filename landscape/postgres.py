@@ -68,6 +68,17 @@ _SCAN_AT = 20_000
 # Payload names per statement of `probe_payloads`: measured over 468,236 of them, 10,000 a
 # statement took 3.4 s, 100,000 1.6 s (a scan of them all: 0.5 s).
 _PROBE = 100_000
+# The payloads of a run that an erasure record of the run (or one without a run: retention of
+# payloads kept before 0007) says were erased, yet are in the store. The writer may insert
+# payloads, so it can put erased ones back (from an older export); the record, which only the
+# owner writes, wins: the readers below skip them, so explain, replay, export, resume and purge
+# all take them as erased. Found from the run's records, each looked up by the payloads' key:
+# nothing when the run has none. (A filter in the scan itself, an index probe of `erasures` per
+# payload, made a run's scan four times slower.)
+_REINSTATED = (
+    "SELECT DISTINCT e.hash FROM erasures e WHERE (e.run_id = %s OR e.run_id IS NULL) "
+    "AND EXISTS (SELECT 1 FROM payloads p WHERE p.hash = e.hash AND p.run_id IN (%s, ''))"
+)
 # `flushed_since`: a run's last event (by the run's key, newest first), then every flush of the
 # other runs whose event came after it by either measure: a later writing transaction (`tx_id`),
 # or a later position (`global_position`). Either alone misses a case: a transaction that took
@@ -347,6 +358,12 @@ def _transaction(conn: psycopg.Connection[Any], snapshot: str | None) -> Iterato
         yield
 
 
+def _reinstated(conn: psycopg.Connection[Any], run_id: str) -> set[bytes]:
+    """The hashes of `_REINSTATED`, in the connection's transaction (and so its snapshot)."""
+    with conn.cursor(binary=True) as cur:
+        return {bytes(r[0]) for r in cur.execute(_REINSTATED, (run_id, run_id))}
+
+
 class PostgresRecorder:
     """The `Recorder` on one PostgreSQL database."""
 
@@ -485,23 +502,25 @@ class PostgresRecorder:
 
     def scan_payloads(self, run_id: str, snapshot: str | None = None) -> Iterator[tuple[bytes, bytes, bytes]]:
         """Every payload kept for run `run_id`, as (hash, salt, data), in pages; in `snapshot`
-        (see `shared_snapshot`) when given."""
+        (see `shared_snapshot`) when given. None an erasure record covers (`_REINSTATED`)."""
         with (
             driver_errors("reading row payloads"),
             self.db.connect() as conn,
             _transaction(conn, snapshot),
             conn.cursor(name=f"payloads_{os.getpid()}", binary=True) as cur,
         ):
+            erased = _reinstated(conn, run_id)
             cur.execute("SELECT hash, salt, data FROM payloads WHERE run_id = %s", (run_id,))
             while rows := cur.fetchmany(_PAGE):
-                yield from rows
+                yield from (r for r in rows if r[0] not in erased) if erased else rows
 
     def probe_payloads(
         self, run_id: str, hashes: Iterable[str], snapshot: str | None = None
     ) -> Iterator[tuple[bytes, bytes, bytes]]:
         """Those of `hashes` (payload names) kept for run `run_id`, or kept before payloads were
         kept by run, as (hash, salt, data), looked up by key; in `snapshot` when given. For a
-        part of a run's payloads: all of them are read faster by `scan_payloads`."""
+        part of a run's payloads: all of them are read faster by `scan_payloads`. None an erasure
+        record covers (`_REINSTATED`)."""
         wanted = [bytes.fromhex(h) for h in hashes if is_name(h)]
         if not wanted:
             return
@@ -511,6 +530,7 @@ class PostgresRecorder:
             _transaction(conn, snapshot),
             conn.cursor(name=f"probe_{os.getpid()}", binary=True) as cur,
         ):
+            erased = _reinstated(conn, run_id)
             for i in range(0, len(wanted), _PROBE):
                 # Binary both ways: a text bytea array is escaped per element by the driver, and
                 # text results are hex the server writes and the driver parses back. In pages:
@@ -520,7 +540,7 @@ class PostgresRecorder:
                     (run_id, wanted[i : i + _PROBE]),
                 )
                 while rows := cur.fetchmany(_PAGE):
-                    yield from rows
+                    yield from (r for r in rows if r[0] not in erased) if erased else rows
 
     def read_since(self, position: tuple[int, int] = (0, 0), limit: int = 10_000) -> list[GlobalEvent]:
         """Events of all runs after `position`, oldest transaction first, at most `limit`.
@@ -579,6 +599,12 @@ class PostgresRecorder:
                     out.setdefault(h, Erasure(hash=h, run_id=r[1], row_index=r[2], kind=r[3], reason=r[4],
                                               erased_at=r[5], erased_by=r[6]))  # fmt: skip
         return out
+
+    def reinstated(self, run_id: str) -> int:
+        """How many payloads of run `run_id` are in the store although an erasure record says
+        they were erased: put back after `purge` (readers take them as erased: `_REINSTATED`)."""
+        with driver_errors("reading erasure records"), self.db.connect() as conn:
+            return len(_reinstated(conn, run_id))
 
     def store_id(self) -> str:
         """This store's id (migration 0005), which every checkpoint's origin names."""

@@ -398,3 +398,34 @@ def test_a_row_request_erases_only_the_batch_outputs_made_from_that_row(db: Data
         ).fetchall()
     assert [len(p) for _t, p in parents] == [1, 1, 1, 1], parents  # four copies, one parent each
     assert elspeth("replay", run_id, "--check", cwd=tmp_path, db=db).returncode == 0
+
+
+def test_a_payload_the_writer_puts_back_after_its_erasure_stays_erased(
+    db: Database, fork_run: tuple[Path, str]
+) -> None:
+    """The writer may insert payloads, so it can put erased ones back (from an older export): the
+    erasure record, which only the owner writes, wins in explain, replay and export, and they say
+    that the store was tampered with."""
+    from landscape.role_names import Role
+
+    work, run_id = fork_run
+    with db.connect() as conn:
+        kept = conn.execute("SELECT run_id, hash, salt, data FROM payloads WHERE run_id = %s", (run_id,)).fetchall()
+    assert elspeth("purge", run_id, "--row", "4", "--reason", "ticket 2", cwd=work, db=db).returncode == 0
+    with db.as_role(Role.WRITER).connect() as conn:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO payloads (run_id, hash, salt, data) VALUES (%s, %s, %s, %s) "
+                            "ON CONFLICT DO NOTHING", kept)  # fmt: skip
+            assert cur.rowcount > 0
+        conn.commit()
+    assert any(SECRET.encode() in v for _t, v in _all_text(db)), "the data is back in the table"
+    explain = elspeth("explain", run_id, "--row", "4", cwd=work, db=db)
+    assert explain.returncode == 0 and SECRET not in explain.stdout, explain.stdout
+    assert "data erased: erased on" in explain.stdout and "put back after `elspeth purge`" in explain.stderr
+    replay = elspeth("replay", run_id, "--check", "--json", cwd=work, db=db)
+    assert replay.returncode == 0 and '"erased": 0' not in replay.stdout, replay.stdout + replay.stderr
+    export = elspeth("export", run_id, "-o", str(work / "x.export"), cwd=work, db=db)
+    assert export.returncode == 0 and "put back after `elspeth purge`" in export.stderr, export.stderr
+    text = (work / "x.export").read_text()
+    assert SECRET not in text and '"ticket 2"' in text
+    assert "0 erasure record(s)" not in export.stdout, export.stdout

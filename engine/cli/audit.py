@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING
 import click
 
 from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
-from engine.cli.common import database_from_ctx, home_from_ctx
+from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
 from landscape.errors import UnknownRun
 from landscape.role_names import Role
@@ -104,6 +104,7 @@ def export_cmd(
         written = write_export(
             recorder, run_id, out, origin=origin, key=key, checkpoints=checkpoints, payloads=not no_payloads
         )
+        warn_reinstated(recorder, run_id)
     what = "commitments only" if no_payloads else f"{written.payloads} row payload(s)"
     click.echo(
         f"exported run {run_id} to {output}: {written.events} events, {what}, {written.erased} erasure record(s), "
@@ -155,6 +156,7 @@ def prove_cmd(
             kept=old,
         )  # fmt: skip
         out.write(encode_bundle(bundle))
+        warn_reinstated(recorder, run_id)
     click.echo(
         f"wrote {output}: {len(bundle.events)} event(s) of run {run_id} proved in its signed tree of {newest.size} "
         f"events"

@@ -10,6 +10,7 @@ import click
 
 if TYPE_CHECKING:  # the driver is imported when a command opens the store, not for --help
     from landscape.db import Database
+    from landscape.postgres import PostgresRecorder
     from landscape.roles import Role
 
 
@@ -35,3 +36,17 @@ def home_from_ctx(ctx: click.Context) -> str:
     from landscape.embedded import elspeth_home
 
     return str(elspeth_home((ctx.find_root().obj or {}).get("home")))
+
+
+def warn_reinstated(recorder: PostgresRecorder, run_id: str) -> None:
+    """Say on stderr when payloads of the run are back in the store after their erasure: only
+    someone who may write payloads (the writer role) could have put them back. Readers take them
+    as erased (`landscape.postgres._NOT_ERASED`); this says that the store was tampered with."""
+    n = recorder.reinstated(run_id)
+    if n:
+        click.echo(
+            f"elspeth: warning: {n} payload(s) of run {run_id} are in the payload store although its erasure records "
+            "say they were erased: they were put back after `elspeth purge` (tampering by a role that may write "
+            "payloads?); they are taken as erased, the records win",
+            err=True,
+        )

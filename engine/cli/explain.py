@@ -13,7 +13,7 @@ import click
 import msgspec
 
 from engine.cli.checkpoints import Checkpoints, key_option, read_checkpoints, witness_option
-from engine.cli.common import database_from_ctx, home_from_ctx
+from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
 from engine.expressions import Expression, ExpressionError, ExpressionSyntaxError, compile_expression
 from landscape import lineage as lin
@@ -83,6 +83,7 @@ def explain_cmd(
         explained = lin.explain_rows(
             recorder, run_id, indexes, upto_seq=upto, checkpoints=found.all, verifier=found.key
         )
+        warn_reinstated(recorder, run_id)
     if not explained.rows:
         what = f"row {row_number}" if row_number is not None else f"row matching {where!r}"
         raise ElspethCliError(f"run {run_id} has no {what}" + (f" ({note})" if note else ""))
