@@ -13,23 +13,25 @@ steps reference.
 
 A run that has not completed can still be resumed, and a resume needs the data of its unfinished
 tokens: retention leaves such runs' data alone (and says so), and a request on one is refused
-unless forced, which its records then say.
+unless forced, which its records then say. Whether a run completed is read from its log, not the
+`runs` table: the writer role may UPDATE that projection (`run_statuses`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
+import psycopg
 
 from landscape.db import Database, driver_errors
 from landscape.errors import LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import lineage
-from landscape.postgres import PostgresRecorder
-from landscape.queries import run_summary
+from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.verify import row_hashes
-from statecharts.machines import RunState
+from statecharts.machines import RUN_STATUS_AFTER, RunState
 
 
 class ErasureRefused(LandscapeError):
@@ -40,6 +42,10 @@ class ErasureRefused(LandscapeError):
 # terminal state; a failed or interrupted run, or one whose writer died, is resumed). A resume
 # carries each unfinished token on from its stored data: erase that, and the run can never end.
 _ENDED = str(RunState.COMPLETED)
+# The run machine's events that set its status, by the name the log holds: a run's status is
+# that of its last one (events of entity 'run', found by the index of migration 0011).
+_STATUS_OF = {t.__name__: str(state) for t, state in RUN_STATUS_AFTER.items()}
+_UNKNOWN = "unknown"  # a run whose log holds no status-setting event
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,8 +87,8 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int], *, force: bool = F
         raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
     if recorder.writer_alive(run_id):
         raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
-    summary = run_summary(db, run_id)
-    status = summary.status if summary is not None else "unknown"
+    with driver_errors(f"reading the status of run {run_id}"), db.connect() as conn:
+        status = run_statuses(conn, [run_id])[run_id]
     if status != _ENDED and not force:
         raise ErasureRefused(
             f"run {run_id} is {status} and can still be resumed: a resume carries its unfinished rows on from "
@@ -132,7 +138,10 @@ def plan_retention(db: Database, cutoff: datetime, *, force: bool = False) -> Pl
                 "SELECT run_id, count(*) FROM payloads WHERE recorded_at < %s GROUP BY run_id", (cutoff,)
             ).fetchall()
         )
-        open_runs = dict(conn.execute("SELECT run_id, status FROM runs WHERE status <> %s", (_ENDED,)).fetchall())
+        # Payloads kept before they had a run ('') may serve any run: all of them are asked then.
+        asked = run_ids_in(conn, "events") if "" in old_runs else [run for run in old_runs if run]
+        # A run without run events (none was created) cannot be resumed either.
+        open_runs = {run: st for run, st in run_statuses(conn, asked).items() if st not in (_ENDED, _UNKNOWN)}
     resumable = {run: open_runs[run] for run in sorted(old_runs) if run in open_runs}
     if "" in old_runs and open_runs:
         resumable[""] = "kept before payloads had a run"
@@ -144,6 +153,29 @@ def plan_retention(db: Database, cutoff: datetime, *, force: bool = False) -> Pl
         cutoff=cutoff,
         counts={run: n for run, n in sorted(old_runs.items()) if run not in keep},
     )
+
+
+def run_statuses(conn: psycopg.Connection[Any], runs: Sequence[str]) -> dict[str, str]:
+    """Each run's status as its log says it (its last status-setting run event), in one statement
+    for all of them. The `runs` table says the same unless someone changed it: the writer role may
+    UPDATE that projection, to have an unfinished run's data erased as if it had completed, or a
+    completed run's kept from retention. A run where they differ is refused, said."""
+    rows = conn.execute(
+        "SELECT u.run_id, l.event_type, r.status FROM unnest(%s::text[]) AS u(run_id) "
+        "LEFT JOIN LATERAL (SELECT e.event_type FROM events e WHERE e.run_id = u.run_id AND e.machine = 'run' "
+        "AND e.event_type = ANY(%s) ORDER BY e.seq DESC LIMIT 1) AS l ON true "
+        "LEFT JOIN runs r ON r.run_id = u.run_id",
+        (list(runs), list(_STATUS_OF)),
+    ).fetchall()
+    logged = {run: _STATUS_OF.get(event or "", _UNKNOWN) for run, event, _table in rows}
+    for run, event, table in rows:
+        if table != logged[run] and (table, event) != (None, None):  # neither: a run with no run events
+            raise ErasureRefused(
+                f"run {run}: the runs table says {table or 'nothing (no row)'}, its log says {logged[run]}; "
+                f"nothing was erased. Find out why with `elspeth replay {run} --check` (a changed projection is "
+                f"put right by `elspeth projections rebuild {run}`)"
+            )
+    return logged
 
 
 def erase(db: Database, plan: Plan, reason: str) -> int:

@@ -429,3 +429,34 @@ def test_a_payload_the_writer_puts_back_after_its_erasure_stays_erased(
     text = (work / "x.export").read_text()
     assert SECRET not in text and '"ticket 2"' in text
     assert "0 erasure record(s)" not in export.stdout, export.stdout
+
+
+def test_whether_a_run_can_be_resumed_is_read_from_its_log_not_the_runs_table(
+    db: Database, crashed_run: tuple[Path, str], fork_run: tuple[Path, str]
+) -> None:
+    """The writer may UPDATE the runs projection: marked completed, an unfinished run's rows would
+    be erased without --force; marked interrupted, a completed run's data kept from retention."""
+    from landscape.role_names import Role
+
+    work, crashed = crashed_run
+    _fork_work, completed = fork_run
+    before = _payloads_of(db, crashed)
+
+    def mark(run_id: str, status: str) -> None:
+        with db.as_role(Role.WRITER).connect() as conn:
+            conn.execute("UPDATE runs SET status = %s WHERE run_id = %s", (status, run_id))
+            conn.commit()
+
+    mark(crashed, "completed")
+    err = one_line_error(elspeth("purge", crashed, "--row", "1", "--reason", "ticket 9", cwd=work, db=db), 1)
+    assert f"run {crashed}: the runs table says completed, its log says running" in err, err
+    assert f"elspeth replay {crashed} --check" in err and _payloads_of(db, crashed) == before
+    mark(crashed, "running")
+    mark(completed, "interrupted")
+    err = one_line_error(elspeth("purge", "--older-than", "0s", "--reason", "RP-3", cwd=work, db=db), 1)
+    assert f"run {completed}: the runs table says interrupted, its log says completed" in err, err
+    assert _payloads_of(db, completed) > 0
+    mark(completed, "completed")
+    proc = elspeth("purge", "--older-than", "0s", "--reason", "RP-3", cwd=work, db=db)
+    assert proc.returncode == 0 and f"{crashed}: running" in proc.stdout, proc.stdout + proc.stderr
+    assert _payloads_of(db, completed) == 0 and _payloads_of(db, crashed) == before
