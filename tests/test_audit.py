@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -89,6 +90,15 @@ def test_export_then_verify_passes(db: Database, tmp_path: Path, example: str) -
     proc = _verify(work, str(out), "--public-key", str(work / ".elspeth/keys/default.pub"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"run {run_id}" in proc.stdout and "match their commitments; 0 erased" in proc.stdout
+
+
+def test_exports_and_bundles_are_readable_by_their_maker_only(db: Database, fork: Exported, tmp_path: Path) -> None:
+    # They hold every row's data and salts, which the store shows only its owner.
+    bundle = tmp_path / "row1.json"
+    proc = elspeth("prove", fork.run_id, "--row", "1", "-o", str(bundle), cwd=fork.work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    for path in (fork.file, bundle):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_an_erased_row_exports_and_verifies_with_its_erasure_records(db: Database, fork: Exported) -> None:

@@ -30,14 +30,15 @@ if TYPE_CHECKING:
 def new_file(path: Path) -> Iterator[IO[bytes]]:
     """Write `path`, which must not exist, all or nothing: into a temporary file beside it, linked
     into place only once everything was written (link() refuses to replace a file that appeared
-    meanwhile). On any error the temporary file goes and `path` is never created."""
+    meanwhile). On any error the temporary file goes and `path` is never created. Mode 0600: an
+    export or a bundle holds row data and its salts, which the store shows its owner alone."""
     if path.exists() or path.is_symlink():
         raise ElspethCliError(f"{path} already exists; choose another name (an export is never overwritten)")
     if not path.parent.is_dir():
         raise ElspethCliError(f"{path.parent} is not an existing folder")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         raise ElspethCliError(f"cannot write {path}: {e.strerror}") from None
     try:
