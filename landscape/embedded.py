@@ -108,6 +108,16 @@ def _os_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
+def _user_name(uid: int) -> str:
+    """'name' (uid N), or uid N where the account has no name."""
+    import pwd
+
+    try:
+        return f"'{pwd.getpwuid(uid).pw_name}' (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _ident(os_user: str) -> str:
     """pg_ident.conf: the OS user running ELSPETH may be the superuser and ELSPETH's roles."""
     lines = [
@@ -448,10 +458,19 @@ def _claim_home(root: Path, server_uid: int, say: Callable[[str], None]) -> None
     been replaced through SQL (`COPY ... TO PROGRAM` runs as that account). Taking the home back
     makes that impossible from now on; the files root opens that it could have replaced with
     links are removed (the locks hold nothing, the log is the server's own), and keys/ and
-    witness/ are checked by their readers (see `landscape.owner`): one not root's is refused."""
+    witness/ are checked by their readers (see `landscape.owner`): one not root's is refused.
+
+    A home of any other user is refused: root would write fingerprint.key, run initdb and start
+    the server in it, and its owner could then rename pgdata/, run/ or the key under root."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
+        if info.st_uid not in (os.geteuid(), 0, server_uid):
+            raise DatabaseUnavailable(
+                f"refusing the ELSPETH home {root}: it belongs to {_user_name(info.st_uid)}, and as root ELSPETH "
+                f"uses only a home of root's (or of '{SYSTEM_USER}', made so by an earlier ELSPETH): set "
+                "ELSPETH_HOME to a folder of root's, run as that user, or use --database URL"
+            )
         if info.st_uid == server_uid:
             for name in ("pgdata", "run"):
                 try:

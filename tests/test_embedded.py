@@ -207,6 +207,20 @@ def test_as_root_a_database_superuser_cannot_touch_the_home_outside_pgdata(tmp_p
 
 
 @needs_root
+def test_as_root_a_home_of_another_ordinary_user_is_refused_untouched(tmp_path: Path) -> None:
+    # Root would write fingerprint.key, run initdb and start the server in it, and its owner could
+    # then rename pgdata/, run/ or the key from under root.
+    home = tmp_path / "alices"
+    home.mkdir(mode=0o755)
+    os.chown(home, 4242, 4242)
+    with pytest.raises(DatabaseUnavailable) as e, embedded_server(home):
+        pass
+    assert str(e.value).startswith(f"refusing the ELSPETH home {home}: it belongs to uid 4242, and as root ")
+    assert "'elspeth'" in str(e.value) and "\n" not in str(e.value)
+    assert list(home.iterdir()) == [] and os.stat(home).st_uid == 4242
+
+
+@needs_root
 def test_a_home_an_earlier_elspeth_gave_to_the_server_account_is_taken_back(tmp_path: Path) -> None:
     home = tmp_path / ".elspeth"
     with embedded_server(home):
