@@ -424,6 +424,7 @@ def test_a_payload_the_writer_puts_back_after_its_erasure_stays_erased(
     assert "data erased: erased on" in explain.stdout and "put back after `elspeth purge`" in explain.stderr
     replay = elspeth("replay", run_id, "--check", "--json", cwd=work, db=db)
     assert replay.returncode == 0 and '"erased": 0' not in replay.stdout, replay.stdout + replay.stderr
+    assert "put back after `elspeth purge`" in replay.stderr, replay.stderr
     export = elspeth("export", run_id, "-o", str(work / "x.export"), cwd=work, db=db)
     assert export.returncode == 0 and "put back after `elspeth purge`" in export.stderr, export.stderr
     text = (work / "x.export").read_text()

@@ -41,7 +41,7 @@ def home_from_ctx(ctx: click.Context) -> str:
 def warn_reinstated(recorder: PostgresRecorder, run_id: str) -> None:
     """Say on stderr when payloads of the run are back in the store after their erasure: only
     someone who may write payloads (the writer role) could have put them back. Readers take them
-    as erased (`landscape.postgres._NOT_ERASED`); this says that the store was tampered with."""
+    as erased (`landscape.postgres._REINSTATED`); this says that the store was tampered with."""
     n = recorder.reinstated(run_id)
     if n:
         click.echo(

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
-from engine.cli.common import database_from_ctx, home_from_ctx
+from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
@@ -85,6 +85,7 @@ def replay_cmd(
                     comparison.cancel()
                 raise
             checked = (comparison.upto, compared.result()) if comparison is not None and compared else None
+        warn_reinstated(recorder, run_id)
     fold = verified.fold
     differences = checked[1] if checked is not None else []
     if as_json:
