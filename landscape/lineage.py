@@ -12,7 +12,7 @@ payload that is missing or altered is reported as such, never shown as if it wer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -213,6 +213,8 @@ class _Collector:
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # gate name -> its settings
     flushes: dict[str, tuple[int, int, int, str]] = field(default_factory=dict)  # sink -> seq, from, to, location
     found_row: int | None = None  # the row of `select_token`, once seen
+    children: dict[str, list[str]] | None = None  # parent -> tokens made from it (`made_from`)
+    order: dict[str, int] | None = None  # token -> its place among `tokens`
 
     def __call__(self, stored: StoredEvent, event: ev.EventBase) -> None:
         if isinstance(event, ev.RunCreated | ev.RunResumed):
@@ -252,6 +254,23 @@ class _Collector:
             self.coalesces[entity].append((stored, event))
         elif entity in self.batches:
             self.batches[entity].append((stored, event))
+
+    def made_from(self, *parents: str) -> list[str]:
+        """The tokens made from any of `parents`, in the order they were made (indexed once, after
+        the log was read: a batch's outputs for each of its members was quadratic)."""
+        if self.children is None:
+            self.children = {}
+            for t in self.tokens.values():
+                for p in dict.fromkeys(t.parents):
+                    self.children.setdefault(p, []).append(t.token_id)
+        made = dict.fromkeys(x for p in parents for x in self.children.get(p, ()))
+        return sorted(made, key=lambda x: self.children_order[x]) if len(made) > 1 else list(made)
+
+    @property
+    def children_order(self) -> dict[str, int]:
+        if self.order is None:
+            self.order = {x: i for i, x in enumerate(self.tokens)}
+        return self.order
 
 
 # The outcomes that can end in a sink.
@@ -343,8 +362,9 @@ def explain_rows(
                 hashes.update((e.input_hash, e.output_hash))
     data = checked_payloads(recorder, run_id, hashes)
     rows = []
+    by_row = _tokens_by_row(collector, wanted)
     for index in sorted(wanted):
-        mine = [t for t in collector.tokens.values() if t.row_index == index or _descends(t, collector, index)]
+        mine = by_row.get(index, [])
         if not mine:
             continue
         rows.append(
@@ -374,29 +394,41 @@ def _verified(
     )
 
 
-def _descends(t: _Token, c: _Collector, index: int) -> bool:
-    """A token of another row's index kept because it was made from this row's tokens."""
-    seen: set[str] = set()
-    stack = list(t.parents)
-    while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        parent = c.tokens.get(p)
-        if parent is not None:
-            if parent.row_index == index:
-                return True
-            stack.extend(parent.parents)
-        elif p in c.batches:  # a batch whose members were all rejected is the outputs' parent
-            stack.extend(_members(c.tokens.values(), p))
-    return False
+def _tokens_by_row(c: _Collector, wanted: set[int]) -> dict[int, list[_Token]]:
+    """The tokens of each wanted row, in the order they were made: its own, and those made from
+    them (a merge, a batch's outputs: kept because they descend from this row's tokens, whatever
+    row index they carry). One pass: each token's rows are its own and its parents' (a batch's,
+    as an outputs' parent when all its members were rejected: its members')."""
+    members: dict[str, list[str]] = {}
+    for t in c.tokens.values():
+        for _s, e in t.events:
+            if isinstance(e, ev.TokenBuffered):
+                members.setdefault(e.batch_id, []).append(t.token_id)
+    rows: dict[str, frozenset[int]] = {}
 
+    def rows_of(token_id: str) -> frozenset[int]:
+        # Parents come before their children in the log, so this recursion is as deep as the
+        # pipeline is long; each token's rows are worked out once.
+        found = rows.get(token_id)
+        if found is not None:
+            return found
+        t = c.tokens.get(token_id)
+        if t is not None:
+            mine = {t.row_index}
+            for p in t.parents:
+                mine |= rows_of(p)
+        else:  # a batch (or a parent not kept: no row of those wanted)
+            mine = set()
+            for m in members.get(token_id, ()):
+                mine |= rows_of(m)
+        rows[token_id] = found = frozenset(mine)
+        return found
 
-def _members(tokens: Iterable[_Token], batch_id: str) -> Iterator[str]:
-    for t in tokens:
-        if any(isinstance(e, ev.TokenBuffered) and e.batch_id == batch_id for _s, e in t.events):
-            yield t.token_id
+    by_row: dict[int, list[_Token]] = {}
+    for t in c.tokens.values():
+        for index in rows_of(t.token_id) & wanted:
+            by_row.setdefault(index, []).append(t)
+    return by_row
 
 
 def _at(stored: StoredEvent) -> datetime:
@@ -474,7 +506,7 @@ def _ended(s: StoredEvent, e: ev.EventBase, t: _Token, c: _Collector) -> Ended:
     if isinstance(e, ev.TokenCoalesced):
         return Ended(seq=s.seq, time=at, outcome=outcome, into=[e.into], detail=e.coalesce_id)
     if isinstance(e, ev.TokenConsumed):
-        outputs = [x.token_id for x in c.tokens.values() if e.batch_id in x.parents or t.token_id in x.parents]
+        outputs = c.made_from(e.batch_id, t.token_id)
         return Ended(seq=s.seq, time=at, outcome=outcome, into=outputs, detail=e.batch_id)
     if isinstance(e, ev.TokenFailed):
         return Ended(seq=s.seq, time=at, outcome=outcome, node=e.node, reason=e.reason, detail=e.detail)
