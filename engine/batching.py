@@ -49,8 +49,14 @@ class Batcher:
             facts = {"batch_count": len(batch.members), "batch_age_seconds": ctx.now() - batch.opened_at}
             try:
                 fired = bool(condition.evaluate(facts))
-            except ExpressionError:
-                fired = False  # a condition that cannot be evaluated has not fired
+            except ExpressionError as e:
+                # The settings' mistake, not a row's: taken as "not fired", the batch grew to the
+                # end of the source without a word. The run fails, on record; fixed, it resumes.
+                raise PluginError(
+                    name,
+                    f"its trigger condition cannot be evaluated for batch {batch_id} (batch_count "
+                    f"{facts['batch_count']}, batch_age_seconds {facts['batch_age_seconds']:g}): {e}",
+                ) from e
             if fired:
                 self.flush(batch_id, "condition")
 

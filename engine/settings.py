@@ -22,7 +22,7 @@ import msgspec
 import yaml
 
 from engine.errors import EngineError
-from engine.expressions import Expression, ExpressionSyntaxError, compile_expression
+from engine.expressions import Expression, ExpressionError, ExpressionSyntaxError, compile_expression
 from engine.plugins.schema import is_int_text
 from engine.secrets import fingerprint_key, redact_settings
 from engine.settings_yaml import (
@@ -612,6 +612,16 @@ def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, e
                         "allowed: row['batch_count'], row['batch_age_seconds']"
                     )
                 )
+            else:
+                try:  # as for a batch's first row: a condition that fails whatever the batch
+                    condition.evaluate({"batch_count": 1, "batch_age_seconds": 0.0})
+                except ExpressionError as e:
+                    errors.append(
+                        _Local(
+                            f"{path}.condition (aggregation '{a.name}'): it cannot be evaluated for a batch of one row "
+                            f"just opened (batch_count 1, batch_age_seconds 0.0): {e}"
+                        )
+                    )
             loaded.trigger_conditions[a.name] = condition
     if a.expected_output_count is not None and a.expected_output_count < 0:
         errors.append(f"aggregations[{i}].expected_output_count: found {a.expected_output_count}; allowed: 0 or more")

@@ -265,6 +265,20 @@ def test_condition_trigger(db: Database, tmp_path: Path) -> None:
     assert_invariants(r.fold)
 
 
+def test_a_trigger_condition_that_fails_at_run_time_fails_the_run_on_record(db: Database, tmp_path: Path) -> None:
+    """It was taken as "not fired": the batch grew to the end of the source without a word."""
+    from engine.errors import RunFailedError
+
+    _input(tmp_path, [[i, i, "x"] for i in range(1, 6)])
+    condition = "{condition: \"row['batch_count'] / (row['batch_count'] - 2) > 5\"}"  # fine for 1, not for 2
+    with pytest.raises(RunFailedError, match=r"agg: its trigger condition cannot be evaluated for batch agg#1 "
+                       r"\(batch_count 2, batch_age_seconds [0-9.e-]+\): division by zero"):  # fmt: skip
+        run(db, tmp_path, _agg_pipeline(condition))
+    with db.connect() as conn:
+        (status,) = conn.execute("SELECT status FROM runs").fetchone()
+    assert status == "failed"
+
+
 def test_timeout_trigger_fires_with_an_idle_source(db: Database, tmp_path: Path) -> None:
     clock = FakeClock()
     items = [item(0, id=1, v=1, note="x"), item(1, id=2, v=2, note="x"), None, item(2, id=3, v=3, note="x")]

@@ -529,3 +529,15 @@ def test_policy_first_with_merge_select_is_a_warning_that_says_what_it_does(tmp_
     (warning,) = warnings
     assert "coalesce[0] (j): policy first merges on the first branch to arrive" in warning
     assert "fails (select_missing); to wait for b, use policy require_all, quorum or best_effort" in warning
+
+
+def test_a_trigger_condition_that_fails_for_any_batch_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    text = BASE.replace("on_success: out\n  on_error: discard\n", "on_success: q\n  on_error: discard\n") + (
+        "aggregations:\n- {name: agg, plugin: batch_stats, input: q, on_success: out, on_error: discard, "
+        "options: {value_field: v}, trigger: {condition: \"row['batch_count'] / 0 > 1\"}}\n"
+    )
+    (line,) = _errors(tmp_path, text)
+    assert line.startswith(
+        "aggregations[0].trigger.condition (aggregation 'agg'): it cannot be evaluated for a batch"
+    ), line
+    assert line.endswith("(batch_count 1, batch_age_seconds 0.0): division by zero"), line
