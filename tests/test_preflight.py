@@ -281,3 +281,35 @@ def test_a_csv_header_the_run_would_refuse_stops_validate_and_run_before_any_run
         assert "source.options.path: in.csv: the headers 'Amount' and 'amount' both normalise to 'amount'" in err, err
         assert len(err.strip().splitlines()) == 1 and "resume" not in err, err
     assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
+
+
+@pytest.mark.parametrize(
+    ("sink", "content", "says"),
+    [
+        ("csv", "a,b\n1,2", "its last line does not end with a newline"),
+        ("json", '{"a": 1}', "does not end with a JSON array's ']'"),
+        ("csv", "a,b\n1,2\n", None),
+        ("json", '[{"a": 1}]', None),
+    ],
+    ids=["csv-unended-line", "json-not-an-array", "csv-fine", "json-fine"],
+)
+def test_a_sink_that_cannot_append_to_its_file_stops_validate_and_run_before_any_run(
+    tmp_path: Path, sink: str, content: str, says: str | None
+) -> None:
+    """validate said OK; the run was recorded, then failed opening the sink, asking to be resumed."""
+    (tmp_path / "in.csv").write_text("a,b\n3,4\n")
+    (tmp_path / f"out.{sink}").write_text(content)
+    (tmp_path / "s.yaml").write_text(
+        "source: {plugin: csv, on_success: out, options: {path: in.csv}}\n"
+        f"sinks:\n  out: {{plugin: {sink}, options: {{path: out.{sink}, mode: append}}}}\n"
+    )
+    env = {"ELSPETH_FINGERPRINT_KEY": "k"}
+    if says is None:
+        assert elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env).returncode == 0
+        return
+    for command in ("validate", "run"):
+        err = one_line_error(elspeth(command, "-s", "s.yaml", cwd=tmp_path, env=env), 1)
+        assert f"sinks.out.options.path: cannot append to out.{sink}: " in err and says in err, err
+        assert "resume" not in err, err
+    assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
+    assert (tmp_path / f"out.{sink}").read_text() == content

@@ -21,6 +21,7 @@ from engine.cli.errors import ElspethCliError
 from engine.orchestrator import Pipeline
 from engine.plugins.database_sink import DatabaseSink, sqlite_file
 from engine.plugins.protocol import PluginError
+from engine.plugins.sinks import CsvSink, JsonSink
 from engine.plugins.sources import CsvSource
 from landscape.keys import KeyFileError, load_named_signer
 from landscape.owner import mistrust_new_folder
@@ -63,6 +64,8 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
                     f"{where}: {setting}: {path} {kind}; allowed: a regular file, or a new one (or a device such as "
                     "/dev/null)"
                 )
+            elif (why := _cannot_append(sink, path)) is not None:
+                problems.append(f"{where}: {setting}: {why}")
     key = signing_key(pipeline.loaded, env)
     if key is not None:
         try:
@@ -94,6 +97,26 @@ def check_paths(pipeline: Pipeline) -> None:
     problems = path_problems(pipeline)
     if problems:
         raise ElspethCliError("\n".join(problems) + ("\nnothing was run" if len(problems) > 1 else "; nothing was run"))
+
+
+def _cannot_append(sink: object, path: Path) -> str | None:
+    """Why a file sink in append mode cannot append to the file there (its last line unended, a
+    JSON document that is not an array, another byte order), as its opening at the run would
+    say: found here, before a run is recorded, rather than as a failed run inviting a resume.
+    Opening writes nothing (a sink's file is written from its first flush)."""
+    if not isinstance(sink, CsvSink | JsonSink) or sink.mode != "append":
+        return None
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        sink.open("", None)
+    except OSError:
+        return None  # (the run says what it is)
+    except PluginError as e:
+        return e.message
+    finally:
+        sink.release()
+    return None
 
 
 def _unreadable(path: Path) -> str | None:
