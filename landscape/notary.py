@@ -156,7 +156,12 @@ def read_witness(path: Path, run_id: str) -> list[Witnessed]:
         try:
             record = json.loads(line)
             if record["run_id"] != run_id:
-                continue
+                # A run's witness file holds only its own checkpoints: one of another run's is a
+                # file swapped in (skipped, it read as none: as if deleted, without a word).
+                raise WitnessError(
+                    f"{path}, line {number}: a checkpoint of run {record['run_id']}, not of run {run_id}: this is not "
+                    "the run's witness file (replaced?); allowed: the file the run wrote"
+                )
             note, size, at = record["note"], record["size"], record["recorded_at"]
             if not (isinstance(note, str) and isinstance(size, int) and isinstance(at, str)):
                 raise TypeError("wrong field types")

@@ -150,3 +150,18 @@ def test_the_next_checkpoint_after_a_torn_last_line_is_a_line_of_its_own(tmp_pat
     expected = [1, 3] if cut == 30 else [1, 1, 3]
     assert [w.size for w in read_witness(path, RUN)] == expected
     assert path.read_bytes().endswith(b"\n") and path.read_bytes().count(b"\n") == len(expected)
+
+
+def test_another_runs_witness_file_in_its_place_is_refused_not_read_as_none(tmp_path: Path) -> None:
+    """It read as holding no checkpoints, as a deleted file does: a swap went without a word."""
+    notary = _notary(tmp_path / "witness")
+    _witness(notary, 1)
+    path = witness_path(tmp_path / "witness", RUN)
+    other = witness_path(tmp_path / "witness", "run-2")
+    other.write_bytes(path.read_bytes())
+    os.chmod(other, 0o600)
+    with pytest.raises(
+        WitnessError, match=rf"{other}, line 1: a checkpoint of run {RUN}, not of run run-2: this is not"
+    ):
+        read_witness(other, "run-2")
+    assert [w.size for w in read_witness(path, RUN)] == [1]
