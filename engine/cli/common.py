@@ -21,9 +21,15 @@ def database_from_ctx(
     """The database of `--database` / ELSPETH_DATABASE_URL (these always win), else a
     PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`;
     its connections act as `role` (the writer unless the command only reads)."""
+    import logging
+
     from landscape.db import open_database
     from landscape.roles import Role
 
+    # The driver warns (on stderr, through logging's last resort) when closing a connection
+    # after a failure it could not roll back, e.g. one a stop at once cut off mid-query: the
+    # failure is what the command says, and the rollback's words only confuse.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     obj = ctx.find_root().obj or {}
     url = obj.get("database") or settings_url
     with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role or Role.WRITER) as db:
