@@ -148,9 +148,10 @@ def verify_run(
 ) -> Verification:
     """Verify a run's log (`verify_log`), check the signed `checkpoints` against it (see
     `verify_checkpoints`) and, unless the reader looks at the log as it was at an earlier seq
-    (`as_of_now` false), that the store's log ends where one of them does (`unsigned_end`), then, with `payloads`, the row payloads it references (`explain`
-    checks only those of the rows it shows, and says which are bad). Raises ChainBroken naming
-    the first bad seq (CorruptLog when the run has no events)."""
+    (`as_of_now` false), that the store's log ends where one of them does (`unsigned_end`);
+    then, with `payloads`, the row payloads it references (`explain` checks only those of the
+    rows it shows, and says which are bad). Raises ChainBroken naming the first bad seq
+    (CorruptLog when the run has no events)."""
     sizes = [cp.size for cp in checkpoints]
     with gc_paused():  # the payloads read are as many as the rows: see `gc_paused`
         verified, left = verify_log(
