@@ -42,7 +42,7 @@ from landscape.errors import CorruptLog, LandscapeError
 from landscape.fold import RunFold
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed, read_run_witness, witness_path
-from landscape.note import Verifier
+from landscape.note import Verifier, parse_note
 from landscape.payloads import load_payloads
 from landscape.postgres import OpenPosition, PostgresRecorder, Sending
 from landscape.queries import metrics_at, run_summary
@@ -777,8 +777,18 @@ def _resume(
             f"apart from the end of the log, so it is not resumed (if its witness folder was named by "
             f"ELSPETH_WITNESS_DIR, set it again); see `elspeth replay {run_id}`"
         )
+    key = signing.verifier(home, key=ls.signing_key, base=base)
+    if key is None:
+        # No key named and none in this home: the signatures could not be checked, and the run
+        # would go on signing with a key made now, so that no export of it would ever verify
+        # (an export names one key). The key that signed it must sign the rest.
+        signers = sorted({s.label for cp in checkpoints for s in parse_note(cp.note).signatures})
+        raise ResumeRefused(
+            f"run {run_id} cannot be resumed here: its checkpoints are signed by {', '.join(signers) or 'no key'}, "
+            f"and no signing key is named (landscape.signing_key, ELSPETH_SIGNING_KEY) nor in {home or 'the home'}; "
+            "name the key that signed it (a new one would sign the rest, and no export of the run would verify)"
+        )
     try:
-        key = signing.verifier(home, key=ls.signing_key, base=base)
         verified = _verified_log(db, run_id, checkpoints=checkpoints, verifier=key)
     except CorruptLog as e:
         raise ResumeRefused(

@@ -338,3 +338,31 @@ def test_a_source_row_out_of_order_is_no_legal_transition(index: int) -> None:
         return
     with pytest.raises(IllegalEvent, match=f"row_index {index}"):
         fold.apply(2, "r-other", ev.TokenCreated(row_index=index, data_hash="0" * 64, at="in"))
+
+
+def test_a_resume_where_no_key_is_named_or_in_the_home_is_refused_not_signed_with_a_new_key(
+    db: Database, tmp_path: Path
+) -> None:
+    """Signed with ELSPETH_SIGNING_KEY, crashed, resumed without it in a home with no key of its
+    own: no signature was checked, and the rest was signed by a key made then, so that the run
+    could never be exported or verified again (auditor review)."""
+    out = tmp_path / "examples" / "linear" / "output"
+    shutil.copytree(ROOT / "examples" / "linear", out.parent)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    assert elspeth("keys", "generate", "acme", "--dir", str(keys), cwd=tmp_path).returncode == 0
+    signing = {"ELSPETH_SIGNING_KEY": str(keys / "acme.key")}
+    crashed = elspeth("run", "-s", "examples/linear/settings.yaml", "--commit-every", "5", cwd=tmp_path, db=db,
+                      env={**signing, "ELSPETH_FAULT": "committed:3"})  # fmt: skip
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=tmp_path, db=db).stdout)[0]["run_id"]
+    err = one_line_error(elspeth("resume", run_id, cwd=tmp_path, db=db), 1)
+    assert "its checkpoints are signed by acme+" in err and "name the key that signed it" in err, err
+    assert not (tmp_path / ".elspeth" / "keys" / "default.key").exists()  # no key made for it
+    resumed = elspeth("resume", run_id, cwd=tmp_path, db=db, env=signing)
+    assert resumed.returncode == 0, resumed.stderr
+    exported = elspeth("export", run_id, "-o", str(tmp_path / "r.export"), "--public-key", str(keys / "acme.pub"),
+                       cwd=tmp_path, db=db)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
