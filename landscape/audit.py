@@ -312,8 +312,11 @@ class _ExportCheck:
                 return
             if self.header.payloads:
                 break
-        where = f"event seq {self.event_seq} (line {self.event_line})" if self.event_line else "the header"
-        raise self.fail(number, f"a {what} record of {h}, which is not the next row payload {where} references first")
+        record = f"{'an' if what[0] in 'aeiou' else 'a'} {what} record of {h}"
+        if not self.event_line:  # (before any event: nothing has referenced a payload yet)
+            raise self.fail(number, f"{record} before any event: a payload's record follows the event that names it")
+        where = f"event seq {self.event_seq} (line {self.event_line})"
+        raise self.fail(number, f"{record}, which is not the next row payload {where} references first")
 
     def _check_end(self, number: int, end: End) -> None:
         found = {**self.counts, "checkpoints": len(self.checkpoints)}
@@ -521,6 +524,9 @@ class _ProofCheck:
                 raise self.fail(f"row payload {h} is in the bundle but no event of it references it")
         if len(supplied) != len(b.payloads) or len(erased) != len(b.erased):
             raise self.fail("a row payload appears twice in the bundle")
+        both = sorted(supplied.keys() & erased.keys())
+        if both:  # (as an export's reader refuses the pair: it would count as held and as erased)
+            raise self.fail(f"row payload {both[0]} is in the bundle both as data and as erased")
         for r in b.erased:
             if not r.digest_matches():
                 raise self.fail(f"the erasure record of {r.hash} was changed (its digest does not match)")

@@ -507,7 +507,7 @@ def build_proof(
             "see `elspeth replay --check`"
         )
     if not chosen:
-        subject = f"row {row}" if row is not None else f"event seq {seq}"
+        subject = f"row {row + 1}" if row is not None else f"event seq {seq}"  # (row counts from 1, as --row)
         raise ExportError(f"run {run_id} has no {subject} in its signed tree of {newest.size} events")
     proofs = inclusion_proofs([e.seq for e in chosen], newest.size, leaves)
     extends = None if kept is None else _extension(kept, origin, newest, leaves)

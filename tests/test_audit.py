@@ -729,3 +729,41 @@ def test_an_event_time_no_writer_makes_is_named_at_its_seq_by_the_auditor(
     out = _export(work, db, run_id)
     proc = _verify(work, str(out), "--public-key", str(work / ".elspeth/keys/default.pub"))
     assert proc.returncode == 1 and "event seq 5: the event header or hash was altered" in proc.stderr, proc.stderr
+
+
+def test_a_bundle_holding_a_payload_and_an_erasure_record_of_it_is_refused(
+    db: Database, fork: Exported, tmp_path: Path
+) -> None:
+    """It verified, counting the row both as held and as erased (auditor review); an export's
+    reader refuses the pair already."""
+    from landscape.export import ErasedRecord, _digest
+
+    out = tmp_path / "row1.json"
+    assert elspeth("prove", fork.run_id, "--row", "1", "-o", str(out), cwd=fork.work, db=db).returncode == 0
+    bundle = json.loads(out.read_text())
+    held = bundle["payloads"][0]["hash"]
+    fields = (held, fork.run_id, 0, "request", "forged", "2026-01-01T00:00:00+00:00", "elspeth_owner")
+    record = ErasedRecord(*fields, digest=_digest(fields))
+    bundle["erased"].append({f: getattr(record, f) for f in record.__struct_fields__})
+    out.write_text(json.dumps(bundle, indent=1))
+    err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
+    assert f"row payload {held} is in the bundle both as data and as erased" in err, err
+
+
+def test_prove_of_a_row_past_the_end_names_the_row_asked_for(db: Database, fork: Exported, tmp_path: Path) -> None:
+    rows = json.loads(elspeth("show", fork.run_id, "--json", cwd=fork.work, db=db).stdout)["rows"]["in"]
+    err = one_line_error(elspeth("prove", fork.run_id, "--row", str(rows + 1), "-o", str(tmp_path / "x.json"),
+                                 cwd=fork.work, db=db), 1)  # fmt: skip
+    assert f"has no row {rows + 1} in its signed tree" in err, err
+
+
+def test_a_payload_or_erasure_record_before_any_event_is_named_as_such(fork: Exported, tmp_path: Path) -> None:
+    lines = fork.lines
+    first_event = next(i for i, line in enumerate(lines) if line.startswith(b'{"type":"event"'))
+    for kind, article in ((b"payload", "a"), (b"erased", "an")):
+        moved = next(i for i, line in enumerate(lines) if line.startswith(b'{"type":"' + kind))
+        err = _refused(
+            fork, tmp_path, [*lines[:first_event], lines[moved], *lines[first_event:moved], *lines[moved + 1 :]]
+        )
+        what = "payload" if kind == b"payload" else "erasure"
+        assert f"{article} {what} record of " in err and "before any event" in err, err
