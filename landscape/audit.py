@@ -92,12 +92,15 @@ def sniff(path: Path) -> str:
     """`export` or `proof`: which kind of file this is (by its first bytes)."""
     try:
         with path.open("rb") as f:
-            start = f.read(64)
+            start = f.read(4096)
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
-    # A bundle is one JSON document that names its type first (ELSPETH writes it indented; it may
-    # have been reformatted since); an export's first line is its header record.
-    return "proof" if b"".join(start.split()).startswith(b'{"type":"elspeth-proof"') else "export"
+    # An export's first line is its header record, byte for byte as ELSPETH writes it. A bundle
+    # is one JSON document naming its type (ELSPETH writes it indented, type first; it may have
+    # been reformatted since, its keys in another order): its reader says what is wrong with it.
+    if start.startswith(b'{"type":"elspeth-export"'):
+        return "export"
+    return "proof" if b'"elspeth-proof"' in b"".join(start.split()) else "export"
 
 
 def read_kept_checkpoint(path: Path, key: Verifier) -> Checkpoint:

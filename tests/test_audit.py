@@ -767,3 +767,18 @@ def test_a_payload_or_erasure_record_before_any_event_is_named_as_such(fork: Exp
         )
         what = "payload" if kind == b"payload" else "erasure"
         assert f"{article} {what} record of " in err and "before any event" in err, err
+
+
+def test_a_bundle_reformatted_with_its_keys_in_another_order_is_read_as_a_bundle(
+    db: Database, fork: Exported, tmp_path: Path
+) -> None:
+    """It was taken for an export ("its first line is not an elspeth-export header")."""
+    out = tmp_path / "seq3.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(out), cwd=fork.work, db=db).returncode == 0
+    bundle = json.loads(out.read_text())
+    out.write_text(json.dumps(dict(reversed(bundle.items())), indent=3))
+    ok = _verify(fork.work, str(out), "--public-key", str(fork.pub))
+    assert ok.returncode == 0 and "event seq 3" in ok.stdout, ok.stdout + ok.stderr
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())  # a byte-order mark: refused, as a bundle
+    err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
+    assert "elspeth-export header" not in err, err
