@@ -786,7 +786,8 @@ def _resume(
         raise ResumeRefused(
             f"run {run_id} cannot be resumed here: its checkpoints are signed by {', '.join(signers) or 'no key'}, "
             f"and no signing key is named (landscape.signing_key, ELSPETH_SIGNING_KEY) nor in {home or 'the home'}; "
-            "name the key that signed it (a new one would sign the rest, and no export of the run would verify)"
+            "name the key that signed it, or use the home that ran it (--home, ELSPETH_HOME: ./.elspeth is the "
+            "working folder's); a new key would sign the rest, and no export of the run would verify"
         )
     try:
         verified = _verified_log(db, run_id, checkpoints=checkpoints, verifier=key)

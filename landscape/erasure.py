@@ -21,12 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
 import msgspec
-import psycopg
 
-from landscape.db import Database, driver_errors
+from landscape.db import Connection, Database, driver_errors
 from landscape.errors import LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import lineage
 from landscape.postgres import PostgresRecorder, run_ids_in
@@ -155,7 +153,7 @@ def plan_retention(db: Database, cutoff: datetime, *, force: bool = False) -> Pl
     )
 
 
-def run_statuses(conn: psycopg.Connection[Any], runs: Sequence[str]) -> dict[str, str]:
+def run_statuses(conn: Connection, runs: Sequence[str]) -> dict[str, str]:
     """Each run's status as its log says it (its last status-setting run event), in one statement
     for all of them. The `runs` table says the same unless someone changed it: the writer role may
     UPDATE that projection, to have an unfinished run's data erased as if it had completed, or a

@@ -267,21 +267,31 @@ def test_resume_with_settings_finds_the_run_in_their_landscape_url(db: Database,
     assert (work / "out/high.csv").read_text().splitlines() == ["id,v", "2,9"]
 
 
+# A sink whose file the pre-run checks pass (a regular file in a folder that is there) and that
+# fails when it opens: a SQLite sink onto a file that is not a database.
+SQLITE_HIGH = "{plugin: database, options: {url: 'sqlite:///out/high.db', table: t}}"
+
+
+def _unopenable_sink(work: Path) -> None:
+    (work / "settings.yaml").write_text(PIPELINE.replace("{plugin: csv, options: {path: out/high.csv}}", SQLITE_HIGH))
+    (work / "out" / "high.db").write_text("not a database, " * 8)
+
+
 def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(db: Database, work: Path) -> None:
-    # Validate passes (the file is a regular file in a folder that is there); what is in it
-    # is only read when the sink opens, which refuses to append to a line without its newline.
-    (work / "settings.yaml").write_text(PIPELINE.replace("{path: out/high.csv}", "{path: out/high.csv, mode: append}"))
-    (work / "out" / "high.csv").write_text("id,v")
+    import sqlite3
+
+    _unopenable_sink(work)
     err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), 1)
     found = re.search(r"`elspeth resume ([\w-]+)`", err)
-    assert found, err
+    assert found and "file is not a database" in err, err
     run_id = found.group(1)
     listed = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)
     assert {r["run_id"]: r["status"] for r in listed}[run_id] == "failed"
-    (work / "out" / "high.csv").write_text("id,v\n")
+    (work / "out" / "high.db").unlink()
     proc = elspeth("resume", run_id, cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
-    assert (work / "out/high.csv").read_text().splitlines() == ["id,v", "2,9"]
+    with sqlite3.connect(work / "out" / "high.db") as conn:
+        assert conn.execute("SELECT id, v FROM t").fetchall() == [(2, 9)]
 
 
 def test_validate_reports_structure_expression_and_option_problems_in_one_pass(work: Path) -> None:
@@ -440,7 +450,8 @@ def test_a_resume_from_another_settings_file_is_remembered_by_the_next_resume(db
     (work / "settings.yaml").rename(work / "moved" / "s2.yaml")  # the same text, in another file
     again = elspeth("resume", run_id, "-s", "moved/s2.yaml", "--commit-every", "1", cwd=work, db=db, env=crash)
     assert again.returncode == 86, again.stderr  # crashed again, after recording the new file
-    proc = elspeth("resume", run_id, cwd=work / "moved", db=db)  # no -s: the log says which file
+    home = {"ELSPETH_HOME": str(work / ".elspeth")}  # (its key signs the rest: ./.elspeth moved with the folder)
+    proc = elspeth("resume", run_id, cwd=work / "moved", db=db, env=home)  # no -s: the log says which file
     assert proc.returncode == 0, proc.stderr
     with db.connect() as conn:
         (path,) = conn.execute("SELECT settings_path FROM runs WHERE run_id = %s", (run_id,)).fetchone()
@@ -457,13 +468,12 @@ def test_a_missing_variable_is_reported_once_not_with_its_consequences(work: Pat
 
 
 def test_the_resume_hint_carries_the_home_that_found_the_run(work: Path) -> None:
-    (work / "settings.yaml").write_text(PIPELINE.replace("{path: out/high.csv}", "{path: out/high.csv, mode: append}"))
-    (work / "out" / "high.csv").write_text("id,v")  # no newline: the sink cannot open it, the run fails on record
+    _unopenable_sink(work)  # the run fails on record
     home = work / "elsewhere"
     err = one_line_error(elspeth("--home", "elsewhere", "run", "-s", "settings.yaml", cwd=work), 1)
     found = re.search(r"`(elspeth --home (\S+) resume ([\w-]+))`", err)
     assert found and found.group(2) == str(home.resolve()), err
-    (work / "out" / "high.csv").write_text("id,v\n")
+    (work / "out" / "high.db").unlink()
     proc = elspeth(*found.group(1).split()[1:], cwd=work)  # the hint, as the user would paste it
     assert proc.returncode == 0, proc.stderr
 

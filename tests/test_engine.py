@@ -272,10 +272,10 @@ def test_a_trigger_condition_that_fails_at_run_time_fails_the_run_on_record(db: 
     _input(tmp_path, [[i, i, "x"] for i in range(1, 6)])
     condition = "{condition: \"row['batch_count'] / (row['batch_count'] - 2) > 5\"}"  # fine for 1, not for 2
     with pytest.raises(RunFailedError, match=r"agg: its trigger condition cannot be evaluated for batch agg#1 "
-                       r"\(batch_count 2, batch_age_seconds [0-9.e-]+\): division by zero"):  # fmt: skip
+                       r"\(batch_count 2, batch_age_seconds [0-9.e-]+\): division by zero") as failed:  # fmt: skip
         run(db, tmp_path, _agg_pipeline(condition))
     with db.connect() as conn:
-        (status,) = conn.execute("SELECT status FROM runs").fetchone()
+        (status,) = conn.execute("SELECT status FROM runs WHERE run_id = %s", (failed.value.run_id,)).fetchone()
     assert status == "failed"
 
 
