@@ -535,6 +535,8 @@ def _carry_on(ex: Execution) -> str:
     full disk, the sender killed), the run is there to be resumed: the error says which run."""
     try:
         return ex.run()
+    except CorruptLog:
+        raise  # (the fold refusing what the engine made: not the store's failure, and no resume mends it)
     except LandscapeError as e:
         raise RunStopped(ex.run_id, str(e)) from e
 

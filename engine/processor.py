@@ -48,6 +48,14 @@ class Processor:
     # -- entry points ----------------------------------------------------------------------------
 
     def process_record(self, item: SourceItem) -> None:
+        if item.index != self.ctx.fold.source_records:
+            # The log counts source rows, and a resume starts its source at that count: a record
+            # numbered otherwise would be recorded as another row than it is (the fold refuses it).
+            raise PluginError(
+                "source",
+                f"it gave record index {item.index} where {self.ctx.fold.source_records} was next; allowed: indexes "
+                "from 0 (or the start a resume gives it), one after another",
+            )
         token_id = f"r{item.index}"
         if item.row is None:
             raw_hash = self.ctx.store(item.raw)

@@ -279,6 +279,24 @@ def test_a_trigger_condition_that_fails_at_run_time_fails_the_run_on_record(db: 
     assert status == "failed"
 
 
+@pytest.mark.parametrize("first", [1, 0], ids=["from-1", "index-twice"])
+def test_a_source_that_numbers_its_records_otherwise_fails_the_run_naming_it(
+    db: Database, tmp_path: Path, first: int
+) -> None:
+    """A third-party source counting from 1 (or giving an index twice) was told the store had
+    failed and to resume (the fold refused the row): it is the source's failure, on record."""
+    from engine.errors import RunFailedError
+
+    items = [item(first, id=1, v=1, note="x"), item(first + 1 if first else 0, id=2, v=2, note="x")]
+    expected = 1 if first == 0 else 0
+    with pytest.raises(RunFailedError, match=rf"source: it gave record index {1 if first else 0} where {expected} "
+                       r"was next; allowed: indexes from 0") as failed:  # fmt: skip
+        run(db, tmp_path, _agg_pipeline("{count: 5}"), source_items=items)
+    with db.connect() as conn:
+        (status,) = conn.execute("SELECT status FROM runs WHERE run_id = %s", (failed.value.run_id,)).fetchone()
+    assert status == "failed"
+
+
 def test_timeout_trigger_fires_with_an_idle_source(db: Database, tmp_path: Path) -> None:
     clock = FakeClock()
     items = [item(0, id=1, v=1, note="x"), item(1, id=2, v=2, note="x"), None, item(2, id=3, v=3, note="x")]
