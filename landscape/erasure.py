@@ -24,11 +24,13 @@ from datetime import datetime
 
 import msgspec
 
+from landscape.checkpoint import CheckpointError, run_origin
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import lineage
+from landscape.note import NoteError, Verifier, parse_note
 from landscape.postgres import PostgresRecorder, run_ids_in
-from landscape.verify import row_hashes
+from landscape.verify import row_hashes, signed_checkpoint
 from statecharts.machines import RUN_STATUS_AFTER, RunState
 
 
@@ -77,7 +79,9 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
         return sum(self.counts.values()) if self.kind == "retention" else len(self.payloads)
 
 
-def plan_rows(db: Database, run_id: str, rows: Sequence[int], *, force: bool = False) -> Plan:
+def plan_rows(
+    db: Database, run_id: str, rows: Sequence[int], *, force: bool = False, verifier: Verifier | None = None
+) -> Plan:
     """Every payload of the given source rows of a run, across all tokens that contain them. A
     run that can still be resumed is refused unless `force`."""
     recorder = PostgresRecorder(db)
@@ -86,7 +90,7 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int], *, force: bool = F
     if recorder.writer_alive(run_id):
         raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
     with driver_errors(f"reading the status of run {run_id}"), db.connect() as conn:
-        status = run_statuses(conn, [run_id])[run_id]
+        status = run_statuses(conn, [run_id], verifier, recorder.store_id())[run_id]
     if status != _ENDED and not force:
         raise ErasureRefused(
             f"run {run_id} is {status} and can still be resumed: a resume carries its unfinished rows on from "
@@ -125,7 +129,7 @@ def plan_rows(db: Database, run_id: str, rows: Sequence[int], *, force: bool = F
     )
 
 
-def plan_retention(db: Database, cutoff: datetime, *, force: bool = False) -> Plan:
+def plan_retention(db: Database, cutoff: datetime, *, force: bool = False, verifier: Verifier | None = None) -> Plan:
     """Every payload written before `cutoff` that is still there, with the run that wrote it
     (None for payloads written before payloads were kept by run). The payloads of runs that can
     still be resumed stay, unless `force`; so do those kept before payloads had a run while any
@@ -139,7 +143,8 @@ def plan_retention(db: Database, cutoff: datetime, *, force: bool = False) -> Pl
         # Payloads kept before they had a run ('') may serve any run: all of them are asked then.
         asked = run_ids_in(conn, "events") if "" in old_runs else [run for run in old_runs if run]
         # A run without run events (none was created) cannot be resumed either.
-        open_runs = {run: st for run, st in run_statuses(conn, asked).items() if st not in (_ENDED, _UNKNOWN)}
+        statuses = run_statuses(conn, asked, verifier, PostgresRecorder(db).store_id())
+        open_runs = {run: st for run, st in statuses.items() if st not in (_ENDED, _UNKNOWN)}
     resumable = {run: open_runs[run] for run in sorted(old_runs) if run in open_runs}
     if "" in old_runs and open_runs:
         resumable[""] = "kept before payloads had a run"
@@ -153,20 +158,40 @@ def plan_retention(db: Database, cutoff: datetime, *, force: bool = False) -> Pl
     )
 
 
-def run_statuses(conn: Connection, runs: Sequence[str]) -> dict[str, str]:
+def run_statuses(
+    conn: Connection, runs: Sequence[str], verifier: Verifier | None = None, store_id: str = ""
+) -> dict[str, str]:
     """Each run's status as its log says it (its last status-setting run event), in one statement
     for all of them. The `runs` table says the same unless someone changed it: the writer role may
     UPDATE that projection, to have an unfinished run's data erased as if it had completed, or a
-    completed run's kept from retention. A run where they differ is refused, said."""
+    completed run's kept from retention. A run where they differ is refused, said.
+
+    The writer may also append events, a RunCompleted or a RunInterrupted among them, but it
+    cannot sign: ELSPETH signs a checkpoint of the whole log with each commit, so the log's last
+    event must end a checkpoint whose note is this run's (signed by `verifier`, when the note is
+    that key's: another key's signature cannot be checked here; `elspeth replay --check` does).
+    Refused otherwise, for retention too: a store written to that way is to be looked into first."""
     rows = conn.execute(
-        "SELECT u.run_id, l.event_type, r.status FROM unnest(%s::text[]) AS u(run_id) "
+        "SELECT u.run_id, l.event_type, r.status, n.last, c.note, "
+        "EXISTS (SELECT 1 FROM checkpoints k WHERE k.run_id = u.run_id) FROM unnest(%s::text[]) AS u(run_id) "
         "LEFT JOIN LATERAL (SELECT e.event_type FROM events e WHERE e.run_id = u.run_id AND e.machine = 'run' "
         "AND e.event_type = ANY(%s) ORDER BY e.seq DESC LIMIT 1) AS l ON true "
+        "LEFT JOIN LATERAL (SELECT max(e.seq) AS last FROM events e WHERE e.run_id = u.run_id) AS n ON true "
+        "LEFT JOIN checkpoints c ON c.run_id = u.run_id AND c.tree_size = n.last + 1 "
         "LEFT JOIN runs r ON r.run_id = u.run_id",
         (list(runs), list(_STATUS_OF)),
     ).fetchall()
-    logged = {run: _STATUS_OF.get(event or "", _UNKNOWN) for run, event, _table in rows}
-    for run, event, table in rows:
+    logged = {run: _STATUS_OF.get(event or "", _UNKNOWN) for run, event, _table, _last, _note, _signed in rows}
+    for run, _event, _table, last, note, signed in rows:
+        # (A run of a store from before checkpoints has none: nothing to hold it to. The writer
+        # cannot remove a run's checkpoints: they are append-only.)
+        if signed and last is not None and not _signs_the_end(note, last + 1, verifier, run_origin(store_id, run)):
+            raise ErasureRefused(
+                f"run {run}: the last events of its log (up to seq {last}) are signed by no checkpoint: written by "
+                f"someone who could write to the store but not sign; nothing was erased. See `elspeth replay {run} "
+                "--check`"
+            )
+    for run, event, table, _last, _note, _signed in rows:
         if table != logged[run] and (table, event) != (None, None):  # neither: a run with no run events
             raise ErasureRefused(
                 f"run {run}: the runs table says {table or 'nothing (no row)'}, its log says {logged[run]}; "
@@ -174,6 +199,19 @@ def run_statuses(conn: Connection, runs: Sequence[str]) -> dict[str, str]:
                 f"put right by `elspeth projections rebuild {run}`)"
             )
     return logged
+
+
+def _signs_the_end(note: str | None, size: int, verifier: Verifier | None, origin: str) -> bool:
+    """Whether `note` is a checkpoint of `origin` of `size` events, its signature checked when it
+    is `verifier`'s key's."""
+    if note is None:
+        return False
+    try:
+        signed_by = {s.label for s in parse_note(note).signatures}
+        key = verifier if verifier is not None and verifier.label in signed_by else None
+        return signed_checkpoint(note, key, origin).size == size
+    except (NoteError, CheckpointError):
+        return False
 
 
 def erase(db: Database, plan: Plan, reason: str) -> int:

@@ -461,3 +461,28 @@ def test_whether_a_run_can_be_resumed_is_read_from_its_log_not_the_runs_table(
     proc = elspeth("purge", "--older-than", "0s", "--reason", "RP-3", cwd=work, db=db)
     assert proc.returncode == 0 and f"{crashed}: running" in proc.stdout, proc.stdout + proc.stderr
     assert _payloads_of(db, completed) == 0 and _payloads_of(db, crashed) == before
+
+
+@pytest.mark.parametrize("request_or_retention", ["retention", "row"])  # (retention first: it reads every run)
+def test_a_status_event_the_writer_appends_does_not_decide_what_purge_erases(
+    db: Database, crashed_run: tuple[Path, str], fork_run: tuple[Path, str], request_or_retention: str
+) -> None:
+    """The writer may append events (it cannot sign): one RunCompleted on a crashed run had its
+    rows erased without --force, one RunInterrupted on a completed run kept its data from
+    retention (diff review). The log's last event must end a signed checkpoint."""
+    from landscape.role_names import Role
+    from statecharts import events as ev
+    from tests.test_tamper import _append_as_writer
+
+    work, run_id = crashed_run if request_or_retention == "row" else fork_run
+    forged, status = (ev.RunCompleted(), "completed") if request_or_retention == "row" else (
+        ev.RunInterrupted(reason="SIGTERM"), "interrupted")  # fmt: skip
+    seq = _append_as_writer(db, run_id, [(run_id, forged)])
+    with db.as_role(Role.WRITER).connect() as conn:
+        conn.execute("UPDATE runs SET status = %s WHERE run_id = %s", (status, run_id))
+        conn.commit()
+    before = _payloads_of(db, run_id)
+    command = ("purge", run_id, "--row", "1") if request_or_retention == "row" else ("purge", "--older-than", "0s")
+    err = one_line_error(elspeth(*command, "--reason", "ticket 9", cwd=work, db=db), 1)
+    assert f"run {run_id}: the last events of its log (up to seq {seq}) are signed by no checkpoint" in err, err
+    assert _payloads_of(db, run_id) == before

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from engine.cli.common import database_from_ctx
+from engine.cli.common import database_from_ctx, home_from_ctx
 from landscape.role_names import Role
 
 if TYPE_CHECKING:
@@ -68,11 +68,15 @@ def purge_cmd(
 
     now = datetime.now(UTC)
     # As the owner: only it may delete payloads and write erasure records (the writer may not).
+    from engine import signing
+
+    # The home's key checks the checkpoint that must sign each log's end (see `run_statuses`).
+    key = signing.verifier(home_from_ctx(ctx))
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         if age is not None:
-            plan = plan_retention(db, now - age, force=force)
+            plan = plan_retention(db, now - age, force=force, verifier=key)
         else:
-            plan = plan_rows(db, run_id or "", [r - 1 for r in rows], force=force)
+            plan = plan_rows(db, run_id or "", [r - 1 for r in rows], force=force, verifier=key)
         for line in _describe(plan, dry_run, run_id):
             click.echo(line)
         if dry_run or not plan.size:
