@@ -586,6 +586,20 @@ def _check_coalesce(i: int, c: CoalesceSettings, errors: list[str]) -> None:
 _TRIGGER_FIELDS = frozenset({"batch_count", "batch_age_seconds"})
 
 
+def _never_evaluates(condition: Expression) -> str | None:
+    """Why a trigger condition fails for a batch of one row whatever its age (a constant error,
+    such as a division by zero), or None. Refused then: at run time it would fail the run. One
+    that fails only at age 0 (a rate, batch_count / batch_age_seconds) is left to run."""
+    found = None
+    for age in (0.0, 1.0):
+        try:
+            condition.evaluate({"batch_count": 1, "batch_age_seconds": age})
+            return None
+        except ExpressionError as e:
+            found = found or str(e)
+    return found
+
+
 def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, errors: list[str]) -> None:
     tr, path = a.trigger, f"aggregations[{i}].trigger"
     if tr.count is None and tr.timeout_seconds is None and tr.condition is None:
@@ -613,13 +627,12 @@ def _check_aggregation(loaded: LoadedSettings, i: int, a: AggregationSettings, e
                     )
                 )
             else:
-                try:  # as for a batch's first row: a condition that fails whatever the batch
-                    condition.evaluate({"batch_count": 1, "batch_age_seconds": 0.0})
-                except ExpressionError as e:
+                why = _never_evaluates(condition)
+                if why is not None:
                     errors.append(
                         _Local(
-                            f"{path}.condition (aggregation '{a.name}'): it cannot be evaluated for a batch of one row "
-                            f"just opened (batch_count 1, batch_age_seconds 0.0): {e}"
+                            f"{path}.condition (aggregation '{a.name}'): it cannot be evaluated for a batch of one row, "
+                            f"just opened or a second old (batch_count 1, batch_age_seconds 0.0 or 1.0): {why}"
                         )
                     )
             loaded.trigger_conditions[a.name] = condition
