@@ -64,14 +64,13 @@ def purge_cmd(
     age = parse_duration(older_than) if older_than is not None else None
     if not dry_run and not (reason or "").strip():
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
+    from engine import signing
     from landscape.erasure import erase, plan_retention, plan_rows, vacuum_payloads  # here: --help stays fast
 
     now = datetime.now(UTC)
-    # As the owner: only it may delete payloads and write erasure records (the writer may not).
-    from engine import signing
-
     # The home's key checks the checkpoint that must sign each log's end (see `run_statuses`).
     key = signing.verifier(home_from_ctx(ctx))
+    # As the owner: only it may delete payloads and write erasure records (the writer may not).
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         if age is not None:
             plan = plan_retention(db, now - age, force=force, verifier=key)
