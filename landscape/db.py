@@ -149,6 +149,11 @@ class Database:
     def describe(self) -> str:
         return redact(self.location)
 
+    def ping(self) -> None:
+        """Ask the server for an answer; one that went away raises a LandscapeError."""
+        with driver_errors("asking the audit store"), self.connect() as conn:
+            conn.execute("SELECT 1")
+
     def acts_as(self, role: Role) -> bool:
         """Whether connections for `role` really act as it (else as the URL's user)."""
         return role is not Role.OWNER and (self.embedded or self._may(role))

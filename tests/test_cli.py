@@ -384,6 +384,28 @@ def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Pa
     assert not (tmp_path / ".elspeth" / "pgdata" / "postmaster.pid").exists()  # stopped with it
 
 
+def test_db_serve_says_when_its_server_went_away_instead_of_serving_nothing(tmp_path: Path) -> None:
+    """Killed (out of memory, by hand), the server left `db serve` waiting for Ctrl-C in silence,
+    printing how to connect to nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", "db", "serve"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # audit store: ... (the server is up)
+        postmaster = int((tmp_path / ".elspeth" / "pgdata" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "elspeth: error: the audit store stopped answering, so serving it ended" in err, err
+    assert "Traceback" not in err, err
+
+
 def test_explain_names_an_unknown_run_as_such(db: Database, work: Path) -> None:
     err = one_line_error(elspeth("explain", "run-nope", "--row", "1", cwd=work, db=db), 1)
     assert "no run run-nope" in err

@@ -95,6 +95,9 @@ def _read_password(role: str) -> str:
     return password
 
 
+_SERVE_CHECK_SECONDS = 2.0
+
+
 @db_group.command("serve")
 @click.pass_context
 def db_serve(ctx: click.Context) -> None:
@@ -113,7 +116,13 @@ def db_serve(ctx: click.Context) -> None:
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        stop.wait()  # on exit the embedded server stops, unless another elspeth uses it
+        # On exit the embedded server stops, unless another elspeth uses it. Until then, a server
+        # that went away (killed, out of memory, stopped by hand) is said, not served in silence.
+        while not stop.wait(_SERVE_CHECK_SECONDS):
+            try:
+                db.ping()
+            except LandscapeError as e:
+                raise ElspethCliError(f"the audit store stopped answering, so serving it ended: {e}") from e
 
 
 def _add_stop() -> None:
