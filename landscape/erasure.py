@@ -24,13 +24,13 @@ from datetime import datetime
 
 import msgspec
 
-from landscape.checkpoint import CheckpointError, run_origin
+from landscape.checkpoint import run_origin
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import lineage
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.postgres import PostgresRecorder, run_ids_in
-from landscape.verify import row_hashes, signed_checkpoint
+from landscape.verify import checkpoint_of, row_hashes
 from statecharts.machines import RUN_STATUS_AFTER, RunState
 
 
@@ -208,10 +208,10 @@ def _signs_the_end(note: str | None, size: int, verifier: Verifier | None, origi
         return False
     try:
         signed_by = {s.label for s in parse_note(note).signatures}
-        key = verifier if verifier is not None and verifier.label in signed_by else None
-        return signed_checkpoint(note, key, origin).size == size
-    except (NoteError, CheckpointError):
+    except NoteError:
         return False
+    key = verifier if verifier is not None and verifier.label in signed_by else None
+    return checkpoint_of(note, size, key, origin) is not None
 
 
 def erase(db: Database, plan: Plan, reason: str) -> int:

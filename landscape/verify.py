@@ -340,6 +340,17 @@ def signed_checkpoint(note: str, verifier: Verifier | None, origin: str) -> Chec
     return checkpoint
 
 
+def checkpoint_of(note: str, size: int, verifier: Verifier | None, origin: str) -> Checkpoint | None:
+    """The checkpoint `note` holds when it is one of `origin` over `size` events (signed by
+    `verifier`, when given); None when it is not. What a log's end is held to: ELSPETH signs the
+    whole log with each commit, so a log always ends where one of its checkpoints does."""
+    try:
+        checkpoint = signed_checkpoint(note, verifier, origin)
+    except NoteError:  # (a CheckpointError among them)
+        return None
+    return checkpoint if checkpoint.size == size else None
+
+
 def _check_record(run_id: str, e: StoredEvent, expected: int, prev: bytes) -> str | None:
     if e.run_id != run_id:
         return f"an event of run {e.run_id} is in this run's log"

@@ -29,7 +29,7 @@ from typing import Any
 from landscape.checkpoint import run_origin
 from landscape.child import die_with
 from landscape.notary import Witnessed
-from landscape.note import NoteError, Verifier
+from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
 from landscape.verify import (
     CONFIRM_AT,
@@ -39,10 +39,10 @@ from landscape.verify import (
     Verification,
     check_chain,
     check_events,
+    checkpoint_of,
     events_span,
     gc_paused,
     joined,
-    signed_checkpoint,
     unconfirmed,
     verify_checkpoints,
     verify_events,
@@ -204,14 +204,11 @@ def unsigned_end(
     if end <= newest:
         return None  # (a log shorter than a checkpoint was named by verify_checkpoints)
     for cp in recorder.checkpoints(run_id):
-        if cp.size != end:
-            continue
-        try:
-            checkpoint = signed_checkpoint(cp.note, verifier, origin)
-        except NoteError:
-            continue
-        if (checkpoint.size, checkpoint.root) == (cp.size, cp.root) and (
-            end != verified.events or cp.root == verified.root
+        checkpoint = checkpoint_of(cp.note, end, verifier, origin) if cp.size == end else None
+        if (
+            checkpoint is not None
+            and checkpoint.root == cp.root
+            and (end != verified.events or cp.root == verified.root)
         ):
             return None
     return Finding(
