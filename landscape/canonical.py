@@ -37,24 +37,33 @@ class UnrecordableRow(ValueError):
 
 def encode_row(row: Any) -> bytes:
     """The row's canonical bytes; UnrecordableRow for a row JSON cannot hold as it is: a float
-    that is not finite (the encoder writes null for it) or a string with a lone surrogate."""
+    that is not finite (the encoder writes null for it), a string with a lone surrogate, or
+    nesting deeper than the encoder goes."""
     try:
         data = _encoder.encode(row)
     except UnicodeEncodeError:
         raise UnrecordableRow("a string holds a lone surrogate (U+D800 to U+DFFF), which is no Unicode text") from None
+    except RecursionError:
+        raise UnrecordableRow("it is nested too deeply to be recorded") from None
     # Only a row that reads null somewhere can hide one (a cheap search first: nulls are rare).
     if b"null" in data and _not_finite(row):
         raise UnrecordableRow("a float is not finite (an infinity or NaN), which JSON cannot hold: it would read null")
     return data
 
 
-def _not_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_not_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_not_finite(v) for v in value)
+def _not_finite(row: Any) -> bool:
+    """Whether a float in `row` is an infinity or NaN. Iterative: a row nested as deeply as the
+    encoder goes would take the interpreter past its recursion limit (two frames a level)."""
+    stack = [row]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
     return False
 
 

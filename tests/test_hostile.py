@@ -115,6 +115,7 @@ CASES = [
     Case("route label: a line break", routes("a\nb"), "settings error", "1 to 64 printable characters"),
     # -- sources: a record that cannot be decoded is quarantined, the run completes ----------------
     Case("jsonl: nested 1,500 deep", source(f"json, options: {JSONL}", "in.jsonl", b'{"a":1}\n' + b'{"a":' + b"[" * 1500 + b"]" * 1500 + b"}\n"), "quarantined", "nested too deeply", outcomes={"completed": 1}),
+    Case("jsonl: nested 400 deep, with a null", source(f"json, options: {JSONL}", "in.jsonl", b'{"a":1}\n' + b'{"n":null,"d":' + b"[" * 400 + b"1" + b"]" * 400 + b"}\n"), "completed", "", outcomes={"completed": 2}),
     Case("jsonl: an integer of 5,000 digits", source(f"json, options: {JSONL}", "in.jsonl", b'{"a":1}\n{"a":' + BIG.encode() + b"}\n"), "quarantined", "5,000 digits", outcomes={"completed": 1}),
     Case("json array: an integer of 5,000 digits", source(f"json, options: {JSON_ARRAY}", "in.json", b'[{"a":1},{"a":' + BIG.encode() + b"}]"), "quarantined", "5,000 digits", outcomes={"completed": 1}),
     Case("csv: an int field of 5,000 digits", source(f"csv, options: {CSV_INT}", "in.csv", b"n\n1\n" + BIG.encode() + b"\n"), "quarantined", "is not an int", outcomes={"completed": 1}),

@@ -335,6 +335,24 @@ def test_encode_row_refuses_what_json_would_record_as_another_row() -> None:
             encode_row(row)
 
 
+def nested(depth: int, inner: object) -> object:
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
+def test_encode_row_of_a_deep_row_is_an_answer_not_a_recursion_error() -> None:
+    """A source decodes rows nested about 1,000 deep: the check for infinities among a row's
+    nulls took two frames a level and crashed the run (and each resume) from about 330 levels."""
+    from landscape.canonical import UnrecordableRow, encode_row
+
+    assert encode_row({"n": None, "d": nested(900, 1)}).startswith(b'{"n":null,"d":[[[')
+    with pytest.raises(UnrecordableRow, match="not finite"):
+        encode_row({"n": None, "d": nested(900, float("nan"))})
+    with pytest.raises(UnrecordableRow, match="nested too deeply"):
+        encode_row({"d": nested(100_000, 1)})
+
+
 def test_the_runs_a_table_holds_are_found_by_key_not_by_reading_all_its_rows(db: Database) -> None:
     """`projections rebuild` of every run lists them; a store's events outnumber its runs by far."""
     with db.connect() as conn:
