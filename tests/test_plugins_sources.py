@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -368,6 +369,60 @@ def test_a_missing_input_file_is_an_error_naming_it(tmp_path: Path) -> None:
 def test_fingerprint_is_the_sha256_of_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "in.csv", "a\n1\n")
     assert build_plugin("source", "csv", {"path": str(path)}).fingerprint() == hashlib.sha256(b"a\n1\n").hexdigest()
+
+
+INPUTS = {
+    "csv": ("in.csv", "a\n1\n2\n", "3\n"),
+    "csv, CR lines": ("in.csv", "a\r1\r2\r", "3\r"),  # read ahead to find its line ends, then again
+    "jsonl": ("in.jsonl", '{"a":1}\n{"a":2}\n', '{"a":3}\n'),
+    "utf-16 jsonl": ("in.jsonl", '{"a":1}\n{"a":2}\n', '{"a":3}\n'),
+    "json": ("in.json", '[{"a":1},{"a":2}]\n', '[{"a":3}]\n'),  # a document read whole
+}
+
+
+@pytest.mark.parametrize("case", list(INPUTS))
+def test_a_run_reads_its_input_as_it_was_fingerprinted(tmp_path: Path, case: str) -> None:
+    """The fingerprint recorded at a run's start is of the bytes the run reads. Rows appended to
+    the file since are not read (they were read, under a fingerprint of the file without them);
+    a file changed in place while being read stops the read, naming it."""
+    name, text, more = INPUTS[case]
+    encoding = "utf-16" if case.startswith("utf-16") else "utf-8"
+    path = write(tmp_path / name, text.encode(encoding))
+    kind = "csv" if name.endswith(".csv") else "json"
+    source = build_plugin("source", kind, {"path": str(path), "encoding": encoding})
+    source.fingerprint()
+    with path.open("a", encoding=encoding) as f:
+        f.write(more.lstrip("\ufeff"))
+    assert [i.row for i in source.read()] == [{"a": "1"}, {"a": "2"}] if kind == "csv" else [{"a": 1}, {"a": 2}]
+    assert [i.row for i in source.read(1)] == [{"a": "2"}] if kind == "csv" else [{"a": 2}]  # a resume's read
+
+    path.write_bytes(text.replace("2", "9").encode(encoding))  # the same length, other bytes
+    with pytest.raises(PluginError, match="changed while the run read it"):
+        list(source.read())
+    path.write_bytes(text.encode(encoding)[:-2])  # cut
+    with pytest.raises(PluginError, match="changed while the run read it"):
+        list(source.read())
+    path.write_bytes(text.encode(encoding) + more.encode(encoding).lstrip(codecs.BOM_UTF16))
+    source.fingerprint()  # (a resume with --force takes the file as it is now)
+    if name != "in.json":
+        assert len(list(source.read())) == 3
+
+
+def test_an_input_read_ahead_and_again_is_hashed_as_read_once(tmp_path: Path) -> None:
+    """A CSV file ending its lines in CRs only is read through to find that out, then again from
+    its start: past the read buffer, the second read is hashed afresh, not added to the first."""
+    text = "a\r" + "".join(f"{i}\r" for i in range(100_000))
+    path = write(tmp_path / "in.csv", text)
+    source = build_plugin("source", "csv", {"path": str(path)})
+    source.fingerprint()
+    assert len(list(source.read())) == 100_000
+    rows = source.read()
+    assert next(rows).row == {"a": "0"}  # read ahead, and back at the start
+    with path.open("r+b") as f:  # changed in place after that, before its rows are read
+        f.seek(len(text) - 3)
+        f.write(b"X")
+    with pytest.raises(PluginError, match="changed while the run read it"):
+        list(rows)
 
 
 def test_on_validation_failure_is_an_attribute() -> None:

@@ -28,15 +28,97 @@ from engine.plugins.schema import Schema, SchemaViolation, normalise_headers, pa
 _NODE = "source"
 
 
-def _fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with _open_input(path) as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise PluginError(_NODE, f"cannot read input file {path}: {e.strerror}") from e
-    return h.hexdigest()
+class _Input:
+    """A source's input file, read as it was fingerprinted.
+
+    `fingerprint` hashes the file and remembers how many bytes it hashed and to what; `open` then
+    gives the run those bytes and no others. Reading stops there (rows appended since are not the
+    input the run recorded), and at the end the bytes read must hash to the fingerprint, else the
+    read fails naming the file: it was changed, cut or replaced while the run read it, and the
+    rows read would match no file of the recorded fingerprint. Opened without a fingerprint
+    first, it is the file as it is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._taken: tuple[int, str] | None = None  # (bytes hashed, their sha256)
+
+    def fingerprint(self) -> str:
+        h, size = hashlib.sha256(), 0
+        try:
+            with _open_input(self.path) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+                    size += len(chunk)
+        except OSError as e:
+            raise PluginError(_NODE, f"cannot read input file {self.path}: {e.strerror}") from e
+        self._taken = (size, h.hexdigest())
+        return self._taken[1]
+
+    def open(self) -> IO[bytes]:
+        f = _open_input(self.path)
+        if self._taken is None:
+            return f
+        return io.BufferedReader(_AsFingerprinted(f, *self._taken, self.path), buffer_size=_CHUNK)
+
+
+class _AsFingerprinted(io.RawIOBase):
+    """The first `size` bytes of `f`, hashed as they are read (see `_Input`). A seek may only go
+    back to the start, which starts the hash again: what the run consumes is what is hashed."""
+
+    def __init__(self, f: IO[bytes], size: int, digest: str, path: Path) -> None:
+        super().__init__()
+        self._f, self._size, self._digest, self._path = f, size, digest, path
+        self._restart()
+
+    def _restart(self) -> None:
+        self._hash, self._at, self._checked = hashlib.sha256(), 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if (offset, whence) == (0, os.SEEK_CUR):
+            return self._at
+        if (offset, whence) != (0, os.SEEK_SET):
+            raise io.UnsupportedOperation("an input is read forwards, or again from its start")
+        self._f.seek(0)
+        self._restart()
+        return 0
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), self._size - self._at)
+        got = self._f.readinto(view[:wanted]) if wanted > 0 else 0  # type: ignore[attr-defined]
+        if not got:
+            self._check()
+            return 0
+        self._hash.update(view[:got])
+        self._at += got
+        return int(got)
+
+    def _check(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        if self._at != self._size or self._hash.hexdigest() != self._digest:
+            raise PluginError(
+                _NODE,
+                f"{self._path} changed while the run read it: its bytes are no longer those the run fingerprinted "
+                f"at its start ({self._size} bytes, sha256 {self._digest[:16]}…); the rows read so far are "
+                "recorded, the rest is not read. Leave an input alone while a run reads it",
+            )
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
 
 
 _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
@@ -200,6 +282,7 @@ class CsvSource:
         o = Options(options, "path", "delimiter", "encoding", "skip_rows", "columns", "field_mapping",
                     "schema", "on_validation_failure")  # fmt: skip
         self.path = Path(o.str_("path", required=True))
+        self._input = _Input(self.path)
         check_input_path(self.path)
         self.delimiter = o.delimiter()
         self.encoding = o.encoding()
@@ -216,10 +299,10 @@ class CsvSource:
         self.on_validation_failure = o.str_("on_validation_failure", "discard")
 
     def fingerprint(self) -> str:
-        return _fingerprint(self.path)
+        return self._input.fingerprint()
 
     def read(self, start: int = 0) -> Iterator[SourceItem | None]:
-        with _open_input(self.path) as f:
+        with self._input.open() as f:
             yield from self._records(f, start)
 
     def check_header(self) -> None:
@@ -402,6 +485,7 @@ class JsonSource:
     def __init__(self, options: Mapping[str, Any], default_format: str | None = None) -> None:
         o = Options(options, "path", "format", "data_key", "encoding", "schema", "on_validation_failure")
         self.path = Path(o.str_("path", required=True))
+        self._input = _Input(self.path)
         check_input_path(self.path)
         fmt = o.str_("format", default_format or ("jsonl" if self.path.suffix.lower() == ".jsonl" else "json"))
         if fmt not in ("json", "jsonl"):
@@ -415,10 +499,10 @@ class JsonSource:
         self.on_validation_failure = o.str_("on_validation_failure", "discard")
 
     def fingerprint(self) -> str:
-        return _fingerprint(self.path)
+        return self._input.fingerprint()
 
     def read(self, start: int = 0) -> Iterator[SourceItem | None]:
-        with _open_input(self.path) as f:
+        with self._input.open() as f:
             if self.format == "jsonl":
                 yield from self._lines(f, start)
             else:
