@@ -284,6 +284,40 @@ def test_a_csv_header_the_run_would_refuse_stops_validate_and_run_before_any_run
 
 
 @pytest.mark.parametrize(
+    ("document", "options", "says"),
+    [
+        ("42", "", "expected a JSON array of objects, found a number (use format: jsonl)"),
+        ('{"rows": [{"a": 1}]}', "", "found an object (set data_key to the key holding the array)"),
+        ('{"a": 1, "a": 2}', "", "cannot be decoded"),
+        ("[" * 2000 + "]" * 2000, "", "cannot be decoded"),
+        ('[{"a": 1}', "", "is not valid JSON"),
+        ('{"rows": {"a": 1}}', ", data_key: rows", "data_key 'rows' must name the array"),
+        ('{"rows": [{"a": 1}]}', ", data_key: rows", None),
+        ('[{"a": 1}, 7]', "", None),  # (7: one record, quarantined by the run)
+    ],
+    ids=["scalar", "object", "key-twice", "too-deep", "unended", "data-key-not-array", "data-key", "array"],
+)
+def test_a_json_document_the_run_would_refuse_stops_validate_and_run_before_any_run(
+    tmp_path: Path, document: str, options: str, says: str | None
+) -> None:
+    """validate said OK; the run was recorded, then failed reading the document, asking to be resumed."""
+    (tmp_path / "in.json").write_text(document)
+    (tmp_path / "s.yaml").write_text(
+        f"source: {{plugin: json, on_success: out, options: {{path: in.json, format: json{options}}}}}\n"
+        "sinks:\n  out: {plugin: json, options: {path: out.json}}\n"
+    )
+    env = {"ELSPETH_FINGERPRINT_KEY": "k"}
+    if says is None:
+        assert elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env).returncode == 0
+        return
+    for command in ("validate", "run"):
+        err = one_line_error(elspeth(command, "-s", "s.yaml", cwd=tmp_path, env=env), 1)
+        assert "source.options.path: in.json" in err and says in err, err
+        assert "resume" not in err, err
+    assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
+
+
+@pytest.mark.parametrize(
     ("sink", "content", "says"),
     [
         ("csv", "a,b\n1,2", "its last line does not end with a newline"),

@@ -22,7 +22,7 @@ from engine.orchestrator import Pipeline
 from engine.plugins.database_sink import DatabaseSink, sqlite_file
 from engine.plugins.protocol import PluginError
 from engine.plugins.sinks import CsvSink, JsonSink
-from engine.plugins.sources import CsvSource
+from engine.plugins.sources import CsvSource, JsonSource
 from landscape.keys import KeyFileError, load_named_signer
 from landscape.owner import mistrust_new_folder
 
@@ -42,10 +42,11 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
         why = _unreadable(source_path)
         if why:
             problems.append(f"{where}: source.options.path: the input {source_path} {why}")
-        elif isinstance(pipeline.source, CsvSource):
-            # A header the run cannot use (a name twice, one empty, a quote left open) would
-            # otherwise stop the run once it is recorded: a failed run that invites a resume.
-            # Only the header line is read (and the lines skip_rows skips), never the rows.
+        elif isinstance(pipeline.source, CsvSource | JsonSource):
+            # A header the run cannot use (a name twice, one empty, a quote left open), or a JSON
+            # document that holds no array of records, would otherwise stop the run once it is
+            # recorded: a failed run that invites a resume. Of a CSV file, only the header line is
+            # read (and the lines skip_rows skips), never the rows.
             try:
                 pipeline.source.check_header()
             except PluginError as e:

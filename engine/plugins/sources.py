@@ -539,7 +539,18 @@ class JsonSource:
             return SourceItem(index, None, raw, f"expected a JSON object, found {_json_type(value)}")
         return _validated(index, value, value, self.schema)
 
-    def _array(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
+    def check_header(self) -> None:
+        """A JSON document (format json) read as a run reads it, without its rows: PluginError when
+        the run would refuse it (not JSON, not an array where data_key says, nested too deeply), so
+        that `validate` and `run` stop before a run is recorded. A document is parsed whole either
+        way. JSON lines are refused line by line, each on its own: nothing to check here."""
+        if self.format == "json":
+            with _open_input(self.path) as f:
+                self._document(f)
+
+    def _document(self, f: IO[bytes]) -> tuple[list[Any], list[_LongInt]]:
+        """The array of records a JSON document holds (at data_key, when set), and the integers
+        too long to be read that it holds; PluginError naming the file when it holds none."""
         # A JSON document has to be parsed whole; only JSON lines stream.
         long_ints: list[_LongInt] = []
         try:
@@ -566,6 +577,10 @@ class JsonSource:
             raise PluginError(
                 _NODE, f"{self.path}: expected a JSON array of objects, found {_json_type(data)} ({hint})"
             )
+        return data, long_ints
+
+    def _array(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
+        data, long_ints = self._document(f)
         for index in range(start, len(data)):
             value = data[index]
             too_long = _long_int_in(value) if long_ints else None
