@@ -332,7 +332,15 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         )
     if settings.landscape.export.enabled:
         loaded.warnings.append(
-            f"{where}: landscape.export is recorded with the run but not acted on: this version has no export"
+            f"{where}: landscape.export is recorded with the run but not acted on: a run writes no export; write "
+            "one when it has ended with `elspeth export RUN_ID -o FILE`"
+        )
+    if settings.payload_store.retention_days is not None:
+        # The prior system's key: a user who relies on it would keep row data for good, unwarned.
+        loaded.warnings.append(
+            f"{where}: payload_store.retention_days is recorded with the run but not acted on: no run erases row "
+            f"data; apply retention with `elspeth purge --older-than {settings.payload_store.retention_days}d "
+            "--reason TEXT` (e.g. daily, from cron)"
         )
     loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
     for i, c in enumerate(settings.coalesce):

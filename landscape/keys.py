@@ -200,6 +200,17 @@ def existing_default_signer(home: str | os.PathLike[str]) -> Signer | None:
     return load_signer(key_path, owned=True)
 
 
+def check_default_key(home: str | os.PathLike[str]) -> None:
+    """What `default_signer` would refuse in this home (its keys/ folder, its key), asked without
+    making anything: for the checks before a run. KeyFileError naming the problem."""
+    folder = Path(home) / "keys"
+    if os.path.lexists(folder):
+        _check_key_folder(folder)
+    key_path = folder / f"{DEFAULT_KEY}{KEY_SUFFIX}"
+    if os.path.lexists(key_path):
+        load_signer(key_path, owned=True)
+
+
 def _check_key_folder(folder: Path) -> None:
     why = mistrust_folder(folder)
     if why:

@@ -347,3 +347,28 @@ def test_a_sink_that_cannot_append_to_its_file_stops_validate_and_run_before_any
         assert "resume" not in err, err
     assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
     assert (tmp_path / f"out.{sink}").read_text() == content
+
+
+def test_the_homes_own_key_the_run_would_refuse_stops_validate(tmp_path: Path) -> None:
+    """validate said OK to a keys/ folder others can write, or a key others can read, that the
+    run's first checkpoint then refused (the README says validate checks them)."""
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    (tmp_path / "s.yaml").write_text(
+        "source: {plugin: csv, on_success: out, options: {path: in.csv}}\n"
+        "sinks:\n  out: {plugin: csv, options: {path: out.csv}}\n"
+    )
+    env = {"ELSPETH_FINGERPRINT_KEY": "k"}
+    home = tmp_path / ".elspeth"
+    assert elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env).returncode == 0  # no key yet: one is made
+    assert not (home / "keys").exists()  # (and not by validate)
+    home.mkdir(mode=0o700)
+    (home / "keys").mkdir(mode=0o700)
+    os.chmod(home / "keys", 0o777)
+    err = one_line_error(elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env), 1)
+    assert "s.yaml: the home's signing key: the key folder" in err and "nobody else can write" in err, err
+    os.chmod(home / "keys", 0o700)
+    generate_key_files("default", home / "keys")
+    assert elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env).returncode == 0
+    os.chmod(home / "keys" / "default.key", 0o644)
+    err = one_line_error(elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env), 1)
+    assert "s.yaml: the home's signing key: signing key" in err and "default.key" in err, err

@@ -438,9 +438,17 @@ def test_a_pipeline_without_sinks_is_refused(tmp_path: Path) -> None:
     assert "sinks: found no sinks; allowed: a mapping of at least one sink name -> {plugin, options}" in lines
 
 
-def test_export_settings_are_accepted_with_a_word_that_nothing_exports_yet(tmp_path: Path) -> None:
+def test_export_and_retention_settings_are_accepted_with_a_word_on_what_does_that_instead(tmp_path: Path) -> None:
+    """A user who relies on the prior system's keys must not be left thinking they act: a row's
+    data would be kept for good while retention_days said 30."""
     loaded = load_settings(_write(tmp_path, BASE + "landscape: {export: {enabled: true, format: jsonl}}\n"), {})
     assert len(loaded.warnings) == 1 and "not acted on" in loaded.warnings[0]
+    assert "`elspeth export RUN_ID -o FILE`" in loaded.warnings[0]
+    loaded = load_settings(_write(tmp_path, BASE + "payload_store: {retention_days: 30}\n"), {})
+    assert (
+        len(loaded.warnings) == 1 and "retention_days is recorded with the run but not acted on" in loaded.warnings[0]
+    )
+    assert "`elspeth purge --older-than 30d --reason TEXT`" in loaded.warnings[0]
 
 
 def test_a_sqlalchemy_style_postgresql_landscape_url_is_accepted(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from engine.plugins.database_sink import DatabaseSink, sqlite_file
 from engine.plugins.protocol import PluginError
 from engine.plugins.sinks import CsvSink, JsonSink
 from engine.plugins.sources import CsvSource, JsonSource
-from landscape.keys import KeyFileError, load_named_signer
+from landscape.embedded import elspeth_home
+from landscape.keys import KeyFileError, check_default_key, load_named_signer
 from landscape.owner import mistrust_new_folder
 
 
@@ -68,7 +69,12 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
             elif (why := _cannot_append(sink, path)) is not None:
                 problems.append(f"{where}: {setting}: {why}")
     key = signing_key(pipeline.loaded, env)
-    if key is not None:
+    if key is None:
+        try:  # the home's own key, as the run's first checkpoint would take it (made there if none)
+            check_default_key(elspeth_home(env.get("ELSPETH_HOME")))
+        except KeyFileError as e:
+            problems.append(f"{where}: the home's signing key: {e} (or name one: landscape.signing_key)")
+    else:
         try:
             load_named_signer(key[0])  # as the run loads it, with the same checks
         except KeyFileError as e:

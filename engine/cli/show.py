@@ -50,7 +50,12 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
             f"{text!r} is neither a date/time (2024-05-01, 2024-05-01T14:30) nor a duration (30m, 2h, 3d, 1w)",
             param_hint="--since",
         ) from None
-    return when if when.tzinfo is not None else when.astimezone()
+    if when.tzinfo is not None:
+        return when
+    try:
+        return when.astimezone()
+    except (OverflowError, ValueError):  # local time of 0001-01-01 can be before the first date
+        return datetime.min.replace(tzinfo=UTC)  # (every run is since then)
 
 
 @dataclass(frozen=True, slots=True)
