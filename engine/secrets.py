@@ -39,7 +39,7 @@ def fingerprint_key(environ: Mapping[str, str] | None = None) -> bytes:
             print(
                 f"elspeth: created the fingerprint key {created} (secrets in settings are recorded only as "
                 "HMAC fingerprints under it); back it up with the audit store: without it, old fingerprints "
-                "cannot be checked again (see docs/settings.md, Secrets)",
+                "cannot be checked again (see docs/settings.md, 'What is recorded, and secrets')",
                 file=sys.stderr,
             )
         _KEYS[cache] = key
