@@ -38,7 +38,7 @@ from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
 from landscape.records import Erasure, StoredEvent
-from landscape.verify import row_hashes
+from landscape.verify import check_chain, payload_matches, row_hashes
 from statecharts import events as ev
 from statecharts.errors import StatechartError
 
@@ -309,7 +309,13 @@ def write_export(
 ) -> Written:
     """Write the export of a run's events up to its newest checkpoint (later events are not
     signed yet) to `out`. Streams: memory holds one chunk of events and the set of payload
-    hashes already written."""
+    hashes already written.
+
+    What `elspeth verify` would refuse for the store's sake is found as it is written, and raised
+    as ExportError naming it (the caller then keeps no file): the chain and the Merkle roots the
+    signed checkpoints claim (`check_chain`), events missing, a row payload that does not match
+    its commitment or is gone without an erasure record. An operator learns it here, where the
+    store can be looked into, not from the auditor."""
     size = checkpoints[-1].size
     out.write(_line(Header(format=FORMAT, run_id=run_id, origin=origin, key=key.text(), payloads=payloads)))
     for cp in checkpoints:
@@ -317,11 +323,23 @@ def write_export(
     counts = [0, 0, 0]  # events, payloads, erased
     seen: set[str] = set()
     batch: list[StoredEvent] = []
-    for e in recorder.read_events(run_id, upto_seq=size - 1):
-        batch.append(e)
-        if len(batch) >= chunk:
-            _write_chunk(recorder, batch, seen, out, payloads, counts)
-            batch = []
+
+    def written(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+        nonlocal batch
+        for e in events:
+            yield e  # (checked first: a bad one stops the chain check, and is not written)
+            batch.append(e)
+            if len(batch) >= chunk:
+                _write_chunk(recorder, batch, seen, out, payloads, counts)
+                batch = []
+
+    chain = check_chain(run_id, written(recorder.read_events(run_id, upto_seq=size - 1)), roots_at=[
+        cp.size for cp in checkpoints])  # fmt: skip
+    if chain.bad:
+        raise ExportError(
+            f"the store's log of run {run_id} does not verify at seq {chain.events} (its chain, or what an event "
+            f"says it is): no export was written; see `elspeth replay {run_id} --check`"
+        )
     _write_chunk(recorder, batch, seen, out, payloads, counts)
     events, n_payloads, erased = counts
     if events < size:
@@ -331,6 +349,12 @@ def write_export(
             f"the store holds {events} event(s) of run {run_id} up to seq {size - 1}, which its newest checkpoint "
             f"signs: events are missing from the log; see `elspeth replay {run_id} --check`"
         )
+    for cp in checkpoints:
+        if chain.roots.get(cp.size) != cp.root:
+            raise ExportError(
+                f"the store's log of run {run_id} is not the one its signed checkpoint of {cp.size} events signs (its "
+                f"Merkle root differs): events were changed; no export was written; see `elspeth replay {run_id} --check`"
+            )
     out.write(_line(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints))))
     return Written(events, n_payloads, erased, len(checkpoints), size)
 
@@ -380,12 +404,22 @@ def _write_chunk(
         for h in new:
             if h in present:
                 p = present[h]
+                if not payload_matches(h, p):
+                    raise ExportError(
+                        f"row payload {h} (first referenced by event seq {e.seq}) does not match its commitment in "
+                        f"the store: its data or salt was changed; no export was written; see `elspeth replay "
+                        f"{e.run_id} --check`"
+                    )
                 out.write(_line(PayloadRecord(hash=h, salt=p.salt, data=p.data)))
                 counts[1] += 1
             elif h in erasures:
                 out.write(_line(ErasedRecord.of(erasures[h])))
                 counts[2] += 1
-            # else: missing with no erasure record. Written as it is; the verifier names it.
+            elif payloads:
+                raise ExportError(
+                    f"row payload {h} (first referenced by event seq {e.seq}) is not in the store, and no erasure "
+                    f"record says why: no export was written; see `elspeth replay {e.run_id} --check`"
+                )
 
 
 # -- the proof bundle -----------------------------------------------------------------------------

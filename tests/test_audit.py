@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,8 @@ from landscape.keys import load_signer, load_verifier
 from landscape.merkle import leaf_hash, root
 from landscape.notary import Witnessed
 from landscape.postgres import PostgresRecorder
+from landscape.records import StoredEvent
+from landscape.verify import ChainCheck
 from tests.engine_harness import write_csv
 from tests.test_cli import PIPELINE, ROOT, elspeth, one_line_error
 from tests.test_store import _superuser_update
@@ -718,17 +720,89 @@ def test_a_bundle_event_whose_body_says_more_than_its_event_is_refused(fork: Exp
     assert "holds a key that its event does not have" in err, err
 
 
+def _as_the_store_holds_it(db: Database, run_id: str, out: Path, key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export of the store's records as they are, unchecked: what a tool of one's own writes
+    (`elspeth export` refuses a log that does not verify)."""
+    recorder, verifier = PostgresRecorder(db), load_verifier(key)
+    checkpoints = signed_checkpoints(recorder.checkpoints(run_id), [], verifier)
+
+    def unchecked(_run_id: str, events: Iterable[StoredEvent], *, roots_at: object = ()) -> ChainCheck:
+        n = sum(1 for _ in events)
+        return ChainCheck(n, b"", {cp.size: cp.root for cp in checkpoints}, b"", False)
+
+    monkeypatch.setattr(export_module, "check_chain", unchecked)
+    origin = run_origin(recorder.store_id(), run_id)
+    with out.open("wb") as f:
+        write_export(recorder, run_id, f, origin=origin, key=verifier, checkpoints=checkpoints)
+
+
 @pytest.mark.parametrize("when", ["infinity", "-infinity", "294270-01-01"])
-def test_an_event_time_no_writer_makes_is_named_at_its_seq_by_the_auditor(
-    db: Database, tmp_path: Path, when: str
+def test_an_event_time_no_writer_makes_is_named_at_its_seq_by_export_and_by_the_auditor(
+    db: Database, tmp_path: Path, when: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A superuser edit the readers cannot shift into microseconds: exported as a time no clock
+    """A superuser edit the readers cannot shift into microseconds: read as a time no clock
     gives, whose event's hash then fails, not as a record the auditor's reader rejects."""
     work, run_id = _run(db, tmp_path, FORK)
     _superuser_update(db, f"UPDATE events SET recorded_at = '{when}' WHERE run_id = %s AND seq = 5", (run_id,))
-    out = _export(work, db, run_id)
-    proc = _verify(work, str(out), "--public-key", str(work / ".elspeth/keys/default.pub"))
+    err = one_line_error(elspeth("export", run_id, "-o", str(tmp_path / "x.export"), cwd=work, db=db), 1)
+    assert "does not verify at seq 5" in err and "no export was written" in err, err
+    assert not (tmp_path / "x.export").exists()
+    pub = work / ".elspeth/keys/default.pub"
+    _as_the_store_holds_it(db, run_id, tmp_path / "x.export", pub, monkeypatch)
+    proc = _verify(work, str(tmp_path / "x.export"), "--public-key", str(pub))
     assert proc.returncode == 1 and "event seq 5: the event header or hash was altered" in proc.stderr, proc.stderr
+
+
+def test_export_refuses_a_store_that_would_not_verify_and_writes_nothing(db: Database, tmp_path: Path) -> None:
+    """It wrote the file, exit 0, and the operator learnt from the auditor that the store had
+    been changed: a body edited with its hashes redone, a payload changed, one deleted."""
+    work, run_id = _run(db, tmp_path, FORK)
+    out = tmp_path / "x.export"
+    with db.connect() as conn:
+        (data_hash,) = conn.execute(
+            "SELECT convert_from(payload, 'UTF8')::jsonb ->> 'data_hash' FROM events "
+            "WHERE run_id = %s AND event_type = 'TokenCreated' AND seq = (SELECT min(seq) FROM events WHERE "
+            "run_id = %s AND event_type = 'TokenCreated')",
+            (run_id, run_id),
+        ).fetchone()
+    assert data_hash is not None
+    with db.connect() as conn:  # a payload's data changed (the erasure trigger does not stop an UPDATE's owner)
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE payloads SET data = data || ' '::bytea WHERE hash = decode(%s, 'hex')", (data_hash,))
+        conn.commit()
+    err = one_line_error(elspeth("export", run_id, "-o", str(out), cwd=work, db=db), 1)
+    assert f"row payload {data_hash} (first referenced by event seq" in err and "does not match" in err, err
+    assert not out.exists()
+    with db.connect() as conn:  # ... and deleted, with no erasure record
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM payloads WHERE hash = decode(%s, 'hex')", (data_hash,))
+        conn.commit()
+    err = one_line_error(elspeth("export", run_id, "-o", str(out), cwd=work, db=db), 1)
+    assert f"row payload {data_hash}" in err and "no erasure record says why" in err, err
+    # without payloads, the events alone are exported (and verify without the data)
+    assert elspeth("export", run_id, "-o", str(out), "--no-payloads", cwd=work, db=db).returncode == 0
+    out.unlink()
+    # an event's body changed, its hashes redone and the chain after it relinked: only the Merkle
+    # roots the signed checkpoints hold tell
+    events = list(PostgresRecorder(db).read_events(run_id))
+    prev = events[2].hash
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        for e in events[3:]:
+            body = b" " + e.payload if e.seq == 3 else e.payload
+            digest = hashlib.sha256(body).digest()
+            at = e.recorded_at_us
+            h = link(prev, header(run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, at), digest)
+            conn.execute(
+                "UPDATE events SET payload = %s, payload_hash = %s, prev_hash = %s, hash = %s WHERE run_id = %s "
+                "AND seq = %s",
+                (body, digest, prev, h, run_id, e.seq),
+            )
+            prev = h
+        conn.commit()
+    err = one_line_error(elspeth("export", run_id, "-o", str(out), "--no-payloads", cwd=work, db=db), 1)
+    assert "is not the one its signed checkpoint of" in err and "Merkle root differs" in err, err
+    assert not out.exists()
 
 
 def test_a_bundle_holding_a_payload_and_an_erasure_record_of_it_is_refused(
