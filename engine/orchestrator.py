@@ -25,7 +25,7 @@ from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError, RunRefused, RunStopped
-from engine.places import places_gone
+from engine.places import layouts_changed, places_gone
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, at_node
 from engine.plugins.registry import build_plugin
 from engine.plugins.schema import Schema, type_locked
@@ -820,7 +820,15 @@ def _resume(
         raise ResumeRefused(
             f"run {run_id} cannot be resumed with {pipeline.loaded.path}: the run still has rows in what these "
             f"settings no longer have: {'; '.join(gone)}. Allowed: settings that keep each of these under its "
-            "name, a sink with its plugin (options may change), as the run's own did; nothing was done"
+            "name, a sink with its plugin (options may change, but for its layout), as the run's own did; nothing was done"
+        )
+    relaid = layouts_changed(fold, pipeline.nodes.sinks)
+    if relaid:
+        raise ResumeRefused(
+            f"run {run_id} cannot be resumed with {pipeline.loaded.path}: the rest of the output would be written "
+            f"in another layout than the bytes the run made durable, leaving a file that is neither: "
+            f"{'; '.join(relaid)}. Allowed: those options as the run wrote with (others may change: the path of a "
+            "moved file, a database URL's password); nothing was done"
         )
     # Another file (same text, or changed with --force) is recorded, so later resumes use it.
     other_file = settings_path is not None and settings_path.resolve() != Path(fold.settings_path).resolve()

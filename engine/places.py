@@ -6,15 +6,20 @@ held in a coalesce, buffered in an aggregation's batch, pending in a sink. Setti
 (nothing flushes an aggregation the pipeline no longer has) or the resume would stop half-way
 (a sink it no longer has). And a sink that holds rows the run made durable must stay, with its
 plugin: only reopening it cuts off what the crash left after its position and closes it at the
-end, and its position means what its plugin says (bytes of a file, rows of a table).
+end, and its position means what its plugin says (bytes of a file, rows of a table). Its bytes
+mean what its layout says, too: the rest of a JSON-lines file written as an array's rows, or a
+CSV file continued with another delimiter, would leave a file that is neither.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from engine.dag import Dag
+from engine.plugins.protocol import PluginConfigError
+from engine.plugins.registry import build_plugin
 from engine.work import Nodes
 from landscape.fold import RunFold
 from statecharts import events as ev
@@ -71,6 +76,45 @@ def places_gone(fold: RunFold, nodes: Nodes, decls: list[ev.NodeDecl]) -> list[s
                         "crash left after it, and closes it at the end")  # fmt: skip
         gone.append(f"sink '{sink}' ({'; '.join(what)})")
     return gone
+
+
+def layouts_changed(fold: RunFold, sinks: Mapping[str, object]) -> list[str]:
+    """Every sink holding bytes the run made durable whose options now spell rows otherwise than
+    the settings the run last wrote under (each by its `layout()`, the options that decide the
+    bytes), one phrase each naming the options, what they were and what they are now. Options
+    outside the layout (a moved file's path, a URL's password) may change."""
+    recorded = fold.settings.get("sinks")
+    changed: list[str] = []
+    for name, sink in sorted(sinks.items()):
+        layout = getattr(sink, "layout", None)
+        was = recorded.get(name) if isinstance(recorded, dict) else None
+        if not fold.sink_positions.get(name) or layout is None or not isinstance(was, dict):
+            continue  # nothing durable to continue, no layout to compare, or none recorded
+        where = fold.sink_locations.get(name) or "its output"
+        try:  # the sink as the run's settings built it (a built-in's constructor touches no file)
+            before = build_plugin("sink", str(was.get("plugin")), was.get("options")).layout()
+        except PluginConfigError as e:
+            changed.append(f"sink '{name}' ({where}: the options the run wrote it with do not build here ({e}), so "
+                           "the layout of its durable bytes is unknown)")  # fmt: skip
+            continue
+        now = layout()
+        keys = [*before, *(k for k in now if k not in before)]
+        diff = [f"{k} {_shown(before.get(k))} (now {_shown(now.get(k))})" for k in keys if before.get(k) != now.get(k)]
+        if diff:
+            changed.append(f"sink '{name}' ({where} holds the run's output up to its durable position "
+                           f"{fold.sink_positions[name]}, written with {', '.join(diff)})")  # fmt: skip
+    return changed
+
+
+def _shown(value: object) -> str:
+    """An option's value as the settings would spell it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return f"[{', '.join(map(str, value))}]"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _nothing_written(fold: RunFold, sink: str) -> bool:

@@ -69,7 +69,7 @@ class RunFold:
     status: str = INITIAL
     settings_path: str = ""
     settings_hash: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # redacted, as last recorded (RunCreated, RunResumed)
     source_fingerprint: str = ""
     working_dir: str = ""
     nodes: list[ev.NodeDecl] = field(default_factory=list)  # as last declared (RunCreated, RunResumed)
@@ -141,6 +141,8 @@ class RunFold:
             self.settings_hash = e.settings_hash
         if e.settings_path is not None:
             self.settings_path = e.settings_path
+        if e.settings is not None:  # what the sinks wrote under from here (a resume compares layouts)
+            self.settings = e.settings
         if e.nodes is not None:  # declared again under other settings: each name's last declaration
             self.nodes = list({n.name: n for n in [*self.nodes, *e.nodes]}.values())
 

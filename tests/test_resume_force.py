@@ -16,6 +16,7 @@ from engine.clock import FakeClock
 from engine.errors import ResumeRefused, RunFailedError
 from engine.orchestrator import fold_run, resume_run, start_run
 from engine.plugins.protocol import Row
+from landscape import faults
 from landscape.db import Database
 from landscape.errors import ChainBroken
 from landscape.fold import IllegalEvent, RunFold
@@ -343,3 +344,87 @@ def test_a_kept_sink_pointed_at_another_file_that_holds_bytes_is_refused(db: Dat
         assert "sink 'quarantine': " in str(refused.value) and says in str(refused.value), refused.value
         assert precious.read_text() == '{"id": 100}\n{"id": 101}\n' and fold_run(db, run_id).last_seq == last
         _resumes_with_its_own_settings(db, run_id, settings, original)
+
+
+# -- a sink's layout: the bytes the run made durable are continued only as they were spelled --------
+
+_OUT = "out: {plugin: csv, options: {path: out/out.csv}}"
+_ALT = "alt: {plugin: json, options: {path: out/alt.json}}"
+
+
+@pytest.mark.parametrize(
+    ("sink", "options", "says"),
+    [
+        ("out", "delimiter: ';'", "delimiter ',' (now ';')"),
+        ("out", "headers: false", "headers true (now false)"),
+        ("out", "encoding: utf-16", "encoding 'utf-8' (now 'utf-16')"),
+        ("alt", "format: jsonl", "format 'json' (now 'jsonl')"),
+        ("alt", "indent: 2", "indent none (now 2)"),
+        ("alt", "encoding: latin-1", "encoding 'utf-8' (now 'iso8859-1')"),
+    ],
+)
+def test_a_sink_that_would_write_its_durable_bytes_in_another_layout_is_refused(
+    db: Database, sink: str, options: str, says: str
+) -> None:
+    """The review's case: `format: jsonl` made `json` under --force; the resume completed, and the
+    file began as JSON lines and ended as an array's rows, which no reader takes."""
+    with _workdir("gate", 40) as path:
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "relaid", "committed:30")
+        fold = fold_run(db, run_id)
+        assert fold.sink_positions[sink] > 0, "nothing durable in the sink yet: crash later"
+        was = _OUT if sink == "out" else _ALT
+        _edit(settings, (was, was.replace("}}", ", " + options + "}}")))
+        message = _refused(db, run_id, path, "in another layout than the bytes the run made durable")
+        file = "out/out.csv" if sink == "out" else "out/alt.json"
+        held = f"{file} holds the run's output up to its durable position {fold.sink_positions[sink]}"
+        assert f"sink '{sink}' ({held}, written with {says})" in message, message
+        _resumes_with_its_own_settings(db, run_id, settings, original)
+
+
+def test_options_that_do_not_change_the_bytes_may_change(db: Database) -> None:
+    """A file moved with the run's bytes, its encoding spelled otherwise: the resume continues it,
+    and the output is an uninterrupted run's."""
+    with _workdir("gate", 40) as clean:
+        assert start_run(db, _load(clean / "settings.yaml"), clock=FakeClock()).status == "completed"
+        expected = _outputs(clean)
+    with _workdir("gate", 40) as path:
+        settings = path / "settings.yaml"
+        run_id = _crashed(db, settings, "moved", "committed:30")
+        assert fold_run(db, run_id).sink_positions["alt"] > 0, "nothing durable in alt yet: crash later"
+        (path / "out" / "alt.json").rename(path / "out" / "moved.json")
+        _edit(settings, (_ALT, "alt: {plugin: json, options: {path: out/moved.json, encoding: UTF8, format: json}}"))
+        assert resume_run(db, run_id, _load, force=True).status == "completed"
+        assert_invariants(fold_run(db, run_id, strict=True))
+        moved = _outputs(path)
+        assert moved.pop("moved.json") == expected.pop("alt.json")
+        assert moved == expected
+
+
+def test_the_layout_compared_is_the_one_the_last_resume_wrote_with(db: Database) -> None:
+    """A sink with nothing durable may change its layout (there are no bytes to continue); the
+    resume that did records its settings, and a later resume is compared with those."""
+    with _workdir("gate", 6) as path:
+        rows = [f"{i},{i % 5 + 1},ok,x\n" for i in range(12)]
+        (path / "in.csv").write_text("id,v,note,items\n" + "".join(rows[:4]) + "oops,1,q,x\n" + "".join(rows[4:]))
+        settings = path / "settings.yaml"
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "relaid-twice", "committed:3")
+        assert fold_run(db, run_id).sink_positions["quarantine"] == 0, "a row quarantined already: crash earlier"
+        q = "quarantine: {plugin: json, options: {path: out/q.jsonl, format: jsonl}}"
+        _edit(settings, (q, q.replace("jsonl}", "json}")))
+        as_json = settings.read_text()
+        faults.configure("committed:8", raise_instead=True)
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                resume_run(db, run_id, _load, force=True, commit_every=1)
+        finally:
+            faults.configure("")
+        assert fold_run(db, run_id).sink_positions["quarantine"] > 0, "nothing quarantined yet: crash later"
+        settings.write_text(original)
+        _refused(db, run_id, path, "sink 'quarantine' .* written with format 'json' \\(now 'jsonl'\\)")
+        settings.write_text(as_json)
+        assert resume_run(db, run_id, _load).status == "completed"
+        assert_invariants(fold_run(db, run_id, strict=True))
+        assert json.loads((path / "out" / "q.jsonl").read_text())[0]["id"] == "oops"

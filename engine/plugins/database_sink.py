@@ -105,6 +105,12 @@ class DatabaseSink:
         self._committed = 0
         self.run_id = ""
 
+    def layout(self) -> dict[str, object]:
+        """None of its options changes how the rows it adds are written: `if_exists` acts only when
+        a run starts, another `table` holds none of the run's rows (refused at `open`, by its
+        bookkeeping), and the URL may change (a new password, another name for the server)."""
+        return {}
+
     def location(self) -> str:
         return f"{self._shown}#{self.table_name}"
 

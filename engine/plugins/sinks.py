@@ -336,6 +336,16 @@ class CsvSink(_FileSink):
         self._known: frozenset[str] | None = None  # self.fields as a set, for the per-row check
         self._needs_header = True
 
+    def layout(self) -> dict[str, object]:
+        """The options that decide how rows are spelled in the file: a resume continues the bytes
+        the run made durable only in theirs. Without a header the columns are the schema's fields
+        in their order (with one, the header on disk decides, and `open` checks it)."""
+        layout: dict[str, object] = {"delimiter": self.delimiter, "headers": self.write_header}
+        layout["encoding"] = self.encoding
+        if not self.write_header:
+            layout["schema.fields"] = self.schema.field_names
+        return layout
+
     def open(self, run_id: str, position: int | None) -> None:
         start = self._open_file(position)
         self._needs_header = start == 0
@@ -426,6 +436,10 @@ class JsonSink(_FileSink):
         self.indent: int | None = indent
         self._rows_written = False
         self._texts: list[str] = []  # the rows written since the last flush, as JSON
+
+    def layout(self) -> dict[str, object]:
+        """The options that decide how rows are spelled in the file (see `CsvSink.layout`)."""
+        return {"format": self.format, "indent": self.indent, "encoding": self.encoding}
 
     def open(self, run_id: str, position: int | None) -> None:
         self._texts = []
