@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import os
+import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -18,6 +23,9 @@ import msgspec
 import pytest
 
 import landscape.export as export_module
+from engine.cli import audit
+from engine.cli.audit import new_file
+from engine.cli.errors import ElspethCliError
 from landscape.audit import AuditFailure, verify_export, verify_proof
 from landscape.chain import header, link
 from landscape.checkpoint import Checkpoint, run_origin
@@ -394,6 +402,74 @@ def test_a_failed_export_writes_nothing(db: Database, fork: Exported, tmp_path: 
     err = one_line_error(elspeth("export", fork.run_id, "-o", str(fork.file), cwd=fork.work, db=db), 1)
     assert "already exists" in err
     assert elspeth("prove", fork.run_id, "-o", str(out), cwd=fork.work, db=db).returncode == 2
+
+
+def _limited(limit: int, *args: str, work: Path, db: Database) -> subprocess.CompletedProcess[str]:
+    """`elspeth ARGS` unable to write a file past `limit` bytes (RLIMIT_FSIZE, SIGXFSZ ignored):
+    a write past it fails as on a full disk, at the same point whatever the machine's speed."""
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    env.update(ELSPETH_DATABASE_URL=db.conninfo, PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", *args], cwd=work, env=env, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=300, preexec_fn=limit_files,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [("export",), ("prove", "--row", "1"), ("checkpoint",)])
+def test_a_write_that_fails_is_one_line_and_leaves_nothing(
+    db: Database, fork: Exported, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The review's case: `export` on a full file system printed a traceback (ENOSPC from a write,
+    where only open and link were caught) and left its temporary file."""
+    whole = tmp_path / "whole"
+    assert elspeth(command[0], fork.run_id, *command[1:], "-o", str(whole), cwd=fork.work, db=db).returncode == 0
+    out = tmp_path / "x.out"
+    proc = _limited(whole.stat().st_size // 2, command[0], fork.run_id, *command[1:], "-o", str(out), work=fork.work,
+                    db=db)  # fmt: skip
+    err = one_line_error(proc, 1)
+    assert err == f"elspeth: error: cannot write {out}: File too large\n", err
+    assert not out.exists() and not list(tmp_path.glob(".x.out*"))
+
+
+def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full(io.FileIO):
+        def write(self, b: object, /) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class FullTemporary(audit._Temporary, Full):  # its writes reach Full's
+        pass
+
+    monkeypatch.setattr(audit, "_Temporary", FullTemporary)
+    out = tmp_path / "x.export"
+    with pytest.raises(ElspethCliError) as failed, new_file(out) as f:
+        f.write(b"x" * (2 << 20))  # past the buffer: written at once
+    assert failed.value.format_message() == f"cannot write {out}: No space left on device"
+    with pytest.raises(ElspethCliError, match="No space left on device"), new_file(out) as f:
+        f.write(b"x")  # written when the file is flushed
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_killed_exports_temporary_file_is_removed_by_the_next(tmp_path: Path) -> None:
+    """SIGKILL leaves `.NAME.PID.tmp` (a whole export's row data so far). Removed only when its
+    process is gone and nothing holds its lock; a PID alone could be another machine's."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    out = tmp_path / "x.export"
+    abandoned, alive = tmp_path / f".x.export.{dead}.tmp", tmp_path / f".x.export.{os.getppid()}.tmp"
+    locked, other = tmp_path / f".x.export.{dead + 1}.tmp", tmp_path / f".y.export.{dead}.tmp"
+    for left in (abandoned, alive, locked, other):
+        left.write_bytes(b"rows")
+    with locked.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # (as a process on another machine sharing the folder holds it)
+        with new_file(out) as f:
+            f.write(b"export")
+    assert out.read_bytes() == b"export"
+    assert not abandoned.exists() and alive.exists() and locked.exists() and other.exists()
 
 
 # -- proofs --------------------------------------------------------------------------------------------

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
+import io
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -26,26 +29,60 @@ if TYPE_CHECKING:
     from landscape.postgres import PostgresRecorder
 
 
+class _Temporary(io.FileIO):
+    """The file being written, which remembers a write (or sync) that failed: the code writing
+    into it may let the OSError through or wrap it, and the message names the file either way."""
+
+    failed: OSError | None = None
+
+    def write(self, b: Any, /) -> int:
+        try:
+            return super().write(b)
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self.fileno())
+        except OSError as e:
+            self.failed = e
+            raise
+
+
 @contextlib.contextmanager
 def new_file(path: Path) -> Iterator[IO[bytes]]:
     """Write `path`, which must not exist, all or nothing: into a temporary file beside it, linked
     into place only once everything was written (link() refuses to replace a file that appeared
-    meanwhile). On any error the temporary file goes and `path` is never created. Mode 0600: an
-    export or a bundle holds row data and its salts, which the store shows its owner alone."""
+    meanwhile). On any error the temporary file goes and `path` is never created; a write that
+    fails (a full disk) is one line naming `path`. Mode 0600: an export or a bundle holds row data
+    and its salts, which the store shows its owner alone."""
     if path.exists() or path.is_symlink():
         raise ElspethCliError(f"{path} already exists; choose another name (an export is never overwritten)")
     if not path.parent.is_dir():
         raise ElspethCliError(f"{path.parent} is not an existing folder")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for left in _remove_abandoned(path):
+        click.echo(f"elspeth: removed {left}, left by an earlier export into {path} that was killed", err=True)
+    tmp = _temporary(path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         raise ElspethCliError(f"cannot write {path}: {e.strerror}") from None
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
+        # Held until the process ends: a later export into the same name tells by it that this
+        # one is still writing (`_remove_abandoned`).
+        with contextlib.suppress(OSError):  # (a file system without locks: it is then never taken for abandoned)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        raw = _Temporary(fd, "wb")
+        try:
+            with io.BufferedWriter(raw, buffer_size=1 << 20) as out:
+                yield out
+                out.flush()
+                raw.sync()
+        except Exception as e:
+            if raw.failed is None:
+                raise
+            raise ElspethCliError(f"cannot write {path}: {raw.failed.strerror or e}") from None
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -55,6 +92,46 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _temporary(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.{pid}.tmp")
+
+
+def _remove_abandoned(path: Path) -> list[Path]:
+    """The temporary files of exports into `path` that were killed (SIGKILL leaves no time to
+    remove them), removed: each holds a whole export's row data so far. One is taken as abandoned
+    only when both its process is gone here and no process holds its lock: a PID alone could be
+    another machine's (a shared folder) or another container's, whose export is still writing
+    it. One that cannot be opened or locked (another user's, a lock held) is left alone."""
+    removed: list[Path] = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or tmp != _temporary(path, int(pid)) or _alive(int(pid)):
+            continue
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink()  # under the lock: no export can have taken the file up meanwhile
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
 
 
 def _key(home: str, public_key: str | None) -> Verifier:
