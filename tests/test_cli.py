@@ -321,6 +321,20 @@ def test_resume_refuses_a_sink_file_cut_short_since_the_crash(db: Database, work
     assert listed[run_id]["status"] == "running" and listed[run_id]["resumes"] == 0  # nothing recorded
 
 
+def test_resume_says_a_deleted_sink_file_is_missing(db: Database, work: Path) -> None:
+    """The review's case: after `rm` of the file, the resume said it held 0 bytes."""
+    write_csv(work / "in.csv", ["id", "v"], [[i, 9] for i in range(40)])
+    crashed = elspeth(
+        "run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": "committed:8"}
+    )
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+    (work / "out/high.csv").unlink()
+    err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 1)
+    assert "cannot continue out/high.csv: it is missing (deleted or moved?), and the run had made " in err, err
+    assert not (work / "out/high.csv").exists()
+
+
 def test_resume_under_changed_settings_needs_force_and_records_the_new_settings(db: Database, work: Path) -> None:
     from landscape.postgres import PostgresRecorder
     from statecharts import events as ev

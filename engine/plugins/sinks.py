@@ -129,6 +129,13 @@ class _FileSink:
         self._head = b""
         if not self.path.parent.is_dir():
             raise PluginError(_NODE, f"cannot write {self.path}: the folder {self.path.parent} does not exist")
+        if position and not self.path.exists():
+            raise PluginError(
+                _NODE,
+                f"cannot continue {self.path}: it is missing (deleted or moved?), and the run had made {position} "
+                "bytes durable in it; put it back (or, moved with them, resume with --force and its new path), "
+                "or start a new run",
+            )
         try:
             size = self.path.stat().st_size if self.path.exists() else 0
         except OSError as e:
