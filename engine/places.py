@@ -90,6 +90,9 @@ def layouts_changed(fold: RunFold, sinks: Mapping[str, object]) -> list[str]:
         was = recorded.get(name) if isinstance(recorded, dict) else None
         if not fold.sink_positions.get(name) or layout is None or not isinstance(was, dict):
             continue  # nothing durable to continue, no layout to compare, or none recorded
+        now = layout()
+        if not now:
+            continue  # (the database sink: nothing to build it again for)
         where = fold.sink_locations.get(name) or "its output"
         try:  # the sink as the run's settings built it (a built-in's constructor touches no file)
             before = build_plugin("sink", str(was.get("plugin")), was.get("options")).layout()
@@ -97,7 +100,6 @@ def layouts_changed(fold: RunFold, sinks: Mapping[str, object]) -> list[str]:
             changed.append(f"sink '{name}' ({where}: the options the run wrote it with do not build here ({e}), so "
                            "the layout of its durable bytes is unknown)")  # fmt: skip
             continue
-        now = layout()
         keys = [*before, *(k for k in now if k not in before)]
         diff = [f"{k} {_shown(before.get(k))} (now {_shown(now.get(k))})" for k in keys if before.get(k) != now.get(k)]
         if diff:
