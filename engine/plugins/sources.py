@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, NamedTuple
 
 from engine.plugins.options import Options, text_item
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, SourceItem
@@ -28,50 +28,66 @@ from engine.plugins.schema import Schema, SchemaViolation, normalise_headers, pa
 _NODE = "source"
 
 
+#: How much of an input is checked against its fingerprint at a time (see `_AsFingerprinted`).
+_BLOCK = 1 << 20
+
+
+class _Taken(NamedTuple):
+    """What `fingerprint` read: the size, its sha256 (hex), and the sha256 of each `_BLOCK` bytes."""
+
+    size: int
+    digest: str
+    blocks: list[bytes]
+
+
 class _Input:
     """A source's input file, read as it was fingerprinted.
 
-    `fingerprint` hashes the file and remembers how many bytes it hashed and to what; `open` then
-    gives the run those bytes and no others. Reading stops there (rows appended since are not the
-    input the run recorded), and at the end the bytes read must hash to the fingerprint, else the
-    read fails naming the file: it was changed, cut or replaced while the run read it, and the
-    rows read would match no file of the recorded fingerprint. Opened without a fingerprint
-    first, it is the file as it is."""
+    `fingerprint` hashes the file, and each block of it; `open` then gives the run those bytes and
+    no others (`_AsFingerprinted`): every block is checked against its hash before any of its
+    bytes is handed on, so no row is ever read from other bytes than those of the recorded
+    fingerprint, and reading stops where the hashing did (rows appended since are not the input
+    the run recorded). A file changed, cut or replaced under the run fails the read at the first
+    block that differs, naming the file. Opened without a fingerprint first, it is the file as it
+    is."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._taken: tuple[int, str] | None = None  # (bytes hashed, their sha256)
+        self._taken: _Taken | None = None
 
     def fingerprint(self) -> str:
-        h, size = hashlib.sha256(), 0
+        whole, blocks, size = hashlib.sha256(), [], 0
         try:
             with _open_input(self.path) as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-                    size += len(chunk)
+                for block in iter(lambda: f.read(_BLOCK), b""):
+                    whole.update(block)
+                    blocks.append(hashlib.sha256(block).digest())
+                    size += len(block)
         except OSError as e:
             raise PluginError(_NODE, f"cannot read input file {self.path}: {e.strerror}") from e
-        self._taken = (size, h.hexdigest())
-        return self._taken[1]
+        self._taken = _Taken(size, whole.hexdigest(), blocks)
+        return self._taken.digest
 
     def open(self) -> IO[bytes]:
         f = _open_input(self.path)
         if self._taken is None:
             return f
-        return io.BufferedReader(_AsFingerprinted(f, *self._taken, self.path), buffer_size=_CHUNK)
+        return io.BufferedReader(_AsFingerprinted(f, self._taken, self.path), buffer_size=_CHUNK)
 
 
 class _AsFingerprinted(io.RawIOBase):
-    """The first `size` bytes of `f`, hashed as they are read (see `_Input`). A seek may only go
-    back to the start, which starts the hash again: what the run consumes is what is hashed."""
+    """The bytes `_Input.fingerprint` hashed, a block at a time, each checked before it is handed
+    on. Checked only at the end, a file rewritten in place during the run gave the rows before the
+    end from the new bytes: recorded, and then, the file put back, resumed under the old
+    fingerprint. A seek may only go back to the start (a CSV file read ahead for its line ends)."""
 
-    def __init__(self, f: IO[bytes], size: int, digest: str, path: Path) -> None:
+    def __init__(self, f: IO[bytes], taken: _Taken, path: Path) -> None:
         super().__init__()
-        self._f, self._size, self._digest, self._path = f, size, digest, path
+        self._f, self._taken, self._path = f, taken, path
         self._restart()
 
     def _restart(self) -> None:
-        self._hash, self._at, self._checked = hashlib.sha256(), 0, False
+        self._block, self._at, self._pending = 0, 0, memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -92,27 +108,32 @@ class _AsFingerprinted(io.RawIOBase):
         return 0
 
     def readinto(self, buffer: Any) -> int:
+        if not self._pending:
+            self._pending = memoryview(self._next_block())
         view = memoryview(buffer).cast("B")
-        wanted = min(len(view), self._size - self._at)
-        got = self._f.readinto(view[:wanted]) if wanted > 0 else 0  # type: ignore[attr-defined]
-        if not got:
-            self._check()
-            return 0
-        self._hash.update(view[:got])
-        self._at += got
-        return int(got)
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        self._at += n
+        return n
 
-    def _check(self) -> None:
-        if self._checked:
-            return
-        self._checked = True
-        if self._at != self._size or self._hash.hexdigest() != self._digest:
+    def _next_block(self) -> bytes:
+        """The next block as fingerprinted; b"" after the last."""
+        taken, i = self._taken, self._block
+        if i == len(taken.blocks):
+            return b""
+        start = i * _BLOCK
+        data = self._f.read(min(_BLOCK, taken.size - start))
+        if len(data) != min(_BLOCK, taken.size - start) or hashlib.sha256(data).digest() != taken.blocks[i]:
             raise PluginError(
                 _NODE,
-                f"{self._path} changed while the run read it: its bytes are no longer those the run fingerprinted "
-                f"at its start ({self._size} bytes, sha256 {self._digest[:16]}…); the rows read so far are "
-                "recorded, the rest is not read. Leave an input alone while a run reads it",
+                f"{self._path} changed while the run read it: its bytes from offset {start} on are no longer those "
+                f"the run fingerprinted at its start ({taken.size} bytes, sha256 {taken.digest[:16]}…); no row "
+                "was read from them (those before are the fingerprinted file's). Leave an input alone while a run "
+                "reads it",
             )
+        self._block += 1
+        return data
 
     def close(self) -> None:
         try:
