@@ -15,7 +15,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from landscape import roles
-from landscape.embedded import embedded_server
+from landscape.embedded import embedded_server, server_gone
 from landscape.errors import (
     ConcurrentWriter,
     DatabaseUnavailable,
@@ -125,6 +125,7 @@ class Database:
     location: str  # for people: where the audit trail is
     role: Role = Role.OWNER
     embedded: bool = False
+    pgdata: Path | None = None  # the embedded server's data folder
     _may_become: dict[Role, bool] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -149,10 +150,11 @@ class Database:
     def describe(self) -> str:
         return redact(self.location)
 
-    def ping(self) -> None:
-        """Ask the server for an answer; one that went away raises a LandscapeError."""
-        with driver_errors("asking the audit store"), self.connect() as conn:
-            conn.execute("SELECT 1")
+    def gone(self) -> bool:
+        """Whether the embedded server this process started is certainly no more (killed, stopped
+        by hand): see `server_gone`. Always False for a server given by URL, which ELSPETH does
+        not run and cannot judge from outside; a refused connection is no proof either way."""
+        return self.pgdata is not None and server_gone(self.pgdata)
 
     def acts_as(self, role: Role) -> bool:
         """Whether connections for `role` really act as it (else as the URL's user)."""
@@ -195,7 +197,9 @@ def open_database(
         resolved = resolve_url(url)
         if resolved is None:
             server = stack.enter_context(embedded_server(home))
-            db = Database(server.uri("elspeth"), f"embedded PostgreSQL in {server.pgdata}", embedded=True)
+            db = Database(
+                server.uri("elspeth"), f"embedded PostgreSQL in {server.pgdata}", embedded=True, pgdata=server.pgdata
+            )
         else:
             db = Database(resolved, resolved)
             db.connect().close()  # fail now, with one clear line, if it is unreachable

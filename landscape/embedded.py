@@ -362,6 +362,34 @@ def _running(bin_dir: Path, pgdata: Path, uid: int | None, gid: int | None) -> b
     return _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "status"], uid, gid).returncode == 0
 
 
+def server_gone(pgdata: Path) -> bool:
+    """Whether the server of `pgdata` is certainly no more: its postmaster.pid removed (stopped
+    by hand), or naming a process that is dead or is not this folder's server (killed). Judged
+    without a connection, which a full server (max_connections) or a stalled one refuses or
+    keeps waiting although it is there. A file that cannot be read as a postmaster's is no proof."""
+    try:
+        text = _read_small(pgdata / "postmaster.pid")
+    except OSError:
+        return False
+    if not text:
+        return not (pgdata / "postmaster.pid").exists()
+    first = text.splitlines()[0].strip()
+    if not first.isdigit():  # half-written, or a single-user backend's (negative): no proof
+        return False
+    pid = int(first)
+    return not _alive(pid) or _zombie(pid) or _stale_pid(pgdata) is not None
+
+
+def _zombie(pid: int) -> bool:
+    """A process that ended and was not yet reaped: a killed postmaster under an init that does
+    not reap (some containers') still answers kill(pid, 0)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 def _stale_pid(pgdata: Path) -> int | None:
     """The process postmaster.pid names when it is certainly not this folder's server: a
     postmaster works in its data folder (it changes into it as it starts, and never leaves), so

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +15,8 @@ import psycopg
 import pytest
 
 from landscape import embedded
-from landscape.embedded import _postmaster_status, _socket_dir, embedded_server
+from landscape.db import Database, open_database
+from landscape.embedded import _postmaster_status, _socket_dir, embedded_server, server_gone
 from landscape.errors import DatabaseUnavailable
 from tests.engine_harness import write_csv
 
@@ -369,3 +371,35 @@ def _pid_file_of(pid: int, pgdata: Path) -> list[str]:
     """A postmaster.pid as the server writes it (its number, folder, start time, port, socket
     folder, listen address, shared memory key, status), for a server no longer running."""
     return [str(pid), str(pgdata), "1700000000", "5432", "/nowhere", "", "0 0", "ready"]
+
+
+def test_a_stalled_server_is_not_taken_for_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`db serve` used to ping its server and end at the first failure, stopping the server under
+    every SQL session: a postmaster stalled past the connect timeout (or one with every session
+    taken) was taken for dead. Whether it is gone is judged by its process, with no connection."""
+    monkeypatch.delenv("ELSPETH_DATABASE_URL", raising=False)
+    with open_database(home=tmp_path / ".elspeth") as db:
+        assert db.pgdata is not None
+        postmaster = int((db.pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGSTOP)
+        try:
+            assert not db.gone()
+        finally:
+            os.kill(postmaster, signal.SIGCONT)
+
+
+def test_a_server_stopped_by_hand_or_killed_is_gone_and_a_half_written_pid_file_is_no_proof(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    assert server_gone(pgdata)  # no postmaster.pid: stopped by hand (pg_ctl stop removes it)
+    (pgdata / "postmaster.pid").write_text("\n".join(_pid_file_of(_dead_pid(), pgdata)) + "\n")
+    assert server_gone(pgdata)  # killed: the number is no process's
+    if Path("/proc/self/cwd").exists():  # killed, the number given again: not a process of this folder
+        (pgdata / "postmaster.pid").write_text("\n".join(_pid_file_of(os.getpid(), pgdata)) + "\n")
+        assert server_gone(pgdata)
+    (pgdata / "postmaster.pid").write_text("")  # a server starting, its file not written yet
+    assert not server_gone(pgdata)
+
+
+def test_an_external_server_is_never_judged_gone(tmp_path: Path) -> None:
+    assert not Database("postgresql://nobody@/nowhere?host=/nonexistent", "an external server").gone()

@@ -118,11 +118,15 @@ def db_serve(ctx: click.Context) -> None:
             signal.signal(signum, lambda *_: stop.set())
         # On exit the embedded server stops, unless another elspeth uses it. Until then, a server
         # that went away (killed, out of memory, stopped by hand) is said, not served in silence.
+        # Judged by its process, never by a connection: a server with every session taken, or
+        # stalled a while, refuses or keeps one waiting, and ending here would stop it under
+        # every SQL session it still serves.
         while not stop.wait(_SERVE_CHECK_SECONDS):
-            try:
-                db.ping()
-            except LandscapeError as e:
-                raise ElspethCliError(f"the audit store stopped answering, so serving it ended: {e}") from e
+            if db.gone():
+                raise ElspethCliError(
+                    f"the audit store stopped answering, so serving it ended: {db.describe()} is gone "
+                    "(its postmaster.pid was removed, or names a process that is no more)"
+                )
 
 
 def _add_stop() -> None:
