@@ -202,7 +202,12 @@ def existing_default_signer(home: str | os.PathLike[str]) -> Signer | None:
 
 def check_default_key(home: str | os.PathLike[str]) -> None:
     """What `default_signer` would refuse in this home (its keys/ folder, its key), asked without
-    making anything: for the checks before a run. KeyFileError naming the problem."""
+    making anything: for the checks before a run. KeyFileError naming the problem.
+
+    The home is first kept private as the run keeps it (`keep_home_private`: a home of this user
+    its group can write, as mkdir under umask 002 leaves it, loses that write access): the run
+    does so before it checks keys/, so checking without it refused a home the run accepts."""
+    keep_home_private(Path(home))
     folder = Path(home) / "keys"
     if os.path.lexists(folder):
         _check_key_folder(folder)

@@ -5,6 +5,7 @@ sink's file is not a folder or a pipe. One line each, naming the settings file a
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from engine.orchestrator import build_pipeline
 from engine.plugins.protocol import PluginError
 from engine.plugins.sinks import JsonSink
 from engine.settings import load_settings
+from landscape.db import Database
 from landscape.keys import generate_key_files
 from tests.test_cli import elspeth, one_line_error
 
@@ -372,3 +374,24 @@ def test_the_homes_own_key_the_run_would_refuse_stops_validate(tmp_path: Path) -
     os.chmod(home / "keys" / "default.key", 0o644)
     err = one_line_error(elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env), 1)
     assert "s.yaml: the home's signing key: signing key" in err and "default.key" in err, err
+
+
+def test_a_home_its_group_can_write_passes_validate_and_run_which_make_it_private(db: Database, tmp_path: Path) -> None:
+    """A home made with mkdir under umask 002 (775), keys/ already in it: the run takes the
+    group's write access away before it checks keys/ and goes on; validate checked keys/ without
+    that step and refused what the run accepts."""
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    (tmp_path / "s.yaml").write_text(
+        "source: {plugin: csv, on_success: out, options: {path: in.csv}}\n"
+        "sinks:\n  out: {plugin: csv, options: {path: out.csv}}\n"
+    )
+    env = {"ELSPETH_FINGERPRINT_KEY": "k", "ELSPETH_HOME": str(tmp_path / "home")}
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "keys").mkdir(mode=0o700)
+    generate_key_files("default", home / "keys")
+    for command in ("validate", "run"):
+        os.chmod(home, 0o775)
+        proc = elspeth(command, "-s", "s.yaml", cwd=tmp_path, db=db, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert stat.S_IMODE(home.stat().st_mode) == 0o755 and stat.S_IMODE((home / "keys").stat().st_mode) == 0o700
