@@ -162,6 +162,12 @@ class LandscapeSettings(_S, frozen=True):
     witness_dir: str | None = None
 
 
+# The longest age `elspeth purge --older-than` takes. Longer than this, a cutoff counted back from
+# today would soon fall before year 1, the first date there is (and timedelta has a limit of its
+# own): no payload is that old anyway.
+LONGEST_RETENTION_DAYS = 700_000
+
+
 class PayloadStoreSettings(_S, frozen=True):
     retention_days: int | None = None
 
@@ -337,10 +343,15 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         )
     if settings.payload_store.retention_days is not None:
         # The prior system's key: a user who relies on it would keep row data for good, unwarned.
+        days = settings.payload_store.retention_days
+        capped = ""
+        if days > LONGEST_RETENTION_DAYS:  # a command purge would refuse is no advice
+            days = LONGEST_RETENTION_DAYS
+            capped = f"; {days}d (about 1900 years) is the longest purge takes"
         loaded.warnings.append(
             f"{where}: payload_store.retention_days is recorded with the run but not acted on: no run erases row "
-            f"data; apply retention with `elspeth purge --older-than {settings.payload_store.retention_days}d "
-            "--reason TEXT` (e.g. daily, from cron)"
+            f"data; apply retention with `elspeth purge --older-than {days}d --reason TEXT` (e.g. daily, from cron)"
+            f"{capped}"
         )
     loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
     for i, c in enumerate(settings.coalesce):

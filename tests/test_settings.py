@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from engine.cli.purge import parse_duration
 from engine.dag import build_dag
 from engine.plugins.protocol import PluginConfigError
 from engine.plugins.registry import build_plugin
@@ -449,6 +451,12 @@ def test_export_and_retention_settings_are_accepted_with_a_word_on_what_does_tha
         len(loaded.warnings) == 1 and "retention_days is recorded with the run but not acted on" in loaded.warnings[0]
     )
     assert "`elspeth purge --older-than 30d --reason TEXT`" in loaded.warnings[0]
+    # More than purge takes: the command suggested is one it accepts, and the warning says why.
+    loaded = load_settings(_write(tmp_path, BASE + "payload_store: {retention_days: 1000000}\n"), {})
+    [warning] = loaded.warnings
+    suggested = re.search(r"`elspeth purge --older-than (\S+) --reason TEXT`", warning)
+    assert suggested and suggested.group(1) == "700000d" and "is the longest purge takes" in warning, warning
+    parse_duration(suggested.group(1))
 
 
 def test_a_sqlalchemy_style_postgresql_landscape_url_is_accepted(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from engine.cli.common import database_from_ctx, home_from_ctx
+from engine.settings import LONGEST_RETENTION_DAYS
 from landscape.role_names import Role
 
 if TYPE_CHECKING:
@@ -30,9 +31,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-# Longer than this, a cutoff counted back from today would soon fall before year 1, the first date
-# there is (and timedelta has a limit of its own): no payload is that old anyway.
-_LONGEST = timedelta(days=700_000)
+_LONGEST = timedelta(days=LONGEST_RETENTION_DAYS)
 
 
 @click.command("purge")
