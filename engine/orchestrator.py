@@ -822,7 +822,7 @@ def _resume(
             f"settings no longer have: {'; '.join(gone)}. Allowed: settings that keep each of these under its "
             "name, a sink with its plugin (options may change, but for its layout), as the run's own did; nothing was done"
         )
-    relaid = layouts_changed(fold, pipeline.nodes.sinks)
+    relaid = layouts_changed(fold, pipeline.nodes.sinks, pipeline.loaded.redacted)
     if relaid:
         raise ResumeRefused(
             f"run {run_id} cannot be resumed with {pipeline.loaded.path}: the rest of the output would be written "

@@ -428,3 +428,26 @@ def test_the_layout_compared_is_the_one_the_last_resume_wrote_with(db: Database)
         assert resume_run(db, run_id, _load).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))
         assert json.loads((path / "out" / "q.jsonl").read_text())[0]["id"] == "oops"
+
+
+@pytest.mark.parametrize("name", ["secrets", "api_key"])
+def test_a_sink_named_like_a_secret_resumes_and_its_layout_is_still_held(db: Database, name: str) -> None:
+    """A sink named like a secret has all its recorded settings fingerprinted (hmac-sha256:…), its
+    plugin's name too: built again from them to find its layout, it built nothing, and every
+    resume of its run was refused, unchanged settings too (a review). The same fingerprint is the
+    same value: unchanged, it resumes; with a layout option changed, it is refused."""
+    with _workdir("gate", 40) as path:
+        settings = path / "settings.yaml"
+        _edit(
+            settings, ("  out: {plugin", f"  {name}: {{plugin"), ("routes: {'true': out", f"routes: {{'true': {name}")
+        )
+        original = settings.read_text()
+        run_id = _crashed(db, settings, "secret-name", "committed:30")
+        fold = fold_run(db, run_id)
+        assert fold.sink_positions[name] > 0, "nothing durable in the sink yet: crash later"
+        assert str(fold.settings["sinks"][name]["plugin"]).startswith("hmac-sha256:")
+        _edit(settings, ("path: out/out.csv}", "path: out/out.csv, delimiter: ';'}"))
+        _refused(db, run_id, path, f"sink '{name}' .*the layout of its durable bytes is unknown")
+        settings.write_text(original)
+        assert resume_run(db, run_id, _load).status == "completed"
+        assert_invariants(fold_run(db, run_id, strict=True))
