@@ -457,19 +457,29 @@ def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_a_killed_exports_temporary_file_is_removed_by_the_next(tmp_path: Path) -> None:
     """SIGKILL leaves `.NAME.PID.tmp` (a whole export's row data so far). Removed only when its
     process is gone and nothing holds its lock; a PID alone could be another machine's."""
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = int(gone.stdout)
+    dead, dead_too, fifo_pid, link_pid = (_dead_pid() for _ in range(4))  # (pids of processes that ended)
     out = tmp_path / "x.export"
     abandoned, alive = tmp_path / f".x.export.{dead}.tmp", tmp_path / f".x.export.{os.getppid()}.tmp"
-    locked, other = tmp_path / f".x.export.{dead + 1}.tmp", tmp_path / f".y.export.{dead}.tmp"
+    locked, other = tmp_path / f".x.export.{dead_too}.tmp", tmp_path / f".y.export.{dead}.tmp"
     for left in (abandoned, alive, locked, other):
         left.write_bytes(b"rows")
+    # Named so by someone who can write the folder: a FIFO (its open would wait for a writer for
+    # good) and a link to a file of theirs are no export's, and stay.
+    fifo, link = tmp_path / f".x.export.{fifo_pid}.tmp", tmp_path / f".x.export.{link_pid}.tmp"
+    os.mkfifo(fifo)
+    link.symlink_to(other)
     with locked.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # (as a process on another machine sharing the folder holds it)
         with new_file(out) as f:
             f.write(b"export")
     assert out.read_bytes() == b"export"
     assert not abandoned.exists() and alive.exists() and locked.exists() and other.exists()
+    assert fifo.exists() and link.is_symlink()
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
 
 
 # -- proofs --------------------------------------------------------------------------------------------

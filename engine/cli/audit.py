@@ -8,6 +8,7 @@ import fcntl
 import glob
 import io
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,17 +104,20 @@ def _remove_abandoned(path: Path) -> list[Path]:
     remove them), removed: each holds a whole export's row data so far. One is taken as abandoned
     only when both its process is gone here and no process holds its lock: a PID alone could be
     another machine's (a shared folder) or another container's, whose export is still writing
-    it. One that cannot be opened or locked (another user's, a lock held) is left alone."""
+    it. Only a regular file of this user's is taken (never a link, a FIFO, or another user's, also
+    under root); one that cannot be opened or locked (a lock held) is left alone."""
     removed: list[Path] = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
         if not pid.isdigit() or tmp != _temporary(path, int(pid)) or _alive(int(pid)):
             continue
-        try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:  # (non-blocking: a FIFO of that name, with no writer, would hold the open for good)
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_uid != os.geteuid():
+                continue  # no file an export of this user writes
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             tmp.unlink()  # under the lock: no export can have taken the file up meanwhile
         except OSError:
