@@ -285,6 +285,20 @@ def test_a_csv_header_the_run_would_refuse_stops_validate_and_run_before_any_run
     assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
 
 
+def _stops_validate_and_run_before_any_run(workdir: Path, *says: str) -> None:
+    """`validate` and `run` of workdir/s.yaml both refuse, one line holding each of `says`, with
+    no resume offered and no store made (so no run). Without `says`, validate passes."""
+    env = {"ELSPETH_FINGERPRINT_KEY": "k"}
+    if not says:
+        assert elspeth("validate", "-s", "s.yaml", cwd=workdir, env=env).returncode == 0
+        return
+    for command in ("validate", "run"):
+        err = one_line_error(elspeth(command, "-s", "s.yaml", cwd=workdir, env=env), 1)
+        assert all(part in err for part in says), err
+        assert len(err.strip().splitlines()) == 1 and "resume" not in err, err
+    assert not (workdir / ".elspeth" / "pgdata").exists()
+
+
 @pytest.mark.parametrize(
     ("document", "options", "says"),
     [
@@ -308,15 +322,7 @@ def test_a_json_document_the_run_would_refuse_stops_validate_and_run_before_any_
         f"source: {{plugin: json, on_success: out, options: {{path: in.json, format: json{options}}}}}\n"
         "sinks:\n  out: {plugin: json, options: {path: out.json}}\n"
     )
-    env = {"ELSPETH_FINGERPRINT_KEY": "k"}
-    if says is None:
-        assert elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env).returncode == 0
-        return
-    for command in ("validate", "run"):
-        err = one_line_error(elspeth(command, "-s", "s.yaml", cwd=tmp_path, env=env), 1)
-        assert "source.options.path: in.json" in err and says in err, err
-        assert "resume" not in err, err
-    assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
+    _stops_validate_and_run_before_any_run(tmp_path, *(() if says is None else ("source.options.path: in.json", says)))
 
 
 @pytest.mark.parametrize(
@@ -339,15 +345,9 @@ def test_a_sink_that_cannot_append_to_its_file_stops_validate_and_run_before_any
         "source: {plugin: csv, on_success: out, options: {path: in.csv}}\n"
         f"sinks:\n  out: {{plugin: {sink}, options: {{path: out.{sink}, mode: append}}}}\n"
     )
-    env = {"ELSPETH_FINGERPRINT_KEY": "k"}
-    if says is None:
-        assert elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env=env).returncode == 0
-        return
-    for command in ("validate", "run"):
-        err = one_line_error(elspeth(command, "-s", "s.yaml", cwd=tmp_path, env=env), 1)
-        assert f"sinks.out.options.path: cannot append to out.{sink}: " in err and says in err, err
-        assert "resume" not in err, err
-    assert not (tmp_path / ".elspeth" / "pgdata").exists()  # no store, so no run
+    _stops_validate_and_run_before_any_run(
+        tmp_path, *(() if says is None else (f"sinks.out.options.path: cannot append to out.{sink}: ", says))
+    )
     assert (tmp_path / f"out.{sink}").read_text() == content
 
 
