@@ -70,8 +70,9 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
     except OSError as e:
         raise ElspethCliError(f"cannot write {path}: {e.strerror}") from None
     try:
-        # Held until the process ends: a later export into the same name tells by it that this
-        # one is still writing (`_remove_abandoned`).
+        # Held while the file is written (until it is closed, just before it is linked into
+        # place): a later export into the same name tells by it that this one is still writing,
+        # even from another machine sharing the folder (`_remove_abandoned`).
         with contextlib.suppress(OSError):  # (a file system without locks: it is then never taken for abandoned)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         raw = _Temporary(fd, "wb")
