@@ -373,17 +373,22 @@ def test_a_database_password_is_never_printed(tmp_path: Path, url: str) -> None:
     assert "hunter2" not in err and "***" in err
 
 
+def _serve(workdir: Path) -> subprocess.Popen[str]:
+    """`elspeth db serve` in `workdir`, on its own embedded store (./.elspeth)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", "db", "serve"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Path, stop: signal.Signals) -> None:
     """SIGTERM (systemd's, docker's) stops it as Ctrl-C does: it used to end the command with no
     cleanup, leaving the server it had started running."""
     import psycopg
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli.main", "db", "serve"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _serve(tmp_path)
     try:
         assert proc.stdout is not None
         proc.stdout.readline()  # audit store: ...
@@ -401,11 +406,7 @@ def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Pa
 def test_db_serve_says_when_its_server_went_away_instead_of_serving_nothing(tmp_path: Path) -> None:
     """Killed (out of memory, by hand), the server left `db serve` waiting for Ctrl-C in silence,
     printing how to connect to nothing."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli.main", "db", "serve"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _serve(tmp_path)
     try:
         assert proc.stdout is not None
         proc.stdout.readline()  # audit store: ... (the server is up)
