@@ -50,7 +50,7 @@ from landscape.verify import Verification, verify_checkpoints
 from landscape.verify_store import unsigned_end, verify_log
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
-from statecharts.machines import RUN_OPEN, BatchState, RunState
+from statecharts.machines import RUN_FINAL, RUN_OPEN, BatchState, RunState
 
 DEFAULT_COMMIT_EVERY = 1000
 COMMIT_SECONDS = 1.0
@@ -202,29 +202,13 @@ class Execution:
             notary=_notary(self.recorder, pipeline, home),
             verified=verified,  # the resume's reading of the log: its tree is not rebuilt
         )
-        if self.writer.next_seq != fold.last_seq + 1:
-            # Another process wrote to the run between our reading its log and taking its lock
-            # (two resumes at once): what we folded is stale, and acting on it would be wrong.
+        as_read = self.writer.next_seq == fold.last_seq + 1
+        problem = (
+            changed_since_read(db, run_id, fold, self.writer.next_seq) if verified is not None or not as_read else None
+        )
+        if problem:
             self.writer.close()
-            raise ResumeRefused(
-                f"run {run_id} was continued by another process while this one read its log "
-                f"(log now at seq {self.writer.next_seq - 1}, read up to {fold.last_seq}); nothing was done — "
-                "see `elspeth runs`, then resume again if needed"
-            )
-        if verified is not None:
-            # The projections are written in the transactions that write the events: now that no
-            # other process can write the run, ending elsewhere than the log read, they were
-            # changed without it, and the resume's first commit would fail on them (a key there
-            # already) after the sinks were cut back. A quick check, not `replay --check`'s.
-            at = metrics_at(db, run_id)
-            if at is None or at.last_seq != fold.last_seq:
-                self.writer.close()
-                raise ResumeRefused(
-                    f"run {run_id}: its projection tables reflect its log up to seq "
-                    f"{None if at is None else at.last_seq}, but the log ends at seq {fold.last_seq}: they were "
-                    f"changed without the log; see `elspeth replay {run_id} --check` and `elspeth projections "
-                    f"rebuild {run_id}`; nothing was done"
-                )
+            raise ResumeRefused(problem)
         self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock)
         # A writer's sender thread needs the GIL for a moment after each network wait: while
         # it sends a COPY, after each few kilobytes the server reads. With Python's default 5 ms
@@ -365,8 +349,8 @@ class Execution:
 
         Refused too when the file ends exactly at that run's position (no unrecorded bytes): the
         rows appended would strand it all the same, and what is left of its input would never be
-        written; a run that is not to go on leaves its file to be moved aside (no command ends a
-        run for good). Not refused: a file that no longer starts with that run's bytes (moved
+        written; a run that is not to go on is ended with `elspeth abandon` (or its file moved
+        aside). Not refused: a run abandoned or completed (`open_positions` has none), a file that no longer starts with that run's bytes (moved
         aside or replaced: its resume refuses it anyway), a run that another run appended after
         already (stranded before, nothing changes), a missing file, a FIFO or a device (no rows
         stay in them). A sink in mode `write` replaces the file: its own trail is exact, and the
@@ -411,8 +395,8 @@ class Execution:
         return (
             f"sink '{name}': {path} holds what run {run} made durable ({held.position} bytes){unrecorded}; that run "
             f"{state} and is not completed, and rows appended now would leave it unable to resume. Resume it first "
-            f"(`elspeth resume {run}`); if it is not to go on, move the file aside (its rows go with it) and run "
-            "again. Nothing was recorded"
+            f"(`elspeth resume {run}`), or, if it is not to go on, end it (`elspeth abandon {run} --reason TEXT`) or move "
+            "the file aside (its rows go with it), and run again. Nothing was recorded"
         )
 
     def _refuse_to_start_anew(self, name: str, path: Path) -> None:
@@ -627,6 +611,32 @@ def _notary(recorder: PostgresRecorder, pipeline: Pipeline, home: str | None) ->
     return signing.notary(recorder, home, key=ls.signing_key, witness=ls.witness_dir, base=base)
 
 
+def changed_since_read(db: Database, run_id: str, fold: RunFold, next_seq: int) -> str | None:
+    """Why a stopped run's log, read and folded before its lock was taken, must not be written on
+    now that it is held (`next_seq`: the writer's), or None."""
+    if next_seq != fold.last_seq + 1:
+        # Another process wrote to the run between our reading its log and taking its lock
+        # (two resumes at once): what we folded is stale, and acting on it would be wrong.
+        return (
+            f"run {run_id} was continued by another process while this one read its log "
+            f"(log now at seq {next_seq - 1}, read up to {fold.last_seq}); nothing was done — "
+            "see `elspeth runs`, then try again if still needed"
+        )
+    # The projections are written in the transactions that write the events: now that no other
+    # process can write the run, ending elsewhere than the log read, they were changed without
+    # it, and the first commit would fail on them (a key there already), a resume's after the
+    # sinks were cut back. A quick check, not `replay --check`'s.
+    at = metrics_at(db, run_id)
+    if at is None or at.last_seq != fold.last_seq:
+        return (
+            f"run {run_id}: its projection tables reflect its log up to seq "
+            f"{None if at is None else at.last_seq}, but the log ends at seq {fold.last_seq}: they were "
+            f"changed without the log; see `elspeth replay {run_id} --check` and `elspeth projections "
+            f"rebuild {run_id}`; nothing was done"
+        )
+    return None
+
+
 def fold_run(
     db: Database,
     run_id: str,
@@ -720,8 +730,8 @@ def resume_run(
     # common mistake, before folding a log of perhaps millions of events. The fold decides
     # for every other case.
     summary = run_summary(db, run_id)
-    if summary is not None and summary.status == RunState.COMPLETED:
-        raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
+    if summary is not None and summary.status in RUN_FINAL:
+        raise ResumeRefused(_final(run_id, summary.status))
     # The settings are loaded before the log is verified, for the key and the witness folder they
     # name (the run's checkpoints were signed and witnessed with those). Which file, and where
     # relative paths resolve, are read from the run's first event and its projection row here,
@@ -745,6 +755,63 @@ def resume_run(
         pipeline.close()
 
 
+def _final(run_id: str, status: str) -> str:
+    if status == RunState.ABANDONED:
+        return f"run {run_id} was abandoned (see `elspeth show {run_id}` for why); it cannot be resumed"
+    return f"run {run_id} is already completed; there is nothing to resume"
+
+
+def verified_to_write_on(
+    db: Database,
+    recorder: PostgresRecorder,
+    run_id: str,
+    created: ev.RunCreated | None,
+    signing_key: str | None,
+    witness_dir: str | None,
+    base: Path,
+    home: str | None,
+    doing: str,
+) -> Verification:
+    """A stopped run's log, verified before a process writes on to it (`doing`: "resumed",
+    "abandoned"): against every checkpoint the run signed, from the store and from its witness
+    file (where the run's first settings put it, and where these do: `witness_dir`, relative to
+    `base`), checked with the key these settings sign with (`signing_key`). A log cut short after
+    a checkpoint must not be written on: a resume would write its rows again. ResumeRefused."""
+    folders = signing.run_witness_folders(home, created, witness_dir, base)
+    checkpoints = [
+        *recorder.checkpoints(run_id),
+        *(cp for folder in folders for cp in read_run_witness(folder, run_id)),
+    ]
+    if not checkpoints:
+        # Every commit signs one, in the same transaction: a log with none had them deleted, and
+        # a tail cut off with them could not be told apart from the log's end. Resumed, the run
+        # would sign over what is left, and every later check would pass (as `replay` refuses).
+        where = " or ".join(str(witness_path(folder, run_id)) for folder in folders)
+        raise ResumeRefused(
+            f"run {run_id} has no signed checkpoint, in the store or in {where}: a cut-off tail could not be told "
+            f"apart from the end of the log, so it is not {doing} (if its witness folder was named by "
+            f"ELSPETH_WITNESS_DIR, set it again); see `elspeth replay {run_id}`"
+        )
+    key = signing.verifier(home, key=signing_key, base=base)
+    if key is None:
+        # No key named and none in this home: the signatures could not be checked, and the run
+        # would go on signing with a key made now, so that no export of it would ever verify
+        # (an export names one key). The key that signed it must sign the rest.
+        signers = sorted({s.label for cp in checkpoints for s in parse_note(cp.note).signatures})
+        raise ResumeRefused(
+            f"run {run_id} cannot be {doing} here: its checkpoints are signed by {', '.join(signers) or 'no key'}, "
+            f"and no signing key is named (landscape.signing_key, ELSPETH_SIGNING_KEY) nor in {home or 'the home'}; "
+            "name the key that signed it, or use the home that ran it (--home, ELSPETH_HOME: ./.elspeth is the "
+            "working folder's); a new key would sign the rest, and no export of the run would verify"
+        )
+    try:
+        return _verified_log(db, run_id, checkpoints=checkpoints, verifier=key)
+    except CorruptLog as e:
+        raise ResumeRefused(
+            f"run {run_id} cannot be {doing}: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
+        ) from e
+
+
 def _resume(
     db: Database,
     recorder: PostgresRecorder,
@@ -759,49 +826,14 @@ def _resume(
     home: str | None,
     sending: Sending,
 ) -> Outcome:
-    # Every checkpoint this run signed, from the store and from its witness file (where the run's
-    # first settings put it, and where these do), checked with the key these settings sign with:
-    # a log cut short after a checkpoint must not be resumed (it would write its rows again).
     ls = pipeline.loaded.settings.landscape
-    base = pipeline.loaded.path.absolute().parent
-    folders = signing.run_witness_folders(home, created, ls.witness_dir, base)
-    checkpoints = [
-        *recorder.checkpoints(run_id),
-        *(cp for folder in folders for cp in read_run_witness(folder, run_id)),
-    ]
-    if not checkpoints:
-        # Every commit signs one, in the same transaction: a log with none had them deleted, and
-        # a tail cut off with them could not be told apart from the log's end. Resumed, the run
-        # would sign over what is left, and every later check would pass (as `replay` refuses).
-        where = " or ".join(str(witness_path(folder, run_id)) for folder in folders)
-        raise ResumeRefused(
-            f"run {run_id} has no signed checkpoint, in the store or in {where}: a cut-off tail could not be told "
-            f"apart from the end of the log, so it is not resumed (if its witness folder was named by "
-            f"ELSPETH_WITNESS_DIR, set it again); see `elspeth replay {run_id}`"
-        )
-    key = signing.verifier(home, key=ls.signing_key, base=base)
-    if key is None:
-        # No key named and none in this home: the signatures could not be checked, and the run
-        # would go on signing with a key made now, so that no export of it would ever verify
-        # (an export names one key). The key that signed it must sign the rest.
-        signers = sorted({s.label for cp in checkpoints for s in parse_note(cp.note).signatures})
-        raise ResumeRefused(
-            f"run {run_id} cannot be resumed here: its checkpoints are signed by {', '.join(signers) or 'no key'}, "
-            f"and no signing key is named (landscape.signing_key, ELSPETH_SIGNING_KEY) nor in {home or 'the home'}; "
-            "name the key that signed it, or use the home that ran it (--home, ELSPETH_HOME: ./.elspeth is the "
-            "working folder's); a new key would sign the rest, and no export of the run would verify"
-        )
-    try:
-        verified = _verified_log(db, run_id, checkpoints=checkpoints, verifier=key)
-    except CorruptLog as e:
-        raise ResumeRefused(
-            f"run {run_id} cannot be resumed: its log does not verify ({e}); see `elspeth replay {run_id} --check`"
-        ) from e
+    verified = verified_to_write_on(db, recorder, run_id, created, ls.signing_key, ls.witness_dir,
+                                    pipeline.loaded.path.absolute().parent, home, "resumed")  # fmt: skip
     fold = verified.fold
     fold.ended = None  # the run goes on: memory stays flat (see `fold_run`)
     records_before = fold.source_records
-    if fold.status == RunState.COMPLETED:
-        raise ResumeRefused(f"run {run_id} is already completed; there is nothing to resume")
+    if fold.status in RUN_FINAL:
+        raise ResumeRefused(_final(run_id, fold.status))
     if settings_path is None and pipeline.loaded.path != Path(fold.settings_path):
         raise ResumeRefused(
             f"run {run_id}: the settings file read ({pipeline.loaded.path}) is not the one its log names last "

@@ -31,17 +31,17 @@ from landscape.export import lineage
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.verify import checkpoint_of, row_hashes
-from statecharts.machines import RUN_STATUS_AFTER, RunState
+from statecharts.machines import RUN_FINAL, RUN_STATUS_AFTER
 
 
 class ErasureRefused(LandscapeError):
     """An erasure that must not happen as asked (unknown row, a run still being written, ...)."""
 
 
-# A run can be resumed until it completes (statecharts/machines.py: COMPLETED is the run's one
-# terminal state; a failed or interrupted run, or one whose writer died, is resumed). A resume
+# A run can be resumed until it completes or is abandoned (statecharts/machines.py: the run's
+# terminal states; a failed or interrupted run, or one whose writer died, is resumed). A resume
 # carries each unfinished token on from its stored data: erase that, and the run can never end.
-_ENDED = str(RunState.COMPLETED)
+_FINAL = frozenset(str(s) for s in RUN_FINAL)
 # The run machine's events that set its status, by the name the log holds: a run's status is
 # that of its last one (events of entity 'run', found by the index of migration 0011).
 _STATUS_OF = {t.__name__: str(state) for t, state in RUN_STATUS_AFTER.items()}
@@ -59,7 +59,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     tokens: list[str] = []  # the tokens whose data goes (requests only)
     already_erased: int = 0
     rows: list[int] = []  # the source rows asked for (requests only), as row_index
-    resumable: dict[str, str] = {}  # run -> status: runs that can still be resumed (see _ENDED)
+    resumable: dict[str, str] = {}  # run -> status: runs that can still be resumed (see _FINAL)
     forced: bool = False  # their data goes all the same (`--force`): said in each record's reason
     cutoff: datetime | None = None  # retention only
     counts: dict[str, int] = {}  # retention only: run ('' for payloads kept before runs) -> payloads
@@ -91,12 +91,12 @@ def plan_rows(
         raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
     with driver_errors(f"reading the status of run {run_id}"), db.connect() as conn:
         status = run_statuses(conn, [run_id], verifier, recorder.store_id())[run_id]
-    if status != _ENDED and not force:
+    if status not in _FINAL and not force:
         raise ErasureRefused(
             f"run {run_id} is {status} and can still be resumed: a resume carries its unfinished rows on from "
             "their stored data, and would stop for good at any it finds erased. Resume it to the end first "
-            f"(`elspeth resume {run_id}`), or erase now with --force (said in the erasure record; the run can then "
-            "not be resumed past these rows)"
+            f"(`elspeth resume {run_id}`), or end it for good (`elspeth abandon {run_id} --reason TEXT`), or erase now "
+            "with --force (said in the erasure record; the run can then not be resumed past these rows)"
         )
     wanted = set(rows)
     found: dict[str, tuple[str | None, int | None]] = {}
@@ -109,7 +109,7 @@ def plan_rows(
     if missing:
         # Said in the CLI's numbering: rows counted from 1 (row_index + 1, as __row_number__).
         shown = ", ".join(str(m + 1) for m in missing)
-        if status == _ENDED:
+        if status in _FINAL:
             raise ErasureRefused(f"run {run_id} has no row {shown}; nothing was erased")
         # A run that stopped early read its source only so far: the row may well exist, and a
         # resume would read it (and its data would then be there to erase).
@@ -124,8 +124,8 @@ def plan_rows(
         tokens=sorted(tokens),
         already_erased=len(found) - len(present),
         rows=sorted(wanted),
-        resumable={run_id: status} if status != _ENDED else {},
-        forced=force and status != _ENDED,
+        resumable={run_id: status} if status not in _FINAL else {},
+        forced=force and status not in _FINAL,
     )
 
 
@@ -144,7 +144,7 @@ def plan_retention(db: Database, cutoff: datetime, *, force: bool = False, verif
         asked = run_ids_in(conn, "events") if "" in old_runs else [run for run in old_runs if run]
         # A run without run events (none was created) cannot be resumed either.
         statuses = run_statuses(conn, asked, verifier, PostgresRecorder(db).store_id())
-        open_runs = {run: st for run, st in statuses.items() if st not in (_ENDED, _UNKNOWN)}
+        open_runs = {run: st for run, st in statuses.items() if st not in _FINAL and st != _UNKNOWN}
     resumable = {run: open_runs[run] for run in sorted(old_runs) if run in open_runs}
     if "" in old_runs and open_runs:
         resumable[""] = "kept before payloads had a run"

@@ -331,6 +331,7 @@ _HANDLERS: dict[type[ev.EventBase], _Handler] = {
     ev.RunCompleted: RunFold._run_completed,
     ev.RunFailed: RunFold._run_plain,
     ev.RunInterrupted: RunFold._run_plain,
+    ev.RunAbandoned: RunFold._run_plain,
     ev.TokenCreated: RunFold._token_created,
     ev.StepCompleted: RunFold._step,
     ev.TokenHeld: RunFold._held,

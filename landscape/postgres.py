@@ -37,6 +37,7 @@ from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_
 from landscape.role_names import Role
 from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, RunCreated, encode_event
+from statecharts.machines import RUN_FINAL
 
 _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
@@ -100,14 +101,15 @@ _FLUSHED_AFTER = (
     "    SELECT e.tx_id, e.global_position FROM events e WHERE e.run_id = a.run_id AND e.seq = a.seq OFFSET 0"
     "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f"
 )
-# `open_positions`: the runs not completed (one row each in `runs`), and per sink of each its last
-# flush (a run's flushes, by its key), which is where a resume would continue the sink.
+# `open_positions`: the runs that can still be resumed (not completed nor abandoned; one row each
+# in `runs`), and per sink of each its last flush (a run's flushes, by its key), which is where a
+# resume would continue the sink.
 _OPEN_POSITIONS = (
     f"SELECT r.run_id, r.status, f.location, {_WORKING_DIR.format(run='r.run_id')}, f.position, f.sha256 "
     "FROM runs r CROSS JOIN LATERAL ("
     "  SELECT DISTINCT ON (a.sink) a.location, a.position, a.sha256 FROM artifacts a "
     "  WHERE a.run_id = r.run_id ORDER BY a.sink, a.seq DESC"
-    ") f WHERE r.status <> 'completed'"
+    f") f WHERE r.status NOT IN ({', '.join(repr(str(s)) for s in sorted(RUN_FINAL))})"
 )
 
 
@@ -456,10 +458,10 @@ class PostgresRecorder:
         return [(str(r), str(loc), str(wd)) for r, loc, wd in rows]
 
     def open_positions(self) -> list[OpenPosition]:
-        """Each sink's durable position in every run of the store that is not completed (so can
-        still be resumed). A new run asks before appending to a file: rows it wrote there first
+        """Each sink's durable position in every run of the store that can still be resumed (not
+        completed, not abandoned). A new run asks before appending to a file: rows it wrote there first
         would make such a run's resume refuse (see `flushed_since`)."""
-        with driver_errors("reading the runs not completed"), self.db.connect(autocommit=True) as conn:
+        with driver_errors("reading the runs that can be resumed"), self.db.connect(autocommit=True) as conn:
             rows = conn.execute(_OPEN_POSITIONS, prepare=False).fetchall()
         return [OpenPosition(str(r), str(st), str(loc), str(wd), int(pos), sha) for r, st, loc, wd, pos, sha in rows]
 

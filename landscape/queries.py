@@ -339,7 +339,7 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
 
 
 class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One step of a run's own life: created, started, resumed, interrupted, failed, completed."""
+    """One step of a run's own life: created, started, resumed, interrupted, failed, completed, abandoned."""
 
     seq: int
     time: datetime
@@ -350,6 +350,7 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 _LIFECYCLE = (
     "RunCreated", "RunStarted", "RunResumed", "SinkWriteFailed", "RunInterrupted", "RunFailed", "RunCompleted",
+    "RunAbandoned",
 )  # fmt: skip
 
 
@@ -366,7 +367,7 @@ def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
         e = upcast(event_type, version, bytes(payload))
         detail: str | None = None
         working_dir: str | None = None
-        if isinstance(e, ev.RunFailed | ev.RunInterrupted):
+        if isinstance(e, ev.RunFailed | ev.RunInterrupted | ev.RunAbandoned):
             detail = e.reason
         elif isinstance(e, ev.RunResumed):
             notes = ["input changed, --force"] if e.forced else []

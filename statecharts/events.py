@@ -92,6 +92,10 @@ class RunInterrupted(EventBase, frozen=True):
     reason: str  # "SIGINT", "SIGTERM", or "writer lost" when a resume finds a dead writer
 
 
+class RunAbandoned(EventBase, frozen=True):
+    reason: str  # the operator's (`elspeth abandon --reason`): why the run is not to go on
+
+
 # --- Token -------------------------------------------------------------------------------------
 
 
@@ -249,6 +253,7 @@ Event = (
     | RunCompleted
     | RunFailed
     | RunInterrupted
+    | RunAbandoned
     | TokenCreated
     | StepCompleted
     | TokenHeld
@@ -286,6 +291,7 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
         RunCompleted,
         RunFailed,
         RunInterrupted,
+        RunAbandoned,
         TokenCreated,
         StepCompleted,
         TokenHeld,

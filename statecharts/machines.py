@@ -21,6 +21,7 @@ class RunState(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"
 
 
 class TokenState(StrEnum):
@@ -79,7 +80,7 @@ _R = RunState
 RUN = MachineDef(
     name="run",
     states=tuple(str(s) for s in _R),
-    terminal=frozenset(str(s) for s in (_R.COMPLETED,)),
+    terminal=frozenset(str(s) for s in (_R.COMPLETED, _R.ABANDONED)),
     transitions=(
         _t("create", INITIAL, _R.CREATED, ev.RunCreated),
         _t("start", _R.CREATED, _R.RUNNING, ev.RunStarted),
@@ -91,6 +92,10 @@ RUN = MachineDef(
         _t("fail", f"{_R.RUNNING}|{_R.DRAINING}", _R.FAILED, ev.RunFailed),
         _t("interrupt", f"{_R.RUNNING}|{_R.DRAINING}", _R.INTERRUPTED, ev.RunInterrupted),
         _t("resume", f"{_R.FAILED}|{_R.INTERRUPTED}", _R.RUNNING, ev.RunResumed),
+        # An operator's decision that a stopped run is not to go on (`elspeth abandon`): whatever
+        # it still had in flight stays unfinished for good, and nothing may follow. A run whose
+        # writer died is first recorded interrupted, as a resume does.
+        _t("abandon", f"{_R.FAILED}|{_R.INTERRUPTED}", _R.ABANDONED, ev.RunAbandoned),
     ),
 )
 
@@ -186,5 +191,9 @@ RUN_STATUS_AFTER: dict[type[ev.EventBase], RunState] = {
 TOKEN_OUTCOME_OF: dict[type[ev.EventBase], TokenState] = {
     t.event: TokenState(t.dest) for t in TOKEN.transitions if t.dest is not None and t.dest in TOKEN.terminal
 }
-RUN_ENDED: frozenset[RunState] = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.INTERRUPTED})
+# Ended: its writer stopped (a resume may go on from failed and interrupted). Final: no resume.
+RUN_ENDED: frozenset[RunState] = frozenset(
+    {RunState.COMPLETED, RunState.FAILED, RunState.INTERRUPTED, RunState.ABANDONED}
+)
+RUN_FINAL: frozenset[RunState] = frozenset(RunState(s) for s in RUN.terminal)
 RUN_OPEN: frozenset[RunState] = frozenset({RunState.RUNNING, RunState.DRAINING})

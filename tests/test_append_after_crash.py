@@ -179,7 +179,10 @@ def test_a_failed_run_holding_rows_in_the_file_refuses_a_new_run_too(db: Databas
         (failed,) = set(PostgresRecorder(db).run_ids()) - runs
         assert fold_run(db, failed).status == "failed" and _ids(path / "out" / "log.csv") == ["1", "2", "3", "4"]
         message = _refused(db, path / "settings.yaml", f"run {failed} made durable")
-        assert "that run failed" in message and "if it is not to go on, move the file aside" in message
+        assert (
+            "that run failed" in message
+            and f"if it is not to go on, end it (`elspeth abandon {failed} --reason TEXT`)" in message
+        )
 
 
 def test_a_file_moved_aside_or_replaced_lets_a_new_run_start(db: Database) -> None:

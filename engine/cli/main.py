@@ -18,6 +18,7 @@ from engine.cli.errors import ElspethGroup
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("engine.cli.run", "run_cmd", "Run a pipeline, recording every step of every row."),
     "resume": ("engine.cli.run", "resume_cmd", "Continue an interrupted, failed or crashed run."),
+    "abandon": ("engine.cli.run", "abandon_cmd", "End a stopped run for good (it is then not resumed)."),
     "validate": ("engine.cli.validate", "validate_cmd", "Check a settings file (and its inputs) without running."),
     "runs": ("engine.cli.show", "runs_cmd", "List runs, newest first (filters: --status, --since, --limit)."),
     "show": ("engine.cli.show", "show_cmd", "One run: settings, nodes, outcomes, sink files, durations."),

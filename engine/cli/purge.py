@@ -53,7 +53,7 @@ def purge_cmd(
     """Erase row data: `purge --older-than 90d` (retention) or `purge RUN_ID --row N [--row M]`
     (one data subject's rows, in every token that contains them). The events, the chain and every
     proof stay valid; each erased payload is recorded (when, what, why, by which role). The data
-    of a run that can still be resumed (not completed) is left alone unless --force."""
+    of a run that can still be resumed (neither completed nor abandoned) is left alone unless --force."""
     if (older_than is None) == (run_id is None):
         raise click.UsageError("give either --older-than DURATION, or RUN_ID with --row N")
     if run_id is not None and not rows:
@@ -125,8 +125,8 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
     if plan.resumable and not plan.forced:
         lines.append(
             f"{'would leave' if dry_run else 'leaving'} the data of {len(plan.resumable)} run(s) that can still be "
-            "resumed (not completed; a resume needs it): finish them with `elspeth resume RUN_ID`, or erase it "
-            "too with --force"
+            "resumed (not completed; a resume needs it): finish them with `elspeth resume RUN_ID`, end those not to "
+            "go on with `elspeth abandon RUN_ID --reason TEXT`, or erase it too with --force"
         )
         for run, status in list(plan.resumable.items())[:_LISTED]:
             lines.append(f"  {run or '(payloads kept before runs were recorded on them)'}: {status}")

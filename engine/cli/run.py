@@ -1,4 +1,4 @@
-"""`elspeth run` and `elspeth resume`: the operator's commands."""
+"""`elspeth run`, `elspeth resume` and `elspeth abandon`: the operator's commands."""
 
 from __future__ import annotations
 
@@ -246,3 +246,31 @@ def resume_cmd(
             )
     finally:
         progress.close()
+
+
+@click.command("abandon")
+@click.argument("run_id")
+@click.option("--reason", required=True, help="Why the run is not to go on (recorded in its log).")
+@click.option("-s", "--settings", "settings_path", type=click.Path(path_type=Path),
+              help="Settings file naming the run's signing key [the file the run was started with].")  # fmt: skip
+@click.pass_context
+def abandon_cmd(ctx: click.Context, run_id: str, reason: str, settings_path: Path | None) -> None:
+    """End a failed, interrupted or crashed run for good: it can then not be resumed, its data
+    ages out under `purge --older-than`, and new runs may append to its sink files."""
+    from engine.abandon import abandon_run  # (not needed by the other commands of this module)
+
+    settings_url = _settings_file_url(settings_path) if settings_path is not None else None
+    with database_from_ctx(ctx, settings_url=settings_url) as db:
+        done = abandon_run(db, run_id, reason, settings_path=settings_path, home=home_from_ctx(ctx))
+    was = "crashed (its writer gone)" if done.was in (RunState.RUNNING, RunState.DRAINING) else done.was
+    click.echo(
+        f"run {run_id} abandoned (it was {was}); its log ends at {done.events} events, signed. It cannot be resumed; "
+        "its data now ages out under `elspeth purge --older-than`."
+    )
+    for sink, path, extra in done.unrecorded:
+        click.echo(
+            f"elspeth: note: sink '{sink}': {path} holds {extra:,} bytes after what the run made durable: rows it "
+            "wrote after its last durability point, which its log does not record (a resume would have cut them "
+            "off). They stay; remove them yourself if they should not be there.",
+            err=True,
+        )

@@ -212,7 +212,7 @@ def runs_cmd(
         return
     click.echo(f"{'run id':<32} {'status':<12} {'started':<20} {'duration':>10} {'rows':>10}")
     for r in runs:
-        note = f"  writer gone: elspeth resume {r.run_id}" if alive.get(r.run_id) is False else ""
+        note = f"  writer gone: elspeth resume (or abandon) {r.run_id}" if alive.get(r.run_id) is False else ""
         started = r.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
         took = _duration((r.ended_at - r.started_at).total_seconds()) if r.ended_at else "-"
         click.echo(f"{r.run_id:<32} {r.status:<12} {started:<20} {took:>10} {r.rows_in:>10}{note}")
@@ -290,9 +290,10 @@ def run_report(db: Database, run_id: str) -> dict[str, Any]:
 
 def _print(o: dict[str, Any]) -> None:
     took = f" in {_duration(o['seconds'])}" if o["seconds"] is not None else ""
-    alive = {True: " (its writer is at work)", False: " (its writer is gone: `elspeth resume`)"}.get(
-        o["writer_alive"], ""
-    )
+    alive = {
+        True: " (its writer is at work)",
+        False: " (its writer is gone: `elspeth resume` it, or `elspeth abandon` it)",
+    }.get(o["writer_alive"], "")
     click.echo(f"run {o['run_id']}: {o['status']}{took}{alive}")
     click.echo(f"  started {o['started_at']}, ended {o['ended_at'] or '-'}, resumed {o['resumes']} times")
     click.echo(f"  settings {o['settings']['path']} (sha256 {o['settings']['hash']})")

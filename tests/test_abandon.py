@@ -1,0 +1,184 @@
+"""`elspeth abandon`: a stopped run ended for good, by the operator, with a reason on record.
+
+A run that is not completed can be resumed, and so it keeps what a resume needs: retention
+leaves its payloads, and a new run may not append to its sink files. Abandoned, it is final: its
+log ends there (signed), a resume is refused, and both of those let go."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.abandon import AbandonRefused, abandon_run
+from landscape.db import Database
+from landscape.fold import IllegalEvent, RunFold
+from landscape.postgres import PostgresRecorder
+from statecharts import events as ev
+from statecharts.machines import RUN, RunState
+from tests.test_cli import elspeth, one_line_error
+
+PIPELINE = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'amount: int']}, on_validation_failure: discard}
+aggregations:
+- {name: stats, plugin: batch_stats, input: raw, on_success: out, on_error: discard, trigger: {count: 5},
+   options: {value_field: amount}}
+sinks:
+  out: {plugin: csv, options: {path: out/stats.csv, mode: append}}
+"""
+
+
+def _crashed(db: Database, work: Path, fault: str = "committed:3") -> str:
+    """A run whose writer died with rows buffered in a batch."""
+    (work / "out").mkdir(exist_ok=True)
+    (work / "in.csv").write_text("id,amount\n" + "".join(f"{i},{i * 10}\n" for i in range(1, 13)))
+    (work / "s.yaml").write_text(PIPELINE)
+    crash = elspeth("run", "-s", "s.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": fault})
+    assert crash.returncode != 0, crash.stdout
+    with db.connect() as conn:
+        row = conn.execute("SELECT run_id, status FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+    assert row is not None and row[1] == "running"
+    return str(row[0])
+
+
+def _status(db: Database, work: Path, run_id: str) -> str:
+    listed = {r["run_id"]: r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)}
+    return str(listed[run_id]["status"])
+
+
+def _payloads(db: Database, run_id: str) -> int:
+    with db.connect() as conn:
+        return conn.execute("SELECT count(*) FROM payloads WHERE run_id = %s", (run_id,)).fetchone()[0]  # type: ignore[index,no-any-return]
+
+
+def test_an_abandoned_run_is_final_verifies_and_lets_its_data_age_out(db: Database, tmp_path: Path) -> None:
+    run_id = _crashed(db, tmp_path)
+    # Before: retention keeps its data, for a resume.
+    kept = elspeth("purge", "--older-than", "0s", "--reason", "RP-1", cwd=tmp_path, db=db)
+    assert kept.returncode == 0 and f"{run_id}: running" in kept.stdout and "elspeth abandon" in kept.stdout
+    assert _payloads(db, run_id) > 0
+
+    done = elspeth("abandon", run_id, "--reason", "input withdrawn by the supplier (ticket 7)", cwd=tmp_path, db=db)
+    assert done.returncode == 0, done.stderr
+    assert f"run {run_id} abandoned (it was crashed (its writer gone))" in done.stdout
+    assert _status(db, tmp_path, run_id) == "abandoned"
+    # Its life says what happened, in order, with the operator's words.
+    shown = json.loads(elspeth("show", run_id, "--json", cwd=tmp_path, db=db).stdout)
+    steps = [(s["event"], s["detail"]) for s in shown["lifecycle"]][-2:]
+    assert steps == [("RunInterrupted", "writer lost"), ("RunAbandoned", "input withdrawn by the supplier (ticket 7)")]
+    assert shown["ended_at"] is not None
+    # The log verifies whole, projections included, and ends at a signed checkpoint.
+    check = elspeth("replay", run_id, "--check", cwd=tmp_path, db=db)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with db.connect() as conn:
+        (last,) = conn.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone()  # type: ignore[misc]
+        signed = conn.execute(
+            "SELECT 1 FROM checkpoints WHERE run_id = %s AND tree_size = %s", (run_id, last + 1)
+        ).fetchone()
+    assert signed is not None
+    # Final: no resume, no second abandon; nothing recorded by either.
+    err = one_line_error(elspeth("resume", run_id, cwd=tmp_path, db=db), 1)
+    assert f"run {run_id} was abandoned" in err and "cannot be resumed" in err
+    err = one_line_error(elspeth("abandon", run_id, "--reason", "again", cwd=tmp_path, db=db), 1)
+    assert "is abandoned already" in err
+    assert PostgresRecorder(db).last_seq(run_id) == last
+    # Its data is now the retention policy's like a completed run's.
+    gone = elspeth("purge", "--older-than", "0s", "--reason", "RP-1", cwd=tmp_path, db=db)
+    assert gone.returncode == 0 and _payloads(db, run_id) == 0, gone.stdout
+    assert elspeth("replay", run_id, "--check", cwd=tmp_path, db=db).returncode == 0
+    # And an auditor's export of it verifies offline.
+    export = elspeth("export", run_id, "-o", str(tmp_path / "run.export"), cwd=tmp_path, db=db)
+    assert export.returncode == 0, export.stderr
+    key = str(tmp_path / ".elspeth/keys/default.pub")
+    verify = elspeth("verify", str(tmp_path / "run.export"), "--public-key", key, cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_new_run_may_append_to_an_abandoned_runs_file_which_keeps_its_unrecorded_rows(
+    db: Database, tmp_path: Path
+) -> None:
+    # Crashed after a sink flush, before its commit: the file holds rows no log records.
+    run_id = _crashed(db, tmp_path, fault="sink_flush:2")
+    before = (tmp_path / "out/stats.csv").read_bytes()
+    err = one_line_error(elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db), 1)
+    assert f"elspeth abandon {run_id} --reason" in err
+    done = elspeth("abandon", run_id, "--reason", "superseded", cwd=tmp_path, db=db)
+    assert done.returncode == 0, done.stderr
+    assert "sink 'out': " in done.stderr and "after what the run made durable" in done.stderr, done.stderr
+    assert (tmp_path / "out/stats.csv").read_bytes() == before  # nothing cut
+    again = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "out/stats.csv").read_bytes().startswith(before)
+
+
+@pytest.mark.parametrize(
+    ("reason", "said"),
+    [
+        ("   ", "--reason: empty"),
+        ("x" * 1001, "--reason: 1,001 characters"),
+        ("ok\x1b[2Jforged", "control character"),
+        ("two\nlines", "control character"),
+    ],
+)
+def test_a_bad_reason_is_refused_and_nothing_recorded(db: Database, tmp_path: Path, reason: str, said: str) -> None:
+    run_id = _crashed(db, tmp_path)
+    last = PostgresRecorder(db).last_seq(run_id)
+    assert said in one_line_error(elspeth("abandon", run_id, "--reason", reason, cwd=tmp_path, db=db), 1)
+    assert PostgresRecorder(db).last_seq(run_id) == last and _status(db, tmp_path, run_id) == "running"
+
+
+def test_a_completed_or_unknown_run_is_refused(db: Database, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in.csv").write_text("id,amount\n1,10\n")
+    (tmp_path / "s.yaml").write_text(PIPELINE)
+    ran = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
+    assert ran.returncode == 0, ran.stderr
+    run_id = ran.stdout.split()[1]
+    assert "is completed already" in one_line_error(elspeth("abandon", run_id, "--reason", "x", cwd=tmp_path, db=db), 1)
+    assert "no run nope" in one_line_error(elspeth("abandon", "nope", "--reason", "x", cwd=tmp_path, db=db), 1)
+    usage = elspeth("abandon", run_id, cwd=tmp_path, db=db)
+    assert usage.returncode == 2 and "--reason" in usage.stderr
+
+
+def test_a_run_being_written_is_not_abandoned(db: Database, tmp_path: Path) -> None:
+    run_id = _crashed(db, tmp_path)
+    writer = PostgresRecorder(db).open_writer(run_id)  # another process's lock, as a live writer holds it
+    try:
+        with pytest.raises(AbandonRefused, match="being written by another process"):
+            abandon_run(db, run_id, "x", home=None)
+    finally:
+        writer.close()
+
+
+def test_a_log_cut_short_is_not_abandoned(db: Database, tmp_path: Path) -> None:
+    """Abandoning signs the end of the log: over a tail someone deleted, it would make the cut
+    look like the run's own end. The log is verified first, as a resume's is."""
+    run_id = _crashed(db, tmp_path, fault="committed:6")
+    last = PostgresRecorder(db).last_seq(run_id)
+    with db.connect() as conn:  # a superuser, the append-only triggers off
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM events WHERE run_id = %s AND seq > %s", (run_id, last - 3))
+    err = one_line_error(elspeth("abandon", run_id, "--reason", "x", cwd=tmp_path, db=db), 1)
+    assert f"run {run_id} cannot be abandoned: its log does not verify" in err, err
+
+
+def test_nothing_may_follow_an_abandoned_run_in_its_log() -> None:
+    """The fold refuses what the writer role could append after the end: a resume, a row."""
+    for late, entity in (
+        (ev.RunResumed(source_fingerprint="f"), "r"),
+        (ev.TokenCreated(row_index=0, data_hash="h", at="raw"), "t"),
+    ):
+        fold = RunFold("r")
+        fold.status = RunState.INTERRUPTED
+        fold.apply(0, "r", ev.RunAbandoned(reason="x"))
+        assert fold.status == RunState.ABANDONED
+        with pytest.raises(IllegalEvent):
+            fold.apply(1, entity, late)
+    # Only a stopped run is abandoned: a live one is first recorded interrupted.
+    assert RunState.ABANDONED in RUN.terminal
+    with pytest.raises(IllegalEvent):
+        RunFold("r", status=RunState.RUNNING).apply(0, "r", ev.RunAbandoned(reason="x"))
