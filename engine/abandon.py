@@ -20,7 +20,7 @@ from pathlib import Path
 from engine import signing
 from engine.errors import ResumeRefused
 from engine.orchestrator import changed_since_read, verified_to_write_on
-from engine.settings import LandscapeSettings, load_settings
+from engine.settings import LandscapeSettings, SettingsError, load_settings
 from landscape.db import Database
 from landscape.fold import RunFold
 from landscape.postgres import PostgresRecorder
@@ -52,11 +52,17 @@ def check_reason(reason: str) -> str:
         raise AbandonRefused("--reason: empty; allowed: a sentence saying why the run is not to go on")
     if len(text) > MAX_REASON_CHARS:
         raise AbandonRefused(f"--reason: {len(text):,} characters; allowed: at most {MAX_REASON_CHARS:,}")
-    # Shown on investigators' terminals: an escape sequence in it could rewrite what they read.
-    if any(unicodedata.category(c) == "Cc" for c in text):
+    # Shown on investigators' terminals: an escape sequence could rewrite what they read, a
+    # bidirectional override or a zero-width character hide or reorder it, a line separator
+    # start a line that looks like another event's.
+    hidden = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    if hidden:
         raise AbandonRefused(
-            "--reason: holds a control character (a newline, an escape, ...); allowed: one line of text"
+            f"--reason: holds U+{ord(hidden[0]):04X}, a control, format or line-separating character; allowed: one "
+            "line of visible text"
         )
+    if all(unicodedata.category(c).startswith(("Z", "M")) for c in text):
+        raise AbandonRefused("--reason: nothing visible in it; allowed: a sentence saying why the run is not to go on")
     return text
 
 
@@ -113,7 +119,13 @@ def _landscape(run_id: str, created: ev.RunCreated | None, given: Path | None) -
     if created is not None:
         recorded = Path(created.working_dir) / created.settings_path
         if recorded.is_file():
-            return load_settings(recorded).settings.landscape, recorded.parent
+            try:
+                return load_settings(recorded).settings.landscape, recorded.parent
+            except SettingsError as e:  # a file the user did not name: say which, and the way round
+                raise AbandonRefused(
+                    f"run {run_id}: the settings file it was started with cannot be read now, for the key that "
+                    f"signs it ({e}); give the run's settings with -s FILE; nothing was recorded"
+                ) from e
     return LandscapeSettings(), Path(created.working_dir if created is not None else ".").absolute()
 
 

@@ -42,7 +42,7 @@ from landscape.errors import CorruptLog, LandscapeError
 from landscape.fold import RunFold
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed, read_run_witness, witness_path
-from landscape.note import Verifier, parse_note
+from landscape.note import NoteError, Verifier, parse_note
 from landscape.payloads import load_payloads
 from landscape.postgres import OpenPosition, PostgresRecorder, Sending
 from landscape.queries import metrics_at, run_summary
@@ -620,7 +620,7 @@ def changed_since_read(db: Database, run_id: str, fold: RunFold, next_seq: int) 
         return (
             f"run {run_id} was continued by another process while this one read its log "
             f"(log now at seq {next_seq - 1}, read up to {fold.last_seq}); nothing was done — "
-            "see `elspeth runs`, then try again if still needed"
+            f"see `elspeth show {run_id}` for what it recorded"
         )
     # The projections are written in the transactions that write the events: now that no other
     # process can write the run, ending elsewhere than the log read, they were changed without
@@ -727,11 +727,14 @@ def resume_run(
     if recorder.writer_alive(run_id):
         raise ResumeRefused(f"run {run_id} is still being written by another process; not resuming it")
     # The projection is committed with the events it derives from: a quick answer for the
-    # common mistake, before folding a log of perhaps millions of events. The fold decides
-    # for every other case.
+    # common mistake, before folding a log of perhaps millions of events, said as the store's
+    # word (the writer role can change the table, or append an unsigned ending). The fold
+    # decides for every other case.
     summary = run_summary(db, run_id)
     if summary is not None and summary.status in RUN_FINAL:
-        raise ResumeRefused(_final(run_id, summary.status))
+        raise ResumeRefused(
+            f"{_final(run_id, summary.status)} (as the audit store says: `elspeth replay {run_id} --check` verifies it)"
+        )
     # The settings are loaded before the log is verified, for the key and the witness folder they
     # name (the run's checkpoints were signed and witnessed with those). Which file, and where
     # relative paths resolve, are read from the run's first event and its projection row here,
@@ -755,9 +758,16 @@ def resume_run(
         pipeline.close()
 
 
+def _signers(note: str) -> list[str]:
+    try:
+        return [s.label for s in parse_note(note).signatures]
+    except NoteError:  # the verification says what is wrong with it
+        return []
+
+
 def _final(run_id: str, status: str) -> str:
     if status == RunState.ABANDONED:
-        return f"run {run_id} was abandoned (see `elspeth show {run_id}` for why); it cannot be resumed"
+        return f"run {run_id} was abandoned (`elspeth show {run_id}` says why); it cannot be resumed"
     return f"run {run_id} is already completed; there is nothing to resume"
 
 
@@ -793,11 +803,19 @@ def verified_to_write_on(
             f"ELSPETH_WITNESS_DIR, set it again); see `elspeth replay {run_id}`"
         )
     key = signing.verifier(home, key=signing_key, base=base)
+    signers = sorted({label for cp in checkpoints for label in _signers(cp.note)})
+    if key is not None and signers and key.label not in signers:
+        # Not a log that fails to verify: the key at hand is not the run's (its settings file moved
+        # or changed, a home or an ELSPETH_SIGNING_KEY of another run). Said as such.
+        raise ResumeRefused(
+            f"run {run_id} cannot be {doing} with the key {key.label}: its checkpoints are signed by "
+            f"{', '.join(signers)}; name that key (the run's settings file with -s FILE, whose landscape.signing_key "
+            "names it, or ELSPETH_SIGNING_KEY), or use the home that ran it; nothing was done"
+        )
     if key is None:
         # No key named and none in this home: the signatures could not be checked, and the run
         # would go on signing with a key made now, so that no export of it would ever verify
         # (an export names one key). The key that signed it must sign the rest.
-        signers = sorted({s.label for cp in checkpoints for s in parse_note(cp.note).signatures})
         raise ResumeRefused(
             f"run {run_id} cannot be {doing} here: its checkpoints are signed by {', '.join(signers) or 'no key'}, "
             f"and no signing key is named (landscape.signing_key, ELSPETH_SIGNING_KEY) nor in {home or 'the home'}; "

@@ -91,6 +91,8 @@ def plan_rows(
         raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
     with driver_errors(f"reading the status of run {run_id}"), db.connect() as conn:
         status = run_statuses(conn, [run_id], verifier, recorder.store_id())[run_id]
+    if status not in _FINAL and status.startswith(tuple(_FINAL)) and not force:  # (`unchecked_final`)
+        raise ErasureRefused(f"run {run_id} is {status}; nothing was erased (--force erases, said in the record)")
     if status not in _FINAL and not force:
         raise ErasureRefused(
             f"run {run_id} is {status} and can still be resumed: a resume carries its unfinished rows on from "
@@ -170,7 +172,12 @@ def run_statuses(
     cannot sign: ELSPETH signs a checkpoint of the whole log with each commit, so the log's last
     event must end a checkpoint whose note is this run's (signed by `verifier`, when the note is
     that key's: another key's signature cannot be checked here; `elspeth replay --check` does).
-    Refused otherwise, for retention too: a store written to that way is to be looked into first."""
+    Refused otherwise, for retention too: a store written to that way is to be looked into first.
+
+    A run whose log says it ended for good (completed, abandoned) lets its data go, so that claim
+    must be the signer's: its end's checkpoint must bear a valid signature of `verifier`. Anyone
+    who can write to the store can add a checkpoint signed with a key of their own. Such a run is
+    taken as one that can still be resumed, its status said so (`unchecked_final`)."""
     rows = conn.execute(
         "SELECT u.run_id, l.event_type, r.status, n.last, c.note, "
         "EXISTS (SELECT 1 FROM checkpoints k WHERE k.run_id = u.run_id) FROM unnest(%s::text[]) AS u(run_id) "
@@ -198,7 +205,28 @@ def run_statuses(
                 f"nothing was erased. Find out why with `elspeth replay {run} --check` (a changed projection is "
                 f"put right by `elspeth projections rebuild {run}`)"
             )
+    for run, _event, _table, last, note, signed in rows:
+        if signed and logged[run] in _FINAL and not _signed_by(note, last + 1, verifier, run_origin(store_id, run)):
+            logged[run] = unchecked_final(logged[run], note, verifier)
     return logged
+
+
+def unchecked_final(status: str, note: str | None, verifier: Verifier | None) -> str:
+    """The status of a run whose log says `status` (final) at a checkpoint `verifier` cannot check."""
+    try:
+        signers = ", ".join(s.label for s in parse_note(note or "").signatures) or "no key"
+    except NoteError:
+        signers = "no key"
+    mine = verifier.label if verifier is not None else "none here"
+    return (
+        f"{status} by its log, at a checkpoint signed by {signers}, which purge cannot check (its key: {mine}; "
+        "name the run's with ELSPETH_SIGNING_KEY)"
+    )
+
+
+def _signed_by(note: str | None, size: int, verifier: Verifier | None, origin: str) -> bool:
+    """Whether `note` is a checkpoint of `origin` over `size` events with a valid signature of `verifier`."""
+    return verifier is not None and note is not None and checkpoint_of(note, size, verifier, origin) is not None
 
 
 def _signs_the_end(note: str | None, size: int, verifier: Verifier | None, origin: str) -> bool:

@@ -186,6 +186,7 @@ class Explained(msgspec.Struct, frozen=True, kw_only=True):
     events_verified: int  # the log was verified up to here (chain, seq, transitions)
     head: str  # hash of the last verified event
     rows: list[RowLineage]
+    run_status: str = ""  # the run's state where the verified log ends (abandoned: its unended tokens never end)
 
 
 # -- building it ----------------------------------------------------------------------------------
@@ -376,7 +377,10 @@ def explain_rows(
                 batches=_resolutions(collector.batches, mine, ev.TokenBuffered),
             )
         )
-    return Explained(run_id=run_id, events_verified=verified.events, head=verified.head.hex(), rows=rows)
+    return Explained(
+        run_id=run_id, events_verified=verified.events, head=verified.head.hex(), rows=rows,
+        run_status=str(verified.fold.status),
+    )  # fmt: skip
 
 
 def _verified(

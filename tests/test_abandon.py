@@ -32,11 +32,11 @@ sinks:
 """
 
 
-def _crashed(db: Database, work: Path, fault: str = "committed:3") -> str:
+def _crashed(db: Database, work: Path, fault: str = "committed:3", settings: str = PIPELINE) -> str:
     """A run whose writer died with rows buffered in a batch."""
     (work / "out").mkdir(exist_ok=True)
     (work / "in.csv").write_text("id,amount\n" + "".join(f"{i},{i * 10}\n" for i in range(1, 13)))
-    (work / "s.yaml").write_text(PIPELINE)
+    (work / "s.yaml").write_text(settings)
     crash = elspeth("run", "-s", "s.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": fault})
     assert crash.returncode != 0, crash.stdout
     with db.connect() as conn:
@@ -71,6 +71,11 @@ def test_an_abandoned_run_is_final_verifies_and_lets_its_data_age_out(db: Databa
     steps = [(s["event"], s["detail"]) for s in shown["lifecycle"]][-2:]
     assert steps == [("RunInterrupted", "writer lost"), ("RunAbandoned", "input withdrawn by the supplier (ticket 7)")]
     assert shown["ended_at"] is not None
+    # A row the run had in flight (buffered in the open batch) never ends, and explain says so.
+    text = elspeth("explain", run_id, "--row", "1", cwd=tmp_path, db=db)
+    assert text.returncode == 0 and "never ended: buffered when the run was abandoned" in text.stdout, text.stderr
+    said = json.loads(elspeth("explain", run_id, "--row", "1", "--json", cwd=tmp_path, db=db).stdout)
+    assert said["run_status"] == "abandoned" and said["rows"][0]["tokens"][0]["outcome"] is None
     # The log verifies whole, projections included, and ends at a signed checkpoint.
     check = elspeth("replay", run_id, "--check", cwd=tmp_path, db=db)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -120,8 +125,12 @@ def test_a_new_run_may_append_to_an_abandoned_runs_file_which_keeps_its_unrecord
     [
         ("   ", "--reason: empty"),
         ("x" * 1001, "--reason: 1,001 characters"),
-        ("ok\x1b[2Jforged", "control character"),
-        ("two\nlines", "control character"),
+        ("ok\x1b[2Jforged", "holds U+001B, a control, format or line-separating character"),
+        ("two\nlines", "holds U+000A"),
+        ("\u200b\u2060", "holds U+200B"),
+        ("paid \u202e01$", "holds U+202E"),
+        ("one\u2028RunCompleted", "holds U+2028"),
+        ("\u0301\u00a0", "nothing visible"),
     ],
 )
 def test_a_bad_reason_is_refused_and_nothing_recorded(db: Database, tmp_path: Path, reason: str, said: str) -> None:
@@ -164,6 +173,10 @@ def test_a_log_cut_short_is_not_abandoned(db: Database, tmp_path: Path) -> None:
         conn.execute("DELETE FROM events WHERE run_id = %s AND seq > %s", (run_id, last - 3))
     err = one_line_error(elspeth("abandon", run_id, "--reason", "x", cwd=tmp_path, db=db), 1)
     assert f"run {run_id} cannot be abandoned: its log does not verify" in err, err
+    with db.connect() as conn:  # (a run like this stops every retention in the store: gone again)
+        conn.execute("SET session_replication_role = replica")
+        for table in ("events", "checkpoints", "payloads", "runs"):
+            conn.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
 
 
 def test_nothing_may_follow_an_abandoned_run_in_its_log() -> None:
@@ -182,3 +195,47 @@ def test_nothing_may_follow_an_abandoned_run_in_its_log() -> None:
     assert RunState.ABANDONED in RUN.terminal
     with pytest.raises(IllegalEvent):
         RunFold("r", status=RunState.RUNNING).apply(0, "r", ev.RunAbandoned(reason="x"))
+
+
+def test_an_ending_signed_with_another_key_does_not_let_purge_erase_the_run(db: Database, tmp_path: Path) -> None:
+    """Anyone who can write to the store can append an ending and sign its checkpoint with a key
+    of their own. Retention and requests take a run as final only under the home's signature."""
+    from engine import signing
+    from statecharts.compiled import EVENT_MACHINE
+
+    run_id = _crashed(db, tmp_path)
+    recorder = PostgresRecorder(db)
+    writer = recorder.open_writer(run_id, notary=signing.notary(recorder, str(tmp_path / "forger")))
+    try:
+        for event in (ev.RunInterrupted(reason="writer lost"), ev.RunAbandoned(reason="forged")):
+            writer.append(EVENT_MACHINE[type(event).__name__], run_id, event)
+        writer.commit(wait=True)
+    finally:
+        writer.close()
+    assert _status(db, tmp_path, run_id) == "abandoned"
+    before = _payloads(db, run_id)
+    err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
+    assert "which purge cannot check" in err and "nothing was erased" in err
+    assert _payloads(db, run_id) == before > 0
+
+
+def test_the_runs_key_is_asked_for_by_name_when_its_settings_file_is_gone_or_broken(
+    db: Database, tmp_path: Path
+) -> None:
+    from landscape.keys import default_signer, generate_key_files
+
+    default_signer(tmp_path / ".elspeth")  # the home has a key of its own, which did not sign this run
+    (tmp_path / "keys").mkdir()
+    generate_key_files("k1", tmp_path / "keys")
+    run_id = _crashed(db, tmp_path, settings=PIPELINE + "landscape: {signing_key: keys/k1.key, witness_dir: wit}\n")
+    (tmp_path / "s.yaml").rename(tmp_path / "moved.yaml")
+    err = one_line_error(elspeth("abandon", run_id, "--reason", "x", cwd=tmp_path, db=db), 1)
+    assert f"run {run_id} cannot be abandoned with the key " in err and "signed by k1+" in err, err
+    assert "does not verify" not in err
+    (tmp_path / "s.yaml").write_text("source: [unclosed\n")  # the recorded file, broken since
+    err = one_line_error(elspeth("abandon", run_id, "--reason", "x", cwd=tmp_path, db=db), 1)
+    assert "the settings file it was started with cannot be read now" in err and "-s FILE" in err, err
+    done = elspeth("abandon", run_id, "--reason", "x", "-s", "moved.yaml", cwd=tmp_path, db=db)
+    assert done.returncode == 0, done.stderr
+    assert elspeth("replay", run_id, "--check", "--public-key", "keys/k1.pub", "--witness", f"wit/{run_id}.checkpoints",
+                   cwd=tmp_path, db=db).returncode == 0  # fmt: skip

@@ -295,13 +295,14 @@ def test_a_row_a_stopped_run_has_not_read_yet_is_said_so(db: Database, crashed_r
 
 def test_purge_as_the_writer_says_it_runs_as_the_owner(db: Database, fork_run: tuple[Path, str]) -> None:
     # The writer may not record erasures (by design); the line says whom purge must connect as.
+    from engine import signing
     from landscape.erasure import plan_rows
     from landscape.errors import PermissionDenied
     from landscape.role_names import Role
 
-    _work, run_id = fork_run
+    work, run_id = fork_run
     writer = db.as_role(Role.WRITER)
-    plan = plan_rows(writer, run_id, [3])
+    plan = plan_rows(writer, run_id, [3], verifier=signing.verifier(str(work / ".elspeth")))
     with pytest.raises(PermissionDenied, match=r"purge runs as the owner of the tables .* --database URL"):
         erase(writer, plan, "ticket 1")
 

@@ -79,7 +79,8 @@ def fork(tmp_path: Path) -> Path:
 def test_explain_json_is_built_from_the_events_with_a_stable_shape(db: Database, fork: Path) -> None:
     run_id = _run(db, fork)
     out = _json(elspeth("explain", run_id, "--row", "1", "--json", cwd=fork, db=db))
-    assert set(out) == {"run_id", "events_verified", "head", "checkpoints", "rows"}
+    assert set(out) == {"run_id", "events_verified", "head", "run_status", "checkpoints", "rows"}
+    assert out["run_status"] == "completed"
     assert out["checkpoints"]["newest_size"] == out["events_verified"] and out["checkpoints"]["signatures_checked"]
     (row,) = out["rows"]
     assert set(row) == {"row", "row_index", "tokens", "coalesces", "batches"}

@@ -20,6 +20,7 @@ from landscape import lineage as lin
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
 from landscape.roles import Role
+from statecharts.machines import RunState
 
 _WIDTH = 200  # data longer than this is cut in the text output (never in --json)
 
@@ -92,6 +93,7 @@ def explain_cmd(
             "run_id": explained.run_id,
             "events_verified": explained.events_verified,
             "head": explained.head,
+            "run_status": explained.run_status,
             "checkpoints": found.as_json(found.all),
             "rows": explained.rows,
         }
@@ -166,7 +168,9 @@ def _print(x: lin.Explained, checkpoints: str) -> None:
                 if isinstance(entry, lin.Ended) and entry.outcome in ("forked", "expanded"):
                     continue  # the fork or expansion line above says it
                 click.echo(f"    seq {entry.seq:<6} {entry.time:%Y-%m-%d %H:%M:%S.%f}  {_describe(entry)}")
-            if t.outcome is None:
+            if t.outcome is None and x.run_status == RunState.ABANDONED:
+                click.echo(f"    never ended: {t.state} when the run was abandoned (see `elspeth show {x.run_id}`)")
+            elif t.outcome is None:
                 click.echo(f"    not ended yet: {t.state}")
         for c in row.coalesces:
             why = f", {c.reason}" if c.reason else ""
