@@ -79,6 +79,7 @@ def test_an_abandoned_run_is_final_verifies_and_lets_its_data_age_out(db: Databa
     # The log verifies whole, projections included, and ends at a signed checkpoint.
     check = elspeth("replay", run_id, "--check", cwd=tmp_path, db=db)
     assert check.returncode == 0, check.stdout + check.stderr
+    assert ": abandoned (seq " in check.stdout and "left unfinished: " in check.stdout, check.stdout
     with db.connect() as conn:
         (last,) = conn.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone()  # type: ignore[misc]
         signed = conn.execute(

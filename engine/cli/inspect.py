@@ -20,6 +20,7 @@ from landscape.records import StoredEvent
 from landscape.roles import Role
 from landscape.verify_store import verify_run
 from statecharts import events as ev
+from statecharts.machines import RunState
 
 
 @click.command("replay")
@@ -120,8 +121,10 @@ def replay_cmd(
         click.echo("per node (tokens that reached it, and what it did with them):")
         for node, counts in per_node.as_dict().items():
             click.echo(f"  {node}: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+        # (An abandoned run's never will be: "left unfinished", not "in flight".)
+        left = "left unfinished" if fold.status == RunState.ABANDONED else "in flight"
         click.echo(
-            f"in flight: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, {len(fold.batches)} open batches"
+            f"{left}: {len(fold.tokens)} tokens, {len(fold.coalesces)} open coalesces, {len(fold.batches)} open batches"
         )
     if checked is not None:
         if differences:
