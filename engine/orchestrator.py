@@ -350,10 +350,10 @@ class Execution:
         Refused too when the file ends exactly at that run's position (no unrecorded bytes): the
         rows appended would strand it all the same, and what is left of its input would never be
         written; a run that is not to go on is ended with `elspeth abandon` (or its file moved
-        aside). Not refused: a run abandoned or completed (`open_positions` has none), a file that no longer starts with that run's bytes (moved
-        aside or replaced: its resume refuses it anyway), a run that another run appended after
-        already (stranded before, nothing changes), a missing file, a FIFO or a device (no rows
-        stay in them). A sink in mode `write` replaces the file: its own trail is exact, and the
+        aside). Not refused: a run abandoned or completed (`open_positions` has none), a file
+        that no longer starts with that run's bytes (moved aside or replaced: its resume refuses
+        it anyway), a run that another run appended after already (stranded before, nothing
+        changes), a missing file, a FIFO or a device (no rows stay in them). A sink in mode `write` replaces the file: its own trail is exact, and the
         earlier run's resume refuses the file by its size or digest, or by this run's flushes.
         `only`: these sinks (a resume's new ones), not all."""
         positions: list[OpenPosition] | None = None
