@@ -24,6 +24,7 @@ from engine.settings import LandscapeSettings, SettingsError, load_settings
 from landscape.db import Database
 from landscape.fold import RunFold
 from landscape.postgres import PostgresRecorder
+from landscape.queries import run_summary
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_FINAL, RUN_OPEN, RunState
@@ -42,7 +43,7 @@ class Abandoned:
     run_id: str
     was: str  # the run's status before: failed, interrupted, or running (its writer gone)
     events: int  # the log's length now
-    unrecorded: list[tuple[str, Path, int]]  # sink, file, bytes after the run's durable position
+    notes: list[str]  # what its sinks hold that its log does not say (`_left_behind`)
 
 
 def check_reason(reason: str) -> str:
@@ -81,8 +82,14 @@ def abandon_run(
             f"run {run_id} is being written by another process right now; stop it first (Ctrl-C, or SIGTERM to "
             "its process: it is then recorded interrupted), then abandon it; nothing was recorded"
         )
+    # A quick answer for the common mistake, as the store says it (the log decides below).
+    summary = run_summary(db, run_id)
+    if summary is not None and summary.status in RUN_FINAL:
+        raise AbandonRefused(f"run {run_id} is {summary.status} already, as the audit store says; nothing was recorded")
     created = recorder.run_created(run_id)
-    landscape, base = _landscape(run_id, created, settings_path)
+    # The settings file the run last went on under (a resume may have named another), as resume reads it.
+    recorded = summary.settings_path if summary is not None else created.settings_path if created else None
+    landscape, base = _landscape(run_id, created, recorded, settings_path)
     verified = verified_to_write_on(db, recorder, run_id, created, landscape.signing_key, landscape.witness_dir,
                                     base, home, "abandoned")  # fmt: skip
     fold = verified.fold
@@ -107,17 +114,20 @@ def abandon_run(
         writer.commit(wait=True)
     finally:
         writer.close()
-    return Abandoned(run_id, was, fold.last_seq + 1, _unrecorded_bytes(fold))
+    return Abandoned(run_id, was, fold.last_seq + 1, _left_behind(fold))
 
 
-def _landscape(run_id: str, created: ev.RunCreated | None, given: Path | None) -> tuple[LandscapeSettings, Path]:
+def _landscape(
+    run_id: str, created: ev.RunCreated | None, settings_path: str | None, given: Path | None
+) -> tuple[LandscapeSettings, Path]:
     """The settings' key and witness folder, and the folder they are relative to: from the file
-    given, else from the file the run was started with when it is still there (read before the
-    log is verified, as a resume does: a wrong key fails the verification), else none."""
+    given, else from the run's settings file (`settings_path`, relative to the folder it ran in)
+    when it is still there (read before the log is verified, as a resume does: a wrong key fails
+    the verification), else none."""
     if given is not None:
         return load_settings(given).settings.landscape, given.absolute().parent
-    if created is not None:
-        recorded = Path(created.working_dir) / created.settings_path
+    if created is not None and settings_path is not None:
+        recorded = Path(created.working_dir) / settings_path
         if recorded.is_file():
             try:
                 return load_settings(recorded).settings.landscape, recorded.parent
@@ -129,25 +139,63 @@ def _landscape(run_id: str, created: ev.RunCreated | None, given: Path | None) -
     return LandscapeSettings(), Path(created.working_dir if created is not None else ".").absolute()
 
 
-def _unrecorded_bytes(fold: RunFold) -> list[tuple[str, Path, int]]:
-    """Each sink file that still starts with what the run made durable (its recorded digest) and
-    holds more: rows written after its last durability point, which no log records. They stay
-    (a resume would have cut them off); said."""
-    found = []
+def _left_behind(fold: RunFold) -> list[str]:
+    """What the run's sinks hold beyond what its log says, one line each. A resume would have cut
+    it off (and closed a JSON array); abandoning leaves the outputs as they are, and says so:
+    - a file that still starts with what the run made durable (its recorded digest) and holds
+      more: rows written after its last durability point, which no log records;
+    - a JSON array the run never closed (a new run refuses to append to it);
+    - a database table: its rows past the durable position are not looked for here."""
+    notes = []
     for sink, location in fold.sink_locations.items():
-        path = Path(fold.working_dir or ".") / location
-        durable, digest = fold.sink_positions.get(sink, 0), fold.sink_digests.get(sink)
-        try:
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_size <= durable or digest is None:
-                continue
-            with path.open("rb") as f:
-                h, left = hashlib.sha256(), durable
-                while left > 0 and (block := f.read(min(left, 1 << 20))):
-                    h.update(block)
-                    left -= len(block)
-        except (OSError, ValueError):  # gone, unreadable, a location that is no path
+        plugin = _plugin_of(fold, sink)
+        durable = fold.sink_positions.get(sink, 0)
+        if plugin == "database":
+            notes.append(
+                f"sink '{sink}' ({location}): a database table; rows written to it after the run's last durability "
+                f"point (its {durable} rows) are not looked for here and stay: they are those its "
+                f"elspeth_sink_tokens lists for this run with a sink_position above {durable}"
+            )
             continue
-        if h.hexdigest() == digest:
-            found.append((sink, path, st.st_size - durable))
-    return found
+        path = Path(fold.working_dir or ".") / location
+        extra, tail = _past_durable(path, durable, fold.sink_digests.get(sink))
+        if extra:
+            notes.append(
+                f"sink '{sink}': {path} holds {extra:,} bytes after what the run made durable: rows it wrote after "
+                "its last durability point, which its log does not record. They stay; remove them if they should not"
+            )
+        if plugin == "json" and tail is not None and tail[:1] == b"[" and tail[-1:] != b"]":
+            notes.append(
+                f"sink '{sink}': {path} is a JSON array the run never closed (no final ']'): as it is, it is no valid "
+                "JSON, and a new run refuses to append to it; close it or move it aside"
+            )
+    return notes
+
+
+def _plugin_of(fold: RunFold, sink: str) -> str | None:
+    sinks = fold.settings.get("sinks")
+    options = sinks.get(sink) if isinstance(sinks, dict) else None
+    plugin = options.get("plugin") if isinstance(options, dict) else None
+    return plugin if isinstance(plugin, str) else None
+
+
+def _past_durable(path: Path, durable: int, digest: str | None) -> tuple[int, bytes | None]:
+    """How many bytes the regular file at `path` holds after the first `durable`, when those are
+    the run's (their sha256 is `digest`), and its first and last bytes that are not white space
+    (None: no such file, or not the run's)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or digest is None or st.st_size < durable:
+            return 0, None
+        with path.open("rb") as f:
+            head = f.read(4096).lstrip()[:1]
+            f.seek(0)
+            h, left = hashlib.sha256(), durable
+            while left > 0 and (block := f.read(min(left, 1 << 20))):
+                h.update(block)
+                left -= len(block)
+            f.seek(max(0, st.st_size - 4096))
+            tail = head + f.read().rstrip()[-1:]
+    except (OSError, ValueError):  # gone, unreadable, a location that is no path
+        return 0, None
+    return (st.st_size - durable, tail) if h.hexdigest() == digest else (0, None)

@@ -91,7 +91,7 @@ def plan_rows(
         raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
     with driver_errors(f"reading the status of run {run_id}"), db.connect() as conn:
         status = run_statuses(conn, [run_id], verifier, recorder.store_id())[run_id]
-    if status not in _FINAL and status.startswith(tuple(_FINAL)) and not force:  # (`unchecked_final`)
+    if unproved(status) and not force:
         raise ErasureRefused(f"run {run_id} is {status}; nothing was erased (--force erases, said in the record)")
     if status not in _FINAL and not force:
         raise ErasureRefused(
@@ -111,7 +111,7 @@ def plan_rows(
     if missing:
         # Said in the CLI's numbering: rows counted from 1 (row_index + 1, as __row_number__).
         shown = ", ".join(str(m + 1) for m in missing)
-        if status in _FINAL:
+        if status in _FINAL or unproved(status):
             raise ErasureRefused(f"run {run_id} has no row {shown}; nothing was erased")
         # A run that stopped early read its source only so far: the row may well exist, and a
         # resume would read it (and its data would then be there to erase).
@@ -176,8 +176,9 @@ def run_statuses(
 
     A run whose log says it ended for good (completed, abandoned) lets its data go, so that claim
     must be the signer's: its end's checkpoint must bear a valid signature of `verifier`. Anyone
-    who can write to the store can add a checkpoint signed with a key of their own. Such a run is
-    taken as one that can still be resumed, its status said so (`unchecked_final`)."""
+    who can write to the store can add a checkpoint signed with a key of their own, or, to a run
+    with no checkpoint at all, an ending. Such a run's data is kept as a resumable run's is, its
+    status saying why (`unproved`)."""
     rows = conn.execute(
         "SELECT u.run_id, l.event_type, r.status, n.last, c.note, "
         "EXISTS (SELECT 1 FROM checkpoints k WHERE k.run_id = u.run_id) FROM unnest(%s::text[]) AS u(run_id) "
@@ -206,21 +207,31 @@ def run_statuses(
                 f"put right by `elspeth projections rebuild {run}`)"
             )
     for run, _event, _table, last, note, signed in rows:
-        if signed and logged[run] in _FINAL and not _signed_by(note, last + 1, verifier, run_origin(store_id, run)):
-            logged[run] = unchecked_final(logged[run], note, verifier)
+        if logged[run] in _FINAL and not _signed_by(note, last + 1, verifier, run_origin(store_id, run)):
+            logged[run] = _unproved(logged[run], note if signed else None, verifier)
     return logged
 
 
-def unchecked_final(status: str, note: str | None, verifier: Verifier | None) -> str:
-    """The status of a run whose log says `status` (final) at a checkpoint `verifier` cannot check."""
+_UNPROVED = " by its log, "  # what the status of a run whose final status is not proved says after it
+
+
+def unproved(status: str) -> bool:
+    """Whether `status` (from `run_statuses`) is that of a run whose log says it ended for good,
+    unproved: its data is kept as a resumable run's, but it cannot be resumed."""
+    return status not in _FINAL and status.split(" ", 1)[0] in _FINAL and _UNPROVED in status
+
+
+def _unproved(status: str, note: str | None, verifier: Verifier | None) -> str:
+    if note is None:
+        return f"{status}{_UNPROVED}with no signed checkpoint to prove it (a run from before checkpoints)"
     try:
-        signers = ", ".join(s.label for s in parse_note(note or "").signatures) or "no key"
+        signers = ", ".join(s.label for s in parse_note(note).signatures) or "no key"
     except NoteError:
         signers = "no key"
     mine = verifier.label if verifier is not None else "none here"
     return (
-        f"{status} by its log, at a checkpoint signed by {signers}, which purge cannot check (its key: {mine}; "
-        "name the run's with ELSPETH_SIGNING_KEY)"
+        f"{status}{_UNPROVED}at a checkpoint signed by {signers}, which purge cannot check with its key ({mine}): "
+        "give the run's with --public-key KEY.pub"
     )
 
 
@@ -250,8 +261,11 @@ def erase(db: Database, plan: Plan, reason: str) -> int:
         raise ErasureRefused("an erasure needs a reason (--reason TEXT): it is recorded for good")
 
     def why(run: str | None) -> str:
-        if plan.forced and (run or "") in plan.resumable:
-            return f"{reason} [--force: the run could still be resumed (status {plan.resumable[run or '']})]"
+        status = plan.resumable.get(run or "")
+        if plan.forced and status is not None and unproved(status):
+            return f"{reason} [--force: the run is {status}]"
+        if plan.forced and status is not None:
+            return f"{reason} [--force: the run could still be resumed (status {status})]"
         return reason
 
     try:

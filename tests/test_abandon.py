@@ -240,3 +240,72 @@ def test_the_runs_key_is_asked_for_by_name_when_its_settings_file_is_gone_or_bro
     assert done.returncode == 0, done.stderr
     assert elspeth("replay", run_id, "--check", "--public-key", "keys/k1.pub", "--witness", f"wit/{run_id}.checkpoints",
                    cwd=tmp_path, db=db).returncode == 0  # fmt: skip
+
+
+def _forge_ending(db: Database, run_id: str, *, drop_checkpoints: bool) -> None:
+    """As someone who can write to the store but not sign: an ending appended to a crashed run,
+    its checkpoints deleted first (by a superuser) when asked, so that it looks like a run of a
+    store from before checkpoints."""
+    from statecharts.compiled import EVENT_MACHINE
+
+    if drop_checkpoints:
+        with db.connect() as conn:
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("DELETE FROM checkpoints WHERE run_id = %s", (run_id,))
+    writer = PostgresRecorder(db).open_writer(run_id)  # no notary: nothing signed
+    try:
+        for event in (ev.RunInterrupted(reason="writer lost"), ev.RunAbandoned(reason="forged")):
+            writer.append(EVENT_MACHINE[type(event).__name__], run_id, event)
+        writer.commit(wait=True)
+    finally:
+        writer.close()
+
+
+def test_an_ending_with_no_checkpoint_to_prove_it_is_not_taken_as_final(db: Database, tmp_path: Path) -> None:
+    run_id = _crashed(db, tmp_path)
+    _forge_ending(db, run_id, drop_checkpoints=True)
+    before = _payloads(db, run_id)
+    err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
+    assert "abandoned by its log, with no signed checkpoint to prove it" in err, err
+    kept = elspeth("purge", "--older-than", "0s", "--reason", "RP-1", cwd=tmp_path, db=db)
+    assert kept.returncode == 0 and _payloads(db, run_id) == before > 0, kept.stdout + kept.stderr
+    # --force erases, and the record says what was forced, not "could still be resumed".
+    forced = elspeth("purge", run_id, "--row", "1", "--reason", "ticket 5", "--force", cwd=tmp_path, db=db)
+    assert forced.returncode == 0 and "(--force: it is abandoned by its log" in forced.stdout, forced.stdout
+    with db.connect() as conn:
+        (why,) = conn.execute("SELECT DISTINCT reason FROM erasures WHERE run_id = %s", (run_id,)).fetchone()  # type: ignore[misc]
+    assert why.startswith("ticket 5 [--force: the run is abandoned by its log, with no signed checkpoint") and (
+        "resumed" not in why
+    ), why
+
+
+def test_purge_checks_a_runs_named_key_with_its_public_half(db: Database, tmp_path: Path) -> None:
+    from landscape.keys import default_signer, generate_key_files
+
+    default_signer(tmp_path / ".elspeth")
+    (tmp_path / "keys").mkdir()
+    generate_key_files("prod", tmp_path / "keys")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in.csv").write_text("id,amount\n1,10\n2,20\n")
+    (tmp_path / "s.yaml").write_text(PIPELINE + "landscape: {signing_key: keys/prod.key}\n")
+    ran = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
+    assert ran.returncode == 0, ran.stderr
+    run_id = ran.stdout.split()[1]
+    err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
+    assert "completed by its log, at a checkpoint signed by prod+" in err and "--public-key" in err, err
+    done = elspeth("purge", run_id, "--row", "1", "--reason", "t", "--public-key", "keys/prod.pub", cwd=tmp_path, db=db)
+    assert done.returncode == 0 and "erasing 2 payload" in done.stdout and "--force" not in done.stdout, done.stdout
+
+
+def test_abandon_names_an_open_json_array_and_a_database_table_it_leaves(db: Database, tmp_path: Path) -> None:
+    settings = PIPELINE.replace(
+        "out: {plugin: csv, options: {path: out/stats.csv, mode: append}}",
+        "out: {plugin: json, options: {path: out/stats.json, format: json, mode: append}}\n"
+        "  table: {plugin: database, options: {url: 'sqlite:///out/t.db', table: t}}",
+    ).replace("on_success: out, on_error: discard", "on_success: out, on_error: table")
+    run_id = _crashed(db, tmp_path, fault="committed:8", settings=settings)  # after the first batch's row
+    assert (tmp_path / "out/stats.json").read_bytes().startswith(b"[")
+    done = elspeth("abandon", run_id, "--reason", "x", cwd=tmp_path, db=db)
+    assert done.returncode == 0, done.stderr
+    assert "is a JSON array the run never closed" in done.stderr, done.stderr
+    assert "sink 'table' (sqlite:///out/t.db#t): a database table" in done.stderr, done.stderr

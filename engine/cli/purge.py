@@ -44,11 +44,13 @@ _LONGEST = timedelta(days=LONGEST_RETENTION_DAYS)
                    "policy, never the data subject's name.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Show what would be erased; erase nothing.")
 @click.option("--force", is_flag=True,
-              help="Erase the data of runs that can still be resumed too (they then cannot be resumed past it).")  # fmt: skip
+              help="Erase the data of runs that can still be resumed, or whose end is unproved, too (said in each record).")  # fmt: skip
+@click.option("--public-key", "public_key", type=click.Path(),
+              help="The .pub of the key that signs the runs' checkpoints [ELSPETH_SIGNING_KEY's, else this home's].")  # fmt: skip
 @click.pass_context
 def purge_cmd(
     ctx: click.Context, run_id: str | None, rows: tuple[int, ...], older_than: str | None, reason: str | None,
-    dry_run: bool, force: bool,
+    dry_run: bool, force: bool, public_key: str | None,
 ) -> None:  # fmt: skip
     """Erase row data: `purge --older-than 90d` (retention) or `purge RUN_ID --row N [--row M]`
     (one data subject's rows, in every token that contains them). The events, the chain and every
@@ -67,8 +69,9 @@ def purge_cmd(
     from landscape.erasure import erase, plan_retention, plan_rows, vacuum_payloads  # here: --help stays fast
 
     now = datetime.now(UTC)
-    # The home's key checks the checkpoint that must sign each log's end (see `run_statuses`).
-    key = signing.verifier(home_from_ctx(ctx))
+    # The key that checks the checkpoint at each log's end: a run's data goes as a final run's only
+    # under its signature (see `run_statuses`). A public key is enough to check it.
+    key = signing.verifier(home_from_ctx(ctx), public_key)
     # As the owner: only it may delete payloads and write erasure records (the writer may not).
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         if age is not None:
@@ -92,11 +95,16 @@ _LISTED = 20  # runs named one by one; the rest are counted
 
 
 def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
+    from landscape.erasure import unproved
+
     verb = "would erase" if dry_run else "erasing"
     lines = []
     if plan.kind == "request":
         rows = ", ".join(str(r + 1) for r in plan.rows)
-        forced = " (--force: it can still be resumed)" if plan.forced else ""
+        status = next(iter(plan.resumable.values()), "")
+        forced = (
+            f" (--force: it {'is ' + status if unproved(status) else 'can still be resumed'})" if plan.forced else ""
+        )
         if plan.payloads:
             lines.append(f"{verb} {len(plan.payloads)} payload(s) of {len(plan.tokens)} token(s){forced}: "
                          f"run {run_id}, row(s) {rows}")  # fmt: skip
@@ -117,21 +125,38 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
         lines.append(
             "nothing to erase: "
             + (
-                "every payload that old is of a run that can still be resumed"
+                "every payload that old is of a run that can still be resumed, or whose end is unproved"
                 if plan.resumable
                 else "no payload is that old"
             )
         )
-    if plan.resumable and not plan.forced:
+    leaving = "would leave" if dry_run else "leaving"
+    kept = {run: status for run, status in plan.resumable.items() if not unproved(status)}
+    unsure = {run: status for run, status in plan.resumable.items() if unproved(status)}
+    if kept and not plan.forced:
         lines.append(
-            f"{'would leave' if dry_run else 'leaving'} the data of {len(plan.resumable)} run(s) that can still be "
-            "resumed (not completed; a resume needs it): finish them with `elspeth resume RUN_ID`, end those not to "
-            "go on with `elspeth abandon RUN_ID --reason TEXT`, or erase it too with --force"
+            f"{leaving} the data of {len(kept)} run(s) that can still be resumed (not completed; a resume needs "
+            "it): finish them with `elspeth resume RUN_ID`, end those not to go on with `elspeth abandon RUN_ID "
+            "--reason TEXT`, or erase it too with --force"
         )
-        for run, status in list(plan.resumable.items())[:_LISTED]:
-            lines.append(f"  {run or '(payloads kept before runs were recorded on them)'}: {status}")
-        if len(plan.resumable) > _LISTED:
-            lines.append(f"  and {len(plan.resumable) - _LISTED} more run(s)")
-    elif plan.forced:
-        lines.append(f"  --force: {len(plan.resumable)} of them can still be resumed, and then not past this data")
+        lines.extend(_listed(kept))
+    if unsure and not plan.forced:
+        lines.append(
+            f"{leaving} the data of {len(unsure)} run(s) whose log says they ended, unproved: the checkpoint at "
+            "the end of each must be signed by the key purge checks with (--public-key; docs/erasure.md), as "
+            "anyone who can write to the store could add an ending; or erase it too with --force"
+        )
+        lines.extend(_listed(unsure))
+    if plan.forced and kept:
+        lines.append(f"  --force: {len(kept)} of them can still be resumed, and then not past this data")
+    if plan.forced and unsure:
+        lines.append(f"  --force: {len(unsure)} of them say they ended, unproved (--public-key)")
     return lines
+
+
+def _listed(runs: dict[str, str]) -> list[str]:
+    lines = [
+        f"  {run or '(payloads kept before runs were recorded on them)'}: {status}" for run, status in runs.items()
+    ]
+    more = f"  and {len(runs) - _LISTED} more run(s)" if len(runs) > _LISTED else None
+    return lines[:_LISTED] + ([more] if more else [])

@@ -265,12 +265,7 @@ def abandon_cmd(ctx: click.Context, run_id: str, reason: str, settings_path: Pat
     was = "crashed (its writer gone)" if done.was in (RunState.RUNNING, RunState.DRAINING) else done.was
     click.echo(
         f"run {run_id} abandoned (it was {was}); its log ends at {done.events} events, signed. It cannot be resumed; "
-        "its data now ages out under `elspeth purge --older-than`."
+        "its data is now retention's (`elspeth purge --older-than`, with the key that signed it)."
     )
-    for sink, path, extra in done.unrecorded:
-        click.echo(
-            f"elspeth: note: sink '{sink}': {path} holds {extra:,} bytes after what the run made durable: rows it "
-            "wrote after its last durability point, which its log does not record (a resume would have cut them "
-            "off). They stay; remove them yourself if they should not be there.",
-            err=True,
-        )
+    for note in done.notes:
+        click.echo(f"elspeth: note: {note}", err=True)
