@@ -85,7 +85,11 @@ def abandon_run(
     # A quick answer for the common mistake, as the store says it (the log decides below).
     summary = run_summary(db, run_id)
     if summary is not None and summary.status in RUN_FINAL:
-        raise AbandonRefused(f"run {run_id} is {summary.status} already, as the audit store says; nothing was recorded")
+        raise AbandonRefused(
+            f"run {run_id} is {summary.status} already, as the runs table says; nothing was recorded (if that is "
+            f"doubted: `elspeth replay {run_id} --check` compares it with the log, and `elspeth projections rebuild "
+            f"{run_id}` puts a changed table right)"
+        )
     created = recorder.run_created(run_id)
     # The settings file the run last went on under (a resume may have named another), as resume reads it.
     recorded = summary.settings_path if summary is not None else created.settings_path if created else None
@@ -145,7 +149,8 @@ def _left_behind(fold: RunFold) -> list[str]:
     - a file that still starts with what the run made durable (its recorded digest) and holds
       more: rows written after its last durability point, which no log records;
     - a JSON array the run never closed (a new run refuses to append to it);
-    - a database table: its rows past the durable position are not looked for here."""
+    - a database table: its rows past the durable position are not looked for here;
+    - a file that no longer starts with what the run made durable: replaced or changed since."""
     notes = []
     for sink, location in fold.sink_locations.items():
         plugin = _plugin_of(fold, sink)
@@ -158,13 +163,18 @@ def _left_behind(fold: RunFold) -> list[str]:
             )
             continue
         path = Path(fold.working_dir or ".") / location
-        extra, tail = _past_durable(path, durable, fold.sink_digests.get(sink))
+        ours, extra, ends = _past_durable(path, durable, fold.sink_digests.get(sink))
+        if ours is False:
+            notes.append(
+                f"sink '{sink}': {path} no longer starts with the {durable:,} bytes the run made durable (replaced or "
+                "changed since): it is not the run's output as its log records it"
+            )
         if extra:
             notes.append(
                 f"sink '{sink}': {path} holds {extra:,} bytes after what the run made durable: rows it wrote after "
                 "its last durability point, which its log does not record. They stay; remove them if they should not"
             )
-        if plugin == "json" and tail is not None and tail[:1] == b"[" and tail[-1:] != b"]":
+        if ours and plugin == "json" and ends[:1] == b"[" and ends[-1:] != b"]":
             notes.append(
                 f"sink '{sink}': {path} is a JSON array the run never closed (no final ']'): as it is, it is no valid "
                 "JSON, and a new run refuses to append to it; close it or move it aside"
@@ -179,14 +189,16 @@ def _plugin_of(fold: RunFold, sink: str) -> str | None:
     return plugin if isinstance(plugin, str) else None
 
 
-def _past_durable(path: Path, durable: int, digest: str | None) -> tuple[int, bytes | None]:
-    """How many bytes the regular file at `path` holds after the first `durable`, when those are
-    the run's (their sha256 is `digest`), and its first and last bytes that are not white space
-    (None: no such file, or not the run's)."""
+def _past_durable(path: Path, durable: int, digest: str | None) -> tuple[bool | None, int, bytes]:
+    """Whether the regular file at `path` starts with the `durable` bytes the run made durable
+    (their sha256 is `digest`; None: no such file, or nothing to compare with), how many bytes
+    it holds after them, and its first and last bytes that are not white space."""
     try:
         st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or digest is None or st.st_size < durable:
-            return 0, None
+        if not stat.S_ISREG(st.st_mode) or digest is None:
+            return None, 0, b""
+        if st.st_size < durable:
+            return False, 0, b""
         with path.open("rb") as f:
             head = f.read(4096).lstrip()[:1]
             f.seek(0)
@@ -195,7 +207,8 @@ def _past_durable(path: Path, durable: int, digest: str | None) -> tuple[int, by
                 h.update(block)
                 left -= len(block)
             f.seek(max(0, st.st_size - 4096))
-            tail = head + f.read().rstrip()[-1:]
+            ends = head + f.read().rstrip()[-1:]
     except (OSError, ValueError):  # gone, unreadable, a location that is no path
-        return 0, None
-    return (st.st_size - durable, tail) if h.hexdigest() == digest else (0, None)
+        return None, 0, b""
+    ours = h.hexdigest() == digest
+    return ours, st.st_size - durable if ours else 0, ends

@@ -111,7 +111,7 @@ def plan_rows(
     if missing:
         # Said in the CLI's numbering: rows counted from 1 (row_index + 1, as __row_number__).
         shown = ", ".join(str(m + 1) for m in missing)
-        if status in _FINAL or unproved(status):
+        if status in _FINAL or (unproved(status) and status.split(" ", 1)[0] in _FINAL):
             raise ErasureRefused(f"run {run_id} has no row {shown}; nothing was erased")
         # A run that stopped early read its source only so far: the row may well exist, and a
         # resume would read it (and its data would then be there to erase).
@@ -207,18 +207,24 @@ def run_statuses(
                 f"put right by `elspeth projections rebuild {run}`)"
             )
     for run, _event, _table, last, note, signed in rows:
-        if logged[run] in _FINAL and not _signed_by(note, last + 1, verifier, run_origin(store_id, run)):
-            logged[run] = _unproved(logged[run], note if signed else None, verifier)
+        # Any status at an end signed by another key is unproved: the writer may append a
+        # RunInterrupted to a completed run, to keep its data, and sign it with a key of its own.
+        # A run with no checkpoint at all proves nothing either, which only matters when its
+        # status would let its data go.
+        status = logged[run]
+        proved = _signed_by(note, last + 1, verifier, run_origin(store_id, run)) if last is not None else True
+        if not proved and (signed or status in _FINAL) and status != _UNKNOWN:
+            logged[run] = _unproved(status, note if signed else None, verifier)
     return logged
 
 
-_UNPROVED = " by its log, "  # what the status of a run whose final status is not proved says after it
+_UNPROVED = " by its log, "  # what the status of a run whose status is not proved says after it
 
 
 def unproved(status: str) -> bool:
-    """Whether `status` (from `run_statuses`) is that of a run whose log says it ended for good,
-    unproved: its data is kept as a resumable run's, but it cannot be resumed."""
-    return status not in _FINAL and status.split(" ", 1)[0] in _FINAL and _UNPROVED in status
+    """Whether `status` (from `run_statuses`) is that of a run whose log's end is not proved by
+    a signature purge can check: its data is kept as a resumable run's, and a request refused."""
+    return _UNPROVED in status and status.split(" ", 1)[0] in _STATUS_OF.values()
 
 
 def _unproved(status: str, note: str | None, verifier: Verifier | None) -> str:
@@ -230,8 +236,8 @@ def _unproved(status: str, note: str | None, verifier: Verifier | None) -> str:
         signers = "no key"
     mine = verifier.label if verifier is not None else "none here"
     return (
-        f"{status}{_UNPROVED}at a checkpoint signed by {signers}, which purge cannot check with its key ({mine}): "
-        "give the run's with --public-key KEY.pub"
+        f"{status}{_UNPROVED}at a checkpoint signed by {signers}, which purge cannot check with the key it was "
+        f"given ({mine}); purge checks one key at a time: that run's with --public-key KEY.pub, the home's without"
     )
 
 
@@ -263,7 +269,9 @@ def erase(db: Database, plan: Plan, reason: str) -> int:
     def why(run: str | None) -> str:
         status = plan.resumable.get(run or "")
         if plan.forced and status is not None and unproved(status):
-            return f"{reason} [--force: the run is {status}]"
+            # What was not proved, not the advice of the CLI's line (nor this machine's key name).
+            said = status.split(" ", 1)[0]
+            return f"{reason} [--force: the run's log says {said}, and its end was not proved by a signature checked]"
         if plan.forced and status is not None:
             return f"{reason} [--force: the run could still be resumed (status {status})]"
         return reason

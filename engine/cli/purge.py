@@ -142,15 +142,15 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
         lines.extend(_listed(kept))
     if unsure and not plan.forced:
         lines.append(
-            f"{leaving} the data of {len(unsure)} run(s) whose log says they ended, unproved: the checkpoint at "
-            "the end of each must be signed by the key purge checks with (--public-key; docs/erasure.md), as "
-            "anyone who can write to the store could add an ending; or erase it too with --force"
+            f"{leaving} the data of {len(unsure)} run(s) whose status purge cannot prove: the checkpoint at the end "
+            "of each must be signed by the key purge checks with (--public-key; docs/erasure.md), as anyone who can "
+            "write to the store could add an ending; or erase it too with --force"
         )
         lines.extend(_listed(unsure))
     if plan.forced and kept:
         lines.append(f"  --force: {len(kept)} of them can still be resumed, and then not past this data")
     if plan.forced and unsure:
-        lines.append(f"  --force: {len(unsure)} of them say they ended, unproved (--public-key)")
+        lines.append(f"  --force: {len(unsure)} of them have a status purge cannot prove (--public-key)")
     return lines
 
 
