@@ -45,6 +45,32 @@ def _crashed(db: Database, work: Path, fault: str = "committed:3", settings: str
     return str(row[0])
 
 
+def _completed(db: Database, work: Path, settings: str = PIPELINE) -> str:
+    (work / "out").mkdir(exist_ok=True)
+    (work / "in.csv").write_text("id,amount\n1,10\n2,20\n")
+    (work / "s.yaml").write_text(settings)
+    ran = elspeth("run", "-s", "s.yaml", cwd=work, db=db)
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.split()[1]
+
+
+def _append_as_writer(db: Database, run_id: str, events: list[ev.EventBase], forger: Path | None) -> None:
+    """What anyone who can write to the store can do: append events, and sign their checkpoint
+    with a key of their own (made in the `forger` home), or not at all (None)."""
+    from engine import signing
+    from statecharts.compiled import EVENT_MACHINE
+
+    recorder = PostgresRecorder(db)
+    notary = signing.notary(recorder, str(forger)) if forger is not None else None
+    writer = recorder.open_writer(run_id, notary=notary)
+    try:
+        for event in events:
+            writer.append(EVENT_MACHINE[type(event).__name__], run_id, event)
+        writer.commit(wait=True)
+    finally:
+        writer.close()
+
+
 def _status(db: Database, work: Path, run_id: str) -> str:
     listed = {r["run_id"]: r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)}
     return str(listed[run_id]["status"])
@@ -142,12 +168,7 @@ def test_a_bad_reason_is_refused_and_nothing_recorded(db: Database, tmp_path: Pa
 
 
 def test_a_completed_or_unknown_run_is_refused(db: Database, tmp_path: Path) -> None:
-    (tmp_path / "out").mkdir()
-    (tmp_path / "in.csv").write_text("id,amount\n1,10\n")
-    (tmp_path / "s.yaml").write_text(PIPELINE)
-    ran = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
-    assert ran.returncode == 0, ran.stderr
-    run_id = ran.stdout.split()[1]
+    run_id = _completed(db, tmp_path)
     assert "is completed already" in one_line_error(elspeth("abandon", run_id, "--reason", "x", cwd=tmp_path, db=db), 1)
     assert "no run nope" in one_line_error(elspeth("abandon", "nope", "--reason", "x", cwd=tmp_path, db=db), 1)
     usage = elspeth("abandon", run_id, cwd=tmp_path, db=db)
@@ -201,18 +222,9 @@ def test_nothing_may_follow_an_abandoned_run_in_its_log() -> None:
 def test_an_ending_signed_with_another_key_does_not_let_purge_erase_the_run(db: Database, tmp_path: Path) -> None:
     """Anyone who can write to the store can append an ending and sign its checkpoint with a key
     of their own. Retention and requests take a run as final only under the home's signature."""
-    from engine import signing
-    from statecharts.compiled import EVENT_MACHINE
-
     run_id = _crashed(db, tmp_path)
-    recorder = PostgresRecorder(db)
-    writer = recorder.open_writer(run_id, notary=signing.notary(recorder, str(tmp_path / "forger")))
-    try:
-        for event in (ev.RunInterrupted(reason="writer lost"), ev.RunAbandoned(reason="forged")):
-            writer.append(EVENT_MACHINE[type(event).__name__], run_id, event)
-        writer.commit(wait=True)
-    finally:
-        writer.close()
+    ending = [ev.RunInterrupted(reason="writer lost"), ev.RunAbandoned(reason="forged")]
+    _append_as_writer(db, run_id, ending, tmp_path / "forger")
     assert _status(db, tmp_path, run_id) == "abandoned"
     before = _payloads(db, run_id)
     err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
@@ -242,28 +254,19 @@ def test_the_runs_key_is_asked_for_by_name_when_its_settings_file_is_gone_or_bro
                    cwd=tmp_path, db=db).returncode == 0  # fmt: skip
 
 
-def _forge_ending(db: Database, run_id: str, *, drop_checkpoints: bool) -> None:
-    """As someone who can write to the store but not sign: an ending appended to a crashed run,
-    its checkpoints deleted first (by a superuser) when asked, so that it looks like a run of a
-    store from before checkpoints."""
-    from statecharts.compiled import EVENT_MACHINE
-
-    if drop_checkpoints:
-        with db.connect() as conn:
-            conn.execute("SET session_replication_role = replica")
-            conn.execute("DELETE FROM checkpoints WHERE run_id = %s", (run_id,))
-    writer = PostgresRecorder(db).open_writer(run_id)  # no notary: nothing signed
-    try:
-        for event in (ev.RunInterrupted(reason="writer lost"), ev.RunAbandoned(reason="forged")):
-            writer.append(EVENT_MACHINE[type(event).__name__], run_id, event)
-        writer.commit(wait=True)
-    finally:
-        writer.close()
+def _forge_ending(db: Database, run_id: str) -> None:
+    """As someone who can write to the store but not sign: an ending appended to a crashed run
+    whose checkpoints a superuser deleted first, so that it looks like a run of a store from
+    before checkpoints."""
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM checkpoints WHERE run_id = %s", (run_id,))
+    _append_as_writer(db, run_id, [ev.RunInterrupted(reason="writer lost"), ev.RunAbandoned(reason="forged")], None)
 
 
 def test_an_ending_with_no_checkpoint_to_prove_it_is_not_taken_as_final(db: Database, tmp_path: Path) -> None:
     run_id = _crashed(db, tmp_path)
-    _forge_ending(db, run_id, drop_checkpoints=True)
+    _forge_ending(db, run_id)
     before = _payloads(db, run_id)
     err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
     assert "abandoned by its log, with no signed checkpoint to prove it" in err, err
@@ -283,12 +286,7 @@ def test_purge_checks_a_runs_named_key_with_its_public_half(db: Database, tmp_pa
     default_signer(tmp_path / ".elspeth")
     (tmp_path / "keys").mkdir()
     generate_key_files("prod", tmp_path / "keys")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "in.csv").write_text("id,amount\n1,10\n2,20\n")
-    (tmp_path / "s.yaml").write_text(PIPELINE + "landscape: {signing_key: keys/prod.key}\n")
-    ran = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
-    assert ran.returncode == 0, ran.stderr
-    run_id = ran.stdout.split()[1]
+    run_id = _completed(db, tmp_path, PIPELINE + "landscape: {signing_key: keys/prod.key}\n")
     err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
     assert "completed by its log, at a checkpoint signed by prod+" in err and "--public-key" in err, err
     done = elspeth("purge", run_id, "--row", "1", "--reason", "t", "--public-key", "keys/prod.pub", cwd=tmp_path, db=db)
@@ -315,23 +313,8 @@ def test_a_status_the_writer_appends_to_a_completed_run_under_its_own_key_is_not
     """To keep a completed run's data from retention, or have it erased as if forced, the writer
     appends a RunInterrupted (illegal after RunCompleted), signs the checkpoint with a key of its
     own and makes the runs table agree. Purge takes no status from an end it cannot check."""
-    from engine import signing
-    from statecharts.compiled import EVENT_MACHINE
-
-    (tmp_path / "out").mkdir()
-    (tmp_path / "in.csv").write_text("id,amount\n1,10\n2,20\n")
-    (tmp_path / "s.yaml").write_text(PIPELINE)
-    ran = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
-    assert ran.returncode == 0, ran.stderr
-    run_id = ran.stdout.split()[1]
-    recorder = PostgresRecorder(db)
-    writer = recorder.open_writer(run_id, notary=signing.notary(recorder, str(tmp_path / "forger")))
-    try:
-        writer.append("run", run_id, ev.RunInterrupted(reason="SIGTERM"))
-        writer.commit(wait=True)
-    finally:
-        writer.close()
-    assert EVENT_MACHINE["RunInterrupted"] == "run"
+    run_id = _completed(db, tmp_path)
+    _append_as_writer(db, run_id, [ev.RunInterrupted(reason="SIGTERM")], tmp_path / "forger")
     with db.connect() as conn:
         conn.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = %s", (run_id,))
     err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
