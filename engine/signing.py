@@ -52,6 +52,13 @@ def signer(home: str | os.PathLike[str] | None, key: str | None = None, base: Pa
     return load_named_signer(named[0]) if named else default_signer(elspeth_home(home))
 
 
+def existing_signer(home: str | os.PathLike[str] | None) -> Signer | None:
+    """The key `ELSPETH_SIGNING_KEY` names, else the home's own when it has one; none is made
+    here (`purge` signs with it what it erases: a new key would vouch for nothing anyone holds)."""
+    named = named_key(None, None)
+    return load_named_signer(named[0]) if named else existing_default_signer(elspeth_home(home))
+
+
 def verifier(
     home: str | os.PathLike[str] | None,
     public_key: str | None = None,

@@ -28,8 +28,10 @@ from landscape.checkpoint import run_origin
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import lineage
-from landscape.note import NoteError, Verifier, parse_note
+from landscape.note import NoteError, Signer, Verifier, parse_note
 from landscape.postgres import PostgresRecorder, run_ids_in
+from landscape.records import Erasure
+from landscape.seal import sign
 from landscape.verify import checkpoint_of, row_hashes
 from statecharts.machines import RUN_FINAL, RUN_STATUS_AFTER
 
@@ -259,10 +261,11 @@ def _signs_the_end(note: str | None, size: int, verifier: Verifier | None, origi
     return checkpoint_of(note, size, key, origin) is not None
 
 
-def erase(db: Database, plan: Plan, reason: str) -> int:
-    """Record and delete: a request in one transaction, retention in one per run. Returns the
-    number of payloads erased. The records' time and role are the database's (a trigger sets
-    them: migration 0009)."""
+def erase(db: Database, plan: Plan, reason: str, *, signer: Signer) -> int:
+    """Record, seal and delete: a request in one transaction, retention in one per run. Returns
+    the number of payloads erased. The records' time and role are the database's (a trigger sets
+    them: migration 0009), read first in the same transaction, so that the seal `signer` signs
+    over each run's records (`landscape.seal`) holds exactly what the store then keeps."""
     if not reason.strip():
         raise ErasureRefused("an erasure needs a reason (--reason TEXT): it is recorded for good")
 
@@ -277,11 +280,12 @@ def erase(db: Database, plan: Plan, reason: str) -> int:
         return reason
 
     try:
+        store_id = PostgresRecorder(db).store_id()
         if plan.kind == "retention":
             cutoff = plan.cutoff
             assert cutoff is not None  # (plan_retention sets it)
-            return sum(_erase_run(db, run, cutoff, why(run)) for run in plan.counts)
-        return _erase_payloads(db, plan, why)
+            return sum(_erase_run(db, run, cutoff, why(run), _Sealer(signer, store_id)) for run in plan.counts)
+        return _erase_payloads(db, plan, why, _Sealer(signer, store_id))
     except PermissionDenied as e:
         # The writer may neither record erasures nor delete payloads (by design: see the roles):
         # the connection, not the store, is what is wrong.
@@ -291,28 +295,86 @@ def erase(db: Database, plan: Plan, reason: str) -> int:
         ) from e
 
 
-def _erase_run(db: Database, run: str, cutoff: datetime, reason: str) -> int:
-    """A run's payloads written before `cutoff`, deleted and recorded by the server in one
-    statement (one snapshot: a payload it did not delete gets no record)."""
+class _Sealer:
+    """Writes the erasure records of one transaction with their seals (`landscape.seal`): one
+    per run, signed over the records' digests. A record without a run (retention of a payload
+    kept before payloads had one, migration 0007) has no origin to be sealed under: it is
+    written unsealed, and a verifier says so."""
+
+    def __init__(self, signer: Signer, store_id: str) -> None:
+        self.signer, self.store_id = signer, store_id
+
+    def write(self, conn: Connection, records: list[Erasure]) -> None:
+        by_run: dict[str | None, list[Erasure]] = {}
+        for r in records:
+            by_run.setdefault(r.run_id, []).append(r)
+        seal_of_run: dict[str | None, int | None] = {None: None}
+        for run, group in by_run.items():
+            if run is not None:
+                note = sign(self.signer, run_origin(self.store_id, run), [r.digest() for r in group])
+                found = conn.execute(
+                    "INSERT INTO erasure_seals (run_id, note) VALUES (%s, %s) RETURNING id", (run, note)
+                ).fetchone()
+                assert found is not None
+                seal_of_run[run] = found[0]
+        # One statement, however many (a retention of a long run: hundreds of thousands). The
+        # trigger of migration 0009 sets erased_at and erased_by; both are what `_stamp` read in
+        # this transaction, so the digests signed are those of the records stored.
+        conn.execute(
+            "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at, seal_id) "
+            "SELECT h, r, i, k, w, now(), s FROM unnest(%s::bytea[], %s::text[], %s::bigint[], %s::text[], "
+            "%s::text[], %s::bigint[]) AS u(h, r, i, k, w, s)",
+            (
+                [bytes.fromhex(r.hash) for r in records],
+                [r.run_id for r in records],
+                [r.row_index for r in records],
+                [r.kind for r in records],
+                [r.reason for r in records],
+                [seal_of_run[r.run_id] for r in records],
+            ),
+        )
+
+
+def _stamp(conn: Connection) -> tuple[datetime, str]:
+    """The time and role the erasure trigger will stamp on this transaction's records."""
+    found = conn.execute("SELECT now(), current_user").fetchone()
+    assert found is not None
+    return found[0], found[1]
+
+
+def _erase_run(db: Database, run: str, cutoff: datetime, reason: str, sealer: _Sealer) -> int:
+    """A run's payloads written before `cutoff`: recorded, sealed and deleted in one transaction.
+    They are locked as they are read, so a second purge at the same time erases none of them twice."""
     with driver_errors(f"erasing row data of run {run or '(none)'}"), db.connect() as conn:
-        erased = conn.execute(
-            "WITH gone AS (DELETE FROM payloads WHERE run_id = %s AND recorded_at < %s RETURNING hash, run_id) "
-            "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) "
-            "SELECT hash, NULLIF(run_id, ''), NULL, 'retention', %s, now() FROM gone",
-            (run, cutoff, reason),
-        ).rowcount
+        at, by = _stamp(conn)
+        hashes = [
+            bytes(r[0])
+            for r in conn.execute(
+                "SELECT hash FROM payloads WHERE run_id = %s AND recorded_at < %s ORDER BY hash FOR UPDATE",
+                (run, cutoff),
+            )
+        ]
+        if not hashes:
+            conn.commit()
+            return 0
+        sealer.write(conn, [
+            Erasure(hash=h.hex(), run_id=run or None, row_index=None, kind="retention", reason=reason, erased_at=at,
+                    erased_by=by) for h in hashes
+        ])  # fmt: skip
+        erased = conn.execute("DELETE FROM payloads WHERE run_id = %s AND hash = ANY(%s)", (run, hashes)).rowcount
         conn.commit()
     return erased
 
 
-def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str]) -> int:
+def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str], sealer: _Sealer) -> int:
     hashes = sorted(plan.payloads)
     with driver_errors("erasing row data"), db.connect() as conn:
+        at, by = _stamp(conn)
+        sealer.write(conn, [
+            Erasure(hash=h, run_id=plan.payloads[h][0], row_index=plan.payloads[h][1], kind=plan.kind,
+                    reason=why(plan.payloads[h][0]), erased_at=at, erased_by=by) for h in hashes
+        ])  # fmt: skip
         with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at) VALUES (%s,%s,%s,%s,%s,now())",
-                [(bytes.fromhex(h), *plan.payloads[h], plan.kind, why(plan.payloads[h][0])) for h in hashes],
-            )
             # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
             cur.execute(
                 "DELETE FROM payloads AS p USING unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "

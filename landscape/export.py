@@ -21,7 +21,6 @@ where it stands and a missing one is named by its line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
@@ -37,7 +36,7 @@ from landscape.merkle import ProofError, consistency_proof, inclusion_proofs, le
 from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
-from landscape.records import Erasure, StoredEvent
+from landscape.records import Erasure, StoredEvent, record_digest
 from landscape.verify import check_chain, payload_matches, row_hashes
 from statecharts import events as ev
 from statecharts.errors import StatechartError
@@ -138,12 +137,11 @@ class ErasedRecord(_Record, tag="erased", frozen=True):
 
     @classmethod
     def of(cls, e: Erasure) -> ErasedRecord:
-        fields = (e.hash, e.run_id, e.row_index, e.kind, e.reason, e.erased_at.isoformat(), e.erased_by)
-        return cls(*fields, digest=_digest(fields))
+        return cls(*e.fields(), digest=e.digest().hex())
 
     def digest_matches(self) -> bool:
         fields = (self.hash, self.run_id, self.row_index, self.kind, self.reason, self.erased_at, self.erased_by)
-        return _digest(fields) == self.digest
+        return record_digest(fields).hex() == self.digest
 
     def problem(self, run_id: str) -> str | None:
         """What makes this no erasure record of a payload of run `run_id`, if anything (its
@@ -173,10 +171,6 @@ Record = Header | CheckpointRecord | EventRecord | PayloadRecord | ErasedRecord 
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Record)
-
-
-def _digest(fields: tuple[object, ...]) -> str:
-    return hashlib.sha256(_encoder.encode(fields)).hexdigest()
 
 
 def encode(record: Record) -> bytes:

@@ -33,7 +33,7 @@ from landscape.db import Database, driver_errors
 from landscape.errors import StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed
-from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent, us_to_datetime
+from landscape.records import Erasure, GlobalEvent, Payload, Sealed, StoredEvent, us_to_datetime
 from landscape.role_names import Role
 from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, RunCreated, encode_event
@@ -596,13 +596,40 @@ class PostgresRecorder:
             for i in range(0, len(wanted), 10_000):
                 chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
                 for r in conn.execute(
-                    "SELECT hash, run_id, row_index, kind, reason, erased_at, erased_by FROM erasures "
-                    "WHERE hash = ANY(%s) AND (run_id = %s OR run_id IS NULL) ORDER BY run_id IS NULL, id",
+                    "SELECT hash, run_id, row_index, kind, reason, erased_at, erased_by, seal_id FROM erasures "
+                    "WHERE hash = ANY(%s) AND (run_id = %s OR run_id IS NULL) "
+                    "ORDER BY run_id IS NULL, seal_id IS NULL, id",
                     (chunk, run_id),
                 ):
                     h = bytes(r[0]).hex()
                     out.setdefault(h, Erasure(hash=h, run_id=r[1], row_index=r[2], kind=r[3], reason=r[4],
-                                              erased_at=r[5], erased_by=r[6]))  # fmt: skip
+                                              erased_at=r[5], erased_by=r[6], seal_id=r[7]))  # fmt: skip
+        return out
+
+    def erasure_seals(self, ids: Iterable[int]) -> dict[int, Sealed]:
+        """Each of these seals (`landscape.seal`): its run, its note and the digests of every
+        record that names it, however many (streamed: a retention of a long run seals hundreds of
+        thousands)."""
+        wanted = sorted(set(ids))
+        out: dict[int, Sealed] = {}
+        if not wanted:
+            return out
+        with driver_errors("reading erasure seals"), self.db.connect() as conn:
+            for seal_id, run, note in conn.execute(
+                "SELECT id, run_id, note FROM erasure_seals WHERE id = ANY(%s)", (wanted,)
+            ):
+                out[seal_id] = Sealed(run, note, [])
+            with conn.cursor(name=f"seals_{os.getpid()}") as cur:
+                cur.itersize = 10_000
+                cur.execute(
+                    "SELECT seal_id, hash, run_id, row_index, kind, reason, erased_at, erased_by FROM erasures "
+                    "WHERE seal_id = ANY(%s)",
+                    (list(out),),
+                )
+                for r in cur:
+                    record = Erasure(hash=bytes(r[1]).hex(), run_id=r[2], row_index=r[3], kind=r[4], reason=r[5],
+                                     erased_at=r[6], erased_by=r[7])  # fmt: skip
+                    out[r[0]].digests.append(record.digest())
         return out
 
     def reinstated(self, run_id: str) -> int:

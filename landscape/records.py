@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -77,6 +78,31 @@ class Erasure(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     erased_at: datetime
     erased_by: str
+    seal_id: int | None = None  # the signed note over it (`landscape.seal`); None before migration 0012
+
+    def fields(self) -> tuple[str, str | None, int | None, str, str, str, str]:
+        """Its fields as an export writes them: the time in ISO 8601, in UTC (whatever time zone
+        the database session reads it in)."""
+        at = self.erased_at.astimezone(UTC).isoformat()
+        return (self.hash, self.run_id, self.row_index, self.kind, self.reason, at, self.erased_by)
+
+    def digest(self) -> bytes:
+        return record_digest(self.fields())
 
     def describe(self) -> str:
         return f"erased on {self.erased_at:%Y-%m-%d} ({self.reason})"
+
+
+class Sealed(NamedTuple):
+    """A seal as the store holds it (`landscape.seal`): its run, its signed note, and the digest
+    of each record that names it."""
+
+    run_id: str
+    note: str
+    digests: list[bytes]
+
+
+def record_digest(fields: tuple[object, ...]) -> bytes:
+    """SHA-256 of an erasure record's fields (`Erasure.fields`) as one JSON array: what an export's
+    `erased` line carries (in hex) and a seal's tree has as a leaf."""
+    return hashlib.sha256(msgspec.json.encode(fields)).digest()

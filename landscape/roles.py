@@ -61,6 +61,7 @@ TABLES: dict[str, Kind] = {
     # writer that could add records could explain away a payload it never stored, or put its
     # own words on another run's erasure.
     "erasures": Kind.ERASURES,
+    "erasure_seals": Kind.ERASURES,  # purge's signed notes over its records (landscape/seal.py)
     "payloads": Kind.ROW_DATA,
     "alembic_version": Kind.SCHEMA,
     "store_meta": Kind.SCHEMA,

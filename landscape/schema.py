@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -83,9 +84,24 @@ erasures = Table(
     Column("reason", Text, nullable=False),
     Column("erased_at", DateTime(timezone=True), nullable=False),
     Column("erased_by", Text, nullable=False, server_default=text("CURRENT_USER")),
+    # The signed note over this record and the others `purge` wrote with it (None before 0012).
+    Column("seal_id", BigInteger, ForeignKey("erasure_seals.id")),
 )
 Index("erasures_hash", erasures.c.hash)
 Index("erasures_run", erasures.c.run_id)
+Index("erasures_seal", erasures.c.seal_id)
+
+# Append-only: one signed note per run and `purge` over the erasure records it wrote (0012;
+# landscape/seal.py).
+erasure_seals = Table(
+    "erasure_seals",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+Index("erasure_seals_run", erasure_seals.c.run_id)
 
 # Facts about this store; `store_id` names it in every checkpoint's origin (0005).
 store_meta = Table(

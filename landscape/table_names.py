@@ -24,7 +24,16 @@ PROJECTION_TABLE_NAMES = (
 
 # Every table of the store (alembic's own bookkeeping table included).
 STORE_TABLE_NAMES = frozenset(
-    {*PROJECTION_TABLE_NAMES, "events", "payloads", "erasures", "checkpoints", "store_meta", "alembic_version"}
+    {
+        *PROJECTION_TABLE_NAMES,
+        "events",
+        "payloads",
+        "erasures",
+        "erasure_seals",
+        "checkpoints",
+        "store_meta",
+        "alembic_version",
+    }
 )
 
 # Tables of the store that are not in schema.py: the 16 hash partitions of each partitioned

@@ -452,17 +452,25 @@ def payload_matches(hash_hex: str, payload: Payload) -> bool:
 
 
 def verify_payloads(
-    referenced: Mapping[str, int], supplied: Mapping[str, Payload], *, explained: Mapping[str, str] | None = None
+    referenced: Mapping[str, int],
+    supplied: Mapping[str, Payload],
+    *,
+    explained: Mapping[str, str] | None = None,
+    unsigned: Mapping[str, str] | None = None,
 ) -> Finding | None:
     """Every referenced row payload is supplied and matches its hash, or a recorded erasure
-    explains its absence (`explained`: hash -> why). The finding names the lowest seq."""
+    explains its absence (`explained`: hash -> why). `unsigned`: hash -> why the erasure record of
+    a payload does not explain it (`landscape.seal.unsealed`). The finding names the lowest seq."""
     bad: Finding | None = None
     for h, seq in referenced.items():
         data = supplied.get(h)
         if data is None:
             if explained is not None and h in explained:
                 continue
-            why = f"row payload {h} it references is missing from the payloads"
+            if unsigned is not None and h in unsigned:
+                why = f"row payload {h} it references is gone, and its erasure record does not count: {unsigned[h]}"
+            else:
+                why = f"row payload {h} it references is missing from the payloads"
         elif not payload_matches(h, data):
             why = f"row payload {h} it references was altered in the payloads"
         else:

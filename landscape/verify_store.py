@@ -31,6 +31,7 @@ from landscape.child import die_with
 from landscape.notary import Witnessed
 from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
+from landscape.seal import unsealed
 from landscape.verify import (
     CONFIRM_AT,
     ChainCheck,
@@ -172,8 +173,12 @@ def verify_run(
         present = recorder.payloads(run_id, left)
         absent = [h for h in left if h not in present]
         verified.erased = recorder.erasures(run_id, absent) if absent else {}
-        explained = {h: e.describe() for h, e in verified.erased.items()}
-        bad = verify_payloads(left, present, explained=explained)
+        # An erasure record explains a payload's absence only when it is signed (its seal's
+        # note verifies with the key, and holds exactly the records that name it).
+        seals = recorder.erasure_seals(e.seal_id for e in verified.erased.values() if e.seal_id is not None)
+        unsigned = unsealed(verified.erased, seals, verifier, recorder.store_id()) if verified.erased else {}
+        explained = {h: e.describe() for h, e in verified.erased.items() if h not in unsigned}
+        bad = verify_payloads(left, present, explained=explained, unsigned=unsigned)
     if bad is not None:
         verified.bad = bad
         verified.raise_if_bad()

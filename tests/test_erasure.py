@@ -18,11 +18,13 @@ from engine.cli.purge import parse_duration
 from landscape.canonical import commit_row, encode_row
 from landscape.db import Database
 from landscape.erasure import erase, plan_retention
+from landscape.note import Signer
 from landscape.postgres import PostgresRecorder
 from statecharts import events as ev
 from tests.test_cli import ROOT, elspeth, one_line_error
 
 SECRET = "Quentin Zebulon-Marsh"  # a customer name written into the example's row 3
+SIGNER = Signer.generate("erasure-test")  # signs what the tests erase without the CLI
 
 
 def _all_text(db: Database) -> list[tuple[str, bytes]]:
@@ -198,7 +200,7 @@ def test_retention_removes_exactly_the_payloads_older_than_the_cutoff(db: Databa
     plan = plan_retention(db, cutoff)
     # Counted per run, not listed: the server finds the payloads as it erases them.
     assert not plan.payloads and plan.size == sum(day < cut for day in days)
-    assert erase(db, plan, "retention policy 60d") == plan.size
+    assert erase(db, plan, "retention policy 60d", signer=SIGNER) == plan.size
     left = {h for run in runs for h in recorder.payloads(run, written)}
     assert left == {h for h, day in written.items() if day >= cut}
 
@@ -304,7 +306,7 @@ def test_purge_as_the_writer_says_it_runs_as_the_owner(db: Database, fork_run: t
     writer = db.as_role(Role.WRITER)
     plan = plan_rows(writer, run_id, [3], verifier=signing.verifier(str(work / ".elspeth")))
     with pytest.raises(PermissionDenied, match=r"purge runs as the owner of the tables .* --database URL"):
-        erase(writer, plan, "ticket 1")
+        erase(writer, plan, "ticket 1", signer=SIGNER)
 
 
 def test_explain_replay_and_export_take_the_runs_own_erasure_record(db: Database, fork_run: tuple[Path, str]) -> None:

@@ -20,6 +20,7 @@ from engine.plugins import registry
 from engine.plugins.protocol import PluginSpec, Row
 from landscape.db import Database
 from landscape.erasure import erase, plan_rows
+from landscape.note import Signer
 from tests.engine_harness import run
 from tests.test_hostile_sinks import sink_db as sink_db  # the fixture: a database of its own for a sink
 
@@ -120,7 +121,7 @@ def run_hostile(db: Database, tmp_path: Path, mode: str, rows: list[dict[str, An
 
 def purge(db: Database, run_id: str, rows: list[int]) -> None:
     # force: a failed run can still be resumed, and these tests erase from one on purpose
-    erase(db, plan_rows(db, run_id, rows, force=True), "GDPR art. 17 request")
+    erase(db, plan_rows(db, run_id, rows, force=True), "GDPR art. 17 request", signer=Signer.generate("test"))
 
 
 @pytest.mark.parametrize(("mode", "tag"), [("flexible", 1), ("fixed", 2)])

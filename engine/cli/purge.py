@@ -72,6 +72,20 @@ def purge_cmd(
     # The key that checks the checkpoint at each log's end: a run's data goes as a final run's only
     # under its signature (see `run_statuses`). A public key is enough to check it.
     key = signing.verifier(home_from_ctx(ctx), public_key)
+    # The key that signs the erasure records (`landscape.seal`): a verifier holding the runs' key
+    # counts an erasure only under its signature.
+    signer = None if dry_run else signing.existing_signer(home_from_ctx(ctx))
+    if not dry_run and signer is None:
+        raise click.ClickException(
+            "purge signs the erasure records it writes with the key that signs the runs' checkpoints, and there is "
+            "none here: set ELSPETH_SIGNING_KEY to that .key file, or use the ELSPETH home the runs were written from"
+        )
+    if signer is not None and key is not None and signer.verifier.text() != key.text():
+        raise click.ClickException(
+            f"the erasure records would be signed by {signer.verifier.label}, but the runs' checkpoints are checked "
+            f"with {key.label} (--public-key): a verifier holding that key would not count them; set "
+            "ELSPETH_SIGNING_KEY to its .key file"
+        )
     # As the owner: only it may delete payloads and write erasure records (the writer may not).
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         if age is not None:
@@ -82,7 +96,8 @@ def purge_cmd(
             click.echo(line)
         if dry_run or not plan.size:
             return
-        erased = erase(db, plan, reason or "")
+        assert signer is not None  # (not a dry run)
+        erased = erase(db, plan, reason or "", signer=signer)
         click.echo(f"erased {erased} payload(s); the events and every proof are unchanged")
         if vacuum_payloads(db):
             click.echo(

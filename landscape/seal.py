@@ -1,0 +1,141 @@
+"""Signed erasures: the note `elspeth purge` signs over the erasure records it writes.
+
+An erasure record explains why a payload the log references is gone. Unsigned, it is the word
+of whoever could write to the store: someone with the owner's rights (or a superuser's) could
+delete a payload and write a record explaining it, and no verifier could tell. So `purge` signs,
+with the key that signs the runs' checkpoints, in the transaction that records and deletes, one
+note for each run it erases from: a *seal* over the records it writes there.
+
+What is signed is the Merkle tree (RFC 6962 hashing, `landscape.merkle`) whose leaves are the
+records' digests (`Erasure.digest`: every field of a record, its time and role included), in
+ascending byte order. The note text is exactly
+
+    elspeth erasures\\n<the run's origin>\\n<number of records>\\n<base64 of the tree's root>\\n
+
+Its first line makes it no checkpoint (a checkpoint's first line is an origin, which has no
+space), and a checkpoint no seal. A tree rather than a list lets one record be proved with its
+audit path (a proof bundle), while an export lists every digest of a seal once.
+
+A record counts as signed when a seal of its run holds its digest and the seal's note verifies
+with the key the verifier was given. Changing, adding or removing any record of a seal changes
+its root: then none of its records counts as signed (the verifier cannot tell which was changed).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from landscape.checkpoint import CheckpointError, run_origin
+from landscape.merkle import HASH_SIZE, leaf_hash
+from landscape.merkle import root as merkle_root
+from landscape.note import NoteError, Signer, Verifier, b64decode_strict, open_note, parse_note
+from landscape.records import Erasure, Sealed
+
+HEAD = "elspeth erasures"
+_COUNT = re.compile(r"[1-9][0-9]*")
+
+
+@dataclass(frozen=True)
+class Seal:
+    """A claim, once signed, that run `origin` had exactly these `size` erasure records written
+    together, their digests' tree having root `root`."""
+
+    origin: str
+    size: int
+    root: bytes
+
+    def text(self) -> str:
+        return f"{HEAD}\n{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
+
+
+def leaves(digests: Iterable[bytes]) -> list[bytes]:
+    """The leaf hashes of a seal's tree: of the digests, in ascending order."""
+    return [leaf_hash(d) for d in sorted(digests)]
+
+
+def seal_of(origin: str, digests: Collection[bytes]) -> Seal:
+    """The seal of these record digests (distinct: `purge` writes one record per payload)."""
+    if not digests:
+        raise ValueError("a seal is of one record or more")
+    return Seal(origin, len(digests), merkle_root(leaves(digests)))
+
+
+def sign(signer: Signer, origin: str, digests: Collection[bytes]) -> str:
+    return signer.sign(seal_of(origin, digests).text())
+
+
+def parse_seal(text: str) -> Seal:
+    lines = text.split("\n")
+    if len(lines) != 5 or lines[0] != HEAD or lines[4] != "":
+        raise CheckpointError(f"a seal's text is {HEAD!r}, an origin, a count and a root, each on its line")
+    _head, origin, count, root, _end = lines
+    if not _COUNT.fullmatch(count):
+        raise CheckpointError(f"a seal's count {count!r} is not a positive decimal number without leading zeros")
+    raw = b64decode_strict(root, "seal root hash")
+    if len(raw) != HASH_SIZE:
+        raise CheckpointError(f"a root hash is {HASH_SIZE} bytes, not {len(raw)}")
+    return Seal(origin, int(count), raw)
+
+
+def open_seal(note: str, verifier: Verifier | None, origin: str) -> Seal:
+    """The seal a note holds, of `origin`, once `verifier`'s signature verifies (with no key, its
+    form only: it proves nothing then). NoteError saying why not."""
+    text = open_note(note, verifier).text if verifier is not None else parse_note(note).text
+    seal = parse_seal(text)
+    if seal.origin != origin:
+        raise CheckpointError(f"the seal is of {seal.origin!r}, not {origin!r}")
+    return seal
+
+
+def why_not_sealed(note: str, digests: Collection[bytes], verifier: Verifier | None, origin: str) -> str | None:
+    """None when `note` is a seal of `origin` over exactly these record digests (signed by
+    `verifier`, when given); else why not, as a phrase about the seal."""
+    try:
+        seal = open_seal(note, verifier, origin)
+    except NoteError as e:
+        return f"its seal does not verify: {e}"
+    if seal.size != len(digests) or merkle_root(leaves(digests)) != seal.root:
+        return (
+            f"its seal signs {seal.size} record(s) that are not the {len(digests)} the store holds under it: "
+            "records of that seal were changed, added or removed"
+        )
+    return None
+
+
+def unsealed(
+    erased: Mapping[str, Erasure], seals: Mapping[int, Sealed], verifier: Verifier | None, store_id: str
+) -> dict[str, str]:
+    """Of these erasure records (payload name -> its record, read from the store), those that do
+    not count as signed, each with why (a phrase about the record). With no key, a record that
+    names no seal counts as the store's word, as before seals; one whose seal is broken does not."""
+    checked: dict[int, str | None] = {}
+    out: dict[str, str] = {}
+    for h, e in erased.items():
+        why: str | None
+        if e.seal_id is None:
+            if verifier is None:
+                continue
+            why = (
+                "it names no run, so no seal (a retention of a payload kept before payloads had a run)"
+                if e.run_id is None
+                else "it is signed by nothing: written before `purge` signed its records (migration 0012), or by "
+                "someone who could write to the store but not sign"
+            )
+        else:
+            if e.seal_id not in checked:
+                checked[e.seal_id] = _why_not(e, seals.get(e.seal_id), verifier, store_id)
+            why = checked[e.seal_id]
+        if why is not None:
+            out[h] = why
+    return out
+
+
+def _why_not(e: Erasure, sealed: Sealed | None, verifier: Verifier | None, store_id: str) -> str | None:
+    if sealed is None or e.run_id is None:
+        return "the seal it names is not in the store"
+    if sealed.run_id != e.run_id:
+        return f"the seal it names is of run {sealed.run_id}"
+    return why_not_sealed(sealed.note, sealed.digests, verifier, run_origin(store_id, e.run_id))
