@@ -33,12 +33,15 @@ from landscape.export import (
     PayloadRecord,
     ProofBundle,
     Record,
+    SealProof,
+    SealRecord,
     decode_bundle,
     read_records,
 )
 from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
 from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
+from landscape.seal import open_seal, why_not_sealed
 from landscape.verify import check_body, events_span, payload_matches, row_hashes, verify_events
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -148,6 +151,11 @@ class _ExportCheck:
         self.leaves = bytearray()
         self.counts = {"events": 0, "payloads": 0, "erased": 0}
         self.end: tuple[int, End] | None = None
+        # Erasure records: digest -> (line, payload), until a seal line proves them; the seals'
+        # digests proved so far (`landscape.seal`).
+        self.unsealed: dict[bytes, tuple[int, str]] = {}
+        self.sealed: set[bytes] = set()
+        self.seals = 0
 
     def fail(self, line: int, why: str) -> AuditFailure:
         return AuditFailure(f"{self.path}, line {line}: {why}")
@@ -185,6 +193,14 @@ class _ExportCheck:
                 f"{events_span(final, verified.events - 1)} not covered by any signed checkpoint "
                 f"(the newest, line {final_line}, covers {final})",
             )
+        for digest, (line, h) in self.unsealed.items():
+            if digest not in self.sealed:
+                raise self.fail(
+                    line,
+                    f"the erasure record of {h} is signed by no seal of {self.key.label} in the export: it does not "
+                    "explain why the payload is gone (a record written before purge signed its records, or by someone "
+                    "who could write to the store but not sign)",
+                )
         extends = self._check_kept(final, final_root) if self.kept is not None else None
         return ExportReport(
             run_id=header.run_id, key=self.key.label, events=verified.events, root=final_root,
@@ -239,6 +255,8 @@ class _ExportCheck:
         stream = records if pending is None else _prepend(pending, records)
         for number, record in stream:
             if isinstance(record, EventRecord):
+                if self.seals:
+                    raise self.fail(number, "an event after a seal record (the seals come after the last event)")
                 self._expect_nothing_more(number)
                 self.event_line, self.event_seq = number, record.seq
                 self.counts["events"] += 1
@@ -249,6 +267,9 @@ class _ExportCheck:
                 self._check_payload(number, record)
             elif isinstance(record, ErasedRecord):
                 self._check_erased(number, record)
+            elif isinstance(record, SealRecord):
+                self._expect_nothing_more(number)
+                self._check_seal(number, record)
             elif isinstance(record, End):
                 self._expect_nothing_more(number)
                 self._check_end(number, record)
@@ -303,7 +324,19 @@ class _ExportCheck:
         if why is not None:
             raise self.fail(number, why)
         self._take(number, record.hash, "erasure")
+        self.unsealed.setdefault(bytes.fromhex(record.digest), (number, record.hash))
         self.counts["erased"] += 1
+
+    def _check_seal(self, number: int, record: SealRecord) -> None:
+        assert self.header is not None
+        digests = [bytes.fromhex(d) for d in record.digests]
+        if record.digests != sorted(set(record.digests)):
+            raise self.fail(number, "a seal's digests are listed each once, in ascending order")
+        why = why_not_sealed(record.note, digests, self.key, self.header.origin)
+        if why is not None:
+            raise self.fail(number, f"this seal of erasure records does not count: {why.removeprefix('its seal ')}")
+        self.sealed.update(digests)
+        self.seals += 1
 
     def _take(self, number: int, h: str, what: str) -> None:
         """`h` must be the next payload the last event referenced first (without payloads, any
@@ -322,7 +355,7 @@ class _ExportCheck:
         raise self.fail(number, f"{record}, which is not the next row payload {where} references first")
 
     def _check_end(self, number: int, end: End) -> None:
-        found = {**self.counts, "checkpoints": len(self.checkpoints)}
+        found = {**self.counts, "checkpoints": len(self.checkpoints), "seals": self.seals}
         for name, value in found.items():
             said = getattr(end, name)
             if said != value:
@@ -517,6 +550,17 @@ class _ProofCheck:
                 raise self.fail(f"event seq {stored.seq} is not of a token of row {row + 1}'s lineage")
         return f"row {row + 1} ({len(tokens)} token(s))"
 
+    def _check_sealed(self, record: ErasedRecord, sealed: SealProof) -> None:
+        """The record is one that a seal signed by the key holds: its audit path in the seal's tree."""
+        try:
+            seal = open_seal(sealed.note, self.key, self.bundle.origin)
+            verify_inclusion(sealed.index, seal.size, leaf_hash(bytes.fromhex(record.digest)),
+                             [bytes.fromhex(p) for p in sealed.proof], seal.root)  # fmt: skip
+        except (NoteError, ProofError) as e:
+            raise self.fail(
+                f"the erasure record of {record.hash} is signed by no seal of {self.key.label}: {e}"
+            ) from None
+
     def _check_payloads(self, events: list[tuple[StoredEvent, ev.EventBase]]) -> tuple[int, int]:
         b = self.bundle
         referenced = {h: stored.seq for stored, event in reversed(events) for h in row_hashes(event)}
@@ -530,12 +574,16 @@ class _ProofCheck:
         both = sorted(supplied.keys() & erased.keys())
         if both:  # (as an export's reader refuses the pair: it would count as held and as erased)
             raise self.fail(f"row payload {both[0]} is in the bundle both as data and as erased")
+        seals = {p.digest: p for p in b.seals}
+        if len(seals) != len(b.seals) or seals.keys() != {r.digest for r in b.erased}:
+            raise self.fail("the bundle holds one seal proof for each erasure record, and no other")
         for r in b.erased:
             if not r.digest_matches():
                 raise self.fail(f"the erasure record of {r.hash} was changed (its digest does not match)")
             why = r.problem(b.run_id)
             if why is not None:
                 raise self.fail(why)
+            self._check_sealed(r, seals[r.digest])
         if not b.payloads_included:
             if b.payloads:
                 raise self.fail("payloads in a bundle made without payloads")

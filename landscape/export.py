@@ -21,6 +21,7 @@ where it stands and a missing one is named by its line.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
@@ -32,17 +33,25 @@ import msgspec
 
 from landscape.checkpoint import Checkpoint, parse_checkpoint
 from landscape.errors import LandscapeError
-from landscape.merkle import ProofError, consistency_proof, inclusion_proofs, leaf_hash, verify_consistency
+from landscape.merkle import (
+    ProofError,
+    consistency_proof,
+    inclusion_proof,
+    inclusion_proofs,
+    leaf_hash,
+    verify_consistency,
+)
 from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
 from landscape.records import Erasure, StoredEvent, record_digest
+from landscape.seal import leaves, why_not_sealed
 from landscape.verify import check_chain, payload_matches, row_hashes
 from statecharts import events as ev
 from statecharts.errors import StatechartError
 
-#: The format this ELSPETH writes and the newest it reads.
-FORMAT = 1
+#: The format this ELSPETH writes and the newest it reads. 2: the seals of the erasure records.
+FORMAT = 2
 EXPORT_TYPE = "elspeth-export"
 PROOF_TYPE = "elspeth-proof"
 
@@ -160,14 +169,24 @@ class ErasedRecord(_Record, tag="erased", frozen=True):
         return f"erased on {self.erased_at[:10]} ({self.kind}: {self.reason})"
 
 
+class SealRecord(_Record, tag="seal", frozen=True):
+    """A seal of the erasure records (`landscape.seal`): its signed note and the digest of every
+    record it was signed over, in ascending order, those of payloads this export does not hold
+    included (a verifier recomputes the root from them all)."""
+
+    note: str
+    digests: list[Hex32]
+
+
 class End(_Record, tag="end", frozen=True):
     events: Count
     payloads: Count
     erased: Count
     checkpoints: Count
+    seals: Count = 0  # (format 1 had none)
 
 
-Record = Header | CheckpointRecord | EventRecord | PayloadRecord | ErasedRecord | End
+Record = Header | CheckpointRecord | EventRecord | PayloadRecord | ErasedRecord | SealRecord | End
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Record)
@@ -317,6 +336,7 @@ def write_export(
     counts = [0, 0, 0]  # events, payloads, erased
     seen: set[str] = set()
     batch: list[StoredEvent] = []
+    sealed_by: dict[str, int | None] = {}  # erased payload -> the seal its record names
 
     def written(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
         nonlocal batch
@@ -324,7 +344,7 @@ def write_export(
             yield e  # (checked first: a bad one stops the chain check, and is not written)
             batch.append(e)
             if len(batch) >= chunk:
-                _write_chunk(recorder, batch, seen, out, payloads, counts)
+                _write_chunk(recorder, batch, seen, out, payloads, counts, sealed_by)
                 batch = []
 
     chain = check_chain(run_id, written(recorder.read_events(run_id, upto_seq=size - 1)), roots_at=[
@@ -334,7 +354,7 @@ def write_export(
             f"the store's log of run {run_id} does not verify at seq {chain.events} (its chain, or what an event "
             f"says it is): no export was written; see `elspeth replay {run_id} --check`"
         )
-    _write_chunk(recorder, batch, seen, out, payloads, counts)
+    _write_chunk(recorder, batch, seen, out, payloads, counts, sealed_by)
     events, n_payloads, erased = counts
     if events < size:
         # The store holds fewer events than its newest checkpoint signs: a tail (or more) was
@@ -349,8 +369,35 @@ def write_export(
                 f"the store's log of run {run_id} is not the one its signed checkpoint of {cp.size} events signs (its "
                 f"Merkle root differs): events were changed; no export was written; see `elspeth replay {run_id} --check`"
             )
-    out.write(_line(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints))))
+    seals = _write_seals(recorder, run_id, sealed_by, out, key, origin)
+    out.write(_line(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints), seals=seals)))
     return Written(events, n_payloads, erased, len(checkpoints), size)
+
+
+def _write_seals(
+    recorder: Recorder, run_id: str, sealed_by: dict[str, int | None], out: IO[bytes], key: Verifier, origin: str
+) -> int:
+    """The seal of each erasure record written, once each; ExportError for a record that would
+    not count as signed by `key` (`verify` would refuse the file)."""
+    stored = recorder.erasure_seals(i for i in sealed_by.values() if i is not None)
+    for h, seal_id in sealed_by.items():
+        found = stored.get(seal_id) if seal_id is not None else None
+        if found is None:
+            why = "is signed by nothing (written before purge signed its records, or by someone who could not sign)"
+        elif found.run_id != run_id:
+            why = f"names a seal of run {found.run_id}"
+        else:
+            problem = why_not_sealed(found.note, found.digests, key, origin)
+            why = f"does not count as signed: {problem}" if problem else ""
+        if why:
+            raise ExportError(
+                f"the erasure record of row payload {h} {why}; `verify` would not count it: no export was written; "
+                f"see `elspeth replay {run_id} --check`"
+            )
+    for seal_id in sorted(stored):
+        found = stored[seal_id]
+        out.write(_line(SealRecord(note=found.note, digests=sorted(d.hex() for d in found.digests))))
+    return len(stored)
 
 
 def _line(record: Record) -> bytes:
@@ -385,7 +432,13 @@ def first_references(events: Iterable[StoredEvent], seen: set[str]) -> Iterator[
 
 
 def _write_chunk(
-    recorder: Recorder, batch: list[StoredEvent], seen: set[str], out: IO[bytes], payloads: bool, counts: list[int]
+    recorder: Recorder,
+    batch: list[StoredEvent],
+    seen: set[str],
+    out: IO[bytes],
+    payloads: bool,
+    counts: list[int],
+    sealed_by: dict[str, int | None],
 ) -> None:
     firsts = list(first_references(batch, seen))
     wanted = [h for _e, new in firsts for h in new]
@@ -408,6 +461,7 @@ def _write_chunk(
                 counts[1] += 1
             elif h in erasures:
                 out.write(_line(ErasedRecord.of(erasures[h])))
+                sealed_by[h] = erasures[h].seal_id
                 counts[2] += 1
             elif payloads:
                 raise ExportError(
@@ -434,6 +488,16 @@ class Extension(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 # omit_defaults: a bundle made without a kept checkpoint reads as it did before `extends` existed.
+class SealProof(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """That an erasure record (by its digest) is one a seal signs: the seal's note and the
+    record's audit path in the seal's tree (`landscape.seal`), leaf side first."""
+
+    digest: Hex32
+    note: str
+    index: Count
+    proof: list[Hex32]
+
+
 class ProofBundle(_Record, tag=PROOF_TYPE, frozen=True, omit_defaults=True):
     format: int
     run_id: str
@@ -447,6 +511,7 @@ class ProofBundle(_Record, tag=PROOF_TYPE, frozen=True, omit_defaults=True):
     payloads: list[PayloadRecord]
     erased: list[ErasedRecord]
     extends: Extension | None = None  # `prove --checkpoint`
+    seals: list[SealProof] = []  # one per erased record (format 2)
 
 
 _bundle_decoder = msgspec.json.Decoder(ProofBundle)
@@ -543,14 +608,40 @@ def build_proof(
     present = recorder.payloads(run_id, hashes) if payloads else {}
     absent = [h for h in hashes if h not in present]
     erasures = recorder.erasures(run_id, absent) if absent else {}
+    erased = [erasures[h] for h in hashes if h in erasures]
     return ProofBundle(
         format=FORMAT, run_id=run_id, origin=origin, key=key.text(), seq=seq, row=row, checkpoint=newest.note,
         events=[ProvenEvent(EventRecord.of(e), [p.hex() for p in proofs[e.seq]]) for e in chosen],
         payloads_included=payloads,
         payloads=[PayloadRecord(hash=h, salt=present[h].salt, data=present[h].data) for h in hashes if h in present],
-        erased=[ErasedRecord.of(erasures[h]) for h in hashes if h in erasures],
-        extends=extends,
+        erased=[ErasedRecord.of(e) for e in erased], extends=extends,
+        seals=_seal_proofs(recorder, run_id, erased, key, origin),
     )  # fmt: skip
+
+
+def _seal_proofs(recorder: Recorder, run_id: str, erased: list[Erasure], key: Verifier, origin: str) -> list[SealProof]:
+    """Each erasure record's seal and audit path; ExportError for one that would not count as
+    signed by `key` (`verify` would refuse the bundle)."""
+    stored = recorder.erasure_seals(e.seal_id for e in erased if e.seal_id is not None)
+    proofs = []
+    for e in erased:
+        found = stored.get(e.seal_id) if e.seal_id is not None else None
+        if found is None:
+            problem: str | None = "it is signed by nothing"
+        elif found.run_id != run_id:
+            problem = f"its seal is of run {found.run_id}"
+        else:
+            problem = why_not_sealed(found.note, found.digests, key, origin)
+        if found is None or problem is not None:
+            raise ExportError(
+                f"the erasure record of row payload {e.hash} does not count as signed: {problem}; `verify` would not "
+                f"count it: no bundle was written; see `elspeth replay {run_id} --check`"
+            )
+        ordered = sorted(found.digests)
+        index = bisect.bisect_left(ordered, e.digest())
+        path = inclusion_proof(index, len(ordered), leaves(ordered))
+        proofs.append(SealProof(digest=e.digest().hex(), note=found.note, index=index, proof=[p.hex() for p in path]))
+    return proofs
 
 
 def _extension(kept: Checkpoint, origin: str, newest: Witnessed, leaves: list[bytes]) -> Extension:

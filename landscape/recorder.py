@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from landscape.notary import Witnessed
-from landscape.records import Erasure, GlobalEvent, Payload, StoredEvent
+from landscape.records import Erasure, GlobalEvent, Payload, Sealed, StoredEvent
 from statecharts.events import EventBase
 
 
@@ -45,6 +45,8 @@ class Recorder(Protocol):
     def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]: ...
 
     def erasures(self, run_id: str, hashes: Iterable[str]) -> dict[str, Erasure]: ...
+
+    def erasure_seals(self, ids: Iterable[int]) -> dict[int, Sealed]: ...
 
     def checkpoints(self, run_id: str) -> list[Witnessed]: ...
 

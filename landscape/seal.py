@@ -99,8 +99,8 @@ def why_not_sealed(note: str, digests: Collection[bytes], verifier: Verifier | N
         return f"its seal does not verify: {e}"
     if seal.size != len(digests) or merkle_root(leaves(digests)) != seal.root:
         return (
-            f"its seal signs {seal.size} record(s) that are not the {len(digests)} the store holds under it: "
-            "records of that seal were changed, added or removed"
+            f"its seal signs {seal.size} record(s), not these {len(digests)}: records under it were changed, added "
+            "or removed"
         )
     return None
 

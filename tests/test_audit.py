@@ -40,6 +40,7 @@ from landscape.export import (
     ProofBundle,
     ProvenEvent,
     Record,
+    SealRecord,
     build_proof,
     encode,
     encode_bundle,
@@ -51,7 +52,7 @@ from landscape.keys import load_signer, load_verifier
 from landscape.merkle import leaf_hash, root
 from landscape.notary import Witnessed
 from landscape.postgres import PostgresRecorder
-from landscape.records import StoredEvent
+from landscape.records import StoredEvent, record_digest
 from landscape.verify import ChainCheck
 from tests.engine_harness import write_csv
 from tests.test_cli import PIPELINE, ROOT, elspeth, one_line_error
@@ -317,7 +318,7 @@ def _written_with_end(path: Path, kept: list[Record]) -> Path:
     """`kept` written as an export, with an end record counting them (as a tamperer would)."""
     counts = {kind: sum(isinstance(r, t) for r in kept) for kind, t in
               (("events", EventRecord), ("payloads", PayloadRecord), ("erased", ErasedRecord),
-               ("checkpoints", CheckpointRecord))}  # fmt: skip
+               ("checkpoints", CheckpointRecord), ("seals", SealRecord))}  # fmt: skip
     path.write_bytes(b"".join(encode(r) + b"\n" for r in [*kept, End(**counts)]))
     return path
 
@@ -366,7 +367,7 @@ def test_bad_input_is_one_line(db: Database, fork: Exported, tmp_path: Path) -> 
     pub, key = str(fork.pub), fork.work / ".elspeth" / "keys" / "default.key"
     (tmp_path / "pem.pub").write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     newer = tmp_path / "newer.export"
-    newer.write_bytes(fork.file.read_bytes().replace(b'"format":1,', b'"format":2,', 1))
+    newer.write_bytes(fork.file.read_bytes().replace(b'"format":2,', b'"format":3,', 1))
     cut = tmp_path / "cut.export"
     cut.write_bytes(fork.file.read_bytes()[: fork.file.stat().st_size // 3])
     cases = [
@@ -374,7 +375,7 @@ def test_bad_input_is_one_line(db: Database, fork: Exported, tmp_path: Path) -> 
         ((str(fork.file), "--public-key", str(tmp_path)), "is a folder"),
         ((str(fork.file), "--public-key", str(key)), "private signing key"),
         ((str(fork.file), "--public-key", str(tmp_path / "pem.pub")), "PEM"),
-        ((str(newer), "--public-key", pub), "format 2, newer than this ELSPETH reads (1)"),
+        ((str(newer), "--public-key", pub), "format 3, newer than this ELSPETH reads (2)"),
         ((str(cut), "--public-key", pub), "cut short"),
         ((str(tmp_path / "none.export"), "--public-key", pub), "cannot read"),
         ((str(fork.file), "--public-key", pub, "--run", "run-other"), "not of run run-other"),
@@ -731,6 +732,8 @@ def test_an_export_cut_back_to_an_earlier_checkpoint_is_warned_about(fork: Expor
         if isinstance(r, EventRecord) and r.seq >= cut:
             break
         kept.append(r)
+    # The seals stay: they sign the erasure records of the events kept (and of some dropped).
+    kept += [r for r in records if isinstance(r, SealRecord)]
     path = _written_with_end(tmp_path / "cut_back.export", kept)
     proc = _verify(fork.work, str(path), "--public-key", str(fork.pub))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -777,7 +780,7 @@ def test_an_erasure_record_of_another_run_or_no_time_is_refused(fork: Exported, 
                           ({"erased_at": "not-a-date"}, "which is no time")):  # fmt: skip
         e = msgspec.structs.replace(genuine, **changes)
         fields = (e.hash, e.run_id, e.row_index, e.kind, e.reason, e.erased_at, e.erased_by)
-        forged = msgspec.structs.replace(e, digest=export_module._digest(fields))
+        forged = msgspec.structs.replace(e, digest=record_digest(fields).hex())
         assert forged.digest_matches()
         err = _refused(fork, tmp_path, [encode(r) + b"\n" for r in [*records[:at], forged, *records[at + 1 :]]])
         assert says in err, err
@@ -896,14 +899,14 @@ def test_a_bundle_holding_a_payload_and_an_erasure_record_of_it_is_refused(
 ) -> None:
     """It verified, counting the row both as held and as erased (auditor review); an export's
     reader refuses the pair already."""
-    from landscape.export import ErasedRecord, _digest
+    from landscape.export import ErasedRecord
 
     out = tmp_path / "row1.json"
     assert elspeth("prove", fork.run_id, "--row", "1", "-o", str(out), cwd=fork.work, db=db).returncode == 0
     bundle = json.loads(out.read_text())
     held = bundle["payloads"][0]["hash"]
     fields = (held, fork.run_id, 0, "request", "forged", "2026-01-01T00:00:00+00:00", "elspeth_owner")
-    record = ErasedRecord(*fields, digest=_digest(fields))
+    record = ErasedRecord(*fields, digest=record_digest(fields).hex())
     bundle["erased"].append({f: getattr(record, f) for f in record.__struct_fields__})
     out.write_text(json.dumps(bundle, indent=1))
     err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
