@@ -25,6 +25,7 @@ from landscape.notary import Witnessed
 from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent, us_to_datetime
+from landscape.seal import unsealed
 from landscape.verify import Observer, Verification, payload_matches
 from landscape.verify_store import verify_run
 from statecharts import events as ev
@@ -320,19 +321,29 @@ def source_rows(
     return roots, verified.events - 1
 
 
-def checked_payloads(recorder: PostgresRecorder, run_id: str, hashes: Iterable[str]) -> dict[str, Data]:
+def checked_payloads(
+    recorder: PostgresRecorder, run_id: str, hashes: Iterable[str], verifier: Verifier | None
+) -> dict[str, Data]:
     """Each hash's data, fetched and checked against its commitment: missing (and whether an
-    erasure record explains it) and altered are said so, and their data is not given."""
+    erasure record explains it: one signed by `verifier`, see `landscape.seal.unsealed`) and
+    altered are said so, and their data is not given."""
     wanted = set(hashes)
     found = recorder.payloads(run_id, wanted)
     absent = [h for h in wanted if h not in found]
     erased = recorder.erasures(run_id, absent) if absent else {}
+    seals = recorder.erasure_seals(e.seal_id for e in erased.values() if e.seal_id is not None)
+    unsigned = unsealed(erased, seals, verifier, recorder.store_id()) if erased else {}
     out: dict[str, Data] = {}
     for h in wanted:
         payload = found.get(h)
         if payload is None:
             e = erased.get(h)
-            out[h] = Data(hash=h, status="missing") if e is None else Data(hash=h, status="erased", why=e.describe())
+            if e is None:
+                out[h] = Data(hash=h, status="missing")
+            elif h in unsigned:
+                out[h] = Data(hash=h, status="missing", why=f"its erasure record does not count: {unsigned[h]}")
+            else:
+                out[h] = Data(hash=h, status="erased", why=e.describe())
         elif not payload_matches(h, payload):
             out[h] = Data(hash=h, status="altered")
         else:
@@ -361,7 +372,7 @@ def explain_rows(
                 hashes.add(e.data_hash)
             elif isinstance(e, ev.StepCompleted):
                 hashes.update((e.input_hash, e.output_hash))
-    data = checked_payloads(recorder, run_id, hashes)
+    data = checked_payloads(recorder, run_id, hashes, verifier)
     rows = []
     by_row = _tokens_by_row(collector, wanted)
     for index in sorted(wanted):

@@ -289,8 +289,15 @@ def test_purge_checks_a_runs_named_key_with_its_public_half(db: Database, tmp_pa
     run_id = _completed(db, tmp_path, PIPELINE + "landscape: {signing_key: keys/prod.key}\n")
     err = one_line_error(elspeth("purge", run_id, "--row", "1", "--reason", "t", cwd=tmp_path, db=db), 1)
     assert "completed by its log, at a checkpoint signed by prod+" in err and "--public-key" in err, err
-    done = elspeth("purge", run_id, "--row", "1", "--reason", "t", "--public-key", "keys/prod.pub", cwd=tmp_path, db=db)
+    # The erasure records must be signed by the run's key too, or a verifier holding it would not count them.
+    args = ("purge", run_id, "--row", "1", "--reason", "t", "--public-key", "keys/prod.pub")
+    err = one_line_error(elspeth(*args, cwd=tmp_path, db=db), 1)
+    assert "would be signed by" in err and "ELSPETH_SIGNING_KEY" in err, err
+    done = elspeth(*args, cwd=tmp_path, db=db, env={"ELSPETH_SIGNING_KEY": str(tmp_path / "keys/prod.key")})
     assert done.returncode == 0 and "erasing 2 payload" in done.stdout and "--force" not in done.stdout, done.stdout
+    assert "the records signed by prod+" in done.stdout, done.stdout
+    replay = elspeth("replay", run_id, "--check", "--public-key", "keys/prod.pub", cwd=tmp_path, db=db)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
 
 
 def test_abandon_names_an_open_json_array_and_a_database_table_it_leaves(db: Database, tmp_path: Path) -> None:

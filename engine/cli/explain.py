@@ -123,7 +123,7 @@ def _matching(
     erased: dict[str, int] = {}  # why (the erasure record's words) -> rows
     for i in range(0, len(roots), 5000):
         chunk = roots[i : i + 5000]
-        data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk})
+        data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk}, found.key)
         for index, h in chunk:
             d = data[h]
             if d.status == "erased":
@@ -232,7 +232,8 @@ def _data(d: lin.Data) -> str:
     if d.status == "erased":
         return f"data erased: {d.why}"
     if d.status == "missing":
-        return f"DATA MISSING from the payload store (hash {d.hash[:16]}…): not shown"
+        why = f"; {d.why}" if d.why else ""
+        return f"DATA MISSING from the payload store (hash {d.hash[:16]}…){why}: not shown"
     if d.status == "altered":
         return f"DATA ALTERED in the payload store (it does not match hash {d.hash[:16]}…): not shown"
     return _cut(_text(d.value))

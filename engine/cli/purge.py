@@ -98,7 +98,10 @@ def purge_cmd(
             return
         assert signer is not None  # (not a dry run)
         erased = erase(db, plan, reason or "", signer=signer)
-        click.echo(f"erased {erased} payload(s); the events and every proof are unchanged")
+        click.echo(
+            f"erased {erased} payload(s), the records signed by {signer.verifier.label}; the events and every proof "
+            "are unchanged"
+        )
         if vacuum_payloads(db):
             click.echo(
                 "vacuumed the payloads table: the erased rows' space is free for reuse; their bytes may stay in its "
