@@ -295,28 +295,36 @@ def erase(db: Database, plan: Plan, reason: str, *, signer: Signer) -> int:
         ) from e
 
 
+# The most records one seal signs: an export lists each seal's digests on one line (67 bytes a
+# record), which must stay well under the longest line a reader reads (`export.MAX_LINE`).
+SEAL_MOST = 1 << 20
+
+
 class _Sealer:
     """Writes the erasure records of one transaction with their seals (`landscape.seal`): one
-    per run, signed over the records' digests. A record without a run (retention of a payload
-    kept before payloads had one, migration 0007) has no origin to be sealed under: it is
-    written unsealed, and a verifier says so."""
+    per run (per `SEAL_MOST` records), signed over the records' digests. A record without a run
+    (retention of a payload kept before payloads had one, migration 0007) has no origin to be
+    sealed under: it is written unsealed, and a verifier says so."""
 
     def __init__(self, signer: Signer, store_id: str) -> None:
         self.signer, self.store_id = signer, store_id
 
     def write(self, conn: Connection, records: list[Erasure]) -> None:
-        by_run: dict[str | None, list[Erasure]] = {}
-        for r in records:
-            by_run.setdefault(r.run_id, []).append(r)
-        seal_of_run: dict[str | None, int | None] = {None: None}
-        for run, group in by_run.items():
-            if run is not None:
-                note = sign(self.signer, run_origin(self.store_id, run), [r.digest() for r in group])
+        by_run: dict[str, list[int]] = {}  # run -> the positions of its records
+        for i, r in enumerate(records):
+            if r.run_id is not None:
+                by_run.setdefault(r.run_id, []).append(i)
+        seals: list[int | None] = [None] * len(records)
+        for run, positions in by_run.items():
+            for start in range(0, len(positions), SEAL_MOST):
+                part = positions[start : start + SEAL_MOST]
+                note = sign(self.signer, run_origin(self.store_id, run), [records[i].digest() for i in part])
                 found = conn.execute(
                     "INSERT INTO erasure_seals (run_id, note) VALUES (%s, %s) RETURNING id", (run, note)
                 ).fetchone()
                 assert found is not None
-                seal_of_run[run] = found[0]
+                for i in part:
+                    seals[i] = found[0]
         # One statement, however many (a retention of a long run: hundreds of thousands). The
         # trigger of migration 0009 sets erased_at and erased_by; both are what `_stamp` read in
         # this transaction, so the digests signed are those of the records stored.
@@ -330,14 +338,14 @@ class _Sealer:
                 [r.row_index for r in records],
                 [r.kind for r in records],
                 [r.reason for r in records],
-                [seal_of_run[r.run_id] for r in records],
+                seals,
             ),
         )
 
 
 def _stamp(conn: Connection) -> tuple[datetime, str]:
     """The time and role the erasure trigger will stamp on this transaction's records."""
-    found = conn.execute("SELECT now(), current_user").fetchone()
+    found = conn.execute("SELECT pg_catalog.now(), current_user").fetchone()  # (the trigger's `now`: 0012)
     assert found is not None
     return found[0], found[1]
 
@@ -367,21 +375,34 @@ def _erase_run(db: Database, run: str, cutoff: datetime, reason: str, sealer: _S
 
 
 def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str], sealer: _Sealer) -> int:
-    hashes = sorted(plan.payloads)
+    """A request's payloads: those of them still in the store (another purge may have erased some
+    since the plan was made), locked, then recorded, sealed and deleted in one transaction."""
+    planned = sorted(plan.payloads)
+    runs = [plan.payloads[h][0] or "" for h in planned]
     with driver_errors("erasing row data"), db.connect() as conn:
         at, by = _stamp(conn)
+        # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
+        here = {
+            bytes(r[0]).hex()
+            for r in conn.execute(
+                "SELECT p.hash FROM payloads AS p JOIN unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
+                "ON p.hash = u.hash AND p.run_id IN (u.run_id, '') ORDER BY p.run_id, p.hash FOR UPDATE OF p",
+                (runs, [bytes.fromhex(h) for h in planned]),
+            )
+        }
+        hashes = [h for h in planned if h in here]
+        if not hashes:
+            conn.commit()
+            return 0
         sealer.write(conn, [
             Erasure(hash=h, run_id=plan.payloads[h][0], row_index=plan.payloads[h][1], kind=plan.kind,
                     reason=why(plan.payloads[h][0]), erased_at=at, erased_by=by) for h in hashes
         ])  # fmt: skip
-        with conn.cursor() as cur:
-            # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
-            cur.execute(
-                "DELETE FROM payloads AS p USING unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
-                "WHERE p.hash = u.hash AND p.run_id IN (u.run_id, '')",
-                ([plan.payloads[h][0] or "" for h in hashes], [bytes.fromhex(h) for h in hashes]),
-            )
-            erased = cur.rowcount
+        erased = conn.execute(
+            "DELETE FROM payloads AS p USING unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
+            "WHERE p.hash = u.hash AND p.run_id IN (u.run_id, '')",
+            ([plan.payloads[h][0] or "" for h in hashes], [bytes.fromhex(h) for h in hashes]),
+        ).rowcount
         conn.commit()
     return erased
 

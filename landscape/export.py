@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Annotated
+from typing import IO, Annotated, NoReturn
 
 import msgspec
 
@@ -61,7 +61,7 @@ PROOF_TYPE = "elspeth-proof"
 #: verifier would read.
 MAX_LINE = 256 * 1024 * 1024
 
-Hex32 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Hex32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]  # (`$` would let a final newline in)
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -178,7 +178,9 @@ class SealRecord(_Record, tag="seal", frozen=True):
     digests: list[Hex32]
 
 
-class End(_Record, tag="end", frozen=True):
+class End(_Record, tag="end", frozen=True, omit_defaults=True):
+    """(`seals` is left out when 0: a format-1 end line, which has none, reads back as written.)"""
+
     events: Count
     payloads: Count
     erased: Count
@@ -380,15 +382,16 @@ def _write_seals(
     """The seal of each erasure record written, once each; ExportError for a record that would
     not count as signed by `key` (`verify` would refuse the file)."""
     stored = recorder.erasure_seals(i for i in sealed_by.values() if i is not None)
-    for h, seal_id in sealed_by.items():
-        found = stored.get(seal_id) if seal_id is not None else None
-        if found is None:
-            why = "is signed by nothing (written before purge signed its records, or by someone who could not sign)"
-        elif found.run_id != run_id:
-            why = f"names a seal of run {found.run_id}"
+    verdicts: dict[int | None, str] = {None: "is signed by nothing (written before purge signed its records, or by "
+                                             "someone who could not sign)"}  # fmt: skip
+    for seal_id, found in stored.items():  # (each once: a seal may hold hundreds of thousands)
+        if found.run_id != run_id:
+            verdicts[seal_id] = f"names a seal of run {found.run_id}"
         else:
             problem = why_not_sealed(found.note, found.digests, key, origin)
-            why = f"does not count as signed: {problem}" if problem else ""
+            verdicts[seal_id] = f"does not count as signed: {problem}" if problem else ""
+    for h, named in sealed_by.items():
+        why = verdicts.get(named, "names a seal that is not in the store")
         if why:
             raise ExportError(
                 f"the erasure record of row payload {h} {why}; `verify` would not count it: no export was written; "
@@ -623,25 +626,32 @@ def _seal_proofs(recorder: Recorder, run_id: str, erased: list[Erasure], key: Ve
     """Each erasure record's seal and audit path; ExportError for one that would not count as
     signed by `key` (`verify` would refuse the bundle)."""
     stored = recorder.erasure_seals(e.seal_id for e in erased if e.seal_id is not None)
+    trees: dict[int, tuple[list[bytes], list[bytes]]] = {}  # seal -> its digests in order, their leaves
+    for seal_id, found in stored.items():  # (each once: a seal may hold hundreds of thousands)
+        problem = f"its seal is of run {found.run_id}" if found.run_id != run_id else None
+        problem = problem or why_not_sealed(found.note, found.digests, key, origin)
+        if problem is not None:
+            _refuse_unsealed(next(e for e in erased if e.seal_id == seal_id), run_id, problem)
+        ordered = sorted(found.digests)
+        trees[seal_id] = (ordered, leaves(ordered))
     proofs = []
     for e in erased:
-        found = stored.get(e.seal_id) if e.seal_id is not None else None
-        if found is None:
-            problem: str | None = "it is signed by nothing"
-        elif found.run_id != run_id:
-            problem = f"its seal is of run {found.run_id}"
-        else:
-            problem = why_not_sealed(found.note, found.digests, key, origin)
-        if found is None or problem is not None:
-            raise ExportError(
-                f"the erasure record of row payload {e.hash} does not count as signed: {problem}; `verify` would not "
-                f"count it: no bundle was written; see `elspeth replay {run_id} --check`"
-            )
-        ordered = sorted(found.digests)
+        if e.seal_id not in trees:
+            _refuse_unsealed(e, run_id, "it is signed by nothing")
+        assert e.seal_id is not None
+        ordered, tree = trees[e.seal_id]
         index = bisect.bisect_left(ordered, e.digest())
-        path = inclusion_proof(index, len(ordered), leaves(ordered))
-        proofs.append(SealProof(digest=e.digest().hex(), note=found.note, index=index, proof=[p.hex() for p in path]))
+        path = inclusion_proof(index, len(ordered), tree)
+        proofs.append(SealProof(digest=e.digest().hex(), note=stored[e.seal_id].note, index=index,
+                                proof=[p.hex() for p in path]))  # fmt: skip
     return proofs
+
+
+def _refuse_unsealed(e: Erasure, run_id: str, problem: str) -> NoReturn:
+    raise ExportError(
+        f"the erasure record of row payload {e.hash} does not count as signed: {problem}; `verify` would not "
+        f"count it: no bundle was written; see `elspeth replay {run_id} --check`"
+    )
 
 
 def _extension(kept: Checkpoint, origin: str, newest: Witnessed, leaves: list[bytes]) -> Extension:

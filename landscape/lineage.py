@@ -322,17 +322,25 @@ def source_rows(
 
 
 def checked_payloads(
-    recorder: PostgresRecorder, run_id: str, hashes: Iterable[str], verifier: Verifier | None
+    recorder: PostgresRecorder,
+    run_id: str,
+    hashes: Iterable[str],
+    verifier: Verifier | None,
+    seals_checked: dict[int, str | None] | None = None,
 ) -> dict[str, Data]:
     """Each hash's data, fetched and checked against its commitment: missing (and whether an
     erasure record explains it: one signed by `verifier`, see `landscape.seal.unsealed`) and
-    altered are said so, and their data is not given."""
+    altered are said so, and their data is not given. `seals_checked`: the seals' verdicts, kept
+    by a caller that asks in parts (`unsealed`)."""
     wanted = set(hashes)
     found = recorder.payloads(run_id, wanted)
     absent = [h for h in wanted if h not in found]
     erased = recorder.erasures(run_id, absent) if absent else {}
-    seals = recorder.erasure_seals(e.seal_id for e in erased.values() if e.seal_id is not None)
-    unsigned = unsealed(erased, seals, verifier, recorder.store_id()) if erased else {}
+    checked = {} if seals_checked is None else seals_checked
+    seals = recorder.erasure_seals(
+        e.seal_id for e in erased.values() if e.seal_id is not None and e.seal_id not in checked
+    )
+    unsigned = unsealed(erased, seals, verifier, recorder.store_id(), checked) if erased else {}
     out: dict[str, Data] = {}
     for h in wanted:
         payload = found.get(h)

@@ -106,12 +106,19 @@ def why_not_sealed(note: str, digests: Collection[bytes], verifier: Verifier | N
 
 
 def unsealed(
-    erased: Mapping[str, Erasure], seals: Mapping[int, Sealed], verifier: Verifier | None, store_id: str
+    erased: Mapping[str, Erasure],
+    seals: Mapping[int, Sealed],
+    verifier: Verifier | None,
+    store_id: str,
+    checked: dict[int, str | None] | None = None,
 ) -> dict[str, str]:
     """Of these erasure records (payload name -> its record, read from the store), those that do
     not count as signed, each with why (a phrase about the record). With no key, a record that
-    names no seal counts as the store's word, as before seals; one whose seal is broken does not."""
-    checked: dict[int, str | None] = {}
+    names no seal counts as the store's word, as before seals; one whose seal is broken does not.
+    `checked`: each seal's verdict so far (seal id -> why not, or None), kept by a caller that asks
+    in parts, so that a seal of hundreds of thousands of records is read and checked once;
+    `seals` need then hold only those not in it."""
+    checked = {} if checked is None else checked
     out: dict[str, str] = {}
     for h, e in erased.items():
         why: str | None

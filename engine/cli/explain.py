@@ -121,9 +121,10 @@ def _matching(
     matched: list[int] = []
     total = unchecked = 0
     erased: dict[str, int] = {}  # why (the erasure record's words) -> rows
+    seals: dict[int, str | None] = {}  # each seal checked once, however many chunks it covers
     for i in range(0, len(roots), 5000):
         chunk = roots[i : i + 5000]
-        data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk}, found.key)
+        data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk}, found.key, seals)
         for index, h in chunk:
             d = data[h]
             if d.status == "erased":

@@ -168,7 +168,10 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
     if plan.forced and kept:
         lines.append(f"  --force: {len(kept)} of them can still be resumed, and then not past this data")
     if plan.forced and unsure:
-        lines.append(f"  --force: {len(unsure)} of them have a status purge cannot prove (--public-key)")
+        lines.append(
+            f"  --force: {len(unsure)} of them have a status purge cannot prove (--public-key); their erasure records "
+            "are signed by purge's key, which a verifier holding another run key will not count"
+        )
     return lines
 
 

@@ -12,7 +12,9 @@ record names its seal (`erasures.seal_id`); records from before this revision na
 verifier given a key says they are signed by nothing.
 
 `erasure_seals` is append-only and written by the owner alone, as `erasures` is (the grant rule
-in landscape/roles.py).
+in landscape/roles.py). The trigger that stamps each record's time and role now resolves `now()`
+in `pg_catalog` only: purge signs the time it reads with `pg_catalog.now()`, and a `now()` of
+another schema earlier on a role's search path would otherwise put another time on the record.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ CREATE TRIGGER erasure_seals_no_truncate BEFORE TRUNCATE ON erasure_seals
     FOR EACH STATEMENT EXECUTE FUNCTION elspeth_append_only();
 
 ALTER TABLE erasures ADD COLUMN seal_id BIGINT REFERENCES erasure_seals (id);
+ALTER FUNCTION elspeth_erasure_stamp() SET search_path = pg_catalog, public;
 CREATE INDEX erasures_seal ON erasures (seal_id);
 """
 
