@@ -41,7 +41,7 @@ from landscape.export import (
 from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
 from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
-from landscape.seal import open_seal, why_not_sealed
+from landscape.seal import open_seal, origin_for, why_not_sealed
 from landscape.verify import check_body, events_span, payload_matches, row_hashes, verify_events
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -72,6 +72,7 @@ class ExportReport:
     # checkpoint is in it, and the end of the file is not signed); only a kept checkpoint tells.
     status: str
     ended: bool
+    unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class ProofReport:
     # holds are in the signed log, not that it holds all of them (an export does).
     unended: int
     extends: int | None  # the size of the kept checkpoint the bundle was proved to extend
+    unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
 
 
 def sniff(path: Path) -> str:
@@ -122,11 +124,20 @@ def read_kept_checkpoint(path: Path, key: Verifier) -> Checkpoint:
 
 
 def verify_export(
-    path: Path, key: Verifier, *, kept: Checkpoint | None = None, kept_name: str = "", run_id: str | None = None
+    path: Path,
+    key: Verifier,
+    *,
+    kept: Checkpoint | None = None,
+    kept_name: str = "",
+    run_id: str | None = None,
+    unsigned_erasures: bool = False,
 ) -> ExportReport:
+    """Check an export (see docs/verification.md). `unsigned_erasures`: an erasure record that no
+    seal signs (one from before purge signed them) is taken on the store's word, and counted."""
     try:
         with path.open("rb") as f:
-            return _ExportCheck(path, key, kept, kept_name, run_id).run(read_records(f))
+            check = _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures)
+            return check.run(read_records(f))
     except BadLine as e:
         raise AuditFailure(f"{path}, {e}") from None
     except OSError as e:
@@ -138,8 +149,17 @@ class _ExportCheck:
     referenced so far (the payload check needs it) and, with a kept checkpoint, 32 bytes per
     event (the leaves its consistency proof is computed from)."""
 
-    def __init__(self, path: Path, key: Verifier, kept: Checkpoint | None, kept_name: str, run_id: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: Verifier,
+        kept: Checkpoint | None,
+        kept_name: str,
+        run_id: str | None,
+        unsigned_erasures: bool,
+    ) -> None:
         self.path, self.key, self.kept, self.kept_name, self.run_id = path, key, kept, kept_name, run_id
+        self.unsigned_erasures = unsigned_erasures
         self.header: Header | None = None
         self.checkpoints: list[tuple[int, int, bytes]] = []  # (line, size, root)
         self.seen: set[bytes] = set()
@@ -193,20 +213,23 @@ class _ExportCheck:
                 f"{events_span(final, verified.events - 1)} not covered by any signed checkpoint "
                 f"(the newest, line {final_line}, covers {final})",
             )
+        unsigned = 0
         for digest, (line, h) in self.unsealed.items():
-            if digest not in self.sealed:
+            if digest not in self.sealed and self.unsigned_erasures:
+                unsigned += 1
+            elif digest not in self.sealed:
                 raise self.fail(
                     line,
                     f"the erasure record of {h} is signed by no seal of {self.key.label} in the export: it does not "
                     "explain why the payload is gone (a record written before purge signed its records, or by someone "
-                    "who could write to the store but not sign)",
+                    "who could write to the store but not sign; --unsigned-erasures takes such records on the store's word)",
                 )
         extends = self._check_kept(final, final_root) if self.kept is not None else None
         return ExportReport(
             run_id=header.run_id, key=self.key.label, events=verified.events, root=final_root,
             checkpoints=len(self.checkpoints), payloads_included=header.payloads,
             payloads=self.counts["payloads"], erased=self.counts["erased"], extends=extends,
-            status=str(verified.fold.status), ended=verified.fold.status in RUN_ENDED,
+            status=str(verified.fold.status), ended=verified.fold.status in RUN_ENDED, unsigned=unsigned,
         )  # fmt: skip
 
     def _check_header(self, header: Header) -> Header:
@@ -332,7 +355,7 @@ class _ExportCheck:
         digests = [bytes.fromhex(d) for d in record.digests]
         if record.digests != sorted(set(record.digests)):
             raise self.fail(number, "a seal's digests are listed each once, in ascending order")
-        why = why_not_sealed(record.note, digests, self.key, self.header.origin)
+        why = why_not_sealed(record.note, digests, self.key, origin_for(record.note, self.header.origin))
         if why is not None:
             raise self.fail(number, f"this seal of erasure records does not count: {why.removeprefix('its seal ')}")
         self.sealed.update(digests)
@@ -398,7 +421,13 @@ def _prepend(first: tuple[int, Record], rest: Iterator[tuple[int, Record]]) -> I
 
 
 def verify_proof(
-    path: Path, key: Verifier, *, kept: Checkpoint | None = None, kept_name: str = "", run_id: str | None = None
+    path: Path,
+    key: Verifier,
+    *,
+    kept: Checkpoint | None = None,
+    kept_name: str = "",
+    run_id: str | None = None,
+    unsigned_erasures: bool = False,
 ) -> ProofReport:
     """Check a proof bundle (`elspeth prove`): its checkpoint's signature, each event's chain hash
     recomputed from its fields and its inclusion in the signed tree, that the events are what the
@@ -415,7 +444,7 @@ def verify_proof(
         bundle = decode_bundle(data)
     except ExportError as e:
         raise AuditFailure(f"{path}: {e}") from None
-    return _ProofCheck(path, key, bundle, run_id, kept, kept_name).run()
+    return _ProofCheck(path, key, bundle, run_id, kept, kept_name, unsigned_erasures).run()
 
 
 class _ProofCheck:
@@ -427,9 +456,12 @@ class _ProofCheck:
         run_id: str | None,
         kept: Checkpoint | None,
         kept_name: str,
+        unsigned_erasures: bool,
     ) -> None:
         self.path, self.key, self.bundle, self.run_id = path, key, bundle, run_id
         self.kept, self.kept_name = kept, kept_name
+        self.unsigned_erasures = unsigned_erasures
+        self.unsigned = 0
 
     def fail(self, why: str) -> AuditFailure:
         return AuditFailure(f"{self.path}: {why}")
@@ -467,7 +499,7 @@ class _ProofCheck:
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
             payloads_included=b.payloads_included, payloads=payloads, erased=erased,
             unended=len(created - ended) if b.row is not None else 0,  # (one event's proof: nothing to end)
-            extends=extends,
+            extends=extends, unsigned=self.unsigned,
         )  # fmt: skip
 
     def _check_event(self, e: StoredEvent, proof: list[str], cp: Checkpoint) -> ev.EventBase:
@@ -553,7 +585,7 @@ class _ProofCheck:
     def _check_sealed(self, record: ErasedRecord, sealed: SealProof) -> None:
         """The record is one that a seal signed by the key holds: its audit path in the seal's tree."""
         try:
-            seal = open_seal(sealed.note, self.key, self.bundle.origin)
+            seal = open_seal(sealed.note, self.key, origin_for(sealed.note, self.bundle.origin))
             verify_inclusion(sealed.index, seal.size, leaf_hash(bytes.fromhex(record.digest)),
                              [bytes.fromhex(p) for p in sealed.proof], seal.root)  # fmt: skip
         except (NoteError, ProofError) as e:
@@ -575,7 +607,7 @@ class _ProofCheck:
         if both:  # (as an export's reader refuses the pair: it would count as held and as erased)
             raise self.fail(f"row payload {both[0]} is in the bundle both as data and as erased")
         seals = {p.digest: p for p in b.seals}
-        if len(seals) != len(b.seals) or seals.keys() != {r.digest for r in b.erased}:
+        if len(seals) != len(b.seals) or not seals.keys() <= {r.digest for r in b.erased}:
             raise self.fail("the bundle holds one seal proof for each erasure record, and no other")
         for r in b.erased:
             if not r.digest_matches():
@@ -583,7 +615,16 @@ class _ProofCheck:
             why = r.problem(b.run_id)
             if why is not None:
                 raise self.fail(why)
-            self._check_sealed(r, seals[r.digest])
+            sealed = seals.get(r.digest)
+            if sealed is not None:
+                self._check_sealed(r, sealed)
+            elif self.unsigned_erasures:
+                self.unsigned += 1
+            else:
+                raise self.fail(
+                    f"the erasure record of {r.hash} is signed by no seal of {self.key.label} in the bundle: it does not "
+                    "explain why the payload is gone (--unsigned-erasures takes such records on the store's word)"
+                )
         if not b.payloads_included:
             if b.payloads:
                 raise self.fail("payloads in a bundle made without payloads")

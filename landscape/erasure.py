@@ -31,7 +31,7 @@ from landscape.export import lineage
 from landscape.note import NoteError, Signer, Verifier, parse_note
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.records import Erasure
-from landscape.seal import sign
+from landscape.seal import origin_of, sign
 from landscape.verify import checkpoint_of, row_hashes
 from statecharts.machines import RUN_FINAL, RUN_STATUS_AFTER
 
@@ -302,25 +302,24 @@ SEAL_MOST = 1 << 20
 
 class _Sealer:
     """Writes the erasure records of one transaction with their seals (`landscape.seal`): one
-    per run (per `SEAL_MOST` records), signed over the records' digests. A record without a run
-    (retention of a payload kept before payloads had one, migration 0007) has no origin to be
-    sealed under: it is written unsealed, and a verifier says so."""
+    per run (per `SEAL_MOST` records), signed over the records' digests. Records of no run (a
+    retention of payloads kept before payloads had one, migration 0007) are sealed under the
+    store's `NO_RUN` origin, and their seal kept under run ''."""
 
     def __init__(self, signer: Signer, store_id: str) -> None:
         self.signer, self.store_id = signer, store_id
 
     def write(self, conn: Connection, records: list[Erasure]) -> None:
-        by_run: dict[str, list[int]] = {}  # run -> the positions of its records
+        by_run: dict[str | None, list[int]] = {}  # run -> the positions of its records
         for i, r in enumerate(records):
-            if r.run_id is not None:
-                by_run.setdefault(r.run_id, []).append(i)
+            by_run.setdefault(r.run_id, []).append(i)
         seals: list[int | None] = [None] * len(records)
         for run, positions in by_run.items():
             for start in range(0, len(positions), SEAL_MOST):
                 part = positions[start : start + SEAL_MOST]
-                note = sign(self.signer, run_origin(self.store_id, run), [records[i].digest() for i in part])
+                note = sign(self.signer, origin_of(self.store_id, run), [records[i].digest() for i in part])
                 found = conn.execute(
-                    "INSERT INTO erasure_seals (run_id, note) VALUES (%s, %s) RETURNING id", (run, note)
+                    "INSERT INTO erasure_seals (run_id, note) VALUES (%s, %s) RETURNING id", (run or "", note)
                 ).fetchone()
                 assert found is not None
                 for i in part:

@@ -45,7 +45,7 @@ from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
 from landscape.records import Erasure, StoredEvent, record_digest
-from landscape.seal import leaves, why_not_sealed
+from landscape.seal import leaves, origin_for, why_not_sealed
 from landscape.verify import check_chain, payload_matches, row_hashes
 from statecharts import events as ev
 from statecharts.errors import StatechartError
@@ -280,6 +280,7 @@ class Written:
     erased: int
     checkpoints: int
     size: int  # the newest checkpoint's tree size (the export holds exactly that many events)
+    unsigned: int = 0  # erasure records signed by nothing, written with `unsigned_erasures`
 
 
 def signed_checkpoints(stored: Iterable[Witnessed], witnessed: Iterable[Witnessed], key: Verifier) -> list[Witnessed]:
@@ -321,6 +322,7 @@ def write_export(
     checkpoints: list[Witnessed],
     payloads: bool = True,
     chunk: int = 2000,
+    unsigned_erasures: bool = False,
 ) -> Written:
     """Write the export of a run's events up to its newest checkpoint (later events are not
     signed yet) to `out`. Streams: memory holds one chunk of events and the set of payload
@@ -330,7 +332,8 @@ def write_export(
     as ExportError naming it (the caller then keeps no file): the chain and the Merkle roots the
     signed checkpoints claim (`check_chain`), events missing, a row payload that does not match
     its commitment or is gone without an erasure record. An operator learns it here, where the
-    store can be looked into, not from the auditor."""
+    store can be looked into, not from the auditor. An erasure record signed by nothing (from
+    before purge signed them) is refused too, unless `unsigned_erasures`: then written, and counted."""
     size = checkpoints[-1].size
     out.write(_line(Header(format=FORMAT, run_id=run_id, origin=origin, key=key.text(), payloads=payloads)))
     for cp in checkpoints:
@@ -371,24 +374,31 @@ def write_export(
                 f"the store's log of run {run_id} is not the one its signed checkpoint of {cp.size} events signs (its "
                 f"Merkle root differs): events were changed; no export was written; see `elspeth replay {run_id} --check`"
             )
-    seals = _write_seals(recorder, run_id, sealed_by, out, key, origin)
+    seals = _write_seals(recorder, run_id, sealed_by, out, key, origin, unsigned_erasures)
     out.write(_line(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints), seals=seals)))
-    return Written(events, n_payloads, erased, len(checkpoints), size)
+    unsigned = sum(seal_id is None for seal_id in sealed_by.values())
+    return Written(events, n_payloads, erased, len(checkpoints), size, unsigned)
 
 
 def _write_seals(
-    recorder: Recorder, run_id: str, sealed_by: dict[str, int | None], out: IO[bytes], key: Verifier, origin: str
+    recorder: Recorder,
+    run_id: str,
+    sealed_by: dict[str, int | None],
+    out: IO[bytes],
+    key: Verifier,
+    origin: str,
+    unsigned_erasures: bool,
 ) -> int:
     """The seal of each erasure record written, once each; ExportError for a record that would
-    not count as signed by `key` (`verify` would refuse the file)."""
+    not count as signed by `key` (`verify` would refuse the file; one signed by nothing is let
+    through with `unsigned_erasures`, as `verify --unsigned-erasures` does)."""
     stored = recorder.erasure_seals(i for i in sealed_by.values() if i is not None)
-    verdicts: dict[int | None, str] = {None: "is signed by nothing (written before purge signed its records, or by "
-                                             "someone who could not sign)"}  # fmt: skip
+    verdicts: dict[int | None, str] = {None: "" if unsigned_erasures else _SIGNED_BY_NOTHING}
     for seal_id, found in stored.items():  # (each once: a seal may hold hundreds of thousands)
-        if found.run_id != run_id:
+        if found.run_id not in (run_id, ""):  # ('': a seal of records of no run, `landscape.seal.NO_RUN`)
             verdicts[seal_id] = f"names a seal of run {found.run_id}"
         else:
-            problem = why_not_sealed(found.note, found.digests, key, origin)
+            problem = why_not_sealed(found.note, found.digests, key, origin_for(found.note, origin))
             verdicts[seal_id] = f"does not count as signed: {problem}" if problem else ""
     for h, named in sealed_by.items():
         why = verdicts.get(named, "names a seal that is not in the store")
@@ -401,6 +411,12 @@ def _write_seals(
         found = stored[seal_id]
         out.write(_line(SealRecord(note=found.note, digests=sorted(d.hex() for d in found.digests))))
     return len(stored)
+
+
+_SIGNED_BY_NOTHING = (
+    "is signed by nothing (written before purge signed its records, or by someone who could not sign; "
+    "--unsigned-erasures takes such records on the store's word, and counts them)"
+)
 
 
 def _line(record: Record) -> bytes:
@@ -582,6 +598,7 @@ def build_proof(
     row: int | None = None,
     payloads: bool = True,
     kept: Checkpoint | None = None,
+    unsigned_erasures: bool = False,
 ) -> ProofBundle:
     """The proof bundle of event `seq`, or of every event of source row `row`'s lineage, in the
     tree the checkpoint `newest` signs, with a consistency proof from `kept` (a checkpoint the
@@ -618,26 +635,31 @@ def build_proof(
         payloads_included=payloads,
         payloads=[PayloadRecord(hash=h, salt=present[h].salt, data=present[h].data) for h in hashes if h in present],
         erased=[ErasedRecord.of(e) for e in erased], extends=extends,
-        seals=_seal_proofs(recorder, run_id, erased, key, origin),
+        seals=_seal_proofs(recorder, run_id, erased, key, origin, unsigned_erasures),
     )  # fmt: skip
 
 
-def _seal_proofs(recorder: Recorder, run_id: str, erased: list[Erasure], key: Verifier, origin: str) -> list[SealProof]:
+def _seal_proofs(
+    recorder: Recorder, run_id: str, erased: list[Erasure], key: Verifier, origin: str, unsigned_erasures: bool
+) -> list[SealProof]:
     """Each erasure record's seal and audit path; ExportError for one that would not count as
-    signed by `key` (`verify` would refuse the bundle)."""
+    signed by `key` (`verify` would refuse the bundle), but one signed by nothing with
+    `unsigned_erasures` (which then has none)."""
     stored = recorder.erasure_seals(e.seal_id for e in erased if e.seal_id is not None)
     trees: dict[int, tuple[list[bytes], list[bytes]]] = {}  # seal -> its digests in order, their leaves
     for seal_id, found in stored.items():  # (each once: a seal may hold hundreds of thousands)
-        problem = f"its seal is of run {found.run_id}" if found.run_id != run_id else None
-        problem = problem or why_not_sealed(found.note, found.digests, key, origin)
+        problem = f"its seal is of run {found.run_id}" if found.run_id not in (run_id, "") else None
+        problem = problem or why_not_sealed(found.note, found.digests, key, origin_for(found.note, origin))
         if problem is not None:
             _refuse_unsealed(next(e for e in erased if e.seal_id == seal_id), run_id, problem)
         ordered = sorted(found.digests)
         trees[seal_id] = (ordered, leaves(ordered))
     proofs = []
     for e in erased:
+        if e.seal_id is None and unsigned_erasures:
+            continue
         if e.seal_id not in trees:
-            _refuse_unsealed(e, run_id, "it is signed by nothing")
+            _refuse_unsealed(e, run_id, _SIGNED_BY_NOTHING.removeprefix("is "))
         assert e.seal_id is not None
         ordered, tree = trees[e.seal_id]
         index = bisect.bisect_left(ordered, e.digest())

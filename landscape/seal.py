@@ -28,7 +28,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from landscape.checkpoint import CheckpointError, run_origin
+from landscape.checkpoint import CheckpointError, parse_run_origin, run_origin
 from landscape.merkle import HASH_SIZE, leaf_hash
 from landscape.merkle import root as merkle_root
 from landscape.note import NoteError, Signer, Verifier, b64decode_strict, open_note, parse_note
@@ -36,6 +36,26 @@ from landscape.records import Erasure, Sealed
 
 HEAD = "elspeth erasures"
 _COUNT = re.compile(r"[1-9][0-9]*")
+# The run part of the origin of a seal over records of no run: a retention of payloads kept
+# before payloads had a run (migration 0007), which may serve any run. No run is named `*`.
+NO_RUN = "*"
+
+
+def origin_of(store_id: str, run_id: str | None) -> str:
+    """The origin of a seal over erasure records of run `run_id` (None: of no run, `NO_RUN`)."""
+    return run_origin(store_id, NO_RUN if run_id is None else run_id)
+
+
+def origin_for(note: str, run_origin_text: str) -> str:
+    """The origin a seal `note` found beside run `run_origin_text`'s records (an export, a bundle)
+    must be checked against: the run's own, or the store's `NO_RUN` one when the note claims it."""
+    store_id, _run = parse_run_origin(run_origin_text)
+    no_run = run_origin(store_id, NO_RUN)
+    try:
+        claimed = parse_seal(parse_note(note).text).origin
+    except NoteError:
+        return run_origin_text
+    return no_run if claimed == no_run else run_origin_text
 
 
 @dataclass(frozen=True)
@@ -111,10 +131,13 @@ def unsealed(
     verifier: Verifier | None,
     store_id: str,
     checked: dict[int, str | None] | None = None,
+    *,
+    accept_unsigned: bool = False,
 ) -> dict[str, str]:
     """Of these erasure records (payload name -> its record, read from the store), those that do
-    not count as signed, each with why (a phrase about the record). With no key, a record that
-    names no seal counts as the store's word, as before seals; one whose seal is broken does not.
+    not count as signed, each with why (a phrase about the record). With no key, or with
+    `accept_unsigned` (`--unsigned-erasures`), a record that names no seal counts as the store's
+    word, as before seals; one whose seal is broken never does.
     `checked`: each seal's verdict so far (seal id -> why not, or None), kept by a caller that asks
     in parts, so that a seal of hundreds of thousands of records is read and checked once;
     `seals` need then hold only those not in it."""
@@ -123,13 +146,11 @@ def unsealed(
     for h, e in erased.items():
         why: str | None
         if e.seal_id is None:
-            if verifier is None:
+            if verifier is None or accept_unsigned:
                 continue
             why = (
-                "it names no run, so no seal (a retention of a payload kept before payloads had a run)"
-                if e.run_id is None
-                else "it is signed by nothing: written before `purge` signed its records (migration 0012), or by "
-                "someone who could write to the store but not sign"
+                "it is signed by nothing: written before `purge` signed its records (migration 0012), or by someone "
+                "who could write to the store but not sign"
             )
         else:
             if e.seal_id not in checked:
@@ -141,8 +162,8 @@ def unsealed(
 
 
 def _why_not(e: Erasure, sealed: Sealed | None, verifier: Verifier | None, store_id: str) -> str | None:
-    if sealed is None or e.run_id is None:
+    if sealed is None:
         return "the seal it names is not in the store"
-    if sealed.run_id != e.run_id:
-        return f"the seal it names is of run {sealed.run_id}"
-    return why_not_sealed(sealed.note, sealed.digests, verifier, run_origin(store_id, e.run_id))
+    if sealed.run_id != (e.run_id or ""):  # (a seal of records of no run is kept under run '')
+        return f"the seal it names is of {f'run {sealed.run_id}' if sealed.run_id else 'records of no run'}"
+    return why_not_sealed(sealed.note, sealed.digests, verifier, origin_of(store_id, e.run_id))

@@ -146,13 +146,16 @@ def verify_run(
     split_at: int = SPLIT_AT,
     confirm_at: int = CONFIRM_AT,
     as_of_now: bool = True,
+    unsigned_erasures: bool = False,
 ) -> Verification:
     """Verify a run's log (`verify_log`), check the signed `checkpoints` against it (see
     `verify_checkpoints`) and, unless the reader looks at the log as it was at an earlier seq
     (`as_of_now` false), that the store's log ends where one of them does (`unsigned_end`);
     then, with `payloads`, the row payloads it references (`explain` checks only those of the
-    rows it shows, and says which are bad). Raises ChainBroken naming the first bad seq
-    (CorruptLog when the run has no events)."""
+    rows it shows, and says which are bad): a payload gone counts as erased only under an erasure
+    record whose seal verifies with `verifier` (`landscape.seal.unsealed`; one no seal signs with
+    `unsigned_erasures` too). Raises ChainBroken naming the first bad seq (CorruptLog when the run
+    has no events)."""
     sizes = [cp.size for cp in checkpoints]
     with gc_paused():  # the payloads read are as many as the rows: see `gc_paused`
         verified, left = verify_log(
@@ -176,7 +179,14 @@ def verify_run(
         # An erasure record explains a payload's absence only when it is signed (its seal's
         # note verifies with the key, and holds exactly the records that name it).
         seals = recorder.erasure_seals(e.seal_id for e in verified.erased.values() if e.seal_id is not None)
-        unsigned = unsealed(verified.erased, seals, verifier, recorder.store_id()) if verified.erased else {}
+        unsigned = (
+            unsealed(verified.erased, seals, verifier, recorder.store_id(), accept_unsigned=unsigned_erasures)
+            if verified.erased
+            else {}
+        )
+        for h, why in unsigned.items():
+            if verified.erased[h].seal_id is None:
+                unsigned[h] = f"{why} (--unsigned-erasures takes such records on the store's word)"
         explained = {h: e.describe() for h, e in verified.erased.items() if h not in unsigned}
         bad = verify_payloads(left, present, explained=explained, unsigned=unsigned)
     if bad is not None:

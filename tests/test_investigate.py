@@ -251,7 +251,7 @@ def test_replay_json_counts_what_a_gate_diverted(db: Database, fork: Path) -> No
     out = _json(elspeth("replay", run_id, "--check", "--json", cwd=fork, db=db))
     assert set(out) == {"run_id", "events", "head", "as_of", "status", "last_seq", "source_records",
                         "source_exhausted", "outcomes", "per_node", "in_flight", "checkpoints", "erased",
-                        "check"}  # fmt: skip
+                        "erased_unsigned", "check"}  # fmt: skip
     assert out["checkpoints"]["store"] >= 1 and out["checkpoints"]["signatures_checked"] is True
     assert out["per_node"]["check"] == {"diverted": 1, "route true": 2}
     assert out["per_node"]["split"] == {"forked": 3} and out["per_node"]["join"] == {"failed": 1, "merged": 4}

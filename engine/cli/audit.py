@@ -19,6 +19,7 @@ import click
 from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
 from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
+from engine.cli.verify import say_unsigned, unsigned_erasures_option
 from landscape.errors import UnknownRun
 from landscape.role_names import Role
 
@@ -167,10 +168,12 @@ def _checkpoints(
 @click.option("--no-payloads", is_flag=True, help="Leave row data out: the events keep only its commitments.")
 @key_option
 @witness_option
+@unsigned_erasures_option
 @click.pass_context
 def export_cmd(
-    ctx: click.Context, run_id: str, output: Path, no_payloads: bool, public_key: str | None, witness: str | None
-) -> None:
+    ctx: click.Context, run_id: str, output: Path, no_payloads: bool, public_key: str | None, witness: str | None,
+    unsigned_erasures: bool,
+) -> None:  # fmt: skip
     """Write one self-contained file an auditor verifies offline (`elspeth verify`): the run's
     events as stored, their row payloads, every signed checkpoint, the erasure records and the
     signing key's public text. docs/verification.md describes the format."""
@@ -185,14 +188,16 @@ def export_cmd(
         checkpoints = _checkpoints(recorder, run_id, home, witness, key)
         origin = run_origin(recorder.store_id(), run_id)
         written = write_export(
-            recorder, run_id, out, origin=origin, key=key, checkpoints=checkpoints, payloads=not no_payloads
-        )
+            recorder, run_id, out, origin=origin, key=key, checkpoints=checkpoints, payloads=not no_payloads,
+            unsigned_erasures=unsigned_erasures,
+        )  # fmt: skip
         warn_reinstated(recorder, run_id)
     what = "commitments only" if no_payloads else f"{written.payloads} row payload(s)"
     click.echo(
         f"exported run {run_id} to {output}: {written.events} events, {what}, {written.erased} erasure record(s), "
         f"{written.checkpoints} signed checkpoint(s) (key {key.label})"
     )
+    say_unsigned(written.unsigned)
 
 
 @click.command("prove")
@@ -210,10 +215,11 @@ def export_cmd(
                    "proof from it, which `elspeth verify --checkpoint` asks for.")  # fmt: skip
 @key_option
 @witness_option
+@unsigned_erasures_option
 @click.pass_context
 def prove_cmd(
     ctx: click.Context, run_id: str, seq: int | None, row_number: int | None, output: Path, no_payloads: bool,
-    kept: Path | None, public_key: str | None, witness: str | None,
+    kept: Path | None, public_key: str | None, witness: str | None, unsigned_erasures: bool,
 ) -> None:  # fmt: skip
     """Write an inclusion proof bundle: the event (or the row's events) in full, each with its
     audit path to the newest signed checkpoint, and the row data they reference. An auditor
@@ -236,7 +242,7 @@ def prove_cmd(
         origin = run_origin(recorder.store_id(), run_id)
         bundle = build_proof(
             recorder, run_id, newest, origin=origin, key=key, seq=seq, row=row_index, payloads=not no_payloads,
-            kept=old,
+            kept=old, unsigned_erasures=unsigned_erasures,
         )  # fmt: skip
         out.write(encode_bundle(bundle))
         warn_reinstated(recorder, run_id)
@@ -246,6 +252,7 @@ def prove_cmd(
         + ("" if no_payloads else f", with {len(bundle.payloads)} row payload(s)")
         + ("" if old is None else f"; extends the checkpoint given ({old.size} events)")
     )
+    say_unsigned(len(bundle.erased) - len(bundle.seals))
 
 
 @click.command("checkpoint")

@@ -13,6 +13,7 @@ import click
 from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
 from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
+from engine.cli.verify import say_unsigned, unsigned_erasures_option
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
 from landscape.projections import Comparison, Difference, has_projection_rows, rebuild, without_events
@@ -29,6 +30,7 @@ from statecharts.machines import RunState
 @click.option("--check", is_flag=True, help="Also compare every projection row with a rebuild from the events.")
 @key_option
 @witness_option
+@unsigned_erasures_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
 @click.pass_context
 def replay_cmd(
@@ -38,6 +40,7 @@ def replay_cmd(
     check: bool,
     public_key: str | None,
     witness: str | None,
+    unsigned_erasures: bool,
     as_json: bool,
 ) -> None:
     """Rebuild a run from its events in one pass, verifying the chain, every transition and
@@ -79,7 +82,7 @@ def replay_cmd(
             try:
                 verified = verify_run(
                     recorder, run_id, upto_seq=upto, observe=per_node, checkpoints=checkpoints, verifier=found.key,
-                    as_of_now=whole,
+                    as_of_now=whole, unsigned_erasures=unsigned_erasures,
                 )  # fmt: skip
             except BaseException:
                 if comparison is not None:  # a broken log or Ctrl-C: no need to wait for the server
@@ -89,6 +92,8 @@ def replay_cmd(
         warn_reinstated(recorder, run_id)
     fold = verified.fold
     differences = checked[1] if checked is not None else []
+    # Records no seal signs that explained a payload all the same: with no key, or --unsigned-erasures.
+    unsigned = sum(e.seal_id is None for e in verified.erased.values())
     if as_json:
         out: dict[str, Any] = {
             "run_id": run_id,
@@ -104,6 +109,7 @@ def replay_cmd(
             "in_flight": {"tokens": len(fold.tokens), "coalesces": len(fold.coalesces), "batches": len(fold.batches)},
             "checkpoints": found.as_json(checkpoints),
             "erased": len(verified.erased),
+            "erased_unsigned": unsigned,
             "check": None
             if checked is None
             else {"upto_seq": checked[0], "agree": not differences, "differences": [d.describe() for d in differences]},
@@ -115,6 +121,8 @@ def replay_cmd(
             click.echo(found.summary(checkpoints))
         if verified.erased:
             click.echo(f"erased: {len(verified.erased)} row payload(s) (see `elspeth explain`; docs/erasure.md)")
+        if found.key is not None:
+            say_unsigned(unsigned)
         click.echo(f"state{'' if upto is None else f' as of seq {upto}'}: {fold.status} (seq {fold.last_seq})")
         click.echo(f"source records: {fold.source_records}{' (exhausted)' if fold.source_exhausted else ''}")
         click.echo("outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(fold.outcomes.items())) or "none"))

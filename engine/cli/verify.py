@@ -14,6 +14,15 @@ import click
 from landscape.audit import read_kept_checkpoint, sniff, verify_export, verify_proof
 from landscape.keys import load_verifier
 
+# One option, one meaning, wherever a run's erasures are checked (replay, export, prove, verify).
+unsigned_erasures_option = click.option(
+    "--unsigned-erasures",
+    "unsigned_erasures",
+    is_flag=True,
+    help="Take erasure records that no seal signs (written before purge signed them) on the store's word, and "
+    "count them; a record under a seal that does not verify is refused all the same.",
+)
+
 
 @click.command("verify")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
@@ -32,19 +41,22 @@ from landscape.keys import load_verifier
     "(a bundle must be made with `elspeth prove --checkpoint` and it).",
 )
 @click.option("--run", "run_id", help="Refuse the file unless it is of this run.")
-def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None) -> None:  # fmt: skip
+@unsigned_erasures_option
+def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None, unsigned_erasures: bool) -> None:  # fmt: skip
     """Verify an export (`elspeth export`) or a proof bundle (`elspeth prove`) offline: the
     signatures, the hash chain, the Merkle tree against every signed checkpoint, the transitions
     and the row payloads. Exit 1 naming the first bad line or event."""
     key = load_verifier(public_key)
     old = read_kept_checkpoint(kept, key) if kept is not None else None
     if sniff(file) == "proof":
-        proof = verify_proof(file, key, kept=old, kept_name=str(kept), run_id=run_id)
+        proof = verify_proof(file, key, kept=old, kept_name=str(kept), run_id=run_id,
+                             unsigned_erasures=unsigned_erasures)  # fmt: skip
         click.echo(
             f"{file}: proof of run {proof.run_id}, {proof.subject}: {proof.events} event(s) in the tree of "
             f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
         )
         click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased))
+        say_unsigned(proof.unsigned)
         if kept is not None:
             click.echo(f"extends the checkpoint you kept ({kept}, {proof.extends} events): consistency proof verified")
         if proof.unended:
@@ -54,12 +66,14 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                 err=True,
             )
         return
-    report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id)
+    report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id,
+                           unsigned_erasures=unsigned_erasures)  # fmt: skip
     click.echo(
         f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
         f"{report.root.hex()[:16]} matches all {report.checkpoints} checkpoint(s) signed by {report.key}"
     )
     click.echo(_payloads(report.payloads_included, report.payloads, report.erased))
+    say_unsigned(report.unsigned)
     click.echo(f"the run, where the log ends: {report.status}")
     if report.extends is not None:
         click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
@@ -68,6 +82,16 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
             f"elspeth: warning: the log does not end the run (its state there: {report.status}): either the run was "
             "still going when exported, or the file was cut back to an earlier signed checkpoint, which only a "
             "checkpoint you kept from later can tell (--checkpoint)",
+            err=True,
+        )
+
+
+def say_unsigned(unsigned: int) -> None:
+    """The line every command taking `--unsigned-erasures` prints when it took any."""
+    if unsigned:
+        click.echo(
+            f"elspeth: warning: {unsigned} erasure record(s) signed by no seal, taken on the store's word "
+            "(--unsigned-erasures): nothing proves those payloads were erased rather than deleted",
             err=True,
         )
 
