@@ -12,6 +12,7 @@ import hashlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import msgspec
@@ -171,9 +172,9 @@ class _ExportCheck:
         self.leaves = bytearray()
         self.counts = {"events": 0, "payloads": 0, "erased": 0}
         self.end: tuple[int, End] | None = None
-        # Erasure records: digest -> (line, payload), until a seal line proves them; the seals'
-        # digests proved so far (`landscape.seal`).
-        self.unsealed: dict[bytes, tuple[int, str]] = {}
+        # Erasure records: digest -> line, until a seal line proves them; the seals' digests
+        # proved so far (`landscape.seal`).
+        self.unsealed: dict[bytes, int] = {}
         self.sealed: set[bytes] = set()
         self.seals = 0
 
@@ -214,13 +215,13 @@ class _ExportCheck:
                 f"(the newest, line {final_line}, covers {final})",
             )
         unsigned = 0
-        for digest, (line, h) in self.unsealed.items():
+        for digest, line in self.unsealed.items():
             if digest not in self.sealed and self.unsigned_erasures:
                 unsigned += 1
             elif digest not in self.sealed:
                 raise self.fail(
                     line,
-                    f"the erasure record of {h} is signed by no seal of {self.key.label} in the export: it does not "
+                    f"this erasure record is signed by no seal of {self.key.label} in the export: it does not "
                     "explain why the payload is gone (a record written before purge signed its records, or by someone "
                     "who could write to the store but not sign; --unsigned-erasures takes such records on the store's word)",
                 )
@@ -347,13 +348,13 @@ class _ExportCheck:
         if why is not None:
             raise self.fail(number, why)
         self._take(number, record.hash, "erasure")
-        self.unsealed.setdefault(bytes.fromhex(record.digest), (number, record.hash))
+        self.unsealed.setdefault(bytes.fromhex(record.digest), number)
         self.counts["erased"] += 1
 
     def _check_seal(self, number: int, record: SealRecord) -> None:
         assert self.header is not None
         digests = [bytes.fromhex(d) for d in record.digests]
-        if record.digests != sorted(set(record.digests)):
+        if any(a >= b for a, b in pairwise(record.digests)):
             raise self.fail(number, "a seal's digests are listed each once, in ascending order")
         why = why_not_sealed(record.note, digests, self.key, origin_for(record.note, self.header.origin))
         if why is not None:

@@ -349,28 +349,40 @@ def _stamp(conn: Connection) -> tuple[datetime, str]:
     return found[0], found[1]
 
 
+# Payloads a retention erases of one run in one transaction (each part with a seal of its own):
+# a retention of a 1,000,000-row run held every record of it at once (about 1 KB each, with
+# their digests and the statement's arrays).
+RETENTION_PART = 100_000
+
+
 def _erase_run(db: Database, run: str, cutoff: datetime, reason: str, sealer: _Sealer) -> int:
-    """A run's payloads written before `cutoff`: recorded, sealed and deleted in one transaction.
-    They are locked as they are read, so a second purge at the same time erases none of them twice."""
-    with driver_errors(f"erasing row data of run {run or '(none)'}"), db.connect() as conn:
-        at, by = _stamp(conn)
-        hashes = [
-            bytes(r[0])
-            for r in conn.execute(
-                "SELECT hash FROM payloads WHERE run_id = %s AND recorded_at < %s ORDER BY hash FOR UPDATE",
-                (run, cutoff),
-            )
-        ]
-        if not hashes:
+    """A run's payloads written before `cutoff`: recorded, sealed and deleted, `RETENTION_PART`
+    at a time, each part in one transaction. They are locked as they are read, so a second purge at
+    the same time erases none of them twice."""
+    erased = 0
+    while True:
+        with driver_errors(f"erasing row data of run {run or '(none)'}"), db.connect() as conn:
+            at, by = _stamp(conn)
+            hashes = [
+                bytes(r[0])
+                for r in conn.execute(
+                    "SELECT hash FROM payloads WHERE run_id = %s AND recorded_at < %s ORDER BY hash LIMIT %s "
+                    "FOR UPDATE",
+                    (run, cutoff, RETENTION_PART),
+                )
+            ]
+            if not hashes:
+                conn.commit()
+                return erased
+            sealer.write(conn, [
+                Erasure(hash=h.hex(), run_id=run or None, row_index=None, kind="retention", reason=reason, erased_at=at,
+                        erased_by=by) for h in hashes
+            ])  # fmt: skip
+            deleted = conn.execute("DELETE FROM payloads WHERE run_id = %s AND hash = ANY(%s)", (run, hashes)).rowcount
             conn.commit()
-            return 0
-        sealer.write(conn, [
-            Erasure(hash=h.hex(), run_id=run or None, row_index=None, kind="retention", reason=reason, erased_at=at,
-                    erased_by=by) for h in hashes
-        ])  # fmt: skip
-        erased = conn.execute("DELETE FROM payloads WHERE run_id = %s AND hash = ANY(%s)", (run, hashes)).rowcount
-        conn.commit()
-    return erased
+        erased += deleted
+        if deleted < len(hashes):  # (locked, so none can have gone meanwhile: never the same part again)
+            return erased
 
 
 def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str], sealer: _Sealer) -> int:

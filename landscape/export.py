@@ -27,11 +27,11 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Annotated, NoReturn
+from typing import IO, Annotated, NamedTuple, NoReturn
 
 import msgspec
 
-from landscape.checkpoint import Checkpoint, parse_checkpoint
+from landscape.checkpoint import Checkpoint, parse_checkpoint, parse_run_origin
 from landscape.errors import LandscapeError
 from landscape.merkle import (
     ProofError,
@@ -45,7 +45,7 @@ from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
 from landscape.records import Erasure, StoredEvent, record_digest
-from landscape.seal import leaves, origin_for, why_not_sealed
+from landscape.seal import leaves, record_why, verdict
 from landscape.verify import check_chain, payload_matches, row_hashes
 from statecharts import events as ev
 from statecharts.errors import StatechartError
@@ -341,7 +341,7 @@ def write_export(
     counts = [0, 0, 0]  # events, payloads, erased
     seen: set[str] = set()
     batch: list[StoredEvent] = []
-    sealed_by: dict[str, int | None] = {}  # erased payload -> the seal its record names
+    sealed_by: dict[str, Named] = {}  # erased payload -> the seal its record names
 
     def written(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
         nonlocal batch
@@ -376,14 +376,22 @@ def write_export(
             )
     seals = _write_seals(recorder, run_id, sealed_by, out, key, origin, unsigned_erasures)
     out.write(_line(End(events=events, payloads=n_payloads, erased=erased, checkpoints=len(checkpoints), seals=seals)))
-    unsigned = sum(seal_id is None for seal_id in sealed_by.values())
+    unsigned = sum(named.seal_id is None for named in sealed_by.values())
     return Written(events, n_payloads, erased, len(checkpoints), size, unsigned)
+
+
+class Named(NamedTuple):
+    """What an export keeps of each erasure record it wrote, to check it against its seal."""
+
+    seal_id: int | None
+    run_id: str | None
+    digest: bytes
 
 
 def _write_seals(
     recorder: Recorder,
     run_id: str,
-    sealed_by: dict[str, int | None],
+    sealed_by: dict[str, Named],
     out: IO[bytes],
     key: Verifier,
     origin: str,
@@ -392,16 +400,17 @@ def _write_seals(
     """The seal of each erasure record written, once each; ExportError for a record that would
     not count as signed by `key` (`verify` would refuse the file; one signed by nothing is let
     through with `unsigned_erasures`, as `verify --unsigned-erasures` does)."""
-    stored = recorder.erasure_seals(i for i in sealed_by.values() if i is not None)
-    verdicts: dict[int | None, str] = {None: "" if unsigned_erasures else _SIGNED_BY_NOTHING}
-    for seal_id, found in stored.items():  # (each once: a seal may hold hundreds of thousands)
-        if found.run_id not in (run_id, ""):  # ('': a seal of records of no run, `landscape.seal.NO_RUN`)
-            verdicts[seal_id] = f"names a seal of run {found.run_id}"
-        else:
-            problem = why_not_sealed(found.note, found.digests, key, origin_for(found.note, origin))
-            verdicts[seal_id] = f"does not count as signed: {problem}" if problem else ""
+    stored = recorder.erasure_seals(n.seal_id for n in sealed_by.values() if n.seal_id is not None)
+    store_id = parse_run_origin(origin)[0]
+    verdicts = {i: verdict(found, key, store_id) for i, found in stored.items()}  # (each seal once)
     for h, named in sealed_by.items():
-        why = verdicts.get(named, "names a seal that is not in the store")
+        if named.seal_id is None:
+            why = "" if unsigned_erasures else _SIGNED_BY_NOTHING
+        else:
+            problem = record_why(
+                named.run_id, named.digest, verdicts.get(named.seal_id) or verdict(None, key, store_id)
+            )
+            why = f"does not count as signed: {problem}" if problem else ""
         if why:
             raise ExportError(
                 f"the erasure record of row payload {h} {why}; `verify` would not count it: no export was written; "
@@ -457,7 +466,7 @@ def _write_chunk(
     out: IO[bytes],
     payloads: bool,
     counts: list[int],
-    sealed_by: dict[str, int | None],
+    sealed_by: dict[str, Named],
 ) -> None:
     firsts = list(first_references(batch, seen))
     wanted = [h for _e, new in firsts for h in new]
@@ -479,8 +488,9 @@ def _write_chunk(
                 out.write(_line(PayloadRecord(hash=h, salt=p.salt, data=p.data)))
                 counts[1] += 1
             elif h in erasures:
-                out.write(_line(ErasedRecord.of(erasures[h])))
-                sealed_by[h] = erasures[h].seal_id
+                record = erasures[h]
+                out.write(_line(ErasedRecord.of(record)))
+                sealed_by[h] = Named(record.seal_id, record.run_id, record.digest())
                 counts[2] += 1
             elif payloads:
                 raise ExportError(
@@ -646,23 +656,23 @@ def _seal_proofs(
     signed by `key` (`verify` would refuse the bundle), but one signed by nothing with
     `unsigned_erasures` (which then has none)."""
     stored = recorder.erasure_seals(e.seal_id for e in erased if e.seal_id is not None)
+    store_id = parse_run_origin(origin)[0]
+    verdicts = {i: verdict(found, key, store_id) for i, found in stored.items()}  # (each seal once)
     trees: dict[int, tuple[list[bytes], list[bytes]]] = {}  # seal -> its digests in order, their leaves
-    for seal_id, found in stored.items():  # (each once: a seal may hold hundreds of thousands)
-        problem = f"its seal is of run {found.run_id}" if found.run_id not in (run_id, "") else None
-        problem = problem or why_not_sealed(found.note, found.digests, key, origin_for(found.note, origin))
-        if problem is not None:
-            _refuse_unsealed(next(e for e in erased if e.seal_id == seal_id), run_id, problem)
-        ordered = sorted(found.digests)
-        trees[seal_id] = (ordered, leaves(ordered))
     proofs = []
     for e in erased:
-        if e.seal_id is None and unsigned_erasures:
-            continue
-        if e.seal_id not in trees:
+        if e.seal_id is None:
+            if unsigned_erasures:
+                continue
             _refuse_unsealed(e, run_id, _SIGNED_BY_NOTHING.removeprefix("is "))
-        assert e.seal_id is not None
+        problem = record_why(e.run_id, e.digest(), verdicts.get(e.seal_id) or verdict(None, key, store_id))
+        if problem is not None:
+            _refuse_unsealed(e, run_id, problem)
+        if e.seal_id not in trees:
+            ordered = sorted(stored[e.seal_id].digests)
+            trees[e.seal_id] = (ordered, leaves(ordered))
         ordered, tree = trees[e.seal_id]
-        index = bisect.bisect_left(ordered, e.digest())
+        index = bisect.bisect_left(ordered, e.digest())  # (there: `record_why` found it among them)
         path = inclusion_proof(index, len(ordered), tree)
         proofs.append(SealProof(digest=e.digest().hex(), note=stored[e.seal_id].note, index=index,
                                 proof=[p.hex() for p in path]))  # fmt: skip

@@ -25,7 +25,7 @@ from landscape.notary import Witnessed
 from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent, us_to_datetime
-from landscape.seal import unsealed
+from landscape.seal import Verdict, unsealed
 from landscape.verify import Observer, Verification, payload_matches
 from landscape.verify_store import verify_run
 from statecharts import events as ev
@@ -326,7 +326,7 @@ def checked_payloads(
     run_id: str,
     hashes: Iterable[str],
     verifier: Verifier | None,
-    seals_checked: dict[int, str | None] | None = None,
+    seals_checked: dict[int, Verdict] | None = None,
 ) -> dict[str, Data]:
     """Each hash's data, fetched and checked against its commitment: missing (and whether an
     erasure record explains it: one signed by `verifier`, see `landscape.seal.unsealed`) and

@@ -125,22 +125,35 @@ def why_not_sealed(note: str, digests: Collection[bytes], verifier: Verifier | N
     return None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What one seal read from the store proves: the run it is of ('' for records of no run; None
+    for a seal that is not there), the digests it signs, and why it proves nothing, if it does not
+    (then `digests` is empty)."""
+
+    run_id: str | None
+    digests: frozenset[bytes]
+    why: str | None
+
+
 def unsealed(
     erased: Mapping[str, Erasure],
     seals: Mapping[int, Sealed],
     verifier: Verifier | None,
     store_id: str,
-    checked: dict[int, str | None] | None = None,
+    checked: dict[int, Verdict] | None = None,
     *,
     accept_unsigned: bool = False,
 ) -> dict[str, str]:
     """Of these erasure records (payload name -> its record, read from the store), those that do
-    not count as signed, each with why (a phrase about the record). With no key, or with
-    `accept_unsigned` (`--unsigned-erasures`), a record that names no seal counts as the store's
-    word, as before seals; one whose seal is broken never does.
-    `checked`: each seal's verdict so far (seal id -> why not, or None), kept by a caller that asks
-    in parts, so that a seal of hundreds of thousands of records is read and checked once;
-    `seals` need then hold only those not in it."""
+    not count as signed, each with why (a phrase about the record). A record counts when the seal
+    it names verifies (`why_not_sealed`), is of its run and holds its digest: each record is
+    checked on its own, as the records and the seals' digests are two reads of the store. With no
+    key, or with `accept_unsigned` (`--unsigned-erasures`), a record that names no seal counts as
+    the store's word, as before seals.
+    `checked`: each seal's verdict so far, kept by a caller that asks in parts, so that a seal of
+    hundreds of thousands of records is read and checked once; `seals` need then hold only those
+    not in it."""
     checked = {} if checked is None else checked
     out: dict[str, str] = {}
     for h, e in erased.items():
@@ -154,16 +167,32 @@ def unsealed(
             )
         else:
             if e.seal_id not in checked:
-                checked[e.seal_id] = _why_not(e, seals.get(e.seal_id), verifier, store_id)
-            why = checked[e.seal_id]
+                checked[e.seal_id] = verdict(seals.get(e.seal_id), verifier, store_id)
+            why = record_why(e.run_id, e.digest(), checked[e.seal_id])
         if why is not None:
             out[h] = why
     return out
 
 
-def _why_not(e: Erasure, sealed: Sealed | None, verifier: Verifier | None, store_id: str) -> str | None:
+def record_why(run_id: str | None, digest: bytes, seal: Verdict) -> str | None:
+    """Why a record of run `run_id` with this digest does not count under the seal it names, if
+    it does not: the seal proves nothing, is of another run, or does not sign this record."""
+    if seal.run_id is not None and seal.run_id != (run_id or ""):  # (records of no run: under run '')
+        return f"the seal it names is of {f'run {seal.run_id}' if seal.run_id else 'records of no run'}"
+    if seal.why is not None:
+        return seal.why
+    if digest not in seal.digests:
+        return "it is not among the records its seal signs"
+    return None
+
+
+def verdict(sealed: Sealed | None, verifier: Verifier | None, store_id: str) -> Verdict:
+    """What a seal as the store holds it proves (None: a seal a record names that is not there)."""
     if sealed is None:
-        return "the seal it names is not in the store"
-    if sealed.run_id != (e.run_id or ""):  # (a seal of records of no run is kept under run '')
-        return f"the seal it names is of {f'run {sealed.run_id}' if sealed.run_id else 'records of no run'}"
-    return why_not_sealed(sealed.note, sealed.digests, verifier, origin_of(store_id, e.run_id))
+        return Verdict(None, frozenset(), "the seal it names is not in the store")
+    try:
+        origin = origin_of(store_id, sealed.run_id or None)
+    except NoteError as err:  # (a store id or run id no origin can hold)
+        return Verdict(sealed.run_id, frozenset(), f"its seal cannot be checked: {err}")
+    why = why_not_sealed(sealed.note, sealed.digests, verifier, origin)
+    return Verdict(sealed.run_id, frozenset() if why else frozenset(sealed.digests), why)

@@ -22,8 +22,8 @@ from landscape.keys import load_verifier
 from landscape.merkle import HASH_SIZE
 from landscape.note import NoteError, Signer, Verifier, parse_note
 from landscape.postgres import PostgresRecorder
-from landscape.records import Erasure
-from landscape.seal import HEAD, Seal, open_seal, parse_seal, seal_of, sign, unsealed, why_not_sealed
+from landscape.records import Erasure, Sealed
+from landscape.seal import HEAD, Seal, Verdict, open_seal, parse_seal, seal_of, sign, unsealed, why_not_sealed
 from tests.test_cli import ROOT, elspeth, one_line_error
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_unsigned_erasures_takes_a_record_no_seal_signs_on_the_stores_word_and_s
     made = elspeth("export", run_id, "-o", str(export), "--unsigned-erasures", cwd=work, db=db)
     assert made.returncode == 0 and warning in made.stderr, made.stdout + made.stderr
     line = one_line_error(elspeth("verify", str(export), "--public-key", pub, cwd=work), 1)
-    assert h.hex() in line and "signed by no seal" in line, line
+    assert "this erasure record is signed by no seal" in line and ", line " in line, line
     checked = elspeth("verify", str(export), "--public-key", pub, "--unsigned-erasures", cwd=work)
     assert checked.returncode == 0 and warning in checked.stderr, checked.stdout + checked.stderr
     made = elspeth("prove", run_id, "--row", "2", "-o", str(bundle), "--unsigned-erasures", cwd=work, db=db)
@@ -531,6 +531,29 @@ def test_retention_writes_one_seal_per_run_and_replay_check_counts_it(db: Databa
         _check_passes(tmp_path, db, run)
 
 
+def test_a_long_runs_retention_goes_in_parts_each_with_a_seal_of_its_own(
+    db: Database, fork_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded: `RETENTION_PART` payloads a transaction, each part sealed."""
+    from landscape import erasure
+
+    work, run_id = fork_run
+    n = _payloads(db, run_id)
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with db.connect() as conn:
+        _as_attacker(conn, "payloads", "UPDATE payloads SET recorded_at = %s WHERE run_id = %s", (long_ago, run_id))
+        conn.commit()
+    monkeypatch.setattr(erasure, "RETENTION_PART", 7)
+    plan = plan_retention(db, long_ago + timedelta(days=1), verifier=_home_key(work))
+    assert plan.counts == {run_id: n}, plan.counts
+    home = Signer.parse((work / ".elspeth" / "keys" / "default.key").read_text().strip())
+    assert erase(db, plan, "retention RP-5", signer=home) == n
+    seals, records = _seals(db, run_id), _records(db, run_id)
+    assert len(seals) == -(-n // 7) and len(records) == n and _payloads(db, run_id) == 0
+    assert all(sum(s == sid for _e, s in records) <= 7 for sid in seals)
+    _check_passes(work, db, run_id)
+
+
 def test_retention_of_payloads_kept_before_they_had_a_run_is_sealed_under_the_stores_no_run_origin(
     db: Database, fork_run: tuple[Path, str]
 ) -> None:
@@ -659,3 +682,32 @@ def test_a_seal_verifies_for_exactly_its_set_of_digests(digests: set[bytes], ext
     assert why_not_sealed(note, [flipped if d == victim else d for d in ordered], KEY.verifier, ORIGIN) is not None
     assert why_not_sealed(note, ordered, Signer.generate(KEY.name).verifier, ORIGIN) is not None
     assert parse_seal(parse_note(note).text) == Seal(ORIGIN, len(digests), seal_of(ORIGIN, digests).root)
+
+
+def test_each_record_must_be_one_its_seal_signs_whatever_the_seal_read_says() -> None:
+    """The records and their seals' digests are two reads of the store: a record is checked on
+    its own against its seal's digests and run, not taken on the seal's verdict alone (nor on a
+    verdict cached from an earlier part, as `explain` keeps them)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def record(h: str, run: str | None, seal_id: int) -> Erasure:
+        return Erasure(hash=h, run_id=run, row_index=None, kind="retention", reason="r", erased_at=at,
+                       erased_by="o", seal_id=seal_id)  # fmt: skip
+
+    genuine, forged = record("a" * 64, "run-1", 1), record("b" * 64, "run-1", 1)
+    legacy, pointed = record("c" * 64, None, 2), record("d" * 64, "run-1", 2)
+    seals = {
+        1: Sealed("run-1", sign(KEY, "elspeth/store-1/run-1", [genuine.digest()]), [genuine.digest()]),
+        2: Sealed("", sign(KEY, "elspeth/store-1/*", [legacy.digest()]), [legacy.digest()]),
+    }
+    erased = {e.hash: e for e in (genuine, forged, legacy, pointed)}
+    checked: dict[int, Verdict] = {}
+    why = unsealed(erased, seals, KEY.verifier, "store-1", checked)
+    assert set(why) == {forged.hash, pointed.hash}, why
+    assert why[forged.hash] == "it is not among the records its seal signs"
+    assert why[pointed.hash] == "the seal it names is of records of no run"
+    # Asked again in a later part, with the verdicts kept and no seal read again: the same.
+    assert unsealed(erased, {}, KEY.verifier, "store-1", checked) == why
+    # A store id no origin can hold is a reason, not a traceback.
+    odd = unsealed({genuine.hash: genuine}, seals, KEY.verifier, "store 1")
+    assert "cannot be checked" in odd[genuine.hash], odd

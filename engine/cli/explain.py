@@ -20,6 +20,7 @@ from landscape import lineage as lin
 from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
 from landscape.roles import Role
+from landscape.seal import Verdict
 from statecharts.machines import RunState
 
 _WIDTH = 200  # data longer than this is cut in the text output (never in --json)
@@ -121,7 +122,7 @@ def _matching(
     matched: list[int] = []
     total = unchecked = 0
     erased: dict[str, int] = {}  # why (the erasure record's words) -> rows
-    seals: dict[int, str | None] = {}  # each seal checked once, however many chunks it covers
+    seals: dict[int, Verdict] = {}  # each seal checked once, however many chunks it covers
     for i in range(0, len(roots), 5000):
         chunk = roots[i : i + 5000]
         data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk}, found.key, seals)

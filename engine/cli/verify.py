@@ -20,7 +20,7 @@ unsigned_erasures_option = click.option(
     "unsigned_erasures",
     is_flag=True,
     help="Take erasure records that no seal signs (written before purge signed them) on the store's word, and "
-    "count them; a record under a seal that does not verify is refused all the same.",
+    "count them in a warning; a record naming a seal that does not verify is still refused.",
 )
 
 
