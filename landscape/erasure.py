@@ -262,8 +262,8 @@ def _signs_the_end(note: str | None, size: int, verifier: Verifier | None, origi
 
 
 def erase(db: Database, plan: Plan, reason: str, *, signer: Signer) -> int:
-    """Record, seal and delete: a request in one transaction, retention in one per run. Returns
-    the number of payloads erased. The records' time and role are the database's (a trigger sets
+    """Record, seal and delete: a request in one transaction, retention in one per run (per
+    `RETENTION_PART` payloads of a run). Returns the number of payloads erased. The records' time and role are the database's (a trigger sets
     them: migration 0009), read first in the same transaction, so that the seal `signer` signs
     over each run's records (`landscape.seal`) holds exactly what the store then keeps."""
     if not reason.strip():

@@ -327,11 +327,13 @@ def checked_payloads(
     hashes: Iterable[str],
     verifier: Verifier | None,
     seals_checked: dict[int, Verdict] | None = None,
+    *,
+    accept_unsigned: bool = False,
 ) -> dict[str, Data]:
     """Each hash's data, fetched and checked against its commitment: missing (and whether an
     erasure record explains it: one signed by `verifier`, see `landscape.seal.unsealed`) and
     altered are said so, and their data is not given. `seals_checked`: the seals' verdicts, kept
-    by a caller that asks in parts (`unsealed`)."""
+    by a caller that asks in parts; `accept_unsigned`: `--unsigned-erasures` (see `unsealed`)."""
     wanted = set(hashes)
     found = recorder.payloads(run_id, wanted)
     absent = [h for h in wanted if h not in found]
@@ -340,7 +342,11 @@ def checked_payloads(
     seals = recorder.erasure_seals(
         e.seal_id for e in erased.values() if e.seal_id is not None and e.seal_id not in checked
     )
-    unsigned = unsealed(erased, seals, verifier, recorder.store_id(), checked) if erased else {}
+    unsigned = (
+        unsealed(erased, seals, verifier, recorder.store_id(), checked, accept_unsigned=accept_unsigned)
+        if erased
+        else {}
+    )
     out: dict[str, Data] = {}
     for h in wanted:
         payload = found.get(h)
@@ -351,7 +357,8 @@ def checked_payloads(
             elif h in unsigned:
                 out[h] = Data(hash=h, status="missing", why=f"its erasure record does not count: {unsigned[h]}")
             else:
-                out[h] = Data(hash=h, status="erased", why=e.describe())
+                taken = " [its record is signed by no seal: taken on the store's word]" if e.seal_id is None else ""
+                out[h] = Data(hash=h, status="erased", why=e.describe() + (taken if verifier is not None else ""))
         elif not payload_matches(h, payload):
             out[h] = Data(hash=h, status="altered")
         else:
@@ -367,6 +374,7 @@ def explain_rows(
     *,
     checkpoints: Sequence[Witnessed] = (),
     verifier: Verifier | None = None,
+    unsigned_erasures: bool = False,
 ) -> Explained:
     """The lineage of the given rows (0-based indexes), built from the verified log (checked
     against the signed `checkpoints`, their signatures with `verifier` when given)."""
@@ -380,7 +388,7 @@ def explain_rows(
                 hashes.add(e.data_hash)
             elif isinstance(e, ev.StepCompleted):
                 hashes.update((e.input_hash, e.output_hash))
-    data = checked_payloads(recorder, run_id, hashes, verifier)
+    data = checked_payloads(recorder, run_id, hashes, verifier, accept_unsigned=unsigned_erasures)
     rows = []
     by_row = _tokens_by_row(collector, wanted)
     for index in sorted(wanted):

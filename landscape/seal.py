@@ -3,8 +3,8 @@
 An erasure record explains why a payload the log references is gone. Unsigned, it is the word
 of whoever could write to the store: someone with the owner's rights (or a superuser's) could
 delete a payload and write a record explaining it, and no verifier could tell. So `purge` signs,
-with the key that signs the runs' checkpoints, in the transaction that records and deletes, one
-note for each run it erases from: a *seal* over the records it writes there.
+with the key that signs the runs' checkpoints, in the transaction that records and deletes, a
+note over the records it writes of each run (of each part, for a long run): a *seal*.
 
 What is signed is the Merkle tree (RFC 6962 hashing, `landscape.merkle`) whose leaves are the
 records' digests (`Erasure.digest`: every field of a record, its time and role included), in

@@ -251,6 +251,10 @@ def test_unsigned_erasures_takes_a_record_no_seal_signs_on_the_stores_word_and_s
     line = one_line_error(elspeth("prove", run_id, "--row", "2", "-o", str(bundle), cwd=work, db=db), 1)
     assert h.hex() in line and "signed by nothing" in line, line
     assert "--unsigned-erasures" in _check_fails(work, db, run_id)
+    shown = elspeth("explain", run_id, "--row", "2", cwd=work, db=db)
+    assert shown.returncode == 0 and "DATA MISSING" in shown.stdout and "signed by nothing" in shown.stdout, shown
+    shown = elspeth("explain", run_id, "--row", "2", "--unsigned-erasures", cwd=work, db=db)
+    assert "DATA MISSING" not in shown.stdout and "signed by no seal: taken on the store's word" in shown.stdout, shown
 
     warning = "1 erasure record(s) signed by no seal, taken on the store's word"
     replay = elspeth("replay", run_id, "--check", "--unsigned-erasures", cwd=work, db=db)

@@ -15,6 +15,7 @@ import msgspec
 from engine.cli.checkpoints import Checkpoints, key_option, read_checkpoints, witness_option
 from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
+from engine.cli.verify import unsigned_erasures_option
 from engine.expressions import Expression, ExpressionError, ExpressionSyntaxError, compile_expression
 from landscape import lineage as lin
 from landscape.errors import UnknownRun
@@ -45,6 +46,7 @@ _WIDTH = 200  # data longer than this is cut in the text output (never in --json
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
 @key_option
 @witness_option
+@unsigned_erasures_option
 @click.pass_context
 def explain_cmd(
     ctx: click.Context,
@@ -56,6 +58,7 @@ def explain_cmd(
     as_json: bool,
     public_key: str | None,
     witness: str | None,
+    unsigned_erasures: bool,
 ) -> None:
     """What happened to one row: every step with its seq and time, the fields each step changed,
     the gates' decisions, forks, merges and batches, and the sink position where it landed (or
@@ -81,10 +84,11 @@ def explain_cmd(
             indexes = [lin.find_token_row(recorder, run_id, token_id, checkpoints=found.all, verifier=found.key)]
         else:
             assert condition is not None
-            indexes, upto, note = _matching(recorder, run_id, condition, limit, found)
+            indexes, upto, note = _matching(recorder, run_id, condition, limit, found, unsigned_erasures)
         explained = lin.explain_rows(
-            recorder, run_id, indexes, upto_seq=upto, checkpoints=found.all, verifier=found.key
-        )
+            recorder, run_id, indexes, upto_seq=upto, checkpoints=found.all, verifier=found.key,
+            unsigned_erasures=unsigned_erasures,
+        )  # fmt: skip
         warn_reinstated(recorder, run_id)
     if not explained.rows:
         what = f"row {row_number}" if row_number is not None else f"row matching {where!r}"
@@ -113,7 +117,7 @@ def _compile(where: str) -> Expression:
 
 
 def _matching(
-    recorder: PostgresRecorder, run_id: str, condition: Expression, limit: int, found: Checkpoints
+    recorder: PostgresRecorder, run_id: str, condition: Expression, limit: int, found: Checkpoints, unsigned: bool
 ) -> tuple[list[int], int, str]:
     """Rows whose first data (as the source gave it) satisfies `condition`; a row whose data is
     erased, missing or altered is not evaluated, and said so (an erasure in its record's words). Returns the rows, the seq the log was read
@@ -125,7 +129,7 @@ def _matching(
     seals: dict[int, Verdict] = {}  # each seal checked once, however many chunks it covers
     for i in range(0, len(roots), 5000):
         chunk = roots[i : i + 5000]
-        data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk}, found.key, seals)
+        data = lin.checked_payloads(recorder, run_id, {h for _, h in chunk}, found.key, seals, accept_unsigned=unsigned)
         for index, h in chunk:
             d = data[h]
             if d.status == "erased":
