@@ -7,16 +7,18 @@ An export is JSON lines, one record a line, each written exactly one way (msgspe
 the record's struct, fields in a fixed order, binary fields in base64, hashes in lowercase hex), so
 a reader can tell any changed byte by re-encoding what it read:
 
-    header       {"type":"elspeth-export","format":1,"run_id",...}        line 1
+    header       {"type":"elspeth-export","format":2,"run_id",...}        line 1
     checkpoint   every signed checkpoint, smallest tree first               lines 2...
     event        the run's events in seq order; after each event, a
     payload      record for each row payload it is the first to reference
     erased         (or the erasure record of one that was erased)
+    seal         each seal of the erasure records (`landscape.seal`)       after the last event
     end          the count of each kind of record                           last line
 
 The signed claims come first, so a verifier streaming the events knows every size it must
 compute a root at; payloads come right after the event that first names them, so each is checked
-where it stands and a missing one is named by its line.
+where it stands and a missing one is named by its line. A seal lists the digests of every record
+it signs, so its records are judged once they have all been read.
 """
 
 from __future__ import annotations
