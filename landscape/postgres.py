@@ -588,8 +588,9 @@ class PostgresRecorder:
 
     def erasures(self, run_id: str, hashes: Iterable[str]) -> dict[str, Erasure]:
         """The erasure record of each of `hashes` erased from run `run_id` (the first, if
-        several). A record names its run; one without (retention of a payload kept before
-        payloads were kept by run, migration 0007) serves any run, after the run's own."""
+        several: a sealed one before one no seal signs, `landscape.seal`). A record names its run;
+        one without (retention of a payload kept before payloads were kept by run, migration 0007)
+        serves any run, after the run's own."""
         wanted = sorted({h for h in hashes if is_name(h)})
         out: dict[str, Erasure] = {}
         with driver_errors("reading erasure records"), self.db.connect() as conn:
@@ -598,7 +599,7 @@ class PostgresRecorder:
                 for r in conn.execute(
                     "SELECT hash, run_id, row_index, kind, reason, erased_at, erased_by, seal_id FROM erasures "
                     "WHERE hash = ANY(%s) AND (run_id = %s OR run_id IS NULL) "
-                    "ORDER BY run_id IS NULL, seal_id IS NULL, id",
+                    "ORDER BY seal_id IS NULL, run_id IS NULL, id",
                     (chunk, run_id),
                 ):
                     h = bytes(r[0]).hex()

@@ -35,7 +35,7 @@ from landscape.note import NoteError, Signer, Verifier, b64decode_strict, open_n
 from landscape.records import Erasure, Sealed
 
 HEAD = "elspeth erasures"
-_COUNT = re.compile(r"[1-9][0-9]*")
+_COUNT = re.compile(r"[1-9][0-9]{0,18}")  # (no more: a hostile note's count is read before its signature)
 # The run part of the origin of a seal over records of no run: a retention of payloads kept
 # before payloads had a run (migration 0007), which may serve any run. No run is named `*`.
 NO_RUN = "*"
@@ -93,7 +93,10 @@ def parse_seal(text: str) -> Seal:
         raise CheckpointError(f"a seal's text is {HEAD!r}, an origin, a count and a root, each on its line")
     _head, origin, count, root, _end = lines
     if not _COUNT.fullmatch(count):
-        raise CheckpointError(f"a seal's count {count!r} is not a positive decimal number without leading zeros")
+        raise CheckpointError(
+            f"a seal's count {count[:30]!r}{'…' if len(count) > 30 else ''} is not a positive decimal number without "
+            "leading zeros, of at most 19 digits"
+        )
     raw = b64decode_strict(root, "seal root hash")
     if len(raw) != HASH_SIZE:
         raise CheckpointError(f"a root hash is {HASH_SIZE} bytes, not {len(raw)}")

@@ -5,12 +5,14 @@ that key, holds exactly the records that name it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from landscape.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, run_origin
 from landscape.db import Connection, Database
 from landscape.erasure import erase, plan_retention
+from landscape.export import SealRecord, encode
 from landscape.keys import load_verifier
 from landscape.merkle import HASH_SIZE
 from landscape.note import NoteError, Signer, Verifier, parse_note
@@ -620,6 +623,7 @@ def test_a_seal_text_round_trips() -> None:
         f"{HEAD}\n{ORIGIN}\n1\n{'A' * 43}=\nextra\n",
         f"{HEAD}\n{ORIGIN}\n1\n{'A' * 43}=",  # no final newline
         f"elspeth erasure\n{ORIGIN}\n1\n{'A' * 43}=\n",
+        f"{HEAD}\n{ORIGIN}\n{'9' * 5000}\n{'A' * 43}=\n",  # (int() of it raised ValueError: a traceback)
     ],
 )
 def test_a_malformed_seal_text_is_refused(text: str) -> None:
@@ -715,3 +719,27 @@ def test_each_record_must_be_one_its_seal_signs_whatever_the_seal_read_says() ->
     # A store id no origin can hold is a reason, not a traceback.
     odd = unsealed({genuine.hash: genuine}, seals, KEY.verifier, "store 1")
     assert "cannot be checked" in odd[genuine.hash], odd
+
+
+def test_a_seal_line_with_a_huge_count_is_one_line_in_verify(db: Database, fork_run: tuple[Path, str]) -> None:
+    """A seal's count is read before its signature is checked: a hostile one is refused on its
+    line, not with a traceback (export and bundle alike)."""
+    work, run_id = fork_run
+    _purge(work, db, run_id, 2)
+    pub = str(work / ".elspeth/keys/default.pub")
+    export, bundle = work / "x.export", work / "x.json"
+    assert elspeth("export", run_id, "-o", str(export), cwd=work, db=db).returncode == 0
+    assert elspeth("prove", run_id, "--row", "2", "-o", str(bundle), cwd=work, db=db).returncode == 0
+    evil = Signer.generate("evil").sign(f"{HEAD}\nelspeth/s/{run_id}\n{'9' * 5000}\n{'A' * 43}=\n")
+    lines = export.read_bytes().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith(b'{"type":"seal"'))
+    seal = msgspec.json.decode(lines[at], type=SealRecord)
+    lines[at] = encode(msgspec.structs.replace(seal, note=evil)) + b"\n"  # (written as ELSPETH writes it)
+    export.write_bytes(b"".join(lines))
+    line = one_line_error(elspeth("verify", str(export), "--public-key", pub, cwd=work), 1)
+    assert "this seal of erasure records does not count" in line, line
+    proof = json.loads(bundle.read_text())
+    proof["seals"][0]["note"] = evil
+    bundle.write_text(json.dumps(proof, indent=1))
+    line = one_line_error(elspeth("verify", str(bundle), "--public-key", pub, cwd=work), 1)
+    assert "signed by no seal" in line, line
