@@ -47,7 +47,7 @@ from landscape.notary import Witnessed
 from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
 from landscape.records import Erasure, StoredEvent, record_digest
-from landscape.seal import leaves, record_why, verdict
+from landscape.seal import MISSING, leaves, record_why, verdict
 from landscape.verify import check_chain, payload_matches, row_hashes
 from statecharts import events as ev
 from statecharts.errors import StatechartError
@@ -409,9 +409,7 @@ def _write_seals(
         if named.seal_id is None:
             why = "" if unsigned_erasures else _SIGNED_BY_NOTHING
         else:
-            problem = record_why(
-                named.run_id, named.digest, verdicts.get(named.seal_id) or verdict(None, key, store_id)
-            )
+            problem = record_why(named.run_id, named.digest, verdicts.get(named.seal_id, MISSING))
             why = f"does not count as signed: {problem}" if problem else ""
         if why:
             raise ExportError(
@@ -667,7 +665,7 @@ def _seal_proofs(
             if unsigned_erasures:
                 continue
             _refuse_unsealed(e, run_id, _SIGNED_BY_NOTHING.removeprefix("is "))
-        problem = record_why(e.run_id, e.digest(), verdicts.get(e.seal_id) or verdict(None, key, store_id))
+        problem = record_why(e.run_id, e.digest(), verdicts.get(e.seal_id, MISSING))
         if problem is not None:
             _refuse_unsealed(e, run_id, problem)
         if e.seal_id not in trees:

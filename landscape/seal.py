@@ -189,10 +189,14 @@ def record_why(run_id: str | None, digest: bytes, seal: Verdict) -> str | None:
     return None
 
 
+# The verdict on a seal a record names that is not in the store.
+MISSING = Verdict(None, frozenset(), "the seal it names is not in the store")
+
+
 def verdict(sealed: Sealed | None, verifier: Verifier | None, store_id: str) -> Verdict:
     """What a seal as the store holds it proves (None: a seal a record names that is not there)."""
     if sealed is None:
-        return Verdict(None, frozenset(), "the seal it names is not in the store")
+        return MISSING
     try:
         origin = origin_of(store_id, sealed.run_id or None)
     except NoteError as err:  # (a store id or run id no origin can hold)
