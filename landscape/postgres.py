@@ -77,6 +77,8 @@ _PROBE = 100_000
 # nothing when the run has none. (A filter in the scan itself, an index probe of `erasures` per
 # payload, made a run's scan four times slower.)
 _ERASED_AMONG = "SELECT DISTINCT hash FROM erasures WHERE hash = ANY(%b) AND (run_id = %s OR run_id IS NULL)"
+# An erasure record's columns as `erasures` reads them (`id` ranks records of the same payload).
+_ERASURE_COLUMNS = "id, hash, run_id, row_index, kind, reason, erased_at, erased_by, seal_id"
 _REINSTATED = (
     "SELECT DISTINCT e.hash FROM erasures e WHERE (e.run_id = %s OR e.run_id IS NULL) "
     "AND EXISTS (SELECT 1 FROM payloads p WHERE p.hash = e.hash AND p.run_id IN (%s, ''))"
@@ -592,20 +594,37 @@ class PostgresRecorder:
         one without (retention of a payload kept before payloads were kept by run, migration 0007)
         serves any run, after the run's own."""
         wanted = sorted({h for h in hashes if is_name(h)})
-        out: dict[str, Erasure] = {}
+        if not wanted:
+            return {}
+        chosen: dict[str, tuple[tuple[bool, bool, int], Erasure]] = {}
+
+        def take(rows: Iterable[Any]) -> None:
+            for r in rows:
+                h = bytes(r[1]).hex()
+                rank = (r[8] is None, r[2] is None, r[0])  # (see the docstring's order)
+                if h in asked and (h not in chosen or rank < chosen[h][0]):
+                    chosen[h] = rank, Erasure(hash=h, run_id=r[2], row_index=r[3], kind=r[4], reason=r[5],
+                                              erased_at=r[6], erased_by=r[7], seal_id=r[8])  # fmt: skip
+
+        asked = set(wanted)
         with driver_errors("reading erasure records"), self.db.connect() as conn:
+            if len(wanted) > _SCAN_AT:
+                # Most of a run's payloads (a replay of a run purged by retention): the run's records
+                # by its index, in one pass, beat a probe per name; those of no run are probed only
+                # when the store has any.
+                with conn.cursor(name=f"erasures_{os.getpid()}", binary=True) as cur:
+                    cur.itersize = _PAGE
+                    take(cur.execute(f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE run_id = %s", (run_id,)))
+                if conn.execute("SELECT 1 FROM erasures WHERE run_id IS NULL LIMIT 1").fetchone() is None:
+                    return {h: e for h, (_, e) in chosen.items()}
+                where = "hash = ANY(%s) AND run_id IS NULL"
+            else:
+                where = "hash = ANY(%s) AND (run_id = %s OR run_id IS NULL)"
             for i in range(0, len(wanted), 10_000):
                 chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
-                for r in conn.execute(
-                    "SELECT hash, run_id, row_index, kind, reason, erased_at, erased_by, seal_id FROM erasures "
-                    "WHERE hash = ANY(%s) AND (run_id = %s OR run_id IS NULL) "
-                    "ORDER BY seal_id IS NULL, run_id IS NULL, id",
-                    (chunk, run_id),
-                ):
-                    h = bytes(r[0]).hex()
-                    out.setdefault(h, Erasure(hash=h, run_id=r[1], row_index=r[2], kind=r[3], reason=r[4],
-                                              erased_at=r[5], erased_by=r[6], seal_id=r[7]))  # fmt: skip
-        return out
+                params = (chunk,) if len(wanted) > _SCAN_AT else (chunk, run_id)
+                take(conn.execute(f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE {where}", params))
+        return {h: e for h, (_, e) in chosen.items()}
 
     def erasure_seals(self, ids: Iterable[int]) -> dict[int, Sealed]:
         """Each of these seals (`landscape.seal`): its run, its note and the digests of every
@@ -620,7 +639,7 @@ class PostgresRecorder:
                 "SELECT id, run_id, note FROM erasure_seals WHERE id = ANY(%s)", (wanted,)
             ):
                 out[seal_id] = Sealed(run, note, [])
-            with conn.cursor(name=f"seals_{os.getpid()}") as cur:
+            with conn.cursor(name=f"seals_{os.getpid()}", binary=True) as cur:
                 cur.itersize = 10_000
                 cur.execute(
                     "SELECT seal_id, hash, run_id, row_index, kind, reason, erased_at, erased_by FROM erasures "

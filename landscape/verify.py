@@ -63,6 +63,8 @@ class Verification:
     # The Merkle tree of the good events: a resumed writer continues it without re-reading.
     tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
     bad: Finding | None = None
+    # The digest of what the events half of a split verification read (`_Read`; `check_events`).
+    read: bytes = b""
 
     @property
     def ok(self) -> bool:
@@ -197,30 +199,55 @@ def _verify_each(
 @dataclass(frozen=True, slots=True)
 class ChainCheck:
     """The chain half of a verification: how many events were good, the head, the Merkle roots
-    asked for and the tree (`MerkleAccumulator.to_bytes`), and whether one was bad."""
+    asked for and the tree (`MerkleAccumulator.to_bytes`), whether one was bad, and the digest of
+    the good events as read (`_Read`)."""
 
     events: int
     head: bytes
     roots: dict[int, bytes]
     tree: bytes
     bad: bool
+    read: bytes
+
+
+class _Read:
+    """What one half of a split verification read, as a digest: every field of every event, its
+    body included, in order (each event's MessagePack encoding, which spells each field apart).
+    Two reads of the store in one snapshot are two answers of the server, and they can differ (a
+    superuser's view in place of `events` can tell its readers apart): the fold would then
+    decode bodies and headers that the chain half never checked. `joined` takes the halves
+    together only when both digests are equal."""
+
+    __slots__ = ("_encode", "_hash")
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._encode = msgspec.msgpack.Encoder().encode
+
+    def add(self, e: StoredEvent) -> None:
+        self._hash.update(self._encode(e))
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
 
 
 def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collection[int] = ()) -> ChainCheck:
-    """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree)."""
-    leaves = _Leaves(roots_at)
-    add = leaves.add
+    """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree),
+    and the digest of what was read (`_Read`)."""
+    leaves, read = _Leaves(roots_at), _Read()
+    add, note = leaves.add, read.add
     prev, expected, bad = GENESIS, 0, False
     with _reading(events):
         for e in events:
             if _check_record(run_id, e, expected, prev) is not None:
                 bad = True
                 break
+            note(e)
             prev = e.hash
             expected += 1
             add(prev, expected)
         leaves.flush()
-    return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), bad)
+    return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), bad, read.digest())
 
 
 # The row payload names a verification holds before it has the store confirm them (`check_events`'
@@ -238,7 +265,8 @@ def check_events(
     confirm: Callable[[Mapping[str, int]], Iterable[str]] | None = None,
     confirm_at: int = CONFIRM_AT,
 ) -> Verification:
-    """`verify_events`' other checks alone (each body, each transition, in seq order from 0).
+    """`verify_events`' other checks alone (each body, each transition, in seq order from 0), and
+    the digest of what was read (`_Read`, in `Verification.read`).
 
     With `confirm` (which returns those of the names it is given that the store does not hold
     intact), the payload names noted are handed to it each time there are `confirm_at` of them, so
@@ -250,9 +278,12 @@ def check_events(
     if confirm is None:
         confirm_at = 1 << 62
     kept: dict[str, int] = {}  # names `confirm` did not confirm, with their first seq
+    read = _Read()
+    note = read.add
     expected, head = 0, GENESIS
     with _reading(events):
         for e in events:
+            note(e)
             why = _check_event(e, apply, remember, observe) if e.seq == expected else "out of order"
             if why is not None:
                 result.bad = Finding(e.seq, why)
@@ -267,13 +298,16 @@ def check_events(
     for name, seq in kept.items():
         referenced[name] = min(seq, referenced.get(name, seq))
     result.events, result.head = expected, head  # the head as stored: `joined` compares it
+    result.read = read.digest()
     return result
 
 
 def joined(checked: Verification, chain: ChainCheck) -> Verification | None:
-    """The two halves' results as one `Verification` when both read the same events and found
-    nothing; None otherwise (then `verify_events` says what is wrong)."""
-    if checked.bad is not None or chain.bad or (checked.events, checked.head) != (chain.events, chain.head):
+    """The two halves' results as one `Verification` when both read the same events (`_Read`) and
+    found nothing; None otherwise (then `verify_events` says what is wrong)."""
+    if checked.bad is not None or chain.bad:
+        return None
+    if (checked.events, checked.head, checked.read) != (chain.events, chain.head, chain.read):
         return None
     checked.roots = chain.roots
     checked.tree = MerkleAccumulator.from_bytes(chain.tree)
@@ -455,12 +489,13 @@ def verify_payloads(
     referenced: Mapping[str, int],
     supplied: Mapping[str, Payload],
     *,
-    explained: Mapping[str, str] | None = None,
+    explained: Collection[str] | None = None,
     unsigned: Mapping[str, str] | None = None,
 ) -> Finding | None:
     """Every referenced row payload is supplied and matches its hash, or a recorded erasure
-    explains its absence (`explained`: hash -> why). `unsigned`: hash -> why the erasure record of
-    a payload does not explain it (`landscape.seal.unsealed`). The finding names the lowest seq."""
+    explains its absence (`explained`: the hashes of those). `unsigned`: hash -> why the erasure
+    record of a payload does not explain it (`landscape.seal.unsealed`). The finding names the
+    lowest seq."""
     bad: Finding | None = None
     for h, seq in referenced.items():
         data = supplied.get(h)

@@ -5,7 +5,9 @@ A long log is verified by two processes at once. Each event costs a few microsec
 in one interpreter (decoding, four hashes, the Merkle tree, the fold), so one process keeps one
 core busy and leaves the other to the server. Both processes read the same events, in one
 snapshot of the database (`PostgresRecorder.shared_snapshot`): however the tables change
-meanwhile, they see exactly the same rows. The child runs the chain half of the checks
+meanwhile, they see exactly the same rows. Each also keeps a digest of every event it read: a
+server can answer two readers differently (whoever controls it can make it), and the halves are
+taken together only when the digests are equal. The child runs the chain half of the checks
 (`landscape.verify.check_chain`); this process decodes and folds (`check_events`) and then, for
 `verify_run`, hashes the payloads the events reference (`unconfirmed`) while the child is still at
 the chain, which has more to do per event. (Done in the child after the chain, as before, the
@@ -172,10 +174,11 @@ def verify_run(
         if not payloads:
             return verified
         # Those not found intact already (all, unless `verify_log` scanned): erased, altered, kept
-        # before payloads had a run, or named other than a payload is (in capitals).
-        present = recorder.payloads(run_id, left)
-        absent = [h for h in left if h not in present]
-        verified.erased = recorder.erasures(run_id, absent) if absent else {}
+        # before payloads had a run, or named other than a payload is (in capitals). Erased ones
+        # first: a payload an erasure record covers is not read even when it is in the store
+        # (`_REINSTATED`), so only the others are looked for (a run purged by retention: none).
+        verified.erased = recorder.erasures(run_id, left) if left else {}
+        present = recorder.payloads(run_id, [h for h in left if h not in verified.erased])
         # An erasure record explains a payload's absence only when it is signed (its seal's
         # note verifies with the key, and holds exactly the records that name it).
         seals = recorder.erasure_seals(e.seal_id for e in verified.erased.values() if e.seal_id is not None)
@@ -187,7 +190,7 @@ def verify_run(
         for h, why in unsigned.items():
             if verified.erased[h].seal_id is None:
                 unsigned[h] = f"{why} (--unsigned-erasures takes such records on the store's word)"
-        explained = {h: e.describe() for h, e in verified.erased.items() if h not in unsigned}
+        explained = verified.erased.keys() - unsigned.keys()
         bad = verify_payloads(left, present, explained=explained, unsigned=unsigned)
     if bad is not None:
         verified.bad = bad

@@ -817,7 +817,7 @@ def _as_the_store_holds_it(db: Database, run_id: str, out: Path, key: Path, monk
 
     def unchecked(_run_id: str, events: Iterable[StoredEvent], *, roots_at: object = ()) -> ChainCheck:
         n = sum(1 for _ in events)
-        return ChainCheck(n, b"", {cp.size: cp.root for cp in checkpoints}, b"", False)
+        return ChainCheck(n, b"", {cp.size: cp.root for cp in checkpoints}, b"", False, b"")
 
     monkeypatch.setattr(export_module, "check_chain", unchecked)
     origin = run_origin(recorder.store_id(), run_id)

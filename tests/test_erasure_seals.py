@@ -591,6 +591,66 @@ def test_retention_of_payloads_kept_before_they_had_a_run_is_sealed_under_the_st
     assert verified.returncode == 0 and f"{n} erased" in verified.stdout, verified.stdout + verified.stderr
 
 
+def test_records_read_by_name_or_by_run_are_the_same_records(
+    db: Database, fork_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`PostgresRecorder.erasures` looks a few names up by hash and reads most of a run's by the
+    run (a replay of a run purged by retention): both pick the same record of each payload (a
+    sealed one first, then the run's own, then the oldest), and `verify_run` judges alike."""
+    from landscape import postgres
+    from landscape.errors import ChainBroken
+    from landscape.verify_store import verify_run
+
+    work, run_id = fork_run
+    _purge(work, db, run_id, 2, 4)
+    recorder = PostgresRecorder(db)
+    genuine = [e for e, _s in _records(db, run_id)]
+    sealed = next(e for e, s in _records(db, run_id) if s is not None)
+    with db.connect() as conn:
+        # The same payload again: unsigned, of the run; sealed (by the run's seal), of no run.
+        (seal_id,) = conn.execute(
+            "SELECT seal_id FROM erasures WHERE hash = %s", (bytes.fromhex(sealed.hash),)
+        ).fetchone() or (0,)
+        for run, seal in ((run_id, None), (None, seal_id)):
+            _as_attacker(conn, "erasures", "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at, seal_id) "
+                         "VALUES (%s, %s, 1, 'request', 'again', now(), %s)", (bytes.fromhex(sealed.hash), run, seal))  # fmt: skip
+        conn.commit()
+    h = _forge(db, run_id, 0)  # a row's payload gone, under an unsigned record
+    nobody = _row_payload(db, run_id, 4)  # and another's, under a record of no run
+    with db.connect() as conn:
+        conn.execute("INSERT INTO erasures (hash, row_index, kind, reason, erased_at) VALUES (%s, 4, 'retention', 'x', now())",
+                     (nobody,))  # fmt: skip
+        assert (
+            _as_attacker(conn, "payloads", "DELETE FROM payloads WHERE run_id = %s AND hash = %s", (run_id, nobody))
+            == 1
+        )
+        conn.commit()
+    with db.connect() as conn:  # later, better-ranked records of theirs: sealed, of no run; of another run
+        for hash_, run in ((h, None), (nobody, "run-elsewhere")):
+            _as_attacker(conn, "erasures", "INSERT INTO erasures (hash, run_id, row_index, kind, reason, erased_at, seal_id) "
+                         "VALUES (%s, %s, 1, 'request', 'later', now(), %s)", (hash_, run, seal_id))  # fmt: skip
+        conn.commit()
+    names = [e.hash for e in genuine] + [h.hex(), nobody.hex(), "0" * 64, "NOT A NAME"]
+    key = _home_key(work)
+
+    def read() -> tuple[dict[str, Erasure], str]:
+        try:
+            verify_run(recorder, run_id, verifier=key)
+        except ChainBroken as e:
+            return recorder.erasures(run_id, names), str(e)
+        raise AssertionError("the forged record counted")
+
+    by_name, why = read()
+    monkeypatch.setattr(postgres, "_SCAN_AT", 0)
+    assert read() == (by_name, why)
+    assert set(by_name) == {e.hash for e in genuine} | {h.hex(), nobody.hex()}
+    assert by_name[nobody.hex()].run_id is None
+    assert by_name[sealed.hash].seal_id == seal_id and by_name[sealed.hash].run_id == run_id
+    assert by_name[h.hex()].seal_id == seal_id and by_name[h.hex()].run_id is None
+    assert by_name[nobody.hex()].seal_id is None
+    assert "is gone" in why and h.hex() in why
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. landscape/seal.py on its own
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from landscape.canonical import commit_row
@@ -228,3 +229,47 @@ def test_payloads_are_confirmed_only_when_intact_and_split_as_written() -> None:
     referenced = [rows[0][0], h1, h2, h3, rows[4][0].upper()]  # the last named in capitals
     assert unconfirmed(referenced, stored) == {h1, h2, h3, rows[4][0].upper()}
     assert unconfirmed([], stored) == set()
+
+
+def _answer_this_process(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
+    """A server that answers this process's reads of the log otherwise than the chain half's
+    process (a fresh interpreter, which this patch does not reach): the event at seq 2 as
+    `change` makes it."""
+    read = PostgresRecorder.read_events
+
+    def forged(self: PostgresRecorder, run_id: str, *args: Any, **kwargs: Any) -> Any:
+        for e in read(self, run_id, *args, **kwargs):
+            yield change(e) if e.seq == 2 else e
+
+    monkeypatch.setattr(PostgresRecorder, "read_events", forged)
+
+
+def _other_node(e: StoredEvent) -> StoredEvent:
+    """Another node in the body, with a payload hash that matches it (the hash column kept)."""
+    event = e.event
+    assert isinstance(event, ev.TokenCreated)
+    body = ev.encode_event(msgspec.structs.replace(event, at="forged"))
+    return msgspec.structs.replace(e, payload=body, payload_hash=hashlib.sha256(body).digest())
+
+
+FORGED = {
+    "body-and-its-payload-hash": _other_node,
+    "body-alone": lambda e: msgspec.structs.replace(e, payload=_other_node(e).payload),
+    "entity": lambda e: msgspec.structs.replace(e, entity_id="r7"),
+}
+
+
+@pytest.mark.parametrize("change", FORGED.values(), ids=FORGED.keys())
+def test_halves_that_read_different_events_are_not_joined(
+    db: Database, monkeypatch: pytest.MonkeyPatch, change: Any
+) -> None:
+    """The fold must never stand on events the chain half did not verify: when the server shows
+    the two processes different events, one pass over this process's events names the forged one."""
+    run_id = f"run-two-faced-{abs(hash(change)) % 10**6}"
+    _write_run(db, run_id, tokens=6).close()
+    recorder = PostgresRecorder(db)
+    assert verify_run(recorder, run_id, split_at=SPLIT).events == 7
+    _answer_this_process(monkeypatch, change)
+    with pytest.raises(ChainBroken) as err:
+        verify_run(recorder, run_id, split_at=SPLIT)
+    assert err.value.seq == 2
