@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Annotated, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Annotated, NamedTuple, NoReturn
 
 import msgspec
 
@@ -48,9 +48,12 @@ from landscape.note import NoteError, Verifier, parse_note
 from landscape.recorder import Recorder
 from landscape.records import Erasure, StoredEvent, record_digest
 from landscape.seal import MISSING, leaves, record_why, verdict
-from landscape.verify import check_chain, payload_matches, row_hashes
+from landscape.verify import payload_matches, row_hashes
 from statecharts import events as ev
 from statecharts.errors import StatechartError
+
+if TYPE_CHECKING:
+    from landscape.postgres import PostgresRecorder
 
 #: The format this ELSPETH writes and the newest it reads. 2: the seals of the erasure records.
 FORMAT = 2
@@ -315,7 +318,7 @@ def signed_checkpoints(stored: Iterable[Witnessed], witnessed: Iterable[Witnesse
 
 
 def write_export(
-    recorder: Recorder,
+    recorder: PostgresRecorder,
     run_id: str,
     out: IO[bytes],
     *,
@@ -323,12 +326,13 @@ def write_export(
     key: Verifier,
     checkpoints: list[Witnessed],
     payloads: bool = True,
-    chunk: int = 2000,
+    chunk: int = 20_000,
     unsigned_erasures: bool = False,
 ) -> Written:
     """Write the export of a run's events up to its newest checkpoint (later events are not
     signed yet) to `out`. Streams: memory holds one chunk of events and the set of payload
-    hashes already written.
+    hashes already written. (The payloads a chunk first references are asked for together: over
+    1,044,437 events, chunks of 2,000 took 24 s, of 20,000 18-22 s, 23 MB more at the peak.)
 
     What `elspeth verify` would refuse for the store's sake is found as it is written, and raised
     as ExportError naming it (the caller then keeps no file): the chain and the Merkle roots the
@@ -354,8 +358,9 @@ def write_export(
                 _write_chunk(recorder, batch, seen, out, payloads, counts, sealed_by)
                 batch = []
 
-    chain = check_chain(run_id, written(recorder.read_events(run_id, upto_seq=size - 1)), roots_at=[
-        cp.size for cp in checkpoints])  # fmt: skip
+    from landscape.verify_store import chain_beside  # (the database's; `verify` of a file needs none)
+
+    chain = chain_beside(recorder, run_id, size - 1, [cp.size for cp in checkpoints], written)
     if chain.bad:
         raise ExportError(
             f"the store's log of run {run_id} does not verify at seq {chain.events} (its chain, or what an event "

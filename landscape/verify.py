@@ -63,7 +63,7 @@ class Verification:
     # The Merkle tree of the good events: a resumed writer continues it without re-reading.
     tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
     bad: Finding | None = None
-    # The digest of what the events half of a split verification read (`_Read`; `check_events`).
+    # The digest of what the events half of a split verification read (`ReadDigest`; `check_events`).
     read: bytes = b""
 
     @property
@@ -200,7 +200,7 @@ def _verify_each(
 class ChainCheck:
     """The chain half of a verification: how many events were good, the head, the Merkle roots
     asked for and the tree (`MerkleAccumulator.to_bytes`), whether one was bad, and the digest of
-    the good events as read (`_Read`)."""
+    the good events as read (`ReadDigest`)."""
 
     events: int
     head: bytes
@@ -210,7 +210,7 @@ class ChainCheck:
     read: bytes
 
 
-class _Read:
+class ReadDigest:
     """What one half of a split verification read, as a digest: every field of every event, its
     body included, in order (each event's MessagePack encoding, which spells each field apart).
     Two reads of the store in one snapshot are two answers of the server, and they can differ (a
@@ -233,8 +233,8 @@ class _Read:
 
 def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collection[int] = ()) -> ChainCheck:
     """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree),
-    and the digest of what was read (`_Read`)."""
-    leaves, read = _Leaves(roots_at), _Read()
+    and the digest of what was read (`ReadDigest`)."""
+    leaves, read = _Leaves(roots_at), ReadDigest()
     add, note = leaves.add, read.add
     prev, expected, bad = GENESIS, 0, False
     with _reading(events):
@@ -266,7 +266,7 @@ def check_events(
     confirm_at: int = CONFIRM_AT,
 ) -> Verification:
     """`verify_events`' other checks alone (each body, each transition, in seq order from 0), and
-    the digest of what was read (`_Read`, in `Verification.read`).
+    the digest of what was read (`ReadDigest`, in `Verification.read`).
 
     With `confirm` (which returns those of the names it is given that the store does not hold
     intact), the payload names noted are handed to it each time there are `confirm_at` of them, so
@@ -278,7 +278,7 @@ def check_events(
     if confirm is None:
         confirm_at = 1 << 62
     kept: dict[str, int] = {}  # names `confirm` did not confirm, with their first seq
-    read = _Read()
+    read = ReadDigest()
     note = read.add
     expected, head = 0, GENESIS
     with _reading(events):
@@ -303,7 +303,7 @@ def check_events(
 
 
 def joined(checked: Verification, chain: ChainCheck) -> Verification | None:
-    """The two halves' results as one `Verification` when both read the same events (`_Read`) and
+    """The two halves' results as one `Verification` when both read the same events (`ReadDigest`) and
     found nothing; None otherwise (then `verify_events` says what is wrong)."""
     if checked.bad is not None or chain.bad:
         return None

@@ -24,21 +24,24 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from landscape.checkpoint import run_origin
 from landscape.child import die_with
+from landscape.errors import StoreError
 from landscape.notary import Witnessed
 from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
+from landscape.records import StoredEvent
 from landscape.seal import unsealed
 from landscape.verify import (
     CONFIRM_AT,
     ChainCheck,
     Finding,
     Observer,
+    ReadDigest,
     Verification,
     check_chain,
     check_events,
@@ -235,6 +238,43 @@ def unsigned_end(
         f"checkpoint (the newest signs {newest}): ELSPETH signs every commit, so they were written by someone who "
         "could write to the store but not sign, or their checkpoint was deleted with the witness file's copy",
     )
+
+
+def chain_beside(
+    recorder: PostgresRecorder,
+    run_id: str,
+    upto: int,
+    roots_at: Collection[int],
+    through: Callable[[Iterable[StoredEvent]], Iterable[StoredEvent]],
+) -> ChainCheck:
+    """The chain half of a verification (`check_chain`) of the run's events up to seq `upto`,
+    while `through` takes the same events, each once, in order (an export writes them).
+
+    A long log's chain is checked by a second process (`_ChainProcess`) in one snapshot with this
+    process's read, so that `through` has a core of its own; the two reads are held to be the same
+    events by their digests (`ReadDigest`). A short one's is checked here, as `through` yields. Events
+    that do not verify are said by the result (`ChainCheck.bad`; `events` counts the good ones
+    before the first bad one); `through` may have taken some of them. StoreError when the store
+    showed the two processes different events."""
+    if upto + 1 < SPLIT_AT:
+        return check_chain(run_id, through(recorder.read_events(run_id, upto_seq=upto)), roots_at=roots_at)
+    with gc_paused(), recorder.shared_snapshot() as snapshot:
+        with _ChainProcess(recorder, run_id, snapshot, upto, roots_at) as chain:
+            read = ReadDigest()
+            for e in through(recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)):
+                read.add(e)
+            answer = chain.result()
+        if answer is not None and answer.read == read.digest():
+            return answer
+        # The second process could not do its half, found a bad event, or read other events: one
+        # pass here, which names the first bad one.
+        one = check_chain(run_id, recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot), roots_at=roots_at)
+    if not one.bad and one.read != read.digest():
+        raise StoreError(
+            f"the store showed two reads of run {run_id}'s log in one snapshot different events: it is not to be "
+            "trusted (see docs/verification.md, the threat model)"
+        )
+    return one
 
 
 class _ChainProcess:

@@ -23,6 +23,7 @@ import msgspec
 import pytest
 
 import landscape.export as export_module
+import landscape.verify_store as verify_store
 from engine.cli import audit
 from engine.cli.audit import new_file
 from engine.cli.errors import ElspethCliError
@@ -30,6 +31,7 @@ from landscape.audit import AuditFailure, verify_export, verify_proof
 from landscape.chain import header, link
 from landscape.checkpoint import Checkpoint, run_origin
 from landscape.db import Database
+from landscape.errors import StoreError
 from landscape.export import (
     CheckpointRecord,
     End,
@@ -819,7 +821,8 @@ def _as_the_store_holds_it(db: Database, run_id: str, out: Path, key: Path, monk
         n = sum(1 for _ in events)
         return ChainCheck(n, b"", {cp.size: cp.root for cp in checkpoints}, b"", False, b"")
 
-    monkeypatch.setattr(export_module, "check_chain", unchecked)
+    monkeypatch.setattr(verify_store, "check_chain", unchecked)
+    monkeypatch.setattr(verify_store, "SPLIT_AT", 10**9)  # (checked here, not by a second process)
     origin = run_origin(recorder.store_id(), run_id)
     with out.open("wb") as f:
         write_export(recorder, run_id, f, origin=origin, key=verifier, checkpoints=checkpoints)
@@ -945,3 +948,65 @@ def test_a_bundle_reformatted_with_its_keys_in_another_order_is_read_as_a_bundle
     out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())  # a byte-order mark: refused, as a bundle
     err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
     assert "elspeth-export header" not in err, err
+
+
+# -- a long log's export: its chain checked by a second process ------------------------------------
+
+
+def _export_in_process(db: Database, run_id: str, key: Path, out: Path) -> None:
+    recorder, verifier = PostgresRecorder(db), load_verifier(key)
+    checkpoints = signed_checkpoints(recorder.checkpoints(run_id), [], verifier)
+    with out.open("wb") as f:
+        write_export(recorder, run_id, f, origin=run_origin(recorder.store_id(), run_id), key=verifier,
+                     checkpoints=checkpoints)  # fmt: skip
+
+
+def test_a_long_logs_export_is_the_same_file_with_its_chain_checked_beside(
+    db: Database, fork: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log of `SPLIT_AT` events or more is exported while a second process checks its chain:
+    the very file one process writes, which `verify` passes."""
+    one, split = tmp_path / "one.export", tmp_path / "split.export"
+    _export_in_process(db, fork.run_id, fork.pub, one)
+    monkeypatch.setattr(verify_store, "SPLIT_AT", 1)
+    _export_in_process(db, fork.run_id, fork.pub, split)
+    assert split.read_bytes() == one.read_bytes() == fork.file.read_bytes()
+
+
+def test_a_long_logs_export_names_a_changed_event_as_one_process_does(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, run_id = _run(db, tmp_path, FORK)
+    key = work / ".elspeth/keys/default.pub"
+    _superuser_update(db, "UPDATE events SET entity_id = entity_id || 'x' WHERE run_id = %s AND seq = 9", (run_id,))
+    found = []
+    for split_at in (10**9, 1):
+        monkeypatch.setattr(verify_store, "SPLIT_AT", split_at)
+        with pytest.raises(ExportError) as err:
+            _export_in_process(db, run_id, key, tmp_path / f"{split_at}.export")
+        found.append(str(err.value))
+    assert found[0] == found[1] and "does not verify at seq 9" in found[0], found
+
+
+@pytest.mark.parametrize("reads", [1, 2], ids=["first-read", "every-read"])
+def test_a_long_logs_export_stops_when_the_store_shows_the_chain_check_other_events(
+    db: Database, fork: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: int
+) -> None:
+    """The events written must be the ones whose chain was checked: a server that shows the
+    writing process other events than the checking one (the second process is a fresh interpreter,
+    which this patch does not reach) stops the export, whichever of its reads it forges."""
+    read, forged = PostgresRecorder.read_events, [0]
+
+    def two_faced(self: PostgresRecorder, run_id: str, *args: object, **kwargs: object) -> Iterable[StoredEvent]:
+        forged[0] += 1
+        for e in read(self, run_id, *args, **kwargs):  # type: ignore[arg-type]
+            yield msgspec.structs.replace(e, entity_id="forged") if e.seq == 5 and forged[0] <= reads else e
+
+    monkeypatch.setattr(verify_store, "SPLIT_AT", 1)
+    monkeypatch.setattr(PostgresRecorder, "read_events", two_faced)
+    with pytest.raises((ExportError, StoreError)) as err:
+        _export_in_process(db, fork.run_id, fork.pub, tmp_path / "forged.export")
+    if reads == 1:  # one pass over a second read finds nothing wrong: the reads differed
+        assert isinstance(err.value, StoreError) and "different events" in str(err.value)
+    else:
+        assert "does not verify at seq 5" in str(err.value)
