@@ -26,13 +26,16 @@ import msgspec
 
 from landscape.checkpoint import run_origin
 from landscape.db import Connection, Database, driver_errors
-from landscape.errors import LandscapeError, PermissionDenied, UnknownRun
-from landscape.export import lineage
+from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun
+from landscape.export import Lineage
+from landscape.notary import Witnessed
 from landscape.note import NoteError, Signer, Verifier, parse_note
 from landscape.postgres import PostgresRecorder, run_ids_in
-from landscape.records import Erasure
+from landscape.records import Erasure, StoredEvent
 from landscape.seal import origin_of, sign
 from landscape.verify import checkpoint_of, row_hashes
+from landscape.verify_store import verify_run
+from statecharts.events import EventBase
 from statecharts.machines import RUN_FINAL, RUN_STATUS_AFTER
 
 
@@ -82,10 +85,24 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def plan_rows(
-    db: Database, run_id: str, rows: Sequence[int], *, force: bool = False, verifier: Verifier | None = None
+    db: Database,
+    run_id: str,
+    rows: Sequence[int],
+    *,
+    force: bool = False,
+    verifier: Verifier | None = None,
+    checkpoints: Sequence[Witnessed] | None = None,
 ) -> Plan:
     """Every payload of the given source rows of a run, across all tokens that contain them. A
-    run that can still be resumed is refused unless `force`."""
+    run that can still be resumed is refused unless `force`.
+
+    Which payloads are the rows' is read from the log as it verifies (`verify_run`: the chain,
+    and the signed `checkpoints`, the store's when None, with `verifier`), never from the log
+    as the store hands it over: someone who can write to the store but not sign could otherwise
+    point a row's tokens at another row's data, have the operator's purge erase that under a
+    signed record, and put the log back. (A run with no checkpoint at all is refused unless
+    `force` already: its status is unproved, `run_statuses`.) Forced, only the part of the log
+    that the newest checkpoint verifying with `verifier` signs is read."""
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
         raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
@@ -105,10 +122,33 @@ def plan_rows(
     wanted = set(rows)
     found: dict[str, tuple[str | None, int | None]] = {}
     tokens: dict[str, int] = {}
-    for row, stored in lineage(recorder.read_events(run_id), wanted):
-        tokens[stored.entity_id] = row
-        for h in row_hashes(stored.event):
-            found.setdefault(h, (run_id, row))
+    of_rows = Lineage(wanted)
+
+    def note(stored: StoredEvent, event: EventBase) -> None:
+        row = of_rows.row_of(stored, event)
+        if row is not None:
+            tokens[stored.entity_id] = row
+            for h in row_hashes(event):
+                found.setdefault(h, (run_id, row))
+
+    signed = recorder.checkpoints(run_id) if checkpoints is None else list(checkpoints)
+    upto = None
+    if force:
+        # Forced, the run's end may be unproved (an ending appended by someone who cannot sign,
+        # a checkpoint signed with another key): the rows are found in the part of the log the
+        # newest checkpoint that verifies signs (with none, the log as the store holds it, its
+        # chain checked, as for a store from before checkpoints).
+        origin = run_origin(recorder.store_id(), run_id)
+        signed = [cp for cp in signed if checkpoint_of(cp.note, cp.size, verifier, origin) is not None]
+        upto = max(cp.size for cp in signed) - 1 if signed else None
+    try:
+        verify_run(recorder, run_id, upto_seq=upto, observe=note, checkpoints=signed, verifier=verifier,
+                   payloads=False, as_of_now=not force)  # fmt: skip
+    except (ChainBroken, CorruptLog) as e:
+        raise ErasureRefused(
+            f"the log of run {run_id} does not verify ({e}): which payloads are its rows' cannot be told; nothing was "
+            f"erased. See `elspeth replay {run_id} --check`"
+        ) from None
     missing = sorted(wanted - set(tokens.values()))
     if missing:
         # Said in the CLI's numbering: rows counted from 1 (row_index + 1, as __row_number__).

@@ -580,26 +580,39 @@ def _no_key_twice(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return found
 
 
-def lineage(events: Iterable[StoredEvent], rows: Collection[int]) -> Iterator[tuple[int, StoredEvent]]:
-    """(source row, event) for the events of the given source rows' tokens: those created for a
-    row (no parents, its row index) and every token descending from them (fork branches,
-    expansions, merges, batch outputs that contain it) — what `prove --row` proves and
-    `purge --row` erases. A token descending from several of the rows counts for the first."""
-    owner: dict[str, int] = {}  # token id -> the source row it contains
-    for e in events:
+class Lineage:
+    """Which of the given source rows each token contains, learnt from the events in seq order:
+    a token created for a row (no parents, its row index), and every token descending from one
+    (fork branches, expansions, merges, batch outputs that contain it) — what `prove --row` proves
+    and `purge --row` erases. A token descending from several of the rows counts for the first."""
+
+    def __init__(self, rows: Collection[int]) -> None:
+        self.rows = rows
+        self.owner: dict[str, int] = {}  # token id -> the source row it contains
+
+    def row_of(self, e: StoredEvent, created: ev.EventBase | None) -> int | None:
+        """The row event `e` is of, if one of the rows (`created`: its decoded body, when it is a
+        TokenCreated; the body is not read otherwise)."""
         if e.machine != "token":
-            continue
-        created = e.event if e.event_type == "TokenCreated" else None
+            return None
         if isinstance(created, ev.TokenCreated):
             parents = created.parents
-            if not parents and created.row_index in rows:
-                owner[e.entity_id] = created.row_index
+            if not parents and created.row_index in self.rows:
+                self.owner[e.entity_id] = created.row_index
             else:
-                row = next((owner[p] for p in parents if p in owner), None)
+                row = next((self.owner[p] for p in parents if p in self.owner), None)
                 if row is not None:
-                    owner[e.entity_id] = row
-        if e.entity_id in owner:
-            yield owner[e.entity_id], e
+                    self.owner[e.entity_id] = row
+        return self.owner.get(e.entity_id)
+
+
+def lineage(events: Iterable[StoredEvent], rows: Collection[int]) -> Iterator[tuple[int, StoredEvent]]:
+    """(source row, event) for the events of the given source rows' tokens (`Lineage`)."""
+    found = Lineage(rows)
+    for e in events:
+        row = found.row_of(e, e.event if e.machine == "token" and e.event_type == "TokenCreated" else None)
+        if row is not None:
+            yield row, e
 
 
 def build_proof(

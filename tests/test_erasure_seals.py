@@ -5,6 +5,7 @@ that key, holds exactly the records that name it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from landscape.chain import GENESIS, header, link
 from landscape.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, run_origin
 from landscape.db import Connection, Database
 from landscape.erasure import erase, plan_retention
@@ -649,6 +651,77 @@ def test_records_read_by_name_or_by_run_are_the_same_records(
     assert by_name[h.hex()].seal_id == seal_id and by_name[h.hex()].run_id is None
     assert by_name[nobody.hex()].seal_id is None
     assert "is gone" in why and h.hex() in why
+
+
+def _point_row_at(db: Database, run_id: str, victim: int, subject: int, *, rechain: bool) -> None:
+    """As someone who can write to the store but not sign: the token of source row `subject`
+    (row_index) made to name the data of row `victim` (its TokenCreated's data_hash), its body's
+    payload hash redone; with `rechain`, every hash after it redone too (a chain that holds, and
+    that folds: only the roots of the signed checkpoints differ)."""
+    victims = _row_payload(db, run_id, victim).hex().encode()
+    subjects = _row_payload(db, run_id, subject).hex().encode()
+    with db.connect() as conn:
+        events = list(PostgresRecorder(db).read_events(run_id))
+        prev, changed = GENESIS, False
+        for e in events:
+            body = e.payload
+            if e.event_type == "TokenCreated" and b'"data_hash":"%s"' % subjects in body:
+                body = body.replace(subjects, victims)
+                changed = True
+            if body == e.payload and not (changed and rechain):
+                prev = e.hash
+                continue
+            ph = hashlib.sha256(body).digest()
+            h = link(prev, header(run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version,
+                                  e.recorded_at_us), ph) if rechain else e.hash  # fmt: skip
+            _as_attacker(conn, "events", "UPDATE events SET payload = %s, payload_hash = %s, prev_hash = %s, hash = %s "
+                         "WHERE run_id = %s AND seq = %s", (body, ph, prev if rechain else e.prev_hash, h, run_id, e.seq))  # fmt: skip
+            prev = h
+        conn.commit()
+    assert changed
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["", "forced"])
+@pytest.mark.parametrize("rechain", [False, True], ids=["body", "chain-redone"])
+def test_purge_finds_a_rows_payloads_in_the_log_as_signed_not_as_the_store_shows_it(
+    db: Database, fork_run: tuple[Path, str], rechain: bool, force: bool
+) -> None:
+    """A laundering: point the data subject's token at another row's data, have the operator's
+    `purge --row` erase that row's data under a signed record, then put the log back. Purge finds
+    the rows' payloads in the log only as it verifies against the signed checkpoints (forced, in
+    the part the newest of them signs): it refuses, and erases nothing."""
+    work, run_id = fork_run
+    victim = _row_payload(db, run_id, 4)
+    before = _payloads(db, run_id)
+    _point_row_at(db, run_id, 4, 1, rechain=rechain)
+    forced = ("--force",) if force else ()
+    proc = elspeth("purge", run_id, "--row", "2", "--reason", "GDPR request #5", *forced, cwd=work, db=db)
+    assert proc.returncode == 1 and "does not verify" in proc.stderr and "nothing was erased" in proc.stderr, (
+        proc.stdout + proc.stderr
+    )
+    assert _payloads(db, run_id) == before and _records(db, run_id) == []
+    with db.connect() as conn:
+        assert conn.execute("SELECT 1 FROM payloads WHERE hash = %s", (victim,)).fetchone() is not None
+
+
+def test_purge_by_row_of_a_run_no_checkpoint_signs_is_refused_unless_forced(
+    db: Database, fork_run: tuple[Path, str]
+) -> None:
+    """With every checkpoint gone (the store's deleted, the witness file moved away), nothing
+    proves which payloads are a row's: refused; --force erases by the log as the store holds it."""
+    work, run_id = fork_run
+    with db.connect() as conn:
+        assert _as_attacker(conn, "checkpoints", "DELETE FROM checkpoints WHERE run_id = %s", (run_id,)) > 0
+        conn.commit()
+    witness = work / ".elspeth" / "witness" / f"{run_id}.checkpoints"
+    assert witness.exists()
+    witness.rename(work / "moved.checkpoints")
+    before = _payloads(db, run_id)
+    proc = elspeth("purge", run_id, "--row", "2", "--reason", "GDPR request #6", cwd=work, db=db)
+    assert proc.returncode == 1 and "no signed checkpoint" in proc.stderr, proc.stdout + proc.stderr
+    assert _payloads(db, run_id) == before
+    forced = elspeth("purge", run_id, "--row", "2", "--reason", "GDPR request #6", "--force", cwd=work, db=db)
+    assert forced.returncode == 0 and _payloads(db, run_id) < before, forced.stdout + forced.stderr
 
 
 # ---------------------------------------------------------------------------------------------

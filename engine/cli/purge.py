@@ -66,7 +66,9 @@ def purge_cmd(
     if not dry_run and not (reason or "").strip():
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
     from engine import signing
+    from engine.cli.checkpoints import read_checkpoints
     from landscape.erasure import erase, plan_retention, plan_rows, vacuum_payloads  # here: --help stays fast
+    from landscape.postgres import PostgresRecorder
 
     now = datetime.now(UTC)
     # The key that checks the checkpoint at each log's end: a run's data goes as a final run's only
@@ -91,7 +93,17 @@ def purge_cmd(
         if age is not None:
             plan = plan_retention(db, now - age, force=force, verifier=key)
         else:
-            plan = plan_rows(db, run_id or "", [r - 1 for r in rows], force=force, verifier=key)
+            # The run's checkpoints as `replay` reads them, the witness file's too: the rows'
+            # payloads are found in the log as those sign it (see `plan_rows`).
+            recorder = PostgresRecorder(db)
+            checkpoints = (
+                read_checkpoints(recorder, run_id, home_from_ctx(ctx), witness=None, key=key).all
+                if run_id and recorder.run_exists(run_id)
+                else None
+            )
+            plan = plan_rows(
+                db, run_id or "", [r - 1 for r in rows], force=force, verifier=key, checkpoints=checkpoints
+            )
         for line in _describe(plan, dry_run, run_id):
             click.echo(line)
         if dry_run or not plan.size:
