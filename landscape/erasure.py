@@ -19,6 +19,7 @@ unless forced, which its records then say. Whether a run completed is read from 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -66,6 +67,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     rows: list[int] = []  # the source rows asked for (requests only), as row_index
     resumable: dict[str, str] = {}  # run -> status: runs that can still be resumed (see _FINAL)
     forced: bool = False  # their data goes all the same (`--force`): said in each record's reason
+    unread_from: int | None = None  # forced: the first seq past the part of the log read (requests only)
     cutoff: datetime | None = None  # retention only
     counts: dict[str, int] = {}  # retention only: run ('' for payloads kept before runs) -> payloads
 
@@ -100,9 +102,9 @@ def plan_rows(
     and the signed `checkpoints`, the store's when None, with `verifier`), never from the log
     as the store hands it over: someone who can write to the store but not sign could otherwise
     point a row's tokens at another row's data, have the operator's purge erase that under a
-    signed record, and put the log back. (A run with no checkpoint at all is refused unless
-    `force` already: its status is unproved, `run_statuses`.) Forced, only the part of the log
-    that the newest checkpoint verifying with `verifier` signs is read."""
+    signed record, and put the log back. A run with no checkpoint that verifies is refused, forced
+    too. Forced, only the part of the log that the newest checkpoint verifying with `verifier`
+    signs is read (`Plan.unread_from`)."""
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
         raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
@@ -119,6 +121,18 @@ def plan_rows(
             f"(`elspeth resume {run_id}`), or end it for good (`elspeth abandon {run_id} --reason TEXT`), or erase now "
             "with --force (said in the erasure record; the run can then not be resumed past these rows)"
         )
+    signed = recorder.checkpoints(run_id) if checkpoints is None else list(checkpoints)
+    origin = run_origin(recorder.store_id(), run_id)
+    provable = [cp for cp in signed if checkpoint_of(cp.note, cp.size, verifier, origin) is not None]
+    if not provable:
+        # A log no checkpoint of the key signs is one anyone who can write to the store could have
+        # rewritten: forced too.
+        raise ErasureRefused(
+            f"run {run_id} has no checkpoint that verifies with {verifier.label if verifier else 'no key'} "
+            f"({_signers(signed)}), so nothing proves which payloads are its rows'; nothing was erased. Its witness "
+            "file holds its checkpoints if the store's are gone; a run signed with another key is purged with "
+            "--public-key naming that key's .pub"
+        )
     wanted = set(rows)
     found: dict[str, tuple[str | None, int | None]] = {}
     tokens: dict[str, int] = {}
@@ -131,16 +145,15 @@ def plan_rows(
             for h in row_hashes(event):
                 found.setdefault(h, (run_id, row))
 
-    signed = recorder.checkpoints(run_id) if checkpoints is None else list(checkpoints)
-    upto = None
+    upto, unread = None, None
     if force:
         # Forced, the run's end may be unproved (an ending appended by someone who cannot sign,
         # a checkpoint signed with another key): the rows are found in the part of the log the
-        # newest checkpoint that verifies signs (with none, the log as the store holds it, its
-        # chain checked, as for a store from before checkpoints).
-        origin = run_origin(recorder.store_id(), run_id)
-        signed = [cp for cp in signed if checkpoint_of(cp.note, cp.size, verifier, origin) is not None]
-        upto = max(cp.size for cp in signed) - 1 if signed else None
+        # newest checkpoint that verifies signs, and the plan says where that part ends.
+        signed = provable
+        upto = max(cp.size for cp in signed) - 1
+        if upto < recorder.last_seq(run_id):
+            unread = upto + 1
     try:
         verify_run(recorder, run_id, upto_seq=upto, observe=note, checkpoints=signed, verifier=verifier,
                    payloads=False, as_of_now=not force)  # fmt: skip
@@ -170,7 +183,19 @@ def plan_rows(
         rows=sorted(wanted),
         resumable={run_id: status} if status not in _FINAL else {},
         forced=force and status not in _FINAL,
+        unread_from=unread,
     )
+
+
+def _signers(checkpoints: Sequence[Witnessed]) -> str:
+    """Who signed these checkpoints, as their notes say (unchecked): for a refusal's message."""
+    labels: set[str] = set()
+    for cp in checkpoints:
+        with contextlib.suppress(NoteError):
+            labels.update(s.label for s in parse_note(cp.note).signatures)
+    if not checkpoints:
+        return "it has none, in the store or in its witness file"
+    return f"{len(checkpoints)} signed by {', '.join(sorted(labels)) or 'nothing readable'}"
 
 
 def plan_retention(db: Database, cutoff: datetime, *, force: bool = False, verifier: Verifier | None = None) -> Plan:

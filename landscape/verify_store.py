@@ -24,7 +24,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -78,8 +78,9 @@ def verify_log(
     split, only those not found intact in the store (`unconfirmed`). Those are looked up as the log
     is read, each time `confirm_at` names are noted (`check_events`), so that memory stays bounded
     on any log; when there were fewer, in one scan at the end. `observe` sees each event of a good
-    log once; after a bad one, what it saw is not to be relied on. Cyclic garbage collection is
-    paused meanwhile (`gc_paused`), also for `observe`."""
+    log once, exactly as verified; after a bad one, what it saw is not to be relied on. StoreError
+    when the store showed two reads of the log different events (`_verify_split`). Cyclic garbage
+    collection is paused meanwhile (`gc_paused`), also for `observe`."""
     last = recorder.last_seq(run_id)
     upto = last if upto_seq is None else min(upto_seq, last)
     with gc_paused():
@@ -131,12 +132,28 @@ def _verify_split(
         answer = chain.result() if checked.bad is None else None
     if answer is not None and (halves := joined(checked, answer)) is not None:
         return halves, left
-    if checked.bad is None:
-        observe = None  # it has seen every event once already
     # Something is wrong, or the second process could not do its half (it did not start, or
-    # failed): one pass in the same snapshot names the first bad event, or finds none.
-    one = verify_events(run_id, events(), observe=observe, roots_at=roots_at, references=references)
+    # failed): one pass in the same snapshot names the first bad event, or finds none. `observe`
+    # saw this process's first read and is not shown the events again: what it saw counts only
+    # when that read was good and is the very one this pass verified (their digests).
+    read = ReadDigest()
+
+    def digested() -> Iterator[StoredEvent]:
+        for e in events():
+            read.add(e)
+            yield e
+
+    one = verify_events(run_id, digested(), roots_at=roots_at, references=references)
+    if one.bad is None and (checked.bad is not None or checked.read != read.digest()):
+        raise StoreError(_TWO_FACED.format(run_id=run_id))
     return one, one.referenced
+
+
+# A server that showed two reads of one snapshot different events: whoever controls it is lying.
+_TWO_FACED = (
+    "the store showed two reads of run {run_id}'s log in one snapshot different events: it is not to be trusted "
+    "(see docs/verification.md, the threat model)"
+)
 
 
 def verify_run(
@@ -182,6 +199,10 @@ def verify_run(
         # (`_REINSTATED`), so only the others are looked for (a run purged by retention: none).
         verified.erased = recorder.erasures(run_id, left) if left else {}
         present = recorder.payloads(run_id, [h for h in left if h not in verified.erased])
+        # In neither: gone, unless a purge committed between the two reads (its records, then).
+        late = [h for h in left if h not in present and h not in verified.erased]
+        if late:
+            verified.erased.update(recorder.erasures(run_id, late))
         # An erasure record explains a payload's absence only when it is signed (its seal's
         # note verifies with the key, and holds exactly the records that name it).
         seals = recorder.erasure_seals(e.seal_id for e in verified.erased.values() if e.seal_id is not None)
@@ -270,10 +291,7 @@ def chain_beside(
         # pass here, which names the first bad one.
         one = check_chain(run_id, recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot), roots_at=roots_at)
     if not one.bad and one.read != read.digest():
-        raise StoreError(
-            f"the store showed two reads of run {run_id}'s log in one snapshot different events: it is not to be "
-            "trusted (see docs/verification.md, the threat model)"
-        )
+        raise StoreError(_TWO_FACED.format(run_id=run_id))
     return one
 
 

@@ -328,6 +328,8 @@ def test_a_status_the_writer_appends_to_a_completed_run_under_its_own_key_is_not
     assert "is interrupted by its log, at a checkpoint signed by " in err and "cannot check" in err, err
     forced = elspeth("purge", run_id, "--row", "1", "--reason", "GDPR-1", "--force", cwd=tmp_path, db=db)
     assert forced.returncode == 0, forced.stderr
+    # The rows are found in the log only as far as a checkpoint of the key signs it: said.
+    assert "read the log only up to seq" in forced.stdout, forced.stdout
     with db.connect() as conn:
         (why,) = conn.execute("SELECT DISTINCT reason FROM erasures WHERE run_id = %s", (run_id,)).fetchone()  # type: ignore[misc]
     assert why == "GDPR-1 [--force: the run's log says interrupted, and its end was not proved by a signature checked]"

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -704,11 +705,12 @@ def test_purge_finds_a_rows_payloads_in_the_log_as_signed_not_as_the_store_shows
         assert conn.execute("SELECT 1 FROM payloads WHERE hash = %s", (victim,)).fetchone() is not None
 
 
-def test_purge_by_row_of_a_run_no_checkpoint_signs_is_refused_unless_forced(
+def test_purge_by_row_of_a_run_no_checkpoint_signs_is_refused_even_forced(
     db: Database, fork_run: tuple[Path, str]
 ) -> None:
     """With every checkpoint gone (the store's deleted, the witness file moved away), nothing
-    proves which payloads are a row's: refused; --force erases by the log as the store holds it."""
+    proves which payloads are a row's: a log anyone who can write to the store could have
+    rewritten. Refused, forced too."""
     work, run_id = fork_run
     with db.connect() as conn:
         assert _as_attacker(conn, "checkpoints", "DELETE FROM checkpoints WHERE run_id = %s", (run_id,)) > 0
@@ -719,9 +721,33 @@ def test_purge_by_row_of_a_run_no_checkpoint_signs_is_refused_unless_forced(
     before = _payloads(db, run_id)
     proc = elspeth("purge", run_id, "--row", "2", "--reason", "GDPR request #6", cwd=work, db=db)
     assert proc.returncode == 1 and "no signed checkpoint" in proc.stderr, proc.stdout + proc.stderr
+    forced = elspeth("purge", run_id, "--row", "2", "--reason", "GDPR request #6", "--force", cwd=work, db=db)
+    assert forced.returncode == 1 and "has no checkpoint that verifies" in forced.stderr, forced.stdout + forced.stderr
+    assert "it has none, in the store or in its witness file" in forced.stderr, forced.stderr
     assert _payloads(db, run_id) == before
+    (work / "moved.checkpoints").rename(witness)  # the witness file's copies are enough
     forced = elspeth("purge", run_id, "--row", "2", "--reason", "GDPR request #6", "--force", cwd=work, db=db)
     assert forced.returncode == 0 and _payloads(db, run_id) < before, forced.stdout + forced.stderr
+
+
+def test_a_purge_that_commits_between_replays_two_reads_is_no_false_alarm(
+    db: Database, fork_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify_run` reads the erasure records, then the payloads: a purge committing between them
+    leaves a payload in neither. Its records are read again before anything is called missing."""
+    from landscape.verify_store import verify_run
+
+    work, run_id = fork_run
+    _purge(work, db, run_id, 2)
+    erasures, calls = PostgresRecorder.erasures, [0]
+
+    def before_the_purge(self: PostgresRecorder, run: str, hashes: Any) -> dict[str, Erasure]:
+        calls[0] += 1
+        return {} if calls[0] == 1 else erasures(self, run, hashes)
+
+    monkeypatch.setattr(PostgresRecorder, "erasures", before_the_purge)
+    verified = verify_run(PostgresRecorder(db), run_id, verifier=_home_key(work))
+    assert verified.erased and calls[0] == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from landscape.canonical import commit_row
 from landscape.chain import GENESIS, header, link
 from landscape.db import Database
-from landscape.errors import ChainBroken
+from landscape.errors import ChainBroken, StoreError
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
 from landscape.verify import unconfirmed, verify_events
@@ -273,3 +273,30 @@ def test_halves_that_read_different_events_are_not_joined(
     with pytest.raises(ChainBroken) as err:
         verify_run(recorder, run_id, split_at=SPLIT)
     assert err.value.seq == 2
+
+
+@pytest.mark.parametrize("child", ["answers", "cannot-start"])
+def test_what_an_observer_saw_of_a_forged_first_read_never_counts(
+    db: Database, monkeypatch: pytest.MonkeyPatch, child: str
+) -> None:
+    """The observer (purge's search for a row's payloads, explain's rows) sees this process's
+    first read. A server that forges only that read, and shows the chain half and the one pass
+    after it the genuine log, would have it keep forged events from a log that verifies: the
+    reads differ, and that is the error."""
+    run_id = f"run-first-read-{child}"
+    _write_run(db, run_id, tokens=6).close()
+    read, calls = PostgresRecorder.read_events, [0]
+
+    def first_forged(self: PostgresRecorder, run: str, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        forged = calls[0] == 1
+        for e in read(self, run, *args, **kwargs):
+            yield _other_node(e) if forged and e.seq == 2 else e
+
+    monkeypatch.setattr(PostgresRecorder, "read_events", first_forged)
+    if child == "cannot-start":
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    seen: list[str] = []
+    with pytest.raises(StoreError, match="different events"):
+        verify_run(PostgresRecorder(db), run_id, split_at=SPLIT, observe=lambda _e, event: seen.append(repr(event)))
+    assert any("forged" in s for s in seen)  # (what it saw was the forgery)

@@ -143,6 +143,12 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
             lines.append(f"nothing to erase: the data of run {run_id}, row(s) {rows} is gone already")
         if plan.already_erased:
             lines.append(f"  {plan.already_erased} payload(s) of these rows were erased before")
+        if plan.unread_from is not None:
+            lines.append(
+                f"  read the log only up to seq {plan.unread_from - 1}, the newest checkpoint that verifies with the "
+                f"key: what its events from seq {plan.unread_from} on gave these rows is not erased (those events are "
+                "signed by no checkpoint this key checks; see `elspeth replay RUN --check`)"
+            )
         return lines
     by_run = sorted(plan.runs().items())
     if plan.size:
