@@ -608,22 +608,25 @@ class PostgresRecorder:
 
         asked = set(wanted)
         with driver_errors("reading erasure records"), self.db.connect() as conn:
-            if len(wanted) > _SCAN_AT:
-                # Most of a run's payloads (a replay of a run purged by retention): the run's records
-                # by its index, in one pass, beat a probe per name; those of no run are probed only
-                # when the store has any.
+            # Most runs have no record, and most stores none of no run: two probes of the run
+            # index say so, and spare a lookup of every name (`verify_run` asks for them all).
+            of_run = conn.execute("SELECT 1 FROM erasures WHERE run_id = %s LIMIT 1", (run_id,)).fetchone() is not None
+            of_none = conn.execute("SELECT 1 FROM erasures WHERE run_id IS NULL LIMIT 1").fetchone() is not None
+            if of_run and len(wanted) > _SCAN_AT:
+                # Most of a run's payloads (a replay of a run purged by retention): the run's
+                # records by its index, in one pass, beat a probe per name.
                 with conn.cursor(name=f"erasures_{os.getpid()}", binary=True) as cur:
                     cur.itersize = _PAGE
                     take(cur.execute(f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE run_id = %s", (run_id,)))
-                if conn.execute("SELECT 1 FROM erasures WHERE run_id IS NULL LIMIT 1").fetchone() is None:
-                    return {h: e for h, (_, e) in chosen.items()}
-                where = "hash = ANY(%s) AND run_id IS NULL"
-            else:
-                where = "hash = ANY(%s) AND (run_id = %s OR run_id IS NULL)"
-            for i in range(0, len(wanted), 10_000):
-                chunk = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
-                params = (chunk,) if len(wanted) > _SCAN_AT else (chunk, run_id)
-                take(conn.execute(f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE {where}", params))
+                of_run = False  # (all read)
+            whose = [w for w, has in (("run_id = %(run)s", of_run), ("run_id IS NULL", of_none)) if has]
+            if whose:
+                query = (
+                    f"SELECT {_ERASURE_COLUMNS} FROM erasures WHERE hash = ANY(%(names)s) AND ({' OR '.join(whose)})"
+                )
+                for i in range(0, len(wanted), 10_000):
+                    names = [bytes.fromhex(h) for h in wanted[i : i + 10_000]]
+                    take(conn.execute(query, {"names": names, "run": run_id}))
         return {h: e for h, (_, e) in chosen.items()}
 
     def erasure_seals(self, ids: Iterable[int]) -> dict[int, Sealed]:
