@@ -285,7 +285,7 @@ def chain_beside(
             for e in through(recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)):
                 read.add(e)
             answer = chain.result()
-        if answer is not None and answer.read == read.digest():
+        if answer is not None and not answer.bad and answer.read == read.digest():
             return answer
         # The second process could not do its half, found a bad event, or read other events: one
         # pass here, which names the first bad one.
