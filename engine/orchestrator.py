@@ -260,6 +260,7 @@ class Execution:
             self._refuse_to_strand_open_runs(only=set(self.p.nodes.sinks) - set(self.fold.sink_positions))
             self._refuse_to_cut_later_rows()
             try:  # a sink that cannot continue where the log says refuses the resume, unrecorded
+                self._give_first_rows()
                 self._open_sinks()
             except PluginError as e:
                 raise ResumeRefused(f"run {self.run_id} cannot be resumed: {e}") from e
@@ -408,6 +409,21 @@ class Execution:
                     f"made {durable} bytes durable as sink '{old}'; a new sink starts its file anew, which would cut "
                     f"those rows off. Keep the sink's name '{old}', or give '{name}' another file"
                 )
+
+    def _give_first_rows(self) -> None:
+        """Tell each sink that asks (`first_row`) how to read the first row the run sent it: a CSV
+        file without a header or a schema continues in that row's columns. Read only if asked."""
+        for name, sink in self.p.nodes.sinks.items():
+            take, h = getattr(sink, "first_row", None), self.fold.sink_first_rows.get(name)
+            if take is not None and h is not None:
+                take(lambda name=name, h=h: self._first_row(name, h))
+
+    def _first_row(self, sink: str, h: str) -> Any:
+        try:
+            return decode_row(load_payloads(self.recorder, self.run_id, {h})[h])
+        except CorruptLog as e:
+            raise PluginError(f"sink '{sink}'", "its file has no header: its columns are the fields of the first row "
+                                                f"the run sent it, which cannot be read ({e})") from e  # fmt: skip
 
     def _open_sinks(self) -> None:
         for name in self.p.nodes.sinks:

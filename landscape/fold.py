@@ -86,6 +86,9 @@ class RunFold:
     sink_positions: dict[str, int] = field(default_factory=dict)
     sink_digests: dict[str, str | None] = field(default_factory=dict)  # SinkFlushed.sha256, the last
     sink_locations: dict[str, str] = field(default_factory=dict)  # SinkFlushed.location, the last
+    # The data hash of the first row sent to each sink (its first SinkAssigned): a CSV file without
+    # a schema takes its columns from that row, and a resume must continue in them.
+    sink_first_rows: dict[str, str] = field(default_factory=dict)
     # Consecutive failed attempts per sink and when the last one was: the circuit breaker.
     sink_failures: dict[str, int] = field(default_factory=dict)
     sink_failed_at: dict[str, float] = field(default_factory=dict)
@@ -222,6 +225,7 @@ class RunFold:
     def _sink_assigned(self, token_id: str, e: ev.SinkAssigned) -> None:
         t = self._token(token_id, e)
         t.place, t.outcome, t.reason, t.node = e.sink, e.outcome, e.reason, e.node
+        self.sink_first_rows.setdefault(e.sink, t.data_hash)
 
     def _ended(self, token_id: str, e: ev.EventBase) -> None:
         t = self._token(token_id, e)

@@ -14,7 +14,7 @@ import io
 import json
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -342,6 +342,7 @@ class CsvSink(_FileSink):
         self.fields: list[str] | None = self.schema.field_names
         self._known: frozenset[str] | None = None  # self.fields as a set, for the per-row check
         self._needs_header = True
+        self._first_row: Callable[[], Row] | None = None  # see `first_row`
 
     def layout(self) -> dict[str, object]:
         """The options that decide how rows are spelled in the file: a resume continues the bytes
@@ -354,10 +355,15 @@ class CsvSink(_FileSink):
         return layout
 
     def open(self, run_id: str, position: int | None) -> None:
+        named = self.schema.field_names
+        if position and not self.write_header and named is None and self.fields is None and self._first_row:
+            # A headerless file continued by a resume: its columns are those the run's first row
+            # fixed, not the next row's, whose fields may come in another order. Read before the
+            # file is touched: a resume that cannot read that row changes nothing.
+            self.fields = list(self._first_row())
         start = self._open_file(position)
         self._needs_header = start == 0
         on_disk = self._header_on_disk(start) if start > 0 and self.write_header else None
-        named = self.schema.field_names
         if start == 0 or (on_disk is None and named is not None):
             self.fields = named
         elif on_disk is not None and (named is None or set(on_disk) == set(named)):
@@ -368,8 +374,15 @@ class CsvSink(_FileSink):
                 f"cannot append to {self.path}: its header ({', '.join(on_disk)}) is not the schema's fields "
                 f"({', '.join(named)})",
             )
-        # else: a headerless file being continued keeps the columns this process fixed (if any)
+        # else: a headerless file continued keeps the columns the run's first row fixed (above,
+        # or by this process); one this run has sent no row to yet (appended to) takes those of
+        # the first row it is sent
         self._known = None
+
+    def first_row(self, load: Callable[[], Row]) -> None:
+        """How to get the first row the run sent to this sink (from the log), given before a
+        resume opens it: a file without a header or a schema has that row's fields as its columns."""
+        self._first_row = load
 
     def write(self, token_id: str, row: Row) -> None:
         if self._known is None:

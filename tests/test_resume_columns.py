@@ -1,0 +1,99 @@
+"""A CSV file without a header or a schema has the columns of the first row the run sent it; a
+resume continues in those columns, whatever order the next row's fields come in.
+
+A hostile review found the resume taking the columns from the first row it wrote itself: with
+rows whose keys came in another order after the crash, half the file had its id and amount
+columns swapped, while every check of the audit trail passed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ResumeRefused
+from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
+from engine.settings import load_settings
+from landscape import faults
+from landscape.db import Database
+
+SETTINGS = """
+source: {plugin: json, on_success: out, options: {path: in.jsonl}}
+sinks:
+  out: {plugin: csv, options: {path: out.csv, headers: false}}
+"""
+
+
+def _rows(n: int, turn_at: int) -> list[dict[str, object]]:
+    """Rows of the same three fields, in another order from row `turn_at` on."""
+    rows: list[dict[str, object]] = []
+    for i in range(1, n + 1):
+        row = {"id": i, "name": f"n{i}", "amt": i * 10}
+        rows.append(row if i < turn_at else {k: row[k] for k in ("amt", "name", "id")})
+    return rows
+
+
+@contextmanager
+def _workdir(rows: list[dict[str, object]]) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="elspeth-columns-"))
+    (path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "settings.yaml").write_text(SETTINGS)
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _load(path: Path) -> Pipeline:
+    return build_pipeline(load_settings(path))
+
+
+def _crashed(db: Database, path: Path, at: str) -> str:
+    run_id = f"run-columns-{os.urandom(3).hex()}"
+    faults.configure(at, raise_instead=True)
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(path / "settings.yaml"), commit_every=10, run_id=run_id, sending="inline")
+    finally:
+        faults.configure("")
+    return run_id
+
+
+ROWS = _rows(60, turn_at=21)
+
+
+def test_a_resume_continues_a_headerless_file_in_its_columns(db: Database) -> None:
+    with _workdir(ROWS) as clean:
+        assert start_run(db, _load(clean / "settings.yaml"), commit_every=10).status == "completed"
+        expected = (clean / "out.csv").read_bytes()
+    assert expected.splitlines()[-1] == b"60,n60,600", "the columns are the first row's"
+    with _workdir(ROWS) as path:
+        run_id = _crashed(db, path, "sink_flush:3")
+        assert fold_run(db, run_id).sink_positions["out"] > 0, "nothing durable yet: crash later"
+        assert resume_run(db, run_id, _load).status == "completed"
+        assert (path / "out.csv").read_bytes() == expected
+
+
+def test_a_resume_that_cannot_read_that_first_row_is_refused(db: Database) -> None:
+    """Its data gone from the store (erased, or deleted by hand): the resume does not guess."""
+    with _workdir(ROWS) as path:
+        run_id = _crashed(db, path, "sink_flush:3")
+        first = fold_run(db, run_id).sink_first_rows["out"]
+        before = (path / "out.csv").read_bytes()
+        with db.connect() as conn:  # as a superuser, past the store's triggers
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("DELETE FROM payloads WHERE hash = %s", (bytes.fromhex(first),))
+        with pytest.raises(ResumeRefused) as refused:
+            resume_run(db, run_id, _load)
+        message = str(refused.value)
+        assert "sink 'out'" in message and "its columns are the fields of the first row the run sent it" in message
+        assert (path / "out.csv").read_bytes() == before
