@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from landscape.merkle import HASH_SIZE
 from landscape.note import NoteError, Signer, Verifier, b64decode_strict, open_note
 
-_SIZE = re.compile(r"0|[1-9][0-9]*")  # ASCII digits, no sign, no leading zero
+# ASCII digits, no sign, no leading zero; at most 19 (a signed 64-bit count): a note's size is
+# read before its signature is checked, and Python refuses to read an int of over 4,300 digits.
+_SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
 _ORIGIN_PREFIX = "elspeth/"
 
 
@@ -92,7 +94,10 @@ def parse_checkpoint(text: str) -> Checkpoint:
             raise CheckpointError(f"checkpoint line {i} is empty")
     origin, size, root, *extensions = lines
     if not _SIZE.fullmatch(size):
-        raise CheckpointError(f"checkpoint tree size {size!r} is not a decimal number without leading zeros")
+        shown = size if len(size) <= 40 else f"{size[:20]}… ({len(size)} characters)"
+        raise CheckpointError(
+            f"checkpoint tree size {shown!r} is not a decimal number of at most 19 digits without leading zeros"
+        )
     raw = b64decode_strict(root, "checkpoint root hash")
     return Checkpoint(origin, int(size), raw, tuple(extensions))
 

@@ -568,7 +568,10 @@ def decode_bundle(data: bytes) -> ProofBundle:
     # A key given twice: the decoder keeps the last, a reader keeping the first would see other
     # values than were checked here. (Unknown keys were refused above, so this reads no more than
     # a bundle holds; a bundle may be reformatted to be read, so its spelling is not compared.)
-    json.loads(data, object_pairs_hook=_no_key_twice)
+    try:
+        json.loads(data, object_pairs_hook=_no_key_twice)
+    except (ValueError, RecursionError) as e:  # (what msgspec took, Python's json may not: 4,301 digits)
+        raise ExportError(f"not a well-formed proof bundle ({_why(e)})") from None
     return bundle
 
 

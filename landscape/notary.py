@@ -168,6 +168,8 @@ def read_witness(path: Path, run_id: str) -> list[Witnessed]:
             root = parse_checkpoint(parse_note(note).text).root
         except (ValueError, KeyError, TypeError, NoteError) as e:
             raise WitnessError(f"{path}, line {number}: not a checkpoint record ({e})") from e
+        except RecursionError:
+            raise WitnessError(f"{path}, line {number}: not a checkpoint record (nested too deeply)") from None
         out.append(Witnessed(size, root, note, at, str(path)))
     return out
 
@@ -175,7 +177,7 @@ def read_witness(path: Path, run_id: str) -> list[Witnessed]:
 def _is_record(line: str) -> bool:
     try:
         return isinstance(json.loads(line), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -453,6 +453,8 @@ def check_body(e: StoredEvent, event: ev.EventBase) -> str | None:
         return "the event body is not written as ELSPETH writes it, and is nested too deeply to read its keys"
     except _KeyTwice:
         keys = None
+    except ValueError:  # (what msgspec reads, Python's json may not: a number of over 4,300 digits)
+        return "the event body is not written as ELSPETH writes it, and its keys cannot be read"
     if keys is None or not keys <= {"type", *kind.__struct_fields__}:
         return "the event body holds a key that its event does not have, or a key twice"
     return None

@@ -179,6 +179,9 @@ B64 = base64.b64encode(ROOT).decode()
         (f"o\n5 \n{B64}\n", "not a decimal"),
         (f"o\n\u0665\n{B64}\n", "not a decimal"),  # an Arabic-Indic five: int() would take it
         (f"o\n1_0\n{B64}\n", "not a decimal"),
+        # read before the signature: Python refuses int() of over 4,300 digits (a bare ValueError)
+        (f"o\n{'9' * 5000}\n{B64}\n", "at most 19 digits"),
+        (f"o\n{'9' * 20}\n{B64}\n", "at most 19 digits"),
         (f"o\n5\n{B64[:-4]}\n", "32 bytes, not 30"),
         (f"o\n5\n{B64.rstrip('=')}\n", "not base64"),
         (f"o\n5\n{B64}\n\n", "line 4 is empty"),

@@ -217,6 +217,17 @@ def test_an_event_body_nested_too_deeply_is_a_finding_not_a_crash() -> None:
     assert found is not None and "nested too deeply" in found.why, found
 
 
+def test_an_event_body_with_a_number_python_will_not_read_is_a_finding_not_a_crash() -> None:
+    """A key it does not know, holding 5,000 digits: msgspec skips it, Python's json refuses to
+    read an int of over 4,300 digits (a plain ValueError) where the body's keys are checked."""
+    payload = b'{"type":"RunStarted","x":' + b"1" * 5000 + b"}"
+    payload_hash = hashlib.sha256(payload).digest()
+    head = link(GENESIS, header("r", 0, "run", "r", "RunStarted", 1, 0), payload_hash)
+    e = StoredEvent("r", 0, "run", "r", "RunStarted", 1, 0, payload, payload_hash, GENESIS, head)
+    found = verify_events("r", [e]).bad
+    assert found is not None and "its keys cannot be read" in found.why, found
+
+
 def test_payloads_are_confirmed_only_when_intact_and_split_as_written() -> None:
     rows = {i: commit_row({"id": i}) for i in range(5)}
     stored = [(bytes.fromhex(h), p.salt, p.data) for h, p in rows.values()]

@@ -134,6 +134,12 @@ def test_a_last_line_cut_short_by_a_crash_is_not_read_and_any_other_bad_line_is_
     path.write_bytes(lines[0][:30] + b"\n" + lines[1])  # cut short, and more after it: not a crash's
     with pytest.raises(WitnessError, match=r"line 1: not a checkpoint record"):
         read_witness(path, RUN)
+    nested = b"[" * 100_000 + b"]" * 100_000  # deeper than a decoder goes: named, not a RecursionError
+    path.write_bytes(nested + b"\n" + whole)
+    with pytest.raises(WitnessError, match=r"line 1: not a checkpoint record \(nested too deeply\)"):
+        read_witness(path, RUN)
+    path.write_bytes(whole + nested)  # the same, as a last line without its newline: not a record
+    assert [w.size for w in read_witness(path, RUN)] == [1, 2]
 
 
 @pytest.mark.parametrize("cut", [30, None], ids=["mid-line", "only its newline"])
