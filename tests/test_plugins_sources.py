@@ -286,6 +286,42 @@ def test_csv_other_encoding_and_bom(tmp_path: Path) -> None:
     assert items("csv", {"path": str(utf16), "encoding": "utf-16"})[0].row == {"a": "1", "b": "\u00e9"}
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_an_input_without_the_byte_order_mark_its_encoding_needs_is_one_error_before_the_run(
+    tmp_path: Path, kind: str, encoding: str
+) -> None:
+    """Plain UTF-8 read as UTF-16 or UTF-32 (no byte-order mark): the codec raises UnicodeError,
+    the base class, which was not caught (a traceback from `validate`; a run failed as "source:
+    UnicodeError"). Refused by the pre-run check, naming the file and the encoding."""
+    path = write(tmp_path / f"in.{kind}", "id,a\n1,2\n" if kind == "csv" else '{"a": 1}\n')
+    source = build_plugin("source", "csv" if kind == "csv" else "json", {"path": str(path), "encoding": encoding})
+    with pytest.raises(PluginError, match=rf"in\.{kind}: not valid {encoding} within its first lines"):
+        source.check_header()
+
+
+def test_a_blank_line_for_a_header_or_no_columns_is_refused_not_every_row_quarantined(tmp_path: Path) -> None:
+    """A header naming no column made every record, the real header too, a ragged row."""
+    path = write(tmp_path / "in.csv", "\n\nid,a\n1,2\n")
+    source = build_plugin("source", "csv", {"path": str(path)})
+    with pytest.raises(PluginError, match=r"in\.csv: the header line \(line 1\) is blank; .*skip_rows"):
+        source.check_header()
+    assert [i.row for i in items("csv", {"path": str(path), "skip_rows": 2})] == [{"id": "1", "a": "2"}]
+    with pytest.raises(PluginConfigError, match="an empty list") as err:
+        build_plugin("source", "csv", {"path": str(path), "columns": []})
+    assert err.value.path == "columns"
+
+
+@pytest.mark.parametrize("text", ["\uff11\uff12\uff13", "\u0663", "\u0663.\u0665", "1\u0665"])
+def test_digits_of_other_scripts_are_no_number(tmp_path: Path, text: str) -> None:
+    """`\\d` and int() take any script's digits: full-width digits 123 were read as 123, and the
+    recorded row held the number, not the text that was read."""
+    path = write(tmp_path / "in.csv", f"n,x\n{text},{text}\n")
+    for field in ("n: int", "n: float"):
+        got = items("csv", {"path": str(path), "schema": {"mode": "flexible", "fields": [field]}})
+        assert got[0].row is None and "n" in (got[0].error or ""), got[0]
+
+
 def test_csv_quoted_newlines_and_blank_lines(tmp_path: Path) -> None:
     path = write(tmp_path / "in.csv", 'a,b\n1,"two\nlines"\n\n3,4\n5\n')
     got = items("csv", {"path": str(path)})

@@ -19,8 +19,9 @@ MODES = ("fixed", "flexible", "observed")
 TYPES = ("str", "int", "float", "bool", "any")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-# Plain decimal integers only: int() alone would also take '1_000', and '12.0' is not an int.
-_INT = re.compile(r"[+-]?\d+")
+# Plain decimal integers only: int() alone would also take '1_000', and '12.0' is not an int;
+# ASCII digits only (`\d` and int() take any script's: full-width 123 would be read as 123).
+_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def is_int_text(text: str) -> bool:
@@ -29,7 +30,7 @@ def is_int_text(text: str) -> bool:
     return _INT.fullmatch(text.strip()) is not None
 
 
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 class SchemaViolation(EngineError):

@@ -288,10 +288,11 @@ class _Lines:
                 self.count += 1
                 self.text.append(text)
                 yield text
-        except UnicodeDecodeError as e:
+        except UnicodeError as e:  # (UTF-16 or UTF-32 without a byte-order mark raises the base class)
             # The wrapper decodes blocks ahead of the lines it hands out: say roughly where.
             where = f"after line {self.count}" if self.count else "within its first lines"
-            raise PluginError(_NODE, f"{self.path}: not valid {self.encoding} {where}: {e.reason}") from e
+            why = e.reason if isinstance(e, UnicodeDecodeError) else str(e)
+            raise PluginError(_NODE, f"{self.path}: not valid {self.encoding} {where}: {why}") from e
         finally:
             reader.detach()
 
@@ -437,6 +438,9 @@ class CsvSource:
             )  # fmt: skip
         if lines.bad is not None:
             raise PluginError(_NODE, f"{self.path}: the header {lines.bad}")
+        if not first:  # (a header naming no column would have every row quarantined)
+            raise PluginError(_NODE, f"{self.path}: the header line (line {lines.count}) is blank; allowed: a header "
+                                     "naming the columns (skip_rows skips the lines before it)")  # fmt: skip
         try:
             return normalise_headers(first)
         except PluginConfigError as e:
@@ -491,6 +495,8 @@ def _first_repeat(names: list[str]) -> str | None:
 def _names(value: list[Any] | None, key: str) -> list[str] | None:
     if value is None:
         return None
+    if not value:  # every row would have more fields than the header: all quarantined
+        raise PluginConfigError(key, "an empty list; allowed: the names of the columns, in order")
     for i, name in enumerate(value):
         if not text_item(name, f"{key}[{i}]", "a field name"):
             raise PluginConfigError(f"{key}[{i}]", "found an empty name; allowed: a field name")
@@ -564,10 +570,14 @@ class JsonSource:
         """A JSON document (format json) read as a run reads it, without its rows: PluginError when
         the run would refuse it (not JSON, not an array where data_key says, nested too deeply), so
         that `validate` and `run` stop before a run is recorded. A document is parsed whole either
-        way. JSON lines are refused line by line, each on its own: nothing to check here."""
+        way. JSON lines are refused line by line, each on its own: only the first is read, so
+        that a file the encoding cannot decode at all is refused here."""
         if self.format == "json":
             with _open_input(self.path) as f:
                 self._document(f)
+        else:  # (UTF-16 or UTF-32 is decoded in blocks: one that does not decode stops the read)
+            with _open_input(self.path) as f:
+                next(iter(_Lines(f, self.encoding, self.path)), None)
 
     def _document(self, f: IO[bytes]) -> tuple[list[Any], list[_LongInt]]:
         """The array of records a JSON document holds (at data_key, when set), and the integers
@@ -581,6 +591,8 @@ class JsonSource:
                                      "where such a record is quarantined alone, use format: jsonl") from e  # fmt: skip
         except UnicodeDecodeError as e:
             raise PluginError(_NODE, f"{self.path} is not valid {self.encoding}: {e.reason} at byte {e.start}") from e
+        except UnicodeError as e:  # (UTF-16 or UTF-32 without a byte-order mark raises the base class)
+            raise PluginError(_NODE, f"{self.path} is not valid {self.encoding}: {e}") from e
         except json.JSONDecodeError as e:
             raise PluginError(_NODE, f"{self.path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                                      "for one object per line use format: jsonl") from e  # fmt: skip
