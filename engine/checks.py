@@ -131,7 +131,9 @@ def _table_problems(
         )
     database: object = target if target is not None else sqlite_file(sink.url) or sink.url
     if isinstance(database, Path):
-        database = _resolve(database)
+        # An existing file by device and inode: a hard link is the same file, and two sinks
+        # writing one table share its bookkeeping (a resume of one would delete the other's rows).
+        database = _inode(database) or _resolve(database)
     # SQLite takes a table's name without ASCII case (`t` and `T` are one table); PostgreSQL, which
     # the sink gives every name quoted, takes it as written.
     sqlite = sink.url.lower().startswith("sqlite")

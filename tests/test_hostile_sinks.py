@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ REFUSED: dict[str, Refused] = {
     "another port": Refused("a: {plugin: database, options: {url: 'postgresql://x@127.0.0.1:5998/audit', table: t}}", None, store="postgresql://app@localhost:5999/audit"),
     "host names differ only in case": Refused("a: {plugin: database, options: {url: 'postgresql://b:pw@DB.example./audit', table: t}}", "is the audit store's database", store=None, landscape="postgresql://a@db.example/audit"),
     "two sinks on one table": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: database, options: {url: 'sqlite:///./o.db', table: t}}", "sinks.b.options.table: 't' in that database is also written by sink 'a'"),
+    "one sqlite table through a hard link": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: database, options: {url: 'sqlite:///hard.db', table: t}}", "sinks.b.options.table: 't' in that database is also written by sink 'a'", lambda t: (sqlite3.connect(t / "o.db").close(), os.link(t / "o.db", t / "hard.db"))),
     "sqlite table names that differ only in case": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t}}\n  b: {plugin: database, options: {url: 'sqlite:///o.db', table: T}}", "sinks.b.options.table: 'T' in that database is also written by sink 'a' (as 't': SQLite table names ignore case); allowed: one sink per table"),
     "postgresql table names that differ in case": Refused("a: {plugin: database, options: {url: '{other_db}', table: t}}\n  b: {plugin: database, options: {url: '{other_db}', table: T}}", None),
     "replace confirmed without replace": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t, replace_rows_of_other_runs: true}}", "only with if_exists: replace"),

@@ -513,6 +513,77 @@ def _select(url: str, query: str) -> list[tuple[Any, ...]]:
 _SCHEMA = {"mode": "fixed", "fields": ["id: int", "name: str", "score: float", "ok: bool", "extra: any?"]}
 
 
+def test_a_text_column_holds_numbers_and_booleans_as_json_spells_them_never_rounded(db_url: str) -> None:
+    """The first row's null makes a text column; later numbers and booleans were left to the
+    server to spell: SQLite kept 15 digits of a float ('0.3', '123456789.123457') and spelled
+    true '1' (a hostile review). Now each is the JSON text of the value; a char(n) column checks
+    that text's length as a string's."""
+    s = build_plugin("sink", "database", {"url": db_url, "table": "n"})
+    s.open("run-1", None)
+    rows = [{"id": 1, "amt": None, "flag": None}, {"id": 2, "amt": 0.30000000000000004, "flag": True},
+            {"id": 3, "amt": 123456789.12345678, "flag": False}, {"id": 4, "amt": 1.0, "flag": {"a": [1]}}]  # fmt: skip
+    for i, row in enumerate(rows):
+        s.write(f"t{i}", row)
+    s.flush()
+    s.close()
+    assert _select(db_url, "SELECT amt, flag FROM n ORDER BY id") == [
+        (None, None), ("0.30000000000000004", "true"), ("123456789.12345678", "false"), ("1.0", '{"a": [1]}'),
+    ]  # fmt: skip
+    if not db_url.startswith("sqlite"):
+        _execute(db_url, "CREATE TABLE c (code char(4))")
+        s = build_plugin("sink", "database", {"url": db_url, "table": "c"})
+        s.open("run-2", None)
+        with pytest.raises(RowError, match=r"holds an int, which its column would pad or cut to 4 character"):
+            s.write("u1", {"code": 12})
+        s.write("u2", {"code": 1234})
+        s.flush()
+        s.close()
+        assert _select(db_url, "SELECT code FROM c") == [("1234",)]
+
+
+def test_a_column_a_row_has_no_field_for_gets_its_default(db_url: str) -> None:
+    """An insert named every column, a NULL for each the row lacks: a serial or a NOT NULL
+    DEFAULT column refused every row, a nullable one with a default got NULL (a hostile review).
+    A field holding null is still a NULL."""
+    if db_url.startswith("sqlite"):
+        _execute(db_url, "CREATE TABLE d (pk INTEGER PRIMARY KEY, id INTEGER, at TEXT NOT NULL DEFAULT 'now', "
+                         "src TEXT DEFAULT 'elspeth')")  # fmt: skip
+    else:
+        _execute(db_url, "CREATE TABLE d (pk serial PRIMARY KEY, id bigint, at text NOT NULL DEFAULT 'now', "
+                         "src text DEFAULT 'elspeth')")  # fmt: skip
+    s = build_plugin("sink", "database", {"url": db_url, "table": "d"})
+    s.open("run-1", None)
+    for i, row in enumerate([{"id": 1}, {"id": 2, "src": None}, {"id": 3}, {}]):
+        s.write(f"t{i}", row)
+    assert s.flush() == 4
+    s.close()
+    assert _select(db_url, "SELECT pk, id, at, src FROM d ORDER BY pk") == [
+        (1, 1, "now", "elspeth"), (2, 2, "now", None), (3, 3, "now", "elspeth"), (4, None, "now", "elspeth"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("clause", ["IGNORE", "REPLACE"])
+def test_a_sqlite_table_that_resolves_conflicts_silently_loses_no_row(tmp_path: Path, clause: str) -> None:
+    """A unique column with ON CONFLICT IGNORE dropped a row the trail said was written; with
+    REPLACE a row written deletes another the trail says was (a hostile review). IGNORE: the flush
+    is refused whole (the table took fewer rows than it was given); REPLACE: the table, at open."""
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    _execute(url, f"CREATE TABLE t (id INTEGER UNIQUE ON CONFLICT {clause}, name TEXT)")
+    _execute(url, "INSERT INTO t VALUES (5, 'pre')")
+    s = build_plugin("sink", "database", {"url": url, "table": "t"})
+    if clause == "REPLACE":
+        with pytest.raises(PluginError, match=r"table 't' resolves a conflict by REPLACE"):
+            s.open("run-1", None)
+    else:
+        s.open("run-1", None)
+        s.write("t1", {"id": 4, "name": "a"})
+        s.write("t2", {"id": 5, "name": "b"})
+        with pytest.raises(PluginError, match=r"the table took 1 of the 2 rows inserted"):
+            s.flush()
+        s.release()
+    assert _select(url, "SELECT id, name FROM t") == [(5, "pre")]
+
+
 def test_a_first_row_whose_columns_cannot_be_made_is_refused_alone(db_url: str) -> None:
     """SQLite takes `id` and `ID` for one column, PostgreSQL cuts names at 63 bytes: found when
     the table is made, at the flush, every row of it would fail."""
@@ -805,13 +876,15 @@ def test_a_role_that_may_insert_but_not_select_writes_and_a_roll_back_says_why_i
         _execute(db_url, f"DROP ROLE {role}")
 
 
-def test_a_table_whose_trigger_skips_or_reroutes_rows_is_written_and_a_roll_back_says_why_it_cannot(
+def test_a_table_whose_trigger_skips_or_reroutes_rows_is_written_only_where_the_rows_can_be_found(
     db_url: str,
 ) -> None:
-    """A BEFORE INSERT trigger that puts a row elsewhere and skips it (SQLite: RAISE(IGNORE);
-    PostgreSQL: RETURN NULL, the inheritance partitioning of before version 10) makes
-    `RETURNING` give fewer rows than were inserted: the flush is written as ever, without row
-    ids, and a resume that must delete it is refused, saying why."""
+    """A BEFORE INSERT trigger that puts a row elsewhere and skips it makes the insert take fewer
+    rows than it was given. PostgreSQL's inheritance partitioning of before version 10 (RETURN
+    NULL after inserting into a child) leaves the row where a query of the table finds it: the
+    flush is written, counted there, without row ids, and a resume that must delete it is refused,
+    saying why. SQLite's RAISE(IGNORE) leaves it in no table the sink writes: the flush is refused
+    whole (a hostile review: a table ignoring conflicts dropped a row the trail said was written)."""
     if db_url.startswith("sqlite"):
         _execute(db_url, "CREATE TABLE t (id INTEGER, name TEXT, score REAL, ok BOOLEAN, extra TEXT)")
         _execute(db_url, "CREATE TABLE t_big (id INTEGER, name TEXT, score REAL, ok BOOLEAN, extra TEXT)")
@@ -820,17 +893,24 @@ def test_a_table_whose_trigger_skips_or_reroutes_rows_is_written_and_a_roll_back
             "CREATE TRIGGER route BEFORE INSERT ON t WHEN NEW.id > 50 BEGIN "
             "INSERT INTO t_big (id, name) VALUES (NEW.id, NEW.name); SELECT RAISE(IGNORE); END",
         )
-        only_t = "SELECT id FROM t ORDER BY id"
-    else:
-        _execute(db_url, "CREATE TABLE t (id bigint, name text, score float, ok boolean, extra text)")
-        _execute(db_url, "CREATE TABLE t_big () INHERITS (t)")
-        _execute(
-            db_url,
-            "CREATE FUNCTION route() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.id > 50 THEN INSERT INTO t_big VALUES (NEW.*); RETURN NULL; END IF; RETURN NEW; END $$",
-        )
-        _execute(db_url, "CREATE TRIGGER route BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION route()")
-        only_t = "SELECT id FROM ONLY t ORDER BY id"
+        s = build_plugin("sink", "database", {"url": db_url, "table": "t", "schema": _SCHEMA})
+        assert _flushes(s, "run-1", None, [("t1", 1)]) == [1]
+        with pytest.raises(PluginError, match=r"the table took 1 of the 2 rows inserted \(a trigger"):
+            _flushes(s, "run-1", 1, [("t2", 2), ("t3", 60)])
+        s.release()
+        assert _select(db_url, "SELECT id FROM t ORDER BY id") == [(1,)]
+        assert _select(db_url, "SELECT id FROM t_big") == []
+        assert _select(db_url, "SELECT token_id FROM elspeth_sink_tokens") == [("t1",)]
+        return
+    _execute(db_url, "CREATE TABLE t (id bigint, name text, score float, ok boolean, extra text)")
+    _execute(db_url, "CREATE TABLE t_big () INHERITS (t)")
+    _execute(
+        db_url,
+        "CREATE FUNCTION route() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.id > 50 THEN INSERT INTO t_big VALUES (NEW.*); RETURN NULL; END IF; RETURN NEW; END $$",
+    )
+    _execute(db_url, "CREATE TRIGGER route BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION route()")
+    only_t = "SELECT id FROM ONLY t ORDER BY id"
     options = {"url": db_url, "table": "t", "schema": _SCHEMA}
     s = build_plugin("sink", "database", options)
     assert _flushes(s, "run-1", None, [("t1", 1)], [("t2", 2), ("t3", 60)], [("t4", 70)]) == [1, 3, 4]
@@ -847,6 +927,15 @@ def test_a_table_whose_trigger_skips_or_reroutes_rows_is_written_and_a_roll_back
         build_plugin("sink", "database", options).open("run-1", 1)
     assert _select(db_url, only_t) == [(1,), (2,)]
     assert _select(db_url, "SELECT count(*) FROM elspeth_sink_tokens") == [(4,)]
+    # A trigger that drops the row instead (RETURN NULL, nowhere inserted): the flush is refused whole.
+    _execute(db_url, "CREATE OR REPLACE FUNCTION route() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF NEW.id > 50 THEN RETURN NULL; END IF; RETURN NEW; END $$")  # fmt: skip
+    s = build_plugin("sink", "database", options)
+    with pytest.raises(PluginError, match=r"the table took 1 of the 2 rows inserted"):
+        _flushes(s, "run-2", None, [("u1", 3), ("u2", 80)])
+    s.release()
+    assert _select(db_url, "SELECT count(*) FROM elspeth_sink_tokens WHERE run_id = 'run-2'") == [(0,)]
+    assert _select(db_url, "SELECT count(*) FROM t WHERE id IN (3, 80)") == [(0,)]
 
 
 def test_bookkeeping_of_an_older_elspeth_gets_its_columns_and_is_refused_only_when_it_cannot_tell(

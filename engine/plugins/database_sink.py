@@ -7,13 +7,17 @@ cannot hold, is refused at `write` (RowError, routed by `on_write_failure`) with
 named — never inserted without it. So is a value an existing column would store as another
 without an error (`_exactly_held`): a float a 4-byte `real` or an 8-byte float rounds, a number a
 `numeric(p, s)` rounds, a string a `char(n)` pads or a `varchar(n)` cuts. Columns of other types
-(dates, times, uuids, ...) take what the server makes of the value, unchecked.
+(dates, times, uuids, ...) take what the server makes of the value, unchecked. A text column
+is given text (`_for_column`), and a table that takes fewer rows than it is given, or that
+replaces rows on a conflict, is refused (the trail would claim rows the table does not hold).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import struct
 from collections import Counter
 from collections.abc import Mapping
@@ -38,6 +42,7 @@ _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", 
 # PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id.
 _LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"))
 _NO_LOCATOR = "the table gives no row id to find them by"
+_REPLACES = re.compile(r"\bon\s+conflict\s+replace\b", re.IGNORECASE)  # a SQLite table's constraint clause
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
 _NONE_RECORDED = (
@@ -46,11 +51,14 @@ _NONE_RECORDED = (
 )
 
 
-def _cell(value: Any) -> Any:
-    """A value for a text column: structures become JSON text, scalars stay."""
-    if isinstance(value, dict | list):
-        import json
-
+def _for_column(kind: str, value: Any) -> Any:
+    """The value as its column is given it. A text column gets text, a number, a boolean or a
+    structure spelled as JSON spells it: the server's own conversion would change it (SQLite
+    keeps 15 digits of a float, 0.30000000000000004 read back as '0.3', and spells true '1').
+    Other columns get the value, a structure as JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    if kind in ("text", "char") or isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return value
 
@@ -306,6 +314,21 @@ class DatabaseSink:
         return column.collate("NOCASE") == self.table_name if self._sqlite else column == self.table_name
 
     def _use_table(self, conn: Any, t: Any) -> None:
+        if self._sqlite:
+            from sqlalchemy import text
+
+            made = conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name COLLATE NOCASE"),
+                {"name": self.table_name},
+            ).scalar()
+            if isinstance(made, str) and _REPLACES.search(made):
+                # A row given that conflicts with one in the table deletes that one, silently: the
+                # trail would go on saying it was written (an earlier row of this run, say).
+                raise _Refused(
+                    f"database sink {self.location()}: table '{self.table_name}' resolves a conflict by REPLACE: a "
+                    "row written could silently delete another row the audit trail says was written; allowed: a "
+                    "table without ON CONFLICT REPLACE (a conflict then fails the flush, and is recorded)"
+                )
         self._table = t
         self._columns = {c.name: _column_kind(c.type, self._sqlite) for c in t.columns}
         self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
@@ -365,6 +388,7 @@ class DatabaseSink:
             return None
         kind, bits, scale = self._columns[name]
         found = described(value)
+        value = _for_column(kind, value)
         exact = _exactly_held(kind, bits, scale, value)
         if exact is not None:
             return f"{field} holds {found}, which its column {exact}"
@@ -416,24 +440,40 @@ class DatabaseSink:
                         f"database sink {self.location()}: token(s) {', '.join(sorted(twice)[:5])} written twice "
                         "by the run; allowed: one row per token"
                     )
-                names = [c.name for c in table.columns]
-                values = [{k: _cell(row.get(k)) for k in names} for _, row in rows]
                 xid = None
                 locators: list[str | None] = [None] * len(rows)
+                insert = table.insert()
                 if self._locator is not None:
                     if not self._sqlite:
                         xid = conn.execute(text("SELECT txid_current() % 4294967296")).scalar_one()
-                    insert = table.insert().returning(literal_column(self._locator))
-                    # In no particular order: a flush is only ever deleted whole.
-                    returned = [str(found) for found in conn.execute(insert, values).scalars()]
-                    # A trigger that skips a row (SQLite's RAISE(IGNORE)) or re-routes it (a
-                    # PostgreSQL BEFORE trigger inserting into a child table, returning NULL)
-                    # returns fewer rows than were inserted: which row is where cannot be told,
-                    # so none is recorded, and a resume refuses to roll this flush back.
-                    if len(returned) == len(rows):
-                        locators = list(returned)
-                else:
-                    conn.execute(table.insert(), values)
+                    insert = insert.returning(literal_column(self._locator))
+                returned: list[str] = []  # in no particular order: a flush is only ever deleted whole
+                taken = 0
+                for values in self._inserts(rows):
+                    result = conn.execute(insert, values) if values[0] else _one_by_one(conn, insert, len(values))
+                    if self._locator is not None:
+                        found = [str(found) for found in result.scalars()]
+                        returned += found
+                        taken += len(found)
+                    elif taken >= 0:
+                        taken = taken + result.rowcount if result.rowcount >= 0 else -1  # (-1: not told)
+                if 0 <= taken < len(rows) and not self._sqlite:
+                    # PostgreSQL: a BEFORE trigger that moves a row to a child table and returns
+                    # NULL (the inheritance partitioning of before version 10) leaves it where a
+                    # query of the table finds it: counted there, by this transaction's id.
+                    taken = self._written_by_this_transaction(conn)
+                if 0 <= taken < len(rows):
+                    # A trigger that skips a row (SQLite's RAISE(IGNORE), one moving it to another
+                    # table), a rule doing something instead, or a conflict clause ignoring it: the
+                    # trail would say rows were written that the table does not hold. Nothing of
+                    # the flush is kept.
+                    raise _Refused(
+                        f"database sink {self.location()}: the table took {taken} of the {len(rows)} rows inserted "
+                        "(a trigger, a rule or a conflict clause skipped or moved the others), so the audit trail "
+                        "cannot say they were written; allowed: a table that keeps each row it is given"
+                    )
+                if self._locator is not None and len(returned) == len(rows):
+                    locators = list(returned)
                 conn.execute(
                     t.insert(),
                     [
@@ -452,6 +492,33 @@ class DatabaseSink:
             ) from e
         self._committed = position
         return self._committed
+
+    def _written_by_this_transaction(self, conn: Any) -> int:
+        """The rows of the table (its child tables included) that this transaction wrote; 0 when
+        the role may not read them (the shortfall then stands)."""
+        from sqlalchemy import func, select, text
+
+        try:
+            xid = conn.execute(text("SELECT txid_current() % 4294967296")).scalar_one()
+            mine = text("CAST(xmin AS text) = :xid").bindparams(xid=str(xid))
+            return int(conn.execute(select(func.count()).select_from(self._table).where(mine)).scalar_one())
+        except Exception:  # (no SELECT privilege: the transaction is rolled back with the refusal)
+            return 0
+
+    def _inserts(self, rows: list[tuple[str, Row]]) -> list[list[dict[str, Any]]]:
+        """The rows' values, each as its column is given it, in runs of rows with the same fields:
+        a column a row has no field for is left out of its insert, so that the column's default
+        (a serial, a timestamp) applies; a field holding null is a NULL."""
+        assert self._columns is not None
+        runs: list[list[dict[str, Any]]] = []
+        last: tuple[str, ...] | None = None
+        for _, row in rows:
+            keys = tuple(row)
+            if keys != last:
+                runs.append([])
+                last = keys
+            runs[-1].append({k: _for_column(self._columns[k][0], v) for k, v in row.items()})
+        return runs
 
     def close(self) -> None:
         self.release()
@@ -600,6 +667,24 @@ def _through_a_link(conn: Any, path: Path, where: str) -> None:
     folder = os.path.realpath(path.parent)
     if opened and os.path.normpath(opened) != os.path.join(folder, path.name):
         raise _Refused(f"database sink {where}: {path} is a symbolic link (to {opened}): not written through")
+
+
+class _Results:
+    """The results of inserts made one at a time, read as one."""
+
+    def __init__(self, results: list[Any]) -> None:
+        self.results = results
+        counts = [r.rowcount for r in results]
+        self.rowcount = -1 if any(c < 0 for c in counts) else sum(counts)
+
+    def scalars(self) -> list[Any]:
+        return [x for r in self.results for x in r.scalars()]
+
+
+def _one_by_one(conn: Any, insert: Any, n: int) -> _Results:
+    """`n` rows with no field: each an insert of the table's defaults (an empty run of values
+    is no statement)."""
+    return _Results([conn.execute(insert) for _ in range(n)])
 
 
 def _engine(url: str) -> Any:
