@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -585,18 +586,42 @@ def test_a_sqlite_table_that_resolves_conflicts_silently_loses_no_row(tmp_path: 
 
 
 def test_a_first_row_whose_columns_cannot_be_made_is_refused_alone(db_url: str) -> None:
-    """SQLite takes `id` and `ID` for one column, PostgreSQL cuts names at 63 bytes: found when
-    the table is made, at the flush, every row of it would fail."""
+    """SQLite takes `id` and `ID` for one column, PostgreSQL cuts names at 63 bytes and has
+    system columns (`ctid`, `xmin`, ...): found when the table is made, at the flush, every row of
+    it would fail."""
     sqlite = db_url.startswith("sqlite")
     bad = {"id": 1, "ID": 2} if sqlite else {"id": 1, "x" * 64: 2}
     s = build_plugin("sink", "database", {"url": db_url, "table": "t", "if_exists": "replace"})
     s.open("run-1", None)
     with pytest.raises(RowError, match="but for case" if sqlite else "longer than PostgreSQL's 63 bytes"):
         s.write("t0", bad)
+    if not sqlite:
+        with pytest.raises(RowError, match="field 2 of the row has the name of a PostgreSQL system column"):
+            s.write("t0", {"id": 1, "xmin": 2})
     s.write("t1", {"id": 3, "ID2": 4})
     assert s.flush() == 1
     s.close()
     assert _select(db_url, "SELECT id FROM t") == [(3,)]
+
+
+def test_a_long_postgresql_table_name_is_refused_at_load_and_minus_zero_by_sqlite_alone(db_url: str) -> None:
+    """A table name over 63 bytes failed every flush at run time; SQLite stores -0.0 as 0."""
+    if not db_url.startswith("sqlite"):
+        with pytest.raises(PluginConfigError, match="longer than PostgreSQL's 63 bytes") as err:
+            build_plugin("sink", "database", {"url": db_url, "table": "t" * 64})
+        assert err.value.path == "table"
+    s = build_plugin("sink", "database", {"url": db_url, "table": "z"})
+    s.open("run-1", None)
+    s.write("t1", {"k": 1, "f": 1.5})
+    if db_url.startswith("sqlite"):
+        with pytest.raises(RowError, match=r"holds -0\.0, which SQLite would store as 0"):
+            s.write("t2", {"k": 2, "f": -0.0})
+    else:
+        s.write("t2", {"k": 2, "f": -0.0})
+    s.flush()
+    s.close()
+    stored = [math.copysign(1.0, f) for (f,) in _select(db_url, "SELECT f FROM z ORDER BY k")]
+    assert stored == ([1.0] if db_url.startswith("sqlite") else [1.0, -1.0])
 
 
 def test_database_sink_writes_a_token_once(db_url: str) -> None:

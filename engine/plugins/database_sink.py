@@ -42,6 +42,8 @@ _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", 
 # PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id.
 _LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"))
 _NO_LOCATOR = "the table gives no row id to find them by"
+# Names every PostgreSQL table has already: a first row with one cannot make its table.
+_SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 _REPLACES = re.compile(r"\bon\s+conflict\s+replace\b", re.IGNORECASE)  # a SQLite table's constraint clause
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
@@ -98,6 +100,8 @@ class DatabaseSink:
         if self.replace_others and self.if_exists != "replace":
             raise PluginConfigError("replace_rows_of_other_runs", "only with if_exists: replace")
         self._sqlite = self.url.lower().startswith("sqlite")
+        if not self._sqlite and len(self.table_name.encode()) > 63:  # (SQLAlchemy refuses it at each flush)
+            raise PluginConfigError("table", "a name longer than PostgreSQL's 63 bytes; allowed: a shorter one")
         if (_folded(self.table_name) if self._sqlite else self.table_name) == _TOKENS:
             raise PluginConfigError("table", f"{_TOKENS!r} is the sink's own bookkeeping table")
         self.schema = parse_schema(o.raw("schema"))
@@ -367,6 +371,8 @@ class DatabaseSink:
         for name in row:
             if not self._sqlite and len(name.encode()) > 63:
                 return f"{field_named(row, name, named)} has a name longer than PostgreSQL's 63 bytes"
+            if not self._sqlite and name in _SYSTEM_COLUMNS:
+                return f"{field_named(row, name, named)} has the name of a PostgreSQL system column"
             folded = _folded(name) if self._sqlite else name
             if folded in seen:
                 return f"{field_named(row, name, named)} has the name of another field but for case"
@@ -402,6 +408,8 @@ class DatabaseSink:
                 return f"{field} holds {found}; its column takes numbers"
             if self._sqlite and isinstance(value, float) and math.isnan(value):
                 return f"{field} holds NaN, which SQLite would store as NULL"
+            if self._sqlite and isinstance(value, float) and value == 0 and math.copysign(1.0, value) < 0:
+                return f"{field} holds -0.0, which SQLite would store as 0"
         elif kind == "bool" and not isinstance(value, bool):
             return f"{field} holds {found}; its column takes true or false"
         elif kind == "text" and not self._sqlite and isinstance(value, str) and "\x00" in value:
