@@ -37,11 +37,15 @@ class StopNow(BaseException):
 class StoppedAtOnce(EngineError):
     """The run was stopped without reaching a record boundary; its log ends at the last commit."""
 
-    def __init__(self, run_id: str, signame: str) -> None:
+    def __init__(self, run_id: str, signame: str, again: str | None = None) -> None:
+        why = (
+            f"a second signal ({again}) came before it reached a record boundary"
+            if again is not None
+            else f"it did not reach a record boundary within {GRACE_SECONDS:g} s"
+        )
         super().__init__(
-            f"run {run_id} stopped at once on {signame} (it did not reach a record boundary within "
-            f"{GRACE_SECONDS:g} s); its log ends at its last durability point — continue it with "
-            f"`elspeth resume {run_id}`"
+            f"run {run_id} stopped at once on {signame} ({why}); its log ends at its last durability point — "
+            f"continue it with `elspeth resume {run_id}`"
         )
         self.run_id = run_id
         self.signame = signame
@@ -53,6 +57,7 @@ class Stop:
 
     run_id: str = ""
     requested: str | None = None
+    again: str | None = None  # the second signal, when one (not the grace period's end) stopped it
     aborting: bool = False
     handlers: dict[int, Any] = field(default_factory=dict)
 
@@ -60,6 +65,7 @@ class Stop:
         if self.aborting:
             return  # already leaving: let the cleanup run
         if signum == signal.SIGALRM or self.requested is not None:
+            self.again = None if signum == signal.SIGALRM else signal.Signals(signum).name
             self._abort()
         self.requested = signal.Signals(signum).name
         with suppress(AttributeError):  # no interval timers on this platform: a second signal stops
@@ -86,7 +92,7 @@ class Stop:
         try:
             yield self
         except StopNow:
-            raise StoppedAtOnce(self.run_id, self.requested or "a signal") from None
+            raise StoppedAtOnce(self.run_id, self.requested or "a signal", self.again) from None
         finally:
             with suppress(ValueError, AttributeError):
                 if self.handlers:

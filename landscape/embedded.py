@@ -31,6 +31,8 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
+import shlex
 import shutil
 import socket
 import stat
@@ -41,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from landscape.errors import DatabaseUnavailable
 from landscape.owner import keep_home_private
@@ -74,7 +77,8 @@ class EmbeddedServer:
     socket_dir: Path
 
     def uri(self, database: str) -> str:
-        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
+        # The folder percent-encoded: a home's path may hold a space, `&` or `%`.
+        return f"postgresql://{SUPERUSER}@/{database}?host={quote(str(self.socket_dir), safe='/')}"
 
 
 def _bin_dir() -> Path:
@@ -126,6 +130,21 @@ def _ident(os_user: str) -> str:
     ]
     lines += [f"{_IDENT_MAP} {os_user} {role}" for role in (SUPERUSER, *ELSPETH_ROLES)]
     return "\n".join(lines) + "\n"
+
+
+# pg_ctl starts the server through /bin/sh, with the data folder, the log and the server's path in
+# double quotes, where these keep a meaning: a folder named `$(touch x)` would run it.
+_SHELL_LIVE = re.compile(r'["$`\\\n]')
+
+
+def _not_for_a_shell(path: Path, what: str) -> None:
+    """Refuse a path pg_ctl's shell would read as shell syntax (DatabaseUnavailable)."""
+    if _SHELL_LIVE.search(str(path)):
+        raise DatabaseUnavailable(
+            f"refusing to start the embedded PostgreSQL with {what} {str(path)!r}: pg_ctl hands it to a shell, "
+            'which would read its $, `, " or \\ (or a line break) as shell syntax; allowed: a path without them '
+            "(set ELSPETH_HOME or --home), or use --database URL"
+        )
 
 
 def _refuse(path: Path, why: str) -> DatabaseUnavailable:
@@ -649,6 +668,7 @@ def embedded_server(
     root = elspeth_home(home)
     pgdata = root / "pgdata"
     sockets = _socket_dir(root)
+    _not_for_a_shell(root, "the home")
     try:
         _check_data_dir(pgdata)
     except OSError as e:  # an unreadable parent folder, a PG_VERSION that is a folder, ...
@@ -667,6 +687,7 @@ def embedded_server(
     else:
         keep_home_private(root)  # one made with mkdir under umask 002 would have keys/ refused
     bin_dir = _runnable_bin_dir(uid, gid)
+    _not_for_a_shell(bin_dir, "its programs' folder")
     log = root / "postgresql.log"
     # Every ELSPETH process using this home holds a shared lock on `users.lock` while it runs;
     # the one that can take it exclusively on the way out is the last, and stops the server.
@@ -726,7 +747,11 @@ def embedded_server(
             if running and changed:  # an older ELSPETH's server, still up: make it read the new rules
                 _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "reload"], uid, gid)
             if not running:
-                opts = f"-h '' -k {sockets} -c unix_socket_permissions=0700 -c fsync=on -c max_connections=100"
+                # (Quoted for pg_ctl's shell: a home whose path holds a space or a quote.)
+                opts = (
+                    f"-h '' -k {shlex.quote(str(sockets))} -c unix_socket_permissions=0700 -c fsync=on "
+                    "-c max_connections=100"
+                )
                 proc = _run(
                     bin_dir,
                     "pg_ctl",

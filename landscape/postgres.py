@@ -472,13 +472,17 @@ class PostgresRecorder:
         what settings (None when seq 0 is not a readable RunCreated; verifying names why)."""
         import msgspec
 
-        for e in self.read_events(run_id, upto_seq=0):
-            try:
-                event = e.event
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-                return None
-            return event if isinstance(event, RunCreated) else None
-        return None
+        # Closed here, not when collected: a signal's KeyboardInterrupt raised while a collected
+        # reader waits for its fetcher is dropped ("Exception ignored"), and the command went on.
+        with contextlib.closing(self.read_events(run_id, upto_seq=0)) as events:
+            first = next(events, None)
+        if first is None:
+            return None
+        try:
+            event = first.event
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return None
+        return event if isinstance(event, RunCreated) else None
 
     def last_seq(self, run_id: str) -> int:
         """The run's last seq now (-1: no events)."""

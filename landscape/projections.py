@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from landscape.commits import SENDER_LOCK, WRITER_LOCK
 from landscape.db import Database, driver_errors
 from landscape.errors import ConcurrentWriter, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
@@ -50,10 +51,12 @@ def rebuild(db: Database, run_id: str) -> int:
         raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
     with driver_errors(f"rebuilding the projections of run {run_id}"), db.connect() as conn:
         with conn.cursor() as cur:
-            # The run's lock, for this transaction: a live writer's commits also write these
-            # rows, and none may start while they are rebuilt.
+            # The run's locks, both, for this transaction: a live writer's commits also write
+            # these rows, and none may start while they are rebuilt. The sender's too: a run
+            # whose engine lost its own lock's connection goes on committing through it.
             (free,) = cur.execute(
-                "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (run_id,)
+                f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})",
+                (run_id, run_id),
             ).fetchone() or (False,)
             if not free:
                 raise ConcurrentWriter(f"run {run_id} is being written by another process: rebuild it once that ends")

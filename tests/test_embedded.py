@@ -90,6 +90,31 @@ def test_a_server_stuck_shutting_down_is_stopped_and_started_again(tmp_path: Pat
         client.close()
 
 
+def test_a_home_whose_path_holds_a_space_or_a_quote_starts_and_shell_syntax_in_it_is_refused() -> None:
+    """pg_ctl starts the server through /bin/sh: the socket folder went unquoted (a home with a
+    space could not start its server), and `$(...)` in the home's path ran (a hostile review)."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="e s'"))  # short: the socket folder stays <home>/run
+    try:
+        home = top / "my home"
+        assert _socket_dir(home) == home / "run"
+        with embedded_server(home) as server, psycopg.connect(server.uri("elspeth")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        planted = top / "PWNED"
+        for spelled in (f"h$(touch '{planted}')", f"h`touch '{planted}'`", 'h"x', "h\\x"):
+            with (
+                pytest.raises(DatabaseUnavailable, match=r"pg_ctl hands it to a shell"),
+                embedded_server(top / spelled),
+            ):
+                pass
+            assert not (top / spelled).exists()
+        assert not planted.exists()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def test_a_server_that_does_not_start_is_reported_with_its_own_log_lines(tmp_path: Path) -> None:
     home = tmp_path / ".elspeth"
     with embedded_server(home) as server:

@@ -19,13 +19,16 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from engine.stopping import Stop, StoppedAtOnce
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
+from landscape.records import StoredEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60  # seconds: far above what any case takes; reaching it means the engine hung
@@ -365,6 +368,39 @@ def test_a_signal_stops_the_run_wherever_it_is_and_resume_completes_it(
     assert again.returncode == 0 and "Traceback" not in stderr, stdout + stderr
     rows = [json.loads(line) for line in (tmp_path / "out" / "out.jsonl").read_text().splitlines()]
     assert rows == [{"id": 1}, {"id": 2}, {"id": 3}]  # none lost, none written twice
+
+
+@pytest.mark.parametrize(
+    ("second", "says"),
+    [
+        (signal.SIGTERM, r"stopped at once on SIGINT \(a second signal \(SIGTERM\) came before it reached"),
+        (signal.SIGALRM, r"stopped at once on SIGINT \(it did not reach a record boundary within 1 s\)"),
+    ],
+)
+def test_what_stopped_a_run_at_once_is_named(second: signal.Signals, says: str) -> None:
+    """A second signal stops the run at once, as the grace period's end does; the message said
+    the grace period had run out either way (a hostile review)."""
+    stop = Stop("run-x")
+    with pytest.raises(StoppedAtOnce, match=says), stop.installed():
+        stop._handle(signal.SIGINT, None)
+        stop._handle(second, None)
+
+
+def test_a_signal_while_the_first_event_is_read_is_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run_created` returned from inside its loop over the reader: the reader was closed when
+    collected, where a signal's KeyboardInterrupt (raised while it waits for its fetch thread) is
+    only printed ("Exception ignored"), and `resume` went on to run the whole run (a hostile
+    review). The reader is closed in place now, and the interrupt reaches the command."""
+
+    def reader(self: PostgresRecorder, run_id: str, *args: object, **kwargs: object) -> Iterator[StoredEvent]:
+        try:
+            yield StoredEvent(run_id, 0, "run", run_id, "RunStarted", 1, 0, b"{}", b"", b"", b"")
+        finally:
+            raise KeyboardInterrupt  # the signal, as it arrives while the reader is let go
+
+    monkeypatch.setattr(PostgresRecorder, "read_events", reader)
+    with pytest.raises(KeyboardInterrupt):
+        PostgresRecorder(None).run_created("run-x")  # type: ignore[arg-type]
 
 
 def test_a_source_path_swapped_for_a_fifo_after_validate_is_refused_at_run_without_blocking(tmp_path: Path) -> None:

@@ -70,6 +70,23 @@ def test_a_rebuild_waits_for_no_writer_it_refuses_while_one_holds_the_run(db: Da
     assert rebuild(db, run_id) == 1
 
 
+def test_a_rebuild_refuses_while_only_the_sender_holds_the_run(db: Database) -> None:
+    """The engine's lock connection dropped (an idle-session timeout, a terminated backend): the
+    run goes on committing through its sender, which holds the other lock. A rebuild that asked
+    for the engine's lock alone went ahead and left the projections missing rows (a hostile
+    review)."""
+    run_id = "run-sending"
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created(run_id))
+    w.commit()
+    w.close()
+    with db.connect(autocommit=True) as sender:
+        sender.execute("SELECT pg_advisory_lock(hashtextextended(%s, 1))", (run_id,))
+        with pytest.raises(ConcurrentWriter, match="being written"):
+            rebuild(db, run_id)
+    assert rebuild(db, run_id) == 1
+
+
 def test_a_projection_row_written_ahead_of_the_writer_is_reported_as_what_it_is(db: Database) -> None:
     """Someone who may write a projection table puts a row where the writer's next commit will:
     the commit fails (the run cannot go on with a table that contradicts it), and the error names
