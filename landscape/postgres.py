@@ -16,7 +16,7 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import starmap
 from typing import Any, Literal, NamedTuple
@@ -390,7 +390,7 @@ class PostgresRecorder:
 
     def read_events(
         self, run_id: str, after_seq: int = -1, upto_seq: int | None = None, *, snapshot: str | None = None
-    ) -> Iterator[StoredEvent]:
+    ) -> Generator[StoredEvent, None, None]:
         """A run's events in seq order, streamed with a server-side cursor in large pages; in the
         `snapshot` of `shared_snapshot` when given (another process may read in it too)."""
         query = (
