@@ -493,6 +493,37 @@ def open_lock(path: Path) -> IO[str]:
     return os.fdopen(fd, "r+")
 
 
+def _only_root_can_move(root: Path) -> None:
+    """As root: the home must not be a link, and every folder above it that exists (as written
+    and as resolved) must be root's and writable by root alone, or sticky (/tmp), where others
+    cannot rename what is root's. Whoever can write a folder there can put a link where the home
+    or a folder above it is, and root would make the link's target the server's: its run/
+    chowned to the server's account, initdb run there (a hostile review, with a user's link to
+    another folder). DatabaseUnavailable naming the folder."""
+    if root.is_symlink():
+        raise DatabaseUnavailable(
+            f"refusing the ELSPETH home {root}: it is a symbolic link, and as root ELSPETH uses a home only where it "
+            "is (whoever can write its folder could point the link elsewhere); set ELSPETH_HOME to the folder itself"
+        )
+    for path in (root.parent, Path(os.path.realpath(root.parent))):
+        for folder in (path, *path.parents):
+            try:
+                info = os.lstat(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # made below, by root, as root's
+            if stat.S_ISLNK(info.st_mode):
+                continue  # its own folder is checked here, where it leads in the resolved walk
+            writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
+            if info.st_uid != 0 or writable:
+                whose = _user_name(info.st_uid) if info.st_uid != 0 else "root's, but others may write it"
+                raise DatabaseUnavailable(
+                    f"refusing the ELSPETH home {root}: the folder {folder} above it is {whose}, and whoever can "
+                    "change that folder could put a link where the home is, which root would then hand to the "
+                    "server's account; as root, set ELSPETH_HOME to a folder reached through root's folders "
+                    "alone, run as that folder's user, or use --database URL"
+                )
+
+
 # What the home holds that root opens, and an earlier ELSPETH's server account could replace.
 _HOME_FILES = ("users.lock", "start.lock", "postgresql.log")
 
@@ -676,12 +707,15 @@ def embedded_server(
             f"cannot read the data folder {pgdata}: {e.strerror or e}; set ELSPETH_HOME to a folder of yours, "
             "or use --database URL"
         ) from e
+    if _as_root():
+        _only_root_can_move(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatabaseUnavailable(f"cannot create {root}: {e.strerror}; set ELSPETH_HOME or use --database URL") from e
     uid = gid = None
     if _as_root():
+        _only_root_can_move(root)  # (again: as made)
         uid, gid = _system_user()
         _claim_home(root, uid, say)  # before anything in it is opened
     else:

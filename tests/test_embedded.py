@@ -234,6 +234,31 @@ def test_as_root_a_database_superuser_cannot_touch_the_home_outside_pgdata(tmp_p
 
 
 @needs_root
+@pytest.mark.parametrize("how", ["the home a link", "a folder above it another user's", "a folder above it 0777"])
+def test_as_root_a_home_another_user_could_swap_for_a_link_is_refused_untouched(tmp_path: Path, how: str) -> None:
+    """Root followed a user's link at the home (in a folder of theirs) and gave the target's run/
+    to the server's account, and ran initdb there (a hostile review)."""
+    victim = tmp_path / "victim"
+    (victim / "run").mkdir(parents=True)
+    (victim / "run" / "important").write_text("data")
+    folder = tmp_path / "project"
+    folder.mkdir()
+    if how == "the home a link":
+        (folder / ".elspeth").symlink_to(victim)
+    elif how == "a folder above it another user's":
+        os.chown(folder, 65534, 65534)
+    else:
+        folder.chmod(0o777)
+    home = folder / ".elspeth" if how == "the home a link" else folder / "sub" / ".elspeth"
+    refused = r"refusing the ELSPETH home .*(symbolic link|the folder .*project)"
+    with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(home):
+        pass
+    assert sorted(p.name for p in victim.iterdir()) == ["run"]
+    assert os.stat(victim / "run").st_uid == 0 and (victim / "run" / "important").read_text() == "data"
+    assert not (folder / "sub").exists()
+
+
+@needs_root
 def test_as_root_a_home_of_another_ordinary_user_is_refused_untouched(tmp_path: Path) -> None:
     # Root would write fingerprint.key, run initdb and start the server in it, and its owner could
     # then rename pgdata/, run/ or the key from under root.
