@@ -9,6 +9,8 @@ first one found ends the check.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from landscape.export import (
     decode_bundle,
     read_records,
 )
+from landscape.files import NotASmallFile, read_small_file
 from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
 from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
@@ -97,7 +100,10 @@ class ProofReport:
 def sniff(path: Path) -> str:
     """`export` or `proof`: which kind of file this is (by its first bytes)."""
     try:
-        with path.open("rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a FIFO is not waited on)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise AuditFailure(f"{path}: not a regular file; allowed: an export or a proof bundle")
             start = f.read(4096)
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
@@ -109,10 +115,16 @@ def sniff(path: Path) -> str:
     return "proof" if b'"elspeth-proof"' in b"".join(start.split()) else "export"
 
 
+# A checkpoint note is a few lines, with a signature or a few: anything this large is none.
+_NOTE_LIMIT = 64 * 1024
+
+
 def read_kept_checkpoint(path: Path, key: Verifier) -> Checkpoint:
     """A checkpoint note the auditor kept (`elspeth checkpoint`), signed by `key`."""
     try:
-        note = path.read_bytes()
+        note = read_small_file(path, _NOTE_LIMIT)
+    except NotASmallFile as e:
+        raise AuditFailure(f"checkpoint {path}: {e}; allowed: a checkpoint `elspeth checkpoint` wrote") from None
     except OSError as e:
         raise AuditFailure(f"checkpoint {path}: cannot read it: {e.strerror}") from None
     try:

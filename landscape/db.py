@@ -345,6 +345,12 @@ def _lock_schema(conn: Connection, db: Database) -> None:
             # For this transaction only; the session lock it takes outlives it.
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (SCHEMA_LOCK_WAIT,))
             conn.execute("SELECT pg_advisory_lock(7419001)")
+    except psycopg.errors.InsufficientPrivilege as e:  # (an analyst's or an auditor's role)
+        conn.rollback()
+        raise StoreError(
+            f"{redact(db.location)}: this role may not take the schema lock ({e.diag.message_primary}): "
+            "`elspeth db upgrade` is for the store's owner or a superuser; nothing was changed"
+        ) from None
     except psycopg.errors.LockNotAvailable as e:
         holder = conn.execute(
             "SELECT l.pid, a.usename, a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from landscape.errors import LandscapeError
+from landscape.files import NotASmallFile, read_small_file
 from landscape.note import NoteError, Signer, Verifier
 from landscape.owner import keep_home_private, mistrust, mistrust_folder, mistrust_named_key
 
@@ -89,19 +90,24 @@ def _remove(paths: list[Path]) -> None:
             path.unlink()
 
 
+# A key file is one line of about a hundred bytes: anything this large is no key file.
+_KEY_FILE_LIMIT = 64 * 1024
+
+
 def _read_key_text(path: str | os.PathLike[str], what: str, *, owned: bool = False) -> str:
     """The one line of a key file. `owned`: the file must be the effective user's alone (see
     `landscape.owner`), and a link there is refused rather than followed."""
     p = Path(path)
+
+    def yours(info: os.stat_result) -> None:
+        why = mistrust(info, secret=True) if stat.S_ISREG(info.st_mode) else "it is not a regular file"
+        if why:
+            raise KeyFileError(f"{what} {p}: {why}; allowed: a file of yours, mode 600")
+
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if owned else 0))
-        with os.fdopen(fd, "rb") as f:
-            if owned:
-                info = os.fstat(f.fileno())
-                why = mistrust(info, secret=True) if stat.S_ISREG(info.st_mode) else "it is not a regular file"
-                if why:
-                    raise KeyFileError(f"{what} {p}: {why}; allowed: a file of yours, mode 600")
-            raw = f.read()
+        raw = read_small_file(p, _KEY_FILE_LIMIT, follow=not owned, check=yours if owned else None)
+    except NotASmallFile as e:
+        raise KeyFileError(f"{what} {p}: {e}; allowed: a key file `elspeth keys generate` wrote") from None
     except FileNotFoundError:
         raise KeyFileError(f"{what} {p}: no such file") from None
     except IsADirectoryError:

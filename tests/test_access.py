@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import pytest
 
 import landscape.db
 from landscape.db import Database, migrate
-from landscape.errors import StoreError
+from landscape.errors import DatabaseUnavailable, StoreError
 from landscape.roles import ELSPETH_ROLES, TABLES, Role, grants_current, readers_may_lock
 from landscape.schema import metadata
 from tests.engine_harness import run, write_csv
@@ -382,3 +383,19 @@ def test_an_erasure_record_says_truly_who_wrote_it_and_when(db: Database) -> Non
         ).fetchone()  # type: ignore[misc]
         conn.rollback()
     assert who and fresh
+
+
+def test_db_upgrade_by_a_role_that_may_not_take_the_schema_lock_is_one_error(db: Database) -> None:
+    """The analyst's or the auditor's role ran `db upgrade`: a 46-line traceback of psycopg's
+    InsufficientPrivilege (a hostile review). One line now, and nothing changed."""
+    with db.connect() as conn:
+        if readers_may_lock(conn):
+            pytest.skip("the readers may take advisory locks on this server (db upgrade could not revoke it)")
+    for role in (Role.ANALYST, Role.AUDITOR):
+        as_reader = dataclasses.replace(db, conninfo=psycopg.conninfo.make_conninfo(db.conninfo, user=role.value))
+        try:
+            as_reader.connect().close()
+        except DatabaseUnavailable:
+            pytest.skip(f"{role.value} cannot log in here (only the embedded store gives the roles a login)")
+        with pytest.raises(StoreError, match=r"this role may not take the schema lock .*store's owner or a superuser"):
+            migrate(as_reader)

@@ -372,6 +372,8 @@ def test_bad_input_is_one_line(db: Database, fork: Exported, tmp_path: Path) -> 
     newer.write_bytes(fork.file.read_bytes().replace(b'"format":2,', b'"format":3,', 1))
     cut = tmp_path / "cut.export"
     cut.write_bytes(fork.file.read_bytes()[: fork.file.stat().st_size // 3])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
     cases = [
         ((str(fork.file), "--public-key", str(tmp_path / "none.pub")), "no such file"),
         ((str(fork.file), "--public-key", str(tmp_path)), "is a folder"),
@@ -382,6 +384,12 @@ def test_bad_input_is_one_line(db: Database, fork: Exported, tmp_path: Path) -> 
         ((str(tmp_path / "none.export"), "--public-key", pub), "cannot read"),
         ((str(fork.file), "--public-key", pub, "--run", "run-other"), "not of run run-other"),
         ((str(fork.file), "--public-key", pub, "--checkpoint", str(fork.pub)), "checkpoint"),
+        # read until memory ran out, or waited on for ever (a hostile review)
+        ((str(fork.file), "--public-key", "/dev/zero"), "it is not a regular file"),
+        ((str(fork.file), "--public-key", pub, "--checkpoint", "/dev/zero"), "it is not a regular file"),
+        ((str(fifo), "--public-key", pub), "not a regular file"),
+        ((str(fork.file), "--public-key", str(fifo)), "it is not a regular file"),
+        ((str(fork.file), "--public-key", pub, "--checkpoint", str(fifo)), "it is not a regular file"),
     ]
     for args, says in cases:
         err = one_line_error(_verify(fork.work, *args), 1)

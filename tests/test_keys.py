@@ -102,6 +102,19 @@ def test_unreadable_key_paths_are_one_clear_error(tmp_path: Path) -> None:
         load_verifier(tmp_path / "ops.key")
 
 
+def test_a_key_path_that_is_no_small_regular_file_is_refused_not_read_or_waited_on(tmp_path: Path) -> None:
+    """`--public-key /dev/zero` was read until memory ran out; a FIFO was waited on for ever (a
+    hostile review)."""
+    with pytest.raises(KeyFileError, match=r"/dev/zero: it is not a regular file"):
+        load_verifier(Path("/dev/zero"))
+    os.mkfifo(tmp_path / "fifo.pub")
+    with pytest.raises(KeyFileError, match=r"fifo\.pub: it is not a regular file"):
+        load_verifier(tmp_path / "fifo.pub")
+    (tmp_path / "big.pub").write_bytes(b"x" * 70_000)
+    with pytest.raises(KeyFileError, match=r"big\.pub: it is larger than 65536 bytes"):
+        load_verifier(tmp_path / "big.pub")
+
+
 def test_the_default_key_is_made_once_per_home_and_private(tmp_path: Path) -> None:
     home = tmp_path / "home"
     first = default_signer(home)

@@ -30,7 +30,13 @@ def db_stop(ctx: click.Context) -> None:
             "db stop is for the embedded server; a server given by --database is not ELSPETH's to stop"
         )
     pidfile = elspeth_home(obj.get("home")) / "pgdata" / "postmaster.pid"
-    if not pidfile.exists():
+    try:
+        running = pidfile.exists()
+    except OSError as e:  # (a home of another user's: its data folder cannot be looked into)
+        raise ElspethCliError(
+            f"cannot look into {pidfile.parent}: {e.strerror}; only the user who runs that home's server can stop it"
+        ) from None
+    if not running:
         click.echo(f"the embedded server of {pidfile.parent.parent} is not running")
         return
     with embedded_server(obj.get("home")):

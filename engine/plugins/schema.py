@@ -306,7 +306,8 @@ def normalise_header(raw: str) -> str:
     text = re.sub(r"\W+", "_", text)
     text = re.sub(r"_+", "_", text).strip("_")
     if not text:
-        raise PluginConfigError("", f"the header {raw!r} normalises to an empty name")
+        shown = repr(raw) if len(raw) <= 60 else f"{raw[:40]!r}… ({len(raw)} characters)"
+        raise PluginConfigError("", f"the header {shown} normalises to an empty name")
     if text[0].isdigit():
         text = "_" + text
     if keyword.iskeyword(text):
