@@ -300,14 +300,19 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # A branch that reaches its coalesce after the coalesce was decided fails with reason
-# `late_arrival` (ARCHITECTURE: the coalesce machine). Under `first` or `quorum` that is how the
-# policy works, and the row was merged and written: it is not a failed row for that. (Under
-# `require_all` the row failed already, through the coalesce's failure.)
+# `late_arrival` (ARCHITECTURE: the coalesce machine), whether it merged or failed. Under `first`
+# or `quorum` that is how the policy works, and a merged row was written: it is not a failed row
+# for that. A row whose coalesce failed is a failed row, whichever of its tokens failed with it:
+# when the lost branch came first, nothing was held to fail with the coalesce, and only late
+# arrivals followed (a hostile review found the count depending on the order of `fork_to`).
 ROWS_BY_OUTCOME = (
-    "SELECT o.outcome, count(DISTINCT t.row_index) FROM token_outcomes o "
-    "JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id "
-    "WHERE o.run_id = %s AND o.outcome IN ('quarantined', 'failed', 'diverted') "
-    "AND (o.outcome <> 'failed' OR o.reason IS DISTINCT FROM 'late_arrival') GROUP BY o.outcome"
+    "SELECT outcome, count(DISTINCT row_index) FROM ("
+    " SELECT o.outcome, t.row_index FROM token_outcomes o"
+    " JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id"
+    " WHERE o.run_id = %(run)s AND o.outcome IN ('quarantined', 'failed', 'diverted')"
+    " AND (o.outcome <> 'failed' OR o.reason IS DISTINCT FROM 'late_arrival')"
+    " UNION ALL SELECT 'failed', c.row_index FROM coalesces c WHERE c.run_id = %(run)s AND c.status = 'failed'"
+    ") rows GROUP BY outcome"
 )
 
 
@@ -326,7 +331,7 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
     """How many source rows ended how. A row whose fork branches failed twice counts once."""
     with driver_errors(f"counting the rows of run {run_id}"), db.connect() as conn:
         without_nested_loops(conn)
-        by_outcome = {outcome: int(n) for outcome, n in conn.execute(ROWS_BY_OUTCOME, (run_id,))}
+        by_outcome = {outcome: int(n) for outcome, n in conn.execute(ROWS_BY_OUTCOME, {"run": run_id})}
         metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
     written = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in sorted(metrics.items()) if _is_sink_rows(k)}
     return RowCounts(

@@ -149,7 +149,7 @@ def test_a_file_a_sink_with_no_rows_left_is_said_to_be_from_before_the_run(db: D
     proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "sink high" in x)
-    assert "this run wrote no file, and the 10 bytes there are not its own" in line, proc.stdout
+    assert "no rows written: the 10 bytes there are none the run made durable" in line, proc.stdout
     shown = elspeth("show", proc.stdout.split()[1], "--json", cwd=work, db=db)
     sinks = {f["sink"]: f for f in json.loads(shown.stdout)["artifacts"]}
     assert sinks["high"]["file"] == "left" and sinks["low"]["file"] == "ok", sinks

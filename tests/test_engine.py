@@ -111,6 +111,22 @@ def test_quorum_of_one_merges_on_the_first_arrival_and_fails_late_arrivals(db: D
     assert r.outcomes()["failed"] == 2
 
 
+@pytest.mark.parametrize("order", ["a, b", "b, a"])
+def test_a_row_whose_coalesce_failed_is_a_failed_row_whatever_the_fork_order(
+    db: Database, tmp_path: Path, order: str
+) -> None:
+    """Row 2's branch b is lost (discarded by its filter), so its `require_all` coalesce fails.
+    With b forked first, the coalesce failed with nothing held, and branch a then failed as a late
+    arrival, which the row counts leave out: `failed: 0` for the same output (a hostile review)."""
+    from landscape.queries import row_counts
+
+    _input(tmp_path, ROWS)
+    r = run(db, tmp_path, _fork_pipeline("require_all", "union").replace("fork_to: [a, b]", f"fork_to: [{order}]"))
+    assert [row["id"] for row in r.rows("out/out.jsonl")] == [1, 3]
+    counts = row_counts(db, r.outcome.run_id)
+    assert (counts.failed, counts.diverted) == (1, 1), counts
+
+
 def test_first_takes_the_first_branch_in_fork_order(db: Database, tmp_path: Path) -> None:
     _input(tmp_path, ROWS)
     r = run(db, tmp_path, _fork_pipeline("first", "union"))
@@ -315,6 +331,27 @@ def test_passthrough_mode_keeps_the_tokens(db: Database, tmp_path: Path) -> None
     assert len(r.rows("out/out.csv")) == 4
     assert r.outcomes() == {"completed": 4}
     assert_invariants(r.fold)
+
+
+def test_a_passthrough_step_records_its_share_of_the_batch_s_time(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each row of a pass-through batch was recorded as taking 0 us. The clock here gives each
+    batch 6 ms (a start and an end reading per flush): 3,000 us for each of its 2 rows."""
+    import types
+
+    from engine import batching
+
+    readings = iter(range(0, 10**12, 6_000_000))
+    monkeypatch.setattr(batching, "time", types.SimpleNamespace(perf_counter_ns=lambda: next(readings)))
+    _input(tmp_path, [[i, 1, "x"] for i in range(1, 5)])
+    r = run(
+        db,
+        tmp_path,
+        _agg_pipeline("{count: 2}", mode="passthrough", plugin="batch_replicate", options="{default_copies: 1}"),
+    )
+    steps = [e.event for e in PostgresRecorder(db).read_events(r.outcome.run_id) if e.event_type == "StepCompleted"]
+    assert [s.duration_us for s in steps if s.node == "agg"] == [3000] * 4
 
 
 def test_passthrough_refuses_a_result_that_moves_rows_between_inputs(db: Database, tmp_path: Path) -> None:

@@ -333,7 +333,7 @@ def test_the_row_counts_never_join_row_by_row(db: Database, fork: Path) -> None:
         with db.connect() as conn:
             if hinted:
                 without_nested_loops(conn)
-            return "\n".join(r[0] for r in conn.execute("EXPLAIN " + ROWS_BY_OUTCOME, (run_id,)))
+            return "\n".join(r[0] for r in conn.execute("EXPLAIN " + ROWS_BY_OUTCOME, {"run": run_id}))
 
     assert "Nested Loop" in plan(hinted=False)  # the situation the hint is for
     assert "Nested Loop" not in plan(hinted=True)

@@ -90,10 +90,12 @@ class SinkFile:
         if self.state == "not_a_file":
             return "not a file: nothing to hash"
         if self.state == "left":
-            return f"no rows came: this run wrote no file, and the {self.size} bytes there are not its own"
+            # (From before the run; or, while it can be resumed, written after its last durable
+            # point by a process that crashed: a resume cuts those.)
+            return f"no rows written: the {self.size} bytes there are none the run made durable"
         if self.state == "missing":
             # A sink that got no rows writes no file (nor does a file sink in append mode change one).
-            return "no rows came: no file was written" if self.position == 0 else "the file is gone"
+            return "no rows written: no file was written" if self.position == 0 else "the file is gone"
         if self.state == "changed":
             return (
                 f"its first {self.position} bytes are not those the run made durable (their sha256 is {self.sha256}, "
