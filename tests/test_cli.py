@@ -572,3 +572,29 @@ def test_sigterm_outside_a_runs_loop_ends_the_command_as_ctrl_c_does(tmp_path: P
                 proc.kill()
     assert proc.returncode == 130, (proc.returncode, err)
     assert err.strip().splitlines()[-1] == "elspeth: interrupted", err
+
+
+def test_terminal_controls_from_the_store_are_shown_not_obeyed(db: Database, work: Path) -> None:
+    """A run id planted in the projections by someone who may write them, holding an OSC that
+    retitles the window and a CSI that colours what follows, was printed as it was by `runs` (a
+    hostile review); so was one typed in an error. Both are shown as escapes now."""
+    planted = "evil\x1b]0;PWNED\x07\x1b[31mRED\u202e\r"
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO runs (run_id, status, settings_path, settings_hash, source_fingerprint, started_at, resumes, "
+            "last_seq) VALUES (%s, 'completed', 's', 'h', 'f', now(), 0, 0)",
+            (planted,),
+        )
+        conn.commit()
+    try:
+        listed = elspeth("runs", cwd=work, db=db)
+        assert listed.returncode == 0, listed.stderr
+        # (click strips the CSI itself when the output is no terminal; never the OSC)
+        assert "evil\\x1b]0;PWNED\\x07" in listed.stdout and "RED\\u202e\\x0d" in listed.stdout, listed.stdout
+        err = one_line_error(elspeth("show", planted + "x", cwd=work, db=db), 1)
+        for out in (listed.stdout, err):
+            assert not any(c in out for c in "\x1b\x07\r\u202e"), repr(out)
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM runs WHERE run_id = %s", (planted,))
+            conn.commit()

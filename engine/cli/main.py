@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from engine.cli import visible
 from engine.cli.errors import ElspethGroup
 
 # Every command: its module, its object, and the line `elspeth --help` shows. A command's module
@@ -84,6 +85,7 @@ def main() -> None:
     # runs (an embedded server this command started is stopped) and the exit status is 130. A
     # run's loop installs its own handler, which stops at the next record boundary.
     signal.signal(signal.SIGTERM, _terminated)
+    visible.install()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
