@@ -576,9 +576,11 @@ def _claim_home(root: Path, server_uid: int, say: Callable[[str], None]) -> None
             )
             info = os.fstat(fd)
         if info.st_uid == os.geteuid():
+            # Others may pass (the server's account reaches pgdata/, run/ and the log), never list
+            # or write: a home made with the umask's 0755 was listable (a hostile review).
             mode = stat.S_IMODE(info.st_mode)
-            if mode != (mode & ~0o022) | 0o001:
-                os.fchmod(fd, (mode & ~0o022) | 0o001)
+            if mode != (mode & ~0o066) | 0o001:
+                os.fchmod(fd, (mode & ~0o066) | 0o001)
     finally:
         os.close(fd)
 

@@ -132,8 +132,8 @@ def read_witness(path: Path, run_id: str) -> list[Witnessed]:
     """The checkpoints a witness file holds for `run_id` (a missing file holds none). A line that
     is not a checkpoint record is an error naming the line: a witness file is evidence, and so is
     one that is not the effective user's alone (see `landscape.owner`)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:  # (O_NONBLOCK: a FIFO put there is refused by `_check_file`, not waited on)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return []
     except OSError as e:

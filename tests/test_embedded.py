@@ -214,7 +214,7 @@ def test_as_root_a_database_superuser_cannot_touch_the_home_outside_pgdata(tmp_p
     with embedded_server(home) as server, psycopg.connect(server.uri("postgres"), autocommit=True) as conn:
         uid, _gid = _server_account()
         info = os.stat(home)
-        assert info.st_uid == 0 and not info.st_mode & 0o022 and info.st_mode & 0o001
+        assert info.st_uid == 0 and not info.st_mode & 0o066 and info.st_mode & 0o001  # passable, not listable
         assert [os.stat(home / name).st_uid for name in ("pgdata", "run", "postgresql.log")] == [uid] * 3
         conn.execute(f"COPY (SELECT 1) TO PROGRAM 'touch {server.pgdata}/reached'")  # the programs do run
         assert (server.pgdata / "reached").exists()

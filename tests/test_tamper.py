@@ -210,6 +210,9 @@ def test_a_witness_file_given_that_is_not_there_is_refused(db: Database, tmp_pat
     for command in (("replay", run_id), ("explain", run_id, "--row", "1")):
         err = one_line_error(elspeth(*command, "--witness", str(work / "nowhere"), cwd=work, db=db), 1)
         assert "nowhere: no such file" in err, err
+        for given, says in ((work, "a folder, not a witness file"), (Path("/dev/zero"), "not a regular file")):
+            err = one_line_error(elspeth(*command, "--witness", str(given), cwd=work, db=db), 1)
+            assert f"{given}: {says}" in err, err
 
 
 def test_a_run_in_the_projections_without_events_is_named_and_removed(db: Database, tmp_path: Path) -> None:

@@ -171,3 +171,13 @@ def test_another_runs_witness_file_in_its_place_is_refused_not_read_as_none(tmp_
     ):
         read_witness(other, "run-2")
     assert [w.size for w in read_witness(path, RUN)] == [1]
+
+
+def test_a_fifo_in_the_witness_files_place_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Opened without O_NONBLOCK, a FIFO planted where the witness file goes was waited on for a
+    writer that never came."""
+    folder = tmp_path / "witness"
+    folder.mkdir(mode=0o700)
+    os.mkfifo(witness_path(folder, RUN))
+    with pytest.raises(WitnessError, match="it is not a regular file"):
+        read_witness(witness_path(folder, RUN), RUN)

@@ -99,7 +99,15 @@ def read_checkpoints(
     from landscape.note import NoteError, parse_note
 
     if witness and not Path(witness).is_file():
-        raise ElspethCliError(f"--witness {witness}: no such file")
+        given = Path(witness)
+        what = (
+            "no such file"
+            if not given.exists()
+            else "a folder, not a witness file"
+            if given.is_dir()
+            else "not a regular file (a FIFO or a device), not a witness file"
+        )
+        raise ElspethCliError(f"--witness {witness}: {what}")
     # By default the witness file where the run's writer put it: its settings may name the folder,
     # as its first event records. That event is read before it is verified, but every checkpoint
     # covers it: a superuser who changed it to point elsewhere breaks every root (or, deleting the
