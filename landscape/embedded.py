@@ -721,6 +721,12 @@ def embedded_server(
         uid, gid = _system_user()
         _claim_home(root, uid, say)  # before anything in it is opened
     else:
+        owner = root.stat().st_uid
+        if owner != os.geteuid():  # (another user's, which they let others write: a hostile review)
+            raise DatabaseUnavailable(
+                f"refusing the ELSPETH home {root}: it belongs to {_user_name(owner)}, who could rename pgdata/, run/ "
+                "or the key under you; set ELSPETH_HOME to a folder of yours, or use --database URL"
+            )
         keep_home_private(root)  # one made with mkdir under umask 002 would have keys/ refused
     bin_dir = _runnable_bin_dir(uid, gid)
     _not_for_a_shell(bin_dir, "its programs' folder")

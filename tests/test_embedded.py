@@ -197,6 +197,23 @@ def test_an_ordinary_users_home_its_group_can_write_is_made_theirs_alone(
     assert home.stat().st_mode & 0o777 == 0o755
 
 
+def test_an_ordinary_user_refuses_a_home_of_another_user_even_one_open_to_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A home of another user's, mode 0777: initdb ran and the server started in it, and its owner
+    # could then rename what was made there (a hostile review). Refused before anything is made.
+    home = tmp_path / "theirs"
+    home.mkdir()
+    home.chmod(0o777)
+    os.chown(home, 65534, 65534)
+    monkeypatch.setattr(embedded, "_as_root", lambda: False)
+    monkeypatch.setattr(embedded.os, "geteuid", lambda: 4242)
+    refused = r"refusing the ELSPETH home .*theirs: it belongs to"
+    with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(home):
+        pass
+    assert list(home.iterdir()) == []
+
+
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="as an ordinary user the server runs as you: no other account"
 )
