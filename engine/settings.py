@@ -282,8 +282,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown position"
         problem = e.problem or e.context or "cannot be parsed"
         raise SettingsError([f"{where}: malformed YAML at {at}: {problem}; allowed: well-formed YAML"]) from None
-    except yaml.YAMLError as e:
-        raise SettingsError([f"{where}: malformed YAML: {e}"]) from None
+    except yaml.YAMLError as e:  # (a NUL: a ReaderError, whose text spans two lines)
+        raise SettingsError([f"{where}: malformed YAML: {' '.join(str(e).split())}"]) from None
     if not isinstance(raw, dict):
         raise SettingsError(
             [f"{where}: (top): found {value_kind(raw)}; allowed: a mapping of {', '.join(_field_names(Settings))}"]

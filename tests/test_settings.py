@@ -560,3 +560,9 @@ def test_a_trigger_condition_that_fails_for_any_batch_is_refused_with_its_key_pa
     # a rate fails only at age 0, which a run does not meet: left to run (it fails the run on record if it does)
     rate = text.replace("row['batch_count'] / 0 > 1", "row['batch_count'] / row['batch_age_seconds'] > 1000")
     assert load_settings(_write(tmp_path, rate), {}).trigger_conditions["agg"] is not None
+
+
+def test_a_nul_in_the_yaml_is_one_line(tmp_path: Path) -> None:
+    """PyYAML's ReaderError spans two lines; the error stays one (a hostile review)."""
+    (line,) = _errors(tmp_path, BASE.replace("{path: in.csv}", "{path: in.csv\x00}"))
+    assert "malformed YAML: unacceptable character #x0000" in line and "\n" not in line, line
