@@ -268,11 +268,21 @@ def head_revision() -> str:
 
 
 def current_revision(db: Database) -> str | None:
+    """The store's schema revision; None without one. An `alembic_version` beside no ELSPETH
+    table is another application's (its revision was read as a newer ELSPETH's, or as one to
+    upgrade, which then failed half-way): SchemaOutdated, before anything is done to it."""
     with db.connect(role=Role.OWNER) as conn:
-        exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
-        if not exists or not exists[0]:
+        found = conn.execute(
+            "SELECT to_regclass('alembic_version') IS NOT NULL, to_regclass('events') IS NOT NULL"
+        ).fetchone()
+        if not found or not found[0]:
             return None
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    if not found[1]:
+        raise SchemaOutdated(
+            f"{redact(db.location)} holds another application's schema (alembic_version "
+            f"{row[0] if row else 'empty'}, and no ELSPETH table): point at a database of ELSPETH's own"
+        )
     return None if row is None else str(row[0])
 
 

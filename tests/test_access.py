@@ -399,3 +399,19 @@ def test_db_upgrade_by_a_role_that_may_not_take_the_schema_lock_is_one_error(db:
             pytest.skip(f"{role.value} cannot log in here (only the embedded store gives the roles a login)")
         with pytest.raises(StoreError, match=r"this role may not take the schema lock .*store's owner or a superuser"):
             migrate(as_reader)
+
+
+def test_another_applications_alembic_database_is_not_taken_for_a_store(server_url: str) -> None:
+    """An `alembic_version` beside no ELSPETH table was read as a newer ELSPETH's schema, or as
+    one to upgrade (which made the server's roles, then failed half-way): a hostile review."""
+    from landscape.errors import SchemaOutdated
+    from tests.conftest import scratch_database
+
+    with scratch_database(server_url, "t_foreign") as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+            conn.execute("INSERT INTO alembic_version VALUES ('ae1027a6acf')")
+        for upgrade in (False, True):
+            refused = r"another application's schema \(alembic_version ae1027a6acf"
+            with pytest.raises(SchemaOutdated, match=refused), landscape.db.open_database(url, upgrade=upgrade):
+                pass
