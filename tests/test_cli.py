@@ -578,7 +578,7 @@ def test_terminal_controls_from_the_store_are_shown_not_obeyed(db: Database, wor
     """A run id planted in the projections by someone who may write them, holding an OSC that
     retitles the window and a CSI that colours what follows, was printed as it was by `runs` (a
     hostile review); so was one typed in an error. Both are shown as escapes now."""
-    planted = "evil\x1b]0;PWNED\x07\x1b[31mRED\u202e\r"
+    planted = "evil\x1b]0;PWNED\x07\x1b[31mRED\u202e\r\x85"
     with db.connect() as conn:
         conn.execute(
             "INSERT INTO runs (run_id, status, settings_path, settings_hash, source_fingerprint, started_at, resumes, "
@@ -590,7 +590,9 @@ def test_terminal_controls_from_the_store_are_shown_not_obeyed(db: Database, wor
         listed = elspeth("runs", cwd=work, db=db)
         assert listed.returncode == 0, listed.stderr
         # (click strips the CSI itself when the output is no terminal; never the OSC)
-        assert "evil\\x1b]0;PWNED\\x07" in listed.stdout and "RED\\u202e\\x0d" in listed.stdout, listed.stdout
+        assert "evil\\u001b]0;PWNED\\u0007" in listed.stdout and "RED\\u202e\\u000d" in listed.stdout, listed.stdout
+        listed_json = elspeth("runs", "--json", cwd=work, db=db)  # JSON's escapes: it reads back the same
+        assert planted in {r["run_id"] for r in json.loads(listed_json.stdout)}, listed_json.stdout
         err = one_line_error(elspeth("show", planted + "x", cwd=work, db=db), 1)
         for out in (listed.stdout, err):
             assert not any(c in out for c in "\x1b\x07\r\u202e"), repr(out)

@@ -5,8 +5,10 @@ write either could put an escape sequence there: an OSC that retitles the window
 link, a CSI that hides or rewrites what is shown, a carriage return that prints over a line, a
 bidirectional override that reorders it. Printed as they are, they would act on the terminal of
 the investigator reading the output (a hostile review planted one in a run id). Every write to
-standard output, and every error line, shows them as escapes (`\\x1b`, `\\u202e`) instead; a tab
-and a line break stay as they are.
+standard output, and every error line, shows them as escapes (`\\u001b`, `\\u202e`) instead; a
+tab and a line break stay as they are. The escapes are JSON's: inside a string of `--json`
+output (whose encoder escapes C0 controls itself, but not DEL, C1 or the overrides) they read
+back as the very characters.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 
 
 def _escaped(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    return f"\\u{ord(m.group()):04x}"
 
 
 def visible(text: str) -> str:
@@ -30,16 +31,29 @@ def visible(text: str) -> str:
 
 
 class _VisibleStream:
-    """A text stream whose writes go through `visible`; everything else is the stream's."""
+    """A text stream whose writes go through `visible`; everything else is the stream's but its
+    binary `buffer`, which a writer could reach around the filter through (click does, for a
+    stream whose encoding it takes for misconfigured, ASCII say)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(visible(text))
+        shown = visible(text)
+        try:
+            self._stream.write(shown)
+        except UnicodeEncodeError:  # (an ASCII terminal: what it cannot show, as escapes too)
+            encoding = self._stream.encoding or "ascii"
+            self._stream.write(shown.encode(encoding, "backslashreplace").decode(encoding))
         return len(text)
 
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
     def __getattr__(self, name: str) -> Any:
+        if name == "buffer":
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 
