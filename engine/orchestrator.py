@@ -411,8 +411,9 @@ class Execution:
                 )
 
     def _give_first_rows(self) -> None:
-        """Tell each sink that asks (`first_row`) how to read the first row the run sent it: a CSV
-        file without a header or a schema continues in that row's columns. Read only if asked."""
+        """Tell each sink that asks (`first_row`) how to read the first row the run made durable in
+        it: a CSV file without a header or a schema continues in that row's columns. Read only if
+        asked."""
         for name, sink in self.p.nodes.sinks.items():
             take, h = getattr(sink, "first_row", None), self.fold.sink_first_rows.get(name)
             if take is not None and h is not None:
@@ -420,10 +421,12 @@ class Execution:
 
     def _first_row(self, sink: str, h: str) -> Any:
         try:
-            return decode_row(load_payloads(self.recorder, self.run_id, {h})[h])
+            return decode_row(
+                load_payloads(self.recorder, self.run_id, {h}, what=f"the first row sink '{sink}' made durable")[h]
+            )
         except CorruptLog as e:
             raise PluginError(f"sink '{sink}'", "its file has no header: its columns are the fields of the first row "
-                                                f"the run sent it, which cannot be read ({e})") from e  # fmt: skip
+                                                f"the run made durable there, which cannot be read ({e})") from e  # fmt: skip
 
     def _open_sinks(self) -> None:
         for name in self.p.nodes.sinks:

@@ -86,8 +86,10 @@ class RunFold:
     sink_positions: dict[str, int] = field(default_factory=dict)
     sink_digests: dict[str, str | None] = field(default_factory=dict)  # SinkFlushed.sha256, the last
     sink_locations: dict[str, str] = field(default_factory=dict)  # SinkFlushed.location, the last
-    # The data hash of the first row sent to each sink (its first SinkAssigned): a CSV file without
-    # a schema takes its columns from that row, and a resume must continue in them.
+    # The data hash of the first row made durable in each sink (the first token its first flush of
+    # rows wrote): a CSV file without a header or schema has that row's columns, and a resume must
+    # continue in them. (Not the first row sent: a flush that failed, its rows diverted, leaves
+    # the file as it was, and the next row accepted fixes the columns.)
     sink_first_rows: dict[str, str] = field(default_factory=dict)
     # Consecutive failed attempts per sink and when the last one was: the circuit breaker.
     sink_failures: dict[str, int] = field(default_factory=dict)
@@ -225,10 +227,12 @@ class RunFold:
     def _sink_assigned(self, token_id: str, e: ev.SinkAssigned) -> None:
         t = self._token(token_id, e)
         t.place, t.outcome, t.reason, t.node = e.sink, e.outcome, e.reason, e.node
-        self.sink_first_rows.setdefault(e.sink, t.data_hash)
 
     def _ended(self, token_id: str, e: ev.EventBase) -> None:
         t = self._token(token_id, e)
+        sink = getattr(e, "sink", None)  # (its row durable there: the event follows the sink's flush)
+        if sink is not None and sink not in self.sink_first_rows:
+            self.sink_first_rows[sink] = t.data_hash
         del self.tokens[token_id]
         self.outcomes[t.state] += 1
         if self.ended is not None:

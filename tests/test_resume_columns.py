@@ -95,5 +95,37 @@ def test_a_resume_that_cannot_read_that_first_row_is_refused(db: Database) -> No
         with pytest.raises(ResumeRefused) as refused:
             resume_run(db, run_id, _load)
         message = str(refused.value)
-        assert "sink 'out'" in message and "its columns are the fields of the first row the run sent it" in message
+        assert (
+            "sink 'out'" in message
+            and "its columns are the fields of the first row the run made durable there" in message
+        )
         assert (path / "out.csv").read_bytes() == before
+
+
+def test_the_row_on_record_is_the_first_one_a_flush_made_durable_not_the_first_sent() -> None:
+    """Row A is sent to sink out first, but out's flush fails and A is diverted to spill: the
+    file is as it was, and row B, the first row out then makes durable, fixes its columns. The
+    fold named A (a review): a resume would have continued the file in A's field order."""
+    from landscape.fold import RunFold
+    from statecharts import events as ev
+
+    created = ev.RunCreated(settings_path="s.yaml", settings_hash="h", settings={}, source_fingerprint="f",
+                            nodes=[], elspeth_version="0", working_dir="/")  # fmt: skip
+    log = [
+        ("run", created),
+        ("run", ev.RunStarted()),
+        ("a", ev.TokenCreated(row_index=0, data_hash="hash-a", at="in")),
+        ("a", ev.SinkAssigned(sink="out", outcome="completed")),
+        ("run", ev.SinkWriteFailed(sink="out", attempt=1, error="disk full", at=1.0, retry_at=None)),
+        ("a", ev.SinkAssigned(sink="spill", outcome="diverted", node="out", reason="write failed")),
+        ("b", ev.TokenCreated(row_index=1, data_hash="hash-b", at="in")),
+        ("b", ev.SinkAssigned(sink="out", outcome="completed")),
+        ("run", ev.SinkFlushed(sink="spill", position=10, rows=1, location="spill.csv", sha256=None)),
+        ("a", ev.TokenDiverted(node="out", reason="write failed", sink="spill")),
+        ("run", ev.SinkFlushed(sink="out", position=10, rows=1, location="out.csv", sha256=None)),
+        ("b", ev.TokenCompleted(sink="out")),
+    ]
+    fold = RunFold("run")
+    for seq, (entity, e) in enumerate(log):
+        fold.apply(seq, entity, e)
+    assert fold.sink_first_rows == {"spill": "hash-a", "out": "hash-b"}

@@ -380,31 +380,33 @@ class CsvSink(_FileSink):
         self._known = None
 
     def first_row(self, load: Callable[[], Row]) -> None:
-        """How to get the first row the run sent to this sink (from the log), given before a
-        resume opens it: a file without a header or a schema has that row's fields as its columns."""
+        """How to get the first row the run made durable in this sink (from the log), given before
+        a resume opens it: a file without a header or a schema has that row's fields as its columns."""
         self._first_row = load
 
     def write(self, token_id: str, row: Row) -> None:
-        if self._known is None:
-            fields = self.fields if self.fields is not None else list(row)
-            if self._needs_header and self.write_header:  # the header is written with this row
-                self._refuse_unencodable(row, self.delimiter.join(fields))
-            self.fields = fields
-            self._known = frozenset(fields)
-        extra = [k for k in row if k not in self._known]
+        # The columns are fixed by the first row accepted, not by one refused: the log names the
+        # first row a flush made durable (`RunFold.sink_first_rows`), and a resume continues a
+        # headerless file in that row's columns.
+        fields = self.fields if self.fields is not None else list(row)
+        known = self._known if self._known is not None else frozenset(fields)
+        if self._known is None and self._needs_header and self.write_header:  # the header comes with this row
+            self._refuse_unencodable(row, self.delimiter.join(fields))
+        extra = [k for k in row if k not in known]
         if extra:
             # Only names the settings spell are recorded: columns fixed by the first row or by the
             # file's header are the input's, row data (docs/erasure.md); they are counted instead.
             named = self.schema.field_names or []
-            columns = ", ".join(named) if named else f"{len(self.fields or [])} fixed by its first row or header"
+            columns = ", ".join(named) if named else f"{len(fields)} fixed by its first row or header"
             raise RowError(
                 f"{fields_named(row, extra, named)}: not among the columns of {self.path} ({columns}); "
                 "a CSV file's columns are fixed by its first row or options.schema"
             )
         if self._may_not_encode:
             line = io.StringIO()
-            csv.writer(line, delimiter=self.delimiter).writerow([_cell(row.get(k, "")) for k in self.fields or row])
+            csv.writer(line, delimiter=self.delimiter).writerow([_cell(row.get(k, "")) for k in fields])
             self._refuse_unencodable(row, line.getvalue())
+        self.fields, self._known = fields, known
         self._buffer.append(row)
 
     def _header_on_disk(self, size: int) -> list[str] | None:
