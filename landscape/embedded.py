@@ -494,18 +494,13 @@ def open_lock(path: Path) -> IO[str]:
 
 
 def _only_root_can_move(root: Path) -> None:
-    """As root: the home must not be a link, and every folder above it that exists (as written
-    and as resolved) must be root's and writable by root alone, or sticky (/tmp), where others
-    cannot rename what is root's. Whoever can write a folder there can put a link where the home
-    or a folder above it is, and root would make the link's target the server's: its run/
-    chowned to the server's account, initdb run there (a hostile review, with a user's link to
-    another folder). DatabaseUnavailable naming the folder."""
-    if root.is_symlink():
-        raise DatabaseUnavailable(
-            f"refusing the ELSPETH home {root}: it is a symbolic link, and as root ELSPETH uses a home only where it "
-            "is (whoever can write its folder could point the link elsewhere); set ELSPETH_HOME to the folder itself"
-        )
-    for path in (root.parent, Path(os.path.realpath(root.parent))):
+    """As root: every folder above the home that exists, as written and as resolved (the home a
+    link: where it leads), must be root's and writable by root alone, or sticky (/tmp), where
+    others cannot rename what is root's. Whoever can write a folder there can put a link where
+    the home or a folder above it is, and root would make the link's target the server's: its
+    run/ chowned to the server's account, initdb run there (a hostile review, with a user's link
+    to another folder). DatabaseUnavailable naming the folder."""
+    for path in (root.parent, Path(os.path.realpath(root)).parent):
         for folder in (path, *path.parents):
             try:
                 info = os.lstat(folder)

@@ -407,6 +407,13 @@ class CsvSource:
             line = next(it, None)
             if line is None:
                 return None  # an empty file has no records
+            if not line.strip() and lines.bad is None:
+                # (a header naming no column would have every row quarantined, the real header too)
+                at = lines.count
+                if next((rest for rest in it if rest.strip()), None) is None:
+                    return None  # blank lines alone: an empty file
+                raise PluginError(_NODE, f"{self.path}: the header line (line {at}) is blank; allowed: a header "
+                                         "naming the columns (skip_rows skips the lines before it)")  # fmt: skip
             names = self._header_names(line, lines)
         known = set(names)
         missing = [k for k in self.field_mapping if k not in known]
@@ -438,9 +445,6 @@ class CsvSource:
             )  # fmt: skip
         if lines.bad is not None:
             raise PluginError(_NODE, f"{self.path}: the header {lines.bad}")
-        if not first:  # (a header naming no column would have every row quarantined)
-            raise PluginError(_NODE, f"{self.path}: the header line (line {lines.count}) is blank; allowed: a header "
-                                     "naming the columns (skip_rows skips the lines before it)")  # fmt: skip
         try:
             return normalise_headers(first)
         except PluginConfigError as e:
