@@ -494,12 +494,25 @@ def open_lock(path: Path) -> IO[str]:
 
 
 def _only_root_can_move(root: Path) -> None:
-    """As root: every folder above the home that exists, as written and as resolved (the home a
-    link: where it leads), must be root's and writable by root alone, or sticky (/tmp), where
-    others cannot rename what is root's. Whoever can write a folder there can put a link where
-    the home or a folder above it is, and root would make the link's target the server's: its
-    run/ chowned to the server's account, initdb run there (a hostile review, with a user's link
-    to another folder). DatabaseUnavailable naming the folder."""
+    """As root: nobody else may be able to change where the home is. Every link on its path as
+    written (the home itself included) must be root's, and every folder above it, as written and
+    as resolved, root's and writable by root alone, or sticky (/tmp), where others cannot rename
+    or repoint what is root's. Whoever can change a link or a folder there could point the home
+    elsewhere, and root would make that place the server's: its run/ chowned to the server's
+    account, initdb run there (a hostile review, with a user's link to another folder; a second,
+    with a user's link in a sticky folder). DatabaseUnavailable naming the link or folder."""
+    written = Path(os.path.abspath(root))
+    for path in (*reversed(written.parents), written):
+        try:
+            info = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            break  # made below, by root, as root's
+        if stat.S_ISLNK(info.st_mode) and info.st_uid != 0:
+            raise DatabaseUnavailable(
+                f"refusing the ELSPETH home {root}: {path} on its way is a symbolic link of {_user_name(info.st_uid)}, "
+                "who could point it elsewhere, and root would then hand that place to the server's account; as root, "
+                "set ELSPETH_HOME to a path of root's alone, run as that user, or use --database URL"
+            )
     for path in (root.parent, Path(os.path.realpath(root)).parent):
         for folder in (path, *path.parents):
             try:
@@ -507,7 +520,7 @@ def _only_root_can_move(root: Path) -> None:
             except (FileNotFoundError, NotADirectoryError):
                 continue  # made below, by root, as root's
             if stat.S_ISLNK(info.st_mode):
-                continue  # its own folder is checked here, where it leads in the resolved walk
+                continue  # root's (above); where it leads is walked resolved
             writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
             if info.st_uid != 0 or writable:
                 whose = _user_name(info.st_uid) if info.st_uid != 0 else "root's, but others may write it"

@@ -251,7 +251,11 @@ def test_as_root_a_database_superuser_cannot_touch_the_home_outside_pgdata(tmp_p
 
 
 @needs_root
-@pytest.mark.parametrize("how", ["the home a link", "a folder above it another user's", "a folder above it 0777"])
+@pytest.mark.parametrize(
+    "how",
+    ["the home a link", "the home another user's link in a sticky folder", "a folder above it another user's",
+     "a folder above it 0777"],
+)  # fmt: skip
 def test_as_root_a_home_another_user_could_swap_for_a_link_is_refused_untouched(tmp_path: Path, how: str) -> None:
     """Root followed a user's link at the home (in a folder of theirs) and gave the target's run/
     to the server's account, and ran initdb there (a hostile review)."""
@@ -263,12 +267,16 @@ def test_as_root_a_home_another_user_could_swap_for_a_link_is_refused_untouched(
     if how == "the home a link":  # (made by another user, in a folder of theirs)
         (folder / ".elspeth").symlink_to(victim)
         os.chown(folder, 65534, 65534)
+    elif how == "the home another user's link in a sticky folder":  # (which its owner may repoint)
+        folder.chmod(0o1777)
+        (folder / ".elspeth").symlink_to(victim)
+        os.lchown(folder / ".elspeth", 65534, 65534)
     elif how == "a folder above it another user's":
         os.chown(folder, 65534, 65534)
     else:
         folder.chmod(0o777)
-    home = folder / ".elspeth" if how == "the home a link" else folder / "sub" / ".elspeth"
-    refused = r"refusing the ELSPETH home .*the folder .*project"
+    home = folder / ".elspeth" if "link" in how else folder / "sub" / ".elspeth"
+    refused = r"refusing the ELSPETH home .*(the folder .*project|symbolic link of)"
     with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(home):
         pass
     assert sorted(p.name for p in victim.iterdir()) == ["run"]
