@@ -129,3 +129,35 @@ def test_the_row_on_record_is_the_first_one_a_flush_made_durable_not_the_first_s
     for seq, (entity, e) in enumerate(log):
         fold.apply(seq, entity, e)
     assert fold.sink_first_rows == {"spill": "hash-a", "out": "hash-b"}
+
+
+def test_a_failed_first_flush_fixes_no_columns_in_an_appended_headerless_file(tmp_path: Path) -> None:
+    """Appending, the sink reopened at its baseline (above 0) after a failed flush kept the
+    columns of the rows that flush took (diverted since), while the log names the next row, the
+    first made durable: a resume then wrote the rest in that row's order (a review). The columns
+    are now fixed by the first row made durable, in the run and in its resume alike."""
+    from engine.plugins.protocol import PluginError
+    from engine.plugins.registry import build_plugin
+
+    path = tmp_path / "out.csv"
+    path.write_text("x,y\n")
+    sink = build_plugin("sink", "csv", {"path": str(path), "headers": False, "mode": "append"})
+    sink.open("run", None)
+    sink.write("a", {"a": 1, "b": 2})
+    durable = sink._durable
+
+    def full(data: bytes) -> int:
+        raise PluginError("sink", "no space left on device")
+
+    sink._durable = full
+    with pytest.raises(PluginError):
+        sink.flush()
+    sink._durable = durable
+    sink.release()
+    sink.open("run", 4)  # as the sink writer reopens it, at the run's durable position: the baseline
+    sink.write("b", {"b": 20, "a": 10})
+    sink.flush()
+    sink.write("c", {"a": 100, "b": 200})
+    sink.flush()
+    sink.release()
+    assert path.read_text().replace("\r\n", "\n") == "x,y\n20,10\n200,100\n"

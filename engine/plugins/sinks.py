@@ -343,6 +343,7 @@ class CsvSink(_FileSink):
         self._known: frozenset[str] | None = None  # self.fields as a set, for the per-row check
         self._needs_header = True
         self._first_row: Callable[[], Row] | None = None  # see `first_row`
+        self._rows_durable = False  # whether a flush of this run has made rows durable here
 
     def layout(self) -> dict[str, object]:
         """The options that decide how rows are spelled in the file: a resume continues the bytes
@@ -356,11 +357,16 @@ class CsvSink(_FileSink):
 
     def open(self, run_id: str, position: int | None) -> None:
         named = self.schema.field_names
-        if position and not self.write_header and named is None and self.fields is None and self._first_row:
-            # A headerless file continued by a resume: its columns are those the run's first row
-            # fixed, not the next row's, whose fields may come in another order. Read before the
+        if not self.write_header and named is None and not self._rows_durable:
+            # A headerless file's columns are fixed by the first row the run makes durable in it:
+            # none yet, so none are (rows a failed flush took, diverted since, fixed nothing); but
+            # a resume continues in the columns of the run's first durable row, which the log
+            # names, not the next row's, whose fields may come in another order. Read before the
             # file is touched: a resume that cannot read that row changes nothing.
-            self.fields = list(self._first_row())
+            self.fields = None
+            if position and self._first_row:
+                self.fields = list(self._first_row())
+                self._rows_durable = True
         start = self._open_file(position)
         self._needs_header = start == 0
         on_disk = self._header_on_disk(start) if start > 0 and self.write_header else None
@@ -374,9 +380,8 @@ class CsvSink(_FileSink):
                 f"cannot append to {self.path}: its header ({', '.join(on_disk)}) is not the schema's fields "
                 f"({', '.join(named)})",
             )
-        # else: a headerless file continued keeps the columns the run's first row fixed (above,
-        # or by this process); one this run has sent no row to yet (appended to) takes those of
-        # the first row it is sent
+        # else: a headerless file continued keeps the columns its first durable row fixed (above,
+        # or in this process); with none yet, the next row it accepts fixes them
         self._known = None
 
     def first_row(self, load: Callable[[], Row]) -> None:
@@ -432,7 +437,9 @@ class CsvSink(_FileSink):
                 if not known.issuperset(row):  # `write` refused such rows already: never drop a field
                     raise PluginError(_NODE, f"{self.path}: a row has fields outside its columns {fields}")
                 writer.writerow([_cell(row.get(k, "")) for k in fields])
-        return self._durable(self._encode(out.getvalue()))
+        position = self._durable(self._encode(out.getvalue()))
+        self._rows_durable = self._rows_durable or bool(rows)
+        return position
 
     def close(self) -> None:
         self._finish()  # no rows at all: no file, not even a header (the prior system's behaviour)
