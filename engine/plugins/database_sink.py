@@ -44,8 +44,10 @@ _LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid",
 _NO_LOCATOR = "the table gives no row id to find them by"
 # Names every PostgreSQL table has already: a first row with one cannot make its table.
 _SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
-_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)  # in a table's SQL, where words may hide
-_REPLACES = re.compile(r"\bon\s+conflict\s+replace\b", re.IGNORECASE)  # a SQLite table's constraint clause
+# A SQLite table's constraint clause, comments allowed between its words (not stripped first: a
+# string literal may hold what looks like one). Words of it in a literal refuse a harmless table.
+_GAP = r"(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))+"
+_REPLACES = re.compile(rf"\bon{_GAP}conflict{_GAP}replace\b", re.IGNORECASE | re.DOTALL)
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
 _NONE_RECORDED = (
@@ -113,6 +115,7 @@ class DatabaseSink:
         self._tokens: Any = None
         self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `_column_kind`
         self._locator: str | None = None  # how a row of the table is found again (`_row_locator`)
+        self._counts_rows = False  # a SQLite table (not a view): its change count is exact (`flush`)
         self._no_locator = _NO_LOCATOR  # why the table gives none, when it does not
         self._first: Row | None = None  # the row that fixed the columns of a table not made yet
         self._committed = 0
@@ -141,6 +144,7 @@ class DatabaseSink:
         self._table = None
         self._columns = None
         self._locator = None
+        self._counts_rows = False
         self._first = None
         what = "cannot connect"
         refused: str | None = None
@@ -326,7 +330,8 @@ class DatabaseSink:
                 text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name COLLATE NOCASE"),
                 {"name": self.table_name},
             ).scalar()
-            if isinstance(made, str) and _REPLACES.search(_COMMENTS.sub(" ", made)):
+            self._counts_rows = isinstance(made, str)  # a table, not a view (see `flush`)
+            if isinstance(made, str) and _REPLACES.search(made):
                 # A row given that conflicts with one in the table deletes that one, silently: the
                 # trail would go on saying it was written (an earlier row of this run, say).
                 raise _Refused(
@@ -457,20 +462,25 @@ class DatabaseSink:
                         xid = conn.execute(text("SELECT txid_current() % 4294967296")).scalar_one()
                     insert = insert.returning(literal_column(self._locator))
                 returned: list[str] = []  # in no particular order: a flush is only ever deleted whole
+                counted = 0
                 for values in self._inserts(rows):
                     result = conn.execute(insert, values) if values[0] else _one_by_one(conn, insert, len(values))
                     if self._locator is not None:
                         returned += [str(found) for found in result.scalars()]
-                if self._locator is not None and len(returned) < len(rows):
+                    elif self._counts_rows:
+                        counted += result.rowcount
+                # What the table took: the rows RETURNING gave; in a SQLite table without row ids
+                # (WITHOUT ROWID) the changes SQLite counted, exact there. Elsewhere nothing tells:
+                # a view's INSTEAD OF trigger counts 0 in SQLite, psycopg2 gives one page's count,
+                # an INSERT-only role has no RETURNING: such a table is written as ever.
+                taken = len(returned) if self._locator is not None else counted if self._counts_rows else len(rows)
+                if taken < len(rows):
                     # A trigger that skips a row (SQLite's RAISE(IGNORE), PostgreSQL's RETURN NULL,
                     # one moving it to another table or a child table), a rule doing something
                     # instead, or a conflict clause ignoring it: the trail would say rows were
-                    # written that the table does not return. Nothing of the flush is kept. (A
-                    # table that gives no row id, a view say, has no RETURNING to count by: the
-                    # server's row counts are no measure, 0 through SQLite's INSTEAD OF triggers
-                    # and one page's with psycopg2, so such a table is written as ever.)
+                    # written that the table does not return. Nothing of the flush is kept.
                     raise _Refused(
-                        f"database sink {self.location()}: the table took {len(returned)} of the {len(rows)} rows "
+                        f"database sink {self.location()}: the table took {taken} of the {len(rows)} rows "
                         "inserted (a trigger, a rule or a conflict clause skipped or moved the others), so the audit "
                         "trail cannot say they were written; allowed: a table that keeps each row it is given "
                         "(PostgreSQL's declarative partitioning does; inheritance routed by a trigger does not)"
@@ -665,6 +675,7 @@ class _Results:
 
     def __init__(self, results: list[Any]) -> None:
         self.results = results
+        self.rowcount = sum(r.rowcount for r in results)
 
     def scalars(self) -> list[Any]:
         return [x for r in self.results for x in r.scalars()]
