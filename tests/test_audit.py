@@ -345,6 +345,14 @@ def test_a_consistent_rewrite_passes_verify_but_not_against_a_kept_checkpoint(
     kept = tmp_path / "kept.note"
     proc = elspeth("checkpoint", fork.run_id, "-o", str(kept), cwd=fork.work, db=db)
     assert proc.returncode == 0 and kept.read_text().startswith("elspeth/"), proc.stderr
+    # To standard output, byte for byte whatever the terminal's encoding (the note's signature line
+    # holds an em dash, which an ASCII stdout cannot take: escaped, it was no note)
+    shown = subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", "checkpoint", fork.run_id], cwd=fork.work, capture_output=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}, "PYTHONIOENCODING": "ascii",
+             "ELSPETH_DATABASE_URL": db.conninfo}, stdin=subprocess.DEVNULL, timeout=300, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0 and shown.stdout == kept.read_bytes(), shown.stderr
     proc = _verify(fork.work, str(fork.file), "--public-key", str(fork.pub), "--checkpoint", str(kept))
     assert proc.returncode == 0 and "consistency proof verified" in proc.stdout, proc.stderr
     # An earlier, smaller checkpoint the auditor kept (the run's second one).

@@ -591,8 +591,9 @@ def test_terminal_controls_from_the_store_are_shown_not_obeyed(db: Database, wor
         assert listed.returncode == 0, listed.stderr
         # (click strips the CSI itself when the output is no terminal; never the OSC)
         assert "evil\\u001b]0;PWNED\\u0007" in listed.stdout and "RED\\u202e\\u000d" in listed.stdout, listed.stdout
-        listed_json = elspeth("runs", "--json", cwd=work, db=db)  # JSON's escapes: it reads back the same
-        assert planted in {r["run_id"] for r in json.loads(listed_json.stdout)}, listed_json.stdout
+        for encoding in ("utf-8", "ascii"):  # JSON's escapes, also where the terminal cannot show a character
+            listed_json = elspeth("runs", "--json", cwd=work, db=db, env={"PYTHONIOENCODING": encoding})
+            assert planted in {r["run_id"] for r in json.loads(listed_json.stdout)}, listed_json.stdout
         err = one_line_error(elspeth("show", planted + "x", cwd=work, db=db), 1)
         for out in (listed.stdout, err):
             assert not any(c in out for c in "\x1b\x07\r\u202e"), repr(out)

@@ -310,9 +310,12 @@ def test_a_blank_line_for_a_header_or_no_columns_is_refused_not_every_row_quaran
     with pytest.raises(PluginConfigError, match="an empty list") as err:
         build_plugin("source", "csv", {"path": str(path), "columns": []})
     assert err.value.path == "columns"
-    blank = write(tmp_path / "blank.csv", "\n\r\n \n")  # blank lines alone: an empty file, as before
+    blank = write(tmp_path / "blank.csv", "\n\r\n\n")  # blank lines alone: an empty file, as before
     build_plugin("source", "csv", {"path": str(blank)}).check_header()
     assert items("csv", {"path": str(blank)}) == []
+    tabs = write(tmp_path / "tabs.csv", "\n\t\n\t\n")  # records of empty cells where tabs delimit: not blank
+    with pytest.raises(PluginError, match=r"the header line \(line 1\) is blank"):
+        build_plugin("source", "csv", {"path": str(tabs), "delimiter": "\t"}).check_header()
 
 
 @pytest.mark.parametrize("text", ["\uff11\uff12\uff13", "\u0663", "\u0663.\u0665", "1\u0665"])

@@ -9,7 +9,6 @@ import glob
 import io
 import os
 import stat
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -273,8 +272,10 @@ def checkpoint_cmd(
     key = _key(home, public_key)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         newest = _checkpoints(PostgresRecorder(db), run_id, home, witness, key)[-1]
-    if output is None:
-        sys.stdout.write(newest.note)
+    if output is None:  # byte for byte, whatever the terminal's encoding: a signed note changed is no note
+        from engine.cli.visible import write_bytes
+
+        write_bytes(newest.note.encode())
         return
     with new_file(output) as out:
         out.write(newest.note.encode())

@@ -13,6 +13,7 @@ back as the very characters.
 
 from __future__ import annotations
 
+import codecs
 import re
 import sys
 from typing import Any, TextIO
@@ -30,6 +31,25 @@ def visible(text: str) -> str:
     return _CONTROLS.sub(_escaped, text)
 
 
+def _json_escape(e: UnicodeError) -> tuple[str, int]:
+    """What an encoding cannot take, as JSON's escapes (a character past U+FFFF as its UTF-16
+    surrogate pair): `--json` output read back is the very text ('backslashreplace' made `\\xe9`,
+    which JSON refuses)."""
+    assert isinstance(e, UnicodeEncodeError)
+    out = []
+    for c in e.object[e.start : e.end]:
+        code = ord(c)
+        if code > 0xFFFF:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out), e.end
+
+
+codecs.register_error("elspeth-json-escape", _json_escape)
+
+
 class _VisibleStream:
     """A text stream whose writes go through `visible`; everything else is the stream's but its
     binary `buffer`, which a writer could reach around the filter through (click does, for a
@@ -44,7 +64,7 @@ class _VisibleStream:
             self._stream.write(shown)
         except UnicodeEncodeError:  # (an ASCII terminal: what it cannot show, as escapes too)
             encoding = self._stream.encoding or "ascii"
-            self._stream.write(shown.encode(encoding, "backslashreplace").decode(encoding))
+            self._stream.write(shown.encode(encoding, "elspeth-json-escape").decode(encoding))
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -61,3 +81,16 @@ def install() -> None:
     """Standard output, from here on, through `visible` (once)."""
     if not isinstance(sys.stdout, _VisibleStream):
         sys.stdout = _VisibleStream(sys.stdout)
+
+
+def write_bytes(data: bytes) -> None:
+    """Bytes to standard output as they are, past `visible`: what is only printable text already
+    and must not change by a byte (a signed note, checked before it is written)."""
+    stream = sys.stdout._stream if isinstance(sys.stdout, _VisibleStream) else sys.stdout
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(data.decode())
+    else:
+        buffer.write(data)
+        buffer.flush()

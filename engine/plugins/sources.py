@@ -407,10 +407,11 @@ class CsvSource:
             line = next(it, None)
             if line is None:
                 return None  # an empty file has no records
-            if not line.strip() and lines.bad is None:
-                # (a header naming no column would have every row quarantined, the real header too)
+            if not line.strip("\r\n") and lines.bad is None:
+                # (a header naming no column would have every row quarantined, the real header too;
+                # a line of spaces or tabs is a record of empty cells where they delimit)
                 at = lines.count
-                if next((rest for rest in it if rest.strip()), None) is None:
+                if next((rest for rest in it if rest.strip("\r\n")), None) is None:
                     return None  # blank lines alone: an empty file
                 raise PluginError(_NODE, f"{self.path}: the header line (line {at}) is blank; allowed: a header "
                                          "naming the columns (skip_rows skips the lines before it)")  # fmt: skip
