@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Annotated, NamedTuple, NoReturn
 
 import msgspec
 
-from landscape.checkpoint import Checkpoint, parse_checkpoint, parse_run_origin
+from landscape.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint, parse_run_origin
 from landscape.errors import LandscapeError
 from landscape.merkle import (
     ProofError,
@@ -300,19 +300,23 @@ def signed_checkpoints(stored: Iterable[Witnessed], witnessed: Iterable[Witnesse
     for cp in unique.values():
         try:
             note = parse_note(cp.note)
-            signed = parse_checkpoint(note.text)
+            parse_checkpoint(note.text)
         except NoteError as e:
             raise ExportError(f"the checkpoint of {cp.size} events ({cp.where}) is not a signed note: {e}") from None
-        if (cp.size, cp.root) != (signed.size, signed.root):  # what beside the note is not signed
-            raise ExportError(
-                f"the checkpoint of {cp.size} events ({cp.where}) says a size or root other than its signed note's "
-                f"({signed.size} events): the record was changed"
-            )
         labels = [s.label for s in note.signatures]
         if key.label not in labels:
             raise ExportError(
                 f"the checkpoint of {cp.size} events ({cp.where}) is signed by {', '.join(labels)}, not by "
                 f"{key.label}: give the run's public key with --public-key"
+            )
+        try:  # the signature itself, not only its label: anyone who can write the store can copy a label
+            signed = open_checkpoint(cp.note, key)
+        except NoteError as e:
+            raise ExportError(f"the checkpoint of {cp.size} events ({cp.where}) does not verify: {e}") from None
+        if (cp.size, cp.root) != (signed.size, signed.root):  # what beside the note is not signed
+            raise ExportError(
+                f"the checkpoint of {cp.size} events ({cp.where}) says a size or root other than its signed note's "
+                f"({signed.size} events): the record was changed"
             )
     return sorted(unique.values(), key=lambda cp: (cp.size, cp.note))
 

@@ -186,6 +186,31 @@ def test_a_checkpoint_record_relabelled_to_a_cut_log_is_refused(db: Database, tm
         assert "signed note" in err and f"{newest} events" in err, err
 
 
+def test_a_checkpoint_with_the_keys_label_and_a_forged_signature_is_refused_by_checkpoint_and_export(
+    db: Database, tmp_path: Path
+) -> None:
+    """`elspeth checkpoint` (and export, prove) only looked for the key's label among a note's
+    signatures: a note written into the store claiming a larger log, its signature line copied
+    from a genuine note, was printed as the run's newest signed checkpoint (a review)."""
+    work, run_id = _run(db, tmp_path, FORK)
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        size, root, note, verifier = conn.execute(
+            "SELECT tree_size, root, note, verifier FROM checkpoints WHERE run_id = %s ORDER BY tree_size DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        origin, _size, rest = note.split("\n", 2)
+        forged = f"{origin}\n{size + 999}\n{rest}"  # the genuine signature line, over other text
+        conn.execute(
+            "INSERT INTO checkpoints (run_id, tree_size, root, note, verifier, recorded_at) VALUES (%s, %s, %s, %s, %s, now())",
+            (run_id, size + 999, root, forged, verifier),
+        )
+        conn.commit()
+    for command in (("checkpoint", run_id), ("export", run_id, "-o", "x.export")):
+        err = one_line_error(elspeth(*command, cwd=work, db=db), 1)
+        assert f"the checkpoint of {size + 999} events (store) does not verify" in err, err
+
+
 def test_a_checkpoint_signed_with_another_key_is_refused(db: Database, tmp_path: Path) -> None:
     work, run_id = _run(db, tmp_path, FORK)
     assert elspeth("keys", "generate", "other", "--dir", str(work), cwd=work).returncode == 0
