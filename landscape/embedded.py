@@ -494,42 +494,56 @@ def open_lock(path: Path) -> IO[str]:
 
 
 def _only_root_can_move(root: Path) -> None:
-    """As root: nobody else may be able to change where the home is. Every link on its path as
-    written (the home itself included) must be root's, and every folder above it, as written and
-    as resolved, root's and writable by root alone, or sticky (/tmp), where others cannot rename
-    or repoint what is root's. Whoever can change a link or a folder there could point the home
-    elsewhere, and root would make that place the server's: its run/ chowned to the server's
-    account, initdb run there (a hostile review, with a user's link to another folder; a second,
-    with a user's link in a sticky folder). DatabaseUnavailable naming the link or folder."""
-    written = Path(os.path.abspath(root))
-    for path in (*reversed(written.parents), written):
+    """As root: nobody else may be able to change where the home is. The path is followed as the
+    kernel follows it, a part at a time, each link read and followed where it leads (`..` after a
+    link included): every link met must be root's, and every folder that holds a part of the way
+    root's and writable by root alone, or sticky (/tmp), where others cannot rename or repoint
+    what is root's. Whoever could change one could point the home elsewhere, and root would make
+    that place the server's: its run/ chowned to the server's account, initdb run there (hostile
+    reviews: a user's link to another folder; one in a sticky folder; one reached through a link
+    of root's). DatabaseUnavailable naming the link or folder."""
+    pending, here, links = list(root.parts[1:]), Path("/"), 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            here = here.parent  # (`here` is a real folder: no link in it is left to follow)
+            continue
+        _only_root_writes(root, here)
+        part = here / name
         try:
-            info = os.lstat(path)
+            info = os.lstat(part)
         except (FileNotFoundError, NotADirectoryError):
-            break  # made below, by root, as root's
-        if stat.S_ISLNK(info.st_mode) and info.st_uid != 0:
+            return  # the rest is made below, by root, in a folder of root's alone
+        if not stat.S_ISLNK(info.st_mode):
+            here = part
+            continue
+        links += 1
+        if info.st_uid != 0 or links > 40:
             raise DatabaseUnavailable(
-                f"refusing the ELSPETH home {root}: {path} on its way is a symbolic link of {_user_name(info.st_uid)}, "
-                "who could point it elsewhere, and root would then hand that place to the server's account; as root, "
-                "set ELSPETH_HOME to a path of root's alone, run as that user, or use --database URL"
+                f"refusing the ELSPETH home {root}: {part} on its way is a symbolic link "
+                + (f"of {_user_name(info.st_uid)}, who could point it elsewhere" if info.st_uid != 0 else "in a loop")
+                + ", and root would then hand that place to the server's account; as root, set ELSPETH_HOME to a "
+                "path of root's alone, run as that user, or use --database URL"
             )
-    for path in (root.parent, Path(os.path.realpath(root)).parent):
-        for folder in (path, *path.parents):
-            try:
-                info = os.lstat(folder)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # made below, by root, as root's
-            if stat.S_ISLNK(info.st_mode):
-                continue  # root's (above); where it leads is walked resolved
-            writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
-            if info.st_uid != 0 or writable:
-                whose = _user_name(info.st_uid) if info.st_uid != 0 else "root's, but others may write it"
-                raise DatabaseUnavailable(
-                    f"refusing the ELSPETH home {root}: the folder {folder} above it is {whose}, and whoever can "
-                    "change that folder could put a link where the home is, which root would then hand to the "
-                    "server's account; as root, set ELSPETH_HOME to a folder reached through root's folders "
-                    "alone, run as that folder's user, or use --database URL"
-                )
+        target = Path(os.readlink(part))
+        if target.is_absolute():
+            here = Path("/")
+        pending = [*target.parts[1 if target.is_absolute() else 0 :], *pending]
+
+
+def _only_root_writes(root: Path, folder: Path) -> None:
+    info = os.stat(folder)
+    writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
+    if info.st_uid != 0 or writable:
+        whose = _user_name(info.st_uid) if info.st_uid != 0 else "root's, but others may write it"
+        raise DatabaseUnavailable(
+            f"refusing the ELSPETH home {root}: the folder {folder} on its way is {whose}, and whoever can change "
+            "that folder could put a link where the home is, which root would then hand to the server's account; "
+            "as root, set ELSPETH_HOME to a folder reached through root's folders alone, run as that folder's user, "
+            "or use --database URL"
+        )
 
 
 # What the home holds that root opens, and an earlier ELSPETH's server account could replace.

@@ -254,7 +254,7 @@ def test_as_root_a_database_superuser_cannot_touch_the_home_outside_pgdata(tmp_p
 @pytest.mark.parametrize(
     "how",
     ["the home a link", "the home another user's link in a sticky folder", "a folder above it another user's",
-     "a folder above it 0777"],
+     "a folder above it 0777", "root's link through another user's link", "'..' after another user's link"],
 )  # fmt: skip
 def test_as_root_a_home_another_user_could_swap_for_a_link_is_refused_untouched(tmp_path: Path, how: str) -> None:
     """Root followed a user's link at the home (in a folder of theirs) and gave the target's run/
@@ -273,13 +273,23 @@ def test_as_root_a_home_another_user_could_swap_for_a_link_is_refused_untouched(
         os.lchown(folder / ".elspeth", 65534, 65534)
     elif how == "a folder above it another user's":
         os.chown(folder, 65534, 65534)
-    else:
+    elif how == "a folder above it 0777":
         folder.chmod(0o777)
-    home = folder / ".elspeth" if "link" in how else folder / "sub" / ".elspeth"
+    else:  # a user's link in a sticky folder, reached through a link of root's, or left by '..'
+        folder.chmod(0o1777)
+        (victim / "sub").mkdir()
+        (folder / "theirs").symlink_to(victim / "sub")
+        os.lchown(folder / "theirs", 65534, 65534)
+        (tmp_path / "roots").symlink_to(folder / "theirs")
+    home = {
+        "root's link through another user's link": tmp_path / "roots" / ".elspeth",
+        "'..' after another user's link": folder / "theirs" / ".." / ".elspeth",
+    }.get(how, folder / ".elspeth" if "link" in how else folder / "sub" / ".elspeth")
     refused = r"refusing the ELSPETH home .*(the folder .*project|symbolic link of)"
     with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(home):
         pass
-    assert sorted(p.name for p in victim.iterdir()) == ["run"]
+    assert sorted(p.name for p in victim.iterdir()) in (["run"], ["run", "sub"])
+    assert not any((victim / "sub").iterdir()) if (victim / "sub").exists() else True
     assert os.stat(victim / "run").st_uid == 0 and (victim / "run" / "important").read_text() == "data"
     assert not (folder / "sub").exists()
 
