@@ -109,10 +109,13 @@ class Coalescer:
         if policy == "quorum":
             if len(arrived) >= (cfg.quorum_count or len(c.branches)):
                 return self._merge(cid, forced)
-            return self._fail(cid, "quorum_not_met")
-        if policy == "best_effort" and arrived:
-            return self._merge(cid, forced)
-        return self._fail(cid, "timeout" if forced == "timeout" else "incomplete_branches")
+            return self._fail(cid, "quorum_not_met", forced)
+        if policy == "best_effort":
+            if arrived:
+                return self._merge(cid, forced)
+            return self._fail(cid, "timeout" if forced == "timeout" else "incomplete_branches", forced)
+        # require_all, and first with nothing arrived (SETTINGS.md, "Coalesce semantics")
+        return self._fail(cid, "incomplete_branches", forced)
 
     def _merge(self, cid: str, trigger: str) -> None:
         ctx = self.ctx
@@ -126,7 +129,7 @@ class Coalescer:
         elif cfg.merge == "select":
             chosen = cfg.select_branch or ""
             if chosen not in works:
-                return self._fail(cid, "select_missing")
+                return self._fail(cid, "select_missing", None if trigger == "arrivals" else trigger)
             merged = dict(works[chosen].row)
         else:
             merged = {}
@@ -152,13 +155,13 @@ class Coalescer:
         ctx.stack.append(Work(into, merged, h, at, c.row_index))
         return None
 
-    def _fail(self, cid: str, reason: str) -> None:
+    def _fail(self, cid: str, reason: str, forced: str | None = None) -> None:
         ctx = self.ctx
         c = ctx.fold.coalesces[cid]
         arrived = [b for b in c.branches if b in c.arrived]
         missing = [b for b in c.branches if b not in c.arrived]
         tokens = [c.arrived[b] for b in arrived]
-        ctx.emit(cid, ev.CoalesceFailed(reason=reason, arrived=arrived, missing=missing))
+        ctx.emit(cid, ev.CoalesceFailed(reason=reason, arrived=arrived, missing=missing, trigger=forced or ""))
         detail = "missing branches: " + ",".join(missing)
         for t in tokens:
             ctx.emit(t, ev.TokenFailed(reason=reason, node=c.name, detail=detail))

@@ -606,8 +606,9 @@ def _resolutions(
                 out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="merged", trigger=e.trigger,
                                       arrived=list(e.arrived), missing=list(e.missing)))  # fmt: skip
             elif isinstance(e, ev.CoalesceFailed):
-                out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="failed", trigger=None,
-                                      arrived=list(e.arrived), missing=list(e.missing), reason=e.reason))  # fmt: skip
+                out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="failed",
+                                      trigger=e.trigger or None, arrived=list(e.arrived), missing=list(e.missing),
+                                      reason=e.reason))  # fmt: skip
             elif isinstance(e, ev.BatchFlushing):
                 trigger, size = e.trigger, e.size
             elif isinstance(e, ev.BatchCompleted):

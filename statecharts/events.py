@@ -216,9 +216,14 @@ class CoalesceMerged(EventBase, frozen=True):
 
 
 class CoalesceFailed(EventBase, frozen=True):
-    reason: str  # timeout | quorum_not_met | incomplete_branches | branch_lost | select_missing
+    # incomplete_branches | quorum_not_met | branch_lost | select_missing, and timeout: a
+    # best_effort coalesce to which nothing arrived before its deadline
+    reason: str
     arrived: list[str]
     missing: list[str]
+    # "timeout" or "end_of_source" when the failure was forced (nothing more could arrive); left
+    # out when arrivals and losses decided it. Older events, which lack it, read as left out.
+    trigger: str = ""
 
 
 # --- Batch -------------------------------------------------------------------------------------

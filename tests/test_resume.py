@@ -485,7 +485,7 @@ def _trigger(stored: StoredEvent) -> str | None:
     if isinstance(e, ev.CoalesceMerged | ev.BatchFlushing):
         return e.trigger
     if isinstance(e, ev.CoalesceFailed):
-        return e.reason
+        return e.trigger or e.reason
     return None
 
 
@@ -497,6 +497,21 @@ def test_the_generated_pipelines_fire_timeouts(db: Database) -> None:
             outcome = start_run(db, _clocked(clock := SourceClock())(path / "settings.yaml"), clock=clock)
         triggers[kind] = Counter(_trigger(s) for s in _events(db, outcome.run_id) if _trigger(s))
     assert all(t["timeout"] >= 2 for t in triggers.values()), triggers
+
+
+@pytest.mark.parametrize(("policy", "extra", "reason"), [("require_all", "", "incomplete_branches"),
+                                                         ("quorum", "quorum_count: 2", "quorum_not_met")])  # fmt: skip
+def test_a_coalesce_failed_at_its_deadline_records_the_reason_settings_names_and_the_trigger(
+    db: Database, policy: str, extra: str, reason: str
+) -> None:
+    """SETTINGS.md: on timeout, require_all fails with `incomplete_branches`, quorum unmet with
+    `quorum_not_met`; that the deadline forced it is the event's `trigger`, not its reason."""
+    with _workdir(f"fork_timeout_{policy}", 12) as path:
+        (path / "settings.yaml").write_text(SOURCE + _fork_held(policy, extra) + SINKS)
+        outcome = start_run(db, _clocked(clock := SourceClock())(path / "settings.yaml"), clock=clock)
+    failed = [s.event for s in _events(db, outcome.run_id) if isinstance(s.event, ev.CoalesceFailed)]
+    assert {(e.reason, e.trigger) for e in failed} == {(reason, "timeout")}, failed
+    assert len(failed) >= 2
 
 
 # -- a deadline that passes while the run is down ------------------------------------------------
