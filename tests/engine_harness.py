@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from engine.clock import Clock, FakeClock
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, fold_run, start_run
@@ -20,6 +24,7 @@ from engine.settings import load_settings
 from landscape import faults
 from landscape.db import Database
 from landscape.fold import RunFold
+from landscape.postgres import Sending
 
 
 @dataclass
@@ -191,3 +196,41 @@ def counting_fault_points() -> Iterator[FaultCounts]:
         yield counts
     finally:
         faults.reached = original  # type: ignore[assignment]
+
+
+def load(path: Path) -> Pipeline:
+    """The pipeline of the settings file at `path` (resolving as `elspeth run` does)."""
+    return build_pipeline(load_settings(path))
+
+
+@contextmanager
+def workdir(name: str, settings: str, inputs: Callable[[Path], None] = lambda path: None) -> Iterator[Path]:
+    """A fresh folder holding `settings.yaml`, an empty `out/` and what `inputs` writes there, the
+    current directory meanwhile (relative paths in the settings resolve there); removed after."""
+    path = Path(tempfile.mkdtemp(prefix=f"elspeth-{name}-"))
+    inputs(path)
+    (path / "out").mkdir()
+    (path / "settings.yaml").write_text(settings, encoding="utf-8")
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def crashed_run(
+    db: Database, settings: Path, at: str, *, name: str, commit_every: int = 1, sending: Sending = "thread"
+) -> str:
+    """The id of a run of `settings` crashed at fault point `at` (`landscape.faults`). With
+    `sending="inline"` its commits are sent at once: a crash just after one leaves the sinks where
+    it recorded them."""
+    run_id = f"run-{name}-{os.urandom(3).hex()}"
+    faults.configure(at, raise_instead=True)
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, load(settings), commit_every=commit_every, run_id=run_id, sending=sending)
+    finally:
+        faults.configure("")
+    return run_id

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from engine import orchestrator
 from engine.errors import ResumeRefused, RunRefused
-from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
-from engine.settings import SettingsError, load_settings
-from landscape import faults
+from engine.orchestrator import fold_run, resume_run, start_run
+from engine.settings import SettingsError
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
+from tests.engine_harness import crashed_run, load, workdir
 from tests.test_cli import elspeth, one_line_error
 
 ROWS = 12
@@ -54,36 +51,14 @@ def _write_input(path: Path, rows: int, bad_at: int | None = None) -> None:
         w.writerows([i, -1 if i == bad_at else i] for i in range(1, rows + 1))
 
 
-@contextmanager
-def _workdir(settings: str = SETTINGS) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="elspeth-append-"))
-    _write_input(path, ROWS)
-    (path / "out").mkdir()
-    (path / "settings.yaml").write_text(settings)
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield path
-    finally:
-        os.chdir(old)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _load(path: Path) -> Pipeline:
-    return build_pipeline(load_settings(path))
+def _workdir(settings: str = SETTINGS) -> AbstractContextManager[Path]:
+    return workdir("append", settings, lambda path: _write_input(path, ROWS))
 
 
 def _crashed(db: Database, settings: Path, at: str) -> str:
     """A run of `settings` (a durability point per row) crashed at fault point `at`: its id.
-    Its commits are sent inline: a crash just after one leaves the sinks where it recorded them."""
-    run_id = f"run-append-{os.urandom(3).hex()}"
-    faults.configure(at, raise_instead=True)
-    try:
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(settings), commit_every=1, run_id=run_id, sending="inline")
-    finally:
-        faults.configure("")
-    return run_id
+    Its commits are sent inline: a crash just after one leaves the sinks where they recorded them."""
+    return crashed_run(db, settings, at, name="append", sending="inline")
 
 
 def _refused(db: Database, settings: Path, match: str) -> str:
@@ -91,7 +66,7 @@ def _refused(db: Database, settings: Path, match: str) -> str:
     is recorded. The message."""
     runs = PostgresRecorder(db).run_ids()
     with pytest.raises(RunRefused, match=match) as refused:
-        start_run(db, _load(settings), commit_every=1)
+        start_run(db, load(settings), commit_every=1)
     assert PostgresRecorder(db).run_ids() == runs
     return str(refused.value)
 
@@ -112,8 +87,8 @@ def test_a_new_run_refuses_to_append_after_what_a_crashed_run_left(db: Database)
         assert f"then {len(before) - durable} bytes its crash left" in message and "crashed" in message
         assert log.read_bytes() == before
         # Doing as it says: the crashed run finishes the file, and a new run appends after it.
-        assert resume_run(db, crashed, _load).status == "completed"
-        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+        assert resume_run(db, crashed, load).status == "completed"
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
         assert _ids(log) == [str(i) for i in range(1, ROWS + 1)] * 2
 
 
@@ -130,7 +105,7 @@ def test_a_resume_that_adds_an_append_sink_on_such_a_file_is_refused_too(db: Dat
                                                               "mode: append}}\n  zbad:"))  # fmt: skip
         last = fold_run(db, resumed).last_seq
         with pytest.raises(RunRefused, match=f"sink 'extra': .* holds what run {crashed} made durable"):
-            resume_run(db, resumed, _load, force=True)
+            resume_run(db, resumed, load, force=True)
         assert log.read_bytes() == before and fold_run(db, resumed).last_seq == last
 
 
@@ -151,7 +126,7 @@ def test_the_same_file_by_another_name_is_refused_too(db: Database, through: str
         before = log.read_bytes()
         if through == "a symbolic link":  # refused before that: no sink writes through a link
             with pytest.raises(SettingsError, match=r"'alias\.csv' is a symbolic link"):
-                _load(b)
+                load(b)
         else:
             _refused(db, b, f"run {crashed} made durable")
         assert log.read_bytes() == before
@@ -175,7 +150,7 @@ def test_a_failed_run_holding_rows_in_the_file_refuses_a_new_run_too(db: Databas
         _write_input(path, ROWS, bad_at=5)  # row 5 goes to a full device: the run fails
         runs = set(PostgresRecorder(db).run_ids())
         with pytest.raises(orchestrator.RunFailedError):
-            start_run(db, _load(path / "settings.yaml"), commit_every=1)
+            start_run(db, load(path / "settings.yaml"), commit_every=1)
         (failed,) = set(PostgresRecorder(db).run_ids()) - runs
         assert fold_run(db, failed).status == "failed" and _ids(path / "out" / "log.csv") == ["1", "2", "3", "4"]
         message = _refused(db, path / "settings.yaml", f"run {failed} made durable")
@@ -195,7 +170,7 @@ def test_a_file_moved_aside_or_replaced_lets_a_new_run_start(db: Database) -> No
         os.replace(log, path / "out" / "crashed.csv")
         log.write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(100, 200)))
         assert log.stat().st_size > fold_run(db, crashed).sink_positions["out"]
-        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
         assert _ids(log) == [str(i) for i in range(100, 200)] + [str(i) for i in range(1, ROWS + 1)]
 
 
@@ -209,10 +184,10 @@ def test_a_run_another_run_appended_after_already_does_not_stop_the_next(
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
         with monkeypatch.context() as m:  # as an earlier version did
             m.setattr(orchestrator.Execution, "_refuse_to_strand_open_runs", lambda self, only=None: None)
-            assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+            assert start_run(db, load(path / "settings.yaml")).status == "completed"
         with pytest.raises(ResumeRefused, match="wrote since"):
-            resume_run(db, crashed, _load)
-        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+            resume_run(db, crashed, load)
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
 
 
 def test_a_run_still_writing_the_file_is_named_as_such(db: Database) -> None:
@@ -234,11 +209,11 @@ def test_a_sink_that_replaces_its_file_is_not_refused_and_the_crashed_run_then_r
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
         b = path / "b.yaml"
         b.write_text(SETTINGS.replace("path: out/log.csv, mode: append", "path: out/log.csv"))
-        assert start_run(db, _load(b)).status == "completed"
+        assert start_run(db, load(b)).status == "completed"
         after = (path / "out" / "log.csv").read_bytes()
         assert _ids(path / "out" / "log.csv") == [str(i) for i in range(1, ROWS + 1)]
         with pytest.raises(ResumeRefused, match="cannot be resumed"):
-            resume_run(db, crashed, _load)
+            resume_run(db, crashed, load)
         assert (path / "out" / "log.csv").read_bytes() == after
 
 
@@ -249,7 +224,7 @@ def test_a_fifo_where_the_crashed_run_had_its_file_is_no_file_to_strand(db: Data
         assert fold_run(db, crashed).sink_positions["out"] == 0
         os.mkfifo(path / "out" / "log.csv")
         _write_input(path, 0)  # no rows: the sink never opens the FIFO
-        assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
 
 
 @pytest.mark.parametrize("longer", [True, False], ids=["as long", "shorter"])
@@ -267,7 +242,7 @@ def test_a_position_recorded_without_a_digest_is_taken_by_the_file_being_that_lo
             _refused(db, path / "settings.yaml", f"run {crashed} made durable")
         else:
             log.write_text("id,v\n")
-            assert start_run(db, _load(path / "settings.yaml")).status == "completed"
+            assert start_run(db, load(path / "settings.yaml")).status == "completed"
 
 
 def test_the_command_line_says_it_in_one_line_and_records_no_run(db: Database, tmp_path: Path) -> None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +24,7 @@ from hypothesis import strategies as st
 from engine import orchestrator
 from engine.clock import FakeClock
 from engine.errors import ResumeRefused
-from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
-from engine.settings import load_settings
+from engine.orchestrator import Pipeline, fold_run, resume_run, start_run
 from landscape import faults
 from landscape.db import Database
 from landscape.fold import RunFold
@@ -35,7 +32,16 @@ from landscape.postgres import PostgresRecorder
 from landscape.projections import PROJECTION_TABLE_NAMES, rebuild
 from landscape.records import StoredEvent
 from statecharts import events as ev
-from tests.engine_harness import ClockedSource, SourceClock, assert_invariants, counting_fault_points, write_csv
+from tests.engine_harness import (
+    ClockedSource,
+    SourceClock,
+    assert_invariants,
+    counting_fault_points,
+    crashed_run,
+    load,
+    workdir,
+    write_csv,
+)
 
 SOURCE = """
 source:
@@ -205,37 +211,26 @@ def _rows(n: int) -> list[list[object]]:
     return [[i, i % 5 + 1, notes[i % 4], "x"] for i in range(n)] + [["oops", 1, "q", "x"]]
 
 
-@contextmanager
-def _workdir(kind: str, rows: int) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"elspeth-{kind}-"))
+def _workdir(kind: str, rows: int) -> AbstractContextManager[Path]:
+    source = JSON_SOURCE if kind == "explode" else SOURCE
+    return workdir(kind, source + PIPELINES[kind] + SINKS, lambda path: _write_inputs(path, rows))
+
+
+def _write_inputs(path: Path, rows: int) -> None:
     write_csv(path / "in.csv", ["id", "v", "note", "items"], _rows(rows))
     lines = [json.dumps({"id": i, "v": v, "note": n, "items": list(range(i % 3))}) for i, v, n, _ in _rows(rows)[:-1]]
     (path / "in.jsonl").write_text("\n".join([*lines, "{not json"]) + "\n", encoding="utf-8")
-    (path / "out").mkdir()
-    source = JSON_SOURCE if kind == "explode" else SOURCE
-    (path / "settings.yaml").write_text(source + PIPELINES[kind] + SINKS, encoding="utf-8")
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield path
-    finally:
-        os.chdir(old)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _load(path: Path) -> Pipeline:
-    return build_pipeline(load_settings(path))
 
 
 def _clocked(clock: SourceClock) -> Callable[[Path], Pipeline]:
     """A loader (for `resume_run`) whose pipeline reads its source on `clock`."""
 
-    def load(path: Path) -> Pipeline:
-        pipeline = _load(path)
+    def clocked(path: Path) -> Pipeline:
+        pipeline = load(path)
         pipeline.source = ClockedSource(pipeline.source, clock)  # type: ignore[assignment]
         return pipeline
 
-    return load
+    return clocked
 
 
 def _outputs(path: Path) -> dict[str, bytes]:
@@ -458,7 +453,7 @@ def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
         if committed.status == "initial":
             # died before the run's first commit: nothing to resume
             with pytest.raises(ResumeRefused, match="no run"):
-                resume_run(db, run_id, _load)
+                resume_run(db, run_id, load)
             return
         if committed.status != "completed":  # (died after the last commit: nothing left to do)
             _resume(db, run_id, committed, commit_every, SourceClock())
@@ -620,22 +615,15 @@ def test_a_deadline_passed_while_down_fires_when_the_source_is_done(db: Database
 
 def _crashed(db: Database, settings: Path, name: str, at: str) -> str:
     """A run of `settings` (a durability point per row) crashed at fault point `at`: its id."""
-    run_id = f"run-{name}-{os.urandom(3).hex()}"
-    faults.configure(at, raise_instead=True)
-    try:
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(settings), commit_every=1, run_id=run_id)
-    finally:
-        faults.configure("")
-    return run_id
+    return crashed_run(db, settings, at, name=name)
 
 
 def test_resume_refuses_a_completed_run_and_changes_nothing(db: Database) -> None:
     with _workdir("linear", 4) as path:
-        outcome = start_run(db, _load(path / "settings.yaml"))
+        outcome = start_run(db, load(path / "settings.yaml"))
         before = fold_run(db, outcome.run_id).last_seq
         with pytest.raises(ResumeRefused, match="already completed"):
-            resume_run(db, outcome.run_id, _load)
+            resume_run(db, outcome.run_id, load)
         assert fold_run(db, outcome.run_id).last_seq == before
 
 
@@ -646,9 +634,9 @@ def test_resume_refuses_a_changed_input_unless_forced(db: Database) -> None:
             f.write("99,1,late,x\n")
         last = fold_run(db, run_id).last_seq
         with pytest.raises(ResumeRefused, match="input of run"):
-            resume_run(db, run_id, _load)
+            resume_run(db, run_id, load)
         assert fold_run(db, run_id).last_seq == last
-        outcome = resume_run(db, run_id, _load, force=True)
+        outcome = resume_run(db, run_id, load, force=True)
         assert outcome.status == "completed"
         assert fold_run(db, run_id).resumes == 1
 
@@ -659,7 +647,7 @@ def test_a_run_recorded_with_the_earlier_settings_hash_resumes(db: Database) -> 
     with _workdir("linear", 6) as path:
         settings = path / "settings.yaml"  # a password (in a URL this run does not use) makes the hashes differ
         settings.write_text(settings.read_text() + "landscape: {url: 'postgresql://u:pw@localhost/x'}\n")
-        pipeline = _load(settings)
+        pipeline = load(settings)
         loaded = pipeline.loaded
         loaded.text_hash = loaded.legacy_hash
         run_id = f"run-legacy-{os.urandom(3).hex()}"
@@ -669,21 +657,19 @@ def test_a_run_recorded_with_the_earlier_settings_hash_resumes(db: Database) -> 
                 start_run(db, pipeline, commit_every=1, run_id=run_id)
         finally:
             faults.configure("")
-        assert (
-            fold_run(db, run_id).settings_hash == loaded.legacy_hash != _load(path / "settings.yaml").loaded.text_hash
-        )
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert fold_run(db, run_id).settings_hash == loaded.legacy_hash != load(path / "settings.yaml").loaded.text_hash
+        assert resume_run(db, run_id, load).status == "completed"
 
 
 def test_resume_refuses_while_the_writer_lives(db: Database) -> None:
     from landscape.postgres import PostgresRecorder
 
     with _workdir("linear", 3) as path:
-        outcome = start_run(db, _load(path / "settings.yaml"))
+        outcome = start_run(db, load(path / "settings.yaml"))
         writer = PostgresRecorder(db).open_writer(outcome.run_id)  # someone is writing this run
         try:
             with pytest.raises(ResumeRefused, match="still being written"):
-                resume_run(db, outcome.run_id, _load)
+                resume_run(db, outcome.run_id, load)
         finally:
             writer.close()
 
@@ -697,7 +683,7 @@ def test_durability_points_bound_the_work_a_crash_can_cost(db: Database, commit_
         run_id = f"run-dp-{commit_every}-{os.urandom(3).hex()}"
         faults.configure("append:150", raise_instead=True)
         with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(path / "settings.yaml"), commit_every=commit_every, clock=FakeClock(), run_id=run_id)
+            start_run(db, load(path / "settings.yaml"), commit_every=commit_every, clock=FakeClock(), run_id=run_id)
         faults.configure("")
         with db.connect() as conn:
             commits = conn.execute("SELECT count(DISTINCT tx_id) FROM events WHERE run_id = %s", (run_id,)).fetchone()
@@ -720,7 +706,7 @@ def test_resume_refuses_a_crashed_run_whose_log_was_tampered_with(db: Database) 
             conn.execute("UPDATE events SET entity_id = entity_id || 'x' WHERE run_id = %s AND seq = 4", (run_id,))
             conn.commit()
         with pytest.raises(ResumeRefused, match="does not verify at seq 4"):
-            resume_run(db, run_id, _load)
+            resume_run(db, run_id, load)
         from landscape.postgres import PostgresRecorder
 
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last
@@ -746,7 +732,7 @@ def test_resume_refuses_a_run_whose_checkpoints_are_all_gone(db: Database) -> No
         rebuild(db, run_id)  # projections to match the cut log
         witness.unlink()
         with pytest.raises(ResumeRefused, match="has no signed checkpoint, in the store or in"):
-            resume_run(db, run_id, _load)
+            resume_run(db, run_id, load)
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == 20
 
 
@@ -762,10 +748,10 @@ def test_resume_refuses_projections_that_end_elsewhere_than_the_log(db: Database
             conn.execute("UPDATE runs SET last_seq = last_seq - 2 WHERE run_id = %s", (run_id,))
             conn.commit()
         with pytest.raises(ResumeRefused, match=f"up to seq {last - 2}, but the log ends at seq {last}.*rebuild"):
-            resume_run(db, run_id, _load)
+            resume_run(db, run_id, load)
         assert _outputs(path) == outputs and fold_run(db, run_id).last_seq == last
         rebuild(db, run_id)
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert resume_run(db, run_id, load).status == "completed"
 
 
 def test_resume_checks_the_key_and_witness_the_settings_name(db: Database) -> None:
@@ -791,18 +777,18 @@ def test_resume_checks_the_key_and_witness_the_settings_name(db: Database) -> No
             conn.execute("DELETE FROM checkpoints WHERE run_id = %s AND tree_size > %s", (run_id, last - 6))
             conn.commit()
         with pytest.raises(ResumeRefused, match="does not verify"):
-            resume_run(db, run_id, _load)
+            resume_run(db, run_id, load)
         # An ELSPETH_WITNESS_DIR set now names another folder: the settings' one is read all the same.
         os.environ["ELSPETH_WITNESS_DIR"] = str(path / "elsewhere")
         try:
             with pytest.raises(ResumeRefused, match="does not verify"):
-                resume_run(db, run_id, _load)
+                resume_run(db, run_id, load)
         finally:
             del os.environ["ELSPETH_WITNESS_DIR"]
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last - 6
         # Untouched, the same run resumes: the key the settings name verifies its checkpoints.
         again = _crashed(db, settings, "witnessed", "committed:8")
-        assert resume_run(db, again, _load).status == "completed"
+        assert resume_run(db, again, load).status == "completed"
 
 
 def test_resume_refuses_a_run_whose_folder_is_gone_unless_given_its_settings(db: Database) -> None:
@@ -811,12 +797,12 @@ def test_resume_refuses_a_run_whose_folder_is_gone_unless_given_its_settings(db:
         settings = (path / "settings.yaml").read_text()
         outputs = {p.name: p.read_bytes() for p in (path / "out").iterdir()}
     with pytest.raises(ResumeRefused, match="which no longer exists"):
-        resume_run(db, run_id, _load)
+        resume_run(db, run_id, load)
     with _workdir("linear", 6) as elsewhere:  # the same input, settings and outputs, in another folder
         (elsewhere / "settings.yaml").write_text(settings)
         for name, data in outputs.items():
             (elsewhere / "out" / name).write_bytes(data)
-        outcome = resume_run(db, run_id, _load, settings_path=elsewhere / "settings.yaml")
+        outcome = resume_run(db, run_id, load, settings_path=elsewhere / "settings.yaml")
         assert outcome.status == "completed"
 
 
@@ -833,10 +819,10 @@ def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Databa
         changed = data[:1] + (b"Z" if data[1:2] != b"Z" else b"Y") + data[2:]
         target.write_bytes(changed)
         with pytest.raises(ResumeRefused, match="not those the run made durable"):
-            resume_run(db, run_id, _load)
+            resume_run(db, run_id, load)
         assert target.read_bytes() == changed
         target.write_bytes(data)
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert resume_run(db, run_id, load).status == "completed"
 
 
 # (Not through a symbolic link: no sink writes through one, see tests/test_hostile_sinks.py.)
@@ -860,11 +846,11 @@ def test_resume_refuses_to_cut_rows_another_run_appended_since(
         b = path / "b.yaml"  # B shares only that one file with A
         b.write_text(settings.read_text().replace("out/out.csv", f"out/{name}").replace("out/alt", "out/b-alt")
                      .replace("out/q.", "out/b-q."))  # fmt: skip
-        other = start_run(db, _load(b))
+        other = start_run(db, load(b))
         assert other.status == "completed"
         after_other = (path / "out" / "out.csv").read_bytes()
         with pytest.raises(ResumeRefused, match=f"sink 'out': .* that run {other.run_id} wrote since"):
-            resume_run(db, run_id, _load, force=True)
+            resume_run(db, run_id, load, force=True)
         assert (path / "out" / "out.csv").read_bytes() == after_other
 
 
@@ -882,7 +868,7 @@ def test_resume_refuses_a_sink_renamed_onto_a_file_the_run_made_rows_durable_in(
             "  out: {plugin: csv, options: {path: out/moved.csv}}\n  out2: {plugin: csv, options: {path: out/out.csv}}",
         ).replace("on_success: out\n", "on_success: out2\n"))  # fmt: skip
         with pytest.raises(ResumeRefused, match="as sink 'out'"):
-            resume_run(db, run_id, _load, force=True)
+            resume_run(db, run_id, load, force=True)
         assert (path / "out" / "out.csv").read_bytes() == before
 
 
@@ -895,7 +881,7 @@ def test_a_run_writing_the_same_relative_path_elsewhere_does_not_stop_a_resume(d
         with (path / "out" / "out.csv").open("ab") as f:
             f.write(b"left,by,the,crash\r\n")
         with _workdir("linear", 3) as elsewhere:
-            assert start_run(db, _load(elsewhere / "settings.yaml")).status == "completed"
+            assert start_run(db, load(elsewhere / "settings.yaml")).status == "completed"
         os.chdir(path)
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert resume_run(db, run_id, load).status == "completed"
         assert b"left,by,the,crash" not in (path / "out" / "out.csv").read_bytes()

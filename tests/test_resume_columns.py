@@ -8,20 +8,15 @@ columns swapped, while every check of the audit trail passed."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from engine.errors import ResumeRefused
-from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, start_run
-from engine.settings import load_settings
-from landscape import faults
+from engine.orchestrator import fold_run, resume_run, start_run
 from landscape.db import Database
+from tests.engine_harness import crashed_run, load, workdir
 
 SETTINGS = """
 source: {plugin: json, on_success: out, options: {path: in.jsonl}}
@@ -39,33 +34,16 @@ def _rows(n: int, turn_at: int) -> list[dict[str, object]]:
     return rows
 
 
-@contextmanager
-def _workdir(rows: list[dict[str, object]]) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="elspeth-columns-"))
-    (path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (path / "settings.yaml").write_text(SETTINGS)
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield path
-    finally:
-        os.chdir(old)
-        shutil.rmtree(path, ignore_errors=True)
+def _workdir(rows: list[dict[str, object]]) -> AbstractContextManager[Path]:
+    return workdir("columns", SETTINGS, lambda path: _write_jsonl(path / "in.jsonl", rows))
 
 
-def _load(path: Path) -> Pipeline:
-    return build_pipeline(load_settings(path))
+def _write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _crashed(db: Database, path: Path, at: str) -> str:
-    run_id = f"run-columns-{os.urandom(3).hex()}"
-    faults.configure(at, raise_instead=True)
-    try:
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(path / "settings.yaml"), commit_every=10, run_id=run_id, sending="inline")
-    finally:
-        faults.configure("")
-    return run_id
+    return crashed_run(db, path / "settings.yaml", at, name="columns", commit_every=10, sending="inline")
 
 
 ROWS = _rows(60, turn_at=21)
@@ -73,13 +51,13 @@ ROWS = _rows(60, turn_at=21)
 
 def test_a_resume_continues_a_headerless_file_in_its_columns(db: Database) -> None:
     with _workdir(ROWS) as clean:
-        assert start_run(db, _load(clean / "settings.yaml"), commit_every=10).status == "completed"
+        assert start_run(db, load(clean / "settings.yaml"), commit_every=10).status == "completed"
         expected = (clean / "out.csv").read_bytes()
     assert expected.splitlines()[-1] == b"60,n60,600", "the columns are the first row's"
     with _workdir(ROWS) as path:
         run_id = _crashed(db, path, "sink_flush:3")
         assert fold_run(db, run_id).sink_positions["out"] > 0, "nothing durable yet: crash later"
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert resume_run(db, run_id, load).status == "completed"
         assert (path / "out.csv").read_bytes() == expected
 
 
@@ -93,7 +71,7 @@ def test_a_resume_that_cannot_read_that_first_row_is_refused(db: Database) -> No
             conn.execute("SET session_replication_role = replica")
             conn.execute("DELETE FROM payloads WHERE hash = %s", (bytes.fromhex(first),))
         with pytest.raises(ResumeRefused) as refused:
-            resume_run(db, run_id, _load)
+            resume_run(db, run_id, load)
         message = str(refused.value)
         assert (
             "sink 'out'" in message

@@ -26,10 +26,10 @@ from landscape.token_ids import EndedIds
 from landscape.verify_store import verify_run
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
-from tests.engine_harness import assert_invariants
+from tests.engine_harness import assert_invariants, load
 from tests.test_cli import elspeth, one_line_error
 from tests.test_engine import _BrokenSink
-from tests.test_resume import PIPELINES, SINKS, SOURCE, _crashed, _fork_held, _load, _outputs, _workdir
+from tests.test_resume import PIPELINES, SINKS, SOURCE, _crashed, _fork_held, _outputs, _workdir
 
 
 def _edit(settings: Path, *changes: tuple[str, str]) -> None:
@@ -44,7 +44,7 @@ def _refused(db: Database, run_id: str, path: Path, match: str) -> str:
     """Resume with --force is refused matching `match`; nothing recorded, no output touched."""
     last, before = fold_run(db, run_id).last_seq, _outputs(path)
     with pytest.raises(ResumeRefused, match=match) as refused:
-        resume_run(db, run_id, _load, force=True)
+        resume_run(db, run_id, load, force=True)
     message = str(refused.value)
     assert "\n" not in message and "nothing was done" in message, message
     assert fold_run(db, run_id).last_seq == last
@@ -54,7 +54,7 @@ def _refused(db: Database, run_id: str, path: Path, match: str) -> str:
 
 def _resumes_with_its_own_settings(db: Database, run_id: str, settings: Path, original: str) -> RunFold:
     settings.write_text(original)
-    assert resume_run(db, run_id, _load).status == "completed"
+    assert resume_run(db, run_id, load).status == "completed"
     fold = fold_run(db, run_id, strict=True)
     assert_invariants(fold)
     return fold
@@ -100,7 +100,7 @@ def test_a_connection_no_node_reads_any_more_is_refused(db: Database) -> None:
     with _workdir("linear", 6) as path:
         settings = path / "settings.yaml"
         original = settings.read_text()
-        pipeline = _load(settings)
+        pipeline = load(settings)
         cfg, _ = pipeline.nodes.transforms["screen"]
         pipeline.nodes.transforms["screen"] = (cfg, _Raises())  # type: ignore[assignment]
         with pytest.raises(RunFailedError, match="screen"):
@@ -117,7 +117,7 @@ def test_a_sink_removed_while_rows_wait_to_be_written_to_it_is_refused(db: Datab
     with _workdir("gate", 6) as path:
         settings = path / "settings.yaml"
         original = settings.read_text()
-        pipeline = _load(settings)
+        pipeline = load(settings)
         pipeline.nodes.sinks["out"] = _BrokenSink()  # type: ignore[assignment]
         with pytest.raises(RunFailedError, match="disk full"):
             start_run(db, pipeline, run_id=(run_id := f"run-full-{os.urandom(3).hex()}"), clock=FakeClock())
@@ -176,16 +176,16 @@ def test_a_batch_left_flushing_by_a_failed_run_is_flushed_by_the_resume(db: Data
     trigger fires for it again; the resume flushes it, and the outputs are an uninterrupted
     run's (without that, its rows stayed buffered and the run could not complete)."""
     with _workdir("agg_count", 7) as clean:
-        assert start_run(db, _load(clean / "settings.yaml"), clock=FakeClock()).status == "completed"
+        assert start_run(db, load(clean / "settings.yaml"), clock=FakeClock()).status == "completed"
         expected = _outputs(clean)
     with _workdir("agg_count", 7) as path:
-        pipeline = _load(path / "settings.yaml")
+        pipeline = load(path / "settings.yaml")
         cfg, _, condition = pipeline.nodes.aggregations["agg"]
         pipeline.nodes.aggregations["agg"] = (cfg, _FlushFails(), condition)  # type: ignore[assignment]
         with pytest.raises(RunFailedError, match="agg"):
             start_run(db, pipeline, run_id=(run_id := f"run-flushing-{os.urandom(3).hex()}"), clock=FakeClock())
         assert [b.state for b in fold_run(db, run_id).batches.values()] == ["flushing"]
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert resume_run(db, run_id, load).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))
         assert _outputs(path) == expected
 
@@ -249,7 +249,7 @@ def _completed_log(db: Database, kind: str) -> list[StoredEvent]:
     key = (db.conninfo, kind)
     if key not in _LOGS:
         with _workdir(kind, 9) as path:
-            run_id = start_run(db, _load(path / "settings.yaml"), commit_every=2, clock=FakeClock()).run_id
+            run_id = start_run(db, load(path / "settings.yaml"), commit_every=2, clock=FakeClock()).run_id
         _LOGS[key] = list(PostgresRecorder(db).read_events(run_id))
     return _LOGS[key]
 
@@ -305,7 +305,7 @@ def test_a_sink_that_never_received_a_row_may_be_removed(db: Database) -> None:
         assert not (path / "out" / "q.jsonl").exists()
         _edit(settings, ("on_validation_failure: quarantine", "on_validation_failure: discard"),
               ("  quarantine: {plugin: json, options: {path: out/q.jsonl, format: jsonl}}\n", ""))  # fmt: skip
-        assert resume_run(db, run_id, _load, force=True).status == "completed"
+        assert resume_run(db, run_id, load, force=True).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))
 
 
@@ -339,7 +339,7 @@ def test_a_kept_sink_pointed_at_another_file_that_holds_bytes_is_refused(db: Dat
                          "quarantine: {plugin: json, options: {path: out/precious.jsonl, format: jsonl, mode: append}}"))  # fmt: skip
         last = fold_run(db, run_id).last_seq
         with pytest.raises(ResumeRefused) as refused:
-            resume_run(db, run_id, _load, force=True)
+            resume_run(db, run_id, load, force=True)
         says = "precious.jsonl holds 24 bytes after this run's durable position (0 bytes), but the run wrote to out/q.jsonl"
         assert "sink 'quarantine': " in str(refused.value) and says in str(refused.value), refused.value
         assert precious.read_text() == '{"id": 100}\n{"id": 101}\n' and fold_run(db, run_id).last_seq == last
@@ -387,7 +387,7 @@ def test_options_that_do_not_change_the_bytes_may_change(db: Database) -> None:
     """A file moved with the run's bytes, its encoding spelled otherwise: the resume continues it,
     and the output is an uninterrupted run's."""
     with _workdir("gate", 40) as clean:
-        assert start_run(db, _load(clean / "settings.yaml"), clock=FakeClock()).status == "completed"
+        assert start_run(db, load(clean / "settings.yaml"), clock=FakeClock()).status == "completed"
         expected = _outputs(clean)
     with _workdir("gate", 40) as path:
         settings = path / "settings.yaml"
@@ -395,7 +395,7 @@ def test_options_that_do_not_change_the_bytes_may_change(db: Database) -> None:
         assert fold_run(db, run_id).sink_positions["alt"] > 0, "nothing durable in alt yet: crash later"
         (path / "out" / "alt.json").rename(path / "out" / "moved.json")
         _edit(settings, (_ALT, "alt: {plugin: json, options: {path: out/moved.json, encoding: UTF8, format: json}}"))
-        assert resume_run(db, run_id, _load, force=True).status == "completed"
+        assert resume_run(db, run_id, load, force=True).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))
         moved = _outputs(path)
         assert moved.pop("moved.json") == expected.pop("alt.json")
@@ -418,14 +418,14 @@ def test_the_layout_compared_is_the_one_the_last_resume_wrote_with(db: Database)
         faults.configure("committed:8", raise_instead=True)
         try:
             with pytest.raises(faults.SimulatedCrash):
-                resume_run(db, run_id, _load, force=True, commit_every=1)
+                resume_run(db, run_id, load, force=True, commit_every=1)
         finally:
             faults.configure("")
         assert fold_run(db, run_id).sink_positions["quarantine"] > 0, "nothing quarantined yet: crash later"
         settings.write_text(original)
         _refused(db, run_id, path, "sink 'quarantine' .* written with format 'json' \\(now 'jsonl'\\)")
         settings.write_text(as_json)
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert resume_run(db, run_id, load).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))
         assert json.loads((path / "out" / "q.jsonl").read_text())[0]["id"] == "oops"
 
@@ -449,5 +449,5 @@ def test_a_sink_named_like_a_secret_resumes_and_its_layout_is_still_held(db: Dat
         _edit(settings, ("path: out/out.csv}", "path: out/out.csv, delimiter: ';'}"))
         _refused(db, run_id, path, f"sink '{name}' .*the layout of its durable bytes is unknown")
         settings.write_text(original)
-        assert resume_run(db, run_id, _load).status == "completed"
+        assert resume_run(db, run_id, load).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))
