@@ -113,7 +113,7 @@ class Batcher:
         parents = []
         for i, m in enumerate(members):
             if i in rejected:
-                ctx.emit(m.token_id, ev.TokenQuarantined(reason=rejected[i]))
+                ctx.emit(m.token_id, ev.TokenQuarantined(reason=rejected[i], node=name))
                 self.lost(m, "quarantined")
             else:
                 ctx.emit(m.token_id, ev.TokenConsumed(batch_id=batch_id))

@@ -157,6 +157,8 @@ class TokenDiverted(EventBase, frozen=True):
 class TokenQuarantined(EventBase, frozen=True):
     reason: str
     sink: str | None = None
+    # the aggregation whose plugin rejected it; left out for a source row (older events lack it)
+    node: str | None = None
 
 
 class TokenForked(EventBase, frozen=True):

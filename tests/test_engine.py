@@ -970,6 +970,32 @@ def test_a_branch_that_ends_in_a_batch_is_lost_there(db: Database, tmp_path: Pat
     assert all(e.event.reason == "branch_lost" and e.seq < exhausted for e in failed)  # type: ignore[attr-defined]
 
 
+def test_a_row_an_aggregation_rejects_is_quarantined_at_that_aggregation(db: Database, tmp_path: Path) -> None:
+    """The token's outcome names the node that quarantined it (`token_outcomes.node`, the
+    per-node metrics, `explain`), as it does for a node that diverted or failed one."""
+    write_csv(tmp_path / "in.csv", ["id", "copies"], [[1, 1], [2, 9], [3, 2]])
+    settings = (
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv, "
+        "schema: {mode: fixed, fields: ['id: int', 'copies: int']}}}\n"
+        "aggregations:\n- {name: rep, plugin: batch_replicate, input: raw, on_success: out, on_error: discard, "
+        "trigger: {count: 3}, options: {copies_field: copies, max_copies: 2}}\n"
+        "sinks:\n  out: {plugin: jsonl, options: {path: out/out.jsonl}}\n"
+    )
+    r = run(db, tmp_path, settings)
+    assert_invariants(r.fold)
+    assert r.outcomes()["quarantined"] == 1
+    with db.connect() as conn:
+        ended = conn.execute(
+            "SELECT token_id, node FROM token_outcomes WHERE run_id = %s AND outcome = 'quarantined'",
+            (r.outcome.run_id,),
+        ).fetchall()
+        metric = conn.execute(
+            "SELECT value FROM run_metrics WHERE run_id = %s AND metric = 'node.rep.quarantined'", (r.outcome.run_id,)
+        ).fetchall()
+    assert ended == [("r1", "rep")]  # the second row (index 1): 9 copies, more than max_copies
+    assert metric == [(1,)]
+
+
 def test_tokens_made_from_an_aggregations_outputs_keep_the_row_their_output_came_from(
     db: Database, tmp_path: Path
 ) -> None:
