@@ -812,9 +812,12 @@ def embedded_server(
                 _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "reload"], uid, gid)
             if not running:
                 # (Quoted for pg_ctl's shell: a home whose path holds a space or a quote.)
+                # The log keeps no row data: no DETAIL ("Failing row contains (…)" of a database
+                # sink's refused row), no CONTEXT (a COPY's line), no statement text. `purge`
+                # cannot reach a log, and the log is no place to diagnose a row from.
                 opts = (
                     f"-h '' -k {shlex.quote(str(sockets))} -c unix_socket_permissions=0700 -c fsync=on "
-                    "-c max_connections=100"
+                    "-c max_connections=100 -c log_error_verbosity=terse -c log_min_error_statement=panic"
                 )
                 proc = _run(
                     bin_dir,

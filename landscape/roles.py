@@ -68,8 +68,10 @@ TABLES: dict[str, Kind] = {
     **{name: Kind.PROJECTION for name in PROJECTION_TABLE_NAMES},
 }
 
-# Columns of a LOG table that hold row data: analysts read the others only.
-ROW_DATA_COLUMNS: dict[str, tuple[str, ...]] = {"events": ("payload",)}
+# Columns that hold row data, or let a guess at a row be confirmed: analysts read the others
+# only. A sink file's SHA-256 (`artifacts.sha256`) is unsalted, and a flush of one row makes the
+# difference of two such prefixes that row's bytes (migration 0013).
+ROW_DATA_COLUMNS: dict[str, tuple[str, ...]] = {"events": ("payload",), "artifacts": ("sha256",)}
 
 _ALL = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -80,7 +82,7 @@ PRIVILEGES: dict[tuple[Kind, str], tuple[str, ...]] = {
     (Kind.ROW_DATA, Role.WRITER): ("SELECT", "INSERT"),
     (Kind.PROJECTION, Role.WRITER): ("SELECT", "INSERT", "UPDATE", "DELETE"),
     (Kind.SCHEMA, Role.WRITER): ("SELECT",),
-    (Kind.LOG, Role.ANALYST): ("SELECT",),  # minus ROW_DATA_COLUMNS
+    (Kind.LOG, Role.ANALYST): ("SELECT",),  # minus ROW_DATA_COLUMNS (here and for projections)
     (Kind.ERASURES, Role.ANALYST): ("SELECT",),
     (Kind.PROJECTION, Role.ANALYST): ("SELECT",),
     (Kind.SCHEMA, Role.ANALYST): ("SELECT",),

@@ -601,3 +601,14 @@ def test_terminal_controls_from_the_store_are_shown_not_obeyed(db: Database, wor
         with db.connect() as conn:
             conn.execute("DELETE FROM runs WHERE run_id = %s", (planted,))
             conn.commit()
+
+
+def test_a_password_given_on_the_command_line_is_warned_of(tmp_path: Path) -> None:
+    """Every local user reads a process's arguments (`ps`); the environment is the owner's."""
+    url = "postgresql://u:s3cret@127.0.0.1:1/x"
+    given = elspeth("--database", url, "runs", cwd=tmp_path, env={"ELSPETH_HOME": str(tmp_path / "h")})
+    assert "the password in --database is visible" in given.stderr and "s3cret" not in given.stderr
+    in_env = elspeth("runs", cwd=tmp_path, env={"ELSPETH_HOME": str(tmp_path / "h"), "ELSPETH_DATABASE_URL": url})
+    assert "warning" not in in_env.stderr and in_env.returncode == 1
+    bare = elspeth("--database", "postgresql://u@127.0.0.1:1/x", "runs", cwd=tmp_path)
+    assert "warning" not in bare.stderr

@@ -489,3 +489,24 @@ def test_a_server_stopped_by_hand_or_killed_is_gone_and_a_half_written_pid_file_
 
 def test_an_external_server_is_never_judged_gone(tmp_path: Path) -> None:
     assert not Database("postgresql://nobody@/nowhere?host=/nonexistent", "an external server").gone()
+
+
+def test_the_embedded_servers_log_keeps_no_row_values(server_url: str) -> None:
+    """A database sink's refused row was written to the server's log ("Failing row contains
+    (…)", its CONTEXT and statement), in the home, where `purge` cannot reach it."""
+    if os.environ.get("ELSPETH_TEST_DATABASE_URL"):
+        pytest.skip("the log of an external server is its administrator's")
+    from tests.conftest import scratch_database
+
+    marker = f"Customer-{os.urandom(4).hex()}"
+    with scratch_database(server_url, "t_log") as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE deals (name text CHECK (name <> name))")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO deals VALUES (%s)", (marker,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(f"INSERT INTO deals VALUES ('{marker}')")  # the value in the statement's text
+        data = conn.execute("SHOW data_directory").fetchone()
+    assert data is not None
+    log = (Path(data[0]).parent / "postgresql.log").read_text(errors="replace")
+    assert "deals" in log and "check constraint" in log  # the errors were logged, without their rows
+    assert marker not in log

@@ -489,3 +489,53 @@ def test_a_status_event_the_writer_appends_does_not_decide_what_purge_erases(
     err = one_line_error(elspeth(*command, "--reason", "ticket 9", cwd=work, db=db), 1)
     assert f"run {run_id}: the last events of its log (up to seq {seq}) are signed by no checkpoint" in err, err
     assert _payloads_of(db, run_id) == before
+
+
+def test_sql_keeps_no_trace_of_an_erased_rows_bytes(server_url: str) -> None:
+    """Migration 0013, on a store made before it. ANALYZE kept sampled column values, which
+    `pg_stats` shows any role that may read the table: erased rows read back in full by the
+    auditor. And the analyst read sink files' unsalted hashes, which for a flush of one row
+    confirm a guess at it."""
+    from alembic import command
+
+    from landscape import roles
+    from landscape.db import _alembic_config
+    from tests.conftest import _with_database
+
+    name = f"t_stats_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        store = Database(_with_database(server_url, name), "stats")
+        command.upgrade(_alembic_config(store), "0012")  # a store made before 0013
+        sampled = (
+            "SELECT attname FROM pg_stats WHERE tablename = 'payloads' AND attname IN ('data', 'salt') "
+            "AND most_common_vals IS NOT NULL ORDER BY attname"
+        )
+        with store.connect() as conn:
+            conn.execute(
+                "INSERT INTO payloads (run_id, hash, data, salt) SELECT 'r', sha256(i::text::bytea), "
+                "convert_to('{\"name\": \"Customer ' || i % 5 || '\"}', 'UTF8'), '\\x01'::bytea "
+                "FROM generate_series(1, 500) i"
+            )
+            conn.execute("ANALYZE payloads")
+            assert [r[0] for r in conn.execute(sampled)] == ["data", "salt"]  # what the review read
+            conn.commit()
+            roles.ensure_roles(conn, login=store.embedded)
+            conn.execute("GRANT SELECT ON artifacts TO elspeth_analyst")  # the rule before 0013
+            conn.commit()
+        command.upgrade(_alembic_config(store), "head")
+        with store.connect() as conn:
+            roles.apply_grants(conn)  # as `db upgrade` does after the migrations
+            hashes = "SELECT has_column_privilege('elspeth_analyst', 'artifacts', %s, 'SELECT')"
+            assert conn.execute(hashes, ("sha256",)).fetchone() == (False,)
+            assert conn.execute(hashes, ("location",)).fetchone() == (True,)
+            conn.execute("ANALYZE payloads")
+            assert conn.execute(sampled).fetchall() == []
+            left = conn.execute(
+                "SELECT count(*) FROM pg_stats WHERE tablename = 'payloads' AND attname IN ('data', 'salt')"
+            ).fetchone()
+            assert left == (0,)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

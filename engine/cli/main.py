@@ -74,6 +74,16 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     os.environ["ELSPETH_HOME"] = str(elspeth_home(home))
     if database:  # so that the load-time checks compare sinks with the store this command uses
         os.environ["ELSPETH_DATABASE_URL"] = database
+        if ctx.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE:
+            from landscape.urls import redact
+
+            if redact(database) != database:
+                click.echo(
+                    "elspeth: warning: the password in --database is visible to every user of this machine "
+                    "(`ps`) while the command runs: give the URL in ELSPETH_DATABASE_URL instead, or the password "
+                    "in ~/.pgpass",
+                    err=True,
+                )
 
 
 def _terminated(_signum: int, _frame: object) -> None:
