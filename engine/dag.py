@@ -49,6 +49,8 @@ class Dag:
     nodes: dict[str, NodeInfo]
     fork_branches: dict[str, list[str]]
     coalesce_branches: dict[str, list[str]]
+    # node -> (branch, coalesce): the nodes on a branch's way to the coalesce that joins it
+    on_joined_branch: dict[str, tuple[str, str]] = field(default_factory=dict)
     _consumers: dict[str, Target] = field(default_factory=dict)
     _coalesce_outputs: dict[str, str] = field(default_factory=dict)
 
@@ -143,7 +145,7 @@ def build_dag(s: Settings) -> Dag:
 
     edges = _check_connections(w)
     fork_branches = {g.name: list(g.fork_to) for g in s.gates if g.fork_to}
-    _check_coalesce_branches(s, w)
+    on_joined_branch = _check_coalesce_branches(s, w)
     order = _topological(nodes, edges, w.errors)
     reachable = _reachable(s.source.on_success, w.consumers, edges)
     for name, info in nodes.items():
@@ -159,6 +161,7 @@ def build_dag(s: Settings) -> Dag:
         nodes=nodes,
         fork_branches=fork_branches,
         coalesce_branches=coalesce_branches,
+        on_joined_branch=on_joined_branch,
         _consumers={**{name: Target("sink", name) for name in s.sinks}, **w.consumers},
         _coalesce_outputs=coalesce_outputs,
     )
@@ -192,11 +195,22 @@ def _check_connections(w: _Wiring) -> dict[str, set[str]]:
     return edges
 
 
-def _check_coalesce_branches(s: Settings, w: _Wiring) -> None:
-    """Each coalesce branch is a fork branch, and its input comes from that branch."""
+def _check_coalesce_branches(s: Settings, w: _Wiring) -> dict[str, tuple[str, str]]:
+    """Each coalesce branch is a fork branch, all of one gate's fork, and its input comes from
+    that branch. Returns the nodes on each branch's way to its coalesce (see `Dag`)."""
     forked = {b: g.name for g in s.gates for b in g.fork_to or []}
     claimed: dict[str, str] = {}
+    on_branch: dict[str, tuple[str, str]] = {}
     for i, c in enumerate(s.coalesce):
+        # A coalesce joins the branches of one fork of one row (its instance is keyed by the
+        # forked token): branches of two gates are forks of two tokens, which never meet, and
+        # each arrival would open an instance of its own.
+        gates = sorted({forked[b] for b in c.branch_inputs() if b in forked})
+        if len(gates) > 1:
+            w.errors.append(
+                f"coalesce[{i}].branches: branches of {len(gates)} gates' forks ({', '.join(gates)}), which never "
+                "meet: each row's branches would be merged apart, or never; allowed: the fork_to branches of one gate"
+            )
         for branch, connection in c.branch_inputs().items():
             where = f"coalesce[{i}].branches" + (f".{branch}" if isinstance(c.branches, dict) else f"[{branch}]")
             if branch not in forked:
@@ -219,6 +233,9 @@ def _check_coalesce_branches(s: Settings, w: _Wiring) -> None:
                     "which belong to no branch: none would reach this coalesce; allowed: output_mode: passthrough "
                     "there, or the aggregation after the coalesce"
                 )
+            else:
+                on_branch.update((p.node, (branch, c.name)) for p in passed)
+    return on_branch
 
 
 def _trace_fork_branch(connection: str, w: _Wiring) -> tuple[str | None, list[_Producer]]:

@@ -124,6 +124,13 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
     source = make("source", s.source.plugin, s.source.options, "source")
     for i, t in enumerate(s.transforms):
         built[t.name] = make("transform", t.plugin, t.options, f"transforms[{i}]")
+        joined = dag.on_joined_branch.get(t.name) if dag is not None else None
+        if joined is not None and getattr(built[t.name], "expands", False):
+            errors.append(
+                f"{loaded.path}: transforms[{i}].plugin: {t.plugin} makes several rows of one, on branch "
+                f"'{joined[0]}', which coalesce '{joined[1]}' joins one row per branch: all but one would fail "
+                "there; allowed: the expansion before the fork or after the coalesce"
+            )
     for i, a in enumerate(s.aggregations):
         built[a.name] = make("aggregation", a.plugin, a.options, f"aggregations[{i}]")
     sinks: dict[str, Sink] = {}

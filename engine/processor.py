@@ -220,6 +220,9 @@ class Processor:
                 ),
             )  # fmt: skip
             works.append(Work(child, dict(w.row), w.hash, branch, w.row_index, branch, w.token_id, w.data))
+        # A branch forked again is lost to the coalesce that waits for it: its children are
+        # branches of this fork, which that coalesce does not join (engine/dag.py).
+        self.coalescer.lost(w, f"forked by gate {node}")
         self.stack.extend(reversed(works))
 
     def _row_error(self, w: Work, node: str, reason: str, on_error: str | None) -> None:

@@ -595,11 +595,21 @@ def _check_coalesce(i: int, c: CoalesceSettings, errors: list[str]) -> None:
             errors.append(
                 f"{path}.quorum_count: found {c.quorum_count}; allowed: 1 to {len(branches)} (the number of branches)"
             )
+    elif c.quorum_count is not None:
+        errors.append(
+            f"{path}.quorum_count: found {c.quorum_count} with policy {c.policy}, which does not read it; allowed: "
+            "policy: quorum, or no quorum_count"
+        )
     if c.merge == "select":
         if c.select_branch is None:
             errors.append(f"{path}.select_branch: missing; it is required for merge select")
         elif c.select_branch not in branches:
             errors.append(f"{path}.select_branch: found '{c.select_branch}'; allowed: {', '.join(branches)}")
+    elif c.select_branch is not None:
+        errors.append(
+            f"{path}.select_branch: found '{c.select_branch}' with merge {c.merge}, which does not read it; allowed: "
+            "merge: select, or no select_branch"
+        )
 
 
 _TRIGGER_FIELDS = frozenset({"batch_count", "batch_age_seconds"})

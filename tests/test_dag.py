@@ -177,6 +177,31 @@ def test_an_aggregation_that_makes_new_rows_cannot_feed_a_coalesce_branch(tmp_pa
     ]
 
 
+def test_a_coalesce_joins_the_branches_of_one_gate(tmp_path: Path) -> None:
+    """A coalesce's instance is keyed by the forked token: with branch a forked from the row and
+    branch b from its branch x, each row's a and b opened instances of their own (require_all:
+    both failed, "missing" a branch that had arrived; first: the row written twice)."""
+    text = (
+        "gates:\n- {name: g1, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, x]}\n"
+        "- {name: g2, input: x, condition: 'True', routes: {'true': fork}, fork_to: [b, c]}\n"
+        "coalesce:\n- {name: j, branches: [a, b], policy: first, on_success: out}\n"
+        "transforms:\n" + _t("tc", "c", "bad")
+    )
+    assert _dag_errors(tmp_path, text) == [
+        "coalesce[0].branches: branches of 2 gates' forks (g1, g2), which never meet: each row's branches would be "
+        "merged apart, or never; allowed: the fork_to branches of one gate"
+    ]
+
+
+def test_the_nodes_on_a_joined_branch_are_known(tmp_path: Path) -> None:
+    text = (
+        "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': fork, 'false': out}, fork_to: [a, b]}\n"
+        "transforms:\n" + _t("ta", "a", "a_mid") + _t("ta2", "a_mid", "a_done") + _t("after", "j", "out")
+        + "coalesce:\n- {name: j, branches: {a: a_done, b: b}}\n"
+    )  # fmt: skip
+    assert build_dag(_settings(tmp_path, text)).on_joined_branch == {"ta": ("a", "j"), "ta2": ("a", "j")}
+
+
 def test_a_coalesce_without_on_success_writes_to_its_own_name(tmp_path: Path) -> None:
     text = (
         "gates:\n- {name: g, input: raw, condition: 'True', routes: {'true': fork, 'false': out}, fork_to: [a, b]}\n"

@@ -14,6 +14,7 @@ import pytest
 from engine.clock import FakeClock
 from engine.orchestrator import GIL_SLICE_SECONDS, start_run
 from engine.plugins.protocol import SourceItem
+from engine.settings import SettingsError
 from landscape.canonical import decode_row
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
@@ -968,6 +969,54 @@ def test_a_branch_that_ends_in_a_batch_is_lost_there(db: Database, tmp_path: Pat
     assert len(lost) == len(failed) == 6, [e.event_type for e in events]
     assert all(e.event.reason.startswith(lost_as) for e in lost)  # type: ignore[attr-defined]
     assert all(e.event.reason == "branch_lost" and e.seq < exhausted for e in failed)  # type: ignore[attr-defined]
+
+
+def test_a_branch_forked_again_is_lost_to_its_coalesce_at_once(db: Database, tmp_path: Path) -> None:
+    """SETTINGS: a branch token that leaves its way to the coalesce is lost, and require_all
+    fails at once. Forked again (its children are another fork's branches, which this coalesce
+    does not join), it was not: row 2's coalesce held branch b until the end of the source."""
+    write_csv(tmp_path / "in.csv", ["id", "v"], [[1, 10], [2, 20], [3, 30]])
+    settings = (
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv, "
+        "schema: {mode: fixed, fields: ['id: int', 'v: int']}}}\n"
+        "gates:\n- {name: split, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, b]}\n"
+        "- {name: again, input: a, condition: \"row['id'] != 2\", routes: {'true': a_ok, 'false': fork}, "
+        "fork_to: [a1, a2]}\n"
+        "coalesce:\n- {name: join, branches: {a: a_ok, b: b}, on_success: out}\n"
+        "sinks:\n  out: {plugin: jsonl, options: {path: out/out.jsonl}}\n"
+        "  a1: {plugin: jsonl, options: {path: out/a1.jsonl}}\n  a2: {plugin: jsonl, options: {path: out/a2.jsonl}}\n"
+    )
+    r = run(db, tmp_path, settings)
+    assert_invariants(r.fold)
+    events = list(PostgresRecorder(db).read_events(r.outcome.run_id))
+    failed = [e for e in events if e.event_type == "CoalesceFailed"]
+    assert [(e.entity_id, e.event.reason) for e in failed] == [("join:r1", "branch_lost")]  # type: ignore[attr-defined]
+    lost = next(e for e in events if e.event_type == "BranchLost")
+    assert lost.event.reason == "forked by gate again"  # type: ignore[attr-defined]
+    row_3 = next(e.seq for e in events if e.entity_id == "r2")
+    assert failed[0].seq < row_3  # at once, not at the end of the source
+    assert [row["id"] for row in r.rows("out/out.jsonl")] == [1, 3]
+
+
+def test_an_expansion_on_a_joined_branch_is_refused_at_load(db: Database, tmp_path: Path) -> None:
+    """One row per branch merges: every element but one failed there (`duplicate_branch`),
+    while the row counted as written."""
+    settings = (
+        "source: {plugin: jsonl, on_success: raw, options: {path: in.jsonl}}\n"
+        "gates:\n- {name: split, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, b]}\n"
+        "transforms:\n- {name: explode, plugin: json_explode, input: a, on_success: a_done, on_error: discard, "
+        "options: {array_field: items}}\n"
+        "coalesce:\n- {name: join, branches: {a: a_done, b: b}, merge: nested, on_success: out}\n"
+        "sinks:\n  out: {plugin: jsonl, options: {path: out/out.jsonl}}\n"
+    )
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "items": [1, 2, 3]}\n')
+    with pytest.raises(SettingsError) as refused:
+        load_pipeline(tmp_path, settings)
+    assert refused.value.errors == [
+        f"{tmp_path / 'settings.yaml'}: transforms[0].plugin: json_explode makes several rows of one, on branch 'a', "
+        "which coalesce 'join' joins one row per branch: all but one would fail there; allowed: the expansion "
+        "before the fork or after the coalesce"
+    ]
 
 
 def test_a_row_an_aggregation_rejects_is_quarantined_at_that_aggregation(db: Database, tmp_path: Path) -> None:

@@ -43,6 +43,13 @@ def test_batch_stats_without_numeric_values_has_no_mean() -> None:
     assert stats([{"v": "x"}]) == [{"count": 0, "sum": 0, "batch_size": 1, "mean": None}]
 
 
+def test_batch_stats_without_mean_may_group_by_a_field_named_mean() -> None:
+    a = build_plugin("aggregation", "batch_stats", {"value_field": "v", "group_by": "mean", "compute_mean": False})
+    assert a.flush([{"v": 1, "mean": "x"}, {"v": 2, "mean": "x"}]).rows == [
+        {"count": 2, "sum": 3, "batch_size": 2, "mean": "x"}
+    ]
+
+
 def test_a_batch_mixing_group_values_is_a_batch_error() -> None:
     with pytest.raises(RowError, match=r"^the batch mixes 2 different values of 'g'$"):
         stats([{"v": 1, "g": "a"}, {"v": 2, "g": "b"}], group_by="g")
@@ -73,6 +80,10 @@ def test_batch_replicate_options() -> None:
     [
         ("batch_stats", {}, "value_field"),
         ("batch_stats", {"value_field": "v", "compute_mean": "yes"}, "compute_mean"),
+        # a group_by field the output's own would overwrite (its count of 3 read 7)
+        ("batch_stats", {"value_field": "v", "group_by": "count"}, "group_by"),
+        ("batch_stats", {"value_field": "v", "group_by": "mean"}, "group_by"),
+        ("batch_stats", {"value_field": "v", "group_by": "skipped_non_finite"}, "group_by"),
         ("batch_replicate", {"max_copies": 0}, "max_copies"),
         ("batch_replicate", {"default_copies": 5, "max_copies": 2}, "default_copies"),
         ("batch_replicate", {"copies": 2}, "copies"),

@@ -128,6 +128,12 @@ def test_json_explode() -> None:
     for bad, match in (({"items": []}, "empty"), ({"items": "x"}, "not an array"), ({}, "missing")):
         with pytest.raises(RowError, match=match):
             run("json_explode", {"array_field": "items"}, bad)
+    # the index's field would overwrite the element: refused, unless there is no index
+    with pytest.raises(PluginConfigError, match="'item_index' is where include_index puts") as err:
+        build_plugin("transform", "json_explode", {"array_field": "items", "output_field": "item_index"})
+    assert err.value.path == "output_field"
+    alone = {"array_field": "items", "output_field": "item_index", "include_index": False}
+    assert run("json_explode", alone, row)[1] == {"id": 1, "z": 0, "item_index": {"s": "b"}}
 
 
 @pytest.mark.parametrize(

@@ -257,6 +257,7 @@ def test_semantic_checks(tmp_path: Path) -> None:
         "coalesce:\n- {name: j, branches: [a], policy: quorum}\n"
         "- {name: k, branches: [a, b], policy: best_effort, merge: select, select_branch: c}\n"
         "- {name: m, branches: [a, b], policy: quorum, quorum_count: 3}\n"
+        "- {name: n, branches: [a, b], quorum_count: 1, select_branch: a}\n"
         "aggregations:\n- {name: agg, plugin: batch_stats, input: q, on_success: out, on_error: nowhere, trigger: {}}\n"
         "checkpoint: {frequency: sometimes}\n"
     )
@@ -268,6 +269,15 @@ def test_semantic_checks(tmp_path: Path) -> None:
     assert "coalesce[1].timeout_seconds: missing; it is required for policy best_effort" in lines
     assert "coalesce[1].select_branch: found 'c'; allowed: a, b" in lines
     assert "coalesce[2].quorum_count: found 3; allowed: 1 to 2 (the number of branches)" in lines
+    # options the policy or the merge does not read: a forgotten `merge: select` merged by union
+    assert (
+        "coalesce[3].quorum_count: found 1 with policy require_all, which does not read it; allowed: policy: quorum, "
+        "or no quorum_count"
+    ) in lines
+    assert (
+        "coalesce[3].select_branch: found 'a' with merge union, which does not read it; allowed: merge: select, or "
+        "no select_branch"
+    ) in lines
     assert "aggregations[0].on_error: 'nowhere' is not a sink; allowed: discard, out" in lines
     assert "aggregations[0].trigger: found no trigger; allowed: at least one of count, timeout_seconds, condition" in (
         lines

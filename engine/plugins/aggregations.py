@@ -11,6 +11,8 @@ from engine.plugins.protocol import BatchResult, PluginConfigError, Row, RowErro
 from engine.plugins.reasons import described
 from engine.plugins.schema import parse_schema
 
+_SKIPPED = ("skipped_non_finite", "skipped_non_finite_indices")
+
 
 class BatchStats:
     kind: ClassVar[str] = "aggregation"
@@ -20,6 +22,13 @@ class BatchStats:
         self.value_field = o.str_("value_field", required=True)
         self.group_by = o.str_("group_by", "") or None
         self.compute_mean = o.bool_("compute_mean", True)
+        outputs = ["count", "sum", "batch_size", *(["mean"] if self.compute_mean else []), *_SKIPPED]
+        if self.group_by in outputs:
+            raise PluginConfigError(
+                "group_by",
+                f"'{self.group_by}' is a field of the output, which its value would overwrite; allowed: any field but "
+                f"{', '.join(outputs)}",
+            )
         parse_schema(o.raw("schema"))
 
     def flush(self, rows: list[Row]) -> BatchResult:
@@ -44,8 +53,8 @@ class BatchStats:
                 raise RowError(f"the batch mixes {len(values)} different values of '{self.group_by}'")
             out[self.group_by] = rows[0].get(self.group_by) if rows else None
         if skipped:
-            out["skipped_non_finite"] = len(skipped)
-            out["skipped_non_finite_indices"] = skipped
+            out[_SKIPPED[0]] = len(skipped)
+            out[_SKIPPED[1]] = skipped
         return BatchResult([out])
 
 

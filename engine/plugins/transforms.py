@@ -177,12 +177,21 @@ def _compile_pattern(pattern: str, where: str) -> Any:
 
 class JsonExplode:
     kind: ClassVar[str] = "transform"
+    # It makes several rows of one: refused on a branch a coalesce joins (engine/orchestrator.py),
+    # where one row per branch is all that can merge.
+    expands: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "array_field", "output_field", "include_index")
         self.array_field = o.str_("array_field", required=True)
         self.output_field = o.str_("output_field", "item")
         self.include_index = o.bool_("include_index", True)
+        if self.include_index and self.output_field == "item_index":
+            raise PluginConfigError(
+                "output_field",
+                "'item_index' is where include_index puts each element's index, which would overwrite the element; "
+                "allowed: another name, or include_index: false",
+            )
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> list[Row]:
