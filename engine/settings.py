@@ -354,6 +354,17 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
             f"{capped}"
         )
     loaded.warnings.extend(f"{where}: {w}" for w in loader.duplicates)
+    quarantine = settings.source.options.get("on_validation_failure")
+    sink = settings.sinks.get(quarantine) if isinstance(quarantine, str) else None
+    if sink is not None and sink.plugin == "csv":
+        # Valid, and the prior system's; a row refused there is recorded failed, not lost, but a
+        # user who reads the file for the rows the source refused will not find it there.
+        loaded.warnings.append(
+            f"{where}: sinks.{quarantine} is a CSV file, whose columns the first row written fixes, and the source's "
+            "on_validation_failure: a line that could not be parsed (__raw_line__, __line_number__, …) and a row "
+            "that did not fit the schema have different fields, so whichever kind comes second is refused there "
+            "(recorded failed, sink_row_refused); a json or jsonl sink takes both"
+        )
     for i, c in enumerate(settings.coalesce):
         if c.policy == "first" and c.merge == "select":
             # Valid, and the prior system's, but easily not what was meant: which branch arrives

@@ -576,3 +576,16 @@ def test_a_nul_in_the_yaml_is_one_line(tmp_path: Path) -> None:
     """PyYAML's ReaderError spans two lines; the error stays one (a hostile review)."""
     (line,) = _errors(tmp_path, BASE.replace("{path: in.csv}", "{path: in.csv\x00}"))
     assert "malformed YAML: unacceptable character #x0000" in line and "\n" not in line, line
+
+
+@pytest.mark.parametrize(("plugin", "warned"), [("csv", True), ("json", False)])
+def test_a_csv_quarantine_sink_is_a_warning_that_says_which_rows_it_refuses(
+    tmp_path: Path, plugin: str, warned: bool
+) -> None:
+    """A line that could not be parsed and a row that did not fit have different fields; the
+    first one a CSV file takes fixes its columns, and the other kind is refused there."""
+    text = BASE.replace("{path: in.csv}", "{path: in.csv, on_validation_failure: bad}") + (
+        f"  bad: {{plugin: {plugin}, options: {{path: bad.out}}}}\n"
+    )
+    warnings = load_settings(_write(tmp_path, text), {}).warnings
+    assert any("sinks.bad is a CSV file" in w and "refused there" in w for w in warnings) == warned, warnings
