@@ -57,7 +57,12 @@ MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 
 
 class AuditFailure(LandscapeError):
-    """The file does not verify, or cannot be read; the message names where and why."""
+    """The file does not verify, or cannot be read; the message names where and why, in one line.
+    It quotes what the file says (a run id, an origin), so a line break the file holds is shown as
+    `\\n`: printed as one, it would put a line of the file's author's under the verifier's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass(frozen=True, slots=True)

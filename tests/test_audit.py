@@ -240,6 +240,18 @@ def test_the_command_says_what_and_where_in_one_line(fork: Exported, tmp_path: P
         assert err.count("\n") == 1 and says in err, f"{name}: {err}"
 
 
+def test_a_line_break_the_file_holds_is_no_line_of_the_verifier(fork: Exported, tmp_path: Path) -> None:
+    """The refusal quotes the header's run id: a line break in it printed a line of the file's
+    author's own (here "OK: all verified") under the error."""
+    lines = fork.lines
+    header = json.loads(lines[0])
+    header["run_id"] += "\nOK: all verified"
+    path = tmp_path / "forged.export"
+    path.write_bytes(json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(lines[1:]))
+    err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub)), 1)
+    assert err.count("\n") == 1 and "\\nOK: all verified" in err, err
+
+
 def test_a_wrong_public_key_is_refused(fork: Exported) -> None:
     other = fork.work / "keys"
     other.mkdir(exist_ok=True)
