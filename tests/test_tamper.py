@@ -48,6 +48,8 @@ CASES = [
     # the run's row is compared like any other: its last_seq is not what the rebuild goes up to
     (FORK, "runs", "UPDATE runs SET last_seq = last_seq - 50 WHERE run_id = %(run)s", "last_seq"),
     (FORK, "runs", "DELETE FROM runs WHERE run_id = %(run)s", "row missing from the table"),
+    # a time no datetime holds: named like any difference, not a failed read
+    (FORK, "runs", "UPDATE runs SET ended_at = 'infinity' WHERE run_id = %(run)s", "ended_at is 'infinity'"),
     (FORK, "runs", "WITH " + ", ".join(f"d{i} AS (DELETE FROM {t} WHERE run_id = %(run)s)" for i, t in enumerate(
         ["run_metrics", "nodes", "rows", "tokens", "token_parents", "node_states", "token_outcomes", "coalesces",
          "batches", "batch_members", "artifacts"])) + " DELETE FROM runs WHERE run_id = %(run)s", "missing from the table"),
