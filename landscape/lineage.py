@@ -159,6 +159,8 @@ class Resolution(msgspec.Struct, frozen=True, kw_only=True):
     missing: list[str] = []  # coalesce: branches that did not
     reason: str | None = None
     size: int | None = None  # batch: rows flushed
+    # coalesce, merge union: fields the branches gave different values (the later branch's won)
+    collisions: list[str] = []
 
 
 Entry = Created | Step | Gate | Forked | Expanded | Held | Buffered | Assigned | Ended
@@ -604,7 +606,8 @@ def _resolutions(
             at = _at(s)
             if isinstance(e, ev.CoalesceMerged):
                 out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="merged", trigger=e.trigger,
-                                      arrived=list(e.arrived), missing=list(e.missing)))  # fmt: skip
+                                      arrived=list(e.arrived), missing=list(e.missing),
+                                      collisions=list(e.collisions)))  # fmt: skip
             elif isinstance(e, ev.CoalesceFailed):
                 out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="failed",
                                       trigger=e.trigger or None, arrived=list(e.arrived), missing=list(e.missing),

@@ -121,6 +121,20 @@ def test_explain_json_is_built_from_the_events_with_a_stable_shape(db: Database,
     ]
 
 
+def test_explain_names_the_fields_a_union_merge_found_in_more_than_one_branch(db: Database, fork: Path) -> None:
+    """SETTINGS: union merges flat, later branch wins, collisions recorded: which fields were
+    overwritten is what an investigator of the merged row asks first."""
+    # branch a renames v onto note, so the branches' notes differ (their ids do not: no collision)
+    (fork / "settings.yaml").write_text(
+        FORK.replace("merge: nested", "merge: union").replace("{v: value}", "{v: note}")
+    )
+    run_id = _run(db, fork)
+    out = _json(elspeth("explain", run_id, "--row", "1", "--json", cwd=fork, db=db))
+    assert out["rows"][0]["coalesces"][0]["collisions"] == ["note"]
+    text = elspeth("explain", run_id, "--row", "1", cwd=fork, db=db).stdout
+    assert "; fields the branches gave different values: note" in text, text
+
+
 def test_the_projection_lineage_reads_token_parents(db: Database, fork: Path) -> None:
     run_id = _run(db, fork)
     found = {t.token_id: t.parents for t in lineage(db, run_id, row_index=0).tokens}

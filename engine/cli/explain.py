@@ -181,9 +181,11 @@ def _print(x: lin.Explained, checkpoints: str) -> None:
         for c in row.coalesces:
             why = f", {c.reason}" if c.reason else ""
             trigger = f" ({c.trigger})" if c.trigger else ""
+            # (union: the later branch's value won; what each branch held is in its steps)
+            collided = f"; fields the branches gave different values: {', '.join(c.collisions)}" if c.collisions else ""
             click.echo(
                 f"  coalesce {c.id}: {c.outcome} at seq {c.seq}{trigger}{why}: arrived {', '.join(c.arrived) or 'none'}; "
-                f"missing {', '.join(c.missing) or 'none'}"
+                f"missing {', '.join(c.missing) or 'none'}{collided}"
             )
         for b in row.batches:
             why = f": {b.reason}" if b.reason else ""
