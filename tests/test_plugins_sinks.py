@@ -769,9 +769,10 @@ def test_another_row_where_a_deleted_one_was_written_is_not_deleted_on_postgresq
 
 
 def test_a_table_that_gives_no_row_id_refuses_a_resume_with_rows_to_delete(db_url: str) -> None:
-    """A SQLite WITHOUT ROWID table, a PostgreSQL view: nothing says where a row went."""
+    """A SQLite WITHOUT ROWID table (a comment between the words, which a reading of its SQL
+    missed), a PostgreSQL view: nothing says where a row went."""
     if db_url.startswith("sqlite"):
-        _execute(db_url, "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT) WITHOUT ROWID")
+        _execute(db_url, "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT) WITHOUT /* no */ ROWID")
         target = "t"
     else:
         _execute(db_url, "CREATE TABLE t (id bigint, name text)")

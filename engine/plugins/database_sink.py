@@ -598,8 +598,6 @@ def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
     (`DatabaseSink._roll_back`). SQLite: `rowid` (or its other names, when a column takes it),
     not in a WITHOUT ROWID table or a view, and only from SQLite 3.35 on. PostgreSQL: `ctid`, in
     a table, not a view, and only with SELECT on it."""
-    import re
-
     from sqlalchemy import text
 
     if not conn.dialect.insert_executemany_returning:
@@ -610,7 +608,7 @@ def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
         ).first()
         if found is None or found[0] != "table":
             return None, f"{_NO_LOCATOR} (a view)" if found is not None else _NO_LOCATOR
-        if re.search(r"without\s+rowid", found[1] or "", re.IGNORECASE):
+        if _without_rowid(conn, t.name, found[1] or ""):
             return None, f"{_NO_LOCATOR} (a WITHOUT ROWID table)"
         taken = {c.name.lower() for c in t.columns}
         name = next((name for name in ("rowid", "_rowid_", "oid") if name not in taken), None)
@@ -628,6 +626,20 @@ def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
     if not readable:
         return None, "the sink's role has no SELECT privilege on the table to find them by"
     return "ctid", _NO_LOCATOR
+
+
+def _without_rowid(conn: Any, name: str, sql: str) -> bool:
+    """Whether a SQLite table is WITHOUT ROWID: SQLite's own word from 3.37 on (`table_list`);
+    before, its SQL read (a comment between the two words hides them: `rowid` is then asked of
+    a table that has none, and every flush fails loudly, losing nothing)."""
+    from sqlalchemy import exc, text
+
+    try:
+        listed = conn.execute(text("SELECT wr FROM pragma_table_list(:name) WHERE schema = 'main'"), {"name": name})
+        row = listed.first()
+    except exc.OperationalError:  # no such table-valued function: SQLite before 3.37
+        return re.search(r"without\s+rowid", sql, re.IGNORECASE) is not None
+    return bool(row and row[0])
 
 
 def _folded(name: str) -> str:
