@@ -7,12 +7,16 @@ import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.datetime import TimestamptzLoader
 
 from landscape import roles
 from landscape.embedded import embedded_server, server_gone
@@ -90,6 +94,26 @@ def _is_events(table: str | None) -> bool:
     writer. A key taken in any other table (a projection's row that someone wrote ahead of the
     writer) is no such thing, and is reported as what it is."""
     return table is not None and (table == "events" or (table.startswith("events_p") and table[8:].isdigit()))
+
+
+def read_any_time(conn: Connection) -> None:
+    """Have `conn` read a timestamptz Python cannot hold ('infinity', a year past 9999: only an
+    edited store has one) as the server's text, not fail the read: a check then names it."""
+    conn.adapters.register_loader("timestamptz", _AnyTime)
+
+
+class _AnyTime(Loader):
+    """A timestamptz as a datetime, or as the server's text when no datetime can hold it."""
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._time = TimestamptzLoader(oid, context)
+
+    def load(self, data: Buffer) -> datetime | str:
+        try:
+            return self._time.load(data)
+        except psycopg.DataError:
+            return bytes(data).decode("utf-8", "replace")
 
 
 @contextmanager

@@ -8,17 +8,12 @@ tables, so a rebuilt table equals the incrementally maintained one row for row.
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
 from typing import Any
 
 import msgspec
-import psycopg
-from psycopg.abc import AdaptContext, Buffer
-from psycopg.adapt import Loader
-from psycopg.types.datetime import TimestamptzLoader
 
 from landscape.commits import SENDER_LOCK, WRITER_LOCK
-from landscape.db import Database, driver_errors
+from landscape.db import Database, driver_errors, read_any_time
 from landscape.errors import ConcurrentWriter, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.projection_sql import UPDATED_IN_PLACE, project
@@ -134,9 +129,7 @@ class Comparison:
         conn = self.db.connect()
         try:
             with driver_errors(self._what):
-                # A stored time Python cannot hold ('infinity', a year past 9999: only an edited
-                # store has one) is a difference to name, not a read that fails.
-                conn.adapters.register_loader("timestamptz", _AnyTime)
+                read_any_time(conn)  # a forged time is a difference to name, not a failed read
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 conn.execute(_WORK_MEM)
                 # The log's end, not the `runs` row's `last_seq`: that row is one of the rows being
@@ -181,20 +174,6 @@ class Comparison:
                     cur, t.name, [c.name for c in t.primary_key], [c.name for c in t.c], self.run_id, self.limit
                 )
         return found
-
-
-class _AnyTime(Loader):
-    """A timestamptz as a datetime, or as the server's text when no datetime can hold it."""
-
-    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
-        super().__init__(oid, context)
-        self._time = TimestamptzLoader(oid, context)
-
-    def load(self, data: Buffer) -> datetime | str:
-        try:
-            return self._time.load(data)
-        except psycopg.DataError:
-            return bytes(data).decode("utf-8", "replace")
 
 
 def _differences(cur: Any, table: str, key: list[str], columns: list[str], run_id: str, limit: int) -> list[Difference]:
