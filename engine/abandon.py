@@ -93,7 +93,8 @@ def abandon_run(
     created = recorder.run_created(run_id)
     # The settings file the run last went on under (a resume may have named another), as resume reads it.
     recorded = summary.settings_path if summary is not None else created.settings_path if created else None
-    landscape, base = _landscape(run_id, created, recorded, settings_path)
+    folder = recorder.working_dir(run_id) if created is not None else None
+    landscape, base = _landscape(run_id, folder, recorded, settings_path)
     verified = verified_to_write_on(db, recorder, run_id, created, landscape.signing_key, landscape.witness_dir,
                                     base, home, "abandoned")  # fmt: skip
     fold = verified.fold
@@ -122,7 +123,7 @@ def abandon_run(
 
 
 def _landscape(
-    run_id: str, created: ev.RunCreated | None, settings_path: str | None, given: Path | None
+    run_id: str, folder: str | None, settings_path: str | None, given: Path | None
 ) -> tuple[LandscapeSettings, Path]:
     """The settings' key and witness folder, and the folder they are relative to: from the file
     given, else from the run's settings file (`settings_path`, relative to the folder it ran in)
@@ -130,8 +131,8 @@ def _landscape(
     the verification), else none."""
     if given is not None:
         return load_settings(given).settings.landscape, given.absolute().parent
-    if created is not None and settings_path is not None:
-        recorded = Path(created.working_dir) / settings_path
+    if folder is not None and settings_path is not None:
+        recorded = Path(folder) / settings_path
         if recorded.is_file():
             try:
                 return load_settings(recorded).settings.landscape, recorded.parent
@@ -140,7 +141,7 @@ def _landscape(
                     f"run {run_id}: the settings file it was started with cannot be read now, for the key that "
                     f"signs it ({e}); give the run's settings with -s FILE; nothing was recorded"
                 ) from e
-    return LandscapeSettings(), Path(created.working_dir if created is not None else ".").absolute()
+    return LandscapeSettings(), Path(folder if folder is not None else ".").absolute()
 
 
 def _left_behind(fold: RunFold) -> list[str]:

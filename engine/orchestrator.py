@@ -284,6 +284,7 @@ class Execution:
                     settings_hash=loaded.text_hash if new_settings else None,
                     settings=self.p.loaded.redacted if new_settings else None,
                     nodes=self.p.decls if new_settings else None,
+                    working_dir=os.getcwd() if os.getcwd() != self.fold.working_dir else None,
                 ),
             )
         try:
@@ -766,11 +767,12 @@ def resume_run(
     # relative paths resolve, are read from the run's first event and its projection row here,
     # and checked against the verified log below.
     created = recorder.run_created(run_id)
-    if created is not None and os.path.isdir(created.working_dir):
-        os.chdir(created.working_dir)
-    elif created is not None and settings_path is None:
+    folder = recorder.working_dir(run_id) if created is not None else None  # its last, if a resume moved it
+    if folder is not None and os.path.isdir(folder):
+        os.chdir(folder)
+    elif folder is not None and settings_path is None:
         raise ResumeRefused(
-            f"run {run_id} ran in {created.working_dir}, which no longer exists: its settings' relative paths "
+            f"run {run_id} ran in {folder}, which no longer exists: its settings' relative paths "
             "cannot resolve as they did; give the settings with -s FILE to resume from here"
         )
     recorded = summary.settings_path if summary is not None else created.settings_path if created else None

@@ -148,6 +148,8 @@ class RunFold:
             self.settings_path = e.settings_path
         if e.settings is not None:  # what the sinks wrote under from here (a resume compares layouts)
             self.settings = e.settings
+        if e.working_dir is not None:  # where relative paths resolve from here
+            self.working_dir = e.working_dir
         if e.nodes is not None:  # declared again under other settings: each name's last declaration
             self.nodes = list({n.name: n for n in [*self.nodes, *e.nodes]}.values())
 

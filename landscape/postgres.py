@@ -92,10 +92,13 @@ _REINSTATED = (
 # (`artifacts`, one row per SinkFlushed), each event looked up by key: the work grows with the
 # store's flushes, not its events (OFFSET 0 keeps the planner from joining whole tables).
 _LAST_EVENT = "SELECT tx_id, global_position FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
-# The folder run `{run}` ran in, where its relative sink locations resolve (its RunCreated's).
+# The folder run `{run}` ran in last, where its relative sink locations resolve: its RunCreated's,
+# or that of a resume that ran elsewhere (RunResumed.working_dir). An index holds just those
+# events (migration 0014): a run has one, and one per resume.
 _WORKING_DIR = (
     "coalesce((SELECT convert_from(c.payload, 'UTF8')::json ->> 'working_dir' FROM events c "
-    "WHERE c.run_id = {run} AND c.seq = 0 AND c.event_type = 'RunCreated'), '')"
+    "WHERE c.run_id = {run} AND c.event_type IN ('RunCreated', 'RunResumed') "
+    "AND convert_from(c.payload, 'UTF8')::json ->> 'working_dir' IS NOT NULL ORDER BY c.seq DESC LIMIT 1), '')"
 )
 _FLUSHED_AFTER = (
     f"SELECT f.run_id, f.location, {_WORKING_DIR.format(run='f.run_id')} "
@@ -483,6 +486,14 @@ class PostgresRecorder:
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
         return event if isinstance(event, RunCreated) else None
+
+    def working_dir(self, run_id: str) -> str | None:
+        """The folder the run ran in last (see `_WORKING_DIR`), read before the log is verified
+        (None when the log names none)."""
+        query = "SELECT " + _WORKING_DIR.format(run="%s")
+        with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
+            row = conn.execute(query, (run_id,)).fetchone()
+        return str(row[0]) if row is not None and row[0] else None
 
     def last_seq(self, run_id: str) -> int:
         """The run's last seq now (-1: no events)."""

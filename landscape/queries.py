@@ -350,7 +350,7 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):
     time: datetime
     event: str  # the event type, e.g. RunResumed
     detail: str | None  # a failure's or interruption's reason, a forced resume, another settings file
-    working_dir: str | None = None  # RunCreated only: where relative paths resolve
+    working_dir: str | None = None  # where relative paths resolve from here (RunCreated; RunResumed elsewhere)
 
 
 _LIFECYCLE = (
@@ -378,7 +378,10 @@ def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
             notes = ["input changed, --force"] if e.forced else []
             if e.settings_path is not None:
                 notes.append(f"settings {e.settings_path}")
+            if e.working_dir is not None:
+                notes.append(f"in {e.working_dir}")
             detail = "; ".join(notes) or None
+            working_dir = e.working_dir
         elif isinstance(e, ev.RunCreated):
             working_dir = e.working_dir
         elif isinstance(e, ev.SinkWriteFailed):

@@ -54,6 +54,9 @@ class RunResumed(EventBase, frozen=True):
     settings_hash: str | None = None
     settings: dict[str, object] | None = None  # redacted, as in RunCreated
     nodes: list[NodeDecl] | None = None
+    # Set only when the resume ran in another folder than the run's last (which was gone): the
+    # settings' relative paths, and the sinks' locations, resolve here from then on.
+    working_dir: str | None = None
 
 
 class SinkFlushed(EventBase, frozen=True):

@@ -102,7 +102,8 @@ def test_it_reads_events_by_key_one_per_flush_never_the_store(db: Database) -> N
         assert row is not None
     read, how = _rows_read(row[0][0]["Plan"], ("events",))
     assert not [h for h in how if h.startswith(("Seq Scan", "Parallel Seq Scan"))], how
-    # One event per flush (40,005) and the two later runs' first events: not a scan.
+    # One event per flush (40,005) and the two later runs' first events (by the index of those
+    # that name a folder: not back through their flushes): not a scan.
     assert read <= 40_005 + 2, (read, how)
 
 

@@ -802,8 +802,21 @@ def test_resume_refuses_a_run_whose_folder_is_gone_unless_given_its_settings(db:
         (elsewhere / "settings.yaml").write_text(settings)
         for name, data in outputs.items():
             (elsewhere / "out" / name).write_bytes(data)
-        outcome = resume_run(db, run_id, load, settings_path=elsewhere / "settings.yaml")
+        faults.configure("committed:2", raise_instead=True)  # and this resume crashes too
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                resume_run(db, run_id, load, settings_path=elsewhere / "settings.yaml", commit_every=1)
+        finally:
+            faults.configure("")
+        # The log says where it ran now: the next resume needs no -s, and `show` finds the files
+        assert fold_run(db, run_id).working_dir == os.path.realpath(elsewhere)
+        outcome = resume_run(db, run_id, load)
         assert outcome.status == "completed"
+        from engine.cli.show import run_report
+
+        report = run_report(db, run_id)
+        assert report["working_dir"] == os.path.realpath(elsewhere)
+        assert {a["file"] for a in report["artifacts"]} == {"ok"}, report["artifacts"]
 
 
 def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Database) -> None:

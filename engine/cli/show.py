@@ -248,7 +248,7 @@ def run_report(db: Database, run_id: str) -> dict[str, Any]:
     counts = row_counts(db, run_id)
     lifecycle = run_lifecycle(db, run_id)
     alive = PostgresRecorder(db).writer_alive(run_id) if detail.run.status in RUN_OPEN else None
-    working_dir = next((e.working_dir for e in lifecycle if e.working_dir), None)
+    working_dir = next((e.working_dir for e in reversed(lifecycle) if e.working_dir), None)  # the last
     r = detail.run
     return {
         "run_id": r.run_id,
