@@ -812,12 +812,15 @@ def embedded_server(
                 _run(bin_dir, "pg_ctl", ["-D", str(pgdata), "reload"], uid, gid)
             if not running:
                 # (Quoted for pg_ctl's shell: a home whose path holds a space or a quote.)
-                # The log keeps no row data: no DETAIL ("Failing row contains (…)" of a database
-                # sink's refused row), no CONTEXT (a COPY's line), no statement text. `purge`
-                # cannot reach a log, and the log is no place to diagnose a row from.
+                # The log keeps no row data, which `purge` cannot reach there: no statement's error
+                # (a database sink's refused row: 'invalid input syntax for type date: "…"', and
+                # its DETAIL "Failing row contains (…)"), which the client is told anyway. The
+                # server's own life (LOG, FATAL, PANIC: starts, stops, crashes) is still logged,
+                # tersely, and no statement with it.
                 opts = (
                     f"-h '' -k {shlex.quote(str(sockets))} -c unix_socket_permissions=0700 -c fsync=on "
-                    "-c max_connections=100 -c log_error_verbosity=terse -c log_min_error_statement=panic"
+                    "-c max_connections=100 -c log_min_messages=log -c log_error_verbosity=terse "
+                    "-c log_min_error_statement=panic"
                 )
                 proc = _run(
                     bin_dir,
