@@ -351,7 +351,7 @@ def migrate(db: Database, *, roles_required: bool = True) -> str:
                 except Exception as e:  # e.g. a table of the same name already there
                     lines = str(e).strip().splitlines()
                     raise DatabaseUnavailable(
-                        f"cannot create the ELSPETH schema in {redact(db.location)}: {lines[0] if lines else e!r}"
+                        f"cannot create or upgrade the ELSPETH schema in {redact(db.location)}: {lines[0] if lines else e!r}"
                     ) from e
             try:
                 roles.ensure_roles(conn, login=db.embedded)

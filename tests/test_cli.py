@@ -472,7 +472,7 @@ def test_a_database_holding_other_tables_is_not_given_a_schema_silently(server_u
     err = one_line_error(elspeth("runs", cwd=tmp_path, db=app), 1)
     assert "holds other tables and no ELSPETH schema" in err
     err = one_line_error(elspeth("db", "upgrade", cwd=tmp_path, db=app), 1)
-    assert "cannot create the ELSPETH schema" in err
+    assert "cannot create or upgrade the ELSPETH schema" in err
     with app.connect() as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables == {"events"}  # nothing added

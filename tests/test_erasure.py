@@ -18,6 +18,7 @@ from engine.cli.purge import parse_duration
 from landscape.canonical import commit_row, encode_row
 from landscape.db import Database
 from landscape.erasure import erase, plan_retention
+from landscape.errors import DatabaseUnavailable
 from landscape.note import Signer
 from landscape.postgres import PostgresRecorder
 from statecharts import events as ev
@@ -536,6 +537,42 @@ def test_sql_keeps_no_trace_of_an_erased_rows_bytes(server_url: str) -> None:
                 "SELECT count(*) FROM pg_stats WHERE tablename = 'payloads' AND attname IN ('data', 'salt')"
             ).fetchone()
             assert left == (0,)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_view_over_the_payloads_is_kept_or_named_by_the_upgrade(server_url: str) -> None:
+    """A view reading payloads.data forbids the type change that clears statistics before
+    PostgreSQL 18: the upgrade stopped with the driver's words and "create the schema". From 18
+    the statistics are cleared without it; before, the upgrade names the view and changes nothing."""
+    from alembic import command
+
+    from landscape.db import _alembic_config, current_revision, migrate
+    from tests.conftest import _with_database
+
+    name = f"t_view_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        store = Database(_with_database(server_url, name), "view")
+        command.upgrade(_alembic_config(store), "0012")
+        with store.connect() as conn:
+            conn.execute("CREATE VIEW row_json AS SELECT run_id, convert_from(data, 'UTF8') AS body FROM payloads")
+            conn.commit()
+            version = conn.info.server_version
+        if version >= 180000:
+            migrate(store, roles_required=False)
+            with store.connect() as conn:
+                assert conn.execute("SELECT to_regclass('row_json') IS NOT NULL").fetchone() == (True,)
+                target = conn.execute(
+                    "SELECT attstattarget FROM pg_attribute WHERE attrelid = 'payloads'::regclass AND attname = 'data'"
+                ).fetchone()
+            assert target == (0,)
+        else:
+            with pytest.raises(DatabaseUnavailable, match=r"a view or rule reads payloads.data .*\(row_json\)"):
+                migrate(store, roles_required=False)
+            assert current_revision(store) == "0012"
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -9,8 +9,10 @@ Why, found by a hostile review after `elspeth purge --row`:
   reads them back through the `pg_stats` view: the most common values and the histogram of
   `payloads.data` are whole rows, and the auditor read erased rows back in full. A statistics
   target of 0 makes ANALYZE skip `data` and `salt`; it does not remove what was sampled
-  already, but a change of a column's type does, so each is "changed" to the type it has (bytea
-  to bytea: no rewrite). The planner loses nothing it needs: payloads are found by their key.
+  already. PostgreSQL 18 clears it (`pg_clear_attribute_stats`); before 18 a change of a
+  column's type does, so each is "changed" to the type it has (bytea to bytea: no rewrite),
+  which a view or rule reading the column forbids: the upgrade then stops, naming it. The
+  planner loses nothing it needs: payloads are found by their key.
 - `artifacts.sha256` is a plain SHA-256 of a sink file's first bytes. For a flush of one row
   (a quarantine sink, `--commit-every 1`) the difference of two such prefixes is that row, and
   an analyst could confirm a guess at an erased row by hashing it, the very guess payloads are
@@ -21,6 +23,7 @@ Why, found by a hostile review after `elspeth purge --row`:
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
@@ -29,11 +32,31 @@ branch_labels = None
 depends_on = None
 
 
+# Views and rules that read payloads.data or payloads.salt.
+_READERS = """
+SELECT DISTINCT r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = 'payloads'::regclass
+  AND d.refobjsubid IN (SELECT attnum FROM pg_attribute WHERE attrelid = 'payloads'::regclass
+                        AND attname IN ('data', 'salt'))
+ORDER BY 1
+"""
+
+
 def upgrade() -> None:
-    op.execute(
-        "ALTER TABLE payloads ALTER COLUMN data SET STATISTICS 0, ALTER COLUMN salt SET STATISTICS 0, "
-        "ALTER COLUMN data TYPE bytea, ALTER COLUMN salt TYPE bytea"
-    )
+    conn = op.get_bind()
+    op.execute("ALTER TABLE payloads ALTER COLUMN data SET STATISTICS 0, ALTER COLUMN salt SET STATISTICS 0")
+    if conn.dialect.server_version_info >= (18,):
+        for column in ("data", "salt"):
+            op.execute(f"SELECT pg_clear_attribute_stats(current_schema(), 'payloads', '{column}', false)")
+    else:
+        readers = [row[0] for row in conn.execute(sa.text(_READERS))]
+        if readers:
+            raise RuntimeError(
+                f"a view or rule reads payloads.data or payloads.salt ({', '.join(readers)}), and before PostgreSQL 18 "
+                "their sampled values can only be cleared by a change no such view allows (migration 0013): drop it, "
+                "run `elspeth db upgrade` again, then create it again; nothing was changed"
+            )
+        op.execute("ALTER TABLE payloads ALTER COLUMN data TYPE bytea, ALTER COLUMN salt TYPE bytea")
     op.execute(
         "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'elspeth_analyst') THEN "
         "REVOKE SELECT ON artifacts FROM elspeth_analyst; END IF; END $$"
