@@ -135,6 +135,13 @@ class Processor:
         nxt = cfg.on_success or name
         try:  # what the step made, as it will be recorded; a row that cannot be is its row error
             if isinstance(out, list):
+                # One row per branch merges: a plugin that did not say it expands (`expands`,
+                # refused there at load) is held to it here.
+                joined = self.n.dag.on_joined_branch.get(name)
+                if joined is not None and len(out) != 1:
+                    why = f"it made {len(out)} rows of one, on branch '{joined[0]}', which coalesce '{joined[1]}' joins"
+                    self._row_error(w, name, f"{why} one row per branch", cfg.on_error)
+                    return False
                 self._expand(w, name, [encode_row(r) for r in out], out, nxt)
                 return False
             data = encode_row(out)

@@ -1019,6 +1019,45 @@ def test_an_expansion_on_a_joined_branch_is_refused_at_load(db: Database, tmp_pa
     ]
 
 
+class _Doubles:
+    """A transform that returns two rows of one and does not say so (no `expands`)."""
+
+    kind = "transform"
+
+    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return [dict(row), dict(row)]
+
+
+def test_an_undeclared_expansion_on_a_joined_branch_is_a_row_error(db: Database, tmp_path: Path) -> None:
+    """Held to one row per branch at run time: before, its second row failed at the coalesce as
+    `duplicate_branch` while the first merged."""
+    write_csv(tmp_path / "in.csv", ["id", "v"], [[1, 10], [2, 20]])
+    settings = (
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv}}\n"
+        "gates:\n- {name: split, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, b]}\n"
+        "transforms:\n- {name: twice, plugin: passthrough, input: a, on_success: a_done, on_error: discard}\n"
+        "coalesce:\n- {name: join, branches: {a: a_done, b: b}, on_success: out}\n"
+        "sinks:\n  out: {plugin: jsonl, options: {path: out/out.jsonl}}\n"
+    )
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pipeline = load_pipeline(tmp_path, settings)
+        cfg, _ = pipeline.nodes.transforms["twice"]
+        pipeline.nodes.transforms["twice"] = (cfg, _Doubles())
+        outcome = start_run(db, pipeline)
+        pipeline.close()
+    finally:
+        os.chdir(old)
+    events = list(PostgresRecorder(db).read_events(outcome.run_id))
+    diverted = [e.event for e in events if e.event_type == "TokenDiverted"]
+    assert [d.reason for d in diverted] == [  # type: ignore[attr-defined]
+        "it made 2 rows of one, on branch 'a', which coalesce 'join' joins one row per branch"
+    ] * 2
+    assert not [e for e in events if e.event_type == "TokenExpanded"]
+    assert {e.event.reason for e in events if e.event_type == "CoalesceFailed"} == {"branch_lost"}  # type: ignore[attr-defined]
+
+
 def test_a_row_an_aggregation_rejects_is_quarantined_at_that_aggregation(db: Database, tmp_path: Path) -> None:
     """The token's outcome names the node that quarantined it (`token_outcomes.node`, the
     per-node metrics, `explain`), as it does for a node that diverted or failed one."""

@@ -100,6 +100,8 @@ class Source(Protocol):
 @runtime_checkable
 class Transform(Protocol):
     kind: ClassVar[str]  # "transform"
+    # (Optional) `expands: ClassVar[bool] = True` when `process` may return several rows: such a
+    # transform is refused on a branch a coalesce joins (docs/plugins.md, "Writing a plugin").
 
     def process(self, row: Row) -> Row | list[Row]:
         """Return the new row, or a list of rows (an expansion). Raise RowError for a bad row."""
