@@ -1082,6 +1082,12 @@ def test_a_row_an_aggregation_rejects_is_quarantined_at_that_aggregation(db: Dat
         ).fetchall()
     assert ended == [("r1", "rep")]  # the second row (index 1): 9 copies, more than max_copies
     assert metric == [(1,)]
+    from engine.cli.inspect import NodeCounts  # what `replay` counts per node
+
+    counts = NodeCounts()
+    for e in PostgresRecorder(db).read_events(r.outcome.run_id):
+        counts(e, e.event)
+    assert counts.as_dict()["rep"] == {"consumed": 2, "quarantined": 1}
 
 
 def test_tokens_made_from_an_aggregations_outputs_keep_the_row_their_output_came_from(

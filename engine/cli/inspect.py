@@ -146,7 +146,7 @@ def replay_cmd(
 class NodeCounts:
     """Per node, what happened to the tokens that reached it, counted from the events: passed
     (a step), a gate's route label, forked, expanded, diverted (a row error sent to on_error),
-    failed, merged (a coalesce), consumed (an aggregation). Every token a node decided about is
+    failed, merged (a coalesce), consumed or quarantined (an aggregation). Every token a node decided about is
     in one of these, so a gate's count includes the rows it routed and those it diverted."""
 
     def __init__(self) -> None:
@@ -160,7 +160,7 @@ class NodeCounts:
 
     # The types that can count: most events (a token's creation, its sink) are passed over at once.
     _COUNTED = frozenset({ev.StepCompleted, ev.TokenForked, ev.TokenExpanded, ev.SinkAssigned, ev.TokenDiverted,
-                          ev.TokenFailed, ev.TokenCoalesced, ev.TokenConsumed})  # fmt: skip
+                          ev.TokenFailed, ev.TokenCoalesced, ev.TokenConsumed, ev.TokenQuarantined})  # fmt: skip
 
     def __call__(self, _stored: StoredEvent, event: ev.EventBase) -> None:
         if type(event) not in self._COUNTED:
@@ -181,6 +181,8 @@ class NodeCounts:
             self._add(event.coalesce_id.split(":", 1)[0], "merged")
         elif isinstance(event, ev.TokenConsumed):
             self._add(event.batch_id.split("#", 1)[0], "consumed")
+        elif isinstance(event, ev.TokenQuarantined) and event.node is not None:
+            self._add(event.node, "quarantined")  # a batch member its aggregation rejected
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {node: dict(sorted(c.items())) for node, c in sorted(self.counts.items())}
