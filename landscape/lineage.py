@@ -258,6 +258,10 @@ class _Collector:
             self.coalesces[entity].append((stored, event))
         elif entity in self.batches:
             self.batches[entity].append((stored, event))
+        elif stored.machine == "coalesce" and entity.partition(":")[2] in self.tokens:
+            # A coalesce of a fork of these rows that none of their tokens was held in: its
+            # branches were lost (or arrived late) before any arrived (`name:fork token`).
+            self.coalesces[entity] = [(stored, event)]
 
     def made_from(self, *parents: str) -> list[str]:
         """The tokens made from any of `parents`, in the order they were made (indexed once, after
@@ -598,6 +602,9 @@ def _resolutions(
                 ids.append(e.coalesce_id)
             elif isinstance(e, ev.TokenBuffered) and joined is ev.TokenBuffered and e.batch_id not in ids:
                 ids.append(e.batch_id)
+    if joined is ev.TokenHeld:  # and those of the rows' forks that held none of their tokens
+        forks = {t.token_id for t in mine}
+        ids += [c for c in entities if c not in ids and c.partition(":")[2] in forks]
     out = []
     for entity in ids:
         trigger: str | None = None

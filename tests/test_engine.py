@@ -996,6 +996,11 @@ def test_a_branch_forked_again_is_lost_to_its_coalesce_at_once(db: Database, tmp
     row_3 = next(e.seq for e in events if e.entity_id == "r2")
     assert failed[0].seq < row_3  # at once, not at the end of the source
     assert [row["id"] for row in r.rows("out/out.jsonl")] == [1, 3]
+    # explain shows that coalesce with the row, though none of its tokens was held there
+    from landscape.lineage import explain_rows
+
+    (row,) = explain_rows(PostgresRecorder(db), r.outcome.run_id, [1]).rows
+    assert [(c.id, c.outcome, c.reason, c.arrived) for c in row.coalesces] == [("join:r1", "failed", "branch_lost", [])]
 
 
 def test_an_expansion_on_a_joined_branch_is_refused_at_load(db: Database, tmp_path: Path) -> None:
