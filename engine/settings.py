@@ -361,9 +361,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         # user who reads the file for the rows the source refused will not find it there.
         loaded.warnings.append(
             f"{where}: sinks.{quarantine} is a CSV file, whose columns the first row written fixes, and the source's "
-            "on_validation_failure: a line that could not be parsed (__raw_line__, __line_number__, …) and a row "
-            "that did not fit the schema have different fields, so whichever kind comes second is refused there "
-            "(recorded failed, sink_row_refused); a json or jsonl sink takes both"
+            "on_validation_failure, which receives each refused record as it was read: one with other fields than "
+            "the first (a line that could not be parsed: __raw_line__, __line_number__, …; a record with a field "
+            "more or less) is refused there (recorded failed, sink_row_refused); a json or jsonl sink takes them all"
         )
     for i, c in enumerate(settings.coalesce):
         if c.policy == "first" and c.merge == "select":

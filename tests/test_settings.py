@@ -588,4 +588,4 @@ def test_a_csv_quarantine_sink_is_a_warning_that_says_which_rows_it_refuses(
         f"  bad: {{plugin: {plugin}, options: {{path: bad.out}}}}\n"
     )
     warnings = load_settings(_write(tmp_path, text), {}).warnings
-    assert any("sinks.bad is a CSV file" in w and "refused there" in w for w in warnings) == warned, warnings
+    assert any("sinks.bad is a CSV file" in w and "is refused there" in w for w in warnings) == warned, warnings
