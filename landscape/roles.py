@@ -5,8 +5,8 @@
   ALTER, DROP or disable a trigger), is no superuser and holds none of the server's file or
   program roles.
 - **analyst** (`elspeth_analyst`): reads the projections, not the row data (`payloads`, the
-  `payload` column of `events`) unless an owner grants it; `db upgrade` leaves such extra grants
-  to analysts alone.
+  `payload` column of `events`) nor what confirms a guess at it (`artifacts.sha256`) unless an
+  owner grants it; `db upgrade` leaves such extra grants to analysts alone.
 - **auditor** (`elspeth_auditor`): reads everything, writes nothing.
 
 The owner (whoever owns the tables) runs `db upgrade` and `purge`: it alone deletes payloads and
