@@ -321,6 +321,24 @@ def test_resume_refuses_a_sink_file_cut_short_since_the_crash(db: Database, work
     assert listed[run_id]["status"] == "running" and listed[run_id]["resumes"] == 0  # nothing recorded
 
 
+def test_a_resume_whose_settings_are_refused_says_the_ways_on(db: Database, work: Path) -> None:
+    """Settings an older ELSPETH accepted (or an edited file): the run can still be resumed with
+    settings fixed, or abandoned. The refusal said neither."""
+    write_csv(work / "in.csv", ["id", "v"], [[i, 9] for i in range(20)])
+    crashed = elspeth(
+        "run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": "committed:8"}
+    )
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+    settings = (work / "settings.yaml").read_text()
+    (work / "settings.yaml").write_text(settings + "nonsense: 1\n")
+    err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 2)
+    assert "nonsense" in err and f"fix them and resume with `elspeth resume {run_id} -s FILE --force`" in err, err
+    assert f"`elspeth abandon {run_id} --reason TEXT`" in err
+    (work / "settings.yaml").write_text(settings)
+    assert elspeth("resume", run_id, cwd=work, db=db).returncode == 0
+
+
 def test_resume_says_a_deleted_sink_file_is_missing(db: Database, work: Path) -> None:
     """The review's case: after `rm` of the file, the resume said it held 0 bytes."""
     write_csv(work / "in.csv", ["id", "v"], [[i, 9] for i in range(40)])

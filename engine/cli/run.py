@@ -227,6 +227,16 @@ def resume_cmd(
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     home = home_from_ctx(ctx)
     progress = Progress()
+
+    def load(path: Path) -> Pipeline:
+        try:
+            return load_pipeline(path)
+        except SettingsCliError as e:  # (an older ELSPETH accepted them, or the file was edited)
+            raise SettingsCliError(
+                f"{e.format_message()}\nrun {run_id} cannot be resumed with these settings: fix them and resume with "
+                f"`elspeth resume {run_id} -s FILE --force`, or end it with `elspeth abandon {run_id} --reason TEXT`"
+            ) from e
+
     try:
         with database_from_ctx(ctx, settings_url=settings_url) as db:
             _report(
@@ -234,7 +244,7 @@ def resume_cmd(
                 lambda: resume_run(
                     db,
                     run_id,
-                    load_pipeline,
+                    load,
                     force=force,
                     commit_every=commit_every,
                     progress=progress,
