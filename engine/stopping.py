@@ -87,7 +87,12 @@ class Stop:
     def installed(self) -> Iterator[Stop]:
         for sig in (*_SIGNALS, signal.SIGALRM):
             # Outside the main thread there are no signals to handle (and nothing to restore).
+            # A signal the process was started ignoring stays ignored: a shell starts background
+            # jobs ignoring SIGINT, so that a Ctrl-C meant for the foreground does not stop them
+            # (it did, once this was installed, and not before: half a second into a run).
             with suppress(ValueError, AttributeError):
+                if sig != signal.SIGALRM and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue
                 self.handlers[sig] = signal.signal(sig, self._handle)
         try:
             yield self

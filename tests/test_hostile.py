@@ -386,6 +386,19 @@ def test_what_stopped_a_run_at_once_is_named(second: signal.Signals, says: str) 
         stop._handle(second, None)
 
 
+def test_a_signal_the_process_was_started_ignoring_stays_ignored() -> None:
+    """A shell starts a background job ignoring SIGINT (a Ctrl-C meant for the foreground): the
+    run kept to that for its first half second, then stopped on one (a hostile review)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Stop("run-x").installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # handled as ever
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_a_signal_while_the_first_event_is_read_is_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     """`run_created` returned from inside its loop over the reader: the reader was closed when
     collected, where a signal's KeyboardInterrupt (raised while it waits for its fetch thread) is
