@@ -92,29 +92,32 @@ _REINSTATED = (
 # (`artifacts`, one row per SinkFlushed), each event looked up by key: the work grows with the
 # store's flushes, not its events (OFFSET 0 keeps the planner from joining whole tables).
 _LAST_EVENT = "SELECT tx_id, global_position FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
-# The folder run `{run}` ran in last, where its relative sink locations resolve: its RunCreated's,
-# or that of a resume that ran elsewhere (RunResumed.working_dir). An index holds just those
-# events (migration 0014): a run has one, and one per resume.
-_WORKING_DIR = (
-    "coalesce((SELECT convert_from(c.payload, 'UTF8')::json ->> 'working_dir' FROM events c "
-    "WHERE c.run_id = {run} AND c.event_type IN ('RunCreated', 'RunResumed') "
-    "AND convert_from(c.payload, 'UTF8')::json ->> 'working_dir' IS NOT NULL ORDER BY c.seq DESC LIMIT 1), '')"
-)
+# The folders run `{run}` ran in, where its relative sink locations resolve: its RunCreated's, and
+# that of each resume that ran elsewhere (RunResumed.working_dir). An index holds just those
+# events (migration 0014): a run has one, and one per resume. The folder the run ran in last is
+# where it goes on (`working_dir`); the guards of its files look in every one, since a folder it
+# left may be back (renamed back, restored) with its rows in it.
+_FOLDER = "convert_from(c.payload, 'UTF8')::json ->> 'working_dir'"
+_FOLDER_EVENTS = "c.run_id = {run} AND c.event_type IN ('RunCreated', 'RunResumed') AND " + _FOLDER + " IS NOT NULL"
+_LAST_FOLDER = f"SELECT {_FOLDER} FROM events c WHERE {_FOLDER_EVENTS} ORDER BY c.seq DESC LIMIT 1"
+_EVERY_FOLDER = f"LEFT JOIN LATERAL (SELECT DISTINCT {_FOLDER} AS dir FROM events c WHERE {_FOLDER_EVENTS}) w ON true"
 _FLUSHED_AFTER = (
-    f"SELECT f.run_id, f.location, {_WORKING_DIR.format(run='f.run_id')} "
+    "SELECT f.run_id, f.location, coalesce(w.dir, '') "
     "FROM (SELECT DISTINCT a.run_id, a.location FROM artifacts a CROSS JOIN LATERAL ("
     "    SELECT e.tx_id, e.global_position FROM events e WHERE e.run_id = a.run_id AND e.seq = a.seq OFFSET 0"
-    "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f"
+    "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f "
+    + _EVERY_FOLDER.format(run="f.run_id")
 )
 # `open_positions`: the runs that can still be resumed (not completed nor abandoned; one row each
 # in `runs`), and per sink of each its last flush (a run's flushes, by its key), which is where a
-# resume would continue the sink.
+# resume would continue the sink; once per folder the run ran in.
 _OPEN_POSITIONS = (
-    f"SELECT r.run_id, r.status, f.location, {_WORKING_DIR.format(run='r.run_id')}, f.position, f.sha256 "
+    "SELECT r.run_id, r.status, f.location, coalesce(w.dir, ''), f.position, f.sha256 "
     "FROM runs r CROSS JOIN LATERAL ("
     "  SELECT DISTINCT ON (a.sink) a.location, a.position, a.sha256 FROM artifacts a "
     "  WHERE a.run_id = r.run_id ORDER BY a.sink, a.seq DESC"
-    f") f WHERE r.status NOT IN ({', '.join(repr(str(s)) for s in sorted(RUN_FINAL))})"
+    f") f {_EVERY_FOLDER.format(run='r.run_id')} "
+    f"WHERE r.status NOT IN ({', '.join(repr(str(s)) for s in sorted(RUN_FINAL))})"
 )
 
 
@@ -446,8 +449,8 @@ class PostgresRecorder:
 
     def flushed_since(self, run_id: str) -> list[tuple[str, str, str]]:
         """The sink locations other runs made rows durable in after this run's last event, each
-        with its run and the folder its relative paths resolve in: (run id, location, working
-        folder), once each. A resume that would cut a file back asks first (by the file, not its
+        with its run and a folder its relative paths resolve in (every folder the run ran in):
+        (run id, location, working folder), once each. A resume that would cut a file back asks first (by the file, not its
         name: a link or another spelling of the path is the same file).
 
         "After" is by writing transaction or by position, whichever says so (see `_FLUSHED_AFTER`):
@@ -464,7 +467,7 @@ class PostgresRecorder:
 
     def open_positions(self) -> list[OpenPosition]:
         """Each sink's durable position in every run of the store that can still be resumed (not
-        completed, not abandoned). A new run asks before appending to a file: rows it wrote there first
+        completed, not abandoned), once per folder the run ran in. A new run asks before appending to a file: rows it wrote there first
         would make such a run's resume refuse (see `flushed_since`)."""
         with driver_errors("reading the runs that can be resumed"), self.db.connect(autocommit=True) as conn:
             rows = conn.execute(_OPEN_POSITIONS, prepare=False).fetchall()
@@ -488,11 +491,10 @@ class PostgresRecorder:
         return event if isinstance(event, RunCreated) else None
 
     def working_dir(self, run_id: str) -> str | None:
-        """The folder the run ran in last (see `_WORKING_DIR`), read before the log is verified
+        """The folder the run ran in last (see `_FOLDER_EVENTS`), read before the log is verified
         (None when the log names none)."""
-        query = "SELECT " + _WORKING_DIR.format(run="%s")
         with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
-            row = conn.execute(query, (run_id,)).fetchone()
+            row = conn.execute(_LAST_FOLDER.format(run="%s"), (run_id,)).fetchone()
         return str(row[0]) if row is not None and row[0] else None
 
     def last_seq(self, run_id: str) -> int:

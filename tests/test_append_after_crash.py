@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from engine import orchestrator
 from engine.errors import ResumeRefused, RunRefused
 from engine.orchestrator import fold_run, resume_run, start_run
 from engine.settings import SettingsError
+from landscape import faults
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from tests.engine_harness import crashed_run, load, workdir
@@ -257,3 +259,48 @@ def test_the_command_line_says_it_in_one_line_and_records_no_run(db: Database, t
     assert len(err.strip().splitlines()) == 1 and "elspeth: error: sink 'out': " in err and "elspeth resume run-" in err
     assert PostgresRecorder(db).run_ids() == runs
     assert (tmp_path / "out" / "log.csv").read_bytes() == before
+
+
+@contextmanager
+def _moved_and_back(path: Path) -> Iterator[Path]:
+    """The folder renamed (the process in it goes with it), then renamed back."""
+    moved = path.with_name(path.name + "-moved")
+    os.rename(path, moved)
+    try:
+        yield moved
+    finally:
+        os.rename(moved, path)
+        os.chdir(path)
+
+
+def test_a_run_that_moved_is_guarded_in_every_folder_it_ran_in(db: Database) -> None:
+    """Resumed in another folder (its own gone), crashed again there, and its folder renamed back:
+    its file is where it first ran again. The guard looked only in the folder it ran in last."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        with _moved_and_back(path) as moved:
+            faults.configure("committed:2", raise_instead=True)
+            try:
+                with pytest.raises(faults.SimulatedCrash):
+                    resume_run(db, crashed, load, settings_path=moved / "settings.yaml", commit_every=1)
+            finally:
+                faults.configure("")
+            assert fold_run(db, crashed).working_dir == os.path.realpath(moved)
+        _refused(db, path / "settings.yaml", f"run {crashed} made durable")
+
+
+def test_rows_a_run_wrote_before_it_moved_are_not_cut_by_another_runs_resume(db: Database) -> None:
+    """Run b (mode write) made its first rows durable here, moved, completed elsewhere, and the
+    folder came back: those rows are still b's, later than the crashed run's, and its resume must
+    not cut them. The check looked for b's rows only in the folder b ran in last."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        b = path / "b.yaml"
+        b.write_text(SETTINGS.replace("path: out/log.csv, mode: append", "path: out/log.csv"))
+        other = crashed_run(db, b, "committed:6", name="other", sending="inline")
+        with _moved_and_back(path) as moved:
+            assert resume_run(db, other, load, settings_path=moved / "b.yaml").status == "completed"
+        after = (path / "out" / "log.csv").read_bytes()
+        with pytest.raises(ResumeRefused, match=f"that run {other} wrote since"):
+            resume_run(db, crashed, load)
+        assert (path / "out" / "log.csv").read_bytes() == after

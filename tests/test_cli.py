@@ -333,7 +333,7 @@ def test_a_resume_whose_settings_are_refused_says_the_ways_on(db: Database, work
     settings = (work / "settings.yaml").read_text()
     (work / "settings.yaml").write_text(settings + "nonsense: 1\n")
     err = one_line_error(elspeth("resume", run_id, cwd=work, db=db), 2)
-    assert "nonsense" in err and f"fix them and resume with `elspeth resume {run_id} -s FILE --force`" in err, err
+    assert "nonsense" in err and f"fix them and resume with `elspeth resume {run_id} -s FILE` (--force" in err, err
     assert f"`elspeth abandon {run_id} --reason TEXT`" in err
     (work / "settings.yaml").write_text(settings)
     assert elspeth("resume", run_id, cwd=work, db=db).returncode == 0

@@ -234,7 +234,8 @@ def resume_cmd(
         except SettingsCliError as e:  # (an older ELSPETH accepted them, or the file was edited)
             raise SettingsCliError(
                 f"{e.format_message()}\nrun {run_id} cannot be resumed with these settings: fix them and resume with "
-                f"`elspeth resume {run_id} -s FILE --force`, or end it with `elspeth abandon {run_id} --reason TEXT`"
+                f"`elspeth resume {run_id} -s FILE` (--force too if their text changed: it allows a changed input as "
+                f"well), or end it with `elspeth abandon {run_id} --reason TEXT`"
             ) from e
 
     try:

@@ -32,10 +32,23 @@ branch_labels = None
 depends_on = None
 
 
-# Views and rules that read payloads.data or payloads.salt.
+# What depends on payloads.data or payloads.salt, so that PostgreSQL refuses to change their type:
+# views and rules, policies, triggers, functions with a SQL body.
 _READERS = """
-SELECT DISTINCT r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = 'payloads'::regclass
+SELECT DISTINCT CASE
+    WHEN d.classid = 'pg_rewrite'::regclass THEN (
+        SELECT CASE WHEN r.rulename = '_RETURN' THEN 'view ' || r.ev_class::regclass
+                    ELSE 'rule ' || quote_ident(r.rulename) || ' on ' || r.ev_class::regclass END
+        FROM pg_rewrite r WHERE r.oid = d.objid)
+    WHEN d.classid = 'pg_policy'::regclass THEN (
+        SELECT 'policy ' || quote_ident(p.polname) FROM pg_policy p WHERE p.oid = d.objid)
+    WHEN d.classid = 'pg_trigger'::regclass THEN (
+        SELECT 'trigger ' || quote_ident(t.tgname) FROM pg_trigger t WHERE t.oid = d.objid)
+    WHEN d.classid = 'pg_proc'::regclass THEN 'function ' || d.objid::regprocedure
+    ELSE 'an object of ' || d.classid::regclass
+  END
+FROM pg_depend d
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = 'payloads'::regclass AND d.deptype = 'n'
   AND d.refobjsubid IN (SELECT attnum FROM pg_attribute WHERE attrelid = 'payloads'::regclass
                         AND attname IN ('data', 'salt'))
 ORDER BY 1
@@ -52,9 +65,9 @@ def upgrade() -> None:
         readers = [row[0] for row in conn.execute(sa.text(_READERS))]
         if readers:
             raise RuntimeError(
-                f"a view or rule reads payloads.data or payloads.salt ({', '.join(readers)}), and before PostgreSQL 18 "
-                "their sampled values can only be cleared by a change no such view allows (migration 0013): drop it, "
-                "run `elspeth db upgrade` again, then create it again; nothing was changed"
+                f"payloads.data or payloads.salt is used by {', '.join(readers)}, and before PostgreSQL 18 their "
+                "sampled values can only be cleared by a change of type, which that forbids (migration 0013): drop "
+                "it, run `elspeth db upgrade` again, then create it again; nothing was changed"
             )
         op.execute("ALTER TABLE payloads ALTER COLUMN data TYPE bytea, ALTER COLUMN salt TYPE bytea")
     op.execute(
