@@ -100,6 +100,10 @@ def test_keyword_filter() -> None:
     assert "notes" in err.value.reason and r"(?i)\bsecret\b" in err.value.reason
     with pytest.raises(RowError, match=r"^field 2 of the row matches"):  # `all`: the name is the input's
         run("keyword_filter", {**options, "fields": "all"}, {"notes": "fine", "title": "secret"})
+    # a field it is to screen and cannot see: not passed (a misspelt name let every row through)
+    with pytest.raises(RowError, match=r"^field 'notes' is missing: there is nothing to screen it in$"):
+        run("keyword_filter", options, {"customer_notes": "a secret plan"})
+    assert run("keyword_filter", options, {"notes": None}) == {"notes": None}  # present, nothing to match
 
 
 def test_keyword_filter_names_the_first_listed_pattern_that_matches_with_its_own_flags() -> None:

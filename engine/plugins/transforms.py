@@ -145,7 +145,12 @@ class KeywordFilter:
     def process(self, row: Row) -> Row:
         names = list(row) if self.fields is None else self.fields
         for name in names:
-            value = row.get(name)
+            if name not in row:
+                # A screen that cannot see the field it is to screen does not pass the row: a
+                # misspelt field, or a header's own spelling ('Customer Notes', where rows hold
+                # customer_notes), let every row through unscreened.
+                raise RowError(f"field '{name}' is missing: there is nothing to screen it in")
+            value = row[name]
             if isinstance(value, str) and (matched := self.any.Match(value.encode())):
                 pattern = self.patterns[min(matched)]  # the first listed, as the settings name them
                 # With `fields: all` the name is the input's (row data): its position is given.
