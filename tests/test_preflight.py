@@ -254,10 +254,15 @@ def _csv_settings(tmp: Path, header: str, options: str = "") -> Path:
         ('id,"a,b"', "", None),
         ("Customer ID", ", schema: {mode: flexible, fields: ['customer_id: str', 'x: int?']}", None),
         ("id", ", columns: [id, extra], schema: {mode: fixed, fields: ['id: int', 'extra: str']}", None),
+        # a fixed schema that does not declare a column: every row would be quarantined
+        ("id,name,amount", ", schema: {mode: fixed, fields: ['id: int']}",
+         "in.csv: the header has 2 column(s) the schema (mode fixed) does not declare (name, amount), so every row "
+         "would be quarantined; allowed: declare them, or schema mode flexible"),
+        ("id,name,amount", ", schema: {mode: flexible, fields: ['id: int']}", None),
     ],
     ids=["twice", "empty", "mapped-twice", "open-quote", "after-skip-rows", "schema-unnormalised",
          "schema-misspelt", "schema-before-mapping", "fine", "quoted-delimiter", "schema-optional-absent",
-         "schema-columns"],
+         "schema-columns", "fixed-undeclared-columns", "flexible-undeclared-columns"],
 )  # fmt: skip
 def test_a_csv_header_the_run_would_refuse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: str, options: str, says: str | None

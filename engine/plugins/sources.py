@@ -344,6 +344,15 @@ class CsvSource:
                 _NODE, f"{self.path}: the schema requires '{missing[0]}', which is no column of the header (its columns, "
                 f"as rows hold them: {', '.join(names)}); allowed: those names, or the field optional ('name: type?')"
             )  # fmt: skip
+        # A fixed schema takes no other field: a column it does not declare would quarantine every row.
+        declared = {f.name for f in self.schema.fields}
+        extra = [n for n in names or () if n not in declared]
+        if names is not None and self.schema.mode == "fixed" and extra:
+            raise PluginError(
+                _NODE, f"{self.path}: the header has {len(extra)} column(s) the schema (mode fixed) does not declare "
+                f"({', '.join(extra)}), so every row would be quarantined; allowed: declare them, or schema mode "
+                "flexible (which keeps them as they are)"
+            )  # fmt: skip
 
     def _records(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
         lines = _Lines(f, self.encoding, self.path, cr_lines=True)
