@@ -343,6 +343,18 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
     )
 
 
+def first_failure(db: Database, run_id: str) -> tuple[int, str | None, str | None] | None:
+    """The first token of the run to fail (by seq): its row's index, the node and the reason."""
+    with driver_errors(f"reading the failures of run {run_id}"), db.connect() as conn:
+        row = conn.execute(
+            "SELECT t.row_index, o.node, o.reason FROM token_outcomes o "
+            "JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id "
+            "WHERE o.run_id = %s AND o.outcome = 'failed' ORDER BY o.seq LIMIT 1",
+            (run_id,),
+        ).fetchone()
+    return None if row is None else (int(row[0]), row[1], row[2])
+
+
 class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One step of a run's own life: created, started, resumed, interrupted, failed, completed, abandoned."""
 

@@ -281,6 +281,9 @@ def test_the_run_summary_counts_rows_and_tokens_apart(db: Database, fork: Path) 
     assert "  rows in: 4 (" in proc.stdout
     assert "  rows written: bad 2, out 2" in lines
     assert "  rows quarantined: 1, failed: 1, diverted: 1" in lines
+    # why it failed, and the row to explain (a run can complete with every row failed)
+    assert "  first failed: row 2 at join: branch_lost" in lines, proc.stdout
+    assert "--row 2`" in proc.stdout
     assert "  tokens: coalesced 4, completed 2, diverted 1, failed 1, forked 3, quarantined 1" in lines
     digest = hashlib.sha256((fork / "out/out.jsonl").read_bytes()).hexdigest()
     assert f"sha256 {digest}" in proc.stdout

@@ -24,7 +24,7 @@ from engine.settings import SettingsError, load_settings
 from engine.stopping import StoppedAtOnce
 from landscape.db import Database, is_postgresql_url, redact
 from landscape.fold import RunFold
-from landscape.queries import row_counts, run_detail
+from landscape.queries import first_failure, row_counts, run_detail
 from statecharts.machines import RunState
 
 
@@ -129,12 +129,19 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     written = ", ".join(f"{sink} {n}" for sink, n in rows.written.items()) or "none"
     click.echo(f"  rows written: {written}")
     click.echo(f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}")
+    first = first_failure(db, outcome.run_id) if rows.failed else None
+    if first is not None:  # a run can complete with every row failed: say why, and where to look
+        at = f" at {first[1]}" if first[1] else ""
+        click.echo(f"  first failed: row {first[0] + 1}{at}: {first[2] or 'no reason recorded'}")
     if detail.outcomes:
         click.echo("  tokens: " + ", ".join(f"{k} {v}" for k, v in detail.outcomes.items()))
     # This process works in the run's folder (resume changes to it), where relative paths resolve.
     for f in sink_files(detail.artifacts, None):
         click.echo(f"  sink {f.sink}: {f.rows} rows → {f.location}: {f.describe()}")
-    explain = f" — `elspeth show {outcome.run_id}`, `elspeth explain {outcome.run_id} --row 1`" if rows.rows_in else ""
+    row = first[0] + 1 if first is not None else 1
+    explain = (
+        f" — `elspeth show {outcome.run_id}`, `elspeth explain {outcome.run_id} --row {row}`" if rows.rows_in else ""
+    )
     click.echo(f"  audit trail: {db.describe()}{explain}")
 
 
