@@ -193,7 +193,8 @@ class Processor:
         if dest is None:
             # A label the settings spell (a literal of the condition) is named; one computed from
             # the row is row data: only its size is recorded (the row's payload has it).
-            shown = f"label '{label}'" if label in condition.literals else f"the label it gave ({described(label)})"
+            named = isinstance(value, bool) or label in condition.literals  # (true and false are no row data)
+            shown = f"label '{label}'" if named else f"the label it gave ({described(label)})"
             self._row_error(w, name, f"no route for {shown}; routes: {', '.join(cfg.routes)}", cfg.on_error)
             return False
         if dest == "fork":

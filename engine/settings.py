@@ -365,6 +365,17 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
             "the first (a line that could not be parsed: __raw_line__, __line_number__, …; a record with a field "
             "more or less) is refused there (recorded failed, sink_row_refused); a json or jsonl sink takes them all"
         )
+    for i, g in enumerate(settings.gates):
+        one = {"true", "false"} & set(g.routes)
+        if len(one) == 1:
+            # Valid (the condition may give other labels), but a true/false condition then fails
+            # every row it gives the other for, in a run that completes.
+            (have,) = one
+            other = "false" if have == "true" else "true"
+            loaded.warnings.append(
+                f"{where}: gates[{i}].routes ({g.name}) has '{have}' and no '{other}': a row for which the condition is "
+                f"{other} fails ('no route for label {other!r}'); add a '{other}' route if the condition gives it"
+            )
     for i, c in enumerate(settings.coalesce):
         if c.policy == "first" and c.merge == "select":
             # Valid, and the prior system's, but easily not what was meant: which branch arrives

@@ -1140,3 +1140,16 @@ def test_a_branch_late_to_a_decided_coalesce_does_not_make_its_row_failed(db: Da
     assert result.fold.outcomes["failed"] == 3  # the late branches, one a row
     counts = row_counts(db, result.outcome.run_id)
     assert (counts.rows_in, counts.written, counts.failed) == (3, {"out": 3}, 0)
+
+
+def test_a_gate_with_no_route_for_false_names_the_label(db: Database, tmp_path: Path) -> None:
+    """true and false are no row data: the reason said 'the label it gave (a str of 5 characters)'."""
+    write_csv(tmp_path / "in.csv", ["id"], [[1], [2]])
+    settings = (
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv, schema: {mode: fixed, fields: ['id: int']}}}\n"
+        "gates:\n- {name: g, input: raw, condition: \"row['id'] == 1\", routes: {'true': out}}\n"
+        "sinks:\n  out: {plugin: jsonl, options: {path: out/out.jsonl}}\n"
+    )
+    r = run(db, tmp_path, settings)
+    failed = [e.event for e in PostgresRecorder(db).read_events(r.outcome.run_id) if e.event_type == "TokenFailed"]
+    assert [f.reason for f in failed] == ["no route for label 'false'; routes: true"]  # type: ignore[attr-defined]
