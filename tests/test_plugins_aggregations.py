@@ -50,6 +50,13 @@ def test_batch_stats_without_mean_may_group_by_a_field_named_mean() -> None:
     ]
 
 
+def test_a_value_field_in_no_row_of_the_batch_is_a_batch_error() -> None:
+    a = build_plugin("aggregation", "batch_stats", {"value_field": "amout"})
+    with pytest.raises(RowError, match=r"^field 'amout' is in none of the batch's 2 rows$"):
+        a.flush([{"amount": 1}, {"amount": 2}])
+    assert a.flush([{"amout": "x"}, {"amount": 2}]).rows[0]["count"] == 0  # in a row, just not a number
+
+
 def test_a_batch_mixing_group_values_is_a_batch_error() -> None:
     with pytest.raises(RowError, match=r"^the batch mixes 2 different values of 'g'$"):
         stats([{"v": 1, "g": "a"}, {"v": 2, "g": "b"}], group_by="g")

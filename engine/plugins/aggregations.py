@@ -32,6 +32,9 @@ class BatchStats:
         parse_schema(o.raw("schema"))
 
     def flush(self, rows: list[Row]) -> BatchResult:
+        if rows and not any(self.value_field in row for row in rows):
+            # A misspelt value_field summed nothing into plausible zeros (a new user's review).
+            raise RowError(f"field '{self.value_field}' is in none of the batch's {len(rows)} rows")
         total: int | float = 0
         count = 0
         skipped: list[int] = []
