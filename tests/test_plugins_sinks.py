@@ -480,6 +480,7 @@ def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
         ("csv", {"path": "o.csv", "encoding": "base64"}, "encoding"),
         ("database", {"table": "t"}, "url"),
         ("database", {"url": "notaurl", "table": "t"}, "url"),
+        ("database", {"url": "sqlit:///o.db", "table": "t"}, "url"),  # no such database: a failed run, before
         ("database", {"url": "sqlite://", "table": "t", "if_exists": "fail"}, "if_exists"),
         ("database", {"url": "sqlite://", "table": "t", "schema": {"mode": "fixed", "fields": []}}, "schema.fields"),
     ],

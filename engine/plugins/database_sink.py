@@ -71,10 +71,17 @@ def _for_column(kind: str, value: Any) -> Any:
 def _check_url(url: str) -> None:
     """Refuse at load a URL that SQLAlchemy cannot parse; whether it connects is known at open."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
-        make_url(url)
+        parsed = make_url(url)
+        parsed.get_dialect()  # (a known database: `sqlit://` was a failed run, not a settings error)
+    except NoSuchModuleError:
+        raise PluginConfigError(
+            "url",
+            f"{redact(url)!r} names a kind of database ELSPETH cannot write ({parsed.drivername}); allowed: "
+            "sqlite:///file.db or postgresql://user@host/db",
+        ) from None
     except (ArgumentError, ValueError):
         raise PluginConfigError(
             "url", f"{redact(url)!r} is not a database URL; allowed: sqlite:///file.db or postgresql://user@host/db"
