@@ -630,3 +630,12 @@ def test_a_password_given_on_the_command_line_is_warned_of(tmp_path: Path) -> No
     assert "warning" not in in_env.stderr and in_env.returncode == 1
     bare = elspeth("--database", "postgresql://u@127.0.0.1:1/x", "runs", cwd=tmp_path)
     assert "warning" not in bare.stderr
+
+
+def test_a_command_that_only_reads_makes_no_store_where_there_is_none(tmp_path: Path) -> None:
+    """Run in the wrong folder, or with a misspelt --home, `runs` made a whole data folder there
+    (70 MB) and said "no runs yet"."""
+    for args in (["runs"], ["show", "run-x"], ["--home", str(tmp_path / "typo" / "home"), "runs"]):
+        err = one_line_error(elspeth(*args, cwd=tmp_path), 1)
+        assert "there is no audit store in" in err and "nothing has run with this home" in err, err
+    assert list(tmp_path.iterdir()) == []

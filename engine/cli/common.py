@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from engine.cli.errors import ElspethCliError
 
 if TYPE_CHECKING:  # the driver is imported when a command opens the store, not for --help
     from landscape.db import Database
@@ -32,6 +36,15 @@ def database_from_ctx(
     logging.getLogger("psycopg").setLevel(logging.ERROR)
     obj = ctx.find_root().obj or {}
     url = obj.get("database") or settings_url
+    if role is Role.AUDITOR and url is None and os.environ.get("ELSPETH_DATABASE_URL") is None:
+        # A command that only reads makes no store: run in the wrong folder, or with a misspelt
+        # --home, it made a whole data folder there and said "no runs yet" (a new user's review).
+        home = Path(home_from_ctx(ctx))
+        if not os.path.lexists(home / "pgdata"):  # (what is there, the server says)
+            raise ElspethCliError(
+                f"there is no audit store in {home}: nothing has run with this home. Run from the folder the pipelines "
+                "ran in, or give --home FOLDER or --database URL"
+            )
     with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role or Role.WRITER) as db:
         yield db
 
