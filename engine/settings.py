@@ -324,7 +324,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     if errors:
         local = all(isinstance(e, _Local) for e in errors)
         raise SettingsError([f"{where}: {e}" for e in errors], loaded if local else None)
-    try:  # only for settings that may run: a file with errors makes no key in the home
+    try:  # only for settings that decode and check: a file with errors in them makes no key in the home
         loaded.redacted = redact_settings(msgspec.json.decode(canonical), env)
         loaded.text_hash = settings_hash(loaded.redacted)
         loaded.legacy_hash = hashlib.sha256(canonical).hexdigest()

@@ -57,6 +57,13 @@ events = Table(
 Index("events_tx_order", events.c.tx_id, events.c.global_position)  # cross-run readers (0003)
 # A run's own events, a few among its tokens' (0011): `show` finds its lifecycle without the rest.
 Index("events_run_level", events.c.run_id, events.c.seq, postgresql_where=text("machine = 'run'"))
+# The events that can name the folder a run ran in (0014): one per run and per resume.
+Index(
+    "events_run_folder",
+    events.c.run_id,
+    events.c.seq,
+    postgresql_where=text("event_type IN ('RunCreated', 'RunResumed')"),
+)
 
 payloads = Table(
     "payloads",
