@@ -292,7 +292,10 @@ def test_the_run_summary_counts_rows_and_tokens_apart(db: Database, fork: Path) 
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        (lambda w: (w / "in.csv").unlink(), "source.options.path: the input in.csv does not exist"),
+        (
+            lambda w: (w / "in.csv").unlink(),
+            "source.options.path: the input in.csv does not exist (relative to the folder elspeth runs in, ",
+        ),
         (lambda w: shutil.rmtree(w / "out"), "sinks.bad.options.path: the folder out of out/bad.jsonl does not exist"),
     ],
     ids=["missing", "no-output-folder"],

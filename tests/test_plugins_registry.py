@@ -66,6 +66,11 @@ def test_unknown_plugins_and_kinds_name_the_known_ones() -> None:
         registry.get_plugin("gate", "x")
     with pytest.raises(PluginConfigError, match="options must be a mapping"):
         registry.build_plugin("transform", "passthrough", ["x"])  # type: ignore[arg-type]
+    with pytest.raises(
+        PluginConfigError,
+        match=r"unknown transform plugin 'batch_stats'; .*\('batch_stats' is an aggregation plugin\)$",
+    ):
+        registry.get_plugin("transform", "batch_stats")
 
 
 def test_third_party_plugins_come_from_entry_points(third_party: None) -> None:

@@ -42,7 +42,7 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
     if isinstance(source_path, Path):
         why = _unreadable(source_path)
         if why:
-            problems.append(f"{where}: source.options.path: the input {source_path} {why}")
+            problems.append(f"{where}: source.options.path: the input {source_path} {why}{_relative(source_path)}")
         elif isinstance(pipeline.source, CsvSource | JsonSource):
             # A header the run cannot use (a name twice, one empty, a quote left open), or a JSON
             # document that holds no array of records, would otherwise stop the run once it is
@@ -60,7 +60,7 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
             folder = path.parent
             if not folder.is_dir():
                 what = "is not a folder" if folder.exists() else "does not exist"
-                problems.append(f"{where}: {setting}: the folder {folder} of {path} {what}")
+                problems.append(f"{where}: {setting}: the folder {folder} of {path} {what}{_relative(path)}")
             elif (kind := _not_writable_file(path)) is not None:
                 problems.append(
                     f"{where}: {setting}: {path} {kind}; allowed: a regular file, or a new one (or a device such as "
@@ -124,6 +124,15 @@ def _cannot_append(sink: object, path: Path) -> str | None:
     finally:
         sink.release()
     return None
+
+
+def _relative(path: Path) -> str:
+    """For a relative path, where it resolves: the folder elspeth runs in, not the settings
+    file's (and `~` is a folder's name there, not the home)."""
+    if path.is_absolute():
+        return ""
+    home = "; `~` is not expanded" if path.parts[:1] == ("~",) else ""
+    return f" (relative to the folder elspeth runs in, {Path.cwd()}{home})"
 
 
 def _unreadable(path: Path) -> str | None:

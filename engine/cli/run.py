@@ -152,7 +152,8 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
         outcome = go()
     except RunFailedError as e:
         raise ElspethCliError(
-            f"{e} — fix the cause, then `{resume(e.run_id)}` (with --force if that meant changing the settings)"
+            f"{e} — fix the cause, then `{resume(e.run_id)}` (with --force if that meant changing the settings or "
+            "the input)"
         ) from e
     except StoppedAtOnce as e:  # a signal, as for `interrupted` below: exit 130
         click.echo(f"elspeth: {e}", err=True)

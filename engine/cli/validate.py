@@ -12,8 +12,9 @@ import click
     "-s", "--settings", "settings_path", required=True, type=click.Path(path_type=Path), help="The settings file."
 )
 def validate_cmd(settings_path: Path) -> None:
-    """Check a settings file without running it: exit 2 listing every problem of the settings;
-    then exit 1 if an input file is missing or unreadable or an output folder does not exist."""
+    """Check a settings file without running it: exit 2 listing the problems of the settings
+    (each plugin's options stop at its first); then exit 1 if an input file is missing or
+    unreadable or an output folder does not exist."""
     # The same path as `run` up to the first row: settings, DAG and plugins are built, so what
     # validate accepts, run accepts. Errors become SettingsCliError (exit 2), one line each.
     from engine.cli.preflight import check_paths

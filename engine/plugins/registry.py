@@ -120,6 +120,9 @@ def get_plugin(kind: str, name: str) -> PluginSpec:
     if spec is None:
         known = sorted(n for k, n in found if k == kind)
         message = f"unknown {kind} plugin {name!r}; known: {', '.join(known)}"
+        other = sorted(k for k, n in found if n == name and k != kind)
+        if other:  # (a batch_stats under transforms: it is an aggregation)
+            message += f" ({name!r} is {' and '.join(('an ' if k[0] in 'aeiou' else 'a ') + k for k in other)} plugin)"
         if problems:
             message += " (" + "; ".join(problems) + ")"
         raise PluginConfigError("", message)

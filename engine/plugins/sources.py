@@ -297,6 +297,12 @@ class _Lines:
             reader.detach()
 
 
+def _csv_error(e: csv.Error) -> str:
+    """The csv module's words, without its advice to Python programmers (a bare carriage return in
+    a cell: "... - do you need to open the file in universal-newline mode?")."""
+    return str(e).split(" - do you need", 1)[0]
+
+
 class CsvSource:
     kind: ClassVar[str] = "source"
 
@@ -377,10 +383,12 @@ class CsvSource:
                 # read as records: where this record ends cannot be known, nothing more is read.
                 if '"' in "".join(lines.text):
                     raise PluginError(
-                        _NODE, f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {e}"
+                        _NODE,
+                        f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {_csv_error(e)}",
                     ) from None
                 if index >= start:
-                    yield SourceItem(index, None, self._unparsed(lines, first_line, index), f"unreadable CSV: {e}")
+                    why = f"unreadable CSV: {_csv_error(e)}"
+                    yield SourceItem(index, None, self._unparsed(lines, first_line, index), why)
                 index += 1
                 continue
             if not values and lines.bad is None:
