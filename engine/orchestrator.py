@@ -878,6 +878,12 @@ def _resume(
     fold = verified.fold
     fold.ended = None  # the run goes on: memory stays flat (see `fold_run`)
     records_before = fold.source_records
+    # The folder resume_run went into was the store's word, read before the log was verified.
+    if os.path.isdir(fold.working_dir) and os.getcwd() != os.path.realpath(fold.working_dir):
+        raise ResumeRefused(
+            f"run {run_id}: the folder the store named before its log was verified ({os.getcwd()}) is not the one "
+            f"the verified log names ({fold.working_dir}); see `elspeth replay {run_id} --check`"
+        )
     if fold.status in RUN_FINAL:
         raise ResumeRefused(_final(run_id, fold.status))
     if settings_path is None and pipeline.loaded.path != Path(fold.settings_path):

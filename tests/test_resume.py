@@ -819,6 +819,21 @@ def test_resume_refuses_a_run_whose_folder_is_gone_unless_given_its_settings(db:
         assert {a["file"] for a in report["artifacts"]} == {"ok"}, report["artifacts"]
 
 
+def test_a_folder_the_store_names_unlike_the_verified_log_is_refused(
+    db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where a resume goes is read before the log is verified: a server answering that query
+    otherwise than the log says (whoever controls it can) must not have the run go on there."""
+    with _workdir("linear", 6) as path:
+        run_id = _crashed(db, path / "settings.yaml", "elsewhere", "committed:2")
+        (tmp_path / "settings.yaml").write_text((path / "settings.yaml").read_text())
+        monkeypatch.setattr(PostgresRecorder, "working_dir", lambda self, run: str(tmp_path))
+        with pytest.raises(ResumeRefused, match="is not the one the verified log names"):
+            resume_run(db, run_id, load)
+        monkeypatch.undo()
+        assert resume_run(db, run_id, load).status == "completed"
+
+
 def test_resume_refuses_a_sink_file_changed_since_and_leaves_it_whole(db: Database) -> None:
     """Another run's output of the same size, or an edit, where the crashed run's file was: the
     first bytes no longer hash to the digest the log recorded with the position. Continuing
