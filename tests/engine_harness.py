@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from engine.clock import Clock, FakeClock
-from engine.orchestrator import Outcome, Pipeline, build_pipeline, fold_run, start_run
+from engine.orchestrator import Outcome, Pipeline, build_pipeline, fold_run, resume_run, start_run
 from engine.plugins.protocol import SourceItem
 from engine.settings import load_settings
 from landscape import faults
@@ -234,3 +234,13 @@ def crashed_run(
     finally:
         faults.configure("")
     return run_id
+
+
+def crashed_resume(db: Database, run_id: str, at: str, **resume: Any) -> None:
+    """A resume of `run_id` (with `resume_run`'s other arguments) crashed at fault point `at`."""
+    faults.configure(at, raise_instead=True)
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            resume_run(db, run_id, load, **resume)
+    finally:
+        faults.configure("")

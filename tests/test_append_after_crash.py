@@ -20,10 +20,9 @@ from engine import orchestrator
 from engine.errors import ResumeRefused, RunRefused
 from engine.orchestrator import fold_run, resume_run, start_run
 from engine.settings import SettingsError
-from landscape import faults
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
-from tests.engine_harness import crashed_run, load, workdir
+from tests.engine_harness import crashed_resume, crashed_run, load, workdir
 from tests.test_cli import elspeth, one_line_error
 
 ROWS = 12
@@ -279,12 +278,7 @@ def test_a_run_that_moved_is_guarded_in_every_folder_it_ran_in(db: Database) -> 
     with _workdir() as path:
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
         with _moved_and_back(path) as moved:
-            faults.configure("committed:2", raise_instead=True)
-            try:
-                with pytest.raises(faults.SimulatedCrash):
-                    resume_run(db, crashed, load, settings_path=moved / "settings.yaml", commit_every=1)
-            finally:
-                faults.configure("")
+            crashed_resume(db, crashed, "committed:2", settings_path=moved / "settings.yaml", commit_every=1)
             assert fold_run(db, crashed).working_dir == os.path.realpath(moved)
         _refused(db, path / "settings.yaml", f"run {crashed} made durable")
 

@@ -37,6 +37,7 @@ from tests.engine_harness import (
     SourceClock,
     assert_invariants,
     counting_fault_points,
+    crashed_resume,
     crashed_run,
     load,
     workdir,
@@ -802,12 +803,8 @@ def test_resume_refuses_a_run_whose_folder_is_gone_unless_given_its_settings(db:
         (elsewhere / "settings.yaml").write_text(settings)
         for name, data in outputs.items():
             (elsewhere / "out" / name).write_bytes(data)
-        faults.configure("committed:2", raise_instead=True)  # and this resume crashes too
-        try:
-            with pytest.raises(faults.SimulatedCrash):
-                resume_run(db, run_id, load, settings_path=elsewhere / "settings.yaml", commit_every=1)
-        finally:
-            faults.configure("")
+        # and this resume crashes too
+        crashed_resume(db, run_id, "committed:2", settings_path=elsewhere / "settings.yaml", commit_every=1)
         # The log says where it ran now: the next resume needs no -s, and `show` finds the files
         assert fold_run(db, run_id).working_dir == os.path.realpath(elsewhere)
         outcome = resume_run(db, run_id, load)
