@@ -450,8 +450,8 @@ class PostgresRecorder:
     def flushed_since(self, run_id: str) -> list[tuple[str, str, str]]:
         """The sink locations other runs made rows durable in after this run's last event, each
         with its run and a folder its relative paths resolve in (every folder the run ran in):
-        (run id, location, working folder), once each. A resume that would cut a file back asks first (by the file, not its
-        name: a link or another spelling of the path is the same file).
+        (run id, location, working folder), once each. A resume that would cut a file back asks
+        first (by the file, not its name: a link or another spelling of the path is the same file).
 
         "After" is by writing transaction or by position, whichever says so (see `_FLUSHED_AFTER`):
         the store keeps no commit order, and a resume had better refuse once too often than cut
@@ -467,8 +467,9 @@ class PostgresRecorder:
 
     def open_positions(self) -> list[OpenPosition]:
         """Each sink's durable position in every run of the store that can still be resumed (not
-        completed, not abandoned), once per folder the run ran in. A new run asks before appending to a file: rows it wrote there first
-        would make such a run's resume refuse (see `flushed_since`)."""
+        completed, not abandoned), once per folder the run ran in. A new run asks before appending
+        to a file: rows it wrote there first would make such a run's resume refuse (see
+        `flushed_since`)."""
         with driver_errors("reading the runs that can be resumed"), self.db.connect(autocommit=True) as conn:
             rows = conn.execute(_OPEN_POSITIONS, prepare=False).fetchall()
         return [OpenPosition(str(r), str(st), str(loc), str(wd), int(pos), sha) for r, st, loc, wd, pos, sha in rows]
