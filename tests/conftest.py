@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +29,13 @@ from landscape.errors import LandscapeError
 # ones, and what they find is pinned with `@example`.
 settings.register_profile("ci", derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# The tests send SIGINT to the commands they start, as an operator's Ctrl-C. A suite started in
+# the background (`.ci/run &`, a CI runner's shell) has SIGINT ignored, which its children would
+# inherit, and a run started ignoring SIGINT keeps ignoring it (engine/stopping.py): handled here,
+# the children start with it at its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
