@@ -397,8 +397,20 @@ class PostgresRecorder:
     def read_events(
         self, run_id: str, after_seq: int = -1, upto_seq: int | None = None, *, snapshot: str | None = None
     ) -> Generator[StoredEvent, None, None]:
-        """A run's events in seq order, streamed with a server-side cursor in large pages; in the
-        `snapshot` of `shared_snapshot` when given (another process may read in it too)."""
+        """A run's events in seq order (`read_pages`, one at a time)."""
+        pages = self.read_pages(run_id, after_seq, upto_seq, snapshot=snapshot)
+        try:
+            for page in pages:
+                yield from page
+        finally:
+            pages.close()  # (now, not when collected: the reader holds a transaction)
+
+    def read_pages(
+        self, run_id: str, after_seq: int = -1, upto_seq: int | None = None, *, snapshot: str | None = None
+    ) -> Generator[list[StoredEvent], None, None]:
+        """A run's events in seq order, in pages of up to a few thousand, streamed with a
+        server-side cursor; in the `snapshot` of `shared_snapshot` when given (another process may
+        read in it too). A verifier's digest of what it read takes them a page at a time."""
         query = (
             f"SELECT {_READ_COLUMNS} FROM events WHERE run_id = %s AND seq > %s"
             + (" AND seq <= %s" if upto_seq is not None else "")
@@ -437,7 +449,7 @@ class PostgresRecorder:
                     raise page
                 if not page:
                     return
-                yield from starmap(StoredEvent, page)
+                yield list(starmap(StoredEvent, page))
         finally:
             # A reader stopped early (or failing) ends the fetcher, and with it the transaction
             # and its locks, before returning: a put waiting on a full queue is let through.

@@ -25,12 +25,13 @@ def datetime_to_us(dt: datetime) -> int:
     return (dt - EPOCH) // timedelta(microseconds=1)
 
 
-class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+class StoredEvent(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One event exactly as stored: the body's bytes are those that were hashed.
 
     A Struct, not a dataclass: a replay makes one per event, and a Struct is built in C from
     positional fields (a frozen dataclass's __init__ was a fifth of reading the log). Its fields
-    are strings, ints and bytes, which cannot form cycles, so the garbage collector skips it."""
+    are strings, ints and bytes, which cannot form cycles, so the garbage collector skips it.
+    Encoded (only a verifier's `ReadDigest` does), it is an array of its fields, no names."""
 
     run_id: str
     seq: int

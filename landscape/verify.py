@@ -14,7 +14,7 @@ import contextlib
 import gc
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -63,7 +63,7 @@ class Verification:
     # The Merkle tree of the good events: a resumed writer continues it without re-reading.
     tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
     bad: Finding | None = None
-    # The digest of what the events half of a split verification read (`ReadDigest`; `check_events`).
+    # The digest of what the events half of a split verification read (`ReadDigest`; `digested`).
     read: bytes = b""
 
     @property
@@ -200,14 +200,14 @@ def _verify_each(
 class ChainCheck:
     """The chain half of a verification: how many events were good, the head, the Merkle roots
     asked for and the tree (`MerkleAccumulator.to_bytes`), whether one was bad, and the digest of
-    the good events as read (`ReadDigest`)."""
+    the events as read (`ReadDigest`; added by whoever read them)."""
 
     events: int
     head: bytes
     roots: dict[int, bytes]
     tree: bytes
     bad: bool
-    read: bytes
+    read: bytes = b""
 
 
 class ReadDigest:
@@ -216,7 +216,11 @@ class ReadDigest:
     Two reads of the store in one snapshot are two answers of the server, and they can differ (a
     superuser's view in place of `events` can tell its readers apart): the fold would then
     decode bodies and headers that the chain half never checked. `joined` takes the halves
-    together only when both digests are equal."""
+    together only when both digests are equal.
+
+    It takes the events a page at a time (`digested`): one encoding and one hash call per page,
+    not per event, and the event just read is still in the cache. Per event, the same digest cost
+    a 1,000,000-event check about 3 CPU-s of its 17."""
 
     __slots__ = ("_encode", "_hash")
 
@@ -224,30 +228,50 @@ class ReadDigest:
         self._hash = hashlib.sha256()
         self._encode = msgspec.msgpack.Encoder().encode
 
-    def add(self, e: StoredEvent) -> None:
-        self._hash.update(self._encode(e))
+    def add_page(self, events: Sequence[StoredEvent]) -> None:
+        """The next events read, in order. The page's encoding less its array header is its
+        events' encodings one after another: the digest does not depend on where pages end."""
+        if events:
+            self._hash.update(memoryview(self._encode(events))[_array_header_size(len(events)) :])
 
     def digest(self) -> bytes:
         return self._hash.digest()
 
 
+def _array_header_size(n: int) -> int:
+    """The bytes of a MessagePack array header for `n` items (fixarray, array 16, array 32)."""
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+
+
+def digested(pages: Iterable[Sequence[StoredEvent]], read: ReadDigest) -> Iterator[StoredEvent]:
+    """The events of `pages`, each page added to `read` before its events are handed on. Closing
+    this closes `pages` (a reader of the store holds a transaction until closed)."""
+    try:
+        for page in pages:
+            read.add_page(page)
+            yield from page
+    finally:
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+
+
 def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collection[int] = ()) -> ChainCheck:
-    """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree),
-    and the digest of what was read (`ReadDigest`)."""
-    leaves, read = _Leaves(roots_at), ReadDigest()
-    add, note = leaves.add, read.add
+    """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree). The
+    digest of what was read is the caller's to add (`digested`, `ChainCheck.read`)."""
+    leaves = _Leaves(roots_at)
+    add = leaves.add
     prev, expected, bad = GENESIS, 0, False
     with _reading(events):
         for e in events:
             if _check_record(run_id, e, expected, prev) is not None:
                 bad = True
                 break
-            note(e)
             prev = e.hash
             expected += 1
             add(prev, expected)
         leaves.flush()
-    return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), bad, read.digest())
+    return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), bad)
 
 
 # The row payload names a verification holds before it has the store confirm them (`check_events`'
@@ -265,8 +289,8 @@ def check_events(
     confirm: Callable[[Mapping[str, int]], Iterable[str]] | None = None,
     confirm_at: int = CONFIRM_AT,
 ) -> Verification:
-    """`verify_events`' other checks alone (each body, each transition, in seq order from 0), and
-    the digest of what was read (`ReadDigest`, in `Verification.read`).
+    """`verify_events`' other checks alone (each body, each transition, in seq order from 0). The
+    digest of what was read is the caller's to add (`digested`, `Verification.read`).
 
     With `confirm` (which returns those of the names it is given that the store does not hold
     intact), the payload names noted are handed to it each time there are `confirm_at` of them, so
@@ -278,12 +302,9 @@ def check_events(
     if confirm is None:
         confirm_at = 1 << 62
     kept: dict[str, int] = {}  # names `confirm` did not confirm, with their first seq
-    read = ReadDigest()
-    note = read.add
     expected, head = 0, GENESIS
     with _reading(events):
         for e in events:
-            note(e)
             why = _check_event(e, apply, remember, observe) if e.seq == expected else "out of order"
             if why is not None:
                 result.bad = Finding(e.seq, why)
@@ -298,7 +319,6 @@ def check_events(
     for name, seq in kept.items():
         referenced[name] = min(seq, referenced.get(name, seq))
     result.events, result.head = expected, head  # the head as stored: `joined` compares it
-    result.read = read.digest()
     return result
 
 

@@ -25,8 +25,8 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import Any
 
 from landscape.checkpoint import run_origin
 from landscape.child import die_with
@@ -46,6 +46,7 @@ from landscape.verify import (
     check_chain,
     check_events,
     checkpoint_of,
+    digested,
     events_span,
     gc_paused,
     joined,
@@ -105,8 +106,8 @@ def _verify_split(
 ) -> tuple[Verification, dict[str, int]]:
     """`verify_log` of a long log: the halves in two processes, else one pass in the snapshot."""
 
-    def events() -> Any:
-        return recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)
+    def events(read: ReadDigest) -> Iterator[StoredEvent]:
+        return digested(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), read)
 
     probed = False
 
@@ -117,10 +118,12 @@ def _verify_split(
         return unconfirmed(names, recorder.probe_payloads(run_id, names, snapshot))
 
     with _ChainProcess(recorder, run_id, snapshot, upto, roots_at) as chain:
+        first = ReadDigest()
         checked = check_events(
-            run_id, events(), observe=observe, references=references, confirm=confirm if payloads else None,
+            run_id, events(first), observe=observe, references=references, confirm=confirm if payloads else None,
             confirm_at=confirm_at,
         )  # fmt: skip
+        checked.read = first.digest()
         left = checked.referenced
         if payloads and left and checked.bad is None:
             # Those noted since the last probe; all of them when there was none, and then one
@@ -137,13 +140,7 @@ def _verify_split(
     # saw this process's first read and is not shown the events again: what it saw counts only
     # when that read was good and is the very one this pass verified (their digests).
     read = ReadDigest()
-
-    def digested() -> Iterator[StoredEvent]:
-        for e in events():
-            read.add(e)
-            yield e
-
-    one = verify_events(run_id, digested(), roots_at=roots_at, references=references)
+    one = verify_events(run_id, events(read), roots_at=roots_at, references=references)
     if one.bad is None and (checked.bad is not None or checked.read != read.digest()):
         raise StoreError(_TWO_FACED.format(run_id=run_id))
     return one, one.referenced
@@ -282,14 +279,16 @@ def chain_beside(
     with gc_paused(), recorder.shared_snapshot() as snapshot:
         with _ChainProcess(recorder, run_id, snapshot, upto, roots_at) as chain:
             read = ReadDigest()
-            for e in through(recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)):
-                read.add(e)
+            for _ in through(digested(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), read)):
+                pass
             answer = chain.result()
         if answer is not None and not answer.bad and answer.read == read.digest():
             return answer
         # The second process could not do its half, found a bad event, or read other events: one
         # pass here, which names the first bad one.
-        one = check_chain(run_id, recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot), roots_at=roots_at)
+        again = ReadDigest()
+        pages = recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot)
+        one = replace(check_chain(run_id, digested(pages, again), roots_at=roots_at), read=again.digest())
     if not one.bad and one.read != read.digest():
         raise StoreError(_TWO_FACED.format(run_id=run_id))
     return one
@@ -381,8 +380,9 @@ def _main() -> None:
     die_with(parent)
     try:
         with gc_paused():
-            events = recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)
-            chain = check_chain(run_id, events, roots_at=roots_at)
+            read = ReadDigest()
+            events = digested(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), read)
+            chain = replace(check_chain(run_id, events, roots_at=roots_at), read=read.digest())
         reply: tuple[str, object] = ("ok", chain)
     except Exception as e:  # the parent does this half itself
         reply = ("error", str(e))

@@ -1023,15 +1023,17 @@ def test_a_long_logs_export_stops_when_the_store_shows_the_chain_check_other_eve
     """The events written must be the ones whose chain was checked: a server that shows the
     writing process other events than the checking one (the second process is a fresh interpreter,
     which this patch does not reach) stops the export, whichever of its reads it forges."""
-    read, forged = PostgresRecorder.read_events, [0]
+    read, forged = PostgresRecorder.read_pages, [0]
 
-    def two_faced(self: PostgresRecorder, run_id: str, *args: object, **kwargs: object) -> Iterable[StoredEvent]:
+    def two_faced(self: PostgresRecorder, run_id: str, *args: object, **kwargs: object) -> Iterable[list[StoredEvent]]:
         forged[0] += 1
-        for e in read(self, run_id, *args, **kwargs):  # type: ignore[arg-type]
-            yield msgspec.structs.replace(e, entity_id="forged") if e.seq == 5 and forged[0] <= reads else e
+        for page in read(self, run_id, *args, **kwargs):  # type: ignore[arg-type]
+            yield [
+                msgspec.structs.replace(e, entity_id="forged") if e.seq == 5 and forged[0] <= reads else e for e in page
+            ]
 
     monkeypatch.setattr(verify_store, "SPLIT_AT", 1)
-    monkeypatch.setattr(PostgresRecorder, "read_events", two_faced)
+    monkeypatch.setattr(PostgresRecorder, "read_pages", two_faced)
     with pytest.raises((ExportError, StoreError)) as err:
         _export_in_process(db, fork.run_id, fork.pub, tmp_path / "forged.export")
     if reads == 1:  # one pass over a second read finds nothing wrong: the reads differed

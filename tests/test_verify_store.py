@@ -7,6 +7,7 @@ enough) and in one pass (`split_at` beyond any log here).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from landscape.canonical import commit_row
 from landscape.chain import GENESIS, header, link
@@ -21,7 +24,7 @@ from landscape.db import Database
 from landscape.errors import ChainBroken, StoreError
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
-from landscape.verify import unconfirmed, verify_events
+from landscape.verify import ReadDigest, unconfirmed, verify_events
 from landscape.verify_store import _ChainProcess, verify_log, verify_run
 from statecharts import events as ev
 from tests.test_store import _created, _superuser_update, _write_run
@@ -246,13 +249,13 @@ def _answer_this_process(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
     """A server that answers this process's reads of the log otherwise than the chain half's
     process (a fresh interpreter, which this patch does not reach): the event at seq 2 as
     `change` makes it."""
-    read = PostgresRecorder.read_events
+    read = PostgresRecorder.read_pages
 
     def forged(self: PostgresRecorder, run_id: str, *args: Any, **kwargs: Any) -> Any:
-        for e in read(self, run_id, *args, **kwargs):
-            yield change(e) if e.seq == 2 else e
+        for page in read(self, run_id, *args, **kwargs):
+            yield [change(e) if e.seq == 2 else e for e in page]
 
-    monkeypatch.setattr(PostgresRecorder, "read_events", forged)
+    monkeypatch.setattr(PostgresRecorder, "read_pages", forged)
 
 
 def _other_node(e: StoredEvent) -> StoredEvent:
@@ -296,18 +299,60 @@ def test_what_an_observer_saw_of_a_forged_first_read_never_counts(
     reads differ, and that is the error."""
     run_id = f"run-first-read-{child}"
     _write_run(db, run_id, tokens=6).close()
-    read, calls = PostgresRecorder.read_events, [0]
+    read, calls = PostgresRecorder.read_pages, [0]
 
     def first_forged(self: PostgresRecorder, run: str, *args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         forged = calls[0] == 1
-        for e in read(self, run, *args, **kwargs):
-            yield _other_node(e) if forged and e.seq == 2 else e
+        for page in read(self, run, *args, **kwargs):
+            yield [_other_node(e) if forged and e.seq == 2 else e for e in page]
 
-    monkeypatch.setattr(PostgresRecorder, "read_events", first_forged)
+    monkeypatch.setattr(PostgresRecorder, "read_pages", first_forged)
     if child == "cannot-start":
         monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     seen: list[str] = []
     with pytest.raises(StoreError, match="different events"):
         verify_run(PostgresRecorder(db), run_id, split_at=SPLIT, observe=lambda _e, event: seen.append(repr(event)))
     assert any("forged" in s for s in seen)  # (what it saw was the forgery)
+
+
+_fields = st.tuples(
+    st.text(max_size=8), st.integers(0, 1 << 40), st.text(max_size=5), st.text(max_size=5), st.text(max_size=12),
+    st.integers(1, 9), st.integers(-(1 << 62), 1 << 62), st.binary(max_size=40), st.binary(max_size=32),
+    st.binary(max_size=32), st.binary(max_size=32),
+)  # fmt: skip
+
+
+@given(events=st.lists(_fields.map(lambda f: StoredEvent(*f)), max_size=40), cuts=st.lists(st.integers(0, 40)))
+def test_a_reads_digest_is_of_its_events_in_order_wherever_its_pages_end(
+    events: list[StoredEvent], cuts: list[int]
+) -> None:
+    """Two processes read the same log in pages that need not end at the same events; their
+    digests are equal exactly when the events are (the page's array header is not hashed)."""
+    ends = sorted({0, len(events), *(c for c in cuts if c <= len(events))})
+    paged, one_each = ReadDigest(), ReadDigest()
+    for a, b in itertools.pairwise(ends):
+        paged.add_page(events[a:b])
+    for e in events:
+        one_each.add_page([e])
+    assert paged.digest() == one_each.digest()
+
+
+@given(events=st.lists(_fields.map(lambda f: StoredEvent(*f)), min_size=1, max_size=20), data=st.data())
+def test_a_reads_digest_tells_any_changed_field_or_order(events: list[StoredEvent], data: st.DataObject) -> None:
+    """Any field of any event changed, an event dropped, or two swapped: another digest."""
+    i = data.draw(st.integers(0, len(events) - 1))
+    name = data.draw(st.sampled_from(StoredEvent.__struct_fields__))
+    value = getattr(events[i], name)
+    other = value + (b"x" if isinstance(value, bytes) else "x" if isinstance(value, str) else 1)
+    changed = [*events[:i], msgspec.structs.replace(events[i], **{name: other}), *events[i + 1 :]]
+    variants = [changed, events[:i] + events[i + 1 :]]
+    if len(events) > 1 and events[0] != events[-1]:
+        variants.append([events[-1], *events[1:-1], events[0]])
+
+    def digest(evs: list[StoredEvent]) -> bytes:
+        read = ReadDigest()
+        read.add_page(evs)
+        return read.digest()
+
+    assert all(digest(v) != digest(events) for v in variants)
