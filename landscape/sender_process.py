@@ -29,7 +29,6 @@ fault (`landscape.faults`) reached in the child ends the parent the same way.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import os
 import pickle
@@ -41,13 +40,11 @@ from typing import Any
 import psycopg
 
 from landscape import commits, faults
-from landscape.child import die_with
+from landscape.child import die_with, widen_pipe
 from landscape.errors import LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}  # the engine's (engine/stopping.py)
-_F_SETPIPE_SZ = 1031  # Linux: a pipe of 1 MiB (the unprivileged maximum) takes a batch in fewer writes
-_PIPE_BYTES = 1 << 20
 
 
 class SenderProcess:
@@ -150,8 +147,7 @@ def _reap(pid: int) -> int:
 
 def _pipe() -> tuple[Connection, Connection]:
     reader, writer = Pipe(duplex=False)
-    with contextlib.suppress(OSError):  # not Linux, or a lower limit: the default size works too
-        fcntl.fcntl(writer.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+    widen_pipe(writer.fileno())
     return writer, reader
 
 

@@ -63,8 +63,6 @@ class Verification:
     # The Merkle tree of the good events: a resumed writer continues it without re-reading.
     tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
     bad: Finding | None = None
-    # The digest of what the events half of a split verification read (`ReadDigest`; `digested`).
-    read: bytes = b""
 
     @property
     def ok(self) -> bool:
@@ -199,43 +197,50 @@ def _verify_each(
 @dataclass(frozen=True, slots=True)
 class ChainCheck:
     """The chain half of a verification: how many events were good, the head, the Merkle roots
-    asked for and the tree (`MerkleAccumulator.to_bytes`), whether one was bad, and the digest of
-    the events as read (`ReadDigest`; added by whoever read them)."""
+    asked for and the tree (`MerkleAccumulator.to_bytes`), and whether one was bad."""
 
     events: int
     head: bytes
     roots: dict[int, bytes]
     tree: bytes
     bad: bool
-    read: bytes = b""
 
 
 class ReadDigest:
-    """What one half of a split verification read, as a digest: every field of every event, its
-    body included, in order (each event's MessagePack encoding, which spells each field apart).
-    Two reads of the store in one snapshot are two answers of the server, and they can differ (a
-    superuser's view in place of `events` can tell its readers apart): the fold would then
-    decode bodies and headers that the chain half never checked. `joined` takes the halves
-    together only when both digests are equal.
+    """What one read of the log showed, as a digest: every field of every event, its body
+    included, in order (each event's MessagePack encoding, which spells each field apart). Two
+    reads of the store in one snapshot are two answers of the server, and they can differ (a
+    superuser's view in place of `events` can tell its readers apart): a verification that reads
+    the log a second time (to name the first bad event) holds the second read to the first by
+    their digests.
 
-    It takes the events a page at a time (`digested`): one encoding and one hash call per page,
-    not per event, and the event just read is still in the cache. Per event, the same digest cost
-    a 1,000,000-event check about 3 CPU-s of its 17."""
+    It takes the events a page at a time (`digested`, `encode_page`): one encoding and one hash
+    call per page, not per event. Per event, the same digest cost a 1,000,000-event check about
+    3 CPU-s of its 17."""
 
-    __slots__ = ("_encode", "_hash")
+    __slots__ = ("_hash",)
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
-        self._encode = msgspec.msgpack.Encoder().encode
 
     def add_page(self, events: Sequence[StoredEvent]) -> None:
-        """The next events read, in order. The page's encoding less its array header is its
-        events' encodings one after another: the digest does not depend on where pages end."""
+        """The next events read, in order."""
         if events:
-            self._hash.update(memoryview(self._encode(events))[_array_header_size(len(events)) :])
+            self.add_encoded(encode_page(events), len(events))
+
+    def add_encoded(self, page: bytes, n: int) -> None:
+        """The next `n` events read, as `encode_page` encoded them. The page's encoding less its
+        array header is its events' encodings one after another: the digest does not depend on
+        where pages end."""
+        self._hash.update(memoryview(page)[_array_header_size(n) :])
 
     def digest(self) -> bytes:
         return self._hash.digest()
+
+
+encode_page: Callable[[Sequence[StoredEvent]], bytes] = msgspec.msgpack.Encoder().encode
+"""Events as one MessagePack array (of arrays: `StoredEvent` is `array_like`)."""
+decode_page: Callable[[bytes], list[StoredEvent]] = msgspec.msgpack.Decoder(list[StoredEvent]).decode
 
 
 def _array_header_size(n: int) -> int:
@@ -257,8 +262,7 @@ def digested(pages: Iterable[Sequence[StoredEvent]], read: ReadDigest) -> Iterat
 
 
 def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collection[int] = ()) -> ChainCheck:
-    """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree). The
-    digest of what was read is the caller's to add (`digested`, `ChainCheck.read`)."""
+    """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree)."""
     leaves = _Leaves(roots_at)
     add = leaves.add
     prev, expected, bad = GENESIS, 0, False
@@ -289,8 +293,7 @@ def check_events(
     confirm: Callable[[Mapping[str, int]], Iterable[str]] | None = None,
     confirm_at: int = CONFIRM_AT,
 ) -> Verification:
-    """`verify_events`' other checks alone (each body, each transition, in seq order from 0). The
-    digest of what was read is the caller's to add (`digested`, `Verification.read`).
+    """`verify_events`' other checks alone (each body, each transition, in seq order from 0).
 
     With `confirm` (which returns those of the names it is given that the store does not hold
     intact), the payload names noted are handed to it each time there are `confirm_at` of them, so
@@ -323,11 +326,11 @@ def check_events(
 
 
 def joined(checked: Verification, chain: ChainCheck) -> Verification | None:
-    """The two halves' results as one `Verification` when both read the same events (`ReadDigest`) and
-    found nothing; None otherwise (then `verify_events` says what is wrong)."""
+    """The two halves' results, over the same events, as one `Verification` when both found
+    nothing; None otherwise (then `verify_events` says what is wrong)."""
     if checked.bad is not None or chain.bad:
         return None
-    if (checked.events, checked.head, checked.read) != (chain.events, chain.head, chain.read):
+    if (checked.events, checked.head) != (chain.events, chain.head):
         return None
     checked.roots = chain.roots
     checked.tree = MerkleAccumulator.from_bytes(chain.tree)

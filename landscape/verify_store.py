@@ -1,35 +1,27 @@
 """Verifying a run as the store holds it: `verify_log` (the events) and `verify_run` (the events,
 the signed checkpoints, the row payloads).
 
-A long log is verified by two processes at once. Each event costs a few microseconds of Python
-in one interpreter (decoding, four hashes, the Merkle tree, the fold), so one process keeps one
-core busy and leaves the other to the server. Both processes read the same events, in one
-snapshot of the database (`PostgresRecorder.shared_snapshot`): however the tables change
-meanwhile, they see exactly the same rows. Each also keeps a digest of every event it read: a
-server can answer two readers differently (whoever controls it can make it), and the halves are
-taken together only when the digests are equal. The child runs the chain half of the checks
-(`landscape.verify.check_chain`); this process decodes and folds (`check_events`) and then, for
-`verify_run`, hashes the payloads the events reference (`unconfirmed`) while the child is still at
-the chain, which has more to do per event. (Done in the child after the chain, as before, the
-payloads were 0.7 s of the end of a 1,000,000-event check that one core waited through.) When
-both find nothing, their results together are exactly what one pass (`verify_events`) returns;
-when either finds something, one pass over the same snapshot names the first bad event, as it
-always has.
+A long log is verified by two processes at once, from one read. Each event costs a few
+microseconds of Python in one interpreter (decoding, four hashes, the Merkle tree, the fold), so
+one process keeps one core busy and leaves the other to the server. This process reads the log,
+in one snapshot of the database (`PostgresRecorder.shared_snapshot`) that its other reads share,
+and hands each page as it read it to a child that runs the chain half of the checks
+(`landscape.chain_half`), while it decodes and folds the same events (`check_events`); then, for
+`verify_run`, it hashes the payloads the events reference (`unconfirmed`). (Each process read the
+log for itself before: the server did that work twice, and the two reads had to be held to be
+the same by their digests, in all about 4 CPU-s of a 1,000,000-event check.) When both find
+nothing, their results together are exactly what one pass (`verify_events`) returns. When either
+finds something, or the child could not do its half, one pass over the same snapshot names the
+first bad event, as it always has; that second read is held to the first by a digest of each
+(`ReadDigest`), as a server can answer two reads differently (whoever controls it can make it).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pickle
-import subprocess
-import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
-from multiprocessing.connection import Connection
 
+from landscape.chain_half import ChainHalf
 from landscape.checkpoint import run_origin
-from landscape.child import die_with
 from landscape.errors import StoreError
 from landscape.notary import Witnessed
 from landscape.note import Verifier
@@ -106,8 +98,8 @@ def _verify_split(
 ) -> tuple[Verification, dict[str, int]]:
     """`verify_log` of a long log: the halves in two processes, else one pass in the snapshot."""
 
-    def events(read: ReadDigest) -> Iterator[StoredEvent]:
-        return digested(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), read)
+    def pages() -> Iterator[list[StoredEvent]]:
+        return recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot)
 
     probed = False
 
@@ -117,13 +109,12 @@ def _verify_split(
         probed = True
         return unconfirmed(names, recorder.probe_payloads(run_id, names, snapshot))
 
-    with _ChainProcess(recorder, run_id, snapshot, upto, roots_at) as chain:
-        first = ReadDigest()
+    first = ReadDigest()
+    with ChainHalf(run_id, roots_at) as chain:
         checked = check_events(
-            run_id, events(first), observe=observe, references=references, confirm=confirm if payloads else None,
-            confirm_at=confirm_at,
+            run_id, chain.feed(pages(), first), observe=observe, references=references,
+            confirm=confirm if payloads else None, confirm_at=confirm_at,
         )  # fmt: skip
-        checked.read = first.digest()
         left = checked.referenced
         if payloads and left and checked.bad is None:
             # Those noted since the last probe; all of them when there was none, and then one
@@ -137,11 +128,11 @@ def _verify_split(
         return halves, left
     # Something is wrong, or the second process could not do its half (it did not start, or
     # failed): one pass in the same snapshot names the first bad event, or finds none. `observe`
-    # saw this process's first read and is not shown the events again: what it saw counts only
-    # when that read was good and is the very one this pass verified (their digests).
+    # saw the first read and is not shown the events again: what it saw counts only when that
+    # read was good and is the very one this pass verified (their digests).
     read = ReadDigest()
-    one = verify_events(run_id, events(read), roots_at=roots_at, references=references)
-    if one.bad is None and (checked.bad is not None or checked.read != read.digest()):
+    one = verify_events(run_id, digested(pages(), read), roots_at=roots_at, references=references)
+    if one.bad is None and (checked.bad is not None or first.digest() != read.digest()):
         raise StoreError(_TWO_FACED.format(run_id=run_id))
     return one, one.referenced
 
@@ -268,122 +259,26 @@ def chain_beside(
     """The chain half of a verification (`check_chain`) of the run's events up to seq `upto`,
     while `through` takes the same events, each once, in order (an export writes them).
 
-    A long log's chain is checked by a second process (`_ChainProcess`) in one snapshot with this
-    process's read, so that `through` has a core of its own; the two reads are held to be the same
-    events by their digests (`ReadDigest`). A short one's is checked here, as `through` yields. Events
-    that do not verify are said by the result (`ChainCheck.bad`; `events` counts the good ones
-    before the first bad one); `through` may have taken some of them. StoreError when the store
-    showed the two processes different events."""
+    A long log's chain is checked by a second process (`ChainHalf`) on the pages this process
+    reads, so that `through` has a core of its own. A short one's is checked here, as `through`
+    yields. Events that do not verify are said by the result (`ChainCheck.bad`; `events` counts the
+    good ones before the first bad one); `through` may have taken some of them. StoreError when
+    the store showed the read that `through` took and the one pass after it different events."""
     if upto + 1 < SPLIT_AT:
         return check_chain(run_id, through(recorder.read_events(run_id, upto_seq=upto)), roots_at=roots_at)
     with gc_paused(), recorder.shared_snapshot() as snapshot:
-        with _ChainProcess(recorder, run_id, snapshot, upto, roots_at) as chain:
-            read = ReadDigest()
-            for _ in through(digested(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), read)):
+        first = ReadDigest()
+        with ChainHalf(run_id, roots_at) as chain:
+            for _ in through(chain.feed(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), first)):
                 pass
             answer = chain.result()
-        if answer is not None and not answer.bad and answer.read == read.digest():
+        if answer is not None and not answer.bad:
             return answer
-        # The second process could not do its half, found a bad event, or read other events: one
-        # pass here, which names the first bad one.
-        again = ReadDigest()
+        # The second process could not do its half, or found a bad event: one pass here, which
+        # names the first bad one.
+        read = ReadDigest()
         pages = recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot)
-        one = replace(check_chain(run_id, digested(pages, again), roots_at=roots_at), read=again.digest())
-    if not one.bad and one.read != read.digest():
+        one = check_chain(run_id, digested(pages, read), roots_at=roots_at)
+    if not one.bad and first.digest() != read.digest():
         raise StoreError(_TWO_FACED.format(run_id=run_id))
     return one
-
-
-class _ChainProcess:
-    """The child that runs the chain half, and this process's side of it.
-
-    A new interpreter, not a fork: the process may have threads, whose locks a fork would copy as
-    they are; nor multiprocessing's spawn, which imports the caller's main script again in the
-    child (a script without a `__main__` guard would run twice). It starts isolated (`-I`: no
-    working directory, no PYTHON* variables, no user site on its path) and then takes this
-    process's module path as it is, so it runs the same code this process runs and nothing a
-    directory or a variable slipped in ahead of it. Its path and arguments go down its stdin, its
-    one answer comes up a pipe of its own. It is in a session of its own (Ctrl-C reaches this
-    process, which decides), ends with this process (`die_with`), and is killed when the block
-    ends before it answered. When it cannot start, or fails, `result` is None."""
-
-    _BOOT = (
-        "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); import landscape.verify_store as m; m._main()"
-    )
-
-    def __init__(
-        self,
-        recorder: PostgresRecorder,
-        run_id: str,
-        snapshot: str,
-        upto: int,
-        roots_at: Collection[int],
-    ) -> None:
-        self._process: subprocess.Popen[bytes] | None = None
-        args = (recorder, run_id, snapshot, upto, sorted(roots_at), os.getpid())
-        message = pickle.dumps(sys.path, protocol=pickle.HIGHEST_PROTOCOL) + pickle.dumps(
-            args, protocol=pickle.HIGHEST_PROTOCOL
-        )
-        reader, writer = os.pipe()
-        self._answers = Connection(reader)
-        try:
-            if sys.executable:  # (none in an embedding: `result` says None)
-                self._process = subprocess.Popen(
-                    [sys.executable, "-I", "-c", self._BOOT, str(writer)],
-                    stdin=subprocess.PIPE,
-                    pass_fds=(writer,),
-                    start_new_session=True,
-                )
-        except OSError:  # it cannot be started: `result` says None
-            pass
-        finally:
-            os.close(writer)
-        try:
-            if self._process is not None and self._process.stdin is not None:
-                with contextlib.suppress(BrokenPipeError):  # it ended already: `result` says None
-                    self._process.stdin.write(message)
-                with contextlib.suppress(BrokenPipeError):
-                    self._process.stdin.close()
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __enter__(self) -> _ChainProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.kill()
-            self._process.wait()
-        self._answers.close()
-
-    def result(self) -> ChainCheck | None:
-        """The chain half's result, once the child sends it; None when it could not start, failed,
-        or ended without an answer."""
-        if self._process is None:
-            return None
-        try:
-            kind, value = pickle.loads(self._answers.recv_bytes())
-        except (EOFError, OSError, pickle.UnpicklingError):
-            return None
-        if kind != "ok":
-            return None
-        assert isinstance(value, ChainCheck)
-        return value
-
-
-def _main() -> None:
-    """The child's life: its arguments, the chain half, one answer."""
-    answer = Connection(int(sys.argv[1]))
-    recorder, run_id, snapshot, upto, roots_at, parent = pickle.load(sys.stdin.buffer)
-    die_with(parent)
-    try:
-        with gc_paused():
-            read = ReadDigest()
-            events = digested(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), read)
-            chain = replace(check_chain(run_id, events, roots_at=roots_at), read=read.digest())
-        reply: tuple[str, object] = ("ok", chain)
-    except Exception as e:  # the parent does this half itself
-        reply = ("error", str(e))
-    answer.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))

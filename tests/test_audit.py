@@ -847,7 +847,7 @@ def _as_the_store_holds_it(db: Database, run_id: str, out: Path, key: Path, monk
 
     def unchecked(_run_id: str, events: Iterable[StoredEvent], *, roots_at: object = ()) -> ChainCheck:
         n = sum(1 for _ in events)
-        return ChainCheck(n, b"", {cp.size: cp.root for cp in checkpoints}, b"", False, b"")
+        return ChainCheck(n, b"", {cp.size: cp.root for cp in checkpoints}, b"", False)
 
     monkeypatch.setattr(verify_store, "check_chain", unchecked)
     monkeypatch.setattr(verify_store, "SPLIT_AT", 10**9)  # (checked here, not by a second process)

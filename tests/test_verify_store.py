@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from hypothesis import strategies as st
 
 from landscape.canonical import commit_row
 from landscape.chain import GENESIS, header, link
+from landscape.chain_half import ChainHalf
 from landscape.db import Database
 from landscape.errors import ChainBroken, StoreError
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
 from landscape.verify import ReadDigest, unconfirmed, verify_events
-from landscape.verify_store import _ChainProcess, verify_log, verify_run
+from landscape.verify_store import verify_log, verify_run
 from statecharts import events as ev
 from tests.test_store import _created, _superuser_update, _write_run
 
@@ -190,8 +192,23 @@ def test_without_a_second_process_one_process_does_it_all(db: Database, monkeypa
     assert (alone.bad, alone.events, alone.head, alone.root) == (None, one.events, one.head, one.root)
     assert left == one.referenced  # the one pass scanned no payload: `verify_run` looks them all up
     assert seen == list(range(6))  # once each, though two passes ran
-    with _ChainProcess(recorder, "run-alone", "00000003-00000000-1", 5, ()) as chain:  # no such snapshot
+    forged = msgspec.structs.replace(next(recorder.read_events("run-alone")), seq="0")  # type: ignore[arg-type]
+    with ChainHalf("run-alone", ()) as chain:  # a page it cannot decode: it fails
+        assert len(list(chain.feed([[forged]], ReadDigest()))) == 1
         assert chain.result() is None
+
+
+def test_a_chain_half_left_before_the_log_ended_is_stopped_not_waited_for(db: Database) -> None:
+    """A verification that stops at a bad event stops feeding the child, which waits for the
+    rest: it is killed, and the thread sending it pages ends, however many pages were queued."""
+    _write_run(db, "run-stopped", tokens=5).close()
+    events = list(PostgresRecorder(db).read_events("run-stopped"))
+    with ChainHalf("run-stopped", ()) as chain:
+        fed = chain.feed([events] * 50, ReadDigest())
+        next(fed)
+        fed.close()
+        assert chain.result() is None  # (not fed the whole log: no waiting for an answer)
+    assert not any(t.name == "elspeth-chain-pages" for t in threading.enumerate())
 
 
 def test_a_script_without_a_main_guard_can_verify_in_two_processes(db: Database, tmp_path: Path) -> None:
@@ -277,8 +294,8 @@ FORGED = {
 def test_halves_that_read_different_events_are_not_joined(
     db: Database, monkeypatch: pytest.MonkeyPatch, change: Any
 ) -> None:
-    """The fold must never stand on events the chain half did not verify: when the server shows
-    the two processes different events, one pass over this process's events names the forged one."""
+    """The fold must never stand on events the chain half did not verify: the chain half checks
+    the very events this process read (it is handed them), and one pass names the forged one."""
     run_id = f"run-two-faced-{abs(hash(change)) % 10**6}"
     _write_run(db, run_id, tokens=6).close()
     recorder = PostgresRecorder(db)
