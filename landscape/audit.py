@@ -22,6 +22,7 @@ import msgspec
 from landscape.canonical import is_name
 from landscape.chain import header as chain_header
 from landscape.chain import link
+from landscape.chain_half import SPLIT_AT, ChainHalf
 from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
 from landscape.errors import LandscapeError
 from landscape.export import (
@@ -46,7 +47,17 @@ from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_co
 from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
 from landscape.seal import open_seal, origin_for, why_not_sealed
-from landscape.verify import check_body, events_span, payload_matches, row_hashes, verify_events
+from landscape.verify import (
+    ReadDigest,
+    Verification,
+    check_body,
+    check_events,
+    events_span,
+    joined,
+    payload_matches,
+    row_hashes,
+    verify_events,
+)
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.errors import StatechartError
@@ -149,17 +160,36 @@ def verify_export(
     kept_name: str = "",
     run_id: str | None = None,
     unsigned_erasures: bool = False,
+    split_at: int = SPLIT_AT,
 ) -> ExportReport:
     """Check an export (see docs/verification.md). `unsigned_erasures`: an erasure record that no
-    seal signs (one from before purge signed them) is taken on the store's word, and counted."""
+    seal signs (one from before purge signed them) is taken on the store's word, and counted.
+
+    An export whose newest checkpoint signs at least `split_at` events is checked by two
+    processes, as the store's log is (`landscape.chain_half`): this one reads the file, checks its
+    records and folds the events, a second checks the chain. When either finds anything, or the
+    second could not do its half, one pass over the file again (`verify_events`) says what, in
+    exactly the words it always did: the halves meet a bad line in another order than one pass."""
     try:
         with path.open("rb") as f:
-            check = _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures)
+            check = _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, split_at)
             return check.run(read_records(f))
+    except _OnePass:
+        return verify_export(
+            path, key, kept=kept, kept_name=kept_name, run_id=run_id, unsigned_erasures=unsigned_erasures,
+            split_at=_NEVER,
+        )  # fmt: skip
     except BadLine as e:
         raise AuditFailure(f"{path}, {e}") from None
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
+
+
+_NEVER = 1 << 62
+
+
+class _OnePass(Exception):
+    """The two halves found something, or could not be joined: one pass is to say what."""
 
 
 class _ExportCheck:
@@ -175,9 +205,10 @@ class _ExportCheck:
         kept_name: str,
         run_id: str | None,
         unsigned_erasures: bool,
+        split_at: int,
     ) -> None:
         self.path, self.key, self.kept, self.kept_name, self.run_id = path, key, kept, kept_name, run_id
-        self.unsigned_erasures = unsigned_erasures
+        self.unsigned_erasures, self.split_at = unsigned_erasures, split_at
         self.header: Header | None = None
         self.checkpoints: list[tuple[int, int, bytes]] = []  # (line, size, root)
         self.seen: set[bytes] = set()
@@ -214,7 +245,11 @@ class _ExportCheck:
         sizes = [size for _line, size, _root in self.checkpoints]
         final_line, final, final_root = self.checkpoints[-1]
         self.lines_of = {final: 0}
-        verified = verify_events(header.run_id, self._events(pending, records), observe=self._observe, roots_at=sizes)
+        events = self._events(pending, records)
+        if final >= self.split_at:
+            verified = self._in_two_halves(header.run_id, events, sizes)
+        else:
+            verified = verify_events(header.run_id, events, observe=self._observe, roots_at=sizes, references=False)
         if verified.bad is not None:
             raise self.fail(self.event_line, f"event seq {verified.bad.seq}: {verified.bad.why}")
         if verified.events == 0:
@@ -249,6 +284,20 @@ class _ExportCheck:
             payloads=self.counts["payloads"], erased=self.counts["erased"], extends=extends,
             status=str(verified.fold.status), ended=verified.fold.status in RUN_ENDED, unsigned=unsigned,
         )  # fmt: skip
+
+    def _in_two_halves(self, run_id: str, events: Iterator[StoredEvent], sizes: list[int]) -> Verification:
+        """`verify_events` of the events, its halves in two processes (`ChainHalf`); _OnePass when
+        either found anything (a bad line or record among them), or the second could not do its half."""
+        try:
+            with ChainHalf(run_id, sizes) as chain:
+                checked = check_events(run_id, chain.tap(events, ReadDigest()), observe=self._observe, references=False)
+                answer = chain.result() if checked.bad is None else None
+        except (AuditFailure, BadLine):
+            raise _OnePass from None
+        verified = joined(checked, answer) if answer is not None else None
+        if verified is None:
+            raise _OnePass
+        return verified
 
     def _check_header(self, header: Header) -> Header:
         if header.key != self.key.text():

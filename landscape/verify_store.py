@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
-from landscape.chain_half import ChainHalf
+from landscape.chain_half import SPLIT_AT, ChainHalf
 from landscape.checkpoint import run_origin
 from landscape.errors import StoreError
 from landscape.notary import Witnessed
@@ -47,10 +47,6 @@ from landscape.verify import (
     verify_events,
     verify_payloads,
 )
-
-# Logs at least this long are verified by two processes. Starting the second costs about 0.3 s
-# (a new interpreter importing the verifier); it saves about 3 µs per event.
-SPLIT_AT = 200_000
 
 
 def verify_log(
@@ -98,6 +94,9 @@ def _verify_split(
 ) -> tuple[Verification, dict[str, int]]:
     """`verify_log` of a long log: the halves in two processes, else one pass in the snapshot."""
 
+    def events() -> Iterator[StoredEvent]:
+        return recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)
+
     def pages() -> Iterator[list[StoredEvent]]:
         return recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot)
 
@@ -112,7 +111,7 @@ def _verify_split(
     first = ReadDigest()
     with ChainHalf(run_id, roots_at) as chain:
         checked = check_events(
-            run_id, chain.feed(pages(), first), observe=observe, references=references,
+            run_id, chain.tap(events(), first), observe=observe, references=references,
             confirm=confirm if payloads else None, confirm_at=confirm_at,
         )  # fmt: skip
         left = checked.referenced
@@ -269,7 +268,7 @@ def chain_beside(
     with gc_paused(), recorder.shared_snapshot() as snapshot:
         first = ReadDigest()
         with ChainHalf(run_id, roots_at) as chain:
-            for _ in through(chain.feed(recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot), first)):
+            for _ in chain.tap(through(recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)), first):
                 pass
             answer = chain.result()
         if answer is not None and not answer.bad:

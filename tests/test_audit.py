@@ -18,10 +18,12 @@ import sysconfig
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
+import landscape.audit as landscape_audit
 import landscape.export as export_module
 import landscape.verify_store as verify_store
 from engine.cli import audit
@@ -217,6 +219,41 @@ def test_deleting_duplicating_reordering_or_inserting_a_record_is_named(
             continue  # a swap of two equal lines changes nothing
         err = _refused(fork, tmp_path, changed)
         assert "line " in err or "cut short" in err, f"{edit} line {i + 1}: {err}"
+
+
+def test_two_processes_say_what_one_pass_says(fork: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long export is checked by two processes (`split_at`). A good one gives the report one
+    pass gives, from the halves alone; whatever is wrong with a bad one, the auditor reads the
+    words one pass writes (a changed byte, a record deleted, moved or doubled, a cut-off end)."""
+    key = load_verifier(fork.pub)
+    one_pass = verify_export(fork.file, key)
+    halves = [0]
+    real = landscape_audit.ChainHalf
+
+    def counted(*args: Any) -> Any:
+        halves[0] += 1
+        return real(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(landscape_audit, "ChainHalf", counted)
+        m.setattr(landscape_audit, "verify_events", None)  # (no one pass: it would fail)
+        assert verify_export(fork.file, key, split_at=1) == one_pass
+    assert halves == [1]
+    lines, path = fork.lines, tmp_path / "bad.export"
+    cases = []
+    for i in _sample(lines):
+        flipped = bytearray(lines[i])
+        flipped[len(flipped) // 2] ^= 0x01
+        cases += [[*lines[:i], bytes(flipped), *lines[i + 1 :]], EDITS["delete"](lines, i), EDITS["reorder"](lines, i)]
+    cases.append(lines[:-1])
+    for case in cases:
+        path.write_bytes(b"".join(case))
+        found = []
+        for split_at in (10**9, 1):
+            with pytest.raises(AuditFailure) as caught:
+                verify_export(path, key, split_at=split_at)
+            found.append(str(caught.value))
+        assert found[0] == found[1], found
 
 
 def test_the_command_says_what_and_where_in_one_line(fork: Exported, tmp_path: Path) -> None:

@@ -194,7 +194,7 @@ def test_without_a_second_process_one_process_does_it_all(db: Database, monkeypa
     assert seen == list(range(6))  # once each, though two passes ran
     forged = msgspec.structs.replace(next(recorder.read_events("run-alone")), seq="0")  # type: ignore[arg-type]
     with ChainHalf("run-alone", ()) as chain:  # a page it cannot decode: it fails
-        assert len(list(chain.feed([[forged]], ReadDigest()))) == 1
+        assert len(list(chain.tap([forged], ReadDigest()))) == 1
         assert chain.result() is None
 
 
@@ -204,8 +204,9 @@ def test_a_chain_half_left_before_the_log_ended_is_stopped_not_waited_for(db: Da
     _write_run(db, "run-stopped", tokens=5).close()
     events = list(PostgresRecorder(db).read_events("run-stopped"))
     with ChainHalf("run-stopped", ()) as chain:
-        fed = chain.feed([events] * 50, ReadDigest())
-        next(fed)
+        fed = chain.tap(events * 5000, ReadDigest())
+        for _ in itertools.islice(fed, 29_000):  # five pages sent, the sixth not ended
+            pass
         fed.close()
         assert chain.result() is None  # (not fed the whole log: no waiting for an answer)
     assert not any(t.name == "elspeth-chain-pages" for t in threading.enumerate())
@@ -373,3 +374,38 @@ def test_a_reads_digest_tells_any_changed_field_or_order(events: list[StoredEven
         return read.digest()
 
     assert all(digest(v) != digest(events) for v in variants)
+
+
+_STOPS_EARLY = """
+import hashlib
+import msgspec
+from landscape.chain import GENESIS, header, link
+from landscape.chain_half import ChainHalf
+from landscape.records import StoredEvent
+from landscape.verify import ReadDigest
+
+events, prev = [], GENESIS
+for seq in range(40_000):
+    body = b'{"type":"RunStarted"}'
+    h = hashlib.sha256(body).digest()
+    prev = link(prev, header("r", seq, "run", "r", "RunStarted", 1, seq), h)
+    events.append(StoredEvent("r", seq, "run", "r", "RunStarted", 1, seq, body, h,
+                              events[-1].hash if events else GENESIS, prev))
+events[15_000] = msgspec.structs.replace(events[15_000], entity_id="forged")
+with ChainHalf("r", range(1, 15_001)) as chain:
+    assert sum(1 for _ in chain.tap(events, ReadDigest())) == 40_000
+    result = chain.result()
+assert result is not None and result.bad and result.events == 15_000 and len(result.roots) == 15_000, result
+print("answered")
+"""
+
+
+def test_a_chain_half_that_stops_early_with_a_long_answer_does_not_wait_on_its_parent() -> None:
+    """The child stops at a bad event with a root for each of 15,000 checkpoints to send back,
+    more than a pipe holds, while the parent still has pages to write: it reads them first, or
+    each would wait on the other for ever (run apart, so that a wait fails the test by its timeout)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOPS_EARLY], capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "answered\n"), proc.stderr
