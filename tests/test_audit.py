@@ -721,10 +721,12 @@ def test_a_proof_hung_from_another_runs_checkpoint_is_refused(db: Database, fork
 # -- offline, with no driver ------------------------------------------------------------------------------
 
 
-def test_verify_runs_where_no_driver_is_installed(fork: Exported, tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["one-pass", "two-processes"])
+def test_verify_runs_where_no_driver_is_installed(fork: Exported, tmp_path: Path, split: bool) -> None:
     """`elspeth verify` through the real entry point, in an environment with every installed
     package except psycopg: a good export passes, a tampered one is named, and psycopg is never
-    imported."""
+    imported. Split, the good export is verified by the two halves alone (no one pass may run:
+    a child that needed the driver would fail, and leave its half to one)."""
     site = Path(sysconfig.get_paths()["purelib"])
     bare = tmp_path / "site"
     bare.mkdir()
@@ -736,12 +738,16 @@ def test_verify_runs_where_no_driver_is_installed(fork: Exported, tmp_path: Path
     bad.write_bytes(b"".join([*lines[:5], *lines[6:]]))
 
     def run(path: Path) -> subprocess.CompletedProcess[str]:
+        halves = "import landscape.chain_half as c; c.SPLIT_AT = 1; import landscape.audit as a\n" if split else ""
+        if split and path == fork.file:
+            halves += "a.verify_events = None\n"
         code = (
             "import sys, os, atexit\n"
             "sys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n"
             f"sys.path[:0] = [{str(ROOT)!r}, {str(bare)!r}]\n"
             "atexit.register(lambda: any(m.startswith('psycopg') for m in sys.modules) and os._exit(7))\n"
-            f"sys.argv = ['elspeth', 'verify', {str(path)!r}, '--public-key', {str(fork.pub)!r}]\n"
+            + halves
+            + f"sys.argv = ['elspeth', 'verify', {str(path)!r}, '--public-key', {str(fork.pub)!r}]\n"
             "from engine.cli.main import main\nmain()\n"
         )
         return subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120)
