@@ -172,20 +172,17 @@ def verify_export(
     exactly the words it always did: the halves meet a bad line in another order than one pass."""
     try:
         with path.open("rb") as f:
-            check = _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, split_at)
-            return check.run(read_records(f))
-    except _OnePass:
-        return verify_export(
-            path, key, kept=kept, kept_name=kept_name, run_id=run_id, unsigned_erasures=unsigned_erasures,
-            split_at=_NEVER,
-        )  # fmt: skip
+            # (A file that cannot be read again from its start, a pipe, is read in one pass.)
+            split = split_at if f.seekable() else None
+            try:
+                return _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, split).run(read_records(f))
+            except _OnePass:
+                f.seek(0)  # the same open file again: what it says is what the halves read
+                return _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, None).run(read_records(f))
     except BadLine as e:
         raise AuditFailure(f"{path}, {e}") from None
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
-
-
-_NEVER = 1 << 62
 
 
 class _OnePass(Exception):
@@ -205,7 +202,7 @@ class _ExportCheck:
         kept_name: str,
         run_id: str | None,
         unsigned_erasures: bool,
-        split_at: int,
+        split_at: int | None,
     ) -> None:
         self.path, self.key, self.kept, self.kept_name, self.run_id = path, key, kept, kept_name, run_id
         self.unsigned_erasures, self.split_at = unsigned_erasures, split_at
@@ -246,7 +243,7 @@ class _ExportCheck:
         final_line, final, final_root = self.checkpoints[-1]
         self.lines_of = {final: 0}
         events = self._events(pending, records)
-        if final >= self.split_at:
+        if self.split_at is not None and final >= self.split_at:
             verified = self._in_two_halves(header.run_id, events, sizes)
         else:
             verified = verify_events(header.run_id, events, observe=self._observe, roots_at=sizes, references=False)
@@ -287,12 +284,14 @@ class _ExportCheck:
 
     def _in_two_halves(self, run_id: str, events: Iterator[StoredEvent], sizes: list[int]) -> Verification:
         """`verify_events` of the events, its halves in two processes (`ChainHalf`); _OnePass when
-        either found anything (a bad line or record among them), or the second could not do its half."""
+        either found anything (a bad line or record among them), the second could not do its
+        half, or anything else went wrong on the way: one pass then meets it in its own order."""
         try:
             with ChainHalf(run_id, sizes) as chain:
-                checked = check_events(run_id, chain.tap(events, ReadDigest()), observe=self._observe, references=False)
+                halves = chain.tap(events, ReadDigest(), weigh=True)
+                checked = check_events(run_id, halves, observe=self._observe, references=False)
                 answer = chain.result() if checked.bad is None else None
-        except (AuditFailure, BadLine):
+        except Exception:
             raise _OnePass from None
         verified = joined(checked, answer) if answer is not None else None
         if verified is None:

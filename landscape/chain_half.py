@@ -27,6 +27,8 @@ SPLIT_AT = 200_000
 # Events per page sent to the child: about 350 KB, which the pipe (1 MiB) takes while the child
 # is at the page before (of 1,000, 2,000 and 5,000, the fastest).
 _PAGE = 1000
+# A page of events whose size only their lines bound (`tap`'s `weigh`) ends at this many bytes.
+_PAGE_BYTES = 4 << 20
 
 
 class ChainHalf:
@@ -54,17 +56,22 @@ class ChainHalf:
 
     def __init__(self, run_id: str, roots_at: Collection[int]) -> None:
         self._process: subprocess.Popen[bytes] | None = None
+        self._answers: Connection | None = None
+        self._pages: Connection | None = None
         self._fed = False  # the whole log was handed on (`tap`)
         self._broken = False  # a write failed: the child ended
         message = pickle.dumps(sys.path, protocol=pickle.HIGHEST_PROTOCOL) + pickle.dumps(
             (run_id, sorted(roots_at), os.getpid()), protocol=pickle.HIGHEST_PROTOCOL
         )
-        answers, answer_end = os.pipe()
-        page_end, pages = os.pipe()
-        widen_pipe(pages)
-        self._answers = Connection(answers, writable=False)
-        self._pages = Connection(pages, readable=False)
+        ends: list[int] = []  # the child's ends of the pipes, closed here once it has them
         try:
+            answers, answer_end = os.pipe()
+            self._answers = Connection(answers, writable=False)
+            ends.append(answer_end)
+            page_end, pages = os.pipe()
+            self._pages = Connection(pages, readable=False)
+            ends.append(page_end)
+            widen_pipe(pages)
             if sys.executable:  # (none in an embedding: `result` says None)
                 self._process = subprocess.Popen(
                     [sys.executable, "-I", "-c", self._BOOT, str(answer_end), str(page_end)],
@@ -72,11 +79,11 @@ class ChainHalf:
                     pass_fds=(answer_end, page_end),
                     start_new_session=True,
                 )
-        except OSError:  # it cannot be started: `result` says None
+        except OSError:  # no pipe (no descriptor left), or no child: `result` says None
             pass
         finally:
-            os.close(answer_end)
-            os.close(page_end)
+            for fd in ends:
+                os.close(fd)
         try:
             if self._process is not None and self._process.stdin is not None:
                 with contextlib.suppress(BrokenPipeError):  # it ended already: `result` says None
@@ -95,24 +102,33 @@ class ChainHalf:
             if self._process.poll() is None:
                 self._process.kill()
             self._process.wait()
-        self._pages.close()
-        self._answers.close()
+        for conn in (self._pages, self._answers):
+            if conn is not None:
+                conn.close()
 
-    def tap(self, events: Iterable[StoredEvent], read: ReadDigest) -> Iterator[StoredEvent]:
+    def tap(self, events: Iterable[StoredEvent], read: ReadDigest, *, weigh: bool = False) -> Iterator[StoredEvent]:
         """The `events`, each handed on as it comes, and behind them to the child: every `_PAGE` of
         them, once handed on, go to it as one page, and are added to `read` (as the very bytes it
         is sent). So whatever this process checks between events (an export's records) is
         checked in the same order as in one pass. The child is told the log ended only when
         `events` did: a reader that stops early leaves it waiting, to be killed when the block
-        ends. Closing this closes `events` (a reader of the store holds a transaction)."""
+        ends. Closing this closes `events` (a reader of the store holds a transaction).
+
+        With `weigh`, a page also ends once its events' fields hold `_PAGE_BYTES`: for events whose
+        size nothing bounds but the line they came on (an export's, up to `MAX_LINE` each), so
+        that a page never holds a thousand of the largest. (The store's reader holds its own pages
+        of rows, and weighs nothing.)"""
         page: list[StoredEvent] = []
+        held = 0
         try:
             for e in events:
                 yield e
                 page.append(e)
-                if len(page) == _PAGE:
+                if weigh:
+                    held += len(e.payload) + len(e.entity_id) + len(e.run_id) + len(e.machine) + len(e.event_type)
+                if len(page) == _PAGE or held >= _PAGE_BYTES:
                     self._send(page, read)
-                    page = []
+                    page, held = [], 0
             if page:
                 self._send(page, read)
             self._write(b"")  # the end of the log
@@ -128,7 +144,7 @@ class ChainHalf:
         self._write(data)
 
     def _write(self, data: bytes) -> None:
-        if self._process is not None and not self._broken:
+        if self._process is not None and self._pages is not None and not self._broken:
             try:
                 self._pages.send_bytes(data)
             except OSError:  # it ended: `result` says so
@@ -138,7 +154,7 @@ class ChainHalf:
         """The chain half's result, once the child sends it; None when it could not start, failed,
         or ended without an answer, or `tap` did not hand on the whole log (it would wait for
         the rest)."""
-        if self._process is None or not self._fed:
+        if self._process is None or self._answers is None or not self._fed:
             return None
         try:
             kind, value = pickle.loads(self._answers.recv_bytes())

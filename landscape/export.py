@@ -68,6 +68,10 @@ MAX_LINE = 256 * 1024 * 1024
 
 Hex32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]  # (`$` would let a final newline in)
 Count = Annotated[int, msgspec.Meta(ge=0)]
+# An event's integers are the store's bigint columns: no event ELSPETH wrote holds a larger one
+# (and a verifier's page of events, `landscape.chain_half`, could not encode it).
+Bigint = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 
 class ExportError(LandscapeError):
@@ -102,12 +106,12 @@ class CheckpointRecord(_Record, tag="checkpoint", frozen=True):
 
 class EventRecord(_Record, tag="event", frozen=True):
     run_id: str
-    seq: Count
+    seq: Seq
     machine: str
     entity_id: str
     event_type: str
-    schema_version: int
-    recorded_at_us: int
+    schema_version: Bigint
+    recorded_at_us: Bigint
     payload: bytes  # the event body's exact bytes
     payload_hash: Hex32
     prev_hash: Hex32

@@ -31,6 +31,7 @@ from engine.cli.audit import new_file
 from engine.cli.errors import ElspethCliError
 from landscape.audit import AuditFailure, verify_export, verify_proof
 from landscape.chain import header, link
+from landscape.chain_half import ChainHalf
 from landscape.checkpoint import Checkpoint, run_origin
 from landscape.db import Database
 from landscape.errors import StoreError
@@ -57,7 +58,7 @@ from landscape.merkle import leaf_hash, root
 from landscape.notary import Witnessed
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent, record_digest
-from landscape.verify import ChainCheck
+from landscape.verify import ChainCheck, ReadDigest
 from tests.engine_harness import write_csv
 from tests.test_cli import PIPELINE, ROOT, elspeth, one_line_error
 from tests.test_store import _superuser_update
@@ -246,6 +247,21 @@ def test_two_processes_say_what_one_pass_says(fork: Exported, tmp_path: Path, mo
         flipped[len(flipped) // 2] ^= 0x01
         cases += [[*lines[:i], bytes(flipped), *lines[i + 1 :]], EDITS["delete"](lines, i), EDITS["reorder"](lines, i)]
     cases.append(lines[:-1])
+    # (a hostile review) a time past the store's bigint, which a page of events cannot encode, and
+    # a signed checkpoint of 2**62 events with the end cut off, which made the one pass split again
+    event = next(i for i, line in enumerate(lines) if b'"type":"event"' in line and b'"seq":5,' in line)
+    record = msgspec.json.decode(lines[event])
+    record["recorded_at_us"] = 1 << 64
+    cases.append([*lines[:event], msgspec.json.encode(record) + b"\n", *lines[event + 1 :]])
+    signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
+    records = _records(fork.file)
+    origin, last_checkpoint = (
+        records[0].origin,
+        max(i for i, r in enumerate(records) if isinstance(r, CheckpointRecord)),
+    )  # type: ignore[union-attr]
+    huge = CheckpointRecord(size=1 << 62, note=Checkpoint(origin, 1 << 62, b"\x01" * 32).sign(signer))
+    cases.append([*lines[: last_checkpoint + 1], encode(huge) + b"\n", *lines[last_checkpoint + 1 : -1]])
+    said = []
     for case in cases:
         path.write_bytes(b"".join(case))
         found = []
@@ -254,6 +270,45 @@ def test_two_processes_say_what_one_pass_says(fork: Exported, tmp_path: Path, mo
                 verify_export(path, key, split_at=split_at)
             found.append(str(caught.value))
         assert found[0] == found[1], found
+        said.append(found[0])
+    assert "not a record of an ELSPETH export" in said[-2] and "cut short" in said[-1], said[-2:]
+
+
+def test_the_one_pass_after_the_halves_reads_the_file_they_read(
+    fork: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one pass that follows the halves reads the same open file again, not whatever the path
+    names by then (a hostile review: a file swapped meanwhile was reported on instead)."""
+    key, path, bad = load_verifier(fork.pub), tmp_path / "f.export", tmp_path / "bad.export"
+    path.write_bytes(fork.file.read_bytes())
+    bad.write_bytes(b"".join(fork.lines[:-1]))
+
+    def swapped(*_args: object) -> None:
+        os.replace(bad, path)
+        raise OSError("no second process")
+
+    monkeypatch.setattr(landscape_audit, "ChainHalf", swapped)
+    assert verify_export(path, key, split_at=1) == verify_export(fork.file, key)
+
+
+def test_a_page_of_large_events_is_cut_by_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export's events are bounded only by their lines (256 MiB each): weighed, a page holds
+    a few MB of them, not a thousand of the largest (a hostile review: 533 MB against one pass's
+    33 MB)."""
+    sent: list[int] = []
+    real = ChainHalf._send
+
+    def counted(self: ChainHalf, page: list[StoredEvent], read: ReadDigest) -> None:
+        sent.append(len(page))
+        real(self, page, read)
+
+    monkeypatch.setattr(ChainHalf, "_send", counted)
+    big = StoredEvent("r", 0, "run", "r", "RunStarted", 1, 0, b"x" * (3 << 20), b"", b"", b"")
+    for weigh, pages in ((True, [2, 2, 1]), (False, [5])):
+        sent.clear()
+        with ChainHalf("r", ()) as chain:
+            assert sum(1 for _ in chain.tap([big] * 5, ReadDigest(), weigh=weigh)) == 5
+        assert sent == pages, (weigh, sent)
 
 
 def test_the_command_says_what_and_where_in_one_line(fork: Exported, tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ enough) and in one pass (`split_at` beyond any log here).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -409,3 +411,22 @@ def test_a_chain_half_that_stops_early_with_a_long_answer_does_not_wait_on_its_p
         cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
     assert (proc.returncode, proc.stdout) == (0, "answered\n"), proc.stderr
+
+
+def test_no_descriptor_left_for_a_pipe_leaves_the_half_to_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of file descriptors at the second pipe (a hostile review): no child, no descriptor
+    kept, and `result` says None (the verification then runs one pass), not an OSError."""
+    real, calls = os.pipe, [0]
+
+    def pipe() -> tuple[int, int]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real()
+
+    monkeypatch.setattr(os, "pipe", pipe)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with ChainHalf("r", ()) as chain:
+        assert list(chain.tap([], ReadDigest())) == []
+        assert chain.result() is None
+    assert calls == [2] and sorted(os.listdir("/proc/self/fd")) == before
