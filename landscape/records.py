@@ -31,7 +31,8 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False, array_like=True):
     A Struct, not a dataclass: a replay makes one per event, and a Struct is built in C from
     positional fields (a frozen dataclass's __init__ was a fifth of reading the log). Its fields
     are strings, ints and bytes, which cannot form cycles, so the garbage collector skips it.
-    Encoded (only a verifier's `ReadDigest` does), it is an array of its fields, no names."""
+    Encoded (only a verifier does: the pages its chain half is sent, its digest of a read), it is
+    an array of its fields, no names."""
 
     run_id: str
     seq: int

@@ -5,8 +5,8 @@ A long log is verified by two processes at once, from one read. Each event costs
 microseconds of Python in one interpreter (decoding, four hashes, the Merkle tree, the fold), so
 one process keeps one core busy and leaves the other to the server. This process reads the log,
 in one snapshot of the database (`PostgresRecorder.shared_snapshot`) that its other reads share,
-and hands each page as it read it to a child that runs the chain half of the checks
-(`landscape.chain_half`), while it decodes and folds the same events (`check_events`); then, for
+decodes and folds the events (`check_events`), and hands them on, a page at a time, to a child
+that runs the chain half of the checks on the very same events (`landscape.chain_half`); then, for
 `verify_run`, it hashes the payloads the events reference (`unconfirmed`). (Each process read the
 log for itself before: the server did that work twice, and the two reads had to be held to be
 the same by their digests, in all about 4 CPU-s of a 1,000,000-event check.) When both find
