@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
@@ -116,10 +117,7 @@ class ProofReport:
 def sniff(path: Path) -> str:
     """`export` or `proof`: which kind of file this is (by its first bytes)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a FIFO is not waited on)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise AuditFailure(f"{path}: not a regular file; allowed: an export or a proof bundle")
+        with _open_regular(path) as f:
             start = f.read(4096)
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
@@ -129,6 +127,19 @@ def sniff(path: Path) -> str:
     if start.startswith(b'{"type":"elspeth-export"'):
         return "export"
     return "proof" if b'"elspeth-proof"' in b"".join(start.split()) else "export"
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading when it is a regular file; AuditFailure when it is not (a FIFO is
+    not waited on: one swapped in after `sniff` looked would hang `verify`)."""
+    f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise AuditFailure(f"{path}: not a regular file; allowed: an export or a proof bundle")
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 # A checkpoint note is a few lines, with a signature or a few: anything this large is none.
@@ -171,14 +182,15 @@ def verify_export(
     second could not do its half, one pass over the file again (`verify_events`) says what, in
     exactly the words it always did: the halves meet a bad line in another order than one pass."""
     try:
-        with path.open("rb") as f:
-            # (A file that cannot be read again from its start, a pipe, is read in one pass.)
-            split = split_at if f.seekable() else None
+        with _open_regular(path) as f:
             try:
-                return _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, split).run(read_records(f))
+                return _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, split_at).run(
+                    read_records(f)
+                )
             except _OnePass:
-                f.seek(0)  # the same open file again: what it says is what the halves read
-                return _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, None).run(read_records(f))
+                pass  # (the pass below runs outside this handler, whose traceback holds the first pass's memory)
+            f.seek(0)  # the same open file again, not whatever the path names by now
+            return _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, None).run(read_records(f))
     except BadLine as e:
         raise AuditFailure(f"{path}, {e}") from None
     except OSError as e:

@@ -129,9 +129,11 @@ def _verify_split(
     # failed): one pass in the same snapshot names the first bad event, or finds none. `observe`
     # saw the first read and is not shown the events again: what it saw counts only when that
     # read was good and is the very one this pass verified (their digests).
+    first_bad = checked.bad is not None
+    del checked, left  # (the first pass's fold and names: not held through the second)
     read = ReadDigest()
     one = verify_events(run_id, digested(pages(), read), roots_at=roots_at, references=references)
-    if one.bad is None and (checked.bad is not None or first.digest() != read.digest()):
+    if one.bad is None and (first_bad or first.digest() != read.digest()):
         raise StoreError(_TWO_FACED.format(run_id=run_id))
     return one, one.referenced
 

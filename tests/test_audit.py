@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +290,46 @@ def test_the_one_pass_after_the_halves_reads_the_file_they_read(
 
     monkeypatch.setattr(landscape_audit, "ChainHalf", swapped)
     assert verify_export(path, key, split_at=1) == verify_export(fork.file, key)
+
+
+def test_the_one_pass_after_the_halves_holds_nothing_of_them(
+    fork: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one pass runs once the first pass's check (its fold, its sets) is let go: run inside
+    the handler of the halves' failure, its traceback held them, about twice one pass's memory
+    on a large export (a hostile review)."""
+    key, bad = load_verifier(fork.pub), tmp_path / "bad.export"
+    bad.write_bytes(b"".join(fork.lines[:-1]))  # cut short: the halves stop, one pass says so
+    first: list[weakref.ref[Any]] = []
+    alive: list[bool] = []
+    real = landscape_audit._ExportCheck.run
+
+    def run(self: Any, records: Any) -> Any:
+        if first:
+            alive.append(first[0]() is not None)
+        first.append(weakref.ref(self))
+        return real(self, records)
+
+    monkeypatch.setattr(landscape_audit._ExportCheck, "run", run)
+    with pytest.raises(AuditFailure, match="cut short"):
+        verify_export(bad, key, split_at=1)
+    assert alive == [False]
+
+
+def test_verify_of_a_fifo_is_refused_not_waited_on(fork: Exported, tmp_path: Path) -> None:
+    """A FIFO where the export was (swapped in after the command looked) is refused: opened
+    blocking, it waited for a writer for ever (run apart, so that a wait fails by its timeout)."""
+    fifo = tmp_path / "f.export"
+    os.mkfifo(fifo)
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from pathlib import Path\nfrom landscape.audit import AuditFailure, verify_export\n"
+        "from landscape.keys import load_verifier\n"
+        f"try:\n    verify_export(Path({str(fifo)!r}), load_verifier(Path({str(fork.pub)!r})))\n"
+        "except AuditFailure as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert "not a regular file" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_a_page_of_large_events_is_cut_by_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
