@@ -256,10 +256,8 @@ def test_two_processes_say_what_one_pass_says(fork: Exported, tmp_path: Path, mo
     cases.append([*lines[:event], msgspec.json.encode(record) + b"\n", *lines[event + 1 :]])
     signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
     records = _records(fork.file)
-    origin, last_checkpoint = (
-        records[0].origin,
-        max(i for i, r in enumerate(records) if isinstance(r, CheckpointRecord)),
-    )  # type: ignore[union-attr]
+    origin = records[0].origin  # type: ignore[union-attr]
+    last_checkpoint = max(i for i, r in enumerate(records) if isinstance(r, CheckpointRecord))
     huge = CheckpointRecord(size=1 << 62, note=Checkpoint(origin, 1 << 62, b"\x01" * 32).sign(signer))
     cases.append([*lines[: last_checkpoint + 1], encode(huge) + b"\n", *lines[last_checkpoint + 1 : -1]])
     said = []

@@ -10,9 +10,9 @@ import errno
 import hashlib
 import itertools
 import os
+import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -202,16 +202,18 @@ def test_without_a_second_process_one_process_does_it_all(db: Database, monkeypa
 
 def test_a_chain_half_left_before_the_log_ended_is_stopped_not_waited_for(db: Database) -> None:
     """A verification that stops at a bad event stops feeding the child, which waits for the
-    rest: it is killed, and the thread sending it pages ends, however many pages were queued."""
+    rest: the block's end kills it, and nothing waits for its answer."""
     _write_run(db, "run-stopped", tokens=5).close()
     events = list(PostgresRecorder(db).read_events("run-stopped"))
     with ChainHalf("run-stopped", ()) as chain:
+        child = chain._process
         fed = chain.tap(events * 5000, ReadDigest())
-        for _ in itertools.islice(fed, 29_000):  # five pages sent, the sixth not ended
+        for _ in itertools.islice(fed, 29_500):  # 29 pages sent, the 30th begun
             pass
         fed.close()
         assert chain.result() is None  # (not fed the whole log: no waiting for an answer)
-    assert not any(t.name == "elspeth-chain-pages" for t in threading.enumerate())
+        assert child is not None and child.poll() is None  # (it waits for the rest)
+    assert child.returncode == -signal.SIGKILL
 
 
 def test_a_script_without_a_main_guard_can_verify_in_two_processes(db: Database, tmp_path: Path) -> None:
