@@ -69,7 +69,7 @@ def test_run_measures_each_example_against_the_baseline(db: Database, tmp_path: 
         out = _bench(db, tmp_path, "run.py", pipeline, "60")
         line = (
             rf"pipeline={pipeline} rows=60 seconds={NUM} rows_per_s=\d+ events_per_s=\d+ peak_rss_mb=\d+ "
-            rf"baseline_s={NUM} baseline_ratio={NUM}"
+            rf"baseline_s={NUM} baseline_ratio={NUM} init_s={NUM}"
         )
         assert re.fullmatch(line, out.strip()), out
 
