@@ -153,13 +153,22 @@ coalesce_state AS (
            CASE WHEN type = 'CoalesceOpened' THEN NULL ELSE arrived END ORDER BY seq DESC))[1])), ',') AS arrived,
          array_to_string(ARRAY(SELECT json_array_elements_text((array_agg(
            CASE WHEN type = 'CoalesceOpened' THEN branches ELSE missing END ORDER BY seq DESC))[1])), ',') AS missing,
-         (array_agg(reason ORDER BY seq DESC))[1] AS reason
+         (array_agg(reason ORDER BY seq DESC))[1] AS reason,
+         -- what decided it: a merge's trigger, a failure's ("arrivals" when it names none)
+         (array_agg(CASE WHEN type = 'CoalesceOpened' THEN NULL ELSE coalesce(trigger, 'arrivals') END
+                    ORDER BY seq DESC))[1] AS trigger,
+         -- a merge's colliding fields: an array, as a field name may hold a comma (a merge ends it)
+         CASE WHEN bool_or(type = 'CoalesceMerged') THEN ARRAY(SELECT json_array_elements_text(
+           (array_agg(coalesce(collisions, '[]')) FILTER (WHERE type = 'CoalesceMerged'))[1])) END AS collisions
   FROM coalesce_events GROUP BY id),
 coalesces_inserted AS (
-  INSERT INTO {into}.coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, reason)
-  SELECT %(r)s, id, coalesce, row_index, status, policy, arrived, missing, reason FROM coalesce_state WHERE opened),
+  INSERT INTO {into}.coalesces (run_id, coalesce_id, coalesce, row_index, status, policy, arrived, missing, reason,
+                                trigger, collisions)
+  SELECT %(r)s, id, coalesce, row_index, status, policy, arrived, missing, reason, trigger, collisions
+  FROM coalesce_state WHERE opened),
 coalesces_updated AS (
-  UPDATE {into}.coalesces AS t SET status = s.status, arrived = s.arrived, missing = s.missing, reason = s.reason
+  UPDATE {into}.coalesces AS t SET status = s.status, arrived = s.arrived, missing = s.missing, reason = s.reason,
+         trigger = s.trigger, collisions = s.collisions
   FROM coalesce_state s WHERE t.run_id = (SELECT %(r)s::text) AND t.coalesce_id = s.id AND NOT s.opened),
 -- likewise a batch; its size counts the tokens buffered into it so far
 batch_events AS MATERIALIZED ({batch_events}),
@@ -249,7 +258,8 @@ _PARTS = dict(
     buffered=_body([ev.TokenBuffered], "batch_id text"),
     coalesce_events=_body(
         list(_COALESCE_STATUS),
-        "coalesce text, row_index bigint, policy text, branches json, arrived json, missing json, reason text",
+        "coalesce text, row_index bigint, policy text, branches json, arrived json, missing json, reason text, "
+        "trigger text, collisions json",
     ),
     coalesce_status=_case(_COALESCE_STATUS),
     batch_events=_body(list(_BATCH_STATUS), "aggregation text, trigger text, reason text"),

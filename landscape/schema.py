@@ -7,6 +7,7 @@ events and can be dropped and rebuilt from them (`elspeth projections rebuild`).
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     DateTime,
@@ -239,6 +240,8 @@ coalesces = Table(
     Column("arrived", Text, nullable=False),
     Column("missing", Text, nullable=False),
     Column("reason", Text),
+    Column("trigger", Text),  # arrivals | timeout | end_of_source once decided (0015)
+    Column("collisions", ARRAY(Text)),  # a merge's fields that differed between branches (0015)
     PrimaryKeyConstraint("run_id", "coalesce_id"),
     postgresql_partition_by=PARTITION_BY,
 )
