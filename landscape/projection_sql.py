@@ -157,7 +157,7 @@ coalesce_state AS (
          -- what decided it: a merge's trigger, a failure's ("arrivals" when it names none)
          (array_agg(CASE WHEN type = 'CoalesceOpened' THEN NULL ELSE coalesce(trigger, 'arrivals') END
                     ORDER BY seq DESC))[1] AS trigger,
-         -- a merge's colliding fields: an array, as a field name may hold a comma (a merge ends it)
+         -- a merge's colliding fields, as an array (a field name may hold a comma); NULL unless merged
          CASE WHEN bool_or(type = 'CoalesceMerged') THEN ARRAY(SELECT json_array_elements_text(
            (array_agg(coalesce(collisions, '[]')) FILTER (WHERE type = 'CoalesceMerged'))[1])) END AS collisions
   FROM coalesce_events GROUP BY id),
