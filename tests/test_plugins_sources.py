@@ -88,6 +88,25 @@ def test_schema_rejects_values_that_do_not_fit(type_: str, value: Any) -> None:
         parse_schema(fixed(f"v: {type_}")).coerce({"v": value})
 
 
+def test_a_long_run_of_digits_is_refused_as_a_float_in_linear_time() -> None:
+    """A hostile cell of digits that fails at its last character: the pattern backtracked
+    quadratically (40,000 digits took 29 s; a million would take hours). In a child with a
+    timeout, so that the quadratic pattern fails the test rather than hangs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from engine.plugins.schema import SchemaViolation, parse_schema\n"
+        "try:\n"
+        "    parse_schema({'mode': 'fixed', 'fields': ['v: float']}).coerce({'v': '1' * 1_000_000 + 'x'})\n"
+        "except SchemaViolation as e:\n"
+        "    print(e.reason)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert "'v'" in done.stdout, done.stderr
+
+
 def test_optional_fields_may_be_empty_or_absent() -> None:
     schema = parse_schema({"mode": "flexible", "fields": ["a: int?", "b: str?"]})
     assert schema.coerce({"b": "", "x": 1}) == {"b": None, "x": 1, "a": None}
