@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import re
+import sys
 import threading
 from typing import Any
 
@@ -38,13 +39,17 @@ class UnrecordableRow(ValueError):
 def encode_row(row: Any) -> bytes:
     """The row's canonical bytes; UnrecordableRow for a row JSON cannot hold as it is: a float
     that is not finite (the encoder writes null for it), a string with a lone surrogate, or
-    nesting deeper than the encoder goes."""
+    nesting deeper than the encoder goes, or an integer too long to write."""
     try:
         data = _encoder.encode(row)
     except UnicodeEncodeError:
         raise UnrecordableRow("a string holds a lone surrogate (U+D800 to U+DFFF), which is no Unicode text") from None
     except RecursionError:
         raise UnrecordableRow("it is nested too deeply to be recorded") from None
+    except ValueError:  # (after UnicodeEncodeError, one of them) Python writes no int that long
+        raise UnrecordableRow(
+            f"an integer has more than {sys.get_int_max_str_digits()} digits, more than Python writes out"
+        ) from None
     # Only a row that reads null somewhere can hide one (a cheap search first: nulls are rare).
     if b"null" in data and _not_finite(row):
         raise UnrecordableRow("a float is not finite (an infinity or NaN), which JSON cannot hold: it would read null")

@@ -3,6 +3,7 @@ quarantine, row errors, deadlines with an idle source."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -849,6 +850,55 @@ sinks:
     failed = [e.reason for _t, e in events if isinstance(e, ev.BatchFailed)]
     assert len(failed) == 1 and "cannot be recorded" in failed[0] and "not finite" in failed[0]
     assert not (tmp_path / "out.jsonl").exists() or "Infinity" not in (tmp_path / "out.jsonl").read_text()
+
+
+def test_an_aggregation_output_past_what_can_be_recorded_fails_its_batch_not_the_run(
+    db: Database, tmp_path: Path
+) -> None:
+    """Valid source ints whose mean leaves a float's range, or whose sum has more digits than
+    Python writes out: each fails its batch with the reason (the run failed for good, or ended
+    in a traceback with the run left running), and the run completes."""
+    write_csv(tmp_path / "in.csv", ["id", "v"], [])
+    settings = """
+source:
+  plugin: csv
+  on_success: src
+  options: {path: in.csv, schema: {mode: observed}, on_validation_failure: discard}
+aggregations:
+- name: mean
+  plugin: batch_stats
+  input: src
+  on_success: sums
+  on_error: discard
+  trigger: {count: 2}
+  options: {value_field: v}
+- name: sum
+  plugin: batch_stats
+  input: sums
+  on_success: out
+  on_error: discard
+  trigger: {count: 1}
+  options: {value_field: sum, compute_mean: false}
+sinks:
+  out: {plugin: json, options: {path: out.jsonl, format: jsonl}}
+"""
+    long = int("9" * 4300)
+    items = [item(0, id=0, v=10**400), item(1, id=1, v=1), item(2, id=2, v=5), item(3, id=3, v=7)]
+    result = run(db, tmp_path, settings, source_items=[*items, None])
+    assert result.outcome.status == "completed"
+    events = [e for s in PostgresRecorder(db).read_events(result.outcome.run_id) if (e := s.event)]
+    failed = [e.reason for e in events if isinstance(e, ev.BatchFailed)]
+    assert failed == ["the mean of 'v' is out of a float's range"]
+    assert [json.loads(line)["sum"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [12]
+
+    items = [item(0, id=0, v=long), item(1, id=1, v=long)]
+    settings = settings.replace("{value_field: v}", "{value_field: v, compute_mean: false}")
+    result = run(db, tmp_path, settings.replace("out.jsonl", "out2.jsonl"), source_items=[*items, None])
+    assert result.outcome.status == "completed"
+    events = [e for s in PostgresRecorder(db).read_events(result.outcome.run_id) if (e := s.event)]
+    failed = [e.reason for e in events if isinstance(e, ev.BatchFailed)]
+    assert failed == ["an output row cannot be recorded: an integer has more than 4300 digits, more than Python "
+                      "writes out"]  # fmt: skip
 
 
 class _TimedSource(ScriptedSource):

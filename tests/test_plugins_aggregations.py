@@ -57,6 +57,16 @@ def test_a_value_field_in_no_row_of_the_batch_is_a_batch_error() -> None:
     assert a.flush([{"amout": "x"}, {"amount": 2}]).rows[0]["count"] == 0  # in a row, just not a number
 
 
+def test_batch_stats_out_of_a_floats_range_is_a_batch_error_not_a_crash() -> None:
+    """A valid 400-digit int made the mean (or a float added to it) raise OverflowError: the run
+    failed, and failed again at every resume."""
+    with pytest.raises(RowError, match=r"^the mean of 'v' is out of a float's range$"):
+        stats([{"v": 10**400}, {"v": 1}])
+    with pytest.raises(RowError, match=r"^the sum of 'v' is out of a float's range$"):
+        stats([{"v": 0.5}, {"v": 10**400}], compute_mean=False)
+    assert stats([{"v": 10**400}, {"v": 1}], compute_mean=False)[0]["sum"] == 10**400 + 1
+
+
 def test_a_batch_mixing_group_values_is_a_batch_error() -> None:
     with pytest.raises(RowError, match=r"^the batch mixes 2 different values of 'g'$"):
         stats([{"v": 1, "g": "a"}, {"v": 2, "g": "b"}], group_by="g")

@@ -330,7 +330,7 @@ def test_encode_row_refuses_what_json_would_record_as_another_row() -> None:
     from landscape.canonical import UnrecordableRow, encode_row
 
     assert encode_row({"a": None, "b": [1.5, None], "c": "x"}) == b'{"a":null,"b":[1.5,null],"c":"x"}'
-    for row in ({"a": float("nan")}, {"a": {"b": [1, float("-inf")]}}, {"a": "\ud800"}):
+    for row in ({"a": float("nan")}, {"a": {"b": [1, float("-inf")]}}, {"a": "\ud800"}, {"a": [10**4300]}):
         with pytest.raises(UnrecordableRow):
             encode_row(row)
 

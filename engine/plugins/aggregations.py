@@ -45,11 +45,17 @@ class BatchStats:
             if isinstance(value, float) and not math.isfinite(value):
                 skipped.append(i)
                 continue
-            total += value
+            try:  # an int past a float's range, added to a float or divided for the mean
+                total += value
+            except OverflowError:
+                raise RowError(f"the sum of '{self.value_field}' is out of a float's range") from None
             count += 1
         out: Row = {"count": count, "sum": total, "batch_size": len(rows)}
         if self.compute_mean:
-            out["mean"] = total / count if count else None
+            try:
+                out["mean"] = total / count if count else None
+            except OverflowError:
+                raise RowError(f"the mean of '{self.value_field}' is out of a float's range") from None
         if self.group_by is not None:
             values = {repr(r.get(self.group_by)) for r in rows}
             if len(values) > 1:  # how many, not which: the values are row data (docs/erasure.md)
