@@ -9,8 +9,8 @@ from collections.abc import Callable
 from engine.expressions import ExpressionError
 from engine.plugins.protocol import BatchResult, PluginError, RowError
 from engine.plugins.reasons import recorded
-from engine.work import Context, Work
-from landscape.canonical import UnrecordableRow, encode_row
+from engine.work import Context, Work, encode_outputs
+from landscape.canonical import UnrecordableRow
 from statecharts import events as ev
 from statecharts.machines import BatchState
 
@@ -79,7 +79,7 @@ class Batcher:
         except Exception as e:  # recorded without a message that may quote the rows (reasons.recorded)
             raise PluginError(name, f"{recorded(e)}, on batch {batch_id}") from e
         try:  # the outputs as they will be recorded; one that cannot be fails the batch, recorded
-            encoded = [encode_row(out) for out in result.rows]
+            encoded = encode_outputs(result.rows)
         except UnrecordableRow as e:
             return self._fail(batch_id, members, f"an output row cannot be recorded: {e}")
         if cfg.expected_output_count is not None and len(result.rows) != cfg.expected_output_count:

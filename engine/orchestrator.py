@@ -54,6 +54,10 @@ from statecharts.machines import RUN_FINAL, RUN_OPEN, BatchState, RunState
 
 DEFAULT_COMMIT_EVERY = 1000
 COMMIT_SECONDS = 1.0
+# Also a durability point once this much is buffered (after the row that passed it): what a batch
+# holds is in memory until its commit, and rows that expand into many would otherwise hold a
+# thousand rows' worth of children (a hostile review: 1 GB for a 117 KB input).
+COMMIT_BYTES = 64 * 2**20
 GIL_SLICE_SECONDS = 0.000002  # while a run is written (see Execution.__init__)
 
 
@@ -491,7 +495,8 @@ class Execution:
                     # A clock set back (the wall clock, stepped) counts as time up: else no
                     # durability point would come by time until it caught up again.
                     elapsed = clock.now() - last_commit
-                    if since_commit >= self.commit_every or not 0 <= elapsed < COMMIT_SECONDS:
+                    full = self.writer.pending_bytes >= COMMIT_BYTES
+                    if since_commit >= self.commit_every or full or not 0 <= elapsed < COMMIT_SECONDS:
                         self.durability_point()
                         since_commit, last_commit = 0, clock.now()
                         if self.progress:

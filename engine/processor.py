@@ -21,7 +21,7 @@ from engine.plugins.protocol import PluginError, Row, RowError, SourceItem
 from engine.plugins.reasons import described, recorded
 from engine.scheduler import Deadlines
 from engine.sinkwriter import SinkWriter
-from engine.work import Context, Emit, Nodes, PutPayload, Work
+from engine.work import Context, Emit, Nodes, PutPayload, Work, encode_outputs
 from landscape.canonical import UnrecordableRow, encode_row
 from landscape.fold import RunFold
 from statecharts import events as ev
@@ -142,7 +142,7 @@ class Processor:
                     why = f"it made {len(out)} rows of one, on branch '{joined[0]}', which coalesce '{joined[1]}' joins"
                     self._row_error(w, name, f"{why} one row per branch", cfg.on_error)
                     return False
-                self._expand(w, name, [encode_row(r) for r in out], out, nxt)
+                self._expand(w, name, encode_outputs(out), out, nxt)
                 return False
             data = encode_row(out)
         except UnrecordableRow as e:

@@ -10,13 +10,34 @@ from engine.dag import Dag
 from engine.expressions import Expression
 from engine.plugins.protocol import Aggregation, Row, Sink, Transform
 from engine.settings import AggregationSettings, CoalesceSettings, GateSettings, RetrySettings, TransformSettings
-from landscape.canonical import commit_data, encode_row
+from landscape.canonical import UnrecordableRow, commit_data, encode_row
 from landscape.fold import RunFold
 from landscape.records import Payload
 from statecharts import events as ev
 
 Emit = Callable[[str, ev.EventBase], None]
 PutPayload = Callable[[str, Payload], None]
+
+
+# A step's output rows are recorded together, before the next durability point: a row that
+# expands into many (json_explode of a large row, batch_replicate) may make at most this much. A
+# hostile review's 117 KB row (100 KB of text and an array of 3,000) took 1 GB of memory and 614 MB
+# of store; unbounded, a 2 MB line could ask for tens of GB.
+MAX_OUTPUT_BYTES = 256 * 2**20
+
+
+def encode_outputs(rows: list[Row]) -> list[bytes]:
+    """The canonical bytes of a step's output rows; UnrecordableRow for one that cannot be
+    recorded as it is, or once they take more than MAX_OUTPUT_BYTES together."""
+    encoded, total = [], 0
+    for row in rows:
+        data = encode_row(row)
+        total += len(data)
+        if total > MAX_OUTPUT_BYTES:
+            limit = f"{MAX_OUTPUT_BYTES >> 20} MiB" if MAX_OUTPUT_BYTES % 2**20 == 0 else f"{MAX_OUTPUT_BYTES} bytes"
+            raise UnrecordableRow(f"its {len(rows)} output rows take more than {limit}, more than one step may make")
+        encoded.append(data)
+    return encoded
 
 
 @dataclass(slots=True)

@@ -195,10 +195,12 @@ class PgRunWriter:
         self._run_field = copybin.count(11) + copybin.text(run_id)
         self._payload_prefix = copybin.count(5) + copybin.text(run_id)
         self._fields: dict[tuple[str, type[EventBase]], tuple[bytes, bytes]] = {}
+        self._buffered = 0  # bytes of `_events` and `_payloads`
 
     @property
-    def pending(self) -> int:
-        return len(self._events)
+    def pending_bytes(self) -> int:
+        """The bytes of events and payloads appended since the last commit."""
+        return self._buffered
 
     def append(self, machine: str, entity_id: str, event: EventBase) -> int:
         payload = encode_event(event)
@@ -217,11 +219,11 @@ class PgRunWriter:
                  payload_hash)  # fmt: skip
         entity = entity_id.encode()
         # The row in binary COPY format (`landscape.copybin`), spelled out: this runs per event.
-        self._events.append(
-            b"".join((self._run_field, _int8(8, seq), constant[0], _length(len(entity)), entity, constant[1],
-                      _int8(8, at_us - copybin.PG_EPOCH_US), _length(len(payload)), payload, _HASH_FIELD,
-                      payload_hash, _HASH_FIELD, prev, _HASH_FIELD, h))
-        )  # fmt: skip
+        row = b"".join((self._run_field, _int8(8, seq), constant[0], _length(len(entity)), entity, constant[1],
+                        _int8(8, at_us - copybin.PG_EPOCH_US), _length(len(payload)), payload, _HASH_FIELD,
+                        payload_hash, _HASH_FIELD, prev, _HASH_FIELD, h))  # fmt: skip
+        self._events.append(row)
+        self._buffered += len(row)
         self.head = h
         self.next_seq = seq + 1
         self._leaves.append(h)
@@ -232,10 +234,10 @@ class PgRunWriter:
         """Store a row's bytes under their commitment, with this run's events at the next commit.
         The same commitment twice (only a repeated salt could do that) is stored once."""
         if hash_hex not in self._payloads:
-            self._payloads[hash_hex] = b"".join(
-                (self._payload_prefix, _HASH_FIELD, bytes.fromhex(hash_hex), copybin.bytea(payload.salt),
-                 copybin.bytea(payload.data), copybin.timestamptz(self._now_us()))
-            )  # fmt: skip
+            row = b"".join((self._payload_prefix, _HASH_FIELD, bytes.fromhex(hash_hex), copybin.bytea(payload.salt),
+                            copybin.bytea(payload.data), copybin.timestamptz(self._now_us())))  # fmt: skip
+            self._payloads[hash_hex] = row
+            self._buffered += len(row)
 
     def commit(self, *, wait: bool = True) -> None:
         """Send everything buffered in one transaction and commit it (a durability point).
@@ -259,7 +261,7 @@ class PgRunWriter:
                 checkpoint,
                 us_to_datetime(self._now_us()),
             )
-            self._events, self._payloads = [], {}
+            self._events, self._payloads, self._buffered = [], {}, 0
             self._wait()
             if self._failed is not None:
                 # The log ends where the failed commit began; this batch's seqs follow the failed

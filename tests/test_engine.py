@@ -484,6 +484,71 @@ sinks:
     assert_invariants(r.fold)
 
 
+def test_a_row_that_expands_past_what_a_step_may_make_is_its_row_error(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every child of an exploded row carries the rest of the row: 3,000 items beside 100 KB of
+    text took 1 GB of memory and 614 MB of store for a 117 KB input (a hostile review). A step's
+    outputs are bounded together (here at 64 KiB); a row past that is diverted with the reason,
+    nothing of its children recorded, and the rows around it go on."""
+    import engine.work
+
+    monkeypatch.setattr(engine.work, "MAX_OUTPUT_BYTES", 64 * 1024)
+    pad = "p" * 10_000
+    lines = [{"o": 1, "pad": "", "items": [1, 2]}, {"o": 2, "pad": pad, "items": list(range(20))},
+             {"o": 3, "pad": pad, "items": [1, 2, 3]}]  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    settings = """
+source:
+  plugin: json
+  on_success: raw
+  options: {path: in.jsonl, format: jsonl, schema: {mode: observed}}
+transforms:
+- name: explode
+  plugin: json_explode
+  input: raw
+  on_success: out
+  on_error: bad
+  options: {array_field: items}
+sinks:
+  out: {plugin: json, options: {path: out/out.jsonl, format: jsonl}}
+  bad: {plugin: json, options: {path: out/bad.jsonl, format: jsonl}}
+"""
+    r = run(db, tmp_path, settings)
+    assert [(row["o"], row["item"]) for row in r.rows("out/out.jsonl")] == [(1, 1), (1, 2), (3, 1), (3, 2), (3, 3)]
+    assert [row["o"] for row in r.rows("out/bad.jsonl")] == [2]
+    events = [(s.entity_id, e) for s in PostgresRecorder(db).read_events(r.outcome.run_id) if (e := s.event)]
+    diverted = [e.reason for t, e in events if isinstance(e, ev.TokenDiverted)]
+    assert diverted == ["its output cannot be recorded: its 20 output rows take more than 65536 bytes, more than "
+                        "one step may make"]  # fmt: skip
+    assert not [t for t, _e in events if t.startswith("r1.")]  # no child of row 2 recorded
+    assert_invariants(r.fold)
+
+
+def test_a_durability_point_comes_once_enough_is_buffered_whatever_the_row_count(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a batch holds is in memory until its commit: past COMMIT_BYTES the next row boundary
+    is a durability point, however few rows since the last."""
+    import engine.orchestrator
+
+    monkeypatch.setattr(engine.orchestrator, "COMMIT_BYTES", 1)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"o": i}) + "\n" for i in range(5)))
+    settings = """
+source:
+  plugin: json
+  on_success: out
+  options: {path: in.jsonl, format: jsonl, schema: {mode: observed}}
+sinks:
+  out: {plugin: json, options: {path: out/out.jsonl, format: jsonl}}
+"""
+    r = run(db, tmp_path, settings, commit_every=1000)
+    flushes = [
+        e for s in PostgresRecorder(db).read_events(r.outcome.run_id) if isinstance(e := s.event, ev.SinkFlushed)
+    ]
+    assert [f.rows for f in flushes if f.rows] == [1, 1, 1, 1, 1]  # one durability point a row
+
+
 @pytest.mark.parametrize("merge", ["union", "nested", "select"])
 @pytest.mark.parametrize(
     ("policy", "extra", "merged"),
