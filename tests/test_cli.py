@@ -639,3 +639,38 @@ def test_a_command_that_only_reads_makes_no_store_where_there_is_none(tmp_path: 
         err = one_line_error(elspeth(*args, cwd=tmp_path), 1)
         assert "there is no audit store in" in err and "nothing has run with this home" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_invisible_and_line_separating_characters_are_shown_as_escapes() -> None:
+    """Bidirectional marks, a zero-width space, a no-break space and the line and paragraph
+    separators passed through: text that reads as other text, or breaks a line where the
+    output has none (a hostile review, in `explain`)."""
+    from engine.cli.visible import visible
+
+    for c in "\u061c\u200b\u200e\u200f\u2028\u2029\ufeff":
+        assert visible(f"a{c}b") == f"a\\u{ord(c):04x}b"
+    assert visible("tab\tand\nline, é, 名前") == "tab\tand\nline, é, 名前"
+
+
+def test_a_field_name_with_a_line_break_cannot_forge_explain_lines() -> None:
+    """Field names are the input's (JSON keys): one holding a line break printed a fake `seq`
+    line and `row` header inside a row's lineage. Such a name is shown quoted, with escapes."""
+    from engine.cli.explain import _changes
+    from landscape.lineage import Change
+
+    forged = "x\n    seq 99  completed — landed in sink output\nrow 1 (row_index 0)"
+    shown = _changes(
+        [Change(field=forged, change="removed", old=1), Change(field="amount", change="added", new=2)], None
+    )
+    assert "\n" not in shown and shown.startswith('-"x\\n    seq 99'), shown
+    assert "+amount = 2" in shown
+
+
+def test_a_file_path_with_a_control_character_is_refused_at_load() -> None:
+    """A sink path holding a line break forged lines of the run's summary, `show` and `explain`."""
+    from engine.plugins.protocol import PluginConfigError
+    from engine.plugins.registry import build_plugin
+
+    for kind, name in (("sink", "csv"), ("sink", "json"), ("source", "csv"), ("source", "json")):
+        with pytest.raises(PluginConfigError, match=r"holds U\+000A \(character 6\); allowed: a path without"):
+            build_plugin(kind, name, {"path": "out/a\nsink x: 1 rows → ok.csv", "schema": {"mode": "observed"}})

@@ -256,17 +256,25 @@ def _changes(changes: list[lin.Change] | None, unchecked: lin.Data | None) -> st
         return "no field changed"
     parts = []
     for c in changes:
+        name = _field(c.field)
         if c.change == "added":
-            parts.append(f"+{c.field} = {_text(c.new)}")
+            parts.append(f"+{name} = {_text(c.new)}")
         elif c.change == "removed":
-            parts.append(f"-{c.field} (was {_text(c.old)})")
+            parts.append(f"-{name} (was {_text(c.old)})")
         else:
-            parts.append(f"{c.field}: {_text(c.old)} → {_text(c.new)}")
+            parts.append(f"{name}: {_text(c.old)} → {_text(c.new)}")
     return _cut("; ".join(parts))
 
 
 def _text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _field(name: str) -> str:
+    """A field's name as it is, or quoted with JSON's escapes when it holds anything but printable
+    characters: names are the input's (a JSON key), and a line break in one printed lines that
+    looked like the lineage's own (a hostile review forged a `seq` line and a `row` header)."""
+    return name if name.isprintable() else json.dumps(name)
 
 
 def _cut(text: str) -> str:

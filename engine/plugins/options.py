@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import unicodedata
 from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
@@ -70,6 +71,18 @@ class Options:
     def str_(self, key: str, default: str = "", *, required: bool = False) -> str:
         value = self._get(key, (str,), "a string", default, required)
         return str(value)
+
+    def path(self, key: str = "path") -> str:
+        """A file's path (required): text without control characters or line separators. The
+        path is printed (the run's summary, `show`, `explain`), and a line break in it printed
+        lines that looked like the summary's own."""
+        value = self.str_(key, required=True)
+        for i, c in enumerate(value):
+            if unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+                raise PluginConfigError(
+                    key, f"holds U+{ord(c):04X} (character {i + 1}); allowed: a path without control characters"
+                )
+        return value
 
     def delimiter(self) -> str:
         """A CSV `delimiter`: one character, not the quote or a line break, which the csv module

@@ -336,7 +336,7 @@ class CsvSink(_FileSink):
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "path", "headers", "delimiter", "encoding", "mode")
-        super().__init__(o.str_("path", required=True), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
+        super().__init__(o.path(), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
         self.write_header = o.bool_("headers", True)
         self.delimiter = o.delimiter()
         self.fields: list[str] | None = self.schema.field_names
@@ -451,7 +451,7 @@ class JsonSink(_FileSink):
 
     def __init__(self, options: Mapping[str, Any], default_format: str | None = None) -> None:
         o = Options(options, "path", "format", "indent", "encoding", "mode")
-        super().__init__(o.str_("path", required=True), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
+        super().__init__(o.path(), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
         fmt = o.str_("format", default_format or ("jsonl" if self.path.suffix.lower() == ".jsonl" else "json"))
         if fmt not in ("json", "jsonl"):
             raise PluginConfigError("format", f"{fmt!r} is not allowed; allowed: json, jsonl")

@@ -309,7 +309,7 @@ class CsvSource:
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "path", "delimiter", "encoding", "skip_rows", "columns", "field_mapping",
                     "schema", "on_validation_failure")  # fmt: skip
-        self.path = Path(o.str_("path", required=True))
+        self.path = Path(o.path())
         self._input = _Input(self.path)
         check_input_path(self.path)
         self.delimiter = o.delimiter()
@@ -533,7 +533,7 @@ class JsonSource:
 
     def __init__(self, options: Mapping[str, Any], default_format: str | None = None) -> None:
         o = Options(options, "path", "format", "data_key", "encoding", "schema", "on_validation_failure")
-        self.path = Path(o.str_("path", required=True))
+        self.path = Path(o.path())
         self._input = _Input(self.path)
         check_input_path(self.path)
         fmt = o.str_("format", default_format or ("jsonl" if self.path.suffix.lower() == ".jsonl" else "json"))
