@@ -106,6 +106,21 @@ def test_keyword_filter() -> None:
     assert run("keyword_filter", options, {"notes": None}) == {"notes": None}  # present, nothing to match
 
 
+def test_keyword_filter_screens_the_strings_inside_lists_and_objects() -> None:
+    """A JSON source's list or object passed unscreened (a hostile review): each string inside,
+    keys too, however deep, is screened; numbers are not text."""
+    options = {"fields": ["notes"], "blocked_patterns": [r"(?i)\bsecret\b"]}
+    for value in (["Secret pricing"], {"x": "the secret is"}, {"secret": 1}, [[[{"a": ["ok", "SECRET"]}]]]):
+        with pytest.raises(RowError, match=r"^field 'notes' matches blocked pattern"):
+            run("keyword_filter", options, {"notes": value})
+    assert run("keyword_filter", options, {"notes": [1, 2.5, True, None, {"k": "fine"}]})
+    deep: object = "secret"
+    for _ in range(5000):  # deeper than the interpreter recurses
+        deep = [deep]
+    with pytest.raises(RowError, match=r"^field 'notes' matches blocked pattern"):
+        build_plugin("transform", "keyword_filter", options).process({"notes": deep})
+
+
 def test_keyword_filter_names_the_first_listed_pattern_that_matches_with_its_own_flags() -> None:
     options = {"fields": ["notes"], "blocked_patterns": ["(?i)plan", "secret", "^a"]}
     with pytest.raises(RowError) as err:  # the 2nd and 3rd match; the 1st, case-sensitive here, not

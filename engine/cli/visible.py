@@ -21,7 +21,9 @@ from typing import Any, TextIO
 # C0 controls but tab and line feed, DEL, C1 controls, the bidirectional embeddings, overrides,
 # isolates and marks (U+061C, U+200E, U+200F), the zero-width space and no-break space (U+200B,
 # U+FEFF: text that looks like other text), and the line and paragraph separators.
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_CONTROLS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]"
+)
 
 
 def _escaped(m: re.Match[str]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import re2
@@ -150,13 +150,29 @@ class KeywordFilter:
                 # misspelt field, or a header's own spelling ('Customer Notes', where rows hold
                 # customer_notes), let every row through unscreened.
                 raise RowError(f"field '{name}' is missing: there is nothing to screen it in")
-            value = row[name]
-            if isinstance(value, str) and (matched := self.any.Match(value.encode())):
-                pattern = self.patterns[min(matched)]  # the first listed, as the settings name them
-                # With `fields: all` the name is the input's (row data): its position is given.
-                field = field_named(row, name, self.fields or ())
-                raise RowError(f"{field} matches blocked pattern /{pattern.pattern}/")
+            for text in _texts(row[name]):
+                if matched := self.any.Match(text.encode()):
+                    pattern = self.patterns[min(matched)]  # the first listed, as the settings name them
+                    # With `fields: all` the name is the input's (row data): its position is given.
+                    field = field_named(row, name, self.fields or ())
+                    raise RowError(f"{field} matches blocked pattern /{pattern.pattern}/")
         return dict(row)
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """The strings of a value: itself, or every string inside a list or an object, keys too (a
+    screen that looked at plain strings only let `["Confidential pricing"]` through). Iterative:
+    a row may be nested as deeply as a source decodes."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+            stack.extend(k for k in v if isinstance(k, str))
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
 
 
 def _options() -> Any:
