@@ -35,7 +35,7 @@ def encode_outputs(rows: list[Row]) -> list[bytes]:
         total += len(data)
         if total > MAX_OUTPUT_BYTES:
             limit = f"{MAX_OUTPUT_BYTES >> 20} MiB" if MAX_OUTPUT_BYTES % 2**20 == 0 else f"{MAX_OUTPUT_BYTES} bytes"
-            raise UnrecordableRow(f"its {len(rows)} output rows take more than {limit}, more than one step may make")
+            raise UnrecordableRow(f"its {len(rows)} output rows take more than {limit}, the most one step may make")
         encoded.append(data)
     return encoded
 

@@ -519,7 +519,7 @@ sinks:
     assert [row["o"] for row in r.rows("out/bad.jsonl")] == [2]
     events = [(s.entity_id, e) for s in PostgresRecorder(db).read_events(r.outcome.run_id) if (e := s.event)]
     diverted = [e.reason for t, e in events if isinstance(e, ev.TokenDiverted)]
-    assert diverted == ["its output cannot be recorded: its 20 output rows take more than 65536 bytes, more than "
+    assert diverted == ["its output cannot be recorded: its 20 output rows take more than 65536 bytes, the most "
                         "one step may make"]  # fmt: skip
     assert not [t for t, _e in events if t.startswith("r1.")]  # no child of row 2 recorded
     assert_invariants(r.fold)
