@@ -12,6 +12,7 @@ payload that is missing or altered is reported as such, never shown as if it wer
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -89,7 +90,7 @@ class Gate(msgspec.Struct, frozen=True, kw_only=True, tag="gate", tag_field="kin
     seq: int
     time: datetime
     node: str
-    condition: str | None  # the gate's expression as the run's settings give it
+    condition: str | None  # the gate's expression in the settings it was decided under
     route: str  # the value the condition gave: "true", "false" or a route label
     next: str
 
@@ -214,17 +215,25 @@ class _Collector:
     tokens: dict[str, _Token] = field(default_factory=dict)
     coalesces: dict[str, list[tuple[StoredEvent, ev.EventBase]]] = field(default_factory=dict)
     batches: dict[str, list[tuple[StoredEvent, ev.EventBase]]] = field(default_factory=dict)
-    gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # gate name -> its settings
+    # gate name -> its settings, as each RunCreated or RunResumed set them, from its seq on: a gate
+    # event is shown with the condition in force when it was recorded (a forced resume may change it)
+    gates: list[tuple[int, dict[str, dict[str, Any]]]] = field(default_factory=list)
     flushes: dict[str, tuple[int, int, int, str]] = field(default_factory=dict)  # sink -> seq, from, to, location
     found_row: int | None = None  # the row of `select_token`, once seen
     children: dict[str, list[str]] | None = None  # parent -> tokens made from it (`made_from`)
     order: dict[str, int] | None = None  # token -> its place among `tokens`
 
+    def gate_at(self, seq: int, node: str) -> dict[str, Any]:
+        """Gate `node`'s settings in force at `seq`: those of the last RunCreated or RunResumed
+        before it that gave settings."""
+        at = bisect.bisect_right([start for start, _ in self.gates], seq) - 1
+        return self.gates[at][1].get(node, {}) if at >= 0 else {}
+
     def __call__(self, stored: StoredEvent, event: ev.EventBase) -> None:
         if isinstance(event, ev.RunCreated | ev.RunResumed):
             settings = event.settings
             if settings is not None:
-                self.gates = _gates(settings)
+                self.gates.append((stored.seq, _gates(settings)))
             return
         if isinstance(event, ev.SinkFlushed):
             before = self.flushes.get(event.sink)
@@ -485,7 +494,7 @@ def _history(t: _Token, c: _Collector, data: dict[str, Data]) -> TokenHistory:
             state = "in_flight"
         elif isinstance(e, ev.StepCompleted):
             if e.route is not None:
-                condition = c.gates.get(e.node, {}).get("condition")
+                condition = c.gate_at(s.seq, e.node).get("condition")
                 entries.append(Gate(seq=s.seq, time=at, node=e.node, condition=None if condition is None
                                     else str(condition), route=e.route, next=e.next))  # fmt: skip
             else:
@@ -495,8 +504,7 @@ def _history(t: _Token, c: _Collector, data: dict[str, Data]) -> TokenHistory:
                                     changes=_changes(before, after), unchecked=_unchecked(before, after)))  # fmt: skip
             state = "in_flight"
         elif isinstance(e, ev.TokenForked):
-            gate = c.gates.get(e.node, {})
-            condition = gate.get("condition")
+            condition = c.gate_at(s.seq, e.node).get("condition")
             entries.append(Forked(seq=s.seq, time=at, node=e.node, children=list(e.children),
                                   condition=None if condition is None else str(condition)))  # fmt: skip
             entries.append(Ended(seq=s.seq, time=at, outcome="forked", node=e.node, into=list(e.children)))

@@ -451,3 +451,28 @@ def test_a_sink_named_like_a_secret_resumes_and_its_layout_is_still_held(db: Dat
         settings.write_text(original)
         assert resume_run(db, run_id, load).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))
+
+
+def test_explain_shows_each_gate_decision_with_the_condition_in_force_when_it_was_made(db: Database) -> None:
+    """A forced resume under a changed condition: explain showed the new condition for every gate
+    event, also those decided under the old one (a row of v 1 'true' under `>= 3`, a careless
+    operator's review). Each decision shows the condition of the settings it was made under."""
+    from landscape.lineage import Gate, explain_rows
+
+    with _workdir("gate", 8) as path:
+        settings = path / "settings.yaml"
+        run_id = _crashed(db, settings, "gate-changed", "committed:4")
+        _edit(settings, ("row['v'] >= 3", "row['v'] >= 100"))
+        assert resume_run(db, run_id, load, force=True).status == "completed"
+        explained = explain_rows(PostgresRecorder(db), run_id, range(8))
+        shown = {
+            r.row_index: [(e.condition, e.route) for t in r.tokens for e in t.entries if isinstance(e, Gate)]
+            for r in explained.rows
+        }
+        resumed_at = next(s.seq for s in PostgresRecorder(db).read_events(run_id) if isinstance(s.event, ev.RunResumed))
+        for r in explained.rows:
+            gate_seqs = [e.seq for t in r.tokens for e in t.entries if isinstance(e, Gate)]
+            (condition, route), seq = shown[r.row_index][0], gate_seqs[0]
+            assert condition == ("row['v'] >= 3" if seq < resumed_at else "row['v'] >= 100"), (r.row_index, shown)
+            assert route == "false" or condition == "row['v'] >= 3"  # nothing reaches 100 here
+        assert {c for conditions in shown.values() for c, _ in conditions} == {"row['v'] >= 3", "row['v'] >= 100"}
