@@ -1268,3 +1268,21 @@ def test_a_gate_with_no_route_for_false_names_the_label(db: Database, tmp_path: 
     r = run(db, tmp_path, settings)
     failed = [e.event for e in PostgresRecorder(db).read_events(r.outcome.run_id) if e.event_type == "TokenFailed"]
     assert [f.reason for f in failed] == ["no route for label 'false'; routes: true"]  # type: ignore[attr-defined]
+
+
+def test_a_sink_at_dev_null_completes_the_run(db: Database, tmp_path: Path) -> None:
+    """`/dev/null` is allowed as a sink's file (docs/settings.md), but fsync refuses a character
+    device: every run failed at its first flush, and so did each resume (a careless operator's
+    review)."""
+    (tmp_path / "in.jsonl").write_text('{"o": 1}\n{"o": 2}\n')
+    settings = """
+source:
+  plugin: json
+  on_success: out
+  options: {path: in.jsonl, format: jsonl, schema: {mode: observed}}
+sinks:
+  out: {plugin: csv, options: {path: /dev/null}}
+"""
+    r = run(db, tmp_path, settings)
+    assert r.outcome.status == "completed"
+    assert r.outcomes() == {"completed": 2}

@@ -302,7 +302,8 @@ class _FileSink:
                 f.write(data)
                 self._hash.update(data)
             f.flush()
-            os.fsync(f.fileno())
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a device such as /dev/null takes no fsync)
+                os.fsync(f.fileno())
             return f.tell()
         except OSError as e:
             raise PluginError(_NODE, f"cannot write {self.path}: {e.strerror or e}") from e
