@@ -175,6 +175,9 @@ class Outcome:
     status: str
     fold: RunFold
     records_before: int = 0  # source records the run had read before this process took it up
+    # resumed with --force on an input that changed: its records from `records_before` on were
+    # read, those before it not (they were read from the input as it was)
+    input_changed: bool = False
 
 
 ProgressFn = Callable[[RunFold], None]
@@ -925,8 +928,9 @@ def _resume(
     changed = fingerprint != fold.source_fingerprint
     if changed and not force:
         raise ResumeRefused(
-            f"the input of run {run_id} changed since it started (source fingerprint differs); "
-            "resume with --force to continue anyway (that is recorded)"
+            f"the input of run {run_id} changed since it started (source fingerprint differs); resume with --force "
+            f"to continue anyway: the changed input is then read from its record {fold.source_records + 1} on, its "
+            f"first {fold.source_records} not (the run read those from the input as it was; that is recorded)"
         )
     with Stop(run_id).installed() as stop:
         ex = Execution(
@@ -949,4 +953,4 @@ def _resume(
             stop.settled()
         finally:
             ex.close()
-    return Outcome(run_id, status, fold, records_before)
+    return Outcome(run_id, status, fold, records_before, input_changed=force and changed)

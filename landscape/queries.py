@@ -371,6 +371,14 @@ _LIFECYCLE = (
 )  # fmt: skip
 
 
+# How many source records a run had read before seq %s: its rows (a row's first token is made as
+# its record is read, quarantined or not).
+_READ_BEFORE = (
+    "SELECT count(*) FROM rows r JOIN tokens t ON t.run_id = r.run_id AND t.token_id = r.token_id "
+    "WHERE r.run_id = %s AND t.created_seq < %s"
+)
+
+
 def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
     """The run's lifecycle events in seq order, read from the log (not from a projection)."""
     out: list[LifecycleEvent] = []
@@ -380,24 +388,31 @@ def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
             "WHERE run_id = %s AND machine = 'run' AND event_type = ANY(%s) ORDER BY seq",
             (run_id, list(_LIFECYCLE)),
         ).fetchall()
-    for seq, at, event_type, version, payload in rows:
-        e = upcast(event_type, version, bytes(payload))
-        detail: str | None = None
-        working_dir: str | None = None
-        if isinstance(e, ev.RunFailed | ev.RunInterrupted | ev.RunAbandoned):
-            detail = e.reason
-        elif isinstance(e, ev.RunResumed):
-            notes = ["input changed, --force"] if e.forced else []
-            if e.settings_path is not None:
-                notes.append(f"settings {e.settings_path}")
-            if e.working_dir is not None:
-                notes.append(f"in {e.working_dir}")
-            detail = "; ".join(notes) or None
-            working_dir = e.working_dir
-        elif isinstance(e, ev.RunCreated):
-            working_dir = e.working_dir
-        elif isinstance(e, ev.SinkWriteFailed):
-            then = "no more attempts" if e.retry_at is None else f"next attempt {e.retry_at - e.at:.1f} s later"
-            detail = f"attempt {e.attempt}: {e.error}; {then}"  # (the error names the sink)
-        out.append(LifecycleEvent(seq=seq, time=at, event=event_type, detail=detail, working_dir=working_dir))
+        settings_hash: str | None = None  # the settings' text the run went on under
+        for seq, at, event_type, version, payload in rows:
+            e = upcast(event_type, version, bytes(payload))
+            detail: str | None = None
+            working_dir: str | None = None
+            if isinstance(e, ev.RunFailed | ev.RunInterrupted | ev.RunAbandoned):
+                detail = e.reason
+            elif isinstance(e, ev.RunResumed):
+                notes = []
+                if e.forced:  # how far the run had read: the changed input was read from there on
+                    (read,) = conn.execute(_READ_BEFORE, (run_id, seq)).fetchone() or (0,)
+                    notes.append(f"input changed, --force: read from its record {int(read) + 1} on")
+                if e.settings_path is not None:
+                    changed = e.settings_hash != settings_hash
+                    notes.append(f"settings changed, --force: {e.settings_path}" if changed else
+                                 f"settings {e.settings_path} (the same text)")  # fmt: skip
+                    settings_hash = e.settings_hash
+                if e.working_dir is not None:
+                    notes.append(f"in {e.working_dir}")
+                detail = "; ".join(notes) or None
+                working_dir = e.working_dir
+            elif isinstance(e, ev.RunCreated):
+                working_dir, settings_hash = e.working_dir, e.settings_hash
+            elif isinstance(e, ev.SinkWriteFailed):
+                then = "no more attempts" if e.retry_at is None else f"next attempt {e.retry_at - e.at:.1f} s later"
+                detail = f"attempt {e.attempt}: {e.error}; {then}"  # (the error names the sink)
+            out.append(LifecycleEvent(seq=seq, time=at, event=event_type, detail=detail, working_dir=working_dir))
     return out

@@ -633,13 +633,21 @@ def test_resume_refuses_a_changed_input_unless_forced(db: Database) -> None:
         run_id = _crashed(db, path / "settings.yaml", "changed", "committed:2")
         with (path / "in.csv").open("a") as f:
             f.write("99,1,late,x\n")
-        last = fold_run(db, run_id).last_seq
-        with pytest.raises(ResumeRefused, match="input of run"):
+        before = fold_run(db, run_id)
+        read = before.source_records
+        # what --force would do is said before it is asked for: rows that moved into the records the
+        # run had read would never be read (a careless operator's review)
+        said = rf"read from its record {read + 1} on, its\s+first {read} not"
+        with pytest.raises(ResumeRefused, match=said):
             resume_run(db, run_id, load)
-        assert fold_run(db, run_id).last_seq == last
+        assert fold_run(db, run_id).last_seq == before.last_seq
         outcome = resume_run(db, run_id, load, force=True)
-        assert outcome.status == "completed"
+        assert outcome.status == "completed" and outcome.input_changed and outcome.records_before == read
         assert fold_run(db, run_id).resumes == 1
+        from landscape.queries import run_lifecycle
+
+        resumed = [e.detail for e in run_lifecycle(db, run_id) if e.event == "RunResumed"]
+        assert resumed == [f"input changed, --force: read from its record {read + 1} on"]
 
 
 def test_a_run_recorded_with_the_earlier_settings_hash_resumes(db: Database) -> None:

@@ -476,3 +476,7 @@ def test_explain_shows_each_gate_decision_with_the_condition_in_force_when_it_wa
             assert condition == ("row['v'] >= 3" if seq < resumed_at else "row['v'] >= 100"), (r.row_index, shown)
             assert route == "false" or condition == "row['v'] >= 3"  # nothing reaches 100 here
         assert {c for conditions in shown.values() for c, _ in conditions} == {"row['v'] >= 3", "row['v'] >= 100"}
+        from landscape.queries import run_lifecycle
+
+        resumed = [e.detail for e in run_lifecycle(db, run_id) if e.event == "RunResumed"]
+        assert resumed == [f"settings changed, --force: {settings}"]

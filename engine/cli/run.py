@@ -126,6 +126,12 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     click.echo(f"run {outcome.run_id} {outcome.status} in {seconds:.2f} s")
     since = f"{now} since the resume, " if outcome.records_before else ""
     click.echo(f"  rows in: {rows.rows_in} ({since}{rate:,.0f} rows/s)")
+    if outcome.input_changed:  # rows that moved into the first records of the new input were not read
+        n = outcome.records_before
+        click.echo(
+            f"  the input changed (--force): read from its record {n + 1} on; its first {n} records were not read "
+            f"(the run had read {n} from the input as it was): compare the two if rows may have moved"
+        )
     written = ", ".join(f"{sink} {n}" for sink, n in rows.written.items()) or "none"
     click.echo(f"  rows written: {written}")
     click.echo(f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}")
