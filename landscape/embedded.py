@@ -655,8 +655,7 @@ def _initialise(bin_dir: Path, root: Path, pgdata: Path, uid: int | None, gid: i
     )  # fmt: skip
     if init.returncode != 0:
         shutil.rmtree(fresh, ignore_errors=True)
-        why = (init.stderr.strip().splitlines() or ["initdb failed"])[-1]
-        raise DatabaseUnavailable(f"cannot initialise the embedded PostgreSQL in {pgdata}: {why}")
+        raise DatabaseUnavailable(f"cannot initialise the embedded PostgreSQL in {pgdata}: {_initdb_why(init.stderr)}")
     if pgdata.is_dir() and not pgdata.is_symlink():
         pgdata.rmdir()  # an empty folder (checked by the caller): initdb used to accept one
     os.rename(fresh, pgdata)
@@ -665,6 +664,17 @@ def _initialise(bin_dir: Path, root: Path, pgdata: Path, uid: int | None, gid: i
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _initdb_why(stderr: str) -> str:
+    """The line of initdb's words that says what went wrong: its first FATAL or error line (a full
+    disk's "No space left on device"), not its last, which is only "removing contents of data
+    directory"."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in lines:
+        if "FATAL:" in line or "error:" in line or "PANIC:" in line:
+            return line
+    return lines[-1] if lines else "initdb failed"
 
 
 def _alive(pid: int) -> bool:

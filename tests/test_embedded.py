@@ -512,3 +512,21 @@ def test_the_embedded_servers_log_keeps_no_row_values(server_url: str) -> None:
     log = (Path(data[0]).parent / "postgresql.log").read_text(errors="replace")
     assert "database system is ready" in log  # the server's own life is logged
     assert marker not in log
+
+
+def test_an_initdb_that_fails_is_reported_by_its_cause_not_its_last_line() -> None:
+    """On a full disk initdb's last line is "removing contents of data directory": the cause,
+    its FATAL line, was dropped (a careless operator's review, on a 64 KiB tmpfs)."""
+    from landscape.embedded import _initdb_why
+
+    full = (
+        'The files belonging to this database system will be owned by user "postgres".\n'
+        "creating directory /h/pgdata.new-1 ... ok\n"
+        '2026-12-02 12:00:00.000 UTC [7] FATAL:  could not write to file "pg_wal/xlogtemp.7": No space left on device\n'
+        "child process exited with exit code 1\n"
+        'initdb: removing contents of data directory "/h/pgdata.new-1"\n'
+    )
+    assert _initdb_why(full).endswith('FATAL:  could not write to file "pg_wal/xlogtemp.7": No space left on device')
+    assert _initdb_why('initdb: error: invalid locale name "x"\n') == 'initdb: error: invalid locale name "x"'
+    assert _initdb_why("something odd\nlast words\n") == "last words"
+    assert _initdb_why("") == "initdb failed"
