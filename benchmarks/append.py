@@ -46,7 +46,7 @@ def store_path(db: Database, events: int, commit_every: int) -> tuple[float, str
             writer.append("token", f"r{i}", step)
             n += 1
         i += 1
-        if writer.pending >= commit_every:
+        if len(writer._events) >= commit_every:
             sent.extend(writer._events)  # counted in the store's time: a slight handicap
             writer.commit(wait=False)
     sent.extend(writer._events)
