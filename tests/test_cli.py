@@ -178,6 +178,9 @@ def test_dry_run_validates_without_running(db: Database, work: Path) -> None:
     proc = elspeth("run", "-s", "settings.yaml", "--dry-run", cwd=work, db=db)
     assert proc.returncode == 0 and "dry run" in proc.stdout
     assert not (work / "out" / "high.csv").exists()
+    both = elspeth("run", "-s", "settings.yaml", "--dry-run", "--execute", cwd=work, db=db)
+    assert both.returncode == 2 and "--dry-run and --execute contradict each other" in both.stderr, both.stderr
+    assert not (work / "out" / "high.csv").exists()
 
 
 def test_validate(work: Path) -> None:

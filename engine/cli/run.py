@@ -194,6 +194,8 @@ def _resume_command(ctx: click.Context, settings_url: str | None, settings_path:
 @click.pass_context
 def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: bool, commit_every: int | None) -> None:
     """Run a pipeline, recording every step of every row."""
+    if dry_run and execute:  # (silently one of the two, the operator would not know which)
+        raise click.UsageError("--dry-run and --execute contradict each other: give one")
     pipeline = load_pipeline(settings_path)
     try:
         check_paths(pipeline)  # before any store is opened or created: a missing input leaves nothing
