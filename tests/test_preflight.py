@@ -5,6 +5,7 @@ sink's file is not a folder or a pipe. One line each, naming the settings file a
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -122,8 +123,11 @@ def test_a_sink_file_that_is_a_folder_or_a_pipe(
         ("sqlite:///nowhere/x.db", lambda t: None, "sinks.out.options.url: the folder nowhere of nowhere/x.db does not exist"),
         ("sqlite:///d", lambda t: (t / "d").mkdir(), "sinks.out.options.url: d is a folder; allowed: a regular file"),
         ("sqlite:///x.db", lambda t: None, None),
+        ("sqlite:///x.csv", lambda t: (t / "x.csv").write_text("id,v\n1,2\n"), "sinks.out.options.url: x.csv holds something other than a SQLite database; allowed: a SQLite database file, or a new one"),
+        ("sqlite:///empty.db", lambda t: (t / "empty.db").write_bytes(b""), None),
+        ("sqlite:///made.db", lambda t: sqlite3.connect(t / "made.db").execute("CREATE TABLE t (a)").connection.commit(), None),
     ],
-    ids=["under a file", "folder missing", "a folder", "new"],
+    ids=["under a file", "folder missing", "a folder", "new", "not sqlite", "empty", "a database"],
 )  # fmt: skip
 def test_a_sqlite_sink_file_is_checked_as_a_sink_file_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, setup: Callable[[Path], object], says: str | None

@@ -68,6 +68,12 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
                 )
             elif (why := _cannot_append(sink, path)) is not None:
                 problems.append(f"{where}: {setting}: {why}")
+            elif isinstance(sink, DatabaseSink) and not _sqlite_or_new(path):
+                # Else the run is recorded, then fails at its first write ("file is not a database")
+                problems.append(
+                    f"{where}: {setting}: {path} holds something other than a SQLite database; allowed: a SQLite "
+                    "database file, or a new one"
+                )
     key = signing_key(pipeline.loaded, env)
     if key is None:
         try:  # the home's own key, as the run's first checkpoint would take it (made there if none)
@@ -195,3 +201,17 @@ def _cannot_hold_files(folder: Path) -> str | None:
     except ValueError:
         return "cannot be a folder's name (it holds a NUL character)"
     return None
+
+
+def _sqlite_or_new(path: Path) -> bool:
+    """Whether a SQLite sink's file is absent, empty (SQLite makes a database in it) or a device,
+    or begins as every SQLite database does."""
+    try:  # (without waiting: a FIFO swapped in meanwhile must not hold the check up)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return True  # absent, or what cannot be read, which the run says in its own words
+    try:
+        head = os.read(fd, 16) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
+    return head in (b"", b"SQLite format 3\x00")
