@@ -918,3 +918,17 @@ def test_a_run_writing_the_same_relative_path_elsewhere_does_not_stop_a_resume(d
         os.chdir(path)
         assert resume_run(db, run_id, load).status == "completed"
         assert b"left,by,the,crash" not in (path / "out" / "out.csv").read_bytes()
+
+
+def test_a_run_writing_to_dev_null_resumes(db: Database) -> None:
+    """A device keeps nothing: the durable position stays 0, so the digest recorded with it must
+    be of no bytes. It was of every byte written, and every resume was refused as if the file had
+    been replaced (an attacker's review of the fix that let such a run complete)."""
+    with _workdir("linear", 6) as path:
+        settings = path / "settings.yaml"
+        settings.write_text(settings.read_text().replace("{path: out/out.csv}", "{path: /dev/null}"))
+        run_id = _crashed(db, settings, "to-dev-null", "committed:3")
+        assert fold_run(db, run_id).sink_positions["out"] == 0
+        outcome = resume_run(db, run_id, load)
+        assert outcome.status == "completed"
+        assert_invariants(fold_run(db, run_id, strict=True))

@@ -96,6 +96,7 @@ class _FileSink:
         self._f: BinaryIO | None = None
         self._start: int | None = None  # where writing starts; None: not open (or released)
         self._size_at_open: int | None = None  # appending: the file's size when `open` chose the start
+        self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
         self._encoder = codecs.getincrementalencoder(encoding)()
@@ -280,14 +281,16 @@ class _FileSink:
             if self._start > 0 and _hash_of(f, self._start).hexdigest() != self._hash.hexdigest():
                 f.close()
                 raise PluginError(_NODE, f"{self.path} changed while it was being opened; not written")
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a device such as /dev/full cannot be cut)
+            self._device = not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+            if not self._device:  # (a device such as /dev/full cannot be cut)
                 f.truncate(self._start)
             f.seek(self._start)
             f.write(self._head)
         except OSError as e:
             f.close()
             raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror or e}") from e
-        self._hash.update(self._head)
+        if not self._device:  # (a device keeps nothing: its durable bytes stay none, at position 0)
+            self._hash.update(self._head)
         self._f, self._head = f, b""
         return f
 
@@ -300,9 +303,10 @@ class _FileSink:
         try:
             if data:
                 f.write(data)
-                self._hash.update(data)
+                if not self._device:  # the digest is of the bytes up to the position it is recorded with
+                    self._hash.update(data)
             f.flush()
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a device such as /dev/null takes no fsync)
+            if not self._device:  # (a device such as /dev/null takes no fsync)
                 os.fsync(f.fileno())
             return f.tell()
         except OSError as e:
