@@ -176,7 +176,7 @@ class Outcome:
     fold: RunFold
     records_before: int = 0  # source records the run had read before this process took it up
     # resumed with --force on an input that changed: its records from `records_before` on were
-    # read, those before it not (they were read from the input as it was)
+    # read, those before it not (the run had read those records before the resume)
     input_changed: bool = False
 
 
@@ -930,7 +930,7 @@ def _resume(
         raise ResumeRefused(
             f"the input of run {run_id} changed since it started (source fingerprint differs); resume with --force "
             f"to continue anyway: the changed input is then read from its record {fold.source_records + 1} on, its "
-            f"first {fold.source_records} not (the run read those from the input as it was; that is recorded)"
+            f"first {fold.source_records} not (the run read those records before; that is recorded)"
         )
     with Stop(run_id).installed() as stop:
         ex = Execution(

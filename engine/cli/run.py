@@ -130,7 +130,8 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
         n = outcome.records_before
         click.echo(
             f"  the input changed (--force): read from its record {n + 1} on; its first {n} records were not read "
-            f"(the run had read {n} from the input as it was): compare the two if rows may have moved"
+            f"(the run had read {n} records before this resume, from the input as it was then): compare the two "
+            "if rows may have moved"
         )
     written = ", ".join(f"{sink} {n}" for sink, n in rows.written.items()) or "none"
     click.echo(f"  rows written: {written}")
