@@ -380,7 +380,8 @@ _READ_BEFORE = (
 
 
 def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
-    """The run's lifecycle events in seq order, read from the log (not from a projection)."""
+    """The run's lifecycle events in seq order, read from the log (not from a projection; but for a
+    forced resume on a changed input, how many records the run had read, counted in `rows`)."""
     out: list[LifecycleEvent] = []
     with driver_errors(f"reading the lifecycle of run {run_id}"), db.connect() as conn:
         rows = conn.execute(
