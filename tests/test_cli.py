@@ -277,7 +277,9 @@ SQLITE_HIGH = "{plugin: database, options: {url: 'sqlite:///out/high.db', table:
 
 def _unopenable_sink(work: Path) -> None:
     (work / "settings.yaml").write_text(PIPELINE.replace("{plugin: csv, options: {path: out/high.csv}}", SQLITE_HIGH))
-    (work / "out" / "high.db").write_text("not a database, " * 8)
+    # SQLite's header, then no database: what the preflight's look at the first bytes lets through
+    # (a file that is plainly no database is refused before the run is recorded)
+    (work / "out" / "high.db").write_bytes(b"SQLite format 3\x00" + b"not a database, " * 8)
 
 
 def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(db: Database, work: Path) -> None:
