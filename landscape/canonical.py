@@ -46,8 +46,10 @@ def encode_row(row: Any) -> bytes:
         raise UnrecordableRow("a string holds a lone surrogate (U+D800 to U+DFFF), which is no Unicode text") from None
     except RecursionError:
         raise UnrecordableRow("it is nested too deeply to be recorded") from None
-    except ValueError:  # (after UnicodeEncodeError, one of them) Python writes no int that long
-        raise UnrecordableRow(
+    except ValueError as e:  # (after UnicodeEncodeError, one of them); its words may quote the row
+        if "digits" not in str(e):
+            raise UnrecordableRow("a value cannot be written as JSON") from None
+        raise UnrecordableRow(  # Python writes no int that long
             f"an integer has more than {sys.get_int_max_str_digits()} digits, more than Python writes out"
         ) from None
     # Only a row that reads null somewhere can hide one (a cheap search first: nulls are rare).

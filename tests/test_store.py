@@ -335,6 +335,20 @@ def test_encode_row_refuses_what_json_would_record_as_another_row() -> None:
             encode_row(row)
 
 
+def test_encode_row_names_no_value_when_the_encoder_refuses_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encoder's ValueError other than a long int's is an unrecordable row too (a traceback
+    otherwise), said without the encoder's words, which may quote the value."""
+    from landscape import canonical
+
+    class Refusing:
+        def encode(self, row: object) -> bytes:
+            raise ValueError("cannot encode 'secret-value'")
+
+    monkeypatch.setattr(canonical, "_encoder", Refusing())
+    with pytest.raises(canonical.UnrecordableRow, match=r"^a value cannot be written as JSON$"):
+        canonical.encode_row({"a": 1})
+
+
 def nested(depth: int, inner: object) -> object:
     for _ in range(depth):
         inner = [inner]
