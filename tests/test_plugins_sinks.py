@@ -543,6 +543,29 @@ def test_a_text_column_holds_numbers_and_booleans_as_json_spells_them_never_roun
         assert _select(db_url, "SELECT code FROM c") == [("1234",)]
 
 
+def test_a_json_column_of_an_existing_table_gets_the_structure_not_a_string_of_it(db_url: str) -> None:
+    """An object given to a json or jsonb column was turned into JSON text first, which the
+    column's type encoded again: the table held a JSON string, `doc->>'a'` read NULL, while the
+    trail said the row was written (a hostile review)."""
+    sqlite = db_url.startswith("sqlite")
+    _execute(
+        db_url, "CREATE TABLE js (id INTEGER, doc JSON)" if sqlite else "CREATE TABLE js (id bigint, doc jsonb, j json)"
+    )
+    s = build_plugin("sink", "database", {"url": db_url, "table": "js"})
+    s.open("run-1", None)
+    rows = [{"id": 1, "doc": {"a": 1, "b": [1, 2]}}, {"id": 2, "doc": "plain"}, {"id": 3, "doc": [True, None]}]
+    for i, row in enumerate(rows):
+        s.write(f"t{i}", row if sqlite else {**row, "j": row["doc"]})
+    s.flush()
+    s.close()
+    if sqlite:
+        found = _select(db_url, "SELECT json_type(doc), doc ->> '$.a' FROM js ORDER BY id")
+    else:
+        found = _select(db_url, "SELECT jsonb_typeof(doc), doc ->> 'a' FROM js ORDER BY id")
+        assert _select(db_url, "SELECT json_typeof(j) FROM js ORDER BY id") == [("object",), ("string",), ("array",)]
+    assert found == [("object", 1 if sqlite else "1"), ("text" if sqlite else "string", None), ("array", None)]
+
+
 def test_a_column_a_row_has_no_field_for_gets_its_default(db_url: str) -> None:
     """An insert named every column, a NULL for each the row lacks: a serial or a NOT NULL
     DEFAULT column refused every row, a nullable one with a default got NULL (a hostile review).

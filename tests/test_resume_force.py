@@ -455,8 +455,9 @@ def test_a_sink_named_like_a_secret_resumes_and_its_layout_is_still_held(db: Dat
 
 def test_explain_shows_each_gate_decision_with_the_condition_in_force_when_it_was_made(db: Database) -> None:
     """A forced resume under a changed condition: explain showed the new condition for every gate
-    event, also those decided under the old one (a row of v 1 'true' under `>= 3`, a careless
-    operator's review). Each decision shows the condition of the settings it was made under."""
+    event, also those decided under the old one (a row of v 5, routed 'true' under `>= 3`, shown
+    as 'true' under `>= 100`: a careless operator's review). Each decision shows the condition of
+    the settings it was made under."""
     from landscape.lineage import Gate, explain_rows
 
     with _workdir("gate", 8) as path:

@@ -60,7 +60,15 @@ def _for_column(kind: str, value: Any) -> Any:
     """The value as its column is given it. A text column gets text, a number, a boolean or a
     structure spelled as JSON spells it: the server's own conversion would change it (SQLite
     keeps 15 digits of a float, 0.30000000000000004 read back as '0.3', and spells true '1').
-    Other columns get the value, a structure as JSON text."""
+    A JSON column gets the value as JSON holds it (the column's type writes it as JSON: given as
+    text, an object was stored as a JSON string). Other columns get the value, a structure as
+    JSON text."""
+    if kind == "json":  # (plain JSON values: a plugin's datetime, Decimal or UUID as its text)
+        return (
+            value
+            if value is None or isinstance(value, str | int | float)
+            else json.loads(json.dumps(value, ensure_ascii=False, default=str))
+        )
     if value is None or isinstance(value, str):
         return value
     if kind in ("text", "char") or isinstance(value, dict | list):
@@ -735,8 +743,10 @@ def _value_kind(value: Any) -> str:
 def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
     """What an existing column holds, as `_unfit` checks it: kind, then a width (integer bits,
     a float's bits, a decimal's precision, a string's length; 0: none) and a decimal's scale."""
-    from sqlalchemy import CHAR, REAL, BigInteger, Float, Numeric, SmallInteger, String
+    from sqlalchemy import CHAR, JSON, REAL, BigInteger, Float, Numeric, SmallInteger, String
 
+    if isinstance(sql_type, JSON):  # (PostgreSQL's json and jsonb, SQLite's JSON)
+        return "json", 0, 0
     try:
         python = sql_type.python_type
     except NotImplementedError:
