@@ -24,11 +24,17 @@ PutPayload = Callable[[str, Payload], None]
 # hostile review's 117 KB row (100 KB of text and an array of 3,000) took 1 GB of memory and 614 MB
 # of store; unbounded, a 2 MB line could ask for tens of GB.
 MAX_OUTPUT_BYTES = 256 * 2**20
+# And at most this many rows: each output becomes a token with its events and its place in memory
+# until the next durability point (about 3.4 KB each), however small its row (a review's 200 rows
+# asking batch_replicate for 10,000 copies each took 6.8 GB).
+MAX_OUTPUT_ROWS = 100_000
 
 
 def encode_outputs(rows: list[Row]) -> list[bytes]:
     """The canonical bytes of a step's output rows; UnrecordableRow for one that cannot be
     recorded as it is, or once they take more than MAX_OUTPUT_BYTES together."""
+    if len(rows) > MAX_OUTPUT_ROWS:
+        raise UnrecordableRow(f"it made {len(rows)} output rows, more than the {MAX_OUTPUT_ROWS} one step may make")
     encoded, total = [], 0
     for row in rows:
         data = encode_row(row)

@@ -494,9 +494,10 @@ def test_a_row_that_expands_past_what_a_step_may_make_is_its_row_error(
     import engine.work
 
     monkeypatch.setattr(engine.work, "MAX_OUTPUT_BYTES", 64 * 1024)
+    monkeypatch.setattr(engine.work, "MAX_OUTPUT_ROWS", 50)
     pad = "p" * 10_000
     lines = [{"o": 1, "pad": "", "items": [1, 2]}, {"o": 2, "pad": pad, "items": list(range(20))},
-             {"o": 3, "pad": pad, "items": [1, 2, 3]}]  # fmt: skip
+             {"o": 3, "pad": pad, "items": [1, 2, 3]}, {"o": 4, "pad": "", "items": list(range(51))}]  # fmt: skip
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     settings = """
 source:
@@ -516,11 +517,12 @@ sinks:
 """
     r = run(db, tmp_path, settings)
     assert [(row["o"], row["item"]) for row in r.rows("out/out.jsonl")] == [(1, 1), (1, 2), (3, 1), (3, 2), (3, 3)]
-    assert [row["o"] for row in r.rows("out/bad.jsonl")] == [2]
+    assert [row["o"] for row in r.rows("out/bad.jsonl")] == [2, 4]
     events = [(s.entity_id, e) for s in PostgresRecorder(db).read_events(r.outcome.run_id) if (e := s.event)]
     diverted = [e.reason for t, e in events if isinstance(e, ev.TokenDiverted)]
     assert diverted == ["its output cannot be recorded: its 20 output rows take more than 65536 bytes, the most "
-                        "one step may make"]  # fmt: skip
+                        "one step may make",
+                        "its output cannot be recorded: it made 51 output rows, more than the 50 one step may make"]  # fmt: skip
     assert not [t for t, _e in events if t.startswith("r1.")]  # no child of row 2 recorded
     assert_invariants(r.fold)
 

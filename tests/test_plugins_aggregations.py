@@ -86,6 +86,20 @@ def test_batch_replicate() -> None:
     assert "from 1 to 3" in result.rejected[0][1]
 
 
+def test_batch_replicate_refuses_a_batch_asking_for_more_copies_than_a_step_may_make(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 rows asking for 10,000 copies each took 6.8 GB (a hostile review): the copies asked
+    for are counted before any is made."""
+    from engine.plugins import aggregations
+
+    monkeypatch.setattr(aggregations, "MAX_OUTPUT_ROWS", 10)
+    a = build_plugin("aggregation", "batch_replicate", {})
+    with pytest.raises(RowError, match=r"^the batch asks for 12 copies, more than the 10 one step may make$"):
+        a.flush([{"copies": 6}, {"copies": 6}, {"copies": "x"}])
+    assert len(a.flush([{"copies": 5}, {"copies": 5}, {"copies": 10**9}]).rows) == 10  # a refused row asks nothing
+
+
 def test_batch_replicate_options() -> None:
     a = build_plugin("aggregation", "batch_replicate",
                      {"copies_field": "n", "default_copies": 2, "include_copy_index": False})  # fmt: skip

@@ -10,6 +10,7 @@ from engine.plugins.options import Options
 from engine.plugins.protocol import BatchResult, PluginConfigError, Row, RowError
 from engine.plugins.reasons import described
 from engine.plugins.schema import parse_schema
+from engine.work import MAX_OUTPUT_ROWS
 
 _SKIPPED = ("skipped_non_finite", "skipped_non_finite_indices")
 
@@ -86,12 +87,14 @@ class BatchReplicate:
         out: list[Row] = []
         rejected: list[tuple[int, str]] = []
         sources: list[list[int]] = []  # each copy is made from its one input row
+        asked = sum(self._copies(r) or 0 for r in rows)
+        if asked > MAX_OUTPUT_ROWS:  # refused before the copies are made, not after (memory)
+            raise RowError(f"the batch asks for {asked} copies, more than the {MAX_OUTPUT_ROWS} one step may make")
         for i, row in enumerate(rows):
-            copies = row.get(self.copies_field, self.default_copies)
+            copies = self._copies(row)
             if copies is None:
-                copies = self.default_copies
-            if isinstance(copies, bool) or not isinstance(copies, int) or not 1 <= copies <= self.max_copies:
-                found = "one outside that range" if type(copies) is int else described(copies)
+                asked_for = row.get(self.copies_field)
+                found = "one outside that range" if type(asked_for) is int else described(asked_for)
                 rejected.append((i, f"'{self.copies_field}' must be an int from 1 to {self.max_copies}, found {found}"))
                 continue
             for c in range(copies):
@@ -101,3 +104,12 @@ class BatchReplicate:
                 out.append(new)
                 sources.append([i])
         return BatchResult(out, rejected, sources)
+
+    def _copies(self, row: Row) -> int | None:
+        """How many copies `row` asks for, or None when that is not an int from 1 to max_copies."""
+        copies = row.get(self.copies_field, self.default_copies)
+        if copies is None:
+            return self.default_copies
+        if type(copies) is int and 1 <= copies <= self.max_copies:
+            return copies
+        return None
