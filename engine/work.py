@@ -32,7 +32,8 @@ MAX_OUTPUT_ROWS = 100_000
 
 def encode_outputs(rows: list[Row]) -> list[bytes]:
     """The canonical bytes of a step's output rows; UnrecordableRow for one that cannot be
-    recorded as it is, or once they take more than MAX_OUTPUT_BYTES together."""
+    recorded as it is, for more than MAX_OUTPUT_ROWS of them, or once they take more than
+    MAX_OUTPUT_BYTES together."""
     if len(rows) > MAX_OUTPUT_ROWS:
         raise UnrecordableRow(f"it made {len(rows)} output rows, more than the {MAX_OUTPUT_ROWS} one step may make")
     encoded, total = [], 0
