@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 
 from engine.clock import Clock
-from engine.plugins.protocol import PluginError, Row, RowError, Sink, at_node
+from engine.plugins.protocol import PluginError, Row, RowError, RowsRefused, Sink, at_node
 from engine.work import Context, PendingWrite
 from statecharts import events as ev
 from statecharts.machines import TokenState
@@ -33,17 +33,22 @@ class SinkWriter:
         try:
             self.sinks[sink].write(token_id, row)
         except RowError as e:
-            tried = (*tried, sink)
-            why = f"sink '{sink}' cannot write the row: {e.reason}"
-            fallback = self.ctx.nodes.write_failure.get(sink)
-            if fallback is None or fallback == "discard" or fallback in tried:
-                self.ctx.emit(token_id, ev.TokenFailed(reason="sink_row_refused", node=sink, detail=why))
-                return
-            diverted = str(TokenState.DIVERTED)
-            self.ctx.emit(token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink, reason=why))
-            self.write(token_id, row, fallback, diverted, sink, why, tried)
+            self._refused(token_id, row, sink, e.reason, tried)
             return
-        self.pending.setdefault(sink, []).append(PendingWrite(token_id, outcome, node, reason, row))
+        self.pending.setdefault(sink, []).append(PendingWrite(token_id, outcome, node, reason, row, tried))
+
+    def _refused(self, token_id: str, row: Row, sink: str, reason: str, tried: tuple[str, ...]) -> None:
+        """A row `sink` refused (at `write`, or its destination at `flush`): to the sink's
+        `on_write_failure`, or, without one (or in a loop of them), the token fails with why."""
+        tried = (*tried, sink)
+        why = f"sink '{sink}' cannot write the row: {reason}"
+        fallback = self.ctx.nodes.write_failure.get(sink)
+        if fallback is None or fallback == "discard" or fallback in tried:
+            self.ctx.emit(token_id, ev.TokenFailed(reason="sink_row_refused", node=sink, detail=why))
+            return
+        diverted = str(TokenState.DIVERTED)
+        self.ctx.emit(token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink, reason=why))
+        self.write(token_id, row, fallback, diverted, sink, why, tried)
 
     def flush_all(self, after_flush: Callable[[], None] | None = None) -> None:
         """Make every pending sink write durable, then record it and its tokens' outcomes.
@@ -64,6 +69,8 @@ class SinkWriter:
                 except PluginError as e:
                     failed.add(sink_name)
                     self._write_failed(sink_name, writes, e, failed)
+                    continue
+                if not writes:  # every row refused by the destination: nothing was written
                     continue
                 if after_flush is not None:
                     after_flush()
@@ -95,6 +102,29 @@ class SinkWriter:
             attempt += 1
             try:
                 return sink.flush()
+            except RowsRefused as refused:
+                # The destination refused these rows alone (a constraint of its table), and kept
+                # nothing: they follow `on_write_failure`, the others are written again. Not a
+                # failed attempt of the sink's; every round drops at least one row, so it ends.
+                attempt -= 1
+                self.reopen(sink_name)
+                kept = []
+                for p in writes:
+                    why = refused.reasons.get(p.token_id)
+                    if why is None:
+                        kept.append(p)
+                    else:
+                        self._refused(p.token_id, p.row, sink_name, why, p.tried)
+                if len(kept) == len(writes):
+                    raise PluginError(f"sink '{sink_name}'", "refused rows it was not given") from refused
+                writes[:] = []  # (the caller's list: it records these as written)
+                for p in kept:
+                    try:  # (the first row may have been refused: the next one fixes the columns)
+                        sink.write(p.token_id, p.row)
+                    except RowError as again:
+                        self._refused(p.token_id, p.row, sink_name, again.reason, p.tried)
+                        continue
+                    writes.append(p)
             except Exception as raised:
                 e = at_node(f"sink '{sink_name}'", raised)
                 now = self.ctx.now()

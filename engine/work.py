@@ -70,6 +70,7 @@ class PendingWrite:
     node: str | None
     reason: str | None
     row: Row  # kept until the write is durable, for `on_write_failure`
+    tried: tuple[str, ...] = ()  # the sinks that refused the row before this one (no loop of fallbacks)
 
 
 @dataclass

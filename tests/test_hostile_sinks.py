@@ -211,6 +211,9 @@ ROWS: dict[str, Rows] = {
     "db: a text where the column is int": Rows(DB, [{"n": 1}, {"n": "x"}], {1}, source_schema=ANY),
     "db: an integer past 64 bits": Rows(DB, [{"n": 1}, {"n": 2**70}], {1}, source_schema=ANY),
     "db: a bool where the column is int": Rows(DB, [{"n": 1}, {"n": True}], {1}, source_schema=ANY),
+    "db: an empty field name in the first row": Rows(DB, [{"": 1, "a": 1}, {"a": 2}], {0}),
+    "db: a NUL in a field name in the first row": Rows(DB, [{"a\x00b": 1, "a": 1}, {"a": 2}], {0}),
+    "db: more fields than a table has columns": Rows(DB, [{f"c{i}": i for i in range(2001)}, {"a": 2}], {0}),
     "db: schema names them all": Rows("{plugin: database, options: {url: '{url}', table: t, schema: {mode: fixed, fields: ['a: int?', 'b: str?']}}}", MIXED),
     "json keeps everything": Rows("{plugin: json, options: {path: out/o.jsonl}}", MIXED),
 }
@@ -277,6 +280,79 @@ def test_no_field_lost(case: Rows, backend: str, db: Database, tmp_path: Path, r
     assert refused == case.failed, (a.failed, a.diverted)
     if case.spill:
         assert sorted(a.written["spill"]) == sorted(case.failed)
+
+
+# -- rows an existing table refuses -----------------------------------------------------------------
+
+
+def _make_table(url: str, sql: str) -> None:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
+# Rows 1 (a second 1), 3 (not > 0) and 4 (null) break a constraint of the table; 0, 2 and 5 do not.
+CONSTRAINED = [{"n": 1}, {"n": 1}, {"n": 2}, {"n": -1}, {"n": None}, {"n": 3}]
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no on_write_failure", "to a spill sink"])
+def test_a_row_the_table_refuses_fails_alone(db_url: str, spill: bool, db: Database, tmp_path: Path) -> None:
+    """One flush holds all six rows; the three the table's constraints refuse fail (or go to the
+    spill sink) with the constraint's reason, and the other three are written, once each."""
+    _make_table(db_url, "CREATE TABLE t (n BIGINT NOT NULL UNIQUE CHECK (n > 0))")
+    (tmp_path / "out").mkdir()
+    sink = DB.replace("{url}", db_url)
+    a, outputs = run_rows(db, tmp_path, sink, CONSTRAINED, spill, "{mode: fixed, fields: ['n: int?']}")
+    assert sorted(r["n"] for r in outputs["out"]) == [1, 2, 3]
+    assert sorted(a.written["out"]) == [0, 2, 5]
+    refused = a.diverted if spill else a.failed
+    assert set(refused) == {1, 3, 4}
+    assert all("the table refused it" in why and "IntegrityError" in why for why in refused.values()), refused
+    if spill:
+        assert sorted(a.written["spill"]) == [1, 3, 4]
+        assert sorted(r["n"] or 0 for r in outputs["spill"]) == [-1, 0, 1]
+
+
+def test_a_deferred_constraint_is_checked_row_by_row(sink_db: str, db: Database, tmp_path: Path) -> None:
+    """A PostgreSQL constraint checked only at the commit fails the flush as a whole; the rows
+    are then tried with it checked at once, and only the second 1 is refused."""
+    _make_table(sink_db, "CREATE TABLE t (n BIGINT, CONSTRAINT once UNIQUE (n) DEFERRABLE INITIALLY DEFERRED)")
+    (tmp_path / "out").mkdir()
+    rows = [{"n": 1}, {"n": 1}, {"n": 2}]
+    a, outputs = run_rows(db, tmp_path, DB.replace("{url}", sink_db), rows, False, "{mode: fixed, fields: ['n: int']}")
+    assert sorted(r["n"] for r in outputs["out"]) == [1, 2]
+    assert list(a.failed) == [1]
+    assert "constraint 'once'" in a.failed[1]
+
+
+def test_a_sqlite_date_column_takes_the_text_it_is_given(db: Database, tmp_path: Path) -> None:
+    """SQLAlchemy's SQLite DATE and TIMESTAMP refuse a string (every flush failed); the table
+    gets the text as SQLite stores it, unchanged."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    _make_table(url, "CREATE TABLE t (d DATE, ts TIMESTAMP, u BLOB)")
+    rows = [{"d": "2024-01-05", "ts": "2024-01-05T10:00:00+01:00", "u": "x"}]
+    (tmp_path / "out").mkdir()
+    a, _ = run_rows(db, tmp_path, DB.replace("{url}", url), rows, False)
+    assert a.written["out"] == [0]
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        assert conn.execute("SELECT d, ts, u FROM t").fetchall() == [("2024-01-05", "2024-01-05T10:00:00+01:00", "x")]
+
+
+def test_a_value_a_postgresql_column_type_refuses_fails_its_row_alone(
+    sink_db: str, db: Database, tmp_path: Path
+) -> None:
+    _make_table(sink_db, "CREATE TABLE t (d date)")
+    rows = [{"d": "2024-01-05"}, {"d": "not a date"}, {"d": "2024-02-30"}, {"d": "2024-03-01"}]
+    (tmp_path / "out").mkdir()
+    a, outputs = run_rows(db, tmp_path, DB.replace("{url}", sink_db), rows, False)
+    assert sorted(str(r["d"]) for r in outputs["out"]) == ["2024-01-05", "2024-03-01"]
+    assert set(a.failed) == {1, 2}
+    assert all("SQLSTATE 22" in why and "not a date" not in why for why in a.failed.values()), a.failed
 
 
 # -- passwords ------------------------------------------------------------------------------------

@@ -244,8 +244,8 @@ def test_the_helpers_name_only_what_the_settings_name() -> None:
 
 def test_a_database_refusing_a_value_is_recorded_without_it(db: Database, tmp_path: Path, sink_db: str) -> None:
     """A column the sink does not check (a date) leaves the value to the server, whose message
-    quotes it (`invalid input syntax for type date: "..."`): the write failure is recorded by
-    the error's class and SQLSTATE, the rows go to on_write_failure, and nothing of the value."""
+    quotes it (`invalid input syntax for type date: "..."`): the row's refusal is recorded by
+    the error's class and SQLSTATE, the row goes to on_write_failure, and nothing of the value."""
     engine = create_engine(sink_db.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.begin() as conn:
@@ -262,6 +262,7 @@ sinks:
   errs: {{plugin: json, options: {{path: out/errs.jsonl}}}}
 """
     run_id = run(db, tmp_path, settings).outcome.run_id
-    assert any("cannot write: DataError (SQLSTATE 22007)" in r for r in _reasons(db, run_id)), _reasons(db, run_id)
+    reasons = _reasons(db, run_id)
+    assert any("the table refused it: DataError (SQLSTATE 22007)" in r for r in reasons), reasons
     purge(db, run_id, [0])
     assert left_in_store(db, ["ZQX98"]) == []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from engine.plugins.options import Options
-from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError
+from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, RowsRefused
 from engine.plugins.reasons import described, field_named, recorded
 from engine.plugins.schema import parse_schema
 from landscape import faults
@@ -42,6 +42,9 @@ _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", 
 # PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id.
 _LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"))
 _NO_LOCATOR = "the table gives no row id to find them by"
+# The most columns a table can have: SQLite's default SQLITE_MAX_COLUMN, PostgreSQL's MaxHeapAttributeNumber.
+_MOST_COLUMNS_SQLITE = 2000
+_MOST_COLUMNS_POSTGRESQL = 1600
 # Names every PostgreSQL table has already: a first row with one cannot make its table.
 _SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 # A SQLite table's constraint clause, comments allowed between its words (not stripped first: a
@@ -127,6 +130,7 @@ class DatabaseSink:
         self._buffer: list[tuple[str, Row]] = []
         self._engine: Any = None
         self._table: Any = None
+        self._insert_into: Any = None  # the table as rows are inserted into it (`_use_table`)
         self._tokens: Any = None
         self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `_column_kind`
         self._locator: str | None = None  # how a row of the table is found again (`_row_locator`)
@@ -338,6 +342,9 @@ class DatabaseSink:
         return column.collate("NOCASE") == self.table_name if self._sqlite else column == self.table_name
 
     def _use_table(self, conn: Any, t: Any) -> None:
+        from sqlalchemy import Column, MetaData, Table
+        from sqlalchemy.types import NullType
+
         if self._sqlite:
             from sqlalchemy import text
 
@@ -356,6 +363,13 @@ class DatabaseSink:
                 )
         self._table = t
         self._columns = {c.name: _column_kind(c.type, self._sqlite) for c in t.columns}
+        # What the rows are inserted into: the table's columns, but those of other types (dates,
+        # times, uuids, binary) bound without SQLAlchemy's conversion, which refuses a string for
+        # a SQLite DATE: such a column takes what the database makes of the value (as documented).
+        self._insert_into = Table(
+            t.name, MetaData(),
+            *(Column(c.name, NullType() if self._columns[c.name][0] == "other" else c.type) for c in t.columns),
+        )  # fmt: skip
         self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
 
     def _create_table(self, conn: Any) -> None:
@@ -385,11 +399,22 @@ class DatabaseSink:
         self._buffer.append((token_id, row))
 
     def _unmakeable(self, row: Row) -> str | None:
-        """Why the columns this row would fix cannot be made, or None: SQLite compares column
-        names without case (`id` and `ID` are one), PostgreSQL cuts them at 63 bytes."""
+        """Why the columns this row would fix cannot be made, or None: no column has an empty
+        name or a NUL in it, a table has at most so many columns, SQLite compares column names
+        without case (`id` and `ID` are one), PostgreSQL cuts them at 63 bytes."""
         named = self.schema.field_names or []
+        most = _MOST_COLUMNS_SQLITE if self._sqlite else _MOST_COLUMNS_POSTGRESQL
+        if len(row) > most:
+            past = field_named(row, list(row)[most], named)
+            return (
+                f"the row has {len(row)} fields: {past} and those after it are past the {most} columns a table can have"
+            )
         seen: set[str] = set()
         for name in row:
+            if name == "":
+                return f"{field_named(row, name, named)} has an empty name, which no column can have"
+            if "\x00" in name:
+                return f"{field_named(row, name, named)} has a NUL character in its name, which no column can have"
             if not self._sqlite and len(name.encode()) > 63:
                 return f"{field_named(row, name, named)} has a name longer than PostgreSQL's 63 bytes"
             if not self._sqlite and name in _SYSTEM_COLUMNS:
@@ -451,7 +476,7 @@ class DatabaseSink:
             with self._engine.begin() as conn:
                 if self._table is None:
                     self._create_table(conn)
-                table = self._table
+                table = self._insert_into
                 # A token is written once: the run's tokens committed after its durable position
                 # were deleted when the sink opened, so one recorded here is durable in the log
                 # too, and writing it again would put a second row in no trail.
@@ -513,13 +538,56 @@ class DatabaseSink:
         except _Refused as e:
             raise PluginError(_NODE, str(e)) from None
         except Exception as e:
-            if self._first is not None:  # the table was not made: the next open decides again
+            made = self._first is not None
+            refused = self._refused_rows(rows) if _about_rows(e) else {}
+            if made:  # the table was not made: the next open decides again
                 self._table = None
+            if refused:
+                raise RowsRefused(refused) from e
             raise PluginError(
                 _NODE, f"database sink {self.location()}: cannot write: {_write_failure(e, self.url)}"
             ) from e
         self._committed = position
         return self._committed
+
+    def _refused_rows(self, rows: list[tuple[str, Row]]) -> dict[str, str]:
+        """Which of a failed flush's rows the table refuses alone (a unique, not-null, check or
+        foreign key constraint, a value its type refuses, a trigger raising), and why: each
+        inserted after the ones before it in a savepoint of one transaction, which is rolled
+        back, so that one bad row does not fail the rows flushed with it. A failure that is not
+        about a row (the connection, a privilege) ends the trial: the flush fails as a whole."""
+        refused: dict[str, str] = {}
+        try:
+            with self._engine.connect() as conn:
+                trial = conn.begin()
+                try:
+                    if self._table is None:
+                        self._create_table(conn)
+                    if self._sqlite:  # (a DML statement begins the transaction, so no savepoint is the outermost)
+                        conn.exec_driver_sql(f"DELETE FROM {_TOKENS} WHERE 0 = 1")
+                    else:  # (a deferred constraint would be checked only at the commit, which never comes)
+                        conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+                    insert = self._insert_into.insert()
+                    for token, values in self._values(rows):
+                        try:
+                            with conn.begin_nested():
+                                if values:
+                                    conn.execute(insert, [values])
+                                else:  # (a row with no field: the table's defaults)
+                                    conn.execute(insert)
+                        except Exception as e:
+                            if not _about_rows(e):
+                                raise
+                            refused[token] = f"the table refused it: {_row_refusal(e)}"
+                finally:
+                    trial.rollback()
+        except Exception:
+            return {}
+        return refused
+
+    def _values(self, rows: list[tuple[str, Row]]) -> list[tuple[str, dict[str, Any]]]:
+        assert self._columns is not None
+        return [(token, {k: _for_column(self._columns[k][0], v) for k, v in row.items()}) for token, row in rows]
 
     def _inserts(self, rows: list[tuple[str, Row]]) -> list[list[dict[str, Any]]]:
         """The rows' values, each as its column is given it, in runs of rows with the same fields:
@@ -528,12 +596,12 @@ class DatabaseSink:
         assert self._columns is not None
         runs: list[list[dict[str, Any]]] = []
         last: tuple[str, ...] | None = None
-        for _, row in rows:
-            keys = tuple(row)
+        for _, values in self._values(rows):
+            keys = tuple(values)
             if keys != last:
                 runs.append([])
                 last = keys
-            runs[-1].append({k: _for_column(self._columns[k][0], v) for k, v in row.items()})
+            runs[-1].append(values)
         return runs
 
     def close(self) -> None:
@@ -559,6 +627,46 @@ def _write_failure(e: Exception, url: str) -> str:
         code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
         return f"{type(e).__name__}{f' (SQLSTATE {code})' if code else ''}"
     return recorded(e)
+
+
+def _about_rows(e: Exception) -> bool:
+    """Whether a failed insert may be about some of its rows, not the table or the connection:
+    a constraint (SQLSTATE class 23), a value the column's type refuses (22), a trigger raising
+    (P0001), or a value SQLAlchemy could not bind."""
+    from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+    if isinstance(e, IntegrityError | DataError):
+        return True
+    if isinstance(e, DBAPIError):
+        code = getattr(e.orig, "sqlstate", None) or ""
+        return code[:2] in ("22", "23") or code == "P0001"
+    return isinstance(e, StatementError)
+
+
+def _row_refusal(e: Exception) -> str:
+    """Why the table refused a row, as it is recorded: no value of the row (the record outlives
+    its erasure). PostgreSQL's message may quote one (a trigger's, a type's), so only its class,
+    SQLSTATE and the names of the constraint, column and table it gives; SQLite's constraint
+    messages are made of the table's definition alone (`UNIQUE constraint failed: t.n`)."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError, IntegrityError
+
+    if not isinstance(e, DBAPIError):
+        orig = getattr(e, "orig", None)
+        return (
+            f"a value its column's type does not take ({type(orig).__name__ if orig is not None else type(e).__name__})"
+        )
+    if isinstance(e, IntegrityError) and isinstance(e.orig, sqlite3.IntegrityError):
+        return f"{type(e).__name__}: {str(e.orig).strip()[:300]}"
+    code = getattr(e.orig, "sqlstate", None)
+    diag = getattr(e.orig, "diag", None)
+    named = [
+        f"{what} '{name}'"
+        for what in ("constraint", "column", "table")
+        if (name := getattr(diag, f"{what}_name", None))
+    ]
+    return f"{type(e).__name__}{f' (SQLSTATE {code})' if code else ''}{', ' if named else ''}{', '.join(named)}"
 
 
 class _Refused(Exception):

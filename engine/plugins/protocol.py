@@ -25,6 +25,17 @@ class RowError(EngineError):
         self.reason = reason
 
 
+class RowsRefused(EngineError):
+    """What a sink's `flush` raises when the destination itself refused some of the rows (a
+    constraint of an existing table): `reasons` maps each refused token id to why, holding no
+    row data. Nothing of the flush is kept; the refused rows follow `on_write_failure` as a row
+    error at `write` does, and the others are written again without them."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        super().__init__(f"{len(reasons)} row(s) refused")
+        self.reasons = reasons
+
+
 class PluginConfigError(EngineError):
     """Options that a plugin cannot work with; `path` is the key path inside `options`."""
 
@@ -132,7 +143,8 @@ class Sink(Protocol):
         ...
 
     def flush(self) -> int:
-        """Make every buffered row durable (fsync / commit) and return the durable position."""
+        """Make every buffered row durable (fsync / commit) and return the durable position.
+        Raise `RowsRefused`, keeping nothing, when the destination refuses some rows alone."""
         ...
 
     def close(self) -> None:
