@@ -174,6 +174,21 @@ def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:
     assert rebuilt.returncode == 0 and "rebuilt" in rebuilt.stdout
 
 
+def test_a_run_that_read_nothing_or_wrote_nothing_is_warned_of(db: Database, work: Path) -> None:
+    """Both complete (exit 0), as the prior system's did; a careless operator is told on stderr."""
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    (work / "in.csv").write_text("id,v\n")
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the source read no records" in proc.stderr
+    (work / "in.csv").write_text("id,v\n1,3\n")
+    narrow = "{path: out/low.csv, schema: {mode: fixed, fields: ['id: int']}}"  # (no column for v)
+    (work / "settings.yaml").write_text(PIPELINE.replace("{path: out/low.csv}", narrow))
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
+    assert "warning: no row was written: 1 failed" in proc.stderr, proc.stdout + proc.stderr
+
+
 def test_dry_run_validates_without_running(db: Database, work: Path) -> None:
     proc = elspeth("run", "-s", "settings.yaml", "--dry-run", cwd=work, db=db)
     assert proc.returncode == 0 and "dry run" in proc.stdout

@@ -150,6 +150,11 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
         f" — `elspeth show {outcome.run_id}`, `elspeth explain {outcome.run_id} --row {row}`" if rows.rows_in else ""
     )
     click.echo(f"  audit trail: {db.describe()}{explain}")
+    # A run that did nothing useful still completes (exit 0): say so where the operator looks.
+    if outcome.status == RunState.COMPLETED and rows.rows_in == 0:
+        click.echo("elspeth: warning: the source read no records: is its input the one meant?", err=True)
+    elif outcome.status == RunState.COMPLETED and rows.failed and not any(rows.written.values()):
+        click.echo(f"elspeth: warning: no row was written: {rows.failed} failed", err=True)
 
 
 def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str]) -> None:
