@@ -102,7 +102,9 @@ def assert_nothing_lost(a: Audit, source: list[dict[str, Any]], outputs: dict[st
         # By name when the settings name the field, else by position: a name the input chose is
         # row data, which a recorded reason never holds (docs/erasure.md).
         positions = {int(p) for m in _POSITIONS.finditer(why) for p in re.findall(r"\d+", m.group(0))}
-        named = any(f"'{k}'" in why for k in source[i]) or positions & set(range(1, len(source[i]) + 1))
+        named = (
+            not source[i] or any(f"'{k}'" in why for k in source[i]) or positions & set(range(1, len(source[i]) + 1))
+        )
         assert named, f"row {i}: the reason names none of its fields: {why}"
     accounted = {i for indexes in a.written.values() for i in indexes} | set(a.failed)
     assert accounted == set(range(len(source))), f"rows unaccounted for: {set(range(len(source))) - accounted}"

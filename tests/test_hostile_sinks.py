@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -22,6 +23,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from engine.errors import RunFailedError
 from engine.orchestrator import pipeline_problems
 from engine.settings import load_settings
 from landscape.db import Database, redact
@@ -211,6 +213,7 @@ ROWS: dict[str, Rows] = {
     "db: a text where the column is int": Rows(DB, [{"n": 1}, {"n": "x"}], {1}, source_schema=ANY),
     "db: an integer past 64 bits": Rows(DB, [{"n": 1}, {"n": 2**70}], {1}, source_schema=ANY),
     "db: a bool where the column is int": Rows(DB, [{"n": 1}, {"n": True}], {1}, source_schema=ANY),
+    "db: a first row of no field": Rows(DB, [{}, {"a": 1}, {"a": 2}], {0}),
     "db: an empty field name in the first row": Rows(DB, [{"": 1, "a": 1}, {"a": 2}], {0}),
     "db: a NUL in a field name in the first row": Rows(DB, [{"a\x00b": 1, "a": 1}, {"a": 2}], {0}),
     "db: more fields than a table has columns": Rows(DB, [{f"c{i}": i for i in range(2001)}, {"a": 2}], {0}),
@@ -328,6 +331,76 @@ def test_a_deferred_constraint_is_checked_row_by_row(sink_db: str, db: Database,
     assert sorted(r["n"] for r in outputs["out"]) == [1, 2]
     assert list(a.failed) == [1]
     assert "constraint 'once'" in a.failed[1]
+
+
+def _refusals(
+    url: str, table: str, rows: list[dict[str, Any]], db: Database, tmp_path: Path, schema: str = "{mode: observed}"
+) -> tuple[Any, Any]:
+    _make_table(url, table)
+    (tmp_path / "out").mkdir()
+    body = DB.replace("{url}", url).strip()[1:-1]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = (
+        f"source: {{plugin: json, on_success: out, options: {{path: in.jsonl, format: jsonl, schema: {schema}}}}}\n"
+        f"retry: {{max_attempts: 1}}\nsinks:\n  out: {{{body}}}\n"
+    )
+    try:
+        result = run(db, tmp_path, settings)
+    except RunFailedError as e:
+        return None, str(e)
+    return audit(db, result.outcome.run_id), sink_rows("database", url, "t")
+
+
+def test_a_parent_later_in_the_flush_is_no_reason_to_refuse_its_child(
+    sink_db: str, db: Database, tmp_path: Path
+) -> None:
+    """A multi-row insert checks a foreign key at its end: row 0's parent is row 1. Tried one by
+    one, row 0 alone is refused; it is tried again after the others, and taken."""
+    table = "CREATE TABLE t (id int PRIMARY KEY, parent int REFERENCES t(id), n int CHECK (n > 0))"
+    rows = [{"id": 1, "parent": 2, "n": 1}, {"id": 2, "parent": None, "n": 1}, {"id": 3, "parent": None, "n": -1}]
+    a, stored = _refusals(sink_db, table, rows, db, tmp_path)
+    assert sorted(r["id"] for r in stored) == [1, 2]
+    assert list(a.failed) == [2] and "constraint 't_n_check'" in a.failed[2], a.failed
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "CREATE TABLE t (id serial, n int); SELECT setval('t_id_seq', 2147483647)",
+        "CREATE TABLE t (n int); CREATE FUNCTION closed() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN RAISE EXCEPTION 'closed for maintenance'; END$$; "
+        "CREATE TRIGGER closed BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION closed()",
+    ],
+    ids=["an exhausted sequence", "a trigger refusing every row"],
+)
+def test_what_fails_every_row_alike_is_the_tables_fault_not_the_rows(
+    table: str, sink_db: str, db: Database, tmp_path: Path
+) -> None:
+    """No row is failed for good: the run fails, on record, to be resumed once the table is mended."""
+    a, why = _refusals(sink_db, table, [{"n": 1}, {"n": 2}, {"n": 3}], db, tmp_path)
+    assert a is None, a.failed
+    assert "cannot write:" in why and "SQLSTATE" in why
+
+
+def test_a_refusal_names_only_the_tables_own_names(sink_db: str, db: Database, tmp_path: Path) -> None:
+    """A trigger can put a row's value in the error's column and constraint fields."""
+    table = (
+        "CREATE TABLE t (n int, secret text); CREATE FUNCTION leak() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN IF NEW.n < 0 THEN RAISE EXCEPTION 'no' USING ERRCODE = 'unique_violation', COLUMN = NEW.secret, "
+        "CONSTRAINT = NEW.secret, TABLE = NEW.secret; END IF; RETURN NEW; END$$; "
+        "CREATE TRIGGER leak BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION leak()"
+    )
+    rows = [{"n": 1, "secret": "a"}, {"n": -1, "secret": "ZQX98-SECRET"}]
+    a, stored = _refusals(sink_db, table, rows, db, tmp_path)
+    assert [r["n"] for r in stored] == [1]
+    assert list(a.failed) == [1] and "ZQX98" not in a.failed[1] and "SQLSTATE 23505" in a.failed[1], a.failed
+
+
+def test_an_integer_for_a_date_column_fails_its_row_alone(sink_db: str, db: Database, tmp_path: Path) -> None:
+    rows = [{"d": "2024-01-05"}, {"d": 5}]
+    a, stored = _refusals(sink_db, "CREATE TABLE t (d date)", rows, db, tmp_path, "{mode: fixed, fields: ['d: any']}")
+    assert [str(r["d"]) for r in stored] == ["2024-01-05"]
+    assert list(a.failed) == [1] and "SQLSTATE 42804" in a.failed[1], a.failed
 
 
 def test_a_sqlite_date_column_takes_the_text_it_is_given(db: Database, tmp_path: Path) -> None:

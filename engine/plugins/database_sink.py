@@ -399,11 +399,13 @@ class DatabaseSink:
         self._buffer.append((token_id, row))
 
     def _unmakeable(self, row: Row) -> str | None:
-        """Why the columns this row would fix cannot be made, or None: no column has an empty
-        name or a NUL in it, a table has at most so many columns, SQLite compares column names
+        """Why the columns this row would fix cannot be made, or None: a table has a column, and
+        at most so many; no column has an empty name or a NUL in it, SQLite compares column names
         without case (`id` and `ID` are one), PostgreSQL cuts them at 63 bytes."""
         named = self.schema.field_names or []
         most = _MOST_COLUMNS_SQLITE if self._sqlite else _MOST_COLUMNS_POSTGRESQL
+        if not row:
+            return "the row has no field: a table of no column takes no other row"
         if len(row) > most:
             past = field_named(row, list(row)[most], named)
             return (
@@ -472,9 +474,10 @@ class DatabaseSink:
 
         t = self._tokens
         position = self._committed + len(rows)
+        unmade = self._table is None
         try:
             with self._engine.begin() as conn:
-                if self._table is None:
+                if unmade:
                     self._create_table(conn)
                 table = self._insert_into
                 # A token is written once: the run's tokens committed after its durable position
@@ -538,10 +541,9 @@ class DatabaseSink:
         except _Refused as e:
             raise PluginError(_NODE, str(e)) from None
         except Exception as e:
-            made = self._first is not None
-            refused = self._refused_rows(rows) if _about_rows(e) else {}
-            if made:  # the table was not made: the next open decides again
+            if unmade:  # the table was not made: the next open decides again
                 self._table = None
+            refused = self._refused_rows(rows) if _about_rows(e) else {}
             if refused:
                 raise RowsRefused(refused) from e
             raise PluginError(
@@ -551,12 +553,22 @@ class DatabaseSink:
         return self._committed
 
     def _refused_rows(self, rows: list[tuple[str, Row]]) -> dict[str, str]:
-        """Which of a failed flush's rows the table refuses alone (a unique, not-null, check or
-        foreign key constraint, a value its type refuses, a trigger raising), and why: each
-        inserted after the ones before it in a savepoint of one transaction, which is rolled
-        back, so that one bad row does not fail the rows flushed with it. A failure that is not
-        about a row (the connection, a privilege) ends the trial: the flush fails as a whole."""
-        refused: dict[str, str] = {}
+        """Which of a failed flush's rows the table refuses (a unique, not-null, check or foreign
+        key constraint, a value its type does not take, a trigger raising), and why; in one
+        transaction, rolled back, so that one bad row does not fail the rows flushed with it.
+
+        Each row is inserted in a savepoint after the ones the table took before it. A multi-row
+        insert checks a foreign key at its end, so a row refused in one pass is tried again in the
+        next, after all the others (its parent may have come later in the flush), until a pass
+        takes none. Deferred constraints are checked at each insert (the commit never comes).
+        When every row is refused for the one reason a trigger gives (it raises for any row,
+        as a table closed for maintenance), that is the table's, not the rows': none is refused,
+        and the flush fails as a whole, as it does when the trial fails for what is not about a
+        row (the connection, a privilege, a SQLite table whose conflict clause rolls back all)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        unmade = self._table is None
+        why: dict[str, tuple[str, str]] = {}  # token -> (error code, reason)
         try:
             with self._engine.connect() as conn:
                 trial = conn.begin()
@@ -565,25 +577,63 @@ class DatabaseSink:
                         self._create_table(conn)
                     if self._sqlite:  # (a DML statement begins the transaction, so no savepoint is the outermost)
                         conn.exec_driver_sql(f"DELETE FROM {_TOKENS} WHERE 0 = 1")
-                    else:  # (a deferred constraint would be checked only at the commit, which never comes)
+                    else:
                         conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+                    names = self._own_names(conn)
                     insert = self._insert_into.insert()
-                    for token, values in self._values(rows):
-                        try:
-                            with conn.begin_nested():
-                                if values:
-                                    conn.execute(insert, [values])
-                                else:  # (a row with no field: the table's defaults)
-                                    conn.execute(insert)
-                        except Exception as e:
-                            if not _about_rows(e):
-                                raise
-                            refused[token] = f"the table refused it: {_row_refusal(e)}"
+                    waiting = self._values(rows)
+                    while waiting:
+                        left = []
+                        for token, values in waiting:
+                            try:
+                                with conn.begin_nested():
+                                    if values:
+                                        conn.execute(insert, [values])
+                                    else:  # (a row with no field: the table's defaults)
+                                        conn.execute(insert)
+                            except Exception as e:
+                                if not _about_rows(e):
+                                    raise
+                                why[token] = (_code(e), _row_refusal(e, names))
+                                left.append((token, values))
+                            else:
+                                why.pop(token, None)
+                        if len(left) == len(waiting):
+                            break
+                        waiting = left
                 finally:
                     trial.rollback()
-        except Exception:
+        except (SQLAlchemyError, UnicodeError):
             return {}
-        return refused
+        finally:
+            if unmade:  # (made in the trial, which is rolled back)
+                self._table = None
+        codes = {code for code, _ in why.values()}
+        if len(why) == len(rows) and len(codes) == 1 and codes <= _RAISED_BY_TRIGGERS:
+            return {}
+        return {token: f"the table refused it: {reason}" for token, (_, reason) in why.items()}
+
+    def _own_names(self, conn: Any) -> frozenset[str]:
+        """The names a refusal may show: the table's, its columns' and (PostgreSQL) its constraints'
+        and indexes' from the catalog. A trigger can put anything in an error's fields (`RAISE
+        ... USING COLUMN = NEW.secret`), and the reason outlives the row's erasure."""
+        from sqlalchemy import text
+
+        assert self._columns is not None
+        names = {self.table_name, *self._columns}
+        if not self._sqlite:
+            quoted = conn.dialect.identifier_preparer.quote(self.table_name)
+            names.update(
+                conn.execute(
+                    text(
+                        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(:t) UNION "
+                        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                        "WHERE i.indrelid = to_regclass(:t)"
+                    ),
+                    {"t": quoted},
+                ).scalars()
+            )
+        return frozenset(names)
 
     def _values(self, rows: list[tuple[str, Row]]) -> list[tuple[str, dict[str, Any]]]:
         assert self._columns is not None
@@ -629,44 +679,62 @@ def _write_failure(e: Exception, url: str) -> str:
     return recorded(e)
 
 
-def _about_rows(e: Exception) -> bool:
-    """Whether a failed insert may be about some of its rows, not the table or the connection:
-    a constraint (SQLSTATE class 23), a value the column's type refuses (22), a trigger raising
-    (P0001), or a value SQLAlchemy could not bind."""
-    from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+# The codes of errors that are about the values of the row inserted: every integrity constraint
+# (class 23), every data exception (22) but an exhausted sequence's (2200H, the table's), a value of
+# another type than its column's (42804); and what a trigger raises, which may be about the row
+# or not (`_refused_rows` tells).
+_RAISED_BY_TRIGGERS = frozenset({"P0001", "SQLITE_CONSTRAINT_TRIGGER"})
+_TABLE_WIDE = frozenset({"2200H"})
 
-    if isinstance(e, IntegrityError | DataError):
+
+def _code(e: BaseException) -> str:
+    """The error's SQLSTATE (psycopg 3 and psycopg2 name it apart) or SQLite's error name; else its class."""
+    orig = getattr(e, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or getattr(orig, "sqlite_errorname", None)
+    return str(code) if code else type(orig if orig is not None else e).__name__
+
+
+def _about_rows(e: BaseException) -> bool:
+    """Whether a failed insert may be about some of its rows, not the table or the connection
+    (see `_RAISED_BY_TRIGGERS`); also a value SQLAlchemy could not bind, or a character the
+    database's encoding cannot hold."""
+    from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+
+    if isinstance(e, UnicodeEncodeError):
         return True
     if isinstance(e, DBAPIError):
-        code = getattr(e.orig, "sqlstate", None) or ""
-        return code[:2] in ("22", "23") or code == "P0001"
-    return isinstance(e, StatementError)
+        code = _code(e)
+        if code in _TABLE_WIDE:
+            return False
+        return isinstance(e, IntegrityError) or code[:2] in ("22", "23") or code in {"42804", *_RAISED_BY_TRIGGERS}
+    return isinstance(e, StatementError) and isinstance(e.orig, TypeError | ValueError)
 
 
-def _row_refusal(e: Exception) -> str:
+def _row_refusal(e: BaseException, names: frozenset[str]) -> str:
     """Why the table refused a row, as it is recorded: no value of the row (the record outlives
     its erasure). PostgreSQL's message may quote one (a trigger's, a type's), so only its class,
-    SQLSTATE and the names of the constraint, column and table it gives; SQLite's constraint
-    messages are made of the table's definition alone (`UNIQUE constraint failed: t.n`)."""
+    SQLSTATE and the names of the constraint, column and table it gives, each only when it is
+    one of the table's own (`names`); SQLite's constraint messages are made of the table's
+    definition alone (`UNIQUE constraint failed: t.n`; a trigger's RAISE takes a literal)."""
     import sqlite3
 
     from sqlalchemy.exc import DBAPIError, IntegrityError
 
+    if isinstance(e, UnicodeEncodeError):
+        return "a character the database's encoding cannot hold (UnicodeEncodeError)"
     if not isinstance(e, DBAPIError):
         orig = getattr(e, "orig", None)
-        return (
-            f"a value its column's type does not take ({type(orig).__name__ if orig is not None else type(e).__name__})"
-        )
+        return f"a value its column's type does not take ({type(orig if orig is not None else e).__name__})"
     if isinstance(e, IntegrityError) and isinstance(e.orig, sqlite3.IntegrityError):
         return f"{type(e).__name__}: {str(e.orig).strip()[:300]}"
-    code = getattr(e.orig, "sqlstate", None)
+    code = _code(e)
     diag = getattr(e.orig, "diag", None)
     named = [
         f"{what} '{name}'"
         for what in ("constraint", "column", "table")
-        if (name := getattr(diag, f"{what}_name", None))
+        if (name := getattr(diag, f"{what}_name", None)) and name in names
     ]
-    return f"{type(e).__name__}{f' (SQLSTATE {code})' if code else ''}{', ' if named else ''}{', '.join(named)}"
+    return f"{type(e).__name__} (SQLSTATE {code}){', ' if named else ''}{', '.join(named)}"
 
 
 class _Refused(Exception):
@@ -823,8 +891,8 @@ def _one_by_one(conn: Any, insert: Any, n: int) -> _Results:
 
 
 def _engine(url: str) -> Any:
-    """A SQLAlchemy engine. A plain `postgresql://` URL means psycopg2 to SQLAlchemy; ELSPETH
-    ships psycopg 3, so use that when psycopg2 is not installed."""
+    """A SQLAlchemy engine. A plain `postgresql://` URL meant psycopg2 to SQLAlchemy before 2.1;
+    ELSPETH ships psycopg 3, so use that when psycopg2 is not installed."""
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
