@@ -62,7 +62,7 @@ from landscape.verify import (
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.errors import StatechartError
-from statecharts.machines import RUN_ENDED, TOKEN_OUTCOME_OF
+from statecharts.machines import RUN_FINAL, TOKEN_OUTCOME_OF
 
 # A proof bundle is read whole; one larger than this is not one ELSPETH made for a row.
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
@@ -88,9 +88,10 @@ class ExportReport:
     payloads: int
     erased: int
     extends: int | None  # the size of the kept checkpoint the export was proved to extend
-    # The run's state where the log ends. Not completed, failed or interrupted: the run was still
-    # going when exported, or the file was cut back to an earlier signed checkpoint (each
-    # checkpoint is in it, and the end of the file is not signed); only a kept checkpoint tells.
+    # The run's state where the log ends. Not completed or abandoned (`ended`): the run was still
+    # going when exported or was resumed after (failed, interrupted), or the file was cut back to
+    # an earlier signed checkpoint (each checkpoint is in it, and the end of the file is not
+    # signed); only a kept checkpoint tells.
     status: str
     ended: bool
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
@@ -291,7 +292,7 @@ class _ExportCheck:
             run_id=header.run_id, key=self.key.label, events=verified.events, root=final_root,
             checkpoints=len(self.checkpoints), payloads_included=header.payloads,
             payloads=self.counts["payloads"], erased=self.counts["erased"], extends=extends,
-            status=str(verified.fold.status), ended=verified.fold.status in RUN_ENDED, unsigned=unsigned,
+            status=str(verified.fold.status), ended=verified.fold.status in RUN_FINAL, unsigned=unsigned,
         )  # fmt: skip
 
     def _in_two_halves(self, run_id: str, events: Iterator[StoredEvent], sizes: list[int]) -> Verification:

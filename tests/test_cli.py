@@ -314,6 +314,25 @@ def test_a_sink_that_cannot_open_fails_the_run_on_record_and_resume_finishes_it(
         assert conn.execute("SELECT id, v FROM t").fetchall() == [(2, 9)]
 
 
+def test_an_export_ending_where_the_run_can_be_resumed_is_warned_of(db: Database, work: Path) -> None:
+    """A failed (or interrupted) run can be resumed: an export of its log up to there, or a later
+    export cut back to there (every checkpoint is in it), does not show the run's end."""
+    _unopenable_sink(work)
+    err = one_line_error(elspeth("run", "-s", "settings.yaml", cwd=work, db=db), 1)
+    found = re.search(r"`elspeth resume ([\w-]+)`", err)
+    assert found, err
+    key = str(work / ".elspeth" / "keys" / "default.pub")
+    for ending, warned in (("failed", True), ("completed", False)):
+        exported = elspeth("export", found.group(1), "-o", f"{ending}.export", cwd=work, db=db)
+        assert exported.returncode == 0, exported.stderr
+        proc = elspeth("verify", f"{ending}.export", "--public-key", key, cwd=work)
+        assert proc.returncode == 0 and f"where the log ends: {ending}" in proc.stdout, proc.stdout + proc.stderr
+        assert ("warning: the log does not end the run" in proc.stderr) == warned, proc.stderr
+        if warned:
+            (work / "out" / "high.db").unlink()
+            assert elspeth("resume", found.group(1), cwd=work, db=db).returncode == 0
+
+
 def test_validate_reports_structure_expression_and_option_problems_in_one_pass(work: Path) -> None:
     text = PIPELINE.replace("  on_success: raw\n", "  on_success: raw\n  bogus_top: 1\n", 1)
     text = text.replace("condition: row['v'] > 5", "condition: __import__('os')")

@@ -79,9 +79,9 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
         click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
     if not report.ended:
         click.echo(
-            f"elspeth: warning: the log does not end the run (its state there: {report.status}): either the run was "
-            "still going when exported, or the file was cut back to an earlier signed checkpoint, which only a "
-            "checkpoint you kept from later can tell (--checkpoint)",
+            f"elspeth: warning: the log does not end the run (its state there: {report.status}, which a run is "
+            "resumed or goes on from): either the run went on after the export was made, or the file was cut back "
+            "to an earlier signed checkpoint, which only a checkpoint you kept from later can tell (--checkpoint)",
             err=True,
         )
 
