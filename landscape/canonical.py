@@ -99,11 +99,21 @@ def well_split(salt: bytes, data: bytes) -> bool:
     """Whether stored bytes are split between salt and data as ELSPETH splits them. Moving bytes
     across the split keeps the commitment, so without this the data of a matching payload could
     be some of the salt, or lack some of its own: a salt must be `SALT_BYTES` long, or empty with
-    data that is a row (a salt moved into the data makes it start with 16 random bytes)."""
+    data that is a row (a salt moved into the data makes it start with 16 random bytes). And a
+    row stored without salt (before salting) keeps its commitment cut 16 bytes in: a 16-byte
+    salt and data that are a row together are such a cut (16 random bytes that begin a row with
+    the data after them are as good as never drawn: the data is a whole row already)."""
     if len(salt) == SALT_BYTES:
-        return True
+        return not (salt[:1] in _ROW_STARTS and _is_row(salt + data))
     if salt:
         return False
+    return _is_row(data)
+
+
+_ROW_STARTS = frozenset((b"{", b" ", b"\t", b"\n", b"\r"))  # (what JSON lets an object start with)
+
+
+def _is_row(data: bytes) -> bool:
     try:
         decode_row(data)
     except (msgspec.DecodeError, RecursionError):

@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from landscape import postgres
 from landscape.canonical import commit_row
@@ -391,3 +393,17 @@ def test_the_runs_a_table_holds_are_found_by_key_not_by_reading_all_its_rows(db:
     assert not [h for h in how if "Seq Scan" in h], how
     # A probe reads at most one row of each of the 16 partitions' keys; all the rows are 9,000 and more.
     assert read <= (len(ids) + 1) * 16, (read, how)
+
+
+@settings(max_examples=200, deadline=None)
+@given(row=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=40), max_size=6))
+def test_a_payload_is_split_one_way_only(row: dict[str, Any]) -> None:
+    """A salted row is well split; a row stored before salting, cut 16 bytes in (the commitment is
+    the same), is not: otherwise a verifier would show other bytes as its data."""
+    from landscape.canonical import SALT_BYTES, well_split
+
+    _, (salt, data) = commit_row(row)
+    assert len(salt) == SALT_BYTES and well_split(salt, data)
+    assert well_split(b"", data)
+    if len(data) > SALT_BYTES:
+        assert not well_split(data[:SALT_BYTES], data[SALT_BYTES:])
