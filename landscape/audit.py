@@ -108,11 +108,14 @@ class ProofReport:
     payloads_included: bool
     payloads: int
     erased: int
-    # Tokens of the bundle without their end event in it: a bundle proves that the events it
-    # holds are in the signed log, not that it holds all of them (an export does).
+    # Tokens of the bundle without their end event in it, and tokens its events name (a parent,
+    # a child, what a branch merged into) without any event in it: a bundle proves that the
+    # events it holds are in the signed log, not that it holds all of them (an export does).
     unended: int
     extends: int | None  # the size of the kept checkpoint the bundle was proved to extend
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
+    absent: int = 0
+    row: bool = False  # a row's bundle (else one event's)
 
 
 def sniff(path: Path) -> str:
@@ -526,6 +529,19 @@ def verify_proof(
     return _ProofCheck(path, key, bundle, run_id, kept, kept_name, unsigned_erasures).run()
 
 
+def _tokens_named(e: ev.EventBase) -> list[str]:
+    """The tokens an event names besides its own: parents, children, a merge's token, a branch's."""
+    if isinstance(e, ev.TokenCreated):
+        return list(e.parents)
+    if isinstance(e, ev.TokenForked | ev.TokenExpanded):
+        return list(e.children)
+    if isinstance(e, ev.TokenCoalesced):
+        return [e.into]
+    if isinstance(e, ev.BranchArrived | ev.BranchLost):
+        return [e.token_id]
+    return []
+
+
 class _ProofCheck:
     def __init__(
         self,
@@ -574,10 +590,13 @@ class _ProofCheck:
         payloads, erased = self._check_payloads(events)
         created = {s.entity_id for s, e in events if isinstance(e, ev.TokenCreated)}
         ended = {s.entity_id for s, e in events if type(e) in TOKEN_OUTCOME_OF}
+        shown = {s.entity_id for s, _ in events if s.machine == "token"}
+        named = {token for _, e in events for token in _tokens_named(e)}
+        row = b.row is not None  # (one event's proof: nothing to end, nothing else to hold)
         return ProofReport(
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
             payloads_included=b.payloads_included, payloads=payloads, erased=erased,
-            unended=len(created - ended) if b.row is not None else 0,  # (one event's proof: nothing to end)
+            unended=len(created - ended) if row else 0, absent=len(named - shown) if row else 0, row=row,
             extends=extends, unsigned=self.unsigned,
         )  # fmt: skip
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import hashlib
@@ -912,11 +913,23 @@ def test_a_bundle_says_when_its_tokens_lack_their_end(db: Database, fork: Export
     assert elspeth("prove", fork.run_id, "--row", "1", "-o", str(out), cwd=fork.work, db=db).returncode == 0
     whole = _verify(fork.work, str(out), "--public-key", str(fork.pub))
     assert whole.returncode == 0 and "no end event" not in whole.stderr, whole.stdout + whole.stderr
+    assert "have no event in it" not in whole.stderr and "not that none was left out" in whole.stderr
     bundle = json.loads(out.read_text())
-    bundle["events"] = bundle["events"][:-1]  # the last event of the row: a token's end
+    events = bundle["events"]
+    bundle["events"] = events[:-1]  # the last event of the row: a token's end
     out.write_text(json.dumps(bundle, indent=1) + "\n")
     proc = _verify(fork.work, str(out), "--public-key", str(fork.pub))
     assert proc.returncode == 0 and "1 token(s) of the bundle have no end event" in proc.stderr, proc.stderr
+    # Every event of the token the branches merged into left out: nothing of it is unended.
+    merged = next(e["event"]["entity_id"] for e in events if e["event"]["event_type"] == "TokenCompleted")
+    bundle["events"] = [e for e in events if e["event"]["entity_id"] != merged]
+    bodies = [json.loads(base64.b64decode(e["event"]["payload"])) for e in bundle["events"]]
+    named = {v for b in bodies for k, v in b.items() if k in ("data_hash", "input_hash", "output_hash")}
+    bundle["payloads"] = [p for p in bundle["payloads"] if p["hash"] in named]
+    out.write_text(json.dumps(bundle, indent=1) + "\n")
+    proc = _verify(fork.work, str(out), "--public-key", str(fork.pub))
+    assert proc.returncode == 0 and "no end event" not in proc.stderr, proc.stderr
+    assert "1 token(s) its events name have no event in it" in proc.stderr, proc.stderr
 
 
 def test_a_bundle_with_a_key_twice_is_refused(db: Database, fork: Exported, tmp_path: Path) -> None:

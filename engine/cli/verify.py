@@ -59,10 +59,14 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
         say_unsigned(proof.unsigned)
         if kept is not None:
             click.echo(f"extends the checkpoint you kept ({kept}, {proof.extends} events): consistency proof verified")
-        if proof.unended:
+        if proof.row:
+            gaps = [
+                *([f"{proof.unended} token(s) of the bundle have no end event in it"] if proof.unended else []),
+                *([f"{proof.absent} token(s) its events name have no event in it"] if proof.absent else []),
+            ]
             click.echo(
-                f"elspeth: note: {proof.unended} token(s) of the bundle have no end event in it: a bundle proves that "
-                "the events it holds are in the signed log, not that none was left out (an export shows them all)",
+                f"elspeth: note: {'; '.join(gaps) + ': ' if gaps else ''}a bundle proves that the events it holds are "
+                "in the signed log, not that none was left out (an export shows them all)",
                 err=True,
             )
         return
