@@ -1146,6 +1146,7 @@ def test_a_file_another_run_appended_to_after_this_one_opened_it_is_not_cut(
         path.write_bytes(seed)
     first = sink(kind, path=str(path), mode="append")
     first.open("a", None)
+    at = first.flush()  # (nothing to write: the position the run records when it opens the file)
     second = sink(kind, path=str(path), mode="append")
     second.open("b", None)
     second.write("t1", {"a": 2})
@@ -1154,6 +1155,37 @@ def test_a_file_another_run_appended_to_after_this_one_opened_it_is_not_cut(
     theirs = path.read_bytes()
     first.write("t1", {"a": 1})
     with pytest.raises(PluginError, match="written by another process"):
+        first.flush()
+    assert path.read_bytes() == theirs
+    # The retry reopens the sink at that position, as `SinkWriter.reopen` does: still not cut.
+    with pytest.raises(PluginError, match="written by another process"):
+        first.open("a", at)
+        first.write("t1", {"a": 1})
+        first.flush()
+    assert path.read_bytes() == theirs
+    first.release()
+
+
+@pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.jsonl"), ("json", "o.json")])
+@pytest.mark.parametrize("mode", ["write", "append"])
+def test_a_retry_does_not_cut_what_another_run_wrote_since_this_one_let_go(
+    tmp_path: Path, kind: str, name: str, mode: str
+) -> None:
+    """This run flushed, then a flush failed and the sink let go of the file until its retry;
+    meanwhile another run appended its rows. The retry reopens at this run's durable position,
+    and fails rather than cut the other run's durable rows."""
+    path = tmp_path / name
+    first = sink(kind, path=str(path), mode=mode)
+    first.open("a", None)
+    first.write("t1", {"a": 1})
+    at = first.flush()
+    first.release()  # (a failed flush: `SinkWriter.reopen` releases, waits, opens again)
+    with path.open("ab") as other:
+        other.write(b"theirs\n")
+    theirs = path.read_bytes()
+    with pytest.raises(PluginError, match="written by another process"):
+        first.open("a", at)
+        first.write("t2", {"a": 2})
         first.flush()
     assert path.read_bytes() == theirs
     first.release()

@@ -96,6 +96,12 @@ class _FileSink:
         self._f: BinaryIO | None = None
         self._start: int | None = None  # where writing starts; None: not open (or released)
         self._size_at_open: int | None = None  # appending: the file's size when `open` chose the start
+        # The most of the file this process may cut back from: what it held when a fresh run
+        # chose where to append, then as far as this process has written it. None: anything after
+        # the start (a run writing the file anew; a resume, whose cut the log checks). A retry
+        # reopens the sink at its durable position; the file may have grown by another process's
+        # rows since this one let go of it, and those are not this run's to cut.
+        self._limit: int | None = None
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
@@ -177,6 +183,8 @@ class _FileSink:
         # sink, appending to the same file) may write and let go of it before this run's first
         # flush takes the lock; cutting back to `start` would then destroy its durable rows.
         self._size_at_open = size if position is None and self.mode == "append" else None
+        if self._size_at_open is not None and self._limit is None:
+            self._limit = size
         self._encoder = codecs.getincrementalencoder(self.encoding)()
         if start > 0:
             self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
@@ -278,14 +286,23 @@ class _FileSink:
                     f"{self.path} was written by another process (another run's sink?) after this run opened it "
                     "to append: not written, so as not to cut what that process wrote",
                 )
+            held = os.fstat(f.fileno())
+            self._device = not stat.S_ISREG(held.st_mode)
+            if not self._device and self._limit is not None and held.st_size > max(self._limit, self._start):
+                f.close()
+                raise PluginError(
+                    _NODE,
+                    f"{self.path} was written by another process (another run's sink?) since this run last wrote "
+                    "it: not written, so as not to cut what that process wrote",
+                )
             if self._start > 0 and _hash_of(f, self._start).hexdigest() != self._hash.hexdigest():
                 f.close()
                 raise PluginError(_NODE, f"{self.path} changed while it was being opened; not written")
-            self._device = not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
             if not self._device:  # (a device such as /dev/full cannot be cut)
                 f.truncate(self._start)
             f.seek(self._start)
             f.write(self._head)
+            self._wrote(f)
         except OSError as e:
             f.close()
             raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror or e}") from e
@@ -306,11 +323,20 @@ class _FileSink:
                 if not self._device:  # the digest is of the bytes up to the position it is recorded with
                     self._hash.update(data)
             f.flush()
+            self._wrote(f)
             if not self._device:  # (a device such as /dev/null takes no fsync)
                 os.fsync(f.fileno())
             return f.tell()
         except OSError as e:
+            with suppress(OSError):  # a write cut short (a full disk) wrote some: they are this run's to cut
+                self._wrote(f)
             raise PluginError(_NODE, f"cannot write {self.path}: {e.strerror or e}") from e
+
+    def _wrote(self, f: BinaryIO) -> None:
+        """Note how far this process has written the file, which it holds locked: it may cut back
+        from there, and from no further (`_limit`)."""
+        if not self._device:
+            self._limit = max(self._limit or 0, os.fstat(f.fileno()).st_size)
 
     def write(self, token_id: str, row: Row) -> None:
         self._buffer.append(row)
