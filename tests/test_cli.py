@@ -189,6 +189,32 @@ def test_a_run_that_read_nothing_or_wrote_nothing_is_warned_of(db: Database, wor
     assert "warning: no row was written: 1 failed" in proc.stderr, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_working_folder_deleted_under_the_command_is_one_line(command: str, db: Database, work: Path) -> None:
+    gone = work / "gone"
+    gone.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    env.update(ELSPETH_DATABASE_URL=db.conninfo, ELSPETH_HOME=str(work / ".elspeth"))
+    proc = subprocess.run(
+        ["sh", "-c", 'cd "$1" && rmdir "$1" && exec "$2" -m engine.cli.main "$3" -s "$4"', "sh", str(gone),
+         sys.executable, command, str(work / "settings.yaml")],
+        env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+    assert "the folder elspeth was started in no longer exists" in one_line_error(proc, 1)
+    assert "home" not in proc.stderr  # (the home is absolute here: the settings' paths are what is lost)
+
+
+def test_a_relative_home_from_a_deleted_folder_is_one_line(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    proc = subprocess.run(
+        ["sh", "-c", 'cd "$1" && rmdir "$1" && exec "$2" -m engine.cli.main runs', "sh", str(gone), sys.executable],
+        env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+    assert "no longer exists" in one_line_error(proc, 1) and "absolute --home" in proc.stderr
+
+
 def test_dry_run_validates_without_running(db: Database, work: Path) -> None:
     proc = elspeth("run", "-s", "settings.yaml", "--dry-run", cwd=work, db=db)
     assert proc.returncode == 0 and "dry run" in proc.stdout

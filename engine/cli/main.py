@@ -10,7 +10,7 @@ import sys
 import click
 
 from engine.cli import visible
-from engine.cli.errors import ElspethGroup
+from engine.cli.errors import ElspethCliError, ElspethGroup
 
 # Every command: its module, its object, and the line `elspeth --help` shows. A command's module
 # is imported only when that command runs, so `elspeth --help` starts fast and `elspeth verify`
@@ -71,7 +71,14 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
 
     # One home for the whole command, as an absolute path: the fingerprint key lives there even
     # with an external --database, and `resume` changes folder before it loads the settings.
-    os.environ["ELSPETH_HOME"] = str(elspeth_home(home))
+    try:
+        os.environ["ELSPETH_HOME"] = str(elspeth_home(home))
+    except FileNotFoundError:  # (a relative home, from a folder deleted under the command)
+        raise ElspethCliError(
+            "the folder elspeth was started in no longer exists (deleted or moved?), and the home of its "
+            "embedded store (./.elspeth, or a relative --home) is found from it; change to a folder that exists, "
+            "or give an absolute --home"
+        ) from None
     if database:  # so that the load-time checks compare sinks with the store this command uses
         os.environ["ELSPETH_DATABASE_URL"] = database
         if ctx.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE:

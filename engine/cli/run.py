@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -30,6 +31,13 @@ from statecharts.machines import RunState
 
 def load_pipeline(path: Path) -> Pipeline:
     """Settings → DAG → plugins; every problem with the file becomes one exit-2 error."""
+    try:
+        os.getcwd()  # (relative paths resolve from it)
+    except FileNotFoundError:
+        raise ElspethCliError(
+            "the folder elspeth was started in no longer exists (deleted or moved?), and the settings' relative "
+            "paths resolve from it; change to a folder that exists"
+        ) from None
     try:
         loaded = load_settings(path)
         for warning in loaded.warnings:
