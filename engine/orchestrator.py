@@ -396,7 +396,13 @@ class Execution:
                     continue  # the file no longer starts with that run's bytes: moved aside, replaced
                 if size > held.position and _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
                     continue
+                if not self.recorder.writer_alive(held.run_id) and held.run_id not in self._open_runs():
+                    continue  # it ended between the two reads (completed, or abandoned): not stranded
                 raise RunRefused(self._stranded(name, path, size, held))
+
+    def _open_runs(self) -> set[str]:
+        """The runs that hold a position in some sink and have not ended, as the store says now."""
+        return {h.run_id for h in self.recorder.open_positions()}
 
     def _stranded(self, name: str, path: Path, size: int, held: OpenPosition) -> str:
         run = held.run_id

@@ -144,6 +144,28 @@ def test_refused_too_when_the_file_ends_where_the_crashed_run_made_it_durable(db
         assert "its crash left" not in message
 
 
+def test_a_run_that_ends_while_it_is_asked_about_is_not_called_crashed(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The positions are read, then whether their writer is alive: a run that completed between
+    the two reads holds no position any more, and the new run appends after its rows."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        alive = PostgresRecorder.writer_alive
+        ended: list[str] = []
+
+        def ends_meanwhile(self: PostgresRecorder, run_id: str) -> bool:
+            if run_id == crashed and not ended:
+                ended.append(run_id)  # (once: the resume asks too)
+                assert resume_run(db, crashed, load).status == "completed"
+            return alive(self, run_id)
+
+        monkeypatch.setattr(PostgresRecorder, "writer_alive", ends_meanwhile)
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
+        assert ended == [crashed]
+        assert _ids(path / "out" / "log.csv") == [str(i) for i in range(1, ROWS + 1)] * 2
+
+
 def test_a_failed_run_holding_rows_in_the_file_refuses_a_new_run_too(db: Database) -> None:
     """A failed run can be resumed (there is no ending it for good): the same as a crashed one.
     The message says how to go on without it."""
