@@ -396,17 +396,18 @@ class Execution:
                     continue  # the file no longer starts with that run's bytes: moved aside, replaced
                 if size > held.position and _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
                     continue
-                if not self.recorder.writer_alive(held.run_id) and held.run_id not in self._open_runs():
-                    continue  # it ended between the two reads (completed, or abandoned): not stranded
-                raise RunRefused(self._stranded(name, path, size, held))
+                alive = self.recorder.writer_alive(held.run_id)
+                if held.run_id not in self._open_runs():
+                    continue  # it ended since the positions were read (completed, or abandoned): not stranded
+                raise RunRefused(self._stranded(name, path, size, held, alive))
 
     def _open_runs(self) -> set[str]:
         """The runs that hold a position in some sink and have not ended, as the store says now."""
         return {h.run_id for h in self.recorder.open_positions()}
 
-    def _stranded(self, name: str, path: Path, size: int, held: OpenPosition) -> str:
+    def _stranded(self, name: str, path: Path, size: int, held: OpenPosition, alive: bool) -> str:
         run = held.run_id
-        if self.recorder.writer_alive(run):
+        if alive:
             return (
                 f"sink '{name}': {path} is being written by run {run}, which is still running; appending to it now "
                 "would fail or strand that run. Wait for it to end (see `elspeth runs`); nothing was recorded"

@@ -144,11 +144,12 @@ def test_refused_too_when_the_file_ends_where_the_crashed_run_made_it_durable(db
         assert "its crash left" not in message
 
 
+@pytest.mark.parametrize("alive_then", [True, False], ids=["alive when asked", "gone when asked"])
 def test_a_run_that_ends_while_it_is_asked_about_is_not_called_crashed(
-    db: Database, monkeypatch: pytest.MonkeyPatch
+    alive_then: bool, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The positions are read, then whether their writer is alive: a run that completed between
-    the two reads holds no position any more, and the new run appends after its rows."""
+    """The positions are read, then whether their writer is alive: a run that completed about
+    then (seen alive or not) holds no position any more, and the new run appends after its rows."""
     with _workdir() as path:
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
         alive = PostgresRecorder.writer_alive
@@ -158,6 +159,7 @@ def test_a_run_that_ends_while_it_is_asked_about_is_not_called_crashed(
             if run_id == crashed and not ended:
                 ended.append(run_id)  # (once: the resume asks too)
                 assert resume_run(db, crashed, load).status == "completed"
+                return alive_then  # what it said as it was asked: alive, or not yet seen to end
             return alive(self, run_id)
 
         monkeypatch.setattr(PostgresRecorder, "writer_alive", ends_meanwhile)

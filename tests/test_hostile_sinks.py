@@ -370,8 +370,9 @@ def test_a_parent_later_in_the_flush_is_no_reason_to_refuse_its_child(
         "CREATE TABLE t (n int); CREATE FUNCTION closed() RETURNS trigger LANGUAGE plpgsql AS "
         "$$BEGIN RAISE EXCEPTION 'closed for maintenance'; END$$; "
         "CREATE TRIGGER closed BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION closed()",
+        "CREATE TABLE t (n int, loaded_by text NOT NULL)",
     ],
-    ids=["an exhausted sequence", "a trigger refusing every row"],
+    ids=["an exhausted sequence", "a trigger refusing every row", "a not-null column no row fills"],
 )
 def test_what_fails_every_row_alike_is_the_tables_fault_not_the_rows(
     table: str, sink_db: str, db: Database, tmp_path: Path
@@ -394,6 +395,21 @@ def test_a_refusal_names_only_the_tables_own_names(sink_db: str, db: Database, t
     a, stored = _refusals(sink_db, table, rows, db, tmp_path)
     assert [r["n"] for r in stored] == [1]
     assert list(a.failed) == [1] and "ZQX98" not in a.failed[1] and "SQLSTATE 23505" in a.failed[1], a.failed
+
+
+def test_a_sqlite_triggers_message_is_not_recorded(db: Database, tmp_path: Path) -> None:
+    """From SQLite 3.46 on, RAISE's message may be built from the row: only SQLite's name of the
+    error is kept."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    table = (
+        "CREATE TABLE t (n int); CREATE TRIGGER guard BEFORE INSERT ON t WHEN NEW.n < 0 "
+        "BEGIN SELECT RAISE(ABORT, 'ZQX98 said no'); END"
+    )
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        conn.executescript(table)
+    a, stored = _refusals(url, "SELECT 1", [{"n": 1}, {"n": -1}], db, tmp_path)
+    assert [r["n"] for r in stored] == [1]
+    assert list(a.failed) == [1] and "SQLITE_CONSTRAINT_TRIGGER" in a.failed[1] and "ZQX98" not in a.failed[1]
 
 
 def test_an_integer_for_a_date_column_fails_its_row_alone(sink_db: str, db: Database, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import secrets
+import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
@@ -1164,6 +1165,49 @@ def test_a_file_another_run_appended_to_after_this_one_opened_it_is_not_cut(
         first.flush()
     assert path.read_bytes() == theirs
     first.release()
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from engine.plugins.protocol import PluginError
+from engine.plugins.sinks import CsvSink
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit fails, as on a full disk)
+path = Path(sys.argv[1])
+sink = CsvSink({"path": str(path)})
+sink.open("run", None)
+for i in range(3):
+    sink.write(f"t{i}", {"a": i, "b": "x" * 20})
+at, digest = sink.flush(), sink.digest()
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (at + 50, hard))  # the disk fills up
+for i in range(3, 50):
+    sink.write(f"t{i}", {"a": i, "b": "x" * 20})
+try:
+    sink.flush()
+    raise SystemExit("the flush did not fail")
+except PluginError:
+    pass
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # freed during the backoff
+sink.release()  # the retry, as SinkWriter.reopen makes it
+sink.expect(digest)
+sink.open("run", at)
+for i in range(3, 50):
+    sink.write(f"t{i}", {"a": i, "b": "x" * 20})
+print(sink.flush())
+"""
+
+
+def test_a_retry_after_a_full_disk_was_freed_writes_the_rows(tmp_path: Path) -> None:
+    """A write cut short by a full disk leaves its bytes on disk, where the sink counts them as
+    its own; none is left in a buffer to be written when the file closes, past what the retry
+    may cut (it took them for another process's and the run failed)."""
+    path = tmp_path / "o.csv"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == path.stat().st_size
+    with path.open(newline="") as f:
+        assert [r["a"] for r in csv.DictReader(f)] == [str(i) for i in range(50)]
 
 
 @pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.jsonl"), ("json", "o.json")])

@@ -252,7 +252,7 @@ def test_a_database_refusing_a_value_is_recorded_without_it(db: Database, tmp_pa
             conn.execute(text("CREATE TABLE t (id bigint, day date)"))
     finally:
         engine.dispose()
-    rows = [{"id": 1, "day": "ZQX98-not-a-date"}]
+    rows = [{"id": 1, "day": "ZQX98-not-a-date"}, {"id": 2, "day": "2024-01-05"}]  # (one alone: the table's fault)
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     settings = f"""
 source: {{plugin: json, on_success: db, options: {{path: in.jsonl, format: jsonl}}}}

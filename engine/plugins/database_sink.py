@@ -561,10 +561,12 @@ class DatabaseSink:
         insert checks a foreign key at its end, so a row refused in one pass is tried again in the
         next, after all the others (its parent may have come later in the flush), until a pass
         takes none. Deferred constraints are checked at each insert (the commit never comes).
-        When every row is refused for the one reason a trigger gives (it raises for any row,
-        as a table closed for maintenance), that is the table's, not the rows': none is refused,
-        and the flush fails as a whole, as it does when the trial fails for what is not about a
-        row (the connection, a privilege, a SQLite table whose conflict clause rolls back all)."""
+        When every row is refused for one same reason, that is taken for the table's, not the
+        rows' (a not-null column no row fills, a trigger raising for any row, as a table closed
+        for maintenance): none is refused, and the flush fails as a whole (retried, then
+        `on_write_failure` or the run fails, to be resumed), as it does when the trial fails for
+        what is not about a row (the connection, a privilege, a SQLite table whose conflict clause
+        rolls back all). A flush of one row has no other to tell by: its refusal fails it so too."""
         from sqlalchemy.exc import SQLAlchemyError
 
         unmade = self._table is None
@@ -608,8 +610,7 @@ class DatabaseSink:
         finally:
             if unmade:  # (made in the trial, which is rolled back)
                 self._table = None
-        codes = {code for code, _ in why.values()}
-        if len(why) == len(rows) and len(codes) == 1 and codes <= _RAISED_BY_TRIGGERS:
+        if len(why) == len(rows) and len({reason for _, reason in why.values()}) == 1:
             return {}
         return {token: f"the table refused it: {reason}" for token, (_, reason) in why.items()}
 
@@ -679,12 +680,18 @@ def _write_failure(e: Exception, url: str) -> str:
     return recorded(e)
 
 
-# The codes of errors that are about the values of the row inserted: every integrity constraint
-# (class 23), every data exception (22) but an exhausted sequence's (2200H, the table's), a value of
-# another type than its column's (42804); and what a trigger raises, which may be about the row
-# or not (`_refused_rows` tells).
+# The codes of errors that may be about the values of the row inserted: every integrity
+# constraint (class 23), every data exception (22) but an exhausted sequence's (2200H, the
+# table's), a value of another type than its column's (42804), and what a trigger raises
+# (P0001). Whether they were is for `_refused_rows` to tell.
 _RAISED_BY_TRIGGERS = frozenset({"P0001", "SQLITE_CONSTRAINT_TRIGGER"})
 _TABLE_WIDE = frozenset({"2200H"})
+# SQLite's constraint errors whose messages SQLite writes from the table's definition alone
+# (`UNIQUE constraint failed: t.n`). A trigger's RAISE message is the trigger's, and from SQLite
+# 3.46 on an expression may build it from the row.
+_SQLITE_OWN_MESSAGES = frozenset(
+    f"SQLITE_CONSTRAINT_{kind}" for kind in ("UNIQUE", "NOTNULL", "CHECK", "FOREIGNKEY", "PRIMARYKEY", "DATATYPE")
+)
 
 
 def _code(e: BaseException) -> str:
@@ -714,8 +721,8 @@ def _row_refusal(e: BaseException, names: frozenset[str]) -> str:
     """Why the table refused a row, as it is recorded: no value of the row (the record outlives
     its erasure). PostgreSQL's message may quote one (a trigger's, a type's), so only its class,
     SQLSTATE and the names of the constraint, column and table it gives, each only when it is
-    one of the table's own (`names`); SQLite's constraint messages are made of the table's
-    definition alone (`UNIQUE constraint failed: t.n`; a trigger's RAISE takes a literal)."""
+    one of the table's own (`names`); of SQLite's, the messages it makes of the table's
+    definition alone (`_SQLITE_OWN_MESSAGES`), else its error name."""
     import sqlite3
 
     from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -726,7 +733,9 @@ def _row_refusal(e: BaseException, names: frozenset[str]) -> str:
         orig = getattr(e, "orig", None)
         return f"a value its column's type does not take ({type(orig if orig is not None else e).__name__})"
     if isinstance(e, IntegrityError) and isinstance(e.orig, sqlite3.IntegrityError):
-        return f"{type(e).__name__}: {str(e.orig).strip()[:300]}"
+        code = _code(e)
+        said = str(e.orig).strip()[:300] if code in _SQLITE_OWN_MESSAGES else code
+        return f"{type(e).__name__}: {said}"
     code = _code(e)
     diag = getattr(e.orig, "diag", None)
     named = [

@@ -256,7 +256,10 @@ class _FileSink:
             # Not through a link: whoever can write the file's folder could have swapped one in
             # since the load-time checks (engine/checks.py), and the sink would write wherever it
             # points, with this process's rights.
-            f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+b")
+            # Unbuffered: what a failed write left is on disk, where `_wrote` sees it, never in a
+            # buffer that closing the file would write later (after a full disk was freed, past
+            # `_limit`, and the retry would take it for another process's).
+            f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+b", buffering=0)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise PluginError(
@@ -301,7 +304,7 @@ class _FileSink:
             if not self._device:  # (a device such as /dev/full cannot be cut)
                 f.truncate(self._start)
             f.seek(self._start)
-            f.write(self._head)
+            _write_all(f, self._head)
             self._wrote(f)
         except OSError as e:
             f.close()
@@ -319,10 +322,9 @@ class _FileSink:
         f = self._file()
         try:
             if data:
-                f.write(data)
+                _write_all(f, data)
                 if not self._device:  # the digest is of the bytes up to the position it is recorded with
                     self._hash.update(data)
-            f.flush()
             self._wrote(f)
             if not self._device:  # (a device such as /dev/null takes no fsync)
                 os.fsync(f.fileno())
@@ -348,15 +350,23 @@ class _FileSink:
         self._start = None
         if self._f is not None:
             f, self._f = self._f, None
-            # Closing retries any write still buffered; after a failed write (disk full) that
-            # fails again. Nothing unflushed counts: a resume truncates to the last position.
-            with suppress(OSError):
+            with suppress(OSError):  # (unbuffered: closing writes nothing)
                 f.close()
 
     def _finish(self, tail: str = "") -> None:
         if self._f is not None:  # else no row came: no file is created, none is changed
             self._durable(self._encode(tail))
         self.release()
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    """Write all of `data` to an unbuffered file (a raw write may take only some of it)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:  # (a raw file in non-blocking mode; these are not)
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[n:]
 
 
 class CsvSink(_FileSink):
