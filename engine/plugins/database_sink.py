@@ -570,7 +570,7 @@ class DatabaseSink:
         from sqlalchemy.exc import SQLAlchemyError
 
         unmade = self._table is None
-        why: dict[str, tuple[str, str]] = {}  # token -> (error code, reason)
+        why: dict[str, str] = {}  # token -> reason
         try:
             with self._engine.connect() as conn:
                 trial = conn.begin()
@@ -596,7 +596,7 @@ class DatabaseSink:
                             except Exception as e:
                                 if not _about_rows(e):
                                     raise
-                                why[token] = (_code(e), _row_refusal(e, names))
+                                why[token] = _row_refusal(e, names)
                                 left.append((token, values))
                             else:
                                 why.pop(token, None)
@@ -610,9 +610,9 @@ class DatabaseSink:
         finally:
             if unmade:  # (made in the trial, which is rolled back)
                 self._table = None
-        if len(why) == len(rows) and len({reason for _, reason in why.values()}) == 1:
+        if len(why) == len(rows) and len(set(why.values())) == 1:
             return {}
-        return {token: f"the table refused it: {reason}" for token, (_, reason) in why.items()}
+        return {token: f"the table refused it: {reason}" for token, reason in why.items()}
 
     def _own_names(self, conn: Any) -> frozenset[str]:
         """The names a refusal may show: the table's, its columns' and (PostgreSQL) its constraints'
@@ -725,18 +725,16 @@ def _row_refusal(e: BaseException, names: frozenset[str]) -> str:
     definition alone (`_SQLITE_OWN_MESSAGES`), else its error name."""
     import sqlite3
 
-    from sqlalchemy.exc import DBAPIError, IntegrityError
+    from sqlalchemy.exc import DBAPIError
 
     if isinstance(e, UnicodeEncodeError):
         return "a character the database's encoding cannot hold (UnicodeEncodeError)"
     if not isinstance(e, DBAPIError):
         orig = getattr(e, "orig", None)
         return f"a value its column's type does not take ({type(orig if orig is not None else e).__name__})"
-    if isinstance(e, IntegrityError) and isinstance(e.orig, sqlite3.IntegrityError):
-        code = _code(e)
-        said = str(e.orig).strip()[:300] if code in _SQLITE_OWN_MESSAGES else code
-        return f"{type(e).__name__}: {said}"
     code = _code(e)
+    if isinstance(e.orig, sqlite3.Error):
+        return f"{type(e).__name__}: {str(e.orig).strip()[:300] if code in _SQLITE_OWN_MESSAGES else code}"
     diag = getattr(e.orig, "diag", None)
     named = [
         f"{what} '{name}'"

@@ -183,8 +183,8 @@ class _FileSink:
         # sink, appending to the same file) may write and let go of it before this run's first
         # flush takes the lock; cutting back to `start` would then destroy its durable rows.
         self._size_at_open = size if position is None and self.mode == "append" else None
-        if self._size_at_open is not None and self._limit is None:
-            self._limit = size
+        if position is None:  # a run starting: nothing in the file is its own yet
+            self._limit = self._size_at_open
         self._encoder = codecs.getincrementalencoder(self.encoding)()
         if start > 0:
             self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
