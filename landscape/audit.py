@@ -52,6 +52,7 @@ from landscape.verify import (
     ReadDigest,
     Verification,
     check_body,
+    check_chain,
     check_events,
     events_span,
     joined,
@@ -180,6 +181,9 @@ def verify_export(
     """Check an export (see docs/verification.md). `unsigned_erasures`: an erasure record that no
     seal signs (one from before purge signed them) is taken on the store's word, and counted.
 
+    First the signatures cover the events (`_ExportCheck.signed`, no event body decoded), then
+    everything else is checked with the bodies decoded and folded.
+
     An export whose newest checkpoint signs at least `split_at` events is checked by two
     processes, as the store's log is (`landscape.chain_half`): this one reads the file, checks its
     records and folds the events, a second checks the chain. When either finds anything, or the
@@ -187,6 +191,8 @@ def verify_export(
     exactly the words it always did: the halves meet a bad line in another order than one pass."""
     try:
         with _open_regular(path) as f:
+            _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, None).signed(read_records(f))
+            f.seek(0)
             try:
                 return _ExportCheck(path, key, kept, kept_name, run_id, unsigned_erasures, split_at).run(
                     read_records(f)
@@ -241,6 +247,62 @@ class _ExportCheck:
 
     def fail(self, line: int, why: str) -> AuditFailure:
         return AuditFailure(f"{self.path}, line {line}: {why}")
+
+    def signed(self, records: Iterator[tuple[int, Record]]) -> None:
+        """The first pass: the header and the checkpoints' signatures, then that the events are
+        one chain whose tree has each checkpoint's root, all present and all covered, without
+        decoding any event body. A chain is anyone's to compute, and a forged body may decode to
+        forty times its size: `run`, after this, decodes only events a signature covers. One line
+        at a time; a failure is said as `run` says it (for a file with more than one fault, the
+        first in this order)."""
+        number, first = next(records, (1, None))
+        if not isinstance(first, Header):
+            raise self.fail(number, "this is not an ELSPETH export (no header)")
+        header = self._check_header(first)
+        rest: Iterator[tuple[int, Record]] = iter(())
+        for number, record in records:
+            if not isinstance(record, CheckpointRecord):
+                rest = _prepend((number, record), records)
+                break
+            self._check_checkpoint(number, record)
+        if not self.checkpoints:
+            return  # (`run` says so, reading no event)
+        final = self.checkpoints[-1][1]
+        line = seq = uncovered = 0  # the last event's line and seq; the line of seq `final`
+        ended = False
+
+        def events() -> Iterator[StoredEvent]:
+            nonlocal line, seq, uncovered, ended
+            for number, record in rest:
+                if isinstance(record, EventRecord):
+                    line, seq = number, record.seq
+                    if seq == final and not uncovered:
+                        uncovered = number
+                    yield record.stored()
+                elif isinstance(record, End):
+                    ended = True
+
+        chain = check_chain(header.run_id, events(), roots_at=[size for _, size, _ in self.checkpoints])
+        if chain.bad:
+            raise self.fail(line, f"event seq {seq}: {chain.why}")
+        if not ended:
+            raise AuditFailure(f"{self.path}: the file ends without its end record: it was cut short")
+        if chain.events == 0:
+            return  # (`run` says so)
+        for line, size, root in self.checkpoints:
+            if size > chain.events:
+                raise self.fail(
+                    line,
+                    f"{events_span(chain.events, size - 1)} missing: this checkpoint was signed over {size} events",
+                )
+            if chain.roots.get(size) != root:
+                raise self.fail(line, f"the first {size} events do not hash to the root of this checkpoint of {size}")
+        if chain.events > final:
+            raise self.fail(
+                uncovered,
+                f"{events_span(final, chain.events - 1)} not covered by any signed checkpoint "
+                f"(the newest, line {self.checkpoints[-1][0]}, covers {final})",
+            )
 
     def run(self, records: Iterator[tuple[int, Record]]) -> ExportReport:
         number, first = next(records, (1, None))
@@ -611,6 +673,13 @@ class _ProofCheck:
             raise self.fail(f"{where}: its fields do not hash to its chain hash (the header or hash was altered)")
         if EVENT_MACHINE.get(e.event_type) != e.machine:
             raise self.fail(f"{where}: event type {e.event_type!r} does not belong to machine {e.machine!r}")
+        # In the signed tree before its body is decoded: a forged body may decode to many times its size.
+        if e.seq >= cp.size:
+            raise self.fail(f"{where} is not in the signed tree of {cp.size} events")
+        try:
+            verify_inclusion(e.seq, cp.size, leaf_hash(e.hash), [bytes.fromhex(p) for p in proof], cp.root)
+        except ProofError as err:
+            raise self.fail(f"{where}: {err}") from None
         try:
             event = e.event
         except (StatechartError, msgspec.DecodeError, msgspec.ValidationError) as err:
@@ -620,12 +689,6 @@ class _ProofCheck:
         why = check_body(e, event)  # as for an export's events: the body says what its columns say
         if why is not None:
             raise self.fail(f"{where}: {why}")
-        if e.seq >= cp.size:
-            raise self.fail(f"{where} is not in the signed tree of {cp.size} events")
-        try:
-            verify_inclusion(e.seq, cp.size, leaf_hash(e.hash), [bytes.fromhex(p) for p in proof], cp.root)
-        except ProofError as err:
-            raise self.fail(f"{where}: {err}") from None
         return event
 
     def _check_extension(self, cp: Checkpoint) -> int | None:

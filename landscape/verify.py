@@ -197,13 +197,14 @@ def _verify_each(
 @dataclass(frozen=True, slots=True)
 class ChainCheck:
     """The chain half of a verification: how many events were good, the head, the Merkle roots
-    asked for and the tree (`MerkleAccumulator.to_bytes`), and whether one was bad."""
+    asked for and the tree (`MerkleAccumulator.to_bytes`), and whether one was bad (and why)."""
 
     events: int
     head: bytes
     roots: dict[int, bytes]
     tree: bytes
     bad: bool
+    why: str | None = None
 
 
 class ReadDigest:
@@ -265,17 +266,17 @@ def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collect
     """`verify_events`' chain checks alone (seq, run, payload hash, links, machine; the tree)."""
     leaves = _Leaves(roots_at)
     add = leaves.add
-    prev, expected, bad = GENESIS, 0, False
+    prev, expected, why = GENESIS, 0, None
     with _reading(events):
         for e in events:
-            if _check_record(run_id, e, expected, prev) is not None:
-                bad = True
+            why = _check_record(run_id, e, expected, prev)
+            if why is not None:
                 break
             prev = e.hash
             expected += 1
             add(prev, expected)
         leaves.flush()
-    return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), bad)
+    return ChainCheck(expected, prev, leaves.roots, leaves.tree.to_bytes(), why is not None, why)
 
 
 # The row payload names a verification holds before it has the store confirm them (`check_events`'

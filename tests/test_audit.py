@@ -298,7 +298,10 @@ def test_the_one_pass_after_the_halves_holds_nothing_of_them(
     the handler of the halves' failure, its traceback held them, about twice one pass's memory
     on a large export (a hostile review)."""
     key, bad = load_verifier(fork.pub), tmp_path / "bad.export"
-    bad.write_bytes(b"".join(fork.lines[:-1]))  # cut short: the halves stop, one pass says so
+    # A payload record left out (what the first pass, of the chain and the signatures, does not
+    # read): the halves stop, one pass says so.
+    dropped = next(i for i, line in enumerate(fork.lines) if line.startswith(b'{"type":"payload"'))
+    bad.write_bytes(b"".join(fork.lines[:dropped] + fork.lines[dropped + 1 :]))
     first: list[weakref.ref[Any]] = []
     alive: list[bool] = []
     real = landscape_audit._ExportCheck.run
@@ -310,7 +313,7 @@ def test_the_one_pass_after_the_halves_holds_nothing_of_them(
         return real(self, records)
 
     monkeypatch.setattr(landscape_audit._ExportCheck, "run", run)
-    with pytest.raises(AuditFailure, match="cut short"):
+    with pytest.raises(AuditFailure, match="has no payload or erasure record"):
         verify_export(bad, key, split_at=1)
     assert alive == [False]
 
@@ -446,18 +449,40 @@ def test_a_recomputed_chain_without_the_key_fails_the_signed_roots(fork: Exporte
     assert "line 3:" in err and "do not hash to the root of this checkpoint of 682" in err, err
 
 
+def test_no_event_body_is_decoded_before_the_signatures_cover_it(
+    fork: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain is anyone's to compute: a forged event whose body decodes to forty times its size
+    (a hostile review: a 64 MB line, 2.4 GB) is refused by the signed roots before any body is
+    decoded, not after the whole file was folded."""
+    forged = tmp_path / "forged.export"
+    nested = {"x": [{}] * 200_000}
+    _rewrite(fork, forged, at_seq=0, resign=False,
+             body=lambda b: json.dumps({**json.loads(b), "settings": nested}, separators=(",", ":")).encode())  # fmt: skip
+    decoded: list[int] = []
+    monkeypatch.setattr(landscape_audit, "check_events", lambda *a, **k: decoded.append(1))
+    monkeypatch.setattr(landscape_audit, "verify_events", lambda *a, **k: decoded.append(1))
+    with pytest.raises(AuditFailure, match="do not hash to the root of this checkpoint"):
+        verify_export(forged, load_verifier(fork.pub))
+    assert decoded == []
+
+
 @pytest.mark.parametrize("resign", [False, True], ids=["chain-recomputed", "resigned-with-the-key"])
 @pytest.mark.parametrize("name", ["zz" * 32, "AB" * 32, "abc", "ab" * 32 + " "])
 def test_a_row_reference_that_is_no_payload_name_is_named(fork: Exported, tmp_path: Path, resign: bool,
                                                           name: str) -> None:  # fmt: skip
     """A body that references a row by text no payload is named by (not 64 lowercase hex digits):
-    one line naming the event, whether or not the roots were signed again, never a traceback."""
+    one line naming the event when the roots were signed again, never a traceback. Not signed
+    again, the signed roots refuse the file before any body is read."""
     seq = next(r.seq for r in _records(fork.file) if isinstance(r, EventRecord) and r.event_type == "TokenCreated")
     forged = tmp_path / "forged.export"
     _rewrite(fork, forged, at_seq=seq, resign=resign,
              body=lambda b: json.dumps({**json.loads(b), "data_hash": name}, separators=(",", ":")).encode())  # fmt: skip
     err = one_line_error(_verify(fork.work, str(forged), "--public-key", str(fork.pub)), 1)
-    assert f"event seq {seq} references row payload {name!r}, which is no payload's name" in err, err
+    if resign:
+        assert f"event seq {seq} references row payload {name!r}, which is no payload's name" in err, err
+    else:
+        assert "do not hash to the root of this checkpoint" in err, err
 
 
 def _written_with_end(path: Path, kept: list[Record]) -> Path:
@@ -947,6 +972,26 @@ def test_a_bundle_with_a_key_twice_is_refused(db: Database, fork: Exported, tmp_
     out.write_text(forged)
     err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
     assert "gives a key twice" in err and "event_type" in err, err
+
+
+def test_a_bundle_event_is_proved_in_the_signed_tree_before_its_body_is_read(
+    db: Database, fork: Exported, tmp_path: Path
+) -> None:
+    """A chain hash is anyone's to compute: a forged body (here, one that cannot be read) is
+    refused by its inclusion proof, before it is decoded (a body may decode to many times its size)."""
+    out = tmp_path / "seq3.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(out), cwd=fork.work, db=db).returncode == 0
+    bundle = json.loads(out.read_text())
+    e = bundle["events"][0]["event"]
+    body = b"[" * 1000
+    payload_hash = hashlib.sha256(body).digest()
+    hdr = header(e["run_id"], e["seq"], e["machine"], e["entity_id"], e["event_type"], e["schema_version"],
+                 e["recorded_at_us"])  # fmt: skip
+    e |= {"payload": base64.b64encode(body).decode(), "payload_hash": payload_hash.hex(),
+          "hash": link(bytes.fromhex(e["prev_hash"]), hdr, payload_hash).hex()}  # fmt: skip
+    out.write_text(json.dumps(bundle))
+    err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
+    assert "event seq 3" in err and "cannot be read" not in err, err
 
 
 def test_an_erasure_record_of_another_run_or_no_time_is_refused(fork: Exported, tmp_path: Path) -> None:
