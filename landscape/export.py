@@ -222,24 +222,57 @@ def read_records(f: IO[bytes]) -> Iterator[tuple[int, Record]]:
     header of a format this ELSPETH reads (checked before the rest of it, which a newer format may
     change). No line longer than `MAX_LINE` is read whole."""
     number = 0
-    while raw := f.readline(MAX_LINE + 1):  # (the longest line and its newline)
+    while raw := _read_line(f, number + 1):
         number += 1
-        if not raw.endswith(b"\n"):
-            if len(raw) > MAX_LINE:
-                raise BadLine(number, f"longer than any record of an export ({MAX_LINE} bytes)")
-            raise BadLine(number, "the line does not end with a newline: the file was cut short")
-        line = memoryview(raw)[:-1]  # (a view: a long line is not copied again)
-        if not raw.strip():  # (what the decoder would say of it is about JSON, not about the file)
-            raise BadLine(number, "a blank line: an export has none (the file was changed)")
         if number == 1:
-            _check_header_format(line)
-        try:
-            record = _decoder.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
-            raise BadLine(number, f"not a record of an ELSPETH export ({_why(e)})") from None
-        if encode(record) != line:
-            raise BadLine(number, f"the {_kind(record)} record is not written as ELSPETH writes it (a changed byte?)")
-        yield number, record
+            _check_header_format(memoryview(raw)[:-1])
+        yield number, _record(number, raw)
+
+
+def _read_line(f: IO[bytes], number: int) -> bytes:
+    """Line `number`, with its newline (b"" at the end of the file); BadLine for one longer than
+    any record or cut short. No line longer than `MAX_LINE` is read whole."""
+    raw = f.readline(MAX_LINE + 1)  # (the longest line and its newline)
+    if raw and not raw.endswith(b"\n"):
+        if len(raw) > MAX_LINE:
+            raise BadLine(number, f"longer than any record of an export ({MAX_LINE} bytes)")
+        raise BadLine(number, "the line does not end with a newline: the file was cut short")
+    return raw
+
+
+def _record(number: int, raw: bytes, *, exact: bool = True) -> Record:
+    """The record line `number` holds, written the one way ELSPETH writes it (unless not `exact`);
+    BadLine otherwise."""
+    line = memoryview(raw)[:-1]  # (a view: a long line is not copied again)
+    if not raw.strip():  # (what the decoder would say of it is about JSON, not about the file)
+        raise BadLine(number, "a blank line: an export has none (the file was changed)")
+    try:
+        record = _decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+        raise BadLine(number, f"not a record of an ELSPETH export ({_why(e)})") from None
+    if exact and encode(record) != line:
+        raise BadLine(number, f"the {_kind(record)} record is not written as ELSPETH writes it (a changed byte?)")
+    return record
+
+
+# The start of the lines a first pass over an export passes over (`read_events`), as `encode`
+# spells them (the tag first): the records whose checks need the events decoded.
+_PASSED_OVER = (b'{"type":"payload",', b'{"type":"erased",', b'{"type":"seal",')
+
+
+def read_events(f: IO[bytes], number: int) -> Iterator[tuple[int, EventRecord | End]]:
+    """The event records and the end record of an export file from line `number + 1` on, for a
+    fast first pass over it (`landscape.audit`): the lines of payloads, erasures and seals
+    passed over, the others decoded but not compared with their one spelling (the pass after
+    reads every line and compares each; a line passed over here that is not what it starts as
+    leaves a gap in the chain, or no end record). No event body is decoded (it stays bytes)."""
+    while raw := _read_line(f, number + 1):
+        number += 1
+        if raw.startswith(_PASSED_OVER):
+            continue
+        record = _record(number, raw, exact=False)
+        if isinstance(record, EventRecord | End):
+            yield number, record
 
 
 class _Peek(msgspec.Struct):

@@ -241,7 +241,7 @@ def test_two_processes_say_what_one_pass_says(fork: Exported, tmp_path: Path, mo
         m.setattr(landscape_audit, "ChainHalf", counted)
         m.setattr(landscape_audit, "verify_events", None)  # (no one pass: it would fail)
         assert verify_export(fork.file, key, split_at=1) == one_pass
-    assert halves == [1]
+    assert halves == [2]  # (the first pass, of the signatures, and the second)
     lines, path = fork.lines, tmp_path / "bad.export"
     cases = []
     for i in _sample(lines):
