@@ -208,6 +208,13 @@ def verify_export(
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
 
 
+# What the order of an export's records may not be, as both passes say it.
+_EVENT_AFTER_SEAL = "an event after a seal record (the seals come after the last event)"
+_CHECKPOINT_AMONG_EVENTS = "a checkpoint record among the events (checkpoints come right after the header)"
+_SECOND_HEADER = "a second header"
+_AFTER_END = "a line after the end record"
+
+
 class _Recheck(Exception):
     """The fast first pass found something, or could not be made: the thorough one is to say what."""
 
@@ -304,12 +311,22 @@ class _ExportCheck:
             nonlocal line, seq, uncovered, ended
             for number, record in rest:
                 if isinstance(record, EventRecord):
+                    if thorough and self.seals:
+                        raise self.fail(number, _EVENT_AFTER_SEAL)
                     line, seq = number, record.seq
+                    self.counts["events"] += 1
                     if seq == final and not uncovered:
                         uncovered = number
                     yield record.stored()
                 elif isinstance(record, End):
                     ended = True
+                    if thorough:  # (what `run` checks of the records' order and counts, no body read)
+                        self._check_end(number, record)
+                        for after, _record in rest:
+                            raise self.fail(after, _AFTER_END)
+                        return
+                elif thorough:
+                    self._counted(number, record)
 
         sizes = [size for _, size, _ in self.checkpoints]
         if not thorough and self.split_at is not None and final >= self.split_at:
@@ -324,8 +341,8 @@ class _ExportCheck:
                 raise _Recheck
         else:
             chain = check_chain(run_id, events(), roots_at=sizes)
-        if chain.bad:
-            raise self.fail(line, f"event seq {seq}: {chain.why}")
+        if chain.bad:  # (named by the seq expected when it is missing, as `verify_events` names it)
+            raise self.fail(line, f"event seq {min(seq, chain.events)}: {chain.why}")
         if not ended:
             raise AuditFailure(f"{self.path}: the file ends without its end record: it was cut short")
         if chain.events == 0:
@@ -464,7 +481,7 @@ class _ExportCheck:
         for number, record in stream:
             if isinstance(record, EventRecord):
                 if self.seals:
-                    raise self.fail(number, "an event after a seal record (the seals come after the last event)")
+                    raise self.fail(number, _EVENT_AFTER_SEAL)
                 self._expect_nothing_more(number)
                 self.event_line, self.event_seq = number, record.seq
                 self.counts["events"] += 1
@@ -483,14 +500,12 @@ class _ExportCheck:
                 self._check_end(number, record)
                 self.end = (number, record)
                 for after, _record in stream:
-                    raise self.fail(after, "a line after the end record")
+                    raise self.fail(after, _AFTER_END)
                 return
             elif isinstance(record, CheckpointRecord):
-                raise self.fail(
-                    number, "a checkpoint record among the events (checkpoints come right after the header)"
-                )
+                raise self.fail(number, _CHECKPOINT_AMONG_EVENTS)
             else:
-                raise self.fail(number, "a second header")
+                raise self.fail(number, _SECOND_HEADER)
         raise AuditFailure(f"{self.path}: the file ends without its end record: it was cut short")
 
     def _observe(self, stored: StoredEvent, event: ev.EventBase) -> None:
@@ -561,6 +576,18 @@ class _ExportCheck:
             raise self.fail(number, f"{record} before any event: a payload's record follows the event that names it")
         where = f"event seq {self.event_seq} (line {self.event_line})"
         raise self.fail(number, f"{record}, which is not the next row payload {where} references first")
+
+    def _counted(self, number: int, record: Record) -> None:
+        """A record between the events, in the first pass: counted for the end record, or refused
+        where it stands (a checkpoint, a header)."""
+        if isinstance(record, PayloadRecord | ErasedRecord):
+            self.counts["payloads" if isinstance(record, PayloadRecord) else "erased"] += 1
+        elif isinstance(record, SealRecord):
+            self.seals += 1
+        elif isinstance(record, CheckpointRecord):
+            raise self.fail(number, _CHECKPOINT_AMONG_EVENTS)
+        else:
+            raise self.fail(number, _SECOND_HEADER)
 
     def _check_end(self, number: int, end: End) -> None:
         found = {**self.counts, "checkpoints": len(self.checkpoints), "seals": self.seals}
