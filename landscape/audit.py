@@ -347,19 +347,25 @@ class _ExportCheck:
             raise AuditFailure(f"{self.path}: the file ends without its end record: it was cut short")
         if chain.events == 0:
             return  # (`run` says so)
+        self._held_to_checkpoints(chain.events, chain.roots, uncovered)
+
+    def _held_to_checkpoints(self, events: int, roots: dict[int, bytes], uncovered: int) -> None:
+        """The log of `events` events, whose tree had `roots` at the checkpoints' sizes, is the one
+        each checkpoint signs: none larger than the log, each root its own, no event after the
+        newest (whose first is on line `uncovered`)."""
         for line, size, root in self.checkpoints:
-            if size > chain.events:
+            if size > events:
                 raise self.fail(
-                    line,
-                    f"{events_span(chain.events, size - 1)} missing: this checkpoint was signed over {size} events",
+                    line, f"{events_span(events, size - 1)} missing: this checkpoint was signed over {size} events"
                 )
-            if chain.roots.get(size) != root:
+            if roots.get(size) != root:
                 raise self.fail(line, f"the first {size} events do not hash to the root of this checkpoint of {size}")
-        if chain.events > final:
+        final_line, final, _root = self.checkpoints[-1]
+        if events > final:
             raise self.fail(
                 uncovered,
-                f"{events_span(final, chain.events - 1)} not covered by any signed checkpoint "
-                f"(the newest, line {self.checkpoints[-1][0]}, covers {final})",
+                f"{events_span(final, events - 1)} not covered by any signed checkpoint "
+                f"(the newest, line {final_line}, covers {final})",
             )
 
     def run(self, records: Iterator[tuple[int, Record]]) -> ExportReport:
@@ -376,7 +382,7 @@ class _ExportCheck:
         if not self.checkpoints:
             raise self.fail(pending[0] if pending else 2, "the export holds no signed checkpoint")
         sizes = [size for _line, size, _root in self.checkpoints]
-        final_line, final, final_root = self.checkpoints[-1]
+        _line, final, final_root = self.checkpoints[-1]
         self.lines_of = {final: 0}
         events = self._events(pending, records)
         if self.split_at is not None and final >= self.split_at:
@@ -387,18 +393,7 @@ class _ExportCheck:
             raise self.fail(self.event_line, f"event seq {verified.bad.seq}: {verified.bad.why}")
         if verified.events == 0:
             raise self.fail(self.end[0] if self.end else 2, "the export holds no event")
-        for line, size, root in self.checkpoints:
-            if size > verified.events:
-                missing = events_span(verified.events, size - 1)
-                raise self.fail(line, f"{missing} missing: this checkpoint was signed over {size} events")
-            if verified.roots.get(size) != root:
-                raise self.fail(line, f"the first {size} events do not hash to the root of this checkpoint of {size}")
-        if verified.events > final:
-            raise self.fail(
-                self.lines_of.get(final, 0),
-                f"{events_span(final, verified.events - 1)} not covered by any signed checkpoint "
-                f"(the newest, line {final_line}, covers {final})",
-            )
+        self._held_to_checkpoints(verified.events, verified.roots, self.lines_of.get(final, 0))
         unsigned = 0
         for digest, line in self.unsealed.items():
             if digest not in self.sealed and self.unsigned_erasures:
