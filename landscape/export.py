@@ -224,7 +224,7 @@ def read_records(f: IO[bytes]) -> Iterator[tuple[int, Record]]:
     number = 0
     while raw := _read_line(f, number + 1):
         number += 1
-        if number == 1:
+        if number == 1 and raw.strip():  # (a blank line is said to be one, by `_record`)
             _check_header_format(memoryview(raw)[:-1])
         yield number, _record(number, raw)
 

@@ -211,6 +211,12 @@ EDITS: dict[str, Callable[[list[bytes], int], list[bytes]]] = {
 }
 
 
+@pytest.mark.parametrize("data", [b"\n", b"   \n"], ids=["empty", "spaces"])
+def test_a_blank_first_line_is_said_to_be_one(data: bytes) -> None:
+    with pytest.raises(export_module.BadLine, match="line 1: a blank line"):
+        list(export_module.read_records(io.BytesIO(data)))
+
+
 def test_the_first_pass_names_a_fault_of_the_records_order_as_it_always_was(fork: Exported, tmp_path: Path) -> None:
     """The first pass (signatures before bodies) checks the events' chain, but a fault of the
     records' order is said as the pass after says it, where it stands (a hostile review: a
