@@ -215,6 +215,51 @@ def test_a_relative_home_from_a_deleted_folder_is_one_line(tmp_path: Path) -> No
     assert "no longer exists" in one_line_error(proc, 1) and "absolute --home" in proc.stderr
 
 
+def test_statecharts_from_a_deleted_folder_is_one_line(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run(
+        ["sh", "-c", 'cd "$1" && rmdir "$1" && exec "$2" -m engine.cli.main statecharts', "sh", str(gone), sys.executable],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        timeout=300,
+    )  # fmt: skip
+    assert "no longer exists" in one_line_error(proc, 1) and "absolute --out" in proc.stderr
+
+
+def _listing_to(stdout: int) -> subprocess.CompletedProcess[str]:
+    """`elspeth plugins list` (offline, a page of output) with standard output as given."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", "plugins", "list"],
+        cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+
+
+def test_output_that_could_not_be_written_is_said(tmp_path: Path) -> None:
+    """A full disk, or no standard output at all, cuts what a command shows: it says so (exit 1),
+    never a traceback, never a silent success."""
+    with open("/dev/full", "w") as full:
+        proc = _listing_to(full.fileno())
+    assert "standard output could not be written (No space left on device)" in one_line_error(proc, 1)
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$1" -m engine.cli.main plugins list >&-', "sh", sys.executable],
+        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+    assert "standard output is closed" in one_line_error(closed, 1)
+
+
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly() -> None:
+    """`elspeth explain … | head`: the reader wanted no more. Quiet, with the status of a process
+    a closed pipe stops (as `cat`'s)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # (closed before the first write: the very first one fails)
+    try:
+        proc = _listing_to(write_end)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
+    assert proc.stderr == ""
+
+
 def test_dry_run_validates_without_running(db: Database, work: Path) -> None:
     proc = elspeth("run", "-s", "settings.yaml", "--dry-run", cwd=work, db=db)
     assert proc.returncode == 0 and "dry run" in proc.stdout

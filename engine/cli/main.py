@@ -97,6 +97,23 @@ def _terminated(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _output_lost(error: OSError) -> None:
+    """Standard output failed: a reader that closed the pipe (`elspeth explain … | head`) wanted
+    no more, and the command ends quietly with the status of a process a closed pipe stops (128 +
+    SIGPIPE), as `cat` would; any other failure (a full disk) is said, status 1."""
+    try:  # nothing left in the stream is written again at exit (Python would complain of it)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    if isinstance(error, BrokenPipeError):
+        sys.exit(128 + signal.SIGPIPE)
+    reason = error.strerror or str(error)
+    click.echo(f"elspeth: error: standard output could not be written ({reason}): what it shows is cut short", err=True)
+    sys.exit(1)
+
+
 def main() -> None:
     # SIGTERM (what systemd, docker and Kubernetes send) ends a command as Ctrl-C does: cleanup
     # runs (an embedded server this command started is stopped) and the exit status is 130. A
@@ -105,6 +122,9 @@ def main() -> None:
     visible.install()
     try:
         cli.main(standalone_mode=False)
+        sys.stdout.flush()
+    except visible.OutputLost as e:
+        _output_lost(e.error)
     except click.exceptions.Abort:
         click.echo("elspeth: interrupted", err=True)
         sys.exit(130)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
+
+from engine.cli.errors import ElspethCliError
 
 
 @click.command("statecharts")
@@ -19,18 +22,30 @@ def statecharts_cmd(check: bool, out: Path) -> None:
     """Write Mermaid diagrams of the Run, Token, Coalesce and Batch machines."""
     from statecharts.mermaid import render_all  # here: --help stays fast
 
+    if not out.is_absolute():
+        try:
+            os.getcwd()
+        except FileNotFoundError:  # (or every diagram would be "out of date", or a traceback)
+            raise ElspethCliError(
+                f"the folder elspeth was started in no longer exists (deleted or moved?), and --out {out} is "
+                "relative to it; change to a folder that exists, or give an absolute --out"
+            ) from None
     stale = []
     for name, text in render_all().items():
         path = out / name
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
-            continue
-        if check:
-            stale.append(str(path))
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            click.echo(f"wrote {path}")
+        try:
+            current = path.read_text(encoding="utf-8") if path.exists() else None
+            if current == text:
+                continue
+            if check:
+                stale.append(str(path))
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+                click.echo(f"wrote {path}")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ElspethCliError(f"{path}: {reason}") from None
     if stale:
         raise click.ClickException(
             "statechart diagrams are out of date: " + ", ".join(stale) + " (run `elspeth statecharts`)"

@@ -14,9 +14,11 @@ back as the very characters.
 from __future__ import annotations
 
 import codecs
+import errno
+import io
 import re
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 # C0 controls but tab and line feed, DEL, C1 controls, the bidirectional embeddings, overrides,
 # isolates and marks (U+061C, U+200E, U+200F), the zero-width space and no-break space (U+200B,
@@ -53,6 +55,15 @@ def _json_escape(e: UnicodeError) -> tuple[str, int]:
 codecs.register_error("elspeth-json-escape", _json_escape)
 
 
+class OutputLost(Exception):
+    """Standard output took no more (its reader closed the pipe, a full disk): what the command
+    printed is cut short, which it must say (`main`) rather than end as if all was shown."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _VisibleStream:
     """A text stream whose writes go through `visible`; everything else is the stream's but its
     binary `buffer`, which a writer could reach around the filter through (click does, for a
@@ -64,11 +75,20 @@ class _VisibleStream:
     def write(self, text: str) -> int:
         shown = visible(text)
         try:
-            self._stream.write(shown)
-        except UnicodeEncodeError:  # (an ASCII terminal: what it cannot show, as escapes too)
-            encoding = self._stream.encoding or "ascii"
-            self._stream.write(shown.encode(encoding, "elspeth-json-escape").decode(encoding))
+            try:
+                self._stream.write(shown)
+            except UnicodeEncodeError:  # (an ASCII terminal: what it cannot show, as escapes too)
+                encoding = self._stream.encoding or "ascii"
+                self._stream.write(shown.encode(encoding, "elspeth-json-escape").decode(encoding))
+        except OSError as e:
+            raise OutputLost(e) from e
         return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise OutputLost(e) from e
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -80,20 +100,31 @@ class _VisibleStream:
         return getattr(self._stream, name)
 
 
+class _Closed(io.TextIOBase):
+    """Standard output when the command was started without one (`>&-`): a write fails, so that
+    the command says its output was lost rather than drop it in silence (as click would)."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
 def install() -> None:
     """Standard output, from here on, through `visible` (once)."""
     if not isinstance(sys.stdout, _VisibleStream):
-        sys.stdout = _VisibleStream(sys.stdout)
+        sys.stdout = _VisibleStream(sys.stdout if sys.stdout is not None else cast(TextIO, _Closed()))
 
 
 def write_bytes(data: bytes) -> None:
     """Bytes to standard output as they are, past `visible`: what is only printable text already
     and must not change by a byte (a signed note, checked before it is written)."""
     stream = sys.stdout._stream if isinstance(sys.stdout, _VisibleStream) else sys.stdout
-    stream.flush()
-    buffer = getattr(stream, "buffer", None)
-    if buffer is None:
-        stream.write(data.decode())
-    else:
-        buffer.write(data)
-        buffer.flush()
+    try:
+        stream.flush()
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:  # (also a closed standard output: its write fails)
+            stream.write(data.decode())
+        else:
+            buffer.write(data)
+            buffer.flush()
+    except OSError as e:
+        raise OutputLost(e) from e
