@@ -22,6 +22,7 @@ from landscape import roles
 from landscape.embedded import embedded_server, server_gone
 from landscape.errors import (
     ConcurrentWriter,
+    CorruptLog,
     DatabaseUnavailable,
     LandscapeError,
     PermissionDenied,
@@ -114,6 +115,23 @@ class _AnyTime(Loader):
             return self._time.load(data)
         except psycopg.DataError:
             return bytes(data).decode("utf-8", "replace")
+
+
+def read_as_written(cur: psycopg.Cursor[Any], table: str, types: tuple[str, ...]) -> None:
+    """The columns of `cur`'s result are of the `types` ELSPETH made them (PostgreSQL's names),
+    or the statement read a table changed under it: CorruptLog, naming the column. A superuser who
+    altered a column's type (the events' body bytea to text, say) would have its values arrive as
+    other Python types and end a verification in a TypeError deep inside it. Asked once per
+    statement, of the server's description of its result, not per row."""
+    for column, name in zip(cur.description or (), types, strict=False):
+        expected = psycopg.postgres.types[name].oid
+        if column.type_code != expected:
+            found = cur.adapters.types.get(column.type_code)
+            raise CorruptLog(
+                f"the {table} table's column {column.name} is of type {found.name if found else column.type_code}, "
+                f"not {name}: the audit store's schema was changed after ELSPETH made it (ALTER TABLE by a superuser?), "
+                "and what it holds cannot be read as ELSPETH wrote it"
+            )
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from landscape import commits, copybin, faults
 from landscape.canonical import is_name
 from landscape.chain import header, link
 from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, WRITER_LOCK, Batch
-from landscape.db import Database, driver_errors
+from landscape.db import Database, driver_errors, read_as_written
 from landscape.errors import StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed
@@ -61,6 +61,9 @@ _READ_COLUMNS = EVENT_COLUMNS.replace(
     "recorded_at",
     "CASE WHEN recorded_at < '290000-01-01' THEN recorded_at + interval '946684800 seconds' ELSE 'infinity' END",
 )
+# The types of `_READ_COLUMNS` (`read_as_written`), and of a payload's hash, salt and data.
+_EVENT_TYPES = ("text", "int8", "text", "text", "text", "int2", "timestamptz", "bytea", "bytea", "bytea", "bytea")
+_PAYLOAD_TYPES = ("bytea", "bytea", "bytea")
 # Rows per page of a streamed read: large enough that round trips do not count, small enough
 # that a page stays in the CPU's cache while it is verified.
 _PAGE = 5000
@@ -434,6 +437,7 @@ class PostgresRecorder:
                 ):
                     _read_us(cur)
                     cur.execute(query, params)
+                    read_as_written(cur, "events", _EVENT_TYPES)
                     while not stop.is_set():
                         rows = cur.fetchmany(_PAGE)
                         pages.put(rows)
@@ -548,6 +552,7 @@ class PostgresRecorder:
         ):
             erased = _reinstated(conn, run_id)
             cur.execute("SELECT hash, salt, data FROM payloads WHERE run_id = %s", (run_id,))
+            read_as_written(cur, "payloads", _PAYLOAD_TYPES)
             while rows := cur.fetchmany(_PAGE):
                 yield from (r for r in rows if r[0] not in erased) if erased else rows
 
@@ -578,6 +583,7 @@ class PostgresRecorder:
                 cur.execute(
                     "SELECT hash, salt, data FROM payloads WHERE run_id IN (%s, '') AND hash = ANY(%b)", (run_id, batch)
                 )
+                read_as_written(cur, "payloads", _PAYLOAD_TYPES)
                 while rows := cur.fetchmany(_PAGE):
                     yield from (r for r in rows if r[0] not in erased) if erased else rows
 
@@ -592,13 +598,15 @@ class PostgresRecorder:
         tx, pos = position
         with driver_errors("reading events across runs"), self.db.connect() as conn, conn.cursor(binary=True) as cur:
             _read_us(cur)
-            rows = cur.execute(
+            cur.execute(
                 f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM events "
                 "WHERE (tx_id, global_position) > (%s, %s) "
                 "AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
                 "ORDER BY tx_id, global_position LIMIT %s",
                 (tx, pos, limit),
-            ).fetchall()
+            )
+            read_as_written(cur, "events", ("int8", "int8", *_EVENT_TYPES))
+            rows = cur.fetchall()
         return [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in rows]
 
     def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]:

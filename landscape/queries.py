@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from landscape.db import Connection, Database, driver_errors
+from landscape.db import Connection, Database, driver_errors, read_as_written
 from landscape.errors import UnknownRun
 from statecharts import events as ev
 from statecharts.machines import TOKEN_OUTCOME_OF
@@ -384,11 +384,13 @@ def run_lifecycle(db: Database, run_id: str) -> list[LifecycleEvent]:
     forced resume on a changed input, how many records the run had read, counted in `rows`)."""
     out: list[LifecycleEvent] = []
     with driver_errors(f"reading the lifecycle of run {run_id}"), db.connect() as conn:
-        rows = conn.execute(
+        cur = conn.execute(
             "SELECT seq, recorded_at, event_type, schema_version, payload FROM events "
             "WHERE run_id = %s AND machine = 'run' AND event_type = ANY(%s) ORDER BY seq",
             (run_id, list(_LIFECYCLE)),
-        ).fetchall()
+        )
+        read_as_written(cur, "events", ("int8", "timestamptz", "text", "int2", "bytea"))
+        rows = cur.fetchall()
         settings_hash: str | None = None  # the settings' text the run went on under
         for seq, at, event_type, version, payload in rows:
             e = upcast(event_type, version, bytes(payload))

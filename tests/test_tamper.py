@@ -396,3 +396,37 @@ def test_a_resume_where_no_key_is_named_or_in_the_home_is_refused_not_signed_wit
     exported = elspeth("export", run_id, "-o", str(tmp_path / "r.export"), "--public-key", str(keys / "acme.pub"),
                        cwd=tmp_path, db=db)  # fmt: skip
     assert exported.returncode == 0, exported.stderr
+
+
+RETYPED = [
+    # (the change, how it is undone: the database is the module's, the next test's too)
+    ("ALTER TABLE events ALTER COLUMN payload TYPE text USING encode(payload, 'hex')",
+     "ALTER TABLE events ALTER COLUMN payload TYPE bytea USING decode(payload, 'hex')"),
+    ("ALTER TABLE events ALTER COLUMN seq TYPE numeric", "ALTER TABLE events ALTER COLUMN seq TYPE bigint"),
+    ("ALTER TABLE payloads ALTER COLUMN data TYPE text USING encode(data, 'hex')",
+     "ALTER TABLE payloads ALTER COLUMN data TYPE bytea USING decode(data, 'hex')"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "undo"), RETYPED, ids=["event-body-text", "seq-numeric", "payload-text"])
+def test_a_column_whose_type_a_superuser_changed_is_named_not_a_traceback(
+    db: Database, tmp_path: Path, change: str, undo: str
+) -> None:
+    """Values of another type than ELSPETH wrote (text for bytes, a decimal for an integer) would
+    end the verification in a TypeError: every reader of the log and of the payloads names the
+    column instead."""
+    work, run_id = _run(db, tmp_path, "linear")
+    with db.connect() as conn:
+        conn.execute(change)
+        conn.commit()
+    try:
+        commands = [["replay", run_id, "--check"], ["explain", run_id, "--row", "1"], ["export", run_id, "-o", "x.jsonl"]]
+        if "events" in change:
+            commands.append(["show", run_id])
+        for command in commands:
+            err = one_line_error(elspeth(*command, cwd=work, db=db), 1)
+            assert "was changed after ELSPETH made it" in err and ("payload" in err or "seq" in err), (command, err)
+    finally:
+        with db.connect() as conn:
+            conn.execute(undo)
+            conn.commit()
