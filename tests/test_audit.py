@@ -622,6 +622,11 @@ def test_a_failed_export_writes_nothing(db: Database, fork: Exported, tmp_path: 
     err = one_line_error(elspeth("export", fork.run_id, "-o", str(fork.file), cwd=fork.work, db=db), 1)
     assert "already exists" in err
     assert elspeth("prove", fork.run_id, "-o", str(out), cwd=fork.work, db=db).returncode == 2
+    # `-o -` is no file named "-" (a user asking for standard output got one)
+    err = one_line_error(elspeth("export", fork.run_id, "-o", "-", cwd=fork.work, db=db), 1)
+    assert "not to standard output" in err and not (fork.work / "-").exists()
+    note = elspeth("checkpoint", fork.run_id, "-o", "-", cwd=fork.work, db=db)
+    assert note.returncode == 0 and note.stdout.startswith("elspeth/") and not (fork.work / "-").exists(), note
 
 
 def _limited(limit: int, *args: str, work: Path, db: Database) -> subprocess.CompletedProcess[str]:

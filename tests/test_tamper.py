@@ -420,7 +420,11 @@ def test_a_column_whose_type_a_superuser_changed_is_named_not_a_traceback(
         conn.execute(change)
         conn.commit()
     try:
-        commands = [["replay", run_id, "--check"], ["explain", run_id, "--row", "1"], ["export", run_id, "-o", "x.jsonl"]]
+        commands = [
+            ["replay", run_id, "--check"],
+            ["explain", run_id, "--row", "1"],
+            ["export", run_id, "-o", "x.jsonl"],
+        ]
         if "events" in change:
             commands.append(["show", run_id])
         for command in commands:

@@ -58,6 +58,10 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
     meanwhile). On any error the temporary file goes and `path` is never created; a write that
     fails (a full disk) is one line naming `path`. Mode 0600: an export or a bundle holds row data
     and its salts, which the store shows its owner alone."""
+    if str(path) == "-":  # (it made a file named "-", where a user asked for standard output)
+        raise ElspethCliError(
+            "-o -: this is written to a file, all or nothing, not to standard output; give the file's path"
+        )
     if path.exists() or path.is_symlink():
         raise ElspethCliError(f"{path} already exists; choose another name (an export is never overwritten)")
     if not path.parent.is_dir():
@@ -257,7 +261,7 @@ def prove_cmd(
 @click.command("checkpoint")
 @click.argument("run_id")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the note to this file [standard output].")  # fmt: skip
+              help="Write the note to this file [standard output, also `-`].")  # fmt: skip
 @key_option
 @witness_option
 @click.pass_context
@@ -272,7 +276,8 @@ def checkpoint_cmd(
     key = _key(home, public_key)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         newest = _checkpoints(PostgresRecorder(db), run_id, home, witness, key)[-1]
-    if output is None:  # byte for byte, whatever the terminal's encoding: a signed note changed is no note
+    # Byte for byte, whatever the terminal's encoding: a signed note changed is no note.
+    if output is None or str(output) == "-":
         from engine.cli.visible import write_bytes
 
         write_bytes(newest.note.encode())
