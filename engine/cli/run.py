@@ -98,11 +98,15 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self._bar: Any = None
         if self.tty:
+            from rich.console import Console
             from rich.progress import Progress as RichProgress
             from rich.progress import TextColumn, TimeElapsedColumn
 
+            # On the terminal found above, drawn with its controls: rich's own console would write
+            # to standard output, whose every control `visible` shows as text (the bar was a
+            # line of escapes, never cleared, before each line of the summary).
             self._bar = RichProgress(TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
-                                     auto_refresh=False)  # fmt: skip
+                                     auto_refresh=False, console=Console(file=sys.stderr))  # fmt: skip
             self._task = self._bar.add_task("starting", total=None)
             self._bar.start()
 
@@ -119,8 +123,11 @@ class Progress:
             click.echo(f"elspeth: {text}", err=True)
 
     def close(self) -> None:
+        """Take the bar off the terminal (once; again is nothing): before anything else is printed,
+        which a live bar would otherwise draw itself above, line after line."""
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
 
 
 def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
@@ -165,11 +172,15 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
         click.echo(f"elspeth: warning: no row was written: {rows.failed} failed", err=True)
 
 
-def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str]) -> None:
-    """Run `go` and print its summary; `resume(run_id)` is the command to suggest when it stops."""
+def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str], progress: Progress) -> None:
+    """Run `go` and print its summary; `resume(run_id)` is the command to suggest when it stops.
+    `progress` is closed as soon as `go` returns or raises."""
     started = time.monotonic()
     try:
-        outcome = go()
+        try:
+            outcome = go()
+        finally:
+            progress.close()
     except RunFailedError as e:
         raise ElspethCliError(
             f"{e} — fix the cause, then `{resume(e.run_id)}` (with --force if that meant changing the settings or "
@@ -235,6 +246,7 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
                     sending="process",
                 ),
                 _resume_command(ctx, settings_url, settings_path),
+                progress,
             )
     finally:
         progress.close()
@@ -284,6 +296,7 @@ def resume_cmd(
                     sending="process",
                 ),
                 _resume_command(ctx, settings_url, settings_path),
+                progress,
             )
     finally:
         progress.close()
