@@ -24,6 +24,7 @@ def test_the_bar_is_drawn_by_the_caller_and_no_thread_of_its_own(monkeypatch: py
     with open(slave, "w", encoding="utf-8") as tty:
         monkeypatch.setattr(sys, "stderr", tty)
         monkeypatch.setattr(sys, "stdout", tty)
+        monkeypatch.setenv("TERM", "xterm")  # (a dumb one gets lines, not a bar)
         progress = Progress()
         try:
             assert progress._bar is not None
@@ -55,7 +56,8 @@ def test_the_bar_is_drawn_on_the_terminal_and_gone_before_the_summary(db: Databa
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "engine.cli.main", "run", "-s", "settings.yaml"],
-            cwd=tmp_path, env={**env, "ELSPETH_DATABASE_URL": db.conninfo, "ELSPETH_HOME": str(tmp_path / "h")},
+            cwd=tmp_path, env={**env, "ELSPETH_DATABASE_URL": db.conninfo, "ELSPETH_HOME": str(tmp_path / "h"),
+                               "TERM": "xterm"},
             stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True, timeout=300,
         )  # fmt: skip
         os.close(slave)

@@ -95,7 +95,8 @@ class Progress:
         self.started = time.monotonic()
         self.last_line = 0.0
         self.last_drawn = 0.0
-        self.tty = sys.stderr.isatty()
+        # (A terminal that takes no controls, Emacs's shell say, draws no bar: it gets the lines.)
+        self.tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
         self._bar: Any = None
         if self.tty:
             from rich.console import Console
