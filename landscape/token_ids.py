@@ -19,8 +19,9 @@ from collections.abc import Iterator
 
 # The text before the first ASCII digit, the number those digits spell (written as Python writes
 # it: no leading zero, at most 18 digits), and the rest. Any text splits one way only, and the
-# three spell it again: two ids that differ never share a shape and a number.
-_NUMBER = re.compile(r"[^0-9]*(0|[1-9][0-9]{0,17})", re.ASCII)
+# three spell it again: two ids that differ never share a shape and a number. (One match gives
+# all three: a replay asks this of every token twice.)
+_NUMBER = re.compile(r"([^0-9]*)(0|[1-9][0-9]{0,17})(.*)", re.ASCII | re.DOTALL)
 _SHAPES = 1024
 _BITS_PER_ID = 256
 _FREE_BITS = 1 << 16  # what any shape may take before it holds anything (8 KB)
@@ -88,9 +89,9 @@ class EndedIds:
         m = _NUMBER.match(token_id)
         if m is None:
             return None
-        start, end = m.span(1)
-        shape = (token_id[:start], token_id[end:])
-        n = int(token_id[start:end])
+        prefix, digits, suffix = m.groups()
+        shape = (prefix, suffix)
+        n = int(digits)
         bitmap = self._maps.get(shape)
         if bitmap is None:
             if not grow or len(self._maps) >= _SHAPES:
