@@ -11,14 +11,14 @@ from landscape import token_ids
 from landscape.token_ids import EndedIds
 
 # Ids like the engine's, and like a hostile log's: numbers with leading zeros, non-ASCII digits
-# (which int() reads: '٣' is 3), huge numbers, no number, many shapes.
+# (which int() reads: '٣' is 3), huge numbers, no number, many shapes, line breaks after the number.
 _numbers = st.one_of(
     st.integers(0, 300).map(str),
     st.integers(0, 10**20).map(str),
     st.integers(0, 9).map(lambda n: f"0{n}"),
     st.sampled_from(["0", "00", "007", "7", "٣", "3", "²", "1" * 19, "18446744073709551616"]),
 )
-_texts = st.sampled_from(["r", "", ".a", ".b", "+join", "agg#", "agg1#", ".0", ".", "#", "x٣"])
+_texts = st.sampled_from(["r", "", ".a", ".b", "+join", "agg#", "agg1#", ".0", ".", "#", "x٣", "\n", "\n.a"])
 _ids = st.one_of(
     st.builds(lambda a, n, b: a + n + b, _texts, _numbers, _texts),
     st.builds(lambda a, n, b, m: a + n + b + m, _texts, _numbers, _texts, _numbers),
