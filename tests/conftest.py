@@ -26,9 +26,12 @@ from landscape.errors import LandscapeError
 
 # CI draws the same examples every time (`.ci/run` sets HYPOTHESIS_PROFILE=ci): a gate that fails
 # at random on an example no commit caused blocks what it should let through. Other runs draw new
-# ones, and what they find is pinned with `@example`.
-settings.register_profile("ci", derandomize=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# ones, and what they find is pinned with `@example`. No deadline in either: an example that took
+# over 200 ms because the machine stalled (a slow CI host, the server's checkpoint) is no finding,
+# and no test here may depend on the machine's speed.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("local", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "local"))
 
 # The tests send SIGINT to the commands they start, as an operator's Ctrl-C. A suite started in
 # the background (`.ci/run &`, a CI runner's shell) has SIGINT ignored, which its children would

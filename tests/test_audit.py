@@ -682,7 +682,9 @@ def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_a_killed_exports_temporary_file_is_removed_by_the_next(tmp_path: Path) -> None:
     """SIGKILL leaves `.NAME.PID.tmp` (a whole export's row data so far). Removed only when its
     process is gone and nothing holds its lock; a PID alone could be another machine's."""
-    dead, dead_too, fifo_pid, link_pid = (_dead_pid() for _ in range(4))  # (pids of processes that ended)
+    # Numbers above the largest pid_max Linux allows: no process has them (a process that ended
+    # leaves a number the system may give to another before the export looks).
+    dead, dead_too, fifo_pid, link_pid = (4_194_305 + i for i in range(4))
     out = tmp_path / "x.export"
     abandoned, alive = tmp_path / f".x.export.{dead}.tmp", tmp_path / f".x.export.{os.getppid()}.tmp"
     locked, other = tmp_path / f".x.export.{dead_too}.tmp", tmp_path / f".y.export.{dead}.tmp"
@@ -700,11 +702,6 @@ def test_a_killed_exports_temporary_file_is_removed_by_the_next(tmp_path: Path) 
     assert out.read_bytes() == b"export"
     assert not abandoned.exists() and alive.exists() and locked.exists() and other.exists()
     assert fifo.exists() and link.is_symlink()
-
-
-def _dead_pid() -> int:
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)  # fmt: skip
 
 
 # -- proofs --------------------------------------------------------------------------------------------

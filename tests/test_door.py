@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from landscape.canonical import commitment
 from landscape.chain import GENESIS, header, link
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
-from landscape.records import Payload, StoredEvent
+from landscape.records import GlobalEvent, Payload, StoredEvent
 from landscape.verify import verify_events, verify_payloads
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -264,6 +265,16 @@ def _insert(conn: object, run_id: str, seqs: range) -> None:
         )
 
 
+def _once_final(recorder: PostgresRecorder, position: tuple[int, int]) -> list[GlobalEvent]:
+    """`read_since` until it returns events: a transaction open elsewhere on the server (an
+    autovacuum's, another database's) holds back every commit after it from all readers until it
+    ends, which takes milliseconds; a minute of nothing is a failure."""
+    deadline = time.monotonic() + 60
+    while not (page := recorder.read_since(position)) and time.monotonic() < deadline:
+        pass
+    return page
+
+
 def test_read_since_never_skips_a_transaction_that_took_its_positions_early_and_committed_late(db: Database) -> None:
     recorder = PostgresRecorder(db)
     start = max((g.position for g in recorder.read_since((0, 0), limit=1_000_000)), default=(0, 0))
@@ -276,10 +287,10 @@ def test_read_since_never_skips_a_transaction_that_took_its_positions_early_and_
         early_xid.commit()
         # Only run-early is final (older than every open transaction). A reader going by
         # position alone would now stand past run-late's positions and skip them for good.
-        first = recorder.read_since(start)
+        first = _once_final(recorder, start)
         assert [(g.event.run_id, g.event.seq) for g in first] == [("run-early", s) for s in range(3)]
         late_xid.commit()
-    later = recorder.read_since(first[-1].position)
+    later = _once_final(recorder, first[-1].position)
     assert [(g.event.run_id, g.event.seq) for g in later] == [("run-late", s) for s in range(3)]
     paged, position = [], start
     while page := recorder.read_since(position, limit=2):

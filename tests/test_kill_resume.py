@@ -167,6 +167,8 @@ def test_stopped_or_killed_runs_resume_to_the_same_outputs(db: Database, tmp_pat
     run_id, status = _latest_run(db, since)
     if proc.returncode != 0 and status != "completed":  # (a signal can land after the last commit)
         expected_status = "interrupted" if how != signal.SIGKILL else "running"
+        if how != signal.SIGKILL and "stopped at once" in err:
+            expected_status = "running"  # the graceful stop took longer than its grace (a slow machine): as a kill
         assert status in (expected_status, "draining"), (status, out, err)
         if how != signal.SIGKILL:
             assert proc.returncode == 130 and "elspeth resume" in err

@@ -44,6 +44,14 @@ def _write_run(db: Database, run_id: str, tokens: int = 5, commit_every: int = 3
     return w
 
 
+def _lock_all(conn: Any, tables: str) -> None:
+    """Take `tables` (every partition) exclusively, or fail: a lock a reader of ours still holds
+    is never given up. Not NOWAIT: autovacuum may be analysing a partition at that moment, and it
+    gives way to a waiting lock within a second (deadlock_timeout)."""
+    conn.execute("SET LOCAL lock_timeout = '30s'")
+    conn.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+
+
 def _superuser_update(db: Database, sql: str, params: tuple[Any, ...]) -> None:
     """What a superuser could still do: bypass the append-only triggers and edit history."""
     with db.connect() as conn:
@@ -262,7 +270,7 @@ def test_a_verification_that_stops_early_leaves_no_reader_holding_locks(db: Data
         verify_run(PostgresRecorder(db), "run-early-stop")
     assert err.value.seq == 2
     with db.connect() as conn:
-        conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE NOWAIT")  # fails at once if a reader holds on
+        _lock_all(conn, "events")  # fails if a reader holds on
         conn.rollback()
 
 

@@ -7,6 +7,7 @@ enough) and in one pass (`split_at` beyond any log here).
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import itertools
 import os
@@ -31,7 +32,7 @@ from landscape.records import StoredEvent
 from landscape.verify import ReadDigest, unconfirmed, verify_events
 from landscape.verify_store import verify_log, verify_run
 from statecharts import events as ev
-from tests.test_store import _created, _superuser_update, _write_run
+from tests.test_store import _created, _lock_all, _superuser_update, _write_run
 
 SPLIT, ONE_PASS = 1, 10**9
 
@@ -177,7 +178,7 @@ def test_the_shared_snapshot_holds_no_lock_while_its_readers_work(db: Database) 
     VACUUM FULL while the exporter waits for those readers: a wait the server cannot break."""
     _write_run(db, "run-lock", tokens=2).close()
     with PostgresRecorder(db).shared_snapshot(), db.connect() as other:
-        other.execute("LOCK TABLE events, payloads IN ACCESS EXCLUSIVE MODE NOWAIT")  # fails if held
+        _lock_all(other, "events, payloads")  # fails if held
         other.rollback()
 
 
@@ -429,6 +430,7 @@ def test_no_descriptor_left_for_a_pipe_leaves_the_half_to_one_pass(monkeypatch: 
         return real()
 
     monkeypatch.setattr(os, "pipe", pipe)
+    gc.collect()  # (an earlier test's file, collected inside the block, would close a descriptor there)
     before = sorted(os.listdir("/proc/self/fd"))
     with ChainHalf("r", ()) as chain:
         assert list(chain.tap([], ReadDigest())) == []

@@ -107,15 +107,17 @@ def db_serve(ctx: click.Context) -> None:
     from landscape.db import redact
 
     with database_from_ctx(ctx, role=Role.OWNER) as db:
+        # Before the first line: whoever reads how to connect may stop it at once (a script, a
+        # test), and a SIGTERM before the handler would end the process with the server left up.
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         click.echo(f"audit store: {db.describe()}")
         click.echo(f"connect with: psql '{redact(db.conninfo)}'   (tables: docs/sql-cookbook.md)")
         if db.embedded:
             as_analyst = db.conninfo.replace("postgresql://postgres@", f"postgresql://{Role.ANALYST.value}@", 1)
             click.echo(f"as an analyst: psql '{as_analyst}'")
         click.echo("serving until Ctrl-C", err=True)
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
         # On exit the embedded server stops, unless another elspeth uses it. Until then, a server
         # that went away (killed, out of memory, stopped by hand) is said, not served in silence.
         # Judged by its process, never by a connection: a server with every session taken, or
