@@ -165,8 +165,11 @@ def _hash(obj: Any) -> str:
 
 
 def new_run_id(clock: Clock) -> str:
+    # 32 random bits: two runs started in one second (or under one fake clock, as tests do by
+    # the hundred) share an id with a chance of n²/2³³. A fresh run that finds its id taken is
+    # refused under the run's lock (`changed_since_read`), never written onto the other's log.
     stamp = datetime.fromtimestamp(clock.now(), UTC).strftime("%Y%m%dT%H%M%S")
-    return f"run-{stamp}-{secrets.token_hex(3)}"
+    return f"run-{stamp}-{secrets.token_hex(4)}"
 
 
 @dataclass
@@ -656,6 +659,8 @@ def _notary(recorder: PostgresRecorder, pipeline: Pipeline, home: str | None) ->
 def changed_since_read(db: Database, run_id: str, fold: RunFold, next_seq: int) -> str | None:
     """Why a stopped run's log, read and folded before its lock was taken, must not be written on
     now that it is held (`next_seq`: the writer's), or None."""
+    if fold.last_seq < 0 and next_seq > 0:
+        return f"a run with id {run_id} is already in this audit store; nothing was done (run again for a new id)"
     if next_seq != fold.last_seq + 1:
         # Another process wrote to the run between our reading its log and taking its lock
         # (two resumes at once): what we folded is stale, and acting on it would be wrong.

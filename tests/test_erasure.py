@@ -102,7 +102,7 @@ def test_a_payload_is_deleted_only_with_an_erasure_record(db: Database, fork_run
 def test_a_deletion_is_refused_whole_unless_every_payload_has_a_record_of_its_own_run(db: Database) -> None:
     """Checked once per statement over every row it deleted (migration 0010): a record of another
     run explains nothing, and one payload without a record fails the whole statement."""
-    run, other = f"run-rec-{secrets.token_hex(3)}", f"run-rec-{secrets.token_hex(3)}"
+    run, other = f"run-rec-{secrets.token_hex(6)}", f"run-rec-{secrets.token_hex(6)}"
     a, b = secrets.token_bytes(32), secrets.token_bytes(32)
 
     def record(run_id: str, h: bytes) -> None:

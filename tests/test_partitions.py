@@ -57,7 +57,7 @@ def test_every_run_keyed_table_is_partitioned_as_schema_py_says(db: Database) ->
 def test_the_log_is_append_only_on_the_partitioned_table_and_on_each_partition(db: Database, sql: str) -> None:
     from tests.test_store import _write_run
 
-    run_id = f"run-part-{secrets.token_hex(3)}"  # a run of its own per case: each is a whole log
+    run_id = f"run-part-{secrets.token_hex(6)}"  # a run of its own per case: each is a whole log
     _write_run(db, run_id, tokens=2).close()
     with db.connect() as conn:
         row = conn.execute(

@@ -91,7 +91,7 @@ def test_a_projection_row_written_ahead_of_the_writer_is_reported_as_what_it_is(
     """Someone who may write a projection table puts a row where the writer's next commit will:
     the commit fails (the run cannot go on with a table that contradicts it), and the error names
     the table's key, not "another process" writing the run (only a seq taken means that)."""
-    run_id = f"run-ahead-{secrets.token_hex(3)}"
+    run_id = f"run-ahead-{secrets.token_hex(6)}"
     w = PostgresRecorder(db).open_writer(run_id)
     w.append("run", run_id, _created(run_id))
     w.commit()

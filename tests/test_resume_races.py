@@ -72,3 +72,25 @@ def test_a_resume_that_lost_the_race_changes_nothing(db: Database, tmp_path: Pat
         assert len(lines) == 41 and len(set(lines)) == 41  # header + every row once: no truncation
     finally:
         os.chdir(old)
+
+
+def test_a_fresh_run_whose_id_is_taken_writes_nothing_onto_the_other(db: Database, tmp_path: Path) -> None:
+    # Two runs started in one second under one id (an id's random part is 32 bits): the second
+    # must not append its start to the first's log, which would make that run unreadable.
+    write_csv(tmp_path / "in.csv", ["id", "note"], [[i, "ok"] for i in range(10)])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(SETTINGS)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run_id = f"run-taken-{os.urandom(6).hex()}"
+        assert start_run(db, _load(tmp_path / "settings.yaml"), run_id=run_id).status == "completed"
+        before = fold_run(db, run_id, strict=True)
+        written = (tmp_path / "out/out.csv").read_bytes()
+        with pytest.raises(ResumeRefused, match=f"a run with id {run_id} is already in this audit store"):
+            start_run(db, _load(tmp_path / "settings.yaml"), run_id=run_id)
+        after = fold_run(db, run_id, strict=True)
+        assert (after.last_seq, after.status) == (before.last_seq, "completed")
+        assert (tmp_path / "out/out.csv").read_bytes() == written
+    finally:
+        os.chdir(old)
