@@ -226,7 +226,7 @@ def crashed_run(
     """The id of a run of `settings` crashed at fault point `at` (`landscape.faults`). With
     `sending="inline"` its commits are sent at once: a crash just after one leaves the sinks where
     it recorded them."""
-    run_id = f"run-{name}-{os.urandom(3).hex()}"
+    run_id = f"run-{name}-{os.urandom(6).hex()}"
     faults.configure(at, raise_instead=True)
     try:
         with pytest.raises(faults.SimulatedCrash):

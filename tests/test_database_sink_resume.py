@@ -89,7 +89,7 @@ def test_rows_a_crash_left_in_a_fallback_table_are_deleted_by_the_resume(
     db: Database, tmp_path: Path, db_url: str, again: bool
 ) -> None:
     settings = _setup(tmp_path, db_url)
-    run_id = f"run-spill-{secrets.token_hex(3)}"
+    run_id = f"run-spill-{secrets.token_hex(6)}"
     old = os.getcwd()
     os.chdir(tmp_path)
     try:

@@ -662,7 +662,7 @@ def test_a_failed_sink_write_goes_to_on_write_failure(db: Database, tmp_path: Pa
         pipeline.nodes.sinks["out"] = _BrokenSink()  # type: ignore[assignment]
         if failure is None:
             with pytest.raises(RunFailedError, match="disk full"):
-                start_run(db, pipeline, run_id=f"run-wf-none-{os.urandom(2).hex()}", clock=FakeClock())
+                start_run(db, pipeline, run_id=f"run-wf-none-{os.urandom(6).hex()}", clock=FakeClock())
             return
         outcome = start_run(db, pipeline, clock=FakeClock())
     finally:

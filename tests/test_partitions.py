@@ -81,7 +81,7 @@ def store_before_partitioning(server_url: str) -> Iterator[Database]:
     """A fresh database whose schema stops at revision 0005 (before partitioning)."""
     from alembic import command
 
-    name = f"t_part_{secrets.token_hex(3)}"
+    name = f"t_part_{secrets.token_hex(6)}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))

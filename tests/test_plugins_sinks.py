@@ -906,7 +906,7 @@ def test_a_role_that_may_insert_but_not_select_writes_and_a_roll_back_says_why_i
     that must delete some of them is refused, saying why."""
     if db_url.startswith("sqlite"):
         pytest.skip("SQLite has no privileges")
-    role = f"loader_{secrets.token_hex(3)}"
+    role = f"loader_{secrets.token_hex(6)}"
     _execute(db_url, f"CREATE ROLE {role}")
     try:
         _execute(db_url, "CREATE TABLE t (id bigint, name text, score float, ok boolean, extra text)")

@@ -197,7 +197,7 @@ def test_a_function_on_the_search_path_does_not_change_what_the_projections_say(
 
 def test_the_writer_refuses_a_database_that_is_not_utf8(server_url: str) -> None:
     """The server decodes the events' JSON in the database's encoding."""
-    name = f"t_latin1_{secrets.token_hex(3)}"
+    name = f"t_latin1_{secrets.token_hex(6)}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(
             f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LOCALE_PROVIDER libc LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"

@@ -448,7 +448,7 @@ def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
         nth = rng.randint(early + 1, ref.reached[point])
     note(f"crash at {point}:{nth} of {ref.reached[point]}")
     with _workdir(kind, rows) as path:
-        run_id = f"run-crash-{kind}-{point}-{nth}-{commit_every}-{rows}-{os.urandom(3).hex()}"
+        run_id = f"run-crash-{kind}-{point}-{nth}-{commit_every}-{rows}-{os.urandom(6).hex()}"
         committed = _crash(db, path, f"{point}:{nth}", commit_every, SourceClock(), run_id)
         event(f"crashed at {point}, committed run {committed.status}")
         if committed.status == "initial":
@@ -531,7 +531,7 @@ def _timeout_after_resume(db: Database, kind: str, crash_at: str) -> None:
         "commit": f"commit:{gap_at + 2}",
     }[crash_at]
     with _workdir(kind, rows) as path:
-        run_id = f"run-timeout-{kind}-{crash_at}-{os.urandom(3).hex()}"
+        run_id = f"run-timeout-{kind}-{crash_at}-{os.urandom(6).hex()}"
         committed = _crash(db, path, spec, commit_every, SourceClock(gap_at=gap_at, gap=GAP), run_id)
         assert committed.status == "running"
         assert committed.source_records <= gap_at  # the idle gap is still ahead of the resumed run
@@ -580,7 +580,7 @@ def test_a_deadline_passed_while_down_fires_when_the_source_is_done(db: Database
     # commits: one by `start`, one per record, one at end of source, and the last (completed)
     assert ref.reached["commit"] == (rows + 1) + 3
     with _workdir(kind, rows) as path:
-        run_id = f"run-late-{os.urandom(3).hex()}"
+        run_id = f"run-late-{os.urandom(6).hex()}"
         committed = _crash(db, path, f"commit:{rows + 3}", commit_every, SourceClock(), run_id)
         assert committed.status == "running"
         assert committed.source_records == rows + 1 and not committed.source_exhausted
@@ -659,7 +659,7 @@ def test_a_run_recorded_with_the_earlier_settings_hash_resumes(db: Database) -> 
         pipeline = load(settings)
         loaded = pipeline.loaded
         loaded.text_hash = loaded.legacy_hash
-        run_id = f"run-legacy-{os.urandom(3).hex()}"
+        run_id = f"run-legacy-{os.urandom(6).hex()}"
         faults.configure("committed:2", raise_instead=True)
         try:
             with pytest.raises(faults.SimulatedCrash):
@@ -689,7 +689,7 @@ def test_durability_points_bound_the_work_a_crash_can_cost(db: Database, commit_
     crash anywhere loses at most two durability points of progress (the commit in flight and
     the batch being built), i.e. twice `commit_every` source rows."""
     with _workdir("linear", 30) as path:
-        run_id = f"run-dp-{commit_every}-{os.urandom(3).hex()}"
+        run_id = f"run-dp-{commit_every}-{os.urandom(6).hex()}"
         faults.configure("append:150", raise_instead=True)
         with pytest.raises(faults.SimulatedCrash):
             start_run(db, load(path / "settings.yaml"), commit_every=commit_every, clock=FakeClock(), run_id=run_id)

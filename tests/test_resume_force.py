@@ -104,7 +104,7 @@ def test_a_connection_no_node_reads_any_more_is_refused(db: Database) -> None:
         cfg, _ = pipeline.nodes.transforms["screen"]
         pipeline.nodes.transforms["screen"] = (cfg, _Raises())  # type: ignore[assignment]
         with pytest.raises(RunFailedError, match="screen"):
-            start_run(db, pipeline, run_id=(run_id := f"run-conn-{os.urandom(3).hex()}"), clock=FakeClock())
+            start_run(db, pipeline, run_id=(run_id := f"run-conn-{os.urandom(6).hex()}"), clock=FakeClock())
         assert {t.at for t in fold_run(db, run_id).tokens.values()} == {"raw"}
         _edit(settings, ("on_success: raw\n", "on_success: fresh\n"), ("input: raw\n", "input: fresh\n"))
         _refused(db, run_id, path, "connection 'raw' \\(1 row on the way along it; nothing reads it now\\)")
@@ -120,7 +120,7 @@ def test_a_sink_removed_while_rows_wait_to_be_written_to_it_is_refused(db: Datab
         pipeline = load(settings)
         pipeline.nodes.sinks["out"] = _BrokenSink()  # type: ignore[assignment]
         with pytest.raises(RunFailedError, match="disk full"):
-            start_run(db, pipeline, run_id=(run_id := f"run-full-{os.urandom(3).hex()}"), clock=FakeClock())
+            start_run(db, pipeline, run_id=(run_id := f"run-full-{os.urandom(6).hex()}"), clock=FakeClock())
         pending = [t for t in fold_run(db, run_id).tokens.values() if t.place == "out"]
         assert pending, "no rows pending in out"
         _edit(settings, ("'true': out", "'true': out2"), ("  out: {plugin: csv, options: {path: out/out.csv}}",
@@ -183,7 +183,7 @@ def test_a_batch_left_flushing_by_a_failed_run_is_flushed_by_the_resume(db: Data
         cfg, _, condition = pipeline.nodes.aggregations["agg"]
         pipeline.nodes.aggregations["agg"] = (cfg, _FlushFails(), condition)  # type: ignore[assignment]
         with pytest.raises(RunFailedError, match="agg"):
-            start_run(db, pipeline, run_id=(run_id := f"run-flushing-{os.urandom(3).hex()}"), clock=FakeClock())
+            start_run(db, pipeline, run_id=(run_id := f"run-flushing-{os.urandom(6).hex()}"), clock=FakeClock())
         assert [b.state for b in fold_run(db, run_id).batches.values()] == ["flushing"]
         assert resume_run(db, run_id, load).status == "completed"
         assert_invariants(fold_run(db, run_id, strict=True))

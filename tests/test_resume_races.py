@@ -45,7 +45,7 @@ def test_a_resume_that_lost_the_race_changes_nothing(db: Database, tmp_path: Pat
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        run_id = f"run-race-{os.urandom(3).hex()}"
+        run_id = f"run-race-{os.urandom(6).hex()}"
         faults.configure("committed:3", raise_instead=True)
         with pytest.raises(faults.SimulatedCrash):
             start_run(db, _load(tmp_path / "settings.yaml"), commit_every=5, run_id=run_id)

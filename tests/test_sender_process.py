@@ -70,7 +70,7 @@ def _lock_released(db: Database, run_id: str, tries: int = 2000) -> bool:
 
 
 def test_the_sender_process_holds_the_runs_lock_while_the_writer_is_open(db: Database) -> None:
-    run_id = f"run-sp-lock-{os.urandom(3).hex()}"
+    run_id = f"run-sp-lock-{os.urandom(6).hex()}"
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     try:
         assert w._process is not None  # the commits are sent from a child
@@ -92,7 +92,7 @@ def test_the_sender_process_holds_the_runs_lock_while_the_writer_is_open(db: Dat
 
 
 def test_a_writer_refused_at_open_leaves_no_child_and_no_lock(db: Database) -> None:
-    run_id = f"run-sp-refused-{os.urandom(3).hex()}"
+    run_id = f"run-sp-refused-{os.urandom(6).hex()}"
     first = PostgresRecorder(db).open_writer(run_id)  # sending its own commits: holds both locks
     try:
         children = _children()
@@ -107,7 +107,7 @@ def test_a_writer_refused_at_open_leaves_no_child_and_no_lock(db: Database) -> N
 def test_a_sender_left_over_from_a_dead_engine_keeps_other_writers_out(db: Database) -> None:
     """A child that outlived its writer (still finishing a commit) holds the sender lock: a
     resume that took the writer lock alone would write beside it."""
-    run_id = f"run-sp-orphan-{os.urandom(3).hex()}"
+    run_id = f"run-sp-orphan-{os.urandom(6).hex()}"
     with db.connect() as sender:  # what such a child's session holds
         sender.execute(f"SELECT pg_advisory_lock({SENDER_LOCK})", (run_id,))
         sender.commit()
@@ -124,7 +124,7 @@ def test_a_sender_left_over_from_a_dead_engine_keeps_other_writers_out(db: Datab
 
 def test_the_sender_process_ignores_interrupts_meant_for_the_engine(db: Database) -> None:
     """Ctrl-C reaches every process of the terminal's group: stopping is the engine's to decide."""
-    run_id = f"run-sp-int-{os.urandom(3).hex()}"
+    run_id = f"run-sp-int-{os.urandom(6).hex()}"
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     try:
         w.append("run", run_id, _created())
@@ -140,7 +140,7 @@ def test_the_sender_process_ignores_interrupts_meant_for_the_engine(db: Database
 def test_a_sender_process_killed_from_outside_fails_the_commit_and_keeps_the_run_until_closed(
     db: Database,
 ) -> None:
-    run_id = f"run-sp-kill-{os.urandom(3).hex()}"
+    run_id = f"run-sp-kill-{os.urandom(6).hex()}"
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     w.append("run", run_id, _created())
     _tokens(w, 0, 2)
@@ -166,7 +166,7 @@ def test_a_sender_process_killed_from_outside_fails_the_commit_and_keeps_the_run
 
 
 def test_a_failed_statement_in_the_sender_process_is_the_engines_error(db: Database) -> None:
-    run_id = f"run-sp-fail-{os.urandom(3).hex()}"
+    run_id = f"run-sp-fail-{os.urandom(6).hex()}"
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     w.append("run", run_id, _created())
     w.commit()
@@ -213,7 +213,7 @@ def test_a_stop_in_the_middle_of_handing_over_a_batch_ends_the_child_at_once(db:
     """A stop at once (engine/stopping.py) can land while a batch is half written to the pipe:
     the child holds half a message, and asking it to close would wait forever. It is ended, and
     the batch is lost as in a crash."""
-    run_id = f"run-sp-stop-{os.urandom(3).hex()}"
+    run_id = f"run-sp-stop-{os.urandom(6).hex()}"
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     w.append("run", run_id, _created())
     w.commit()

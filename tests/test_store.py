@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def test_a_clean_chain_verifies(db: Database) -> None:
     ],
 )  # fmt: skip
 def test_a_changed_byte_in_an_event_is_found_at_its_seq(db: Database, sql: str, bad_seq: int) -> None:
-    run_id = f"run-tamper-{bad_seq}-{abs(hash(sql)) % 1000}"
+    run_id = f"run-tamper-{bad_seq}-{os.urandom(6).hex()}"
     _write_run(db, run_id).close()
     _superuser_update(db, sql.replace("%s", "%s"), (run_id,))
     with pytest.raises(ChainBroken) as err:

@@ -208,7 +208,7 @@ def test_a_resumed_run_keeps_the_types_the_first_valid_row_fixed(db: Database, t
     (tmp_path / "out").mkdir()
     settings = tmp_path / "settings.yaml"
     settings.write_text(PIPELINE, encoding="utf-8")
-    run_id = f"run-lock-{os.urandom(3).hex()}"
+    run_id = f"run-lock-{os.urandom(6).hex()}"
     old = os.getcwd()
     os.chdir(tmp_path)
     try:

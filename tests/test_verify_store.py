@@ -142,7 +142,7 @@ CRAFTED = {"illegal": _illegal, "capitals": _capitals, "referenced-twice": _refe
 
 @pytest.mark.parametrize("sql", [*TAMPERED, *CRAFTED], ids=[*(f"tampered-{i}" for i in range(len(TAMPERED))), *CRAFTED])
 def test_two_processes_name_the_first_bad_event_as_one_pass_does(db: Database, sql: str) -> None:
-    run_id = f"run-bad-{abs(hash(sql)) % 10**6}"
+    run_id = f"run-bad-{os.urandom(6).hex()}"
     if sql in CRAFTED:  # the other half, or the payload check, finds these
         CRAFTED[sql](db, run_id)
     else:
@@ -304,7 +304,7 @@ def test_halves_that_read_different_events_are_not_joined(
 ) -> None:
     """The fold must never stand on events the chain half did not verify: the chain half checks
     the very events this process read (it is handed them), and one pass names the forged one."""
-    run_id = f"run-two-faced-{abs(hash(change)) % 10**6}"
+    run_id = f"run-two-faced-{os.urandom(6).hex()}"
     _write_run(db, run_id, tokens=6).close()
     recorder = PostgresRecorder(db)
     assert verify_run(recorder, run_id, split_at=SPLIT).events == 7
