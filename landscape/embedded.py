@@ -48,6 +48,7 @@ from urllib.parse import quote
 from landscape.errors import DatabaseUnavailable
 from landscape.owner import keep_home_private
 from landscape.role_names import ELSPETH_ROLES  # not roles: that brings the driver
+from landscape.visible import visible
 
 BUNDLED_MAJOR = 18
 SYSTEM_USER = "elspeth"
@@ -315,7 +316,8 @@ def _log_tail(log: Path, n: int = _LOG_LINES) -> str:
 
 
 def _say_stderr(message: str) -> None:
-    print(f"elspeth: {message}", file=sys.stderr)
+    # (It may quote the server's log and paths: shown, not obeyed, by the terminal.)
+    print(visible(f"elspeth: {message}"), file=sys.stderr)
 
 
 def _read_small(path: Path) -> str:

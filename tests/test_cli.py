@@ -784,3 +784,15 @@ def test_a_file_path_with_a_control_character_is_refused_at_load() -> None:
     for kind, name in (("sink", "csv"), ("sink", "json"), ("source", "csv"), ("source", "json")):
         with pytest.raises(PluginConfigError, match=r"holds U\+000A \(character 6\); allowed: a path without"):
             build_plugin(kind, name, {"path": "out/a\nsink x: 1 rows → ok.csv", "schema": {"mode": "observed"}})
+
+
+def test_a_warning_shows_a_terminal_control_in_what_it_quotes_as_an_escape(work: Path) -> None:
+    """Warnings and notes go to standard error like errors, and quote paths, names and the
+    store's words as errors do: a settings file named with an escape sequence (one that retitles
+    the window, then rings the bell) had it act on the terminal of whoever ran `validate`."""
+    name = "s\x1b]0;pwned\x07.yaml"
+    (work / name).write_text(PIPELINE + "payload_store: {retention_days: 30}\n")
+    proc = elspeth("validate", "-s", name, cwd=work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "retention_days is recorded with the run but not acted on" in proc.stderr, proc.stderr
+    assert "\\u001b]0;pwned\\u0007" in proc.stderr and "\x1b" not in proc.stderr and "\x07" not in proc.stderr

@@ -530,3 +530,12 @@ def test_an_initdb_that_fails_is_reported_by_its_cause_not_its_last_line() -> No
     assert _initdb_why('initdb: error: invalid locale name "x"\n') == 'initdb: error: invalid locale name "x"'
     assert _initdb_why("something odd\nlast words\n") == "last words"
     assert _initdb_why("") == "initdb failed"
+
+
+def test_what_the_embedded_server_says_shows_terminal_controls_as_escapes(capsys: pytest.CaptureFixture[str]) -> None:
+    """Its notes quote the home's paths and the server's log: text to show, not to obey."""
+    from landscape.embedded import _say_stderr
+
+    _say_stderr("removed /tmp/h\x1b[2J/pgdata/postmaster.pid; its log ends: \x9b31m")
+    err = capsys.readouterr().err
+    assert err == "elspeth: removed /tmp/h\\u001b[2J/pgdata/postmaster.pid; its log ends: \\u009b31m\n"

@@ -19,6 +19,7 @@ from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
 from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
 from engine.cli.verify import say_unsigned, unsigned_erasures_option
+from engine.cli.visible import say, write_bytes
 from landscape.errors import UnknownRun
 from landscape.role_names import Role
 
@@ -67,7 +68,7 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
     if not path.parent.is_dir():
         raise ElspethCliError(f"{path.parent} is not an existing folder")
     for left in _remove_abandoned(path):
-        click.echo(f"elspeth: removed {left}, left by an earlier export into {path} that was killed", err=True)
+        say(f"elspeth: removed {left}, left by an earlier export into {path} that was killed")
     tmp = _temporary(path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -278,8 +279,6 @@ def checkpoint_cmd(
         newest = _checkpoints(PostgresRecorder(db), run_id, home, witness, key)[-1]
     # Byte for byte, whatever the terminal's encoding: a signed note changed is no note.
     if output is None or str(output) == "-":
-        from engine.cli.visible import write_bytes
-
         write_bytes(newest.note.encode())
         return
     with new_file(output) as out:

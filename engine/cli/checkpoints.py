@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from engine.cli.errors import ElspethCliError
+from engine.cli.visible import say
 
 # The store and the signing library are imported by the commands that use them, so that
 # `elspeth --help` (which imports the commands' modules) starts fast.
@@ -132,5 +133,5 @@ def read_checkpoints(
                     )
     if found.stored and not found.witnessed:
         what = "no witness file at" if not any(f.exists() for f in files) else "no checkpoint of this run in"
-        click.echo(f"elspeth: warning: {what} {found.where}: the store's checkpoints only", err=True)
+        say(f"elspeth: warning: {what} {found.where}: the store's checkpoints only")
     return found

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from engine.cli.errors import ElspethCliError
+from engine.cli.visible import say
 
 if TYPE_CHECKING:  # the driver is imported when a command opens the store, not for --help
     from landscape.db import Database
@@ -63,9 +64,8 @@ def warn_reinstated(recorder: PostgresRecorder, run_id: str) -> None:
     as erased (`landscape.postgres._REINSTATED`); this says that the store was tampered with."""
     n = recorder.reinstated(run_id)
     if n:
-        click.echo(
+        say(
             f"elspeth: warning: {n} payload(s) of run {run_id} are in the payload store although its erasure records "
             "say they were erased: they were put back after `elspeth purge` (tampering by a role that may write "
-            "payloads?); they are taken as erased, the records win",
-            err=True,
+            "payloads?); they are taken as erased, the records win"
         )

@@ -10,6 +10,7 @@ import click
 
 from engine.cli.common import database_from_ctx
 from engine.cli.errors import ElspethCliError
+from engine.cli.visible import say
 from landscape.errors import LandscapeError
 from landscape.role_names import ELSPETH_ROLES, Role
 
@@ -35,11 +36,10 @@ def db_upgrade(ctx: click.Context) -> None:
         with db.connect() as conn:
             open_locks = readers_may_lock(conn)
     if open_locks:
-        click.echo(
+        say(
             "elspeth: the analyst and auditor roles may take advisory locks here (this account does not own "
             "PostgreSQL's lock functions), so one could sit on a run's lock and keep its resume out: have a "
-            "superuser run `elspeth db upgrade` once",
-            err=True,
+            "superuser run `elspeth db upgrade` once"
         )
 
 
@@ -117,7 +117,7 @@ def db_serve(ctx: click.Context) -> None:
         if db.embedded:
             as_analyst = db.conninfo.replace("postgresql://postgres@", f"postgresql://{Role.ANALYST.value}@", 1)
             click.echo(f"as an analyst: psql '{as_analyst}'")
-        click.echo("serving until Ctrl-C", err=True)
+        say("serving until Ctrl-C")
         # On exit the embedded server stops, unless another elspeth uses it. Until then, a server
         # that went away (killed, out of memory, stopped by hand) is said, not served in silence.
         # Judged by its process, never by a connection: a server with every session taken, or

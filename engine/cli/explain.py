@@ -16,6 +16,7 @@ from engine.cli.checkpoints import Checkpoints, key_option, read_checkpoints, wi
 from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
 from engine.cli.verify import unsigned_erasures_option
+from engine.cli.visible import say
 from engine.expressions import Expression, ExpressionError, ExpressionSyntaxError, compile_expression
 from landscape import lineage as lin
 from landscape.errors import UnknownRun
@@ -106,7 +107,7 @@ def explain_cmd(
     else:
         _print(explained, found.summary(found.all))
     if note:
-        click.echo(f"elspeth: {note}", err=True)
+        say(f"elspeth: {note}")
 
 
 def _compile(where: str) -> Expression:

@@ -85,11 +85,10 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
             from landscape.urls import redact
 
             if redact(database) != database:
-                click.echo(
+                visible.say(
                     "elspeth: warning: the password in --database is visible to every user of this machine "
                     "(`ps`) while the command runs: give the URL in ELSPETH_DATABASE_URL instead, or the password "
-                    "in ~/.pgpass",
-                    err=True,
+                    "in ~/.pgpass"
                 )
 
 
@@ -110,7 +109,7 @@ def _output_lost(error: OSError) -> None:
     if isinstance(error, BrokenPipeError):
         sys.exit(128 + signal.SIGPIPE)
     reason = error.strerror or str(error)
-    click.echo(f"elspeth: error: standard output could not be written ({reason}): what it shows is cut short", err=True)
+    visible.say(f"elspeth: error: standard output could not be written ({reason}): what it shows is cut short")
     sys.exit(1)
 
 
@@ -126,7 +125,7 @@ def main() -> None:
     except visible.OutputLost as e:
         _output_lost(e.error)
     except click.exceptions.Abort:
-        click.echo("elspeth: interrupted", err=True)
+        visible.say("elspeth: interrupted")
         sys.exit(130)
     except click.ClickException as e:
         e.show()

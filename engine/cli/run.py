@@ -17,6 +17,7 @@ from engine.cli.common import database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError
 from engine.cli.preflight import check_paths
 from engine.cli.show import sink_files
+from engine.cli.visible import say
 from engine.dag import DagError
 from engine.errors import RunFailedError
 from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_problems, resume_run, start_run
@@ -41,7 +42,7 @@ def load_pipeline(path: Path) -> Pipeline:
     try:
         loaded = load_settings(path)
         for warning in loaded.warnings:
-            click.echo(f"elspeth: warning: {warning}", err=True)
+            say(f"elspeth: warning: {warning}")
         return build_pipeline(loaded)
     except SettingsError as e:
         errors = list(e.errors)
@@ -121,7 +122,7 @@ class Progress:
                 self._bar.update(self._task, description=text, refresh=True)
         elif elapsed - self.last_line >= 5.0:
             self.last_line = elapsed
-            click.echo(f"elspeth: {text}", err=True)
+            say(f"elspeth: {text}")
 
     def close(self) -> None:
         """Take the bar off the terminal (once; again is nothing): before anything else is printed,
@@ -168,9 +169,9 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     click.echo(f"  audit trail: {db.describe()}{explain}")
     # A run that did nothing useful still completes (exit 0): say so where the operator looks.
     if outcome.status == RunState.COMPLETED and rows.rows_in == 0:
-        click.echo("elspeth: warning: the source read no records: is its input the one meant?", err=True)
+        say("elspeth: warning: the source read no records: is its input the one meant?")
     elif outcome.status == RunState.COMPLETED and rows.failed and not any(rows.written.values()):
-        click.echo(f"elspeth: warning: no row was written: {rows.failed} failed", err=True)
+        say(f"elspeth: warning: no row was written: {rows.failed} failed")
 
 
 def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str], progress: Progress) -> None:
@@ -188,11 +189,11 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
             "the input)"
         ) from e
     except StoppedAtOnce as e:  # a signal, as for `interrupted` below: exit 130
-        click.echo(f"elspeth: {e}", err=True)
+        say(f"elspeth: {e}")
         sys.exit(130)
     print_summary(db, outcome, time.monotonic() - started)
     if outcome.status == RunState.INTERRUPTED:
-        click.echo(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`", err=True)
+        say(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`")
         sys.exit(130)
 
 
@@ -323,4 +324,4 @@ def abandon_cmd(ctx: click.Context, run_id: str, reason: str, settings_path: Pat
         "its data is now retention's (`elspeth purge --older-than`, with the key that signed it)."
     )
     for note in done.notes:
-        click.echo(f"elspeth: note: {note}", err=True)
+        say(f"elspeth: note: {note}")

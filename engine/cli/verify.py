@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from engine.cli.visible import say
 from landscape.audit import read_kept_checkpoint, sniff, verify_export, verify_proof
 from landscape.keys import load_verifier
 
@@ -64,10 +65,9 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                 *([f"{proof.unended} token(s) of the bundle have no end event in it"] if proof.unended else []),
                 *([f"{proof.absent} token(s) its events name have no event in it"] if proof.absent else []),
             ]
-            click.echo(
+            say(
                 f"elspeth: note: {'; '.join(gaps) + ': ' if gaps else ''}a bundle proves that the events it holds are "
-                "in the signed log, not that none was left out (an export shows them all)",
-                err=True,
+                "in the signed log, not that none was left out (an export shows them all)"
             )
         return
     report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id,
@@ -82,21 +82,19 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     if report.extends is not None:
         click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
     if not report.ended:
-        click.echo(
+        say(
             f"elspeth: warning: the log does not end the run (its state there: {report.status}, which a run is "
             "resumed or goes on from): either the run went on after the export was made, or the file was cut back "
-            "to an earlier signed checkpoint, which only a checkpoint you kept from later can tell (--checkpoint)",
-            err=True,
+            "to an earlier signed checkpoint, which only a checkpoint you kept from later can tell (--checkpoint)"
         )
 
 
 def say_unsigned(unsigned: int) -> None:
     """The line every command taking `--unsigned-erasures` prints when it took any."""
     if unsigned:
-        click.echo(
+        say(
             f"elspeth: warning: {unsigned} erasure record(s) signed by no seal, taken on the store's word "
-            "(--unsigned-erasures): nothing proves those payloads were erased rather than deleted",
-            err=True,
+            "(--unsigned-erasures): nothing proves those payloads were erased rather than deleted"
         )
 
 

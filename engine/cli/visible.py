@@ -5,8 +5,8 @@ write either could put an escape sequence there: an OSC that retitles the window
 link, a CSI that hides or rewrites what is shown, a carriage return that prints over a line, a
 bidirectional override that reorders it. Printed as they are, they would act on the terminal of
 the investigator reading the output (a hostile review planted one in a run id). Every write to
-standard output, and every error line, shows them as escapes (`\\u001b`, `\\u202e`) instead; a
-tab and a line break stay as they are. The escapes are JSON's: inside a string of `--json`
+standard output, and every line on standard error (`say`, and errors), shows them as escapes
+(`\\u001b`, `\\u202e`) instead; a tab and a line break stay as they are. The escapes are JSON's: inside a string of `--json`
 output (whose encoder escapes C0 controls itself, but not DEL, C1 or the overrides) they read
 back as the very characters.
 """
@@ -16,24 +16,12 @@ from __future__ import annotations
 import codecs
 import errno
 import io
-import re
 import sys
 from typing import Any, TextIO, cast
 
-# C0 controls but tab and line feed, DEL, C1 controls, the bidirectional embeddings, overrides,
-# isolates and marks (U+061C, U+200E, U+200F), the zero-width space and no-break space (U+200B,
-# U+FEFF: text that looks like other text), and the line and paragraph separators.
-_CONTROLS = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]"
-)
+import click
 
-
-def _escaped(m: re.Match[str]) -> str:
-    return f"\\u{ord(m.group()):04x}"
-
-
-def visible(text: str) -> str:
-    return _CONTROLS.sub(_escaped, text)
+from landscape.visible import visible as visible
 
 
 def _json_escape(e: UnicodeError) -> tuple[str, int]:
@@ -112,6 +100,13 @@ def install() -> None:
     """Standard output, from here on, through `visible` (once)."""
     if not isinstance(sys.stdout, _VisibleStream):
         sys.stdout = _VisibleStream(sys.stdout if sys.stdout is not None else cast(TextIO, _Closed()))
+
+
+def say(text: str) -> None:
+    """A line on standard error that is no error (a warning, a note, a progress line), through
+    `visible` as error lines are: it may quote a path, a settings key or a store's words. (The
+    progress bar writes its own terminal codes there, and writes nothing else.)"""
+    click.echo(visible(text), err=True)
 
 
 def write_bytes(data: bytes) -> None:
