@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import click
 
-from engine.cli.visible import visible
+from engine.cli.visible import say
 from engine.errors import EngineError
 from landscape.errors import LandscapeError
 from statecharts.errors import StatechartError
@@ -25,7 +25,7 @@ class ElspethCliError(click.ClickException):
     exit_code = 1
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"elspeth: error: {visible(self.format_message())}", err=True)
+        say(f"elspeth: error: {self.format_message()}")
 
 
 class SettingsCliError(ElspethCliError):
