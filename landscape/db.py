@@ -245,24 +245,31 @@ def open_database(
         else:
             db = Database(resolved, resolved)
             db.connect().close()  # fail now, with one clear line, if it is unreachable
-        if upgrade or (current_revision(db) is None and not _has_tables(db)):
-            # A first use elsewhere goes on without roles when the URL's user may not make them.
-            migrate(db, roles_required=upgrade or db.embedded)
-        else:
-            check_schema(db)
-            if db.embedded:
-                with db.connect() as conn:
-                    current = roles.grants_current(conn)
-                if not current:  # a data folder made before the roles existed
-                    migrate(db)
-            elif db.acts_as(role):
-                with db.connect() as conn:
-                    if not roles.grants_current(conn):
-                        raise SchemaOutdated(
-                            f"the role {role.value} exists but lacks its grants in {redact(db.location)}: "
-                            "run `elspeth db upgrade`"
-                        )
+        # (A server that dies here, of a full disk say, is one line naming the store, not a traceback.)
+        with driver_errors(f"preparing the audit store in {redact(db.location)}"):
+            _prepare(db, upgrade=upgrade, role=role)
         yield db.as_role(role)
+
+
+def _prepare(db: Database, *, upgrade: bool, role: Role) -> None:
+    """The schema and the roles as `open_database` promises them."""
+    if upgrade or (current_revision(db) is None and not _has_tables(db)):
+        # A first use elsewhere goes on without roles when the URL's user may not make them.
+        migrate(db, roles_required=upgrade or db.embedded)
+        return
+    check_schema(db)
+    if db.embedded:
+        with db.connect() as conn:
+            current = roles.grants_current(conn)
+        if not current:  # a data folder made before the roles existed
+            migrate(db)
+    elif db.acts_as(role):
+        with db.connect() as conn:
+            if not roles.grants_current(conn):
+                raise SchemaOutdated(
+                    f"the role {role.value} exists but lacks its grants in {redact(db.location)}: "
+                    "run `elspeth db upgrade`"
+                )
 
 
 def _has_tables(db: Database) -> bool:
@@ -367,9 +374,9 @@ def migrate(db: Database, *, roles_required: bool = True) -> str:
                 try:
                     command.upgrade(_alembic_config(db), "head")
                 except Exception as e:  # e.g. a table of the same name already there
-                    lines = str(e).strip().splitlines()
+                    cause = getattr(e, "orig", None) or e  # (the driver's words, not SQLAlchemy's wrapping)
                     raise DatabaseUnavailable(
-                        f"cannot create or upgrade the ELSPETH schema in {redact(db.location)}: {lines[0] if lines else e!r}"
+                        f"cannot create or upgrade the ELSPETH schema in {redact(db.location)}: {_first_line(cause)}"
                     ) from e
             try:
                 roles.ensure_roles(conn, login=db.embedded)
@@ -379,9 +386,19 @@ def migrate(db: Database, *, roles_required: bool = True) -> str:
                     raise
                 conn.rollback()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(7419001)")
-            conn.commit()
+            _unlock_schema(conn)
     return head
+
+
+def _unlock_schema(conn: Connection) -> None:
+    """A session that was cut off (a server that died of a full disk) released its lock by ending,
+    and its unlock fails: that is not an error of its own, to hide why the session ended."""
+    try:
+        conn.execute("SELECT pg_advisory_unlock(7419001)")
+        conn.commit()
+    except psycopg.OperationalError:
+        if not conn.broken:
+            raise
 
 
 # How long `db upgrade` waits for another session's schema lock before it says whose it is.

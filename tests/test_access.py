@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 import landscape.db
+import landscape.roles
 from landscape.db import Database, migrate
 from landscape.errors import DatabaseUnavailable, StoreError
 from landscape.roles import ELSPETH_ROLES, TABLES, Role, grants_current, readers_may_lock
@@ -431,3 +432,22 @@ def test_another_applications_alembic_database_is_not_taken_for_a_store(server_u
             refused = r"another application's schema \(alembic_version ae1027a6acf"
             with pytest.raises(SchemaOutdated, match=refused), landscape.db.open_database(url, upgrade=upgrade):
                 pass
+
+
+def test_a_store_whose_server_dies_while_it_is_made_is_one_line_saying_why(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A home on a full disk: the server died (PANIC, no room for its WAL) in the middle of the
+    schema's creation, and the unlock in `migrate`'s `finally`, on the dead session, replaced
+    why with a traceback of its own ("server closed the connection"): a hostile review. Here the
+    session is ended from the server's side at the same point."""
+    from tests.conftest import scratch_database
+
+    def die(conn: psycopg.Connection[object], **_: object) -> None:
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    monkeypatch.setattr(landscape.roles, "ensure_roles", die)
+    with scratch_database(server_url, "t_dies") as url:
+        said = r"lost the database while preparing the audit store in .*: terminating connection"
+        with pytest.raises(DatabaseUnavailable, match=said), landscape.db.open_database(url):
+            pass

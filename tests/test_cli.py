@@ -675,6 +675,28 @@ def test_running_out_of_memory_is_one_line_not_a_traceback() -> None:
     assert "elspeth: error: out of memory" in result.output and "Traceback" not in result.output, result.output
 
 
+def test_a_database_lost_under_any_command_is_one_line_not_a_traceback() -> None:
+    """A server that died or was shut down under a command that reads it outside the landscape's
+    own error handling (a full disk's PANIC, an administrator's shutdown): one line, exit 1."""
+    import click
+    import psycopg
+    from click.testing import CliRunner
+
+    from engine.cli.errors import ElspethGroup
+
+    @click.group(cls=ElspethGroup)
+    def root() -> None:
+        pass
+
+    @root.command()
+    def reads() -> None:
+        psycopg.connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=5)  # (nothing listens on port 1)
+
+    result = CliRunner().invoke(root, ["reads"])
+    assert result.exit_code == 1, result.output
+    assert "elspeth: error: lost the database: connection failed" in result.output, result.output
+
+
 def test_sigterm_outside_a_runs_loop_ends_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
     """SIGTERM reached a command outside a run's loop (verifying a log, waiting on the database)
     as the default action: killed with no word and no cleanup (an embedded server left running).

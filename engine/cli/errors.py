@@ -54,6 +54,19 @@ def _is_settings_error(e: BaseException) -> bool:
     return False
 
 
+def _is_lost_database(e: BaseException) -> bool:
+    """A connection the server or the network ended (a crash, a full disk, an administrator's
+    shutdown): the operator's to fix, never a bug to show a traceback for. Looked up among the
+    loaded modules, as the settings errors are: `verify` runs without the driver."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(e, psycopg.OperationalError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def cli_error(e: EngineError | LandscapeError | StatechartError) -> ElspethCliError:
     if _is_settings_error(e):
         return SettingsCliError(str(e))
@@ -72,3 +85,7 @@ class ElspethGroup(click.Group):
             raise ElspethCliError(
                 "out of memory: this machine cannot hold what the command needed (docs/scaling.md, memory)"
             ) from e
+        except Exception as e:
+            if _is_lost_database(e):  # (a server that died or was shut down under any command)
+                raise ElspethCliError(f"lost the database: {_first_line(e)}") from e
+            raise
