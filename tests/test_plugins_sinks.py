@@ -1385,3 +1385,37 @@ def test_a_link_swapped_in_after_the_checks_is_not_written_through(tmp_path: Pat
     with pytest.raises(PluginError, match=f"{path} is a symbolic link: not written through"):
         s.flush()
     assert victim.read_text() == "not yours\n"
+
+
+@pytest.mark.parametrize("kind, name", [("csv", "o.csv"), ("json", "o.jsonl"), ("json", "o.json")])
+@pytest.mark.parametrize("how", ["deleted", "moved", "replaced"])
+def test_a_file_deleted_or_replaced_while_the_run_writes_it_fails_the_flush(
+    tmp_path: Path, kind: str, name: str, how: str
+) -> None:
+    """The output deleted (or moved, or another file put in its place) in the middle of a run:
+    the sink went on writing to the file it held, which no path named, and every later flush was
+    recorded as durable; the run completed and its summary said only 'the file is gone' (a
+    careless-operator review). The flush fails instead, and with the file put back a retry goes on."""
+    path = tmp_path / name
+    s = sink(kind, path=str(path))
+    s.open("run", None)
+    s.write("t0", {"a": 1})
+    first = s.flush()
+    if how == "deleted":
+        path.unlink()
+    elif how == "moved":
+        path.rename(tmp_path / "away")
+    else:
+        (tmp_path / "other").write_bytes(b"")
+        (tmp_path / "other").rename(path)
+    s.write("t1", {"a": 2})
+    said = "deleted or moved away" if how != "replaced" else "replaced by another file"
+    with pytest.raises(PluginError, match=rf"{re.escape(str(path))} was {said} while the run wrote it"):
+        s.flush()
+    s.release()  # (as the engine lets go of a sink whose flush failed)
+    if how == "moved":  # put back: the run's durable bytes are all there, and it goes on
+        (tmp_path / "away").rename(path)
+        s.open("run", first)
+        s.write("t1", {"a": 2})
+        assert s.flush() > first
+        s.close()

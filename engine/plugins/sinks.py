@@ -328,11 +328,31 @@ class _FileSink:
             self._wrote(f)
             if not self._device:  # (a device such as /dev/null takes no fsync)
                 os.fsync(f.fileno())
+            self._still_named(f)
             return f.tell()
         except OSError as e:
             with suppress(OSError):  # a write cut short (a full disk) wrote some: they are this run's to cut
                 self._wrote(f)
             raise PluginError(_NODE, f"cannot write {self.path}: {e.strerror or e}") from e
+
+    def _still_named(self, f: BinaryIO) -> None:
+        """The file this process holds is still the one at its path, or what it wrote has no name:
+        deleted (or moved away) while the run wrote it, the rows went to a file nobody can open,
+        and a flush recorded as durable would say they were written to the path. PluginError, so
+        that the flush is not recorded (put the file back, and a retry or a resume goes on)."""
+        held = os.fstat(f.fileno())
+        try:
+            named = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            raise PluginError(
+                _NODE,
+                f"{self.path} was {'deleted or moved away' if named is None else 'replaced by another file'} while "
+                "the run wrote it: the rows of this flush went to a file that no longer has that name, so they "
+                "are not recorded as written; put the file back where it was (a retry or `elspeth resume` then "
+                "goes on), or start a new run",
+            )
 
     def _wrote(self, f: BinaryIO) -> None:
         """Note how far this process has written the file, which it holds locked: it may cut back
