@@ -17,7 +17,8 @@ from landscape.db import Database, driver_errors, read_any_time
 from landscape.errors import ConcurrentWriter, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.projection_sql import UPDATED_IN_PLACE, project
-from landscape.table_names import PROJECTION_TABLE_NAMES
+from landscape.role_names import ELSPETH_ROLES
+from landscape.table_names import PROJECTION_TABLE_NAMES, is_store_table_name
 
 
 def without_events(db: Database) -> list[str]:
@@ -79,6 +80,54 @@ REBUILD_CHUNK = 200_000
 _WORK_MEM = "SET LOCAL work_mem = '64MB'"
 
 
+def reading_hazards(conn: Any) -> list[str]:
+    """What would show the store's readers other rows than a comparison reads, each said in a
+    line: a row-level security policy on a table of the store (rows an analyst does not see, or
+    sees that nobody else does), a relation named like one of its tables outside `public` (a
+    role's own schema, `"$user"`, comes first on the default search path: an analyst's
+    unqualified query would read it), and a search path set for ELSPETH's roles or for every
+    role (which can put such a schema, or another's functions, first). The comparison reads
+    `public`'s tables, qualified, as itself: it would agree while the others read a forgery.
+    Only a superuser or the tables' owner makes any of these."""
+    found: list[str] = []
+    policed = conn.execute(
+        "SELECT c.relname, c.relrowsecurity OR c.relforcerowsecurity, "
+        "(SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) "
+        "FROM pg_catalog.pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') "
+        "AND (c.relrowsecurity OR c.relforcerowsecurity "
+        "OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)) ORDER BY 1"
+    ).fetchall()
+    for name, enabled, policies in policed:
+        if is_store_table_name(name):
+            found.append(
+                f"the table {name} has row-level security {'on' if enabled else 'off'} and {policies} "
+                "polic(ies): readers of it may be shown other rows than those compared"
+            )
+    shadows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname <> 'public' "
+        "AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2"
+    ).fetchall()
+    for schema, name in shadows:
+        if is_store_table_name(name):
+            found.append(
+                f"{schema}.{name} is named like a table of the store: a reader whose search path puts "
+                f"{schema} first reads it instead of public.{name}"
+            )
+    paths = conn.execute(
+        "SELECT coalesce(r.rolname, ''), s.setdatabase = 0, cfg FROM pg_catalog.pg_db_role_setting s "
+        "LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) AS cfg "
+        "WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())) "
+        "AND (s.setrole = 0 OR r.rolname = ANY(%s)) AND lower(cfg) LIKE 'search\\_path=%%' ORDER BY 1, 2",
+        (list(ELSPETH_ROLES),),
+    ).fetchall()
+    for role, every_database, setting in paths:
+        who = f"the role {role}" if role else "every role"
+        where = "in every database" if every_database else "in this database"
+        found.append(f"{who} has {setting!r} set {where}: its unqualified names may not be public's tables")
+    return found
+
+
 def _project_all(cur: Any, run_id: str, last: int, into: str) -> None:
     for lo in range(0, last + 1, REBUILD_CHUNK):
         project(cur, run_id, lo, min(lo + REBUILD_CHUNK - 1, last), into=into)
@@ -122,6 +171,7 @@ class Comparison:
     def __init__(self, db: Database, run_id: str, limit: int = 20) -> None:
         self.db, self.run_id, self.limit = db, run_id, limit
         self.upto = -1
+        self.hazards: list[str] = []
         self._what = f"comparing the projections of run {run_id}"
         self._conn: Any = None
 
@@ -132,6 +182,10 @@ class Comparison:
                 read_any_time(conn)  # a forged time is a difference to name, not a failed read
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 conn.execute(_WORK_MEM)
+                # A row-level security policy that applies to these reads is an error, not a
+                # filter: what is compared is every row (`reading_hazards` says why one is there).
+                conn.execute("SET LOCAL row_security = off")
+                self.hazards = reading_hazards(conn)
                 # The log's end, not the `runs` row's `last_seq`: that row is one of the rows being
                 # checked, and a run whose rows were all deleted would otherwise be compared as
                 # an empty log (nothing rebuilt, nothing stored: "agree"). Events and projection
@@ -159,6 +213,8 @@ class Comparison:
         from landscape.schema import PROJECTION_TABLES  # (SQLAlchemy: only when comparing)
 
         found: list[Difference] = []
+        if self.hazards:  # (what is read here is not what others read: said, not compared)
+            return found
         with driver_errors(self._what), self._conn.cursor() as cur:
             for table in PROJECTION_TABLE_NAMES:
                 # (A copy without its key's index can hold a key twice; only a log the fold finds

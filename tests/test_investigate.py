@@ -269,7 +269,7 @@ def test_replay_json_counts_what_a_gate_diverted(db: Database, fork: Path) -> No
     assert out["checkpoints"]["store"] >= 1 and out["checkpoints"]["signatures_checked"] is True
     assert out["per_node"]["check"] == {"diverted": 1, "route true": 2}
     assert out["per_node"]["split"] == {"forked": 3} and out["per_node"]["join"] == {"failed": 1, "merged": 4}
-    assert out["check"] == {"upto_seq": out["last_seq"], "agree": True, "differences": []}
+    assert out["check"] == {"upto_seq": out["last_seq"], "agree": True, "differences": [], "hazards": []}
     text = elspeth("replay", run_id, cwd=fork, db=db).stdout
     assert "check: 3 (diverted 1, route true 2)" in text
 

@@ -434,3 +434,51 @@ def test_a_column_whose_type_a_superuser_changed_is_named_not_a_traceback(
         with db.connect() as conn:
             conn.execute(undo)
             conn.commit()
+
+
+TWO_FACED = [
+    # (the change, how it is undone, what the check must name): each leaves every row as it was,
+    # and shows an analyst's unqualified query something else (a hostile review's findings)
+    ("ALTER TABLE token_outcomes ENABLE ROW LEVEL SECURITY; "
+     "CREATE POLICY two_faced ON token_outcomes FOR SELECT USING (outcome <> 'diverted')",
+     "DROP POLICY two_faced ON token_outcomes; ALTER TABLE token_outcomes DISABLE ROW LEVEL SECURITY",
+     "row-level security"),
+    ("CREATE POLICY dormant ON artifacts FOR SELECT USING (false)", "DROP POLICY dormant ON artifacts",
+     "the table artifacts has row-level security off and 1 polic"),
+    ("CREATE SCHEMA shadow; CREATE VIEW shadow.token_outcomes AS SELECT * FROM public.token_outcomes",
+     "DROP SCHEMA shadow CASCADE", "shadow.token_outcomes is named like a table of the store"),
+    ("CREATE SCHEMA elspeth_analyst; CREATE TABLE elspeth_analyst.runs (LIKE public.runs)",
+     "DROP SCHEMA elspeth_analyst CASCADE", "elspeth_analyst.runs is named like a table of the store"),
+    ("ALTER ROLE elspeth_analyst IN DATABASE {database} SET search_path = shadow, public",
+     "ALTER ROLE elspeth_analyst IN DATABASE {database} RESET search_path",
+     "the role elspeth_analyst has 'search_path=shadow, public' set in this database"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "undo", "named"), TWO_FACED, ids=["rls", "policy", "shadow", "user-schema", "path"])
+def test_a_store_set_up_to_show_analysts_other_rows_fails_the_check(
+    db: Database, tmp_path: Path, change: str, undo: str, named: str
+) -> None:
+    """A superuser who leaves every row alone but has the analysts read others (a row-level
+    security policy, a relation of the same name earlier on their search path) passed
+    `replay --check`, which reads `public`'s tables, qualified, as the auditor."""
+    import psycopg
+    from psycopg import sql
+
+    work, run_id = _run(db, tmp_path, "linear")
+    with db.connect() as conn:
+        (database,) = conn.execute("SELECT current_database()").fetchone() or ("",)
+        name = sql.Identifier(database).as_string(conn)
+        try:
+            conn.execute(change.format(database=name))  # type: ignore[arg-type]  # (SQL of the test's own)
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test server's user may not make this change")
+        conn.commit()
+    try:
+        err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
+        assert named in err, err
+    finally:
+        with db.connect() as conn:
+            conn.execute(undo.format(database=name))  # type: ignore[arg-type]
+            conn.commit()
+    assert elspeth("replay", run_id, "--check", cwd=work, db=db).returncode == 0

@@ -92,6 +92,7 @@ def replay_cmd(
         warn_reinstated(recorder, run_id)
     fold = verified.fold
     differences = checked[1] if checked is not None else []
+    hazards = comparison.hazards if comparison is not None else []
     # Records no seal signs that explained a payload all the same: with no key, or --unsigned-erasures.
     unsigned = sum(e.seal_id is None for e in verified.erased.values())
     if as_json:
@@ -112,7 +113,12 @@ def replay_cmd(
             "erased_unsigned": unsigned,
             "check": None
             if checked is None
-            else {"upto_seq": checked[0], "agree": not differences, "differences": [d.describe() for d in differences]},
+            else {
+                "upto_seq": checked[0],
+                "agree": not differences and not hazards,
+                "differences": [d.describe() for d in differences],
+                "hazards": hazards,
+            },
         }
         click.echo(json.dumps(out, indent=2))
     else:
@@ -139,6 +145,11 @@ def replay_cmd(
             shown = "; ".join(d.describe() for d in differences[:10])
             more = f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""
             raise ElspethCliError(f"run {run_id}: projections differ from the events: {shown}{more}")
+        if hazards:  # (`reading_hazards`: what this check read would not be what others read)
+            raise ElspethCliError(
+                f"run {run_id}: the projections were not compared: the store is set up to show its readers other "
+                f"rows than a check reads: {'; '.join(hazards)}; see docs/verification.md (threat model)"
+            )
         if not as_json:
             click.echo(f"projections agree with the events (every row of every table, up to seq {checked[0]})")
 
