@@ -128,7 +128,13 @@ def test_an_erased_row_exports_and_verifies_with_its_erasure_records(db: Databas
     bare = _export(fork.work, db, fork.run_id, "--no-payloads", name="bare.export")
     proc = _verify(fork.work, str(bare), "--public-key", str(fork.pub))
     assert proc.returncode == 0 and "NOT CHECKED" in proc.stdout, proc.stdout + proc.stderr
+    assert "the file holds no row payloads, by its header's word, which nothing signs" in proc.stderr, proc.stderr
     assert b'"type":"payload"' not in bare.read_bytes()
+    # The header's flag is not signed: an auditor who needs the rows proved refuses such a file.
+    err = one_line_error(_verify(fork.work, str(bare), "--public-key", str(fork.pub), "--require-payloads"), 1)
+    assert "holds no row payloads" in err and "--require-payloads" in err, err
+    proc = _verify(fork.work, str(fork.file), "--public-key", str(fork.pub), "--require-payloads")
+    assert proc.returncode == 0 and "no row payloads" not in proc.stderr, proc.stdout + proc.stderr
 
 
 # -- tampering with the file ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from engine.cli.errors import ElspethCliError
 from engine.cli.visible import say
 from landscape.audit import read_kept_checkpoint, sniff, verify_export, verify_proof
 from landscape.keys import load_verifier
@@ -42,8 +43,15 @@ unsigned_erasures_option = click.option(
     "(a bundle must be made with `elspeth prove --checkpoint` and it).",
 )
 @click.option("--run", "run_id", help="Refuse the file unless it is of this run.")
+@click.option(
+    "--require-payloads",
+    is_flag=True,
+    help="Refuse a file exported without the row payloads (commitments only): its header says so, and "
+    "nothing signs that, so one stripped of them reads the same.",
+)
 @unsigned_erasures_option
-def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None, unsigned_erasures: bool) -> None:  # fmt: skip
+def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None, require_payloads: bool,
+               unsigned_erasures: bool) -> None:  # fmt: skip
     """Verify an export (`elspeth export`) or a proof bundle (`elspeth prove`) offline: the
     signatures, the hash chain, the Merkle tree against every signed checkpoint, the transitions
     and the row payloads. Exit 1 naming the first bad line or event."""
@@ -52,6 +60,7 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     if sniff(file) == "proof":
         proof = verify_proof(file, key, kept=old, kept_name=str(kept), run_id=run_id,
                              unsigned_erasures=unsigned_erasures)  # fmt: skip
+        _payloads_required(file, proof.payloads_included, require_payloads)
         click.echo(
             f"{file}: proof of run {proof.run_id}, {proof.subject}: {proof.events} event(s) in the tree of "
             f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
@@ -72,6 +81,7 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
         return
     report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id,
                            unsigned_erasures=unsigned_erasures)  # fmt: skip
+    _payloads_required(file, report.payloads_included, require_payloads)
     click.echo(
         f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
         f"{report.root.hex()[:16]} matches all {report.checkpoints} checkpoint(s) signed by {report.key}"
@@ -96,6 +106,22 @@ def say_unsigned(unsigned: int) -> None:
             f"elspeth: warning: {unsigned} erasure record(s) signed by no seal, taken on the store's word "
             "(--unsigned-erasures): nothing proves those payloads were erased rather than deleted"
         )
+
+
+def _payloads_required(file: Path, included: bool, required: bool) -> None:
+    """A file without payloads proves the events, not the rows: refused when they are required,
+    and said either way, since the header's flag is not signed (the file may have been stripped)."""
+    if included:
+        return
+    if required:
+        raise ElspethCliError(
+            f"{file} holds no row payloads (its header says it was exported without them; nothing signs that, "
+            "so they may have been stripped): refused, as --require-payloads asks; ask for a full export"
+        )
+    say(
+        "elspeth: warning: the file holds no row payloads, by its header's word, which nothing signs: one stripped "
+        "of them reads the same; the rows are not proved (--require-payloads refuses such a file)"
+    )
 
 
 def _payloads(included: bool, matched: int, erased: int) -> str:
