@@ -392,8 +392,12 @@ def migrate(db: Database, *, roles_required: bool = True) -> str:
 
 def _unlock_schema(conn: Connection) -> None:
     """A session that was cut off (a server that died of a full disk) released its lock by ending,
-    and its unlock fails: that is not an error of its own, to hide why the session ended."""
+    and its unlock fails: that is not an error of its own, to hide why the session ended. One whose
+    statement failed (a full disk the server survived) is rolled back first, or the unlock would
+    fail as 'current transaction is aborted' and hide why; the lock is the session's, and stays."""
     try:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()
         conn.execute("SELECT pg_advisory_unlock(7419001)")
         conn.commit()
     except psycopg.OperationalError:

@@ -451,3 +451,25 @@ def test_a_store_whose_server_dies_while_it_is_made_is_one_line_saying_why(
         said = r"lost the database while preparing the audit store in .*: terminating connection"
         with pytest.raises(DatabaseUnavailable, match=said), landscape.db.open_database(url):
             pass
+
+
+def test_a_store_whose_statement_fails_while_it_is_made_says_why_not_that_the_transaction_aborted(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk the server survives (SQLSTATE 53100): the failed statement left the session's
+    transaction aborted, and the unlock in `migrate` then failed as 'current transaction is
+    aborted', which was all the user saw (a review of the fix above)."""
+    from tests.conftest import scratch_database
+
+    def disk_full(conn: psycopg.Connection[object], **_: object) -> None:
+        conn.execute(
+            "DO $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100'; END $$"
+        )
+
+    monkeypatch.setattr(landscape.roles, "ensure_roles", disk_full)
+    with scratch_database(server_url, "t_full") as url:
+        said = r"preparing the audit store in .*: could not extend file: No space left on device"
+        with pytest.raises(DatabaseUnavailable, match=said), landscape.db.open_database(url):
+            pass
+        with psycopg.connect(url, autocommit=True) as conn:  # the lock was let go
+            assert conn.execute("SELECT pg_try_advisory_lock(7419001)").fetchone() == (True,)

@@ -260,6 +260,20 @@ def test_a_reader_that_closed_the_pipe_ends_the_command_quietly() -> None:
     assert proc.stderr == ""
 
 
+def test_a_run_with_standard_error_closed_or_cut_runs_all_the_same(db: Database, work: Path) -> None:
+    """No standard error at all (`2>&-`, a daemon's wrapper): the progress display asked it
+    whether it was a terminal, and the run ended with exit 1, no word and nothing recorded. (One a
+    reader stopped reading, `2>&1 | head -1`, stopped a run at its first progress line: `say`
+    now drops what standard error does not take.) What is said is cut; what is done is not."""
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$1" -m engine.cli.main run -s settings.yaml 2>&-', "sh", sys.executable],
+        cwd=work, env={**{k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")},
+                       "ELSPETH_DATABASE_URL": db.conninfo},
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+    assert closed.returncode == 0 and "completed" in closed.stdout, closed.stdout + closed.stderr
+
+
 def test_dry_run_validates_without_running(db: Database, work: Path) -> None:
     proc = elspeth("run", "-s", "settings.yaml", "--dry-run", cwd=work, db=db)
     assert proc.returncode == 0 and "dry run" in proc.stdout

@@ -1419,3 +1419,21 @@ def test_a_file_deleted_or_replaced_while_the_run_writes_it_fails_the_flush(
         s.write("t1", {"a": 2})
         assert s.flush() > first
         s.close()
+
+
+@pytest.mark.parametrize("kind, name", [("csv", "o.csv"), ("json", "o.jsonl")])
+def test_a_file_emptied_in_place_while_the_run_writes_it_fails_the_flush(tmp_path: Path, kind: str, name: str) -> None:
+    """`: > out.csv`, or a log rotation that copies and truncates: the same file at the same path,
+    so the check of its name passed, and the next flush wrote at its old offset, after a hole of
+    NULs, and was recorded (a review of that check)."""
+    path = tmp_path / name
+    s = sink(kind, path=str(path))
+    s.open("run", None)
+    s.write("t0", {"a": 1})
+    s.flush()
+    os.truncate(path, 0)
+    s.write("t1", {"a": 2})
+    with pytest.raises(PluginError, match=rf"{re.escape(str(path))} was cut to 0 bytes while the run wrote it"):
+        s.flush()
+    s.release()
+    assert b"\0" not in path.read_bytes()

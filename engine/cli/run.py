@@ -97,7 +97,8 @@ class Progress:
         self.last_line = 0.0
         self.last_drawn = 0.0
         # (A terminal that takes no controls, Emacs's shell say, draws no bar: it gets the lines.)
-        self.tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        # (No standard error at all, `2>&-`: nothing to draw on, and no bar drawn on stdout.)
+        self.tty = sys.stderr is not None and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
         self._bar: Any = None
         if self.tty:
             from rich.console import Console

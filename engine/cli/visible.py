@@ -14,6 +14,7 @@ back as the very characters.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import io
 import sys
@@ -106,7 +107,11 @@ def say(text: str) -> None:
     """A line on standard error that is no error (a warning, a note, a progress line), through
     `visible` as error lines are: it may quote a path, a settings key or a store's words. (The
     progress bar writes its own terminal codes there, and writes nothing else.)"""
-    click.echo(visible(text), err=True)
+    # Standard error that takes no more (a reader that closed the pipe: `run … 2>&1 | head`) cuts
+    # what is said, never what is done: a run stopped by its progress line was left unfinished,
+    # with no word of why. (With no standard error at all, click writes nothing.)
+    with contextlib.suppress(OSError):
+        click.echo(visible(text), err=True)
 
 
 def write_bytes(data: bytes) -> None:

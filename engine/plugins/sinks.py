@@ -321,6 +321,7 @@ class _FileSink:
             return self._start  # nothing written yet: no file is created
         f = self._file()
         try:
+            self._still_named(f)  # (before writing too: a file emptied in place would get a hole of NULs)
             if data:
                 _write_all(f, data)
                 if not self._device:  # the digest is of the bytes up to the position it is recorded with
@@ -345,6 +346,14 @@ class _FileSink:
             named = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
             named = None
+        if not self._device and held.st_size < f.tell():
+            raise PluginError(
+                _NODE,
+                f"{self.path} was cut to {held.st_size} bytes while the run wrote it (emptied in place? a log rotation "
+                f"that copies and truncates?), where the run had written {f.tell()}: not written, so as not to record "
+                "bytes the file no longer holds; put the file back as it was (a retry or `elspeth resume` then goes on), "
+                "or start a new run",
+            )
         if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
             raise PluginError(
                 _NODE,
