@@ -29,6 +29,7 @@ from landscape.errors import (
     SchemaOutdated,
     SchemaTooNew,
     StoreError,
+    first_line,
 )
 from landscape.roles import Role
 from landscape.urls import redact as redact_secrets
@@ -73,21 +74,16 @@ def redact(url: str) -> str:
     return redact_secrets(url)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> LandscapeError:
     """The one place where a driver error becomes one of the landscape's errors."""
     if isinstance(e, psycopg.errors.UniqueViolation) and run_id is not None and _is_events(e.diag.table_name):
         return ConcurrentWriter(f"run {run_id} is being written by another process (seq already taken)")
     if isinstance(e, psycopg.OperationalError):
         resume = f"; `elspeth resume {run_id}` continues it" if run_id is not None else ""
-        return DatabaseUnavailable(f"lost the database while {what}{resume}: {_first_line(e)}")
+        return DatabaseUnavailable(f"lost the database while {what}{resume}: {first_line(e)}")
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
-        return PermissionDenied(f"{what}: {_first_line(e)}")
-    return StoreError(f"{what}: {_first_line(e)}")
+        return PermissionDenied(f"{what}: {first_line(e)}")
+    return StoreError(f"{what}: {first_line(e)}")
 
 
 def _is_events(table: str | None) -> bool:
@@ -145,7 +141,7 @@ def driver_errors(what: str, *, conn: Connection | None = None, run_id: str | No
             try:
                 conn.rollback()
             except psycopg.Error as again:
-                e.add_note(f"and the rollback failed: {_first_line(again)}")
+                e.add_note(f"and the rollback failed: {first_line(again)}")
         raise translate(e, what, run_id) from e
 
 
@@ -183,7 +179,7 @@ class Database:
         try:
             return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
-            first = scrub(_first_line(e), self.conninfo)
+            first = scrub(first_line(e), self.conninfo)
             raise DatabaseUnavailable(
                 f"cannot connect to {redact(self.location)}: {first} — check the server is up and the URL "
                 "(--database / ELSPETH_DATABASE_URL / landscape.url), or omit them for the embedded one"
@@ -376,7 +372,7 @@ def migrate(db: Database, *, roles_required: bool = True) -> str:
                 except Exception as e:  # e.g. a table of the same name already there
                     cause = getattr(e, "orig", None) or e  # (the driver's words, not SQLAlchemy's wrapping)
                     raise DatabaseUnavailable(
-                        f"cannot create or upgrade the ELSPETH schema in {redact(db.location)}: {_first_line(cause)}"
+                        f"cannot create or upgrade the ELSPETH schema in {redact(db.location)}: {first_line(cause)}"
                     ) from e
             try:
                 roles.ensure_roles(conn, login=db.embedded)

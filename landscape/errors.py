@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's words fit for a one-line error: its first line, else its class's name (a
+    driver's message goes on with DETAIL and HINT lines, SQLAlchemy's with the statement)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class LandscapeError(Exception):
     """Base of the store's errors."""
 

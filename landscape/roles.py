@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, first_line
 from landscape.role_names import ELSPETH_ROLES as ELSPETH_ROLES  # re-exported: the names live
 from landscape.role_names import Role as Role  # in role_names, which the CLI loads without the driver
 from landscape.table_names import PROJECTION_TABLE_NAMES
@@ -107,10 +107,6 @@ FORBIDDEN_MEMBERSHIPS = (
 )
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def ensure_roles(conn: psycopg.Connection[Any], *, login: bool) -> None:
     """Create the three roles if missing, and make sure none holds a dangerous attribute or
     membership. `login`: may log in (the embedded server, through its peer map); elsewhere they
@@ -130,7 +126,7 @@ def ensure_roles(conn: psycopg.Connection[Any], *, login: bool) -> None:
             except psycopg.errors.InsufficientPrivilege as e:
                 conn.rollback()
                 raise RolesUnavailable(
-                    f"cannot create the role {role}: {_first_line(e)} — run `elspeth db upgrade` as a role with "
+                    f"cannot create the role {role}: {first_line(e)} — run `elspeth db upgrade` as a role with "
                     "CREATEROLE (or a superuser), or have an administrator run it once"
                 ) from e
         _make_safe(conn, role, login)
@@ -169,7 +165,7 @@ def _make_safe(conn: psycopg.Connection[Any], role: str, login: bool) -> None:
         conn.rollback()
         raise RolesUnavailable(
             f"the role {role} holds privileges ELSPETH must take away ({', '.join(changes) or 'a built-in role'}) "
-            f"and this account cannot: {_first_line(e)} — have a superuser run `elspeth db upgrade`"
+            f"and this account cannot: {first_line(e)} — have a superuser run `elspeth db upgrade`"
         ) from e
     indirect = conn.execute(
         "SELECT g FROM unnest(%s::text[]) g WHERE pg_has_role(%s, g, 'USAGE')", (list(FORBIDDEN_MEMBERSHIPS), role)
@@ -232,7 +228,7 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
             _grant_locks(conn)
     except psycopg.errors.InsufficientPrivilege as e:
         raise RolesUnavailable(
-            f"cannot grant the ELSPETH roles their privileges: {_first_line(e)} — run `elspeth db upgrade` as the "
+            f"cannot grant the ELSPETH roles their privileges: {first_line(e)} — run `elspeth db upgrade` as the "
             "owner of the audit tables"
         ) from e
 
@@ -408,7 +404,7 @@ def set_password(conn: psycopg.Connection[Any], role: str, password: str) -> Non
         conn.commit()
     except psycopg.Error as e:
         conn.rollback()
-        raise RolesUnavailable(f"cannot set the password of {role}: {_first_line(e)}") from e
+        raise RolesUnavailable(f"cannot set the password of {role}: {first_line(e)}") from e
 
 
 def may_become(conn: psycopg.Connection[Any], role: str) -> bool:

@@ -15,7 +15,7 @@ import click
 
 from engine.cli.visible import say
 from engine.errors import EngineError
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, first_line
 from statecharts.errors import StatechartError
 
 
@@ -62,11 +62,6 @@ def _is_lost_database(e: BaseException) -> bool:
     return psycopg is not None and isinstance(e, psycopg.OperationalError)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def cli_error(e: EngineError | LandscapeError | StatechartError) -> ElspethCliError:
     if _is_settings_error(e):
         return SettingsCliError(str(e))
@@ -87,5 +82,5 @@ class ElspethGroup(click.Group):
             ) from e
         except Exception as e:
             if _is_lost_database(e):  # (a server that died or was shut down under any command)
-                raise ElspethCliError(f"lost the database: {_first_line(e)}") from e
+                raise ElspethCliError(f"lost the database: {first_line(e)}") from e
             raise
