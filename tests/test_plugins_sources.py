@@ -469,6 +469,53 @@ def test_a_run_reads_its_input_as_it_was_fingerprinted(tmp_path: Path, case: str
         assert len(list(source.read())) == 3
 
 
+CUT = {
+    "csv": ("in.csv", "id,score,word\n1,5,ok\n2,5,pass", "word\n3,1,x\n"),
+    "csv, CR lines": ("in.csv", "id,score,word\r1,5,ok\r2,5,pass", "word\r"),
+    "csv, one field short": ("in.csv", "id,score,word\n1,5,ok\n2,5", ",password\n"),
+    "utf-16 csv": ("in.csv", "id,score,word\n1,5,ok\n2,5,pass", "word\n"),
+    "jsonl": ("in.jsonl", '{"id":1,"word":"ok"}\n{"id":2,"word":"pass"}', "\n"),  # whole but for its line end
+}
+
+
+@pytest.mark.parametrize("case", list(CUT))
+def test_a_last_line_cut_off_by_a_writer_still_at_it_is_quarantined(tmp_path: Path, case: str) -> None:
+    """An input still being written when the run fingerprints it can end in the middle of a line:
+    `2,5,pass` of `2,5,password` read as a valid row, a value that was never in the file (a
+    review). Once the file has grown past the fingerprinted end, a last line without its line end
+    is quarantined as cut off; the rows before it are read as they are."""
+    name, text, more = CUT[case]
+    encoding = "utf-16" if case.startswith("utf-16") else "utf-8"
+    path = write(tmp_path / name, text.encode(encoding))
+    kind = "csv" if name.endswith(".csv") else "json"
+    source = build_plugin("source", kind, {"path": str(path), "encoding": encoding})
+    source.fingerprint()
+    before = list(source.read())  # not grown: a last line without its end, read as it is
+    assert (
+        before[1].row is not None if case != "csv, one field short" else before[1].error == "expected 3 fields, found 2"
+    )
+    with path.open("a", encoding=encoding) as f:
+        f.write(more)
+    items = list(source.read())
+    assert [i.row is not None for i in items] == [True, False]
+    assert items[1].error is not None and "was still being written when the run fingerprinted it" in items[1].error
+    assert "has grown to" in items[1].error
+    assert items[1].raw["__raw_line__"] == text.splitlines()[-1]
+    assert [i.row is not None for i in source.read(1)] == [False]  # a resume's read: the same
+
+
+def test_a_json_document_cut_off_by_a_writer_still_at_it_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.json", '[{"a":1},{"a":')
+    source = build_plugin("source", "json", {"path": str(path)})
+    source.fingerprint()
+    with pytest.raises(PluginError, match="for one object per line"):  # not grown: no more known
+        list(source.read())
+    with path.open("a") as f:
+        f.write("2}]\n")
+    with pytest.raises(PluginError, match="is not valid JSON .*: it was still being written"):
+        list(source.read())
+
+
 def test_an_input_changed_under_a_run_gives_no_row_of_the_new_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -54,6 +54,7 @@ class _Input:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._taken: _Taken | None = None
+        self._reading: _AsFingerprinted | None = None
 
     def fingerprint(self) -> str:
         whole, blocks, size = hashlib.sha256(), [], 0
@@ -72,7 +73,24 @@ class _Input:
         f = _open_input(self.path)
         if self._taken is None:
             return f
-        return io.BufferedReader(_AsFingerprinted(f, self._taken, self.path), buffer_size=_CHUNK)
+        self._reading = _AsFingerprinted(f, self._taken, self.path)
+        return io.BufferedReader(self._reading, buffer_size=_CHUNK)
+
+    def cut_off(self, last_line: str) -> str | None:
+        """Why the input's last line, read without its line end, is no whole record: None when
+        nothing says so. A file still being written when the run fingerprinted it may end in the
+        middle of a line (`20001,5,pass` of `20001,5,password`): read as it is, that part would be
+        a valid row, its value wrong. The run reads only the fingerprinted bytes; when the file has
+        grown past them by the time their end was read, its last line went on (or at least ended)
+        after the cut, and it is quarantined with this reason."""
+        reading = self._reading
+        if reading is None or reading.grew_to is None or last_line.endswith(("\n", "\r")):
+            return None
+        return (
+            f"the input was still being written when the run fingerprinted it: its last line ends at byte "
+            f"{reading.size} without a line end, and the file has grown to {reading.grew_to} bytes since, so this record was cut off (the run "
+            "reads only the fingerprinted bytes); run the file again once it is written whole"
+        )
 
 
 class _AsFingerprinted(io.RawIOBase):
@@ -84,6 +102,8 @@ class _AsFingerprinted(io.RawIOBase):
     def __init__(self, f: IO[bytes], taken: _Taken, path: Path) -> None:
         super().__init__()
         self._f, self._taken, self._path = f, taken, path
+        self.size = taken.size
+        self.grew_to: int | None = None  # the file's size past the fingerprinted end, when read there
         self._restart()
 
     def _restart(self) -> None:
@@ -121,6 +141,9 @@ class _AsFingerprinted(io.RawIOBase):
         """The next block as fingerprinted; b"" after the last."""
         taken, i = self._taken, self._block
         if i == len(taken.blocks):
+            size = os.fstat(self._f.fileno()).st_size
+            if size > taken.size:
+                self.grew_to = size
             return b""
         start = i * _BLOCK
         data = self._f.read(min(_BLOCK, taken.size - start))
@@ -400,6 +423,8 @@ class CsvSource:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index),
                                      f"a quote opened on line {first_line} is never closed: the record runs to the "
                                      "end of the file")  # fmt: skip
+                elif (cut := self._input.cut_off(lines.text[-1])) is not None:
+                    yield SourceItem(index, None, self._unparsed(lines, first_line, index), cut)
                 elif lines.bad is not None:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), lines.bad)
                 elif len(values) != len(header):
@@ -563,6 +588,7 @@ class JsonSource:
         lines.start_record()
         for text in lines:
             line_no, bad = lines.count, lines.bad
+            cut = self._input.cut_off(text)
             raw_bytes = lines.raw_bytes() if bad is not None else ""
             lines.start_record()
             text = text.strip()
@@ -573,6 +599,8 @@ class JsonSource:
                 if bad is not None:
                     raw["__raw_bytes__"] = raw_bytes
                     yield SourceItem(index, None, raw, bad)
+                elif cut is not None:
+                    yield SourceItem(index, None, raw, cut)
                 else:
                     yield self._record(index, text, raw)
             index += 1
@@ -616,6 +644,10 @@ class JsonSource:
         except UnicodeError as e:  # (UTF-16 or UTF-32 without a byte-order mark raises the base class)
             raise PluginError(_NODE, f"{self.path} is not valid {self.encoding}: {e}") from e
         except json.JSONDecodeError as e:
+            if self._input.cut_off("") is not None:
+                raise PluginError(_NODE, f"{self.path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): "
+                                         "it was still being written when the run fingerprinted it (it has grown "
+                                         "since); run it again once it is written whole") from e  # fmt: skip
             raise PluginError(_NODE, f"{self.path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                                      "for one object per line use format: jsonl") from e  # fmt: skip
         if self.data_key is not None:
