@@ -352,6 +352,15 @@ class Execution:
             if others is None:
                 others = self.recorder.flushed_since(self.run_id)
             other = _run_in(others, path)
+            digest = self.fold.sink_digests.get(name)
+            if other is not None and digest is not None and _digests_at(path, [position]).get(position) != digest:
+                # Not rows after this run's: the file was started anew (a sink in mode `write`).
+                raise ResumeRefused(
+                    f"run {self.run_id} cannot be resumed: sink '{name}': {path} no longer holds this run's output: "
+                    f"its first {position} bytes are not those this run made durable, and run {other} has written "
+                    f"the file since (replaced it). Put this run's file back to resume it, or end this run for good: "
+                    f"`elspeth abandon {self.run_id} --reason TEXT`"
+                )
             if other is not None:
                 raise ResumeRefused(
                     f"run {self.run_id} cannot be resumed: sink '{name}': {path} holds rows after this run's durable "
@@ -372,24 +381,26 @@ class Execution:
         aside). Not refused: a run abandoned or completed (`open_positions` has none), a file
         that no longer starts with that run's bytes (moved aside or replaced: its resume refuses
         it anyway), a run that another run appended after already (stranded before, nothing
-        changes), a missing file, a FIFO or a device (no rows stay in them). A sink in mode `write` replaces the file: its own trail is exact, and the
-        earlier run's resume refuses the file by its size or digest, or by this run's flushes.
+        changes), a missing file, a FIFO or a device (no rows stay in them). A sink in mode `write`
+        replaces the file: refused the same way when that would destroy rows an unfinished run made
+        durable there (a fresh `run` where `resume` was meant), not when that run has none there.
         `only`: these sinks (a resume's new ones), not all."""
         positions: list[OpenPosition] | None = None
         for name, sink in self.p.nodes.sinks.items():
             if only is not None and name not in only:
                 continue
-            path = getattr(sink, "path", None)
-            if getattr(sink, "mode", None) != "append" or not isinstance(path, Path):
+            path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
+            if mode not in ("append", "write") or not isinstance(path, Path):
                 continue
             size = _regular_file_size(path)
             if size is None:
                 continue
             if positions is None:
                 positions = self.recorder.open_positions()
+            # (Mode `write` replaces the file: a run with nothing durable in it loses nothing.)
             here = [
                 h for h in positions
-                if h.run_id != self.run_id and h.position <= size
+                if h.run_id != self.run_id and h.position <= size and (mode == "append" or h.position > 0)
                 and _same_file(_resolved(h.location, h.working_dir), path)
             ]  # fmt: skip
             digests = _digests_at(path, [h.position for h in here if h.sha256 is not None])
@@ -402,25 +413,31 @@ class Execution:
                 alive = self.recorder.writer_alive(held.run_id)
                 if held.run_id not in self._open_runs():
                     continue  # it ended since the positions were read (completed, or abandoned): not stranded
-                raise RunRefused(self._stranded(name, path, size, held, alive))
+                raise RunRefused(self._stranded(name, path, size, held, alive, mode == "write"))
 
     def _open_runs(self) -> set[str]:
         """The runs that hold a position in some sink and have not ended, as the store says now."""
         return {h.run_id for h in self.recorder.open_positions()}
 
-    def _stranded(self, name: str, path: Path, size: int, held: OpenPosition, alive: bool) -> str:
+    def _stranded(self, name: str, path: Path, size: int, held: OpenPosition, alive: bool, replace: bool) -> str:
         run = held.run_id
+        doing = "replacing it (mode write)" if replace else "appending to it"
         if alive:
             return (
-                f"sink '{name}': {path} is being written by run {run}, which is still running; appending to it now "
+                f"sink '{name}': {path} is being written by run {run}, which is still running; {doing} now "
                 "would fail or strand that run. Wait for it to end (see `elspeth runs`); nothing was recorded"
             )
         state = "crashed" if held.status in RUN_OPEN else str(held.status)
         left = size - held.position
         unrecorded = f", then {left} bytes its crash left that no log accounts for" if left else ""
+        harm = (
+            "replacing the file (mode write) would destroy those rows and leave it unable to resume"
+            if replace
+            else "rows appended now would leave it unable to resume"
+        )
         return (
             f"sink '{name}': {path} holds what run {run} made durable ({held.position} bytes){unrecorded}; that run "
-            f"{state} and is not completed, and rows appended now would leave it unable to resume. Resume it first "
+            f"{state} and is not completed, and {harm}. Resume it first "
             f"(`elspeth resume {run}`), or, if it is not to go on, end it (`elspeth abandon {run} --reason TEXT`) or move "
             "the file aside (its rows go with it), and run again. Nothing was recorded"
         )
@@ -605,6 +622,18 @@ def _run_in(flushes: list[tuple[str, str, str]], path: Path) -> str | None:
     """The first run among `flushes` (as `PostgresRecorder.flushed_since` answers) that flushed to
     the file at `path`."""
     return next((r for r, loc, wd in flushes if _same_file(_resolved(loc, wd), path)), None)
+
+
+def changed_keys(was: Any, now: Any, at: str = "") -> list[str]:
+    """The key paths (`sinks.out.options.path`, `transforms[1]`) at which two settings, as a run
+    records them (redacted), differ: the deepest where both still hold a mapping or a list of one
+    length, in the order of `now` (keys gone from it after)."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        keys = [*now, *(k for k in was if k not in now)]
+        return [p for k in keys for p in changed_keys(was.get(k), now.get(k), f"{at}.{k}" if at else str(k))]
+    if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+        return [p for i, (a, b) in enumerate(zip(was, now, strict=True)) for p in changed_keys(a, b, f"{at}[{i}]")]
+    return [] if was == now else [at or "(the whole file)"]
 
 
 def _regular_file_size(path: Path) -> int | None:
@@ -913,8 +942,14 @@ def _resume(
         )
     changed_settings = fold.settings_hash not in (pipeline.loaded.text_hash, pipeline.loaded.legacy_hash)
     if changed_settings and not force:
+        keys = changed_keys(fold.settings, pipeline.loaded.redacted)
+        what = (
+            f"changed: {', '.join(keys[:5])}{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}"
+            if keys
+            else f"no key reads differently, yet they hash differently: see `elspeth replay {run_id} --check`"
+        )
         raise ResumeRefused(
-            f"the settings of run {run_id} changed since it started ({pipeline.loaded.path}); "
+            f"the settings of run {run_id} changed since it started ({pipeline.loaded.path}; {what}); "
             "resume with --force to continue with the new settings"
         )
     # Checked whatever the settings: a token put back where these settings have no place would

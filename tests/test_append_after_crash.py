@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine import orchestrator
+from engine.abandon import abandon_run
 from engine.errors import ResumeRefused, RunRefused
 from engine.orchestrator import fold_run, resume_run, start_run
 from engine.settings import SettingsError
@@ -227,19 +228,17 @@ def test_a_run_still_writing_the_file_is_named_as_such(db: Database) -> None:
         assert "Wait for it to end" in message and "elspeth resume" not in message
 
 
-def test_a_sink_that_replaces_its_file_is_not_refused_and_the_crashed_run_then_refuses(db: Database) -> None:
-    """Mode `write` starts the file anew: the new run's trail is exact (the file holds its rows
-    and nothing else), and the crashed run's resume refuses the file rather than cut it."""
+def test_a_sink_that_replaces_its_file_is_refused_too(db: Database) -> None:
+    """Mode `write` starts the file anew, which would destroy the crashed run's durable rows (it
+    was let through once: the new run's trail was exact, the crashed run's rows gone)."""
     with _workdir() as path:
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
         b = path / "b.yaml"
         b.write_text(SETTINGS.replace("path: out/log.csv, mode: append", "path: out/log.csv"))
-        assert start_run(db, load(b)).status == "completed"
-        after = (path / "out" / "log.csv").read_bytes()
-        assert _ids(path / "out" / "log.csv") == [str(i) for i in range(1, ROWS + 1)]
-        with pytest.raises(ResumeRefused, match="cannot be resumed"):
-            resume_run(db, crashed, load)
-        assert (path / "out" / "log.csv").read_bytes() == after
+        before = (path / "out" / "log.csv").read_bytes()
+        _refused(db, b, f"run {crashed} made durable .*replacing the file \\(mode write\\)")
+        assert (path / "out" / "log.csv").read_bytes() == before
+        assert resume_run(db, crashed, load).status == "completed"
 
 
 def test_a_fifo_where_the_crashed_run_had_its_file_is_no_file_to_strand(db: Database) -> None:
@@ -313,8 +312,10 @@ def test_rows_a_run_wrote_before_it_moved_are_not_cut_by_another_runs_resume(db:
     not cut them. The check looked for b's rows only in the folder b ran in last."""
     with _workdir() as path:
         crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        log = path / "out" / "log.csv"
         b = path / "b.yaml"
         b.write_text(SETTINGS.replace("path: out/log.csv, mode: append", "path: out/log.csv"))
+        log.unlink()  # (else b refuses to replace the crashed run's rows)
         other = crashed_run(db, b, "committed:6", name="other", sending="inline")
         with _moved_and_back(path) as moved:
             assert resume_run(db, other, load, settings_path=moved / "b.yaml").status == "completed"
@@ -322,3 +323,43 @@ def test_rows_a_run_wrote_before_it_moved_are_not_cut_by_another_runs_resume(db:
         with pytest.raises(ResumeRefused, match=f"that run {other} wrote since"):
             resume_run(db, crashed, load)
         assert (path / "out" / "log.csv").read_bytes() == after
+
+
+WRITE = SETTINGS.replace("path: out/log.csv, mode: append", "path: out/log.csv, mode: write")
+
+
+def test_a_new_run_in_mode_write_refuses_to_replace_what_a_crashed_run_made_durable(db: Database) -> None:
+    """`run` where `resume` was meant: mode write would destroy the rows the crashed run made
+    durable, and strand it. Refused the same way, naming the ways on; once the run is abandoned
+    (or its file moved aside) the new run replaces the file."""
+    with _workdir(WRITE) as path:
+        log = path / "out" / "log.csv"
+        crashed = _crashed(db, path / "settings.yaml", "committed:6")
+        before = log.read_bytes()
+        message = _refused(db, path / "settings.yaml", f"run {crashed} made durable")
+        assert "replacing the file (mode write) would destroy those rows" in message
+        assert f"`elspeth resume {crashed}`" in message and f"`elspeth abandon {crashed} --reason TEXT`" in message
+        assert log.read_bytes() == before
+        abandon_run(db, crashed, "run again from the start", home=None)
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
+        assert _ids(log) == [str(i) for i in range(1, ROWS + 1)]
+
+
+def test_a_crashed_run_whose_file_another_run_replaced_is_told_so_on_resume(db: Database) -> None:
+    """Its file moved aside, a new run in mode write made a new one there: the crashed run's
+    resume does not speak of rows after its position (the file is not its own at all)."""
+    with _workdir(WRITE) as path:
+        log = path / "out" / "log.csv"
+        crashed = _crashed(db, path / "settings.yaml", "committed:6")
+        os.replace(log, path / "out" / "aside.csv")
+        (path / "in2.csv").write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(100, 120)))
+        (path / "b.yaml").write_text(WRITE.replace("path: in.csv", "path: in2.csv"))
+        other = start_run(db, load(path / "b.yaml"))
+        assert other.status == "completed"
+        with pytest.raises(ResumeRefused, match="no longer holds this run's output") as refused:
+            resume_run(db, crashed, load)
+        assert f"run {other.run_id} has written the file since" in str(refused.value)
+        assert f"`elspeth abandon {crashed} --reason TEXT`" in str(refused.value)
+        os.replace(path / "out" / "aside.csv", log)  # its file put back: it goes on
+        assert resume_run(db, crashed, load).status == "completed"
+        assert _ids(log) == [str(i) for i in range(1, ROWS + 1)]

@@ -796,6 +796,8 @@ def test_resume_checks_the_key_and_witness_the_settings_name(db: Database) -> No
             del os.environ["ELSPETH_WITNESS_DIR"]
         assert max(e.seq for e in PostgresRecorder(db).read_events(run_id)) == last - 6
         # Untouched, the same run resumes: the key the settings name verifies its checkpoints.
+        (path / "out").rename(path / "out.first")  # (the crashed run's rows: a new run does not replace them)
+        (path / "out").mkdir()
         again = _crashed(db, settings, "witnessed", "committed:8")
         assert resume_run(db, again, load).status == "completed"
 
