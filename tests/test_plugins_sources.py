@@ -88,6 +88,25 @@ def test_schema_rejects_values_that_do_not_fit(type_: str, value: Any) -> None:
         parse_schema(fixed(f"v: {type_}")).coerce({"v": value})
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("1.0e400", "beyond a float's range"),
+        (10**400, "beyond a float's range"),
+        ("1e-400", "too close to zero"),
+        ("NaN", "NaN or an infinity"),
+        ("-Infinity", "NaN or an infinity"),
+        (float("inf"), "NaN or an infinity"),
+    ],
+)
+def test_a_number_a_float_cannot_hold_says_why(value: Any, why: str) -> None:
+    """'1.0e400' is a number: "is not a float: found a str of 7 characters" left the reader
+    wondering (a review). The reason says why, and still nothing of the value."""
+    with pytest.raises(SchemaViolation) as e:
+        parse_schema(fixed("v: float")).coerce({"v": value})
+    assert why in e.value.reason and "400" not in e.value.reason.replace("about 400 digits", ""), e.value.reason
+
+
 def test_a_long_run_of_digits_is_refused_as_a_float_in_linear_time() -> None:
     """A hostile cell of digits that fails at its last character: the pattern backtracked
     quadratically (40,000 digits took 29 s; a million would take hours). In a child with a
@@ -319,6 +338,17 @@ def test_an_input_without_the_byte_order_mark_its_encoding_needs_is_one_error_be
         source.check_header()
 
 
+def test_skip_rows_past_the_end_of_the_file_is_refused_not_a_run_of_nothing(tmp_path: Path) -> None:
+    """skip_rows larger than the file: the run read no header and no row, and completed with
+    nothing (a review). An empty file is still an input of no rows."""
+    path = write(tmp_path / "in.csv", "id,a\n1,2\n")
+    for skip in (2, 5):
+        with pytest.raises(PluginError, match=f"skip_rows skips {skip} lines, but the file has only 2"):
+            build_plugin("source", "csv", {"path": str(path), "skip_rows": skip}).check_header()
+    build_plugin("source", "csv", {"path": str(path), "skip_rows": 1}).check_header()  # the header on line 2
+    build_plugin("source", "csv", {"path": str(write(tmp_path / "e.csv", "")), "skip_rows": 3}).check_header()
+
+
 def test_a_blank_line_for_a_header_or_no_columns_is_refused_not_every_row_quarantined(tmp_path: Path) -> None:
     """A header naming no column made every record, the real header too, a ragged row."""
     path = write(tmp_path / "in.csv", "\n\nid,a\n1,2\n")
@@ -512,7 +542,7 @@ def test_a_json_document_cut_off_by_a_writer_still_at_it_says_so(tmp_path: Path)
         list(source.read())
     with path.open("a") as f:
         f.write("2}]\n")
-    with pytest.raises(PluginError, match="is not valid JSON .*: it was still being written"):
+    with pytest.raises(PluginError, match=r"is not valid JSON .*: it was still being written"):
         list(source.read())
 
 

@@ -173,12 +173,25 @@ def _convert(f: Field, value: Any) -> Any:
         raise SchemaViolation(f"field '{f.name}' is required ({f.type}) but empty")
     converter = _CONVERTERS[f.type]
     result = converter(value)
-    if result is _BAD:
+    if result is _BAD or isinstance(result, _Unfit):
         # The reason outlives an erasure of the row (docs/erasure.md): the value is in the row's
         # payload, the reason says only what kind of value it is.
         article = "an" if f.type in ("int", "any") else "a"
-        raise SchemaViolation(f"field '{f.name}' is not {article} {f.type}: found {described(value)}")
+        why = f" ({result.why})" if isinstance(result, _Unfit) else ""
+        raise SchemaViolation(f"field '{f.name}' is not {article} {f.type}: found {described(value)}{why}")
     return result
+
+
+class _Unfit:
+    """A value that reads as the type and still is none (why, naming no part of the value)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+_NOT_FINITE = _Unfit("it reads as NaN or an infinity, for which the audit trail's JSON has no form")
+_TOO_LARGE = _Unfit("it reads as a number beyond a float's range, ±1.8e308")
+_TOO_SMALL = _Unfit("it reads as a number too close to zero for a float, which would read 0")
 
 
 _BAD = object()
@@ -219,12 +232,14 @@ def _to_float(value: Any) -> Any:
         elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             number = float(value.strip())
             if number == 0.0 and any(c in "123456789" for c in value.lower().partition("e")[0]):
-                return _BAD  # too small for a float (1e-400 would read 0), as the JSON source says
+                return _TOO_SMALL  # (1e-400 would read 0), as the JSON source says
+            if not math.isfinite(number) and "n" not in value.lower():  # (no nan, inf or infinity)
+                return _TOO_LARGE  # 1.0e400
         else:
             return _BAD
     except OverflowError:  # an integer of hundreds of digits
-        return _BAD
-    return number if math.isfinite(number) else _BAD
+        return _TOO_LARGE
+    return number if math.isfinite(number) else _NOT_FINITE
 
 
 def _to_bool(value: Any) -> Any:

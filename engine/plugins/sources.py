@@ -363,6 +363,13 @@ class CsvSource:
         with _open_input(self.path) as f:
             lines = _Lines(f, self.encoding, self.path, cr_lines=True)
             names = self._read_header(iter(lines), lines)
+        if names is None and 0 < lines.count <= self.skip_rows:
+            # (a file ending inside the lines skip_rows skips: a run would read no header and no
+            # row, and complete with nothing; an empty file is an input with no rows)
+            raise PluginError(
+                _NODE, f"{self.path}: skip_rows skips {self.skip_rows} lines, but the file has only {lines.count}, so "
+                "no header and no row would be read; allowed: fewer lines skipped than the file has"
+            )  # fmt: skip
         # A field the schema requires that no column is named would make every row a violation:
         # all quarantined, by a run that "completed" (often a header's own spelling, 'Customer ID',
         # where the rows hold the normalised customer_id).
