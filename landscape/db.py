@@ -29,6 +29,7 @@ from landscape.errors import (
     SchemaOutdated,
     SchemaTooNew,
     StoreError,
+    connection_lost,
     first_line,
 )
 from landscape.roles import Role
@@ -78,7 +79,7 @@ def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> Landsca
     """The one place where a driver error becomes one of the landscape's errors."""
     if isinstance(e, psycopg.errors.UniqueViolation) and run_id is not None and _is_events(e.diag.table_name):
         return ConcurrentWriter(f"run {run_id} is being written by another process (seq already taken)")
-    if isinstance(e, psycopg.OperationalError):
+    if isinstance(e, psycopg.OperationalError) and connection_lost(e.sqlstate):
         resume = f"; `elspeth resume {run_id}` continues it" if run_id is not None else ""
         return DatabaseUnavailable(f"lost the database while {what}{resume}: {first_line(e)}")
     if isinstance(e, psycopg.errors.InsufficientPrivilege):

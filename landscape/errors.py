@@ -10,6 +10,14 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def connection_lost(sqlstate: str | None) -> bool:
+    """Whether a driver's operational error (by its SQLSTATE) is the connection or the server
+    gone: no code (the client saw the connection end), connection exceptions (08), the server
+    out of disk, memory or connections (53), or shut down or restarting (57P). Other operational
+    errors (a statement timeout, a lock not available) are answers of a server still there."""
+    return sqlstate is None or sqlstate.startswith(("08", "53", "57P"))
+
+
 class LandscapeError(Exception):
     """Base of the store's errors."""
 

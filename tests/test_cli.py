@@ -711,6 +711,36 @@ def test_a_database_lost_under_any_command_is_one_line_not_a_traceback() -> None
     assert "elspeth: error: lost the database: connection failed" in result.output, result.output
 
 
+def test_a_server_that_answers_is_not_called_lost() -> None:
+    """A statement timeout or a lock not available is the answer of a server still there: not
+    "lost the database" (nor, under a run, "`elspeth resume` continues it"). A server shut down,
+    out of disk or gone is."""
+    import click
+    import psycopg
+    from click.testing import CliRunner
+
+    from engine.cli.errors import ElspethGroup
+    from landscape.db import translate
+    from landscape.errors import DatabaseUnavailable, StoreError
+
+    errors = psycopg.errors
+    for e in (errors.QueryCanceled("canceling statement due to statement timeout"), errors.LockNotAvailable("no")):
+        assert type(translate(e, "reading run r", "r")) is StoreError
+
+        @click.group(cls=ElspethGroup)
+        def root() -> None:
+            pass
+
+        @root.command()
+        def reads(e: Exception = e) -> None:
+            raise e
+
+        result = CliRunner().invoke(root, ["reads"])
+        assert result.exit_code == 1 and "the database stopped the command: " in result.output, result.output
+    for e in (errors.AdminShutdown("terminating"), errors.DiskFull("full"), psycopg.OperationalError("closed")):
+        assert isinstance(translate(e, "reading run r", "r"), DatabaseUnavailable)
+
+
 def test_sigterm_outside_a_runs_loop_ends_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
     """SIGTERM reached a command outside a run's loop (verifying a log, waiting on the database)
     as the default action: killed with no word and no cleanup (an embedded server left running).
@@ -832,3 +862,27 @@ def test_a_warning_shows_a_terminal_control_in_what_it_quotes_as_an_escape(work:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "retention_days is recorded with the run but not acted on" in proc.stderr, proc.stderr
     assert "\\u001b]0;pwned\\u0007" in proc.stderr and "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+
+
+def test_a_home_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    """ELSPETH_HOME naming a file: `runs` said no store was there, `run` spoke of a fingerprint
+    key (a review)."""
+    (tmp_path / "home").write_text("")
+    for args, given in ((["runs"], "ELSPETH_HOME"), (["run", "-s", "x.yaml"], "ELSPETH_HOME")):
+        err = one_line_error(elspeth(*args, cwd=tmp_path, env={"ELSPETH_HOME": str(tmp_path / "home")}), 1)
+        assert f"the ELSPETH home {tmp_path / 'home'} ({given}) is not a folder" in err, err
+    err = one_line_error(elspeth("--home", "home", "runs", cwd=tmp_path), 1)
+    assert "(--home) is not a folder" in err
+
+
+def test_runs_limit_zero_is_refused_not_taken_for_one(tmp_path: Path) -> None:
+    err = one_line_error(elspeth("runs", "--limit", "0", cwd=tmp_path), 2)
+    assert "'--limit': 0 is not in the range x>=1" in err
+
+
+def test_a_thousand_unknown_keys_are_not_a_thousand_lines(work: Path) -> None:
+    (work / "settings.yaml").write_text(PIPELINE + "".join(f"k{i}: 1\n" for i in range(1000)))
+    err = one_line_error(elspeth("validate", "-s", "settings.yaml", cwd=work), 2)
+    lines = err.strip().splitlines()
+    assert len(lines) == 51 and "k49: unknown key" in lines[49], lines[:3]
+    assert lines[50] == "… and 950 more problems (fix these first)", lines[50]

@@ -15,7 +15,7 @@ import click
 
 from engine.cli.visible import say
 from engine.errors import EngineError
-from landscape.errors import LandscapeError, first_line
+from landscape.errors import LandscapeError, connection_lost, first_line
 from statecharts.errors import StatechartError
 
 
@@ -62,6 +62,13 @@ def _is_lost_database(e: BaseException) -> bool:
     return psycopg is not None and isinstance(e, psycopg.OperationalError)
 
 
+def _lost_words(e: BaseException) -> str:
+    """What the one line says of an operational error: the database lost, or (a statement
+    timeout, a lock not available) the server's answer."""
+    lost = connection_lost(getattr(e, "sqlstate", None))
+    return f"lost the database: {first_line(e)}" if lost else f"the database stopped the command: {first_line(e)}"
+
+
 def cli_error(e: EngineError | LandscapeError | StatechartError) -> ElspethCliError:
     if _is_settings_error(e):
         return SettingsCliError(str(e))
@@ -82,5 +89,5 @@ class ElspethGroup(click.Group):
             ) from e
         except Exception as e:
             if _is_lost_database(e):  # (a server that died or was shut down under any command)
-                raise ElspethCliError(f"lost the database: {first_line(e)}") from e
+                raise ElspethCliError(_lost_words(e)) from e
             raise

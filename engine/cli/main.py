@@ -72,13 +72,22 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     # One home for the whole command, as an absolute path: the fingerprint key lives there even
     # with an external --database, and `resume` changes folder before it loads the settings.
     try:
-        os.environ["ELSPETH_HOME"] = str(elspeth_home(home))
+        resolved = elspeth_home(home)
+        os.environ["ELSPETH_HOME"] = str(resolved)
     except FileNotFoundError:  # (a relative home, from a folder deleted under the command)
         raise ElspethCliError(
             "the folder elspeth was started in no longer exists (deleted or moved?), and the home of its "
             "embedded store (./.elspeth, or a relative --home) is found from it; change to a folder that exists, "
             "or give an absolute --home"
         ) from None
+    if resolved.exists() and not resolved.is_dir():  # (a file there: every command would say something odd)
+        given = (
+            "--home" if ctx.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE else "ELSPETH_HOME"
+        )
+        raise ElspethCliError(
+            f"the ELSPETH home {resolved} ({given}) is not a folder; allowed: a folder (made when missing) that holds "
+            "the embedded store and the keys"
+        )
     if database:  # so that the load-time checks compare sinks with the store this command uses
         os.environ["ELSPETH_DATABASE_URL"] = database
         if ctx.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE:

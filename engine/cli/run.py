@@ -29,6 +29,15 @@ from landscape.fold import RunFold
 from landscape.queries import first_failure, row_counts, run_detail
 from statecharts.machines import RunState
 
+#: Problems (or warnings) shown at most: a file of another format, or a block pasted twice, can
+#: hold a thousand unknown keys, and the first of them say what is wrong.
+SHOWN = 50
+
+
+def _at_most(lines: list[str], what: str) -> list[str]:
+    more = len(lines) - SHOWN
+    return lines if more <= 0 else [*lines[:SHOWN], f"… and {more} more {what} (fix these first)"]
+
 
 def load_pipeline(path: Path) -> Pipeline:
     """Settings → DAG → plugins; every problem with the file becomes one exit-2 error."""
@@ -41,16 +50,16 @@ def load_pipeline(path: Path) -> Pipeline:
         ) from None
     try:
         loaded = load_settings(path)
-        for warning in loaded.warnings:
+        for warning in _at_most(loaded.warnings, "warnings"):
             say(f"elspeth: warning: {warning}")
         return build_pipeline(loaded)
     except SettingsError as e:
         errors = list(e.errors)
         if e.loaded is not None:  # the settings decoded: their DAG and plugin options can be checked too
             errors += [m for m in pipeline_problems(e.loaded) if m not in errors]
-        raise SettingsCliError("\n".join(errors)) from e
+        raise SettingsCliError("\n".join(_at_most(errors, "problems"))) from e
     except DagError as e:
-        raise SettingsCliError("\n".join(f"{path}: {m}" for m in e.errors)) from e
+        raise SettingsCliError("\n".join(_at_most([f"{path}: {m}" for m in e.errors], "problems"))) from e
     except PluginError as e:
         raise ElspethCliError(str(e)) from e
 

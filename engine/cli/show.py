@@ -173,7 +173,12 @@ def file_digest(path: Path, position: int) -> tuple[str, str | None, int | None]
 @click.option("--status", "statuses", multiple=True, type=click.Choice([str(s) for s in RunState]),
               help="Only runs in this state (repeatable).")  # fmt: skip
 @click.option("--since", help="Only runs started since a date/time (2024-05-01T14:30) or for a duration (2h, 3d).")
-@click.option("--limit", type=click.IntRange(min=1, max=1 << 62, clamp=True), help="At most this many runs.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    callback=lambda _ctx, _param, n: n if n is None else min(n, 1 << 62),  # (no more rows than a bigint counts)
+    help="At most this many runs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="An array of objects, newest first (shape: docs/cli.md).")
 @click.pass_context
 def runs_cmd(
