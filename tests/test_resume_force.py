@@ -163,6 +163,32 @@ def test_the_one_line_from_the_command(db: Database, tmp_path: Path) -> None:
     assert err.count("\n") == 1 and "aggregation 'agg' (its open batch agg#1 holds" in err, err
 
 
+def test_a_resume_refused_for_changed_settings_says_what_changed(db: Database, tmp_path: Path) -> None:
+    """ "changed since it started" alone sent the operator to diff the files by hand (a review):
+    the key paths that differ (comments and spacing are no change: the settings are compared as
+    read)."""
+    from engine.orchestrator import changed_keys
+    from tests.engine_harness import write_csv
+
+    write_csv(tmp_path / "in.csv", ["id", "v", "note", "items"], [[i, i, "ok", "x"] for i in range(30)])
+    (tmp_path / "out").mkdir()
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(SOURCE + PIPELINES["agg_end_of_source"] + SINKS)
+    crashed = elspeth("run", "-s", "settings.yaml", "--commit-every", "1", cwd=tmp_path, db=db,
+                      env={"ELSPETH_FAULT": "committed:8"})  # fmt: skip
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=tmp_path, db=db).stdout)[0]["run_id"]
+    original = settings.read_text()
+    settings.write_text(original.replace("out/out.csv", "out/o2.csv") + "retry: {max_attempts: 2}\n")
+    err = one_line_error(elspeth("resume", run_id, cwd=tmp_path, db=db), 1)
+    assert "; changed: retry, sinks.out.options.path); resume with --force" in err, err
+
+    was = {"a": {"b": 1, "c": [1, 2]}, "gone": 1, "l": [1]}
+    now = {"a": {"b": 2, "c": [1, 3]}, "new": 1, "l": [1, 2]}
+    assert changed_keys(was, now) == ["a.b", "a.c[1]", "new", "l", "gone"]
+    assert changed_keys(was, was) == [] and changed_keys(1, 2) == ["(the whole file)"]
+
+
 # -- a batch whose plugin failed while flushing it -------------------------------------------------
 
 
