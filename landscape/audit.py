@@ -13,7 +13,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import BinaryIO
@@ -45,6 +45,7 @@ from landscape.export import (
     read_records,
 )
 from landscape.files import NotASmallFile, read_small_file
+from landscape.fold import RunFold
 from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
 from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
@@ -97,6 +98,16 @@ class ExportReport:
     status: str
     ended: bool
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
+    # Each sink's last durable flush in the signed log: its location, its position (bytes) and
+    # the sha256 of the file's bytes up to there (None: recorded before logs held it).
+    sinks: dict[str, SinkEnd] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkEnd:
+    location: str
+    position: int
+    sha256: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +129,13 @@ class ProofReport:
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
     absent: int = 0
     row: bool = False  # a row's bundle (else one event's)
+
+
+def _sink_ends(fold: RunFold) -> dict[str, SinkEnd]:
+    return {
+        name: SinkEnd(fold.sink_locations.get(name, ""), position, fold.sink_digests.get(name))
+        for name, position in fold.sink_positions.items()
+    }
 
 
 def sniff(path: Path) -> str:
@@ -146,6 +164,51 @@ def _open_regular(path: Path) -> BinaryIO:
         f.close()
         raise
     return f
+
+
+def check_sink_file(report: ExportReport, name: str, path: Path) -> str:
+    """Whether the file at `path` is what sink `name` of the verified export's run made durable:
+    its first bytes, up to the sink's last durable position, hash to the sha256 the signed log
+    records there. A line saying so, or AuditFailure saying why not. Bytes after that position are
+    allowed and counted (another run appending to the file, or this run going on after the
+    export); a database sink has no file to tie."""
+    end = report.sinks.get(name)
+    if end is None:
+        known = ", ".join(sorted(report.sinks)) or "none"
+        raise AuditFailure(f"--sink-file {name}: the run made nothing durable in a sink of that name (its sinks "
+                           f"with durable output: {known})")  # fmt: skip
+    if end.sha256 is None:
+        raise AuditFailure(f"--sink-file {name}: the run's log records no digest of that sink's output (a database "
+                           "table, or a flush recorded before logs held one): no file can be tied to it")  # fmt: skip
+    what = f"sink '{name}' (written as {end.location})"
+    try:
+        with _open_regular(path) as f:
+            digest, read = hashlib.sha256(), 0
+            while read < end.position and (chunk := f.read(min(1 << 20, end.position - read))):
+                digest.update(chunk)
+                read += len(chunk)
+            size = os.fstat(f.fileno()).st_size
+    except AuditFailure:
+        raise AuditFailure(f"--sink-file {name}: {path} is not a regular file") from None
+    except FileNotFoundError:
+        if end.position == 0:
+            return f"{path}: no such file, and {what} made no bytes durable: nothing to tie"
+        raise AuditFailure(f"--sink-file {name}: {path} does not exist; the run made {end.position} bytes "
+                           "durable there") from None  # fmt: skip
+    except OSError as e:
+        raise AuditFailure(f"--sink-file {name}: cannot read {path}: {e.strerror}") from None
+    if read < end.position:
+        raise AuditFailure(f"{path} is not the output of {what}: it holds {read} bytes, and the run made "
+                           f"{end.position} durable (cut, or another file)")  # fmt: skip
+    if digest.hexdigest() != end.sha256:
+        raise AuditFailure(f"{path} is not the output of {what}: its first {end.position} bytes do not hash to "
+                           f"the sha256 the run's signed log records ({end.sha256[:16]}…): changed since, or "
+                           "another file")  # fmt: skip
+    if size > end.position:
+        return (f"{path}: its first {end.position} bytes are the output of {what}, as the signed log records them; "
+                f"{size - end.position} bytes follow that the run's log does not account for (another run "
+                "appending, or this run going on after the export)")  # fmt: skip
+    return f"{path}: the output of {what}, all {end.position} bytes, as the signed log records them"
 
 
 # A checkpoint note is a few lines, with a signature or a few: anything this large is none.
@@ -411,6 +474,7 @@ class _ExportCheck:
             checkpoints=len(self.checkpoints), payloads_included=header.payloads,
             payloads=self.counts["payloads"], erased=self.counts["erased"], extends=extends,
             status=str(verified.fold.status), ended=verified.fold.status in RUN_FINAL, unsigned=unsigned,
+            sinks=_sink_ends(verified.fold),
         )  # fmt: skip
 
     def _in_two_halves(self, run_id: str, events: Iterator[StoredEvent], sizes: list[int]) -> Verification:
@@ -641,7 +705,7 @@ def verify_proof(
     bundle says (one seq, or one row's lineage), each row payload against its commitment, and,
     given the checkpoint the auditor `kept`, the bundle's consistency proof from it."""
     try:
-        with path.open("rb") as f:
+        with _open_regular(path) as f:  # (not by `path.open`: a FIFO swapped in since `sniff` would hang it)
             data = f.read(MAX_BUNDLE_BYTES + 1)
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None

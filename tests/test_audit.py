@@ -361,15 +361,16 @@ def test_verify_of_a_fifo_is_refused_not_waited_on(fork: Exported, tmp_path: Pat
     blocking, it waited for a writer for ever (run apart, so that a wait fails by its timeout)."""
     fifo = tmp_path / "f.export"
     os.mkfifo(fifo)
-    code = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "from pathlib import Path\nfrom landscape.audit import AuditFailure, verify_export\n"
-        "from landscape.keys import load_verifier\n"
-        f"try:\n    verify_export(Path({str(fifo)!r}), load_verifier(Path({str(fork.pub)!r})))\n"
-        "except AuditFailure as e:\n    print(e)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert "not a regular file" in proc.stdout, proc.stdout + proc.stderr
+    for check in ("verify_export", "verify_proof"):  # (a bundle is read whole, by its own reader)
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            f"from pathlib import Path\nfrom landscape.audit import AuditFailure, {check}\n"
+            "from landscape.keys import load_verifier\n"
+            f"try:\n    {check}(Path({str(fifo)!r}), load_verifier(Path({str(fork.pub)!r})))\n"
+            "except AuditFailure as e:\n    print(e)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+        assert "not a regular file" in proc.stdout, check + ": " + proc.stdout + proc.stderr
 
 
 def test_a_page_of_large_events_is_cut_by_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1275,3 +1276,38 @@ def test_a_long_logs_export_stops_when_the_store_shows_the_chain_check_other_eve
         assert isinstance(err.value, StoreError) and "different events" in str(err.value)
     else:
         assert "does not verify at seq 5" in str(err.value)
+
+
+def test_verify_ties_an_output_file_to_its_sinks_signed_flush(fork: Exported, tmp_path: Path) -> None:
+    """The auditor's question of an output file: is it what the run wrote? Its bytes up to the
+    sink's last durable position hash to the sha256 the signed log records there (offline, the
+    file and the export alone). A changed or cut file is refused; bytes after are counted."""
+    written = (fork.work / "examples" / "fork_coalesce" / "output" / "joined.jsonl").read_bytes()
+    out = tmp_path / "joined.jsonl"
+    args = [str(fork.file), "--public-key", str(fork.pub)]
+
+    def tie(*given: str) -> subprocess.CompletedProcess[str]:
+        return _verify(tmp_path, *args, *[a for g in given for a in ("--sink-file", g)])
+
+    out.write_bytes(written)
+    proc = tie(f"output={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{out}: the output of sink 'output' (written as examples/fork_coalesce/output/joined.jsonl), all " \
+           f"{len(written)} bytes, as the signed log records them" in proc.stdout  # fmt: skip
+    out.write_bytes(written + b'{"more": 1}\n')
+    proc = tie(f"output={out}")
+    assert proc.returncode == 0 and "12 bytes follow that the run's log does not account for" in proc.stdout
+    out.write_bytes(written.replace(b"1", b"2", 1))
+    err = one_line_error(tie(f"output={out}"), 1)
+    assert f"{out} is not the output of sink 'output'" in err and "do not hash to the sha256" in err, err
+    out.write_bytes(written[:-1])
+    assert f"it holds {len(written) - 1} bytes, and the run made {len(written)} durable" in one_line_error(
+        tie(f"output={out}"), 1
+    )
+    out.unlink()
+    assert f"{out} does not exist; the run made {len(written)} bytes durable there" in one_line_error(
+        tie(f"output={out}"), 1
+    )
+    err = one_line_error(tie(f"nope={out}"), 1)
+    assert "made nothing durable in a sink of that name (its sinks with durable output: output)" in err, err
+    assert "allowed: SINK=PATH" in one_line_error(tie("output"), 2)

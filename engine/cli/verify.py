@@ -13,7 +13,7 @@ import click
 
 from engine.cli.errors import ElspethCliError
 from engine.cli.visible import say
-from landscape.audit import read_kept_checkpoint, sniff, verify_export, verify_proof
+from landscape.audit import check_sink_file, read_kept_checkpoint, sniff, verify_export, verify_proof
 from landscape.keys import load_verifier
 
 # One option, one meaning, wherever a run's erasures are checked (replay, export, prove, verify).
@@ -49,15 +49,27 @@ unsigned_erasures_option = click.option(
     help="Refuse a file exported without the row payloads (commitments only): its header says so, and "
     "nothing signs that, so one stripped of them reads the same.",
 )
+@click.option(
+    "--sink-file",
+    "sink_files",
+    multiple=True,
+    metavar="SINK=PATH",
+    help="Also prove PATH is what the run's sink SINK wrote: its bytes up to the sink's last durable position "
+    "hash to the sha256 the signed log records (repeatable; an export, not a bundle).",
+)
 @unsigned_erasures_option
 def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None, require_payloads: bool,
-               unsigned_erasures: bool) -> None:  # fmt: skip
+               sink_files: tuple[str, ...], unsigned_erasures: bool) -> None:  # fmt: skip
     """Verify an export (`elspeth export`) or a proof bundle (`elspeth prove`) offline: the
     signatures, the hash chain, the Merkle tree against every signed checkpoint, the transitions
     and the row payloads. Exit 1 naming the first bad line or event."""
+    tied = [_sink_file(given) for given in sink_files]
     key = load_verifier(public_key)
     old = read_kept_checkpoint(kept, key) if kept is not None else None
     if sniff(file) == "proof":
+        if tied:
+            raise ElspethCliError(f"{file} is a proof bundle: it holds some of the run's events, not every sink's "
+                                  "last flush; --sink-file needs the run's export (`elspeth export`)")  # fmt: skip
         proof = verify_proof(file, key, kept=old, kept_name=str(kept), run_id=run_id,
                              unsigned_erasures=unsigned_erasures)  # fmt: skip
         _payloads_required(file, proof.payloads_included, require_payloads)
@@ -91,12 +103,22 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     click.echo(f"the run, where the log ends: {report.status}")
     if report.extends is not None:
         click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
+    for name, path in tied:
+        click.echo(check_sink_file(report, name, path))
     if not report.ended:
         say(
             f"elspeth: warning: the log does not end the run (its state there: {report.status}, which a run is "
             "resumed or goes on from): either the run went on after the export was made, or the file was cut back "
             "to an earlier signed checkpoint, which only a checkpoint you kept from later can tell (--checkpoint)"
         )
+
+
+def _sink_file(given: str) -> tuple[str, Path]:
+    name, eq, path = given.partition("=")
+    if not eq or not name or not path:
+        raise click.BadParameter(f"{given!r}: allowed: SINK=PATH (a sink's name, then its output file)",
+                                 param_hint="'--sink-file'")  # fmt: skip
+    return name, Path(path)
 
 
 def say_unsigned(unsigned: int) -> None:
