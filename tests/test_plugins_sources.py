@@ -8,7 +8,7 @@ import hashlib
 import json
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -532,6 +532,42 @@ def test_a_last_line_cut_off_by_a_writer_still_at_it_is_quarantined(tmp_path: Pa
     assert "has grown to" in items[1].error
     assert items[1].raw["__raw_line__"] == text.splitlines()[-1]
     assert [i.row is not None for i in source.read(1)] == [False]  # a resume's read: the same
+
+
+def test_an_input_appended_to_while_it_is_fingerprinted_is_read_as_it_was_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer appending lines while the run hashes the file: the fingerprint read on past a
+    moment's end of file, in blocks out of step with the run's read, which then failed the run as
+    "changed while the run read it" (a review). The input is the bytes there when it was opened;
+    appended lines are not read, and a line cut off there is quarantined."""
+    monkeypatch.setattr(sources, "_BLOCK", 4096)
+    text = "a\n" + "".join(f"{i:06d}\n" for i in range(2000))  # 14 kB: 4 blocks
+    path = write(tmp_path / "in.csv", text)
+    opened = sources._open_input
+
+    def appended_to_meanwhile(p: Path) -> IO[bytes]:
+        f = opened(p)
+        read = f.read
+
+        grown = []
+
+        def read_then_grow(n: int = -1) -> bytes:
+            data = read(n)
+            if len(grown) < 3:  # a line and a half after each of the first reads, as a writer would
+                grown.append(n)
+                with path.open("a") as w:
+                    w.write("999999\n99")
+            return data
+
+        f.read = read_then_grow  # type: ignore[method-assign]
+        return f
+
+    source = build_plugin("source", "csv", {"path": str(path)})
+    monkeypatch.setattr(sources, "_open_input", appended_to_meanwhile)
+    assert source.fingerprint() == hashlib.sha256(text.encode()).hexdigest()
+    monkeypatch.setattr(sources, "_open_input", opened)
+    assert [i.row["a"] for i in source.read() if i.row is not None] == [f"{i:06d}" for i in range(2000)]
 
 
 def test_a_json_document_cut_off_by_a_writer_still_at_it_says_so(tmp_path: Path) -> None:

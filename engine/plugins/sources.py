@@ -60,7 +60,12 @@ class _Input:
         whole, blocks, size = hashlib.sha256(), [], 0
         try:
             with _open_input(self.path) as f:
-                for block in iter(lambda: f.read(_BLOCK), b""):
+                # The bytes there when it is opened, in whole blocks. Read to the end instead, a
+                # file being appended to gave a short block wherever a read met its end for a
+                # moment, then went on: blocks that no longer start at multiples of _BLOCK, so
+                # the run's read failed as if the file had changed (a review).
+                end = os.fstat(f.fileno()).st_size
+                while size < end and (block := f.read(min(_BLOCK, end - size))):
                     whole.update(block)
                     blocks.append(hashlib.sha256(block).digest())
                     size += len(block)
