@@ -279,6 +279,35 @@ def test_csv_a_record_the_reader_fails_inside_stops_the_source(tmp_path: Path, m
         csv.field_size_limit(old)
 
 
+def test_csv_a_stray_opening_quote_stops_the_source_rather_than_swallow_records(tmp_path: Path) -> None:
+    """`2,"12 inch,ok`: the reader took the records after it into that field, up to a later
+    quote, and glued on what followed it: records 3 and 4 never counted, never quarantined, in a
+    row that read as valid (a review). Read strictly, the record is unreadable where it ends."""
+    path = write(tmp_path / "a.csv", 'id,name,notes\n1,a,ok\n2,"12 inch,ok\n3,c,ok\n4,"d",ok\n5,e,ok\n')
+    read: list[Any] = []
+    with pytest.raises(PluginError, match="the record starting on line 3 cannot be read as CSV: ',' expected"):
+        read.extend(build_plugin("source", "csv", {"path": str(path)}).read())
+    assert [i.row for i in read] == [{"id": "1", "name": "a", "notes": "ok"}]
+
+
+@pytest.mark.parametrize("end", ["", "\n"])
+def test_csv_a_quote_left_open_on_the_last_line_is_quarantined(tmp_path: Path, end: str) -> None:
+    """A file cut off inside a quoted field on its last line: read as a valid row ('mul'), where
+    the same cut two lines long was quarantined (a review)."""
+    got = items("csv", {"path": str(write(tmp_path / "a.csv", 'id,name\n1,a\n2,"mul' + end))})
+    assert [i.row for i in got] == [{"id": "1", "name": "a"}, None]
+    assert got[1].error == "a quote opened on line 3 is never closed: the record runs to the end of the file"
+    assert got[1].raw["__raw_line__"] == '2,"mul'
+
+
+def test_csv_text_after_a_closing_quote_on_one_line_quarantines_that_record(tmp_path: Path) -> None:
+    """`"x"y` was read as `xy`, a value the file does not hold: quarantined, and as it ends on
+    its line, the source reads on."""
+    got = items("csv", {"path": str(write(tmp_path / "a.csv", 'id,name\n1,"x"y\n2,b\n'))})
+    assert [i.row for i in got] == [None, {"id": "2", "name": "b"}]
+    assert got[0].error == "unreadable CSV: ',' expected after '\"'"
+
+
 def test_csv_a_bare_carriage_return_in_an_unquoted_cell_quarantines_its_record(tmp_path: Path) -> None:
     """No quote in the record: the next line starts the next record, and the source reads on."""
     path = write(tmp_path / "a.csv", "id,note\n1,ok\n2,bad\rnote\n3,fine\n")

@@ -401,7 +401,11 @@ class CsvSource:
         header = self._read_header(it, lines)
         if header is None:
             return
-        reader = csv.reader(it, delimiter=self.delimiter)
+        # Strict: a quote left open (`2,"12 inch,ok`) is an error once the reader meets text
+        # after the quote that closes it, or the end of the file. Not strict, the reader took the
+        # records after it into the field and glued on what followed the closing quote: records
+        # never counted nor quarantined, in a row that read as valid (a review).
+        reader = csv.reader(it, delimiter=self.delimiter, strict=True)
         index = 0
         while True:
             lines.start_record()
@@ -411,12 +415,23 @@ class CsvSource:
             except StopIteration:
                 return
             except csv.Error as e:
+                if lines.ended and _runs_off_the_end(lines.text, self.delimiter):
+                    # A quote that never closes makes the rest of the file one field: the rows
+                    # after it would be inside this one, never counted, never quarantined.
+                    if index >= start:
+                        yield SourceItem(index, None, self._unparsed(lines, first_line, index),
+                                         f"a quote opened on line {first_line} is never closed: the record runs to "
+                                         "the end of the file")  # fmt: skip
+                    index += 1
+                    continue
                 # The reader gives up and starts the next record on the next line. With no quote
-                # in what it read of this record, that line does start one: the record is
-                # quarantined and the rest read (e.g. a bare carriage return in a cell). With a
-                # quote, the next line may still be inside a quoted field, whose text would be
-                # read as records: where this record ends cannot be known, nothing more is read.
-                if '"' in "".join(lines.text):
+                # in what it read of this record, or one line whose quotes close on it (`"a"b`),
+                # that line does start one: the record is quarantined and the rest read (e.g. a
+                # bare carriage return in a cell). Else the next line may still be inside a
+                # quoted field, whose text would be read as records: where this record ends
+                # cannot be known, nothing more is read.
+                text = "".join(lines.text)
+                if '"' in text and (len(lines.text) > 1 or not _ends_on_its_line(text, self.delimiter)):
                     raise PluginError(
                         _NODE,
                         f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {_csv_error(e)}",
@@ -429,13 +444,7 @@ class CsvSource:
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
             if index >= start:
-                if lines.ended and len(lines.text) > 1 and _runs_off_the_end(lines.text, self.delimiter):
-                    # A quote that never closes makes the rest of the file one field: the rows
-                    # after it would be inside this one, never counted, never quarantined.
-                    yield SourceItem(index, None, self._unparsed(lines, first_line, index),
-                                     f"a quote opened on line {first_line} is never closed: the record runs to the "
-                                     "end of the file")  # fmt: skip
-                elif (cut := self._input.cut_off(lines.text[-1])) is not None:
+                if (cut := self._input.cut_off(lines.text[-1])) is not None:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), cut)
                 elif lines.bad is not None:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), lines.bad)
@@ -538,6 +547,15 @@ def _one_line_record(line: str, delimiter: str) -> tuple[list[str], bool]:
 
     values = next(csv.reader(feed(), delimiter=delimiter), [])
     return values, more
+
+
+def _ends_on_its_line(line: str, delimiter: str) -> bool:
+    """Whether the record on this line ends on it, read as the reader reads it not strictly (its
+    quotes closed on it); False when that cannot be told."""
+    try:
+        return not _one_line_record(line, delimiter)[1]
+    except csv.Error:
+        return False
 
 
 def _first_repeat(names: list[str]) -> str | None:
