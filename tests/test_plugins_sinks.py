@@ -479,6 +479,11 @@ def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
         ("json", {"path": "o.json", "encoding": "nope"}, "encoding"),
         ("json", {"path": "o.json", "encoding": "rot13"}, "encoding"),
         ("csv", {"path": "o.csv", "encoding": "base64"}, "encoding"),
+        # Text codecs by the stdlib's flag that do not stream: idna held every row back (no byte
+        # written, the rows recorded as written), punycode moved characters to the file's end.
+        ("csv", {"path": "o.csv", "encoding": "idna"}, "encoding"),
+        ("json", {"path": "o.json", "encoding": "punycode"}, "encoding"),
+        ("csv", {"path": "o.csv", "encoding": "undefined"}, "encoding"),
         ("database", {"table": "t"}, "url"),
         ("database", {"url": "notaurl", "table": "t"}, "url"),
         ("database", {"url": "sqlit:///o.db", "table": "t"}, "url"),  # no such database: a failed run, before

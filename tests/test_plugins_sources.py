@@ -649,6 +649,8 @@ def test_on_validation_failure_is_an_attribute() -> None:
         ("csv", {"path": "x", "delimiter": "\n"}, "delimiter"),  # 'a,b' would read as one column 'a_b'
         ("csv", {"path": "x", "skip_rows": -1}, "skip_rows"),
         ("csv", {"path": "x", "encoding": "klingon"}, "encoding"),
+        ("csv", {"path": "x", "encoding": "undefined"}, "encoding"),  # a codec that refuses all: a traceback once
+        ("json", {"path": "x", "encoding": "idna"}, "encoding"),
         ("csv", {"path": "x", "colums": ["a"]}, "colums"),
         ("csv", {"path": "x", "columns": ["a", "a"]}, "columns"),
         ("csv", {"path": "x", "columns": ["a", 83]}, "columns[1]"),  # YAML's 0123

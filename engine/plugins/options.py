@@ -64,7 +64,7 @@ class Options:
             info = codecs.lookup(name)
         except LookupError:
             raise PluginConfigError("encoding", f"found {name!r}; allowed: a text encoding such as utf-8") from None
-        if not info._is_text_encoding:  # the stdlib's own flag for exactly this distinction
+        if not info._is_text_encoding or not _streams(info.name):  # (the stdlib's own flag, then a trial)
             raise PluginConfigError("encoding", f"found {name!r}, not a text encoding; allowed: e.g. utf-8, latin-1")
         return info.name
 
@@ -109,3 +109,22 @@ class Options:
     def dict_(self, key: str, *, required: bool = False) -> dict[str, Any] | None:
         value = self._get(key, (dict,), "a mapping", None, required)
         return None if value is None else dict(value)
+
+
+_SAMPLE = 'id,name\r\n1,a b\n2,"c"\n'
+
+
+def _streams(name: str) -> bool:
+    """Whether text written a piece at a time in this codec (as a sink writes, flush by flush,
+    and a source reads, line by line) reads back as that text. Some codecs the stdlib calls text
+    are not: `idna` holds text back until a dot (a sink wrote nothing, its rows recorded as
+    written), `punycode` moves every non-ASCII character to the end, `undefined` refuses all."""
+    try:
+        encoder = codecs.getincrementalencoder(name)()
+        # (never `final`: a sink's file must read whole after each flush, and it ends none)
+        data = b"".join(encoder.encode(piece) for piece in (_SAMPLE[:4], _SAMPLE[4:13], _SAMPLE[13:]))
+        decoder = codecs.getincrementaldecoder(name)()
+        text = decoder.decode(data[:5]) + decoder.decode(data[5:], final=True)
+        return text == _SAMPLE and data.decode(name) == _SAMPLE
+    except (UnicodeError, ValueError, TypeError, LookupError):
+        return False
