@@ -54,7 +54,17 @@ def test_a_value_field_in_no_row_of_the_batch_is_a_batch_error() -> None:
     a = build_plugin("aggregation", "batch_stats", {"value_field": "amout"})
     with pytest.raises(RowError, match=r"^field 'amout' is in none of the batch's 2 rows$"):
         a.flush([{"amount": 1}, {"amount": 2}])
-    assert a.flush([{"amout": "x"}, {"amount": 2}]).rows[0]["count"] == 0  # in a row, just not a number
+    assert a.flush([{"amout": "x"}, {"amout": 2}]).rows[0]["count"] == 1  # in a row, one not a number
+    assert a.flush([{"amout": None}, {"amount": 2}]).rows[0]["count"] == 0  # in a row, empty
+
+
+def test_batch_stats_where_no_value_is_a_number_is_a_batch_error() -> None:
+    """A CSV source without a schema: every cell is text, and every batch's statistics were
+    count 0, sum 0, the run completed (a review). Said, with the fix."""
+    with pytest.raises(RowError, match=r"^no value of 'v' in the batch is a number: all 3 are text that reads as one"):
+        stats([{"v": "51"}, {"v": " 7.5"}, {"v": "-1e3"}, {"v": None}])
+    assert stats([{"v": "51"}, {"v": "x"}])[0]["count"] == 0  # text that is no number: counted out, as before
+    assert stats([{"v": "51"}, {"v": 2}])[0]["count"] == 1
 
 
 def test_batch_stats_out_of_a_floats_range_is_a_batch_error_not_a_crash() -> None:

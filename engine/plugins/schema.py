@@ -36,6 +36,11 @@ def is_int_text(text: str) -> bool:
 _FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
+def reads_as_number(text: str) -> bool:
+    """Whether text reads as a finite number (an int or a float field would take it)."""
+    return _FLOAT.fullmatch(text.strip()) is not None and text.strip().lower().lstrip("+-")[:3] not in ("nan", "inf")
+
+
 class SchemaViolation(EngineError):
     """A row that does not fit the schema; `reason` is recorded with the quarantined row."""
 
