@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import stat
 import unicodedata
 from dataclasses import dataclass
@@ -173,7 +174,9 @@ def _left_behind(fold: RunFold) -> list[str]:
         if extra:
             notes.append(
                 f"sink '{sink}': {path} holds {extra:,} bytes after what the run made durable: rows it wrote after "
-                "its last durability point, which its log does not record. They stay; remove them if they should not"
+                "its last durability point, which its log does not record. They stay; remove them if they should not "
+                f"(`truncate -s {durable} {shlex.quote(str(path))}`): a new run appending to the file refuses to while "
+                "they are there"
             )
         if ours and plugin == "json" and ends[:1] == b"[" and ends[-1:] != b"]":
             notes.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shlex
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -414,6 +415,30 @@ class Execution:
                 if held.run_id not in self._open_runs():
                     continue  # it ended since the positions were read (completed, or abandoned): not stranded
                 raise RunRefused(self._stranded(name, path, size, held, alive, mode == "write"))
+            if mode == "append":
+                self._refuse_to_append_after_a_crash_tail(name, path, size)
+
+    def _refuse_to_append_after_a_crash_tail(self, name: str, path: Path, size: int) -> None:
+        """An abandoned run's file may end in bytes its crash left after its last durable position,
+        which no log accounts for (`elspeth abandon` leaves them, and says so). Appended after,
+        they would sit among audited rows, the new run's digest of the file covering them, and a
+        rerun of the same input duplicating them (a review). Refused, naming the cut that drops
+        them, unless some run has written the file since (they were adopted then already)."""
+        for held in self.recorder.abandoned_positions():
+            if held.position >= size or held.sha256 is None:
+                continue
+            if not _same_file(_resolved(held.location, held.working_dir), path):
+                continue
+            if _digests_at(path, [held.position]).get(held.position) != held.sha256:
+                continue  # the file no longer starts with that run's bytes
+            if _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
+                continue
+            raise RunRefused(
+                f"sink '{name}': {path} holds {size - held.position} bytes after what run {held.run_id} (abandoned) "
+                f"made durable ({held.position} bytes): rows its crash left, which no run's log accounts for, and "
+                "which rows appended now would seem to vouch for. Cut them (`truncate -s "
+                f"{held.position} {shlex.quote(str(path))}`) or move the file aside, and run again. Nothing was recorded"
+            )
 
     def _open_runs(self) -> set[str]:
         """The runs that hold a position in some sink and have not ended, as the store says now."""

@@ -37,7 +37,7 @@ from landscape.records import Erasure, GlobalEvent, Payload, Sealed, StoredEvent
 from landscape.role_names import Role
 from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, RunCreated, encode_event
-from statecharts.machines import RUN_FINAL
+from statecharts.machines import RUN_FINAL, RunState
 
 _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
@@ -114,14 +114,15 @@ _FLUSHED_AFTER = (
 # `open_positions`: the runs that can still be resumed (not completed nor abandoned; one row each
 # in `runs`), and per sink of each its last flush (a run's flushes, by its key), which is where a
 # resume would continue the sink; once per folder the run ran in.
-_OPEN_POSITIONS = (
+_POSITIONS = (
     "SELECT r.run_id, r.status, f.location, coalesce(w.dir, ''), f.position, f.sha256 "
     "FROM runs r CROSS JOIN LATERAL ("
     "  SELECT DISTINCT ON (a.sink) a.location, a.position, a.sha256 FROM artifacts a "
     "  WHERE a.run_id = r.run_id ORDER BY a.sink, a.seq DESC"
     f") f {_EVERY_FOLDER.format(run='r.run_id')} "
-    f"WHERE r.status NOT IN ({', '.join(repr(str(s)) for s in sorted(RUN_FINAL))})"
 )
+_OPEN_POSITIONS = _POSITIONS + f"WHERE r.status NOT IN ({', '.join(repr(str(s)) for s in sorted(RUN_FINAL))})"
+_ABANDONED_POSITIONS = _POSITIONS + f"WHERE r.status = '{RunState.ABANDONED}'"
 
 
 class OpenPosition(NamedTuple):
@@ -490,6 +491,14 @@ class PostgresRecorder:
         `flushed_since`)."""
         with driver_errors("reading the runs that can be resumed"), self.db.connect(autocommit=True) as conn:
             rows = conn.execute(_OPEN_POSITIONS, prepare=False).fetchall()
+        return [OpenPosition(str(r), str(st), str(loc), str(wd), int(pos), sha) for r, st, loc, wd, pos, sha in rows]
+
+    def abandoned_positions(self) -> list[OpenPosition]:
+        """Each sink's last durable position in every abandoned run, as `open_positions` has them
+        for the runs that can be resumed: bytes after it, in a file that still starts with the
+        run's, are what its crash left, which no log accounts for."""
+        with driver_errors("reading the abandoned runs"), self.db.connect(autocommit=True) as conn:
+            rows = conn.execute(_ABANDONED_POSITIONS, prepare=False).fetchall()
         return [OpenPosition(str(r), str(st), str(loc), str(wd), int(pos), sha) for r, st, loc, wd, pos, sha in rows]
 
     def run_created(self, run_id: str) -> RunCreated | None:

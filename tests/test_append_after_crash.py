@@ -363,3 +363,31 @@ def test_a_crashed_run_whose_file_another_run_replaced_is_told_so_on_resume(db: 
         os.replace(path / "out" / "aside.csv", log)  # its file put back: it goes on
         assert resume_run(db, crashed, load).status == "completed"
         assert _ids(log) == [str(i) for i in range(1, ROWS + 1)]
+
+
+def test_a_new_run_refuses_to_append_after_what_an_abandoned_runs_crash_left(db: Database) -> None:
+    """Abandoning leaves the bytes the crash wrote after the last durable position (and says
+    so); a new run appending after them made them look audited, its digest covering them, and a
+    rerun of the input duplicated them (a review). Refused, naming the cut; once cut, it appends."""
+    with _workdir() as path:
+        log = path / "out" / "log.csv"
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        durable = fold_run(db, crashed).sink_positions["out"]
+        before = log.read_bytes()
+        assert len(before) > durable, "the crash left no unrecorded rows: crash elsewhere"
+        abandon_run(db, crashed, "input withdrawn", home=None)
+        message = _refused(db, path / "settings.yaml", f"run {crashed} \\(abandoned\\) made durable")
+        assert f"holds {len(before) - durable} bytes after" in message and f"truncate -s {durable} " in message
+        assert log.read_bytes() == before
+        os.truncate(log, durable)  # as it says
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
+        assert _ids(log)[: len(_ids(log)) - ROWS] == [
+            line.split(",")[0] for line in before[:durable].decode().splitlines()[1:]
+        ]
+
+
+def test_an_abandoned_run_whose_file_ends_at_its_position_is_appended_after(db: Database) -> None:
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "committed:6")
+        abandon_run(db, crashed, "input withdrawn", home=None)
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
