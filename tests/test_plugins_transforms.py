@@ -153,6 +153,14 @@ def test_json_explode() -> None:
     assert err.value.path == "output_field"
     alone = {"array_field": "items", "output_field": "item_index", "include_index": False}
     assert run("json_explode", alone, row)[1] == {"id": 1, "z": 0, "item_index": {"s": "b"}}
+    # A field of the row under either name was overwritten in every output row, without a word (a review).
+    with pytest.raises(RowError, match="the row has a field 'id' already, which each element would overwrite"):
+        run("json_explode", {"array_field": "items", "output_field": "id"}, row)
+    with pytest.raises(RowError, match="a field 'item_index' already, which each element's index would overwrite"):
+        run("json_explode", {"array_field": "items"}, {**row, "item_index": 99})
+    assert run("json_explode", {"array_field": "items", "include_index": False}, {**row, "item_index": 9})[0] == {
+        "id": 1, "z": 0, "item_index": 9, "item": {"s": "a"}
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
