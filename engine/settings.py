@@ -35,6 +35,7 @@ from engine.settings_yaml import (
     yaml_depth,
     yaml_size,
 )
+from landscape.errors import LandscapeError
 from landscape.fingerprint import FingerprintKeyError
 from landscape.urls import redact
 
@@ -314,13 +315,18 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     loaded = LoadedSettings(settings=settings, path=path, text_hash="", redacted={})
     _check(loaded, errors)
     url = settings.landscape.url
-    from landscape.db import is_postgresql_url  # here: it brings the database driver
+    from landscape.db import is_postgresql_url, normalise_url  # here: it brings the database driver
 
     if url and not url.startswith("sqlite") and not is_postgresql_url(url):
         errors.append(
             f"landscape.url: found {redact(url)!r}; allowed: a postgresql:// URL (or the prior system's "
             "sqlite:// URL, which is ignored with a warning)"
         )
+    elif url and not url.startswith("sqlite"):
+        try:  # (as the run would open it: 'postgresql://[::1' passed validate, then failed the run)
+            normalise_url(url)
+        except LandscapeError as e:
+            errors.append(f"landscape.url: {e}; allowed: a postgresql:// URL")
     if errors:
         local = all(isinstance(e, _Local) for e in errors)
         raise SettingsError([f"{where}: {e}" for e in errors], loaded if local else None)

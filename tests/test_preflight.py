@@ -62,6 +62,7 @@ CASES: dict[str, tuple[str, dict[str, str], Callable[[Path], object] | None, str
     "a witness folder that is a file": ("witness_dir: in.jsonl", {}, None, "s.yaml: landscape.witness_dir: the witness folder {tmp}/in.jsonl is not a folder; allowed: a folder this user can write"),
     "a witness folder under a file": ("witness_dir: in.jsonl/wit", {}, None, "the witness folder {tmp}/in.jsonl/wit cannot be made: {tmp}/in.jsonl is not a folder"),
     "a witness folder that cannot be made": ("witness_dir: /proc/elspeth-nope", {}, None, "the witness folder /proc/elspeth-nope cannot be made: No such file or directory"),
+    "a witness folder that takes no file": ("witness_dir: /proc", {}, None, "the witness folder /proc cannot "),  # (as root: access() said yes)
     "ELSPETH_WITNESS_DIR a file": ("", {"ELSPETH_WITNESS_DIR": "{tmp}/in.jsonl"}, None, "s.yaml: ELSPETH_WITNESS_DIR: the witness folder {tmp}/in.jsonl is not a folder"),
     # What the run's first checkpoint would refuse, refused before the run is recorded.
     "a witness folder in a folder its group can write": ("witness_dir: wit", {}, lambda t: t.chmod(0o775), "s.yaml: landscape.witness_dir: the witness folder {tmp}/wit: the folder holding it, {tmp}, is writable by its group (mode 775; chmod g-w {tmp} fixes that); allowed: a folder of yours"),

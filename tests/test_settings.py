@@ -440,6 +440,13 @@ def test_a_landscape_url_that_is_not_postgresql_is_refused(tmp_path: Path, url: 
     assert len(lines) == 1 and "landscape.url: found" in lines[0] and "allowed: a postgresql:// URL" in lines[0]
 
 
+@pytest.mark.parametrize(("url", "said"), [("postgresql://[::1", "Invalid IPv6 URL"), ("postgresql://h:x/d", "Port")])
+def test_a_postgresql_url_the_run_could_not_open_is_refused_by_validate(tmp_path: Path, url: str, said: str) -> None:
+    """`validate` said OK, the run then failed on the URL (a review)."""
+    lines = _errors(tmp_path, BASE + f"landscape: {{url: '{url}'}}\n")
+    assert len(lines) == 1 and "landscape.url: malformed database URL" in lines[0] and said in lines[0], lines
+
+
 def test_the_prior_systems_sqlite_landscape_url_is_a_warning(tmp_path: Path) -> None:
     loaded = load_settings(_write(tmp_path, BASE + "landscape: {url: 'sqlite:///audit.db'}\n"), {})
     assert len(loaded.warnings) == 1 and "is not an audit store here (SQLite)" in loaded.warnings[0]

@@ -185,6 +185,14 @@ def _cannot_hold_files(folder: Path) -> str | None:
                 return "is not a folder"
             if not os.access(folder, os.W_OK | os.X_OK):
                 return "cannot be written (permission denied)"
+            # As below: access() says yes to root everywhere, and /proc takes no file whatever
+            # it says (a run was recorded, then stopped at its first checkpoint: a review).
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".elspeth-probe-", dir=folder)
+            except OSError as e:
+                return f"cannot take a file: {e.strerror or e}"
+            os.close(fd)
+            os.unlink(probe)
             return None
         parent = folder.parent
         while not parent.exists() and parent != parent.parent:
