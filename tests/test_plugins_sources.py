@@ -209,8 +209,10 @@ def test_header_normalisation(raw: str, normalised: str) -> None:
 
 
 def test_headers_that_normalise_to_nothing_or_collide_are_config_errors() -> None:
-    with pytest.raises(PluginConfigError, match="empty"):
-        normalise_headers(["id", "$$$"])
+    with pytest.raises(PluginConfigError, match=r"^column 2 of 3: the header '\$\$\$' normalises to an empty name"):
+        normalise_headers(["id", "$$$", "x"])
+    with pytest.raises(PluginConfigError, match=r"column 3 of 3 \(a delimiter at the end of the header line\)"):
+        normalise_headers(["id", "name", ""])  # as Excel writes a trailing delimiter
     with pytest.raises(PluginConfigError, match="'Amount' and 'amount ' both normalise to 'amount'"):
         normalise_headers(["Amount", "amount "])
 
@@ -422,6 +424,11 @@ def test_csv_header_problems_are_errors_naming_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "dup.csv", "Amount,amount\n1,2\n")
     with pytest.raises(PluginError, match=r"dup\.csv.*both normalise"):
         items("csv", {"path": str(path)})
+    # CR lines with one LF in a quoted cell: split at the LF, the header is every CR line before it.
+    path = write(tmp_path / "mac.csv", 'id,name\r1,"a\nb"\r2,c\r')
+    with pytest.raises(PluginError) as e:
+        items("csv", {"path": str(path)})
+    assert "do you need" not in e.value.message and "its lines end in carriage returns" in e.value.message
 
 
 @pytest.mark.parametrize(

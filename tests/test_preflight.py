@@ -246,7 +246,7 @@ def _csv_settings(tmp: Path, header: str, options: str = "") -> Path:
     ("header", "options", "says"),
     [
         ("Amount,amount", "", "in.csv: the headers 'Amount' and 'amount' both normalise to 'amount'"),
-        ("id,$$$", "", "in.csv: the header '$$$' normalises to an empty name"),
+        ("id,$$$", "", "in.csv: column 2 of 2: the header '$$$' normalises to an empty name"),
         ("id,name", ", field_mapping: {name: id}", "in.csv: field_mapping gives two columns the name 'id'; allowed: names once each"),
         ('id,"notes', "", "in.csv: the header on line 1 opens a quote that does not close on that line;"),
         ("junk\nid,x,id", ", skip_rows: 1", "in.csv: the headers 'id' and 'id' both normalise to 'id'"),

@@ -341,7 +341,17 @@ def normalise_header(raw: str) -> str:
 def normalise_headers(raw: Sequence[str]) -> list[str]:
     """A CSV header row normalised; PluginConfigError for an empty result or two headers that
     normalise to the same name."""
-    names = [normalise_header(h) for h in raw]
+    names = []
+    for i, h in enumerate(raw):
+        try:
+            names.append(normalise_header(h))
+        except PluginConfigError as e:
+            # (which column, and what to do: an empty last one is a trailing delimiter, as Excel writes)
+            trailing = " (a delimiter at the end of the header line)" if i == len(raw) - 1 and not h.strip() else ""
+            raise PluginConfigError(
+                "", f"column {i + 1} of {len(raw)}{trailing}: {e.message}; allowed: a header naming every column "
+                "with a letter or digit, or `columns` in the options to name them"
+            ) from None  # fmt: skip
     first: dict[str, str] = {}
     for original, name in zip(raw, names, strict=True):
         if name in first:

@@ -501,7 +501,13 @@ class CsvSource:
         try:
             first, more = _one_line_record(line, self.delimiter)
         except csv.Error as e:
-            raise PluginError(_NODE, f"{self.path}: cannot read the header line: {e}") from e
+            hint = (
+                " (its lines end in carriage returns, yet it holds a line feed somewhere, in a quoted cell perhaps: "
+                "such a file is split at its line feeds; end its lines in line feeds)"
+                if "\r" in line.rstrip("\r\n")
+                else ""
+            )
+            raise PluginError(_NODE, f"{self.path}: cannot read the header line: {_csv_error(e)}{hint}") from e
         if more:
             raise PluginError(
                 _NODE, f"{self.path}: the header on line {lines.count} opens a quote that does not close on that "
