@@ -61,9 +61,11 @@ def test_a_value_field_in_no_row_of_the_batch_is_a_batch_error() -> None:
 def test_batch_stats_where_no_value_is_a_number_is_a_batch_error() -> None:
     """A CSV source without a schema: every cell is text, and every batch's statistics were
     count 0, sum 0, the run completed (a review). Said, with the fix."""
-    with pytest.raises(RowError, match=r"^no value of 'v' in the batch is a number: all 3 are text that reads as one"):
+    with pytest.raises(RowError, match=r"^no value of 'v' in the batch is a number, yet 3 are text that reads as one"):
         stats([{"v": "51"}, {"v": " 7.5"}, {"v": "-1e3"}, {"v": None}])
-    assert stats([{"v": "51"}, {"v": "x"}])[0]["count"] == 0  # text that is no number: counted out, as before
+    with pytest.raises(RowError, match=r"yet 1 are text"):  # one cell not a number: the rest still text
+        stats([{"v": "51"}, {"v": "not-a-number"}])
+    assert stats([{"v": "x"}, {"v": "y"}])[0]["count"] == 0  # no text that reads as a number: counted out
     assert stats([{"v": "51"}, {"v": 2}])[0]["count"] == 1
 
 

@@ -51,15 +51,17 @@ class BatchStats:
             except OverflowError:
                 raise RowError(f"the sum of '{self.value_field}' is out of a float's range") from None
             count += 1
-        present = [v for r in rows if (v := r.get(self.value_field)) is not None]
-        if count == 0 and present and all(isinstance(v, str) and reads_as_number(v) for v in present):
-            # Text that reads as numbers, and not one number: a CSV column without the source's
-            # schema declaring it. Every batch's statistics were plausible zeros and the run
-            # completed (a review). (Text that is no number is counted out, as the prior system did.)
-            raise RowError(
-                f"no value of '{self.value_field}' in the batch is a number: all {len(present)} are text that reads as "
-                f"one; a CSV column is text unless the source's schema declares it ('{self.value_field}: float')"
-            )
+        if count == 0 and not skipped:
+            texts = sum(isinstance(v, str) and reads_as_number(v) for r in rows if (v := r.get(self.value_field)))
+            if texts:
+                # Text that reads as numbers, and not one number: a CSV column without the source's
+                # schema declaring it. Every batch's statistics were plausible zeros and the run
+                # completed (a review). (With no such text, the batch counts nothing, as the prior
+                # system's did.)
+                raise RowError(
+                    f"no value of '{self.value_field}' in the batch is a number, yet {texts} are text that reads as "
+                    f"one; a CSV column is text unless the source's schema declares it ('{self.value_field}: float')"
+                )
         out: Row = {"count": count, "sum": total, "batch_size": len(rows)}
         if self.compute_mean:
             try:
