@@ -130,7 +130,7 @@ class SinkWriter:
                 now = self.ctx.now()
                 retry_at = None
                 if attempt < r.max_attempts:
-                    delay = min(r.max_delay_seconds, r.initial_delay_seconds * r.exponential_base ** (attempt - 1))
+                    delay = backoff(r.initial_delay_seconds, r.exponential_base, attempt, r.max_delay_seconds)
                     retry_at = now + delay * self._jitter.uniform(0.5, 1.0)
                 failed = ev.SinkWriteFailed(sink=sink_name, attempt=attempt, error=str(e), at=now, retry_at=retry_at)
                 self.ctx.emit(fold.run_id, failed)
@@ -193,3 +193,13 @@ def _written(p: PendingWrite, sink: str) -> ev.EventBase:
     if p.outcome == TokenState.QUARANTINED:
         return ev.TokenQuarantined(reason=p.reason or "invalid row", sink=sink)
     return ev.TokenDiverted(node=p.node or "", reason=p.reason or "", sink=sink)
+
+
+def backoff(initial: float, base: float, attempt: int, most: float) -> float:
+    """The wait before the attempt after `attempt`: initial * base ** (attempt - 1), at most `most`.
+    Capped before it is computed: a float power past 1.8e308 raises (max_attempts 2000, base 2,
+    waits capped at a minute: the failed attempt's record raised, the run left open; a review)."""
+    try:
+        return min(most, initial * base ** (attempt - 1))
+    except OverflowError:
+        return most if initial > 0 else 0.0

@@ -741,6 +741,20 @@ def test_a_failing_sink_write_is_retried_with_backoff_and_every_attempt_recorded
     assert all("next attempt" in d for d in failed), failed
 
 
+def test_a_long_retry_budget_waits_at_most_its_cap_and_does_not_overflow(db: Database, tmp_path: Path) -> None:
+    """max_attempts 2000 with base 2: 2.0 ** 1024 raised OverflowError inside the record of a
+    failed attempt, a traceback, and the run was left open (a review). The wait is capped."""
+    from engine.sinkwriter import backoff
+
+    assert backoff(0.001, 2, 2000, 60) == 60 and backoff(1, 1e308, 3, 5) == 5 and backoff(0, 2, 2000, 60) == 0
+    clock = FakeClock()
+    sink = _FlakySink(failures=1030)
+    retry = "retry: {max_attempts: 1100, initial_delay_seconds: 0.001, max_delay_seconds: 0.001}\n"
+    fold = _run_with_sink(db, tmp_path, sink, retry, clock)
+    assert_invariants(fold)  # type: ignore[arg-type]
+    assert dict(fold.outcomes) == {"completed": 2}  # type: ignore[attr-defined]
+
+
 def test_the_circuit_breaker_stops_trying_a_sink_that_keeps_failing(db: Database, tmp_path: Path) -> None:
     clock = FakeClock()
     sink = _FlakySink(failures=1000)
