@@ -487,8 +487,19 @@ def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
         ("database", {"table": "t"}, "url"),
         ("database", {"url": "notaurl", "table": "t"}, "url"),
         ("database", {"url": "sqlit:///o.db", "table": "t"}, "url"),  # no such database: a failed run, before
-        ("database", {"url": "sqlite://", "table": "t", "if_exists": "fail"}, "if_exists"),
-        ("database", {"url": "sqlite://", "table": "t", "schema": {"mode": "fixed", "fields": []}}, "schema.fields"),
+        ("database", {"url": "sqlite:///o.db", "table": "t", "if_exists": "fail"}, "if_exists"),
+        (
+            "database",
+            {"url": "sqlite:///o.db", "table": "t", "schema": {"mode": "fixed", "fields": []}},
+            "schema.fields",
+        ),
+        # A database that keeps nothing once the run ends: every flush "durable", every row gone (a review).
+        ("database", {"url": "sqlite://", "table": "t"}, "url"),
+        ("database", {"url": "sqlite:///:memory:", "table": "t"}, "url"),
+        ("database", {"url": "sqlite:///file:x?mode=memory&uri=true", "table": "t"}, "url"),
+        ("database", {"url": "sqlite://out.db", "table": "t"}, "url"),  # two slashes: a host, no file
+        ("database", {"url": "mysql://u@h/d", "table": "t"}, "url"),  # no driver: the recorded run failed on it
+        ("database", {"url": "sqlite:///o.db", "table": " "}, "table"),
     ],
 )
 def test_bad_sink_options(kind: str, options: dict[str, Any], path: str) -> None:

@@ -97,6 +97,19 @@ def _check_url(url: str) -> None:
         raise PluginConfigError(
             "url", f"{redact(url)!r} is not a database URL; allowed: sqlite:///file.db or postgresql://user@host/db"
         ) from None
+    try:  # its driver: `mysql://…` passed, and the recorded run failed on "No module named 'MySQLdb'"
+        parsed.get_dialect().import_dbapi()
+    except ImportError as e:
+        raise PluginConfigError(
+            "url", f"{redact(url)!r} needs a database driver that is not installed ({e.name or e}); allowed: "
+            "sqlite:///file.db or postgresql://user@host/db"
+        ) from None  # fmt: skip
+    if parsed.get_backend_name() == "sqlite" and sqlite_file(url) is None:
+        # An in-memory database: every flush "durable", every row gone when the run ends (a review).
+        raise PluginConfigError(
+            "url", f"{redact(url)!r} names no database file (an in-memory database keeps nothing once the run ends); "
+            "allowed: sqlite:///file.db (three slashes before a relative path, four before an absolute one)"
+        )  # fmt: skip
 
 
 class DatabaseSink:
@@ -114,6 +127,8 @@ class DatabaseSink:
         self.url = o.str_("url", required=True)
         _check_url(self.url)
         self.table_name = o.str_("table", required=True)
+        if not self.table_name.strip():
+            raise PluginConfigError("table", "found an empty name; allowed: a table's name")
         self.if_exists = o.str_("if_exists", "append")
         if self.if_exists not in ("append", "replace"):
             raise PluginConfigError("if_exists", f"{self.if_exists!r} is not allowed; allowed: append, replace")
@@ -853,8 +868,11 @@ def sqlite_file(url: str) -> Path | None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        database = make_url(url).database
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
+        return None
+    database = parsed.database
+    if "memory" in parsed.query.get("mode", ()):  # (`sqlite:///file:x?mode=memory&uri=true`)
         return None
     if database and database.startswith("file:"):  # a URI filename (`?uri=true`): its path part
         from urllib.parse import parse_qs, unquote, urlsplit
