@@ -25,13 +25,14 @@ resolves them. The checks know the built-in plugins; a third-party sink is not c
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from engine import signing
 from engine.plugins.database_sink import DatabaseSink, sqlite_file
-from engine.plugins.sinks import _FileSink
+from engine.plugins.sinks import _FileSink, planted_file
 from engine.settings import LoadedSettings
 from landscape.db import is_postgresql_url, redact
 from landscape.embedded import elspeth_home, embedded_uri
@@ -86,6 +87,14 @@ def output_problems(
                 "whoever can write its folder, and the sink would write wherever that one points)"
             )
             continue  # (what it points to now is not what would be written)
+        try:
+            st = path.stat()
+        except (OSError, ValueError):
+            st = None
+        why = planted_file(path, st) if st is not None and stat.S_ISREG(st.st_mode) else None
+        if why is not None:
+            problems.append(f"{where}: {key_path}: '{path}' {why}")
+            continue
         resolved, inode = _resolve(path), _inode(path)
         note = f" (resolved: {resolved})" if str(resolved) != str(path) else ""
         for folder, what, why in folders:

@@ -68,6 +68,8 @@ REFUSED: dict[str, Refused] = {
     "sink is the source, spelled otherwise": Refused("a: {plugin: csv, options: {path: './sub/../in.csv'}}", "is also the source's input", lambda t: (t / "sub").mkdir()),
     "sink is the source through a symlink": Refused("a: {plugin: csv, options: {path: link.csv}}", "sinks.a.options.path: 'link.csv' is a symbolic link (to", _link("link.csv", "in.csv")),
     "sink is a link planted to another file": Refused("a: {plugin: json, options: {path: report.json}}", "'report.json' is a symbolic link (to {tmp}/victim.txt); allowed: a file", lambda t: ((t / "victim.txt").write_text("mine"), (t / "report.json").symlink_to(t / "victim.txt"))),
+    "sink is a hard link planted in a folder every user can write": Refused("a: {plugin: csv, options: {path: pub/report.csv}}", "sinks.a.options.path: 'pub/report.csv' is a file with 2 names (hard links) in pub, a folder every user can write (mode 1777)", lambda t: ((t / "pub").mkdir(), (t / "pub").chmod(0o1777), (t / "pub" / "mine.txt").write_text("x"), os.link(t / "pub" / "mine.txt", t / "pub" / "report.csv"))),
+    "a new sink file in a folder every user can write": Refused("a: {plugin: csv, options: {path: pub/report.csv}}", None, lambda t: ((t / "pub").mkdir(), (t / "pub").chmod(0o1777))),
     "sink is a dangling link": Refused("a: {plugin: csv, options: {path: new.csv}}", "'new.csv' is a symbolic link", _link("new.csv", "nowhere/x.csv")),
     "sqlite sink through a link": Refused("a: {plugin: database, options: {url: 'sqlite:///db.sqlite', table: t}}", "is a symbolic link", _link("db.sqlite", "real.sqlite")),
     "sink is the source through a hard link": Refused("a: {plugin: json, options: {path: hard.csv}}", "is also the source's input", _hardlink("hard.csv", "in.csv")),

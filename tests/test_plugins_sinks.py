@@ -1403,6 +1403,37 @@ def test_a_link_swapped_in_after_the_checks_is_not_written_through(tmp_path: Pat
     assert victim.read_text() == "not yours\n"
 
 
+@pytest.mark.parametrize("planted", ["another user's file", "a hard link"])
+def test_a_file_planted_in_a_folder_every_user_can_write_is_not_written(tmp_path: Path, planted: str) -> None:
+    """In /tmp (or any folder every user can write), someone may create the sink's file first,
+    readable by them, or make it a hard link to another file: the run wrote every row into it (a
+    review, as root). Refused by the load-time checks and when the sink opens its file; a file of
+    this user's there, or a folder of its own, is written as before."""
+    from engine.plugins.sinks import planted_file
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    path = shared / "report.csv"
+    path.write_text("")
+    if planted == "another user's file":
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a file to another user here")
+        os.chown(path, 65534, 65534)
+    else:
+        os.link(path, shared / "other-name.txt")
+    assert planted_file(path, path.stat()) is not None
+    s = sink("csv", path=str(path))
+    s.open("run", None)
+    s.write("t0", {"a": 1})
+    with pytest.raises(PluginError, match=r"a folder every user can write .*whoever put it there would read every row"):
+        s.flush()
+    assert path.read_bytes() == b""
+    s.release()
+    shared.chmod(0o755)  # a folder of this user's: whoever put the file there could write the folder anyway
+    assert planted_file(path, path.stat()) is None  # (the load-time check: tests/test_hostile_sinks.py)
+
+
 @pytest.mark.parametrize("kind, name", [("csv", "o.csv"), ("json", "o.jsonl"), ("json", "o.json")])
 @pytest.mark.parametrize("how", ["deleted", "moved", "replaced"])
 def test_a_file_deleted_or_replaced_while_the_run_writes_it_fails_the_flush(

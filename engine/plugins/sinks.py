@@ -69,6 +69,30 @@ def _encodes(text: str, encoding: str) -> bool:
     return True
 
 
+def planted_file(path: Path, st: os.stat_result) -> str | None:
+    """Why a sink must not write the existing regular file `st` (of `path`): it sits in a folder
+    every user can write (/tmp, sticky or not) and is another user's, or a hard link, so whoever
+    can write that folder may have put it there to read every row written into it (and rewrite
+    them later); a file this user made, or none yet, is safe. None when it may be written."""
+    try:
+        folder = os.stat(path.parent)
+    except OSError:
+        return None  # (the sink says what is wrong with the folder when it writes)
+    if not folder.st_mode & stat.S_IWOTH:
+        return None
+    if st.st_uid != os.geteuid():
+        owner = f"user id {st.st_uid}"
+    elif st.st_nlink > 1:
+        owner = f"a file with {st.st_nlink} names (hard links)"
+    else:
+        return None
+    return (
+        f"is {owner} in {path.parent}, a folder every user can write (mode {stat.S_IMODE(folder.st_mode):o}): whoever "
+        "put it there would read every row written into it; allowed: a file of this user's, or a path where there is "
+        "none yet (or a folder of this user's)"
+    )
+
+
 def _mode(o: Options) -> str:
     mode = o.str_("mode", "write")
     if mode not in ("write", "append"):
@@ -291,6 +315,10 @@ class _FileSink:
                 )
             held = os.fstat(f.fileno())
             self._device = not stat.S_ISREG(held.st_mode)
+            planted = not self._device and planted_file(self.path, held)
+            if planted:
+                f.close()
+                raise PluginError(_NODE, f"{self.path} {planted}: not written")
             if not self._device and self._limit is not None and held.st_size > max(self._limit, self._start):
                 f.close()
                 raise PluginError(
