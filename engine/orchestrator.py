@@ -390,6 +390,11 @@ class Execution:
         for name, sink in self.p.nodes.sinks.items():
             if only is not None and name not in only:
                 continue
+            if getattr(sink, "if_exists", None) == "replace":  # (a database sink)
+                if positions is None:
+                    positions = self.recorder.open_positions()
+                self._refuse_to_drop_open_rows(name, sink, positions)
+                continue
             path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
             if mode not in ("append", "write") or not isinstance(path, Path):
                 continue
@@ -417,6 +422,26 @@ class Execution:
                 raise RunRefused(self._stranded(name, path, size, held, alive, mode == "write"))
             if mode == "append":
                 self._refuse_to_append_after_a_crash_tail(name, path, size)
+
+    def _refuse_to_drop_open_rows(self, name: str, sink: Any, positions: list[OpenPosition]) -> None:
+        """`if_exists: replace` drops the sink's table when a run starts. Rows a run of this store
+        that has not ended made durable there would go with it: a running run went on into the
+        new table and completed saying they were all there (a review). Refused, as a file is;
+        `replace_rows_of_other_runs` is for the rows of runs that ended."""
+        for held in positions:
+            if held.run_id == self.run_id or held.position <= 0 or not _same_table(held, sink):
+                continue
+            alive = self.recorder.writer_alive(held.run_id)
+            if held.run_id not in self._open_runs():
+                continue  # it ended meanwhile
+            state = "is still running" if alive else f"{'crashed' if held.status in RUN_OPEN else held.status}"
+            raise RunRefused(
+                f"sink '{name}': table {sink.location()} holds {held.position} rows run {held.run_id} made durable; "
+                f"that run {state} and has not ended, and if_exists: replace would drop them (replace_rows_of_other_runs "
+                f"covers the rows of ended runs only). {'Wait for it to end' if alive else 'Resume it first'} "
+                f"(`elspeth {'runs' if alive else 'resume ' + held.run_id}`), or end it (`elspeth abandon {held.run_id} "
+                "--reason TEXT`), and run again. Nothing was recorded"
+            )
 
     def _refuse_to_append_after_a_crash_tail(self, name: str, path: Path, size: int) -> None:
         """An abandoned run's file may end in bytes its crash left after its last durable position,
@@ -634,6 +659,23 @@ def _version() -> str:
         return version("elspeth")
     except Exception:
         return "0+unknown"
+
+
+def _same_table(held: OpenPosition, sink: Any) -> bool:
+    """Whether a run's sink location (`URL#table`, as the database sink spells it) is the table
+    this database sink writes: a SQLite file compared as a file (its URL resolved in the folder
+    that run ran in), a server's URL as written (its password redacted)."""
+    from engine.plugins.database_sink import sqlite_file
+
+    url, _, table = held.location.rpartition("#")
+    mine = sink.location().rpartition("#")[0]
+    ours, theirs = sqlite_file(sink.url), sqlite_file(url)
+    if ours is not None or theirs is not None:
+        return (
+            ours is not None and theirs is not None and table.lower() == sink.table_name.lower()
+            and _same_file(_resolved(str(theirs), held.working_dir), ours)
+        )  # fmt: skip
+    return bool(url == mine and table == sink.table_name)
 
 
 def _resolved(location: str, working_dir: str) -> Path | None:

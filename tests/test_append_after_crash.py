@@ -391,3 +391,28 @@ def test_an_abandoned_run_whose_file_ends_at_its_position_is_appended_after(db: 
         crashed = _crashed(db, path / "settings.yaml", "committed:6")
         abandon_run(db, crashed, "input withdrawn", home=None)
         assert start_run(db, load(path / "settings.yaml")).status == "completed"
+
+
+DB = SETTINGS.replace("out: {plugin: csv, options: {path: out/log.csv, mode: append}}",
+                      "out: {plugin: database, options: {url: 'sqlite:///out/o.db', table: t}}")  # fmt: skip
+
+
+def test_a_new_run_does_not_drop_a_table_an_unfinished_run_made_rows_durable_in(db: Database) -> None:
+    """if_exists: replace with replace_rows_of_other_runs dropped the table under a run still
+    writing it, which went on into the new table and completed saying its rows were all there;
+    or under a crashed run, whose resume then found none (a review). Refused, as for a file; once
+    that run has ended, the table is replaced."""
+    import sqlite3
+
+    with _workdir(DB) as path:
+        crashed = _crashed(db, path / "settings.yaml", "committed:6")
+        before = sqlite3.connect(path / "out" / "o.db").execute("SELECT count(*) FROM t").fetchone()[0]
+        assert before > 0
+        b = path / "b.yaml"
+        b.write_text(DB.replace("table: t}", "table: t, if_exists: replace, replace_rows_of_other_runs: true}"))
+        message = _refused(db, b, f"table sqlite:///out/o.db#t holds {before} rows run {crashed} made durable")
+        assert "if_exists: replace would drop them" in message and f"`elspeth resume {crashed}`" in message
+        assert sqlite3.connect(path / "out" / "o.db").execute("SELECT count(*) FROM t").fetchone()[0] == before
+        abandon_run(db, crashed, "superseded", home=None)
+        assert start_run(db, load(b)).status == "completed"
+        assert sqlite3.connect(path / "out" / "o.db").execute("SELECT count(*) FROM t").fetchone()[0] == ROWS
