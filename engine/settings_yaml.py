@@ -87,6 +87,14 @@ def expand_vars(value: Any, env: Mapping[str, str], path: str, errors: list[str]
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
+                try:  # (an environment value that is not UTF-8 comes as surrogates: no text to record)
+                    env[name].encode("utf-8")
+                except UnicodeEncodeError:
+                    errors.append(
+                        f"{path or '(top)'}: environment variable {name} holds bytes that are not valid UTF-8; "
+                        "allowed: a UTF-8 value"
+                    )
+                    return ""
                 return env[name]
             if default is not None:
                 return default

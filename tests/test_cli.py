@@ -886,3 +886,20 @@ def test_a_thousand_unknown_keys_are_not_a_thousand_lines(work: Path) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 51 and "k49: unknown key" in lines[49], lines[:3]
     assert lines[50] == "… and 950 more problems (fix these first)", lines[50]
+
+
+def test_a_folder_or_a_variable_that_is_not_utf8_is_one_line(work: Path) -> None:
+    """A run records the folder it ran in, and the settings' values, as text: a Latin-1 folder
+    name, or ${VAR} holding such bytes, ended in a UnicodeEncodeError traceback (a review)."""
+    latin = Path(os.fsdecode(bytes(work) + b"/caf\xe9"))
+    latin.mkdir()
+    (latin / "out").mkdir()
+    for name in ("in.csv", "settings.yaml"):
+        (latin / name).write_bytes((work / name).read_bytes())
+    for command in ("validate", "run"):
+        err = one_line_error(elspeth(command, "-s", "settings.yaml", cwd=latin), 1)
+        assert "has a name that is not valid UTF-8" in err, err
+    (work / "settings.yaml").write_text(PIPELINE.replace("out/high.csv", "'${OUT}'"))
+    env = {"OUT": os.fsdecode(b"out/caf\xe9.csv")}
+    err = one_line_error(elspeth("validate", "-s", "settings.yaml", cwd=work, env=env), 2)
+    assert "sinks.high.options.path: environment variable OUT holds bytes that are not valid UTF-8" in err, err

@@ -42,11 +42,16 @@ def _at_most(lines: list[str], what: str) -> list[str]:
 def load_pipeline(path: Path) -> Pipeline:
     """Settings → DAG → plugins; every problem with the file becomes one exit-2 error."""
     try:
-        os.getcwd()  # (relative paths resolve from it)
+        os.getcwd().encode("utf-8")  # (relative paths resolve from it, and the run records it, as text)
     except FileNotFoundError:
         raise ElspethCliError(
             "the folder elspeth was started in no longer exists (deleted or moved?), and the settings' relative "
             "paths resolve from it; change to a folder that exists"
+        ) from None
+    except UnicodeEncodeError:
+        raise ElspethCliError(
+            f"the folder elspeth runs in, {os.getcwd()!r}, has a name that is not valid UTF-8, and a run records the "
+            "folder it ran in as text; allowed: a folder whose name is UTF-8 (rename it, or run from another)"
         ) from None
     try:
         loaded = load_settings(path)
