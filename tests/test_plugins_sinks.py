@@ -1350,6 +1350,28 @@ def test_database_sink_refuses_a_value_an_existing_column_would_change(db_url: s
             for r in _select(db_url, "SELECT big, price, flag, name, d FROM narrow")] == [tuple(fits.values())]  # fmt: skip
 
 
+def test_a_sqlite_date_column_refuses_text_it_would_store_as_a_number(tmp_path: Path) -> None:
+    """SQLite gives DATE and DATETIME columns NUMERIC affinity: '007' was stored as 7 and '1.50'
+    as 1.5, the audit trail holding the text (a review). Refused; a date's text is kept."""
+    import sqlite3
+
+    path = tmp_path / "c.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id TEXT, d DATE, w DATETIME, x BLOB)")
+    s = sink("database", url=f"sqlite:///{path}", table="t")
+    s.open("run", None)
+    for field, value in (("d", "007"), ("d", " 1.50"), ("w", "2024")):
+        with pytest.raises(RowError, match=r"reads as a number, which its column \(SQLite NUMERIC affinity\)"):
+            s.write("t0", {"id": "1", "d": None, "w": None, "x": None, field: value})
+    s.write("t1", {"id": "2", "d": "2024-01-01", "w": "2024-01-01 10:00", "x": "0012"})
+    s.flush()
+    s.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT d, typeof(d), w, x, typeof(x) FROM t").fetchall() == [
+            ("2024-01-01", "text", "2024-01-01 10:00", "0012", "text")
+        ]
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
 def test_appending_to_a_file_written_in_a_wide_encoding_is_not_refused(tmp_path: Path, encoding: str) -> None:
     path = tmp_path / "o.jsonl"

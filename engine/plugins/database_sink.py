@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, RowsRefused
 from engine.plugins.reasons import described, field_named, recorded
-from engine.plugins.schema import parse_schema
+from engine.plugins.schema import parse_schema, reads_as_number
 from landscape import faults
 from landscape.db import redact
 from landscape.urls import scrub
@@ -383,7 +383,7 @@ class DatabaseSink:
         # a SQLite DATE: such a column takes what the database makes of the value (as documented).
         self._insert_into = Table(
             t.name, MetaData(),
-            *(Column(c.name, NullType() if self._columns[c.name][0] == "other" else c.type) for c in t.columns),
+            *(Column(c.name, NullType() if self._columns[c.name][0] in ("other", "numeric affinity") else c.type) for c in t.columns),
         )  # fmt: skip
         self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
 
@@ -475,6 +475,12 @@ class DatabaseSink:
                 return f"{field} holds -0.0, which SQLite would store as 0"
         elif kind == "bool" and not isinstance(value, bool):
             return f"{field} holds {found}; its column takes true or false"
+        elif kind == "numeric affinity" and isinstance(value, str) and reads_as_number(value):
+            # ('007' would be stored as 7, '1.50' as 1.5: another value than the row's, without a word)
+            return (
+                f"{field} holds {found} that reads as a number, which its column (SQLite NUMERIC affinity) would "
+                "store as that number, not as the text"
+            )
         elif kind == "text" and not self._sqlite and isinstance(value, str) and "\x00" in value:
             return f"{field} holds a NUL character, which PostgreSQL text cannot store"
         return None
@@ -948,10 +954,11 @@ def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
 
     if isinstance(sql_type, JSON):  # (PostgreSQL's json and jsonb, SQLite's JSON)
         return "json", 0, 0
+    other = "numeric affinity" if sqlite and _numeric_affinity(str(sql_type)) else "other"
     try:
         python = sql_type.python_type
     except NotImplementedError:
-        return "other", 0, 0
+        return other, 0, 0
     if python is bool:
         return "bool", 64, 0
     if python is int:
@@ -973,7 +980,17 @@ def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
         if not sqlite and isinstance(sql_type, CHAR):
             return "char", length or 1, 0
         return "text", length if isinstance(sql_type, String) and not sqlite else 0, 0
-    return "other", 0, 0
+    return other, 0, 0
+
+
+def _numeric_affinity(declared: str) -> bool:
+    """Whether SQLite gives a column declared so NUMERIC affinity (its rules, in their order: INT,
+    then CHAR, CLOB or TEXT, then BLOB or nothing, then REAL, FLOA or DOUB; else NUMERIC). Such a
+    column stores text that reads as a number as that number: DATE and DATETIME are NUMERIC."""
+    name = declared.upper()
+    if "INT" in name or any(t in name for t in ("CHAR", "CLOB", "TEXT")) or "BLOB" in name or not name.strip():
+        return False
+    return not any(t in name for t in ("REAL", "FLOA", "DOUB"))
 
 
 def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
