@@ -258,6 +258,7 @@ class Execution:
         emit = self._emit
         if not resumed:
             self._refuse_to_strand_open_runs()  # before anything is recorded: a refused run leaves no trace
+            self._refuse_to_read_a_crash_tail()
             loaded = self.p.loaded
             emit(
                 self.run_id,
@@ -422,6 +423,39 @@ class Execution:
                 raise RunRefused(self._stranded(name, path, size, held, alive, mode == "write"))
             if mode == "append":
                 self._refuse_to_append_after_a_crash_tail(name, path, size)
+
+    def _refuse_to_read_a_crash_tail(self) -> None:
+        """A pipeline reading what another run of this store wrote (B reads A's output) read the
+        rows A's crash left after its last durable position too, which A's log says were never
+        written (its resume cuts them and writes them again, maybe otherwise): B's trail vouched
+        for rows with no provenance (a review). Refused while that file holds such bytes, or while
+        its run is still writing it; a file that ends where its run made it durable is read."""
+        path = getattr(self.p.source, "path", None)
+        size = _regular_file_size(path) if isinstance(path, Path) else None
+        if not isinstance(path, Path) or size is None:
+            return
+        for held in [*self.recorder.open_positions(), *self.recorder.abandoned_positions()]:
+            if held.position > size or not _same_file(_resolved(held.location, held.working_dir), path):
+                continue
+            if held.sha256 is not None and _digests_at(path, [held.position]).get(held.position) != held.sha256:
+                continue  # no longer that run's bytes
+            ended = held.status == RunState.ABANDONED
+            alive = not ended and self.recorder.writer_alive(held.run_id)
+            if size == held.position and not alive:
+                continue
+            if _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
+                continue  # another run wrote the file since: its bytes are accounted for there
+            if alive:
+                why = f"which run {held.run_id} is still writing; wait for it to end (see `elspeth runs`)"
+            else:
+                how = (f"cut them (`truncate -s {held.position} {shlex.quote(str(path))}`)" if ended
+                       else f"resume that run first (`elspeth resume {held.run_id}`), or abandon it and cut them")  # fmt: skip
+                state = held.status if ended or held.status not in RUN_OPEN else "crashed"
+                why = (
+                    f"which holds {size - held.position} bytes after what run {held.run_id} ({state}) made durable "
+                    f"there ({held.position} bytes): rows its crash left, which no run's log accounts for; {how}"
+                )
+            raise RunRefused(f"source: the input {path} is a sink's output {why}, and run again. Nothing was recorded")
 
     def _refuse_to_drop_open_rows(self, name: str, sink: Any, positions: list[OpenPosition]) -> None:
         """`if_exists: replace` drops the sink's table when a run starts. Rows a run of this store

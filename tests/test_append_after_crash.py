@@ -416,3 +416,26 @@ def test_a_new_run_does_not_drop_a_table_an_unfinished_run_made_rows_durable_in(
         abandon_run(db, crashed, "superseded", home=None)
         assert start_run(db, load(b)).status == "completed"
         assert sqlite3.connect(path / "out" / "o.db").execute("SELECT count(*) FROM t").fetchone()[0] == ROWS
+
+
+def test_a_pipeline_reading_a_crashed_runs_output_is_refused_while_it_holds_the_crash_tail(db: Database) -> None:
+    """B reads what A wrote: with A crashed, B read the rows A's crash left after its durable
+    position too, which A's log says were never written, and B's trail vouched for them (a
+    review). Refused, naming A; once A is resumed, B reads its whole output."""
+    with _workdir() as path:
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        log = path / "out" / "log.csv"
+        durable = fold_run(db, crashed).sink_positions["out"]
+        assert log.stat().st_size > durable
+        b = path / "b.yaml"
+        b.write_text(
+            "source: {plugin: csv, on_success: o, options: {path: out/log.csv, schema: {mode: observed}}}\n"
+            "sinks:\n  o: {plugin: csv, options: {path: out/b.csv}}\n"
+        )
+        message = _refused(
+            db, b, f"source: the input .*log.csv is a sink's output which holds {log.stat().st_size - durable}"
+        )
+        assert f"run {crashed} (crashed) made durable" in message and f"`elspeth resume {crashed}`" in message
+        assert resume_run(db, crashed, load).status == "completed"
+        assert start_run(db, load(b)).status == "completed"
+        assert (path / "out" / "b.csv").read_text().splitlines()[1:] == log.read_text().splitlines()[1:]
