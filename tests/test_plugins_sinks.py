@@ -1350,6 +1350,19 @@ def test_database_sink_refuses_a_value_an_existing_column_would_change(db_url: s
             for r in _select(db_url, "SELECT big, price, flag, name, d FROM narrow")] == [tuple(fits.values())]  # fmt: skip
 
 
+@pytest.mark.parametrize("blank", ["\n", "\r\n", "\n\n"])
+def test_appending_to_a_csv_file_whose_first_line_is_blank_is_refused(tmp_path: Path, blank: str) -> None:
+    """`echo > out.csv`: the blank line read as a header of no column, and every row of every run
+    appending there was refused for want of one (a review)."""
+    path = tmp_path / "o.csv"
+    path.write_bytes(blank.encode())
+    s = sink("csv", path=str(path), mode="append")
+    with pytest.raises(PluginError, match="its first line is blank, so no header names its columns"):
+        s.open("run", None)
+    s.release()
+    assert path.read_bytes() == blank.encode()
+
+
 def test_a_sqlite_date_column_refuses_text_it_would_store_as_a_number(tmp_path: Path) -> None:
     """SQLite gives DATE and DATETIME columns NUMERIC affinity: '007' was stored as 7 and '1.50'
     as 1.5, the audit trail holding the text (a review). Refused; a date's text is kept."""

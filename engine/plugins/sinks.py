@@ -468,6 +468,12 @@ class CsvSink(_FileSink):
         start = self._open_file(position)
         self._needs_header = start == 0
         on_disk = self._header_on_disk(start) if start > 0 and self.write_header else None
+        if on_disk == []:  # (a blank first line: no column, and every row refused for want of one)
+            raise PluginError(
+                _NODE,
+                f"cannot append to {self.path}: its first line is blank, so no header names its columns; allowed: a "
+                "file whose first line is its header, or an empty file",
+            )
         if start == 0 or (on_disk is None and named is not None):
             self.fields = named
         elif on_disk is not None and (named is None or set(on_disk) == set(named)):
