@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from engine import work
 from engine.batching import Batcher
 from engine.clock import Clock
 from engine.coalescing import Coalescer
@@ -58,7 +59,11 @@ class Processor:
             )
         token_id = f"r{item.index}"
         if item.row is None:
-            raw_hash = self.ctx.store(item.raw)
+            raw_data = encode_row(item.raw)
+            if len(raw_data) > work.MAX_OUTPUT_BYTES:  # (recorded in its place: the record's number and size)
+                item = SourceItem(item.index, None, _too_large(item.index, len(raw_data)), item.error)
+                raw_data = encode_row(item.raw)
+            raw_hash = self.ctx.store_data(raw_data)
             dest = self.n.on_validation_failure
             self.emit(token_id, ev.TokenCreated(row_index=item.index, data_hash=raw_hash, at=dest))
             reason = item.error or "invalid row"
@@ -72,6 +77,13 @@ class Processor:
             data = encode_row(item.row)
         except UnrecordableRow as e:  # a source that let it through: quarantined like any bad row
             self.process_record(SourceItem(item.index, None, item.raw, f"the row cannot be recorded: {e}"))
+            return
+        if len(data) > work.MAX_OUTPUT_BYTES:
+            # The store takes no value past 1 GiB: the commit failed, the run stopped saying to fix
+            # the cause and resume, which read the same record again (a review). As a step's
+            # outputs are, a row is held to MAX_OUTPUT_BYTES.
+            why = f"the row takes {len(data):,} bytes recorded, more than the {work.MAX_OUTPUT_BYTES:,} a row may"
+            self.process_record(SourceItem(item.index, None, _too_large(item.index, len(data)), why))
             return
         h = self.ctx.store_data(data)
         at = self.n.dag.source_output
@@ -295,3 +307,8 @@ class Processor:
                 if batch_id is not None:
                     self.batcher.flush(batch_id, "end_of_source")
                     self.drain()
+
+
+def _too_large(index: int, size: int) -> Row:
+    """What a quarantined record too large to record is recorded as: which record, how large."""
+    return {"__row_number__": index + 1, "__bytes__": size}

@@ -484,6 +484,38 @@ sinks:
     assert_invariants(r.fold)
 
 
+def test_a_source_record_too_large_to_record_is_quarantined_as_its_number_and_size(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1.1 GB line: its commit failed on the store's 1 GiB limit, the run stopped saying to fix
+    the cause and resume, which read the same record again (a review). A row is held to what a
+    step's outputs may take (here 4 KiB); past it, valid or not, the record is quarantined, and
+    recorded as which record it was and how large."""
+    import engine.work
+
+    monkeypatch.setattr(engine.work, "MAX_OUTPUT_BYTES", 4096)
+    big = "x" * 5000
+    (tmp_path / "in.jsonl").write_text(f'{{"id": 1}}\n{{"id": 2, "v": "{big}"}}\n{{"id": 3, {big}\n{{"id": 4}}\n')
+    settings = """
+source:
+  plugin: json
+  on_success: out
+  options: {path: in.jsonl, format: jsonl, schema: {mode: observed}, on_validation_failure: bad}
+sinks:
+  out: {plugin: json, options: {path: out/out.jsonl, format: jsonl}}
+  bad: {plugin: json, options: {path: out/bad.jsonl, format: jsonl}}
+"""
+    r = run(db, tmp_path, settings)
+    assert [row["id"] for row in r.rows("out/out.jsonl")] == [1, 4]
+    assert r.rows("out/bad.jsonl") == [
+        {"__row_number__": 2, "__bytes__": 5015},
+        {"__row_number__": 3, "__bytes__": 5051},
+    ]
+    events = [e for s in PostgresRecorder(db).read_events(r.outcome.run_id) if (e := s.event)]
+    reasons = [e.reason for e in events if isinstance(e, ev.TokenQuarantined | ev.TokenDiverted)]
+    assert any("the row takes 5,015 bytes recorded, more than the 4,096 a row may" in x for x in reasons), reasons
+
+
 def test_a_row_that_expands_past_what_a_step_may_make_is_its_row_error(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
