@@ -470,8 +470,10 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     try:
         # strict=False: a string such as an expanded "${N:-5}" may stand for a number or a boolean.
         return msgspec.convert(value, tp, strict=False)
-    except msgspec.ValidationError:
+    except msgspec.ValidationError as e:
         hint = " (YAML reads yes/no/on/off/true/false as booleans: quote them)" if isinstance(value, bool) else ""
+        if isinstance(value, str) and "out of range" in str(e):  # (YAML 1.1 reads 1.0e400 as text, then too large)
+            hint = " (it reads as a number out of the range this setting takes)"
         errors.append(f"{path}: found {value_kind(value)}; allowed: {_describe(tp)}{hint}")
         return None
 

@@ -903,3 +903,15 @@ def test_a_folder_or_a_variable_that_is_not_utf8_is_one_line(work: Path) -> None
     env = {"OUT": os.fsdecode(b"out/caf\xe9.csv")}
     err = one_line_error(elspeth("validate", "-s", "settings.yaml", cwd=work, env=env), 2)
     assert "sinks.high.options.path: environment variable OUT holds bytes that are not valid UTF-8" in err, err
+
+
+def test_resume_with_settings_that_are_no_file_says_so(tmp_path: Path) -> None:
+    """`resume RUN -s /dev/stdin` from a pipe said '/proc/…/fd/pipe:[…]: the settings file does not
+    exist': the path was resolved before it was read (a review)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    piped = subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", "resume", "run-x", "-s", "/dev/stdin"],
+        cwd=tmp_path, env=env, input="source: {}\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    err = one_line_error(piped, 2)
+    assert "/dev/stdin: not a regular file; allowed: a settings file (YAML)" in err, err

@@ -149,6 +149,32 @@ def test_a_sqlite_sink_file_is_checked_as_a_sink_file_is(
     assert problems == ([] if says is None else [problems[0]]) and (says is None or says in problems[0]), problems
 
 
+def test_a_sink_folder_that_takes_no_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only file system (refused even to root) or a folder this user cannot write: validate
+    said OK, and the run, recorded, failed at its first flush (a review)."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(tmp_path / "ro")],
+                                 capture_output=True, check=False)  # fmt: skip
+        if mounted.returncode != 0:
+            pytest.skip("no read-only file system can be mounted here, and root writes any folder")
+        says = "ro/target cannot be made: its folder is on a read-only file system"
+    else:
+        (tmp_path / "ro").chmod(0o555)
+        says = "ro/target cannot be made: its folder cannot be written by this user (permission denied)"
+    try:
+        problems = _problems(tmp_path, sink="ro/target")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(tmp_path / "ro")], check=True)
+        else:
+            (tmp_path / "ro").chmod(0o755)
+    assert len(problems) == 1 and says in problems[0], problems
+
+
 def test_a_device_is_a_sink_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert _problems(tmp_path, sink="/dev/null") == []

@@ -440,6 +440,14 @@ def test_a_landscape_url_that_is_not_postgresql_is_refused(tmp_path: Path, url: 
     assert len(lines) == 1 and "landscape.url: found" in lines[0] and "allowed: a postgresql:// URL" in lines[0]
 
 
+def test_a_number_too_large_for_a_setting_says_it_reads_as_one(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1.0e400 as text; converted, it is out of range: "found a string ('1.0e400');
+    allowed: a number" left the reader wondering (a review)."""
+    lines = _errors(tmp_path, BASE + "retry: {max_delay_seconds: 1.0e400}\n")
+    assert len(lines) == 1 and "retry.max_delay_seconds: found a string" in lines[0], lines
+    assert "(it reads as a number out of the range this setting takes)" in lines[0], lines
+
+
 @pytest.mark.parametrize(("url", "said"), [("postgresql://[::1", "Invalid IPv6 URL"), ("postgresql://h:x/d", "Port")])
 def test_a_postgresql_url_the_run_could_not_open_is_refused_by_validate(tmp_path: Path, url: str, said: str) -> None:
     """`validate` said OK, the run then failed on the URL (a review)."""

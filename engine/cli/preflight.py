@@ -66,6 +66,8 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
                     f"{where}: {setting}: {path} {kind}; allowed: a regular file, or a new one (or a device such as "
                     "/dev/null)"
                 )
+            elif (why := _cannot_write(path)) is not None:
+                problems.append(f"{where}: {setting}: {path} {why}{_relative(path)}")
             elif (why := _cannot_append(sink, path)) is not None:
                 problems.append(f"{where}: {setting}: {why}")
             elif isinstance(sink, DatabaseSink) and not _sqlite_or_new(path):
@@ -173,6 +175,21 @@ def _not_writable_file(path: Path) -> str | None:
     if stat.S_ISSOCK(mode):
         return "is a socket"
     return None
+
+
+def _cannot_write(path: Path) -> str | None:
+    """Why this user cannot write a sink's file there (the file, or its folder for a new one):
+    a read-only file system (refused even to root) or the permissions. Else the run, recorded,
+    failed at its first flush."""
+    target = path if path.exists() else path.parent
+    try:
+        if os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            return None
+        readonly = os.statvfs(target).f_flag & os.ST_RDONLY
+    except (OSError, ValueError):
+        return None  # (the run says what it is)
+    what = "is on a read-only file system" if readonly else "cannot be written by this user (permission denied)"
+    return what if target == path else f"cannot be made: its folder {what}"
 
 
 def _cannot_hold_files(folder: Path) -> str | None:

@@ -282,6 +282,8 @@ def resume_cmd(
     """Continue an interrupted, failed or crashed run from its event log. With -s, the run's
     settings come from that file and its `landscape.url` says where the audit trail is."""
     if settings_path is not None:  # resume changes folder to the run's: read the file the user means
+        if settings_path.exists() and not settings_path.is_file():  # (/dev/stdin, a pipe: resolved, a name of nothing)
+            raise SettingsCliError(f"{settings_path}: not a regular file; allowed: a settings file (YAML)")
         settings_path = settings_path.resolve()
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     home = home_from_ctx(ctx)
