@@ -401,11 +401,10 @@ class CsvSource:
         header = self._read_header(it, lines)
         if header is None:
             return
-        # Strict: a quote left open (`2,"12 inch,ok`) is an error once the reader meets text
-        # after the quote that closes it, or the end of the file. Not strict, the reader took the
-        # records after it into the field and glued on what followed the closing quote: records
-        # never counted nor quarantined, in a row that read as valid (a review).
-        reader = csv.reader(it, delimiter=self.delimiter, strict=True)
+        # Read as the prior system read it (not strictly: `"Big" Tony` is `Big Tony`), with two
+        # checks a strict reading makes (below): a quote that never closes, and one that closes
+        # lines later with text after it.
+        reader = csv.reader(it, delimiter=self.delimiter)
         index = 0
         while True:
             lines.start_record()
@@ -415,23 +414,12 @@ class CsvSource:
             except StopIteration:
                 return
             except csv.Error as e:
-                if lines.ended and _runs_off_the_end(lines.text, self.delimiter):
-                    # A quote that never closes makes the rest of the file one field: the rows
-                    # after it would be inside this one, never counted, never quarantined.
-                    if index >= start:
-                        yield SourceItem(index, None, self._unparsed(lines, first_line, index),
-                                         f"a quote opened on line {first_line} is never closed: the record runs to "
-                                         "the end of the file")  # fmt: skip
-                    index += 1
-                    continue
                 # The reader gives up and starts the next record on the next line. With no quote
-                # in what it read of this record, or one line whose quotes close on it (`"a"b`),
-                # that line does start one: the record is quarantined and the rest read (e.g. a
-                # bare carriage return in a cell). Else the next line may still be inside a
-                # quoted field, whose text would be read as records: where this record ends
-                # cannot be known, nothing more is read.
-                text = "".join(lines.text)
-                if '"' in text and (len(lines.text) > 1 or not _ends_on_its_line(text, self.delimiter)):
+                # in what it read of this record, that line does start one: the record is
+                # quarantined and the rest read (e.g. a bare carriage return in a cell). With a
+                # quote, the next line may still be inside a quoted field, whose text would be
+                # read as records: where this record ends cannot be known, nothing more is read.
+                if '"' in "".join(lines.text):
                     raise PluginError(
                         _NODE,
                         f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {_csv_error(e)}",
@@ -441,10 +429,29 @@ class CsvSource:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), why)
                 index += 1
                 continue
+            ran_off = lines.ended and len(lines.text) > 0 and _runs_off_the_end(lines.text, self.delimiter)
+            if len(lines.text) > 1 and not ran_off and not _closes_cleanly(lines.text, self.delimiter):
+                # A stray opening quote (`2,"12 inch,ok`): the reader took the records after it
+                # into that field, up to a later quote, and glued on what followed that one:
+                # records never counted nor quarantined, in a row that read as valid (a review).
+                # Where the record was meant to end cannot be known: nothing more is read.
+                raise PluginError(
+                    _NODE,
+                    f"{self.path}: the record starting on line {first_line} opens a quoted field that closes on line "
+                    f"{lines.count} with text after the closing quote, so where it ends cannot be known; allowed: "
+                    'a quote that opens a field closes it (a quote inside one is written twice: "say ""hi""")',
+                )
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
             if index >= start:
-                if (cut := self._input.cut_off(lines.text[-1])) is not None:
+                if ran_off:
+                    # A quote that never closes makes the rest of the file one field: the rows
+                    # after it would be inside this one, never counted, never quarantined; on
+                    # the last line, a cut file's value (`2,"mul`).
+                    yield SourceItem(index, None, self._unparsed(lines, first_line, index),
+                                     f"a quote opened on line {first_line} is never closed: the record runs to the "
+                                     "end of the file")  # fmt: skip
+                elif (cut := self._input.cut_off(lines.text[-1])) is not None:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), cut)
                 elif lines.bad is not None:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), lines.bad)
@@ -555,11 +562,20 @@ def _one_line_record(line: str, delimiter: str) -> tuple[list[str], bool]:
     return values, more
 
 
-def _ends_on_its_line(line: str, delimiter: str) -> bool:
-    """Whether the record on this line ends on it, read as the reader reads it not strictly (its
-    quotes closed on it); False when that cannot be told."""
+def _closes_cleanly(text: list[str], delimiter: str) -> bool:
+    """Whether a record read over several lines reads strictly too, but for blanks between a
+    closing quote and the delimiter or the line's end (which the prior system read, and which
+    cannot swallow a record): a quote opened lines before that closes with other text after it
+    is how a stray quote swallows the records between."""
     try:
-        return not _one_line_record(line, delimiter)[1]
+        list(csv.reader(text, delimiter=delimiter, strict=True))
+        return True
+    except csv.Error:
+        pass
+    blanks = re.compile(f'"[ \t]+(?={re.escape(delimiter)}|\r|\n|$)')
+    try:
+        list(csv.reader([blanks.sub('"', line) for line in text], delimiter=delimiter, strict=True))
+        return True
     except csv.Error:
         return False
 
