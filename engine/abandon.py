@@ -15,6 +15,7 @@ import os
 import shlex
 import stat
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def abandon_run(
         writer.commit(wait=True)
     finally:
         writer.close()
-    return Abandoned(run_id, was, fold.last_seq + 1, _left_behind(fold))
+    return Abandoned(
+        run_id, was, fold.last_seq + 1, _left_behind(fold, recorder.flushed_since(run_id, its_last_flush=True))
+    )
 
 
 def _landscape(
@@ -145,7 +148,7 @@ def _landscape(
     return LandscapeSettings(), Path(folder if folder is not None else ".").absolute()
 
 
-def _left_behind(fold: RunFold) -> list[str]:
+def _left_behind(fold: RunFold, later: Sequence[tuple[str, str, str]] = ()) -> list[str]:
     """What the run's sinks hold beyond what its log says, one line each. A resume would have cut
     it off (and closed a JSON array); abandoning leaves the outputs as they are, and says so:
     - a file that still starts with what the run made durable (its recorded digest) and holds
@@ -165,6 +168,11 @@ def _left_behind(fold: RunFold) -> list[str]:
             )
             continue
         path = Path(fold.working_dir or ".") / location
+        other = next((r for r, loc, wd in later if _same_file(Path(wd) / loc, path)), None)
+        if other is not None:  # (a rerun since its crash: the bytes there are that run's, not its crash's)
+            notes.append(f"sink '{sink}': {path} was written by run {other} since this run's last flush: what it holds "
+                         "is that run's output")  # fmt: skip
+            continue
         ours, extra, ends = _past_durable(path, durable, fold.sink_digests.get(sink))
         if ours is False:
             notes.append(
@@ -175,8 +183,8 @@ def _left_behind(fold: RunFold) -> list[str]:
             notes.append(
                 f"sink '{sink}': {path} holds {extra:,} bytes after what the run made durable: rows it wrote after "
                 "its last durability point, which its log does not record. They stay; remove them if they should not "
-                f"(`truncate -s {durable} {shlex.quote(str(path))}`): a new run appending to the file refuses to while "
-                "they are there"
+                f"(`truncate -s {durable} {shlex.quote(str(path))}`): a new run appending to the file, or reading it, refuses to "
+                "while they are there"
             )
         if ours and plugin == "json" and ends[:1] == b"[" and ends[-1:] != b"]":
             notes.append(
@@ -216,3 +224,10 @@ def _past_durable(path: Path, durable: int, digest: str | None) -> tuple[bool | 
         return None, 0, b""
     ours = h.hexdigest() == digest
     return ours, st.st_size - durable if ours else 0, ends
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -443,8 +443,8 @@ class Execution:
             alive = not ended and self.recorder.writer_alive(held.run_id)
             if size == held.position and not alive:
                 continue
-            if _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
-                continue  # another run wrote the file since: its bytes are accounted for there
+            if _run_in(self.recorder.flushed_since(held.run_id, its_last_flush=True), path) is not None:
+                continue  # another run wrote the file since its last flush: its bytes are that run's
             if alive:
                 why = f"which run {held.run_id} is still writing; wait for it to end (see `elspeth runs`)"
             else:
@@ -490,8 +490,8 @@ class Execution:
                 continue
             if _digests_at(path, [held.position]).get(held.position) != held.sha256:
                 continue  # the file no longer starts with that run's bytes
-            if _run_in(self.recorder.flushed_since(held.run_id), path) is not None:
-                continue
+            if _run_in(self.recorder.flushed_since(held.run_id, its_last_flush=True), path) is not None:
+                continue  # another run wrote the file since that run's last flush (a rerun, say)
             raise RunRefused(
                 f"sink '{name}': {path} holds {size - held.position} bytes after what run {held.run_id} (abandoned) "
                 f"made durable ({held.position} bytes): rows its crash left, which no run's log accounts for, and "
@@ -709,7 +709,14 @@ def _same_table(held: OpenPosition, sink: Any) -> bool:
             ours is not None and theirs is not None and table.lower() == sink.table_name.lower()
             and _same_file(_resolved(str(theirs), held.working_dir), ours)
         )  # fmt: skip
-    return bool(url == mine and table == sink.table_name)
+    if table != sink.table_name:
+        return False
+    from landscape.urls import database_name
+
+    theirs_db, ours_db = database_name(url), database_name(sink.url)
+    if theirs_db is None or ours_db is None:  # (not read: by their words, as written)
+        return bool(url == mine)
+    return theirs_db.same_as(ours_db)  # another spelling of one server (localhost, 127.0.0.1) is one
 
 
 def _resolved(location: str, working_dir: str) -> Path | None:

@@ -197,6 +197,9 @@ def check_sink_file(report: ExportReport, name: str, path: Path) -> str:
                            "durable there") from None  # fmt: skip
     except OSError as e:
         raise AuditFailure(f"--sink-file {name}: cannot read {path}: {e.strerror}") from None
+    if end.position == 0 and size > 0:  # (the digest of no bytes is every file's: nothing ties it)
+        raise AuditFailure(f"{path} is not the output of {what}: the run made no bytes durable there, and the file "
+                           f"holds {size}")  # fmt: skip
     if read < end.position:
         raise AuditFailure(f"{path} is not the output of {what}: it holds {read} bytes, and the run made "
                            f"{end.position} durable (cut, or another file)")  # fmt: skip

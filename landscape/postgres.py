@@ -95,6 +95,11 @@ _REINSTATED = (
 # (`artifacts`, one row per SinkFlushed), each event looked up by key: the work grows with the
 # store's flushes, not its events (OFFSET 0 keeps the planner from joining whole tables).
 _LAST_EVENT = "SELECT tx_id, global_position FROM events WHERE run_id = %s ORDER BY seq DESC LIMIT 1"
+# Its last flush (a SinkFlushed, whose seq the artifacts projection holds): where its files stopped.
+_LAST_FLUSH = (
+    "SELECT tx_id, global_position FROM events WHERE run_id = %s "
+    "AND seq = (SELECT max(seq) FROM artifacts WHERE run_id = %s)"
+)
 # The folders run `{run}` ran in, where its relative sink locations resolve: its RunCreated's, and
 # that of each resume that ran elsewhere (RunResumed.working_dir). An index holds just those
 # events (migration 0014): a run has one, and one per resume. The folder the run ran in last is
@@ -466,8 +471,10 @@ class PostgresRecorder:
                     pages.get(timeout=0.05)
             fetcher.join()
 
-    def flushed_since(self, run_id: str) -> list[tuple[str, str, str]]:
-        """The sink locations other runs made rows durable in after this run's last event, each
+    def flushed_since(self, run_id: str, *, its_last_flush: bool = False) -> list[tuple[str, str, str]]:
+        """The sink locations other runs made rows durable in after this run's last event (or,
+        `its_last_flush`, after its last flush: an abandoned run's files stopped there, and a
+        rerun between its crash and its abandoning wrote them after), each
         with its run and a folder its relative paths resolve in (every folder the run ran in):
         (run id, location, working folder), once each. A resume that would cut a file back asks
         first (by the file, not its name: a link or another spelling of the path is the same file).
@@ -476,7 +483,8 @@ class PostgresRecorder:
         the store keeps no commit order, and a resume had better refuse once too often than cut
         another run's durable rows."""
         with driver_errors(f"reading run {run_id}"), self.db.connect(autocommit=True) as conn:
-            last = conn.execute(_LAST_EVENT, (run_id,)).fetchone()
+            last = conn.execute(_LAST_FLUSH, (run_id, run_id)).fetchone() if its_last_flush else None
+            last = last or conn.execute(_LAST_EVENT, (run_id,)).fetchone()
             if last is None:
                 return []
             rows = conn.execute(

@@ -439,3 +439,46 @@ def test_a_pipeline_reading_a_crashed_runs_output_is_refused_while_it_holds_the_
         assert resume_run(db, crashed, load).status == "completed"
         assert start_run(db, load(b)).status == "completed"
         assert (path / "out" / "b.csv").read_text().splitlines()[1:] == log.read_text().splitlines()[1:]
+
+
+def test_a_run_abandoned_after_a_rerun_replaced_its_file_strands_nothing(db: Database) -> None:
+    """The crashed run's file moved aside, the pipeline rerun (its first bytes the same: same
+    input), then the crashed run abandoned: readers and appenders were refused, told to truncate
+    the completed rerun's output, because 'since' was measured from the abandoning, not from the
+    crashed run's last flush (a review)."""
+    with _workdir(WRITE) as path:
+        log = path / "out" / "log.csv"
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+        os.replace(log, path / "out" / "aside.csv")
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
+        done = abandon_run(db, crashed, "superseded by the rerun", home=None)
+        assert not any("truncate" in n for n in done.notes) and any("was written by run" in n for n in done.notes)
+        b = path / "b.yaml"
+        b.write_text(
+            "source: {plugin: csv, on_success: o, options: {path: out/log.csv, schema: {mode: observed}}}\n"
+            "sinks:\n  o: {plugin: csv, options: {path: out/b.csv}}\n"
+        )
+        assert start_run(db, load(b)).status == "completed"
+        (path / "app.yaml").write_text(SETTINGS)  # the next run appending to the rerun's file
+        assert start_run(db, load(path / "app.yaml")).status == "completed"
+
+
+def test_one_table_by_another_spelling_of_its_server_is_the_same_table(tmp_path: Path) -> None:
+    """The replace guard compared PostgreSQL URLs as text: 127.0.0.1 where the run wrote
+    localhost dropped its rows (a review)."""
+    from engine.orchestrator import _same_table
+    from engine.plugins.registry import build_plugin
+    from landscape.postgres import OpenPosition
+
+    def held(location: str) -> OpenPosition:
+        return OpenPosition("run-a", "running", location, str(tmp_path), 5, None)
+
+    sink = build_plugin("sink", "database", {"url": "postgresql+psycopg://x:pw@127.0.0.1:5999/audit", "table": "t"})
+    assert _same_table(held("postgresql://app@localhost:5999/audit#t"), sink)
+    assert not _same_table(held("postgresql://app@localhost:5999/other#t"), sink)
+    assert not _same_table(held("postgresql://app@localhost:5998/audit#t"), sink)
+    assert not _same_table(held("postgresql://app@localhost:5999/audit#u"), sink)
+    (tmp_path / "o.db").write_bytes(b"")
+    lite = build_plugin("sink", "database", {"url": f"sqlite:///{tmp_path}/o.db", "table": "T"})
+    assert _same_table(held("sqlite:///o.db#t"), lite)  # (resolved in the run's folder; names ignore case)
+    assert not _same_table(held("sqlite:///p.db#t"), lite)

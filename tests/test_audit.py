@@ -1311,3 +1311,20 @@ def test_verify_ties_an_output_file_to_its_sinks_signed_flush(fork: Exported, tm
     err = one_line_error(tie(f"nope={out}"), 1)
     assert "made nothing durable in a sink of that name (its sinks with durable output: output)" in err, err
     assert "allowed: SINK=PATH" in one_line_error(tie("output"), 2)
+
+
+def test_a_sink_of_no_durable_bytes_ties_no_file(tmp_path: Path) -> None:
+    """The digest of no bytes is every file's: /etc/passwd was called a sink's output (a review)."""
+    from landscape.audit import ExportReport, SinkEnd, check_sink_file
+
+    empty = hashlib.sha256(b"").hexdigest()
+    report = ExportReport(run_id="r", key="k", events=1, root=b"", checkpoints=1, payloads_included=True,
+                          payloads=0, erased=0, extends=None, status="completed", ended=True,
+                          sinks={"s": SinkEnd("o.csv", 0, empty)})  # fmt: skip
+    other = tmp_path / "other.txt"
+    other.write_text("anything\n")
+    with pytest.raises(AuditFailure, match="the run made no bytes durable there, and the file holds 9"):
+        check_sink_file(report, "s", other)
+    assert "made no bytes durable: nothing to tie" in check_sink_file(report, "s", tmp_path / "none.csv")
+    (tmp_path / "empty.csv").write_text("")
+    assert "all 0 bytes" in check_sink_file(report, "s", tmp_path / "empty.csv")

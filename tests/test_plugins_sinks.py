@@ -1370,18 +1370,18 @@ def test_a_sqlite_date_column_refuses_text_it_would_store_as_a_number(tmp_path: 
 
     path = tmp_path / "c.db"
     with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE t (id TEXT, d DATE, w DATETIME, x BLOB)")
+        conn.execute("CREATE TABLE t (id TEXT, d DATE, w DATETIME, x BLOB, u)")  # u: no type, kept as given
     s = sink("database", url=f"sqlite:///{path}", table="t")
     s.open("run", None)
     for field, value in (("d", "007"), ("d", " 1.50"), ("w", "2024")):
         with pytest.raises(RowError, match=r"reads as a number, which its column \(SQLite NUMERIC affinity\)"):
-            s.write("t0", {"id": "1", "d": None, "w": None, "x": None, field: value})
-    s.write("t1", {"id": "2", "d": "2024-01-01", "w": "2024-01-01 10:00", "x": "0012"})
+            s.write("t0", {"id": "1", "d": None, "w": None, "x": None, "u": None, field: value})
+    s.write("t1", {"id": "2", "d": "2024-01-01", "w": "2024-01-01 10:00", "x": "0012", "u": "007"})
     s.flush()
     s.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT d, typeof(d), w, x, typeof(x) FROM t").fetchall() == [
-            ("2024-01-01", "text", "2024-01-01 10:00", "0012", "text")
+        assert conn.execute("SELECT d, typeof(d), w, x, typeof(x), u, typeof(u) FROM t").fetchall() == [
+            ("2024-01-01", "text", "2024-01-01 10:00", "0012", "text", "007", "text")
         ]
 
 
@@ -1438,7 +1438,7 @@ def test_a_link_swapped_in_after_the_checks_is_not_written_through(tmp_path: Pat
     assert victim.read_text() == "not yours\n"
 
 
-@pytest.mark.parametrize("planted", ["another user's file", "a hard link"])
+@pytest.mark.parametrize("planted", ["another user's file", "a hard link", "another user's file in their folder"])
 def test_a_file_planted_in_a_folder_every_user_can_write_is_not_written(tmp_path: Path, planted: str) -> None:
     """In /tmp (or any folder every user can write), someone may create the sink's file first,
     readable by them, or make it a hard link to another file: the run wrote every row into it (a
@@ -1450,23 +1450,30 @@ def test_a_file_planted_in_a_folder_every_user_can_write_is_not_written(tmp_path
     shared.mkdir()
     shared.chmod(0o1777)
     path = shared / "report.csv"
+    if planted == "another user's file in their folder":  # /tmp/theirs/report.csv, theirs made in /tmp
+        (shared / "theirs").mkdir()
+        path = shared / "theirs" / "report.csv"
     path.write_text("")
-    if planted == "another user's file":
+    if planted.startswith("another user's file"):
         if os.geteuid() != 0:
             pytest.skip("only root can give a file to another user here")
         os.chown(path, 65534, 65534)
+        os.chown(path.parent, 65534, 65534)
     else:
         os.link(path, shared / "other-name.txt")
     assert planted_file(path, path.stat()) is not None
     s = sink("csv", path=str(path))
     s.open("run", None)
     s.write("t0", {"a": 1})
-    with pytest.raises(PluginError, match=r"a folder every user can write .*whoever put it there would read every row"):
+    with pytest.raises(PluginError, match=r"a folder every user can write .*would read every row written into it"):
         s.flush()
     assert path.read_bytes() == b""
     s.release()
     shared.chmod(0o755)  # a folder of this user's: whoever put the file there could write the folder anyway
     assert planted_file(path, path.stat()) is None  # (the load-time check: tests/test_hostile_sinks.py)
+    if planted == "another user's file":
+        os.chown(shared, 65534, 65534)  # a folder that user has of their own (a team's, a service's): theirs to write
+        assert planted_file(path, path.stat()) is None
 
 
 @pytest.mark.parametrize("kind, name", [("csv", "o.csv"), ("json", "o.jsonl"), ("json", "o.json")])

@@ -954,7 +954,11 @@ def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
 
     if isinstance(sql_type, JSON):  # (PostgreSQL's json and jsonb, SQLite's JSON)
         return "json", 0, 0
-    other = "numeric affinity" if sqlite and _numeric_affinity(str(sql_type)) else "other"
+    from sqlalchemy.types import NullType
+
+    # (a column declared with no type reflects as NullType: BLOB affinity, which keeps text as text)
+    numeric = sqlite and not isinstance(sql_type, NullType) and _numeric_affinity(str(sql_type))
+    other = "numeric affinity" if numeric else "other"
     try:
         python = sql_type.python_type
     except NotImplementedError:

@@ -70,26 +70,39 @@ def _encodes(text: str, encoding: str) -> bool:
 
 
 def planted_file(path: Path, st: os.stat_result) -> str | None:
-    """Why a sink must not write the existing regular file `st` (of `path`): it sits in a folder
-    every user can write (/tmp, sticky or not) and is another user's, or a hard link, so whoever
-    can write that folder may have put it there to read every row written into it (and rewrite
-    them later); a file this user made, or none yet, is safe. None when it may be written."""
-    try:
-        folder = os.stat(path.parent)
-    except OSError:
-        return None  # (the sink says what is wrong with the folder when it writes)
-    if not folder.st_mode & stat.S_IWOTH:
+    """Why a sink must not write the existing regular file `st` (of `path`): someone other than
+    this user may have put it there to read every row written into it (and rewrite them later).
+    A hard link in a folder every user can write (/tmp, sticky or not); another user's file
+    there, or in folders that user made inside such a folder (`/tmp/theirs/report.csv`). A file
+    this user made, or none yet, is safe; so is another user's in a folder that user could not
+    have made (a team's folder, a service's). None when it may be written."""
+    me = os.geteuid()
+    if st.st_uid == me and st.st_nlink <= 1:
         return None
-    if st.st_uid != os.geteuid():
-        owner = f"user id {st.st_uid}"
-    elif st.st_nlink > 1:
-        owner = f"a file with {st.st_nlink} names (hard links)"
-    else:
-        return None
+    folder = Path(os.path.abspath(path.parent))
+    while True:
+        try:
+            fst = os.stat(folder)
+        except OSError:
+            return None  # (the sink says what is wrong with the folder when it writes)
+        if fst.st_mode & stat.S_IWOTH:
+            break
+        # Climbed only through folders the file's owner made (they could have made them there).
+        if st.st_uid == me or fst.st_uid != st.st_uid or folder == folder.parent:
+            return None
+        folder = folder.parent
+    mode = stat.S_IMODE(fst.st_mode)
+    if st.st_uid != me:
+        inside = "" if folder == Path(os.path.abspath(path.parent)) else f" (in folders that user made inside {folder})"
+        return (
+            f"is a file of user id {st.st_uid}{inside}, in {folder}, a folder every user can write (mode {mode:o}): "
+            "whoever put it there would read every row written into it; allowed: a file of this user's, or a path "
+            "where there is none yet"
+        )
     return (
-        f"is {owner} in {path.parent}, a folder every user can write (mode {stat.S_IMODE(folder.st_mode):o}): whoever "
-        "put it there would read every row written into it; allowed: a file of this user's, or a path where there is "
-        "none yet (or a folder of this user's)"
+        f"has {st.st_nlink} names (hard links) in {folder}, a folder every user can write (mode {mode:o}): whoever "
+        "made the other name would read every row written into it; allowed: a file with one name, or a path where "
+        "there is none yet"
     )
 
 
