@@ -875,6 +875,13 @@ def test_a_home_that_is_a_file_is_named_so(tmp_path: Path) -> None:
     assert "(--home) is not a folder" in err
 
 
+def test_a_blank_home_is_refused_not_a_folder_named_a_space(tmp_path: Path) -> None:
+    for args, env in ((["runs"], {"ELSPETH_HOME": " "}), (["--home", "  ", "runs"], {})):
+        err = one_line_error(elspeth(*args, cwd=tmp_path, env=env), 1)
+        assert "ELSPETH_HOME (or --home) is blank" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_runs_limit_zero_is_refused_not_taken_for_one(tmp_path: Path) -> None:
     err = one_line_error(elspeth("runs", "--limit", "0", cwd=tmp_path), 2)
     assert "'--limit': 0 is not in the range x>=1" in err

@@ -71,6 +71,9 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
 
     # One home for the whole command, as an absolute path: the fingerprint key lives there even
     # with an external --database, and `resume` changes folder before it loads the settings.
+    given = home if home is not None else os.environ.get("ELSPETH_HOME")
+    if given is not None and given and not given.strip():  # (" " made a home folder named a space, silently)
+        raise ElspethCliError("ELSPETH_HOME (or --home) is blank; allowed: a folder's path, or unset for ./.elspeth")
     try:
         resolved = elspeth_home(home)
         os.environ["ELSPETH_HOME"] = str(resolved)
