@@ -435,16 +435,12 @@ class Execution:
         if not isinstance(path, Path) or size is None:
             return
         for held in [*self.recorder.open_positions(), *self.recorder.abandoned_positions()]:
-            if held.position > size or not _same_file(_resolved(held.location, held.working_dir), path):
+            if held.position > size or not self._still_its_file(held, path):
                 continue
-            if held.sha256 is not None and _digests_at(path, [held.position]).get(held.position) != held.sha256:
-                continue  # no longer that run's bytes
             ended = held.status == RunState.ABANDONED
             alive = not ended and self.recorder.writer_alive(held.run_id)
             if size == held.position and not alive:
                 continue
-            if _run_in(self.recorder.flushed_since(held.run_id, its_last_flush=True), path) is not None:
-                continue  # another run wrote the file since its last flush: its bytes are that run's
             if alive:
                 why = f"which run {held.run_id} is still writing; wait for it to end (see `elspeth runs`)"
             else:
@@ -456,6 +452,17 @@ class Execution:
                     f"there ({held.position} bytes): rows its crash left, which no run's log accounts for; {how}"
                 )
             raise RunRefused(f"source: the input {path} is a sink's output {why}, and run again. Nothing was recorded")
+
+    def _still_its_file(self, held: OpenPosition, path: Path) -> bool:
+        """Whether the file at `path` is the one `held`'s run left: the same file as its sink's,
+        still starting with the bytes it made durable (by their digest, when recorded), and
+        written by no other run since its last flush (a rerun that replaced it, say: the bytes
+        after are that run's then)."""
+        if not _same_file(_resolved(held.location, held.working_dir), path):
+            return False
+        if held.sha256 is not None and _digests_at(path, [held.position]).get(held.position) != held.sha256:
+            return False
+        return _run_in(self.recorder.flushed_since(held.run_id, its_last_flush=True), path) is None
 
     def _refuse_to_drop_open_rows(self, name: str, sink: Any, positions: list[OpenPosition]) -> None:
         """`if_exists: replace` drops the sink's table when a run starts. Rows a run of this store
@@ -484,14 +491,8 @@ class Execution:
         rerun of the same input duplicating them (a review). Refused, naming the cut that drops
         them, unless some run has written the file since (they were adopted then already)."""
         for held in self.recorder.abandoned_positions():
-            if held.position >= size or held.sha256 is None:
+            if held.position >= size or held.sha256 is None or not self._still_its_file(held, path):
                 continue
-            if not _same_file(_resolved(held.location, held.working_dir), path):
-                continue
-            if _digests_at(path, [held.position]).get(held.position) != held.sha256:
-                continue  # the file no longer starts with that run's bytes
-            if _run_in(self.recorder.flushed_since(held.run_id, its_last_flush=True), path) is not None:
-                continue  # another run wrote the file since that run's last flush (a rerun, say)
             raise RunRefused(
                 f"sink '{name}': {path} holds {size - held.position} bytes after what run {held.run_id} (abandoned) "
                 f"made durable ({held.position} bytes): rows its crash left, which no run's log accounts for, and "
