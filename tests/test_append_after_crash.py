@@ -63,6 +63,17 @@ def _crashed(db: Database, settings: Path, at: str) -> str:
     return crashed_run(db, settings, at, name="append", sending="inline")
 
 
+def _crashed_with_a_tail(db: Database, path: Path) -> tuple[Path, str, int, bytes]:
+    """A run of the workdir's settings crashed after a sink flush, before its commit: its file
+    (holding rows after what the run made durable), its id, its durable position, the file's bytes."""
+    log = path / "out" / "log.csv"
+    crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
+    durable = fold_run(db, crashed).sink_positions["out"]
+    before = log.read_bytes()
+    assert len(before) > durable, "the crash left no unrecorded rows: crash elsewhere"
+    return log, crashed, durable, before
+
+
 def _refused(db: Database, settings: Path, match: str) -> str:
     """Start a run of `settings`, see it refused with a message matching `match`; nothing of it
     is recorded. The message."""
@@ -79,11 +90,7 @@ def _ids(path: Path) -> list[str]:
 
 def test_a_new_run_refuses_to_append_after_what_a_crashed_run_left(db: Database) -> None:
     with _workdir() as path:
-        log = path / "out" / "log.csv"
-        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
-        durable = fold_run(db, crashed).sink_positions["out"]
-        before = log.read_bytes()
-        assert len(before) > durable, "the crash left no unrecorded rows: crash elsewhere"
+        log, crashed, durable, before = _crashed_with_a_tail(db, path)
         message = _refused(db, path / "settings.yaml", f"run {crashed} made durable")
         assert f"`elspeth resume {crashed}`" in message and "move the file aside" in message
         assert f"then {len(before) - durable} bytes its crash left" in message and "crashed" in message
@@ -370,11 +377,7 @@ def test_a_new_run_refuses_to_append_after_what_an_abandoned_runs_crash_left(db:
     so); a new run appending after them made them look audited, its digest covering them, and a
     rerun of the input duplicated them (a review). Refused, naming the cut; once cut, it appends."""
     with _workdir() as path:
-        log = path / "out" / "log.csv"
-        crashed = _crashed(db, path / "settings.yaml", "sink_flush:5")
-        durable = fold_run(db, crashed).sink_positions["out"]
-        before = log.read_bytes()
-        assert len(before) > durable, "the crash left no unrecorded rows: crash elsewhere"
+        log, crashed, durable, before = _crashed_with_a_tail(db, path)
         abandon_run(db, crashed, "input withdrawn", home=None)
         message = _refused(db, path / "settings.yaml", f"run {crashed} \\(abandoned\\) made durable")
         assert f"holds {len(before) - durable} bytes after" in message and f"truncate -s {durable} " in message

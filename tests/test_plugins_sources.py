@@ -508,17 +508,26 @@ INPUTS = {
 }
 
 
+def _fingerprinted(tmp_path: Path, case: str, name: str, text: str) -> tuple[Path, Any, str]:
+    """`text` written to `name` (UTF-16 for a case so named), its source built and fingerprinted
+    as a run's start does: the file, the source, the encoding."""
+    encoding = "utf-16" if case.startswith("utf-16") else "utf-8"
+    path = write(tmp_path / name, text.encode(encoding))
+    source = build_plugin(
+        "source", "csv" if name.endswith(".csv") else "json", {"path": str(path), "encoding": encoding}
+    )
+    source.fingerprint()
+    return path, source, encoding
+
+
 @pytest.mark.parametrize("case", list(INPUTS))
 def test_a_run_reads_its_input_as_it_was_fingerprinted(tmp_path: Path, case: str) -> None:
     """The fingerprint recorded at a run's start is of the bytes the run reads. Rows appended to
     the file since are not read (they were read, under a fingerprint of the file without them);
     a file changed in place while being read stops the read, naming it."""
     name, text, more = INPUTS[case]
-    encoding = "utf-16" if case.startswith("utf-16") else "utf-8"
-    path = write(tmp_path / name, text.encode(encoding))
+    path, source, encoding = _fingerprinted(tmp_path, case, name, text)
     kind = "csv" if name.endswith(".csv") else "json"
-    source = build_plugin("source", kind, {"path": str(path), "encoding": encoding})
-    source.fingerprint()
     with path.open("a", encoding=encoding) as f:
         f.write(more.lstrip("\ufeff"))
     assert [i.row for i in source.read()] == [{"a": "1"}, {"a": "2"}] if kind == "csv" else [{"a": 1}, {"a": 2}]
@@ -552,11 +561,7 @@ def test_a_last_line_cut_off_by_a_writer_still_at_it_is_quarantined(tmp_path: Pa
     review). Once the file has grown past the fingerprinted end, a last line without its line end
     is quarantined as cut off; the rows before it are read as they are."""
     name, text, more = CUT[case]
-    encoding = "utf-16" if case.startswith("utf-16") else "utf-8"
-    path = write(tmp_path / name, text.encode(encoding))
-    kind = "csv" if name.endswith(".csv") else "json"
-    source = build_plugin("source", kind, {"path": str(path), "encoding": encoding})
-    source.fingerprint()
+    path, source, encoding = _fingerprinted(tmp_path, case, name, text)
     before = list(source.read())  # not grown: a last line without its end, read as it is
     assert (
         before[1].row is not None if case != "csv, one field short" else before[1].error == "expected 3 fields, found 2"

@@ -146,8 +146,9 @@ def test_a_sink_removed_that_holds_durable_rows_is_refused(db: Database) -> None
         assert len(rows) == sum(1 for i in range(40) if i % 5 + 1 < 3)
 
 
-def test_the_one_line_from_the_command(db: Database, tmp_path: Path) -> None:
-    """As the review ran it: `elspeth resume --force` names the aggregation, exit 1, no traceback."""
+def _crashed_by_the_command(db: Database, tmp_path: Path) -> tuple[Path, str]:
+    """An aggregation pipeline's `elspeth run`, crashed after its 8th commit: its settings file
+    and its run id."""
     from tests.engine_harness import write_csv
 
     write_csv(tmp_path / "in.csv", ["id", "v", "note", "items"], [[i, i, "ok", "x"] for i in range(30)])
@@ -158,6 +159,12 @@ def test_the_one_line_from_the_command(db: Database, tmp_path: Path) -> None:
                       env={"ELSPETH_FAULT": "committed:8"})  # fmt: skip
     assert crashed.returncode == 86, crashed.stderr
     run_id = json.loads(elspeth("runs", "--json", cwd=tmp_path, db=db).stdout)[0]["run_id"]
+    return settings, run_id
+
+
+def test_the_one_line_from_the_command(db: Database, tmp_path: Path) -> None:
+    """As the review ran it: `elspeth resume --force` names the aggregation, exit 1, no traceback."""
+    settings, run_id = _crashed_by_the_command(db, tmp_path)
     _edit(settings, ("- name: agg\n", "- name: agg2\n"))
     err = one_line_error(elspeth("resume", run_id, "--force", cwd=tmp_path, db=db), 1)
     assert err.count("\n") == 1 and "aggregation 'agg' (its open batch agg#1 holds" in err, err
@@ -168,16 +175,8 @@ def test_a_resume_refused_for_changed_settings_says_what_changed(db: Database, t
     the key paths that differ (comments and spacing are no change: the settings are compared as
     read)."""
     from engine.orchestrator import changed_keys
-    from tests.engine_harness import write_csv
 
-    write_csv(tmp_path / "in.csv", ["id", "v", "note", "items"], [[i, i, "ok", "x"] for i in range(30)])
-    (tmp_path / "out").mkdir()
-    settings = tmp_path / "settings.yaml"
-    settings.write_text(SOURCE + PIPELINES["agg_end_of_source"] + SINKS)
-    crashed = elspeth("run", "-s", "settings.yaml", "--commit-every", "1", cwd=tmp_path, db=db,
-                      env={"ELSPETH_FAULT": "committed:8"})  # fmt: skip
-    assert crashed.returncode == 86, crashed.stderr
-    run_id = json.loads(elspeth("runs", "--json", cwd=tmp_path, db=db).stdout)[0]["run_id"]
+    settings, run_id = _crashed_by_the_command(db, tmp_path)
     original = settings.read_text()
     settings.write_text(original.replace("out/out.csv", "out/o2.csv") + "retry: {max_attempts: 2}\n")
     err = one_line_error(elspeth("resume", run_id, cwd=tmp_path, db=db), 1)
