@@ -179,11 +179,18 @@ def _left_behind(fold: RunFold, later: Sequence[tuple[str, str, str]] = ()) -> l
                 f"sink '{sink}': {path} no longer starts with the {durable:,} bytes the run made durable (replaced or "
                 "changed since): it is not the run's output as its log records it"
             )
-        if extra:
+        if extra and durable == 0:
+            # (No bytes of the file are the run's by its log: the digest of none is every file's.)
+            notes.append(
+                f"sink '{sink}': {path} holds {extra:,} bytes, and the run made none durable there: they may be rows it "
+                "wrote before its first durability point, or another file put there since; its log ties none of them "
+                "to it, so nothing refuses them. Look before a run appends to the file or reads it"
+            )
+        elif extra:
             notes.append(
                 f"sink '{sink}': {path} holds {extra:,} bytes after what the run made durable: rows it wrote after "
                 "its last durability point, which its log does not record. They stay; remove them if they should not "
-                f"(`truncate -s {durable} {shlex.quote(str(path))}`): a new run appending to the file, or reading it, refuses to "
+                f"(`truncate -s {durable} -- {shlex.quote(str(path))}`): a new run appending to the file, or reading it, refuses to "
                 "while they are there"
             )
         if ours and plugin == "json" and ends[:1] == b"[" and ends[-1:] != b"]":

@@ -351,8 +351,11 @@ class Execution:
                     "or move this one aside"
                 )
             # Locations as each run's settings spell them, resolved in the folder it ran in.
+            # Since its last flush, not its last event: a run that failed after another run wrote
+            # its file (a second run started before this one's first write) recorded its failure
+            # after that run's flushes, and measured from the failure they were not "since".
             if others is None:
-                others = self.recorder.flushed_since(self.run_id)
+                others = self.recorder.flushed_since(self.run_id, its_last_flush=True)
             other = _run_in(others, path)
             digest = self.fold.sink_digests.get(name)
             if other is not None and digest is not None and _digests_at(path, [position]).get(position) != digest:
@@ -399,11 +402,12 @@ class Execution:
             path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
             if mode not in ("append", "write") or not isinstance(path, Path):
                 continue
+            if positions is None:
+                positions = self.recorder.open_positions()
+            self._refuse_to_share_a_file_being_written(name, path, positions, mode == "write")
             size = _regular_file_size(path)
             if size is None:
                 continue
-            if positions is None:
-                positions = self.recorder.open_positions()
             # (Mode `write` replaces the file: a run with nothing durable in it loses nothing.)
             here = [
                 h for h in positions
@@ -424,6 +428,19 @@ class Execution:
             if mode == "append":
                 self._refuse_to_append_after_a_crash_tail(name, path, size)
 
+    def _refuse_to_share_a_file_being_written(
+        self, name: str, path: Path, positions: list[OpenPosition], replace: bool
+    ) -> None:
+        """A run that is writing this sink's file right now, whatever it has made durable there
+        (nothing yet, or no file yet: a file sink opens its file at its first write). Two runs at
+        one file lose rows either way: the first to write fails or, in mode `write`, cuts what
+        the other wrote and completed saying it holds (a review)."""
+        for held in positions:
+            if held.run_id == self.run_id or not _same_place(_resolved(held.location, held.working_dir), path):
+                continue
+            if self.recorder.writer_alive(held.run_id) and held.run_id in self._open_runs():
+                raise RunRefused(self._stranded(name, path, held.position, held, True, replace))
+
     def _refuse_to_read_a_crash_tail(self) -> None:
         """A pipeline reading what another run of this store wrote (B reads A's output) read the
         rows A's crash left after its last durable position too, which A's log says were never
@@ -434,17 +451,18 @@ class Execution:
         size = _regular_file_size(path) if isinstance(path, Path) else None
         if not isinstance(path, Path) or size is None:
             return
-        for held in [*self.recorder.open_positions(), *self.recorder.abandoned_positions()]:
-            if held.position > size or not self._still_its_file(held, path):
-                continue
+        positions = [*self.recorder.open_positions(), *self.recorder.abandoned_positions()]
+        here = [h for h in positions if _same_file(_resolved(h.location, h.working_dir), path)]
+        digests = _digests_at(path, [h.position for h in here if h.position < size])  # (one read of the file)
+        for held in here:
             ended = held.status == RunState.ABANDONED
             alive = not ended and self.recorder.writer_alive(held.run_id)
-            if size == held.position and not alive:
+            if not alive and (held.position >= size or not self._still_its_file(held, path, digests)):
                 continue
             if alive:
                 why = f"which run {held.run_id} is still writing; wait for it to end (see `elspeth runs`)"
             else:
-                how = (f"cut them (`truncate -s {held.position} {shlex.quote(str(path))}`)" if ended
+                how = (f"cut them (`truncate -s {held.position} -- {shlex.quote(str(path))}`)" if ended
                        else f"resume that run first (`elspeth resume {held.run_id}`), or abandon it and cut them")  # fmt: skip
                 state = held.status if ended or held.status not in RUN_OPEN else "crashed"
                 why = (
@@ -453,14 +471,16 @@ class Execution:
                 )
             raise RunRefused(f"source: the input {path} is a sink's output {why}, and run again. Nothing was recorded")
 
-    def _still_its_file(self, held: OpenPosition, path: Path) -> bool:
+    def _still_its_file(self, held: OpenPosition, path: Path, digests: dict[int, str]) -> bool:
         """Whether the file at `path` is the one `held`'s run left: the same file as its sink's,
         still starting with the bytes it made durable (by their digest, when recorded), and
         written by no other run since its last flush (a rerun that replaced it, say: the bytes
-        after are that run's then)."""
-        if not _same_file(_resolved(held.location, held.working_dir), path):
+        after are that run's then). Never at position 0: the digest of no bytes is every file's,
+        and a file restored or made anew there would be taken for the run's crash tail, its cut
+        prescribed (a review). `digests`: the file's, at least at `held.position` (`_digests_at`)."""
+        if held.position == 0 or not _same_file(_resolved(held.location, held.working_dir), path):
             return False
-        if held.sha256 is not None and _digests_at(path, [held.position]).get(held.position) != held.sha256:
+        if held.sha256 is not None and digests.get(held.position) != held.sha256:
             return False
         return _run_in(self.recorder.flushed_since(held.run_id, its_last_flush=True), path) is None
 
@@ -490,14 +510,17 @@ class Execution:
         they would sit among audited rows, the new run's digest of the file covering them, and a
         rerun of the same input duplicating them (a review). Refused, naming the cut that drops
         them, unless some run has written the file since (they were adopted then already)."""
-        for held in self.recorder.abandoned_positions():
-            if held.position >= size or held.sha256 is None or not self._still_its_file(held, path):
+        here = [h for h in self.recorder.abandoned_positions() if h.position < size and h.sha256 is not None]
+        here = [h for h in here if _same_file(_resolved(h.location, h.working_dir), path)]
+        digests = _digests_at(path, [h.position for h in here])  # (one read of the file for them all)
+        for held in here:
+            if not self._still_its_file(held, path, digests):
                 continue
             raise RunRefused(
                 f"sink '{name}': {path} holds {size - held.position} bytes after what run {held.run_id} (abandoned) "
                 f"made durable ({held.position} bytes): rows its crash left, which no run's log accounts for, and "
                 "which rows appended now would seem to vouch for. Cut them (`truncate -s "
-                f"{held.position} {shlex.quote(str(path))}`) or move the file aside, and run again. Nothing was recorded"
+                f"{held.position} -- {shlex.quote(str(path))}`) or move the file aside, and run again. Nothing was recorded"
             )
 
     def _open_runs(self) -> set[str]:
@@ -777,6 +800,17 @@ def _digests_at(path: Path, positions: list[int]) -> dict[int, str]:
     except OSError:
         return {}
     return digests
+
+
+def _same_place(a: Path | None, b: Path) -> bool:
+    """Whether two paths name one file (`_same_file`), or, where there is no file yet, one path
+    once resolved (links in the folders followed)."""
+    if _same_file(a, b):
+        return True
+    try:
+        return a is not None and not b.exists() and a == b.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def _same_file(a: Path | None, b: Path) -> bool:

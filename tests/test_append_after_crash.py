@@ -485,3 +485,24 @@ def test_one_table_by_another_spelling_of_its_server_is_the_same_table(tmp_path:
     lite = build_plugin("sink", "database", {"url": f"sqlite:///{tmp_path}/o.db", "table": "T"})
     assert _same_table(held("sqlite:///o.db#t"), lite)  # (resolved in the run's folder; names ignore case)
     assert not _same_table(held("sqlite:///p.db#t"), lite)
+
+
+def test_a_run_that_made_nothing_durable_in_a_file_ties_no_file_to_it(db: Database) -> None:
+    """At position 0 the digest of the run's bytes is of none, every file's: a file restored or
+    made anew at an abandoned run's path was refused to readers and appenders as that run's crash
+    tail, and the refusal prescribed `truncate -s 0`, wiping it (a review). Nothing ties it."""
+    with _workdir() as path:
+        log = path / "out" / "log.csv"
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:1")
+        assert fold_run(db, crashed).sink_positions["out"] == 0 and log.stat().st_size > 0
+        done = abandon_run(db, crashed, "superseded", home=None)
+        assert not any("truncate" in n for n in done.notes) and any("made none durable" in n for n in done.notes)
+        log.write_text("id,v\n100,100\n")  # another file put there since (restored from a backup)
+        b = path / "b.yaml"
+        b.write_text(
+            "source: {plugin: csv, on_success: o, options: {path: out/log.csv, schema: {mode: observed}}}\n"
+            "sinks:\n  o: {plugin: csv, options: {path: out/b.csv}}\n"
+        )
+        assert start_run(db, load(b)).status == "completed"
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"  # appends after it
+        assert _ids(log) == ["100", *(str(i) for i in range(1, ROWS + 1))]

@@ -139,6 +139,9 @@ class _FileSink:
         # reopens the sink at its durable position; the file may have grown by another process's
         # rows since this one let go of it, and those are not this run's to cut.
         self._limit: int | None = None
+        # Writing anew (mode `write`, a run starting): the file as `open` found it (`_as_found`;
+        # () when there was none), which the first write replaces. None: nothing to hold it to.
+        self._found: tuple[int, ...] | None = None
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
@@ -222,6 +225,8 @@ class _FileSink:
         self._size_at_open = size if position is None and self.mode == "append" else None
         if position is None:  # a run starting: nothing in the file is its own yet
             self._limit = self._size_at_open
+            # (Kept through a retry until a write has replaced it: the file is not this run's before.)
+            self._found = _as_found(self.path) if self.mode == "write" else None
         self._encoder = codecs.getincrementalencoder(self.encoding)()
         if start > 0:
             self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
@@ -332,6 +337,16 @@ class _FileSink:
             if planted:
                 f.close()
                 raise PluginError(_NODE, f"{self.path} {planted}: not written")
+            found = self._found
+            if not self._device and found is not None and (found != _identity(held) if found else held.st_size > 0):
+                # Another run's sink wrote the file since this run started (the two started at once:
+                # neither's start saw the other): replacing it would destroy that run's durable rows.
+                f.close()
+                raise PluginError(
+                    _NODE,
+                    f"{self.path} was written by another process (another run's sink?) after this run started: "
+                    "not replaced, so as not to destroy what that process wrote",
+                )
             if not self._device and self._limit is not None and held.st_size > max(self._limit, self._start):
                 f.close()
                 raise PluginError(
@@ -344,6 +359,7 @@ class _FileSink:
                 raise PluginError(_NODE, f"{self.path} changed while it was being opened; not written")
             if not self._device:  # (a device such as /dev/full cannot be cut)
                 f.truncate(self._start)
+            self._found = None
             f.seek(self._start)
             _write_all(f, self._head)
             self._wrote(f)
@@ -427,6 +443,22 @@ class _FileSink:
         if self._f is not None:  # else no row came: no file is created, none is changed
             self._durable(self._encode(tail))
         self.release()
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """A file as a stat shows it: which file, how long, when last written."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _as_found(path: Path) -> tuple[int, ...]:
+    """`_identity` of the file at `path` (through links: the sink refuses one when it opens);
+    () when there is none."""
+    try:
+        return _identity(path.stat())
+    except FileNotFoundError:
+        return ()
+    except OSError as e:
+        raise PluginError(_NODE, f"cannot open {path}: {e.strerror or e}") from e
 
 
 def _write_all(f: BinaryIO, data: bytes) -> None:

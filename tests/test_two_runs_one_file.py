@@ -1,0 +1,111 @@
+"""Two runs of the store writing one sink file at once (a review).
+
+A file sink opens its file at its first write, so a run that has written nothing yet holds no
+lock on it, and has nothing durable there (position 0, or no file at all). A second run started
+then wrote the file and completed; the first then replaced it (mode `write`) or failed and was
+resumed, as its error said, and the resume cut the second run's rows (mode `append`). Either way
+the second run's trail said its rows were in the file, and they were not.
+
+Run A here is in-process; its source starts run B before giving A its first row (A has recorded
+its start and holds its writer lock, its sink has not opened the file)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import orchestrator
+from engine.errors import ResumeRefused, RunFailedError, RunRefused
+from engine.orchestrator import Pipeline, fold_run, resume_run, start_run
+from landscape.db import Database
+from tests.engine_harness import load, workdir
+
+SETTINGS = """
+source:
+  plugin: csv
+  on_success: out
+  options:
+    path: in.csv
+    schema: {{mode: fixed, fields: ['id: int']}}
+sinks:
+  out: {{plugin: csv, options: {{path: out/shared.csv, mode: {mode}}}}}
+retry: {{max_attempts: 1}}
+"""
+
+
+class _FirstRowAfter:
+    """The source of a pipeline, which does `then` before its first row."""
+
+    def __init__(self, inner: Any, then: Callable[[], None]) -> None:
+        self._inner, self._then = inner, then
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def read(self, start: int = 0) -> Iterator[Any]:
+        for n, item in enumerate(self._inner.read(start)):
+            if n == 0:
+                self._then()
+            yield item
+
+
+def _pipeline(path: Path, then: Callable[[], None]) -> Pipeline:
+    pipeline = load(path / "settings.yaml")
+    pipeline.source = _FirstRowAfter(pipeline.source, then)  # type: ignore[assignment]
+    return pipeline
+
+
+def _inputs(path: Path) -> None:
+    with (path / "in.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["id"], *([i] for i in range(1, 4))])
+
+
+def _ids(path: Path) -> list[str]:
+    return [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+
+
+@pytest.mark.parametrize("mode", ["write", "append"])
+def test_a_run_is_not_started_on_a_file_a_running_run_will_write(db: Database, mode: str) -> None:
+    """B is refused at its start, naming A, whatever A has made durable there (nothing yet)."""
+    refused: list[str] = []
+
+    def start_b() -> None:
+        with pytest.raises(RunRefused) as e:
+            start_run(db, load(Path("settings.yaml")))
+        refused.append(str(e.value))
+
+    with workdir("two-runs", SETTINGS.format(mode=mode), _inputs) as path:
+        a = start_run(db, _pipeline(path, start_b), commit_every=1)
+        assert a.status == "completed"
+        assert len(refused) == 1 and f"is being written by run {a.run_id}, which is still running" in refused[0]
+        assert _ids(path / "out" / "shared.csv") == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("mode", ["write", "append"])
+def test_two_runs_started_at_once_on_one_file_lose_no_rows(
+    db: Database, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started at once, neither's start sees the other (the check is skipped for B here). B
+    completes; A, at its first write, finds the file written since it started and fails, not
+    replacing it; A's resume refuses to cut B's rows (it measured "since" from A's failure, which
+    came after B's flushes)."""
+    b_ids: list[str] = []
+
+    def start_b() -> None:
+        with monkeypatch.context() as m:
+            m.setattr(orchestrator.Execution, "_refuse_to_share_a_file_being_written", lambda *a, **k: None)
+            b_ids.append(start_run(db, load(Path("settings.yaml"))).run_id)
+
+    with workdir("two-runs", SETTINGS.format(mode=mode), _inputs) as path:
+        shared = path / "out" / "shared.csv"
+        with pytest.raises(RunFailedError, match="was written by another process"):
+            start_run(db, _pipeline(path, start_b), commit_every=1, run_id=f"run-a-{mode}")
+        b_rows = shared.read_bytes()
+        assert _ids(shared) == ["1", "2", "3"] and fold_run(db, b_ids[0]).status == "completed"
+        with pytest.raises(ResumeRefused, match=f"holds rows after this run's durable position .* run {b_ids[0]}"):
+            resume_run(db, f"run-a-{mode}", load)
+        assert shared.read_bytes() == b_rows
