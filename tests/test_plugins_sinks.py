@@ -497,6 +497,11 @@ def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
         ("database", {"url": "sqlite://", "table": "t"}, "url"),
         ("database", {"url": "sqlite:///:memory:", "table": "t"}, "url"),
         ("database", {"url": "sqlite:///file:x?mode=memory&uri=true", "table": "t"}, "url"),
+        # SQLite's memdb VFS is in memory too (validate said OK, no file was ever made: a review);
+        # no VFS is taken, named in the URL's query or inside its URI filename (a `?` as %3F).
+        ("database", {"url": "sqlite:///file:x.db?vfs=memdb&uri=true", "table": "t"}, "url"),
+        ("database", {"url": "sqlite:///file:x.db%3Fvfs%3Dmemdb?uri=true", "table": "t"}, "url"),
+        ("database", {"url": "sqlite:///file:x.db?vfs=unix-dotfile&uri=true", "table": "t"}, "url"),
         ("database", {"url": "sqlite://out.db", "table": "t"}, "url"),  # two slashes: a host, no file
         ("database", {"url": "mysql://u@h/d", "table": "t"}, "url"),  # no driver: the recorded run failed on it
         ("database", {"url": "sqlite:///o.db", "table": " "}, "table"),
@@ -506,6 +511,17 @@ def test_bad_sink_options(kind: str, options: dict[str, Any], path: str) -> None
     with pytest.raises(PluginConfigError) as err:
         build_plugin("sink", kind, options)
     assert err.value.path == path
+
+
+def test_a_sqlite_vfs_is_refused_with_what_was_found() -> None:
+    """`vfs=memdb` kept the database in memory: the run "wrote" rows that exist nowhere (a review)."""
+    from engine.plugins.database_sink import sqlite_file
+
+    url = "sqlite:///file:out/mem.db?vfs=memdb&uri=true"
+    with pytest.raises(PluginConfigError, match=r"names a SQLite VFS \(vfs=memdb\).*; allowed: a URL without vfs="):
+        build_plugin("sink", "database", {"url": url, "table": "t"})
+    assert sqlite_file(url) is None  # (not a file the load-time checks would compare with others)
+    assert sqlite_file("sqlite:///file:out/x.db?uri=true") == Path("out/x.db")
 
 
 # -- database --------------------------------------------------------------------------------

@@ -104,6 +104,13 @@ def _check_url(url: str) -> None:
             "url", f"{redact(url)!r} needs a database driver that is not installed ({e.name or e}); allowed: "
             "sqlite:///file.db or postgresql://user@host/db"
         ) from None  # fmt: skip
+    if parsed.get_backend_name() == "sqlite" and (vfs := _sqlite_vfs(url)) is not None:
+        # `vfs=memdb` is an in-memory database whatever its name (a review: every flush "durable",
+        # no file on disk). Which other VFS keeps a file where is not ours to know: none is taken.
+        raise PluginConfigError(
+            "url", f"{redact(url)!r} names a SQLite VFS ({vfs}), which may keep the database in memory or "
+            "elsewhere than the file named; allowed: a URL without vfs= (sqlite:///file.db, SQLite's own files)"
+        )  # fmt: skip
     if parsed.get_backend_name() == "sqlite" and sqlite_file(url) is None:
         # An in-memory database: every flush "durable", every row gone when the run ends (a review).
         raise PluginConfigError(
@@ -867,7 +874,34 @@ def _folded(name: str) -> str:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file of a `sqlite:///file` URL (None for others and for an in-memory database)."""
+    """The file of a `sqlite:///file` URL (None for others, for an in-memory database, and for
+    one kept by a VFS that is named)."""
+    named = _sqlite_uri(url)
+    if named is None:
+        return None
+    database, parameters = named
+    for key, value in parameters:
+        # `mode=memory` (`sqlite:///file:x?mode=memory&uri=true`) and any VFS (`vfs=memdb`).
+        if key.lower() == "vfs" or (key.lower() == "mode" and value == "memory"):
+            return None
+    if not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
+def _sqlite_vfs(url: str) -> str | None:
+    """The `vfs=` a SQLite URL names (`vfs=memdb`), or None."""
+    named = _sqlite_uri(url)
+    for key, value in named[1] if named is not None else ():
+        if key.lower() == "vfs":
+            return f"{key}={value}"
+    return None
+
+
+def _sqlite_uri(url: str) -> tuple[str | None, list[tuple[str, str]]] | None:
+    """A `sqlite:` URL's database name (the path of a URI filename, `file:…`) and the parameters
+    SQLite may read: those of the URL's query (SQLAlchemy hands them on with `uri=true`) and those
+    inside the URI filename (a `?` written as %3F). None for other URLs."""
     if not url.lower().startswith("sqlite"):
         return None
     from sqlalchemy.engine import make_url
@@ -878,18 +912,17 @@ def sqlite_file(url: str) -> Path | None:
     except (ArgumentError, ValueError):
         return None
     database = parsed.database
-    if "memory" in parsed.query.get("mode", ()):  # (`sqlite:///file:x?mode=memory&uri=true`)
-        return None
+    parameters = [
+        (key, value) for key, values in parsed.query.items()
+        for value in ((values,) if isinstance(values, str) else values)
+    ]  # fmt: skip
     if database and database.startswith("file:"):  # a URI filename (`?uri=true`): its path part
-        from urllib.parse import parse_qs, unquote, urlsplit
+        from urllib.parse import parse_qsl, unquote, urlsplit
 
         parts = urlsplit(database)
-        if "memory" in parse_qs(parts.query).get("mode", []):
-            return None
+        parameters += parse_qsl(parts.query, keep_blank_values=True)
         database = unquote(parts.path)
-    if not database or database == ":memory:":
-        return None
-    return Path(database)
+    return database, parameters
 
 
 def _through_a_link(conn: Any, path: Path, where: str) -> None:
