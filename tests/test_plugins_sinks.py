@@ -505,6 +505,9 @@ def test_release_is_safe_at_any_time(tmp_path: Path) -> None:
         ("database", {"url": "sqlite://out.db", "table": "t"}, "url"),  # two slashes: a host, no file
         ("database", {"url": "mysql://u@h/d", "table": "t"}, "url"),  # no driver: the recorded run failed on it
         ("database", {"url": "sqlite:///o.db", "table": " "}, "table"),
+        # A run's location is `URL#table`, read back after the last '#' (a review: `a#b` was never
+        # "the same table", so `if_exists: replace` could drop an unfinished run's rows).
+        ("database", {"url": "sqlite:///o.db", "table": "a#b", "if_exists": "replace"}, "table"),
     ],
 )
 def test_bad_sink_options(kind: str, options: dict[str, Any], path: str) -> None:

@@ -136,6 +136,11 @@ class DatabaseSink:
         self.table_name = o.str_("table", required=True)
         if not self.table_name.strip():
             raise PluginConfigError("table", "found an empty name; allowed: a table's name")
+        if "#" in self.table_name:
+            # A run records where it wrote as `URL#table`, and the table is read back after the last
+            # `#`: `a#b` would never be "the same table", so `if_exists: replace` could drop the
+            # rows of an unfinished run that wrote it (a review).
+            raise PluginConfigError("table", f"{self.table_name!r} holds a '#'; allowed: a table's name without '#'")
         self.if_exists = o.str_("if_exists", "append")
         if self.if_exists not in ("append", "replace"):
             raise PluginConfigError("if_exists", f"{self.if_exists!r} is not allowed; allowed: append, replace")
