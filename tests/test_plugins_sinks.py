@@ -1495,6 +1495,54 @@ def test_a_file_planted_in_a_folder_every_user_can_write_is_not_written(tmp_path
         assert planted_file(path, path.stat()) is None
 
 
+@pytest.mark.parametrize("through", ["its own path", "a link to its folder", "a link to a folder above"])
+def test_a_file_planted_is_refused_through_a_link_to_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    """`outlink/out.csv`, outlink -> /tmp/theirs: the folders were climbed as written (the link's,
+    this user's), so validate said OK and every row went into the other user's file (a review).
+    The folders are climbed as the kernel reaches the file, by validate and when the sink opens it."""
+    from engine.orchestrator import pipeline_problems
+    from engine.settings import load_settings
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user here")
+    shared = tmp_path / "shared"  # /tmp
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "theirs" / "deeper").mkdir(parents=True)  # made by another user inside /tmp
+    planted = shared / "theirs" / "deeper" / "out.csv"
+    planted.write_text("")
+    planted.chmod(0o666)
+    for made in (planted, planted.parent, planted.parent.parent):
+        os.chown(made, 65534, 65534)
+    mine = tmp_path / "mine"  # a folder of this user's, nobody else can write
+    mine.mkdir()
+    (mine / "outlink").symlink_to(planted.parent)
+    (mine / "uplink").symlink_to(shared / "theirs")
+    path = {
+        "its own path": str(planted),
+        "a link to its folder": "outlink/out.csv",
+        "a link to a folder above": "uplink/deeper/out.csv",
+    }[through]
+    monkeypatch.chdir(mine)
+    (mine / "in.csv").write_text("id\n1\n")
+    (mine / "s.yaml").write_text(
+        "source: {plugin: csv, on_success: out, options: {path: in.csv, schema: {mode: observed}}}\n"
+        f"sinks:\n  out: {{plugin: csv, options: {{path: '{path}'}}}}\n"
+    )
+    problems = pipeline_problems(load_settings(mine / "s.yaml"))
+    says = f"sinks.out.options.path: '{path}' is a file of user id 65534 (in folders that user made inside {shared})"
+    assert len(problems) == 1 and says in problems[0], problems
+    s = sink("csv", path=path)
+    s.open("run", None)
+    s.write("t0", {"a": 1})
+    with pytest.raises(PluginError, match=r"is a file of user id 65534 .*: not written"):
+        s.flush()
+    s.release()
+    assert planted.read_bytes() == b""
+
+
 @pytest.mark.parametrize("kind, name", [("csv", "o.csv"), ("json", "o.jsonl"), ("json", "o.json")])
 @pytest.mark.parametrize("how", ["deleted", "moved", "replaced"])
 def test_a_file_deleted_or_replaced_while_the_run_writes_it_fails_the_flush(

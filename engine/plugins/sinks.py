@@ -79,7 +79,21 @@ def planted_file(path: Path, st: os.stat_result) -> str | None:
     me = os.geteuid()
     if st.st_uid == me and st.st_nlink <= 1:
         return None
-    folder = Path(os.path.abspath(path.parent))
+    # The folders as the kernel reaches the file (links followed), and as written: climbing only
+    # the path as written, `link/out.csv` (link -> /tmp/theirs) was checked against the link's
+    # own folders and the rows went into the other user's file (a review); a link kept in a folder
+    # every user can write is still refused, as before (whoever can write there can swap it).
+    written = Path(os.path.abspath(path.parent))
+    for start in dict.fromkeys((Path(os.path.realpath(path.parent)), written)):
+        why = _planted_in(start, st, me)
+        if why is not None:
+            return why
+    return None
+
+
+def _planted_in(start: Path, st: os.stat_result, me: int) -> str | None:
+    """`planted_file`, climbing from the folder `start`."""
+    folder = start
     while True:
         try:
             fst = os.stat(folder)
@@ -93,7 +107,7 @@ def planted_file(path: Path, st: os.stat_result) -> str | None:
         folder = folder.parent
     mode = stat.S_IMODE(fst.st_mode)
     if st.st_uid != me:
-        inside = "" if folder == Path(os.path.abspath(path.parent)) else f" (in folders that user made inside {folder})"
+        inside = "" if folder == start else f" (in folders that user made inside {folder})"
         return (
             f"is a file of user id {st.st_uid}{inside}, in {folder}, a folder every user can write (mode {mode:o}): "
             "whoever put it there would read every row written into it; allowed: a file of this user's, or a path "
