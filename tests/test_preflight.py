@@ -175,6 +175,36 @@ def test_a_sink_folder_that_takes_no_file_is_refused(tmp_path: Path, monkeypatch
     assert len(problems) == 1 and says in problems[0], problems
 
 
+@pytest.mark.parametrize("sink", ["/proc/out.csv", "sqlite:////proc/out.db"])
+def test_a_sink_folder_that_says_yes_but_takes_no_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: str
+) -> None:
+    """access() says yes to root, and /proc takes no file whatever it says: validate said OK, and
+    the run, recorded, failed at its first flush (a review). The folder is asked by making a file
+    there (removed at once), as the witness folder is."""
+    if os.geteuid() != 0:
+        pytest.skip("only root is told yes by access() for /proc")
+    monkeypatch.chdir(tmp_path)
+    if sink.startswith("sqlite:"):
+        path = _settings(tmp_path)
+        path.write_text(path.read_text().replace(
+            "{plugin: json, options: {path: 'out.jsonl', format: jsonl}}", f"{{plugin: database, options: {{url: '{sink}', table: t}}}}"
+        ))  # fmt: skip
+        pipeline = build_pipeline(load_settings(path, {}))
+        try:
+            problems = path_problems(pipeline, {})
+        finally:
+            pipeline.close()
+        setting, file = "sinks.out.options.url", "/proc/out.db"
+    else:
+        problems = _problems(tmp_path, sink=sink)
+        setting, file = "sinks.out.options.path", sink
+    says = f"{setting}: {file} cannot be made: its folder /proc cannot take a file: "
+    assert len(problems) == 1 and says in problems[0] and "; allowed: " in problems[0], problems
+    assert _problems(tmp_path, sink="new.jsonl") == [] and not (tmp_path / "new.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "s.yaml"]  # (no probe left behind)
+
+
 def test_a_device_is_a_sink_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert _problems(tmp_path, sink="/dev/null") == []

@@ -67,7 +67,10 @@ def path_problems(pipeline: Pipeline, environ: Mapping[str, str] | None = None) 
                     "/dev/null)"
                 )
             elif (why := _cannot_write(path)) is not None:
-                problems.append(f"{where}: {setting}: {path} {why}{_relative(path)}")
+                problems.append(
+                    f"{where}: {setting}: {path} {why}{_relative(path)}; allowed: a file this user can write, or a "
+                    "new one in a folder that takes files"
+                )
             elif (why := _cannot_append(sink, path)) is not None:
                 problems.append(f"{where}: {setting}: {why}")
             elif isinstance(sink, DatabaseSink) and not _sqlite_or_new(path):
@@ -184,7 +187,12 @@ def _cannot_write(path: Path) -> str | None:
     target = path if path.exists() else path.parent
     try:
         if os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
-            return None
+            if target == path:
+                return None
+            # access() says yes to root everywhere, and /proc takes no file whatever it says (a
+            # run was recorded, then failed at its first flush: a review): asked by making one.
+            why = _cannot_hold_files(target)
+            return None if why is None else f"cannot be made: its folder {target} {why}"
         readonly = os.statvfs(target).f_flag & os.ST_RDONLY
     except (OSError, ValueError):
         return None  # (the run says what it is)
