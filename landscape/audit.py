@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -108,6 +108,9 @@ class SinkEnd:
     location: str
     position: int
     sha256: str | None
+    # The sink as the run's settings last declared it ({plugin, options}, redacted; None: not a
+    # mapping): what it writes as it closes follows from these (`elspeth verify --sink-file`).
+    declared: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +135,15 @@ class ProofReport:
 
 
 def _sink_ends(fold: RunFold) -> dict[str, SinkEnd]:
+    sinks = fold.settings.get("sinks")
+    declared = sinks if isinstance(sinks, dict) else {}
     return {
-        name: SinkEnd(fold.sink_locations.get(name, ""), position, fold.sink_digests.get(name))
+        name: SinkEnd(
+            fold.sink_locations.get(name, ""),
+            position,
+            fold.sink_digests.get(name),
+            declared[name] if isinstance(declared.get(name), dict) else None,
+        )
         for name, position in fold.sink_positions.items()
     }
 
@@ -166,12 +176,16 @@ def _open_regular(path: Path) -> BinaryIO:
     return f
 
 
-def check_sink_file(report: ExportReport, name: str, path: Path) -> str:
-    """Whether the file at `path` is what sink `name` of the verified export's run made durable:
-    its first bytes, up to the sink's last durable position, hash to the sha256 the signed log
-    records there. A line saying so, or AuditFailure saying why not. Bytes after that position are
-    allowed and counted (another run appending to the file, or this run going on after the
-    export); a database sink has no file to tie."""
+def check_sink_file(
+    report: ExportReport, name: str, path: Path, *, closing: bytes | None = b"", later: bool = False
+) -> str:
+    """Whether the file at `path` is what sink `name` of the verified export's run wrote: its first
+    bytes, up to the sink's last durable position, hash to the sha256 the signed log records
+    there, and nothing follows but what the sink writes as the run completes (`closing`: a JSON
+    array's closing bracket; None: unknown, not a built-in file sink). A line saying so, or
+    AuditFailure saying why not. `later`: bytes the log does not account for may follow (another
+    run appending to the file), and are counted in the line instead. A database sink has no file
+    to tie."""
     end = report.sinks.get(name)
     if end is None:
         known = ", ".join(sorted(report.sinks)) or "none"
@@ -181,12 +195,17 @@ def check_sink_file(report: ExportReport, name: str, path: Path) -> str:
         raise AuditFailure(f"--sink-file {name}: the run's log records no digest of that sink's output (a database "
                            "table, or a flush recorded before logs held one): no file can be tied to it")  # fmt: skip
     what = f"sink '{name}' (written as {end.location})"
+    # What the sink wrote after its last durable flush: its closing text, written only as the run
+    # completes (a run that failed or was abandoned closed no sink; nor has one still running).
+    completed = report.status == "completed"
+    expected = (closing or b"") if completed else b""
     try:
         with _open_regular(path) as f:
             digest, read = hashlib.sha256(), 0
             while read < end.position and (chunk := f.read(min(1 << 20, end.position - read))):
                 digest.update(chunk)
                 read += len(chunk)
+            after = f.read(len(expected) + 1)
             size = os.fstat(f.fileno()).st_size
     except AuditFailure:
         raise AuditFailure(f"--sink-file {name}: {path} is not a regular file") from None
@@ -207,11 +226,43 @@ def check_sink_file(report: ExportReport, name: str, path: Path) -> str:
         raise AuditFailure(f"{path} is not the output of {what}: its first {end.position} bytes do not hash to "
                            f"the sha256 the run's signed log records ({end.sha256[:16]}…): changed since, or "
                            "another file")  # fmt: skip
-    if size > end.position:
-        return (f"{path}: its first {end.position} bytes are the output of {what}, as the signed log records them; "
-                f"{size - end.position} bytes follow that the run's log does not account for (another run "
-                "appending, or this run going on after the export)")  # fmt: skip
-    return f"{path}: the output of {what}, all {end.position} bytes, as the signed log records them"
+    signed = f"its first {end.position} bytes are the output of {what}, as the signed log records them"
+    if after == expected and size == end.position + len(expected):
+        if expected:
+            return (f"{path}: the output of {what}, whole: all {end.position} bytes, as the signed log records "
+                    f"them, then the {len(expected)} that close it, which its sink writes as the run completes "
+                    f"({_shown(expected)})")  # fmt: skip
+        return f"{path}: the output of {what}, all {end.position} bytes, as the signed log records them"
+    extra = size - end.position
+    if completed and closing is None:
+        why = ("the run completed, and what its sink's plugin writes as it closes is unknown here (not a built-in "
+               "file sink, or its recorded options do not build one)")  # fmt: skip
+    elif completed and closing and closing.startswith(after):
+        why = (f"the run completed, and its sink then wrote {_shown(closing)} as it closed, of which the file holds "
+               f"only {extra} bytes (cut after the run?)")  # fmt: skip
+    elif completed and closing:
+        why = (f"the run completed, and after that position its sink wrote only {_shown(closing)} as it closed, "
+               f"where the file holds {extra} bytes{' that are not those' if extra else ''}: rows added before the "
+               "closing text? (a later run appending to the array rewrites it too)")  # fmt: skip
+    elif completed:
+        why = f"{extra} bytes follow, which the run's log does not account for (another run appending?)"
+    else:
+        why = (f"{extra} bytes follow, which the run's log does not account for: it ends the run {report.status}, "
+               "which closes no sink (what a crash left after the last flush, another run appending, or this run "
+               "going on after the export)")  # fmt: skip
+    if later:
+        return f"{path}: {signed}; {why}; allowed by --allow-later-bytes"
+    raise AuditFailure(f"{path} is not the output of {what} alone: its first {end.position} bytes are, as the "
+                       f"signed log records them, but {why}; if a later run may have appended to the file, "
+                       "--allow-later-bytes accepts that")  # fmt: skip
+
+
+def _shown(data: bytes) -> str:
+    """Bytes as an auditor reads them: text with its line breaks escaped, else hex."""
+    try:
+        return repr(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return data.hex()
 
 
 # A checkpoint note is a few lines, with a signature or a few: anything this large is none.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -1295,8 +1296,11 @@ def test_verify_ties_an_output_file_to_its_sinks_signed_flush(fork: Exported, tm
     assert f"{out}: the output of sink 'output' (written as examples/fork_coalesce/output/joined.jsonl), all " \
            f"{len(written)} bytes, as the signed log records them" in proc.stdout  # fmt: skip
     out.write_bytes(written + b'{"more": 1}\n')
-    proc = tie(f"output={out}")
-    assert proc.returncode == 0 and "12 bytes follow that the run's log does not account for" in proc.stdout
+    err = one_line_error(tie(f"output={out}"), 1)
+    assert f"{out} is not the output of sink 'output' (written as examples/fork_coalesce/output/joined.jsonl) " \
+           "alone" in err and "12 bytes follow, which the run's log does not account for" in err, err  # fmt: skip
+    proc = _verify(tmp_path, *args, "--sink-file", f"output={out}", "--allow-later-bytes")
+    assert proc.returncode == 0 and "12 bytes follow" in proc.stdout and "--allow-later-bytes" in proc.stdout
     out.write_bytes(written.replace(b"1", b"2", 1))
     err = one_line_error(tie(f"output={out}"), 1)
     assert f"{out} is not the output of sink 'output'" in err and "do not hash to the sha256" in err, err
@@ -1311,6 +1315,109 @@ def test_verify_ties_an_output_file_to_its_sinks_signed_flush(fork: Exported, tm
     err = one_line_error(tie(f"nope={out}"), 1)
     assert "made nothing durable in a sink of that name (its sinks with durable output: output)" in err, err
     assert "allowed: SINK=PATH" in one_line_error(tie("output"), 2)
+
+
+ARRAY = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'v: int']}}
+gates:
+- name: big
+  input: raw
+  condition: row['v'] > 5
+  routes: {'true': arr, 'false': low}
+sinks:
+  arr: {plugin: json, options: {path: out/arr.json, format: json}}
+  low: {plugin: csv, options: {path: out/low.csv}}
+"""
+
+
+@pytest.fixture(scope="module")
+def arrayed(db: Database, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A completed run writing a JSON array (whose closing bracket only the sink's close writes,
+    after its last flush) and a CSV file, exported."""
+    work = tmp_path_factory.mktemp("array")
+    write_csv(work / "in.csv", ["id", "v"], [[1, 3], [2, 9], [3, 7]])
+    (work / "out").mkdir()
+    (work / "s.yaml").write_text(ARRAY)
+    proc = elspeth("run", "-s", "s.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1]
+    return Exported(work, run_id, _export(work, db, run_id), work / ".elspeth" / "keys" / "default.pub")
+
+
+def _tie(exported: Exported, tmp_path: Path, given: str, *more: str) -> subprocess.CompletedProcess[str]:
+    return _verify(tmp_path, str(exported.file), "--public-key", str(exported.pub), "--sink-file", given, *more)
+
+
+def test_verify_ties_a_json_array_whole_with_its_closing_bracket(arrayed: Exported, tmp_path: Path) -> None:
+    """The array's closing text comes after the last signed flush: an untouched file is the
+    output, whole, with no word of bytes the log does not account for (every honest file had one)."""
+    written = (arrayed.work / "out" / "arr.json").read_bytes()
+    assert written.endswith(b"}\n]\n"), written
+    proc = _tie(arrayed, tmp_path, f"arr={arrayed.work / 'out' / 'arr.json'}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"out/arr.json: the output of sink 'arr' (written as out/arr.json), whole: all {len(written) - 3} " \
+           "bytes, as the signed log records them, then the 3 that close it, which its sink writes as the run " \
+           "completes ('\\n]\\n')" in proc.stdout, proc.stdout  # fmt: skip
+    assert "account for" not in proc.stdout + proc.stderr
+    cut = tmp_path / "cut.json"
+    cut.write_bytes(written[:-3])
+    err = one_line_error(_tie(arrayed, tmp_path, f"arr={cut}"), 1)
+    assert "of which the file holds only 0 bytes (cut after the run?)" in err, err
+
+
+def test_verify_refuses_rows_forged_inside_a_json_array(arrayed: Exported, tmp_path: Path) -> None:
+    """Rows inserted before the closing bracket: the signed prefix is intact, and the file is not
+    what the run wrote. Refused (exit 1); `--allow-later-bytes` (a later run appending to the array
+    rewrites its end in the same way) passes it, saying how many bytes the log does not cover."""
+    written = (arrayed.work / "out" / "arr.json").read_bytes()
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(written[:-3] + b',\n{"id": "999", "name": "forged"}\n]\n')
+    err = one_line_error(_tie(arrayed, tmp_path, f"arr={forged}"), 1)
+    assert f"{forged} is not the output of sink 'arr' (written as out/arr.json) alone: its first " \
+           f"{len(written) - 3} bytes are, as the signed log records them, but the run completed, and after that " \
+           "position its sink wrote only '\\n]\\n' as it closed, where the file holds 36 bytes that are not " \
+           "those" in err, err  # fmt: skip
+    proc = _tie(arrayed, tmp_path, f"arr={forged}", "--allow-later-bytes")
+    assert proc.returncode == 0 and "the file holds 36 bytes" in proc.stdout and "allowed by" in proc.stdout
+
+
+def test_verify_refuses_bytes_appended_to_a_csv_file_unless_later_runs_are_allowed(
+    arrayed: Exported, tmp_path: Path
+) -> None:
+    """Exit 0 means the file is exactly what the run wrote: bytes after its output, which the
+    log does not account for, are refused unless the auditor says a later run may have appended."""
+    written = (arrayed.work / "out" / "low.csv").read_bytes()
+    out = tmp_path / "low.csv"
+    out.write_bytes(written)
+    proc = _tie(arrayed, tmp_path, f"low={out}")
+    assert proc.returncode == 0 and f"all {len(written)} bytes, as the signed log records them" in proc.stdout
+    out.write_bytes(written + b"4,1\n")
+    err = one_line_error(_tie(arrayed, tmp_path, f"low={out}"), 1)
+    assert "4 bytes follow, which the run's log does not account for" in err and "--allow-later-bytes" in err, err
+    proc = _tie(arrayed, tmp_path, f"low={out}", "--allow-later-bytes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"its first {len(written)} bytes are the output of sink 'low'" in proc.stdout
+    assert "4 bytes follow, which the run's log does not account for" in proc.stdout
+
+
+def test_a_run_that_did_not_complete_closed_no_sink(tmp_path: Path) -> None:
+    """A failed (or abandoned) run never closed its sinks: a closing bracket after its last flush
+    is not its own."""
+    from landscape.audit import ExportReport, SinkEnd, check_sink_file
+
+    out = tmp_path / "a.json"
+    out.write_bytes(b'[\n{"id": 1}\n]\n')
+    digest = hashlib.sha256(b'[\n{"id": 1}').hexdigest()
+    report = ExportReport(run_id="r", key="k", events=1, root=b"", checkpoints=1, payloads_included=True,
+                          payloads=0, erased=0, extends=None, status="failed", ended=False,
+                          sinks={"s": SinkEnd("a.json", 11, digest)})  # fmt: skip
+    with pytest.raises(AuditFailure, match="it ends the run failed, which closes no sink"):
+        check_sink_file(report, "s", out, closing=b"\n]\n")
+    completed = dataclasses.replace(report, status="completed", ended=True)
+    assert ", whole: " in check_sink_file(completed, "s", out, closing=b"\n]\n")
 
 
 def test_a_sink_of_no_durable_bytes_ties_no_file(tmp_path: Path) -> None:

@@ -134,6 +134,28 @@ def test_json_array_position_never_includes_the_closing_bracket(tmp_path: Path) 
     assert path.read_bytes() == b'[\n{"a": 1}\n]\n'
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-8-sig", "latin-1", "iso2022_jp"])
+@pytest.mark.parametrize(("plugin", "fmt"), [("json", "json"), ("json", "jsonl"), ("csv", None)])
+def test_what_close_writes_is_what_verify_expects(tmp_path: Path, encoding: str, plugin: str, fmt: str | None) -> None:
+    """`elspeth verify --sink-file` expects exactly `closing_of` after a completed run's last flush:
+    the bytes `close` writes there (a JSON array's closing bracket), in the file's encoding."""
+    path = tmp_path / "o"
+    options = {"path": str(path), "encoding": encoding, **({"format": fmt} if fmt else {})}
+    s = sink(plugin, **options)
+    s.open("run", None)
+    s.write("t1", {"a": "é" if encoding == "latin-1" else "日本"})
+    pos = s.flush()
+    s.close()
+    resumed = tmp_path / "r"  # a resume that writes no more rows closes the file too
+    resumed.write_bytes(path.read_bytes()[:pos])
+    again = sink(plugin, **{**options, "path": str(resumed)})
+    again.open("run", pos)
+    again.close()
+    closing = engine.plugins.sinks.closing_of(plugin, options)
+    assert path.read_bytes()[pos:] == resumed.read_bytes()[pos:] == closing
+    assert bool(closing) == (fmt == "json")
+
+
 def test_jsonl_sink_by_extension_format_or_plugin_name(tmp_path: Path) -> None:
     rows = [{"a": 1}, {"a": 2}]
     for s, path in (

@@ -13,7 +13,7 @@ import click
 
 from engine.cli.errors import ElspethCliError
 from engine.cli.visible import say
-from landscape.audit import check_sink_file, read_kept_checkpoint, sniff, verify_export, verify_proof
+from landscape.audit import ExportReport, check_sink_file, read_kept_checkpoint, sniff, verify_export, verify_proof
 from landscape.keys import load_verifier
 
 # One option, one meaning, wherever a run's erasures are checked (replay, export, prove, verify).
@@ -55,11 +55,19 @@ unsigned_erasures_option = click.option(
     multiple=True,
     metavar="SINK=PATH",
     help="Also prove PATH is what the run's sink SINK wrote: its bytes up to the sink's last durable position "
-    "hash to the sha256 the signed log records (repeatable; an export, not a bundle).",
+    "hash to the sha256 the signed log records, and nothing follows but what the sink writes as the run completes "
+    "(a JSON array's closing bracket); anything else is refused (repeatable; an export, not a bundle).",
+)
+@click.option(
+    "--allow-later-bytes",
+    "later",
+    is_flag=True,
+    help="With --sink-file: a file may hold bytes after the run's output that its log does not account for (a "
+    "later run appending to the same file), counted instead of refused.",
 )
 @unsigned_erasures_option
 def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None, require_payloads: bool,
-               sink_files: tuple[str, ...], unsigned_erasures: bool) -> None:  # fmt: skip
+               sink_files: tuple[str, ...], later: bool, unsigned_erasures: bool) -> None:  # fmt: skip
     """Verify an export (`elspeth export`) or a proof bundle (`elspeth prove`) offline: the
     signatures, the hash chain, the Merkle tree against every signed checkpoint, the transitions
     and the row payloads. Exit 1 naming the first bad line or event."""
@@ -104,13 +112,24 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     if report.extends is not None:
         click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
     for name, path in tied:
-        click.echo(check_sink_file(report, name, path))
+        click.echo(check_sink_file(report, name, path, closing=_closing(report, name), later=later))
     if not report.ended:
         say(
             f"elspeth: warning: the log does not end the run (its state there: {report.status}, which a run is "
             "resumed or goes on from): either the run went on after the export was made, or the file was cut back "
             "to an earlier signed checkpoint, which only a checkpoint you kept from later can tell (--checkpoint)"
         )
+
+
+def _closing(report: ExportReport, name: str) -> bytes | None:
+    """What sink `name` writes as the run completes, after its last flush, built from the settings
+    the signed log records for it (None: unknown)."""
+    from engine.plugins.sinks import closing_of  # (only with --sink-file; imports no driver)
+
+    end = report.sinks.get(name)
+    if end is None or end.declared is None:
+        return None
+    return closing_of(str(end.declared.get("plugin")), end.declared.get("options"))
 
 
 def _sink_file(given: str) -> tuple[str, Path]:

@@ -69,12 +69,12 @@ BUILTIN: tuple[PluginSpec, ...] = (
     PluginSpec("batch_replicate", "aggregation", aggregations.BatchReplicate, {
         "copies_field": "default: copies", "default_copies": "when the field is missing (default: 1)",
         "max_copies": "default: 10000", "include_copy_index": "add copy_index (default: true)", "schema": _SCHEMA}),
-    PluginSpec("csv", "sink", sinks.CsvSink, {
+    PluginSpec("csv", "sink", sinks.FILE_SINKS["csv"], {
         "path": "output file (required; its folder must exist)", "headers": "write a header line (default: true)",
         "delimiter": "one character, not a quote or line break (default: ',')", "encoding": "default: utf-8",
         "mode": "write | append (default: write)", "schema": _SCHEMA}),
-    PluginSpec("json", "sink", sinks.JsonSink, _JSON_SINK),
-    PluginSpec("jsonl", "sink", lambda o: sinks.JsonSink(o, default_format="jsonl"),
+    PluginSpec("json", "sink", sinks.FILE_SINKS["json"], _JSON_SINK),
+    PluginSpec("jsonl", "sink", sinks.FILE_SINKS["jsonl"],
                {**_JSON_SINK, "format": "json | jsonl (default: jsonl)"}),
     PluginSpec("database", "sink", database_sink.DatabaseSink, {
         "url": "SQLAlchemy URL (required): sqlite:///file.db or postgresql://user@host/db",

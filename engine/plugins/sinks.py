@@ -453,6 +453,17 @@ class _FileSink:
             with suppress(OSError):  # (unbuffered: closing writes nothing)
                 f.close()
 
+    def closing(self) -> bytes:
+        """The bytes `close` writes after the last flush when a run that made rows durable here
+        completes (`elspeth verify --sink-file` expects exactly these after the signed position)."""
+        return b""
+
+    def _closing_bytes(self, text: str) -> bytes:
+        """`text` in the file's encoding, as written after bytes already there (no byte-order mark)."""
+        encoder = codecs.getincrementalencoder(self.encoding)()
+        encoder.encode(" ")  # as `_open_file` does: a mark, if the encoding has one, is on disk already
+        return encoder.encode(text)
+
     def _finish(self, tail: str = "") -> None:
         if self._f is not None:  # else no row came: no file is created, none is changed
             self._durable(self._encode(tail))
@@ -750,7 +761,37 @@ class JsonSink(_FileSink):
         return self._durable(self._encode("".join(parts)))
 
     def close(self) -> None:
-        if self.format == "json":
-            self._finish("\n]\n" if self._rows_written else "]\n")
-        else:
-            self._finish()
+        self._finish(self._end(self._rows_written))
+
+    def _end(self, rows_written: bool) -> str:
+        """What `close` writes after the last flush: a JSON array's closing bracket (on a line of
+        its own after a row); nothing for JSON lines."""
+        if self.format == "jsonl":
+            return ""
+        return "\n]\n" if rows_written else "]\n"
+
+    def closing(self) -> bytes:
+        # (Every sink the log records a flush of made rows durable: the array holds rows.)
+        return self._closing_bytes(self._end(True))
+
+
+# The built-in file sinks by plugin name (the registry's entries for them). Here, not only in the
+# registry, so that `elspeth verify`, which must load without a database driver, can build one.
+FILE_SINKS: dict[str, Callable[[Mapping[str, Any]], _FileSink]] = {
+    "csv": CsvSink,
+    "json": JsonSink,
+    "jsonl": lambda o: JsonSink(o, default_format="jsonl"),
+}
+
+
+def closing_of(plugin: str, options: object) -> bytes | None:
+    """What the built-in file sink `plugin`, built from `options` as a run recorded them, writes
+    when the run completes, after its last flush (`_FileSink.closing`). None: not a built-in file
+    sink, or options that do not build one here (recorded redacted: a secret's fingerprint)."""
+    make = FILE_SINKS.get(plugin)
+    if make is None or not isinstance(options, Mapping):
+        return None
+    try:
+        return make(options).closing()
+    except PluginConfigError:
+        return None
