@@ -205,7 +205,7 @@ def check_sink_file(
             while read < end.position and (chunk := f.read(min(1 << 20, end.position - read))):
                 digest.update(chunk)
                 read += len(chunk)
-            after = f.read(len(expected) + 1)
+            after = f.read(len(closing or b"") + 1)  # enough to tell its closing text
             size = os.fstat(f.fileno()).st_size
     except AuditFailure:
         raise AuditFailure(f"--sink-file {name}: {path} is not a regular file") from None
@@ -232,6 +232,10 @@ def check_sink_file(
             return (f"{path}: the output of {what}, whole: all {end.position} bytes, as the signed log records "
                     f"them, then the {len(expected)} that close it, which its sink writes as the run completes "
                     f"({_shown(expected)})")  # fmt: skip
+        if closing and not completed:
+            return (f"{path}: the output of {what}, all {end.position} bytes, as the signed log records them; the "
+                    f"log ends the run {report.status}, and only a run that completes closes its sinks, so the file "
+                    f"lacks the {_shown(closing)} its sink writes then (a JSON array without its ']')")  # fmt: skip
         return f"{path}: the output of {what}, all {end.position} bytes, as the signed log records them"
     extra = size - end.position
     if completed and closing is None:
@@ -246,6 +250,10 @@ def check_sink_file(
                "closing text? (a later run appending to the array rewrites it too)")  # fmt: skip
     elif completed:
         why = f"{extra} bytes follow, which the run's log does not account for (another run appending?)"
+    elif closing and after == closing and size == end.position + len(closing):
+        why = (f"the {extra} bytes that follow are what its sink writes as the run completes ({_shown(closing)}), "
+               f"and the log ends the run {report.status}: written by a run that failed as it closed its sinks "
+               "(one after this one failed to close), or added since")  # fmt: skip
     else:
         why = (f"{extra} bytes follow, which the run's log does not account for: it ends the run {report.status}, "
                "which closes no sink (what a crash left after the last flush, another run appending, or this run "

@@ -1414,8 +1414,14 @@ def test_a_run_that_did_not_complete_closed_no_sink(tmp_path: Path) -> None:
     report = ExportReport(run_id="r", key="k", events=1, root=b"", checkpoints=1, payloads_included=True,
                           payloads=0, erased=0, extends=None, status="failed", ended=False,
                           sinks={"s": SinkEnd("a.json", 11, digest)})  # fmt: skip
+    with pytest.raises(AuditFailure, match="the log ends the run failed: written by a run that failed as it closed"):
+        check_sink_file(report, "s", out, closing=b"\n]\n")
+    out.write_bytes(b'[\n{"id": 1}\n]\n{}')
     with pytest.raises(AuditFailure, match="it ends the run failed, which closes no sink"):
         check_sink_file(report, "s", out, closing=b"\n]\n")
+    out.write_bytes(b'[\n{"id": 1}')
+    assert "so the file lacks the '\\n]\\n' its sink writes then" in check_sink_file(report, "s", out, closing=b"\n]\n")
+    out.write_bytes(b'[\n{"id": 1}\n]\n')
     completed = dataclasses.replace(report, status="completed", ended=True)
     assert ", whole: " in check_sink_file(completed, "s", out, closing=b"\n]\n")
 
