@@ -287,8 +287,8 @@ def test_csv_a_stray_opening_quote_stops_the_source_rather_than_swallow_records(
     row that read as valid (a review). Where the record ends cannot be known: the source stops."""
     path = write(tmp_path / "a.csv", 'id,name,notes\n1,a,ok\n2,"12 inch,ok\n3,c,ok\n4,"d",ok\n5,e,ok\n')
     read: list[Any] = []
-    with pytest.raises(PluginError, match="the record starting on line 3 opens a quoted field that closes on line 5 "
-                                          "with text after the closing quote"):  # fmt: skip
+    with pytest.raises(PluginError, match="the record starting on line 3 holds a quoted field that opens on line 3 "
+                                          "and closes on line 5 with text after the closing quote"):  # fmt: skip
         read.extend(build_plugin("source", "csv", {"path": str(path)}).read())
     assert [i.row for i in read] == [{"id": "1", "name": "a", "notes": "ok"}]
 
@@ -309,6 +309,33 @@ def test_csv_text_after_a_closing_quote_is_read_as_the_prior_system_read_it(tmp_
     text = 'id,name\n1,"Big" Tony\n2,"abc" \n3,"multi\nline" \n4,"x""y"\n'
     got = items("csv", {"path": str(write(tmp_path / "a.csv", text))})
     assert [i.row["name"] for i in got if i.row] == ["Big Tony", "abc ", "multi\nline ", 'x"y'] and len(got) == 4
+
+
+def test_csv_text_after_a_closing_quote_in_a_record_with_a_good_multi_line_cell_is_read_as_on_one_line(
+    tmp_path: Path,
+) -> None:
+    """`"Big" Tony` opens and closes on one line: read leniently there as on a one-line record,
+    also when the record holds a good multi-line cell. Read strictly as a whole, that record
+    stopped the source, naming the multi-line cell's line (a review)."""
+    text = 'id,name,notes\n1,"Big" Tony,ok\n2,"Big" Tony,"line one\nline two"\n3,c,ok\n4,"a\nb","x" y\n'
+    got = items("csv", {"path": str(write(tmp_path / "a.csv", text))})
+    assert [i.row for i in got] == [
+        {"id": "1", "name": "Big Tony", "notes": "ok"},
+        {"id": "2", "name": "Big Tony", "notes": "line one\nline two"},
+        {"id": "3", "name": "c", "notes": "ok"},
+        {"id": "4", "name": "a\nb", "notes": "x y"},
+    ]
+
+
+def test_csv_a_stray_quote_after_a_good_multi_line_cell_names_the_lines_it_opens_and_closes_on(tmp_path: Path) -> None:
+    """The stop names the swallowing field's own lines, not the record's first and last."""
+    text = 'id,name,notes\n1,"two\nlines","12 inch\n3,c,ok\n4,"d" e,ok\n'
+    path = write(tmp_path / "a.csv", text)
+    with pytest.raises(PluginError) as err:
+        items("csv", {"path": str(path)})
+    assert "the record starting on line 2 holds a quoted field that opens on line 3 and closes on line 5 " in (
+        err.value.message
+    )
 
 
 def test_csv_a_bare_carriage_return_in_an_unquoted_cell_quarantines_its_record(tmp_path: Path) -> None:

@@ -430,16 +430,19 @@ class CsvSource:
                 index += 1
                 continue
             ran_off = lines.ended and len(lines.text) > 0 and _runs_off_the_end(lines.text, self.delimiter)
-            if len(lines.text) > 1 and not ran_off and not _closes_cleanly(lines.text, self.delimiter):
+            swallowed = _swallowing_close(lines.text, self.delimiter) if len(lines.text) > 1 and not ran_off else None
+            if swallowed is not None:
                 # A stray opening quote (`2,"12 inch,ok`): the reader took the records after it
                 # into that field, up to a later quote, and glued on what followed that one:
                 # records never counted nor quarantined, in a row that read as valid (a review).
                 # Where the record was meant to end cannot be known: nothing more is read.
+                opened, closed = (first_line + n for n in swallowed)
                 raise PluginError(
                     _NODE,
-                    f"{self.path}: the record starting on line {first_line} opens a quoted field that closes on line "
-                    f"{lines.count} with text after the closing quote, so where it ends cannot be known; allowed: "
-                    'a quote that opens a field closes it (a quote inside one is written twice: "say ""hi""")',
+                    f"{self.path}: the record starting on line {first_line} holds a quoted field that opens on line "
+                    f"{opened} and closes on line {closed} with text after the closing quote, so where it ends cannot "
+                    "be known; allowed: a quote that opens a field closes it (a quote inside one is written twice: "
+                    '"say ""hi""")',
                 )
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
@@ -562,22 +565,41 @@ def _one_line_record(line: str, delimiter: str) -> tuple[list[str], bool]:
     return values, more
 
 
-def _closes_cleanly(text: list[str], delimiter: str) -> bool:
-    """Whether a record read over several lines reads strictly too, but for blanks between a
-    closing quote and the delimiter or the line's end (which the prior system read, and which
-    cannot swallow a record): a quote opened lines before that closes with other text after it
-    is how a stray quote swallows the records between."""
-    try:
-        list(csv.reader(text, delimiter=delimiter, strict=True))
-        return True
-    except csv.Error:
-        pass
-    blanks = re.compile(f'"[ \t]+(?={re.escape(delimiter)}|\r|\n|$)')
-    try:
-        list(csv.reader([blanks.sub('"', line) for line in text], delimiter=delimiter, strict=True))
-        return True
-    except csv.Error:
-        return False
+def _swallowing_close(text: list[str], delimiter: str) -> tuple[int, int] | None:
+    """The lines (0-based, in `text`: a record read over several lines) a quoted field opened and
+    closed on, for the first field opened lines before its closing quote and with other text
+    after that quote: how a stray quote swallows the records between. None: no such field.
+
+    The lines are walked as the csv module's lenient reader walks them. Text after a closing
+    quote of a field opened on the same line (`"Big" Tony`) is read leniently, as on a one-line
+    record (the prior system read it so); so are blanks between a closing quote and the delimiter
+    or the line's end, which cannot swallow a record. Read strictly as a whole instead, one such
+    one-line quirk stopped the source for a record that also held a good multi-line cell (a
+    review)."""
+    blanks_to_end = re.compile(f"[ \t]*(?:{re.escape(delimiter)}|\r|\n|$)")
+    state, opened = "start", 0  # start of a field, in an unquoted one, in a quoted one, after a quote in one
+    for n, line in enumerate(text):
+        for i, c in enumerate(line):
+            if state == "start":
+                if c == '"':
+                    state, opened = "quoted", n
+                elif c != delimiter and c not in "\r\n":
+                    state = "unquoted"
+            elif state == "unquoted":
+                if c == delimiter or c in "\r\n":
+                    state = "start"
+            elif state == "quoted":
+                if c == '"':
+                    state = "quote"
+            elif c == '"':  # (after a quote in a quoted field: a quote written twice)
+                state = "quoted"
+            elif c == delimiter or c in "\r\n":
+                state = "start"
+            else:
+                if opened < n and not blanks_to_end.match(line, i):
+                    return opened, n
+                state = "unquoted"
+    return None
 
 
 def _first_repeat(names: list[str]) -> str | None:
