@@ -338,6 +338,43 @@ def test_csv_a_stray_quote_after_a_good_multi_line_cell_names_the_lines_it_opens
     )
 
 
+def test_csv_multiline_false_quarantines_a_quote_left_open_line_by_line(tmp_path: Path) -> None:
+    """A stray quote closed by a later inch mark (`pipe 10",3`) is valid CSV: read with multi-line
+    cells, record 2 is inside row 1's desc, nothing quarantined (a review). With `multiline:
+    false` the line that leaves a quote open is quarantined and the next line is the next record."""
+    path = write(tmp_path / "a.csv", 'id,desc,price\n1,"12 inch pipe,5\n2,pipe 10",3\n3,"nut",1\n')
+    assert [i.row for i in items("csv", {"path": str(path)})] == [
+        {"id": "1", "desc": "12 inch pipe,5\n2,pipe 10", "price": "3"},
+        {"id": "3", "desc": "nut", "price": "1"},
+    ]  # (the default: the swallow, as the prior system and Python's csv read it)
+    got = items("csv", {"path": str(path), "multiline": False})
+    assert [(i.index, i.row) for i in got] == [
+        (0, None),
+        (1, {"id": "2", "desc": 'pipe 10"', "price": "3"}),
+        (2, {"id": "3", "desc": "nut", "price": "1"}),
+    ]
+    assert got[0].error == "a quote opened on line 2 does not close on that line (multiline: false)"
+    assert got[0].raw == {"__raw_line__": '1,"12 inch pipe,5', "__line_number__": 2, "__row_number__": 1}
+
+
+def test_csv_multiline_false_reads_each_line_of_a_multi_line_cell_as_its_own_record(tmp_path: Path) -> None:
+    """What would stop the source with multi-line cells (text after a quote closing lines
+    later), or make the rest of the file one record (a quote never closed), or stop it (an
+    unreadable line holding a quote), is one line's problem each: the rest is read."""
+    text = 'id,name,notes\n1,"Big" Tony,ok\n2,"a\n3,c" d,ok\n4,x,"never\n5,e\rf,"q"\n6,f,ok'
+    got = items("csv", {"path": str(write(tmp_path / "a.csv", text)), "multiline": "false"})
+    assert [(i.index, i.raw.get("__line_number__"), i.error) for i in got if i.row is None] == [
+        (1, 3, "a quote opened on line 3 does not close on that line (multiline: false)"),
+        (3, 5, "a quote opened on line 5 does not close on that line (multiline: false)"),
+        (4, 6, "unreadable CSV: new-line character seen in unquoted field"),
+    ]
+    assert [i.row for i in got if i.row is not None] == [
+        {"id": "1", "name": "Big Tony", "notes": "ok"},
+        {"id": "3", "name": 'c" d', "notes": "ok"},
+        {"id": "6", "name": "f", "notes": "ok"},
+    ]
+
+
 def test_csv_a_bare_carriage_return_in_an_unquoted_cell_quarantines_its_record(tmp_path: Path) -> None:
     """No quote in the record: the next line starts the next record, and the source reads on."""
     path = write(tmp_path / "a.csv", "id,note\n1,ok\n2,bad\rnote\n3,fine\n")

@@ -9,6 +9,7 @@ import pytest
 
 from engine.cli.purge import parse_duration
 from engine.dag import build_dag
+from engine.orchestrator import pipeline_problems
 from engine.plugins.protocol import PluginConfigError
 from engine.plugins.registry import build_plugin
 from engine.secrets import fingerprint, is_secret_key
@@ -139,6 +140,15 @@ def test_a_source_option_key_that_is_not_text_is_named_too(tmp_path: Path) -> No
     text = BASE.replace("options: {path: in.csv}", "options: {path: in.csv, field_mapping: {no: b}}")
     (line,) = _errors(tmp_path, text)
     assert line.startswith("source.options.field_mapping: found a key that is a boolean (False)"), line
+
+
+@pytest.mark.parametrize(("value", "found"), [("maybe", "'maybe'"), ("3", "3"), ("'no'", "'no'"), ("false", None)])
+def test_the_csv_source_multiline_option_is_true_or_false(tmp_path: Path, value: str, found: str | None) -> None:
+    """(Plugin options are checked when the pipeline is built, as `validate` does.)"""
+    text = BASE.replace("options: {path: in.csv}", f"options: {{path: in.csv, multiline: {value}}}")
+    problems = pipeline_problems(load_settings(_write(tmp_path, text), {}))
+    assert problems == ([] if found is None else [f"{tmp_path / 'settings.yaml'}: source.options.multiline: found "
+                                                   f"{found}; allowed: true or false"])  # fmt: skip
 
 
 def test_missing_required_keys(tmp_path: Path) -> None:

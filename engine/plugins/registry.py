@@ -24,6 +24,8 @@ _CSV_SOURCE = {
     "skip_rows": "lines to skip before the header (default: 0)",
     "columns": "field names, for a file without a header line",
     "field_mapping": "{normalised header: new name}",
+    "multiline": "a quoted cell may span lines (default: true); false: a quote left open at a line's end "
+    "quarantines that line, and the next line is the next record",
     "schema": _SCHEMA,
     "on_validation_failure": _ON_VF,
 }

@@ -335,7 +335,7 @@ class CsvSource:
     kind: ClassVar[str] = "source"
 
     def __init__(self, options: Mapping[str, Any]) -> None:
-        o = Options(options, "path", "delimiter", "encoding", "skip_rows", "columns", "field_mapping",
+        o = Options(options, "path", "delimiter", "encoding", "skip_rows", "columns", "field_mapping", "multiline",
                     "schema", "on_validation_failure")  # fmt: skip
         self.path = Path(o.path())
         self._input = _Input(self.path)
@@ -351,6 +351,8 @@ class CsvSource:
             if not text_item(new, f"field_mapping.{key}", "a field name"):
                 raise PluginConfigError(f"field_mapping.{key}", "found an empty name; allowed: a field name")
         self.field_mapping: dict[str, str] = mapping
+        # false: a quoted field may not span lines (see `_OneLineRecords`)
+        self.multiline = o.bool_("multiline", True)
         self.schema = parse_schema(o.raw("schema"))
         self.on_validation_failure = o.str_("on_validation_failure", "discard")
 
@@ -404,7 +406,7 @@ class CsvSource:
         # Read as the prior system read it (not strictly: `"Big" Tony` is `Big Tony`), with two
         # checks a strict reading makes (below): a quote that never closes, and one that closes
         # lines later with text after it.
-        reader = csv.reader(it, delimiter=self.delimiter)
+        reader = csv.reader(it, delimiter=self.delimiter) if self.multiline else _OneLineRecords(it, self.delimiter)
         index = 0
         while True:
             lines.start_record()
@@ -419,7 +421,7 @@ class CsvSource:
                 # quarantined and the rest read (e.g. a bare carriage return in a cell). With a
                 # quote, the next line may still be inside a quoted field, whose text would be
                 # read as records: where this record ends cannot be known, nothing more is read.
-                if '"' in "".join(lines.text):
+                if self.multiline and '"' in "".join(lines.text):
                     raise PluginError(
                         _NODE,
                         f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {_csv_error(e)}",
@@ -447,7 +449,11 @@ class CsvSource:
             if not values and lines.bad is None:
                 continue  # a blank line is not a record
             if index >= start:
-                if ran_off:
+                if isinstance(reader, _OneLineRecords) and reader.left_open:
+                    yield SourceItem(index, None, self._unparsed(lines, first_line, index),
+                                     f"a quote opened on line {first_line} does not close on that line "
+                                     "(multiline: false)")  # fmt: skip
+                elif ran_off:
                     # A quote that never closes makes the rest of the file one field: the rows
                     # after it would be inside this one, never counted, never quarantined; on
                     # the last line, a cut file's value (`2,"mul`).
@@ -548,6 +554,29 @@ def _no_field_size_limit() -> None:
         csv.field_size_limit(sys.maxsize)
     except OverflowError:  # a C long narrower than Py_ssize_t
         csv.field_size_limit(2**31 - 1)
+
+
+class _OneLineRecords:
+    """The records of `multiline: false`: each physical line is one, read as csv reads a line.
+    A stray opening quote whose field a later quote closes right before a delimiter or a line
+    end (an inch mark, `pipe 10",3`) is valid CSV: read with multi-line cells, it swallows the
+    records between into one valid-looking row, and no reader can tell it from a real
+    multi-line cell. Here a quote left open at its line's end is only that line's problem
+    (`left_open`: it is quarantined), and the next line is the next record. An iterator whose
+    `__next__` raises csv.Error for one line and reads on at the next (a generator would end)."""
+
+    def __init__(self, lines: Iterator[str], delimiter: str) -> None:
+        self._lines, self._delimiter = lines, delimiter
+        self.left_open = False
+
+    def __iter__(self) -> _OneLineRecords:
+        return self
+
+    def __next__(self) -> list[str]:
+        self.left_open = False
+        line = next(self._lines)
+        values, self.left_open = _one_line_record(line, self._delimiter)
+        return values
 
 
 def _one_line_record(line: str, delimiter: str) -> tuple[list[str], bool]:
