@@ -34,7 +34,7 @@ def test_batch_stats_floats_without_mean() -> None:
 
 
 def test_batch_stats_skips_and_reports_non_finite_values() -> None:
-    out = stats([{"v": 1}, {"v": math.nan}, {"v": math.inf}, {"v": 3}, {"v": "7"}, {"v": True}])
+    out = stats([{"v": 1}, {"v": math.nan}, {"v": math.inf}, {"v": 3}, {"v": "x"}, {"v": True}])
     assert out == [{"count": 2, "sum": 4, "batch_size": 6, "mean": 2.0,
                     "skipped_non_finite": 2, "skipped_non_finite_indices": [1, 2]}]  # fmt: skip
 
@@ -58,15 +58,23 @@ def test_a_value_field_in_no_row_of_the_batch_is_a_batch_error() -> None:
     assert a.flush([{"amout": None}, {"amount": 2}]).rows[0]["count"] == 0  # in a row, empty
 
 
-def test_batch_stats_where_no_value_is_a_number_is_a_batch_error() -> None:
+def test_batch_stats_where_a_value_is_text_that_reads_as_a_number_is_a_batch_error() -> None:
     """A CSV source without a schema: every cell is text, and every batch's statistics were
-    count 0, sum 0, the run completed (a review). Said, with the fix."""
-    with pytest.raises(RowError, match=r"^no value of 'v' in the batch is a number, yet 3 are text that reads as one"):
+    count 0, sum 0, the run completed (a review). With one real number in the batch, that
+    number's statistics alone, the text left out without a word (another): any such text fails
+    the batch; text that reads as no number is counted out, as before."""
+    with pytest.raises(RowError, match=r"^3 of the batch's values of 'v' are text that reads as a number \(the first "
+                                       r"at position 0 in the batch; 0 are numbers\); a CSV column is text unless the "
+                                       r"source's schema declares it \('v: float'\)$"):  # fmt: skip
         stats([{"v": "51"}, {"v": " 7.5"}, {"v": "-1e3"}, {"v": None}])
-    with pytest.raises(RowError, match=r"yet 1 are text"):  # one cell not a number: the rest still text
-        stats([{"v": "51"}, {"v": "not-a-number"}])
+    with pytest.raises(RowError, match=r"^1 of the batch's values of 'v' are text"):  # one cell not a number
+        stats([{"v": "not-a-number"}, {"v": "51"}])
+    with pytest.raises(RowError, match=r"^2 of the batch's .* \(the first at position 1 in the batch; 1 are numbers"):
+        stats([{"v": 5}, {"v": "7"}, {"v": "9"}])
+    with pytest.raises(RowError, match=r"^1 of the batch's .* 2 are numbers"):
+        stats([{"v": 5}, {"v": math.nan}, {"v": "9"}])
     assert stats([{"v": "x"}, {"v": "y"}])[0]["count"] == 0  # no text that reads as a number: counted out
-    assert stats([{"v": "51"}, {"v": 2}])[0]["count"] == 1
+    assert stats([{"v": "1,234"}, {"v": 2}])[0]["count"] == 1  # (nor does a thousands separator read as one)
 
 
 def test_batch_stats_out_of_a_floats_range_is_a_batch_error_not_a_crash() -> None:

@@ -36,6 +36,20 @@ class BatchStats:
         if rows and not any(self.value_field in row for row in rows):
             # A misspelt value_field summed nothing into plausible zeros (a new user's review).
             raise RowError(f"field '{self.value_field}' is in none of the batch's {len(rows)} rows")
+        # Text that reads as a number: a CSV column the source's schema does not declare. Left out
+        # of the count, every batch's statistics were plausible zeros (a review), and with one
+        # real number among them, that number's alone, without a word (another). Any such value
+        # fails the batch, as text that reads as no number does not (counted out, as the prior
+        # system's batches did).
+        texts = [i for i, r in enumerate(rows) if isinstance(v := r.get(self.value_field), str) and reads_as_number(v)]
+        if texts:
+            found = [r.get(self.value_field) for r in rows]
+            numbers = sum(isinstance(v, int | float) and not isinstance(v, bool) for v in found)
+            raise RowError(
+                f"{len(texts)} of the batch's values of '{self.value_field}' are text that reads as a number (the "
+                f"first at position {texts[0]} in the batch; {numbers} are numbers); a CSV column is text unless the "
+                f"source's schema declares it ('{self.value_field}: float')"
+            )
         total: int | float = 0
         count = 0
         skipped: list[int] = []
@@ -51,17 +65,6 @@ class BatchStats:
             except OverflowError:
                 raise RowError(f"the sum of '{self.value_field}' is out of a float's range") from None
             count += 1
-        if count == 0 and not skipped:
-            texts = sum(isinstance(v, str) and reads_as_number(v) for r in rows if (v := r.get(self.value_field)))
-            if texts:
-                # Text that reads as numbers, and not one number: a CSV column without the source's
-                # schema declaring it. Every batch's statistics were plausible zeros and the run
-                # completed (a review). (With no such text, the batch counts nothing, as the prior
-                # system's did.)
-                raise RowError(
-                    f"no value of '{self.value_field}' in the batch is a number, yet {texts} are text that reads as "
-                    f"one; a CSV column is text unless the source's schema declares it ('{self.value_field}: float')"
-                )
         out: Row = {"count": count, "sum": total, "batch_size": len(rows)}
         if self.compute_mean:
             try:
