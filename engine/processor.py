@@ -60,8 +60,9 @@ class Processor:
         token_id = f"r{item.index}"
         if item.row is None:
             raw_data = encode_row(item.raw)
-            if len(raw_data) > work.MAX_OUTPUT_BYTES:  # (recorded in its place: the record's number and size)
-                item = SourceItem(item.index, None, _too_large(item.index, len(raw_data)), item.error)
+            if len(raw_data) > work.MAX_OUTPUT_BYTES:  # (recorded in its place: which record, and why)
+                why = f"{item.error or 'invalid row'}; {_too_large_why(len(raw_data))}"
+                item = SourceItem(item.index, None, _too_large(item.index, item.raw), why)
                 raw_data = encode_row(item.raw)
             raw_hash = self.ctx.store_data(raw_data)
             dest = self.n.on_validation_failure
@@ -82,8 +83,8 @@ class Processor:
             # The store takes no value past 1 GiB: the commit failed, the run stopped saying to fix
             # the cause and resume, which read the same record again (a review). As a step's
             # outputs are, a row is held to MAX_OUTPUT_BYTES.
-            why = f"the row takes {len(data):,} bytes recorded, more than the {work.MAX_OUTPUT_BYTES:,} a row may"
-            self.process_record(SourceItem(item.index, None, _too_large(item.index, len(data)), why))
+            why = f"the row {_too_large_why(len(data))}"
+            self.process_record(SourceItem(item.index, None, _too_large(item.index, None), why))
             return
         h = self.ctx.store_data(data)
         at = self.n.dag.source_output
@@ -309,6 +310,23 @@ class Processor:
                     self.drain()
 
 
-def _too_large(index: int, size: int) -> Row:
-    """What a quarantined record too large to record is recorded as: which record, how large."""
-    return {"__row_number__": index + 1, "__bytes__": size}
+_UNPARSED = ("__raw_line__", "__line_number__", "__row_number__")
+
+
+def _too_large(index: int, quarantined: Row | None) -> Row:
+    """What a record too large to record is recorded as, and sent to the quarantine sink as:
+    which record it was, in the keys of a line that could not be parsed, `__raw_line__` empty
+    (its size is in the reason). A line's own keys when it was one (a JSON line has no row
+    number), `__row_number__` otherwise. With a key of its own (`__bytes__`), a CSV quarantine
+    sink whose columns an unparsed line had fixed refused it (a review)."""
+    if quarantined is not None and "__raw_line__" in quarantined:
+        numbers = {k: v for k in _UNPARSED[1:] if type(v := quarantined.get(k)) is int}
+        return {"__raw_line__": "", **numbers}
+    return {"__raw_line__": "", "__row_number__": index + 1}
+
+
+def _too_large_why(size: int) -> str:
+    return (
+        f"takes {size:,} bytes recorded, more than the {work.MAX_OUTPUT_BYTES:,} a row may, so only which record "
+        "it was is recorded"
+    )
