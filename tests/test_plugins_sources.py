@@ -303,6 +303,17 @@ def test_csv_a_quote_left_open_on_the_last_line_is_quarantined(tmp_path: Path, e
     assert got[1].raw["__raw_line__"] == '2,"mul'
 
 
+@pytest.mark.parametrize("rest", ['"mul', '"multi\nline', '"multi\nline\n'])
+def test_csv_a_quote_left_open_at_the_end_after_text_after_a_closing_quote_is_quarantined(
+    tmp_path: Path, rest: str
+) -> None:
+    """Read strictly, `"Big" Tony` failed first, and hid the quote left open after it: the cut
+    value was read as a valid row."""
+    got = items("csv", {"path": str(write(tmp_path / "a.csv", f'id,n,m\n1,a,b\n2,"Big" Tony,{rest}'))})
+    assert [i.row for i in got] == [{"id": "1", "n": "a", "m": "b"}, None]
+    assert got[1].error == "a quote opened on line 3 is never closed: the record runs to the end of the file"
+
+
 def test_csv_text_after_a_closing_quote_is_read_as_the_prior_system_read_it(tmp_path: Path) -> None:
     """`"Big" Tony` is `Big Tony`, and blanks after a quoted field spanning lines are kept: the
     prior system read them so (read strictly, they failed the run or were quarantined: a review)."""

@@ -431,14 +431,15 @@ class CsvSource:
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), why)
                 index += 1
                 continue
-            ran_off = lines.ended and len(lines.text) > 0 and _runs_off_the_end(lines.text, self.delimiter)
-            swallowed = _swallowing_close(lines.text, self.delimiter) if len(lines.text) > 1 and not ran_off else None
-            if swallowed is not None:
+            # (walked only where it can matter: a record over several lines, or the last)
+            quotes = _quotes(lines.text, self.delimiter) if len(lines.text) > 1 or lines.ended else _Quotes(None, False)
+            ran_off = lines.ended and quotes.left_open
+            if len(lines.text) > 1 and not ran_off and quotes.swallow is not None:
                 # A stray opening quote (`2,"12 inch,ok`): the reader took the records after it
                 # into that field, up to a later quote, and glued on what followed that one:
                 # records never counted nor quarantined, in a row that read as valid (a review).
                 # Where the record was meant to end cannot be known: nothing more is read.
-                opened, closed = (first_line + n for n in swallowed)
+                opened, closed = (first_line + n for n in quotes.swallow)
                 raise PluginError(
                     _NODE,
                     f"{self.path}: the record starting on line {first_line} holds a quoted field that opens on line "
@@ -594,18 +595,25 @@ def _one_line_record(line: str, delimiter: str) -> tuple[list[str], bool]:
     return values, more
 
 
-def _swallowing_close(text: list[str], delimiter: str) -> tuple[int, int] | None:
-    """The lines (0-based, in `text`: a record read over several lines) a quoted field opened and
-    closed on, for the first field opened lines before its closing quote and with other text
-    after that quote: how a stray quote swallows the records between. None: no such field.
+class _Quotes(NamedTuple):
+    """What `_quotes` found in a record's lines."""
 
-    The lines are walked as the csv module's lenient reader walks them. Text after a closing
-    quote of a field opened on the same line (`"Big" Tony`) is read leniently, as on a one-line
-    record (the prior system read it so); so are blanks between a closing quote and the delimiter
-    or the line's end, which cannot swallow a record. Read strictly as a whole instead, one such
-    one-line quirk stopped the source for a record that also held a good multi-line cell (a
-    review)."""
+    swallow: tuple[int, int] | None  # the lines (0-based) a swallowing quoted field opened and closed on
+    left_open: bool  # the lines end inside a quoted field
+
+
+def _quotes(text: list[str], delimiter: str) -> _Quotes:
+    """The record's lines walked as the csv module's lenient reader walks them.
+
+    `swallow`: the first quoted field opened lines before its closing quote and with other text
+    after that quote, how a stray quote swallows the records between. Text after a closing quote
+    of a field opened on the same line (`"Big" Tony`) is read leniently, as on a one-line record
+    (the prior system read it so); so are blanks between a closing quote and the delimiter or the
+    line's end, which cannot swallow a record. (Read strictly as a whole instead, one such
+    one-line quirk stopped the source for a record that also held a good multi-line cell, and
+    hid a quote left open at the end of the file behind its own error: a review.)"""
     blanks_to_end = re.compile(f"[ \t]*(?:{re.escape(delimiter)}|\r|\n|$)")
+    swallow: tuple[int, int] | None = None
     state, opened = "start", 0  # start of a field, in an unquoted one, in a quoted one, after a quote in one
     for n, line in enumerate(text):
         for i, c in enumerate(line):
@@ -625,10 +633,10 @@ def _swallowing_close(text: list[str], delimiter: str) -> tuple[int, int] | None
             elif c == delimiter or c in "\r\n":
                 state = "start"
             else:
-                if opened < n and not blanks_to_end.match(line, i):
-                    return opened, n
+                if swallow is None and opened < n and not blanks_to_end.match(line, i):
+                    swallow = opened, n
                 state = "unquoted"
-    return None
+    return _Quotes(swallow, state == "quoted")
 
 
 def _first_repeat(names: list[str]) -> str | None:
@@ -818,17 +826,6 @@ def _long_int_in(value: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend(item)
     return None
-
-
-def _runs_off_the_end(text: list[str], delimiter: str) -> bool:
-    """Whether these lines (a record that reached the end of the file) end inside a quoted field:
-    read strictly, the parser says so (counting quotes would not: a quote inside an unquoted field
-    is literal, and one more makes the count even)."""
-    try:
-        list(csv.reader(text, delimiter=delimiter, strict=True))
-    except csv.Error as e:
-        return "unexpected end of data" in str(e)
-    return False
 
 
 def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
