@@ -18,6 +18,7 @@ import stat
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, ClassVar, NamedTuple
 
@@ -602,6 +603,12 @@ class _Quotes(NamedTuple):
     left_open: bool  # the lines end inside a quoted field
 
 
+@cache
+def _quote_patterns(delimiter: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Blanks up to a field's end, and a field's end (for `_quotes`, record after record)."""
+    return re.compile(f"[ \t]*(?:{re.escape(delimiter)}|\r|\n|$)"), re.compile(f"[{re.escape(delimiter)}\r\n]")
+
+
 def _quotes(text: list[str], delimiter: str) -> _Quotes:
     """The record's lines walked as the csv module's lenient reader walks them.
 
@@ -612,22 +619,27 @@ def _quotes(text: list[str], delimiter: str) -> _Quotes:
     line's end, which cannot swallow a record. (Read strictly as a whole instead, one such
     one-line quirk stopped the source for a record that also held a good multi-line cell, and
     hid a quote left open at the end of the file behind its own error: a review.)"""
-    blanks_to_end = re.compile(f"[ \t]*(?:{re.escape(delimiter)}|\r|\n|$)")
+    blanks_to_end, field_end = _quote_patterns(delimiter)
     swallow: tuple[int, int] | None = None
     state, opened = "start", 0  # start of a field, in an unquoted one, in a quoted one, after a quote in one
     for n, line in enumerate(text):
-        for i, c in enumerate(line):
+        i = 0
+        while i < len(line):
+            # (unquoted and quoted text is skipped at C speed, to what can change the state)
+            if state == "unquoted":
+                end = field_end.search(line, i)
+                i, state = (len(line), state) if end is None else (end.end(), "start")
+                continue
+            if state == "quoted":
+                end_quote = line.find('"', i)
+                i, state = (len(line), state) if end_quote < 0 else (end_quote + 1, "quote")
+                continue
+            c = line[i]
             if state == "start":
                 if c == '"':
                     state, opened = "quoted", n
                 elif c != delimiter and c not in "\r\n":
                     state = "unquoted"
-            elif state == "unquoted":
-                if c == delimiter or c in "\r\n":
-                    state = "start"
-            elif state == "quoted":
-                if c == '"':
-                    state = "quote"
             elif c == '"':  # (after a quote in a quoted field: a quote written twice)
                 state = "quoted"
             elif c == delimiter or c in "\r\n":
@@ -636,6 +648,7 @@ def _quotes(text: list[str], delimiter: str) -> _Quotes:
                 if swallow is None and opened < n and not blanks_to_end.match(line, i):
                     swallow = opened, n
                 state = "unquoted"
+            i += 1
     return _Quotes(swallow, state == "quoted")
 
 
