@@ -405,8 +405,8 @@ class CsvSource:
         if header is None:
             return
         # Read as the prior system read it (not strictly: `"Big" Tony` is `Big Tony`), with two
-        # checks a strict reading makes (below): a quote that never closes, and one that closes
-        # lines later with text after it.
+        # checks of a record's quotes (`_quotes`, below): a quote that never closes, and one that
+        # closes lines later with text after it. With `multiline: false`, line by line.
         reader = csv.reader(it, delimiter=self.delimiter) if self.multiline else _OneLineRecords(it, self.delimiter)
         index = 0
         while True:
@@ -422,6 +422,7 @@ class CsvSource:
                 # quarantined and the rest read (e.g. a bare carriage return in a cell). With a
                 # quote, the next line may still be inside a quoted field, whose text would be
                 # read as records: where this record ends cannot be known, nothing more is read.
+                # (With multiline: false every line is a record, and the next one starts one.)
                 if self.multiline and '"' in "".join(lines.text):
                     raise PluginError(
                         _NODE,
