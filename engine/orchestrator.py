@@ -402,6 +402,8 @@ class Execution:
             path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
             if mode not in ("append", "write") or not isinstance(path, Path):
                 continue
+            if _kept_nothing(path):
+                continue  # a FIFO or a device (/dev/null) keeps no rows: runs may share it
             if positions is None:
                 positions = self.recorder.open_positions()
             self._refuse_to_share_a_file_being_written(name, path, positions, mode == "write")
@@ -475,10 +477,12 @@ class Execution:
         """Whether the file at `path` is the one `held`'s run left: the same file as its sink's,
         still starting with the bytes it made durable (by their digest, when recorded), and
         written by no other run since its last flush (a rerun that replaced it, say: the bytes
-        after are that run's then). Never at position 0: the digest of no bytes is every file's,
-        and a file restored or made anew there would be taken for the run's crash tail, its cut
-        prescribed (a review). `digests`: the file's, at least at `held.position` (`_digests_at`)."""
-        if held.position == 0 or not _same_file(_resolved(held.location, held.working_dir), path):
+        after are that run's then). Never at an abandoned run's position 0: the digest of no bytes
+        is every file's, and a file restored or made anew there was taken for its crash tail and
+        its cut prescribed (a review). A crashed run's is still taken for its (a resume decides). `digests`: the file's, at least at `held.position` (`_digests_at`)."""
+        if (held.position == 0 and held.status == RunState.ABANDONED) or not _same_file(
+            _resolved(held.location, held.working_dir), path
+        ):
             return False
         if held.sha256 is not None and digests.get(held.position) != held.sha256:
             return False
@@ -766,6 +770,14 @@ def changed_keys(was: Any, now: Any, at: str = "") -> list[str]:
     if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
         return [p for i, (a, b) in enumerate(zip(was, now, strict=True)) for p in changed_keys(a, b, f"{at}[{i}]")]
     return [] if was == now else [at or "(the whole file)"]
+
+
+def _kept_nothing(path: Path) -> bool:
+    """Whether `path` is there and is not a regular file (a FIFO, a device: no rows stay in it)."""
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _regular_file_size(path: Path) -> int | None:

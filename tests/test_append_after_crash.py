@@ -506,3 +506,18 @@ def test_a_run_that_made_nothing_durable_in_a_file_ties_no_file_to_it(db: Databa
         assert start_run(db, load(b)).status == "completed"
         assert start_run(db, load(path / "settings.yaml")).status == "completed"  # appends after it
         assert _ids(log) == ["100", *(str(i) for i in range(1, ROWS + 1))]
+
+
+def test_a_crashed_run_that_made_nothing_durable_still_keeps_readers_from_its_crash_tail(db: Database) -> None:
+    """Position 0 unties an abandoned run's file only (its cut was prescribed): a crashed run,
+    which a resume decides about, still keeps a reader from the bytes its crash may have left."""
+    with _workdir() as path:
+        log = path / "out" / "log.csv"
+        crashed = _crashed(db, path / "settings.yaml", "sink_flush:1")
+        assert fold_run(db, crashed).sink_positions["out"] == 0 and log.stat().st_size > 0
+        b = path / "b.yaml"
+        b.write_text(
+            "source: {plugin: csv, on_success: o, options: {path: out/log.csv, schema: {mode: observed}}}\n"
+            "sinks:\n  o: {plugin: csv, options: {path: out/b.csv}}\n"
+        )
+        _refused(db, b, f"run {crashed} \\(crashed\\) made durable there \\(0 bytes\\)")

@@ -109,3 +109,32 @@ def test_two_runs_started_at_once_on_one_file_lose_no_rows(
         with pytest.raises(ResumeRefused, match=f"holds rows after this run's durable position .* run {b_ids[0]}"):
             resume_run(db, f"run-a-{mode}", load)
         assert shared.read_bytes() == b_rows
+
+
+def test_a_file_written_while_a_run_was_starting_is_not_replaced(db: Database) -> None:
+    """Run A's start was slow (an earlier sink slow to open): B wrote the file and completed in
+    between, before A had recorded anything of its sinks, so neither start saw the other. A's
+    sink took the file as it found it at its open, B's output, and replaced it unseen (a review).
+    The file is held to what it was when A's sink was made, before A's start asked about it."""
+    with workdir("two-runs", SETTINGS.format(mode="write"), _inputs) as path:
+        shared = path / "out" / "shared.csv"
+        a = load(path / "settings.yaml")  # A is made (its settings loaded, its sinks built)...
+        b = start_run(db, load(path / "settings.yaml"))  # ...B runs whole meanwhile...
+        assert b.status == "completed"
+        b_rows = shared.read_bytes()
+        with pytest.raises(RunFailedError, match="was written by another process"):
+            start_run(db, a, commit_every=1)  # ...then A goes on
+        assert shared.read_bytes() == b_rows
+
+
+def test_runs_may_share_a_device(db: Database) -> None:
+    """A device keeps nothing it is given: a run writing /dev/null does not keep another from it."""
+    dev_null = SETTINGS.format(mode="write").replace("out/shared.csv", "/dev/null")
+    started: list[str] = []
+
+    def start_b() -> None:
+        started.append(start_run(db, load(Path("settings.yaml"))).status)
+
+    with workdir("two-runs", dev_null, _inputs) as path:
+        assert start_run(db, _pipeline(path, start_b), commit_every=1).status == "completed"
+        assert started == ["completed"]

@@ -153,9 +153,12 @@ class _FileSink:
         # reopens the sink at its durable position; the file may have grown by another process's
         # rows since this one let go of it, and those are not this run's to cut.
         self._limit: int | None = None
-        # Writing anew (mode `write`, a run starting): the file as `open` found it (`_as_found`;
-        # () when there was none), which the first write replaces. None: nothing to hold it to.
-        self._found: tuple[int, ...] | None = None
+        # Writing anew (mode `write`, a run starting): the file as found when the sink was made,
+        # before the run's start checks asked whether another run writes it (`_as_found`; () when
+        # there was none), which the first write replaces. None: nothing to hold it to. Taken at
+        # `open` instead, another run could write and complete the file while an earlier sink of
+        # this run was slow to open, and be replaced unseen (a review).
+        self._found: tuple[int, ...] | None = _as_found(self.path) if mode == "write" else None
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
@@ -239,8 +242,8 @@ class _FileSink:
         self._size_at_open = size if position is None and self.mode == "append" else None
         if position is None:  # a run starting: nothing in the file is its own yet
             self._limit = self._size_at_open
-            # (Kept through a retry until a write has replaced it: the file is not this run's before.)
-            self._found = _as_found(self.path) if self.mode == "write" else None
+        else:  # (a resume: the file holds the run's durable bytes, which its digest checks)
+            self._found = None
         self._encoder = codecs.getincrementalencoder(self.encoding)()
         if start > 0:
             self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
@@ -343,7 +346,8 @@ class _FileSink:
                 raise PluginError(
                     _NODE,
                     f"{self.path} was written by another process (another run's sink?) after this run opened it "
-                    "to append: not written, so as not to cut what that process wrote",
+                    "to append: not written, so as not to cut what that process wrote; a resume of this run would "
+                    "cut it, so move that file aside first (or end this run: `elspeth abandon`)",
                 )
             held = os.fstat(f.fileno())
             self._device = not stat.S_ISREG(held.st_mode)
@@ -359,7 +363,8 @@ class _FileSink:
                 raise PluginError(
                     _NODE,
                     f"{self.path} was written by another process (another run's sink?) after this run started: "
-                    "not replaced, so as not to destroy what that process wrote",
+                    "not replaced, so as not to destroy what that process wrote; a resume of this run would replace "
+                    "it too, so move that file aside first (or end this run: `elspeth abandon`)",
                 )
             if not self._device and self._limit is not None and held.st_size > max(self._limit, self._start):
                 f.close()
@@ -475,15 +480,15 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _as_found(path: Path) -> tuple[int, ...]:
+def _as_found(path: Path) -> tuple[int, ...] | None:
     """`_identity` of the file at `path` (through links: the sink refuses one when it opens);
-    () when there is none."""
+    () when there is none, None when it cannot be looked at (opening it says why)."""
     try:
         return _identity(path.stat())
     except FileNotFoundError:
         return ()
-    except OSError as e:
-        raise PluginError(_NODE, f"cannot open {path}: {e.strerror or e}") from e
+    except OSError:
+        return None
 
 
 def _write_all(f: BinaryIO, data: bytes) -> None:
