@@ -479,7 +479,8 @@ class Execution:
         written by no other run since its last flush (a rerun that replaced it, say: the bytes
         after are that run's then). Never at an abandoned run's position 0: the digest of no bytes
         is every file's, and a file restored or made anew there was taken for its crash tail and
-        its cut prescribed (a review). A crashed run's is still taken for its (a resume decides). `digests`: the file's, at least at `held.position` (`_digests_at`)."""
+        its cut prescribed (a review); a crashed run's still is (its resume decides). `digests`:
+        the file's, at least at `held.position` (`_digests_at`)."""
         if (held.position == 0 and held.status == RunState.ABANDONED) or not _same_file(
             _resolved(held.location, held.working_dir), path
         ):
