@@ -137,16 +137,21 @@ def test_a_sqlite_sink_file_is_checked_as_a_sink_file_is(
     failed run that invites a resume): refused before, like a file sink's."""
     monkeypatch.chdir(tmp_path)
     setup(tmp_path)
+    problems = _database_sink_problems(tmp_path, url)
+    assert problems == ([] if says is None else [problems[0]]) and (says is None or says in problems[0]), problems
+
+
+def _database_sink_problems(tmp_path: Path, url: str) -> list[str]:
+    """`path_problems` of the test settings with their sink a database sink at `url`."""
     path = _settings(tmp_path)
     path.write_text(path.read_text().replace(
         "{plugin: json, options: {path: 'out.jsonl', format: jsonl}}", f"{{plugin: database, options: {{url: '{url}', table: t}}}}"
     ))  # fmt: skip
     pipeline = build_pipeline(load_settings(path, {}))
     try:
-        problems = path_problems(pipeline, {})
+        return path_problems(pipeline, {})
     finally:
         pipeline.close()
-    assert problems == ([] if says is None else [problems[0]]) and (says is None or says in problems[0]), problems
 
 
 def test_a_sink_folder_that_takes_no_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,15 +191,7 @@ def test_a_sink_folder_that_says_yes_but_takes_no_file_is_refused(
         pytest.skip("only root is told yes by access() for /proc")
     monkeypatch.chdir(tmp_path)
     if sink.startswith("sqlite:"):
-        path = _settings(tmp_path)
-        path.write_text(path.read_text().replace(
-            "{plugin: json, options: {path: 'out.jsonl', format: jsonl}}", f"{{plugin: database, options: {{url: '{sink}', table: t}}}}"
-        ))  # fmt: skip
-        pipeline = build_pipeline(load_settings(path, {}))
-        try:
-            problems = path_problems(pipeline, {})
-        finally:
-            pipeline.close()
+        problems = _database_sink_problems(tmp_path, sink)
         setting, file = "sinks.out.options.url", "/proc/out.db"
     else:
         problems = _problems(tmp_path, sink=sink)
