@@ -256,6 +256,7 @@ class Execution:
         continues under other settings than the log's (changed text, allowed by --force, or the
         same text from another file), recorded with RunResumed."""
         emit = self._emit
+        self._hold_sink_files(resumed)
         if not resumed:
             self._refuse_to_strand_open_runs()  # before anything is recorded: a refused run leaves no trace
             self._refuse_to_read_a_crash_tail()
@@ -429,6 +430,29 @@ class Execution:
                 raise RunRefused(self._stranded(name, path, size, held, alive, mode == "write"))
             if mode == "append":
                 self._refuse_to_append_after_a_crash_tail(name, path, size)
+
+    def _hold_sink_files(self, resumed: bool) -> None:
+        """Hold each sink file's lock in the store for as long as this run may write it, or refuse
+        before recording anything. The checks after ask the store what other runs recorded: two
+        runs (or resumes) starting at one moment, each before the other had recorded anything,
+        both went on to the same file (a review). By the path resolved, and by the file when
+        there is one (another spelling of it, a link); a FIFO or a device is shared (it keeps
+        no rows)."""
+        for name, sink in self.p.nodes.sinks.items():
+            path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
+            if mode not in ("append", "write") or not isinstance(path, Path) or _kept_nothing(path):
+                continue
+            for place in _places(path):
+                if not self.writer.hold(place):
+                    if not resumed:  # a run that has recorded its start is named, and what it holds there
+                        positions = self.recorder.open_positions()
+                        self._refuse_to_share_a_file_being_written(name, path, positions, mode == "write")
+                    why = (
+                        f"sink '{name}': {path} is being written right now by another run of this audit store, "
+                        "which started (or resumed) as this one did (see `elspeth runs`); wait for it to end, and "
+                        f"{'resume this run' if resumed else 'run'} again. Nothing was recorded"
+                    )
+                    raise ResumeRefused(f"run {self.run_id} cannot be resumed: {why}") if resumed else RunRefused(why)
 
     def _refuse_to_share_a_file_being_written(
         self, name: str, path: Path, positions: list[OpenPosition], replace: bool
@@ -813,6 +837,20 @@ def _digests_at(path: Path, positions: list[int]) -> dict[int, str]:
     except OSError:
         return {}
     return digests
+
+
+def _places(path: Path) -> list[str]:
+    """The names a file is held by (`Execution._hold_sink_files`): its path resolved, and its
+    device and inode when it is there."""
+    try:
+        places = [f"file:{path.resolve()}"]
+    except (OSError, RuntimeError):
+        places = [f"file:{os.path.abspath(path)}"]
+    try:
+        st = path.stat()
+    except OSError:
+        return places
+    return [*places, f"inode:{st.st_dev}:{st.st_ino}"]
 
 
 def _same_place(a: Path | None, b: Path) -> bool:

@@ -32,6 +32,10 @@ EVENT_COLUMNS = (
 WRITER_LOCK = "hashtextextended(%s, 0)"
 SENDER_LOCK = "hashtextextended(%s, 1)"
 BOTH_LOCKS = (WRITER_LOCK, SENDER_LOCK)
+# A place a run writes (a sink's file), held by the writer's process for as long as the run may
+# write it: two runs starting at one moment each ask the store for the other before either has
+# recorded anything, and neither would be seen.
+PLACE_LOCK = "hashtextextended(%s, 2)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,6 +324,16 @@ class PgRunWriter:
             size, _root, note = batch.checkpoint
             self._notary.witness(self.run_id, size, note, batch.recorded_at)
 
+    def hold(self, place: str) -> bool:
+        """Take the lock of `place` (a sink's file, named as the engine names it) for as long as
+        this writer lives, on its own connection; False when another session holds it (another
+        run's writer). Before the first commit only: the connection may be sending one after."""
+        assert self._conn is not None and self._in_flight is None and self._handed is None
+        with driver_errors(f"run {self.run_id}: holding {place}"):
+            row = self._conn.execute(f"SELECT pg_try_advisory_lock({commits.PLACE_LOCK})", (place,)).fetchone()
+            self._conn.commit()
+        return bool(row and row[0])
+
     def close(self) -> None:
         """Release the run's lock. Uncommitted appends are dropped, as a crash would drop them.
         A commit already handed over is finished first; if it failed, that error is raised here

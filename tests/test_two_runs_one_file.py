@@ -89,15 +89,16 @@ def test_a_run_is_not_started_on_a_file_a_running_run_will_write(db: Database, m
 def test_two_runs_started_at_once_on_one_file_lose_no_rows(
     db: Database, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Started at once, neither's start sees the other (the check is skipped for B here). B
-    completes; A, at its first write, finds the file written since it started and fails, not
-    replacing it; A's resume refuses to cut B's rows (it measured "since" from A's failure, which
-    came after B's flushes)."""
+    """Where neither start sees the other (B's checks and the file's lock skipped here, as for
+    runs of two audit stores, which see nothing of each other): B completes; A, at its first
+    write, finds the file written since it started and fails, not replacing it; A's resume
+    refuses to cut B's rows (it measured "since" from A's failure, which came after B's flushes)."""
     b_ids: list[str] = []
 
     def start_b() -> None:
         with monkeypatch.context() as m:
             m.setattr(orchestrator.Execution, "_refuse_to_share_a_file_being_written", lambda *a, **k: None)
+            m.setattr(orchestrator.Execution, "_hold_sink_files", lambda *a, **k: None)
             b_ids.append(start_run(db, load(Path("settings.yaml"))).run_id)
 
     with workdir("two-runs", SETTINGS.format(mode=mode), _inputs) as path:
@@ -109,6 +110,59 @@ def test_two_runs_started_at_once_on_one_file_lose_no_rows(
         with pytest.raises(ResumeRefused, match=f"holds rows after this run's durable position .* run {b_ids[0]}"):
             resume_run(db, f"run-a-{mode}", load)
         assert shared.read_bytes() == b_rows
+
+
+@pytest.mark.parametrize("mode", ["write", "append"])
+def test_of_two_runs_starting_at_one_moment_on_one_file_the_second_is_refused(
+    db: Database, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B starts while A is between its checks and its first commit: neither has recorded anything
+    the other's checks could read. B is refused by the file's lock A holds in the store; A goes
+    on and completes. (Without the lock B completed, and A failed at its first write.)"""
+    refused: list[str] = []
+    checked = orchestrator.Execution._refuse_to_read_a_crash_tail
+
+    def start_b_then(self: orchestrator.Execution) -> None:
+        if self.run_id == f"at-once-a-{mode}":
+            with pytest.raises(RunRefused) as e:
+                start_run(db, load(Path("settings.yaml")), run_id=f"at-once-b-{mode}")
+            refused.append(str(e.value))
+        checked(self)
+
+    with workdir("two-runs", SETTINGS.format(mode=mode), _inputs) as path:
+        monkeypatch.setattr(orchestrator.Execution, "_refuse_to_read_a_crash_tail", start_b_then)
+        a = start_run(db, load(path / "settings.yaml"), commit_every=1, run_id=f"at-once-a-{mode}")
+        assert a.status == "completed"
+        assert len(refused) == 1 and "is being written right now by another run" in refused[0], refused
+        assert _ids(path / "out" / "shared.csv") == ["1", "2", "3"]
+
+
+def test_a_file_is_held_by_its_path_and_by_itself_until_its_run_ends(db: Database) -> None:
+    """Another spelling of the path, or a link to the file, is the same place; the lock goes with
+    the run's writer, so the next run may start."""
+    with workdir("two-runs", SETTINGS.format(mode="append"), _inputs) as path:
+        (path / "out" / "shared.csv").write_text("id\n")
+        (path / "out" / "link.csv").symlink_to(path / "out" / "shared.csv")
+        os_link = path / "out" / "hard.csv"
+        os_link.hardlink_to(path / "out" / "shared.csv")
+        from landscape.postgres import PostgresRecorder
+
+        first = PostgresRecorder(db).open_writer("run-holds-1")
+        try:
+            assert all(first.hold(p) for p in orchestrator._places(path / "out" / "shared.csv"))
+            second = PostgresRecorder(db).open_writer("run-holds-2")
+            try:
+                for other in ("out/link.csv", "out/hard.csv", "out/../out/shared.csv"):
+                    assert not all(second.hold(p) for p in orchestrator._places(Path(other))), other
+            finally:
+                second.close()
+        finally:
+            first.close()
+        third = PostgresRecorder(db).open_writer("run-holds-3")
+        try:
+            assert all(third.hold(p) for p in orchestrator._places(path / "out" / "shared.csv"))
+        finally:
+            third.close()
 
 
 def test_a_file_written_while_a_run_was_starting_is_not_replaced(db: Database) -> None:
