@@ -7,10 +7,12 @@ carries on. Durability points commit the buffered events once sinks are durable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
 import shlex
+import socket
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -435,24 +437,30 @@ class Execution:
         """Hold each sink file's lock in the store for as long as this run may write it, or refuse
         before recording anything. The checks after ask the store what other runs recorded: two
         runs (or resumes) starting at one moment, each before the other had recorded anything,
-        both went on to the same file (a review). By the path resolved, and by the file when
-        there is one (another spelling of it, a link); a FIFO or a device is shared (it keeps
-        no rows)."""
+        both went on to the same file (a review). A file is held by its folder and name, and by
+        itself when it is there (another spelling of it, a link), on this machine (`_places`);
+        the locks are taken in one order for all runs, so that two runs of the same files each
+        holding one cannot both be refused. A FIFO or a device is shared (it keeps no rows)."""
+        places: dict[str, tuple[str, Path, str]] = {}
         for name, sink in self.p.nodes.sinks.items():
             path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
             if mode not in ("append", "write") or not isinstance(path, Path) or _kept_nothing(path):
                 continue
             for place in _places(path):
-                if not self.writer.hold(place):
-                    if not resumed:  # a run that has recorded its start is named, and what it holds there
-                        positions = self.recorder.open_positions()
-                        self._refuse_to_share_a_file_being_written(name, path, positions, mode == "write")
-                    why = (
-                        f"sink '{name}': {path} is being written right now by another run of this audit store, "
-                        "which started (or resumed) as this one did (see `elspeth runs`); wait for it to end, and "
-                        f"{'resume this run' if resumed else 'run'} again. Nothing was recorded"
-                    )
-                    raise ResumeRefused(f"run {self.run_id} cannot be resumed: {why}") if resumed else RunRefused(why)
+                places.setdefault(place, (name, path, mode))
+        for place in sorted(places):
+            holder = self.writer.hold(place)
+            if holder is None:
+                continue
+            name, path, mode = places[place]
+            if not resumed:  # a run that has recorded its start is named, and what it holds there
+                self._refuse_to_share_a_file_being_written(name, path, self.recorder.open_positions(), mode == "write")
+            why = (
+                f"sink '{name}': {path} is being written right now by another run of this audit store, which started "
+                f"(or resumed) as this one did (see `elspeth runs`): its lock is held by {holder}; wait for it to end, "
+                f"and {'resume this run' if resumed else 'run'} again. Nothing was recorded"
+            )
+            raise ResumeRefused(f"run {self.run_id} cannot be resumed: {why}") if resumed else RunRefused(why)
 
     def _refuse_to_share_a_file_being_written(
         self, name: str, path: Path, positions: list[OpenPosition], replace: bool
@@ -840,17 +848,41 @@ def _digests_at(path: Path, positions: list[int]) -> dict[int, str]:
 
 
 def _places(path: Path) -> list[str]:
-    """The names a file is held by (`Execution._hold_sink_files`): its path resolved, and its
-    device and inode when it is there."""
-    try:
-        places = [f"file:{path.resolve()}"]
-    except (OSError, RuntimeError):
-        places = [f"file:{os.path.abspath(path)}"]
+    """The names a sink's file is held by (`Execution._hold_sink_files`), as digests (a path need
+    not be text the store takes): this machine (its kernel's boot id: one store may serve many
+    machines, whose paths and inode numbers repeat), and the folder by its device and inode with
+    the file's name (the nearest folder there, and the rest of the path: a file and its folder may
+    not exist yet); and the file by its device and inode when it is there."""
+    machine = _machine()
+    places: list[bytes] = []
+    folder, rest = path.absolute().parent, [os.fsencode(path.name)]
+    while True:
+        try:
+            st = folder.stat()
+            break
+        except OSError:
+            if folder.parent == folder:
+                st = None
+                break
+            rest.insert(0, os.fsencode(folder.name))
+            folder = folder.parent
+    if st is not None:
+        places.append(b"in %d %d %s" % (st.st_dev, st.st_ino, b"/".join(rest)))
     try:
         st = path.stat()
+        places.append(b"file %d %d" % (st.st_dev, st.st_ino))
     except OSError:
-        return places
-    return [*places, f"inode:{st.st_dev}:{st.st_ino}"]
+        pass
+    return [hashlib.sha256(machine + b" " + p).hexdigest() for p in places]
+
+
+@functools.cache
+def _machine() -> bytes:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname().encode()
 
 
 def _same_place(a: Path | None, b: Path) -> bool:

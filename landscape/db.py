@@ -189,14 +189,18 @@ class Database:
         # partitioned tables are far above jit_above_cost, so a server built with LLVM (Debian's,
         # most managed ones) compiled each for seconds: measured on PostgreSQL 15, a run's start
         # asking for the open sink positions took 2.1 s, 2.0 of them compiling, and 1 ms without.
-        # A SET, not `options=-c jit=off`: poolers refuse startup options they do not track.
+        # Set here, not by `options=-c jit=off`: poolers refuse startup options they do not track.
+        # (Where the server has the setting: some that speak PostgreSQL's protocol do not.)
         try:
-            conn.execute("SET jit = off")
+            conn.execute("SELECT set_config('jit', 'off', false) WHERE current_setting('jit', true) IS NOT NULL")
             if not autocommit:
-                conn.commit()  # (a SET in a transaction rolled back would be undone with it)
+                conn.commit()  # (a setting made in a transaction rolled back would be undone with it)
         except psycopg.Error as e:
             conn.close()
             raise DatabaseUnavailable(f"{redact(self.location)}: {scrub(first_line(e), self.conninfo)}") from e
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def describe(self) -> str:

@@ -324,15 +324,31 @@ class PgRunWriter:
             size, _root, note = batch.checkpoint
             self._notary.witness(self.run_id, size, note, batch.recorded_at)
 
-    def hold(self, place: str) -> bool:
-        """Take the lock of `place` (a sink's file, named as the engine names it) for as long as
-        this writer lives, on its own connection; False when another session holds it (another
-        run's writer). Before the first commit only: the connection may be sending one after."""
-        assert self._conn is not None and self._in_flight is None and self._handed is None
-        with driver_errors(f"run {self.run_id}: holding {place}"):
+    def hold(self, place: str) -> str | None:
+        """Take the lock of `place` (a sink's file, as the engine names it) for as long as this
+        writer lives, on its own connection: None when taken, else who holds it (any session
+        may take an advisory lock, not only a writer's: it is named, not guessed). Before the
+        first commit only: after it, the connection may be sending one on another thread."""
+        if self._conn is None or self._in_flight is not None or self._handed is not None:
+            raise StoreError(f"run {self.run_id}: a place is held before the run's first commit, not after")
+        with driver_errors(f"run {self.run_id}: holding its sink files"):
             row = self._conn.execute(f"SELECT pg_try_advisory_lock({commits.PLACE_LOCK})", (place,)).fetchone()
+            holder = None
+            if not (row and row[0]):
+                holder = self._conn.execute(
+                    "SELECT a.pid, a.usename, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    f" AND ((l.classid::bigint << 32) | l.objid::bigint) = {commits.PLACE_LOCK} LIMIT 1",
+                    (place,),
+                ).fetchone()
             self._conn.commit()
-        return bool(row and row[0])
+        if row and row[0]:
+            return None
+        if holder is None:
+            return "a session of the store that has just ended"
+        pid, user, app = holder
+        return f"the store's session {pid} (user {user}, {app or 'no application name'!r})"
 
     def close(self) -> None:
         """Release the run's lock. Uncommitted appends are dropped, as a crash would drop them.

@@ -12,6 +12,7 @@ its start and holds its writer lock, its sink has not opened the file)."""
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from engine import orchestrator
 from engine.errors import ResumeRefused, RunFailedError, RunRefused
 from engine.orchestrator import Pipeline, fold_run, resume_run, start_run
 from landscape.db import Database
+from landscape.postgres import PostgresRecorder
 from tests.engine_harness import load, workdir
 
 SETTINGS = """
@@ -137,32 +139,79 @@ def test_of_two_runs_starting_at_one_moment_on_one_file_the_second_is_refused(
         assert _ids(path / "out" / "shared.csv") == ["1", "2", "3"]
 
 
-def test_a_file_is_held_by_its_path_and_by_itself_until_its_run_ends(db: Database) -> None:
+def _holds(writer: Any, path: Path) -> bool:
+    return all(writer.hold(place) is None for place in orchestrator._places(path))
+
+
+def test_a_file_is_held_by_its_folder_and_name_and_by_itself_until_its_run_ends(db: Database) -> None:
     """Another spelling of the path, or a link to the file, is the same place; the lock goes with
     the run's writer, so the next run may start."""
     with workdir("two-runs", SETTINGS.format(mode="append"), _inputs) as path:
         (path / "out" / "shared.csv").write_text("id\n")
         (path / "out" / "link.csv").symlink_to(path / "out" / "shared.csv")
-        os_link = path / "out" / "hard.csv"
-        os_link.hardlink_to(path / "out" / "shared.csv")
-        from landscape.postgres import PostgresRecorder
-
-        first = PostgresRecorder(db).open_writer("run-holds-1")
+        (path / "out" / "hard.csv").hardlink_to(path / "out" / "shared.csv")
+        (path / "elsewhere").symlink_to(path / "out")
+        recorder = PostgresRecorder(db)
+        first = recorder.open_writer("run-holds-1")
         try:
-            assert all(first.hold(p) for p in orchestrator._places(path / "out" / "shared.csv"))
-            second = PostgresRecorder(db).open_writer("run-holds-2")
+            assert _holds(first, path / "out" / "shared.csv")
+            second = recorder.open_writer("run-holds-2")
             try:
-                for other in ("out/link.csv", "out/hard.csv", "out/../out/shared.csv"):
-                    assert not all(second.hold(p) for p in orchestrator._places(Path(other))), other
+                for other in ("out/link.csv", "out/hard.csv", "out/../out/shared.csv", "elsewhere/shared.csv"):
+                    assert not _holds(second, Path(other)), other
+                assert _holds(second, Path("out/other.csv")) and _holds(second, Path("new/folder/other.csv"))
             finally:
                 second.close()
         finally:
             first.close()
-        third = PostgresRecorder(db).open_writer("run-holds-3")
+        third = recorder.open_writer("run-holds-3")
         try:
-            assert all(third.hold(p) for p in orchestrator._places(path / "out" / "shared.csv"))
+            assert _holds(third, path / "out" / "shared.csv")
         finally:
             third.close()
+
+
+def test_a_file_not_there_yet_is_held_by_the_folders_that_are(db: Database, tmp_path: Path) -> None:
+    """A sink's folder may not exist yet (the sink makes it): another spelling of the path
+    through the folders that do is still the same place. And a path that is no text (bytes
+    no encoding gives) is held like any other, not a traceback (a review)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    recorder = PostgresRecorder(db)
+    first, second = recorder.open_writer("run-new-folder-1"), recorder.open_writer("run-new-folder-2")
+    try:
+        assert _holds(first, tmp_path / "real" / "new" / "out.csv")
+        assert not _holds(second, tmp_path / "alias" / "new" / "out.csv")
+        odd = tmp_path / os.fsdecode(b"caf\xe9") / "out.csv"
+        assert _holds(first, odd) and not _holds(second, odd)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_one_path_on_two_machines_is_two_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One store may serve many machines, whose paths (and inode numbers) repeat: a run on one is
+    not refused for a file of the same name on another."""
+    (tmp_path / "out.csv").write_text("id\n")
+    here = orchestrator._places(tmp_path / "out.csv")
+    monkeypatch.setattr(orchestrator, "_machine", lambda: b"another-machine")
+    there = orchestrator._places(tmp_path / "out.csv")
+    assert len(here) == len(there) == 2 and not set(here) & set(there)
+
+
+def test_a_file_held_by_a_session_that_is_no_run_is_refused_naming_it(db: Database) -> None:
+    """Any session of the store may take an advisory lock (an analyst's, where `db upgrade` could
+    not revoke that): the refusal names who holds it, which `elspeth runs` would not show."""
+    with workdir("two-runs", SETTINGS.format(mode="append"), _inputs) as path:
+        with db.connect(autocommit=True) as other:
+            other.execute("SET application_name = 'a-hand-held-session'")
+            for place in orchestrator._places(path / "out" / "shared.csv"):
+                other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 2))", (place,))
+            with pytest.raises(
+                RunRefused, match=r"its lock is held by the store's session \d+ .*'a-hand-held-session'"
+            ):
+                start_run(db, load(path / "settings.yaml"))
+        assert start_run(db, load(path / "settings.yaml")).status == "completed"
 
 
 def test_a_file_written_while_a_run_was_starting_is_not_replaced(db: Database) -> None:
