@@ -96,6 +96,7 @@ def build_pipeline(loaded: LoadedSettings) -> Pipeline:
         coalesce_of_branch={b: c for c, bs in dag.coalesce_branches.items() for b in bs},
         write_failure={name: sk.on_write_failure for name, sk in s.sinks.items()},
         retry=s.retry,
+        unparsed_keys=getattr(source, "UNPARSED_KEYS", Nodes.unparsed_keys),
     )
     decls = [
         ev.NodeDecl(name=name, kind=kind, plugin=plugin, config_hash=_hash(cfg))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from engine import work
 from engine.batching import Batcher
@@ -62,7 +63,7 @@ class Processor:
             raw_data = encode_row(item.raw)
             if len(raw_data) > work.MAX_OUTPUT_BYTES:  # (recorded in its place: which record, and why)
                 why = f"{item.error or 'invalid row'}; {_too_large_why(len(raw_data))}"
-                item = SourceItem(item.index, None, _too_large(item.index, item.raw), why)
+                item = SourceItem(item.index, None, self._too_large(item), why)
                 raw_data = encode_row(item.raw)
             raw_hash = self.ctx.store_data(raw_data)
             dest = self.n.on_validation_failure
@@ -84,13 +85,26 @@ class Processor:
             # the cause and resume, which read the same record again (a review). As a step's
             # outputs are, a row is held to MAX_OUTPUT_BYTES.
             why = f"the row {_too_large_why(len(data))}"
-            self.process_record(SourceItem(item.index, None, _too_large(item.index, None), why))
+            stub = SourceItem(item.index, None, self._too_large(replace(item, raw={})), why)
+            self.process_record(stub)
             return
         h = self.ctx.store_data(data)
         at = self.n.dag.source_output
         self.emit(token_id, ev.TokenCreated(row_index=item.index, data_hash=h, at=at, fixed_types=item.fixed_types))
         self.stack.append(Work(token_id, item.row, h, at, item.index, data=data))
         self.drain()
+
+    def _too_large(self, item: SourceItem) -> Row:
+        """What a record too large to record is recorded as, and sent to the quarantine sink as:
+        which record it was, in the keys the source gives a line it could not parse (with a key
+        of their own, or fewer, a CSV quarantine sink whose columns such a line had fixed refused
+        it, or one it had fixed refused that line: a review), `__raw_line__` empty (its size is
+        in the reason). Its line and row number as an unparsed line has them, else as the source
+        said where the record starts (`SourceItem.line`) and its index."""
+        unparsed = "__raw_line__" in item.raw  # (else its raw is the row as read: no numbers of ours)
+        said = {k: v for k in ("__line_number__", "__row_number__") if unparsed and type(v := item.raw.get(k)) is int}
+        known: Row = {"__raw_line__": "", "__line_number__": item.line, "__row_number__": item.index + 1, **said}
+        return {k: known.get(k) for k in self.n.unparsed_keys}
 
     def drain(self) -> None:
         while self.stack:
@@ -308,21 +322,6 @@ class Processor:
                 if batch_id is not None:
                     self.batcher.flush(batch_id, "end_of_source")
                     self.drain()
-
-
-_UNPARSED = ("__raw_line__", "__line_number__", "__row_number__")
-
-
-def _too_large(index: int, quarantined: Row | None) -> Row:
-    """What a record too large to record is recorded as, and sent to the quarantine sink as:
-    which record it was, in the keys of a line that could not be parsed, `__raw_line__` empty
-    (its size is in the reason). A line's own keys when it was one (a JSON line has no row
-    number), `__row_number__` otherwise. With a key of its own (`__bytes__`), a CSV quarantine
-    sink whose columns an unparsed line had fixed refused it (a review)."""
-    if quarantined is not None and "__raw_line__" in quarantined:
-        numbers = {k: v for k in _UNPARSED[1:] if type(v := quarantined.get(k)) is int}
-        return {"__raw_line__": "", **numbers}
-    return {"__raw_line__": "", "__row_number__": index + 1}
 
 
 def _too_large_why(size: int) -> str:

@@ -87,6 +87,7 @@ class Nodes:
     retry: RetrySettings = field(default_factory=RetrySettings)
     coalesce_of_branch: dict[str, str] = field(default_factory=dict)
     write_failure: dict[str, str | None] = field(default_factory=dict)  # sink -> on_write_failure
+    unparsed_keys: tuple[str, ...] = ("__raw_line__", "__row_number__")  # the source's (`Source`)
 
 
 @dataclass

@@ -508,8 +508,8 @@ sinks:
     r = run(db, tmp_path, settings)
     assert [row["id"] for row in r.rows("out/out.jsonl")] == [1, 4]
     assert r.rows("out/bad.jsonl") == [
-        {"__raw_line__": "", "__row_number__": 2},  # (a row: its number)
-        {"__raw_line__": "", "__line_number__": 3},  # (a line that did not decode: its keys)
+        {"__raw_line__": "", "__line_number__": 2},  # (a row: in the keys of a line that did not decode)
+        {"__raw_line__": "", "__line_number__": 3},  # (a line that did not decode)
     ]
     events = [e for s in PostgresRecorder(db).read_events(r.outcome.run_id) if (e := s.event)]
     reasons = [e.reason for e in events if isinstance(e, ev.TokenQuarantined | ev.TokenDiverted)]
@@ -541,8 +541,42 @@ sinks:
     assert r.outcomes() == {"completed": 2, "quarantined": 3}
     assert r.rows("out/q.csv") == [
         {"__raw_line__": "2,a,b", "__line_number__": "3", "__row_number__": "2"},
-        {"__raw_line__": "", "__line_number__": "", "__row_number__": "3"},  # a row too large
+        {"__raw_line__": "", "__line_number__": "4", "__row_number__": "3"},  # a row too large
         {"__raw_line__": "", "__line_number__": "6", "__row_number__": "5"},  # a ragged line too large
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_a_row_too_large_first_and_an_unparsed_line_after_fit_one_csv_quarantine_sink(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """A JSON source's unparsed lines have no row number: a valid row too large, sent first as
+    `__raw_line__,__row_number__`, fixed a CSV quarantine sink's columns, and the line after it
+    that did not parse (`__line_number__`) was refused and the run failed (a review). The stub
+    has the source's keys, and the line its record starts on."""
+    import engine.work
+
+    monkeypatch.setattr(engine.work, "MAX_OUTPUT_BYTES", 200)
+    big = "x" * 500
+    if fmt == "jsonl":
+        (tmp_path / "in.json").write_text(f'{{"id": 1}}\n\n{{"id": 2, "v": "{big}"}}\n[3]\n{{"id": 4}}\n')
+    else:
+        (tmp_path / "in.json").write_text(f'[{{"id": 1}}, {{"id": 2, "v": "{big}"}}, [3], {{"id": 4}}]')
+    settings = f"""
+source:
+  plugin: json
+  on_success: out
+  options: {{path: in.json, format: {fmt}, schema: {{mode: observed}}, on_validation_failure: q}}
+sinks:
+  out: {{plugin: csv, options: {{path: out/o.csv}}}}
+  q: {{plugin: csv, options: {{path: out/q.csv}}}}
+"""
+    r = run(db, tmp_path, settings)
+    assert r.outcomes() == {"completed": 2, "quarantined": 2}
+    line = "3" if fmt == "jsonl" else "2"  # (a JSON array's records are numbered as its lines)
+    assert r.rows("out/q.csv") == [
+        {"__raw_line__": "", "__line_number__": line},
+        {"__raw_line__": "[3]", "__line_number__": str(int(line) + 1)},
     ]
 
 

@@ -69,13 +69,16 @@ class SourceItem:
     """One record read from a source. `index` is 0-based over all records (valid or not);
     exactly one of `row` (validated and coerced) or `error` (why it was quarantined) is set.
     `raw` is what a quarantine sink receives (see SETTINGS.md, Schemas). `fixed_types` is set by
-    the engine on the row that fixes the types of undeclared fields (see `schema.type_locked`)."""
+    the engine on the row that fixes the types of undeclared fields (see `schema.type_locked`).
+    `line`: the line of the input the record starts on, where the source knows it (a record too
+    large to record is named by it and its index)."""
 
     index: int
     row: Row | None
     raw: Row
     error: str | None = None
     fixed_types: list[tuple[str, str]] | None = None
+    line: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,10 @@ class BatchResult:
 @runtime_checkable
 class Source(Protocol):
     kind: ClassVar[str]  # "source"
+    # (Optional) `UNPARSED_KEYS: ClassVar[tuple[str, ...]]`: the keys of what a quarantine sink
+    # receives for a line the source could not parse, `__raw_line__` first; a record too large to
+    # record is sent in those keys, so that it fits a CSV sink whose columns such a line fixed
+    # (and the other way round). Without it: `__raw_line__`, `__row_number__`.
 
     def fingerprint(self) -> str:
         """sha256 hex of the input, so a resume can tell that the input changed."""

@@ -211,11 +211,11 @@ def _open_input(path: Path) -> IO[bytes]:
         raise
 
 
-def _validated(index: int, row: Row, raw: Row, schema: Schema) -> SourceItem:
+def _validated(index: int, row: Row, raw: Row, schema: Schema, line: int) -> SourceItem:
     try:
-        return SourceItem(index, schema.coerce(row), raw)
+        return SourceItem(index, schema.coerce(row), raw, line=line)
     except SchemaViolation as e:
-        return SourceItem(index, None, raw, e.reason)
+        return SourceItem(index, None, raw, e.reason, line=line)
 
 
 _CHUNK = 1 << 16
@@ -334,6 +334,7 @@ def _csv_error(e: csv.Error) -> str:
 
 class CsvSource:
     kind: ClassVar[str] = "source"
+    UNPARSED_KEYS: ClassVar[tuple[str, ...]] = ("__raw_line__", "__line_number__", "__row_number__")
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "path", "delimiter", "encoding", "skip_rows", "columns", "field_mapping", "multiline",
@@ -473,7 +474,7 @@ class CsvSource:
                     yield SourceItem(index, None, raw, f"expected {len(header)} fields, found {len(values)}")
                 else:
                     row = dict(zip(header, values, strict=True))
-                    yield _validated(index, row, dict(row), self.schema)
+                    yield _validated(index, row, dict(row), self.schema, first_line)
             index += 1
 
     def _read_header(self, it: Iterator[str], lines: _Lines) -> list[str] | None:
@@ -680,6 +681,7 @@ def _names(value: list[Any] | None, key: str) -> list[str] | None:
 
 class JsonSource:
     kind: ClassVar[str] = "source"
+    UNPARSED_KEYS: ClassVar[tuple[str, ...]] = ("__raw_line__", "__line_number__")
 
     def __init__(self, options: Mapping[str, Any], default_format: str | None = None) -> None:
         o = Options(options, "path", "format", "data_key", "encoding", "schema", "on_validation_failure")
@@ -739,7 +741,7 @@ class JsonSource:
             return SourceItem(index, None, raw, e.reason)
         if not isinstance(value, dict):
             return SourceItem(index, None, raw, f"expected a JSON object, found {_json_type(value)}")
-        return _validated(index, value, value, self.schema)
+        return _validated(index, value, value, self.schema, raw["__line_number__"])
 
     def check_header(self) -> None:
         """A JSON document (format json) read as a run reads it, without its rows: PluginError when
@@ -800,7 +802,7 @@ class JsonSource:
                 raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
                 yield SourceItem(index, None, raw, too_long)
             elif isinstance(value, dict):
-                yield _validated(index, value, value, self.schema)
+                yield _validated(index, value, value, self.schema, index + 1)
             else:
                 raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
                 yield SourceItem(index, None, raw, f"expected a JSON object, found {_json_type(value)}")
