@@ -440,24 +440,34 @@ class Execution:
         runs (or resumes) starting at one moment, each before the other had recorded anything,
         both went on to the same file (a review). A file is held by its folder and name, and by
         itself when it is there (another spelling of it, a link), on this machine (`_places`);
-        the locks are taken in one order for all runs, so that two runs of the same files each
+        a table that `if_exists: replace` drops, by its database and name (`_table_places`).
+        The locks are taken in one order for all runs, so that two runs of the same files each
         holding one cannot both be refused. A FIFO or a device is shared (it keeps no rows)."""
-        places: dict[str, tuple[str, Path, str]] = {}
+        places: dict[str, str] = {}  # lock -> sink
         for name, sink in self.p.nodes.sinks.items():
             path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
-            if mode not in ("append", "write") or not isinstance(path, Path) or _kept_nothing(path):
-                continue
-            for place in _places(path):
-                places.setdefault(place, (name, path, mode))
+            if getattr(sink, "if_exists", None) == "replace":
+                places.update(dict.fromkeys(_table_places(sink), name))
+            elif mode in ("append", "write") and isinstance(path, Path) and not _kept_nothing(path):
+                places.update(dict.fromkeys(_places(path), name))
         for place in sorted(places):
             holder = self.writer.hold(place)
             if holder is None:
                 continue
-            name, path, mode = places[place]
+            name = places[place]
+            sink = self.p.nodes.sinks[name]
+            path = getattr(sink, "path", None)
             if not resumed:  # a run that has recorded its start is named, and what it holds there
-                self._refuse_to_share_a_file_being_written(name, path, self.recorder.open_positions(), mode == "write")
+                positions = self.recorder.open_positions()
+                if isinstance(path, Path):
+                    self._refuse_to_share_a_file_being_written(
+                        name, path, positions, getattr(sink, "mode", None) == "write"
+                    )
+                else:
+                    self._refuse_to_drop_open_rows(name, sink, positions)
+            what = path if isinstance(path, Path) else f"table {sink.location()}"
             why = (
-                f"sink '{name}': {path} is being written right now by another run of this audit store, which started "
+                f"sink '{name}': {what} is being written right now by another run of this audit store, which started "
                 f"(or resumed) as this one did (see `elspeth runs`): its lock is held by {holder}; wait for it to end, "
                 f"and {'resume this run' if resumed else 'run'} again. Nothing was recorded"
             )
@@ -875,6 +885,19 @@ def _places(path: Path) -> list[str]:
     except OSError:
         pass
     return [hashlib.sha256(machine + b" " + p).hexdigest() for p in places]
+
+
+def _table_places(sink: Any) -> list[str]:
+    """The names a database sink's table is held by: in a SQLite file, the file's (`_places`)
+    with the table's name (SQLite's names ignore case); on a server, its URL as written (its
+    password left out) and the name: the server is one place whatever machine reaches it."""
+    from engine.plugins.database_sink import sqlite_file
+
+    file = sqlite_file(sink.url)
+    table = str(sink.table_name)
+    if file is not None:
+        return [hashlib.sha256(f"table {p} {table.lower()}".encode()).hexdigest() for p in _places(file)]
+    return [hashlib.sha256(f"table {sink.location()}".encode("utf-8", "surrogateescape")).hexdigest()]
 
 
 @functools.cache

@@ -139,6 +139,37 @@ def test_of_two_runs_starting_at_one_moment_on_one_file_the_second_is_refused(
         assert _ids(path / "out" / "shared.csv") == ["1", "2", "3"]
 
 
+def test_of_two_runs_starting_at_one_moment_replacing_one_table_the_second_is_refused(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`if_exists: replace` drops the table at the sink's open: B, started while A was between its
+    checks and its first commit, dropped the table A had just made, and both wrote into B's.
+    The table's lock refuses B; spelled in another case (SQLite's names ignore it) it is the same
+    table."""
+    import sqlite3
+
+    settings = SETTINGS.format(mode="write").replace(
+        "out: {plugin: csv, options: {path: out/shared.csv, mode: write}}",
+        "out: {plugin: database, options: {url: 'sqlite:///out/o.db', table: t, if_exists: replace}}",
+    )
+    refused: list[str] = []
+    checked = orchestrator.Execution._refuse_to_read_a_crash_tail
+
+    def start_b_then(self: orchestrator.Execution) -> None:
+        if self.run_id == "table-a":
+            Path("b.yaml").write_text(settings.replace("table: t,", "table: T,"))
+            with pytest.raises(RunRefused) as e:
+                start_run(db, load(Path("b.yaml")), run_id="table-b")
+            refused.append(str(e.value))
+        checked(self)
+
+    with workdir("two-runs", settings, _inputs) as path:
+        monkeypatch.setattr(orchestrator.Execution, "_refuse_to_read_a_crash_tail", start_b_then)
+        assert start_run(db, load(path / "settings.yaml"), run_id="table-a").status == "completed"
+        assert len(refused) == 1 and "table sqlite:///out/o.db#T is being written right now" in refused[0], refused
+        assert sqlite3.connect(path / "out" / "o.db").execute("SELECT count(*) FROM t").fetchone()[0] == 3
+
+
 def _holds(writer: Any, path: Path) -> bool:
     return all(writer.hold(place) is None for place in orchestrator._places(path))
 
