@@ -443,18 +443,23 @@ class Execution:
         a table that `if_exists: replace` drops, by its database and name (`_table_places`).
         The locks are taken in one order for all runs, so that two runs of the same files each
         holding one cannot both be refused. A FIFO or a device is shared (it keeps no rows)."""
-        places: dict[str, str] = {}  # lock -> sink
+        places: dict[str, tuple[str, bool]] = {}  # lock -> (sink, shared)
         for name, sink in self.p.nodes.sinks.items():
             path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
-            if getattr(sink, "if_exists", None) == "replace":
-                places.update(dict.fromkeys(_table_places(sink), name))
+            if_exists = getattr(sink, "if_exists", None)
+            if if_exists in ("append", "replace"):  # (a database sink)
+                # Appending runs share a table; one that drops it has it alone (a review: a run
+                # replacing it at the moment another appended deleted the other's rows).
+                shared = if_exists == "append"
+                for place in _table_places(sink):
+                    places[place] = (name, shared and places.get(place, (name, True))[1])
             elif mode in ("append", "write") and isinstance(path, Path) and not _kept_nothing(path):
-                places.update(dict.fromkeys(_places(path), name))
+                places.update(dict.fromkeys(_places(path), (name, False)))
         for place in sorted(places):
-            holder = self.writer.hold(place)
+            holder = self.writer.hold(place, shared=places[place][1])
             if holder is None:
                 continue
-            name = places[place]
+            name = places[place][0]
             sink = self.p.nodes.sinks[name]
             path = getattr(sink, "path", None)
             if not resumed:  # a run that has recorded its start is named, and what it holds there
@@ -463,7 +468,7 @@ class Execution:
                     self._refuse_to_share_a_file_being_written(
                         name, path, positions, getattr(sink, "mode", None) == "write"
                     )
-                else:
+                elif getattr(sink, "if_exists", None) == "replace":
                     self._refuse_to_drop_open_rows(name, sink, positions)
             what = path if isinstance(path, Path) else f"table {sink.location()}"
             why = (
@@ -889,15 +894,25 @@ def _places(path: Path) -> list[str]:
 
 def _table_places(sink: Any) -> list[str]:
     """The names a database sink's table is held by: in a SQLite file, the file's (`_places`)
-    with the table's name (SQLite's names ignore case); on a server, its URL as written (its
-    password left out) and the name: the server is one place whatever machine reaches it."""
-    from engine.plugins.database_sink import sqlite_file
+    with the table's name as SQLite compares names; on a server, each place it may be reached at
+    (`landscape.urls.database_name`: however the URL spells the host, user or options) with the
+    database and table names, one on this machine (a socket, loopback) with the machine's id."""
+    from engine.plugins.database_sink import _folded, sqlite_file
+    from landscape.urls import database_name
 
     file = sqlite_file(sink.url)
     table = str(sink.table_name)
     if file is not None:
-        return [hashlib.sha256(f"table {p} {table.lower()}".encode()).hexdigest() for p in _places(file)]
-    return [hashlib.sha256(f"table {sink.location()}".encode("utf-8", "surrogateescape")).hexdigest()]
+        names = [f"table {p} {_folded(table)}" for p in _places(file)]
+    elif (db := database_name(sink.url)) is not None:
+        machine = _machine().decode("ascii", "replace")
+        names = [
+            f"table {machine if e.unix or e.place == 'loopback' else ''} {e.place} {e.port} {db.dbname!r} {table!r}"
+            for e in db.endpoints
+        ]
+    else:  # (not read: by its words, as written)
+        names = [f"table {sink.location()}"]
+    return [hashlib.sha256(n.encode("utf-8", "surrogateescape")).hexdigest() for n in names]
 
 
 @functools.cache

@@ -78,7 +78,7 @@ class Processor:
         try:
             data = encode_row(item.row)
         except UnrecordableRow as e:  # a source that let it through: quarantined like any bad row
-            self.process_record(SourceItem(item.index, None, item.raw, f"the row cannot be recorded: {e}"))
+            self.process_record(replace(item, row=None, error=f"the row cannot be recorded: {e}", fixed_types=None))
             return
         if len(data) > work.MAX_OUTPUT_BYTES:
             # The store takes no value past 1 GiB: the commit failed, the run stopped saying to fix
@@ -101,7 +101,9 @@ class Processor:
         it, or one it had fixed refused that line: a review), `__raw_line__` empty (its size is
         in the reason). Its line and row number as an unparsed line has them, else as the source
         said where the record starts (`SourceItem.line`) and its index."""
-        unparsed = "__raw_line__" in item.raw  # (else its raw is the row as read: no numbers of ours)
+        # A line the source could not parse carries its own numbers (and no `line`); a row's raw
+        # is the row as read, whose keys are the input's to choose (a review).
+        unparsed = item.line is None and "__raw_line__" in item.raw
         said = {k: v for k in ("__line_number__", "__row_number__") if unparsed and type(v := item.raw.get(k)) is int}
         known: Row = {"__raw_line__": "", "__line_number__": item.line, "__row_number__": item.index + 1, **said}
         return {k: known.get(k) for k in self.n.unparsed_keys}

@@ -324,15 +324,17 @@ class PgRunWriter:
             size, _root, note = batch.checkpoint
             self._notary.witness(self.run_id, size, note, batch.recorded_at)
 
-    def hold(self, place: str) -> str | None:
-        """Take the lock of `place` (a sink's file, as the engine names it) for as long as this
-        writer lives, on its own connection: None when taken, else who holds it (any session
-        may take an advisory lock, not only a writer's: it is named, not guessed). Before the
-        first commit only: after it, the connection may be sending one on another thread."""
+    def hold(self, place: str, *, shared: bool = False) -> str | None:
+        """Take the lock of `place` (a sink's file or table, as the engine names it) for as long
+        as this writer lives, on its own connection, alone or `shared` with others that share
+        it: None when taken, else who holds it (any session may take an advisory lock, not only
+        a writer's: it is named, not guessed). Before the first commit only: after it, the
+        connection may be sending one on another thread."""
         if self._conn is None or self._in_flight is not None or self._handed is not None:
             raise StoreError(f"run {self.run_id}: a place is held before the run's first commit, not after")
         with driver_errors(f"run {self.run_id}: holding its sink files"):
-            row = self._conn.execute(f"SELECT pg_try_advisory_lock({commits.PLACE_LOCK})", (place,)).fetchone()
+            take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+            row = self._conn.execute(f"SELECT {take}({commits.PLACE_LOCK})", (place,)).fetchone()
             holder = None
             if not (row and row[0]):
                 holder = self._conn.execute(

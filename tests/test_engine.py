@@ -580,6 +580,30 @@ sinks:
     ]
 
 
+def test_a_row_too_large_names_its_own_line_whatever_keys_it_holds(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row is the input's: one holding `__raw_line__` and `__line_number__` keys, invalid and too
+    large, was taken for a line the source could not parse, and its stub named the line the row
+    chose (a review). Its own line, whatever it holds."""
+    import engine.work
+
+    monkeypatch.setattr(engine.work, "MAX_OUTPUT_BYTES", 200)
+    row = {"__raw_line__": "x", "__line_number__": 99, "id": "not a number", "v": "x" * 500}
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "v": "a"}\n' + json.dumps(row) + "\n")
+    settings = """
+source:
+  plugin: json
+  on_success: out
+  options: {path: in.jsonl, schema: {mode: fixed, fields: ['id: int', 'v: str']}, on_validation_failure: q}
+sinks:
+  out: {plugin: csv, options: {path: out/o.csv}}
+  q: {plugin: csv, options: {path: out/q.csv}}
+"""
+    r = run(db, tmp_path, settings)
+    assert r.rows("out/q.csv") == [{"__raw_line__": "", "__line_number__": "2"}]
+
+
 def test_a_row_that_expands_past_what_a_step_may_make_is_its_row_error(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,35 +139,65 @@ def test_of_two_runs_starting_at_one_moment_on_one_file_the_second_is_refused(
         assert _ids(path / "out" / "shared.csv") == ["1", "2", "3"]
 
 
-def test_of_two_runs_starting_at_one_moment_replacing_one_table_the_second_is_refused(
-    db: Database, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("a", "b"), [("replace", "replace"), ("append", "replace"), ("replace", "append"), ("append", "append")]
+)
+def test_of_two_runs_starting_at_one_moment_on_one_table_one_replacing_it_the_second_is_refused(
+    db: Database, monkeypatch: pytest.MonkeyPatch, a: str, b: str
 ) -> None:
     """`if_exists: replace` drops the table at the sink's open: B, started while A was between its
-    checks and its first commit, dropped the table A had just made, and both wrote into B's.
-    The table's lock refuses B; spelled in another case (SQLite's names ignore it) it is the same
-    table."""
+    checks and its first commit, dropped the table A had just made (or was appending to: its rows
+    went), and both wrote into B's (reviews). The table's lock refuses B when either replaces it;
+    appending runs share it. Spelled in another case (SQLite's names ignore it) it is one table."""
     import sqlite3
 
-    settings = SETTINGS.format(mode="write").replace(
-        "out: {plugin: csv, options: {path: out/shared.csv, mode: write}}",
-        "out: {plugin: database, options: {url: 'sqlite:///out/o.db', table: t, if_exists: replace}}",
-    )
-    refused: list[str] = []
+    def settings(if_exists: str, table: str = "t") -> str:
+        return SETTINGS.format(mode="write").replace(
+            "out: {plugin: csv, options: {path: out/shared.csv, mode: write}}",
+            f"out: {{plugin: database, options: {{url: 'sqlite:///out/o.db', table: {table}, if_exists: {if_exists}}}}}",
+        )
+
+    outcomes: list[str] = []
     checked = orchestrator.Execution._refuse_to_read_a_crash_tail
 
     def start_b_then(self: orchestrator.Execution) -> None:
-        if self.run_id == "table-a":
-            Path("b.yaml").write_text(settings.replace("table: t,", "table: T,"))
-            with pytest.raises(RunRefused) as e:
-                start_run(db, load(Path("b.yaml")), run_id="table-b")
-            refused.append(str(e.value))
+        if self.run_id == f"table-a-{a}-{b}":
+            Path("b.yaml").write_text(settings(b, "T"))
+            try:
+                outcomes.append(start_run(db, load(Path("b.yaml")), run_id=f"table-b-{a}-{b}").status)
+            except RunRefused as e:
+                outcomes.append(str(e))
         checked(self)
 
-    with workdir("two-runs", settings, _inputs) as path:
+    with workdir("two-runs", settings(a), _inputs) as path:
         monkeypatch.setattr(orchestrator.Execution, "_refuse_to_read_a_crash_tail", start_b_then)
-        assert start_run(db, load(path / "settings.yaml"), run_id="table-a").status == "completed"
-        assert len(refused) == 1 and "table sqlite:///out/o.db#T is being written right now" in refused[0], refused
-        assert sqlite3.connect(path / "out" / "o.db").execute("SELECT count(*) FROM t").fetchone()[0] == 3
+        assert start_run(db, load(path / "settings.yaml"), run_id=f"table-a-{a}-{b}").status == "completed"
+        rows = sqlite3.connect(path / "out" / "o.db").execute("SELECT count(*) FROM t").fetchone()[0]
+        if a == b == "append":
+            assert outcomes == ["completed"] and rows == 6
+        else:
+            assert len(outcomes) == 1 and "table sqlite:///out/o.db#T is being written right now" in outcomes[0]
+            assert rows == 3
+
+
+def test_a_server_table_is_one_place_however_its_url_is_spelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyed by the URL as written, `localhost` and `127.0.0.1`, another user or driver were two
+    places and the race stayed open (a review). A server on this machine is this machine's: the
+    same URL on another machine is another server; a server elsewhere is one for all."""
+    from types import SimpleNamespace
+
+    def places(url: str, table: str = "t") -> set[str]:
+        sink = SimpleNamespace(url=url, table_name=table, location=lambda: f"{url}#{table}")
+        return set(orchestrator._table_places(sink))
+
+    local = places("postgresql://u:p@localhost:5433/db")
+    assert local == places("postgresql+psycopg://other@127.0.0.1:5433/db?sslmode=disable")
+    assert not local & places("postgresql://u@localhost:5433/db", "T")  # (a server's names keep case)
+    assert not local & places("postgresql://u@localhost:5433/other")
+    remote = places("postgresql://u@10.1.2.3:5432/db")
+    monkeypatch.setattr(orchestrator, "_machine", lambda: b"another-machine")
+    assert not local & places("postgresql://u@localhost:5433/db")
+    assert remote == places("postgresql://someone@10.1.2.3/db")
 
 
 def _holds(writer: Any, path: Path) -> bool:

@@ -168,7 +168,7 @@ def type_locked(
             yield replace(item, fixed_types=None if types is None else list(types.items()))
             continue
         reason = schema.type_violations(locked, item.row)
-        yield item if reason is None else SourceItem(item.index, None, item.row, reason)
+        yield item if reason is None else replace(item, row=None, raw=item.row, error=reason)
 
 
 def _convert(f: Field, value: Any) -> Any:
