@@ -440,9 +440,9 @@ class Execution:
         runs (or resumes) starting at one moment, each before the other had recorded anything,
         both went on to the same file (a review). A file is held by its folder and name, and by
         itself when it is there (another spelling of it, a link), on this machine (`_places`);
-        a table that `if_exists: replace` drops, by its database and name (`_table_places`).
-        The locks are taken in one order for all runs, so that two runs of the same files each
-        holding one cannot both be refused. A FIFO or a device is shared (it keeps no rows)."""
+        a database sink's table by its database and name (`_table_places`), shared by appending
+        runs. The locks are taken in one order for all runs, so that two runs of the same files
+        each holding one cannot both be refused. A FIFO or a device is shared (it keeps no rows)."""
         places: dict[str, tuple[str, bool]] = {}  # lock -> (sink, shared)
         for name, sink in self.p.nodes.sinks.items():
             path, mode = getattr(sink, "path", None), getattr(sink, "mode", None)
