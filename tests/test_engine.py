@@ -518,6 +518,20 @@ sinks:
                           "was is recorded") for x in reasons), reasons  # fmt: skip
 
 
+def _to_a_csv_quarantine(plugin: str, options: str) -> str:
+    """Settings: `plugin` with `options` (flow-mapping text) into out/o.csv, its bad rows into the
+    CSV sink q (out/q.csv)."""
+    return f"""
+source:
+  plugin: {plugin}
+  on_success: out
+  options: {{{options}, on_validation_failure: q}}
+sinks:
+  out: {{plugin: csv, options: {{path: out/o.csv}}}}
+  q: {{plugin: csv, options: {{path: out/q.csv}}}}
+"""
+
+
 def test_a_record_too_large_to_record_fits_a_csv_quarantine_sink_an_unparsed_line_fixed(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -528,15 +542,7 @@ def test_a_record_too_large_to_record_fits_a_csv_quarantine_sink_an_unparsed_lin
 
     monkeypatch.setattr(engine.work, "MAX_OUTPUT_BYTES", 200)
     (tmp_path / "in.csv").write_text("id,note\n1,ok\n2,a,b\n3," + "x" * 500 + "\n4,ok\n5,b,c," + "y" * 500 + "\n")
-    settings = """
-source:
-  plugin: csv
-  on_success: out
-  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'note: str']}, on_validation_failure: q}
-sinks:
-  out: {plugin: csv, options: {path: out/o.csv}}
-  q: {plugin: csv, options: {path: out/q.csv}}
-"""
+    settings = _to_a_csv_quarantine("csv", "path: in.csv, schema: {mode: fixed, fields: ['id: int', 'note: str']}")
     r = run(db, tmp_path, settings)
     assert r.outcomes() == {"completed": 2, "quarantined": 3}
     assert r.rows("out/q.csv") == [
@@ -562,15 +568,7 @@ def test_a_row_too_large_first_and_an_unparsed_line_after_fit_one_csv_quarantine
         (tmp_path / "in.json").write_text(f'{{"id": 1}}\n\n{{"id": 2, "v": "{big}"}}\n[3]\n{{"id": 4}}\n')
     else:
         (tmp_path / "in.json").write_text(f'[{{"id": 1}}, {{"id": 2, "v": "{big}"}}, [3], {{"id": 4}}]')
-    settings = f"""
-source:
-  plugin: json
-  on_success: out
-  options: {{path: in.json, format: {fmt}, schema: {{mode: observed}}, on_validation_failure: q}}
-sinks:
-  out: {{plugin: csv, options: {{path: out/o.csv}}}}
-  q: {{plugin: csv, options: {{path: out/q.csv}}}}
-"""
+    settings = _to_a_csv_quarantine("json", f"path: in.json, format: {fmt}, schema: {{mode: observed}}")
     r = run(db, tmp_path, settings)
     assert r.outcomes() == {"completed": 2, "quarantined": 2}
     line = "3" if fmt == "jsonl" else "2"  # (a JSON array's records are numbered as its lines)
@@ -591,15 +589,7 @@ def test_a_row_too_large_names_its_own_line_whatever_keys_it_holds(
     monkeypatch.setattr(engine.work, "MAX_OUTPUT_BYTES", 200)
     row = {"__raw_line__": "x", "__line_number__": 99, "id": "not a number", "v": "x" * 500}
     (tmp_path / "in.jsonl").write_text('{"id": 1, "v": "a"}\n' + json.dumps(row) + "\n")
-    settings = """
-source:
-  plugin: json
-  on_success: out
-  options: {path: in.jsonl, schema: {mode: fixed, fields: ['id: int', 'v: str']}, on_validation_failure: q}
-sinks:
-  out: {plugin: csv, options: {path: out/o.csv}}
-  q: {plugin: csv, options: {path: out/q.csv}}
-"""
+    settings = _to_a_csv_quarantine("json", "path: in.jsonl, schema: {mode: fixed, fields: ['id: int', 'v: str']}")
     r = run(db, tmp_path, settings)
     assert r.rows("out/q.csv") == [{"__raw_line__": "", "__line_number__": "2"}]
 
