@@ -897,13 +897,13 @@ def _table_places(sink: Any) -> list[str]:
     with the table's name as SQLite compares names; on a server, each place it may be reached at
     (`landscape.urls.database_name`: however the URL spells the host, user or options) with the
     database and table names, one on this machine (a socket, loopback) with the machine's id."""
-    from engine.plugins.database_sink import _folded, sqlite_file
+    from engine.plugins.database_sink import sqlite_file, sqlite_folded
     from landscape.urls import database_name
 
     file = sqlite_file(sink.url)
     table = str(sink.table_name)
     if file is not None:
-        names = [f"table {p} {_folded(table)}" for p in _places(file)]
+        names = [f"table {p} {sqlite_folded(table)}" for p in _places(file)]
     elif (db := database_name(sink.url)) is not None:
         machine = _machine().decode("ascii", "replace")
         names = [

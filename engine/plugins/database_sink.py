@@ -150,7 +150,7 @@ class DatabaseSink:
         self._sqlite = self.url.lower().startswith("sqlite")
         if not self._sqlite and len(self.table_name.encode()) > 63:  # (SQLAlchemy refuses it at each flush)
             raise PluginConfigError("table", "a name longer than PostgreSQL's 63 bytes; allowed: a shorter one")
-        if (_folded(self.table_name) if self._sqlite else self.table_name) == _TOKENS:
+        if (sqlite_folded(self.table_name) if self._sqlite else self.table_name) == _TOKENS:
             raise PluginConfigError("table", f"{_TOKENS!r} is the sink's own bookkeeping table")
         self.schema = parse_schema(o.raw("schema"))
         self._shown = redact(self.url)
@@ -448,7 +448,7 @@ class DatabaseSink:
                 return f"{field_named(row, name, named)} has a name longer than PostgreSQL's 63 bytes"
             if not self._sqlite and name in _SYSTEM_COLUMNS:
                 return f"{field_named(row, name, named)} has the name of a PostgreSQL system column"
-            folded = _folded(name) if self._sqlite else name
+            folded = sqlite_folded(name) if self._sqlite else name
             if folded in seen:
                 return f"{field_named(row, name, named)} has the name of another field but for case"
             seen.add(folded)
@@ -873,7 +873,7 @@ def _without_rowid(conn: Any, name: str, sql: str) -> bool:
     return bool(row and row[0])
 
 
-def _folded(name: str) -> str:
+def sqlite_folded(name: str) -> str:
     """A name as SQLite compares names of tables and columns: ASCII letters without case, others as they are."""
     return "".join(c.lower() if c.isascii() else c for c in name)
 
