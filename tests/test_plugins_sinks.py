@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
 import engine.plugins.sinks
-from engine.plugins.protocol import PluginConfigError, PluginError, RowError
+from engine.plugins.protocol import PluginConfigError, PluginError, RowError, RowsRefused
 from engine.plugins.registry import build_plugin
 from landscape import faults
 
@@ -1615,3 +1615,34 @@ def test_a_file_emptied_in_place_while_the_run_writes_it_fails_the_flush(tmp_pat
         s.flush()
     s.release()
     assert b"\0" not in path.read_bytes()
+
+
+def test_a_table_another_writer_makes_between_open_and_flush_is_written_by_its_own_columns(db_url: str) -> None:
+    """Runs appending to one table run at once. Run A's sink opened when there was no table and
+    guessed its columns from its first row; run B made the table first, from its own rows. A's
+    flush took B's table for its guess: PostgreSQL rounded A's 1.5 into B's bigint column, and
+    A's trail said 1.5 was written (a review). The rows the table cannot hold as given are
+    refused alone (routed by on_write_failure); the others are written into it."""
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    a = sink("database", url=db_url, table="shared", if_exists="append")
+    a.open("run-a", None)
+    a.write("a0", {"n": 1.5, "name": "x"})  # fixes A's guess: n a float, name text
+    a.write("a1", {"n": 2, "name": "y"})
+    try:
+        with engine.begin() as conn:  # B, meanwhile
+            conn.execute(text("CREATE TABLE shared (n bigint, name text)"))
+    finally:
+        engine.dispose()
+    with pytest.raises(RowsRefused) as refused:
+        a.flush()
+    reasons = refused.value.reasons
+    assert set(reasons) == {"a0"}, reasons
+    assert "field 1 of the row holds" in reasons["a0"] and "made meanwhile by another writer" in reasons["a0"]
+    assert _select(db_url, "SELECT count(*) FROM shared") == [(0,)]
+    a.open("run-a", 0)  # as the writer does: open again, write the others again
+    a.write("a1", {"n": 2, "name": "y"})
+    with pytest.raises(RowError, match="field 1 of the row holds"):
+        a.write("a2", {"n": 4.5, "name": "z"})
+    assert a.flush() == 1
+    a.close()
+    assert _select(db_url, "SELECT n, name FROM shared") == [(2, "y")]

@@ -409,9 +409,13 @@ class DatabaseSink:
             assert self._first is not None
             columns = [Column(k, types[_value_kind(v)]) for k, v in self._first.items()]
         meta = MetaData()
-        made = Table(self.table_name, meta, *columns)
-        meta.create_all(conn)
-        self._use_table(conn, made)
+        Table(self.table_name, meta, *columns)
+        meta.create_all(conn)  # (not if there: see below)
+        # The table as the database has it: another run appending to it may have made it since
+        # this sink looked (runs appending to one table run at once), with the columns its own
+        # first row asked for. Taken for this sink's guess, a bigint column rounded 1.5 to 2
+        # without a word while the trail held 1.5 (a review).
+        self._use_table(conn, Table(self.table_name, MetaData(), autoload_with=conn))
 
     def write(self, token_id: str, row: Row) -> None:
         if self._columns is None:  # no table yet and no schema: this row fixes the columns
@@ -512,6 +516,15 @@ class DatabaseSink:
             with self._engine.begin() as conn:
                 if unmade:
                     self._create_table(conn)
+                    # The rows were checked against the columns guessed from the first; the table
+                    # made may be another run's, whose columns cannot hold them all.
+                    unfit = {token: "; ".join(problems) for token, row in rows
+                             if (problems := [p for k, v in row.items() if (p := self._unfit(row, k, v)) is not None])}  # fmt: skip
+                    if unfit:
+                        raise RowsRefused(
+                            {token: f"{why} (table {self.table_name} in {self._shown}, made meanwhile by another writer)"
+                             for token, why in unfit.items()}
+                        )  # fmt: skip
                 table = self._insert_into
                 # A token is written once: the run's tokens committed after its durable position
                 # were deleted when the sink opened, so one recorded here is durable in the log
@@ -573,6 +586,9 @@ class DatabaseSink:
                 )  # fmt: skip
         except _Refused as e:
             raise PluginError(_NODE, str(e)) from None
+        except RowsRefused:
+            self._table = None  # (the writer opens the sink again, which takes the table as it is)
+            raise
         except Exception as e:
             if unmade:  # the table was not made: the next open decides again
                 self._table = None
