@@ -147,7 +147,14 @@ def _table_problems(
     # the sink gives every name quoted, takes it as written.
     sqlite = sink.url.lower().startswith("sqlite")
     same = "".join(c.lower() if c.isascii() else c for c in table) if sqlite else table
-    other = tables.get((database, same))
+    # A server by `same_as`, as the audit store's is: its socket and `localhost` on one port were
+    # two databases here, and two sinks wrote one table, one's resume deleting the other's rows
+    # (their bookkeeping is the table's; a review).
+    other = next(
+        (found for (d, t), found in tables.items() if t == same and (d == database or (
+            isinstance(d, DatabaseName) and isinstance(database, DatabaseName) and d.same_as(database)))),
+        None,
+    )  # fmt: skip
     if other is not None:
         spelled = "" if other[1] == table else f" (as '{other[1]}': SQLite table names ignore case)"
         problems.append(

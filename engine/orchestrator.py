@@ -896,7 +896,10 @@ def _table_places(sink: Any) -> list[str]:
     """The names a database sink's table is held by: in a SQLite file, the file's (`_places`)
     with the table's name as SQLite compares names; on a server, each place it may be reached at
     (`landscape.urls.database_name`: however the URL spells the host, user or options) with the
-    database and table names, one on this machine (a socket, loopback) with the machine's id."""
+    database and table names, one on this machine (a socket, loopback) with the machine's id:
+    a socket and a loopback address on one port are one place, as `DatabaseName.same_as` takes
+    them (keyed apart, a run replacing a table reached by `localhost` did not hold it against
+    one appending through the socket: a review)."""
     from engine.plugins.database_sink import sqlite_file, sqlite_folded
     from landscape.urls import database_name
 
@@ -907,7 +910,7 @@ def _table_places(sink: Any) -> list[str]:
     elif (db := database_name(sink.url)) is not None:
         machine = _machine().decode("ascii", "replace")
         names = [
-            f"table {machine if e.unix or e.place == 'loopback' else ''} {e.place} {e.port} {db.dbname!r} {table!r}"
+            f"table {machine + ' local' if e.unix or e.place == 'loopback' else e.place} {e.port} {db.dbname!r} {table!r}"
             for e in db.endpoints
         ]
     else:  # (not read: by its words, as written)

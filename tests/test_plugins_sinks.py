@@ -1087,6 +1087,38 @@ def test_database_sink_refuses_to_continue_when_durable_rows_were_deleted(db_url
         build_plugin("sink", "database", options).open("run-cut", 1)
 
 
+def test_rows_of_another_run_do_not_hide_the_deletion_of_a_runs_durable_rows(db_url: str) -> None:
+    """The resume's check counted the whole table: run B's rows appended after run A crashed
+    stood in for A's deleted ones, and A's resume completed over the hole (a review). A's rows
+    are counted where its flushes recorded them; an updated row is not the row written either."""
+    options = {"url": db_url, "table": "shared", "schema": _SCHEMA}
+    a = build_plugin("sink", "database", options)
+    a.open("run-a", None)
+    for i in (1, 2):
+        a.write(f"a{i}", {"id": i, "name": "a", "score": 1.0, "ok": True})
+    assert a.flush() == 2
+    a.release()  # run A crashed here
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM shared WHERE id = 1"))
+        assert written(build_plugin("sink", "database", options), [{"id": i, "name": "b", "score": 2.0, "ok": False}
+                                                                   for i in range(10, 13)], "run-b") == 3  # fmt: skip
+        with pytest.raises(PluginError, match="holds 1 of the 2 rows the run had made durable"):
+            build_plugin("sink", "database", options).open("run-a", 2)
+        with engine.begin() as conn:  # put back as it was written: resumable
+            conn.execute(text("INSERT INTO shared (id, name, score, ok) VALUES (1, 'a', 1.0, true)"))
+        if not db_url.startswith("sqlite"):  # (a new row: another xmin; SQLite's rowid is also new)
+            with pytest.raises(PluginError, match="holds 1 of the 2 rows"):
+                build_plugin("sink", "database", options).open("run-a", 2)
+            with engine.begin() as conn:  # (an update changes the row's xmin: not the row written)
+                conn.execute(text("UPDATE shared SET name = 'z' WHERE id = 2"))
+            with pytest.raises(PluginError, match="holds 0 of the 2 rows"):
+                build_plugin("sink", "database", options).open("run-a", 2)
+    finally:
+        engine.dispose()
+
+
 def test_database_sink_table_has_exactly_the_data_columns(db_url: str) -> None:
     written(sink("database", url=db_url, table="plain"), [{"id": 1, "amount": 2.5, "label": "x", "flag": False}])
     engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))

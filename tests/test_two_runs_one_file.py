@@ -192,6 +192,8 @@ def test_a_server_table_is_one_place_however_its_url_is_spelled(monkeypatch: pyt
 
     local = places("postgresql://u:p@localhost:5433/db")
     assert local == places("postgresql+psycopg://other@127.0.0.1:5433/db?sslmode=disable")
+    assert local & places("postgresql://u@/db?host=/var/run/postgresql&port=5433")  # (its socket)
+    assert not local & places("postgresql://u@/db?host=/var/run/postgresql")  # (another port)
     assert not local & places("postgresql://u@localhost:5433/db", "T")  # (a server's names keep case)
     assert not local & places("postgresql://u@localhost:5433/other")
     remote = places("postgresql://u@10.1.2.3:5432/db")

@@ -182,7 +182,7 @@ class DatabaseSink:
         return PluginError(_NODE, f"database sink {self.location()}: {what}: {first}")
 
     def open(self, run_id: str, position: int | None) -> None:
-        from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, inspect, select, table
+        from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, inspect, select
 
         self.release()
         self.run_id = run_id
@@ -241,7 +241,7 @@ class DatabaseSink:
                 self._committed = conn.execute(select(func.count()).select_from(tokens).where(mine)).scalar_one()
                 in_table = 0
                 if position and exists:
-                    in_table = conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one()
+                    in_table = self._rows_still_there(conn, position)
                 if position is not None and self._committed > position:
                     # Left after the roll back: rows without a position, which only an ELSPETH
                     # from before positions were recorded wrote; which came after the durable
@@ -254,13 +254,12 @@ class DatabaseSink:
                     )
                 if position and min(self._committed, in_table) < position:
                     # As for files: rows the log says are durable are gone (the table dropped or
-                    # emptied, or their bookkeeping deleted), so this is not what the run wrote;
-                    # carrying on would leave a hole nobody would see. Rows of other runs in the
-                    # same table are not told apart: a partial delete among them can go unnoticed.
+                    # emptied, rows deleted or changed, or their bookkeeping deleted), so this is
+                    # not what the run wrote; carrying on would leave a hole nobody would see.
                     raise _Refused(
                         f"cannot continue {self.location()}: it holds {min(self._committed, in_table)} of the "
-                        f"{position} rows the run had made durable, so rows were deleted since; restore them, "
-                        "or start a new run"
+                        f"{position} rows the run had made durable, so rows were deleted or changed since; "
+                        "restore them, or start a new run"
                     )
                 if not exists and refused is None and self.schema.field_names is not None:
                     self._create_table(conn)
@@ -306,6 +305,35 @@ class DatabaseSink:
                     raise _Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
         faults.reached("sink_rollback")
         conn.execute(t.delete().where(beyond))
+
+    def _rows_still_there(self, conn: Any, position: int) -> int:
+        """How many of the rows the run made durable (up to `position`) the table still holds.
+        Found where their flushes recorded them: the whole table's count let another run's rows
+        appended since hide the deletion of this run's (a review). On PostgreSQL a row counts
+        while it holds the id of the transaction that wrote it (xmin: an update gives it another;
+        a VACUUM FULL moving it keeps it); in SQLite while its rowid is there. A flush that
+        recorded none (no row ids: see `_row_locator`) is counted with the whole table, as before."""
+        from sqlalchemy import func, literal_column, select, table, text
+
+        t = self._tokens
+        # (an older ELSPETH's entries have no position: durable ones, as `open` has found)
+        at = (t.c.sink_position <= position) | t.c.sink_position.is_(None)
+        mine = (t.c.run_id == self.run_id) & self._this_table() & at
+        found = conn.execute(select(t.c.row_locator, t.c.row_xid).where(mine)).all()
+        if self._locator is None or any(locator is None for locator, _ in found):
+            return int(conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one())
+        if self._sqlite:
+            rowids = sorted({int(locator) for locator, _ in found})
+            column: Any = literal_column(self._locator)
+            return sum(
+                int(conn.execute(
+                    select(func.count()).select_from(self._table).where(column.in_(rowids[i : i + _IN_CHUNK]))
+                ).scalar_one())
+                for i in range(0, len(rowids), _IN_CHUNK)
+            )  # fmt: skip
+        xids = sorted({str(xid) for _, xid in found})
+        by = text("CAST(xmin AS text) = ANY(:xids)").bindparams(xids=xids)
+        return int(conn.execute(select(func.count()).select_from(self._table).where(by)).scalar_one())
 
     def _unrollable(self, position: int, tokens: list[str], why: str) -> str:
         shown = ", ".join(tokens[:5]) + (f" and {len(tokens) - 5} more" if len(tokens) > 5 else "")
