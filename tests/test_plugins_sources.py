@@ -948,3 +948,45 @@ def test_a_file_with_any_lf_is_read_by_its_lfs_whatever_crs_it_holds(tmp_path: P
     assert [i.row for i in items("json", {"path": str(lines)})] == [{"id": 1, "n": "x"}, {"id": 2}, {"id": 3}]
     only_cr = write(tmp_path / "cr.jsonl", b'{"id": 1}\r{"id": 2}\r')
     assert [i.row for i in items("json", {"path": str(only_cr)})] == [None]  # one line of JSON lines: not split
+
+
+_CR_IN_LINES = {
+    "LF lines, a CR in a quoted cell": 'id,note\n1,"a\rb"\n2,c\n',
+    "CRLF lines, a CR in a quoted cell": 'id,note\r\n1,"a\rb"\r\n2,c\r\n',
+    "LF lines, a CR in an unquoted cell": "id,note\n1,a\rb\n2,c\n",
+    "CR lines, a CR in a quoted cell": 'id,note\r1,"a\rb"\r2,c\r',
+    "CR lines": "id,note\r1,a\r2,c\r",
+}
+
+
+@pytest.mark.parametrize("multiline", [True, False])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+@pytest.mark.parametrize("text", list(_CR_IN_LINES.values()), ids=list(_CR_IN_LINES))
+def test_csv_in_utf_16_or_32_has_the_lines_and_records_it_has_in_utf_8(
+    tmp_path: Path, text: str, encoding: str, multiline: bool
+) -> None:
+    """UTF-16 and UTF-32 are decoded as a stream, which split lines at every CR, LF and CRLF: in
+    a file with LFs, a CR in a quoted cell made two records of one with multiline: false (one
+    quarantined for its open quote, its second half for its fields), one in an unquoted cell a
+    valid row cut short where UTF-8 quarantines the line, and each line after it was numbered one
+    too high (a review). The same text reads the same in any encoding."""
+
+    def read(enc: str) -> list[tuple[Any, ...]]:
+        path = write(tmp_path / f"{enc}.csv", text.encode(enc))
+        got = items("csv", {"path": str(path), "encoding": enc, "multiline": multiline})
+        return [(i.index, i.line, i.row, i.raw, i.error) for i in got]
+
+    assert read(encoding) == read("utf-8")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_a_cr_in_a_utf_16_line_splits_no_record(tmp_path: Path, encoding: str) -> None:
+    """The cases `test_csv_in_utf_16_or_32_has_the_lines_and_records_it_has_in_utf_8` compares,
+    as they should read: a CR in a line of a file with LFs is a character of its line (CSV), or
+    whitespace (JSON lines)."""
+    path = write(tmp_path / "in.csv", 'id,note\n1,"a\rb"\n2,c\n'.encode(encoding))
+    got = items("csv", {"path": str(path), "encoding": encoding, "multiline": False})
+    assert [(i.row, i.line) for i in got] == [({"id": "1", "note": "a\rb"}, 2), ({"id": "2", "note": "c"}, 3)]
+    lines = write(tmp_path / "in.jsonl", '{"id": 1,\r "n": "x"}\n{"id": 2}\n'.encode(encoding))
+    got = items("json", {"path": str(lines), "encoding": encoding})
+    assert [(i.row, i.line) for i in got] == [({"id": 1, "n": "x"}, 1), ({"id": 2}, 2)]

@@ -237,6 +237,26 @@ def _only_cr(f: IO[bytes]) -> bool:
         f.seek(start)
 
 
+def _only_cr_text(f: IO[bytes], encoding: str) -> bool:
+    """`_only_cr` for an encoding in which a newline is not the byte 0x0A (UTF-16, UTF-32): the
+    bytes of an LF or a CR can be part of another character there, so the text is searched. A
+    part that does not decode ends the search (the read then fails there, naming it)."""
+    start = f.tell()
+    reader = io.TextIOWrapper(f, encoding=encoding, newline="")
+    cr = False
+    try:
+        while chunk := reader.read(_CHUNK):
+            if "\n" in chunk:
+                return False
+            cr = cr or "\r" in chunk
+        return cr
+    except UnicodeError:
+        return cr
+    finally:
+        reader.detach()
+        f.seek(start)
+
+
 def _cr_lines(f: IO[bytes]) -> Iterator[bytes]:
     """The file's lines ending in a bare CR, each with its CR (as iterating a file gives LF lines).
     A line longer than a chunk is joined once, when it ends."""
@@ -259,11 +279,11 @@ class _Lines:
     Lines are decoded one at a time: a line that is not valid in the encoding is passed on with
     replacement characters and its reason kept in `bad`, so only the record it belongs to is
     quarantined. Encodings in which a newline is not the byte 0x0A (UTF-16, UTF-32) cannot be
-    split into lines before decoding; they are decoded as a stream, and an invalid byte there
-    fails the read. With `cr_lines` (CSV), a file without a single LF is split at its CRs
-    (`_only_cr`: classic Mac OS ended lines so, and the prior system read such files); a file with
-    an LF anywhere is split at its LFs, and a CR in it is a character of its line, as before.
-    JSON lines are split at LFs only: in JSON a CR is whitespace."""
+    split into lines before decoding; they are decoded as a stream, split at the same line ends,
+    and an invalid byte there fails the read. With `cr_lines` (CSV), a file without a single LF is
+    split at its CRs (`_only_cr`: classic Mac OS ended lines so, and the prior system read such
+    files); a file with an LF anywhere is split at its LFs, and a CR in it is a character of its
+    line, as before. JSON lines are split at LFs only: in JSON a CR is whitespace."""
 
     def __init__(self, f: IO[bytes], encoding: str, path: Path, *, cr_lines: bool = False) -> None:
         self.f = f
@@ -311,7 +331,12 @@ class _Lines:
             yield text
 
     def _stream(self) -> Iterator[str]:
-        reader = io.TextIOWrapper(self.f, encoding=self.encoding, newline="")
+        # Not newline="" (any of CR, LF, CRLF ends a line): a CR inside a line of an LF file split
+        # it where the same file in UTF-8 was not, so a quoted cell holding a CR became two records
+        # with multiline: false, an unquoted one a valid row cut short, a JSON line two invalid
+        # ones, and every line number after it was one too high (a review).
+        only_cr = self.cr_lines and _only_cr_text(self.f, self.encoding)
+        reader = io.TextIOWrapper(self.f, encoding=self.encoding, newline="\r" if only_cr else "\n")
         try:
             for text in reader:
                 self.count += 1
