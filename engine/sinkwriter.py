@@ -139,10 +139,18 @@ class SinkWriter:
                 # The clock naps in short steps (so that a stop is seen): wait out the whole backoff.
                 while self.ctx.now() < retry_at:
                     self.clock.sleep_until(retry_at)
-                # Drop what the failed attempt may have left, then write the same rows again.
+                # Drop what the failed attempt may have left, then write the same rows again. The
+                # sink checks them against its destination as it is now (a table changed since):
+                # a row it no longer takes follows `on_write_failure`, as at its first write.
                 self.reopen(sink_name)
-                for p in writes:
-                    sink.write(p.token_id, p.row)
+                rows, writes[:] = list(writes), []
+                for p in rows:
+                    try:
+                        sink.write(p.token_id, p.row)
+                    except RowError as refused:
+                        self._refused(p.token_id, p.row, sink_name, refused.reason, p.tried)
+                        continue
+                    writes.append(p)
 
     def flush(self, sink_name: str) -> int:
         try:

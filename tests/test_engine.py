@@ -814,7 +814,9 @@ class _FlakySink(_BrokenSink):
         self.pending = []
 
 
-def _run_with_sink(db: Database, tmp_path: Path, sink: object, retry: str, clock: FakeClock) -> object:
+def _run_with_sink(
+    db: Database, tmp_path: Path, sink: object, retry: str, clock: FakeClock, commit_every: int = 1
+) -> object:
     from engine.orchestrator import build_pipeline, fold_run, start_run
     from engine.settings import load_settings
 
@@ -827,7 +829,7 @@ def _run_with_sink(db: Database, tmp_path: Path, sink: object, retry: str, clock
     try:
         pipeline = build_pipeline(load_settings(tmp_path / "s.yaml"))
         pipeline.nodes.sinks["out"] = sink  # type: ignore[assignment]
-        outcome = start_run(db, pipeline, clock=clock, commit_every=1)
+        outcome = start_run(db, pipeline, clock=clock, commit_every=commit_every)
     finally:
         os.chdir(old)
     return fold_run(db, outcome.run_id, strict=True)
@@ -849,6 +851,38 @@ def test_a_failing_sink_write_is_retried_with_backoff_and_every_attempt_recorded
     failed = [e.detail or "" for e in run_lifecycle(db, fold.run_id) if e.event == "SinkWriteFailed"]  # type: ignore[attr-defined]
     assert [d.split(";")[0] for d in failed] == [f"attempt {n}: sink 'out': connection reset" for n in (1, 2)]
     assert all("next attempt" in d for d in failed), failed
+
+
+class _ChangedSink(_FlakySink):
+    """Its first flush fails; opened again, its destination no longer takes rows with v == 2
+    (a table altered meanwhile): `write` refuses them, as a database sink then does."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=1)
+        self.opened = 0
+
+    def open(self, run_id: str, position: int | None) -> None:
+        self.opened += 1
+
+    def write(self, token_id: str, row: dict[str, object]) -> None:
+        from engine.plugins.protocol import RowError
+
+        if self.opened > 1 and row["v"] == 2:
+            raise RowError("field 2 of the row holds an integer its column no longer takes")
+        super().write(token_id, row)
+
+
+def test_a_row_the_sink_no_longer_takes_when_retried_follows_on_write_failure(db: Database, tmp_path: Path) -> None:
+    """A retried flush writes its rows again into the sink opened anew, which checks them against
+    its destination as it is now: a row refused then was a RowError out of the run's loop (a
+    traceback, the run left open). It follows on_write_failure, as at its first write."""
+    sink = _ChangedSink()
+    retry = "retry: {max_attempts: 2, initial_delay_seconds: 0}\n"
+    fold = _run_with_sink(db, tmp_path, sink, retry, FakeClock(), commit_every=10)  # (one flush of both)
+    assert_invariants(fold)  # type: ignore[arg-type]
+    assert sink.rows == [{"id": 1, "v": 1, "note": "a"}]
+    assert (tmp_path / "out" / "backup.csv").read_text().splitlines() == ["id,v,note", "2,2,b"]
+    assert dict(fold.outcomes) == {"completed": 1, "diverted": 1}  # type: ignore[attr-defined]
 
 
 def test_a_long_retry_budget_waits_at_most_its_cap_and_does_not_overflow(db: Database, tmp_path: Path) -> None:

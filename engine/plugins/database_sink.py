@@ -164,6 +164,7 @@ class DatabaseSink:
         self._counts_rows = False  # a SQLite table (not a view): its change count is exact (`flush`)
         self._no_locator = _NO_LOCATOR  # why the table gives none, when it does not
         self._first: Row | None = None  # the row that fixed the columns of a table not made yet
+        self._shape: object = None  # the table's definition as checked (`_table_shape`)
         self._committed = 0
         self.run_id = ""
 
@@ -426,6 +427,7 @@ class DatabaseSink:
             *(Column(c.name, NullType() if self._columns[c.name][0] in ("other", "numeric affinity") else c.type) for c in t.columns),
         )  # fmt: skip
         self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
+        self._shape = _table_shape(conn, t.name, self._sqlite)
 
     def _create_table(self, conn: Any) -> None:
         from sqlalchemy import BigInteger, Boolean, Column, Float, MetaData, Table, Text
@@ -612,6 +614,16 @@ class DatabaseSink:
                         for token, locator in zip(ids, locators, strict=True)
                     ],
                 )  # fmt: skip
+                # Last, so that nothing can change it before the commit: the inserts hold the table
+                # (PostgreSQL's ALTER waits on them; SQLite's writer is this transaction). A column
+                # altered since the sink checked the rows against it took 2.5 as 2, a SQLite table
+                # made again with ON CONFLICT REPLACE deleted a durable row (a review).
+                if _table_shape(conn, self.table_name, self._sqlite) != self._shape:
+                    raise _Refused(
+                        f"database sink {self.location()}: table '{self.table_name}' was changed (its columns or "
+                        "its definition) since the sink checked its rows against it; nothing of this flush was "
+                        "kept, and a retry checks the rows against the table as it is now"
+                    )
         except _Refused as e:
             raise PluginError(_NODE, str(e)) from None
         except RowsRefused:
@@ -901,6 +913,26 @@ def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
     if not readable:
         return None, "the sink's role has no SELECT privilege on the table to find them by"
     return "ctid", _NO_LOCATOR
+
+
+def _table_shape(conn: Any, name: str, sqlite: bool) -> object:
+    """What a table's rows are checked against, to tell whether it changed: PostgreSQL's
+    relation (a table made again is another) with each column's name and type; SQLite's own
+    text of the table's definition (its conflict clauses too)."""
+    from sqlalchemy import text
+
+    if sqlite:
+        return tuple(conn.execute(
+            text("SELECT type, sql FROM sqlite_master WHERE name = :name COLLATE NOCASE"), {"name": name}
+        ).all())  # fmt: skip
+    return conn.execute(
+        text(
+            "SELECT c.oid::bigint, array_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) "
+            "ORDER BY a.attnum) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+            "WHERE c.oid = to_regclass(:name) AND a.attnum > 0 AND NOT a.attisdropped GROUP BY c.oid"
+        ),
+        {"name": conn.dialect.identifier_preparer.quote(name)},
+    ).one_or_none()
 
 
 def _without_rowid(conn: Any, name: str, sql: str) -> bool:
