@@ -1724,3 +1724,21 @@ def test_a_table_changed_between_flushes_has_the_next_flush_checked_against_it(d
         assert _select(db_url, "SELECT k, x FROM moving") == [("a", 7)]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("durable", [0, 3])
+def test_a_sqlite_rowid_another_run_recorded_since_is_not_taken_for_the_runs_row(tmp_path: Path, durable: int) -> None:
+    """Run A crashed; its table was dropped, and run B's rows took the same rowids. A's resume
+    deleted B's rows as the crash's leftovers (durable 0), or took them for its durable rows
+    (durable 3), while B's trail said they were written (a review). B's bookkeeping claims those
+    rowids: A's resume is refused."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    options = {"url": url, "table": "t", "schema": _SCHEMA}
+    rows = [{"id": i, "name": "a", "score": 1.0, "ok": True} for i in range(3)]
+    assert written(build_plugin("sink", "database", options), rows, "run-a") == 3  # A crashed after this
+    _execute(url, "DROP TABLE t")
+    assert written(build_plugin("sink", "database", options), rows, "run-b") == 3
+    why = "the bookkeeping of run(s) run-b says rows there are theirs" if durable == 0 else "holds 0 of the 3 rows"
+    with pytest.raises(PluginError, match=re.escape(why)):
+        build_plugin("sink", "database", options).open("run-a", durable)
+    assert len(_select(url, "SELECT * FROM t")) == 3

@@ -301,6 +301,11 @@ class DatabaseSink:
                     raise _Refused(self._unrollable(position, tokens, self._no_locator))
                 if any(locator is None for _, locator in rows):
                     raise _Refused(self._unrollable(position, tokens, _NONE_RECORDED))
+                others = self._claimed_by_others(conn, [locator for _, locator in rows if locator is not None])
+                if others:
+                    why = (f"the bookkeeping of run(s) {', '.join(sorted(set(others.values()))[:3])} says rows there are theirs (the "
+                           "table was emptied or made again since, and their rows took those rowids)")  # fmt: skip
+                    raise _Refused(self._unrollable(position, tokens, why))
                 deleted = self._delete_rows(conn, [locator for _, locator in rows if locator is not None], xid)
                 if deleted != len(rows):
                     raise _Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
@@ -324,7 +329,10 @@ class DatabaseSink:
         if self._locator is None or any(locator is None for locator, _ in found):
             return int(conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one())
         if self._sqlite:
-            rowids = sorted({int(locator) for locator, _ in found})
+            # (a rowid another run's flush recorded since is that run's row, not this one's)
+            held = {str(locator) for locator, _ in found}
+            held -= set(self._claimed_by_others(conn, sorted(held)))
+            rowids = sorted(int(locator) for locator in held)
             column: Any = literal_column(self._locator)
             return sum(
                 int(conn.execute(
@@ -335,6 +343,24 @@ class DatabaseSink:
         xids = sorted({str(xid) for _, xid in found})
         by = text("CAST(xmin AS text) = ANY(:xids)").bindparams(xids=xids)
         return int(conn.execute(select(func.count()).select_from(self._table).where(by)).scalar_one())
+
+    def _claimed_by_others(self, conn: Any, locators: list[str]) -> dict[str, str]:
+        """Of these SQLite rowids, those another run's bookkeeping for this table records, with
+        that run's id. A rowid says where a row is, not whose: a table emptied or made again since
+        hands its rowids to the next rows, and a run's resume deleted another run's rows there (a
+        review). PostgreSQL's rows are told apart by their transaction ids: nothing to ask there."""
+        from sqlalchemy import select
+
+        if not self._sqlite:
+            return {}
+        t = self._tokens
+        found: dict[str, str] = {}
+        for i in range(0, len(locators), _IN_CHUNK):
+            query = select(t.c.row_locator, t.c.run_id).where(
+                self._this_table(), t.c.run_id != self.run_id, t.c.row_locator.in_(locators[i : i + _IN_CHUNK])
+            )
+            found.update((str(locator), run) for locator, run in conn.execute(query))
+        return found
 
     def _unrollable(self, position: int, tokens: list[str], why: str) -> str:
         shown = ", ".join(tokens[:5]) + (f" and {len(tokens) - 5} more" if len(tokens) > 5 else "")
