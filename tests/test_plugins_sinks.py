@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 import tracemalloc
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -1226,6 +1227,7 @@ def test_a_file_another_run_appended_to_after_this_one_opened_it_is_not_cut(
 
 _FULL_DISK = """
 import resource, signal, sys
+from decimal import Decimal
 from pathlib import Path
 from engine.plugins.protocol import PluginError
 from engine.plugins.sinks import CsvSink
@@ -1445,6 +1447,38 @@ def test_database_sink_takes_what_an_exact_numeric_column_holds(db_url: str) -> 
         engine.dispose()
     written(sink("database", url=db_url, table="exact", if_exists="append"), [{"n": 2**62 + 1, "c": "a "}])
     assert [int(r[0]) for r in _select(db_url, "SELECT n FROM exact")] == [2**62 + 1]
+
+
+def test_database_sink_gives_a_numeric_column_a_float_exactly(db_url: str) -> None:
+    """psycopg sent a float as a float8, which PostgreSQL turns into a numeric of 15 digits:
+    0.30000000000000004 was stored as 0.3 and 2**53 as 9007199254740990, recorded as written (a
+    review). A numeric column is given the float's digits; one it cannot hold so is refused: a
+    numeric(p, s) rounding it or too narrow, an infinity there, -0.0 anywhere (numeric has no
+    negative zero)."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's columns of every numeric type take floats as 8-byte floats")
+    _execute(db_url, "CREATE TABLE exact (id int, n numeric, d numeric(20, 17))")
+    s = sink("database", url=db_url, table="exact", if_exists="append")
+    s.open("run", None)
+    whole = [0.30000000000000004, 1.0000000000000002, 123456789.12345679, 2.0**53, 1e-20, 1e300, math.nan, math.inf]
+    for i, value in enumerate(whole):
+        s.write(f"n{i}", {"id": i, "n": value})
+    for i, value in enumerate([0.30000000000000004, 1.0000000000000002, math.nan], start=len(whole)):
+        s.write(f"d{i}", {"id": i, "d": value})
+    for field, value, why in (("d", 123456789.12345679, r"cannot hold \(numeric\(20, 17\)\)"),
+                              ("d", 1e-20, r"would round to 17 decimal place\(s\)"),
+                              ("d", math.inf, r"cannot hold \(numeric\(20, 17\)\)"),
+                              ("n", -0.0, "would store as 0"), ("d", -0.0, "would store as 0")):  # fmt: skip
+        with pytest.raises(RowError, match=f"field 2 of the row holds .*, which its column {why}"):
+            s.write("t0", {"id": 99, field: value})
+    s.flush()
+    s.close()
+    stored = dict(_select(db_url, "SELECT id, coalesce(n, d)::text FROM exact"))
+    given = [*whole, 0.30000000000000004, 1.0000000000000002, math.nan]
+    assert {i: float(text) for i, text in stored.items()} == pytest.approx(dict(enumerate(given)), nan_ok=True)
+    assert {i: Decimal(text) for i, text in stored.items() if math.isfinite(given[i])} == {
+        i: Decimal(repr(v)) for i, v in enumerate(given) if math.isfinite(v)
+    }
 
 
 def test_a_file_changed_between_open_and_the_first_write_is_not_cut(tmp_path: Path) -> None:

@@ -64,8 +64,12 @@ def _for_column(kind: str, value: Any) -> Any:
     structure spelled as JSON spells it: the server's own conversion would change it (SQLite
     keeps 15 digits of a float, 0.30000000000000004 read back as '0.3', and spells true '1').
     A JSON column gets the value as JSON holds it (the column's type writes it as JSON: given as
-    text, an object was stored as a JSON string). Other columns get the value, a structure as
-    JSON text."""
+    text, an object was stored as a JSON string). A PostgreSQL numeric column gets a float as
+    the decimal its repr spells: given a float, psycopg sends a float8, which the server turns into
+    a numeric of 15 digits (0.30000000000000004 stored as 0.3). Other columns get the value, a
+    structure as JSON text."""
+    if kind in ("number", "decimal") and isinstance(value, float):
+        return Decimal(repr(value))  # ('nan', 'inf': numeric's NaN and Infinity)
     if kind == "json":  # (plain JSON values: a plugin's datetime, Decimal or UUID as its text)
         return (
             value
@@ -473,10 +477,11 @@ class DatabaseSink:
             return None
         kind, bits, scale = self._columns[name]
         found = described(value)
-        value = _for_column(kind, value)
-        exact = _exactly_held(kind, bits, scale, value)
+        exact = _exactly_held(kind, bits, scale, _for_column(kind, value))
         if exact is not None:
             return f"{field} holds {found}, which its column {exact}"
+        if kind not in ("number", "decimal"):  # (given a float's digits, a Decimal, below: the row's value)
+            value = _for_column(kind, value)
         if kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
                 return f"{field} holds {found}; its column takes integers"
@@ -1052,8 +1057,9 @@ def _numeric_affinity(declared: str) -> bool:
 
 
 def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
-    """Why a column of this kind would store another value than `value` without an error (a
-    float rounded, a decimal rounded, a string padded or cut), or None."""
+    """Why a column of this kind would store another value than `value`, as `_for_column` gives
+    it, without an error (a float rounded, a decimal rounded, -0.0 made 0, a string padded or
+    cut), or None."""
     if isinstance(value, bool) or value is None:
         return None
     if kind in ("float", "real") and isinstance(value, int | float):
@@ -1065,8 +1071,14 @@ def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
             stored = math.inf
         if stored != value:
             return f"would round ({'a 4-byte' if kind == 'real' else 'an 8-byte'} float)"
-    elif kind == "decimal" and isinstance(value, int | float) and (isinstance(value, int) or math.isfinite(value)):
-        exact = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    elif kind in ("number", "decimal") and isinstance(value, int | Decimal):
+        exact = Decimal(value)
+        if exact.is_zero() and exact.is_signed():
+            return "would store as 0 (numeric has no -0)"
+        if exact.is_nan() or kind == "number":  # (every number exactly, NaN, and from PostgreSQL 14 on the infinities)
+            return None
+        if exact.is_infinite():
+            return f"cannot hold (numeric({width}, {scale}))"
         with localcontext() as ctx:
             ctx.prec = max(len(exact.as_tuple().digits) + scale + 2, 28)
             if exact.quantize(Decimal(1).scaleb(-scale)) != exact:
