@@ -1481,6 +1481,46 @@ def test_database_sink_gives_a_numeric_column_a_float_exactly(db_url: str) -> No
     }
 
 
+def test_database_sink_checks_a_postgresql_domain_as_its_base_type_and_name_by_its_bytes(db_url: str) -> None:
+    """A domain's column was checked for nothing: one over integer stored 1.5 as 2 and '7' as 7,
+    one over numeric(6, 2) 1.005 as 1.01; a `name` column cut text to 63 bytes (a review), a
+    `"char"` one to its first byte, money rounded to its cents. A domain is checked as the type
+    it is over, however deep; `name` and `"char"` as text of at most 63 bytes and 1; money as a
+    number of as many decimal places as the server's currency has (2 here)."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no domains, and no name type")
+    _execute(db_url, "CREATE DOMAIN qty AS integer CHECK (VALUE >= 0)")
+    _execute(db_url, "CREATE DOMAIN price AS numeric(6, 2)")
+    _execute(db_url, "CREATE DOMAIN dear AS price")
+    _execute(db_url, "CREATE DOMAIN short AS varchar(3)")
+    _execute(db_url, 'CREATE TABLE typed (id bigint, q qty, p dear, s short, n name, c "char", m money)')
+    s = sink("database", url=db_url, table="typed", if_exists="append")
+    s.open("run", None)
+    fits = {"id": 1, "q": 7, "p": 1.25, "s": "abc", "n": "é" * 31 + "x", "c": "y", "m": 5}
+    for field, value, why in (("q", 1.5, "; its column takes integers"), ("q", "7", "; its column takes integers"),
+                              ("q", 2**31, " an integer outside the column's 32-bit range"),
+                              ("p", 1.005, r", which its column would round to 2 decimal place\(s\)"),
+                              ("p", 12345.5, r", which its column cannot hold \(numeric\(6, 2\)\)"),
+                              ("s", "abcd", r", which its column would cut or refuse beyond 3 character\(s\)"),
+                              ("n", "x" * 64, r", which its column would cut beyond 63 byte\(s\)"),
+                              ("n", "é" * 32, r", which its column would cut beyond 63 byte\(s\)"),
+                              ("c", "ab", r", which its column would cut beyond 1 byte\(s\)"),
+                              ("c", "é", r", which its column would cut beyond 1 byte\(s\)"),
+                              ("m", 1.239, r", which its column would round to 2 decimal place\(s\) \(money\)"),
+                              ("m", math.nan, r", which its column cannot hold \(money\)"),
+                              ("m", "1.25", "; its column takes numbers")):  # fmt: skip
+        with pytest.raises(RowError, match=f"field {list(fits).index(field) + 1} of the row holds.*{why}"):
+            s.write("t0", {**fits, field: value})
+    s.write("t1", fits)
+    s.write("t2", {"id": 2, "m": 1.25})
+    s.flush()
+    s.close()
+    assert _select(db_url, "SELECT id, q, p, s, n, c, m::numeric FROM typed ORDER BY id") == [
+        (1, 7, Decimal("1.25"), "abc", "é" * 31 + "x", "y", Decimal("5.00")),
+        (2, None, None, None, None, None, Decimal("1.25")),
+    ]
+
+
 def test_a_file_changed_between_open_and_the_first_write_is_not_cut(tmp_path: Path) -> None:
     """What was checked (through the path, at open) must be what the handle that cuts holds:
     another file swapped in meanwhile, or other bytes, are refused before anything is cut."""
