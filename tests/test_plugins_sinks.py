@@ -1521,6 +1521,35 @@ def test_database_sink_checks_a_postgresql_domain_as_its_base_type_and_name_by_i
     ]
 
 
+def test_database_sink_refuses_a_number_a_sqlite_json_column_would_store_as_another(db_url: str) -> None:
+    """A column declared JSON has SQLite's NUMERIC affinity: the JSON text of a number is stored as
+    the number SQLite reads in it, 12345678901234567890123 as 1.2345678901234568e22, 10**30 as
+    1e30, 1.0 as the integer 1 (a review). Such a number is refused; one kept as given, text,
+    and a structure are written as before (PostgreSQL's json keeps every number as given)."""
+    _execute(db_url, "CREATE TABLE docs (id int, doc JSON)")
+    s = sink("database", url=db_url, table="docs", if_exists="append")
+    s.open("run", None)
+    kept = [2**63 - 1, -5, 0.1, 0.30000000000000004, 1e30, 5e-324, "007", "1.0", True, {"a": 1.0, "b": [10**30]}]
+    changed = [10**30, 12345678901234567890123, 2**63, 1.0, -0.0, 1e15]
+    if db_url.startswith("sqlite"):
+        for value in changed:
+            with pytest.raises(RowError, match=r"field 2 of the row holds .*, which its column \(SQLite JSON: NUMERIC "
+                                               r"affinity\) would store as another number"):  # fmt: skip
+                s.write("t0", {"id": 0, "doc": value})
+        with pytest.raises(RowError, match=r"would store as text \(JSON has no NaN or infinity\)"):
+            s.write("t0", {"id": 0, "doc": math.nan})
+    else:
+        kept += changed
+    for i, value in enumerate(kept):
+        s.write(f"t{i + 1}", {"id": i + 1, "doc": value})
+    s.flush()
+    s.close()
+    # (SQLite gives a number it holds as that number, other JSON as its text; psycopg parses json)
+    stored = [json.loads(doc) if isinstance(doc, str) and db_url.startswith("sqlite") else doc
+              for _, doc in _select(db_url, "SELECT id, doc FROM docs ORDER BY id")]  # fmt: skip
+    assert [(value, type(value)) for value in stored] == [(value, type(value)) for value in kept]
+
+
 def test_a_file_changed_between_open_and_the_first_write_is_not_cut(tmp_path: Path) -> None:
     """What was checked (through the path, at open) must be what the handle that cuts holds:
     another file swapped in meanwhile, or other bytes, are refused before anything is cut."""

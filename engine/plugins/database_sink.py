@@ -512,6 +512,13 @@ class DatabaseSink:
                 f"{field} holds {found} that reads as a number, which its column (SQLite NUMERIC affinity) would "
                 "store as that number, not as the text"
             )
+        elif kind == "json" and self._sqlite and isinstance(value, int | float) and not isinstance(value, bool):
+            # A column declared JSON has NUMERIC affinity: the JSON text of a number is stored as the
+            # number SQLite reads in it (10**30 as 1e30, 1.0 as 1), and no spelling of it is kept as text.
+            stored = _sqlite_numeric(json.dumps(value))
+            if type(stored) is not type(value) or stored != value:
+                why = "another number" if isinstance(stored, int | float) else "text (JSON has no NaN or infinity)"
+                return f"{field} holds {found}, which its column (SQLite JSON: NUMERIC affinity) would store as {why}"
         elif kind in ("text", "char", "name") and not self._sqlite and isinstance(value, str) and "\x00" in value:
             return f"{field} holds a NUL character, which PostgreSQL text cannot store"
         return None
@@ -1089,6 +1096,19 @@ def _pg_column_kinds(conn: Any, table_name: str) -> dict[str, tuple[str, int, in
             scale = money_scale  # (the digits after the point lc_monetary gives the currency)
         kinds[name] = (kind, width, scale)
     return kinds
+
+
+def _sqlite_numeric(text: str) -> Any:
+    """What a SQLite column of NUMERIC affinity stores of this text, asked of SQLite itself (in
+    memory, the library the sink writes with): which reals it stores as integers changed with its
+    versions (2.0**53: an integer in 3.40)."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.execute("CREATE TABLE held (v NUMERIC)")
+        db.execute("INSERT INTO held VALUES (?)", (text,))
+        return db.execute("SELECT v FROM held").fetchone()[0]
 
 
 def _undomained(sql_type: Any) -> Any:
