@@ -1468,6 +1468,7 @@ def test_database_sink_gives_a_numeric_column_a_float_exactly(db_url: str) -> No
     for field, value, why in (("d", 123456789.12345679, r"cannot hold \(numeric\(20, 17\)\)"),
                               ("d", 1e-20, r"would round to 17 decimal place\(s\)"),
                               ("d", math.inf, r"cannot hold \(numeric\(20, 17\)\)"),
+                              ("d", 1e300, r"cannot hold \(numeric\(20, 17\)\)"),
                               ("n", -0.0, "would store as 0"), ("d", -0.0, "would store as 0")):  # fmt: skip
         with pytest.raises(RowError, match=f"field 2 of the row holds .*, which its column {why}"):
             s.write("t0", {"id": 99, field: value})

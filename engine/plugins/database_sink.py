@@ -487,11 +487,12 @@ class DatabaseSink:
             return None
         kind, bits, scale = self._columns[name]
         found = described(value)
-        exact = _exactly_held(kind, bits, scale, _for_column(kind, value))
+        given = _for_column(kind, value)
+        exact = _exactly_held(kind, bits, scale, given)
         if exact is not None:
             return f"{field} holds {found}, which its column {exact}"
-        if kind not in _EXACT_NUMBERS:  # (given as a Decimal: below, the row's value is checked)
-            value = _for_column(kind, value)
+        if kind not in _EXACT_NUMBERS:  # (given as a Decimal: below, the row's own value is checked)
+            value = given
         if kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
                 return f"{field} holds {found}; its column takes integers"
@@ -1155,7 +1156,8 @@ def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
         if not exact.is_finite():
             return f"cannot hold ({held})"
         with localcontext() as ctx:
-            ctx.prec = max(len(exact.as_tuple().digits) + scale + 2, 28)
+            # (digits enough for the value's whole part too: 1e300 quantized with fewer failed, uncaught)
+            ctx.prec = max(len(exact.as_tuple().digits), exact.adjusted() + 1) + max(scale, 0) + 2
             if exact.quantize(Decimal(1).scaleb(-scale)) != exact:
                 return f"would round to {scale} decimal place(s) ({held})"
         whole = len(str(abs(int(exact)))) if int(exact) != 0 else 0
