@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 import tracemalloc
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -1258,6 +1259,7 @@ def test_a_file_another_run_appended_to_after_this_one_opened_it_is_not_cut(
 
 _FULL_DISK = """
 import resource, signal, sys
+from decimal import Decimal
 from pathlib import Path
 from engine.plugins.protocol import PluginError
 from engine.plugins.sinks import CsvSink
@@ -1477,6 +1479,108 @@ def test_database_sink_takes_what_an_exact_numeric_column_holds(db_url: str) -> 
         engine.dispose()
     written(sink("database", url=db_url, table="exact", if_exists="append"), [{"n": 2**62 + 1, "c": "a "}])
     assert [int(r[0]) for r in _select(db_url, "SELECT n FROM exact")] == [2**62 + 1]
+
+
+def test_database_sink_gives_a_numeric_column_a_float_exactly(db_url: str) -> None:
+    """psycopg sent a float as a float8, which PostgreSQL turns into a numeric of 15 digits:
+    0.30000000000000004 was stored as 0.3 and 2**53 as 9007199254740990, recorded as written (a
+    review). A numeric column is given the float's digits; one it cannot hold so is refused: a
+    numeric(p, s) rounding it or too narrow, an infinity there, -0.0 anywhere (numeric has no
+    negative zero)."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's columns of every numeric type take floats as 8-byte floats")
+    _execute(db_url, "CREATE TABLE exact (id int, n numeric, d numeric(20, 17))")
+    s = sink("database", url=db_url, table="exact", if_exists="append")
+    s.open("run", None)
+    whole = [0.30000000000000004, 1.0000000000000002, 123456789.12345679, 2.0**53, 1e-20, 1e300, math.nan, math.inf]
+    for i, value in enumerate(whole):
+        s.write(f"n{i}", {"id": i, "n": value})
+    for i, value in enumerate([0.30000000000000004, 1.0000000000000002, math.nan], start=len(whole)):
+        s.write(f"d{i}", {"id": i, "d": value})
+    for field, value, why in (("d", 123456789.12345679, r"cannot hold \(numeric\(20, 17\)\)"),
+                              ("d", 1e-20, r"would round to 17 decimal place\(s\)"),
+                              ("d", math.inf, r"cannot hold \(numeric\(20, 17\)\)"),
+                              ("d", 1e300, r"cannot hold \(numeric\(20, 17\)\)"),
+                              ("n", -0.0, "would store as 0"), ("d", -0.0, "would store as 0")):  # fmt: skip
+        with pytest.raises(RowError, match=f"field 2 of the row holds .*, which its column {why}"):
+            s.write("t0", {"id": 99, field: value})
+    s.flush()
+    s.close()
+    stored = dict(_select(db_url, "SELECT id, coalesce(n, d)::text FROM exact"))
+    given = [*whole, 0.30000000000000004, 1.0000000000000002, math.nan]
+    assert {i: float(text) for i, text in stored.items()} == pytest.approx(dict(enumerate(given)), nan_ok=True)
+    assert {i: Decimal(text) for i, text in stored.items() if math.isfinite(given[i])} == {
+        i: Decimal(repr(v)) for i, v in enumerate(given) if math.isfinite(v)
+    }
+
+
+def test_database_sink_checks_a_postgresql_domain_as_its_base_type_and_name_by_its_bytes(db_url: str) -> None:
+    """A domain's column was checked for nothing: one over integer stored 1.5 as 2 and '7' as 7,
+    one over numeric(6, 2) 1.005 as 1.01; a `name` column cut text to 63 bytes (a review), a
+    `"char"` one to its first byte, money rounded to its cents. A domain is checked as the type
+    it is over, however deep; `name` and `"char"` as text of at most 63 bytes and 1; money as a
+    number of as many decimal places as the server's currency has (2 here)."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no domains, and no name type")
+    _execute(db_url, "CREATE DOMAIN qty AS integer CHECK (VALUE >= 0)")
+    _execute(db_url, "CREATE DOMAIN price AS numeric(6, 2)")
+    _execute(db_url, "CREATE DOMAIN dear AS price")
+    _execute(db_url, "CREATE DOMAIN short AS varchar(3)")
+    _execute(db_url, 'CREATE TABLE typed (id bigint, q qty, p dear, s short, n name, c "char", m money)')
+    s = sink("database", url=db_url, table="typed", if_exists="append")
+    s.open("run", None)
+    fits = {"id": 1, "q": 7, "p": 1.25, "s": "abc", "n": "é" * 31 + "x", "c": "y", "m": 5}
+    for field, value, why in (("q", 1.5, "; its column takes integers"), ("q", "7", "; its column takes integers"),
+                              ("q", 2**31, " an integer outside the column's 32-bit range"),
+                              ("p", 1.005, r", which its column would round to 2 decimal place\(s\)"),
+                              ("p", 12345.5, r", which its column cannot hold \(numeric\(6, 2\)\)"),
+                              ("s", "abcd", r", which its column would cut or refuse beyond 3 character\(s\)"),
+                              ("n", "x" * 64, r", which its column would cut beyond 63 byte\(s\)"),
+                              ("n", "é" * 32, r", which its column would cut beyond 63 byte\(s\)"),
+                              ("c", "ab", r", which its column would cut beyond 1 byte\(s\)"),
+                              ("c", "é", r", which its column would cut beyond 1 byte\(s\)"),
+                              ("m", 1.239, r", which its column would round to 2 decimal place\(s\) \(money\)"),
+                              ("m", math.nan, r", which its column cannot hold \(money\)"),
+                              ("m", "1.25", "; its column takes numbers")):  # fmt: skip
+        with pytest.raises(RowError, match=f"field {list(fits).index(field) + 1} of the row holds.*{why}"):
+            s.write("t0", {**fits, field: value})
+    s.write("t1", fits)
+    s.write("t2", {"id": 2, "m": 1.25})
+    s.flush()
+    s.close()
+    assert _select(db_url, "SELECT id, q, p, s, n, c, m::numeric FROM typed ORDER BY id") == [
+        (1, 7, Decimal("1.25"), "abc", "é" * 31 + "x", "y", Decimal("5.00")),
+        (2, None, None, None, None, None, Decimal("1.25")),
+    ]
+
+
+def test_database_sink_refuses_a_number_a_sqlite_json_column_would_store_as_another(db_url: str) -> None:
+    """A column declared JSON has SQLite's NUMERIC affinity: the JSON text of a number is stored as
+    the number SQLite reads in it, 12345678901234567890123 as 1.2345678901234568e22, 10**30 as
+    1e30, 1.0 as the integer 1 (a review). Such a number is refused; one kept as given, text,
+    and a structure are written as before (PostgreSQL's json keeps every number as given)."""
+    _execute(db_url, "CREATE TABLE docs (id int, doc JSON)")
+    s = sink("database", url=db_url, table="docs", if_exists="append")
+    s.open("run", None)
+    kept = [2**63 - 1, -5, 0.1, 0.30000000000000004, 1e30, 5e-324, "007", "1.0", True, {"a": 1.0, "b": [10**30]}]
+    changed = [10**30, 12345678901234567890123, 2**63, 1.0, -0.0, 1e15]
+    if db_url.startswith("sqlite"):
+        for value in changed:
+            with pytest.raises(RowError, match=r"field 2 of the row holds .*, which its column \(SQLite JSON: NUMERIC "
+                                               r"affinity\) would store as another number"):  # fmt: skip
+                s.write("t0", {"id": 0, "doc": value})
+        with pytest.raises(RowError, match=r"would store as text \(JSON has no NaN or infinity\)"):
+            s.write("t0", {"id": 0, "doc": math.nan})
+    else:
+        kept += changed
+    for i, value in enumerate(kept):
+        s.write(f"t{i + 1}", {"id": i + 1, "doc": value})
+    s.flush()
+    s.close()
+    # (SQLite gives a number it holds as that number, other JSON as its text; psycopg parses json)
+    stored = [json.loads(doc) if isinstance(doc, str) and db_url.startswith("sqlite") else doc
+              for _, doc in _select(db_url, "SELECT id, doc FROM docs ORDER BY id")]  # fmt: skip
+    assert [(value, type(value)) for value in stored] == [(value, type(value)) for value in kept]
 
 
 def test_a_file_changed_between_open_and_the_first_write_is_not_cut(tmp_path: Path) -> None:

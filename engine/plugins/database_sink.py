@@ -6,8 +6,9 @@ table or the first row, and a row with a field that has no column, or a value it
 cannot hold, is refused at `write` (RowError, routed by `on_write_failure`) with the field
 named — never inserted without it. So is a value an existing column would store as another
 without an error (`_exactly_held`): a float a 4-byte `real` or an 8-byte float rounds, a number a
-`numeric(p, s)` rounds, a string a `char(n)` pads or a `varchar(n)` cuts. Columns of other types
-(dates, times, uuids, ...) take what the server makes of the value, unchecked. A text column
+`numeric(p, s)` or `money` rounds, a string a `char(n)` pads or a `varchar(n)`, `name` or `"char"`
+cuts; a PostgreSQL domain's column is checked as the type it is over (`_pg_column_kinds`). Columns
+of other types (dates, times, uuids, ...) take what the server makes of the value, unchecked. A text column
 is given text (`_for_column`), and a table that takes fewer rows than it is given, or that
 replaces rows on a conflict, is refused (the trail would claim rows the table does not hold).
 """
@@ -36,6 +37,8 @@ from landscape.urls import scrub
 _NODE = "sink"
 _TOKENS = "elspeth_sink_tokens"
 _IN_CHUNK = 500  # token ids per IN (...) query: well under every backend's parameter limit
+# The kinds of PostgreSQL's exact numbers (`_pg_column_kinds`): numeric, numeric(p, s), money.
+_EXACT_NUMBERS = ("number", "decimal", "money")
 _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", "any": "text"}
 # Columns of `elspeth_sink_tokens` that an older ELSPETH did not make (added when missing): the
 # sink's position after the flush that committed the token, where its row is (SQLite: its rowid;
@@ -64,8 +67,13 @@ def _for_column(kind: str, value: Any) -> Any:
     structure spelled as JSON spells it: the server's own conversion would change it (SQLite
     keeps 15 digits of a float, 0.30000000000000004 read back as '0.3', and spells true '1').
     A JSON column gets the value as JSON holds it (the column's type writes it as JSON: given as
-    text, an object was stored as a JSON string). Other columns get the value, a structure as
-    JSON text."""
+    text, an object was stored as a JSON string). A PostgreSQL numeric column gets a float as
+    the decimal its repr spells: given a float, psycopg sends a float8, which the server turns into
+    a numeric of 15 digits (0.30000000000000004 stored as 0.3). Other columns get the value, a
+    structure as JSON text."""
+    if kind in _EXACT_NUMBERS and isinstance(value, int | float) and not isinstance(value, bool):
+        # ('nan', 'inf': numeric's NaN and Infinity; an integer too, as money takes no smallint)
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     if kind == "json":  # (plain JSON values: a plugin's datetime, Decimal or UUID as its text)
         return (
             value
@@ -74,7 +82,7 @@ def _for_column(kind: str, value: Any) -> Any:
         )
     if value is None or isinstance(value, str):
         return value
-    if kind in ("text", "char") or isinstance(value, dict | list):
+    if kind in ("text", "char", "name") or isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False, default=str)  # (a plugin's datetime, Decimal, UUID)
     return value
 
@@ -444,13 +452,19 @@ class DatabaseSink:
                     "table without ON CONFLICT REPLACE (a conflict then fails the flush, and is recorded)"
                 )
         self._table = t
-        self._columns = {c.name: _column_kind(c.type, self._sqlite) for c in t.columns}
+        if self._sqlite:
+            self._columns = {c.name: _column_kind(c.type) for c in t.columns}
+        else:
+            kinds = _pg_column_kinds(conn, t.name)
+            self._columns = {c.name: kinds.get(c.name, ("other", 0, 0)) for c in t.columns}
         # What the rows are inserted into: the table's columns, but those of other types (dates,
         # times, uuids, binary) bound without SQLAlchemy's conversion, which refuses a string for
         # a SQLite DATE: such a column takes what the database makes of the value (as documented).
+        # A domain's column is bound as the type it is over (a JSON column's value as JSON).
         self._insert_into = Table(
             t.name, MetaData(),
-            *(Column(c.name, NullType() if self._columns[c.name][0] in ("other", "numeric affinity") else c.type) for c in t.columns),
+            *(Column(c.name, NullType() if self._columns[c.name][0] in ("other", "numeric affinity") else _undomained(c.type))
+              for c in t.columns),
         )  # fmt: skip
         self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
         self._shape = _table_shape(conn, t.name, self._sqlite)
@@ -529,16 +543,18 @@ class DatabaseSink:
             return None
         kind, bits, scale = self._columns[name]
         found = described(value)
-        value = _for_column(kind, value)
-        exact = _exactly_held(kind, bits, scale, value)
+        given = _for_column(kind, value)
+        exact = _exactly_held(kind, bits, scale, given)
         if exact is not None:
             return f"{field} holds {found}, which its column {exact}"
+        if kind not in _EXACT_NUMBERS:  # (given as a Decimal: below, the row's own value is checked)
+            value = given
         if kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
                 return f"{field} holds {found}; its column takes integers"
             if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
                 return f"{field} holds an integer outside the column's {bits}-bit range"
-        elif kind in ("float", "real", "decimal", "number"):
+        elif kind in ("float", "real", *_EXACT_NUMBERS):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 return f"{field} holds {found}; its column takes numbers"
             if self._sqlite and isinstance(value, float) and math.isnan(value):
@@ -553,7 +569,14 @@ class DatabaseSink:
                 f"{field} holds {found} that reads as a number, which its column (SQLite NUMERIC affinity) would "
                 "store as that number, not as the text"
             )
-        elif kind == "text" and not self._sqlite and isinstance(value, str) and "\x00" in value:
+        elif kind == "json" and self._sqlite and isinstance(value, int | float) and not isinstance(value, bool):
+            # A column declared JSON has NUMERIC affinity: the JSON text of a number is stored as the
+            # number SQLite reads in it (10**30 as 1e30, 1.0 as 1), and no spelling of it is kept as text.
+            stored = _sqlite_numeric(json.dumps(value))
+            if type(stored) is not type(value) or stored != value:
+                why = "another number" if isinstance(stored, int | float) else "text (JSON has no NaN or infinity)"
+                return f"{field} holds {found}, which its column (SQLite JSON: NUMERIC affinity) would store as {why}"
+        elif kind in ("text", "char", "name") and not self._sqlite and isinstance(value, str) and "\x00" in value:
             return f"{field} holds a NUL character, which PostgreSQL text cannot store"
         return None
 
@@ -1087,18 +1110,16 @@ def _value_kind(value: Any) -> str:
     return "text"
 
 
-def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
-    """What an existing column holds, as `_unfit` checks it: kind, then a width (integer bits,
-    a float's bits, a decimal's precision, a string's length; 0: none) and a decimal's scale."""
-    from sqlalchemy import CHAR, JSON, REAL, BigInteger, Float, Numeric, SmallInteger, String
-
-    if isinstance(sql_type, JSON):  # (PostgreSQL's json and jsonb, SQLite's JSON)
-        return "json", 0, 0
+def _column_kind(sql_type: Any) -> tuple[str, int, int]:
+    """What an existing SQLite column holds, as `_unfit` checks it, from its declared type: kind,
+    then a width (integer bits, a float's bits; 0: none) and a scale (none in SQLite)."""
+    from sqlalchemy import JSON
     from sqlalchemy.types import NullType
 
+    if isinstance(sql_type, JSON):
+        return "json", 0, 0
     # (a column declared with no type reflects as NullType: BLOB affinity, which keeps text as text)
-    numeric = sqlite and not isinstance(sql_type, NullType) and _numeric_affinity(str(sql_type))
-    other = "numeric affinity" if numeric else "other"
+    other = "other" if isinstance(sql_type, NullType) or not _numeric_affinity(str(sql_type)) else "numeric affinity"
     try:
         python = sql_type.python_type
     except NotImplementedError:
@@ -1106,25 +1127,84 @@ def _column_kind(sql_type: Any, sqlite: bool) -> tuple[str, int, int]:
     if python is bool:
         return "bool", 64, 0
     if python is int:
-        if sqlite or isinstance(sql_type, BigInteger):
-            return "int", 64, 0
-        return "int", 16 if isinstance(sql_type, SmallInteger) else 32, 0
-    if python is float or python.__name__ == "Decimal":
-        if sqlite:  # an 8-byte float whatever it was declared (SQLAlchemy binds a NUMERIC's value as one)
-            return "float", 64, 0
-        if isinstance(sql_type, REAL) or (isinstance(sql_type, Float) and (sql_type.precision or 53) <= 24):
-            return "real", 32, 0
-        if isinstance(sql_type, Numeric) and not isinstance(sql_type, Float):
-            if sql_type.scale is None:
-                return "number", 0, 0  # numeric without a scale holds every number given exactly
-            return "decimal", sql_type.precision or 0, sql_type.scale
+        return "int", 64, 0
+    if python is float or python is Decimal:  # (an 8-byte float however declared: a NUMERIC's value is bound as one)
         return "float", 64, 0
     if python is str:
-        length = getattr(sql_type, "length", None) or 0
-        if not sqlite and isinstance(sql_type, CHAR):
-            return "char", length or 1, 0
-        return "text", length if isinstance(sql_type, String) and not sqlite else 0, 0
+        return "text", 0, 0
     return other, 0, 0
+
+
+# What a PostgreSQL column of each of its own types holds, as `_unfit` checks it (kind, width),
+# by the catalog's name of the type; a type not here (dates, times, uuids, arrays, enums, a
+# type of another schema) is "other". Widths: an integer's or a float's bits; `name` and
+# `"char"` (catalog name `char`) are text cut to so many bytes; numeric, varchar, bpchar and
+# money take theirs from the column (`_pg_column_kinds`).
+_PG_KINDS: dict[str, tuple[str, int]] = {
+    "int2": ("int", 16), "int4": ("int", 32), "int8": ("int", 64), "float4": ("real", 32), "float8": ("float", 64),
+    "bool": ("bool", 64), "text": ("text", 0), "varchar": ("text", 0), "bpchar": ("char", 0), "name": ("name", 63),
+    "char": ("name", 1), "numeric": ("number", 0), "money": ("money", 0), "json": ("json", 0), "jsonb": ("json", 0),
+}  # fmt: skip
+
+
+def _pg_column_kinds(conn: Any, table_name: str) -> dict[str, tuple[str, int, int]]:
+    """What each column of a PostgreSQL table (or view) holds, as `_column_kind` says for SQLite,
+    from the catalog: a domain's column as the type the domain is over (a domain over a domain
+    too), with that type's length, precision and scale, which SQLAlchemy's reflection of a
+    domain loses; so is PostgreSQL's `name` (reflected as any text)."""
+    from sqlalchemy import text
+
+    quoted = conn.dialect.identifier_preparer.quote(table_name)
+    found = conn.execute(
+        text(
+            "WITH RECURSIVE typed(attname, typid, typmod) AS ("
+            " SELECT attname, atttypid, atttypmod FROM pg_attribute"
+            " WHERE attrelid = to_regclass(:t) AND attnum > 0 AND NOT attisdropped"
+            " UNION ALL SELECT typed.attname, t.typbasetype, t.typtypmod"
+            " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype = 'd')"
+            " SELECT typed.attname, CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname END,"
+            " typed.typmod, scale(CAST(1 AS money)::numeric)"
+            " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype <> 'd'"
+        ),
+        {"t": quoted},
+    ).all()
+    kinds: dict[str, tuple[str, int, int]] = {}
+    for name, type_name, typmod, money_scale in found:
+        kind, width = _PG_KINDS.get(type_name, ("other", 0))
+        scale = 0
+        if type_name in ("varchar", "bpchar") and typmod >= 4:
+            width = typmod - 4  # (the length in characters, after the header's 4 bytes)
+        elif type_name == "bpchar":
+            kind = "text"  # (bpchar without a length pads nothing)
+        elif type_name == "numeric" and typmod >= 4:
+            kind, width = "decimal", (typmod - 4) >> 16
+            scale = (((typmod - 4) & 0x7FF) ^ 1024) - 1024  # (negative from PostgreSQL 15 on: numeric(2, -3))
+        elif type_name == "money":
+            scale = money_scale  # (the digits after the point lc_monetary gives the currency)
+        kinds[name] = (kind, width, scale)
+    return kinds
+
+
+def _sqlite_numeric(text: str) -> Any:
+    """What a SQLite column of NUMERIC affinity stores of this text, asked of SQLite itself (in
+    memory, the library the sink writes with): which reals it stores as integers changed with its
+    versions (2.0**53: an integer in 3.40)."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.execute("CREATE TABLE held (v NUMERIC)")
+        db.execute("INSERT INTO held VALUES (?)", (text,))
+        return db.execute("SELECT v FROM held").fetchone()[0]
+
+
+def _undomained(sql_type: Any) -> Any:
+    """The type a PostgreSQL domain is over, however deep (other types as they are)."""
+    from sqlalchemy.dialects.postgresql import DOMAIN
+
+    while isinstance(sql_type, DOMAIN):
+        sql_type = sql_type.data_type
+    return sql_type
 
 
 def _numeric_affinity(declared: str) -> bool:
@@ -1138,8 +1218,9 @@ def _numeric_affinity(declared: str) -> bool:
 
 
 def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
-    """Why a column of this kind would store another value than `value` without an error (a
-    float rounded, a decimal rounded, a string padded or cut), or None."""
+    """Why a column of this kind would store another value than `value`, as `_for_column` gives
+    it, without an error (a float rounded, a decimal rounded, -0.0 made 0, a string padded or
+    cut), or None."""
     if isinstance(value, bool) or value is None:
         return None
     if kind in ("float", "real") and isinstance(value, int | float):
@@ -1151,17 +1232,27 @@ def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
             stored = math.inf
         if stored != value:
             return f"would round ({'a 4-byte' if kind == 'real' else 'an 8-byte'} float)"
-    elif kind == "decimal" and isinstance(value, int | float) and (isinstance(value, int) or math.isfinite(value)):
-        exact = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    elif kind in _EXACT_NUMBERS and isinstance(value, int | Decimal):
+        exact = Decimal(value)
+        held = "money" if kind == "money" else f"numeric({width}, {scale})"
+        if exact.is_zero() and exact.is_signed():
+            return f"would store as 0 ({'money' if kind == 'money' else 'numeric'} has no -0)"
+        if kind == "number" or (exact.is_nan() and kind == "decimal"):
+            return None  # (every number exactly, NaN, and from PostgreSQL 14 on the infinities)
+        if not exact.is_finite():
+            return f"cannot hold ({held})"
         with localcontext() as ctx:
-            ctx.prec = max(len(exact.as_tuple().digits) + scale + 2, 28)
+            # (digits enough for the value's whole part too: 1e300 quantized with fewer failed, uncaught)
+            ctx.prec = max(len(exact.as_tuple().digits), exact.adjusted() + 1) + max(scale, 0) + 2
             if exact.quantize(Decimal(1).scaleb(-scale)) != exact:
-                return f"would round to {scale} decimal place(s) (numeric({width}, {scale}))"
+                return f"would round to {scale} decimal place(s) ({held})"
         whole = len(str(abs(int(exact)))) if int(exact) != 0 else 0
         if width and whole > width - scale:
-            return f"cannot hold (numeric({width}, {scale}))"
+            return f"cannot hold ({held})"
     elif kind == "char" and isinstance(value, str) and len(value) != width:
         return f"would pad or cut to {width} character(s) (char({width}))"
     elif kind == "text" and width and isinstance(value, str) and len(value) > width:
         return f"would cut or refuse beyond {width} character(s)"
+    elif kind == "name" and isinstance(value, str) and len(value.encode()) > width:
+        return f"would cut beyond {width} byte(s)"  # (UTF-8's: a database in another encoding may take more)
     return None
