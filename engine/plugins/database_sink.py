@@ -15,11 +15,13 @@ replaces rows on a conflict, is refused (the trail would claim rows the table do
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import struct
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal, localcontext
@@ -1189,13 +1191,27 @@ def _sqlite_numeric(text: str) -> Any:
     """What a SQLite column of NUMERIC affinity stores of this text, asked of SQLite itself (in
     memory, the library the sink writes with): which reals it stores as integers changed with its
     versions (2.0**53: an integer in 3.40)."""
-    import sqlite3
-    from contextlib import closing
-
-    with closing(sqlite3.connect(":memory:")) as db:
-        db.execute("CREATE TABLE held (v NUMERIC)")
+    db = _numeric_affinity_probe()
+    with _PROBE_LOCK:  # (a column's affinity applies as a value is stored: CAST differs, for NaN say)
         db.execute("INSERT INTO held VALUES (?)", (text,))
-        return db.execute("SELECT v FROM held").fetchone()[0]
+        try:
+            return db.execute("SELECT v FROM held").fetchone()[0]
+        finally:
+            db.execute("DELETE FROM held")
+
+
+_PROBE_LOCK = threading.Lock()
+
+
+@functools.cache
+def _numeric_affinity_probe() -> Any:
+    """One in-memory SQLite for `_sqlite_numeric` (a connection per value checked cost more than
+    the check), with its one NUMERIC column."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+    db.execute("CREATE TABLE held (v NUMERIC)")
+    return db
 
 
 def _undomained(sql_type: Any) -> Any:
