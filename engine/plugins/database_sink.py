@@ -301,6 +301,14 @@ class DatabaseSink:
         found = conn.execute(select(t.c.token_id, t.c.sink_position, t.c.row_locator, t.c.row_xid).where(beyond)).all()
         if not found:
             return
+        if self._table is not None and self._sqlite:
+            o, theirs = self._others_entries()
+            claimed = select(o.c.run_id).where(theirs, o.c.row_locator.in_(select(t.c.row_locator).where(beyond)))
+            runs = sorted(conn.execute(claimed.distinct()).scalars())
+            if runs:
+                why = (f"the bookkeeping of run(s) {', '.join(runs[:3])} says rows there are theirs (the table was "
+                       "emptied or made again since, and their rows took those rowids)")  # fmt: skip
+                raise _Refused(self._unrollable(position, sorted(token for token, *_ in found), why))
         if self._table is not None:  # no table: its rows went with it
             flushes: dict[tuple[int, int | None], list[tuple[str, str | None]]] = {}
             for token, at, locator, xid in found:
@@ -311,11 +319,6 @@ class DatabaseSink:
                     raise _Refused(self._unrollable(position, tokens, self._no_locator))
                 if any(locator is None for _, locator in rows):
                     raise _Refused(self._unrollable(position, tokens, _NONE_RECORDED))
-                others = self._claimed_by_others(conn, [locator for _, locator in rows if locator is not None])
-                if others:
-                    why = (f"the bookkeeping of run(s) {', '.join(sorted(set(others.values()))[:3])} says rows there are theirs (the "
-                           "table was emptied or made again since, and their rows took those rowids)")  # fmt: skip
-                    raise _Refused(self._unrollable(position, tokens, why))
                 deleted = self._delete_rows(conn, [locator for _, locator in rows if locator is not None], xid)
                 if deleted != len(rows):
                     raise _Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
@@ -327,50 +330,39 @@ class DatabaseSink:
         Found where their flushes recorded them: the whole table's count let another run's rows
         appended since hide the deletion of this run's (a review). On PostgreSQL a row counts
         while it holds the id of the transaction that wrote it (xmin: an update gives it another;
-        a VACUUM FULL moving it keeps it); in SQLite while its rowid is there. A flush that
-        recorded none (no row ids: see `_row_locator`) is counted with the whole table, as before."""
-        from sqlalchemy import func, literal_column, select, table, text
+        a VACUUM FULL moving it keeps it); in SQLite while its rowid is there and no other run's
+        bookkeeping records it (`_others_entries`). A flush that recorded no row ids (see
+        `_row_locator`) has the whole table counted, as before. Each is one statement: a run's
+        bookkeeping can hold millions of rows, read here at every reopen."""
+        from sqlalchemy import Integer, cast, func, literal_column, select, table, text
 
         t = self._tokens
         # (an older ELSPETH's entries have no position: durable ones, as `open` has found)
         at = (t.c.sink_position <= position) | t.c.sink_position.is_(None)
         mine = (t.c.run_id == self.run_id) & self._this_table() & at
-        found = conn.execute(select(t.c.row_locator, t.c.row_xid).where(mine)).all()
-        if self._locator is None or any(locator is None for locator, _ in found):
+        unrecorded = select(t.c.token_id).where(mine, t.c.row_locator.is_(None)).exists()
+        if self._locator is None or conn.execute(select(unrecorded)).scalar_one():
             return int(conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one())
         if self._sqlite:
-            # (a rowid another run's flush recorded since is that run's row, not this one's)
-            held = {str(locator) for locator, _ in found}
-            held -= set(self._claimed_by_others(conn, sorted(held)))
-            rowids = sorted(int(locator) for locator in held)
-            column: Any = literal_column(self._locator)
-            return sum(
-                int(conn.execute(
-                    select(func.count()).select_from(self._table).where(column.in_(rowids[i : i + _IN_CHUNK]))
-                ).scalar_one())
-                for i in range(0, len(rowids), _IN_CHUNK)
-            )  # fmt: skip
-        xids = sorted({str(xid) for _, xid in found})
-        by = text("CAST(xmin AS text) = ANY(:xids)").bindparams(xids=xids)
-        return int(conn.execute(select(func.count()).select_from(self._table).where(by)).scalar_one())
-
-    def _claimed_by_others(self, conn: Any, locators: list[str]) -> dict[str, str]:
-        """Of these SQLite rowids, those another run's bookkeeping for this table records, with
-        that run's id. A rowid says where a row is, not whose: a table emptied or made again since
-        hands its rowids to the next rows, and a run's resume deleted another run's rows there (a
-        review). PostgreSQL's rows are told apart by their transaction ids: nothing to ask there."""
-        from sqlalchemy import select
-
-        if not self._sqlite:
-            return {}
-        t = self._tokens
-        found: dict[str, str] = {}
-        for i in range(0, len(locators), _IN_CHUNK):
-            query = select(t.c.row_locator, t.c.run_id).where(
-                self._this_table(), t.c.run_id != self.run_id, t.c.row_locator.in_(locators[i : i + _IN_CHUNK])
+            o, theirs = self._others_entries()
+            ids = select(cast(t.c.row_locator, Integer)).where(
+                mine, t.c.row_locator.not_in(select(o.c.row_locator).where(theirs))
             )
-            found.update((str(locator), run) for locator, run in conn.execute(query))
-        return found
+            where: Any = literal_column(self._locator).in_(ids)
+        else:
+            xids = [str(x) for x in conn.execute(select(t.c.row_xid).where(mine).distinct()).scalars()]
+            where = text("CAST(xmin AS text) = ANY(:xids)").bindparams(xids=xids)
+        return int(conn.execute(select(func.count()).select_from(self._table).where(where)).scalar_one())
+
+    def _others_entries(self) -> tuple[Any, Any]:
+        """Other runs' bookkeeping entries with a rowid for this SQLite table: the alias and its
+        condition. A rowid says where a row is, not whose: a table emptied or made again hands
+        its rowids to the next rows, and a run's resume deleted another run's rows there, or
+        counted them as its own (a review). PostgreSQL's rows are told apart by their
+        transaction ids instead."""
+        o = self._tokens.alias("others")
+        theirs = (o.c.sink_table.collate("NOCASE") == self.table_name) & (o.c.run_id != self.run_id)
+        return o, theirs & o.c.row_locator.is_not(None)
 
     def _unrollable(self, position: int, tokens: list[str], why: str) -> str:
         shown = ", ".join(tokens[:5]) + (f" and {len(tokens) - 5} more" if len(tokens) > 5 else "")
