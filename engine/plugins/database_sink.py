@@ -23,7 +23,7 @@ import re
 import struct
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, ClassVar
@@ -293,7 +293,7 @@ class DatabaseSink:
         commit of the events recording it. The run writes them again, maybe otherwise (a batch
         closed by a timeout holds other rows the second time), and the table must hold what the
         trail says. In the caller's transaction: a crash midway leaves everything as it was."""
-        from sqlalchemy import select
+        from sqlalchemy import func, literal_column, select
 
         t = self._tokens
         mine = (t.c.run_id == self.run_id) & self._this_table()
@@ -302,9 +302,15 @@ class DatabaseSink:
         if not found:
             return
         if self._table is not None and self._sqlite:
+            # A rowid another run recorded after this run did is that run's row now (the table
+            # emptied or made again meanwhile); one recorded before is a leftover of the past.
             o, theirs = self._others_entries()
-            claimed = select(o.c.run_id).where(theirs, o.c.row_locator.in_(select(t.c.row_locator).where(beyond)))
-            runs = sorted(conn.execute(claimed.distinct()).scalars())
+            recorded = dict(conn.execute(select(t.c.row_locator, func.max(literal_column("rowid"))).where(beyond)
+                                         .group_by(t.c.row_locator)).all())  # fmt: skip
+            later = select(o.c.run_id, o.c.row_locator, literal_column("others.rowid")).where(
+                theirs, o.c.row_locator.in_(select(t.c.row_locator).where(beyond))
+            )
+            runs = sorted({run for run, at, entry in conn.execute(later) if entry > recorded[at]})
             if runs:
                 why = (f"the bookkeeping of run(s) {', '.join(runs[:3])} says rows there are theirs (the table was "
                        "emptied or made again since, and their rows took those rowids)")  # fmt: skip
@@ -326,15 +332,16 @@ class DatabaseSink:
         conn.execute(t.delete().where(beyond))
 
     def _rows_still_there(self, conn: Any, position: int) -> int:
-        """How many of the rows the run made durable (up to `position`) the table still holds.
-        Found where their flushes recorded them: the whole table's count let another run's rows
-        appended since hide the deletion of this run's (a review). On PostgreSQL a row counts
-        while it holds the id of the transaction that wrote it (xmin: an update gives it another;
-        a VACUUM FULL moving it keeps it); in SQLite while its rowid is there and no other run's
-        bookkeeping records it (`_others_entries`). A flush that recorded no row ids (see
-        `_row_locator`) has the whole table counted, as before. Each is one statement: a run's
-        bookkeeping can hold millions of rows, read here at every reopen."""
-        from sqlalchemy import Integer, cast, func, literal_column, select, table, text
+        """How many of the rows the run made durable (up to `position`) the table may still hold.
+        The whole table's count let another run's rows appended since hide the deletion of this
+        run's (a review): the rows are found where the flushes recorded them. A row counts when it
+        is one the run wrote (PostgreSQL: it holds the id of a flush's transaction, xmin, at most
+        as many as that flush wrote; SQLite: its rowid, last recorded by this run), or when no
+        run's flush wrote it as it is now (updated since, say by a consumer marking it read, or the
+        table rebuilt by a copy: it may be the run's). Other runs' rows as they wrote them never
+        count. A flush that recorded no row ids (see `_row_locator`) has the whole table counted,
+        as before. Each is one statement over the table: it is read at every reopen."""
+        from sqlalchemy import Integer, Text, cast, func, literal_column, or_, select, table, text
 
         t = self._tokens
         # (an older ELSPETH's entries have no position: durable ones, as `open` has found)
@@ -343,23 +350,30 @@ class DatabaseSink:
         unrecorded = select(t.c.token_id).where(mine, t.c.row_locator.is_(None)).exists()
         if self._locator is None or conn.execute(select(unrecorded)).scalar_one():
             return int(conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one())
+        entries = (self._this_table(), t.c.row_locator.is_not(None))
         if self._sqlite:
-            o, theirs = self._others_entries()
-            ids = select(cast(t.c.row_locator, Integer)).where(
-                mine, t.c.row_locator.not_in(select(o.c.row_locator).where(theirs))
-            )
-            where: Any = literal_column(self._locator).in_(ids)
-        else:
-            xids = [str(x) for x in conn.execute(select(t.c.row_xid).where(mine).distinct()).scalars()]
-            where = text("CAST(xmin AS text) = ANY(:xids)").bindparams(xids=xids)
-        return int(conn.execute(select(func.count()).select_from(self._table).where(where)).scalar_one())
+            entry: Any = literal_column("rowid")  # (the bookkeeping's own: later entries have larger ones)
+            latest = select(func.max(entry)).where(*entries).group_by(t.c.row_locator)
+            ours = select(cast(t.c.row_locator, Integer)).where(mine, entry.in_(latest))
+            anyones = select(cast(t.c.row_locator, Integer)).where(*entries)
+            where = or_(literal_column(self._locator).in_(ours), literal_column(self._locator).not_in(anyones))
+            return int(conn.execute(select(func.count()).select_from(self._table).where(where)).scalar_one())
+        wrote = {
+            str(x): n for x, n in conn.execute(select(t.c.row_xid, func.count()).where(mine).group_by(t.c.row_xid))
+        }
+        xmin: Any = literal_column("CAST(xmin AS text)")
+        by_us = text("CAST(xmin AS text) = ANY(:xids)").bindparams(xids=sorted(wrote))
+        by_a_run = select(cast(t.c.row_xid, Text)).where(*entries)
+        found = conn.execute(
+            select(xmin, func.count()).select_from(self._table).where(or_(by_us, xmin.not_in(by_a_run))).group_by(xmin)
+        ).all()
+        return sum(min(n, wrote.get(x, n)) for x, n in found)
 
     def _others_entries(self) -> tuple[Any, Any]:
         """Other runs' bookkeeping entries with a rowid for this SQLite table: the alias and its
         condition. A rowid says where a row is, not whose: a table emptied or made again hands
-        its rowids to the next rows, and a run's resume deleted another run's rows there, or
-        counted them as its own (a review). PostgreSQL's rows are told apart by their
-        transaction ids instead."""
+        its rowids to the next rows, and a run's resume deleted another run's rows there (a
+        review). PostgreSQL's rows are told apart by their transaction ids instead."""
         o = self._tokens.alias("others")
         theirs = (o.c.sink_table.collate("NOCASE") == self.table_name) & (o.c.run_id != self.run_id)
         return o, theirs & o.c.row_locator.is_not(None)
@@ -461,7 +475,7 @@ class DatabaseSink:
               for c in t.columns),
         )  # fmt: skip
         self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
-        self._shape = _table_shape(conn, t.name, self._sqlite)
+        self._shape = _table_shape(conn, t.name, self._sqlite, self._columns)
 
     def _create_table(self, conn: Any) -> None:
         from sqlalchemy import BigInteger, Boolean, Column, Float, MetaData, Table, Text
@@ -661,7 +675,7 @@ class DatabaseSink:
                 # (PostgreSQL's ALTER waits on them; SQLite's writer is this transaction). A column
                 # altered since the sink checked the rows against it took 2.5 as 2, a SQLite table
                 # made again with ON CONFLICT REPLACE deleted a durable row (a review).
-                if _table_shape(conn, self.table_name, self._sqlite) != self._shape:
+                if _table_shape(conn, self.table_name, self._sqlite, self._columns or ()) != self._shape:
                     raise _Refused(
                         f"database sink {self.location()}: table '{self.table_name}' was changed (its columns or "
                         "its definition) since the sink checked its rows against it; nothing of this flush was "
@@ -958,24 +972,35 @@ def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
     return "ctid", _NO_LOCATOR
 
 
-def _table_shape(conn: Any, name: str, sqlite: bool) -> object:
-    """What a table's rows are checked against, to tell whether it changed: PostgreSQL's
-    relation (a table made again is another) with each column's name and type; SQLite's own
-    text of the table's definition (its conflict clauses too)."""
+def _table_shape(conn: Any, name: str, sqlite: bool, columns: Iterable[str]) -> object:
+    """What a table's rows are checked against, to tell whether it changed: which relation it is
+    (a table made again is another; in SQLite, whether a conflict clause replaces rows) and the
+    declared type of each of `columns`, those the rows were checked against (a column added or
+    dropped that the sink does not write changes nothing it checked: a review)."""
     from sqlalchemy import text
 
+    known = set(columns)
     if sqlite:
-        return tuple(conn.execute(
+        made = conn.execute(
             text("SELECT type, sql FROM sqlite_master WHERE name = :name COLLATE NOCASE"), {"name": name}
-        ).all())  # fmt: skip
-    return conn.execute(
+        ).first()
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        declared = conn.execute(text(f"SELECT name, type FROM pragma_table_xinfo({_sql_string(quoted)})")).all()
+        replaces = made is not None and isinstance(made[1], str) and bool(_REPLACES.search(made[1]))
+        return (made and made[0], replaces, sorted((c, t) for c, t in declared if c in known))
+    found = conn.execute(
         text(
-            "SELECT c.oid::bigint, array_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) "
-            "ORDER BY a.attnum) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
-            "WHERE c.oid = to_regclass(:name) AND a.attnum > 0 AND NOT a.attisdropped GROUP BY c.oid"
+            "SELECT c.oid::bigint, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_class c "
+            "JOIN pg_attribute a ON a.attrelid = c.oid "
+            "WHERE c.oid = to_regclass(:name) AND a.attnum > 0 AND NOT a.attisdropped"
         ),
         {"name": conn.dialect.identifier_preparer.quote(name)},
-    ).one_or_none()
+    ).all()
+    return ({oid for oid, _, _ in found}, sorted((c, t) for _, c, t in found if c in known))
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _without_rowid(conn: Any, name: str, sql: str) -> bool:
