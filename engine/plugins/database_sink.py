@@ -341,7 +341,20 @@ class DatabaseSink:
         table rebuilt by a copy: it may be the run's). Other runs' rows as they wrote them never
         count. A flush that recorded no row ids (see `_row_locator`) has the whole table counted,
         as before. Each is one statement over the table: it is read at every reopen."""
-        from sqlalchemy import Integer, Text, cast, func, literal_column, or_, select, table, text
+        from sqlalchemy import (
+            ARRAY,
+            Integer,
+            Text,
+            any_,
+            bindparam,
+            case,
+            cast,
+            func,
+            literal_column,
+            or_,
+            select,
+            table,
+        )
 
         t = self._tokens
         # (an older ELSPETH's entries have no position: durable ones, as `open` has found)
@@ -362,10 +375,14 @@ class DatabaseSink:
             str(x): n for x, n in conn.execute(select(t.c.row_xid, func.count()).where(mine).group_by(t.c.row_xid))
         }
         xmin: Any = literal_column("CAST(xmin AS text)")
-        by_us = text("CAST(xmin AS text) = ANY(:xids)").bindparams(xids=sorted(wrote))
+        by_us = xmin == any_(bindparam("xids", sorted(wrote), type_=ARRAY(Text)))
         by_a_run = select(cast(t.c.row_xid, Text)).where(*entries)
+        whose = case((by_us, xmin))  # (rows no run wrote as they are: one group, however many)
         found = conn.execute(
-            select(xmin, func.count()).select_from(self._table).where(or_(by_us, xmin.not_in(by_a_run))).group_by(xmin)
+            select(whose, func.count())
+            .select_from(self._table)
+            .where(or_(by_us, xmin.not_in(by_a_run)))
+            .group_by(whose)
         ).all()
         return sum(min(n, wrote.get(x, n)) for x, n in found)
 
