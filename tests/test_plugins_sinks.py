@@ -1066,14 +1066,19 @@ def test_bookkeeping_of_an_older_elspeth_gets_its_columns_and_is_refused_only_wh
     ]  # fmt: skip
 
 
+def _crashed_after_two_rows(options: dict[str, Any], run_id: str, prefix: str) -> None:
+    """A run whose sink made rows 1 and 2 durable (tokens PREFIX1, PREFIX2), then crashed."""
+    s = build_plugin("sink", "database", options)
+    s.open(run_id, None)
+    for i in (1, 2):
+        s.write(f"{prefix}{i}", {"id": i, "name": "a", "score": 1.0, "ok": True})
+    assert s.flush() == 2
+    s.release()
+
+
 def test_database_sink_refuses_to_continue_when_durable_rows_were_deleted(db_url: str) -> None:
     options = {"url": db_url, "table": "cut", "schema": _SCHEMA}
-    first = build_plugin("sink", "database", options)
-    first.open("run-cut", None)
-    for i in (1, 2):
-        first.write(f"t{i}", {"id": i, "name": "a", "score": 1.0, "ok": True})
-    assert first.flush() == 2
-    first.release()  # the run crashed here
+    _crashed_after_two_rows(options, "run-cut", "t")
     engine = create_engine(db_url)
     with engine.begin() as conn:  # someone cleaned up
         conn.execute(text("DELETE FROM elspeth_sink_tokens WHERE token_id = 't2'"))
@@ -1094,12 +1099,7 @@ def test_rows_of_another_run_do_not_hide_the_deletion_of_a_runs_durable_rows(db_
     are counted where its flushes recorded them; B's rows as B wrote them never count. A row no
     run wrote as it is now (updated since, put back by hand) may be A's, and counts."""
     options = {"url": db_url, "table": "shared", "schema": _SCHEMA}
-    a = build_plugin("sink", "database", options)
-    a.open("run-a", None)
-    for i in (1, 2):
-        a.write(f"a{i}", {"id": i, "name": "a", "score": 1.0, "ok": True})
-    assert a.flush() == 2
-    a.release()  # run A crashed here
+    _crashed_after_two_rows(options, "run-a", "a")
     engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.begin() as conn:
@@ -1871,3 +1871,39 @@ def test_a_column_added_by_another_session_does_not_fail_a_flush(db_url: str) ->
     _execute(db_url, "ALTER TABLE grows ADD COLUMN later integer")
     assert s.flush() == 1
     s.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_run_whose_trigger_updates_its_earlier_rows_is_resumed(db_url: str) -> None:
+    """A "latest version" trigger updates the run's row of flush 1 in flush 2's transaction, so
+    that row holds flush 2's xmin: counted at most as many as flush 2 wrote, it was missing, and a
+    valid resume was refused as if rows were deleted (a review)."""
+    options = {"url": db_url, "table": "hist", "schema": _SCHEMA}
+    _execute(db_url, "CREATE TABLE hist (id bigint, name text, score float, ok boolean, extra text)")
+    _execute(db_url, "CREATE FUNCTION latest() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE hist SET ok = "
+                     "false WHERE id = NEW.id AND ok AND ctid <> NEW.ctid; RETURN NULL; END $$")  # fmt: skip
+    _execute(db_url, "CREATE TRIGGER latest AFTER INSERT ON hist FOR EACH ROW EXECUTE FUNCTION latest()")
+    s = build_plugin("sink", "database", options)
+    s.open("run-a", None)
+    for token in ("v1", "v2"):  # (one flush each: the same id twice)
+        s.write(token, {"id": 1, "name": token, "score": 1.0, "ok": True})
+        s.flush()
+    s.release()  # crashed here
+    resumed = build_plugin("sink", "database", options)
+    resumed.open("run-a", 2)
+    resumed.release()
+
+
+def test_a_sqlite_table_whose_name_needs_quoting_has_its_changed_column_types_seen(tmp_path: Path) -> None:
+    """The shape check gave SQLite's pragma_table_xinfo the quoted name (`"Orders"`), which names
+    no table: no column was compared, and a column retyped INTEGER stored '007' as 7 (a review)."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    _execute(url, 'CREATE TABLE "Orders" (code TEXT)')
+    s = sink("database", url=url, table="Orders")
+    s.open("run", None)
+    s.write("t1", {"code": "007"})
+    _execute(url, 'DROP TABLE "Orders"')
+    _execute(url, 'CREATE TABLE "Orders" (code INTEGER)')
+    with pytest.raises(PluginError, match="was changed"):
+        s.flush()
+    s.release()

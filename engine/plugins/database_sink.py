@@ -335,19 +335,19 @@ class DatabaseSink:
         """How many of the rows the run made durable (up to `position`) the table may still hold.
         The whole table's count let another run's rows appended since hide the deletion of this
         run's (a review): the rows are found where the flushes recorded them. A row counts when it
-        is one the run wrote (PostgreSQL: it holds the id of a flush's transaction, xmin, at most
-        as many as that flush wrote; SQLite: its rowid, last recorded by this run), or when no
-        run's flush wrote it as it is now (updated since, say by a consumer marking it read, or the
-        table rebuilt by a copy: it may be the run's). Other runs' rows as they wrote them never
+        is one the run wrote (PostgreSQL: it holds the id of one of its flushes' transactions, xmin;
+        SQLite: its rowid, last recorded by this run), or when no run's flush wrote it as it is now
+        (updated since, say by a consumer marking it read, or the table rebuilt by a copy: it may
+        be the run's). Other runs' rows as they wrote them never
         count. A flush that recorded no row ids (see `_row_locator`) has the whole table counted,
         as before. Each is one statement over the table: it is read at every reopen."""
         from sqlalchemy import (
             ARRAY,
             Integer,
             Text,
+            all_,
             any_,
             bindparam,
-            case,
             cast,
             func,
             literal_column,
@@ -371,20 +371,18 @@ class DatabaseSink:
             anyones = select(cast(t.c.row_locator, Integer)).where(*entries)
             where = or_(literal_column(self._locator).in_(ours), literal_column(self._locator).not_in(anyones))
             return int(conn.execute(select(func.count()).select_from(self._table).where(where)).scalar_one())
-        wrote = {
-            str(x): n for x, n in conn.execute(select(t.c.row_xid, func.count()).where(mine).group_by(t.c.row_xid))
-        }
+        wrote = sorted({str(x) for x in conn.execute(select(t.c.row_xid).where(mine).distinct()).scalars()})
         xmin: Any = literal_column("CAST(xmin AS text)")
-        by_us = xmin == any_(bindparam("xids", sorted(wrote), type_=ARRAY(Text)))
-        by_a_run = select(cast(t.c.row_xid, Text)).where(*entries)
-        whose = case((by_us, xmin))  # (rows no run wrote as they are: one group, however many)
-        found = conn.execute(
-            select(whose, func.count())
-            .select_from(self._table)
-            .where(or_(by_us, xmin.not_in(by_a_run)))
-            .group_by(whose)
-        ).all()
-        return sum(min(n, wrote.get(x, n)) for x, n in found)
+        by_us = xmin == any_(bindparam("xids", wrote, type_=ARRAY(Text)))
+        # Bound as an array (a value per flush): NOT IN a subquery larger than the server's hash
+        # memory is read again for every row of the table (a review saw a resume time out).
+        flushed = sorted({str(x) for x in conn.execute(select(t.c.row_xid).where(*entries).distinct()).scalars()})
+        # Not capped at what each flush wrote: a trigger updating the run's earlier rows in a later
+        # flush gives them that flush's id, and they are there.
+        by_no_run = xmin != all_(bindparam("flushed", flushed, type_=ARRAY(Text)))
+        return int(
+            conn.execute(select(func.count()).select_from(self._table).where(or_(by_us, by_no_run))).scalar_one()
+        )
 
     def _others_entries(self) -> tuple[Any, Any]:
         """Other runs' bookkeeping entries with a rowid for this SQLite table: the alias and its
@@ -1001,8 +999,8 @@ def _table_shape(conn: Any, name: str, sqlite: bool, columns: Iterable[str]) -> 
         made = conn.execute(
             text("SELECT type, sql FROM sqlite_master WHERE name = :name COLLATE NOCASE"), {"name": name}
         ).first()
-        quoted = conn.dialect.identifier_preparer.quote(name)
-        declared = conn.execute(text(f"SELECT name, type FROM pragma_table_xinfo({_sql_string(quoted)})")).all()
+        # (the plain name: given quoted, `"Orders"` named no table, and no column was compared)
+        declared = conn.execute(text("SELECT name, type FROM pragma_table_xinfo(:name)"), {"name": name}).all()
         replaces = made is not None and isinstance(made[1], str) and bool(_REPLACES.search(made[1]))
         return (made and made[0], replaces, sorted((c, t) for c, t in declared if c in known))
     found = conn.execute(
@@ -1014,10 +1012,6 @@ def _table_shape(conn: Any, name: str, sqlite: bool, columns: Iterable[str]) -> 
         {"name": conn.dialect.identifier_preparer.quote(name)},
     ).all()
     return ({oid for oid, _, _ in found}, sorted((c, t) for _, c, t in found if c in known))
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _without_rowid(conn: Any, name: str, sql: str) -> bool:
