@@ -21,8 +21,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from landscape.canonical import is_name
-from landscape.chain import header as chain_header
-from landscape.chain import link
+from landscape.chain import event_hash
 from landscape.chain_half import SPLIT_AT, ChainHalf
 from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
 from landscape.errors import LandscapeError
@@ -857,8 +856,8 @@ class _ProofCheck:
             raise self.fail(f"{where} is an event of run {e.run_id}")
         if hashlib.sha256(e.payload).digest() != e.payload_hash:
             raise self.fail(f"{where}: the event body does not match its payload hash")
-        hdr = chain_header(e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, e.recorded_at_us)
-        if link(e.prev_hash, hdr, e.payload_hash) != e.hash:
+        fields = (e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, e.recorded_at_us)
+        if event_hash(e.prev_hash, *fields, e.payload_hash) != e.hash:
             raise self.fail(f"{where}: its fields do not hash to its chain hash (the header or hash was altered)")
         if EVENT_MACHINE.get(e.event_type) != e.machine:
             raise self.fail(f"{where}: event type {e.event_type!r} does not belong to machine {e.machine!r}")

@@ -27,7 +27,7 @@ from psycopg.types.numeric import Int8BinaryLoader
 
 from landscape import commits, copybin, faults
 from landscape.canonical import is_name
-from landscape.chain import header, link
+from landscape.chain import event_hash
 from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, WRITER_LOCK, Batch
 from landscape.db import Database, driver_errors, read_as_written
 from landscape.errors import StoreError
@@ -224,8 +224,8 @@ class PgRunWriter:
                 copybin.text(machine),
                 copybin.text(kind.__name__) + copybin.int2(event.SCHEMA_VERSION),
             )
-        h = link(prev, header(self.run_id, seq, machine, entity_id, kind.__name__, event.SCHEMA_VERSION, at_us),
-                 payload_hash)  # fmt: skip
+        h = event_hash(prev, self.run_id, seq, machine, entity_id, kind.__name__, event.SCHEMA_VERSION, at_us,
+                       payload_hash)  # fmt: skip
         entity = entity_id.encode()
         # The row in binary COPY format (`landscape.copybin`), spelled out: this runs per event.
         row = b"".join((self._run_field, _int8(8, seq), constant[0], _length(len(entity)), entity, constant[1],

@@ -33,7 +33,7 @@ from engine.cli import audit
 from engine.cli.audit import new_file
 from engine.cli.errors import ElspethCliError
 from landscape.audit import AuditFailure, verify_export, verify_proof
-from landscape.chain import header, link
+from landscape.chain import event_hash
 from landscape.chain_half import ChainHalf
 from landscape.checkpoint import Checkpoint, run_origin
 from landscape.db import Database
@@ -455,8 +455,8 @@ def _rewrite(
             at = e.recorded_at_us + (1 if changed and body is None else 0)
             payload = body(e.payload) if changed and body is not None else e.payload
             payload_hash = hashlib.sha256(payload).digest()
-            hdr = header(e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, at)
-            h = link(prev, hdr, payload_hash)
+            h = event_hash(prev, e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, at,
+                           payload_hash)  # fmt: skip
             rewritten[e.seq] = EventRecord(**{**_fields(e), "recorded_at_us": at, "payload": payload,
                                               "payload_hash": payload_hash.hex(), "prev_hash": prev.hex(),
                                               "hash": h.hex()})  # fmt: skip
@@ -1027,10 +1027,9 @@ def test_a_bundle_event_is_proved_in_the_signed_tree_before_its_body_is_read(
     e = bundle["events"][0]["event"]
     body = b"[" * 1000
     payload_hash = hashlib.sha256(body).digest()
-    hdr = header(e["run_id"], e["seq"], e["machine"], e["entity_id"], e["event_type"], e["schema_version"],
-                 e["recorded_at_us"])  # fmt: skip
-    e |= {"payload": base64.b64encode(body).decode(), "payload_hash": payload_hash.hex(),
-          "hash": link(bytes.fromhex(e["prev_hash"]), hdr, payload_hash).hex()}  # fmt: skip
+    h = event_hash(bytes.fromhex(e["prev_hash"]), e["run_id"], e["seq"], e["machine"], e["entity_id"],
+                   e["event_type"], e["schema_version"], e["recorded_at_us"], payload_hash)  # fmt: skip
+    e |= {"payload": base64.b64encode(body).decode(), "payload_hash": payload_hash.hex(), "hash": h.hex()}
     out.write_text(json.dumps(bundle))
     err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
     assert "event seq 3" in err and "cannot be read" not in err, err
@@ -1061,8 +1060,8 @@ def test_a_bundle_event_whose_body_says_more_than_its_event_is_refused(fork: Exp
     origin = records[0].origin  # type: ignore[union-attr]
     body = first.payload[:-1] + b',"x":1}'
     payload_hash = hashlib.sha256(body).digest()
-    h = link(bytes(32), header(first.run_id, 0, first.machine, first.entity_id, first.event_type,
-                                first.schema_version, first.recorded_at_us), payload_hash)  # fmt: skip
+    h = event_hash(bytes(32), first.run_id, 0, first.machine, first.entity_id, first.event_type,
+                   first.schema_version, first.recorded_at_us, payload_hash)  # fmt: skip
     event = EventRecord(**{**_fields(first), "payload": body, "payload_hash": payload_hash.hex(), "hash": h.hex()})
     signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
     bundle = ProofBundle(
@@ -1149,7 +1148,7 @@ def test_export_refuses_a_store_that_would_not_verify_and_writes_nothing(db: Dat
             body = b" " + e.payload if e.seq == 3 else e.payload
             digest = hashlib.sha256(body).digest()
             at = e.recorded_at_us
-            h = link(prev, header(run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, at), digest)
+            h = event_hash(prev, run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, at, digest)
             conn.execute(
                 "UPDATE events SET payload = %s, payload_hash = %s, prev_hash = %s, hash = %s WHERE run_id = %s "
                 "AND seq = %s",

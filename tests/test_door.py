@@ -18,7 +18,7 @@ import pytest
 from msgspec.structs import replace
 
 from landscape.canonical import commitment
-from landscape.chain import GENESIS, header, link
+from landscape.chain import GENESIS, event_hash
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from landscape.records import GlobalEvent, Payload, StoredEvent
@@ -180,7 +180,7 @@ def _stored(run_id: str, seq: int, entity: str, event: ev.EventBase, prev: bytes
     kind = type(event).__name__
     machine = EVENT_MACHINE[kind]
     ph = hashlib.sha256(body).digest()
-    h = link(prev, header(run_id, seq, machine, entity, kind, 1, at_us + seq), ph)
+    h = event_hash(prev, run_id, seq, machine, entity, kind, 1, at_us + seq, ph)
     return StoredEvent(run_id, seq, machine, entity, kind, 1, at_us + seq, body, ph, prev, h)
 
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from landscape.chain import GENESIS, header, link
+from landscape.chain import GENESIS, event_hash
 from landscape.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, run_origin
 from landscape.db import Connection, Database
 from landscape.erasure import erase, plan_retention
@@ -673,8 +673,8 @@ def _point_row_at(db: Database, run_id: str, victim: int, subject: int, *, recha
                 prev = e.hash
                 continue
             ph = hashlib.sha256(body).digest()
-            h = link(prev, header(run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version,
-                                  e.recorded_at_us), ph) if rechain else e.hash  # fmt: skip
+            h = event_hash(prev, run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version,
+                           e.recorded_at_us, ph) if rechain else e.hash  # fmt: skip
             _as_attacker(conn, "events", "UPDATE events SET payload = %s, payload_hash = %s, prev_hash = %s, hash = %s "
                          "WHERE run_id = %s AND seq = %s", (body, ph, prev if rechain else e.prev_hash, h, run_id, e.seq))  # fmt: skip
             prev = h

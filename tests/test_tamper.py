@@ -269,7 +269,7 @@ def _append_as_writer(db: Database, run_id: str, events: list[tuple[str, object]
     import hashlib
     import os
 
-    from landscape.chain import header, link
+    from landscape.chain import event_hash
     from landscape.records import datetime_to_us, us_to_datetime
     from statecharts.compiled import EVENT_MACHINE
     from statecharts.events import encode_event
@@ -285,7 +285,7 @@ def _append_as_writer(db: Database, run_id: str, events: list[tuple[str, object]
             body = encode_event(event)  # type: ignore[arg-type]
             body_hash = hashlib.sha256(body).digest()
             us = datetime_to_us(at) + seq
-            h = link(prev, header(run_id, seq, EVENT_MACHINE[kind], entity, kind, 1, us), body_hash)
+            h = event_hash(prev, run_id, seq, EVENT_MACHINE[kind], entity, kind, 1, us, body_hash)
             conn.execute(
                 "INSERT INTO events (run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, "
                 "payload_hash, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s, %s, %s)",

@@ -91,7 +91,7 @@ def _chained(run_id: str, entries: list[tuple[str, object]]) -> list[object]:
     """A log of these (entity, event) entries, hash-chained as a writer chains them."""
     import hashlib
 
-    from landscape.chain import GENESIS, header, link
+    from landscape.chain import GENESIS, event_hash
     from landscape.records import StoredEvent
     from statecharts.compiled import EVENT_MACHINE
     from statecharts.events import encode_event
@@ -101,8 +101,8 @@ def _chained(run_id: str, entries: list[tuple[str, object]]) -> list[object]:
         kind = type(event).__name__
         body = encode_event(event)  # type: ignore[arg-type]
         version = type(event).SCHEMA_VERSION  # type: ignore[attr-defined]
-        h = link(prev, header(run_id, seq, EVENT_MACHINE[kind], entity, kind, version, 1000 + seq),
-                 hashlib.sha256(body).digest())  # fmt: skip
+        h = event_hash(prev, run_id, seq, EVENT_MACHINE[kind], entity, kind, version, 1000 + seq,
+                       hashlib.sha256(body).digest())  # fmt: skip
         log.append(StoredEvent(run_id, seq, EVENT_MACHINE[kind], entity, kind, version, 1000 + seq, body,
                                hashlib.sha256(body).digest(), prev, h))  # fmt: skip
         prev = h

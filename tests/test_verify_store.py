@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from landscape.canonical import commit_row
-from landscape.chain import GENESIS, header, link
+from landscape.chain import GENESIS, event_hash
 from landscape.chain_half import ChainHalf
 from landscape.db import Database
 from landscape.errors import ChainBroken, StoreError
@@ -137,7 +137,21 @@ def _capitals(db: Database, run_id: str) -> None:
     w.close()
 
 
-CRAFTED = {"illegal": _illegal, "capitals": _capitals, "referenced-twice": _referenced_twice}
+def _wrong_machine(db: Database, run_id: str) -> None:
+    """A token's event recorded as the run machine's, chained as written: only the check that an
+    event type belongs to its machine finds it."""
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created(run_id))
+    h, payload = commit_row({"id": 1})
+    w.put_payload(h, payload)
+    w.append("run", "r0", ev.TokenCreated(row_index=0, data_hash=h, at="in"))
+    w.commit()
+    w.close()
+
+
+CRAFTED = {
+    "illegal": _illegal, "capitals": _capitals, "referenced-twice": _referenced_twice, "wrong-machine": _wrong_machine,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("sql", [*TAMPERED, *CRAFTED], ids=[*(f"tampered-{i}" for i in range(len(TAMPERED))), *CRAFTED])
@@ -239,7 +253,7 @@ def test_an_event_body_nested_too_deeply_is_a_finding_not_a_crash() -> None:
     rechained in an export) but nested deeper than a decoder goes: named, not a RecursionError."""
     payload = b'{"type":"RunStarted","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     payload_hash = hashlib.sha256(payload).digest()
-    head = link(GENESIS, header("r", 0, "run", "r", "RunStarted", 1, 0), payload_hash)
+    head = event_hash(GENESIS, "r", 0, "run", "r", "RunStarted", 1, 0, payload_hash)
     e = StoredEvent("r", 0, "run", "r", "RunStarted", 1, 0, payload, payload_hash, GENESIS, head)
     found = verify_events("r", [e]).bad
     assert found is not None and "nested too deeply" in found.why, found
@@ -250,7 +264,7 @@ def test_an_event_body_with_a_number_python_will_not_read_is_a_finding_not_a_cra
     read an int of over 4,300 digits (a plain ValueError) where the body's keys are checked."""
     payload = b'{"type":"RunStarted","x":' + b"1" * 5000 + b"}"
     payload_hash = hashlib.sha256(payload).digest()
-    head = link(GENESIS, header("r", 0, "run", "r", "RunStarted", 1, 0), payload_hash)
+    head = event_hash(GENESIS, "r", 0, "run", "r", "RunStarted", 1, 0, payload_hash)
     e = StoredEvent("r", 0, "run", "r", "RunStarted", 1, 0, payload, payload_hash, GENESIS, head)
     found = verify_events("r", [e]).bad
     assert found is not None and "its keys cannot be read" in found.why, found
@@ -386,7 +400,7 @@ def test_a_reads_digest_tells_any_changed_field_or_order(events: list[StoredEven
 _STOPS_EARLY = """
 import hashlib
 import msgspec
-from landscape.chain import GENESIS, header, link
+from landscape.chain import GENESIS, event_hash
 from landscape.chain_half import ChainHalf
 from landscape.records import StoredEvent
 from landscape.verify import ReadDigest
@@ -395,7 +409,7 @@ events, prev = [], GENESIS
 for seq in range(40_000):
     body = b'{"type":"RunStarted"}'
     h = hashlib.sha256(body).digest()
-    prev = link(prev, header("r", seq, "run", "r", "RunStarted", 1, seq), h)
+    prev = event_hash(prev, "r", seq, "run", "r", "RunStarted", 1, seq, h)
     events.append(StoredEvent("r", seq, "run", "r", "RunStarted", 1, seq, body, h,
                               events[-1].hash if events else GENESIS, prev))
 events[15_000] = msgspec.structs.replace(events[15_000], entity_id="forged")
