@@ -1552,6 +1552,61 @@ def test_database_sink_checks_a_postgresql_domain_as_its_base_type_and_name_by_i
     ]
 
 
+def test_database_sink_refuses_a_date_or_time_its_postgresql_column_would_store_as_another(db_url: str) -> None:
+    """A review: PostgreSQL stored 10:00+05 in a `timestamp` column as 10:00 (another instant), a
+    time of day given to a `date` was dropped, `timestamp(0)` rounded 10:00:00.6 to 10:00:01,
+    `interval day` cut 5 hours, digits beyond microseconds were rounded, and -1 in an `oid`
+    column was stored as 4294967295, each without an error while the trail held the row as given.
+    Those are refused (at `write` what the row alone shows, at the flush what the server reads),
+    the other rows of the flush written; texts stored as the same date or time are written."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite keeps a date or time as the text, number or real given")
+    _execute(db_url, "CREATE TABLE times (id int, ts timestamp, ts0 timestamp(0), tz timestamptz, d date, t time, "
+                     "iv interval day, o oid)")  # fmt: skip
+    s = sink("database", url=db_url, table="times", if_exists="append")
+    s.open("run", None)
+    oid, fraction = r"its column \(oid\) takes integers of 0 to 4294967295", "more than 6 decimal places of a second"
+    at_write = {"o": ([-1, 2**32, "5", True, 1.0], oid), "ts": (["2024-01-01 10:00:00.1234567"], fraction),
+                "t": (["10:00:00.0000001"], fraction)}  # fmt: skip
+    for field, (values, why) in at_write.items():
+        for value in values:
+            with pytest.raises(RowError, match=why):
+                s.write("t0", {"id": 0, field: value})
+    lossy = {"ts": "2024-01-01 10:00:00+05", "t": "10:00:00-03", "d": "2024-01-01 10:00", "ts0": "2024-01-01 10:00:00.6",
+             "iv": "1 day 5 hours"}  # fmt: skip
+    for i, (field, value) in enumerate(lossy.items()):
+        s.write(f"bad{i}", {"id": 100 + i, field: value})
+    kept = [{"ts": "2024-01-01T10:00:00Z", "ts0": "2024-01-01 10:00:01", "tz": "2024-01-01 10:00:00+05",
+             "d": "2024-01-01 00:00", "t": "10:00:00+00", "iv": "2 days", "o": 2**32 - 1},
+            {"ts": "2024-01-01 10:00:00.1234560", "d": "100000-01-01", "t": "allballs"},
+            {"ts": "infinity", "d": "-infinity", "ts0": "epoch"}]  # fmt: skip
+    for i, row in enumerate(kept):
+        s.write(f"ok{i}", {"id": i + 1, **row})
+    with pytest.raises(RowsRefused) as refused:
+        s.flush()
+    reasons = refused.value.reasons
+    assert sorted(reasons) == [f"bad{i}" for i in range(len(lossy))]
+    assert "names an offset from UTC, which its column (timestamp without time zone) drops" in reasons["bad0"]
+    assert "names an offset from UTC, which its column (time without time zone) drops" in reasons["bad1"]
+    assert "with a time of day, which its column (date) drops" in reasons["bad2"]
+    assert "would round or cut to its precision" in reasons["bad3"] and "timestamp(0)" in reasons["bad3"]
+    assert "would round or cut to its precision" in reasons["bad4"] and "interval day" in reasons["bad4"]
+    assert not any(v in why for why in reasons.values() for v in lossy.values())  # (no value in a reason)
+    assert _select(db_url, "SELECT count(*) FROM times") == [(0,)]  # nothing of the flush kept
+    s.open("run", None)  # (as the writer does, then writes the others again)
+    for i, row in enumerate(kept):
+        s.write(f"ok{i}", {"id": i + 1, **row})
+    s.flush()
+    s.close()
+    assert _select(
+        db_url, "SELECT id, ts::text, ts0::text, d::text, t::text, iv::text, o::text FROM times ORDER BY id"
+    ) == [
+        (1, "2024-01-01 10:00:00", "2024-01-01 10:00:01", "2024-01-01", "10:00:00", "2 days", "4294967295"),
+        (2, "2024-01-01 10:00:00.123456", None, "100000-01-01", "00:00:00", None, None),
+        (3, "infinity", "1970-01-01 00:00:00", "-infinity", None, None, None),
+    ]
+
+
 def test_database_sink_refuses_a_number_a_sqlite_json_column_would_store_as_another(db_url: str) -> None:
     """A column declared JSON has SQLite's NUMERIC affinity: the JSON text of a number is stored as
     the number SQLite reads in it, 12345678901234567890123 as 1.2345678901234568e22, 10**30 as

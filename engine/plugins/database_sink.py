@@ -7,8 +7,11 @@ cannot hold, is refused at `write` (RowError, routed by `on_write_failure`) with
 named — never inserted without it. So is a value an existing column would store as another
 without an error (`_exactly_held`): a float a 4-byte `real` or an 8-byte float rounds, a number a
 `numeric(p, s)` or `money` rounds, a string a `char(n)` pads or a `varchar(n)`, `name` or `"char"`
-cuts; a PostgreSQL domain's column is checked as the type it is over (`_pg_column_kinds`). Columns
-of other types (dates, times, uuids, ...) take what the server makes of the value, unchecked. A text column
+cuts; a PostgreSQL domain's column is checked as the type it is over (`_pg_column_kinds`). A
+PostgreSQL date or time column is checked by the server as the flush writes (`_temporal_refusals`):
+text it would store as another date or time (an offset a `timestamp` drops, a time of day a `date`
+drops, digits a precision rounds) is refused, the rest of the flush written. Columns of other types
+(uuids, arrays, ...) take what the server makes of the value, unchecked. A text column
 is given text (`_for_column`), and a table that takes fewer rows than it is given, or that
 replaces rows on a conflict, is refused (the trail would claim rows the table does not hold).
 """
@@ -55,6 +58,8 @@ _SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
 # A SQLite table's constraint clause, comments allowed between its words (not stripped first: a
 # string literal may hold what looks like one). Words of it in a literal refuse a harmless table.
 _GAP = r"(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))+"
+# The fraction of a second of a time of day in a text (`10:00:00.1234567`).
+_FRACTION = re.compile(r"\d:\d\d(?::\d\d)?\.(\d+)", re.ASCII)
 _REPLACES = re.compile(rf"\bon{_GAP}conflict{_GAP}replace\b", re.IGNORECASE | re.DOTALL)
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
@@ -170,6 +175,7 @@ class DatabaseSink:
         self._insert_into: Any = None  # the table as rows are inserted into it (`_use_table`)
         self._tokens: Any = None
         self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `_column_kind`
+        self._temporal: dict[str, tuple[str, str]] = {}  # PostgreSQL date/time column -> its type, declared type
         self._locator: str | None = None  # how a row of the table is found again (`_row_locator`)
         self._counts_rows = False  # a SQLite table (not a view): its change count is exact (`flush`)
         self._no_locator = _NO_LOCATOR  # why the table gives none, when it does not
@@ -200,6 +206,7 @@ class DatabaseSink:
         self._buffer = []
         self._table = None
         self._columns = None
+        self._temporal = {}
         self._locator = None
         self._counts_rows = False
         self._first = None
@@ -478,7 +485,7 @@ class DatabaseSink:
         if self._sqlite:
             self._columns = {c.name: _column_kind(c.type) for c in t.columns}
         else:
-            kinds = _pg_column_kinds(conn, t.name)
+            kinds, self._temporal = _pg_column_kinds(conn, t.name)
             self._columns = {c.name: kinds.get(c.name, ("other", 0, 0)) for c in t.columns}
         # What the rows are inserted into: the table's columns, but those of other types (dates,
         # times, uuids, binary) bound without SQLAlchemy's conversion, which refuses a string for
@@ -586,6 +593,12 @@ class DatabaseSink:
                 return f"{field} holds -0.0, which SQLite would store as 0"
         elif kind == "bool" and not isinstance(value, bool):
             return f"{field} holds {found}; its column takes true or false"
+        elif kind == "oid" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32):
+            # (given -1, as a number or as text, an oid column stores 4294967295)
+            return f"{field} holds {found}; its column (oid) takes integers of 0 to 4294967295"
+        elif name in self._temporal and isinstance(value, str) and (m := _FRACTION.search(value)) is not None:
+            if len(m.group(1).rstrip("0")) > 6:  # (the server rounds what it reads to microseconds)
+                return f"{field} holds {found} with a time to more than 6 decimal places of a second, which its column would round"
         elif kind == "numeric affinity" and isinstance(value, str) and reads_as_number(value):
             # ('007' would be stored as 7, '1.50' as 1.5: another value than the row's, without a word)
             return (
@@ -676,6 +689,11 @@ class DatabaseSink:
                         "trail cannot say they were written; allowed: a table that keeps each row it is given "
                         "(PostgreSQL's declarative partitioning does; inheritance routed by a trigger does not)"
                     )
+                if self._temporal:
+                    lossy = self._temporal_refusals(conn, rows)
+                    if lossy:  # (nothing of the flush is kept: the writer writes the others again)
+                        raise RowsRefused({token: f"{why} (table {self.table_name} in {self._shown})"
+                                           for token, why in lossy.items()})  # fmt: skip
                 if self._locator is not None and len(returned) == len(rows):
                     locators = list(returned)
                 conn.execute(
@@ -774,6 +792,35 @@ class DatabaseSink:
         if len(why) == len(rows) and len(set(why.values())) == 1:
             return {}
         return {token: f"the table refused it: {reason}" for token, reason in why.items()}
+
+    def _temporal_refusals(self, conn: Any, rows: list[tuple[str, Row]]) -> dict[str, str]:
+        """The rows holding a text that a date or time column of the table stores as another date
+        or time (`_TEMPORAL_LOSS`), and why. Asked of the server in the flush's transaction once
+        its insert took the rows (so every such text reads as a date or time), in UTC: a text
+        with no offset then reads as one of +00 does (the session's zone is set back after)."""
+        from sqlalchemy import ARRAY, Text, bindparam, text
+
+        named = self.schema.field_names or []
+        why: dict[str, list[str]] = {}
+        zone = conn.execute(text("SELECT current_setting('TimeZone')")).scalar_one()
+        conn.execute(text("SELECT set_config('TimeZone', 'UTC', true)"))
+        for column, (base, declared) in self._temporal.items():
+            given = [(token, row) for token, row in rows if isinstance(row.get(column), str)]
+            if not given:
+                continue
+            checks = _TEMPORAL_LOSS[base]
+            tests = ", ".join(f"({sql.format(base=base, declared=declared)})" for sql, _ in checks)
+            query = text(f"SELECT {tests} FROM unnest(:v) WITH ORDINALITY AS x(v, i) ORDER BY i").bindparams(
+                bindparam("v", type_=ARRAY(Text))
+            )
+            found = conn.execute(query, {"v": [row[column] for _, row in given]}).all()
+            for (token, row), hits in zip(given, found, strict=True):
+                reasons = [reason for (_, reason), hit in zip(checks, hits, strict=True) if hit]
+                if reasons:
+                    held = f"{field_named(row, column, named)} holds {described(row[column])}"
+                    why.setdefault(token, []).append(f"{held} {reasons[0].format(declared=declared)}")
+        conn.execute(text("SELECT set_config('TimeZone', :zone, true)"), {"zone": zone})
+        return {token: "; ".join(reasons) for token, reasons in why.items()}
 
     def _own_names(self, conn: Any) -> frozenset[str]:
         """The names a refusal may show: the table's, its columns' and (PostgreSQL) its constraints'
@@ -1167,21 +1214,48 @@ def _column_kind(sql_type: Any) -> tuple[str, int, int]:
 
 # What a PostgreSQL column of each of its own types holds, as `_unfit` checks it (kind, width),
 # by the catalog's name of the type; a type not here (dates, times, uuids, arrays, enums, a
-# type of another schema) is "other". Widths: an integer's or a float's bits; `name` and
+# type of another schema) is "other" (dates and times are checked apart: `_TEMPORAL_LOSS`). An
+# oid takes integers of 0 to 2**32 - 1 (-1 given, it stores 4294967295). Widths: an integer's or a float's bits; `name` and
 # `"char"` (catalog name `char`) are text cut to so many bytes; numeric, varchar, bpchar and
 # money take theirs from the column (`_pg_column_kinds`).
 _PG_KINDS: dict[str, tuple[str, int]] = {
     "int2": ("int", 16), "int4": ("int", 32), "int8": ("int", 64), "float4": ("real", 32), "float8": ("float", 64),
     "bool": ("bool", 64), "text": ("text", 0), "varchar": ("text", 0), "bpchar": ("char", 0), "name": ("name", 63),
     "char": ("name", 1), "numeric": ("number", 0), "money": ("money", 0), "json": ("json", 0), "jsonb": ("json", 0),
+    "oid": ("oid", 32),
 }  # fmt: skip
 
 
-def _pg_column_kinds(conn: Any, table_name: str) -> dict[str, tuple[str, int, int]]:
+# How a PostgreSQL date or time column stores a text as another date or time without an error, by
+# the column's type: SQL of the text `v`, true when it does, and what the refusal says (session
+# time zone UTC: `_temporal_refusals`). An offset a zoneless type drops changes the instant the
+# text names (10:00+05 stored as 10:00); a date drops a time of day; a precision (`timestamp(0)`,
+# `interval day`) rounds or cuts. (Digits beyond microseconds, which the server rounds as it reads
+# them, are refused at `write`: `_FRACTION`.)
+_PRECISION = (
+    "CAST(CAST(v AS {declared}) AS text) <> CAST(CAST(v AS {base}) AS text)",
+    "that its column ({declared}) would round or cut to its precision",
+)
+_TEMPORAL_LOSS: dict[str, list[tuple[str, str]]] = {
+    "timestamp": [("CAST(v AS timestamptz) <> CAST(CAST(v AS timestamp) AS timestamptz)",
+                   "that names an offset from UTC, which its column ({declared}) drops"), _PRECISION],
+    "time": [("CAST(v AS timetz) <> CAST(CAST(v AS time) AS timetz)",
+              "that names an offset from UTC, which its column ({declared}) drops"), _PRECISION],
+    # (a date beyond a timestamp's range has no time of day to compare)
+    "date": [("CASE WHEN CAST(v AS date) BETWEEN date '4713-11-24 BC' AND date '294276-12-31' "
+              "THEN CAST(v AS timestamp) <> CAST(CAST(v AS date) AS timestamp) ELSE false END",
+              "with a time of day, which its column ({declared}) drops")],
+    "timestamptz": [_PRECISION], "timetz": [_PRECISION], "interval": [_PRECISION],
+}  # fmt: skip
+
+
+def _pg_column_kinds(conn: Any, table_name: str) -> tuple[dict[str, tuple[str, int, int]], dict[str, tuple[str, str]]]:
     """What each column of a PostgreSQL table (or view) holds, as `_column_kind` says for SQLite,
     from the catalog: a domain's column as the type the domain is over (a domain over a domain
     too), with that type's length, precision and scale, which SQLAlchemy's reflection of a
-    domain loses; so is PostgreSQL's `name` (reflected as any text)."""
+    domain loses; so is PostgreSQL's `name` (reflected as any text). And the date and time
+    columns (`_TEMPORAL_LOSS`): each with its type and its type as declared, as the server spells
+    it (`timestamp(0) without time zone`), which `_temporal_refusals` casts to."""
     from sqlalchemy import text
 
     quoted = conn.dialect.identifier_preparer.quote(table_name)
@@ -1193,13 +1267,16 @@ def _pg_column_kinds(conn: Any, table_name: str) -> dict[str, tuple[str, int, in
             " UNION ALL SELECT typed.attname, t.typbasetype, t.typtypmod"
             " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype = 'd')"
             " SELECT typed.attname, CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname END,"
-            " typed.typmod, scale(CAST(1 AS money)::numeric)"
+            " typed.typmod, scale(CAST(1 AS money)::numeric), format_type(typed.typid, typed.typmod)"
             " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype <> 'd'"
         ),
         {"t": quoted},
     ).all()
     kinds: dict[str, tuple[str, int, int]] = {}
-    for name, type_name, typmod, money_scale in found:
+    temporal: dict[str, tuple[str, str]] = {}
+    for name, type_name, typmod, money_scale, declared in found:
+        if type_name in _TEMPORAL_LOSS:
+            temporal[name] = (type_name, declared)
         kind, width = _PG_KINDS.get(type_name, ("other", 0))
         scale = 0
         if type_name in ("varchar", "bpchar") and typmod >= 4:
@@ -1212,7 +1289,7 @@ def _pg_column_kinds(conn: Any, table_name: str) -> dict[str, tuple[str, int, in
         elif type_name == "money":
             scale = money_scale  # (the digits after the point lc_monetary gives the currency)
         kinds[name] = (kind, width, scale)
-    return kinds
+    return kinds, temporal
 
 
 def _sqlite_numeric(text: str) -> Any:
