@@ -1607,6 +1607,27 @@ def test_database_sink_refuses_a_date_or_time_its_postgresql_column_would_store_
     ]
 
 
+def test_a_value_beyond_a_postgresql_limit_refuses_its_row_not_the_flush(db_url: str) -> None:
+    """A list given to an int[] column goes as JSON text, whose `[` PostgreSQL reads as the array's
+    bounds: 2**40 there was program_limit_exceeded (54000), which failed the whole flush (a review).
+    It is the row's: refused alone, the others written."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no arrays")
+    _execute(db_url, "CREATE TABLE arrays (id int, a int[])")
+    s = sink("database", url=db_url, table="arrays", if_exists="append")
+    s.open("run", None)
+    s.write("bad", {"id": 1, "a": [2**40]})
+    s.write("good", {"id": 2, "a": None})
+    with pytest.raises(RowsRefused) as refused:
+        s.flush()
+    assert list(refused.value.reasons) == ["bad"] and "SQLSTATE 54000" in refused.value.reasons["bad"]
+    s.open("run", None)
+    s.write("good", {"id": 2, "a": None})
+    s.flush()
+    s.close()
+    assert _select(db_url, "SELECT id, a FROM arrays") == [(2, None)]
+
+
 def test_database_sink_refuses_a_number_a_sqlite_json_column_would_store_as_another(db_url: str) -> None:
     """A column declared JSON has SQLite's NUMERIC affinity: the JSON text of a number is stored as
     the number SQLite reads in it, 12345678901234567890123 as 1.2345678901234568e22, 10**30 as

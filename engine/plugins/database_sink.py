@@ -256,6 +256,7 @@ class DatabaseSink:
                 if position is not None:
                     what = f"cannot roll back to position {position}"
                     self._roll_back(conn, position)
+                what = "cannot count the rows the run wrote"
                 self._committed = conn.execute(select(func.count()).select_from(tokens).where(mine)).scalar_one()
                 in_table = 0
                 if position and exists:
@@ -894,6 +895,10 @@ def _write_failure(e: Exception, url: str) -> str:
 # (P0001). Whether they were is for `_refused_rows` to tell.
 _RAISED_BY_TRIGGERS = frozenset({"P0001", "SQLITE_CONSTRAINT_TRIGGER"})
 _TABLE_WIDE = frozenset({"2200H"})
+# PostgreSQL's program_limit_exceeded, at an insert a value's: an array's bounds beyond an integer
+# (`[1099511627776]` given to an int[] column), a row beyond a page, an index entry beyond its
+# limit. One row's, refused alone; every row's for the one reason is the table's (`_refused_rows`).
+_TOO_LARGE = "54000"
 # SQLite's constraint errors whose messages SQLite writes from the table's definition alone
 # (`UNIQUE constraint failed: t.n`). A trigger's RAISE message is the trigger's, and from SQLite
 # 3.46 on an expression may build it from the row.
@@ -921,7 +926,11 @@ def _about_rows(e: BaseException) -> bool:
         code = _code(e)
         if code in _TABLE_WIDE:
             return False
-        return isinstance(e, IntegrityError) or code[:2] in ("22", "23") or code in {"42804", *_RAISED_BY_TRIGGERS}
+        return (
+            isinstance(e, IntegrityError)
+            or code[:2] in ("22", "23")
+            or code in {"42804", _TOO_LARGE, *_RAISED_BY_TRIGGERS}
+        )
     return isinstance(e, StatementError) and isinstance(e.orig, TypeError | ValueError)
 
 
