@@ -271,11 +271,13 @@ def check_chain(run_id: str, events: Iterable[StoredEvent], *, roots_at: Collect
     with _reading(events):
         for e in events:
             # `_check_record`'s checks, inline (the call was a tenth of this loop); it says which
-            # one failed. The child of a long log's check spends its time here. (The run id: the
-            # hash is of this run's id, so an event of another run does not match it.)
+            # one failed. The child of a long log's check spends its time here. (The run id is
+            # compared too: the hash is of the verifier's, so a run id column changed alone
+            # still matches it, a review found.)
             ph = e.payload_hash
             if (
                 e.seq != expected
+                or e.run_id != run_id
                 or e.prev_hash != prev
                 or sha256(e.payload).digest() != ph
                 or event_hash(prev, run_id, expected, e.machine, e.entity_id, e.event_type, e.schema_version,
