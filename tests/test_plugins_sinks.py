@@ -10,6 +10,7 @@ import math
 import os
 import re
 import secrets
+import sqlite3
 import subprocess
 import sys
 import tracemalloc
@@ -797,7 +798,7 @@ def test_a_roll_back_that_cannot_find_a_row_refuses_the_resume_and_changes_nothi
     with pytest.raises(
         PluginError,
         match=r"^sink: cannot continue .*#t: the rows of token\(s\) t2, t3, committed after the run's durable "
-        r"position 1 and not in its audit trail, cannot be deleted: their rows were changed or deleted since; "
+        r"position 1 and not in its audit trail, cannot be deleted: their rows were changed or deleted since[^;]*; "
         r"delete them and their entries in elspeth_sink_tokens, or start a new run$",
     ):
         build_plugin("sink", "database", options).open("run-1", 1)
@@ -812,23 +813,76 @@ def test_a_roll_back_that_cannot_find_a_row_refuses_the_resume_and_changes_nothi
     assert sorted(_select(db_url, "SELECT id FROM t")) == [(1,), (20,)]
 
 
-def test_a_row_updated_since_is_not_taken_for_the_one_written_on_postgresql(db_url: str) -> None:
+def test_a_row_updated_since_is_not_taken_for_the_one_written(db_url: str) -> None:
     """Where a PostgreSQL row was written (its ctid) holds another version once it is updated;
-    the writing transaction's id tells them apart. (SQLite keeps the rowid: the row is deleted.)"""
+    the writing transaction's id tells them apart. SQLite keeps the rowid: the row's digest, as
+    its flush left it, tells."""
     options = {"url": db_url, "table": "t", "schema": _SCHEMA}
     s = build_plugin("sink", "database", options)
     assert _flushes(s, "run-1", None, [("t1", 1), ("t2", 2)]) == [2]
     s.release()
     _execute(db_url, "UPDATE t SET name = 'changed' WHERE id = 2")
-    if db_url.startswith("sqlite"):
-        rolled = build_plugin("sink", "database", options)
-        rolled.open("run-1", 0)
-        rolled.release()
-        assert _select(db_url, "SELECT count(*) FROM t") == [(0,)]
-        return
     with pytest.raises(PluginError, match=r"token\(s\) t1, t2, .* their rows were changed or deleted since"):
         build_plugin("sink", "database", options).open("run-1", 0)
     assert _select(db_url, "SELECT count(*) FROM t") == [(2,)]
+
+
+def test_a_sqlite_table_renumbered_by_vacuum_keeps_another_runs_rows_at_a_resume(tmp_path: Path) -> None:
+    """VACUUM renumbers the rows of a SQLite table without an INTEGER PRIMARY KEY: after a row was
+    deleted, the rowids a crashed flush recorded held the run's next row and another run's, and
+    the resume deleted that one (a review). A row is deleted only when it is as its flush left
+    it; otherwise the resume is refused, and nothing changes."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    options = {"url": url, "table": "t", "schema": _SCHEMA}
+    crashed = build_plugin("sink", "database", options)
+    assert _flushes(crashed, "run-1", None, [("t1", 1), ("t2", 2)], [("t3", 3), ("t4", 4)]) == [2, 4]
+    crashed.release()  # died: the log holds the first flush (durable 2)
+    other = build_plugin("sink", "database", options)
+    assert _flushes(other, "run-0", None, [("u1", 101), ("u2", 102)]) == [2]
+    other.close()
+    with sqlite3.connect(tmp_path / "out.db") as conn:
+        conn.execute("DELETE FROM t WHERE id = 1")  # someone's cleanup, then
+    sqlite3.connect(tmp_path / "out.db").execute("VACUUM")
+    assert _select(url, "SELECT rowid, id FROM t ORDER BY rowid") == [(1, 2), (2, 3), (3, 4), (4, 101), (5, 102)]
+    with pytest.raises(
+        PluginError, match=r"token\(s\) t3, t4, .* their rows were changed or deleted since .* VACUUM renumbers"
+    ):
+        build_plugin("sink", "database", options).open("run-1", 2)
+    assert _select(url, "SELECT id FROM t ORDER BY id") == [(2,), (3,), (4,), (101,), (102,)]
+
+
+def test_a_sqlite_table_whose_first_column_is_real_is_rolled_back(tmp_path: Path) -> None:
+    """SQLite's RETURNING gives the rowid as a real (1.0) when the table's first column has REAL
+    affinity: the bookkeeping recorded '1.0', and a resume's roll back failed reading it as a
+    rowid (found by the digests, which read the rows back by rowid)."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    _execute(url, "CREATE TABLE t (score REAL, id INTEGER, name TEXT, ok BOOLEAN, extra TEXT)")
+    options = {"url": url, "table": "t", "schema": _SCHEMA, "if_exists": "append"}
+    crashed = build_plugin("sink", "database", options)
+    assert _flushes(crashed, "run-1", None, [("t1", 1)], [("t2", 2)]) == [1, 2]
+    crashed.release()
+    assert _select(url, "SELECT row_locator FROM elspeth_sink_tokens ORDER BY token_id") == [("1",), ("2",)]
+    # as an earlier ELSPETH recorded it: the real, and no digest
+    _execute(url, "UPDATE elspeth_sink_tokens SET row_locator = '2.0', row_digest = NULL WHERE token_id = 't2'")
+    resumed = build_plugin("sink", "database", options)
+    assert _flushes(resumed, "run-1", 1, [("t2", 20)]) == [2]
+    resumed.close()
+    assert _select(url, "SELECT id FROM t ORDER BY id") == [(1,), (20,)]
+
+
+def test_a_sqlite_trigger_deleting_a_row_after_its_insert_fails_the_flush(tmp_path: Path) -> None:
+    """RETURNING counts the rows inserted, also one an AFTER trigger deletes at once: the trail
+    would say it was written. The rows are read back (for their digests), and a flush whose rows
+    the table does not hold keeps nothing."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    _execute(url, "CREATE TABLE t (id INTEGER, name TEXT, score REAL, ok BOOLEAN, extra TEXT)")
+    _execute(url, "CREATE TRIGGER gone AFTER INSERT ON t WHEN new.id = 2 BEGIN DELETE FROM t WHERE id = 2; END")
+    s = build_plugin("sink", "database", {"url": url, "table": "t", "schema": _SCHEMA, "if_exists": "append"})
+    with pytest.raises(PluginError, match=r"the table holds 1 of the 2 rows inserted \(a trigger removed the others\)"):
+        _flushes(s, "run-1", None, [("t1", 1), ("t2", 2)])
+    s.release()
+    assert _select(url, "SELECT count(*) FROM t") == [(0,)]
+    assert _select(url, "SELECT count(*) FROM elspeth_sink_tokens") == [(0,)]
 
 
 def test_another_row_where_a_deleted_one_was_written_is_not_deleted_on_postgresql(db_url: str) -> None:

@@ -19,6 +19,7 @@ replaces rows on a conflict, is refused (the trail would claim rows the table do
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -47,8 +48,9 @@ _EXACT_NUMBERS = ("number", "decimal", "money")
 _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", "any": "text"}
 # Columns of `elspeth_sink_tokens` that an older ELSPETH did not make (added when missing): the
 # sink's position after the flush that committed the token, where its row is (SQLite: its rowid;
-# PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id.
-_LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"))
+# PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id; on
+# SQLite, a digest of the row as the table held it after the flush (`_row_digests`).
+_LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"), ("row_digest", "text"))
 _NO_LOCATOR = "the table gives no row id to find them by"
 # The most columns a table can have: SQLite's default SQLITE_MAX_COLUMN, PostgreSQL's MaxHeapAttributeNumber.
 _MOST_COLUMNS_SQLITE = 2000
@@ -63,6 +65,10 @@ _FRACTION = re.compile(r"\d:\d\d(?::\d\d)?\.(\d+)", re.ASCII)
 _REPLACES = re.compile(rf"\bon{_GAP}conflict{_GAP}replace\b", re.IGNORECASE | re.DOTALL)
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
+_NOT_AS_WRITTEN = (
+    "their rows were changed or deleted since (or the table was rebuilt: SQLite's VACUUM renumbers the rows of a "
+    "table without an INTEGER PRIMARY KEY, and where their flush recorded them may now be rows of other runs)"
+)
 _NONE_RECORDED = (
     "their flush recorded no row ids to find them by (the insert returned fewer rows than it inserted, as a "
     "trigger that skips or re-routes rows makes it, or the table gave none then)"
@@ -306,7 +312,9 @@ class DatabaseSink:
         t = self._tokens
         mine = (t.c.run_id == self.run_id) & self._this_table()
         beyond = mine & (t.c.sink_position > position)
-        found = conn.execute(select(t.c.token_id, t.c.sink_position, t.c.row_locator, t.c.row_xid).where(beyond)).all()
+        found = conn.execute(
+            select(t.c.token_id, t.c.sink_position, t.c.row_locator, t.c.row_xid, t.c.row_digest).where(beyond)
+        ).all()
         if not found:
             return
         if self._table is not None and self._sqlite:
@@ -324,16 +332,25 @@ class DatabaseSink:
                        "emptied or made again since, and their rows took those rowids)")  # fmt: skip
                 raise _Refused(self._unrollable(position, sorted(token for token, *_ in found), why))
         if self._table is not None:  # no table: its rows went with it
-            flushes: dict[tuple[int, int | None], list[tuple[str, str | None]]] = {}
-            for token, at, locator, xid in found:
-                flushes.setdefault((at, xid), []).append((token, locator))
+            flushes: dict[tuple[int, int | None], list[tuple[str, str | None, str | None]]] = {}
+            for token, at, locator, xid, digest in found:
+                flushes.setdefault((at, xid), []).append((token, locator, digest))
             for (_, xid), rows in sorted(flushes.items(), key=lambda f: f[0][0]):
-                tokens = sorted(token for token, _ in rows)
+                tokens = sorted(token for token, *_ in rows)
                 if self._locator is None:
                     raise _Refused(self._unrollable(position, tokens, self._no_locator))
-                if any(locator is None for _, locator in rows):
+                if any(locator is None for _, locator, _ in rows):
                     raise _Refused(self._unrollable(position, tokens, _NONE_RECORDED))
-                deleted = self._delete_rows(conn, [locator for _, locator in rows if locator is not None], xid)
+                # A rowid says where a row is, not which: VACUUM renumbers the rows of a table without
+                # an INTEGER PRIMARY KEY, and the rowids a flush recorded then hold other rows (a
+                # review). Each is deleted only when it holds the row as the flush left it. (An
+                # older ELSPETH's entries have no digest: found by the rowid alone, as then.)
+                wanted = {locator: digest for _, locator, digest in rows if locator is not None and digest is not None}
+                if wanted and self._sqlite:
+                    now = self._row_digests(conn, list(wanted))
+                    if any(now.get(locator) != digest for locator, digest in wanted.items()):
+                        raise _Refused(self._unrollable(position, tokens, _NOT_AS_WRITTEN))
+                deleted = self._delete_rows(conn, [locator for _, locator, _ in rows if locator is not None], xid)
                 if deleted != len(rows):
                     raise _Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
         faults.reached("sink_rollback")
@@ -401,6 +418,20 @@ class DatabaseSink:
         theirs = (o.c.sink_table.collate("NOCASE") == self.table_name) & (o.c.run_id != self.run_id)
         return o, theirs & o.c.row_locator.is_not(None)
 
+    def _row_digests(self, conn: Any, locators: list[str]) -> dict[str, str]:
+        """The rows of a SQLite table at these rowids, each as a digest of its columns' values as
+        the table holds them (read back: RETURNING shows 5 where a REAL column stores 5.0, and
+        not what an AFTER trigger made of the row), by rowid; a rowid holding no row is absent."""
+        from sqlalchemy import literal_column, select
+
+        column: Any = literal_column(self._locator or "rowid")
+        found: dict[str, str] = {}
+        for i in range(0, len(locators), _IN_CHUNK):
+            chunk = [_rowid(x) for x in locators[i : i + _IN_CHUNK]]
+            for at, *values in conn.execute(select(column, *self._table.columns).where(column.in_(chunk))):
+                found[str(at)] = _row_digest(values)
+        return found
+
     def _unrollable(self, position: int, tokens: list[str], why: str) -> str:
         shown = ", ".join(tokens[:5]) + (f" and {len(tokens) - 5} more" if len(tokens) > 5 else "")
         return (
@@ -419,7 +450,7 @@ class DatabaseSink:
         for i in range(0, len(locators), _IN_CHUNK):
             chunk = locators[i : i + _IN_CHUNK]
             if self._sqlite:
-                where = literal_column(column).in_([int(x) for x in chunk])
+                where = literal_column(column).in_([_rowid(x) for x in chunk])
                 deleted += conn.execute(self._table.delete().where(where)).rowcount
             else:
                 # A row's ctid is where it was written; the id of the transaction that wrote it
@@ -671,7 +702,9 @@ class DatabaseSink:
                 for values in self._inserts(rows):
                     result = conn.execute(insert, values) if values[0] else _one_by_one(conn, insert, len(values))
                     if self._locator is not None:
-                        returned += [str(found) for found in result.scalars()]
+                        # (SQLite's RETURNING gives the rowid as a real, 1.0, when the table's first
+                        # column has REAL affinity: the rowid is the integer)
+                        returned += [str(int(found)) if self._sqlite else str(found) for found in result.scalars()]
                     elif self._counts_rows:
                         counted += result.rowcount
                 # What the table took: the rows RETURNING gave; in a SQLite table without row ids
@@ -695,14 +728,25 @@ class DatabaseSink:
                     if lossy:  # (nothing of the flush is kept: the writer writes the others again)
                         raise RowsRefused({token: f"{why} (table {self.table_name} in {self._shown})"
                                            for token, why in lossy.items()})  # fmt: skip
+                digests: list[str | None] = [None] * len(rows)
                 if self._locator is not None and len(returned) == len(rows):
                     locators = list(returned)
+                    if self._sqlite:
+                        held = self._row_digests(conn, returned)
+                        if len(held) < len(returned):
+                            # (an AFTER trigger deleted them: RETURNING counts the rows inserted)
+                            raise _Refused(
+                                f"database sink {self.location()}: the table holds {len(held)} of the {len(rows)} "
+                                "rows inserted (a trigger removed the others), so the audit trail cannot say they "
+                                "were written; allowed: a table that keeps each row it is given"
+                            )
+                        digests = [held[locator] for locator in returned]
                 conn.execute(
                     t.insert(),
                     [
                         {"run_id": self.run_id, "sink_table": self.table_name, "token_id": token,
-                         "sink_position": position, "row_locator": locator, "row_xid": xid}
-                        for token, locator in zip(ids, locators, strict=True)
+                         "sink_position": position, "row_locator": locator, "row_xid": xid, "row_digest": digest}
+                        for token, locator, digest in zip(ids, locators, digests, strict=True)
                     ],
                 )  # fmt: skip
                 # Last, so that nothing can change it before the commit: the inserts hold the table
@@ -871,6 +915,18 @@ class DatabaseSink:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             engine.dispose()
+
+
+def _rowid(locator: str) -> int:
+    """A SQLite rowid as the bookkeeping holds it: '1.0' from an ELSPETH that recorded what
+    RETURNING gave for a table whose first column has REAL affinity."""
+    return int(float(locator)) if "." in locator else int(locator)
+
+
+def _row_digest(values: list[Any]) -> str:
+    """SHA-256 of a row's values as SQLite gives them (int, float, str, bytes, None), in the
+    table's column order: `repr` spells each apart (5 from 5.0 and '5', b'5' from '5')."""
+    return hashlib.sha256(repr(tuple(values)).encode("utf-8", "backslashreplace")).hexdigest()
 
 
 def _write_failure(e: Exception, url: str) -> str:
