@@ -8,9 +8,10 @@ named — never inserted without it. So is a value an existing column would stor
 without an error (`_exactly_held`): a float a 4-byte `real` or an 8-byte float rounds, a number a
 `numeric(p, s)` or `money` rounds, a string a `char(n)` pads or a `varchar(n)`, `name` or `"char"`
 cuts; a PostgreSQL domain's column is checked as the type it is over (`_pg_column_kinds`). A
-PostgreSQL date or time column is checked by the server as the flush writes (`_temporal_refusals`):
-text it would store as another date or time (an offset a `timestamp` drops, a time of day a `date`
-drops, digits a precision rounds) is refused, the rest of the flush written. Columns of other types
+PostgreSQL date or time column refuses text it would store as another date or time: what the text
+alone shows at `write` (`_text_loss`: digits beyond microseconds, `now`, a date given to a `time`),
+what the server reads as the flush writes (`_temporal_refusals`: an offset a `timestamp` drops, a
+time of day a `date` drops, digits a precision rounds), the rest of the flush written. Columns of other types
 (uuids, arrays, ...) take what the server makes of the value, unchecked. A text column
 is given text (`_for_column`), and a table that takes fewer rows than it is given, or that
 replaces rows on a conflict, is refused (the trail would claim rows the table does not hold).
@@ -60,8 +61,19 @@ _SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
 # A SQLite table's constraint clause, comments allowed between its words (not stripped first: a
 # string literal may hold what looks like one). Words of it in a literal refuse a harmless table.
 _GAP = r"(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))+"
-# The fraction of a second of a time of day in a text (`10:00:00.1234567`).
-_FRACTION = re.compile(r"\d:\d\d(?::\d\d)?\.(\d+)", re.ASCII)
+# What a PostgreSQL date or time column would store otherwise, seen in a text alone (`_text_loss`):
+# a fraction anywhere (`10:00:00.1234567`, `PT1.0000001S`, `20240101T100000.1234567`), one of a
+# millisecond or a microsecond, a word for a time relative to the write, a date given to a time.
+_FRACTION = re.compile(r"[.,](\d+)", re.ASCII)
+_SUB_SECOND = re.compile(
+    r"\d*[.,](\d+)\s*(ms|msecs?|millisecs?|milliseconds?|us|usecs?|microsecs?|microseconds?)\b",
+    re.ASCII | re.IGNORECASE,
+)
+_RELATIVE = re.compile(r"\b(now|today|tomorrow|yesterday)\b", re.ASCII | re.IGNORECASE)
+_DATE_PART = re.compile(
+    r"\d\s*[-/.]\s*\d+\s*[-/.]\s*\d|\d{7,}|\bj\d|\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b",
+    re.ASCII | re.IGNORECASE,
+)
 _REPLACES = re.compile(rf"\bon{_GAP}conflict{_GAP}replace\b", re.IGNORECASE | re.DOTALL)
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
@@ -628,9 +640,8 @@ class DatabaseSink:
         elif kind == "oid" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32):
             # (given -1, as a number or as text, an oid column stores 4294967295)
             return f"{field} holds {found}; its column (oid) takes integers of 0 to 4294967295"
-        elif name in self._temporal and isinstance(value, str) and (m := _FRACTION.search(value)) is not None:
-            if len(m.group(1).rstrip("0")) > 6:  # (the server rounds what it reads to microseconds)
-                return f"{field} holds {found} with a time to more than 6 decimal places of a second, which its column would round"
+        elif name in self._temporal and isinstance(value, str) and (lost := _text_loss(*self._temporal[name], value)):
+            return f"{field} holds {found} {lost}"
         elif kind == "numeric affinity" and isinstance(value, str) and reads_as_number(value):
             # ('007' would be stored as 7, '1.50' as 1.5: another value than the row's, without a word)
             return (
@@ -841,14 +852,16 @@ class DatabaseSink:
     def _temporal_refusals(self, conn: Any, rows: list[tuple[str, Row]]) -> dict[str, str]:
         """The rows holding a text that a date or time column of the table stores as another date
         or time (`_TEMPORAL_LOSS`), and why. Asked of the server in the flush's transaction once
-        its insert took the rows (so every such text reads as a date or time), in UTC: a text
-        with no offset then reads as one of +00 does (the session's zone is set back after)."""
+        its insert took the rows (so every such text reads as a date or time), in the session's
+        time zone, the one the insert read them in and the server's own conversions use. A
+        comparison the server cannot compute (a date at the end of its range: the casts overflow)
+        would fail the statement: each value is then asked alone, and one it cannot compute is
+        refused, not written unchecked (a review saw one such row fail its whole flush)."""
         from sqlalchemy import ARRAY, Text, bindparam, text
+        from sqlalchemy.exc import DBAPIError
 
         named = self.schema.field_names or []
         why: dict[str, list[str]] = {}
-        zone = conn.execute(text("SELECT current_setting('TimeZone')")).scalar_one()
-        conn.execute(text("SELECT set_config('TimeZone', 'UTC', true)"))
         for column, (base, declared) in self._temporal.items():
             given = [(token, row) for token, row in rows if isinstance(row.get(column), str)]
             if not given:
@@ -858,13 +871,28 @@ class DatabaseSink:
             query = text(f"SELECT {tests} FROM unnest(:v) WITH ORDINALITY AS x(v, i) ORDER BY i").bindparams(
                 bindparam("v", type_=ARRAY(Text))
             )
-            found = conn.execute(query, {"v": [row[column] for _, row in given]}).all()
+
+            def asked(values: list[str], query: Any = query) -> list[Any]:
+                with conn.begin_nested():  # (a failed statement leaves the flush's transaction usable)
+                    return list(conn.execute(query, {"v": values}).all())
+
+            try:
+                found: list[Any] = asked([row[column] for _, row in given])
+            except DBAPIError:
+                found = []
+                for _, row in given:
+                    try:
+                        found += asked([row[column]])
+                    except DBAPIError:
+                        found.append(None)
             for (token, row), hits in zip(given, found, strict=True):
-                reasons = [reason for (_, reason), hit in zip(checks, hits, strict=True) if hit]
-                if reasons:
+                if hits is None:
+                    reason = _UNCHECKABLE
+                else:
+                    reason = next((reason for (_, reason), hit in zip(checks, hits, strict=True) if hit), "")
+                if reason:
                     held = f"{field_named(row, column, named)} holds {described(row[column])}"
-                    why.setdefault(token, []).append(f"{held} {reasons[0].format(declared=declared)}")
-        conn.execute(text("SELECT set_config('TimeZone', :zone, true)"), {"zone": zone})
+                    why.setdefault(token, []).append(f"{held} {reason.format(declared=declared)}")
         return {token: "; ".join(reasons) for token, reasons in why.items()}
 
     def _own_names(self, conn: Any) -> frozenset[str]:
@@ -1292,26 +1320,53 @@ _PG_KINDS: dict[str, tuple[str, int]] = {
 
 
 # How a PostgreSQL date or time column stores a text as another date or time without an error, by
-# the column's type: SQL of the text `v`, true when it does, and what the refusal says (session
-# time zone UTC: `_temporal_refusals`). An offset a zoneless type drops changes the instant the
-# text names (10:00+05 stored as 10:00); a date drops a time of day; a precision (`timestamp(0)`,
-# `interval day`) rounds or cuts. (Digits beyond microseconds, which the server rounds as it reads
-# them, are refused at `write`: `_FRACTION`.)
+# the column's type: SQL of the text `v`, true when it does, and what the refusal says
+# (`_temporal_refusals`). An offset a zoneless type drops changes the instant the text names
+# (10:00+05 stored as 10:00), unless it is the offset of the session's time zone then, which the
+# server's own conversion back gives it again; a date drops a time of day; a precision
+# (`timestamp(0)`, `interval day`) rounds or cuts. (What the text alone shows is refused at
+# `write`: `_text_loss`.)
 _PRECISION = (
     "CAST(CAST(v AS {declared}) AS text) <> CAST(CAST(v AS {base}) AS text)",
     "that its column ({declared}) would round or cut to its precision",
 )
+_DROPS_OFFSET = "that names an offset other than the server's time zone's, which its column ({declared}) drops"
 _TEMPORAL_LOSS: dict[str, list[tuple[str, str]]] = {
-    "timestamp": [("CAST(v AS timestamptz) <> CAST(CAST(v AS timestamp) AS timestamptz)",
-                   "that names an offset from UTC, which its column ({declared}) drops"), _PRECISION],
-    "time": [("CAST(v AS timetz) <> CAST(CAST(v AS time) AS timetz)",
-              "that names an offset from UTC, which its column ({declared}) drops"), _PRECISION],
-    # (a date beyond a timestamp's range has no time of day to compare)
-    "date": [("CASE WHEN CAST(v AS date) BETWEEN date '4713-11-24 BC' AND date '294276-12-31' "
-              "THEN CAST(v AS timestamp) <> CAST(CAST(v AS date) AS timestamp) ELSE false END",
+    "timestamp": [("CAST(v AS timestamptz) <> CAST(CAST(v AS timestamp) AS timestamptz)", _DROPS_OFFSET), _PRECISION],
+    "time": [("CAST(v AS timetz) <> CAST(CAST(v AS time) AS timetz)", _DROPS_OFFSET), _PRECISION],
+    # (a date a timestamp cannot hold has its time of day told by its text: a colon between digits)
+    "date": [("CASE WHEN CAST(v AS date) BETWEEN date '4713-11-25 BC' AND date '294276-12-30' "
+              "THEN CAST(v AS timestamp) <> CAST(CAST(v AS date) AS timestamp) ELSE v ~ '[0-9]:[0-9]' END",
               "with a time of day, which its column ({declared}) drops")],
     "timestamptz": [_PRECISION], "timetz": [_PRECISION], "interval": [_PRECISION],
 }  # fmt: skip
+_UNCHECKABLE = (
+    "that the server cannot compare with what its column ({declared}) stores (a date or time at the end of the "
+    "range it computes)"
+)
+
+
+def _text_loss(base: str, declared: str, text: str) -> str | None:
+    """Why a PostgreSQL column of this date or time type (`_TEMPORAL_LOSS`) would store this
+    text as another value, seen in the text alone, or None: digits beyond the microseconds the
+    server rounds to, a word it reads as the time of the write (the trail keeps the word, the
+    table a time the write chose), a date a `time` column drops."""
+    for m in _SUB_SECOND.finditer(text):
+        micro = m.group(2).lower().startswith(("us", "usec", "micro"))
+        digits = m.group(1).rstrip("0")
+        if digits if micro else len(digits) > 3:
+            unit = "microsecond" if micro else "millisecond"
+            return f"with a fraction of a {unit}, which its column ({declared}) would round to microseconds"
+    if any(len(m.group(1).rstrip("0")) > 6 for m in _FRACTION.finditer(text)):
+        return f"with more than 6 decimal places, which its column ({declared}) would round to microseconds"
+    if _RELATIVE.search(text):
+        return (
+            f"that names a time relative to the write (now, today, ...), which its column ({declared}) would store "
+            "as the time of the write"
+        )
+    if base in ("time", "timetz") and _DATE_PART.search(text):
+        return f"with a date, which its column ({declared}) drops"
+    return None
 
 
 def _pg_column_kinds(conn: Any, table_name: str) -> tuple[dict[str, tuple[str, int, int]], dict[str, tuple[str, str]]]:
