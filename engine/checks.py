@@ -13,7 +13,7 @@ destroy the input, another sink's output, or the audit trail.
 
 These are the early, friendly checks: a URL names a database only as far as can be told
 without connecting (a DNS alias, say, is not seen through), so the database sink also asks the
-database itself, when it opens, whether it holds an audit store (engine/plugins/database_sink.py).
+database itself, when it opens, whether it holds an audit store (`audit_store_schema`, engine/plugins/db_catalog.py).
 
 Paths are compared resolved: through symbolic links, a file not yet there through its
 resolved folder, and existing files also by device and inode (hard links). Each path is taken
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import signing
-from engine.plugins.database_sink import DatabaseSink, sqlite_file
+from engine.plugins.database_sink import DatabaseSink
+from engine.plugins.db_urls import sqlite_file
 from engine.plugins.sinks import _FileSink, planted_file
 from engine.settings import LoadedSettings
 from landscape.db import is_postgresql_url, redact

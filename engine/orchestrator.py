@@ -776,7 +776,7 @@ def _same_table(held: OpenPosition, sink: Any) -> bool:
     """Whether a run's sink location (`URL#table`, as the database sink spells it) is the table
     this database sink writes: a SQLite file compared as a file (its URL resolved in the folder
     that run ran in), a server's URL as written (its password redacted)."""
-    from engine.plugins.database_sink import sqlite_file
+    from engine.plugins.db_urls import sqlite_file
 
     url, _, table = held.location.rpartition("#")
     mine = sink.location().rpartition("#")[0]
@@ -900,7 +900,8 @@ def _table_places(sink: Any) -> list[str]:
     a socket and a loopback address on one port are one place, as `DatabaseName.same_as` takes
     them (keyed apart, a run replacing a table reached by `localhost` did not hold it against
     one appending through the socket: a review)."""
-    from engine.plugins.database_sink import sqlite_file, sqlite_folded
+    from engine.plugins.db_catalog import sqlite_folded
+    from engine.plugins.db_urls import sqlite_file
     from landscape.urls import database_name
 
     file = sqlite_file(sink.url)

@@ -542,7 +542,7 @@ def test_bad_sink_options(kind: str, options: dict[str, Any], path: str) -> None
 
 def test_a_sqlite_vfs_is_refused_with_what_was_found() -> None:
     """`vfs=memdb` kept the database in memory: the run "wrote" rows that exist nowhere (a review)."""
-    from engine.plugins.database_sink import sqlite_file
+    from engine.plugins.db_urls import sqlite_file
 
     url = "sqlite:///file:out/mem.db?vfs=memdb&uri=true"
     with pytest.raises(PluginConfigError, match=r"names a SQLite VFS \(vfs=memdb\).*; allowed: a URL without vfs="):

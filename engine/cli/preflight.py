@@ -19,7 +19,8 @@ from pathlib import Path
 from engine.checks import signing_key, witness_folder
 from engine.cli.errors import ElspethCliError
 from engine.orchestrator import Pipeline
-from engine.plugins.database_sink import DatabaseSink, sqlite_file
+from engine.plugins.database_sink import DatabaseSink
+from engine.plugins.db_urls import sqlite_file
 from engine.plugins.protocol import PluginError
 from engine.plugins.sinks import CsvSink, JsonSink
 from engine.plugins.sources import CsvSource, JsonSource

@@ -5,76 +5,73 @@ Nothing is lost without a record: the table's columns are fixed by the schema, a
 table or the first row, and a row with a field that has no column, or a value its column
 cannot hold, is refused at `write` (RowError, routed by `on_write_failure`) with the field
 named — never inserted without it. So is a value an existing column would store as another
-without an error (`_exactly_held`): a float a 4-byte `real` or an 8-byte float rounds, a number a
+without an error (`exactly_held`): a float a 4-byte `real` or an 8-byte float rounds, a number a
 `numeric(p, s)` or `money` rounds, a string a `char(n)` pads or a `varchar(n)`, `name` or `"char"`
-cuts; a PostgreSQL domain's column is checked as the type it is over (`_pg_column_kinds`). A
+cuts; a PostgreSQL domain's column is checked as the type it is over (`pg_column_kinds`). A
 PostgreSQL date or time column refuses text it would store as another date or time: what the text
-alone shows at `write` (`_text_loss`: digits beyond microseconds, `now`, a date given to a `time`),
+alone shows at `write` (`text_loss`: digits beyond microseconds, `now`, a date given to a `time`),
 what the server reads as the flush writes (`_temporal_refusals`: an offset a `timestamp` drops, a
 time of day a `date` drops, digits a precision rounds), the rest of the flush written. Columns of other types
 (uuids, arrays, ...) take what the server makes of the value, unchecked. A text column
-is given text (`_for_column`), and a table that takes fewer rows than it is given, or that
+is given text (`for_column`), and a table that takes fewer rows than it is given, or that
 replaces rows on a conflict, is refused (the trail would claim rows the table does not hold).
+
+Its parts, each in a module of its own: what a column holds and whether it holds a value as given
+(`db_columns`), the URL and its SQLite file (`db_urls`), what the sink reads of the catalog and its
+bookkeeping table (`db_catalog`), and what a failed write records (`db_errors`).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
-import os
-import re
-import struct
-import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from decimal import Decimal, localcontext
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from engine.plugins.db_catalog import (
+    LATER_COLUMNS,
+    NO_LOCATOR,
+    REPLACES,
+    TOKENS,
+    add_later_columns,
+    audit_store_schema,
+    row_locator,
+    sqlite_folded,
+    table_shape,
+)
+from engine.plugins.db_columns import (
+    EXACT_NUMBERS,
+    TEMPORAL_LOSS,
+    UNCHECKABLE,
+    column_kind,
+    exactly_held,
+    for_column,
+    new_column_kind,
+    pg_column_kinds,
+    sqlite_numeric,
+    text_loss,
+    undomained,
+)
+from engine.plugins.db_errors import Refused, about_rows, row_refusal, write_failure
+from engine.plugins.db_urls import check_url, engine_for, sqlite_file, through_a_link
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, RowsRefused
-from engine.plugins.reasons import described, field_named, recorded
+from engine.plugins.reasons import described, field_named
 from engine.plugins.schema import parse_schema, reads_as_number
 from landscape import faults
 from landscape.db import redact
 from landscape.urls import scrub
 
 _NODE = "sink"
-_TOKENS = "elspeth_sink_tokens"
 _IN_CHUNK = 500  # token ids per IN (...) query: well under every backend's parameter limit
-# The kinds of PostgreSQL's exact numbers (`_pg_column_kinds`): numeric, numeric(p, s), money.
-_EXACT_NUMBERS = ("number", "decimal", "money")
 _SCHEMA_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "text", "any": "text"}
-# Columns of `elspeth_sink_tokens` that an older ELSPETH did not make (added when missing): the
-# sink's position after the flush that committed the token, where its row is (SQLite: its rowid;
-# PostgreSQL: its ctid) and, on PostgreSQL, the low 32 bits of the flush's transaction id; on
-# SQLite, a digest of the row as the table held it after the flush (`_row_digests`).
-_LATER_COLUMNS = (("sink_position", "int"), ("row_locator", "text"), ("row_xid", "int"), ("row_digest", "text"))
-_NO_LOCATOR = "the table gives no row id to find them by"
 # The most columns a table can have: SQLite's default SQLITE_MAX_COLUMN, PostgreSQL's MaxHeapAttributeNumber.
 _MOST_COLUMNS_SQLITE = 2000
 _MOST_COLUMNS_POSTGRESQL = 1600
 # Names every PostgreSQL table has already: a first row with one cannot make its table.
 _SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
-# A SQLite table's constraint clause, comments allowed between its words (not stripped first: a
-# string literal may hold what looks like one). Words of it in a literal refuse a harmless table.
-_GAP = r"(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))+"
-# What a PostgreSQL date or time column would store otherwise, seen in a text alone (`_text_loss`):
-# a fraction anywhere (`10:00:00.1234567`, `PT1.0000001S`, `20240101T100000.1234567`), one of a
-# millisecond or a microsecond, a word for a time relative to the write, a date given to a time.
-_FRACTION = re.compile(r"[.,](\d+)", re.ASCII)
-_SUB_SECOND = re.compile(
-    r"\d*[.,](\d+)\s*(ms|msecs?|millisecs?|milliseconds?|us|usecs?|microsecs?|microseconds?)\b",
-    re.ASCII | re.IGNORECASE,
-)
-_RELATIVE = re.compile(r"\b(now|today|tomorrow|yesterday)\b", re.ASCII | re.IGNORECASE)
-_DATE_PART = re.compile(
-    r"\d\s*[-/.]\s*\d+\s*[-/.]\s*\d|\d{7,}|\bj\d|\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b",
-    re.ASCII | re.IGNORECASE,
-)
-_REPLACES = re.compile(rf"\bon{_GAP}conflict{_GAP}replace\b", re.IGNORECASE | re.DOTALL)
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
 _NOT_AS_WRITTEN = (
@@ -85,71 +82,6 @@ _NONE_RECORDED = (
     "their flush recorded no row ids to find them by (the insert returned fewer rows than it inserted, as a "
     "trigger that skips or re-routes rows makes it, or the table gave none then)"
 )
-
-
-def _for_column(kind: str, value: Any) -> Any:
-    """The value as its column is given it. A text column gets text, a number, a boolean or a
-    structure spelled as JSON spells it: the server's own conversion would change it (SQLite
-    keeps 15 digits of a float, 0.30000000000000004 read back as '0.3', and spells true '1').
-    A JSON column gets the value as JSON holds it (the column's type writes it as JSON: given as
-    text, an object was stored as a JSON string). A PostgreSQL numeric column gets a float as
-    the decimal its repr spells: given a float, psycopg sends a float8, which the server turns into
-    a numeric of 15 digits (0.30000000000000004 stored as 0.3). Other columns get the value, a
-    structure as JSON text."""
-    if kind in _EXACT_NUMBERS and isinstance(value, int | float) and not isinstance(value, bool):
-        # ('nan', 'inf': numeric's NaN and Infinity; an integer too, as money takes no smallint)
-        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if kind == "json":  # (plain JSON values: a plugin's datetime, Decimal or UUID as its text)
-        return (
-            value
-            if value is None or isinstance(value, str | int | float)
-            else json.loads(json.dumps(value, ensure_ascii=False, default=str))
-        )
-    if value is None or isinstance(value, str):
-        return value
-    if kind in ("text", "char", "name") or isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, default=str)  # (a plugin's datetime, Decimal, UUID)
-    return value
-
-
-def _check_url(url: str) -> None:
-    """Refuse at load a URL that SQLAlchemy cannot parse; whether it connects is known at open."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        parsed = make_url(url)
-        parsed.get_dialect()  # (a known database: `sqlit://` was a failed run, not a settings error)
-    except NoSuchModuleError:
-        raise PluginConfigError(
-            "url",
-            f"{redact(url)!r} names a kind of database ELSPETH cannot write ({parsed.drivername}); allowed: "
-            "sqlite:///file.db or postgresql://user@host/db",
-        ) from None
-    except (ArgumentError, ValueError):
-        raise PluginConfigError(
-            "url", f"{redact(url)!r} is not a database URL; allowed: sqlite:///file.db or postgresql://user@host/db"
-        ) from None
-    try:  # its driver: `mysql://…` passed, and the recorded run failed on "No module named 'MySQLdb'"
-        parsed.get_dialect().import_dbapi()
-    except ImportError as e:
-        raise PluginConfigError(
-            "url", f"{redact(url)!r} needs a database driver that is not installed ({e.name or e}); allowed: "
-            "sqlite:///file.db or postgresql://user@host/db"
-        ) from None  # fmt: skip
-    if parsed.get_backend_name() == "sqlite" and (vfs := _sqlite_vfs(url)) is not None:
-        # `vfs=memdb` is an in-memory database whatever its name (a review: every flush "durable",
-        # no file on disk). Which other VFS keeps a file where is not ours to know: none is taken.
-        raise PluginConfigError(
-            "url", f"{redact(url)!r} names a SQLite VFS ({vfs}), which may keep the database in memory or "
-            "elsewhere than the file named; allowed: a URL without vfs= (sqlite:///file.db, SQLite's own files)"
-        )  # fmt: skip
-    if parsed.get_backend_name() == "sqlite" and sqlite_file(url) is None:
-        # An in-memory database: every flush "durable", every row gone when the run ends (a review).
-        raise PluginConfigError(
-            "url", f"{redact(url)!r} names no database file (an in-memory database keeps nothing once the run ends); "
-            "allowed: sqlite:///file.db (three slashes before a relative path, four before an absolute one)"
-        )  # fmt: skip
 
 
 class DatabaseSink:
@@ -165,7 +97,7 @@ class DatabaseSink:
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "url", "table", "if_exists", "replace_rows_of_other_runs")
         self.url = o.str_("url", required=True)
-        _check_url(self.url)
+        check_url(self.url)
         self.table_name = o.str_("table", required=True)
         if not self.table_name.strip():
             raise PluginConfigError("table", "found an empty name; allowed: a table's name")
@@ -183,8 +115,8 @@ class DatabaseSink:
         self._sqlite = self.url.lower().startswith("sqlite")
         if not self._sqlite and len(self.table_name.encode()) > 63:  # (SQLAlchemy refuses it at each flush)
             raise PluginConfigError("table", "a name longer than PostgreSQL's 63 bytes; allowed: a shorter one")
-        if (sqlite_folded(self.table_name) if self._sqlite else self.table_name) == _TOKENS:
-            raise PluginConfigError("table", f"{_TOKENS!r} is the sink's own bookkeeping table")
+        if (sqlite_folded(self.table_name) if self._sqlite else self.table_name) == TOKENS:
+            raise PluginConfigError("table", f"{TOKENS!r} is the sink's own bookkeeping table")
         self.schema = parse_schema(o.raw("schema"))
         self._shown = redact(self.url)
         self._buffer: list[tuple[str, Row]] = []
@@ -192,13 +124,13 @@ class DatabaseSink:
         self._table: Any = None
         self._insert_into: Any = None  # the table as rows are inserted into it (`_use_table`)
         self._tokens: Any = None
-        self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `_column_kind`
+        self._columns: dict[str, tuple[str, int, int]] | None = None  # name -> `column_kind`
         self._temporal: dict[str, tuple[str, str]] = {}  # PostgreSQL date/time column -> its type, declared type
-        self._locator: str | None = None  # how a row of the table is found again (`_row_locator`)
+        self._locator: str | None = None  # how a row of the table is found again (`row_locator`)
         self._counts_rows = False  # a SQLite table (not a view): its change count is exact (`flush`)
-        self._no_locator = _NO_LOCATOR  # why the table gives none, when it does not
+        self._no_locator = NO_LOCATOR  # why the table gives none, when it does not
         self._first: Row | None = None  # the row that fixed the columns of a table not made yet
-        self._shape: object = None  # the table's definition as checked (`_table_shape`)
+        self._shape: object = None  # the table's definition as checked (`table_shape`)
         self._committed = 0
         self.run_id = ""
 
@@ -232,19 +164,19 @@ class DatabaseSink:
         refused: str | None = None
         path = sqlite_file(self.url) if self._sqlite else None
         try:
-            if path is not None and path.is_symlink():  # (see `_through_a_link`)
-                raise _Refused(f"database sink {self.location()}: {path} is a symbolic link: not written through")
-            self._engine = _engine(self.url)
+            if path is not None and path.is_symlink():  # (see `through_a_link`)
+                raise Refused(f"database sink {self.location()}: {path} is a symbolic link: not written through")
+            self._engine = engine_for(self.url)
             with self._engine.begin() as conn:
                 if path is not None:
-                    _through_a_link(conn, path, self.location())
+                    through_a_link(conn, path, self.location())
                 # Before any table is made or dropped. The load-time check compares URLs, which
                 # a DNS alias, a libpq service or a host list can spell otherwise; the database
                 # itself cannot be mistaken about what it holds.
                 what = "cannot tell whether it holds an ELSPETH audit store"
-                store = _audit_store_schema(conn)
+                store = audit_store_schema(conn)
                 if store is not None:
-                    raise _Refused(
+                    raise Refused(
                         f"database sink {self.location()}: that database holds an ELSPETH audit store "
                         f"(schema '{store}'); allowed: a database of its own (a sink never writes into the "
                         "audit store)"
@@ -252,14 +184,14 @@ class DatabaseSink:
                 what = "cannot prepare its tables"
                 meta = MetaData()
                 self._tokens = tokens = Table(
-                    _TOKENS, meta,
+                    TOKENS, meta,
                     Column("run_id", Text, primary_key=True),
                     Column("sink_table", Text, primary_key=True),
                     Column("token_id", Text, primary_key=True),
-                    *(Column(name, BigInteger if kind == "int" else Text) for name, kind in _LATER_COLUMNS),
+                    *(Column(name, BigInteger if kind == "int" else Text) for name, kind in LATER_COLUMNS),
                 )  # fmt: skip
                 meta.create_all(conn)
-                _add_later_columns(conn, self._sqlite)
+                add_later_columns(conn, self._sqlite)
                 mine = (tokens.c.run_id == run_id) & self._this_table()
                 exists = inspect(conn).has_table(self.table_name)
                 if position is None and self.if_exists == "replace" and exists:
@@ -283,24 +215,24 @@ class DatabaseSink:
                     # Left after the roll back: rows without a position, which only an ELSPETH
                     # from before positions were recorded wrote; which came after the durable
                     # point cannot be told.
-                    raise _Refused(
+                    raise Refused(
                         f"cannot continue {self.location()}: it holds {self._committed} rows of the run, "
                         f"{self._committed - position} more than the {position} the run had made durable, and "
-                        f"{_TOKENS} does not say which (an older ELSPETH wrote them); delete the run's rows "
+                        f"{TOKENS} does not say which (an older ELSPETH wrote them); delete the run's rows "
                         "that its audit trail does not record, and their entries there, or start a new run"
                     )
                 if position and min(self._committed, in_table) < position:
                     # As for files: rows the log says are durable are gone (the table dropped or
                     # emptied, rows deleted or changed, or their bookkeeping deleted), so this is
                     # not what the run wrote; carrying on would leave a hole nobody would see.
-                    raise _Refused(
+                    raise Refused(
                         f"cannot continue {self.location()}: it holds {min(self._committed, in_table)} of the "
                         f"{position} rows the run had made durable, so rows were deleted or changed since; "
                         "restore them, or start a new run"
                     )
                 if not exists and refused is None and self.schema.field_names is not None:
                     self._create_table(conn)
-        except _Refused as e:
+        except Refused as e:
             self.release()
             raise PluginError(_NODE, str(e)) from None
         except Exception as e:
@@ -342,7 +274,7 @@ class DatabaseSink:
             if runs:
                 why = (f"the bookkeeping of run(s) {', '.join(runs[:3])} says rows there are theirs (the table was "
                        "emptied or made again since, and their rows took those rowids)")  # fmt: skip
-                raise _Refused(self._unrollable(position, sorted(token for token, *_ in found), why))
+                raise Refused(self._unrollable(position, sorted(token for token, *_ in found), why))
         if self._table is not None:  # no table: its rows went with it
             flushes: dict[tuple[int, int | None], list[tuple[str, str | None, str | None]]] = {}
             for token, at, locator, xid, digest in found:
@@ -350,9 +282,9 @@ class DatabaseSink:
             for (_, xid), rows in sorted(flushes.items(), key=lambda f: f[0][0]):
                 tokens = sorted(token for token, *_ in rows)
                 if self._locator is None:
-                    raise _Refused(self._unrollable(position, tokens, self._no_locator))
+                    raise Refused(self._unrollable(position, tokens, self._no_locator))
                 if any(locator is None for _, locator, _ in rows):
-                    raise _Refused(self._unrollable(position, tokens, _NONE_RECORDED))
+                    raise Refused(self._unrollable(position, tokens, _NONE_RECORDED))
                 # A rowid says where a row is, not which: VACUUM renumbers the rows of a table without
                 # an INTEGER PRIMARY KEY, and the rowids a flush recorded then hold other rows (a
                 # review). Each is deleted only when it holds the row as the flush left it. (An
@@ -361,10 +293,10 @@ class DatabaseSink:
                 if wanted and self._sqlite:
                     now = self._row_digests(conn, list(wanted))
                     if any(now.get(locator) != digest for locator, digest in wanted.items()):
-                        raise _Refused(self._unrollable(position, tokens, _NOT_AS_WRITTEN))
+                        raise Refused(self._unrollable(position, tokens, _NOT_AS_WRITTEN))
                 deleted = self._delete_rows(conn, [locator for _, locator, _ in rows if locator is not None], xid)
                 if deleted != len(rows):
-                    raise _Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
+                    raise Refused(self._unrollable(position, tokens, "their rows were changed or deleted since"))
         faults.reached("sink_rollback")
         conn.execute(t.delete().where(beyond))
 
@@ -376,7 +308,7 @@ class DatabaseSink:
         SQLite: its rowid, last recorded by this run), or when no run's flush wrote it as it is now
         (updated since, say by a consumer marking it read, or the table rebuilt by a copy: it may
         be the run's). Other runs' rows as they wrote them never
-        count. A flush that recorded no row ids (see `_row_locator`) has the whole table counted,
+        count. A flush that recorded no row ids (see `row_locator`) has the whole table counted,
         as before. Each is one statement over the table: it is read at every reopen."""
         from sqlalchemy import (
             ARRAY,
@@ -449,7 +381,7 @@ class DatabaseSink:
         return (
             f"cannot continue {self.location()}: the rows of token(s) {shown}, committed after the run's durable "
             f"position {position} and not in its audit trail, cannot be deleted: {why}; delete them and their "
-            f"entries in {_TOKENS}, or start a new run"
+            f"entries in {TOKENS}, or start a new run"
         )
 
     def _delete_rows(self, conn: Any, locators: list[str], xid: int | None) -> int:
@@ -517,19 +449,19 @@ class DatabaseSink:
                 {"name": self.table_name},
             ).scalar()
             self._counts_rows = isinstance(made, str)  # a table, not a view (see `flush`)
-            if isinstance(made, str) and _REPLACES.search(made):
+            if isinstance(made, str) and REPLACES.search(made):
                 # A row given that conflicts with one in the table deletes that one, silently: the
                 # trail would go on saying it was written (an earlier row of this run, say).
-                raise _Refused(
+                raise Refused(
                     f"database sink {self.location()}: table '{self.table_name}' resolves a conflict by REPLACE: a "
                     "row written could silently delete another row the audit trail says was written; allowed: a "
                     "table without ON CONFLICT REPLACE (a conflict then fails the flush, and is recorded)"
                 )
         self._table = t
         if self._sqlite:
-            self._columns = {c.name: _column_kind(c.type) for c in t.columns}
+            self._columns = {c.name: column_kind(c.type) for c in t.columns}
         else:
-            kinds, self._temporal = _pg_column_kinds(conn, t.name)
+            kinds, self._temporal = pg_column_kinds(conn, t.name)
             self._columns = {c.name: kinds.get(c.name, ("other", 0, 0)) for c in t.columns}
         # What the rows are inserted into: the table's columns, but those of other types (dates,
         # times, uuids, binary) bound without SQLAlchemy's conversion, which refuses a string for
@@ -537,11 +469,11 @@ class DatabaseSink:
         # A domain's column is bound as the type it is over (a JSON column's value as JSON).
         self._insert_into = Table(
             t.name, MetaData(),
-            *(Column(c.name, NullType() if self._columns[c.name][0] in ("other", "numeric affinity") else _undomained(c.type))
+            *(Column(c.name, NullType() if self._columns[c.name][0] in ("other", "numeric affinity") else undomained(c.type))
               for c in t.columns),
         )  # fmt: skip
-        self._locator, self._no_locator = _row_locator(conn, t, self._sqlite)
-        self._shape = _table_shape(conn, t.name, self._sqlite, self._columns)
+        self._locator, self._no_locator = row_locator(conn, t, self._sqlite)
+        self._shape = table_shape(conn, t.name, self._sqlite, self._columns)
 
     def _create_table(self, conn: Any) -> None:
         from sqlalchemy import BigInteger, Boolean, Column, Float, MetaData, Table, Text
@@ -551,7 +483,7 @@ class DatabaseSink:
             columns: list[Any] = [Column(f.name, types[_SCHEMA_KINDS[f.type]]) for f in self.schema.fields]
         else:
             assert self._first is not None
-            columns = [Column(k, types[_value_kind(v)]) for k, v in self._first.items()]
+            columns = [Column(k, types[new_column_kind(v)]) for k, v in self._first.items()]
         meta = MetaData()
         Table(self.table_name, meta, *columns)
         meta.create_all(conn)  # (not if there: see below)
@@ -567,7 +499,7 @@ class DatabaseSink:
             if clash is not None:  # found when the table is made, it would fail the whole flush
                 raise RowError(f"{clash}: no table can be made from this row ({self._shown})")
             self._first = row
-            self._columns = {k: (_value_kind(v), 64, 0) for k, v in row.items()}
+            self._columns = {k: (new_column_kind(v), 64, 0) for k, v in row.items()}
         problems = [p for k, v in row.items() if (p := self._unfit(row, k, v)) is not None]
         if problems:
             raise RowError(f"{'; '.join(problems)} (table {self.table_name} in {self._shown})")
@@ -617,18 +549,18 @@ class DatabaseSink:
             return None
         kind, bits, scale = self._columns[name]
         found = described(value)
-        given = _for_column(kind, value)
-        exact = _exactly_held(kind, bits, scale, given)
+        given = for_column(kind, value)
+        exact = exactly_held(kind, bits, scale, given)
         if exact is not None:
             return f"{field} holds {found}, which its column {exact}"
-        if kind not in _EXACT_NUMBERS:  # (given as a Decimal: below, the row's own value is checked)
+        if kind not in EXACT_NUMBERS:  # (given as a Decimal: below, the row's own value is checked)
             value = given
         if kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
                 return f"{field} holds {found}; its column takes integers"
             if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
                 return f"{field} holds an integer outside the column's {bits}-bit range"
-        elif kind in ("float", "real", *_EXACT_NUMBERS):
+        elif kind in ("float", "real", *EXACT_NUMBERS):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 return f"{field} holds {found}; its column takes numbers"
             if self._sqlite and isinstance(value, float) and math.isnan(value):
@@ -640,7 +572,7 @@ class DatabaseSink:
         elif kind == "oid" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32):
             # (given -1, as a number or as text, an oid column stores 4294967295)
             return f"{field} holds {found}; its column (oid) takes integers of 0 to 4294967295"
-        elif name in self._temporal and isinstance(value, str) and (lost := _text_loss(*self._temporal[name], value)):
+        elif name in self._temporal and isinstance(value, str) and (lost := text_loss(*self._temporal[name], value)):
             return f"{field} holds {found} {lost}"
         elif kind == "numeric affinity" and isinstance(value, str) and reads_as_number(value):
             # ('007' would be stored as 7, '1.50' as 1.5: another value than the row's, without a word)
@@ -651,7 +583,7 @@ class DatabaseSink:
         elif kind == "json" and self._sqlite and isinstance(value, int | float) and not isinstance(value, bool):
             # A column declared JSON has NUMERIC affinity: the JSON text of a number is stored as the
             # number SQLite reads in it (10**30 as 1e30, 1.0 as 1), and no spelling of it is kept as text.
-            stored = _sqlite_numeric(json.dumps(value))
+            stored = sqlite_numeric(json.dumps(value))
             if type(stored) is not type(value) or stored != value:
                 why = "another number" if isinstance(stored, int | float) else "text (JSON has no NaN or infinity)"
                 return f"{field} holds {found}, which its column (SQLite JSON: NUMERIC affinity) would store as {why}"
@@ -697,7 +629,7 @@ class DatabaseSink:
                     )
                     twice.update(conn.execute(query).scalars())
                 if twice:
-                    raise _Refused(
+                    raise Refused(
                         f"database sink {self.location()}: token(s) {', '.join(sorted(twice)[:5])} written twice "
                         "by the run; allowed: one row per token"
                     )
@@ -728,7 +660,7 @@ class DatabaseSink:
                     # one moving it to another table or a child table), a rule doing something
                     # instead, or a conflict clause ignoring it: the trail would say rows were
                     # written that the table does not return. Nothing of the flush is kept.
-                    raise _Refused(
+                    raise Refused(
                         f"database sink {self.location()}: the table took {taken} of the {len(rows)} rows "
                         "inserted (a trigger, a rule or a conflict clause skipped or moved the others), so the audit "
                         "trail cannot say they were written; allowed: a table that keeps each row it is given "
@@ -746,7 +678,7 @@ class DatabaseSink:
                         held = self._row_digests(conn, returned)
                         if len(held) < len(returned):
                             # (an AFTER trigger deleted them: RETURNING counts the rows inserted)
-                            raise _Refused(
+                            raise Refused(
                                 f"database sink {self.location()}: the table holds {len(held)} of the {len(rows)} "
                                 "rows inserted (a trigger removed the others), so the audit trail cannot say they "
                                 "were written; allowed: a table that keeps each row it is given"
@@ -764,13 +696,13 @@ class DatabaseSink:
                 # (PostgreSQL's ALTER waits on them; SQLite's writer is this transaction). A column
                 # altered since the sink checked the rows against it took 2.5 as 2, a SQLite table
                 # made again with ON CONFLICT REPLACE deleted a durable row (a review).
-                if _table_shape(conn, self.table_name, self._sqlite, self._columns or ()) != self._shape:
-                    raise _Refused(
+                if table_shape(conn, self.table_name, self._sqlite, self._columns or ()) != self._shape:
+                    raise Refused(
                         f"database sink {self.location()}: table '{self.table_name}' was changed (its columns or "
                         "its definition) since the sink checked its rows against it; nothing of this flush was "
                         "kept, and a retry checks the rows against the table as it is now"
                     )
-        except _Refused as e:
+        except Refused as e:
             raise PluginError(_NODE, str(e)) from None
         except RowsRefused:
             self._table = None  # (the writer opens the sink again, which takes the table as it is)
@@ -778,11 +710,11 @@ class DatabaseSink:
         except Exception as e:
             if unmade:  # the table was not made: the next open decides again
                 self._table = None
-            refused = self._refused_rows(rows) if _about_rows(e) else {}
+            refused = self._refused_rows(rows) if about_rows(e) else {}
             if refused:
                 raise RowsRefused(refused) from e
             raise PluginError(
-                _NODE, f"database sink {self.location()}: cannot write: {_write_failure(e, self.url)}"
+                _NODE, f"database sink {self.location()}: cannot write: {write_failure(e, self.url)}"
             ) from e
         self._committed = position
         return self._committed
@@ -813,7 +745,7 @@ class DatabaseSink:
                     if self._table is None:
                         self._create_table(conn)
                     if self._sqlite:  # (a DML statement begins the transaction, so no savepoint is the outermost)
-                        conn.exec_driver_sql(f"DELETE FROM {_TOKENS} WHERE 0 = 1")
+                        conn.exec_driver_sql(f"DELETE FROM {TOKENS} WHERE 0 = 1")
                     else:
                         conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
                     names = self._own_names(conn)
@@ -829,9 +761,9 @@ class DatabaseSink:
                                     else:  # (a row with no field: the table's defaults)
                                         conn.execute(insert)
                             except Exception as e:
-                                if not _about_rows(e):
+                                if not about_rows(e):
                                     raise
-                                why[token] = _row_refusal(e, names)
+                                why[token] = row_refusal(e, names)
                                 left.append((token, values))
                             else:
                                 why.pop(token, None)
@@ -851,7 +783,7 @@ class DatabaseSink:
 
     def _temporal_refusals(self, conn: Any, rows: list[tuple[str, Row]]) -> dict[str, str]:
         """The rows holding a text that a date or time column of the table stores as another date
-        or time (`_TEMPORAL_LOSS`), and why. Asked of the server in the flush's transaction once
+        or time (`TEMPORAL_LOSS`), and why. Asked of the server in the flush's transaction once
         its insert took the rows (so every such text reads as a date or time), in the session's
         time zone, the one the insert read them in and the server's own conversions use. A
         comparison the server cannot compute (a date at the end of its range: the casts overflow)
@@ -866,7 +798,7 @@ class DatabaseSink:
             given = [(token, row) for token, row in rows if isinstance(row.get(column), str)]
             if not given:
                 continue
-            checks = _TEMPORAL_LOSS[base]
+            checks = TEMPORAL_LOSS[base]
             tests = ", ".join(f"({sql.format(base=base, declared=declared)})" for sql, _ in checks)
             query = text(f"SELECT {tests} FROM unnest(:v) WITH ORDINALITY AS x(v, i) ORDER BY i").bindparams(
                 bindparam("v", type_=ARRAY(Text))
@@ -887,7 +819,7 @@ class DatabaseSink:
                         found.append(None)
             for (token, row), hits in zip(given, found, strict=True):
                 if hits is None:
-                    reason = _UNCHECKABLE
+                    reason = UNCHECKABLE
                 else:
                     reason = next((reason for (_, reason), hit in zip(checks, hits, strict=True) if hit), "")
                 if reason:
@@ -919,7 +851,7 @@ class DatabaseSink:
 
     def _values(self, rows: list[tuple[str, Row]]) -> list[tuple[str, dict[str, Any]]]:
         assert self._columns is not None
-        return [(token, {k: _for_column(self._columns[k][0], v) for k, v in row.items()}) for token, row in rows]
+        return [(token, {k: for_column(self._columns[k][0], v) for k, v in row.items()}) for token, row in rows]
 
     def _inserts(self, rows: list[tuple[str, Row]]) -> list[list[dict[str, Any]]]:
         """The rows' values, each as its column is given it, in runs of rows with the same fields:
@@ -957,286 +889,6 @@ def _row_digest(values: list[Any]) -> str:
     return hashlib.sha256(repr(tuple(values)).encode("utf-8", "backslashreplace")).hexdigest()
 
 
-def _write_failure(e: Exception, url: str) -> str:
-    """Why a write failed, as it is recorded. A server's message about the rows may quote one of
-    their values (`invalid input syntax for type date: "..."`), and the record outlives an
-    erasure of that row (docs/erasure.md): only a connection's failure, which is about no row,
-    keeps its message; any other keeps its class and SQLSTATE (`elspeth explain` shows the rows)."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(e, OperationalError | InterfaceError):
-        lines = str(e.orig).strip().splitlines()
-        return f"{type(e).__name__}: {scrub(lines[0], url)}" if lines else type(e).__name__
-    if isinstance(e, DBAPIError):
-        code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
-        return f"{type(e).__name__}{f' (SQLSTATE {code})' if code else ''}"
-    return recorded(e)
-
-
-# The codes of errors that may be about the values of the row inserted: every integrity
-# constraint (class 23), every data exception (22) but an exhausted sequence's (2200H, the
-# table's), a value of another type than its column's (42804), and what a trigger raises
-# (P0001). Whether they were is for `_refused_rows` to tell.
-_RAISED_BY_TRIGGERS = frozenset({"P0001", "SQLITE_CONSTRAINT_TRIGGER"})
-_TABLE_WIDE = frozenset({"2200H"})
-# PostgreSQL's program_limit_exceeded, at an insert a value's: an array's bounds beyond an integer
-# (`[1099511627776]` given to an int[] column), a row beyond a page, an index entry beyond its
-# limit. One row's, refused alone; every row's for the one reason is the table's (`_refused_rows`).
-_TOO_LARGE = "54000"
-# SQLite's constraint errors whose messages SQLite writes from the table's definition alone
-# (`UNIQUE constraint failed: t.n`). A trigger's RAISE message is the trigger's, and from SQLite
-# 3.46 on an expression may build it from the row.
-_SQLITE_OWN_MESSAGES = frozenset(
-    f"SQLITE_CONSTRAINT_{kind}" for kind in ("UNIQUE", "NOTNULL", "CHECK", "FOREIGNKEY", "PRIMARYKEY", "DATATYPE")
-)
-
-
-def _code(e: BaseException) -> str:
-    """The error's SQLSTATE (psycopg 3 and psycopg2 name it apart) or SQLite's error name; else its class."""
-    orig = getattr(e, "orig", None)
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or getattr(orig, "sqlite_errorname", None)
-    return str(code) if code else type(orig if orig is not None else e).__name__
-
-
-def _about_rows(e: BaseException) -> bool:
-    """Whether a failed insert may be about some of its rows, not the table or the connection
-    (see `_RAISED_BY_TRIGGERS`); also a value SQLAlchemy could not bind, or a character the
-    database's encoding cannot hold."""
-    from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
-
-    if isinstance(e, UnicodeEncodeError):
-        return True
-    if isinstance(e, DBAPIError):
-        code = _code(e)
-        if code in _TABLE_WIDE:
-            return False
-        return (
-            isinstance(e, IntegrityError)
-            or code[:2] in ("22", "23")
-            or code in {"42804", _TOO_LARGE, *_RAISED_BY_TRIGGERS}
-        )
-    return isinstance(e, StatementError) and isinstance(e.orig, TypeError | ValueError)
-
-
-def _row_refusal(e: BaseException, names: frozenset[str]) -> str:
-    """Why the table refused a row, as it is recorded: no value of the row (the record outlives
-    its erasure). PostgreSQL's message may quote one (a trigger's, a type's), so only its class,
-    SQLSTATE and the names of the constraint, column and table it gives, each only when it is
-    one of the table's own (`names`); of SQLite's, the messages it makes of the table's
-    definition alone (`_SQLITE_OWN_MESSAGES`), else its error name."""
-    import sqlite3
-
-    from sqlalchemy.exc import DBAPIError
-
-    if isinstance(e, UnicodeEncodeError):
-        return "a character the database's encoding cannot hold (UnicodeEncodeError)"
-    if not isinstance(e, DBAPIError):
-        orig = getattr(e, "orig", None)
-        return f"a value its column's type does not take ({type(orig if orig is not None else e).__name__})"
-    code = _code(e)
-    if isinstance(e.orig, sqlite3.Error):
-        return f"{type(e).__name__}: {str(e.orig).strip()[:300] if code in _SQLITE_OWN_MESSAGES else code}"
-    diag = getattr(e.orig, "diag", None)
-    named = [
-        f"{what} '{name}'"
-        for what in ("constraint", "column", "table")
-        if (name := getattr(diag, f"{what}_name", None)) and name in names
-    ]
-    return f"{type(e).__name__} (SQLSTATE {code}){', ' if named else ''}{', '.join(named)}"
-
-
-class _Refused(Exception):
-    """Refused before anything is changed (the transaction rolls back); the message is the line."""
-
-
-# What makes a schema an ELSPETH audit store: its `store_meta` (since migration 0005), or, in a
-# store from before it, `events` and `payloads` kept by Alembic (`alembic_version`). Tables named
-# `events` and `payloads` alone are common enough in an application's database to be its own. A
-# store from before 0005 is refused by every command until `elspeth db upgrade` anyway; this only
-# keeps a sink from writing into one that somebody has not upgraded yet.
-_STORE_MARKS = (("store_meta",), ("events", "payloads", "alembic_version"))
-
-
-def _audit_store_schema(conn: Any) -> str | None:
-    """The schema of the sink's database that holds an ELSPETH audit store, or None. Every
-    schema is asked, not only the sink's: a sink must not write into a store's database at all."""
-    from sqlalchemy import inspect
-
-    inspector = inspect(conn)
-    for schema in inspector.get_schema_names():
-        for marks in _STORE_MARKS:
-            if all(inspector.has_table(name, schema=schema) for name in marks):
-                return str(schema)
-    return None
-
-
-def _add_later_columns(conn: Any, sqlite: bool) -> None:
-    """Give an `elspeth_sink_tokens` made by an older ELSPETH the columns it lacks (NULL in its
-    rows: they were written without them)."""
-    from sqlalchemy import inspect
-
-    have = {c["name"] for c in inspect(conn).get_columns(_TOKENS)}
-    for name, kind in _LATER_COLUMNS:
-        if name in have:
-            continue
-        sql_type = "BIGINT" if kind == "int" else "TEXT"
-        # Two sinks opening at once may both find the column missing: PostgreSQL can be asked to
-        # skip it then; SQLite cannot, and tells by the second ALTER failing.
-        guard = "" if sqlite else "IF NOT EXISTS "
-        try:
-            conn.exec_driver_sql(f"ALTER TABLE {_TOKENS} ADD COLUMN {guard}{name} {sql_type}")
-        except Exception:
-            if not sqlite or name not in {c["name"] for c in inspect(conn).get_columns(_TOKENS)}:
-                raise
-
-
-def _row_locator(conn: Any, t: Any, sqlite: bool) -> tuple[str | None, str]:
-    """The column that says where each inserted row is (`INSERT ... RETURNING` it), so that a
-    resume can delete the rows a crash left after the durable position; None when the table or
-    the driver has none, with why: such rows can only be refused at a resume
-    (`DatabaseSink._roll_back`). SQLite: `rowid` (or its other names, when a column takes it),
-    not in a WITHOUT ROWID table or a view, and only from SQLite 3.35 on. PostgreSQL: `ctid`, in
-    a table, not a view, and only with SELECT on it."""
-    from sqlalchemy import text
-
-    if not conn.dialect.insert_executemany_returning:
-        return None, f"{_NO_LOCATOR} (the driver gives no INSERT ... RETURNING, as SQLite before 3.35)"
-    if sqlite:
-        found = conn.execute(
-            text("SELECT type, sql FROM sqlite_master WHERE name = :name COLLATE NOCASE"), {"name": t.name}
-        ).first()
-        if found is None or found[0] != "table":
-            return None, f"{_NO_LOCATOR} (a view)" if found is not None else _NO_LOCATOR
-        if _without_rowid(conn, t.name, found[1] or ""):
-            return None, f"{_NO_LOCATOR} (a WITHOUT ROWID table)"
-        taken = {c.name.lower() for c in t.columns}
-        name = next((name for name in ("rowid", "_rowid_", "oid") if name not in taken), None)
-        return name, f"{_NO_LOCATOR} (its columns take the names rowid, _rowid_ and oid)"
-    quoted = conn.dialect.identifier_preparer.quote(t.name)
-    kind, readable = conn.execute(
-        text("SELECT relkind, has_table_privilege(oid, 'SELECT') FROM pg_class WHERE oid = to_regclass(:name)"),
-        {"name": quoted},
-    ).one_or_none() or (None, False)
-    if kind not in ("r", "p"):
-        return None, f"{_NO_LOCATOR} (a view or a foreign table)"
-    # RETURNING ctid reads the row, which takes SELECT: a loader role granted INSERT alone would
-    # fail every flush. Its rows are written without ids; only a resume that must delete some
-    # of them is refused.
-    if not readable:
-        return None, "the sink's role has no SELECT privilege on the table to find them by"
-    return "ctid", _NO_LOCATOR
-
-
-def _table_shape(conn: Any, name: str, sqlite: bool, columns: Iterable[str]) -> object:
-    """What a table's rows are checked against, to tell whether it changed: which relation it is
-    (a table made again is another; in SQLite, whether a conflict clause replaces rows) and the
-    declared type of each of `columns`, those the rows were checked against (a column added or
-    dropped that the sink does not write changes nothing it checked: a review)."""
-    from sqlalchemy import text
-
-    known = set(columns)
-    if sqlite:
-        made = conn.execute(
-            text("SELECT type, sql FROM sqlite_master WHERE name = :name COLLATE NOCASE"), {"name": name}
-        ).first()
-        # (the plain name: given quoted, `"Orders"` named no table, and no column was compared)
-        declared = conn.execute(text("SELECT name, type FROM pragma_table_xinfo(:name)"), {"name": name}).all()
-        replaces = made is not None and isinstance(made[1], str) and bool(_REPLACES.search(made[1]))
-        return (made and made[0], replaces, sorted((c, t) for c, t in declared if c in known))
-    found = conn.execute(
-        text(
-            "SELECT c.oid::bigint, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_class c "
-            "JOIN pg_attribute a ON a.attrelid = c.oid "
-            "WHERE c.oid = to_regclass(:name) AND a.attnum > 0 AND NOT a.attisdropped"
-        ),
-        {"name": conn.dialect.identifier_preparer.quote(name)},
-    ).all()
-    return ({oid for oid, _, _ in found}, sorted((c, t) for _, c, t in found if c in known))
-
-
-def _without_rowid(conn: Any, name: str, sql: str) -> bool:
-    """Whether a SQLite table is WITHOUT ROWID: SQLite's own word from 3.37 on (`table_list`);
-    before, its SQL read (a comment between the two words hides them: `rowid` is then asked of
-    a table that has none, and every flush fails loudly, losing nothing)."""
-    from sqlalchemy import exc, text
-
-    try:
-        listed = conn.execute(text("SELECT wr FROM pragma_table_list(:name) WHERE schema = 'main'"), {"name": name})
-        row = listed.first()
-    except exc.OperationalError:  # no such table-valued function: SQLite before 3.37
-        return re.search(r"without\s+rowid", sql, re.IGNORECASE) is not None
-    return bool(row and row[0])
-
-
-def sqlite_folded(name: str) -> str:
-    """A name as SQLite compares names of tables and columns: ASCII letters without case, others as they are."""
-    return "".join(c.lower() if c.isascii() else c for c in name)
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a `sqlite:///file` URL (None for others, for an in-memory database, and for
-    one kept by a VFS that is named)."""
-    named = _sqlite_uri(url)
-    if named is None:
-        return None
-    database, parameters = named
-    for key, value in parameters:
-        # `mode=memory` (`sqlite:///file:x?mode=memory&uri=true`) and any VFS (`vfs=memdb`).
-        if key.lower() == "vfs" or (key.lower() == "mode" and value == "memory"):
-            return None
-    if not database or database == ":memory:":
-        return None
-    return Path(database)
-
-
-def _sqlite_vfs(url: str) -> str | None:
-    """The `vfs=` a SQLite URL names (`vfs=memdb`), or None."""
-    named = _sqlite_uri(url)
-    for key, value in named[1] if named is not None else ():
-        if key.lower() == "vfs":
-            return f"{key}={value}"
-    return None
-
-
-def _sqlite_uri(url: str) -> tuple[str | None, list[tuple[str, str]]] | None:
-    """A `sqlite:` URL's database name (the path of a URI filename, `file:…`) and the parameters
-    SQLite may read: those of the URL's query (SQLAlchemy hands them on with `uri=true`) and those
-    inside the URI filename (a `?` written as %3F). None for other URLs."""
-    if not url.lower().startswith("sqlite"):
-        return None
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return None
-    database = parsed.database
-    parameters = [
-        (key, value) for key, values in parsed.query.items()
-        for value in ((values,) if isinstance(values, str) else values)
-    ]  # fmt: skip
-    if database and database.startswith("file:"):  # a URI filename (`?uri=true`): its path part
-        from urllib.parse import parse_qsl, unquote, urlsplit
-
-        parts = urlsplit(database)
-        parameters += parse_qsl(parts.query, keep_blank_values=True)
-        database = unquote(parts.path)
-    return database, parameters
-
-
-def _through_a_link(conn: Any, path: Path, where: str) -> None:
-    """Refuse a SQLite file opened through a symbolic link (swapped in after the load-time
-    checks, engine/checks.py, by whoever can write its folder): SQLite names the file it opened,
-    resolved, and before anything is written here it must be the one at `path` itself."""
-    from sqlalchemy import text
-
-    opened = next((row[2] for row in conn.execute(text("PRAGMA database_list")) if row[1] == "main"), "")
-    folder = os.path.realpath(path.parent)
-    if opened and os.path.normpath(opened) != os.path.join(folder, path.name):
-        raise _Refused(f"database sink {where}: {path} is a symbolic link (to {opened}): not written through")
-
-
 class _Results:
     """The results of inserts made one at a time, read as one."""
 
@@ -1252,248 +904,3 @@ def _one_by_one(conn: Any, insert: Any, n: int) -> _Results:
     """`n` rows with no field: each an insert of the table's defaults (an empty run of values
     is no statement)."""
     return _Results([conn.execute(insert) for _ in range(n)])
-
-
-def _engine(url: str) -> Any:
-    """A SQLAlchemy engine. A plain `postgresql://` URL meant psycopg2 to SQLAlchemy before 2.1;
-    ELSPETH ships psycopg 3, so use that when psycopg2 is not installed."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed)
-
-
-def _value_kind(value: Any) -> str:
-    """The column kind a first row's value asks for (None and structures: text)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    return "text"
-
-
-def _column_kind(sql_type: Any) -> tuple[str, int, int]:
-    """What an existing SQLite column holds, as `_unfit` checks it, from its declared type: kind,
-    then a width (integer bits, a float's bits; 0: none) and a scale (none in SQLite)."""
-    from sqlalchemy import JSON
-    from sqlalchemy.types import NullType
-
-    if isinstance(sql_type, JSON):
-        return "json", 0, 0
-    # (a column declared with no type reflects as NullType: BLOB affinity, which keeps text as text)
-    other = "other" if isinstance(sql_type, NullType) or not _numeric_affinity(str(sql_type)) else "numeric affinity"
-    try:
-        python = sql_type.python_type
-    except NotImplementedError:
-        return other, 0, 0
-    if python is bool:
-        return "bool", 64, 0
-    if python is int:
-        return "int", 64, 0
-    if python is float or python is Decimal:  # (an 8-byte float however declared: a NUMERIC's value is bound as one)
-        return "float", 64, 0
-    if python is str:
-        return "text", 0, 0
-    return other, 0, 0
-
-
-# What a PostgreSQL column of each of its own types holds, as `_unfit` checks it (kind, width),
-# by the catalog's name of the type; a type not here (dates, times, uuids, arrays, enums, a
-# type of another schema) is "other" (dates and times are checked apart: `_TEMPORAL_LOSS`). An
-# oid takes integers of 0 to 2**32 - 1 (-1 given, it stores 4294967295). Widths: an integer's or a float's bits; `name` and
-# `"char"` (catalog name `char`) are text cut to so many bytes; numeric, varchar, bpchar and
-# money take theirs from the column (`_pg_column_kinds`).
-_PG_KINDS: dict[str, tuple[str, int]] = {
-    "int2": ("int", 16), "int4": ("int", 32), "int8": ("int", 64), "float4": ("real", 32), "float8": ("float", 64),
-    "bool": ("bool", 64), "text": ("text", 0), "varchar": ("text", 0), "bpchar": ("char", 0), "name": ("name", 63),
-    "char": ("name", 1), "numeric": ("number", 0), "money": ("money", 0), "json": ("json", 0), "jsonb": ("json", 0),
-    "oid": ("oid", 32),
-}  # fmt: skip
-
-
-# How a PostgreSQL date or time column stores a text as another date or time without an error, by
-# the column's type: SQL of the text `v`, true when it does, and what the refusal says
-# (`_temporal_refusals`). An offset a zoneless type drops changes the instant the text names
-# (10:00+05 stored as 10:00), unless it is the offset of the session's time zone then, which the
-# server's own conversion back gives it again; a date drops a time of day; a precision
-# (`timestamp(0)`, `interval day`) rounds or cuts. (What the text alone shows is refused at
-# `write`: `_text_loss`.)
-_PRECISION = (
-    "CAST(CAST(v AS {declared}) AS text) <> CAST(CAST(v AS {base}) AS text)",
-    "that its column ({declared}) would round or cut to its precision",
-)
-_DROPS_OFFSET = "that names an offset other than the server's time zone's, which its column ({declared}) drops"
-_TEMPORAL_LOSS: dict[str, list[tuple[str, str]]] = {
-    "timestamp": [("CAST(v AS timestamptz) <> CAST(CAST(v AS timestamp) AS timestamptz)", _DROPS_OFFSET), _PRECISION],
-    "time": [("CAST(v AS timetz) <> CAST(CAST(v AS time) AS timetz)", _DROPS_OFFSET), _PRECISION],
-    # (a date a timestamp cannot hold has its time of day told by its text: a colon between digits)
-    "date": [("CASE WHEN CAST(v AS date) BETWEEN date '4713-11-25 BC' AND date '294276-12-30' "
-              "THEN CAST(v AS timestamp) <> CAST(CAST(v AS date) AS timestamp) ELSE v ~ '[0-9]:[0-9]' END",
-              "with a time of day, which its column ({declared}) drops")],
-    "timestamptz": [_PRECISION], "timetz": [_PRECISION], "interval": [_PRECISION],
-}  # fmt: skip
-_UNCHECKABLE = (
-    "that the server cannot compare with what its column ({declared}) stores (a date or time at the end of the "
-    "range it computes)"
-)
-
-
-def _text_loss(base: str, declared: str, text: str) -> str | None:
-    """Why a PostgreSQL column of this date or time type (`_TEMPORAL_LOSS`) would store this
-    text as another value, seen in the text alone, or None: digits beyond the microseconds the
-    server rounds to, a word it reads as the time of the write (the trail keeps the word, the
-    table a time the write chose), a date a `time` column drops."""
-    for m in _SUB_SECOND.finditer(text):
-        micro = m.group(2).lower().startswith(("us", "usec", "micro"))
-        digits = m.group(1).rstrip("0")
-        if digits if micro else len(digits) > 3:
-            unit = "microsecond" if micro else "millisecond"
-            return f"with a fraction of a {unit}, which its column ({declared}) would round to microseconds"
-    if any(len(m.group(1).rstrip("0")) > 6 for m in _FRACTION.finditer(text)):
-        return f"with more than 6 decimal places, which its column ({declared}) would round to microseconds"
-    if _RELATIVE.search(text):
-        return (
-            f"that names a time relative to the write (now, today, ...), which its column ({declared}) would store "
-            "as the time of the write"
-        )
-    if base in ("time", "timetz") and _DATE_PART.search(text):
-        return f"with a date, which its column ({declared}) drops"
-    return None
-
-
-def _pg_column_kinds(conn: Any, table_name: str) -> tuple[dict[str, tuple[str, int, int]], dict[str, tuple[str, str]]]:
-    """What each column of a PostgreSQL table (or view) holds, as `_column_kind` says for SQLite,
-    from the catalog: a domain's column as the type the domain is over (a domain over a domain
-    too), with that type's length, precision and scale, which SQLAlchemy's reflection of a
-    domain loses; so is PostgreSQL's `name` (reflected as any text). And the date and time
-    columns (`_TEMPORAL_LOSS`): each with its type and its type as declared, as the server spells
-    it (`timestamp(0) without time zone`), which `_temporal_refusals` casts to."""
-    from sqlalchemy import text
-
-    quoted = conn.dialect.identifier_preparer.quote(table_name)
-    found = conn.execute(
-        text(
-            "WITH RECURSIVE typed(attname, typid, typmod) AS ("
-            " SELECT attname, atttypid, atttypmod FROM pg_attribute"
-            " WHERE attrelid = to_regclass(:t) AND attnum > 0 AND NOT attisdropped"
-            " UNION ALL SELECT typed.attname, t.typbasetype, t.typtypmod"
-            " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype = 'd')"
-            " SELECT typed.attname, CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname END,"
-            " typed.typmod, scale(CAST(1 AS money)::numeric), format_type(typed.typid, typed.typmod)"
-            " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype <> 'd'"
-        ),
-        {"t": quoted},
-    ).all()
-    kinds: dict[str, tuple[str, int, int]] = {}
-    temporal: dict[str, tuple[str, str]] = {}
-    for name, type_name, typmod, money_scale, declared in found:
-        if type_name in _TEMPORAL_LOSS:
-            temporal[name] = (type_name, declared)
-        kind, width = _PG_KINDS.get(type_name, ("other", 0))
-        scale = 0
-        if type_name in ("varchar", "bpchar") and typmod >= 4:
-            width = typmod - 4  # (the length in characters, after the header's 4 bytes)
-        elif type_name == "bpchar":
-            kind = "text"  # (bpchar without a length pads nothing)
-        elif type_name == "numeric" and typmod >= 4:
-            kind, width = "decimal", (typmod - 4) >> 16
-            scale = (((typmod - 4) & 0x7FF) ^ 1024) - 1024  # (negative from PostgreSQL 15 on: numeric(2, -3))
-        elif type_name == "money":
-            scale = money_scale  # (the digits after the point lc_monetary gives the currency)
-        kinds[name] = (kind, width, scale)
-    return kinds, temporal
-
-
-def _sqlite_numeric(text: str) -> Any:
-    """What a SQLite column of NUMERIC affinity stores of this text, asked of SQLite itself (in
-    memory, the library the sink writes with): which reals it stores as integers changed with its
-    versions (2.0**53: an integer in 3.40)."""
-    db = _numeric_affinity_probe()
-    with _PROBE_LOCK:  # (a column's affinity applies as a value is stored: CAST differs, for NaN say)
-        db.execute("INSERT INTO held VALUES (?)", (text,))
-        try:
-            return db.execute("SELECT v FROM held").fetchone()[0]
-        finally:
-            db.execute("DELETE FROM held")
-
-
-_PROBE_LOCK = threading.Lock()
-
-
-@functools.cache
-def _numeric_affinity_probe() -> Any:
-    """One in-memory SQLite for `_sqlite_numeric` (a connection per value checked cost more than
-    the check), with its one NUMERIC column."""
-    import sqlite3
-
-    db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-    db.execute("CREATE TABLE held (v NUMERIC)")
-    return db
-
-
-def _undomained(sql_type: Any) -> Any:
-    """The type a PostgreSQL domain is over, however deep (other types as they are)."""
-    from sqlalchemy.dialects.postgresql import DOMAIN
-
-    while isinstance(sql_type, DOMAIN):
-        sql_type = sql_type.data_type
-    return sql_type
-
-
-def _numeric_affinity(declared: str) -> bool:
-    """Whether SQLite gives a column declared so NUMERIC affinity (its rules, in their order: INT,
-    then CHAR, CLOB or TEXT, then BLOB or nothing, then REAL, FLOA or DOUB; else NUMERIC). Such a
-    column stores text that reads as a number as that number: DATE and DATETIME are NUMERIC."""
-    name = declared.upper()
-    if "INT" in name or any(t in name for t in ("CHAR", "CLOB", "TEXT")) or "BLOB" in name or not name.strip():
-        return False
-    return not any(t in name for t in ("REAL", "FLOA", "DOUB"))
-
-
-def _exactly_held(kind: str, width: int, scale: int, value: Any) -> str | None:
-    """Why a column of this kind would store another value than `value`, as `_for_column` gives
-    it, without an error (a float rounded, a decimal rounded, -0.0 made 0, a string padded or
-    cut), or None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if kind in ("float", "real") and isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None  # NaN and the infinities are checked by kind (SQLite stores NaN as NULL)
-        try:
-            stored = float(value) if kind == "float" else struct.unpack("f", struct.pack("f", float(value)))[0]
-        except OverflowError:
-            stored = math.inf
-        if stored != value:
-            return f"would round ({'a 4-byte' if kind == 'real' else 'an 8-byte'} float)"
-    elif kind in _EXACT_NUMBERS and isinstance(value, int | Decimal):
-        exact = Decimal(value)
-        held = "money" if kind == "money" else f"numeric({width}, {scale})"
-        if exact.is_zero() and exact.is_signed():
-            return f"would store as 0 ({'money' if kind == 'money' else 'numeric'} has no -0)"
-        if kind == "number" or (exact.is_nan() and kind == "decimal"):
-            return None  # (every number exactly, NaN, and from PostgreSQL 14 on the infinities)
-        if not exact.is_finite():
-            return f"cannot hold ({held})"
-        with localcontext() as ctx:
-            # (digits enough for the value's whole part too: 1e300 quantized with fewer failed, uncaught)
-            ctx.prec = max(len(exact.as_tuple().digits), exact.adjusted() + 1) + max(scale, 0) + 2
-            if exact.quantize(Decimal(1).scaleb(-scale)) != exact:
-                return f"would round to {scale} decimal place(s) ({held})"
-        whole = len(str(abs(int(exact)))) if int(exact) != 0 else 0
-        if width and whole > width - scale:
-            return f"cannot hold ({held})"
-    elif kind == "char" and isinstance(value, str) and len(value) != width:
-        return f"would pad or cut to {width} character(s) (char({width}))"
-    elif kind == "text" and width and isinstance(value, str) and len(value) > width:
-        return f"would cut or refuse beyond {width} character(s)"
-    elif kind == "name" and isinstance(value, str) and len(value.encode()) > width:
-        return f"would cut beyond {width} byte(s)"  # (UTF-8's: a database in another encoding may take more)
-    return None
