@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
 import engine.plugins.sinks
+from engine.plugins.db_columns import text_loss
 from engine.plugins.protocol import PluginConfigError, PluginError, RowError, RowsRefused
 from engine.plugins.registry import build_plugin
 from landscape import faults
@@ -1676,6 +1677,26 @@ def test_database_sink_refuses_a_date_or_time_its_postgresql_column_would_store_
         (2, "2024-01-01 10:00:00.123456", None, "100000-01-01", "00:00:00", None, None),
         (3, "infinity", "1970-01-01 00:00:00", "-infinity", None, None, None),
     ]
+
+
+@pytest.mark.parametrize(
+    ("base", "text", "lost"),
+    [
+        ("time", "2024-06-01 10:00", "with a date"), ("time", "6/1/2024 10:00", "with a date"),
+        ("time", "01.06.2024 10:00", "with a date"), ("timetz", "20240601T100000+02", "with a date"),
+        ("time", "June 1 10:00", "with a date"), ("time", "J2460463 10:00", "with a date"),
+        ("interval", "0.5 microseconds", "a fraction of a microsecond"), ("time", "100000.1234567", "6 decimal places"),
+        ("date", "yesterday", "relative to the write"), ("timestamp", "NOW", "relative to the write"),
+        # not refused: a time with an offset, a zone's name, digits a time has (false refusals a review found)
+        ("time", "04:05:06.789-8", None), ("time", "10:00 MART", None), ("time", "10:00:00 America/Martinique", None),
+        ("time", "040506.1234560", None), ("time", "10:00 am", None), ("interval", "1 day 02:03:04.5", None),
+        ("interval", "1.5 hours", None), ("interval", "0.5 ms", None), ("timestamp", "2024-01-01 10:00:00 Europe/London", None),
+        ("date", "Mar 3 2024", None), ("timestamp", "1999-01-08 04:05:06.789 +3", None),
+    ],
+)  # fmt: skip
+def test_what_a_date_or_time_text_alone_shows_its_column_would_change(base: str, text: str, lost: str | None) -> None:
+    found = text_loss(base, base, text)
+    assert (found is None) if lost is None else (found is not None and lost in found), found
 
 
 def test_a_value_beyond_a_postgresql_limit_refuses_its_row_not_the_flush(db_url: str) -> None:

@@ -26,8 +26,12 @@ _SUB_SECOND = re.compile(
     re.ASCII | re.IGNORECASE,
 )
 _RELATIVE = re.compile(r"\b(now|today|tomorrow|yesterday)\b", re.ASCII | re.IGNORECASE)
+# A date in a text (`2024-06-01`, `6/1/2024`, `01.06.2024`, `20240601`, `June 1`, `J2460463`), not
+# the digits of a time with an offset (`04:05:06.789-8`) or a zone's name (`MART`, `America/Martinique`).
 _DATE_PART = re.compile(
-    r"\d\s*[-/.]\s*\d+\s*[-/.]\s*\d|\d{7,}|\bj\d|\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b",
+    r"\b\d{1,4}([-/])\d{1,2}\1\d{1,4}\b|\b\d{1,2}\.\d{1,2}\.\d{4}\b|(?<![.\d])\d{8}(?!\d)|\bj\d"
+    r"|\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|march|april|june|july|august"
+    r"|september|october|november|december)\b",
     re.ASCII | re.IGNORECASE,
 )
 
