@@ -871,6 +871,59 @@ def test_a_sqlite_table_whose_first_column_is_real_is_rolled_back(tmp_path: Path
     assert _select(url, "SELECT id FROM t ORDER BY id") == [(1,), (20,)]
 
 
+def test_a_sqlite_roll_back_holds_the_file_from_its_first_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pysqlite begins a transaction only at a first DML statement: the roll back's checks ran
+    outside one, and a VACUUM by another process between them and the DELETE made it delete
+    another run's durable row (a review). The open holds the write lock from before its reads."""
+    from engine.plugins.database_sink import DatabaseSink
+
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    options = {"url": url, "table": "t", "schema": _SCHEMA}
+    other = build_plugin("sink", "database", options)
+    assert _flushes(other, "run-0", None, [("u1", 101)]) == [1]
+    other.close()
+    crashed = build_plugin("sink", "database", options)
+    assert _flushes(crashed, "run-1", None, [("t1", 1)], [("t2", 2)]) == [1, 2]
+    crashed.release()
+    other = build_plugin("sink", "database", options)
+    assert _flushes(other, "run-0", 1, [("u2", 102)]) == [2]
+    other.close()
+    read = DatabaseSink._row_digests
+    tried: list[str] = []
+
+    def with_another_writer(self: Any, conn: Any, locators: list[str]) -> dict[str, str]:
+        found = read(self, conn, locators)
+        try:
+            with sqlite3.connect(tmp_path / "out.db", isolation_level=None, timeout=0) as maintenance:
+                maintenance.execute("DELETE FROM t WHERE id = 101")
+                maintenance.execute("VACUUM")
+            tried.append("written")
+        except sqlite3.OperationalError as e:
+            tried.append(str(e))
+        return found
+
+    monkeypatch.setattr(DatabaseSink, "_row_digests", with_another_writer)
+    build_plugin("sink", "database", options).open("run-1", 1)
+    assert tried == ["database is locked"]
+    assert _select(url, "SELECT id FROM t ORDER BY id") == [(1,), (101,), (102,)]
+
+
+def test_a_sqlite_date_column_holding_text_that_is_not_iso_is_written(tmp_path: Path) -> None:
+    """The flush's read back (for the rows' digests) went through SQLAlchemy's DATE and TIME
+    conversions, which failed on `01/02/2024` and `10:00 am`, and so did every flush (a review):
+    the rows are read as SQLite holds them."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    _execute(url, "CREATE TABLE d (id INTEGER, day DATE, at DATETIME, t TIME)")
+    s = build_plugin("sink", "database", {"url": url, "table": "d", "if_exists": "append"})
+    s.open("run", None)
+    s.write("t1", {"id": 1, "day": "01/02/2024", "at": "yesterday noon", "t": "10:00 am"})
+    assert s.flush() == 1
+    s.close()
+    assert _select(url, "SELECT id, CAST(day AS TEXT), CAST(at AS TEXT), CAST(t AS TEXT) FROM d") == [
+        (1, "01/02/2024", "yesterday noon", "10:00 am")
+    ]
+
+
 def test_a_sqlite_trigger_deleting_a_row_after_its_insert_fails_the_flush(tmp_path: Path) -> None:
     """RETURNING counts the rows inserted, also one an AFTER trigger deletes at once: the trail
     would say it was written. The rows are read back (for their digests), and a flush whose rows
@@ -1687,6 +1740,11 @@ def test_database_sink_refuses_a_date_or_time_its_postgresql_column_would_store_
         ("time", "June 1 10:00", "with a date"), ("time", "J2460463 10:00", "with a date"),
         ("interval", "0.5 microseconds", "a fraction of a microsecond"), ("time", "100000.1234567", "6 decimal places"),
         ("date", "yesterday", "relative to the write"), ("timestamp", "NOW", "relative to the write"),
+        # (a second review) fractions of years an interval rounds to months; dotted and ordinal dates
+        ("interval", "1.01 years", "not whole months"), ("interval", "P0.1Y", "not whole months"),
+        ("time", "2024.06.01 10:00", "with a date"), ("time", "1.6.24 10:00", "with a date"),
+        ("time", "2024-153 10:00", "with a date"), ("interval", "1.5 years", None), ("interval", "0.25 years", None),
+        ("time", "10:00:00.5 US/Eastern", None),
         # not refused: a time with an offset, a zone's name, digits a time has (false refusals a review found)
         ("time", "04:05:06.789-8", None), ("time", "10:00 MART", None), ("time", "10:00:00 America/Martinique", None),
         ("time", "040506.1234560", None), ("time", "10:00 am", None), ("interval", "1 day 02:03:04.5", None),
@@ -1712,7 +1770,8 @@ def test_a_value_beyond_a_postgresql_limit_refuses_its_row_not_the_flush(db_url:
     s.write("good", {"id": 2, "a": None})
     with pytest.raises(RowsRefused) as refused:
         s.flush()
-    assert list(refused.value.reasons) == ["bad"] and "SQLSTATE 54000" in refused.value.reasons["bad"]
+    # (54000 on PostgreSQL 18; 15 says 2202E, upper bound below lower, a data exception as ever)
+    assert list(refused.value.reasons) == ["bad"] and "the table refused it" in refused.value.reasons["bad"]
     s.open("run", None)
     s.write("good", {"id": 2, "a": None})
     s.flush()

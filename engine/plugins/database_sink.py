@@ -75,8 +75,9 @@ _SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
 # Why a flush that recorded no row ids did so, as far as a later session can tell: the table gave
 # row ids then only if RETURNING gave one per row, and the role's privileges may have changed since.
 _NOT_AS_WRITTEN = (
-    "their rows were changed or deleted since (or the table was rebuilt: SQLite's VACUUM renumbers the rows of a "
-    "table without an INTEGER PRIMARY KEY, and where their flush recorded them may now be rows of other runs)"
+    "their rows were changed or deleted since (or a column added or dropped, or the table rebuilt: SQLite's VACUUM "
+    "renumbers the rows of a table without an INTEGER PRIMARY KEY, and where their flush recorded them may now be "
+    "rows of other runs)"
 )
 _NONE_RECORDED = (
     "their flush recorded no row ids to find them by (the insert returned fewer rows than it inserted, as a "
@@ -192,6 +193,12 @@ class DatabaseSink:
                 )  # fmt: skip
                 meta.create_all(conn)
                 add_later_columns(conn, self._sqlite)
+                if self._sqlite:
+                    # The write transaction from here (pysqlite begins one only at a first DML
+                    # statement): the roll back's checks and its deletes, and the count after,
+                    # see one state of the file, which no other writer (a VACUUM) changes
+                    # between them (a review).
+                    conn.exec_driver_sql(f"DELETE FROM {TOKENS} WHERE 0 = 1")
                 mine = (tokens.c.run_id == run_id) & self._this_table()
                 exists = inspect(conn).has_table(self.table_name)
                 if position is None and self.if_exists == "replace" and exists:
@@ -251,7 +258,7 @@ class DatabaseSink:
         commit of the events recording it. The run writes them again, maybe otherwise (a batch
         closed by a timeout holds other rows the second time), and the table must hold what the
         trail says. In the caller's transaction: a crash midway leaves everything as it was."""
-        from sqlalchemy import func, literal_column, select
+        from sqlalchemy import Integer, cast, func, literal_column, select
 
         t = self._tokens
         mine = (t.c.run_id == self.run_id) & self._this_table()
@@ -264,13 +271,15 @@ class DatabaseSink:
         if self._table is not None and self._sqlite:
             # A rowid another run recorded after this run did is that run's row now (the table
             # emptied or made again meanwhile); one recorded before is a leftover of the past.
+            # (Compared as integers: an older ELSPETH recorded some as '1.0', see `_rowid`.)
             o, theirs = self._others_entries()
-            recorded = dict(conn.execute(select(t.c.row_locator, func.max(literal_column("rowid"))).where(beyond)
-                                         .group_by(t.c.row_locator)).all())  # fmt: skip
-            later = select(o.c.run_id, o.c.row_locator, literal_column("others.rowid")).where(
-                theirs, o.c.row_locator.in_(select(t.c.row_locator).where(beyond))
+            at, their_at = cast(t.c.row_locator, Integer), cast(o.c.row_locator, Integer)
+            recorded = dict(conn.execute(select(at, func.max(literal_column("rowid"))).where(beyond)
+                                         .group_by(at)).all())  # fmt: skip
+            later = select(o.c.run_id, their_at, literal_column("others.rowid")).where(
+                theirs, their_at.in_(select(at).where(beyond))
             )
-            runs = sorted({run for run, at, entry in conn.execute(later) if entry > recorded[at]})
+            runs = sorted({run for run, where, entry in conn.execute(later) if entry > recorded[where]})
             if runs:
                 why = (f"the bookkeeping of run(s) {', '.join(runs[:3])} says rows there are theirs (the table was "
                        "emptied or made again since, and their rows took those rowids)")  # fmt: skip
@@ -335,7 +344,7 @@ class DatabaseSink:
         entries = (self._this_table(), t.c.row_locator.is_not(None))
         if self._sqlite:
             entry: Any = literal_column("rowid")  # (the bookkeeping's own: later entries have larger ones)
-            latest = select(func.max(entry)).where(*entries).group_by(t.c.row_locator)
+            latest = select(func.max(entry)).where(*entries).group_by(cast(t.c.row_locator, Integer))
             ours = select(cast(t.c.row_locator, Integer)).where(mine, entry.in_(latest))
             anyones = select(cast(t.c.row_locator, Integer)).where(*entries)
             where = or_(literal_column(self._locator).in_(ours), literal_column(self._locator).not_in(anyones))
@@ -366,13 +375,14 @@ class DatabaseSink:
         """The rows of a SQLite table at these rowids, each as a digest of its columns' values as
         the table holds them (read back: RETURNING shows 5 where a REAL column stores 5.0, and
         not what an AFTER trigger made of the row), by rowid; a rowid holding no row is absent."""
-        from sqlalchemy import literal_column, select
-
-        column: Any = literal_column(self._locator or "rowid")
+        # As SQLite gives them, every column the table has now: not through SQLAlchemy's types,
+        # whose DATE conversion failed on text that is not ISO, and so every flush (a review).
+        column = self._locator or "rowid"
+        table = conn.dialect.identifier_preparer.quote(self.table_name)
         found: dict[str, str] = {}
         for i in range(0, len(locators), _IN_CHUNK):
-            chunk = [_rowid(x) for x in locators[i : i + _IN_CHUNK]]
-            for at, *values in conn.execute(select(column, *self._table.columns).where(column.in_(chunk))):
+            chunk = ", ".join(str(_rowid(x)) for x in locators[i : i + _IN_CHUNK])  # (integers)
+            for at, *values in conn.exec_driver_sql(f"SELECT {column}, * FROM {table} WHERE {column} IN ({chunk})"):
                 found[str(at)] = _row_digest(values)
         return found
 
@@ -639,7 +649,9 @@ class DatabaseSink:
                 if self._locator is not None:
                     if not self._sqlite:
                         xid = conn.execute(text("SELECT txid_current() % 4294967296")).scalar_one()
-                    insert = insert.returning(literal_column(self._locator))
+                    # (SQLite: `rowid + 0`, an integer; the bare rowid comes back as a real when the
+                    # first column has REAL affinity, rounded beyond 2**53)
+                    insert = insert.returning(literal_column(f"{self._locator} + 0" if self._sqlite else self._locator))
                 returned: list[str] = []  # in no particular order: a flush is only ever deleted whole
                 counted = 0
                 for values in self._inserts(rows):

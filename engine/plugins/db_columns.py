@@ -22,14 +22,22 @@ EXACT_NUMBERS = ("number", "decimal", "money")
 # millisecond or a microsecond, a word for a time relative to the write, a date given to a time.
 _FRACTION = re.compile(r"[.,](\d+)", re.ASCII)
 _SUB_SECOND = re.compile(
-    r"\d*[.,](\d+)\s*(ms|msecs?|millisecs?|milliseconds?|us|usecs?|microsecs?|microseconds?)\b",
+    r"\d*[.,](\d+)\s*(ms|msecs?|millisecs?|milliseconds?|us|usecs?|microsecs?|microseconds?)\b(?!/)",
     re.ASCII | re.IGNORECASE,
 )
+# A fraction of a year, a decade, a century or a millennium, which an interval keeps to whole months
+# (`1.01 years` stored as 1 year, ISO 8601's `P0.1Y` as 1 month).
+_YEARS = re.compile(
+    r"(\d*[.,]\d+)\s*(y|yrs?|years?|decades?|centur(?:y|ies)|millenni(?:um|a)|mils?)\b(?!/)", re.ASCII | re.IGNORECASE
+)
+_MONTHS_IN = {"y": 12, "yr": 12, "yrs": 12, "year": 12, "years": 12, "decade": 120, "decades": 120,
+              "century": 1200, "centuries": 1200, "millennium": 12000, "millennia": 12000, "mil": 12000, "mils": 12000}  # fmt: skip
 _RELATIVE = re.compile(r"\b(now|today|tomorrow|yesterday)\b", re.ASCII | re.IGNORECASE)
-# A date in a text (`2024-06-01`, `6/1/2024`, `01.06.2024`, `20240601`, `June 1`, `J2460463`), not
+# A date in a text (`2024-06-01`, `6/1/2024`, `2024.06.01`, `1.6.24`, `2024-153`, `20240601`, `June 1`,
+# `J2460463`), not
 # the digits of a time with an offset (`04:05:06.789-8`) or a zone's name (`MART`, `America/Martinique`).
 _DATE_PART = re.compile(
-    r"\b\d{1,4}([-/])\d{1,2}\1\d{1,4}\b|\b\d{1,2}\.\d{1,2}\.\d{4}\b|(?<![.\d])\d{8}(?!\d)|\bj\d"
+    r"\b\d{1,4}([-/.])\d{1,2}\1\d{1,4}\b|\b\d{4}-\d{3}\b|(?<![.\d])\d{8}(?!\d)|\bj\d"
     r"|\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|march|april|june|july|august"
     r"|september|october|november|december)\b",
     re.ASCII | re.IGNORECASE,
@@ -143,6 +151,11 @@ def text_loss(base: str, declared: str, text: str) -> str | None:
     text as another value, seen in the text alone, or None: digits beyond the microseconds the
     server rounds to, a word it reads as the time of the write (the trail keeps the word, the
     table a time the write chose), a date a `time` column drops."""
+    if base == "interval":
+        for m in _YEARS.finditer(text):
+            months = Decimal(m.group(1).replace(",", ".")) * _MONTHS_IN[m.group(2).lower()]
+            if months != months.to_integral_value():
+                return f"with a fraction of a year that is not whole months, which its column ({declared}) rounds"
     for m in _SUB_SECOND.finditer(text):
         micro = m.group(2).lower().startswith(("us", "usec", "micro"))
         digits = m.group(1).rstrip("0")
