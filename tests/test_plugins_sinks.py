@@ -924,6 +924,26 @@ def test_a_sqlite_date_column_holding_text_that_is_not_iso_is_written(tmp_path: 
     ]
 
 
+def test_an_older_rowid_spelled_as_a_real_is_still_another_runs_row(tmp_path: Path) -> None:
+    """An entry an older ELSPETH recorded as '1.0' (no digest) is rowid 1, and so is another run's
+    '1' recorded after the table was emptied: that row is the other run's, and the resume is
+    refused (compared as text, the two differed and the other run's row was deleted: a review)."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    options = {"url": url, "table": "t", "schema": _SCHEMA}
+    crashed = build_plugin("sink", "database", options)
+    assert _flushes(crashed, "run-1", None, [("t1", 1)]) == [1]
+    crashed.release()  # died before the log recorded the flush
+    _execute(url, "UPDATE elspeth_sink_tokens SET row_locator = '1.0', row_digest = NULL")
+    _execute(url, "DELETE FROM t")  # emptied by hand
+    other = build_plugin("sink", "database", options)
+    assert _flushes(other, "run-0", None, [("u1", 101)]) == [1]
+    other.close()
+    assert _select(url, "SELECT rowid, id FROM t") == [(1, 101)]
+    with pytest.raises(PluginError, match=r"the bookkeeping of run\(s\) run-0 says rows there are theirs"):
+        build_plugin("sink", "database", options).open("run-1", 0)
+    assert _select(url, "SELECT id FROM t") == [(101,)]
+
+
 def test_a_sqlite_trigger_deleting_a_row_after_its_insert_fails_the_flush(tmp_path: Path) -> None:
     """RETURNING counts the rows inserted, also one an AFTER trigger deletes at once: the trail
     would say it was written. The rows are read back (for their digests), and a flush whose rows
