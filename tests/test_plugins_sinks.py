@@ -944,6 +944,22 @@ def test_an_older_rowid_spelled_as_a_real_is_still_another_runs_row(tmp_path: Pa
     assert _select(url, "SELECT id FROM t") == [(101,)]
 
 
+def test_a_sqlite_rowid_beyond_a_floats_precision_is_recorded_exactly(tmp_path: Path) -> None:
+    """With a REAL first column SQLite's RETURNING gives the rowid as a real: 2**60 + 1 came back
+    as 2**60, the rowid of another row, whose digest was then recorded and which a roll back would
+    have deleted (a review). `rowid + 0` is the integer."""
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    _execute(url, "CREATE TABLE t (score REAL, id INTEGER, name TEXT, ok BOOLEAN, extra TEXT)")
+    _execute(url, "INSERT INTO t (rowid, score, id) VALUES (1152921504606846976, 0, 0)")  # 2**60, not the run's
+    options = {"url": url, "table": "t", "schema": _SCHEMA, "if_exists": "append"}
+    crashed = build_plugin("sink", "database", options)
+    assert _flushes(crashed, "run-1", None, [("t1", 1)]) == [1]
+    crashed.release()
+    assert _select(url, "SELECT row_locator FROM elspeth_sink_tokens") == [(str(2**60 + 1),)]
+    build_plugin("sink", "database", options).open("run-1", 0)  # (the roll back deletes the run's row only)
+    assert _select(url, "SELECT rowid, id FROM t") == [(2**60, 0)]
+
+
 def test_a_sqlite_trigger_deleting_a_row_after_its_insert_fails_the_flush(tmp_path: Path) -> None:
     """RETURNING counts the rows inserted, also one an AFTER trigger deletes at once: the trail
     would say it was written. The rows are read back (for their digests), and a flush whose rows
