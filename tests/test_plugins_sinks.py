@@ -4,6 +4,7 @@ idempotence (on SQLite and on the test PostgreSQL)."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import json
 import math
@@ -1791,6 +1792,42 @@ def test_database_sink_refuses_a_date_or_time_its_postgresql_column_would_store_
 def test_what_a_date_or_time_text_alone_shows_its_column_would_change(base: str, text: str, lost: str | None) -> None:
     found = text_loss(base, base, text)
     assert (found is None) if lost is None else (found is not None and lost in found), found
+
+
+def test_a_plugins_date_or_time_object_is_checked_as_its_iso_text(db_url: str) -> None:
+    """A plugin's datetime, date or time went to psycopg typed, past every check: an aware time
+    lost its offset in a `time` column, a datetime its time of day in a `date`, `timestamp(0)`
+    rounded its microseconds (a review). Each is judged as its ISO text, as a text would be."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite keeps a date or time as the text, number or real given")
+    _execute(db_url, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', current_database(), "
+                     "'UTC'); END $$")  # fmt: skip
+    _execute(db_url, "CREATE TABLE objs (id int, t time, d date, ts0 timestamp(0), ts timestamp)")
+    s = sink("database", url=db_url, table="objs", if_exists="append")
+    s.open("run", None)
+    plus5 = dt.timezone(dt.timedelta(hours=5))
+    lossy = {
+        "t": dt.time(10, 0, tzinfo=plus5),
+        "d": dt.datetime(2024, 1, 1, 10, 0),
+        "ts0": dt.datetime(2024, 1, 1, 10, 0, 0, 600000),
+    }
+    for field, value in lossy.items():
+        s.write(f"bad-{field}", {"id": 0, field: value})
+    s.write(
+        "ok", {"id": 1, "t": dt.time(10, 0), "d": dt.date(2024, 1, 1), "ts": dt.datetime(2024, 1, 1, 10, 0, 0, 123456)}
+    )
+    with pytest.raises(RowsRefused) as refused:
+        s.flush()
+    assert sorted(refused.value.reasons) == ["bad-d", "bad-t", "bad-ts0"]
+    s.open("run", None)
+    s.write(
+        "ok", {"id": 1, "t": dt.time(10, 0), "d": dt.date(2024, 1, 1), "ts": dt.datetime(2024, 1, 1, 10, 0, 0, 123456)}
+    )
+    s.flush()
+    s.close()
+    assert _select(db_url, "SELECT t::text, d::text, ts::text FROM objs") == [
+        ("10:00:00", "2024-01-01", "2024-01-01 10:00:00.123456")
+    ]
 
 
 def test_a_value_beyond_a_postgresql_limit_refuses_its_row_not_the_flush(db_url: str) -> None:

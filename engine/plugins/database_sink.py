@@ -23,6 +23,7 @@ bookkeeping table (`db_catalog`), and what a failed write records (`db_errors`).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
@@ -557,6 +558,7 @@ class DatabaseSink:
             return f"{field} has no column (the table has {len(self._columns)})"
         if value is None:
             return None
+        value = self._as_given(name, value)
         kind, bits, scale = self._columns[name]
         found = described(value)
         given = for_column(kind, value)
@@ -807,7 +809,10 @@ class DatabaseSink:
         named = self.schema.field_names or []
         why: dict[str, list[str]] = {}
         for column, (base, declared) in self._temporal.items():
-            given = [(token, row) for token, row in rows if isinstance(row.get(column), str)]
+            given = [
+                (token, {**row, column: spelled}) for token, row in rows
+                if isinstance(spelled := self._as_given(column, row.get(column)), str)
+            ]  # fmt: skip
             if not given:
                 continue
             checks = TEMPORAL_LOSS[base]
@@ -863,7 +868,18 @@ class DatabaseSink:
 
     def _values(self, rows: list[tuple[str, Row]]) -> list[tuple[str, dict[str, Any]]]:
         assert self._columns is not None
-        return [(token, {k: for_column(self._columns[k][0], v) for k, v in row.items()}) for token, row in rows]
+        columns = self._columns
+        return [
+            (token, {k: for_column(columns[k][0], self._as_given(k, v)) for k, v in row.items()}) for token, row in rows
+        ]
+
+    def _as_given(self, name: str, value: Any) -> Any:
+        """A plugin's date, time or datetime for a PostgreSQL date or time column as its ISO text,
+        which the checks judge as any text: psycopg sent it typed, and the server dropped an aware
+        time's offset, a datetime's time of day in a date, rounded to a precision (a review)."""
+        if name in self._temporal and isinstance(value, datetime.date | datetime.time):
+            return value.isoformat()
+        return value
 
     def _inserts(self, rows: list[tuple[str, Row]]) -> list[list[dict[str, Any]]]:
         """The rows' values, each as its column is given it, in runs of rows with the same fields:
