@@ -450,3 +450,17 @@ def test_no_descriptor_left_for_a_pipe_leaves_the_half_to_one_pass(monkeypatch: 
         assert list(chain.tap([], ReadDigest())) == []
         assert chain.result() is None
     assert calls == [2] and sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_chain_hash_is_the_documented_formula() -> None:
+    """docs/verification.md: hash = SHA-256(prev_hash ‖ len(header) as 4 bytes big-endian ‖ header
+    ‖ payload_hash), the header the unit-separated columns. Spelled out here apart from the code,
+    and pinned: the writer and the verifiers share `event_hash`, so only this tells a change of
+    the format (an auditor's own verifier follows the documentation)."""
+    prev, payload_hash = bytes(range(32)), hashlib.sha256(b'{"type":"RunStarted"}').digest()
+    header = b"run-x\x1f7\x1frun\x1frun-x\x1fRunStarted\x1f1\x1f1700000000000000"
+    expected = hashlib.sha256(prev + len(header).to_bytes(4, "big") + header + payload_hash).digest()
+    assert expected.hex() == "6aa573daa9804ed199d9beeb5779ccb4bf802c8a97bfa87cec089bf39f977261"
+    assert (
+        event_hash(prev, "run-x", 7, "run", "run-x", "RunStarted", 1, 1_700_000_000_000_000, payload_hash) == expected
+    )
