@@ -801,8 +801,9 @@ class DatabaseSink:
         its insert took the rows (so every such text reads as a date or time), in the session's
         time zone, the one the insert read them in and the server's own conversions use. A
         comparison the server cannot compute (a date at the end of its range: the casts overflow)
-        would fail the statement: each value is then asked alone, and one it cannot compute is
-        refused, not written unchecked (a review saw one such row fail its whole flush)."""
+        would fail the statement: the values are then asked again in halves (`asked`), and one
+        it cannot compute is refused, not written unchecked (a review saw one such row fail its
+        whole flush)."""
         from sqlalchemy import ARRAY, Text, bindparam, text
         from sqlalchemy.exc import DBAPIError
 
