@@ -34,8 +34,8 @@ _MONTHS_IN = {"y": 12, "yr": 12, "yrs": 12, "year": 12, "years": 12, "decade": 1
               "century": 1200, "centuries": 1200, "millennium": 12000, "millennia": 12000, "mil": 12000, "mils": 12000}  # fmt: skip
 _RELATIVE = re.compile(r"\b(now|today|tomorrow|yesterday)\b", re.ASCII | re.IGNORECASE)
 # A date in a text (`2024-06-01`, `6/1/2024`, `2024.06.01`, `1.6.24`, `2024-153`, `20240601`, `June 1`,
-# `J2460463`), not
-# the digits of a time with an offset (`04:05:06.789-8`) or a zone's name (`MART`, `America/Martinique`).
+# `J2460463`), not the digits of a time with an offset (`04:05:06.789-8`) or a zone's name (`MART`,
+# `America/Martinique`).
 _DATE_PART = re.compile(
     r"\b\d{1,4}([-/.])\d{1,2}\1\d{1,4}\b|\b\d{4}-\d{3}\b|(?<![.\d])\d{8}(?!\d)|\bj\d"
     r"|\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|march|april|june|july|august"
