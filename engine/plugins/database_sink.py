@@ -659,9 +659,7 @@ class DatabaseSink:
                 for values in self._inserts(rows):
                     result = conn.execute(insert, values) if values[0] else _one_by_one(conn, insert, len(values))
                     if self._locator is not None:
-                        # (SQLite's RETURNING gives the rowid as a real, 1.0, when the table's first
-                        # column has REAL affinity: the rowid is the integer)
-                        returned += [str(int(found)) if self._sqlite else str(found) for found in result.scalars()]
+                        returned += [str(found) for found in result.scalars()]
                     elif self._counts_rows:
                         counted += result.rowcount
                 # What the table took: the rows RETURNING gave; in a SQLite table without row ids

@@ -15,6 +15,8 @@ import threading
 from decimal import Decimal, localcontext
 from typing import Any
 
+from engine.plugins.schema import value_type
+
 # The kinds of PostgreSQL's exact numbers (`pg_column_kinds`): numeric, numeric(p, s), money.
 EXACT_NUMBERS = ("number", "decimal", "money")
 # What a PostgreSQL date or time column would store otherwise, seen in a text alone (`text_loss`):
@@ -70,14 +72,10 @@ def for_column(kind: str, value: Any) -> Any:
 
 
 def new_column_kind(value: Any) -> str:
-    """The column kind a first row's value asks for (None and structures: text)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    return "text"
+    """The column kind a first row's value asks for, by its type as the type lock names it
+    (`value_type`): bool, int, float; anything else (None, text, structures) text."""
+    kind = value_type(value)
+    return kind if kind in ("bool", "int", "float") else "text"
 
 
 def column_kind(sql_type: Any) -> tuple[str, int, int]:
