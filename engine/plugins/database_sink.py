@@ -154,6 +154,9 @@ class DatabaseSink:
         from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, inspect, select
 
         self.release()
+        # A reopen by the process that wrote the run's rows since it opened (after a failed
+        # write): its flushes read them back, and the rows are not all read again at each.
+        reopened = self.run_id == run_id
         self.run_id = run_id
         self._buffer = []
         self._table = None
@@ -218,7 +221,7 @@ class DatabaseSink:
                 self._committed = conn.execute(select(func.count()).select_from(tokens).where(mine)).scalar_one()
                 in_table = 0
                 if position and exists:
-                    in_table = self._rows_still_there(conn, position)
+                    in_table = self._rows_still_there(conn, position, reopened)
                 if position is not None and self._committed > position:
                     # Left after the roll back: rows without a position, which only an ELSPETH
                     # from before positions were recorded wrote; which came after the durable
@@ -310,14 +313,14 @@ class DatabaseSink:
         faults.reached("sink_rollback")
         conn.execute(t.delete().where(beyond))
 
-    def _rows_still_there(self, conn: Any, position: int) -> int:
+    def _rows_still_there(self, conn: Any, position: int, reopened: bool) -> int:
         """How many of the rows the run made durable (up to `position`) the table may still hold.
         The whole table's count let another run's rows appended since hide the deletion of this
         run's (a review): the rows are found where the flushes recorded them. A row counts when it
         is one the run wrote (PostgreSQL: it holds the id of one of its flushes' transactions, xmin;
-        SQLite: its rowid, last recorded by this run), or when no run's flush wrote it as it is now
-        (updated since, say by a consumer marking it read, or the table rebuilt by a copy: it may
-        be the run's). Other runs' rows as they wrote them never
+        SQLite: its digest, as its flush read it back, `_rows_as_written`), or when no run's flush
+        wrote it as it is now (updated since, say by a consumer marking it read, or the table
+        rebuilt by a copy: it may be the run's). Other runs' rows as they wrote them never
         count. A flush that recorded no row ids (see `row_locator`) has the whole table counted,
         as before. Each is one statement over the table: it is read at every reopen."""
         from sqlalchemy import (
@@ -344,6 +347,9 @@ class DatabaseSink:
             return int(conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one())
         entries = (self._this_table(), t.c.row_locator.is_not(None))
         if self._sqlite:
+            if not reopened and (found := self._rows_as_written(conn, mine)) is not None:
+                return found
+            # (a reopen in the process that wrote them, or entries of an older ELSPETH: by rowid)
             entry: Any = literal_column("rowid")  # (the bookkeeping's own: later entries have larger ones)
             latest = select(func.max(entry)).where(*entries).group_by(cast(t.c.row_locator, Integer))
             ours = select(cast(t.c.row_locator, Integer)).where(mine, entry.in_(latest))
@@ -362,6 +368,56 @@ class DatabaseSink:
         return int(
             conn.execute(select(func.count()).select_from(self._table).where(or_(by_us, by_no_run))).scalar_one()
         )
+
+    def _rows_as_written(self, conn: Any, mine: Any) -> int | None:
+        """`_rows_still_there` for SQLite, by the digests the run's flushes recorded; None when
+        an entry has none (an older ELSPETH's). A rowid says where a row is, not which: after a
+        row was deleted, VACUUM renumbers a table without an INTEGER PRIMARY KEY, and a count by
+        rowid took another run's row moved to a rowid of the run's for the deleted one, and
+        missed the run's rows moved to rowids other runs recorded (a review).
+
+        A claim is an entry that is the last at its rowid (a later one there means its row was
+        gone when that was written). First the rows at the run's rowids, read back as its flushes
+        did: when each is as written and no other run claims a row equal to one of them (VACUUM
+        may have moved it there), they are all there. Else the whole table, each row counted by
+        what it holds: a digest the run recorded counts as often as the table holds it beyond
+        other runs' claims of it (of two equal rows, one deleted, the run's is taken for the gone
+        one); a digest no run recorded may be a row of the run's updated since, and counts."""
+        from sqlalchemy import Integer, cast, func, literal_column, select
+
+        t = self._tokens
+        entry: Any = literal_column("rowid")  # (the bookkeeping's own: later entries have larger ones)
+        claims = entry.in_(
+            select(func.max(entry))
+            .where(self._this_table(), t.c.row_locator.is_not(None))
+            .group_by(cast(t.c.row_locator, Integer))
+        )
+        found = conn.execute(select(t.c.row_locator, t.c.row_digest, claims).where(mine)).all()
+        if any(digest is None for _, digest, _ in found):
+            return None
+        others = (self._this_table(), t.c.run_id != self.run_id, t.c.row_digest.is_not(None))
+        equal = select(t.c.row_digest).where(*others, claims, t.c.row_digest.in_(select(t.c.row_digest).where(mine)))
+        if all(claimed for *_, claimed in found) and not conn.execute(select(equal.exists())).scalar_one():
+            wanted = {str(_rowid(locator)): digest for locator, digest, _ in found}
+            now = self._row_digests(conn, list(wanted))
+            if all(now.get(locator) == digest for locator, digest in wanted.items()):
+                return len(found)
+        ours = Counter(digest for _, digest, _ in found)
+        theirs: Counter[str] = Counter()
+        recorded = set(ours)
+        for digest, claimed in conn.execute(select(t.c.row_digest, claims).where(*others)):
+            recorded.add(digest)
+            theirs[digest] += bool(claimed)
+        held: Counter[str] = Counter()
+        unknown = 0  # (rows no run wrote as they are now)
+        table = conn.dialect.identifier_preparer.quote(self.table_name)
+        for values in conn.exec_driver_sql(f"SELECT * FROM {table}"):
+            digest = _row_digest(list(values))
+            if digest in ours:
+                held[digest] += 1
+            elif digest not in recorded:
+                unknown += 1
+        return unknown + sum(min(n, max(0, held[digest] - theirs[digest])) for digest, n in ours.items())
 
     def _others_entries(self) -> tuple[Any, Any]:
         """Other runs' bookkeeping entries with a rowid for this SQLite table: the alias and its
