@@ -1852,6 +1852,44 @@ def test_database_sink_refuses_a_date_or_time_its_postgresql_column_would_store_
     ]
 
 
+def test_an_array_of_dates_or_times_is_checked_element_by_element(db_url: str) -> None:
+    """An array literal given to a `date[]`, `timestamp(0)[]` or `time[]` column went past every
+    check: a time of day, an offset, a rounded fraction and `now` were each lost in an element
+    (a review of the checks above). Each element is judged as the column's element type judges
+    a text; NULL elements and the same dates written are kept."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has no arrays")
+    _execute(db_url, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', current_database(), "
+                     "'UTC'); END $$")  # fmt: skip
+    _execute(db_url, "CREATE TABLE arr (id int, days date[], ts0 timestamp(0)[], t time[])")
+    s = sink("database", url=db_url, table="arr", if_exists="append")
+    s.open("run", None)
+    with pytest.raises(RowError, match=r"names a time relative to the write.*\(timestamp\(0\) without time zone\[\]\)"):
+        s.write("t0", {"id": 0, "ts0": "{2024-01-01,now}"})
+    lossy = {"days": '{{2024-01-02,NULL},{2024-01-03,"2024-01-04 01:00"}}', "ts0": "{2024-01-02 10:00:00.5}",
+             "t": "{10:00,10:00+05}"}  # fmt: skip
+    for field, value in lossy.items():
+        s.write(f"bad-{field}", {"id": 0, field: value})
+    kept = {"days": "{2024-01-02,NULL}", "ts0": '{"2024-01-02 10:00:00"}', "t": "{10:00+00,NULL}"}
+    s.write("ok", {"id": 1, **kept})
+    with pytest.raises(RowsRefused) as refused:
+        s.flush()
+    reasons = refused.value.reasons
+    assert sorted(reasons) == ["bad-days", "bad-t", "bad-ts0"]
+    assert "with a time of day, which its column (date[]) drops" in reasons["bad-days"]
+    assert "round or cut to its precision" in reasons["bad-ts0"]
+    assert (
+        "an offset other than the server's time zone's, which its column (time without time zone[])" in reasons["bad-t"]
+    )
+    s.open("run", None)
+    s.write("ok", {"id": 1, **kept})
+    s.flush()
+    s.close()
+    assert _select(db_url, "SELECT days::text, ts0::text, t::text FROM arr") == [
+        ("{2024-01-02,NULL}", '{"2024-01-02 10:00:00"}', "{10:00:00,NULL}")
+    ]
+
+
 @pytest.mark.parametrize(
     ("base", "text", "lost"),
     [

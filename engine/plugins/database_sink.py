@@ -11,8 +11,9 @@ cuts; a PostgreSQL domain's column is checked as the type it is over (`pg_column
 PostgreSQL date or time column refuses text it would store as another date or time: what the text
 alone shows at `write` (`text_loss`: digits beyond microseconds, `now`, a date given to a `time`),
 what the server reads as the flush writes (`_temporal_refusals`: an offset a `timestamp` drops, a
-time of day a `date` drops, digits a precision rounds), the rest of the flush written. Columns of other types
-(uuids, arrays, ...) take what the server makes of the value, unchecked. A text column
+time of day a `date` drops, digits a precision rounds), the rest of the flush written; an array of
+them (`date[]`) element by element. Columns of other types (uuids, other arrays, ...) take what the
+server makes of the value, unchecked. A text column
 is given text (`for_column`), and a table that takes fewer rows than it is given, or that
 replaces rows on a conflict, is refused (the trail would claim rows the table does not hold).
 
@@ -871,7 +872,14 @@ class DatabaseSink:
             if not given:
                 continue
             checks = TEMPORAL_LOSS[base]
-            tests = ", ".join(f"({sql.format(base=base, declared=declared)})" for sql, _ in checks)
+            element = declared.removesuffix("[]")  # (an array column's text is an array literal: `{a,b}`)
+            tests = ", ".join(f"({sql.format(base=base, declared=element)})" for sql, _ in checks)
+            if element != declared:
+                tests = ", ".join(
+                    f"(SELECT coalesce(bool_or({sql.format(base=base, declared=element)}), false) "
+                    "FROM unnest(CAST(x.v AS text[])) AS e(v))"
+                    for sql, _ in checks
+                )
             query = text(f"SELECT {tests} FROM unnest(:v) WITH ORDINALITY AS x(v, i) ORDER BY i").bindparams(
                 bindparam("v", type_=ARRAY(Text))
             )

@@ -200,6 +200,8 @@ def pg_column_kinds(conn: Any, table_name: str) -> tuple[dict[str, tuple[str, in
     for name, type_name, typmod, money_scale, declared in found:
         if type_name in TEMPORAL_LOSS:
             temporal[name] = (type_name, declared)
+        elif type_name is not None and type_name[1:] in TEMPORAL_LOSS and type_name[0] == "_":
+            temporal[name] = (type_name[1:], declared)  # (an array of them: `date[]`, checked element by element)
         kind, width = _PG_KINDS.get(type_name, ("other", 0))
         scale = 0
         if type_name in ("varchar", "bpchar") and typmod >= 4:
