@@ -1908,6 +1908,11 @@ def test_an_array_of_dates_or_times_is_checked_element_by_element(db_url: str) -
         ("time", "040506.1234560", None), ("time", "10:00 am", None), ("interval", "1 day 02:03:04.5", None),
         ("interval", "1.5 hours", None), ("interval", "0.5 ms", None), ("timestamp", "2024-01-01 10:00:00 Europe/London", None),
         ("date", "Mar 3 2024", None), ("timestamp", "1999-01-08 04:05:06.789 +3", None),
+        # a date the server reads in its DateStyle's order (MDY 2024-01-02, DMY 2024-02-01, YMD 2001-02-03)
+        ("date", "1/2/2024", "DateStyle"), ("timestamp", "01.02.03 10:00", "DateStyle"),
+        ("timestamptz", "5-6-1999", "DateStyle"), ("date", "{2024-01-01,1/2/99}", "DateStyle"),
+        ("date", "1/18/99", None), ("date", "13/1/2024", None), ("date", "1/1/2024", None), ("date", "2024/01/02", None),
+        ("date", "20.1.2024", None), ("date", "99/1/2", None), ("timestamp", "12/12/12 10:00", None),
     ],
 )  # fmt: skip
 def test_what_a_date_or_time_text_alone_shows_its_column_would_change(base: str, text: str, lost: str | None) -> None:

@@ -9,7 +9,8 @@ without an error (`exactly_held`): a float a 4-byte `real` or an 8-byte float ro
 `numeric(p, s)` or `money` rounds, a string a `char(n)` pads or a `varchar(n)`, `name` or `"char"`
 cuts; a PostgreSQL domain's column is checked as the type it is over (`pg_column_kinds`). A
 PostgreSQL date or time column refuses text it would store as another date or time: what the text
-alone shows at `write` (`text_loss`: digits beyond microseconds, `now`, a date given to a `time`),
+alone shows at `write` (`text_loss`: digits beyond microseconds, `now`, a date given to a `time`,
+`1/2/2024`, which another DateStyle reads as another date),
 what the server reads as the flush writes (`_temporal_refusals`: an offset a `timestamp` drops, a
 time of day a `date` drops, digits a precision rounds), the rest of the flush written; an array of
 them (`date[]`) element by element. Columns of other types (uuids, other arrays, ...) take what the

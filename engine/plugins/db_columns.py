@@ -45,6 +45,25 @@ _DATE_PART = re.compile(
     re.ASCII | re.IGNORECASE,
 )
 
+# A date of numbers alone whose first is not a year (`1/2/2024`, `01.02.03`): the server reads it in
+# the order its DateStyle names (MDY, DMY or YMD, a setting of the server, the database or the role).
+_NUMERIC_DATE = re.compile(r"(?<![\d./-])(\d{1,2})([-/.])(\d{1,2})\2(\d{1,4})(?![\d./-])", re.ASCII)
+
+
+def _orders(first: str, second: str, third: str) -> set[tuple[int, int, int]]:
+    """The dates (year, month, day) a numeric date reads as under each DateStyle that takes it
+    (as PostgreSQL reads them: a year last takes two or four digits, first two; a month is at
+    most 12, a day 31)."""
+    a, b, c = int(first), int(second), int(third)
+    found = set()
+    if a <= 12 and b <= 31:
+        found.add((c, a, b))  # MDY
+    if b <= 12 and a <= 31:
+        found.add((c, b, a))  # DMY
+    if len(third) <= 2 and b <= 12 and c <= 31:
+        found.add((a, b, c))  # YMD
+    return found
+
 
 def for_column(kind: str, value: Any) -> Any:
     """The value as its column is given it. A text column gets text, a number, a boolean or a
@@ -169,6 +188,15 @@ def text_loss(base: str, declared: str, text: str) -> str | None:
         )
     if base in ("time", "timetz") and _DATE_PART.search(text):
         return f"with a date, which its column ({declared}) drops"
+    if base in ("date", "timestamp", "timestamptz") and any(
+        len(_orders(m.group(1), m.group(3), m.group(4))) > 1 for m in _NUMERIC_DATE.finditer(text)
+    ):
+        # (the trail keeps the text, and which date the table holds would depend on a setting)
+        return (
+            f"with a date of numbers that reads as another date under another DateStyle (day and month, or year, "
+            f"in another order), which its column ({declared}) stores as its server reads it; allowed: the year "
+            "first (2024-01-02)"
+        )
     return None
 
 
