@@ -25,12 +25,13 @@ bookkeeping table (`db_catalog`), and what a failed write records (`db_errors`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from engine.plugins.db_catalog import (
@@ -137,6 +138,7 @@ class DatabaseSink:
         self._shape: object = None  # the table's definition as checked (`table_shape`)
         self._committed = 0
         self.run_id = ""
+        self._opened_for: str | None = None  # the run this sink was last opened for, its checks passed
 
     def layout(self) -> dict[str, object]:
         """None of its options changes how the rows it adds are written: `if_exists` acts only when
@@ -158,7 +160,7 @@ class DatabaseSink:
         self.release()
         # A reopen by the process that wrote the run's rows since it opened (after a failed
         # write): its flushes read them back, and the rows are not all read again at each.
-        reopened = self.run_id == run_id
+        reopened, self._opened_for = self._opened_for == run_id, None
         self.run_id = run_id
         self._buffer = []
         self._table = None
@@ -257,6 +259,7 @@ class DatabaseSink:
         if refused is not None:
             self.release()
             raise PluginError(_NODE, refused)
+        self._opened_for = run_id  # (only once its checks passed: a retried open checks again)
 
     def _roll_back(self, conn: Any, position: int) -> None:
         """Delete what the run committed after `position`, its durable position in the log, as
@@ -349,15 +352,19 @@ class DatabaseSink:
             return int(conn.execute(select(func.count()).select_from(table(self.table_name))).scalar_one())
         entries = (self._this_table(), t.c.row_locator.is_not(None))
         if self._sqlite:
-            if not reopened and (found := self._rows_as_written(conn, mine)) is not None:
+            if not reopened and (found := self._rows_as_written(conn, position)) is not None:
                 return found
-            # (a reopen in the process that wrote them, or entries of an older ELSPETH: by rowid)
+            # A reopen in the process that wrote them, or entries of an older ELSPETH: by rowid;
+            # a reopen found short so (a VACUUM during the run may have moved them), by digest.
             entry: Any = literal_column("rowid")  # (the bookkeeping's own: later entries have larger ones)
             latest = select(func.max(entry)).where(*entries).group_by(cast(t.c.row_locator, Integer))
             ours = select(cast(t.c.row_locator, Integer)).where(mine, entry.in_(latest))
             anyones = select(cast(t.c.row_locator, Integer)).where(*entries)
             where = or_(literal_column(self._locator).in_(ours), literal_column(self._locator).not_in(anyones))
-            return int(conn.execute(select(func.count()).select_from(self._table).where(where)).scalar_one())
+            by_rowid = int(conn.execute(select(func.count()).select_from(self._table).where(where)).scalar_one())
+            if reopened and by_rowid < position and (found := self._rows_as_written(conn, position)) is not None:
+                return found
+            return by_rowid
         wrote = sorted({str(x) for x in conn.execute(select(t.c.row_xid).where(mine).distinct()).scalars()})
         xmin: Any = literal_column("CAST(xmin AS text)")
         by_us = xmin == any_(bindparam("xids", wrote, type_=ARRAY(Text)))
@@ -371,55 +378,79 @@ class DatabaseSink:
             conn.execute(select(func.count()).select_from(self._table).where(or_(by_us, by_no_run))).scalar_one()
         )
 
-    def _rows_as_written(self, conn: Any, mine: Any) -> int | None:
-        """`_rows_still_there` for SQLite, by the digests the run's flushes recorded; None when
-        an entry has none (an older ELSPETH's). A rowid says where a row is, not which: after a
-        row was deleted, VACUUM renumbers a table without an INTEGER PRIMARY KEY, and a count by
-        rowid took another run's row moved to a rowid of the run's for the deleted one, and
-        missed the run's rows moved to rowids other runs recorded (a review).
+    def _rows_as_written(self, conn: Any, position: int) -> int | None:
+        """`_rows_still_there` for SQLite, by the digests the run's flushes recorded (each row as
+        SQLite held it); None when an entry of the table has none (an older ELSPETH's: by rowid).
+        A rowid says where a row is, not which: after a row was deleted, VACUUM renumbers a table
+        without an INTEGER PRIMARY KEY, and a count by rowid took another run's row moved to a
+        rowid of the run's for the deleted one, and missed the run's rows moved to rowids other
+        runs recorded (a review).
 
-        A claim is an entry that is the last at its rowid (a later one there means its row was
-        gone when that was written). First the rows at the run's rowids, read back as its flushes
-        did: when each is as written and no other run claims a row equal to one of them (VACUUM
-        may have moved it there), they are all there. Else the whole table, each row counted by
-        what it holds: a digest the run recorded counts as often as the table holds it beyond
-        other runs' claims of it (of two equal rows, one deleted, the run's is taken for the gone
-        one); a digest no run recorded may be a row of the run's updated since, and counts."""
-        from sqlalchemy import Integer, cast, func, literal_column, select
-
-        t = self._tokens
-        entry: Any = literal_column("rowid")  # (the bookkeeping's own: later entries have larger ones)
-        claims = entry.in_(
-            select(func.max(entry))
-            .where(self._this_table(), t.c.row_locator.is_not(None))
-            .group_by(cast(t.c.row_locator, Integer))
+        VACUUM keeps the rows' order: a row is at most at the rowid its flush recorded, and below
+        it when a later entry was recorded there (its row was gone from there by then): that is
+        each entry's bound. First the rows at the run's rowids: when each holds what its flush
+        read back, and no other run recorded an equal row that may have moved there, they are
+        all there. Else the whole table, each row by what it holds: of the rows equal to one of
+        the run's, as many as other runs' entries may be (each a row within its bound) are
+        taken for theirs (of two equal rows, one deleted, the run's is taken for the gone one);
+        a row no run wrote as it is now, at a rowid the run recorded last or no entry records,
+        may be the run's updated since, and counts."""
+        mine = f"run_id = :run AND {_ENTRY} AND (sink_position <= :position OR sink_position IS NULL)"
+        parts = {"tokens": TOKENS, "entry": _ENTRY, "mine": mine}
+        parts["claims"] = "SELECT max(rowid) FROM {tokens} WHERE {entry} GROUP BY CAST(row_locator AS INTEGER)".format(
+            **parts
         )
-        found = conn.execute(select(t.c.row_locator, t.c.row_digest, claims).where(mine)).all()
-        if any(digest is None for _, digest, _ in found):
+        parts["bound"] = f"CAST(o.row_locator AS INTEGER) - (o.rowid NOT IN ({parts['claims']}))"
+        params: dict[str, Any] = {"run": self.run_id, "table": self.table_name, "position": position}
+
+        def query(sql: str) -> Any:
+            return conn.exec_driver_sql(sql.format(**parts), params)
+
+        if query("SELECT EXISTS (SELECT 1 FROM {tokens} WHERE {entry} AND row_digest IS NULL)").scalar_one():
             return None
-        others = (self._this_table(), t.c.run_id != self.run_id, t.c.row_digest.is_not(None))
-        equal = select(t.c.row_digest).where(*others, claims, t.c.row_digest.in_(select(t.c.row_digest).where(mine)))
-        if all(claimed for *_, claimed in found) and not conn.execute(select(equal.exists())).scalar_one():
-            wanted = {str(_rowid(locator)): digest for locator, digest, _ in found}
+        found = query(
+            "SELECT CAST(row_locator AS INTEGER), row_digest, rowid IN ({claims}) FROM {tokens} WHERE {mine}"
+        ).all()
+        others = "o.run_id <> :run AND o.rowid IN (SELECT rowid FROM {tokens} WHERE {entry})"
+        equal = query(
+            "SELECT EXISTS (SELECT 1 FROM {tokens} AS o JOIN {tokens} AS m ON o.row_digest = m.row_digest "
+            f"WHERE {others} AND m.rowid IN (SELECT rowid FROM {{tokens}} WHERE {{mine}}) "
+            "AND {bound} >= CAST(m.row_locator AS INTEGER))"
+        ).scalar_one()
+        if not equal and all(claimed for *_, claimed in found):
+            wanted = {str(at): digest for at, digest, _ in found}
             now = self._row_digests(conn, list(wanted))
-            if all(now.get(locator) == digest for locator, digest in wanted.items()):
+            if all(now.get(at) == digest for at, digest in wanted.items()):
                 return len(found)
         ours = Counter(digest for _, digest, _ in found)
-        theirs: Counter[str] = Counter()
-        recorded = set(ours)
-        for digest, claimed in conn.execute(select(t.c.row_digest, claims).where(*others)):
-            recorded.add(digest)
-            theirs[digest] += bool(claimed)
-        held: Counter[str] = Counter()
-        unknown = 0  # (rows no run wrote as they are now)
-        table = conn.dialect.identifier_preparer.quote(self.table_name)
-        for values in conn.exec_driver_sql(f"SELECT * FROM {table}"):
-            digest = _row_digest(list(values))
-            if digest in ours:
-                held[digest] += 1
-            elif digest not in recorded:
-                unknown += 1
-        return unknown + sum(min(n, max(0, held[digest] - theirs[digest])) for digest, n in ours.items())
+        bounds: dict[str, list[int]] = {}
+        equals = f"SELECT o.row_digest, {{bound}} FROM {{tokens}} AS o WHERE {others} AND o.row_digest IN "
+        for digest, bound in query(equals + "(SELECT row_digest FROM {tokens} WHERE {mine})"):
+            bounds.setdefault(digest, []).append(bound)
+        held: dict[str, list[int]] = {}
+        other: list[str] = []  # the digests of rows that may be the run's, updated since
+        at = self._locator or "rowid"
+        scan = (
+            f"SELECT {at}, {at} IN (SELECT CAST(row_locator AS INTEGER) FROM {{tokens}} WHERE {{entry}}) AND "
+            f"{at} NOT IN (SELECT CAST(row_locator AS INTEGER) FROM {{tokens}} WHERE {{mine}} AND rowid IN ({{claims}})), "
+            f"* FROM {conn.dialect.identifier_preparer.quote(self.table_name)}"
+        )
+        with _any_text(conn):
+            for where, elsewhere, *values in query(scan):
+                digest = _row_digest(values)
+                if digest in ours:
+                    held.setdefault(digest, []).append(where)
+                elif not elsewhere:
+                    other.append(digest)
+        recorded: set[str] = set()  # (of those, the ones some run wrote as they are: not the run's)
+        distinct = sorted(set(other))
+        for i in range(0, len(distinct), _IN_CHUNK):
+            chunk = {f"d{j}": d for j, d in enumerate(distinct[i : i + _IN_CHUNK])}
+            names = ", ".join(f":{name}" for name in chunk)
+            sql = f"SELECT DISTINCT row_digest FROM {TOKENS} WHERE {_ENTRY} AND row_digest IN ({names})"
+            recorded.update(conn.exec_driver_sql(sql, {"table": self.table_name, **chunk}).scalars())
+        unknown = sum(digest not in recorded for digest in other)
+        return unknown + sum(min(n, _unmatched(held.get(d, []), bounds.get(d, []))) for d, n in ours.items())
 
     def _others_entries(self) -> tuple[Any, Any]:
         """Other runs' bookkeeping entries with a rowid for this SQLite table: the alias and its
@@ -439,10 +470,11 @@ class DatabaseSink:
         column = self._locator or "rowid"
         table = conn.dialect.identifier_preparer.quote(self.table_name)
         found: dict[str, str] = {}
-        for i in range(0, len(locators), _IN_CHUNK):
-            chunk = ", ".join(str(_rowid(x)) for x in locators[i : i + _IN_CHUNK])  # (integers)
-            for at, *values in conn.exec_driver_sql(f"SELECT {column}, * FROM {table} WHERE {column} IN ({chunk})"):
-                found[str(at)] = _row_digest(values)
+        with _any_text(conn):  # (VACUUM may have moved another tool's row there)
+            for i in range(0, len(locators), _IN_CHUNK):
+                chunk = ", ".join(str(_rowid(x)) for x in locators[i : i + _IN_CHUNK])  # (integers)
+                for at, *values in conn.exec_driver_sql(f"SELECT {column}, * FROM {table} WHERE {column} IN ({chunk})"):
+                    found[str(at)] = _row_digest(values)
         return found
 
     def _unrollable(self, position: int, tokens: list[str], why: str) -> str:
@@ -968,6 +1000,38 @@ class DatabaseSink:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             engine.dispose()
+
+
+# The sink's entries with a rowid for its table, names compared as SQLite compares them (`_this_table`).
+_ENTRY = "sink_table = :table COLLATE NOCASE AND row_locator IS NOT NULL"
+
+
+def _unmatched(rows: list[int], bounds: list[int]) -> int:
+    """How many of these rows (rowids) are left when as many as can be are taken by entries, each
+    taking one row at most at its bound: greedy from the highest rowid, which takes the most
+    (every entry's rows are a prefix)."""
+    rows, bounds = sorted(rows, reverse=True), sorted(bounds, reverse=True)
+    i = free = taken = 0
+    for at in rows:
+        while i < len(bounds) and bounds[i] >= at:
+            i, free = i + 1, free + 1
+        if free:
+            free, taken = free - 1, taken + 1
+    return len(rows) - taken
+
+
+@contextlib.contextmanager
+def _any_text(conn: Any) -> Iterator[None]:
+    """Reads of a SQLite table whose text may not be UTF-8 (a row another tool wrote): decoded
+    with the bytes that are not kept apart (`surrogateescape`), not failing the read. Text that
+    is UTF-8 reads as ever, so the digests are those the flushes recorded."""
+    raw = conn.connection.driver_connection
+    before = raw.text_factory
+    raw.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    try:
+        yield
+    finally:
+        raw.text_factory = before
 
 
 def _rowid(locator: str) -> int:
