@@ -264,3 +264,11 @@ def test_two_equal_rows_of_the_run_at_one_rowid_are_one_row(out: tuple[str, dict
     s.release()
     assert _select(url, "SELECT rowid FROM t") == [(1,)]
     _refused(options, "run-1", 2, held=1)
+
+
+def test_a_table_named_with_quotes_braces_and_spaces_is_counted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    options = {"url": url, "table": "my \"t{0}\" 'x'", "schema": _SCHEMA}
+    _crashed(options, "run-1", [("t1", 1)])
+    _written(options, "run-0", [("t1", 1)])  # (an equal row after the run's: the whole table is read)
+    _resumed(options, "run-1", 1)

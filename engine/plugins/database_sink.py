@@ -431,12 +431,12 @@ class DatabaseSink:
         other: list[str] = []  # the digests of rows that may be the run's, updated since
         at = self._locator or "rowid"
         scan = (
-            f"SELECT {at}, {at} IN (SELECT CAST(row_locator AS INTEGER) FROM {{tokens}} WHERE {{entry}}) AND "
-            f"{at} NOT IN (SELECT CAST(row_locator AS INTEGER) FROM {{tokens}} WHERE {{mine}} AND rowid IN ({{claims}})), "
+            f"SELECT {at}, {at} IN (SELECT CAST(row_locator AS INTEGER) FROM {TOKENS} WHERE {_ENTRY}) AND "
+            f"{at} NOT IN (SELECT CAST(row_locator AS INTEGER) FROM {TOKENS} WHERE {mine} AND rowid IN ({parts['claims']})), "
             f"* FROM {conn.dialect.identifier_preparer.quote(self.table_name)}"
-        )
+        )  # (not formatted again: the table's name may hold braces)
         with _any_text(conn):
-            for where, elsewhere, *values in query(scan):
+            for where, elsewhere, *values in conn.exec_driver_sql(scan, params):
                 digest = _row_digest(values)
                 if digest in ours:
                     held.setdefault(digest, []).append(where)
