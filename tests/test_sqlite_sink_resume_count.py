@@ -272,3 +272,47 @@ def test_a_table_named_with_quotes_braces_and_spaces_is_counted(tmp_path: Path) 
     _crashed(options, "run-1", [("t1", 1)])
     _written(options, "run-0", [("t1", 1)])  # (an equal row after the run's: the whole table is read)
     _resumed(options, "run-1", 1)
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_another_runs_rows_recorded_without_rowids_do_not_stand_in(
+    out: tuple[str, dict[str, Any]], first: bool
+) -> None:
+    """Entries of an ELSPETH from before rowids were recorded: their rows, as written, counted as
+    rows no run wrote, in place of the run's deleted one. As many rows as such entries are taken
+    for theirs."""
+    url, options = out
+    if first:
+        _written(options, "run-0", [("u1", 101)])
+    _crashed(options, "run-1", [("t1", 1), ("t2", 2)])
+    if not first:
+        _written(options, "run-0", [("u1", 101)])
+    _execute(url, "UPDATE elspeth_sink_tokens SET row_locator = NULL, row_digest = NULL, sink_position = NULL "
+                  "WHERE run_id = 'run-0'")  # fmt: skip
+    _execute(url, "DELETE FROM t WHERE id = 1")
+    _refused(options, "run-1", 2, held=1)
+
+
+def test_a_row_of_another_tool_above_the_runs_rows_does_not_stand_in(out: tuple[str, dict[str, Any]]) -> None:
+    """A row no run wrote may be the run's, changed, only where a row of the run can be: no row
+    moves to a higher rowid, so not above the run's highest (another application appending to
+    the table hid the deletion of the run's rows)."""
+    url, options = out
+    _crashed(options, "run-1", [("t1", 1), ("t2", 2)])
+    _execute(url, "INSERT INTO t (id, name) VALUES (500, 'another tool')")
+    _execute(url, "DELETE FROM t WHERE id = 1")
+    _refused(options, "run-1", 2, held=1)
+    _execute(url, "UPDATE elspeth_sink_tokens SET row_digest = NULL WHERE token_id = 't2'")  # (counted by rowid)
+    _refused(options, "run-1", 2, held=1)
+
+
+def test_a_row_of_the_run_changed_since_still_counts(out: tuple[str, dict[str, Any]]) -> None:
+    """A consumer marking the run's rows read: each may be the run's, and counts, by digest and
+    by rowid alike."""
+    url, options = out
+    _written(options, "run-0", [("u1", 101)])
+    _crashed(options, "run-1", [("t1", 1), ("t2", 2)])
+    _execute(url, "UPDATE t SET ok = 0")
+    _resumed(options, "run-1", 2)
+    _execute(url, "UPDATE elspeth_sink_tokens SET row_digest = NULL")
+    _resumed(options, "run-1", 2)

@@ -360,8 +360,17 @@ class DatabaseSink:
             latest = select(func.max(entry)).where(*entries).group_by(cast(t.c.row_locator, Integer))
             ours = select(cast(t.c.row_locator, Integer)).where(mine, entry.in_(latest))
             anyones = select(cast(t.c.row_locator, Integer)).where(*entries)
-            where = or_(literal_column(self._locator).in_(ours), literal_column(self._locator).not_in(anyones))
-            by_rowid = int(conn.execute(select(func.count()).select_from(self._table).where(where)).scalar_one())
+            rowid: Any = literal_column(self._locator)
+            highest = select(func.max(cast(t.c.row_locator, Integer))).where(mine).scalar_subquery()
+            count = select(func.count()).select_from(self._table)
+            in_place = int(conn.execute(count.where(rowid.in_(ours))).scalar_one())
+            # Rows at no recorded rowid (not above the run's highest: no row of its moves up) may
+            # be the run's, changed; as many as other runs' entries without a rowid (an older
+            # ELSPETH's) may be theirs.
+            free = int(conn.execute(count.where(rowid.not_in(anyones), rowid <= highest)).scalar_one())
+            theirs = (t.c.run_id != self.run_id) & self._this_table() & t.c.row_locator.is_(None)
+            unplaced = int(conn.execute(select(func.count()).select_from(t).where(theirs)).scalar_one())
+            by_rowid = in_place + max(0, free - unplaced)
             if reopened and by_rowid < position and (found := self._rows_as_written(conn, position)) is not None:
                 return found
             return by_rowid
@@ -394,7 +403,9 @@ class DatabaseSink:
         the run's, as many as other runs' entries may be (each a row within its bound) are
         taken for theirs (of two equal rows, one deleted, the run's is taken for the gone one);
         a row no run wrote as it is now, at a rowid the run recorded last or no entry records,
-        may be the run's updated since, and counts."""
+        not above the run's highest, may be the run's updated since, and counts. (A row inserted
+        by hand at a rowid of 0 or less, or a table rebuilt in another order, moves rows up: what
+        then moved onto the run's rowids is beyond this.)"""
         mine = f"run_id = :run AND {_ENTRY} AND (sink_position <= :position OR sink_position IS NULL)"
         parts = {"tokens": TOKENS, "entry": _ENTRY, "mine": mine}
         parts["claims"] = "SELECT max(rowid) FROM {tokens} WHERE {entry} GROUP BY CAST(row_locator AS INTEGER)".format(
@@ -406,34 +417,40 @@ class DatabaseSink:
         def query(sql: str) -> Any:
             return conn.exec_driver_sql(sql.format(**parts), params)
 
-        if query("SELECT EXISTS (SELECT 1 FROM {tokens} WHERE {entry} AND row_digest IS NULL)").scalar_one():
+        # (an older ELSPETH's entries, of any run, have no digest, nor a rowid before that)
+        older = "SELECT EXISTS (SELECT 1 FROM {tokens} WHERE sink_table = :table COLLATE NOCASE AND row_digest IS NULL)"
+        if query(older).scalar_one():
             return None
         found = query(
             "SELECT CAST(row_locator AS INTEGER), row_digest, rowid IN ({claims}) FROM {tokens} WHERE {mine}"
         ).all()
-        others = "o.run_id <> :run AND o.rowid IN (SELECT rowid FROM {tokens} WHERE {entry})"
-        equal = query(
-            "SELECT EXISTS (SELECT 1 FROM {tokens} AS o JOIN {tokens} AS m ON o.row_digest = m.row_digest "
-            f"WHERE {others} AND m.rowid IN (SELECT rowid FROM {{tokens}} WHERE {{mine}}) "
-            "AND {bound} >= CAST(m.row_locator AS INTEGER))"
-        ).scalar_one()
-        if not equal and all(claimed for *_, claimed in found):
+        if not found:  # (the run's entries deleted)
+            return 0
+        ours = Counter(digest for _, digest, _ in found)
+        lowest: dict[str, int] = {}
+        for at, digest, _ in found:
+            lowest[digest] = min(at, lowest.get(digest, at))
+        bounds: dict[str, list[int]] = {}  # other runs' entries of rows equal to one of the run's
+        for digest, bound in query(
+            "SELECT o.row_digest, {bound} FROM {tokens} AS o WHERE o.run_id <> :run AND "
+            "o.rowid IN (SELECT rowid FROM {tokens} WHERE {entry}) AND "
+            "o.row_digest IN (SELECT row_digest FROM {tokens} WHERE {mine})"
+        ):
+            bounds.setdefault(digest, []).append(bound)
+        moved_there = any(max(bound) >= lowest[digest] for digest, bound in bounds.items())
+        if not moved_there and all(claimed for *_, claimed in found):
             wanted = {str(at): digest for at, digest, _ in found}
             now = self._row_digests(conn, list(wanted))
             if all(now.get(at) == digest for at, digest in wanted.items()):
                 return len(found)
-        ours = Counter(digest for _, digest, _ in found)
-        bounds: dict[str, list[int]] = {}
-        equals = f"SELECT o.row_digest, {{bound}} FROM {{tokens}} AS o WHERE {others} AND o.row_digest IN "
-        for digest, bound in query(equals + "(SELECT row_digest FROM {tokens} WHERE {mine})"):
-            bounds.setdefault(digest, []).append(bound)
         held: dict[str, list[int]] = {}
         other: list[str] = []  # the digests of rows that may be the run's, updated since
         at = self._locator or "rowid"
+        highest = max(where for where, _, _ in found)  # (none of the run's rows can be above it)
         scan = (
-            f"SELECT {at}, {at} IN (SELECT CAST(row_locator AS INTEGER) FROM {TOKENS} WHERE {_ENTRY}) AND "
-            f"{at} NOT IN (SELECT CAST(row_locator AS INTEGER) FROM {TOKENS} WHERE {mine} AND rowid IN ({parts['claims']})), "
-            f"* FROM {conn.dialect.identifier_preparer.quote(self.table_name)}"
+            f"SELECT {at}, {at} > {highest} OR ({at} IN (SELECT CAST(row_locator AS INTEGER) FROM {TOKENS} "
+            f"WHERE {_ENTRY}) AND {at} NOT IN (SELECT CAST(row_locator AS INTEGER) FROM {TOKENS} WHERE {mine} "
+            f"AND rowid IN ({parts['claims']}))), * FROM {conn.dialect.identifier_preparer.quote(self.table_name)}"
         )  # (not formatted again: the table's name may hold braces)
         with _any_text(conn):
             for where, elsewhere, *values in conn.exec_driver_sql(scan, params):
@@ -442,13 +459,11 @@ class DatabaseSink:
                     held.setdefault(digest, []).append(where)
                 elif not elsewhere:
                     other.append(digest)
-        recorded: set[str] = set()  # (of those, the ones some run wrote as they are: not the run's)
-        distinct = sorted(set(other))
-        for i in range(0, len(distinct), _IN_CHUNK):
-            chunk = {f"d{j}": d for j, d in enumerate(distinct[i : i + _IN_CHUNK])}
-            names = ", ".join(f":{name}" for name in chunk)
-            sql = f"SELECT DISTINCT row_digest FROM {TOKENS} WHERE {_ENTRY} AND row_digest IN ({names})"
-            recorded.update(conn.exec_driver_sql(sql, {"table": self.table_name, **chunk}).scalars())
+        # Of those, the ones some run wrote as they are are not the run's: one pass over the entries
+        # (an IN list a chunk at a time read them all for each: a column added, 2 minutes a review).
+        asked = set(other)
+        digests = conn.exec_driver_sql(f"SELECT row_digest FROM {TOKENS} WHERE {_ENTRY}", params).scalars()
+        recorded = {digest for digest in digests if digest in asked}
         unknown = sum(digest not in recorded for digest in other)
         return unknown + sum(min(n, _unmatched(held.get(d, []), bounds.get(d, []))) for d, n in ours.items())
 
