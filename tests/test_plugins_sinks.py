@@ -1773,38 +1773,51 @@ def test_an_array_of_dates_or_times_is_checked_element_by_element(db_url: str) -
     """An array literal given to a `date[]`, `timestamp(0)[]` or `time[]` column went past every
     check: a time of day, an offset, a rounded fraction and `now` were each lost in an element
     (a review of the checks above). Each element is judged as the column's element type judges
-    a text; NULL elements and the same dates written are kept."""
+    a text, as the server reads it: quotes and backslashes undone (`{n\\ow}` is `now`), its commas
+    no decimal ones (a second review: `{20240101,20240102}` and `{1 day,1 year}` were refused).
+    NULL elements and the same dates written are kept."""
     if db_url.startswith("sqlite"):
         pytest.skip("SQLite has no arrays")
     _execute(db_url, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', current_database(), "
                      "'UTC'); END $$")  # fmt: skip
-    _execute(db_url, "CREATE TABLE arr (id int, days date[], ts0 timestamp(0)[], t time[])")
+    _execute(db_url, "CREATE DOMAIN day AS date")
+    _execute(db_url, "CREATE DOMAIN second AS timestamp(0)")
+    _execute(db_url, "CREATE TABLE arr (id int, days date[], ts0 timestamp(0)[], t time[], ts timestamp[], "
+                     "iv interval[], d day[], s second[])")  # fmt: skip
     s = sink("database", url=db_url, table="arr", if_exists="append")
     s.open("run", None)
-    with pytest.raises(RowError, match=r"names a time relative to the write.*\(timestamp\(0\) without time zone\[\]\)"):
-        s.write("t0", {"id": 0, "ts0": "{2024-01-01,now}"})
     lossy = {"days": '{{2024-01-02,NULL},{2024-01-03,"2024-01-04 01:00"}}', "ts0": "{2024-01-02 10:00:00.5}",
-             "t": "{10:00,10:00+05}"}  # fmt: skip
-    for field, value in lossy.items():
-        s.write(f"bad-{field}", {"id": 0, field: value})
-    kept = {"days": "{2024-01-02,NULL}", "ts0": '{"2024-01-02 10:00:00"}', "t": "{10:00+00,NULL}"}
+             "t": "{10:00,10:00+05}", "ts": "{2024-01-01,n\\ow}", "ts-fraction": "{2024-01-01 10:00:00.123456\\7}",
+             "t-date": '{"2024-0\\1-02 10:00"}', "days-order": "{1/\\2/2024}", "d": "{2024-01-02 10:00}",
+             "s": "{2024-01-02 10:00:00.5}"}  # fmt: skip
+    for key, value in lossy.items():
+        s.write(f"bad-{key}", {"id": 0, key.split("-")[0]: value})
+    kept = {"days": "{20240101,20240102,NULL}", "ts0": '{"2024-01-02 10:00:00"}', "t": "{10:00+00,NULL}",
+            "iv": "{1 day,1 year,1 second,5 microseconds}"}  # fmt: skip
     s.write("ok", {"id": 1, **kept})
     with pytest.raises(RowsRefused) as refused:
         s.flush()
     reasons = refused.value.reasons
-    assert sorted(reasons) == ["bad-days", "bad-t", "bad-ts0"]
+    assert sorted(reasons) == sorted(f"bad-{key}" for key in lossy)
     assert "with a time of day, which its column (date[]) drops" in reasons["bad-days"]
     assert "round or cut to its precision" in reasons["bad-ts0"]
     assert (
         "an offset other than the server's time zone's, which its column (time without time zone[])" in reasons["bad-t"]
     )
+    assert "names a time relative to the write" in reasons["bad-ts"]
+    assert "more than 6 decimal places" in reasons["bad-ts-fraction"]
+    assert "with a date, which its column (time without time zone[]) drops" in reasons["bad-t-date"]
+    assert "DateStyle" in reasons["bad-days-order"]
+    assert "with a time of day, which its column (date[]) drops" in reasons["bad-d"]  # (arrays of domains)
+    assert "round or cut to its precision" in reasons["bad-s"] and "timestamp(0)" in reasons["bad-s"]
     s.open("run", None)
     s.write("ok", {"id": 1, **kept})
     s.flush()
     s.close()
-    assert _select(db_url, "SELECT days::text, ts0::text, t::text FROM arr") == [
-        ("{2024-01-02,NULL}", '{"2024-01-02 10:00:00"}', "{10:00:00,NULL}")
-    ]
+    assert _select(db_url, "SELECT days::text, ts0::text, t::text, iv::text FROM arr") == [
+        ("{2024-01-01,2024-01-02,NULL}", '{"2024-01-02 10:00:00"}', "{10:00:00,NULL}",
+         '{"1 day","1 year",00:00:01,00:00:00.000005}')
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -1827,9 +1840,13 @@ def test_an_array_of_dates_or_times_is_checked_element_by_element(db_url: str) -
         ("date", "Mar 3 2024", None), ("timestamp", "1999-01-08 04:05:06.789 +3", None),
         # a date the server reads in its DateStyle's order (MDY 2024-01-02, DMY 2024-02-01, YMD 2001-02-03)
         ("date", "1/2/2024", "DateStyle"), ("timestamp", "01.02.03 10:00", "DateStyle"),
-        ("timestamptz", "5-6-1999", "DateStyle"), ("date", "{2024-01-01,1/2/99}", "DateStyle"),
+        ("timestamptz", "5-6-1999", "DateStyle"),
         ("date", "1/18/99", None), ("date", "13/1/2024", None), ("date", "1/1/2024", None), ("date", "2024/01/02", None),
         ("date", "20.1.2024", None), ("date", "99/1/2", None), ("timestamp", "12/12/12 10:00", None),
+        # (a second review) other separators, years of other lengths (`001`: year 1 under MDY, 2001 under YMD)
+        ("date", "1 2 2024", "DateStyle"), ("date", "1,2,2024", "DateStyle"), ("date", "1_2_2024", "DateStyle"),
+        ("date", "12 1 2", "DateStyle"), ("date", "1/2/20245", "DateStyle"), ("date", "1/1/001", "DateStyle"),
+        ("date", "1/1/1", None), ("date", "2024-1-2", None), ("timestamp", "2024-01-02T10:00:00", None),
     ],
 )  # fmt: skip
 def test_what_a_date_or_time_text_alone_shows_its_column_would_change(base: str, text: str, lost: str | None) -> None:

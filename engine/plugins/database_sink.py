@@ -689,7 +689,14 @@ class DatabaseSink:
         elif kind == "oid" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32):
             # (given -1, as a number or as text, an oid column stores 4294967295)
             return f"{field} holds {found}; its column (oid) takes integers of 0 to 4294967295"
-        elif name in self._temporal and isinstance(value, str) and (lost := text_loss(*self._temporal[name], value)):
+        elif (
+            name in self._temporal
+            and isinstance(value, str)
+            and not self._temporal[name][1].endswith(
+                "[]"
+            )  # (an array's elements: at the flush, as the server reads them)
+            and (lost := text_loss(*self._temporal[name], value))
+        ):
             return f"{field} holds {found} {lost}"
         elif kind == "numeric affinity" and isinstance(value, str) and reads_as_number(value):
             # ('007' would be stored as 7, '1.50' as 1.5: another value than the row's, without a word)
@@ -923,10 +930,15 @@ class DatabaseSink:
             element = declared.removesuffix("[]")  # (an array column's text is an array literal: `{a,b}`)
             tests = ", ".join(f"({sql.format(base=base, declared=element)})" for sql, _ in checks)
             if element != declared:
-                tests = ", ".join(
-                    f"(SELECT coalesce(bool_or({sql.format(base=base, declared=element)}), false) "
-                    "FROM unnest(CAST(x.v AS text[])) AS e(v))"
-                    for sql, _ in checks
+                # Each element as the server reads it (quotes and backslashes undone), for the text's
+                # checks too: the literal's own text hid `{n\\ow}` and took its commas for decimal ones.
+                tests = (
+                    ", ".join(
+                        f"(SELECT coalesce(bool_or({sql.format(base=base, declared=element)}), false) "
+                        "FROM unnest(CAST(x.v AS text[])) AS e(v))"
+                        for sql, _ in checks
+                    )
+                    + ", (SELECT array_agg(e.v) FROM unnest(CAST(x.v AS text[])) AS e(v) WHERE e.v IS NOT NULL)"
                 )
             query = text(f"SELECT {tests} FROM unnest(:v) WITH ORDINALITY AS x(v, i) ORDER BY i").bindparams(
                 bindparam("v", type_=ARRAY(Text))
@@ -950,6 +962,13 @@ class DatabaseSink:
                 if hits is None:
                     reason = UNCHECKABLE
                 else:
+                    if element != declared:
+                        *hits, elements = hits
+                        lost = (text_loss(base, declared, e) for e in elements or ())
+                        if reason := next((why for why in lost if why is not None), ""):
+                            held = f"{field_named(row, column, named)} holds {described(row[column])}"
+                            why.setdefault(token, []).append(f"{held} {reason}")
+                            continue
                     reason = next((reason for (_, reason), hit in zip(checks, hits, strict=True) if hit), "")
                 if reason:
                     held = f"{field_named(row, column, named)} holds {described(row[column])}"

@@ -45,23 +45,29 @@ _DATE_PART = re.compile(
     re.ASCII | re.IGNORECASE,
 )
 
-# A date of numbers alone whose first is not a year (`1/2/2024`, `01.02.03`): the server reads it in
-# the order its DateStyle names (MDY, DMY or YMD, a setting of the server, the database or the role).
-_NUMERIC_DATE = re.compile(r"(?<![\d./-])(\d{1,2})([-/.])(\d{1,2})\2(\d{1,4})(?![\d./-])", re.ASCII)
+# A date of numbers alone whose first is not a year (`1/2/2024`, `01.02.03`, `1 2 2024`): the server
+# reads it in the order its DateStyle names (MDY, DMY or YMD, a setting of the server, the database
+# or the role). (Its fields may be parted by any of these, the same twice.)
+_NUMERIC_DATE = re.compile(r"(?<![\d./,_-])(\d{1,2})([-/.,_ ])(\d{1,2})\2(\d+)(?![\d./,_-])", re.ASCII)
+
+
+def _year(digits: str) -> int:
+    """A year as PostgreSQL reads its digits: two or fewer are 1970-2069."""
+    n = int(digits)
+    return n + (2000 if n < 70 else 1900) if len(digits) <= 2 else n
 
 
 def _orders(first: str, second: str, third: str) -> set[tuple[int, int, int]]:
     """The dates (year, month, day) a numeric date reads as under each DateStyle that takes it
-    (as PostgreSQL reads them: a year last takes two or four digits, first two; a month is at
-    most 12, a day 31)."""
+    (as PostgreSQL reads them: a month is at most 12, a day 31, a year of two digits 1970-2069)."""
     a, b, c = int(first), int(second), int(third)
     found = set()
     if a <= 12 and b <= 31:
-        found.add((c, a, b))  # MDY
+        found.add((_year(third), a, b))  # MDY
     if b <= 12 and a <= 31:
-        found.add((c, b, a))  # DMY
-    if len(third) <= 2 and b <= 12 and c <= 31:
-        found.add((a, b, c))  # YMD
+        found.add((_year(third), b, a))  # DMY
+    if b <= 12 and c <= 31:
+        found.add((_year(first), b, c))  # YMD
     return found
 
 
@@ -200,6 +206,16 @@ def text_loss(base: str, declared: str, text: str) -> str | None:
     return None
 
 
+# An array's element type, through domains (`CREATE DOMAIN day AS date`, a column `day[]`): the type
+# a domain is over, with the domain's precision, as `pg_column_kinds` finds a column's.
+_ELEMENT = (
+    "WITH RECURSIVE el(typid, typmod) AS (SELECT CAST(:e AS oid), CAST(:m AS integer)"
+    " UNION ALL SELECT p.typbasetype, p.typtypmod FROM el JOIN pg_type p ON p.oid = el.typid WHERE p.typtype = 'd')"
+    " SELECT CASE WHEN p.typnamespace = 'pg_catalog'::regnamespace THEN p.typname END, format_type(el.typid, el.typmod)"
+    " FROM el JOIN pg_type p ON p.oid = el.typid WHERE p.typtype <> 'd'"
+)
+
+
 def pg_column_kinds(conn: Any, table_name: str) -> tuple[dict[str, tuple[str, int, int]], dict[str, tuple[str, str]]]:
     """What each column of a PostgreSQL table (or view) holds, as `column_kind` says for SQLite,
     from the catalog: a domain's column as the type the domain is over (a domain over a domain
@@ -218,18 +234,21 @@ def pg_column_kinds(conn: Any, table_name: str) -> tuple[dict[str, tuple[str, in
             " UNION ALL SELECT typed.attname, t.typbasetype, t.typtypmod"
             " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype = 'd')"
             " SELECT typed.attname, CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname END,"
-            " typed.typmod, scale(CAST(1 AS money)::numeric), format_type(typed.typid, typed.typmod)"
+            " typed.typmod, scale(CAST(1 AS money)::numeric), format_type(typed.typid, typed.typmod),"
+            " CASE WHEN t.typcategory = 'A' THEN t.typelem END"
             " FROM typed JOIN pg_type t ON t.oid = typed.typid WHERE t.typtype <> 'd'"
         ),
         {"t": quoted},
     ).all()
     kinds: dict[str, tuple[str, int, int]] = {}
     temporal: dict[str, tuple[str, str]] = {}
-    for name, type_name, typmod, money_scale, declared in found:
+    for name, type_name, typmod, money_scale, declared, element in found:
         if type_name in TEMPORAL_LOSS:
             temporal[name] = (type_name, declared)
-        elif type_name is not None and type_name[1:] in TEMPORAL_LOSS and type_name[0] == "_":
-            temporal[name] = (type_name[1:], declared)  # (an array of them: `date[]`, checked element by element)
+        elif element is not None:  # an array: of them (`date[]`, checked element by element), or of a domain over one
+            base, spelled = conn.execute(text(_ELEMENT), {"e": element, "m": typmod}).one()
+            if base in TEMPORAL_LOSS:
+                temporal[name] = (base, f"{spelled}[]")
         kind, width = _PG_KINDS.get(type_name, ("other", 0))
         scale = 0
         if type_name in ("varchar", "bpchar") and typmod >= 4:
