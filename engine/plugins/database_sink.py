@@ -689,14 +689,7 @@ class DatabaseSink:
         elif kind == "oid" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32):
             # (given -1, as a number or as text, an oid column stores 4294967295)
             return f"{field} holds {found}; its column (oid) takes integers of 0 to 4294967295"
-        elif (
-            name in self._temporal
-            and isinstance(value, str)
-            and not self._temporal[name][1].endswith(
-                "[]"
-            )  # (an array's elements: at the flush, as the server reads them)
-            and (lost := text_loss(*self._temporal[name], value))
-        ):
+        elif name in self._temporal and isinstance(value, str) and (lost := self._text_loss(name, value)):
             return f"{field} holds {found} {lost}"
         elif kind == "numeric affinity" and isinstance(value, str) and reads_as_number(value):
             # ('007' would be stored as 7, '1.50' as 1.5: another value than the row's, without a word)
@@ -714,6 +707,12 @@ class DatabaseSink:
         elif kind in ("text", "char", "name") and not self._sqlite and isinstance(value, str) and "\x00" in value:
             return f"{field} holds a NUL character, which PostgreSQL text cannot store"
         return None
+
+    def _text_loss(self, name: str, value: str) -> str | None:
+        """`text_loss` of a text for a date or time column; an array's elements are judged at the
+        flush, as the server reads them (`_temporal_refusals`)."""
+        base, declared = self._temporal[name]
+        return None if declared.endswith("[]") else text_loss(base, declared, value)
 
     def flush(self) -> int:
         rows, self._buffer = self._buffer, []
