@@ -325,9 +325,11 @@ class DatabaseSink:
         is one the run wrote (PostgreSQL: it holds the id of one of its flushes' transactions, xmin;
         SQLite: its digest, as its flush read it back, `_rows_as_written`), or when no run's flush
         wrote it as it is now (updated since, say by a consumer marking it read, or the table
-        rebuilt by a copy: it may be the run's). Other runs' rows as they wrote them never
-        count. A flush that recorded no row ids (see `row_locator`) has the whole table counted,
-        as before. Each is one statement over the table: it is read at every reopen."""
+        rebuilt by a copy: it may be the run's). Other runs' rows as they wrote them do not count
+        where they can be told apart. A flush that recorded no row ids (see `row_locator`) has the
+        whole table counted, as before. A reopen in the writing process reads the table with one
+        statement (SQLite: by rowid, and by digest when short); a resume in SQLite reads the run's
+        rows, and the whole table when one is not as written."""
         from sqlalchemy import (
             ARRAY,
             Integer,
