@@ -961,19 +961,16 @@ class DatabaseSink:
             found = asked([row[column] for _, row in given])
             for (token, row), hits in zip(given, found, strict=True):
                 if hits is None:
-                    reason = UNCHECKABLE
+                    causes = [UNCHECKABLE.format(declared=declared)]
                 else:
-                    if element != declared:
-                        *hits, elements = hits
-                        lost = (text_loss(base, declared, e) for e in elements or ())
-                        if reason := next((why for why in lost if why is not None), ""):
-                            held = f"{field_named(row, column, named)} holds {described(row[column])}"
-                            why.setdefault(token, []).append(f"{held} {reason}")
-                            continue
-                    reason = next((reason for (_, reason), hit in zip(checks, hits, strict=True) if hit), "")
-                if reason:
+                    *hits, elements = hits if element != declared else (*hits, None)
+                    causes = [lost for e in elements or () if (lost := text_loss(base, declared, e)) is not None]
+                    causes += [
+                        said.format(declared=declared) for (_, said), hit in zip(checks, hits, strict=True) if hit
+                    ]
+                if causes:
                     held = f"{field_named(row, column, named)} holds {described(row[column])}"
-                    why.setdefault(token, []).append(f"{held} {reason.format(declared=declared)}")
+                    why.setdefault(token, []).append(f"{held} {causes[0]}")
         return {token: "; ".join(reasons) for token, reasons in why.items()}
 
     def _own_names(self, conn: Any) -> frozenset[str]:
