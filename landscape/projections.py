@@ -18,7 +18,7 @@ from landscape.errors import ConcurrentWriter, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.projection_sql import UPDATED_IN_PLACE, project
 from landscape.role_names import ELSPETH_ROLES
-from landscape.table_names import PROJECTION_TABLE_NAMES, is_store_table_name
+from landscape.table_names import PROJECTION_COLUMNS, PROJECTION_TABLE_NAMES, is_store_table_name
 
 
 def without_events(db: Database) -> list[str]:
@@ -210,8 +210,6 @@ class Comparison:
     def differences(self) -> list[Difference]:
         """At most `limit` differences per table (a log with seqs missing is rebuilt as it is:
         the verification that runs meanwhile names the gap)."""
-        from landscape.schema import PROJECTION_TABLES  # (SQLAlchemy: only when comparing)
-
         found: list[Difference] = []
         if self.hazards:  # (what is read here is not what others read: said, not compared)
             return found
@@ -225,10 +223,8 @@ class Comparison:
                 )
             if self.upto >= 0:
                 _project_all(cur, self.run_id, self.upto, "pg_temp")
-            for t in PROJECTION_TABLES:
-                found += _differences(
-                    cur, t.name, [c.name for c in t.primary_key], [c.name for c in t.c], self.run_id, self.limit
-                )
+            for table, (key, columns) in PROJECTION_COLUMNS.items():
+                found += _differences(cur, table, list(key), list(columns), self.run_id, self.limit)
         return found
 
 

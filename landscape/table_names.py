@@ -6,21 +6,81 @@ from __future__ import annotations
 
 import re
 
-# The analyst tables, every one a projection of the events, in schema.py's order.
-PROJECTION_TABLE_NAMES = (
-    "runs",
-    "nodes",
-    "rows",
-    "tokens",
-    "token_parents",
-    "node_states",
-    "token_outcomes",
-    "coalesces",
-    "batches",
-    "batch_members",
-    "artifacts",
-    "run_metrics",
-)
+# The analyst tables, every one a projection of the events, in schema.py's order: each with its
+# primary key and its columns, in order (what `replay --check` compares, without SQLAlchemy).
+PROJECTION_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "runs": (
+        ("run_id",),
+        (
+            "run_id",
+            "status",
+            "settings_path",
+            "settings_hash",
+            "source_fingerprint",
+            "started_at",
+            "ended_at",
+            "resumes",
+            "last_seq",
+        ),
+    ),
+    "nodes": (
+        ("run_id", "node"),
+        ("run_id", "node", "kind", "plugin", "config_hash"),
+    ),
+    "rows": (
+        ("run_id", "row_index"),
+        ("run_id", "row_index", "token_id", "data_hash"),
+    ),
+    "tokens": (
+        ("run_id", "token_id"),
+        ("run_id", "token_id", "row_index", "branch", "data_hash", "created_seq"),
+    ),
+    "token_parents": (
+        ("run_id", "token_id", "ordinal"),
+        ("run_id", "token_id", "parent_id", "ordinal"),
+    ),
+    "node_states": (
+        ("run_id", "seq"),
+        ("run_id", "seq", "token_id", "node", "input_hash", "output_hash", "route", "duration_us"),
+    ),
+    "token_outcomes": (
+        ("run_id", "token_id"),
+        ("run_id", "token_id", "outcome", "node", "sink", "reason", "detail", "seq"),
+    ),
+    "coalesces": (
+        ("run_id", "coalesce_id"),
+        (
+            "run_id",
+            "coalesce_id",
+            "coalesce",
+            "row_index",
+            "status",
+            "policy",
+            "arrived",
+            "missing",
+            "reason",
+            "trigger",
+            "collisions",
+        ),
+    ),
+    "batches": (
+        ("run_id", "batch_id"),
+        ("run_id", "batch_id", "aggregation", "status", "trigger", "size", "reason"),
+    ),
+    "batch_members": (
+        ("run_id", "batch_id", "token_id"),
+        ("run_id", "batch_id", "token_id", "seq"),
+    ),
+    "artifacts": (
+        ("run_id", "seq"),
+        ("run_id", "seq", "sink", "position", "rows", "location", "sha256"),
+    ),
+    "run_metrics": (
+        ("run_id", "metric"),
+        ("run_id", "metric", "value"),
+    ),
+}
+PROJECTION_TABLE_NAMES = tuple(PROJECTION_COLUMNS)
 
 # Every table of the store (alembic's own bookkeeping table included).
 STORE_TABLE_NAMES = frozenset(

@@ -292,12 +292,16 @@ def test_the_table_names_the_cli_loads_without_sqlalchemy_are_schema_pys() -> No
     from landscape import schema, table_names
 
     assert tuple(t.name for t in schema.PROJECTION_TABLES) == table_names.PROJECTION_TABLE_NAMES
+    assert {
+        t.name: (tuple(c.name for c in t.primary_key), tuple(c.name for c in t.c)) for t in schema.PROJECTION_TABLES
+    } == table_names.PROJECTION_COLUMNS
     assert frozenset(schema.metadata.tables) | {"alembic_version"} == table_names.STORE_TABLE_NAMES
 
 
-def test_a_run_does_not_import_sqlalchemy(db: Database, tmp_path: Path) -> None:
+def test_a_run_and_its_check_do_not_import_sqlalchemy(db: Database, tmp_path: Path) -> None:
     """SQLAlchemy is a third of a second of a short run's start; a run without a database sink
-    needs none of it (the store's tables are named in `landscape.table_names`)."""
+    needs none of it (the store's tables are named in `landscape.table_names`), nor does
+    `replay --check`, whose import competed with the verification for this process's time."""
     from tests.test_cli import PIPELINE, elspeth
 
     (tmp_path / "in.csv").write_text("id,v\n1,2\n")
@@ -305,9 +309,15 @@ def test_a_run_does_not_import_sqlalchemy(db: Database, tmp_path: Path) -> None:
     (tmp_path / "settings.yaml").write_text(PIPELINE)
     proc = elspeth("run", "-s", "settings.yaml", cwd=tmp_path, db=db, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 0, proc.stderr
-    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    assert "psycopg" in imported  # the check sees the imports
-    assert [m for m in imported if m.startswith("sqlalchemy")] == []
+    run_id = proc.stdout.split()[1]
+    check = elspeth("replay", run_id, "--check", cwd=tmp_path, db=db, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert check.returncode == 0, check.stderr
+    for p in (proc, check):
+        imported = [
+            line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")
+        ]
+        assert "psycopg" in imported  # the check sees the imports
+        assert [m for m in imported if m.startswith("sqlalchemy")] == []
 
 
 @pytest.mark.parametrize("scan_at", [0, 1_000_000])  # a pass over the run's payloads, or a probe per hash
