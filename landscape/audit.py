@@ -50,7 +50,6 @@ from landscape.note import NoteError, Verifier
 from landscape.records import Payload, StoredEvent
 from landscape.seal import open_seal, origin_for, why_not_sealed
 from landscape.verify import (
-    ReadDigest,
     Verification,
     check_body,
     check_chain,
@@ -456,7 +455,7 @@ class _ExportCheck:
         if not thorough and self.split_at is not None and final >= self.split_at:
             try:
                 with ChainHalf(run_id, sizes) as half:
-                    for _ in half.tap(events(), ReadDigest(), weigh=True):
+                    for _ in half.tap(events(), weigh=True):
                         pass
                     chain = half.result()
             except Exception:
@@ -544,7 +543,7 @@ class _ExportCheck:
         half, or anything else went wrong on the way: one pass then meets it in its own order."""
         try:
             with ChainHalf(run_id, sizes) as chain:
-                halves = chain.tap(events, ReadDigest(), weigh=True)
+                halves = chain.tap(events, weigh=True)
                 checked = check_events(run_id, halves, observe=self._observe, references=False)
                 answer = chain.result() if checked.bad is None else None
         except Exception:

@@ -50,6 +50,10 @@ class PermissionDenied(StoreError):
     """The role ELSPETH connected as may not do this (see `elspeth db roles`)."""
 
 
+class VerifierFailed(LandscapeError):
+    """A process of the verification itself failed: nothing was concluded about the log."""
+
+
 class CorruptLog(LandscapeError):
     """The stored events cannot be what ELSPETH wrote."""
 

@@ -12,8 +12,8 @@ log for itself before: the server did that work twice, and the two reads had to 
 the same by their digests, in all about 4 CPU-s of a 1,000,000-event check.) When both find
 nothing, their results together are exactly what one pass (`verify_events`) returns. When either
 finds something, or the child could not do its half, one pass over the same snapshot names the
-first bad event, as it always has; that second read is held to the first by a digest of each
-(`ReadDigest`), as a server can answer two reads differently (whoever controls it can make it).
+first bad event, as it always has; that second read is held to the first (`held_to_first`), as a
+server can answer two reads differently (whoever controls it can make it).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 
 from landscape.chain_half import SPLIT_AT, ChainHalf
 from landscape.checkpoint import run_origin
-from landscape.errors import StoreError
+from landscape.errors import StoreError, VerifierFailed
 from landscape.notary import Witnessed
 from landscape.note import Verifier
 from landscape.postgres import PostgresRecorder
@@ -108,10 +108,9 @@ def _verify_split(
         probed = True
         return unconfirmed(names, recorder.probe_payloads(run_id, names, snapshot))
 
-    first = ReadDigest()
     with ChainHalf(run_id, roots_at) as chain:
         checked = check_events(
-            run_id, chain.tap(events(), first), observe=observe, references=references,
+            run_id, chain.tap(events()), observe=observe, references=references,
             confirm=confirm if payloads else None, confirm_at=confirm_at,
         )  # fmt: skip
         left = checked.referenced
@@ -123,19 +122,34 @@ def _verify_split(
             )
             left = {h: left[h] for h in unconfirmed(left, rows)}
         answer = chain.result() if checked.bad is None else None
+        taken = chain.digest()
     if answer is not None and (halves := joined(checked, answer)) is not None:
         return halves, left
     # Something is wrong, or the second process could not do its half (it did not start, or
-    # failed): one pass in the same snapshot names the first bad event, or finds none. `observe`
-    # saw the first read and is not shown the events again: what it saw counts only when that
-    # read was good and is the very one this pass verified (their digests).
-    first_bad = checked.bad is not None
+    # failed): one pass in the same snapshot names the first bad event, or finds none.
+    first_bad = checked.bad is not None or (answer is not None and answer.bad)
     del checked, left  # (the first pass's fold and names: not held through the second)
     read = ReadDigest()
     one = verify_events(run_id, digested(pages(), read), roots_at=roots_at, references=references)
-    if one.bad is None and (first_bad or first.digest() != read.digest()):
-        raise StoreError(_TWO_FACED.format(run_id=run_id))
+    if one.bad is None:
+        held_to_first(first_bad, taken, read, run_id, observed=observe is not None)
     return one, one.referenced
+
+
+def held_to_first(first_bad: bool, taken: bytes | None, second: ReadDigest, run_id: str, *, observed: bool) -> None:
+    """A second read of the log, which one pass found good, against the first: StoreError when
+    they differ. The checks are the same whichever process runs them, so a first read found bad
+    (by either half) shows the server answered two reads differently. Otherwise the first read
+    is held to the second by its digest, when this process took one (`ChainHalf.digest`: no
+    child started). When it took none (the child failed or was killed) and something `observed`
+    that first read, what it saw stands on nothing: VerifierFailed, and nothing is concluded."""
+    if first_bad or (taken is not None and taken != second.digest()):
+        raise StoreError(_TWO_FACED.format(run_id=run_id))
+    if taken is None and observed:
+        raise VerifierFailed(
+            f"run {run_id}: the second process of the check ended without an answer (was it killed?), so what was "
+            "shown of the log's first read cannot be held to the second: nothing was concluded; run it again"
+        )
 
 
 # A server that showed two reads of one snapshot different events: whoever controls it is lying.
@@ -268,11 +282,11 @@ def chain_beside(
     if upto + 1 < SPLIT_AT:
         return check_chain(run_id, through(recorder.read_events(run_id, upto_seq=upto)), roots_at=roots_at)
     with gc_paused(), recorder.shared_snapshot() as snapshot:
-        first = ReadDigest()
         with ChainHalf(run_id, roots_at) as chain:
-            for _ in chain.tap(through(recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot)), first):
+            for _ in chain.tap(through(recorder.read_events(run_id, upto_seq=upto, snapshot=snapshot))):
                 pass
             answer = chain.result()
+            taken = chain.digest()
         if answer is not None and not answer.bad:
             return answer
         # The second process could not do its half, or found a bad event: one pass here, which
@@ -280,6 +294,6 @@ def chain_beside(
         read = ReadDigest()
         pages = recorder.read_pages(run_id, upto_seq=upto, snapshot=snapshot)
         one = check_chain(run_id, digested(pages, read), roots_at=roots_at)
-    if not one.bad and first.digest() != read.digest():
-        raise StoreError(_TWO_FACED.format(run_id=run_id))
+    if not one.bad:
+        held_to_first(answer is not None and answer.bad, taken, read, run_id, observed=True)  # (`through` saw it)
     return one

@@ -61,7 +61,7 @@ from landscape.merkle import leaf_hash, root
 from landscape.notary import Witnessed
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent, record_digest
-from landscape.verify import ChainCheck, ReadDigest
+from landscape.verify import ChainCheck
 from tests.engine_harness import write_csv
 from tests.test_cli import PIPELINE, ROOT, elspeth, one_line_error
 from tests.test_store import _superuser_update
@@ -384,16 +384,16 @@ def test_a_page_of_large_events_is_cut_by_its_bytes(monkeypatch: pytest.MonkeyPa
     sent: list[int] = []
     real = ChainHalf._send
 
-    def counted(self: ChainHalf, page: list[StoredEvent], read: ReadDigest) -> None:
+    def counted(self: ChainHalf, page: list[StoredEvent]) -> None:
         sent.append(len(page))
-        real(self, page, read)
+        real(self, page)
 
     monkeypatch.setattr(ChainHalf, "_send", counted)
     big = StoredEvent("r", 0, "run", "r", "RunStarted", 1, 0, b"x" * (3 << 20), b"", b"", b"")
     for weigh, pages in ((True, [2, 2, 1]), (False, [5])):
         sent.clear()
         with ChainHalf("r", ()) as chain:
-            assert sum(1 for _ in chain.tap([big] * 5, ReadDigest(), weigh=weigh)) == 5
+            assert sum(1 for _ in chain.tap([big] * 5, weigh=weigh)) == 5
         assert sent == pages, (weigh, sent)
 
 
