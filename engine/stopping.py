@@ -11,14 +11,21 @@ continues from there (ARCHITECTURE §6). Plugin error boundaries catch `Exceptio
 `StopNow` (a BaseException) passes through them to `Stop.installed`, which turns it into
 `StoppedAtOnce`.
 
-Python runs signal handlers between bytecodes and interrupts blocking system calls for them;
-only a long call inside C code that never returns to Python could delay the stop further.
+Python runs signal handlers between bytecodes, and a signal interrupts the blocking system call
+it lands in so that its handler runs. But one that lands just before the call is made (after
+Python's last look for signals) interrupts nothing: the call then blocks with the handler not
+run, forever if nothing else wakes it (a plugin waiting on a lock nobody releases; CI caught it,
+about one run in a hundred). So while a run is installed, a timer ticks every `TICK_SECONDS`:
+each tick interrupts whatever blocks, and the handlers waiting to run, run. The grace period is
+judged by the ticks, so the stop at once comes at most a tick late. Only a long call inside C
+code that never returns to Python could delay the stop further.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import FrameType
@@ -27,6 +34,7 @@ from typing import Any
 from engine.errors import EngineError
 
 GRACE_SECONDS = 1.0
+TICK_SECONDS = 0.25
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -60,16 +68,21 @@ class Stop:
     again: str | None = None  # the second signal, when one (not the grace period's end) stopped it
     aborting: bool = False
     handlers: dict[int, Any] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    requested_at: float = 0.0
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.aborting:
             return  # already leaving: let the cleanup run
-        if signum == signal.SIGALRM or self.requested is not None:
-            self.again = None if signum == signal.SIGALRM else signal.Signals(signum).name
+        if signum == signal.SIGALRM:  # a tick
+            if self.requested is not None and self.clock() - self.requested_at >= GRACE_SECONDS:
+                self._abort()
+            return
+        if self.requested is not None:
+            self.again = signal.Signals(signum).name
             self._abort()
         self.requested = signal.Signals(signum).name
-        with suppress(AttributeError):  # no interval timers on this platform: a second signal stops
-            signal.setitimer(signal.ITIMER_REAL, GRACE_SECONDS)
+        self.requested_at = self.clock()
 
     def settled(self) -> None:
         """The run has stopped (or ended) on its own: no abort from here on."""
@@ -94,6 +107,9 @@ class Stop:
                 if sig != signal.SIGALRM and signal.getsignal(sig) is signal.SIG_IGN:
                     continue
                 self.handlers[sig] = signal.signal(sig, self._handle)
+        if signal.SIGALRM in self.handlers:
+            with suppress(AttributeError):  # no interval timers on this platform: a second signal stops
+                signal.setitimer(signal.ITIMER_REAL, TICK_SECONDS, TICK_SECONDS)
         try:
             yield self
         except StopNow:

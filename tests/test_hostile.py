@@ -10,6 +10,7 @@ one line to CASES.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.stopping import Stop, StoppedAtOnce
+from engine.stopping import GRACE_SECONDS, Stop, StoppedAtOnce
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from landscape.records import StoredEvent
@@ -199,7 +200,7 @@ def test_a_settings_file_that_is_not_a_regular_file_is_refused_without_reading_i
 # -- SIGTERM and SIGINT, wherever the engine is --------------------------------------------------
 
 PLUGINS = '''
-import os, signal, sys, threading, time
+import _thread, os, signal, sys, threading, time
 from pathlib import Path
 from engine.plugins.protocol import PluginSpec, SourceItem
 from engine.plugins.sinks import JsonSink
@@ -221,6 +222,14 @@ def block(how):
         os.read(os.open("fifo", os.O_RDWR), 1)  # a read that no writer will ever answer
     elif how == "self":
         os.kill(os.getpid(), signal.SIGTERM)  # a signal between two rows: the graceful stop
+    elif how == "lost":
+        # A signal that lands as the main thread blocks, after its last look for signals: its
+        # handler waits for the blocking call to return. Made certain here by another thread
+        # taking it, once the main thread let go of the interpreter, which it does only to block
+        # (no timed switches meanwhile, and a thread started without waiting for it to start).
+        sys.setswitchinterval(1000)
+        _thread.start_new_thread(lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM), ())
+        threading.Event().wait()
 
 
 class Transform:
@@ -271,7 +280,8 @@ SPECS = (PluginSpec("stuck", "transform", Transform, {}), PluginSpec("stuck", "s
 '''
 
 DRIVER = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hang's stacks, for `finish`
 sys.path.insert(0, ".")
 import hostile_plugins
 from engine.plugins import registry
@@ -326,7 +336,18 @@ def wait_for_line(proc: subprocess.Popen[bytes], marker: bytes) -> bytes:
 
 
 def finish(proc: subprocess.Popen[bytes], before: bytes = b"") -> tuple[str, str]:
-    stdout, stderr = proc.communicate(timeout=TIMEOUT)  # a hang fails here
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:  # a hang: fail with where it is stuck, and leave no process behind
+        proc.send_signal(signal.SIGUSR1)  # its stacks, on stderr
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=5)
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(
+            f"hung for {TIMEOUT} s; its stderr, then its stacks:\n{(before + stderr).decode(errors='replace')}",
+            pytrace=False,
+        )
     return stdout.decode(), (before + stderr).decode()
 
 
@@ -339,6 +360,7 @@ def finish(proc: subprocess.Popen[bytes], before: bytes = b"") -> tuple[str, str
         ("source", "read", signal.SIGTERM),  # a read that never returns
         ("sink", "sleep", signal.SIGINT),
         ("transform", "self", 0),  # a signal between rows: the graceful stop at the next boundary
+        ("transform", "lost", 0),  # a signal whose handler waits for a lock nobody releases
     ],
 )
 def test_a_signal_stops_the_run_wherever_it_is_and_resume_completes_it(
@@ -380,10 +402,24 @@ def test_a_signal_stops_the_run_wherever_it_is_and_resume_completes_it(
 def test_what_stopped_a_run_at_once_is_named(second: signal.Signals, says: str) -> None:
     """A second signal stops the run at once, as the grace period's end does; the message said
     the grace period had run out either way (a hostile review)."""
-    stop = Stop("run-x")
+    now = [0.0]
+    stop = Stop("run-x", clock=lambda: now[0])
     with pytest.raises(StoppedAtOnce, match=says), stop.installed():
         stop._handle(signal.SIGINT, None)
+        now[0] = GRACE_SECONDS - 0.001
+        stop._handle(signal.SIGALRM, None)  # a tick within the grace period: nothing
+        assert not stop.aborting
+        now[0] = GRACE_SECONDS
         stop._handle(second, None)
+
+
+def test_ticks_before_a_signal_stop_nothing() -> None:
+    now = [0.0]
+    stop = Stop("run-x", clock=lambda: now[0])
+    with stop.installed():
+        now[0] = 3600.0
+        stop._handle(signal.SIGALRM, None)
+        assert stop.requested is None and not stop.aborting
 
 
 def test_a_signal_the_process_was_started_ignoring_stays_ignored() -> None:
