@@ -7,18 +7,22 @@ process or in a child process (`landscape.sender_process`); both call these same
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from landscape import faults
-from landscape.chain import GENESIS
+from landscape import copybin, faults
+from landscape.chain import GENESIS, link
 from landscape.db import driver_errors
 from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
+from landscape.notary import Notary
 from landscape.projection_sql import project
 
 EVENT_COLUMNS = (
@@ -40,13 +44,75 @@ PLACE_LOCK = "hashtextextended(%s, 2)"
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One durability point's worth of work for the database."""
+    """One durability point's worth of work for the sending side: its events not yet chained
+    (the sender hashes them: `Chain.seal`), and the row payloads they reference."""
 
-    events: bytes  # binary COPY data (`landscape.copybin`), empty if none
-    payloads: bytes  # likewise
-    projected: tuple[int, int] | None  # the seqs of these events (first, last), to project
-    checkpoint: tuple[int, bytes, str] | None  # (tree size, root, signed note) after these events
+    first_seq: int  # the seq of the first event (the others follow it)
+    heads: list[bytes]  # each event's binary COPY fields before its body (`landscape.copybin`)
+    bodies: list[bytes]  # each event's body (its JSON payload)
+    headers: list[bytes]  # each event's chain header (`landscape.chain.header`)
+    payloads: bytes  # the row payloads' binary COPY data, empty if none
     recorded_at: datetime
+
+
+# A binary COPY length word of a 32-byte hash field, and of any field.
+_HASH_FIELD = (32).to_bytes(4, "big")
+_length = struct.Struct(">i").pack
+
+
+class Chain:
+    """The sending side's end of a run's log: its head hash and Merkle tree, which each batch
+    extends (`seal`) once it is committed. The engine only encodes events as it appends them;
+    hashing them into the chain and the tree, and signing the checkpoint, is done here, where the
+    batch is sent: in `elspeth run` a child process, whose core has room while the engine's has none."""
+
+    def __init__(self, run_id: str, tree: MerkleAccumulator, head: bytes, notary: Notary | None) -> None:
+        self.run_id, self.tree, self.head, self.notary = run_id, tree, head, notary
+
+    def seal(self, batch: Batch, write: Callable[[bytes], object]) -> tuple[Chain, tuple[int, bytes, str] | None]:
+        """Hand `write` the batch's events as binary COPY data, each linked to the one before,
+        `SEAL_CHUNK` events at a time (the server takes each in while the next are hashed).
+        Returns the chain as it is once they are committed (this one is left as it was, for a
+        commit that fails) and the signed checkpoint after them (size, root, note), when there
+        is a notary."""
+        self.check_follows(batch)
+        sha256, hash_field, length = hashlib.sha256, _HASH_FIELD, _length
+        prev = self.head
+        tree = self.tree.copy()
+        rows: list[bytes] = [copybin.SIGNATURE]
+        leaves: list[bytes] = []
+        for head, body, event_header in zip(batch.heads, batch.bodies, batch.headers, strict=True):
+            body_hash = sha256(body).digest()
+            h = link(prev, event_header, body_hash)
+            rows.append(
+                b"".join((head, length(len(body)), body, hash_field, body_hash, hash_field, prev, hash_field, h))
+            )
+            leaves.append(h)
+            prev = h
+            if len(leaves) == SEAL_CHUNK:
+                write(b"".join(rows))
+                tree.extend_data(leaves)
+                rows, leaves = [], []
+        rows.append(copybin.TRAILER)
+        write(b"".join(rows))
+        tree.extend_data(leaves)
+        checkpoint = None
+        if self.notary is not None and tree.size > self.tree.size:
+            size, root = tree.size, tree.root()
+            checkpoint = (size, root, self.notary.sign(self.run_id, size, root))
+        return Chain(self.run_id, tree, prev, self.notary), checkpoint
+
+    def check_follows(self, batch: Batch) -> None:
+        """StoreError if the batch's events do not start where the log ends (an engine's bug)."""
+        if batch.first_seq != self.tree.size:
+            raise StoreError(
+                f"run {self.run_id}: a batch from seq {batch.first_seq} was handed over where the log ends at "
+                f"seq {self.tree.size - 1}: it would leave a gap or a fork in the chain"
+            )
+
+
+# Events per piece of a batch's COPY data (about 400 KB of the linear example's events).
+SEAL_CHUNK = 1000
 
 
 def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> None:
@@ -124,31 +190,35 @@ def open_log(
     return tree.copy(), head
 
 
-def send(conn: psycopg.Connection[Any], run_id: str, batch: Batch, verifier: str | None) -> None:
-    """Copy the batch's payloads and events, project the events, store its signed checkpoint
-    (`verifier`: the notary's key, as text), and commit: all in one transaction."""
+def send(conn: psycopg.Connection[Any], chain: Chain, batch: Batch) -> tuple[Chain, tuple[int, bytes, str] | None]:
+    """Copy the batch's payloads, then its events as they are chained (`Chain.seal`), project the
+    events, store the signed checkpoint, and commit: all in one transaction. Returns the chain
+    after them and the checkpoint, which may be witnessed now that it is durable."""
+    run_id = chain.run_id
+    chain.check_follows(batch)  # (before the transaction begins)
+    after, checkpoint = chain, None
     with driver_errors(f"committing events of run {run_id}", conn=conn, run_id=run_id):
         with conn.cursor() as cur:
             if batch.payloads:
                 # Commitments are salted at random, so a new payload never meets an old one.
                 with cur.copy("COPY payloads (run_id, hash, salt, data, recorded_at) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.write(batch.payloads)
-            if batch.events:
+            if batch.heads:
                 with cur.copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.write(batch.events)
-            if batch.projected is not None:
+                    after, checkpoint = chain.seal(batch, cp.write)
                 # The server derives the analyst tables from the events just copied (on its own
                 # core), in this same transaction: they are never behind the log.
-                project(cur, run_id, *batch.projected)
-            if batch.checkpoint is not None and verifier is not None:
-                size, root, note = batch.checkpoint
+                project(cur, run_id, batch.first_seq, after.tree.size - 1)
+            if checkpoint is not None and chain.notary is not None:
+                size, root, note = checkpoint
                 cur.execute(
                     "INSERT INTO public.checkpoints (run_id, tree_size, root, note, verifier, recorded_at) "
                     "VALUES (%s, %s, %s, %s, %s, %s)",
-                    (run_id, size, root, note, verifier, batch.recorded_at),
+                    (run_id, size, root, note, chain.notary.verifier.text(), batch.recorded_at),
                 )
             faults.reached("commit")
         conn.commit()
+    return after, checkpoint
 
 
 def release(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...] = BOTH_LOCKS) -> None:

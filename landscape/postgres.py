@@ -10,7 +10,6 @@ engine can redo. Driver errors become the landscape's own through `db.driver_err
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import struct
@@ -18,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from itertools import starmap
 from typing import Any, Literal, NamedTuple
 
@@ -27,7 +27,7 @@ from psycopg.types.numeric import Int8BinaryLoader
 
 from landscape import commits, copybin, faults
 from landscape.canonical import is_name
-from landscape.chain import event_hash
+from landscape.chain import header
 from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, WRITER_LOCK, Batch
 from landscape.db import Database, driver_errors, read_as_written
 from landscape.errors import StoreError
@@ -42,7 +42,9 @@ from statecharts.machines import RUN_FINAL, RunState
 _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
 _length = struct.Struct(">i").pack
-_sha256 = hashlib.sha256
+_HASHES_BYTES = 3 * (4 + 32)  # an event row's three hash fields (body, previous, its own)
+# A commit's signed checkpoint (tree size, root, note; None without a notary) and its time.
+Checkpointed = tuple[tuple[int, bytes, str] | None, datetime]
 # How a writer's commits reach the database: on the engine's thread, on a thread of their own,
 # or from a child process (see `landscape.sender_process`).
 Sending = Literal["inline", "thread", "process"]
@@ -168,14 +170,16 @@ class PgRunWriter:
     ) -> None:
         self.run_id = run_id
         self._notary = notary
-        self._verifier = notary.verifier.text() if notary is not None else None
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         self._conn: psycopg.Connection[Any] | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._process: SenderProcess | None = None
-        self._in_flight: Future[None] | None = None  # on the thread
+        self._in_flight: Future[Checkpointed] | None = None  # on the thread
         self._handed: Batch | None = None  # to the process, not yet answered
         self._failed: BaseException | None = None  # a commit that failed: nothing more is sent
+        # The log's end as the sending side holds it (on a thread or inline; a child process
+        # holds its own): each commit chains its events on and replaces it.
+        self._chain: commits.Chain | None = None
         if sending == "process" and threading.active_count() > 1:
             # A fork copies every lock as it is that moment, held ones too, and the child could
             # wait forever on one that another thread held: with other threads about, no fork.
@@ -184,27 +188,29 @@ class PgRunWriter:
             self._conn = connect()
             commits.lock(self._conn, run_id, (commits.WRITER_LOCK,))
             try:
-                self._process = SenderProcess(connect, run_id, verified, self._verifier)
+                self._process = SenderProcess(connect, run_id, verified, notary)
             except BaseException:
                 commits.release(self._conn, run_id, (commits.WRITER_LOCK,))
                 raise
-            tree, head = self._process.tree, self._process.head
+            self.next_seq: int = self._process.size
         else:
             self._conn = connect()
             tree, head = commits.open_log(self._conn, run_id, verified)
+            self._chain = commits.Chain(run_id, tree, head, notary)
+            self.next_seq = tree.size
             if sending == "thread":
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elspeth-commit")
-        self._tree = tree
-        self._leaves: list[bytes] = []  # chain hashes not yet in the tree (added at each commit)
-        self.next_seq: int = tree.size
-        self.head: bytes = head
-        self._events: list[bytes] = []  # binary COPY rows, built as they are appended
+        # The events appended since the last commit, as the sending side chains them
+        # (`commits.Batch`): built per event here, hashed there.
+        self._heads: list[bytes] = []
+        self._bodies: list[bytes] = []
+        self._headers: list[bytes] = []
         self._payloads: dict[str, bytes] = {}  # hash hex -> binary COPY row
         # The fields that repeat, encoded once: the run id, and per machine and event type.
         self._run_field = copybin.count(11) + copybin.text(run_id)
         self._payload_prefix = copybin.count(5) + copybin.text(run_id)
         self._fields: dict[tuple[str, type[EventBase]], tuple[bytes, bytes]] = {}
-        self._buffered = 0  # bytes of `_events` and `_payloads`
+        self._buffered = 0  # bytes of the events and payloads buffered
 
     @property
     def pending_bytes(self) -> int:
@@ -212,30 +218,26 @@ class PgRunWriter:
         return self._buffered
 
     def append(self, machine: str, entity_id: str, event: EventBase) -> int:
-        payload = encode_event(event)
-        payload_hash = _sha256(payload).digest()
+        body = encode_event(event)
         seq = self.next_seq
         kind = type(event)
         at_us = self._now_us()
-        prev = self.head
         constant = self._fields.get((machine, kind))
         if constant is None:
             constant = self._fields[(machine, kind)] = (
                 copybin.text(machine),
                 copybin.text(kind.__name__) + copybin.int2(event.SCHEMA_VERSION),
             )
-        h = event_hash(prev, self.run_id, seq, machine, entity_id, kind.__name__, event.SCHEMA_VERSION, at_us,
-                       payload_hash)  # fmt: skip
         entity = entity_id.encode()
-        # The row in binary COPY format (`landscape.copybin`), spelled out: this runs per event.
-        row = b"".join((self._run_field, _int8(8, seq), constant[0], _length(len(entity)), entity, constant[1],
-                        _int8(8, at_us - copybin.PG_EPOCH_US), _length(len(payload)), payload, _HASH_FIELD,
-                        payload_hash, _HASH_FIELD, prev, _HASH_FIELD, h))  # fmt: skip
-        self._events.append(row)
-        self._buffered += len(row)
-        self.head = h
+        # The row's fields before its body, in binary COPY format (`landscape.copybin`), spelled
+        # out: this runs per event. Its body and hashes follow it (`commits.Chain.seal`).
+        head = b"".join((self._run_field, _int8(8, seq), constant[0], _length(len(entity)), entity, constant[1],
+                         _int8(8, at_us - copybin.PG_EPOCH_US)))  # fmt: skip
+        self._heads.append(head)
+        self._bodies.append(body)
+        self._headers.append(header(self.run_id, seq, machine, entity_id, kind.__name__, event.SCHEMA_VERSION, at_us))
+        self._buffered += len(head) + len(body) + _HASHES_BYTES
         self.next_seq = seq + 1
-        self._leaves.append(h)
         faults.reached("append")
         return seq
 
@@ -253,24 +255,18 @@ class PgRunWriter:
 
         Sent from a thread or a child process, with `wait=False`, the commit is handed over and
         this returns at once; an error surfaces at the next commit. `wait=True` returns only
-        when everything appended so far is committed."""
-        if self._events or self._payloads:
-            checkpoint = None
-            # The Merkle tree takes the commit's leaves in one call (one loop, not two calls per
-            # event); only a checkpoint reads it, and checkpoints are signed at commits.
-            self._tree.extend_data(self._leaves)
-            self._leaves.clear()
-            if self._notary is not None and self._events:
-                size, root = self._tree.size, self._tree.root()
-                checkpoint = (size, root, self._notary.sign(self.run_id, size, root))
+        when everything appended so far is committed. The sending side chains the events, grows
+        the Merkle tree and signs the checkpoint (`commits.Chain`)."""
+        if self._heads or self._payloads:
             batch = Batch(
-                copybin.block(self._events) if self._events else b"",
+                self.next_seq - len(self._heads),
+                self._heads,
+                self._bodies,
+                self._headers,
                 copybin.block(self._payloads.values()) if self._payloads else b"",
-                (self.next_seq - len(self._events), self.next_seq - 1) if self._events else None,
-                checkpoint,
                 us_to_datetime(self._now_us()),
             )
-            self._events, self._payloads, self._buffered = [], {}, 0
+            self._heads, self._bodies, self._headers, self._payloads, self._buffered = [], [], [], {}, 0
             self._wait()
             if self._failed is not None:
                 # The log ends where the failed commit began; this batch's seqs follow the failed
@@ -288,7 +284,7 @@ class PgRunWriter:
             elif self._thread is not None:
                 self._in_flight = self._thread.submit(self._send, batch)
             else:
-                self._send(batch)
+                self._witness(self._send(batch))
         if wait:
             self._wait()
 
@@ -297,32 +293,33 @@ class PgRunWriter:
         try:
             if self._in_flight is not None:
                 future, self._in_flight = self._in_flight, None
-                future.result()
+                self._witness(future.result())
             if self._handed is not None and self._process is not None:
                 batch = self._handed
-                self._process.wait()
+                checkpoint = self._process.wait()
                 self._handed = None
-                self._witness(batch)
+                self._witness((checkpoint, batch.recorded_at))
         except BaseException as e:
             self._handed = None
             self._failed = self._failed or e
             raise
 
-    def _send(self, batch: Batch) -> None:
-        assert self._conn is not None
+    def _send(self, batch: Batch) -> Checkpointed:
+        assert self._conn is not None and self._chain is not None
         try:
-            commits.send(self._conn, self.run_id, batch, self._verifier)
+            self._chain, checkpoint = commits.send(self._conn, self._chain, batch)
         except BaseException as e:
             self._failed = self._failed or e
             raise
-        self._witness(batch)
         faults.reached("committed")
+        return checkpoint, batch.recorded_at
 
-    def _witness(self, batch: Batch) -> None:
+    def _witness(self, checkpointed: Checkpointed) -> None:
         # Only once durable: a witnessed checkpoint must never cover events a crash undid.
-        if batch.checkpoint is not None and self._notary is not None:
-            size, _root, note = batch.checkpoint
-            self._notary.witness(self.run_id, size, note, batch.recorded_at)
+        checkpoint, recorded_at = checkpointed
+        if checkpoint is not None and self._notary is not None:
+            size, _root, note = checkpoint
+            self._notary.witness(self.run_id, size, note, recorded_at)
 
     def hold(self, place: str, *, shared: bool = False) -> str | None:
         """Take the lock of `place` (a sink's file or table, as the engine names it) for as long

@@ -21,7 +21,6 @@ class RunWriter(Protocol):
 
     run_id: str
     next_seq: int
-    head: bytes
 
     @property
     def pending_bytes(self) -> int: ...

@@ -10,8 +10,9 @@ sending, one after the other; on a thread they overlapped, but the handovers cos
 its own interpreter: the engine's process only builds batches and writes them to a pipe.
 
 The child is forked when the writer opens. It connects on its own, takes the run's sender lock,
-and answers with where the log ends; then, for each batch it is handed, it copies, projects and
-commits (`landscape.commits`), and answers. The writer hands over one batch at a time and waits
+and answers with where the log ends; then, for each batch it is handed, it chains its events
+(their hashes, the Merkle tree, the signed checkpoint: work taken off the engine's core), copies,
+projects and commits (`landscape.commits`), and answers with the checkpoint. The writer hands over one batch at a time and waits
 for its answer before the next, as it did with a thread, so commits stay in order and memory
 stays bounded.
 
@@ -43,6 +44,7 @@ from landscape import commits, faults
 from landscape.child import die_with, widen_pipe
 from landscape.errors import LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
+from landscape.notary import Notary
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}  # the engine's (engine/stopping.py)
 
@@ -55,7 +57,7 @@ class SenderProcess:
         connect: Callable[[], psycopg.Connection[Any]],
         run_id: str,
         verified: tuple[MerkleAccumulator, bytes] | None,
-        verifier: str | None,
+        notary: Notary | None,
     ) -> None:
         self.run_id = run_id
         to_child, from_parent = _pipe()
@@ -68,7 +70,7 @@ class SenderProcess:
             if pid == 0:  # the child: leaves only through os._exit, whatever happens
                 try:
                     _seal(mask, keep=(from_parent.fileno(), to_parent.fileno()))
-                    _serve(connect, run_id, verified, verifier, from_parent, to_parent, parent)
+                    _serve(connect, run_id, verified, notary, from_parent, to_parent, parent)
                 finally:
                     os._exit(1)
         finally:
@@ -79,12 +81,11 @@ class SenderProcess:
         self._to, self._from = to_child, from_child
         self._broken = False  # an exchange was cut off half way: the child is ended, not asked
         try:
-            state, head = self._answer(f"opening the writer of run {run_id}")
+            size = self._answer(f"opening the writer of run {run_id}")
         except BaseException:
             self._end(kill=True)
             raise
-        self.tree = MerkleAccumulator.from_bytes(state)
-        self.head: bytes = head
+        self.size: int = size  # the events the log holds: the next seq
 
     def submit(self, batch: commits.Batch) -> None:
         """Hand a batch over; `wait` says how it went."""
@@ -96,9 +97,11 @@ class SenderProcess:
             self._broken = True
             raise
 
-    def wait(self) -> None:
-        """Until the batch handed over is committed; its error, if it failed."""
-        self._answer(f"committing events of run {self.run_id}")
+    def wait(self) -> tuple[int, bytes, str] | None:
+        """Until the batch handed over is committed: its signed checkpoint (`commits.send`), or its
+        error if it failed."""
+        checkpoint: tuple[int, bytes, str] | None = self._answer(f"committing events of run {self.run_id}")
+        return checkpoint
 
     def close(self) -> None:
         """Ask the child to release the run and end, and wait until it has; after an exchange cut
@@ -155,7 +158,7 @@ def _serve(
     connect: Callable[[], psycopg.Connection[Any]],
     run_id: str,
     verified: tuple[MerkleAccumulator, bytes] | None,
-    verifier: str | None,
+    notary: Notary | None,
     inbox: Connection,
     outbox: Connection,
     parent: int,
@@ -172,7 +175,8 @@ def _serve(
             _say(outbox, "error", e)
             code = 0
             return
-        _say(outbox, "ok", (tree.to_bytes(), head))
+        chain = commits.Chain(run_id, tree, head, notary)
+        _say(outbox, "ok", tree.size)
         while True:
             try:
                 message = inbox.recv_bytes()
@@ -183,11 +187,11 @@ def _serve(
                 _say(outbox, "ok", None)
                 break
             try:
-                commits.send(conn, run_id, pickle.loads(message), verifier)
+                chain, checkpoint = commits.send(conn, chain, pickle.loads(message))
             except Exception as e:
                 _say(outbox, "error", e)
                 continue
-            _say(outbox, "ok", None)
+            _say(outbox, "ok", checkpoint)
             faults.reached("committed")
         code = 0
     finally:

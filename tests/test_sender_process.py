@@ -14,9 +14,9 @@ import pytest
 
 from engine.stopping import StopNow
 from landscape.canonical import commit_row
-from landscape.commits import SENDER_LOCK
+from landscape.commits import EVENT_COLUMNS, SENDER_LOCK
 from landscape.db import Database
-from landscape.errors import ConcurrentWriter, StoreError
+from landscape.errors import ChainBroken, ConcurrentWriter, StoreError
 from landscape.postgres import PgRunWriter, PostgresRecorder
 from landscape.verify_store import verify_run
 from statecharts import events as ev
@@ -86,9 +86,12 @@ def test_the_sender_process_holds_the_runs_lock_while_the_writer_is_open(db: Dat
     child = w._process
     assert child is not None and child._pid is None  # reaped
     again = PostgresRecorder(db).open_writer(run_id, sending="process")
-    assert again.next_seq == 1 and again.head == w.head  # it found the log where the first left it
+    assert again.next_seq == 1  # it found the log where the first left it
+    again.append("run", run_id, ev.RunStarted())
+    again.commit()
     again.close()
     again.close()  # twice is harmless
+    assert verify_run(PostgresRecorder(db), run_id).events == 2  # and chained on from its head
 
 
 def test_a_writer_refused_at_open_leaves_no_child_and_no_lock(db: Database) -> None:
@@ -170,8 +173,14 @@ def test_a_failed_statement_in_the_sender_process_is_the_engines_error(db: Datab
     w = PostgresRecorder(db).open_writer(run_id, sending="process")
     w.append("run", run_id, _created())
     w.commit()
-    w.next_seq = 0  # a bug that reuses a seq: the server refuses the duplicate key
-    w.append("run", run_id, _created())
+    with db.connect() as conn:  # a row written where this writer's next goes, past its lock
+        conn.execute(
+            f"INSERT INTO events ({EVENT_COLUMNS}) SELECT run_id, 1, machine, entity_id, event_type, schema_version, "
+            "recorded_at, payload, payload_hash, prev_hash, hash FROM events WHERE run_id = %s AND seq = 0",
+            (run_id,),
+        )
+        conn.commit()
+    w.append("run", run_id, ev.RunStarted())
     with pytest.raises(ConcurrentWriter, match=f"run {run_id} .*seq already taken"):  # the class survives the pipe
         w.commit()
     w.append("run", run_id, ev.RunFailed(reason="x"))
@@ -179,6 +188,23 @@ def test_a_failed_statement_in_the_sender_process_is_the_engines_error(db: Datab
         w.commit()
     w.close()
     assert _lock_released(db, run_id)
+    with pytest.raises(ChainBroken, match="at seq 1"):  # the foreign row, and nothing of the writer's after it
+        verify_run(PostgresRecorder(db), run_id)
+    with db.connect() as conn:
+        assert conn.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() == (1,)
+
+
+@pytest.mark.parametrize("sending", ["process", "inline"])
+def test_a_batch_that_does_not_follow_the_log_is_refused_before_anything_is_sent(db: Database, sending: str) -> None:
+    run_id = f"run-sp-gap-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending=sending)  # type: ignore[arg-type]
+    w.append("run", run_id, _created())
+    w.commit()
+    w.next_seq = 0  # a bug that reuses a seq: the chain would fork
+    w.append("run", run_id, _created())
+    with pytest.raises(StoreError, match=f"run {run_id}: a batch from seq 0 .* ends at seq 0: .*a gap or a fork"):
+        w.commit()
+    w.close()
     assert verify_run(PostgresRecorder(db), run_id).events == 1
 
 

@@ -166,16 +166,16 @@ def test_a_writer_continues_the_tree_a_reader_verified_only_while_the_log_still_
     recorder = PostgresRecorder(db)
     verified = verify_run(recorder, "run-tip")
     w = recorder.open_writer("run-tip", verified=(verified.tree, verified.head))
-    assert (w.next_seq, w.head) == (verified.events, verified.head)
+    assert w._chain is not None and (w.next_seq, w._chain.head) == (verified.events, verified.head)
     w.append("run", "run-tip", ev.RunStarted())
     w.commit()
     w.close()
     after = verify_run(recorder, "run-tip")
-    assert w._tree.root() == after.root  # the handed-over tree grew into the log's tree
+    assert w._chain.tree.root() == after.root  # the handed-over tree grew into the log's tree
     # A reading the log has moved past since (another writer came between): not taken.
     w = recorder.open_writer("run-tip", verified=(verified.tree, verified.head))
-    assert (w.next_seq, w.head) == (after.events, after.head)
-    assert w._tree.root() == after.root
+    assert w._chain is not None and (w.next_seq, w._chain.head) == (after.events, after.head)
+    assert w._chain.tree.root() == after.root
     w.close()
 
 
