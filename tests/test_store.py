@@ -12,10 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from landscape import postgres
+from landscape import commits, postgres
 from landscape.canonical import commit_row
 from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter
+from landscape.notary import Notary, read_run_witness
+from landscape.note import Signer
 from landscape.postgres import PgRunWriter as RunWriter
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.verify import payload_matches
@@ -439,3 +441,27 @@ def test_a_payload_is_split_one_way_only(row: dict[str, Any]) -> None:
     assert well_split(b"", data)
     if len(data) > SALT_BYTES:
         assert not well_split(data[:SALT_BYTES], data[SALT_BYTES:])
+
+
+@pytest.mark.parametrize("sending", ["inline", "process"])
+def test_a_batch_sent_in_pieces_is_one_chain_and_its_checkpoint_covers_all_of_it(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sending: str
+) -> None:
+    """The sending side streams a batch's rows into the COPY a piece at a time (`SEAL_CHUNK`),
+    growing the tree as it goes: every piece lands, in order, and the signed checkpoint is of
+    the whole log, which the witness file holds too once the commit is durable."""
+    monkeypatch.setattr(commits, "SEAL_CHUNK", 3)  # (before the writer forks its sender)
+    run_id = f"run-pieces-{sending}"
+    notary = Notary(Signer.generate("ops"), PostgresRecorder(db).store_id(), tmp_path)
+    w = PostgresRecorder(db).open_writer(run_id, sending=sending, notary=notary)  # type: ignore[arg-type]
+    w.append("run", run_id, _created(run_id))
+    for i in range(10):  # 11 events: three whole pieces and a part
+        w.append("token", f"r{i}", ev.TokenCreated(row_index=i, data_hash=f"{i:064x}", at="in"))
+    w.commit()
+    w.close()
+    (stored,) = PostgresRecorder(db).checkpoints(run_id)
+    (witnessed,) = read_run_witness(tmp_path, run_id)
+    checked = [stored, witnessed]
+    verified = verify_run(PostgresRecorder(db), run_id, payloads=False, checkpoints=checked, verifier=notary.verifier)
+    assert (verified.bad, verified.events) == (None, 11)
+    assert (stored.size, stored.root) == (witnessed.size, witnessed.root) == (11, verified.root)
