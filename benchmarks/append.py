@@ -3,8 +3,9 @@
     python benchmarks/append.py [--events N] [--commit-every N] [--rounds N] [--merkle-only]
 
 Uses the embedded PostgreSQL (or ELSPETH_DATABASE_URL). The store path encodes each event with
-msgspec, hashes it into the chain, stores a row payload for every TokenCreated, and commits with
-COPY once per durability point; the baseline COPYs the already-encoded event rows it produced.
+msgspec, stores a row payload for every TokenCreated, and commits with COPY once per durability
+point, its sender process hashing the events into the chain; the baseline COPYs the same rows,
+read back from the store and encoded beforehand (untimed), under another run id.
 Both alternate for a few rounds and the best of each is reported (the server's checkpoints and
 autovacuum make single runs noisy on a 2-core machine).
 It also measures the run's Merkle tree alone (no database): the leaf hash and accumulator

@@ -236,8 +236,10 @@ class Execution:
         # slices it waited up to that long each time behind this thread's work, and this thread
         # then waited for its commit: measured, 30 % of a linear run's time. Shorter was faster
         # down to 2 µs (linear, 50,000 rows: 0.1 ms 6,800-7,000 rows/s, 10 µs 7,700-8,000,
-        # 2 µs 8,400-8,900). Short slices only cost anything when both threads are runnable.
-        # A sender process (`elspeth run`) needs none of this. Restored by close.
+        # 2 µs 8,400-8,900). Short slices only cost anything when both threads are runnable, as
+        # they are while the sender chains a batch (`commits.Chain.seal`, a few µs per event):
+        # in-process runs pay that; a sender process (`elspeth run`) needs none of this.
+        # Restored by close.
         self._gil_slice = sys.getswitchinterval()
         if sending == "thread":
             sys.setswitchinterval(GIL_SLICE_SECONDS)

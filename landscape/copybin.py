@@ -1,10 +1,9 @@
 """PostgreSQL's binary COPY format, built by hand for the rows the writer sends.
 
-Why by hand: psycopg formats `write_row` values in the thread that sends them, and the writer's
-sender thread then holds the GIL for all of that formatting while the engine's thread waits for
-it. Built here, in the engine's thread, as one `bytes` per row (no `datetime`, no escaping), a
-durability point is a single `Copy.write` of a joined block, and the sender thread spends its
-time waiting on the network with the GIL released.
+Why by hand: psycopg's `write_row` formats each value in Python, per field. Built here as
+`bytes` (no `datetime`, no escaping), an event's fields before its body are made once in the
+engine as it appends it, the sending side adds the body and the hashes (`commits.Chain.seal`),
+and a durability point is a few `Copy.write`s of joined pieces.
 
 The format (PostgreSQL docs, "COPY", binary format): a signature and two zero 32-bit words, then
 per row a 16-bit field count and, per field, a 32-bit length (-1 for NULL) and the value in the

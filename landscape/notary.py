@@ -1,6 +1,7 @@
 """Signing a run's checkpoints, and the witness file that keeps a copy outside the database.
 
-At every durability point the writer asks the notary to sign a checkpoint of the run's Merkle
+At every durability point the writer's sending side (`landscape.commits.Chain`, in `elspeth run`
+the writer's child process, with its copy of the notary) signs a checkpoint of the run's Merkle
 tree (origin `elspeth/<store id>/<run id>`, tree size, root). The signed note is stored in the
 `checkpoints` table in the same transaction as the events it covers and, once that commit is
 durable, appended to the run's witness file — a copy a database superuser cannot reach. A log

@@ -42,7 +42,6 @@ from statecharts.machines import RUN_FINAL, RunState
 _HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
 _length = struct.Struct(">i").pack
-_HASHES_BYTES = 3 * (4 + 32)  # an event row's three hash fields (body, previous, its own)
 # A commit's signed checkpoint (tree size, root, note; None without a notary) and its time.
 Checkpointed = tuple[tuple[int, bytes, str] | None, datetime]
 # How a writer's commits reach the database: on the engine's thread, on a thread of their own,
@@ -175,7 +174,7 @@ class PgRunWriter:
         self._thread: ThreadPoolExecutor | None = None
         self._process: SenderProcess | None = None
         self._in_flight: Future[Checkpointed] | None = None  # on the thread
-        self._handed: Batch | None = None  # to the process, not yet answered
+        self._handed: datetime | None = None  # the time of the batch handed to the process, not yet answered
         self._failed: BaseException | None = None  # a commit that failed: nothing more is sent
         # The log's end as the sending side holds it (on a thread or inline; a child process
         # holds its own): each commit chains its events on and replaces it.
@@ -236,7 +235,7 @@ class PgRunWriter:
         self._heads.append(head)
         self._bodies.append(body)
         self._headers.append(header(self.run_id, seq, machine, entity_id, kind.__name__, event.SCHEMA_VERSION, at_us))
-        self._buffered += len(head) + len(body) + _HASHES_BYTES
+        self._buffered += len(head) + len(body) + len(self._headers[-1])
         self.next_seq = seq + 1
         faults.reached("append")
         return seq
@@ -280,7 +279,7 @@ class PgRunWriter:
                 except BaseException as e:
                     self._failed = e
                     raise
-                self._handed = batch
+                self._handed = batch.recorded_at
             elif self._thread is not None:
                 self._in_flight = self._thread.submit(self._send, batch)
             else:
@@ -295,10 +294,10 @@ class PgRunWriter:
                 future, self._in_flight = self._in_flight, None
                 self._witness(future.result())
             if self._handed is not None and self._process is not None:
-                batch = self._handed
+                recorded_at = self._handed
                 checkpoint = self._process.wait()
                 self._handed = None
-                self._witness((checkpoint, batch.recorded_at))
+                self._witness((checkpoint, recorded_at))
         except BaseException as e:
             self._handed = None
             self._failed = self._failed or e

@@ -11,8 +11,8 @@ its own interpreter: the engine's process only builds batches and writes them to
 
 The child is forked when the writer opens. It connects on its own, takes the run's sender lock,
 and answers with where the log ends; then, for each batch it is handed, it chains its events
-(their hashes, the Merkle tree, the signed checkpoint: work taken off the engine's core), copies,
-projects and commits (`landscape.commits`), and answers with the checkpoint. The writer hands over one batch at a time and waits
+(their hashes, the Merkle tree, the signed checkpoint: work taken off the engine's core),
+copies, projects and commits (`landscape.commits`), and answers with the checkpoint. The writer hands over one batch at a time and waits
 for its answer before the next, as it did with a thread, so commits stay in order and memory
 stays bounded.
 
