@@ -173,7 +173,7 @@ class PgRunWriter:
         self._conn: psycopg.Connection[Any] | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._process: SenderProcess | None = None
-        self._in_flight: Future[Checkpointed] | None = None  # on the thread
+        self._in_flight: Future[None] | None = None  # on the thread
         self._handed: datetime | None = None  # the time of the batch handed to the process, not yet answered
         self._failed: BaseException | None = None  # a commit that failed: nothing more is sent
         # The log's end as the sending side holds it (on a thread or inline; a child process
@@ -283,7 +283,7 @@ class PgRunWriter:
             elif self._thread is not None:
                 self._in_flight = self._thread.submit(self._send, batch)
             else:
-                self._witness(self._send(batch))
+                self._send(batch)
         if wait:
             self._wait()
 
@@ -292,7 +292,7 @@ class PgRunWriter:
         try:
             if self._in_flight is not None:
                 future, self._in_flight = self._in_flight, None
-                self._witness(future.result())
+                future.result()
             if self._handed is not None and self._process is not None:
                 recorded_at = self._handed
                 checkpoint = self._process.wait()
@@ -303,15 +303,15 @@ class PgRunWriter:
             self._failed = self._failed or e
             raise
 
-    def _send(self, batch: Batch) -> Checkpointed:
+    def _send(self, batch: Batch) -> None:
         assert self._conn is not None and self._chain is not None
         try:
             self._chain, checkpoint = commits.send(self._conn, self._chain, batch)
         except BaseException as e:
             self._failed = self._failed or e
             raise
+        self._witness((checkpoint, batch.recorded_at))
         faults.reached("committed")
-        return checkpoint, batch.recorded_at
 
     def _witness(self, checkpointed: Checkpointed) -> None:
         # Only once durable: a witnessed checkpoint must never cover events a crash undid.
