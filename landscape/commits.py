@@ -64,7 +64,7 @@ class Chain:
     """The sending side's end of a run's log: its head hash and Merkle tree, which each batch
     extends (`seal`) once it is committed. The engine only encodes events as it appends them;
     hashing them into the chain and the tree, and signing the checkpoint, is done here, where the
-    batch is sent: in `elspeth run` a child process, whose core has room while the engine's has none."""
+    batch is sent: in `elspeth run` a child process, off the engine's core."""
 
     def __init__(self, run_id: str, tree: MerkleAccumulator, head: bytes, notary: Notary | None) -> None:
         self.run_id, self.tree, self.head, self.notary = run_id, tree, head, notary

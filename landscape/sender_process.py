@@ -12,9 +12,9 @@ its own interpreter: the engine's process only builds batches and writes them to
 The child is forked when the writer opens. It connects on its own, takes the run's sender lock,
 and answers with where the log ends; then, for each batch it is handed, it chains its events
 (their hashes, the Merkle tree, the signed checkpoint: work taken off the engine's core),
-copies, projects and commits (`landscape.commits`), and answers with the checkpoint. The writer hands over one batch at a time and waits
-for its answer before the next, as it did with a thread, so commits stay in order and memory
-stays bounded.
+copies, projects and commits (`landscape.commits`), and answers with the checkpoint. The
+writer hands over one batch at a time and waits for its answer before the next, as it did with a
+thread, so commits stay in order and memory stays bounded.
 
 The engine's process holds the run's writer lock and the child its sender lock
 (`landscape.commits`): the run has a live writer while either lives, so neither a child that
