@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,9 +54,8 @@ class Batch:
     recorded_at: datetime
 
 
-# A binary COPY length word of a 32-byte hash field, and of any field.
-_HASH_FIELD = (32).to_bytes(4, "big")
-_length = struct.Struct(">i").pack
+# What a commit signed: (tree size, root, note), after its events.
+SignedCheckpoint = tuple[int, bytes, str]
 
 
 class Chain:
@@ -69,14 +67,14 @@ class Chain:
     def __init__(self, run_id: str, tree: MerkleAccumulator, head: bytes, notary: Notary | None) -> None:
         self.run_id, self.tree, self.head, self.notary = run_id, tree, head, notary
 
-    def seal(self, batch: Batch, write: Callable[[bytes], object]) -> tuple[Chain, tuple[int, bytes, str] | None]:
+    def seal(self, batch: Batch, write: Callable[[bytes], object]) -> tuple[Chain, SignedCheckpoint | None]:
         """Hand `write` the batch's events as binary COPY data, each linked to the one before,
         `SEAL_CHUNK` events at a time (the server takes each in while the next are hashed).
         Returns the chain as it is once they are committed (this one is left as it was, for a
         commit that fails) and the signed checkpoint after them (size, root, note), when there
         is a notary."""
         self.check_follows(batch)
-        sha256, hash_field, length = hashlib.sha256, _HASH_FIELD, _length
+        sha256, hash_field, length = hashlib.sha256, copybin.HASH_FIELD, copybin.length
         prev = self.head
         tree = self.tree.copy()
         rows: list[bytes] = [copybin.SIGNATURE]
@@ -190,7 +188,7 @@ def open_log(
     return tree.copy(), head
 
 
-def send(conn: psycopg.Connection[Any], chain: Chain, batch: Batch) -> tuple[Chain, tuple[int, bytes, str] | None]:
+def send(conn: psycopg.Connection[Any], chain: Chain, batch: Batch) -> tuple[Chain, SignedCheckpoint | None]:
     """Copy the batch's payloads, then its events as they are chained (`Chain.seal`), project the
     events, store the signed checkpoint, and commit: all in one transaction. Returns the chain
     after them and the checkpoint, which may be witnessed now that it is durable."""

@@ -30,6 +30,12 @@ _length = struct.Struct(">i")
 _count = struct.Struct(">h")
 
 
+# The length word of a 32-byte hash field, and any field's length word (a row's fields are
+# spelled out by hand where they are made per event: `landscape.postgres`, `landscape.commits`).
+HASH_FIELD = _length.pack(32)
+length = _length.pack
+
+
 def count(n: int) -> bytes:
     """A row's field count."""
     return _count.pack(n)

@@ -39,11 +39,10 @@ from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, RunCreated, encode_event
 from statecharts.machines import RUN_FINAL, RunState
 
-_HASH_FIELD = (32).to_bytes(4, "big")  # the length word of a 32-byte hash field (binary COPY)
 _int8 = struct.Struct(">iq").pack  # a length word and an int8 field
-_length = struct.Struct(">i").pack
+_length = copybin.length
 # A commit's signed checkpoint (tree size, root, note; None without a notary) and its time.
-Checkpointed = tuple[tuple[int, bytes, str] | None, datetime]
+Checkpointed = tuple[commits.SignedCheckpoint | None, datetime]
 # How a writer's commits reach the database: on the engine's thread, on a thread of their own,
 # or from a child process (see `landscape.sender_process`).
 Sending = Literal["inline", "thread", "process"]
@@ -244,7 +243,7 @@ class PgRunWriter:
         """Store a row's bytes under their commitment, with this run's events at the next commit.
         The same commitment twice (only a repeated salt could do that) is stored once."""
         if hash_hex not in self._payloads:
-            row = b"".join((self._payload_prefix, _HASH_FIELD, bytes.fromhex(hash_hex), copybin.bytea(payload.salt),
+            row = b"".join((self._payload_prefix, copybin.HASH_FIELD, bytes.fromhex(hash_hex), copybin.bytea(payload.salt),
                             copybin.bytea(payload.data), copybin.timestamptz(self._now_us())))  # fmt: skip
             self._payloads[hash_hex] = row
             self._buffered += len(row)

@@ -97,10 +97,10 @@ class SenderProcess:
             self._broken = True
             raise
 
-    def wait(self) -> tuple[int, bytes, str] | None:
+    def wait(self) -> commits.SignedCheckpoint | None:
         """Until the batch handed over is committed: its signed checkpoint (`commits.send`), or its
         error if it failed."""
-        checkpoint: tuple[int, bytes, str] | None = self._answer(f"committing events of run {self.run_id}")
+        checkpoint: commits.SignedCheckpoint | None = self._answer(f"committing events of run {self.run_id}")
         return checkpoint
 
     def close(self) -> None:
