@@ -58,6 +58,17 @@ class Batch:
 SignedCheckpoint = tuple[int, bytes, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A batch chained before its commit (`Chain.sealed`): its events' binary COPY data, the
+    chain as it is once they are committed, and the checkpoint signed after them."""
+
+    on: bytes  # the head of the chain it was sealed on
+    copy_data: list[bytes]
+    after: Chain
+    checkpoint: SignedCheckpoint | None
+
+
 class Chain:
     """The sending side's end of a run's log: its head hash and Merkle tree, which each batch
     extends (`seal`) once it is committed. The engine only encodes events as it appends them;
@@ -99,6 +110,14 @@ class Chain:
             size, root = tree.size, tree.root()
             checkpoint = (size, root, self.notary.sign(self.run_id, size, root))
         return Chain(self.run_id, tree, prev, self.notary), checkpoint
+
+    def sealed(self, batch: Batch) -> Sealed:
+        """`seal` into memory: the batch chained on this chain, to be sent once the batch before
+        it is committed (`send`). A child process seals a batch while the server still works on
+        the one before it (`landscape.sender_process`)."""
+        data: list[bytes] = []
+        after, checkpoint = self.seal(batch, data.append)
+        return Sealed(self.head, data, after, checkpoint)
 
     def check_follows(self, batch: Batch) -> None:
         """StoreError if the batch's events do not start where the log ends (an engine's bug)."""
@@ -188,12 +207,17 @@ def open_log(
     return tree.copy(), head
 
 
-def send(conn: psycopg.Connection[Any], chain: Chain, batch: Batch) -> tuple[Chain, SignedCheckpoint | None]:
-    """Copy the batch's payloads, then its events as they are chained (`Chain.seal`), project the
-    events, store the signed checkpoint, and commit: all in one transaction. Returns the chain
-    after them and the checkpoint, which may be witnessed now that it is durable."""
+def send(
+    conn: psycopg.Connection[Any], chain: Chain, batch: Batch, sealed: Sealed | None = None
+) -> tuple[Chain, SignedCheckpoint | None]:
+    """Copy the batch's payloads, then its events as they are chained (`Chain.seal`; or as `sealed`
+    holds them, chained already on this `chain`: `Chain.sealed`), project the events, store the
+    signed checkpoint, and commit: all in one transaction. Returns the chain after them and the
+    checkpoint, which may be witnessed now that it is durable."""
     run_id = chain.run_id
     chain.check_follows(batch)  # (before the transaction begins)
+    if sealed is not None and (sealed.on, sealed.after.tree.size - len(batch.heads)) != (chain.head, chain.tree.size):
+        raise StoreError(f"run {run_id}: a batch was chained on another end of the log than the one committed")
     after, checkpoint = chain, None
     with driver_errors(f"committing events of run {run_id}", conn=conn, run_id=run_id):
         with conn.cursor() as cur:
@@ -203,7 +227,12 @@ def send(conn: psycopg.Connection[Any], chain: Chain, batch: Batch) -> tuple[Cha
                     cp.write(batch.payloads)
             if batch.heads:
                 with cur.copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
-                    after, checkpoint = chain.seal(batch, cp.write)
+                    if sealed is None:
+                        after, checkpoint = chain.seal(batch, cp.write)
+                    else:
+                        for data in sealed.copy_data:
+                            cp.write(data)
+                        after, checkpoint = sealed.after, sealed.checkpoint
                 # The server derives the analyst tables from the events just copied (on its own
                 # core), in this same transaction: they are never behind the log.
                 project(cur, run_id, batch.first_seq, after.tree.size - 1)

@@ -15,6 +15,7 @@ import queue
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -151,9 +152,12 @@ class PgRunWriter:
     from a live one (a lock held) without trusting pid files.
 
     `sending` says where commits are sent from (`Sending`). On a thread or from a child process,
-    a commit is sent while the engine goes on with the next batch; at most one is in flight, so
+    a commit is sent while the engine goes on with the next batch; at most one is in flight while
+    the engine works (a child is handed the next just before the answer to that one is read), so
     memory stays bounded and commits stay in order. Sending from a child, this process holds the
-    writer's lock and the child the sender's. After a failed commit nothing more is sent.
+    writer's lock and the child the sender's. After a failed commit nothing more is committed;
+    after a failure on this side with a batch in the child (its witness line could not be
+    written), the child is ended as in a crash.
     """
 
     def __init__(
@@ -173,7 +177,8 @@ class PgRunWriter:
         self._thread: ThreadPoolExecutor | None = None
         self._process: SenderProcess | None = None
         self._in_flight: Future[None] | None = None  # on the thread
-        self._handed: datetime | None = None  # the time of the batch handed to the process, not yet answered
+        # The times of the batches handed to the process, not yet answered (at most two).
+        self._handed: deque[datetime] = deque()
         self._failed: BaseException | None = None  # a commit that failed: nothing more is sent
         # The log's end as the sending side holds it (on a thread or inline; a child process
         # holds its own): each commit chains its events on and replaces it.
@@ -252,7 +257,7 @@ class PgRunWriter:
         """Send everything buffered in one transaction and commit it (a durability point).
 
         Sent from a thread or a child process, with `wait=False`, the commit is handed over and
-        this returns at once; an error surfaces at the next commit. `wait=True` returns only
+        this returns once the one before it is done; an error surfaces at the next commit. `wait=True` returns only
         when everything appended so far is committed. The sending side chains the events, grows
         the Merkle tree and signs the checkpoint (`commits.Chain`)."""
         if self._heads or self._payloads:
@@ -265,40 +270,54 @@ class PgRunWriter:
                 us_to_datetime(self._now_us()),
             )
             self._heads, self._bodies, self._headers, self._payloads, self._buffered = [], [], [], {}, 0
-            self._wait()
-            if self._failed is not None:
-                # The log ends where the failed commit began; this batch's seqs follow the failed
-                # one's: sending it would leave a gap in the chain, which no resume could verify.
-                raise StoreError(
-                    f"run {self.run_id}: nothing more can be committed after a failed commit ({self._failed})"
-                ) from self._failed
             if self._process is not None:
+                # Handed over before the answer to the batch before is read: the child chains this
+                # one while the server finishes that one (`sender_process`). Should that one fail,
+                # the child commits none after it, and its error is raised here, as below.
+                self._refuse_after_a_failure()
                 try:
                     self._process.submit(batch)
                 except BaseException as e:
                     self._failed = e
                     raise
-                self._handed = batch.recorded_at
-            elif self._thread is not None:
-                self._in_flight = self._thread.submit(self._send, batch)
+                self._handed.append(batch.recorded_at)
+                self._wait(keep=1)
             else:
-                self._send(batch)
+                self._wait()
+                self._refuse_after_a_failure()
+                if self._thread is not None:
+                    self._in_flight = self._thread.submit(self._send, batch)
+                else:
+                    self._send(batch)
         if wait:
             self._wait()
 
-    def _wait(self) -> None:
-        """Until the commit handed over is done; its error, if it failed (then and after)."""
+    def _refuse_after_a_failure(self) -> None:
+        if self._failed is not None:
+            # The log ends where the failed commit began; this batch's seqs follow the failed
+            # one's: sending it would leave a gap in the chain, which no resume could verify.
+            raise StoreError(
+                f"run {self.run_id}: nothing more can be committed after a failed commit ({self._failed})"
+            ) from self._failed
+
+    def _wait(self, keep: int = 0) -> None:
+        """Until at most `keep` commits handed over are not done; the error of one that failed
+        (then and after)."""
         try:
             if self._in_flight is not None:
                 future, self._in_flight = self._in_flight, None
                 future.result()
-            if self._handed is not None and self._process is not None:
-                recorded_at = self._handed
+            while len(self._handed) > keep and self._process is not None:
                 checkpoint = self._process.wait()
-                self._handed = None
-                self._witness((checkpoint, recorded_at))
+                recorded_at = self._handed.popleft()
+                try:
+                    self._witness((checkpoint, recorded_at))
+                except BaseException:
+                    if self._handed:  # a batch is in the child still: ended as in a crash, not committed on
+                        self._process.cut_off()
+                    raise
         except BaseException as e:
-            self._handed = None
+            self._handed.clear()  # (the child's answers to those after it: read when it closes)
             self._failed = self._failed or e
             raise
 
@@ -325,7 +344,7 @@ class PgRunWriter:
         it: None when taken, else who holds it (any session may take an advisory lock, not only
         a writer's: it is named, not guessed). Before the first commit only: after it, the
         connection may be sending one on another thread."""
-        if self._conn is None or self._in_flight is not None or self._handed is not None:
+        if self._conn is None or self._in_flight is not None or self._handed:
             raise StoreError(f"run {self.run_id}: a place is held before the run's first commit, not after")
         with driver_errors(f"run {self.run_id}: holding its sink files"):
             take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"

@@ -12,9 +12,13 @@ its own interpreter: the engine's process only builds batches and writes them to
 The child is forked when the writer opens. It connects on its own, takes the run's sender lock,
 and answers with where the log ends; then, for each batch it is handed, it chains its events
 (their hashes, the Merkle tree, the signed checkpoint: work taken off the engine's core),
-copies, projects and commits (`landscape.commits`), and answers with the checkpoint. The
-writer hands over one batch at a time and waits for its answer before the next, as it did with a
-thread, so commits stay in order and memory stays bounded.
+copies, projects and commits (`landscape.commits`), and answers with the checkpoint. The writer
+hands each batch over before it reads the answer to the one before, and reads that answer
+before it goes on: at most two batches are in the child, commits stay in order and memory stays
+bounded. The child chains the second on a thread while the server copies in and projects the
+first (`_seal_ahead`): on fork/coalesce, 10,000 rows in one process, the engine waited 1.1 s for
+commits instead of 1.8 s, and the run took 5.2 s instead of 5.85. Should a commit fail, the child
+commits nothing after it.
 
 The engine's process holds the run's writer lock and the child its sender lock
 (`landscape.commits`): the run has a live writer while either lives, so neither a child that
@@ -30,10 +34,14 @@ fault (`landscape.faults`) reached in the child ends the parent the same way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import pickle
+import queue
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
@@ -80,6 +88,7 @@ class SenderProcess:
         self._pid: int | None = pid
         self._to, self._from = to_child, from_child
         self._broken = False  # an exchange was cut off half way: the child is ended, not asked
+        self._unanswered = 0  # batches handed over whose answers are still to be read
         try:
             size = self._answer(f"opening the writer of run {run_id}")
         except BaseException:
@@ -91,15 +100,23 @@ class SenderProcess:
         """Hand a batch over; `wait` says how it went."""
         try:
             self._to.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        except BrokenPipeError:
-            self._answer(f"committing events of run {self.run_id}")  # the child is gone: say how
+        except BrokenPipeError:  # the child is gone: its end is this batch's answer, read after those
+            if self._unanswered == 0:  # before it (each may be a commit to witness); none: said now
+                self._answer(f"committing events of run {self.run_id}")
         except BaseException:  # interrupted half way (a stop at once): the child has half a batch
             self._broken = True
             raise
+        self._unanswered += 1
+
+    def cut_off(self) -> None:
+        """This side failed with a batch still in the child: `close` ends it at once, as in a
+        crash, rather than let it commit on (what it committed already stays)."""
+        self._broken = True
 
     def wait(self) -> commits.SignedCheckpoint | None:
-        """Until the batch handed over is committed: its signed checkpoint (`commits.send`), or its
-        error if it failed."""
+        """Until the first batch handed over and not yet answered is committed: its signed
+        checkpoint (`commits.send`), or its error if it failed."""
+        self._unanswered -= 1
         checkpoint: commits.SignedCheckpoint | None = self._answer(f"committing events of run {self.run_id}")
         return checkpoint
 
@@ -110,6 +127,9 @@ class SenderProcess:
             if self._pid is not None and not self._broken:
                 with contextlib.suppress(OSError, LandscapeError):  # it ended already; reported below
                     self._to.send_bytes(b"")
+                    while self._unanswered > 0:  # handed over after a commit that failed: refused
+                        with contextlib.suppress(Exception):
+                            self.wait()
                     self._answer(f"closing the writer of run {self.run_id}")
         finally:
             self._end(kill=self._broken)
@@ -175,27 +195,84 @@ def _serve(
             _say(outbox, "error", e)
             code = 0
             return
-        chain = commits.Chain(run_id, tree, head, notary)
         _say(outbox, "ok", tree.size)
+        # The sealing thread runs Python while this one mostly waits on the server; a short
+        # switch interval lets this one take its turn as soon as each wait ends.
+        sys.setswitchinterval(_SWITCH_INTERVAL)
+        ready: queue.Queue[_Ready] = queue.Queue(maxsize=1)  # one batch sealed ahead
+        threading.Thread(
+            target=_seal_ahead, args=(inbox, commits.Chain(run_id, tree, head, notary), ready), daemon=True
+        ).start()
+        chain = commits.Chain(run_id, tree, head, notary)
+        failed: BaseException | None = None
         while True:
-            try:
-                message = inbox.recv_bytes()
-            except (EOFError, OSError):  # the writer's process ended (perhaps half way through a
-                break  # batch): what it had not handed over is lost, as in a crash
-            if not message:
-                commits.release(conn, run_id, keys=(commits.SENDER_LOCK,))
-                _say(outbox, "ok", None)
+            item = ready.get()
+            if isinstance(item, str):
+                # Closed by the writer; or its process ended (perhaps half way through a batch),
+                # and what it had not handed over is lost, as in a crash.
+                if item == _CLOSE:
+                    commits.release(conn, run_id, keys=(commits.SENDER_LOCK,))
+                    _say(outbox, "ok", None)
                 break
+            batch, sealed = item
+            if failed is not None:  # handed over before the writer knew: its seqs follow the failed ones
+                _say(outbox, "error", StoreError(f"run {run_id}: not committed, after a failed commit ({failed})"))
+                continue
             try:
-                chain, checkpoint = commits.send(conn, chain, pickle.loads(message))
+                if isinstance(sealed, Exception):
+                    raise sealed
+                chain, checkpoint = commits.send(conn, chain, batch, sealed)
             except Exception as e:
+                failed = e
                 _say(outbox, "error", e)
                 continue
+            del item, batch, sealed  # (not held while the next is awaited)
             _say(outbox, "ok", checkpoint)
             faults.reached("committed")
         code = 0
     finally:
         os._exit(code)
+
+
+# What the sealing thread hands on: a batch with its events chained, or the error that chaining
+# it met; or that the writer closed the child, or that its process is gone.
+_Ready = tuple[Any, commits.Sealed | Exception] | str
+_CLOSE, _GONE = "close", "gone"
+_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
+
+
+def _seal_ahead(inbox: Connection, chain: commits.Chain, ready: queue.Queue[_Ready]) -> None:
+    """Take each batch the writer hands over and chain it (`Chain.sealed`) on the one before, as
+    that one will be once committed, while the child's main thread commits that one: the server's
+    work on a commit and this hashing overlap. The writer hands over at most one batch ahead of
+    the answer it waits for: besides the batch being committed, the child holds one (sealed, or
+    being sealed), and for a moment after an answer, the writer's next. Should a commit fail,
+    the main thread commits none of those after it."""
+    while True:
+        try:
+            message = inbox.recv_bytes()
+        except (EOFError, OSError):
+            ready.put(_GONE)
+            return
+        except Exception as e:  # (none is expected: should one come, it is said, and the child ends)
+            ready.put((None, e))
+            ready.put(_GONE)
+            return
+        if not message:
+            ready.put(_CLOSE)
+            return
+        batch: Any = None
+        try:
+            batch = pickle.loads(message)
+            del message
+            sealed = chain.sealed(batch)
+        except Exception as e:
+            ready.put((batch, e))
+            continue
+        chain = sealed.after
+        # The bodies and headers are in the copy data now: not kept twice while it waits.
+        ready.put((dataclasses.replace(batch, bodies=[], headers=[]), sealed))
+        del batch, sealed
 
 
 def _seal(mask: set[int | signal.Signals], keep: tuple[int, ...]) -> None:

@@ -14,10 +14,13 @@ import pytest
 
 from engine.stopping import StopNow
 from landscape.canonical import commit_row
-from landscape.commits import EVENT_COLUMNS, SENDER_LOCK
+from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, Batch, Chain, send
 from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter, StoreError
+from landscape.notary import Notary, WitnessError, read_run_witness
+from landscape.note import Signer
 from landscape.postgres import PgRunWriter, PostgresRecorder
+from landscape.records import us_to_datetime
 from landscape.verify_store import verify_run
 from statecharts import events as ev
 from tests.engine_harness import write_csv
@@ -192,6 +195,127 @@ def test_a_failed_statement_in_the_sender_process_is_the_engines_error(db: Datab
         verify_run(PostgresRecorder(db), run_id)
     with db.connect() as conn:
         assert conn.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() == (1,)
+
+
+def test_a_batch_handed_over_before_the_one_before_it_failed_is_not_committed(db: Database) -> None:
+    """The writer hands a batch to the child before it reads the answer to the one before (the
+    child chains it meanwhile). When that one fails, the next is not committed, even one whose
+    seqs the log would take: here the failed batch held a payload and no event."""
+    run_id = f"run-sp-ahead-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending="process")
+    w.append("run", run_id, _created())
+    w.commit()
+    h, payload = commit_row({"id": 7})
+    with db.connect() as conn:  # the payload is there already: the next commit's COPY fails on it
+        conn.execute(
+            "INSERT INTO payloads (run_id, hash, salt, data) VALUES (%s, %s, %s, %s)",
+            (run_id, bytes.fromhex(h), payload.salt, payload.data),
+        )
+        conn.commit()
+    w.put_payload(h, payload)
+    w.commit(wait=False)  # handed over, its answer not read yet
+    w.append("token", "r7", ev.TokenCreated(row_index=7, data_hash=h, at="in"))
+    with pytest.raises(StoreError, match=f"committing events of run {run_id}: duplicate key .*payloads_pkey"):
+        w.commit(wait=False)  # handed over too, then the answer to the one before
+    w.close()  # reads the answer to the one handed over after the failure; does not hang or raise
+    assert _lock_released(db, run_id)
+    assert verify_run(PostgresRecorder(db), run_id).events == 1
+    again = PostgresRecorder(db).open_writer(run_id, sending="process")
+    assert again.next_seq == 1
+    again.close()
+
+
+def _witnessed(tmp_path: Path, run_id: str) -> list[int]:
+    return [w.size for w in read_run_witness(tmp_path, run_id)]
+
+
+def test_a_witness_line_that_fails_with_a_batch_in_the_child_ends_the_child_before_it_commits(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The witness line of a commit is written once its answer is read, when the next batch is in
+    the child already: should it fail, the run stops as if it crashed there. The child is ended,
+    not left to commit that batch after the engine was told its run failed."""
+    run_id = f"run-sp-wfail-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(
+        run_id, sending="process", notary=Notary(Signer.generate("ops"), "s", tmp_path)
+    )
+    w.append("run", run_id, _created())
+    w.commit()
+    _tokens(w, 0, 2)
+    w.commit(wait=False)  # committed in the child; its witness line is written at the next commit
+
+    def full(*_args: object) -> None:
+        raise WitnessError("cannot write the witness file: No space left on device")
+
+    monkeypatch.setattr(Notary, "witness", full)  # (the child, forked before, does not witness)
+    h, payload = commit_row({"id": 9})
+    with db.connect() as blocker:  # holds the next batch's COPY until it is let go
+        blocker.execute(
+            "INSERT INTO payloads (run_id, hash, salt, data) VALUES (%s, %s, %s, %s)",
+            (run_id, bytes.fromhex(h), payload.salt, payload.data),
+        )
+        w.put_payload(h, payload)
+        w.append("token", "r9", ev.TokenCreated(row_index=9, data_hash=h, at="in"))
+        previous = signal.signal(signal.SIGALRM, _hung)
+        signal.alarm(30)
+        try:
+            with pytest.raises(WitnessError, match="No space left"):
+                w.commit(wait=False)
+            w.close()  # the child is ended, not waited for
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        blocker.rollback()
+    assert _lock_released(db, run_id)
+    assert verify_run(PostgresRecorder(db), run_id).events == 3  # the first two commits, not the third
+    assert _witnessed(tmp_path, run_id) == [1]
+
+
+def test_a_child_that_ended_after_its_last_answer_has_that_commit_witnessed(db: Database, tmp_path: Path) -> None:
+    run_id = f"run-sp-died-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(
+        run_id, sending="process", notary=Notary(Signer.generate("ops"), "s", tmp_path)
+    )
+    w.append("run", run_id, _created())
+    w.commit()
+    _tokens(w, 0, 2)
+    w.commit(wait=False)
+    assert w._process is not None and w._process._from.poll(30)  # its answer has come
+    pid = _child(w)
+    os.kill(pid, signal.SIGKILL)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # gone (left for the writer to reap)
+    _tokens(w, 2, 2)
+    w.commit(wait=False)  # the pipe is broken: the answer before is read first, and witnessed
+    with pytest.raises(StoreError, match="the writer's process ended unexpectedly"):
+        w.close()
+    assert _witnessed(tmp_path, run_id) == [1, 3]
+    assert verify_run(PostgresRecorder(db), run_id).events == 3
+
+
+class _Hung(BaseException):  # not an OSError: nothing on the way may take it for a closed pipe
+    pass
+
+
+def _hung(_signum: int, _frame: object) -> None:
+    raise _Hung("the writer hung")
+
+
+def test_a_batch_chained_on_another_end_of_the_log_is_refused(db: Database) -> None:
+    run_id = f"run-sp-other-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id)
+    try:
+        w.append("run", run_id, _created())
+        chain = w._chain
+        assert chain is not None and w._conn is not None
+        batch = Batch(0, w._heads, w._bodies, w._headers, b"", us_to_datetime(0))
+        other = Chain(run_id, chain.tree, b"\x01" * 32, None)  # as long, another head
+        with pytest.raises(StoreError, match=f"run {run_id}: a batch was chained on another end of the log"):
+            send(w._conn, chain, batch, other.sealed(batch))
+        after, _ = send(w._conn, chain, batch, chain.sealed(batch))
+        assert after.tree.size == 1
+    finally:
+        w.close()
+    assert verify_run(PostgresRecorder(db), run_id).events == 1
 
 
 @pytest.mark.parametrize("sending", ["process", "inline"])
