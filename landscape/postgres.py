@@ -179,7 +179,7 @@ class PgRunWriter:
         self._in_flight: Future[None] | None = None  # on the thread
         # The times of the batches handed to the process, not yet answered (at most two).
         self._handed: deque[datetime] = deque()
-        self._failed: BaseException | None = None  # a commit that failed: nothing more is sent
+        self._failed: BaseException | None = None  # a commit that failed: nothing more is committed
         # The log's end as the sending side holds it (on a thread or inline; a child process
         # holds its own): each commit chains its events on and replaces it.
         self._chain: commits.Chain | None = None
@@ -257,9 +257,9 @@ class PgRunWriter:
         """Send everything buffered in one transaction and commit it (a durability point).
 
         Sent from a thread or a child process, with `wait=False`, the commit is handed over and
-        this returns once the one before it is done; an error surfaces at the next commit. `wait=True` returns only
-        when everything appended so far is committed. The sending side chains the events, grows
-        the Merkle tree and signs the checkpoint (`commits.Chain`)."""
+        this returns once the one before it is done; an error surfaces at the next commit.
+        `wait=True` returns only when everything appended so far is committed. The sending side
+        chains the events, grows the Merkle tree and signs the checkpoint (`commits.Chain`)."""
         if self._heads or self._payloads:
             batch = Batch(
                 self.next_seq - len(self._heads),

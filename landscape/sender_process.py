@@ -197,7 +197,8 @@ def _serve(
             return
         _say(outbox, "ok", tree.size)
         # The sealing thread runs Python while this one mostly waits on the server; a short
-        # switch interval lets this one take its turn as soon as each wait ends.
+        # switch interval lets this one take its turn as soon as each wait ends (fork/coalesce,
+        # 10,000 rows, three alternations: 5.38 s against 5.58 s with Python's default).
         sys.setswitchinterval(_SWITCH_INTERVAL)
         ready: queue.Queue[_Ready] = queue.Queue(maxsize=1)  # one batch sealed ahead
         threading.Thread(
