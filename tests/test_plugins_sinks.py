@@ -1847,11 +1847,67 @@ def test_an_array_of_dates_or_times_is_checked_element_by_element(db_url: str) -
         ("date", "1 2 2024", "DateStyle"), ("date", "1,2,2024", "DateStyle"), ("date", "1_2_2024", "DateStyle"),
         ("date", "12 1 2", "DateStyle"), ("date", "1/2/20245", "DateStyle"), ("date", "1/1/001", "DateStyle"),
         ("date", "1/1/1", None), ("date", "2024-1-2", None), ("timestamp", "2024-01-02T10:00:00", None),
+        # a month's name: the day and a year of two digits, the other way round under YMD (a review)
+        ("date", "Jan 2 03", "DateStyle"), ("timestamp", "02-Jan-03 10:00", "DateStyle"), ("date", "2Jan03", "DateStyle"),
+        ("date", "Sept 2 03", "DateStyle"), ("date", "Jan 2 2003", None), ("date", "2 Jan 2003", None),
+        ("date", "Jan 2 99", None), ("date", "Jan 1 1", None), ("timestamp", "Jan 2 2 10:00", None),
+        ("date", "2/2/31", None),
     ],
 )  # fmt: skip
 def test_what_a_date_or_time_text_alone_shows_its_column_would_change(base: str, text: str, lost: str | None) -> None:
     found = text_loss(base, base, text)
     assert (found is None) if lost is None else (found is not None and lost in found), found
+
+
+def _dates_under_each_datestyle(url: str, texts: list[str]) -> dict[str, set[str]]:
+    """The dates the server reads each text as (ISO), under DateStyle MDY, DMY and YMD (none where
+    it refuses the text)."""
+    found: dict[str, set[str]] = {t: set() for t in texts}
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE FUNCTION pg_temp.as_date(t text) RETURNS date LANGUAGE plpgsql AS "
+            "$$ BEGIN RETURN t::date; EXCEPTION WHEN others THEN RETURN NULL; END $$"
+        )
+        for order in ("MDY", "DMY", "YMD"):
+            conn.execute(f"SET datestyle = 'ISO, {order}'")
+            for t, d in conn.execute("SELECT t, pg_temp.as_date(t)::text FROM unnest(%s::text[]) t", (texts,)):
+                if d is not None:
+                    found[t].add(d)
+    return found
+
+
+def test_a_date_is_refused_when_another_datestyle_reads_another_and_written_when_all_read_it_alike(
+    db_url: str,
+) -> None:
+    """The server is the judge: each text read as a date under MDY, DMY and YMD. One it reads as
+    two dates is refused; one it reads as one date (or the same under all) is written. (One it
+    reads as none may be refused either way: the server would refuse it.) Dates with a month's
+    name were not judged at all (`Jan 2 03`: 2003-01-02, or 2002-01-03 under YMD), and `2/2/31`,
+    which only DMY reads (February has no 31st), was refused (a review). Not judged yet: a date of
+    numbers with a field of three digits before its last (`1 001 2024`)."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite keeps a date as the text given")
+    numbers = ["0", "1", "2", "02", "12", "13", "29", "31", "32", "70", "99", "002", "2003"]
+    texts = set()
+    for a in numbers:
+        for b in numbers:
+            for sep in (" ", "-", "/", ".", ",", "_", "", ", "):
+                for month in ("Jan", "feb", "SEPT", "December"):
+                    texts |= {f"{month}{sep}{a}{sep}{b}", f"{a}{sep}{month}{sep}{b}", f"{a}{sep}{b}{sep}{month}"}
+                for c in ("1", "13", "31", "2024"):
+                    texts.add(f"{a}{sep}{b}{sep}{c}")
+            texts |= {f"Jan {a} {b} 10:00", f"10:00 {a} Jan {b}", f"Mon Jan {a} {b}", f"{a}/{b}/2024 10:00"}
+            texts |= {f"Jan {a} {b} 2024", f"Jan {a}-{b}-2024", f"Jan {a} {b} 001"}
+    texts = {t for t in texts if not re.fullmatch(r"[\d ,./_-]*\d{3}[ ,./_-]+\d[\d ,./_:-]*", t)}  # (not judged yet)
+    read = _dates_under_each_datestyle(db_url, sorted(texts))
+    wrong = []
+    for t, dates in read.items():
+        why = text_loss("date", "date", t)
+        refused = why is not None and "DateStyle" in why
+        if (len(dates) > 1 and not refused) or (len(dates) == 1 and why is not None):
+            wrong.append((t, sorted(dates), why))
+    assert not wrong, (len(wrong), wrong[:10])
+    assert sum(len(d) > 1 for d in read.values()) > 1000  # (the grid holds many that DateStyle changes)
 
 
 def test_a_plugins_date_or_time_object_is_checked_as_its_iso_text(db_url: str) -> None:

@@ -6,6 +6,7 @@ the sink asks the server as the flush writes.
 
 from __future__ import annotations
 
+import calendar
 import functools
 import json
 import math
@@ -47,8 +48,30 @@ _DATE_PART = re.compile(
 
 # A date of numbers alone whose first is not a year (`1/2/2024`, `01.02.03`, `1 2 2024`): the server
 # reads it in the order its DateStyle names (MDY, DMY or YMD, a setting of the server, the database
-# or the role). (Its fields may be parted by any of these, the same twice.)
-_NUMERIC_DATE = re.compile(r"(?<![\d./,_-])(\d{1,2})([-/.,_ ])(\d{1,2})\2(\d+)(?![\d./,_-])", re.ASCII)
+# or the role). (Its fields may be parted by any of these, or a comma and a space, the same twice;
+# a number followed by a colon is an hour: `Jan 2 2 10:00` holds no such date.)
+_NUMERIC_DATE = re.compile(r"(?<![\d./,_-])(\d{1,2})(, |[-/.,_ ])(\d{1,2})\2(\d+)(?![\d./,_:-])", re.ASCII)
+
+
+# A date with a month's name and two numbers of one or two digits after it, or around it (`Jan 2 03`,
+# `02-Jan-03`, `2Jan03`): under MDY and DMY the first is the day and the second the year; under
+# YMD the other way round (`Jan 2 03`: 2003-01-02, or 2002-01-03). A number of three digits or more
+# is the year under every DateStyle.
+_MONTH_NAME = (
+    r"(?<![a-z])(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)(?:uary|ruary|ch|il|e|y|ust|t|tember|ober|ember)?"
+    r"(?![a-z])"
+)
+_DATE_SEP = r"[-/.,_ ]*"
+# (and no third number after them, which no DateStyle reads: an hour, `10:00`, is no such number)
+_NO_MORE = r"(?![\d:]|[-/.,_ ]+\d{1,3}(?![\d:]))"
+_MONTH_DATE = re.compile(
+    rf"{_MONTH_NAME}{_DATE_SEP}(\d{{1,2}}){_DATE_SEP[:-1]}+(\d{{1,2}}){_NO_MORE}"
+    rf"|(?<![\d:.])(\d{{1,2}}){_DATE_SEP}{_MONTH_NAME}{_DATE_SEP}(\d{{1,2}}){_NO_MORE}",
+    re.ASCII | re.IGNORECASE,
+)
+_MONTH_NAMED = re.compile(_MONTH_NAME, re.ASCII | re.IGNORECASE)
+_MONTHS = {name: n for n, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
+                                             "nov", "dec"), start=1)}  # fmt: skip
 
 
 def _year(digits: str) -> int:
@@ -59,16 +82,29 @@ def _year(digits: str) -> int:
 
 def _orders(first: str, second: str, third: str) -> set[tuple[int, int, int]]:
     """The dates (year, month, day) a numeric date reads as under each DateStyle that takes it
-    (as PostgreSQL reads them: a month is at most 12, a day 31, a year of two digits 1970-2069)."""
+    (as PostgreSQL reads them: a day that its month has, a year of two digits 1970-2069)."""
     a, b, c = int(first), int(second), int(third)
-    found = set()
-    if a <= 12 and b <= 31:
-        found.add((_year(third), a, b))  # MDY
-    if b <= 12 and a <= 31:
-        found.add((_year(third), b, a))  # DMY
-    if b <= 12 and c <= 31:
-        found.add((_year(first), b, c))  # YMD
-    return found
+    readings = ((_year(third), a, b), (_year(third), b, a), (_year(first), b, c))  # MDY, DMY, YMD
+    return {date for date in readings if _is_date(*date)}
+
+
+def _is_date(year: int, month: int, day: int) -> bool:
+    """Whether the server takes it as a date (its year 0 is none; no `calendar.monthrange`,
+    which fails on a year past 9999)."""
+    if not (year >= 1 and 1 <= month <= 12):
+        return False
+    return 1 <= day <= (29 if month == 2 and calendar.isleap(year) else _MONTH_DAYS[month - 1])
+
+
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _month_orders(m: re.Match[str]) -> set[tuple[int, int, int]]:
+    """The dates (year, month, day) a `_MONTH_DATE` reads as under the DateStyles (see there)."""
+    month_name, first, second = (m.group(1), m.group(2), m.group(3)) if m.group(1) else m.group(5, 4, 6)
+    month = _MONTHS[month_name.lower()]
+    readings = ((_year(second), month, int(first)), (_year(first), month, int(second)))  # MDY or DMY; YMD
+    return {date for date in readings if _is_date(*date)}
 
 
 def for_column(kind: str, value: Any) -> Any:
@@ -194,14 +230,28 @@ def text_loss(base: str, declared: str, text: str) -> str | None:
         )
     if base in ("time", "timetz") and _DATE_PART.search(text):
         return f"with a date, which its column ({declared}) drops"
-    if base in ("date", "timestamp", "timestamptz") and any(
-        len(_orders(m.group(1), m.group(3), m.group(4))) > 1 for m in _NUMERIC_DATE.finditer(text)
+    month_named = _MONTH_NAMED.search(text) is not None  # (its numbers are only a day and a year)
+    if (
+        base in ("date", "timestamp", "timestamptz")
+        and not month_named
+        and any(len(_orders(m.group(1), m.group(3), m.group(4))) > 1 for m in _NUMERIC_DATE.finditer(text))
     ):
         # (the trail keeps the text, and which date the table holds would depend on a setting)
         return (
             f"with a date of numbers that reads as another date under another DateStyle (day and month, or year, "
             f"in another order), which its column ({declared}) stores as its server reads it; allowed: the year "
             "first (2024-01-02)"
+        )
+    if (
+        base in ("date", "timestamp", "timestamptz")
+        and month_named
+        and any(len(_month_orders(m)) > 1 for m in _MONTH_DATE.finditer(text))
+    ):
+        return (
+            f"with a date with a month's name that reads as another date under another DateStyle (the day and a year "
+            f"of two digits the other way round: Jan 2 03 is 2003-01-02 under MDY or DMY, 2002-01-03 under YMD), "
+            f"which its column ({declared}) stores as its server reads it; allowed: a year of four digits "
+            "(Jan 2 2003), or the year first (2024-01-02)"
         )
     return None
 
