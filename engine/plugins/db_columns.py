@@ -6,7 +6,6 @@ the sink asks the server as the flush writes.
 
 from __future__ import annotations
 
-import calendar
 import functools
 import json
 import math
@@ -48,9 +47,8 @@ _DATE_PART = re.compile(
 
 # A date of numbers alone whose first is not a year (`1/2/2024`, `01.02.03`, `1 2 2024`): the server
 # reads it in the order its DateStyle names (MDY, DMY or YMD, a setting of the server, the database
-# or the role). (Its fields may be parted by any of these, or a comma and a space, the same twice;
-# a number followed by a colon is an hour: `Jan 2 2 10:00` holds no such date.)
-_NUMERIC_DATE = re.compile(r"(?<![\d./,_-])(\d{1,2})(, |[-/.,_ ])(\d{1,2})\2(\d+)(?![\d./,_:-])", re.ASCII)
+# or the role). (Its fields may be parted by any of these, or a comma and a space, the same twice.)
+_NUMERIC_DATE = re.compile(r"(?<![\d./,_-])(\d{1,2})(, |[-/.,_ ])(\d{1,2})\2(\d+)(?![\d./,_-])", re.ASCII)
 
 
 # A date with a month's name and two numbers of one or two digits after it, or around it (`Jan 2 03`,
@@ -58,8 +56,9 @@ _NUMERIC_DATE = re.compile(r"(?<![\d./,_-])(\d{1,2})(, |[-/.,_ ])(\d{1,2})\2(\d+
 # YMD the other way round (`Jan 2 03`: 2003-01-02, or 2002-01-03). A number of three digits or more
 # is the year under every DateStyle.
 _MONTH_NAME = (
-    r"(?<![a-z])(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)(?:uary|ruary|ch|il|e|y|ust|t|tember|ober|ember)?"
-    r"(?![a-z])"
+    r"(?<![a-z])(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+    r"(?<=jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)(?:(?<=jan)uary|(?<=feb)ruary|(?<=mar)ch|(?<=apr)il"
+    r"|(?<=jun)e|(?<=jul)y|(?<=aug)ust|(?<=sep)t|(?<=sep)tember|(?<=oct)ober|(?<=nov)ember|(?<=dec)ember)?(?![a-z])"
 )
 _DATE_SEP = r"[-/.,_ ]*"
 # (and no third number after them, which no DateStyle reads: an hour, `10:00`, is no such number)
@@ -69,7 +68,6 @@ _MONTH_DATE = re.compile(
     rf"|(?<![\d:.])(\d{{1,2}}){_DATE_SEP}{_MONTH_NAME}{_DATE_SEP}(\d{{1,2}}){_NO_MORE}",
     re.ASCII | re.IGNORECASE,
 )
-_MONTH_NAMED = re.compile(_MONTH_NAME, re.ASCII | re.IGNORECASE)
 _MONTHS = {name: n for n, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
                                              "nov", "dec"), start=1)}  # fmt: skip
 
@@ -89,14 +87,12 @@ def _orders(first: str, second: str, third: str) -> set[tuple[int, int, int]]:
 
 
 def _is_date(year: int, month: int, day: int) -> bool:
-    """Whether the server takes it as a date (its year 0 is none; no `calendar.monthrange`,
-    which fails on a year past 9999)."""
-    if not (year >= 1 and 1 <= month <= 12):
-        return False
-    return 1 <= day <= (29 if month == 2 and calendar.isleap(year) else _MONTH_DAYS[month - 1])
+    """Whether the server may take it as a date: a day its month has in some year (February 29 in
+    any: a `BC` after the date makes another year of it, another leap year, a review found)."""
+    return year >= 1 and 1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month - 1]
 
 
-_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def _month_orders(m: re.Match[str]) -> set[tuple[int, int, int]]:
@@ -230,11 +226,8 @@ def text_loss(base: str, declared: str, text: str) -> str | None:
         )
     if base in ("time", "timetz") and _DATE_PART.search(text):
         return f"with a date, which its column ({declared}) drops"
-    month_named = _MONTH_NAMED.search(text) is not None  # (its numbers are only a day and a year)
-    if (
-        base in ("date", "timestamp", "timestamptz")
-        and not month_named
-        and any(len(_orders(m.group(1), m.group(3), m.group(4))) > 1 for m in _NUMERIC_DATE.finditer(text))
+    if base in ("date", "timestamp", "timestamptz") and any(
+        len(_orders(m.group(1), m.group(3), m.group(4))) > 1 for m in _NUMERIC_DATE.finditer(text)
     ):
         # (the trail keeps the text, and which date the table holds would depend on a setting)
         return (
@@ -242,10 +235,8 @@ def text_loss(base: str, declared: str, text: str) -> str | None:
             f"in another order), which its column ({declared}) stores as its server reads it; allowed: the year "
             "first (2024-01-02)"
         )
-    if (
-        base in ("date", "timestamp", "timestamptz")
-        and month_named
-        and any(len(_month_orders(m)) > 1 for m in _MONTH_DATE.finditer(text))
+    if base in ("date", "timestamp", "timestamptz") and any(
+        len(_month_orders(m)) > 1 for m in _MONTH_DATE.finditer(text)
     ):
         return (
             f"with a date with a month's name that reads as another date under another DateStyle (the day and a year "
