@@ -229,6 +229,19 @@ def _witnessed(tmp_path: Path, run_id: str) -> list[int]:
     return [w.size for w in read_run_witness(tmp_path, run_id)]
 
 
+def _two_commits_one_unanswered(db: Database, tmp_path: Path, run_id: str) -> PgRunWriter:
+    """A writer with a notary that committed once, then handed over a second batch (3 events in
+    all) without reading its answer: its witness line is written at the next commit."""
+    w = PostgresRecorder(db).open_writer(
+        run_id, sending="process", notary=Notary(Signer.generate("ops"), "s", tmp_path)
+    )
+    w.append("run", run_id, _created())
+    w.commit()
+    _tokens(w, 0, 2)
+    w.commit(wait=False)
+    return w
+
+
 def test_a_witness_line_that_fails_with_a_batch_in_the_child_ends_the_child_before_it_commits(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,13 +249,7 @@ def test_a_witness_line_that_fails_with_a_batch_in_the_child_ends_the_child_befo
     the child already: should it fail, the run stops as if it crashed there. The child is ended,
     not left to commit that batch after the engine was told its run failed."""
     run_id = f"run-sp-wfail-{os.urandom(6).hex()}"
-    w = PostgresRecorder(db).open_writer(
-        run_id, sending="process", notary=Notary(Signer.generate("ops"), "s", tmp_path)
-    )
-    w.append("run", run_id, _created())
-    w.commit()
-    _tokens(w, 0, 2)
-    w.commit(wait=False)  # committed in the child; its witness line is written at the next commit
+    w = _two_commits_one_unanswered(db, tmp_path, run_id)
 
     def full(*_args: object) -> None:
         raise WitnessError("cannot write the witness file: No space left on device")
@@ -273,13 +280,7 @@ def test_a_witness_line_that_fails_with_a_batch_in_the_child_ends_the_child_befo
 
 def test_a_child_that_ended_after_its_last_answer_has_that_commit_witnessed(db: Database, tmp_path: Path) -> None:
     run_id = f"run-sp-died-{os.urandom(6).hex()}"
-    w = PostgresRecorder(db).open_writer(
-        run_id, sending="process", notary=Notary(Signer.generate("ops"), "s", tmp_path)
-    )
-    w.append("run", run_id, _created())
-    w.commit()
-    _tokens(w, 0, 2)
-    w.commit(wait=False)
+    w = _two_commits_one_unanswered(db, tmp_path, run_id)
     assert w._process is not None and w._process._from.poll(30)  # its answer has come
     pid = _child(w)
     os.kill(pid, signal.SIGKILL)

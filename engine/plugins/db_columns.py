@@ -56,8 +56,7 @@ _NUMERIC_DATE = re.compile(r"(?<![\d./,_-])(\d{1,2})(, |[-/.,_ ])(\d{1,2})\2(\d+
 # YMD the other way round (`Jan 2 03`: 2003-01-02, or 2002-01-03). A number of three digits or more
 # is the year under every DateStyle.
 _MONTH_NAME = (
-    r"(?<![a-z])(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
-    r"(?<=jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)(?:(?<=jan)uary|(?<=feb)ruary|(?<=mar)ch|(?<=apr)il"
+    r"(?<![a-z])(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)(?:(?<=jan)uary|(?<=feb)ruary|(?<=mar)ch|(?<=apr)il"
     r"|(?<=jun)e|(?<=jul)y|(?<=aug)ust|(?<=sep)t|(?<=sep)tember|(?<=oct)ober|(?<=nov)ember|(?<=dec)ember)?(?![a-z])"
 )
 _DATE_SEP = r"[-/.,_ ]*"
