@@ -738,6 +738,7 @@ def test_on_validation_failure_is_an_attribute() -> None:
         ("csv", {"path": "x", "skip_rows": -1}, "skip_rows"),
         ("csv", {"path": "x", "encoding": "klingon"}, "encoding"),
         ("csv", {"path": "x", "encoding": "undefined"}, "encoding"),  # a codec that refuses all: a traceback once
+        ("csv", {"path": "x", "encoding": "utf\x008"}, "encoding"),  # a NUL: ValueError, a traceback once
         ("json", {"path": "x", "encoding": "idna"}, "encoding"),
         ("csv", {"path": "x", "colums": ["a"]}, "colums"),
         ("csv", {"path": "x", "columns": ["a", "a"]}, "columns"),

@@ -62,7 +62,7 @@ class Options:
         name = self.str_("encoding", "utf-8")
         try:
             info = codecs.lookup(name)
-        except LookupError:
+        except (LookupError, ValueError):  # (ValueError: a NUL in the name, which no codec has)
             raise PluginConfigError("encoding", f"found {name!r}; allowed: a text encoding such as utf-8") from None
         if not info._is_text_encoding or not _streams(info.name):  # (the stdlib's own flag, then a trial)
             raise PluginConfigError("encoding", f"found {name!r}, not a text encoding; allowed: e.g. utf-8, latin-1")
