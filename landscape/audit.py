@@ -96,6 +96,10 @@ class ExportReport:
     status: str
     ended: bool
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
+    # Erasure records that a seal of this run in the export signs, though the export holds no record
+    # of that digest: a file made from the store holds each payload's record, so these are
+    # erasures left out of it (or a payload erased twice, whose first record it holds).
+    unshown: int = 0
     # Each sink's last durable flush in the signed log: its location, its position (bytes) and
     # the sha256 of the file's bytes up to there (None: recorded before logs held it).
     sinks: dict[str, SinkEnd] = field(default_factory=dict)
@@ -128,6 +132,10 @@ class ProofReport:
     unended: int
     extends: int | None  # the size of the kept checkpoint the bundle was proved to extend
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
+    # Erasure records that a seal of this run in the export signs, though the export holds no record
+    # of that digest: a file made from the store holds each payload's record, so these are
+    # erasures left out of it (or a payload erased twice, whose first record it holds).
+    unshown: int = 0
     absent: int = 0
     row: bool = False  # a row's bundle (else one event's)
 
@@ -147,18 +155,33 @@ def _sink_ends(fold: RunFold) -> dict[str, SinkEnd]:
 
 
 def sniff(path: Path) -> str:
-    """`export` or `proof`: which kind of file this is (by its first bytes)."""
+    """`export` or `proof`: which kind of file this is. An export's first line is its header
+    record, byte for byte as ELSPETH writes it. A bundle is one JSON document naming its type
+    (ELSPETH writes it indented, type first; it may have been reformatted since, its keys in
+    another order, the type last): any other file that names that type is read as a bundle, whose
+    reader says what is wrong with it, and the rest as an export, whose reader says the same."""
+    marker = b'"elspeth-proof"'
     try:
         with _open_regular(path) as f:
-            start = f.read(4096)
+            start = f.read(len(_EXPORT_START))
+            if start == _EXPORT_START:
+                return "export"
+            # (in chunks, up to the most a bundle may hold: a string holding the marker spells its
+            # quotes escaped, so only a key or a value can be it)
+            seen, tail = len(start), start
+            while chunk := f.read(1 << 20):
+                if marker in tail + chunk:
+                    return "proof"
+                seen += len(chunk)
+                if seen > MAX_BUNDLE_BYTES:
+                    break
+                tail = (tail + chunk)[-len(marker) :]
+            return "proof" if marker in tail else "export"
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
-    # An export's first line is its header record, byte for byte as ELSPETH writes it. A bundle
-    # is one JSON document naming its type (ELSPETH writes it indented, type first; it may have
-    # been reformatted since, its keys in another order): its reader says what is wrong with it.
-    if start.startswith(b'{"type":"elspeth-export"'):
-        return "export"
-    return "proof" if b'"elspeth-proof"' in b"".join(start.split()) else "export"
+
+
+_EXPORT_START = b'{"type":"elspeth-export"'
 
 
 def _open_regular(path: Path) -> BinaryIO:
@@ -379,6 +402,8 @@ class _ExportCheck:
         self.unsealed: dict[bytes, int] = {}
         self.sealed: set[bytes] = set()
         self.seals = 0
+        self.seal_notes: set[str] = set()
+        self.run_sealed: set[bytes] = set()  # the digests signed by seals of this run's own origin
 
     def fail(self, line: int, why: str) -> AuditFailure:
         return AuditFailure(f"{self.path}, line {line}: {why}")
@@ -529,12 +554,13 @@ class _ExportCheck:
                     "who could write to the store but not sign; --unsigned-erasures takes such records on the store's word)",
                 )
         extends = self._check_kept(final, final_root) if self.kept is not None else None
+        unshown = len(self.run_sealed - self.unsealed.keys())
         return ExportReport(
             run_id=header.run_id, key=self.key.label, events=verified.events, root=final_root,
             checkpoints=len(self.checkpoints), payloads_included=header.payloads,
             payloads=self.counts["payloads"], erased=self.counts["erased"], extends=extends,
             status=str(verified.fold.status), ended=verified.fold.status in RUN_FINAL, unsigned=unsigned,
-            sinks=_sink_ends(verified.fold),
+            unshown=unshown, sinks=_sink_ends(verified.fold),
         )  # fmt: skip
 
     def _in_two_halves(self, run_id: str, events: Iterator[StoredEvent], sizes: list[int]) -> Verification:
@@ -671,13 +697,22 @@ class _ExportCheck:
 
     def _check_seal(self, number: int, record: SealRecord) -> None:
         assert self.header is not None
+        if self.header.format < 2:
+            raise self.fail(number, f"a seal in a format-{self.header.format} export, which holds none (format 2 on)")
+        if record.note in self.seal_notes:
+            # (each copy would be checked again, and count again in the end record)
+            raise self.fail(number, "this seal is in the export already: each seal appears once")
         digests = [bytes.fromhex(d) for d in record.digests]
         if any(a >= b for a, b in pairwise(record.digests)):
             raise self.fail(number, "a seal's digests are listed each once, in ascending order")
-        why = why_not_sealed(record.note, digests, self.key, origin_for(record.note, self.header.origin))
+        origin = origin_for(record.note, self.header.origin)
+        why = why_not_sealed(record.note, digests, self.key, origin)
         if why is not None:
             raise self.fail(number, f"this seal of erasure records does not count: {why.removeprefix('its seal ')}")
+        self.seal_notes.add(record.note)
         self.sealed.update(digests)
+        if origin == self.header.origin:  # (the store's no-run seals sign records of other runs too)
+            self.run_sealed.update(digests)
         self.seals += 1
 
     def _take(self, number: int, h: str, what: str) -> None:
@@ -824,6 +859,9 @@ class _ProofCheck:
             raise self.fail(f"checkpoint: {e}") from None
         if (b.seq is None) == (b.row is None):
             raise self.fail("the bundle must name one subject: a seq or a row")
+        if (b.seq if b.seq is not None else b.row or 0) < 0:
+            raise self.fail(f"the bundle names {'seq' if b.seq is not None else 'row index'} "
+                            f"{b.seq if b.seq is not None else b.row}: they are counted from 0")  # fmt: skip
         if not b.events:
             raise self.fail("the bundle holds no event")
         events: list[tuple[StoredEvent, ev.EventBase]] = []

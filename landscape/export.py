@@ -613,6 +613,10 @@ def decode_bundle(data: bytes) -> ProofBundle:
         json.loads(data, object_pairs_hook=_no_key_twice)
     except (ValueError, RecursionError) as e:  # (what msgspec took, Python's json may not: 4,301 digits)
         raise ExportError(f"not a well-formed proof bundle ({_why(e)})") from None
+    if bundle.format < 2 and bundle.seals:
+        raise ExportError(
+            f"the proof bundle is format {bundle.format}, which holds no seals (format 2 on), yet holds some"
+        )
     return bundle
 
 

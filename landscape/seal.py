@@ -120,12 +120,13 @@ def why_not_sealed(note: str, digests: Collection[bytes], verifier: Verifier | N
         seal = open_seal(note, verifier, origin)
     except NoteError as e:
         return f"its seal does not verify: {e}"
-    if seal.size != len(digests) or merkle_root(leaves(digests)) != seal.root:
-        return (
-            f"its seal signs {seal.size} record(s), not these {len(digests)}: records under it were changed, added "
-            "or removed"
-        )
-    return None
+    if seal.size != len(digests):
+        signs = f"{seal.size} record(s), not these {len(digests)}"
+    elif merkle_root(leaves(digests)) != seal.root:
+        signs = f"other records than these {len(digests)}"  # (as many: "4, not these 4" read as a slip)
+    else:
+        return None
+    return f"its seal signs {signs}: records under it were changed, added or removed"
 
 
 @dataclass(frozen=True)

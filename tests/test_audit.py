@@ -1304,8 +1304,10 @@ def test_verify_ties_an_output_file_to_its_sinks_signed_flush(fork: Exported, tm
     proc = _verify(tmp_path, *args, "--sink-file", f"output={out}", "--allow-later-bytes")
     assert proc.returncode == 0 and "12 bytes follow" in proc.stdout and "--allow-later-bytes" in proc.stdout
     out.write_bytes(written.replace(b"1", b"2", 1))
-    err = one_line_error(tie(f"output={out}"), 1)
+    changed = tie(f"output={out}")
+    err = one_line_error(changed, 1)
     assert f"{out} is not the output of sink 'output'" in err and "do not hash to the sha256" in err, err
+    assert changed.stdout == ""  # (nothing said to have verified before the command fails)
     out.write_bytes(written[:-1])
     assert f"it holds {len(written) - 1} bytes, and the run made {len(written)} durable" in one_line_error(
         tie(f"output={out}"), 1

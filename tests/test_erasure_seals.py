@@ -23,7 +23,7 @@ from landscape.chain import GENESIS, event_hash
 from landscape.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, run_origin
 from landscape.db import Connection, Database
 from landscape.erasure import erase, plan_retention
-from landscape.export import SealRecord, encode
+from landscape.export import End, SealRecord, encode
 from landscape.keys import load_verifier
 from landscape.merkle import HASH_SIZE
 from landscape.note import NoteError, Signer, Verifier, parse_note
@@ -902,3 +902,79 @@ def test_a_seal_line_with_a_huge_count_is_one_line_in_verify(db: Database, fork_
     bundle.write_text(json.dumps(proof, indent=1))
     line = one_line_error(elspeth("verify", str(bundle), "--public-key", pub, cwd=work), 1)
     assert "signed by no seal" in line, line
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _recounted(lines: list[bytes]) -> bytes:
+    """The lines with the end record counting what they hold, as an attacker would write it."""
+    kinds = [json.loads(line)["type"] for line in lines[:-1]]
+    end = msgspec.json.decode(lines[-1], type=End)
+    end = msgspec.structs.replace(end, payloads=kinds.count("payload"), erased=kinds.count("erased"),
+                                  seals=kinds.count("seal"))  # fmt: skip
+    return b"".join(lines[:-1]) + encode(end) + b"\n"
+
+
+def test_an_export_that_leaves_out_signed_erasures_says_so(db: Database, fork_run: tuple[Path, str]) -> None:
+    """The payloads of a pre-purge export put back in place of the erasure records of a later one
+    (each matches its commitment): the file verifies, as it proves nothing false of the log, but
+    the seal it keeps signs records it no longer shows, which verify says."""
+    work, run_id = fork_run
+    pub = str(work / ".elspeth/keys/default.pub")
+    before, after = work / "before.export", work / "after.export"
+    assert elspeth("export", run_id, "-o", str(before), cwd=work, db=db).returncode == 0
+    _purge(work, db, run_id, 2)
+    assert elspeth("export", run_id, "-o", str(after), cwd=work, db=db).returncode == 0
+    honest = elspeth("verify", str(after), "--public-key", pub, cwd=work)
+    assert honest.returncode == 0 and "does not hold" not in honest.stderr, honest.stderr
+    payloads = {json.loads(line)["hash"]: line for line in _lines(before) if line.startswith(b'{"type":"payload"')}
+    lines = _lines(after)
+    put_back = [payloads[json.loads(line)["hash"]] if line.startswith(b'{"type":"erased"') else line for line in lines]
+    assert put_back != lines
+    forged = work / "forged.export"
+    forged.write_bytes(_recounted(put_back))
+    proc = elspeth("verify", str(forged), "--public-key", pub, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    erased = sum(line.startswith(b'{"type":"erased"') for line in lines)
+    assert f"this run's seals sign {erased} erasure record(s) that the export does not hold" in proc.stderr
+
+
+def test_a_seal_given_twice_or_in_a_format_without_seals_is_refused(db: Database, fork_run: tuple[Path, str]) -> None:
+    work, run_id = fork_run
+    _purge(work, db, run_id, 2)
+    pub = str(work / ".elspeth/keys/default.pub")
+    export = work / "x.export"
+    assert elspeth("export", run_id, "-o", str(export), cwd=work, db=db).returncode == 0
+    lines = _lines(export)
+    at = next(i for i, line in enumerate(lines) if line.startswith(b'{"type":"seal"'))
+    twice = work / "twice.export"
+    twice.write_bytes(_recounted([*lines[: at + 1], lines[at], *lines[at + 1 :]]))
+    line = one_line_error(elspeth("verify", str(twice), "--public-key", pub, cwd=work), 1)
+    assert f"line {at + 2}: this seal is in the export already" in line, line
+    older = work / "older.export"
+    older.write_bytes(lines[0].replace(b'"format":2,', b'"format":1,', 1) + b"".join(lines[1:]))
+    line = one_line_error(elspeth("verify", str(older), "--public-key", pub, cwd=work), 1)
+    assert f"line {at + 1}: a seal in a format-1 export" in line, line
+
+
+def test_a_bundle_reformatted_with_its_type_last_is_read_as_one(db: Database, fork_run: tuple[Path, str]) -> None:
+    work, run_id = fork_run
+    _purge(work, db, run_id, 2)
+    pub = str(work / ".elspeth/keys/default.pub")
+    bundle = work / "x.json"
+    assert elspeth("prove", run_id, "--row", "2", "-o", str(bundle), cwd=work, db=db).returncode == 0
+    proof = json.loads(bundle.read_text())
+    kind = proof.pop("type")
+    last = work / "last.json"
+    last.write_text(" " * 5000 + json.dumps({**proof, "type": kind}))
+    proc = elspeth("verify", str(last), "--public-key", pub, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    # A negative row is named as such; a format-1 bundle holds no seals.
+    for change, said in (({"row": -1}, "row index -1: they are counted from 0"),
+                         ({"format": 1}, "format 1, which holds no seals")):  # fmt: skip
+        odd = work / "odd.json"
+        odd.write_text(json.dumps({**proof, **change, "type": kind}))
+        line = one_line_error(elspeth("verify", str(odd), "--public-key", pub, cwd=work), 1)
+        assert said in line, line

@@ -102,17 +102,26 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id,
                            unsigned_erasures=unsigned_erasures)  # fmt: skip
     _payloads_required(file, report.payloads_included, require_payloads)
+    # The sink files first: one that does not match fails the command before anything is said
+    # to have verified.
+    sinks = [check_sink_file(report, name, path, closing=_closing(report, name), later=later) for name, path in tied]
     click.echo(
         f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
         f"{report.root.hex()[:16]} matches all {report.checkpoints} checkpoint(s) signed by {report.key}"
     )
     click.echo(_payloads(report.payloads_included, report.payloads, report.erased))
     say_unsigned(report.unsigned)
+    if report.unshown:
+        say(
+            f"elspeth: warning: this run's seals sign {report.unshown} erasure record(s) that the export does not "
+            "hold: erasures the store recorded were left out of the file (or a payload was erased twice, and the "
+            "file holds one of its records)"
+        )
     click.echo(f"the run, where the log ends: {report.status}")
     if report.extends is not None:
         click.echo(f"extends the checkpoint you kept ({kept}, {report.extends} events): consistency proof verified")
-    for name, path in tied:
-        click.echo(check_sink_file(report, name, path, closing=_closing(report, name), later=later))
+    for line in sinks:
+        click.echo(line)
     if not report.ended:
         say(
             f"elspeth: warning: the log does not end the run (its state there: {report.status}, which a run is "
