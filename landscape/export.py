@@ -598,8 +598,12 @@ def encode_bundle(bundle: ProofBundle) -> bytes:
 
 def decode_bundle(data: bytes) -> ProofBundle:
     """The bundle in `data`; ExportError saying why not (a newer format is named as such)."""
-    peek = _peek(data)
-    if peek is None or peek.type != PROOF_TYPE:
+    try:
+        peek = _peek_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+        # (a file is read as a bundle when it names the type: one cut short or mangled is said so)
+        raise ExportError(f"not a well-formed proof bundle ({_why(e)})") from None
+    if peek.type != PROOF_TYPE:
         raise ExportError("not an ELSPETH export or proof bundle")
     check_format(peek.format, "this proof bundle")
     try:

@@ -971,6 +971,11 @@ def test_a_bundle_reformatted_with_its_type_last_is_read_as_one(db: Database, fo
     last.write_text(" " * 5000 + json.dumps({**proof, "type": kind}))
     proc = elspeth("verify", str(last), "--public-key", pub, cwd=work)
     assert proc.returncode == 0, proc.stderr
+    # One cut short is said to be a bundle that is not well formed, not no bundle at all.
+    cut = work / "cut.json"
+    cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    line = one_line_error(elspeth("verify", str(cut), "--public-key", pub, cwd=work), 1)
+    assert "not a well-formed proof bundle (" in line, line
     # A negative row is named as such; a format-1 bundle holds no seals.
     for change, said in (({"row": -1}, "row index -1: they are counted from 0"),
                          ({"format": 1}, "format 1, which holds no seals")):  # fmt: skip
