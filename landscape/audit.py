@@ -132,10 +132,6 @@ class ProofReport:
     unended: int
     extends: int | None  # the size of the kept checkpoint the bundle was proved to extend
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
-    # Erasure records that a seal of this run in the export signs, though the export holds no record
-    # of that digest: a file made from the store holds each payload's record, so these are
-    # erasures left out of it (or a payload erased twice, whose first record it holds).
-    unshown: int = 0
     absent: int = 0
     row: bool = False  # a row's bundle (else one event's)
 
@@ -859,9 +855,10 @@ class _ProofCheck:
             raise self.fail(f"checkpoint: {e}") from None
         if (b.seq is None) == (b.row is None):
             raise self.fail("the bundle must name one subject: a seq or a row")
-        if (b.seq if b.seq is not None else b.row or 0) < 0:
-            raise self.fail(f"the bundle names {'seq' if b.seq is not None else 'row index'} "
-                            f"{b.seq if b.seq is not None else b.row}: they are counted from 0")  # fmt: skip
+        number = b.seq if b.seq is not None else b.row
+        if number is not None and number < 0:
+            what = "seq" if b.seq is not None else "row index"
+            raise self.fail(f"the bundle names {what} {number}: seqs and row indexes are counted from 0")
         if not b.events:
             raise self.fail("the bundle holds no event")
         events: list[tuple[StoredEvent, ev.EventBase]] = []

@@ -977,7 +977,7 @@ def test_a_bundle_reformatted_with_its_type_last_is_read_as_one(db: Database, fo
     line = one_line_error(elspeth("verify", str(cut), "--public-key", pub, cwd=work), 1)
     assert "not a well-formed proof bundle (" in line, line
     # A negative row is named as such; a format-1 bundle holds no seals.
-    for change, said in (({"row": -1}, "row index -1: they are counted from 0"),
+    for change, said in (({"row": -1}, "row index -1: seqs and row indexes are counted from 0"),
                          ({"format": 1}, "format 1, which holds no seals")):  # fmt: skip
         odd = work / "odd.json"
         odd.write_text(json.dumps({**proof, **change, "type": kind}))
