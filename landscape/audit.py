@@ -46,7 +46,7 @@ from landscape.export import (
 from landscape.files import NotASmallFile, read_small_file
 from landscape.fold import RunFold
 from landscape.merkle import ProofError, consistency_proof, leaf_hash, verify_consistency, verify_inclusion
-from landscape.note import NoteError, Verifier
+from landscape.note import NoteError, Verifier, parse_note
 from landscape.records import Payload, StoredEvent
 from landscape.seal import open_seal, origin_for, why_not_sealed
 from landscape.verify import (
@@ -398,7 +398,7 @@ class _ExportCheck:
         self.unsealed: dict[bytes, int] = {}
         self.sealed: set[bytes] = set()
         self.seals = 0
-        self.seal_notes: set[str] = set()
+        self.seal_texts: set[str] = set()  # what each seal read signs
         self.run_sealed: set[bytes] = set()  # the digests signed by seals of this run's own origin
 
     def fail(self, line: int, why: str) -> AuditFailure:
@@ -695,8 +695,13 @@ class _ExportCheck:
         assert self.header is not None
         if self.header.format < 2:
             raise self.fail(number, f"a seal in a format-{self.header.format} export, which holds none (format 2 on)")
-        if record.note in self.seal_notes:
-            # (each copy would be checked again, and count again in the end record)
+        # A seal once, by what it signs: a copy would be checked again and count again in the end
+        # record, and one with another key's signature line added (passed over) is the same seal.
+        try:
+            signed = parse_note(record.note).text
+        except NoteError:
+            signed = record.note  # (said below: it does not verify)
+        if signed in self.seal_texts:
             raise self.fail(number, "this seal is in the export already: each seal appears once")
         digests = [bytes.fromhex(d) for d in record.digests]
         if any(a >= b for a, b in pairwise(record.digests)):
@@ -705,7 +710,7 @@ class _ExportCheck:
         why = why_not_sealed(record.note, digests, self.key, origin)
         if why is not None:
             raise self.fail(number, f"this seal of erasure records does not count: {why.removeprefix('its seal ')}")
-        self.seal_notes.add(record.note)
+        self.seal_texts.add(signed)
         self.sealed.update(digests)
         if origin == self.header.origin:  # (the store's no-run seals sign records of other runs too)
             self.run_sealed.update(digests)

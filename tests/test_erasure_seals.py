@@ -953,6 +953,15 @@ def test_a_seal_given_twice_or_in_a_format_without_seals_is_refused(db: Database
     twice.write_bytes(_recounted([*lines[: at + 1], lines[at], *lines[at + 1 :]]))
     line = one_line_error(elspeth("verify", str(twice), "--public-key", pub, cwd=work), 1)
     assert f"line {at + 2}: this seal is in the export already" in line, line
+    # A copy with another key's signature line added (passed over by the reader) is the same seal.
+    seal = msgspec.json.decode(lines[at], type=SealRecord)
+    text = parse_note(seal.note).text
+    cosigned = seal.note + Signer.generate("other").sign(text)[len(text) + 1 :]
+    assert parse_note(cosigned).text == text and len(parse_note(cosigned).signatures) == 2
+    copy = encode(msgspec.structs.replace(seal, note=cosigned)) + b"\n"
+    twice.write_bytes(_recounted([*lines[: at + 1], copy, *lines[at + 1 :]]))
+    line = one_line_error(elspeth("verify", str(twice), "--public-key", pub, cwd=work), 1)
+    assert f"line {at + 2}: this seal is in the export already" in line, line
     older = work / "older.export"
     older.write_bytes(lines[0].replace(b'"format":2,', b'"format":1,', 1) + b"".join(lines[1:]))
     line = one_line_error(elspeth("verify", str(older), "--public-key", pub, cwd=work), 1)
