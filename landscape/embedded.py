@@ -860,7 +860,7 @@ def embedded_server(
             except BlockingIOError:
                 last = False
             if last and _running(bin_dir, pgdata, uid, gid):
-                failed = _stop(bin_dir, pgdata, uid, gid, log)
+                failed = _stop(bin_dir, pgdata, uid, gid, log, modes=_stop_modes(EmbeddedServer(root, pgdata, sockets)))
                 if failed:  # said, not raised: it must not hide the error that may be on its way out
                     say(failed)
         finally:
@@ -868,6 +868,20 @@ def embedded_server(
             fcntl.flock(start_lock, fcntl.LOCK_UN)
             users.close()
             start_lock.close()
+
+
+def _stop_modes(server: EmbeddedServer) -> tuple[str, ...]:
+    """How to stop `server` on the way out: fast, then immediate, as a rule; at once in immediate
+    mode when it is up but takes no connections (libpq's ping: starting, stopping, recovering).
+    That is a server recovering from a crashed backend (one killed while a run wrote: the
+    out-of-memory killer, an operator): PostgreSQL 18 took a fast stop asked then, finished its
+    recovery and waited out pg_ctl's 30 s for the immediate one (a crash campaign). Nothing is
+    lost: its WAL recovers on the next start. Its postmaster.pid says "ready" all through such a
+    recovery, so the server is asked instead."""
+    from psycopg import pq
+
+    refused = pq.PGconn.ping(server.uri("postgres").encode() + b"&connect_timeout=10") == pq.Ping.REJECT
+    return ("immediate",) if refused else ("fast", "immediate")
 
 
 def _ensure_database(server: EmbeddedServer, name: str) -> None:

@@ -90,6 +90,32 @@ def test_a_server_stuck_shutting_down_is_stopped_and_started_again(tmp_path: Pat
         client.close()
 
 
+def test_a_server_up_but_taking_no_connections_is_stopped_at_once_in_immediate_mode(tmp_path: Path) -> None:
+    """A server recovering from a killed backend takes no connections; asked for a fast stop
+    then, PostgreSQL 18 waited out pg_ctl's 30 s before the immediate one, and every run that
+    lost its backend took 30 s more to exit (a crash campaign). A standby that is not hot takes
+    no connections either, and stays so: it stands in for the recovering server here."""
+    home = tmp_path / ".elspeth"
+    uid, gid = _server_account()
+    with embedded_server(home) as server:
+        assert embedded._stop_modes(server) == ("fast", "immediate")  # (taking connections: a clean stop)
+        pg_ctl = ["-D", str(server.pgdata), "-w", "-t", "60"]
+        stop = embedded._run(embedded._bin_dir(), "pg_ctl", [*pg_ctl, "-m", "fast", "stop"], uid, gid)
+        assert stop.returncode == 0, stop.stderr
+        (server.pgdata / "standby.signal").touch()
+        opts = f"-h '' -k {server.socket_dir} -c hot_standby=off"
+        log = home / "postgresql.log"
+        start = embedded._run(embedded._bin_dir(), "pg_ctl", [*pg_ctl, "-l", str(log), "-o", opts, "start"], uid, gid)
+        assert start.returncode == 0, start.stderr
+        assert embedded._stop_modes(server) == ("immediate",)
+        before = log.read_text()
+    after = log.read_text()[len(before) :]
+    assert "received immediate shutdown request" in after and "fast shutdown" not in after
+    (server.pgdata / "standby.signal").unlink()
+    with embedded_server(home) as again, psycopg.connect(again.uri("elspeth")) as conn:  # (and it starts again)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_a_home_whose_path_holds_a_space_or_a_quote_starts_and_shell_syntax_in_it_is_refused() -> None:
     """pg_ctl starts the server through /bin/sh: the socket folder went unquoted (a home with a
     space could not start its server), and `$(...)` in the home's path ran (a hostile review)."""
