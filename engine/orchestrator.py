@@ -230,7 +230,9 @@ class Execution:
         if problem:
             self.writer.close()
             raise ResumeRefused(problem)
-        self.proc = Processor(pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock)
+        self.proc = Processor(
+            pipeline.nodes, fold, self._emit, self.writer.put_payload, self.clock, self.writer.still_writer
+        )
         # A writer's sender thread needs the GIL for a moment after each network wait: while
         # it sends a COPY, after each few kilobytes the server reads. With Python's default 5 ms
         # slices it waited up to that long each time behind this thread's work, and this thread

@@ -33,13 +33,15 @@ __all__ = ["Nodes", "Processor", "Work"]
 
 
 class Processor:
-    def __init__(self, nodes: Nodes, fold: RunFold, emit: Emit, put_payload: PutPayload, clock: Clock) -> None:
+    def __init__(
+        self, nodes: Nodes, fold: RunFold, emit: Emit, put_payload: PutPayload, clock: Clock, fence: Callable[[], None]
+    ) -> None:
         self.n = nodes
         self.fold = fold
         self.emit = emit
         self.clock = clock
         self.now: Callable[[], float] = clock.now
-        self.ctx = Context(nodes, fold, emit, put_payload, clock.now)
+        self.ctx = Context(nodes, fold, emit, put_payload, clock.now, fence)
         self.stack = self.ctx.stack
         self.waiting = self.ctx.waiting
         self.deadlines = Deadlines(self._is_open)

@@ -159,7 +159,10 @@ class SinkWriter:
             raise at_node(f"sink '{sink_name}'", e) from e
 
     def reopen(self, sink_name: str) -> None:
-        """Open a sink at its last durable position (from the log), dropping anything after it."""
+        """Open a sink at its last durable position (from the log), dropping anything after it:
+        only while this process still writes the run (`Context.fence`). Another that took the run
+        over may have written after that position."""
+        self.ctx.fence()
         sink = self.sinks[sink_name]
         sink.release()
         expect = getattr(sink, "expect", None)  # a file sink checks its bytes against the log's digest

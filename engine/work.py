@@ -100,6 +100,9 @@ class Context:
     emit: Emit
     put_payload: PutPayload
     now: Callable[[], float]
+    # Returns only while this process still writes the run (`RunWriter.still_writer`): asked
+    # before a sink is cut back to its durable position.
+    fence: Callable[[], None]
     stack: list[Work] = field(default_factory=list)  # tokens to advance, the last one first
     # Rows of tokens waiting at a coalesce or in a batch, by token id.
     waiting: dict[str, Work] = field(default_factory=dict)

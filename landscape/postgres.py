@@ -338,6 +338,20 @@ class PgRunWriter:
             size, _root, note = checkpoint
             self._notary.witness(self.run_id, size, note, recorded_at)
 
+    def still_writer(self) -> None:
+        """Return only while this writer still holds the run: the session its lock is held by
+        answers (session-level advisory locks go only with their session). Asked before a sink
+        cuts back to its durable position (a retry reopening it). A writer that stalled (a
+        debugger, a paused VM) while its sessions were cut off may have been taken over by a
+        resume meanwhile, which wrote past that position and may have completed the run; cutting
+        back then would destroy that run's rows (a test of a stalled writer). DatabaseUnavailable
+        when the session is gone, as for a commit that finds it so."""
+        if self._conn is None:
+            raise StoreError(f"run {self.run_id}: the writer is closed")
+        self._wait()  # (on a thread, a commit may be using the connection)
+        with driver_errors("making sure this process still writes the run", run_id=self.run_id):
+            self._conn.execute("SELECT 1")
+
     def hold(self, place: str, *, shared: bool = False) -> str | None:
         """Take the lock of `place` (a sink's file or table, as the engine names it) for as long
         as this writer lives, on its own connection, alone or `shared` with others that share

@@ -1343,6 +1343,8 @@ def test_a_resume_refuses_a_file_changed_since_before_cutting_anything(tmp_path:
         again.open("run", durable)
     assert path.read_bytes() == other
     path.write_bytes(other.replace(b"y", b"x"))  # the run's bytes back, and more after: continued
+    again = sink(kind, path=str(path))  # (by the next resume: this one holds the file as it found it)
+    again.expect(recorded)
     again.open("run", durable)
     assert again.digest() == recorded
     again.release()
@@ -1365,6 +1367,30 @@ def test_a_file_another_process_writes_is_not_cut(tmp_path: Path) -> None:
     assert path.read_bytes() == mine
     first.close()
     second.release()
+
+
+@pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.json"), ("json", "o.jsonl")])
+def test_a_file_written_by_another_process_since_the_run_started_is_not_cut_by_a_retry(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    """A run's start records its sinks at position 0; a retry of its first flush reopens the sink
+    there (`SinkWriter.reopen`). That reopen took the position for a resume's and let go of the
+    file as the run had found it: the retry cut what another process (a resume of this run, by
+    another writer that took it over) had written and completed meanwhile."""
+    path = tmp_path / name
+    mine = sink(kind, path=str(path))
+    mine.open("run", None)
+    path.write_bytes(b"what the other process wrote and made durable\n")
+    theirs = path.read_bytes()
+    for position in (None, 0):  # (the first attempt, then each retry)
+        if position is not None:
+            mine.release()
+            mine.open("run", position)
+        mine.write("t1", {"a": 1})
+        with pytest.raises(PluginError, match="written by another process"):
+            mine.flush()
+        assert path.read_bytes() == theirs
+    mine.release()
 
 
 @pytest.mark.parametrize(("kind", "name", "seed"), [("csv", "o.csv", b"a\n0\n"), ("json", "o.jsonl", b""),

@@ -153,11 +153,12 @@ class _FileSink:
         # reopens the sink at its durable position; the file may have grown by another process's
         # rows since this one let go of it, and those are not this run's to cut.
         self._limit: int | None = None
-        # Writing anew (mode `write`, a run starting): the file as found when the sink was made,
-        # before the run's start checks asked whether another run writes it (`_as_found`; () when
-        # there was none), which the first write replaces. None: nothing to hold it to. Taken at
-        # `open` instead, another run could write and complete the file while an earlier sink of
-        # this run was slow to open, and be replaced unseen (a review).
+        # Writing anew (mode `write`): the file as found when the sink was made, before the run's
+        # start checks asked whether another run writes it (`_as_found`; () when there was none),
+        # which this process's first write replaces (a resume's: from the durable position on,
+        # which its digest checks). None: nothing to hold it to, or this process has cut it.
+        # Taken at `open` instead, another run could write and complete the file while an
+        # earlier sink of this run was slow to open, and be replaced unseen (a review).
         self._found: tuple[int, ...] | None = _as_found(self.path) if mode == "write" else None
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._head = b""  # written just before the first row (a JSON array's '[')
@@ -242,8 +243,10 @@ class _FileSink:
         self._size_at_open = size if position is None and self.mode == "append" else None
         if position is None:  # a run starting: nothing in the file is its own yet
             self._limit = self._size_at_open
-        else:  # (a resume: the file holds the run's durable bytes, which its digest checks)
-            self._found = None
+        # (`_found` stands until this process first cuts the file, whatever the position: a run's
+        # start records its sinks' positions, and a retry of its first flush reopened at that
+        # position as a resume would, cutting what another process wrote meanwhile: a stalled
+        # writer whose run was resumed and completed elsewhere destroyed that run's file.)
         self._encoder = codecs.getincrementalencoder(self.encoding)()
         if start > 0:
             self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already

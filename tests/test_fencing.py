@@ -1,0 +1,102 @@
+"""A writer that stalls (a debugger, a paused VM, a stalled machine) and loses its database
+sessions meanwhile is fenced: another process resumes the run and completes it, and the stalled
+one, continued, writes none of its files nor any event. Its run's locks went with its sessions,
+so only the sinks' own checks stand between it and the files the resume wrote: a file sink
+holds the file as it found it when the run started, and a database sink the tokens it wrote.
+Real processes, a real server; the stall is SIGSTOP at a chosen point (`landscape.faults`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from landscape.db import Database
+from tests.engine_harness import write_csv
+from tests.test_cli import PIPELINE, elspeth
+
+
+def _wait_stopped(pid: int) -> None:
+    # Waiting on another process's state (not on time): os.waitpid reports the stop itself.
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the writer ended instead of stopping (status {status})"
+
+
+def _cut_off_sessions(db: Database) -> int:
+    """End every session in the run's database (the stalled writer's and its sender child's: no
+    other process uses it now), as a server restart or a network cut would: the run's locks go
+    with them."""
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'"
+        ).fetchall()
+    return len(rows)
+
+
+def _table(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT * FROM t ORDER BY id").fetchall()
+
+
+def _outputs(work: Path) -> dict[str, object]:
+    """What the run's sinks hold: each file's bytes, a SQLite table's rows."""
+    return {p.name: _table(p) if p.suffix == ".db" else p.read_bytes() for p in (work / "out").iterdir()}
+
+
+@pytest.mark.parametrize("high", ["file", "table"])
+def test_a_writer_stalled_before_its_first_write_writes_nothing_once_a_resume_completed_its_run(
+    db: Database, tmp_path: Path, high: str
+) -> None:
+    """Without the fence, the stalled writer's retried flush reopened its sinks at its durable
+    position as a resume would: it cut the completed run's file to its own 8 rows, and deleted
+    the rows the resume had written to the table (the run's own, by the bookkeeping)."""
+    work = tmp_path
+    (work / "out").mkdir()
+    pipeline = PIPELINE
+    if high == "table":
+        pipeline = pipeline.replace("{plugin: csv, options: {path: out/high.csv}}",
+                                    "{plugin: database, options: {url: 'sqlite:///out/high.db', table: t}}")  # fmt: skip
+    (work / "settings.yaml").write_text(pipeline)
+    write_csv(work / "in.csv", ["id", "v"], [[i, 9] for i in range(40)] + [[40, "x"]])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    env["ELSPETH_DATABASE_URL"] = db.conninfo
+    # Stopped after its first commit (the run is on record), before any sink wrote a byte: it
+    # holds no file's lock, only the store's locks, on the sessions about to be cut off.
+    stalled = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", "run", "-s", "settings.yaml", "--commit-every", "5"],
+        cwd=work, env={**env, "ELSPETH_FAULT": "append:12:stop"}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_stopped(stalled.pid)
+        assert {p.name for p in (work / "out").iterdir()} <= {"high.db"}  # (a table's database is made at the start)
+        (run,) = [r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout) if r["status"] == "running"]
+        assert _cut_off_sessions(db) >= 2  # (the writer's and its sender's)
+        resumed = elspeth("resume", run["run_id"], cwd=work, db=db)
+        assert resumed.returncode == 0, resumed.stderr
+        written = _outputs(work)
+        if high == "file":
+            assert set(written) == {"high.csv", "bad.jsonl"} and written["high.csv"].count(b"\n") == 41  # type: ignore[union-attr]
+        else:
+            assert set(written) == {"high.db", "bad.jsonl"} and len(written["high.db"]) == 40  # type: ignore[arg-type]
+        os.kill(stalled.pid, signal.SIGCONT)
+        out, err = stalled.communicate(timeout=300)
+    finally:
+        if stalled.poll() is None:
+            stalled.kill()
+            stalled.wait()
+    assert stalled.returncode != 0, out + err
+    assert "Traceback" not in err, err
+    assert _outputs(work) == written  # nothing of the stalled one's, nothing of the resume's cut
+    checked = elspeth("replay", run["run_id"], "--check", cwd=work, db=db)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = {r["run_id"]: r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)}
+    assert listed[run["run_id"]]["status"] == "completed"
