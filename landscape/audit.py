@@ -303,9 +303,18 @@ def read_kept_checkpoint(path: Path, key: Verifier) -> Checkpoint:
     except OSError as e:
         raise AuditFailure(f"checkpoint {path}: cannot read it: {e.strerror}") from None
     try:
-        return open_checkpoint(note, key)
+        kept = open_checkpoint(note, key)
     except NoteError as e:
         raise AuditFailure(f"checkpoint {path}: {e}") from None
+    if kept.size == 0:
+        # Every log extends an empty one: checked against it, a rewritten history passed unseen,
+        # and a faithful one was said to be rewritten (no consistency proof starts from nothing).
+        raise AuditFailure(
+            f"checkpoint {path}: it signs an empty log (0 events), which every log extends, so it shows nothing of "
+            "what this one held; ELSPETH signs none such (a run's log holds its first event from the start): its "
+            "key's holder made it; allowed: a checkpoint `elspeth checkpoint` wrote"
+        )
+    return kept
 
 
 # -- the export ------------------------------------------------------------------------------------

@@ -842,6 +842,7 @@ def test_prove_refuses_a_kept_checkpoint_its_log_does_not_extend(db: Database, f
         (Checkpoint(origin, size - 5, bytes(32)), "does not extend the checkpoint given"),
         (Checkpoint(origin, size + 5, bytes(32)), "signs more events than the run's newest checkpoint"),
         (Checkpoint("elspeth/other/run-x", 3, bytes(32)), "is of elspeth/other/run-x"),
+        (Checkpoint(origin, 0, hashlib.sha256().digest()), "signs an empty log (0 events)"),
     ]:
         note = tmp_path / "kept.note"
         note.write_text(kept.sign(signer))
@@ -849,6 +850,20 @@ def test_prove_refuses_a_kept_checkpoint_its_log_does_not_extend(db: Database, f
         err = one_line_error(elspeth("prove", fork.run_id, "--seq", "3", "--checkpoint", str(note), "-o", str(out),
                                      cwd=fork.work, db=db), 1)  # fmt: skip
         assert says in err and not out.exists(), err
+
+
+def test_a_kept_checkpoint_of_an_empty_log_is_refused_as_showing_nothing(fork: Exported, tmp_path: Path) -> None:
+    """Only the key's holder can sign one (a run's log holds its first event from the start).
+    Given to verify, it was called proof that the export's history "was rewritten": no
+    consistency proof starts from an empty tree, and every log extends one."""
+    signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
+    origin = _records(fork.file)[0].origin  # type: ignore[union-attr]
+    note = tmp_path / "empty.note"
+    note.write_text(Checkpoint(origin, 0, hashlib.sha256().digest()).sign(signer))
+    err = one_line_error(
+        _verify(fork.work, str(fork.file), "--public-key", str(fork.pub), "--checkpoint", str(note)), 1
+    )
+    assert "signs an empty log (0 events), which every log extends" in err and "rewritten" not in err, err
 
 
 def _flip_first_proof_hash(text: str) -> str:
