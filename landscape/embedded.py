@@ -764,6 +764,7 @@ def embedded_server(
         keep_home_private(root)  # one made with mkdir under umask 002 would have keys/ refused
     bin_dir = _runnable_bin_dir(uid, gid)
     _not_for_a_shell(bin_dir, "its programs' folder")
+    served = False  # whether the server took connections when this process began to use it
     log = root / "postgresql.log"
     # Every ELSPETH process using this home holds a shared lock on `users.lock` while it runs;
     # the one that can take it exclusively on the way out is the last, and stops the server.
@@ -849,6 +850,7 @@ def embedded_server(
             _ensure_database(server, "elspeth")
         finally:
             fcntl.flock(start_lock, fcntl.LOCK_UN)
+        served = True
         yield server
     finally:
         fcntl.flock(users, fcntl.LOCK_UN)
@@ -860,7 +862,8 @@ def embedded_server(
             except BlockingIOError:
                 last = False
             if last and _running(bin_dir, pgdata, uid, gid):
-                failed = _stop(bin_dir, pgdata, uid, gid, log, modes=_stop_modes(EmbeddedServer(root, pgdata, sockets)))
+                modes = _stop_modes(EmbeddedServer(root, pgdata, sockets)) if served else ("fast", "immediate")
+                failed = _stop(bin_dir, pgdata, uid, gid, log, modes=modes)
                 if failed:  # said, not raised: it must not hide the error that may be on its way out
                     say(failed)
         finally:
@@ -871,15 +874,20 @@ def embedded_server(
 
 
 def _stop_modes(server: EmbeddedServer) -> tuple[str, ...]:
-    """How to stop `server` on the way out: fast, then immediate, as a rule; at once in immediate
-    mode when it is up but takes no connections (libpq's ping: starting, stopping, recovering).
-    That is a server recovering from a crashed backend (one killed while a run wrote: the
-    out-of-memory killer, an operator): PostgreSQL 18 took a fast stop asked then, finished its
-    recovery and waited out pg_ctl's 30 s for the immediate one (a crash campaign). Nothing is
-    lost: its WAL recovers on the next start. Its postmaster.pid says "ready" all through such a
-    recovery, so the server is asked instead."""
+    """How to stop `server`, which took connections when this process began to use it, on the way
+    out: fast, then immediate, as a rule; at once in immediate mode when its postmaster.pid says
+    "ready" (it says so all through the recovery from a crashed backend) and yet it takes no
+    connections (libpq's ping). A backend crashed meanwhile (killed while a run wrote: the
+    out-of-memory killer, an operator), and PostgreSQL 18, asked for a fast stop while it
+    recovered, finished and then waited out pg_ctl's 30 s for the immediate stop (a crash
+    campaign): that stop came all the same, 30 s later. Nothing is lost: the WAL recovers on the
+    next start. A server found recovering at the start (its start timed out) is not served and
+    not judged here: its recovery is left the fast stop's chance to end (a review); one another
+    command is stopping says "stopping", and is stopped as ever."""
     from psycopg import pq
 
+    if _postmaster_status(server.pgdata) != "ready":
+        return ("fast", "immediate")
     refused = pq.PGconn.ping(server.uri("postgres").encode() + b"&connect_timeout=10") == pq.Ping.REJECT
     return ("immediate",) if refused else ("fast", "immediate")
 

@@ -349,8 +349,17 @@ class PgRunWriter:
         if self._conn is None:
             raise StoreError(f"run {self.run_id}: the writer is closed")
         self._wait()  # (on a thread, a commit may be using the connection)
-        with driver_errors("making sure this process still writes the run", run_id=self.run_id):
+        what = (
+            f"making sure this process still writes run {self.run_id} (its session held the run's lock: another process "
+            "may have taken the run over since, see `elspeth runs`, so nothing was cut back)"
+        )
+        with driver_errors(what):
+            idle = self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             self._conn.execute("SELECT 1")
+            # Ended as begun: left open, the session sat idle in a transaction for the rest of the
+            # run, which a server's idle_in_transaction_session_timeout ends, locks and all (a review).
+            if idle:
+                self._conn.rollback()
 
     def hold(self, place: str, *, shared: bool = False) -> str | None:
         """Take the lock of `place` (a sink's file or table, as the engine names it) for as long

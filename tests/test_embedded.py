@@ -91,10 +91,11 @@ def test_a_server_stuck_shutting_down_is_stopped_and_started_again(tmp_path: Pat
 
 
 def test_a_server_up_but_taking_no_connections_is_stopped_at_once_in_immediate_mode(tmp_path: Path) -> None:
-    """A server recovering from a killed backend takes no connections; asked for a fast stop
-    then, PostgreSQL 18 waited out pg_ctl's 30 s before the immediate one, and every run that
-    lost its backend took 30 s more to exit (a crash campaign). A standby that is not hot takes
-    no connections either, and stays so: it stands in for the recovering server here."""
+    """A server recovering from a killed backend takes no connections while its postmaster.pid
+    still says "ready"; asked for a fast stop then, PostgreSQL 18 waited out pg_ctl's 30 s before
+    the immediate one, and every run that lost its backend took 30 s more to exit (a crash
+    campaign). A standby that is not hot takes no connections either, and stays so: with its
+    postmaster.pid saying "ready" as a recovering server's does, it stands in for one here."""
     home = tmp_path / ".elspeth"
     uid, gid = _server_account()
     with embedded_server(home) as server:
@@ -107,6 +108,10 @@ def test_a_server_up_but_taking_no_connections_is_stopped_at_once_in_immediate_m
         log = home / "postgresql.log"
         start = embedded._run(embedded._bin_dir(), "pg_ctl", [*pg_ctl, "-l", str(log), "-o", opts, "start"], uid, gid)
         assert start.returncode == 0, start.stderr
+        assert embedded._stop_modes(server) == ("fast", "immediate")  # (its file says it is not ready: left as ever)
+        pid_file = server.pgdata / "postmaster.pid"
+        lines = pid_file.read_text().splitlines(keepends=True)
+        pid_file.write_text("".join([*lines[:7], "ready   \n", *lines[8:]]))
         assert embedded._stop_modes(server) == ("immediate",)
         before = log.read_text()
     after = log.read_text()[len(before) :]

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from landscape.db import Database
+from landscape.postgres import PostgresRecorder
 from tests.engine_harness import write_csv
 from tests.test_cli import PIPELINE, elspeth
 
@@ -100,3 +101,27 @@ def test_a_writer_stalled_before_its_first_write_writes_nothing_once_a_resume_co
     assert checked.returncode == 0, checked.stdout + checked.stderr
     listed = {r["run_id"]: r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)}
     assert listed[run["run_id"]]["status"] == "completed"
+
+
+@pytest.mark.parametrize("sending", ["inline", "thread", "process"])
+def test_asking_whether_this_process_still_writes_leaves_no_transaction_open(db: Database, sending: str) -> None:
+    """The question opened a transaction on the writer's session and never ended it: the session
+    then sat idle in a transaction for the rest of the run, which a server's
+    idle_in_transaction_session_timeout ends, and the run's lock with it (a review: a run whose
+    one refused row came after the timeout stopped, 'lost the database')."""
+    from tests.test_store import _created
+
+    run_id = f"run-fence-{sending}"
+    writer = PostgresRecorder(db).open_writer(run_id, sending=sending)  # type: ignore[arg-type]
+    try:
+        writer.append("run", run_id, _created(run_id))
+        writer.commit()
+        writer.still_writer()
+        with psycopg.connect(db.conninfo, autocommit=True) as conn:
+            states = conn.execute(
+                "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            ).fetchall()
+        assert states and ("idle in transaction",) not in states, states
+    finally:
+        writer.close()
