@@ -264,6 +264,14 @@ class Execution:
         same text from another file), recorded with RunResumed."""
         emit = self._emit
         self._hold_sink_files(resumed)
+        # Who writes the sinks from here: the run's generation (0, and one more at each resume,
+        # whose RunResumed is recorded after the sinks open) and a name drawn for this process. A
+        # sink that keeps such a claim (a database sink) lets no other generation's writer write.
+        claim = (self.fold.resumes + (1 if resumed else 0), secrets.token_hex(8))
+        for sink in self.p.nodes.sinks.values():
+            fence_as = getattr(sink, "fence_as", None)
+            if fence_as is not None:
+                fence_as(*claim)
         if not resumed:
             self._refuse_to_strand_open_runs()  # before anything is recorded: a refused run leaves no trace
             self._refuse_to_read_a_crash_tail()

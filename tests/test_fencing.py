@@ -125,3 +125,53 @@ def test_asking_whether_this_process_still_writes_leaves_no_transaction_open(db:
         assert states and ("idle in transaction",) not in states, states
     finally:
         writer.close()
+
+
+def _rows(url: str) -> list[tuple[object, ...]]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text("SELECT id FROM t ORDER BY id"))]
+    finally:
+        engine.dispose()
+
+
+def test_a_table_claimed_by_a_later_writer_of_the_run_takes_nothing_from_an_earlier_one(db_url: str) -> None:
+    """The engine asks whether it still holds the run before a sink cuts back, but a writer can
+    stall just after the answer; and its flush of a token the resume never wrote (a batch closed
+    otherwise) meets no refusal of a token written twice. The table's claim, read in each
+    flush's and each open's own transaction, refuses both: the stalled writer of generation 0
+    writes and deletes nothing once generation 1 (the resume) has opened the table."""
+    from engine.plugins.database_sink import DatabaseSink
+    from engine.plugins.protocol import PluginError
+
+    def sink(generation: int, name: str) -> DatabaseSink:
+        s = DatabaseSink({"url": db_url, "table": "t", "schema": {"mode": "fixed", "fields": ["id: int"]}})
+        s.fence_as(generation, name)
+        return s
+
+    stalled = sink(0, "a")
+    stalled.open("run", None)
+    stalled.write("r1", {"id": 1})
+    assert stalled.flush() == 1
+    resumed = sink(1, "b")
+    resumed.open("run", 1)  # (its log says 1 row is durable)
+    resumed.write("r2", {"id": 2})
+    assert resumed.flush() == 2
+    stalled.write("r9", {"id": 9})  # a token the resume never wrote
+    with pytest.raises(PluginError, match="no longer writes its rows there: generation 1 of the run"):
+        stalled.flush()
+    stalled.release()
+    with pytest.raises(PluginError, match="generation 1 of the run"):
+        stalled.open("run", 0)  # a retry's cut back to its own durable position: would delete row 2
+    assert _rows(db_url) == [(1,), (2,)]
+    crashed_before_recording = sink(1, "c")  # (a resume of the same generation replaces the claim)
+    crashed_before_recording.open("run", 2)
+    resumed.write("r3", {"id": 3})
+    with pytest.raises(PluginError, match="no longer writes its rows there"):
+        resumed.flush()
+    for s in (stalled, resumed, crashed_before_recording):
+        s.release()
+    assert _rows(db_url) == [(1,), (2,)]

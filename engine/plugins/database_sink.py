@@ -39,6 +39,7 @@ from engine.plugins.db_catalog import (
     NO_LOCATOR,
     REPLACES,
     TOKENS,
+    WRITERS,
     add_later_columns,
     audit_store_schema,
     row_locator,
@@ -120,8 +121,8 @@ class DatabaseSink:
         self._sqlite = self.url.lower().startswith("sqlite")
         if not self._sqlite and len(self.table_name.encode()) > 63:  # (SQLAlchemy refuses it at each flush)
             raise PluginConfigError("table", "a name longer than PostgreSQL's 63 bytes; allowed: a shorter one")
-        if (sqlite_folded(self.table_name) if self._sqlite else self.table_name) == TOKENS:
-            raise PluginConfigError("table", f"{TOKENS!r} is the sink's own bookkeeping table")
+        if (sqlite_folded(self.table_name) if self._sqlite else self.table_name) in (TOKENS, WRITERS):
+            raise PluginConfigError("table", f"{self.table_name!r} is the sink's own bookkeeping table")
         self.schema = parse_schema(o.raw("schema"))
         self._shown = redact(self.url)
         self._buffer: list[tuple[str, Row]] = []
@@ -139,6 +140,8 @@ class DatabaseSink:
         self._committed = 0
         self.run_id = ""
         self._opened_for: str | None = None  # the run this sink was last opened for, its checks passed
+        self._writers: Any = None  # the `elspeth_sink_writers` table
+        self._writer: tuple[int, str] | None = None  # this process's claim: (generation, name); see `fence_as`
 
     def layout(self) -> dict[str, object]:
         """None of its options changes how the rows it adds are written: `if_exists` acts only when
@@ -153,6 +156,15 @@ class DatabaseSink:
         lines = str(e).strip().splitlines()
         first = scrub(lines[0], self.url) if lines else type(e).__name__
         return PluginError(_NODE, f"database sink {self.location()}: {what}: {first}")
+
+    def fence_as(self, generation: int, writer: str) -> None:
+        """Write the run's rows here as `writer` of the run's `generation` (0 for its start, one
+        more at each resume): `open` claims the table for it, unless a later generation has, and
+        each flush, in its transaction, first checks that the claim is still its own. A writer
+        that stalled while its run was resumed elsewhere then writes nothing after the resume
+        opened the table, and deletes nothing it wrote (the engine's own question, whether it
+        still holds the run, comes a moment before, and cannot be part of this transaction)."""
+        self._writer = (generation, writer)
 
     def open(self, run_id: str, position: int | None) -> None:
         from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, inspect, select
@@ -199,6 +211,13 @@ class DatabaseSink:
                     Column("token_id", Text, primary_key=True),
                     *(Column(name, BigInteger if kind == "int" else Text) for name, kind in LATER_COLUMNS),
                 )  # fmt: skip
+                self._writers = Table(
+                    WRITERS, meta,
+                    Column("run_id", Text, primary_key=True),
+                    Column("sink_table", Text, primary_key=True),
+                    Column("generation", BigInteger, nullable=False),
+                    Column("writer", Text, nullable=False),
+                )  # fmt: skip
                 meta.create_all(conn)
                 add_later_columns(conn, self._sqlite)
                 if self._sqlite:
@@ -208,6 +227,7 @@ class DatabaseSink:
                     # between them (a review).
                     conn.exec_driver_sql(f"DELETE FROM {TOKENS} WHERE 0 = 1")
                 mine = (tokens.c.run_id == run_id) & self._this_table()
+                self._claim(conn)  # (before anything is dropped or deleted)
                 exists = inspect(conn).has_table(self.table_name)
                 if position is None and self.if_exists == "replace" and exists:
                     # A fresh run replaces the table; a resume keeps what the run wrote so far.
@@ -260,6 +280,59 @@ class DatabaseSink:
             self.release()
             raise PluginError(_NODE, refused)
         self._opened_for = run_id  # (only once its checks passed: a retried open checks again)
+
+    def _claim_of_this_table(self) -> Any:
+        """The run's claim on the sink's table in `elspeth_sink_writers` (names compared as in
+        `_this_table`)."""
+        w = self._writers
+        table = (
+            w.c.sink_table.collate("NOCASE") == self.table_name if self._sqlite else w.c.sink_table == self.table_name
+        )
+        return (w.c.run_id == self.run_id) & table
+
+    def _writers_row(self, conn: Any) -> tuple[int, str] | None:
+        """The claim on this table for the run, read for update (PostgreSQL locks the row; a
+        SQLite transaction that has written is the only writer of its file)."""
+        from sqlalchemy import select
+
+        w = self._writers
+        row = conn.execute(
+            select(w.c.generation, w.c.writer).where(self._claim_of_this_table()).with_for_update()
+        ).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _claim(self, conn: Any) -> None:
+        """Claim the table for this writer (`fence_as`), in the open's transaction, or refuse: a
+        later generation of the run (a resume since this process began) has claimed it. One of
+        the same generation is replaced: a resume that crashed before recording itself."""
+        if self._writer is None:
+            return
+        generation, writer = self._writer
+        held = self._writers_row(conn)
+        if held is not None and held[0] > generation:
+            raise Refused(self._taken_over(held))
+        w = self._writers
+        if held is None:
+            conn.execute(w.insert().values(run_id=self.run_id, sink_table=self.table_name, generation=generation,
+                                           writer=writer))  # fmt: skip
+        elif held != self._writer:
+            conn.execute(w.update().where(self._claim_of_this_table()).values(generation=generation, writer=writer))
+
+    def _still_claimed(self, conn: Any) -> None:
+        """Refuse a flush once another writer has claimed the table (`_claim`)."""
+        if self._writer is None:
+            return
+        held = self._writers_row(conn)
+        if held != self._writer:
+            raise Refused(self._taken_over(held))
+
+    def _taken_over(self, held: tuple[int, str] | None) -> str:
+        by = "its claim is gone" if held is None else f"generation {held[0]} of the run (a resume) claimed it since"
+        return (
+            f"database sink {self.location()}: this process (generation {self._writer[0] if self._writer else '?'} "
+            f"of run {self.run_id}) no longer writes its rows there: {by}; nothing was written or deleted "
+            "(see `elspeth runs`)"
+        )
 
     def _roll_back(self, conn: Any, position: int) -> None:
         """Delete what the run committed after `position`, its durable position in the log, as
@@ -729,6 +802,9 @@ class DatabaseSink:
         unmade = self._table is None
         try:
             with self._engine.begin() as conn:
+                if self._sqlite:  # (the write transaction from here: the claim read stays the claim)
+                    conn.exec_driver_sql(f"DELETE FROM {TOKENS} WHERE 0 = 1")
+                self._still_claimed(conn)
                 if unmade:
                     self._create_table(conn)
                     # The rows were checked against the columns guessed from the first; the table
