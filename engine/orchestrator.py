@@ -29,7 +29,7 @@ from engine.clock import Clock, SystemClock
 from engine.dag import Dag, DagError, build_dag
 from engine.errors import ResumeRefused, RunFailedError, RunRefused, RunStopped
 from engine.places import layouts_changed, places_gone
-from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, at_node
+from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, WriterClaim, at_node
 from engine.plugins.registry import build_plugin
 from engine.plugins.schema import Schema, type_locked
 from engine.processor import Nodes, Processor, Work
@@ -264,14 +264,13 @@ class Execution:
         same text from another file), recorded with RunResumed."""
         emit = self._emit
         self._hold_sink_files(resumed)
-        # Who writes the sinks from here: the run's generation (0, and one more at each resume,
-        # whose RunResumed is recorded after the sinks open) and a name drawn for this process. A
-        # sink that keeps such a claim (a database sink) lets no other generation's writer write.
-        claim = (self.fold.resumes + (1 if resumed else 0), secrets.token_hex(8))
+        # Who writes the sinks from here: a generation drawn under the run's lock, and whom to name.
+        who = f"pid {os.getpid()} on {socket.gethostname()}"
+        claim = WriterClaim(self.writer.generation(), who, self.writer.still_writer)
         for sink in self.p.nodes.sinks.values():
             fence_as = getattr(sink, "fence_as", None)
             if fence_as is not None:
-                fence_as(*claim)
+                fence_as(claim)
         if not resumed:
             self._refuse_to_strand_open_runs()  # before anything is recorded: a refused run leaves no trace
             self._refuse_to_read_a_crash_tail()

@@ -348,7 +348,8 @@ class PgRunWriter:
         when the session is gone, as for a commit that finds it so."""
         if self._conn is None:
             raise StoreError(f"run {self.run_id}: the writer is closed")
-        self._wait()  # (on a thread, a commit may be using the connection)
+        if self._thread is not None:
+            self._wait()  # (a commit on the thread may be using the connection; a child has its own)
         what = (
             f"making sure this process still writes run {self.run_id} (its session held the run's lock: another process "
             "may have taken the run over since, see `elspeth runs`, so nothing was cut back)"
@@ -360,6 +361,25 @@ class PgRunWriter:
             # run, which a server's idle_in_transaction_session_timeout ends, locks and all (a review).
             if idle:
                 self._conn.rollback()
+
+    def generation(self) -> int:
+        """A number no writer of any run has had before, nor will again, drawn under the run's
+        lock: the server's next transaction id (64 bits, never reused; a restored backup aside).
+        A sink keeps the highest it has seen for a run and refuses a writer with a lower one
+        (`WriterClaim`): of two writers of one run, the later to take its lock has the higher.
+        A count of the run's resumes would not do: a resume that stalled before recording itself
+        has the number of the resume that took the run over from it (a review)."""
+        if self._conn is None:
+            raise StoreError(f"run {self.run_id}: the writer is closed")
+        if self._thread is not None:
+            self._wait()
+        with driver_errors(f"drawing run {self.run_id}'s writer generation", run_id=self.run_id):
+            idle = self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            row = self._conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+            if idle:
+                self._conn.rollback()
+        assert row is not None
+        return int(row[0])
 
     def hold(self, place: str, *, shared: bool = False) -> str | None:
         """Take the lock of `place` (a sink's file or table, as the engine names it) for as long

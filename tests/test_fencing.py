@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from engine.plugins.protocol import PluginError, WriterClaim
+from engine.plugins.sinks import CsvSink, JsonSink
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from tests.engine_harness import write_csv
@@ -117,6 +119,8 @@ def test_asking_whether_this_process_still_writes_leaves_no_transaction_open(db:
         writer.append("run", run_id, _created(run_id))
         writer.commit()
         writer.still_writer()
+        first = writer.generation()
+        assert writer.generation() > first  # (never the same twice)
         with psycopg.connect(db.conninfo, autocommit=True) as conn:
             states = conn.execute(
                 "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
@@ -142,36 +146,117 @@ def test_a_table_claimed_by_a_later_writer_of_the_run_takes_nothing_from_an_earl
     """The engine asks whether it still holds the run before a sink cuts back, but a writer can
     stall just after the answer; and its flush of a token the resume never wrote (a batch closed
     otherwise) meets no refusal of a token written twice. The table's claim, read in each
-    flush's and each open's own transaction, refuses both: the stalled writer of generation 0
-    writes and deletes nothing once generation 1 (the resume) has opened the table."""
+    flush's and each open's own transaction, refuses both once a later writer of the run (a
+    higher generation, drawn under the run's lock) has opened the table. So is a resume that
+    drew its generation, stalled inside its open, and was taken over: a count of resumes gave it
+    the same number as the resume after it, and it cut that resume's durable rows (a review)."""
     from engine.plugins.database_sink import DatabaseSink
-    from engine.plugins.protocol import PluginError
 
     def sink(generation: int, name: str) -> DatabaseSink:
         s = DatabaseSink({"url": db_url, "table": "t", "schema": {"mode": "fixed", "fields": ["id: int"]}})
-        s.fence_as(generation, name)
+        s.fence_as(WriterClaim(generation, name, lambda: None))  # (the engine's question: always yes here)
         return s
 
-    stalled = sink(0, "a")
+    stalled = sink(10, "the run")
     stalled.open("run", None)
     stalled.write("r1", {"id": 1})
     assert stalled.flush() == 1
-    resumed = sink(1, "b")
+    resumed = sink(30, "its second resume")
     resumed.open("run", 1)  # (its log says 1 row is durable)
     resumed.write("r2", {"id": 2})
-    assert resumed.flush() == 2
+    resumed.write("r3", {"id": 3})
+    assert resumed.flush() == 3
     stalled.write("r9", {"id": 9})  # a token the resume never wrote
-    with pytest.raises(PluginError, match="no longer writes its rows there: generation 1 of the run"):
+    with pytest.raises(PluginError, match=r"a later writer of the run \(its second resume, generation 30\)"):
         stalled.flush()
     stalled.release()
-    with pytest.raises(PluginError, match="generation 1 of the run"):
-        stalled.open("run", 0)  # a retry's cut back to its own durable position: would delete row 2
-    assert _rows(db_url) == [(1,), (2,)]
-    crashed_before_recording = sink(1, "c")  # (a resume of the same generation replaces the claim)
-    crashed_before_recording.open("run", 2)
-    resumed.write("r3", {"id": 3})
-    with pytest.raises(PluginError, match="no longer writes its rows there"):
+    with pytest.raises(PluginError, match="generation 30"):
+        stalled.open("run", 0)  # a retry's cut back to its own durable position: would delete rows 2 and 3
+    first_resume = sink(20, "its first resume, stalled in its open")
+    with pytest.raises(PluginError, match="generation 30"):
+        first_resume.open("run", 1)
+    assert _rows(db_url) == [(1,), (2,), (3,)]
+    third = sink(40, "its third resume")
+    third.open("run", 3)
+    resumed.write("r4", {"id": 4})
+    with pytest.raises(PluginError, match="no longer writes run run's rows there"):
         resumed.flush()
-    for s in (stalled, resumed, crashed_before_recording):
+    for s in (stalled, resumed, first_resume, third):
         s.release()
-    assert _rows(db_url) == [(1,), (2,)]
+    assert _rows(db_url) == [(1,), (2,), (3,)]
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_a_file_sink_asks_whether_its_process_still_holds_the_run_under_the_files_lock(
+    tmp_path: Path, kind: str
+) -> None:
+    """The engine asks before it reopens a sink, but a writer can stall just after the answer,
+    and a resume can then write the file and let go of it before the stalled writer opens it
+    again: its checks then miss a file the resume left no longer than it had made it. Asked once
+    the file's lock is taken, the answer stays true while it holds the file (a resume writes only
+    under that lock), and a process that no longer holds the run cuts nothing."""
+    import fcntl
+
+    from landscape.errors import DatabaseUnavailable
+
+    path = tmp_path / f"o.{kind}"
+    answers: list[str] = []
+
+    def held() -> None:
+        with path.open("rb") as other:  # (another process's view: flock locks are per open file)
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                answers.append("asked under the lock")
+            else:
+                answers.append("asked without the lock")
+        if len(answers) > 1:
+            raise DatabaseUnavailable("lost the database while making sure this process still writes the run")
+
+    sink = (CsvSink if kind == "csv" else JsonSink)({"path": str(path), "schema": {"mode": "observed"}})
+    sink.fence_as(WriterClaim(0, "a", held))
+    sink.open("run", None)
+    sink.write("r1", {"a": 1})
+    durable = sink.flush()
+    sink.write("r2", {"a": 2})  # (same file, still held: not asked again)
+    sink.flush()
+    kept = path.read_bytes()
+    sink.release()
+    with pytest.raises(DatabaseUnavailable):
+        sink.open("run", durable)  # a retry's reopen opens the file to cut it: asked again, and refused
+    assert answers == ["asked under the lock"] * 2 and path.read_bytes() == kept  # nothing cut
+    sink.release()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_claim_held_by_a_writer_stalled_inside_a_flush_is_named_not_waited_on_for_ever(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stopped inside a flush's transaction holds the claim's row; a resume's open
+    waited on it with no end and no word (a review)."""
+    from sqlalchemy import create_engine, text
+
+    from engine.plugins import database_sink
+    from engine.plugins.database_sink import DatabaseSink
+
+    monkeypatch.setattr(database_sink, "CLAIM_WAIT_S", 1)
+
+    def sink(generation: int) -> DatabaseSink:
+        s = DatabaseSink({"url": db_url, "table": "t", "schema": {"mode": "fixed", "fields": ["id: int"]}})
+        s.fence_as(WriterClaim(generation, f"writer {generation}", lambda: None))
+        return s
+
+    first = sink(1)
+    first.open("run", None)
+    first.release()
+    stalled = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with stalled.begin() as conn:  # (as a flush does, and stops there)
+            conn.execute(text("SELECT 1 FROM elspeth_sink_writers WHERE run_id = 'run' FOR UPDATE"))
+            with pytest.raises(PluginError, match="held by another session of its database, waited on for 1 s"):
+                sink(2).open("run", None)
+    finally:
+        stalled.dispose()
+    then = sink(2)
+    then.open("run", None)  # (let go: claimed)
+    then.release()

@@ -62,7 +62,7 @@ from engine.plugins.db_columns import (
 from engine.plugins.db_errors import Refused, about_rows, row_refusal, write_failure
 from engine.plugins.db_urls import check_url, engine_for, sqlite_file, through_a_link
 from engine.plugins.options import Options
-from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, RowsRefused
+from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, RowsRefused, WriterClaim
 from engine.plugins.reasons import described, field_named
 from engine.plugins.schema import parse_schema, reads_as_number
 from landscape import faults
@@ -157,14 +157,14 @@ class DatabaseSink:
         first = scrub(lines[0], self.url) if lines else type(e).__name__
         return PluginError(_NODE, f"database sink {self.location()}: {what}: {first}")
 
-    def fence_as(self, generation: int, writer: str) -> None:
-        """Write the run's rows here as `writer` of the run's `generation` (0 for its start, one
-        more at each resume): `open` claims the table for it, unless a later generation has, and
-        each flush, in its transaction, first checks that the claim is still its own. A writer
-        that stalled while its run was resumed elsewhere then writes nothing after the resume
-        opened the table, and deletes nothing it wrote (the engine's own question, whether it
-        still holds the run, comes a moment before, and cannot be part of this transaction)."""
-        self._writer = (generation, writer)
+    def fence_as(self, claim: WriterClaim) -> None:
+        """Write the run's rows here as `claim.writer` of the run's `claim.generation`: `open`
+        claims the table for it, unless a later generation has, and each flush, in its
+        transaction, first checks that the claim is still its own. A writer that stalled while
+        its run was resumed elsewhere then writes nothing after the resume opened the table, and
+        deletes nothing it wrote. (Whether this process still holds the run, `claim.held`, is a
+        question to another database: no transaction here could hold its answer.)"""
+        self._writer = (claim.generation, claim.writer)
 
     def open(self, run_id: str, position: int | None) -> None:
         from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, inspect, select
@@ -303,19 +303,37 @@ class DatabaseSink:
 
     def _claim(self, conn: Any) -> None:
         """Claim the table for this writer (`fence_as`), in the open's transaction, or refuse: a
-        later generation of the run (a resume since this process began) has claimed it. One of
-        the same generation is replaced: a resume that crashed before recording itself."""
+        later writer of the run (a resume since this process drew its generation) has claimed it."""
         if self._writer is None:
             return
+        from sqlalchemy.exc import OperationalError
+
         generation, writer = self._writer
-        held = self._writers_row(conn)
-        if held is not None and held[0] > generation:
-            raise Refused(self._taken_over(held))
         w = self._writers
-        if held is None:
-            conn.execute(w.insert().values(run_id=self.run_id, sink_table=self.table_name, generation=generation,
-                                           writer=writer))  # fmt: skip
-        elif held != self._writer:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = sqlite.insert if self._sqlite else postgresql.insert
+        if not self._sqlite:  # a writer stalled inside a flush holds the claim's row: say so, not wait for ever
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{CLAIM_WAIT_S}s'")
+        try:
+            # (Made if missing, then read: two writers finding none at once do not both insert.)
+            conn.execute(insert(w).values(run_id=self.run_id, sink_table=self.table_name, generation=generation,
+                                          writer=writer).on_conflict_do_nothing())  # fmt: skip
+            held = self._writers_row(conn)
+        except OperationalError as e:
+            if getattr(e.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            raise Refused(
+                f"database sink {self.location()}: the run's claim on the table is held by another session of its "
+                f"database, waited on for {CLAIM_WAIT_S} s: a writer of this run that stalled inside a flush? End that session "
+                f"(pg_stat_activity shows it, on {WRITERS}) or the process, then try again"
+            ) from None
+        if not self._sqlite:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+        assert held is not None
+        if held[0] > generation:
+            raise Refused(self._taken_over(held))
+        if held != self._writer:
             conn.execute(w.update().where(self._claim_of_this_table()).values(generation=generation, writer=writer))
 
     def _still_claimed(self, conn: Any) -> None:
@@ -327,11 +345,15 @@ class DatabaseSink:
             raise Refused(self._taken_over(held))
 
     def _taken_over(self, held: tuple[int, str] | None) -> str:
-        by = "its claim is gone" if held is None else f"generation {held[0]} of the run (a resume) claimed it since"
+        by = (
+            f"its claim in {WRITERS} is gone"
+            if held is None
+            else f"a later writer of the run ({held[1]}, generation {held[0]}) claimed it since"
+        )
+        mine = f"{self._writer[1]}, generation {self._writer[0]}" if self._writer else "?"
         return (
-            f"database sink {self.location()}: this process (generation {self._writer[0] if self._writer else '?'} "
-            f"of run {self.run_id}) no longer writes its rows there: {by}; nothing was written or deleted "
-            "(see `elspeth runs`)"
+            f"database sink {self.location()}: this process ({mine}) no longer writes run {self.run_id}'s rows "
+            f"there: {by}; nothing was written or deleted (a resume may have taken the run over: see `elspeth runs`)"
         )
 
     def _roll_back(self, conn: Any, position: int) -> None:
@@ -1109,6 +1131,10 @@ class DatabaseSink:
             engine, self._engine = self._engine, None
             engine.dispose()
 
+
+# How long a sink's open waits on the run's claim on its table (PostgreSQL), held by a writer that
+# stalled inside a flush, before it says so.
+CLAIM_WAIT_S = 10
 
 # The sink's entries with a rowid for its table, names compared as SQLite compares them (`_this_table`).
 _ENTRY = "sink_table = :table COLLATE NOCASE AND row_locator IS NOT NULL"

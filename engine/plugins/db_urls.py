@@ -127,4 +127,9 @@ def engine_for(url: str) -> Any:
             import psycopg2  # noqa: F401
         except ImportError:
             parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        # Whatever the database's default: a sink's open waits on a stalled writer's flush (the
+        # claim's row, `DatabaseSink._claim`) and must then see what it committed, to delete it;
+        # in a snapshot taken before the wait it did not (a review).
+        return create_engine(parsed, isolation_level="READ COMMITTED")
     return create_engine(parsed)

@@ -7,7 +7,7 @@ exception is wrapped by the engine's error boundary into a `PluginError` naming 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -167,6 +167,22 @@ class Sink(Protocol):
         """Let go of files and connections without finishing the output (a run that stopped
         early and will be resumed). Safe to call at any time, more than once."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriterClaim:
+    """Who writes a run's sinks from now on, handed to each sink that has `fence_as(claim)`
+    before it opens: a `generation` drawn under the run's lock, higher than any earlier writer's
+    of the run (`RunWriter.generation`), a `writer` named for people (its process and host), and
+    `held`, which returns only while this process still holds the run (its database session,
+    and the run's lock with it, lives). A writer that stalled while
+    its run was resumed elsewhere must write nothing the resume wrote: a sink that can, asks
+    where the asking and its write cannot be told apart (a file sink: under its file's lock), or
+    keeps a claim where it writes (a database sink: in its own transactions)."""
+
+    generation: int
+    writer: str
+    held: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from engine.plugins.options import Options
-from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError
+from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, WriterClaim
 from engine.plugins.reasons import fields_named
 from engine.plugins.schema import Schema, parse_schema
 
@@ -160,6 +160,7 @@ class _FileSink:
         # Taken at `open` instead, another run could write and complete the file while an
         # earlier sink of this run was slow to open, and be replaced unseen (a review).
         self._found: tuple[int, ...] | None = _as_found(self.path) if mode == "write" else None
+        self._held: Callable[[], None] | None = None  # see `fence_as`
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
@@ -301,6 +302,14 @@ class _FileSink:
         sha256 the log recorded with that position (None: nothing recorded, nothing checked)."""
         self._expected = digest
 
+    def fence_as(self, claim: WriterClaim) -> None:
+        """Ask `claim.held` (does this process still hold the run?) each time the file is opened
+        to be written, once its lock is taken and before anything is cut: another writer of the
+        run (a resume, which took the run over from this process while it stalled) holds that lock
+        whenever it writes the file, so an answer given under it stays true for as long as this
+        process keeps the file."""
+        self._held = claim.held
+
     def digest(self) -> str | None:
         """Hex sha256 of the file's bytes up to the position `flush` (or `open`) returned."""
         return None if self._start is None else self._hash.hexdigest()
@@ -341,6 +350,12 @@ class _FileSink:
                 if busy
                 else f"cannot lock {self.path}: {e.strerror or e}",
             ) from e
+        if self._held is not None:
+            try:
+                self._held()
+            except BaseException:
+                f.close()
+                raise
         try:
             # What was checked went through the path: the bytes kept must be those, read through
             # the handle that is about to cut (a link swapped meanwhile points elsewhere).
