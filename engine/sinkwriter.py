@@ -9,6 +9,7 @@ from collections.abc import Callable
 from engine.clock import Clock
 from engine.plugins.protocol import PluginError, Row, RowError, RowsRefused, Sink, at_node
 from engine.work import Context, PendingWrite
+from landscape.errors import LandscapeError
 from statecharts import events as ev
 from statecharts.machines import TokenState
 
@@ -125,6 +126,8 @@ class SinkWriter:
                         self._refused(p.token_id, p.row, sink_name, again.reason, p.tried)
                         continue
                     writes.append(p)
+            except LandscapeError:
+                raise  # the audit store's word (a sink asked whether this process still holds the run): not the sink's failure
             except Exception as raised:
                 e = at_node(f"sink '{sink_name}'", raised)
                 now = self.ctx.now()

@@ -292,13 +292,14 @@ class DatabaseSink:
 
     def _writers_row(self, conn: Any) -> tuple[int, str] | None:
         """The claim on this table for the run, read for update (PostgreSQL locks the row; a
-        SQLite transaction that has written is the only writer of its file)."""
+        SQLite transaction that has written is the only writer of its file). The highest: SQLite
+        takes `t` and `T` for one table, which its key holds apart (a resume under settings that
+        spell it otherwise claims it in a row of its own; an update reaches both)."""
         from sqlalchemy import select
 
         w = self._writers
-        row = conn.execute(
-            select(w.c.generation, w.c.writer).where(self._claim_of_this_table()).with_for_update()
-        ).first()
+        query = select(w.c.generation, w.c.writer).where(self._claim_of_this_table())
+        row = conn.execute(query.order_by(w.c.generation.desc()).with_for_update()).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
     def _claim(self, conn: Any) -> None:
@@ -310,18 +311,23 @@ class DatabaseSink:
 
         generation, writer = self._writer
         w = self._writers
-        from sqlalchemy.dialects import postgresql, sqlite
+        from sqlalchemy.dialects import postgresql
 
-        insert: Any = sqlite.insert if self._sqlite else postgresql.insert
+        # (SQLite: OR IGNORE, which every version takes; ON CONFLICT needs 3.24)
         if not self._sqlite:  # a writer stalled inside a flush holds the claim's row: say so, not wait for ever
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{CLAIM_WAIT_S}s'")
         try:
             # (Made if missing, then read: two writers finding none at once do not both insert.)
-            conn.execute(insert(w).values(run_id=self.run_id, sink_table=self.table_name, generation=generation,
-                                          writer=writer).on_conflict_do_nothing())  # fmt: skip
+            values = {"run_id": self.run_id, "sink_table": self.table_name, "generation": generation, "writer": writer}
+            if self._sqlite:
+                conn.execute(w.insert().prefix_with("OR IGNORE").values(**values))
+            else:
+                conn.execute(postgresql.insert(w).values(**values).on_conflict_do_nothing())
             held = self._writers_row(conn)
         except OperationalError as e:
-            if getattr(e.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            if (
+                getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+            ) != "55P03":  # lock_not_available (psycopg 3; psycopg2)
                 raise
             raise Refused(
                 f"database sink {self.location()}: the run's claim on the table is held by another session of its "

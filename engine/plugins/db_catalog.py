@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 TOKENS = "elspeth_sink_tokens"
-# Which process writes a run's rows to a table now: the run's generation (0, then one more at each
-# resume) and a name its process drew. A resume claims the table as it opens it, and a writer
-# whose claim is gone writes and deletes nothing there (`DatabaseSink._claim`).
+# Which process writes a run's rows to a table now: its generation, drawn under the run's lock
+# (higher for each later writer of the run), and its process and host. A resume claims the table
+# as it opens it, and a writer whose claim is gone writes and deletes nothing there
+# (`DatabaseSink._claim`).
 WRITERS = "elspeth_sink_writers"
 # Columns of `elspeth_sink_tokens` that an older ELSPETH did not make (added when missing): the
 # sink's position after the flush that committed the token, where its row is (SQLite: its rowid;
