@@ -346,21 +346,11 @@ class PgRunWriter:
         resume meanwhile, which wrote past that position and may have completed the run; cutting
         back then would destroy that run's rows (a test of a stalled writer). DatabaseUnavailable
         when the session is gone, as for a commit that finds it so."""
-        if self._conn is None:
-            raise StoreError(f"run {self.run_id}: the writer is closed")
-        if self._thread is not None:
-            self._wait()  # (a commit on the thread may be using the connection; a child has its own)
         what = (
             f"making sure this process still writes run {self.run_id} (its session held the run's lock: another process "
             "may have taken the run over since, see `elspeth runs`, so nothing was cut back)"
         )
-        with driver_errors(what):
-            idle = self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            self._conn.execute("SELECT 1")
-            # Ended as begun: left open, the session sat idle in a transaction for the rest of the
-            # run, which a server's idle_in_transaction_session_timeout ends, locks and all (a review).
-            if idle:
-                self._conn.rollback()
+        self._ask("SELECT 1", what)
 
     def generation(self) -> int:
         """A number no writer of any run has had before, nor will again, drawn under the run's
@@ -369,17 +359,23 @@ class PgRunWriter:
         (`WriterClaim`): of two writers of one run, the later to take its lock has the higher.
         A count of the run's resumes would not do: a resume that stalled before recording itself
         has the number of the resume that took the run over from it (a review)."""
+        return int(self._ask("SELECT pg_current_xact_id()::text", f"drawing run {self.run_id}'s writer generation"))
+
+    def _ask(self, query: str, what: str) -> Any:
+        """The one value `query` gives on the session holding the run's lock, its transaction
+        ended as begun: left open, the session sat idle in a transaction for the rest of the run,
+        which a server's idle_in_transaction_session_timeout ends, locks and all (a review)."""
         if self._conn is None:
             raise StoreError(f"run {self.run_id}: the writer is closed")
         if self._thread is not None:
-            self._wait()
-        with driver_errors(f"drawing run {self.run_id}'s writer generation", run_id=self.run_id):
+            self._wait()  # (a commit on the thread may be using the connection; a child has its own)
+        with driver_errors(what):
             idle = self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            row = self._conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+            row = self._conn.execute(query).fetchone()
             if idle:
                 self._conn.rollback()
         assert row is not None
-        return int(row[0])
+        return row[0]
 
     def hold(self, place: str, *, shared: bool = False) -> str | None:
         """Take the lock of `place` (a sink's file or table, as the engine names it) for as long
