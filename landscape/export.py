@@ -611,8 +611,10 @@ def decode_bundle(data: bytes) -> ProofBundle:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
         raise ExportError(f"not a well-formed proof bundle ({_why(e)})") from None
     # A key given twice: the decoder keeps the last, a reader keeping the first would see other
-    # values than were checked here. (Unknown keys were refused above, so this reads no more than
-    # a bundle holds; a bundle may be reformatted to be read, so its spelling is not compared.)
+    # values than were checked here. Looked for in a bundle the decoder took whole (so of known
+    # keys and types only: no hostile shape), each object dropped once its keys are seen, so that
+    # the bundle is not held decoded twice. (Its spelling is not compared: a bundle may be
+    # reformatted to be read.)
     try:
         json.loads(data, object_pairs_hook=_no_key_twice)
     except (ValueError, RecursionError) as e:  # (what msgspec took, Python's json may not: 4,301 digits)
@@ -624,12 +626,11 @@ def decode_bundle(data: bytes) -> ProofBundle:
     return bundle
 
 
-def _no_key_twice(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
+def _no_key_twice(pairs: list[tuple[str, object]]) -> None:
+    """Refuses an object giving a key twice; keeps nothing of it (None in its place)."""
+    if len({k for k, _ in pairs}) != len(pairs):
         twice = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
         raise ExportError(f"the proof bundle gives a key twice in one object: {', '.join(twice)}")
-    return found
 
 
 class Lineage:

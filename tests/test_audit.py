@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tracemalloc
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from landscape.export import (
     Record,
     SealRecord,
     build_proof,
+    decode_bundle,
     encode,
     encode_bundle,
     read_records,
@@ -1032,6 +1034,25 @@ def test_a_bundle_with_a_key_twice_is_refused(db: Database, fork: Exported, tmp_
     out.write_text(forged)
     err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
     assert "gives a key twice" in err and "event_type" in err, err
+
+
+def test_a_bundle_is_held_decoded_once(db: Database, fork: Exported, tmp_path: Path) -> None:
+    """The key-twice check keeps nothing of what it reads: a bundle near the size limit costs its
+    bytes and one decoded copy, not two (the check's own tree of it was 2-3 times its size)."""
+    out = tmp_path / "seq3.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(out), cwd=fork.work, db=db).returncode == 0
+    bundle = json.loads(out.read_text())
+    bundle["events"] *= 1500  # (out of seq order: refused later, when checked; decoded first)
+    data = json.dumps(bundle).encode()
+    assert len(data) > 1_500_000
+    tracemalloc.start()
+    try:
+        decoded = decode_bundle(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(decoded.events) == 1500
+    assert peak < 3.5 * len(data), peak / len(data)  # (about 2.7; 4.9 with the check's tree kept)
 
 
 def test_a_bundle_event_is_proved_in_the_signed_tree_before_its_body_is_read(
