@@ -10,6 +10,7 @@ or a stalled machine would), to be continued by the test. Points:
 - `committed`     right after the N-th commit
 - `sink_rollback` inside a database sink's N-th roll back to its durable position: its rows
                   deleted, their bookkeeping not yet, the transaction not committed
+- `summary`       when `elspeth run` or `resume` has its run's outcome, before it prints the summary
 
 Unset (the default), every check is one string comparison returning at once. In-process
 property tests use `configure(..., raise_instead=True)`: the fault then raises `SimulatedCrash`

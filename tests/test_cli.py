@@ -768,6 +768,35 @@ def test_sigterm_outside_a_runs_loop_ends_the_command_as_ctrl_c_does(tmp_path: P
     assert err.strip().splitlines()[-1] == "elspeth: interrupted", err
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_after_a_run_completed_says_it_completed(db: Database, work: Path, stop: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM while the summary of a completed run was printed said "interrupted" with
+    exit 130, the status of a run to resume, often before the run's id was shown (a hostile
+    review): an operator rerunning it appends every row again to a sink in append mode."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", "run", "-s", "settings.yaml"], cwd=work,
+        env={**env, "ELSPETH_DATABASE_URL": db.conninfo, "ELSPETH_FAULT": "summary:1:stop"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)  # its run ended, its summary not printed
+        assert os.WIFSTOPPED(status), status
+        os.kill(proc.pid, stop)  # (pending until it is continued)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    assert "interrupted" not in err and "Traceback" not in err, err
+    found = re.search(r"elspeth: run (\S+) completed: `elspeth show \1`", err)
+    assert found, err
+    runs = {r["run_id"]: r for r in json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)}
+    assert runs[found.group(1)]["status"] == "completed"
+
+
 def test_terminal_controls_from_the_store_are_shown_not_obeyed(db: Database, work: Path) -> None:
     """A run id planted in the projections by someone who may write them, holding an OSC that
     retitles the window and a CSI that colours what follows, was printed as it was by `runs` (a

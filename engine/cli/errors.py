@@ -18,6 +18,21 @@ from engine.errors import EngineError
 from landscape.errors import LandscapeError, connection_lost, first_line
 from statecharts.errors import StatechartError
 
+# What a command had done for good when a signal (Ctrl-C, SIGTERM) came after it: the signal
+# cuts short only what follows (a run's summary, the embedded server's stop), and `main` says
+# what was done, with its exit status, rather than that the command was interrupted.
+_settled: tuple[str, int] | None = None
+
+
+def settled(what: str, status: int) -> None:
+    """The command's work is done, as `what` says, and it exits with `status`."""
+    global _settled
+    _settled = (what, status)
+
+
+def settled_before_signal() -> tuple[str, int] | None:
+    return _settled
+
 
 class ElspethCliError(click.ClickException):
     """A failure (a failed run, an unreachable database, a refused resume): exit 1."""

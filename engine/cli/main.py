@@ -10,7 +10,7 @@ import sys
 import click
 
 from engine.cli import visible
-from engine.cli.errors import ElspethCliError, ElspethGroup
+from engine.cli.errors import ElspethCliError, ElspethGroup, settled_before_signal
 
 # Every command: its module, its object, and the line `elspeth --help` shows. A command's module
 # is imported only when that command runs, so `elspeth --help` starts fast and `elspeth verify`
@@ -137,8 +137,12 @@ def main() -> None:
     except visible.OutputLost as e:
         _output_lost(e.error)
     except click.exceptions.Abort:
-        visible.say("elspeth: interrupted")
-        sys.exit(130)
+        done = settled_before_signal()
+        if done is None:
+            visible.say("elspeth: interrupted")
+            sys.exit(130)
+        visible.say(f"elspeth: {done[0]} (a signal then cut short what it prints or the store's stop)")
+        sys.exit(done[1])
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from engine.cli.common import database_from_ctx, home_from_ctx
-from engine.cli.errors import ElspethCliError, SettingsCliError
+from engine.cli.errors import ElspethCliError, SettingsCliError, settled
 from engine.cli.preflight import check_paths
 from engine.cli.show import sink_files
 from engine.cli.visible import say
@@ -24,6 +24,7 @@ from engine.orchestrator import Outcome, Pipeline, build_pipeline, pipeline_prob
 from engine.plugins.protocol import PluginError
 from engine.settings import SettingsError, load_settings
 from engine.stopping import StoppedAtOnce
+from landscape import faults
 from landscape.db import Database, is_postgresql_url, redact
 from landscape.fold import RunFold
 from landscape.queries import first_failure, row_counts, run_detail
@@ -196,6 +197,11 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
     try:
         try:
             outcome = go()
+            # From here a signal cuts short only the summary: the run's end is on record.
+            if outcome.status == RunState.INTERRUPTED:
+                settled(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`", 130)
+            else:
+                settled(f"run {outcome.run_id} {outcome.status}: `elspeth show {outcome.run_id}`", 0)
         finally:
             progress.close()
     except RunFailedError as e:
@@ -206,6 +212,7 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
     except StoppedAtOnce as e:  # a signal, as for `interrupted` below: exit 130
         say(f"elspeth: {e}")
         sys.exit(130)
+    faults.reached("summary")
     print_summary(db, outcome, time.monotonic() - started)
     if outcome.status == RunState.INTERRUPTED:
         say(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`")
