@@ -104,6 +104,9 @@ def test_keyword_filter() -> None:
     with pytest.raises(RowError, match=r"^field 'notes' is missing: there is nothing to screen it in$"):
         run("keyword_filter", options, {"customer_notes": "a secret plan"})
     assert run("keyword_filter", options, {"notes": None}) == {"notes": None}  # present, nothing to match
+    # a screen of no field passed every row as screened (a hostile review)
+    with pytest.raises(PluginConfigError, match="an empty list screens nothing; allowed: field names, or 'all'"):
+        run("keyword_filter", {**options, "fields": []}, {"notes": "a secret plan"})
 
 
 def test_keyword_filter_screens_the_strings_inside_lists_and_objects() -> None:

@@ -123,8 +123,10 @@ class KeywordFilter:
         fields = o.raw("fields")
         if fields == "all":
             self.fields: list[str] | None = None
-        elif isinstance(fields, list):
+        elif isinstance(fields, list) and fields:
             self.fields = [text_item(f, f"fields[{i}]", "a field name") for i, f in enumerate(fields)]
+        elif fields == []:  # (every row would pass a screen of nothing, recorded as screened)
+            raise PluginConfigError("fields", "an empty list screens nothing; allowed: field names, or 'all'")
         else:
             raise PluginConfigError("fields", f"expected a list of field names or 'all', found {fields!r}")
         patterns = o.list_("blocked_patterns", required=True) or []
