@@ -36,7 +36,6 @@ from engine.settings_yaml import (
     yaml_size,
 )
 from landscape.errors import LandscapeError
-from landscape.fingerprint import FingerprintKeyError
 from landscape.urls import redact
 
 
@@ -330,13 +329,13 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     if errors:
         local = all(isinstance(e, _Local) for e in errors)
         raise SettingsError([f"{where}: {e}" for e in errors], loaded if local else None)
-    try:  # only for settings that decode and check: a file with errors in them makes no key in the home
-        loaded.redacted = redact_settings(msgspec.json.decode(canonical), env)
-        loaded.text_hash = settings_hash(loaded.redacted)
-        loaded.legacy_hash = hashlib.sha256(canonical).hexdigest()
-        fingerprint_key(env)  # a home whose key file cannot be used is one line here, not a traceback later
-    except FingerprintKeyError as e:
-        raise SettingsError([f"{where}: {e}"]) from None
+    # Only for settings that decode and check: a file with errors in them makes no key in the home.
+    # A home whose key file cannot be used fails here (FingerprintKeyError, one line, exit 1: the
+    # machine's to fix, not the settings'), before anything is run.
+    loaded.redacted = redact_settings(msgspec.json.decode(canonical), env)
+    loaded.text_hash = settings_hash(loaded.redacted)
+    loaded.legacy_hash = hashlib.sha256(canonical).hexdigest()
+    fingerprint_key(env)
     if url and url.startswith("sqlite"):
         loaded.warnings.append(
             f"{where}: landscape.url {redact(url)} is not an audit store here (SQLite); using "

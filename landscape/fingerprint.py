@@ -37,7 +37,10 @@ def fingerprint_key(home: Path, environ: Mapping[str, str]) -> tuple[bytes, Path
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         dir_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise FingerprintKeyError(f"cannot use the ELSPETH home {home} for the fingerprint key: {e.strerror}") from e
+        raise FingerprintKeyError(
+            f"cannot use the ELSPETH home {home} for the fingerprint key: {e.strerror}; allowed: a folder this user "
+            f"may write (--home or ELSPETH_HOME), or the key itself in {ENV}"
+        ) from e
     try:
         created = _create(dir_fd, path)
         return _read(dir_fd, path), path if created else None

@@ -113,5 +113,20 @@ def test_an_unusable_key_file_is_one_line(tmp_path: Path) -> None:
     )
     (tmp_path / ".elspeth").mkdir()
     (tmp_path / ".elspeth" / KEY_FILE).symlink_to(tmp_path / "planted")
-    err = one_line_error(elspeth("validate", "-s", "s.yaml", cwd=tmp_path), 2)
+    err = one_line_error(elspeth("validate", "-s", "s.yaml", cwd=tmp_path), 1)  # (the settings are right)
     assert "fingerprint key" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("elspeth: error: cannot read the fingerprint key"), err
+
+
+def test_a_home_that_cannot_be_made_is_the_machines_error_not_the_settings(tmp_path: Path) -> None:
+    """Exit 2 and the settings file's name said the settings were wrong (a hostile review)."""
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    (tmp_path / "s.yaml").write_text(
+        "source: {plugin: csv, on_success: out, options: {path: in.csv}}\n"
+        "sinks: {out: {plugin: csv, options: {path: out.csv}}}\n"
+    )
+    (tmp_path / "file").write_text("")
+    proc = elspeth("validate", "-s", "s.yaml", cwd=tmp_path, env={"ELSPETH_HOME": str(tmp_path / "file" / "home")})
+    err = one_line_error(proc, 1)
+    assert err.startswith(f"elspeth: error: cannot use the ELSPETH home {tmp_path / 'file' / 'home'}"), err
+    assert "allowed: a folder this user may write" in err and len(err.strip().splitlines()) == 1, err
