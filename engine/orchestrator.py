@@ -1223,8 +1223,11 @@ def _resume(
     changed_settings = fold.settings_hash not in (pipeline.loaded.text_hash, pipeline.loaded.legacy_hash)
     if changed_settings and not force:
         keys = changed_keys(fold.settings, pipeline.loaded.redacted)
+        # A value the file takes from the environment changes with it, the file untouched.
+        names = sorted({v for k in keys for v in pipeline.loaded.from_env.get(k, [])})
+        by_env = f"; of those, set from environment variables: {', '.join(names)}" if names else ""
         what = (
-            f"changed: {', '.join(keys[:5])}{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}"
+            f"changed: {', '.join(keys[:5])}{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}{by_env}"
             if keys
             else f"no key reads differently, yet they hash differently: see `elspeth replay {run_id} --check`"
         )

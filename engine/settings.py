@@ -201,6 +201,8 @@ class LoadedSettings:
     # The hash earlier ELSPETH recorded (of the expanded settings, secrets in clear): compared on
     # resume only, so that a run it recorded can still be resumed; never recorded again.
     legacy_hash: str = ""
+    # The environment variables (`${VAR}`) each key path's value names in the file.
+    from_env: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     gate_conditions: dict[str, Expression] = field(default_factory=dict)
     trigger_conditions: dict[str, Expression] = field(default_factory=dict)
@@ -295,7 +297,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         raise SettingsError(
             [f"{where}: (top): nested too deeply; allowed: at most {MAX_DEPTH} levels of mappings and lists"]
         )
-    data = expand_vars(raw, env, "", errors)
+    from_env: dict[str, list[str]] = {}
+    data = expand_vars(raw, env, "", errors, from_env)
     settings = _decode_struct(Settings, data, "", errors)
     if not isinstance(settings, Settings):
         raise SettingsError([f"{where}: {e}" for e in errors] or [f"{where}: invalid settings"])
@@ -311,7 +314,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
                 "quotes: YAML reads 12 as a number, no/yes as booleans, an empty key as null)"
             )
         raise SettingsError([f"{where}: {m}" for m in errors]) from None
-    loaded = LoadedSettings(settings=settings, path=path, text_hash="", redacted={})
+    loaded = LoadedSettings(settings=settings, path=path, text_hash="", redacted={}, from_env=from_env)
     _check(loaded, errors)
     url = settings.landscape.url
     from landscape.db import is_postgresql_url, normalise_url  # here: it brings the database driver

@@ -80,9 +80,15 @@ def value_kind(value: Any) -> str:
     return kind
 
 
-def expand_vars(value: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
-    """`${VAR}` and `${VAR:-default}` in every string value (keys are left alone)."""
+def expand_vars(
+    value: Any, env: Mapping[str, str], path: str, errors: list[str], named: dict[str, list[str]] | None = None
+) -> Any:
+    """`${VAR}` and `${VAR:-default}` in every string value (keys are left alone). `named`, when
+    given, gets the variables each key path's value names (so that a resume refused for changed
+    settings can say the change may be the environment's, not the file's)."""
     if isinstance(value, str):
+        if named is not None and (names := [m.group(1) for m in _VAR.finditer(value)]):
+            named[path or "(the whole file)"] = names
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -106,9 +112,9 @@ def expand_vars(value: Any, env: Mapping[str, str], path: str, errors: list[str]
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_vars(v, env, join_path(path, k), errors) for k, v in value.items()}
+        return {k: expand_vars(v, env, join_path(path, k), errors, named) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_vars(v, env, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return [expand_vars(v, env, f"{path}[{i}]", errors, named) for i, v in enumerate(value)]
     return value
 
 

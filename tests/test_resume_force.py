@@ -146,7 +146,7 @@ def test_a_sink_removed_that_holds_durable_rows_is_refused(db: Database) -> None
         assert len(rows) == sum(1 for i in range(40) if i % 5 + 1 < 3)
 
 
-def _crashed_by_the_command(db: Database, tmp_path: Path) -> tuple[Path, str]:
+def _crashed_by_the_command(db: Database, tmp_path: Path, sinks: str = SINKS) -> tuple[Path, str]:
     """An aggregation pipeline's `elspeth run`, crashed after its 8th commit: its settings file
     and its run id."""
     from tests.engine_harness import write_csv
@@ -154,7 +154,7 @@ def _crashed_by_the_command(db: Database, tmp_path: Path) -> tuple[Path, str]:
     write_csv(tmp_path / "in.csv", ["id", "v", "note", "items"], [[i, i, "ok", "x"] for i in range(30)])
     (tmp_path / "out").mkdir()
     settings = tmp_path / "settings.yaml"
-    settings.write_text(SOURCE + PIPELINES["agg_end_of_source"] + SINKS)
+    settings.write_text(SOURCE + PIPELINES["agg_end_of_source"] + sinks)
     crashed = elspeth("run", "-s", "settings.yaml", "--commit-every", "1", cwd=tmp_path, db=db,
                       env={"ELSPETH_FAULT": "committed:8"})  # fmt: skip
     assert crashed.returncode == 86, crashed.stderr
@@ -186,6 +186,18 @@ def test_a_resume_refused_for_changed_settings_says_what_changed(db: Database, t
     now = {"a": {"b": 2, "c": [1, 3]}, "new": 1, "l": [1, 2]}
     assert changed_keys(was, now) == ["a.b", "a.c[1]", "new", "l", "gone"]
     assert changed_keys(was, was) == [] and changed_keys(1, 2) == ["(the whole file)"]
+
+
+def test_a_value_the_environment_changed_is_named_with_its_variable(db: Database, tmp_path: Path) -> None:
+    """The file untouched, a `${VAR}` set otherwise: the refusal named the key alone, and the
+    operator looked for an edit that was never made (a hostile review)."""
+    assert "out/out.csv" in SINKS
+    _, run_id = _crashed_by_the_command(db, tmp_path, SINKS.replace("out/out.csv", "'${OUT_FOLDER:-out}/out.csv'"))
+    err = one_line_error(elspeth("resume", run_id, cwd=tmp_path, db=db, env={"OUT_FOLDER": "elsewhere"}), 1)
+    assert (
+        "; changed: sinks.out.options.path; of those, set from environment variables: OUT_FOLDER); resume with --force"
+        in err
+    ), err
 
 
 # -- a batch whose plugin failed while flushing it -------------------------------------------------
