@@ -259,7 +259,9 @@ def compile_expression(source: str) -> Expression:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
-        raise ExpressionSyntaxError(f"not a valid expression: {e.msg} (column {e.offset})") from None
+        # (Python gives no column, or 0, for an expression that stops short: `row['a'] >`.)
+        where = f"column {e.offset}" if e.offset else "where it ends"
+        raise ExpressionSyntaxError(f"not a valid expression: {e.msg} ({where})") from None
     except ValueError as e:  # NUL bytes
         raise ExpressionSyntaxError(f"not a valid expression: {e}") from None
     except (RecursionError, MemoryError):  # the parser's own limits, hit before ours

@@ -73,7 +73,8 @@ def test_expressions_evaluate(source: str, row: dict[str, Any], value: Any) -> N
         ("{**row}", "dict unpacking"),
         ("[*row]", "starred"),
         ("b'x'", "the literal b'x' is not allowed"),
-        ("row['a'] >", "not a valid expression"),
+        ("row['a'] >", "not a valid expression: invalid syntax (where it ends)"),  # (was "column 0")
+        ("row['a'] > > 1", "not a valid expression: invalid syntax (column 12)"),
         ("import os", "not a valid expression"),
         ("1 + " * 5000 + "1", "20,001 characters long; allowed: at most 10,000"),
         ("-" * 5000 + "1", "nested too deeply for the parser"),  # RecursionError inside ast.parse
