@@ -26,6 +26,7 @@ from datetime import datetime
 import msgspec
 
 from landscape.checkpoint import run_origin
+from landscape.commits import SENDER_LOCK, WRITER_LOCK
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import Lineage
@@ -420,6 +421,24 @@ def _stamp(conn: Connection) -> tuple[datetime, str]:
 RETENTION_PART = 100_000
 
 
+def _refuse_writers(conn: Connection, runs: Sequence[str | None]) -> None:
+    """Hold, until this transaction ends, the locks of each run whose data it erases: ErasureRefused
+    when a process holds them. The plan checked that no process wrote the run, but a resume may
+    have begun since: it keeps its unfinished rows' data in memory, and would carry them on past
+    their erasure and record their data again (found by a hostile review: `purge --force`
+    started half a second after `resume`). Held, they keep a resume from starting until the
+    erasure is committed; it then finds the data erased, and stops saying so."""
+    for run in sorted({r for r in runs if r}):
+        (free,) = conn.execute(
+            f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})", (run, run)
+        ).fetchone() or (False,)
+        if not free:
+            raise ErasureRefused(
+                f"run {run} is being written right now; none of its row data was erased here: erase it once the run "
+                "has stopped"
+            )
+
+
 def _erase_run(db: Database, run: str, cutoff: datetime, reason: str, sealer: _Sealer) -> int:
     """A run's payloads written before `cutoff`: recorded, sealed and deleted, `RETENTION_PART`
     at a time, each part in one transaction. They are locked as they are read, so a second purge at
@@ -427,6 +446,7 @@ def _erase_run(db: Database, run: str, cutoff: datetime, reason: str, sealer: _S
     erased = 0
     while True:
         with driver_errors(f"erasing row data of run {run or '(none)'}"), db.connect() as conn:
+            _refuse_writers(conn, [run])
             at, by = _stamp(conn)
             hashes = [
                 bytes(r[0])
@@ -456,6 +476,7 @@ def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str], 
     planned = sorted(plan.payloads)
     runs = [plan.payloads[h][0] or "" for h in planned]
     with driver_errors("erasing row data"), db.connect() as conn:
+        _refuse_writers(conn, runs)
         at, by = _stamp(conn)
         # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
         here = {

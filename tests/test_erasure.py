@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from engine.cli.purge import parse_duration
 from landscape.canonical import commit_row, encode_row
 from landscape.db import Database
-from landscape.erasure import erase, plan_retention
+from landscape.erasure import ErasureRefused, Plan, erase, plan_retention
 from landscape.errors import DatabaseUnavailable
 from landscape.note import Signer
 from landscape.postgres import PostgresRecorder
@@ -576,3 +576,49 @@ def test_a_view_over_the_payloads_is_kept_or_named_by_the_upgrade(server_url: st
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("lock", ["writer", "sender"])
+def test_a_run_resumed_after_the_purge_was_planned_is_not_erased_under_it(
+    db: Database, fork_run: tuple[Path, str], lock: str
+) -> None:
+    """A hostile review: `purge --force --row` started half a second after `resume` erased the
+    row's data while the resume held it in memory; the run carried on and recorded it again. The
+    plan saw no writer; the erasure now holds the run's locks, and is refused while another holds
+    either (the sender's alone: an engine that lost its own lock's connection commits through it)."""
+    from engine import signing
+    from landscape.commits import SENDER_LOCK, WRITER_LOCK
+    from landscape.commits import lock as take
+    from landscape.erasure import plan_rows
+
+    work, run_id = fork_run
+    plan = plan_rows(db, run_id, [3], verifier=signing.verifier(str(work / ".elspeth")))
+    recorder = PostgresRecorder(db)
+    assert plan.payloads and recorder.payloads(run_id, set(plan.payloads)).keys() == plan.payloads.keys()
+    with psycopg.connect(db.conninfo, autocommit=True) as resumed:  # a resume that began since the plan
+        take(resumed, run_id, (WRITER_LOCK,) if lock == "writer" else (SENDER_LOCK,))
+        with pytest.raises(ErasureRefused, match=f"run {run_id} is being written right now; none of its row data"):
+            erase(db, plan, "ticket 1", signer=SIGNER)
+    assert recorder.payloads(run_id, set(plan.payloads)).keys() == plan.payloads.keys()  # all still there
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM erasures WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+    assert erase(db, plan, "ticket 1", signer=SIGNER) == len(plan.payloads)  # once it has stopped
+
+
+def test_retention_forced_does_not_erase_a_run_being_written(db: Database) -> None:
+    recorder = PostgresRecorder(db)
+    run = f"run-ret-live-{secrets.token_hex(4)}"
+    writer = recorder.open_writer(run, now_us=lambda: BASE_US)
+    try:
+        h, payload = commit_row({"live": 1})
+        writer.put_payload(h, payload)
+        writer.append("token", "r0", ev.TokenCreated(row_index=0, data_hash=h, at="x"))
+        writer.commit()
+        # As `plan_retention(..., force=True)` plans it, without the module's other runs.
+        plan = Plan(kind="retention", resumable={run: "running"}, forced=True,
+                    cutoff=datetime.fromtimestamp((BASE_US + DAY_US) / 1e6, UTC), counts={run: 1})  # fmt: skip
+        with pytest.raises(ErasureRefused, match=f"run {run} is being written right now"):
+            erase(db, plan, "retention policy 1d", signer=SIGNER)
+        assert recorder.payloads(run, {h}).keys() == {h}
+    finally:
+        writer.close()
