@@ -38,6 +38,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -474,6 +475,60 @@ def _stop(
     return f"the embedded PostgreSQL in {pgdata} did not stop ({why}); its log ({log}) ends: {_log_tail(log)}"
 
 
+# How long a command waits for another that is starting or stopping this home's server before it
+# gives up, naming that process: one paused there (Ctrl-Z, a debugger) held every other command
+# of the home still, for ever (a hostile review). A first start's initdb and each pg_ctl step
+# take seconds (pg_ctl's own limit is 30 s a step).
+START_WAIT_S = 120.0
+_SAY_WAITING_AFTER_S = 2.0
+
+
+def take_start_lock(
+    lock: IO[str],
+    path: Path,
+    say: Callable[[str], None],
+    *,
+    wait_s: float = START_WAIT_S,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], None] = time.sleep,
+) -> str | None:
+    """Take the home's start lock (exclusive). None when taken; else, having waited `wait_s`,
+    who holds it. Polled, not a blocking wait: a signal then ends the wait with nothing taken."""
+    started = clock()
+    said = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            pass
+        waited = clock() - started
+        if waited >= wait_s:
+            return lock_holder(lock)
+        if not said and waited >= _SAY_WAITING_AFTER_S:
+            say(
+                f"elspeth: waiting for {lock_holder(lock)}, which holds {path} (starting or stopping the embedded server)"
+            )
+            said = True
+        pause(0.05)
+
+
+def lock_holder(lock: IO[str]) -> str:
+    """'process N' holding an flock on `lock`'s file, from /proc/locks (Linux); else 'another process'."""
+    info = os.fstat(lock.fileno())
+    file = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter's line has "->" after the number
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file:
+                    return f"process {fields[4]}"
+    except OSError:
+        pass
+    return "another process"
+
+
 def open_lock(path: Path) -> IO[str]:
     """A lock file of the home, opened (created: mode 600) without following a link, and refused
     unless it is a regular file of the effective user: root must not create or lock a file
@@ -774,11 +829,24 @@ def embedded_server(
     except DatabaseUnavailable:
         users.close()
         raise
+    # Everything a first use creates (the folders, initdb, the server, the database) is made
+    # under this lock: two commands started together in a fresh folder would otherwise both
+    # try, and the second would fail on what the first just made. Until it is taken this process
+    # has nothing to undo (a signal, or a holder that never lets go, ends it here).
     try:
-        # Everything a first use creates (the folders, initdb, the server, the database) is made
-        # under this lock: two commands started together in a fresh folder would otherwise both
-        # try, and the second would fail on what the first just made.
-        fcntl.flock(start_lock, fcntl.LOCK_EX)
+        holder = take_start_lock(start_lock, root / "start.lock", say)
+    except BaseException:
+        users.close()
+        start_lock.close()
+        raise
+    if holder is not None:
+        users.close()
+        start_lock.close()
+        raise DatabaseUnavailable(
+            f"{holder} has held {root / 'start.lock'} for {START_WAIT_S:.0f} s (an ELSPETH starting or stopping the "
+            "embedded server, or one stopped there: Ctrl-Z, a debugger); continue or end it, then try again"
+        )
+    try:
         try:
             fcntl.flock(users, fcntl.LOCK_SH)
             if uid is not None and gid is not None:
@@ -855,12 +923,19 @@ def embedded_server(
     finally:
         fcntl.flock(users, fcntl.LOCK_UN)
         try:
-            fcntl.flock(start_lock, fcntl.LOCK_EX)
-            try:
-                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                last = True
-            except BlockingIOError:
-                last = False
+            holder = take_start_lock(start_lock, root / "start.lock", say)
+            last = False
+            if holder is not None:  # said, not raised, as a failed stop is
+                say(
+                    f"elspeth: {holder} has held {root / 'start.lock'} for {START_WAIT_S:.0f} s: the embedded "
+                    "server was not stopped if this was its last user (`elspeth db stop` stops it)"
+                )
+            else:
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    last = True
+                except BlockingIOError:
+                    pass
             if last and _running(bin_dir, pgdata, uid, gid):
                 modes = _stop_modes(EmbeddedServer(root, pgdata, sockets)) if served else ("fast", "immediate")
                 failed = _stop(bin_dir, pgdata, uid, gid, log, modes=modes)

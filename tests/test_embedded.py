@@ -570,3 +570,71 @@ def test_what_the_embedded_server_says_shows_terminal_controls_as_escapes(capsys
     _say_stderr("removed /tmp/h\x1b[2J/pgdata/postmaster.pid; its log ends: \x9b31m")
     err = capsys.readouterr().err
     assert err == "elspeth: removed /tmp/h\\u001b[2J/pgdata/postmaster.pid; its log ends: \\u009b31m\n"
+
+
+def test_a_command_paused_holding_the_start_lock_is_named_and_a_signal_ends_the_wait(tmp_path: Path) -> None:
+    """A hostile review: a command stopped (Ctrl-Z) while it started or stopped the server held
+    every other command of the home still, without a word, for ever; one SIGTERM did not end
+    them (the exit path waited on the same lock again). Here the test holds the lock."""
+    import fcntl
+    import select
+
+    write_csv(tmp_path / "in.csv", ["id"], [[1]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "s.yaml").write_text(PIPELINE.replace("OUT", "a"))
+    home = tmp_path / ".elspeth"
+    home.mkdir(mode=0o700)
+    held = embedded.open_lock(home / "start.lock")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli.main", "run", "-s", "s.yaml"], cwd=tmp_path, env=_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+        )  # fmt: skip
+        try:
+            assert proc.stderr is not None
+            said = b""
+            while b"elspeth: waiting" not in said or not said.endswith(b"\n"):
+                ready, _, _ = select.select([proc.stderr], [], [], 60)  # (a bound on failure, not a timing)
+                assert ready, f"it never said that it waits: {said!r}"
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                assert chunk, f"it ended without saying that it waits: {said!r}"
+                said += chunk
+            expected = f"elspeth: waiting for process {os.getpid()}, which holds {home / 'start.lock'}"
+            assert expected in said.decode(), said
+            proc.send_signal(signal.SIGTERM)
+            _out, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        held.close()
+    err = (said + rest).decode()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == "elspeth: interrupted", err
+
+
+def test_the_start_lock_is_given_up_on_naming_its_holder(tmp_path: Path) -> None:
+    import fcntl
+
+    held = embedded.open_lock(tmp_path / "start.lock")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    now = [0.0]
+    said: list[str] = []
+
+    def pause(seconds: float) -> None:
+        now[0] += seconds
+
+    waiting = embedded.open_lock(tmp_path / "start.lock")
+    try:
+        holder = embedded.take_start_lock(waiting, tmp_path / "start.lock", said.append, wait_s=10,
+                                          clock=lambda: now[0], pause=pause)  # fmt: skip
+        assert holder == f"process {os.getpid()}" and now[0] >= 10
+        assert len(said) == 1 and "waiting for process" in said[0], said
+        held.close()  # let go: taken at once
+        assert embedded.take_start_lock(waiting, tmp_path / "start.lock", said.append, clock=lambda: now[0],
+                                        pause=pause) is None  # fmt: skip
+    finally:
+        held.close()
+        waiting.close()
