@@ -1223,9 +1223,10 @@ def _resume(
     changed_settings = fold.settings_hash not in (pipeline.loaded.text_hash, pipeline.loaded.legacy_hash)
     if changed_settings and not force:
         keys = changed_keys(fold.settings, pipeline.loaded.redacted)
-        # A value the file takes from the environment changes with it, the file untouched.
+        # A value the file takes from the environment changes with it, the file untouched: named,
+        # as what to compare (the run's environment is not recorded, so not as the cause).
         names = sorted({v for k in keys for v in pipeline.loaded.from_env.get(k, [])})
-        by_env = f"; of those, set from environment variables: {', '.join(names)}" if names else ""
+        by_env = f"; the file takes some of these from environment variables: {', '.join(names)}" if names else ""
         what = (
             f"changed: {', '.join(keys[:5])}{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}{by_env}"
             if keys

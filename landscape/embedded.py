@@ -506,9 +506,7 @@ def take_start_lock(
         if waited >= wait_s:
             return lock_holder(lock)
         if not said and waited >= _SAY_WAITING_AFTER_S:
-            say(
-                f"elspeth: waiting for {lock_holder(lock)}, which holds {path} (starting or stopping the embedded server)"
-            )
+            say(f"waiting for {lock_holder(lock)}, which holds {path} (starting or stopping the embedded server)")
             said = True
         pause(0.05)
 
@@ -927,7 +925,7 @@ def embedded_server(
             last = False
             if holder is not None:  # said, not raised, as a failed stop is
                 say(
-                    f"elspeth: {holder} has held {root / 'start.lock'} for {START_WAIT_S:.0f} s: the embedded "
+                    f"{holder} has held {root / 'start.lock'} for {START_WAIT_S:.0f} s: the embedded "
                     "server was not stopped if this was its last user (`elspeth db stop` stops it)"
                 )
             else:

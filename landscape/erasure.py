@@ -350,7 +350,12 @@ def erase(db: Database, plan: Plan, reason: str, *, signer: Signer) -> int:
         if plan.kind == "retention":
             cutoff = plan.cutoff
             assert cutoff is not None  # (plan_retention sets it)
-            return sum(_erase_run(db, run, cutoff, why(run), _Sealer(signer, store_id)) for run in plan.counts)
+            erased = 0
+            for run in plan.counts:
+                # Payloads kept before they had a run ('') may serve any open run (a resume reads them).
+                guarded = [run] if run else sorted(r for r in plan.resumable if r)
+                erased += _erase_run(db, run, cutoff, why(run), _Sealer(signer, store_id), guarded, erased > 0)
+            return erased
         return _erase_payloads(db, plan, why, _Sealer(signer, store_id))
     except PermissionDenied as e:
         # The writer may neither record erasures nor delete payloads (by design: see the roles):
@@ -421,32 +426,37 @@ def _stamp(conn: Connection) -> tuple[datetime, str]:
 RETENTION_PART = 100_000
 
 
-def _refuse_writers(conn: Connection, runs: Sequence[str | None]) -> None:
+def _refuse_writers(conn: Connection, runs: Sequence[str | None], *, erased_before: bool = False) -> None:
     """Hold, until this transaction ends, the locks of each run whose data it erases: ErasureRefused
     when a process holds them. The plan checked that no process wrote the run, but a resume may
     have begun since: it keeps its unfinished rows' data in memory, and would carry them on past
     their erasure and record their data again (found by a hostile review: `purge --force`
     started half a second after `resume`). Held, they keep a resume from starting until the
-    erasure is committed; it then finds the data erased, and stops saying so."""
+    erasure is committed; it then finds the data erased, and stops saying so. `erased_before`:
+    earlier transactions of this purge erased data (retention goes run by run, part by part)."""
     for run in sorted({r for r in runs if r}):
         (free,) = conn.execute(
             f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})", (run, run)
         ).fetchone() or (False,)
         if not free:
-            raise ErasureRefused(
-                f"run {run} is being written right now; none of its row data was erased here: erase it once the run "
-                "has stopped"
+            done = (
+                "erasing stopped there (what this purge erased before it stays erased, in the erasure records)"
+                if erased_before
+                else "nothing was erased"
             )
+            raise ErasureRefused(f"run {run} is being written right now; {done}: erase it once the run has stopped")
 
 
-def _erase_run(db: Database, run: str, cutoff: datetime, reason: str, sealer: _Sealer) -> int:
+def _erase_run(
+    db: Database, run: str, cutoff: datetime, reason: str, sealer: _Sealer, guarded: Sequence[str], before: bool
+) -> int:
     """A run's payloads written before `cutoff`: recorded, sealed and deleted, `RETENTION_PART`
-    at a time, each part in one transaction. They are locked as they are read, so a second purge at
-    the same time erases none of them twice."""
+    at a time, each part in one transaction, while no process writes the `guarded` runs. They are
+    locked as they are read, so a second purge at the same time erases none of them twice."""
     erased = 0
     while True:
         with driver_errors(f"erasing row data of run {run or '(none)'}"), db.connect() as conn:
-            _refuse_writers(conn, [run])
+            _refuse_writers(conn, guarded, erased_before=before or erased > 0)
             at, by = _stamp(conn)
             hashes = [
                 bytes(r[0])

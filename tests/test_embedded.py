@@ -600,8 +600,8 @@ def test_a_command_paused_holding_the_start_lock_is_named_and_a_signal_ends_the_
                 chunk = os.read(proc.stderr.fileno(), 4096)
                 assert chunk, f"it ended without saying that it waits: {said!r}"
                 said += chunk
-            expected = f"elspeth: waiting for process {os.getpid()}, which holds {home / 'start.lock'}"
-            assert expected in said.decode(), said
+            expected = f"\nelspeth: waiting for process {os.getpid()}, which holds {home / 'start.lock'} (starting"
+            assert expected in said.decode(), said  # (the line whole: "elspeth: elspeth: waiting" was said)
             proc.send_signal(signal.SIGTERM)
             _out, rest = proc.communicate(timeout=60)
         finally:
@@ -631,7 +631,7 @@ def test_the_start_lock_is_given_up_on_naming_its_holder(tmp_path: Path) -> None
         holder = embedded.take_start_lock(waiting, tmp_path / "start.lock", said.append, wait_s=10,
                                           clock=lambda: now[0], pause=pause)  # fmt: skip
         assert holder == f"process {os.getpid()}" and now[0] >= 10
-        assert len(said) == 1 and "waiting for process" in said[0], said
+        assert len(said) == 1 and said[0].startswith(f"waiting for process {os.getpid()}, which holds"), said
         held.close()  # let go: taken at once
         assert embedded.take_start_lock(waiting, tmp_path / "start.lock", said.append, clock=lambda: now[0],
                                         pause=pause) is None  # fmt: skip

@@ -597,7 +597,9 @@ def test_a_run_resumed_after_the_purge_was_planned_is_not_erased_under_it(
     assert plan.payloads and recorder.payloads(run_id, set(plan.payloads)).keys() == plan.payloads.keys()
     with psycopg.connect(db.conninfo, autocommit=True) as resumed:  # a resume that began since the plan
         take(resumed, run_id, (WRITER_LOCK,) if lock == "writer" else (SENDER_LOCK,))
-        with pytest.raises(ErasureRefused, match=f"run {run_id} is being written right now; none of its row data"):
+        with pytest.raises(
+            ErasureRefused, match=f"run {run_id} is being written right now; nothing was erased: erase it once"
+        ):
             erase(db, plan, "ticket 1", signer=SIGNER)
     assert recorder.payloads(run_id, set(plan.payloads)).keys() == plan.payloads.keys()  # all still there
     with db.connect() as conn:
@@ -605,20 +607,30 @@ def test_a_run_resumed_after_the_purge_was_planned_is_not_erased_under_it(
     assert erase(db, plan, "ticket 1", signer=SIGNER) == len(plan.payloads)  # once it has stopped
 
 
-def test_retention_forced_does_not_erase_a_run_being_written(db: Database) -> None:
+@pytest.mark.parametrize("kept_under", ["the run", "no run"])
+def test_retention_forced_does_not_erase_a_run_being_written(db: Database, kept_under: str) -> None:
+    """Nor payloads kept before payloads had a run (''), which a resume of any open run reads."""
     recorder = PostgresRecorder(db)
     run = f"run-ret-live-{secrets.token_hex(4)}"
     writer = recorder.open_writer(run, now_us=lambda: BASE_US)
     try:
-        h, payload = commit_row({"live": 1})
+        h, payload = commit_row({"live": 1, "kept": kept_under})
         writer.put_payload(h, payload)
         writer.append("token", "r0", ev.TokenCreated(row_index=0, data_hash=h, at="x"))
         writer.commit()
+        stored = run
+        if kept_under == "no run":
+            with db.connect() as conn:
+                conn.execute("SET session_replication_role = replica")  # past the no-update trigger
+                conn.execute("UPDATE payloads SET run_id = '' WHERE run_id = %s", (run,))
+                conn.commit()
+            stored = ""
         # As `plan_retention(..., force=True)` plans it, without the module's other runs.
-        plan = Plan(kind="retention", resumable={run: "running"}, forced=True,
-                    cutoff=datetime.fromtimestamp((BASE_US + DAY_US) / 1e6, UTC), counts={run: 1})  # fmt: skip
-        with pytest.raises(ErasureRefused, match=f"run {run} is being written right now"):
+        resumable = {run: "running", **({"": "kept before payloads had a run"} if not stored else {})}
+        plan = Plan(kind="retention", resumable=resumable, forced=True,
+                    cutoff=datetime.fromtimestamp((BASE_US + DAY_US) / 1e6, UTC), counts={stored: 1})  # fmt: skip
+        with pytest.raises(ErasureRefused, match=f"run {run} is being written right now; nothing was erased"):
             erase(db, plan, "retention policy 1d", signer=SIGNER)
-        assert recorder.payloads(run, {h}).keys() == {h}
+        assert recorder.payloads(run, {h}).keys() == {h}  # (read under its run or '')
     finally:
         writer.close()
