@@ -196,8 +196,7 @@ def test_a_value_the_environment_changed_is_named_with_its_variable(db: Database
     err = one_line_error(elspeth("resume", run_id, cwd=tmp_path, db=db, env={"OUT_FOLDER": "elsewhere"}), 1)
     assert (
         "; changed: sinks.out.options.path; the file takes some of these from environment variables: OUT_FOLDER); "
-        "resume with --force"
-        in err
+        "resume with --force" in err
     ), err
 
 
