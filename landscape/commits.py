@@ -157,6 +157,17 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
         raise
 
 
+def hold_for_transaction(conn: Any, run_id: str) -> bool:
+    """Take both of the run's locks (`BOTH_LOCKS`) until `conn`'s transaction (a connection or a
+    cursor) ends: False when another session holds either, as a live writer or sender does. What
+    must not happen while anyone writes the run (a projections rebuild, an erasure) holds them."""
+    (free,) = conn.execute(
+        f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})",
+        (run_id, run_id),
+    ).fetchone() or (False,)
+    return bool(free)
+
+
 def open_log(
     conn: psycopg.Connection[Any],
     run_id: str,

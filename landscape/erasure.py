@@ -26,7 +26,7 @@ from datetime import datetime
 import msgspec
 
 from landscape.checkpoint import run_origin
-from landscape.commits import SENDER_LOCK, WRITER_LOCK
+from landscape.commits import hold_for_transaction
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import Lineage
@@ -435,10 +435,7 @@ def _refuse_writers(conn: Connection, runs: Sequence[str | None], *, erased_befo
     erasure is committed; it then finds the data erased, and stops saying so. `erased_before`:
     earlier transactions of this purge erased data (retention goes run by run, part by part)."""
     for run in sorted({r for r in runs if r}):
-        (free,) = conn.execute(
-            f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})", (run, run)
-        ).fetchone() or (False,)
-        if not free:
+        if not hold_for_transaction(conn, run):
             done = (
                 "erasing stopped there (what this purge erased before it stays erased, in the erasure records)"
                 if erased_before

@@ -359,9 +359,10 @@ class PgRunWriter:
         (`WriterClaim`): of two writers of one run, the later to take its lock has the higher.
         A count of the run's resumes would not do: a resume that stalled before recording itself
         has the number of the resume that took the run over from it (a review)."""
-        return int(self._ask("SELECT pg_current_xact_id()::text", f"drawing run {self.run_id}'s writer generation"))
+        what = f"drawing run {self.run_id}'s writer generation"
+        return int(self._ask("SELECT pg_current_xact_id()::text", what, run_id=self.run_id))
 
-    def _ask(self, query: str, what: str) -> Any:
+    def _ask(self, query: str, what: str, *, run_id: str | None = None) -> Any:
         """The one value `query` gives on the session holding the run's lock, its transaction
         ended as begun: left open, the session sat idle in a transaction for the rest of the run,
         which a server's idle_in_transaction_session_timeout ends, locks and all (a review)."""
@@ -369,7 +370,7 @@ class PgRunWriter:
             raise StoreError(f"run {self.run_id}: the writer is closed")
         if self._thread is not None:
             self._wait()  # (a commit on the thread may be using the connection; a child has its own)
-        with driver_errors(what):
+        with driver_errors(what, run_id=run_id):  # (`run_id`: a lost session says how to resume it)
             idle = self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             row = self._conn.execute(query).fetchone()
             if idle:

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from landscape.commits import SENDER_LOCK, WRITER_LOCK
+from landscape.commits import hold_for_transaction
 from landscape.db import Database, driver_errors, read_any_time
 from landscape.errors import ConcurrentWriter, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
@@ -55,11 +55,7 @@ def rebuild(db: Database, run_id: str) -> int:
             # The run's locks, both, for this transaction: a live writer's commits also write
             # these rows, and none may start while they are rebuilt. The sender's too: a run
             # whose engine lost its own lock's connection goes on committing through it.
-            (free,) = cur.execute(
-                f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})",
-                (run_id, run_id),
-            ).fetchone() or (False,)
-            if not free:
+            if not hold_for_transaction(cur, run_id):
                 raise ConcurrentWriter(f"run {run_id} is being written by another process: rebuild it once that ends")
             cur.execute(_WORK_MEM)
             (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (None,)
