@@ -23,6 +23,7 @@ from engine import signing
 from engine.errors import ResumeRefused
 from engine.orchestrator import changed_since_read, verified_to_write_on
 from engine.settings import LandscapeSettings, SettingsError, load_settings
+from landscape.commits import holding, writes
 from landscape.db import Database
 from landscape.fold import RunFold
 from landscape.postgres import PostgresRecorder
@@ -79,11 +80,14 @@ def abandon_run(
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
         raise AbandonRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
-    if recorder.writer_alive(run_id):
+    holder = recorder.lock_holder(run_id)
+    if holder is not None and writes(holder):
         raise AbandonRefused(
-            f"run {run_id} is being written by another process right now; stop it first (Ctrl-C, or SIGTERM to "
-            "its process: it is then recorded interrupted), then abandon it; nothing was recorded"
+            f"run {run_id} is {holding(holder)}; stop it first (Ctrl-C, or SIGTERM to its process: it is then "
+            "recorded interrupted), then abandon it; nothing was recorded"
         )
+    if holder is not None:
+        raise AbandonRefused(f"run {run_id} is {holding(holder)}; abandon it once that has ended; nothing was recorded")
     # A quick answer for the common mistake, as the store says it (the log decides below).
     summary = run_summary(db, run_id)
     if summary is not None and summary.status in RUN_FINAL:

@@ -40,6 +40,7 @@ from engine.stopping import Stop
 from landscape import faults
 from landscape.canonical import decode_row
 from landscape.checkpoint import run_origin
+from landscape.commits import holding
 from landscape.db import Database
 from landscape.errors import CorruptLog, LandscapeError
 from landscape.fold import RunFold
@@ -1080,8 +1081,9 @@ def resume_run(
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
         raise ResumeRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
-    if recorder.writer_alive(run_id):
-        raise ResumeRefused(f"run {run_id} is still being written by another process; not resuming it")
+    holder = recorder.lock_holder(run_id)
+    if holder is not None:
+        raise ResumeRefused(f"run {run_id} is {holding(holder)}; not resuming it, nothing was done")
     # The projection is committed with the events it derives from: a quick answer for the
     # common mistake, before folding a log of perhaps millions of events, said as the store's
     # word (the writer role can change the table, or append an unsigned ending). The fold

@@ -23,6 +23,7 @@ from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary
 from landscape.projection_sql import project
+from landscape.role_names import Role
 
 EVENT_COLUMNS = (
     "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
@@ -147,9 +148,9 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
                     for held in taken:
                         conn.execute(f"SELECT pg_advisory_unlock({held})", (run_id,))
                     conn.commit()
-                    raise ConcurrentWriter(
-                        f"run {run_id} is being written by another process (its writer still holds the run's lock)"
-                    )
+                    holder = lock_holder(conn, run_id)
+                    conn.commit()
+                    raise ConcurrentWriter(f"run {run_id} is {holding('' if holder is None else holder)}")
                 taken.append(key)
             conn.commit()
     except LandscapeError:
@@ -157,10 +158,49 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
         raise
 
 
-def hold_for_transaction(conn: Any, run_id: str) -> bool:
+def writes(holder: str) -> bool:
+    """Whether the holder of a run's locks (`PostgresRecorder.lock_holder`) is a process writing
+    the run (or a session that does not say): else an erasure or a rebuild, which ends soon and
+    leaves the run as it was (`commits.hold_for_transaction` names it)."""
+    return not holder.startswith("elspeth ") or holder.startswith("elspeth writer")
+
+
+def holding(holder: str) -> str:
+    """What the holder of a run's locks is doing, as a refusal says it."""
+    name = holder.removeprefix("elspeth ")
+    if not writes(holder):
+        return f"held right now by another process that is {name}"
+    return f"still being written by another process{f' ({name})' if name else ''}"
+
+
+def lock_holder(conn: psycopg.Connection[Any], run_id: str) -> str | None:
+    """Who holds the run's writer or sender lock, as its session names itself ('' when it does
+    not); None when no session that may write does. Read from pg_locks rather than by trying the
+    lock, so asking never gets in the way of a writer (or a resume) taking it. A 64-bit advisory
+    key is shown there as classid (high half) and objid (low half). Any role may take an advisory
+    lock unless `db upgrade` could revoke that (landscape/roles.py): a holder counts only if its
+    session's user is a member of the writer role or of the tables' owner (a superuser is a
+    member of every role). A writer is named before an erasure or a rebuild holding the other."""
+    row = conn.execute(
+        "SELECT coalesce(a.application_name, '') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND ((l.classid::bigint << 32) | l.objid::bigint) IN ({WRITER_LOCK}, {SENDER_LOCK})"
+        " AND (pg_has_role(a.usesysid, to_regrole(%s), 'MEMBER')"
+        " OR pg_has_role(a.usesysid, (SELECT relowner FROM pg_class WHERE oid = to_regclass('events')), 'MEMBER'))"
+        " ORDER BY a.application_name LIKE 'elspeth writer%%' DESC LIMIT 1",
+        (run_id, run_id, Role.WRITER.value),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def hold_for_transaction(conn: Any, run_id: str, doing: str) -> bool:
     """Take both of the run's locks (`BOTH_LOCKS`) until `conn`'s transaction (a connection or a
     cursor) ends: False when another session holds either, as a live writer or sender does. What
-    must not happen while anyone writes the run (a projections rebuild, an erasure) holds them."""
+    must not happen while anyone writes the run (a projections rebuild, an erasure) holds them.
+    The session is named `elspeth {doing} pid=N` meanwhile, so that a resume refused by the locks
+    says what holds them (`PostgresRecorder.lock_holder`), not that the run is being written."""
+    conn.execute("SELECT set_config('application_name', %s, true)", (f"elspeth {doing} pid={os.getpid()}"[:63],))
     (free,) = conn.execute(
         f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})",
         (run_id, run_id),

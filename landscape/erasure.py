@@ -26,7 +26,7 @@ from datetime import datetime
 import msgspec
 
 from landscape.checkpoint import run_origin
-from landscape.commits import hold_for_transaction
+from landscape.commits import hold_for_transaction, holding
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import Lineage
@@ -109,8 +109,11 @@ def plan_rows(
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
         raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
-    if recorder.writer_alive(run_id):
-        raise ErasureRefused(f"run {run_id} is being written right now; erase its rows once it has stopped")
+    holder = recorder.lock_holder(run_id)
+    if holder is not None:
+        raise ErasureRefused(
+            f"run {run_id} is {holding(holder)}; nothing was erased: erase its rows once that has ended"
+        )
     with driver_errors(f"reading the status of run {run_id}"), db.connect() as conn:
         status = run_statuses(conn, [run_id], verifier, recorder.store_id())[run_id]
     if unproved(status) and not force:
@@ -435,7 +438,7 @@ def _refuse_writers(conn: Connection, runs: Sequence[str | None], *, erased_befo
     erasure is committed; it then finds the data erased, and stops saying so. `erased_before`:
     earlier transactions of this purge erased data (retention goes run by run, part by part)."""
     for run in sorted({r for r in runs if r}):
-        if not hold_for_transaction(conn, run):
+        if not hold_for_transaction(conn, run, "erasing"):
             done = (
                 "erasing stopped there (what this purge erased before it stays erased, in the erasure records)"
                 if erased_before

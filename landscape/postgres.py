@@ -29,13 +29,12 @@ from psycopg.types.numeric import Int8BinaryLoader
 from landscape import commits, copybin, faults
 from landscape.canonical import is_name
 from landscape.chain import header
-from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, WRITER_LOCK, Batch
+from landscape.commits import EVENT_COLUMNS, Batch
 from landscape.db import Database, driver_errors, read_as_written
 from landscape.errors import StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary, Witnessed
 from landscape.records import Erasure, GlobalEvent, Payload, Sealed, StoredEvent, us_to_datetime
-from landscape.role_names import Role
 from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, RunCreated, encode_event
 from statecharts.machines import RUN_FINAL, RunState
@@ -818,24 +817,15 @@ class PostgresRecorder:
         return [Witnessed(r[0], bytes(r[1]), r[2], r[3].isoformat(), "store") for r in rows]
 
     def writer_alive(self, run_id: str) -> bool:
-        """True while a process that may write the run holds its writer lock. Read from pg_locks
-        rather than by trying the lock, so asking never gets in the way of a writer (or a resume)
-        taking it. A 64-bit advisory key is shown there as classid (high half) and objid (low
-        half). Any role may take an advisory lock unless `db upgrade` could revoke that
-        (landscape/roles.py): a holder counts only if its session's user is a member of the
-        writer role or of the tables' owner (a superuser is a member of every role)."""
+        """True while a process that may write the run holds its writer lock (`lock_holder`)."""
+        return self.lock_holder(run_id) is not None
+
+    def lock_holder(self, run_id: str) -> str | None:
+        """Who holds the run's writer or sender lock, as its session names itself (a writer
+        `elspeth writer pid=N`, an erasure or a rebuild `elspeth erasing pid=N`, ...; '' when
+        unnamed); None when nobody that may write does (`commits.lock_holder`)."""
         with driver_errors(f"checking the writer of run {run_id}"), self.db.connect() as conn:
-            row = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                f" AND ((l.classid::bigint << 32) | l.objid::bigint) IN ({WRITER_LOCK}, {SENDER_LOCK})"
-                " AND (pg_has_role(a.usesysid, to_regrole(%s), 'MEMBER')"
-                " OR pg_has_role(a.usesysid, (SELECT relowner FROM pg_class WHERE oid = to_regclass('events')),"
-                " 'MEMBER')))",
-                (run_id, run_id, Role.WRITER.value),
-            ).fetchone()
-        return bool(row and row[0])
+            return commits.lock_holder(conn, run_id)
 
     def run_exists(self, run_id: str) -> bool:
         with driver_errors(f"looking up run {run_id}"), self.db.connect() as conn:

@@ -55,7 +55,7 @@ def rebuild(db: Database, run_id: str) -> int:
             # The run's locks, both, for this transaction: a live writer's commits also write
             # these rows, and none may start while they are rebuilt. The sender's too: a run
             # whose engine lost its own lock's connection goes on committing through it.
-            if not hold_for_transaction(cur, run_id):
+            if not hold_for_transaction(cur, run_id, "rebuilding projections"):
                 raise ConcurrentWriter(f"run {run_id} is being written by another process: rebuild it once that ends")
             cur.execute(_WORK_MEM)
             (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (None,)

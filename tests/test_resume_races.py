@@ -94,3 +94,50 @@ def test_a_fresh_run_whose_id_is_taken_writes_nothing_onto_the_other(db: Databas
         assert (tmp_path / "out/out.csv").read_bytes() == written
     finally:
         os.chdir(old)
+
+
+def test_a_run_held_by_an_erasure_is_refused_as_such(db: Database, tmp_path: Path) -> None:
+    """An erasure (or a rebuild) holds a run's locks for its transaction: a resume, an abandon or
+    another erasure started meanwhile is refused naming it, not as if the run were being written
+    (which sends an operator looking for a process that does not exist); a live writer is still
+    said to be one."""
+    from engine.abandon import AbandonRefused, abandon_run
+    from landscape.commits import BOTH_LOCKS, hold_for_transaction, lock
+    from landscape.erasure import ErasureRefused, plan_rows
+    from landscape.errors import ConcurrentWriter
+    from landscape.postgres import PostgresRecorder
+
+    write_csv(tmp_path / "in.csv", ["id", "note"], [[i, "ok"] for i in range(20)])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "settings.yaml").write_text(SETTINGS)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run_id = f"run-held-{os.urandom(6).hex()}"
+        faults.configure("committed:2", raise_instead=True)
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(tmp_path / "settings.yaml"), commit_every=5, run_id=run_id)
+        faults.configure("")
+        erasing = f"held right now by another process that is erasing pid={os.getpid()}"
+        with db.connect() as conn:
+            assert hold_for_transaction(conn, run_id, "erasing")
+            with pytest.raises(ResumeRefused, match=f"is {erasing}; not resuming it, nothing was done"):
+                resume_run(db, run_id, _load)
+            with pytest.raises(AbandonRefused, match=f"is {erasing}; abandon it once that has ended"):
+                abandon_run(db, run_id, "input withdrawn")
+            with pytest.raises(ErasureRefused, match=f"is {erasing}; nothing was erased"):
+                plan_rows(db, run_id, [1], force=True)
+            with db.connect() as other, pytest.raises(ConcurrentWriter, match=f"is {erasing}$"):
+                lock(other, run_id, BOTH_LOCKS)  # a resume that came between the question and the lock
+            conn.rollback()
+        writer = PostgresRecorder(db).open_writer(run_id)
+        try:
+            with pytest.raises(
+                ResumeRefused, match=f"is still being written by another process \\(writer pid={os.getpid()}\\)"
+            ):
+                resume_run(db, run_id, _load)
+        finally:
+            writer.close()
+        assert resume_run(db, run_id, _load).status == "completed"
+    finally:
+        os.chdir(old)
