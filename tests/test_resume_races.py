@@ -38,18 +38,27 @@ def _load(path: Path) -> Pipeline:
     return build_pipeline(load_settings(path))
 
 
+def _crashed(db: Database, folder: Path, *, rows: int, at: str) -> str:
+    """The id of a run of SETTINGS over `rows` rows in `folder` (the working folder), crashed at
+    the fault point `at`, five rows a commit."""
+    write_csv(folder / "in.csv", ["id", "note"], [[i, "ok"] for i in range(rows)])
+    (folder / "out").mkdir()
+    (folder / "settings.yaml").write_text(SETTINGS)
+    run_id = f"run-race-{os.urandom(6).hex()}"
+    faults.configure(at, raise_instead=True)
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(folder / "settings.yaml"), commit_every=5, run_id=run_id)
+    finally:
+        faults.configure("")
+    return run_id
+
+
 def test_a_resume_that_lost_the_race_changes_nothing(db: Database, tmp_path: Path, monkeypatch: Any) -> None:
-    write_csv(tmp_path / "in.csv", ["id", "note"], [[i, "ok"] for i in range(40)])
-    (tmp_path / "out").mkdir()
-    (tmp_path / "settings.yaml").write_text(SETTINGS)
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        run_id = f"run-race-{os.urandom(6).hex()}"
-        faults.configure("committed:3", raise_instead=True)
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(tmp_path / "settings.yaml"), commit_every=5, run_id=run_id)
-        faults.configure("")
+        run_id = _crashed(db, tmp_path, rows=40, at="committed:3")
 
         done = fold_run(db, run_id)  # what the log holds before the late resume runs
         # The resume's reading of the log (its fold, head and Merkle tree), made stale by another
@@ -107,17 +116,10 @@ def test_a_run_held_by_an_erasure_is_refused_as_such(db: Database, tmp_path: Pat
     from landscape.errors import ConcurrentWriter
     from landscape.postgres import PostgresRecorder
 
-    write_csv(tmp_path / "in.csv", ["id", "note"], [[i, "ok"] for i in range(20)])
-    (tmp_path / "out").mkdir()
-    (tmp_path / "settings.yaml").write_text(SETTINGS)
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        run_id = f"run-held-{os.urandom(6).hex()}"
-        faults.configure("committed:2", raise_instead=True)
-        with pytest.raises(faults.SimulatedCrash):
-            start_run(db, _load(tmp_path / "settings.yaml"), commit_every=5, run_id=run_id)
-        faults.configure("")
+        run_id = _crashed(db, tmp_path, rows=20, at="committed:2")
         erasing = f"held right now by another process that is erasing pid={os.getpid()}"
         with db.connect() as conn:
             assert hold_for_transaction(conn, run_id, "erasing")
