@@ -135,7 +135,7 @@ def plan_rows(
             f"run {run_id} has no checkpoint that verifies with {verifier.label if verifier else 'no key'} "
             f"({_signers(signed)}), so nothing proves which payloads are its rows'; nothing was erased. Its witness "
             "file holds its checkpoints if the store's are gone; a run signed with another key is purged with "
-            "--public-key naming that key's .pub"
+            "ELSPETH_SIGNING_KEY naming that key's .key file (the erasure records are signed with it)"
         )
     wanted = set(rows)
     found: dict[str, tuple[str | None, int | None]] = {}
@@ -308,7 +308,8 @@ def _unproved(status: str, note: str | None, verifier: Verifier | None) -> str:
     mine = verifier.label if verifier is not None else "none here"
     return (
         f"{status}{_UNPROVED}at a checkpoint signed by {signers}, which purge cannot check with the key it was "
-        f"given ({mine}); purge checks one key at a time: that run's with --public-key KEY.pub, the home's without"
+        f"given ({mine}); purge checks and signs with one key at a time: that run's with ELSPETH_SIGNING_KEY naming "
+        "its .key file, the home's without"
     )
 
 

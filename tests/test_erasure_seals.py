@@ -467,6 +467,8 @@ def test_purge_without_a_key_to_sign_with_erases_nothing(db: Database, fork_run:
     dry = elspeth("purge", run_id, "--row", "4", "--dry-run", "--public-key", pub, cwd=work, db=db,
                   env={"ELSPETH_HOME": str(fresh)})  # fmt: skip
     assert dry.returncode == 0 and "would erase" in dry.stdout, dry.stdout + dry.stderr
+    # ...but says that the purge itself would be refused, and why (it promised it, found a review).
+    assert "but purge without --dry-run would erase nothing here: purge signs the erasure records" in dry.stdout
     # Nor does retention go on without one.
     err = one_line_error(
         elspeth("purge", "--older-than", "0s", "--reason", "RP-1", cwd=work, db=db, env={"ELSPETH_HOME": str(fresh)}),
@@ -495,6 +497,11 @@ def test_purge_refuses_a_public_key_that_is_not_the_signing_key(
     err = one_line_error(elspeth("purge", run_id, "--row", "4", "--reason", "t", "--public-key", home_pub,
                                  cwd=work, db=db, env={"ELSPETH_SIGNING_KEY": str(other_key)}), 1)  # fmt: skip
     assert f"would be signed by {other.verifier.label}" in err, err
+    # A dry run plans, and says that the purge itself would be refused (it promised it, found a review).
+    dry = elspeth("purge", run_id, "--row", "4", "--dry-run", "--public-key", home_pub, cwd=work, db=db,
+                  env={"ELSPETH_SIGNING_KEY": str(other_key)})  # fmt: skip
+    assert dry.returncode == 0 and "would erase" in dry.stdout, dry.stdout + dry.stderr
+    assert f"would erase nothing here: the erasure records would be signed by {other.verifier.label}" in dry.stdout
     assert _payloads(db, run_id) == before and _records(db, run_id) == [] and _seals(db, run_id) == {}
 
 

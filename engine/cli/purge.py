@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from engine.cli.common import database_from_ctx, home_from_ctx
+from engine.cli.errors import ElspethCliError
 from engine.settings import LONGEST_RETENTION_DAYS
 from landscape.role_names import Role
 
@@ -46,7 +47,8 @@ _LONGEST = timedelta(days=LONGEST_RETENTION_DAYS)
 @click.option("--force", is_flag=True,
               help="Erase the data of runs that can still be resumed, or whose end is unproved, too (said in each record).")  # fmt: skip
 @click.option("--public-key", "public_key", type=click.Path(),
-              help="The .pub of the key that signs the runs' checkpoints [ELSPETH_SIGNING_KEY's, else this home's].")  # fmt: skip
+              help="The .pub of the key that signs the runs' checkpoints, to be sure of it: purge signs its records "
+                   "with ELSPETH_SIGNING_KEY's key, else this home's, and refuses when that is another key.")  # fmt: skip
 @click.pass_context
 def purge_cmd(
     ctx: click.Context, run_id: str | None, rows: tuple[int, ...], older_than: str | None, reason: str | None,
@@ -75,19 +77,23 @@ def purge_cmd(
     # under its signature (see `run_statuses`). A public key is enough to check it.
     key = signing.verifier(home_from_ctx(ctx), public_key)
     # The key that signs the erasure records (`landscape.seal`): a verifier holding the runs' key
-    # counts an erasure only under its signature.
-    signer = None if dry_run else signing.existing_signer(home_from_ctx(ctx))
-    if not dry_run and signer is None:
-        raise click.ClickException(
+    # counts an erasure only under its signature. A dry run needs none (one who holds only the
+    # public key may look), but says when the purge itself would be refused.
+    signer = signing.existing_signer(home_from_ctx(ctx))
+    refusal = None
+    if signer is None:
+        refusal = (
             "purge signs the erasure records it writes with the key that signs the runs' checkpoints, and there is "
             "none here: set ELSPETH_SIGNING_KEY to that .key file, or use the ELSPETH home the runs were written from"
         )
-    if signer is not None and key is not None and signer.verifier.text() != key.text():
-        raise click.ClickException(
+    elif key is not None and signer.verifier.text() != key.text():
+        refusal = (
             f"the erasure records would be signed by {signer.verifier.label}, but the runs' checkpoints are checked "
             f"with {key.label} (--public-key): a verifier holding that key would not count them; set "
             "ELSPETH_SIGNING_KEY to its .key file"
         )
+    if refusal is not None and not dry_run:
+        raise ElspethCliError(refusal)
     # As the owner: only it may delete payloads and write erasure records (the writer may not).
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         if age is not None:
@@ -106,9 +112,11 @@ def purge_cmd(
             )
         for line in _describe(plan, dry_run, run_id):
             click.echo(line)
+        if dry_run and refusal is not None and plan.size:
+            click.echo(f"but purge without --dry-run would erase nothing here: {refusal}")
         if dry_run or not plan.size:
             return
-        assert signer is not None  # (not a dry run)
+        assert signer is not None  # (refused above when not)
         erased = erase(db, plan, reason or "", signer=signer)
         click.echo(
             f"erased {erased} payload(s), the records signed by {signer.verifier.label}; the events and every proof "
@@ -179,7 +187,7 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
     if unsure and not plan.forced:
         lines.append(
             f"{leaving} the data of {len(unsure)} run(s) whose status purge cannot prove: the checkpoint at the end "
-            "of each must be signed by the key purge checks with (--public-key; docs/erasure.md), as anyone who can "
+            "of each must be signed by the key purge signs with (ELSPETH_SIGNING_KEY; docs/erasure.md), as anyone who can "
             "write to the store could add an ending; or erase it too with --force"
         )
         lines.extend(_listed(unsure))
@@ -187,7 +195,7 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
         lines.append(f"  --force: {len(kept)} of them can still be resumed, and then not past this data")
     if plan.forced and unsure:
         lines.append(
-            f"  --force: {len(unsure)} of them have a status purge cannot prove (--public-key); their erasure records "
+            f"  --force: {len(unsure)} of them have a status purge cannot prove with its key; their erasure records "
             "are signed by purge's key, which a verifier holding another run key will not count"
         )
     return lines

@@ -47,7 +47,7 @@ def statecharts_cmd(check: bool, out: Path) -> None:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise ElspethCliError(f"{path}: {reason}") from None
     if stale:
-        raise click.ClickException(
+        raise ElspethCliError(
             "statechart diagrams are out of date: " + ", ".join(stale) + " (run `elspeth statecharts`)"
         )
     if check:
