@@ -375,7 +375,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         )
     for i, g in enumerate(settings.gates):
         one = {"true", "false"} & set(g.routes)
-        if len(one) == 1:
+        constant = {"True": "true", "False": "false"}.get(g.condition.strip())  # a gate that only forks
+        if len(one) == 1 and one != {constant}:
             # Valid (the condition may give other labels), but a true/false condition then fails
             # every row it gives the other for, in a run that completes.
             (have,) = one

@@ -633,7 +633,8 @@ def _resolutions(
                                       collisions=list(e.collisions)))  # fmt: skip
             elif isinstance(e, ev.CoalesceFailed):
                 out.append(Resolution(id=entity, seq=s.seq, time=at, outcome="failed",
-                                      trigger=e.trigger or None, arrived=list(e.arrived), missing=list(e.missing),
+                                      # as the `coalesces` table says it: a failure no deadline forced
+                                      trigger=e.trigger or "arrivals", arrived=list(e.arrived), missing=list(e.missing),
                                       reason=e.reason))  # fmt: skip
             elif isinstance(e, ev.BatchFlushing):
                 trigger, size = e.trigger, e.size

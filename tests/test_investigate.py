@@ -274,6 +274,26 @@ def test_replay_json_counts_what_a_gate_diverted(db: Database, fork: Path) -> No
     assert "check: 3 (diverted 1, route true 2)" in text
 
 
+def test_explain_says_how_a_coalesce_resolved_as_the_coalesces_table_does(db: Database, fork: Path) -> None:
+    """explain --json and the `coalesces` projection are two readings of one event: a coalesce that
+    failed because a branch was lost said trigger None in one and "arrivals" in the other (a
+    docs review)."""
+    run_id = _run(db, fork)
+    with db.connect() as conn:
+        table = {
+            cid: (status, trigger)
+            for cid, status, trigger in conn.execute(
+                "SELECT coalesce_id, status, trigger FROM coalesces WHERE run_id = %s", (run_id,)
+            )
+        }
+    assert sorted(status for status, _ in table.values()) == ["failed", "merged", "merged"]
+    shown = {}
+    for row in range(1, 5):  # every row of the input
+        out = _json(elspeth("explain", run_id, "--row", str(row), "--json", cwd=fork, db=db))
+        shown.update({c["id"]: (c["outcome"], c["trigger"]) for r in out["rows"] for c in r["coalesces"]})
+    assert shown == table
+
+
 def test_the_run_summary_counts_rows_and_tokens_apart(db: Database, fork: Path) -> None:
     proc = elspeth("run", "-s", "settings.yaml", cwd=fork, db=db)
     assert proc.returncode == 0, proc.stderr

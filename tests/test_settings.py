@@ -616,11 +616,21 @@ def test_a_csv_quarantine_sink_is_a_warning_that_says_which_rows_it_refuses(
     assert any("sinks.bad is a CSV file" in w and "is refused there" in w for w in warnings) == warned, warnings
 
 
-@pytest.mark.parametrize(("routes", "warned"), [("{'true': out}", True), ("{'true': out, 'false': out}", False)])
-def test_a_gate_routing_true_and_not_false_is_a_warning(tmp_path: Path, routes: str, warned: bool) -> None:
+@pytest.mark.parametrize(
+    ("condition", "routes", "warned"),
+    [
+        ("row['id'] == 1", "{'true': out}", True),
+        ("row['id'] == 1", "{'true': out, 'false': out}", False),
+        (" True", "{'true': out}", False),  # a gate that only forks: never false (the shipped example's)
+        ("False", "{'true': out}", True),
+    ],
+)
+def test_a_gate_routing_true_and_not_false_is_a_warning(
+    tmp_path: Path, condition: str, routes: str, warned: bool
+) -> None:
     """Valid, but a true/false condition then fails every row it is false for, in a run that
     completes (a new user's review)."""
-    text = BASE + f"gates:\n- {{name: g, input: x, condition: \"row['id'] == 1\", routes: {routes}}}\n"
+    text = BASE + f'gates:\n- {{name: g, input: x, condition: "{condition}", routes: {routes}}}\n'
     warnings = load_settings(_write(tmp_path, text), {}).warnings
     found = [w for w in warnings if "gates[0].routes (g) has 'true' and no 'false'" in w]
     assert bool(found) == warned, warnings
