@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from engine.cli.checkpoints import key_option, read_checkpoints, witness_option
-from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
+from engine.cli.common import database_from_ctx, existing_store, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
 from engine.cli.verify import say_unsigned, unsigned_erasures_option
 from engine.cli.visible import say, write_bytes
@@ -144,11 +144,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _key(home: str, public_key: str | None) -> Verifier:
+def _key(ctx: click.Context, public_key: str | None) -> Verifier:
     from engine import signing
 
-    key = signing.verifier(home, public_key)
+    key = signing.verifier(home_from_ctx(ctx), public_key)
     if key is None:
+        existing_store(ctx)  # a home where nothing ran has no key either: that is the mistake to name
         raise ElspethCliError("no key to name as the run's signer: give its public key with --public-key KEY.pub")
     return key
 
@@ -186,7 +187,7 @@ def export_cmd(
     from landscape.postgres import PostgresRecorder
 
     home = home_from_ctx(ctx)
-    key = _key(home, public_key)
+    key = _key(ctx, public_key)
     with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
         checkpoints = _checkpoints(recorder, run_id, home, witness, key)
@@ -238,7 +239,7 @@ def prove_cmd(
     from landscape.postgres import PostgresRecorder
 
     home = home_from_ctx(ctx)
-    key = _key(home, public_key)
+    key = _key(ctx, public_key)
     old = read_kept_checkpoint(kept, key) if kept is not None else None
     with new_file(output) as out, database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
@@ -274,7 +275,7 @@ def checkpoint_cmd(
     from landscape.postgres import PostgresRecorder
 
     home = home_from_ctx(ctx)
-    key = _key(home, public_key)
+    key = _key(ctx, public_key)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         newest = _checkpoints(PostgresRecorder(db), run_id, home, witness, key)[-1]
     # Byte for byte, whatever the terminal's encoding: a signed note changed is no note.

@@ -37,17 +37,25 @@ def database_from_ctx(
     logging.getLogger("psycopg").setLevel(logging.ERROR)
     obj = ctx.find_root().obj or {}
     url = obj.get("database") or settings_url
-    if role is Role.AUDITOR and url is None and os.environ.get("ELSPETH_DATABASE_URL") is None:
-        # A command that only reads makes no store: run in the wrong folder, or with a misspelt
-        # --home, it made a whole data folder there and said "no runs yet" (a new user's review).
-        home = Path(home_from_ctx(ctx))
-        if not os.path.lexists(home / "pgdata"):  # (what is there, the server says)
-            raise ElspethCliError(
-                f"there is no audit store in {home}: nothing has run with this home. Run from the folder the pipelines "
-                "ran in, or give --home FOLDER or --database URL"
-            )
+    if role is Role.AUDITOR and settings_url is None:
+        existing_store(ctx)
     with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role or Role.WRITER) as db:
         yield db
+
+
+def existing_store(ctx: click.Context) -> None:
+    """ElspethCliError when no server is named (--database, ELSPETH_DATABASE_URL) and the home
+    holds no embedded store. A command that only reads makes no store: run in the wrong folder, or
+    with a misspelt --home, it made a whole data folder there and said "no runs yet" (a new user's
+    review)."""
+    if (ctx.find_root().obj or {}).get("database") or os.environ.get("ELSPETH_DATABASE_URL") is not None:
+        return
+    home = Path(home_from_ctx(ctx))
+    if not os.path.lexists(home / "pgdata"):  # (what is there, the server says)
+        raise ElspethCliError(
+            f"there is no audit store in {home}: nothing has run with this home. Run from the folder the pipelines "
+            "ran in, or give --home FOLDER or --database URL"
+        )
 
 
 def home_from_ctx(ctx: click.Context) -> str:
