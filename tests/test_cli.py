@@ -879,6 +879,23 @@ def test_a_field_name_with_a_line_break_cannot_forge_explain_lines() -> None:
     assert "+amount = 2" in shown
 
 
+def test_a_field_name_in_explains_own_syntax_cannot_forge_a_change() -> None:
+    """A printable name can spell the change list's syntax: `note (was "x"); status: "pending" →
+    "approved"; -tmp` read as `status` changed to approved, which never happened (a hostile
+    review). A name that is not an identifier is shown quoted. And each value is cut, not the
+    line: a long first value hid the changes after it."""
+    from engine.cli.explain import _changes
+    from landscape.lineage import Change
+
+    forged = 'note (was "x"); status: "pending" → "approved"; -tmp'
+    shown = _changes([Change(field=forged, change="removed", old="x")], None)
+    assert shown == '-"note (was \\"x\\"); status: \\"pending\\" \\u2192 \\"approved\\"; -tmp" (was "x")', shown
+    long = [Change(field="a", change="changed", old="x" * 500, new="y"), Change(field="b", change="removed", old=1)]
+    shown = _changes(long, None)
+    assert shown.endswith("; -b (was 1)") and len(shown) < 200, shown
+    assert _changes([Change(field="café", change="added", new=1)], None) == "+café = 1"
+
+
 def test_a_file_path_with_a_control_character_is_refused_at_load() -> None:
     """A sink path holding a line break forged lines of the run's summary, `show` and `explain`."""
     from engine.plugins.protocol import PluginConfigError

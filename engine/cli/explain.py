@@ -25,7 +25,8 @@ from landscape.roles import Role
 from landscape.seal import Verdict
 from statecharts.machines import RunState
 
-_WIDTH = 200  # data longer than this is cut in the text output (never in --json)
+_WIDTH = 200  # a row's data longer than this is cut in the text output (never in --json)
+_VALUE_WIDTH = 80  # and each value (or field name) in a step's changes: every change is named
 
 
 @click.command("explain")
@@ -257,14 +258,15 @@ def _changes(changes: list[lin.Change] | None, unchecked: lin.Data | None) -> st
         return "no field changed"
     parts = []
     for c in changes:
-        name = _field(c.field)
+        name = _cut(_field(c.field), _VALUE_WIDTH)
+        old, new = _cut(_text(c.old), _VALUE_WIDTH), _cut(_text(c.new), _VALUE_WIDTH)
         if c.change == "added":
-            parts.append(f"+{name} = {_text(c.new)}")
+            parts.append(f"+{name} = {new}")
         elif c.change == "removed":
-            parts.append(f"-{name} (was {_text(c.old)})")
+            parts.append(f"-{name} (was {old})")
         else:
-            parts.append(f"{name}: {_text(c.old)} → {_text(c.new)}")
-    return _cut("; ".join(parts))
+            parts.append(f"{name}: {old} → {new}")
+    return "; ".join(parts)
 
 
 def _text(value: Any) -> str:
@@ -272,11 +274,12 @@ def _text(value: Any) -> str:
 
 
 def _field(name: str) -> str:
-    """A field's name as it is, or quoted with JSON's escapes when it holds anything but printable
-    characters: names are the input's (a JSON key), and a line break in one printed lines that
-    looked like the lineage's own (a hostile review forged a `seq` line and a `row` header)."""
-    return name if name.isprintable() else json.dumps(name)
+    """A field's name as it is when it is an identifier, else quoted with JSON's escapes: names are
+    the input's (a JSON key), and one that held a line break printed lines that looked like the
+    lineage's own (a hostile review forged a `seq` line and a `row` header), one that held
+    `"; status: "pending" → "approved"` a change that never happened (another)."""
+    return name if name.isidentifier() else json.dumps(name)
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= _WIDTH else text[: _WIDTH - 1] + "…"
+def _cut(text: str, width: int = _WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
