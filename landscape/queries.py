@@ -344,13 +344,19 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
 
 
 def first_failure(db: Database, run_id: str) -> tuple[int, str | None, str | None] | None:
-    """The first token of the run to fail (by seq): its row's index, the node and the reason."""
+    """A failed row of the run, as `ROWS_BY_OUTCOME` counts them: the first token to fail (by seq)
+    but for a late arrival at a coalesce that had merged (its row went on: a review found the
+    summary naming such a row as the first failed), else the first row whose coalesce failed with
+    none of its tokens failing. Its row's index, the node (the coalesce) and the reason."""
     with driver_errors(f"reading the failures of run {run_id}"), db.connect() as conn:
         row = conn.execute(
-            "SELECT t.row_index, o.node, o.reason FROM token_outcomes o "
-            "JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id "
-            "WHERE o.run_id = %s AND o.outcome = 'failed' ORDER BY o.seq LIMIT 1",
-            (run_id,),
+            "SELECT row_index, node, reason FROM ("
+            " SELECT 0 AS k, o.seq AS n, t.row_index, o.node, o.reason FROM token_outcomes o"
+            " JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id"
+            " WHERE o.run_id = %(run)s AND o.outcome = 'failed' AND o.reason IS DISTINCT FROM 'late_arrival'"
+            " UNION ALL SELECT 1, c.row_index, c.row_index, c.coalesce, c.reason FROM coalesces c"
+            " WHERE c.run_id = %(run)s AND c.status = 'failed') failures ORDER BY k, n LIMIT 1",
+            {"run": run_id},
         ).fetchone()
     return None if row is None else (int(row[0]), row[1], row[2])
 

@@ -309,6 +309,42 @@ def test_the_run_summary_counts_rows_and_tokens_apart(db: Database, fork: Path) 
     assert f"sha256 {digest}" in proc.stdout
 
 
+def test_the_first_failed_row_is_not_a_row_that_merged_with_a_branch_late(db: Database, tmp_path: Path) -> None:
+    """Under quorum, row 1 merged on two branches and went on, its third arriving late
+    (late_arrival: not a failed row, as the counts say); row 4 failed its quorum. The summary
+    named row 1 as the first failed (a review)."""
+    write_csv(tmp_path / "in.csv", ["id", "amount"], [[1, 5], [2, 50], [3, 500], [4, 5000]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "s.yaml").write_text(
+        "source: {plugin: csv, on_success: raw, options: {path: in.csv, schema: {mode: fixed, "
+        "fields: ['id: int', 'amount: int']}, on_validation_failure: discard}}\n"
+        "gates:\n"
+        "- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, b, c]}\n"
+        "- {name: gc, input: c, condition: \"row['amount'] > 100\", routes: {'true': side, 'false': c_ok}}\n"
+        "- {name: gb, input: b, condition: \"row['amount'] > 1000\", routes: {'true': side, 'false': b_ok}}\n"
+        "transforms:\n"
+        "- {name: ta, plugin: field_mapper, input: a, on_success: a_ok, on_error: discard, "
+        "options: {mapping: {amount: a_amount}}}\n"
+        "coalesce:\n"
+        "- {name: jout, branches: {a: a_ok, b: b_ok, c: c_ok}, policy: quorum, quorum_count: 2, merge: union, "
+        "on_success: output}\n"
+        "sinks:\n"
+        "  output: {plugin: json, options: {path: out/o.jsonl, format: jsonl}}\n"
+        "  side: {plugin: json, options: {path: out/side.jsonl, format: jsonl}}\n"
+    )
+    proc = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "failed: 1" in proc.stdout, proc.stdout
+    with db.connect() as conn:
+        late = conn.execute(
+            "SELECT t.row_index FROM token_outcomes o JOIN tokens t USING (run_id, token_id)"
+            " WHERE o.run_id = %s AND o.reason = 'late_arrival'",
+            (proc.stdout.split()[1],),
+        ).fetchall()
+    assert sorted(late) == [(0,), (1,)]  # rows 1 and 2 merged, their third branch late: the case
+    assert "  first failed: row 4 at jout: quorum_not_met" in proc.stdout.splitlines(), proc.stdout
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
