@@ -31,25 +31,26 @@ class SinkWriter:
         cannot write whole (a field it has no column for: RowError) is a row error: it follows
         the sink's `on_write_failure`, and without one (or in a loop of them) the token fails
         with the reason, naming the field, recorded — never written without the field."""
+        p = PendingWrite(token_id, outcome, node, reason, row, tried)
         try:
             self.sinks[sink].write(token_id, row)
         except RowError as e:
-            self._refused(token_id, row, sink, e.reason, tried)
+            self._refused(p, sink, e.reason)
             return
-        self.pending.setdefault(sink, []).append(PendingWrite(token_id, outcome, node, reason, row, tried))
+        self.pending.setdefault(sink, []).append(p)
 
-    def _refused(self, token_id: str, row: Row, sink: str, reason: str, tried: tuple[str, ...]) -> None:
+    def _refused(self, p: PendingWrite, sink: str, reason: str) -> None:
         """A row `sink` refused (at `write`, or its destination at `flush`): to the sink's
         `on_write_failure`, or, without one (or in a loop of them), the token fails with why."""
-        tried = (*tried, sink)
-        why = f"sink '{sink}' cannot write the row: {reason}"
+        tried = (*p.tried, sink)
+        why = f"sink '{sink}' cannot write the row: {reason}{_meant(p)}"
         fallback = self.ctx.nodes.write_failure.get(sink)
         if fallback is None or fallback == "discard" or fallback in tried:
-            self.ctx.emit(token_id, ev.TokenFailed(reason="sink_row_refused", node=sink, detail=why))
+            self.ctx.emit(p.token_id, ev.TokenFailed(reason="sink_row_refused", node=sink, detail=why))
             return
         diverted = str(TokenState.DIVERTED)
-        self.ctx.emit(token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink, reason=why))
-        self.write(token_id, row, fallback, diverted, sink, why, tried)
+        self.ctx.emit(p.token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink, reason=why))
+        self.write(p.token_id, p.row, fallback, diverted, sink, why, tried)
 
     def flush_all(self, after_flush: Callable[[], None] | None = None) -> None:
         """Make every pending sink write durable, then record it and its tokens' outcomes.
@@ -115,7 +116,7 @@ class SinkWriter:
                     if why is None:
                         kept.append(p)
                     else:
-                        self._refused(p.token_id, p.row, sink_name, why, p.tried)
+                        self._refused(p, sink_name, why)
                 if len(kept) == len(writes):
                     raise PluginError(f"sink '{sink_name}'", "refused rows it was not given") from refused
                 writes[:] = []  # (the caller's list: it records these as written)
@@ -123,7 +124,7 @@ class SinkWriter:
                     try:  # (the first row may have been refused: the next one fixes the columns)
                         sink.write(p.token_id, p.row)
                     except RowError as again:
-                        self._refused(p.token_id, p.row, sink_name, again.reason, p.tried)
+                        self._refused(p, sink_name, again.reason)
                         continue
                     writes.append(p)
             except LandscapeError:
@@ -151,7 +152,7 @@ class SinkWriter:
                     try:
                         sink.write(p.token_id, p.row)
                     except RowError as refused:
-                        self._refused(p.token_id, p.row, sink_name, refused.reason, p.tried)
+                        self._refused(p, sink_name, refused.reason)
                         continue
                     writes.append(p)
 
@@ -182,14 +183,23 @@ class SinkWriter:
             raise error
         # Drop whatever the failed flush left behind: back to the last durable position.
         self.reopen(sink_name)
-        reason = f"write failed: {error}"
         for p in writes:
             if fallback == "discard":
-                self.ctx.emit(p.token_id, ev.TokenFailed(reason="sink_write_failed", node=sink_name, detail=str(error)))
+                detail = f"{error}{_meant(p)}"
+                self.ctx.emit(p.token_id, ev.TokenFailed(reason="sink_write_failed", node=sink_name, detail=detail))
                 continue
+            reason = f"write failed: {error}{_meant(p)}"
             diverted = str(TokenState.DIVERTED)
             self.ctx.emit(p.token_id, ev.SinkAssigned(sink=fallback, outcome=diverted, node=sink_name, reason=reason))
             self.write(p.token_id, p.row, fallback, diverted, sink_name, reason, (sink_name,))
+
+
+def _meant(p: PendingWrite) -> str:
+    """What the row was on its way to be, with why, when that had a reason (a row the source
+    quarantined, one diverted): said after a sink's refusal, which ends the token otherwise, so
+    that the first reason stays in the outcome an analyst reads (`token_outcomes.detail`: a
+    review found a malformed record's reason only in the events, which an analyst cannot read)."""
+    return f"; it was to be {p.outcome}: {p.reason}" if p.reason else ""
 
 
 def digest(sink: Sink) -> str | None:

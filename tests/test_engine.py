@@ -532,6 +532,29 @@ sinks:
 """
 
 
+def test_a_quarantine_sink_that_refuses_a_record_keeps_the_sources_reason_in_the_outcome(
+    db: Database, tmp_path: Path
+) -> None:
+    """A CSV quarantine sink takes the fields of the first record it is given: a record with
+    another field more is refused there and its token fails (sink_row_refused). Why the source
+    refused it was then only in the SinkAssigned event, which an analyst cannot read: the outcome's
+    detail says it now (a review)."""
+    (tmp_path / "in.csv").write_text("id,amount\n1,x\n2,3,4\n3,5\n")
+    r = run(
+        db,
+        tmp_path,
+        _to_a_csv_quarantine("csv", "path: in.csv, schema: {mode: fixed, fields: ['id: int', 'amount: int']}"),
+    )
+    assert r.outcomes() == {"completed": 1, "quarantined": 1, "failed": 1}
+    with db.connect() as conn:
+        (detail,) = conn.execute(
+            "SELECT detail FROM token_outcomes WHERE run_id = %s AND reason = 'sink_row_refused'",
+            (r.outcome.run_id,),
+        ).fetchone() or (None,)
+    assert detail is not None and detail.startswith("sink 'q' cannot write the row: "), detail
+    assert detail.endswith("; it was to be quarantined: expected 2 fields, found 3"), detail
+
+
 def test_a_record_too_large_to_record_fits_a_csv_quarantine_sink_an_unparsed_line_fixed(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
