@@ -10,6 +10,7 @@ import tracemalloc
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import pytest
 
 from engine.plugins import sources
@@ -685,6 +686,33 @@ def test_an_input_appended_to_while_it_is_fingerprinted_is_read_as_it_was_when_o
     assert source.fingerprint() == hashlib.sha256(text.encode()).hexdigest()
     monkeypatch.setattr(sources, "_open_input", opened)
     assert [i.row["a"] for i in source.read() if i.row is not None] == [f"{i:06d}" for i in range(2000)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_a_json_number_whole_only_as_a_float_is_no_int_and_stays_a_float_elsewhere(tmp_path: Path, fmt: str) -> None:
+    """A float cannot hold every digit of 9007199254740993.0 or 2.0000000000000001: they read as
+    the whole floats ...992.0 and 2.0, and were recorded as those ints (a hostile review). An int
+    field refuses them now, saying why; a number written whole is an int as before; a field the
+    schema does not declare keeps the float, as a plain float the audit trail can record."""
+    texts = ["9007199254740993.0", "9007199254740992.5", "9.007199254740993e15", "2.0000000000000001",
+             "7.00000000000000044", "3.0", "9007199254740992.0", "-4e2"]  # fmt: skip
+    lines = [f'{{"i": {t}, "x": 2.0000000000000001, "n": [{{"y": 9007199254740993.0}}]}}' for t in texts]
+    text = "\n".join(lines) + "\n" if fmt == "jsonl" else "[" + ",".join(lines) + "]"
+    path = write(tmp_path / f"in.{fmt}", text)
+    schema = {"mode": "flexible", "fields": ["i: int"]}
+    source = build_plugin("source", "json", {"path": str(path), "format": fmt, "schema": schema})
+    source.fingerprint()
+    items = list(source.read())
+    refused = [i for i in items if i.error is not None]
+    assert len(refused) == 5, [i.error for i in items]
+    assert all("it reads as a whole number only because a float cannot hold all the digits" in (i.error or "")
+               for i in refused)  # fmt: skip
+    assert [i.row["i"] for i in items if i.row is not None] == [3, 9007199254740992, -400]
+    for i in items:
+        for row in (i.row, i.raw):
+            if row is not None:
+                assert type(row["x"]) is float and type(row["n"][0]["y"]) is float, row
+                msgspec.json.encode(row)  # what the audit trail records
 
 
 def test_a_json_document_cut_off_by_a_writer_still_at_it_says_so(tmp_path: Path) -> None:

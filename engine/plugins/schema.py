@@ -194,6 +194,30 @@ class _Unfit:
         self.why = why
 
 
+class RoundedFloat(float):
+    """A number whose text a float could not hold whole and that reads as a whole number only for
+    that (2.0000000000000001 reads 2.0, 9007199254740993.0 reads ...992.0): a source that reads
+    the text marks it so, and an int field refuses it (a hostile review found such a number recorded
+    as the int it was rounded to). Made a plain float again before the row goes on (`plain_floats`):
+    nothing else tells the two apart, and the audit trail's encoder takes only floats."""
+
+    __slots__ = ()
+
+
+def plain_floats(value: Any) -> None:
+    """Every RoundedFloat in the rows, dicts and lists of `value` made a plain float, in place."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        for key, v in list(pairs):
+            if type(v) is RoundedFloat:
+                item[key] = float(v)
+            elif isinstance(v, dict | list):
+                stack.append(v)
+
+
+_ROUNDED = _Unfit("it reads as a whole number only because a float cannot hold all the digits it is written with")
 _NOT_FINITE = _Unfit("it reads as NaN or an infinity, for which the audit trail's JSON has no form")
 _TOO_LARGE = _Unfit("it reads as a number beyond a float's range, ±1.8e308")
 _TOO_SMALL = _Unfit("it reads as a number too close to zero for a float, which would read 0")
@@ -214,6 +238,8 @@ def _to_int(value: Any) -> Any:
         return _BAD  # bool is an int subclass in Python, not in a schema
     if isinstance(value, int):
         return value
+    if type(value) is RoundedFloat:
+        return _ROUNDED
     if isinstance(value, float):
         # Past 2**53 a float has lost digits already (12345678901234567890.0 reads as
         # ...7168): which int the row meant cannot be told, so it is not one.

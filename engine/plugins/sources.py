@@ -18,13 +18,14 @@ import stat
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import IO, Any, ClassVar, NamedTuple
 
 from engine.plugins.options import Options, text_item
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, SourceItem
-from engine.plugins.schema import Schema, SchemaViolation, normalise_headers, parse_schema
+from engine.plugins.schema import RoundedFloat, Schema, SchemaViolation, normalise_headers, parse_schema, plain_floats
 
 _NODE = "source"
 
@@ -758,15 +759,16 @@ class JsonSource:
             index += 1
 
     def _record(self, index: int, text: str, raw: Row) -> SourceItem:
+        rounded: list[float] = []
         try:
-            value = _strict_json(text)
+            value = _strict_json(text, rounded=rounded)
         except json.JSONDecodeError as e:
             return SourceItem(index, None, raw, f"invalid JSON at column {e.colno}: {e.msg}")
         except _Undecodable as e:
             return SourceItem(index, None, raw, e.reason)
         if not isinstance(value, dict):
             return SourceItem(index, None, raw, f"expected a JSON object, found {_json_type(value)}")
-        return _validated(index, value, value, self.schema, raw["__line_number__"])
+        return _validated_json(index, value, self.schema, raw["__line_number__"], rounded)
 
     def check_header(self) -> None:
         """A JSON document (format json) read as a run reads it, without its rows: PluginError when
@@ -781,13 +783,14 @@ class JsonSource:
             with _open_input(self.path) as f:
                 next(iter(_Lines(f, self.encoding, self.path)), None)
 
-    def _document(self, f: IO[bytes]) -> tuple[list[Any], list[_LongInt]]:
+    def _document(self, f: IO[bytes]) -> tuple[list[Any], list[_LongInt], list[float]]:
         """The array of records a JSON document holds (at data_key, when set), and the integers
         too long to be read that it holds; PluginError naming the file when it holds none."""
         # A JSON document has to be parsed whole; only JSON lines stream.
         long_ints: list[_LongInt] = []
+        rounded: list[float] = []
         try:
-            data = _strict_json(f.read().decode(self.encoding).removeprefix("\ufeff"), long_ints)
+            data = _strict_json(f.read().decode(self.encoding).removeprefix("\ufeff"), long_ints, rounded)
         except _Undecodable as e:  # a document is decoded whole: it has no other records to go on with
             raise PluginError(_NODE, f"{self.path} cannot be decoded: {e.reason}; for one record per line, "
                                      "where such a record is quarantined alone, use format: jsonl") from e  # fmt: skip
@@ -816,10 +819,10 @@ class JsonSource:
             raise PluginError(
                 _NODE, f"{self.path}: expected a JSON array of objects, found {_json_type(data)} ({hint})"
             )
-        return data, long_ints
+        return data, long_ints, rounded
 
     def _array(self, f: IO[bytes], start: int) -> Iterator[SourceItem]:
-        data, long_ints = self._document(f)
+        data, long_ints, rounded = self._document(f)
         for index in range(start, len(data)):
             value = data[index]
             too_long = _long_int_in(value) if long_ints else None
@@ -827,7 +830,7 @@ class JsonSource:
                 raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
                 yield SourceItem(index, None, raw, too_long)
             elif isinstance(value, dict):
-                yield _validated(index, value, value, self.schema, index + 1)
+                yield _validated_json(index, value, self.schema, index + 1, rounded)
             else:
                 raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
                 yield SourceItem(index, None, raw, f"expected a JSON object, found {_json_type(value)}")
@@ -869,11 +872,13 @@ def _long_int_in(value: Any) -> str | None:
     return None
 
 
-def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
+def _strict_json(text: str, long_ints: list[_LongInt] | None = None, rounded: list[float] | None = None) -> Any:
     """JSON as the standard has it: NaN and Infinity (which Python's json accepts) have no JSON
     form, so the row recorded in the audit trail and the row a sink writes would differ. Valid
     JSON that Python cannot hold as a row raises _Undecodable with the reason; with `long_ints`
-    given, an integer too long is kept as a _LongInt (and listed there) instead."""
+    given, an integer too long is kept as a _LongInt (and listed there) instead. A number that
+    reads as a whole float only because a float could not hold all its digits is a RoundedFloat
+    (listed in `rounded`: the caller makes it a plain float once the schema has seen it)."""
 
     def refuse(name: str) -> Any:
         raise json.JSONDecodeError(f"{name} is not a JSON value", text, text.find(name))
@@ -893,6 +898,9 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
         if value == 0.0 and any(c in "123456789" for c in digits.lower().partition("e")[0]):
             # (e.g. 1e-400)
             raise _Undecodable(f"a number of {len(digits)} characters is too small for a float (it would read 0)")
+        if rounded is not None and value.is_integer() and Decimal(digits) != int(value):
+            rounded.append(value)
+            return RoundedFloat(value)
         return value
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -912,6 +920,17 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None) -> Any:
         except UnicodeEncodeError:
             raise _Undecodable("a string holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text") from None
     return value
+
+
+def _validated_json(index: int, value: dict[str, Any], schema: Schema, line: int, rounded: list[float]) -> SourceItem:
+    """`_validated` of a decoded JSON object, its RoundedFloats plain floats again once the schema
+    has seen them (`rounded`: whether the text held any)."""
+    item = _validated(index, value, value, schema, line)
+    if rounded:
+        plain_floats(item.raw)
+        if item.row is not None:
+            plain_floats(item.row)
+    return item
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
