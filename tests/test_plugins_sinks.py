@@ -1607,6 +1607,18 @@ def test_appending_to_a_csv_file_whose_first_line_is_blank_is_refused(tmp_path: 
     assert path.read_bytes() == blank.encode()
 
 
+def test_appending_to_a_csv_file_whose_header_names_a_column_twice_is_refused(tmp_path: Path) -> None:
+    """`a,b,a` on disk: a row's `a` filled both columns, a file the CSV source would not read back
+    (a hostile review)."""
+    path = tmp_path / "o.csv"
+    path.write_bytes(b"a,b,a\r\n1,2,1\r\n")
+    s = sink("csv", path=str(path), mode="append")
+    with pytest.raises(PluginError, match=r"its header names 1 column\(s\) more than once"):
+        s.open("run", None)
+    s.release()
+    assert path.read_bytes() == b"a,b,a\r\n1,2,1\r\n"
+
+
 def test_a_sqlite_date_column_refuses_text_it_would_store_as_a_number(tmp_path: Path) -> None:
     """SQLite gives DATE and DATETIME columns NUMERIC affinity: '007' was stored as 7 and '1.50'
     as 1.5, the audit trail holding the text (a review). Refused; a date's text is kept."""

@@ -155,6 +155,10 @@ def test_modes_fixed_flexible_observed() -> None:
         ("a: float", "0.0e-400", 0.0),
         ("a: float", "1e-400", None),  # it would read 0
         ("a: float", " -2.5E-999 ", None),
+        ("a: float", 2**53 + 1, None),  # would read ...992.0 (a hostile review): not this float
+        ("a: float", "9007199254740993", None),
+        ("a: float", 10**20, 1e20),  # large, and a float holds it exactly
+        ("a: float", "-9007199254740992", -(2.0**53)),
     ],
 )
 def test_coercions_that_would_change_the_value_are_violations(spec: str, value: Any, expected: Any) -> None:

@@ -218,6 +218,7 @@ def plain_floats(value: Any) -> None:
 
 
 _ROUNDED = _Unfit("it reads as a whole number only because a float cannot hold all the digits it is written with")
+_INEXACT = _Unfit("it is an integer with more digits than a float holds, which would read as another")
 _NOT_FINITE = _Unfit("it reads as NaN or an infinity, for which the audit trail's JSON has no form")
 _TOO_LARGE = _Unfit("it reads as a number beyond a float's range, ±1.8e308")
 _TOO_SMALL = _Unfit("it reads as a number too close to zero for a float, which would read 0")
@@ -260,8 +261,12 @@ def _to_float(value: Any) -> Any:
     try:
         if isinstance(value, int | float):
             number = float(value)
+            if isinstance(value, int) and math.isfinite(number) and int(number) != value:
+                return _INEXACT  # (9007199254740993 reads ...992.0)
         elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             number = float(value.strip())
+            if is_int_text(value) and math.isfinite(number) and int(number) != int(value.strip()):
+                return _INEXACT
             if number == 0.0 and any(c in "123456789" for c in value.lower().partition("e")[0]):
                 return _TOO_SMALL  # (1e-400 would read 0), as the JSON source says
             if not math.isfinite(number) and "n" not in value.lower():  # (no nan, inf or infinity)

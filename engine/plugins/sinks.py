@@ -567,6 +567,15 @@ class CsvSink(_FileSink):
                 f"cannot append to {self.path}: its first line is blank, so no header names its columns; allowed: a "
                 "file whose first line is its header, or an empty file",
             )
+        if on_disk is not None and len(set(on_disk)) != len(on_disk):
+            # A row has one value per field: it would fill both columns of a name given twice,
+            # and the CSV source refuses to read such a header back (a hostile review).
+            twice = len(on_disk) - len(set(on_disk))
+            raise PluginError(
+                _NODE,
+                f"cannot append to {self.path}: its header names {twice} column(s) more than once, so a row's field "
+                "would fill two columns; allowed: a file whose header names each column once, or an empty file",
+            )
         if start == 0 or (on_disk is None and named is not None):
             self.fields = named
         elif on_disk is not None and (named is None or set(on_disk) == set(named)):
