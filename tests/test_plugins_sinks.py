@@ -2386,3 +2386,29 @@ def test_a_sqlite_table_whose_name_needs_quoting_has_its_changed_column_types_se
     with pytest.raises(PluginError, match="was changed"):
         s.flush()
     s.release()
+
+
+def test_a_sqlite_flush_that_fails_whole_says_which_constraint_of_the_table() -> None:
+    """A flush no single row's refusal explains said only `cannot write: IntegrityError` (a
+    review); SQLite's own message, made of the table's definition alone, is kept, as a row's
+    refusal keeps it. A message that could quote a value (a trigger's) stays its error name."""
+    import sqlalchemy as sa
+
+    from engine.plugins.db_errors import write_failure
+
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v TEXT NOT NULL CHECK (v <> 'BAD'))")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER no_x BEFORE INSERT ON t WHEN NEW.v = 'x' BEGIN SELECT RAISE(ABORT, 'no x'); END"
+        )
+        said = []
+        for value in (None, "BAD", "x"):
+            with pytest.raises(sa.exc.IntegrityError) as failed:
+                conn.execute(sa.text("INSERT INTO t VALUES (:v)"), {"v": value})
+            said.append(write_failure(failed.value, "sqlite://"))
+    assert said == [
+        "IntegrityError: NOT NULL constraint failed: t.v",
+        "IntegrityError: CHECK constraint failed: v <> 'BAD'",
+        "IntegrityError: SQLITE_CONSTRAINT_TRIGGER",
+    ], said

@@ -12,12 +12,18 @@ def write_failure(e: Exception, url: str) -> str:
     """Why a write failed, as it is recorded. A server's message about the rows may quote one of
     their values (`invalid input syntax for type date: "..."`), and the record outlives an
     erasure of that row (docs/erasure.md): only a connection's failure, which is about no row,
-    keeps its message; any other keeps its class and SQLSTATE (`elspeth explain` shows the rows)."""
+    keeps its message; any other keeps its class and SQLSTATE (`elspeth explain` shows the rows),
+    and SQLite's, its error name or the message it makes of the table's definition alone, as a
+    row's refusal does (`row_refusal`: a review found a flush failing as `IntegrityError` alone)."""
+    import sqlite3
+
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
     if isinstance(e, OperationalError | InterfaceError):
         lines = str(e.orig).strip().splitlines()
         return f"{type(e).__name__}: {scrub(lines[0], url)}" if lines else type(e).__name__
+    if isinstance(e, DBAPIError) and isinstance(e.orig, sqlite3.Error):
+        return row_refusal(e, frozenset())
     if isinstance(e, DBAPIError):
         code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
         return f"{type(e).__name__}{f' (SQLSTATE {code})' if code else ''}"
