@@ -921,7 +921,14 @@ def embedded_server(
     finally:
         fcntl.flock(users, fcntl.LOCK_UN)
         try:
-            holder = take_start_lock(start_lock, root / "start.lock", say)
+            try:
+                holder = take_start_lock(start_lock, root / "start.lock", say)
+            except BaseException:  # a second Ctrl-C, or a SIGTERM, while another process holds it
+                say(
+                    f"stopped while waiting for {root / 'start.lock'}: the embedded server was not stopped if this "
+                    "was its last user (`elspeth db stop` stops it)"
+                )
+                raise
             last = False
             if holder is not None:  # said, not raised, as a failed stop is
                 say(

@@ -615,6 +615,54 @@ def test_a_command_paused_holding_the_start_lock_is_named_and_a_signal_ends_the_
     assert err.strip().splitlines()[-1] == "elspeth: interrupted", err
 
 
+def test_a_signal_while_the_exit_waits_for_the_start_lock_says_the_server_may_be_left_running(
+    tmp_path: Path,
+) -> None:
+    """The last user of the embedded server stops it on its way out, under the home's start lock.
+    Stopped by a signal while it waits for that lock, it left the server running without a word.
+    Here the test holds the lock from the run's end (a fault point stops it before its summary)."""
+    import fcntl
+    import select
+
+    write_csv(tmp_path / "in.csv", ["id"], [[1]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "s.yaml").write_text(PIPELINE.replace("OUT", "a"))
+    home = tmp_path / ".elspeth"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.main", "run", "-s", "s.yaml"], cwd=tmp_path,
+        env={**_env(), "ELSPETH_FAULT": "summary:1:stop"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, bufsize=0,
+    )  # fmt: skip
+    held = None
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)  # its run ended; the server still up
+        assert os.WIFSTOPPED(status), status
+        held = embedded.open_lock(home / "start.lock")
+        fcntl.flock(held, fcntl.LOCK_EX)
+        os.kill(proc.pid, signal.SIGCONT)
+        assert proc.stderr is not None
+        said = b""
+        while b"elspeth: waiting" not in said or not said.endswith(b"\n"):
+            ready, _, _ = select.select([proc.stderr], [], [], 60)  # (a bound on failure, not a timing)
+            assert ready, f"it never said that it waits: {said!r}"
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, f"it ended without saying that it waits: {said!r}"
+            said += chunk
+        proc.send_signal(signal.SIGTERM)
+        _out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if held is not None:
+            held.close()
+        subprocess.run([sys.executable, "-m", "engine.cli.main", "db", "stop"], cwd=tmp_path, env=_env(),
+                       capture_output=True, timeout=120)  # fmt: skip
+    err = (said + rest).decode()
+    assert f"stopped while waiting for {home / 'start.lock'}: the embedded server was not stopped" in err, err
+    assert "`elspeth db stop` stops it" in err, err
+
+
 def test_the_start_lock_is_given_up_on_naming_its_holder(tmp_path: Path) -> None:
     import fcntl
 
