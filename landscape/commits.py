@@ -173,7 +173,7 @@ def holding(holder: str) -> str:
     return f"still being written by another process{f' ({name})' if name else ''}"
 
 
-def lock_holder(conn: psycopg.Connection[Any], run_id: str) -> str | None:
+def lock_holder(conn: Any, run_id: str) -> str | None:
     """Who holds the run's writer or sender lock, as its session names itself ('' when it does
     not); None when no session that may write does. Read from pg_locks rather than by trying the
     lock, so asking never gets in the way of a writer (or a resume) taking it. A 64-bit advisory

@@ -26,7 +26,7 @@ from datetime import datetime
 import msgspec
 
 from landscape.checkpoint import run_origin
-from landscape.commits import hold_for_transaction, holding
+from landscape.commits import hold_for_transaction, holding, lock_holder
 from landscape.db import Connection, Database, driver_errors
 from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import Lineage
@@ -445,7 +445,8 @@ def _refuse_writers(conn: Connection, runs: Sequence[str | None], *, erased_befo
                 if erased_before
                 else "nothing was erased"
             )
-            raise ErasureRefused(f"run {run} is being written right now; {done}: erase it once the run has stopped")
+            held = holding(lock_holder(conn, run) or "")
+            raise ErasureRefused(f"run {run} is {held}; {done}: erase it once that has ended")
 
 
 def _erase_run(

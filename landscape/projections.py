@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from landscape.commits import hold_for_transaction
+from landscape.commits import hold_for_transaction, holding, lock_holder
 from landscape.db import Database, driver_errors, read_any_time
 from landscape.errors import ConcurrentWriter, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
@@ -56,7 +56,8 @@ def rebuild(db: Database, run_id: str) -> int:
             # these rows, and none may start while they are rebuilt. The sender's too: a run
             # whose engine lost its own lock's connection goes on committing through it.
             if not hold_for_transaction(cur, run_id, "rebuilding projections"):
-                raise ConcurrentWriter(f"run {run_id} is being written by another process: rebuild it once that ends")
+                held = holding(lock_holder(cur, run_id) or "")
+                raise ConcurrentWriter(f"run {run_id} is {held}: rebuild it once that ends")
             cur.execute(_WORK_MEM)
             (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (None,)
             for table in PROJECTION_TABLE_NAMES:

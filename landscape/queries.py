@@ -344,18 +344,22 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
 
 
 def first_failure(db: Database, run_id: str) -> tuple[int, str | None, str | None] | None:
-    """A failed row of the run, as `ROWS_BY_OUTCOME` counts them: the first token to fail (by seq)
-    but for a late arrival at a coalesce that had merged (its row went on: a review found the
-    summary naming such a row as the first failed), else the first row whose coalesce failed with
-    none of its tokens failing. Its row's index, the node (the coalesce) and the reason."""
+    """The first failed row of the run, by row number, as `ROWS_BY_OUTCOME` counts failed rows: a
+    token that failed, but for a late arrival (its row merged and went on, or its coalesce's
+    failure says it), or a coalesce that failed. Its row's index, the node and the reason: a
+    token's failure before its coalesce's, as the cause, the first by seq. (Not the first to fail
+    in time: a coalesce's row in the projection holds no seq. By seq, a review found the summary
+    naming a row that had merged, its third branch late; then a later row before a coalesce that
+    had failed first, its branch lost.)"""
     with driver_errors(f"reading the failures of run {run_id}"), db.connect() as conn:
+        without_nested_loops(conn)
         row = conn.execute(
             "SELECT row_index, node, reason FROM ("
-            " SELECT 0 AS k, o.seq AS n, t.row_index, o.node, o.reason FROM token_outcomes o"
+            " SELECT t.row_index, 0 AS k, o.seq AS n, o.node, o.reason FROM token_outcomes o"
             " JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id"
             " WHERE o.run_id = %(run)s AND o.outcome = 'failed' AND o.reason IS DISTINCT FROM 'late_arrival'"
-            " UNION ALL SELECT 1, c.row_index, c.row_index, c.coalesce, c.reason FROM coalesces c"
-            " WHERE c.run_id = %(run)s AND c.status = 'failed') failures ORDER BY k, n LIMIT 1",
+            " UNION ALL SELECT c.row_index, 1, 0, c.coalesce, c.reason FROM coalesces c"
+            " WHERE c.run_id = %(run)s AND c.status = 'failed') failures ORDER BY row_index, k, n LIMIT 1",
             {"run": run_id},
         ).fetchone()
     return None if row is None else (int(row[0]), row[1], row[2])

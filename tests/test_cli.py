@@ -893,7 +893,14 @@ def test_a_field_name_in_explains_own_syntax_cannot_forge_a_change() -> None:
     long = [Change(field="a", change="changed", old="x" * 500, new="y"), Change(field="b", change="removed", old=1)]
     shown = _changes(long, None)
     assert shown.endswith("; -b (was 1)") and len(shown) < 200, shown
-    assert _changes([Change(field="café", change="added", new=1)], None) == "+café = 1"
+    # look-alike letters that make an identifier read as a change: every non-ASCII name is escaped
+    lookalike = "status\u02d0\u3164\u02bapending\u02ba"
+    assert _changes([Change(field=lookalike, change="added", new=1)], None) == (
+        '+"status\\u02d0\\u3164\\u02bapending\\u02ba" = 1'
+    )
+    many = [Change(field=f"f{i}", change="added", new=i) for i in range(10_000)]
+    shown = _changes(many, None)
+    assert shown.endswith("; and 9980 more changes (--json shows them all)") and len(shown) < 1000, shown[-200:]
 
 
 def test_a_file_path_with_a_control_character_is_refused_at_load() -> None:

@@ -4,6 +4,7 @@ retention, the erasure records, and a missing payload no erasure explains stayin
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -598,7 +599,9 @@ def test_a_run_resumed_after_the_purge_was_planned_is_not_erased_under_it(
     with psycopg.connect(db.conninfo, autocommit=True) as resumed:  # a resume that began since the plan
         take(resumed, run_id, (WRITER_LOCK,) if lock == "writer" else (SENDER_LOCK,))
         with pytest.raises(
-            ErasureRefused, match=f"run {run_id} is being written right now; nothing was erased: erase it once"
+            ErasureRefused,
+            match=rf"run {run_id} is still being written by another process \(writer pid={os.getpid()}\); nothing was "
+            "erased: erase it once that has ended",
         ):
             erase(db, plan, "ticket 1", signer=SIGNER)
     assert recorder.payloads(run_id, set(plan.payloads)).keys() == plan.payloads.keys()  # all still there
@@ -629,7 +632,9 @@ def test_retention_forced_does_not_erase_a_run_being_written(db: Database, kept_
         resumable = {run: "running", **({"": "kept before payloads had a run"} if not stored else {})}
         plan = Plan(kind="retention", resumable=resumable, forced=True,
                     cutoff=datetime.fromtimestamp((BASE_US + DAY_US) / 1e6, UTC), counts={stored: 1})  # fmt: skip
-        with pytest.raises(ErasureRefused, match=f"run {run} is being written right now; nothing was erased"):
+        with pytest.raises(
+            ErasureRefused, match=f"run {run} is still being written by another process .*; nothing was erased"
+        ):
             erase(db, plan, "retention policy 1d", signer=SIGNER)
         assert recorder.payloads(run, {h}).keys() == {h}  # (read under its run or '')
     finally:

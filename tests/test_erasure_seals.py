@@ -502,6 +502,15 @@ def test_purge_refuses_a_public_key_that_is_not_the_signing_key(
                   env={"ELSPETH_SIGNING_KEY": str(other_key)})  # fmt: skip
     assert dry.returncode == 0 and "would erase" in dry.stdout, dry.stdout + dry.stderr
     assert f"would erase nothing here: the erasure records would be signed by {other.verifier.label}" in dry.stdout
+    # A key file purge cannot sign with (a .pub named as the signing key) refuses the purge, and a
+    # dry run still plans, saying why (it failed whole since the dry run asked for the key: a review).
+    pub_as_key = {"ELSPETH_SIGNING_KEY": home_pub}
+    err = one_line_error(elspeth("purge", run_id, "--row", "4", "--reason", "t", "--public-key", home_pub,
+                                 cwd=work, db=db, env=pub_as_key), 1)  # fmt: skip
+    assert "a signing key starts with" in err, err
+    dry = elspeth("purge", run_id, "--row", "4", "--dry-run", "--public-key", home_pub, cwd=work, db=db, env=pub_as_key)
+    assert dry.returncode == 0 and "would erase" in dry.stdout, dry.stdout + dry.stderr
+    assert "would erase nothing here: signing key" in dry.stdout, dry.stdout
     assert _payloads(db, run_id) == before and _records(db, run_id) == [] and _seals(db, run_id) == {}
 
 

@@ -345,6 +345,31 @@ def test_the_first_failed_row_is_not_a_row_that_merged_with_a_branch_late(db: Da
     assert "  first failed: row 4 at jout: quorum_not_met" in proc.stdout.splitlines(), proc.stdout
 
 
+def test_the_first_failed_row_is_the_lowest_failed_row_coalesce_or_token(db: Database, tmp_path: Path) -> None:
+    """Row 1's coalesce failed (its branch b routed aside first, branch a then late to a failed
+    coalesce); row 3 failed at a gate. Ordered by seq with token failures first, the summary
+    named row 3 (a review of the fix above)."""
+    (tmp_path / "in.jsonl").write_text('{"id":1,"amount":5}\n{"id":2,"amount":50}\n{"id":3,"amount":"x"}\n')
+    (tmp_path / "out").mkdir()
+    (tmp_path / "s.yaml").write_text(
+        "source: {plugin: json, on_success: raw, options: {path: in.jsonl, format: jsonl, schema: {mode: fixed, "
+        "fields: ['id: int', 'amount: any']}, on_validation_failure: discard}}\n"
+        "gates:\n"
+        "- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [b, a]}\n"
+        "- {name: gb, input: b, condition: \"row['id'] == 1\", routes: {'true': side, 'false': b_ok}}\n"
+        "- {name: ga, input: a, condition: \"row['amount'] > 10\", routes: {'true': a_ok, 'false': a_ok}}\n"
+        "coalesce:\n"
+        "- {name: j, branches: {a: a_ok, b: b_ok}, policy: require_all, merge: union, on_success: output}\n"
+        "sinks:\n"
+        "  output: {plugin: json, options: {path: out/o.jsonl, format: jsonl}}\n"
+        "  side: {plugin: json, options: {path: out/side.jsonl, format: jsonl}}\n"
+    )
+    proc = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "failed: 2" in proc.stdout, proc.stdout
+    assert "  first failed: row 1 at j: branch_lost" in proc.stdout.splitlines(), proc.stdout
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [

@@ -159,6 +159,8 @@ def test_modes_fixed_flexible_observed() -> None:
         ("a: float", "9007199254740993", None),
         ("a: float", 10**20, 1e20),  # large, and a float holds it exactly
         ("a: float", "-9007199254740992", -(2.0**53)),
+        ("a: float", "0" * 5000 + "1", 1.0),  # past int()'s digits: the row's violation, never the run's error
+        ("a: float", "9" * 5000, None),  # too large for a float
     ],
 )
 def test_coercions_that_would_change_the_value_are_violations(spec: str, value: Any, expected: Any) -> None:

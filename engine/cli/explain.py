@@ -26,7 +26,8 @@ from landscape.seal import Verdict
 from statecharts.machines import RunState
 
 _WIDTH = 200  # a row's data longer than this is cut in the text output (never in --json)
-_VALUE_WIDTH = 80  # and each value (or field name) in a step's changes: every change is named
+_VALUE_WIDTH = 80  # and each value in a step's changes (a field's name: 60), so that each change is named
+_CHANGES_SHOWN = 20  # changes of one step shown in the text output: the others are counted
 
 
 @click.command("explain")
@@ -184,7 +185,8 @@ def _print(x: lin.Explained, checkpoints: str) -> None:
             why = f", {c.reason}" if c.reason else ""
             trigger = f" ({c.trigger})" if c.trigger else ""
             # (union: the later branch's value won; what each branch held is in its steps)
-            collided = f"; fields the branches gave different values: {', '.join(c.collisions)}" if c.collisions else ""
+            names = ", ".join(_field(name) for name in c.collisions)
+            collided = f"; fields the branches gave different values: {names}" if c.collisions else ""
             click.echo(
                 f"  coalesce {c.id}: {c.outcome} at seq {c.seq}{trigger}{why}: arrived {', '.join(c.arrived) or 'none'}; "
                 f"missing {', '.join(c.missing) or 'none'}{collided}"
@@ -257,8 +259,8 @@ def _changes(changes: list[lin.Change] | None, unchecked: lin.Data | None) -> st
     if not changes:
         return "no field changed"
     parts = []
-    for c in changes:
-        name = _cut(_field(c.field), _VALUE_WIDTH)
+    for c in changes[:_CHANGES_SHOWN]:
+        name = _field(c.field)
         old, new = _cut(_text(c.old), _VALUE_WIDTH), _cut(_text(c.new), _VALUE_WIDTH)
         if c.change == "added":
             parts.append(f"+{name} = {new}")
@@ -266,6 +268,8 @@ def _changes(changes: list[lin.Change] | None, unchecked: lin.Data | None) -> st
             parts.append(f"-{name} (was {old})")
         else:
             parts.append(f"{name}: {old} → {new}")
+    if len(changes) > _CHANGES_SHOWN:
+        parts.append(f"and {len(changes) - _CHANGES_SHOWN} more changes (--json shows them all)")
     return "; ".join(parts)
 
 
@@ -274,11 +278,15 @@ def _text(value: Any) -> str:
 
 
 def _field(name: str) -> str:
-    """A field's name as it is when it is an identifier, else quoted with JSON's escapes: names are
-    the input's (a JSON key), and one that held a line break printed lines that looked like the
-    lineage's own (a hostile review forged a `seq` line and a `row` header), one that held
-    `"; status: "pending" → "approved"` a change that never happened (another)."""
-    return name if name.isidentifier() else json.dumps(name)
+    """A field's name as it is when it is an ASCII identifier, else quoted with JSON's escapes,
+    every other character as `\\uXXXX`: names are the input's (a JSON key), and one that held a
+    line break printed lines that looked like the lineage's own (a hostile review forged a `seq`
+    line and a `row` header), one that held `"; status: "pending" → "approved"` a change that never
+    happened (another), and one of look-alike letters (U+02D0 for a colon, U+02BA for a quote, an invisible
+    Hangul filler for a space) the same as an identifier (a third). Cut at 60 characters."""
+    if name.isascii() and name.isidentifier() and len(name) <= 60:
+        return name
+    return json.dumps(_cut(name, 60))
 
 
 def _cut(text: str, width: int = _WIDTH) -> str:

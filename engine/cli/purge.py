@@ -15,6 +15,7 @@ from landscape.role_names import Role
 
 if TYPE_CHECKING:
     from landscape.erasure import Plan
+    from landscape.note import Signer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d{1,9})\s*([smhdw])")
@@ -79,14 +80,22 @@ def purge_cmd(
     # The key that signs the erasure records (`landscape.seal`): a verifier holding the runs' key
     # counts an erasure only under its signature. A dry run needs none (one who holds only the
     # public key may look), but says when the purge itself would be refused.
-    signer = signing.existing_signer(home_from_ctx(ctx))
-    refusal = None
-    if signer is None:
+    from landscape.keys import KeyFileError
+
+    refusal: str | None = None
+    signer: Signer | None = None
+    try:
+        signer = signing.existing_signer(home_from_ctx(ctx))
+    except KeyFileError as e:  # (a .pub named as the signing key, a key file others may read, ...)
+        if not dry_run:
+            raise
+        refusal = str(e)
+    if signer is None and refusal is None:
         refusal = (
             "purge signs the erasure records it writes with the key that signs the runs' checkpoints, and there is "
             "none here: set ELSPETH_SIGNING_KEY to that .key file, or use the ELSPETH home the runs were written from"
         )
-    elif key is not None and signer.verifier.text() != key.text():
+    elif signer is not None and key is not None and signer.verifier.text() != key.text():
         refusal = (
             f"the erasure records would be signed by {signer.verifier.label}, but the runs' checkpoints are checked "
             f"with {key.label} (--public-key): a verifier holding that key would not count them; set "

@@ -9,6 +9,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from engine.errors import EngineError
@@ -265,7 +266,8 @@ def _to_float(value: Any) -> Any:
                 return _INEXACT  # (9007199254740993 reads ...992.0)
         elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             number = float(value.strip())
-            if is_int_text(value) and math.isfinite(number) and int(number) != int(value.strip()):
+            # (Decimal, not int: leading zeros may take the text past int()'s 4,300 digits)
+            if is_int_text(value) and math.isfinite(number) and Decimal(value.strip()) != int(number):
                 return _INEXACT
             if number == 0.0 and any(c in "123456789" for c in value.lower().partition("e")[0]):
                 return _TOO_SMALL  # (1e-400 would read 0), as the JSON source says
