@@ -183,7 +183,7 @@ def lock_holder(conn: Any, run_id: str) -> str | None:
     member of every role). A writer is named before an erasure or a rebuild holding the other."""
     row = conn.execute(
         "SELECT coalesce(a.application_name, '') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid <> pg_backend_pid()"
         " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         f" AND ((l.classid::bigint << 32) | l.objid::bigint) IN ({WRITER_LOCK}, {SENDER_LOCK})"
         " AND (pg_has_role(a.usesysid, to_regrole(%s), 'MEMBER')"

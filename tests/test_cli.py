@@ -898,6 +898,13 @@ def test_a_field_name_in_explains_own_syntax_cannot_forge_a_change() -> None:
     assert _changes([Change(field=lookalike, change="added", new=1)], None) == (
         '+"status\\u02d0\\u3164\\u02bapending\\u02ba" = 1'
     )
+    # look-alike quotes in a value: every character past ASCII is escaped (a review)
+    value = "Bob\u02ba; status: \u02bapending\u02ba \u2192 \u02baapproved"
+    shown = _changes([Change(field="customer", change="added", new=value)], None)
+    assert shown == '+customer = "Bob\\u02ba; status: \\u02bapending\\u02ba \\u2192 \\u02baapproved"', shown
+    # two long names that begin alike are told apart
+    a, b = (_changes([Change(field="x " * 40 + end, change="added", new=1)], None) for end in "ab")
+    assert a != b and a.startswith('+"x x x') and "…" not in a, (a, b)
     many = [Change(field=f"f{i}", change="added", new=i) for i in range(10_000)]
     shown = _changes(many, None)
     assert shown.endswith("; and 9980 more changes (--json shows them all)") and len(shown) < 1000, shown[-200:]

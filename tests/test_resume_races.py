@@ -111,7 +111,7 @@ def test_a_run_held_by_an_erasure_is_refused_as_such(db: Database, tmp_path: Pat
     (which sends an operator looking for a process that does not exist); a live writer is still
     said to be one."""
     from engine.abandon import AbandonRefused, abandon_run
-    from landscape.commits import BOTH_LOCKS, hold_for_transaction, lock
+    from landscape.commits import BOTH_LOCKS, hold_for_transaction, lock, lock_holder
     from landscape.erasure import ErasureRefused, plan_rows
     from landscape.errors import ConcurrentWriter
     from landscape.postgres import PostgresRecorder
@@ -123,6 +123,7 @@ def test_a_run_held_by_an_erasure_is_refused_as_such(db: Database, tmp_path: Pat
         erasing = f"held right now by another process that is erasing pid={os.getpid()}"
         with db.connect() as conn:
             assert hold_for_transaction(conn, run_id, "erasing")
+            assert lock_holder(conn, run_id) is None  # never itself, in a refusal of its own (a review)
             with pytest.raises(ResumeRefused, match=f"is {erasing}; not resuming it, nothing was done"):
                 resume_run(db, run_id, _load)
             with pytest.raises(AbandonRefused, match=f"is {erasing}; abandon it once that has ended"):

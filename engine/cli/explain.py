@@ -6,6 +6,7 @@ projection cannot make explain lie, and row data is shown only after it matched 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -274,7 +275,10 @@ def _changes(changes: list[lin.Change] | None, unchecked: lin.Data | None) -> st
 
 
 def _text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    """A value of the row as JSON with every character past ASCII escaped (`\\u00e9`): a value is
+    the input's, and look-alike quotes (U+02BA) and arrows in it printed a change that never
+    happened (a hostile review); `--json` shows the text as it is."""
+    return json.dumps(value, default=str)
 
 
 def _field(name: str) -> str:
@@ -283,10 +287,13 @@ def _field(name: str) -> str:
     line break printed lines that looked like the lineage's own (a hostile review forged a `seq`
     line and a `row` header), one that held `"; status: "pending" → "approved"` a change that never
     happened (another), and one of look-alike letters (U+02D0 for a colon, U+02BA for a quote, an invisible
-    Hangul filler for a space) the same as an identifier (a third). Cut at 60 characters."""
+    Hangul filler for a space) the same as an identifier (a third). A long one is cut at 50
+    characters and told from others that begin alike by its digest's first 8 hex digits."""
     if name.isascii() and name.isidentifier() and len(name) <= 60:
         return name
-    return json.dumps(_cut(name, 60))
+    if len(name) <= 60:
+        return json.dumps(name)
+    return json.dumps(name[:50] + "…") + "#" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _cut(text: str, width: int = _WIDTH) -> str:

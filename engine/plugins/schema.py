@@ -247,8 +247,10 @@ def _to_int(value: Any) -> Any:
         # ...7168): which int the row meant cannot be told, so it is not one.
         return int(value) if math.isfinite(value) and value.is_integer() and abs(value) <= _EXACT else _BAD
     if isinstance(value, str) and is_int_text(value):
-        try:
-            return int(value.strip())
+        text = value.strip()
+        sign = text[0] if text[0] in "+-" else ""
+        try:  # (leading zeros are no digits of the number: int() would count them)
+            return int(sign + (text.removeprefix(sign).lstrip("0") or "0"))
         except ValueError:  # more digits than Python converts (4,300): not an int a row can hold
             return _BAD
     return _BAD

@@ -22,18 +22,9 @@ from typing import Any, BinaryIO, ClassVar
 from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, WriterClaim
 from engine.plugins.reasons import fields_named
-from engine.plugins.schema import Schema, normalise_header, parse_schema
+from engine.plugins.schema import Schema, parse_schema
 
 _NODE = "sink"
-
-
-def _read_as(header: str) -> str:
-    """A header's name as the CSV source reads it (`normalise_header`), or as it is when that
-    finds none."""
-    try:
-        return normalise_header(header)
-    except PluginConfigError:
-        return header
 
 
 def _cell(value: Any) -> Any:
@@ -576,12 +567,11 @@ class CsvSink(_FileSink):
                 f"cannot append to {self.path}: its first line is blank, so no header names its columns; allowed: a "
                 "file whose first line is its header, or an empty file",
             )
-        read_as = None if on_disk is None else [_read_as(h) for h in on_disk]
-        if read_as is not None and len(set(read_as)) != len(read_as):
-            # A row has one value per field: it would fill both columns of a name given twice,
-            # and the CSV source refuses to read such a header back, nor one of two names it reads
-            # as one (`a` and ` a`): hostile reviews.
-            twice = len(read_as) - len(set(read_as))
+        if on_disk is not None and len(set(on_disk)) != len(on_disk):
+            # A row has one value per field: it would fill both columns of a name given twice, and
+            # the CSV source refuses to read such a header back (a hostile review). (Names the
+            # source reads as one, `Amount,amount`, are the sink's own to write: two fields.)
+            twice = len(on_disk) - len(set(on_disk))
             raise PluginError(
                 _NODE,
                 f"cannot append to {self.path}: its header names {twice} column(s) more than once, so a row's field "

@@ -898,7 +898,9 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None, rounded: li
         if value == 0.0 and any(c in "123456789" for c in digits.lower().partition("e")[0]):
             # (e.g. 1e-400)
             raise _Undecodable(f"a number of {len(digits)} characters is too small for a float (it would read 0)")
-        if rounded is not None and value.is_integer() and Decimal(digits) != int(value):
+        # (not zero: a float that reads 0 is the text's exact value, `0e99999999999999999999`
+        # included, which Decimal cannot hold)
+        if rounded is not None and value and value.is_integer() and Decimal(digits) != int(value):
             rounded.append(value)
             return RoundedFloat(value)
         return value
