@@ -572,12 +572,26 @@ def test_what_the_embedded_server_says_shows_terminal_controls_as_escapes(capsys
     assert err == "elspeth: removed /tmp/h\\u001b[2J/pgdata/postmaster.pid; its log ends: \\u009b31m\n"
 
 
+def _until_it_says_it_waits(proc: subprocess.Popen[bytes]) -> bytes:
+    """What `proc` wrote on standard error up to the end of its line saying it waits for a lock."""
+    import select
+
+    assert proc.stderr is not None
+    said = b""
+    while b"elspeth: waiting" not in said or not said.endswith(b"\n"):
+        ready, _, _ = select.select([proc.stderr], [], [], 60)  # (a bound on failure, not a timing)
+        assert ready, f"it never said that it waits: {said!r}"
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, f"it ended without saying that it waits: {said!r}"
+        said += chunk
+    return said
+
+
 def test_a_command_paused_holding_the_start_lock_is_named_and_a_signal_ends_the_wait(tmp_path: Path) -> None:
     """A hostile review: a command stopped (Ctrl-Z) while it started or stopped the server held
     every other command of the home still, without a word, for ever; one SIGTERM did not end
     them (the exit path waited on the same lock again). Here the test holds the lock."""
     import fcntl
-    import select
 
     write_csv(tmp_path / "in.csv", ["id"], [[1]])
     (tmp_path / "out").mkdir()
@@ -592,14 +606,7 @@ def test_a_command_paused_holding_the_start_lock_is_named_and_a_signal_ends_the_
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
         )  # fmt: skip
         try:
-            assert proc.stderr is not None
-            said = b""
-            while b"elspeth: waiting" not in said or not said.endswith(b"\n"):
-                ready, _, _ = select.select([proc.stderr], [], [], 60)  # (a bound on failure, not a timing)
-                assert ready, f"it never said that it waits: {said!r}"
-                chunk = os.read(proc.stderr.fileno(), 4096)
-                assert chunk, f"it ended without saying that it waits: {said!r}"
-                said += chunk
+            said = _until_it_says_it_waits(proc)
             expected = f"\nelspeth: waiting for process {os.getpid()}, which holds {home / 'start.lock'} (starting"
             assert expected in said.decode(), said  # (the line whole: "elspeth: elspeth: waiting" was said)
             proc.send_signal(signal.SIGTERM)
@@ -622,7 +629,6 @@ def test_a_signal_while_the_exit_waits_for_the_start_lock_says_the_server_may_be
     Stopped by a signal while it waits for that lock, it left the server running without a word.
     Here the test holds the lock from the run's end (a fault point stops it before its summary)."""
     import fcntl
-    import select
 
     write_csv(tmp_path / "in.csv", ["id"], [[1]])
     (tmp_path / "out").mkdir()
@@ -640,14 +646,7 @@ def test_a_signal_while_the_exit_waits_for_the_start_lock_says_the_server_may_be
         held = embedded.open_lock(home / "start.lock")
         fcntl.flock(held, fcntl.LOCK_EX)
         os.kill(proc.pid, signal.SIGCONT)
-        assert proc.stderr is not None
-        said = b""
-        while b"elspeth: waiting" not in said or not said.endswith(b"\n"):
-            ready, _, _ = select.select([proc.stderr], [], [], 60)  # (a bound on failure, not a timing)
-            assert ready, f"it never said that it waits: {said!r}"
-            chunk = os.read(proc.stderr.fileno(), 4096)
-            assert chunk, f"it ended without saying that it waits: {said!r}"
-            said += chunk
+        said = _until_it_says_it_waits(proc)
         proc.send_signal(signal.SIGTERM)
         _out, rest = proc.communicate(timeout=60)
     finally:

@@ -309,15 +309,31 @@ def test_the_run_summary_counts_rows_and_tokens_apart(db: Database, fork: Path) 
     assert f"sha256 {digest}" in proc.stdout
 
 
+def _run_to_two_sinks(db: Database, work: Path, source: str, nodes: str) -> subprocess.CompletedProcess[str]:
+    """`elspeth run` of `source` (a flow mapping) and `nodes` (YAML), with the sinks `output` and
+    `side` (JSON lines in out/), in `work`; it must succeed."""
+    (work / "out").mkdir()
+    sinks = (
+        "sinks:\n"
+        "  output: {plugin: json, options: {path: out/o.jsonl, format: jsonl}}\n"
+        "  side: {plugin: json, options: {path: out/side.jsonl, format: jsonl}}\n"
+    )
+    (work / "s.yaml").write_text(f"source: {source}\n{nodes}{sinks}")
+    proc = elspeth("run", "-s", "s.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def test_the_first_failed_row_is_not_a_row_that_merged_with_a_branch_late(db: Database, tmp_path: Path) -> None:
     """Under quorum, row 1 merged on two branches and went on, its third arriving late
     (late_arrival: not a failed row, as the counts say); row 4 failed its quorum. The summary
     named row 1 as the first failed (a review)."""
     write_csv(tmp_path / "in.csv", ["id", "amount"], [[1, 5], [2, 50], [3, 500], [4, 5000]])
-    (tmp_path / "out").mkdir()
-    (tmp_path / "s.yaml").write_text(
-        "source: {plugin: csv, on_success: raw, options: {path: in.csv, schema: {mode: fixed, "
-        "fields: ['id: int', 'amount: int']}, on_validation_failure: discard}}\n"
+    proc = _run_to_two_sinks(
+        db,
+        tmp_path,
+        "{plugin: csv, on_success: raw, options: {path: in.csv, schema: {mode: fixed, "
+        "fields: ['id: int', 'amount: int']}, on_validation_failure: discard}}",
         "gates:\n"
         "- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, b, c]}\n"
         "- {name: gc, input: c, condition: \"row['amount'] > 100\", routes: {'true': side, 'false': c_ok}}\n"
@@ -327,13 +343,8 @@ def test_the_first_failed_row_is_not_a_row_that_merged_with_a_branch_late(db: Da
         "options: {mapping: {amount: a_amount}}}\n"
         "coalesce:\n"
         "- {name: jout, branches: {a: a_ok, b: b_ok, c: c_ok}, policy: quorum, quorum_count: 2, merge: union, "
-        "on_success: output}\n"
-        "sinks:\n"
-        "  output: {plugin: json, options: {path: out/o.jsonl, format: jsonl}}\n"
-        "  side: {plugin: json, options: {path: out/side.jsonl, format: jsonl}}\n"
+        "on_success: output}\n",
     )
-    proc = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "failed: 1" in proc.stdout, proc.stdout
     with db.connect() as conn:
         late = conn.execute(
@@ -350,22 +361,18 @@ def test_the_first_failed_row_is_the_lowest_failed_row_coalesce_or_token(db: Dat
     coalesce); row 3 failed at a gate. Ordered by seq with token failures first, the summary
     named row 3 (a review of the fix above)."""
     (tmp_path / "in.jsonl").write_text('{"id":1,"amount":5}\n{"id":2,"amount":50}\n{"id":3,"amount":"x"}\n')
-    (tmp_path / "out").mkdir()
-    (tmp_path / "s.yaml").write_text(
-        "source: {plugin: json, on_success: raw, options: {path: in.jsonl, format: jsonl, schema: {mode: fixed, "
-        "fields: ['id: int', 'amount: any']}, on_validation_failure: discard}}\n"
+    proc = _run_to_two_sinks(
+        db,
+        tmp_path,
+        "{plugin: json, on_success: raw, options: {path: in.jsonl, format: jsonl, schema: {mode: fixed, "
+        "fields: ['id: int', 'amount: any']}, on_validation_failure: discard}}",
         "gates:\n"
         "- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [b, a]}\n"
         "- {name: gb, input: b, condition: \"row['id'] == 1\", routes: {'true': side, 'false': b_ok}}\n"
         "- {name: ga, input: a, condition: \"row['amount'] > 10\", routes: {'true': a_ok, 'false': a_ok}}\n"
         "coalesce:\n"
-        "- {name: j, branches: {a: a_ok, b: b_ok}, policy: require_all, merge: union, on_success: output}\n"
-        "sinks:\n"
-        "  output: {plugin: json, options: {path: out/o.jsonl, format: jsonl}}\n"
-        "  side: {plugin: json, options: {path: out/side.jsonl, format: jsonl}}\n"
+        "- {name: j, branches: {a: a_ok, b: b_ok}, policy: require_all, merge: union, on_success: output}\n",
     )
-    proc = elspeth("run", "-s", "s.yaml", cwd=tmp_path, db=db)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "failed: 2" in proc.stdout, proc.stdout
     assert "  first failed: row 1 at j: branch_lost" in proc.stdout.splitlines(), proc.stdout
 
