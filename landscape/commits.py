@@ -150,7 +150,7 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
                     conn.commit()
                     holder = lock_holder(conn, run_id)
                     conn.commit()
-                    raise ConcurrentWriter(f"run {run_id} is {holding('' if holder is None else holder)}")
+                    raise ConcurrentWriter(f"run {run_id} is {holding(holder)}")
                 taken.append(key)
             conn.commit()
     except LandscapeError:
@@ -165,8 +165,10 @@ def writes(holder: str) -> bool:
     return not holder.startswith("elspeth ") or holder.startswith("elspeth writer")
 
 
-def holding(holder: str) -> str:
-    """What the holder of a run's locks is doing, as a refusal says it."""
+def holding(holder: str | None) -> str:
+    """What the holder of a run's locks (`lock_holder`) is doing, as a refusal says it; None (it
+    ended since the lock was refused) is said as a holder that does not name itself."""
+    holder = holder or ""
     name = holder.removeprefix("elspeth ")
     if not writes(holder):
         return f"held right now by another process that is {name}"

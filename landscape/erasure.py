@@ -445,7 +445,7 @@ def _refuse_writers(conn: Connection, runs: Sequence[str | None], *, erased_befo
                 if erased_before
                 else "nothing was erased"
             )
-            held = holding(lock_holder(conn, run) or "")
+            held = holding(lock_holder(conn, run))
             raise ErasureRefused(f"run {run} is {held}; {done}: erase it once that has ended")
 
 

@@ -56,7 +56,7 @@ def rebuild(db: Database, run_id: str) -> int:
             # these rows, and none may start while they are rebuilt. The sender's too: a run
             # whose engine lost its own lock's connection goes on committing through it.
             if not hold_for_transaction(cur, run_id, "rebuilding projections"):
-                held = holding(lock_holder(cur, run_id) or "")
+                held = holding(lock_holder(cur, run_id))
                 raise ConcurrentWriter(f"run {run_id} is {held}: rebuild it once that ends")
             cur.execute(_WORK_MEM)
             (last,) = cur.execute("SELECT max(seq) FROM events WHERE run_id = %s", (run_id,)).fetchone() or (None,)
