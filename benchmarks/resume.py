@@ -8,7 +8,10 @@ every durability point noted, so the time it spent on the second half of the inp
 Interrupted: the same run crashed at the event where the first one stood at half way (the writer
 dies as a killed process's would, its uncommitted tail lost), then `resume_run`, timed whole:
 reading and verifying the log, rebuilding the state, skipping the input already done, the rest.
-Line: rows=N second_half_s=S resume_s=S resume_ratio=R (resume ÷ second half)
+Before it, and apart, the verification a resume starts with (`verified_to_write_on`: the chain,
+the Merkle tree, the signed checkpoints, every transition, folded), so that the line says how
+much of the resume that is (`verify_share`, of the second half's time).
+Line: rows=N second_half_s=S resume_s=S resume_ratio=R verify_s=S verify_share=F
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.pipelines import prepare
 from benchmarks.run import count_events
-from engine.orchestrator import Pipeline, build_pipeline, resume_run, start_run
+from engine.orchestrator import Pipeline, build_pipeline, resume_run, start_run, verified_to_write_on
 from engine.settings import load_settings
 from landscape import faults
 from landscape.db import open_database
 from landscape.fold import RunFold
+from landscape.postgres import PostgresRecorder
 
 
 def load(path: Path) -> Pipeline:
@@ -75,6 +79,12 @@ def main() -> None:
             finally:
                 faults.configure("")
                 pipeline.close()
+            recorder = PostgresRecorder(db)
+            ls = pipeline.loaded.settings.landscape  # (closed: its settings are kept)
+            started = time.perf_counter()
+            verified_to_write_on(db, recorder, run_id, recorder.run_created(run_id), ls.signing_key, ls.witness_dir,
+                                 settings.absolute().parent, None, "resumed")  # fmt: skip
+            verify_s = time.perf_counter() - started
             started = time.perf_counter()
             resume_run(db, run_id, load, commit_every=every, sending="process")
             resume_s = time.perf_counter() - started
@@ -82,7 +92,8 @@ def main() -> None:
             os.chdir(home)
     second_half = total - half_at
     print(
-        f"rows={args.rows} second_half_s={second_half:.2f} resume_s={resume_s:.2f} resume_ratio={resume_s / second_half:.2f}"
+        f"rows={args.rows} second_half_s={second_half:.2f} resume_s={resume_s:.2f} resume_ratio={resume_s / second_half:.2f} "
+        f"verify_s={verify_s:.2f} verify_share={verify_s / second_half:.2f}"
     )
 
 

@@ -87,7 +87,10 @@ def test_replay_resume_memory_and_startup_print_their_line(db: Database, tmp_pat
         out.strip(),
     )
     out = _bench(db, tmp_path, "resume.py", "--rows", "400")
-    assert re.fullmatch(rf"rows=400 second_half_s={NUM} resume_s={NUM} resume_ratio={NUM}", out.strip()), out
+    assert re.fullmatch(
+        rf"rows=400 second_half_s={NUM} resume_s={NUM} resume_ratio={NUM} verify_s={NUM} verify_share={NUM}",
+        out.strip(),
+    ), out
     out = _bench(db, tmp_path, "memory.py", "--small", "50", "--large", "200")
     assert re.fullmatch(rf"rss_small_mb=\d+ rss_large_mb=\d+ rss_growth={NUM}", out.strip()), out
     out = _bench(db, tmp_path, "startup.py", "--repeat", "1")
