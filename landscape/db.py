@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import Loader
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg.types.datetime import TimestamptzLoader
 
 from landscape import roles
@@ -153,8 +153,9 @@ class Database:
     A role other than OWNER is reached in one of two ways. On the embedded server the
     connection logs in as that role: its peer map lets the OS user running ELSPETH do so, and
     the session can never become anything more. Elsewhere it logs in as the URL's user and,
-    when that user may (a member of the role, or a superuser), starts as the role (`-c role=…`,
-    i.e. SET ROLE for the whole session, which a rollback does not undo). That keeps ELSPETH's
+    when that user may (a member of the role, or a superuser), becomes the role first thing (SET
+    ROLE for the whole session, committed, so a rollback does not undo it; a statement, not the
+    startup option `-c role=…`, which PgBouncer refuses or, told to ignore it, drops). That keeps ELSPETH's
     own statements within the role's grants, but it is no wall against whoever holds the URL's
     password: `RESET ROLE` gives the user back. For that, log in as the role itself
     (`elspeth db roles --set-password`). A user who may not become the role connects as itself,
@@ -176,7 +177,9 @@ class Database:
 
     def connect(self, autocommit: bool = False, *, role: Role | None = None) -> Connection:
         """A new connection, acting as `role` (default: this Database's role)."""
-        conninfo = make_conninfo(self.conninfo, **self._role_params(self.role if role is None else role))
+        role = self.role if role is None else role
+        conninfo = make_conninfo(self.conninfo, **self._login(role))
+        becomes = self._sets_role(role)  # (asked first: it may connect, once per role)
         try:
             conn = psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
@@ -192,6 +195,8 @@ class Database:
         # Set here, not by `options=-c jit=off`: poolers refuse startup options they do not track.
         # (Where the server has the setting: some that speak PostgreSQL's protocol do not.)
         try:
+            if becomes:
+                conn.execute("SELECT set_config('role', %s, false)", (role.value,))
             conn.execute("SELECT set_config('jit', 'off', false) WHERE current_setting('jit', true) IS NOT NULL")
             if not autocommit:
                 conn.commit()  # (a setting made in a transaction rolled back would be undone with it)
@@ -222,15 +227,13 @@ class Database:
                 self._may_become[role] = roles.may_become(conn, role.value)
         return self._may_become[role]
 
-    def _role_params(self, role: Role) -> dict[str, str]:
-        if role is Role.OWNER:
-            return {}
-        if self.embedded:
-            return {"user": role.value}
-        if not self._may(role):
-            return {}
-        options = str(conninfo_to_dict(self.conninfo).get("options") or "")
-        return {"options": f"{options} -c role={role.value}".strip()}
+    def _login(self, role: Role) -> dict[str, str]:
+        """The embedded server's connections log in as the role itself."""
+        return {"user": role.value} if self.embedded and role is not Role.OWNER else {}
+
+    def _sets_role(self, role: Role) -> bool:
+        """Whether a connection for `role` becomes it once connected (see the class)."""
+        return role is not Role.OWNER and not self.embedded and self._may(role)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 import landscape.db
 import landscape.roles
@@ -209,6 +210,9 @@ def test_on_an_external_server_a_member_connects_and_then_acts_as_the_role(db: D
     external = Database(db.conninfo, "as if external")  # the superuser may become any role
     with external.connect(role=Role.WRITER) as conn:
         assert conn.execute("SELECT current_user, session_user").fetchone() == ("elspeth_writer", "postgres")
+        # By a statement, not the startup option `-c role=…`: PgBouncer refuses a connection
+        # that sends one (or, told to ignore it, drops it and leaves the session the user's).
+        assert "options" not in conninfo_to_dict(conn.info.dsn)
         with pytest.raises(psycopg.Error):
             conn.execute("TRUNCATE events")
         conn.rollback()  # a rollback does not give the user back (the role is the session's)
