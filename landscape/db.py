@@ -80,7 +80,13 @@ def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> Landsca
     if isinstance(e, psycopg.errors.UniqueViolation) and run_id is not None and _is_events(e.diag.table_name):
         return ConcurrentWriter(f"run {run_id} is being written by another process (seq already taken)")
     if isinstance(e, psycopg.OperationalError) and connection_lost(e.sqlstate):
-        resume = f"; `elspeth resume {run_id}` continues it" if run_id is not None else ""
+        # A connection lost during COMMIT leaves it unknown whether the commit was made (the
+        # server may have made it durable and lost only the answer): the log says which.
+        resume = (
+            f"; `elspeth resume {run_id}` continues it from what the log holds (a commit in flight may have been made)"
+            if run_id is not None
+            else ""
+        )
         return DatabaseUnavailable(f"lost the database while {what}{resume}: {first_line(e)}")
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         return PermissionDenied(f"{what}: {first_line(e)}")

@@ -739,6 +739,10 @@ def test_a_server_that_answers_is_not_called_lost() -> None:
         assert result.exit_code == 1 and "the database stopped the command: " in result.output, result.output
     for e in (errors.AdminShutdown("terminating"), errors.DiskFull("full"), psycopg.OperationalError("closed")):
         assert isinstance(translate(e, "reading run r", "r"), DatabaseUnavailable)
+    # Lost during a COMMIT, the commit may have been made (only its answer lost): not said to
+    # have failed, a review found.
+    lost = str(translate(errors.AdminShutdown("terminating"), "committing events of run r", "r"))
+    assert "`elspeth resume r` continues it from what the log holds (a commit in flight may have been made)" in lost
 
 
 def test_sigterm_outside_a_runs_loop_ends_the_command_as_ctrl_c_does(tmp_path: Path) -> None:

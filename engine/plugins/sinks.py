@@ -346,7 +346,8 @@ class _FileSink:
             busy = isinstance(e, BlockingIOError)
             raise PluginError(
                 _NODE,
-                f"{self.path} is being written by another process (another run's sink?): not written"
+                f"{self.path} is being written by another process (another run's sink, or a process of this run "
+                "that stalled and still holds it: it must end first): not written"
                 if busy
                 else f"cannot lock {self.path}: {e.strerror or e}",
             ) from e
