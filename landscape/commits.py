@@ -141,6 +141,14 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
             conn.execute(
                 "SELECT set_config('application_name', %s, false)", (f"elspeth writer pid={os.getpid()}"[:63],)
             )
+            if any(holds(conn, run_id, key) for key in keys):
+                # Granted again, it would be shared with whoever's session this is (`holds`).
+                conn.rollback()
+                raise StoreError(
+                    f"run {run_id}: this database session holds the run's lock already, before this process took it: "
+                    "another client's session, handed over by a pooler of transactions? ELSPETH's connections must be "
+                    "sessions of their own (docs/scaling.md, 'Connections and pooling'); nothing was written"
+                )
             taken: list[str] = []
             for key in keys:
                 got = conn.execute(f"SELECT pg_try_advisory_lock({key})", (run_id,)).fetchone()
@@ -156,6 +164,30 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
     except LandscapeError:
         conn.close()
         raise
+
+
+def holds(conn: Any, run_id: str, key: str) -> bool:
+    """Whether this very session holds the run's lock `key`. A session that took it holds it
+    until it ends; but behind a pooler of transactions (PgBouncer's transaction mode), a
+    connection's next transaction may run on another server session, which holds no lock, while
+    the one that took it goes on holding it for nobody: the lock then keeps no second writer out
+    (a lock is granted again to the session holding it, whoever's transaction runs there)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND pid = pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND ((classid::bigint << 32) | objid::bigint) = {key})",
+        (run_id,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def not_holding(run_id: str) -> StoreError:
+    """Why a writer stops when its transaction's session does not hold the run's lock (`holds`)."""
+    return StoreError(
+        f"run {run_id}: this transaction's database session does not hold the run's lock, which its connection "
+        "took: a pooler of transactions between ELSPETH and the server? ELSPETH's connections must be sessions of "
+        "their own (docs/scaling.md, 'Connections and pooling'); nothing more was written"
+    )
 
 
 def writes(holder: str) -> bool:
@@ -274,6 +306,8 @@ def send(
     after, checkpoint = chain, None
     with driver_errors(f"committing events of run {run_id}", conn=conn, run_id=run_id):
         with conn.cursor() as cur:
+            if not holds(cur, run_id, SENDER_LOCK):  # (in this transaction: its session is the one to hold it)
+                raise not_holding(run_id)
             if batch.payloads:
                 # Commitments are salted at random, so a new payload never meets an old one.
                 with cur.copy("COPY payloads (run_id, hash, salt, data, recorded_at) FROM STDIN (FORMAT BINARY)") as cp:

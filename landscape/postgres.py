@@ -349,7 +349,7 @@ class PgRunWriter:
             f"making sure this process still writes run {self.run_id} (its session held the run's lock: another process "
             "may have taken the run over since, see `elspeth runs`, so nothing was cut back)"
         )
-        self._ask("SELECT 1", what)
+        self._ask(None, what)
 
     def generation(self) -> int:
         """A number no writer of any run has had before, nor will again, drawn under the run's
@@ -361,21 +361,25 @@ class PgRunWriter:
         what = f"drawing run {self.run_id}'s writer generation"
         return int(self._ask("SELECT pg_current_xact_id()::text", what, run_id=self.run_id))
 
-    def _ask(self, query: str, what: str, *, run_id: str | None = None) -> Any:
-        """The one value `query` gives on the session holding the run's lock, its transaction
-        ended as begun: left open, the session sat idle in a transaction for the rest of the run,
-        which a server's idle_in_transaction_session_timeout ends, locks and all (a review)."""
+    def _ask(self, query: str | None, what: str, *, run_id: str | None = None) -> Any:
+        """The one value `query` gives on the session holding the run's lock (None for none), its
+        transaction ended as begun: left open, the session sat idle in a transaction for the rest
+        of the run, which a server's idle_in_transaction_session_timeout ends, locks and all (a
+        review). StoreError when the session it runs on is not the one holding the lock
+        (`commits.holds`: a pooler of transactions)."""
         if self._conn is None:
             raise StoreError(f"run {self.run_id}: the writer is closed")
         if self._thread is not None:
             self._wait()  # (a commit on the thread may be using the connection; a child has its own)
         with driver_errors(what, run_id=run_id):  # (`run_id`: a lost session says how to resume it)
             idle = self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            row = self._conn.execute(query).fetchone()
+            held = commits.holds(self._conn, self.run_id, commits.WRITER_LOCK)
+            row = self._conn.execute(query).fetchone() if held and query is not None else None
             if idle:
                 self._conn.rollback()
-        assert row is not None
-        return row[0]
+        if not held:
+            raise commits.not_holding(self.run_id)
+        return None if row is None else row[0]
 
     def hold(self, place: str, *, shared: bool = False) -> str | None:
         """Take the lock of `place` (a sink's file or table, as the engine names it) for as long

@@ -14,7 +14,7 @@ import pytest
 
 from engine.stopping import StopNow
 from landscape.canonical import commit_row
-from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, Batch, Chain, send
+from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, Batch, Chain, lock, send
 from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter, StoreError
 from landscape.notary import Notary, WitnessError, read_run_witness
@@ -314,6 +314,43 @@ def test_a_batch_chained_on_another_end_of_the_log_is_refused(db: Database) -> N
             send(w._conn, chain, batch, other.sealed(batch))
         after, _ = send(w._conn, chain, batch, chain.sealed(batch))
         assert after.tree.size == 1
+    finally:
+        w.close()
+    assert verify_run(PostgresRecorder(db), run_id).events == 1
+
+
+def test_a_transaction_on_a_session_that_does_not_hold_the_runs_lock_writes_nothing(db: Database) -> None:
+    """Behind a pooler of transactions (PgBouncer's transaction mode) a connection's next
+    transaction may run on another server session than the one that took the run's lock, which
+    then keeps no second writer out. Such a transaction, here on a second connection, commits
+    nothing and says why; the writer's fence (`still_writer`, `generation`) refuses likewise."""
+    run_id = f"run-sp-pooled-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id)
+    try:
+        w.append("run", run_id, _created())
+        chain = w._chain
+        assert chain is not None and w._conn is not None
+        batch = Batch(0, w._heads, w._bodies, w._headers, b"", us_to_datetime(0))
+        refused = f"run {run_id}: this transaction's database session does not hold the run's lock.*pooler"
+        with db.connect() as elsewhere, pytest.raises(StoreError, match=refused):
+            send(elsewhere, chain, batch, chain.sealed(batch))
+        assert PostgresRecorder(db).last_seq(run_id) == -1
+        w.still_writer()
+        assert w.generation() > 0
+        mine, w._conn = w._conn, db.connect()  # the writer's next transactions on another session
+        try:
+            with pytest.raises(StoreError, match=refused):
+                w.still_writer()
+            with pytest.raises(StoreError, match=refused):
+                w.generation()
+        finally:
+            w._conn.close()
+            w._conn = mine
+        after, _ = send(w._conn, chain, batch, chain.sealed(batch))  # on the session holding it
+        assert after.tree.size == 1
+        # A second writer handed the first one's session: its lock would be granted again.
+        with pytest.raises(StoreError, match=f"run {run_id}: this database session holds the run's lock already"):
+            lock(w._conn, run_id, (SENDER_LOCK,))
     finally:
         w.close()
     assert verify_run(PostgresRecorder(db), run_id).events == 1
