@@ -144,11 +144,7 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
             if any(holds(conn, run_id, key) for key in keys):
                 # Granted again, it would be shared with whoever's session this is (`holds`).
                 conn.rollback()
-                raise StoreError(
-                    f"run {run_id}: this database session holds the run's lock already, before this process took it: "
-                    "another client's session, handed over by a pooler of transactions? ELSPETH's connections must be "
-                    "sessions of their own (docs/scaling.md, 'Connections and pooling'); nothing was written"
-                )
+                raise held_already(run_id)
             taken: list[str] = []
             for key in keys:
                 got = conn.execute(f"SELECT pg_try_advisory_lock({key})", (run_id,)).fetchone()
@@ -179,6 +175,15 @@ def holds(conn: Any, run_id: str, key: str) -> bool:
         (run_id,),
     ).fetchone()
     return bool(row and row[0])
+
+
+def held_already(run_id: str) -> StoreError:
+    """Why a run's lock is not taken on a session that holds it already (`holds`)."""
+    return StoreError(
+        f"run {run_id}: this database session holds the run's lock already, before this process took it: another "
+        "client's session, handed over by a pooler of transactions? ELSPETH's connections must be sessions of their "
+        "own (docs/scaling.md, 'Connections and pooling'); nothing was written"
+    )
 
 
 def not_holding(run_id: str) -> StoreError:
@@ -230,10 +235,13 @@ def lock_holder(conn: Any, run_id: str) -> str | None:
 
 def hold_for_transaction(conn: Any, run_id: str, doing: str) -> bool:
     """Take both of the run's locks (`BOTH_LOCKS`) until `conn`'s transaction (a connection or a
-    cursor) ends: False when another session holds either, as a live writer or sender does. What
+    cursor) ends: False when another session holds either, as a live writer or sender does
+    (StoreError when this one does: `held_already`). What
     must not happen while anyone writes the run (a projections rebuild, an erasure) holds them.
     The session is named `elspeth {doing} pid=N` meanwhile, so that a resume refused by the locks
     says what holds them (`PostgresRecorder.lock_holder`), not that the run is being written."""
+    if holds(conn, run_id, WRITER_LOCK) or holds(conn, run_id, SENDER_LOCK):
+        raise held_already(run_id)  # (a writer's session: the locks would be granted again)
     conn.execute("SELECT set_config('application_name', %s, true)", (f"elspeth {doing} pid={os.getpid()}"[:63],))
     (free,) = conn.execute(
         f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK}) AND pg_try_advisory_xact_lock({SENDER_LOCK})",
@@ -307,6 +315,7 @@ def send(
     with driver_errors(f"committing events of run {run_id}", conn=conn, run_id=run_id):
         with conn.cursor() as cur:
             if not holds(cur, run_id, SENDER_LOCK):  # (in this transaction: its session is the one to hold it)
+                conn.rollback()  # (not left open: behind a pooler, it would keep a server session)
                 raise not_holding(run_id)
             if batch.payloads:
                 # Commitments are salted at random, so a new payload never meets an old one.

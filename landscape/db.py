@@ -185,7 +185,9 @@ class Database:
         """A new connection, acting as `role` (default: this Database's role)."""
         role = self.role if role is None else role
         conninfo = make_conninfo(self.conninfo, **self._login(role))
-        becomes = self._sets_role(role)  # (asked first: it may connect, once per role)
+        # The role to become, or `none` (the URL's user) on a server where the URL's user logs
+        # in: a session a pooler hands on is then as asked whatever its last client set.
+        becomes = role.value if self._sets_role(role) else None if self.embedded else "none"
         try:
             conn = psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
@@ -201,8 +203,8 @@ class Database:
         # Set here, not by `options=-c jit=off`: poolers refuse startup options they do not track.
         # (Where the server has the setting: some that speak PostgreSQL's protocol do not.)
         try:
-            if becomes:
-                conn.execute("SELECT set_config('role', %s, false)", (role.value,))
+            if becomes is not None:
+                conn.execute("SELECT set_config('role', %s, false)", (becomes,))
             conn.execute("SELECT set_config('jit', 'off', false) WHERE current_setting('jit', true) IS NOT NULL")
             if not autocommit:
                 conn.commit()  # (a setting made in a transaction rolled back would be undone with it)

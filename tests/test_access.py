@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import landscape.db
 import landscape.roles
@@ -217,6 +217,21 @@ def test_on_an_external_server_a_member_connects_and_then_acts_as_the_role(db: D
             conn.execute("TRUNCATE events")
         conn.rollback()  # a rollback does not give the user back (the role is the session's)
         assert conn.execute("SELECT current_user").fetchone() == ("elspeth_writer",)
+
+
+@pytest.mark.skipif(EXTERNAL, reason="the SET ROLE path is exercised against the embedded superuser")
+def test_on_an_external_server_the_owner_is_the_urls_user_whatever_a_session_was_set_to(db: Database) -> None:
+    """A session a pooler hands on may come set to its last client's role (a pooler told not to
+    reset sessions); a startup option stands for that here. The owner's connection is the URL's
+    user all the same, and a role's connection that role."""
+    handed_on = make_conninfo(db.conninfo, options="-c role=elspeth_analyst")
+    with psycopg.connect(handed_on) as conn:  # (what the connection would be, left as it comes)
+        assert conn.execute("SELECT current_user").fetchone() == ("elspeth_analyst",)
+    external = Database(handed_on, "as if external")
+    with external.connect(role=Role.OWNER) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    with external.connect(role=Role.AUDITOR) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("elspeth_auditor",)
 
 
 def _socket_dir(url: str) -> str:

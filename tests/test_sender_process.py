@@ -10,11 +10,12 @@ import signal
 import struct
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from engine.stopping import StopNow
 from landscape.canonical import commit_row
-from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, Batch, Chain, lock, send
+from landscape.commits import EVENT_COLUMNS, SENDER_LOCK, Batch, Chain, hold_for_transaction, lock, send
 from landscape.db import Database
 from landscape.errors import ChainBroken, ConcurrentWriter, StoreError
 from landscape.notary import Notary, WitnessError, read_run_witness
@@ -332,8 +333,11 @@ def test_a_transaction_on_a_session_that_does_not_hold_the_runs_lock_writes_noth
         assert chain is not None and w._conn is not None
         batch = Batch(0, w._heads, w._bodies, w._headers, b"", us_to_datetime(0))
         refused = f"run {run_id}: this transaction's database session does not hold the run's lock.*pooler"
-        with db.connect() as elsewhere, pytest.raises(StoreError, match=refused):
-            send(elsewhere, chain, batch, chain.sealed(batch))
+        with db.connect() as elsewhere:
+            with pytest.raises(StoreError, match=refused):
+                send(elsewhere, chain, batch, chain.sealed(batch))
+            # (not left in a transaction: behind a pooler it would keep a server session)
+            assert elsewhere.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert PostgresRecorder(db).last_seq(run_id) == -1
         w.still_writer()
         assert w.generation() > 0
@@ -348,8 +352,13 @@ def test_a_transaction_on_a_session_that_does_not_hold_the_runs_lock_writes_noth
             w._conn = mine
         after, _ = send(w._conn, chain, batch, chain.sealed(batch))  # on the session holding it
         assert after.tree.size == 1
-        # A second writer handed the first one's session: its lock would be granted again.
-        with pytest.raises(StoreError, match=f"run {run_id}: this database session holds the run's lock already"):
+        # A second writer handed the first one's session: its lock would be granted again; so
+        # would an erasure's or a rebuild's, for their transaction.
+        held = f"run {run_id}: this database session holds the run's lock already"
+        with pytest.raises(StoreError, match=held):
+            hold_for_transaction(w._conn, run_id, "erasing")
+        w._conn.rollback()
+        with pytest.raises(StoreError, match=held):
             lock(w._conn, run_id, (SENDER_LOCK,))
     finally:
         w.close()
