@@ -159,13 +159,14 @@ class Database:
     A role other than OWNER is reached in one of two ways. On the embedded server the
     connection logs in as that role: its peer map lets the OS user running ELSPETH do so, and
     the session can never become anything more. Elsewhere it logs in as the URL's user and,
-    when that user may (a member of the role, or a superuser), becomes the role first thing (SET
-    ROLE for the whole session, committed, so a rollback does not undo it; a statement, not the
-    startup option `-c role=…`, which PgBouncer refuses or, told to ignore it, drops). That keeps ELSPETH's
-    own statements within the role's grants, but it is no wall against whoever holds the URL's
-    password: `RESET ROLE` gives the user back. For that, log in as the role itself
-    (`elspeth db roles --set-password`). A user who may not become the role connects as itself,
-    as before the roles existed."""
+    when that user may (a member of the role, or a superuser), becomes the role first thing
+    (SET ROLE for the whole session, committed, so a rollback does not undo it; a statement,
+    not the startup option `-c role=…`, which PgBouncer refuses or, told to ignore it, drops).
+    That keeps ELSPETH's own statements within the role's grants, but it is no wall against
+    whoever holds the URL's password: `RESET ROLE` gives the user back. For that, log in as the
+    role itself (`elspeth db roles --set-password`). A user who may not become the role, and the
+    OWNER, act as the URL's user (the role `none`, should a pooler hand on a session set to
+    another), as before the roles existed."""
 
     conninfo: str
     location: str  # for people: where the audit trail is
@@ -185,9 +186,7 @@ class Database:
         """A new connection, acting as `role` (default: this Database's role)."""
         role = self.role if role is None else role
         conninfo = make_conninfo(self.conninfo, **self._login(role))
-        # The role to become, or `none` (the URL's user) on a server where the URL's user logs
-        # in: a session a pooler hands on is then as asked whatever its last client set.
-        becomes = role.value if self._sets_role(role) else None if self.embedded else "none"
+        becomes = self._sets_role(role)  # (asked first: it may connect, once per role)
         try:
             conn = psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as e:
@@ -203,8 +202,10 @@ class Database:
         # Set here, not by `options=-c jit=off`: poolers refuse startup options they do not track.
         # (Where the server has the setting: some that speak PostgreSQL's protocol do not.)
         try:
-            if becomes is not None:
-                conn.execute("SELECT set_config('role', %s, false)", (becomes,))
+            if becomes:
+                conn.execute("SELECT set_config('role', %s, false)", (role.value,))
+            elif not self.embedded:  # the URL's user, whatever a pooler's last client left set
+                conn.execute("SELECT set_config('role', 'none', false) WHERE current_setting('role', true) <> 'none'")
             conn.execute("SELECT set_config('jit', 'off', false) WHERE current_setting('jit', true) IS NOT NULL")
             if not autocommit:
                 conn.commit()  # (a setting made in a transaction rolled back would be undone with it)
