@@ -302,14 +302,19 @@ def _hung(_signum: int, _frame: object) -> None:
     raise _Hung("the writer hung")
 
 
+def _one_event(db: Database, run_id: str) -> tuple[PgRunWriter, Chain, Batch]:
+    """A writer sending inline, with the run's first event appended, its chain and that batch."""
+    w = PostgresRecorder(db).open_writer(run_id)
+    w.append("run", run_id, _created())
+    assert w._chain is not None and w._conn is not None
+    return w, w._chain, Batch(0, w._heads, w._bodies, w._headers, b"", us_to_datetime(0))
+
+
 def test_a_batch_chained_on_another_end_of_the_log_is_refused(db: Database) -> None:
     run_id = f"run-sp-other-{os.urandom(6).hex()}"
-    w = PostgresRecorder(db).open_writer(run_id)
+    w, chain, batch = _one_event(db, run_id)
     try:
-        w.append("run", run_id, _created())
-        chain = w._chain
-        assert chain is not None and w._conn is not None
-        batch = Batch(0, w._heads, w._bodies, w._headers, b"", us_to_datetime(0))
+        assert w._conn is not None
         other = Chain(run_id, chain.tree, b"\x01" * 32, None)  # as long, another head
         with pytest.raises(StoreError, match=f"run {run_id}: a batch was chained on another end of the log"):
             send(w._conn, chain, batch, other.sealed(batch))
@@ -326,12 +331,9 @@ def test_a_transaction_on_a_session_that_does_not_hold_the_runs_lock_writes_noth
     then keeps no second writer out. Such a transaction, here on a second connection, commits
     nothing and says why; the writer's fence (`still_writer`, `generation`) refuses likewise."""
     run_id = f"run-sp-pooled-{os.urandom(6).hex()}"
-    w = PostgresRecorder(db).open_writer(run_id)
+    w, chain, batch = _one_event(db, run_id)
     try:
-        w.append("run", run_id, _created())
-        chain = w._chain
-        assert chain is not None and w._conn is not None
-        batch = Batch(0, w._heads, w._bodies, w._headers, b"", us_to_datetime(0))
+        assert w._conn is not None
         refused = f"run {run_id}: this transaction's database session does not hold the run's lock.*pooler"
         with db.connect() as elsewhere:
             with pytest.raises(StoreError, match=refused):
