@@ -8,9 +8,10 @@ every durability point noted, so the time it spent on the second half of the inp
 Interrupted: the same run crashed at the event where the first one stood at half way (the writer
 dies as a killed process's would, its uncommitted tail lost), then `resume_run`, timed whole:
 reading and verifying the log, rebuilding the state, skipping the input already done, the rest.
-Before it, and apart, the verification a resume starts with (`verified_to_write_on`: the chain,
-the Merkle tree, the signed checkpoints, every transition, folded), so that the line says how
-much of the resume that is (`verify_share`, of the second half's time).
+Before it, and apart (on a run crashed the same way in a folder of its own), the verification a
+resume starts with (`verified_to_write_on`: the chain, the Merkle tree, the signed checkpoints,
+every transition, folded), so that the line says how much of the resume that is
+(`verify_share`, of the second half's time).
 Line: rows=N second_half_s=S resume_s=S resume_ratio=R verify_s=S verify_share=F
 """
 
@@ -28,15 +29,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.pipelines import prepare
 from benchmarks.run import count_events
 from engine.orchestrator import Pipeline, build_pipeline, resume_run, start_run, verified_to_write_on
-from engine.settings import load_settings
+from engine.settings import LandscapeSettings, load_settings
 from landscape import faults
-from landscape.db import open_database
+from landscape.db import Database, open_database
 from landscape.fold import RunFold
 from landscape.postgres import PostgresRecorder
 
 
 def load(path: Path) -> Pipeline:
     return build_pipeline(load_settings(path))
+
+
+def crash(db: Database, settings: Path, run_id: str, at: int, every: int) -> LandscapeSettings:
+    """Run `settings` (from its folder) as `run_id` until its event `at` is appended, where the
+    writer dies as a killed process's would, its uncommitted tail lost; the settings' landscape."""
+    os.chdir(settings.parent)
+    pipeline = load(settings)
+    faults.configure(f"append:{at}", raise_instead=True)
+    try:
+        start_run(db, pipeline, commit_every=every, run_id=run_id, sending="process")
+    except faults.SimulatedCrash:
+        pass
+    finally:
+        faults.configure("")
+        pipeline.close()
+    return pipeline.loaded.settings.landscape
 
 
 def main() -> None:
@@ -69,22 +86,22 @@ def main() -> None:
             half_at, _ = next(m for m in marks if m[1] >= args.rows // 2)
             events = count_events(db, whole.run_id)
 
-            pipeline = load(settings)
-            run_id = f"{whole.run_id}-crashed"
-            faults.configure(f"append:{events // 2}", raise_instead=True)
-            try:
-                start_run(db, pipeline, commit_every=every, run_id=run_id, sending="process")
-            except faults.SimulatedCrash:
-                pass
-            finally:
-                faults.configure("")
-                pipeline.close()
+            # The verification a resume starts with, timed apart on a log crashed the same way in
+            # a folder of its own, not on the log to be resumed: reading that would warm the
+            # server's cache for the resume.
+            apart = work / "apart"
+            apart.mkdir()
+            verified = f"{whole.run_id}-verified"
+            ls = crash(
+                db, prepare("linear", args.rows, apart, input_rows=work / "input.csv"), verified, events // 2, every
+            )
             recorder = PostgresRecorder(db)
-            ls = pipeline.loaded.settings.landscape  # (closed: its settings are kept)
             started = time.perf_counter()
-            verified_to_write_on(db, recorder, run_id, recorder.run_created(run_id), ls.signing_key, ls.witness_dir,
-                                 settings.absolute().parent, None, "resumed")  # fmt: skip
+            verified_to_write_on(db, recorder, verified, recorder.run_created(verified), ls.signing_key, ls.witness_dir,
+                                 apart, None, "resumed")  # fmt: skip
             verify_s = time.perf_counter() - started
+            run_id = f"{whole.run_id}-crashed"
+            crash(db, settings, run_id, events // 2, every)
             started = time.perf_counter()
             resume_run(db, run_id, load, commit_every=every, sending="process")
             resume_s = time.perf_counter() - started
