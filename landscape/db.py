@@ -202,11 +202,7 @@ class Database:
         # Set here, not by `options=-c jit=off`: poolers refuse startup options they do not track.
         # (Where the server has the setting: some that speak PostgreSQL's protocol do not.)
         try:
-            if becomes:
-                conn.execute("SELECT set_config('role', %s, false)", (role.value,))
-            elif not self.embedded:  # the URL's user, whatever a pooler's last client left set
-                conn.execute("SELECT set_config('role', 'none', false) WHERE current_setting('role', true) <> 'none'")
-            conn.execute("SELECT set_config('jit', 'off', false) WHERE current_setting('jit', true) IS NOT NULL")
+            self._begin(conn, role, becomes)
             if not autocommit:
                 conn.commit()  # (a setting made in a transaction rolled back would be undone with it)
         except psycopg.Error as e:
@@ -216,6 +212,17 @@ class Database:
             conn.close()
             raise
         return conn
+
+    def _begin(self, conn: Connection, role: Role, becomes: bool) -> None:
+        """A new session's settings: the role it acts as (`becomes` it, see the class), JIT off.
+        Not becoming one, an external server's session is put back to its login's own role,
+        should a pooler's last client have set another; its login's default (`ALTER ROLE … SET
+        role`, which a managed server's owner may be given) is kept, as RESET ROLE would."""
+        if becomes:
+            conn.execute("SELECT set_config('role', %s, false)", (role.value,))
+        elif not self.embedded:
+            conn.execute("RESET ROLE")
+        conn.execute("SELECT set_config('jit', 'off', false) WHERE current_setting('jit', true) IS NOT NULL")
 
     def describe(self) -> str:
         return redact(self.location)

@@ -220,18 +220,22 @@ def test_on_an_external_server_a_member_connects_and_then_acts_as_the_role(db: D
 
 
 @pytest.mark.skipif(EXTERNAL, reason="the SET ROLE path is exercised against the embedded superuser")
-def test_on_an_external_server_the_owner_is_the_urls_user_whatever_a_session_was_set_to(db: Database) -> None:
+def test_on_an_external_server_the_owner_is_its_login_whatever_a_session_was_set_to(db: Database) -> None:
     """A session a pooler hands on may come set to its last client's role (a pooler told not to
-    reset sessions); a startup option stands for that here. The owner's connection is the URL's
-    user all the same, and a role's connection that role."""
-    handed_on = make_conninfo(db.conninfo, options="-c role=elspeth_analyst")
-    with psycopg.connect(handed_on) as conn:  # (what the connection would be, left as it comes)
-        assert conn.execute("SELECT current_user").fetchone() == ("elspeth_analyst",)
-    external = Database(handed_on, "as if external")
-    with external.connect(role=Role.OWNER) as conn:
+    reset sessions): the owner's is put back to its login's own, the default role its login is
+    given kept (a startup option stands for `ALTER ROLE … SET role` here); a role's connection
+    is that role."""
+    external = Database(db.conninfo, "as if external")
+    with psycopg.connect(db.conninfo) as conn:
+        conn.execute("SET ROLE elspeth_analyst")  # (as its last client left it)
+        conn.commit()
+        external._begin(conn, Role.OWNER, becomes=False)
         assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
     with external.connect(role=Role.AUDITOR) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("elspeth_auditor",)
+    given = Database(make_conninfo(db.conninfo, options="-c role=elspeth_analyst"), "as if external")
+    with given.connect(role=Role.OWNER) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("elspeth_analyst",)
 
 
 def _socket_dir(url: str) -> str:
