@@ -165,8 +165,8 @@ class Database:
     That keeps ELSPETH's own statements within the role's grants, but it is no wall against
     whoever holds the URL's password: `RESET ROLE` gives the user back. For that, log in as the
     role itself (`elspeth db roles --set-password`). A user who may not become the role, and the
-    OWNER, act as the URL's user (the role `none`, should a pooler hand on a session set to
-    another), as before the roles existed."""
+    OWNER, act as the URL's user, or the default role its login is given (RESET ROLE, should a
+    pooler hand on a session set to another), as before the roles existed."""
 
     conninfo: str
     location: str  # for people: where the audit trail is
