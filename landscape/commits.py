@@ -162,6 +162,15 @@ def lock(conn: psycopg.Connection[Any], run_id: str, keys: tuple[str, ...]) -> N
         raise
 
 
+# An advisory lock granted in this database, as pg_locks (`l`) shows it, and its 64-bit key: the
+# high half in classid, the low half in objid (objsubid 1 marks a lock of one bigint key).
+_GRANTED_HERE = (
+    "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+_KEY = "((l.classid::bigint << 32) | l.objid::bigint)"
+
+
 def holds(conn: Any, run_id: str, key: str) -> bool:
     """Whether this very session holds the run's lock `key`. A session that took it holds it
     until it ends; but behind a pooler of transactions (PgBouncer's transaction mode), a
@@ -169,9 +178,7 @@ def holds(conn: Any, run_id: str, key: str) -> bool:
     the one that took it goes on holding it for nobody: the lock then keeps no second writer out
     (a lock is granted again to the session holding it, whoever's transaction runs there)."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-        " AND pid = pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        f" AND ((classid::bigint << 32) | objid::bigint) = {key})",
+        f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_GRANTED_HERE} AND l.pid = pg_backend_pid() AND {_KEY} = {key})",
         (run_id,),
     ).fetchone()
     return bool(row and row[0])
@@ -215,16 +222,13 @@ def holding(holder: str | None) -> str:
 def lock_holder(conn: Any, run_id: str) -> str | None:
     """Who holds the run's writer or sender lock, as its session names itself ('' when it does
     not); None when no session that may write does. Read from pg_locks rather than by trying the
-    lock, so asking never gets in the way of a writer (or a resume) taking it. A 64-bit advisory
-    key is shown there as classid (high half) and objid (low half). Any role may take an advisory
+    lock, so asking never gets in the way of a writer (or a resume) taking it. Any role may take an advisory
     lock unless `db upgrade` could revoke that (landscape/roles.py): a holder counts only if its
     session's user is a member of the writer role or of the tables' owner (a superuser is a
     member of every role). A writer is named before an erasure or a rebuild holding the other."""
     row = conn.execute(
         "SELECT coalesce(a.application_name, '') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid <> pg_backend_pid()"
-        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        f" AND ((l.classid::bigint << 32) | l.objid::bigint) IN ({WRITER_LOCK}, {SENDER_LOCK})"
+        f" WHERE {_GRANTED_HERE} AND l.pid <> pg_backend_pid() AND {_KEY} IN ({WRITER_LOCK}, {SENDER_LOCK})"
         " AND (pg_has_role(a.usesysid, to_regrole(%s), 'MEMBER')"
         " OR pg_has_role(a.usesysid, (SELECT relowner FROM pg_class WHERE oid = to_regclass('events')), 'MEMBER'))"
         " ORDER BY a.application_name LIKE 'elspeth writer%%' DESC LIMIT 1",
