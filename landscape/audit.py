@@ -113,6 +113,9 @@ class SinkEnd:
     # The sink as the run's settings last declared it ({plugin, options}, redacted; None: not a
     # mapping): what it writes as it closes follows from these (`elspeth verify --sink-file`).
     declared: dict[str, Any] | None = None
+    # Where the run's output begins: the bytes its file held when the run first opened the sink
+    # (an append-mode file's earlier rows; the sink's first flush in the log).
+    start: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ def _sink_ends(fold: RunFold) -> dict[str, SinkEnd]:
             position,
             fold.sink_digests.get(name),
             declared[name] if isinstance(declared.get(name), dict) else None,
+            fold.sink_starts.get(name, 0),
         )
         for name, position in fold.sink_positions.items()
     }
@@ -194,15 +198,23 @@ def _open_regular(path: Path) -> BinaryIO:
 
 
 def check_sink_file(
-    report: ExportReport, name: str, path: Path, *, closing: bytes | None = b"", later: bool = False
+    report: ExportReport,
+    name: str,
+    path: Path,
+    *,
+    closing: bytes | None = b"",
+    later: bool = False,
+    earlier: bool = False,
 ) -> str:
     """Whether the file at `path` is what sink `name` of the verified export's run wrote: its first
     bytes, up to the sink's last durable position, hash to the sha256 the signed log records
-    there, and nothing follows but what the sink writes as the run completes (`closing`: a JSON
-    array's closing bracket; None: unknown, not a built-in file sink). A line saying so, or
-    AuditFailure saying why not. `later`: bytes the log does not account for may follow (another
-    run appending to the file), and are counted in the line instead. A database sink has no file
-    to tie."""
+    there, they begin where the run began writing (the sink's first flush: what the file held
+    then, an append-mode file's earlier rows, the run did not write), and nothing follows but what
+    the sink writes as the run completes (`closing`: a JSON array's closing bracket; None:
+    unknown, not a built-in file sink). A line saying so, or AuditFailure saying why not.
+    `earlier`: bytes before the run's output (an earlier run's, appended to) may be there, and
+    `later`: bytes the log does not account for may follow (another run appending to the file);
+    each is counted in the line instead. A database sink has no file to tie."""
     end = report.sinks.get(name)
     if end is None:
         known = ", ".join(sorted(report.sinks)) or "none"
@@ -212,6 +224,9 @@ def check_sink_file(
         raise AuditFailure(f"--sink-file {name}: the run's log records no digest of that sink's output (a database "
                            "table, or a flush recorded before logs held one): no file can be tied to it")  # fmt: skip
     what = f"sink '{name}' (written as {end.location})"
+    if not 0 <= end.start <= end.position:
+        raise AuditFailure(f"--sink-file {name}: the run's log has the sink's output begin at byte {end.start}, and "
+                           f"its last durable position at {end.position}: no file can be tied to that")  # fmt: skip
     # What the sink wrote after its last durable flush: its closing text, written only as the run
     # completes (a run that failed or was abandoned closed no sink; nor has one still running).
     completed = report.status == "completed"
@@ -243,17 +258,33 @@ def check_sink_file(
         raise AuditFailure(f"{path} is not the output of {what}: its first {end.position} bytes do not hash to "
                            f"the sha256 the run's signed log records ({end.sha256[:16]}…): changed since, or "
                            "another file")  # fmt: skip
-    signed = f"its first {end.position} bytes are the output of {what}, as the signed log records them"
+    # The file's bytes up to the last durable position are tied; those before the run's first
+    # flush were in the file already when the run opened it: not its output, whatever they say.
+    before = (f"the {end.start} bytes the file held before the run wrote to it (an earlier run's output, appended "
+              "to, or whatever was there: the signed log records the sink opening on them)")  # fmt: skip
+    if end.start and not earlier:
+        ours = (f"bytes {end.start} to {end.position - 1} are" if end.position > end.start
+                else "none of its bytes is: the run wrote none")  # fmt: skip
+        raise AuditFailure(f"{path} is not the output of {what} alone: {ours}, as the signed log records them; "
+                           f"it begins with {before}; if the file may hold an earlier run's output, "
+                           "--allow-earlier-bytes accepts that")  # fmt: skip
+    if end.start:
+        span = f"bytes {end.start} to {end.position - 1}" if end.position > end.start else "no bytes"
+        ours = f"{span}, as the signed log records them, after {before}, allowed by --allow-earlier-bytes"
+        signed = (f"{span} are the output of {what}, as the signed log records them, after {before}, allowed "
+                  "by --allow-earlier-bytes")  # fmt: skip
+    else:
+        ours = f"all {end.position} bytes, as the signed log records them"
+        signed = f"its first {end.position} bytes are the output of {what}, as the signed log records them"
     if after == expected and size == end.position + len(expected):
         if expected:
-            return (f"{path}: the output of {what}, whole: all {end.position} bytes, as the signed log records "
-                    f"them, then the {len(expected)} that close it, which its sink writes as the run completes "
+            return (f"{path}: the output of {what}, whole: {ours}, then the {len(expected)} that close it, which its sink writes as the run completes "
                     f"({_shown(expected)})")  # fmt: skip
         if closing and not completed:
-            return (f"{path}: the output of {what}, all {end.position} bytes, as the signed log records them; the "
-                    f"log ends the run {report.status}, and only a run that completes closes its sinks, so the file "
-                    f"lacks the {_shown(closing)} its sink writes then (a JSON array without its ']')")  # fmt: skip
-        return f"{path}: the output of {what}, all {end.position} bytes, as the signed log records them"
+            return (f"{path}: the output of {what}, {ours}; the log ends the run "
+                    f"{report.status}, and only a run that completes closes its sinks, so the file lacks the "
+                    f"{_shown(closing)} its sink writes then (a JSON array without its ']')")  # fmt: skip
+        return f"{path}: the output of {what}, {ours}"
     extra = size - end.position
     if completed and closing is None:
         why = ("the run completed, and what its sink's plugin writes as it closes is unknown here (not a built-in "

@@ -86,6 +86,9 @@ class RunFold:
     sink_positions: dict[str, int] = field(default_factory=dict)
     sink_digests: dict[str, str | None] = field(default_factory=dict)  # SinkFlushed.sha256, the last
     sink_locations: dict[str, str] = field(default_factory=dict)  # SinkFlushed.location, the last
+    # Each sink's first SinkFlushed position: the bytes its file held before the run wrote to it
+    # (the baseline a run records as it first opens a sink: an append-mode file's earlier rows).
+    sink_starts: dict[str, int] = field(default_factory=dict)
     # The data hash of the first row made durable in each sink (the first token its first flush of
     # rows wrote): a CSV file without a header or schema has that row's columns, and a resume must
     # continue in them. (Not the first row sent: a flush that failed, its rows diverted, leaves
@@ -169,6 +172,7 @@ class RunFold:
 
     def _sink_flushed(self, _id: str, e: ev.SinkFlushed) -> None:
         self._run(e)
+        self.sink_starts.setdefault(e.sink, e.position)
         self.sink_positions[e.sink] = e.position
         self.sink_digests[e.sink] = e.sha256
         self.sink_locations[e.sink] = e.location

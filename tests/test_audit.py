@@ -1443,6 +1443,74 @@ def test_verify_refuses_bytes_appended_to_a_csv_file_unless_later_runs_are_allow
     assert "4 bytes follow, which the run's log does not account for" in proc.stdout
 
 
+APPENDING = """
+source:
+  plugin: csv
+  on_success: raw
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'v: int']}}
+gates:
+- name: big
+  input: raw
+  condition: row['v'] > 5
+  routes: {'true': arr, 'false': low}
+sinks:
+  arr: {plugin: json, options: {path: out/arr.json, format: json, mode: append}}
+  low: {plugin: csv, options: {path: out/low.csv, mode: append}}
+"""
+
+
+def test_verify_refuses_a_file_whose_first_bytes_the_run_did_not_write(db: Database, tmp_path: Path) -> None:
+    """An append-mode sink continues what its file holds: bytes planted before the run, or an
+    earlier run's rows, are tied by the digest of the file's prefix but are not the run's output.
+    The signed log records where the run began writing (each sink's first flush); exit 0 must not
+    call the whole file the run's, so they are refused unless the auditor allows earlier bytes,
+    and then counted. A later run's export ties only its own part; the earlier run's export
+    refuses the later rows unless allowed."""
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    (work / "s.yaml").write_text(APPENDING)
+    planted = b"id,v\r\n999,1\r\n"
+    (work / "out" / "low.csv").write_bytes(planted)
+    runs: list[Exported] = []
+    for n, rows in enumerate(([[1, 3], [2, 9]], [[3, 4], [4, 8]])):
+        write_csv(work / "in.csv", ["id", "v"], rows)
+        proc = elspeth("run", "-s", "s.yaml", cwd=work, db=db)
+        assert proc.returncode == 0, proc.stderr
+        run_id = proc.stdout.split()[1]
+        exported = _export(work, db, run_id, name=f"run{n}.export")
+        runs.append(Exported(work, run_id, exported, work / ".elspeth" / "keys" / "default.pub"))
+    low, arr = work / "out" / "low.csv", work / "out" / "arr.json"
+    first_low = len(planted) + len(b"1,3\r\n")
+    assert low.read_bytes() == planted + b"1,3\r\n3,4\r\n", low.read_bytes()
+    # The first run: its output of `low` follows the planted bytes; `arr` it began.
+    err = one_line_error(_tie(runs[0], tmp_path, f"low={low}"), 1)
+    assert f"{low} is not the output of sink 'low' (written as out/low.csv) alone: bytes {len(planted)} to " \
+           f"{first_low - 1} are, as the signed log records them; it begins with the {len(planted)} bytes the file " \
+           "held before the run wrote to it" in err and "--allow-earlier-bytes accepts that" in err, err  # fmt: skip
+    proc = _tie(runs[0], tmp_path, f"low={low}", "--allow-earlier-bytes")
+    err = one_line_error(proc, 1)  # (and the second run's row follows)
+    assert "5 bytes follow, which the run's log does not account for" in err, err
+    proc = _tie(runs[0], tmp_path, f"low={low}", "--allow-earlier-bytes", "--allow-later-bytes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"bytes {len(planted)} to {first_low - 1} are the output of sink 'low'" in proc.stdout, proc.stdout
+    # The second run: both files begin with what the first run (and the planter) left.
+    for given in (f"low={low}", f"arr={arr}"):
+        err = one_line_error(_tie(runs[1], tmp_path, given), 1)
+        assert "held before the run wrote to it" in err and "--allow-earlier-bytes" in err, err
+    proc = _tie(runs[1], tmp_path, f"low={low}", "--allow-earlier-bytes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{low}: the output of sink 'low' (written as out/low.csv), bytes {first_low} to " \
+           f"{len(low.read_bytes()) - 1}, as the signed log records them, after the {first_low} bytes the file " \
+           "held before the run wrote to it" in proc.stdout and "allowed by --allow-earlier-bytes" in proc.stdout, \
+           proc.stdout  # fmt: skip
+    proc = _tie(runs[1], tmp_path, f"arr={arr}", "--allow-earlier-bytes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ", whole: bytes " in proc.stdout and "then the 3 that close it" in proc.stdout, proc.stdout
+    # The first run's array was continued: its closing bracket went, and the second run's rows follow.
+    err = one_line_error(_tie(runs[0], tmp_path, f"arr={arr}"), 1)
+    assert "alone" in err and "--allow-later-bytes" in err and "--allow-earlier-bytes" not in err, err
+
+
 def test_a_run_that_did_not_complete_closed_no_sink(tmp_path: Path) -> None:
     """A failed (or abandoned) run never closed its sinks: a closing bracket after its last flush
     is not its own."""

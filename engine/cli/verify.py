@@ -65,9 +65,16 @@ unsigned_erasures_option = click.option(
     help="With --sink-file: a file may hold bytes after the run's output that its log does not account for (a "
     "later run appending to the same file), counted instead of refused.",
 )
+@click.option(
+    "--allow-earlier-bytes",
+    "earlier",
+    is_flag=True,
+    help="With --sink-file: a file may begin with bytes it held before the run wrote to it (an earlier run's "
+    "output, which an append-mode sink continued), counted instead of refused.",
+)
 @unsigned_erasures_option
 def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | None, require_payloads: bool,
-               sink_files: tuple[str, ...], later: bool, unsigned_erasures: bool) -> None:  # fmt: skip
+               sink_files: tuple[str, ...], later: bool, earlier: bool, unsigned_erasures: bool) -> None:  # fmt: skip
     """Verify an export (`elspeth export`) or a proof bundle (`elspeth prove`) offline: the
     signatures, the hash chain, the Merkle tree against every signed checkpoint, the transitions
     and the row payloads. Exit 1 naming the first bad line or event."""
@@ -104,7 +111,8 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     _payloads_required(file, report.payloads_included, require_payloads)
     # The sink files first: one that does not match fails the command before anything is said
     # to have verified.
-    sinks = [check_sink_file(report, name, path, closing=_closing(report, name), later=later) for name, path in tied]
+    sinks = [check_sink_file(report, name, path, closing=_closing(report, name), later=later, earlier=earlier)
+             for name, path in tied]  # fmt: skip
     click.echo(
         f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
         f"{report.root.hex()[:16]} matches all {report.checkpoints} checkpoint(s) signed by {report.key}"
