@@ -24,7 +24,7 @@ from landscape.canonical import is_name
 from landscape.chain import event_hash
 from landscape.chain_half import SPLIT_AT, ChainHalf
 from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, quoted
 from landscape.export import (
     FORMAT,
     BadLine,
@@ -629,7 +629,9 @@ class _ExportCheck:
         except CheckpointError as e:
             raise self.fail(1, str(e)) from None
         if origin_run != header.run_id:
-            raise self.fail(1, f"the header's run {header.run_id} is not the run its origin names ({origin_run})")
+            raise self.fail(
+                1, f"the header's run {quoted(header.run_id)} is not the run its origin names ({quoted(origin_run)})"
+            )
         if self.run_id is not None and header.run_id != self.run_id:
             raise self.fail(1, f"this is an export of run {header.run_id}, not of run {self.run_id}")
         self.header = header
@@ -894,7 +896,9 @@ class _ProofCheck:
             raise self.fail(f"this is a proof of run {b.run_id}, not of run {self.run_id}")
         try:
             if parse_run_origin(b.origin)[1] != b.run_id:
-                raise self.fail(f"the bundle's run {b.run_id} is not the run its origin names ({b.origin})")
+                raise self.fail(
+                    f"the bundle's run {quoted(b.run_id)} is not the run its origin names ({quoted(b.origin)})"
+                )
             cp = open_checkpoint(b.checkpoint, self.key, origin=b.origin)
         except NoteError as e:
             raise self.fail(f"checkpoint: {e}") from None
@@ -939,7 +943,9 @@ class _ProofCheck:
         if event_hash(e.prev_hash, *fields, e.payload_hash) != e.hash:
             raise self.fail(f"{where}: its fields do not hash to its chain hash (the header or hash was altered)")
         if EVENT_MACHINE.get(e.event_type) != e.machine:
-            raise self.fail(f"{where}: event type {e.event_type!r} does not belong to machine {e.machine!r}")
+            raise self.fail(
+                f"{where}: event type {quoted(e.event_type)} does not belong to machine {quoted(e.machine)}"
+            )
         # In the signed tree before its body is decoded: a forged body may decode to many times its size.
         if e.seq >= cp.size:
             raise self.fail(f"{where} is not in the signed tree of {cp.size} events")

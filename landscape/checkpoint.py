@@ -14,12 +14,15 @@ import base64
 import re
 from dataclasses import dataclass
 
+from landscape.errors import quoted
 from landscape.merkle import HASH_SIZE
 from landscape.note import NoteError, Signer, Verifier, b64decode_strict, open_note
 
 # ASCII digits, no sign, no leading zero; at most 19 (a signed 64-bit count): a note's size is
 # read before its signature is checked, and Python refuses to read an int of over 4,300 digits.
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
+# A checkpoint ELSPETH signs has three lines; extension lines, which it writes none of, up to this.
+MAX_CHECKPOINT_LINES = 100
 _ORIGIN_PREFIX = "elspeth/"
 
 
@@ -32,7 +35,7 @@ def _check_origin_part(value: str, what: str) -> None:
         raise CheckpointError(f"the {what} in an origin must not be empty")
     bad = next((c for c in value if c.isspace() or c in "+/" or not c.isprintable()), None)
     if bad is not None:
-        raise CheckpointError(f"the {what} {value!r} holds {bad!r}, which an origin part cannot")
+        raise CheckpointError(f"the {what} {quoted(value)} holds {bad!r}, which an origin part cannot")
 
 
 def run_origin(store_id: str, run_id: str) -> str:
@@ -44,9 +47,9 @@ def run_origin(store_id: str, run_id: str) -> str:
 
 def parse_run_origin(origin: str) -> tuple[str, str]:
     """(store id, run id) of an origin made by `run_origin`."""
-    parts = origin.split("/")
+    parts = origin.split("/", 3)  # (at most four parts: a hostile origin may hold millions of '/')
     if len(parts) != 3 or parts[0] + "/" != _ORIGIN_PREFIX:
-        raise CheckpointError(f"origin {origin!r} is not elspeth/<store id>/<run id>")
+        raise CheckpointError(f"origin {quoted(origin)} is not elspeth/<store id>/<run id>")
     _check_origin_part(parts[1], "store id")
     _check_origin_part(parts[2], "run id")
     return parts[1], parts[2]
@@ -63,14 +66,14 @@ class Checkpoint:
 
     def __post_init__(self) -> None:
         if not self.origin or any(c.isspace() or c == "+" or not c.isprintable() for c in self.origin):
-            raise CheckpointError(f"origin {self.origin!r} must be non-empty, without spaces or '+'")
+            raise CheckpointError(f"origin {quoted(self.origin)} must be non-empty, without spaces or '+'")
         if self.size < 0:
             raise CheckpointError(f"tree size {self.size} is negative")
         if len(self.root) != HASH_SIZE:
             raise CheckpointError(f"a root hash is {HASH_SIZE} bytes, not {len(self.root)}")
         for line in self.extensions:
             if not line or "\n" in line or not line.isprintable():
-                raise CheckpointError(f"extension line {line!r} must be one non-empty line of text")
+                raise CheckpointError(f"extension line {quoted(line)} must be one non-empty line of text")
 
     def text(self) -> str:
         """The note text: origin, size, root, extension lines, each ending in a newline."""
@@ -86,6 +89,9 @@ def parse_checkpoint(text: str) -> Checkpoint:
     """The checkpoint in a note's text (see `Checkpoint.text`); refuses any other spelling."""
     if not text.endswith("\n"):
         raise CheckpointError("checkpoint text does not end with a newline")
+    count = text.count("\n")  # (counted before the text is split: a hostile one may hold millions)
+    if count > MAX_CHECKPOINT_LINES:
+        raise CheckpointError(f"a checkpoint has {count} lines, more than {MAX_CHECKPOINT_LINES}")
     lines = text[:-1].split("\n")
     if len(lines) < 3:
         raise CheckpointError(f"a checkpoint has origin, size and root lines; this one has {len(lines)} line(s)")
@@ -94,9 +100,9 @@ def parse_checkpoint(text: str) -> Checkpoint:
             raise CheckpointError(f"checkpoint line {i} is empty")
     origin, size, root, *extensions = lines
     if not _SIZE.fullmatch(size):
-        shown = size if len(size) <= 40 else f"{size[:20]}… ({len(size)} characters)"
         raise CheckpointError(
-            f"checkpoint tree size {shown!r} is not a decimal number of at most 19 digits without leading zeros"
+            f"checkpoint tree size {quoted(size, 20)} is not a decimal number of at most 19 digits without leading "
+            "zeros"
         )
     raw = b64decode_strict(root, "checkpoint root hash")
     return Checkpoint(origin, int(size), raw, tuple(extensions))
@@ -108,5 +114,5 @@ def open_checkpoint(note: str | bytes, verifier: Verifier, *, origin: str | None
     opened = open_note(note, verifier)
     checkpoint = parse_checkpoint(opened.text)
     if origin is not None and checkpoint.origin != origin:
-        raise CheckpointError(f"checkpoint is of {checkpoint.origin!r}, not {origin!r}")
+        raise CheckpointError(f"checkpoint is of {quoted(checkpoint.origin)}, not {origin!r}")
     return checkpoint

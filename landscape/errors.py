@@ -10,6 +10,14 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def quoted(text: str, limit: int = 120) -> str:
+    """`text` quoted (its repr) for a message, cut after `limit` characters with its length said: a
+    field of a hostile file may be megabytes long, and a one-line error is read by a person."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def connection_lost(sqlstate: str | None) -> bool:
     """Whether a driver's operational error (by its SQLSTATE) is the connection or the server
     gone: no code (the client saw the connection end), connection exceptions (08), the server

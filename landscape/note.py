@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, quoted
 
 ED25519 = 0x01
 #: More signature lines than this and the note is refused (the spec asks for at least 16).
@@ -44,7 +44,7 @@ def check_key_name(name: str) -> None:
         raise NoteError("a key name must not be empty")
     bad = next((c for c in name if c.isspace() or c == "+" or not c.isprintable()), None)
     if bad is not None:
-        raise NoteError(f"key name {name!r} holds {bad!r}; a key name has no spaces, '+' or control characters")
+        raise NoteError(f"key name {quoted(name)} holds {bad!r}; a key name has no spaces, '+' or control characters")
 
 
 def key_id(name: str, public_key: bytes) -> bytes:
@@ -75,7 +75,7 @@ def _split_key_text(text: str, what: str) -> tuple[str, bytes, bytes]:
     name, hex_id, encoded = parts
     check_key_name(name)
     if not _HEX_ID.fullmatch(hex_id):
-        raise NoteError(f"{what}: key id {hex_id!r} is not 8 lowercase hex digits")
+        raise NoteError(f"{what}: key id {quoted(hex_id)} is not 8 lowercase hex digits")
     raw = b64decode_strict(encoded, f"{what}: the key")
     if not raw or raw[0] != ED25519:
         kind = f"type 0x{raw[0]:02x}" if raw else "empty"
@@ -215,9 +215,10 @@ def parse_note(note: str | bytes) -> Note:
     text, block = note[: cut + 1], note[cut + 2 :]
     if not block:
         raise NoteError("note ends with a blank line where its signature lines should be")
+    count = block.count("\n")  # (counted before the block is split: a hostile one may hold millions)
+    if count > MAX_SIGNATURES:
+        raise NoteError(f"note has {count} signature lines, more than {MAX_SIGNATURES}")
     lines = block[:-1].split("\n")
-    if len(lines) > MAX_SIGNATURES:
-        raise NoteError(f"note has {len(lines)} signature lines, more than {MAX_SIGNATURES}")
     first = text.count("\n") + 2
     signatures = tuple(_parse_signature_line(line, first + i) for i, line in enumerate(lines))
     return Note(text, signatures)
@@ -226,7 +227,7 @@ def parse_note(note: str | bytes) -> Note:
 def _parse_signature_line(line: str, number: int) -> Signature:
     if not line.startswith(_SIG_PREFIX):
         raise NoteError(f"line {number} is not a signature line ('— NAME SIGNATURE')")
-    parts = line[len(_SIG_PREFIX) :].split(" ")
+    parts = line[len(_SIG_PREFIX) :].split(" ", 2)
     if len(parts) != 2:
         raise NoteError(f"line {number}: a signature line is '— NAME SIGNATURE', one space apart")
     name, encoded = parts

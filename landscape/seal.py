@@ -29,6 +29,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from landscape.checkpoint import CheckpointError, parse_run_origin, run_origin
+from landscape.errors import quoted
 from landscape.merkle import HASH_SIZE, leaf_hash
 from landscape.merkle import root as merkle_root
 from landscape.note import NoteError, Signer, Verifier, b64decode_strict, open_note, parse_note
@@ -88,13 +89,13 @@ def sign(signer: Signer, origin: str, digests: Collection[bytes]) -> str:
 
 
 def parse_seal(text: str) -> Seal:
-    lines = text.split("\n")
+    lines = text.split("\n", 5)
     if len(lines) != 5 or lines[0] != HEAD or lines[4] != "":
         raise CheckpointError(f"a seal's text is {HEAD!r}, an origin, a count and a root, each on its line")
     _head, origin, count, root, _end = lines
     if not _COUNT.fullmatch(count):
         raise CheckpointError(
-            f"a seal's count {count[:30]!r}{'…' if len(count) > 30 else ''} is not a positive decimal number without "
+            f"a seal's count {quoted(count, 30)} is not a positive decimal number without "
             "leading zeros, of at most 19 digits"
         )
     raw = b64decode_strict(root, "seal root hash")
@@ -109,7 +110,7 @@ def open_seal(note: str, verifier: Verifier | None, origin: str) -> Seal:
     text = open_note(note, verifier).text if verifier is not None else parse_note(note).text
     seal = parse_seal(text)
     if seal.origin != origin:
-        raise CheckpointError(f"the seal is of {seal.origin!r}, not {origin!r}")
+        raise CheckpointError(f"the seal is of {quoted(seal.origin)}, not {origin!r}")
     return seal
 
 

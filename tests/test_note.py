@@ -4,6 +4,8 @@ malformed note, wrong key or name, extra or missing newline is refused with its 
 from __future__ import annotations
 
 import base64
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
@@ -202,3 +204,41 @@ def test_origin_parts_cannot_smuggle_separators() -> None:
     for origin in ("elspeth/s", "other/s/r", "elspeth/s/r/x", "elspeth//r"):
         with pytest.raises(CheckpointError):
             parse_run_origin(origin)
+
+
+def _peak(call: Callable[[], object]) -> tuple[BaseException | None, int]:
+    """What `call` raised, and the most memory it held at once (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        call()
+        raised: BaseException | None = None
+    except Exception as e:
+        raised = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+@pytest.mark.parametrize(
+    ("hostile", "read", "words"),
+    [
+        ("ab/" * 1_000_000, parse_run_origin, "is not elspeth/<store id>/<run id>"),
+        ("x\n\n" + "ab\n" * 1_000_000, parse_note, "more than 100"),
+        ("o\n" + "ab\n" * 1_000_000, parse_checkpoint, "more than 100"),
+        ("elspeth/s/" + "r" * 3_000_000 + " ", parse_run_origin, "holds ' ', which an origin part cannot"),
+        ("elspeth/s/" + "r" * 3_000_000 + " ", lambda t: Checkpoint(t, 0, EMPTY_ROOT), "without spaces or '+'"),
+    ],
+    ids=["origin", "note", "checkpoint", "long-run-id", "long-origin"],
+)
+def test_a_hostile_text_is_refused_before_it_is_split_and_quoted_only_in_part(
+    hostile: str, read: Callable[[str], object], words: str
+) -> None:
+    """An export's header origin, a checkpoint line's note, a bundle's origin: text no signature
+    has vouched for yet, up to a line's limit long. Split at every '/' or newline, 3 MB of
+    `ab/` became a million strings (about 60 MB: a 256 MiB line, 6-8 GB); quoted whole, the error
+    was a line as long. Counted first, refused, and quoted in part."""
+    raised, peak = _peak(lambda: read(hostile))
+    assert isinstance(raised, (CheckpointError, NoteError)), raised
+    assert words in str(raised) and len(str(raised)) < 300, str(raised)[:300]
+    assert peak < 2 * len(hostile), peak / len(hostile)
