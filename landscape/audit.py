@@ -12,7 +12,7 @@ import hashlib
 import os
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -61,9 +61,9 @@ from landscape.verify import (
     verify_events,
 )
 from statecharts import events as ev
-from statecharts.compiled import EVENT_MACHINE
+from statecharts.compiled import EVENT_MACHINE, TOKEN, InvalidTransition
 from statecharts.errors import StatechartError
-from statecharts.machines import RUN_FINAL, TOKEN_OUTCOME_OF
+from statecharts.machines import INITIAL, RUN_FINAL, TOKEN_OUTCOME_OF
 
 # A proof bundle is read whole; one larger than this is not one ELSPETH made for a row.
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
@@ -136,6 +136,8 @@ class ProofReport:
     extends: int | None  # the size of the kept checkpoint the bundle was proved to extend
     unsigned: int = 0  # erasure records signed by nothing, taken on the store's word (`unsigned_erasures`)
     absent: int = 0
+    # Tokens created in the bundle whose events there do not follow one another (`_left_out`).
+    skipping: int = 0
     row: bool = False  # a row's bundle (else one event's)
 
 
@@ -869,6 +871,39 @@ def _tokens_named(e: ev.EventBase) -> list[str]:
     return []
 
 
+def _left_out(events: Iterable[tuple[StoredEvent, ev.EventBase]]) -> int:
+    """How many tokens created in a row's bundle have events there that do not follow one another,
+    so that one of theirs was left out: the token machine refuses an event in the state the ones
+    before left it in (a completion without its sink's assignment), or a step's input is not the
+    data the token held (its creation's, then each step's output: a step that changed it is gone).
+    `prove --row` holds every event of each token it holds the creation of; a step that left the
+    data as it was (a gate, a filter that passed) can be left out unseen."""
+    state: dict[str, str] = {}
+    data: dict[str, str] = {}
+    skipping: set[str] = set()
+    for stored, e in events:
+        token = stored.entity_id
+        if stored.machine != "token" or token in skipping:
+            continue
+        if isinstance(e, ev.TokenCreated):
+            if token in state:
+                skipping.add(token)
+            state[token], data[token] = TOKEN.apply(INITIAL, "TokenCreated"), e.data_hash
+            continue
+        if token not in state:  # (created in another row's bundle, or before: not this one's to judge)
+            continue
+        try:
+            state[token] = TOKEN.apply(state[token], stored.event_type)
+        except InvalidTransition:
+            skipping.add(token)
+            continue
+        if isinstance(e, ev.StepCompleted):
+            if e.input_hash != data[token]:
+                skipping.add(token)
+            data[token] = e.output_hash
+    return len(skipping)
+
+
 class _ProofCheck:
     def __init__(
         self,
@@ -930,6 +965,7 @@ class _ProofCheck:
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
             payloads_included=b.payloads_included, payloads=payloads, erased=erased,
             unended=len(created - ended) if row else 0, absent=len(named - shown) if row else 0, row=row,
+            skipping=_left_out(events) if row else 0,
             extends=extends, unsigned=self.unsigned,
         )  # fmt: skip
 

@@ -100,7 +100,9 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
             gaps = [
                 *([f"{proof.unended} token(s) of the bundle have no end event in it"] if proof.unended else []),
                 *([f"{proof.absent} token(s) its events name have no event in it"] if proof.absent else []),
-            ]
+                *([f"{proof.skipping} token(s) have events in it that do not follow one another (one of theirs was "
+                   "left out of it)"] if proof.skipping else []),
+            ]  # fmt: skip
             say(
                 f"elspeth: note: {'; '.join(gaps) + ': ' if gaps else ''}a bundle proves that the events it holds are "
                 "in the signed log, not that none was left out (an export shows them all)"
