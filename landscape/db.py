@@ -67,7 +67,15 @@ def normalise_url(url: str) -> str:
         parts.port  # noqa: B018 - urlsplit validates the port lazily
     except ValueError as e:
         raise DatabaseUnavailable(f"malformed database URL {redact(url)!r}: {e}") from e
-    return "postgresql" + url[len(parts.scheme) :]
+    normal = "postgresql" + url[len(parts.scheme) :]
+    try:  # as the driver will read it: a '%' not starting an escape failed each connect, password shown
+        psycopg.conninfo.conninfo_to_dict(normal)
+    except psycopg.Error as e:
+        hint = " (a '%' in a URL starts an escape: write one in a password as %25)" if "percent" in str(e) else ""
+        raise DatabaseUnavailable(
+            f"malformed database URL {redact(url)!r}: {scrub(first_line(e), url)}{hint}"
+        ) from None
+    return normal
 
 
 def redact(url: str) -> str:
