@@ -548,7 +548,7 @@ def open_lock(path: Path) -> IO[str]:
     return os.fdopen(fd, "r+")
 
 
-def _only_root_can_move(root: Path) -> None:
+def only_root_can_move(root: Path) -> None:
     """As root: nobody else may be able to change where the home is. The path is followed as the
     kernel follows it, a part at a time, each link read and followed where it leads (`..` after a
     link included): every link met must be root's, and every folder that holds a part of the way
@@ -797,14 +797,14 @@ def embedded_server(
             "or use --database URL"
         ) from e
     if _as_root():
-        _only_root_can_move(root)
+        only_root_can_move(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatabaseUnavailable(f"cannot create {root}: {e.strerror}; set ELSPETH_HOME or use --database URL") from e
     uid = gid = None
     if _as_root():
-        _only_root_can_move(root)  # (again: as made)
+        only_root_can_move(root)  # (again: as made)
         uid, gid = _system_user()
         _claim_home(root, uid, say)  # before anything in it is opened
     else:

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from landscape.errors import LandscapeError
+from landscape.errors import DatabaseUnavailable, LandscapeError
 from landscape.owner import mistrust
 
 ENV = "ELSPETH_FINGERPRINT_KEY"
@@ -33,6 +33,13 @@ def fingerprint_key(home: Path, environ: Mapping[str, str]) -> tuple[bytes, Path
     if given:
         return given.encode(), None
     path = home / KEY_FILE
+    if os.geteuid() == 0:  # root writes nothing in a home another user could point elsewhere
+        from landscape.embedded import only_root_can_move  # (here: the embedded server's module)
+
+        try:
+            only_root_can_move(home)
+        except DatabaseUnavailable as e:
+            raise FingerprintKeyError(str(e)) from None
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         dir_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)

@@ -319,6 +319,12 @@ def test_as_root_a_home_another_user_could_swap_for_a_link_is_refused_untouched(
     refused = r"refusing the ELSPETH home .*(the folder .*project|symbolic link of)"
     with pytest.raises(DatabaseUnavailable, match=refused), embedded_server(home):
         pass
+    # Nor is the fingerprint key written there first (`run` and `validate` make it as they read
+    # the settings, before the store opens: a new user's review found it written through the link).
+    from landscape.fingerprint import FingerprintKeyError, fingerprint_key
+
+    with pytest.raises(FingerprintKeyError, match=refused):
+        fingerprint_key(home, {})
     assert sorted(p.name for p in victim.iterdir()) in (["run"], ["run", "sub"])
     assert not any((victim / "sub").iterdir()) if (victim / "sub").exists() else True
     assert os.stat(victim / "run").st_uid == 0 and (victim / "run" / "important").read_text() == "data"
