@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM: stop at the next record boundary, or at once if that takes too long.
+"""SIGINT, SIGTERM and SIGHUP: stop at the next record boundary, or at once if that takes too long.
 
 The first signal asks the run loop to stop at the next record boundary, where it makes the
 sinks durable, records `RunInterrupted` and commits. Every step of a row is bounded
@@ -35,7 +35,9 @@ from engine.errors import EngineError
 
 GRACE_SECONDS = 1.0
 TICK_SECONDS = 0.25
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: a terminal closed under a run sends it, and by default it ended the process where
+# it stood (its sender child with it), with the embedded server left up (a new user's review).
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopNow(BaseException):

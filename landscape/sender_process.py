@@ -25,7 +25,7 @@ The engine's process holds the run's writer lock and the child its sender lock
 died alone nor one still finishing a commit after its parent died lets another writer in. The
 child ends when the writer closes it, when the writer's end of the pipe closes (its process
 ended), and on Linux at once when the writer's process dies (`PR_SET_PDEATHSIG`). It ignores
-SIGINT and SIGTERM (stopping is the engine's to decide), closes every descriptor it inherited
+SIGINT, SIGTERM and SIGHUP (stopping is the engine's to decide), closes every descriptor it inherited
 but its pipes, and collects no garbage (see `_seal`). An exchange cut off half way (a stop at
 once) ends the child with SIGKILL: what it had not committed is lost, as in a crash. A test's
 fault (`landscape.faults`) reached in the child ends the parent the same way.
@@ -55,7 +55,7 @@ from landscape.errors import LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary
 
-_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}  # the engine's (engine/stopping.py)
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM}  # the engine's (engine/stopping.py)
 # A batch crosses the pipe as MessagePack: three byte strings per event, which pickle memoizes one
 # by one (a 16,000-event batch: 8-10 ms to pickle, 1-4 ms to encode; the engine's core pays it).
 _BATCH = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(commits.Batch)

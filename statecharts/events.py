@@ -92,7 +92,7 @@ class RunFailed(EventBase, frozen=True):
 
 
 class RunInterrupted(EventBase, frozen=True):
-    reason: str  # "SIGINT", "SIGTERM", or "writer lost" when a resume finds a dead writer
+    reason: str  # "SIGINT", "SIGTERM", "SIGHUP", or "writer lost" when a resume finds a dead writer
 
 
 class RunAbandoned(EventBase, frozen=True):

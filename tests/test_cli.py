@@ -535,10 +535,12 @@ def _serve(workdir: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "terminal-closed"]
+)
 def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Path, stop: signal.Signals) -> None:
     """SIGTERM (systemd's, docker's) stops it as Ctrl-C does: it used to end the command with no
-    cleanup, leaving the server it had started running."""
+    cleanup, leaving the server it had started running. SIGHUP (its terminal closed) likewise."""
     import psycopg
 
     proc = _serve(tmp_path)

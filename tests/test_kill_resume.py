@@ -148,7 +148,9 @@ def _wait_for_events(db: Database, proc: subprocess.Popen[str], at_least: int) -
 
 
 @pytest.mark.parametrize("kind", sorted(PIPELINES))
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"])
+@pytest.mark.parametrize(
+    "how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["kill", "term", "int", "hup"]
+)
 def test_stopped_or_killed_runs_resume_to_the_same_outputs(db: Database, tmp_path: Path, kind: str, how: int) -> None:
     reference = tmp_path / "reference"
     _setup(reference, kind)

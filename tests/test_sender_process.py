@@ -137,6 +137,7 @@ def test_the_sender_process_ignores_interrupts_meant_for_the_engine(db: Database
         w.append("run", run_id, _created())
         os.kill(_child(w), signal.SIGINT)
         os.kill(_child(w), signal.SIGTERM)
+        os.kill(_child(w), signal.SIGHUP)  # (a terminal closed: the whole group gets it)
         _tokens(w, 0, 3)
         w.commit()
     finally:

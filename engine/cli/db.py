@@ -110,8 +110,9 @@ def db_serve(ctx: click.Context) -> None:
         # Before the first line: whoever reads how to connect may stop it at once (a script, a
         # test), and a SIGTERM before the handler would end the process with the server left up.
         stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: its terminal closed)
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # (`nohup`: it stays up)
+                signal.signal(signum, lambda *_: stop.set())
         click.echo(f"audit store: {db.describe()}")
         click.echo(f"connect with: psql '{redact(db.conninfo)}'   (tables: docs/sql-cookbook.md)")
         if db.embedded:

@@ -128,8 +128,11 @@ def _output_lost(error: OSError) -> None:
 def main() -> None:
     # SIGTERM (what systemd, docker and Kubernetes send) ends a command as Ctrl-C does: cleanup
     # runs (an embedded server this command started is stopped) and the exit status is 130. A
-    # run's loop installs its own handler, which stops at the next record boundary.
+    # run's loop installs its own handler, which stops at the next record boundary. SIGHUP (the
+    # terminal closed) likewise, unless the command was started ignoring it (`nohup`).
     signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _terminated)
     visible.install()
     try:
         cli.main(standalone_mode=False)
