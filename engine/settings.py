@@ -209,7 +209,9 @@ class LoadedSettings:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,38}$")
-_RESERVED = {"continue", "fork", "on_success"}
+# ("source": the source's own node, in the events and `show`; a sink of that name was left out
+# of its nodes, a transform of it refused as "a cycle: source -> source": a new user's review)
+_RESERVED = {"continue", "fork", "on_success", "source"}
 # What a missing required key may hold, where the type alone says too little.
 _HINTS = {
     "on_error": "a sink name or discard",
@@ -528,7 +530,8 @@ def _check(loaded: LoadedSettings, errors: list[str]) -> None:
     def error_target(path: str, target: object, *, other_than: str | None = None) -> None:
         choices = [n for n in sinks if n != other_than]
         if target is not None and target != "discard" and target not in choices:
-            errors.append(f"{path}: '{target}' is not a sink; allowed: discard, {', '.join(choices) or '(no sinks)'}")
+            what = "the sink itself, whose writes failed" if target == other_than else "not a sink"
+            errors.append(f"{path}: '{target}' is {what}; allowed: discard, {', '.join(choices) or '(no sinks)'}")
 
     error_target("source.options.on_validation_failure", s.source.options.get("on_validation_failure"))
     for i, t in enumerate(s.transforms):
@@ -583,7 +586,9 @@ def _check_name(name: str, path: str, errors: list[str]) -> None:
     if not _NAME.match(name):
         errors.append(f"{path}: '{name}' is not a valid name; allowed: 1 to 38 of A-Z a-z 0-9 _ -")
     elif name in _RESERVED or name.startswith("__"):
-        errors.append(f"{path}: '{name}' is reserved; allowed: any other name (not continue, fork, on_success, __*)")
+        errors.append(
+            f"{path}: '{name}' is reserved; allowed: any other name (not continue, fork, on_success, source, __*)"
+        )
 
 
 def _check_gate(loaded: LoadedSettings, i: int, g: GateSettings, errors: list[str]) -> None:

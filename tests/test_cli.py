@@ -581,6 +581,13 @@ def test_explain_names_an_unknown_run_as_such(db: Database, work: Path) -> None:
     assert "no run run-nope" in err
 
 
+def test_explain_refuses_a_second_row_rather_than_show_the_last(db: Database, work: Path) -> None:
+    """`explain --row 1 --row 2` showed row 2 alone, unsaid (`purge --row` takes several: a new
+    user's review)."""
+    err = one_line_error(elspeth("explain", "run-nope", "--row", "1", "--row", "2", cwd=work, db=db), 2)
+    assert "explain shows one row at a time: give --row once" in err, err
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [(lambda t: t.replace("path: out/bad.jsonl", "path: /dev/full, format: json, mode: append"), "sink 'bad': ")],

@@ -250,6 +250,7 @@ def test_names(tmp_path: Path) -> None:
     text = BASE.replace("name: t1", "name: 'bad name!'") + (
         "gates:\n- {name: fork, input: a, condition: 'True', routes: {'true': out}}\n"
         "- {name: __x, input: b, condition: 'True', routes: {'true': out}}\n"
+        "- {name: source, input: c, condition: 'True', routes: {'true': out}}\n"
         "coalesce:\n- {name: out, branches: [a, b]}\n"
     )
     text = text.replace("  out: {plugin", "  out: {plugin: csv}\n  Big: {plugin")
@@ -257,6 +258,7 @@ def test_names(tmp_path: Path) -> None:
     assert "transforms[0].name: 'bad name!' is not a valid name; allowed: 1 to 38 of A-Z a-z 0-9 _ -" in lines
     assert any(line.startswith("gates[0].name: 'fork' is reserved") for line in lines)
     assert any(line.startswith("gates[1].name: '__x' is reserved") for line in lines)
+    assert any(line.startswith("gates[2].name: 'source' is reserved") for line in lines), lines
     assert "sinks.Big: 'Big' has capitals; allowed: a lowercase sink name" in lines
     assert "sinks.out: 'out' is already the name of coalesce[0]; allowed: a unique name" in lines
 
@@ -306,7 +308,10 @@ def test_on_write_failure_and_on_validation_failure_name_sinks(tmp_path: Path) -
     )
     lines = _errors(tmp_path, text)
     assert "source.options.on_validation_failure: 'bad' is not a sink; allowed: discard, out" in lines
-    assert "sinks.out.on_write_failure: 'out' is not a sink; allowed: discard, (no sinks)" in lines
+    assert (
+        "sinks.out.on_write_failure: 'out' is the sink itself, whose writes failed; allowed: discard, (no sinks)"
+        in lines
+    )
 
 
 @pytest.mark.parametrize(

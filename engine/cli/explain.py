@@ -35,8 +35,9 @@ _CHANGES_SHOWN = 20  # changes of one step shown in the text output: the others 
 @click.argument("run_id")
 @click.option(
     "--row",
-    "row_number",
+    "row_numbers",
     type=click.IntRange(min=1),
+    multiple=True,  # (to refuse a second one: click keeps the last of a single-valued option, unsaid)
     help="Source record N, counted from 1 over the records read (header and blank lines excluded): "
     "the same number as a quarantine record's __row_number__.",
 )
@@ -55,7 +56,7 @@ _CHANGES_SHOWN = 20  # changes of one step shown in the text output: the others 
 def explain_cmd(
     ctx: click.Context,
     run_id: str,
-    row_number: int | None,
+    row_numbers: tuple[int, ...],
     token_id: str | None,
     where: str | None,
     limit: int,
@@ -70,6 +71,9 @@ def explain_cmd(
     matches the hash the log recorded. The log is checked against the run's signed checkpoints
     (the store's and the witness file's): a log cut short is refused, not shown as rows that got
     no further."""
+    if len(row_numbers) > 1:
+        raise click.UsageError("explain shows one row at a time: give --row once (a new command for each row)")
+    row_number = row_numbers[0] if row_numbers else None
     if sum(x is not None for x in (row_number, token_id, where)) != 1:
         raise click.UsageError("give exactly one of --row N, --token ID or --where EXPR")
     condition = _compile(where) if where is not None else None
