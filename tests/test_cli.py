@@ -581,6 +581,15 @@ def test_explain_names_an_unknown_run_as_such(db: Database, work: Path) -> None:
     assert "no run run-nope" in err
 
 
+def test_the_stores_options_after_a_command_say_where_they_go(tmp_path: Path) -> None:
+    """`elspeth db stop --home X` was "No such option '--home'. Did you mean '--help'?", where
+    docs/cli.md spoke of the server "of --home" (a new user's review)."""
+    err = one_line_error(elspeth("db", "stop", "--home", str(tmp_path), cwd=tmp_path), 2)
+    assert "--home is given before the command: elspeth --home VALUE db stop ..." in err, err
+    err = one_line_error(elspeth("runs", "--database", "postgresql://x@y/z", cwd=tmp_path), 2)
+    assert "--database is given before the command: elspeth --database VALUE runs ..." in err, err
+
+
 def test_explain_refuses_a_second_row_rather_than_show_the_last(db: Database, work: Path) -> None:
     """`explain --row 1 --row 2` showed row 2 alone, unsaid (`purge --row` takes several: a new
     user's review)."""

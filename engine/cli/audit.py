@@ -64,11 +64,11 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
             "-o -: this is written to a file, all or nothing, not to standard output; give the file's path"
         )
     if path.exists() or path.is_symlink():
-        raise ElspethCliError(f"{path} already exists; choose another name (an export is never overwritten)")
+        raise ElspethCliError(f"{path} already exists; choose another name (this command never overwrites a file)")
     if not path.parent.is_dir():
         raise ElspethCliError(f"{path.parent} is not an existing folder")
     for left in _remove_abandoned(path):
-        say(f"elspeth: removed {left}, left by an earlier export into {path} that was killed")
+        say(f"elspeth: removed {left}, left by an earlier command writing {path} that was killed")
     tmp = _temporary(path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

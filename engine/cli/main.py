@@ -125,6 +125,10 @@ def _output_lost(error: OSError) -> None:
     sys.exit(1)
 
 
+# The root group's options, which a user may give after a command instead.
+_GROUP_OPTIONS = ("--home", "--database")
+
+
 def main() -> None:
     # SIGTERM (what systemd, docker and Kubernetes send) ends a command as Ctrl-C does: cleanup
     # runs (an embedded server this command started is stopped) and the exit status is 130. A
@@ -147,6 +151,15 @@ def main() -> None:
         visible.say(f"elspeth: {done[0]} (a signal then cut short what it prints or the store's stop)")
         sys.exit(done[1])
     except click.ClickException as e:
+        if isinstance(e, click.NoSuchOption) and e.option_name in _GROUP_OPTIONS and e.ctx and e.ctx.parent:
+            # (`elspeth db stop --home X`: the store's options come before the command)
+            names, at = [], e.ctx
+            while at.parent is not None:
+                names.append(at.info_name or "")
+                at = at.parent
+            command = " ".join(reversed(names))
+            said = f"{e.option_name} is given before the command: elspeth {e.option_name} VALUE {command} ..."
+            e = click.UsageError(said, e.ctx)
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
