@@ -248,7 +248,20 @@ _NONE = object()
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
-    """Read, expand, decode and check one settings file; raise SettingsError listing every problem."""
+    """Read, expand, decode and check one settings file; raise SettingsError listing every problem.
+    A key given twice in one mapping is a warning when the file is otherwise good, and one of its
+    lines when it is not: the second `source:` of a file, holding part of one, made it `source.on_success:
+    missing`, with nothing said of the first (a new user's review)."""
+    duplicates: list[str] = []
+    try:
+        return _load_settings(path, environ, duplicates)
+    except SettingsError as e:
+        if not duplicates:
+            raise
+        raise SettingsError([*e.errors, *(f"{path}: {d}" for d in duplicates)], e.loaded) from None
+
+
+def _load_settings(path: Path, environ: Mapping[str, str] | None, duplicates: list[str]) -> LoadedSettings:
     env = os.environ if environ is None else environ
     where = str(path)
     try:
@@ -274,6 +287,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
             raw = loader.get_single_data()
         finally:
             loader.dispose()
+        duplicates.extend(loader.duplicates)
     except RecursionError:
         # PyYAML composes nested collections recursively: a few hundred `[` deep exhaust the stack.
         raise SettingsError(

@@ -427,6 +427,14 @@ def test_a_key_given_twice_is_a_warning_with_its_line(tmp_path: Path) -> None:
     ]
 
 
+def test_a_key_given_twice_is_said_among_the_errors_it_may_explain(tmp_path: Path) -> None:
+    """A second, partial `source:` replaces the first: the error it causes was said alone, and
+    the warning that would explain it never came (the file did not load)."""
+    lines = _errors(tmp_path, BASE + "source:\n  plugin: csv\n")
+    assert any(line.startswith("source.on_success: missing") for line in lines), lines
+    assert any("key 'source' appears twice in one mapping; the last one is used" in line for line in lines), lines
+
+
 def test_aliases_cannot_blow_up(tmp_path: Path) -> None:
     levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
     for prev, name in zip("abcdefg", "bcdefgh", strict=True):
