@@ -465,6 +465,18 @@ def test_skip_rows_past_the_end_of_the_file_is_refused_not_a_run_of_nothing(tmp_
     build_plugin("source", "csv", {"path": str(write(tmp_path / "e.csv", "")), "skip_rows": 3}).check_header()
 
 
+@pytest.mark.parametrize("ends", ["\r\n", "\n"], ids=["crlf", "lf"])
+def test_a_utf16_file_read_as_utf8_is_said_to_be_one(tmp_path: Path, ends: str) -> None:
+    """Excel's "Unicode text" (UTF-16 with a byte-order mark, CRLF): read as UTF-8, its header
+    was 'new-line character seen in unquoted field ... end its lines in line feeds', advice that
+    fits no such file (a new user's review). The decoding is said first, with the encoding to set."""
+    path = tmp_path / "u16.csv"
+    path.write_bytes(f"id,v{ends}1,2{ends}".encode("utf-16"))
+    with pytest.raises(PluginError, match=r"the header line 1 is not valid utf-8: .*set options\.encoding: utf-16"):
+        build_plugin("source", "csv", {"path": str(path)}).check_header()
+    assert [i.row for i in items("csv", {"path": str(path), "encoding": "utf-16"})] == [{"id": "1", "v": "2"}]
+
+
 def test_a_blank_line_for_a_header_or_no_columns_is_refused_not_every_row_quarantined(tmp_path: Path) -> None:
     """A header naming no column made every record, the real header too, a ragged row."""
     path = write(tmp_path / "in.csv", "\n\nid,a\n1,2\n")

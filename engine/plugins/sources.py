@@ -238,6 +238,17 @@ def _only_cr(f: IO[bytes]) -> bool:
         f.seek(start)
 
 
+def _wide_encoding(raw: list[bytes]) -> str:
+    """A hint for a file whose first bytes are a UTF-16 or UTF-32 byte-order mark (Excel's
+    "Unicode text"), read in another encoding; else nothing."""
+    start = raw[0][:4] if raw else b""
+    for bom, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                      (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):  # fmt: skip
+        if start.startswith(bom):
+            return f" (it starts with a {name.upper()} byte-order mark: set options.encoding: {name})"
+    return ""
+
+
 def _only_cr_text(f: IO[bytes], encoding: str) -> bool:
     """`_only_cr` for an encoding in which a newline is not the byte 0x0A (UTF-16, UTF-32): the
     bytes of an LF or a CR can be part of another character there, so the text is searched. A
@@ -544,6 +555,8 @@ class CsvSource:
         """The header line's names, normalised. The header is one line: read as a record, a quote
         left open in it would make the lines after it (data rows, to the end of the file if it
         never closes) part of a column name, never read, counted or quarantined."""
+        if lines.bad is not None:  # (said first: read in another encoding, its CRs and NULs misled the parser)
+            raise PluginError(_NODE, f"{self.path}: the header {lines.bad}{_wide_encoding(lines.raw)}")
         try:
             first, more = _one_line_record(line, self.delimiter)
         except csv.Error as e:
@@ -559,8 +572,6 @@ class CsvSource:
                 _NODE, f"{self.path}: the header on line {lines.count} opens a quote that does not close on that "
                 'line; allowed: a header on one line, each quoted name closed on it ("a,b" or "say ""hi""")'
             )  # fmt: skip
-        if lines.bad is not None:
-            raise PluginError(_NODE, f"{self.path}: the header {lines.bad}")
         try:
             return normalise_headers(first)
         except PluginConfigError as e:
