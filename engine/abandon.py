@@ -159,7 +159,8 @@ def _left_behind(fold: RunFold, later: Sequence[tuple[str, str, str]] = ()) -> l
       more: rows written after its last durability point, which no log records;
     - a JSON array the run never closed (a new run refuses to append to it);
     - a database table: its rows past the durable position are not looked for here;
-    - a file that no longer starts with what the run made durable: replaced or changed since."""
+    - a file that no longer starts with what the run made durable: replaced or changed since;
+    - a file that is gone, where the run made bytes durable: moved or deleted since."""
     notes = []
     for sink, location in fold.sink_locations.items():
         plugin = _plugin_of(fold, sink)
@@ -176,6 +177,12 @@ def _left_behind(fold: RunFold, later: Sequence[tuple[str, str, str]] = ()) -> l
         if other is not None:  # (a rerun since its crash: the bytes there are that run's, not its crash's)
             notes.append(f"sink '{sink}': {path} was written by run {other} since this run's last flush: what it holds "
                          "is that run's output")  # fmt: skip
+            continue
+        if durable > 0 and not os.path.exists(path):  # (a new user's review: said of `show`, not here)
+            notes.append(
+                f"sink '{sink}': {path} is gone (moved or deleted since): the {durable:,} bytes the run made durable "
+                "there, which its log records as its output, are not on disk"
+            )
             continue
         ours, extra, ends = _past_durable(path, durable, fold.sink_digests.get(sink))
         if ours is False:

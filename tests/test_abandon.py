@@ -358,3 +358,6 @@ def test_abandon_says_a_sink_file_was_replaced_since(tmp_path: Path) -> None:
     (tmp_path / "out.json").write_bytes(b'[{"b": 0},\n{"b": 1}')  # another file since
     (note,) = _left_behind(fold)
     assert "no longer starts with the 10 bytes the run made durable" in note
+    (tmp_path / "out.json").unlink()  # gone: said too (it was said of nothing; a new user's review)
+    (note,) = _left_behind(fold)
+    assert "out.json is gone (moved or deleted since): the 10 bytes the run made durable there" in note, note
