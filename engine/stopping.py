@@ -81,6 +81,10 @@ class Stop:
                 self._abort()
             return
         if self.requested is not None:
+            if signum == signal.SIGHUP:
+                # A terminal that closes hangs its jobs up more than once (the shell passes its
+                # own SIGHUP on, then the terminal's arrives): no one asked twice, so no escalation.
+                return
             self.again = signal.Signals(signum).name
             self._abort()
         self.requested = signal.Signals(signum).name

@@ -526,24 +526,37 @@ def test_a_database_password_is_never_printed(tmp_path: Path, url: str) -> None:
     assert "hunter2" not in err and "***" in err
 
 
-def _serve(workdir: Path) -> subprocess.Popen[str]:
-    """`elspeth db serve` in `workdir`, on its own embedded store (./.elspeth)."""
+def _serve(workdir: Path, ignoring: tuple[signal.Signals, ...] = ()) -> subprocess.Popen[str]:
+    """`elspeth db serve` in `workdir`, on its own embedded store (./.elspeth), started with the
+    signals `ignoring` ignored (as a shell starts a script's background job, or `nohup`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
+
+    def ignore() -> None:
+        for signum in ignoring:
+            signal.signal(signum, signal.SIG_IGN)
+
     return subprocess.Popen(
         [sys.executable, "-m", "engine.cli.main", "db", "serve"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        preexec_fn=ignore,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "terminal-closed"]
+    ("stop", "ignoring"),
+    [(signal.SIGINT, ()), (signal.SIGTERM, ()), (signal.SIGHUP, ()), (signal.SIGINT, (signal.SIGINT,))],
+    ids=["ctrl-c", "sigterm", "terminal-closed", "kill-int-in-a-script"],
 )
-def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(tmp_path: Path, stop: signal.Signals) -> None:
+def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(
+    tmp_path: Path, stop: signal.Signals, ignoring: tuple[signal.Signals, ...]
+) -> None:
     """SIGTERM (systemd's, docker's) stops it as Ctrl-C does: it used to end the command with no
-    cleanup, leaving the server it had started running. SIGHUP (its terminal closed) likewise."""
+    cleanup, leaving the server it had started running. SIGHUP (its terminal closed) likewise. A
+    script's background job starts with SIGINT ignored, and `kill -INT` still stops it (a review:
+    SIGINT, kept ignored, left a script's teardown waiting)."""
     import psycopg
 
-    proc = _serve(tmp_path)
+    proc = _serve(tmp_path, ignoring)
     try:
         assert proc.stdout is not None
         proc.stdout.readline()  # audit store: ...

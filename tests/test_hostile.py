@@ -413,6 +413,21 @@ def test_what_stopped_a_run_at_once_is_named(second: signal.Signals, says: str) 
         stop._handle(second, None)
 
 
+def test_a_terminal_closing_hangs_a_run_up_twice_and_it_still_stops_at_its_boundary() -> None:
+    """Bash passes its own SIGHUP on to its jobs, then the terminal's arrives: taken for a second
+    signal, three terminal closes in five stopped the run at once, unrecorded (a review). A second
+    SIGHUP asks nothing new; a Ctrl-C after one still stops at once."""
+    stop = Stop("run-x", clock=lambda: 0.0)
+    with stop.installed():
+        stop._handle(signal.SIGHUP, None)
+        stop._handle(signal.SIGHUP, None)
+        assert stop.requested == "SIGHUP" and not stop.aborting
+    stop = Stop("run-x", clock=lambda: 0.0)
+    with pytest.raises(StoppedAtOnce, match=r"on SIGHUP \(a second signal \(SIGINT\)"), stop.installed():
+        stop._handle(signal.SIGHUP, None)
+        stop._handle(signal.SIGINT, None)
+
+
 def test_ticks_before_a_signal_stop_nothing() -> None:
     now = [0.0]
     stop = Stop("run-x", clock=lambda: now[0])

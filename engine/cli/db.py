@@ -111,7 +111,9 @@ def db_serve(ctx: click.Context) -> None:
         # test), and a SIGTERM before the handler would end the process with the server left up.
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: its terminal closed)
-            if signal.getsignal(signum) is not signal.SIG_IGN:  # (`nohup`: it stays up)
+            # A SIGHUP ignored stays so (`nohup`: it stays up); SIGINT is taken even when a shell
+            # started it ignoring it, as a script's background job: `kill -INT` is how scripts stop it.
+            if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, lambda *_: stop.set())
         click.echo(f"audit store: {db.describe()}")
         click.echo(f"connect with: psql '{redact(db.conninfo)}'   (tables: docs/sql-cookbook.md)")
