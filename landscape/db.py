@@ -70,10 +70,11 @@ def normalise_url(url: str) -> str:
     normal = "postgresql" + url[len(parts.scheme) :]
     try:  # as the driver will read it: a '%' not starting an escape failed each connect, password shown
         psycopg.conninfo.conninfo_to_dict(normal)
-    except psycopg.Error as e:
-        hint = " (a '%' in a URL starts an escape: write one in a password as %25)" if "percent" in str(e) else ""
+    except (psycopg.Error, ValueError) as e:  # (ValueError: an escape that decodes to no UTF-8, `%C3t`)
+        why = scrub(first_line(e), url) if isinstance(e, psycopg.Error) else "an escape decodes to no UTF-8 text"
         raise DatabaseUnavailable(
-            f"malformed database URL {redact(url)!r}: {scrub(first_line(e), url)}{hint}"
+            f"malformed database URL {redact(url)!r}: {why} (a '%' in a URL starts an escape of two hex digits, of "
+            "UTF-8 bytes: write a '%' itself as %25)"
         ) from None
     return normal
 
