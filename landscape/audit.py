@@ -635,7 +635,7 @@ class _ExportCheck:
                 1, f"the header's run {quoted(header.run_id)} is not the run its origin names ({quoted(origin_run)})"
             )
         if self.run_id is not None and header.run_id != self.run_id:
-            raise self.fail(1, f"this is an export of run {header.run_id}, not of run {self.run_id}")
+            raise self.fail(1, f"this is an export of run {quoted(header.run_id)}, not of run {self.run_id}")
         self.header = header
         return header
 
@@ -648,8 +648,8 @@ class _ExportCheck:
         if cp.origin != self.header.origin:
             # The note is signed, so it is the header (or another run's checkpoint) that is wrong.
             where = 1 if not self.checkpoints else number
-            raise self.fail(where, f"the header names the log {self.header.origin}, the signed checkpoint on line "
-                                   f"{number} the log {cp.origin}")  # fmt: skip
+            raise self.fail(where, f"the header names the log {quoted(self.header.origin)}, the signed checkpoint on line "
+                                   f"{number} the log {quoted(cp.origin)}")  # fmt: skip
         if cp.size != record.size:
             raise self.fail(number, f"the record says {record.size} events, its signed note {cp.size}")
         if self.checkpoints and cp.size <= self.checkpoints[-1][1]:
@@ -928,7 +928,7 @@ class _ProofCheck:
         if b.key != self.key.text():
             raise self.fail(f"the bundle says it is signed by another key than the one given ({self.key.label})")
         if self.run_id is not None and b.run_id != self.run_id:
-            raise self.fail(f"this is a proof of run {b.run_id}, not of run {self.run_id}")
+            raise self.fail(f"this is a proof of run {quoted(b.run_id)}, not of run {self.run_id}")
         try:
             if parse_run_origin(b.origin)[1] != b.run_id:
                 raise self.fail(
@@ -972,7 +972,7 @@ class _ProofCheck:
     def _check_event(self, e: StoredEvent, proof: list[str], cp: Checkpoint) -> ev.EventBase:
         where = f"event seq {e.seq}"
         if e.run_id != self.bundle.run_id:
-            raise self.fail(f"{where} is an event of run {e.run_id}")
+            raise self.fail(f"{where} is an event of run {quoted(e.run_id)}")
         if hashlib.sha256(e.payload).digest() != e.payload_hash:
             raise self.fail(f"{where}: the event body does not match its payload hash")
         fields = (e.run_id, e.seq, e.machine, e.entity_id, e.event_type, e.schema_version, e.recorded_at_us)

@@ -114,5 +114,5 @@ def open_checkpoint(note: str | bytes, verifier: Verifier, *, origin: str | None
     opened = open_note(note, verifier)
     checkpoint = parse_checkpoint(opened.text)
     if origin is not None and checkpoint.origin != origin:
-        raise CheckpointError(f"checkpoint is of {quoted(checkpoint.origin)}, not {origin!r}")
+        raise CheckpointError(f"checkpoint is of {quoted(checkpoint.origin)}, not {quoted(origin)}")
     return checkpoint

@@ -110,7 +110,7 @@ def open_seal(note: str, verifier: Verifier | None, origin: str) -> Seal:
     text = open_note(note, verifier).text if verifier is not None else parse_note(note).text
     seal = parse_seal(text)
     if seal.origin != origin:
-        raise CheckpointError(f"the seal is of {quoted(seal.origin)}, not {origin!r}")
+        raise CheckpointError(f"the seal is of {quoted(seal.origin)}, not {quoted(origin)}")
     return seal
 
 

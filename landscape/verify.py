@@ -22,7 +22,7 @@ import msgspec
 from landscape.canonical import commitment, well_split
 from landscape.chain import GENESIS, event_hash
 from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint
-from landscape.errors import ChainBroken, CorruptLog
+from landscape.errors import ChainBroken, CorruptLog, quoted
 from landscape.fold import IllegalEvent, RunFold
 from landscape.merkle import EMPTY_ROOT, MerkleAccumulator
 from landscape.notary import Witnessed
@@ -409,7 +409,7 @@ def signed_checkpoint(note: str, verifier: Verifier | None, origin: str) -> Chec
         return open_checkpoint(note, verifier, origin=origin)
     checkpoint = parse_checkpoint(parse_note(note).text)
     if checkpoint.origin != origin:
-        raise CheckpointError(f"checkpoint is of {checkpoint.origin!r}, not {origin!r}")
+        raise CheckpointError(f"checkpoint is of {quoted(checkpoint.origin)}, not {quoted(origin)}")
     return checkpoint
 
 

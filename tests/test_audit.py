@@ -767,6 +767,25 @@ def test_prove_a_row_and_verify_it_offline(db: Database, fork: Exported, tmp_pat
     assert "no event seq 99999" in err and not (tmp_path / "n.json").exists()
 
 
+def test_a_hostile_run_id_or_origin_is_quoted_in_part(db: Database, fork: Exported, tmp_path: Path) -> None:
+    """A file's run id or origin, unsigned where it is read, was printed whole in the error that
+    refused it: a 5 MB run id, a 5 MB line on stderr (a review). Quoted in part, its length said."""
+    huge = "r" * 1_000_000
+    bundle = tmp_path / "row1.json"
+    assert elspeth("prove", fork.run_id, "--row", "1", "-o", str(bundle), cwd=fork.work, db=db).returncode == 0
+    data = json.loads(bundle.read_text())
+    data["run_id"] = huge
+    bundle.write_text(json.dumps(data))
+    header, rest = fork.file.read_bytes().split(b"\n", 1)
+    export = tmp_path / "huge.export"
+    export.write_bytes(header.replace(fork.run_id.encode(), huge.encode(), 1) + b"\n" + rest)
+    cut = tmp_path / "origin.export"
+    cut.write_bytes(header.replace(b'"origin":"elspeth/', b'"origin":"elspeth/' + b"o" * 1_000_000, 1) + b"\n" + rest)
+    for path, run in ((bundle, ("--run", "run-x")), (export, ("--run", "run-x")), (export, ()), (cut, ())):
+        err = one_line_error(_verify(fork.work, str(path), "--public-key", str(fork.pub), *run), 1)
+        assert len(err) < 2_000 and "characters)" in err, (path, run, err[:300])
+
+
 def test_a_bundle_proves_its_log_extends_a_kept_checkpoint(db: Database, fork: Exported, tmp_path: Path) -> None:
     """`prove --checkpoint` adds the consistency proof from what the auditor kept; `verify
     --checkpoint` requires it. Without it an operator holding the key could prove events of a
