@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from landscape.embedded import elspeth_home
+from landscape.embedded import elspeth_home, only_root_can_move
 from landscape.keys import default_signer, existing_default_signer, load_named_signer, load_verifier
 from landscape.notary import Notary
 from landscape.note import Signer, Verifier
@@ -49,7 +49,18 @@ def named_witness_dir(
 
 def signer(home: str | os.PathLike[str] | None, key: str | None = None, base: Path | None = None) -> Signer:
     named = named_key(key, base)
-    return load_named_signer(named[0]) if named else default_signer(elspeth_home(home))
+    if named:
+        return load_named_signer(named[0])
+    _root_may_write(elspeth_home(home))
+    return default_signer(elspeth_home(home))
+
+
+def _root_may_write(home: Path) -> None:
+    """As root: nothing is written in a home another user could point elsewhere (the key made on
+    first use, the witness files). The fingerprint key and the embedded server check the same; a
+    run with ELSPETH_FINGERPRINT_KEY and --database reached neither (a review)."""
+    if os.geteuid() == 0:
+        only_root_can_move(home)
 
 
 def existing_signer(home: str | os.PathLike[str] | None) -> Signer | None:
@@ -80,7 +91,10 @@ def verifier(
 
 def witness_dir(home: str | os.PathLike[str] | None, setting: str | None = None, base: Path | None = None) -> Path:
     named = named_witness_dir(setting, base)
-    return named[0] if named else elspeth_home(home) / "witness"
+    if named:
+        return named[0]
+    _root_may_write(elspeth_home(home))
+    return elspeth_home(home) / "witness"
 
 
 def run_witness_folders(

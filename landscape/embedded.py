@@ -579,8 +579,8 @@ def only_root_can_move(root: Path) -> None:
             raise DatabaseUnavailable(
                 f"refusing the ELSPETH home {root}: {part} on its way is a symbolic link "
                 + (f"of {_user_name(info.st_uid)}, who could point it elsewhere" if info.st_uid != 0 else "in a loop")
-                + ", and root would then hand that place to the server's account; as root, set ELSPETH_HOME to a "
-                "path of root's alone, run as that user, or use --database URL"
+                + ", and root would then write there (the store, given to the server's account, the keys, the "
+                "witness files); as root, set ELSPETH_HOME to a path of root's alone, or run as that user"
             )
         target = Path(os.readlink(part))
         if target.is_absolute():
@@ -595,9 +595,9 @@ def _only_root_writes(root: Path, folder: Path) -> None:
         whose = _user_name(info.st_uid) if info.st_uid != 0 else "root's, but others may write it"
         raise DatabaseUnavailable(
             f"refusing the ELSPETH home {root}: the folder {folder} on its way is {whose}, and whoever can change "
-            "that folder could put a link where the home is, which root would then hand to the server's account; "
-            "as root, set ELSPETH_HOME to a folder reached through root's folders alone, run as that folder's user, "
-            "or use --database URL"
+            "that folder could put a link where the home is, and root would then write there (the store, given to the "
+            "server's account, the keys, the witness files); as root, set ELSPETH_HOME to a folder reached through "
+            "root's folders alone, or run as that folder's user"
         )
 
 

@@ -325,6 +325,13 @@ def test_as_root_a_home_another_user_could_swap_for_a_link_is_refused_untouched(
 
     with pytest.raises(FingerprintKeyError, match=refused):
         fingerprint_key(home, {})
+    # Nor the signing key and witness files, with the fingerprint key given and the store elsewhere.
+    from engine import signing
+
+    with pytest.raises(DatabaseUnavailable, match=refused):
+        signing.signer(home)
+    with pytest.raises(DatabaseUnavailable, match=refused):
+        signing.witness_dir(home)
     assert sorted(p.name for p in victim.iterdir()) in (["run"], ["run", "sub"])
     assert not any((victim / "sub").iterdir()) if (victim / "sub").exists() else True
     assert os.stat(victim / "run").st_uid == 0 and (victim / "run" / "important").read_text() == "data"
