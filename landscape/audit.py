@@ -875,9 +875,10 @@ def _left_out(events: Iterable[tuple[StoredEvent, ev.EventBase]]) -> int:
     """How many tokens created in a row's bundle have events there that do not follow one another,
     so that one of theirs was left out: the token machine refuses an event in the state the ones
     before left it in (a completion without its sink's assignment), or a step's input is not the
-    data the token held (its creation's, then each step's output: a step that changed it is gone).
-    `prove --row` holds every event of each token it holds the creation of; a step that left the
-    data as it was (a gate, a filter that passed) can be left out unseen."""
+    data the token held (its creation's, then each step's output: a step that changed it is gone),
+    nor a fork's branch created with it. `prove --row` holds every event of each token it holds
+    the creation of. Unseen: a step left out that kept the data (a gate, a filter that passed), or
+    a token's last (its data read by no later step of it, nor a fork: before its sink, a coalesce)."""
     state: dict[str, str] = {}
     data: dict[str, str] = {}
     skipping: set[str] = set()
@@ -889,6 +890,10 @@ def _left_out(events: Iterable[tuple[StoredEvent, ev.EventBase]]) -> int:
             if token in state:
                 skipping.add(token)
             state[token], data[token] = TOKEN.apply(INITIAL, "TokenCreated"), e.data_hash
+            # A fork's branch starts with its parent's data, as the parent held it then.
+            forked = e.parents[0] if len(e.parents) == 1 and e.fork_id == e.parents[0] else None
+            if forked in data and data[forked] != e.data_hash:
+                skipping.add(forked)
             continue
         if token not in state:  # (created in another row's bundle, or before: not this one's to judge)
             continue

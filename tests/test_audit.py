@@ -1625,3 +1625,26 @@ def test_a_sink_of_no_durable_bytes_ties_no_file(tmp_path: Path) -> None:
     assert "made no bytes durable: nothing to tie" in check_sink_file(report, "s", tmp_path / "none.csv")
     (tmp_path / "empty.csv").write_text("")
     assert "all 0 bytes" in check_sink_file(report, "s", tmp_path / "empty.csv")
+
+
+def test_a_fork_branch_starts_with_its_parents_data_so_a_step_before_the_fork_is_missed() -> None:
+    """A review: a data-changing step before a fork, taken out of a row's bundle with its payload,
+    was not told (the parent's next event is its fork, which reads no data); the branches' creation
+    carries the data they were forked with, which must be what the parent held."""
+    from landscape.audit import _left_out
+    from landscape.records import StoredEvent
+    from statecharts import events as ev
+
+    def held(entity: str, event: ev.EventBase) -> tuple[StoredEvent, ev.EventBase]:
+        kind = type(event).__name__
+        return StoredEvent("r", 0, "token", entity, kind, 1, 0, b"", b"", b"", b""), event
+
+    row = [
+        held("t", ev.TokenCreated(row_index=0, data_hash="a", at="raw")),
+        held("t", ev.StepCompleted(node="m", input_hash="a", output_hash="b", duration_us=1, next="c")),
+        held("t", ev.TokenForked(node="g", children=["t.x", "t.y"])),
+        held("t.x", ev.TokenCreated(row_index=0, data_hash="b", at="x", parents=["t"], branch="x", fork_id="t")),
+        held("t.y", ev.TokenCreated(row_index=0, data_hash="b", at="y", parents=["t"], branch="y", fork_id="t")),
+    ]
+    assert _left_out(row) == 0
+    assert _left_out(row[:1] + row[2:]) == 1
