@@ -310,9 +310,9 @@ def check_sink_file(
                "going on after the export)")  # fmt: skip
     if later:
         return f"{path}: {signed}; {why}; allowed by --allow-later-bytes"
-    raise AuditFailure(f"{path} is not the output of {what} alone: its first {end.position} bytes are, as the "
-                       f"signed log records them, but {why}; if a later run may have appended to the file, "
-                       "--allow-later-bytes accepts that")  # fmt: skip
+    ours = f"bytes {end.start} to {end.position - 1}" if end.start else f"its first {end.position} bytes"
+    raise AuditFailure(f"{path} is not the output of {what} alone: {ours} are, as the signed log records them, "
+                       f"but {why}; if a later run may have appended to the file, --allow-later-bytes accepts that")  # fmt: skip
 
 
 def _shown(data: bytes) -> str:

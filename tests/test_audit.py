@@ -1566,6 +1566,7 @@ def test_verify_refuses_a_file_whose_first_bytes_the_run_did_not_write(db: Datab
     proc = _tie(runs[0], tmp_path, f"low={low}", "--allow-earlier-bytes")
     err = one_line_error(proc, 1)  # (and the second run's row follows)
     assert "5 bytes follow, which the run's log does not account for" in err, err
+    assert f"alone: bytes {len(planted)} to {first_low - 1} are, as the signed log records them, but" in err, err
     proc = _tie(runs[0], tmp_path, f"low={low}", "--allow-earlier-bytes", "--allow-later-bytes")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"bytes {len(planted)} to {first_low - 1} are the output of sink 'low'" in proc.stdout, proc.stdout

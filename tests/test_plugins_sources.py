@@ -475,6 +475,11 @@ def test_a_utf16_file_read_as_utf8_is_said_to_be_one(tmp_path: Path, ends: str) 
     with pytest.raises(PluginError, match=r"the header line 1 is not valid utf-8: .*set options\.encoding: utf-16"):
         build_plugin("source", "csv", {"path": str(path)}).check_header()
     assert [i.row for i in items("csv", {"path": str(path), "encoding": "utf-16"})] == [{"id": "1", "v": "2"}]
+    # Without a byte-order mark, UTF-16 decodes as UTF-8 with NULs: the LF file read as rows of
+    # NUL-laden cells under a header 'i_d' (a review); refused at its header, either way.
+    path.write_bytes(f"id,v{ends}1,2{ends}".encode("utf-16-le"))
+    with pytest.raises(PluginError, match=r"the header line holds NUL characters.*UTF-16 or UTF-32\?"):
+        build_plugin("source", "csv", {"path": str(path)}).check_header()
 
 
 def test_a_blank_line_for_a_header_or_no_columns_is_refused_not_every_row_quarantined(tmp_path: Path) -> None:

@@ -557,6 +557,11 @@ class CsvSource:
         never closes) part of a column name, never read, counted or quarantined."""
         if lines.bad is not None:  # (said first: read in another encoding, its CRs and NULs misled the parser)
             raise PluginError(_NODE, f"{self.path}: the header {lines.bad}{_wide_encoding(lines.raw)}")
+        if "\0" in line:  # (UTF-16 or UTF-32 without a byte-order mark decodes as UTF-8, with NULs)
+            raise PluginError(
+                _NODE, f"{self.path}: the header line holds NUL characters, which no column name has: a file in "
+                "UTF-16 or UTF-32? set options.encoding to its encoding"
+            )  # fmt: skip
         try:
             first, more = _one_line_record(line, self.delimiter)
         except csv.Error as e:
