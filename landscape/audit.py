@@ -280,12 +280,12 @@ def check_sink_file(
         signed = f"its first {end.position} bytes are the output of {what}, as the signed log records them"
     if after == expected and size == end.position + len(expected):
         if expected:
-            return (f"{path}: the output of {what}, whole: {ours}, then the {len(expected)} that close it, which its sink writes as the run completes "
-                    f"({_shown(expected)})")  # fmt: skip
+            return (f"{path}: the output of {what}, whole: {ours}, then the {len(expected)} that close it, which "
+                    f"its sink writes as the run completes ({_shown(expected)})")  # fmt: skip
         if closing and not completed:
-            return (f"{path}: the output of {what}, {ours}; the log ends the run "
-                    f"{report.status}, and only a run that completes closes its sinks, so the file lacks the "
-                    f"{_shown(closing)} its sink writes then (a JSON array without its ']')")  # fmt: skip
+            return (f"{path}: the output of {what}, {ours}; the log ends the run {report.status}, and only a run "
+                    f"that completes closes its sinks, so the file lacks the {_shown(closing)} its sink writes then "
+                    "(a JSON array without its ']')")  # fmt: skip
         return f"{path}: the output of {what}, {ours}"
     extra = size - end.position
     if completed and closing is None:
@@ -310,9 +310,10 @@ def check_sink_file(
                "going on after the export)")  # fmt: skip
     if later:
         return f"{path}: {signed}; {why}; allowed by --allow-later-bytes"
-    ours = f"bytes {end.start} to {end.position - 1}" if end.start else f"its first {end.position} bytes"
-    raise AuditFailure(f"{path} is not the output of {what} alone: {ours} are, as the signed log records them, "
-                       f"but {why}; if a later run may have appended to the file, --allow-later-bytes accepts that")  # fmt: skip
+    tied = f"bytes {end.start} to {end.position - 1}" if end.start else f"its first {end.position} bytes"
+    raise AuditFailure(f"{path} is not the output of {what} alone: {tied} are, as the signed log records them, "
+                       f"but {why}; if a later run may have appended to the file, --allow-later-bytes accepts "
+                       "that")  # fmt: skip
 
 
 def _shown(data: bytes) -> str:
@@ -648,8 +649,8 @@ class _ExportCheck:
         if cp.origin != self.header.origin:
             # The note is signed, so it is the header (or another run's checkpoint) that is wrong.
             where = 1 if not self.checkpoints else number
-            raise self.fail(where, f"the header names the log {quoted(self.header.origin)}, the signed checkpoint on line "
-                                   f"{number} the log {quoted(cp.origin)}")  # fmt: skip
+            raise self.fail(where, f"the header names the log {quoted(self.header.origin)}, the signed checkpoint "
+                                   f"on line {number} the log {quoted(cp.origin)}")  # fmt: skip
         if cp.size != record.size:
             raise self.fail(number, f"the record says {record.size} events, its signed note {cp.size}")
         if self.checkpoints and cp.size <= self.checkpoints[-1][1]:

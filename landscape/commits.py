@@ -178,7 +178,8 @@ def holds(conn: Any, run_id: str, key: str) -> bool:
     the one that took it goes on holding it for nobody: the lock then keeps no second writer out
     (a lock is granted again to the session holding it, whoever's transaction runs there)."""
     row = conn.execute(
-        f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_GRANTED_HERE} AND l.pid = pg_backend_pid() AND {_KEY} = {key})",
+        f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_GRANTED_HERE} AND l.pid = pg_backend_pid()"
+        f" AND {_KEY} = {key})",
         (run_id,),
     ).fetchone()
     return bool(row and row[0])
