@@ -537,9 +537,9 @@ def _serve(workdir: Path, ignoring: tuple[signal.Signals, ...] = ()) -> subproce
     signals `ignoring` ignored (as a shell starts a script's background job, or `nohup`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELSPETH_")}
 
-    def ignore() -> None:
-        for signum in ignoring:
-            signal.signal(signum, signal.SIG_IGN)
+    def ignore() -> None:  # (the others as a terminal leaves them, whatever the tests run under: nohup)
+        for signum in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN if signum in ignoring else signal.SIG_DFL)
 
     return subprocess.Popen(
         [sys.executable, "-m", "engine.cli.main", "db", "serve"],
@@ -572,7 +572,12 @@ def test_db_serve_keeps_the_embedded_store_up_for_sql_until_stopped(
             assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
     finally:
         proc.send_signal(stop)
-        proc.communicate(timeout=60)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # (not left running into the next tests)
+            proc.communicate()
+            raise
     assert proc.returncode == 0
     assert not (tmp_path / ".elspeth" / "pgdata" / "postmaster.pid").exists()  # stopped with it
 

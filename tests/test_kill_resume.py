@@ -105,8 +105,16 @@ def _elspeth(db: Database, cwd: Path, *args: str, **kw: object) -> subprocess.Po
     return subprocess.Popen(
         [sys.executable, "-m", "engine.cli.main", *args],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL, **kw,  # type: ignore[call-overload]
+        stdin=subprocess.DEVNULL, preexec_fn=_signals_as_a_terminal_leaves_them, **kw,  # type: ignore[call-overload]
     )  # fmt: skip
+
+
+def _signals_as_a_terminal_leaves_them() -> None:
+    """SIGHUP and SIGINT handled as by default, whatever the tests run under (`nohup` ignores
+    SIGHUP in every process it starts, a script's background job SIGINT): as a terminal's
+    foreground command has them."""
+    for signum in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def _events(db: Database) -> int:
