@@ -314,3 +314,19 @@ def _reachable(start: str, consumers: dict[str, Target], edges: dict[str, set[st
                 seen.add(d)
                 stack.append(d)
     return seen
+
+
+def gates_seeing_source_rows(s: Settings) -> list[int]:
+    """The gates (their indexes in `s.gates`) whose every row comes from the source through
+    gates only, so holds the fields the source gave it: a gate routes or copies a row, it does
+    not change it; a transform, aggregation or coalesce may. For settings that `build_dag`
+    accepts, whose every connection has one producer."""
+    plain = {s.source.on_success}  # connections that carry rows as the source gave them
+    found: set[int] = set()
+    while True:  # until no gate joins: a gate may be listed before the gate that feeds it
+        more = {i for i, g in enumerate(s.gates) if i not in found and g.input in plain}
+        if not more:
+            return sorted(found)
+        found |= more
+        for i in more:
+            plain.update(s.gates[i].routes.values(), s.gates[i].fork_to or [])

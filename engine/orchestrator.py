@@ -26,7 +26,7 @@ import msgspec
 from engine import signing
 from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
-from engine.dag import Dag, DagError, build_dag
+from engine.dag import Dag, DagError, build_dag, gates_seeing_source_rows
 from engine.errors import ResumeRefused, RunFailedError, RunRefused, RunStopped
 from engine.places import layouts_changed, places_gone
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, WriterClaim, at_node
@@ -131,6 +131,8 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
             return None
 
     source = make("source", s.source.plugin, s.source.options, "source")
+    if dag is not None:
+        errors.extend(f"{loaded.path}: {m}" for m in _undeclared_in_conditions(loaded, source))
     for i, t in enumerate(s.transforms):
         built[t.name] = make("transform", t.plugin, t.options, f"transforms[{i}]")
         joined = dag.on_joined_branch.get(t.name) if dag is not None else None
@@ -147,6 +149,30 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
         sinks[name] = make("sink", sk.plugin, sk.options, f"sinks.{name}")
     errors.extend(output_problems(loaded, source, sinks))  # no sink may destroy input, output or the audit trail
     return errors, dag, source, built, sinks
+
+
+def _undeclared_in_conditions(loaded: LoadedSettings, source: Any) -> list[str]:
+    """A gate that sees the source's rows as they were read, behind a schema of mode fixed
+    (exactly these fields), naming a field the schema does not declare: no row reaching it can
+    have that field, so `row['x']` fails every row and `row.get('x')` always gives its default
+    (a misspelt field routes every row one way, silently)."""
+    schema = getattr(source, "schema", None)
+    if not isinstance(schema, Schema) or schema.mode != "fixed":
+        return []
+    declared = [f.name for f in schema.fields]
+    problems = []
+    for i in gates_seeing_source_rows(loaded.settings):
+        g = loaded.settings.gates[i]
+        condition = loaded.gate_conditions.get(g.name)
+        unknown = sorted(condition.fields - set(declared)) if condition is not None and condition.fields else []
+        if unknown:
+            named = ", ".join(repr(f) for f in unknown)
+            problems.append(
+                f"gates[{i}].condition (gate '{g.name}'): names {named}, which the source's schema (mode fixed) "
+                f"does not declare, so no row reaching the gate has it; allowed: the declared fields "
+                f"({', '.join(declared)})"
+            )
+    return problems
 
 
 def _node_table(loaded: LoadedSettings) -> Iterator[tuple[str, str, str, Any]]:

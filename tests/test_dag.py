@@ -232,3 +232,70 @@ def test_every_problem_is_reported_together(tmp_path: Path) -> None:
     text = "transforms:\n" + _t("t1", "raw", "nowhere") + _t("t2", "missing", "out") + _t("t3", "raw", "out")
     errors = _dag_errors(tmp_path, text)
     assert len(errors) >= 4
+
+
+# -- a gate naming a field its rows cannot have -------------------------------------------------
+
+
+def _gate_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema: str, steps: str) -> list[str]:
+    from engine.orchestrator import pipeline_problems
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,amount,note\n1,5,x\n")
+    source = f"source: {{plugin: csv, on_success: raw, options: {{path: in.csv, schema: {schema}}}}}\n"
+    sinks = (
+        "sinks:\n  out: {plugin: json, options: {path: out.json}}\n  bad: {plugin: json, options: {path: bad.json}}\n"
+    )
+    path = tmp_path / "settings.yaml"
+    path.write_text(source + steps + sinks, encoding="utf-8")
+    return [p.removeprefix(f"{path}: ") for p in pipeline_problems(load_settings(path, {}))]
+
+
+FIXED = "{mode: fixed, fields: ['id: int', 'amount: int', 'note: str?']}"
+
+
+def _gate(name: str, src: str, condition: str, routes: str = "{'true': out, 'false': bad}") -> str:
+    return f'- {{name: {name}, input: {src}, condition: "{condition}", routes: {routes}}}\n'
+
+
+def test_a_gate_after_a_fixed_source_may_name_only_declared_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A misspelt field: row['amont'] fails every row; row.get('amont', 0) routes every row one way.
+    # (The second gate is listed first: it is found all the same.)
+    steps = "gates:\n" + _gate("kind", "next", "row.get('kindd', 0) == 1 and row['note'] == 'x'")
+    steps += _gate("size", "raw", "row['amont'] > 1", "{'true': out, 'false': next}")
+    assert _gate_problems(tmp_path, monkeypatch, FIXED, steps) == [
+        "gates[0].condition (gate 'kind'): names 'kindd', which the source's schema (mode fixed) does not declare, "
+        "so no row reaching the gate has it; allowed: the declared fields (id, amount, note)",
+        "gates[1].condition (gate 'size'): names 'amont', which the source's schema (mode fixed) does not declare, "
+        "so no row reaching the gate has it; allowed: the declared fields (id, amount, note)",
+    ]
+    # The same gates after a fork's branch: a fork copies the row as it is.
+    fork = "gates:\n" + _gate("f", "raw", "True", "{'true': fork}").replace("}\n", ", fork_to: [a, b]}\n")
+    fork += _gate("g", "a", "row['amont'] > 1") + _gate("h", "b", "row['amount'] > 1")
+    (problem,) = _gate_problems(tmp_path, monkeypatch, FIXED, fork)
+    assert problem.startswith("gates[1].condition (gate 'g'): names 'amont'")
+
+
+@pytest.mark.parametrize(
+    ("schema", "steps"),
+    [
+        # declared fields, optional ones too; a key computed from the row is not known before it runs
+        (FIXED, "gates:\n" + _gate("g", "raw", "row['amount'] > 1 and row['note'] is None")),
+        (FIXED, "gates:\n" + _gate("g", "raw", "row[row['note']] == 1")),
+        # at least these fields, or whatever arrives: any field may be there
+        ("{mode: flexible, fields: ['id: int']}", "gates:\n" + _gate("g", "raw", "row['other'] == 1")),
+        ("{mode: observed}", "gates:\n" + _gate("g", "raw", "row['other'] == 1")),
+        # a transform on the way may make the field
+        (
+            FIXED,
+            "transforms:\n- {name: t, plugin: field_mapper, input: raw, on_success: mapped, on_error: bad, "
+            "options: {mapping: {amount: total}}}\ngates:\n" + _gate("g", "mapped", "row['total'] > 1"),
+        ),
+    ],
+)
+def test_a_gate_whose_fields_may_be_there_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema: str, steps: str
+) -> None:
+    assert _gate_problems(tmp_path, monkeypatch, schema, steps) == []
