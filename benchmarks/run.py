@@ -153,7 +153,7 @@ def whole_process(name: str, rows: int) -> str:
         env.setdefault("ELSPETH_HOME", os.path.join(os.getcwd(), ".elspeth"))
         init_s, _, _ = run_elspeth(["db", "upgrade"], work, env)
         seconds, peak_mb, stdout = run_elspeth(["run", "-s", str(settings)], work, env)
-        run_id = stdout.split()[1]  # "run RUN_ID completed in S s"
+        run_id = stdout.split()[1]  # "run RUN_ID completed; this command took S s"
         with open_database(os.environ.get("ELSPETH_DATABASE_URL"), home=env["ELSPETH_HOME"]) as db:
             events = count_events(db, run_id)
     return (

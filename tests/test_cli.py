@@ -170,6 +170,17 @@ def test_a_file_a_sink_with_no_rows_left_is_said_to_be_from_before_the_run(db: D
     shown = elspeth("show", proc.stdout.split()[1], "--json", cwd=work, db=db)
     sinks = {f["sink"]: f for f in json.loads(shown.stdout)["artifacts"]}
     assert sinks["high"]["file"] == "left" and sinks["low"]["file"] == "ok", sinks
+    # In append mode too, where the run's position is where the file ended before it, not its bytes.
+    settings = (work / "settings.yaml").read_text()
+    appending = settings.replace("out/high.csv}", "out/high.csv, mode: append}")
+    appending = appending.replace("out/bad.jsonl}", "out/bad.json, format: json, mode: append}")
+    (work / "settings.yaml").write_text(appending)
+    (work / "out" / "bad.json").write_text('[\n{"id": "4", "v": "y"}\n]\n')
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    for sink, size in (("high", 10), ("bad", 26)):
+        line = next(x for x in proc.stdout.splitlines() if f"sink {sink}" in x)
+        assert f"no rows written: the {size} bytes there are none the run made durable" in line, proc.stdout
 
 
 def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:
@@ -177,6 +188,8 @@ def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "completed" in proc.stdout and "rows in: 3" in proc.stdout
     assert "quarantined 1" in proc.stdout
+    # The command's own time, not called the run's: `show` gives the run's, from its record.
+    assert re.fullmatch(r"run \S+ completed; this command took \d+\.\d\d s", proc.stdout.splitlines()[0])
     assert (work / "out" / "high.csv").read_text().splitlines() == ["id,v", "2,9"]
     assert json.loads((work / "out" / "bad.jsonl").read_text()) == {"id": "3", "v": "x"}
     run_id = proc.stdout.split()[1]

@@ -156,7 +156,9 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     rows = row_counts(db, outcome.run_id)
     now = rows.rows_in - outcome.records_before  # a resumed run's rate is of what this process read
     rate = now / seconds if seconds > 0 else 0.0
-    click.echo(f"run {outcome.run_id} {outcome.status} in {seconds:.2f} s")
+    # This command's time, which `show` (the run's recorded start to end) does not include: opening
+    # the store before the run begins, sealing it after it ends (and, resumed, the time it was down).
+    click.echo(f"run {outcome.run_id} {outcome.status}; this command took {seconds:.2f} s")
     since = f"{now} since the resume, " if outcome.records_before else ""
     click.echo(f"  rows in: {rows.rows_in} ({since}{rate:,.0f} rows/s)")
     if outcome.input_changed:  # rows that moved into the first records of the new input were not read

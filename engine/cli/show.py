@@ -128,8 +128,10 @@ def sink_files(artifacts: list[Artifact], working_dir: str | None) -> list[SinkF
         if digest is not None and last.sha256 is not None and digest != last.sha256:
             state = "changed"
         rows = sum(a.rows for a in flushes)
-        if rows == 0 and last.position == 0 and state == "grown":
-            state = "left"  # a file a sink that got no rows did not touch (as the prior system did)
+        if rows == 0 and state in ("ok", "grown"):
+            # A file a sink that got no rows did not touch (as the prior system did): in append
+            # mode, its position is where the file ended before the run, not bytes of the run's.
+            state = "left"
         out.append(SinkFile(sink=sink, location=last.location, position=last.position,
                             rows=rows, flushes=len(flushes), last_flush_seq=last.seq,
                             state=state, sha256=digest, size=size))  # fmt: skip
