@@ -316,17 +316,13 @@ def _reachable(start: str, consumers: dict[str, Target], edges: dict[str, set[st
     return seen
 
 
-def gates_seeing_source_rows(s: Settings) -> list[int]:
-    """The gates (their indexes in `s.gates`) whose every row comes from the source through
-    gates only, so holds the fields the source gave it: a gate routes or copies a row, it does
-    not change it; a transform, aggregation or coalesce may. For settings that `build_dag`
-    accepts, whose every connection has one producer."""
-    plain = {s.source.on_success}  # connections that carry rows as the source gave them
-    found: set[int] = set()
+def source_shaped(s: Settings) -> set[str]:
+    """The connections whose every row comes from the source through gates only, so holds the
+    fields the source gave it: a gate routes or copies a row, it does not change it; a transform,
+    aggregation or coalesce may. For settings that `build_dag` accepts (one producer each)."""
+    shaped = {s.source.on_success}
     while True:  # until no gate joins: a gate may be listed before the gate that feeds it
-        more = {i for i, g in enumerate(s.gates) if i not in found and g.input in plain}
+        more = {c for g in s.gates if g.input in shaped for c in (*g.routes.values(), *(g.fork_to or []))} - shaped
         if not more:
-            return sorted(found)
-        found |= more
-        for i in more:
-            plain.update(s.gates[i].routes.values(), s.gates[i].fork_to or [])
+            return shaped
+        shaped |= more

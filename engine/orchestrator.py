@@ -26,7 +26,7 @@ import msgspec
 from engine import signing
 from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
-from engine.dag import Dag, DagError, build_dag, gates_seeing_source_rows
+from engine.dag import Dag, DagError, build_dag, source_shaped
 from engine.errors import ResumeRefused, RunFailedError, RunRefused, RunStopped
 from engine.places import layouts_changed, places_gone
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, WriterClaim, at_node
@@ -34,7 +34,7 @@ from engine.plugins.registry import build_plugin
 from engine.plugins.schema import Schema, type_locked
 from engine.processor import Nodes, Processor, Work
 from engine.secrets import fingerprint
-from engine.settings import LoadedSettings, SettingsError
+from engine.settings import AggregationSettings, LoadedSettings, SettingsError, TransformSettings
 from engine.sinkwriter import digest
 from engine.stopping import Stop
 from landscape import faults
@@ -131,8 +131,6 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
             return None
 
     source = make("source", s.source.plugin, s.source.options, "source")
-    if dag is not None:
-        errors.extend(f"{loaded.path}: {m}" for m in _undeclared_in_conditions(loaded, source))
     for i, t in enumerate(s.transforms):
         built[t.name] = make("transform", t.plugin, t.options, f"transforms[{i}]")
         joined = dag.on_joined_branch.get(t.name) if dag is not None else None
@@ -147,31 +145,45 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
     sinks: dict[str, Sink] = {}
     for name, sk in s.sinks.items():
         sinks[name] = make("sink", sk.plugin, sk.options, f"sinks.{name}")
+    if dag is not None:
+        errors.extend(f"{loaded.path}: {m}" for m in _undeclared_fields(loaded, source, built))
     errors.extend(output_problems(loaded, source, sinks))  # no sink may destroy input, output or the audit trail
     return errors, dag, source, built, sinks
 
 
-def _undeclared_in_conditions(loaded: LoadedSettings, source: Any) -> list[str]:
-    """A gate that sees the source's rows as they were read, behind a schema of mode fixed
-    (exactly these fields), naming a field the schema does not declare: no row reaching it can
-    have that field, so `row['x']` fails every row and `row.get('x')` always gives its default
-    (a misspelt field routes every row one way, silently)."""
+def _undeclared_fields(loaded: LoadedSettings, source: Any, built: dict[str, Any]) -> list[str]:
+    """Steps that see the source's rows as they were read, behind a schema of mode fixed (exactly
+    these fields), naming a field the schema does not declare: no row reaching them can have it.
+    A misspelt field would otherwise fail every row (`row['amont']`, a strict transform), route
+    every row one way (`row.get('amont', 0)`) or leave every row as it was (truncate, field_mapper)."""
     schema = getattr(source, "schema", None)
     if not isinstance(schema, Schema) or schema.mode != "fixed":
         return []
+    s = loaded.settings
     declared = [f.name for f in schema.fields]
+    shaped = source_shaped(s)
     problems = []
-    for i in gates_seeing_source_rows(loaded.settings):
-        g = loaded.settings.gates[i]
+
+    def check(where: str, node: str, names: dict[str, str]) -> None:
+        for name, key in names.items():
+            # (A field_mapper's dotted name is a path into the field its first part names.)
+            if name not in declared and name.split(".")[0] not in declared:
+                problems.append(
+                    f"{where}{key} ({node}): names '{name}', which the source's schema (mode fixed) does not declare, "
+                    f"so no row reaching it has it; allowed: the declared fields ({', '.join(declared)})"
+                )
+
+    for i, g in enumerate(s.gates):
         condition = loaded.gate_conditions.get(g.name)
-        unknown = sorted(condition.fields - set(declared)) if condition is not None and condition.fields else []
-        if unknown:
-            named = ", ".join(repr(f) for f in unknown)
-            problems.append(
-                f"gates[{i}].condition (gate '{g.name}'): names {named}, which the source's schema (mode fixed) "
-                f"does not declare, so no row reaching the gate has it; allowed: the declared fields "
-                f"({', '.join(declared)})"
-            )
+        if g.input in shaped and condition is not None and condition.fields:
+            check(f"gates[{i}].", f"gate '{g.name}'", {f: "condition" for f in sorted(condition.fields)})
+    steps: list[tuple[str, str, TransformSettings | AggregationSettings]] = [
+        *((f"transforms[{i}]", "transform", t) for i, t in enumerate(s.transforms)),
+        *((f"aggregations[{i}]", "aggregation", a) for i, a in enumerate(s.aggregations)),
+    ]
+    for where, kind, n in steps:
+        if n.input in shaped:
+            check(f"{where}.options.", f"{kind} '{n.name}'", getattr(built.get(n.name), "named_fields", {}))
     return problems
 
 

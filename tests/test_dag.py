@@ -262,14 +262,15 @@ def test_a_gate_after_a_fixed_source_may_name_only_declared_fields(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A misspelt field: row['amont'] fails every row; row.get('amont', 0) routes every row one way.
-    # (The second gate is listed first: it is found all the same.)
+    # (Listed last to first: each is found all the same.)
     steps = "gates:\n" + _gate("kind", "next", "row.get('kindd', 0) == 1 and row['note'] == 'x'")
-    steps += _gate("size", "raw", "row['amont'] > 1", "{'true': out, 'false': next}")
+    steps += _gate("hop", "hop", "True", "{'true': next}")
+    steps += _gate("size", "raw", "row['amont'] > 1", "{'true': out, 'false': hop}")
     assert _gate_problems(tmp_path, monkeypatch, FIXED, steps) == [
         "gates[0].condition (gate 'kind'): names 'kindd', which the source's schema (mode fixed) does not declare, "
-        "so no row reaching the gate has it; allowed: the declared fields (id, amount, note)",
-        "gates[1].condition (gate 'size'): names 'amont', which the source's schema (mode fixed) does not declare, "
-        "so no row reaching the gate has it; allowed: the declared fields (id, amount, note)",
+        "so no row reaching it has it; allowed: the declared fields (id, amount, note)",
+        "gates[2].condition (gate 'size'): names 'amont', which the source's schema (mode fixed) does not declare, "
+        "so no row reaching it has it; allowed: the declared fields (id, amount, note)",
     ]
     # The same gates after a fork's branch: a fork copies the row as it is.
     fork = "gates:\n" + _gate("f", "raw", "True", "{'true': fork}").replace("}\n", ", fork_to: [a, b]}\n")
@@ -278,12 +279,53 @@ def test_a_gate_after_a_fixed_source_may_name_only_declared_fields(
     assert problem.startswith("gates[1].condition (gate 'g'): names 'amont'")
 
 
+def _step(section: str, plugin: str, options: str, src: str = "raw") -> str:
+    on_error = ", on_error: bad" + (", trigger: {count: 2}" if section == "aggregations" else "")
+    return f"{section}:\n- {{name: n, plugin: {plugin}, input: {src}, on_success: out{on_error}, options: {options}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        # A misspelt field: truncate and field_mapper (not strict) would leave every row as it was.
+        (_step("transforms", "truncate", "{fields: {nte: 3}}"), "transforms[0].options.fields.nte (transform 'n')"),
+        (_step("transforms", "field_mapper", "{mapping: {amont: total}}"), "transforms[0].options.mapping.amont"),
+        (_step("transforms", "field_mapper", "{mapping: {amont.x: total}}"), "transforms[0].options.mapping.amont.x"),
+        (_step("transforms", "passthrough", "{required_input_fields: [id, nte]}"), "required_input_fields[1]"),
+        (_step("transforms", "keyword_filter", "{fields: [nte], blocked_patterns: [x]}"), "options.fields[0]"),
+        (_step("transforms", "json_explode", "{array_field: itms}"), "transforms[0].options.array_field"),
+        (_step("aggregations", "batch_stats", "{value_field: amont}"), "aggregations[0].options.value_field"),
+        (_step("aggregations", "batch_stats", "{value_field: amount, group_by: nte}"), "options.group_by"),
+        (_step("aggregations", "batch_replicate", "{copies_field: cpies}"), "options.copies_field (aggregation 'n')"),
+    ],
+)
+def test_a_step_after_a_fixed_source_may_name_only_declared_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, says: str
+) -> None:
+    (problem,) = _gate_problems(tmp_path, monkeypatch, FIXED, step)
+    assert says in problem and "does not declare, so no row reaching it has it" in problem, problem
+    # After a gate too; not after a transform, which may have made the field.
+    gate = "gates:\n" + _gate("g", "raw", "True", "{'true': mid, 'false': out}")
+    assert len(_gate_problems(tmp_path, monkeypatch, FIXED, gate + step.replace("input: raw", "input: mid"))) == 1
+    mapper = (
+        _step("transforms", "passthrough", "{}")
+        .replace("name: n", "name: p")
+        .replace("on_success: out", "on_success: mid")
+    )
+    after = step.replace("input: raw", "input: mid").replace(f"{step.split(':')[0]}:\n", "")
+    steps = mapper + after if step.startswith("transforms") else mapper + step.replace("input: raw", "input: mid")
+    assert _gate_problems(tmp_path, monkeypatch, FIXED, steps) == []
+
+
 @pytest.mark.parametrize(
     ("schema", "steps"),
     [
         # declared fields, optional ones too; a key computed from the row is not known before it runs
         (FIXED, "gates:\n" + _gate("g", "raw", "row['amount'] > 1 and row['note'] is None")),
         (FIXED, "gates:\n" + _gate("g", "raw", "row[row['note']] == 1")),
+        (FIXED, _step("transforms", "field_mapper", "{mapping: {note.x: total, amount: a}}")),
+        (FIXED, _step("aggregations", "batch_replicate", "{}")),  # (its default field may well be absent)
+        ("{mode: flexible, fields: ['id: int']}", _step("transforms", "truncate", "{fields: {nte: 3}}")),
         # at least these fields, or whatever arrives: any field may be there
         ("{mode: flexible, fields: ['id: int']}", "gates:\n" + _gate("g", "raw", "row['other'] == 1")),
         ("{mode: observed}", "gates:\n" + _gate("g", "raw", "row['other'] == 1")),

@@ -30,6 +30,7 @@ class BatchStats:
                 f"'{self.group_by}' is a field of the output, which its value would overwrite; allowed: any field but "
                 f"{', '.join(outputs)}",
             )
+        self.named_fields = {self.value_field: "value_field"} | ({self.group_by: "group_by"} if self.group_by else {})
         parse_schema(o.raw("schema"))
 
     def flush(self, rows: list[Row]) -> BatchResult:
@@ -95,6 +96,8 @@ class BatchReplicate:
             raise PluginConfigError("max_copies", f"must be 1 or more, found {self.max_copies}")
         if not 1 <= self.default_copies <= self.max_copies:
             raise PluginConfigError("default_copies", f"must be between 1 and max_copies ({self.max_copies})")
+        # (The default field, left out, may well be absent: each row then has default_copies.)
+        self.named_fields = {self.copies_field: "copies_field"} if "copies_field" in options else {}
         parse_schema(o.raw("schema"))
 
     def flush(self, rows: list[Row]) -> BatchResult:

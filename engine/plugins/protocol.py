@@ -120,6 +120,8 @@ class Transform(Protocol):
     kind: ClassVar[str]  # "transform"
     # (Optional) `expands: ClassVar[bool] = True` when `process` may return several rows: such a
     # transform is refused on a branch a coalesce joins (docs/plugins.md, "Writing a plugin").
+    # (Optional) `named_fields: dict[str, str]`: the fields its options name, each with its option's
+    # key path; behind a fixed schema that does not declare one, the settings are refused.
 
     def process(self, row: Row) -> Row | list[Row]:
         """Return the new row, or a list of rows (an expansion). Raise RowError for a bad row."""
@@ -129,6 +131,7 @@ class Transform(Protocol):
 @runtime_checkable
 class Aggregation(Protocol):
     kind: ClassVar[str]  # "aggregation"
+    # (Optional) `named_fields`, as a transform's.
 
     def flush(self, rows: list[Row]) -> BatchResult:
         """Process one batch. Raise RowError for a batch error (fails every token in it)."""

@@ -22,6 +22,7 @@ class Passthrough:
         self.required = [
             text_item(name, f"required_input_fields[{i}]", "a field name") for i, name in enumerate(required)
         ]
+        self.named_fields = {name: f"required_input_fields[{i}]" for i, name in enumerate(self.required)}
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -46,6 +47,7 @@ class FieldMapper:
         self.mapping: dict[str, str] = mapping
         self.select_only = o.bool_("select_only", False)
         self.strict = o.bool_("strict", False)
+        self.named_fields = {old: f"mapping.{old}" for old in mapping}
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -100,6 +102,7 @@ class Truncate:
         for name, limit in self.fields.items():
             if len(self.suffix) > limit:
                 raise PluginConfigError(f"fields.{name}", f"maximum length {limit} is shorter than the suffix")
+        self.named_fields = {name: f"fields.{name}" for name in self.fields}
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -142,6 +145,7 @@ class KeywordFilter:
         for p in self.patterns:
             self.any.Add(p.pattern)
         self.any.Compile()
+        self.named_fields = {name: f"fields[{i}]" for i, name in enumerate(self.fields or ())}
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -215,6 +219,7 @@ class JsonExplode:
                 "'item_index' is where include_index puts each element's index, which would overwrite the element; "
                 "allowed: another name, or include_index: false",
             )
+        self.named_fields = {self.array_field: "array_field"}
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> list[Row]:
