@@ -296,7 +296,6 @@ def _step(section: str, plugin: str, options: str, src: str = "raw") -> str:
         (_step("transforms", "json_explode", "{array_field: itms}"), "transforms[0].options.array_field"),
         (_step("aggregations", "batch_stats", "{value_field: amont}"), "aggregations[0].options.value_field"),
         (_step("aggregations", "batch_stats", "{value_field: amount, group_by: nte}"), "options.group_by"),
-        (_step("aggregations", "batch_replicate", "{copies_field: cpies}"), "options.copies_field (aggregation 'n')"),
     ],
 )
 def test_a_step_after_a_fixed_source_may_name_only_declared_fields(
@@ -324,7 +323,8 @@ def test_a_step_after_a_fixed_source_may_name_only_declared_fields(
         (FIXED, "gates:\n" + _gate("g", "raw", "row['amount'] > 1 and row['note'] is None")),
         (FIXED, "gates:\n" + _gate("g", "raw", "row[row['note']] == 1")),
         (FIXED, _step("transforms", "field_mapper", "{mapping: {note.x: total, amount: a}}")),
-        (FIXED, _step("aggregations", "batch_replicate", "{}")),  # (its default field may well be absent)
+        # (a row without batch_replicate's copies_field has default_copies, by design)
+        (FIXED, _step("aggregations", "batch_replicate", "{copies_field: copies}")),
         ("{mode: flexible, fields: ['id: int']}", _step("transforms", "truncate", "{fields: {nte: 3}}")),
         # at least these fields, or whatever arrives: any field may be there
         ("{mode: flexible, fields: ['id: int']}", "gates:\n" + _gate("g", "raw", "row['other'] == 1")),

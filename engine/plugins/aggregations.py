@@ -96,8 +96,7 @@ class BatchReplicate:
             raise PluginConfigError("max_copies", f"must be 1 or more, found {self.max_copies}")
         if not 1 <= self.default_copies <= self.max_copies:
             raise PluginConfigError("default_copies", f"must be between 1 and max_copies ({self.max_copies})")
-        # (The default field, left out, may well be absent: each row then has default_copies.)
-        self.named_fields = {self.copies_field: "copies_field"} if "copies_field" in options else {}
+        # No named_fields: a row without copies_field has default_copies, by design (SETTINGS.md).
         parse_schema(o.raw("schema"))
 
     def flush(self, rows: list[Row]) -> BatchResult:
