@@ -12,7 +12,7 @@ import hashlib
 import os
 import stat
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -60,6 +60,7 @@ from landscape.verify import (
     row_hashes,
     verify_events,
 )
+from landscape.wiring import Wirings, off_the_wiring
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE, TOKEN, InvalidTransition
 from statecharts.errors import StatechartError
@@ -139,6 +140,8 @@ class ProofReport:
     # Tokens created in the bundle whose events there do not follow one another (`_left_out`).
     skipping: int = 0
     row: bool = False  # a row's bundle (else one event's)
+    # A row's bundle with the run's settings (format 3): steps were held to the settings' wiring.
+    wiring: bool = False
 
 
 def _sink_ends(fold: RunFold) -> dict[str, SinkEnd]:
@@ -872,14 +875,15 @@ def _tokens_named(e: ev.EventBase) -> list[str]:
     return []
 
 
-def _left_out(events: Iterable[tuple[StoredEvent, ev.EventBase]]) -> int:
+def _left_out(events: list[tuple[StoredEvent, ev.EventBase]], wirings: Wirings | None) -> int:
     """How many tokens created in a row's bundle have events there that do not follow one another,
     so that one of theirs was left out: the token machine refuses an event in the state the ones
     before left it in (a completion without its sink's assignment), or a step's input is not the
     data the token held (its creation's, then each step's output: a step that changed it is gone),
-    nor a fork's branch created with it. `prove --row` holds every event of each token it holds
-    the creation of. Unseen: a step left out that kept the data (a gate, a filter that passed), or
-    a token's last (its data read by no later step of it, nor a fork: before its sink, a coalesce)."""
+    nor a fork's branch created with it, or (given the run's `wirings`) an event is not where the
+    settings send the token (`landscape.wiring`: a step left out that kept the data, a gate or a
+    filter that passed, or a token's last before its sink or coalesce). `prove --row` holds every
+    event of each token it holds the creation of."""
     state: dict[str, str] = {}
     data: dict[str, str] = {}
     skipping: set[str] = set()
@@ -907,6 +911,8 @@ def _left_out(events: Iterable[tuple[StoredEvent, ev.EventBase]]) -> int:
             if e.input_hash != data[token]:
                 skipping.add(token)
             data[token] = e.output_hash
+    if wirings is not None:
+        skipping |= off_the_wiring(events, wirings)
     return len(skipping)
 
 
@@ -962,6 +968,7 @@ class _ProofCheck:
         subject = self._check_subject(events)
         extends = self._check_extension(cp)
         payloads, erased = self._check_payloads(events)
+        wirings = self._check_settings(cp)
         created = {s.entity_id for s, e in events if isinstance(e, ev.TokenCreated)}
         ended = {s.entity_id for s, e in events if type(e) in TOKEN_OUTCOME_OF}
         shown = {s.entity_id for s, _ in events if s.machine == "token"}
@@ -971,7 +978,7 @@ class _ProofCheck:
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
             payloads_included=b.payloads_included, payloads=payloads, erased=erased,
             unended=len(created - ended) if row else 0, absent=len(named - shown) if row else 0, row=row,
-            skipping=_left_out(events) if row else 0,
+            skipping=_left_out(events, wirings) if row else 0, wiring=wirings is not None,
             extends=extends, unsigned=self.unsigned,
         )  # fmt: skip
 
@@ -1005,6 +1012,36 @@ class _ProofCheck:
         if why is not None:
             raise self.fail(f"{where}: {why}")
         return event
+
+    def _check_settings(self, cp: Checkpoint) -> Wirings | None:
+        """The run's settings events the bundle holds, each proved in the signed tree: where
+        they send each token (`landscape.wiring`). None when the bundle holds none (one event's
+        bundle, or one made before format 3): then a step that kept the data cannot be told."""
+        b = self.bundle
+        if b.row is None:
+            if b.settings:
+                raise self.fail("a proof of one event holds no settings events")
+            return None
+        if not b.settings:
+            if b.format >= 3:  # (one that says it is older is held to less, and the note says so)
+                raise self.fail(
+                    f"a row's bundle of format {b.format} holds the run's settings events; this one holds none"
+                )
+            return None
+        wirings = Wirings()
+        for i, proven in enumerate(b.settings):
+            stored = proven.event.stored()
+            if i and stored.seq <= wirings.starts[-1]:
+                raise self.fail(
+                    f"settings event seq {stored.seq} comes after seq {wirings.starts[-1]}: in seq order, once"
+                )
+            event = self._check_event(stored, proven.proof, cp)
+            if not isinstance(event, ev.RunCreated | ev.RunResumed) or event.settings is None:
+                raise self.fail(f"settings event seq {stored.seq} is a {stored.event_type} that gives no settings")
+            if i == 0 and not isinstance(event, ev.RunCreated):
+                raise self.fail(f"the first settings event (seq {stored.seq}) is not the run's RunCreated")
+            wirings.add(stored.seq, event.settings)
+        return wirings
 
     def _check_extension(self, cp: Checkpoint) -> int | None:
         """The bundle's consistency proof from a checkpoint the auditor kept to the bundle's own:

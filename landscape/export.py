@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 
 #: The format this ELSPETH writes and the newest it reads. 2: the seals of the erasure records.
 FORMAT = 2
+# A proof bundle's: format 3 holds a row's run settings events (`ProofBundle.settings`).
+BUNDLE_FORMAT = 3
 EXPORT_TYPE = "elspeth-export"
 PROOF_TYPE = "elspeth-proof"
 
@@ -208,12 +210,12 @@ def encode(record: Record) -> bytes:
     return _encoder.encode(record)
 
 
-def check_format(value: object, what: str) -> None:
+def check_format(value: object, what: str, newest: int = FORMAT) -> None:
     """Refuse a format this ELSPETH cannot read (ExportError naming it)."""
     if type(value) is not int or value < 1:
         raise ExportError(f"{what} has format {value!r}, which is no ELSPETH format")
-    if value > FORMAT:
-        raise ExportError(f"{what} is format {value}, newer than this ELSPETH reads ({FORMAT}): upgrade ELSPETH")
+    if value > newest:
+        raise ExportError(f"{what} is format {value}, newer than this ELSPETH reads ({newest}): upgrade ELSPETH")
 
 
 def read_records(f: IO[bytes]) -> Iterator[tuple[int, Record]]:
@@ -587,6 +589,9 @@ class ProofBundle(_Record, tag=PROOF_TYPE, frozen=True, omit_defaults=True):
     erased: list[ErasedRecord]
     extends: Extension | None = None  # `prove --checkpoint`
     seals: list[SealProof] = []  # one per erased record (format 2)
+    # A row's bundle: the run's settings events in the signed tree (RunCreated, and each RunResumed
+    # that changed the settings), which say where each of the row's tokens goes next (format 3).
+    settings: list[ProvenEvent] = []
 
 
 _bundle_decoder = msgspec.json.Decoder(ProofBundle)
@@ -605,7 +610,7 @@ def decode_bundle(data: bytes) -> ProofBundle:
         raise ExportError(f"not a well-formed proof bundle ({_why(e)})") from None
     if peek.type != PROOF_TYPE:
         raise ExportError("not an ELSPETH export or proof bundle")
-    check_format(peek.format, "this proof bundle")
+    check_format(peek.format, "this proof bundle", BUNDLE_FORMAT)
     try:
         bundle = _bundle_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
@@ -622,6 +627,10 @@ def decode_bundle(data: bytes) -> ProofBundle:
     if bundle.format < 2 and bundle.seals:
         raise ExportError(
             f"the proof bundle is format {bundle.format}, which holds no seals (format 2 on), yet holds some"
+        )
+    if bundle.format < 3 and bundle.settings:
+        raise ExportError(
+            f"the proof bundle is format {bundle.format}, which holds no settings events (format 3 on), yet holds some"
         )
     return bundle
 
@@ -668,6 +677,10 @@ def lineage(events: Iterable[StoredEvent], rows: Collection[int]) -> Iterator[tu
             yield row, e
 
 
+# The events that give a run's settings (a RunResumed only when a forced resume changed them).
+_SETTINGS_EVENTS = frozenset(("RunCreated", "RunResumed"))
+
+
 def build_proof(
     recorder: Recorder,
     run_id: str,
@@ -693,8 +706,23 @@ def build_proof(
             leaves.append(leaf_hash(e.hash))
             yield e
 
+    settings: list[StoredEvent] = []
+
+    def settings_of(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+        for e in events:
+            if (
+                e.machine == "run"
+                and e.event_type in _SETTINGS_EVENTS
+                and getattr(e.event, "settings", None) is not None
+            ):
+                settings.append(e)
+            yield e
+
     events = tap(recorder.read_events(run_id, upto_seq=newest.size - 1))
-    chosen = [e for _r, e in lineage(events, {row})] if row is not None else [e for e in events if e.seq == seq]
+    if row is not None:
+        chosen = [e for _r, e in lineage(settings_of(events), {row})]
+    else:
+        chosen = [e for e in events if e.seq == seq]
     if len(leaves) < newest.size:
         raise ExportError(
             f"run {run_id} has {len(leaves)} events, fewer than its newest checkpoint signs ({newest.size}): "
@@ -703,7 +731,7 @@ def build_proof(
     if not chosen:
         subject = f"row {row + 1}" if row is not None else f"event seq {seq}"  # (row counts from 1, as --row)
         raise ExportError(f"run {run_id} has no {subject} in its signed tree of {newest.size} events")
-    proofs = inclusion_proofs([e.seq for e in chosen], newest.size, leaves)
+    proofs = inclusion_proofs([e.seq for e in [*chosen, *settings]], newest.size, leaves)
     extends = None if kept is None else _extension(kept, origin, newest, leaves)
     hashes = list(dict.fromkeys(h for e in chosen for h in row_hashes(e.event)))
     present = recorder.payloads(run_id, hashes) if payloads else {}
@@ -711,12 +739,13 @@ def build_proof(
     erasures = recorder.erasures(run_id, absent) if absent else {}
     erased = [erasures[h] for h in hashes if h in erasures]
     return ProofBundle(
-        format=FORMAT, run_id=run_id, origin=origin, key=key.text(), seq=seq, row=row, checkpoint=newest.note,
+        format=BUNDLE_FORMAT, run_id=run_id, origin=origin, key=key.text(), seq=seq, row=row, checkpoint=newest.note,
         events=[ProvenEvent(EventRecord.of(e), [p.hex() for p in proofs[e.seq]]) for e in chosen],
         payloads_included=payloads,
         payloads=[PayloadRecord(hash=h, salt=present[h].salt, data=present[h].data) for h in hashes if h in present],
         erased=[ErasedRecord.of(e) for e in erased], extends=extends,
         seals=_seal_proofs(recorder, run_id, erased, key, origin, unsigned_erasures),
+        settings=[ProvenEvent(EventRecord.of(e), [p.hex() for p in proofs[e.seq]]) for e in settings],
     )  # fmt: skip
 
 

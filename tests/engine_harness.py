@@ -112,6 +112,23 @@ def item(index: int, **row: Any) -> SourceItem:
     return SourceItem(index=index, row=dict(row), raw={k: str(v) for k, v in row.items()})
 
 
+def assert_on_the_wiring(db: Database, run_id: str) -> None:
+    """Every token's every event is where the run's settings send it (landscape/wiring.py): what a
+    row's proof bundle is held to, so a genuine log must never be found off it."""
+    from landscape.postgres import PostgresRecorder
+    from landscape.wiring import Wirings, off_the_wiring
+
+    wirings, events = Wirings(), []
+    for e in PostgresRecorder(db).read_events(run_id):
+        body = e.event
+        if e.event_type in ("RunCreated", "RunResumed") and getattr(body, "settings", None) is not None:
+            wirings.add(e.seq, body.settings)  # type: ignore[attr-defined]
+        events.append((e, body))
+    assert wirings.versions, "no settings event"
+    off = off_the_wiring(events, wirings)
+    assert not off, f"tokens off the wiring: {sorted(off)[:5]}"
+
+
 def assert_invariants(fold: RunFold) -> None:
     """ARCHITECTURE §8, 1 and 6: nothing left open, every token ended exactly once."""
     assert fold.status == "completed", fold.status

@@ -1245,24 +1245,40 @@ def test_every_rows_events_follow_one_another_as_prove_gathers_them(db: Database
     never said of a whole bundle), as the row bundles of `verify` see them."""
     from landscape.audit import _left_out
     from landscape.export import lineage
+    from landscape.wiring import Wirings
 
     _work, run_id = _run(db, tmp_path, example)
     recorder = PostgresRecorder(db)
     events = list(recorder.read_events(run_id))
+    wirings = Wirings()
+    for e in events:
+        if e.event_type == "RunCreated":
+            wirings.add(e.seq, e.event.settings)
     rows = {r for r, _ in lineage(events, range(10_000))}
     assert len(rows) > 5, rows
     for row in sorted(rows):
         held = [(e, e.event) for _, e in lineage(events, {row})]
-        assert _left_out(held) == 0, (example, row)
-    # The check can fail: one event of a row's token left out (not its creation, nor a step that
-    # kept the data), and the token's events no longer follow one another.
+        assert _left_out(held, wirings) == 0, (example, row)
+    # The check can fail: one event of a row's token left out (not its creation), and the token's
+    # events no longer follow one another; a step that kept the data, only by the wiring.
     held = [(e, e.event) for _, e in lineage(events, {sorted(rows)[0]})]
-    gone = next(i for i, (e, ev_) in enumerate(held) if e.event_type == "SinkAssigned")
-    assert _left_out(held[:gone] + held[gone + 1 :]) == 1
+    for kind in ("SinkAssigned", "StepCompleted", "TokenBuffered", "TokenHeld"):
+        for gone in [i for i, (e, ev_) in enumerate(held) if e.event_type == kind][:1]:
+            assert _left_out(held[:gone] + held[gone + 1 :], wirings) == 1, kind
 
 
 @pytest.mark.parametrize(
-    ("example", "kind", "node"), [(FORK, "SinkAssigned", None), ("linear", "StepCompleted", "rename")]
+    ("example", "kind", "node"),
+    [
+        (FORK, "SinkAssigned", None),
+        ("linear", "StepCompleted", "rename"),
+        # Told by the run's settings in the bundle (format 3): a step that kept the data (a gate,
+        # a filter that passed), a token's last step (before its sink, before a coalesce).
+        ("gate_routing", "StepCompleted", "size"),
+        ("linear", "StepCompleted", "screen"),
+        ("linear", "StepCompleted", "trim"),
+        (FORK, "StepCompleted", "summarise"),
+    ],
 )
 def test_a_row_bundle_says_when_an_event_was_left_out_between_a_tokens_own(
     db: Database, tmp_path: Path, example: str, kind: str, node: str | None
@@ -1293,6 +1309,38 @@ def test_a_row_bundle_says_when_an_event_was_left_out_between_a_tokens_own(
     proc = _verify(work, str(out), "--public-key", pub)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 token(s) have events in it that do not follow one another" in proc.stderr, proc.stderr
+
+
+def test_a_row_bundle_holds_the_runs_settings_and_is_held_to_them(db: Database, tmp_path: Path) -> None:
+    """A row's bundle (format 3) holds the run's settings events, proved in the signed tree as its
+    events are: taken out, the bundle is refused; said to be format 2 as well, it verifies with a
+    note that a step that kept the data cannot be told. One that is not a settings event, or a
+    first one that is not the run's creation, is refused."""
+    work, run_id = _run(db, tmp_path, "gate_routing")
+    pub = str(work / ".elspeth" / "keys" / "default.pub")
+    out = tmp_path / "row1.json"
+    assert elspeth("prove", run_id, "--row", "1", "-o", str(out), cwd=work, db=db).returncode == 0
+    bundle = json.loads(out.read_text())
+    assert bundle["format"] == 3 and [s["event"]["event_type"] for s in bundle["settings"]] == ["RunCreated"]
+    proc = _verify(work, str(out), "--public-key", pub)
+    assert proc.returncode == 0 and "made before format 3" not in proc.stderr, proc.stdout + proc.stderr
+
+    def verified(**changes: object) -> subprocess.CompletedProcess[str]:
+        out.write_text(json.dumps({**bundle, **changes}, indent=1) + "\n")
+        return _verify(work, str(out), "--public-key", pub)
+
+    err = one_line_error(verified(settings=[]), 1)
+    assert "a row's bundle of format 3 holds the run's settings events; this one holds none" in err, err
+    older = verified(settings=[], format=2)
+    assert older.returncode == 0 and "made before format 3" in older.stderr, older.stdout + older.stderr
+    err = one_line_error(verified(format=2), 1)
+    assert "the proof bundle is format 2, which holds no settings events (format 3 on), yet holds some" in err
+    err = one_line_error(verified(settings=bundle["events"][:1]), 1)
+    assert f"settings event seq {bundle['events'][0]['event']['seq']} is a TokenCreated that gives no settings" in err
+    forged = json.loads(json.dumps(bundle["settings"][0]))
+    forged["event"]["payload"] = forged["event"]["payload"][:-4] + "AAAA"
+    err = one_line_error(verified(settings=[forged]), 1)
+    assert "the event body does not match its payload hash" in err, err
 
 
 def test_prove_of_a_row_past_the_end_names_the_row_asked_for(db: Database, fork: Exported, tmp_path: Path) -> None:

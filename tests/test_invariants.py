@@ -22,7 +22,7 @@ from landscape.db import Database
 from landscape.errors import ChainBroken
 from landscape.postgres import PostgresRecorder
 from landscape.verify_store import verify_run
-from tests.engine_harness import assert_invariants, write_csv
+from tests.engine_harness import assert_invariants, assert_on_the_wiring, write_csv
 from tests.test_resume import PIPELINES, SINKS, SOURCE
 
 _cell = st.one_of(
@@ -53,6 +53,7 @@ def test_every_token_ends_exactly_once_and_nothing_stays_open(
     fold = fold_run(db, outcome.run_id, strict=True)  # re-applies every transition: invariant 2
     assert_invariants(fold)  # invariants 1 and 6
     assert fold.source_records == len(rows)  # rows in = rows read; each ended (assert_invariants)
+    assert_on_the_wiring(db, outcome.run_id)  # what a row's proof bundle is held to
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

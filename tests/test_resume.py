@@ -36,6 +36,7 @@ from tests.engine_harness import (
     ClockedSource,
     SourceClock,
     assert_invariants,
+    assert_on_the_wiring,
     counting_fault_points,
     crashed_resume,
     crashed_run,
@@ -461,6 +462,7 @@ def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
         os.chdir(path)
         fold = fold_run(db, run_id, strict=True)
         assert_invariants(fold)
+        assert_on_the_wiring(db, run_id)
         assert {str(k): v for k, v in fold.outcomes.items()} == ref.outcomes
         assert _outputs(path) == ref.outputs
         # every coalesce and batch resolved as in the uninterrupted run (a timeout too)

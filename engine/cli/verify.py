@@ -103,9 +103,17 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                 *([f"{proof.skipping} token(s) have events in it that do not follow one another (one of theirs was "
                    "left out of it)"] if proof.skipping else []),
             ]  # fmt: skip
+            unwired = (
+                ""
+                if proof.wiring
+                else (
+                    " (nor, made before format 3, does it hold the run's settings: a step left out that kept the data "
+                    "cannot be told)"
+                )
+            )
             say(
                 f"elspeth: note: {'; '.join(gaps) + ': ' if gaps else ''}a bundle proves that the events it holds are "
-                "in the signed log, not that none was left out (an export shows them all)"
+                f"in the signed log, not that none was left out (an export shows them all){unwired}"
             )
         return
     report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id,

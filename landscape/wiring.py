@@ -1,0 +1,141 @@
+"""Where a run's settings send a token next, and the tokens whose recorded steps skip a place.
+
+A token's events say where it is: its creation the connection it enters (`at`), each step the
+node that took it and the connection it goes to next (`next`). The settings recorded with the run
+(`RunCreated`, and a forced `RunResumed` that changed them) say which node reads each connection,
+so each step of a token must be taken by the node that reads where the token was: a step left out
+of a row's proof bundle, even one that kept the data as it was (a gate, a filter that passed),
+leaves the next event at a node that does not read where the token was. This reads the settings
+as recorded (a dict), without the engine that checked them: an auditor's `verify` has no engine.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from landscape.records import StoredEvent
+from statecharts import events as ev
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """One version of the settings' wiring: connection -> the node that reads it (a coalesce: its
+    name and the branch), and the sinks."""
+
+    readers: dict[str, tuple[str, str | None]]
+    sinks: frozenset[str]
+
+
+def wiring_of(settings: Mapping[str, object]) -> Wiring:
+    """The wiring the (recorded) settings describe; what is not as the settings format has it is
+    left out, so that a token at such a place is held to nothing rather than to a guess."""
+    readers: dict[str, tuple[str, str | None]] = {}
+    for section in ("transforms", "gates", "aggregations"):
+        for node in _dicts(settings.get(section)):
+            name, connection = node.get("name"), node.get("input")
+            if isinstance(name, str) and isinstance(connection, str):
+                readers[connection] = (name, None)
+    for node in _dicts(settings.get("coalesce")):
+        name, branches = node.get("name"), node.get("branches")
+        if not isinstance(name, str):
+            continue
+        pairs = branches.items() if isinstance(branches, dict) else ((b, b) for b in _list(branches))
+        for branch, connection in pairs:
+            if isinstance(branch, str) and isinstance(connection, str):
+                readers[connection] = (name, branch)
+    sinks = settings.get("sinks")
+    return Wiring(
+        readers, frozenset(s for s in sinks if isinstance(s, str)) if isinstance(sinks, dict) else frozenset()
+    )
+
+
+def _dicts(value: object) -> list[dict[str, object]]:
+    return [v for v in _list(value) if isinstance(v, dict)]
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+@dataclass
+class Wirings:
+    """The wiring in force from each settings event's seq on (a forced resume may change it)."""
+
+    starts: list[int] = field(default_factory=list)
+    versions: list[Wiring] = field(default_factory=list)
+
+    def add(self, seq: int, settings: Mapping[str, object]) -> None:
+        self.starts.append(seq)
+        self.versions.append(wiring_of(settings))
+
+    def upto(self, seq: int) -> list[Wiring]:
+        """Every version recorded before `seq`: a token in flight across a forced resume that
+        changed the settings may have moved by either (the resume takes it up where it was)."""
+        return self.versions[: bisect.bisect_left(self.starts, seq)]
+
+
+def off_the_wiring(events: Iterable[tuple[StoredEvent, ev.EventBase]], wirings: Wirings) -> set[str]:
+    """The tokens created in `events` (in seq order) of which an event is not where the wiring
+    has the token: a step taken by a node that does not read the connection the token was on, a
+    sink reached from elsewhere than its connection. A token is followed from its creation; one
+    whose place no version of the wiring knows is not judged further."""
+    place: dict[str, str | None] = {}  # token -> the connection (or sink) it is at; None: not judged
+    off: set[str] = set()
+    for stored, e in events:
+        token = stored.entity_id
+        if stored.machine != "token":
+            continue
+        if isinstance(e, ev.TokenCreated):
+            place[token] = e.at
+            continue
+        at = place.get(token)
+        if at is None or token in off:
+            continue
+        versions = wirings.upto(stored.seq)
+        expected = _expected(e)
+        if expected is None:
+            continue
+        kind, name, branch = expected
+        if kind == "read":
+            ok = any(w.readers.get(at, (None, None))[0] == name for w in versions)
+        elif kind == "branch":
+            ok = any(w.readers.get(at) == (name, branch) for w in versions)
+        elif kind == "read_or_sink":  # a node's row error, or a sink's own refusal
+            ok = at == name or any(w.readers.get(at, (None, None))[0] == name for w in versions)
+        else:  # "sink": the token is at that sink
+            ok = at == name
+        if not ok:
+            off.add(token)
+            continue
+        if isinstance(e, ev.StepCompleted):
+            place[token] = e.next
+        elif isinstance(e, ev.SinkAssigned):
+            place[token] = e.sink
+    return off
+
+
+def _expected(e: ev.EventBase) -> tuple[str, str, str | None] | None:
+    """What `e` requires of the token's place: ("read", node) that node reads it; ("branch",
+    coalesce, branch) that coalesce reads it as that branch; ("sink", sink) it is that sink;
+    ("read_or_sink", node) either of the first and third. None: nothing (an end after its sink's
+    assignment was checked, a consumption after the buffering)."""
+    if isinstance(e, ev.StepCompleted | ev.TokenForked | ev.TokenExpanded):
+        return "read", e.node, None
+    if isinstance(e, ev.TokenHeld):
+        return "branch", e.coalesce_id.partition(":")[0], e.branch
+    if isinstance(e, ev.TokenBuffered):
+        return "read", e.batch_id.partition("#")[0], None
+    if isinstance(e, ev.SinkAssigned):
+        # Diverted: by the node whose row error it was, or by the sink that refused the row.
+        return ("read_or_sink", e.node, None) if e.outcome == "diverted" and e.node else ("sink", e.sink, None)
+    if isinstance(e, ev.TokenCompleted | ev.TokenRouted):
+        return "sink", e.sink, None
+    if isinstance(e, ev.TokenDiverted | ev.TokenQuarantined) and e.sink is not None:
+        return "sink", e.sink, None
+    if isinstance(e, ev.TokenDiverted) and e.node:  # (to discard: where its row error was)
+        return "read_or_sink", e.node, None
+    if isinstance(e, ev.TokenFailed) and e.node:
+        return "read_or_sink", e.node, None
+    return None
