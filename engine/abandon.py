@@ -14,13 +14,13 @@ import hashlib
 import os
 import shlex
 import stat
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine import signing
 from engine.errors import ResumeRefused
+from engine.operator_text import reason_problem
 from engine.orchestrator import changed_since_read, verified_to_write_on
 from engine.settings import LandscapeSettings, SettingsError, load_settings
 from landscape.commits import holding, writes
@@ -33,7 +33,6 @@ from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_FINAL, RUN_OPEN, RunState
 
 # A reason is read by people (`show`, `explain`, an export): a sentence or two, on one line.
-MAX_REASON_CHARS = 1000
 
 
 class AbandonRefused(ResumeRefused):
@@ -51,23 +50,10 @@ class Abandoned:
 
 def check_reason(reason: str) -> str:
     """The reason as recorded, or AbandonRefused saying what is allowed."""
-    text = reason.strip()
-    if not text:
-        raise AbandonRefused("--reason: empty; allowed: a sentence saying why the run is not to go on")
-    if len(text) > MAX_REASON_CHARS:
-        raise AbandonRefused(f"--reason: {len(text):,} characters; allowed: at most {MAX_REASON_CHARS:,}")
-    # Shown on investigators' terminals: an escape sequence could rewrite what they read, a
-    # bidirectional override or a zero-width character hide or reorder it, a line separator
-    # start a line that looks like another event's.
-    hidden = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
-    if hidden:
-        raise AbandonRefused(
-            f"--reason: holds U+{ord(hidden[0]):04X}, a control, format or line-separating character; allowed: one "
-            "line of visible text"
-        )
-    if all(unicodedata.category(c).startswith(("Z", "M")) for c in text):
-        raise AbandonRefused("--reason: nothing visible in it; allowed: a sentence saying why the run is not to go on")
-    return text
+    problem = reason_problem(reason, "why the run is not to go on")
+    if problem is not None:
+        raise AbandonRefused(problem)
+    return reason.strip()
 
 
 def abandon_run(

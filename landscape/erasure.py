@@ -28,7 +28,7 @@ import msgspec
 from landscape.checkpoint import run_origin
 from landscape.commits import hold_for_transaction, holding, lock_holder
 from landscape.db import Connection, Database, driver_errors
-from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun
+from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun, quoted
 from landscape.export import Lineage
 from landscape.notary import Witnessed
 from landscape.note import NoteError, Signer, Verifier, parse_note
@@ -108,7 +108,7 @@ def plan_rows(
     signs is read (`Plan.unread_from`)."""
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
-        raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+        raise UnknownRun(f"no run {quoted(run_id)} in {db.describe()} (see `elspeth runs`)")
     holder = recorder.lock_holder(run_id)
     if holder is not None:
         raise ErasureRefused(

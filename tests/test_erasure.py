@@ -141,7 +141,7 @@ def test_a_deletion_is_refused_whole_unless_every_payload_has_a_record_of_its_ow
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
-        (["purge", "run-nosuch", "--row", "1", "--reason", "x"], 1, "no run run-nosuch"),
+        (["purge", "run-nosuch", "--row", "1", "--reason", "x"], 1, "no run 'run-nosuch'"),
         (["purge", "{run}", "--row", "999", "--reason", "x"], 1, "has no row 999"),
         (["purge", "--older-than", "ninety days", "--reason", "x"], 2, "not a duration"),
         (["purge", "--older-than", "999999999w", "--reason", "x"], 2, "too long"),
@@ -149,6 +149,13 @@ def test_a_deletion_is_refused_whole_unless_every_payload_has_a_record_of_its_ow
         (["purge", "--older-than", "90d", "{run}", "--reason", "x"], 2, "either"),
         (["purge", "{run}", "--row", "1"], 2, "--reason"),
         (["purge", "{run}"], 2, "--row"),
+        # The reason is recorded with every erased payload and shown by explain: one line of
+        # visible text, of a bounded length (found by a hostile review: any text was taken).
+        (["purge", "{run}", "--row", "1", "--reason", "dsr\nseq 16 completed"], 2, "U+000A"),
+        (["purge", "{run}", "--row", "1", "--reason", "dsr \x1b[31m"], 2, "U+001B"),
+        (["purge", "{run}", "--row", "1", "--reason", "x" * 1001], 2, "1,001 characters; allowed: at most 1,000"),
+        (["purge", "{run}", "--row", "1", "--reason", "\u200b"], 2, "U+200B"),
+        (["purge", "--older-than", "\u0661d", "--reason", "x"], 2, "not a duration"),  # (an Arabic-Indic 1)
     ],
 )
 def test_bad_purges_are_one_line_and_erase_nothing(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from landscape.note import Signer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d{1,9})\s*([smhdw])")
+_DURATION = re.compile(r"([0-9]{1,9})\s*([smhdw])")  # (\d takes other scripts' digits)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -68,6 +68,13 @@ def purge_cmd(
     age = parse_duration(older_than) if older_than is not None else None
     if not dry_run and not (reason or "").strip():
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
+    if reason is not None:  # (recorded with every erased payload, and shown by explain)
+        from engine.operator_text import reason_problem
+
+        problem = reason_problem(reason, "why the data is erased")
+        if problem is not None:
+            raise click.UsageError(problem)
+        reason = reason.strip()
     from engine import signing
     from engine.cli.checkpoints import read_checkpoints
     from landscape.erasure import erase, plan_retention, plan_rows, vacuum_payloads  # here: --help stays fast
