@@ -70,8 +70,13 @@ TABLES: dict[str, Kind] = {
 
 # Columns that hold row data, or let a guess at a row be confirmed: analysts read the others
 # only. A sink file's SHA-256 (`artifacts.sha256`) is unsalted, and a flush of one row makes the
-# difference of two such prefixes that row's bytes (migration 0013).
-ROW_DATA_COLUMNS: dict[str, tuple[str, ...]] = {"events": ("payload",), "artifacts": ("sha256",)}
+# difference of two such prefixes that row's bytes (migration 0013); the input file's
+# (`runs.source_fingerprint`) is one of a guessed file (0016).
+ROW_DATA_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": ("payload",),
+    "artifacts": ("sha256",),
+    "runs": ("source_fingerprint",),
+}
 
 _ALL = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

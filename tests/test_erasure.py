@@ -504,7 +504,7 @@ def test_sql_keeps_no_trace_of_an_erased_rows_bytes(server_url: str) -> None:
     """Migration 0013, on a store made before it. ANALYZE kept sampled column values, which
     `pg_stats` shows any role that may read the table: erased rows read back in full by the
     auditor. And the analyst read sink files' unsalted hashes, which for a flush of one row
-    confirm a guess at it."""
+    confirm a guess at it, and the input file's (0016)."""
     from alembic import command
 
     from landscape import roles
@@ -532,13 +532,17 @@ def test_sql_keeps_no_trace_of_an_erased_rows_bytes(server_url: str) -> None:
             conn.commit()
             roles.ensure_roles(conn, login=store.embedded)
             conn.execute("GRANT SELECT ON artifacts TO elspeth_analyst")  # the rule before 0013
+            conn.execute("GRANT SELECT ON runs TO elspeth_analyst")  # and before 0016
             conn.commit()
         command.upgrade(_alembic_config(store), "head")
         with store.connect() as conn:
             roles.apply_grants(conn)  # as `db upgrade` does after the migrations
-            hashes = "SELECT has_column_privilege('elspeth_analyst', 'artifacts', %s, 'SELECT')"
-            assert conn.execute(hashes, ("sha256",)).fetchone() == (False,)
-            assert conn.execute(hashes, ("location",)).fetchone() == (True,)
+            hashes = "SELECT has_column_privilege('elspeth_analyst', %s, %s, 'SELECT')"
+            assert conn.execute(hashes, ("artifacts", "sha256")).fetchone() == (False,)
+            assert conn.execute(hashes, ("artifacts", "location")).fetchone() == (True,)
+            # The input file's unsalted hash: a guessed small input confirmed (migration 0016).
+            assert conn.execute(hashes, ("runs", "source_fingerprint")).fetchone() == (False,)
+            assert conn.execute(hashes, ("runs", "status")).fetchone() == (True,)
             conn.execute("ANALYZE payloads")
             assert conn.execute(sampled).fetchall() == []
             left = conn.execute(
