@@ -20,7 +20,7 @@ unless forced, which its records then say. Whether a run completed is read from 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 
 import msgspec
@@ -71,6 +71,9 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     unread_from: int | None = None  # forced: the first seq past the part of the log read (requests only)
     cutoff: datetime | None = None  # retention only
     counts: dict[str, int] = {}  # retention only: run ('' for payloads kept before runs) -> payloads
+    put_back: int = 0  # payloads back in the store that records of their erasure cover (`_PUT_BACK`)
+    run_id: str = ""  # requests only: the run
+    put_back_hashes: list[str] = []  # requests only: those of `put_back`
 
     def runs(self) -> dict[str, int]:
         """How many payloads go of each run ('' for payloads kept before runs were recorded on them)."""
@@ -83,8 +86,21 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def size(self) -> int:
-        """How many payloads go."""
-        return sum(self.counts.values()) if self.kind == "retention" else len(self.payloads)
+        """How many payloads go (those put back after their erasure too)."""
+        return (sum(self.counts.values()) if self.kind == "retention" else len(self.payloads)) + self.put_back
+
+
+# Payloads in the store that a record of their erasure covers: put back after it by someone who
+# could write to the store (the writer role inserts payloads, with whatever `recorded_at` it
+# likes, and cannot delete them). No reader shows them (they count as erased), but SQL reads their
+# bytes: each purge deletes them again, under the records that allow it (the trigger of 0010). A
+# payload kept before payloads had a run ('') goes only under a record of no run: a run's record
+# does not say the other runs it may serve are done with it.
+_PUT_BACK = (
+    "FROM payloads p WHERE EXISTS (SELECT 1 FROM erasures e WHERE e.hash = p.hash "
+    "AND (e.run_id = p.run_id OR (p.run_id = '' AND e.run_id IS NULL)))"
+)
+_PUT_BACK_OF = " AND p.run_id = %s AND p.hash = ANY(%s)"  # a request's: of its run, of its rows
 
 
 def plan_rows(
@@ -179,8 +195,16 @@ def plan_rows(
             "source has fewer rows); nothing was erased"
         )
     present = recorder.payloads(run_id, found)
+    with driver_errors("looking for payloads put back after their erasure"), db.connect() as conn:
+        back = [
+            bytes(r[0]).hex()
+            for r in conn.execute(f"SELECT p.hash {_PUT_BACK}{_PUT_BACK_OF}", (run_id, _hashes(found)))
+        ]
     return Plan(
         kind="request",
+        run_id=run_id,
+        put_back=len(back),
+        put_back_hashes=sorted(back),
         payloads={h: where for h, where in found.items() if h in present},
         tokens=sorted(tokens),
         already_erased=len(found) - len(present),
@@ -222,8 +246,11 @@ def plan_retention(db: Database, cutoff: datetime, *, force: bool = False, verif
     if "" in old_runs and open_runs:
         resumable[""] = "kept before payloads had a run"
     keep = set() if force else set(resumable)
+    with driver_errors("looking for payloads put back after their erasure"), db.connect() as conn:
+        back = conn.execute(f"SELECT count(*) {_PUT_BACK}").fetchone()
     return Plan(
         kind="retention",
+        put_back=back[0] if back else 0,
         resumable=resumable,
         forced=force and bool(resumable),
         cutoff=cutoff,
@@ -354,13 +381,14 @@ def erase(db: Database, plan: Plan, reason: str, *, signer: Signer) -> int:
         if plan.kind == "retention":
             cutoff = plan.cutoff
             assert cutoff is not None  # (plan_retention sets it)
-            erased = 0
+            erased = _delete_put_back(db) if plan.put_back else 0
             for run in plan.counts:
                 # Payloads kept before they had a run ('') may serve any open run (a resume reads them).
                 guarded = [run] if run else sorted(r for r in plan.resumable if r)
                 erased += _erase_run(db, run, cutoff, why(run), _Sealer(signer, store_id), guarded, erased > 0)
             return erased
-        return _erase_payloads(db, plan, why, _Sealer(signer, store_id))
+        back = _delete_put_back(db, plan.run_id, plan.put_back_hashes) if plan.put_back else 0
+        return back + _erase_payloads(db, plan, why, _Sealer(signer, store_id))
     except PermissionDenied as e:
         # The writer may neither record erasures nor delete payloads (by design: see the roles):
         # the connection, not the store, is what is wrong.
@@ -514,6 +542,20 @@ def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str], 
         ).rowcount
         conn.commit()
     return erased
+
+
+def _hashes(names: Collection[str]) -> list[bytes]:
+    return [bytes.fromhex(h) for h in names]
+
+
+def _delete_put_back(db: Database, run_id: str | None = None, hashes: Collection[str] = ()) -> int:
+    """Delete the payloads put back after their erasure (`_PUT_BACK`): of `run_id`'s `hashes`, or
+    every one in the store. Their records stand for them: no new record is written."""
+    where, params = (_PUT_BACK_OF, (run_id, _hashes(hashes))) if run_id is not None else ("", ())
+    with driver_errors("deleting payloads put back after their erasure"), db.connect() as conn:
+        deleted = conn.execute(f"DELETE {_PUT_BACK}{where}", params).rowcount
+        conn.commit()
+    return deleted
 
 
 def vacuum_payloads(db: Database) -> bool:

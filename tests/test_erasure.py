@@ -442,6 +442,29 @@ def test_a_payload_the_writer_puts_back_after_its_erasure_stays_erased(
     text = (work / "x.export").read_text()
     assert SECRET not in text and '"ticket 2"' in text
     assert "0 erasure record(s)" not in export.stdout, export.stdout
+    # The next purge of the row deletes them again (found by a hostile review: it said the data
+    # was gone already, and left it for SQL to read), under the records that stand for them.
+    again = elspeth("purge", run_id, "--row", "4", "--reason", "ticket 2", cwd=work, db=db)
+    assert again.returncode == 0, again.stderr
+    assert "payload(s) put back in the store after their erasure" in again.stdout, again.stdout
+
+    def held() -> bool:  # (other tests' runs in this store hold SECRET too)
+        with db.connect() as conn:
+            rows = conn.execute("SELECT data FROM payloads WHERE run_id = %s", (run_id,)).fetchall()
+        return any(SECRET.encode() in bytes(r[0]) for r in rows)
+
+    assert not held(), "the data is still in the table"
+    # As does retention, whatever `recorded_at` the writer gave them (it may give any).
+    with db.as_role(Role.WRITER).connect() as conn:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO payloads (run_id, hash, salt, data, recorded_at) VALUES "
+                            "(%s, %s, %s, %s, 'infinity') ON CONFLICT DO NOTHING", kept)  # fmt: skip
+        conn.commit()
+    retention = elspeth("purge", "--older-than", "3650d", "--reason", "RP-3", cwd=work, db=db)
+    assert retention.returncode == 0, retention.stderr
+    assert "payload(s) put back in the store after their erasure" in retention.stdout, retention.stdout
+    assert not held(), "the data is still in the table"
+    assert elspeth("replay", run_id, "--check", cwd=work, db=db).returncode == 0
 
 
 def test_whether_a_run_can_be_resumed_is_read_from_its_log_not_the_runs_table(

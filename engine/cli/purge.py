@@ -148,6 +148,16 @@ def purge_cmd(
 _LISTED = 20  # runs named one by one; the rest are counted
 
 
+def _put_back(plan: Plan, dry_run: bool) -> list[str]:
+    if not plan.put_back:
+        return []
+    verb = "would delete" if dry_run else "deleting"
+    return [
+        f"{verb} {plan.put_back} payload(s) put back in the store after their erasure (by someone who could write "
+        "to it; see docs/erasure.md): the records of their erasure stand for them"
+    ]
+
+
 def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
     from landscape.erasure import unproved
 
@@ -163,10 +173,11 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
             lines.append(f"{verb} {len(plan.payloads)} payload(s) of {len(plan.tokens)} token(s){forced}: "
                          f"run {run_id}, row(s) {rows}")  # fmt: skip
             lines.append(f"  tokens: {', '.join(plan.tokens)}")
-        else:
+        elif not plan.put_back:
             lines.append(f"nothing to erase: the data of run {run_id}, row(s) {rows} is gone already")
         if plan.already_erased:
             lines.append(f"  {plan.already_erased} payload(s) of these rows were erased before")
+        lines.extend(_put_back(plan, dry_run))
         if plan.unread_from is not None:
             lines.append(
                 f"  read the log only up to seq {plan.unread_from - 1}, the newest checkpoint that verifies with the "
@@ -175,13 +186,14 @@ def _describe(plan: Plan, dry_run: bool, run_id: str | None) -> list[str]:
             )
         return lines
     by_run = sorted(plan.runs().items())
-    if plan.size:
-        lines.append(f"{verb} {plan.size} payload(s) of {len(by_run)} run(s):")
+    lines.extend(_put_back(plan, dry_run))
+    if plan.counts:
+        lines.append(f"{verb} {sum(plan.counts.values())} payload(s) of {len(by_run)} run(s):")
         for run, n in by_run[:_LISTED]:
             lines.append(f"  {run or '(payloads kept before runs were recorded on them)'}: {n} payload(s)")
         if len(by_run) > _LISTED:
             lines.append(f"  and {len(by_run) - _LISTED} more run(s)")
-    else:
+    elif not plan.put_back:
         lines.append(
             "nothing to erase: "
             + (
