@@ -520,9 +520,9 @@ def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str], 
         at, by = _stamp(conn)
         # By run and hash, the payloads' key; a payload from before 0007 is kept under run ''.
         here = {
-            bytes(r[0]).hex()
+            bytes(r[0]).hex(): r[1]
             for r in conn.execute(
-                "SELECT p.hash FROM payloads AS p JOIN unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
+                "SELECT p.hash, p.run_id FROM payloads AS p JOIN unnest(%s::text[], %s::bytea[]) AS u(run_id, hash) "
                 "ON p.hash = u.hash AND p.run_id IN (u.run_id, '') ORDER BY p.run_id, p.hash FOR UPDATE OF p",
                 (runs, [bytes.fromhex(h) for h in planned]),
             )
@@ -531,8 +531,14 @@ def _erase_payloads(db: Database, plan: Plan, why: Callable[[str | None], str], 
         if not hashes:
             conn.commit()
             return 0
+        # A payload kept before payloads had a run (unsalted then) may be the same bytes in other
+        # runs, which reference it as well: its record is of no run, which every run reads, so
+        # that theirs verify too, the data erased in each (found by a hostile review: a record
+        # of this run only, and another run's log no longer verified, its data "missing").
+        shared = {h for h in hashes if here[h] == ""}
         sealer.write(conn, [
-            Erasure(hash=h, run_id=plan.payloads[h][0], row_index=plan.payloads[h][1], kind=plan.kind,
+            Erasure(hash=h, run_id=None if h in shared else plan.payloads[h][0],
+                    row_index=None if h in shared else plan.payloads[h][1], kind=plan.kind,
                     reason=why(plan.payloads[h][0]), erased_at=at, erased_by=by) for h in hashes
         ])  # fmt: skip
         erased = conn.execute(

@@ -412,6 +412,40 @@ def test_a_row_request_erases_only_the_batch_outputs_made_from_that_row(db: Data
     assert elspeth("replay", run_id, "--check", cwd=tmp_path, db=db).returncode == 0
 
 
+def test_a_payload_kept_before_payloads_had_a_run_is_erased_for_every_run_that_references_it(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before migration 0004 payloads were not salted, so two runs of one input referenced the
+    same payloads, which 0007 kept under run ''. A purge of one run's row deleted them with a
+    record of that run only: the other run's log no longer verified, its data "missing" (found by
+    a hostile review, on a store made so). The record is now of no run, which every run reads."""
+    from engine.orchestrator import build_pipeline, start_run
+    from engine.settings import load_settings
+    from landscape import canonical
+
+    shutil.copytree(ROOT / "examples" / "linear", tmp_path / "examples" / "linear")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ELSPETH_HOME", raising=False)
+    monkeypatch.setattr(canonical._salts, "next", lambda: b"")  # as payloads were before 0004
+    settings = tmp_path / "examples" / "linear" / "settings.yaml"
+    first, second = (start_run(db, build_pipeline(load_settings(settings))).run_id for _ in range(2))
+    monkeypatch.undo()
+    with db.connect() as conn:  # as 0007 left such a store: one copy, of no run
+        conn.execute("SET session_replication_role = replica")  # (its delete trigger is of 0010)
+        conn.execute("DELETE FROM payloads WHERE run_id = %s", (second,))
+        conn.execute("UPDATE payloads SET run_id = '' WHERE run_id = %s", (first,))
+        conn.commit()
+    for run in (first, second):
+        assert elspeth("replay", run, "--check", cwd=tmp_path, db=db).returncode == 0
+    purge = elspeth("purge", first, "--row", "5", "--reason", "dsr 5", cwd=tmp_path, db=db)
+    assert purge.returncode == 0, purge.stderr
+    for run in (first, second):
+        replay = elspeth("replay", run, "--check", cwd=tmp_path, db=db)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        explain = elspeth("explain", run, "--row", "5", cwd=tmp_path, db=db)
+        assert explain.returncode == 0 and "data erased: erased on" in explain.stdout, explain.stdout
+
+
 def test_a_payload_the_writer_puts_back_after_its_erasure_stays_erased(
     db: Database, fork_run: tuple[Path, str]
 ) -> None:
