@@ -65,7 +65,7 @@ def abandon_run(
     reason = check_reason(reason)
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
-        raise AbandonRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
+        raise AbandonRefused(f"no run {run_id} in {db.describe()} (see `elspeth runs`; another --home?)")
     holder = recorder.lock_holder(run_id)
     if holder is not None and writes(holder):
         raise AbandonRefused(

@@ -1118,7 +1118,7 @@ def resume_run(
 ) -> Outcome:
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
-        raise ResumeRefused(f"no run {run_id} in this audit store (see `elspeth runs`)")
+        raise ResumeRefused(f"no run {run_id} in {db.describe()} (see `elspeth runs`; another --home?)")
     holder = recorder.lock_holder(run_id)
     if holder is not None:
         raise ResumeRefused(f"run {run_id} is {holding(holder)}; not resuming it, nothing was done")
@@ -1147,6 +1147,12 @@ def resume_run(
     recorded = summary.settings_path if summary is not None else created.settings_path if created else None
     if settings_path is None and recorded is None:
         raise ResumeRefused(f"run {run_id} has no recorded settings file; see `elspeth replay {run_id} --check`")
+    if settings_path is None and not os.path.lexists(str(recorded)):  # (said from the folder it ran in)
+        raise ResumeRefused(
+            f"run {run_id}: its settings file {recorded} is not there (the run ran in {os.getcwd()}): moved or "
+            f"deleted? Give it with `elspeth resume {run_id} -s FILE` (--force too if its text changed), or end the "
+            f"run with `elspeth abandon {run_id} --reason TEXT`"
+        )
     pipeline = load(settings_path or Path(str(recorded)))
     try:
         return _resume(db, recorder, run_id, pipeline, created, force, clock, commit_every, progress, settings_path,

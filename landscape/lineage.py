@@ -442,7 +442,7 @@ def _verified(
     verifier: Verifier | None,
 ) -> Verification:
     if not recorder.run_exists(run_id):
-        raise UnknownRun(f"no run {run_id} in this audit store (see `elspeth runs`)")
+        raise UnknownRun(f"no run {run_id} in {recorder.db.describe()} (see `elspeth runs`)")
     return verify_run(
         recorder, run_id, upto_seq=upto_seq, observe=observe, checkpoints=checkpoints, verifier=verifier, payloads=False
     )

@@ -907,7 +907,7 @@ def test_a_password_given_on_the_command_line_is_warned_of(tmp_path: Path) -> No
     assert "warning" not in bare.stderr
 
 
-def test_a_command_that_only_reads_makes_no_store_where_there_is_none(tmp_path: Path) -> None:
+def test_a_command_that_reads_or_works_on_recorded_runs_makes_no_store_where_there_is_none(tmp_path: Path) -> None:
     """Run in the wrong folder, or with a misspelt --home, `runs` made a whole data folder there
     (70 MB) and said "no runs yet"."""
     for args in (
@@ -918,6 +918,12 @@ def test_a_command_that_only_reads_makes_no_store_where_there_is_none(tmp_path: 
         ["export", "run-x", "-o", "x.export"],
         ["prove", "run-x", "--row", "1", "-o", "x.json"],
         ["checkpoint", "run-x"],
+        # nor one that works on recorded runs: `resume` in the wrong folder made a store there,
+        # then said it held no such run (a careless operator's review)
+        ["resume", "run-x"],
+        ["abandon", "run-x", "--reason", "x"],
+        ["purge", "run-x", "--row", "1", "--reason", "x", "--dry-run"],
+        ["purge", "--older-than", "90d", "--dry-run"],
     ):
         err = one_line_error(elspeth(*args, cwd=tmp_path), 1)
         assert "there is no audit store in" in err and "nothing has run with this home" in err, err

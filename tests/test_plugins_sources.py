@@ -1045,3 +1045,15 @@ def test_a_cr_in_a_utf_16_line_splits_no_record(tmp_path: Path, encoding: str) -
     lines = write(tmp_path / "in.jsonl", '{"id": 1,\r "n": "x"}\n{"id": 2}\n'.encode(encoding))
     got = items("json", {"path": str(lines), "encoding": encoding})
     assert [(i.row, i.line) for i in got] == [({"id": 1, "n": "x"}, 1), ({"id": 2}, 2)]
+
+
+def test_an_input_file_that_cannot_be_opened_is_named_with_the_folder_it_resolved_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume works in the run's folder: "cannot open input file big.csv" said where from no more
+    (a careless operator's review)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PluginError, match=rf"cannot open input file big\.csv \(in {tmp_path}\): No such file"):
+        sources._open_input(Path("big.csv"))
+    with pytest.raises(PluginError, match=rf"cannot open input file {tmp_path}/big\.csv: No such file"):
+        sources._open_input(tmp_path / "big.csv")

@@ -828,6 +828,20 @@ def test_resume_refuses_a_run_whose_folder_is_gone_unless_given_its_settings(db:
         assert {a["file"] for a in report["artifacts"]} == {"ok"}, report["artifacts"]
 
 
+def test_a_settings_file_moved_away_is_named_with_the_folder_it_ran_in(db: Database) -> None:
+    """Resumed from another folder, a moved settings file was "settings.yaml: the settings file
+    does not exist", with no folder and no way on (a careless operator's review)."""
+    with _workdir("linear", 6) as path:
+        run_id = _crashed(db, path / "settings.yaml", "moved", "committed:2")
+        (path / "settings.yaml").rename(path / "s2.yaml")
+        with pytest.raises(ResumeRefused) as refused:
+            resume_run(db, run_id, load)
+        said = str(refused.value)
+        assert f"settings.yaml is not there (the run ran in {os.path.realpath(path)})" in said, said
+        assert f"elspeth resume {run_id} -s FILE" in said and f"elspeth abandon {run_id}" in said
+        assert resume_run(db, run_id, load, settings_path=path / "s2.yaml", force=True).status == "completed"
+
+
 def test_a_folder_the_store_names_unlike_the_verified_log_is_refused(
     db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -21,11 +21,17 @@ if TYPE_CHECKING:  # the driver is imported when a command opens the store, not 
 
 @contextmanager
 def database_from_ctx(
-    ctx: click.Context, *, upgrade: bool = False, settings_url: str | None = None, role: Role | None = None
+    ctx: click.Context,
+    *,
+    upgrade: bool = False,
+    settings_url: str | None = None,
+    role: Role | None = None,
+    existing: bool = False,
 ) -> Iterator[Database]:
     """The database of `--database` / ELSPETH_DATABASE_URL (these always win), else a
     PostgreSQL `landscape.url` from the pipeline's settings, else the embedded one in `--home`;
-    its connections act as `role` (the writer unless the command only reads)."""
+    its connections act as `role` (the writer unless the command only reads). A command that only
+    reads, or that works on runs already recorded (`existing`), makes no embedded store."""
     import logging
 
     from landscape.db import open_database
@@ -37,7 +43,7 @@ def database_from_ctx(
     logging.getLogger("psycopg").setLevel(logging.ERROR)
     obj = ctx.find_root().obj or {}
     url = obj.get("database") or settings_url
-    if role is Role.AUDITOR and settings_url is None:
+    if (role is Role.AUDITOR or existing) and settings_url is None:
         existing_store(ctx)
     with open_database(url, upgrade=upgrade, home=obj.get("home"), role=role or Role.WRITER) as db:
         yield db
@@ -47,7 +53,7 @@ def existing_store(ctx: click.Context) -> None:
     """ElspethCliError when no server is named (--database, ELSPETH_DATABASE_URL) and the home
     holds no embedded store. A command that only reads makes no store: run in the wrong folder, or
     with a misspelt --home, it made a whole data folder there and said "no runs yet" (a new user's
-    review)."""
+    review); `resume RUN` in the wrong folder made one, then said it held no such run (another)."""
     if (ctx.find_root().obj or {}).get("database") or os.environ.get("ELSPETH_DATABASE_URL") is not None:
         return
     home = Path(home_from_ctx(ctx))

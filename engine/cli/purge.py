@@ -111,7 +111,7 @@ def purge_cmd(
     if refusal is not None and not dry_run:
         raise ElspethCliError(refusal)
     # As the owner: only it may delete payloads and write erasure records (the writer may not).
-    with database_from_ctx(ctx, role=Role.OWNER) as db:
+    with database_from_ctx(ctx, role=Role.OWNER, existing=True) as db:
         if age is not None:
             plan = plan_retention(db, now - age, force=force, verifier=key)
         else:

@@ -309,7 +309,7 @@ def resume_cmd(
             ) from e
 
     try:
-        with database_from_ctx(ctx, settings_url=settings_url) as db:
+        with database_from_ctx(ctx, settings_url=settings_url, existing=True) as db:
             _report(
                 db,
                 lambda: resume_run(
@@ -342,7 +342,7 @@ def abandon_cmd(ctx: click.Context, run_id: str, reason: str, settings_path: Pat
     from engine.abandon import abandon_run  # (not needed by the other commands of this module)
 
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
-    with database_from_ctx(ctx, settings_url=settings_url) as db:
+    with database_from_ctx(ctx, settings_url=settings_url, existing=True) as db:
         done = abandon_run(db, run_id, reason, settings_path=settings_path, home=home_from_ctx(ctx))
     was = "crashed (its writer gone)" if done.was in (RunState.RUNNING, RunState.DRAINING) else done.was
     click.echo(

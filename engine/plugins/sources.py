@@ -200,7 +200,9 @@ def _open_input(path: Path) -> IO[bytes]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise PluginError(_NODE, f"cannot open input file {path}: {e.strerror}") from e
+        # (A relative path is said with the folder it resolved in: a resume works in the run's.)
+        where = "" if path.is_absolute() else f" (in {os.getcwd()})"
+        raise PluginError(_NODE, f"cannot open input file {path}{where}: {e.strerror}") from e
     try:
         kind = _not_regular(os.fstat(fd).st_mode)
         if kind is not None:
