@@ -84,6 +84,9 @@ def redact(url: str) -> str:
     return redact_secrets(url)
 
 
+DISK_FULL = "53100"  # the server's SQLSTATE for a write that found no space
+
+
 def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> LandscapeError:
     """The one place where a driver error becomes one of the landscape's errors."""
     if isinstance(e, psycopg.errors.UniqueViolation) and run_id is not None and _is_events(e.diag.table_name):
@@ -96,6 +99,11 @@ def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> Landsca
             if run_id is not None
             else ""
         )
+        if e.sqlstate == DISK_FULL:  # (the server is there, and said why: not "lost")
+            return DatabaseUnavailable(
+                f"the audit store's disk is full (the database server could not write) while {what}: free space where "
+                f"its data lives{resume}: {first_line(e)}"
+            )
         return DatabaseUnavailable(f"lost the database while {what}{resume}: {first_line(e)}")
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         return PermissionDenied(f"{what}: {first_line(e)}")

@@ -809,6 +809,21 @@ def test_a_server_that_answers_is_not_called_lost() -> None:
     # have failed, a review found.
     lost = str(translate(errors.AdminShutdown("terminating"), "committing events of run r", "r"))
     assert "`elspeth resume r` continues it from what the log holds (a commit in flight may have been made)" in lost
+    # A full disk is said as such, not as a database lost (a careless operator's review).
+    full = str(translate(errors.DiskFull("could not extend file"), "committing events of run r", "r"))
+    assert full.startswith("the audit store's disk is full (the database server could not write) while committing")
+    assert "free space where its data lives; `elspeth resume r` continues it" in full, full
+
+    @click.group(cls=ElspethGroup)
+    def root2() -> None:
+        pass
+
+    @root2.command()
+    def writes() -> None:
+        raise errors.DiskFull("could not extend file")
+
+    result = CliRunner().invoke(root2, ["writes"])
+    assert result.exit_code == 1 and "the audit store's disk is full" in result.output, result.output
 
 
 def test_sigterm_outside_a_runs_loop_ends_the_command_as_ctrl_c_does(tmp_path: Path) -> None:

@@ -80,7 +80,10 @@ def _is_lost_database(e: BaseException) -> bool:
 def _lost_words(e: BaseException) -> str:
     """What the one line says of an operational error: the database lost, or (a statement
     timeout, a lock not available) the server's answer."""
-    lost = connection_lost(getattr(e, "sqlstate", None))
+    state = getattr(e, "sqlstate", None)
+    if state == "53100":  # (landscape.db.DISK_FULL: this module does not import the driver's side)
+        return f"the audit store's disk is full (the database server could not write): {first_line(e)}"
+    lost = connection_lost(state)
     return f"lost the database: {first_line(e)}" if lost else f"the database stopped the command: {first_line(e)}"
 
 
