@@ -70,10 +70,13 @@ class Wirings:
         self.starts.append(seq)
         self.versions.append(wiring_of(settings))
 
-    def upto(self, seq: int) -> list[Wiring]:
-        """Every version recorded before `seq`: a token in flight across a forced resume that
-        changed the settings may have moved by either (the resume takes it up where it was)."""
-        return self.versions[: bisect.bisect_left(self.starts, seq)]
+    def between(self, before: int, seq: int) -> list[Wiring]:
+        """The versions in force at some point from seq `before` (a token's event before this
+        one) to `seq`: the one in force at `before` and those recorded after it, before `seq`. A
+        token in flight across a forced resume that changed the settings may be taken up by
+        either; one whose events all follow the resume, only by the settings it made."""
+        first = max(bisect.bisect_right(self.starts, before) - 1, 0)
+        return self.versions[first : bisect.bisect_left(self.starts, seq)]
 
 
 def off_the_wiring(events: Iterable[tuple[StoredEvent, ev.EventBase]], wirings: Wirings) -> set[str]:
@@ -82,28 +85,38 @@ def off_the_wiring(events: Iterable[tuple[StoredEvent, ev.EventBase]], wirings: 
     sink reached from elsewhere than its connection. A token is followed from its creation; one
     whose place no version of the wiring knows is not judged further."""
     place: dict[str, str | None] = {}  # token -> the connection (or sink) it is at; None: not judged
+    since: dict[str, int] = {}  # token -> the seq of its event before
+    assigned: dict[str, str] = {}  # token -> the sink it was last assigned to
     off: set[str] = set()
     for stored, e in events:
         token = stored.entity_id
         if stored.machine != "token":
             continue
         if isinstance(e, ev.TokenCreated):
-            place[token] = e.at
+            place[token], since[token] = e.at, stored.seq
             continue
         at = place.get(token)
         if at is None or token in off:
             continue
-        versions = wirings.upto(stored.seq)
+        versions = wirings.between(since[token], stored.seq)
+        since[token] = stored.seq
         expected = _expected(e)
         if expected is None:
+            continue
+        if not any(at in w.readers or at in w.sinks for w in versions):
+            # A place the recorded settings do not show: a connection named like a secret is
+            # recorded as its fingerprint (`redact_settings`), which no one here can read back.
+            place[token] = None
             continue
         kind, name, branch = expected
         if kind == "read":
             ok = any(w.readers.get(at, (None, None))[0] == name for w in versions)
         elif kind == "branch":
             ok = any(w.readers.get(at) == (name, branch) for w in versions)
-        elif kind == "read_or_sink":  # a node's row error, or a sink's own refusal
-            ok = at == name or any(w.readers.get(at, (None, None))[0] == name for w in versions)
+        elif kind == "read_or_sink":  # a node's row error, or a refusal by the sink it was assigned to
+            ok = any(w.readers.get(at, (None, None))[0] == name for w in versions) or (
+                at == name and assigned.get(token) == name
+            )
         else:  # "sink": the token is at that sink
             ok = at == name
         if not ok:
@@ -112,15 +125,16 @@ def off_the_wiring(events: Iterable[tuple[StoredEvent, ev.EventBase]], wirings: 
         if isinstance(e, ev.StepCompleted):
             place[token] = e.next
         elif isinstance(e, ev.SinkAssigned):
-            place[token] = e.sink
+            place[token] = assigned[token] = e.sink
     return off
 
 
 def _expected(e: ev.EventBase) -> tuple[str, str, str | None] | None:
     """What `e` requires of the token's place: ("read", node) that node reads it; ("branch",
     coalesce, branch) that coalesce reads it as that branch; ("sink", sink) it is that sink;
-    ("read_or_sink", node) either of the first and third. None: nothing (an end after its sink's
-    assignment was checked, a consumption after the buffering)."""
+    ("read_or_sink", name) that node reads it, or it is that sink, which it was assigned to (a
+    sink's refusal). None: nothing (an end after its sink's assignment was checked, a
+    consumption after the buffering)."""
     if isinstance(e, ev.StepCompleted | ev.TokenForked | ev.TokenExpanded):
         return "read", e.node, None
     if isinstance(e, ev.TokenHeld):

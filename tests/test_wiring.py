@@ -1,0 +1,85 @@
+"""The wiring a row's proof bundle is held to (landscape/wiring.py), on events made by hand:
+what each kind of event requires of where the token is. (That genuine logs are always on the
+wiring: the crash/resume and invariant properties, tests/engine_harness.py.)"""
+
+from __future__ import annotations
+
+from landscape.records import StoredEvent
+from landscape.wiring import Wirings, off_the_wiring
+from statecharts import events as ev
+
+Held = tuple[StoredEvent, ev.EventBase]
+
+
+def _held(seq: int, token: str, event: ev.EventBase) -> Held:
+    return StoredEvent("r", seq, "token", token, type(event).__name__, 1, 0, b"", b"", b"", b""), event
+
+
+def _step(node: str, nxt: str) -> ev.StepCompleted:
+    return ev.StepCompleted(node=node, input_hash="h", output_hash="h", duration_us=1, next=nxt)
+
+
+SINKS = {"large": {}, "other": {}, "spill": {}}
+BEFORE = {"gates": [{"name": "category", "input": "validated"}], "sinks": SINKS}
+# A forced resume at seq 100 put a gate before it.
+AFTER = {
+    "gates": [{"name": "size", "input": "validated"}, {"name": "category", "input": "by_category"}],
+    "sinks": SINKS,
+}
+
+
+def _wirings() -> Wirings:
+    w = Wirings()
+    w.add(0, BEFORE)
+    w.add(100, AFTER)
+    return w
+
+
+def test_a_token_made_after_a_forced_resume_is_held_to_the_settings_it_made() -> None:
+    """Found by a hostile review: every version recorded before an event was allowed, so the
+    settings the resume replaced explained a row made after it whose gate step was left out."""
+    token = [
+        _held(150, "t", ev.TokenCreated(row_index=9, data_hash="h", at="validated")),
+        _held(151, "t", _step("size", "by_category")),
+        _held(152, "t", _step("category", "other")),
+        _held(153, "t", ev.SinkAssigned(sink="other", outcome="routed", node="category")),
+    ]
+    assert off_the_wiring(token, _wirings()) == set()
+    assert off_the_wiring(token[:1] + token[2:], _wirings()) == {"t"}
+
+
+def test_a_token_in_flight_across_the_resume_is_taken_up_by_either() -> None:
+    created = _held(50, "t", ev.TokenCreated(row_index=1, data_hash="h", at="validated"))
+    for node, nxt in (("size", "by_category"), ("category", "other")):
+        assert off_the_wiring([created, _held(120, "t", _step(node, nxt))], _wirings()) == set(), node
+    # Before the resume, only the settings in force then.
+    assert off_the_wiring([created, _held(60, "t", _step("size", "by_category"))], _wirings()) == {"t"}
+
+
+def test_a_sinks_refusal_needs_the_tokens_assignment_to_that_sink() -> None:
+    """A hostile review: the token's assignment to its sink taken out, the sink's refusal (its
+    diversion to on_write_failure) passed, the token being on the connection named as the sink."""
+    w = Wirings()
+    w.add(0, {"gates": [{"name": "g", "input": "raw"}], "sinks": SINKS})
+    token = [
+        _held(1, "t", ev.TokenCreated(row_index=0, data_hash="h", at="raw")),
+        _held(2, "t", _step("g", "large")),
+        _held(3, "t", ev.SinkAssigned(sink="large", outcome="routed", node="g")),
+        _held(4, "t", ev.SinkAssigned(sink="spill", outcome="diverted", node="large", reason="refused")),
+        _held(5, "t", ev.TokenDiverted(node="large", reason="refused", sink="spill")),
+    ]
+    assert off_the_wiring(token, w) == set()
+    assert off_the_wiring(token[:2] + token[3:], w) == {"t"}
+
+
+def test_a_connection_recorded_as_its_fingerprint_is_not_judged() -> None:
+    """Found by a hostile review: a coalesce branch named like a secret (`credentials`) has its
+    connection recorded as an HMAC fingerprint, and every genuine bundle of the pipeline was said
+    to have events left out. What the settings do not show is not judged."""
+    w = Wirings()
+    w.add(0, {"coalesce": [{"name": "join", "branches": {"credentials": "hmac-sha256:ab12"}}], "sinks": SINKS})
+    token = [
+        _held(1, "t.c", ev.TokenCreated(row_index=0, data_hash="h", at="c_done", branch="credentials")),
+        _held(2, "t.c", ev.TokenHeld(coalesce_id="join:t", branch="credentials")),
+    ]
+    assert off_the_wiring(token, w) == set()
