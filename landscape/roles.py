@@ -71,9 +71,12 @@ TABLES: dict[str, Kind] = {
 # Columns that hold row data, or let a guess at a row be confirmed: analysts read the others
 # only. A sink file's SHA-256 (`artifacts.sha256`) is unsalted, and a flush of one row makes the
 # difference of two such prefixes that row's bytes (migration 0013); the input file's
-# (`runs.source_fingerprint`) is one of a guessed file (0016).
+# (`runs.source_fingerprint`) is one of a guessed file (0016). An event's hashes confirm a guess
+# at its body, and so at either hash in it (a plain RunResumed's body is the input file's hash
+# and no more): its `payload_hash`, and its chain `hash` (of its columns, its `prev_hash` and
+# its `payload_hash`), are withheld with the body (0016).
 ROW_DATA_COLUMNS: dict[str, tuple[str, ...]] = {
-    "events": ("payload",),
+    "events": ("payload", "payload_hash", "hash", "prev_hash"),
     "artifacts": ("sha256",),
     "runs": ("source_fingerprint",),
 }

@@ -107,6 +107,11 @@ def test_the_writer_is_no_superuser_and_owns_nothing(db: Database) -> None:
         "SELECT * FROM events",
         "INSERT INTO runs DEFAULT VALUES",
         "SELECT sha256 FROM artifacts",  # unsalted: one row's flush would confirm a guess at it
+        # and each event's hashes a guess at its body (a plain RunResumed's: the input's hash)
+        "SELECT payload_hash FROM events",
+        "SELECT hash FROM events",
+        "SELECT prev_hash FROM events",
+        "SELECT source_fingerprint FROM runs",
         "SELECT * FROM artifacts",
     ],
 )
@@ -309,7 +314,7 @@ def test_db_roles_shows_each_role_and_what_it_may_do(db: Database) -> None:
     writer = proc.stdout.split("elspeth_writer", 1)[1].split("elspeth_analyst", 1)[0]
     assert "SELECT INSERT" in writer and "events" in writer and "TRUNCATE" not in writer
     analyst = proc.stdout.split("elspeth_analyst", 1)[1].split("elspeth_auditor", 1)[0]
-    assert "SELECT (not payload)" in analyst and re.search(r"none\s+payloads", analyst)
+    assert "SELECT (not payload, payload_hash, hash, prev_hash)" in analyst and re.search(r"none\s+payloads", analyst)
     assert "SELECT (not sha256)" in analyst
 
 

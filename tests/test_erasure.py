@@ -590,6 +590,7 @@ def test_sql_keeps_no_trace_of_an_erased_rows_bytes(server_url: str) -> None:
             roles.ensure_roles(conn, login=store.embedded)
             conn.execute("GRANT SELECT ON artifacts TO elspeth_analyst")  # the rule before 0013
             conn.execute("GRANT SELECT ON runs TO elspeth_analyst")  # and before 0016
+            conn.execute("GRANT SELECT (payload_hash, hash, prev_hash, event_type) ON events TO elspeth_analyst")
             conn.commit()
         command.upgrade(_alembic_config(store), "head")
         with store.connect() as conn:
@@ -600,6 +601,9 @@ def test_sql_keeps_no_trace_of_an_erased_rows_bytes(server_url: str) -> None:
             # The input file's unsalted hash: a guessed small input confirmed (migration 0016).
             assert conn.execute(hashes, ("runs", "source_fingerprint")).fetchone() == (False,)
             assert conn.execute(hashes, ("runs", "status")).fetchone() == (True,)
+            for column in ("payload_hash", "hash", "prev_hash"):  # (their bodies' hashes confirm guesses)
+                assert conn.execute(hashes, ("events", column)).fetchone() == (False,), column
+            assert conn.execute(hashes, ("events", "event_type")).fetchone() == (True,)
             conn.execute("ANALYZE payloads")
             assert conn.execute(sampled).fetchall() == []
             left = conn.execute(

@@ -1,4 +1,4 @@
-"""runs.source_fingerprint out of the analyst's reach.
+"""runs.source_fingerprint, and the events' hashes, out of the analyst's reach.
 
 Revision ID: 0016
 Revises: 0015
@@ -9,6 +9,12 @@ could confirm a guess at an erased row by hashing the guessed file, the very gue
 salted against (as `artifacts.sha256`, migration 0013). The analyst now reads the table's other
 columns only (landscape/roles.py, `ROW_DATA_COLUMNS`); its table-wide SELECT is taken here, and
 `db upgrade` then grants the columns. The auditor keeps it, and the run events that carry it.
+
+And the analyst read each event's `payload_hash` (and chain `hash` and `prev_hash`, of which the
+hash is computed from its visible columns and the payload hash): the SHA-256 of its body, which a
+guess at the body confirms (a second review). A plain RunResumed's body is the input file's
+fingerprint and no more, and a SinkFlushed's holds the sink file's hash that 0013 took from them.
+Those three columns are taken too; the analyst keeps the events' other columns.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ depends_on = None
 def upgrade() -> None:
     op.execute(
         "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'elspeth_analyst') THEN "
-        "REVOKE SELECT ON runs FROM elspeth_analyst; END IF; END $$"
+        "REVOKE SELECT ON runs FROM elspeth_analyst; "
+        "REVOKE SELECT (payload_hash, hash, prev_hash) ON events FROM elspeth_analyst; END IF; END $$"
     )
 
 
