@@ -26,12 +26,16 @@ class Wiring:
 
     readers: dict[str, tuple[str, str | None]]
     sinks: frozenset[str]
+    # Some connection is recorded as its fingerprint: a coalesce branch named like a secret
+    # (`credentials`) has its connection so recorded (`redact_settings`), and no one can read it.
+    hides: bool = False
 
 
 def wiring_of(settings: Mapping[str, object]) -> Wiring:
     """The wiring the (recorded) settings describe; what is not as the settings format has it is
     left out, so that a token at such a place is held to nothing rather than to a guess."""
     readers: dict[str, tuple[str, str | None]] = {}
+    hides = False
     for section in ("transforms", "gates", "aggregations"):
         for node in _dicts(settings.get(section)):
             name, connection = node.get("name"), node.get("input")
@@ -43,12 +47,16 @@ def wiring_of(settings: Mapping[str, object]) -> Wiring:
             continue
         pairs = branches.items() if isinstance(branches, dict) else ((b, b) for b in _list(branches))
         for branch, connection in pairs:
-            if isinstance(branch, str) and isinstance(connection, str):
+            if isinstance(connection, str) and connection.startswith(FINGERPRINT):
+                hides = True
+            elif isinstance(branch, str) and isinstance(connection, str):
                 readers[connection] = (name, branch)
     sinks = settings.get("sinks")
-    return Wiring(
-        readers, frozenset(s for s in sinks if isinstance(s, str)) if isinstance(sinks, dict) else frozenset()
-    )
+    names = frozenset(s for s in sinks if isinstance(s, str)) if isinstance(sinks, dict) else frozenset()
+    return Wiring(readers, names, hides)
+
+
+FINGERPRINT = "hmac-sha256:"  # how recorded settings hold a value named like a secret (engine/secrets.py)
 
 
 def _dicts(value: object) -> list[dict[str, object]]:
@@ -103,9 +111,10 @@ def off_the_wiring(events: Iterable[tuple[StoredEvent, ev.EventBase]], wirings: 
         expected = _expected(e)
         if expected is None:
             continue
-        if not any(at in w.readers or at in w.sinks for w in versions):
-            # A place the recorded settings do not show: a connection named like a secret is
-            # recorded as its fingerprint (`redact_settings`), which no one here can read back.
+        if not any(at in w.readers or at in w.sinks for w in versions) and any(w.hides for w in versions):
+            # A place the recorded settings do not show, which may be one they hold as its
+            # fingerprint: not judged. (Where they hide none, such a place is off the wiring: a
+            # forced resume's settings left out of the bundle, with steps only they explain.)
             place[token] = None
             continue
         kind, name, branch = expected

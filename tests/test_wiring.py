@@ -83,3 +83,31 @@ def test_a_connection_recorded_as_its_fingerprint_is_not_judged() -> None:
         _held(2, "t.c", ev.TokenHeld(coalesce_id="join:t", branch="credentials")),
     ]
     assert off_the_wiring(token, w) == set()
+
+
+def test_a_place_only_a_left_out_settings_event_shows_is_off_the_wiring() -> None:
+    """A re-review: with a place the settings did not show not judged, a bundle that left out a
+    forced resume's settings event had every later step of a row judged by nothing. Only where
+    the settings hide a connection (as a fingerprint) is such a place let go."""
+    only_before = Wirings()
+    only_before.add(0, BEFORE)  # the resume's settings (AFTER, at seq 100) left out
+    made = [
+        _held(150, "t", ev.TokenCreated(row_index=9, data_hash="h", at="validated")),
+        _held(151, "t", _step("size", "by_category")),
+        _held(152, "t", _step("category", "other")),
+    ]
+    # by_category, where size sent it, is a place BEFORE does not show: category's step there, or
+    # any later one, is judged off the wiring, not let go. (That category could have read the row
+    # straight from the source under BEFORE is the limit docs/verification.md says.)
+    assert off_the_wiring(made, only_before) == {"t"}
+    # A node of both: it sent the row on to `mid`, which only the resume's settings show (a new
+    # step there, left out), then the row's sink.
+    first = {"transforms": [{"name": "t1", "input": "raw"}], "sinks": SINKS}
+    wirings = Wirings()
+    wirings.add(0, first)
+    row = [
+        _held(150, "u", ev.TokenCreated(row_index=9, data_hash="h", at="raw")),
+        _held(151, "u", _step("t1", "mid")),
+        _held(153, "u", ev.SinkAssigned(sink="other", outcome="completed")),
+    ]
+    assert off_the_wiring(row, wirings) == {"u"}
