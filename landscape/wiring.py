@@ -29,6 +29,7 @@ class Wiring:
     # Some connection is recorded as its fingerprint: a coalesce branch named like a secret
     # (`credentials`) has its connection so recorded (`redact_settings`), and no one can read it.
     hides: bool = False
+    aggregations: frozenset[str] = frozenset()
 
 
 def wiring_of(settings: Mapping[str, object]) -> Wiring:
@@ -41,6 +42,7 @@ def wiring_of(settings: Mapping[str, object]) -> Wiring:
             name, connection = node.get("name"), node.get("input")
             if isinstance(name, str) and isinstance(connection, str):
                 readers[connection] = (name, None)
+    batching = frozenset(name for n in _dicts(settings.get("aggregations")) if isinstance(name := n.get("name"), str))
     for node in _dicts(settings.get("coalesce")):
         name, branches = node.get("name"), node.get("branches")
         if not isinstance(name, str):
@@ -53,7 +55,7 @@ def wiring_of(settings: Mapping[str, object]) -> Wiring:
                 readers[connection] = (name, branch)
     sinks = settings.get("sinks")
     names = frozenset(s for s in sinks if isinstance(s, str)) if isinstance(sinks, dict) else frozenset()
-    return Wiring(readers, names, hides)
+    return Wiring(readers, names, hides, batching)
 
 
 FINGERPRINT = "hmac-sha256:"  # how recorded settings hold a value named like a secret (engine/secrets.py)
@@ -95,6 +97,7 @@ def off_the_wiring(events: Iterable[tuple[StoredEvent, ev.EventBase]], wirings: 
     place: dict[str, str | None] = {}  # token -> the connection (or sink) it is at; None: not judged
     since: dict[str, int] = {}  # token -> the seq of its event before
     assigned: dict[str, str] = {}  # token -> the sink it was last assigned to
+    buffered: dict[str, str] = {}  # token -> the aggregation whose batch it was buffered in
     off: set[str] = set()
     for stored, e in events:
         token = stored.entity_id
@@ -128,10 +131,15 @@ def off_the_wiring(events: Iterable[tuple[StoredEvent, ev.EventBase]], wirings: 
             )
         else:  # "sink": the token is at that sink
             ok = at == name
+        if ok and isinstance(e, ev.StepCompleted | ev.TokenFailed) and any(name in w.aggregations for w in versions):
+            # An aggregation's step (passthrough) or failure (its batch's) is of a token it buffered.
+            ok = buffered.get(token) == name
         if not ok:
             off.add(token)
             continue
-        if isinstance(e, ev.StepCompleted):
+        if isinstance(e, ev.TokenBuffered):
+            buffered[token] = name
+        elif isinstance(e, ev.StepCompleted):
             place[token] = e.next
         elif isinstance(e, ev.SinkAssigned):
             place[token] = assigned[token] = e.sink

@@ -111,3 +111,18 @@ def test_a_place_only_a_left_out_settings_event_shows_is_off_the_wiring() -> Non
         _held(153, "u", ev.SinkAssigned(sink="other", outcome="completed")),
     ]
     assert off_the_wiring(row, wirings) == {"u"}
+
+
+def test_an_aggregations_step_or_failure_needs_the_tokens_buffering_in_it() -> None:
+    """A re-review: a token's buffering left out alone passed, the aggregation's own step (a
+    passthrough batch's) reading the same connection. What is lost is which batch held it."""
+    w = Wirings()
+    w.add(0, {"aggregations": [{"name": "agg", "input": "raw"}], "sinks": SINKS})
+    for end in (_step("agg", "other"), ev.TokenFailed(reason="batch_failed", node="agg")):
+        token = [
+            _held(1, "t", ev.TokenCreated(row_index=0, data_hash="h", at="raw")),
+            _held(2, "t", ev.TokenBuffered(batch_id="agg#1")),
+            _held(5, "t", end),
+        ]
+        assert off_the_wiring(token, w) == set(), end
+        assert off_the_wiring(token[:1] + token[2:], w) == {"t"}, end
