@@ -21,6 +21,7 @@ from psycopg.types.datetime import TimestamptzLoader
 from landscape import roles
 from landscape.embedded import embedded_server, server_gone
 from landscape.errors import (
+    DISK_FULL,
     ConcurrentWriter,
     CorruptLog,
     DatabaseUnavailable,
@@ -82,9 +83,6 @@ def normalise_url(url: str) -> str:
 def redact(url: str) -> str:
     """A database URL or conninfo fit to print: every password replaced by ***."""
     return redact_secrets(url)
-
-
-DISK_FULL = "53100"  # the server's SQLSTATE for a write that found no space
 
 
 def translate(e: psycopg.Error, what: str, run_id: str | None = None) -> LandscapeError:

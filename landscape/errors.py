@@ -18,6 +18,9 @@ def quoted(text: str, limit: int = 120) -> str:
     return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
+DISK_FULL = "53100"  # the server's SQLSTATE for a write that found no space
+
+
 def connection_lost(sqlstate: str | None) -> bool:
     """Whether a driver's operational error (by its SQLSTATE) is the connection or the server
     gone: no code (the client saw the connection end), connection exceptions (08), the server

@@ -15,7 +15,7 @@ import click
 
 from engine.cli.visible import say
 from engine.errors import EngineError
-from landscape.errors import LandscapeError, connection_lost, first_line
+from landscape.errors import DISK_FULL, LandscapeError, connection_lost, first_line
 from statecharts.errors import StatechartError
 
 # What a command had done for good when a signal (Ctrl-C, SIGTERM) came after it: the signal
@@ -81,7 +81,7 @@ def _lost_words(e: BaseException) -> str:
     """What the one line says of an operational error: the database lost, or (a statement
     timeout, a lock not available) the server's answer."""
     state = getattr(e, "sqlstate", None)
-    if state == "53100":  # (landscape.db.DISK_FULL: this module does not import the driver's side)
+    if state == DISK_FULL:
         return f"the audit store's disk is full (the database server could not write): {first_line(e)}"
     lost = connection_lost(state)
     return f"lost the database: {first_line(e)}" if lost else f"the database stopped the command: {first_line(e)}"
