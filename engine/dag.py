@@ -8,6 +8,7 @@ delivers to that sink. `build_dag` reports every wiring problem at once, each wi
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -316,13 +317,34 @@ def _reachable(start: str, consumers: dict[str, Target], edges: dict[str, set[st
     return seen
 
 
-def source_shaped(s: Settings) -> set[str]:
-    """The connections whose every row comes from the source through gates only, so holds the
-    fields the source gave it: a gate routes or copies a row, it does not change it; a transform,
-    aggregation or coalesce may. For settings that `build_dag` accepts (one producer each)."""
-    shaped = {s.source.on_success}
-    while True:  # until no gate joins: a gate may be listed before the gate that feeds it
-        more = {c for g in s.gates if g.input in shaped for c in (*g.routes.values(), *(g.fork_to or []))} - shaped
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The most a row on a connection can hold: `fields` in order, as the source's schema gave
+    them and the transforms in `changed_by` (on the way, in order) changed them."""
+
+    fields: tuple[str, ...]
+    changed_by: tuple[str, ...] = ()
+
+
+def row_shapes(
+    s: Settings, fields: Sequence[str], transform: Callable[[str, tuple[str, ...]], tuple[str, ...] | None]
+) -> dict[str, Shape]:
+    """The connections whose rows can hold only known fields: from the source's `fields`, through
+    gates, which route or copy a row as it is, and through transforms whose output fields
+    `transform(name, input fields)` tells (None: not known). An aggregation or a coalesce makes
+    rows of its own: what comes out of one is not known. For settings `build_dag` accepts (one
+    producer each)."""
+    shapes = {s.source.on_success: Shape(tuple(fields))}
+    while True:  # until nothing is added: a step may be listed before the step that feeds it
+        more: dict[str, Shape] = {}
+        for g in s.gates:
+            if g.input in shapes:
+                more |= {c: shapes[g.input] for c in (*g.routes.values(), *(g.fork_to or [])) if c != "fork"}
+        for t in s.transforms:
+            if (before := shapes.get(t.input)) is not None and (made := transform(t.name, before.fields)) is not None:
+                changed = before.changed_by + ((f"transform '{t.name}'",) if made != before.fields else ())
+                more[t.on_success or t.name] = Shape(made, changed)
+        more = {c: shape for c, shape in more.items() if c not in shapes}
         if not more:
-            return shaped
-        shaped |= more
+            return shapes
+        shapes |= more

@@ -26,7 +26,7 @@ import msgspec
 from engine import signing
 from engine.checks import output_problems
 from engine.clock import Clock, SystemClock
-from engine.dag import Dag, DagError, build_dag, source_shaped
+from engine.dag import Dag, DagError, Shape, build_dag, row_shapes
 from engine.errors import ResumeRefused, RunFailedError, RunRefused, RunStopped
 from engine.places import layouts_changed, places_gone
 from engine.plugins.protocol import PluginConfigError, PluginError, Sink, Source, SourceItem, WriterClaim, at_node
@@ -152,38 +152,52 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
 
 
 def _undeclared_fields(loaded: LoadedSettings, source: Any, built: dict[str, Any]) -> list[str]:
-    """Steps that see the source's rows as they were read, behind a schema of mode fixed (exactly
-    these fields), naming a field the schema does not declare: no row reaching them can have it.
-    A misspelt field would otherwise fail every row (`row['amont']`, a strict transform), route
-    every row one way (`row.get('amont', 0)`) or leave every row as it was (truncate, field_mapper)."""
+    """Steps that see the source's rows behind a schema of mode fixed (exactly these fields), as
+    gates and transforms whose output fields are known left them, naming a field none of those rows
+    can hold. A misspelt field, or one a field_mapper renamed, would otherwise fail every row
+    (`row['amont']`, a strict transform), route every row one way (`row.get('amont', 0)`) or leave
+    every row as it was (truncate, field_mapper)."""
     schema = getattr(source, "schema", None)
     if not isinstance(schema, Schema) or schema.mode != "fixed":
         return []
     s = loaded.settings
-    declared = [f.name for f in schema.fields]
-    shaped = source_shaped(s)
+
+    def transform(name: str, fields: tuple[str, ...]) -> tuple[str, ...] | None:
+        output_fields = getattr(built.get(name), "output_fields", None)
+        return None if output_fields is None else tuple(output_fields(fields))
+
+    shapes = row_shapes(s, [f.name for f in schema.fields], transform)
     problems = []
 
-    def check(where: str, node: str, names: dict[str, str]) -> None:
+    def check(where: str, node: str, shape: Shape, names: dict[str, str]) -> None:
+        fields = ", ".join(shape.fields)
         for name, key in names.items():
             # (A field_mapper's dotted name is a path into the field its first part names.)
-            if name not in declared and name.split(".")[0] not in declared:
-                problems.append(
-                    f"{where}{key} ({node}): names '{name}', which the source's schema (mode fixed) does not declare, "
-                    f"so no row reaching it has it; allowed: the declared fields ({', '.join(declared)})"
+            if name in shape.fields or name.split(".")[0] in shape.fields:
+                continue
+            if shape.changed_by:
+                why = (
+                    f"which no row reaching it can hold: behind the source's schema (mode fixed) and "
+                    f"{', '.join(shape.changed_by)}, its rows hold only ({fields}); allowed: those fields"
                 )
+            else:
+                why = (
+                    f"which the source's schema (mode fixed) does not declare, so no row reaching it has it; allowed: "
+                    f"the declared fields ({fields})"
+                )
+            problems.append(f"{where}{key} ({node}): names '{name}', {why}")
 
     for i, g in enumerate(s.gates):
         condition = loaded.gate_conditions.get(g.name)
-        if g.input in shaped and condition is not None and condition.fields:
-            check(f"gates[{i}].", f"gate '{g.name}'", {f: "condition" for f in sorted(condition.fields)})
+        if (shape := shapes.get(g.input)) is not None and condition is not None and condition.fields:
+            check(f"gates[{i}].", f"gate '{g.name}'", shape, {f: "condition" for f in sorted(condition.fields)})
     steps: list[tuple[str, str, TransformSettings | AggregationSettings]] = [
         *((f"transforms[{i}]", "transform", t) for i, t in enumerate(s.transforms)),
         *((f"aggregations[{i}]", "aggregation", a) for i, a in enumerate(s.aggregations)),
     ]
     for where, kind, n in steps:
-        if n.input in shaped:
-            check(f"{where}.options.", f"{kind} '{n.name}'", getattr(built.get(n.name), "named_fields", {}))
+        if (shape := shapes.get(n.input)) is not None:
+            check(f"{where}.options.", f"{kind} '{n.name}'", shape, getattr(built.get(n.name), "named_fields", {}))
     return problems
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.dag import DagError, Target, build_dag
+from engine.dag import DagError, Shape, Target, build_dag, row_shapes
 from engine.settings import Settings, SettingsError, load_settings
 
 CONFORMANCE = Path(__file__).resolve().parent / "corpus" / "examples"  # the prior system's (see its README)
@@ -303,17 +303,30 @@ def test_a_step_after_a_fixed_source_may_name_only_declared_fields(
 ) -> None:
     (problem,) = _gate_problems(tmp_path, monkeypatch, FIXED, step)
     assert says in problem and "does not declare, so no row reaching it has it" in problem, problem
-    # After a gate too; not after a transform, which may have made the field.
+    # After a gate too, and after a transform that keeps the rows' fields; not after an
+    # aggregation, which makes rows of its own.
     gate = "gates:\n" + _gate("g", "raw", "True", "{'true': mid, 'false': out}")
     assert len(_gate_problems(tmp_path, monkeypatch, FIXED, gate + step.replace("input: raw", "input: mid"))) == 1
-    mapper = (
-        _step("transforms", "passthrough", "{}")
-        .replace("name: n", "name: p")
-        .replace("on_success: out", "on_success: mid")
-    )
-    after = step.replace("input: raw", "input: mid").replace(f"{step.split(':')[0]}:\n", "")
-    steps = mapper + after if step.startswith("transforms") else mapper + step.replace("input: raw", "input: mid")
-    assert _gate_problems(tmp_path, monkeypatch, FIXED, steps) == []
+
+    def after(section: str, plugin: str, options: str) -> list[str]:
+        first = (
+            _step(section, plugin, options).replace("name: n", "name: p").replace("on_success: out", "on_success: mid")
+        )
+        second = step.replace("input: raw", "input: mid")
+        if first.split(":")[0] == step.split(":")[0]:  # one list of both
+            second = second.replace(f"{step.split(':')[0]}:\n", "")
+        elif section == "aggregations":
+            first, second = second, first
+        return _gate_problems(tmp_path, monkeypatch, FIXED, first + second)
+
+    (problem,) = after("transforms", "passthrough", "{}")
+    assert "does not declare, so no row reaching it has it" in problem, problem
+    (problem,) = after("transforms", "field_mapper", "{mapping: {note: remark}}")
+    assert (
+        "which no row reaching it can hold: behind the source's schema (mode fixed) and transform 'p', its rows hold "
+        "only (id, amount, remark); allowed: those fields" in problem
+    ), problem
+    assert after("aggregations", "batch_stats", "{value_field: amount}") == []
 
 
 @pytest.mark.parametrize(
@@ -329,11 +342,22 @@ def test_a_step_after_a_fixed_source_may_name_only_declared_fields(
         # at least these fields, or whatever arrives: any field may be there
         ("{mode: flexible, fields: ['id: int']}", "gates:\n" + _gate("g", "raw", "row['other'] == 1")),
         ("{mode: observed}", "gates:\n" + _gate("g", "raw", "row['other'] == 1")),
-        # a transform on the way may make the field
+        # a transform on the way makes the field
         (
             FIXED,
             "transforms:\n- {name: t, plugin: field_mapper, input: raw, on_success: mapped, on_error: bad, "
             "options: {mapping: {amount: total}}}\ngates:\n" + _gate("g", "mapped", "row['total'] > 1"),
+        ),
+        (
+            FIXED,
+            "transforms:\n- {name: t, plugin: json_explode, input: raw, on_success: items, on_error: bad, "
+            "options: {array_field: note}}\ngates:\n" + _gate("g", "items", "row['item'] == row['item_index']"),
+        ),
+        # a nested value a field_mapper copies may be there (or not)
+        (
+            FIXED,
+            "transforms:\n- {name: t, plugin: field_mapper, input: raw, on_success: m, on_error: bad, "
+            "options: {mapping: {note.x: x}, select_only: true}}\ngates:\n" + _gate("g", "m", "row.get('x') == 1"),
         ),
     ],
 )
@@ -341,3 +365,62 @@ def test_a_gate_whose_fields_may_be_there_is_not_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema: str, steps: str
 ) -> None:
     assert _gate_problems(tmp_path, monkeypatch, schema, steps) == []
+
+
+def _chain(*transforms: str) -> str:
+    """Transforms t0, t1, … one after another from `raw`, the last writing to `end`."""
+    lines = []
+    for i, (plugin, options) in enumerate(t.split(" ", 1) for t in transforms):
+        to = "end" if i == len(transforms) - 1 else f"c{i}"
+        src = "raw" if i == 0 else f"c{i - 1}"
+        lines.append(
+            f"- {{name: t{i}, plugin: {plugin}, input: {src}, on_success: {to}, on_error: bad, options: {options}}}"
+        )
+    return "transforms:\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("transforms", "condition", "holds"),
+    [
+        # a field_mapper's old name is gone, however many steps later
+        (
+            ["field_mapper {mapping: {amount: total}}", "truncate {fields: {note: 3}}"],
+            "row['amount'] > 1",
+            "(id, note, total)",
+        ),
+        (["field_mapper {mapping: {amount: total, id: key}, select_only: true}"], "row['note'] == 'x'", "(total, key)"),
+        # each pair in turn: the second takes the first's new name
+        (["field_mapper {mapping: {amount: total, total: sum}}"], "row.get('total', 0) > 1", "(id, note, sum)"),
+        (["json_explode {array_field: note, include_index: false}"], "row['note'] == 1", "(id, amount, item)"),
+        (["json_explode {array_field: note, output_field: one}"], "row['item'] == 1", "(id, amount, one, item_index)"),
+    ],
+)
+def test_a_gate_after_transforms_that_change_the_fields_may_name_only_what_they_leave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transforms: list[str], condition: str, holds: str
+) -> None:
+    # A careless user renames a field, then routes on its old name: every row fails, or (with
+    # row.get) every row goes one way, in a run that completes.
+    steps = _chain(*transforms) + "gates:\n" + _gate("g", "end", condition)
+    (problem,) = _gate_problems(tmp_path, monkeypatch, FIXED, steps)
+    named = ", ".join(f"transform 't{i}'" for i in range(len(transforms)) if not transforms[i].startswith("truncate"))
+    assert problem.startswith("gates[0].condition (gate 'g'): names '"), problem
+    assert (
+        f"which no row reaching it can hold: behind the source's schema (mode fixed) and {named}, its rows hold only {holds}"
+        in problem
+    ), problem
+
+
+def test_row_shapes_stop_where_a_transform_does_not_say_what_it_makes(tmp_path: Path) -> None:
+    s = _settings(
+        tmp_path,
+        "transforms:\n"
+        + _t("known", "raw", "a")
+        + _t("unknown", "b", "c")
+        + "gates:\n"
+        + _gate("g", "a", "True", "{'true': b}"),
+    )
+    made = {"known": lambda f: (*f, "new"), "unknown": lambda f: None}
+    shapes = row_shapes(s, ["id"], lambda name, fields: made[name](fields))
+    assert shapes["raw"] == Shape(("id",))
+    assert shapes["a"] == shapes["b"] == Shape(("id", "new"), ("transform 'known'",))
+    assert "c" not in shapes

@@ -121,7 +121,9 @@ class Transform(Protocol):
     # (Optional) `expands: ClassVar[bool] = True` when `process` may return several rows: such a
     # transform is refused on a branch a coalesce joins (docs/plugins.md, "Writing a plugin").
     # (Optional) `named_fields: dict[str, str]`: the fields its options name, each with its option's
-    # key path; behind a fixed schema that does not declare one, the settings are refused.
+    # key path; where no row reaching it can hold one, the settings are refused.
+    # (Optional) `output_fields(fields: tuple[str, ...]) -> tuple[str, ...]`: the fields its output
+    # rows can hold, given those its input rows can (docs/plugins.md, "Writing a plugin").
 
     def process(self, row: Row) -> Row | list[Row]:
         """Return the new row, or a list of rows (an expansion). Raise RowError for a bad row."""

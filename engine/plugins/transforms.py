@@ -31,6 +31,9 @@ class Passthrough:
             raise RowError(f"required field(s) missing: {', '.join(missing)}")
         return dict(row)
 
+    def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        return fields  # (its rows' fields as they came)
+
 
 class FieldMapper:
     kind: ClassVar[str] = "transform"
@@ -47,7 +50,14 @@ class FieldMapper:
         self.mapping: dict[str, str] = mapping
         self.select_only = o.bool_("select_only", False)
         self.strict = o.bool_("strict", False)
-        self.named_fields = {old: f"mapping.{old}" for old in mapping}
+        # The fields it reads from its input: without select_only each pair reads the row as the
+        # pairs before it left it, so a name an earlier pair made is not the input's.
+        made: set[str] = set()
+        self.named_fields: dict[str, str] = {}
+        for old in mapping:
+            if self.select_only or (old not in made and old.split(".")[0] not in made):
+                self.named_fields[old] = f"mapping.{old}"
+            made.add(mapping[old])
         parse_schema(o.raw("schema"))
 
     def process(self, row: Row) -> Row:
@@ -70,8 +80,26 @@ class FieldMapper:
                 out[new] = value
         return out
 
+    def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        """The fields `process` may leave on a row that can hold only `fields`, in its order."""
+        if self.select_only:
+            return tuple(dict.fromkeys(new for old, new in self.mapping.items() if _may_hold(fields, old)))
+        out = dict.fromkeys(fields)
+        for old, new in self.mapping.items():
+            if old in out:
+                del out[old]
+                out[new] = None
+            elif "." in old and _may_hold(fields, old):  # a nested value, copied
+                out[new] = None
+        return tuple(out)
+
 
 _MISSING = object()
+
+
+def _may_hold(fields: tuple[str, ...], source: str) -> bool:
+    """Whether a row that can hold only `fields` may hold the value a field_mapper source names."""
+    return source in fields or source.split(".")[0] in fields
 
 
 def _lookup(row: Row, source: str) -> Any:
@@ -116,6 +144,9 @@ class Truncate:
             if isinstance(value, str) and len(value) > limit:
                 out[name] = value[: limit - len(self.suffix)] + self.suffix
         return out
+
+    def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        return fields  # (its rows' fields as they came)
 
 
 class KeywordFilter:
@@ -163,6 +194,9 @@ class KeywordFilter:
                     field = field_named(row, name, self.fields or ())
                     raise RowError(f"{field} matches blocked pattern /{pattern.pattern}/")
         return dict(row)
+
+    def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        return fields  # (its rows' fields as they came)
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -246,3 +280,7 @@ class JsonExplode:
                 new["item_index"] = i
             out.append(new)
         return out
+
+    def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        index = ["item_index"] if self.include_index else []
+        return tuple(dict.fromkeys([*(f for f in fields if f != self.array_field), self.output_field, *index]))
