@@ -16,7 +16,7 @@ import msgspec
 from landscape.db import Connection, Database, driver_errors, read_as_written
 from landscape.errors import UnknownRun
 from statecharts import events as ev
-from statecharts.machines import TOKEN_OUTCOME_OF
+from statecharts.machines import TOKEN_OUTCOME_OF, RunState
 from statecharts.upcast import upcast
 
 
@@ -38,6 +38,10 @@ class NodeSummary(msgspec.Struct, frozen=True, kw_only=True):
     processed: int  # steps completed at this node
     outcomes: dict[str, int]  # terminal outcome recorded at this node -> tokens
     total_us: int  # time spent in this node's steps
+    # A coalesce's instances by state (`merged`, `failed`, `waiting`), an aggregation's batches by
+    # state with the rows in them (`completed`, `completed_rows`, …); nothing for other kinds.
+    groups: dict[str, int] = {}
+    late_arrivals: int = 0  # of `outcomes['failed']` at a coalesce: branches after it was decided
 
 
 class Artifact(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,6 +178,24 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
         nodes = conn.execute(
             "SELECT node, kind, plugin, config_hash FROM nodes WHERE run_id = %s ORDER BY node", (run_id,)
         ).fetchall()
+        # A coalesce's or an aggregation's steps are not what it did: how many rows it merged, or
+        # batched, are its instances (an investigator read "join: 0 steps, failed 9", late arrivals).
+        groups: dict[str, dict[str, int]] = {}
+        for node, status, n in conn.execute(
+            "SELECT coalesce, status, count(*) FROM coalesces WHERE run_id = %s GROUP BY 1, 2", (run_id,)
+        ):
+            groups.setdefault(node, {})[status] = int(n)
+        for node, status, n, size in conn.execute(
+            "SELECT aggregation, status, count(*), sum(size) FROM batches WHERE run_id = %s GROUP BY 1, 2", (run_id,)
+        ):
+            groups.setdefault(node, {}).update({status: int(n), f"{status}_rows": int(size)})
+        late = dict(
+            conn.execute(
+                "SELECT node, count(*) FROM token_outcomes WHERE run_id = %s AND outcome = 'failed' "
+                "AND reason = 'late_arrival' GROUP BY node",
+                (run_id,),
+            ).fetchall()
+        )
         artifacts = [
             Artifact(seq=a[0], sink=a[1], position=a[2], rows=a[3], location=a[4], sha256=a[5])
             for a in conn.execute(
@@ -195,6 +217,8 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
                 processed=per.get("processed", 0),
                 outcomes={k: v for k, v in per.items() if k in _OUTCOMES},
                 total_us=timings.get(name, 0),
+                groups=dict(sorted(groups.get(name, {}).items())),
+                late_arrivals=int(late.get(name, 0)),
             )
         )
     sink_rows = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in metrics.items() if _is_sink_rows(k)}
@@ -294,11 +318,17 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 
     rows_in: int  # source records read (valid and quarantined)
     written: dict[str, int]  # sink -> rows made durable there
-    quarantined: int  # source rows with a quarantined token
-    failed: int  # source rows at least one of whose tokens failed
-    diverted: int  # source rows at least one of whose tokens a row error sent to on_error
+    quarantined: int  # source rows a quarantined token holds data of
+    failed: int  # source rows a failed token holds data of
+    diverted: int  # source rows a token that a row error sent to on_error holds data of
+    unfinished: int  # source rows a token that has not ended holds data of (none in a completed run)
 
 
+# A token holds the data of its row and, through its parents, of every row its ancestors held: a
+# batch's output, of the batch's rows. When that output failed, each of them was lost in it, not
+# only the row its token is numbered by (`tokens.row_index`, one of them): the count followed the
+# index, and three of a failed batch's four rows were counted nowhere (an investigator's review).
+#
 # A branch that reaches its coalesce after the coalesce was decided fails with reason
 # `late_arrival` (ARCHITECTURE: the coalesce machine), whether it merged or failed. Under `first`
 # or `quorum` that is how the policy works, and a merged row was written: it is not a failed row
@@ -306,13 +336,27 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 # when the lost branch came first, nothing was held to fail with the coalesce, and only late
 # arrivals followed (a hostile review found the count depending on the order of `fork_to`).
 ROWS_BY_OUTCOME = (
-    "SELECT outcome, count(DISTINCT row_index) FROM ("
-    " SELECT o.outcome, t.row_index FROM token_outcomes o"
-    " JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id"
+    "WITH RECURSIVE ended(outcome, token_id) AS ("
+    " SELECT o.outcome, o.token_id FROM token_outcomes o"
     " WHERE o.run_id = %(run)s AND o.outcome IN ('quarantined', 'failed', 'diverted')"
     " AND (o.outcome <> 'failed' OR o.reason IS DISTINCT FROM 'late_arrival')"
+    " UNION SELECT e.outcome, p.parent_id FROM ended e"
+    " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = e.token_id"
+    ") SELECT outcome, count(DISTINCT row_index) FROM ("
+    " SELECT e.outcome, t.row_index FROM ended e JOIN tokens t ON t.run_id = %(run)s AND t.token_id = e.token_id"
     " UNION ALL SELECT 'failed', c.row_index FROM coalesces c WHERE c.run_id = %(run)s AND c.status = 'failed'"
     ") rows GROUP BY outcome"
+)
+
+# Rows a token that has not ended holds data of: of a run that crashed, failed or was abandoned,
+# the rows in an open batch, waiting at a coalesce, or in flight. (Not asked of a completed run,
+# whose every token ended: a run's completion says so.)
+ROWS_UNFINISHED = (
+    "WITH RECURSIVE open(token_id) AS ("
+    " SELECT t.token_id FROM tokens t WHERE t.run_id = %(run)s"
+    " AND NOT EXISTS (SELECT 1 FROM token_outcomes o WHERE o.run_id = %(run)s AND o.token_id = t.token_id)"
+    " UNION SELECT p.parent_id FROM open JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = open.token_id"
+    ") SELECT count(DISTINCT t.row_index) FROM open JOIN tokens t ON t.run_id = %(run)s AND t.token_id = open.token_id"
 )
 
 
@@ -333,6 +377,11 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
         without_nested_loops(conn)
         by_outcome = {outcome: int(n) for outcome, n in conn.execute(ROWS_BY_OUTCOME, {"run": run_id})}
         metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
+        status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        unfinished = 0
+        if status is not None and status[0] != str(RunState.COMPLETED):
+            found = conn.execute(ROWS_UNFINISHED, {"run": run_id}).fetchone()
+            unfinished = int(found[0]) if found else 0
     written = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in sorted(metrics.items()) if _is_sink_rows(k)}
     return RowCounts(
         rows_in=int(metrics.get("rows_in", 0)),
@@ -340,24 +389,29 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
         quarantined=by_outcome.get("quarantined", 0),
         failed=by_outcome.get("failed", 0),
         diverted=by_outcome.get("diverted", 0),
+        unfinished=unfinished,
     )
 
 
 def first_failure(db: Database, run_id: str) -> tuple[int, str | None, str | None] | None:
     """The first failed row of the run, by row number, as `ROWS_BY_OUTCOME` counts failed rows: a
-    token that failed, but for a late arrival (its row merged and went on, or its coalesce's
-    failure says it), or a coalesce that failed. Its row's index, the node and the reason: a
-    token's failure before its coalesce's, as the cause, the first by seq. (Not the first to fail
-    in time: a coalesce's row in the projection holds no seq. By seq, a review found the summary
-    naming a row that had merged, its third branch late; then a later row before a coalesce that
-    had failed first, its branch lost.)"""
+    row a failed token holds data of, but for a late arrival (its row merged and went on, or its
+    coalesce's failure says it), or whose coalesce failed. Its row's index, the node and the
+    reason: a token's failure before its coalesce's, as the cause, the first by seq. (Not the first
+    to fail in time: a coalesce's row in the projection holds no seq. By seq, a review found the
+    summary naming a row that had merged, its third branch late; then a later row before a
+    coalesce that had failed first, its branch lost.)"""
     with driver_errors(f"reading the failures of run {run_id}"), db.connect() as conn:
         without_nested_loops(conn)
         row = conn.execute(
-            "SELECT row_index, node, reason FROM ("
-            " SELECT t.row_index, 0 AS k, o.seq AS n, o.node, o.reason FROM token_outcomes o"
-            " JOIN tokens t ON t.run_id = o.run_id AND t.token_id = o.token_id"
+            "WITH RECURSIVE failed(token_id, seq, node, reason) AS ("
+            " SELECT o.token_id, o.seq, o.node, o.reason FROM token_outcomes o"
             " WHERE o.run_id = %(run)s AND o.outcome = 'failed' AND o.reason IS DISTINCT FROM 'late_arrival'"
+            " UNION SELECT p.parent_id, f.seq, f.node, f.reason FROM failed f"
+            " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = f.token_id"
+            ") SELECT row_index, node, reason FROM ("
+            " SELECT t.row_index, 0 AS k, f.seq AS n, f.node, f.reason FROM failed f"
+            " JOIN tokens t ON t.run_id = %(run)s AND t.token_id = f.token_id"
             " UNION ALL SELECT c.row_index, 1, 0, c.coalesce, c.reason FROM coalesces c"
             " WHERE c.run_id = %(run)s AND c.status = 'failed') failures ORDER BY row_index, k, n LIMIT 1",
             {"run": run_id},

@@ -1440,6 +1440,51 @@ def test_a_branch_late_to_a_decided_coalesce_does_not_make_its_row_failed(db: Da
     assert (counts.rows_in, counts.written, counts.failed) == (3, {"out": 3}, 0)
 
 
+_BATCHES = (
+    "source: {plugin: csv, on_success: raw, options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', "
+    "'amount: int']}}}\n"
+    "aggregations:\n- {name: stats, plugin: batch_stats, input: raw, on_success: out, on_error: discard, "
+    "trigger: {count: COUNT}, options: {value_field: amount}}\n"
+    # (no `mean` in the sink's schema: the sink refuses every batch's output)
+    "sinks:\n  out: {plugin: csv, options: {path: out/o.csv, schema: {mode: fixed, fields: ['count: int', "
+    "'sum: int', 'batch_size: int']}}}\n"
+)
+
+
+def test_a_failed_batch_output_fails_every_row_of_its_batch(db: Database, tmp_path: Path) -> None:
+    """The output token is numbered by one of its batch's rows; each of them was lost in it. The
+    counts followed that number: a failed output of four rows was one failed row, and three
+    were counted nowhere (an investigator's review)."""
+    from landscape.queries import first_failure, row_counts
+
+    write_csv(tmp_path / "in.csv", ["id", "amount"], [[i, i] for i in range(1, 7)])
+    r = run(db, tmp_path, _BATCHES.replace("COUNT", "3"))
+    assert r.fold.outcomes["failed"] == 2  # two outputs
+    counts = row_counts(db, r.outcome.run_id)
+    assert (counts.rows_in, counts.written, counts.failed, counts.unfinished) == (6, {}, 6, 0), counts
+    assert first_failure(db, r.outcome.run_id) == (0, "out", "sink_row_refused")
+
+
+def test_a_stopped_runs_rows_in_an_open_batch_are_unfinished(db: Database, tmp_path: Path) -> None:
+    """`show` of a crashed run gave rows in, none written, none failed: where the rest were, only
+    `replay` said (an investigator's review)."""
+    from landscape.queries import row_counts
+    from tests.engine_harness import crashed_run
+
+    write_csv(tmp_path / "in.csv", ["id", "amount"], [[i, i] for i in range(1, 7)])
+    (tmp_path / "settings.yaml").write_text(_BATCHES.replace("COUNT", "100"), encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run_id = crashed_run(db, tmp_path / "settings.yaml", "committed:5", name="open-batch")
+    finally:
+        os.chdir(old)
+    counts = row_counts(db, run_id)
+    assert (counts.failed, counts.quarantined, counts.diverted) == (0, 0, 0)
+    assert 0 < counts.unfinished == counts.rows_in, counts
+
+
 def test_a_gate_with_no_route_for_false_names_the_label(db: Database, tmp_path: Path) -> None:
     """true and false are no row data: the reason said 'the label it gave (a str of 5 characters)'."""
     write_csv(tmp_path / "in.csv", ["id"], [[1], [2]])

@@ -170,7 +170,8 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
         )
     written = ", ".join(f"{sink} {n}" for sink, n in rows.written.items()) or "none"
     click.echo(f"  rows written: {written}")
-    click.echo(f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}")
+    unfinished = f", not ended: {rows.unfinished} (resume the run to finish them)" if rows.unfinished else ""
+    click.echo(f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}{unfinished}")
     first = first_failure(db, outcome.run_id) if rows.failed else None
     if first is not None:  # a run can complete with every row failed: say why, and where to look
         at = f" at {first[1]}" if first[1] else ""

@@ -275,6 +275,7 @@ def run_report(db: Database, run_id: str) -> dict[str, Any]:
             "quarantined": counts.quarantined,
             "failed": counts.failed,
             "diverted": counts.diverted,
+            "unfinished": counts.unfinished,
         },
         "tokens": detail.outcomes,
         "nodes": [
@@ -287,6 +288,8 @@ def run_report(db: Database, run_id: str) -> dict[str, Any]:
                 "outcomes": n.outcomes,
                 "total_us": n.total_us,
                 "mean_us": n.total_us // n.processed if n.processed else None,
+                "groups": n.groups,
+                "late_arrivals": n.late_arrivals,
             }
             for n in detail.nodes
         ],
@@ -310,12 +313,20 @@ def _print(o: dict[str, Any]) -> None:
         click.echo(f"  working folder {o['working_dir']}")
     rows = o["rows"]
     written = ", ".join(f"{k} {v}" for k, v in rows["written"].items()) or "none"
+    # (Rows still in an open batch, at a coalesce or on their way when the run stopped: without
+    # them, a stopped run's rows were short of what it read, with no word of where the rest were.)
+    unfinished = f"; unfinished {rows['unfinished']} (not ended when the run stopped)" if rows["unfinished"] else ""
     click.echo(f"  rows: {rows['in']} in; written: {written}; quarantined {rows['quarantined']}, "
-               f"failed {rows['failed']}, diverted {rows['diverted']}")  # fmt: skip
+               f"failed {rows['failed']}, diverted {rows['diverted']}{unfinished}")  # fmt: skip
     click.echo("  tokens: " + (", ".join(f"{k} {v}" for k, v in o["tokens"].items()) or "none"))
     click.echo("  nodes:")
     for n in o["nodes"]:
-        outcomes = "".join(f", {k} {v}" for k, v in n["outcomes"].items())
+        late = n["late_arrivals"]
+        outcomes = "".join(
+            f", {k} {v}" + (f" ({late} of them late arrivals)" if k == "failed" and late else "")
+            for k, v in n["outcomes"].items()
+        )
+        outcomes += _groups(n["kind"], n["groups"])
         timing = f" ({n['total_us']} µs in all, {n['mean_us']} µs each)" if n["processed"] else ""
         wrote = f", {o['rows']['written'].get(n['node'], 0)} rows written" if n["kind"] == "sink" else ""
         click.echo(
@@ -329,6 +340,16 @@ def _print(o: dict[str, Any]) -> None:
     for e in o["lifecycle"]:
         detail = f": {e['detail']}" if e["detail"] else ""
         click.echo(f"    seq {e['seq']:<8} {e['time']}  {e['event']}{detail}")
+
+
+def _groups(kind: str, groups: dict[str, int]) -> str:
+    """A coalesce's instances or an aggregation's batches, by state: '; merged 10, failed 1'."""
+    if kind == "coalesce" and groups:
+        return "; coalesces " + ", ".join(f"{state} {n}" for state, n in groups.items())
+    if kind == "aggregation" and groups:
+        states = [k for k in groups if not k.endswith("_rows")]
+        return "; batches " + ", ".join(f"{s} {groups[s]} ({groups[s + '_rows']} rows)" for s in states)
+    return ""
 
 
 def _duration(seconds: float) -> str:
