@@ -142,6 +142,7 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
             )
     for i, a in enumerate(s.aggregations):
         built[a.name] = make("aggregation", a.plugin, a.options, f"aggregations[{i}]")
+        errors.extend(f"{loaded.path}: aggregations[{i}].{m}" for m in _batch_shape_problems(a, built[a.name]))
     sinks: dict[str, Sink] = {}
     for name, sk in s.sinks.items():
         sinks[name] = make("sink", sk.plugin, sk.options, f"sinks.{name}")
@@ -149,6 +150,27 @@ def _build(loaded: LoadedSettings) -> tuple[list[str], Dag | None, Any, dict[str
         errors.extend(f"{loaded.path}: {m}" for m in _undeclared_fields(loaded, source, built))
     errors.extend(output_problems(loaded, source, sinks))  # no sink may destroy input, output or the audit trail
     return errors, dag, source, built, sinks
+
+
+def _batch_shape_problems(a: AggregationSettings, plugin: Any) -> list[str]:
+    """An aggregation whose plugin makes one row of each batch (`one_row_per_batch`), set to want
+    another count of rows: every batch would fail, in a run that completes (a careless user's
+    review: `batch_stats` in passthrough mode, or with expected_output_count 2)."""
+    if not getattr(plugin, "one_row_per_batch", False):
+        return []
+    problems = []
+    makes = f"{a.plugin} makes one row of each batch"
+    if a.expected_output_count is not None and a.expected_output_count != 1:
+        problems.append(
+            f"expected_output_count: {a.expected_output_count}, but {makes}, so every batch would fail; allowed: 1, "
+            "or no expected_output_count"
+        )
+    if a.output_mode == "passthrough" and a.trigger.count != 1:
+        problems.append(
+            f"output_mode: passthrough continues each row of a batch as its own output, but {makes}, so every batch "
+            "of more than one row would fail; allowed: output_mode transform (one new row of each batch)"
+        )
+    return problems
 
 
 def _undeclared_fields(loaded: LoadedSettings, source: Any, built: dict[str, Any]) -> list[str]:

@@ -410,6 +410,16 @@ def _load_settings(path: Path, environ: Mapping[str, str] | None, duplicates: li
                 f"select keeps only {c.select_branch}'s row, so a row whose first arrival is another branch fails "
                 f"(select_missing); to wait for {c.select_branch}, use policy require_all, quorum or best_effort"
             )
+    for i, a in enumerate(settings.aggregations):
+        if a.on_error != "discard":
+            # Required, as in the prior system's files, and valid; but a batch error fails every
+            # token of the batch (SETTINGS.md), so a sink named here receives nothing, which a user
+            # who named one expects it to (a careless user's review).
+            loaded.warnings.append(
+                f"{where}: aggregations[{i}].on_error ({a.name}): '{a.on_error}' receives nothing: a batch error "
+                "fails every row of the batch, recorded failed with the reason (batch_failed); write on_error: "
+                "discard to say so"
+            )
     return loaded
 
 

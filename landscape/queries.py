@@ -321,6 +321,7 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
     quarantined: int  # source rows a quarantined token holds data of
     failed: int  # source rows a failed token holds data of
     diverted: int  # source rows a token that a row error sent to on_error holds data of
+    discarded: int  # of the quarantined and diverted rows, those written nowhere (to `discard`)
     unfinished: int  # source rows a token that has not ended holds data of (none in a completed run)
 
 
@@ -335,17 +336,22 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 # for that. A row whose coalesce failed is a failed row, whichever of its tokens failed with it:
 # when the lost branch came first, nothing was held to fail with the coalesce, and only late
 # arrivals followed (a hostile review found the count depending on the order of `fork_to`).
+#
+# `discarded`: quarantined or diverted to `discard` (no sink): the rows written nowhere, whose data
+# is in the audit trail only (the source's default for a row that does not fit its schema).
 ROWS_BY_OUTCOME = (
     "WITH RECURSIVE ended(outcome, token_id) AS ("
-    " SELECT o.outcome, o.token_id FROM token_outcomes o"
+    " SELECT CASE WHEN o.sink IS NULL AND o.outcome <> 'failed' THEN o.outcome || '/discarded' ELSE o.outcome END,"
+    " o.token_id FROM token_outcomes o"
     " WHERE o.run_id = %(run)s AND o.outcome IN ('quarantined', 'failed', 'diverted')"
     " AND (o.outcome <> 'failed' OR o.reason IS DISTINCT FROM 'late_arrival')"
     " UNION SELECT e.outcome, p.parent_id FROM ended e"
     " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = e.token_id"
-    ") SELECT outcome, count(DISTINCT row_index) FROM ("
+    "), rows AS ("
     " SELECT e.outcome, t.row_index FROM ended e JOIN tokens t ON t.run_id = %(run)s AND t.token_id = e.token_id"
     " UNION ALL SELECT 'failed', c.row_index FROM coalesces c WHERE c.run_id = %(run)s AND c.status = 'failed'"
-    ") rows GROUP BY outcome"
+    ") SELECT split_part(outcome, '/', 1), count(DISTINCT row_index) FROM rows GROUP BY 1"
+    " UNION ALL SELECT 'discarded', count(DISTINCT row_index) FROM rows WHERE outcome LIKE '%%/discarded'"
 )
 
 # Rows a token that has not ended holds data of: of a run that crashed, failed or was abandoned,
@@ -389,6 +395,7 @@ def row_counts(db: Database, run_id: str) -> RowCounts:
         quarantined=by_outcome.get("quarantined", 0),
         failed=by_outcome.get("failed", 0),
         diverted=by_outcome.get("diverted", 0),
+        discarded=by_outcome.get("discarded", 0),
         unfinished=unfinished,
     )
 

@@ -216,7 +216,22 @@ def test_a_run_that_read_nothing_or_wrote_nothing_is_warned_of(db: Database, wor
     narrow = "{path: out/low.csv, schema: {mode: fixed, fields: ['id: int']}}"  # (no column for v)
     (work / "settings.yaml").write_text(PIPELINE.replace("{path: out/low.csv}", narrow))
     proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
-    assert "warning: no row was written: 1 failed" in proc.stderr, proc.stdout + proc.stderr
+    assert "warning: no row was written: 1 failed, 0 quarantined, 0 diverted" in proc.stderr, proc.stdout + proc.stderr
+    # Every row quarantined to `discard` (the source's default): nothing failed, nothing was
+    # written, and nothing was said (a careless user's review).
+    (work / "in.csv").write_text("id,v\n1,x\n2,y\n")
+    (work / "settings.yaml").write_text(
+        PIPELINE.replace("on_validation_failure: bad", "on_validation_failure: discard")
+    )
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert "  rows quarantined: 2, failed: 0, diverted: 0 (2 of them to discard, written nowhere)" in proc.stdout
+    assert (
+        "warning: no row was written: 0 failed, 2 quarantined, 0 diverted (2 of them to discard, written nowhere)"
+        in proc.stderr
+    ), proc.stderr
+    shown = elspeth("show", proc.stdout.split()[1], "--json", cwd=work, db=db)
+    assert json.loads(shown.stdout)["rows"]["discarded"] == 2
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])

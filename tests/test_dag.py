@@ -424,3 +424,27 @@ def test_row_shapes_stop_where_a_transform_does_not_say_what_it_makes(tmp_path: 
     assert shapes["raw"] == Shape(("id",))
     assert shapes["a"] == shapes["b"] == Shape(("id", "new"), ("transform 'known'",))
     assert "c" not in shapes
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ("output_mode: passthrough", "aggregations[0].output_mode: passthrough continues each row of a batch"),
+        ("expected_output_count: 2", "aggregations[0].expected_output_count: 2, but batch_stats makes one row of"),
+        ("expected_output_count: 0", "aggregations[0].expected_output_count: 0, but"),
+        ("expected_output_count: 1", None),
+        ("output_mode: passthrough, expected_output_count: 1", "output_mode: passthrough continues"),
+    ],
+)
+def test_an_aggregation_set_to_want_other_than_the_one_row_its_plugin_makes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str, says: str | None
+) -> None:
+    # Every batch would fail, in a run that completes (a careless user's review).
+    step = _step("aggregations", "batch_stats", "{value_field: amount}").replace("trigger:", f"{extra}, trigger:")
+    problems = _gate_problems(tmp_path, monkeypatch, FIXED, step)
+    assert [says in p for p in problems] == ([True] if says else []), problems
+    # A batch of one row each can pass through; batch_replicate makes any number.
+    one = step.replace("count: 2", "count: 1")
+    assert ("expected_output_count: 1" not in extra) or _gate_problems(tmp_path, monkeypatch, FIXED, one) == []
+    other = step.replace("batch_stats", "batch_replicate").replace("{value_field: amount}", "{}")
+    assert _gate_problems(tmp_path, monkeypatch, FIXED, other) == []

@@ -113,12 +113,22 @@ def test_keyword_filter() -> None:
 
 def test_keyword_filter_screens_the_strings_inside_lists_and_objects() -> None:
     """A JSON source's list or object passed unscreened (a hostile review): each string inside,
-    keys too, however deep, is screened; numbers are not text."""
+    keys too, however deep, is screened; a number by its decimal text; a boolean holds none."""
     options = {"fields": ["notes"], "blocked_patterns": [r"(?i)\bsecret\b"]}
     for value in (["Secret pricing"], {"x": "the secret is"}, {"secret": 1}, [[[{"a": ["ok", "SECRET"]}]]]):
         with pytest.raises(RowError, match=r"^field 'notes' matches blocked pattern"):
             run("keyword_filter", options, {"notes": value})
     assert run("keyword_filter", options, {"notes": [1, 2.5, True, None, {"k": "fine"}]})
+    # A card number read as an int passed a screen for card numbers (a careless user's review).
+    cards = {"fields": ["card"], "blocked_patterns": [r"^4\d{15}$", r"^1\.5$"]}
+    for value in (4111111111111111, [4111111111111111], {"n": 1.5}, 1.5):
+        with pytest.raises(RowError, match=r"^field 'card' matches blocked pattern"):
+            run("keyword_filter", cards, {"card": value})
+    assert run("keyword_filter", cards, {"card": 41111111111111112}) == {"card": 41111111111111112}
+    # With `all`, a field's name is screened too, as a key inside an object is (it was not).
+    with pytest.raises(RowError, match=r"^the name of field 2 of the row matches blocked pattern /\(\?i\)"):
+        run("keyword_filter", {**options, "fields": "all"}, {"id": 1, "the Secret one": "x"})
+    assert run("keyword_filter", options, {"notes": "ok", "the secret one": "x"})  # named fields only: not
     deep: object = "secret"
     for _ in range(5000):  # deeper than the interpreter recurses
         deep = [deep]

@@ -647,3 +647,19 @@ def test_a_gate_routing_true_and_not_false_is_a_warning(
     warnings = load_settings(_write(tmp_path, text), {}).warnings
     found = [w for w in warnings if "gates[0].routes (g) has 'true' and no 'false'" in w]
     assert bool(found) == warned, warnings
+
+
+@pytest.mark.parametrize(("on_error", "warned"), [("out", True), ("discard", False)])
+def test_an_aggregations_on_error_sink_is_a_warning_that_it_receives_nothing(
+    tmp_path: Path, on_error: str, warned: bool
+) -> None:
+    """Required and valid (the prior system's), but a batch error fails every row of the batch: a
+    user who names a sink there expects the failed rows in it, and it stays empty (a careless
+    user's review)."""
+    text = BASE + (
+        "aggregations:\n- {name: agg, plugin: batch_stats, input: x, on_success: out, "
+        f"on_error: {on_error}, trigger: {{count: 2}}, options: {{value_field: v}}}}\n"
+    )
+    warnings = load_settings(_write(tmp_path, text), {}).warnings
+    found = [w for w in warnings if "aggregations[0].on_error (agg): 'out' receives nothing" in w]
+    assert bool(found) == warned, warnings

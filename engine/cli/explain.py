@@ -132,7 +132,7 @@ def _matching(
     to, and a note."""
     roots, upto = lin.source_rows(recorder, run_id, checkpoints=found.all, verifier=found.key)
     matched: list[int] = []
-    total = unchecked = 0
+    total = unchecked = unevaluated = 0
     erased: dict[str, int] = {}  # why (the erasure record's words) -> rows
     seals: dict[int, Verdict] = {}  # each seal checked once, however many chunks it covers
     for i in range(0, len(roots), 5000):
@@ -150,6 +150,7 @@ def _matching(
                 hit = isinstance(d.value, dict) and condition.evaluate(d.value) is True
             except ExpressionError:
                 hit = False  # as a gate would: an expression that cannot be evaluated is no match
+                unevaluated += 1
             if hit:
                 total += 1
                 if len(matched) < limit:
@@ -164,6 +165,11 @@ def _matching(
         notes.append(f"{sum(n for _why, n in ranked[3:])} more rows not searched: their data was erased")
     if unchecked:
         notes.append(f"{unchecked} rows not searched: their data is missing or altered in the payload store")
+    if unevaluated:  # (a quarantined row, say, holds its fields as read: "97", not 97; it was not said)
+        notes.append(
+            f"{unevaluated} rows on which the expression could not be evaluated (a field missing, a value of another "
+            "type: a quarantined row holds its fields as the source read them), taken as no match"
+        )
     return matched, upto, "; ".join(notes)
 
 

@@ -27,7 +27,7 @@ from engine.stopping import StoppedAtOnce
 from landscape import faults
 from landscape.db import Database, is_postgresql_url, redact
 from landscape.fold import RunFold
-from landscape.queries import first_failure, row_counts, run_detail
+from landscape.queries import RowCounts, first_failure, row_counts, run_detail
 from statecharts.machines import RunState
 
 #: Problems (or warnings) shown at most: a file of another format, or a block pasted twice, can
@@ -171,7 +171,10 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     written = ", ".join(f"{sink} {n}" for sink, n in rows.written.items()) or "none"
     click.echo(f"  rows written: {written}")
     unfinished = f", not ended: {rows.unfinished} (resume the run to finish them)" if rows.unfinished else ""
-    click.echo(f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}{unfinished}")
+    click.echo(
+        f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}"
+        f"{_discarded(rows)}{unfinished}"
+    )
     first = first_failure(db, outcome.run_id) if rows.failed else None
     if first is not None:  # a run can complete with every row failed: say why, and where to look
         at = f" at {first[1]}" if first[1] else ""
@@ -189,8 +192,18 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     # A run that did nothing useful still completes (exit 0): say so where the operator looks.
     if outcome.status == RunState.COMPLETED and rows.rows_in == 0:
         say("elspeth: warning: the source read no records: is its input the one meant?")
-    elif outcome.status == RunState.COMPLETED and rows.failed and not any(rows.written.values()):
-        say(f"elspeth: warning: no row was written: {rows.failed} failed")
+    elif outcome.status == RunState.COMPLETED and not any(rows.written.values()):
+        # Whatever took them: a run whose every row was quarantined or diverted to `discard` wrote
+        # nothing, exit 0, without a word (a careless user's review; only failures were said).
+        say(
+            f"elspeth: warning: no row was written: {rows.failed} failed, {rows.quarantined} quarantined, "
+            f"{rows.diverted} diverted{_discarded(rows)}"
+        )
+
+
+def _discarded(rows: RowCounts) -> str:
+    """Of the quarantined and diverted rows, those written nowhere: their data is in the audit trail only."""
+    return f" ({rows.discarded} of them to discard, written nowhere)" if rows.discarded else ""
 
 
 def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str], progress: Progress) -> None:

@@ -275,6 +275,7 @@ def run_report(db: Database, run_id: str) -> dict[str, Any]:
             "quarantined": counts.quarantined,
             "failed": counts.failed,
             "diverted": counts.diverted,
+            "discarded": counts.discarded,
             "unfinished": counts.unfinished,
         },
         "tokens": detail.outcomes,
@@ -316,8 +317,9 @@ def _print(o: dict[str, Any]) -> None:
     # (Rows still in an open batch, at a coalesce or on their way when the run stopped: without
     # them, a stopped run's rows were short of what it read, with no word of where the rest were.)
     unfinished = f"; unfinished {rows['unfinished']} (not ended when the run stopped)" if rows["unfinished"] else ""
+    discarded = f" ({rows['discarded']} of them to discard, written nowhere)" if rows["discarded"] else ""
     click.echo(f"  rows: {rows['in']} in; written: {written}; quarantined {rows['quarantined']}, "
-               f"failed {rows['failed']}, diverted {rows['diverted']}{unfinished}")  # fmt: skip
+               f"failed {rows['failed']}, diverted {rows['diverted']}{discarded}{unfinished}")  # fmt: skip
     click.echo("  tokens: " + (", ".join(f"{k} {v}" for k, v in o["tokens"].items()) or "none"))
     click.echo("  nodes:")
     for n in o["nodes"]:

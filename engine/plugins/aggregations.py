@@ -17,6 +17,7 @@ _SKIPPED = ("skipped_non_finite", "skipped_non_finite_indices")
 
 class BatchStats:
     kind: ClassVar[str] = "aggregation"
+    one_row_per_batch: ClassVar[bool] = True  # (a batch mixing group_by values is an error)
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         o = Options(options, "value_field", "group_by", "compute_mean")

@@ -134,6 +134,8 @@ class Transform(Protocol):
 class Aggregation(Protocol):
     kind: ClassVar[str]  # "aggregation"
     # (Optional) `named_fields`, as a transform's.
+    # (Optional) `one_row_per_batch: ClassVar[bool] = True` when `flush` makes exactly one row:
+    # settings that want another count from it are refused (docs/plugins.md, "Writing a plugin").
 
     def flush(self, rows: list[Row]) -> BatchResult:
         """Process one batch. Raise RowError for a batch error (fails every token in it)."""

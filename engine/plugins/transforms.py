@@ -182,6 +182,11 @@ class KeywordFilter:
     def process(self, row: Row) -> Row:
         names = list(row) if self.fields is None else self.fields
         for name in names:
+            # With `all`, a field's name is screened too: the input chose it ({"password hunter2":
+            # …} passed, where the same key one level down was caught).
+            if self.fields is None and (matched := self.any.Match(name.encode())):
+                pattern = self.patterns[min(matched)]
+                raise RowError(f"the name of {field_named(row, name, ())} matches blocked pattern /{pattern.pattern}/")
             if name not in row:
                 # A screen that cannot see the field it is to screen does not pass the row: a
                 # misspelt field, or a header's own spelling ('Customer Notes', where rows hold
@@ -200,14 +205,17 @@ class KeywordFilter:
 
 
 def _texts(value: Any) -> Iterator[str]:
-    """The strings of a value: itself, or every string inside a list or an object, keys too (a
-    screen that looked at plain strings only let `["Confidential pricing"]` through). Iterative:
-    a row may be nested as deeply as a source decodes."""
+    """The text of a value: a string, a number's decimal text, or that of every one inside a list
+    or an object, keys too (a screen that looked at plain strings only let `["Confidential
+    pricing"]` through, and a card number read as an int, `4111111111111111`, every time). A
+    boolean holds no text to screen. Iterative: a row may be nested as deeply as a source decodes."""
     stack = [value]
     while stack:
         v = stack.pop()
         if isinstance(v, str):
             yield v
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            yield str(v)
         elif isinstance(v, dict):
             stack.extend(v.values())
             stack.extend(k for k in v if isinstance(k, str))
