@@ -1103,6 +1103,24 @@ def test_the_bookkeeping_table_is_refused_as_the_table_as_its_database_spells_na
     build_plugin("sink", "database", {"url": "postgresql://h/db", "table": "ELSPETH_Sink_Tokens"})
 
 
+@pytest.mark.parametrize(
+    ("url", "table", "says"),
+    [
+        # a schema-qualified name made a table called "main.t" (a careless user's review)
+        ("sqlite:///x.db", "main.t", "'main.t' holds a '.', which would name a table called so"),
+        ("postgresql://h/db", "sales.orders", "'sales.orders' holds a '.'"),
+        # SQLite's own tables refused every row, in a run that completed
+        ("sqlite:///x.db", "sqlite_master", "'sqlite_master': names beginning with 'sqlite_' are SQLite's own"),
+        ("sqlite:///x.db", "SQLite_Stat1", "names beginning with 'sqlite_' are SQLite's own"),
+    ],
+)
+def test_a_table_name_that_cannot_be_the_table_meant_is_refused(url: str, table: str, says: str) -> None:
+    with pytest.raises(PluginConfigError, match=re.escape(says)) as err:
+        build_plugin("sink", "database", {"url": url, "table": table})
+    assert err.value.path == "table"
+    build_plugin("sink", "database", {"url": "postgresql://h/db", "table": "sqlite_master"})  # not SQLite's there
+
+
 def test_a_role_that_may_insert_but_not_select_writes_and_a_roll_back_says_why_it_cannot(db_url: str) -> None:
     """`RETURNING ctid` reads the row, which takes SELECT on the table: a loader role granted
     INSERT alone writes as it always could, its rows recorded without ids, and only a resume

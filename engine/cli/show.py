@@ -98,8 +98,8 @@ class SinkFile:
             return "no rows written: no file was written" if self.position == 0 else "the file is gone"
         if self.state == "changed":
             return (
-                f"its first {self.position} bytes are not those the run made durable (their sha256 is {self.sha256}, "
-                "the log's another): changed or replaced since"
+                f"its first {self.position} bytes are not those the run made durable (they hash to sha256 "
+                f"{self.sha256}, not to the one the log records): changed or replaced since"
             )
         if self.state == "short":
             return (

@@ -112,6 +112,15 @@ class DatabaseSink:
             # `#`: `a#b` would never be "the same table", so `if_exists: replace` could drop the
             # rows of an unfinished run that wrote it (a review).
             raise PluginConfigError("table", f"{self.table_name!r} holds a '#'; allowed: a table's name without '#'")
+        if "." in self.table_name:
+            # The name is taken whole, in the connection's default schema: `main.t` or `sales.t`
+            # made a table called "main.t" beside the one meant (a careless user's review).
+            raise PluginConfigError(
+                "table",
+                f"{self.table_name!r} holds a '.', which would name a table called so, not a table in a schema: the "
+                "table is made or found in the connection's default schema (PostgreSQL's search_path, SQLite's "
+                "main); allowed: a table's name without '.'",
+            )
         self.if_exists = o.str_("if_exists", "append")
         if self.if_exists not in ("append", "replace"):
             raise PluginConfigError("if_exists", f"{self.if_exists!r} is not allowed; allowed: append, replace")
@@ -123,6 +132,11 @@ class DatabaseSink:
             raise PluginConfigError("table", "a name longer than PostgreSQL's 63 bytes; allowed: a shorter one")
         if (sqlite_folded(self.table_name) if self._sqlite else self.table_name) in (TOKENS, WRITERS):
             raise PluginConfigError("table", f"{self.table_name!r} is the sink's own bookkeeping table")
+        if self._sqlite and sqlite_folded(self.table_name).startswith("sqlite_"):
+            # SQLite's own (sqlite_master, sqlite_sequence, …): every row was refused, in a run that completed.
+            raise PluginConfigError(
+                "table", f"{self.table_name!r}: names beginning with 'sqlite_' are SQLite's own; allowed: another name"
+            )
         self.schema = parse_schema(o.raw("schema"))
         self._shown = redact(self.url)
         self._buffer: list[tuple[str, Row]] = []
