@@ -248,6 +248,18 @@ def test_csv_field_mapping_applies_to_normalised_headers(tmp_path: Path) -> None
     path = write(tmp_path / "in.csv", "Customer ID,Total\nC1,5\n")
     got = items("csv", {"path": str(path), "field_mapping": {"customer_id": "customer"}})
     assert got[0].row == {"customer": "C1", "total": "5"}
+    # The header's own spelling is not a key: the checks before a run say the names it may use
+    # (they did not); a run, which records its error, does not (a header's names are the input's).
+    options = {"path": str(path), "field_mapping": {"Customer ID": "customer"}}
+    with pytest.raises(PluginError) as err:
+        build_plugin("source", "csv", options).check_header()
+    assert err.value.message.endswith(
+        "field_mapping renames 'Customer ID', which is not a column of the header; allowed: the columns as rows hold "
+        "them, their names normalised (customer_id, total)"
+    ), err.value.message
+    with pytest.raises(PluginError) as err:
+        items("csv", options)
+    assert err.value.message.endswith("field_mapping renames 'Customer ID', which is not a column of the header")
 
 
 @pytest.mark.parametrize(

@@ -410,7 +410,7 @@ class CsvSource:
         a header the run cannot use stops `validate` and `run` before a run is recorded."""
         with _open_input(self.path) as f:
             lines = _Lines(f, self.encoding, self.path, cr_lines=True)
-            names = self._read_header(iter(lines), lines)
+            names = self._read_header(iter(lines), lines, checking=True)
         if names is None and 0 < lines.count <= self.skip_rows:
             # (a file ending inside the lines skip_rows skips: a run would read no header and no
             # row, and complete with nothing; an empty file is an input with no rows)
@@ -516,8 +516,10 @@ class CsvSource:
                     yield _validated(index, row, dict(row), self.schema, first_line)
             index += 1
 
-    def _read_header(self, it: Iterator[str], lines: _Lines) -> list[str] | None:
-        """The field names, after the lines `skip_rows` skips; None: the file ends before them."""
+    def _read_header(self, it: Iterator[str], lines: _Lines, *, checking: bool = False) -> list[str] | None:
+        """The field names, after the lines `skip_rows` skips; None: the file ends before them.
+        `checking` (the pre-run checks, before any run is recorded): its errors may name the
+        header's columns, which are the input's (row data, kept out of what a run records)."""
         for _ in range(self.skip_rows):
             if next(it, None) is None:
                 return None
@@ -541,8 +543,13 @@ class CsvSource:
         known = set(names)
         missing = [k for k in self.field_mapping if k not in known]
         if missing:
+            # The header's names as rows hold them: field_mapping's keys are those, not the
+            # header's own spelling ('Customer Name' is customer_name), which was not said.
+            shown = ", ".join(names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
+            allowed = f"; allowed: the columns as rows hold them, their names normalised ({shown})" if checking else ""
             raise PluginError(
-                _NODE, f"{self.path}: field_mapping renames '{missing[0]}', which is not a column of the header"
+                _NODE,
+                f"{self.path}: field_mapping renames '{missing[0]}', which is not a column of the header{allowed}",
             )
         mapped = [self.field_mapping.get(h, h) for h in names]
         twice = _first_repeat(mapped)
