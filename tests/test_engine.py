@@ -1483,6 +1483,12 @@ def test_a_stopped_runs_rows_in_an_open_batch_are_unfinished(db: Database, tmp_p
     counts = row_counts(db, run_id)
     assert (counts.failed, counts.quarantined, counts.diverted) == (0, 0, 0)
     assert 0 < counts.unfinished == counts.rows_in, counts
+    from engine.cli.show import run_report
+
+    report = run_report(db, run_id)
+    assert report["rows"]["unfinished"] == counts.unfinished and report["writer_alive"] is False
+    (stats,) = [n for n in report["nodes"] if n["node"] == "stats"]
+    assert stats["groups"] == {"collecting": 1, "collecting_rows": counts.unfinished}, stats
 
 
 def test_a_gate_with_no_route_for_false_names_the_label(db: Database, tmp_path: Path) -> None:

@@ -316,7 +316,8 @@ def _print(o: dict[str, Any]) -> None:
     written = ", ".join(f"{k} {v}" for k, v in rows["written"].items()) or "none"
     # (Rows still in an open batch, at a coalesce or on their way when the run stopped: without
     # them, a stopped run's rows were short of what it read, with no word of where the rest were.)
-    unfinished = f"; unfinished {rows['unfinished']} (not ended when the run stopped)" if rows["unfinished"] else ""
+    when = "yet: its writer is at work" if o["writer_alive"] else "when the run stopped"
+    unfinished = f"; unfinished {rows['unfinished']} (not ended {when})" if rows["unfinished"] else ""
     discarded = f" ({rows['discarded']} of them to discard, written nowhere)" if rows["discarded"] else ""
     click.echo(f"  rows: {rows['in']} in; written: {written}; quarantined {rows['quarantined']}, "
                f"failed {rows['failed']}, diverted {rows['diverted']}{discarded}{unfinished}")  # fmt: skip
