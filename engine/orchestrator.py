@@ -165,7 +165,10 @@ def _batch_shape_problems(a: AggregationSettings, plugin: Any) -> list[str]:
             f"expected_output_count: {a.expected_output_count}, but {makes}, so every batch would fail; allowed: 1, "
             "or no expected_output_count"
         )
-    if a.output_mode == "passthrough" and a.trigger.count != 1:
+    # (Only a count alone is sure to make batches of more than one row: a condition or a timeout
+    # may flush each row by itself.)
+    only_count = a.trigger.condition is None and a.trigger.timeout_seconds is None
+    if a.output_mode == "passthrough" and only_count and (a.trigger.count or 0) > 1:
         problems.append(
             f"output_mode: passthrough continues each row of a batch as its own output, but {makes}, so every batch "
             "of more than one row would fail; allowed: output_mode transform (one new row of each batch)"

@@ -331,17 +331,23 @@ def source_rows(
     *,
     checkpoints: Sequence[Witnessed] = (),
     verifier: Verifier | None = None,
-) -> tuple[list[tuple[int, str]], int]:
-    """Every source row's (row index, hash of its first data), from the verified log, and the
+) -> tuple[list[tuple[int, str]], set[int], int]:
+    """Every source row's (row index, hash of its first data), from the verified log; the rows
+    the source quarantined (their data is as it was read: text, not the schema's types); and the
     last seq read (pass it to `explain_rows` so both read the same log)."""
     roots: list[tuple[int, str]] = []
+    root_tokens: dict[str, int] = {}
+    quarantined: set[int] = set()
 
-    def observe(_stored: StoredEvent, event: ev.EventBase) -> None:
+    def observe(stored: StoredEvent, event: ev.EventBase) -> None:
         if isinstance(event, ev.TokenCreated) and not event.parents:
             roots.append((event.row_index, event.data_hash))
+            root_tokens[stored.entity_id] = event.row_index
+        elif isinstance(event, ev.TokenQuarantined) and event.node is None and stored.entity_id in root_tokens:
+            quarantined.add(root_tokens[stored.entity_id])
 
     verified = _verified(recorder, run_id, observe, None, checkpoints, verifier)
-    return roots, verified.events - 1
+    return roots, quarantined, verified.events - 1
 
 
 def checked_payloads(

@@ -321,7 +321,7 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
     quarantined: int  # source rows a quarantined token holds data of
     failed: int  # source rows a failed token holds data of
     diverted: int  # source rows a token that a row error sent to on_error holds data of
-    discarded: int  # of the quarantined and diverted rows, those written nowhere (to `discard`)
+    discarded: int  # of the quarantined and diverted rows, those a token of which went to `discard`
     unfinished: int  # source rows a token that has not ended holds data of (none in a completed run)
 
 
@@ -337,8 +337,9 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 # when the lost branch came first, nothing was held to fail with the coalesce, and only late
 # arrivals followed (a hostile review found the count depending on the order of `fork_to`).
 #
-# `discarded`: quarantined or diverted to `discard` (no sink): the rows written nowhere, whose data
-# is in the audit trail only (the source's default for a row that does not fit its schema).
+# `discarded`: rows a token of which was quarantined or diverted to `discard` (no sink): recorded,
+# written to no sink (the source's default for a row that does not fit its schema). Another of
+# the row's tokens, a fork's branch, may have been written: it is not "rows written nowhere".
 ROWS_BY_OUTCOME = (
     "WITH RECURSIVE ended(outcome, token_id) AS ("
     " SELECT CASE WHEN o.sink IS NULL AND o.outcome <> 'failed' THEN o.outcome || '/discarded' ELSE o.outcome END,"

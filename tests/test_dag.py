@@ -448,3 +448,8 @@ def test_an_aggregation_set_to_want_other_than_the_one_row_its_plugin_makes_is_r
     assert ("expected_output_count: 1" not in extra) or _gate_problems(tmp_path, monkeypatch, FIXED, one) == []
     other = step.replace("batch_stats", "batch_replicate").replace("{value_field: amount}", "{}")
     assert _gate_problems(tmp_path, monkeypatch, FIXED, other) == []
+    # A condition or a timeout may flush each row by itself (a review found {condition: 'True'} refused).
+    for trigger in ("{condition: 'True'}", "{count: 2, timeout_seconds: 1}"):
+        flushing = step.replace("trigger: {count: 2}", f"trigger: {trigger}")
+        problems = _gate_problems(tmp_path, monkeypatch, FIXED, flushing)
+        assert not any("output_mode" in p for p in problems), problems

@@ -172,6 +172,17 @@ def test_explain_by_token_and_by_where(db: Database, fork: Path) -> None:
     assert "no token" in one_line_error(elspeth("explain", run_id, "--token", "nope", cwd=fork, db=db), 1)
 
 
+def test_explain_where_says_when_a_quarantined_row_was_searched_as_read(db: Database, work_pipeline: Path) -> None:
+    """Row 3 (v: 'x') was quarantined: its fields are the text the source read, so `row['id'] == 3`
+    is false for its '3', and the investigator was told only that no row matched (a review)."""
+    run_id = _run(db, work_pipeline)
+    err = one_line_error(elspeth("explain", run_id, "--where", "row['id'] == 3", cwd=work_pipeline, db=db), 1)
+    assert "has no row matching" in err, err
+    assert "1 of the rows that did not match were quarantined by the source: their fields are as it read" in err, err
+    found = _json(elspeth("explain", run_id, "--where", "row['id'] == '3'", "--json", cwd=work_pipeline, db=db))
+    assert [r["row"] for r in found["rows"]] == [3]
+
+
 def _as_superuser(db: Database, sql: str, params: tuple[Any, ...]) -> None:
     with db.connect() as conn:
         conn.execute("SET session_replication_role = replica")  # past the payloads trigger

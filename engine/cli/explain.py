@@ -130,9 +130,9 @@ def _matching(
     """Rows whose first data (as the source gave it) satisfies `condition`; a row whose data is
     erased, missing or altered is not evaluated, and said so (an erasure in its record's words). Returns the rows, the seq the log was read
     to, and a note."""
-    roots, upto = lin.source_rows(recorder, run_id, checkpoints=found.all, verifier=found.key)
+    roots, quarantined, upto = lin.source_rows(recorder, run_id, checkpoints=found.all, verifier=found.key)
     matched: list[int] = []
-    total = unchecked = unevaluated = 0
+    total = unchecked = unevaluated = as_read = 0
     erased: dict[str, int] = {}  # why (the erasure record's words) -> rows
     seals: dict[int, Verdict] = {}  # each seal checked once, however many chunks it covers
     for i in range(0, len(roots), 5000):
@@ -155,6 +155,8 @@ def _matching(
                 total += 1
                 if len(matched) < limit:
                     matched.append(index)
+            elif index in quarantined:
+                as_read += 1
     notes = []
     if total > len(matched):
         notes.append(f"{total} rows match; showing the first {len(matched)} (--limit)")
@@ -165,10 +167,15 @@ def _matching(
         notes.append(f"{sum(n for _why, n in ranked[3:])} more rows not searched: their data was erased")
     if unchecked:
         notes.append(f"{unchecked} rows not searched: their data is missing or altered in the payload store")
-    if unevaluated:  # (a quarantined row, say, holds its fields as read: "97", not 97; it was not said)
+    if unevaluated:
         notes.append(
             f"{unevaluated} rows on which the expression could not be evaluated (a field missing, a value of another "
-            "type: a quarantined row holds its fields as the source read them), taken as no match"
+            "type), taken as no match"
+        )
+    if as_read:  # (row['id'] == 97 is false for a quarantined row's "97": nothing was said)
+        notes.append(
+            f"{as_read} of the rows that did not match were quarantined by the source: their fields are as it read "
+            "them (text, not the schema's types: '97', not 97)"
         )
     return matched, upto, "; ".join(notes)
 

@@ -202,8 +202,9 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
 
 
 def _discarded(rows: RowCounts) -> str:
-    """Of the quarantined and diverted rows, those written nowhere: their data is in the audit trail only."""
-    return f" ({rows.discarded} of them to discard, written nowhere)" if rows.discarded else ""
+    """Of the quarantined and diverted rows, those a token of which went to `discard`: recorded, and
+    written to no sink (another of the row's tokens, a fork's branch, may have been)."""
+    return f" ({rows.discarded} of them to discard)" if rows.discarded else ""
 
 
 def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str], progress: Progress) -> None:

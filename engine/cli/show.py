@@ -318,7 +318,7 @@ def _print(o: dict[str, Any]) -> None:
     # them, a stopped run's rows were short of what it read, with no word of where the rest were.)
     when = "yet: its writer is at work" if o["writer_alive"] else "when the run stopped"
     unfinished = f"; unfinished {rows['unfinished']} (not ended {when})" if rows["unfinished"] else ""
-    discarded = f" ({rows['discarded']} of them to discard, written nowhere)" if rows["discarded"] else ""
+    discarded = f" ({rows['discarded']} of them to discard)" if rows["discarded"] else ""
     click.echo(f"  rows: {rows['in']} in; written: {written}; quarantined {rows['quarantined']}, "
                f"failed {rows['failed']}, diverted {rows['diverted']}{discarded}{unfinished}")  # fmt: skip
     click.echo("  tokens: " + (", ".join(f"{k} {v}" for k, v in o["tokens"].items()) or "none"))

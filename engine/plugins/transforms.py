@@ -89,7 +89,7 @@ class FieldMapper:
             if old in out:
                 del out[old]
                 out[new] = None
-            elif "." in old and _may_hold(fields, old):  # a nested value, copied
+            elif "." in old and _may_hold(tuple(out), old):  # a nested value, copied (as the pairs before left the row)
                 out[new] = None
         return tuple(out)
 
@@ -182,11 +182,6 @@ class KeywordFilter:
     def process(self, row: Row) -> Row:
         names = list(row) if self.fields is None else self.fields
         for name in names:
-            # With `all`, a field's name is screened too: the input chose it ({"password hunter2":
-            # …} passed, where the same key one level down was caught).
-            if self.fields is None and (matched := self.any.Match(name.encode())):
-                pattern = self.patterns[min(matched)]
-                raise RowError(f"the name of {field_named(row, name, ())} matches blocked pattern /{pattern.pattern}/")
             if name not in row:
                 # A screen that cannot see the field it is to screen does not pass the row: a
                 # misspelt field, or a header's own spelling ('Customer Notes', where rows hold
