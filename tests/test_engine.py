@@ -1228,10 +1228,11 @@ sinks:
 @pytest.mark.parametrize(
     ("aggregation", "other", "lost_as"),
     [
-        # a batch error (passthrough with one output for two inputs): every member failed
+        # a batch error (passthrough with one output for two inputs): every member failed (the
+        # timeout, which never comes, keeps validate from refusing it: with a count alone it is)
         (
             "- {name: agg, plugin: batch_stats, input: b_in, on_success: b_done, on_error: discard, output_mode: "
-            "passthrough, trigger: {count: 2}, options: {value_field: v}}",
+            "passthrough, trigger: {count: 2, timeout_seconds: 3600}, options: {value_field: v}}",
             "spare",
             "failed",
         ),
