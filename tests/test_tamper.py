@@ -9,6 +9,7 @@ the triggers off (a superuser's `session_replication_role = replica`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def test_a_deleted_tail_is_a_named_truncation_and_is_not_resumed(
     proc = elspeth("replay", run_id, "--as-of", str(smallest - 1), cwd=work, db=db)
     assert proc.returncode == 0, proc.stderr
     # ("the newest covers N events" read as the store's newest, a larger one beside it)
-    assert ", 1 checked, the newest of them covers " in proc.stdout, proc.stdout
+    assert re.search(r", \d+ checked, the newest of them covers ", proc.stdout), proc.stdout
 
 
 def _checkpoint_sizes(db: Database, run_id: str) -> list[int]:
