@@ -341,18 +341,18 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 # written to no sink (the source's default for a row that does not fit its schema). Another of
 # the row's tokens, a fork's branch, may have been written: it is not "rows written nowhere".
 ROWS_BY_OUTCOME = (
-    "WITH RECURSIVE ended(outcome, token_id) AS ("
-    " SELECT CASE WHEN o.sink IS NULL AND o.outcome <> 'failed' THEN o.outcome || '/discarded' ELSE o.outcome END,"
-    " o.token_id FROM token_outcomes o"
+    "WITH RECURSIVE ended(outcome, discarded, token_id) AS ("
+    " SELECT o.outcome, o.sink IS NULL AND o.outcome <> 'failed', o.token_id FROM token_outcomes o"
     " WHERE o.run_id = %(run)s AND o.outcome IN ('quarantined', 'failed', 'diverted')"
     " AND (o.outcome <> 'failed' OR o.reason IS DISTINCT FROM 'late_arrival')"
-    " UNION SELECT e.outcome, p.parent_id FROM ended e"
+    " UNION SELECT e.outcome, e.discarded, p.parent_id FROM ended e"
     " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = e.token_id"
     "), rows AS ("
-    " SELECT e.outcome, t.row_index FROM ended e JOIN tokens t ON t.run_id = %(run)s AND t.token_id = e.token_id"
-    " UNION ALL SELECT 'failed', c.row_index FROM coalesces c WHERE c.run_id = %(run)s AND c.status = 'failed'"
-    ") SELECT split_part(outcome, '/', 1), count(DISTINCT row_index) FROM rows GROUP BY 1"
-    " UNION ALL SELECT 'discarded', count(DISTINCT row_index) FROM rows WHERE outcome LIKE '%%/discarded'"
+    " SELECT e.outcome, e.discarded, t.row_index FROM ended e"
+    " JOIN tokens t ON t.run_id = %(run)s AND t.token_id = e.token_id"
+    " UNION ALL SELECT 'failed', false, c.row_index FROM coalesces c WHERE c.run_id = %(run)s AND c.status = 'failed'"
+    ") SELECT outcome, count(DISTINCT row_index) FROM rows GROUP BY outcome"
+    " UNION ALL SELECT 'discarded', count(DISTINCT row_index) FROM rows WHERE discarded"
 )
 
 # Rows a token that has not ended holds data of: of a run that crashed, failed or was abandoned,
