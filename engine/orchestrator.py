@@ -222,7 +222,13 @@ def _undeclared_fields(loaded: LoadedSettings, source: Any, built: dict[str, Any
     ]
     for where, kind, n in steps:
         if (shape := shapes.get(n.input)) is not None:
-            check(f"{where}.options.", f"{kind} '{n.name}'", shape, getattr(built.get(n.name), "named_fields", {}))
+            plugin = built.get(n.name)
+            check(f"{where}.options.", f"{kind} '{n.name}'", shape, getattr(plugin, "named_fields", {}))
+            field_problems = getattr(plugin, "field_problems", None)
+            if field_problems is not None:
+                problems += (
+                    f"{where}.options.{k} ({kind} '{n.name}'): {m}" for k, m in field_problems(shape.fields).items()
+                )
     return problems
 
 

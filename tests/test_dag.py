@@ -410,6 +410,65 @@ def test_a_gate_after_transforms_that_change_the_fields_may_name_only_what_they_
     ), problem
 
 
+@pytest.mark.parametrize(
+    ("transforms", "says"),
+    [
+        # a nested source inside a field an earlier pair renamed away: never copied (strict too)
+        (
+            ["field_mapper {mapping: {note: n, note.city: city}, strict: true}"],
+            "transforms[0].options.mapping.note.city (transform 't0'): reads 'note.city' inside 'note', which the pair "
+            "'note: n' before it renamed away (each pair reads the row as the pairs before it left it), so it never "
+            "copies anything; allowed: 'n.city', or this pair listed first",
+        ),
+        (
+            ["field_mapper {mapping: {note: n, n: m, n.city: city}}"],
+            "options.mapping.n.city (transform 't0'): reads 'n.city' inside 'n', which the pair 'n: m' before it",
+        ),
+        # two pairs onto one name, the later from a field every row holds (an optional one as None)
+        (
+            ["field_mapper {mapping: {amount: total, note: total}}"],
+            "transforms[0].options.mapping.amount (transform 't0'): writes 'total', which the later pair 'note: total' "
+            "writes again from a field every row reaching it holds",
+        ),
+        (["field_mapper {mapping: {amount: x, id: x}, select_only: true}"], "options.mapping.amount (transform 't0')"),
+        (
+            ["field_mapper {mapping: {amount: a}}", "json_explode {array_field: note, output_field: id}"],
+            "transforms[1].options.output_field (transform 't1'): 'id' is a field every row reaching it holds (behind "
+            "the source's schema, mode fixed), which each element would overwrite, so every row would fail; allowed: "
+            "a name the rows do not hold (id, note, a they do)",
+        ),
+    ],
+)
+def test_a_transform_whose_options_cannot_work_on_the_fields_its_rows_hold_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transforms: list[str], says: str
+) -> None:
+    (problem,) = _gate_problems(
+        tmp_path, monkeypatch, FIXED, _chain(*transforms).replace("on_success: end", "on_success: out")
+    )
+    assert says in problem, problem
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        "field_mapper {mapping: {note.city: city, note: n}}",  # the nested value first, then the rename
+        "field_mapper {mapping: {note: n, n.city: city}}",
+        "field_mapper {mapping: {amount: total, total: sum, note: total}}",  # the first total moved on
+        "field_mapper {mapping: {note.x: total, amount: other}}",
+        "field_mapper {mapping: {amount: total, note.x: total}}",  # a nested value: whichever exists
+        "json_explode {array_field: note, output_field: note}",  # the array's own name
+        "json_explode {array_field: note}",
+    ],
+)
+def test_a_transform_whose_options_work_on_the_fields_its_rows_hold_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transform: str
+) -> None:
+    assert (
+        _gate_problems(tmp_path, monkeypatch, FIXED, _chain(transform).replace("on_success: end", "on_success: out"))
+        == []
+    )
+
+
 def test_row_shapes_stop_where_a_transform_does_not_say_what_it_makes(tmp_path: Path) -> None:
     s = _settings(
         tmp_path,

@@ -93,6 +93,45 @@ class FieldMapper:
                 out[new] = None
         return tuple(out)
 
+    def field_problems(self, fields: tuple[str, ...]) -> dict[str, str]:
+        """Pairs that cannot do what they say on rows holding `fields` (behind a schema of mode
+        fixed, each of them: an optional one as None), by key path: a nested source inside a field
+        an earlier pair renamed away (it reads the row as the pairs before it left it, so the pair
+        never copies anything, with `strict` too, which checks the input row); and a pair whose new
+        name a later pair writes again from a field every such row holds (its value is always
+        overwritten: "whichever exists" does not hold where both exist, an optional field's None
+        included)."""
+        problems: dict[str, str] = {}
+        out = dict.fromkeys(fields)
+        renamed: dict[str, str] = {}  # a field an earlier pair renamed away -> its new name
+        writer: dict[str, str] = {}  # a name a pair wrote (and no later pair moved on) -> that pair's source
+        for old, new in self.mapping.items():
+            head = old.split(".")[0]
+            if not self.select_only and "." in old and old not in out and head not in out and head in renamed:
+                problems[f"mapping.{old}"] = (
+                    f"reads '{old}' inside '{head}', which the pair '{head}: {renamed[head]}' before it renamed away "
+                    f"(each pair reads the row as the pairs before it left it), so it never copies anything; allowed: "
+                    f"'{renamed[head]}{old[len(head) :]}', or this pair listed first"
+                )
+            certain = old in fields if self.select_only else old in out
+            if new in writer and certain:
+                problems[f"mapping.{writer[new]}"] = (
+                    f"writes '{new}', which the later pair '{old}: {new}' writes again from a field every row "
+                    f"reaching it holds (behind the source's schema, mode fixed; an optional field as None), so "
+                    f"this pair's value is always overwritten; allowed: another new name"
+                )
+            writer.pop(old, None)
+            writer[new] = old
+            if self.select_only:
+                continue
+            if old in out:
+                del out[old]
+                out[new] = None
+                renamed[old] = new
+            elif "." in old and _may_hold(tuple(out), old):
+                out[new] = None
+        return problems
+
 
 _MISSING = object()
 
@@ -287,3 +326,16 @@ class JsonExplode:
     def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
         index = ["item_index"] if self.include_index else []
         return tuple(dict.fromkeys([*(f for f in fields if f != self.array_field), self.output_field, *index]))
+
+    def field_problems(self, fields: tuple[str, ...]) -> dict[str, str]:
+        """An `output_field` that rows holding `fields` already hold (behind a schema of mode
+        fixed, every one of them): each such row fails."""
+        if self.output_field in fields and self.output_field != self.array_field:
+            return {
+                "output_field": (
+                    f"'{self.output_field}' is a field every row reaching it holds (behind the source's schema, mode "
+                    f"fixed), which each element would overwrite, so every row would fail; allowed: a name the rows "
+                    f"do not hold ({', '.join(fields)} they do)"
+                )
+            }
+        return {}
