@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.errors import EngineError
-from engine.settings import Settings
+from engine.settings import CoalesceSettings, Settings
 
 Kind = Literal["transform", "gate", "aggregation", "coalesce", "sink"]
 
@@ -331,9 +331,9 @@ def row_shapes(
 ) -> dict[str, Shape]:
     """The connections whose rows can hold only known fields: from the source's `fields`, through
     gates, which route or copy a row as it is, and through transforms whose output fields
-    `transform(name, input fields)` tells (None: not known). An aggregation or a coalesce makes
-    rows of its own: what comes out of one is not known. For settings `build_dag` accepts (one
-    producer each)."""
+    `transform(name, input fields)` tells (None: not known), and through a coalesce all of whose
+    branches' rows are known (its merge makes its rows of theirs). An aggregation makes rows of its
+    own: what comes out of one is not known. For settings `build_dag` accepts (one producer each)."""
     shapes = {s.source.on_success: Shape(tuple(fields))}
     while True:  # until nothing is added: a step may be listed before the step that feeds it
         more: dict[str, Shape] = {}
@@ -344,7 +344,31 @@ def row_shapes(
             if (before := shapes.get(t.input)) is not None and (made := transform(t.name, before.fields)) is not None:
                 changed = before.changed_by + ((f"transform '{t.name}'",) if made != before.fields else ())
                 more[t.on_success or t.name] = Shape(made, changed)
+        for c in s.coalesce:
+            if (merged := _merged_shape(c, shapes)) is not None:
+                more[c.on_success or c.name] = merged
         more = {c: shape for c, shape in more.items() if c not in shapes}
         if not more:
             return shapes
         shapes |= more
+
+
+def _merged_shape(c: CoalesceSettings, shapes: dict[str, Shape]) -> Shape | None:
+    """The rows a coalesce makes, when the rows of every branch are known: `union` the branches'
+    fields in branch order, `nested` one field per branch, `select` the chosen branch's."""
+    branches = {b: shapes.get(conn) for b, conn in c.branch_inputs().items()}
+    known = [shape for shape in branches.values() if shape is not None]
+    if len(known) < len(branches):
+        return None
+    if c.merge == "nested":
+        fields = tuple(branches)
+    elif c.merge == "select":
+        if (chosen := branches.get(c.select_branch or "")) is None:
+            return None
+        fields = chosen.fields
+    else:
+        fields = tuple(dict.fromkeys(f for shape in known for f in shape.fields))
+    changed = tuple(dict.fromkeys(step for shape in known for step in shape.changed_by))
+    if any(shape.fields != fields for shape in known):
+        changed += (f"coalesce '{c.name}'",)
+    return Shape(fields, changed)

@@ -469,6 +469,51 @@ def test_a_transform_whose_options_work_on_the_fields_its_rows_hold_is_not_refus
     )
 
 
+def _joined(merge: str, condition: str) -> str:
+    """Fork to a and b, rename amount on branch a, join them (`merge`), and route on `condition`."""
+    return (
+        "gates:\n- {name: f, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [a, b]}\n"
+        + _gate("g", "joined", condition)
+        + "transforms:\n- {name: t, plugin: field_mapper, input: a, on_success: a2, on_error: bad, "
+        "options: {mapping: {amount: total}}}\n"
+        f"coalesce:\n- {{name: j, branches: {{a: a2, b: b}}, merge: {merge}, on_success: joined"
+        + (", select_branch: a}\n" if merge == "select" else "}\n")
+    )
+
+
+@pytest.mark.parametrize(
+    ("merge", "condition", "holds"),
+    [
+        ("union", "row['amont'] > 1", "(id, note, total, amount)"),
+        ("nested", "row['amount'] > 1", "(a, b)"),
+        ("select", "row['amount'] > 1", "(id, note, total)"),
+    ],
+)
+def test_a_step_after_a_coalesce_may_name_only_what_its_merge_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge: str, condition: str, holds: str
+) -> None:
+    (problem,) = _gate_problems(tmp_path, monkeypatch, FIXED, _joined(merge, condition))
+    assert problem.startswith("gates[1].condition (gate 'g'): names '"), problem
+    assert (
+        f"which no row reaching it can hold: behind the source's schema (mode fixed) and transform 't', coalesce 'j', "
+        f"its rows hold only {holds}" in problem
+    ), problem
+
+
+@pytest.mark.parametrize(
+    ("merge", "condition"),
+    [
+        ("union", "row['total'] > row['amount']"),  # each branch's fields
+        ("nested", "row['a']['total'] > 1"),
+        ("select", "row['total'] > 1"),
+    ],
+)
+def test_a_step_after_a_coalesce_naming_what_its_merge_makes_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge: str, condition: str
+) -> None:
+    assert _gate_problems(tmp_path, monkeypatch, FIXED, _joined(merge, condition)) == []
+
+
 def test_row_shapes_stop_where_a_transform_does_not_say_what_it_makes(tmp_path: Path) -> None:
     s = _settings(
         tmp_path,
