@@ -14,7 +14,7 @@ import msgspec
 
 from landscape.commits import hold_for_transaction, holding, lock_holder
 from landscape.db import Database, driver_errors, read_any_time
-from landscape.errors import ConcurrentWriter, UnknownRun
+from landscape.errors import ConcurrentWriter, StoreError, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.projection_sql import UPDATED_IN_PLACE, project
 from landscape.role_names import ELSPETH_ROLES
@@ -122,7 +122,42 @@ def reading_hazards(conn: Any) -> list[str]:
         who = f"the role {role}" if role else "every role"
         where = "in every database" if every_database else "in this database"
         found.append(f"{who} has {setting!r} set {where}: its unqualified names may not be public's tables")
+    # An event trigger runs on the comparison's own statements: one that fires on its `CREATE TEMP
+    # TABLE` can put a trigger on the copy that makes each rebuilt row the stored one (a hostile
+    # review's forgery, passed as agreeing). 'O' and 'A' fire in this session; 'R' and 'D' do not.
+    for name, event in conn.execute(
+        "SELECT evtname, evtevent FROM pg_catalog.pg_event_trigger WHERE evtenabled IN ('O', 'A') ORDER BY 1"
+    ).fetchall():
+        found.append(
+            f"the event trigger {name} (on {event}) runs on a check's own statements and can change its rebuild"
+        )
+    # A nondeterministic collation makes texts that differ equal ('Failed', 'failed'): the
+    # comparison's copies, and its joins, take the column's.
+    for table, column, collation in conn.execute(
+        "SELECT c.relname, a.attname, co.collname FROM pg_catalog.pg_attribute a "
+        "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation "
+        "WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND NOT co.collisdeterministic ORDER BY 1, 2"
+    ).fetchall():
+        if is_store_table_name(table):
+            found.append(
+                f"{table}.{column} has the nondeterministic collation {collation}: texts that differ compare equal"
+            )
     return found
+
+
+def altered_copies(conn: Any) -> list[str]:
+    """Triggers, rules and policies on the session's own temporary tables (the comparison's
+    copies, which it made with none): whatever put one there can change the rebuild it holds."""
+    rows = conn.execute(
+        "SELECT c.relname, 'trigger ' || t.tgname FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c "
+        "ON c.oid = t.tgrelid WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() "
+        "UNION ALL SELECT c.relname, 'rule ' || r.rulename FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c "
+        "ON c.oid = r.ev_class WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() "
+        "UNION ALL SELECT c.relname, 'policy ' || p.polname FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c "
+        "ON c.oid = p.polrelid WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() ORDER BY 1, 2"
+    ).fetchall()
+    return [f"the check's copy of {table} was given a {what} when it was made" for table, what in rows]
 
 
 def _project_all(cur: Any, run_id: str, last: int, into: str) -> None:
@@ -153,7 +188,10 @@ def compare(db: Database, run_id: str, limit: int = 20) -> tuple[int, list[Diffe
     """Every row of every projection table of a run, compared with a rebuild from its events.
     Returns the seq the stored projections reflect and at most `limit` differences per table."""
     with Comparison(db, run_id, limit) as comparison:
-        return comparison.upto, comparison.differences()
+        found = comparison.differences()
+        if comparison.hazards:  # (not compared: no answer, rather than none found)
+            raise StoreError(f"run {run_id}: the projections were not compared: {'; '.join(comparison.hazards)}")
+        return comparison.upto, found
 
 
 class Comparison:
@@ -218,6 +256,9 @@ class Comparison:
                 cur.execute(
                     f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING DEFAULTS {indexes}) ON COMMIT DROP"
                 )
+            self.hazards = altered_copies(cur)
+            if self.hazards:
+                return found
             if self.upto >= 0:
                 _project_all(cur, self.run_id, self.upto, "pg_temp")
             for table, (key, columns) in PROJECTION_COLUMNS.items():

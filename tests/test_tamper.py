@@ -456,10 +456,18 @@ TWO_FACED = [
     ("ALTER ROLE elspeth_analyst IN DATABASE {database} SET search_path = shadow, public",
      "ALTER ROLE elspeth_analyst IN DATABASE {database} RESET search_path",
      "the role elspeth_analyst has 'search_path=shadow, public' set in this database"),
+    # (a hostile review's: an event trigger that made every rebuilt row the stored one; here one
+    # that does nothing, which is enough to be named)
+    ("CREATE FUNCTION public.quiet() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$; "
+     "CREATE EVENT TRIGGER quiet ON ddl_command_end EXECUTE FUNCTION public.quiet()",
+     "DROP EVENT TRIGGER quiet; DROP FUNCTION public.quiet()",
+     "the event trigger quiet (on ddl_command_end) runs on a check's own statements"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("change", "undo", "named"), TWO_FACED, ids=["rls", "policy", "shadow", "user-schema", "path"])
+@pytest.mark.parametrize(
+    ("change", "undo", "named"), TWO_FACED, ids=["rls", "policy", "shadow", "user-schema", "path", "event-trigger"]
+)
 def test_a_store_set_up_to_show_analysts_other_rows_fails_the_check(
     db: Database, tmp_path: Path, change: str, undo: str, named: str
 ) -> None:
@@ -486,3 +494,101 @@ def test_a_store_set_up_to_show_analysts_other_rows_fails_the_check(
             conn.execute(undo.format(database=name))  # type: ignore[arg-type]
             conn.commit()
     assert elspeth("replay", run_id, "--check", cwd=work, db=db).returncode == 0
+
+
+# A hostile review's forgery: a projection row changed, and an event trigger that gives each copy the
+# comparison makes a row trigger setting every rebuilt row to the stored one. It passed as agreeing.
+_COPYING_TRIGGER = """
+CREATE FUNCTION public.copy_outcome() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  SELECT s.outcome, s.reason INTO NEW.outcome, NEW.reason FROM public.token_outcomes s
+  WHERE s.run_id = NEW.run_id AND s.token_id = NEW.token_id;
+  RETURN NEW;
+END $f$;
+CREATE FUNCTION public.on_copy() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE object_identity LIKE '%.token_outcomes' LOOP
+    EXECUTE format('CREATE TRIGGER copy BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION public.copy_outcome()', r.object_identity);
+  END LOOP;
+END $f$;
+CREATE EVENT TRIGGER on_copy ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION public.on_copy();
+"""
+
+
+@pytest.mark.parametrize("enabled", ["", "ALTER EVENT TRIGGER on_copy ENABLE ALWAYS"])
+def test_an_event_trigger_that_rewrites_the_checks_rebuild_fails_the_check(
+    db: Database, tmp_path: Path, enabled: str
+) -> None:
+    import psycopg
+
+    work, run_id = _run(db, tmp_path, "linear")
+    with db.connect() as conn:
+        try:
+            conn.execute(_COPYING_TRIGGER + enabled)
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test server's user may not make event triggers")
+        conn.execute("SET session_replication_role = replica")  # (past the store's own triggers)
+        conn.execute(
+            "UPDATE token_outcomes SET outcome = 'completed', reason = 'forged' WHERE run_id = %s "
+            "AND token_id = (SELECT min(token_id) FROM token_outcomes WHERE run_id = %s)",
+            (run_id, run_id),
+        )
+        conn.commit()
+    try:
+        err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
+        assert "the event trigger on_copy (on ddl_command_end)" in err, err
+    finally:
+        with db.connect() as conn:
+            conn.execute(
+                "DROP EVENT TRIGGER on_copy; DROP FUNCTION public.on_copy(); DROP FUNCTION public.copy_outcome()"
+            )
+            conn.commit()
+    err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
+    assert "projections differ from the events: token_outcomes" in err, err
+
+
+def test_a_trigger_on_a_checks_own_copy_is_named(db: Database) -> None:
+    """Whatever put it there (an event trigger enabled as the check began), a copy the check made
+    with no trigger, rule or policy that has one is not compared."""
+    from landscape.projections import altered_copies
+
+    with db.connect() as conn:
+        conn.execute("CREATE TEMP TABLE token_outcomes (run_id text, token_id text)")
+        assert altered_copies(conn) == []
+        conn.execute(
+            "CREATE FUNCTION pg_temp.same() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NEW; END $f$; "
+            "CREATE TRIGGER copy BEFORE INSERT ON pg_temp.token_outcomes FOR EACH ROW EXECUTE FUNCTION pg_temp.same(); "
+            "CREATE RULE keep AS ON UPDATE TO pg_temp.token_outcomes DO INSTEAD NOTHING"
+        )
+        assert altered_copies(conn) == [
+            "the check's copy of token_outcomes was given a rule keep when it was made",
+            "the check's copy of token_outcomes was given a trigger copy when it was made",
+        ]
+        conn.rollback()
+
+
+def test_a_nondeterministic_collation_on_a_store_column_fails_the_check(db: Database, tmp_path: Path) -> None:
+    """Under a case-insensitive collation, a reason changed in case only compares equal to the events'."""
+    import psycopg
+
+    work, run_id = _run(db, tmp_path, "linear")
+    with db.connect() as conn:
+        try:
+            conn.execute(
+                "CREATE COLLATION public.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); "
+                "ALTER TABLE token_outcomes ALTER COLUMN reason TYPE text COLLATE public.ci"
+            )
+        except psycopg.Error as e:
+            pytest.skip(f"the test server cannot make the collation: {e}")
+        conn.commit()
+    try:
+        err = one_line_error(elspeth("replay", run_id, "--check", cwd=work, db=db), 1)
+        assert "token_outcomes.reason has the nondeterministic collation ci" in err, err
+    finally:
+        with db.connect() as conn:
+            conn.execute(
+                'ALTER TABLE token_outcomes ALTER COLUMN reason TYPE text COLLATE "default"; DROP COLLATION public.ci'
+            )
+            conn.commit()
