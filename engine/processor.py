@@ -10,9 +10,11 @@ of the payload store, rebuilt from it on resume. Its parts: token steps (here), 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from engine import work
 from engine.batching import Batcher
@@ -62,7 +64,16 @@ class Processor:
             )
         token_id = f"r{item.index}"
         if item.row is None:
-            raw_data = encode_row(item.raw)
+            try:
+                raw_data = encode_row(item.raw)
+            except UnrecordableRow as e:
+                # The record as read holds what no log can (a lone surrogate, which a codec such as
+                # utf-7 makes of hostile bytes): it failed the run, and every resume (a review).
+                why = item.error or "invalid row"
+                if str(e) not in why:  # (a row that could not be recorded is here for that reason)
+                    why += f"; the record as read cannot be recorded: {e}"
+                item = _recordable(item, why) or SourceItem(item.index, None, self._too_large(item), why)
+                raw_data = encode_row(item.raw)
             if len(raw_data) > work.MAX_OUTPUT_BYTES:  # (recorded in its place: which record, and why)
                 why = f"{item.error or 'invalid row'}; {_too_large_why(len(raw_data))}"
                 item = SourceItem(item.index, None, self._too_large(item), why)
@@ -333,3 +344,27 @@ def _too_large_why(size: int) -> str:
         f"takes {size:,} bytes recorded, more than the {work.MAX_OUTPUT_BYTES:,} a row may, so only which record "
         "it was is recorded"
     )
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _recordable(item: SourceItem, why: str) -> SourceItem | None:
+    """A quarantined record whose raw form cannot be recorded, its strings with each lone
+    surrogate shown as U+FFFD; None if it still cannot be."""
+
+    def replaced(value: Any) -> Any:
+        if isinstance(value, str):
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        if isinstance(value, dict):
+            return {replaced(k): replaced(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [replaced(v) for v in value]
+        return value
+
+    try:
+        raw = replaced(item.raw)
+        encode_row(raw)
+    except (UnrecordableRow, RecursionError):
+        return None
+    return replace(item, raw=raw, error=f"{why}; recorded as read with each lone surrogate as U+FFFD")

@@ -125,6 +125,10 @@ CASES = [
     Case("csv: an int field of 5,000 digits", source(f"csv, options: {CSV_INT}", "in.csv", b"n\n1\n" + BIG.encode() + b"\n"), "quarantined", "is not an int", outcomes={"completed": 1}),
     Case("jsonl: a line that is not UTF-8", source(f"json, options: {JSONL}", "in.jsonl", b'{"a":1}\n' + BAD_UTF8 + b"\n"), "quarantined", "not valid utf-8", evidence=BAD_UTF8 + b"\n"),
     Case("csv: a line that is not UTF-8", source("csv, options: {path: in.csv, on_validation_failure: bad}", "in.csv", b"a\nok\ncaf\xe9\r\n"), "quarantined", "not valid utf-8", evidence=b"caf\xe9\r\n"),
+    # (a codec that makes a lone surrogate of hostile bytes: recording the record failed the run, and every resume)
+    Case("csv utf-7: a lone surrogate", source("csv, options: {path: in.csv, encoding: utf-7, on_validation_failure: bad}", "in.csv", b"id,name\n1,ok\n2,bad+2AA-x\n3,fine\n"), "quarantined", "holds a lone surrogate (U+D800 to U+DFFF), which is no Unicode text; recorded as read with each lone surrogate as U+FFFD", outcomes={"completed": 2}),
+    Case("csv unicode_escape: a lone surrogate", source("csv, options: {path: in.csv, encoding: unicode_escape, on_validation_failure: bad}", "in.csv", b"id,name\n1,ok\n2,a\\ud800b\n"), "quarantined", "lone surrogate", outcomes={"completed": 1}),
+    Case("jsonl utf-7: a lone surrogate, to discard", source("json, options: {path: in.jsonl, encoding: utf-7}", "in.jsonl", b'{"id":1}\n{"id":2,"n":"a+2AA-b"}\n'), "quarantined", "lone surrogate", outcomes={"completed": 1}),
     # -- sources that never end or block --------------------------------------------------------
     Case("source: /dev/zero", source("csv, options: {path: /dev/zero}", "unused", b""), "settings error", "/dev/zero is a character device; allowed: a regular file"),
     Case("source: a FIFO", source("json, options: {path: in.jsonl}", "in.jsonl", FIFO), "settings error", "is a FIFO (named pipe); allowed: a regular file"),
