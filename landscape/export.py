@@ -682,7 +682,7 @@ _SETTINGS_EVENTS = frozenset(("RunCreated", "RunResumed"))
 
 
 def build_proof(
-    recorder: Recorder,
+    recorder: PostgresRecorder,
     run_id: str,
     newest: Witnessed,
     *,
@@ -700,33 +700,53 @@ def build_proof(
     event). ExportError if the run has no such event or row in that tree, or its log does not
     extend `kept`."""
     leaves: list[bytes] = []
+    settings: list[StoredEvent] = []
+    chosen: list[StoredEvent] = []
+    found = Lineage(() if row is None else {row})
+    undecodable: int | None = None
 
-    def tap(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+    def take(e: StoredEvent) -> None:
+        if row is None:
+            if e.seq == seq:
+                chosen.append(e)
+            return
+        if e.machine == "run" and e.event_type in _SETTINGS_EVENTS and getattr(e.event, "settings", None) is not None:
+            settings.append(e)
+        created = e.event if e.machine == "token" and e.event_type == "TokenCreated" else None
+        if found.row_of(e, created) is not None:
+            chosen.append(e)
+
+    def through(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+        nonlocal undecodable
         for e in events:
             leaves.append(leaf_hash(e.hash))
-            yield e
+            yield e  # (to the chain check first, as an export's are)
+            if undecodable is None:
+                try:
+                    take(e)
+                except (StatechartError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                    undecodable = e.seq
 
-    settings: list[StoredEvent] = []
+    # What `verify` would refuse for the store's sake is found here, as `export` finds it: the
+    # chain, the signed root, an event whose body does not decode (a review: a traceback).
+    from landscape.verify_store import chain_beside  # (the database's; `verify` of a bundle needs none)
 
-    def settings_of(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
-        for e in events:
-            if (
-                e.machine == "run"
-                and e.event_type in _SETTINGS_EVENTS
-                and getattr(e.event, "settings", None) is not None
-            ):
-                settings.append(e)
-            yield e
-
-    events = tap(recorder.read_events(run_id, upto_seq=newest.size - 1))
-    if row is not None:
-        chosen = [e for _r, e in lineage(settings_of(events), {row})]
-    else:
-        chosen = [e for e in events if e.seq == seq]
+    chain = chain_beside(recorder, run_id, newest.size - 1, [newest.size], through)
+    if chain.bad or undecodable is not None:
+        at = chain.events if chain.bad else undecodable
+        raise ExportError(
+            f"the store's log of run {run_id} does not verify at seq {at} (its chain, or what an event says it is): "
+            f"no proof was written; see `elspeth replay {run_id} --check`"
+        )
     if len(leaves) < newest.size:
         raise ExportError(
             f"run {run_id} has {len(leaves)} events, fewer than its newest checkpoint signs ({newest.size}): "
             "see `elspeth replay --check`"
+        )
+    if chain.roots.get(newest.size) != newest.root:
+        raise ExportError(
+            f"the store's log of run {run_id} is not the one its signed checkpoint of {newest.size} events signs (its "
+            f"Merkle root differs): events were changed; no proof was written; see `elspeth replay {run_id} --check`"
         )
     if not chosen:
         subject = f"row {row + 1}" if row is not None else f"event seq {seq}"  # (row counts from 1, as --row)

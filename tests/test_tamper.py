@@ -428,6 +428,7 @@ def test_a_column_whose_type_a_superuser_changed_is_named_not_a_traceback(
             ["replay", run_id, "--check"],
             ["explain", run_id, "--row", "1"],
             ["export", run_id, "-o", "x.jsonl"],
+            ["prove", run_id, "--row", "1", "-o", "p.json"],
         ]
         if "events" in change:
             commands.append(["show", run_id])
@@ -592,3 +593,27 @@ def test_a_nondeterministic_collation_on_a_store_column_fails_the_check(db: Data
                 'ALTER TABLE token_outcomes ALTER COLUMN reason TYPE text COLLATE "default"; DROP COLLATION public.ci'
             )
             conn.commit()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "payload = '\\x'",  # a body that does not decode (a review: prove ended in a traceback)
+        "payload = convert_to('{}', 'UTF8')",  # one that decodes to no event
+        "hash = sha256(hash)",
+        "recorded_at = recorded_at + interval '1 second'",
+    ],
+    ids=["truncated", "no-event", "hash", "recorded-at"],
+)
+def test_prove_refuses_a_store_whose_log_does_not_verify(db: Database, tmp_path: Path, change: str) -> None:
+    """As `export` does: the operator learns it here, where the store can be looked into, not from
+    the auditor's `verify` (before, prove wrote such a bundle, or a traceback)."""
+    work, run_id = _run(db, tmp_path, "linear")
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(f"UPDATE events SET {change} WHERE run_id = %s AND seq = 10", (run_id,))
+        conn.commit()
+    for how in (["--row", "2"], ["--seq", "10"], ["--seq", "3"]):
+        err = one_line_error(elspeth("prove", run_id, *how, "-o", "p.json", cwd=work, db=db), 1)
+        assert f"the store's log of run {run_id} does not verify at seq 10" in err, (how, err)
+        assert not (work / "p.json").exists()
