@@ -424,6 +424,14 @@ def test_a_gate_after_transforms_that_change_the_fields_may_name_only_what_they_
             ["field_mapper {mapping: {note: n, n: m, n.city: city}}"],
             "options.mapping.n.city (transform 't0'): reads 'n.city' inside 'n', which the pair 'n: m' before it",
         ),
+        # a swap: the first pair overwrites 'note', which the second then reads (a review: a column lost)
+        (
+            ["field_mapper {mapping: {amount: note, note: amount}}"],
+            "transforms[0].options.mapping.amount (transform 't0'): renames 'amount' onto 'note', which the row holds, "
+            "and the later pair 'note: amount' reads 'note' as this pair left it: the row's own 'note' is lost; "
+            "allowed: a name between (a swap: {amount: tmp, note: amount, tmp: note})",
+        ),
+        (["field_mapper {mapping: {amount: note, note.x: y}}"], "options.mapping.amount (transform 't0'): renames"),
         # two pairs onto one name, the later from a field every row holds (an optional one as None)
         (
             ["field_mapper {mapping: {amount: total, note: total}}"],
@@ -456,6 +464,9 @@ def test_a_transform_whose_options_cannot_work_on_the_fields_its_rows_hold_is_re
         "field_mapper {mapping: {amount: total, total: sum, note: total}}",  # the first total moved on
         "field_mapper {mapping: {note.x: total, amount: other}}",
         "field_mapper {mapping: {amount: total, note.x: total}}",  # a nested value: whichever exists
+        "field_mapper {mapping: {amount: note}}",  # onto a field the row holds, which nothing reads after
+        "field_mapper {mapping: {amount: tmp, note: amount, tmp: note}}",  # a swap
+        "field_mapper {mapping: {amount: note, note: amount}, select_only: true}",  # each pair reads the input
         "json_explode {array_field: note, output_field: note}",  # the array's own name
         "json_explode {array_field: note}",
     ],

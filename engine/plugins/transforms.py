@@ -105,8 +105,16 @@ class FieldMapper:
         out = dict.fromkeys(fields)
         renamed: dict[str, str] = {}  # a field an earlier pair renamed away -> its new name
         writer: dict[str, str] = {}  # a name a pair wrote (and no later pair moved on) -> that pair's source
+        overwrote: dict[str, str] = {}  # a field of the row a pair renamed another onto -> that pair's source
         for old, new in self.mapping.items():
             head = old.split(".")[0]
+            if (first := overwrote.get(old, overwrote.get(head))) is not None:
+                problems[f"mapping.{first}"] = (
+                    f"renames '{first}' onto '{self.mapping[first]}', which the row holds, and the later pair "
+                    f"'{old}: {new}' reads '{self.mapping[first]}' as this pair left it: the row's own "
+                    f"'{self.mapping[first]}' is lost; allowed: a name between (a swap: {{{first}: tmp, "
+                    f"{self.mapping[first]}: {first}, tmp: {self.mapping[first]}}})"
+                )
             if not self.select_only and "." in old and old not in out and head not in out and head in renamed:
                 problems[f"mapping.{old}"] = (
                     f"reads '{old}' inside '{head}', which the pair '{head}: {renamed[head]}' before it renamed away "
@@ -125,6 +133,8 @@ class FieldMapper:
             if self.select_only:
                 continue
             if old in out:
+                if new in out and new != old:
+                    overwrote[new] = old
                 del out[old]
                 out[new] = None
                 renamed[old] = new
