@@ -3,6 +3,7 @@ idempotence (on SQLite and on the test PostgreSQL)."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import hashlib
@@ -1532,6 +1533,28 @@ def test_appending_in_the_other_byte_order_is_refused(tmp_path: Path, kind: str,
     path.write_bytes(("\ufeff" + text).encode(f"{encoding}-{sys.byteorder[0]}e"))  # this machine's: appended
     written(sink(kind, path=str(path), mode="append", encoding=encoding), [{"a": 1}])
     assert path.read_bytes().decode(encoding).replace("\r\n", "\n").count("1") == 1
+
+
+@pytest.mark.parametrize(("kind", "name", "text"), [("json", "o.jsonl", '{"a": 0}\n'), ("csv", "o.csv", "a\r\n0\r\n")])
+def test_appending_in_another_encoding_to_a_file_marked_utf8_is_refused(
+    tmp_path: Path, kind: str, name: str, text: str
+) -> None:
+    """Read as latin-1, a CSV header 'id' after UTF-8's mark is 'ï»¿id': every row was refused."""
+    path = tmp_path / name
+    path.write_bytes(codecs.BOM_UTF8 + text.encode())
+    with pytest.raises(PluginError, match="starts with UTF-8's byte-order mark, so it is UTF-8 text, which iso8859-1"):
+        sink(kind, path=str(path), mode="append", encoding="latin-1").open("run", None)
+    for encoding in ("utf-8", "utf-8-sig"):  # continued as what it is
+        before = path.read_bytes()
+        written(sink(kind, path=str(path), mode="append", encoding=encoding), [{"a": 1}])
+        assert path.read_bytes().startswith(before) and path.read_bytes().count(codecs.BOM_UTF8) == 1
+
+
+def test_a_csv_delimiter_its_encoding_cannot_write_is_refused() -> None:
+    """Every row was refused, the reason blaming the row for the delimiter's character."""
+    with pytest.raises(PluginConfigError, match="delimiter: '€' cannot be written in iso8859-1"):
+        sink("csv", path="o.csv", encoding="latin-1", delimiter="€")
+    sink("csv", path="o.csv", encoding="cp1252", delimiter="€")
 
 
 def test_a_utf8_sig_array_without_its_mark_is_appended_to_where_its_bracket_was(tmp_path: Path) -> None:

@@ -269,8 +269,23 @@ class _FileSink:
 
     def _check_byte_order(self) -> None:
         """utf-16 and utf-32 write in this machine's byte order: appended to a file in the other
-        order (its mark says which), the rows would be garbled while the log says they landed."""
-        if codecs.lookup(self.encoding).name not in ("utf-16", "utf-32"):
+        order (its mark says which), the rows would be garbled while the log says they landed.
+        A file that starts with UTF-8's mark is continued in UTF-8 only: in another encoding its
+        header was read as other names (a review: `ï»¿id`, every row then refused)."""
+        name = codecs.lookup(self.encoding).name
+        if name not in ("utf-8", "utf-8-sig", "utf-16", "utf-32"):
+            try:
+                with self.path.open("rb") as f:
+                    utf8_marked = f.read(3) == codecs.BOM_UTF8
+            except OSError as e:
+                raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
+            if utf8_marked:
+                raise PluginError(
+                    _NODE,
+                    f"cannot append to {self.path}: it starts with UTF-8's byte-order mark, so it is UTF-8 text, "
+                    f"which {self.encoding} would not continue; allowed: encoding utf-8, or another file",
+                )
+        if name not in ("utf-16", "utf-32"):
             return
         mark, marked = self._byte_order_mark()
         if not marked:
@@ -531,6 +546,13 @@ class CsvSink(_FileSink):
         super().__init__(o.path(), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
         self.write_header = o.bool_("headers", True)
         self.delimiter = o.delimiter()
+        try:  # (else every row was refused, for a character of its own it was said to hold: a review)
+            self.delimiter.encode(self.encoding)
+        except UnicodeEncodeError:
+            raise PluginConfigError(
+                "delimiter",
+                f"{self.delimiter!r} cannot be written in {self.encoding}; allowed: a character it can write",
+            ) from None
         self.fields: list[str] | None = self.schema.field_names
         self._known: frozenset[str] | None = None  # self.fields as a set, for the per-row check
         self._needs_header = True
