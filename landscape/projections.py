@@ -124,9 +124,10 @@ def reading_hazards(conn: Any) -> list[str]:
         found.append(f"{who} has {setting!r} set {where}: its unqualified names may not be public's tables")
     # An event trigger runs on the comparison's own statements: one that fires on its `CREATE TEMP
     # TABLE` can put a trigger on the copy that makes each rebuilt row the stored one (a hostile
-    # review's forgery, passed as agreeing). 'O' and 'A' fire in this session; 'R' and 'D' do not.
+    # review's forgery, passed as agreeing). Any but a disabled one ('D'): which of the others fire
+    # depends on `session_replication_role`, which a superuser can set for the auditor's role.
     for name, event in conn.execute(
-        "SELECT evtname, evtevent FROM pg_catalog.pg_event_trigger WHERE evtenabled IN ('O', 'A') ORDER BY 1"
+        "SELECT evtname, evtevent FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D' ORDER BY 1"
     ).fetchall():
         found.append(
             f"the event trigger {name} (on {event}) runs on a check's own statements and can change its rebuild"
