@@ -6,7 +6,7 @@ a guessed value can no longer be confirmed (see `landscape.canonical`). Each era
 an append-only `erasures` record — when, which run and row, why, by which database role — written
 in the same transaction as the delete; the database refuses to delete a payload without one.
 
-A row's payloads are found from the events, not the projections (`landscape.export.lineage`):
+A row's payloads are found from the events, not the projections (`landscape.export.Lineage`):
 every token descending from the row's source token (fork branches, expansions, merges and batch
 outputs that contain it, through `TokenCreated.parents`) and every payload their creation and
 steps reference.

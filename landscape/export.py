@@ -668,15 +668,6 @@ class Lineage:
         return self.owner.get(e.entity_id)
 
 
-def lineage(events: Iterable[StoredEvent], rows: Collection[int]) -> Iterator[tuple[int, StoredEvent]]:
-    """(source row, event) for the events of the given source rows' tokens (`Lineage`)."""
-    found = Lineage(rows)
-    for e in events:
-        row = found.row_of(e, e.event if e.machine == "token" and e.event_type == "TokenCreated" else None)
-        if row is not None:
-            yield row, e
-
-
 # The events that give a run's settings (a RunResumed only when a forced resume changed them).
 _SETTINGS_EVENTS = frozenset(("RunCreated", "RunResumed"))
 

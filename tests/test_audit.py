@@ -19,7 +19,7 @@ import sys
 import sysconfig
 import tracemalloc
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1244,8 +1244,15 @@ def test_every_rows_events_follow_one_another_as_prove_gathers_them(db: Database
     every example, the tokens' events there follow one another (the note of events left out is
     never said of a whole bundle), as the row bundles of `verify` see them."""
     from landscape.audit import _left_out
-    from landscape.export import lineage
+    from landscape.export import Lineage
     from landscape.wiring import Wirings
+
+    def lineage(events: list[StoredEvent], rows: Collection[int]) -> Iterator[tuple[int, StoredEvent]]:
+        found = Lineage(rows)  # (as `build_proof` takes a row's events, one after another)
+        for e in events:
+            row = found.row_of(e, e.event if e.machine == "token" and e.event_type == "TokenCreated" else None)
+            if row is not None:
+                yield row, e
 
     _work, run_id = _run(db, tmp_path, example)
     recorder = PostgresRecorder(db)
