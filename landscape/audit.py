@@ -26,6 +26,7 @@ from landscape.chain_half import SPLIT_AT, ChainHalf
 from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
 from landscape.errors import LandscapeError, quoted
 from landscape.export import (
+    DECISION_MACHINES,
     FORMAT,
     BadLine,
     CheckpointRecord,
@@ -39,6 +40,7 @@ from landscape.export import (
     Record,
     SealProof,
     SealRecord,
+    decision_named,
     decode_bundle,
     read_events,
     read_records,
@@ -62,7 +64,7 @@ from landscape.verify import (
 )
 from landscape.wiring import Wirings, off_the_wiring
 from statecharts import events as ev
-from statecharts.compiled import EVENT_MACHINE, TOKEN, InvalidTransition
+from statecharts.compiled import BATCH, COALESCE, EVENT_MACHINE, TOKEN, InvalidTransition
 from statecharts.errors import StatechartError
 from statecharts.machines import INITIAL, RUN_FINAL, TOKEN_OUTCOME_OF
 
@@ -142,6 +144,11 @@ class ProofReport:
     row: bool = False  # a row's bundle (else one event's)
     # A row's bundle with the run's settings (format 3): steps were held to the settings' wiring.
     wiring: bool = False
+    # A row's bundle with its decisions (format 4): the coalesces, batches and sink flushes it
+    # holds, and how many of those its tokens' events call for are not whole in it (`_decisions`).
+    decisions: bool = False
+    decided: int = 0
+    undecided: int = 0
 
 
 def _sink_ends(fold: RunFold) -> dict[str, SinkEnd]:
@@ -916,6 +923,61 @@ def _left_out(events: list[tuple[StoredEvent, ev.EventBase]], wirings: Wirings |
     return len(skipping)
 
 
+_DECIDING = {"coalesce": COALESCE, "batch": BATCH}
+# A token's outcome once its sink made it durable: its write needs that sink's flush before it.
+_WRITTEN = (ev.TokenCompleted, ev.TokenRouted, ev.TokenDiverted, ev.TokenQuarantined)
+
+
+def _decisions(events: list[tuple[StoredEvent, ev.EventBase]], tokens: set[str]) -> tuple[int, int]:
+    """A row's bundle (format 4): how many coalesces, batches and sink flushes it holds beside its
+    tokens' events, and how many of those its tokens' events call for are not whole in it: a
+    coalesce or batch one names whose events there do not start with its opening and follow one
+    another, or that a token's event says ended (merged into it, consumed by it) without its
+    closing event; a token's write (its outcome once its sink is durable) with no flush of that
+    sink between its assignment and it. `prove --row` holds all of them."""
+    state: dict[str, str] = {}
+    broken: set[str] = set()
+    ended_by_token: set[str] = set()
+    named: set[str] = set()
+    waiting: dict[str, str | None] = {}  # token -> the sink it was assigned to, None once that sink flushed
+    held: set[tuple[str, str]] = set()  # (coalesce, token) a token's event says it was held in
+    arrived: set[tuple[str, str]] = set()  # (coalesce, token) the coalesce's event says arrived
+    flushes = missing = 0
+    for stored, e in events:
+        if stored.machine == "token" and stored.entity_id in tokens:
+            token = stored.entity_id
+            if (entity := decision_named(e)) is not None:
+                named.add(entity)
+                if isinstance(e, ev.TokenCoalesced | ev.TokenConsumed):
+                    ended_by_token.add(entity)
+                elif isinstance(e, ev.TokenHeld):
+                    held.add((entity, token))
+            if isinstance(e, ev.SinkAssigned):
+                waiting[token] = e.sink
+            elif isinstance(e, _WRITTEN) and e.sink is not None and token in waiting:
+                missing += waiting.pop(token) is not None
+            elif isinstance(e, ev.TokenFailed):
+                waiting.pop(token, None)
+        elif isinstance(e, ev.SinkFlushed):
+            flushes += 1
+            waiting |= {t: None for t, sink in waiting.items() if sink == e.sink}
+        elif stored.machine in _DECIDING and stored.entity_id not in broken:
+            if isinstance(e, ev.BranchArrived):
+                arrived.add((stored.entity_id, e.token_id))
+            try:
+                state[stored.entity_id] = _DECIDING[stored.machine].apply(
+                    state.get(stored.entity_id, INITIAL), stored.event_type
+                )
+            except InvalidTransition:
+                broken.add(stored.entity_id)
+    broken |= {entity for entity, _token in held - arrived}  # (an arrival, a self-transition, left out)
+    terminal = COALESCE.terminal | BATCH.terminal
+    for entity in named:
+        if entity not in state or entity in broken or (entity in ended_by_token and state[entity] not in terminal):
+            missing += 1
+    return len(state) + flushes, missing
+
+
 class _ProofCheck:
     def __init__(
         self,
@@ -931,6 +993,7 @@ class _ProofCheck:
         self.kept, self.kept_name = kept, kept_name
         self.unsigned_erasures = unsigned_erasures
         self.unsigned = 0
+        self.tokens: set[str] = set()  # a row's bundle's tokens (`_check_subject`)
 
     def fail(self, why: str) -> AuditFailure:
         return AuditFailure(f"{self.path}: {why}")
@@ -974,12 +1037,14 @@ class _ProofCheck:
         shown = {s.entity_id for s, _ in events if s.machine == "token"}
         named = {token for _, e in events for token in _tokens_named(e)}
         row = b.row is not None  # (one event's proof: nothing to end, nothing else to hold)
+        decided, undecided = _decisions(events, self.tokens) if row and b.format >= 4 else (0, 0)
         return ProofReport(
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
             payloads_included=b.payloads_included, payloads=payloads, erased=erased,
             unended=len(created - ended) if row else 0, absent=len(named - shown) if row else 0, row=row,
             skipping=_left_out(events, wirings) if row else 0, wiring=wirings is not None,
-            extends=extends, unsigned=self.unsigned,
+            extends=extends, unsigned=self.unsigned, decided=decided, undecided=undecided,
+            decisions=row and b.format >= 4,
         )  # fmt: skip
 
     def _check_event(self, e: StoredEvent, proof: list[str], cp: Checkpoint) -> ev.EventBase:
@@ -1080,7 +1145,10 @@ class _ProofCheck:
                 raise self.fail(f"a proof of event seq {b.seq} must hold that one event")
             return f"event seq {b.seq}"
         # A row's lineage: every event is of a token created for the row or descending from one
-        # created earlier in the bundle. (That none is left out, no proof of inclusion can show.)
+        # created earlier in the bundle, or (format 4) one of their decisions: an event of a
+        # coalesce or batch one of those tokens' events names, or a flush of a sink one of them
+        # was assigned or written to (a flush is the run's, whichever rows it held: one more
+        # proves nothing false). (That none is left out, no proof of inclusion can show.)
         if b.row is None:
             raise self.fail("a proof bundle names either a seq or a row")
         # Rows are counted from 1 for people (as explain, purge and prove take them); the bundle
@@ -1091,8 +1159,19 @@ class _ProofCheck:
                 (not event.parents and event.row_index == row) or any(p in tokens for p in event.parents)
             ):
                 tokens.add(stored.entity_id)
-            if stored.machine != "token" or stored.entity_id not in tokens:
-                raise self.fail(f"event seq {stored.seq} is not of a token of row {row + 1}'s lineage")
+        named = {d for s, e in events if s.entity_id in tokens and (d := decision_named(e)) is not None}
+        sinks = {e.sink for s, e in events if s.entity_id in tokens and isinstance(e, (ev.SinkAssigned, *_WRITTEN))}
+        for stored, event in events:
+            if stored.machine == "token" and stored.entity_id in tokens:
+                continue
+            if b.format >= 4 and stored.machine in DECISION_MACHINES and stored.entity_id in named:
+                continue
+            if b.format >= 4 and isinstance(event, ev.SinkFlushed) and event.sink in sinks:
+                continue
+            raise self.fail(
+                f"event seq {stored.seq} is not of a token of row {row + 1}'s lineage, nor of its decisions"
+            )
+        self.tokens = tokens
         return f"row {row + 1} ({len(tokens)} token(s))"
 
     def _check_sealed(self, record: ErasedRecord, sealed: SealProof) -> None:

@@ -57,8 +57,9 @@ if TYPE_CHECKING:
 
 #: The format this ELSPETH writes and the newest it reads. 2: the seals of the erasure records.
 FORMAT = 2
-# A proof bundle's: format 3 holds a row's run settings events (`ProofBundle.settings`).
-BUNDLE_FORMAT = 3
+# A proof bundle's: format 3 holds a row's run settings events (`ProofBundle.settings`); format 4
+# a row's decisions beside its tokens' events (`DECISION_MACHINES`, `SinkFlushed`).
+BUNDLE_FORMAT = 4
 EXPORT_TYPE = "elspeth-export"
 PROOF_TYPE = "elspeth-proof"
 
@@ -671,6 +672,63 @@ class Lineage:
 # The events that give a run's settings (a RunResumed only when a forced resume changed them).
 _SETTINGS_EVENTS = frozenset(("RunCreated", "RunResumed"))
 
+# The machines whose entities decide about tokens held in them: a coalesce (merged or failed, on
+# which trigger, with which branches missing) and an aggregation's batch (flushed on which
+# trigger, completed or failed). A row's bundle holds every event of each one its tokens name.
+DECISION_MACHINES = frozenset(("coalesce", "batch"))
+_CLOSING = frozenset(("CoalesceMerged", "CoalesceFailed", "BatchCompleted", "BatchFailed"))
+
+
+def decision_named(e: ev.EventBase) -> str | None:
+    """The coalesce or batch a token event names: where it was held, merged, buffered, consumed."""
+    if isinstance(e, ev.TokenHeld | ev.TokenCoalesced):
+        return e.coalesce_id
+    if isinstance(e, ev.TokenBuffered | ev.TokenConsumed):
+        return e.batch_id
+    return None
+
+
+class RowDecisions:
+    """The events beside a row's tokens' own that say what was decided about them, learnt in seq
+    order: every event of each coalesce and batch one of the tokens was held or buffered in (an
+    entity's events before the token's are kept until it closes: a batch opens before its first
+    row is buffered, a coalesce before its first branch is held), and for each of the tokens'
+    sink assignments the flush of that sink that followed (what made the write durable, and
+    where in the file it landed)."""
+
+    def __init__(self) -> None:
+        self.ours: set[str] = set()
+        self.waiting: dict[str, list[StoredEvent]] = {}  # events of open entities not (yet) known ours
+        self.unflushed: set[str] = set()  # sinks one of the tokens was assigned to since their last flush
+
+    def token_event(self, e: StoredEvent, taken: list[StoredEvent]) -> None:
+        """One of the row's tokens' events (taken already)."""
+        if e.event_type == "SinkAssigned" and isinstance(assigned := e.event, ev.SinkAssigned):
+            self.unflushed.add(assigned.sink)
+        elif e.event_type in ("TokenHeld", "TokenCoalesced", "TokenBuffered", "TokenConsumed"):
+            entity = decision_named(e.event)
+            if entity is not None and entity not in self.ours:
+                self.ours.add(entity)
+                taken += self.waiting.pop(entity, [])
+
+    def other_event(self, e: StoredEvent, taken: list[StoredEvent]) -> None:
+        """An event of no token of the row: taken when it is one of the row's decisions."""
+        if e.machine in DECISION_MACHINES:
+            if e.entity_id in self.ours:
+                taken.append(e)
+            elif e.event_type in _CLOSING:
+                self.waiting.pop(e.entity_id, None)
+            else:
+                self.waiting.setdefault(e.entity_id, []).append(e)
+        elif (
+            e.event_type == "SinkFlushed"
+            and self.unflushed
+            and isinstance(flushed := e.event, ev.SinkFlushed)
+            and flushed.sink in self.unflushed
+        ):
+            self.unflushed.discard(flushed.sink)
+            taken.append(e)
+
 
 def build_proof(
     recorder: PostgresRecorder,
@@ -694,6 +752,7 @@ def build_proof(
     settings: list[StoredEvent] = []
     chosen: list[StoredEvent] = []
     found = Lineage(() if row is None else {row})
+    decisions = RowDecisions()
     undecodable: int | None = None
 
     def take(e: StoredEvent) -> None:
@@ -706,6 +765,9 @@ def build_proof(
         created = e.event if e.machine == "token" and e.event_type == "TokenCreated" else None
         if found.row_of(e, created) is not None:
             chosen.append(e)
+            decisions.token_event(e, chosen)
+        else:
+            decisions.other_event(e, chosen)
 
     def through(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
         nonlocal undecodable
@@ -742,6 +804,7 @@ def build_proof(
     if not chosen:
         subject = f"row {row + 1}" if row is not None else f"event seq {seq}"  # (row counts from 1, as --row)
         raise ExportError(f"run {run_id} has no {subject} in its signed tree of {newest.size} events")
+    chosen.sort(key=lambda e: e.seq)  # (a decision's events before its token's were held back till then)
     proofs = inclusion_proofs([e.seq for e in [*chosen, *settings]], newest.size, leaves)
     extends = None if kept is None else _extension(kept, origin, newest, leaves)
     hashes = list(dict.fromkeys(h for e in chosen for h in row_hashes(e.event)))

@@ -1026,9 +1026,12 @@ def test_a_bundle_says_when_its_tokens_lack_their_end(db: Database, fork: Export
     out.write_text(json.dumps(bundle, indent=1) + "\n")
     proc = _verify(fork.work, str(out), "--public-key", str(fork.pub))
     assert proc.returncode == 0 and "1 token(s) of the bundle have no end event" in proc.stderr, proc.stderr
-    # Every event of the token the branches merged into left out: nothing of it is unended.
+    # Every event of the token the branches merged into left out (with the flush of its write, which
+    # is no other token's): nothing of it is unended.
     merged = next(e["event"]["entity_id"] for e in events if e["event"]["event_type"] == "TokenCompleted")
-    bundle["events"] = [e for e in events if e["event"]["entity_id"] != merged]
+    bundle["events"] = [
+        e for e in events if e["event"]["entity_id"] != merged and e["event"]["event_type"] != "SinkFlushed"
+    ]
     bodies = [json.loads(base64.b64decode(e["event"]["payload"])) for e in bundle["events"]]
     named = {v for b in bodies for k, v in b.items() if k in ("data_hash", "input_hash", "output_hash")}
     bundle["payloads"] = [p for p in bundle["payloads"] if p["hash"] in named]
@@ -1328,7 +1331,8 @@ def test_a_row_bundle_holds_the_runs_settings_and_is_held_to_them(db: Database, 
     out = tmp_path / "row1.json"
     assert elspeth("prove", run_id, "--row", "1", "-o", str(out), cwd=work, db=db).returncode == 0
     bundle = json.loads(out.read_text())
-    assert bundle["format"] == 3 and [s["event"]["event_type"] for s in bundle["settings"]] == ["RunCreated"]
+    assert bundle["format"] == 4 and [s["event"]["event_type"] for s in bundle["settings"]] == ["RunCreated"]
+    tokens_only = [e for e in bundle["events"] if e["event"]["machine"] == "token"]  # (as before format 4)
     proc = _verify(work, str(out), "--public-key", pub)
     assert proc.returncode == 0 and "made before format 3" not in proc.stderr, proc.stdout + proc.stderr
 
@@ -1337,10 +1341,10 @@ def test_a_row_bundle_holds_the_runs_settings_and_is_held_to_them(db: Database, 
         return _verify(work, str(out), "--public-key", pub)
 
     err = one_line_error(verified(settings=[]), 1)
-    assert "a row's bundle of format 3 holds the run's settings events; this one holds none" in err, err
-    older = verified(settings=[], format=2)
+    assert "a row's bundle of format 4 holds the run's settings events; this one holds none" in err, err
+    older = verified(settings=[], format=2, events=tokens_only)
     assert older.returncode == 0 and "made before format 3" in older.stderr, older.stdout + older.stderr
-    err = one_line_error(verified(format=2), 1)
+    err = one_line_error(verified(format=2, events=tokens_only), 1)
     assert "the proof bundle is format 2, which holds no settings events (format 3 on), yet holds some" in err
     err = one_line_error(verified(settings=bundle["events"][:1]), 1)
     assert f"settings event seq {bundle['events'][0]['event']['seq']} is a TokenCreated that gives no settings" in err
@@ -1692,3 +1696,69 @@ def test_a_fork_branch_starts_with_its_parents_data_so_a_step_before_the_fork_is
     ]
     assert _left_out(row, None) == 0
     assert _left_out(row[:1] + row[2:], None) == 1
+
+
+@pytest.mark.parametrize(
+    ("example", "kinds"),
+    [
+        (FORK, ["CoalesceOpened", "BranchArrived", "CoalesceMerged", "SinkFlushed"]),
+        (AGG, ["BatchOpened", "BatchFlushing", "BatchCompleted", "SinkFlushed"]),
+    ],
+)
+def test_a_row_bundle_holds_its_decisions_and_says_when_one_was_left_out(
+    db: Database, tmp_path: Path, example: str, kinds: list[str]
+) -> None:
+    """A row's bundle (format 4) holds, beside its tokens' events, every event of each coalesce and
+    batch its tokens were held or buffered in (merged or failed on which trigger, with which
+    branches missing; flushed on which trigger) and the flush of each sink they were written to
+    (where in the file, its hash): what was decided about the row is proved, not only what
+    happened to its tokens. Any one of them taken out is told; one of another row's is refused."""
+    work, run_id = _run(db, tmp_path, example)
+    pub = str(work / ".elspeth" / "keys" / "default.pub")
+    out, other = tmp_path / "row1.json", tmp_path / "row12.json"
+    assert elspeth("prove", run_id, "--row", "1", "-o", str(out), cwd=work, db=db).returncode == 0
+    assert elspeth("prove", run_id, "--row", "12", "-o", str(other), cwd=work, db=db).returncode == 0
+    whole = _verify(work, str(out), "--public-key", pub)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert "coalesce(s), batch(es) and sink flush(es) of the row's tokens" in whole.stdout, whole.stdout
+    assert "not whole in it" not in whole.stderr and "format 4" not in whole.stderr, whole.stderr
+    bundle = json.loads(out.read_text())
+    events = bundle["events"]
+    held = [e["event"]["event_type"] for e in events]
+    for kind in kinds:
+        assert kind in held, (kind, held)
+        i = held.index(kind)
+        out.write_text(json.dumps({**bundle, "events": events[:i] + events[i + 1 :]}, indent=1) + "\n")
+        proc = _verify(work, str(out), "--public-key", pub)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 coalesce(s), batch(es) or sink flush(es) its tokens' events call for are not whole in it" in (
+            proc.stderr
+        ), (kind, proc.stderr)
+    # Another row's coalesce or batch (row 12 is in another batch of 5): not the row's.
+    theirs = [
+        e for e in json.loads(other.read_text())["events"]
+        if e["event"]["machine"] in ("coalesce", "batch")
+    ]  # fmt: skip
+    seqs = {e["event"]["seq"] for e in events}
+    foreign = next(e for e in theirs if e["event"]["seq"] not in seqs)
+    mixed = sorted([*events, foreign], key=lambda e: e["event"]["seq"])
+    out.write_text(json.dumps({**bundle, "events": mixed}, indent=1) + "\n")
+    err = one_line_error(_verify(work, str(out), "--public-key", pub), 1)
+    assert f"event seq {foreign['event']['seq']} is not of a token of row 1's lineage, nor of its decisions" in err
+
+
+def test_a_row_bundle_of_format_3_holds_no_decisions_and_verify_says_so(db: Database, tmp_path: Path) -> None:
+    work, run_id = _run(db, tmp_path, FORK)
+    pub = str(work / ".elspeth" / "keys" / "default.pub")
+    out = tmp_path / "row1.json"
+    assert elspeth("prove", run_id, "--row", "1", "-o", str(out), cwd=work, db=db).returncode == 0
+    bundle = json.loads(out.read_text())
+    tokens_only = [e for e in bundle["events"] if e["event"]["machine"] == "token"]
+    out.write_text(json.dumps({**bundle, "format": 3, "events": tokens_only}, indent=1) + "\n")
+    proc = _verify(work, str(out), "--public-key", pub)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "made before format 4, it holds no coalesce, batch or sink flush of its tokens" in proc.stderr
+    # and a format-3 bundle that holds one is refused: it cannot be a row's decisions there
+    out.write_text(json.dumps({**bundle, "format": 3}, indent=1) + "\n")
+    err = one_line_error(_verify(work, str(out), "--public-key", pub), 1)
+    assert "is not of a token of row 1's lineage, nor of its decisions" in err, err

@@ -93,6 +93,8 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
             f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
         )
         click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased))
+        if proof.decided:
+            click.echo(f"with {proof.decided} coalesce(s), batch(es) and sink flush(es) of the row's tokens")
         say_unsigned(proof.unsigned)
         if kept is not None:
             click.echo(f"extends the checkpoint you kept ({kept}, {proof.extends} events): consistency proof verified")
@@ -102,6 +104,8 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                 *([f"{proof.absent} token(s) its events name have no event in it"] if proof.absent else []),
                 *([f"{proof.skipping} token(s) have events in it that do not follow one another (one of theirs was "
                    "left out of it)"] if proof.skipping else []),
+                *([f"{proof.undecided} coalesce(s), batch(es) or sink flush(es) its tokens' events call for are not "
+                   "whole in it"] if proof.undecided else []),
             ]  # fmt: skip
             unwired = (
                 ""
@@ -111,6 +115,11 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                     "cannot be told)"
                 )
             )
+            if not proof.decisions:
+                unwired += (
+                    " (made before format 4, it holds no coalesce, batch or sink flush of its tokens: what they "
+                    "decided is not proved)"
+                )
             say(
                 f"elspeth: note: {'; '.join(gaps) + ': ' if gaps else ''}a bundle proves that the events it holds are "
                 f"in the signed log, not that none was left out (an export shows them all){unwired}"
