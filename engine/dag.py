@@ -324,14 +324,23 @@ class Shape:
 
     fields: tuple[str, ...]
     changed_by: tuple[str, ...] = ()
+    # Those of `fields` some rows may lack: one a transform made (it may make it only for some
+    # rows), or a branch some of a coalesce's merges may lack. The others every row holds.
+    maybe: frozenset[str] = frozenset()
+
+    @property
+    def certain(self) -> frozenset[str]:
+        return frozenset(self.fields) - self.maybe
 
 
-def row_shapes(
-    s: Settings, fields: Sequence[str], transform: Callable[[str, tuple[str, ...]], tuple[str, ...] | None]
-) -> dict[str, Shape]:
+Made = Callable[[str, tuple[str, ...], frozenset[str]], tuple[tuple[str, ...], frozenset[str]] | None]
+
+
+def row_shapes(s: Settings, fields: Sequence[str], transform: Made) -> dict[str, Shape]:
     """The connections whose rows can hold only known fields: from the source's `fields`, through
     gates, which route or copy a row as it is, and through transforms whose output fields
-    `transform(name, input fields)` tells (None: not known), and through a coalesce all of whose
+    `transform(name, input fields, those every input row holds)` tells with those every output
+    row holds (None: not known), and through a coalesce all of whose
     branches' rows are known (its merge makes its rows of theirs). An aggregation makes rows of its
     own: what comes out of one is not known. For settings `build_dag` accepts (one producer each)."""
     shapes = {s.source.on_success: Shape(tuple(fields))}
@@ -341,9 +350,11 @@ def row_shapes(
             if g.input in shapes:
                 more |= {c: shapes[g.input] for c in (*g.routes.values(), *(g.fork_to or [])) if c != "fork"}
         for t in s.transforms:
-            if (before := shapes.get(t.input)) is not None and (made := transform(t.name, before.fields)) is not None:
+            before = shapes.get(t.input)
+            if before is not None and (out := transform(t.name, before.fields, before.certain)) is not None:
+                made, held = out
                 changed = before.changed_by + ((f"transform '{t.name}'",) if made != before.fields else ())
-                more[t.on_success or t.name] = Shape(made, changed)
+                more[t.on_success or t.name] = Shape(made, changed, frozenset(made) - held)
         for c in s.coalesce:
             if (merged := _merged_shape(c, shapes)) is not None:
                 more[c.on_success or c.name] = merged
@@ -360,15 +371,23 @@ def _merged_shape(c: CoalesceSettings, shapes: dict[str, Shape]) -> Shape | None
     known = [shape for shape in branches.values() if shape is not None]
     if len(known) < len(branches):
         return None
+    every = c.policy == "require_all"  # (else a merge may lack some branches)
     if c.merge == "nested":
         fields = tuple(branches)
+        maybe = frozenset() if every else frozenset(fields)
     elif c.merge == "select":
         if (chosen := branches.get(c.select_branch or "")) is None:
             return None
-        fields = chosen.fields
+        fields, maybe = chosen.fields, chosen.maybe
     else:
         fields = tuple(dict.fromkeys(f for shape in known for f in shape.fields))
+        held = (
+            frozenset.union(*(s.certain for s in known))
+            if every
+            else frozenset.intersection(*(s.certain for s in known))
+        )
+        maybe = frozenset(fields) - held
     changed = tuple(dict.fromkeys(step for shape in known for step in shape.changed_by))
     if any(shape.fields != fields for shape in known):
         changed += (f"coalesce '{c.name}'",)
-    return Shape(fields, changed)
+    return Shape(fields, changed, maybe)

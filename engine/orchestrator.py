@@ -187,9 +187,18 @@ def _undeclared_fields(loaded: LoadedSettings, source: Any, built: dict[str, Any
         return []
     s = loaded.settings
 
-    def transform(name: str, fields: tuple[str, ...]) -> tuple[str, ...] | None:
-        output_fields = getattr(built.get(name), "output_fields", None)
-        return None if output_fields is None else tuple(output_fields(fields))
+    def transform(
+        name: str, fields: tuple[str, ...], certain: frozenset[str]
+    ) -> tuple[tuple[str, ...], frozenset[str]] | None:
+        plugin = built.get(name)
+        output_fields = getattr(plugin, "output_fields", None)
+        if output_fields is None:
+            return None
+        made = tuple(output_fields(fields))
+        # (A transform that does not say which fields every output row holds: those it keeps by name.)
+        certain_fields = getattr(plugin, "certain_fields", None)
+        held = frozenset(certain_fields(fields, certain)) if certain_fields is not None else certain
+        return made, held & frozenset(made)
 
     shapes = row_shapes(s, [f.name for f in schema.fields], transform)
     problems = []
@@ -227,7 +236,8 @@ def _undeclared_fields(loaded: LoadedSettings, source: Any, built: dict[str, Any
             field_problems = getattr(plugin, "field_problems", None)
             if field_problems is not None:
                 problems += (
-                    f"{where}.options.{k} ({kind} '{n.name}'): {m}" for k, m in field_problems(shape.fields).items()
+                    f"{where}.options.{k} ({kind} '{n.name}'): {m}"
+                    for k, m in field_problems(shape.fields, shape.certain).items()
                 )
     return problems
 

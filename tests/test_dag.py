@@ -427,7 +427,7 @@ def test_a_gate_after_transforms_that_change_the_fields_may_name_only_what_they_
         # a swap: the first pair overwrites 'note', which the second then reads (a review: a column lost)
         (
             ["field_mapper {mapping: {amount: note, note: amount}}"],
-            "transforms[0].options.mapping.amount (transform 't0'): renames 'amount' onto 'note', which the row holds, "
+            "transforms[0].options.mapping.amount (transform 't0'): renames 'amount' onto 'note', which every row holds, "
             "and the later pair 'note: amount' reads 'note' as this pair left it: the row's own 'note' is lost; "
             "allowed: a name between (a swap: {amount: tmp, note: amount, tmp: note})",
         ),
@@ -535,9 +535,14 @@ def test_row_shapes_stop_where_a_transform_does_not_say_what_it_makes(tmp_path: 
         + _gate("g", "a", "True", "{'true': b}"),
     )
     made = {"known": lambda f: (*f, "new"), "unknown": lambda f: None}
-    shapes = row_shapes(s, ["id"], lambda name, fields: made[name](fields))
+
+    def transform(name: str, fields: tuple[str, ...], certain: frozenset[str]) -> object:
+        out = made[name](fields)
+        return None if out is None else (out, certain & frozenset(out))
+
+    shapes = row_shapes(s, ["id"], transform)
     assert shapes["raw"] == Shape(("id",))
-    assert shapes["a"] == shapes["b"] == Shape(("id", "new"), ("transform 'known'",))
+    assert shapes["a"] == shapes["b"] == Shape(("id", "new"), ("transform 'known'",), frozenset({"new"}))
     assert "c" not in shapes
 
 

@@ -124,9 +124,10 @@ class Transform(Protocol):
     # key path; where no row reaching it can hold one, the settings are refused.
     # (Optional) `output_fields(fields: tuple[str, ...]) -> tuple[str, ...]`: the fields its output
     # rows can hold, given those its input rows can (docs/plugins.md, "Writing a plugin").
-    # (Optional) `field_problems(fields: tuple[str, ...]) -> dict[str, str]`: given the fields
-    # rows reaching it hold (behind a source's schema of mode fixed, as the transforms before it
-    # left them), its options' key paths that cannot work there, each with the reason.
+    # (Optional) `field_problems(fields: tuple[str, ...], certain: frozenset[str]) -> dict[str, str]`:
+    # given the fields rows reaching it may hold and those every one holds (behind a source's
+    # schema of mode fixed, as the steps before it left them), its options' key paths that cannot
+    # work there, each with the reason.
 
     def process(self, row: Row) -> Row | list[Row]:
         """Return the new row, or a list of rows (an expansion). Raise RowError for a bad row."""

@@ -34,6 +34,9 @@ class Passthrough:
     def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
         return fields  # (its rows' fields as they came)
 
+    def certain_fields(self, fields: tuple[str, ...], certain: frozenset[str]) -> frozenset[str]:
+        return certain
+
 
 class FieldMapper:
     kind: ClassVar[str] = "transform"
@@ -93,54 +96,79 @@ class FieldMapper:
                 out[new] = None
         return tuple(out)
 
-    def field_problems(self, fields: tuple[str, ...]) -> dict[str, str]:
-        """Pairs that cannot do what they say on rows holding `fields` (behind a schema of mode
-        fixed, each of them: an optional one as None), by key path: a nested source inside a field
-        an earlier pair renamed away (it reads the row as the pairs before it left it, so the pair
-        never copies anything, with `strict` too, which checks the input row); and a pair whose new
-        name a later pair writes again from a field every such row holds (its value is always
-        overwritten: "whichever exists" does not hold where both exist, an optional field's None
-        included)."""
+    def certain_fields(self, fields: tuple[str, ...], certain: frozenset[str]) -> frozenset[str]:
+        """The fields every output row holds, given rows that may hold `fields` and all hold `certain`."""
+        return self._walk(fields, certain)[1]
+
+    def field_problems(self, fields: tuple[str, ...], certain: frozenset[str]) -> dict[str, str]:
+        return self._walk(fields, certain)[0]
+
+    def _walk(self, fields: tuple[str, ...], certain: frozenset[str]) -> tuple[dict[str, str], frozenset[str]]:
+        """The pairs one after another over rows that may hold `fields` and all hold `certain`: the
+        fields every output row holds, and the pairs that cannot do what they say there
+        (behind a schema of mode fixed, each declared field: an optional one as None), by key
+        path (`field_problems`): a nested source inside a field an earlier pair renamed away (each pair reads the row
+        as the pairs before it left it, so it never copies anything, with `strict` too, which
+        checks the input row); a pair renaming a field every row holds onto another every row
+        holds, which a later pair then reads (the row's own value is lost: a swap); and a pair
+        whose new name a later pair writes again from a field every row holds (its value is always
+        overwritten: "whichever exists" does not hold where both exist). Only what happens to every
+        such row is said: a field a nested value was copied into, or that an earlier step may not
+        have made, is not certain."""
         problems: dict[str, str] = {}
-        out = dict.fromkeys(fields)
+        out = dict.fromkeys(fields)  # the fields a row may hold, as the pairs before left it
+        sure = set(certain)  # those every row holds
         renamed: dict[str, str] = {}  # a field an earlier pair renamed away -> its new name
-        writer: dict[str, str] = {}  # a name a pair wrote (and no later pair moved on) -> that pair's source
-        overwrote: dict[str, str] = {}  # a field of the row a pair renamed another onto -> that pair's source
+        writers: dict[str, list[str]] = {}  # a name -> the sources of the pairs whose value may be there
+        overwrote: dict[str, str] = {}  # a field every row held that a pair renamed another onto -> its source
+        selected: set[str] = set()  # (select_only) the new names a pair every row holds a source of writes
         for old, new in self.mapping.items():
             head = old.split(".")[0]
-            if (first := overwrote.get(old, overwrote.get(head))) is not None:
+            before = fields if self.select_only else tuple(out)
+            whole = old in before or "." not in old  # a field of that name, not a path into one
+            held = old in certain if self.select_only else whole and old in sure
+            if not self.select_only and (reads := old if whole else head) in overwrote:
+                first = overwrote.pop(reads)
                 problems[f"mapping.{first}"] = (
-                    f"renames '{first}' onto '{self.mapping[first]}', which the row holds, and the later pair "
-                    f"'{old}: {new}' reads '{self.mapping[first]}' as this pair left it: the row's own "
-                    f"'{self.mapping[first]}' is lost; allowed: a name between (a swap: {{{first}: tmp, "
-                    f"{self.mapping[first]}: {first}, tmp: {self.mapping[first]}}})"
+                    f"renames '{first}' onto '{reads}', which every row holds, and the later pair '{old}: {new}' "
+                    f"reads '{reads}' as this pair left it: the row's own '{reads}' is lost; allowed: a name between "
+                    f"(a swap: {{{first}: tmp, {reads}: {first}, tmp: {reads}}})"
                 )
-            if not self.select_only and "." in old and old not in out and head not in out and head in renamed:
+            if not self.select_only and not whole and head not in out and head in renamed:
                 problems[f"mapping.{old}"] = (
                     f"reads '{old}' inside '{head}', which the pair '{head}: {renamed[head]}' before it renamed away "
                     f"(each pair reads the row as the pairs before it left it), so it never copies anything; allowed: "
                     f"'{renamed[head]}{old[len(head) :]}', or this pair listed first"
                 )
-            certain = old in fields if self.select_only else old in out
-            if new in writer and certain:
-                problems[f"mapping.{writer[new]}"] = (
-                    f"writes '{new}', which the later pair '{old}: {new}' writes again from a field every row "
-                    f"reaching it holds (behind the source's schema, mode fixed; an optional field as None), so "
-                    f"this pair's value is always overwritten; allowed: another new name"
-                )
-            writer.pop(old, None)
-            writer[new] = old
+            # (Without select_only `n: n` moves the value an earlier pair wrote to the end of the
+            # row; with it, the pair writes the input's `n` over it.)
+            if (self.select_only or old != new) and held:
+                for earlier in writers.pop(new, []):
+                    problems[f"mapping.{earlier}"] = (
+                        f"writes '{new}', which the later pair '{old}: {new}' writes again from a field every row "
+                        f"reaching it holds (behind the source's schema, mode fixed; an optional field as None), "
+                        f"so this pair's value is always overwritten; allowed: another new name"
+                    )
+            if self.select_only or old != new:  # (`n: n` moves the same value: whoever wrote it still did)
+                if not self.select_only and whole:
+                    writers.pop(old, None)  # (its value moves on with it)
+                writers.setdefault(new, []).append(old)
             if self.select_only:
+                selected |= {new} if held else set()
                 continue
             if old in out:
-                if new in out and new != old:
+                if old != new and old in sure and new in sure:
                     overwrote[new] = old
+                now_sure = old in sure or new in sure
                 del out[old]
                 out[new] = None
                 renamed[old] = new
-            elif "." in old and _may_hold(tuple(out), old):
+                sure.discard(old)
+                if now_sure:
+                    sure.add(new)
+            elif not whole and _may_hold(tuple(out), old):  # a nested value, copied: where found
                 out[new] = None
-        return problems
+        return problems, frozenset(selected if self.select_only else sure)
 
 
 _MISSING = object()
@@ -197,6 +225,9 @@ class Truncate:
     def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
         return fields  # (its rows' fields as they came)
 
+    def certain_fields(self, fields: tuple[str, ...], certain: frozenset[str]) -> frozenset[str]:
+        return certain
+
 
 class KeywordFilter:
     kind: ClassVar[str] = "transform"
@@ -246,6 +277,9 @@ class KeywordFilter:
 
     def output_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
         return fields  # (its rows' fields as they came)
+
+    def certain_fields(self, fields: tuple[str, ...], certain: frozenset[str]) -> frozenset[str]:
+        return certain
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -337,15 +371,17 @@ class JsonExplode:
         index = ["item_index"] if self.include_index else []
         return tuple(dict.fromkeys([*(f for f in fields if f != self.array_field), self.output_field, *index]))
 
-    def field_problems(self, fields: tuple[str, ...]) -> dict[str, str]:
-        """An `output_field` that rows holding `fields` already hold (behind a schema of mode
-        fixed, every one of them): each such row fails."""
-        if self.output_field in fields and self.output_field != self.array_field:
+    def certain_fields(self, fields: tuple[str, ...], certain: frozenset[str]) -> frozenset[str]:
+        return (certain - {self.array_field}) | {self.output_field} | ({"item_index"} if self.include_index else set())
+
+    def field_problems(self, fields: tuple[str, ...], certain: frozenset[str]) -> dict[str, str]:
+        """An `output_field` that every row reaching it holds (`certain`): each such row fails."""
+        if self.output_field in certain and self.output_field != self.array_field:
             return {
                 "output_field": (
                     f"'{self.output_field}' is a field every row reaching it holds (behind the source's schema, mode "
                     f"fixed), which each element would overwrite, so every row would fail; allowed: a name the rows "
-                    f"do not hold ({', '.join(fields)} they do)"
+                    f"do not hold ({', '.join(f for f in fields if f in certain)} they do)"
                 )
             }
         return {}
