@@ -18,7 +18,7 @@ from landscape.errors import ConcurrentWriter, StoreError, UnknownRun
 from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.projection_sql import UPDATED_IN_PLACE, project
 from landscape.role_names import ELSPETH_ROLES
-from landscape.table_names import PROJECTION_COLUMNS, PROJECTION_TABLE_NAMES, is_store_table_name
+from landscape.table_names import PROJECTION_COLUMNS, PROJECTION_TABLE_NAMES, STORE_TABLE_NAMES, is_store_table_name
 
 
 def without_events(db: Database) -> list[str]:
@@ -77,7 +77,10 @@ REBUILD_CHUNK = 200_000
 _WORK_MEM = "SET LOCAL work_mem = '64MB'"
 
 
-def reading_hazards(conn: Any) -> list[str]:
+_DEFAULT_PATH = '"$user",public'
+
+
+def reading_hazards(conn: Any, path: str = _DEFAULT_PATH) -> list[str]:
     """What would show the store's readers other rows than a comparison reads, each said in a
     line: a row-level security policy on a table of the store (rows an analyst does not see, or
     sees that nobody else does), a relation named like one of its tables outside `public` (a
@@ -85,8 +88,20 @@ def reading_hazards(conn: Any) -> list[str]:
     unqualified query would read it), and a search path set for ELSPETH's roles or for every
     role (which can put such a schema, or another's functions, first). The comparison reads
     `public`'s tables, qualified, as itself: it would agree while the others read a forgery.
-    Only a superuser or the tables' owner makes any of these."""
+    Only a superuser or the tables' owner makes any of these. Also what could make the comparison
+    itself lie (a hostile review's findings): an event trigger, a function or type of another
+    schema than pg_catalog that a store table's columns, defaults, indexes or constraints use (it
+    runs in the check's own session, or turns the rebuild's values into the forged ones), a store
+    table that is not a table (a view can show each reader other rows), a nondeterministic
+    collation, and the session's own search path (`path`, as it was before the check set its
+    own) if it is not the default. Read with the check's search path (pg_catalog, pg_temp)
+    already set: an operator or function of another schema cannot answer these queries."""
     found: list[str] = []
+    if path.replace(" ", "") != _DEFAULT_PATH:
+        found.append(
+            f"this session's search path is {path!r} (a setting of the server, the database or the role): "
+            "unqualified names may not be public's tables"
+        )
     policed = conn.execute(
         "SELECT c.relname, c.relrowsecurity OR c.relforcerowsecurity, "
         "(SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) "
@@ -100,10 +115,13 @@ def reading_hazards(conn: Any) -> list[str]:
                 f"the table {name} has row-level security {'on' if enabled else 'off'} and {policies} "
                 "polic(ies): readers of it may be shown other rows than those compared"
             )
+    # (In every schema but public, pg_catalog and information_schema too: a superuser may make a
+    # table there, and pg_catalog is searched first. Not sessions' temporary schemas: another
+    # check's copies are there.)
     shadows = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
         "ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname <> 'public' "
-        "AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2"
+        "AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' ORDER BY 1, 2"
     ).fetchall()
     for schema, name in shadows:
         if is_store_table_name(name):
@@ -122,6 +140,16 @@ def reading_hazards(conn: Any) -> list[str]:
         who = f"the role {role}" if role else "every role"
         where = "in every database" if every_database else "in this database"
         found.append(f"{who} has {setting!r} set {where}: its unqualified names may not be public's tables")
+    for name, kind in conn.execute(
+        "SELECT c.relname, c.relkind FROM pg_catalog.pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+        "AND c.relkind NOT IN ('r', 'p', 'i', 'I', 'S', 't', 'c') ORDER BY 1"
+    ).fetchall():
+        if is_store_table_name(name):
+            found.append(f"public.{name} is not a table (relkind {kind}): it can show each reader other rows")
+    for table, what in conn.execute(_FOREIGN_PARTS, (list(STORE_TABLE_NAMES),)).fetchall():
+        found.append(
+            f"the table {table} uses {what}, which is not PostgreSQL's own: it can change what is read or rebuilt"
+        )
     # An event trigger runs on the comparison's own statements: one that fires on its `CREATE TEMP
     # TABLE` can put a trigger on the copy that makes each rebuilt row the stored one (a hostile
     # review's forgery, passed as agreeing). Any but a disabled one ('D'): which of the others fire
@@ -145,6 +173,36 @@ def reading_hazards(conn: Any) -> list[str]:
                 f"{table}.{column} has the nondeterministic collation {collation}: texts that differ compare equal"
             )
     return found
+
+
+# What a store table (or a partition of one), its columns, defaults, indexes and constraints
+# depend on outside pg_catalog: a type (an enum whose cast forges), a function (run as the rebuild
+# writes a copy made `LIKE` it, in the check's session), an operator, a collation.
+_FOREIGN_PARTS = """
+WITH store AS (
+  SELECT c.oid, c.relname FROM pg_catalog.pg_class c
+  WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s)
+), tables AS (
+  SELECT oid, relname FROM store
+  UNION SELECT i.inhrelid, s.relname FROM pg_catalog.pg_inherits i JOIN store s ON s.oid = i.inhparent
+), parts AS (
+  SELECT 'pg_catalog.pg_class'::pg_catalog.regclass AS classid, t.oid AS objid, t.relname FROM tables t
+  UNION SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, x.indexrelid, t.relname
+    FROM pg_catalog.pg_index x JOIN tables t ON t.oid = x.indrelid
+  UNION SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass, d.oid, t.relname
+    FROM pg_catalog.pg_attrdef d JOIN tables t ON t.oid = d.adrelid
+  UNION SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, k.oid, t.relname
+    FROM pg_catalog.pg_constraint k JOIN tables t ON t.oid = k.conrelid
+)
+SELECT DISTINCT p.relname, o.type || ' ' || o.identity
+FROM parts p
+JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) p.classid AND d.objid OPERATOR(pg_catalog.=) p.objid
+CROSS JOIN LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) o
+WHERE d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc', 'pg_catalog.pg_type',
+  'pg_catalog.pg_operator', 'pg_catalog.pg_collation', 'pg_catalog.pg_opclass']::pg_catalog.regclass[])
+  AND o.schema IS DISTINCT FROM 'pg_catalog'
+ORDER BY 1, 2
+"""
 
 
 def altered_copies(conn: Any) -> list[str]:
@@ -195,6 +253,9 @@ def compare(db: Database, run_id: str, limit: int = 20) -> tuple[int, list[Diffe
         return comparison.upto, found
 
 
+_SEARCH_PATH = "SET LOCAL search_path = pg_catalog, pg_temp"
+
+
 class Comparison:
     """A run's projection tables against a rebuild from its events.
 
@@ -217,11 +278,13 @@ class Comparison:
             with driver_errors(self._what):
                 read_any_time(conn)  # a forged time is a difference to name, not a failed read
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                (path,) = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone() or ("",)
+                conn.execute(_SEARCH_PATH)  # (before anything else is asked: see `reading_hazards`)
                 conn.execute(_WORK_MEM)
                 # A row-level security policy that applies to these reads is an error, not a
                 # filter: what is compared is every row (`reading_hazards` says why one is there).
                 conn.execute("SET LOCAL row_security = off")
-                self.hazards = reading_hazards(conn)
+                self.hazards = reading_hazards(conn, path)
                 # The log's end, not the `runs` row's `last_seq`: that row is one of the rows being
                 # checked, and a run whose rows were all deleted would otherwise be compared as
                 # an empty log (nothing rebuilt, nothing stored: "agree"). Events and projection
@@ -262,6 +325,7 @@ class Comparison:
                 return found
             if self.upto >= 0:
                 _project_all(cur, self.run_id, self.upto, "pg_temp")
+            cur.execute(_SEARCH_PATH)  # (the comparison's operators are pg_catalog's, whatever ran before)
             for table, (key, columns) in PROJECTION_COLUMNS.items():
                 found += _differences(cur, table, list(key), list(columns), self.run_id, self.limit)
         return found

@@ -463,11 +463,45 @@ TWO_FACED = [
      "CREATE EVENT TRIGGER quiet ON ddl_command_end EXECUTE FUNCTION public.quiet()",
      "DROP EVENT TRIGGER quiet; DROP FUNCTION public.quiet()",
      "the event trigger quiet (on ddl_command_end) runs on a check's own statements"),
+    # (another review's: a relation in a system schema, which the shadow check skipped; a view in
+    # a table's place; a function of another schema run as the rebuild writes its copy, which can
+    # change the comparison's own search path; a type of another schema whose cast forges)
+    ("CREATE TABLE information_schema.run_metrics (LIKE public.run_metrics)",
+     "DROP TABLE information_schema.run_metrics", "information_schema.run_metrics is named like a table of the store"),
+    ("ALTER TABLE artifacts RENAME TO artifacts_moved; CREATE VIEW public.artifacts AS SELECT * FROM artifacts_moved; "
+     "GRANT SELECT ON public.artifacts TO elspeth_auditor, elspeth_analyst; "
+     "GRANT SELECT, INSERT, UPDATE, DELETE ON public.artifacts TO elspeth_writer",
+     "DROP VIEW public.artifacts; ALTER TABLE artifacts_moved RENAME TO artifacts",
+     "public.artifacts is not a table (relkind v)"),
+    ("CREATE SCHEMA x; CREATE FUNCTION x.hook() RETURNS text LANGUAGE sql AS $$SELECT 'a'$$; "
+     "ALTER TABLE run_metrics ALTER COLUMN metric SET DEFAULT x.hook()",
+     "ALTER TABLE run_metrics ALTER COLUMN metric DROP DEFAULT; DROP SCHEMA x CASCADE",
+     "the table run_metrics uses function x.hook(), which is not PostgreSQL's own"),
+    ("CREATE SCHEMA x; CREATE FUNCTION x.same(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$SELECT t$$; "
+     "CREATE INDEX hook ON run_metrics ((x.same(metric)))",
+     "DROP INDEX hook; DROP SCHEMA x CASCADE", "the table run_metrics uses function x.same(pg_catalog.text)"),
+    ("CREATE SCHEMA x; CREATE DOMAIN x.label AS text; ALTER TABLE token_outcomes ALTER COLUMN reason TYPE x.label",
+     "ALTER TABLE token_outcomes ALTER COLUMN reason TYPE text; DROP SCHEMA x CASCADE",
+     "the table token_outcomes uses type x.label"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("change", "undo", "named"), TWO_FACED, ids=["rls", "policy", "shadow", "user-schema", "path", "event-trigger"]
+    ("change", "undo", "named"),
+    TWO_FACED,
+    ids=[
+        "rls",
+        "policy",
+        "shadow",
+        "user-schema",
+        "path",
+        "event-trigger",
+        "system-schema",
+        "view",
+        "default",
+        "index",
+        "type",
+    ],
 )
 def test_a_store_set_up_to_show_analysts_other_rows_fails_the_check(
     db: Database, tmp_path: Path, change: str, undo: str, named: str
@@ -625,3 +659,16 @@ def test_prove_refuses_a_store_whose_log_does_not_verify(db: Database, tmp_path:
         err = one_line_error(elspeth("prove", run_id, *how, "-o", "p.json", cwd=work, db=db), 1)
         assert f"the store's log of run {run_id} does not verify at seq 10" in err, (how, err)
         assert not (work / "p.json").exists()
+
+
+def test_a_session_search_path_other_than_the_default_fails_the_check(db: Database) -> None:
+    """One the server's own configuration sets (`ALTER SYSTEM`, postgresql.conf), which no role's
+    or database's setting shows: the check reads as it was before it set its own."""
+    from landscape.projections import reading_hazards
+
+    with db.connect() as conn:
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        assert reading_hazards(conn, '"$user", public') == []
+        (named,) = reading_hazards(conn, "information_schema, public")
+        assert named.startswith("this session's search path is 'information_schema, public'"), named
+        conn.rollback()
