@@ -72,7 +72,11 @@ class Processor:
                 why = item.error or "invalid row"
                 if str(e) not in why:  # (a row that could not be recorded is here for that reason)
                     why += f"; the record as read cannot be recorded: {e}"
-                item = _recordable(item, why) or SourceItem(item.index, None, self._too_large(item), why)
+                raw, not_so = _recordable(item.raw)
+                if raw is not None:
+                    item = replace(item, raw=raw, error=f"{why}; recorded as read with each lone surrogate as U+FFFD")
+                else:  # (which record it was, and why)
+                    item = SourceItem(item.index, None, self._too_large(item), f"{why}{not_so}")
                 raw_data = encode_row(item.raw)
             if len(raw_data) > work.MAX_OUTPUT_BYTES:  # (recorded in its place: which record, and why)
                 why = f"{item.error or 'invalid row'}; {_too_large_why(len(raw_data))}"
@@ -349,22 +353,27 @@ def _too_large_why(size: int) -> str:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _recordable(item: SourceItem, why: str) -> SourceItem | None:
-    """A quarantined record whose raw form cannot be recorded, its strings with each lone
-    surrogate shown as U+FFFD; None if it still cannot be."""
+def _recordable(raw: Row) -> tuple[Row | None, str]:
+    """A quarantined record's raw form that cannot be recorded, its strings with each lone
+    surrogate shown as U+FFFD; None (and why, if it is another reason) if it still cannot be."""
 
     def replaced(value: Any) -> Any:
         if isinstance(value, str):
             return _LONE_SURROGATE.sub("\ufffd", value)
         if isinstance(value, dict):
-            return {replaced(k): replaced(v) for k, v in value.items()}
+            out = {replaced(k): replaced(v) for k, v in value.items()}
+            if len(out) < len(value):  # two keys made one (a review: a field gone, unsaid)
+                raise UnrecordableRow("two of its keys differ only in lone surrogates")
+            return out
         if isinstance(value, list):
             return [replaced(v) for v in value]
         return value
 
     try:
-        raw = replaced(item.raw)
-        encode_row(raw)
-    except (UnrecordableRow, RecursionError):
-        return None
-    return replace(item, raw=raw, error=f"{why}; recorded as read with each lone surrogate as U+FFFD")
+        shown = replaced(raw)
+        encode_row(shown)
+    except UnrecordableRow as e:
+        return None, f"; {e}"
+    except RecursionError:
+        return None, ""
+    return shown, ""

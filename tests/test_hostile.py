@@ -128,6 +128,8 @@ CASES = [
     # (a codec that makes a lone surrogate of hostile bytes: recording the record failed the run, and every resume)
     Case("csv utf-7: a lone surrogate", source("csv, options: {path: in.csv, encoding: utf-7, on_validation_failure: bad}", "in.csv", b"id,name\n1,ok\n2,bad+2AA-x\n3,fine\n"), "quarantined", "holds a lone surrogate (U+D800 to U+DFFF), which is no Unicode text; recorded as read with each lone surrogate as U+FFFD", outcomes={"completed": 2}),
     Case("csv unicode_escape: a lone surrogate", source("csv, options: {path: in.csv, encoding: unicode_escape, on_validation_failure: bad}", "in.csv", b"id,name\n1,ok\n2,a\\ud800b\n"), "quarantined", "lone surrogate", outcomes={"completed": 1}),
+    # (two keys that differ only in their surrogates would be one: which record it was is recorded, not a field lost)
+    Case("jsonl utf-7: two keys made one", source("json, options: {path: in.jsonl, encoding: utf-7, on_validation_failure: bad}", "in.jsonl", b'{"id":1}\n{"a+2AA-":1,"a+3AA-":2}\n'), "quarantined", "two of its keys differ only in lone surrogates", outcomes={"completed": 1}),
     Case("jsonl utf-7: a lone surrogate, to discard", source("json, options: {path: in.jsonl, encoding: utf-7}", "in.jsonl", b'{"id":1}\n{"id":2,"n":"a+2AA-b"}\n'), "quarantined", "lone surrogate", outcomes={"completed": 1}),
     # -- sources that never end or block --------------------------------------------------------
     Case("source: /dev/zero", source("csv, options: {path: /dev/zero}", "unused", b""), "settings error", "/dev/zero is a character device; allowed: a regular file"),
