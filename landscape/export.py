@@ -812,6 +812,18 @@ def build_proof(
     absent = [h for h in hashes if h not in present]
     erasures = recorder.erasures(run_id, absent) if absent else {}
     erased = [erasures[h] for h in hashes if h in erasures]
+    # As `export`: a payload changed, or gone without an erasure record, is found here (a review).
+    for h in hashes:
+        if h in present and not payload_matches(h, present[h]):
+            raise ExportError(
+                f"row payload {h} does not match its commitment in the store: its data or salt was changed; no proof "
+                f"was written; see `elspeth replay {run_id} --check`"
+            )
+        if payloads and h not in present and h not in erasures:
+            raise ExportError(
+                f"row payload {h} is missing from the store, and no erasure record says why; no proof was written; see "
+                f"`elspeth replay {run_id} --check`"
+            )
     return ProofBundle(
         format=BUNDLE_FORMAT, run_id=run_id, origin=origin, key=key.text(), seq=seq, row=row, checkpoint=newest.note,
         events=[ProvenEvent(EventRecord.of(e), [p.hex() for p in proofs[e.seq]]) for e in chosen],

@@ -672,3 +672,28 @@ def test_a_session_search_path_other_than_the_default_fails_the_check(db: Databa
         (named,) = reading_hazards(conn, "information_schema, public")
         assert named.startswith("this session's search path is 'information_schema, public'"), named
         conn.rollback()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ("UPDATE payloads SET data = data || '\\x20'::bytea", "does not match its commitment in the store"),
+        ("DELETE FROM payloads", "is missing from the store, and no erasure record says why"),
+    ],
+    ids=["changed", "deleted"],
+)
+def test_prove_refuses_a_row_whose_payload_was_changed_or_deleted(
+    db: Database, tmp_path: Path, change: str, says: str
+) -> None:
+    """As `export` does (before, prove wrote the bundle, and only the auditor's verify refused it)."""
+    work, run_id = _run(db, tmp_path, "linear")
+    assert elspeth("prove", run_id, "--row", "2", "-o", "p.json", cwd=work, db=db).returncode == 0
+    h = json.loads((work / "p.json").read_text())["payloads"][0]["hash"]
+    (work / "p.json").unlink()
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        assert conn.execute(f"{change} WHERE run_id = %s AND hash = decode(%s, 'hex')", (run_id, h)).rowcount == 1
+        conn.commit()
+    err = one_line_error(elspeth("prove", run_id, "--row", "2", "-o", "p.json", cwd=work, db=db), 1)
+    assert f"row payload {h} {says}" in err, err
+    assert not (work / "p.json").exists()
