@@ -1159,10 +1159,12 @@ class _ProofCheck:
                 (not event.parents and event.row_index == row) or any(p in tokens for p in event.parents)
             ):
                 tokens.add(stored.entity_id)
+            if stored.machine == "token" and stored.entity_id not in tokens:  # (nor one before its creation)
+                raise self.fail(f"event seq {stored.seq} is not of a token of row {row + 1}'s lineage")
         named = {d for s, e in events if s.entity_id in tokens and (d := decision_named(e)) is not None}
         sinks = {e.sink for s, e in events if s.entity_id in tokens and isinstance(e, (ev.SinkAssigned, *_WRITTEN))}
         for stored, event in events:
-            if stored.machine == "token" and stored.entity_id in tokens:
+            if stored.machine == "token":
                 continue
             if b.format >= 4 and stored.machine in DECISION_MACHINES and stored.entity_id in named:
                 continue
