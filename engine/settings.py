@@ -247,6 +247,39 @@ def _key_not_text(value: Any) -> tuple[str, Any] | None:
 _NONE = object()
 
 
+def _text_not_unicode(value: Any) -> tuple[str, str] | None:
+    """The key path of the first key or text value that UTF-8 cannot hold, and that text: one with
+    a lone surrogate, which a YAML escape (`"\\ud800"`) can spell. Nothing can record it (every
+    event is UTF-8 JSON). Iterative: the settings may be nested deeply."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not _utf8(item):
+                return path, item
+        elif isinstance(item, dict):
+            for k in item:
+                if isinstance(k, str) and not _utf8(k):
+                    return path, k
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str) -> str:
+    """`text` as it can be printed, each lone surrogate as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
     """Read, expand, decode and check one settings file; raise SettingsError listing every problem.
     A key given twice in one mapping is a warning when the file is otherwise good, and one of its
@@ -315,6 +348,15 @@ def _load_settings(path: Path, environ: Mapping[str, str] | None, duplicates: li
         )
     from_env: dict[str, list[str]] = {}
     data = expand_vars(raw, env, "", errors, from_env)
+    odd = _text_not_unicode(data)
+    if odd is not None:
+        at, text = _escaped(odd[0]) or "(top)", _escaped(odd[1])
+        raise SettingsError(
+            [
+                f'{where}: {at}: found "{text}", which holds a lone surrogate (a YAML escape such as "\\ud800"): not '
+                "Unicode text, which nothing can record; allowed: text that UTF-8 can hold"
+            ]
+        )
     settings = _decode_struct(Settings, data, "", errors)
     if not isinstance(settings, Settings):
         raise SettingsError([f"{where}: {e}" for e in errors] or [f"{where}: invalid settings"])

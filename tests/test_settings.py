@@ -663,3 +663,20 @@ def test_an_aggregations_on_error_sink_is_a_warning_that_it_receives_nothing(
     warnings = load_settings(_write(tmp_path, text), {}).warnings
     found = [w for w in warnings if "aggregations[0].on_error (agg): 'out' receives nothing" in w]
     assert bool(found) == warned, warnings
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ('{path: in.csv, note: "a\\ud800b"}', 'source.options.note: found "a\\ud800b"'),
+        ('{path: in.csv, "k\\udfff": 1}', 'source.options: found "k\\udfff"'),
+        ('{path: in.csv, x: [1, "\\udc80"]}', 'source.options.x[1]: found "\\udc80"'),
+    ],
+)
+def test_text_with_a_lone_surrogate_is_named_where_it_is(tmp_path: Path, options: str, says: str) -> None:
+    """A YAML escape can spell a lone surrogate, which is not Unicode text and which nothing can
+    record: once a traceback from the recorder's encoder, now one line naming the key path, with
+    the surrogate escaped (the terminal cannot print it either)."""
+    (line,) = _errors(tmp_path, BASE.replace("options: {path: in.csv}", f"options: {options}"))
+    assert line.startswith(says) and "a lone surrogate" in line and "allowed: text that UTF-8 can hold" in line, line
+    line.encode()  # printable
