@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,13 +18,15 @@ from typing import Any
 import psycopg
 
 from landscape import copybin, faults
-from landscape.chain import GENESIS, link
+from landscape.chain import GENESIS, header, link
 from landscape.db import driver_errors
 from landscape.errors import ConcurrentWriter, LandscapeError, StoreError
 from landscape.merkle import MerkleAccumulator
 from landscape.notary import Notary
 from landscape.projection_sql import project
 from landscape.role_names import Role
+
+_int8 = struct.Struct(">iq").pack  # a length word and an int8 field
 
 EVENT_COLUMNS = (
     "run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, payload_hash, prev_hash, hash"
@@ -44,15 +47,36 @@ PLACE_LOCK = "hashtextextended(%s, 2)"
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One durability point's worth of work for the sending side: its events not yet chained
-    (the sender hashes them: `Chain.seal`), and the row payloads they reference."""
+    """One durability point's worth of work for the sending side: its events as the engine
+    appended them, not yet encoded for COPY nor chained (the sender does both: `Chain.seal`, off
+    the engine's core in `elspeth run`), and the row payloads they reference."""
 
     first_seq: int  # the seq of the first event (the others follow it)
-    heads: list[bytes]  # each event's binary COPY fields before its body (`landscape.copybin`)
+    count: int  # how many events
+    kinds: list[str]  # each event's `event_kind`: its machine, type and schema version
+    entities: list[str]  # each event's entity id
+    times: list[int]  # each event's recorded_at, in microseconds since the Unix epoch
     bodies: list[bytes]  # each event's body (its JSON payload)
-    headers: list[bytes]  # each event's chain header (`landscape.chain.header`)
     payloads: bytes  # the row payloads' binary COPY data, empty if none
     recorded_at: datetime
+
+
+def event_kind(machine: str, event_type: str, schema_version: int) -> str:
+    """What a batch says of an event's machine, type and version, in one string: the writer makes
+    one per kind of event it appends, the sender reads it back once per batch (`_Kinds`)."""
+    return f"{machine}\x1f{event_type}\x1f{schema_version}"
+
+
+class _Kinds(dict[str, tuple[bytes, bytes, str, str, int]]):
+    """Per `event_kind`: its machine's and its type-and-version's binary COPY fields, and the
+    machine, type and version themselves (for the chain header)."""
+
+    def __missing__(self, kind: str) -> tuple[bytes, bytes, str, str, int]:
+        machine, event_type, version = kind.split("\x1f")
+        fields = (copybin.text(machine), copybin.text(event_type) + copybin.int2(int(version)),
+                  machine, event_type, int(version))  # fmt: skip
+        self[kind] = fields
+        return fields
 
 
 # What a commit signed: (tree size, root, note), after its events.
@@ -87,18 +111,25 @@ class Chain:
         is a notary."""
         self.check_follows(batch)
         sha256, hash_field, length = hashlib.sha256, copybin.HASH_FIELD, copybin.length
+        run_id, kinds, epoch = self.run_id, _Kinds(), copybin.PG_EPOCH_US
+        run_field = copybin.count(11) + copybin.text(run_id)
         prev = self.head
         tree = self.tree.copy()
         rows: list[bytes] = [copybin.SIGNATURE]
         leaves: list[bytes] = []
-        for head, body, event_header in zip(batch.heads, batch.bodies, batch.headers, strict=True):
+        seq = batch.first_seq
+        for kind, entity_id, at_us, body in zip(batch.kinds, batch.entities, batch.times, batch.bodies, strict=True):
+            machine_field, type_fields, machine, event_type, version = kinds[kind]
+            entity = entity_id.encode()
             body_hash = sha256(body).digest()
-            h = link(prev, event_header, body_hash)
-            rows.append(
-                b"".join((head, length(len(body)), body, hash_field, body_hash, hash_field, prev, hash_field, h))
-            )
+            h = link(prev, header(run_id, seq, machine, entity_id, event_type, version, at_us), body_hash)
+            # The row in binary COPY format (`landscape.copybin`), spelled out: this runs per event.
+            rows.append(b"".join((run_field, _int8(8, seq), machine_field, length(len(entity)), entity, type_fields,
+                                  _int8(8, at_us - epoch), length(len(body)), body, hash_field, body_hash, hash_field,
+                                  prev, hash_field, h)))  # fmt: skip
             leaves.append(h)
             prev = h
+            seq += 1
             if len(leaves) == SEAL_CHUNK:
                 write(b"".join(rows))
                 tree.extend_data(leaves)
@@ -314,7 +345,7 @@ def send(
     checkpoint, which may be witnessed now that it is durable."""
     run_id = chain.run_id
     chain.check_follows(batch)  # (before the transaction begins)
-    if sealed is not None and (sealed.on, sealed.after.tree.size - len(batch.heads)) != (chain.head, chain.tree.size):
+    if sealed is not None and (sealed.on, sealed.after.tree.size - batch.count) != (chain.head, chain.tree.size):
         raise StoreError(f"run {run_id}: a batch was chained on another end of the log than the one committed")
     after, checkpoint = chain, None
     with driver_errors(f"committing events of run {run_id}", conn=conn, run_id=run_id):
@@ -326,7 +357,7 @@ def send(
                 # Commitments are salted at random, so a new payload never meets an old one.
                 with cur.copy("COPY payloads (run_id, hash, salt, data, recorded_at) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.write(batch.payloads)
-            if batch.heads:
+            if batch.count:
                 with cur.copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
                     if sealed is None:
                         after, checkpoint = chain.seal(batch, cp.write)

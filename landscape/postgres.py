@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import struct
 import threading
 import time
 from collections import deque
@@ -28,8 +27,7 @@ from psycopg.types.numeric import Int8BinaryLoader
 
 from landscape import commits, copybin, faults
 from landscape.canonical import is_name
-from landscape.chain import header
-from landscape.commits import EVENT_COLUMNS, Batch
+from landscape.commits import EVENT_COLUMNS, Batch, event_kind
 from landscape.db import Database, driver_errors, read_as_written
 from landscape.errors import StoreError
 from landscape.merkle import MerkleAccumulator
@@ -39,8 +37,10 @@ from landscape.sender_process import SenderProcess
 from statecharts.events import EventBase, RunCreated, encode_event
 from statecharts.machines import RUN_FINAL, RunState
 
-_int8 = struct.Struct(">iq").pack  # a length word and an int8 field
-_length = copybin.length
+# What the sending side makes of an appended event besides its body and entity id: its other
+# COPY fields (about 100 bytes) and its chain header (about 80). For `pending_bytes`: what a
+# batch weighs where it is sent.
+_EVENT_BYTES = 180
 # A commit's signed checkpoint (tree size, root, note; None without a notary) and its time.
 Checkpointed = tuple[commits.SignedCheckpoint | None, datetime]
 # How a writer's commits reach the database: on the engine's thread, on a thread of their own,
@@ -202,16 +202,15 @@ class PgRunWriter:
             self.next_seq = tree.size
             if sending == "thread":
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elspeth-commit")
-        # The events appended since the last commit, as the sending side chains them
-        # (`commits.Batch`): built per event here, hashed there.
-        self._heads: list[bytes] = []
+        # The events appended since the last commit, as the engine made them: the sending side
+        # encodes them for COPY and chains them (`commits.Batch`, `commits.Chain.seal`).
+        self._kinds: list[str] = []
+        self._entities: list[str] = []
+        self._times: list[int] = []
         self._bodies: list[bytes] = []
-        self._headers: list[bytes] = []
         self._payloads: dict[str, bytes] = {}  # hash hex -> binary COPY row
-        # The fields that repeat, encoded once: the run id, and per machine and event type.
-        self._run_field = copybin.count(11) + copybin.text(run_id)
         self._payload_prefix = copybin.count(5) + copybin.text(run_id)
-        self._fields: dict[tuple[str, type[EventBase]], tuple[bytes, bytes]] = {}
+        self._kind_of: dict[tuple[str, type[EventBase]], str] = {}  # -> `commits.event_kind`
         self._buffered = 0  # bytes of the events and payloads buffered
 
     @property
@@ -221,24 +220,19 @@ class PgRunWriter:
 
     def append(self, machine: str, entity_id: str, event: EventBase) -> int:
         body = encode_event(event)
-        seq = self.next_seq
-        kind = type(event)
-        at_us = self._now_us()
-        constant = self._fields.get((machine, kind))
-        if constant is None:
-            constant = self._fields[(machine, kind)] = (
-                copybin.text(machine),
-                copybin.text(kind.__name__) + copybin.int2(event.SCHEMA_VERSION),
+        kind = self._kind_of.get((machine, type(event)))
+        if kind is None:
+            kind = self._kind_of[(machine, type(event))] = event_kind(
+                machine, type(event).__name__, event.SCHEMA_VERSION
             )
-        entity = entity_id.encode()
-        # The row's fields before its body, in binary COPY format (`landscape.copybin`), spelled
-        # out: this runs per event. Its body and hashes follow it (`commits.Chain.seal`).
-        head = b"".join((self._run_field, _int8(8, seq), constant[0], _length(len(entity)), entity, constant[1],
-                         _int8(8, at_us - copybin.PG_EPOCH_US)))  # fmt: skip
-        self._heads.append(head)
+        # This runs per event: the rest of its row (its COPY fields, its hashes) is made where the
+        # batch is sent, off the engine's core in `elspeth run`.
+        self._kinds.append(kind)
+        self._entities.append(entity_id)
+        self._times.append(self._now_us())
         self._bodies.append(body)
-        self._headers.append(header(self.run_id, seq, machine, entity_id, kind.__name__, event.SCHEMA_VERSION, at_us))
-        self._buffered += len(head) + len(body) + len(self._headers[-1])
+        self._buffered += len(body) + len(entity_id) + _EVENT_BYTES
+        seq = self.next_seq
         self.next_seq = seq + 1
         faults.reached("append")
         return seq
@@ -259,16 +253,19 @@ class PgRunWriter:
         this returns once the one before it is done; an error surfaces at the next commit.
         `wait=True` returns only when everything appended so far is committed. The sending side
         chains the events, grows the Merkle tree and signs the checkpoint (`commits.Chain`)."""
-        if self._heads or self._payloads:
+        if self._bodies or self._payloads:
             batch = Batch(
-                self.next_seq - len(self._heads),
-                self._heads,
+                self.next_seq - len(self._bodies),
+                len(self._bodies),
+                self._kinds,
+                self._entities,
+                self._times,
                 self._bodies,
-                self._headers,
                 copybin.block(self._payloads.values()) if self._payloads else b"",
                 us_to_datetime(self._now_us()),
             )
-            self._heads, self._bodies, self._headers, self._payloads, self._buffered = [], [], [], {}, 0
+            self._kinds, self._entities, self._times, self._bodies = [], [], [], []
+            self._payloads, self._buffered = {}, 0
             if self._process is not None:
                 # Handed over before the answer to the batch before is read: the child chains this
                 # one while the server finishes that one (`sender_process`). Should that one fail,

@@ -275,8 +275,8 @@ def _seal_ahead(inbox: Connection, chain: commits.Chain, ready: queue.Queue[_Rea
             ready.put((batch, e))
             continue
         chain = sealed.after
-        # The bodies and headers are in the copy data now: not kept twice while it waits.
-        ready.put((dataclasses.replace(batch, bodies=[], headers=[]), sealed))
+        # The events are in the copy data now: not kept twice while it waits.
+        ready.put((dataclasses.replace(batch, kinds=[], entities=[], times=[], bodies=[]), sealed))
         del batch, sealed
 
 
