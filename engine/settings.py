@@ -262,7 +262,7 @@ def _text_not_unicode(value: Any) -> tuple[str, str] | None:
                 if isinstance(k, str) and not _utf8(k):
                     return path, k
             stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(item.items()))
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple | set | frozenset):  # (YAML's !!set, !!pairs, !!omap)
             stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
     return None
 
@@ -278,6 +278,12 @@ def _utf8(text: str) -> bool:
 def _escaped(text: str) -> str:
     """`text` as it can be printed, each lone surrogate as its escape."""
     return text.encode("utf-8", "backslashreplace").decode()
+
+
+def _shortened(text: str) -> str:
+    """A value as it can be shown on one line: its first 40 characters, as Python spells a
+    string (a newline as \\n, a lone surrogate as its escape)."""
+    return _escaped(repr(text[:40])[1:-1] + ("…" if len(text) > 40 else ""))
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
@@ -350,7 +356,7 @@ def _load_settings(path: Path, environ: Mapping[str, str] | None, duplicates: li
     data = expand_vars(raw, env, "", errors, from_env)
     odd = _text_not_unicode(data)
     if odd is not None:
-        at, text = _escaped(odd[0]) or "(top)", _escaped(odd[1])
+        at, text = _escaped(odd[0]) or "(top)", _shortened(odd[1])
         raise SettingsError(
             [
                 f'{where}: {at}: found "{text}", which holds a lone surrogate (a YAML escape such as "\\ud800"): not '
@@ -362,7 +368,7 @@ def _load_settings(path: Path, environ: Mapping[str, str] | None, duplicates: li
         raise SettingsError([f"{where}: {e}" for e in errors] or [f"{where}: invalid settings"])
     try:
         canonical = msgspec.json.encode(data, order="deterministic")
-    except (TypeError, msgspec.EncodeError) as e:  # e.g. option keys of mixed types
+    except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as e:  # e.g. option keys of mixed types
         found = _key_not_text(data)
         if found is None:
             errors.append(f"(top): the settings cannot be recorded: {e}")

@@ -12,8 +12,10 @@ _sha256 = hashlib.sha256
 def header(
     run_id: str, seq: int, machine: str, entity_id: str, event_type: str, schema_version: int, recorded_at_us: int
 ) -> bytes:
-    """An event's columns joined by unit separators, which cannot occur in our identifiers, so
-    fields cannot run into each other: what its link hashes beside the previous hash and its body's."""
+    """An event's columns joined by unit separators: what its link hashes beside the previous hash
+    and its body's. Only the entity id can hold a separator (a fork's branch name is part of its
+    children's ids); the fields after it cannot (a type, numbers), nor those before it (the run id
+    ELSPETH made, a number, a machine), so a header splits into its fields one way only."""
     return f"{run_id}\x1f{seq}\x1f{machine}\x1f{entity_id}\x1f{event_type}\x1f{schema_version}\x1f{recorded_at_us}".encode()
 
 

@@ -64,6 +64,8 @@ class Batch:
 def event_kind(machine: str, event_type: str, schema_version: int) -> str:
     """What a batch says of an event's machine, type and version, in one string: the writer makes
     one per kind of event it appends, the sender reads it back once per batch (`_Kinds`)."""
+    if "\x1f" in machine or "\x1f" in event_type:  # (a bug: both are names of ours)
+        raise StoreError(f"an event kind cannot be named {machine!r}, {event_type!r}: the unit separator splits it")
     return f"{machine}\x1f{event_type}\x1f{schema_version}"
 
 

@@ -227,11 +227,14 @@ class PgRunWriter:
             )
         # This runs per event: the rest of its row (its COPY fields, its hashes) is made where the
         # batch is sent, off the engine's core in `elspeth run`.
+        # Its bytes as the sender will encode them: refused here, not there, when UTF-8 cannot
+        # hold it (a lone surrogate), which would fail the whole commit and end the writer.
+        entity_bytes = len(entity_id) if entity_id.isascii() else len(entity_id.encode())
         self._kinds.append(kind)
         self._entities.append(entity_id)
         self._times.append(self._now_us())
         self._bodies.append(body)
-        self._buffered += len(body) + len(entity_id) + _EVENT_BYTES
+        self._buffered += len(body) + entity_bytes + _EVENT_BYTES
         seq = self.next_seq
         self.next_seq = seq + 1
         faults.reached("append")

@@ -1083,6 +1083,11 @@ def test_a_folder_or_a_variable_that_is_not_utf8_is_one_line(work: Path) -> None
     env = {"OUT": os.fsdecode(b"out/caf\xe9.csv")}
     err = one_line_error(elspeth("validate", "-s", "settings.yaml", cwd=work, env=env), 2)
     assert "sinks.high.options.path: environment variable OUT holds bytes that are not valid UTF-8" in err, err
+    # The settings file's own name, which a run records: `validate` said OK, then `run` raised.
+    (work / os.fsdecode(b"caf\xe9.yaml")).write_bytes((latin / "settings.yaml").read_bytes())
+    for command in ("validate", "run"):
+        err = one_line_error(elspeth(command, "-s", os.fsdecode(b"caf\xe9.yaml"), cwd=work), 1)
+        assert "the settings file's name, 'caf\\udce9.yaml', is not valid UTF-8" in err, err
 
 
 def test_resume_with_settings_that_are_no_file_says_so(tmp_path: Path) -> None:

@@ -490,3 +490,38 @@ def test_a_witness_file_that_cannot_grow_stops_elspeth_run_with_the_resume_to_us
             assert proc.returncode == 0, proc.stderr
         outputs[name] = {p.name: p.read_bytes() for p in sorted((work / "out").iterdir())}
     assert outputs["stopped"] == outputs["whole"]
+
+
+@pytest.mark.parametrize("sending", ["inline", "process"])
+def test_an_entity_id_utf8_cannot_hold_is_refused_at_append_and_the_writer_goes_on(db: Database, sending: str) -> None:
+    """The sender makes each event's COPY fields: an entity id with a lone surrogate would fail
+    the whole commit there and end the writer (a review found it). It is refused as appended,
+    and what was appended before and after it commits."""
+    run_id = f"run-sp-surrogate-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id, sending=sending)  # type: ignore[arg-type]
+    try:
+        w.append("run", run_id, _created())
+        with pytest.raises(UnicodeEncodeError):
+            w.append("run", "x\ud800", ev.RunStarted())
+        w.append("run", run_id, ev.RunStarted())
+        w.commit()
+    finally:
+        w.close()
+    assert verify_run(PostgresRecorder(db), run_id).events == 2
+
+
+def test_pending_bytes_count_an_entity_ids_utf8_bytes(db: Database) -> None:
+    """A batch is committed early once its bytes reach `COMMIT_BYTES`: an id of 1,000 astral
+    characters is 4,000 bytes to send, not 1,000."""
+    run_id = f"run-sp-pending-{os.urandom(6).hex()}"
+    w = PostgresRecorder(db).open_writer(run_id)
+    try:
+        w.append("run", run_id, _created())
+        weights = []
+        for entity_id in ("\U0001d11e" * 1000, "a" * 1000):
+            before = w.pending_bytes
+            w.append("token", entity_id, ev.RunStarted())
+            weights.append(w.pending_bytes - before)
+        assert weights[0] - weights[1] == 3000
+    finally:
+        w.close()

@@ -671,6 +671,11 @@ def test_an_aggregations_on_error_sink_is_a_warning_that_it_receives_nothing(
         ('{path: in.csv, note: "a\\ud800b"}', 'source.options.note: found "a\\ud800b"'),
         ('{path: in.csv, "k\\udfff": 1}', 'source.options: found "k\\udfff"'),
         ('{path: in.csv, x: [1, "\\udc80"]}', 'source.options.x[1]: found "\\udc80"'),
+        ('{path: in.csv, s: !!set {"a\\ud800": null}}', 'source.options.s[0]: found "a\\ud800"'),
+        ('{path: in.csv, p: !!pairs [k: "a\\ud800"]}', 'source.options.p[0][1]: found "a\\ud800"'),
+        ('{path: in.csv, o: !!omap [k: "a\\ud800"]}', 'source.options.o[0][1]: found "a\\ud800"'),
+        ('{path: in.csv, n: "line\\nnext\\ud800"}', 'source.options.n: found "line\\nnext\\ud800"'),
+        ('{path: in.csv, long: "' + "x" * 100 + '\\ud800"}', 'source.options.long: found "' + "x" * 40 + '…"'),
     ],
 )
 def test_text_with_a_lone_surrogate_is_named_where_it_is(tmp_path: Path, options: str, says: str) -> None:

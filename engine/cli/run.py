@@ -55,6 +55,13 @@ def load_pipeline(path: Path) -> Pipeline:
             "folder it ran in as text; allowed: a folder whose name is UTF-8 (rename it, or run from another)"
         ) from None
     try:
+        str(path).encode("utf-8")  # (a run records it, as text)
+    except UnicodeEncodeError:
+        raise ElspethCliError(
+            f"the settings file's name, {str(path)!r}, is not valid UTF-8, and a run records it as text; allowed: a "
+            "settings file whose path is UTF-8 (rename it)"
+        ) from None
+    try:
         loaded = load_settings(path)
         for warning in _at_most(loaded.warnings, "warnings"):
             say(f"elspeth: warning: {warning}")
