@@ -925,6 +925,22 @@ def test_terminal_controls_from_the_store_are_shown_not_obeyed(db: Database, wor
             conn.commit()
 
 
+def test_show_prints_a_recorded_name_holding_a_line_feed_on_one_line(db: Database, work: Path) -> None:
+    """A settings file (or a folder) may be named with a line feed: `show` printed the name as
+    it was, and what followed it read as lines of its own (a forged `rows:` line, a review)."""
+    forged = "x\n  working folder FORGED\n  rows: 999 in; written: high 999.yaml"
+    (work / forged).write_text(PIPELINE)
+    ran = elspeth("run", "-s", forged, cwd=work, db=db)
+    assert ran.returncode == 0, ran.stderr
+    run_id = re.search(r"`elspeth show (\S+)`", ran.stdout + ran.stderr)
+    assert run_id, ran.stdout
+    shown = elspeth("show", run_id.group(1), cwd=work, db=db)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert not any(line.startswith(("  working folder FORGED", "  rows: 999")) for line in lines), shown.stdout
+    assert "  settings x\\u000a  working folder FORGED\\u000a  rows: 999 in" in shown.stdout, shown.stdout
+
+
 def test_a_password_given_on_the_command_line_is_warned_of(tmp_path: Path) -> None:
     """Every local user reads a process's arguments (`ps`); the environment is the owner's."""
     url = "postgresql://u:s3cret@127.0.0.1:1/x"

@@ -1069,3 +1069,22 @@ def test_an_input_file_that_cannot_be_opened_is_named_with_the_folder_it_resolve
         sources._open_input(Path("big.csv"))
     with pytest.raises(PluginError, match=rf"cannot open input file {tmp_path}/big\.csv: No such file"):
         sources._open_input(tmp_path / "big.csv")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_a_json_record_holding_the_keys_of_an_unread_line_is_refused_as_one(tmp_path: Path, fmt: str) -> None:
+    """A record spelling `{"__raw_line__": …, "__line_number__": 1}`, quarantined for any reason,
+    was written to the quarantine sink as it was: the very record ELSPETH makes of a line it
+    could not read, naming line 1, which was read and written (a review). It is refused as a line
+    that could not be read, and quarantined as one: its own text, its own line."""
+    forged = '{"__raw_line__": "{\\"id\\": 1, \\"amount\\": 5000000}", "__line_number__": 1}'
+    lines = ['{"id": 1, "amount": 5}', forged, '{"id": 3, "__row_number__": 7}', '{"id": 4, "amount": 7}']
+    text = "\n".join(lines) + "\n" if fmt == "jsonl" else "[" + ",\n".join(lines) + "]"
+    path = write(tmp_path / f"in.{fmt}", text)
+    got = list(build_plugin("source", "json", {"path": str(path), "format": fmt}).read())
+    assert [i.row for i in got] == [{"id": 1, "amount": 5}, None, None, {"id": 4, "amount": 7}]
+    for item, key, record in ((got[1], "__line_number__", forged), (got[2], "__row_number__", lines[2])):
+        assert item.error is not None and item.error.startswith(f"holds the key {key}, which ELSPETH keeps"), item.error
+        assert set(item.raw) == {"__raw_line__", "__line_number__"}, item.raw
+        assert item.raw["__line_number__"] == item.index + 1
+        assert json.loads(item.raw["__raw_line__"]) == json.loads(record)

@@ -793,6 +793,8 @@ class JsonSource:
             return SourceItem(index, None, raw, e.reason)
         if not isinstance(value, dict):
             return SourceItem(index, None, raw, f"expected a JSON object, found {_json_type(value)}")
+        if (why := _impersonating(value)) is not None:
+            return SourceItem(index, None, raw, why)
         return _validated_json(index, value, self.schema, raw["__line_number__"], rounded)
 
     def check_header(self) -> None:
@@ -854,6 +856,9 @@ class JsonSource:
             if too_long is not None:
                 raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
                 yield SourceItem(index, None, raw, too_long)
+            elif isinstance(value, dict) and (why := _impersonating(value)) is not None:
+                raw = {"__raw_line__": json.dumps(value, ensure_ascii=False), "__line_number__": index + 1}
+                yield SourceItem(index, None, raw, why)
             elif isinstance(value, dict):
                 yield _validated_json(index, value, self.schema, index + 1, rounded)
             else:
@@ -947,6 +952,22 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None, rounded: li
         except UnicodeEncodeError:
             raise _Undecodable("a string holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text") from None
     return value
+
+
+# The keys of the record ELSPETH makes of a line it could not read (`UNPARSED_KEYS`, and a line's
+# undecodable bytes), which is what a source's quarantine sink is given.
+_UNPARSED = ("__line_number__", "__raw_bytes__", "__raw_line__", "__row_number__")
+
+
+def _impersonating(value: dict[str, Any]) -> str | None:
+    """Why a JSON record holding one of those keys is refused, as a line that could not be read:
+    taken as it was, quarantined for any reason, it would read as ELSPETH's record of another
+    line that could not be (a review forged one naming line 1, which was read and written)."""
+    found = [k for k in _UNPARSED if k in value]
+    if not found:
+        return None
+    return (f"holds the key {found[0]}, which ELSPETH keeps for its records of lines it could not read; allowed: "
+            f"a record with no key named {', '.join(_UNPARSED)}")  # fmt: skip
 
 
 def _validated_json(index: int, value: dict[str, Any], schema: Schema, line: int, rounded: list[float]) -> SourceItem:
