@@ -13,7 +13,7 @@ import re
 import stat
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -228,19 +228,26 @@ _MAX_LABEL = 64  # characters of a route label
 _FREQUENCIES = ("every_row", "every_n", "aggregation_only")
 
 
-def _key_not_text(value: Any) -> tuple[str, Any] | None:
-    """The key path of the first mapping that has a key that is not text, and that key. Iterative:
-    the settings may be nested deeply."""
+def _nodes(value: Any) -> Iterator[tuple[str, Any]]:
+    """Every value in the settings with its key path, each before what it holds, in order
+    (YAML's !!set, !!pairs and !!omap too). Iterative: the settings may be nested deeply."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, item = stack.pop()
+        yield path, item
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(item.items()))
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+
+
+def _key_not_text(value: Any) -> tuple[str, Any] | None:
+    """The key path of the first mapping that has a key that is not text, and that key."""
+    for path, item in _nodes(value):
         if isinstance(item, dict):
             odd = next((k for k in item if not isinstance(k, str)), _NONE)
             if odd is not _NONE:
                 return path, odd
-            stack.extend((f"{path}.{k}" if path else k, v) for k, v in reversed(item.items()))
-        elif isinstance(item, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
     return None
 
 
@@ -250,20 +257,17 @@ _NONE = object()
 def _text_not_unicode(value: Any) -> tuple[str, str] | None:
     """The key path of the first key or text value that UTF-8 cannot hold, and that text: one with
     a lone surrogate, which a YAML escape (`"\\ud800"`) can spell. Nothing can record it (every
-    event is UTF-8 JSON). Iterative: the settings may be nested deeply."""
-    stack: list[tuple[str, Any]] = [("", value)]
-    while stack:
-        path, item = stack.pop()
+    event is UTF-8 JSON)."""
+    for path, item in _nodes(value):
         if isinstance(item, str):
-            if not _utf8(item):
-                return path, item
+            texts = [item]
         elif isinstance(item, dict):
-            for k in item:
-                if isinstance(k, str) and not _utf8(k):
-                    return path, k
-            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(item.items()))
-        elif isinstance(item, list | tuple | set | frozenset):  # (YAML's !!set, !!pairs, !!omap)
-            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+            texts = [k for k in item if isinstance(k, str)]
+        else:
+            continue
+        odd = next((t for t in texts if not _utf8(t)), None)
+        if odd is not None:
+            return path, odd
     return None
 
 

@@ -956,7 +956,7 @@ def _strict_json(text: str, long_ints: list[_LongInt] | None = None, rounded: li
 
 # The keys of the record ELSPETH makes of a line it could not read (`UNPARSED_KEYS`, and a line's
 # undecodable bytes), which is what a source's quarantine sink is given.
-_UNPARSED = ("__line_number__", "__raw_bytes__", "__raw_line__", "__row_number__")
+_UNPARSED = tuple(sorted({*CsvSource.UNPARSED_KEYS, *JsonSource.UNPARSED_KEYS, "__raw_bytes__"}))
 
 
 def _impersonating(value: dict[str, Any]) -> str | None:
