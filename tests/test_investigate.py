@@ -172,6 +172,22 @@ def test_explain_by_token_and_by_where(db: Database, fork: Path) -> None:
     assert "no token" in one_line_error(elspeth("explain", run_id, "--token", "nope", cwd=fork, db=db), 1)
 
 
+def test_explain_where_says_how_many_rows_gave_no_true_or_false(db: Database, fork: Path) -> None:
+    """A row on which the expression gave a number or text is no match, as one on which it failed
+    is, and is counted and said the same way (a review: `row['v']` matched nothing, unsaid)."""
+    run_id = _run(db, fork)
+    err = one_line_error(elspeth("explain", run_id, "--where", "row['note']", cwd=fork, db=db), 1)
+    assert "has no row matching" in err, err
+    # rows 1, 2 and 4 give their note; row 3 (quarantined: a line that did not parse) has none
+    assert "3 rows on which the expression gave neither true nor false (str), taken as no match" in err, err
+    assert "1 rows on which the expression could not be evaluated" in err, err
+    proc = elspeth("explain", run_id, "--where", "row['v'] == 9 or row['v']", "--json", cwd=fork, db=db)
+    assert [r["row"] for r in _json(proc)["rows"]] == [2]
+    assert "2 rows on which the expression gave neither true nor false (int), taken as no match" in proc.stderr
+    err = one_line_error(elspeth("explain", run_id, "--where", "row.get('nope')", cwd=fork, db=db), 1)
+    assert "4 rows on which the expression gave neither true nor false (null), taken as no match" in err, err
+
+
 def test_explain_where_says_when_a_quarantined_row_was_searched_as_read(db: Database, work_pipeline: Path) -> None:
     """Row 3 (v: 'x') was quarantined: its fields are the text the source read, so `row['id'] == 3`
     is false for its '3', and the investigator was told only that no row matched (a review)."""

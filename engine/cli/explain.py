@@ -134,6 +134,7 @@ def _matching(
     matched: list[int] = []
     total = unchecked = unevaluated = as_read = 0
     erased: dict[str, int] = {}  # why (the erasure record's words) -> rows
+    not_bool: dict[str, int] = {}  # the type the expression gave instead of true or false -> rows
     seals: dict[int, Verdict] = {}  # each seal checked once, however many chunks it covers
     for i in range(0, len(roots), 5000):
         chunk = roots[i : i + 5000]
@@ -147,10 +148,16 @@ def _matching(
                 unchecked += 1
                 continue
             try:
-                hit = isinstance(d.value, dict) and condition.evaluate(d.value) is True
+                value = condition.evaluate(d.value) if isinstance(d.value, dict) else False
             except ExpressionError:
-                hit = False  # as a gate would: an expression that cannot be evaluated is no match
+                value = False  # as a gate would: an expression that cannot be evaluated is no match
                 unevaluated += 1
+            # A number or text is no match either (a gate would take text as a route label, but
+            # here there are no routes); said as the failures are, not left as a silent miss.
+            if not isinstance(value, bool):
+                kind = "null" if value is None else type(value).__name__
+                not_bool[kind] = not_bool.get(kind, 0) + 1
+            hit = value is True
             if hit:
                 total += 1
                 if len(matched) < limit:
@@ -171,6 +178,11 @@ def _matching(
         notes.append(
             f"{unevaluated} rows on which the expression could not be evaluated (a field missing, a value of another "
             "type), taken as no match"
+        )
+    if not_bool:
+        notes.append(
+            f"{sum(not_bool.values())} rows on which the expression gave neither true nor false "
+            f"({', '.join(sorted(not_bool))}), taken as no match"
         )
     if as_read:  # (row['id'] == 97 is false for a quarantined row's "97": nothing was said)
         notes.append(
