@@ -60,6 +60,7 @@ class RunDetail(msgspec.Struct, frozen=True, kw_only=True):
     last_seq: int
     nodes: list[NodeSummary]
     outcomes: dict[str, int]  # terminal outcome -> tokens
+    pending: int  # tokens that have not ended (none in a completed run)
     sink_rows: dict[str, int]  # sink -> rows made durable there
     metrics: dict[str, float]
     artifacts: list[Artifact]
@@ -196,6 +197,18 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
                 (run_id,),
             ).fetchall()
         )
+        # The outcomes count only tokens that ended: of a stopped run, those in an open batch, at
+        # a coalesce or on their way are counted here (`tokens: none` was said of a run holding
+        # some). A completed run's every token ended: its completion says so.
+        pending = 0
+        if row[1] != str(RunState.COMPLETED):
+            without_nested_loops(conn)
+            found = conn.execute(
+                "SELECT count(*) FROM tokens t WHERE t.run_id = %(run)s AND NOT EXISTS"
+                " (SELECT 1 FROM token_outcomes o WHERE o.run_id = %(run)s AND o.token_id = t.token_id)",
+                {"run": run_id},
+            ).fetchone()
+            pending = int(found[0]) if found else 0
         artifacts = [
             Artifact(seq=a[0], sink=a[1], position=a[2], rows=a[3], location=a[4], sha256=a[5])
             for a in conn.execute(
@@ -230,6 +243,7 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
         last_seq=row[9],
         nodes=node_list,
         outcomes=outcomes,
+        pending=pending,
         sink_rows=sink_rows,
         metrics=metrics,
         artifacts=artifacts,

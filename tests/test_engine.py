@@ -1490,6 +1490,13 @@ def test_a_stopped_runs_rows_in_an_open_batch_are_unfinished(db: Database, tmp_p
     assert report["rows"]["unfinished"] == counts.unfinished and report["writer_alive"] is False
     (stats,) = [n for n in report["nodes"] if n["node"] == "stats"]
     assert stats["groups"] == {"collecting": 1, "collecting_rows": counts.unfinished}, stats
+    # their tokens, held in the batch, never ended: pending, not "tokens: none" (a hostile review)
+    assert report["tokens_pending"] == counts.unfinished and report["tokens"] == {}, report
+    from tests.test_cli import elspeth
+
+    shown = elspeth("show", run_id, cwd=tmp_path, db=db)
+    assert shown.returncode == 0, shown.stderr
+    assert f"  tokens: none ended; pending {counts.unfinished} (not ended when the run stopped)\n" in shown.stdout
 
 
 def test_a_gate_with_no_route_for_false_names_the_label(db: Database, tmp_path: Path) -> None:

@@ -253,8 +253,8 @@ def test_runs_filters_and_show_ties_each_sink_file_to_the_run(db: Database, work
     shown = _json(elspeth("show", second, "--json", cwd=work, db=db))
     assert _json(elspeth("runs", second, "--json", cwd=work, db=db)) == shown
     assert set(shown) == {"run_id", "status", "started_at", "ended_at", "seconds", "resumes", "writer_alive",
-                          "settings", "working_dir", "source_fingerprint", "last_seq", "rows", "tokens", "nodes",
-                          "artifacts", "lifecycle"}  # fmt: skip
+                          "settings", "working_dir", "source_fingerprint", "last_seq", "rows", "tokens",
+                          "tokens_pending", "nodes", "artifacts", "lifecycle"}  # fmt: skip
     assert shown["rows"] == {"in": 3, "written": {"bad": 1, "high": 1, "low": 1}, "quarantined": 1, "failed": 0,
                              "diverted": 0, "discarded": 0, "unfinished": 0}  # fmt: skip
     assert shown["settings"]["path"] == "settings.yaml" and len(shown["settings"]["hash"]) == 64

@@ -279,6 +279,7 @@ def run_report(db: Database, run_id: str) -> dict[str, Any]:
             "unfinished": counts.unfinished,
         },
         "tokens": detail.outcomes,
+        "tokens_pending": detail.pending,
         "nodes": [
             {
                 "node": n.node,
@@ -328,7 +329,11 @@ def _print(o: dict[str, Any]) -> None:
     discarded = f" ({rows['discarded']} of them to discard)" if rows["discarded"] else ""
     click.echo(f"  rows: {rows['in']} in; written: {written}; quarantined {rows['quarantined']}, "
                f"failed {rows['failed']}, diverted {rows['diverted']}{discarded}{unfinished}")  # fmt: skip
-    click.echo("  tokens: " + (", ".join(f"{k} {v}" for k, v in o["tokens"].items()) or "none"))
+    pending = o["tokens_pending"]
+    tokens = ", ".join(f"{k} {v}" for k, v in o["tokens"].items()) or ("none ended" if pending else "none")
+    if pending:
+        tokens += f"; pending {pending} (not ended {when})"
+    click.echo(f"  tokens: {tokens}")
     click.echo("  nodes:")
     for n in o["nodes"]:
         late = n["late_arrivals"]
