@@ -332,6 +332,7 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 
     rows_in: int  # source records read (valid and quarantined)
     written: dict[str, int]  # sink -> rows made durable there
+    # (each row in one of these three at most: see ROWS_BY_OUTCOME)
     quarantined: int  # source rows a quarantined token holds data of
     failed: int  # source rows a failed token holds data of
     diverted: int  # source rows a token that a row error sent to on_error holds data of
@@ -351,9 +352,17 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 # when the lost branch came first, nothing was held to fail with the coalesce, and only late
 # arrivals followed (a hostile review found the count depending on the order of `fork_to`).
 #
-# `discarded`: rows a token of which was quarantined or diverted to `discard` (no sink): recorded,
-# written to no sink (the source's default for a row that does not fit its schema). Another of
-# the row's tokens, a fork's branch, may have been written: it is not "rows written nowhere".
+# A row is counted under one outcome, the worst its tokens reached: failed, then diverted, then
+# quarantined. A row's fork branch diverted by a row error makes its coalesce fail: that row was
+# counted both diverted and failed (a hostile review), and the three added up to more rows than
+# there were. Failed wins: the row as a whole did not get through, which is what the count is
+# read for; the diverted branch is still among the rows written to its sink and the tokens'
+# outcomes. (Quarantine happens at the source, to a row's only token: it meets no other outcome.)
+#
+# `discarded`: of the rows counted quarantined or diverted, those a token of which went to
+# `discard` (no sink): recorded, written to no sink (the source's default for a row that does not
+# fit its schema). Another of the row's tokens, a fork's branch, may have been written: it is not
+# "rows written nowhere".
 ROWS_BY_OUTCOME = (
     "WITH RECURSIVE ended(outcome, discarded, token_id) AS ("
     " SELECT o.outcome, o.sink IS NULL AND o.outcome <> 'failed', o.token_id FROM token_outcomes o"
@@ -365,8 +374,11 @@ ROWS_BY_OUTCOME = (
     " SELECT e.outcome, e.discarded, t.row_index FROM ended e"
     " JOIN tokens t ON t.run_id = %(run)s AND t.token_id = e.token_id"
     " UNION ALL SELECT 'failed', false, c.row_index FROM coalesces c WHERE c.run_id = %(run)s AND c.status = 'failed'"
-    ") SELECT outcome, count(DISTINCT row_index) FROM rows GROUP BY outcome"
-    " UNION ALL SELECT 'discarded', count(DISTINCT row_index) FROM rows WHERE discarded"
+    "), final AS ("  # each row once, under its worst outcome
+    " SELECT row_index, min(CASE outcome WHEN 'failed' THEN 1 WHEN 'diverted' THEN 2 ELSE 3 END) AS rank,"
+    " bool_or(discarded) AS discarded FROM rows GROUP BY row_index"
+    ") SELECT (ARRAY['failed', 'diverted', 'quarantined'])[rank], count(*) FROM final GROUP BY rank"
+    " UNION ALL SELECT 'discarded', count(*) FROM final WHERE discarded AND rank > 1"
 )
 
 # Rows a token that has not ended holds data of: of a run that crashed, failed or was abandoned,

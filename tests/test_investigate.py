@@ -331,13 +331,27 @@ def test_the_run_summary_counts_rows_and_tokens_apart(db: Database, fork: Path) 
     lines = proc.stdout.splitlines()
     assert "  rows in: 4 (" in proc.stdout
     assert "  rows written: bad 2, out 2" in lines
-    assert "  rows quarantined: 1, failed: 1, diverted: 1" in lines
+    assert "  rows quarantined: 1, failed: 1, diverted: 0" in lines  # row 2: its branch diverted, so failed
     # why it failed, and the row to explain (a run can complete with every row failed)
     assert "  first failed: row 2 at join: branch_lost" in lines, proc.stdout
     assert "--row 2`" in proc.stdout
     assert "  tokens: coalesced 4, completed 2, diverted 1, failed 1, forked 3, quarantined 1" in lines
     digest = hashlib.sha256((fork / "out/out.jsonl").read_bytes()).hexdigest()
     assert f"sha256 {digest}" in proc.stdout
+
+
+def test_a_row_whose_branch_was_diverted_and_whose_coalesce_failed_counts_once_as_failed(
+    db: Database, fork: Path
+) -> None:
+    """Row 2's branch b is diverted by `check`'s row error, so its coalesce fails: it was counted
+    both diverted and failed, and the rows' outcomes added up to more rows than were read (a
+    hostile review). Failed wins; nor is it among the rows diverted to discard."""
+    (fork / "settings.yaml").write_text(FORK.replace("on_error: bad", "on_error: discard"))
+    run_id = _run(db, fork)
+    rows = _json(elspeth("show", run_id, "--json", cwd=fork, db=db))["rows"]
+    assert (rows["in"], rows["quarantined"], rows["failed"], rows["diverted"], rows["discarded"]) == (4, 1, 1, 0, 0)
+    text = elspeth("show", run_id, cwd=fork, db=db).stdout
+    assert "; quarantined 1, failed 1, diverted 0\n" in text, text
 
 
 def _run_to_two_sinks(db: Database, work: Path, source: str, nodes: str) -> subprocess.CompletedProcess[str]:
