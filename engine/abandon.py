@@ -28,6 +28,7 @@ from landscape.db import Database
 from landscape.fold import RunFold
 from landscape.postgres import PostgresRecorder
 from landscape.queries import run_summary
+from landscape.visible import one_line
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_FINAL, RUN_OPEN, RunState
@@ -65,7 +66,7 @@ def abandon_run(
     reason = check_reason(reason)
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
-        raise AbandonRefused(f"no run {run_id} in {db.describe()} (see `elspeth runs`; another --home?)")
+        raise AbandonRefused(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`; another --home?)")
     holder = recorder.lock_holder(run_id)
     if holder is not None and writes(holder):
         raise AbandonRefused(

@@ -52,6 +52,7 @@ from landscape.postgres import OpenPosition, PostgresRecorder, Sending
 from landscape.queries import metrics_at, run_summary
 from landscape.verify import Verification, verify_checkpoints
 from landscape.verify_store import unsigned_end, verify_log
+from landscape.visible import one_line
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
 from statecharts.machines import RUN_FINAL, RUN_OPEN, BatchState, RunState
@@ -1173,7 +1174,7 @@ def resume_run(
 ) -> Outcome:
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
-        raise ResumeRefused(f"no run {run_id} in {db.describe()} (see `elspeth runs`; another --home?)")
+        raise ResumeRefused(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`; another --home?)")
     holder = recorder.lock_holder(run_id)
     if holder is not None:
         raise ResumeRefused(f"run {run_id} is {holding(holder)}; not resuming it, nothing was done")

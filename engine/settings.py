@@ -37,6 +37,7 @@ from engine.settings_yaml import (
 )
 from landscape.errors import LandscapeError
 from landscape.urls import redact
+from landscape.visible import one_line
 
 
 class SettingsError(EngineError):
@@ -301,12 +302,12 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     except SettingsError as e:
         if not duplicates:
             raise
-        raise SettingsError([*e.errors, *(f"{path}: {d}" for d in duplicates)], e.loaded) from None
+        raise SettingsError([*e.errors, *(f"{one_line(path)}: {d}" for d in duplicates)], e.loaded) from None
 
 
 def _load_settings(path: Path, environ: Mapping[str, str] | None, duplicates: list[str]) -> LoadedSettings:
     env = os.environ if environ is None else environ
-    where = str(path)
+    where = one_line(path)  # (a typed path: a line feed in it would print a line of its own)
     try:
         info = path.stat()  # stat, not open: opening a FIFO would wait for a writer
         if not stat.S_ISREG(info.st_mode):

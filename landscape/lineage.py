@@ -29,6 +29,7 @@ from landscape.records import StoredEvent, us_to_datetime
 from landscape.seal import Verdict, unsealed
 from landscape.verify import Observer, Verification, payload_matches
 from landscape.verify_store import verify_run
+from landscape.visible import one_line
 from statecharts import events as ev
 
 # -- what explain shows (the shape of `explain --json`, see docs/cli.md) --------------------------
@@ -321,7 +322,7 @@ def find_token_row(
     collector = _Collector(select_row=lambda _i: False, select_token=token_id)
     _verified(recorder, run_id, collector, None, checkpoints, verifier)
     if collector.found_row is None:
-        raise UnknownRun(f"run {run_id} has no token {token_id}")
+        raise UnknownRun(f"run {one_line(run_id)} has no token {one_line(token_id)}")
     return collector.found_row
 
 
@@ -448,7 +449,7 @@ def _verified(
     verifier: Verifier | None,
 ) -> Verification:
     if not recorder.run_exists(run_id):
-        raise UnknownRun(f"no run {run_id} in {recorder.db.describe()} (see `elspeth runs`)")
+        raise UnknownRun(f"no run {one_line(run_id)} in {recorder.db.describe()} (see `elspeth runs`)")
     return verify_run(
         recorder, run_id, upto_seq=upto_seq, observe=observe, checkpoints=checkpoints, verifier=verifier, payloads=False
     )

@@ -19,6 +19,7 @@ from landscape.postgres import PostgresRecorder, run_ids_in
 from landscape.projection_sql import UPDATED_IN_PLACE, project
 from landscape.role_names import ELSPETH_ROLES
 from landscape.table_names import PROJECTION_COLUMNS, PROJECTION_TABLE_NAMES, STORE_TABLE_NAMES, is_store_table_name
+from landscape.visible import one_line
 
 
 def without_events(db: Database) -> list[str]:
@@ -49,7 +50,7 @@ def rebuild(db: Database, run_id: str) -> int:
     were removed (they came from no log); UnknownRun when it has neither."""
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id) and not has_projection_rows(db, run_id):
-        raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+        raise UnknownRun(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`)")
     with driver_errors(f"rebuilding the projections of run {run_id}"), db.connect() as conn:
         with conn.cursor() as cur:
             # The run's locks, both, for this transaction: a live writer's commits also write

@@ -15,6 +15,7 @@ import msgspec
 
 from landscape.db import Connection, Database, driver_errors, read_as_written
 from landscape.errors import UnknownRun
+from landscape.visible import one_line
 from statecharts import events as ev
 from statecharts.machines import TOKEN_OUTCOME_OF, RunState
 from statecharts.upcast import upcast
@@ -168,7 +169,7 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
             (run_id,),
         ).fetchone()
         if row is None:
-            raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+            raise UnknownRun(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`)")
         metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
         timings = {
             n: int(us)
@@ -268,7 +269,7 @@ def lineage(db: Database, run_id: str, *, row_index: int | None = None, token_id
                 "SELECT row_index FROM tokens WHERE run_id = %s AND token_id = %s", (run_id, token_id)
             ).fetchone()
             if found is None:
-                raise UnknownRun(_missing(conn, run_id, db, f"token {token_id}"))
+                raise UnknownRun(_missing(conn, run_id, db, f"token {one_line(token_id)}"))
             row_index = found[0]
         tokens = conn.execute(
             "SELECT t.token_id, t.row_index, t.branch, t.data_hash, t.created_seq, "
@@ -323,8 +324,8 @@ def lineage(db: Database, run_id: str, *, row_index: int | None = None, token_id
 
 def _missing(conn: Connection, run_id: str, db: Database, what: str) -> str:
     if conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone() is None:
-        return f"no run {run_id} in {db.describe()} (see `elspeth runs`)"
-    return f"run {run_id} has no {what}"
+        return f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`)"
+    return f"run {one_line(run_id)} has no {what}"
 
 
 class RowCounts(msgspec.Struct, frozen=True, kw_only=True):

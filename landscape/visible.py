@@ -26,3 +26,12 @@ def _escaped(m: re.Match[str]) -> str:
 def visible(text: str) -> str:
     """`text` with each control (but tab and line feed) as a JSON escape, `\\u001b`."""
     return _CONTROLS.sub(_escaped, text)
+
+
+def one_line(value: object) -> str:
+    """`value` as part of one line of output or of an error: a line feed in it as its escape,
+    `\\u000a` (every other control `visible` escapes on the way out). A run id or path the
+    operator typed, a settings file, a folder or a reason can hold one, and printed as it is, what
+    followed read as a line of its own (a review printed a forged `rows:` line under `working
+    folder`, another an `elspeth: error:` line after an unknown run's id)."""
+    return str(value).replace("\n", "\\u000a")

@@ -1116,3 +1116,48 @@ def test_resume_with_settings_that_are_no_file_says_so(tmp_path: Path) -> None:
     )  # fmt: skip
     err = one_line_error(piped, 2)
     assert "/dev/stdin: not a regular file; allowed: a settings file (YAML)" in err, err
+
+
+_FORGED = "run-nope\nelspeth: error: forged"  # a typed run id whose line feed would print a line of its own
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", _FORGED),
+        ("runs", _FORGED),
+        ("explain", _FORGED, "--row", "1"),
+        ("replay", _FORGED),
+        ("projections", "rebuild", _FORGED),
+        ("resume", _FORGED),
+        ("abandon", _FORGED, "--reason", "gone"),
+        ("export", _FORGED, "-o", "x.jsonl", "--public-key", "k.pub"),
+        ("prove", _FORGED, "--seq", "0", "-o", "x.json", "--public-key", "k.pub"),
+        ("checkpoint", _FORGED, "-o", "x.cp", "--public-key", "k.pub"),
+        ("export", "run-x", "-o", "no\nsuch/x.jsonl", "--public-key", "k.pub"),
+        ("run", "-s", "no\nsuch.yaml"),
+        ("validate", "-s", "no\nsuch.yaml"),
+    ],
+    ids=lambda args: args[0] if args[0] != "export" or args[1] == _FORGED else "export-path",
+)
+def test_a_typed_run_id_or_path_is_echoed_on_one_line(db: Database, work: Path, args: tuple[str, ...]) -> None:
+    """A line feed in a run id or path the operator typed is echoed as its escape: as it was, what
+    followed it read as a line of the command's own (a hostile review)."""
+    assert elspeth("keys", "generate", "k", cwd=work).returncode == 0  # (the audit commands need a key)
+    proc = elspeth(*args, cwd=work, db=db)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "\\u000a" in proc.stderr, proc.stderr
+
+
+def test_a_typed_token_id_is_echoed_on_one_line(db: Database, work: Path) -> None:
+    proc = elspeth("run", "-s", "settings.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1]
+    err = one_line_error(elspeth("explain", run_id, "--token", "r0\nelspeth: error: forged", cwd=work, db=db), 1)
+    assert err == f"elspeth: error: run {run_id} has no token r0\\u000aelspeth: error: forged\n", err
+
+
+def test_a_typed_statecharts_folder_is_echoed_on_one_line(tmp_path: Path) -> None:
+    (tmp_path / "out\nelspeth: error: forged" / "run.mmd").mkdir(parents=True)  # (a folder where a diagram goes)
+    err = one_line_error(elspeth("statecharts", "--out", "out\nelspeth: error: forged", cwd=tmp_path), 1)
+    assert err.startswith("elspeth: error: out\\u000aelspeth: error: forged/run.mmd: ") and err.count("\n") == 1, err

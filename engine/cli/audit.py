@@ -22,6 +22,7 @@ from engine.cli.verify import say_unsigned, unsigned_erasures_option
 from engine.cli.visible import say, write_bytes
 from landscape.errors import UnknownRun
 from landscape.role_names import Role
+from landscape.visible import one_line
 
 # The store, the driver and the signing library are imported in the commands that use them, so
 # that `elspeth --help` (which lists this module's commands) starts fast.
@@ -64,16 +65,18 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
             "-o -: this is written to a file, all or nothing, not to standard output; give the file's path"
         )
     if path.exists() or path.is_symlink():
-        raise ElspethCliError(f"{path} already exists; choose another name (this command never overwrites a file)")
+        raise ElspethCliError(
+            f"{one_line(path)} already exists; choose another name (this command never overwrites a file)"
+        )
     if not path.parent.is_dir():
-        raise ElspethCliError(f"{path.parent} is not an existing folder")
+        raise ElspethCliError(f"{one_line(path.parent)} is not an existing folder")
     for left in _remove_abandoned(path):
-        say(f"elspeth: removed {left}, left by an earlier command writing {path} that was killed")
+        say(f"elspeth: removed {one_line(left)}, left by an earlier command writing {one_line(path)} that was killed")
     tmp = _temporary(path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
-        raise ElspethCliError(f"cannot write {path}: {e.strerror}") from None
+        raise ElspethCliError(f"cannot write {one_line(path)}: {e.strerror}") from None
     try:
         # Held while the file is written (until it is closed, just before it is linked into
         # place): a later export into the same name tells by it that this one is still writing,
@@ -89,13 +92,13 @@ def new_file(path: Path) -> Iterator[IO[bytes]]:
         except Exception as e:
             if raw.failed is None:
                 raise
-            raise ElspethCliError(f"cannot write {path}: {raw.failed.strerror or e}") from None
+            raise ElspethCliError(f"cannot write {one_line(path)}: {raw.failed.strerror or e}") from None
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise ElspethCliError(f"{path} already exists; choose another name") from None
+            raise ElspethCliError(f"{one_line(path)} already exists; choose another name") from None
         except OSError as e:
-            raise ElspethCliError(f"cannot write {path}: {e.strerror}") from None
+            raise ElspethCliError(f"cannot write {one_line(path)}: {e.strerror}") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -158,7 +161,7 @@ def _checkpoints(
     recorder: PostgresRecorder, run_id: str, home: str, witness: str | None, key: Verifier
 ) -> list[Witnessed]:
     if not recorder.run_exists(run_id):
-        raise UnknownRun(f"no run {run_id} in {recorder.db.describe()} (see `elspeth runs`)")
+        raise UnknownRun(f"no run {one_line(run_id)} in {recorder.db.describe()} (see `elspeth runs`)")
     from landscape.export import signed_checkpoints
 
     found = read_checkpoints(recorder, run_id, home, witness=witness, key=key)

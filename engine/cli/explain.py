@@ -24,6 +24,7 @@ from landscape.errors import UnknownRun
 from landscape.postgres import PostgresRecorder
 from landscape.roles import Role
 from landscape.seal import Verdict
+from landscape.visible import one_line
 from statecharts.machines import RunState
 
 _WIDTH = 200  # a row's data longer than this is cut in the text output (never in --json)
@@ -81,7 +82,7 @@ def explain_cmd(
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
         recorder = PostgresRecorder(db)
         if not recorder.run_exists(run_id):
-            raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+            raise UnknownRun(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`)")
         found = read_checkpoints(recorder, run_id, home, witness=witness, public_key=public_key)
         found.require(run_id)
         upto: int | None = None
@@ -100,7 +101,7 @@ def explain_cmd(
         warn_reinstated(recorder, run_id)
     if not explained.rows:
         what = f"row {row_number}" if row_number is not None else f"row matching {where!r}"
-        raise ElspethCliError(f"run {run_id} has no {what}" + (f" ({note})" if note else ""))
+        raise ElspethCliError(f"run {one_line(run_id)} has no {what}" + (f" ({note})" if note else ""))
     if as_json:
         out = {
             "run_id": explained.run_id,

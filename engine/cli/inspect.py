@@ -20,6 +20,7 @@ from landscape.projections import Comparison, Difference, has_projection_rows, r
 from landscape.records import StoredEvent
 from landscape.roles import Role
 from landscape.verify_store import verify_run
+from landscape.visible import one_line
 from statecharts import events as ev
 from statecharts.machines import RunState
 
@@ -56,7 +57,7 @@ def replay_cmd(
                     f"run {run_id} has no events, yet the projection tables hold rows of it: they were written "
                     "without the log; `elspeth projections rebuild` removes them"
                 )
-            raise UnknownRun(f"no run {run_id} in {db.describe()} (see `elspeth runs`)")
+            raise UnknownRun(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`)")
         # Checkpoints first, then the projections: on a live run both only grow, so neither can
         # claim more than the events read after them hold. As of a seq before the log's end:
         # those of that prefix. At or past its end, all of them: a log cut before that seq is

@@ -28,6 +28,7 @@ from landscape import faults
 from landscape.db import Database, is_postgresql_url, redact
 from landscape.fold import RunFold
 from landscape.queries import RowCounts, first_failure, row_counts, run_detail
+from landscape.visible import one_line
 from statecharts.machines import RunState
 
 #: Problems (or warnings) shown at most: a file of another format, or a block pasted twice, can
@@ -72,7 +73,7 @@ def load_pipeline(path: Path) -> Pipeline:
             errors += [m for m in pipeline_problems(e.loaded) if m not in errors]
         raise SettingsCliError("\n".join(_at_most(errors, "problems"))) from e
     except DagError as e:
-        raise SettingsCliError("\n".join(_at_most([f"{path}: {m}" for m in e.errors], "problems"))) from e
+        raise SettingsCliError("\n".join(_at_most([f"{one_line(path)}: {m}" for m in e.errors], "problems"))) from e
     except PluginError as e:
         raise ElspethCliError(str(e)) from e
 
@@ -314,7 +315,7 @@ def resume_cmd(
     settings come from that file and its `landscape.url` says where the audit trail is."""
     if settings_path is not None:  # resume changes folder to the run's: read the file the user means
         if settings_path.exists() and not settings_path.is_file():  # (/dev/stdin, a pipe: resolved, a name of nothing)
-            raise SettingsCliError(f"{settings_path}: not a regular file; allowed: a settings file (YAML)")
+            raise SettingsCliError(f"{one_line(settings_path)}: not a regular file; allowed: a settings file (YAML)")
         settings_path = settings_path.resolve()
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     home = home_from_ctx(ctx)

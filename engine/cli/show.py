@@ -24,6 +24,7 @@ from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from landscape.queries import Artifact, list_runs, row_counts, run_detail, run_lifecycle
 from landscape.roles import Role
+from landscape.visible import one_line
 from statecharts.machines import RUN_OPEN, RunState
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
@@ -302,13 +303,6 @@ def run_report(db: Database, run_id: str) -> dict[str, Any]:
     }
 
 
-def _one_line(value: object) -> str:
-    """A recorded value as one line of the text output: a line feed in it (a settings file, a
-    folder or a reason can hold one) as its escape, so that it cannot print lines of its own
-    (a review printed a forged `rows:` line under `working folder`)."""
-    return str(value).replace("\n", "\\u000a")
-
-
 def _print(o: dict[str, Any]) -> None:
     took = f" in {_duration(o['seconds'])}" if o["seconds"] is not None else ""
     alive = {
@@ -317,9 +311,9 @@ def _print(o: dict[str, Any]) -> None:
     }.get(o["writer_alive"], "")
     click.echo(f"run {o['run_id']}: {o['status']}{took}{alive}")
     click.echo(f"  started {o['started_at']}, ended {o['ended_at'] or '-'}, resumed {o['resumes']} times")
-    click.echo(f"  settings {_one_line(o['settings']['path'])} (sha256 {o['settings']['hash']})")
+    click.echo(f"  settings {one_line(o['settings']['path'])} (sha256 {o['settings']['hash']})")
     if o["working_dir"]:
-        click.echo(f"  working folder {_one_line(o['working_dir'])}")
+        click.echo(f"  working folder {one_line(o['working_dir'])}")
     rows = o["rows"]
     written = ", ".join(f"{k} {v}" for k, v in rows["written"].items()) or "none"
     # (Rows still in an open batch, at a coalesce or on their way when the run stopped: without
@@ -351,11 +345,11 @@ def _print(o: dict[str, Any]) -> None:
     for a in o["artifacts"]:
         f = SinkFile(**{k if k != "file" else "state": v for k, v in a.items()})
         click.echo(
-            f"    {a['sink']}: {a['rows']} rows → {_one_line(a['location'])} (durable to {a['position']}): {f.describe()}"
+            f"    {a['sink']}: {a['rows']} rows → {one_line(a['location'])} (durable to {a['position']}): {f.describe()}"
         )
     click.echo("  lifecycle:")
     for e in o["lifecycle"]:
-        detail = f": {_one_line(e['detail'])}" if e["detail"] else ""
+        detail = f": {one_line(e['detail'])}" if e["detail"] else ""
         click.echo(f"    seq {e['seq']:<8} {e['time']}  {e['event']}{detail}")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from engine.cli.errors import ElspethCliError
+from landscape.visible import one_line
 
 
 @click.command("statecharts")
@@ -27,7 +28,7 @@ def statecharts_cmd(check: bool, out: Path) -> None:
             os.getcwd()
         except FileNotFoundError:  # (or every diagram would be "out of date", or a traceback)
             raise ElspethCliError(
-                f"the folder elspeth was started in no longer exists (deleted or moved?), and --out {out} is "
+                f"the folder elspeth was started in no longer exists (deleted or moved?), and --out {one_line(out)} is "
                 "relative to it; change to a folder that exists, or give an absolute --out"
             ) from None
     stale = []
@@ -45,7 +46,7 @@ def statecharts_cmd(check: bool, out: Path) -> None:
                 click.echo(f"wrote {path}")
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ElspethCliError(f"{path}: {reason}") from None
+            raise ElspethCliError(f"{one_line(path)}: {reason}") from None
     if stale:
         raise ElspethCliError(
             "statechart diagrams are out of date: " + ", ".join(stale) + " (run `elspeth statecharts`)"
