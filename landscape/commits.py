@@ -367,6 +367,12 @@ def send(
                         for data in sealed.copy_data:
                             cp.write(data)
                         after, checkpoint = sealed.after, sealed.checkpoint
+                # Where cross-run readers find these events (`read_since`): one row for the
+                # commit, its transaction id the server's (a second in this transaction fails).
+                cur.execute(
+                    "INSERT INTO public.event_commits (run_id, first_seq, last_seq) VALUES (%s, %s, %s)",
+                    (run_id, batch.first_seq, after.tree.size - 1),
+                )
                 # The server derives the analyst tables from the events just copied (on its own
                 # core), in this same transaction: they are never behind the log.
                 project(cur, run_id, batch.first_seq, after.tree.size - 1)

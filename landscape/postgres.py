@@ -116,6 +116,23 @@ _FLUSHED_AFTER = (
     "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f "
     + _EVERY_FOLDER.format(run="f.run_id")
 )
+# `read_since`: the finished transactions' commits after a reader's position (`event_commits`):
+# the rest of the transaction it stopped in, then those after it, enough to fill the page (each
+# commit holds an event at least, so `limit` of them suffice; of those, the ones before the
+# commit that brings the count to `limit`); then their events, each range by the events' key (a
+# lateral join: never a scan of the table), in (tx_id, global_position) order.
+_FINISHED = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_SINCE = (
+    "WITH later AS (SELECT *, sum(last_seq - first_seq + 1) OVER (ORDER BY tx_id, run_id) - (last_seq - first_seq + 1) "
+    f"  AS before FROM (SELECT * FROM public.event_commits WHERE tx_id > %(tx)s AND {_FINISHED} "
+    "  ORDER BY tx_id, run_id LIMIT %(limit)s) l), "
+    f"wanted AS (SELECT tx_id, run_id, first_seq, last_seq FROM public.event_commits WHERE tx_id = %(tx)s AND {_FINISHED} "
+    "  UNION ALL SELECT tx_id, run_id, first_seq, last_seq FROM later WHERE before < %(limit)s) "
+    f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM (SELECT e.* FROM wanted c CROSS JOIN LATERAL ("
+    "  SELECT * FROM public.events e WHERE e.run_id = c.run_id AND e.seq BETWEEN c.first_seq AND c.last_seq "
+    "  AND e.tx_id = c.tx_id OFFSET 0) e) e "
+    "WHERE (tx_id, global_position) > (%(tx)s, %(pos)s) ORDER BY tx_id, global_position LIMIT %(limit)s"
+)
 # `open_positions`: the runs that can still be resumed (not completed nor abandoned; one row each
 # in `runs`), and per sink of each its last flush (a run's flushes, by its key), which is where a
 # resume would continue the sink; once per folder the run ran in.
@@ -696,17 +713,13 @@ class PostgresRecorder:
         skip a transaction that took its positions early but committed late. Instead, only
         transactions older than every one still in progress (tx_id below the snapshot's xmin)
         are read, in (tx_id, global_position) order: that set can no longer grow, so a reader
-        that continues from the last pair it saw never misses a late commit."""
+        that continues from the last pair it saw never misses a late commit. The transactions
+        are found in `event_commits`, one row per commit (migration 0017): events appended
+        without one, by hand, are not read here."""
         tx, pos = position
         with driver_errors("reading events across runs"), self.db.connect() as conn, conn.cursor(binary=True) as cur:
             _read_us(cur)
-            cur.execute(
-                f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM events "
-                "WHERE (tx_id, global_position) > (%s, %s) "
-                "AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
-                "ORDER BY tx_id, global_position LIMIT %s",
-                (tx, pos, limit),
-            )
+            cur.execute(_SINCE, {"tx": tx, "pos": pos, "limit": limit})
             read_as_written(cur, "events", ("int8", "int8", *_EVENT_TYPES))
             rows = cur.fetchall()
         return [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in rows]

@@ -57,6 +57,7 @@ class Kind(enum.Enum):
 TABLES: dict[str, Kind] = {
     "events": Kind.LOG,
     "checkpoints": Kind.LOG,  # signed checkpoints, once a revision creates the table
+    "event_commits": Kind.LOG,  # where cross-run readers find the events (0017): appended with them
     # Written by `elspeth purge` as the owner, in the transaction that deletes the payloads. A
     # writer that could add records could explain away a payload it never stored, or put its
     # own words on another run's erasure.

@@ -55,7 +55,6 @@ events = Table(
     PrimaryKeyConstraint("run_id", "seq", name="events_pkey"),
     postgresql_partition_by=PARTITION_BY,
 )
-Index("events_tx_order", events.c.tx_id, events.c.global_position)  # cross-run readers (0003)
 # A run's own events, a few among its tokens' (0011): `show` finds its lifecycle without the rest.
 Index("events_run_level", events.c.run_id, events.c.seq, postgresql_where=text("machine = 'run'"))
 # The events that can name the folder a run ran in (0014): one per run and per resume.
@@ -64,6 +63,20 @@ Index(
     events.c.run_id,
     events.c.seq,
     postgresql_where=text("event_type IN ('RunCreated', 'RunResumed')"),
+)
+
+# One row per transaction that appended a run's events, with the range of seqs it appended:
+# where cross-run readers (`read_since`) find the events of finished transactions, in transaction
+# order (0017). An index of the events on (tx_id, global_position) did that before at a fifth of
+# the events' COPY; a row per commit costs one insert. Not partitioned: read across runs.
+event_commits = Table(
+    "event_commits",
+    metadata,
+    Column("tx_id", BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")),
+    Column("run_id", Text, nullable=False),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tx_id", "run_id", name="event_commits_pkey"),
 )
 
 payloads = Table(

@@ -87,6 +87,7 @@ STORE_TABLE_NAMES = frozenset(
     {
         *PROJECTION_TABLE_NAMES,
         "events",
+        "event_commits",
         "payloads",
         "erasures",
         "erasure_seals",

@@ -258,6 +258,8 @@ def test_a_missing_or_altered_payload_is_named_unless_an_erasure_explains_it() -
 
 
 def _insert(conn: object, run_id: str, seqs: range) -> None:
+    """Append events `seqs` of the run in the connection's transaction, as a writer's commit does:
+    the events, and the commit's row in `event_commits`."""
     for seq in seqs:
         conn.execute(  # type: ignore[attr-defined]
             "INSERT INTO events (run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, "
@@ -265,6 +267,9 @@ def _insert(conn: object, run_id: str, seqs: range) -> None:
             "'\\x7b7d', '\\x00', '\\x00', '\\x00')",
             (run_id, seq, run_id),
         )
+    conn.execute(  # type: ignore[attr-defined]
+        "INSERT INTO event_commits (run_id, first_seq, last_seq) VALUES (%s, %s, %s)", (run_id, seqs[0], seqs[-1])
+    )
 
 
 def _once_final(recorder: PostgresRecorder, position: tuple[int, int]) -> list[GlobalEvent]:
@@ -299,3 +304,35 @@ def test_read_since_never_skips_a_transaction_that_took_its_positions_early_and_
         paged += page
         position = page[-1].position
     assert [g.event.run_id for g in paged] == ["run-early"] * 3 + ["run-late"] * 3
+
+
+def test_read_since_pages_through_commits_of_every_size_each_event_once_in_order(db: Database) -> None:
+    """Pages smaller, equal and larger than a commit: a page may stop inside a commit, continue in
+    it, and take several commits; read whole, or a page at a time, the same events in order."""
+    recorder = PostgresRecorder(db)
+    start = max((g.position for g in recorder.read_since((0, 0), limit=1_000_000)), default=(0, 0))
+    for run_id, sizes in (("run-pages-a", (5, 1, 3)), ("run-pages-b", (2, 7))):
+        seq = 0
+        for size in sizes:
+            with db.connect() as conn:
+                _insert(conn, run_id, range(seq, seq + size))
+            seq += size
+    with db.connect() as conn:
+        expected = [
+            ((tx, position), run_id, seq)
+            for tx, position, run_id, seq in conn.execute(
+                "SELECT tx_id, global_position, run_id, seq FROM events WHERE run_id LIKE 'run-pages-%' "
+                "ORDER BY tx_id, global_position"
+            )
+        ]
+    assert len(expected) == 18
+    deadline = time.monotonic() + 60  # (until every one is final: see `_once_final`)
+    while len(recorder.read_since(start, limit=100)) < len(expected) and time.monotonic() < deadline:
+        pass
+    for limit in (1, 2, 3, 5, 7, 18, 100):
+        paged, position = [], start
+        while page := recorder.read_since(position, limit=limit):
+            assert len(page) <= limit
+            paged += [(g.position, g.event.run_id, g.event.seq) for g in page]
+            position = page[-1].position
+        assert paged == expected, limit
