@@ -170,7 +170,7 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
         ).fetchone()
         if row is None:
             raise UnknownRun(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`)")
-        metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
+        metrics = _metrics(conn, run_id)
         timings = {
             n: int(us)
             for n, us in conn.execute(
@@ -210,13 +210,7 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
                 {"run": run_id},
             ).fetchone()
             pending = int(found[0]) if found else 0
-        artifacts = [
-            Artifact(seq=a[0], sink=a[1], position=a[2], rows=a[3], location=a[4], sha256=a[5])
-            for a in conn.execute(
-                "SELECT seq, sink, position, rows, location, sha256 FROM artifacts WHERE run_id = %s ORDER BY seq",
-                (run_id,),
-            )
-        ]
+        artifacts = _artifacts(conn, run_id)
     summary = _summary(row)
     outcomes = _prefixed(metrics, "outcome.")
     node_list = []
@@ -250,6 +244,16 @@ def run_detail(db: Database, run_id: str) -> RunDetail:
         artifacts=artifacts,
         seconds=seconds,
     )
+
+
+def _artifacts(conn: Any, run_id: str) -> list[Artifact]:
+    return [
+        Artifact(seq=a[0], sink=a[1], position=a[2], rows=a[3], location=a[4], sha256=a[5])
+        for a in conn.execute(
+            "SELECT seq, sink, position, rows, location, sha256 FROM artifacts WHERE run_id = %s ORDER BY seq",
+            (run_id,),
+        )
+    ]
 
 
 def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, int]:
@@ -408,14 +412,21 @@ def without_nested_loops(conn: Any) -> None:
 def row_counts(db: Database, run_id: str) -> RowCounts:
     """How many source rows ended how. A row whose fork branches failed twice counts once."""
     with driver_errors(f"counting the rows of run {run_id}"), db.connect() as conn:
-        without_nested_loops(conn)
-        by_outcome = {outcome: int(n) for outcome, n in conn.execute(ROWS_BY_OUTCOME, {"run": run_id})}
-        metrics = {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
-        status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone()
-        unfinished = 0
-        if status is not None and status[0] != str(RunState.COMPLETED):
-            found = conn.execute(ROWS_UNFINISHED, {"run": run_id}).fetchone()
-            unfinished = int(found[0]) if found else 0
+        return _row_counts(conn, run_id, _metrics(conn, run_id))
+
+
+def _metrics(conn: Any, run_id: str) -> dict[str, float]:
+    return {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
+
+
+def _row_counts(conn: Any, run_id: str, metrics: dict[str, float]) -> RowCounts:
+    without_nested_loops(conn)
+    by_outcome = {outcome: int(n) for outcome, n in conn.execute(ROWS_BY_OUTCOME, {"run": run_id})}
+    status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+    unfinished = 0
+    if status is not None and status[0] != str(RunState.COMPLETED):
+        found = conn.execute(ROWS_UNFINISHED, {"run": run_id}).fetchone()
+        unfinished = int(found[0]) if found else 0
     written = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in sorted(metrics.items()) if _is_sink_rows(k)}
     return RowCounts(
         rows_in=int(metrics.get("rows_in", 0)),
@@ -437,21 +448,49 @@ def first_failure(db: Database, run_id: str) -> tuple[int, str | None, str | Non
     summary naming a row that had merged, its third branch late; then a later row before a
     coalesce that had failed first, its branch lost.)"""
     with driver_errors(f"reading the failures of run {run_id}"), db.connect() as conn:
-        without_nested_loops(conn)
-        row = conn.execute(
-            "WITH RECURSIVE failed(token_id, seq, node, reason) AS ("
-            " SELECT o.token_id, o.seq, o.node, o.reason FROM token_outcomes o"
-            " WHERE o.run_id = %(run)s AND o.outcome = 'failed' AND o.reason IS DISTINCT FROM 'late_arrival'"
-            " UNION SELECT p.parent_id, f.seq, f.node, f.reason FROM failed f"
-            " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = f.token_id"
-            ") SELECT row_index, node, reason FROM ("
-            " SELECT t.row_index, 0 AS k, f.seq AS n, f.node, f.reason FROM failed f"
-            " JOIN tokens t ON t.run_id = %(run)s AND t.token_id = f.token_id"
-            " UNION ALL SELECT c.row_index, 1, 0, c.coalesce, c.reason FROM coalesces c"
-            " WHERE c.run_id = %(run)s AND c.status = 'failed') failures ORDER BY row_index, k, n LIMIT 1",
-            {"run": run_id},
-        ).fetchone()
+        return _first_failure(conn, run_id)
+
+
+def _first_failure(conn: Any, run_id: str) -> tuple[int, str | None, str | None] | None:
+    without_nested_loops(conn)
+    row = conn.execute(
+        "WITH RECURSIVE failed(token_id, seq, node, reason) AS ("
+        " SELECT o.token_id, o.seq, o.node, o.reason FROM token_outcomes o"
+        " WHERE o.run_id = %(run)s AND o.outcome = 'failed' AND o.reason IS DISTINCT FROM 'late_arrival'"
+        " UNION SELECT p.parent_id, f.seq, f.node, f.reason FROM failed f"
+        " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = f.token_id"
+        ") SELECT row_index, node, reason FROM ("
+        " SELECT t.row_index, 0 AS k, f.seq AS n, f.node, f.reason FROM failed f"
+        " JOIN tokens t ON t.run_id = %(run)s AND t.token_id = f.token_id"
+        " UNION ALL SELECT c.row_index, 1, 0, c.coalesce, c.reason FROM coalesces c"
+        " WHERE c.run_id = %(run)s AND c.status = 'failed') failures ORDER BY row_index, k, n LIMIT 1",
+        {"run": run_id},
+    ).fetchone()
     return None if row is None else (int(row[0]), row[1], row[2])
+
+
+class RunEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """What `elspeth run` says of a run at its end (`run_end`)."""
+
+    rows: RowCounts
+    outcomes: dict[str, int]  # the tokens' terminal outcomes: outcome -> tokens
+    artifacts: list[Artifact]  # the sinks' flushes, in order
+    first_failed: tuple[int, str | None, str | None] | None  # `first_failure`, when a row failed
+
+
+def run_end(db: Database, run_id: str) -> RunEnd:
+    """The rows, the tokens' outcomes, the sinks' flushes and the first failed row, read in one
+    transaction: no more than the summary prints (`run_detail`'s per-node figures, `show`'s, are
+    a whole pass over the run's steps, a tenth of a second per 50,000 rows of the fork example)."""
+    with driver_errors(f"reading the end of run {run_id}"), db.connect() as conn:
+        metrics = _metrics(conn, run_id)
+        rows = _row_counts(conn, run_id, metrics)
+        return RunEnd(
+            rows=rows,
+            outcomes=_prefixed(metrics, "outcome."),
+            artifacts=_artifacts(conn, run_id),
+            first_failed=_first_failure(conn, run_id) if rows.failed else None,
+        )
 
 
 class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,7 +27,7 @@ from engine.stopping import StoppedAtOnce
 from landscape import faults
 from landscape.db import Database, is_postgresql_url, redact
 from landscape.fold import RunFold
-from landscape.queries import RowCounts, first_failure, row_counts, run_detail
+from landscape.queries import RowCounts, run_end
 from landscape.visible import one_line
 from statecharts.machines import RunState
 
@@ -160,8 +160,8 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     """Rows as an operator counts them (source records in, rows written per sink, rows
     quarantined, failed, diverted), then tokens (a fork, a merge or a batch makes more tokens
     than rows), then each sink's file with the hash that ties it to this run."""
-    detail = run_detail(db, outcome.run_id)
-    rows = row_counts(db, outcome.run_id)
+    end = run_end(db, outcome.run_id)
+    rows = end.rows
     now = rows.rows_in - outcome.records_before  # a resumed run's rate is of what this process read
     rate = now / seconds if seconds > 0 else 0.0
     # This command's time, which `show` (the run's recorded start to end) does not include: opening
@@ -183,14 +183,14 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
         f"  rows quarantined: {rows.quarantined}, failed: {rows.failed}, diverted: {rows.diverted}"
         f"{_discarded(rows)}{unfinished}"
     )
-    first = first_failure(db, outcome.run_id) if rows.failed else None
+    first = end.first_failed
     if first is not None:  # a run can complete with every row failed: say why, and where to look
         at = f" at {first[1]}" if first[1] else ""
         click.echo(f"  first failed: row {first[0] + 1}{at}: {first[2] or 'no reason recorded'}")
-    if detail.outcomes:
-        click.echo("  tokens: " + ", ".join(f"{k} {v}" for k, v in detail.outcomes.items()))
+    if end.outcomes:
+        click.echo("  tokens: " + ", ".join(f"{k} {v}" for k, v in end.outcomes.items()))
     # This process works in the run's folder (resume changes to it), where relative paths resolve.
-    for f in sink_files(detail.artifacts, None):
+    for f in sink_files(end.artifacts, None):
         click.echo(f"  sink {f.sink}: {f.rows} rows → {f.location}: {f.describe()}")
     row = first[0] + 1 if first is not None else 1
     explain = (
