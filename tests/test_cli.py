@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -354,10 +355,15 @@ def test_validate(work: Path) -> None:
             "cannot connect",
         ),
         (lambda t: t + "bogus: 1\n", 2, "bogus: unknown key"),
+        (
+            lambda t: t.replace("{path: out/low.csv}", "{path: out/low.csv, escape_formulas: maybe}"),
+            2,
+            "settings.yaml: sinks.low.options.escape_formulas: found 'maybe'; allowed: true or false",
+        ),
         (lambda t: t.replace("routes:", "routs:"), 2, "gates[0]"),
         (lambda t: t.replace("fields: ['id: int'", "fields: ['id: integer'"), 2, "source.options.schema.fields[0]"),
     ],
-    ids=["missing-input", "sink-folder", "disk-full", "db-sink", "unknown-key", "typo", "bad-type"],
+    ids=["missing-input", "sink-folder", "disk-full", "db-sink", "unknown-key", "escape-formulas", "typo", "bad-type"],
 )
 def test_user_mistakes_are_one_clear_error(db: Database, work: Path, change: object, code: int, says: str) -> None:
     (work / "settings.yaml").write_text(change(PIPELINE))  # type: ignore[operator]
@@ -384,6 +390,46 @@ def test_statecharts_check_fails_when_a_diagram_is_stale(tmp_path: Path) -> None
 def test_usage_errors_exit_2(work: Path) -> None:
     proc = elspeth("run", cwd=work)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+ESCAPING = """
+source:
+  plugin: csv
+  on_success: out
+  options: {path: in.csv, schema: {mode: fixed, fields: ['id: int', 'note: str', 'amount: int']}}
+sinks:
+  out: {plugin: csv, options: {path: out/notes.csv, escape_formulas: true}}
+"""
+
+
+def test_a_run_with_escape_formulas_writes_escaped_cells_and_records_their_sha256(db: Database, work: Path) -> None:
+    """Crashed part way and resumed: the resume's digest check passes on the escaped bytes, and
+    the file, escaped throughout, hashes to the sha256 the log records for it."""
+    notes = ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "safe"]
+    write_csv(work / "in.csv", ["id", "note", "amount"], [[i, notes[i % 5], -i] for i in range(40)])
+    (work / "settings.yaml").write_text(ESCAPING)
+    crashed = elspeth(
+        "run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": "committed:8"}
+    )
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+    assert (work / "out" / "notes.csv").read_bytes().startswith(b"id,note,amount\r\n0,'=1+1,0\r\n")
+    resumed = elspeth("resume", run_id, cwd=work, db=db)
+    assert resumed.returncode == 0, resumed.stderr
+    written = (work / "out" / "notes.csv").read_bytes()
+    escaped = ["'=1+1", "'+cmd|' /C calc'!A0", "'-2+3", "'@SUM(A1)", "safe"]
+    assert written == b"id,note,amount\r\n" + b"".join(
+        f"{i},{escaped[i % 5]},{-i}\r\n".encode() for i in range(40)
+    )  # (a typed int such as -3 is a number, not a formula: not escaped)
+    shown = json.loads(elspeth("show", run_id, "--json", cwd=work, db=db).stdout)
+    [artifact] = shown["artifacts"]
+    assert (artifact["file"], artifact["position"]) == ("ok", len(written))
+    assert artifact["sha256"] == hashlib.sha256(written).hexdigest()
+    with db.connect() as conn:  # what the log records, read as recorded
+        recorded = conn.execute(
+            "SELECT sha256 FROM artifacts WHERE run_id = %s ORDER BY seq DESC LIMIT 1", (run_id,)
+        ).fetchone()
+    assert recorded == (hashlib.sha256(written).hexdigest(),)
 
 
 def test_a_postgresql_landscape_url_in_the_settings_is_the_audit_store(db: Database, work: Path) -> None:

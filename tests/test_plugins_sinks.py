@@ -110,6 +110,77 @@ def test_csv_sink_write_and_append_modes(tmp_path: Path) -> None:
     assert path.read_bytes().decode() == "a\r\n1\r\n2\r\n"  # no second header
 
 
+# -- csv: escape_formulas (CSV or formula injection, OWASP) ----------------------------------
+
+# Text a spreadsheet runs as a formula: each character OWASP names, first.
+FORMULAS = ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1"]
+# Left as they are: other text (a formula character later, a space or a quote first), numbers
+# (a negative one is data: a spreadsheet reads `-5` as the number), booleans, nulls, structures.
+SAFE: list[Any] = ["plain", "", "a=b", " =1", "'=1", -5, -2.5, 0, True, None, {"k": "=1"}, ["=1"]]
+
+
+def _read_cells(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+@pytest.mark.parametrize("formula", FORMULAS, ids=["eq", "plus", "minus", "at", "tab", "cr"])
+def test_escape_formulas_puts_a_quote_before_text_a_spreadsheet_would_run(tmp_path: Path, formula: str) -> None:
+    path = tmp_path / "o.csv"
+    row = {"v": formula, **{f"s{i}": value for i, value in enumerate(SAFE)}}
+    written(sink("csv", path=str(path), escape_formulas=True), [row])
+    header, cells = _read_cells(path)
+    assert header == list(row)
+    assert cells[0] == "'" + formula
+    assert cells[1:] == ["plain", "", "a=b", " =1", "'=1", "-5", "-2.5", "0", "True", "", '{"k": "=1"}', '["=1"]']
+
+
+def test_without_escape_formulas_every_cell_is_written_as_the_row_holds_it(tmp_path: Path) -> None:
+    """The default, and `false`, write the bytes they always wrote (the prior system's)."""
+    rows = [{"v": formula, "n": -5} for formula in FORMULAS]
+    for name, options in (("default.csv", {}), ("off.csv", {"escape_formulas": False})):
+        path = tmp_path / name
+        written(sink("csv", path=str(path), **options), rows)
+        assert path.read_bytes() == (
+            b"v,n\r\n=1+1,-5\r\n+cmd|' /C calc'!A0,-5\r\n-2+3,-5\r\n@SUM(A1),-5\r\n\t=1+1,-5\r\n\"\r=1+1\",-5\r\n"
+        )
+        assert sink("csv", path=str(path), **options).layout()["escape_formulas"] is False
+    assert sink("csv", path=str(tmp_path / "on.csv"), escape_formulas=True).layout()["escape_formulas"] is True
+
+
+@pytest.mark.parametrize(("value", "found"), [("maybe", "'maybe'"), ([True], "[True]"), (2, "2")])
+def test_escape_formulas_that_is_not_a_boolean_is_refused_naming_it(value: object, found: str) -> None:
+    with pytest.raises(PluginConfigError) as err:
+        sink("csv", path="o.csv", escape_formulas=value)
+    assert (err.value.path, err.value.message) == ("escape_formulas", f"found {found}; allowed: true or false")
+
+
+def test_escape_formulas_escapes_the_header_and_a_resume_reads_it_back(tmp_path: Path) -> None:
+    """Field names come from the input too (a JSON source's keys). A resume reads the header on
+    disk for the file's columns: read as written, every name is found again (`=x` and `'y`, whose
+    escape takes a second quote, `''y`), and the file's sha256 is of the bytes written."""
+    path = tmp_path / "o.csv"
+    first = sink("csv", path=str(path), escape_formulas=True)
+    first.open("run", None)
+    first.write("t1", {"=x": "=1", "'y": "a", "z": -1})
+    durable = first.flush()
+    digest = first.digest()
+    first.write("t2", {"=x": "lost", "'y": "b", "z": 0})
+    first.flush()  # on disk, but the crash comes before the run records this position
+    first.release()
+    assert digest == hashlib.sha256(path.read_bytes()[:durable]).hexdigest()
+
+    again = sink("csv", path=str(path), escape_formulas=True)
+    again.expect(digest)
+    again.open("run", durable)
+    again.write("t2", {"z": 2, "=x": "@b", "'y": "c"})
+    position, digest = again.flush(), again.digest()
+    again.close()
+    assert path.read_bytes() == b"'=x,''y,z\r\n'=1,a,-1\r\n'@b,c,2\r\n"
+    assert position == path.stat().st_size
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()  # what the log records at the flush
+
+
 # -- json ------------------------------------------------------------------------------------
 
 

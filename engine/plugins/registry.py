@@ -74,7 +74,9 @@ BUILTIN: tuple[PluginSpec, ...] = (
     PluginSpec("csv", "sink", sinks.FILE_SINKS["csv"], {
         "path": "output file (required; its folder must exist)", "headers": "write a header line (default: true)",
         "delimiter": "one character, not a quote or line break (default: ',')", "encoding": "default: utf-8",
-        "mode": "write | append (default: write)", "schema": _SCHEMA}),
+        "mode": "write | append (default: write)",
+        "escape_formulas": "prefix ' to text a spreadsheet would run as a formula (default: false)",
+        "schema": _SCHEMA}),
     PluginSpec("json", "sink", sinks.FILE_SINKS["json"], _JSON_SINK),
     PluginSpec("jsonl", "sink", sinks.FILE_SINKS["jsonl"],
                {**_JSON_SINK, "format": "json | jsonl (default: jsonl)"}),

@@ -34,6 +34,31 @@ def _cell(value: Any) -> Any:
     return value
 
 
+# The first characters that make a spreadsheet run a cell as a formula (OWASP, "CSV injection"):
+# a row from untrusted input holding `=HYPERLINK(…)` or `+cmd|…` runs when the file is opened in one.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _defused(cell: Any) -> Any:
+    """A CSV cell with `'` before it when it is text a spreadsheet would run as a formula (the
+    OWASP recommendation: the cell is then text). Numbers stay as they are: `-5` is a number to a
+    spreadsheet, and a row holds no infinity or NaN (a recorded row cannot), whose text could be
+    taken for a name; nor does JSON text (a structure's) start with one of these."""
+    return "'" + cell if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) else cell
+
+
+def _defused_name(name: str) -> str:
+    """A header cell as `escape_formulas` writes it: as `_defused`, and a name starting with `'`
+    gets one more, so that `_restored_name` reads every header back as the names it was written
+    from (`=x` and `'=x` would otherwise both be `'=x`), as a file being continued needs."""
+    return "'" + name if name.startswith((*_FORMULA_STARTS, "'")) else name
+
+
+def _restored_name(cell: str) -> str:
+    """The field name a header cell written by `_defused_name` stands for."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
 def _hash_of(f: BinaryIO, size: int) -> Any:
     """sha256 of the first `size` bytes of an open file."""
     h = hashlib.sha256()
@@ -539,12 +564,17 @@ class CsvSink(_FileSink):
     """Header: the schema's fields when it names them, else the first row's keys. A missing field
     is an empty cell. A row with a field outside the header is refused (RowError, routed by
     `on_write_failure`): a CSV file cannot grow a column, and dropping the value unrecorded
-    would leave the audit trail claiming a row that the file does not hold."""
+    would leave the audit trail claiming a row that the file does not hold.
+
+    `escape_formulas`: a text cell (and a header name) that a spreadsheet would run as a formula
+    is written with `'` before it (`_defused`). The log's digests are of the bytes written, so
+    of the escaped cells; the rows it records are the rows as the pipeline held them."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
-        o = Options(options, "path", "headers", "delimiter", "encoding", "mode")
+        o = Options(options, "path", "headers", "delimiter", "encoding", "mode", "escape_formulas")
         super().__init__(o.path(), _mode(o), o.encoding(), parse_schema(o.raw("schema")))
         self.write_header = o.bool_("headers", True)
+        self.escape_formulas = o.bool_("escape_formulas", False)
         self.delimiter = o.delimiter()
         try:  # (else every row was refused, for a character of its own it was said to hold: a review)
             self.delimiter.encode(self.encoding)
@@ -565,6 +595,9 @@ class CsvSink(_FileSink):
         in their order (with one, the header on disk decides, and `open` checks it)."""
         layout: dict[str, object] = {"delimiter": self.delimiter, "headers": self.write_header}
         layout["encoding"] = self.encoding
+        # (Continued with the other value, the file would hold cells escaped and cells not, and
+        # its header would be read back as other names.)
+        layout["escape_formulas"] = self.escape_formulas
         if not self.write_header:
             layout["schema.fields"] = self.schema.field_names
         return layout
@@ -626,7 +659,7 @@ class CsvSink(_FileSink):
         fields = self.fields if self.fields is not None else list(row)
         known = self._known if self._known is not None else frozenset(fields)
         if self._known is None and self._needs_header and self.write_header:  # the header comes with this row
-            self._refuse_unencodable(row, self.delimiter.join(fields))
+            self._refuse_unencodable(row, self.delimiter.join(self._header(fields)))
         extra = [k for k in row if k not in known]
         if extra:
             # Only names the settings spell are recorded: columns fixed by the first row or by the
@@ -639,17 +672,28 @@ class CsvSink(_FileSink):
             )
         if self._may_not_encode:
             line = io.StringIO()
-            csv.writer(line, delimiter=self.delimiter).writerow([_cell(row.get(k, "")) for k in fields])
+            csv.writer(line, delimiter=self.delimiter).writerow(self._cells(row, fields))
             self._refuse_unencodable(row, line.getvalue())
         self.fields, self._known = fields, known
         self._buffer.append(row)
 
+    def _cells(self, row: Row, fields: list[str]) -> list[Any]:
+        """A row's cells in the order of `fields`, as they are written."""
+        cells = [_cell(row.get(k, "")) for k in fields]
+        return [_defused(c) for c in cells] if self.escape_formulas else cells
+
+    def _header(self, fields: list[str]) -> list[str]:
+        """The header line's cells: field names come from the input too (a JSON source's keys)."""
+        return [_defused_name(k) for k in fields] if self.escape_formulas else fields
+
     def _header_on_disk(self, size: int) -> list[str] | None:
-        """The header of a file being continued, so later rows keep its column order."""
+        """The field names in the header of a file being continued, so later rows keep its
+        column order (with `escape_formulas`, read as it wrote them)."""
         with self.path.open("rb") as f:
             head = f.read(min(size, 1 << 20))
         text = head.decode(self.encoding, errors="replace").lstrip("\ufeff")
-        return next(csv.reader(io.StringIO(text), delimiter=self.delimiter), None)
+        header = next(csv.reader(io.StringIO(text), delimiter=self.delimiter), None)
+        return [_restored_name(c) for c in header] if self.escape_formulas and header is not None else header
 
     def flush(self) -> int:
         rows, self._buffer = self._buffer, []
@@ -661,12 +705,12 @@ class CsvSink(_FileSink):
             known = frozenset(fields)
             writer = csv.writer(out, delimiter=self.delimiter)
             if self._needs_header and self.write_header:
-                writer.writerow(fields)
+                writer.writerow(self._header(fields))
             self._needs_header = False
             for row in rows:
                 if not known.issuperset(row):  # `write` refused such rows already: never drop a field
                     raise PluginError(_NODE, f"{self.path}: a row has fields outside its columns {fields}")
-                writer.writerow([_cell(row.get(k, "")) for k in fields])
+                writer.writerow(self._cells(row, fields))
         position = self._durable(self._encode(out.getvalue()))
         self._rows_durable = self._rows_durable or bool(rows)
         return position
