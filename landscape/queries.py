@@ -364,26 +364,35 @@ class RowCounts(msgspec.Struct, frozen=True, kw_only=True):
 # read for; the diverted branch is still among the rows written to its sink and the tokens'
 # outcomes. (Quarantine happens at the source, to a row's only token: it meets no other outcome.)
 #
+# The statement also gives the first failed row (`FirstFailure`), from the same walk: a failed
+# token's seq, node and reason are carried up to every row it holds data of (a line of its own,
+# `first failed`: row index, node, reason).
+#
 # `discarded`: of the rows counted quarantined or diverted, those a token of which went to
 # `discard` (no sink): recorded, written to no sink (the source's default for a row that does not
 # fit its schema). Another of the row's tokens, a fork's branch, may have been written: it is not
 # "rows written nowhere".
 ROWS_BY_OUTCOME = (
-    "WITH RECURSIVE ended(outcome, discarded, token_id) AS ("
-    " SELECT o.outcome, o.sink IS NULL AND o.outcome <> 'failed', o.token_id FROM token_outcomes o"
+    "WITH RECURSIVE ended(outcome, discarded, token_id, seq, node, reason) AS ("
+    " SELECT o.outcome, o.sink IS NULL AND o.outcome <> 'failed', o.token_id,"
+    " CASE WHEN o.outcome = 'failed' THEN o.seq END, CASE WHEN o.outcome = 'failed' THEN o.node END,"
+    " CASE WHEN o.outcome = 'failed' THEN o.reason END FROM token_outcomes o"
     " WHERE o.run_id = %(run)s AND o.outcome IN ('quarantined', 'failed', 'diverted')"
     " AND (o.outcome <> 'failed' OR o.reason IS DISTINCT FROM 'late_arrival')"
-    " UNION SELECT e.outcome, e.discarded, p.parent_id FROM ended e"
+    " UNION SELECT e.outcome, e.discarded, p.parent_id, e.seq, e.node, e.reason FROM ended e"
     " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = e.token_id"
     "), rows AS ("
-    " SELECT e.outcome, e.discarded, t.row_index FROM ended e"
+    " SELECT e.outcome, e.discarded, t.row_index, 0 AS k, e.seq, e.node, e.reason FROM ended e"
     " JOIN tokens t ON t.run_id = %(run)s AND t.token_id = e.token_id"
-    " UNION ALL SELECT 'failed', false, c.row_index FROM coalesces c WHERE c.run_id = %(run)s AND c.status = 'failed'"
+    " UNION ALL SELECT 'failed', false, c.row_index, 1, 0, c.coalesce, c.reason FROM coalesces c"
+    " WHERE c.run_id = %(run)s AND c.status = 'failed'"
     "), final AS ("  # each row once, under its worst outcome
     " SELECT row_index, min(CASE outcome WHEN 'failed' THEN 1 WHEN 'diverted' THEN 2 ELSE 3 END) AS rank,"
     " bool_or(discarded) AS discarded FROM rows GROUP BY row_index"
-    ") SELECT (ARRAY['failed', 'diverted', 'quarantined'])[rank], count(*) FROM final GROUP BY rank"
-    " UNION ALL SELECT 'discarded', count(*) FROM final WHERE discarded AND rank > 1"
+    ") SELECT (ARRAY['failed', 'diverted', 'quarantined'])[rank], count(*), NULL, NULL FROM final GROUP BY rank"
+    " UNION ALL SELECT 'discarded', count(*), NULL, NULL FROM final WHERE discarded AND rank > 1"
+    " UNION ALL (SELECT 'first failed', row_index, node, reason FROM rows WHERE outcome = 'failed'"
+    " ORDER BY row_index, k, seq LIMIT 1)"
 )
 
 # Rows a token that has not ended holds data of: of a run that crashed, failed or was abandoned,
@@ -412,23 +421,40 @@ def without_nested_loops(conn: Any) -> None:
 def row_counts(db: Database, run_id: str) -> RowCounts:
     """How many source rows ended how. A row whose fork branches failed twice counts once."""
     with driver_errors(f"counting the rows of run {run_id}"), db.connect() as conn:
-        return _row_counts(conn, run_id, _metrics(conn, run_id))
+        return _row_counts(conn, run_id, _metrics(conn, run_id))[0]
 
 
 def _metrics(conn: Any, run_id: str) -> dict[str, float]:
     return {m: v for m, v in conn.execute("SELECT metric, value FROM run_metrics WHERE run_id = %s", (run_id,))}
 
 
-def _row_counts(conn: Any, run_id: str, metrics: dict[str, float]) -> RowCounts:
+# The first failed row of a run, by row number, as `ROWS_BY_OUTCOME` counts failed rows: a row a
+# failed token holds data of, but for a late arrival (its row merged and went on, or its
+# coalesce's failure says it), or whose coalesce failed. Its row's index, the node and the
+# reason: a token's failure before its coalesce's, as the cause, the first by seq. (Not the first
+# to fail in time: a coalesce's row in the projection holds no seq. By seq, a review found the
+# summary naming a row that had merged, its third branch late; then a later row before a
+# coalesce that had failed first, its branch lost.)
+FirstFailure = tuple[int, str | None, str | None]
+
+
+def _row_counts(conn: Any, run_id: str, metrics: dict[str, float]) -> tuple[RowCounts, FirstFailure | None]:
+    """The row counts, and the first failed row (None when none failed)."""
     without_nested_loops(conn)
-    by_outcome = {outcome: int(n) for outcome, n in conn.execute(ROWS_BY_OUTCOME, {"run": run_id})}
+    by_outcome: dict[str, int] = {}
+    first: FirstFailure | None = None
+    for outcome, n, node, reason in conn.execute(ROWS_BY_OUTCOME, {"run": run_id}):
+        if outcome == "first failed":
+            first = (int(n), node, reason)
+        else:
+            by_outcome[outcome] = int(n)
     status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone()
     unfinished = 0
     if status is not None and status[0] != str(RunState.COMPLETED):
         found = conn.execute(ROWS_UNFINISHED, {"run": run_id}).fetchone()
         unfinished = int(found[0]) if found else 0
     written = {k.split(".", 1)[1][: -len(".rows")]: int(v) for k, v in sorted(metrics.items()) if _is_sink_rows(k)}
-    return RowCounts(
+    counts = RowCounts(
         rows_in=int(metrics.get("rows_in", 0)),
         written=written,
         quarantined=by_outcome.get("quarantined", 0),
@@ -437,36 +463,7 @@ def _row_counts(conn: Any, run_id: str, metrics: dict[str, float]) -> RowCounts:
         discarded=by_outcome.get("discarded", 0),
         unfinished=unfinished,
     )
-
-
-def first_failure(db: Database, run_id: str) -> tuple[int, str | None, str | None] | None:
-    """The first failed row of the run, by row number, as `ROWS_BY_OUTCOME` counts failed rows: a
-    row a failed token holds data of, but for a late arrival (its row merged and went on, or its
-    coalesce's failure says it), or whose coalesce failed. Its row's index, the node and the
-    reason: a token's failure before its coalesce's, as the cause, the first by seq. (Not the first
-    to fail in time: a coalesce's row in the projection holds no seq. By seq, a review found the
-    summary naming a row that had merged, its third branch late; then a later row before a
-    coalesce that had failed first, its branch lost.)"""
-    with driver_errors(f"reading the failures of run {run_id}"), db.connect() as conn:
-        return _first_failure(conn, run_id)
-
-
-def _first_failure(conn: Any, run_id: str) -> tuple[int, str | None, str | None] | None:
-    without_nested_loops(conn)
-    row = conn.execute(
-        "WITH RECURSIVE failed(token_id, seq, node, reason) AS ("
-        " SELECT o.token_id, o.seq, o.node, o.reason FROM token_outcomes o"
-        " WHERE o.run_id = %(run)s AND o.outcome = 'failed' AND o.reason IS DISTINCT FROM 'late_arrival'"
-        " UNION SELECT p.parent_id, f.seq, f.node, f.reason FROM failed f"
-        " JOIN token_parents p ON p.run_id = %(run)s AND p.token_id = f.token_id"
-        ") SELECT row_index, node, reason FROM ("
-        " SELECT t.row_index, 0 AS k, f.seq AS n, f.node, f.reason FROM failed f"
-        " JOIN tokens t ON t.run_id = %(run)s AND t.token_id = f.token_id"
-        " UNION ALL SELECT c.row_index, 1, 0, c.coalesce, c.reason FROM coalesces c"
-        " WHERE c.run_id = %(run)s AND c.status = 'failed') failures ORDER BY row_index, k, n LIMIT 1",
-        {"run": run_id},
-    ).fetchone()
-    return None if row is None else (int(row[0]), row[1], row[2])
+    return counts, first
 
 
 class RunEnd(msgspec.Struct, frozen=True, kw_only=True):
@@ -475,7 +472,7 @@ class RunEnd(msgspec.Struct, frozen=True, kw_only=True):
     rows: RowCounts
     outcomes: dict[str, int]  # the tokens' terminal outcomes: outcome -> tokens
     artifacts: list[Artifact]  # the sinks' flushes, in order
-    first_failed: tuple[int, str | None, str | None] | None  # `first_failure`, when a row failed
+    first_failed: FirstFailure | None  # when a row failed
 
 
 def run_end(db: Database, run_id: str) -> RunEnd:
@@ -484,13 +481,9 @@ def run_end(db: Database, run_id: str) -> RunEnd:
     a whole pass over the run's steps, a tenth of a second per 50,000 rows of the fork example)."""
     with driver_errors(f"reading the end of run {run_id}"), db.connect() as conn:
         metrics = _metrics(conn, run_id)
-        rows = _row_counts(conn, run_id, metrics)
-        return RunEnd(
-            rows=rows,
-            outcomes=_prefixed(metrics, "outcome."),
-            artifacts=_artifacts(conn, run_id),
-            first_failed=_first_failure(conn, run_id) if rows.failed else None,
-        )
+        rows, first = _row_counts(conn, run_id, metrics)
+        return RunEnd(rows=rows, outcomes=_prefixed(metrics, "outcome."), artifacts=_artifacts(conn, run_id),
+                      first_failed=first)  # fmt: skip
 
 
 class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -1456,14 +1456,14 @@ def test_a_failed_batch_output_fails_every_row_of_its_batch(db: Database, tmp_pa
     """The output token is numbered by one of its batch's rows; each of them was lost in it. The
     counts followed that number: a failed output of four rows was one failed row, and three
     were counted nowhere (an investigator's review)."""
-    from landscape.queries import first_failure, row_counts
+    from landscape.queries import row_counts, run_end
 
     write_csv(tmp_path / "in.csv", ["id", "amount"], [[i, i] for i in range(1, 7)])
     r = run(db, tmp_path, _BATCHES.replace("COUNT", "3"))
     assert r.fold.outcomes["failed"] == 2  # two outputs
     counts = row_counts(db, r.outcome.run_id)
     assert (counts.rows_in, counts.written, counts.failed, counts.unfinished) == (6, {}, 6, 0), counts
-    assert first_failure(db, r.outcome.run_id) == (0, "out", "sink_row_refused")
+    assert run_end(db, r.outcome.run_id).first_failed == (0, "out", "sink_row_refused")
 
 
 def test_a_stopped_runs_rows_in_an_open_batch_are_unfinished(db: Database, tmp_path: Path) -> None:

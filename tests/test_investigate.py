@@ -427,6 +427,26 @@ def test_the_first_failed_row_is_the_lowest_failed_row_coalesce_or_token(db: Dat
     assert "  first failed: row 1 at j: branch_lost" in proc.stdout.splitlines(), proc.stdout
 
 
+def test_the_first_failed_row_is_named_by_its_tokens_failure_not_its_coalesces(db: Database, tmp_path: Path) -> None:
+    """Row 2's branch a fails at a gate, and its coalesce then fails for want of it: both are the
+    row's failures, and the summary names the cause, the token's, before the coalesce's."""
+    (tmp_path / "in.jsonl").write_text('{"id":1,"amount":5}\n{"id":2,"amount":"x"}\n')
+    proc = _run_to_two_sinks(
+        db,
+        tmp_path,
+        "{plugin: json, on_success: raw, options: {path: in.jsonl, format: jsonl, schema: {mode: fixed, "
+        "fields: ['id: int', 'amount: any']}, on_validation_failure: discard}}",
+        "gates:\n"
+        "- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [b, a]}\n"
+        "- {name: ga, input: a, condition: \"row['amount'] > 10\", routes: {'true': a_ok, 'false': a_ok}}\n"
+        "coalesce:\n"
+        "- {name: j, branches: {a: a_ok, b: b}, policy: require_all, merge: union, on_success: output}\n",
+    )
+    assert "failed: 1" in proc.stdout, proc.stdout
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("  first failed: ")]
+    assert line.startswith("  first failed: row 2 at ga: "), proc.stdout
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
