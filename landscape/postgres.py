@@ -116,21 +116,27 @@ _FLUSHED_AFTER = (
     "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f "
     + _EVERY_FOLDER.format(run="f.run_id")
 )
-# `read_since`: the finished transactions' commits after a reader's position (`event_commits`):
-# the rest of the transaction it stopped in, then those after it, enough to fill the page (each
-# commit holds an event at least, so `limit` of them suffice; of those, the ones before the
-# commit that brings the count to `limit`); then their events, each range by the events' key (a
-# lateral join: never a scan of the table), in (tx_id, global_position) order.
-_FINISHED = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# `read_since` reads whole transactions, from `event_commits` (a row per commit: a transaction that
+# wrote two runs has two), below the snapshot's xmin, computed once (`_XMIN`). Each round takes the
+# next transactions in order (`_NEXT_TX`): as many as the commits' rows say hold the events the page
+# still wants, at least one; then every event of those by the events' key (a lateral join: never a
+# scan), in (tx_id, global_position) order. A page may end inside a transaction, since every event
+# of each transaction read was among those ordered: no event between two positions is left out,
+# whatever order a transaction wrote its runs in. Events are counted as read, not as the rows say:
+# a row whose events are not there (a detached partition's, or one inserted by hand) gives none,
+# and the reader goes on to the next transactions rather than stop at an empty page; a row that
+# claims more than there are only makes a round take fewer transactions.
+_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_SIZE = "greatest(last_seq::numeric - first_seq + 1, 1)"
+_NEXT_TX = (
+    f"SELECT max(tx_id) FROM (SELECT tx_id, sum({_SIZE}) OVER (ORDER BY tx_id, run_id) - {_SIZE} AS before "
+    "FROM (SELECT * FROM public.event_commits WHERE tx_id > %(after)s AND tx_id < %(xmin)s "
+    "ORDER BY tx_id, run_id LIMIT %(limit)s) l) w WHERE before < %(limit)s"
+)
 _SINCE = (
-    "WITH later AS (SELECT *, sum(last_seq - first_seq + 1) OVER (ORDER BY tx_id, run_id) - (last_seq - first_seq + 1) "
-    f"  AS before FROM (SELECT * FROM public.event_commits WHERE tx_id > %(tx)s AND {_FINISHED} "
-    "  ORDER BY tx_id, run_id LIMIT %(limit)s) l), "
-    f"wanted AS (SELECT tx_id, run_id, first_seq, last_seq FROM public.event_commits WHERE tx_id = %(tx)s AND {_FINISHED} "
-    "  UNION ALL SELECT tx_id, run_id, first_seq, last_seq FROM later WHERE before < %(limit)s) "
-    f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM (SELECT e.* FROM wanted c CROSS JOIN LATERAL ("
+    f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM (SELECT e.* FROM public.event_commits c CROSS JOIN LATERAL ("
     "  SELECT * FROM public.events e WHERE e.run_id = c.run_id AND e.seq BETWEEN c.first_seq AND c.last_seq "
-    "  AND e.tx_id = c.tx_id OFFSET 0) e) e "
+    "  AND e.tx_id = c.tx_id OFFSET 0) e WHERE c.tx_id > %(after)s AND c.tx_id <= %(upto)s) e "
     "WHERE (tx_id, global_position) > (%(tx)s, %(pos)s) ORDER BY tx_id, global_position LIMIT %(limit)s"
 )
 # `open_positions`: the runs that can still be resumed (not completed nor abandoned; one row each
@@ -707,22 +713,34 @@ class PostgresRecorder:
                     yield from (r for r in rows if r[0] not in erased) if erased else rows
 
     def read_since(self, position: tuple[int, int] = (0, 0), limit: int = 10_000) -> list[GlobalEvent]:
-        """Events of all runs after `position`, oldest transaction first, at most `limit`.
+        """Events of all runs after `position`, oldest transaction first, at most `limit`; none
+        only when no finished transaction holds one after it.
 
         Identity values are handed out before commit, so ordering by global_position alone would
         skip a transaction that took its positions early but committed late. Instead, only
         transactions older than every one still in progress (tx_id below the snapshot's xmin)
         are read, in (tx_id, global_position) order: that set can no longer grow, so a reader
         that continues from the last pair it saw never misses a late commit. The transactions
-        are found in `event_commits`, one row per commit (migration 0017): events appended
-        without one, by hand, are not read here."""
+        are found in `event_commits` (migration 0017): events appended without a row there, by
+        hand, are not read here."""
         tx, pos = position
+        page: list[GlobalEvent] = []
         with driver_errors("reading events across runs"), self.db.connect() as conn, conn.cursor(binary=True) as cur:
             _read_us(cur)
-            cur.execute(_SINCE, {"tx": tx, "pos": pos, "limit": limit})
-            read_as_written(cur, "events", ("int8", "int8", *_EVENT_TYPES))
-            rows = cur.fetchall()
-        return [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in rows]
+            (xmin,) = cur.execute(_XMIN).fetchone() or (0,)
+            after, upto = tx - 1, tx  # first the rest of the transaction the reader stopped in
+            while True:
+                cur.execute(_SINCE, {"after": after, "upto": upto, "tx": tx, "pos": pos, "limit": limit - len(page)})
+                read_as_written(cur, "events", ("int8", "int8", *_EVENT_TYPES))
+                page += [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in cur.fetchall()]
+                if len(page) >= limit:
+                    break
+                after = upto
+                found = cur.execute(_NEXT_TX, {"after": after, "xmin": xmin, "limit": limit - len(page)}).fetchone()
+                if found is None or found[0] is None:  # no finished transaction after it
+                    break
+                upto = found[0]
+        return page
 
     def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]:
         """hash hex -> (salt, data) as stored, for those of `hashes` the payload store holds for

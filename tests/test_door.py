@@ -22,6 +22,7 @@ from landscape.chain import GENESIS, event_hash
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from landscape.records import GlobalEvent, Payload, StoredEvent
+from landscape.roles import Role
 from landscape.verify import verify_events, verify_payloads
 from statecharts import events as ev
 from statecharts.compiled import EVENT_MACHINE
@@ -336,3 +337,74 @@ def test_read_since_pages_through_commits_of_every_size_each_event_once_in_order
             paged += [(g.position, g.event.run_id, g.event.seq) for g in page]
             position = page[-1].position
         assert paged == expected, limit
+
+
+def _reader_start(recorder: PostgresRecorder) -> tuple[int, int]:
+    """Where a reader stands after every event the module's database holds so far."""
+    return max((g.position for g in recorder.read_since((0, 0), limit=1_000_000)), default=(0, 0))
+
+
+def _paged(recorder: PostgresRecorder, start: tuple[int, int], limit: int) -> list[tuple[tuple[int, int], str, int]]:
+    """Every event after `start`, read `limit` at a time as a reader goes: (position, run, seq)."""
+    paged, position = [], start
+    while page := recorder.read_since(position, limit=limit):
+        assert len(page) <= limit
+        paged += [(g.position, g.event.run_id, g.event.seq) for g in page]
+        position = page[-1].position
+    return paged
+
+
+def _in_read_order(db: Database, runs: str) -> list[tuple[tuple[int, int], str, int]]:
+    """The events of the runs named LIKE `runs`, in (tx_id, global_position) order, once each is
+    final (see `_once_final`)."""
+    with db.connect() as conn:
+        stored = [
+            ((tx, position), run_id, seq)
+            for tx, position, run_id, seq in conn.execute(
+                "SELECT tx_id, global_position, run_id, seq FROM events WHERE run_id LIKE %s "
+                "ORDER BY tx_id, global_position",
+                (runs,),
+            )
+        ]
+    ours = {run_id for _, run_id, _ in stored}
+    deadline = time.monotonic() + 60
+    while stored and sum(
+        r in ours for _, r, _ in _paged(PostgresRecorder(db), (stored[0][0][0] - 1, 0), 1_000_000)
+    ) < len(stored):
+        assert time.monotonic() < deadline
+    return stored
+
+
+def test_read_since_pages_through_a_transaction_that_wrote_two_runs_in_position_order(db: Database) -> None:
+    """One transaction wrote run `zz-two` first (the lower positions), then `aa-two`: a page that
+    ends inside the transaction must not pass over the other run's events (found by a hostile
+    review: pages of one read `aa-two` only, its commit row first by run name)."""
+    recorder = PostgresRecorder(db)
+    start = _reader_start(recorder)
+    with db.connect() as conn:
+        _insert(conn, "zz-two", range(2))
+        _insert(conn, "aa-two", range(2))
+    expected = _in_read_order(db, "%-two")
+    assert [r for _, r, _ in expected] == ["zz-two", "zz-two", "aa-two", "aa-two"]
+    for limit in (1, 2, 3, 100):
+        assert _paged(recorder, start, limit) == expected, limit
+
+
+def test_read_since_goes_past_commit_rows_whose_events_are_not_there(db: Database) -> None:
+    """A commit's row whose events are gone (its run's partition detached and archived, as
+    docs/scaling.md says) or never were (one a writer inserted alone, claiming a billion events):
+    the reader reads past them to the events after, at every page size. (A hostile review: each
+    made every reader's page empty, that is, the reader stopped there for good.)"""
+    recorder = PostgresRecorder(db)
+    start = _reader_start(recorder)
+    with db.connect() as conn:
+        conn.execute("INSERT INTO event_commits (run_id, first_seq, last_seq) VALUES ('archived-gone', 0, 9999)")
+    with db.connect(role=Role.WRITER) as conn:  # (a writer's row names its own transaction: see test_access)
+        conn.execute("INSERT INTO event_commits (run_id, first_seq, last_seq) VALUES ('claims-all', 0, 10^15)")
+        conn.execute("INSERT INTO event_commits (run_id, first_seq, last_seq) VALUES ('claims-less', 5, -10^15)")
+    with db.connect() as conn:
+        _insert(conn, "after-gone", range(3))
+    expected = _in_read_order(db, "after-gone")
+    assert len(expected) == 3
+    for limit in (1, 2, 10, 10_000, 1_000_000):
+        assert _paged(recorder, start, limit) == expected, limit
