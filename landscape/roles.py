@@ -82,6 +82,17 @@ ROW_DATA_COLUMNS: dict[str, tuple[str, ...]] = {
     "runs": ("source_fingerprint",),
 }
 
+# Columns the writer may not insert, where the server fills them in: which transaction wrote an
+# event or a commit's row (`tx_id`, a default) and an event's place across runs (`global_position`,
+# an identity), by which cross-run readers order the events (`read_since`) and a resume tells a
+# later flush (`flushed_since`). A writer that chose them could put its events among another
+# transaction's, or take another transaction's commit row (whose commit would then fail). The
+# writer inserts the other columns (a column grant).
+WRITER_WITHHELD: dict[str, tuple[str, ...]] = {
+    "events": ("global_position", "tx_id"),
+    "event_commits": ("tx_id",),
+}
+
 _ALL = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
 # (kind, role) -> the table privileges it gets; anything absent gets nothing.
@@ -249,6 +260,14 @@ def _grant_table(conn: psycopg.Connection[Any], table: str, kind: Kind) -> None:
         if role != Role.ANALYST:
             conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(target, who))
         privileges = PRIVILEGES.get((kind, role), ())
+        if role == Role.WRITER and table in WRITER_WITHHELD and "INSERT" in privileges:
+            inserted = [c for c in _columns(conn, table) if c not in WRITER_WITHHELD[table]]
+            conn.execute(
+                sql.SQL("GRANT INSERT ({}) ON {} TO {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, inserted)), target, who
+                )
+            )
+            privileges = tuple(p for p in privileges if p != "INSERT")
         if not privileges:
             continue
         withheld = ROW_DATA_COLUMNS.get(table, ()) if role == Role.ANALYST else ()
@@ -342,6 +361,8 @@ def grants_current(conn: psycopg.Connection[Any]) -> bool:
             granted = PRIVILEGES.get((kind, role), ())
             for privilege in _ALL:
                 want = privilege in granted
+                if role == Role.WRITER and table in WRITER_WITHHELD and privilege == "INSERT":
+                    want = False  # of the whole table: its columns, but those withheld (checked below)
                 if role == Role.ANALYST and not want:
                     continue  # extra grants to analysts are the owner's decision
                 if role == Role.ANALYST and table in ROW_DATA_COLUMNS:
@@ -360,7 +381,20 @@ def grants_current(conn: psycopg.Connection[Any]) -> bool:
         tuple(map(list, zip(*expected, strict=True))),
     ).fetchone()
     conn.commit()
-    return bool(row and row[0])
+    if not (row and row[0]):
+        return False
+    # The writer inserts each column but those withheld (`WRITER_WITHHELD`).
+    for table in sorted(set(WRITER_WITHHELD) & set(_tables(conn))):
+        row = conn.execute(
+            "SELECT bool_and(has_column_privilege(%s, attrelid, attname, 'INSERT') <> (attname = ANY(%s))) "
+            "FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (Role.WRITER.value, list(WRITER_WITHHELD[table]), table),
+        ).fetchone()
+        if not (row and row[0]):
+            conn.commit()
+            return False
+    conn.commit()
+    return True
 
 
 @dataclass(frozen=True)
@@ -383,6 +417,13 @@ def describe(conn: psycopg.Connection[Any]) -> list[RoleInfo]:
         groups: dict[str, list[str]] = {}
         for table in tables:
             held = [p for p in _ALL if _has(conn, role, table, p)]
+            if table in WRITER_WITHHELD and "INSERT" not in held:
+                row = conn.execute(
+                    "SELECT has_any_column_privilege(%s, %s::regclass, 'INSERT')", (role, table)
+                ).fetchone()
+                if row and row[0]:
+                    held.insert(held.index("SELECT") + 1 if "SELECT" in held else 0,
+                                "INSERT (not " + ", ".join(WRITER_WITHHELD[table]) + ")")  # fmt: skip
             if not held and table in ROW_DATA_COLUMNS:
                 row = conn.execute(
                     "SELECT has_any_column_privilege(%s, %s::regclass, 'SELECT')", (role, table)

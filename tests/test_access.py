@@ -88,6 +88,37 @@ def test_the_writer_runs_nothing_on_the_server(db: Database, statement: str) -> 
     assert "permission denied" in why or "must be superuser" in why  # PostgreSQL 15's words for some
 
 
+_ONE_EVENT = (
+    "INSERT INTO events (run_id, seq, machine, entity_id, event_type, schema_version, recorded_at, payload, "
+    "payload_hash, prev_hash, hash{extra}) VALUES ('run-placed', 0, 'run', 'run-placed', 'RunStarted', 1, now(), "
+    "'\\x7b7d', '\\x00', '\\x00', '\\x00'{value})"
+)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        _ONE_EVENT.format(extra=", tx_id", value=", 1"),
+        _ONE_EVENT.format(extra=", global_position", value=", 1"),
+        "INSERT INTO event_commits (tx_id, run_id, first_seq, last_seq) VALUES (1, 'run-placed', 0, 0)",
+    ],
+)
+def test_the_writer_cannot_choose_which_transaction_or_position_its_rows_have(db: Database, statement: str) -> None:
+    """The server fills them in (cross-run readers order by them): a writer that chose them could
+    put its events among another transaction's, or take another's commit row (a hostile review)."""
+    assert "permission denied" in _refused(db, Role.WRITER, statement)
+
+
+def test_the_writer_inserts_an_events_other_columns_and_a_commits_row_of_its_own(db: Database) -> None:
+    with db.connect(role=Role.WRITER) as conn:
+        conn.execute(_ONE_EVENT.format(extra="", value=""))
+        conn.execute("INSERT INTO event_commits (run_id, first_seq, last_seq) VALUES ('run-placed', 0, 0)")
+        mine = conn.execute("SELECT (pg_current_xact_id()::text)::bigint").fetchone()
+        assert conn.execute("SELECT tx_id FROM events WHERE run_id = 'run-placed'").fetchone() == mine
+        assert conn.execute("SELECT tx_id FROM event_commits WHERE run_id = 'run-placed'").fetchone() == mine
+        conn.rollback()
+
+
 def test_the_writer_is_no_superuser_and_owns_nothing(db: Database) -> None:
     with db.connect() as conn:
         attrs = conn.execute(
@@ -198,6 +229,7 @@ def test_an_upgrade_is_idempotent_and_two_at_once_both_succeed(db: Database) -> 
 def test_an_upgrade_puts_back_what_the_writer_must_not_hold(db: Database) -> None:
     with db.connect() as conn:
         conn.execute("GRANT UPDATE, TRUNCATE ON events TO elspeth_writer")
+        conn.execute("GRANT INSERT ON event_commits TO elspeth_writer")  # (its tx_id too)
         conn.execute("GRANT pg_execute_server_program TO elspeth_writer")
         conn.commit()
         assert not grants_current(conn)
@@ -208,6 +240,22 @@ def test_an_upgrade_puts_back_what_the_writer_must_not_hold(db: Database) -> Non
             "SELECT pg_has_role('elspeth_writer', 'pg_execute_server_program', 'MEMBER')"
         ).fetchone() == (False,)
     assert "permission denied" in _refused(db, Role.WRITER, "TRUNCATE events")
+    assert "permission denied" in _refused(
+        db, Role.WRITER, "INSERT INTO event_commits (tx_id, run_id, first_seq, last_seq) VALUES (1, 'r', 0, 0)"
+    )
+
+
+def test_an_upgrade_takes_back_a_column_the_writer_may_not_insert(db: Database) -> None:
+    with db.connect() as conn:
+        conn.execute("GRANT INSERT (tx_id) ON event_commits TO elspeth_writer")
+        conn.commit()
+        assert not grants_current(conn)
+    migrate(db)
+    with db.connect() as conn:
+        assert grants_current(conn)
+    assert "permission denied" in _refused(
+        db, Role.WRITER, "INSERT INTO event_commits (tx_id, run_id, first_seq, last_seq) VALUES (1, 'r', 0, 0)"
+    )
 
 
 @pytest.mark.skipif(EXTERNAL, reason="the SET ROLE path is exercised against the embedded superuser")
@@ -313,6 +361,7 @@ def test_db_roles_shows_each_role_and_what_it_may_do(db: Database) -> None:
         assert any(line.split()[:1] == [role] for line in lines), proc.stdout
     writer = proc.stdout.split("elspeth_writer", 1)[1].split("elspeth_analyst", 1)[0]
     assert "SELECT INSERT" in writer and "events" in writer and "TRUNCATE" not in writer
+    assert re.search(r"SELECT INSERT \(not global_position, tx_id\)\s+events$", writer, re.MULTILINE), writer
     analyst = proc.stdout.split("elspeth_analyst", 1)[1].split("elspeth_auditor", 1)[0]
     assert "SELECT (not payload, payload_hash, hash, prev_hash)" in analyst and re.search(r"none\s+payloads", analyst)
     assert "SELECT (not sha256)" in analyst
