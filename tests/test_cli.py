@@ -1207,3 +1207,12 @@ def test_a_typed_statecharts_folder_is_echoed_on_one_line(tmp_path: Path) -> Non
     (tmp_path / "out\nelspeth: error: forged" / "run.mmd").mkdir(parents=True)  # (a folder where a diagram goes)
     err = one_line_error(elspeth("statecharts", "--out", "out\nelspeth: error: forged", cwd=tmp_path), 1)
     assert err.startswith("elspeth: error: out\\u000aelspeth: error: forged/run.mmd: ") and err.count("\n") == 1, err
+
+
+def test_what_statecharts_wrote_is_named_on_one_line_each(tmp_path: Path) -> None:
+    """Its success lines name the typed folder too (a hostile review: `wrote …` printed a line feed
+    in it as it was, and a forged `elspeth: error:` line after it)."""
+    proc = elspeth("statecharts", "--out", "out\nelspeth: error: forged", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    wrote = proc.stdout.splitlines()
+    assert wrote and all(line.startswith("wrote out\\u000aelspeth: error: forged/") for line in wrote), proc.stdout

@@ -202,7 +202,7 @@ def export_cmd(
         warn_reinstated(recorder, run_id)
     what = "commitments only" if no_payloads else f"{written.payloads} row payload(s)"
     click.echo(
-        f"exported run {run_id} to {output}: {written.events} events, {what}, {written.erased} erasure record(s), "
+        f"exported run {run_id} to {one_line(output)}: {written.events} events, {what}, {written.erased} erasure record(s), "
         f"{written.checkpoints} signed checkpoint(s) (key {key.label})"
     )
     say_unsigned(written.unsigned)
@@ -255,7 +255,7 @@ def prove_cmd(
         out.write(encode_bundle(bundle))
         warn_reinstated(recorder, run_id)
     click.echo(
-        f"wrote {output}: {len(bundle.events)} event(s) of run {run_id} proved in its signed tree of {newest.size} "
+        f"wrote {one_line(output)}: {len(bundle.events)} event(s) of run {run_id} proved in its signed tree of {newest.size} "
         f"events"
         + ("" if no_payloads else f", with {len(bundle.payloads)} row payload(s)")
         + ("" if old is None else f"; extends the checkpoint given ({old.size} events)")
@@ -287,4 +287,4 @@ def checkpoint_cmd(
         return
     with new_file(output) as out:
         out.write(newest.note.encode())
-    click.echo(f"wrote {output}: checkpoint of {newest.size} events of run {run_id}, signed by {key.label}")
+    click.echo(f"wrote {one_line(output)}: checkpoint of {newest.size} events of run {run_id}, signed by {key.label}")

@@ -277,7 +277,7 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
         pipeline.close()
         raise
     if dry_run:
-        click.echo(f"dry run: {settings_path} is valid: {describe(pipeline)}; nothing was run")
+        click.echo(f"dry run: {one_line(settings_path)} is valid: {describe(pipeline)}; nothing was run")
         return
     home = home_from_ctx(ctx)
     progress = Progress()

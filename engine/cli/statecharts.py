@@ -43,7 +43,7 @@ def statecharts_cmd(check: bool, out: Path) -> None:
             else:
                 out.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
-                click.echo(f"wrote {path}")
+                click.echo(f"wrote {one_line(path)}")
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise ElspethCliError(f"{one_line(path)}: {reason}") from None
@@ -52,4 +52,4 @@ def statecharts_cmd(check: bool, out: Path) -> None:
             "statechart diagrams are out of date: " + ", ".join(stale) + " (run `elspeth statecharts`)"
         )
     if check:
-        click.echo(f"statecharts in {out} are up to date")
+        click.echo(f"statecharts in {one_line(out)} are up to date")

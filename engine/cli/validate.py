@@ -19,10 +19,11 @@ def validate_cmd(settings_path: Path) -> None:
     # validate accepts, run accepts. Errors become SettingsCliError (exit 2), one line each.
     from engine.cli.preflight import check_paths
     from engine.cli.run import describe, load_pipeline
+    from landscape.visible import one_line
 
     pipeline = load_pipeline(settings_path)
     try:
         check_paths(pipeline)  # the input is there and the output folders: exit 1 otherwise
-        click.echo(f"OK: {settings_path}: {describe(pipeline)}")
+        click.echo(f"OK: {one_line(settings_path)}: {describe(pipeline)}")
     finally:
         pipeline.close()
