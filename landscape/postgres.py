@@ -116,29 +116,32 @@ _FLUSHED_AFTER = (
     "  ) e WHERE a.run_id <> %(run)s AND a.rows > 0 AND (e.tx_id > %(tx)s OR e.global_position > %(pos)s)) f "
     + _EVERY_FOLDER.format(run="f.run_id")
 )
-# `read_since` reads whole transactions, from `event_commits` (a row per commit: a transaction that
-# wrote two runs has two), below the snapshot's xmin, computed once (`_XMIN`). Each round takes the
-# next transactions in order (`_NEXT_TX`): as many as the commits' rows say hold the events the page
-# still wants, at least one; then every event of those by the events' key (a lateral join: never a
-# scan), in (tx_id, global_position) order. A page may end inside a transaction, since every event
-# of each transaction read was among those ordered: no event between two positions is left out,
-# whatever order a transaction wrote its runs in. Events are counted as read, not as the rows say:
-# a row whose events are not there (a detached partition's, or one inserted by hand) gives none,
-# and the reader goes on to the next transactions rather than stop at an empty page; a row that
-# claims more than there are only makes a round take fewer transactions.
-_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-_SIZE = "greatest(last_seq::numeric - first_seq + 1, 1)"
-_NEXT_TX = (
-    f"SELECT max(tx_id) FROM (SELECT tx_id, sum({_SIZE}) OVER (ORDER BY tx_id, run_id) - {_SIZE} AS before "
-    "FROM (SELECT * FROM public.event_commits WHERE tx_id > %(after)s AND tx_id < %(xmin)s "
-    "ORDER BY tx_id, run_id LIMIT %(limit)s) l) w WHERE before < %(limit)s"
-)
+# `read_since`: the commits of finished transactions after a reader's position, from
+# `event_commits` (a row per commit; a transaction that wrote two runs has two) in transaction
+# order, each commit's events found by the events' key (a lateral join: never a scan), ordered by
+# (tx_id, global_position) a transaction at a time: the commits arrive in tx_id order, so an
+# incremental sort orders each transaction's events (from one commit or several) and the limit
+# stops the reading once the page is full. Events are counted as read, not as the rows say: a
+# commit row whose events are not there (an archived partition's, or one inserted by hand) costs a
+# probe of the key and gives none. A page that begins inside a transaction reads that
+# transaction's commits from their start (a commit holds at most a durability point's events).
 _SINCE = (
-    f"SELECT tx_id, global_position, {_READ_COLUMNS} FROM (SELECT e.* FROM public.event_commits c CROSS JOIN LATERAL ("
-    "  SELECT * FROM public.events e WHERE e.run_id = c.run_id AND e.seq BETWEEN c.first_seq AND c.last_seq "
-    "  AND e.tx_id = c.tx_id OFFSET 0) e WHERE c.tx_id > %(after)s AND c.tx_id <= %(upto)s) e "
-    "WHERE (tx_id, global_position) > (%(tx)s, %(pos)s) ORDER BY tx_id, global_position LIMIT %(limit)s"
+    "SELECT c.tx_id, e.global_position, {columns} FROM (SELECT tx_id, run_id, first_seq, last_seq "
+    "FROM public.event_commits WHERE tx_id >= %(tx)s AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
+    "ORDER BY tx_id) c CROSS JOIN LATERAL (SELECT * FROM public.events e WHERE e.run_id = c.run_id "
+    "AND e.seq BETWEEN c.first_seq AND c.last_seq AND e.tx_id = c.tx_id AND (e.tx_id, e.global_position) > (%(tx)s, %(pos)s) "
+    "OFFSET 0) e ORDER BY c.tx_id, e.global_position LIMIT %(limit)s"
+).format(
+    columns=", ".join(f"e.{c}" for c in EVENT_COLUMNS.split(", ")).replace(
+        "e.recorded_at",
+        "CASE WHEN e.recorded_at < '290000-01-01' THEN e.recorded_at + interval '946684800 seconds' "
+        "ELSE 'infinity' END",
+    )
 )
+# The commits in their key's order, never sorted whole: planned with sorts allowed, every commit
+# row after the position was read and sorted at each page. A transaction's events are sorted in
+# memory (a commit's, up to 64 MB of them, would spill to disk).
+_SINCE_PLAN = ("SET LOCAL enable_sort = off", "SET LOCAL work_mem = '64MB'")
 # `open_positions`: the runs that can still be resumed (not completed nor abandoned; one row each
 # in `runs`), and per sink of each its last flush (a run's flushes, by its key), which is where a
 # resume would continue the sink; once per folder the run ran in.
@@ -724,22 +727,13 @@ class PostgresRecorder:
         are found in `event_commits` (migration 0017): events appended without a row there, by
         hand, are not read here."""
         tx, pos = position
-        page: list[GlobalEvent] = []
         with driver_errors("reading events across runs"), self.db.connect() as conn, conn.cursor(binary=True) as cur:
             _read_us(cur)
-            (xmin,) = cur.execute(_XMIN).fetchone() or (0,)
-            after, upto = tx - 1, tx  # first the rest of the transaction the reader stopped in
-            while True:
-                cur.execute(_SINCE, {"after": after, "upto": upto, "tx": tx, "pos": pos, "limit": limit - len(page)})
-                read_as_written(cur, "events", ("int8", "int8", *_EVENT_TYPES))
-                page += [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in cur.fetchall()]
-                if len(page) >= limit:
-                    break
-                after = upto
-                found = cur.execute(_NEXT_TX, {"after": after, "xmin": xmin, "limit": limit - len(page)}).fetchone()
-                if found is None or found[0] is None:  # no finished transaction after it
-                    break
-                upto = found[0]
+            for setting in _SINCE_PLAN:
+                cur.execute(setting)
+            cur.execute(_SINCE, {"tx": tx, "pos": pos, "limit": limit})
+            read_as_written(cur, "events", ("int8", "int8", *_EVENT_TYPES))
+            page = [GlobalEvent((r[0], r[1]), StoredEvent(*r[2:])) for r in cur.fetchall()]
         return page
 
     def payloads(self, run_id: str, hashes: Iterable[str]) -> dict[str, Payload]:

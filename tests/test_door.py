@@ -20,7 +20,7 @@ from msgspec.structs import replace
 from landscape.canonical import commitment
 from landscape.chain import GENESIS, event_hash
 from landscape.db import Database
-from landscape.postgres import PostgresRecorder
+from landscape.postgres import _SINCE, _SINCE_PLAN, PostgresRecorder
 from landscape.records import GlobalEvent, Payload, StoredEvent
 from landscape.roles import Role
 from landscape.verify import verify_events, verify_payloads
@@ -408,3 +408,28 @@ def test_read_since_goes_past_commit_rows_whose_events_are_not_there(db: Databas
     assert len(expected) == 3
     for limit in (1, 2, 10, 10_000, 1_000_000):
         assert _paged(recorder, start, limit) == expected, limit
+
+
+def test_read_since_reads_the_commits_in_order_and_stops_when_the_page_is_full(db: Database) -> None:
+    """A reader's page costs what it reads, not what follows it: the commits are read in their
+    key's order (never all sorted) and the reading stops once the page is full (a hostile review
+    made each page read every commit row after the reader's position, at 40 s a page)."""
+    recorder = PostgresRecorder(db)
+    start = _reader_start(recorder)
+    for i in range(20):
+        with db.connect() as conn:
+            _insert(conn, f"run-many-{i:02}", range(3))
+    assert len(_in_read_order(db, "run-many-%")) == 60
+    with db.connect() as conn:
+        for setting in _SINCE_PLAN:
+            conn.execute(setting)
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN (ANALYZE, COSTS off, TIMING off, SUMMARY off) " + _SINCE,
+                {"tx": start[0], "pos": start[1], "limit": 3},
+            )
+        )
+    assert not re.search(r"(?<!Incremental )Sort  ", plan), plan
+    (commits,) = re.findall(r"Index Scan using event_commits_pkey on event_commits .*rows=(\d+)", plan)
+    assert int(commits) <= 2, plan  # the page's transaction, and the first row of the next
