@@ -220,7 +220,8 @@ def _columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
 def apply_grants(conn: psycopg.Connection[Any]) -> None:
     """Give the roles exactly their privileges on this database's audit tables, in one
     transaction (no moment with too much or too little). The writer and the auditor are reset
-    to the rule each time; an analyst keeps what an owner granted beyond it. Commits."""
+    to the rule each time, and PUBLIC holds nothing on them; an analyst keeps what an owner
+    granted beyond it. Commits."""
     try:
         with conn.transaction():
             _refuse_ownership(conn)
@@ -255,6 +256,10 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
 
 def _grant_table(conn: psycopg.Connection[Any], table: str, kind: Kind) -> None:
     target = sql.Identifier(table)
+    # What PUBLIC holds every role holds, the writer and the readers too: the rule below could not
+    # hold (a hostile review granted INSERT on event_commits to PUBLIC, and every upgrade after
+    # left the writer able to name a transaction, and the store never up to the rule).
+    conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(target))
     for role in ELSPETH_ROLES:
         who = sql.Identifier(role)
         if role != Role.ANALYST:
