@@ -126,17 +126,11 @@ _FLUSHED_AFTER = (
 # probe of the key and gives none. A page that begins inside a transaction reads that
 # transaction's commits from their start (a commit holds at most a durability point's events).
 _SINCE = (
-    "SELECT c.tx_id, e.global_position, {columns} FROM (SELECT tx_id, run_id, first_seq, last_seq "
-    "FROM public.event_commits WHERE tx_id >= %(tx)s AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
-    "ORDER BY tx_id) c CROSS JOIN LATERAL (SELECT * FROM public.events e WHERE e.run_id = c.run_id "
+    "SELECT c.tx_id, e.* FROM (SELECT tx_id, run_id, first_seq, last_seq FROM public.event_commits "
+    "WHERE tx_id >= %(tx)s AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY tx_id) c "
+    f"CROSS JOIN LATERAL (SELECT global_position, {_READ_COLUMNS} FROM public.events e WHERE e.run_id = c.run_id "
     "AND e.seq BETWEEN c.first_seq AND c.last_seq AND e.tx_id = c.tx_id AND (e.tx_id, e.global_position) > (%(tx)s, %(pos)s) "
     "OFFSET 0) e ORDER BY c.tx_id, e.global_position LIMIT %(limit)s"
-).format(
-    columns=", ".join(f"e.{c}" for c in EVENT_COLUMNS.split(", ")).replace(
-        "e.recorded_at",
-        "CASE WHEN e.recorded_at < '290000-01-01' THEN e.recorded_at + interval '946684800 seconds' "
-        "ELSE 'infinity' END",
-    )
 )
 # The commits in their key's order, never sorted whole: planned with sorts allowed, every commit
 # row after the position was read and sorted at each page. A transaction's events are sorted in
