@@ -406,6 +406,14 @@ def test_the_first_failed_row_is_not_a_row_that_merged_with_a_branch_late(db: Da
     assert line.endswith("failed 3 (2 of them late arrivals); coalesces failed 1, merged 3"), line
 
 
+# in.jsonl's records, each forked to branches b and a (the gates and the coalesce follow).
+_JSON_IN = (
+    "{plugin: json, on_success: raw, options: {path: in.jsonl, format: jsonl, schema: {mode: fixed, "
+    "fields: ['id: int', 'amount: any']}, on_validation_failure: discard}}"
+)
+_FORK_TO_B_AND_A = "gates:\n- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [b, a]}\n"
+
+
 def test_the_first_failed_row_is_the_lowest_failed_row_coalesce_or_token(db: Database, tmp_path: Path) -> None:
     """Row 1's coalesce failed (its branch b routed aside first, branch a then late to a failed
     coalesce); row 3 failed at a gate. Ordered by seq with token failures first, the summary
@@ -414,11 +422,9 @@ def test_the_first_failed_row_is_the_lowest_failed_row_coalesce_or_token(db: Dat
     proc = _run_to_two_sinks(
         db,
         tmp_path,
-        "{plugin: json, on_success: raw, options: {path: in.jsonl, format: jsonl, schema: {mode: fixed, "
-        "fields: ['id: int', 'amount: any']}, on_validation_failure: discard}}",
-        "gates:\n"
-        "- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [b, a]}\n"
-        "- {name: gb, input: b, condition: \"row['id'] == 1\", routes: {'true': side, 'false': b_ok}}\n"
+        _JSON_IN,
+        _FORK_TO_B_AND_A
+        + "- {name: gb, input: b, condition: \"row['id'] == 1\", routes: {'true': side, 'false': b_ok}}\n"
         "- {name: ga, input: a, condition: \"row['amount'] > 10\", routes: {'true': a_ok, 'false': a_ok}}\n"
         "coalesce:\n"
         "- {name: j, branches: {a: a_ok, b: b_ok}, policy: require_all, merge: union, on_success: output}\n",
@@ -434,11 +440,9 @@ def test_the_first_failed_row_is_named_by_its_tokens_failure_not_its_coalesces(d
     proc = _run_to_two_sinks(
         db,
         tmp_path,
-        "{plugin: json, on_success: raw, options: {path: in.jsonl, format: jsonl, schema: {mode: fixed, "
-        "fields: ['id: int', 'amount: any']}, on_validation_failure: discard}}",
-        "gates:\n"
-        "- {name: outer, input: raw, condition: 'True', routes: {'true': fork}, fork_to: [b, a]}\n"
-        "- {name: ga, input: a, condition: \"row['amount'] > 10\", routes: {'true': a_ok, 'false': a_ok}}\n"
+        _JSON_IN,
+        _FORK_TO_B_AND_A
+        + "- {name: ga, input: a, condition: \"row['amount'] > 10\", routes: {'true': a_ok, 'false': a_ok}}\n"
         "coalesce:\n"
         "- {name: j, branches: {a: a_ok, b: b}, policy: require_all, merge: union, on_success: output}\n",
     )
