@@ -4,6 +4,7 @@ they are compared with: a plain csv read-and-write of the same input in the same
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
@@ -60,6 +61,23 @@ def baseline(source: Path, target: Path) -> int:
             writer.writerow(row)
             n += 1
     return n
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores) so far; None without /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: the busy ones, steal aside (not ours)
+    busy = sum(fields[:3]) + sum(fields[5:7])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cores() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def elspeth_command() -> list[str]:

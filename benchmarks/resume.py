@@ -11,8 +11,13 @@ reading and verifying the log, rebuilding the state, skipping the input already 
 Before it, and apart (on a run crashed the same way in a folder of its own), the verification a
 resume starts with (`verified_to_write_on`: the chain, the Merkle tree, the signed checkpoints,
 every transition, folded), so that the line says how much of the resume that is
-(`verify_share`, of the second half's time).
-Line: rows=N second_half_s=S resume_s=S resume_ratio=R verify_s=S verify_share=F
+(`verify_share`, of the second half's time), and the CPU seconds the whole machine was busy
+meanwhile (`verify_cpu_s`: this process, its chain child, the server's backends; `/proc/stat`,
+Linux, the machine assumed otherwise idle): `verify_floor_s` is that work's wall time were every
+core busy all the while, and `ratio_at_floor` the resume's ratio had its verification taken
+only that (no arrangement of the same work among processes does better).
+Line: rows=N second_half_s=S resume_s=S resume_ratio=R verify_s=S verify_share=F verify_cpu_s=C
+verify_floor_s=S ratio_at_floor=R
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pipelines import prepare
+from benchmarks.pipelines import busy_seconds, cores, prepare
 from benchmarks.run import count_events
 from engine.orchestrator import Pipeline, build_pipeline, resume_run, start_run, verified_to_write_on
 from engine.settings import LandscapeSettings, load_settings
@@ -96,10 +101,10 @@ def main() -> None:
                 db, prepare("linear", args.rows, apart, input_rows=work / "input.csv"), verified, events // 2, every
             )
             recorder = PostgresRecorder(db)
-            started = time.perf_counter()
+            before, started = busy_seconds(), time.perf_counter()
             verified_to_write_on(db, recorder, verified, recorder.run_created(verified), ls.signing_key, ls.witness_dir,
                                  apart, None, "resumed")  # fmt: skip
-            verify_s = time.perf_counter() - started
+            verify_s, after = time.perf_counter() - started, busy_seconds()
             run_id = f"{whole.run_id}-crashed"
             crash(db, settings, run_id, events // 2, every)
             started = time.perf_counter()
@@ -108,9 +113,16 @@ def main() -> None:
         finally:
             os.chdir(home)
     second_half = total - half_at
+    busy = None if before is None or after is None else after - before
+    floor = (
+        "verify_cpu_s=n/a verify_floor_s=n/a ratio_at_floor=n/a"
+        if busy is None
+        else f"verify_cpu_s={busy:.2f} verify_floor_s={busy / cores():.2f} "
+        f"ratio_at_floor={(resume_s - verify_s + busy / cores()) / second_half:.2f}"
+    )
     print(
         f"rows={args.rows} second_half_s={second_half:.2f} resume_s={resume_s:.2f} resume_ratio={resume_s / second_half:.2f} "
-        f"verify_s={verify_s:.2f} verify_share={verify_s / second_half:.2f}"
+        f"verify_s={verify_s:.2f} verify_share={verify_s / second_half:.2f} {floor}"
     )
 
 

@@ -25,21 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pipelines import elspeth_command, prepare
+from benchmarks.pipelines import busy_seconds, elspeth_command, prepare
+from benchmarks.pipelines import cores as machine_cores
 from benchmarks.run import count_events
 from landscape.db import open_database
-
-
-def busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy (all cores) so far; None without /proc/stat."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal: the busy ones, steal aside (not ours)
-    busy = sum(fields[:3]) + sum(fields[5:7])
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def together(n: int, rows: int, env: dict[str, str]) -> tuple[float, list[str]]:
@@ -77,7 +66,7 @@ def main() -> None:
         one_events = count_events(db, one[0])
         all_events = sum(count_events(db, r) for r in many)
     one_rate, all_rate = one_events / one_s, all_events / all_s
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = machine_cores()
     busy = None if before is None or after is None else (after - before) / one_s
     scaling = all_rate / one_rate
     limits = (

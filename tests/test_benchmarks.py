@@ -83,12 +83,14 @@ def test_run_measures_what_the_progress_display_costs(db: Database, tmp_path: Pa
 def test_replay_resume_memory_and_startup_print_their_line(db: Database, tmp_path: Path) -> None:
     out = _bench(db, tmp_path, "replay.py", "--events", "300")
     assert re.fullmatch(
-        rf"events=\d+ check_s={NUM} check_events_per_s=\d+ check_peak_rss_mb=\d+ fold_s={NUM} fold_events_per_s=\d+",
+        rf"events=\d+ check_s={NUM} check_events_per_s=\d+ check_peak_rss_mb=\d+ check_cpu_s={NUM} "
+        rf"check_floor_events_per_s=\d+ fold_s={NUM} fold_events_per_s=\d+",
         out.strip(),
     )
     out = _bench(db, tmp_path, "resume.py", "--rows", "400")
     assert re.fullmatch(
-        rf"rows=400 second_half_s={NUM} resume_s={NUM} resume_ratio={NUM} verify_s={NUM} verify_share={NUM}",
+        rf"rows=400 second_half_s={NUM} resume_s={NUM} resume_ratio={NUM} verify_s={NUM} verify_share={NUM} "
+        rf"verify_cpu_s={NUM} verify_floor_s={NUM} ratio_at_floor={NUM}",
         out.strip(),
     ), out
     out = _bench(db, tmp_path, "memory.py", "--small", "50", "--large", "200")
