@@ -435,3 +435,44 @@ def test_read_since_reads_the_commits_in_order_and_stops_when_the_page_is_full(d
     (commits,) = re.findall(r"Index Scan using event_commits_pkey on event_commits .*rows=(\d+)", plan)
     # the rest of the reader's transaction, the page's, and the first row of the next
     assert int(commits) <= before + 2, plan
+
+
+def test_read_since_reads_nothing_of_a_younger_commit_while_an_older_transaction_is_open(db: Database) -> None:
+    """The other order of the late commit: the older transaction id commits after the younger.
+    A reader that took the younger commit's events now would stand past the older one's id, and
+    skip its events for good once it commits; below the snapshot's xmin it waits for both. (The
+    test above has the older id commit first: it passed with the xmin bound taken out.)"""
+    recorder = PostgresRecorder(db)
+    start = _reader_start(recorder)
+    read, position = [], start
+    with db.connect() as older, db.connect() as younger:
+        older.execute("SELECT pg_current_xact_id()")
+        younger.execute("SELECT pg_current_xact_id()")
+        _insert(older, "run-older", range(2))
+        _insert(younger, "run-younger", range(2))
+        younger.commit()
+        page = recorder.read_since(position)
+        assert [g.event.run_id for g in page] == []
+        older.commit()
+    deadline = time.monotonic() + 60  # (until both are final: see `_once_final`)
+    while len(read) < 4 and time.monotonic() < deadline:
+        page = recorder.read_since(position, limit=1)
+        read += [(g.event.run_id, g.event.seq) for g in page]
+        position = page[-1].position if page else position
+    assert read == [("run-older", 0), ("run-older", 1), ("run-younger", 0), ("run-younger", 1)]
+
+
+def test_read_since_reads_each_event_once_whatever_a_writers_commit_row_names(db: Database) -> None:
+    """A writer's commit row names its own transaction (test_access) but any run and any range:
+    one naming a run whose events another transaction wrote neither repeats them nor moves them
+    to the writer's transaction. (Passed with the events' own tx_id left out of the match.)"""
+    recorder = PostgresRecorder(db)
+    start = _reader_start(recorder)
+    with db.connect() as conn:
+        _insert(conn, "run-named", range(3))
+    with db.connect(role=Role.WRITER) as conn:
+        conn.execute("INSERT INTO event_commits (run_id, first_seq, last_seq) VALUES ('run-named', 0, 10^15)")
+    expected = _in_read_order(db, "run-named")
+    assert len(expected) == 3
+    for limit in (1, 2, 100):
+        assert _paged(recorder, start, limit) == expected, limit
