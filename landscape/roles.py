@@ -94,6 +94,8 @@ WRITER_WITHHELD: dict[str, tuple[str, ...]] = {
 }
 
 _ALL = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+# Those that may also be granted on some columns of a table only.
+_COLUMN_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "REFERENCES")
 
 # (kind, role) -> the table privileges it gets; anything absent gets nothing.
 PRIVILEGES: dict[tuple[Kind, str], tuple[str, ...]] = {
@@ -359,20 +361,25 @@ def grants_current(conn: psycopg.Connection[Any]) -> bool:
     embedded server can bring an older data folder up to the rule on start)."""
     if not roles_exist(conn):
         return False
-    expected: list[tuple[str, str, str, bool]] = []
+    # (role, table, privilege, wanted, of any column): a privilege a role must not hold is looked
+    # for on each column too, as a grant of some columns is not one of the table to
+    # has_table_privilege; and PUBLIC (every role, the analyst too) must hold none (apply_grants).
+    expected: list[tuple[str, str, str, bool, bool]] = []
     for table in _tables(conn):
         kind = TABLES[table]
-        for role in ELSPETH_ROLES:
+        for role in (*ELSPETH_ROLES, "public"):
             granted = PRIVILEGES.get((kind, role), ())
             for privilege in _ALL:
                 want = privilege in granted
                 if role == Role.WRITER and table in WRITER_WITHHELD and privilege == "INSERT":
-                    want = False  # of the whole table: its columns, but those withheld (checked below)
+                    # of the whole table: its columns, but those withheld (checked below)
+                    expected.append((role, table, privilege, False, False))
+                    continue
                 if role == Role.ANALYST and not want:
                     continue  # extra grants to analysts are the owner's decision
                 if role == Role.ANALYST and table in ROW_DATA_COLUMNS:
                     continue  # column grants: checked by apply_grants' own rule
-                expected.append((role, table, privilege, want))
+                expected.append((role, table, privilege, want, not want and privilege in _COLUMN_PRIVILEGES))
     # The writer may take its run's lock; the readers may not, where this account could see to it.
     locks = _lock_functions(conn)
     conn.commit()
@@ -381,8 +388,9 @@ def grants_current(conn: psycopg.Connection[Any]) -> bool:
     if not expected:
         return True
     row = conn.execute(
-        "SELECT bool_and(has_table_privilege(r, t::regclass, p) = w) "
-        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bool[]) AS x(r, t, p, w)",
+        "SELECT bool_and(CASE WHEN c THEN NOT has_any_column_privilege(r, t::regclass, p) "
+        "ELSE has_table_privilege(r, t::regclass, p) = w END) "
+        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bool[], %s::bool[]) AS x(r, t, p, w, c)",
         tuple(map(list, zip(*expected, strict=True))),
     ).fetchone()
     conn.commit()
