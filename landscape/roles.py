@@ -429,24 +429,38 @@ def describe(conn: psycopg.Connection[Any]) -> list[RoleInfo]:
             continue
         groups: dict[str, list[str]] = {}
         for table in tables:
-            held = [p for p in _ALL if _has(conn, role, table, p)]
-            if table in WRITER_WITHHELD and "INSERT" not in held:
-                row = conn.execute(
-                    "SELECT has_any_column_privilege(%s, %s::regclass, 'INSERT')", (role, table)
-                ).fetchone()
-                if row and row[0]:
-                    held.insert(held.index("SELECT") + 1 if "SELECT" in held else 0,
-                                "INSERT (not " + ", ".join(WRITER_WITHHELD[table]) + ")")  # fmt: skip
-            if not held and table in ROW_DATA_COLUMNS:
-                row = conn.execute(
-                    "SELECT has_any_column_privilege(%s, %s::regclass, 'SELECT')", (role, table)
-                ).fetchone()
-                if row and row[0]:
-                    held = ["SELECT (not " + ", ".join(ROW_DATA_COLUMNS[table]) + ")"]
+            held = []
+            for p in _ALL:
+                if _has(conn, role, table, p):
+                    held.append(p)
+                elif p in _COLUMN_PRIVILEGES and (columns := _on_columns(conn, role, table, p)):
+                    held.append(columns)
             groups.setdefault(" ".join(held) or "none", []).append(table)
         conn.commit()
         out.append(RoleInfo(role, True, found["rolcanlogin"], list(groups.items())))
     return out
+
+
+def _on_columns(conn: psycopg.Connection[Any], role: str, table: str, privilege: str) -> str | None:
+    """`privilege` as `role` holds it on some columns of `table` (not on the table), as PostgreSQL
+    reports it column by column, or None if on none: the rule's columns are not assumed, since
+    an owner's grant (or one an upgrade has yet to take back) may hold others."""
+    rows = conn.execute(
+        "SELECT attname, has_column_privilege(%s, attrelid, attname, %s) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (role, privilege, table),
+    ).fetchall()
+    held = [r[0] for r in rows if r[1]]
+    missing = [r[0] for r in rows if not r[1]]
+    if not held:
+        return None
+    if not missing:  # every column, one grant each
+        return privilege
+    return (
+        f"{privilege} (not {', '.join(missing)})"
+        if len(missing) <= len(held)
+        else f"{privilege} (only {', '.join(held)})"
+    )
 
 
 def _has(conn: psycopg.Connection[Any], role: str, table: str, privilege: str) -> bool:

@@ -284,6 +284,25 @@ def test_grants_are_not_current_while_a_column_grant_or_public_breaks_the_rule(d
         assert grants_current(conn)
 
 
+def test_db_roles_names_the_columns_a_role_may_insert_as_they_are(db: Database) -> None:
+    """`db roles` said 'INSERT (not tx_id)' of the writer's column grants whatever they held: one
+    of tx_id too (which an upgrade takes back) was shown as withheld, and a reader's grant of one
+    column as the writer's rule (a review)."""
+    with db.connect() as conn:
+        conn.execute("GRANT INSERT (tx_id) ON event_commits TO elspeth_writer")
+        conn.execute("GRANT INSERT (run_id) ON events TO elspeth_auditor")
+        conn.commit()
+    try:
+        proc = _cli("db", "roles", database=db.conninfo)
+        assert proc.returncode == 0, proc.stderr
+        writer = proc.stdout.split("elspeth_writer", 1)[1].split("elspeth_analyst", 1)[0]
+        auditor = proc.stdout.split("elspeth_auditor", 1)[1]
+        assert "(not tx_id)" not in writer and re.search(r"SELECT INSERT {2,}.*\bevent_commits\b", writer)
+        assert re.search(r"SELECT INSERT \(only run_id\)\s+events$", auditor, re.MULTILINE), auditor
+    finally:
+        migrate(db)
+
+
 @pytest.mark.skipif(EXTERNAL, reason="the SET ROLE path is exercised against the embedded superuser")
 def test_on_an_external_server_a_member_connects_and_then_acts_as_the_role(db: Database) -> None:
     external = Database(db.conninfo, "as if external")  # the superuser may become any role
@@ -389,7 +408,7 @@ def test_db_roles_shows_each_role_and_what_it_may_do(db: Database) -> None:
     assert "SELECT INSERT" in writer and "events" in writer and "TRUNCATE" not in writer
     assert re.search(r"SELECT INSERT \(not global_position, tx_id\)\s+events$", writer, re.MULTILINE), writer
     analyst = proc.stdout.split("elspeth_analyst", 1)[1].split("elspeth_auditor", 1)[0]
-    assert "SELECT (not payload, payload_hash, hash, prev_hash)" in analyst and re.search(r"none\s+payloads", analyst)
+    assert "SELECT (not payload, payload_hash, prev_hash, hash)" in analyst and re.search(r"none\s+payloads", analyst)
     assert "SELECT (not sha256)" in analyst
 
 
