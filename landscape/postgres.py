@@ -125,11 +125,18 @@ _FLUSHED_AFTER = (
 # commit row whose events are not there (an archived partition's, or one inserted by hand) costs a
 # probe of the key and gives none. A page that begins inside a transaction reads that
 # transaction's commits from their start (a commit holds at most a durability point's events).
+# A commit's range is read only when the events at both of its ends are the commit's own: a
+# writer's row naming another run's events over any range (its tx_id is its own, its range is
+# not checked) made every page that reached it scan that run's events one by one, as the
+# events' tx_id is not in their key (a review: 50 such rows over a run of 200,000 events, a
+# second a page). Two probes of the key, evaluated once per commit before the range is read.
+_ENDS = "EXISTS (SELECT 1 FROM public.events x WHERE x.run_id = c.run_id AND x.seq = c.{end} AND x.tx_id = c.tx_id)"
 _SINCE = (
     "SELECT c.tx_id, e.* FROM (SELECT tx_id, run_id, first_seq, last_seq FROM public.event_commits "
     "WHERE tx_id >= %(tx)s AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY tx_id) c "
     f"CROSS JOIN LATERAL (SELECT global_position, {_READ_COLUMNS} FROM public.events e WHERE e.run_id = c.run_id "
     "AND e.seq BETWEEN c.first_seq AND c.last_seq AND e.tx_id = c.tx_id AND (e.tx_id, e.global_position) > (%(tx)s, %(pos)s) "
+    f"AND {_ENDS.format(end='first_seq')} AND {_ENDS.format(end='last_seq')} "
     "OFFSET 0) e ORDER BY c.tx_id, e.global_position LIMIT %(limit)s"
 )
 # The commits in their key's order, never sorted whole: planned with sorts allowed, every commit
