@@ -112,8 +112,8 @@ def test_csv_sink_write_and_append_modes(tmp_path: Path) -> None:
 
 # -- csv: escape_formulas (CSV or formula injection, OWASP) ----------------------------------
 
-# Text a spreadsheet runs as a formula: each character OWASP names, first.
-FORMULAS = ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1"]
+# Text a spreadsheet runs as a formula: each character OWASP (and ASVS 5.0 V1.2.10: NUL) names, first.
+FORMULAS = ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1", "\0=1+1"]
 # Left as they are: other text (a formula character later, a space or a quote first), numbers
 # (a negative one is data: a spreadsheet reads `-5` as the number), booleans, nulls, structures.
 SAFE: list[Any] = ["plain", "", "a=b", " =1", "'=1", -5, -2.5, 0, True, None, {"k": "=1"}, ["=1"]]
@@ -124,7 +124,7 @@ def _read_cells(path: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-@pytest.mark.parametrize("formula", FORMULAS, ids=["eq", "plus", "minus", "at", "tab", "cr"])
+@pytest.mark.parametrize("formula", FORMULAS, ids=["eq", "plus", "minus", "at", "tab", "cr", "nul"])
 def test_escape_formulas_puts_a_quote_before_text_a_spreadsheet_would_run(tmp_path: Path, formula: str) -> None:
     path = tmp_path / "o.csv"
     row = {"v": formula, **{f"s{i}": value for i, value in enumerate(SAFE)}}
@@ -143,6 +143,7 @@ def test_without_escape_formulas_every_cell_is_written_as_the_row_holds_it(tmp_p
         written(sink("csv", path=str(path), **options), rows)
         assert path.read_bytes() == (
             b"v,n\r\n=1+1,-5\r\n+cmd|' /C calc'!A0,-5\r\n-2+3,-5\r\n@SUM(A1),-5\r\n\t=1+1,-5\r\n\"\r=1+1\",-5\r\n"
+            b"\x00=1+1,-5\r\n"
         )
         assert sink("csv", path=str(path), **options).layout()["escape_formulas"] is False
     assert sink("csv", path=str(tmp_path / "on.csv"), escape_formulas=True).layout()["escape_formulas"] is True

@@ -34,9 +34,10 @@ def _cell(value: Any) -> Any:
     return value
 
 
-# The first characters that make a spreadsheet run a cell as a formula (OWASP, "CSV injection"):
+# The first characters that make a spreadsheet run a cell as a formula (OWASP, "CSV injection";
+# ASVS 5.0 V1.2.10 adds NUL, which some spreadsheets skip before reading the rest as a formula):
 # a row from untrusted input holding `=HYPERLINK(…)` or `+cmd|…` runs when the file is opened in one.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0")
 
 
 def _defused(cell: Any) -> Any:
