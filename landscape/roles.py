@@ -210,6 +210,42 @@ def _tables(conn: psycopg.Connection[Any]) -> list[str]:
     return [r[0] for r in rows]
 
 
+# The partitions of the audit tables (at any depth) and what PUBLIC, the writer or the auditor
+# (or a role either is a member of) holds on one, on the whole of it or on a column. Each role's
+# grants are on the partitioned tables, which every statement of ELSPETH's goes through; a
+# partition is reached by name only by its owner. A grant on one would pass the parent's rule by:
+# the writer inserting a transaction id it chose straight into `events_p03` (which PostgreSQL
+# checks against the partition's grants, not the parent's), PUBLIC reading its payloads. The
+# owner's default privileges put grants on tables made later, partitions too. (The analyst is
+# left to the owner, as on the parents.)
+_PARTITION_GRANTS = """
+WITH parts AS (
+  SELECT c.oid, c.relname, c.relacl FROM unnest(%(tables)s::text[]) t(name)
+  CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(t.name)) tree
+  JOIN pg_catalog.pg_class c ON c.oid = tree.relid WHERE tree.level > 0
+), acls AS (
+  SELECT relname, relacl AS acl FROM parts WHERE relacl IS NOT NULL
+  UNION ALL SELECT p.relname, a.attacl FROM parts p JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid
+  WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped
+)
+SELECT DISTINCT relname FROM acls CROSS JOIN LATERAL pg_catalog.aclexplode(acl) x
+WHERE x.grantee = 0 OR EXISTS (SELECT 1 FROM unnest(%(roles)s::text[]) r(name)
+                              WHERE pg_catalog.pg_has_role(r.name, x.grantee, 'MEMBER'))
+ORDER BY 1
+"""
+
+
+def _partitions(conn: psycopg.Connection[Any]) -> list[str]:
+    """The partitions of the audit tables, at any depth."""
+    rows = conn.execute(
+        "SELECT c.relname FROM unnest(%s::text[]) t(name) "
+        "CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(t.name)) tree "
+        "JOIN pg_catalog.pg_class c ON c.oid = tree.relid WHERE tree.level > 0 ORDER BY 1",
+        (_tables(conn),),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def _columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
     rows = conn.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
@@ -222,8 +258,9 @@ def _columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
 def apply_grants(conn: psycopg.Connection[Any]) -> None:
     """Give the roles exactly their privileges on this database's audit tables, in one
     transaction (no moment with too much or too little). The writer and the auditor are reset
-    to the rule each time, and PUBLIC holds nothing on them; an analyst keeps what an owner
-    granted beyond it. Commits."""
+    to the rule each time, and PUBLIC holds nothing on them nor on their partitions (where the
+    writer and the auditor hold nothing either: see `_PARTITION_GRANTS`); an analyst keeps what
+    an owner granted beyond it. Commits."""
     try:
         with conn.transaction():
             _refuse_ownership(conn)
@@ -248,6 +285,13 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
                     )
             for table in _tables(conn):
                 _grant_table(conn, table, TABLES[table])
+            for part in _partitions(conn):
+                # (also each column's: REVOKE on a table takes its columns' grants back too)
+                conn.execute(
+                    sql.SQL("REVOKE ALL ON {} FROM PUBLIC, {}, {}").format(
+                        sql.Identifier(part), sql.Identifier(Role.WRITER.value), sql.Identifier(Role.AUDITOR.value)
+                    )
+                )
             _grant_locks(conn)
     except psycopg.errors.InsufficientPrivilege as e:
         raise RolesUnavailable(
@@ -395,6 +439,12 @@ def grants_current(conn: psycopg.Connection[Any]) -> bool:
     ).fetchone()
     conn.commit()
     if not (row and row[0]):
+        return False
+    on_partitions = conn.execute(
+        _PARTITION_GRANTS, {"tables": _tables(conn), "roles": [Role.WRITER.value, Role.AUDITOR.value]}
+    ).fetchall()
+    if on_partitions:
+        conn.commit()
         return False
     # The writer inserts each column but those withheld (`WRITER_WITHHELD`).
     for table in sorted(set(WRITER_WITHHELD) & set(_tables(conn))):
