@@ -210,40 +210,59 @@ def _tables(conn: psycopg.Connection[Any]) -> list[str]:
     return [r[0] for r in rows]
 
 
-# The partitions of the audit tables (at any depth) and what PUBLIC, the writer or the auditor
-# (or a role either is a member of) holds on one, on the whole of it or on a column. Each role's
-# grants are on the partitioned tables, which every statement of ELSPETH's goes through; a
-# partition is reached by name only by its owner. A grant on one would pass the parent's rule by:
-# the writer inserting a transaction id it chose straight into `events_p03` (which PostgreSQL
-# checks against the partition's grants, not the parent's), PUBLIC reading its payloads. The
-# owner's default privileges put grants on tables made later, partitions too. (The analyst is
-# left to the owner, as on the parents.)
-_PARTITION_GRANTS = """
-WITH parts AS (
-  SELECT c.oid, c.relname, c.relacl FROM unnest(%(tables)s::text[]) t(name)
+# The partitions of the audit tables (at any depth), their sequences, and what PUBLIC, the writer
+# or the auditor (or a role either is a member of) holds on one, on the whole of it or on a
+# column, or owns. Each role's grants are on the partitioned tables, which every statement of
+# ELSPETH's goes through; a partition is reached by name only by its owner. A grant on one would
+# pass the parent's rule by: the writer inserting a transaction id it chose straight into
+# `events_p03` (which PostgreSQL checks against the partition's grants, not the parent's), PUBLIC
+# reading its payloads. The owner's default privileges put grants on tables made later,
+# partitions too. A sequence's UPDATE is setval: the writer would choose the global_position of
+# every writer's next events (`WRITER_WITHHELD`), or end them all at the sequence's maximum. And
+# the owner of a partition may DROP it, or disable its triggers, whatever its grants (a review).
+# On the audit tables themselves, a grant option of the writer's or the auditor's: each may then
+# give the analyst (whose grants are the owner's decision) the row data, and its grant made
+# `apply_grants`' revoke fail ('dependent privileges exist'). (The analyst is left to the owner,
+# as on the parents.)
+_UNDER = """
+  SELECT c.oid, n.nspname, c.relname, c.relacl, c.relowner FROM unnest(%(tables)s::text[]) t(name)
   CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(t.name)) tree
-  JOIN pg_catalog.pg_class c ON c.oid = tree.relid WHERE tree.level > 0
+  JOIN pg_catalog.pg_class c ON c.oid = tree.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE tree.level > 0
+  UNION ALL SELECT s.oid, n.nspname, s.relname, s.relacl, s.relowner FROM unnest(%(tables)s::text[]) t(name)
+  JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass
+   AND d.refobjid = pg_catalog.to_regclass(t.name) AND d.classid = 'pg_catalog.pg_class'::regclass
+   AND d.deptype IN ('a', 'i')
+  JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+"""
+_PARTITION_GRANTS = f"""
+WITH parts AS ({_UNDER}
+), tables AS (
+  SELECT c.oid, c.relname, c.relacl FROM unnest(%(tables)s::text[]) t(name)
+  JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(t.name)
 ), acls AS (
-  SELECT relname, relacl AS acl FROM parts WHERE relacl IS NOT NULL
-  UNION ALL SELECT p.relname, a.attacl FROM parts p JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid
+  SELECT relname, relacl AS acl, false AS options FROM parts WHERE relacl IS NOT NULL
+  UNION ALL SELECT p.relname, a.attacl, false FROM parts p JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid
+  WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL SELECT relname, relacl, true FROM tables WHERE relacl IS NOT NULL
+  UNION ALL SELECT t.relname, a.attacl, true FROM tables t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid
   WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped
 )
-SELECT DISTINCT relname FROM acls CROSS JOIN LATERAL pg_catalog.aclexplode(acl) x
-WHERE x.grantee = 0 OR EXISTS (SELECT 1 FROM unnest(%(roles)s::text[]) r(name)
-                              WHERE pg_catalog.pg_has_role(r.name, x.grantee, 'MEMBER'))
+SELECT relname FROM acls CROSS JOIN LATERAL pg_catalog.aclexplode(acl) x
+WHERE (x.is_grantable OR NOT options)
+  AND (x.grantee = 0 OR EXISTS (SELECT 1 FROM unnest(%(roles)s::text[]) r(name)
+                                WHERE pg_catalog.pg_has_role(r.name, x.grantee, 'MEMBER')))
+UNION SELECT relname FROM parts WHERE EXISTS (SELECT 1 FROM unnest(%(roles)s::text[]) r(name)
+                                              WHERE pg_catalog.pg_has_role(r.name, relowner, 'MEMBER'))
 ORDER BY 1
 """
 
 
-def _partitions(conn: psycopg.Connection[Any]) -> list[str]:
-    """The partitions of the audit tables, at any depth."""
-    rows = conn.execute(
-        "SELECT c.relname FROM unnest(%s::text[]) t(name) "
-        "CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(t.name)) tree "
-        "JOIN pg_catalog.pg_class c ON c.oid = tree.relid WHERE tree.level > 0 ORDER BY 1",
-        (_tables(conn),),
-    ).fetchall()
-    return [r[0] for r in rows]
+def _partitions(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """The partitions of the audit tables, at any depth, and their sequences: (schema, name), as
+    an owner may attach a table of another schema."""
+    rows = conn.execute(f"SELECT nspname, relname FROM ({_UNDER}) p ORDER BY 2", {"tables": _tables(conn)}).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def _columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
@@ -285,11 +304,14 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
                     )
             for table in _tables(conn):
                 _grant_table(conn, table, TABLES[table])
-            for part in _partitions(conn):
-                # (also each column's: REVOKE on a table takes its columns' grants back too)
+            for schema_name, part in _partitions(conn):
+                # (also each column's: REVOKE on a table takes its columns' grants back too; and
+                # CASCADE those the writer or the auditor made with a grant option)
                 conn.execute(
-                    sql.SQL("REVOKE ALL ON {} FROM PUBLIC, {}, {}").format(
-                        sql.Identifier(part), sql.Identifier(Role.WRITER.value), sql.Identifier(Role.AUDITOR.value)
+                    sql.SQL("REVOKE ALL ON {} FROM PUBLIC, {}, {} CASCADE").format(
+                        sql.Identifier(schema_name, part),
+                        sql.Identifier(Role.WRITER.value),
+                        sql.Identifier(Role.AUDITOR.value),
                     )
                 )
             _grant_locks(conn)
@@ -309,7 +331,9 @@ def _grant_table(conn: psycopg.Connection[Any], table: str, kind: Kind) -> None:
     for role in ELSPETH_ROLES:
         who = sql.Identifier(role)
         if role != Role.ANALYST:
-            conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(target, who))
+            # CASCADE: with what it granted on with a grant option (`_PARTITION_GRANTS`), or the
+            # revoke fails ('dependent privileges exist')
+            conn.execute(sql.SQL("REVOKE ALL ON {} FROM {} CASCADE").format(target, who))
         privileges = PRIVILEGES.get((kind, role), ())
         if role == Role.WRITER and table in WRITER_WITHHELD and "INSERT" in privileges:
             inserted = [c for c in _columns(conn, table) if c not in WRITER_WITHHELD[table]]
@@ -378,13 +402,14 @@ def readers_may_lock(conn: psycopg.Connection[Any]) -> bool:
 
 
 def _refuse_ownership(conn: psycopg.Connection[Any]) -> None:
-    """A role that owns an audit table, or is a member of its owner, may ALTER it, DROP it or
-    disable its triggers whatever the grants say."""
+    """A role that owns an audit table or one of its partitions (`_PARTITION_GRANTS`), or is a
+    member of its owner, may ALTER it, DROP it or disable its triggers whatever the grants say."""
     rows = conn.execute(
-        "SELECT r.rolname, c.relname FROM pg_class c CROSS JOIN unnest(%s::text[]) r(rolname) "
-        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%s) "
+        "SELECT r.rolname, c.relname FROM pg_class c CROSS JOIN unnest(%(roles)s::text[]) r(rolname) "
+        "WHERE (c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%(names)s) "
+        f"OR c.oid IN (SELECT oid FROM ({_UNDER}) p)) "
         "AND pg_has_role(r.rolname, c.relowner, 'MEMBER') ORDER BY 1, 2",
-        (list(ELSPETH_ROLES), list(TABLES)),
+        {"roles": list(ELSPETH_ROLES), "names": list(TABLES), "tables": _tables(conn)},
     ).fetchall()
     if rows:
         role, table = rows[0]
