@@ -320,6 +320,18 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
             f"cannot grant the ELSPETH roles their privileges: {first_line(e)} — run `elspeth db upgrade` as the "
             "owner of the audit tables"
         ) from e
+    # What this account's revokes cannot reach: a grant to a role the writer or the auditor is a
+    # member of, or one made by another grantor (a role holding a grant option). Left, it kept
+    # the store short of its rule after every upgrade, said as done (a review): the embedded
+    # server upgraded again at each start and went on, an external store's runs were each told
+    # to run the upgrade that could not put it right.
+    if not grants_current(conn):
+        raise RolesUnavailable(
+            "the ELSPETH roles still hold more than their rule after it was applied, which this account's revokes "
+            "do not reach: a privilege on an audit table, a partition or a sequence granted to a role that "
+            f"{Role.WRITER.value} or {Role.AUDITOR.value} is a member of, or granted by another role than the "
+            "tables' owner (with a grant option); find it (psql: \\dp and \\du) and revoke it, as its grantor"
+        )
 
 
 def _grant_table(conn: psycopg.Connection[Any], table: str, kind: Kind) -> None:

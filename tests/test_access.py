@@ -407,6 +407,35 @@ def test_an_upgrade_takes_back_a_grant_on_a_partition_of_another_schema(db: Data
         migrate(db)
 
 
+@pytest.mark.parametrize("through", ["a role it is a member of", "another grantor"])
+def test_an_upgrade_that_cannot_take_a_grant_back_fails_saying_so(db: Database, through: str) -> None:
+    """A grant the owner's revokes do not reach (to a role the writer is a member of, or made by a
+    role holding a grant option) left the writer able to name a transaction in event_commits
+    after every upgrade, each said to be done (a review): the upgrade now fails, naming why."""
+    setup = {
+        "a role it is a member of": ["CREATE ROLE elspeth_test_sneaky", "GRANT elspeth_test_sneaky TO elspeth_writer",
+                                     "GRANT INSERT ON event_commits TO elspeth_test_sneaky"],
+        "another grantor": ["CREATE ROLE elspeth_test_sneaky", "GRANT INSERT ON event_commits TO elspeth_test_sneaky "
+                            "WITH GRANT OPTION", "SET ROLE elspeth_test_sneaky",
+                            "GRANT INSERT ON event_commits TO elspeth_writer", "RESET ROLE"],
+    }[through]  # fmt: skip
+    try:
+        with db.connect() as conn:
+            for statement in setup:
+                conn.execute(statement)
+            conn.commit()
+        with pytest.raises(landscape.roles.RolesUnavailable, match="still hold more than their rule"):
+            migrate(db)
+    finally:
+        with db.connect() as conn:
+            conn.execute("REVOKE ALL ON event_commits FROM elspeth_test_sneaky CASCADE")
+            conn.execute("DROP ROLE elspeth_test_sneaky")
+            conn.commit()
+    migrate(db)
+    with db.connect() as conn:
+        assert grants_current(conn)
+
+
 @pytest.mark.skipif(EXTERNAL, reason="the SET ROLE path is exercised against the embedded superuser")
 def test_on_an_external_server_a_member_connects_and_then_acts_as_the_role(db: Database) -> None:
     external = Database(db.conninfo, "as if external")  # the superuser may become any role
