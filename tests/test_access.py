@@ -245,10 +245,8 @@ def test_an_upgrade_puts_back_what_the_writer_must_not_hold(db: Database) -> Non
     )
 
 
-@pytest.mark.parametrize(
-    "grant", ["INSERT (tx_id) ON event_commits TO elspeth_writer", "INSERT ON event_commits TO PUBLIC"]
-)
-def test_an_upgrade_takes_back_a_column_the_writer_may_not_insert(db: Database, grant: str) -> None:
+def _not_current_until_upgraded(db: Database, grant: str) -> None:
+    """`GRANT grant` leaves the store's grants not current, and an upgrade puts them right."""
     with db.connect() as conn:
         conn.execute(f"GRANT {grant}")
         conn.commit()
@@ -256,6 +254,13 @@ def test_an_upgrade_takes_back_a_column_the_writer_may_not_insert(db: Database, 
     migrate(db)
     with db.connect() as conn:
         assert grants_current(conn)
+
+
+@pytest.mark.parametrize(
+    "grant", ["INSERT (tx_id) ON event_commits TO elspeth_writer", "INSERT ON event_commits TO PUBLIC"]
+)
+def test_an_upgrade_takes_back_a_column_the_writer_may_not_insert(db: Database, grant: str) -> None:
+    _not_current_until_upgraded(db, grant)
     assert "permission denied" in _refused(
         db, Role.WRITER, "INSERT INTO event_commits (tx_id, run_id, first_seq, last_seq) VALUES (1, 'r', 0, 0)"
     )
@@ -275,13 +280,7 @@ def test_grants_are_not_current_while_a_column_grant_or_public_breaks_the_rule(d
     """A grant of some columns is not one of the table (has_table_privilege is false for it),
     and PUBLIC's is every role's: each kept the store 'current', so neither the embedded start
     nor a run on an external store asked for the upgrade that takes it back (a review)."""
-    with db.connect() as conn:
-        conn.execute(f"GRANT {grant}")
-        conn.commit()
-        assert not grants_current(conn)
-    migrate(db)
-    with db.connect() as conn:
-        assert grants_current(conn)
+    _not_current_until_upgraded(db, grant)
 
 
 def test_db_roles_names_the_columns_a_role_may_insert_as_they_are(db: Database) -> None:
@@ -316,13 +315,7 @@ def test_a_grant_on_a_partition_is_not_current_and_an_upgrade_takes_it_back(db: 
     """PostgreSQL checks a statement that names a partition against the partition's own grants,
     not its parent's: a grant there (the owner's default privileges put them on tables made
     later) passed the parent's rule by, and the store was 'current' (a review)."""
-    with db.connect() as conn:
-        conn.execute(f"GRANT {grant}")
-        conn.commit()
-        assert not grants_current(conn)
-    migrate(db)
-    with db.connect() as conn:
-        assert grants_current(conn)
+    _not_current_until_upgraded(db, grant)
     if "events_p03" in grant:
         with db.connect(role=Role.WRITER) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("INSERT INTO events_p03 (tx_id) VALUES (1)")

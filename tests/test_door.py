@@ -344,6 +344,18 @@ def _reader_start(recorder: PostgresRecorder) -> tuple[int, int]:
     return max((g.position for g in recorder.read_since((0, 0), limit=1_000_000)), default=(0, 0))
 
 
+def _since_plan(db: Database, start: tuple[int, int], limit: int) -> str:
+    """The plan `read_since` runs for a page of `limit` after `start`, run (EXPLAIN ANALYZE)."""
+    with db.connect() as conn:
+        for setting in _SINCE_PLAN:
+            conn.execute(setting)
+        rows = conn.execute(
+            "EXPLAIN (ANALYZE, COSTS off, TIMING off, SUMMARY off) " + _SINCE,
+            {"tx": start[0], "pos": start[1], "limit": limit},
+        )
+        return "\n".join(r[0] for r in rows)
+
+
 def _paged(recorder: PostgresRecorder, start: tuple[int, int], limit: int) -> list[tuple[tuple[int, int], str, int]]:
     """Every event after `start`, read `limit` at a time as a reader goes: (position, run, seq)."""
     paged, position = [], start
@@ -422,15 +434,7 @@ def test_read_since_reads_the_commits_in_order_and_stops_when_the_page_is_full(d
     assert len(_in_read_order(db, "run-many-%")) == 60
     with db.connect() as conn:
         (before,) = conn.execute("SELECT count(*) FROM event_commits WHERE tx_id = %s", (start[0],)).fetchone() or (0,)
-        for setting in _SINCE_PLAN:
-            conn.execute(setting)
-        plan = "\n".join(
-            r[0]
-            for r in conn.execute(
-                "EXPLAIN (ANALYZE, COSTS off, TIMING off, SUMMARY off) " + _SINCE,
-                {"tx": start[0], "pos": start[1], "limit": 3},
-            )
-        )
+    plan = _since_plan(db, start, 3)
     assert not re.search(r"(?<!Incremental )Sort  ", plan), plan
     (commits,) = re.findall(r"Index Scan using event_commits_pkey on event_commits .*rows=(\d+)", plan)
     # the rest of the reader's transaction, the page's, and the first row of the next
@@ -496,14 +500,5 @@ def test_read_since_reads_no_range_of_a_commit_row_whose_ends_are_not_its_own(db
     with db.connect() as conn:
         _insert(conn, "after-scanned", range(1))
     assert [r for _, r, _ in _paged(recorder, start, 10)] == ["after-scanned"]
-    with db.connect() as conn:
-        for setting in _SINCE_PLAN:
-            conn.execute(setting)
-        plan = "\n".join(
-            r[0]
-            for r in conn.execute(
-                "EXPLAIN (ANALYZE, COSTS off, TIMING off, SUMMARY off) " + _SINCE,
-                {"tx": start[0], "pos": start[1], "limit": 10},
-            )
-        )
+    plan = _since_plan(db, start, 10)
     assert sum(map(int, re.findall(r"Rows Removed by Filter: (\d+)", plan))) < 100, plan
