@@ -258,6 +258,17 @@ ORDER BY 1
 """
 
 
+def beyond_the_parents(conn: psycopg.Connection[Any]) -> list[str]:
+    """The partitions and sequences of the audit tables on which PUBLIC, the writer or the
+    auditor holds a privilege, or which one of them owns, and the tables on which the writer or
+    the auditor holds a grant option (`_PARTITION_GRANTS`): none where the rule holds."""
+    rows = conn.execute(
+        _PARTITION_GRANTS, {"tables": _tables(conn), "roles": [Role.WRITER.value, Role.AUDITOR.value]}
+    ).fetchall()
+    conn.commit()
+    return [r[0] for r in rows]
+
+
 def _partitions(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     """The partitions of the audit tables, at any depth, and their sequences: (schema, name), as
     an owner may attach a table of another schema."""
@@ -477,11 +488,7 @@ def grants_current(conn: psycopg.Connection[Any]) -> bool:
     conn.commit()
     if not (row and row[0]):
         return False
-    on_partitions = conn.execute(
-        _PARTITION_GRANTS, {"tables": _tables(conn), "roles": [Role.WRITER.value, Role.AUDITOR.value]}
-    ).fetchall()
-    if on_partitions:
-        conn.commit()
+    if beyond_the_parents(conn):
         return False
     # The writer inserts each column but those withheld (`WRITER_WITHHELD`).
     for table in sorted(set(WRITER_WITHHELD) & set(_tables(conn))):

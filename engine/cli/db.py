@@ -53,7 +53,7 @@ def db_upgrade(ctx: click.Context) -> None:
 @click.pass_context
 def db_roles(ctx: click.Context, set_password_of: str | None) -> None:
     """Show the ELSPETH roles and what each may do here; on an external server, set a password."""
-    from landscape.roles import describe, set_password
+    from landscape.roles import beyond_the_parents, describe, set_password
 
     with database_from_ctx(ctx, role=Role.OWNER) as db:
         if set_password_of is not None:
@@ -72,6 +72,7 @@ def db_roles(ctx: click.Context, set_password_of: str | None) -> None:
             return
         with db.connect() as conn:
             infos = describe(conn)
+            beyond = beyond_the_parents(conn) if all(info.exists for info in infos) else []
     click.echo(f"roles in {db.describe()}:")
     for info in infos:
         if not info.exists:
@@ -81,6 +82,11 @@ def db_roles(ctx: click.Context, set_password_of: str | None) -> None:
         click.echo(f"  {info.name:<16} {login}")
         for privileges, tables in info.privileges:
             click.echo(f"      {privileges:<30} {', '.join(tables)}")
+    if beyond:  # (the lines above are of the partitioned tables, which every statement goes through)
+        click.echo(
+            "  beyond the rule: a grant to PUBLIC, the writer or the auditor, a grant option of theirs, or their "
+            f"ownership, on {', '.join(beyond)}: `elspeth db upgrade` takes it back"
+        )
 
 
 def _read_password(role: str) -> str:
