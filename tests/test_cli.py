@@ -194,6 +194,9 @@ def test_run_writes_outputs_and_a_summary(db: Database, work: Path) -> None:
     assert (work / "out" / "high.csv").read_text().splitlines() == ["id,v", "2,9"]
     assert json.loads((work / "out" / "bad.jsonl").read_text()) == {"id": "3", "v": "x"}
     run_id = proc.stdout.split()[1]
+    assert "  sink high: 1 row → out/high.csv: sha256 " in proc.stdout, proc.stdout  # (not "1 rows")
+    shown = elspeth("show", run_id, cwd=work, db=db).stdout
+    assert "1 row written" in shown and "    high: 1 row → out/high.csv " in shown and "1 rows" not in shown, shown
 
     explain = elspeth("explain", run_id, "--row", "2", cwd=work, db=db)  # rows count from 1
     assert explain.returncode == 0, explain.stderr

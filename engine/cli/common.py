@@ -83,3 +83,8 @@ def warn_reinstated(recorder: PostgresRecorder, run_id: str) -> None:
             "say they were erased: they were put back after `elspeth purge` (tampering by a role that may write "
             "payloads?); they are taken as erased, the records win"
         )
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 row`, `2 rows`, `0 rows`: a count and its noun, in the number the count takes."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

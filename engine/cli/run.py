@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from engine.cli.common import database_from_ctx, home_from_ctx
+from engine.cli.common import counted, database_from_ctx, home_from_ctx
 from engine.cli.errors import ElspethCliError, SettingsCliError, settled
 from engine.cli.preflight import check_paths
 from engine.cli.show import sink_files
@@ -191,7 +191,7 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
         click.echo("  tokens: " + ", ".join(f"{k} {v}" for k, v in end.outcomes.items()))
     # This process works in the run's folder (resume changes to it), where relative paths resolve.
     for f in sink_files(end.artifacts, None):
-        click.echo(f"  sink {f.sink}: {f.rows} rows → {one_line(f.location)}: {f.describe()}")
+        click.echo(f"  sink {f.sink}: {counted(f.rows, 'row')} → {one_line(f.location)}: {f.describe()}")
     row = first[0] + 1 if first is not None else 1
     explain = (
         f" — `elspeth show {outcome.run_id}`, `elspeth explain {outcome.run_id} --row {row}`" if rows.rows_in else ""

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from engine.cli.common import database_from_ctx
+from engine.cli.common import counted, database_from_ctx
 from landscape.db import Database
 from landscape.postgres import PostgresRecorder
 from landscape.queries import Artifact, list_runs, row_counts, run_detail, run_lifecycle
@@ -337,15 +337,17 @@ def _print(o: dict[str, Any]) -> None:
         )
         outcomes += _groups(n["kind"], n["groups"])
         timing = f" ({n['total_us']} µs in all, {n['mean_us']} µs each)" if n["processed"] else ""
-        wrote = f", {o['rows']['written'].get(n['node'], 0)} rows written" if n["kind"] == "sink" else ""
+        wrote = f", {counted(o['rows']['written'].get(n['node'], 0), 'row')} written" if n["kind"] == "sink" else ""
         click.echo(
-            f"    {n['node']:<20} {n['kind']:<12} {n['plugin']:<16} {n['processed']} steps{timing}{wrote}{outcomes}"
+            f"    {n['node']:<20} {n['kind']:<12} {n['plugin']:<16} {counted(n['processed'], 'step')}{timing}{wrote}"
+            f"{outcomes}"
         )
     click.echo("  sink files:")
     for a in o["artifacts"]:
         f = SinkFile(**{k if k != "file" else "state": v for k, v in a.items()})
         click.echo(
-            f"    {a['sink']}: {a['rows']} rows → {one_line(a['location'])} (durable to {a['position']}): {f.describe()}"
+            f"    {a['sink']}: {counted(a['rows'], 'row')} → {one_line(a['location'])} (durable to {a['position']}): "
+            f"{f.describe()}"
         )
     click.echo("  lifecycle:")
     for e in o["lifecycle"]:
