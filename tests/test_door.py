@@ -448,21 +448,15 @@ def test_read_since_reads_nothing_of_a_younger_commit_while_an_older_transaction
     test above has the older id commit first: it passed with the xmin bound taken out.)"""
     recorder = PostgresRecorder(db)
     start = _reader_start(recorder)
-    read, position = [], start
     with db.connect() as older, db.connect() as younger:
         older.execute("SELECT pg_current_xact_id()")
         younger.execute("SELECT pg_current_xact_id()")
         _insert(older, "run-older", range(2))
         _insert(younger, "run-younger", range(2))
         younger.commit()
-        page = recorder.read_since(position)
-        assert [g.event.run_id for g in page] == []
+        assert recorder.read_since(start) == []
         older.commit()
-    deadline = time.monotonic() + 60  # (until both are final: see `_once_final`)
-    while len(read) < 4 and time.monotonic() < deadline:
-        page = recorder.read_since(position, limit=1)
-        read += [(g.event.run_id, g.event.seq) for g in page]
-        position = page[-1].position if page else position
+    read = [(g.event.run_id, g.event.seq) for g in _once_final(recorder, start)]  # (both final at once)
     assert read == [("run-older", 0), ("run-older", 1), ("run-younger", 0), ("run-younger", 1)]
 
 
