@@ -1675,6 +1675,30 @@ def test_a_sink_of_no_durable_bytes_ties_no_file(tmp_path: Path) -> None:
     assert "all 0 bytes" in check_sink_file(report, "s", tmp_path / "empty.csv")
 
 
+def test_a_json_array_of_no_durable_bytes_expects_no_closing_bracket(tmp_path: Path) -> None:
+    """A review: a completed run whose JSON array sink received no row never opened its file, and
+    its close wrote nothing; an empty file there was refused as "its sink then wrote '\\n]\\n' as it
+    closed, of which the file holds only 0 bytes (cut after the run?)", where a CSV sink's empty
+    file ties (no file, or an empty one, as docs/verification.md says)."""
+    from landscape.audit import ExportReport, SinkEnd, check_sink_file
+
+    empty = hashlib.sha256(b"").hexdigest()
+    report = ExportReport(run_id="r", key="k", events=1, root=b"", checkpoints=1, payloads_included=True,
+                          payloads=0, erased=0, extends=None, status="completed", ended=True,
+                          sinks={"s": SinkEnd("a.json", 0, empty)})  # fmt: skip
+    (tmp_path / "a.json").write_bytes(b"")
+    said = check_sink_file(report, "s", tmp_path / "a.json", closing=b"\n]\n")
+    assert said.endswith("all 0 bytes, as the signed log records them"), said
+    for bracket in (b"\n]\n", b"]\n"):  # (nor is a closing text the sink never wrote taken for its own)
+        (tmp_path / "a.json").write_bytes(bracket)
+        with pytest.raises(AuditFailure, match="the run made no bytes durable there"):
+            check_sink_file(report, "s", tmp_path / "a.json", closing=b"\n]\n")
+    failed = dataclasses.replace(report, status="failed", ended=False)
+    (tmp_path / "a.json").write_bytes(b"")
+    said = check_sink_file(failed, "s", tmp_path / "a.json", closing=b"\n]\n")
+    assert "lacks" not in said and said.endswith("all 0 bytes, as the signed log records them"), said
+
+
 def test_a_fork_branch_starts_with_its_parents_data_so_a_step_before_the_fork_is_missed() -> None:
     """A review: a data-changing step before a fork, taken out of a row's bundle with its payload,
     was not told (the parent's next event is its fork, which reads no data); the branches' creation
