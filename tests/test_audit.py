@@ -1635,6 +1635,36 @@ def test_verify_refuses_a_file_whose_first_bytes_the_run_did_not_write(db: Datab
     assert "alone" in err and "--allow-later-bytes" in err and "--allow-earlier-bytes" not in err, err
 
 
+@pytest.mark.parametrize("held", [b"[]\n", b'[\n{"id": 7, "v": 8}\n]\n'], ids=["empty-array", "array-of-rows"])
+def test_an_appended_array_the_run_wrote_no_row_to_closes_as_its_sink_does(
+    db: Database, tmp_path: Path, held: bytes
+) -> None:
+    """A review: an append-mode JSON array sink that the run sent no row continues the array its
+    file held, and its close writes the bracket after what that array holds: "]" after a bare
+    "[", not "\\n]" as after a row. `verify` expected "\\n]\\n" whatever the array held: the file
+    exactly as the run left it ("[]\\n") was refused as "rows added before the closing text?",
+    and one it never wrote ("[\\n]\\n") passed, its bracket called what the sink writes."""
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    (work / "s.yaml").write_text(APPENDING)
+    arr = work / "out" / "arr.json"
+    arr.write_bytes(held)
+    write_csv(work / "in.csv", ["id", "v"], [[1, 3], [2, 4]])  # (all to `low`: none to `arr`)
+    proc = elspeth("run", "-s", "s.yaml", cwd=work, db=db)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1]
+    assert arr.read_bytes() == held
+    exported = Exported(work, run_id, _export(work, db, run_id), work / ".elspeth" / "keys" / "default.pub")
+    proc = _tie(exported, tmp_path, f"arr={arr}", "--allow-earlier-bytes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ", whole: no bytes, as the signed log records them" in proc.stdout, proc.stdout
+    other = tmp_path / "other.json"
+    closing = b"\n]\n" if held == b"[]\n" else b"]\n"
+    other.write_bytes(held[: held.rindex(b"]")].rstrip() + closing)
+    err = one_line_error(_tie(exported, tmp_path, f"arr={other}", "--allow-earlier-bytes"), 1)
+    assert "that are not those" in err, err
+
+
 def test_a_run_that_did_not_complete_closed_no_sink(tmp_path: Path) -> None:
     """A failed (or abandoned) run never closed its sinks: a closing bracket after its last flush
     is not its own."""

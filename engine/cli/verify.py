@@ -7,6 +7,8 @@ its own for that reason.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import click
@@ -130,7 +132,7 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
     _payloads_required(file, report.payloads_included, require_payloads)
     # The sink files first: one that does not match fails the command before anything is said
     # to have verified.
-    sinks = [check_sink_file(report, name, path, closing=_closing(report, name), later=later, earlier=earlier)
+    sinks = [check_sink_file(report, name, path, closing=_closing(report, name, path), later=later, earlier=earlier)
              for name, path in tied]  # fmt: skip
     click.echo(
         f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
@@ -157,15 +159,26 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
         )
 
 
-def _closing(report: ExportReport, name: str) -> bytes | None:
+def _closing(report: ExportReport, name: str, path: Path) -> bytes | None:
     """What sink `name` writes as the run completes, after its last flush, built from the settings
-    the signed log records for it (None: unknown)."""
+    the signed log records for it (None: unknown). A sink that made no bytes of its own durable,
+    continuing what its file held (an append), closes after those bytes, read from `path`."""
     from engine.plugins.sinks import closing_of  # (only with --sink-file; imports no driver)
 
     end = report.sinks.get(name)
     if end is None or end.declared is None:
         return None
-    return closing_of(str(end.declared.get("plugin")), end.declared.get("options"))
+    continued = (path, end.position) if 0 < end.start == end.position and _regular(path) else None
+    return closing_of(str(end.declared.get("plugin")), end.declared.get("options"), continued)
+
+
+def _regular(path: Path) -> bool:
+    """Whether `path` is a regular file, to be read (a FIFO would be waited on: `check_sink_file`
+    refuses what is not one)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _sink_file(given: str) -> tuple[str, Path]:

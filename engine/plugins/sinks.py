@@ -523,6 +523,11 @@ class _FileSink:
         completes (`elspeth verify --sink-file` expects exactly these after the signed position)."""
         return b""
 
+    def closing_after(self, position: int) -> bytes:
+        """What `close` writes after this sink's file's first `position` bytes when the run made
+        none of them (it continued what the file held, and sent the sink no row)."""
+        return self.closing()
+
     def _closing_bytes(self, text: str) -> bytes:
         """`text` in the file's encoding, as written after bytes already there (no byte-order mark)."""
         encoder = codecs.getincrementalencoder(self.encoding)()
@@ -875,6 +880,10 @@ class JsonSink(_FileSink):
         # (Every sink the log records a flush of made rows durable: the array holds rows.)
         return self._closing_bytes(self._end(True))
 
+    def closing_after(self, position: int) -> bytes:
+        # The bracket follows what the array it continued holds: "]" after a bare "[" (a review).
+        return self._closing_bytes(self._end(self._array_has_rows(position))) if self.format == "json" else b""
+
 
 # The built-in file sinks by plugin name (the registry's entries for them). Here, not only in the
 # registry, so that `elspeth verify`, which must load without a database driver, can build one.
@@ -885,14 +894,20 @@ FILE_SINKS: dict[str, Callable[[Mapping[str, Any]], _FileSink]] = {
 }
 
 
-def closing_of(plugin: str, options: object) -> bytes | None:
+def closing_of(plugin: str, options: object, continued: tuple[Path, int] | None = None) -> bytes | None:
     """What the built-in file sink `plugin`, built from `options` as a run recorded them, writes
     when the run completes, after its last flush (`_FileSink.closing`). None: not a built-in file
-    sink, or options that do not build one here (recorded redacted: a secret's fingerprint)."""
+    sink, or options that do not build one here (recorded redacted: a secret's fingerprint).
+    `continued`: (file, position) of a sink that made no bytes of its own durable, continuing the
+    file's first `position` bytes (`_FileSink.closing_after`, which reads them: a file that is not
+    the sink's fails the digest of those bytes anyway); None when they cannot be read as its."""
     make = FILE_SINKS.get(plugin)
     if make is None or not isinstance(options, Mapping):
         return None
     try:
-        return make(options).closing()
-    except PluginConfigError:
+        if continued is None:
+            return make(options).closing()
+        path, position = continued
+        return make({**options, "path": str(path)}).closing_after(position)
+    except (PluginConfigError, PluginError):
         return None
