@@ -324,8 +324,13 @@ def check_sink_file(
                "going on after the export)")  # fmt: skip
     if later:
         return f"{path}: {signed}; {why}; allowed by --allow-later-bytes"
-    tied = f"bytes {end.start} to {end.position - 1}" if end.start else f"its first {end.position} bytes"
-    raise AuditFailure(f"{path} is not the output of {what} alone: {tied} are, as the signed log records them, "
+    if not end.start:
+        tied = f"its first {end.position} bytes are"
+    elif end.position > end.start:
+        tied = f"bytes {end.start} to {end.position - 1} are"
+    else:  # (not "bytes 1 to 0 are", a review)
+        tied = f"the run wrote none of its bytes (its first {end.start} are the file's before the run)"
+    raise AuditFailure(f"{path} is not the output of {what} alone: {tied}, as the signed log records them, "
                        f"but {why}; if a later run may have appended to the file, --allow-later-bytes accepts "
                        "that")  # fmt: skip
 

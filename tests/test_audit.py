@@ -1663,6 +1663,9 @@ def test_an_appended_array_the_run_wrote_no_row_to_closes_as_its_sink_does(
     other.write_bytes(held[: held.rindex(b"]")].rstrip() + closing)
     err = one_line_error(_tie(exported, tmp_path, f"arr={other}", "--allow-earlier-bytes"), 1)
     assert "that are not those" in err, err
+    start = len(held[: held.rindex(b"]")].rstrip())  # (where the run began, and made nothing durable after)
+    assert f"alone: the run wrote none of its bytes (its first {start} are the file's before the run), as the " \
+           "signed log records them, but" in err, err  # fmt: skip
 
 
 def test_a_run_that_did_not_complete_closed_no_sink(tmp_path: Path) -> None:
