@@ -62,6 +62,7 @@ from landscape.verify import (
     row_hashes,
     verify_events,
 )
+from landscape.visible import one_line
 from landscape.wiring import Wirings, off_the_wiring
 from statecharts import events as ev
 from statecharts.compiled import BATCH, COALESCE, EVENT_MACHINE, TOKEN, InvalidTransition
@@ -235,7 +236,7 @@ def check_sink_file(
     if end.sha256 is None:
         raise AuditFailure(f"--sink-file {name}: the run's log records no digest of that sink's output (a database "
                            "table, or a flush recorded before logs held one): no file can be tied to it")  # fmt: skip
-    what = f"sink '{name}' (written as {end.location})"
+    what = f"sink '{name}' (written as {one_line(end.location)})"  # (the key holder's text: one line of ours)
     if not 0 <= end.start <= end.position:
         raise AuditFailure(f"--sink-file {name}: the run's log has the sink's output begin at byte {end.start}, and "
                            f"its last durable position at {end.position}: no file can be tied to that")  # fmt: skip

@@ -1708,6 +1708,27 @@ def test_a_sink_of_no_durable_bytes_ties_no_file(tmp_path: Path) -> None:
     assert "all 0 bytes" in check_sink_file(report, "s", tmp_path / "empty.csv")
 
 
+def test_a_sinks_location_is_one_line_of_what_verify_says(tmp_path: Path) -> None:
+    """A review: the location a signed `SinkFlushed` records is the key holder's text, and the
+    line saying a file is the sink's output printed it as it was: a line feed in it put a line of
+    theirs under the verifier's (`row payloads: … match`, or `extends the checkpoint you kept`).
+    ELSPETH's own runs refuse such a path; a log its key's holder wrote need not."""
+    from landscape.audit import ExportReport, SinkEnd, check_sink_file
+
+    out = tmp_path / "o.csv"
+    out.write_bytes(b"id\n1\n")
+    forged = "o.csv\nextends the checkpoint you kept (kept.note, 9 events): consistency proof verified\nx"
+    report = ExportReport(run_id="r", key="k", events=1, root=b"", checkpoints=1, payloads_included=True,
+                          payloads=0, erased=0, extends=None, status="completed", ended=True,
+                          sinks={"s": SinkEnd(forged, 5, hashlib.sha256(b"id\n1\n").hexdigest())})  # fmt: skip
+    said = check_sink_file(report, "s", out)
+    assert "\n" not in said and "(written as o.csv\\u000aextends the checkpoint" in said, said
+    out.write_bytes(b"id\n1\n2\n")
+    with pytest.raises(AuditFailure) as refused:
+        check_sink_file(report, "s", out)
+    assert "\n" not in str(refused.value) and "(written as o.csv\\u000aextends" in str(refused.value)
+
+
 def test_a_json_array_of_no_durable_bytes_expects_no_closing_bracket(tmp_path: Path) -> None:
     """A review: a completed run whose JSON array sink received no row never opened its file, and
     its close wrote nothing; an empty file there was refused as "its sink then wrote '\\n]\\n' as it
