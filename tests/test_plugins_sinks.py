@@ -480,6 +480,38 @@ def test_a_resume_truncates_to_the_durable_position_and_continues(tmp_path: Path
         assert json.loads(path.read_bytes().decode()) == rows
 
 
+@pytest.mark.parametrize("encoding", ["iso2022_kr", "iso2022_jp_2", "utf-16", "utf-7"])
+@pytest.mark.parametrize(("kind", "options"), [("csv", {}), ("json", {}), ("json", {"format": "jsonl"})])
+def test_a_resume_in_a_stateful_encoding_writes_the_bytes_an_uninterrupted_run_does(
+    tmp_path: Path, encoding: str, kind: str, options: dict[str, Any]
+) -> None:
+    """ISO-2022-KR designates its Korean set once, at the first Korean character of the stream
+    (ESC $ ) C), and keeps it to the end; a resumed sink's encoder must continue the file's
+    stream, not start a new one that designates the set again in the middle of the file."""
+    rows = [{"id": i, "name": f"\uac00\ub098{i}"} for i in range(4)]
+    whole = tmp_path / "whole"
+    s = sink(kind, path=str(whole), encoding=encoding, **options)
+    s.open("run", None)
+    for i, row in enumerate(rows):
+        s.write(f"t{i}", row)
+        s.flush()
+    s.close()
+
+    resumed = tmp_path / "resumed"
+    first = sink(kind, path=str(resumed), encoding=encoding, **options)
+    first.open("run", None)
+    first.write("t0", rows[0])
+    durable = first.flush()
+    first.release()  # the crash
+    again = sink(kind, path=str(resumed), encoding=encoding, **options)
+    again.open("run", durable)
+    for i, row in enumerate(rows[1:], 1):
+        again.write(f"t{i}", row)
+        again.flush()
+    again.close()
+    assert resumed.read_bytes() == whole.read_bytes()
+
+
 @pytest.mark.parametrize("name", ["o.csv", "o.json"])
 def test_a_resume_at_position_zero_starts_a_fresh_file(tmp_path: Path, name: str) -> None:
     path = tmp_path / name

@@ -274,12 +274,35 @@ class _FileSink:
         # start records its sinks' positions, and a retry of its first flush reopened at that
         # position as a resume would, cutting what another process wrote meanwhile: a stalled
         # writer whose run was resumed and completed elsewhere destroyed that run's file.)
-        self._encoder = codecs.getincrementalencoder(self.encoding)()
-        if start > 0:
-            self._encoder.encode(" ")  # a byte-order mark, if the encoding has one, is on disk already
+        self._encoder = self._encoder_after(start)
         if position:
             self._file()  # a resume drops at once what a crash left after the durable position
         return start
+
+    def _encoder_after(self, start: int) -> codecs.IncrementalEncoder:
+        """An encoder in the state that writing the file's first `start` bytes left it in, so that
+        what follows them is the bytes one uninterrupted stream would hold. A byte-order mark is
+        on disk already; and ISO-2022-KR designates its Korean set once, at the stream's first
+        Korean character, and keeps it: an encoder started afresh designated it again in the
+        middle of a resumed file (a review). So in an encoding other than Unicode's (whose only
+        state is the mark), the text of those bytes goes through the encoder first."""
+        encoder = codecs.getincrementalencoder(self.encoding)()
+        if start == 0:
+            return encoder
+        if codecs.lookup(self.encoding).name in _UNICODE:
+            encoder.encode(" ")
+            return encoder
+        decoder = codecs.getincrementaldecoder(self.encoding)()  # errors="strict"
+        try:
+            with self.path.open("rb") as f:
+                left = start
+                while left > 0 and (chunk := f.read(min(left, _REOPEN_CHUNK))):
+                    left -= len(chunk)
+                    encoder.encode(decoder.decode(chunk, final=left <= 0))
+        except (UnicodeError, OSError):  # not text in this encoding (a file appended to): as a fresh stream
+            encoder = codecs.getincrementalencoder(self.encoding)()
+            encoder.encode(" ")
+        return encoder
 
     def _byte_order_mark(self) -> tuple[bytes, bool]:
         """The mark this encoding starts a stream with (b"" for most), and whether the file starts
