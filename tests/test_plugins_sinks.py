@@ -1654,6 +1654,25 @@ def test_appending_in_another_encoding_to_a_file_marked_utf8_is_refused(
         assert path.read_bytes().startswith(before) and path.read_bytes().count(codecs.BOM_UTF8) == 1
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le"])
+@pytest.mark.parametrize("schema", [None, {"mode": "fixed", "fields": ["\ufeffid: int", "b: str"]}])
+def test_a_first_field_named_with_a_leading_byte_order_mark_is_continued_by_a_resume(
+    tmp_path: Path, encoding: str, schema: dict[str, Any] | None
+) -> None:
+    """A CSV read with encoding utf-8 from a file that started with UTF-8's mark (pandas, Excel
+    exports made into JSON) names its first column '\ufeffid'. A resume read the header back with
+    every U+FEFF stripped, as 'id': each row after it was refused (`not among the columns`), where
+    the uninterrupted run wrote them all."""
+    rows = [{"\ufeffid": i, "b": f"x{i}"} for i in range(3)]
+    options: dict[str, Any] = {"encoding": encoding, **({"schema": schema} if schema else {})}
+    whole = tmp_path / "whole.csv"
+    written(sink("csv", path=str(whole), **options), rows)
+    resumed = tmp_path / "resumed.csv"
+    durable = written(sink("csv", path=str(resumed), **options), rows[:1])
+    written(sink("csv", path=str(resumed), **options), rows[1:], position=durable)
+    assert resumed.read_bytes() == whole.read_bytes()
+
+
 def test_a_csv_delimiter_its_encoding_cannot_write_is_refused() -> None:
     """Every row was refused, the reason blaming the row for the delimiter's character."""
     with pytest.raises(PluginConfigError, match="delimiter: '€' cannot be written in iso8859-1"):

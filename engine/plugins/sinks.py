@@ -617,6 +617,7 @@ class CsvSink(_FileSink):
         self._needs_header = True
         self._first_row: Callable[[], Row] | None = None  # see `first_row`
         self._rows_durable = False  # whether a flush of this run has made rows durable here
+        self._marked: str | None = None  # the header's first name with a leading U+FEFF (`_header_on_disk`)
 
     def layout(self) -> dict[str, object]:
         """The options that decide how rows are spelled in the file: a resume continues the bytes
@@ -645,7 +646,11 @@ class CsvSink(_FileSink):
                 self._rows_durable = True
         start = self._open_file(position)
         self._needs_header = start == 0
+        self._marked = None
         on_disk = self._header_on_disk(start) if start > 0 and self.write_header else None
+        if on_disk and self._marked is not None and named is not None:
+            kept = [self._marked, *on_disk[1:]]  # the schema says which reading of the U+FEFF is meant
+            on_disk, self._marked = (kept if set(on_disk) != set(named) and set(kept) == set(named) else on_disk), None
         if on_disk == []:  # (a blank first line: no column, and every row refused for want of one)
             raise PluginError(
                 _NODE,
@@ -690,6 +695,13 @@ class CsvSink(_FileSink):
         if self._known is None and self._needs_header and self.write_header:  # the header comes with this row
             self._refuse_unencodable(row, self.delimiter.join(self._header(fields)))
         extra = [k for k in row if k not in known]
+        if self._marked is not None and fields and fields[0] not in row and self._marked in row:
+            # The header's first name is this one, its U+FEFF its own (`_header_on_disk`).
+            fields = [self._marked, *fields[1:]]
+            known = frozenset(fields)
+            extra = [k for k in row if k not in known]
+        if self._marked is not None and fields and fields[0] in row:
+            self._marked = None  # the rows read the header as it was taken: it stays so
         if extra:
             # Only names the settings spell are recorded: columns fixed by the first row or by the
             # file's header are the input's, row data (docs/erasure.md); they are counted instead.
@@ -720,8 +732,16 @@ class CsvSink(_FileSink):
         column order (with `escape_formulas`, read as it wrote them)."""
         with self.path.open("rb") as f:
             head = f.read(min(size, 1 << 20))
-        text = head.decode(self.encoding, errors="replace").lstrip("\ufeff")
-        header = next(csv.reader(io.StringIO(text), delimiter=self.delimiter), None)
+        text = head.decode(self.encoding, errors="replace")
+        # A byte-order mark another tool began the file with (the utf-8-sig, utf-16 and utf-32
+        # decoders take theirs themselves). One only: a U+FEFF after it, or after the mark those
+        # decoders took, is the first name's own (a CSV read as utf-8 from a file with UTF-8's mark
+        # names its first column '\ufeffid'), which stripping every U+FEFF lost, and a resume then
+        # refused every row (a review). In utf-8 such a name and a mark read alike: `_marked` keeps
+        # the other reading, for the schema or the rows to choose (`open`, `write`).
+        mark = codecs.lookup(self.encoding).name not in ("utf-8-sig", "utf-16", "utf-32") and text[:1] == "\ufeff"
+        header = next(csv.reader(io.StringIO(text[1:] if mark else text), delimiter=self.delimiter), None)
+        self._marked = "\ufeff" + header[0] if mark and header else None
         return [_restored_name(c) for c in header] if self.escape_formulas and header is not None else header
 
     def flush(self) -> int:
