@@ -81,7 +81,15 @@ def output_problems(
             path, key_path = sqlite_file(sink.url), f"{key}.url"
         if path is None:
             continue
-        if path.is_symlink():
+        try:
+            link = path.is_symlink()
+        except OSError as e:  # (a name longer than the file system takes: ENAMETOOLONG, which is_symlink raises)
+            problems.append(
+                f"{where}: {key_path}: '{path}' cannot be looked at: {e.strerror or e}; allowed: a path this "
+                "system can open (names of at most 255 bytes, 4,095 in all)"
+            )
+            continue
+        if link:
             problems.append(
                 f"{where}: {key_path}: '{path}' is a symbolic link (to {os.readlink(path)}); allowed: a file, or a "
                 "path where there is none yet (name the link's target: a link can be swapped for another by "
