@@ -1113,6 +1113,14 @@ def test_a_home_that_is_a_file_is_named_so(tmp_path: Path) -> None:
     assert "(--home) is not a folder" in err
 
 
+def test_a_home_the_system_cannot_look_at_is_one_line(tmp_path: Path) -> None:
+    """A name over 255 bytes in ELSPETH_HOME: `exists()` raised ENAMETOOLONG, a bare traceback."""
+    home = str(tmp_path / ("h" * 300))
+    for args in (["runs"], ["run", "-s", "x.yaml"]):
+        err = one_line_error(elspeth(*args, cwd=tmp_path, env={"ELSPETH_HOME": home}), 1)
+        assert f"the ELSPETH home {home} (ELSPETH_HOME) cannot be looked at: File name too long" in err, err
+
+
 def test_a_blank_home_is_refused_not_a_folder_named_a_space(tmp_path: Path) -> None:
     for args, env in ((["runs"], {"ELSPETH_HOME": " "}), (["--home", "  ", "runs"], {})):
         err = one_line_error(elspeth(*args, cwd=tmp_path, env=env), 1)

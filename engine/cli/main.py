@@ -83,10 +83,15 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
             "embedded store (./.elspeth, or a relative --home) is found from it; change to a folder that exists, "
             "or give an absolute --home"
         ) from None
-    if resolved.exists() and not resolved.is_dir():  # (a file there: every command would say something odd)
-        given = (
-            "--home" if ctx.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE else "ELSPETH_HOME"
-        )
+    given = "--home" if ctx.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE else "ELSPETH_HOME"
+    try:
+        not_a_folder = resolved.exists() and not resolved.is_dir()
+    except OSError as e:  # (a name over 255 bytes: ENAMETOOLONG, which `exists` raises)
+        raise ElspethCliError(
+            f"the ELSPETH home {resolved} ({given}) cannot be looked at: {e.strerror or e}; allowed: a folder's path "
+            "this system can open (names of at most 255 bytes)"
+        ) from None
+    if not_a_folder:  # (a file there: every command would say something odd)
         raise ElspethCliError(
             f"the ELSPETH home {resolved} ({given}) is not a folder; allowed: a folder (made when missing) that holds "
             "the embedded store and the keys"
