@@ -1121,6 +1121,13 @@ def test_a_home_the_system_cannot_look_at_is_one_line(tmp_path: Path) -> None:
         assert f"the ELSPETH home {home} (ELSPETH_HOME) cannot be looked at: File name too long" in err, err
 
 
+def test_a_path_given_to_a_command_that_no_file_can_have_is_one_line(tmp_path: Path) -> None:
+    """`resume RUN -s NAME` with a name over 255 bytes ended in a bare OSError traceback."""
+    name = "z" * 300 + ".yaml"
+    err = one_line_error(elspeth("resume", "run-x", "-s", name, cwd=tmp_path), 1)
+    assert f"{name}: File name too long; allowed: a path this system can open" in err, err
+
+
 def test_a_blank_home_is_refused_not_a_folder_named_a_space(tmp_path: Path) -> None:
     for args, env in ((["runs"], {"ELSPETH_HOME": " "}), (["--home", "  ", "runs"], {})):
         err = one_line_error(elspeth(*args, cwd=tmp_path, env=env), 1)

@@ -8,6 +8,7 @@ original stays chained as `__cause__`, so nothing is swallowed.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import IO, Any
 
@@ -105,6 +106,13 @@ class ElspethGroup(click.Group):
             raise ElspethCliError(
                 "out of memory: this machine cannot hold what the command needed (docs/scaling.md, memory)"
             ) from e
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # (a path given to the command that no file can have)
+                raise ElspethCliError(
+                    f"{e.filename}: {e.strerror}; allowed: a path this system can open (names of at most 255 "
+                    "bytes, 4,095 in all)"
+                ) from e
+            raise
         except Exception as e:
             if _is_lost_database(e):  # (a server that died or was shut down under any command)
                 raise ElspethCliError(_lost_words(e)) from e
