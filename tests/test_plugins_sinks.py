@@ -512,6 +512,30 @@ def test_a_resume_in_a_stateful_encoding_writes_the_bytes_an_uninterrupted_run_d
     assert resumed.read_bytes() == whole.read_bytes()
 
 
+@pytest.mark.parametrize(("kind", "name"), [("csv", "o.csv"), ("json", "o.json"), ("jsonl", "o.jsonl")])
+def test_the_flush_that_creates_the_file_makes_its_name_durable_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, name: str
+) -> None:
+    """fsync(2): "Calling fsync() does not necessarily ensure that the entry in the directory
+    containing the file has also reached disk. For that an explicit fsync() on a file descriptor
+    for the directory is also needed." A flush whose position the log records as durable must
+    leave the file's name durable too, or a power loss can take the file and the rows with it."""
+    folder_synced: list[bool] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        folder_synced.append(os.path.samestat(os.fstat(fd), os.stat(tmp_path)))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    s = sink(kind, path=str(tmp_path / name))
+    s.open("run", None)
+    s.write("t1", {"a": 1})
+    s.flush()
+    s.close()
+    assert (tmp_path / name).exists() and True in folder_synced
+
+
 @pytest.mark.parametrize("name", ["o.csv", "o.json"])
 def test_a_resume_at_position_zero_starts_a_fresh_file(tmp_path: Path, name: str) -> None:
     path = tmp_path / name

@@ -188,6 +188,7 @@ class _FileSink:
         self._found: tuple[int, ...] | None = _as_found(self.path) if mode == "write" else None
         self._held: Callable[[], None] | None = None  # see `fence_as`
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
+        self._named_durably = False  # the folder's entry for the file opened last is fsynced
         self._head = b""  # written just before the first row (a JSON array's '[')
         self._buffer: list[Row] = []
         self._encoder = codecs.getincrementalencoder(encoding)()
@@ -470,7 +471,7 @@ class _FileSink:
             raise PluginError(_NODE, f"cannot open {self.path}: {e.strerror or e}") from e
         if not self._device:  # (a device keeps nothing: its durable bytes stay none, at position 0)
             self._hash.update(self._head)
-        self._f, self._head = f, b""
+        self._f, self._head, self._named_durably = f, b"", False
         return f
 
     def _durable(self, data: bytes) -> int:
@@ -488,6 +489,11 @@ class _FileSink:
             self._wrote(f)
             if not self._device:  # (a device such as /dev/null takes no fsync)
                 os.fsync(f.fileno())
+                if not self._named_durably:
+                    # fsync(2): the file's own fsync does not make its entry in the folder durable;
+                    # a file this open created could be gone after a power loss, its rows recorded.
+                    _fsync_folder(self.path.parent)
+                    self._named_durably = True
             self._still_named(f)
             return f.tell()
         except OSError as e:
@@ -577,6 +583,15 @@ def _as_found(path: Path) -> tuple[int, ...] | None:
         return ()
     except OSError:
         return None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the folder's entries durable (a file created in it, by its name)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(f: BinaryIO, data: bytes) -> None:
