@@ -105,6 +105,7 @@ REFUSED: dict[str, Refused] = {
     "postgresql table names that differ in case": Refused("a: {plugin: database, options: {url: '{other_db}', table: t}}\n  b: {plugin: database, options: {url: '{other_db}', table: T}}", None),
     "replace confirmed without replace": Refused("a: {plugin: database, options: {url: 'sqlite:///o.db', table: t, replace_rows_of_other_runs: true}}", "only with if_exists: replace"),
     "a plain sink": Refused("a: {plugin: csv, options: {path: out.csv}}", None),
+    "a sink path ending in a slash": Refused("a: {plugin: csv, options: {path: 'out/'}}", "sinks.a.options.path: found 'out/', which ends with '/' and so names a folder; allowed: a file's path"),
     "a sink file name longer than the file system takes": Refused("a: {plugin: csv, options: {path: '" + "a" * 300 + ".csv'}}", "sinks.a.options.path: '" + "a" * 300 + ".csv' cannot be looked at: File name too long; allowed: a path this system can open"),
     "a sink path longer than the system takes": Refused("a: {plugin: json, options: {path: '" + "d/" * 2100 + "x'}}", "cannot be looked at: File name too long"),
     "a sqlite file name longer than the file system takes": Refused("a: {plugin: database, options: {url: 'sqlite:///" + "b" * 300 + "', table: t}}", "sinks.a.options.url: '" + "b" * 300 + "' cannot be looked at: File name too long"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 import unicodedata
 from collections.abc import Mapping
 from contextlib import suppress
@@ -82,6 +83,11 @@ class Options:
                 raise PluginConfigError(
                     key, f"holds U+{ord(c):04X} (character {i + 1}); allowed: a path without control characters"
                 )
+        if value.endswith(("/", os.sep)):
+            # (pathlib drops the slash: `out/` meant as a folder was written as a file named `out`)
+            raise PluginConfigError(
+                key, f"found {value!r}, which ends with '/' and so names a folder; allowed: a file's path"
+            )
         return value
 
     def delimiter(self) -> str:
