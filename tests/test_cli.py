@@ -1128,6 +1128,14 @@ def test_a_path_given_to_a_command_that_no_file_can_have_is_one_line(tmp_path: P
     assert f"{name}: File name too long; allowed: a path this system can open" in err, err
 
 
+def test_resume_with_settings_behind_a_symbolic_link_loop_is_one_line(tmp_path: Path) -> None:
+    """`Path.resolve()` raised RuntimeError('Symlink loop ...'): a bare traceback."""
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    err = one_line_error(elspeth("resume", "run-x", "-s", "a/s.yaml", cwd=tmp_path), 2)
+    assert "a/s.yaml: cannot read the settings file: " in err, err
+
+
 def test_a_blank_home_is_refused_not_a_folder_named_a_space(tmp_path: Path) -> None:
     for args, env in ((["runs"], {"ELSPETH_HOME": " "}), (["--home", "  ", "runs"], {})):
         err = one_line_error(elspeth(*args, cwd=tmp_path, env=env), 1)

@@ -316,7 +316,11 @@ def resume_cmd(
     if settings_path is not None:  # resume changes folder to the run's: read the file the user means
         if settings_path.exists() and not settings_path.is_file():  # (/dev/stdin, a pipe: resolved, a name of nothing)
             raise SettingsCliError(f"{one_line(settings_path)}: not a regular file; allowed: a settings file (YAML)")
-        settings_path = settings_path.resolve()
+        try:
+            settings_path = settings_path.resolve()
+        except (OSError, RuntimeError) as e:  # (RuntimeError: a symbolic link loop, before Python 3.13)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "a symbolic link on its way loops"
+            raise SettingsCliError(f"{one_line(settings_path)}: cannot read the settings file: {why}") from None
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     home = home_from_ctx(ctx)
     progress = Progress()
