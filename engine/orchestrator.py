@@ -280,6 +280,8 @@ class Outcome:
     # resumed with --force on an input that changed: its records from `records_before` on were
     # read, those before it not (the run had read those records before the resume)
     input_changed: bool = False
+    # what the command says besides its summary (`Execution.cut_and_lost`)
+    notes: tuple[str, ...] = ()
 
 
 ProgressFn = Callable[[RunFold], None]
@@ -338,6 +340,9 @@ class Execution:
         # in-process runs pay that; a sender process (`elspeth run`) needs none of this.
         # Restored by close.
         self._gil_slice = sys.getswitchinterval()
+        # Per file sink that a resume cuts back: (path, durable position, bytes cut, their first
+        # `_CUT_KEPT`), to be held to what the resume writes there (`cut_and_lost`).
+        self._cut: dict[str, tuple[Path, int, int, bytes]] = {}
         if sending == "thread":
             sys.setswitchinterval(GIL_SLICE_SECONDS)
 
@@ -482,6 +487,26 @@ class Execution:
                     f"position ({position} bytes) that run {other} wrote since; resuming would cut them off. Move "
                     "the file aside (and put the other run's rows back after), or start a new run"
                 )
+            self._cut[name] = (path, position, size - position, _bytes_at(path, position, _CUT_KEPT))
+
+    def cut_and_lost(self, *, ended: bool) -> list[str]:
+        """What the resume cut from its file sinks (`_refuse_to_cut_later_rows`) and did not
+        write again. A crash leaves after the durable position the start of what the resume
+        writes there, byte for byte (a resume writes what the uninterrupted run would have); bytes
+        it then writes otherwise were not the crash's (another process's, or an edit), and are
+        gone from the file. Said, not refused: no resume can tell them from a crash's before it
+        writes. `ended`: the run is over, so bytes cut that it did not write again are gone too."""
+        notes = []
+        for name, (path, position, count, head) in self._cut.items():
+            now = _bytes_at(path, position, len(head))
+            short = ended and _size(path) < position + count
+            if now != head[: len(now)] or short:
+                notes.append(
+                    f"sink '{name}': the resume cut {count} bytes that {path} held after the run's last durable "
+                    f"position ({position} bytes), and did not write them again: they were not what the crash left "
+                    "(another process wrote them, or the file was edited), and they are not in the file now"
+                )
+        return notes
 
     def _refuse_to_strand_open_runs(self, only: set[str] | None = None) -> None:
         """A new run appends after what its sink file holds. A run of this store that is not
@@ -945,6 +970,28 @@ def _regular_file_size(path: Path) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
+# The bytes a resume cut from a sink file that are held to what it writes there instead: the
+# start of them (a crash's leftovers are at most the rows after a durable flush).
+_CUT_KEPT = 1 << 20
+
+
+def _bytes_at(path: Path, offset: int, n: int) -> bytes:
+    """At most `n` bytes of the file from `offset`; none when it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _digests_at(path: Path, positions: list[int]) -> dict[int, str]:
     """Hex sha256 of the file's first n bytes, for each n of `positions`, from one reading of it:
     several runs that crashed appending to one file would each have it read whole otherwise.
@@ -1386,4 +1433,5 @@ def _resume(
             stop.settled()
         finally:
             ex.close()
-    return Outcome(run_id, status, fold, records_before, input_changed=force and changed)
+    notes = tuple(ex.cut_and_lost(ended=status == RunState.COMPLETED))
+    return Outcome(run_id, status, fold, records_before, input_changed=force and changed, notes=notes)

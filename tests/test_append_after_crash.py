@@ -525,3 +525,27 @@ def test_a_crashed_run_that_made_nothing_durable_still_keeps_readers_from_its_cr
             "sinks:\n  o: {plugin: csv, options: {path: out/b.csv}}\n"
         )
         _refused(db, b, f"run {crashed} \\(crashed\\) made durable there \\(0 bytes\\)")
+
+
+def test_a_resume_says_so_when_it_cut_bytes_it_did_not_write_again(db: Database) -> None:
+    """A resume cuts a file sink back to the run's durable position. What a crash left there is
+    the start of what the resume writes again, and goes unsaid; a line someone appended after the
+    crash is cut too, and is not written again: the resume says so (a review: it went unsaid)."""
+    with _workdir() as path:
+        log, crashed, durable, before = _crashed_with_a_tail(db, path)
+        outcome = resume_run(db, crashed, load)
+        assert outcome.status == "completed" and outcome.notes == ()
+        assert log.read_bytes()[: len(before)] == before  # (the crash's tail, written again)
+    with _workdir() as path:
+        log, crashed, durable, before = _crashed_with_a_tail(db, path)
+        with log.open("ab") as f:
+            f.write(b"a line the operator added\n")
+        outcome = resume_run(db, crashed, load)
+        assert outcome.status == "completed"
+        (note,) = outcome.notes
+        cut = len(before) - durable + len(b"a line the operator added\n")
+        assert (
+            f"sink 'out': the resume cut {cut} bytes that out/log.csv held after the run's last durable position"
+            in note
+        )
+        assert b"operator" not in log.read_bytes()

@@ -435,6 +435,27 @@ def test_a_run_with_escape_formulas_writes_escaped_cells_and_records_their_sha25
     assert recorded == (hashlib.sha256(written).hexdigest(),)
 
 
+def test_a_resume_that_cut_bytes_it_did_not_write_again_says_so(db: Database, work: Path) -> None:
+    """A line appended to a crashed run's output is cut by its resume and not written again: the
+    resume completes, and says what it cut (a review: it went unsaid)."""
+    write_csv(work / "in.csv", ["id", "note", "amount"], [[i, "safe", i] for i in range(40)])
+    (work / "settings.yaml").write_text(ESCAPING)
+    crashed = elspeth(
+        "run", "-s", "settings.yaml", "--commit-every", "1", cwd=work, db=db, env={"ELSPETH_FAULT": "committed:8"}
+    )
+    assert crashed.returncode == 86, crashed.stderr
+    run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+    with (work / "out" / "notes.csv").open("ab") as f:
+        f.write(b"a line the operator added\r\n")
+    resumed = elspeth("resume", run_id, cwd=work, db=db)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "elspeth: note: sink 'out': the resume cut " in resumed.stderr, resumed.stderr
+    assert (
+        "and did not write them again" in resumed.stderr
+        and b"operator" not in (work / "out" / "notes.csv").read_bytes()
+    )
+
+
 def test_a_postgresql_landscape_url_in_the_settings_is_the_audit_store(db: Database, work: Path) -> None:
     (work / "settings.yaml").write_text(PIPELINE + f"landscape: {{url: '{db.conninfo}'}}\n")
     proc = elspeth("run", "-s", "settings.yaml", cwd=work)  # no --database, no environment

@@ -239,6 +239,8 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
         sys.exit(130)
     faults.reached("summary")
     print_summary(db, outcome, time.monotonic() - started)
+    for note in outcome.notes:
+        say(f"elspeth: note: {note}")
     if outcome.status == RunState.INTERRUPTED:
         say(f"run {outcome.run_id} interrupted; continue it with `{resume(outcome.run_id)}`")
         sys.exit(130)
