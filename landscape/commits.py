@@ -102,8 +102,13 @@ class Chain:
     hashing them into the chain and the tree, and signing the checkpoint, is done here, where the
     batch is sent: in `elspeth run` a child process, off the engine's core."""
 
-    def __init__(self, run_id: str, tree: MerkleAccumulator, head: bytes, notary: Notary | None) -> None:
+    def __init__(
+        self, run_id: str, tree: MerkleAccumulator, head: bytes, notary: Notary | None, last_from: int | None = None
+    ) -> None:
         self.run_id, self.tree, self.head, self.notary = run_id, tree, head, notary
+        # The first seq of the batch whose commit made this chain, which ends at `tree.size` (None:
+        # the log as it was opened). The next commit reads those events back (`send`).
+        self.last_from = last_from
 
     def seal(self, batch: Batch, write: Callable[[bytes], object]) -> tuple[Chain, SignedCheckpoint | None]:
         """Hand `write` the batch's events as binary COPY data, each linked to the one before,
@@ -143,7 +148,7 @@ class Chain:
         if self.notary is not None and tree.size > self.tree.size:
             size, root = tree.size, tree.root()
             checkpoint = (size, root, self.notary.sign(self.run_id, size, root))
-        return Chain(self.run_id, tree, prev, self.notary), checkpoint
+        return Chain(self.run_id, tree, prev, self.notary, batch.first_seq), checkpoint
 
     def sealed(self, batch: Batch) -> Sealed:
         """`seal` into memory: the batch chained on this chain, to be sent once the batch before
@@ -161,6 +166,12 @@ class Chain:
                 f"seq {self.tree.size - 1}: it would leave a gap or a fork in the chain"
             )
 
+
+# `send`: the rows of a range of seqs, read (by their keys) for their visibility alone.
+_SETTLE = (
+    "SELECT (SELECT count(*) FROM public.events WHERE run_id = %(r)s AND seq >= %(lo)s AND seq < %(hi)s), "
+    "(SELECT count(*) FROM public.node_states WHERE run_id = %(r)s AND seq >= %(lo)s AND seq < %(hi)s)"
+)
 
 # Events per piece of a batch's COPY data (about 400 KB of the linear example's events).
 SEAL_CHUNK = 1000
@@ -355,6 +366,14 @@ def send(
             if not holds(cur, run_id, SENDER_LOCK):  # (in this transaction: its session is the one to hold it)
                 conn.rollback()  # (not left open: behind a pooler, it would keep a server session)
                 raise not_holding(run_id)
+            if chain.last_from is not None:
+                # The events and steps the commit before this one wrote, read back while their
+                # pages are still in memory and changed since the server's last checkpoint: the
+                # first read of a committed row notes on its page that it is committed, and with
+                # data checksums on (PostgreSQL 18's default), a page's first change after a
+                # checkpoint is logged whole. Left to a run's first reader (its replay, export or
+                # resume), that logged and wrote back every page of the log once more.
+                cur.execute(_SETTLE, {"r": run_id, "lo": chain.last_from, "hi": batch.first_seq})
             if batch.payloads:
                 # Commitments are salted at random, so a new payload never meets an old one.
                 with cur.copy("COPY payloads (run_id, hash, salt, data, recorded_at) FROM STDIN (FORMAT BINARY)") as cp:
