@@ -139,3 +139,34 @@ def test_a_failed_first_flush_fixes_no_columns_in_an_appended_headerless_file(tm
     sink.flush()
     sink.release()
     assert path.read_text().replace("\r\n", "\n") == "x,y\n20,10\n200,100\n"
+
+
+BOM_NAMED = """
+source: {plugin: json, on_success: out, options: {path: in.jsonl}}
+sinks:
+  out: {plugin: csv, options: {path: out.csv}, on_write_failure: discard}
+"""
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+def test_a_first_field_named_with_a_byte_order_mark_is_read_back_as_that_name(db: Database, encoding: str) -> None:
+    """JSON made from a CSV file with a byte-order mark often has it in its first key (`\\ufeffid`).
+    Written as the header's first bytes, the name was read back on resume as a mark before `id`,
+    and every later row was refused for a field outside the columns: the resumed file lacked rows
+    an uninterrupted run wrote."""
+    settings = BOM_NAMED.replace("out.csv}", f"out.csv, encoding: {encoding}}}")
+    rows = [{"\ufeffid": i, "v": i} for i in range(6)]
+
+    def inputs(path: Path) -> None:
+        _write_jsonl(path / "in.jsonl", rows)
+
+    with workdir("bom", settings, inputs) as clean:
+        assert start_run(db, load(clean / "settings.yaml"), commit_every=2).status == "completed"
+        expected = (clean / "out.csv").read_bytes()
+    assert expected.count(b"\r\n") == 7, expected
+    with workdir("bom", settings, inputs) as path:
+        run_id = crashed_run(db, path / "settings.yaml", "committed:3", name="bom", commit_every=2, sending="inline")
+        assert fold_run(db, run_id).sink_positions["out"] > 0, "nothing durable yet: crash later"
+        assert resume_run(db, run_id, load, commit_every=2).status == "completed"
+        assert (path / "out.csv").read_bytes() == expected
+        assert fold_run(db, run_id).outcomes.get("diverted", 0) == 0
