@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import json
 import os
 import secrets
 import subprocess
@@ -186,3 +187,60 @@ def test_a_link_swapped_in_for_a_sqlite_file_after_the_checks_is_not_written_thr
         ok.flush()
         ok.close()
     assert sqlite3.connect(tmp_path / "a b%.db").execute("SELECT a FROM t").fetchall() == [(1,)]
+
+
+LONG_TEXT = """
+source: {{plugin: json, on_success: db, options: {{path: in.jsonl}}}}
+sinks:
+  db: {{plugin: database, options: {{url: '{url}', table: {table}}}, on_write_failure: spill}}
+  spill: {{plugin: json, options: {{path: out/spill.jsonl}}}}
+"""
+LONG_ROWS = [{"id": i, "note": "x" * (100 if i % 2 == 0 else 10)} for i in range(6)]
+
+
+def _table(url: str, table: str) -> list[tuple[object, ...]]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return sorted(tuple(r) for r in conn.execute(text(f"SELECT id, note FROM {table}")))
+    finally:
+        engine.dispose()
+
+
+def _long_text_run(db: Database, path: Path, url: str, table: str, crash_at: str | None) -> str:
+    (path / "out").mkdir(parents=True)
+    (path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LONG_ROWS), encoding="utf-8")
+    settings = path / "settings.yaml"
+    settings.write_text(LONG_TEXT.format(url=url, table=table), encoding="utf-8")
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        if crash_at is None:
+            return start_run(db, _load(settings), commit_every=3).run_id
+        run_id = f"run-long-{secrets.token_hex(4)}"
+        faults.configure(crash_at, raise_instead=True)
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                start_run(db, _load(settings), commit_every=3, run_id=run_id, sending="inline")
+        finally:
+            faults.configure("")
+        assert resume_run(db, run_id, _load, commit_every=3).status == "completed"
+        return run_id
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize("crash_at", [None, "sink_flush:1"], ids=["uninterrupted", "resumed"])
+def test_text_longer_than_64_characters_before_the_table_is_made_is_written_as_after(
+    db: Database, tmp_path: Path, db_url: str, crash_at: str | None
+) -> None:
+    """A table made from the first row (no schema) has unbounded text columns; the columns guessed
+    until it is made had a width of 64 characters, so the rows before the first flush with longer
+    text were diverted and those after written. A resume after a crash that left the table made
+    (its rows rolled back) judged the same rows by the table, and wrote them: other output than the
+    uninterrupted run's. Every such row is written, crash or not."""
+    table = f"t_{secrets.token_hex(4)}"
+    run_id = _long_text_run(db, tmp_path / "w", db_url, table, crash_at)
+    assert {str(k): v for k, v in fold_run(db, run_id, strict=True).outcomes.items()} == {"completed": 6}
+    assert not (tmp_path / "w" / "out" / "spill.jsonl").exists()
+    assert _table(db_url, table) == [(r["id"], r["note"]) for r in LONG_ROWS]

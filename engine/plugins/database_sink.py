@@ -732,7 +732,11 @@ class DatabaseSink:
             if clash is not None:  # found when the table is made, it would fail the whole flush
                 raise RowError(f"{clash}: no table can be made from this row ({self._shown})")
             self._first = row
-            self._columns = {k: (new_column_kind(v), 64, 0) for k, v in row.items()}
+            # As `_create_table` will make them: text unbounded (width 0, as `_use_table` reads
+            # the table back), numbers and booleans of 64 bits. A text width of 64 here refused
+            # longer text before the first flush only, which a resume, reading the table, took.
+            kinds = {k: new_column_kind(v) for k, v in row.items()}
+            self._columns = {k: (kind, 0 if kind == "text" else 64, 0) for k, kind in kinds.items()}
         problems = [p for k, v in row.items() if (p := self._unfit(row, k, v)) is not None]
         if problems:
             raise RowError(f"{'; '.join(problems)} (table {self.table_name} in {self._shown})")
