@@ -244,3 +244,52 @@ def test_text_longer_than_64_characters_before_the_table_is_made_is_written_as_a
     assert {str(k): v for k, v in fold_run(db, run_id, strict=True).outcomes.items()} == {"completed": 6}
     assert not (tmp_path / "w" / "out" / "spill.jsonl").exists()
     assert _table(db_url, table) == [(r["id"], r["note"]) for r in LONG_ROWS]
+
+
+# The first row refused by every database (SQLite stores -0.0 as 0, PostgreSQL text holds no NUL).
+REFUSED_FIRST = [
+    {"id": 0, "v": -0.0, "note": "a\u0000b"},
+    {"id": 1, "v": 1.5, "note": "b", "extra": "z"},
+    {"id": 2, "v": 2.5, "note": "c"},
+]
+
+
+def _refused_first_run(db: Database, path: Path, url: str, table: str, crash_at: str | None) -> str:
+    (path / "out").mkdir(parents=True)
+    (path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in REFUSED_FIRST), encoding="utf-8")
+    settings = path / "settings.yaml"
+    settings.write_text(LONG_TEXT.format(url=url, table=table), encoding="utf-8")
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        if crash_at is None:
+            return start_run(db, _load(settings), commit_every=1, sending="inline").run_id
+        run_id = f"run-refused-{secrets.token_hex(4)}"
+        faults.configure(crash_at, raise_instead=True)
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                start_run(db, _load(settings), commit_every=1, run_id=run_id, sending="inline")
+        finally:
+            faults.configure("")
+        assert fold_run(db, run_id).outcomes.get("diverted") == 1, "the first row's diversion is committed"
+        assert resume_run(db, run_id, _load, commit_every=1).status == "completed"
+        return run_id
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize("crash_at", [None, "committed:2"], ids=["uninterrupted", "resumed"])
+def test_a_first_row_the_sink_refuses_fixes_no_columns(
+    db: Database, tmp_path: Path, db_url: str, crash_at: str | None
+) -> None:
+    """With no schema, the first row a database sink accepts fixes its table's columns, not one it
+    refuses: a resume after that refusal was committed starts with no columns, and took the next
+    row's, where the run that went on had kept the refused row's and refused the next row too
+    (a field outside them). As CsvSink fixes its columns."""
+    table = f"t_{secrets.token_hex(4)}"
+    run_id = _refused_first_run(db, tmp_path / "w", db_url, table, crash_at)
+    fold = fold_run(db, run_id, strict=True)
+    assert {str(k): v for k, v in fold.outcomes.items()} == {"completed": 2, "diverted": 1}
+    spilled = [json.loads(line)["id"] for line in (tmp_path / "w" / "out" / "spill.jsonl").read_text().splitlines()]
+    assert spilled == [0]
+    assert _table(db_url, table) == [(1, "b"), (2, "c")]

@@ -727,7 +727,8 @@ class DatabaseSink:
         self._use_table(conn, Table(self.table_name, MetaData(), autoload_with=conn))
 
     def write(self, token_id: str, row: Row) -> None:
-        if self._columns is None:  # no table yet and no schema: this row fixes the columns
+        fixing = self._columns is None
+        if fixing:  # no table yet and no schema: this row fixes the columns, if it is accepted
             clash = self._unmakeable(row)
             if clash is not None:  # found when the table is made, it would fail the whole flush
                 raise RowError(f"{clash}: no table can be made from this row ({self._shown})")
@@ -739,6 +740,10 @@ class DatabaseSink:
             self._columns = {k: (kind, 0 if kind == "text" else 64, 0) for k, kind in kinds.items()}
         problems = [p for k, v in row.items() if (p := self._unfit(row, k, v)) is not None]
         if problems:
+            if fixing:
+                # A refused row fixes nothing (as in CsvSink): a resume after its refusal was
+                # committed starts with no columns, and takes the next accepted row's; so must this.
+                self._first, self._columns = None, None
             raise RowError(f"{'; '.join(problems)} (table {self.table_name} in {self._shown})")
         self._buffer.append((token_id, row))
 
