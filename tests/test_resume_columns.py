@@ -170,3 +170,31 @@ def test_a_first_field_named_with_a_byte_order_mark_is_read_back_as_that_name(db
         assert resume_run(db, run_id, load, commit_every=2).status == "completed"
         assert (path / "out.csv").read_bytes() == expected
         assert fold_run(db, run_id).outcomes.get("diverted", 0) == 0
+
+
+@pytest.mark.parametrize("headers", ["true", "false"])
+def test_rows_of_no_field_are_refused_so_the_run_resumes_as_it_went_on(db: Database, headers: str) -> None:
+    """A row with no field, where nothing fixed a CSV sink's columns, was written as a blank line
+    (its header too): readers skip blank lines, so the file held no trace of rows the trail said
+    were in it, and a crashed run could not be resumed at all (a blank first line names no
+    column). Refused, as a database sink refuses such a row; the first row with fields fixes the
+    columns, crash or not."""
+    settings = "source: {plugin: json, on_success: out, options: {path: in.jsonl}}\nsinks:\n" + (
+        f"  out: {{plugin: csv, options: {{path: out.csv, headers: {headers}}}, on_write_failure: discard}}\n"
+    )
+    rows: list[dict[str, object]] = [{}, {}, {"id": 1}, {}, {"id": 2}, {}]
+
+    def inputs(path: Path) -> None:
+        _write_jsonl(path / "in.jsonl", rows)
+
+    with workdir("empty", settings, inputs) as clean:
+        run_id = start_run(db, load(clean / "settings.yaml"), commit_every=2).run_id
+        expected = (clean / "out.csv").read_bytes()
+        outcomes = fold_run(db, run_id).outcomes
+    assert b"\r\n\r\n" not in b"\r\n" + expected, expected
+    assert {str(k): v for k, v in outcomes.items()} == {"completed": 4, "failed": 2}  # (discarded: failed)
+    with workdir("empty", settings, inputs) as path:
+        run_id = crashed_run(db, path / "settings.yaml", "committed:3", name="empty", commit_every=2, sending="inline")
+        assert resume_run(db, run_id, load, commit_every=2).status == "completed"
+        assert (path / "out.csv").read_bytes() == expected
+        assert fold_run(db, run_id).outcomes == outcomes

@@ -706,6 +706,12 @@ class CsvSink(_FileSink):
         # first row a flush made durable (`RunFold.sink_first_rows`), and a resume continues a
         # headerless file in that row's columns.
         fields = self.fields if self.fields is not None else list(row)
+        if not fields:
+            # (Only a row of no field, with no columns fixed yet.) Its line and its header would be
+            # blank: readers skip such lines, and a blank first line names no column, so the file
+            # could not be continued (`open`). Refused, as a database sink refuses it; it fixes
+            # nothing, the next row with fields does.
+            raise RowError(f"the row has no field: {self.path} would hold a blank line for it, which readers skip")
         known = self._known if self._known is not None else frozenset(fields)
         if self._known is None and self._needs_header and self.write_header:  # the header comes with this row
             self._refuse_unencodable(row, self.delimiter.join(self._header(fields)))
