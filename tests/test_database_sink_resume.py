@@ -293,3 +293,41 @@ def test_a_first_row_the_sink_refuses_fixes_no_columns(
     spilled = [json.loads(line)["id"] for line in (tmp_path / "w" / "out" / "spill.jsonl").read_text().splitlines()]
     assert spilled == [0]
     assert _table(db_url, table) == [(1, "b"), (2, "c")]
+
+
+FILE_SPILL = SETTINGS.replace("{{plugin: database, options: {{url: '{url}', table: spill}}}}", "{spill}")
+
+
+@pytest.mark.parametrize("spill", ["csv", "json", "jsonl"])
+def test_rows_a_crash_left_in_a_fallback_file_are_cut_by_the_resume(db: Database, tmp_path: Path, spill: str) -> None:
+    """The same with a file as the fallback: its rows were made durable at its first flush (its
+    durable position 0) and the process died before recording them. The resume writes every row
+    to the first sink, nothing to the fallback, and a file sink cuts back only when it first
+    writes: the crash's rows stayed in the fallback file, which the trail says holds none."""
+    plugin = "csv" if spill == "csv" else "json"
+    spill_path = tmp_path / "out" / f"spill.{spill}"
+    settings = _setup(tmp_path, "unused")
+    settings.write_text(
+        FILE_SPILL.format(spill=f"{{plugin: {plugin}, options: {{path: out/spill.{spill}}}}}"), encoding="utf-8"
+    )
+    run_id = f"run-spill-{secrets.token_hex(6)}"
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        lock = _locked(tmp_path / "out" / "o.csv")
+        faults.configure("sink_flush:1", raise_instead=True)  # the spill sink's first flush
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                start_run(db, _load(settings), commit_every=5, run_id=run_id)
+        finally:
+            faults.configure("")
+            os.close(lock)
+        assert spill_path.stat().st_size > 0  # durable in the file, never recorded
+        assert fold_run(db, run_id).sink_positions.get("spill") == 0
+        assert resume_run(db, run_id, _load).status == "completed"
+        fold = fold_run(db, run_id, strict=True)
+        assert {str(k): v for k, v in fold.outcomes.items()} == {"completed": ROWS}
+        assert fold.sink_positions["spill"] == 0
+        assert spill_path.read_bytes() == b""
+    finally:
+        os.chdir(old)

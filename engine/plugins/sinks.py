@@ -190,6 +190,9 @@ class _FileSink:
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._named_durably = False  # the folder's entry for the file opened last is fsynced
         self._head = b""  # written just before the first row (a JSON array's '[')
+        # A resume at durable position 0 of a file holding bytes: what the crash left there, cut
+        # when the file is first written, or at `close` if this process writes nothing to it.
+        self._tail_to_cut = False
         self._buffer: list[Row] = []
         self._encoder = codecs.getincrementalencoder(encoding)()
         self._hash = hashlib.sha256()  # of the file's bytes from 0 to where writing has got
@@ -278,6 +281,11 @@ class _FileSink:
         self._encoder = self._encoder_after(start)
         if position:
             self._file()  # a resume drops at once what a crash left after the durable position
+        # At position 0 the file is not opened yet (no rows, no file; and a JSON array's '[' is
+        # written with the first row), so a crash's rows there are cut by the first write; a run
+        # that writes none (they went elsewhere this time, its sink having failed before) cuts them
+        # as it completes (`_finish`), or the file would hold rows no log accounts for.
+        self._tail_to_cut = position == 0 and size > 0
         return start
 
     def _encoder_after(self, start: int) -> codecs.IncrementalEncoder:
@@ -566,6 +574,10 @@ class _FileSink:
     def _finish(self, tail: str = "") -> None:
         if self._f is not None:  # else no row came: no file is created, none is changed
             self._durable(self._encode(tail))
+        elif self._tail_to_cut:  # (but what a crash left after durable position 0: see `_open_file`)
+            self._head = b""
+            self._file()
+            self._durable(b"")
         self.release()
 
 
