@@ -303,12 +303,14 @@ def test_rows_a_crash_left_in_a_fallback_file_are_cut_by_the_resume(db: Database
     """The same with a file as the fallback: its rows were made durable at its first flush (its
     durable position 0) and the process died before recording them. The resume writes every row
     to the first sink, nothing to the fallback, and a file sink cuts back only when it first
-    writes: the crash's rows stayed in the fallback file, which the trail says holds none."""
+    writes: the crash's rows stayed in the fallback file, which the trail says holds none. (Appending:
+    position 0 says the file was empty when the run began. Writing anew, see below.)"""
     plugin = "csv" if spill == "csv" else "json"
     spill_path = tmp_path / "out" / f"spill.{spill}"
     settings = _setup(tmp_path, "unused")
     settings.write_text(
-        FILE_SPILL.format(spill=f"{{plugin: {plugin}, options: {{path: out/spill.{spill}}}}}"), encoding="utf-8"
+        FILE_SPILL.format(spill=f"{{plugin: {plugin}, options: {{path: out/spill.{spill}, mode: append}}}}"),
+        encoding="utf-8",
     )
     run_id = f"run-spill-{secrets.token_hex(6)}"
     old = os.getcwd()
@@ -329,5 +331,29 @@ def test_rows_a_crash_left_in_a_fallback_file_are_cut_by_the_resume(db: Database
         assert {str(k): v for k, v in fold.outcomes.items()} == {"completed": ROWS}
         assert fold.sink_positions["spill"] == 0
         assert spill_path.read_bytes() == b""
+    finally:
+        os.chdir(old)
+
+
+def test_a_file_the_run_would_replace_but_never_wrote_is_left_as_it_was(db: Database, tmp_path: Path) -> None:
+    """Writing anew, a sink's position is 0 before it first writes, whatever the file held before the
+    run: a resume that writes nothing there leaves the file as an uninterrupted run would."""
+    settings = _setup(tmp_path, "unused")
+    settings.write_text(FILE_SPILL.format(spill="{plugin: csv, options: {path: out/spill.csv}}"), encoding="utf-8")
+    before = b"id,amount\r\n0,0\r\n"  # an earlier run's output
+    (tmp_path / "out" / "spill.csv").write_bytes(before)
+    run_id = f"run-kept-{secrets.token_hex(6)}"
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        faults.configure("committed:2", raise_instead=True)
+        try:
+            with pytest.raises(faults.SimulatedCrash):
+                start_run(db, _load(settings), commit_every=5, run_id=run_id, sending="inline")
+        finally:
+            faults.configure("")
+        assert fold_run(db, run_id).sink_positions.get("spill") == 0
+        assert resume_run(db, run_id, _load).status == "completed"
+        assert (tmp_path / "out" / "spill.csv").read_bytes() == before
     finally:
         os.chdir(old)

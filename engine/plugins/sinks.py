@@ -190,8 +190,8 @@ class _FileSink:
         self._device = False  # the file is a device (/dev/null): nothing it is given is kept
         self._named_durably = False  # the folder's entry for the file opened last is fsynced
         self._head = b""  # written just before the first row (a JSON array's '[')
-        # A resume at durable position 0 of a file holding bytes: what the crash left there, cut
-        # when the file is first written, or at `close` if this process writes nothing to it.
+        # A resume at durable position 0 of an appended file holding bytes: what the crash left
+        # there, cut when the file is first written, or at `close` if this process writes none.
         self._tail_to_cut = False
         self._buffer: list[Row] = []
         self._encoder = codecs.getincrementalencoder(encoding)()
@@ -284,8 +284,11 @@ class _FileSink:
         # At position 0 the file is not opened yet (no rows, no file; and a JSON array's '[' is
         # written with the first row), so a crash's rows there are cut by the first write; a run
         # that writes none (they went elsewhere this time, its sink having failed before) cuts them
-        # as it completes (`_finish`), or the file would hold rows no log accounts for.
-        self._tail_to_cut = position == 0 and size > 0
+        # as it completes (`_finish`), or the file would hold rows no log accounts for. Appending,
+        # position 0 says the file was empty when the run began: its bytes came since. (Writing
+        # anew, position 0 is also that of a file the run has not replaced yet, whose bytes an
+        # uninterrupted run that writes none there leaves: not told apart, not cut.)
+        self._tail_to_cut = position == 0 and size > 0 and self.mode == "append"
         return start
 
     def _encoder_after(self, start: int) -> codecs.IncrementalEncoder:
