@@ -487,7 +487,8 @@ class Execution:
                     f"position ({position} bytes) that run {other} wrote since; resuming would cut them off. Move "
                     "the file aside (and put the other run's rows back after), or start a new run"
                 )
-            self._cut[name] = (path, position, size - position, _bytes_at(path, position, _CUT_KEPT))
+            if position > 0 or getattr(sink, "mode", None) == "append":  # (writing anew at 0: an older file, replaced)
+                self._cut[name] = (path, position, size - position, _bytes_at(path, position, _CUT_KEPT))
 
     def cut_and_lost(self, *, ended: bool) -> list[str]:
         """What the resume cut from its file sinks (`_refuse_to_cut_later_rows`) and did not
@@ -495,7 +496,9 @@ class Execution:
         writes there, byte for byte (a resume writes what the uninterrupted run would have); bytes
         it then writes otherwise were not the crash's (another process's, or an edit), and are
         gone from the file. Said, not refused: no resume can tell them from a crash's before it
-        writes. `ended`: the run is over, so bytes cut that it did not write again are gone too."""
+        writes; nor, when the resumed run sends that sink no row (its rows went elsewhere: a
+        fallback), whether the crash's rows were those. `ended`: the run is over, so bytes cut that
+        it did not write again are gone too."""
         notes = []
         for name, (path, position, count, head) in self._cut.items():
             now = _bytes_at(path, position, len(head))
@@ -503,8 +506,8 @@ class Execution:
             if now != head[: len(now)] or short:
                 notes.append(
                     f"sink '{name}': the resume cut {count} bytes that {path} held after the run's last durable "
-                    f"position ({position} bytes), and did not write them again: they were not what the crash left "
-                    "(another process wrote them, or the file was edited), and they are not in the file now"
+                    f"position ({position} bytes), and did not write them there again: rows the crash left that went "
+                    "elsewhere this time, or bytes another process or an edit put there, which are lost"
                 )
         return notes
 

@@ -549,3 +549,17 @@ def test_a_resume_says_so_when_it_cut_bytes_it_did_not_write_again(db: Database)
             in note
         )
         assert b"operator" not in log.read_bytes()
+
+
+def test_a_resume_that_replaces_an_older_file_says_nothing_was_cut(db: Database) -> None:
+    """A sink writing its file anew leaves an older file as it is until its first rows (position
+    0): a resume that then replaces it cut nothing of the run's, and says nothing."""
+    settings = SETTINGS.replace("out/log.csv, mode: append", "out/log.csv")
+    with _workdir(settings) as path:
+        log = path / "out" / "log.csv"
+        log.write_bytes(b"an older run's output\n")
+        crashed = crashed_run(db, path / "settings.yaml", "committed:1", name="anew", sending="inline")
+        assert fold_run(db, crashed).sink_positions["out"] == 0 and log.read_bytes() == b"an older run's output\n"
+        outcome = resume_run(db, crashed, load)
+        assert outcome.status == "completed" and outcome.notes == ()
+        assert _ids(log) == [str(i) for i in range(1, ROWS + 1)]

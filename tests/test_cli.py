@@ -451,7 +451,7 @@ def test_a_resume_that_cut_bytes_it_did_not_write_again_says_so(db: Database, wo
     assert resumed.returncode == 0, resumed.stderr
     assert "elspeth: note: sink 'out': the resume cut " in resumed.stderr, resumed.stderr
     assert (
-        "and did not write them again" in resumed.stderr
+        "and did not write them there again" in resumed.stderr
         and b"operator" not in (work / "out" / "notes.csv").read_bytes()
     )
 
