@@ -85,6 +85,20 @@ def _assert_what_the_trail_says(db: Database, run_id: str, path: Path, url: str)
     assert _count(url, f"SELECT count(*) FROM elspeth_sink_tokens WHERE run_id = '{run_id}'") == 0
 
 
+def _crashed_spilling(db: Database, tmp_path: Path, settings: Path, run_id: str) -> None:
+    """Run `settings` as `run_id` with its first sink's file locked by another process, so that
+    its rows go to the fallback sink, and crash it at that sink's first flush: made durable there,
+    never recorded."""
+    lock = _locked(tmp_path / "out" / "o.csv")
+    faults.configure("sink_flush:1", raise_instead=True)  # the spill sink's first flush
+    try:
+        with pytest.raises(faults.SimulatedCrash):
+            start_run(db, _load(settings), commit_every=5, run_id=run_id)
+    finally:
+        faults.configure("")
+        os.close(lock)
+
+
 @pytest.mark.parametrize("again", [False, True], ids=["resumed", "resume-crashed-in-the-roll-back"])
 def test_rows_a_crash_left_in_a_fallback_table_are_deleted_by_the_resume(
     db: Database, tmp_path: Path, db_url: str, again: bool
@@ -94,14 +108,7 @@ def test_rows_a_crash_left_in_a_fallback_table_are_deleted_by_the_resume(
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        lock = _locked(tmp_path / "out" / "o.csv")
-        faults.configure("sink_flush:1", raise_instead=True)  # the spill sink's first flush
-        try:
-            with pytest.raises(faults.SimulatedCrash):
-                start_run(db, _load(settings), commit_every=5, run_id=run_id)
-        finally:
-            faults.configure("")
-            os.close(lock)
+        _crashed_spilling(db, tmp_path, settings, run_id)
         spilled = _count(db_url, "SELECT count(*) FROM spill")
         assert spilled > 0  # committed to the table, never recorded
         assert fold_run(db, run_id).sink_positions.get("spill") == 0
@@ -316,14 +323,7 @@ def test_rows_a_crash_left_in_a_fallback_file_are_cut_by_the_resume(db: Database
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        lock = _locked(tmp_path / "out" / "o.csv")
-        faults.configure("sink_flush:1", raise_instead=True)  # the spill sink's first flush
-        try:
-            with pytest.raises(faults.SimulatedCrash):
-                start_run(db, _load(settings), commit_every=5, run_id=run_id)
-        finally:
-            faults.configure("")
-            os.close(lock)
+        _crashed_spilling(db, tmp_path, settings, run_id)
         assert spill_path.stat().st_size > 0  # durable in the file, never recorded
         assert fold_run(db, run_id).sink_positions.get("spill") == 0
         outcome = resume_run(db, run_id, _load)
