@@ -502,7 +502,7 @@ class Execution:
         notes = []
         for name, (path, position, count, head) in self._cut.items():
             now = _bytes_at(path, position, len(head))
-            short = ended and _size(path) < position + count
+            short = ended and (_regular_file_size(path) or 0) < position + count
             if now != head[: len(now)] or short:
                 notes.append(
                     f"sink '{name}': the resume cut {count} bytes that {path} held after the run's last durable "
@@ -979,20 +979,20 @@ _CUT_KEPT = 1 << 20
 
 
 def _bytes_at(path: Path, offset: int, n: int) -> bytes:
-    """At most `n` bytes of the file from `offset`; none when it cannot be read."""
+    """At most `n` bytes of the regular file at `path` from `offset`; none when it cannot be read,
+    or is not a regular file (opened without waiting: a FIFO put in its place is never read)."""
     try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read(n)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return b""
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return b""
+            f.seek(offset)
+            return f.read(n)
+        except OSError:
+            return b""
 
 
 def _digests_at(path: Path, positions: list[int]) -> dict[int, str]:
