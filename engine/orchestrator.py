@@ -488,7 +488,9 @@ class Execution:
                     "the file aside (and put the other run's rows back after), or start a new run"
                 )
             if position > 0 or getattr(sink, "mode", None) == "append":  # (writing anew at 0: an older file, replaced)
-                self._cut[name] = (path, position, size - position, _bytes_at(path, position, _CUT_KEPT))
+                head = _bytes_at(path, position, _CUT_KEPT)
+                if not _an_array_end(sink, head):
+                    self._cut[name] = (path, position, size - position, head)
 
     def cut_and_lost(self, *, ended: bool) -> list[str]:
         """What the resume cut from its file sinks (`_refuse_to_cut_later_rows`) and did not
@@ -976,6 +978,19 @@ def _regular_file_size(path: Path) -> int | None:
 # The bytes a resume cut from a sink file that are held to what it writes there instead: the
 # start of them (a crash's leftovers are at most the rows after a durable flush).
 _CUT_KEPT = 1 << 20
+
+
+def _an_array_end(sink: Sink, cut: bytes) -> bool:
+    """Whether the bytes a resume cuts from a JSON array sink's file are no more than an array's
+    closing ']' (and blanks): the end of the array a run appending to it continues, where its first
+    rows go, which a crash before them left in place; or the end a crash wrote as it closed. The
+    resume writes its own: nothing of anyone's is lost, whatever it writes there instead."""
+    if getattr(sink, "format", None) != "json":
+        return False
+    try:
+        return cut.decode(str(getattr(sink, "encoding", "utf-8"))).strip() == "]"
+    except (UnicodeError, LookupError):
+        return False
 
 
 def _bytes_at(path: Path, offset: int, n: int) -> bytes:

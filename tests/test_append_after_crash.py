@@ -563,3 +563,21 @@ def test_a_resume_that_replaces_an_older_file_says_nothing_was_cut(db: Database)
         outcome = resume_run(db, crashed, load)
         assert outcome.status == "completed" and outcome.notes == ()
         assert _ids(log) == [str(i) for i in range(1, ROWS + 1)]
+
+
+def test_a_resume_appending_to_a_json_array_says_nothing_of_the_bracket_it_replaces(db: Database) -> None:
+    """A run appending to a JSON array starts where its closing ']' was: the bracket after that
+    position is the file's, which the run's first rows replace, uninterrupted or resumed. A crash
+    before its first flush leaves it there; the resume that replaces it cut nothing of anyone's."""
+    settings = SETTINGS.replace("out: {plugin: csv, options: {path: out/log.csv, mode: append}}",
+                                "out: {plugin: json, options: {path: out/a.json, mode: append}}")  # fmt: skip
+    with _workdir(settings) as path:
+        array = path / "out" / "a.json"
+        array.write_bytes(b'[\n{"id": 0, "v": 0}\n]\n')
+        crashed = crashed_run(db, path / "settings.yaml", "committed:1", name="array", sending="inline")
+        durable = fold_run(db, crashed).sink_positions["out"]
+        assert 0 < durable < array.stat().st_size, "the crash left no bracket after the durable position"
+        outcome = resume_run(db, crashed, load)
+        assert outcome.status == "completed"
+        assert outcome.notes == ()
+        assert [r["id"] for r in __import__("json").loads(array.read_text())] == list(range(ROWS + 1))
