@@ -16,6 +16,10 @@ class RunRefused(EngineError):
 
 
 class RunFailedError(EngineError):
+    # What a resume that failed says besides (`Outcome.notes`: `Execution.cut_and_lost`); on the
+    # class, for `RunStopped`, which takes no part of this `__init__`.
+    notes: tuple[str, ...] = ()
+
     def __init__(self, run_id: str, reason: str) -> None:
         super().__init__(f"run {run_id} failed: {reason}")
         self.run_id = run_id

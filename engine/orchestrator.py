@@ -1445,11 +1445,17 @@ def _resume(
             sending=sending,
         )
         try:
-            ex.start(resumed=True, forced=force and changed, fingerprint=fingerprint,
-                     new_settings=changed_settings or other_file)  # fmt: skip
-            status = _carry_on(ex)
-            stop.settled()
-        finally:
-            ex.close()
+            try:
+                ex.start(resumed=True, forced=force and changed, fingerprint=fingerprint,
+                         new_settings=changed_settings or other_file)  # fmt: skip
+                status = _carry_on(ex)
+                stop.settled()
+            finally:
+                ex.close()
+        except RunFailedError as e:
+            # Bytes cut and written over already are gone whatever comes next: the next resume
+            # starts after them, and knows nothing of them.
+            e.notes = tuple(ex.cut_and_lost(ended=False))
+            raise
     notes = tuple(ex.cut_and_lost(ended=status == RunState.COMPLETED))
     return Outcome(run_id, status, fold, records_before, input_changed=force and changed, notes=notes)

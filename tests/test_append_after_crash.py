@@ -581,3 +581,19 @@ def test_a_resume_appending_to_a_json_array_says_nothing_of_the_bracket_it_repla
         assert outcome.status == "completed"
         assert outcome.notes == ()
         assert [r["id"] for r in __import__("json").loads(array.read_text())] == list(range(ROWS + 1))
+
+
+def test_a_resume_that_fails_after_writing_over_a_line_someone_added_says_so(db: Database) -> None:
+    """A resume that cuts a line appended after the crash, writes other rows there, then fails:
+    the line is gone for good (the next resume starts after those rows), so the failure says so
+    as a completed resume would, not only the failure."""
+    with _workdir() as path:
+        _write_input(path, ROWS, bad_at=10)  # row 10 goes to a full device: the resume fails there
+        log, crashed, _, _ = _crashed_with_a_tail(db, path)
+        with log.open("ab") as f:
+            f.write(b"a line the operator added\n")
+        with pytest.raises(orchestrator.RunFailedError) as failed:
+            resume_run(db, crashed, load)
+        assert b"operator" not in log.read_bytes()
+        (note,) = getattr(failed.value, "notes", ())
+        assert "sink 'out': the resume cut " in note

@@ -230,6 +230,8 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
         finally:
             progress.close()
     except RunFailedError as e:
+        for note in e.notes:
+            say(f"elspeth: note: {note}")
         raise ElspethCliError(
             f"{e} — fix the cause, then `{resume(e.run_id)}` (with --force if that meant changing the settings or "
             "the input)"
