@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import errno
 import hashlib
 import json
 import math
@@ -534,6 +535,42 @@ def test_the_flush_that_creates_the_file_makes_its_name_durable_too(
     s.flush()
     s.close()
     assert (tmp_path / name).exists() and True in folder_synced
+
+
+@pytest.mark.parametrize(("where", "code", "fails"), [("open", errno.EACCES, False), ("fsync", errno.EINVAL, False),
+                                                     ("fsync", errno.EIO, True)])  # fmt: skip
+def test_a_folder_that_cannot_be_opened_or_synced_fails_no_flush_but_for_a_real_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, code: int, fails: bool
+) -> None:
+    """As PostgreSQL for its own folders: a folder the process may write but not read (mode 0300:
+    opening it fails with EACCES, which root, running these tests, is never refused), or a file
+    system that takes no fsync of a folder (EINVAL), fails no flush; an I/O error does."""
+    real_open, real_fsync = os.open, os.fsync
+
+    def is_folder(target: object) -> bool:
+        return os.path.isdir(target) if isinstance(target, (str, os.PathLike)) else False
+
+    def refusing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if where == "open" and is_folder(path):
+            raise PermissionError(code, os.strerror(code), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def refusing_fsync(fd: int) -> None:
+        if where == "fsync" and os.path.samestat(os.fstat(fd), os.stat(tmp_path)):
+            raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "fsync", refusing_fsync)
+    s = sink("csv", path=str(tmp_path / "o.csv"))
+    s.open("run", None)
+    s.write("t1", {"a": 1})
+    if fails:
+        with pytest.raises(PluginError):
+            s.flush()
+    else:
+        assert s.flush() > 0
+    s.release()
 
 
 @pytest.mark.parametrize("name", ["o.csv", "o.json"])

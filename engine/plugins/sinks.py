@@ -601,10 +601,19 @@ def _as_found(path: Path) -> tuple[int, ...] | None:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Make the folder's entries durable (a file created in it, by its name)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Make the folder's entries durable (a file created in it, by its name). As PostgreSQL does
+    for its own folders: a folder this process may write but not read (mode 0300) cannot be opened
+    to fsync, and some file systems take no fsync of a folder; that is no reason to fail a flush
+    that was written before this change, and is not one now."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        return
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EBADF, errno.EINVAL):
+            raise
     finally:
         os.close(fd)
 
