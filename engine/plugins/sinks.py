@@ -85,6 +85,10 @@ def _reset_length(encoder: codecs.IncrementalEncoder) -> int:
 
 
 _UNICODE = {"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"}
+# Python's encodings whose encoder keeps a shift state across the text (a designated character set,
+# a base64 run), as `codecs.lookup` names them: a resume continues their stream (`_encoder_after`).
+_SHIFTED = frozenset({"iso2022_jp", "iso2022_jp_1", "iso2022_jp_2", "iso2022_jp_2004", "iso2022_jp_3",
+                      "iso2022_jp_ext", "iso2022_kr", "hz", "utf-7"})  # fmt: skip
 
 
 def _encodes(text: str, encoding: str) -> bool:
@@ -296,12 +300,14 @@ class _FileSink:
         what follows them is the bytes one uninterrupted stream would hold. A byte-order mark is
         on disk already; and ISO-2022-KR designates its Korean set once, at the stream's first
         Korean character, and keeps it: an encoder started afresh designated it again in the
-        middle of a resumed file (a review). So in an encoding other than Unicode's (whose only
-        state is the mark), the text of those bytes goes through the encoder first."""
+        middle of a resumed file (a review). So in an encoding with such shifts (`_SHIFTED`), the
+        text of those bytes goes through the encoder first; in any other, whose only state is a
+        mark, a space does (reading a large file through its encoder would cost a resume seconds
+        a gigabyte for nothing)."""
         encoder = codecs.getincrementalencoder(self.encoding)()
         if start == 0:
             return encoder
-        if codecs.lookup(self.encoding).name in _UNICODE:
+        if codecs.lookup(self.encoding).name not in _SHIFTED:
             encoder.encode(" ")
             return encoder
         decoder = codecs.getincrementaldecoder(self.encoding)()  # errors="strict"
