@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.plugins import sources
 from engine.plugins.protocol import PluginConfigError, PluginError, SourceItem
@@ -1088,3 +1090,61 @@ def test_a_json_record_holding_the_keys_of_an_unread_line_is_refused_as_one(tmp_
         assert set(item.raw) == {"__raw_line__", "__line_number__"}, item.raw
         assert item.raw["__line_number__"] == item.index + 1
         assert json.loads(item.raw["__raw_line__"]) == json.loads(record)
+
+
+_EDGE_CELLS = ["", "0", "007", "12", "-3", " 4", "1.5", "1e3", "true", "no", "x", "١٢", "nan"]
+_EDGE_CELLS += ["9" * 4400, "0" * 4400 + "1"]  # past the digits int() takes
+_CELL = st.one_of(
+    st.sampled_from(_EDGE_CELLS),
+    st.text(alphabet="0123456789+-. eEtrufalsyn", max_size=8),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(
+    mode=st.sampled_from(["fixed", "flexible"]),
+    declared=st.lists(
+        st.tuples(st.sampled_from("abcd"), st.sampled_from(["str", "int", "float", "bool", "any"]), st.booleans()),
+        min_size=1,
+        max_size=4,
+        unique_by=lambda f: f[0],
+    ),
+    data=st.data(),
+)
+def test_coercion_takes_its_fast_path_only_where_the_whole_way_agrees(
+    mode: str, declared: list[tuple[str, str, bool]], data: st.DataObject
+) -> None:
+    """`Schema.coerce` converts a row of exactly the declared fields, each a non-empty text, in one
+    pass; any row (in any field order) gets what the whole way gives it, or the same violation."""
+    schema = parse_schema({"mode": mode, "fields": [f"{n}: {t}{'?' if o else ''}" for n, t, o in declared]})
+    # Mostly rows of exactly the declared fields (the fast path's), in any order; else any fields.
+    names = data.draw(st.permutations([n for n, _, _ in declared]) | st.lists(st.sampled_from("abcde"), max_size=5))
+    row = {name: data.draw(_CELL) for name in names}
+
+    def outcome(coerce: Any) -> Any:
+        try:
+            return ("row", list(coerce(dict(row)).items()))
+        except SchemaViolation as e:
+            return ("violation", e.reason)
+
+    fast, whole = outcome(schema.coerce), outcome(schema._coerced)
+    assert repr(fast) == repr(whole)  # (repr: NaN equals itself, and 1 is not 1.0 nor True)
+
+
+@pytest.mark.parametrize("type_", ["str", "int", "float", "bool", "any"])
+def test_coercion_fast_path_on_each_edge_cell(type_: str) -> None:
+    """Each cell the fast path might take wrongly, in each type: what the whole way gives."""
+    schema = parse_schema(fixed(f"a: {type_}?"))
+    for cell in _EDGE_CELLS:
+        try:
+            fast: Any = schema.coerce({"a": cell})
+        except SchemaViolation as e:
+            fast = e.reason
+        try:
+            whole: Any = schema._coerced({"a": cell})
+        except SchemaViolation as e:
+            whole = e.reason
+        assert repr(fast) == repr(whole), cell[:20]

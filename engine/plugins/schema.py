@@ -8,7 +8,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -61,6 +61,12 @@ class Field:
 class Schema:
     mode: str  # one of MODES
     fields: tuple[Field, ...] = ()
+    # Each declared field's converter, by name (`coerce`'s fast path); none in observed mode.
+    _converters: dict[str, Callable[[Any], Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        converters = {} if self.mode == "observed" else {f.name: _CONVERTERS[f.type] for f in self.fields}
+        object.__setattr__(self, "_converters", converters)
 
     @property
     def field_names(self) -> list[str] | None:
@@ -74,6 +80,25 @@ class Schema:
         order (absent optional fields last, as None). Raises SchemaViolation."""
         if self.mode == "observed":
             return dict(row)
+        # The common row first, in one pass: exactly the declared fields (so none is missing nor
+        # extra), each a non-empty text its type reads. Anything else, on the way that says why
+        # (which then also finds the first problem in the schema's order): the same result.
+        converters = self._converters
+        if len(row) == len(converters):
+            out: dict[str, Any] = {}
+            for name, value in row.items():
+                convert = converters.get(name)
+                if convert is None or type(value) is not str or not value:
+                    break
+                result = convert(value)
+                if result is _BAD or type(result) is _Unfit:
+                    break
+                out[name] = result
+            else:
+                return out
+        return self._coerced(row)
+
+    def _coerced(self, row: Mapping[str, Any]) -> dict[str, Any]:
         declared = {f.name for f in self.fields}
         if self.mode == "fixed":
             extra = [k for k in row if k not in declared]
@@ -236,6 +261,9 @@ _EXACT = 2**53  # every integer up to this is a float exactly
 
 
 def _to_int(value: Any) -> Any:
+    # (A plain text of ASCII digits first, the common cell: below the digits int() takes.)
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) < 4000:
+        return int(value)
     if isinstance(value, bool):
         return _BAD  # bool is an int subclass in Python, not in a schema
     if isinstance(value, int):
