@@ -57,8 +57,25 @@ class Batch:
     entities: list[str]  # each event's entity id
     times: list[int]  # each event's recorded_at, in microseconds since the Unix epoch
     bodies: list[bytes]  # each event's body (its JSON payload)
-    payloads: bytes  # the row payloads' binary COPY data, empty if none
+    payloads: list[Payload]  # the row payloads the events reference, new in this batch
     recorded_at: datetime
+
+
+# A row payload for `send` to store: its commitment (hex), salt, data, and time (microseconds).
+Payload = tuple[str, bytes, bytes, int]
+
+
+def payload_copy(run_id: str, payloads: list[Payload]) -> bytes:
+    """The binary COPY data of these payloads (`COPY payloads (run_id, hash, salt, data,
+    recorded_at)`): made where the batch is sent, off the engine's core in `elspeth run`."""
+    prefix, hash_field, length = copybin.count(5) + copybin.text(run_id), copybin.HASH_FIELD, copybin.length
+    epoch = copybin.PG_EPOCH_US
+    rows = [copybin.SIGNATURE]
+    for name, salt, data, at_us in payloads:
+        rows.append(b"".join((prefix, hash_field, bytes.fromhex(name), length(len(salt)), salt, length(len(data)),
+                              data, _int8(8, at_us - epoch))))  # fmt: skip
+    rows.append(copybin.TRAILER)
+    return b"".join(rows)
 
 
 def event_kind(machine: str, event_type: str, schema_version: int) -> str:
@@ -377,7 +394,7 @@ def send(
             if batch.payloads:
                 # Commitments are salted at random, so a new payload never meets an old one.
                 with cur.copy("COPY payloads (run_id, hash, salt, data, recorded_at) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.write(batch.payloads)
+                    cp.write(payload_copy(run_id, batch.payloads))
             if batch.count:
                 with cur.copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
                     if sealed is None:

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.numeric import Int8BinaryLoader
 
-from landscape import commits, copybin, faults
+from landscape import commits, faults
 from landscape.canonical import is_name
 from landscape.commits import EVENT_COLUMNS, Batch, event_kind
 from landscape.db import Database, driver_errors, read_as_written
@@ -41,6 +41,8 @@ from statecharts.machines import RUN_FINAL, RunState
 # COPY fields (about 100 bytes) and its chain header (about 80). For `pending_bytes`: what a
 # batch weighs where it is sent.
 _EVENT_BYTES = 180
+# A payload's COPY fields besides its data (about 70 bytes with a run id) and its salt.
+_PAYLOAD_BYTES = 90
 # A commit's signed checkpoint (tree size, root, note; None without a notary) and its time.
 Checkpointed = tuple[commits.SignedCheckpoint | None, datetime]
 # How a writer's commits reach the database: on the engine's thread, on a thread of their own,
@@ -235,8 +237,8 @@ class PgRunWriter:
         self._entities: list[str] = []
         self._times: list[int] = []
         self._bodies: list[bytes] = []
-        self._payloads: dict[str, bytes] = {}  # hash hex -> binary COPY row
-        self._payload_prefix = copybin.count(5) + copybin.text(run_id)
+        self._payloads: list[commits.Payload] = []
+        self._named: set[str] = set()  # the commitments of `_payloads`
         self._kind_of: dict[tuple[str, type[EventBase]], str] = {}  # -> `commits.event_kind`
         self._buffered = 0  # bytes of the events and payloads buffered
 
@@ -270,11 +272,13 @@ class PgRunWriter:
     def put_payload(self, hash_hex: str, payload: Payload) -> None:
         """Store a row's bytes under their commitment, with this run's events at the next commit.
         The same commitment twice (only a repeated salt could do that) is stored once."""
-        if hash_hex not in self._payloads:
-            row = b"".join((self._payload_prefix, copybin.HASH_FIELD, bytes.fromhex(hash_hex), copybin.bytea(payload.salt),
-                            copybin.bytea(payload.data), copybin.timestamptz(self._now_us())))  # fmt: skip
-            self._payloads[hash_hex] = row
-            self._buffered += len(row)
+        named = self._named
+        if hash_hex not in named:
+            # (Its COPY row is made where the batch is sent: `commits.payload_copy`.)
+            named.add(hash_hex)
+            salt, data = payload
+            self._payloads.append((hash_hex, salt, data, self._now_us()))
+            self._buffered += len(data) + _PAYLOAD_BYTES
 
     def commit(self, *, wait: bool = True) -> None:
         """Send everything buffered in one transaction and commit it (a durability point).
@@ -291,11 +295,11 @@ class PgRunWriter:
                 self._entities,
                 self._times,
                 self._bodies,
-                copybin.block(self._payloads.values()) if self._payloads else b"",
+                self._payloads,
                 us_to_datetime(self._now_us()),
             )
             self._kinds, self._entities, self._times, self._bodies = [], [], [], []
-            self._payloads, self._buffered = {}, 0
+            self._payloads, self._named, self._buffered = [], set(), 0
             if self._process is not None:
                 # Handed over before the answer to the batch before is read: the child chains this
                 # one while the server finishes that one (`sender_process`). Should that one fail,

@@ -308,7 +308,7 @@ def _one_event(db: Database, run_id: str) -> tuple[PgRunWriter, Chain, Batch]:
     w = PostgresRecorder(db).open_writer(run_id)
     w.append("run", run_id, _created())
     assert w._chain is not None and w._conn is not None
-    return w, w._chain, Batch(0, 1, w._kinds, w._entities, w._times, w._bodies, b"", us_to_datetime(0))
+    return w, w._chain, Batch(0, 1, w._kinds, w._entities, w._times, w._bodies, [], us_to_datetime(0))
 
 
 def test_a_batch_chained_on_another_end_of_the_log_is_refused(db: Database) -> None:

@@ -73,6 +73,26 @@ def test_events_read_back_as_the_same_structs_in_seq_order(db: Database) -> None
     assert isinstance(created, ev.TokenCreated) and created.row_index == 0 and created.at == "in"
 
 
+def test_row_payloads_are_stored_as_appended_and_one_commitment_once(db: Database) -> None:
+    """Each payload's salt, data and time as the writer was given them (their COPY rows are made
+    where the batch is sent); the same commitment put twice in a batch is stored once."""
+    times = iter(range(1_700_000_000_000_000, 1_800_000_000_000_000, 7))
+    w = PostgresRecorder(db).open_writer("r-payloads", now_us=lambda: next(times))
+    w.append("run", "r-payloads", _created("r-payloads"))
+    rows = [commit_row({"id": i, "text": "é" * i}) for i in range(3)]
+    for h, payload in [*rows, rows[1]]:
+        w.put_payload(h, payload)
+    w.commit()
+    w.close()
+    with db.connect() as conn:
+        stored = conn.execute(
+            "SELECT encode(hash, 'hex'), salt, data, (extract(epoch FROM recorded_at) * 1000000)::bigint "
+            "FROM payloads WHERE run_id = 'r-payloads' ORDER BY recorded_at"
+        ).fetchall()
+    assert [(h, p.salt, p.data) for h, p in rows] == [(h, bytes(s), bytes(d)) for h, s, d, _ in stored]
+    assert [t for *_, t in stored] == [1_700_000_000_000_000 + 7 * i for i in (1, 2, 3)]
+
+
 def test_a_clean_chain_verifies(db: Database) -> None:
     _write_run(db, "run-ok").close()
     result = verify_run(PostgresRecorder(db), "run-ok")
