@@ -711,3 +711,42 @@ def test_retention_forced_does_not_erase_a_run_being_written(db: Database, kept_
         assert recorder.payloads(run, {h}).keys() == {h}  # (read under its run or '')
     finally:
         writer.close()
+
+
+def test_every_salt_is_drawn_once_across_threads_blocks_and_a_fork() -> None:
+    """A salt twice would give two rows one commitment's salt: each is taken once, by one thread,
+    across the blocks drawn from the OS; a forked child draws none its parent still holds."""
+    import threading
+
+    from landscape import canonical
+
+    salts = canonical._Salts(per_block=64)
+    drawn: list[list[bytes]] = [[] for _ in range(4)]
+
+    def draw(into: list[bytes]) -> None:
+        for _ in range(1000):
+            into.append(salts.next())
+
+    threads = [threading.Thread(target=draw, args=(d,)) for d in drawn]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [s for d in drawn for s in d]
+    assert len(every) == 4000 and len(set(every)) == 4000
+    assert {len(s) for s in every} == {canonical.SALT_BYTES}
+
+    canonical._salts.next()  # (the parent holds a block now)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, canonical._salts.next())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64)
+    os.close(read)
+    assert len(child) == canonical.SALT_BYTES
+    assert child not in {canonical._salts.next() for _ in range(4095)}
