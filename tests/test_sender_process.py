@@ -398,7 +398,9 @@ def test_a_fault_in_the_sender_process_ends_elspeth_run_and_the_run_resumes(
         proc = elspeth("run", "-s", "settings.yaml", "--commit-every", "2", cwd=work, db=db, env=env)
         if fault:
             assert proc.returncode == 86, proc.stderr
-            run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+            listed = elspeth("runs", "--json", cwd=work, db=db)
+            assert listed.returncode == 0, listed.stderr
+            run_id = json.loads(listed.stdout)[0]["run_id"]
             assert _lock_released(db, run_id)
             resumed = elspeth("resume", run_id, cwd=work, db=db)
             assert resumed.returncode == 0, resumed.stderr
@@ -480,7 +482,9 @@ def test_a_witness_file_that_cannot_grow_stops_elspeth_run_with_the_resume_to_us
             )  # fmt: skip
             assert proc.returncode == 1, proc.stdout + proc.stderr
             assert "Traceback" not in proc.stderr, proc.stderr
-            run_id = json.loads(elspeth("runs", "--json", cwd=work, db=db).stdout)[0]["run_id"]
+            listed = elspeth("runs", "--json", cwd=work, db=db)
+            assert listed.returncode == 0, listed.stderr
+            run_id = json.loads(listed.stdout)[0]["run_id"]
             assert f"run {run_id} stopped: cannot write the witness file" in proc.stderr, proc.stderr
             assert f"`elspeth resume {run_id}`" in proc.stderr, proc.stderr
             resumed = elspeth("resume", run_id, cwd=work, db=db)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,15 @@ def test_row_payloads_are_stored_as_appended_and_one_commitment_once(db: Databas
         ).fetchall()
     assert [(h, p.salt, p.data) for h, p in rows] == [(h, bytes(s), bytes(d)) for h, s, d, _ in stored]
     assert [t for *_, t in stored] == [1_700_000_000_000_000 + 7 * i for i in (1, 2, 3)]
+    assert [e.recorded_at_us for e in PostgresRecorder(db).read_events("r-payloads")] == [1_700_000_000_000_000]
+
+
+def test_events_are_recorded_at_the_system_clock_in_microseconds(db: Database) -> None:
+    before = time.time_ns() // 1000
+    _write_run(db, "r-clock", tokens=4, commit_every=2).close()
+    after = time.time_ns() // 1000
+    times = [e.recorded_at_us for e in PostgresRecorder(db).read_events("r-clock")]
+    assert len(times) == 5 and before <= times[0] and times == sorted(times) and times[-1] <= after
 
 
 def test_a_clean_chain_verifies(db: Database) -> None:
