@@ -837,6 +837,8 @@ class JsonSink(_FileSink):
         if indent is not None and fmt == "jsonl":
             raise PluginConfigError("indent", "only for format json (a JSON-lines row is one line)")
         self.indent: int | None = indent
+        # One encoder for every row (json.dumps with options builds one per call).
+        self._json = json.JSONEncoder(ensure_ascii=False, indent=indent, default=str, allow_nan=False)
         self._rows_written = False
         self._texts: list[str] = []  # the rows written since the last flush, as JSON
 
@@ -941,7 +943,7 @@ class JsonSink(_FileSink):
 
     def write(self, token_id: str, row: Row) -> None:
         try:
-            text = json.dumps(row, ensure_ascii=False, indent=self.indent, default=str, allow_nan=False)
+            text = self._json.encode(row)
         except ValueError:  # NaN or an infinity: no JSON spells it (Python's `Infinity` is no JSON)
             raise RowError(
                 "a value of the row cannot be written as JSON: a float is not finite (NaN or infinite)"
