@@ -168,9 +168,11 @@ def test_an_abandoned_runs_file_keeps_its_unrecorded_rows_until_they_are_cut_as_
     ],
 )
 def test_a_bad_reason_is_refused_and_nothing_recorded(db: Database, tmp_path: Path, reason: str, said: str) -> None:
+    """A reason that may not be recorded is a command line to fix: exit 2, as `purge`'s (docs/cli.md)."""
     run_id = _crashed(db, tmp_path)
     last = PostgresRecorder(db).last_seq(run_id)
-    assert said in one_line_error(elspeth("abandon", run_id, "--reason", reason, cwd=tmp_path, db=db), 1)
+    refused = elspeth("abandon", run_id, "--reason", reason, cwd=tmp_path, db=db)
+    assert said in one_line_error(refused, 2) and "abandon --help' for help" in refused.stderr
     assert PostgresRecorder(db).last_seq(run_id) == last and _status(db, tmp_path, run_id) == "running"
 
 

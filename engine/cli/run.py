@@ -371,7 +371,13 @@ def abandon_cmd(ctx: click.Context, run_id: str, reason: str, settings_path: Pat
     """End a failed, interrupted or crashed run for good: it can then not be resumed, its data
     ages out under `purge --older-than`, and new runs may append to its sink files."""
     from engine.abandon import abandon_run  # (not needed by the other commands of this module)
+    from engine.operator_text import reason_problem
 
+    # A reason that may not be recorded is a command line to fix (exit 2, as `purge` says it), and
+    # said before any store is opened.
+    problem = reason_problem(reason, "why the run is not to go on")
+    if problem is not None:
+        raise click.UsageError(problem)
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     with database_from_ctx(ctx, settings_url=settings_url, existing=True) as db:
         done = abandon_run(db, run_id, reason, settings_path=settings_path, home=home_from_ctx(ctx))
