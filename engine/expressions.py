@@ -173,6 +173,24 @@ _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.FloorDiv: operator.floordiv,
     ast.Mod: _modulo,
 }
+# The operators refused, as the expression spells them: the message names what the user wrote,
+# not Python's name for it (`Pow`, `LShift`).
+_REFUSED_OPS: dict[type[ast.operator | ast.unaryop], str] = {
+    ast.Pow: "**",
+    ast.MatMult: "@",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.BitAnd: "&",
+    ast.Invert: "~",
+}
+
+
+def _refused_op(op: ast.operator | ast.unaryop) -> ExpressionSyntaxError:
+    return ExpressionSyntaxError(f"the operator {_REFUSED_OPS.get(type(op), type(op).__name__)} is not allowed")
+
+
 _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
@@ -343,7 +361,7 @@ def _compile(node: ast.AST) -> Fn:
     if isinstance(node, ast.BinOp):
         op = _BINOPS.get(type(node.op))
         if op is None:
-            raise ExpressionSyntaxError(f"the operator {type(node.op).__name__} is not allowed")
+            raise _refused_op(node.op)
         left, right = _compile(node.left), _compile(node.right)
         return lambda c: _charge(c, op(left(c), right(c)))
     if isinstance(node, ast.UnaryOp):
@@ -354,7 +372,7 @@ def _compile(node: ast.AST) -> Fn:
             return lambda c: _charge(c, -operand(c))
         if isinstance(node.op, ast.UAdd):
             return lambda c: _charge(c, +operand(c))
-        raise ExpressionSyntaxError(f"the operator {type(node.op).__name__} is not allowed")
+        raise _refused_op(node.op)
     if isinstance(node, ast.BoolOp):
         parts = [_compile(v) for v in node.values]
         if isinstance(node.op, ast.And):
