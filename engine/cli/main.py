@@ -6,6 +6,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 
 import click
 
@@ -64,7 +65,9 @@ class _Cli(ElspethGroup):
 @click.pass_context
 def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
     """ELSPETH: data pipelines whose every decision is recorded in a hash-chained event log."""
-    ctx.obj = {"database": database, "home": home}
+    # (`started`: when this command began, for the run summary's "this command took": its store's
+    # start, the first one's initdb included)
+    ctx.obj = {"database": database, "home": home, "started": time.monotonic()}
     if ctx.invoked_subcommand in OFFLINE:
         return  # no home and no database: nothing to pin (and no driver to find them with)
     from landscape.embedded import elspeth_home  # imported here: see _Cli

@@ -156,7 +156,7 @@ class Progress:
             self._bar = None
 
 
-def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
+def print_summary(db: Database, outcome: Outcome, seconds: float, command_seconds: float) -> None:
     """Rows as an operator counts them (source records in, rows written per sink, rows
     quarantined, failed, diverted), then tokens (a fork, a merge or a batch makes more tokens
     than rows), then each sink's file with the hash that ties it to this run."""
@@ -164,9 +164,10 @@ def print_summary(db: Database, outcome: Outcome, seconds: float) -> None:
     rows = end.rows
     now = rows.rows_in - outcome.records_before  # a resumed run's rate is of what this process read
     rate = now / seconds if seconds > 0 else 0.0
-    # This command's time, which `show` (the run's recorded start to end) does not include: opening
-    # the store before the run begins, sealing it after it ends (and, resumed, the time it was down).
-    click.echo(f"run {outcome.run_id} {outcome.status}; this command took {seconds:.2f} s")
+    # This command's time, which `show` (the run's recorded start to end) does not include: loading
+    # the settings and opening the store (a first start's initdb) before the run begins, sealing it
+    # after it ends (and, resumed, the time it was down). The rate is of the run's own time.
+    click.echo(f"run {outcome.run_id} {outcome.status}; this command took {command_seconds:.2f} s")
     since = f"{now} since the resume, " if outcome.records_before else ""
     click.echo(f"  rows in: {rows.rows_in} ({since}{rate:,.0f} rows/s)")
     if outcome.input_changed:  # rows that moved into the first records of the new input were not read
@@ -215,10 +216,13 @@ def _discarded(rows: RowCounts) -> str:
     return f" ({rows.discarded} of them to discard)" if rows.discarded else ""
 
 
-def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str], progress: Progress) -> None:
+def _report(
+    ctx: click.Context, db: Database, go: Callable[[], Outcome], resume: Callable[[str], str], progress: Progress
+) -> None:
     """Run `go` and print its summary; `resume(run_id)` is the command to suggest when it stops.
     `progress` is closed as soon as `go` returns or raises."""
     started = time.monotonic()
+    command_started = float((ctx.find_root().obj or {}).get("started", started))
     try:
         try:
             outcome = go()
@@ -240,7 +244,8 @@ def _report(db: Database, go: Callable[[], Outcome], resume: Callable[[str], str
         say(f"elspeth: {e}")
         sys.exit(130)
     faults.reached("summary")
-    print_summary(db, outcome, time.monotonic() - started)
+    now = time.monotonic()
+    print_summary(db, outcome, now - started, now - command_started)
     for note in outcome.notes:
         say(f"elspeth: note: {note}")
     if outcome.status == RunState.INTERRUPTED:
@@ -289,6 +294,7 @@ def run_cmd(ctx: click.Context, settings_path: Path, execute: bool, dry_run: boo
     try:
         with database_from_ctx(ctx, settings_url=settings_url) as db:
             _report(
+                ctx,
                 db,
                 lambda: start_run(
                     db,
@@ -342,6 +348,7 @@ def resume_cmd(
     try:
         with database_from_ctx(ctx, settings_url=settings_url, existing=True) as db:
             _report(
+                ctx,
                 db,
                 lambda: resume_run(
                     db,
