@@ -100,6 +100,15 @@ def cli(ctx: click.Context, database: str | None, home: str | None) -> None:
             "the embedded store and the keys"
         )
     if database:  # so that the load-time checks compare sinks with the store this command uses
+        from landscape.db import normalise_url
+        from landscape.errors import DatabaseUnavailable
+
+        try:  # a URL that is no URL is text to fix (exit 2), as in landscape.url; not a store out of reach
+            normalise_url(database)
+        except DatabaseUnavailable as e:
+            fromline = ctx.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE
+            hint = "'--database'" if fromline else "ELSPETH_DATABASE_URL"
+            raise click.BadParameter(str(e), ctx, param_hint=hint) from None
         os.environ["ELSPETH_DATABASE_URL"] = database
         if ctx.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE:
             from landscape.urls import redact
