@@ -168,11 +168,26 @@ def _checkpoints(
     return signed_checkpoints(found.stored, found.witnessed, key)
 
 
+def _a_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """`-o -` is a command line to fix (exit 2), said before any store is opened: an export or a
+    bundle is written to a file all or nothing, never to standard output."""
+    if value is not None and str(value) == "-":
+        raise click.BadParameter(
+            "'-': this is written to a file, all or nothing, not to standard output; give the file's path"
+        )
+    return value
+
+
+# (an export and a bundle: one file, written all or nothing)
+output_file_option = click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), callback=_a_file,
+    help="The file to write.",
+)  # fmt: skip
+
+
 @click.command("export")
 @click.argument("run_id")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
-)
+@output_file_option
 @click.option("--no-payloads", is_flag=True, help="Leave row data out: the events keep only its commitments.")
 @key_option
 @witness_option
@@ -214,9 +229,7 @@ def export_cmd(
 @click.option("--row", "row_number", type=click.IntRange(min=1),
               help="Prove every event of this source row's tokens; rows count from 1, as in "
                    "`explain --row`, `purge --row` and the quarantine records' __row_number__.")  # fmt: skip
-@click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="The file to write."
-)
+@output_file_option
 @click.option("--no-payloads", is_flag=True, help="Leave the row data (and its salts) out.")
 @click.option("--checkpoint", "kept", type=click.Path(path_type=Path, dir_okay=False),
               help="A checkpoint of the run the auditor kept (`elspeth checkpoint`): add the consistency "
