@@ -294,7 +294,7 @@ def test_csv_a_record_the_reader_fails_inside_stops_the_source(tmp_path: Path, m
     rest would be read as records). Provoked with a small field limit."""
     import engine.plugins.sources as sources
 
-    monkeypatch.setattr(sources, "_no_field_size_limit", lambda: None)
+    monkeypatch.setattr(sources, "no_field_size_limit", lambda: None)
     old = csv.field_size_limit(1000)
     try:
         path = write(tmp_path / "a.csv", 'id,comment\n1,ok\n2,"' + "A" * 2000 + '\n9,injected"\n')

@@ -198,3 +198,88 @@ def test_rows_of_no_field_are_refused_so_the_run_resumes_as_it_went_on(db: Datab
         assert resume_run(db, run_id, load, commit_every=2).status == "completed"
         assert (path / "out.csv").read_bytes() == expected
         assert fold_run(db, run_id).outcomes == outcomes
+
+
+# Past the first MiB: a header that long (very many columns, or long names) was read back cut
+# short where a resume or an append continued the file, so its last name was another name and
+# every row was refused for a field outside the columns.
+WIDE = [f"column_{i:07d}" for i in range(80_000)]  # a header of 1,200,000 bytes
+
+
+def _wide_rows(n: int) -> list[dict[str, object]]:
+    return [{name: i for name in WIDE} for i in range(n)]
+
+
+def test_a_resume_reads_back_a_header_longer_than_a_mib_whole(db: Database) -> None:
+    settings = SETTINGS.replace("headers: false", "headers: true")
+    rows = _wide_rows(6)
+    with workdir("wide", settings, lambda path: _write_jsonl(path / "in.jsonl", rows)) as clean:
+        assert start_run(db, load(clean / "settings.yaml"), commit_every=2).status == "completed"
+        expected = (clean / "out.csv").read_bytes()
+    assert len(expected.split(b"\r\n")[0]) > 1 << 20
+    with workdir("wide", settings, lambda path: _write_jsonl(path / "in.jsonl", rows)) as path:
+        run_id = crashed_run(db, path / "settings.yaml", "committed:2", name="wide", commit_every=2, sending="inline")
+        assert fold_run(db, run_id).sink_positions["out"] > 0, "nothing durable yet: crash later"
+        assert resume_run(db, run_id, load, commit_every=2).status == "completed"
+        assert fold_run(db, run_id).outcomes.get("failed", 0) == 0
+        assert (path / "out.csv").read_bytes() == expected
+
+
+def test_an_append_reads_back_a_header_longer_than_a_mib_whole(db: Database) -> None:
+    settings = SETTINGS.replace("headers: false", "mode: append")
+
+    def inputs(path: Path) -> None:
+        _write_jsonl(path / "in.jsonl", _wide_rows(2))
+        (path / "out.csv").write_text(",".join(WIDE) + "\r\n" + ",".join("x" for _ in WIDE) + "\r\n")
+
+    with workdir("wide", settings, inputs) as path:
+        outcome = start_run(db, load(path / "settings.yaml"), commit_every=2)
+        assert outcome.status == "completed"
+        assert fold_run(db, outcome.run_id).outcomes.get("failed", 0) == 0
+        lines = (path / "out.csv").read_bytes().split(b"\r\n")
+        assert lines[0] == ",".join(WIDE).encode() and len(lines) == 5 and lines[-1] == b""
+        assert lines[2] == b",".join(b"0" for _ in WIDE)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_header_past_the_bound_is_refused_naming_the_file_and_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Read a line at a time, the header is held whole, up to a bound: a file with no line end
+    in its first gigabytes is not read into memory to find its header."""
+    from engine.plugins import sinks
+    from engine.plugins.protocol import PluginError
+    from engine.plugins.registry import build_plugin
+
+    monkeypatch.setattr(sinks, "_HEADER_MOST", 1000)
+    path = tmp_path / "out.csv"
+    path.write_bytes(("a" * 1000 + "\n1\n").encode(encoding))  # (the line end is the 1,001st byte)
+    sink = build_plugin("sink", "csv", {"path": str(path), "mode": "append", "encoding": encoding})
+    with pytest.raises(PluginError, match=r"its header \(first line\) is longer than 1,000 bytes") as e:
+        sink.open("run", None)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    path.write_bytes(("a" * 400 + ',"b\n' + "c" * 400 + '"\n1,2\n').encode("utf-8"))  # a name with a line end
+    sink = build_plugin("sink", "csv", {"path": str(path), "mode": "append"})
+    sink.open("run", None)
+    assert sink.fields == ["a" * 400, "b\n" + "c" * 400]
+    sink.release()
+
+
+def test_a_column_name_longer_than_csvs_own_field_limit_is_read_back(tmp_path: Path) -> None:
+    """csv's reader takes 131,072 characters a field unless told otherwise (the CSV source tells it,
+    for the whole process): with a JSON source, a longer name in the header ended the append in
+    a traceback."""
+    import csv
+
+    from engine.plugins.registry import build_plugin
+
+    old = csv.field_size_limit(131_072)
+    try:
+        path = tmp_path / "out.csv"
+        path.write_text("n" * 200_000 + ",b\n1,2\n")
+        sink = build_plugin("sink", "csv", {"path": str(path), "mode": "append"})
+        sink.open("run", None)
+        assert sink.fields == ["n" * 200_000, "b"]
+        sink.release()
+    finally:
+        csv.field_size_limit(old)

@@ -11,10 +11,11 @@ import errno
 import fcntl
 import hashlib
 import io
+import itertools
 import json
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -23,6 +24,7 @@ from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, WriterClaim
 from engine.plugins.reasons import fields_named
 from engine.plugins.schema import Schema, parse_schema
+from engine.plugins.sources import no_field_size_limit
 
 _NODE = "sink"
 
@@ -73,6 +75,42 @@ def _hash_of(f: BinaryIO, size: int) -> Any:
 
 # How much of a JSON array being appended to is read at a time: memory does not grow with the file.
 _REOPEN_CHUNK = 1 << 20
+
+
+# How much of a CSV file being continued is read to find its header: the header is held whole (it
+# names the columns), but a file with no line end in its first gigabytes is not read into memory.
+_HEADER_MOST = 256 << 20
+
+
+# The encodings whose decoders take a byte-order mark themselves.
+_MARKED = ("utf-8-sig", "utf-16", "utf-32")
+
+
+class _HeaderTooLong(Exception):
+    """`_lines_of` read `_HEADER_MOST` bytes and the header had not ended."""
+
+
+def _lines_of(f: BinaryIO, size: int, encoding: str) -> Iterator[str]:
+    """The text of the file's first `size` bytes a line at a time (to each LF, as iterating a
+    StringIO splits it: csv's reader ends a record at the end of each piece it is given, so a
+    piece may not end elsewhere), decoded with replacement characters. A chunk is read at a
+    time, and only the line being read is held; asked for more than the first `_HEADER_MOST`
+    bytes, raises _HeaderTooLong."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    pending: list[str] = []
+    left, read = size, 0
+    while left > 0:
+        if read >= _HEADER_MOST:
+            raise _HeaderTooLong
+        chunk = f.read(min(left, 1 << 20, _HEADER_MOST - read))
+        left, read = (left - len(chunk), read + len(chunk)) if chunk else (0, read)  # (a file cut meanwhile)
+        *lines, tail = decoder.decode(chunk, final=left == 0).split("\n")
+        for line in lines:
+            yield "".join([*pending, line, "\n"])
+            pending = []
+        pending.append(tail)
+    if last := "".join(pending):
+        yield last
 
 
 def _reset_length(encoder: codecs.IncrementalEncoder) -> int:
@@ -780,18 +818,32 @@ class CsvSink(_FileSink):
 
     def _header_on_disk(self, size: int) -> list[str] | None:
         """The field names in the header of a file being continued, so later rows keep its
-        column order (with `escape_formulas`, read as it wrote them)."""
-        with self.path.open("rb") as f:
-            head = f.read(min(size, 1 << 20))
-        text = head.decode(self.encoding, errors="replace")
-        # A byte-order mark another tool began the file with (the utf-8-sig, utf-16 and utf-32
-        # decoders take theirs themselves). One only: a U+FEFF after it, or after the mark those
-        # decoders took, is the first name's own (a CSV read as utf-8 from a file with UTF-8's mark
-        # names its first column '\ufeffid'), which stripping every U+FEFF lost, and a resume then
-        # refused every row (a review). In utf-8 such a name and a mark read alike: `_marked` keeps
-        # the other reading, for the schema or the rows to choose (`open`, `write`).
-        mark = codecs.lookup(self.encoding).name not in ("utf-8-sig", "utf-16", "utf-32") and text[:1] == "\ufeff"
-        header = next(csv.reader(io.StringIO(text[1:] if mark else text), delimiter=self.delimiter), None)
+        column order (with `escape_formulas`, read as it wrote them). Read whole, however long
+        (it was read only to its first MiB, and a longer header was cut short: a review), up to
+        `_HEADER_MOST` bytes."""
+        no_field_size_limit()  # (a name may be longer than csv's own limit of 131,072 characters)
+        try:
+            with self.path.open("rb") as f:
+                lines = _lines_of(f, size, self.encoding)
+                first = next(lines, None)
+                if first is None:
+                    return None
+                # A byte-order mark another tool began the file with (the utf-8-sig, utf-16 and
+                # utf-32 decoders take theirs themselves). One only: a U+FEFF after it, or after the
+                # mark those decoders took, is the first name's own (a CSV read as utf-8 from a file
+                # with UTF-8's mark names its first column '\ufeffid'), which stripping every U+FEFF
+                # lost, and a resume then refused every row (a review). In utf-8 such a name and a
+                # mark read alike: `_marked` keeps the other reading, for the schema or the rows to
+                # choose (`open`, `write`).
+                mark = codecs.lookup(self.encoding).name not in _MARKED and first[:1] == "\ufeff"
+                pieces = itertools.chain([first[1:] if mark else first], lines)
+                header = next(csv.reader(pieces, delimiter=self.delimiter), None)
+        except _HeaderTooLong:
+            raise PluginError(
+                _NODE,
+                f"cannot append to {self.path}: its header (first line) is longer than {_HEADER_MOST:,} bytes, "
+                "and is not read further; allowed: a header of at most that many bytes, or an empty file",
+            ) from None
         self._marked = "\ufeff" + header[0] if mark and header else None
         return [_restored_name(c) for c in header] if self.escape_formulas and header is not None else header
 

@@ -523,7 +523,7 @@ class CsvSource:
         for _ in range(self.skip_rows):
             if next(it, None) is None:
                 return None
-        _no_field_size_limit()
+        no_field_size_limit()
         if self.columns is not None:
             names = list(self.columns)
         else:
@@ -602,7 +602,7 @@ class CsvSource:
         pass
 
 
-def _no_field_size_limit() -> None:
+def no_field_size_limit() -> None:
     """csv's default limit (131,072 characters a field) fails a record part way, which cannot be
     recovered from safely (see `_records`): a long field is read whole instead."""
     try:
