@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections import deque
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from landscape.errors import LandscapeError, quoted
 from landscape.export import (
     DECISION_MACHINES,
     FORMAT,
+    PROOF_TYPE,
     BadLine,
     CheckpointRecord,
     End,
@@ -171,9 +173,9 @@ def sniff(path: Path) -> str:
     """`export` or `proof`: which kind of file this is. An export's first line is its header
     record, byte for byte as ELSPETH writes it. A bundle is one JSON document naming its type
     (ELSPETH writes it indented, type first; it may have been reformatted since, its keys in
-    another order, the type last): any other file that names that type is read as a bundle, whose
-    reader says what is wrong with it, and the rest as an export, whose reader says the same."""
-    marker = b'"elspeth-proof"'
+    another order, the type last, its characters spelled as JSON escapes): any other file that
+    names that type is read as a bundle, whose reader says what is wrong with it, and the rest as
+    an export, whose reader says the same."""
     try:
         with _open_regular(path) as f:
             start = f.read(len(_EXPORT_START))
@@ -183,15 +185,26 @@ def sniff(path: Path) -> str:
             # quotes escaped, so only a key or a value can be it)
             seen, tail = len(start), start
             while chunk := f.read(1 << 20):
-                if marker in tail + chunk:
+                if _PROOF_MARKER.search(tail + chunk):
                     return "proof"
                 seen += len(chunk)
                 if seen > MAX_BUNDLE_BYTES:
                     break
-                tail = (tail + chunk)[-len(marker) :]
-            return "proof" if marker in tail else "export"
+                tail = (tail + chunk)[-_PROOF_MARKER_MOST:]
+            return "proof" if _PROOF_MARKER.search(tail) else "export"
     except OSError as e:
         raise AuditFailure(f"{path}: cannot read it: {e.strerror}") from None
+
+
+def _spelled(text: str) -> re.Pattern[bytes]:
+    """`text` as a JSON string in quotes, each character as itself or as a `\\uXXXX` escape
+    (JSON's other escapes spell no letter, digit or '-'). A bundle spelling its type so was
+    taken for an export, and refused as not being one (a review)."""
+    return re.compile(b'"' + b"".join(b"(?:%s|\\\\u(?i:%04x))" % (re.escape(c.encode()), ord(c)) for c in text) + b'"')
+
+
+_PROOF_MARKER = _spelled(PROOF_TYPE)
+_PROOF_MARKER_MOST = 2 + 6 * len(PROOF_TYPE)  # the longest spelling, every character escaped
 
 
 _EXPORT_START = b'{"type":"elspeth-export"'

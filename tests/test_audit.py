@@ -1391,6 +1391,35 @@ def test_a_bundle_reformatted_with_its_keys_in_another_order_is_read_as_a_bundle
     assert "elspeth-export header" not in err, err
 
 
+def test_a_bundle_spelling_its_type_with_json_escapes_is_read_as_the_json_it_is(
+    db: Database, fork: Exported, tmp_path: Path
+) -> None:
+    """`"\\u0065lspeth-proof"` is the string `"elspeth-proof"`: such a bundle was taken for an
+    export and refused as "not an ELSPETH export". Read as a bundle, it is checked as one: a
+    bundle changed in the same spelling is refused for what changed."""
+    out = tmp_path / "seq3.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(out), cwd=fork.work, db=db).returncode == 0
+    text = out.read_text()
+    assert text.count('"elspeth-proof"') == 1 and text.startswith('{\n "type": "elspeth-proof",'), text[:200]
+    for key, value in (
+        ("\\u0074ype", "elspeth-proof"),
+        ("type", "\\u0065lspeth\\u002Dproof"),
+        ("\\u0074ype", "\\u0065lspeth-proo\\u0066"),
+    ):
+        out.write_text(text.replace('"type"', f'"{key}"', 1).replace('"elspeth-proof"', f'"{value}"'))
+        ok = _verify(fork.work, str(out), "--public-key", str(fork.pub))
+        assert ok.returncode == 0 and "event seq 3" in ok.stdout, (key, value, ok.stdout + ok.stderr)
+    bundle = json.loads(text)
+    bundle["events"][0]["event"]["entity_id"] += "x"
+    forged = json.dumps(bundle, indent=1).replace('"elspeth-proof"', '"\\u0065lspeth-proof"')
+    out.write_text(forged)
+    err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
+    assert "not an ELSPETH export" not in err and "elspeth-export header" not in err, err
+    out.write_text(text.replace('"elspeth-proof"', '"\\u0065lspeth-prooF"'))  # another type: no bundle
+    err = one_line_error(_verify(fork.work, str(out), "--public-key", str(fork.pub)), 1)
+    assert "not an ELSPETH export" in err, err
+
+
 # -- a long log's export: its chain checked by a second process ------------------------------------
 
 
