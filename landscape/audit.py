@@ -24,7 +24,7 @@ import msgspec
 from landscape.canonical import is_name
 from landscape.chain import event_hash
 from landscape.chain_half import SPLIT_AT, ChainHalf
-from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
+from landscape.checkpoint import EMPTY_LOG, Checkpoint, CheckpointError, open_checkpoint, parse_run_origin
 from landscape.errors import LandscapeError, quoted
 from landscape.export import (
     DECISION_MACHINES,
@@ -376,11 +376,7 @@ def read_kept_checkpoint(path: Path, key: Verifier) -> Checkpoint:
     if kept.size == 0:
         # Every log extends an empty one: checked against it, a rewritten history passed unseen,
         # and a faithful one was said to be rewritten (no consistency proof starts from nothing).
-        raise AuditFailure(
-            f"checkpoint {path}: it signs an empty log (0 events), which every log extends, so it shows nothing of "
-            "what this one held; ELSPETH signs none such (a run's log holds its first event from the start): its "
-            "key's holder made it; allowed: a checkpoint `elspeth checkpoint` wrote"
-        )
+        raise AuditFailure(f"checkpoint {path}: it {EMPTY_LOG}; allowed: a checkpoint `elspeth checkpoint` wrote")
     return kept
 
 
@@ -686,6 +682,8 @@ class _ExportCheck:
                                    f"on line {number} the log {quoted(cp.origin)}")  # fmt: skip
         if cp.size != record.size:
             raise self.fail(number, f"the record says {record.size} events, its signed note {cp.size}")
+        if cp.size == 0:  # (no tree root is kept for 0 events: the check of the roots would skip it)
+            raise self.fail(number, f"this checkpoint {EMPTY_LOG}")
         if self.checkpoints and cp.size <= self.checkpoints[-1][1]:
             raise self.fail(number, f"a checkpoint of {cp.size} events after one of {self.checkpoints[-1][1]}: "
                                     "each appears once, smallest first")  # fmt: skip
@@ -1152,6 +1150,11 @@ class _ProofCheck:
                 )
         if x is None:
             return None
+        if x.size == 0:  # (no consistency proof starts from an empty tree: refused below as a rewritten history)
+            raise self.fail(
+                "the bundle's consistency proof starts from an empty log (0 events), which every log extends, so it "
+                "proves nothing; ELSPETH makes none such (`prove --checkpoint` refuses a checkpoint of 0 events)"
+            )
         where = where or f"the tree of {x.size} events it names"
         try:
             verify_consistency(x.size, cp.size, [bytes.fromhex(p) for p in x.proof], bytes.fromhex(x.root), cp.root)

@@ -26,6 +26,14 @@ MAX_CHECKPOINT_LINES = 100
 _ORIGIN_PREFIX = "elspeth/"
 
 
+# What a signed checkpoint of 0 events is, wherever one is read (a kept one, a witness file's, an
+# export's): it shows nothing, and ELSPETH makes none, so only the key's holder can have.
+EMPTY_LOG = (
+    "signs an empty log (0 events), which every log extends, so it shows nothing of what the log held; ELSPETH "
+    "signs none such (a run's log holds its first event from the start): its key's holder made it"
+)
+
+
 class CheckpointError(NoteError):
     """A checkpoint is malformed, unsigned, or of another log."""
 

@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Annotated, NamedTuple, NoReturn
 
 import msgspec
 
-from landscape.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint, parse_run_origin
+from landscape.checkpoint import EMPTY_LOG, Checkpoint, open_checkpoint, parse_checkpoint, parse_run_origin
 from landscape.errors import LandscapeError
 from landscape.merkle import (
     ProofError,
@@ -358,6 +358,8 @@ def signed_checkpoints(stored: Iterable[Witnessed], witnessed: Iterable[Witnesse
                 f"the checkpoint of {cp.size} events ({cp.where}) says a size or root other than its signed note's "
                 f"({signed.size} events): the record was changed"
             )
+        if signed.size == 0:  # (no tree root is kept for 0 events: it was said to differ, "events were changed")
+            raise ExportError(f"the checkpoint of 0 events ({cp.where}) {EMPTY_LOG}")
     return sorted(unique.values(), key=lambda cp: (cp.size, cp.note))
 
 

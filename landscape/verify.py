@@ -21,7 +21,7 @@ import msgspec
 
 from landscape.canonical import commitment, well_split
 from landscape.chain import GENESIS, event_hash
-from landscape.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint
+from landscape.checkpoint import EMPTY_LOG, Checkpoint, CheckpointError, open_checkpoint, parse_checkpoint
 from landscape.errors import ChainBroken, CorruptLog, quoted
 from landscape.fold import IllegalEvent, RunFold
 from landscape.merkle import EMPTY_ROOT, MerkleAccumulator
@@ -391,6 +391,8 @@ def verify_checkpoints(
                 f"the {where} holds a size or root other than its signed note's ({signed.size} events): "
                 "the record was changed",
             )
+        if cp.size == 0:  # (taken unseen: no root is kept for 0 events, nor one of another root refused)
+            return Finding(0, f"the {where} {EMPTY_LOG}")
         if cp.size > verified.events:
             return Finding(verified.events, f"{events_span(verified.events, cp.size - 1)} missing; {where}")
         if cp.size > 0 and verified.roots.get(cp.size) != cp.root:

@@ -890,6 +890,46 @@ def test_a_kept_checkpoint_of_an_empty_log_is_refused_as_showing_nothing(fork: E
     assert "signs an empty log (0 events), which every log extends" in err and "rewritten" not in err, err
 
 
+def test_a_signed_checkpoint_of_an_empty_log_is_refused_as_such_wherever_it_is_read(
+    db: Database, fork: Exported, tmp_path: Path
+) -> None:
+    """As above, for the other places a checkpoint is read. From the run's witness file, export
+    and prove said the store's events "were changed" (no tree root is kept for 0 events) and
+    replay --check took it unseen; in an export file, verify took it; as the start of a bundle's
+    consistency proof, verify said the bundle's history "was rewritten"."""
+    signer = load_signer(fork.work / ".elspeth" / "keys" / "default.key")
+    origin = _records(fork.file)[0].origin  # type: ignore[union-attr]
+    empty = Checkpoint(origin, 0, hashlib.sha256().digest()).sign(signer)
+    says = "signs an empty log (0 events), which every log extends"
+    witness = fork.work / ".elspeth" / "witness" / f"{fork.run_id}.checkpoints"
+    kept = witness.read_bytes()
+    first = json.loads(kept.splitlines()[0])
+    witness.write_bytes(json.dumps({**first, "size": 0, "note": empty}).encode() + b"\n" + kept)
+    try:
+        for command in (["export", fork.run_id, "-o", str(tmp_path / "w.export")],
+                        ["prove", fork.run_id, "--seq", "3", "-o", str(tmp_path / "w.json")],
+                        ["replay", fork.run_id, "--check"]):  # fmt: skip
+            err = one_line_error(elspeth(*command, cwd=fork.work, db=db), 1)
+            assert says in err and str(witness) in err and "changed" not in err, (command, err)
+        assert not (tmp_path / "w.export").exists() and not (tmp_path / "w.json").exists()
+    finally:
+        witness.write_bytes(kept)
+    lines = fork.lines
+    end = json.loads(lines[-1])
+    end["checkpoints"] += 1
+    held = tmp_path / "empty.export"
+    held.write_bytes(b"".join([lines[0], encode(CheckpointRecord(size=0, note=empty)) + b"\n", *lines[1:-1],
+                               json.dumps(end, separators=(",", ":")).encode() + b"\n"]))  # fmt: skip
+    err = one_line_error(_verify(fork.work, str(held), "--public-key", str(fork.pub)), 1)
+    assert f"{held}, line 2: " in err and says in err, err
+    bundle = tmp_path / "seq3.json"
+    assert elspeth("prove", fork.run_id, "--seq", "3", "-o", str(bundle), cwd=fork.work, db=db).returncode == 0
+    data = json.loads(bundle.read_text())
+    bundle.write_text(json.dumps({**data, "extends": {"size": 0, "root": hashlib.sha256().hexdigest(), "proof": []}}))
+    err = one_line_error(_verify(fork.work, str(bundle), "--public-key", str(fork.pub)), 1)
+    assert "from an empty log (0 events), which every log extends" in err and "rewritten" not in err, err
+
+
 def _flip_first_proof_hash(text: str) -> str:
     at = text.index('"proof": [') + len('"proof": [')
     at = text.index('"', at) + 1
