@@ -16,6 +16,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ from engine.orchestrator import Pipeline, build_pipeline, fold_run, resume_run, 
 from engine.settings import load_settings
 from landscape import faults
 from landscape.db import Database
-from tests.engine_harness import assert_invariants, write_csv
+from landscape.postgres import Sending
+from tests.engine_harness import assert_invariants, crashed_run, write_csv
 
 ROWS = 12
 SETTINGS = """
@@ -214,24 +216,33 @@ def _table(url: str, table: str) -> list[tuple[object, ...]]:
         engine.dispose()
 
 
-def _long_text_run(db: Database, path: Path, url: str, table: str, crash_at: str | None) -> str:
+def _database_run(
+    db: Database,
+    path: Path,
+    url: str,
+    table: str,
+    rows: list[dict[str, object]],
+    crash_at: str | None,
+    *,
+    commit_every: int,
+    sending: Sending = "thread",
+    at_crash: Callable[[str], object] = lambda run_id: None,
+) -> str:
+    """The id of a run of LONG_TEXT over `rows` into `table`, in `path`: uninterrupted (sending its
+    commits by `sending`), or crashed at fault point `crash_at` (its commits sent at once), shown to
+    `at_crash`, and resumed to its end."""
     (path / "out").mkdir(parents=True)
-    (path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LONG_ROWS), encoding="utf-8")
+    (path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     settings = path / "settings.yaml"
     settings.write_text(LONG_TEXT.format(url=url, table=table), encoding="utf-8")
     old = os.getcwd()
     os.chdir(path)
     try:
         if crash_at is None:
-            return start_run(db, _load(settings), commit_every=3).run_id
-        run_id = f"run-long-{secrets.token_hex(4)}"
-        faults.configure(crash_at, raise_instead=True)
-        try:
-            with pytest.raises(faults.SimulatedCrash):
-                start_run(db, _load(settings), commit_every=3, run_id=run_id, sending="inline")
-        finally:
-            faults.configure("")
-        assert resume_run(db, run_id, _load, commit_every=3).status == "completed"
+            return start_run(db, _load(settings), commit_every=commit_every, sending=sending).run_id
+        run_id = crashed_run(db, settings, crash_at, name="db", commit_every=commit_every, sending="inline")
+        at_crash(run_id)
+        assert resume_run(db, run_id, _load, commit_every=commit_every).status == "completed"
         return run_id
     finally:
         os.chdir(old)
@@ -247,7 +258,7 @@ def test_text_longer_than_64_characters_before_the_table_is_made_is_written_as_a
     (its rows rolled back) judged the same rows by the table, and wrote them: other output than the
     uninterrupted run's. Every such row is written, crash or not."""
     table = f"t_{secrets.token_hex(4)}"
-    run_id = _long_text_run(db, tmp_path / "w", db_url, table, crash_at)
+    run_id = _database_run(db, tmp_path / "w", db_url, table, LONG_ROWS, crash_at, commit_every=3)
     assert {str(k): v for k, v in fold_run(db, run_id, strict=True).outcomes.items()} == {"completed": 6}
     assert not (tmp_path / "w" / "out" / "spill.jsonl").exists()
     assert _table(db_url, table) == [(r["id"], r["note"]) for r in LONG_ROWS]
@@ -261,28 +272,8 @@ REFUSED_FIRST = [
 ]
 
 
-def _refused_first_run(db: Database, path: Path, url: str, table: str, crash_at: str | None) -> str:
-    (path / "out").mkdir(parents=True)
-    (path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in REFUSED_FIRST), encoding="utf-8")
-    settings = path / "settings.yaml"
-    settings.write_text(LONG_TEXT.format(url=url, table=table), encoding="utf-8")
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        if crash_at is None:
-            return start_run(db, _load(settings), commit_every=1, sending="inline").run_id
-        run_id = f"run-refused-{secrets.token_hex(4)}"
-        faults.configure(crash_at, raise_instead=True)
-        try:
-            with pytest.raises(faults.SimulatedCrash):
-                start_run(db, _load(settings), commit_every=1, run_id=run_id, sending="inline")
-        finally:
-            faults.configure("")
-        assert fold_run(db, run_id).outcomes.get("diverted") == 1, "the first row's diversion is committed"
-        assert resume_run(db, run_id, _load, commit_every=1).status == "completed"
-        return run_id
-    finally:
-        os.chdir(old)
+def _first_diverted(db: Database, run_id: str) -> None:
+    assert fold_run(db, run_id).outcomes.get("diverted") == 1, "the first row's diversion is committed"
 
 
 @pytest.mark.parametrize("crash_at", [None, "committed:2"], ids=["uninterrupted", "resumed"])
@@ -294,7 +285,8 @@ def test_a_first_row_the_sink_refuses_fixes_no_columns(
     row's, where the run that went on had kept the refused row's and refused the next row too
     (a field outside them). As CsvSink fixes its columns."""
     table = f"t_{secrets.token_hex(4)}"
-    run_id = _refused_first_run(db, tmp_path / "w", db_url, table, crash_at)
+    run_id = _database_run(db, tmp_path / "w", db_url, table, REFUSED_FIRST, crash_at, commit_every=1,
+                           sending="inline", at_crash=lambda run_id: _first_diverted(db, run_id))  # fmt: skip
     fold = fold_run(db, run_id, strict=True)
     assert {str(k): v for k, v in fold.outcomes.items()} == {"completed": 2, "diverted": 1}
     spilled = [json.loads(line)["id"] for line in (tmp_path / "w" / "out" / "spill.jsonl").read_text().splitlines()]
