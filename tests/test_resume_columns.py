@@ -283,3 +283,22 @@ def test_a_column_name_longer_than_csvs_own_field_limit_is_read_back(tmp_path: P
         sink.release()
     finally:
         csv.field_size_limit(old)
+
+
+def test_a_header_csv_cannot_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A carriage return ending the header in a file whose lines end in LF (`a,b\\r1,2\\n`): csv's
+    reader raised its own error, and `elspeth run` ended in a traceback."""
+    from engine.plugins.protocol import PluginError
+    from engine.plugins.registry import build_plugin
+
+    path = tmp_path / "out.csv"
+    path.write_bytes(b"a,b\r1,2\n")
+    sink = build_plugin("sink", "csv", {"path": str(path), "mode": "append"})
+    with pytest.raises(PluginError) as e:
+        sink.open("run", None)
+    sink.release()
+    said = str(e.value)
+    assert (
+        f"cannot append to {path}: its header cannot be read as CSV: new-line character seen in unquoted field" in said
+    )
+    assert "\n" not in said and "universal-newline" not in said, said

@@ -24,7 +24,7 @@ from engine.plugins.options import Options
 from engine.plugins.protocol import PluginConfigError, PluginError, Row, RowError, WriterClaim
 from engine.plugins.reasons import fields_named
 from engine.plugins.schema import Schema, parse_schema
-from engine.plugins.sources import no_field_size_limit
+from engine.plugins.sources import csv_error, no_field_size_limit
 
 _NODE = "sink"
 
@@ -838,6 +838,12 @@ class CsvSink(_FileSink):
                 mark = codecs.lookup(self.encoding).name not in _MARKED and first[:1] == "\ufeff"
                 pieces = itertools.chain([first[1:] if mark else first], lines)
                 header = next(csv.reader(pieces, delimiter=self.delimiter), None)
+        except csv.Error as e:  # (a bare carriage return ending it, in a file whose lines end in LF)
+            raise PluginError(
+                _NODE,
+                f"cannot append to {self.path}: its header cannot be read as CSV: {csv_error(e)}; allowed: a file "
+                "whose first line is its header, or an empty file",
+            ) from None
         except _HeaderTooLong:
             raise PluginError(
                 _NODE,

@@ -365,7 +365,7 @@ class _Lines:
             reader.detach()
 
 
-def _csv_error(e: csv.Error) -> str:
+def csv_error(e: csv.Error) -> str:
     """The csv module's words, without its advice to Python programmers (a bare carriage return in
     a cell: "... - do you need to open the file in universal-newline mode?")."""
     return str(e).split(" - do you need", 1)[0]
@@ -466,10 +466,10 @@ class CsvSource:
                 if self.multiline and '"' in "".join(lines.text):
                     raise PluginError(
                         _NODE,
-                        f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {_csv_error(e)}",
+                        f"{self.path}: the record starting on line {first_line} cannot be read as CSV: {csv_error(e)}",
                     ) from None
                 if index >= start:
-                    why = f"unreadable CSV: {_csv_error(e)}"
+                    why = f"unreadable CSV: {csv_error(e)}"
                     yield SourceItem(index, None, self._unparsed(lines, first_line, index), why)
                 index += 1
                 continue
@@ -580,7 +580,7 @@ class CsvSource:
                 if "\r" in line.rstrip("\r\n")
                 else ""
             )
-            raise PluginError(_NODE, f"{self.path}: cannot read the header line: {_csv_error(e)}{hint}") from e
+            raise PluginError(_NODE, f"{self.path}: cannot read the header line: {csv_error(e)}{hint}") from e
         if more:
             raise PluginError(
                 _NODE, f"{self.path}: the header on line {lines.count} opens a quote that does not close on that "
