@@ -1775,8 +1775,27 @@ def test_csv_append_with_a_schema_writes_in_the_order_of_the_header_on_disk(tmp_
     with path.open(newline="") as f:
         assert list(csv.DictReader(f))[-1] == {"amount": "10", "name": "al", "id": "1"}
     other = {"mode": "fixed", "fields": ["id: str", "name: str"]}
-    with pytest.raises(PluginError, match="is not the schema's fields"):
+    with pytest.raises(
+        PluginError, match=r"header \(3 columns\) is not the schema's fields \(2\): its column 1 is no "
+    ):
         sink("csv", path=str(path), mode="append", schema=other).open("run", None)
+
+
+def test_csv_append_to_a_header_not_the_schemas_names_the_schemas_fields_and_the_headers_positions(
+    tmp_path: Path,
+) -> None:
+    """Not the file's own names (row data, as far as ELSPETH knows), and a bounded line however
+    wide the header."""
+    path = tmp_path / "o.csv"
+    secret = [f"ssn-{i:05d}" for i in range(5000)]
+    path.write_text(",".join(["id", *secret]) + "\r\n" + ",".join(["0"] * 5001) + "\r\n", encoding="utf-8")
+    schema = {"mode": "fixed", "fields": ["id: str", "name: str"]}
+    with pytest.raises(PluginError) as raised:
+        sink("csv", path=str(path), mode="append", schema=schema).open("run", None)
+    said = str(raised.value)
+    assert "ssn-" not in said and len(said) < 600, said
+    assert "header (5001 columns) is not the schema's fields (2): it lacks 'name'; its columns 2, 3," in said
+    assert "11 and 4990 more are no field of the schema; allowed: " in said
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])

@@ -113,6 +113,12 @@ def _lines_of(f: BinaryIO, size: int, encoding: str) -> Iterator[str]:
         yield last
 
 
+def _some(items: list[str], most: int = 10) -> str:
+    """The first `most` of `items`, and how many more."""
+    shown = ", ".join(items[:most])
+    return f"{shown} and {len(items) - most} more" if len(items) > most else shown
+
+
 def _reset_length(encoder: codecs.IncrementalEncoder) -> int:
     """Bytes `encoder` would still write to end its text in its initial state (ISO-2022's escape
     back to ASCII; none in a stateless encoding), without ending it."""
@@ -755,10 +761,19 @@ class CsvSink(_FileSink):
         elif on_disk is not None and (named is None or set(on_disk) == set(named)):
             self.fields = on_disk  # the file's order: a reader takes the columns by its header
         elif on_disk is not None and named is not None:
+            # Named by the schema's names (the settings') and the header's positions: the file's
+            # own names may be row data, and a wide header made a message of megabytes (a review).
+            header, fields = set(on_disk), set(named)
+            lacks = [f"'{n}'" for n in named if n not in header]
+            others = [str(i) for i, n in enumerate(on_disk, 1) if n not in fields]
+            differs = [f"it lacks {_some(lacks)}"] if lacks else []
+            differs += [f"its column{'s' if len(others) > 1 else ''} {_some(others)} {'are' if len(others) > 1 else 'is'} "
+                        "no field of the schema"] if others else []  # fmt: skip
             raise PluginError(
                 _NODE,
-                f"cannot append to {self.path}: its header ({', '.join(on_disk)}) is not the schema's fields "
-                f"({', '.join(named)})",
+                f"cannot append to {self.path}: its header ({len(on_disk)} columns) is not the schema's fields "
+                f"({len(named)}): {'; '.join(differs)}; allowed: a file whose header names the schema's fields, in "
+                "any order, or an empty file",
             )
         # else: a headerless file continued keeps the columns its first durable row fixed (above,
         # or in this process); with none yet, the next row it accepts fixes them
