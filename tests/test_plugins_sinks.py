@@ -1767,6 +1767,18 @@ def test_appending_to_a_file_whose_last_line_has_no_newline_is_refused(tmp_path:
     written(sink(kind, path=str(path), mode="append"), [{"a": 1}])
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_appending_to_a_csv_file_of_cr_line_ends_is_refused_for_them(tmp_path: Path, encoding: str) -> None:
+    """The CSV source reads a file whose lines end in CR alone; the rows appended would end in
+    CRLF: refused, saying so (not that its last line has no line end)."""
+    path = tmp_path / "o.csv"
+    path.write_bytes("a\r0\r".encode(encoding))
+    with pytest.raises(
+        PluginError, match=r"its lines end with a carriage return alone \(CR\), which this sink does not"
+    ):
+        sink("csv", path=str(path), mode="append", encoding=encoding).open("run", None)
+
+
 def test_csv_append_with_a_schema_writes_in_the_order_of_the_header_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "o.csv"
     path.write_bytes(b"amount,name,id\r\n5,zed,0\r\n")

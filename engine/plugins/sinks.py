@@ -310,6 +310,13 @@ class _FileSink:
         if position is None and start > 0:
             self._check_byte_order()
         if position is None and start > 0 and self.lines and not self._ends_a_line():
+            if self._ends_a_line("\r"):  # (the CSV source reads such a file; rows written after would not be)
+                raise PluginError(
+                    _NODE,
+                    f"cannot append to {self.path}: its lines end with a carriage return alone (CR), which this sink "
+                    "does not write, so the file would hold two kinds of line end; convert it to LF or CRLF line "
+                    "ends, or write to another file",
+                )
             raise PluginError(
                 _NODE,
                 f"cannot append to {self.path}: its last line does not end with a newline, so the first row "
@@ -416,9 +423,9 @@ class _FileSink:
         except OSError as e:
             raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
 
-    def _ends_a_line(self) -> bool:
-        # A newline in the file's encoding, without the byte-order mark that starts a stream.
-        newline = "x\n".encode(self.encoding)[len("x".encode(self.encoding)) :]
+    def _ends_a_line(self, end: str = "\n") -> bool:
+        # `end` in the file's encoding, without the byte-order mark that starts a stream.
+        newline = f"x{end}".encode(self.encoding)[len("x".encode(self.encoding)) :]
         with self.path.open("rb") as f:
             f.seek(-min(len(newline), self.path.stat().st_size), os.SEEK_END)
             return f.read() == newline
