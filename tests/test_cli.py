@@ -751,6 +751,16 @@ def test_explain_refuses_a_second_row_rather_than_show_the_last(db: Database, wo
     assert "explain shows one row at a time: give --row once" in err, err
 
 
+@pytest.mark.parametrize("which", [("--row", "1"), ("--token", "t-1")], ids=["row", "token"])
+def test_explain_refuses_limit_without_where_rather_than_ignore_it(
+    db: Database, work: Path, which: tuple[str, str]
+) -> None:
+    """`explain RUN --row 1 --limit 5` was taken, --limit ignored unsaid: it limits --where's rows
+    (a documentation review)."""
+    err = one_line_error(elspeth("explain", "run-nope", *which, "--limit", "5", cwd=work, db=db), 2)
+    assert "--limit goes with --where (at most N of the rows it matches), not with --row or --token" in err, err
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [(lambda t: t.replace("path: out/bad.jsonl", "path: /dev/full, format: json, mode: append"), "sink 'bad': ")],

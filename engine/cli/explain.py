@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import msgspec
+from click.core import ParameterSource
 
 from engine.cli.checkpoints import Checkpoints, key_option, read_checkpoints, witness_option
 from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
@@ -47,7 +48,7 @@ _CHANGES_SHOWN = 20  # changes of one step shown in the text output: the others 
     "--where", "where", help="Rows whose source data satisfies this expression, e.g. \"row['id'] == 'A-17'\"."
 )
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many rows (--where)."
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many rows (--where only)."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (shape: docs/cli.md).")
 @key_option
@@ -77,6 +78,11 @@ def explain_cmd(
     row_number = row_numbers[0] if row_numbers else None
     if sum(x is not None for x in (row_number, token_id, where)) != 1:
         raise click.UsageError("give exactly one of --row N, --token ID or --where EXPR")
+    # --limit has a default, so only one typed can be told from none: refused, not ignored unsaid.
+    if where is None and ctx.get_parameter_source("limit") is not ParameterSource.DEFAULT:
+        raise click.UsageError(
+            "--limit goes with --where (at most N of the rows it matches), not with --row or --token"
+        )
     condition = _compile(where) if where is not None else None
     home = home_from_ctx(ctx)
     with database_from_ctx(ctx, role=Role.AUDITOR) as db:
