@@ -147,7 +147,10 @@ def test_a_deletion_is_refused_whole_unless_every_payload_has_a_record_of_its_ow
         (["purge", "--older-than", "999999999w", "--reason", "x"], 2, "too long"),
         (["purge", "--older-than", "2000000d", "--dry-run"], 2, "too long"),
         (["purge", "--older-than", "90d", "{run}", "--reason", "x"], 2, "either"),
-        (["purge", "{run}", "--row", "1"], 2, "--reason"),
+        (["purge", "{run}", "--row", "1"], 2, "--reason TEXT is required"),
+        # Given, but empty: said so, as abandon says it, not "required" (a documentation review).
+        (["purge", "{run}", "--row", "1", "--reason", ""], 2, "--reason: empty; allowed: a sentence saying why"),
+        (["purge", "{run}", "--row", "1", "--reason", "  "], 2, "--reason: empty; allowed: a sentence saying why"),
         (["purge", "{run}"], 2, "--row"),
         # The reason is recorded with every erased payload and shown by explain: one line of
         # visible text, of a bounded length (found by a hostile review: any text was taken).

@@ -66,7 +66,7 @@ def purge_cmd(
     if older_than is not None and rows:
         raise click.UsageError("--row goes with RUN_ID, not with --older-than")
     age = parse_duration(older_than) if older_than is not None else None
-    if not dry_run and not (reason or "").strip():
+    if reason is None and not dry_run:  # (one given but empty is said so below, as abandon says it)
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
     if reason is not None:  # (recorded with every erased payload, and shown by explain)
         from engine.operator_text import reason_problem
