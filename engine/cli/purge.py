@@ -36,11 +36,27 @@ def parse_duration(text: str) -> timedelta:
 _LONGEST = timedelta(days=LONGEST_RETENTION_DAYS)
 
 
+class _Duration(click.ParamType[timedelta]):
+    """`parse_duration` as the option's type: click names the option in its error."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except click.BadParameter as e:
+            self.fail(e.message, param, ctx)
+
+
 @click.command("purge")
 @click.argument("run_id", required=False)
 @click.option("--row", "rows", type=click.IntRange(min=1), multiple=True,
               help="A source row of RUN_ID, counted from 1 as `explain --row` and __row_number__ (repeatable).")  # fmt: skip
-@click.option("--older-than", "older_than", help="Retention: erase every payload written longer ago (e.g. 90d).")
+@click.option(
+    "--older-than", "older_than", type=_Duration(), help="Retention: erase every payload written longer ago (e.g. 90d)."
+)
 @click.option("--reason", default=None,
               help="Why (recorded with every erased payload, for good, and readable by analysts): a ticket or "
                    "policy, never the data subject's name.")  # fmt: skip
@@ -52,7 +68,7 @@ _LONGEST = timedelta(days=LONGEST_RETENTION_DAYS)
                    "with ELSPETH_SIGNING_KEY's key, else this home's, and refuses when that is another key.")  # fmt: skip
 @click.pass_context
 def purge_cmd(
-    ctx: click.Context, run_id: str | None, rows: tuple[int, ...], older_than: str | None, reason: str | None,
+    ctx: click.Context, run_id: str | None, rows: tuple[int, ...], older_than: timedelta | None, reason: str | None,
     dry_run: bool, force: bool, public_key: str | None,
 ) -> None:  # fmt: skip
     """Erase row data: `purge --older-than 90d` (retention) or `purge RUN_ID --row N [--row M]`
@@ -65,7 +81,7 @@ def purge_cmd(
         raise click.UsageError("say which rows of the run to erase: --row N (repeatable)")
     if older_than is not None and rows:
         raise click.UsageError("--row goes with RUN_ID, not with --older-than")
-    age = parse_duration(older_than) if older_than is not None else None
+    age = older_than
     if reason is None and not dry_run:  # (one given but empty is said so below, as abandon says it)
         raise click.UsageError("--reason TEXT is required: it is recorded with every erased payload")
     if reason is not None:  # (recorded with every erased payload, and shown by explain)
