@@ -28,7 +28,7 @@ import msgspec
 from landscape.checkpoint import run_origin
 from landscape.commits import hold_for_transaction, holding, lock_holder
 from landscape.db import Connection, Database, driver_errors
-from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun, quoted
+from landscape.errors import ChainBroken, CorruptLog, LandscapeError, PermissionDenied, UnknownRun
 from landscape.export import Lineage
 from landscape.notary import Witnessed
 from landscape.note import NoteError, Signer, Verifier, parse_note
@@ -37,6 +37,7 @@ from landscape.records import Erasure, StoredEvent
 from landscape.seal import origin_of, sign
 from landscape.verify import checkpoint_of, row_hashes
 from landscape.verify_store import verify_run
+from landscape.visible import one_line
 from statecharts.events import EventBase
 from statecharts.machines import RUN_FINAL, RUN_STATUS_AFTER
 
@@ -124,7 +125,7 @@ def plan_rows(
     signs is read (`Plan.unread_from`)."""
     recorder = PostgresRecorder(db)
     if not recorder.run_exists(run_id):
-        raise UnknownRun(f"no run {quoted(run_id)} in {db.describe()} (see `elspeth runs`)")
+        raise UnknownRun(f"no run {one_line(run_id)} in {db.describe()} (see `elspeth runs`)")
     holder = recorder.lock_holder(run_id)
     if holder is not None:
         raise ErasureRefused(

@@ -1267,6 +1267,7 @@ _FORGED = "run-nope\nelspeth: error: forged"  # a typed run id whose line feed w
         ("projections", "rebuild", _FORGED),
         ("resume", _FORGED),
         ("abandon", _FORGED, "--reason", "gone"),
+        ("purge", _FORGED, "--row", "1", "--dry-run"),
         ("export", _FORGED, "-o", "x.jsonl", "--public-key", "k.pub"),
         ("prove", _FORGED, "--seq", "0", "-o", "x.json", "--public-key", "k.pub"),
         ("checkpoint", _FORGED, "-o", "x.cp", "--public-key", "k.pub"),

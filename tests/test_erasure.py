@@ -141,7 +141,7 @@ def test_a_deletion_is_refused_whole_unless_every_payload_has_a_record_of_its_ow
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
-        (["purge", "run-nosuch", "--row", "1", "--reason", "x"], 1, "no run 'run-nosuch'"),
+        (["purge", "run-nosuch", "--row", "1", "--reason", "x"], 1, "no run run-nosuch in "),  # as explain says it
         (["purge", "{run}", "--row", "999", "--reason", "x"], 1, "has no row 999"),
         # The option named, as click names it (it said "Invalid value: '90' is not …": a documentation review).
         (["purge", "--older-than", "ninety days", "--reason", "x"], 2, "for '--older-than': 'ninety days' is not a"),
