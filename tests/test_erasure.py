@@ -369,7 +369,7 @@ def test_explain_says_erased_where_a_record_explains_it_and_missing_only_where_n
     assert "missing or altered" not in explain.stdout
     where = elspeth("explain", run_id, "--where", "row['id'] > 0", cwd=work, db=db)
     assert where.returncode == 0, where.stderr
-    assert "1 rows not searched: their data was erased on" in where.stderr and "(request 17)" in where.stderr
+    assert "1 row not searched: its data was erased on" in where.stderr and "(request 17)" in where.stderr
     assert "missing or altered" not in where.stderr, where.stderr
 
 

@@ -166,7 +166,7 @@ def test_explain_by_token_and_by_where(db: Database, fork: Path) -> None:
     assert "has no row matching" in err
     # row 3 was quarantined as a line that did not parse: its data has no 'id' to compare, which is
     # said (an investigator looked for a quarantined row, and was told only that none matched)
-    assert "(1 rows on which the expression could not be evaluated (a field missing" in err, err
+    assert "(1 row on which the expression could not be evaluated (a field missing" in err, err
     err = one_line_error(elspeth("explain", run_id, "--where", "__import__('os')", cwd=fork, db=db), 2)
     assert "--where" in err
     assert "no token" in one_line_error(elspeth("explain", run_id, "--token", "nope", cwd=fork, db=db), 1)
@@ -180,7 +180,7 @@ def test_explain_where_says_how_many_rows_gave_no_true_or_false(db: Database, fo
     assert "has no row matching" in err, err
     # rows 1, 2 and 4 give their note; row 3 (quarantined: a line that did not parse) has none
     assert "3 rows on which the expression gave neither true nor false (str), taken as no match" in err, err
-    assert "1 rows on which the expression could not be evaluated" in err, err
+    assert "1 row on which the expression could not be evaluated" in err, err
     proc = elspeth("explain", run_id, "--where", "row['v'] == 9 or row['v']", "--json", cwd=fork, db=db)
     assert [r["row"] for r in _json(proc)["rows"]] == [2]
     assert "2 rows on which the expression gave neither true nor false (int), taken as no match" in proc.stderr
@@ -194,7 +194,7 @@ def test_explain_where_says_when_a_quarantined_row_was_searched_as_read(db: Data
     run_id = _run(db, work_pipeline)
     err = one_line_error(elspeth("explain", run_id, "--where", "row['id'] == 3", cwd=work_pipeline, db=db), 1)
     assert "has no row matching" in err, err
-    assert "1 of the rows that did not match were quarantined by the source: their fields are as it read" in err, err
+    assert "1 of the rows that did not match was quarantined by the source: its fields are as it read" in err, err
     found = _json(elspeth("explain", run_id, "--where", "row['id'] == '3'", "--json", cwd=work_pipeline, db=db))
     assert [r["row"] for r in found["rows"]] == [3]
 

@@ -15,7 +15,7 @@ import msgspec
 from click.core import ParameterSource
 
 from engine.cli.checkpoints import Checkpoints, key_option, read_checkpoints, witness_option
-from engine.cli.common import database_from_ctx, home_from_ctx, warn_reinstated
+from engine.cli.common import counted, database_from_ctx, home_from_ctx, warn_reinstated
 from engine.cli.errors import ElspethCliError
 from engine.cli.verify import unsigned_erasures_option
 from engine.cli.visible import say
@@ -176,27 +176,40 @@ def _matching(
         notes.append(f"{total} rows match; showing the first {len(matched)} (--limit)")
     ranked = sorted(erased.items(), key=lambda item: -item[1])
     for why, n in ranked[:3]:
-        notes.append(f"{n} rows not searched: their data was {why}")
+        notes.append(f"{counted(n, 'row')} not searched: {_its(n)} data was {why}")
     if ranked[3:]:
-        notes.append(f"{sum(n for _why, n in ranked[3:])} more rows not searched: their data was erased")
+        more = sum(n for _why, n in ranked[3:])
+        notes.append(f"{more} more {_rows(more)} not searched: {_its(more)} data was erased")
     if unchecked:
-        notes.append(f"{unchecked} rows not searched: their data is missing or altered in the payload store")
+        notes.append(
+            f"{counted(unchecked, 'row')} not searched: {_its(unchecked)} data is missing or altered in the payload "
+            "store"
+        )
     if unevaluated:
         notes.append(
-            f"{unevaluated} rows on which the expression could not be evaluated (a field missing, a value of another "
-            "type), taken as no match"
+            f"{counted(unevaluated, 'row')} on which the expression could not be evaluated (a field missing, a value "
+            "of another type), taken as no match"
         )
     if not_bool:
         notes.append(
-            f"{sum(not_bool.values())} rows on which the expression gave neither true nor false "
+            f"{counted(sum(not_bool.values()), 'row')} on which the expression gave neither true nor false "
             f"({', '.join(sorted(not_bool))}), taken as no match"
         )
     if as_read:  # (row['id'] == 97 is false for a quarantined row's "97": nothing was said)
+        were, their = ("was", "its") if as_read == 1 else ("were", "their")
         notes.append(
-            f"{as_read} of the rows that did not match were quarantined by the source: their fields are as it read "
-            "them (text, not the schema's types: '97', not 97)"
+            f"{as_read} of the rows that did not match {were} quarantined by the source: {their} fields are as it "
+            "read them (text, not the schema's types: '97', not 97)"
         )
     return matched, upto, "; ".join(notes)
+
+
+def _rows(n: int) -> str:
+    return "row" if n == 1 else "rows"
+
+
+def _its(n: int) -> str:
+    return "its" if n == 1 else "their"
 
 
 # -- text output ----------------------------------------------------------------------------------
