@@ -91,7 +91,7 @@ def test_an_abandoned_run_is_final_verifies_and_lets_its_data_age_out(db: Databa
 
     done = elspeth("abandon", run_id, "--reason", "input withdrawn by the supplier (ticket 7)", cwd=tmp_path, db=db)
     assert done.returncode == 0, done.stderr
-    assert f"run {run_id} abandoned (it was crashed (its writer gone))" in done.stdout
+    assert f"run {run_id} abandoned (it had crashed, its writer gone); its log ends at" in done.stdout
     assert _status(db, tmp_path, run_id) == "abandoned"
     # Its life says what happened, in order, with the operator's words.
     shown = json.loads(elspeth("show", run_id, "--json", cwd=tmp_path, db=db).stdout)

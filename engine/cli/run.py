@@ -388,9 +388,10 @@ def abandon_cmd(ctx: click.Context, run_id: str, reason: str, settings_path: Pat
     settings_url = _settings_file_url(settings_path) if settings_path is not None else None
     with database_from_ctx(ctx, settings_url=settings_url, existing=True) as db:
         done = abandon_run(db, run_id, reason, settings_path=settings_path, home=home_from_ctx(ctx))
-    was = "crashed (its writer gone)" if done.was in (RunState.RUNNING, RunState.DRAINING) else done.was
+    crashed = done.was in (RunState.RUNNING, RunState.DRAINING)
+    was = "had crashed, its writer gone" if crashed else f"was {done.was}"
     click.echo(
-        f"run {run_id} abandoned (it was {was}); its log ends at {done.events} events, signed. It cannot be resumed; "
+        f"run {run_id} abandoned (it {was}); its log ends at {done.events} events, signed. It cannot be resumed; "
         "its data is now retention's (`elspeth purge --older-than`, with the key that signed it)."
     )
     for note in done.notes:
