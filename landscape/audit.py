@@ -150,7 +150,7 @@ class ProofReport:
     # A row's bundle with its decisions (format 4): the coalesces, batches and sink flushes it
     # holds, and how many of those its tokens' events call for are not whole in it (`_decisions`).
     decisions: bool = False
-    decided: int = 0
+    decided: tuple[int, int, int] = (0, 0, 0)  # coalesces, batches, sink flushes
     undecided: int = 0
 
 
@@ -949,14 +949,15 @@ _DECIDING = {"coalesce": COALESCE, "batch": BATCH}
 _WRITTEN = (ev.TokenCompleted, ev.TokenRouted, ev.TokenDiverted, ev.TokenQuarantined)
 
 
-def _decisions(events: list[tuple[StoredEvent, ev.EventBase]], tokens: set[str]) -> tuple[int, int]:
+def _decisions(events: list[tuple[StoredEvent, ev.EventBase]], tokens: set[str]) -> tuple[tuple[int, int, int], int]:
     """A row's bundle (format 4): how many coalesces, batches and sink flushes it holds beside its
-    tokens' events, and how many of those its tokens' events call for are not whole in it: a
+    tokens' events (each counted), and how many of those its tokens' events call for are not whole in it: a
     coalesce or batch one names whose events there do not start with its opening and follow one
     another, or that a token's event says ended (merged into it, consumed by it) without its
     closing event; a token's write (its outcome once its sink is durable) with no flush of that
     sink between its assignment and it. `prove --row` holds all of them."""
     state: dict[str, str] = {}
+    kinds: dict[str, str] = {}  # entity -> its machine (coalesce, batch)
     broken: set[str] = set()
     ended_by_token: set[str] = set()
     named: set[str] = set()
@@ -985,6 +986,7 @@ def _decisions(events: list[tuple[StoredEvent, ev.EventBase]], tokens: set[str])
         elif stored.machine in _DECIDING and stored.entity_id not in broken:
             if isinstance(e, ev.BranchArrived):
                 arrived.add((stored.entity_id, e.token_id))
+            kinds[stored.entity_id] = stored.machine
             try:
                 state[stored.entity_id] = _DECIDING[stored.machine].apply(
                     state.get(stored.entity_id, INITIAL), stored.event_type
@@ -996,7 +998,8 @@ def _decisions(events: list[tuple[StoredEvent, ev.EventBase]], tokens: set[str])
     for entity in named:
         if entity not in state or entity in broken or (entity in ended_by_token and state[entity] not in terminal):
             missing += 1
-    return len(state) + flushes, missing
+    held_in = [kinds[entity] for entity in state]
+    return (held_in.count("coalesce"), held_in.count("batch"), flushes), missing
 
 
 class _ProofCheck:
@@ -1058,7 +1061,7 @@ class _ProofCheck:
         shown = {s.entity_id for s, _ in events if s.machine == "token"}
         named = {token for _, e in events for token in _tokens_named(e)}
         row = b.row is not None  # (one event's proof: nothing to end, nothing else to hold)
-        decided, undecided = _decisions(events, self.tokens) if row and b.format >= 4 else (0, 0)
+        decided, undecided = _decisions(events, self.tokens) if row and b.format >= 4 else ((0, 0, 0), 0)
         return ProofReport(
             run_id=b.run_id, key=self.key.label, subject=subject, events=len(events), size=cp.size, root=cp.root,
             payloads_included=b.payloads_included, payloads=payloads, erased=erased,

@@ -95,8 +95,9 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
             f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
         )
         click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased))
-        if proof.decided:
-            click.echo(f"with {proof.decided} coalesce(s), batch(es) and sink flush(es) of the row's tokens")
+        held = _held(*proof.decided)
+        if held:
+            click.echo(f"with {held} of the row's tokens")
         say_unsigned(proof.unsigned)
         if kept is not None:
             click.echo(f"extends the checkpoint you kept ({kept}, {proof.extends} events): consistency proof verified")
@@ -106,8 +107,8 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                 *([f"{proof.absent} token(s) its events name have no event in it"] if proof.absent else []),
                 *([f"{proof.skipping} token(s) have events in it that do not follow one another (one of theirs was "
                    "left out of it)"] if proof.skipping else []),
-                *([f"{proof.undecided} coalesce(s), batch(es) or sink flush(es) its tokens' events call for are not "
-                   "whole in it"] if proof.undecided else []),
+                *([f"{proof.undecided} {_undecided(proof.undecided)} its tokens' events call for "
+                   f"{'is' if proof.undecided == 1 else 'are'} not whole in it"] if proof.undecided else []),
             ]  # fmt: skip
             unwired = (
                 ""
@@ -157,6 +158,21 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
             "resumed or goes on from): either the run went on after the export was made, or the file was cut back "
             "to an earlier signed checkpoint, which only a checkpoint you kept from later can tell (--checkpoint)"
         )
+
+
+def _held(coalesces: int, batches: int, flushes: int) -> str:
+    """`1 coalesce and 3 sink flushes`: each kind a bundle holds, counted in its number."""
+    kinds = [
+        f"{n} {one if n == 1 else many}"
+        for n, one, many in ((coalesces, "coalesce", "coalesces"), (batches, "batch", "batches"),
+                             (flushes, "sink flush", "sink flushes"))
+        if n
+    ]  # fmt: skip
+    return " and ".join(kinds) if len(kinds) < 3 else f"{kinds[0]}, {kinds[1]} and {kinds[2]}"
+
+
+def _undecided(n: int) -> str:
+    return "coalesce, batch or sink flush" if n == 1 else "coalesces, batches or sink flushes"
 
 
 def _closing(report: ExportReport, name: str, path: Path) -> bytes | None:
