@@ -169,7 +169,7 @@ def print_summary(db: Database, outcome: Outcome, seconds: float, command_second
     # after it ends (and, resumed, the time it was down). The rate is of the run's own time.
     click.echo(f"run {outcome.run_id} {outcome.status}; this command took {command_seconds:.2f} s")
     since = f"{now} since the resume, " if outcome.records_before else ""
-    click.echo(f"  rows in: {rows.rows_in} ({since}{rate:,.0f} rows/s)")
+    click.echo(f"  rows in: {rows.rows_in} ({since}{rate:.0f} rows/s)")  # (no separator: as every count here)
     if outcome.input_changed:  # rows that moved into the first records of the new input were not read
         n = outcome.records_before
         click.echo(
