@@ -137,8 +137,18 @@ def test_an_erased_row_exports_and_verifies_with_its_erasure_records(db: Databas
     # The header's flag is not signed: an auditor who needs the rows proved refuses such a file.
     err = one_line_error(_verify(fork.work, str(bare), "--public-key", str(fork.pub), "--require-payloads"), 1)
     assert "holds no row payloads" in err and "--require-payloads" in err, err
+    assert "its header says it was exported without them" in err and "ask for a full export" in err, err
     proc = _verify(fork.work, str(fork.file), "--public-key", str(fork.pub), "--require-payloads")
     assert proc.returncode == 0 and "no row payloads" not in proc.stderr, proc.stdout + proc.stderr
+    # A bundle is made by prove, not exported: said so (a documentation review).
+    bundle = fork.work / "bare.json"
+    made = elspeth("prove", fork.run_id, "--row", "1", "--no-payloads", "-o", str(bundle), cwd=fork.work, db=db)
+    assert made.returncode == 0, made.stderr
+    proc = _verify(fork.work, str(bundle), "--public-key", str(fork.pub))
+    assert "row payloads: NOT CHECKED (made with `prove --no-payloads`: commitments only)" in proc.stdout, proc.stdout
+    err = one_line_error(_verify(fork.work, str(bundle), "--public-key", str(fork.pub), "--require-payloads"), 1)
+    assert "its header says it was made with `prove --no-payloads`" in err, err
+    assert "exported" not in err and "ask for a bundle made without --no-payloads" in err, err
 
 
 # -- tampering with the file ----------------------------------------------------------------------

@@ -48,8 +48,8 @@ unsigned_erasures_option = click.option(
 @click.option(
     "--require-payloads",
     is_flag=True,
-    help="Refuse a file exported without the row payloads (commitments only): its header says so, and "
-    "nothing signs that, so one stripped of them reads the same.",
+    help="Refuse a file without the row payloads (commitments only: `export --no-payloads`, `prove "
+    "--no-payloads`): its header says so, and nothing signs that, so one stripped of them reads the same.",
 )
 @click.option(
     "--sink-file",
@@ -89,12 +89,12 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
                                   "last flush; --sink-file needs the run's export (`elspeth export`)")  # fmt: skip
         proof = verify_proof(file, key, kept=old, kept_name=str(kept), run_id=run_id,
                              unsigned_erasures=unsigned_erasures)  # fmt: skip
-        _payloads_required(file, proof.payloads_included, require_payloads)
+        _payloads_required(file, proof.payloads_included, require_payloads, bundle=True)
         click.echo(
             f"{file}: proof of run {proof.run_id}, {proof.subject}: {proof.events} event(s) in the tree of "
             f"{proof.size} events (root {proof.root.hex()[:16]}) signed by {proof.key}"
         )
-        click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased))
+        click.echo(_payloads(proof.payloads_included, proof.payloads, proof.erased, bundle=True))
         held = _held(*proof.decided)
         if held:
             click.echo(f"with {held} of the row's tokens")
@@ -130,7 +130,7 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
         return
     report = verify_export(file, key, kept=old, kept_name=str(kept), run_id=run_id,
                            unsigned_erasures=unsigned_erasures)  # fmt: skip
-    _payloads_required(file, report.payloads_included, require_payloads)
+    _payloads_required(file, report.payloads_included, require_payloads, bundle=False)
     # The sink files first: one that does not match fails the command before anything is said
     # to have verified.
     sinks = [check_sink_file(report, name, path, closing=_closing(report, name, path), later=later, earlier=earlier)
@@ -139,7 +139,7 @@ def verify_cmd(file: Path, public_key: Path, kept: Path | None, run_id: str | No
         f"{file}: run {report.run_id}: {report.events} events, chain and transitions verified; Merkle root "
         f"{report.root.hex()[:16]} matches all {report.checkpoints} checkpoint(s) signed by {report.key}"
     )
-    click.echo(_payloads(report.payloads_included, report.payloads, report.erased))
+    click.echo(_payloads(report.payloads_included, report.payloads, report.erased, bundle=False))
     say_unsigned(report.unsigned)
     if report.unshown:
         say(
@@ -214,15 +214,20 @@ def say_unsigned(unsigned: int) -> None:
         )
 
 
-def _payloads_required(file: Path, included: bool, required: bool) -> None:
+# How a file without payloads came to be, by its header's word: an export is exported, a bundle made by prove.
+_WITHOUT = {False: "exported without them", True: "made with `prove --no-payloads`"}
+_ASK = {False: "ask for a full export", True: "ask for a bundle made without --no-payloads"}
+
+
+def _payloads_required(file: Path, included: bool, required: bool, *, bundle: bool) -> None:
     """A file without payloads proves the events, not the rows: refused when they are required,
     and said either way, since the header's flag is not signed (the file may have been stripped)."""
     if included:
         return
     if required:
         raise ElspethCliError(
-            f"{file} holds no row payloads (its header says it was exported without them; nothing signs that, "
-            "so they may have been stripped): refused, as --require-payloads asks; ask for a full export"
+            f"{file} holds no row payloads (its header says it was {_WITHOUT[bundle]}; nothing signs that, "
+            f"so they may have been stripped): refused, as --require-payloads asks; {_ASK[bundle]}"
         )
     say(
         "elspeth: warning: the file holds no row payloads, by its header's word, which nothing signs: one stripped "
@@ -230,7 +235,8 @@ def _payloads_required(file: Path, included: bool, required: bool) -> None:
     )
 
 
-def _payloads(included: bool, matched: int, erased: int) -> str:
+def _payloads(included: bool, matched: int, erased: int, *, bundle: bool) -> str:
     if not included:
-        return f"row payloads: NOT CHECKED (exported without payloads: commitments only); {erased} recorded as erased"
+        how = "made with `prove --no-payloads`" if bundle else "exported without payloads"
+        return f"row payloads: NOT CHECKED ({how}: commitments only); {erased} recorded as erased"
     return f"row payloads: {matched} match their commitments; {erased} erased (with a record)"
