@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import tracemalloc
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -1148,3 +1149,40 @@ def test_coercion_fast_path_on_each_edge_cell(type_: str) -> None:
         except SchemaViolation as e:
             whole = e.reason
         assert repr(fast) == repr(whole), cell[:20]
+
+
+class _MultiMapping(Mapping[str, Any]):
+    """A third-party source's row that may repeat a name (as `multidict.MultiDict` does): its
+    length counts every pair, a lookup finds the first."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        self._pairs = pairs
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._pairs:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([k for k, _ in self._pairs])
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
+@pytest.mark.parametrize("second", ["a: int", "b: int?"])
+def test_coercion_of_a_mapping_that_repeats_a_name_misses_no_declared_field(second: str) -> None:
+    """A row that names `a` twice and `b` never is as many pairs as the schema has fields: its
+    missing `b` is still a violation (required) or None (optional), not left out of the row."""
+    schema = parse_schema(fixed("a: int", "b: int") if second == "a: int" else fixed("a: int", second))
+    row = _MultiMapping([("a", "1"), ("a", "2")])
+    try:
+        fast: Any = schema.coerce(row)
+    except SchemaViolation as e:
+        fast = e.reason
+    try:
+        whole: Any = schema._coerced(row)
+    except SchemaViolation as e:
+        whole = e.reason
+    assert repr(fast) == repr(whole)

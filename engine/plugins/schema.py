@@ -95,7 +95,10 @@ class Schema:
                     break
                 out[name] = result
             else:
-                return out
+                # (As many names as fields, yet fewer fields: a Mapping that repeats a name, as a
+                # third-party source's multi-dict may. The whole way finds what it lacks.)
+                if len(out) == len(converters):
+                    return out
         return self._coerced(row)
 
     def _coerced(self, row: Mapping[str, Any]) -> dict[str, Any]:
