@@ -6,6 +6,7 @@ import codecs
 import csv
 import hashlib
 import json
+import sys
 import tracemalloc
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -1186,3 +1187,19 @@ def test_coercion_of_a_mapping_that_repeats_a_name_misses_no_declared_field(seco
     except SchemaViolation as e:
         whole = e.reason
     assert repr(fast) == repr(whole)
+
+
+def test_coercion_of_a_long_digit_text_under_a_lowered_digit_limit_is_a_violation() -> None:
+    """With Python's int digit limit lowered (PYTHONINTMAXSTRDIGITS, down to 640), a text of more
+    digits is refused as the whole way refuses it, not raised as a ValueError from `int()`."""
+    schema = parse_schema(fixed("a: int"))
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    try:
+        with pytest.raises(SchemaViolation) as fast:
+            schema.coerce({"a": "1" * 700})
+        with pytest.raises(SchemaViolation) as whole:
+            schema._coerced({"a": "1" * 700})
+    finally:
+        sys.set_int_max_str_digits(old)
+    assert fast.value.reason == whole.value.reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 import keyword
 import math
 import re
+import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -263,9 +264,14 @@ def _to_str(value: Any) -> Any:
 _EXACT = 2**53  # every integer up to this is a float exactly
 
 
+# The most digits int() takes whatever its limit is set to (PYTHONINTMAXSTRDIGITS, -X
+# int_max_str_digits, sys.set_int_max_str_digits: none may be below this, 640).
+_SAFE_DIGITS = sys.int_info.str_digits_check_threshold
+
+
 def _to_int(value: Any) -> Any:
     # (A plain text of ASCII digits first, the common cell: below the digits int() takes.)
-    if type(value) is str and value.isascii() and value.isdigit() and len(value) < 4000:
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= _SAFE_DIGITS:
         return int(value)
     if isinstance(value, bool):
         return _BAD  # bool is an int subclass in Python, not in a schema
