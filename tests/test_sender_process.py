@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import struct
+import time
 from pathlib import Path
 
 import psycopg
@@ -308,7 +309,8 @@ def _one_event(db: Database, run_id: str) -> tuple[PgRunWriter, Chain, Batch]:
     w = PostgresRecorder(db).open_writer(run_id)
     w.append("run", run_id, _created())
     assert w._chain is not None and w._conn is not None
-    return w, w._chain, Batch(0, 1, w._kinds, w._entities, w._times, w._bodies, [], us_to_datetime(0))
+    times = [t // 1000 for t in w._times]  # (the writer holds nanoseconds until `commit` makes a batch)
+    return w, w._chain, Batch(0, 1, w._kinds, w._entities, times, w._bodies, [], us_to_datetime(0))
 
 
 def test_a_batch_chained_on_another_end_of_the_log_is_refused(db: Database) -> None:
@@ -324,6 +326,10 @@ def test_a_batch_chained_on_another_end_of_the_log_is_refused(db: Database) -> N
     finally:
         w.close()
     assert verify_run(PostgresRecorder(db), run_id).events == 1
+    # (in microseconds, as `commit` makes a batch: a run recorded 50,000 years ahead broke every
+    # later `elspeth runs` on the database, "timestamp too large (after year 10K)")
+    (event,) = PostgresRecorder(db).read_events(run_id)
+    assert event.recorded_at_us <= time.time_ns() // 1000
 
 
 def test_a_transaction_on_a_session_that_does_not_hold_the_runs_lock_writes_nothing(db: Database) -> None:
