@@ -1203,3 +1203,20 @@ def test_coercion_of_a_long_digit_text_under_a_lowered_digit_limit_is_a_violatio
     finally:
         sys.set_int_max_str_digits(old)
     assert fast.value.reason == whole.value.reason
+
+
+class _TrimmedRow(dict[str, Any]):
+    """A third-party source's row that gives its values trimmed when asked for one (a dict
+    whose `items()` still holds them as read)."""
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        return value.strip() if isinstance(value, str) else value
+
+
+def test_coercion_of_a_dict_subclass_takes_its_values_as_the_whole_way_does() -> None:
+    """The whole way converts `row[name]`, which a dict subclass may give otherwise than its
+    `items()`: the fast path, which reads `items()`, is only for a plain dict."""
+    schema = parse_schema(fixed("a: str", "b: str"))
+    row = _TrimmedRow(a=" x ", b="y")
+    assert schema.coerce(row) == schema._coerced(row) == {"a": "x", "b": "y"}

@@ -84,8 +84,10 @@ class Schema:
         # The common row first, in one pass: exactly the declared fields (so none is missing nor
         # extra), each a non-empty text its type reads. Anything else, on the way that says why
         # (which then also finds the first problem in the schema's order): the same result.
+        # Only a plain dict: a Mapping may repeat a name (a multi-dict: as many pairs as fields,
+        # yet a field missing), a dict subclass give `row[name]` otherwise than its `items()`.
         converters = self._converters
-        if len(row) == len(converters):
+        if type(row) is dict and len(row) == len(converters):
             out: dict[str, Any] = {}
             for name, value in row.items():
                 convert = converters.get(name)
@@ -96,10 +98,7 @@ class Schema:
                     break
                 out[name] = result
             else:
-                # (As many names as fields, yet fewer fields: a Mapping that repeats a name, as a
-                # third-party source's multi-dict may. The whole way finds what it lacks.)
-                if len(out) == len(converters):
-                    return out
+                return out
         return self._coerced(row)
 
     def _coerced(self, row: Mapping[str, Any]) -> dict[str, Any]:
