@@ -2679,3 +2679,15 @@ def test_a_sqlite_flush_that_fails_whole_says_which_constraint_of_the_table() ->
         "IntegrityError: CHECK constraint failed: v <> 'BAD'",
         "IntegrityError: SQLITE_CONSTRAINT_TRIGGER",
     ], said
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_appending_to_a_crlf_file_cut_between_its_cr_and_lf_says_its_last_line_has_no_newline(
+    tmp_path: Path, encoding: str
+) -> None:
+    """A file of CRLF lines whose last line end was cut after its CR (a writer that crashed): not
+    a file of CR line ends, which it would be told to convert to the CRLF it has."""
+    path = tmp_path / "o.csv"
+    path.write_bytes("a\r\n0\r\n1\r".encode(encoding))
+    with pytest.raises(PluginError, match="its last line does not end with a newline"):
+        sink("csv", path=str(path), mode="append", encoding=encoding).open("run", None)

@@ -310,7 +310,9 @@ class _FileSink:
         if position is None and start > 0:
             self._check_byte_order()
         if position is None and start > 0 and self.lines and not self._ends_a_line():
-            if self._ends_a_line("\r"):  # (the CSV source reads such a file; rows written after would not be)
+            # (the CSV source reads such a file; rows written after would not be). Not a file of
+            # CRLF lines whose last line end was cut after its CR: its lines end in a newline.
+            if self._ends_a_line("\r") and not self._newline_near_end():
                 raise PluginError(
                     _NODE,
                     f"cannot append to {self.path}: its lines end with a carriage return alone (CR), which this sink "
@@ -422,6 +424,21 @@ class _FileSink:
                 return _hash_of(f, size)
         except OSError as e:
             raise PluginError(_NODE, f"cannot read {self.path}: {e.strerror or e}") from e
+
+    def _newline_near_end(self, most: int = 1 << 16) -> bool:
+        """Whether the file's last `most` bytes hold a newline (LF) in its encoding: looked for
+        at the encoding's code units (UTF-16's two bytes, UTF-32's four), as `_ends_a_line` does."""
+        newline = "x\n".encode(self.encoding)[len("x".encode(self.encoding)) :]
+        unit = len("xx".encode(self.encoding)) - len("x".encode(self.encoding))
+        with self.path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - most) // unit * unit
+            f.seek(start)
+            tail = f.read()
+        at = tail.find(newline)
+        while at != -1 and at % unit:
+            at = tail.find(newline, at + 1)
+        return at != -1
 
     def _ends_a_line(self, end: str = "\n") -> bool:
         # `end` in the file's encoding, without the byte-order mark that starts a stream.
