@@ -1329,3 +1329,12 @@ def test_what_statecharts_wrote_is_named_on_one_line_each(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     wrote = proc.stdout.splitlines()
     assert wrote and all(line.startswith("wrote out\\u000aelspeth: error: forged/") for line in wrote), proc.stdout
+
+
+@pytest.mark.parametrize("command", [["export", "r1"], ["prove", "r1", "--seq", "0"]])
+def test_an_output_spelled_as_a_path_to_a_file_named_dash_is_no_usage_error(tmp_path: Path, command: list[str]) -> None:
+    """`-o -` is refused as standard output, which an export is never written to; `-o ./-`, the
+    way to name a file called '-', is a path (here the store is missing: said as such, exit 1)."""
+    proc = elspeth(*command, "-o", "./-", cwd=tmp_path, env={"ELSPETH_HOME": str(tmp_path / "home")})
+    assert "standard output" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr

@@ -168,20 +168,20 @@ def _checkpoints(
     return signed_checkpoints(found.stored, found.witnessed, key)
 
 
-def _a_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+def _a_file(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
     """`-o -` is a command line to fix (exit 2), said before any store is opened: an export or a
-    bundle is written to a file all or nothing, never to standard output."""
-    if value is not None and str(value) == "-":
+    bundle is written to a file all or nothing, never to standard output. Told apart as typed:
+    as a Path, `./-` (a file named '-') reads '-' too."""
+    if value == "-":
         raise click.BadParameter(
             "'-': this is written to a file, all or nothing, not to standard output; give the file's path"
         )
-    return value
+    return None if value is None else Path(value)
 
 
 # (an export and a bundle: one file, written all or nothing)
 output_file_option = click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), callback=_a_file,
-    help="The file to write.",
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), callback=_a_file, help="The file to write.",
 )  # fmt: skip
 
 
